@@ -1,0 +1,195 @@
+package vgpu
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+)
+
+// MaxSlicesPerGPU bounds how finely one GPU may be cut. The kubelet holds
+// every device ID in memory and in its checkpoint, so thousands per GPU only
+// cost without helping anyone.
+const MaxSlicesPerGPU = 256
+
+// GPU is what slicing needs to know about one physical GPU.
+type GPU struct {
+	// UUID is NVML's UUID for the GPU.
+	UUID string
+	// Index is NVML's index for the GPU on this node.
+	Index int
+	// Model is NVML's product name, e.g. "NVIDIA A100-SXM4-40GB".
+	Model string
+	// MemoryBytes is the GPU's total framebuffer memory.
+	MemoryBytes uint64
+}
+
+// Rule says how to cut one GPU. Exactly one of the fields is set.
+type Rule struct {
+	// SlicesPerGPU cuts the GPU into this many equal slices.
+	SlicesPerGPU int
+	// SliceMemoryBytes cuts the GPU into as many slices of this much memory
+	// as fit; memory left over is not offered.
+	SliceMemoryBytes uint64
+}
+
+// Validate reports whether the rule sets exactly one sensible field.
+func (r Rule) Validate() error {
+	switch {
+	case r.SlicesPerGPU != 0 && r.SliceMemoryBytes != 0:
+		return errors.New("set slicesPerGPU or sliceMemory, not both")
+	case r.SlicesPerGPU == 0 && r.SliceMemoryBytes == 0:
+		return errors.New("set slicesPerGPU or sliceMemory")
+	case r.SlicesPerGPU < 0 || r.SlicesPerGPU > MaxSlicesPerGPU:
+		return fmt.Errorf("slicesPerGPU %d is outside 1..%d", r.SlicesPerGPU, MaxSlicesPerGPU)
+	}
+	return nil
+}
+
+// Config is the slicing configuration for a node: a default rule and
+// optional per-model overrides, so nodes with mixed GPU models work.
+type Config struct {
+	// Default applies to every GPU whose model has no entry in Models.
+	Default Rule
+	// Models maps an NVML product name to the rule for GPUs of that model.
+	Models map[string]Rule
+}
+
+// Validate checks the default rule and every per-model rule.
+func (c Config) Validate() error {
+	if err := c.Default.Validate(); err != nil {
+		return fmt.Errorf("default slicing: %w", err)
+	}
+	for model, r := range c.Models {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("slicing for model %q: %w", model, err)
+		}
+	}
+	return nil
+}
+
+func (c Config) rule(model string) Rule {
+	if r, ok := c.Models[model]; ok {
+		return r
+	}
+	return c.Default
+}
+
+// GPUSlices is one GPU as the layout cut it.
+type GPUSlices struct {
+	GPU
+	// Slices is how many slices the GPU was cut into.
+	Slices int
+	// SliceMemoryBytes is the memory each slice carries.
+	SliceMemoryBytes uint64
+}
+
+// Layout is the result of cutting a node's GPUs. It is immutable once built
+// and safe for concurrent use.
+type Layout struct {
+	gpus   []GPUSlices // sorted by Index
+	byUUID map[string]int
+}
+
+// NewLayout cuts gpus according to cfg. GPUs are ordered by index; UUIDs and
+// indexes must be unique.
+func NewLayout(gpus []GPU, cfg Config) (*Layout, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	l := &Layout{byUUID: make(map[string]int, len(gpus))}
+	indexes := make(map[int]bool, len(gpus))
+	for _, g := range gpus {
+		if err := validUUID(g.UUID); err != nil {
+			return nil, fmt.Errorf("gpu %d: %w", g.Index, err)
+		}
+		if _, dup := l.byUUID[g.UUID]; dup {
+			return nil, fmt.Errorf("gpu %d: duplicate UUID %s", g.Index, g.UUID)
+		}
+		if indexes[g.Index] {
+			return nil, fmt.Errorf("gpu %s: duplicate index %d", g.UUID, g.Index)
+		}
+		n, mem, err := cut(g, cfg.rule(g.Model))
+		if err != nil {
+			return nil, fmt.Errorf("gpu %d (%s, %s): %w", g.Index, g.UUID, g.Model, err)
+		}
+		l.byUUID[g.UUID] = -1
+		indexes[g.Index] = true
+		l.gpus = append(l.gpus, GPUSlices{GPU: g, Slices: n, SliceMemoryBytes: mem})
+	}
+	sort.Slice(l.gpus, func(i, j int) bool { return l.gpus[i].Index < l.gpus[j].Index })
+	for i, g := range l.gpus {
+		l.byUUID[g.UUID] = i
+	}
+	return l, nil
+}
+
+func cut(g GPU, r Rule) (slices int, sliceMem uint64, err error) {
+	if g.MemoryBytes == 0 {
+		return 0, 0, errors.New("reports no memory")
+	}
+	if r.SlicesPerGPU > 0 {
+		return r.SlicesPerGPU, g.MemoryBytes / uint64(r.SlicesPerGPU), nil
+	}
+	n := g.MemoryBytes / r.SliceMemoryBytes
+	if n == 0 {
+		return 0, 0, fmt.Errorf("sliceMemory %d bytes is larger than the GPU's %d bytes", r.SliceMemoryBytes, g.MemoryBytes)
+	}
+	if n > MaxSlicesPerGPU {
+		return 0, 0, fmt.Errorf("sliceMemory %d bytes gives %d slices, more than %d", r.SliceMemoryBytes, n, MaxSlicesPerGPU)
+	}
+	return int(n), r.SliceMemoryBytes, nil
+}
+
+// GPUs returns the GPUs of the layout ordered by index.
+func (l *Layout) GPUs() []GPUSlices {
+	return append([]GPUSlices(nil), l.gpus...)
+}
+
+// GPU returns the layout of the GPU with the given UUID.
+func (l *Layout) GPU(uuid string) (GPUSlices, bool) {
+	i, ok := l.byUUID[uuid]
+	if !ok {
+		return GPUSlices{}, false
+	}
+	return l.gpus[i], true
+}
+
+// TotalSlices returns the number of slices on the node.
+func (l *Layout) TotalSlices() int {
+	n := 0
+	for _, g := range l.gpus {
+		n += g.Slices
+	}
+	return n
+}
+
+// SliceIDs returns every slice ID on the node, ordered by GPU index then
+// slice index.
+func (l *Layout) SliceIDs() []SliceID {
+	ids := make([]SliceID, 0, l.TotalSlices())
+	for _, g := range l.gpus {
+		for i := range g.Slices {
+			ids = append(ids, SliceID{UUID: g.UUID, Index: i})
+		}
+	}
+	return ids
+}
+
+// ErrUnknownSlice reports a well-formed slice ID that this layout does not have.
+var ErrUnknownSlice = errors.New("unknown slice")
+
+// Resolve parses id and checks that it names a slice of this layout.
+func (l *Layout) Resolve(id string) (SliceID, error) {
+	s, err := ParseSliceID(id)
+	if err != nil {
+		return SliceID{}, err
+	}
+	g, ok := l.GPU(s.UUID)
+	if !ok {
+		return SliceID{}, fmt.Errorf("%w %s: no GPU %s on this node", ErrUnknownSlice, id, s.UUID)
+	}
+	if s.Index >= g.Slices {
+		return SliceID{}, fmt.Errorf("%w %s: GPU %s has %d slices", ErrUnknownSlice, id, s.UUID, g.Slices)
+	}
+	return s, nil
+}
