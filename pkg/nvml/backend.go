@@ -1,0 +1,95 @@
+package nvml
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Device is what the agent knows about one physical GPU.
+type Device struct {
+	// UUID is NVML's stable identifier, e.g. "GPU-8c7d2f3a-...".
+	UUID string
+	// Index is NVML's enumeration index on this node.
+	Index int
+	// Minor is the minor number of the GPU's device node, /dev/nvidia<Minor>.
+	Minor int
+	// Model is NVML's product name, e.g. "NVIDIA A100-SXM4-40GB".
+	Model string
+	// MemoryBytes is the total framebuffer memory.
+	MemoryBytes uint64
+	// ComputeMajor and ComputeMinor are the CUDA compute capability.
+	ComputeMajor int
+	ComputeMinor int
+	// PCIBusID is the PCI address, e.g. "00000000:07:00.0".
+	PCIBusID string
+}
+
+// SystemInfo describes the driver stack.
+type SystemInfo struct {
+	// DriverVersion is the kernel driver version, e.g. "570.124.06".
+	DriverVersion string
+	// CUDADriverVersion is the CUDA version the driver supports, encoded as
+	// NVML does: 1000*major + 10*minor, e.g. 12080 for 12.8.
+	CUDADriverVersion int
+}
+
+// CUDAVersion returns the CUDA driver version as "major.minor".
+func (s SystemInfo) CUDAVersion() string {
+	return fmt.Sprintf("%d.%d", s.CUDADriverVersion/1000, s.CUDADriverVersion%1000/10)
+}
+
+// Health is a GPU's health as reported by a backend. Backends report every
+// GPU's state once when watching starts and then each change.
+type Health struct {
+	// UUID names the GPU.
+	UUID string
+	// Healthy is false while the GPU should not be allocated from.
+	Healthy bool
+	// Reason says why the GPU is unhealthy ("xid", "lost") or why it
+	// recovered ("recovered"); empty for the initial healthy report.
+	Reason string
+	// XID is the XID that made the GPU unhealthy, when Reason is "xid".
+	XID uint64
+}
+
+// Reasons carried in Health.Reason.
+const (
+	ReasonXID       = "xid"
+	ReasonLost      = "lost"
+	ReasonRecovered = "recovered"
+)
+
+// Backend is the agent's view of the GPUs on its node.
+type Backend interface {
+	// Devices returns the GPUs that could be enumerated, ordered by index.
+	// When some GPUs fail to enumerate it returns the others together with
+	// an error describing the failures; callers decide whether that is fatal.
+	Devices() ([]Device, error)
+	// System returns driver and CUDA versions.
+	System() (SystemInfo, error)
+	// WatchHealth calls report with every GPU's current health, then with
+	// each change, until ctx is done. It returns nil when ctx ends and an
+	// error only when health can no longer be watched at all.
+	WatchHealth(ctx context.Context, report func(Health)) error
+	// Close releases the backend.
+	Close() error
+}
+
+// ErrLibraryNotFound reports that the NVML library could not be loaded.
+var ErrLibraryNotFound = errors.New("NVML library libnvidia-ml.so.1 not found")
+
+// ErrCall wraps an error returned by one backend call, so callers can count
+// failures by call.
+type ErrCall struct {
+	// Call is the backend or NVML call that failed, e.g. "nvmlDeviceGetUUID".
+	Call string
+	// Err is the underlying error.
+	Err error
+}
+
+// Error implements error.
+func (e *ErrCall) Error() string { return e.Call + ": " + e.Err.Error() }
+
+// Unwrap returns the underlying error.
+func (e *ErrCall) Unwrap() error { return e.Err }

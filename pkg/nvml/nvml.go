@@ -1,0 +1,256 @@
+package nvml
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+)
+
+// Options configure the NVML backend.
+type Options struct {
+	// LibraryPath is the NVML library to load; empty means the system's
+	// libnvidia-ml.so.1.
+	LibraryPath string
+	// ProbeInterval is how often every GPU is probed for being lost, which
+	// is also how late a lost GPU or a recovery is noticed at most.
+	ProbeInterval time.Duration
+	// XIDRecovery is how long a GPU must go without a new XID, answering
+	// probes, before it is reported healthy again. Zero never recovers.
+	XIDRecovery time.Duration
+	// IgnoredXIDs never make a GPU unhealthy.
+	IgnoredXIDs []uint64
+	// Logger receives warnings about GPUs that cannot be watched.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// DefaultOptions returns the options the agent uses unless configured.
+func DefaultOptions() Options {
+	return Options{
+		ProbeInterval: 5 * time.Second,
+		XIDRecovery:   5 * time.Minute,
+		IgnoredXIDs:   append([]uint64(nil), DefaultIgnoredXIDs...),
+	}
+}
+
+// NVML is the Backend over the NVIDIA driver's NVML library.
+type NVML struct {
+	lib  gonvml.Interface
+	opts Options
+}
+
+var _ Backend = (*NVML)(nil)
+
+// New loads and initialises NVML. A missing library is ErrLibraryNotFound.
+func New(opts Options) (*NVML, error) {
+	if opts.ProbeInterval <= 0 {
+		return nil, fmt.Errorf("probe interval must be positive, got %s", opts.ProbeInterval)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	var libOpts []gonvml.LibraryOption
+	if opts.LibraryPath != "" {
+		libOpts = append(libOpts, gonvml.WithLibraryPath(opts.LibraryPath))
+	}
+	lib := gonvml.New(libOpts...)
+	switch ret := lib.Init(); ret {
+	case gonvml.SUCCESS:
+	case gonvml.ERROR_LIBRARY_NOT_FOUND:
+		where := "libnvidia-ml.so.1 on the library path"
+		if opts.LibraryPath != "" {
+			where = opts.LibraryPath
+		}
+		return nil, fmt.Errorf("%w (looked for %s): install the NVIDIA driver, set --nvml-library, or use --gpu-backend=fake on nodes without GPUs", ErrLibraryNotFound, where)
+	default:
+		return nil, &ErrCall{Call: "nvmlInit", Err: ret}
+	}
+	return &NVML{lib: lib, opts: opts}, nil
+}
+
+// Close shuts NVML down.
+func (n *NVML) Close() error {
+	if ret := n.lib.Shutdown(); ret != gonvml.SUCCESS {
+		return &ErrCall{Call: "nvmlShutdown", Err: ret}
+	}
+	return nil
+}
+
+// System returns the driver and CUDA versions.
+func (n *NVML) System() (SystemInfo, error) {
+	drv, ret := n.lib.SystemGetDriverVersion()
+	if ret != gonvml.SUCCESS {
+		return SystemInfo{}, &ErrCall{Call: "nvmlSystemGetDriverVersion", Err: ret}
+	}
+	cuda, ret := n.lib.SystemGetCudaDriverVersion()
+	if ret != gonvml.SUCCESS {
+		return SystemInfo{}, &ErrCall{Call: "nvmlSystemGetCudaDriverVersion", Err: ret}
+	}
+	return SystemInfo{DriverVersion: drv, CUDADriverVersion: cuda}, nil
+}
+
+// Devices enumerates the GPUs. A GPU that fails to answer is left out and
+// its failure joined into the returned error; the others are returned.
+func (n *NVML) Devices() ([]Device, error) {
+	handles, err := n.handles()
+	if err != nil && len(handles) == 0 {
+		return nil, err
+	}
+	devs := make([]Device, 0, len(handles))
+	errs := []error{err}
+	for _, h := range handles {
+		d, derr := describe(h.dev, h.index)
+		if derr != nil {
+			errs = append(errs, fmt.Errorf("gpu %d: %w", h.index, derr))
+			continue
+		}
+		devs = append(devs, d)
+	}
+	return devs, errors.Join(errs...)
+}
+
+type handle struct {
+	index int
+	dev   gonvml.Device
+}
+
+func (n *NVML) handles() ([]handle, error) {
+	count, ret := n.lib.DeviceGetCount()
+	if ret != gonvml.SUCCESS {
+		return nil, &ErrCall{Call: "nvmlDeviceGetCount", Err: ret}
+	}
+	var out []handle
+	var errs []error
+	for i := range count {
+		d, ret := n.lib.DeviceGetHandleByIndex(i)
+		if ret != gonvml.SUCCESS {
+			errs = append(errs, fmt.Errorf("gpu %d: %w", i, &ErrCall{Call: "nvmlDeviceGetHandleByIndex", Err: ret}))
+			continue
+		}
+		out = append(out, handle{index: i, dev: d})
+	}
+	return out, errors.Join(errs...)
+}
+
+func describe(d gonvml.Device, index int) (Device, error) {
+	out := Device{Index: index}
+	var ret gonvml.Return
+	if out.UUID, ret = d.GetUUID(); ret != gonvml.SUCCESS {
+		return Device{}, &ErrCall{Call: "nvmlDeviceGetUUID", Err: ret}
+	}
+	if out.Model, ret = d.GetName(); ret != gonvml.SUCCESS {
+		return Device{}, &ErrCall{Call: "nvmlDeviceGetName", Err: ret}
+	}
+	if out.Minor, ret = d.GetMinorNumber(); ret != gonvml.SUCCESS {
+		return Device{}, &ErrCall{Call: "nvmlDeviceGetMinorNumber", Err: ret}
+	}
+	mem, ret := d.GetMemoryInfo()
+	if ret != gonvml.SUCCESS {
+		return Device{}, &ErrCall{Call: "nvmlDeviceGetMemoryInfo", Err: ret}
+	}
+	out.MemoryBytes = mem.Total
+	if out.ComputeMajor, out.ComputeMinor, ret = d.GetCudaComputeCapability(); ret != gonvml.SUCCESS {
+		return Device{}, &ErrCall{Call: "nvmlDeviceGetCudaComputeCapability", Err: ret}
+	}
+	pci, ret := d.GetPciInfo()
+	if ret != gonvml.SUCCESS {
+		return Device{}, &ErrCall{Call: "nvmlDeviceGetPciInfo", Err: ret}
+	}
+	out.PCIBusID = cString(pci.BusId[:])
+	return out, nil
+}
+
+func cString(b []int8) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
+}
+
+// WatchHealth reports XID critical errors as they arrive and probes every
+// GPU each ProbeInterval for being lost or recovered.
+func (n *NVML) WatchHealth(ctx context.Context, report func(Health)) error {
+	handles, err := n.handles()
+	if err != nil && len(handles) == 0 {
+		return fmt.Errorf("watch health: %w", err)
+	}
+	type watched struct {
+		uuid string
+		dev  gonvml.Device
+	}
+	var gpus []watched
+	for _, h := range handles {
+		uuid, ret := h.dev.GetUUID()
+		if ret != gonvml.SUCCESS {
+			n.opts.Logger.Warn("gpu not watched for health", "gpu", h.index, "err", &ErrCall{Call: "nvmlDeviceGetUUID", Err: ret})
+			continue
+		}
+		gpus = append(gpus, watched{uuid: uuid, dev: h.dev})
+	}
+	set, ret := n.lib.EventSetCreate()
+	if ret != gonvml.SUCCESS {
+		return fmt.Errorf("watch health: %w", &ErrCall{Call: "nvmlEventSetCreate", Err: ret})
+	}
+	defer set.Free()
+
+	order := make([]string, len(gpus))
+	for i, g := range gpus {
+		order[i] = g.uuid
+		supported, ret := g.dev.GetSupportedEventTypes()
+		if ret != gonvml.SUCCESS {
+			n.opts.Logger.Warn("xid events unavailable", "uuid", g.uuid, "err", &ErrCall{Call: "nvmlDeviceGetSupportedEventTypes", Err: ret})
+			continue
+		}
+		mask := supported & uint64(gonvml.EventTypeXidCriticalError)
+		if mask == 0 {
+			n.opts.Logger.Warn("xid events unsupported", "uuid", g.uuid)
+			continue
+		}
+		if ret := g.dev.RegisterEvents(mask, set); ret != gonvml.SUCCESS {
+			n.opts.Logger.Warn("xid events unavailable", "uuid", g.uuid, "err", &ErrCall{Call: "nvmlDeviceRegisterEvents", Err: ret})
+		}
+	}
+
+	tr := newHealthTracker(order, n.opts.XIDRecovery, n.opts.IgnoredXIDs)
+	for _, h := range tr.current(order) {
+		report(h)
+	}
+	// Wait in short slices so cancellation is noticed promptly even with a
+	// long probe interval.
+	wait := min(n.opts.ProbeInterval, time.Second)
+	lastProbe := n.opts.Now()
+	for ctx.Err() == nil {
+		data, ret := set.Wait(uint32(wait.Milliseconds()))
+		now := n.opts.Now()
+		if ret == gonvml.SUCCESS && data.EventType&uint64(gonvml.EventTypeXidCriticalError) != 0 && data.Device != nil {
+			if uuid, r := data.Device.GetUUID(); r == gonvml.SUCCESS {
+				if h, changed := tr.xid(uuid, data.EventData, now); changed {
+					report(h)
+				}
+			}
+		}
+		if now.Sub(lastProbe) < n.opts.ProbeInterval && ret != gonvml.ERROR_GPU_IS_LOST {
+			continue
+		}
+		lastProbe = now
+		for _, g := range gpus {
+			_, r := g.dev.GetMemoryInfo()
+			if h, changed := tr.probe(g.uuid, r == gonvml.ERROR_GPU_IS_LOST, now); changed {
+				report(h)
+			}
+		}
+	}
+	return nil
+}
