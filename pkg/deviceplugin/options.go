@@ -1,0 +1,132 @@
+package deviceplugin
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"time"
+
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+)
+
+// Options configure a Plugin.
+type Options struct {
+	// ResourceName is the extended resource offered, e.g. "nvidia.com/vgpu".
+	ResourceName string
+	// PluginDir is the kubelet's device plugin directory; the kubelet's
+	// registration socket is PluginDir/kubelet.sock.
+	PluginDir string
+	// SocketName is the file name of this plugin's socket in PluginDir.
+	SocketName string
+	// Placement chooses GPUs in GetPreferredAllocation.
+	Placement vgpu.Policy
+	// DeviceSpecs makes Allocate return the GPU device nodes, for runtimes
+	// without the NVIDIA container hook.
+	DeviceSpecs bool
+	// DevRoot is the host directory holding the nvidia device nodes.
+	DevRoot string
+	// CDI, when Enabled, makes Allocate return CDI device names.
+	CDI CDIOptions
+	// MPS, when Enabled, makes Allocate set MPS limits and mount the MPS
+	// pipe directory.
+	MPS MPSOptions
+	// RegisterRetry is how often registration is retried while the kubelet
+	// does not answer.
+	RegisterRetry time.Duration
+	// Logger receives the plugin's logs.
+	Logger *slog.Logger
+}
+
+// CDIOptions configure CDI device names in Allocate responses.
+type CDIOptions struct {
+	// Enabled turns CDI device names on.
+	Enabled bool
+	// Kind is the CDI kind, e.g. "nvidia.com/gpu".
+	Kind string
+	// NameStrategy is "uuid" (kind=GPU-...) or "index" (kind=0).
+	NameStrategy string
+}
+
+// MPSOptions configure NVIDIA MPS limits in Allocate responses.
+type MPSOptions struct {
+	// Enabled turns MPS limits on.
+	Enabled bool
+	// PipeDirectory is the MPS control daemon's pipe directory on the host,
+	// mounted at the same path in containers.
+	PipeDirectory string
+}
+
+// DefaultOptions returns the options gpu-agent uses unless configured.
+func DefaultOptions() Options {
+	return Options{
+		ResourceName:  "nvidia.com/vgpu",
+		PluginDir:     pluginapi.DevicePluginPath,
+		SocketName:    "gpuslice.sock",
+		Placement:     vgpu.Binpack,
+		DeviceSpecs:   true,
+		DevRoot:       "/dev",
+		CDI:           CDIOptions{Kind: "nvidia.com/gpu", NameStrategy: "uuid"},
+		MPS:           MPSOptions{PipeDirectory: "/run/nvidia/mps"},
+		RegisterRetry: 5 * time.Second,
+	}
+}
+
+// Validate reports the first option that cannot work.
+func (o Options) Validate() error {
+	if err := validResourceName(o.ResourceName); err != nil {
+		return err
+	}
+	if o.PluginDir == "" || !filepath.IsAbs(o.PluginDir) {
+		return fmt.Errorf("device plugin dir %q must be an absolute path", o.PluginDir)
+	}
+	if o.SocketName == "" || strings.ContainsRune(o.SocketName, '/') || o.SocketName == "kubelet.sock" {
+		return fmt.Errorf("socket name %q must be a plain file name other than kubelet.sock", o.SocketName)
+	}
+	// A unix socket path must fit sun_path (108 bytes with the NUL).
+	if p := filepath.Join(o.PluginDir, o.SocketName); len(p) > 107 {
+		return fmt.Errorf("socket path %q is longer than 107 bytes", p)
+	}
+	if _, err := vgpu.ParsePolicy(string(o.Placement)); err != nil {
+		return err
+	}
+	if o.DeviceSpecs && !filepath.IsAbs(o.DevRoot) {
+		return fmt.Errorf("dev root %q must be an absolute path", o.DevRoot)
+	}
+	if o.CDI.Enabled {
+		if !strings.Contains(o.CDI.Kind, "/") || strings.ContainsAny(o.CDI.Kind, "= ") {
+			return fmt.Errorf("CDI kind %q must look like vendor.com/class", o.CDI.Kind)
+		}
+		if o.CDI.NameStrategy != "uuid" && o.CDI.NameStrategy != "index" {
+			return fmt.Errorf("CDI name strategy %q must be uuid or index", o.CDI.NameStrategy)
+		}
+	}
+	if o.MPS.Enabled && !filepath.IsAbs(o.MPS.PipeDirectory) {
+		return fmt.Errorf("MPS pipe directory %q must be an absolute path", o.MPS.PipeDirectory)
+	}
+	if o.RegisterRetry <= 0 {
+		return errors.New("register retry interval must be positive")
+	}
+	return nil
+}
+
+// validResourceName accepts "<domain>/<name>" as the kubelet does for
+// extended resources.
+func validResourceName(s string) error {
+	domain, name, ok := strings.Cut(s, "/")
+	if !ok || domain == "" || name == "" || strings.Contains(name, "/") {
+		return fmt.Errorf("resource name %q must be <domain>/<name>", s)
+	}
+	if !strings.Contains(domain, ".") || strings.HasPrefix(domain, "kubernetes.io") || strings.HasSuffix(domain, ".kubernetes.io") {
+		return fmt.Errorf("resource name %q needs a fully qualified domain outside kubernetes.io", s)
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '/' || r == '_' || r >= 'A' && r <= 'Z') {
+			return fmt.Errorf("resource name %q has character %q", s, r)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,297 @@
+package deviceplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+)
+
+// Environment variables Allocate sets in every container, besides
+// NVIDIA_VISIBLE_DEVICES. Per-GPU values are comma-separated in the order of
+// NVIDIA_VISIBLE_DEVICES, which is also the CUDA device order in the container.
+const (
+	// EnvSliceIDs lists the slice IDs the container holds.
+	EnvSliceIDs = "GPUSLICE_SLICE_IDS"
+	// EnvSlices is the number of slices held, per GPU.
+	EnvSlices = "GPUSLICE_SLICES"
+	// EnvMemoryLimit is the GPU memory the container may use in bytes, per GPU.
+	EnvMemoryLimit = "GPUSLICE_MEMORY_LIMIT_BYTES"
+	// EnvComputeLimit is the share of the GPU's compute the container may
+	// use, in 0..1, per GPU.
+	EnvComputeLimit = "GPUSLICE_COMPUTE_LIMIT_RATIO"
+)
+
+// Plugin is the device plugin for one node's slices. Create it with New and
+// run it with Run; feed GPU health in with SetHealth.
+type Plugin struct {
+	pluginapi.UnimplementedDevicePluginServer
+
+	opts   Options
+	log    *slog.Logger
+	layout *vgpu.Layout
+	minor  map[string]int // GPU UUID -> device node minor number
+
+	mu      sync.Mutex
+	health  map[string]nvml.Health // GPU UUID -> latest health
+	changed chan struct{}          // closed and replaced on every health change
+
+	registered atomic.Bool
+}
+
+// New builds a plugin serving layout. devices supplies the minor numbers of
+// the layout's GPUs, for device nodes. Every GPU starts healthy.
+func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	p := &Plugin{
+		opts:    opts,
+		log:     opts.Logger,
+		layout:  layout,
+		minor:   map[string]int{},
+		health:  map[string]nvml.Health{},
+		changed: make(chan struct{}),
+	}
+	for _, d := range devices {
+		p.minor[d.UUID] = d.Minor
+	}
+	for _, g := range layout.GPUs() {
+		if _, ok := p.minor[g.UUID]; !ok {
+			return nil, fmt.Errorf("gpu %s is in the layout but not in the device list", g.UUID)
+		}
+		p.health[g.UUID] = nvml.Health{UUID: g.UUID, Healthy: true}
+	}
+	return p, nil
+}
+
+var _ pluginapi.DevicePluginServer = (*Plugin)(nil)
+
+// SetHealth records a GPU's health; ListAndWatch streams the change to the
+// kubelet at once. Reports for GPUs outside the layout are ignored.
+func (p *Plugin) SetHealth(h nvml.Health) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	prev, ok := p.health[h.UUID]
+	if !ok || prev.Healthy == h.Healthy {
+		if ok {
+			p.health[h.UUID] = h
+		}
+		return
+	}
+	p.health[h.UUID] = h
+	close(p.changed)
+	p.changed = make(chan struct{})
+	if h.Healthy {
+		p.log.Info("gpu healthy", "uuid", h.UUID, "reason", h.Reason)
+	} else {
+		p.log.Warn("gpu unhealthy", "uuid", h.UUID, "reason", h.Reason, "xid", h.XID)
+	}
+}
+
+// Registered reports whether the kubelet accepted the plugin's latest
+// registration.
+func (p *Plugin) Registered() bool { return p.registered.Load() }
+
+func (p *Plugin) healthy(uuid string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.health[uuid].Healthy
+}
+
+// snapshot returns the device list and the channel that closes when it next
+// changes.
+func (p *Plugin) snapshot() ([]*pluginapi.Device, <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ids := p.layout.SliceIDs()
+	devs := make([]*pluginapi.Device, len(ids))
+	for i, id := range ids {
+		h := pluginapi.Healthy
+		if !p.health[id.UUID].Healthy {
+			h = pluginapi.Unhealthy
+		}
+		devs[i] = &pluginapi.Device{ID: id.String(), Health: h}
+	}
+	return devs, p.changed
+}
+
+// GetDevicePluginOptions tells the kubelet to ask for preferred allocations.
+func (p *Plugin) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*pluginapi.DevicePluginOptions, error) {
+	return &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true}, nil
+}
+
+// ListAndWatch sends every slice with its health, then the whole list again
+// on every health change, until the kubelet hangs up or the server stops.
+func (p *Plugin) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_ListAndWatchServer) error {
+	for {
+		devs, changed := p.snapshot()
+		if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: devs}); err != nil {
+			return fmt.Errorf("send device list: %w", err)
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+// GetPreferredAllocation places each container's request with pkg/vgpu.
+func (p *Plugin) GetPreferredAllocation(_ context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
+	resp := &pluginapi.PreferredAllocationResponse{}
+	for _, c := range req.GetContainerRequests() {
+		ids, err := p.layout.Place(vgpu.Request{
+			Available:   c.GetAvailableDeviceIDs(),
+			MustInclude: c.GetMustIncludeDeviceIDs(),
+			Size:        int(c.GetAllocationSize()),
+		}, p.opts.Placement, p.healthy)
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: ids})
+	}
+	return resp, nil
+}
+
+// Allocate tells the runtime what each container gets. Every ID must name a
+// slice of a healthy GPU, or the whole request fails naming the first bad ID.
+func (p *Plugin) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
+	resp := &pluginapi.AllocateResponse{}
+	for _, c := range req.GetContainerRequests() {
+		r, err := p.allocate(c.GetDevicesIDs())
+		if err != nil {
+			return nil, err
+		}
+		resp.ContainerResponses = append(resp.ContainerResponses, r)
+	}
+	return resp, nil
+}
+
+// PreStartContainer is not needed: Allocate does all the work.
+func (p *Plugin) PreStartContainer(context.Context, *pluginapi.PreStartContainerRequest) (*pluginapi.PreStartContainerResponse, error) {
+	return &pluginapi.PreStartContainerResponse{}, nil
+}
+
+func (p *Plugin) allocate(ids []string) (*pluginapi.ContainerAllocateResponse, error) {
+	if len(ids) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "container request has no device IDs")
+	}
+	limits, err := p.layout.Limits(ids)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	p.mu.Lock()
+	for _, id := range ids {
+		s, _ := vgpu.ParseSliceID(id) // Limits validated every ID.
+		if h := p.health[s.UUID]; !h.Healthy {
+			p.mu.Unlock()
+			return nil, status.Errorf(codes.FailedPrecondition, "slice %s is on unhealthy GPU %s (%s)", id, s.UUID, describeHealth(h))
+		}
+	}
+	p.mu.Unlock()
+
+	sorted := append([]string(nil), ids...)
+	sort.Strings(sorted)
+	n := len(limits)
+	uuids, slices, mem, compute := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, l := range limits {
+		uuids[i] = l.UUID
+		slices[i] = strconv.Itoa(l.Slices)
+		mem[i] = strconv.FormatUint(l.MemoryBytes, 10)
+		compute[i] = strconv.FormatFloat(l.ComputeRatio, 'f', -1, 64)
+	}
+	r := &pluginapi.ContainerAllocateResponse{Envs: map[string]string{
+		"NVIDIA_VISIBLE_DEVICES": strings.Join(uuids, ","),
+		EnvSliceIDs:              strings.Join(sorted, ","),
+		EnvSlices:                strings.Join(slices, ","),
+		EnvMemoryLimit:           strings.Join(mem, ","),
+		EnvComputeLimit:          strings.Join(compute, ","),
+	}}
+	if p.opts.DeviceSpecs {
+		r.Devices = p.deviceSpecs(limits)
+	}
+	if p.opts.CDI.Enabled {
+		for _, l := range limits {
+			name := l.UUID
+			if p.opts.CDI.NameStrategy == "index" {
+				name = strconv.Itoa(l.Index)
+			}
+			r.CDIDevices = append(r.CDIDevices, &pluginapi.CDIDevice{Name: p.opts.CDI.Kind + "=" + name})
+		}
+	}
+	if p.opts.MPS.Enabled {
+		p.addMPS(r, limits)
+	}
+	p.log.Info("allocated", "slices", strings.Join(sorted, ","), "gpus", strings.Join(uuids, ","))
+	return r, nil
+}
+
+func (p *Plugin) deviceSpecs(limits []vgpu.GPULimit) []*pluginapi.DeviceSpec {
+	names := []string{"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"}
+	for _, l := range limits {
+		names = append(names, "nvidia"+strconv.Itoa(p.minor[l.UUID]))
+	}
+	specs := make([]*pluginapi.DeviceSpec, len(names))
+	for i, n := range names {
+		specs[i] = &pluginapi.DeviceSpec{
+			ContainerPath: "/dev/" + n,
+			HostPath:      strings.TrimSuffix(p.opts.DevRoot, "/") + "/" + n,
+			Permissions:   "rw",
+		}
+	}
+	return specs
+}
+
+// addMPS sets the MPS client limits. MPS's thread percentage is one number
+// per client, so a container spanning GPUs gets its smallest share; memory
+// limits are per device ordinal as the container sees them.
+func (p *Plugin) addMPS(r *pluginapi.ContainerAllocateResponse, limits []vgpu.GPULimit) {
+	pct := 100
+	mem := make([]string, len(limits))
+	for i, l := range limits {
+		pct = min(pct, l.ComputePercent())
+		mem[i] = fmt.Sprintf("%d=%dM", i, l.MemoryBytes>>20)
+	}
+	r.Envs["CUDA_MPS_PIPE_DIRECTORY"] = p.opts.MPS.PipeDirectory
+	r.Envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = strconv.Itoa(pct)
+	r.Envs["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = strings.Join(mem, ",")
+	r.Mounts = append(r.Mounts, &pluginapi.Mount{ContainerPath: p.opts.MPS.PipeDirectory, HostPath: p.opts.MPS.PipeDirectory})
+}
+
+func describeHealth(h nvml.Health) string {
+	switch h.Reason {
+	case nvml.ReasonXID:
+		return fmt.Sprintf("xid %d", h.XID)
+	case "":
+		return "unhealthy"
+	}
+	return h.Reason
+}
+
+// grpcError maps vgpu errors to gRPC status codes, keeping their text, which
+// names the offending ID.
+func grpcError(err error) error {
+	switch {
+	case errors.Is(err, vgpu.ErrInvalidID), errors.Is(err, vgpu.ErrUnknownSlice), errors.Is(err, vgpu.ErrDuplicateSlice):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, vgpu.ErrCannotPlace):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}

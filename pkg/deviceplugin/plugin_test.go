@@ -1,0 +1,700 @@
+package deviceplugin_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+	"github.com/gpuslice/gpuslice/test/kubeletstub"
+)
+
+const resource = "nvidia.com/vgpu"
+
+// env is one plugin on a fake node, served on real unix sockets in a temp
+// dir, with the kubelet stand-in started or not.
+type env struct {
+	dir     string
+	node    *fakegpu.Node
+	devs    []nvml.Device
+	layout  *vgpu.Layout
+	plugin  *deviceplugin.Plugin
+	kubelet *kubeletstub.Kubelet
+	stop    func()
+}
+
+type setup struct {
+	gpus      int
+	slices    int
+	noKubelet bool
+	configure func(*deviceplugin.Options)
+}
+
+func newEnv(t *testing.T, s setup) *env {
+	t.Helper()
+	if s.gpus == 0 {
+		s.gpus = 4
+	}
+	if s.slices == 0 {
+		s.slices = 4
+	}
+	e := &env{dir: t.TempDir()}
+	var err error
+	if e.node, err = fakegpu.New(fakegpu.PresetConfig("A100-40GB", s.gpus)); err != nil {
+		t.Fatal(err)
+	}
+	if e.devs, err = e.node.Devices(); err != nil {
+		t.Fatal(err)
+	}
+	var gpus []vgpu.GPU
+	for _, d := range e.devs {
+		gpus = append(gpus, vgpu.GPU{UUID: d.UUID, Index: d.Index, Model: d.Model, MemoryBytes: d.MemoryBytes})
+	}
+	if e.layout, err = vgpu.NewLayout(gpus, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: s.slices}}); err != nil {
+		t.Fatal(err)
+	}
+	if !s.noKubelet {
+		e.startKubelet(t)
+	}
+	e.startPlugin(t, s.configure)
+	return e
+}
+
+func (e *env) startKubelet(t *testing.T) {
+	t.Helper()
+	k, err := kubeletstub.Start(e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.kubelet = k
+	t.Cleanup(k.Stop)
+}
+
+func (e *env) startPlugin(t *testing.T, configure func(*deviceplugin.Options)) {
+	t.Helper()
+	opts := deviceplugin.DefaultOptions()
+	opts.PluginDir = e.dir
+	opts.RegisterRetry = 50 * time.Millisecond
+	if configure != nil {
+		configure(&opts)
+	}
+	p, err := deviceplugin.New(e.layout, e.devs, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	healthDone := make(chan error, 1)
+	go func() { runDone <- p.Run(ctx) }()
+	go func() { healthDone <- e.node.WatchHealth(ctx, p.SetHealth) }()
+	stopped := false
+	e.plugin = p
+	e.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-runDone; err != nil {
+			t.Errorf("Run() = %v", err)
+		}
+		if err := <-healthDone; err != nil {
+			t.Errorf("WatchHealth() = %v", err)
+		}
+	}
+	t.Cleanup(e.stop)
+}
+
+func ctxT(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func health(devs []*pluginapi.Device) map[string]int {
+	out := map[string]int{}
+	for _, d := range devs {
+		out[d.Health]++
+	}
+	return out
+}
+
+func TestRegistrationAndDeviceList(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	regs := e.kubelet.Registrations()
+	want := &pluginapi.RegisterRequest{
+		Version:      "v1beta1",
+		Endpoint:     "gpuslice.sock",
+		ResourceName: resource,
+		Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true},
+	}
+	if diff := cmp.Diff(want, regs[0].Request, cmpopts.IgnoreUnexported(pluginapi.RegisterRequest{}, pluginapi.DevicePluginOptions{})); diff != "" {
+		t.Errorf("Register request (-want +got)\n%s", diff)
+	}
+	if !p.Options().GetPreferredAllocationAvailable || p.Options().PreStartRequired {
+		t.Errorf("GetDevicePluginOptions() = %+v", p.Options())
+	}
+	devs := p.Devices()
+	if diff := cmp.Diff(map[string]int{pluginapi.Healthy: 16}, health(devs)); diff != "" {
+		t.Errorf("device health (-want +got)\n%s", diff)
+	}
+	var ids []string
+	for _, d := range devs {
+		ids = append(ids, d.ID)
+	}
+	var want16 []string
+	for _, s := range e.layout.SliceIDs() {
+		want16 = append(want16, s.String())
+	}
+	if diff := cmp.Diff(want16, ids, cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+		t.Errorf("device IDs (-want +got)\n%s", diff)
+	}
+	if !e.plugin.Registered() {
+		t.Error("Registered() = false after registration")
+	}
+	if _, err := p.Client().PreStartContainer(ctxT(t), &pluginapi.PreStartContainerRequest{DevicesIDs: ids[:1]}); err != nil {
+		t.Errorf("PreStartContainer() = %v", err)
+	}
+}
+
+// listAndWatch opens a stream of its own and returns its messages.
+func listAndWatch(t *testing.T, e *env) <-chan []*pluginapi.Device {
+	t.Helper()
+	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	stream, err := p.Client().ListAndWatch(ctx, &pluginapi.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan []*pluginapi.Device, 16)
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				close(ch)
+				return
+			}
+			ch <- r.Devices
+		}
+	}()
+	return ch
+}
+
+func nextList(t *testing.T, ch <-chan []*pluginapi.Device) []*pluginapi.Device {
+	t.Helper()
+	select {
+	case d, ok := <-ch:
+		if !ok {
+			t.Fatal("ListAndWatch stream ended")
+		}
+		return d
+	case <-time.After(10 * time.Second):
+		t.Fatal("no ListAndWatch update within 10s")
+	}
+	return nil
+}
+
+// unhealthyGPUs returns, for one device list, the unhealthy slice count by GPU UUID.
+func unhealthyGPUs(devs []*pluginapi.Device) map[string]int {
+	out := map[string]int{}
+	for _, d := range devs {
+		if d.Health == pluginapi.Unhealthy {
+			s, _ := vgpu.ParseSliceID(d.ID)
+			out[s.UUID]++
+		}
+	}
+	return out
+}
+
+func TestHealthXIDAndRecovery(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	ch := listAndWatch(t, e)
+	if got := unhealthyGPUs(nextList(t, ch)); len(got) != 0 {
+		t.Fatalf("initial list has unhealthy slices: %v", got)
+	}
+	if err := e.node.InjectXID(1, 79); err != nil {
+		t.Fatal(err)
+	}
+	// One update marks all four slices of GPU 1, and nothing else.
+	if diff := cmp.Diff(map[string]int{e.devs[1].UUID: 4}, unhealthyGPUs(nextList(t, ch))); diff != "" {
+		t.Fatalf("after XID (-want +got)\n%s", diff)
+	}
+
+	// The other GPUs still allocate; GPU 1's slices are refused by name.
+	p := e.kubelet.Plugin(resource)
+	if err := e.kubelet.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
+		return len(unhealthyGPUs(k.PluginLocked(resource).DevicesLocked())) == 1
+	}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := p.Allocate(ctxT(t), "pod-a", "main", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range a.DeviceIDs {
+		if strings.HasPrefix(id, e.devs[1].UUID) {
+			t.Errorf("allocated %s on the unhealthy GPU", id)
+		}
+	}
+	bad := e.devs[1].UUID + "::2"
+	_, err = p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{bad}}}})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "xid 79") {
+		t.Errorf("Allocate on unhealthy GPU = %v, want FailedPrecondition naming %s and xid 79", err, bad)
+	}
+
+	if err := e.node.Lose(3); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]int{e.devs[1].UUID: 4, e.devs[3].UUID: 4}, unhealthyGPUs(nextList(t, ch))); diff != "" {
+		t.Fatalf("after loss (-want +got)\n%s", diff)
+	}
+	if err := e.node.Recover(1); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]int{e.devs[3].UUID: 4}, unhealthyGPUs(nextList(t, ch))); diff != "" {
+		t.Fatalf("after recovery of GPU 1 (-want +got)\n%s", diff)
+	}
+	if err := e.node.Recover(3); err != nil {
+		t.Fatal(err)
+	}
+	if got := unhealthyGPUs(nextList(t, ch)); len(got) != 0 {
+		t.Fatalf("after full recovery: %v", got)
+	}
+	if _, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{bad}}}}); err != nil {
+		t.Errorf("Allocate after recovery = %v", err)
+	}
+}
+
+func TestPreferredAllocationThroughKubelet(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		policy vgpu.Policy
+		// asks is the sequence of container requests; want is the GPU index
+		// and slice indexes each gets.
+		asks []int
+		want [][]string
+	}{
+		"binpack": {
+			policy: vgpu.Binpack,
+			asks:   []int{3, 2, 1, 4},
+			want:   [][]string{{"0:0", "0:1", "0:2"}, {"1:0", "1:1"}, {"0:3"}, {"2:0", "2:1", "2:2", "2:3"}},
+		},
+		"spread": {
+			policy: vgpu.Spread,
+			asks:   []int{3, 2, 1},
+			want:   [][]string{{"0:0", "0:1", "0:2"}, {"1:0", "1:1"}, {"2:0"}},
+		},
+		"span only when no gpu fits": {
+			policy: vgpu.Binpack,
+			asks:   []int{3, 3, 3, 3, 4},
+			want:   [][]string{{"0:0", "0:1", "0:2"}, {"1:0", "1:1", "1:2"}, {"2:0", "2:1", "2:2"}, {"3:0", "3:1", "3:2"}, {"0:3", "1:3", "2:3", "3:3"}},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, setup{configure: func(o *deviceplugin.Options) { o.Placement = tc.policy }})
+			p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+			if err != nil {
+				t.Fatal(err)
+			}
+			short := map[string]string{}
+			for _, d := range e.devs {
+				short[d.UUID] = fmt.Sprint(d.Index)
+			}
+			for i, n := range tc.asks {
+				a, err := p.Allocate(ctxT(t), fmt.Sprintf("pod-%d", i), "main", n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []string
+				for _, id := range a.DeviceIDs {
+					s, _ := vgpu.ParseSliceID(id)
+					got = append(got, fmt.Sprintf("%s:%d", short[s.UUID], s.Index))
+				}
+				if diff := cmp.Diff(tc.want[i], got); diff != "" {
+					t.Errorf("request %d for %d (-want +got)\n%s", i, n, diff)
+				}
+				if diff := cmp.Diff(a.Preferred, a.DeviceIDs); diff != "" {
+					t.Errorf("kubelet did not take the preferred allocation (-preferred +got)\n%s", diff)
+				}
+			}
+			// Over-request: the kubelet refuses it, nothing changes hands.
+			before := p.Holders()
+			if _, err := p.Allocate(ctxT(t), "greedy", "main", 17); !errors.Is(err, kubeletstub.ErrInsufficient) {
+				t.Errorf("over-request = %v, want ErrInsufficient", err)
+			}
+			if diff := cmp.Diff(before, p.Holders()); diff != "" {
+				t.Errorf("over-request changed holders (-before +after)\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestGetPreferredAllocationErrors(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := map[string]struct {
+		req  *pluginapi.ContainerPreferredAllocationRequest
+		code codes.Code
+		text string
+	}{
+		"malformed id":       {req: &pluginapi.ContainerPreferredAllocationRequest{AvailableDeviceIDs: []string{"bogus"}, AllocationSize: 1}, code: codes.InvalidArgument, text: "bogus"},
+		"unknown gpu":        {req: &pluginapi.ContainerPreferredAllocationRequest{AvailableDeviceIDs: []string{"GPU-nope::0"}, AllocationSize: 1}, code: codes.InvalidArgument, text: "GPU-nope::0"},
+		"size beyond":        {req: &pluginapi.ContainerPreferredAllocationRequest{AvailableDeviceIDs: []string{e.devs[0].UUID + "::0"}, AllocationSize: 2}, code: codes.FailedPrecondition, text: "2 slices requested"},
+		"must not available": {req: &pluginapi.ContainerPreferredAllocationRequest{AvailableDeviceIDs: []string{e.devs[0].UUID + "::0"}, MustIncludeDeviceIDs: []string{e.devs[0].UUID + "::1"}, AllocationSize: 1}, code: codes.FailedPrecondition, text: e.devs[0].UUID + "::1"},
+		"zero size":          {req: &pluginapi.ContainerPreferredAllocationRequest{AvailableDeviceIDs: []string{e.devs[0].UUID + "::0"}}, code: codes.FailedPrecondition, text: "size 0"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := p.Client().GetPreferredAllocation(ctxT(t), &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{tc.req}})
+			if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.text) {
+				t.Errorf("GetPreferredAllocation() = %v, want %v mentioning %q", err, tc.code, tc.text)
+			}
+		})
+	}
+}
+
+func TestAllocateResponse(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{configure: func(o *deviceplugin.Options) {
+		o.DevRoot = "/host/dev"
+		o.CDI.Enabled = true
+		o.MPS.Enabled = true
+		o.MPS.PipeDirectory = "/run/nvidia/mps"
+	}})
+	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g0, g2 := e.devs[0].UUID, e.devs[2].UUID
+	resp, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
+		{DevicesIDs: []string{g2 + "::3", g2 + "::1", g2 + "::0"}},
+		{DevicesIDs: []string{g2 + "::2", g0 + "::0"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := func(n string) *pluginapi.DeviceSpec {
+		return &pluginapi.DeviceSpec{ContainerPath: "/dev/" + n, HostPath: "/host/dev/" + n, Permissions: "rw"}
+	}
+	mount := []*pluginapi.Mount{{ContainerPath: "/run/nvidia/mps", HostPath: "/run/nvidia/mps"}}
+	const slice = 40960 << 20 / 4
+	want := []*pluginapi.ContainerAllocateResponse{
+		{
+			Envs: map[string]string{
+				"NVIDIA_VISIBLE_DEVICES":            g2,
+				"GPUSLICE_SLICE_IDS":                g2 + "::0," + g2 + "::1," + g2 + "::3",
+				"GPUSLICE_SLICES":                   "3",
+				"GPUSLICE_MEMORY_LIMIT_BYTES":       fmt.Sprint(3 * slice),
+				"GPUSLICE_COMPUTE_LIMIT_RATIO":      "0.75",
+				"CUDA_MPS_PIPE_DIRECTORY":           "/run/nvidia/mps",
+				"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "75",
+				"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT":  "0=30720M",
+			},
+			Devices:    []*pluginapi.DeviceSpec{spec("nvidiactl"), spec("nvidia-uvm"), spec("nvidia-uvm-tools"), spec("nvidia2")},
+			CDIDevices: []*pluginapi.CDIDevice{{Name: "nvidia.com/gpu=" + g2}},
+			Mounts:     mount,
+		},
+		{
+			Envs: map[string]string{
+				"NVIDIA_VISIBLE_DEVICES":            g0 + "," + g2,
+				"GPUSLICE_SLICE_IDS":                strings.Join(sortedIDs(g2+"::2", g0+"::0"), ","),
+				"GPUSLICE_SLICES":                   "1,1",
+				"GPUSLICE_MEMORY_LIMIT_BYTES":       fmt.Sprintf("%d,%d", slice, slice),
+				"GPUSLICE_COMPUTE_LIMIT_RATIO":      "0.25,0.25",
+				"CUDA_MPS_PIPE_DIRECTORY":           "/run/nvidia/mps",
+				"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "25",
+				"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT":  "0=10240M,1=10240M",
+			},
+			Devices:    []*pluginapi.DeviceSpec{spec("nvidiactl"), spec("nvidia-uvm"), spec("nvidia-uvm-tools"), spec("nvidia0"), spec("nvidia2")},
+			CDIDevices: []*pluginapi.CDIDevice{{Name: "nvidia.com/gpu=" + g0}, {Name: "nvidia.com/gpu=" + g2}},
+			Mounts:     mount,
+		},
+	}
+	ignore := cmpopts.IgnoreUnexported(pluginapi.ContainerAllocateResponse{}, pluginapi.DeviceSpec{}, pluginapi.CDIDevice{}, pluginapi.Mount{})
+	if diff := cmp.Diff(want, resp.ContainerResponses, ignore); diff != "" {
+		t.Errorf("Allocate() (-want +got)\n%s", diff)
+	}
+}
+
+func sortedIDs(ids ...string) []string {
+	out := append([]string(nil), ids...)
+	for i := range out {
+		for j := i + 1; j < len(out); j++ {
+			if out[j] < out[i] {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+	}
+	return out
+}
+
+func TestAllocateMinimalAndCDIIndex(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{configure: func(o *deviceplugin.Options) {
+		o.DeviceSpecs = false
+		o.CDI = deviceplugin.CDIOptions{Enabled: true, Kind: "example.com/gpu", NameStrategy: "index"}
+	}})
+	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{e.devs[3].UUID + "::1"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := resp.ContainerResponses[0]
+	if len(r.Devices) != 0 || len(r.Mounts) != 0 || r.Envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] != "" {
+		t.Errorf("devices %v mounts %v envs %v: want no device specs and no MPS", r.Devices, r.Mounts, r.Envs)
+	}
+	if len(r.CDIDevices) != 1 || r.CDIDevices[0].Name != "example.com/gpu=3" {
+		t.Errorf("CDI devices = %v, want example.com/gpu=3", r.CDIDevices)
+	}
+}
+
+func TestAllocateErrors(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := e.devs[0].UUID
+	tests := map[string]struct {
+		ids  [][]string
+		text string
+	}{
+		"malformed":          {ids: [][]string{{g + "::0", "not-an-id"}}, text: "not-an-id"},
+		"unknown gpu":        {ids: [][]string{{"GPU-00000000-0000-0000-0000-000000000000::0"}}, text: "GPU-00000000-0000-0000-0000-000000000000::0"},
+		"index beyond":       {ids: [][]string{{g + "::4"}}, text: g + "::4"},
+		"duplicate":          {ids: [][]string{{g + "::1", g + "::1"}}, text: g + "::1"},
+		"empty container":    {ids: [][]string{{}}, text: "no device IDs"},
+		"bad second request": {ids: [][]string{{g + "::0"}, {"x::y"}}, text: "x::y"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			req := &pluginapi.AllocateRequest{}
+			for _, ids := range tc.ids {
+				req.ContainerRequests = append(req.ContainerRequests, &pluginapi.ContainerAllocateRequest{DevicesIDs: ids})
+			}
+			_, err := p.Client().Allocate(ctxT(t), req)
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.text) {
+				t.Errorf("Allocate() = %v, want InvalidArgument naming %q", err, tc.text)
+			}
+		})
+	}
+}
+
+func registrations(k *kubeletstub.Kubelet) int { return len(k.Registrations()) }
+
+func TestKubeletRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := p.Allocate(ctxT(t), "pod-a", "main", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := registrations(e.kubelet)
+	if err := e.kubelet.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// The plugin must notice by itself; its retry timer is far longer than
+	// this wait, so only the fsnotify path can pass.
+	if err := e.kubelet.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
+		p := k.PluginLocked(resource)
+		return k.RegistrationCountLocked() > before && p != nil && len(p.DevicesLocked()) == 16
+	}); err != nil {
+		t.Fatalf("plugin did not re-register after kubelet restart: %v", err)
+	}
+	p = e.kubelet.Plugin(resource)
+	a, err := p.Allocate(ctxT(t), "pod-b", "main", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range a.DeviceIDs {
+		for _, h := range held.DeviceIDs {
+			if id == h {
+				t.Errorf("slice %s handed out twice", id)
+			}
+		}
+	}
+}
+
+func TestKubeletRestartWithoutRetry(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{configure: func(o *deviceplugin.Options) { o.RegisterRetry = time.Hour }})
+	if _, err := e.kubelet.WaitPlugin(ctxT(t), resource); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		before := registrations(e.kubelet)
+		if err := e.kubelet.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.kubelet.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
+			p := k.PluginLocked(resource)
+			return k.RegistrationCountLocked() > before && p != nil && len(p.DevicesLocked()) == 16
+		}); err != nil {
+			t.Fatalf("restart %d: plugin did not re-register: %v", i, err)
+		}
+	}
+}
+
+func TestPluginStartsBeforeKubelet(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{noKubelet: true, configure: func(o *deviceplugin.Options) { o.RegisterRetry = time.Hour }})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(e.plugin.SocketPath()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("plugin socket never appeared")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if e.plugin.Registered() {
+		t.Fatal("Registered() = true with no kubelet")
+	}
+	e.startKubelet(t)
+	if _, err := e.kubelet.WaitPlugin(ctxT(t), resource); err != nil {
+		t.Fatalf("plugin did not register when the kubelet appeared: %v", err)
+	}
+}
+
+func TestAgentRestartKeepsIDsAndRemovesSocket(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := p.Devices()
+	held, err := p.Allocate(ctxT(t), "pod-a", "main", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.stop()
+	if _, err := os.Stat(filepath.Join(e.dir, "gpuslice.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket still there after shutdown: %v", err)
+	}
+	before := registrations(e.kubelet)
+	e.startPlugin(t, nil)
+	if err := e.kubelet.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
+		p := k.PluginLocked(resource)
+		return k.RegistrationCountLocked() > before && p != nil && len(p.DevicesLocked()) == 16
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p = e.kubelet.Plugin(resource)
+	ignore := cmpopts.IgnoreUnexported(pluginapi.Device{})
+	if diff := cmp.Diff(first, p.Devices(), ignore); diff != "" {
+		t.Errorf("device list changed across restart (-before +after)\n%s", diff)
+	}
+	a, err := p.Allocate(ctxT(t), "pod-b", "main", 14)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range a.DeviceIDs {
+		for _, h := range held.DeviceIDs {
+			if id == h {
+				t.Errorf("slice %s handed out twice", id)
+			}
+		}
+	}
+}
+
+func TestStaleSocketReplaced(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "gpuslice.sock"), []byte("stale"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	node, _ := fakegpu.New(fakegpu.PresetConfig("H100-80GB", 1))
+	devs, _ := node.Devices()
+	layout, _ := vgpu.NewLayout([]vgpu.GPU{{UUID: devs[0].UUID, Model: devs[0].Model, MemoryBytes: devs[0].MemoryBytes}}, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
+	k, err := kubeletstub.Start(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	// The stand-in clears sockets at start, as the kubelet does; put the
+	// stale file back to check the plugin replaces it itself.
+	if err := os.WriteFile(filepath.Join(dir, "gpuslice.sock"), []byte("stale"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts := deviceplugin.DefaultOptions()
+	opts.PluginDir = dir
+	p, err := deviceplugin.New(layout, devs, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	if _, err := k.WaitPlugin(ctxT(t), resource); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRunFailsOnMissingDir(t *testing.T) {
+	t.Parallel()
+	node, _ := fakegpu.New(fakegpu.PresetConfig("A100-40GB", 1))
+	devs, _ := node.Devices()
+	layout, _ := vgpu.NewLayout([]vgpu.GPU{{UUID: devs[0].UUID, Model: devs[0].Model, MemoryBytes: devs[0].MemoryBytes}}, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
+	opts := deviceplugin.DefaultOptions()
+	opts.PluginDir = filepath.Join(t.TempDir(), "missing")
+	p, err := deviceplugin.New(layout, devs, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("Run() = %v, want an error naming the dir", err)
+	}
+}
+
+func TestNewRejectsLayoutWithoutDevice(t *testing.T) {
+	t.Parallel()
+	layout, _ := vgpu.NewLayout([]vgpu.GPU{{UUID: "GPU-x", MemoryBytes: 1 << 30}}, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
+	if _, err := deviceplugin.New(layout, nil, deviceplugin.DefaultOptions()); err == nil {
+		t.Fatal("New() accepted a layout GPU with no device")
+	}
+}

@@ -1,0 +1,156 @@
+package deviceplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+)
+
+// kubeletSocket is the kubelet's registration socket name in the plugin dir.
+const kubeletSocket = "kubelet.sock"
+
+// registerTimeout bounds one Register call; the kubelet answers in
+// milliseconds when it is up.
+const registerTimeout = 5 * time.Second
+
+// SocketPath returns the path of the plugin's own socket.
+func (p *Plugin) SocketPath() string {
+	return filepath.Join(p.opts.PluginDir, p.opts.SocketName)
+}
+
+// Run serves the plugin on its socket and registers it with the kubelet,
+// until ctx ends. It re-creates the socket and registers again whenever the
+// kubelet restarts (kubelet.sock is created again, or the kubelet removes the
+// plugin's socket), and retries registration every RegisterRetry while the
+// kubelet does not answer. On return the socket is removed. It fails only
+// when the plugin dir cannot be watched or the socket cannot be created.
+func (p *Plugin) Run(ctx context.Context) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch device plugin dir: %w", err)
+	}
+	defer w.Close()
+	if err := w.Add(p.opts.PluginDir); err != nil {
+		return fmt.Errorf("watch device plugin dir %s: %w", p.opts.PluginDir, err)
+	}
+	kubelet := filepath.Join(p.opts.PluginDir, kubeletSocket)
+	own := p.SocketPath()
+
+	for {
+		srv, served, err := p.serve()
+		if err != nil {
+			return err
+		}
+		p.register(ctx)
+		retry := time.NewTicker(p.opts.RegisterRetry)
+		restart := false
+		for !restart {
+			select {
+			case <-ctx.Done():
+				retry.Stop()
+				p.stop(srv)
+				return nil
+			case err := <-served:
+				p.log.Error("device plugin server stopped; restarting", "err", err)
+				restart = true
+			case err := <-w.Errors:
+				p.log.Warn("device plugin dir watch error", "err", err)
+			case ev := <-w.Events:
+				switch {
+				case ev.Name == kubelet && ev.Has(fsnotify.Create):
+					p.log.Info("kubelet socket created; re-registering")
+					restart = true
+				case ev.Name == own && ev.Has(fsnotify.Remove|fsnotify.Rename) && !exists(own):
+					// Our own restarts remove the previous socket too; only a
+					// socket that is gone now means the kubelet removed it.
+					p.log.Info("plugin socket removed; re-registering")
+					restart = true
+				}
+			case <-retry.C:
+				if !p.Registered() {
+					p.register(ctx)
+				}
+			}
+		}
+		retry.Stop()
+		p.stop(srv)
+	}
+}
+
+// serve listens on the plugin socket, replacing a stale one, and serves
+// gRPC on it. served receives the server's error if it stops on its own.
+func (p *Plugin) serve() (*grpc.Server, <-chan error, error) {
+	path := p.SocketPath()
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	srv := grpc.NewServer()
+	pluginapi.RegisterDevicePluginServer(srv, p)
+	served := make(chan error, 1)
+	go func() {
+		if err := srv.Serve(lis); err != nil {
+			served <- err
+		}
+	}()
+	return srv, served, nil
+}
+
+// stop stops the server, ending ListAndWatch streams, and removes the socket.
+func (p *Plugin) stop(srv *grpc.Server) {
+	p.registered.Store(false)
+	srv.Stop()
+	if err := os.Remove(p.SocketPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		p.log.Warn("remove plugin socket", "path", p.SocketPath(), "err", err)
+	}
+}
+
+// register asks the kubelet to use the plugin. Failure is logged, not
+// returned: the kubelet may simply not be up yet, and Run retries.
+func (p *Plugin) register(ctx context.Context) {
+	if err := p.Register(ctx); err != nil {
+		p.log.Warn("kubelet registration failed; will retry", "err", err)
+		return
+	}
+	p.log.Info("registered with kubelet", "resource", p.opts.ResourceName, "socket", p.SocketPath(), "slices", p.layout.TotalSlices())
+}
+
+// Register makes one registration call to the kubelet.
+func (p *Plugin) Register(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
+	defer cancel()
+	path := filepath.Join(p.opts.PluginDir, kubeletSocket)
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("dial kubelet at %s: %w", path, err)
+	}
+	defer conn.Close()
+	_, err = pluginapi.NewRegistrationClient(conn).Register(ctx, &pluginapi.RegisterRequest{
+		Version:      pluginapi.Version,
+		Endpoint:     p.opts.SocketName,
+		ResourceName: p.opts.ResourceName,
+		Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true},
+	})
+	if err != nil {
+		return fmt.Errorf("register %s with kubelet at %s: %w", p.opts.ResourceName, path, err)
+	}
+	p.registered.Store(true)
+	return nil
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
