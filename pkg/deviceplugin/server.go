@@ -22,6 +22,10 @@ const kubeletSocket = "kubelet.sock"
 // milliseconds when it is up.
 const registerTimeout = 5 * time.Second
 
+// settleDelay is how long kubelet socket events are collected before the
+// plugin acts on them.
+const settleDelay = 100 * time.Millisecond
+
 // SocketPath returns the path of the plugin's own socket.
 func (p *Plugin) SocketPath() string {
 	return filepath.Join(p.opts.PluginDir, p.opts.SocketName)
@@ -52,6 +56,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 		}
 		p.register(ctx)
 		retry := time.NewTicker(p.opts.RegisterRetry)
+		var settle <-chan time.Time // set while kubelet events are coalescing
 		restart := false
 		for !restart {
 			select {
@@ -65,16 +70,23 @@ func (p *Plugin) Run(ctx context.Context) error {
 			case err := <-w.Errors:
 				p.log.Warn("device plugin dir watch error", "err", err)
 			case ev := <-w.Events:
-				switch {
-				case ev.Name == kubelet && ev.Has(fsnotify.Create):
-					p.log.Info("kubelet socket created; re-registering")
-					restart = true
-				case ev.Name == own && ev.Has(fsnotify.Remove|fsnotify.Rename) && !exists(own):
-					// Our own restarts remove the previous socket too; only a
-					// socket that is gone now means the kubelet removed it.
-					p.log.Info("plugin socket removed; re-registering")
-					restart = true
+				// A kubelet restart removes our socket and creates its own
+				// within milliseconds; act once, when the events settle.
+				if (ev.Name == kubelet && ev.Has(fsnotify.Create)) || (ev.Name == own && ev.Has(fsnotify.Remove|fsnotify.Rename)) {
+					if settle == nil {
+						settle = time.After(settleDelay)
+					}
 				}
+			case <-settle:
+				settle = nil
+				if !exists(own) {
+					p.log.Info("plugin socket removed by the kubelet; serving again and re-registering")
+					restart = true
+					continue
+				}
+				p.log.Info("kubelet restarted; re-registering")
+				p.registered.Store(false)
+				p.register(ctx)
 			case <-retry.C:
 				if !p.Registered() {
 					p.register(ctx)

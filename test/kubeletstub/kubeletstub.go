@@ -103,6 +103,11 @@ func (k *Kubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) (*pl
 		return nil, errors.New("resource name and endpoint are required")
 	}
 	k.mu.Lock()
+	// A new registration replaces the resource's endpoint at once.
+	if old := k.plugins[r.ResourceName]; old != nil {
+		old.close()
+		delete(k.plugins, r.ResourceName)
+	}
 	k.regs = append(k.regs, Registration{Request: r, At: time.Now()})
 	k.notifyLocked()
 	k.mu.Unlock()

@@ -1,0 +1,291 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/gpuslice/gpuslice/test/kubeletstub"
+)
+
+// agentBin is the gpu-agent binary built once for the process tests.
+var agentBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "gpu-agent-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	agentBin = filepath.Join(dir, "gpu-agent")
+	build := exec.Command("go", "build", "-o", agentBin, ".")
+	build.Env = append(os.Environ(), "CGO_CFLAGS=-Wno-deprecated-declarations")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build gpu-agent: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuffer is a bytes.Buffer safe for the process's writes and our reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type agentProc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan error
+}
+
+func startAgent(t *testing.T, args ...string) *agentProc {
+	t.Helper()
+	p := &agentProc{cmd: exec.Command(agentBin, args...), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("agent stderr:\n%s", p.stderr.String())
+		}
+	})
+	return p
+}
+
+func (p *agentProc) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return exit.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	case <-time.After(15 * time.Second):
+		t.Fatal("agent did not exit within 15s")
+		return -1
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func get(url string) int {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestAgentProcessLifecycle(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fake := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(fake, []byte("preset: H100-80GB\ncount: 2\nseed: test-node\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freePort(t)
+	// The agent starts before the kubelet: it must wait and register when
+	// kubelet.sock appears, not fail.
+	a := startAgent(t, "--gpu-backend=fake", "--fake-config="+fake, "--device-plugin-dir="+dir,
+		"--metrics-address="+addr, "--slice-memory=20Gi", "--log-format=json")
+	deadline := time.Now().Add(15 * time.Second)
+	for get("http://"+addr+"/healthz") != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatal("healthz never answered")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code := get("http://" + addr + "/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("readyz before registration = %d, want 503", code)
+	}
+	k, err := kubeletstub.Start(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	p, err := k.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// H100 80GB reports 81559 MiB: three 20 GiB slices each.
+	if n := len(p.Devices()); n != 6 {
+		t.Fatalf("%d devices, want 6", n)
+	}
+	if code := get("http://" + addr + "/readyz"); code != http.StatusOK {
+		t.Errorf("readyz after registration = %d, want 200", code)
+	}
+	alloc, err := p.Allocate(ctxT(t), "pod", "main", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := alloc.Response.Envs["GPUSLICE_MEMORY_LIMIT_BYTES"]; got != fmt.Sprint(40<<30) {
+		t.Errorf("memory limit env = %q", got)
+	}
+
+	// A fault written to the fake config reaches the kubelet.
+	if err := os.WriteFile(fake, []byte("preset: H100-80GB\ncount: 2\nseed: test-node\nfaults: {gpus: [{index: 1, xid: 79}]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
+		n := 0
+		for _, d := range k.PluginLocked("nvidia.com/vgpu").DevicesLocked() {
+			if d.Health == pluginapi.Unhealthy {
+				n++
+			}
+		}
+		return n == 3
+	}); err != nil {
+		t.Fatalf("XID from fake config never marked GPU 1's slices unhealthy: %v", err)
+	}
+
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := a.wait(t); code != 0 {
+		t.Fatalf("exit code after SIGTERM = %d, want 0", code)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "gpuslice.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("plugin socket left behind: %v", err)
+	}
+	logs := a.stderr.String()
+	for _, want := range []string{`"msg":"registered with kubelet"`, `"msg":"gpu unhealthy"`, `"xid":79`, `"msg":"stopped"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %s", want)
+		}
+	}
+}
+
+func TestAgentBadConfigStartsNothing(t *testing.T) {
+	t.Parallel()
+	tests := map[string][]string{
+		"unknown flag":  {"--slices=4"},
+		"bad backend":   {"--gpu-backend=cuda"},
+		"bad slicing":   {"--gpu-backend=fake", "--slices-per-gpu=0", "--slice-memory=0"},
+		"bad placement": {"--gpu-backend=fake", "--placement=random"},
+	}
+	for name, args := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			addr := freePort(t)
+			a := startAgent(t, append(args, "--device-plugin-dir="+dir, "--metrics-address="+addr)...)
+			if code := a.wait(t); code != 2 {
+				t.Fatalf("exit code = %d, want 2", code)
+			}
+			out := a.stderr.String()
+			if strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, "gpu-agent: ") {
+				t.Errorf("stderr = %q, want one line starting gpu-agent:", out)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+				t.Errorf("plugin dir has %d entries after a config error", len(entries))
+			}
+		})
+	}
+}
+
+func TestAgentMissingNVML(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, "--nvml-library=/nonexistent/libnvidia-ml.so.1", "--device-plugin-dir="+t.TempDir(), "--metrics-address="+freePort(t))
+	if code := a.wait(t); code != 1 {
+		t.Fatalf("exit code = %d, want 1", code)
+	}
+	if out := a.stderr.String(); !strings.Contains(out, "--gpu-backend=fake") || !strings.Contains(out, "/nonexistent/libnvidia-ml.so.1") {
+		t.Errorf("stderr = %q, want it to name the library and --gpu-backend=fake", out)
+	}
+}
+
+func TestAgentLostGPUAtStartOffersTheOthers(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fake := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(fake, []byte("preset: A100-40GB\ncount: 4\nfaults: {gpus: [{index: 2, lost: true}]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k, err := kubeletstub.Start(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	startAgent(t, "--gpu-backend=fake", "--fake-config="+fake, "--device-plugin-dir="+dir, "--metrics-address="+freePort(t), "--slices-per-gpu=4")
+	p, err := k.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(p.Devices()); n != 12 {
+		t.Fatalf("%d devices, want 12 (GPU 2 is lost)", n)
+	}
+	if _, err := p.Allocate(ctxT(t), "pod", "main", 4); err != nil {
+		t.Fatalf("allocation on the healthy GPUs failed: %v", err)
+	}
+}
+
+func TestAgentPortInUse(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	dir := t.TempDir()
+	a := startAgent(t, "--gpu-backend=fake", "--device-plugin-dir="+dir, "--metrics-address="+l.Addr().String())
+	if code := a.wait(t); code != 1 {
+		t.Fatalf("exit code = %d, want 1", code)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("plugin dir has %d entries after a failed start", len(entries))
+	}
+}

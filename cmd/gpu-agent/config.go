@@ -1,0 +1,354 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+)
+
+// defaultSlicesPerGPU applies when neither slicesPerGPU nor sliceMemory is set.
+const defaultSlicesPerGPU = 8
+
+// Config is everything gpu-agent can be told, by flags or by the YAML file
+// named with --config. Field names in YAML are the json tags.
+type Config struct {
+	ConfigFile      string `json:"-"`
+	GPUBackend      string `json:"gpuBackend,omitempty"`
+	FakeConfig      string `json:"fakeConfig,omitempty"`
+	NVMLLibrary     string `json:"nvmlLibrary,omitempty"`
+	DevicePluginDir string `json:"devicePluginDir,omitempty"`
+	MetricsAddress  string `json:"metricsAddress,omitempty"`
+	NodeName        string `json:"nodeName,omitempty"`
+	ResourceName    string `json:"resourceName,omitempty"`
+	Placement       string `json:"placement,omitempty"`
+
+	Log         LogConfig         `json:"log"`
+	Slicing     SlicingConfig     `json:"slicing"`
+	DeviceSpecs DeviceSpecsConfig `json:"deviceSpecs"`
+	CDI         CDIConfig         `json:"cdi"`
+	MPS         MPSConfig         `json:"mps"`
+	Health      HealthConfig      `json:"health"`
+}
+
+// LogConfig configures the agent's logs.
+type LogConfig struct {
+	Level  string `json:"level,omitempty"`
+	Format string `json:"format,omitempty"`
+}
+
+// SlicingConfig says how GPUs are cut: slicesPerGPU or sliceMemory, with
+// optional per-model overrides keyed by NVML product name.
+type SlicingConfig struct {
+	SlicesPerGPU int                  `json:"slicesPerGPU,omitempty"`
+	SliceMemory  string               `json:"sliceMemory,omitempty"`
+	Models       map[string]SliceRule `json:"models,omitempty"`
+}
+
+// SliceRule is one model's slicing.
+type SliceRule struct {
+	SlicesPerGPU int    `json:"slicesPerGPU,omitempty"`
+	SliceMemory  string `json:"sliceMemory,omitempty"`
+}
+
+// DeviceSpecsConfig controls device nodes in Allocate responses.
+type DeviceSpecsConfig struct {
+	Enabled bool   `json:"enabled"`
+	DevRoot string `json:"devRoot,omitempty"`
+}
+
+// CDIConfig controls CDI device names in Allocate responses.
+type CDIConfig struct {
+	Enabled      bool   `json:"enabled"`
+	Kind         string `json:"kind,omitempty"`
+	NameStrategy string `json:"nameStrategy,omitempty"`
+}
+
+// MPSConfig controls MPS limits in Allocate responses.
+type MPSConfig struct {
+	Enabled       bool   `json:"enabled"`
+	PipeDirectory string `json:"pipeDirectory,omitempty"`
+}
+
+// HealthConfig controls GPU health checking on real NVML.
+type HealthConfig struct {
+	ProbeInterval Duration `json:"probeInterval,omitempty"`
+	XIDRecovery   Duration `json:"xidRecovery,omitempty"`
+	IgnoredXIDs   []uint64 `json:"ignoredXIDs,omitempty"`
+}
+
+// Duration is a time.Duration written as "5s" or "2m" in YAML.
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON reads a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"5s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON writes a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// defaultConfig is the configuration before any file or flag.
+func defaultConfig(getenv func(string) string) Config {
+	dp := deviceplugin.DefaultOptions()
+	nv := nvml.DefaultOptions()
+	return Config{
+		GPUBackend:      "nvml",
+		DevicePluginDir: dp.PluginDir,
+		MetricsAddress:  ":9445",
+		NodeName:        getenv("NODE_NAME"),
+		ResourceName:    dp.ResourceName,
+		Placement:       string(dp.Placement),
+		Log:             LogConfig{Level: "info", Format: "text"},
+		DeviceSpecs:     DeviceSpecsConfig{Enabled: dp.DeviceSpecs, DevRoot: dp.DevRoot},
+		CDI:             CDIConfig{Kind: dp.CDI.Kind, NameStrategy: dp.CDI.NameStrategy},
+		MPS:             MPSConfig{PipeDirectory: dp.MPS.PipeDirectory},
+		Health: HealthConfig{
+			ProbeInterval: Duration{nv.ProbeInterval},
+			XIDRecovery:   Duration{nv.XIDRecovery},
+			IgnoredXIDs:   nv.IgnoredXIDs,
+		},
+	}
+}
+
+// flagSet binds every flag to a field of c. Defaults are c's current
+// values, so parsing sets only the flags given.
+func flagSet(c *Config) *flag.FlagSet {
+	fs := flag.NewFlagSet("gpu-agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.ConfigFile, "config", c.ConfigFile, "YAML config `file`; flags given explicitly override it")
+	fs.StringVar(&c.GPUBackend, "gpu-backend", c.GPUBackend, "GPU backend: nvml or fake")
+	fs.StringVar(&c.FakeConfig, "fake-config", c.FakeConfig, "fake GPU node YAML `file` (with --gpu-backend=fake; default: 4×A100-40GB); its faults are re-read when it changes")
+	fs.StringVar(&c.NVMLLibrary, "nvml-library", c.NVMLLibrary, "NVML library `path` (default: libnvidia-ml.so.1 from the library path)")
+	fs.StringVar(&c.DevicePluginDir, "device-plugin-dir", c.DevicePluginDir, "kubelet device plugin `dir`")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "`host:port` serving /healthz and /readyz")
+	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's name (default $NODE_NAME)")
+	fs.StringVar(&c.ResourceName, "resource-name", c.ResourceName, "extended resource `name` offered to the kubelet")
+	fs.StringVar(&c.Placement, "placement", c.Placement, "slice placement: binpack or spread")
+	fs.IntVar(&c.Slicing.SlicesPerGPU, "slices-per-gpu", c.Slicing.SlicesPerGPU, fmt.Sprintf("cut every GPU into `n` slices (default %d unless --slice-memory)", defaultSlicesPerGPU))
+	fs.StringVar(&c.Slicing.SliceMemory, "slice-memory", c.Slicing.SliceMemory, "cut every GPU into slices of this much `memory`, e.g. 10Gi")
+	fs.BoolVar(&c.DeviceSpecs.Enabled, "device-specs", c.DeviceSpecs.Enabled, "return /dev/nvidia* device nodes from Allocate")
+	fs.StringVar(&c.DeviceSpecs.DevRoot, "dev-root", c.DeviceSpecs.DevRoot, "host `dir` holding the nvidia device nodes")
+	fs.BoolVar(&c.CDI.Enabled, "cdi", c.CDI.Enabled, "return CDI device names from Allocate")
+	fs.StringVar(&c.CDI.Kind, "cdi-kind", c.CDI.Kind, "CDI `kind` for device names")
+	fs.BoolVar(&c.MPS.Enabled, "mps", c.MPS.Enabled, "set MPS thread and memory limits from Allocate")
+	fs.StringVar(&c.MPS.PipeDirectory, "mps-pipe-dir", c.MPS.PipeDirectory, "MPS pipe `dir` on the host")
+	fs.DurationVar(&c.Health.ProbeInterval.Duration, "health-probe-interval", c.Health.ProbeInterval.Duration, "how often GPUs are probed for loss and recovery")
+	fs.DurationVar(&c.Health.XIDRecovery.Duration, "xid-recovery", c.Health.XIDRecovery.Duration, "quiet time after an XID before a GPU is healthy again (0: never)")
+	fs.StringVar(&c.Log.Level, "log-level", c.Log.Level, "log level: debug, info, warn or error")
+	fs.StringVar(&c.Log.Format, "log-format", c.Log.Format, "log format: text or json")
+	return fs
+}
+
+// usage returns the flag reference.
+func usage() string {
+	var b strings.Builder
+	c := defaultConfig(func(string) string { return "" })
+	fs := flagSet(&c)
+	fs.SetOutput(&b)
+	fmt.Fprintf(&b, "Usage: gpu-agent [flags]\n\nOffers GPU slices to the kubelet as a device plugin.\n\nFlags:\n")
+	fs.PrintDefaults()
+	return b.String()
+}
+
+// loadConfig builds the configuration from args and the environment: the
+// defaults, then the --config file, then the flags given explicitly.
+func loadConfig(args []string, getenv func(string) string) (Config, error) {
+	cfg := defaultConfig(getenv)
+	if err := parseFlags(&cfg, args); err != nil {
+		return Config{}, err
+	}
+	if cfg.ConfigFile != "" {
+		fromFile := defaultConfig(getenv)
+		data, err := os.ReadFile(cfg.ConfigFile)
+		if err != nil {
+			return Config{}, fmt.Errorf("read config: %w", err)
+		}
+		if err := yaml.UnmarshalStrict(data, &fromFile); err != nil {
+			return Config{}, fmt.Errorf("config %s: %w", cfg.ConfigFile, err)
+		}
+		if err := parseFlags(&fromFile, args); err != nil {
+			return Config{}, err
+		}
+		cfg = fromFile
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+func parseFlags(c *Config, args []string) error {
+	fs := flagSet(c)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	// A slicing flag replaces the file's slicing mode rather than mixing
+	// with it; giving both flags is left for Validate to refuse.
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["slices-per-gpu"] && !set["slice-memory"] {
+		c.Slicing.SliceMemory = ""
+	}
+	if set["slice-memory"] && !set["slices-per-gpu"] {
+		c.Slicing.SlicesPerGPU = 0
+	}
+	return nil
+}
+
+// Validate reports the first setting that cannot work, naming it.
+func (c Config) Validate() error {
+	switch c.GPUBackend {
+	case "nvml":
+		if c.FakeConfig != "" {
+			return errors.New("--fake-config needs --gpu-backend=fake")
+		}
+	case "fake":
+		if c.FakeConfig != "" {
+			if _, err := fakegpu.LoadFile(c.FakeConfig); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("--gpu-backend %q: want nvml or fake", c.GPUBackend)
+	}
+	if _, _, err := net.SplitHostPort(c.MetricsAddress); err != nil {
+		return fmt.Errorf("--metrics-address %q: %w", c.MetricsAddress, err)
+	}
+	if _, err := c.slicing(); err != nil {
+		return fmt.Errorf("slicing: %w", err)
+	}
+	if err := c.pluginOptions(nil).Validate(); err != nil {
+		return err
+	}
+	if c.Health.ProbeInterval.Duration <= 0 {
+		return fmt.Errorf("--health-probe-interval %s must be positive", c.Health.ProbeInterval)
+	}
+	if c.Health.XIDRecovery.Duration < 0 {
+		return fmt.Errorf("--xid-recovery %s must not be negative", c.Health.XIDRecovery)
+	}
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		return err
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		return fmt.Errorf("--log-format %q: want text or json", c.Log.Format)
+	}
+	if c.NVMLLibrary != "" && !filepath.IsAbs(c.NVMLLibrary) {
+		return fmt.Errorf("--nvml-library %q must be an absolute path", c.NVMLLibrary)
+	}
+	return nil
+}
+
+func (c Config) slicing() (vgpu.Config, error) {
+	def, err := rule(c.Slicing.SlicesPerGPU, c.Slicing.SliceMemory)
+	if err != nil {
+		return vgpu.Config{}, err
+	}
+	if def == (vgpu.Rule{}) {
+		def.SlicesPerGPU = defaultSlicesPerGPU
+	}
+	out := vgpu.Config{Default: def, Models: map[string]vgpu.Rule{}}
+	for model, r := range c.Slicing.Models {
+		mr, err := rule(r.SlicesPerGPU, r.SliceMemory)
+		if err != nil {
+			return vgpu.Config{}, fmt.Errorf("model %q: %w", model, err)
+		}
+		out.Models[model] = mr
+	}
+	return out, out.Validate()
+}
+
+func rule(slices int, mem string) (vgpu.Rule, error) {
+	r := vgpu.Rule{SlicesPerGPU: slices}
+	if mem != "" {
+		b, err := parseBytes(mem)
+		if err != nil {
+			return vgpu.Rule{}, fmt.Errorf("sliceMemory: %w", err)
+		}
+		r.SliceMemoryBytes = b
+	}
+	return r, nil
+}
+
+// parseBytes reads a memory size in the Kubernetes quantity style used for
+// sizes: a whole number with an optional binary (Ki, Mi, Gi, Ti) or decimal
+// (K, M, G, T) suffix.
+func parseBytes(s string) (uint64, error) {
+	units := []struct {
+		suffix string
+		mult   uint64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}}
+	num, mult := s, uint64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			num, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("%q is not a positive size like 10Gi or 512Mi", s)
+	}
+	if n > (1<<64-1)/mult {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return n * mult, nil
+}
+
+func (c Config) pluginOptions(log *slog.Logger) deviceplugin.Options {
+	o := deviceplugin.DefaultOptions()
+	o.ResourceName = c.ResourceName
+	o.PluginDir = c.DevicePluginDir
+	o.Placement = vgpu.Policy(c.Placement)
+	o.DeviceSpecs = c.DeviceSpecs.Enabled
+	o.DevRoot = c.DeviceSpecs.DevRoot
+	o.CDI = deviceplugin.CDIOptions{Enabled: c.CDI.Enabled, Kind: c.CDI.Kind, NameStrategy: c.CDI.NameStrategy}
+	o.MPS = deviceplugin.MPSOptions{Enabled: c.MPS.Enabled, PipeDirectory: c.MPS.PipeDirectory}
+	o.Logger = log
+	return o
+}
+
+func (c Config) nvmlOptions(log *slog.Logger) nvml.Options {
+	o := nvml.DefaultOptions()
+	o.LibraryPath = c.NVMLLibrary
+	o.ProbeInterval = c.Health.ProbeInterval.Duration
+	o.XIDRecovery = c.Health.XIDRecovery.Duration
+	o.IgnoredXIDs = c.Health.IgnoredXIDs
+	o.Logger = log
+	return o
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+)
+
+func env(vars map[string]string) func(string) string {
+	return func(k string) string { return vars[k] }
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfigDefaults(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(nil, env(map[string]string{"NODE_NAME": "gpu-node-1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.GPUBackend != "nvml" || cfg.DevicePluginDir != "/var/lib/kubelet/device-plugins/" || cfg.MetricsAddress != ":9445" ||
+		cfg.NodeName != "gpu-node-1" || cfg.ResourceName != "nvidia.com/vgpu" || cfg.Placement != "binpack" {
+		t.Errorf("defaults = %+v", cfg)
+	}
+	s, err := cfg.slicing()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 8}, Models: map[string]vgpu.Rule{}}, s); diff != "" {
+		t.Errorf("default slicing (-want +got)\n%s", diff)
+	}
+}
+
+func TestLoadConfigFileAndFlagPrecedence(t *testing.T) {
+	t.Parallel()
+	file := writeFile(t, "agent.yaml", `
+gpuBackend: fake
+devicePluginDir: /tmp/dp
+nodeName: from-file
+placement: spread
+slicing:
+  sliceMemory: 10Gi
+  models:
+    "NVIDIA H100 80GB HBM3": {slicesPerGPU: 7}
+cdi: {enabled: true, nameStrategy: index}
+mps: {enabled: true}
+health: {probeInterval: 2s, xidRecovery: 0s, ignoredXIDs: [13]}
+log: {level: debug, format: json}
+`)
+	tests := map[string]struct {
+		args  []string
+		check func(t *testing.T, c Config)
+	}{
+		"file only": {
+			args: []string{"--config", file},
+			check: func(t *testing.T, c Config) {
+				s, _ := c.slicing()
+				want := vgpu.Config{Default: vgpu.Rule{SliceMemoryBytes: 10 << 30}, Models: map[string]vgpu.Rule{"NVIDIA H100 80GB HBM3": {SlicesPerGPU: 7}}}
+				if diff := cmp.Diff(want, s); diff != "" {
+					t.Errorf("slicing (-want +got)\n%s", diff)
+				}
+				if c.GPUBackend != "fake" || c.NodeName != "from-file" || c.Placement != "spread" || !c.CDI.Enabled || c.CDI.NameStrategy != "index" ||
+					!c.MPS.Enabled || c.MPS.PipeDirectory != "/run/nvidia/mps" || c.Health.ProbeInterval.Duration != 2*time.Second ||
+					c.Health.XIDRecovery.Duration != 0 || c.Log.Format != "json" || c.DeviceSpecs.DevRoot != "/dev" {
+					t.Errorf("config = %+v", c)
+				}
+			},
+		},
+		"explicit flags win, flag order does not matter": {
+			args: []string{"--placement=binpack", "--config", file, "--node-name", "from-flag", "--cdi=false"},
+			check: func(t *testing.T, c Config) {
+				if c.Placement != "binpack" || c.NodeName != "from-flag" || c.CDI.Enabled || c.GPUBackend != "fake" {
+					t.Errorf("config = %+v", c)
+				}
+			},
+		},
+		"slicing flag replaces the file's slicing mode": {
+			args: []string{"--config", file, "--slices-per-gpu", "4"},
+			check: func(t *testing.T, c Config) {
+				s, err := c.slicing()
+				if err != nil || s.Default != (vgpu.Rule{SlicesPerGPU: 4}) {
+					t.Errorf("slicing = %+v, %v", s, err)
+				}
+			},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			c, err := loadConfig(tc.args, env(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	t.Parallel()
+	badFake := writeFile(t, "fake.yaml", "preset: V100\ncount: 1\n")
+	tests := map[string]struct {
+		args []string
+		file string
+		want string
+	}{
+		"unknown flag":           {args: []string{"--gpus=4"}, want: "flag provided but not defined: -gpus"},
+		"stray argument":         {args: []string{"extra"}, want: `unexpected argument "extra"`},
+		"bad backend":            {args: []string{"--gpu-backend=cuda"}, want: `--gpu-backend "cuda"`},
+		"fake config with nvml":  {args: []string{"--fake-config=/x.yaml"}, want: "--fake-config needs --gpu-backend=fake"},
+		"bad fake config":        {args: []string{"--gpu-backend=fake", "--fake-config=" + badFake}, want: `unknown preset "V100"`},
+		"missing fake config":    {args: []string{"--gpu-backend=fake", "--fake-config=/nonexistent.yaml"}, want: "no such file"},
+		"bad metrics address":    {args: []string{"--metrics-address=9445"}, want: "--metrics-address"},
+		"both slicing flags":     {args: []string{"--slices-per-gpu=4", "--slice-memory=1Gi"}, want: "not both"},
+		"bad slice memory":       {args: []string{"--slice-memory=lots"}, want: "positive size"},
+		"too many slices":        {args: []string{"--slices-per-gpu=1000"}, want: "outside 1..256"},
+		"negative slices":        {args: []string{"--slices-per-gpu=-2"}, want: "outside 1..256"},
+		"bad placement":          {args: []string{"--placement=random"}, want: "placement"},
+		"bad resource":           {args: []string{"--resource-name=vgpu"}, want: "<domain>/<name>"},
+		"relative plugin dir":    {args: []string{"--device-plugin-dir=dp"}, want: "absolute"},
+		"bad log level":          {args: []string{"--log-level=loud"}, want: "--log-level"},
+		"bad log format":         {args: []string{"--log-format=xml"}, want: "--log-format"},
+		"zero probe interval":    {args: []string{"--health-probe-interval=0s"}, want: "must be positive"},
+		"negative xid recovery":  {args: []string{"--xid-recovery=-1s"}, want: "must not be negative"},
+		"relative nvml library":  {args: []string{"--nvml-library=libnvidia-ml.so.1"}, want: "absolute path"},
+		"missing config file":    {args: []string{"--config=/nonexistent.yaml"}, want: "read config"},
+		"unknown config key":     {file: "gpuBackend: fake\nslicesPerGpu: 4\n", want: "unknown field"},
+		"bad duration in file":   {file: "health: {probeInterval: 5}\n", want: "duration must be a string"},
+		"bad model rule in file": {file: "slicing: {models: {X: {}}}\n", want: `model "X"`},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			args := tc.args
+			if tc.file != "" {
+				args = append(args, "--config", writeFile(t, "c.yaml", tc.file))
+			}
+			_, err := loadConfig(args, env(nil))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("loadConfig(%v) = %v, want error mentioning %q", args, err, tc.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error spans lines: %q", err)
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	if _, err := loadConfig([]string{"--help"}, env(nil)); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help = %v", err)
+	}
+	u := usage()
+	for _, f := range []string{"-gpu-backend", "-fake-config", "-device-plugin-dir", "-metrics-address", "-node-name", "-config"} {
+		if !strings.Contains(u, f) {
+			t.Errorf("usage lacks %s", f)
+		}
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]uint64{"1": 1, "512Mi": 512 << 20, "10Gi": 10 << 30, "1Ti": 1 << 40, "2K": 2000, "3G": 3e9, "4Ki": 4096} {
+		if got, err := parseBytes(in); err != nil || got != want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0", "Gi", "1.5Gi", "-1Gi", "10GB", "99999999999Ti", " 1Gi"} {
+		if _, err := parseBytes(in); err == nil {
+			t.Errorf("parseBytes(%q) succeeded", in)
+		}
+	}
+}
+
+func FuzzParseBytes(f *testing.F) {
+	for _, s := range []string{"10Gi", "1", "512Mi", "3G", "18446744073709551615", "16777216Ti"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := parseBytes(s)
+		if err == nil && n == 0 {
+			t.Fatalf("parseBytes(%q) = 0 without error", s)
+		}
+	})
+}
+
+func FuzzConfigFile(f *testing.F) {
+	f.Add("gpuBackend: fake\nslicing: {sliceMemory: 10Gi}\n")
+	f.Add("health: {probeInterval: 1s}\nlog: {level: debug}\n")
+	f.Add("slicing: {models: {A: {slicesPerGPU: 3}}}\n")
+	f.Fuzz(func(t *testing.T, content string) {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "c.yaml")
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := loadConfig([]string{"--config", p}, env(nil))
+		if err != nil {
+			return
+		}
+		// Whatever loads must be usable: slicing and plugin options valid.
+		if _, err := cfg.slicing(); err != nil {
+			t.Fatalf("accepted config has bad slicing: %v", err)
+		}
+		if err := cfg.pluginOptions(nil).Validate(); err != nil {
+			t.Fatalf("accepted config has bad plugin options: %v", err)
+		}
+	})
+}

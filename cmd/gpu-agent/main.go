@@ -1,0 +1,195 @@
+// Command gpu-agent is gpuslice's node agent: it cuts the node's GPUs into
+// slices and offers them to the kubelet as a device plugin.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+)
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFailed = 1
+	exitConfig = 2
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg, err := loadConfig(args, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usage())
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "gpu-agent: %v\n", err)
+		return exitConfig
+	}
+	level, _ := parseLevel(cfg.Log.Level) // Validate checked it.
+	hopts := &slog.HandlerOptions{Level: level}
+	var handler slog.Handler = slog.NewTextHandler(stderr, hopts)
+	if cfg.Log.Format == "json" {
+		handler = slog.NewJSONHandler(stderr, hopts)
+	}
+	log := slog.New(handler)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := runAgent(ctx, cfg, log); err != nil {
+		log.Error("gpu-agent failed", "err", err)
+		fmt.Fprintf(stderr, "gpu-agent: %v\n", err)
+		return exitFailed
+	}
+	log.Info("stopped")
+	return exitOK
+}
+
+// runAgent builds the components and runs them until ctx ends or one fails.
+func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
+	backend, fake, err := openBackend(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer backend.Close()
+
+	devs, err := backend.Devices()
+	switch {
+	case err != nil && len(devs) == 0:
+		return fmt.Errorf("enumerate GPUs: %w", err)
+	case err != nil:
+		// One broken GPU must not keep the others from being offered.
+		log.Warn("some gpus could not be enumerated and are not offered", "err", err)
+	case len(devs) == 0:
+		return errors.New("no GPUs found on this node")
+	}
+	sys, err := backend.System()
+	if err != nil {
+		log.Warn("driver version unavailable", "err", err)
+	}
+	slicing, _ := cfg.slicing() // Validate checked it.
+	gpus := make([]vgpu.GPU, len(devs))
+	for i, d := range devs {
+		gpus[i] = vgpu.GPU{UUID: d.UUID, Index: d.Index, Model: d.Model, MemoryBytes: d.MemoryBytes}
+	}
+	layout, err := vgpu.NewLayout(gpus, slicing)
+	if err != nil {
+		return fmt.Errorf("slice GPUs: %w", err)
+	}
+	plugin, err := deviceplugin.New(layout, devs, cfg.pluginOptions(log))
+	if err != nil {
+		return err
+	}
+	for _, g := range layout.GPUs() {
+		log.Info("gpu", "gpu", g.Index, "uuid", g.UUID, "model", g.Model, "memory_bytes", g.MemoryBytes, "slices", g.Slices, "slice_memory_bytes", g.SliceMemoryBytes)
+	}
+	log.Info("starting", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "driver", sys.DriverVersion,
+		"cuda", sys.CUDAVersion(), "gpus", len(devs), "slices", layout.TotalSlices(), "resource", cfg.ResourceName)
+
+	// Listen before starting anything, so a taken port fails the start.
+	lis, err := net.Listen("tcp", cfg.MetricsAddress)
+	if err != nil {
+		return fmt.Errorf("listen on --metrics-address: %w", err)
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return plugin.Run(ctx) })
+	g.Go(func() error { watchHealth(ctx, backend, plugin, log); return nil })
+	g.Go(func() error { return serveHealth(ctx, lis, plugin) })
+	if fake != nil && cfg.FakeConfig != "" {
+		g.Go(func() error { return fakegpu.WatchFile(ctx, cfg.FakeConfig, fake, log) })
+	}
+	return g.Wait()
+}
+
+func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, *fakegpu.Node, error) {
+	if cfg.GPUBackend == "nvml" {
+		b, err := nvml.New(cfg.nvmlOptions(log))
+		if err != nil {
+			return nil, nil, err
+		}
+		return b, nil, nil
+	}
+	fc := fakegpu.DefaultConfig()
+	if cfg.FakeConfig != "" {
+		var err error
+		if fc, err = fakegpu.LoadFile(cfg.FakeConfig); err != nil {
+			return nil, nil, err
+		}
+	}
+	node, err := fakegpu.New(fc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return node, node, nil
+}
+
+// healthRetry is how long to wait before watching health again after the
+// backend failed to watch it.
+const healthRetry = 10 * time.Second
+
+// watchHealth feeds GPU health into the plugin until ctx ends. A backend
+// that cannot watch health is retried: slices keep their last known health
+// meanwhile, which is safer than taking every GPU away.
+func watchHealth(ctx context.Context, backend nvml.Backend, plugin *deviceplugin.Plugin, log *slog.Logger) {
+	for {
+		err := backend.WatchHealth(ctx, plugin.SetHealth)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Error("gpu health watch failed; retrying", "err", err, "retry_in", healthRetry)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(healthRetry):
+		}
+	}
+}
+
+// serveHealth serves /healthz (the process is up) and /readyz (the kubelet
+// accepted the plugin's registration) until ctx ends.
+func serveHealth(ctx context.Context, lis net.Listener, plugin *deviceplugin.Plugin) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !plugin.Registered() {
+			http.Error(w, "not registered with the kubelet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("health server: %w", err)
+	case <-ctx.Done():
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(shutdown)
+	}
+}
