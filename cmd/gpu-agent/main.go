@@ -73,7 +73,11 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer backend.Close()
+	defer func() {
+		if err := backend.Close(); err != nil {
+			log.Warn("close gpu backend", "err", err)
+		}
+	}()
 
 	devs, err := backend.Devices()
 	switch {

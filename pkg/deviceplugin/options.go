@@ -124,9 +124,17 @@ func validResourceName(s string) error {
 		return fmt.Errorf("resource name %q needs a fully qualified domain outside kubernetes.io", s)
 	}
 	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '/' || r == '_' || r >= 'A' && r <= 'Z') {
+		if !resourceNameChar(r) {
 			return fmt.Errorf("resource name %q has character %q", s, r)
 		}
 	}
 	return nil
+}
+
+func resourceNameChar(r rune) bool {
+	switch {
+	case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		return true
+	}
+	return strings.ContainsRune("-._/", r)
 }

@@ -42,7 +42,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("watch device plugin dir: %w", err)
 	}
-	defer w.Close()
+	defer func() { _ = w.Close() }() // nothing useful to do if closing the watcher fails
 	if err := w.Add(p.opts.PluginDir); err != nil {
 		return fmt.Errorf("watch device plugin dir %s: %w", p.opts.PluginDir, err)
 	}
@@ -148,7 +148,7 @@ func (p *Plugin) Register(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dial kubelet at %s: %w", path, err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // the call is done; a close error changes nothing
 	_, err = pluginapi.NewRegistrationClient(conn).Register(ctx, &pluginapi.RegisterRequest{
 		Version:      pluginapi.Version,
 		Endpoint:     p.opts.SocketName,

@@ -203,7 +203,7 @@ func (n *NVML) WatchHealth(ctx context.Context, report func(Health)) error {
 	if ret != gonvml.SUCCESS {
 		return fmt.Errorf("watch health: %w", &ErrCall{Call: "nvmlEventSetCreate", Err: ret})
 	}
-	defer set.Free()
+	defer func() { _ = set.Free() }() // freeing at the end of watching; nothing to do on failure
 
 	order := make([]string, len(gpus))
 	for i, g := range gpus {

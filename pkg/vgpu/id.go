@@ -62,9 +62,19 @@ func validUUID(uuid string) error {
 		return errors.New("GPU UUID contains \"::\"")
 	}
 	for _, r := range uuid {
-		if r > unicode.MaxASCII || !(unicode.IsLetter(r) || unicode.IsDigit(r) || r == '-' || r == '_' || r == '.') {
+		if !uuidChar(r) {
 			return fmt.Errorf("GPU UUID has character %q", r)
 		}
 	}
 	return nil
+}
+
+func uuidChar(r rune) bool {
+	switch {
+	case r > unicode.MaxASCII:
+		return false
+	case unicode.IsLetter(r), unicode.IsDigit(r):
+		return true
+	}
+	return r == '-' || r == '_' || r == '.'
 }

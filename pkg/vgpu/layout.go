@@ -88,6 +88,9 @@ type GPUSlices struct {
 type Layout struct {
 	gpus   []GPUSlices // sorted by Index
 	byUUID map[string]int
+	// byID maps every slice ID string to its parsed form, so the hot paths
+	// (placement, limits) resolve IDs without parsing them.
+	byID map[string]SliceID
 }
 
 // NewLayout cuts gpus according to cfg. GPUs are ordered by index; UUIDs and
@@ -117,8 +120,13 @@ func NewLayout(gpus []GPU, cfg Config) (*Layout, error) {
 		l.gpus = append(l.gpus, GPUSlices{GPU: g, Slices: n, SliceMemoryBytes: mem})
 	}
 	sort.Slice(l.gpus, func(i, j int) bool { return l.gpus[i].Index < l.gpus[j].Index })
+	l.byID = make(map[string]SliceID)
 	for i, g := range l.gpus {
 		l.byUUID[g.UUID] = i
+		for j := range g.Slices {
+			s := SliceID{UUID: g.UUID, Index: j}
+			l.byID[s.String()] = s
+		}
 	}
 	return l, nil
 }
@@ -180,6 +188,10 @@ var ErrUnknownSlice = errors.New("unknown slice")
 
 // Resolve parses id and checks that it names a slice of this layout.
 func (l *Layout) Resolve(id string) (SliceID, error) {
+	if s, ok := l.byID[id]; ok {
+		return s, nil
+	}
+	// Not one of ours: parse it only to say precisely what is wrong.
 	s, err := ParseSliceID(id)
 	if err != nil {
 		return SliceID{}, err

@@ -3,12 +3,10 @@ package fakegpu
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -165,9 +163,7 @@ faults:
 
 // watcher collects WatchHealth reports.
 type watcher struct {
-	mu  sync.Mutex
-	got []nvml.Health
-	ch  chan nvml.Health
+	ch chan nvml.Health
 }
 
 func watch(t *testing.T, n *Node) *watcher {
@@ -305,7 +301,7 @@ func TestWatchFile(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- WatchFile(ctx, path, n, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() { done <- WatchFile(ctx, path, n, slog.New(slog.DiscardHandler)) }()
 	t.Cleanup(func() { cancel(); <-done })
 	// The watcher starts asynchronously: rewrite until it applies.
 	deadline := time.After(10 * time.Second)

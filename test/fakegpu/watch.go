@@ -25,7 +25,7 @@ func WatchFile(ctx context.Context, path string, node *Node, log *slog.Logger) e
 	if err != nil {
 		return fmt.Errorf("watch fake GPU config: %w", err)
 	}
-	defer w.Close()
+	defer func() { _ = w.Close() }() // nothing useful to do if closing the watcher fails
 	if err := w.Add(filepath.Dir(path)); err != nil {
 		return fmt.Errorf("watch fake GPU config: %w", err)
 	}

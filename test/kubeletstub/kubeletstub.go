@@ -35,7 +35,7 @@ type Kubelet struct {
 	// plugin connections and restarts, as the kubelet's checkpoint does.
 	allocated map[string]map[string]string
 	regs      []Registration
-	changed chan struct{}
+	changed   chan struct{}
 }
 
 // Registration records one Register call.

@@ -1,0 +1,125 @@
+package deviceplugin_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+	"github.com/gpuslice/gpuslice/test/kubeletstub"
+)
+
+// reportLatency adds p50 and p99 of the samples, in microseconds.
+func reportLatency(b *testing.B, samples []time.Duration) {
+	b.Helper()
+	if len(samples) == 0 {
+		return
+	}
+	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
+	us := func(q float64) float64 {
+		return float64(samples[int(q*float64(len(samples)-1))].Nanoseconds()) / 1e3
+	}
+	b.ReportMetric(us(0.50), "p50-µs")
+	b.ReportMetric(us(0.99), "p99-µs")
+}
+
+// BenchmarkAllocateGRPC measures Allocate as the kubelet calls it: a real
+// gRPC round trip over a unix socket to the plugin serving 4 GPUs × 8 slices.
+func BenchmarkAllocateGRPC(b *testing.B) {
+	for _, n := range []int{1, 4} {
+		b.Run(fmt.Sprintf("slices=%d", n), func(b *testing.B) {
+			e := benchEnv(b, 4, 8)
+			p, err := e.kubelet.WaitPlugin(context.Background(), resource)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids := make([]string, n)
+			for i := range n {
+				ids[i] = vgpu.SliceID{UUID: e.devs[0].UUID, Index: i}.String()
+			}
+			req := &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: ids}}}
+			ctx := context.Background()
+			samples := make([]time.Duration, 0, b.N)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				start := time.Now()
+				if _, err := p.Client().Allocate(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+				samples = append(samples, time.Since(start))
+			}
+			reportLatency(b, samples)
+		})
+	}
+}
+
+// BenchmarkGetPreferredAllocationInProcess measures the plugin's answer
+// without transport on 8 GPUs × 16 slices, half of them taken.
+func BenchmarkGetPreferredAllocationInProcess(b *testing.B) {
+	e := benchEnv(b, 8, 16)
+	var avail []string
+	for i, s := range e.layout.SliceIDs() {
+		if i%2 == 0 || s.Index > 8 {
+			avail = append(avail, s.String())
+		}
+	}
+	req := &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{
+		AvailableDeviceIDs: avail, AllocationSize: 4,
+	}}}
+	ctx := context.Background()
+	samples := make([]time.Duration, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		start := time.Now()
+		if _, err := e.plugin.GetPreferredAllocation(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+		samples = append(samples, time.Since(start))
+	}
+	reportLatency(b, samples)
+}
+
+// benchEnv is newEnv for benchmarks: a plugin on a fake node with a kubelet
+// stand-in, torn down with the benchmark.
+func benchEnv(b *testing.B, gpus, slices int) *env {
+	b.Helper()
+	e := &env{dir: b.TempDir()}
+	var err error
+	if e.node, err = fakegpu.New(fakegpu.PresetConfig("H100-80GB", gpus)); err != nil {
+		b.Fatal(err)
+	}
+	if e.devs, err = e.node.Devices(); err != nil {
+		b.Fatal(err)
+	}
+	var vg []vgpu.GPU
+	for _, d := range e.devs {
+		vg = append(vg, vgpu.GPU{UUID: d.UUID, Index: d.Index, Model: d.Model, MemoryBytes: d.MemoryBytes})
+	}
+	if e.layout, err = vgpu.NewLayout(vg, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: slices}}); err != nil {
+		b.Fatal(err)
+	}
+	if e.kubelet, err = kubeletstub.Start(e.dir); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(e.kubelet.Stop)
+	opts := deviceplugin.DefaultOptions()
+	opts.PluginDir = e.dir
+	if e.plugin, err = deviceplugin.New(e.layout, e.devs, opts); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { _ = e.plugin.Run(ctx); done <- struct{}{} }()
+	go func() { _ = e.node.WatchHealth(ctx, func(h nvml.Health) { e.plugin.SetHealth(h) }); done <- struct{}{} }()
+	b.Cleanup(func() { cancel(); <-done; <-done })
+	return e
+}
