@@ -1,0 +1,69 @@
+# gpuslice. `make help` lists the targets.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+GO        ?= go
+BIN       := bin
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+FUZZTIME  ?= 30s
+BENCHTIME ?= 1s
+
+# go-nvml's cgo preamble warns about every deprecated NVML call it wraps.
+export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build bin/gpu-agent.
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-agent ./cmd/gpu-agent
+
+.PHONY: test
+test: ## Run vet and every unit and integration test with the race detector.
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
+	$(GO) test ./pkg/vgpu -run '^$$' -fuzz '^FuzzPlace$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/vgpu -run '^$$' -fuzz '^FuzzParseSliceID$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./cmd/gpu-agent -run '^$$' -fuzz '^FuzzParseBytes$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./cmd/gpu-agent -run '^$$' -fuzz '^FuzzConfigFile$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./test/fakegpu -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+
+.PHONY: bench
+bench: ## Run the benchmarks recorded in docs/benchmarks.md.
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/vgpu ./pkg/deviceplugin
+	$(GO) test -run '^$$' -bench 'ExecToRegistered|Reregister' -benchtime 20x ./cmd/gpu-agent
+	$(GO) test -run '^$$' -bench 'IdleRSS' -benchtime 3x ./cmd/gpu-agent
+
+.PHONY: bench-smoke
+bench-smoke: ## Run every benchmark once, to prove they still work.
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+
+.PHONY: lint
+lint: ## Run golangci-lint (pinned in go.mod's tool block).
+	$(GO) tool golangci-lint run ./...
+
+.PHONY: fmt
+fmt: ## Format the code.
+	$(GO) tool golangci-lint fmt ./...
+
+.PHONY: verify
+verify: ## Fail if go mod tidy or formatting would change the tree.
+	$(GO) mod tidy
+	$(GO) tool golangci-lint fmt ./...
+	@if [ -n "$$(git status --porcelain)" ]; then \
+		echo "verify: the tree is not clean after tidy/fmt:"; git status --porcelain; git --no-pager diff; exit 1; fi
+
+.PHONY: demo
+demo: build ## Run the agent on the built-in fake GPU node against a kubelet stand-in.
+	$(GO) run ./test/demo --agent $(BIN)/gpu-agent
+
+.PHONY: clean
+clean: ## Remove build outputs.
+	rm -rf $(BIN)
