@@ -18,6 +18,7 @@ import (
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
 
@@ -287,5 +288,70 @@ func TestAgentPortInUse(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Errorf("plugin dir has %d entries after a failed start", len(entries))
+	}
+}
+
+// TestAgentOnNVMLBackend runs the agent on its real NVML code path, with
+// the fake libnvidia-ml.so.1 in front of a fake node.
+func TestAgentOnNVMLBackend(t *testing.T) {
+	t.Parallel()
+	lib, err := fakegpu.BuildNVMLLibrary(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := fakegpu.New(fakegpu.PresetConfig("H200-141GB", 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(t.TempDir(), "nvml-state")
+	if err := node.WriteNVMLState(state); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	k, err := kubeletstub.Start(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	a := &agentProc{cmd: exec.Command(agentBin, "--nvml-library="+lib, "--device-plugin-dir="+dir, "--metrics-address="+freePort(t),
+		"--slices-per-gpu=7", "--health-probe-interval=50ms"), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	a.cmd.Env = append(os.Environ(), fakegpu.NVMLStateEnv+"="+state)
+	a.cmd.Stderr = a.stderr
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { a.done <- a.cmd.Wait() }()
+	defer func() {
+		_ = a.cmd.Process.Signal(syscall.SIGTERM)
+		if code := a.wait(t); code != 0 {
+			t.Errorf("exit code %d\n%s", code, a.stderr.String())
+		}
+	}()
+	p, err := k.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, a.stderr.String())
+	}
+	if n := len(p.Devices()); n != 14 {
+		t.Fatalf("%d devices, want 14", n)
+	}
+	if !strings.Contains(a.stderr.String(), "driver=570.124.06 cuda=12.8") {
+		t.Errorf("start log lacks the driver versions read through NVML:\n%s", a.stderr.String())
+	}
+	if err := node.InjectXID(0, 48); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.WriteNVMLState(state); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
+		n := 0
+		for _, d := range k.PluginLocked("nvidia.com/vgpu").DevicesLocked() {
+			if d.Health == pluginapi.Unhealthy {
+				n++
+			}
+		}
+		return n == 7
+	}); err != nil {
+		t.Fatalf("XID through NVML never reached the kubelet: %v\n%s", err, a.stderr.String())
 	}
 }

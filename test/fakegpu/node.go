@@ -22,6 +22,8 @@ type Node struct {
 	fail    map[string]bool  // call -> fails
 	changed chan struct{}    // closed and replaced on every fault change
 	closed  bool
+	xids    []xidEvent // every XID reported, oldest first
+	seq     int64
 }
 
 var _ nvml.Backend = (*Node)(nil)
@@ -269,9 +271,15 @@ func (n *Node) setFaults(f Faults) {
 }
 
 func (n *Node) setFaultsLocked(f Faults) {
+	prev := n.faults
 	n.faults = map[int]GPUFault{}
 	for _, g := range f.GPUs {
 		n.faults[g.Index] = g
+		// A new or different XID is a new event on the driver's stream.
+		if g.XID != 0 && prev[g.Index].XID != g.XID {
+			n.seq++
+			n.xids = append(n.xids, xidEvent{gpu: g.Index, xid: g.XID, seq: n.seq})
+		}
 	}
 	n.fail = map[string]bool{}
 	for _, c := range f.FailCalls {

@@ -1,0 +1,236 @@
+package nvml_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+)
+
+// These tests load a fake libnvidia-ml.so.1 through go-nvml, so they run
+// pkg/nvml's real code path. go-nvml binds NVML symbols process-wide, so the
+// library is built once and the tests do not run in parallel.
+
+var fakeLib string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "fake-nvml")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if fakeLib, err = fakegpu.BuildNVMLLibrary(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// fakeNVML is a fake node seen through the fake NVML library.
+type fakeNVML struct {
+	node  *fakegpu.Node
+	state string
+}
+
+func newFakeNVML(t *testing.T, cfg fakegpu.Config) *fakeNVML {
+	t.Helper()
+	node, err := fakegpu.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeNVML{node: node, state: filepath.Join(t.TempDir(), "nvml-state")}
+	f.sync(t)
+	t.Setenv(fakegpu.NVMLStateEnv, f.state)
+	return f
+}
+
+// sync publishes the node's current state to the library.
+func (f *fakeNVML) sync(t *testing.T) {
+	t.Helper()
+	if err := f.node.WriteNVMLState(f.state); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func open(t *testing.T, mod func(*nvml.Options)) *nvml.NVML {
+	t.Helper()
+	o := nvml.DefaultOptions()
+	o.LibraryPath = fakeLib
+	o.ProbeInterval = 20 * time.Millisecond
+	if mod != nil {
+		mod(&o)
+	}
+	b, err := nvml.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("Close() = %v", err)
+		}
+	})
+	return b
+}
+
+var mixed = fakegpu.Config{GPUs: []fakegpu.GPUConfig{
+	{Preset: "A100-40GB"}, {Preset: "H100-80GB"}, {Preset: "H200-141GB"},
+}, DriverVersion: "575.51.03", CUDAVersion: "12.9"}
+
+func TestDevicesAndSystemThroughNVML(t *testing.T) {
+	f := newFakeNVML(t, mixed)
+	b := open(t, nil)
+	got, err := b.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := f.node.Devices()
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Devices() through NVML differs from the fake node (-want +got)\n%s", diff)
+	}
+	sys, err := b.System()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(nvml.SystemInfo{DriverVersion: "575.51.03", CUDADriverVersion: 12090}, sys); diff != "" {
+		t.Errorf("System() (-want +got)\n%s", diff)
+	}
+}
+
+func TestDevicesWithLostGPUAndFailingCalls(t *testing.T) {
+	f := newFakeNVML(t, fakegpu.PresetConfig("A100-80GB", 3))
+	b := open(t, nil)
+	if err := f.node.Lose(1); err != nil {
+		t.Fatal(err)
+	}
+	f.sync(t)
+	devs, err := b.Devices()
+	if len(devs) != 2 || devs[0].Index != 0 || devs[1].Index != 2 {
+		t.Errorf("Devices() with GPU 1 lost = %+v, want GPUs 0 and 2", devs)
+	}
+	var call *nvml.ErrCall
+	if !errors.As(err, &call) || call.Call != "nvmlDeviceGetHandleByIndex" || !strings.Contains(err.Error(), "gpu 1") || !strings.Contains(err.Error(), "GPU is lost") {
+		t.Errorf("Devices() error = %v, want nvmlDeviceGetHandleByIndex on gpu 1: GPU is lost", err)
+	}
+
+	if err := f.node.FailCall(fakegpu.CallDevices, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.node.FailCall(fakegpu.CallSystem, true); err != nil {
+		t.Fatal(err)
+	}
+	f.sync(t)
+	if devs, err := b.Devices(); len(devs) != 0 || !errors.As(err, &call) || call.Call != "nvmlDeviceGetCount" {
+		t.Errorf("Devices() with a failing driver = %v, %v", devs, err)
+	}
+	if _, err := b.System(); !errors.As(err, &call) || call.Call != "nvmlSystemGetDriverVersion" {
+		t.Errorf("System() with a failing driver = %v", err)
+	}
+}
+
+func TestWatchHealthThroughNVML(t *testing.T) {
+	f := newFakeNVML(t, mixed)
+	b := open(t, func(o *nvml.Options) { o.XIDRecovery = 300 * time.Millisecond })
+	devs, _ := f.node.Devices()
+	ch := make(chan nvml.Health, 32)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.WatchHealth(ctx, func(h nvml.Health) { ch <- h }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("WatchHealth() = %v", err)
+		}
+	}()
+	next := func(what string) nvml.Health {
+		t.Helper()
+		select {
+		case h := <-ch:
+			return h
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no health report for %s", what)
+		}
+		return nvml.Health{}
+	}
+	for i := range devs {
+		if h := next("start"); h != (nvml.Health{UUID: devs[i].UUID, Healthy: true}) {
+			t.Fatalf("initial report %d = %+v", i, h)
+		}
+	}
+
+	// An application XID changes nothing; the next report is the loss.
+	if err := f.node.InjectXID(0, 13); err != nil {
+		t.Fatal(err)
+	}
+	f.sync(t)
+	time.Sleep(100 * time.Millisecond)
+	if err := f.node.Lose(2); err != nil {
+		t.Fatal(err)
+	}
+	f.sync(t)
+	if diff := cmp.Diff(nvml.Health{UUID: devs[2].UUID, Reason: nvml.ReasonLost}, next("loss")); diff != "" {
+		t.Fatalf("after loss (-want +got)\n%s", diff)
+	}
+	if err := f.node.Recover(2); err != nil {
+		t.Fatal(err)
+	}
+	f.sync(t)
+	if diff := cmp.Diff(nvml.Health{UUID: devs[2].UUID, Healthy: true, Reason: nvml.ReasonRecovered}, next("return")); diff != "" {
+		t.Fatalf("after return (-want +got)\n%s", diff)
+	}
+
+	// A critical XID arrives through the event set; the GPU recovers once
+	// no new XID came for the recovery period.
+	if err := f.node.InjectXID(1, 79); err != nil {
+		t.Fatal(err)
+	}
+	f.sync(t)
+	start := time.Now()
+	if diff := cmp.Diff(nvml.Health{UUID: devs[1].UUID, Reason: nvml.ReasonXID, XID: 79}, next("xid")); diff != "" {
+		t.Fatalf("after XID (-want +got)\n%s", diff)
+	}
+	if diff := cmp.Diff(nvml.Health{UUID: devs[1].UUID, Healthy: true, Reason: nvml.ReasonRecovered}, next("xid recovery")); diff != "" {
+		t.Fatalf("after the quiet period (-want +got)\n%s", diff)
+	}
+	if waited := time.Since(start); waited < 300*time.Millisecond {
+		t.Errorf("recovered after %s, before the 300ms quiet period", waited)
+	}
+}
+
+func TestWatchHealthFailsWithoutEventSet(t *testing.T) {
+	f := newFakeNVML(t, fakegpu.PresetConfig("H100-80GB", 1))
+	if err := f.node.FailCall(fakegpu.CallWatchHealth, true); err != nil {
+		t.Fatal(err)
+	}
+	f.sync(t)
+	b := open(t, nil)
+	err := b.WatchHealth(context.Background(), func(nvml.Health) {})
+	var call *nvml.ErrCall
+	if !errors.As(err, &call) || call.Call != "nvmlEventSetCreate" {
+		t.Fatalf("WatchHealth() = %v, want an nvmlEventSetCreate error", err)
+	}
+}
+
+func TestMissingLibrary(t *testing.T) {
+	o := nvml.DefaultOptions()
+	o.LibraryPath = "/nonexistent/libnvidia-ml.so.1"
+	_, err := nvml.New(o)
+	if !errors.Is(err, nvml.ErrLibraryNotFound) {
+		t.Fatalf("New() = %v, want ErrLibraryNotFound", err)
+	}
+	for _, want := range []string{"/nonexistent/libnvidia-ml.so.1", "--nvml-library", "--gpu-backend=fake"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}

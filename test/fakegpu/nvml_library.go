@@ -1,0 +1,81 @@
+package fakegpu
+
+import (
+	_ "embed" // the fake NVML library's C source
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// NVMLStateEnv names the environment variable through which the fake NVML
+// library finds the state file written by Node.WriteNVMLState.
+const NVMLStateEnv = "GPUSLICE_FAKE_NVML_STATE"
+
+//go:embed nvmlc/fake_nvml.c
+var nvmlSource []byte
+
+// BuildNVMLLibrary compiles the fake libnvidia-ml.so.1 into dir with gcc and
+// returns its path. Loaded through go-nvml (nvml.Options.LibraryPath, or
+// gpu-agent --nvml-library), it answers the NVML calls pkg/nvml makes from
+// the state file named by $GPUSLICE_FAKE_NVML_STATE, so tests run the real
+// NVML code path against a fake node.
+func BuildNVMLLibrary(dir string) (string, error) {
+	src := filepath.Join(dir, "fake_nvml.c")
+	if err := os.WriteFile(src, nvmlSource, 0o600); err != nil {
+		return "", fmt.Errorf("write fake NVML source: %w", err)
+	}
+	lib := filepath.Join(dir, "libnvidia-ml.so.1")
+	out, err := exec.Command("gcc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", lib, src).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build fake NVML library: %w: %s", err, out)
+	}
+	return lib, nil
+}
+
+// xidEvent is one XID the node reported, for the fake NVML library's event
+// stream.
+type xidEvent struct {
+	gpu int
+	xid uint64
+	seq int64
+}
+
+// NVMLState renders the node's current state in the fake NVML library's
+// file format.
+func (n *Node) NVMLState() []byte {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var b strings.Builder
+	fmt.Fprintf(&b, "driver\t%s\ncuda\t%d\n", n.system.DriverVersion, n.system.CUDADriverVersion)
+	for _, d := range n.devices {
+		lost := 0
+		if n.faults[d.Index].Lost {
+			lost = 1
+		}
+		fmt.Fprintf(&b, "gpu\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%s\n", d.UUID, d.Minor, d.MemoryBytes, d.ComputeMajor, d.ComputeMinor, d.PCIBusID, lost, d.Model)
+	}
+	for _, x := range n.xids {
+		fmt.Fprintf(&b, "xid\t%d\t%d\t%d\n", x.gpu, x.xid, x.seq)
+	}
+	for _, c := range []string{CallDevices, CallSystem, CallWatchHealth} {
+		if n.fail[c] {
+			fmt.Fprintf(&b, "fail\t%s\n", c)
+		}
+	}
+	return []byte(b.String())
+}
+
+// WriteNVMLState writes NVMLState to path atomically, so the library never
+// reads half a file.
+func (n *Node) WriteNVMLState(path string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, n.NVMLState(), 0o600); err != nil {
+		return fmt.Errorf("write fake NVML state: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write fake NVML state: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,337 @@
+/*
+ * A fake libnvidia-ml.so.1 for gpuslice's tests: the subset of NVML that
+ * pkg/nvml calls, answered from a state file that test/fakegpu renders
+ * (Node.WriteNVMLState). The file is re-read on every call, so a test
+ * changes the GPUs' state by rewriting it. The path comes from the
+ * environment variable GPUSLICE_FAKE_NVML_STATE.
+ *
+ * State file lines, tab-separated:
+ *   driver  <version>
+ *   cuda    <1000*major+10*minor>
+ *   gpu     <uuid> <minor> <memory bytes> <cc major> <cc minor> <pci bus id> <lost 0|1> <name>
+ *   xid     <gpu index> <xid> <sequence>
+ *   fail    <call: devices|system|watchHealth>
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef int nvmlReturn_t;
+enum {
+	NVML_SUCCESS = 0,
+	NVML_ERROR_UNINITIALIZED = 1,
+	NVML_ERROR_INVALID_ARGUMENT = 2,
+	NVML_ERROR_NOT_FOUND = 6,
+	NVML_ERROR_INSUFFICIENT_SIZE = 7,
+	NVML_ERROR_TIMEOUT = 10,
+	NVML_ERROR_GPU_IS_LOST = 15,
+	NVML_ERROR_UNKNOWN = 999,
+};
+#define EVENT_XID 8ULL
+#define MAX_GPUS 16
+#define MAX_XIDS 256
+
+typedef struct nvmlDevice_st { int index; } *nvmlDevice_t;
+typedef struct nvmlEventSet_st { unsigned long long registered; long delivered; } *nvmlEventSet_t;
+typedef struct {
+	unsigned long long total, free, used;
+} nvmlMemory_t;
+typedef struct {
+	char busIdLegacy[16];
+	unsigned int domain, bus, device, pciDeviceId, pciSubSystemId;
+	char busId[32];
+} nvmlPciInfo_t;
+typedef struct {
+	nvmlDevice_t device;
+	unsigned long long eventType, eventData;
+	unsigned int gpuInstanceId, computeInstanceId;
+} nvmlEventData_t;
+
+struct gpu {
+	char uuid[96], name[96], bus[32];
+	unsigned int minor;
+	unsigned long long mem;
+	int ccMajor, ccMinor, lost;
+};
+struct xid {
+	int gpu;
+	unsigned long long xid;
+	long seq;
+};
+struct state {
+	char driver[80];
+	int cuda, ngpus, nxids;
+	struct gpu gpus[MAX_GPUS];
+	struct xid xids[MAX_XIDS];
+	int failDevices, failSystem, failWatch;
+};
+
+static struct nvmlDevice_st handles[MAX_GPUS];
+static int initialized;
+
+static int load(struct state *s) {
+	memset(s, 0, sizeof *s);
+	const char *path = getenv("GPUSLICE_FAKE_NVML_STATE");
+	if (!path) return 0;
+	FILE *f = fopen(path, "r");
+	if (!f) return 0;
+	char line[512];
+	while (fgets(line, sizeof line, f)) {
+		line[strcspn(line, "\n")] = 0;
+		char *save = NULL, *kind = strtok_r(line, "\t", &save);
+		if (!kind) continue;
+		if (!strcmp(kind, "driver")) {
+			char *v = strtok_r(NULL, "\t", &save);
+			if (v) snprintf(s->driver, sizeof s->driver, "%s", v);
+		} else if (!strcmp(kind, "cuda")) {
+			char *v = strtok_r(NULL, "\t", &save);
+			if (v) s->cuda = atoi(v);
+		} else if (!strcmp(kind, "gpu") && s->ngpus < MAX_GPUS) {
+			struct gpu *g = &s->gpus[s->ngpus];
+			char *fld[8];
+			int i;
+			for (i = 0; i < 8 && (fld[i] = strtok_r(NULL, "\t", &save)); i++) {}
+			if (i < 8) continue;
+			snprintf(g->uuid, sizeof g->uuid, "%s", fld[0]);
+			g->minor = (unsigned)atoi(fld[1]);
+			g->mem = strtoull(fld[2], NULL, 10);
+			g->ccMajor = atoi(fld[3]);
+			g->ccMinor = atoi(fld[4]);
+			snprintf(g->bus, sizeof g->bus, "%s", fld[5]);
+			g->lost = atoi(fld[6]);
+			snprintf(g->name, sizeof g->name, "%s", fld[7]);
+			s->ngpus++;
+		} else if (!strcmp(kind, "xid") && s->nxids < MAX_XIDS) {
+			char *g = strtok_r(NULL, "\t", &save), *x = strtok_r(NULL, "\t", &save), *q = strtok_r(NULL, "\t", &save);
+			if (!g || !x || !q) continue;
+			s->xids[s->nxids++] = (struct xid){atoi(g), strtoull(x, NULL, 10), atol(q)};
+		} else if (!strcmp(kind, "fail")) {
+			char *c = strtok_r(NULL, "\t", &save);
+			if (!c) continue;
+			if (!strcmp(c, "devices")) s->failDevices = 1;
+			if (!strcmp(c, "system")) s->failSystem = 1;
+			if (!strcmp(c, "watchHealth")) s->failWatch = 1;
+		}
+	}
+	fclose(f);
+	return 1;
+}
+
+static nvmlReturn_t copy(char *dst, unsigned int len, const char *src) {
+	if (!dst) return NVML_ERROR_INVALID_ARGUMENT;
+	if (strlen(src) + 1 > len) return NVML_ERROR_INSUFFICIENT_SIZE;
+	memcpy(dst, src, strlen(src) + 1);
+	return NVML_SUCCESS;
+}
+
+/* gpuOf resolves a handle against the current state. */
+static nvmlReturn_t gpuOf(nvmlDevice_t d, struct state *s, struct gpu **g) {
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	if (!d || d < handles || d >= handles + MAX_GPUS) return NVML_ERROR_INVALID_ARGUMENT;
+	load(s);
+	if (d->index >= s->ngpus) return NVML_ERROR_NOT_FOUND;
+	*g = &s->gpus[d->index];
+	return (*g)->lost ? NVML_ERROR_GPU_IS_LOST : NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlInit_v2(void) {
+	struct state s;
+	if (!load(&s)) return NVML_ERROR_UNKNOWN;
+	for (int i = 0; i < MAX_GPUS; i++) handles[i].index = i;
+	initialized = 1;
+	return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlInit(void) { return nvmlInit_v2(); }
+nvmlReturn_t nvmlShutdown(void) {
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	initialized = 0;
+	return NVML_SUCCESS;
+}
+
+const char *nvmlErrorString(nvmlReturn_t r) {
+	switch (r) {
+	case NVML_SUCCESS: return "Success";
+	case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
+	case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+	case NVML_ERROR_NOT_FOUND: return "Not Found";
+	case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
+	case NVML_ERROR_TIMEOUT: return "Timeout";
+	case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
+	}
+	return "Unknown Error";
+}
+
+nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+	struct state s;
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	load(&s);
+	if (s.failSystem) return NVML_ERROR_UNKNOWN;
+	return copy(version, length, s.driver);
+}
+
+nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *v) {
+	struct state s;
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	if (!v) return NVML_ERROR_INVALID_ARGUMENT;
+	load(&s);
+	if (s.failSystem) return NVML_ERROR_UNKNOWN;
+	*v = s.cuda;
+	return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *v) { return nvmlSystemGetCudaDriverVersion(v); }
+
+nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+	struct state s;
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+	load(&s);
+	if (s.failDevices) return NVML_ERROR_UNKNOWN;
+	*count = (unsigned)s.ngpus;
+	return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) { return nvmlDeviceGetCount_v2(count); }
+
+nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+	struct state s;
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	if (!device) return NVML_ERROR_INVALID_ARGUMENT;
+	load(&s);
+	if (index >= (unsigned)s.ngpus) return NVML_ERROR_INVALID_ARGUMENT;
+	if (s.gpus[index].lost) return NVML_ERROR_GPU_IS_LOST;
+	*device = &handles[index];
+	return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t *device) {
+	return nvmlDeviceGetHandleByIndex_v2(index, device);
+}
+
+nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int length) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	return r ? r : copy(uuid, length, g->uuid);
+}
+
+nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned int length) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	return r ? r : copy(name, length, g->name);
+}
+
+nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t d, unsigned int *minor) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!minor) return NVML_ERROR_INVALID_ARGUMENT;
+	*minor = g->minor;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!m) return NVML_ERROR_INVALID_ARGUMENT;
+	m->total = g->mem;
+	m->used = 0;
+	m->free = g->mem;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t d, int *major, int *minor) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!major || !minor) return NVML_ERROR_INVALID_ARGUMENT;
+	*major = g->ccMajor;
+	*minor = g->ccMinor;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *p) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!p) return NVML_ERROR_INVALID_ARGUMENT;
+	memset(p, 0, sizeof *p);
+	snprintf(p->busId, sizeof p->busId, "%s", g->bus);
+	snprintf(p->busIdLegacy, sizeof p->busIdLegacy, "%.15s", g->bus + (strlen(g->bus) > 12 ? 4 : 0));
+	sscanf(g->bus, "%x:%x:%x", &p->domain, &p->bus, &p->device);
+	p->pciDeviceId = 0x20b010de;
+	return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetPciInfo_v2(nvmlDevice_t d, nvmlPciInfo_t *p) { return nvmlDeviceGetPciInfo_v3(d, p); }
+nvmlReturn_t nvmlDeviceGetPciInfo(nvmlDevice_t d, nvmlPciInfo_t *p) { return nvmlDeviceGetPciInfo_v3(d, p); }
+
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t d, unsigned long long *types) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!types) return NVML_ERROR_INVALID_ARGUMENT;
+	*types = EVENT_XID | 1ULL | 2ULL;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+	struct state s;
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	if (!set) return NVML_ERROR_INVALID_ARGUMENT;
+	load(&s);
+	if (s.failWatch) return NVML_ERROR_UNKNOWN;
+	*set = calloc(1, sizeof **set);
+	if (!*set) return NVML_ERROR_UNKNOWN;
+	/* Only XIDs reported after the set exists are delivered, as with NVML. */
+	for (int i = 0; i < s.nxids; i++)
+		if (s.xids[i].seq > (*set)->delivered) (*set)->delivered = s.xids[i].seq;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t d, unsigned long long types, nvmlEventSet_t set) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!set) return NVML_ERROR_INVALID_ARGUMENT;
+	if (types & EVENT_XID) set->registered |= 1ULL << d->index;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	if (!set || !data) return NVML_ERROR_INVALID_ARGUMENT;
+	struct timespec tick = {0, 5 * 1000 * 1000};
+	for (unsigned int waited = 0;; waited += 5) {
+		struct state s;
+		load(&s);
+		for (int i = 0; i < s.nxids; i++) {
+			struct xid *x = &s.xids[i];
+			if (x->seq <= set->delivered) continue;
+			set->delivered = x->seq;
+			if (x->gpu < 0 || x->gpu >= MAX_GPUS || !(set->registered & (1ULL << x->gpu))) continue;
+			memset(data, 0, sizeof *data);
+			data->device = &handles[x->gpu];
+			data->eventType = EVENT_XID;
+			data->eventData = x->xid;
+			data->gpuInstanceId = 0xFFFFFFFF;
+			data->computeInstanceId = 0xFFFFFFFF;
+			return NVML_SUCCESS;
+		}
+		if (waited >= timeoutms) return NVML_ERROR_TIMEOUT;
+		nanosleep(&tick, NULL);
+	}
+}
+nvmlReturn_t nvmlEventSetWait(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+	return nvmlEventSetWait_v2(set, data, timeoutms);
+}
+
+nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+	free(set);
+	return NVML_SUCCESS;
+}
