@@ -35,8 +35,17 @@ type Config struct {
 	DevicePluginDir string `json:"devicePluginDir,omitempty"`
 	MetricsAddress  string `json:"metricsAddress,omitempty"`
 	NodeName        string `json:"nodeName,omitempty"`
-	ResourceName    string `json:"resourceName,omitempty"`
-	Placement       string `json:"placement,omitempty"`
+	SysfsRoot       string `json:"sysfsRoot,omitempty"`
+	// PodResourcesSocket, CgroupRoot, ProcRoot and Kubeconfig are part of
+	// the agent's flag contract so manifests can be written once; they are
+	// validated now and read by per-pod metrics, enforcement and node
+	// labels as those land.
+	PodResourcesSocket string `json:"podResourcesSocket,omitempty"`
+	CgroupRoot         string `json:"cgroupRoot,omitempty"`
+	ProcRoot           string `json:"procRoot,omitempty"`
+	Kubeconfig         string `json:"kubeconfig,omitempty"`
+	ResourceName       string `json:"resourceName,omitempty"`
+	Placement          string `json:"placement,omitempty"`
 
 	Log         LogConfig         `json:"log"`
 	Slicing     SlicingConfig     `json:"slicing"`
@@ -121,12 +130,17 @@ func defaultConfig(getenv func(string) string) Config {
 		DevicePluginDir: dp.PluginDir,
 		MetricsAddress:  ":9445",
 		NodeName:        getenv("NODE_NAME"),
-		ResourceName:    dp.ResourceName,
-		Placement:       string(dp.Placement),
-		Log:             LogConfig{Level: "info", Format: "text"},
-		DeviceSpecs:     DeviceSpecsConfig{Enabled: dp.DeviceSpecs, DevRoot: dp.DevRoot},
-		CDI:             CDIConfig{Kind: dp.CDI.Kind, NameStrategy: dp.CDI.NameStrategy},
-		MPS:             MPSConfig{PipeDirectory: dp.MPS.PipeDirectory},
+		SysfsRoot:       nv.SysfsRoot,
+
+		PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock",
+		CgroupRoot:         "/sys/fs/cgroup",
+		ProcRoot:           "/proc",
+		ResourceName:       dp.ResourceName,
+		Placement:          string(dp.Placement),
+		Log:                LogConfig{Level: "info", Format: "text"},
+		DeviceSpecs:        DeviceSpecsConfig{Enabled: dp.DeviceSpecs, DevRoot: dp.DevRoot},
+		CDI:                CDIConfig{Kind: dp.CDI.Kind, NameStrategy: dp.CDI.NameStrategy},
+		MPS:                MPSConfig{PipeDirectory: dp.MPS.PipeDirectory},
 		Health: HealthConfig{
 			ProbeInterval: Duration{nv.ProbeInterval},
 			XIDRecovery:   Duration{nv.XIDRecovery},
@@ -147,6 +161,11 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.DevicePluginDir, "device-plugin-dir", c.DevicePluginDir, "kubelet device plugin `dir`")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "`host:port` serving /healthz and /readyz")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's name (default $NODE_NAME)")
+	fs.StringVar(&c.SysfsRoot, "sysfs-root", c.SysfsRoot, "where sysfs is mounted, for GPUs' NUMA nodes")
+	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "kubelet pod-resources `socket` (reserved: read by per-pod metrics, not yet used)")
+	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "cgroup filesystem `root` (reserved: read by enforcement and metrics, not yet used)")
+	fs.StringVar(&c.ProcRoot, "proc-root", c.ProcRoot, "proc filesystem `root` (reserved: read by process attribution, not yet used)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig `file`; in-cluster config when empty (reserved: read by node labels and events, not yet used)")
 	fs.StringVar(&c.ResourceName, "resource-name", c.ResourceName, "extended resource `name` offered to the kubelet")
 	fs.StringVar(&c.Placement, "placement", c.Placement, "slice placement: binpack or spread")
 	fs.IntVar(&c.Slicing.SlicesPerGPU, "slices-per-gpu", c.Slicing.SlicesPerGPU, fmt.Sprintf("cut every GPU into `n` slices (default %d unless --slice-memory)", defaultSlicesPerGPU))
@@ -260,8 +279,18 @@ func (c Config) Validate() error {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		return fmt.Errorf("--log-format %q: want text or json", c.Log.Format)
 	}
-	if c.NVMLLibrary != "" && !filepath.IsAbs(c.NVMLLibrary) {
-		return fmt.Errorf("--nvml-library %q must be an absolute path", c.NVMLLibrary)
+	for _, p := range []struct{ flag, path string }{
+		{"--nvml-library", c.NVMLLibrary},
+		{"--sysfs-root", c.SysfsRoot},
+		{"--pod-resources-socket", c.PodResourcesSocket},
+		{"--cgroup-root", c.CgroupRoot},
+		{"--proc-root", c.ProcRoot},
+		{"--kubeconfig", c.Kubeconfig},
+	} {
+		optional := p.flag == "--nvml-library" || p.flag == "--kubeconfig"
+		if (p.path != "" || !optional) && !filepath.IsAbs(p.path) {
+			return fmt.Errorf("%s %q must be an absolute path", p.flag, p.path)
+		}
 	}
 	return nil
 }
@@ -341,6 +370,7 @@ func (c Config) nvmlOptions(log *slog.Logger) nvml.Options {
 	o.ProbeInterval = c.Health.ProbeInterval.Duration
 	o.XIDRecovery = c.Health.XIDRecovery.Duration
 	o.IgnoredXIDs = c.Health.IgnoredXIDs
+	o.SysfsRoot = c.SysfsRoot
 	o.Logger = log
 	return o
 }

@@ -138,6 +138,11 @@ func TestLoadConfigErrors(t *testing.T) {
 		"zero probe interval":    {args: []string{"--health-probe-interval=0s"}, want: "must be positive"},
 		"negative xid recovery":  {args: []string{"--xid-recovery=-1s"}, want: "must not be negative"},
 		"relative nvml library":  {args: []string{"--nvml-library=libnvidia-ml.so.1"}, want: "absolute path"},
+		"relative proc root":     {args: []string{"--proc-root=proc"}, want: "--proc-root"},
+		"empty cgroup root":      {args: []string{"--cgroup-root="}, want: "--cgroup-root"},
+		"relative kubeconfig":    {args: []string{"--kubeconfig=kube.yaml"}, want: "--kubeconfig"},
+		"relative pod resources": {args: []string{"--pod-resources-socket=kubelet.sock"}, want: "--pod-resources-socket"},
+		"relative sysfs":         {args: []string{"--sysfs-root=sys"}, want: "--sysfs-root"},
 		"missing config file":    {args: []string{"--config=/nonexistent.yaml"}, want: "read config"},
 		"unknown config key":     {file: "gpuBackend: fake\nslicesPerGpu: 4\n", want: "unknown field"},
 		"bad duration in file":   {file: "health: {probeInterval: 5}\n", want: "duration must be a string"},
@@ -167,7 +172,9 @@ func TestHelp(t *testing.T) {
 		t.Fatalf("--help = %v", err)
 	}
 	u := usage()
-	for _, f := range []string{"-gpu-backend", "-fake-config", "-device-plugin-dir", "-metrics-address", "-node-name", "-config"} {
+	// The design's flag contract.
+	for _, f := range []string{"-config", "-gpu-backend", "-fake-config", "-device-plugin-dir", "-pod-resources-socket",
+		"-metrics-address", "-cgroup-root", "-proc-root", "-node-name", "-kubeconfig"} {
 		if !strings.Contains(u, f) {
 			t.Errorf("usage lacks %s", f)
 		}

@@ -43,6 +43,7 @@ type Plugin struct {
 	log    *slog.Logger
 	layout *vgpu.Layout
 	minor  map[string]int // GPU UUID -> device node minor number
+	numa   map[string]int // GPU UUID -> NUMA node, -1 when unknown
 
 	mu      sync.Mutex
 	health  map[string]nvml.Health // GPU UUID -> latest health
@@ -65,11 +66,13 @@ func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, err
 		log:     opts.Logger,
 		layout:  layout,
 		minor:   map[string]int{},
+		numa:    map[string]int{},
 		health:  map[string]nvml.Health{},
 		changed: make(chan struct{}),
 	}
 	for _, d := range devices {
 		p.minor[d.UUID] = d.Minor
+		p.numa[d.UUID] = d.NUMANode
 	}
 	for _, g := range layout.GPUs() {
 		if _, ok := p.minor[g.UUID]; !ok {
@@ -127,6 +130,10 @@ func (p *Plugin) snapshot() ([]*pluginapi.Device, <-chan struct{}) {
 			h = pluginapi.Unhealthy
 		}
 		devs[i] = &pluginapi.Device{ID: id.String(), Health: h}
+		// The kubelet's topology manager aligns CPUs and memory with this.
+		if n := p.numa[id.UUID]; n >= 0 {
+			devs[i].Topology = &pluginapi.TopologyInfo{Nodes: []*pluginapi.NUMANode{{ID: int64(n)}}}
+		}
 	}
 	return devs, p.changed
 }

@@ -698,3 +698,42 @@ func TestNewRejectsLayoutWithoutDevice(t *testing.T) {
 		t.Fatal("New() accepted a layout GPU with no device")
 	}
 }
+
+func TestTopologyInDeviceList(t *testing.T) {
+	t.Parallel()
+	zero, one := 0, 1
+	node, err := fakegpu.New(fakegpu.Config{GPUs: []fakegpu.GPUConfig{
+		{Preset: "H100-80GB", NUMANode: &zero}, {Preset: "H100-80GB", NUMANode: &one}, {Preset: "H100-80GB"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, _ := node.Devices()
+	var gpus []vgpu.GPU
+	for _, d := range devs {
+		gpus = append(gpus, vgpu.GPU{UUID: d.UUID, Index: d.Index, Model: d.Model, MemoryBytes: d.MemoryBytes})
+	}
+	layout, _ := vgpu.NewLayout(gpus, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
+	e := &env{dir: t.TempDir(), node: node, devs: devs, layout: layout}
+	e.startKubelet(t)
+	e.startPlugin(t, nil)
+	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{devs[0].UUID: "0", devs[1].UUID: "1", devs[2].UUID: "none"}
+	for _, d := range p.Devices() {
+		s, _ := vgpu.ParseSliceID(d.ID)
+		got := "none"
+		if d.Topology != nil {
+			var ids []string
+			for _, n := range d.Topology.Nodes {
+				ids = append(ids, fmt.Sprint(n.ID))
+			}
+			got = strings.Join(ids, ",")
+		}
+		if got != want[s.UUID] {
+			t.Errorf("slice %s topology = %s, want %s", d.ID, got, want[s.UUID])
+		}
+	}
+}

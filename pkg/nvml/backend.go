@@ -23,6 +23,8 @@ type Device struct {
 	ComputeMinor int
 	// PCIBusID is the PCI address, e.g. "00000000:07:00.0".
 	PCIBusID string
+	// NUMANode is the NUMA node the GPU is attached to, or -1 when unknown.
+	NUMANode int
 }
 
 // SystemInfo describes the driver stack.

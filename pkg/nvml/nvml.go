@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -27,6 +31,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// SysfsRoot is where sysfs is mounted, for GPUs' NUMA nodes.
+	SysfsRoot string
 }
 
 // DefaultOptions returns the options the agent uses unless configured.
@@ -35,6 +41,7 @@ func DefaultOptions() Options {
 		ProbeInterval: 5 * time.Second,
 		XIDRecovery:   5 * time.Minute,
 		IgnoredXIDs:   append([]uint64(nil), DefaultIgnoredXIDs...),
+		SysfsRoot:     "/sys",
 	}
 }
 
@@ -112,6 +119,7 @@ func (n *NVML) Devices() ([]Device, error) {
 			errs = append(errs, fmt.Errorf("gpu %d: %w", h.index, derr))
 			continue
 		}
+		d.NUMANode = NUMANode(n.opts.SysfsRoot, d.PCIBusID)
 		devs = append(devs, d)
 	}
 	return devs, errors.Join(errs...)
@@ -253,4 +261,28 @@ func (n *NVML) WatchHealth(ctx context.Context, report func(Health)) error {
 		}
 	}
 	return nil
+}
+
+// NUMANode returns the NUMA node of the PCI device with the given NVML bus
+// ID, read from <sysfsRoot>/bus/pci/devices/<address>/numa_node, or -1 when
+// sysfs does not say (no such file, or a single-node machine's -1).
+func NUMANode(sysfsRoot, busID string) int {
+	addr := strings.ToLower(busID)
+	// NVML pads the PCI domain to 8 hex digits; sysfs uses 4.
+	if len(addr) == len("00000000:07:00.0") && strings.HasPrefix(addr, "0000") {
+		addr = addr[4:]
+	}
+	if addr == "" || strings.ContainsAny(addr, "/\\") {
+		return -1
+	}
+	// addr has no path separators (checked above); sysfsRoot is the operator's flag.
+	data, err := os.ReadFile(filepath.Join(sysfsRoot, "bus", "pci", "devices", addr, "numa_node")) //nolint:gosec // see above
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n
 }

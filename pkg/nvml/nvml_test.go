@@ -68,6 +68,7 @@ func open(t *testing.T, mod func(*nvml.Options)) *nvml.NVML {
 	o := nvml.DefaultOptions()
 	o.LibraryPath = fakeLib
 	o.ProbeInterval = 20 * time.Millisecond
+	o.SysfsRoot = t.TempDir() // never the host's own /sys
 	if mod != nil {
 		mod(&o)
 	}
@@ -83,18 +84,29 @@ func open(t *testing.T, mod func(*nvml.Options)) *nvml.NVML {
 	return b
 }
 
+var numa1 = 1
+
 var mixed = fakegpu.Config{GPUs: []fakegpu.GPUConfig{
-	{Preset: "A100-40GB"}, {Preset: "H100-80GB"}, {Preset: "H200-141GB"},
+	{Preset: "A100-40GB"}, {Preset: "H100-80GB", NUMANode: &numa1}, {Preset: "H200-141GB"},
 }, DriverVersion: "575.51.03", CUDAVersion: "12.9"}
 
 func TestDevicesAndSystemThroughNVML(t *testing.T) {
 	f := newFakeNVML(t, mixed)
-	b := open(t, nil)
+	// sysfs knows GPU 1's NUMA node, as on a two-socket machine.
+	sysfs := t.TempDir()
+	want, _ := f.node.Devices()
+	numaFile := filepath.Join(sysfs, "bus", "pci", "devices", strings.ToLower(want[1].PCIBusID[4:]), "numa_node")
+	if err := os.MkdirAll(filepath.Dir(numaFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(numaFile, []byte("1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := open(t, func(o *nvml.Options) { o.SysfsRoot = sysfs })
 	got, err := b.Devices()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _ := f.node.Devices()
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Devices() through NVML differs from the fake node (-want +got)\n%s", diff)
 	}
@@ -232,5 +244,45 @@ func TestMissingLibrary(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}
+	}
+}
+
+func TestNUMANode(t *testing.T) {
+	sysfs := t.TempDir()
+	write := func(addr, content string) {
+		t.Helper()
+		p := filepath.Join(sysfs, "bus", "pci", "devices", addr, "numa_node")
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("0000:07:00.0", "0\n")
+	write("0000:8a:00.0", "1\n")
+	write("0000:0b:00.0", "-1\n")
+	write("0000:0c:00.0", "banana\n")
+	write("0001:0d:00.0", "3\n")
+	tests := map[string]struct {
+		busID string
+		want  int
+	}{
+		"nvml 8-digit domain":       {"00000000:07:00.0", 0},
+		"upper-case hex":            {"00000000:8A:00.0", 1},
+		"4-digit domain":            {"0000:8a:00.0", 1},
+		"non-zero domain":           {"00000001:0D:00.0", 3},
+		"single-node machine":       {"00000000:0B:00.0", -1},
+		"garbage":                   {"00000000:0C:00.0", -1},
+		"missing":                   {"00000000:99:00.0", -1},
+		"empty":                     {"", -1},
+		"path traversal is refused": {"../../../etc/x", -1},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := nvml.NUMANode(sysfs, tc.busID); got != tc.want {
+				t.Errorf("NUMANode(%q) = %d, want %d", tc.busID, got, tc.want)
+			}
+		})
 	}
 }

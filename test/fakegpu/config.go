@@ -77,6 +77,8 @@ type GPUConfig struct {
 	ComputeCapability string `json:"computeCapability,omitempty"`
 	// UUID overrides the generated UUID.
 	UUID string `json:"uuid,omitempty"`
+	// NUMANode is the GPU's NUMA node; absent means unknown.
+	NUMANode *int `json:"numaNode,omitempty"`
 }
 
 // Faults are faults in force on a node, by GPU index.
@@ -185,6 +187,7 @@ type gpuSpec struct {
 	memoryBytes uint64
 	ccMajor     int
 	ccMinor     int
+	numaNode    int
 }
 
 func (c Config) gpus() ([]gpuSpec, error) {
@@ -237,6 +240,13 @@ func (c Config) gpus() ([]gpuSpec, error) {
 			return nil, fmt.Errorf("gpu %d: compute capability %q is not major.minor", i, g.ComputeCapability)
 		}
 		s.model, s.memoryBytes = g.Model, g.MemoryMiB*mib
+		s.numaNode = -1
+		if g.NUMANode != nil {
+			if *g.NUMANode < 0 || *g.NUMANode > 63 {
+				return nil, fmt.Errorf("gpu %d: numaNode %d is outside 0..63", i, *g.NUMANode)
+			}
+			s.numaNode = *g.NUMANode
+		}
 		s.uuid = g.UUID
 		if s.uuid == "" {
 			s.uuid = fakeUUID(seed, i)

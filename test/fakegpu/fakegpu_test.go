@@ -140,6 +140,7 @@ faults:
 		"unknown call":       {yaml: "preset: A100-40GB\ncount: 2\nfaults: {failCalls: [allocate]}\n", wantErr: `unknown call "allocate"`},
 		"bad cuda":           {yaml: "preset: A100-40GB\ncount: 2\ncudaVersion: twelve\n", wantErr: "cudaVersion"},
 		"not yaml":           {yaml: "preset: [\n", wantErr: "parse fake GPU config"},
+		"bad numa node":      {yaml: "gpus: [{preset: A100-40GB, numaNode: 64}]\n", wantErr: "numaNode 64 is outside 0..63"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

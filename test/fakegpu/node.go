@@ -53,6 +53,7 @@ func New(cfg Config) (*Node, error) {
 			ComputeMajor: s.ccMajor,
 			ComputeMinor: s.ccMinor,
 			PCIBusID:     fmt.Sprintf("00000000:%02X:00.0", 0x07+i*0x10),
+			NUMANode:     s.numaNode,
 		})
 	}
 	n.setFaults(cfg.Faults)
