@@ -182,13 +182,7 @@ func TestAgentProcessLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := k.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
-		n := 0
-		for _, d := range k.PluginLocked("nvidia.com/vgpu").DevicesLocked() {
-			if d.Health == pluginapi.Unhealthy {
-				n++
-			}
-		}
-		return n == 3
+		return kubeletstub.CountHealth(k.PluginLocked("nvidia.com/vgpu").DevicesLocked(), pluginapi.Unhealthy) == 3
 	}); err != nil {
 		t.Fatalf("XID from fake config never marked GPU 1's slices unhealthy: %v", err)
 	}
@@ -344,13 +338,7 @@ func TestAgentOnNVMLBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := k.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
-		n := 0
-		for _, d := range k.PluginLocked("nvidia.com/vgpu").DevicesLocked() {
-			if d.Health == pluginapi.Unhealthy {
-				n++
-			}
-		}
-		return n == 7
+		return kubeletstub.CountHealth(k.PluginLocked("nvidia.com/vgpu").DevicesLocked(), pluginapi.Unhealthy) == 7
 	}); err != nil {
 		t.Fatalf("XID through NVML never reached the kubelet: %v\n%s", err, a.stderr.String())
 	}

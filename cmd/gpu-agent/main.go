@@ -20,7 +20,6 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/pkg/vgpu"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
@@ -94,11 +93,7 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Warn("driver version unavailable", "err", err)
 	}
 	slicing, _ := cfg.slicing() // Validate checked it.
-	gpus := make([]vgpu.GPU, len(devs))
-	for i, d := range devs {
-		gpus[i] = vgpu.GPU{UUID: d.UUID, Index: d.Index, Model: d.Model, MemoryBytes: d.MemoryBytes}
-	}
-	layout, err := vgpu.NewLayout(gpus, slicing)
+	layout, err := deviceplugin.NewLayout(devs, slicing)
 	if err != nil {
 		return fmt.Errorf("slice GPUs: %w", err)
 	}

@@ -9,11 +9,8 @@ import (
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
-	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
-	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
-	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
 
 // reportLatency adds p50 and p99 of the samples, in microseconds.
@@ -88,38 +85,8 @@ func BenchmarkGetPreferredAllocationInProcess(b *testing.B) {
 	reportLatency(b, samples)
 }
 
-// benchEnv is newEnv for benchmarks: a plugin on a fake node with a kubelet
-// stand-in, torn down with the benchmark.
+// benchEnv is a plugin on fake H100s with a kubelet stand-in, as in the tests.
 func benchEnv(b *testing.B, gpus, slices int) *env {
 	b.Helper()
-	e := &env{dir: b.TempDir()}
-	var err error
-	if e.node, err = fakegpu.New(fakegpu.PresetConfig("H100-80GB", gpus)); err != nil {
-		b.Fatal(err)
-	}
-	if e.devs, err = e.node.Devices(); err != nil {
-		b.Fatal(err)
-	}
-	var vg []vgpu.GPU
-	for _, d := range e.devs {
-		vg = append(vg, vgpu.GPU{UUID: d.UUID, Index: d.Index, Model: d.Model, MemoryBytes: d.MemoryBytes})
-	}
-	if e.layout, err = vgpu.NewLayout(vg, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: slices}}); err != nil {
-		b.Fatal(err)
-	}
-	if e.kubelet, err = kubeletstub.Start(e.dir); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(e.kubelet.Stop)
-	opts := deviceplugin.DefaultOptions()
-	opts.PluginDir = e.dir
-	if e.plugin, err = deviceplugin.New(e.layout, e.devs, opts); err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() { _ = e.plugin.Run(ctx); done <- struct{}{} }()
-	go func() { _ = e.node.WatchHealth(ctx, func(h nvml.Health) { e.plugin.SetHealth(h) }); done <- struct{}{} }()
-	b.Cleanup(func() { cancel(); <-done; <-done })
-	return e
+	return newEnv(b, setup{node: fakegpu.PresetConfig("H100-80GB", gpus), slices: slices})
 }

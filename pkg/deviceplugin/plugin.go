@@ -52,6 +52,15 @@ type Plugin struct {
 	registered atomic.Bool
 }
 
+// NewLayout cuts the devices a backend found according to cfg.
+func NewLayout(devices []nvml.Device, cfg vgpu.Config) (*vgpu.Layout, error) {
+	gpus := make([]vgpu.GPU, len(devices))
+	for i, d := range devices {
+		gpus[i] = vgpu.GPU{UUID: d.UUID, Index: d.Index, Model: d.Model, MemoryBytes: d.MemoryBytes}
+	}
+	return vgpu.NewLayout(gpus, cfg)
+}
+
 // New builds a plugin serving layout. devices supplies the minor numbers of
 // the layout's GPUs, for device nodes. Every GPU starts healthy.
 func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, error) {

@@ -38,33 +38,29 @@ type env struct {
 }
 
 type setup struct {
-	gpus      int
-	slices    int
+	node      fakegpu.Config // default: 4 A100-40GB
+	slices    int            // per GPU, default 4
 	noKubelet bool
 	configure func(*deviceplugin.Options)
 }
 
-func newEnv(t *testing.T, s setup) *env {
+func newEnv(t testing.TB, s setup) *env {
 	t.Helper()
-	if s.gpus == 0 {
-		s.gpus = 4
+	if s.node.Preset == "" && len(s.node.GPUs) == 0 {
+		s.node = fakegpu.PresetConfig("A100-40GB", 4)
 	}
 	if s.slices == 0 {
 		s.slices = 4
 	}
 	e := &env{dir: t.TempDir()}
 	var err error
-	if e.node, err = fakegpu.New(fakegpu.PresetConfig("A100-40GB", s.gpus)); err != nil {
+	if e.node, err = fakegpu.New(s.node); err != nil {
 		t.Fatal(err)
 	}
 	if e.devs, err = e.node.Devices(); err != nil {
 		t.Fatal(err)
 	}
-	var gpus []vgpu.GPU
-	for _, d := range e.devs {
-		gpus = append(gpus, vgpu.GPU{UUID: d.UUID, Index: d.Index, Model: d.Model, MemoryBytes: d.MemoryBytes})
-	}
-	if e.layout, err = vgpu.NewLayout(gpus, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: s.slices}}); err != nil {
+	if e.layout, err = deviceplugin.NewLayout(e.devs, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: s.slices}}); err != nil {
 		t.Fatal(err)
 	}
 	if !s.noKubelet {
@@ -74,7 +70,7 @@ func newEnv(t *testing.T, s setup) *env {
 	return e
 }
 
-func (e *env) startKubelet(t *testing.T) {
+func (e *env) startKubelet(t testing.TB) {
 	t.Helper()
 	k, err := kubeletstub.Start(e.dir)
 	if err != nil {
@@ -84,7 +80,7 @@ func (e *env) startKubelet(t *testing.T) {
 	t.Cleanup(k.Stop)
 }
 
-func (e *env) startPlugin(t *testing.T, configure func(*deviceplugin.Options)) {
+func (e *env) startPlugin(t testing.TB, configure func(*deviceplugin.Options)) {
 	t.Helper()
 	opts := deviceplugin.DefaultOptions()
 	opts.PluginDir = e.dir
@@ -119,6 +115,16 @@ func (e *env) startPlugin(t *testing.T, configure func(*deviceplugin.Options)) {
 	t.Cleanup(e.stop)
 }
 
+// waitPlugin waits for the stand-in to connect to the plugin.
+func (e *env) waitPlugin(t *testing.T) *kubeletstub.Plugin {
+	t.Helper()
+	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func ctxT(t *testing.T) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -126,21 +132,10 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-func health(devs []*pluginapi.Device) map[string]int {
-	out := map[string]int{}
-	for _, d := range devs {
-		out[d.Health]++
-	}
-	return out
-}
-
 func TestRegistrationAndDeviceList(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := e.waitPlugin(t)
 	regs := e.kubelet.Registrations()
 	want := &pluginapi.RegisterRequest{
 		Version:      "v1beta1",
@@ -155,8 +150,8 @@ func TestRegistrationAndDeviceList(t *testing.T) {
 		t.Errorf("GetDevicePluginOptions() = %+v", p.Options())
 	}
 	devs := p.Devices()
-	if diff := cmp.Diff(map[string]int{pluginapi.Healthy: 16}, health(devs)); diff != "" {
-		t.Errorf("device health (-want +got)\n%s", diff)
+	if n := kubeletstub.CountHealth(devs, pluginapi.Healthy); n != 16 {
+		t.Errorf("%d healthy devices, want 16", n)
 	}
 	var ids []string
 	for _, d := range devs {
@@ -180,10 +175,7 @@ func TestRegistrationAndDeviceList(t *testing.T) {
 // listAndWatch opens a stream of its own and returns its messages.
 func listAndWatch(t *testing.T, e *env) <-chan []*pluginapi.Device {
 	t.Helper()
-	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := e.waitPlugin(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	stream, err := p.Client().ListAndWatch(ctx, &pluginapi.Empty{})
@@ -319,10 +311,7 @@ func TestPreferredAllocationThroughKubelet(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, setup{configure: func(o *deviceplugin.Options) { o.Placement = tc.policy }})
-			p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := e.waitPlugin(t)
 			short := map[string]string{}
 			for _, d := range e.devs {
 				short[d.UUID] = fmt.Sprint(d.Index)
@@ -359,10 +348,7 @@ func TestPreferredAllocationThroughKubelet(t *testing.T) {
 func TestGetPreferredAllocationErrors(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := e.waitPlugin(t)
 	tests := map[string]struct {
 		req  *pluginapi.ContainerPreferredAllocationRequest
 		code codes.Code
@@ -392,10 +378,7 @@ func TestAllocateResponse(t *testing.T) {
 		o.MPS.Enabled = true
 		o.MPS.PipeDirectory = "/run/nvidia/mps"
 	}})
-	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := e.waitPlugin(t)
 	g0, g2 := e.devs[0].UUID, e.devs[2].UUID
 	resp, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
 		{DevicesIDs: []string{g2 + "::3", g2 + "::1", g2 + "::0"}},
@@ -465,10 +448,7 @@ func TestAllocateMinimalAndCDIIndex(t *testing.T) {
 		o.DeviceSpecs = false
 		o.CDI = deviceplugin.CDIOptions{Enabled: true, Kind: "example.com/gpu", NameStrategy: "index"}
 	}})
-	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := e.waitPlugin(t)
 	resp, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{e.devs[3].UUID + "::1"}}}})
 	if err != nil {
 		t.Fatal(err)
@@ -485,10 +465,7 @@ func TestAllocateMinimalAndCDIIndex(t *testing.T) {
 func TestAllocateErrors(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := e.waitPlugin(t)
 	g := e.devs[0].UUID
 	tests := map[string]struct {
 		ids  [][]string
@@ -520,10 +497,7 @@ func registrations(k *kubeletstub.Kubelet) int { return len(k.Registrations()) }
 func TestKubeletRestart(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := e.waitPlugin(t)
 	held, err := p.Allocate(ctxT(t), "pod-a", "main", 3)
 	if err != nil {
 		t.Fatal(err)
@@ -545,13 +519,7 @@ func TestKubeletRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range a.DeviceIDs {
-		for _, h := range held.DeviceIDs {
-			if id == h {
-				t.Errorf("slice %s handed out twice", id)
-			}
-		}
-	}
+	assertDisjoint(t, held.DeviceIDs, a.DeviceIDs)
 }
 
 func TestKubeletRestartWithoutRetry(t *testing.T) {
@@ -599,10 +567,7 @@ func TestPluginStartsBeforeKubelet(t *testing.T) {
 func TestAgentRestartKeepsIDsAndRemovesSocket(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := e.waitPlugin(t)
 	first := p.Devices()
 	held, err := p.Allocate(ctxT(t), "pod-a", "main", 2)
 	if err != nil {
@@ -629,13 +594,7 @@ func TestAgentRestartKeepsIDsAndRemovesSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range a.DeviceIDs {
-		for _, h := range held.DeviceIDs {
-			if id == h {
-				t.Errorf("slice %s handed out twice", id)
-			}
-		}
-	}
+	assertDisjoint(t, held.DeviceIDs, a.DeviceIDs)
 }
 
 func TestStaleSocketReplaced(t *testing.T) {
@@ -646,7 +605,7 @@ func TestStaleSocketReplaced(t *testing.T) {
 	}
 	node, _ := fakegpu.New(fakegpu.PresetConfig("H100-80GB", 1))
 	devs, _ := node.Devices()
-	layout, _ := vgpu.NewLayout([]vgpu.GPU{{UUID: devs[0].UUID, Model: devs[0].Model, MemoryBytes: devs[0].MemoryBytes}}, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
+	layout, _ := deviceplugin.NewLayout(devs, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
 	k, err := kubeletstub.Start(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -679,7 +638,7 @@ func TestRunFailsOnMissingDir(t *testing.T) {
 	t.Parallel()
 	node, _ := fakegpu.New(fakegpu.PresetConfig("A100-40GB", 1))
 	devs, _ := node.Devices()
-	layout, _ := vgpu.NewLayout([]vgpu.GPU{{UUID: devs[0].UUID, Model: devs[0].Model, MemoryBytes: devs[0].MemoryBytes}}, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
+	layout, _ := deviceplugin.NewLayout(devs, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
 	opts := deviceplugin.DefaultOptions()
 	opts.PluginDir = filepath.Join(t.TempDir(), "missing")
 	p, err := deviceplugin.New(layout, devs, opts)
@@ -702,25 +661,11 @@ func TestNewRejectsLayoutWithoutDevice(t *testing.T) {
 func TestTopologyInDeviceList(t *testing.T) {
 	t.Parallel()
 	zero, one := 0, 1
-	node, err := fakegpu.New(fakegpu.Config{GPUs: []fakegpu.GPUConfig{
+	e := newEnv(t, setup{node: fakegpu.Config{GPUs: []fakegpu.GPUConfig{
 		{Preset: "H100-80GB", NUMANode: &zero}, {Preset: "H100-80GB", NUMANode: &one}, {Preset: "H100-80GB"},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	devs, _ := node.Devices()
-	var gpus []vgpu.GPU
-	for _, d := range devs {
-		gpus = append(gpus, vgpu.GPU{UUID: d.UUID, Index: d.Index, Model: d.Model, MemoryBytes: d.MemoryBytes})
-	}
-	layout, _ := vgpu.NewLayout(gpus, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
-	e := &env{dir: t.TempDir(), node: node, devs: devs, layout: layout}
-	e.startKubelet(t)
-	e.startPlugin(t, nil)
-	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
-	if err != nil {
-		t.Fatal(err)
-	}
+	}}, slices: 2})
+	devs := e.devs
+	p := e.waitPlugin(t)
 	want := map[string]string{devs[0].UUID: "0", devs[1].UUID: "1", devs[2].UUID: "none"}
 	for _, d := range p.Devices() {
 		s, _ := vgpu.ParseSliceID(d.ID)
@@ -734,6 +679,18 @@ func TestTopologyInDeviceList(t *testing.T) {
 		}
 		if got != want[s.UUID] {
 			t.Errorf("slice %s topology = %s, want %s", d.ID, got, want[s.UUID])
+		}
+	}
+}
+
+// assertDisjoint fails the test for every slice in both a and b.
+func assertDisjoint(t *testing.T, a, b []string) {
+	t.Helper()
+	for _, x := range a {
+		for _, y := range b {
+			if x == y {
+				t.Errorf("slice %s handed out twice", x)
+			}
 		}
 	}
 }

@@ -178,7 +178,7 @@ func run(agentBin string, out io.Writer) error {
 		return err
 	}
 	if err := k.WaitFor(ctx, func(k *kubeletstub.Kubelet) bool {
-		return countHealth(k.PluginLocked(resource).DevicesLocked())[pluginapi.Unhealthy] == 8
+		return kubeletstub.CountHealth(k.PluginLocked(resource).DevicesLocked(), pluginapi.Unhealthy) == 8
 	}); err != nil {
 		return fail(fmt.Errorf("xid never reached the kubelet: %w", err))
 	}
@@ -192,7 +192,7 @@ func run(agentBin string, out io.Writer) error {
 		return err
 	}
 	if err := k.WaitFor(ctx, func(k *kubeletstub.Kubelet) bool {
-		return countHealth(k.PluginLocked(resource).DevicesLocked())[pluginapi.Unhealthy] == 0
+		return kubeletstub.CountHealth(k.PluginLocked(resource).DevicesLocked(), pluginapi.Unhealthy) == 0
 	}); err != nil {
 		return fail(fmt.Errorf("recovery never reached the kubelet: %w", err))
 	}
@@ -264,14 +264,6 @@ func describeIDs(ids []string, gpuIndex map[string]int) string {
 		parts[i] = fmt.Sprintf("GPU %d slices %s", gpuIndex[u], strings.Join(by[u], ","))
 	}
 	return strings.Join(parts, " + ")
-}
-
-func countHealth(devs []*pluginapi.Device) map[string]int {
-	out := map[string]int{}
-	for _, d := range devs {
-		out[d.Health]++
-	}
-	return out
 }
 
 func printGPUs(out io.Writer, p *kubeletstub.Plugin, gpuIndex map[string]int) {

@@ -372,3 +372,15 @@ func (p *Plugin) Holders() map[string]string {
 	}
 	return out
 }
+
+// CountHealth returns how many of devs have the given health
+// (pluginapi.Healthy or pluginapi.Unhealthy).
+func CountHealth(devs []*pluginapi.Device, health string) int {
+	n := 0
+	for _, d := range devs {
+		if d.Health == health {
+			n++
+		}
+	}
+	return n
+}
