@@ -67,6 +67,11 @@ func (p *Plugin) Run(ctx context.Context) error {
 			case err := <-served:
 				p.log.Error("device plugin server stopped; restarting", "err", err)
 				restart = true
+				// Do not spin if the socket keeps failing.
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
 			case err := <-w.Errors:
 				p.log.Warn("device plugin dir watch error", "err", err)
 			case ev := <-w.Events:
