@@ -62,6 +62,37 @@ const (
 	ReasonRecovered = "recovered"
 )
 
+// Sample is one GPU's state at one moment.
+type Sample struct {
+	// UUID names the GPU.
+	UUID string
+	// Utilization is the share of time the GPU was busy over the driver's
+	// last sampling period, 0..1.
+	Utilization float64
+	// MemoryUsedBytes is the framebuffer memory in use.
+	MemoryUsedBytes uint64
+	// TemperatureCelsius is the GPU core temperature.
+	TemperatureCelsius float64
+	// PowerWatts is the current board power draw.
+	PowerWatts float64
+	// EnergyJoules is the energy used since the driver was loaded.
+	EnergyJoules float64
+	// SMClockHertz is the current SM clock.
+	SMClockHertz float64
+}
+
+// Process is one process using a GPU.
+type Process struct {
+	// PID is the process ID in the host's PID namespace.
+	PID int
+	// MemoryBytes is the GPU memory the process holds.
+	MemoryBytes uint64
+	// SMUtilization is the share of the GPU's SM time the process used since
+	// the previous Processes call for the GPU, 0..1; 0 when the driver has
+	// no sample for it.
+	SMUtilization float64
+}
+
 // Backend is the agent's view of the GPUs on its node.
 type Backend interface {
 	// Devices returns the GPUs that could be enumerated, ordered by index.
@@ -74,6 +105,11 @@ type Backend interface {
 	// each change, until ctx is done. It returns nil when ctx ends and an
 	// error only when health can no longer be watched at all.
 	WatchHealth(ctx context.Context, report func(Health)) error
+	// Sample reads one GPU's current state.
+	Sample(uuid string) (Sample, error)
+	// Processes returns the processes using one GPU, with their memory and
+	// their SM utilization since the previous call for that GPU.
+	Processes(uuid string) ([]Process, error)
 	// Close releases the backend.
 	Close() error
 }

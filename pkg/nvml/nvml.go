@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -49,6 +50,10 @@ func DefaultOptions() Options {
 type NVML struct {
 	lib  gonvml.Interface
 	opts Options
+
+	mu       sync.Mutex
+	handle   map[string]gonvml.Device // by UUID
+	lastSeen map[string]uint64        // by UUID: newest process sample timestamp, µs
 }
 
 var _ Backend = (*NVML)(nil)
@@ -80,7 +85,7 @@ func New(opts Options) (*NVML, error) {
 	default:
 		return nil, &ErrCall{Call: "nvmlInit", Err: ret}
 	}
-	return &NVML{lib: lib, opts: opts}, nil
+	return &NVML{lib: lib, opts: opts, handle: map[string]gonvml.Device{}, lastSeen: map[string]uint64{}}, nil
 }
 
 // Close shuts NVML down.
@@ -285,4 +290,105 @@ func NUMANode(sysfsRoot, busID string) int {
 		return -1
 	}
 	return n
+}
+
+// device returns the handle of the GPU with the given UUID.
+func (n *NVML) device(uuid string) (gonvml.Device, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if d, ok := n.handle[uuid]; ok {
+		return d, nil
+	}
+	d, ret := n.lib.DeviceGetHandleByUUID(uuid)
+	if ret != gonvml.SUCCESS {
+		return nil, &ErrCall{Call: "nvmlDeviceGetHandleByUUID", Err: ret}
+	}
+	n.handle[uuid] = d
+	return d, nil
+}
+
+// Sample reads utilization, memory, temperature, power, energy and SM clock.
+func (n *NVML) Sample(uuid string) (Sample, error) {
+	d, err := n.device(uuid)
+	if err != nil {
+		return Sample{}, err
+	}
+	s := Sample{UUID: uuid}
+	util, ret := d.GetUtilizationRates()
+	if ret != gonvml.SUCCESS {
+		return Sample{}, &ErrCall{Call: "nvmlDeviceGetUtilizationRates", Err: ret}
+	}
+	s.Utilization = float64(util.Gpu) / 100
+	mem, ret := d.GetMemoryInfo()
+	if ret != gonvml.SUCCESS {
+		return Sample{}, &ErrCall{Call: "nvmlDeviceGetMemoryInfo", Err: ret}
+	}
+	s.MemoryUsedBytes = mem.Used
+	temp, ret := d.GetTemperature(gonvml.TEMPERATURE_GPU)
+	if ret != gonvml.SUCCESS {
+		return Sample{}, &ErrCall{Call: "nvmlDeviceGetTemperature", Err: ret}
+	}
+	s.TemperatureCelsius = float64(temp)
+	mw, ret := d.GetPowerUsage()
+	if ret != gonvml.SUCCESS {
+		return Sample{}, &ErrCall{Call: "nvmlDeviceGetPowerUsage", Err: ret}
+	}
+	s.PowerWatts = float64(mw) / 1000
+	mj, ret := d.GetTotalEnergyConsumption()
+	if ret != gonvml.SUCCESS {
+		return Sample{}, &ErrCall{Call: "nvmlDeviceGetTotalEnergyConsumption", Err: ret}
+	}
+	s.EnergyJoules = float64(mj) / 1000
+	mhz, ret := d.GetClockInfo(gonvml.CLOCK_SM)
+	if ret != gonvml.SUCCESS {
+		return Sample{}, &ErrCall{Call: "nvmlDeviceGetClockInfo", Err: ret}
+	}
+	s.SMClockHertz = float64(mhz) * 1e6
+	return s, nil
+}
+
+// Processes lists the GPU's compute processes with their memory and their
+// SM utilization since the previous call, averaged over the driver's
+// samples in that window.
+func (n *NVML) Processes(uuid string) ([]Process, error) {
+	d, err := n.device(uuid)
+	if err != nil {
+		return nil, err
+	}
+	infos, ret := d.GetComputeRunningProcesses()
+	if ret != gonvml.SUCCESS {
+		return nil, &ErrCall{Call: "nvmlDeviceGetComputeRunningProcesses", Err: ret}
+	}
+	n.mu.Lock()
+	since := n.lastSeen[uuid]
+	n.mu.Unlock()
+	samples, ret := d.GetProcessUtilization(since)
+	switch ret {
+	case gonvml.SUCCESS:
+	case gonvml.ERROR_NOT_FOUND:
+		// No process ran on the GPU since the last call.
+		samples = nil
+	default:
+		return nil, &ErrCall{Call: "nvmlDeviceGetProcessUtilization", Err: ret}
+	}
+	sum := map[int]uint64{}
+	count := map[int]uint64{}
+	newest := since
+	for _, s := range samples {
+		sum[int(s.Pid)] += uint64(s.SmUtil)
+		count[int(s.Pid)]++
+		newest = max(newest, s.TimeStamp)
+	}
+	n.mu.Lock()
+	n.lastSeen[uuid] = newest
+	n.mu.Unlock()
+	out := make([]Process, 0, len(infos))
+	for _, info := range infos {
+		p := Process{PID: int(info.Pid), MemoryBytes: info.UsedGpuMemory}
+		if c := count[p.PID]; c > 0 {
+			p.SMUtilization = min(float64(sum[p.PID])/float64(c)/100, 1)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -63,6 +64,9 @@ type Config struct {
 	CUDAVersion string `json:"cudaVersion,omitempty"`
 	// Faults are the faults in force.
 	Faults Faults `json:"faults,omitempty"`
+	// WorkloadDir is where fake GPU workload processes publish their state
+	// (see WorkloadState); empty means the node has no workloads.
+	WorkloadDir string `json:"workloadDir,omitempty"`
 }
 
 // GPUConfig describes one GPU of an explicit list.
@@ -85,7 +89,8 @@ type GPUConfig struct {
 type Faults struct {
 	// GPUs lists GPUs with a fault.
 	GPUs []GPUFault `json:"gpus,omitempty"`
-	// FailCalls lists backend calls that fail: "devices", "system", "watchHealth".
+	// FailCalls lists backend calls that fail: "devices", "system",
+	// "watchHealth", "sample", "processes".
 	FailCalls []string `json:"failCalls,omitempty"`
 }
 
@@ -104,7 +109,12 @@ const (
 	CallDevices     = "devices"
 	CallSystem      = "system"
 	CallWatchHealth = "watchHealth"
+	CallSample      = "sample"
+	CallProcesses   = "processes"
 )
+
+// calls lists every call FailCalls may name, in a stable order.
+var calls = []string{CallDevices, CallSystem, CallWatchHealth, CallSample, CallProcesses}
 
 // DefaultConfig is the node gpu-agent --gpu-backend=fake uses without
 // --fake-config: four A100-40GB GPUs.
@@ -171,10 +181,8 @@ func (f Faults) validate(n int) error {
 		}
 	}
 	for _, c := range f.FailCalls {
-		switch c {
-		case CallDevices, CallSystem, CallWatchHealth:
-		default:
-			return fmt.Errorf("failCalls: unknown call %q (want %s, %s or %s)", c, CallDevices, CallSystem, CallWatchHealth)
+		if !slices.Contains(calls, c) {
+			return fmt.Errorf("failCalls: unknown call %q (want one of %s)", c, strings.Join(calls, ", "))
 		}
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 )
@@ -24,6 +25,12 @@ type Node struct {
 	closed  bool
 	xids    []xidEvent // every XID reported, oldest first
 	seq     int64
+
+	workDir     string
+	now         func() time.Time
+	lastAdvance time.Time
+	requested   map[int]int64 // pid -> RequestedNanos seen last window
+	physics     map[string]gpuPhysics
 }
 
 var _ nvml.Backend = (*Node)(nil)
@@ -40,8 +47,13 @@ func New(cfg Config) (*Node, error) {
 		drv = "570.124.06"
 	}
 	n := &Node{
-		system:  nvml.SystemInfo{DriverVersion: drv, CUDADriverVersion: cuda},
-		changed: make(chan struct{}),
+		system:      nvml.SystemInfo{DriverVersion: drv, CUDADriverVersion: cuda},
+		changed:     make(chan struct{}),
+		workDir:     cfg.WorkloadDir,
+		now:         time.Now,
+		lastAdvance: time.Now(),
+		requested:   map[int]int64{},
+		physics:     map[string]gpuPhysics{},
 	}
 	for i, s := range specs {
 		n.devices = append(n.devices, nvml.Device{
@@ -227,7 +239,7 @@ func (n *Node) faultsLocked() Faults {
 			f.GPUs = append(f.GPUs, g)
 		}
 	}
-	for _, c := range []string{CallDevices, CallSystem, CallWatchHealth} {
+	for _, c := range calls {
 		if n.fail[c] {
 			f.FailCalls = append(f.FailCalls, c)
 		}

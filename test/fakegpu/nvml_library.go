@@ -59,7 +59,7 @@ func (n *Node) NVMLState() []byte {
 	for _, x := range n.xids {
 		fmt.Fprintf(&b, "xid\t%d\t%d\t%d\n", x.gpu, x.xid, x.seq)
 	}
-	for _, c := range []string{CallDevices, CallSystem, CallWatchHealth} {
+	for _, c := range calls {
 		if n.fail[c] {
 			fmt.Fprintf(&b, "fail\t%s\n", c)
 		}
@@ -78,4 +78,15 @@ func (n *Node) WriteNVMLState(path string) error {
 		return fmt.Errorf("write fake NVML state: %w", err)
 	}
 	return nil
+}
+
+// BuildWorkload builds the fake GPU workload program into dir with the go
+// tool and returns its path.
+func BuildWorkload(dir string) (string, error) {
+	bin := filepath.Join(dir, "workload")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/gpuslice/gpuslice/test/fakegpu/workload").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build fake GPU workload: %w: %s", err, out)
+	}
+	return bin, nil
 }

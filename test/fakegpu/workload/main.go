@@ -1,0 +1,94 @@
+// Command workload is a fake GPU workload: a real process that holds some
+// GPU memory and wants some share of a GPU's compute, for the fake GPU node
+// (test/fakegpu) to serve. It asks for GPU time only while it runs: frozen
+// by its cgroup or stopped by a signal, it asks for none, exactly as a
+// frozen CUDA host thread launches no kernels.
+//
+//	workload --dir /run/gpuslice/fakegpu --memory-mib 4096 --demand 0.3
+//
+// The GPU defaults to the first of $NVIDIA_VISIBLE_DEVICES, as the device
+// plugin sets it; the directory to $GPUSLICE_FAKE_WORKLOAD_DIR.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "workload: %v\n", err)
+		os.Exit(2)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("workload", flag.ContinueOnError)
+	dir := fs.String("dir", os.Getenv("GPUSLICE_FAKE_WORKLOAD_DIR"), "fake GPU workload directory")
+	gpu := fs.String("gpu", firstVisible(), "GPU UUID")
+	memMiB := fs.Uint64("memory-mib", 1024, "GPU memory to hold, MiB")
+	demand := fs.Float64("demand", 0.5, "share of a whole GPU wanted, 0..1")
+	tick := fs.Duration("tick", 20*time.Millisecond, "how often GPU time is asked for")
+	duration := fs.Duration("duration", 0, "exit after this long (0: run until signalled)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch {
+	case *dir == "":
+		return errors.New("--dir or $GPUSLICE_FAKE_WORKLOAD_DIR is required")
+	case *gpu == "":
+		return errors.New("--gpu or $NVIDIA_VISIBLE_DEVICES is required")
+	case *demand < 0 || *demand > 1:
+		return fmt.Errorf("--demand %g is outside 0..1", *demand)
+	case *tick <= 0:
+		return errors.New("--tick must be positive")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if *duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *duration)
+		defer cancel()
+	}
+	pid := os.Getpid()
+	defer func() { _ = os.Remove(filepath.Join(*dir, strconv.Itoa(pid)+".json")) }()
+
+	state := fakegpu.WorkloadState{GPU: *gpu, MemoryBytes: *memMiB << 20, Demand: *demand}
+	if err := fakegpu.WriteWorkloadState(*dir, pid, state); err != nil {
+		return err
+	}
+	t := time.NewTicker(*tick)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			// Time spent frozen or stopped is not time the workload ran:
+			// credit at most two ticks however long it was away.
+			ran := min(now.Sub(last), 2**tick)
+			last = now
+			state.RequestedNanos += int64(float64(ran) * *demand)
+			if err := fakegpu.WriteWorkloadState(*dir, pid, state); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func firstVisible() string {
+	v, _, _ := strings.Cut(os.Getenv("NVIDIA_VISIBLE_DEVICES"), ",")
+	return v
+}
