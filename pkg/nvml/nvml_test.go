@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +23,7 @@ import (
 // pkg/nvml's real code path. go-nvml binds NVML symbols process-wide, so the
 // library is built once and the tests do not run in parallel.
 
-var fakeLib string
+var fakeLib, workloadBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "fake-nvml")
@@ -29,6 +32,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	if fakeLib, err = fakegpu.BuildNVMLLibrary(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if workloadBin, err = fakegpu.BuildWorkload(dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
@@ -284,5 +291,89 @@ func TestNUMANode(t *testing.T) {
 				t.Errorf("NUMANode(%q) = %d, want %d", tc.busID, got, tc.want)
 			}
 		})
+	}
+}
+
+func TestSampleAndProcessesThroughNVML(t *testing.T) {
+	work := t.TempDir()
+	f := newFakeNVML(t, fakegpu.Config{Preset: "H100-80GB", Count: 2, WorkloadDir: work})
+	b := open(t, nil)
+	devs, _ := f.node.Devices()
+	g0 := devs[0].UUID
+	var pids []int
+	for _, w := range []struct {
+		mib    int
+		demand string
+	}{{2048, "0.3"}, {1024, "0.4"}} {
+		cmd := exec.Command(workloadBin, "--dir", work, "--gpu", g0, "--memory-mib", fmt.Sprint(w.mib), "--demand", w.demand)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
+		pids = append(pids, cmd.Process.Pid)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ps, _ := f.node.Processes(g0)
+		if len(ps) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("workloads never appeared")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := f.node.Sample(g0); err != nil { // start a window
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	f.sync(t) // end it: the library now reports that window
+
+	s, err := b.Sample(g0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(s.Utilization-0.7) > 0.1 || s.MemoryUsedBytes != 3072<<20 || s.SMClockHertz != 1980e6 ||
+		s.PowerWatts < 400 || s.EnergyJoules <= 0 || s.TemperatureCelsius < 55 {
+		t.Errorf("Sample() through NVML = %+v, want ~0.7 busy, 3 GiB used, 1980 MHz", s)
+	}
+	ps, err := b.Processes(g0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[int]nvml.Process{}
+	for _, p := range ps {
+		got[p.PID] = p
+	}
+	if len(got) != 2 || got[pids[0]].MemoryBytes != 2048<<20 || got[pids[1]].MemoryBytes != 1024<<20 ||
+		math.Abs(got[pids[0]].SMUtilization-0.3) > 0.1 || math.Abs(got[pids[1]].SMUtilization-0.4) > 0.1 {
+		t.Errorf("Processes() through NVML = %+v, want pids %v with 2 GiB/0.3 and 1 GiB/0.4", ps, pids)
+	}
+	// No new driver samples since the last call: memory stays, utilization is 0.
+	again, err := b.Processes(g0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range again {
+		if p.SMUtilization != 0 || p.MemoryBytes == 0 {
+			t.Errorf("second Processes() without new samples = %+v", p)
+		}
+	}
+	if ps, err := b.Processes(devs[1].UUID); err != nil || len(ps) != 0 {
+		t.Errorf("idle GPU processes = %v, %v", ps, err)
+	}
+
+	_ = f.node.FailCall(fakegpu.CallSample, true)
+	_ = f.node.FailCall(fakegpu.CallProcesses, true)
+	f.sync(t)
+	var call *nvml.ErrCall
+	if _, err := b.Sample(g0); !errors.As(err, &call) || call.Call != "nvmlDeviceGetUtilizationRates" {
+		t.Errorf("Sample() with a failing driver = %v", err)
+	}
+	if _, err := b.Processes(g0); !errors.As(err, &call) || call.Call != "nvmlDeviceGetComputeRunningProcesses" {
+		t.Errorf("Processes() with a failing driver = %v", err)
+	}
+	if _, err := b.Sample("GPU-nope"); !errors.As(err, &call) || call.Call != "nvmlDeviceGetHandleByUUID" {
+		t.Errorf("Sample() of an unknown GPU = %v", err)
 	}
 }

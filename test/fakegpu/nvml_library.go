@@ -3,6 +3,7 @@ package fakegpu
 import (
 	_ "embed" // the fake NVML library's C source
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,6 +56,17 @@ func (n *Node) NVMLState() []byte {
 			lost = 1
 		}
 		fmt.Fprintf(&b, "gpu\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%s\n", d.UUID, d.Minor, d.MemoryBytes, d.ComputeMajor, d.ComputeMinor, d.PCIBusID, lost, d.Model)
+	}
+	// The physics as of now, as the driver would report them.
+	n.advanceLocked(n.now())
+	stamp := n.now().UnixMicro()
+	for _, d := range n.devices {
+		ph := n.physics[d.UUID]
+		fmt.Fprintf(&b, "sample\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", d.Index, int(math.Round(ph.utilization*100)), ph.memoryUsed,
+			int(30+45*ph.utilization), int(n.power(d, ph.utilization)*1000), int64(ph.energyJ*1000), smClockMHz(d), stamp)
+		for _, p := range ph.procs {
+			fmt.Fprintf(&b, "proc\t%d\t%d\t%d\t%d\n", d.Index, p.PID, p.MemoryBytes, int(math.Round(p.SMUtilization*100)))
+		}
 	}
 	for _, x := range n.xids {
 		fmt.Fprintf(&b, "xid\t%d\t%d\t%d\n", x.gpu, x.xid, x.seq)

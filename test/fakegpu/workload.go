@@ -191,10 +191,6 @@ func (n *Node) Sample(uuid string) (nvml.Sample, error) {
 	}
 	n.advanceLocked(n.now())
 	ph := n.physics[uuid]
-	clock := 1410e6
-	if d.ComputeMajor >= 9 {
-		clock = 1980e6
-	}
 	return nvml.Sample{
 		UUID:               uuid,
 		Utilization:        ph.utilization,
@@ -202,7 +198,7 @@ func (n *Node) Sample(uuid string) (nvml.Sample, error) {
 		TemperatureCelsius: 30 + 45*ph.utilization,
 		PowerWatts:         n.power(d, ph.utilization),
 		EnergyJoules:       ph.energyJ,
-		SMClockHertz:       clock,
+		SMClockHertz:       float64(smClockMHz(d)) * 1e6,
 	}, nil
 }
 
@@ -219,4 +215,12 @@ func (n *Node) Processes(uuid string) ([]nvml.Process, error) {
 	}
 	n.advanceLocked(n.now())
 	return append([]nvml.Process(nil), n.physics[uuid].procs...), nil
+}
+
+// smClockMHz is the SM clock the fake reports: A100-class or Hopper-class.
+func smClockMHz(d nvml.Device) int {
+	if d.ComputeMajor >= 9 {
+		return 1980
+	}
+	return 1410
 }

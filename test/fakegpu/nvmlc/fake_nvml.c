@@ -10,6 +10,8 @@
  *   cuda    <1000*major+10*minor>
  *   gpu     <uuid> <minor> <memory bytes> <cc major> <cc minor> <pci bus id> <lost 0|1> <name>
  *   xid     <gpu index> <xid> <sequence>
+ *   sample  <gpu index> <util %> <memory used> <temp C> <power mW> <energy mJ> <SM MHz> <time us>
+ *   proc    <gpu index> <pid> <memory bytes> <SM util %>
  *   fail    <call: devices|system|watchHealth>
  */
 #include <stdio.h>
@@ -31,6 +33,7 @@ enum {
 #define EVENT_XID 8ULL
 #define MAX_GPUS 16
 #define MAX_XIDS 256
+#define MAX_PROCS 256
 
 typedef struct nvmlDevice_st { int index; } *nvmlDevice_t;
 typedef struct nvmlEventSet_st { unsigned long long registered; long delivered; } *nvmlEventSet_t;
@@ -43,6 +46,19 @@ typedef struct {
 	char busId[32];
 } nvmlPciInfo_t;
 typedef struct {
+	unsigned int gpu, memory;
+} nvmlUtilization_t;
+typedef struct {
+	unsigned int pid;
+	unsigned long long usedGpuMemory;
+	unsigned int gpuInstanceId, computeInstanceId;
+} nvmlProcessInfo_t;
+typedef struct {
+	unsigned int pid;
+	unsigned long long timeStamp;
+	unsigned int smUtil, memUtil, encUtil, decUtil;
+} nvmlProcessUtilizationSample_t;
+typedef struct {
 	nvmlDevice_t device;
 	unsigned long long eventType, eventData;
 	unsigned int gpuInstanceId, computeInstanceId;
@@ -53,6 +69,13 @@ struct gpu {
 	unsigned int minor;
 	unsigned long long mem;
 	int ccMajor, ccMinor, lost;
+	unsigned int util, temp, power, smClock;
+	unsigned long long memUsed, energy, sampleTime;
+};
+struct proc {
+	int gpu;
+	unsigned int pid, smUtil;
+	unsigned long long mem;
 };
 struct xid {
 	int gpu;
@@ -64,7 +87,9 @@ struct state {
 	int cuda, ngpus, nxids;
 	struct gpu gpus[MAX_GPUS];
 	struct xid xids[MAX_XIDS];
-	int failDevices, failSystem, failWatch;
+	int nprocs;
+	struct proc procs[MAX_PROCS];
+	int failDevices, failSystem, failWatch, failSample, failProcs;
 };
 
 static struct nvmlDevice_st handles[MAX_GPUS];
@@ -106,12 +131,33 @@ static int load(struct state *s) {
 			char *g = strtok_r(NULL, "\t", &save), *x = strtok_r(NULL, "\t", &save), *q = strtok_r(NULL, "\t", &save);
 			if (!g || !x || !q) continue;
 			s->xids[s->nxids++] = (struct xid){atoi(g), strtoull(x, NULL, 10), atol(q)};
+		} else if (!strcmp(kind, "sample")) {
+			char *fld[8];
+			int i;
+			for (i = 0; i < 8 && (fld[i] = strtok_r(NULL, "\t", &save)); i++) {}
+			int g = i == 8 ? atoi(fld[0]) : -1;
+			if (g < 0 || g >= s->ngpus) continue;
+			s->gpus[g].util = (unsigned)atoi(fld[1]);
+			s->gpus[g].memUsed = strtoull(fld[2], NULL, 10);
+			s->gpus[g].temp = (unsigned)atoi(fld[3]);
+			s->gpus[g].power = (unsigned)strtoul(fld[4], NULL, 10);
+			s->gpus[g].energy = strtoull(fld[5], NULL, 10);
+			s->gpus[g].smClock = (unsigned)atoi(fld[6]);
+			s->gpus[g].sampleTime = strtoull(fld[7], NULL, 10);
+		} else if (!strcmp(kind, "proc") && s->nprocs < MAX_PROCS) {
+			char *fld[4];
+			int i;
+			for (i = 0; i < 4 && (fld[i] = strtok_r(NULL, "\t", &save)); i++) {}
+			if (i < 4) continue;
+			s->procs[s->nprocs++] = (struct proc){atoi(fld[0]), (unsigned)atoi(fld[1]), (unsigned)atoi(fld[3]), strtoull(fld[2], NULL, 10)};
 		} else if (!strcmp(kind, "fail")) {
 			char *c = strtok_r(NULL, "\t", &save);
 			if (!c) continue;
 			if (!strcmp(c, "devices")) s->failDevices = 1;
 			if (!strcmp(c, "system")) s->failSystem = 1;
 			if (!strcmp(c, "watchHealth")) s->failWatch = 1;
+			if (!strcmp(c, "sample")) s->failSample = 1;
+			if (!strcmp(c, "processes")) s->failProcs = 1;
 		}
 	}
 	fclose(f);
@@ -237,8 +283,8 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m) {
 	if (r) return r;
 	if (!m) return NVML_ERROR_INVALID_ARGUMENT;
 	m->total = g->mem;
-	m->used = 0;
-	m->free = g->mem;
+	m->used = g->memUsed;
+	m->free = g->mem - g->memUsed;
 	return NVML_SUCCESS;
 }
 
@@ -333,5 +379,128 @@ nvmlReturn_t nvmlEventSetWait(nvmlEventSet_t set, nvmlEventData_t *data, unsigne
 
 nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
 	free(set);
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
+	struct state s;
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	if (!uuid || !device) return NVML_ERROR_INVALID_ARGUMENT;
+	load(&s);
+	for (int i = 0; i < s.ngpus; i++) {
+		if (strcmp(s.gpus[i].uuid, uuid)) continue;
+		if (s.gpus[i].lost) return NVML_ERROR_GPU_IS_LOST;
+		*device = &handles[i];
+		return NVML_SUCCESS;
+	}
+	return NVML_ERROR_NOT_FOUND;
+}
+
+/* sampled resolves a handle for the sampling calls, which can be made to fail. */
+static nvmlReturn_t sampled(nvmlDevice_t d, struct state *s, struct gpu **g) {
+	nvmlReturn_t r = gpuOf(d, s, g);
+	if (r) return r;
+	return s->failSample ? NVML_ERROR_UNKNOWN : NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *u) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = sampled(d, &s, &g);
+	if (r) return r;
+	if (!u) return NVML_ERROR_INVALID_ARGUMENT;
+	u->gpu = g->util;
+	u->memory = g->util / 2;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, unsigned int *temp) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = sampled(d, &s, &g);
+	if (r) return r;
+	if (!temp || sensor != 0) return NVML_ERROR_INVALID_ARGUMENT;
+	*temp = g->temp;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int *mw) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = sampled(d, &s, &g);
+	if (r) return r;
+	if (!mw) return NVML_ERROR_INVALID_ARGUMENT;
+	*mw = g->power;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t d, unsigned long long *mj) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = sampled(d, &s, &g);
+	if (r) return r;
+	if (!mj) return NVML_ERROR_INVALID_ARGUMENT;
+	*mj = g->energy;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigned int *mhz) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = sampled(d, &s, &g);
+	if (r) return r;
+	if (!mhz || type != 1) return NVML_ERROR_INVALID_ARGUMENT; /* 1: NVML_CLOCK_SM */
+	*mhz = g->smClock;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *count, nvmlProcessInfo_t *infos) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+	if (s.failProcs) return NVML_ERROR_UNKNOWN;
+	unsigned int n = 0;
+	for (int i = 0; i < s.nprocs; i++)
+		if (s.procs[i].gpu == d->index) n++;
+	if (n > *count || (n > 0 && !infos)) {
+		*count = n;
+		return NVML_ERROR_INSUFFICIENT_SIZE;
+	}
+	*count = 0;
+	for (int i = 0; i < s.nprocs; i++) {
+		if (s.procs[i].gpu != d->index) continue;
+		infos[*count] = (nvmlProcessInfo_t){s.procs[i].pid, s.procs[i].mem, 0xFFFFFFFF, 0xFFFFFFFF};
+		(*count)++;
+	}
+	return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *count, nvmlProcessInfo_t *infos) {
+	return nvmlDeviceGetComputeRunningProcesses_v3(d, count, infos);
+}
+
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizationSample_t *out, unsigned int *count, unsigned long long lastSeen) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+	if (s.failProcs) return NVML_ERROR_UNKNOWN;
+	if (g->sampleTime <= lastSeen) return NVML_ERROR_NOT_FOUND;
+	unsigned int n = 0;
+	for (int i = 0; i < s.nprocs; i++)
+		if (s.procs[i].gpu == d->index) n++;
+	if (n == 0) return NVML_ERROR_NOT_FOUND;
+	if (!out || n > *count) {
+		*count = n;
+		return NVML_ERROR_INSUFFICIENT_SIZE;
+	}
+	*count = 0;
+	for (int i = 0; i < s.nprocs; i++) {
+		if (s.procs[i].gpu != d->index) continue;
+		out[*count] = (nvmlProcessUtilizationSample_t){s.procs[i].pid, g->sampleTime, s.procs[i].smUtil, 0, 0, 0};
+		(*count)++;
+	}
 	return NVML_SUCCESS;
 }
