@@ -1,0 +1,78 @@
+package attribution
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+)
+
+// CheckpointFile is the kubelet device manager's checkpoint, in its device
+// plugin directory. It records which pod UID and container hold which
+// device IDs, the link the pod-resources API does not give.
+const CheckpointFile = "kubelet_internal_checkpoint"
+
+// CheckpointEntry is one container's devices of one resource.
+type CheckpointEntry struct {
+	PodUID    string
+	Container string
+	Resource  string
+	DeviceIDs []string // sorted
+}
+
+// ParseCheckpoint reads the kubelet's device manager checkpoint, in the
+// per-NUMA format of Kubernetes 1.20 and later or the flat one before it.
+func ParseCheckpoint(data []byte) ([]CheckpointEntry, error) {
+	var cp struct {
+		Data struct {
+			PodDeviceEntries []struct {
+				PodUID        string
+				ContainerName string
+				ResourceName  string
+				DeviceIDs     json.RawMessage
+			}
+		}
+	}
+	if err := json.Unmarshal(data, &cp); err != nil {
+		return nil, fmt.Errorf("parse device manager checkpoint: %w", err)
+	}
+	out := make([]CheckpointEntry, 0, len(cp.Data.PodDeviceEntries))
+	for i, e := range cp.Data.PodDeviceEntries {
+		if e.PodUID == "" || e.ContainerName == "" || e.ResourceName == "" {
+			return nil, fmt.Errorf("device manager checkpoint entry %d lacks pod UID, container or resource", i)
+		}
+		ids, err := checkpointIDs(e.DeviceIDs)
+		if err != nil {
+			return nil, fmt.Errorf("device manager checkpoint entry %d: %w", i, err)
+		}
+		sort.Strings(ids)
+		out = append(out, CheckpointEntry{PodUID: e.PodUID, Container: e.ContainerName, Resource: e.ResourceName, DeviceIDs: ids})
+	}
+	return out, nil
+}
+
+func checkpointIDs(raw json.RawMessage) ([]string, error) {
+	var perNUMA map[string][]string
+	if err := json.Unmarshal(raw, &perNUMA); err == nil {
+		var ids []string
+		for _, v := range perNUMA {
+			ids = append(ids, v...)
+		}
+		return ids, nil
+	}
+	var flat []string
+	if err := json.Unmarshal(raw, &flat); err != nil {
+		return nil, errors.New("DeviceIDs is neither a per-NUMA map nor a list")
+	}
+	return flat, nil
+}
+
+// ReadCheckpoint reads and parses the checkpoint in the device plugin dir.
+func ReadCheckpoint(pluginDir string) ([]CheckpointEntry, error) {
+	data, err := os.ReadFile(pluginDir + "/" + CheckpointFile) //nolint:gosec // the operator's --device-plugin-dir
+	if err != nil {
+		return nil, fmt.Errorf("read device manager checkpoint: %w", err)
+	}
+	return ParseCheckpoint(data)
+}
