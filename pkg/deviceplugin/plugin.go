@@ -120,6 +120,17 @@ func (p *Plugin) SetHealth(h nvml.Health) {
 // registration.
 func (p *Plugin) Registered() bool { return p.registered.Load() }
 
+// Health returns a GPU's latest health; a GPU outside the layout is
+// reported unhealthy with no reason.
+func (p *Plugin) Health(uuid string) nvml.Health {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if h, ok := p.health[uuid]; ok {
+		return h
+	}
+	return nvml.Health{UUID: uuid}
+}
+
 func (p *Plugin) healthy(uuid string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()

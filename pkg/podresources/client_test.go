@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,58 +11,22 @@ import (
 	"github.com/google/go-cmp/cmp"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 
-	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
-	"github.com/gpuslice/gpuslice/pkg/vgpu"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
 
-// cluster is a kubelet stand-in with the real device plugin registered and
-// the pod-resources API served from its allocations.
+// cluster is a test node whose pod-resources API the client reads.
 type cluster struct {
-	kubelet *kubeletstub.Kubelet
-	plugin  *kubeletstub.Plugin
-	podres  *kubeletstub.PodResources
-	socket  string
+	plugin *kubeletstub.Plugin
+	podres *kubeletstub.PodResources
+	socket string
 }
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	dir := t.TempDir()
-	node, err := fakegpu.New(fakegpu.PresetConfig("A100-40GB", 2))
-	if err != nil {
-		t.Fatal(err)
-	}
-	devs, _ := node.Devices()
-	layout, err := deviceplugin.NewLayout(devs, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 4}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := kubeletstub.Start(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Stop)
-	opts := deviceplugin.DefaultOptions()
-	opts.PluginDir = dir
-	p, err := deviceplugin.New(layout, devs, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	c := &cluster{kubelet: k, socket: filepath.Join(dir, "pod-resources.sock")}
-	if c.plugin, err = k.WaitPlugin(ctxT(t), "nvidia.com/vgpu"); err != nil {
-		t.Fatal(err)
-	}
-	if c.podres, err = k.ServePodResources(c.socket); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.podres.Stop)
-	return c
+	n := kubeletstub.StartNode(t, fakegpu.PresetConfig("A100-40GB", 2), 4)
+	return &cluster{plugin: n.Connection, podres: n.PodResources, socket: n.PodResourcesSocket}
 }
 
 func (c *cluster) client(t *testing.T, mod func(*podresources.Options)) *podresources.Client {

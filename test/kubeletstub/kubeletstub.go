@@ -290,16 +290,17 @@ func (p *Plugin) Allocate(ctx context.Context, pod, container string, n int) (Al
 	// Reserve before calling out, as the kubelet does, so concurrent
 	// admissions cannot pick the same devices.
 	var a Allocation
+	var resp *pluginapi.AllocateResponse
 	chosen := available[:n]
 	if p.options.GetGetPreferredAllocationAvailable() {
 		p.kubelet.mu.Unlock()
-		resp, err := p.client.GetPreferredAllocation(ctx, &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{
+		pref, err := p.client.GetPreferredAllocation(ctx, &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{
 			AvailableDeviceIDs: available, AllocationSize: int32(n),
 		}}})
 		if err != nil {
 			return Allocation{}, fmt.Errorf("GetPreferredAllocation for %s: %w", owner, err)
 		}
-		a.Preferred = resp.ContainerResponses[0].DeviceIDs
+		a.Preferred = pref.ContainerResponses[0].DeviceIDs
 		p.kubelet.mu.Lock()
 		if validChoice(a.Preferred, available, n) && p.freeLocked(a.Preferred) {
 			chosen = a.Preferred
@@ -311,10 +312,14 @@ func (p *Plugin) Allocate(ctx context.Context, pod, container string, n int) (Al
 	for _, id := range chosen {
 		p.allocated[id] = owner
 	}
+	err := p.kubelet.writeCheckpointLocked()
 	p.kubelet.mu.Unlock()
+	if err != nil {
+		return Allocation{}, fmt.Errorf("write checkpoint: %w", err)
+	}
 	a.DeviceIDs = append([]string(nil), chosen...)
 
-	resp, err := p.client.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: a.DeviceIDs}}})
+	resp, err = p.client.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: a.DeviceIDs}}})
 	if err != nil {
 		p.Release(pod, container)
 		return Allocation{}, fmt.Errorf("allocate for %s: %w", owner, err)
@@ -360,6 +365,7 @@ func (p *Plugin) Release(pod, container string) {
 			delete(p.allocated, id)
 		}
 	}
+	_ = p.kubelet.writeCheckpointLocked() // best effort, as for the kubelet's own garbage collection
 }
 
 // Holders returns which container holds each allocated device ID.

@@ -1,0 +1,343 @@
+package sampler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+)
+
+// GPUs is what the sampler reads from the GPU backend.
+type GPUs interface {
+	Sample(uuid string) (nvml.Sample, error)
+	Processes(uuid string) ([]nvml.Process, error)
+}
+
+// Assignments lists which containers hold which slices.
+type Assignments interface {
+	List(ctx context.Context) ([]podresources.Assignment, error)
+}
+
+// Health reports a GPU's health as the device plugin last saw it.
+type Health func(uuid string) nvml.Health
+
+// Error sources counted in Snapshot.Errors.
+const (
+	SourceNVML         = "nvml"
+	SourcePodResources = "podresources"
+	SourceCheckpoint   = "checkpoint"
+	SourceProc         = "proc"
+)
+
+// Options configure a Sampler.
+type Options struct {
+	// Interval is how often the node is sampled.
+	Interval time.Duration
+	// ProcRoot is where the host's /proc is mounted.
+	ProcRoot string
+	// PluginDir is the kubelet's device plugin dir, holding its checkpoint.
+	PluginDir string
+	// ResourceName is the resource whose slices are attributed.
+	ResourceName string
+	// Logger receives failures, at most one line per source per minute.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// DefaultOptions returns the options the agent uses unless configured.
+func DefaultOptions() Options {
+	return Options{
+		Interval:     time.Second,
+		ProcRoot:     "/proc",
+		PluginDir:    "/var/lib/kubelet/device-plugins",
+		ResourceName: "nvidia.com/vgpu",
+	}
+}
+
+// Device is one GPU in a snapshot.
+type Device struct {
+	nvml.Device
+	// Sample is the GPU's state; valid only when SampleOK.
+	Sample   nvml.Sample
+	SampleOK bool
+	// Health is the device plugin's view.
+	Health nvml.Health
+	// Slices is how many slices the GPU is cut into; Allocated, how many
+	// of them containers hold.
+	Slices    int
+	Allocated int
+}
+
+// Container is one container's use of one GPU in a snapshot.
+type Container struct {
+	Namespace string
+	Pod       string
+	Container string
+	// PodUID is the pod's UID when known.
+	PodUID string
+	// GPU is the GPU's UUID; Index its index.
+	GPU   string
+	Index int
+	// Slices held on this GPU and the limits they carry.
+	Slices            int
+	MemoryLimitBytes  uint64
+	ComputeLimitRatio float64
+	// MemoryUsedBytes and SMUtilization are summed over the container's
+	// processes on this GPU.
+	MemoryUsedBytes uint64
+	SMUtilization   float64
+	// BusySeconds is the GPU time the container has used since the agent
+	// started: SM utilization integrated over time.
+	BusySeconds float64
+	// LastActive is the last sample at which the container used the GPU;
+	// zero if never.
+	LastActive time.Time
+	// Processes is how many of its processes use the GPU.
+	Processes int
+}
+
+// Snapshot is the node's state at one sample. It is never modified once
+// published.
+type Snapshot struct {
+	Time         time.Time
+	Duration     time.Duration
+	Devices      []Device
+	Containers   []Container
+	Unattributed []attribution.Unattributed
+	// Errors counts failures by source since the agent started.
+	Errors map[string]uint64
+}
+
+type containerKey struct{ ns, pod, ctr, gpu string }
+
+type accum struct {
+	busy       float64
+	lastActive time.Time
+}
+
+// Sampler samples the node in the background.
+type Sampler struct {
+	opts    Options
+	devices []nvml.Device
+	layout  *vgpu.Layout
+	gpus    GPUs
+	assign  Assignments
+	health  Health
+
+	latest atomic.Pointer[Snapshot]
+
+	mu          sync.Mutex // guards the fields below; one sample at a time
+	last        time.Time
+	assignments []podresources.Assignment
+	accums      map[containerKey]*accum
+	errors      map[string]uint64
+	loggedAt    map[string]time.Time
+}
+
+// New builds a sampler for the devices and layout the agent serves.
+func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignments, health Health, opts Options) (*Sampler, error) {
+	if opts.Interval <= 0 {
+		return nil, fmt.Errorf("sample interval %s must be positive", opts.Interval)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &Sampler{
+		opts: opts, devices: devices, layout: layout, gpus: gpus, assign: assign, health: health,
+		accums: map[containerKey]*accum{}, errors: map[string]uint64{}, loggedAt: map[string]time.Time{},
+	}
+	s.latest.Store(&Snapshot{Errors: map[string]uint64{}})
+	return s, nil
+}
+
+// Snapshot returns the latest snapshot. It never blocks on a sample.
+func (s *Sampler) Snapshot() *Snapshot { return s.latest.Load() }
+
+// Ready reports whether at least one sample was taken.
+func (s *Sampler) Ready() bool { return !s.latest.Load().Time.IsZero() }
+
+// Run samples every Interval until ctx ends.
+func (s *Sampler) Run(ctx context.Context) error {
+	t := time.NewTicker(s.opts.Interval)
+	defer t.Stop()
+	for {
+		s.SampleOnce(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Sampler) fail(source string, err error) {
+	s.errors[source]++
+	now := s.opts.Now()
+	if now.Sub(s.loggedAt[source]) >= time.Minute {
+		s.loggedAt[source] = now
+		s.opts.Logger.Warn("sample failed", "source", source, "err", err)
+	}
+}
+
+// SampleOnce takes one sample and publishes it.
+func (s *Sampler) SampleOnce(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	start := s.opts.Now()
+	// Integrate over the time since the last sample, but never more than
+	// two intervals: a stalled agent must not credit a long gap to
+	// whatever ran at its end.
+	dt := min(start.Sub(s.last), 2*s.opts.Interval)
+	if s.last.IsZero() {
+		dt = 0
+	}
+	s.last = start
+
+	if a, err := s.assign.List(ctx); err != nil {
+		// Keep the last known assignments: a kubelet restart must not make
+		// every container's series vanish and reappear.
+		s.fail(SourcePodResources, err)
+	} else {
+		s.assignments = a
+	}
+	checkpoint, err := attribution.ReadCheckpoint(s.opts.PluginDir)
+	if err != nil {
+		s.fail(SourceCheckpoint, err)
+		checkpoint = nil
+	}
+
+	snap := &Snapshot{Time: start, Errors: map[string]uint64{}}
+	var procs []attribution.GPUProcess
+	usage := map[[2]string]nvml.Process{} // (gpu, pid) -> process
+	for _, d := range s.devices {
+		dev := Device{Device: d, Health: s.health(d.UUID)}
+		if g, ok := s.layout.GPU(d.UUID); ok {
+			dev.Slices = g.Slices
+		}
+		if sample, err := s.gpus.Sample(d.UUID); err != nil {
+			s.fail(SourceNVML, fmt.Errorf("gpu %s: %w", d.UUID, err))
+		} else {
+			dev.Sample, dev.SampleOK = sample, true
+		}
+		ps, err := s.gpus.Processes(d.UUID)
+		if err != nil {
+			s.fail(SourceNVML, fmt.Errorf("gpu %s: %w", d.UUID, err))
+		}
+		for _, p := range ps {
+			gp := attribution.GPUProcess{PID: p.PID, GPU: d.UUID}
+			c, err := attribution.ForPID(s.opts.ProcRoot, p.PID)
+			switch {
+			case err == nil:
+				gp.Container = c
+			case errors.Is(err, attribution.ErrNotContainer), errors.Is(err, fs.ErrNotExist):
+				// A host process, or one that exited since NVML listed it.
+			default:
+				s.fail(SourceProc, err)
+			}
+			if env, err := os.ReadFile(filepath.Join(s.opts.ProcRoot, strconv.Itoa(p.PID), "environ")); err == nil { //nolint:gosec // procRoot is the operator's flag
+				gp.EnvSliceIDs = attribution.EnvSliceIDs(env)
+			}
+			procs = append(procs, gp)
+			usage[[2]string{d.UUID, strconv.Itoa(p.PID)}] = p
+		}
+		snap.Devices = append(snap.Devices, dev)
+	}
+
+	attributed, unattributed := attribution.Join(procs, s.assignments, checkpoint, s.opts.ResourceName)
+	snap.Unattributed = unattributed
+	podUID := map[[3]string]string{}
+	for _, a := range attributed {
+		podUID[[3]string{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container}] = a.PodUID
+	}
+
+	// One entry per container and GPU it holds slices of, with or without
+	// processes.
+	entries := map[containerKey]*Container{}
+	allocated := map[string]int{}
+	for _, a := range s.assignments {
+		limits, err := s.layout.Limits(a.DeviceIDs)
+		if err != nil {
+			// Slices of another layout (the slicing changed under running
+			// pods): nothing to attribute them to.
+			s.fail(SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err))
+			continue
+		}
+		for _, l := range limits {
+			k := containerKey{a.Namespace, a.Pod, a.Container, l.UUID}
+			entries[k] = &Container{
+				Namespace: a.Namespace, Pod: a.Pod, Container: a.Container,
+				PodUID: podUID[[3]string{a.Namespace, a.Pod, a.Container}],
+				GPU:    l.UUID, Index: l.Index, Slices: l.Slices,
+				MemoryLimitBytes: l.MemoryBytes, ComputeLimitRatio: l.ComputeRatio,
+			}
+			allocated[l.UUID] += l.Slices
+		}
+	}
+	for _, a := range attributed {
+		e := entries[containerKey{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container, a.GPU}]
+		if e == nil {
+			continue
+		}
+		p := usage[[2]string{a.GPU, strconv.Itoa(a.PID)}]
+		e.MemoryUsedBytes += p.MemoryBytes
+		e.SMUtilization += p.SMUtilization
+		e.Processes++
+	}
+	for k, e := range entries {
+		e.SMUtilization = min(e.SMUtilization, 1)
+		acc := s.accums[k]
+		if acc == nil {
+			acc = &accum{}
+			s.accums[k] = acc
+		}
+		acc.busy += e.SMUtilization * dt.Seconds()
+		if e.SMUtilization > 0 {
+			acc.lastActive = start
+		}
+		e.BusySeconds, e.LastActive = acc.busy, acc.lastActive
+		snap.Containers = append(snap.Containers, *e)
+	}
+	for k := range s.accums {
+		if _, ok := entries[k]; !ok {
+			delete(s.accums, k) // the container let go of the GPU: its series end
+		}
+	}
+	sort.Slice(snap.Containers, func(i, j int) bool {
+		a, b := snap.Containers[i], snap.Containers[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		if a.Pod != b.Pod {
+			return a.Pod < b.Pod
+		}
+		if a.Container != b.Container {
+			return a.Container < b.Container
+		}
+		return a.Index < b.Index
+	})
+	for i := range snap.Devices {
+		snap.Devices[i].Allocated = allocated[snap.Devices[i].UUID]
+	}
+	for k, v := range s.errors {
+		snap.Errors[k] = v
+	}
+	snap.Duration = s.opts.Now().Sub(start)
+	s.latest.Store(snap)
+}

@@ -1,0 +1,213 @@
+package sampler_test
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+	"github.com/gpuslice/gpuslice/test/kubeletstub"
+)
+
+var workloadBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sampler-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if workloadBin, err = fakegpu.BuildWorkload(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const cidA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+const cidB = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+
+// inContainer writes what /proc/<pid> would say for a process of the
+// given pod and container: its cgroup and its environment.
+func inContainer(t *testing.T, procRoot string, pid int, pod, cid string, sliceIDs []string) {
+	t.Helper()
+	dir := filepath.Join(procRoot, fmt.Sprint(pid))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cg := fmt.Sprintf("0::/kubepods/burstable/pod%s/%s\n", kubeletstub.PodUID(pod), cid)
+	if err := os.WriteFile(filepath.Join(dir, "cgroup"), []byte(cg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := "PATH=/bin\x00GPUSLICE_SLICE_IDS=" + strings.Join(sliceIDs, ",") + "\x00"
+	if err := os.WriteFile(filepath.Join(dir, "environ"), []byte(env), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startWorkload(t *testing.T, dir, gpu string, mib int, demand float64) int {
+	t.Helper()
+	cmd := exec.Command(workloadBin, "--dir", dir, "--gpu", gpu, "--memory-mib", fmt.Sprint(mib), "--demand", fmt.Sprint(demand))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
+	return cmd.Process.Pid
+}
+
+func near(t *testing.T, what string, got, want, tol float64) {
+	t.Helper()
+	if math.Abs(got-want) > tol {
+		t.Errorf("%s = %.3f, want %.3f ± %.2f", what, got, want, tol)
+	}
+}
+
+func TestSharedGPUAttributedPerContainer(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	node := kubeletstub.StartNode(t, fakegpu.Config{Preset: "A100-40GB", Count: 2, WorkloadDir: work}, 8)
+	ctx := context.Background()
+	a, err := node.Connection.Allocate(ctx, "ml/a", "main", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := node.Connection.Allocate(ctx, "ml/b", "main", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gpu := a.Response.Envs["NVIDIA_VISIBLE_DEVICES"]
+	if b.Response.Envs["NVIDIA_VISIBLE_DEVICES"] != gpu {
+		t.Fatalf("binpack put the pods on different GPUs: %s and %s", gpu, b.Response.Envs["NVIDIA_VISIBLE_DEVICES"])
+	}
+	procRoot := t.TempDir()
+	pidA := startWorkload(t, work, gpu, 1024, 0.2)
+	pidB := startWorkload(t, work, gpu, 4096, 0.5)
+	stray := startWorkload(t, work, gpu, 512, 0.1) // a host process: no cgroup of a pod
+	inContainer(t, procRoot, pidA, "ml/a", cidA, a.DeviceIDs)
+	inContainer(t, procRoot, pidB, "ml/b", cidB, b.DeviceIDs)
+
+	client, err := podresources.New(func() podresources.Options {
+		o := podresources.DefaultOptions()
+		o.Socket = node.PodResourcesSocket
+		return o
+	}())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = client.Close() }()
+	opts := sampler.DefaultOptions()
+	opts.Interval = 250 * time.Millisecond
+	opts.ProcRoot = procRoot
+	opts.PluginDir = node.Dir
+	s, err := sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin.Health, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Ready() {
+		t.Fatal("Ready() before any sample")
+	}
+	// Let the workloads publish, then sample over about two seconds.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.SampleOnce(ctx)
+		if n := len(s.Snapshot().Unattributed); n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("workloads never all seen: %+v", s.Snapshot())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	first := s.Snapshot()
+	for range 8 {
+		time.Sleep(250 * time.Millisecond)
+		s.SampleOnce(ctx)
+	}
+	snap := s.Snapshot()
+	elapsed := snap.Time.Sub(first.Time).Seconds()
+
+	byPod := map[string]sampler.Container{}
+	for _, c := range snap.Containers {
+		byPod[c.Pod] = c
+	}
+	ca, cb := byPod["a"], byPod["b"]
+	if ca.Slices != 2 || cb.Slices != 3 || ca.MemoryLimitBytes != 2*5<<30 || cb.ComputeLimitRatio != 3.0/8 {
+		t.Errorf("limits: a=%+v b=%+v", ca, cb)
+	}
+	if ca.PodUID != kubeletstub.PodUID("ml/a") || ca.Namespace != "ml" || ca.Container != "main" {
+		t.Errorf("identity of a = %+v", ca)
+	}
+	if ca.MemoryUsedBytes != 1024<<20 || cb.MemoryUsedBytes != 4096<<20 || ca.Processes != 1 {
+		t.Errorf("memory used: a=%d b=%d", ca.MemoryUsedBytes, cb.MemoryUsedBytes)
+	}
+	near(t, "a's SM utilization", ca.SMUtilization, 0.2, 0.08)
+	near(t, "b's SM utilization", cb.SMUtilization, 0.5, 0.08)
+	// The busy-seconds rates differ as the demands do.
+	rateA := (ca.BusySeconds - busy(first, "a")) / elapsed
+	rateB := (cb.BusySeconds - busy(first, "b")) / elapsed
+	near(t, "a's busy seconds per second", rateA, 0.2, 0.08)
+	near(t, "b's busy seconds per second", rateB, 0.5, 0.08)
+	if ca.LastActive.IsZero() || ca.LastActive.Before(first.Time) {
+		t.Errorf("a's last active = %v", ca.LastActive)
+	}
+
+	var dev sampler.Device
+	for _, d := range snap.Devices {
+		if d.UUID == gpu {
+			dev = d
+		}
+	}
+	if !dev.SampleOK || dev.Allocated != 5 || dev.Slices != 8 || !dev.Health.Healthy {
+		t.Errorf("device = %+v", dev)
+	}
+	// The device is busy with all three; the containers' share is theirs.
+	near(t, "device utilization", dev.Sample.Utilization, 0.8, 0.1)
+	near(t, "device minus the stray process", dev.Sample.Utilization-0.1, ca.SMUtilization+cb.SMUtilization, 0.1)
+	if got, want := dev.Sample.MemoryUsedBytes, ca.MemoryUsedBytes+cb.MemoryUsedBytes+512<<20; got != want {
+		t.Errorf("device memory used = %d, want %d", got, want)
+	}
+	if u := snap.Unattributed; len(u) != 1 || u[0].PID != stray || !strings.Contains(u[0].Reason, "not in a container") {
+		t.Errorf("unattributed = %+v, want the stray process", u)
+	}
+
+	// The kubelet goes away: errors are counted, the containers stay.
+	node.PodResources.Stop()
+	s.SampleOnce(ctx)
+	snap = s.Snapshot()
+	if snap.Errors[sampler.SourcePodResources] == 0 || len(snap.Containers) != 2 {
+		t.Errorf("with the kubelet gone: errors %v, %d containers", snap.Errors, len(snap.Containers))
+	}
+	// A container that lets go of its slices loses its series.
+	node.Connection.Release("ml/a", "main")
+	if err := node.PodResources.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for len(s.Snapshot().Containers) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("released container still reported: %+v", s.Snapshot().Containers)
+		}
+		time.Sleep(100 * time.Millisecond)
+		s.SampleOnce(ctx)
+	}
+}
+
+func busy(s *sampler.Snapshot, pod string) float64 {
+	for _, c := range s.Containers {
+		if c.Pod == pod {
+			return c.BusySeconds
+		}
+	}
+	return 0
+}

@@ -1,0 +1,60 @@
+package kubeletstub
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// PodUID is the UID the stand-in gives a pod ("namespace/name" or "name"):
+// derived from the name, so tests can predict it.
+func PodUID(pod string) string {
+	if !strings.Contains(pod, "/") {
+		pod = "default/" + pod
+	}
+	h := sha256.Sum256([]byte(pod))
+	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+}
+
+// writeCheckpointLocked writes the device manager checkpoint in the
+// kubelet's format (kubelet_internal_checkpoint, per-NUMA device IDs), as
+// the kubelet does after every allocation.
+func (k *Kubelet) writeCheckpointLocked() error {
+	type entry struct {
+		PodUID        string
+		ContainerName string
+		ResourceName  string
+		DeviceIDs     map[string][]string
+		AllocResp     []byte
+	}
+	byOwner := map[[2]string][]string{} // (resource, owner) -> ids
+	for resource, ids := range k.allocated {
+		for id, owner := range ids {
+			key := [2]string{resource, owner}
+			byOwner[key] = append(byOwner[key], id)
+		}
+	}
+	entries := []entry{}
+	for key, ids := range byOwner {
+		sort.Strings(ids)
+		i := strings.LastIndex(key[1], "/")
+		entries = append(entries, entry{PodUID: PodUID(key[1][:i]), ContainerName: key[1][i+1:], ResourceName: key[0], DeviceIDs: map[string][]string{"-1": ids}})
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].PodUID+entries[i].ContainerName < entries[j].PodUID+entries[j].ContainerName })
+	data, err := json.Marshal(map[string]any{
+		"Data":     map[string]any{"PodDeviceEntries": entries, "RegisteredDevices": map[string][]string{}},
+		"Checksum": 0,
+	})
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(k.dir, "kubelet_internal_checkpoint")
+	if err := os.WriteFile(path+".tmp", data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
+}
