@@ -251,7 +251,7 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 			default:
 				s.fail(SourceProc, err)
 			}
-			if env, err := os.ReadFile(filepath.Join(s.opts.ProcRoot, strconv.Itoa(p.PID), "environ")); err == nil { //nolint:gosec // procRoot is the operator's flag
+			if env, err := os.ReadFile(filepath.Join(s.opts.ProcRoot, strconv.Itoa(p.PID), "environ")); err == nil {
 				gp.EnvSliceIDs = attribution.EnvSliceIDs(env)
 			}
 			procs = append(procs, gp)

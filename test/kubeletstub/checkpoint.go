@@ -44,7 +44,9 @@ func (k *Kubelet) writeCheckpointLocked() error {
 		i := strings.LastIndex(key[1], "/")
 		entries = append(entries, entry{PodUID: PodUID(key[1][:i]), ContainerName: key[1][i+1:], ResourceName: key[0], DeviceIDs: map[string][]string{"-1": ids}})
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].PodUID+entries[i].ContainerName < entries[j].PodUID+entries[j].ContainerName })
+	sort.Slice(entries, func(i, j int) bool {
+		return entries[i].PodUID+entries[i].ContainerName < entries[j].PodUID+entries[j].ContainerName
+	})
 	data, err := json.Marshal(map[string]any{
 		"Data":     map[string]any{"PodDeviceEntries": entries, "RegisteredDevices": map[string][]string{}},
 		"Checksum": 0,
