@@ -46,8 +46,9 @@ type Plugin struct {
 	numa   map[string]int // GPU UUID -> NUMA node, -1 when unknown
 
 	mu      sync.Mutex
-	health  map[string]nvml.Health // GPU UUID -> latest health
-	changed chan struct{}          // closed and replaced on every health change
+	health  map[string]nvml.Health       // GPU UUID -> latest health
+	xids    map[string]map[uint64]uint64 // GPU UUID -> XID -> times reported
+	changed chan struct{}                // closed and replaced on every health change
 
 	registered atomic.Bool
 }
@@ -77,6 +78,7 @@ func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, err
 		minor:   map[string]int{},
 		numa:    map[string]int{},
 		health:  map[string]nvml.Health{},
+		xids:    map[string]map[uint64]uint64{},
 		changed: make(chan struct{}),
 	}
 	for _, d := range devices {
@@ -100,6 +102,12 @@ func (p *Plugin) SetHealth(h nvml.Health) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	prev, ok := p.health[h.UUID]
+	if ok && h.Reason == nvml.ReasonXID && h.XID != 0 {
+		if p.xids[h.UUID] == nil {
+			p.xids[h.UUID] = map[uint64]uint64{}
+		}
+		p.xids[h.UUID][h.XID]++
+	}
 	if !ok || prev.Healthy == h.Healthy {
 		if ok {
 			p.health[h.UUID] = h
@@ -129,6 +137,18 @@ func (p *Plugin) Health(uuid string) nvml.Health {
 		return h
 	}
 	return nvml.Health{UUID: uuid}
+}
+
+// XIDs returns how many times each critical XID was reported for a GPU
+// since the agent started.
+func (p *Plugin) XIDs(uuid string) map[uint64]uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[uint64]uint64, len(p.xids[uuid]))
+	for x, n := range p.xids[uuid] {
+		out[x] = n
+	}
+	return out
 }
 
 func (p *Plugin) healthy(uuid string) bool {

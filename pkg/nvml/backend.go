@@ -42,7 +42,8 @@ func (s SystemInfo) CUDAVersion() string {
 }
 
 // Health is a GPU's health as reported by a backend. Backends report every
-// GPU's state once when watching starts and then each change.
+// GPU's state once when watching starts, then each change, and every
+// critical XID (Reason ReasonXID), even on a GPU already unhealthy.
 type Health struct {
 	// UUID names the GPU.
 	UUID string

@@ -47,16 +47,15 @@ func (t *healthTracker) current(order []string) []Health {
 	return out
 }
 
-// xid records an XID on a GPU and returns the change it causes, if any.
+// xid records an XID on a GPU and returns the report it causes: every
+// critical XID is reported, also on a GPU that is already unhealthy, so
+// XIDs can be counted; only the first changes the GPU's health.
 func (t *healthTracker) xid(uuid string, xid uint64, now time.Time) (Health, bool) {
 	g, ok := t.gpus[uuid]
 	if !ok || t.ignored[xid] {
 		return Health{}, false
 	}
 	g.lastXID = now
-	if !g.Healthy {
-		return Health{}, false
-	}
 	g.Health = Health{UUID: uuid, Healthy: false, Reason: ReasonXID, XID: xid}
 	return g.Health, true
 }

@@ -26,8 +26,8 @@ func TestHealthTracker(t *testing.T) {
 			steps: []step{
 				{xid: 79, at: 0, changed: true, want: Health{UUID: "g", Reason: ReasonXID, XID: 79}},
 				{at: 30 * time.Second},
-				{xid: 79, at: 40 * time.Second}, // a second XID restarts the quiet period
-				{at: 90 * time.Second},          // 50 s after the last XID: still down
+				{xid: 79, at: 40 * time.Second, changed: true, want: Health{UUID: "g", Reason: ReasonXID, XID: 79}}, // reported again; restarts the quiet period
+				{at: 90 * time.Second}, // 50 s after the last XID: still down
 				{at: 100 * time.Second, changed: true, want: Health{UUID: "g", Healthy: true, Reason: ReasonRecovered}},
 			},
 		},
