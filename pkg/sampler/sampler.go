@@ -31,8 +31,25 @@ type Assignments interface {
 	List(ctx context.Context) ([]podresources.Assignment, error)
 }
 
-// Health reports a GPU's health as the device plugin last saw it.
-type Health func(uuid string) nvml.Health
+// DeviceState is the device plugin's view of each GPU.
+type DeviceState interface {
+	// Health is the GPU's latest health.
+	Health(uuid string) nvml.Health
+	// XIDs counts the critical XIDs reported for the GPU, by XID.
+	XIDs(uuid string) map[uint64]uint64
+}
+
+// DurationBuckets are the upper bounds, in seconds, of the sample duration
+// histogram.
+var DurationBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}
+
+// Histogram is a cumulative histogram of sample durations.
+type Histogram struct {
+	// Counts[i] is the number of samples no longer than DurationBuckets[i].
+	Counts []uint64
+	Count  uint64
+	Sum    float64
+}
 
 // Error sources counted in Snapshot.Errors.
 const (
@@ -76,6 +93,8 @@ type Device struct {
 	SampleOK bool
 	// Health is the device plugin's view.
 	Health nvml.Health
+	// XIDs counts critical XIDs by XID since the agent started.
+	XIDs map[uint64]uint64
 	// Slices is how many slices the GPU is cut into; Allocated, how many
 	// of them containers hold.
 	Slices    int
@@ -120,6 +139,8 @@ type Snapshot struct {
 	Unattributed []attribution.Unattributed
 	// Errors counts failures by source since the agent started.
 	Errors map[string]uint64
+	// Durations is how long samples took, up to the previous one.
+	Durations Histogram
 }
 
 type containerKey struct{ ns, pod, ctr, gpu string }
@@ -136,7 +157,7 @@ type Sampler struct {
 	layout  *vgpu.Layout
 	gpus    GPUs
 	assign  Assignments
-	health  Health
+	state   DeviceState
 
 	latest atomic.Pointer[Snapshot]
 
@@ -146,10 +167,11 @@ type Sampler struct {
 	accums      map[containerKey]*accum
 	errors      map[string]uint64
 	loggedAt    map[string]time.Time
+	durations   Histogram
 }
 
 // New builds a sampler for the devices and layout the agent serves.
-func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignments, health Health, opts Options) (*Sampler, error) {
+func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignments, state DeviceState, opts Options) (*Sampler, error) {
 	if opts.Interval <= 0 {
 		return nil, fmt.Errorf("sample interval %s must be positive", opts.Interval)
 	}
@@ -160,8 +182,9 @@ func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignmen
 		opts.Now = time.Now
 	}
 	s := &Sampler{
-		opts: opts, devices: devices, layout: layout, gpus: gpus, assign: assign, health: health,
+		opts: opts, devices: devices, layout: layout, gpus: gpus, assign: assign, state: state,
 		accums: map[containerKey]*accum{}, errors: map[string]uint64{}, loggedAt: map[string]time.Time{},
+		durations: Histogram{Counts: make([]uint64, len(DurationBuckets))},
 	}
 	s.latest.Store(&Snapshot{Errors: map[string]uint64{}})
 	return s, nil
@@ -227,7 +250,7 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 	var procs []attribution.GPUProcess
 	usage := map[[2]string]nvml.Process{} // (gpu, pid) -> process
 	for _, d := range s.devices {
-		dev := Device{Device: d, Health: s.health(d.UUID)}
+		dev := Device{Device: d, Health: s.state.Health(d.UUID), XIDs: s.state.XIDs(d.UUID)}
 		if g, ok := s.layout.GPU(d.UUID); ok {
 			dev.Slices = g.Slices
 		}
@@ -339,5 +362,14 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 		snap.Errors[k] = v
 	}
 	snap.Duration = s.opts.Now().Sub(start)
+	secs := snap.Duration.Seconds()
+	s.durations.Count++
+	s.durations.Sum += secs
+	for i, b := range DurationBuckets {
+		if secs <= b {
+			s.durations.Counts[i]++
+		}
+	}
+	snap.Durations = Histogram{Counts: append([]uint64(nil), s.durations.Counts...), Count: s.durations.Count, Sum: s.durations.Sum}
 	s.latest.Store(snap)
 }

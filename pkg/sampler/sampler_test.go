@@ -110,7 +110,7 @@ func TestSharedGPUAttributedPerContainer(t *testing.T) {
 	opts.Interval = 250 * time.Millisecond
 	opts.ProcRoot = procRoot
 	opts.PluginDir = node.Dir
-	s, err := sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin.Health, opts)
+	s, err := sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,221 @@
+package exporter
+
+import (
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/sampler"
+)
+
+type fixed struct{ s *sampler.Snapshot }
+
+func (f fixed) Snapshot() *sampler.Snapshot { return f.s }
+
+func snapshot() *sampler.Snapshot {
+	counts := make([]uint64, len(sampler.DurationBuckets))
+	for i := range counts {
+		counts[i] = 3
+	}
+	counts[0], counts[1] = 1, 2
+	return &sampler.Snapshot{
+		Time: time.Unix(1700000001, 0),
+		Devices: []sampler.Device{
+			{
+				Device:   nvml.Device{UUID: "GPU-aaa", Index: 0, Model: "NVIDIA A100-SXM4-40GB", MemoryBytes: 42949672960, PCIBusID: "00000000:07:00.0"},
+				Sample:   nvml.Sample{UUID: "GPU-aaa", Utilization: 0.7, MemoryUsedBytes: 3221225472, TemperatureCelsius: 61.5, PowerWatts: 313, EnergyJoules: 12345.5, SMClockHertz: 1.41e9},
+				SampleOK: true,
+				Health:   nvml.Health{UUID: "GPU-aaa", Healthy: true},
+				XIDs:     map[uint64]uint64{79: 2},
+				Slices:   8, Allocated: 5,
+			},
+			{
+				Device: nvml.Device{UUID: "GPU-bbb", Index: 1, Model: "NVIDIA A100-SXM4-40GB", MemoryBytes: 42949672960, PCIBusID: "00000000:17:00.0"},
+				Health: nvml.Health{UUID: "GPU-bbb", Reason: nvml.ReasonLost},
+				Slices: 8,
+			},
+		},
+		Containers: []sampler.Container{
+			{Namespace: "ml", Pod: "a", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 2, MemoryLimitBytes: 10737418240, ComputeLimitRatio: 0.25,
+				MemoryUsedBytes: 1073741824, SMUtilization: 0.2, BusySeconds: 12.5, LastActive: time.Unix(1700000000, 500e6), Processes: 1},
+			{Namespace: "ml", Pod: "b", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 3, MemoryLimitBytes: 16106127360, ComputeLimitRatio: 0.375,
+				MemoryUsedBytes: 2147483648, SMUtilization: 0.5, BusySeconds: 30},
+		},
+		Unattributed: []attribution.Unattributed{{GPUProcess: attribution.GPUProcess{PID: 7, GPU: "GPU-aaa"}, Reason: "not in a container"}},
+		Errors:       map[string]uint64{sampler.SourceNVML: 1, sampler.SourcePodResources: 2},
+		Durations:    sampler.Histogram{Counts: counts, Count: 3, Sum: 0.006},
+	}
+}
+
+const wantDevices = `
+# HELP gpuslice_device_energy_joules_total Energy used since the driver was loaded.
+# TYPE gpuslice_device_energy_joules_total counter
+gpuslice_device_energy_joules_total{gpu="0",uuid="GPU-aaa"} 12345.5
+# HELP gpuslice_device_healthy 1 if the GPU's slices are offered as Healthy, 0 if not.
+# TYPE gpuslice_device_healthy gauge
+gpuslice_device_healthy{gpu="0",uuid="GPU-aaa"} 1
+gpuslice_device_healthy{gpu="1",uuid="GPU-bbb"} 0
+# HELP gpuslice_device_info GPU identity; always 1.
+# TYPE gpuslice_device_info gauge
+gpuslice_device_info{cuda_version="12.8",driver_version="570.124.06",gpu="0",model="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:07:00.0",uuid="GPU-aaa"} 1
+gpuslice_device_info{cuda_version="12.8",driver_version="570.124.06",gpu="1",model="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:17:00.0",uuid="GPU-bbb"} 1
+# HELP gpuslice_device_memory_total_bytes GPU framebuffer memory.
+# TYPE gpuslice_device_memory_total_bytes gauge
+gpuslice_device_memory_total_bytes{gpu="0",uuid="GPU-aaa"} 4.294967296e+10
+gpuslice_device_memory_total_bytes{gpu="1",uuid="GPU-bbb"} 4.294967296e+10
+# HELP gpuslice_device_memory_used_bytes GPU framebuffer memory in use.
+# TYPE gpuslice_device_memory_used_bytes gauge
+gpuslice_device_memory_used_bytes{gpu="0",uuid="GPU-aaa"} 3.221225472e+09
+# HELP gpuslice_device_power_watts Board power draw.
+# TYPE gpuslice_device_power_watts gauge
+gpuslice_device_power_watts{gpu="0",uuid="GPU-aaa"} 313
+# HELP gpuslice_device_sm_clock_hertz Current SM clock.
+# TYPE gpuslice_device_sm_clock_hertz gauge
+gpuslice_device_sm_clock_hertz{gpu="0",uuid="GPU-aaa"} 1.41e+09
+# HELP gpuslice_device_temperature_celsius GPU core temperature.
+# TYPE gpuslice_device_temperature_celsius gauge
+gpuslice_device_temperature_celsius{gpu="0",uuid="GPU-aaa"} 61.5
+# HELP gpuslice_device_utilization_ratio Share of time the GPU was busy over the driver's last sampling period.
+# TYPE gpuslice_device_utilization_ratio gauge
+gpuslice_device_utilization_ratio{gpu="0",uuid="GPU-aaa"} 0.7
+# HELP gpuslice_device_xid_errors_total Critical XID errors reported by the driver, by XID.
+# TYPE gpuslice_device_xid_errors_total counter
+gpuslice_device_xid_errors_total{gpu="0",uuid="GPU-aaa",xid="79"} 2
+# HELP gpuslice_slices_capacity Slices the GPU is cut into.
+# TYPE gpuslice_slices_capacity gauge
+gpuslice_slices_capacity{gpu="0",uuid="GPU-aaa"} 8
+gpuslice_slices_capacity{gpu="1",uuid="GPU-bbb"} 8
+# HELP gpuslice_slices_allocated Slices of the GPU held by containers.
+# TYPE gpuslice_slices_allocated gauge
+gpuslice_slices_allocated{gpu="0",uuid="GPU-aaa"} 5
+gpuslice_slices_allocated{gpu="1",uuid="GPU-bbb"} 0
+`
+
+const wantContainers = `
+# HELP gpuslice_container_compute_limit_ratio Share of the GPU's compute the container's slices allow.
+# TYPE gpuslice_container_compute_limit_ratio gauge
+gpuslice_container_compute_limit_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.25
+gpuslice_container_compute_limit_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0.375
+# HELP gpuslice_container_gpu_busy_seconds_total GPU time used by the container's processes: SM utilization integrated over time.
+# TYPE gpuslice_container_gpu_busy_seconds_total counter
+gpuslice_container_gpu_busy_seconds_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 12.5
+gpuslice_container_gpu_busy_seconds_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 30
+# HELP gpuslice_container_last_active_timestamp_seconds Last time the container's processes used the GPU.
+# TYPE gpuslice_container_last_active_timestamp_seconds gauge
+gpuslice_container_last_active_timestamp_seconds{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1.7000000005e+09
+# HELP gpuslice_container_memory_limit_bytes GPU memory the container's slices allow.
+# TYPE gpuslice_container_memory_limit_bytes gauge
+gpuslice_container_memory_limit_bytes{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1.073741824e+10
+gpuslice_container_memory_limit_bytes{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 1.610612736e+10
+# HELP gpuslice_container_memory_used_bytes GPU memory held by the container's processes.
+# TYPE gpuslice_container_memory_used_bytes gauge
+gpuslice_container_memory_used_bytes{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1.073741824e+09
+gpuslice_container_memory_used_bytes{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 2.147483648e+09
+# HELP gpuslice_container_slices Slices of the GPU the container holds.
+# TYPE gpuslice_container_slices gauge
+gpuslice_container_slices{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 2
+gpuslice_container_slices{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 3
+# HELP gpuslice_container_sm_utilization_of_limit_ratio SM utilization relative to the container's compute limit; above 1 when it bursts into idle GPU time.
+# TYPE gpuslice_container_sm_utilization_of_limit_ratio gauge
+gpuslice_container_sm_utilization_of_limit_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.8
+gpuslice_container_sm_utilization_of_limit_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 1.3333333333333333
+# HELP gpuslice_container_sm_utilization_ratio Share of the GPU's SM time used by the container's processes.
+# TYPE gpuslice_container_sm_utilization_ratio gauge
+gpuslice_container_sm_utilization_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.2
+gpuslice_container_sm_utilization_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0.5
+# HELP gpuslice_enforcement_kills_total GPU processes of the container killed for exceeding its memory limit.
+# TYPE gpuslice_enforcement_kills_total counter
+gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
+gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
+`
+
+const wantAgent = `
+# HELP gpuslice_agent_errors_total Failed reads while sampling, by source.
+# TYPE gpuslice_agent_errors_total counter
+gpuslice_agent_errors_total{source="checkpoint"} 0
+gpuslice_agent_errors_total{source="nvml"} 1
+gpuslice_agent_errors_total{source="podresources"} 2
+gpuslice_agent_errors_total{source="proc"} 0
+# HELP gpuslice_agent_last_sample_timestamp_seconds When the last sample was taken.
+# TYPE gpuslice_agent_last_sample_timestamp_seconds gauge
+gpuslice_agent_last_sample_timestamp_seconds 1.700000001e+09
+# HELP gpuslice_agent_sample_duration_seconds Time one sample of the node took.
+# TYPE gpuslice_agent_sample_duration_seconds histogram
+gpuslice_agent_sample_duration_seconds_bucket{le="0.001"} 1
+gpuslice_agent_sample_duration_seconds_bucket{le="0.0025"} 2
+gpuslice_agent_sample_duration_seconds_bucket{le="0.005"} 3
+gpuslice_agent_sample_duration_seconds_bucket{le="0.01"} 3
+gpuslice_agent_sample_duration_seconds_bucket{le="0.025"} 3
+gpuslice_agent_sample_duration_seconds_bucket{le="0.05"} 3
+gpuslice_agent_sample_duration_seconds_bucket{le="0.1"} 3
+gpuslice_agent_sample_duration_seconds_bucket{le="0.25"} 3
+gpuslice_agent_sample_duration_seconds_bucket{le="0.5"} 3
+gpuslice_agent_sample_duration_seconds_bucket{le="1"} 3
+gpuslice_agent_sample_duration_seconds_bucket{le="2.5"} 3
+gpuslice_agent_sample_duration_seconds_bucket{le="+Inf"} 3
+gpuslice_agent_sample_duration_seconds_sum 0.006
+gpuslice_agent_sample_duration_seconds_count 3
+# HELP gpuslice_agent_unattributed_processes GPU processes in the last sample that no container holding slices could be found for.
+# TYPE gpuslice_agent_unattributed_processes gauge
+gpuslice_agent_unattributed_processes{gpu="0",uuid="GPU-aaa"} 1
+gpuslice_agent_unattributed_processes{gpu="1",uuid="GPU-bbb"} 0
+# HELP gpuslice_build_info The agent's build; always 1.
+# TYPE gpuslice_build_info gauge
+gpuslice_build_info{goversion="GOVERSION",version="v1.2.3"} 1
+`
+
+var info = Info{Version: "v1.2.3", System: nvml.SystemInfo{DriverVersion: "570.124.06", CUDADriverVersion: 12080}}
+
+func names(text string) []string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if rest, ok := strings.CutPrefix(l, "# TYPE "); ok {
+			out = append(out, strings.Fields(rest)[0])
+		}
+	}
+	return out
+}
+
+func TestExposition(t *testing.T) {
+	t.Parallel()
+	reg := NewRegistry(fixed{snapshot()}, info)
+	for name, want := range map[string]string{
+		"devices and slices":         wantDevices,
+		"containers and enforcement": wantContainers,
+		"agent":                      strings.ReplaceAll(wantAgent, "GOVERSION", runtime.Version()),
+	} {
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names(want)...); err != nil {
+			t.Errorf("%s:\n%v", name, err)
+		}
+	}
+}
+
+func TestLint(t *testing.T) {
+	t.Parallel()
+	problems, err := testutil.GatherAndLint(NewRegistry(fixed{snapshot()}, info))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+func TestEmptySnapshot(t *testing.T) {
+	t.Parallel()
+	// Before the first sample: the agent's own metrics, nothing made up.
+	reg := NewRegistry(fixed{&sampler.Snapshot{Errors: map[string]uint64{}}}, info)
+	n, err := testutil.GatherAndCount(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// build_info, the histogram, four error counters.
+	if n != 6 {
+		t.Errorf("%d series before the first sample, want 6", n)
+	}
+}

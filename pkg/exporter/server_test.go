@@ -1,0 +1,145 @@
+package exporter
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+func serve(t *testing.T, webConfig string, ready func() bool) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	h := Handler(NewRegistry(fixed{snapshot()}, info), ready, slog.New(slog.DiscardHandler))
+	go func() { done <- Serve(ctx, lis, h, webConfig, slog.New(slog.DiscardHandler)) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve() = %v", err)
+		}
+	})
+	return lis.Addr().String()
+}
+
+func get(t *testing.T, c *http.Client, url, user, pass string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if user != "" {
+		req.SetBasicAuth(user, pass)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestHealthAndReadiness(t *testing.T) {
+	t.Parallel()
+	var ready atomic.Bool
+	addr := serve(t, "", ready.Load)
+	c := &http.Client{Timeout: 5 * time.Second}
+	if code, _ := get(t, c, "http://"+addr+"/healthz", "", ""); code != 200 {
+		t.Errorf("/healthz = %d", code)
+	}
+	if code, _ := get(t, c, "http://"+addr+"/readyz", "", ""); code != 503 {
+		t.Errorf("/readyz before ready = %d, want 503", code)
+	}
+	ready.Store(true)
+	if code, _ := get(t, c, "http://"+addr+"/readyz", "", ""); code != 200 {
+		t.Errorf("/readyz when ready = %d, want 200", code)
+	}
+	code, body := get(t, c, "http://"+addr+"/metrics", "", "")
+	if code != 200 || !strings.Contains(body, `gpuslice_container_gpu_busy_seconds_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 30`) {
+		t.Errorf("/metrics = %d:\n%s", code, body)
+	}
+}
+
+func TestTLSAndBasicAuth(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "gpu-agent"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	write := func(name string, data []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("cert.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	write("key.pem", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
+	hash, _ := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	cfg := filepath.Join(dir, "web.yaml")
+	write("web.yaml", []byte("tls_server_config:\n  cert_file: "+filepath.Join(dir, "cert.pem")+"\n  key_file: "+filepath.Join(dir, "key.pem")+
+		"\nbasic_auth_users:\n  prometheus: "+string(hash)+"\n"))
+	if err := ValidateWebConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	addr := serve(t, cfg, func() bool { return true })
+
+	pool := x509.NewCertPool()
+	cert, _ := x509.ParseCertificate(der)
+	pool.AddCert(cert)
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	if code, _ := get(t, c, "https://"+addr+"/metrics", "", ""); code != http.StatusUnauthorized {
+		t.Errorf("/metrics without credentials = %d, want 401", code)
+	}
+	if code, _ := get(t, c, "https://"+addr+"/metrics", "prometheus", "wrong"); code != http.StatusUnauthorized {
+		t.Errorf("/metrics with a wrong password = %d, want 401", code)
+	}
+	if code, body := get(t, c, "https://"+addr+"/metrics", "prometheus", "s3cret"); code != 200 || !strings.Contains(body, "gpuslice_build_info") {
+		t.Errorf("/metrics with credentials = %d", code)
+	}
+	if code, _ := get(t, &http.Client{Timeout: 5 * time.Second}, "http://"+addr+"/metrics", "prometheus", "s3cret"); code == 200 {
+		t.Error("plain HTTP served metrics on a TLS listener")
+	}
+}
+
+func TestValidateWebConfig(t *testing.T) {
+	t.Parallel()
+	if err := ValidateWebConfig(""); err != nil {
+		t.Errorf("empty path = %v", err)
+	}
+	bad := filepath.Join(t.TempDir(), "web.yaml")
+	if err := os.WriteFile(bad, []byte("tls_server_config:\n  cert_file: /nonexistent.pem\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := ValidateWebConfig(bad); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("ValidateWebConfig(bad) = %v, want an error naming the file", err)
+	}
+	if err := ValidateWebConfig("/nonexistent/web.yaml"); err == nil {
+		t.Error("ValidateWebConfig(missing) succeeded")
+	}
+}
