@@ -17,7 +17,10 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
+	"github.com/gpuslice/gpuslice/pkg/exporter"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/sampler"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
@@ -28,24 +31,25 @@ const defaultSlicesPerGPU = 8
 // Config is everything gpu-agent can be told, by flags or by the YAML file
 // named with --config. Field names in YAML are the json tags.
 type Config struct {
-	ConfigFile      string `json:"-"`
-	GPUBackend      string `json:"gpuBackend,omitempty"`
-	FakeConfig      string `json:"fakeConfig,omitempty"`
-	NVMLLibrary     string `json:"nvmlLibrary,omitempty"`
-	DevicePluginDir string `json:"devicePluginDir,omitempty"`
-	MetricsAddress  string `json:"metricsAddress,omitempty"`
-	NodeName        string `json:"nodeName,omitempty"`
-	SysfsRoot       string `json:"sysfsRoot,omitempty"`
-	// PodResourcesSocket, CgroupRoot, ProcRoot and Kubeconfig are part of
-	// the agent's flag contract so manifests can be written once; they are
-	// validated now and read by per-pod metrics, enforcement and node
-	// labels as those land.
-	PodResourcesSocket string `json:"podResourcesSocket,omitempty"`
-	CgroupRoot         string `json:"cgroupRoot,omitempty"`
-	ProcRoot           string `json:"procRoot,omitempty"`
-	Kubeconfig         string `json:"kubeconfig,omitempty"`
-	ResourceName       string `json:"resourceName,omitempty"`
-	Placement          string `json:"placement,omitempty"`
+	ConfigFile         string   `json:"-"`
+	GPUBackend         string   `json:"gpuBackend,omitempty"`
+	FakeConfig         string   `json:"fakeConfig,omitempty"`
+	NVMLLibrary        string   `json:"nvmlLibrary,omitempty"`
+	DevicePluginDir    string   `json:"devicePluginDir,omitempty"`
+	MetricsAddress     string   `json:"metricsAddress,omitempty"`
+	NodeName           string   `json:"nodeName,omitempty"`
+	SysfsRoot          string   `json:"sysfsRoot,omitempty"`
+	WebConfigFile      string   `json:"webConfigFile,omitempty"`
+	SampleInterval     Duration `json:"sampleInterval,omitempty"`
+	PodResourcesSocket string   `json:"podResourcesSocket,omitempty"`
+	ProcRoot           string   `json:"procRoot,omitempty"`
+	// CgroupRoot and Kubeconfig are part of the agent's flag contract so
+	// manifests can be written once; they are validated now and read by
+	// enforcement and node labels as those land.
+	CgroupRoot   string `json:"cgroupRoot,omitempty"`
+	Kubeconfig   string `json:"kubeconfig,omitempty"`
+	ResourceName string `json:"resourceName,omitempty"`
+	Placement    string `json:"placement,omitempty"`
 
 	Log         LogConfig         `json:"log"`
 	Slicing     SlicingConfig     `json:"slicing"`
@@ -132,6 +136,7 @@ func defaultConfig(getenv func(string) string) Config {
 		NodeName:        getenv("NODE_NAME"),
 		SysfsRoot:       nv.SysfsRoot,
 
+		SampleInterval:     Duration{time.Second},
 		PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock",
 		CgroupRoot:         "/sys/fs/cgroup",
 		ProcRoot:           "/proc",
@@ -159,12 +164,14 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.FakeConfig, "fake-config", c.FakeConfig, "fake GPU node YAML `file` (with --gpu-backend=fake; default: 4×A100-40GB); its faults are re-read when it changes")
 	fs.StringVar(&c.NVMLLibrary, "nvml-library", c.NVMLLibrary, "NVML library `path` (default: libnvidia-ml.so.1 from the library path)")
 	fs.StringVar(&c.DevicePluginDir, "device-plugin-dir", c.DevicePluginDir, "kubelet device plugin `dir`")
-	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "`host:port` serving /healthz and /readyz")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "`host:port` serving /metrics, /healthz and /readyz")
+	fs.StringVar(&c.WebConfigFile, "web-config-file", c.WebConfigFile, "exporter-toolkit web config `file` for TLS and basic auth on the metrics address")
+	fs.DurationVar(&c.SampleInterval.Duration, "sample-interval", c.SampleInterval.Duration, "how often GPUs, processes and the kubelet are sampled for metrics")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's name (default $NODE_NAME)")
 	fs.StringVar(&c.SysfsRoot, "sysfs-root", c.SysfsRoot, "where sysfs is mounted, for GPUs' NUMA nodes")
-	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "kubelet pod-resources `socket` (reserved: read by per-pod metrics, not yet used)")
+	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "kubelet pod-resources `socket`, for which container holds which slices")
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "cgroup filesystem `root` (reserved: read by enforcement and metrics, not yet used)")
-	fs.StringVar(&c.ProcRoot, "proc-root", c.ProcRoot, "proc filesystem `root` (reserved: read by process attribution, not yet used)")
+	fs.StringVar(&c.ProcRoot, "proc-root", c.ProcRoot, "the host's proc filesystem `root`, for attributing GPU processes to containers")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig `file`; in-cluster config when empty (reserved: read by node labels and events, not yet used)")
 	fs.StringVar(&c.ResourceName, "resource-name", c.ResourceName, "extended resource `name` offered to the kubelet")
 	fs.StringVar(&c.Placement, "placement", c.Placement, "slice placement: binpack or spread")
@@ -266,6 +273,12 @@ func (c Config) Validate() error {
 	}
 	if err := c.pluginOptions(nil).Validate(); err != nil {
 		return err
+	}
+	if err := exporter.ValidateWebConfig(c.WebConfigFile); err != nil {
+		return fmt.Errorf("--web-config-file: %w", err)
+	}
+	if c.SampleInterval.Duration < 100*time.Millisecond {
+		return fmt.Errorf("--sample-interval %s must be at least 100ms", c.SampleInterval)
 	}
 	if c.Health.ProbeInterval.Duration <= 0 {
 		return fmt.Errorf("--health-probe-interval %s must be positive", c.Health.ProbeInterval)
@@ -381,4 +394,21 @@ func parseLevel(s string) (slog.Level, error) {
 		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
 	}
 	return l, nil
+}
+
+func (c Config) samplerOptions(log *slog.Logger) sampler.Options {
+	o := sampler.DefaultOptions()
+	o.Interval = c.SampleInterval.Duration
+	o.ProcRoot = c.ProcRoot
+	o.PluginDir = c.DevicePluginDir
+	o.ResourceName = c.ResourceName
+	o.Logger = log
+	return o
+}
+
+func (c Config) podResourcesOptions() podresources.Options {
+	o := podresources.DefaultOptions()
+	o.Socket = c.PodResourcesSocket
+	o.ResourceName = c.ResourceName
+	return o
 }

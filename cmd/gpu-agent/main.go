@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -19,7 +18,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
+	"github.com/gpuslice/gpuslice/pkg/exporter"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/sampler"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
@@ -107,6 +109,18 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("starting", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "driver", sys.DriverVersion,
 		"cuda", sys.CUDAVersion(), "gpus", len(devs), "slices", layout.TotalSlices(), "resource", cfg.ResourceName)
 
+	podres, err := podresources.New(cfg.podResourcesOptions())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = podres.Close() }()
+	smp, err := sampler.New(devs, layout, backend, podres, plugin, cfg.samplerOptions(log))
+	if err != nil {
+		return err
+	}
+	registry := exporter.NewRegistry(smp, exporter.Info{Version: version, System: sys})
+	ready := func() bool { return plugin.Registered() && smp.Ready() }
+
 	// Listen before starting anything, so a taken port fails the start.
 	lis, err := net.Listen("tcp", cfg.MetricsAddress)
 	if err != nil {
@@ -115,7 +129,10 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return plugin.Run(ctx) })
 	g.Go(func() error { watchHealth(ctx, backend, plugin, log); return nil })
-	g.Go(func() error { return serveHealth(ctx, lis, plugin) })
+	g.Go(func() error { return smp.Run(ctx) })
+	g.Go(func() error {
+		return exporter.Serve(ctx, lis, exporter.Handler(registry, ready, log), cfg.WebConfigFile, log)
+	})
 	if fake != nil && cfg.FakeConfig != "" {
 		g.Go(func() error { return fakegpu.WatchFile(ctx, cfg.FakeConfig, fake, log) })
 	}
@@ -163,32 +180,5 @@ func watchHealth(ctx context.Context, backend nvml.Backend, plugin *deviceplugin
 			return
 		case <-time.After(healthRetry):
 		}
-	}
-}
-
-// serveHealth serves /healthz (the process is up) and /readyz (the kubelet
-// accepted the plugin's registration) until ctx ends.
-func serveHealth(ctx context.Context, lis net.Listener, plugin *deviceplugin.Plugin) error {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !plugin.Registered() {
-			http.Error(w, "not registered with the kubelet", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("health server: %w", err)
-	case <-ctx.Done():
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(shutdown)
 	}
 }
