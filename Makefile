@@ -62,6 +62,10 @@ verify: ## Fail if go mod tidy or formatting would change the tree.
 	@if [ -n "$$(git status --porcelain)" ]; then \
 		echo "verify: the tree is not clean after tidy/fmt:"; git status --porcelain; git --no-pager diff; exit 1; fi
 
+.PHONY: docs
+docs: ## Regenerate docs/metrics.md from the code.
+	$(GO) test ./pkg/exporter -run '^TestMetricsReference$$' -update
+
 .PHONY: demo
 demo: build ## Run the agent on the built-in fake GPU node against a kubelet stand-in.
 	$(GO) run ./test/demo --agent $(BIN)/gpu-agent
