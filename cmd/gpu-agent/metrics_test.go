@@ -243,4 +243,11 @@ func TestSharedGPUMetricsFromRealCgroups(t *testing.T) {
 		t.Errorf("%v unattributed processes", n)
 	}
 	promtoolCheck(t, scrapeText(t, addr))
+
+	// A real Prometheus scraping the agent answers per-pod questions.
+	prom := startPrometheus(t, addr)
+	waitQuery(t, prom, `sum by (pod) (rate(gpuslice_container_gpu_busy_seconds_total{namespace="ml"}[5s]))`, "pod",
+		map[string]float64{"a": 0.2, "b": 0.5}, 0.1)
+	waitQuery(t, prom, `sum by (pod) (gpuslice_container_memory_used_bytes{namespace="ml"}) / 2^20`, "pod",
+		map[string]float64{"a": 1024, "b": 4096}, 0)
 }
