@@ -39,7 +39,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 
 .PHONY: bench
 bench: ## Run the benchmarks recorded in docs/benchmarks.md.
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/vgpu ./pkg/deviceplugin
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/vgpu ./pkg/deviceplugin ./pkg/exporter ./pkg/sampler
 	$(GO) test -run '^$$' -bench 'ExecToRegistered|Reregister' -benchtime 20x ./cmd/gpu-agent
 	$(GO) test -run '^$$' -bench 'IdleRSS' -benchtime 3x ./cmd/gpu-agent
 
