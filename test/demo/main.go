@@ -62,20 +62,26 @@ func run(agentBin string, out io.Writer) error {
 	if err := os.Mkdir(pluginDir, 0o755); err != nil {
 		return err
 	}
+	workDir := filepath.Join(dir, "workloads")
+	if err := os.Mkdir(workDir, 0o755); err != nil {
+		return err
+	}
+	// The fake node's file: the built-in node, plus where workloads report.
+	node := nodeYAML + "workloadDir: " + workDir + "\n"
 	fakePath := filepath.Join(dir, "node.yaml")
-	if err := os.WriteFile(fakePath, []byte(nodeYAML), 0o600); err != nil {
+	if err := os.WriteFile(fakePath, []byte(node), 0o600); err != nil {
 		return err
 	}
 	// The same config gives the same UUIDs, so the demo can name GPUs by index.
-	nodeCfg, err := fakegpu.Parse([]byte(nodeYAML))
+	nodeCfg, err := fakegpu.Parse([]byte(node))
 	if err != nil {
 		return err
 	}
-	node, err := fakegpu.New(nodeCfg)
+	fakeNode, err := fakegpu.New(nodeCfg)
 	if err != nil {
 		return err
 	}
-	devs, err := node.Devices()
+	devs, err := fakeNode.Devices()
 	if err != nil {
 		return err
 	}
@@ -104,7 +110,14 @@ func run(agentBin string, out io.Writer) error {
 		return err
 	}
 	defer func() { _ = logFile.Close() }()
-	args := []string{"--gpu-backend=fake", "--fake-config=" + fakePath, "--device-plugin-dir=" + pluginDir, "--metrics-address=" + addr}
+	podResources := filepath.Join(dir, "pod-resources.sock")
+	pr, err := k.ServePodResources(podResources)
+	if err != nil {
+		return err
+	}
+	defer pr.Stop()
+	args := []string{"--gpu-backend=fake", "--fake-config=" + fakePath, "--device-plugin-dir=" + pluginDir,
+		"--pod-resources-socket=" + podResources, "--metrics-address=" + addr, "--sample-interval=250ms"}
 	step(out, "2. start %s %s", agentBin, strings.Join(args, " "))
 	cmd := exec.Command(agentBin, args...)
 	cmd.Stderr = logFile
@@ -172,9 +185,14 @@ func run(agentBin string, out io.Writer) error {
 		fmt.Fprintf(out, "     devices: %s\n", strings.Join(devs, " "))
 	}
 
-	step(out, "6. inject XID 79 on GPU 3 (edit %s)", filepath.Base(fakePath))
+	step(out, "6. per-pod GPU metrics: two pods on GPU 0 run fake GPU workloads (training wants 0.6 of a GPU, notebook-a 0.1)")
+	if err := showMetrics(ctx, out, addr, workDir, allocs); err != nil {
+		return fail(err)
+	}
+
+	step(out, "7. inject XID 79 on GPU 3 (edit %s)", filepath.Base(fakePath))
 	injected := time.Now()
-	if err := os.WriteFile(fakePath, []byte(nodeYAML+"faults:\n  gpus:\n    - index: 3\n      xid: 79\n"), 0o600); err != nil {
+	if err := os.WriteFile(fakePath, []byte(node+"faults:\n  gpus:\n    - index: 3\n      xid: 79\n"), 0o600); err != nil {
 		return err
 	}
 	if err := k.WaitFor(ctx, func(k *kubeletstub.Kubelet) bool {
@@ -198,7 +216,7 @@ func run(agentBin string, out io.Writer) error {
 	}
 	fmt.Fprintln(out, "   fault cleared: GPU 3's slices are Healthy again")
 
-	step(out, "7. restart the kubelet (sockets removed, kubelet.sock recreated)")
+	step(out, "8. restart the kubelet (sockets removed, kubelet.sock recreated)")
 	before := len(k.Registrations())
 	restarted := time.Now()
 	if err := k.Restart(); err != nil {
@@ -212,7 +230,7 @@ func run(agentBin string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "   agent re-registered %.1f ms after the restart, with no operator action\n", float64(time.Since(restarted).Microseconds())/1000)
 
-	step(out, "8. SIGTERM the agent")
+	step(out, "9. SIGTERM the agent")
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		return err
 	}
