@@ -206,7 +206,7 @@ func run(agentBin string, out io.Writer) error {
 		return fail(err)
 	}
 	fmt.Fprintf(out, "   %-11s nvidia.com/vgpu: %-2d -> %s (GPU 3 avoided)\n", "after-xid", 2, describe(a.DeviceIDs))
-	if err := os.WriteFile(fakePath, []byte(nodeYAML), 0o600); err != nil {
+	if err := os.WriteFile(fakePath, []byte(node), 0o600); err != nil {
 		return err
 	}
 	if err := k.WaitFor(ctx, func(k *kubeletstub.Kubelet) bool {
