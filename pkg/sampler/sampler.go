@@ -73,6 +73,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// OnSample, if set, is called with each snapshot once it is published,
+	// on the sampling goroutine; it must not block.
+	OnSample func(*Snapshot)
 }
 
 // DefaultOptions returns the options the agent uses unless configured.
@@ -127,6 +130,9 @@ type Container struct {
 	LastActive time.Time
 	// Processes is how many of its processes use the GPU.
 	Processes int
+	// Cgroup is the container's cgroup, from its processes; zero when none
+	// of them was seen.
+	Cgroup attribution.Container
 }
 
 // Snapshot is the node's state at one sample. It is never modified once
@@ -322,6 +328,9 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 		e.MemoryUsedBytes += p.MemoryBytes
 		e.SMUtilization += p.SMUtilization
 		e.Processes++
+		if a.Container.ContainerID != "" {
+			e.Cgroup = a.Container
+		}
 	}
 	for k, e := range entries {
 		e.SMUtilization = min(e.SMUtilization, 1)
@@ -372,4 +381,7 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 	}
 	snap.Durations = Histogram{Counts: append([]uint64(nil), s.durations.Counts...), Count: s.durations.Count, Sum: s.durations.Sum}
 	s.latest.Store(snap)
+	if s.opts.OnSample != nil {
+		s.opts.OnSample(snap)
+	}
 }

@@ -39,7 +39,7 @@ func run(args []string) error {
 	gpu := fs.String("gpu", firstVisible(), "GPU UUID")
 	memMiB := fs.Uint64("memory-mib", 1024, "GPU memory to hold, MiB")
 	demand := fs.Float64("demand", 0.5, "share of a whole GPU wanted, 0..1")
-	tick := fs.Duration("tick", 20*time.Millisecond, "how often GPU time is asked for")
+	tick := fs.Duration("tick", 20*time.Millisecond, "how often the GPU time asked for is published")
 	duration := fs.Duration("duration", 0, "exit after this long (0: run until signalled)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -68,19 +68,24 @@ func run(args []string) error {
 	if err := fakegpu.WriteWorkloadState(*dir, pid, state); err != nil {
 		return err
 	}
-	t := time.NewTicker(*tick)
-	defer t.Stop()
+	// Time is accounted every millisecond and published every tick. Time
+	// spent frozen or stopped is not time the workload ran, so after a
+	// pause at most two milliseconds are credited, however long it was away.
+	const step = time.Millisecond
+	account := time.NewTicker(step)
+	defer account.Stop()
+	publish := time.NewTicker(*tick)
+	defer publish.Stop()
 	last := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case now := <-t.C:
-			// Time spent frozen or stopped is not time the workload ran:
-			// credit at most two ticks however long it was away.
-			ran := min(now.Sub(last), 2**tick)
+		case now := <-account.C:
+			ran := min(now.Sub(last), 2*step)
 			last = now
 			state.RequestedNanos += int64(float64(ran) * *demand)
+		case <-publish.C:
 			if err := fakegpu.WriteWorkloadState(*dir, pid, state); err != nil {
 				return err
 			}

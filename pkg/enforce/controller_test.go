@@ -1,0 +1,116 @@
+package enforce
+
+import (
+	"fmt"
+	"math"
+	"testing"
+)
+
+// plant is a GPU time-shared as the fake GPU does: each container asks for
+// duty×demand, and the GPU serves every ask in proportion when they add up
+// to more than the whole.
+func plant(duty, demand []float64) (usage []float64, device float64) {
+	asked, total := make([]float64, len(duty)), 0.0
+	for i := range duty {
+		asked[i] = duty[i] * demand[i]
+		total += asked[i]
+	}
+	scale := 1.0
+	if total > 1 {
+		scale = 1 / total
+	}
+	usage = make([]float64, len(duty))
+	for i := range asked {
+		usage[i] = asked[i] * scale
+		device += usage[i]
+	}
+	return usage, device
+}
+
+func simulate(t *testing.T, limits, demands []float64, policy Policy, windows int) []float64 {
+	t.Helper()
+	c := NewController()
+	duty := make([]float64, len(limits))
+	for i := range duty {
+		duty[i] = 1
+	}
+	var usage []float64
+	for range windows {
+		var device float64
+		usage, device = plant(duty, demands)
+		members := make([]Member, len(limits))
+		for i := range limits {
+			members[i] = Member{Key: fmt.Sprint(i), Limit: limits[i], Policy: policy, Usage: usage[i]}
+		}
+		d := c.Update(members, device)
+		for i := range duty {
+			duty[i] = d[fmt.Sprint(i)]
+		}
+	}
+	return usage
+}
+
+func TestControllerConverges(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		limits, demands []float64
+		policy          Policy
+		want            []float64
+	}{
+		"strict 30/70, both greedy":             {[]float64{0.3, 0.7}, []float64{1, 1}, Strict, []float64{0.3, 0.7}},
+		"strict 10/30/50, all greedy":           {[]float64{0.1, 0.3, 0.5}, []float64{1, 1, 1}, Strict, []float64{0.1, 0.3, 0.5}},
+		"strict 10/10/30/50, all greedy":        {[]float64{0.1, 0.1, 0.3, 0.5}, []float64{1, 1, 1, 1}, Strict, []float64{0.1, 0.1, 0.3, 0.5}},
+		"strict caps even an idle gpu":          {[]float64{0.3}, []float64{1}, Strict, []float64{0.3}},
+		"strict leaves a modest user alone":     {[]float64{0.5, 0.5}, []float64{0.2, 1}, Strict, []float64{0.2, 0.5}},
+		"burst 30/70, both greedy":              {[]float64{0.3, 0.7}, []float64{1, 1}, Burst, []float64{0.3, 0.7}},
+		"burst 10/30/50/10, all greedy":         {[]float64{0.1, 0.3, 0.5, 0.1}, []float64{1, 1, 1, 1}, Burst, []float64{0.1, 0.3, 0.5, 0.1}},
+		"burst uses an idle gpu":                {[]float64{0.3}, []float64{1}, Burst, []float64{1}},
+		"burst fills what a modest user leaves": {[]float64{0.5, 0.5}, []float64{0.2, 1}, Burst, nil},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			got := simulate(t, tc.limits, tc.demands, tc.policy, 40)
+			if tc.want == nil {
+				// Burst beside a modest neighbour: the neighbour gets all
+				// it asks for, the greedy one most of the rest, up to the
+				// saturation threshold.
+				if got[0] < 0.19 || got[1] < 0.7 || got[0]+got[1] > 1.0001 {
+					t.Errorf("shares %.3f: want the modest one at ~0.2 and the greedy one at 0.7 or more", got)
+				}
+				return
+			}
+			for i := range got {
+				if math.Abs(got[i]-tc.want[i]) > 0.02 {
+					t.Errorf("container %d: share %.3f, want %.2f ± 0.02 (all: %.3f)", i, got[i], tc.want[i], got)
+				}
+			}
+		})
+	}
+}
+
+func TestControllerDutyBounds(t *testing.T) {
+	t.Parallel()
+	c := NewController()
+	for range 50 {
+		d := c.Update([]Member{{Key: "x", Limit: 0.001, Policy: Strict, Usage: 1}}, 1)
+		if d["x"] < MinDuty || d["x"] > 1 {
+			t.Fatalf("duty %v outside [MinDuty, 1]", d["x"])
+		}
+	}
+	if got := c.Duty("x"); math.Abs(got-MinDuty) > 1e-9 {
+		t.Errorf("duty of a container far over its limit = %v, want MinDuty", got)
+	}
+	c.Forget("x")
+	if got := c.Duty("x"); got != 1 {
+		t.Errorf("forgotten container's duty = %v, want 1", got)
+	}
+	for _, in := range []string{"", "burst", "strict"} {
+		if _, err := ParsePolicy(in); err != nil {
+			t.Errorf("ParsePolicy(%q) = %v", in, err)
+		}
+	}
+	if _, err := ParsePolicy("fair"); err == nil {
+		t.Error("ParsePolicy(fair) succeeded")
+	}
+}

@@ -1,0 +1,226 @@
+package enforce
+
+import (
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/sampler"
+)
+
+// Options configure an Enforcer.
+type Options struct {
+	// CgroupRoot is where the cgroup filesystems are mounted.
+	CgroupRoot string
+	// Policy is the compute policy for every container.
+	Policy Policy
+	// Period is the throttle period.
+	Period time.Duration
+	// State records throttled containers across restarts.
+	State StateFile
+	// Logger receives actions and failures.
+	Logger *slog.Logger
+}
+
+// DefaultOptions returns the options the agent uses unless configured.
+func DefaultOptions() Options {
+	return Options{
+		CgroupRoot: "/sys/fs/cgroup",
+		Policy:     Burst,
+		Period:     100 * time.Millisecond,
+		State:      StateFile{Path: "/var/lib/gpuslice/enforcement.json"},
+	}
+}
+
+// Stats is what enforcement did to one container.
+type Stats struct {
+	// Throttled is the time the container spent frozen.
+	Throttled time.Duration
+	// Duty is its current duty, 1 when not throttled.
+	Duty float64
+	// InForce is true while the agent can act on the container's cgroup.
+	InForce bool
+}
+
+// Enforcer applies the controller's duties to containers' cgroups after
+// every sample. It is safe for concurrent use.
+type Enforcer struct {
+	opts Options
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	ctrl      map[string]*Controller // by GPU UUID
+	throttles map[string]*Throttle   // by container ID
+	freezers  map[string]Freezer     // by container ID
+	stats     map[string]Stats       // by container ID
+	// finished is the frozen time of throttles that ended, by container
+	// ID, so a container's total never goes backwards.
+	finished map[string]time.Duration
+	failures uint64
+}
+
+// New thaws whatever a previous agent left frozen, then returns an
+// enforcer. The thaw happens before anything else so that a crash loop
+// cannot leave containers frozen.
+func New(opts Options) (*Enforcer, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Period < 10*time.Millisecond {
+		return nil, errors.New("throttle period must be at least 10ms")
+	}
+	n, err := opts.State.ThawRecorded()
+	if n > 0 {
+		opts.Logger.Warn("thawed containers a previous agent left throttled", "count", n)
+	}
+	if err != nil {
+		opts.Logger.Error("thaw recorded containers", "err", err)
+	}
+	return &Enforcer{
+		opts: opts, log: opts.Logger,
+		ctrl: map[string]*Controller{}, throttles: map[string]*Throttle{},
+		freezers: map[string]Freezer{}, stats: map[string]Stats{}, finished: map[string]time.Duration{},
+	}, nil
+}
+
+// Apply runs the controller on a snapshot and sets every container's duty.
+// Containers spanning GPUs take the smallest duty of their GPUs, since one
+// freezer holds all of them.
+func (e *Enforcer) Apply(snap *sampler.Snapshot) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	util := map[string]float64{}
+	for _, d := range snap.Devices {
+		if d.SampleOK {
+			util[d.UUID] = d.Sample.Utilization
+		}
+	}
+	byGPU := map[string][]Member{}
+	seen := map[string]bool{}
+	for _, c := range snap.Containers {
+		id := c.Cgroup.ContainerID
+		if id == "" {
+			continue // no process seen yet: nothing to throttle
+		}
+		seen[id] = true
+		if _, ok := e.freezers[id]; !ok {
+			f, err := FreezerFor(e.opts.CgroupRoot, c.Cgroup)
+			if err != nil {
+				e.failures++
+				e.log.Warn("cannot enforce compute share", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "err", err)
+				e.stats[id] = Stats{Duty: 1}
+				continue
+			}
+			e.freezers[id] = f
+		}
+		byGPU[c.GPU] = append(byGPU[c.GPU], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: e.opts.Policy, Usage: c.SMUtilization})
+	}
+	duty := map[string]float64{}
+	for gpu, members := range byGPU {
+		ctrl := e.ctrl[gpu]
+		if ctrl == nil {
+			ctrl = NewController()
+			e.ctrl[gpu] = ctrl
+		}
+		for k, d := range ctrl.Update(members, util[gpu]) {
+			if cur, ok := duty[k]; !ok || d < cur {
+				duty[k] = d
+			}
+		}
+	}
+	for id, d := range duty {
+		t := e.throttles[id]
+		switch {
+		case t == nil && d < 1:
+			t = StartThrottle(e.freezers[id], e.opts.Period)
+			e.throttles[id] = t
+			e.record()
+			e.log.Info("throttling container", "container_id", id, "duty", d)
+		case t != nil && t.Err() != nil:
+			// The cgroup went away mid-throttle; the throttle thawed what
+			// it could and stopped.
+			e.failures++
+			e.stop(id)
+			continue
+		}
+		if t != nil {
+			t.SetDuty(d)
+		}
+	}
+	// Containers gone from the snapshot: stop their throttles, thawing them.
+	for id := range e.throttles {
+		if !seen[id] {
+			e.stop(id)
+		}
+	}
+	for id := range e.freezers {
+		if !seen[id] {
+			delete(e.freezers, id)
+			delete(e.finished, id)
+			for _, c := range e.ctrl {
+				c.Forget(id)
+			}
+		}
+	}
+	stats := map[string]Stats{}
+	for id := range seen {
+		s := Stats{Duty: 1, InForce: e.freezers[id].File != "", Throttled: e.finished[id]}
+		if t := e.throttles[id]; t != nil {
+			s.Duty = t.Duty()
+			s.Throttled += t.Throttled()
+		}
+		stats[id] = s
+	}
+	e.stats = stats
+}
+
+func (e *Enforcer) stop(id string) {
+	if t := e.throttles[id]; t != nil {
+		t.Stop()
+		e.finished[id] += t.Throttled()
+		delete(e.throttles, id)
+		e.record()
+	}
+}
+
+// record writes the freezer files of every throttled container.
+func (e *Enforcer) record() {
+	files := make([]string, 0, len(e.throttles))
+	for id := range e.throttles {
+		files = append(files, e.freezers[id].File)
+	}
+	if err := e.opts.State.Write(files); err != nil {
+		e.failures++
+		e.log.Error("record throttled containers", "err", err)
+	}
+}
+
+// Stats returns what enforcement did, by container ID.
+func (e *Enforcer) Stats() map[string]Stats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]Stats, len(e.stats))
+	for k, v := range e.stats {
+		out[k] = v
+	}
+	return out
+}
+
+// Failures counts containers that could not be enforced and cgroups that
+// vanished under a throttle.
+func (e *Enforcer) Failures() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.failures
+}
+
+// Close stops every throttle, thawing every container, and clears the
+// record.
+func (e *Enforcer) Close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for id := range e.throttles {
+		e.stop(id)
+	}
+}

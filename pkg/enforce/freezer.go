@@ -1,0 +1,111 @@
+package enforce
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/gpuslice/gpuslice/pkg/attribution"
+)
+
+// Freezer freezes and thaws one container's cgroup. It writes the kernel's
+// control file and returns at once: the kernel completes the transition
+// asynchronously, and a throttle running on a 100 ms period must never wait
+// on a cgroup that does not settle (containerd/cgroups' Freeze polls until
+// the state is reached, without bound, which is why it is not used here).
+type Freezer struct {
+	// File is the control file: <cgroup>/cgroup.freeze (v2) or
+	// <cgroup>/freezer.state (v1).
+	File string
+}
+
+// ErrNoFreezer reports a container whose cgroup has no freezer the agent
+// can reach.
+var ErrNoFreezer = errors.New("no freezer for container")
+
+// FreezerFor finds the container's freezer under cgroupRoot, preferring
+// cgroup v2 (the root itself on a unified host, <root>/unified on a hybrid
+// one) over the v1 freezer hierarchy.
+func FreezerFor(cgroupRoot string, c attribution.Container) (Freezer, error) {
+	var tried []string
+	if p, ok := c.Paths[""]; ok {
+		for _, mount := range []string{cgroupRoot, filepath.Join(cgroupRoot, "unified")} {
+			f := filepath.Join(mount, p, "cgroup.freeze")
+			if _, err := os.Stat(f); err == nil {
+				return Freezer{File: f}, nil
+			}
+			tried = append(tried, f)
+		}
+	}
+	if p, ok := c.Paths["freezer"]; ok {
+		f := filepath.Join(cgroupRoot, "freezer", p, "freezer.state")
+		if _, err := os.Stat(f); err == nil {
+			return Freezer{File: f}, nil
+		}
+		tried = append(tried, f)
+	}
+	return Freezer{}, fmt.Errorf("%w %s (tried %s)", ErrNoFreezer, c.ContainerID, strings.Join(tried, ", "))
+}
+
+func (f Freezer) v2() bool { return filepath.Base(f.File) == "cgroup.freeze" }
+
+// Freeze asks the kernel to freeze the cgroup.
+func (f Freezer) Freeze() error {
+	v := "FROZEN"
+	if f.v2() {
+		v = "1"
+	}
+	return f.write(v)
+}
+
+// Thaw asks the kernel to thaw the cgroup.
+func (f Freezer) Thaw() error {
+	v := "THAWED"
+	if f.v2() {
+		v = "0"
+	}
+	return f.write(v)
+}
+
+func (f Freezer) write(v string) error {
+	// O_WRONLY without O_CREATE: a cgroup that vanished is an error, never
+	// a stray file.
+	file, err := os.OpenFile(f.File, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", f.File, err)
+	}
+	_, werr := file.WriteString(v)
+	cerr := file.Close()
+	if werr != nil {
+		return fmt.Errorf("write %s to %s: %w", v, f.File, werr)
+	}
+	return cerr
+}
+
+// Frozen reports whether the cgroup is frozen or freezing.
+func (f Freezer) Frozen() (bool, error) {
+	if f.v2() {
+		data, err := os.ReadFile(filepath.Join(filepath.Dir(f.File), "cgroup.events"))
+		if err != nil {
+			return false, err
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "frozen "); ok {
+				if strings.TrimSpace(v) == "1" {
+					return true, nil
+				}
+			}
+		}
+		// cgroup.events lags a write; the requested state answers sooner.
+		data, err = os.ReadFile(f.File)
+		return strings.TrimSpace(string(data)) == "1", err
+	}
+	data, err := os.ReadFile(f.File)
+	if err != nil {
+		return false, err
+	}
+	s := strings.TrimSpace(string(data))
+	return s == "FROZEN" || s == "FREEZING", nil
+}
