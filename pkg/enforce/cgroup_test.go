@@ -1,0 +1,264 @@
+package enforce
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+)
+
+const cgroupRoot = "/sys/fs/cgroup"
+
+var (
+	buildOnce   sync.Once
+	workloadBin string
+	buildErr    error
+	seq         atomic.Int64
+)
+
+// testCgroup creates a cgroup of the test's own in the v2 hierarchy (kind
+// "") or the v1 freezer hierarchy (kind "freezer") and removes it at the
+// end. It returns the path relative to the hierarchy and the directory.
+func testCgroup(t *testing.T, kind string) (string, string) {
+	t.Helper()
+	mount := filepath.Join(cgroupRoot, "unified")
+	if kind == "freezer" {
+		mount = filepath.Join(cgroupRoot, "freezer")
+	}
+	rel := fmt.Sprintf("/gpuslice-enforce-test-%d-%d", os.Getpid(), seq.Add(1))
+	dir := filepath.Join(mount, rel)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Skipf("cannot create a cgroup in %s (the host lacks it or denies it): %v", mount, err)
+	}
+	t.Cleanup(func() {
+		// Thaw first: a frozen cgroup's processes cannot exit.
+		_ = Freezer{File: freezerFile(kind, dir)}.Thaw()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err := os.Remove(dir)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("remove cgroup %s: %v", dir, err)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	return rel, dir
+}
+
+func freezerFile(kind, dir string) string {
+	if kind == "freezer" {
+		return filepath.Join(dir, "freezer.state")
+	}
+	return filepath.Join(dir, "cgroup.freeze")
+}
+
+// workload starts a fake GPU workload wanting the whole GPU inside the
+// cgroup dir and returns a function reading the GPU time it has asked for.
+func workload(t *testing.T, dir string) (*exec.Cmd, func() time.Duration) {
+	t.Helper()
+	buildOnce.Do(func() {
+		var d string
+		if d, buildErr = os.MkdirTemp("", "enforce-test"); buildErr == nil {
+			workloadBin, buildErr = fakegpu.BuildWorkload(d)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	work := t.TempDir()
+	cmd := exec.Command(workloadBin, "--dir", work, "--gpu", "GPU-test", "--demand", "1", "--tick", "5ms")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+		t.Fatalf("move workload into %s: %v", dir, err)
+	}
+	state := filepath.Join(work, strconv.Itoa(cmd.Process.Pid)+".json")
+	asked := func() time.Duration {
+		for range 100 {
+			data, err := os.ReadFile(state)
+			var s fakegpu.WorkloadState
+			if err == nil && json.Unmarshal(data, &s) == nil {
+				return time.Duration(s.RequestedNanos)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Fatal("workload never published its state")
+		return 0
+	}
+	return cmd, asked
+}
+
+// progress returns how much GPU time the workload asked for over d.
+func progress(asked func() time.Duration, d time.Duration) time.Duration {
+	before := asked()
+	time.Sleep(d)
+	return asked() - before
+}
+
+func TestFreezeStopsProgress(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"", "freezer"} {
+		name := "v2"
+		if kind == "freezer" {
+			name = "v1 freezer"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			rel, dir := testCgroup(t, kind)
+			_, asked := workload(t, dir)
+			f, err := FreezerFor(cgroupRoot, attribution.Container{ContainerID: "c", Paths: map[string]string{kind: rel}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := progress(asked, 300*time.Millisecond); got < 150*time.Millisecond {
+				t.Fatalf("running workload made %v of progress in 300ms", got)
+			}
+			if err := f.Freeze(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+			if frozen, err := f.Frozen(); err != nil || !frozen {
+				t.Fatalf("Frozen() = %v, %v after Freeze", frozen, err)
+			}
+			if got := progress(asked, 300*time.Millisecond); got > 10*time.Millisecond {
+				t.Errorf("frozen workload made %v of progress in 300ms", got)
+			}
+			if err := f.Thaw(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+			if frozen, _ := f.Frozen(); frozen {
+				t.Error("Frozen() = true after Thaw")
+			}
+			if got := progress(asked, 300*time.Millisecond); got < 150*time.Millisecond {
+				t.Errorf("thawed workload made only %v of progress in 300ms", got)
+			}
+		})
+	}
+}
+
+func TestThrottleHoldsDuty(t *testing.T) {
+	t.Parallel()
+	rel, dir := testCgroup(t, "")
+	_, asked := workload(t, dir)
+	f, err := FreezerFor(cgroupRoot, attribution.Container{ContainerID: "c", Paths: map[string]string{"": rel}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	th := StartThrottle(f, 100*time.Millisecond)
+	th.SetDuty(0.3)
+	time.Sleep(200 * time.Millisecond)
+	got := progress(asked, 2*time.Second)
+	if share := got.Seconds() / 2; share < 0.22 || share > 0.38 {
+		t.Errorf("workload at duty 0.3 ran %.2f of the time", share)
+	}
+	if th.Throttled() < time.Second {
+		t.Errorf("Throttled() = %v after ~1.5s frozen", th.Throttled())
+	}
+	th.Stop()
+	if frozen, _ := f.Frozen(); frozen {
+		t.Error("container left frozen after Stop")
+	}
+	if got := progress(asked, 300*time.Millisecond); got < 150*time.Millisecond {
+		t.Errorf("workload after Stop made only %v in 300ms", got)
+	}
+}
+
+func TestThrottleCgroupVanishes(t *testing.T) {
+	t.Parallel()
+	rel, dir := testCgroup(t, "")
+	cmd, _ := workload(t, dir)
+	f, err := FreezerFor(cgroupRoot, attribution.Container{ContainerID: "c", Paths: map[string]string{"": rel}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	th := StartThrottle(f, 20*time.Millisecond)
+	th.SetDuty(0.5)
+	time.Sleep(100 * time.Millisecond)
+	// The container goes away mid-throttle: its process is killed (fatal
+	// signals reach frozen tasks) and the runtime removes its cgroup.
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for os.Remove(dir) != nil && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case <-th.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("throttle still running on a vanished cgroup")
+	}
+	if !errors.Is(th.Err(), os.ErrNotExist) {
+		t.Errorf("Err() = %v, want a not-exist error", th.Err())
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the throttle recreated %s: %v", dir, err)
+	}
+}
+
+func TestStateFileThawsWhatACrashLeftFrozen(t *testing.T) {
+	t.Parallel()
+	rel, dir := testCgroup(t, "")
+	_, asked := workload(t, dir)
+	f, _ := FreezerFor(cgroupRoot, attribution.Container{ContainerID: "c", Paths: map[string]string{"": rel}})
+	state := StateFile{Path: filepath.Join(t.TempDir(), "state", "enforcement.json")}
+	if err := state.Write([]string{f.File, "/sys/fs/cgroup/unified/gone-long-ago/cgroup.freeze"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Freeze(); err != nil { // the "crashed agent" froze it last
+		t.Fatal(err)
+	}
+	n, err := state.ThawRecorded()
+	if err != nil || n != 1 {
+		t.Fatalf("ThawRecorded() = %d, %v; want 1 thawed and the vanished one skipped", n, err)
+	}
+	if got := progress(asked, 300*time.Millisecond); got < 150*time.Millisecond {
+		t.Errorf("workload still stopped after the thaw: %v in 300ms", got)
+	}
+	if n, err := state.ThawRecorded(); n != 0 || err != nil {
+		t.Errorf("second ThawRecorded() = %d, %v; the record should be empty", n, err)
+	}
+	if err := os.WriteFile(state.Path, []byte("{torn"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := state.ThawRecorded(); err == nil {
+		t.Error("a corrupt record was accepted")
+	}
+	if _, err := os.Stat(state.Path); !errors.Is(err, os.ErrNotExist) {
+		t.Error("a corrupt record was kept")
+	}
+	if n, err := (StateFile{Path: filepath.Join(t.TempDir(), "none.json")}).ThawRecorded(); n != 0 || err != nil {
+		t.Errorf("missing record = %d, %v", n, err)
+	}
+}
+
+func TestFreezerForNoCgroup(t *testing.T) {
+	t.Parallel()
+	_, err := FreezerFor(cgroupRoot, attribution.Container{ContainerID: "c", Paths: map[string]string{"": "/no/such/cgroup", "freezer": "/no/such"}})
+	if !errors.Is(err, ErrNoFreezer) {
+		t.Errorf("FreezerFor() = %v, want ErrNoFreezer", err)
+	}
+	if err := (Freezer{File: "/sys/fs/cgroup/unified/no-such/cgroup.freeze"}).Freeze(); err == nil {
+		t.Error("Freeze() of a missing cgroup succeeded")
+	}
+}
