@@ -1,0 +1,194 @@
+package enforce_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+	"github.com/gpuslice/gpuslice/test/kubeletstub"
+)
+
+// Setup is a node with pods on one shared GPU, each running a greedy fake
+// GPU workload in a real cgroup v2 shaped like its container, sampled by
+// the real sampler and enforced by the enforcer after every sample.
+type Setup struct {
+	Sampler  *sampler.Sampler
+	Enforcer *enforce.Enforcer
+	Pods     []string
+}
+
+// pod-shaped cgroups live under the test's own cgroup in the v2 hierarchy.
+func podCgroup(t testing.TB, base, pod, cid string) string {
+	t.Helper()
+	dir := filepath.Join(base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(pod), cid)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Skipf("cannot create cgroups under /sys/fs/cgroup/unified: %v", err)
+	}
+	return dir
+}
+
+// removeTree removes the test's cgroups bottom-up once their processes are gone.
+func removeTree(t testing.TB, base string) {
+	var dirs []string
+	_ = filepath.WalkDir(base, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err := os.Remove(dirs[i])
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("remove cgroup %s: %v", dirs[i], err)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// StartSetup allocates slices[i] of 10 to pod i, starts its workload with
+// demands[i], and enforces policy. It returns once every pod is attributed.
+func StartSetup(t testing.TB, slices []int, demands []float64, policy enforce.Policy) *Setup {
+	t.Helper()
+	work := t.TempDir()
+	node := kubeletstub.StartNode(t, fakegpu.Config{Preset: "H100-80GB", Count: 1, WorkloadDir: work}, 10)
+	bin, err := fakegpu.BuildWorkload(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("/sys/fs/cgroup/unified/gpuslice-enforcer-test-%d-%d", os.Getpid(), time.Now().UnixNano())
+	t.Cleanup(func() { removeTree(t, base) })
+	s := &Setup{}
+	ctx := context.Background()
+	gpu := node.Devices[0].UUID
+	for i, n := range slices {
+		pod := fmt.Sprintf("ml/p%d", i)
+		if _, err := node.Connection.Allocate(ctx, pod, "main", n); err != nil {
+			t.Fatal(err)
+		}
+		cg := podCgroup(t, base, pod, fmt.Sprintf("%064x", i+1))
+		cmd := exec.Command(bin, "--dir", work, "--gpu", gpu, "--demand", strconv.FormatFloat(demands[i], 'f', -1, 64))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGKILL); _ = cmd.Wait() })
+		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s.Pods = append(s.Pods, fmt.Sprintf("p%d", i))
+	}
+	o := podresources.DefaultOptions()
+	o.Socket = node.PodResourcesSocket
+	client, err := podresources.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	eo := enforce.DefaultOptions()
+	eo.Policy = policy
+	eo.State = enforce.StateFile{Path: filepath.Join(t.TempDir(), "enforcement.json")}
+	if s.Enforcer, err = enforce.New(eo); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Enforcer.Close) // runs before the cgroups are removed
+	so := sampler.DefaultOptions()
+	so.Interval = 250 * time.Millisecond
+	so.PluginDir = node.Dir
+	so.OnSample = s.Enforcer.Apply
+	if s.Sampler, err = sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin, so); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = s.Sampler.Run(runCtx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ok := 0
+		for _, c := range s.Sampler.Snapshot().Containers {
+			if c.Cgroup.ContainerID != "" {
+				ok++
+			}
+		}
+		if ok == len(slices) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pods never attributed: %+v", s.Sampler.Snapshot().Containers)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Shares averages each pod's measured SM share over d, after settle.
+func (s *Setup) Shares(settle, d time.Duration) map[string]float64 {
+	time.Sleep(settle)
+	busy := func() map[string]float64 {
+		out := map[string]float64{}
+		for _, c := range s.Sampler.Snapshot().Containers {
+			out[c.Pod] = c.BusySeconds
+		}
+		return out
+	}
+	b0, t0 := busy(), time.Now()
+	time.Sleep(d)
+	b1, t1 := busy(), time.Now()
+	out := map[string]float64{}
+	for pod := range b1 {
+		out[pod] = (b1[pod] - b0[pod]) / t1.Sub(t0).Seconds()
+	}
+	return out
+}
+
+func TestEnforcerHoldsStrictShares(t *testing.T) {
+	t.Parallel()
+	// Limits 30% and 70% (3 and 7 of 10 slices), both wanting the whole GPU.
+	s := StartSetup(t, []int{3, 7}, []float64{1, 1}, enforce.Strict)
+	shares := s.Shares(6*time.Second, 6*time.Second)
+	if math.Abs(shares["p0"]-0.3) > 0.05 || math.Abs(shares["p1"]-0.7) > 0.05 {
+		t.Errorf("shares %v, want p0 0.30 and p1 0.70 ± 0.05", shares)
+	}
+	var throttled time.Duration
+	for _, st := range s.Enforcer.Stats() {
+		throttled += st.Throttled
+		if !st.InForce {
+			t.Error("a container's limits are not in force")
+		}
+	}
+	if throttled == 0 {
+		t.Error("nothing was throttled")
+	}
+}
+
+func TestEnforcerBurstUsesIdleTime(t *testing.T) {
+	t.Parallel()
+	// One pod with a 30% limit alone on the GPU: burst lets it use it all.
+	s := StartSetup(t, []int{3}, []float64{1}, enforce.Burst)
+	shares := s.Shares(3*time.Second, 3*time.Second)
+	if shares["p0"] < 0.9 {
+		t.Errorf("burst pod alone on the GPU got %.2f, want nearly all of it", shares["p0"])
+	}
+	for _, st := range s.Enforcer.Stats() {
+		if st.Duty != 1 {
+			t.Errorf("burst pod alone throttled to duty %.2f", st.Duty)
+		}
+	}
+}
