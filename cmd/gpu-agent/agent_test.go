@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -79,6 +80,11 @@ type agentProc struct {
 
 func startAgent(t *testing.T, args ...string) *agentProc {
 	t.Helper()
+	// Never the host's /var/lib/gpuslice: each agent records throttled
+	// containers in a state file of the test's own, unless told otherwise.
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--enforcement-state") }) {
+		args = append(args, "--enforcement-state="+filepath.Join(t.TempDir(), "enforcement.json"))
+	}
 	p := &agentProc{cmd: exec.Command(agentBin, args...), stderr: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -308,7 +314,8 @@ func TestAgentOnNVMLBackend(t *testing.T) {
 	}
 	defer k.Stop()
 	a := &agentProc{cmd: exec.Command(agentBin, "--nvml-library="+lib, "--device-plugin-dir="+dir, "--metrics-address="+freePort(t),
-		"--slices-per-gpu=7", "--health-probe-interval=50ms"), stderr: &syncBuffer{}, done: make(chan error, 1)}
+		"--slices-per-gpu=7", "--health-probe-interval=50ms", "--enforcement-state="+filepath.Join(t.TempDir(), "e.json")),
+		stderr: &syncBuffer{}, done: make(chan error, 1)}
 	a.cmd.Env = append(os.Environ(), fakegpu.NVMLStateEnv+"="+state)
 	a.cmd.Stderr = a.stderr
 	if err := a.cmd.Start(); err != nil {

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
+	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
@@ -31,21 +32,22 @@ const defaultSlicesPerGPU = 8
 // Config is everything gpu-agent can be told, by flags or by the YAML file
 // named with --config. Field names in YAML are the json tags.
 type Config struct {
-	ConfigFile         string   `json:"-"`
-	GPUBackend         string   `json:"gpuBackend,omitempty"`
-	FakeConfig         string   `json:"fakeConfig,omitempty"`
-	NVMLLibrary        string   `json:"nvmlLibrary,omitempty"`
-	DevicePluginDir    string   `json:"devicePluginDir,omitempty"`
-	MetricsAddress     string   `json:"metricsAddress,omitempty"`
-	NodeName           string   `json:"nodeName,omitempty"`
-	SysfsRoot          string   `json:"sysfsRoot,omitempty"`
-	WebConfigFile      string   `json:"webConfigFile,omitempty"`
-	SampleInterval     Duration `json:"sampleInterval,omitempty"`
-	PodResourcesSocket string   `json:"podResourcesSocket,omitempty"`
-	ProcRoot           string   `json:"procRoot,omitempty"`
-	// CgroupRoot and Kubeconfig are part of the agent's flag contract so
-	// manifests can be written once; they are validated now and read by
-	// enforcement and node labels as those land.
+	ConfigFile         string            `json:"-"`
+	GPUBackend         string            `json:"gpuBackend,omitempty"`
+	FakeConfig         string            `json:"fakeConfig,omitempty"`
+	NVMLLibrary        string            `json:"nvmlLibrary,omitempty"`
+	DevicePluginDir    string            `json:"devicePluginDir,omitempty"`
+	MetricsAddress     string            `json:"metricsAddress,omitempty"`
+	NodeName           string            `json:"nodeName,omitempty"`
+	SysfsRoot          string            `json:"sysfsRoot,omitempty"`
+	WebConfigFile      string            `json:"webConfigFile,omitempty"`
+	Enforcement        EnforcementConfig `json:"enforcement"`
+	SampleInterval     Duration          `json:"sampleInterval,omitempty"`
+	PodResourcesSocket string            `json:"podResourcesSocket,omitempty"`
+	ProcRoot           string            `json:"procRoot,omitempty"`
+	// Kubeconfig is part of the agent's flag contract so manifests can be
+	// written once; it is validated now and read by node labels and Events
+	// when they land.
 	CgroupRoot   string `json:"cgroupRoot,omitempty"`
 	Kubeconfig   string `json:"kubeconfig,omitempty"`
 	ResourceName string `json:"resourceName,omitempty"`
@@ -57,6 +59,18 @@ type Config struct {
 	CDI         CDIConfig         `json:"cdi"`
 	MPS         MPSConfig         `json:"mps"`
 	Health      HealthConfig      `json:"health"`
+}
+
+// EnforcementConfig controls the compute throttle.
+type EnforcementConfig struct {
+	// Compute turns the compute throttle on.
+	Compute bool `json:"compute"`
+	// Policy is burst or strict, for every container.
+	Policy string `json:"policy,omitempty"`
+	// Period is the throttle period.
+	Period Duration `json:"period,omitempty"`
+	// StateFile records throttled containers so a restarted agent thaws them.
+	StateFile string `json:"stateFile,omitempty"`
 }
 
 // LogConfig configures the agent's logs.
@@ -134,9 +148,13 @@ func defaultConfig(getenv func(string) string) Config {
 		DevicePluginDir: dp.PluginDir,
 		MetricsAddress:  ":9445",
 		NodeName:        getenv("NODE_NAME"),
-		SysfsRoot:       nv.SysfsRoot,
-
-		SampleInterval:     Duration{time.Second},
+		SysfsRoot:       nv.SysfsRoot, SampleInterval: Duration{time.Second},
+		Enforcement: EnforcementConfig{
+			Compute:   true,
+			Policy:    string(enforce.Burst),
+			Period:    Duration{enforce.DefaultOptions().Period},
+			StateFile: enforce.DefaultOptions().State.Path,
+		},
 		PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock",
 		CgroupRoot:         "/sys/fs/cgroup",
 		ProcRoot:           "/proc",
@@ -169,8 +187,12 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.DurationVar(&c.SampleInterval.Duration, "sample-interval", c.SampleInterval.Duration, "how often GPUs, processes and the kubelet are sampled for metrics")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's name (default $NODE_NAME)")
 	fs.StringVar(&c.SysfsRoot, "sysfs-root", c.SysfsRoot, "where sysfs is mounted, for GPUs' NUMA nodes")
+	fs.BoolVar(&c.Enforcement.Compute, "enforce-compute", c.Enforcement.Compute, "hold each container to its compute share by freezing its cgroup for part of each period")
+	fs.StringVar(&c.Enforcement.Policy, "compute-policy", c.Enforcement.Policy, "burst (hold to the share only while others want the GPU) or strict (always)")
+	fs.DurationVar(&c.Enforcement.Period.Duration, "throttle-period", c.Enforcement.Period.Duration, "compute throttle period")
+	fs.StringVar(&c.Enforcement.StateFile, "enforcement-state", c.Enforcement.StateFile, "`file` recording throttled containers, thawed by the next agent if this one dies")
 	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "kubelet pod-resources `socket`, for which container holds which slices")
-	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "cgroup filesystem `root` (reserved: read by enforcement and metrics, not yet used)")
+	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "the host's cgroup filesystem `root`, where containers are frozen for the compute throttle")
 	fs.StringVar(&c.ProcRoot, "proc-root", c.ProcRoot, "the host's proc filesystem `root`, for attributing GPU processes to containers")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig `file`; in-cluster config when empty (reserved: read by node labels and events, not yet used)")
 	fs.StringVar(&c.ResourceName, "resource-name", c.ResourceName, "extended resource `name` offered to the kubelet")
@@ -277,6 +299,12 @@ func (c Config) Validate() error {
 	if err := exporter.ValidateWebConfig(c.WebConfigFile); err != nil {
 		return fmt.Errorf("--web-config-file: %w", err)
 	}
+	if _, err := enforce.ParsePolicy(c.Enforcement.Policy); err != nil {
+		return fmt.Errorf("--compute-policy: %w", err)
+	}
+	if c.Enforcement.Period.Duration < 10*time.Millisecond {
+		return fmt.Errorf("--throttle-period %s must be at least 10ms", c.Enforcement.Period)
+	}
 	if c.SampleInterval.Duration < 100*time.Millisecond {
 		return fmt.Errorf("--sample-interval %s must be at least 100ms", c.SampleInterval)
 	}
@@ -297,6 +325,7 @@ func (c Config) Validate() error {
 		{"--sysfs-root", c.SysfsRoot},
 		{"--pod-resources-socket", c.PodResourcesSocket},
 		{"--cgroup-root", c.CgroupRoot},
+		{"--enforcement-state", c.Enforcement.StateFile},
 		{"--proc-root", c.ProcRoot},
 		{"--kubeconfig", c.Kubeconfig},
 	} {
@@ -410,5 +439,15 @@ func (c Config) podResourcesOptions() podresources.Options {
 	o := podresources.DefaultOptions()
 	o.Socket = c.PodResourcesSocket
 	o.ResourceName = c.ResourceName
+	return o
+}
+
+func (c Config) enforceOptions(log *slog.Logger) enforce.Options {
+	o := enforce.DefaultOptions()
+	o.CgroupRoot = c.CgroupRoot
+	o.Policy, _ = enforce.ParsePolicy(c.Enforcement.Policy) // Validate checked it.
+	o.Period = c.Enforcement.Period.Duration
+	o.State = enforce.StateFile{Path: c.Enforcement.StateFile}
+	o.Logger = log
 	return o
 }

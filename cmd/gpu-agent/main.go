@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
+	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
@@ -70,6 +71,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 
 // runAgent builds the components and runs them until ctx ends or one fails.
 func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
+	// Thaw whatever a previous agent left frozen before anything else, so a
+	// crash loop never leaves containers stopped.
+	enforcer, err := enforce.New(cfg.enforceOptions(log))
+	if err != nil {
+		return err
+	}
+	defer enforcer.Close()
+
 	backend, fake, err := openBackend(cfg, log)
 	if err != nil {
 		return err
@@ -114,11 +123,15 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer func() { _ = podres.Close() }()
-	smp, err := sampler.New(devs, layout, backend, podres, plugin, cfg.samplerOptions(log))
+	sopts := cfg.samplerOptions(log)
+	if cfg.Enforcement.Compute {
+		sopts.OnSample = enforcer.Apply
+	}
+	smp, err := sampler.New(devs, layout, backend, podres, plugin, sopts)
 	if err != nil {
 		return err
 	}
-	registry := exporter.NewRegistry(smp, exporter.Info{Version: version, System: sys})
+	registry := exporter.NewRegistry(smp, exporter.Info{Version: version, System: sys, Enforcement: enforcer})
 	ready := func() bool { return plugin.Registered() && smp.Ready() }
 
 	// Listen before starting anything, so a taken port fails the start.

@@ -22,7 +22,7 @@ func (s StateFile) Write(files []string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(s.Path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(s.Path), 0o750); err != nil {
 		return fmt.Errorf("enforcement state dir: %w", err)
 	}
 	tmp := s.Path + ".tmp"

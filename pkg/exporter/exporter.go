@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
@@ -18,10 +19,18 @@ type Source interface {
 	Snapshot() *sampler.Snapshot
 }
 
-// Info is static information about the agent and its node.
+// Enforcement reports what enforcement did, by container ID.
+type Enforcement interface {
+	Stats() map[string]enforce.Stats
+	Failures() uint64
+}
+
+// Info is static information about the agent and its node, and where
+// enforcement statistics come from (nil: none yet).
 type Info struct {
-	Version string
-	System  nvml.SystemInfo
+	Version     string
+	System      nvml.SystemInfo
+	Enforcement Enforcement
 }
 
 // NewRegistry returns a registry holding every gpuslice collector over src.
@@ -31,7 +40,7 @@ func NewRegistry(src Source, info Info) *prometheus.Registry {
 		newDeviceCollector(src, info.System),
 		newSliceCollector(src),
 		newContainerCollector(src),
-		newEnforcementCollector(src),
+		newEnforcementCollector(src, info.Enforcement),
 		newAgentCollector(src, info.Version),
 	)
 	return r
@@ -184,32 +193,51 @@ func (c *containerCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // enforcementCollector exports what enforcement did to each container.
-// Enforcement is not built yet, so every counter is zero; the series exist
-// so dashboards and alerts can be written against them now.
+// The memory tiers are not built yet, so kills and memory-limit events are
+// zero; those series exist so dashboards and alerts can use them now.
 type enforcementCollector struct {
-	src                     Source
-	throttled, kills, limit *prometheus.Desc
+	src                                          Source
+	enf                                          Enforcement
+	throttled, duty, inForce, kills, limit, fail *prometheus.Desc
 }
 
-func newEnforcementCollector(src Source) *enforcementCollector {
+func newEnforcementCollector(src Source, enf Enforcement) *enforcementCollector {
 	return &enforcementCollector{
-		src:       src,
+		src: src, enf: enf,
 		throttled: desc("enforcement", "throttled_seconds_total", "Time the container's cgroup was frozen to keep it inside its compute share.", containerLabels...),
+		duty:      desc("enforcement", "compute_duty_ratio", "Share of each throttle period the container may run; 1 when not throttled.", containerLabels...),
+		inForce:   desc("enforcement", "limits_in_force", "1 if the agent can act on the container's cgroup, 0 if its limits are not enforced.", containerLabels...),
 		kills:     desc("enforcement", "kills_total", "GPU processes of the container killed for exceeding its memory limit.", containerLabels...),
 		limit:     desc("enforcement", "memory_limit_events_total", "Times the container went over its GPU memory limit.", containerLabels...),
+		fail:      desc("enforcement", "failures_total", "Containers that could not be enforced and cgroups that vanished under a throttle."),
 	}
 }
 
 func (c *enforcementCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.throttled
-	ch <- c.kills
-	ch <- c.limit
+	for _, d := range []*prometheus.Desc{c.throttled, c.duty, c.inForce, c.kills, c.limit, c.fail} {
+		ch <- d
+	}
 }
 
 func (c *enforcementCollector) Collect(ch chan<- prometheus.Metric) {
+	var stats map[string]enforce.Stats
+	if c.enf != nil {
+		stats = c.enf.Stats()
+		ch <- prometheus.MustNewConstMetric(c.fail, prometheus.CounterValue, float64(c.enf.Failures()))
+	}
 	for _, ctr := range c.src.Snapshot().Containers {
 		l := containerValues(ctr)
-		ch <- prometheus.MustNewConstMetric(c.throttled, prometheus.CounterValue, 0, l...)
+		st, known := stats[ctr.Cgroup.ContainerID]
+		if !known {
+			st = enforce.Stats{Duty: 1}
+		}
+		inForce := 0.0
+		if st.InForce {
+			inForce = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.throttled, prometheus.CounterValue, st.Throttled.Seconds(), l...)
+		ch <- prometheus.MustNewConstMetric(c.duty, prometheus.GaugeValue, st.Duty, l...)
+		ch <- prometheus.MustNewConstMetric(c.inForce, prometheus.GaugeValue, inForce, l...)
 		ch <- prometheus.MustNewConstMetric(c.kills, prometheus.CounterValue, 0, l...)
 		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.CounterValue, 0, l...)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
@@ -16,6 +17,18 @@ import (
 type fixed struct{ s *sampler.Snapshot }
 
 func (f fixed) Snapshot() *sampler.Snapshot { return f.s }
+
+// enforcement is what enforcement did in the fixture: container a is
+// throttled, b is unknown to it.
+type enforcement struct{}
+
+func (enforcement) Stats() map[string]enforce.Stats {
+	return map[string]enforce.Stats{cidA: {Throttled: 2500 * time.Millisecond, Duty: 0.4, InForce: true}}
+}
+
+func (enforcement) Failures() uint64 { return 1 }
+
+const cidA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 
 func snapshot() *sampler.Snapshot {
 	counts := make([]uint64, len(sampler.DurationBuckets))
@@ -42,7 +55,8 @@ func snapshot() *sampler.Snapshot {
 		},
 		Containers: []sampler.Container{
 			{Namespace: "ml", Pod: "a", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 2, MemoryLimitBytes: 10737418240, ComputeLimitRatio: 0.25,
-				MemoryUsedBytes: 1073741824, SMUtilization: 0.2, BusySeconds: 12.5, LastActive: time.Unix(1700000000, 500e6), Processes: 1},
+				MemoryUsedBytes: 1073741824, SMUtilization: 0.2, BusySeconds: 12.5, LastActive: time.Unix(1700000000, 500e6), Processes: 1,
+				Cgroup: attribution.Container{ContainerID: cidA}},
 			{Namespace: "ml", Pod: "b", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 3, MemoryLimitBytes: 16106127360, ComputeLimitRatio: 0.375,
 				MemoryUsedBytes: 2147483648, SMUtilization: 0.5, BusySeconds: 30},
 		},
@@ -128,6 +142,21 @@ gpuslice_container_sm_utilization_of_limit_ratio{container="main",gpu="0",namesp
 # TYPE gpuslice_container_sm_utilization_ratio gauge
 gpuslice_container_sm_utilization_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.2
 gpuslice_container_sm_utilization_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0.5
+# HELP gpuslice_enforcement_compute_duty_ratio Share of each throttle period the container may run; 1 when not throttled.
+# TYPE gpuslice_enforcement_compute_duty_ratio gauge
+gpuslice_enforcement_compute_duty_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.4
+gpuslice_enforcement_compute_duty_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 1
+# HELP gpuslice_enforcement_failures_total Containers that could not be enforced and cgroups that vanished under a throttle.
+# TYPE gpuslice_enforcement_failures_total counter
+gpuslice_enforcement_failures_total 1
+# HELP gpuslice_enforcement_limits_in_force 1 if the agent can act on the container's cgroup, 0 if its limits are not enforced.
+# TYPE gpuslice_enforcement_limits_in_force gauge
+gpuslice_enforcement_limits_in_force{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1
+gpuslice_enforcement_limits_in_force{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
+# HELP gpuslice_enforcement_throttled_seconds_total Time the container's cgroup was frozen to keep it inside its compute share.
+# TYPE gpuslice_enforcement_throttled_seconds_total counter
+gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 2.5
+gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
 # HELP gpuslice_enforcement_kills_total GPU processes of the container killed for exceeding its memory limit.
 # TYPE gpuslice_enforcement_kills_total counter
 gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
@@ -169,7 +198,7 @@ gpuslice_agent_unattributed_processes{gpu="1",uuid="GPU-bbb"} 0
 gpuslice_build_info{goversion="GOVERSION",version="v1.2.3"} 1
 `
 
-var info = Info{Version: "v1.2.3", System: nvml.SystemInfo{DriverVersion: "570.124.06", CUDADriverVersion: 12080}}
+var info = Info{Version: "v1.2.3", System: nvml.SystemInfo{DriverVersion: "570.124.06", CUDADriverVersion: 12080}, Enforcement: enforcement{}}
 
 func names(text string) []string {
 	var out []string
@@ -214,8 +243,8 @@ func TestEmptySnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// build_info, the histogram, four error counters.
-	if n != 6 {
-		t.Errorf("%d series before the first sample, want 6", n)
+	// build_info, the histogram, four error counters, enforcement failures.
+	if n != 7 {
+		t.Errorf("%d series before the first sample, want 7", n)
 	}
 }

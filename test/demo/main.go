@@ -117,7 +117,8 @@ func run(agentBin string, out io.Writer) error {
 	}
 	defer pr.Stop()
 	args := []string{"--gpu-backend=fake", "--fake-config=" + fakePath, "--device-plugin-dir=" + pluginDir,
-		"--pod-resources-socket=" + podResources, "--metrics-address=" + addr, "--sample-interval=250ms"}
+		"--pod-resources-socket=" + podResources, "--metrics-address=" + addr, "--sample-interval=250ms",
+		"--enforcement-state=" + filepath.Join(dir, "enforcement.json")}
 	step(out, "2. start %s %s", agentBin, strings.Join(args, " "))
 	cmd := exec.Command(agentBin, args...)
 	cmd.Stderr = logFile
