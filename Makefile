@@ -43,9 +43,13 @@ bench: ## Run the benchmarks recorded in docs/benchmarks.md.
 	$(GO) test -run '^$$' -bench 'ExecToRegistered|Reregister' -benchtime 20x ./cmd/gpu-agent
 	$(GO) test -run '^$$' -bench 'IdleRSS' -benchtime 3x ./cmd/gpu-agent
 
+.PHONY: bench-accuracy
+bench-accuracy: ## Measure how closely the compute throttle holds shares (about 6 minutes).
+	$(GO) test -run '^$$' -bench Accuracy -benchtime 1x -timeout 30m ./pkg/enforce
+
 .PHONY: bench-smoke
 bench-smoke: ## Run every benchmark once, to prove they still work.
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+	$(GO) test -short -run '^$$' -bench . -benchtime 1x ./...
 
 .PHONY: lint
 lint: ## Run golangci-lint (pinned in go.mod's tool block).

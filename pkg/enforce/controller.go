@@ -65,21 +65,39 @@ func (c *Controller) Duty(key string) float64 {
 	return 1
 }
 
+// Entitlement is the share a container may hold on a contended GPU: its
+// limit under Strict; under Burst its limit plus its part, in proportion to
+// limits, of the share no container holds slices for, so that greedy Burst
+// containers together fill the GPU.
+func Entitlement(m Member, sumLimits float64) float64 {
+	if m.Policy == Strict || sumLimits <= 0 {
+		return m.Limit
+	}
+	return m.Limit + max(0, 1-sumLimits)*m.Limit/sumLimits
+}
+
 // Update takes one window's measurements for the containers on one GPU
 // and the GPU's utilization, and returns every member's new duty.
 //
 // A container that ran at duty d and used u would use about u/d at full
-// duty; to use its limit L it should run at L*d/u. Duties move toward that
-// estimate by Gain each window, which settles over a few windows without
-// oscillating on the noise of one. Strict containers are always steered to
-// their limit. Burst containers are steered to their limit only while the
-// GPU is contended (saturated, with some container below its limit);
-// otherwise their duty returns to 1.
+// duty; to use its entitlement E it should run at E*d/u. Duties move
+// toward that estimate by Gain each window, which settles over a few
+// windows without oscillating on the noise of one. Strict containers are
+// always steered to their limit. Burst containers are steered to their
+// entitlement only while the GPU is contended: saturated, with some
+// container not over its entitlement (which stays true once every
+// container sits at its entitlement, so the controller does not release
+// and re-throttle around the target); otherwise their duty returns to 1
+// and they use idle GPU time.
 func (c *Controller) Update(members []Member, deviceUtilization float64) map[string]float64 {
+	sumLimits := 0.0
+	for _, m := range members {
+		sumLimits += m.Limit
+	}
 	contended := false
 	if deviceUtilization >= c.Saturation {
 		for _, m := range members {
-			if m.Usage <= m.Limit*1.02 {
+			if m.Usage <= Entitlement(m, sumLimits)*1.02 {
 				contended = true
 			}
 		}
@@ -88,14 +106,9 @@ func (c *Controller) Update(members []Member, deviceUtilization float64) map[str
 	for _, m := range members {
 		d := c.Duty(m.Key)
 		target := 1.0
-		if m.Policy == Strict || contended {
-			switch {
-			case m.Usage <= 0:
-				// Not running at all: nothing to learn; let it run.
-				target = 1
-			default:
-				target = m.Limit * d / m.Usage
-			}
+		if (m.Policy == Strict || contended) && m.Usage > 0 {
+			// A container not running at all teaches nothing; let it run.
+			target = Entitlement(m, sumLimits) * d / m.Usage
 		}
 		target = min(max(target, MinDuty), 1)
 		d += c.Gain * (target - d)

@@ -57,15 +57,16 @@ func TestControllerConverges(t *testing.T) {
 		policy          Policy
 		want            []float64
 	}{
-		"strict 30/70, both greedy":             {[]float64{0.3, 0.7}, []float64{1, 1}, Strict, []float64{0.3, 0.7}},
-		"strict 10/30/50, all greedy":           {[]float64{0.1, 0.3, 0.5}, []float64{1, 1, 1}, Strict, []float64{0.1, 0.3, 0.5}},
-		"strict 10/10/30/50, all greedy":        {[]float64{0.1, 0.1, 0.3, 0.5}, []float64{1, 1, 1, 1}, Strict, []float64{0.1, 0.1, 0.3, 0.5}},
-		"strict caps even an idle gpu":          {[]float64{0.3}, []float64{1}, Strict, []float64{0.3}},
-		"strict leaves a modest user alone":     {[]float64{0.5, 0.5}, []float64{0.2, 1}, Strict, []float64{0.2, 0.5}},
-		"burst 30/70, both greedy":              {[]float64{0.3, 0.7}, []float64{1, 1}, Burst, []float64{0.3, 0.7}},
-		"burst 10/30/50/10, all greedy":         {[]float64{0.1, 0.3, 0.5, 0.1}, []float64{1, 1, 1, 1}, Burst, []float64{0.1, 0.3, 0.5, 0.1}},
-		"burst uses an idle gpu":                {[]float64{0.3}, []float64{1}, Burst, []float64{1}},
-		"burst fills what a modest user leaves": {[]float64{0.5, 0.5}, []float64{0.2, 1}, Burst, nil},
+		"strict 30/70, both greedy":         {[]float64{0.3, 0.7}, []float64{1, 1}, Strict, []float64{0.3, 0.7}},
+		"strict 10/30/50, all greedy":       {[]float64{0.1, 0.3, 0.5}, []float64{1, 1, 1}, Strict, []float64{0.1, 0.3, 0.5}},
+		"strict 10/10/30/50, all greedy":    {[]float64{0.1, 0.1, 0.3, 0.5}, []float64{1, 1, 1, 1}, Strict, []float64{0.1, 0.1, 0.3, 0.5}},
+		"strict caps even an idle gpu":      {[]float64{0.3}, []float64{1}, Strict, []float64{0.3}},
+		"strict leaves a modest user alone": {[]float64{0.5, 0.5}, []float64{0.2, 1}, Strict, []float64{0.2, 0.5}},
+		"burst 30/70, both greedy":          {[]float64{0.3, 0.7}, []float64{1, 1}, Burst, []float64{0.3, 0.7}}, "burst 10/30/50/10, all greedy": {[]float64{0.1, 0.3, 0.5, 0.1}, []float64{1, 1, 1, 1}, Burst, []float64{0.1, 0.3, 0.5, 0.1}},
+		"burst 10/30/50 shares the unallocated tenth in proportion": {[]float64{0.1, 0.3, 0.5}, []float64{1, 1, 1}, Burst, []float64{0.1 / 0.9, 0.3 / 0.9, 0.5 / 0.9}},
+		"strict 10/30/50 leaves the unallocated tenth idle":         {[]float64{0.1, 0.3, 0.5}, []float64{1, 1, 1}, Strict, []float64{0.1, 0.3, 0.5}},
+		"burst uses an idle gpu":                                    {[]float64{0.3}, []float64{1}, Burst, []float64{1}},
+		"burst fills what a modest user leaves":                     {[]float64{0.5, 0.5}, []float64{0.2, 1}, Burst, nil},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -67,6 +67,10 @@ func removeTree(t testing.TB, base string) {
 // StartSetup allocates slices[i] of 10 to pod i, starts its workload with
 // demands[i], and enforces policy. It returns once every pod is attributed.
 func StartSetup(t testing.TB, slices []int, demands []float64, policy enforce.Policy) *Setup {
+	return startSetup(t, slices, demands, policy, true)
+}
+
+func startSetup(t testing.TB, slices []int, demands []float64, policy enforce.Policy, enforcing bool) *Setup {
 	t.Helper()
 	work := t.TempDir()
 	node := kubeletstub.StartNode(t, fakegpu.Config{Preset: "H100-80GB", Count: 1, WorkloadDir: work}, 10)
@@ -112,7 +116,9 @@ func StartSetup(t testing.TB, slices []int, demands []float64, policy enforce.Po
 	so := sampler.DefaultOptions()
 	so.Interval = 250 * time.Millisecond
 	so.PluginDir = node.Dir
-	so.OnSample = s.Enforcer.Apply
+	if enforcing {
+		so.OnSample = s.Enforcer.Apply
+	}
 	if s.Sampler, err = sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin, so); err != nil {
 		t.Fatal(err)
 	}
