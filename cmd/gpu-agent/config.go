@@ -71,6 +71,8 @@ type EnforcementConfig struct {
 	Period Duration `json:"period,omitempty"`
 	// StateFile records throttled containers so a restarted agent thaws them.
 	StateFile string `json:"stateFile,omitempty"`
+	// MemoryPolicy is kill, log or off, for containers over their GPU memory.
+	MemoryPolicy string `json:"memoryPolicy,omitempty"`
 }
 
 // LogConfig configures the agent's logs.
@@ -150,10 +152,11 @@ func defaultConfig(getenv func(string) string) Config {
 		NodeName:        getenv("NODE_NAME"),
 		SysfsRoot:       nv.SysfsRoot, SampleInterval: Duration{time.Second},
 		Enforcement: EnforcementConfig{
-			Compute:   true,
-			Policy:    string(enforce.Burst),
-			Period:    Duration{enforce.DefaultOptions().Period},
-			StateFile: enforce.DefaultOptions().State.Path,
+			Compute:      true,
+			Policy:       string(enforce.Burst),
+			Period:       Duration{enforce.DefaultOptions().Period},
+			StateFile:    enforce.DefaultOptions().State.Path,
+			MemoryPolicy: string(enforce.MemoryKill),
 		},
 		PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock",
 		CgroupRoot:         "/sys/fs/cgroup",
@@ -189,6 +192,7 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.SysfsRoot, "sysfs-root", c.SysfsRoot, "where sysfs is mounted, for GPUs' NUMA nodes")
 	fs.BoolVar(&c.Enforcement.Compute, "enforce-compute", c.Enforcement.Compute, "hold each container to its compute share by freezing its cgroup for part of each period")
 	fs.StringVar(&c.Enforcement.Policy, "compute-policy", c.Enforcement.Policy, "burst (hold to the share only while others want the GPU) or strict (always)")
+	fs.StringVar(&c.Enforcement.MemoryPolicy, "memory-policy", c.Enforcement.MemoryPolicy, "a container over its GPU memory: kill (its newest GPU processes until it fits), log, or off")
 	fs.DurationVar(&c.Enforcement.Period.Duration, "throttle-period", c.Enforcement.Period.Duration, "compute throttle period")
 	fs.StringVar(&c.Enforcement.StateFile, "enforcement-state", c.Enforcement.StateFile, "`file` recording throttled containers, thawed by the next agent if this one dies")
 	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "kubelet pod-resources `socket`, for which container holds which slices")
@@ -301,6 +305,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := enforce.ParsePolicy(c.Enforcement.Policy); err != nil {
 		return fmt.Errorf("--compute-policy: %w", err)
+	}
+	if _, err := enforce.ParseMemoryPolicy(c.Enforcement.MemoryPolicy); err != nil {
+		return fmt.Errorf("--memory-policy: %w", err)
 	}
 	if c.Enforcement.Period.Duration < 10*time.Millisecond {
 		return fmt.Errorf("--throttle-period %s must be at least 10ms", c.Enforcement.Period)
@@ -448,6 +455,9 @@ func (c Config) enforceOptions(log *slog.Logger) enforce.Options {
 	o.Policy, _ = enforce.ParsePolicy(c.Enforcement.Policy) // Validate checked it.
 	o.Period = c.Enforcement.Period.Duration
 	o.State = enforce.StateFile{Path: c.Enforcement.StateFile}
+	o.Compute = c.Enforcement.Compute
+	o.Memory, _ = enforce.ParseMemoryPolicy(c.Enforcement.MemoryPolicy) // Validate checked it.
+	o.ProcRoot = c.ProcRoot
 	o.Logger = log
 	return o
 }

@@ -124,9 +124,7 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer func() { _ = podres.Close() }()
 	sopts := cfg.samplerOptions(log)
-	if cfg.Enforcement.Compute {
-		sopts.OnSample = enforcer.Apply
-	}
+	sopts.OnSample = enforcer.Apply
 	smp, err := sampler.New(devs, layout, backend, podres, plugin, sopts)
 	if err != nil {
 		return err

@@ -13,6 +13,12 @@ import (
 type Options struct {
 	// CgroupRoot is where the cgroup filesystems are mounted.
 	CgroupRoot string
+	// ProcRoot is where the host's /proc is mounted.
+	ProcRoot string
+	// Compute turns the compute throttle on.
+	Compute bool
+	// Memory is the memory watchdog's policy.
+	Memory MemoryPolicy
 	// Policy is the compute policy for every container.
 	Policy Policy
 	// Period is the throttle period.
@@ -27,6 +33,9 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		CgroupRoot: "/sys/fs/cgroup",
+		ProcRoot:   "/proc",
+		Compute:    true,
+		Memory:     MemoryKill,
 		Policy:     Burst,
 		Period:     100 * time.Millisecond,
 		State:      StateFile{Path: "/var/lib/gpuslice/enforcement.json"},
@@ -41,6 +50,10 @@ type Stats struct {
 	Duty float64
 	// InForce is true while the agent can act on the container's cgroup.
 	InForce bool
+	// MemoryEvents counts the times it went over its GPU memory limit.
+	MemoryEvents uint64
+	// Kills counts its GPU processes killed for that.
+	Kills uint64
 }
 
 // Enforcer applies the controller's duties to containers' cgroups after
@@ -58,6 +71,7 @@ type Enforcer struct {
 	// ID, so a container's total never goes backwards.
 	finished map[string]time.Duration
 	failures uint64
+	watchdog *Watchdog
 }
 
 // New thaws whatever a previous agent left frozen, then returns an
@@ -81,6 +95,7 @@ func New(opts Options) (*Enforcer, error) {
 		opts: opts, log: opts.Logger,
 		ctrl: map[string]*Controller{}, throttles: map[string]*Throttle{},
 		freezers: map[string]Freezer{}, stats: map[string]Stats{}, finished: map[string]time.Duration{},
+		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger),
 	}, nil
 }
 
@@ -90,6 +105,11 @@ func New(opts Options) (*Enforcer, error) {
 func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.watchdog.Apply(snap)
+	if !e.opts.Compute {
+		e.stats = e.memoryOnlyStats(snap)
+		return
+	}
 	util := map[string]float64{}
 	for _, d := range snap.Devices {
 		if d.SampleOK {
@@ -165,7 +185,8 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 	}
 	stats := map[string]Stats{}
 	for id := range seen {
-		s := Stats{Duty: 1, InForce: e.freezers[id].File != "", Throttled: e.finished[id]}
+		mem := e.watchdog.Stats()[id]
+		s := Stats{Duty: 1, InForce: e.freezers[id].File != "", Throttled: e.finished[id], MemoryEvents: mem.Events, Kills: mem.Kills}
 		if t := e.throttles[id]; t != nil {
 			s.Duty = t.Duty()
 			s.Throttled += t.Throttled()
@@ -223,4 +244,17 @@ func (e *Enforcer) Close() {
 	for id := range e.throttles {
 		e.stop(id)
 	}
+}
+
+// memoryOnlyStats reports the watchdog's work when the throttle is off.
+func (e *Enforcer) memoryOnlyStats(snap *sampler.Snapshot) map[string]Stats {
+	mem := e.watchdog.Stats()
+	out := map[string]Stats{}
+	for _, c := range snap.Containers {
+		if id := c.Cgroup.ContainerID; id != "" {
+			m := mem[id]
+			out[id] = Stats{Duty: 1, MemoryEvents: m.Events, Kills: m.Kills}
+		}
+	}
+	return out
 }

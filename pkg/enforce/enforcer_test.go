@@ -27,6 +27,24 @@ type Setup struct {
 	Sampler  *sampler.Sampler
 	Enforcer *enforce.Enforcer
 	Pods     []string
+
+	work, bin, base, gpu string
+}
+
+// AddProcess starts one more workload holding mib of GPU memory in pod i's
+// container and returns it.
+func (s *Setup) AddProcess(t testing.TB, i, mib int) *exec.Cmd {
+	t.Helper()
+	cg := filepath.Join(s.base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(fmt.Sprintf("ml/p%d", i)), fmt.Sprintf("%064x", i+1))
+	cmd := exec.Command(s.bin, "--dir", s.work, "--gpu", s.gpu, "--demand", "0.05", "--memory-mib", strconv.Itoa(mib))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGKILL); _ = cmd.Wait() })
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cmd
 }
 
 // pod-shaped cgroups live under the test's own cgroup in the v2 hierarchy.
@@ -71,6 +89,11 @@ func StartSetup(t testing.TB, slices []int, demands []float64, policy enforce.Po
 }
 
 func startSetup(t testing.TB, slices []int, demands []float64, policy enforce.Policy, enforcing bool) *Setup {
+	return startSetupWith(t, slices, demands, enforcing, func(o *enforce.Options) { o.Policy = policy })
+}
+
+// startSetupWith is StartSetup with enforcement options of the test's own.
+func startSetupWith(t testing.TB, slices []int, demands []float64, enforcing bool, configure func(*enforce.Options)) *Setup {
 	t.Helper()
 	work := t.TempDir()
 	node := kubeletstub.StartNode(t, fakegpu.Config{Preset: "H100-80GB", Count: 1, WorkloadDir: work}, 10)
@@ -80,7 +103,7 @@ func startSetup(t testing.TB, slices []int, demands []float64, policy enforce.Po
 	}
 	base := fmt.Sprintf("/sys/fs/cgroup/unified/gpuslice-enforcer-test-%d-%d", os.Getpid(), time.Now().UnixNano())
 	t.Cleanup(func() { removeTree(t, base) })
-	s := &Setup{}
+	s := &Setup{work: work, bin: bin, base: base, gpu: node.Devices[0].UUID}
 	ctx := context.Background()
 	gpu := node.Devices[0].UUID
 	for i, n := range slices {
@@ -107,7 +130,7 @@ func startSetup(t testing.TB, slices []int, demands []float64, policy enforce.Po
 	}
 	t.Cleanup(func() { _ = client.Close() })
 	eo := enforce.DefaultOptions()
-	eo.Policy = policy
+	configure(&eo)
 	eo.State = enforce.StateFile{Path: filepath.Join(t.TempDir(), "enforcement.json")}
 	if s.Enforcer, err = enforce.New(eo); err != nil {
 		t.Fatal(err)

@@ -193,8 +193,6 @@ func (c *containerCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // enforcementCollector exports what enforcement did to each container.
-// The memory tiers are not built yet, so kills and memory-limit events are
-// zero; those series exist so dashboards and alerts can use them now.
 type enforcementCollector struct {
 	src                                          Source
 	enf                                          Enforcement
@@ -238,8 +236,8 @@ func (c *enforcementCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.throttled, prometheus.CounterValue, st.Throttled.Seconds(), l...)
 		ch <- prometheus.MustNewConstMetric(c.duty, prometheus.GaugeValue, st.Duty, l...)
 		ch <- prometheus.MustNewConstMetric(c.inForce, prometheus.GaugeValue, inForce, l...)
-		ch <- prometheus.MustNewConstMetric(c.kills, prometheus.CounterValue, 0, l...)
-		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.CounterValue, 0, l...)
+		ch <- prometheus.MustNewConstMetric(c.kills, prometheus.CounterValue, float64(st.Kills), l...)
+		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.CounterValue, float64(st.MemoryEvents), l...)
 	}
 }
 

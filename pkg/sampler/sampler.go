@@ -130,6 +130,8 @@ type Container struct {
 	LastActive time.Time
 	// Processes is how many of its processes use the GPU.
 	Processes int
+	// Procs are those processes, with their memory and SM utilization.
+	Procs []nvml.Process
 	// Cgroup is the container's cgroup, from its processes; zero when none
 	// of them was seen.
 	Cgroup attribution.Container
@@ -328,6 +330,7 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 		e.MemoryUsedBytes += p.MemoryBytes
 		e.SMUtilization += p.SMUtilization
 		e.Processes++
+		e.Procs = append(e.Procs, p)
 		if a.Container.ContainerID != "" {
 			e.Cgroup = a.Container
 		}

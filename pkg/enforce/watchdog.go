@@ -1,0 +1,182 @@
+package enforce
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/sampler"
+)
+
+// MemoryPolicy is what the watchdog does to a container over its GPU
+// memory limit.
+type MemoryPolicy string
+
+const (
+	// MemoryKill kills the container's GPU processes, newest first, until
+	// it is within its limit. Default.
+	MemoryKill MemoryPolicy = "kill"
+	// MemoryLog only logs and counts.
+	MemoryLog MemoryPolicy = "log"
+	// MemoryOff turns the watchdog off.
+	MemoryOff MemoryPolicy = "off"
+)
+
+// ParseMemoryPolicy accepts kill, log and off; empty is kill.
+func ParseMemoryPolicy(s string) (MemoryPolicy, error) {
+	switch MemoryPolicy(s) {
+	case "", MemoryKill:
+		return MemoryKill, nil
+	case MemoryLog, MemoryOff:
+		return MemoryPolicy(s), nil
+	}
+	return "", fmt.Errorf("unknown memory policy %q (want kill, log or off)", s)
+}
+
+// victims picks which processes to kill so that the rest fit in limit:
+// the newest first, since the last one started is the one that pushed the
+// container over, and killing it spares long-running work. start gives a
+// process's start time (larger is newer).
+func victims(procs []nvml.Process, limit uint64, start func(pid int) uint64) []nvml.Process {
+	var used uint64
+	for _, p := range procs {
+		used += p.MemoryBytes
+	}
+	if used <= limit {
+		return nil
+	}
+	sorted := append([]nvml.Process(nil), procs...)
+	sort.SliceStable(sorted, func(i, j int) bool {
+		si, sj := start(sorted[i].PID), start(sorted[j].PID)
+		if si != sj {
+			return si > sj
+		}
+		return sorted[i].PID > sorted[j].PID
+	})
+	var out []nvml.Process
+	for _, p := range sorted {
+		if used <= limit {
+			break
+		}
+		out = append(out, p)
+		used -= min(used, p.MemoryBytes)
+	}
+	return out
+}
+
+// startTime reads a process's start time (field 22 of /proc/<pid>/stat,
+// in clock ticks since boot); 0 when unreadable.
+func startTime(procRoot string, pid int) uint64 {
+	data, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "stat")) //nolint:gosec // procRoot is the operator's flag
+	if err != nil {
+		return 0
+	}
+	// The command name in field 2 may hold spaces and parentheses: fields
+	// are counted after its closing parenthesis.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	fields := strings.Fields(s[i+1:])
+	if len(fields) < 20 {
+		return 0
+	}
+	v, _ := strconv.ParseUint(fields[19], 10, 64)
+	return v
+}
+
+// MemoryStats is what the watchdog did to one container.
+type MemoryStats struct {
+	// Events counts the times the container went over its limit.
+	Events uint64
+	// Kills counts the processes killed.
+	Kills uint64
+	over  bool
+}
+
+// Watchdog holds containers to their GPU memory limits where the driver
+// cannot: it sums each container's processes' memory every sample.
+type Watchdog struct {
+	policy   MemoryPolicy
+	procRoot string
+	log      *slog.Logger
+	stats    map[string]*MemoryStats // by container ID
+	kill     func(pid int) error
+}
+
+// NewWatchdog returns a watchdog acting by policy.
+func NewWatchdog(policy MemoryPolicy, procRoot string, log *slog.Logger) *Watchdog {
+	return &Watchdog{policy: policy, procRoot: procRoot, log: log, stats: map[string]*MemoryStats{},
+		kill: func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }}
+}
+
+// Apply checks every container in the snapshot against its limit.
+func (w *Watchdog) Apply(snap *sampler.Snapshot) {
+	if w.policy == MemoryOff {
+		return
+	}
+	seen := map[string]bool{}
+	for _, c := range snap.Containers {
+		id := c.Cgroup.ContainerID
+		if id == "" {
+			continue
+		}
+		seen[id] = true
+		st := w.stats[id]
+		if st == nil {
+			st = &MemoryStats{}
+			w.stats[id] = st
+		}
+		over := c.MemoryUsedBytes > c.MemoryLimitBytes
+		if !over {
+			st.over = false
+			continue
+		}
+		if !st.over {
+			st.over = true
+			st.Events++
+			w.log.Warn("container over its gpu memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
+				"uuid", c.GPU, "used_bytes", c.MemoryUsedBytes, "limit_bytes", c.MemoryLimitBytes, "policy", string(w.policy))
+		}
+		if w.policy != MemoryKill {
+			continue
+		}
+		for _, p := range victims(c.Procs, c.MemoryLimitBytes, func(pid int) uint64 { return startTime(w.procRoot, pid) }) {
+			// PIDs are reused: kill only a process still in this container.
+			now, err := attribution.ForPID(w.procRoot, p.PID)
+			if err != nil || now.ContainerID != id {
+				continue
+			}
+			if err := w.kill(p.PID); err != nil && !errors.Is(err, syscall.ESRCH) {
+				w.log.Error("kill gpu process over memory limit", "pid", p.PID, "pod", c.Pod, "err", err)
+				continue
+			}
+			st.Kills++
+			w.log.Warn("killed gpu process over memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
+				"uuid", c.GPU, "pid", p.PID, "process_bytes", p.MemoryBytes, "limit_bytes", c.MemoryLimitBytes)
+		}
+	}
+	for id := range w.stats {
+		if !seen[id] {
+			delete(w.stats, id)
+		}
+	}
+}
+
+// Stats returns what the watchdog did, by container ID.
+func (w *Watchdog) Stats() map[string]MemoryStats {
+	out := make(map[string]MemoryStats, len(w.stats))
+	for k, v := range w.stats {
+		out[k] = *v
+	}
+	return out
+}
