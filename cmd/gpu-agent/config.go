@@ -455,7 +455,9 @@ func (c Config) enforceOptions(log *slog.Logger) enforce.Options {
 	o.Policy, _ = enforce.ParsePolicy(c.Enforcement.Policy) // Validate checked it.
 	o.Period = c.Enforcement.Period.Duration
 	o.State = enforce.StateFile{Path: c.Enforcement.StateFile}
-	o.Compute = c.Enforcement.Compute
+	// With MPS, the limits set at Allocate hold compute; the controller
+	// would only fight them.
+	o.Compute = c.Enforcement.Compute && !c.MPS.Enabled
 	o.Memory, _ = enforce.ParseMemoryPolicy(c.Enforcement.MemoryPolicy) // Validate checked it.
 	o.ProcRoot = c.ProcRoot
 	o.Logger = log

@@ -230,3 +230,27 @@ func FuzzConfigFile(f *testing.F) {
 		}
 	})
 }
+
+func TestMPSLeavesComputeToMPS(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig([]string{"--mps"}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.enforceOptions(nil).Compute {
+		t.Error("with MPS the throttle would fight the MPS limits set at Allocate")
+	}
+	cfg, _ = loadConfig(nil, env(nil))
+	if o := cfg.enforceOptions(nil); !o.Compute || o.Memory != "kill" {
+		t.Errorf("default enforcement = %+v, want the throttle on and memory policy kill", o)
+	}
+	if _, err := loadConfig([]string{"--memory-policy=oom"}, env(nil)); err == nil {
+		t.Error("--memory-policy=oom accepted")
+	}
+	if _, err := loadConfig([]string{"--compute-policy=fair"}, env(nil)); err == nil {
+		t.Error("--compute-policy=fair accepted")
+	}
+	if _, err := loadConfig([]string{"--throttle-period=1ms"}, env(nil)); err == nil {
+		t.Error("--throttle-period=1ms accepted")
+	}
+}

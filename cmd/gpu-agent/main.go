@@ -129,7 +129,7 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	registry := exporter.NewRegistry(smp, exporter.Info{Version: version, System: sys, Enforcement: enforcer})
+	registry := exporter.NewRegistry(smp, exporter.Info{Version: version, System: sys, Enforcement: enforcer, MPS: cfg.MPS.Enabled})
 	ready := func() bool { return plugin.Registered() && smp.Ready() }
 
 	// Listen before starting anything, so a taken port fails the start.

@@ -258,3 +258,16 @@ func (e *Enforcer) memoryOnlyStats(snap *sampler.Snapshot) map[string]Stats {
 	}
 	return out
 }
+
+// Tiers names the mechanisms holding each resource: "freezer" or "none"
+// for compute, "watchdog" or "none" for memory.
+func (e *Enforcer) Tiers() (compute, memory string) {
+	compute, memory = "none", "none"
+	if e.opts.Compute {
+		compute = "freezer"
+	}
+	if e.opts.Memory != MemoryOff {
+		memory = "watchdog"
+	}
+	return compute, memory
+}

@@ -19,10 +19,12 @@ type Source interface {
 	Snapshot() *sampler.Snapshot
 }
 
-// Enforcement reports what enforcement did, by container ID.
+// Enforcement reports what enforcement did, by container ID, and which
+// mechanisms it uses.
 type Enforcement interface {
 	Stats() map[string]enforce.Stats
 	Failures() uint64
+	Tiers() (compute, memory string)
 }
 
 // Info is static information about the agent and its node, and where
@@ -31,6 +33,8 @@ type Info struct {
 	Version     string
 	System      nvml.SystemInfo
 	Enforcement Enforcement
+	// MPS is true when MPS limits hold compute.
+	MPS bool
 }
 
 // NewRegistry returns a registry holding every gpuslice collector over src.
@@ -40,7 +44,7 @@ func NewRegistry(src Source, info Info) *prometheus.Registry {
 		newDeviceCollector(src, info.System),
 		newSliceCollector(src),
 		newContainerCollector(src),
-		newEnforcementCollector(src, info.Enforcement),
+		newEnforcementCollector(src, info.Enforcement, info.MPS),
 		newAgentCollector(src, info.Version),
 	)
 	return r
@@ -194,14 +198,16 @@ func (c *containerCollector) Collect(ch chan<- prometheus.Metric) {
 
 // enforcementCollector exports what enforcement did to each container.
 type enforcementCollector struct {
-	src                                          Source
-	enf                                          Enforcement
-	throttled, duty, inForce, kills, limit, fail *prometheus.Desc
+	src                                                Source
+	enf                                                Enforcement
+	throttled, duty, inForce, kills, limit, fail, tier *prometheus.Desc
+	mps                                                bool
 }
 
-func newEnforcementCollector(src Source, enf Enforcement) *enforcementCollector {
+func newEnforcementCollector(src Source, enf Enforcement, mps bool) *enforcementCollector {
 	return &enforcementCollector{
-		src: src, enf: enf,
+		src: src, enf: enf, mps: mps,
+		tier:      desc("enforcement", "tier", "The mechanism holding each resource on the GPU; always 1.", "gpu", "uuid", "resource", "tier"),
 		throttled: desc("enforcement", "throttled_seconds_total", "Time the container's cgroup was frozen to keep it inside its compute share.", containerLabels...),
 		duty:      desc("enforcement", "compute_duty_ratio", "Share of each throttle period the container may run; 1 when not throttled.", containerLabels...),
 		inForce:   desc("enforcement", "limits_in_force", "1 if the agent can act on the container's cgroup, 0 if its limits are not enforced.", containerLabels...),
@@ -212,18 +218,28 @@ func newEnforcementCollector(src Source, enf Enforcement) *enforcementCollector 
 }
 
 func (c *enforcementCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.throttled, c.duty, c.inForce, c.kills, c.limit, c.fail} {
+	for _, d := range []*prometheus.Desc{c.throttled, c.duty, c.inForce, c.kills, c.limit, c.fail, c.tier} {
 		ch <- d
 	}
 }
 
 func (c *enforcementCollector) Collect(ch chan<- prometheus.Metric) {
 	var stats map[string]enforce.Stats
+	snap := c.src.Snapshot()
 	if c.enf != nil {
 		stats = c.enf.Stats()
 		ch <- prometheus.MustNewConstMetric(c.fail, prometheus.CounterValue, float64(c.enf.Failures()))
+		compute, memory := c.enf.Tiers()
+		if c.mps {
+			compute = "mps"
+		}
+		for _, d := range snap.Devices {
+			l := gpuValues(d)
+			ch <- prometheus.MustNewConstMetric(c.tier, prometheus.GaugeValue, 1, l[0], l[1], "compute", compute)
+			ch <- prometheus.MustNewConstMetric(c.tier, prometheus.GaugeValue, 1, l[0], l[1], "memory", memory)
+		}
 	}
-	for _, ctr := range c.src.Snapshot().Containers {
+	for _, ctr := range snap.Containers {
 		l := containerValues(ctr)
 		st, known := stats[ctr.Cgroup.ContainerID]
 		if !known {

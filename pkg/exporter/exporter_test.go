@@ -28,6 +28,8 @@ func (enforcement) Stats() map[string]enforce.Stats {
 
 func (enforcement) Failures() uint64 { return 1 }
 
+func (enforcement) Tiers() (string, string) { return "freezer", "watchdog" }
+
 const cidA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 
 func snapshot() *sampler.Snapshot {
@@ -157,6 +159,12 @@ gpuslice_enforcement_limits_in_force{container="main",gpu="0",namespace="ml",pod
 # TYPE gpuslice_enforcement_throttled_seconds_total counter
 gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 2.5
 gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
+# HELP gpuslice_enforcement_tier The mechanism holding each resource on the GPU; always 1.
+# TYPE gpuslice_enforcement_tier gauge
+gpuslice_enforcement_tier{gpu="0",resource="compute",tier="freezer",uuid="GPU-aaa"} 1
+gpuslice_enforcement_tier{gpu="0",resource="memory",tier="watchdog",uuid="GPU-aaa"} 1
+gpuslice_enforcement_tier{gpu="1",resource="compute",tier="freezer",uuid="GPU-bbb"} 1
+gpuslice_enforcement_tier{gpu="1",resource="memory",tier="watchdog",uuid="GPU-bbb"} 1
 # HELP gpuslice_enforcement_kills_total GPU processes of the container killed for exceeding its memory limit.
 # TYPE gpuslice_enforcement_kills_total counter
 gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
