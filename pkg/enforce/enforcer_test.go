@@ -31,20 +31,38 @@ type Setup struct {
 	work, bin, base, gpu string
 }
 
+// Proc is a started workload process with exactly one waiter.
+type Proc struct {
+	Cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Exited reports whether the process ended within d.
+func (p *Proc) Exited(d time.Duration) bool {
+	select {
+	case <-p.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 // AddProcess starts one more workload holding mib of GPU memory in pod i's
 // container and returns it.
-func (s *Setup) AddProcess(t testing.TB, i, mib int) *exec.Cmd {
+func (s *Setup) AddProcess(t testing.TB, i, mib int) *Proc {
 	t.Helper()
 	cg := filepath.Join(s.base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(fmt.Sprintf("ml/p%d", i)), fmt.Sprintf("%064x", i+1))
 	cmd := exec.Command(s.bin, "--dir", s.work, "--gpu", s.gpu, "--demand", "0.05", "--memory-mib", strconv.Itoa(mib))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGKILL); _ = cmd.Wait() })
+	p := &Proc{Cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGKILL); <-p.done })
 	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return cmd
+	return p
 }
 
 // pod-shaped cgroups live under the test's own cgroup in the v2 hierarchy.

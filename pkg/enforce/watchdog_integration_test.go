@@ -1,25 +1,12 @@
 package enforce_test
 
 import (
-	"os/exec"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 )
-
-// exited reports whether cmd has ended, reaping it if so.
-func exited(cmd *exec.Cmd, within time.Duration) bool {
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-time.After(within):
-		return false
-	}
-}
 
 func TestWatchdogKillsNewestOverLimit(t *testing.T) {
 	t.Parallel()
@@ -28,13 +15,13 @@ func TestWatchdogKillsNewestOverLimit(t *testing.T) {
 	older := s.AddProcess(t, 0, 10240)
 	time.Sleep(time.Second) // seen and settled within the limit
 	newer := s.AddProcess(t, 0, 8192)
-	if !exited(newer, 10*time.Second) {
+	if !newer.Exited(10 * time.Second) {
 		t.Fatal("the process that pushed the container over its memory limit was not killed")
 	}
-	if ws, ok := newer.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
-		t.Errorf("newer process ended with %v, want SIGKILL", newer.ProcessState)
+	if ws, ok := newer.Cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+		t.Errorf("newer process ended with %v, want SIGKILL", newer.Cmd.ProcessState)
 	}
-	if exited(older, time.Second) {
+	if older.Exited(time.Second) {
 		t.Error("the older process, within the limit on its own, was killed too")
 	}
 	var events, kills uint64
@@ -66,7 +53,7 @@ func TestWatchdogLogPolicyOnlyCounts(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if exited(over, time.Second) {
+	if over.Exited(time.Second) {
 		t.Error("a process was killed under the log policy")
 	}
 }
@@ -84,7 +71,7 @@ func BenchmarkMemoryOverrunToKill(b *testing.B) {
 	for b.Loop() {
 		start := time.Now()
 		p := s.AddProcess(b, 0, 8192)
-		if !exited(p, 10*time.Second) {
+		if !p.Exited(10 * time.Second) {
 			b.Fatal("overrun not killed within 10s")
 		}
 		d := time.Since(start)
