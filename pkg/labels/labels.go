@@ -1,0 +1,180 @@
+package labels
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+)
+
+// Prefixes of the labels the agent owns.
+const (
+	// GFDPrefix labels are the ones NVIDIA's GPU Feature Discovery writes.
+	GFDPrefix = "nvidia.com/"
+	// OwnPrefix labels are gpuslice's own.
+	OwnPrefix = "gpuslice.io/"
+)
+
+// Options choose what to label.
+type Options struct {
+	// GFD writes the GFD-compatible set. Turn it off where GFD runs.
+	GFD bool
+	// Enforcement is the enforcement mode to advertise, e.g. "freezer".
+	Enforcement string
+}
+
+// For returns the labels for a node with the given GPUs, driver and
+// slicing. GPUs are described by the most common model (ties go to the
+// lowest index), as GFD describes a node by one product; a node with
+// several models also gets gpuslice.io/gpu.mixed=true and a
+// gpuslice.io/gpu.count.<model> label per model.
+func For(devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, opts Options) map[string]string {
+	out := map[string]string{}
+	if len(devs) == 0 {
+		return out
+	}
+	sorted := append([]nvml.Device(nil), devs...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Index < sorted[j].Index })
+	count := map[string]int{}
+	for _, d := range sorted {
+		count[d.Model]++
+	}
+	main := sorted[0]
+	for _, d := range sorted {
+		if count[d.Model] > count[main.Model] {
+			main = d
+		}
+	}
+	if opts.GFD {
+		out["nvidia.com/gpu.product"] = Value(strings.ReplaceAll(main.Model, " ", "-"))
+		out["nvidia.com/gpu.memory"] = strconv.FormatUint(main.MemoryBytes>>20, 10)
+		out["nvidia.com/gpu.count"] = strconv.Itoa(len(sorted))
+		out["nvidia.com/gpu.family"] = Family(main.ComputeMajor, main.ComputeMinor)
+		out["nvidia.com/gpu.compute.major"] = strconv.Itoa(main.ComputeMajor)
+		out["nvidia.com/gpu.compute.minor"] = strconv.Itoa(main.ComputeMinor)
+		if parts := strings.Split(sys.DriverVersion, "."); sys.DriverVersion != "" {
+			out["nvidia.com/cuda.driver-version.full"] = Value(sys.DriverVersion)
+			keys := []string{"major", "minor", "revision"}
+			for i, p := range parts {
+				if i < len(keys) {
+					out["nvidia.com/cuda.driver-version."+keys[i]] = Value(p)
+				}
+			}
+		}
+		if sys.CUDADriverVersion > 0 {
+			out["nvidia.com/cuda.runtime-version.major"] = strconv.Itoa(sys.CUDADriverVersion / 1000)
+			out["nvidia.com/cuda.runtime-version.minor"] = strconv.Itoa(sys.CUDADriverVersion % 1000 / 10)
+			out["nvidia.com/cuda.runtime-version.full"] = sys.CUDAVersion()
+		}
+	}
+	if g, ok := layout.GPU(main.UUID); ok {
+		out[OwnPrefix+"slices-per-gpu"] = strconv.Itoa(g.Slices)
+		out[OwnPrefix+"slice-memory"] = strconv.FormatUint(g.SliceMemoryBytes>>20, 10) + "Mi"
+	}
+	out[OwnPrefix+"slices"] = strconv.Itoa(layout.TotalSlices())
+	if opts.Enforcement != "" {
+		out[OwnPrefix+"enforcement"] = Value(opts.Enforcement)
+	}
+	if len(count) > 1 {
+		out[OwnPrefix+"gpu.mixed"] = "true"
+		for model, n := range count {
+			key := OwnPrefix + "gpu.count." + Value(strings.ReplaceAll(model, " ", "-"))
+			if len(key)-len(OwnPrefix) <= 63 {
+				out[key] = strconv.Itoa(n)
+			}
+		}
+	}
+	return out
+}
+
+// Family names a GPU architecture from its compute capability, as GFD does.
+func Family(major, minor int) string {
+	switch {
+	case major == 10 || major == 12:
+		return "blackwell"
+	case major == 9:
+		return "hopper"
+	case major == 8 && minor == 9:
+		return "ada-lovelace"
+	case major == 8:
+		return "ampere"
+	case major == 7 && minor == 5:
+		return "turing"
+	case major == 7:
+		return "volta"
+	case major == 6:
+		return "pascal"
+	case major == 5:
+		return "maxwell"
+	case major == 3:
+		return "kepler"
+	}
+	return "undefined"
+}
+
+// Value makes s a valid Kubernetes label value: at most 63 characters of
+// [A-Za-z0-9._-], beginning and ending with an alphanumeric. Other
+// characters become '-'; an empty result stays empty.
+func Value(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			b[i] = '-'
+		}
+	}
+	v := string(b)
+	if len(v) > 63 {
+		v = v[:63]
+	}
+	return strings.TrimFunc(v, func(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') })
+}
+
+// Patch returns the changes that bring current to desired, as a map for a
+// JSON merge patch of metadata.labels: a new or changed label maps to its
+// value, a stale one to nil. A label is stale when the agent owns it (it
+// has an owned prefix and the GFD set is on, or it is a gpuslice.io label)
+// and desired lacks it; labels the agent does not own are never removed.
+// An empty result means nothing to do.
+func Patch(current, desired map[string]string, gfd bool) map[string]any {
+	out := map[string]any{}
+	for k, v := range desired {
+		if cur, ok := current[k]; !ok || cur != v {
+			out[k] = v
+		}
+	}
+	for k := range current {
+		if _, keep := desired[k]; keep {
+			continue
+		}
+		if strings.HasPrefix(k, OwnPrefix) || (gfd && owned(k)) {
+			out[k] = nil
+		}
+	}
+	return out
+}
+
+// owned reports whether k is one of the GFD-compatible labels the agent
+// writes (GFD itself writes more under nvidia.com/, such as MIG labels,
+// which the agent leaves alone).
+func owned(k string) bool {
+	return strings.HasPrefix(k, "nvidia.com/gpu.product") || strings.HasPrefix(k, "nvidia.com/gpu.memory") ||
+		strings.HasPrefix(k, "nvidia.com/gpu.count") || strings.HasPrefix(k, "nvidia.com/gpu.family") ||
+		strings.HasPrefix(k, "nvidia.com/gpu.compute.") || strings.HasPrefix(k, "nvidia.com/cuda.")
+}
+
+// String renders labels sorted, for logs.
+func String(l map[string]string) string {
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%s", k, l[k])
+	}
+	return strings.Join(parts, ",")
+}
