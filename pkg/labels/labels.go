@@ -121,7 +121,7 @@ func Family(major, minor int) string {
 func Value(s string) string {
 	b := []byte(s)
 	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+		if !alnum(rune(c)) && c != '.' && c != '_' && c != '-' {
 			b[i] = '-'
 		}
 	}
@@ -129,7 +129,11 @@ func Value(s string) string {
 	if len(v) > 63 {
 		v = v[:63]
 	}
-	return strings.TrimFunc(v, func(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') })
+	return strings.TrimFunc(v, func(r rune) bool { return !alnum(r) })
+}
+
+func alnum(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
 }
 
 // Patch returns the changes that bring current to desired, as a map for a
