@@ -45,11 +45,12 @@ type Config struct {
 	SampleInterval     Duration          `json:"sampleInterval,omitempty"`
 	PodResourcesSocket string            `json:"podResourcesSocket,omitempty"`
 	ProcRoot           string            `json:"procRoot,omitempty"`
-	// Kubeconfig is part of the agent's flag contract so manifests can be
-	// written once; it is validated now and read by node labels and Events
-	// when they land.
+	// Kubeconfig (or the in-cluster config when empty) gives the agent its
+	// Kubernetes client, for node labels.
 	CgroupRoot   string `json:"cgroupRoot,omitempty"`
 	Kubeconfig   string `json:"kubeconfig,omitempty"`
+	NodeLabels   bool   `json:"nodeLabels"`
+	GFDLabels    bool   `json:"gfdLabels"`
 	ResourceName string `json:"resourceName,omitempty"`
 	Placement    string `json:"placement,omitempty"`
 
@@ -161,6 +162,8 @@ func defaultConfig(getenv func(string) string) Config {
 		PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock",
 		CgroupRoot:         "/sys/fs/cgroup",
 		ProcRoot:           "/proc",
+		NodeLabels:         true,
+		GFDLabels:          true,
 		ResourceName:       dp.ResourceName,
 		Placement:          string(dp.Placement),
 		Log:                LogConfig{Level: "info", Format: "text"},
@@ -198,7 +201,9 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "kubelet pod-resources `socket`, for which container holds which slices")
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "the host's cgroup filesystem `root`, where containers are frozen for the compute throttle")
 	fs.StringVar(&c.ProcRoot, "proc-root", c.ProcRoot, "the host's proc filesystem `root`, for attributing GPU processes to containers")
-	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig `file`; in-cluster config when empty (reserved: read by node labels and events, not yet used)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig `file`; in-cluster config when empty")
+	fs.BoolVar(&c.NodeLabels, "node-labels", c.NodeLabels, "label this node (--node-name) with its GPUs and slicing")
+	fs.BoolVar(&c.GFDLabels, "gfd-labels", c.GFDLabels, "include the GPU Feature Discovery compatible nvidia.com/* labels; turn off where GFD runs")
 	fs.StringVar(&c.ResourceName, "resource-name", c.ResourceName, "extended resource `name` offered to the kubelet")
 	fs.StringVar(&c.Placement, "placement", c.Placement, "slice placement: binpack or spread")
 	fs.IntVar(&c.Slicing.SlicesPerGPU, "slices-per-gpu", c.Slicing.SlicesPerGPU, fmt.Sprintf("cut every GPU into `n` slices (default %d unless --slice-memory)", defaultSlicesPerGPU))

@@ -20,9 +20,11 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
+	"github.com/gpuslice/gpuslice/pkg/labels"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
@@ -144,6 +146,9 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error {
 		return exporter.Serve(ctx, lis, exporter.Handler(registry, ready, log), cfg.WebConfigFile, log)
 	})
+	if cfg.NodeLabels {
+		startLabels(ctx, g, cfg, devs, sys, layout, enforcer, log)
+	}
 	if fake != nil && cfg.FakeConfig != "" {
 		g.Go(func() error { return fakegpu.WatchFile(ctx, cfg.FakeConfig, fake, log) })
 	}
@@ -192,4 +197,25 @@ func watchHealth(ctx context.Context, backend nvml.Backend, plugin *deviceplugin
 		case <-time.After(healthRetry):
 		}
 	}
+}
+
+// startLabels starts keeping the node's labels, when the agent knows its
+// node and has a Kubernetes client; otherwise it says why not.
+func startLabels(ctx context.Context, g *errgroup.Group, cfg Config, devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, enforcer *enforce.Enforcer, log *slog.Logger) {
+	if cfg.NodeName == "" {
+		log.Warn("node labels off: no --node-name or $NODE_NAME")
+		return
+	}
+	client, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		log.Warn("node labels off", "err", err)
+		return
+	}
+	compute, _ := enforcer.Tiers()
+	if cfg.MPS.Enabled {
+		compute = "mps"
+	}
+	desired := labels.For(devs, sys, layout, labels.Options{GFD: cfg.GFDLabels, Enforcement: compute})
+	w := labels.NewWriter(client, cfg.NodeName, cfg.GFDLabels, log)
+	g.Go(func() error { syncLabels(ctx, w, desired, log); return nil })
 }

@@ -1,0 +1,92 @@
+package labels
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+)
+
+// FieldManager names the agent in the node's managed fields.
+const FieldManager = "gpuslice-agent"
+
+// Writer keeps one node's labels at a desired set, touching no other node
+// and no label the agent does not own.
+type Writer struct {
+	client   kubernetes.Interface
+	node     string
+	gfd      bool
+	log      *slog.Logger
+	attempts int
+	backoff  time.Duration
+}
+
+// NewWriter returns a writer for node. gfd says whether the agent owns the
+// GFD-compatible labels (Options.GFD).
+func NewWriter(client kubernetes.Interface, node string, gfd bool, log *slog.Logger) *Writer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Writer{client: client, node: node, gfd: gfd, log: log, attempts: 5, backoff: 200 * time.Millisecond}
+}
+
+// Sync reads the node's labels and patches the difference: new and changed
+// labels set, stale owned labels removed. It retries failures that may
+// pass (conflicts, timeouts, server errors) with backoff, and returns how
+// many labels changed.
+func (w *Writer) Sync(ctx context.Context, desired map[string]string) (int, error) {
+	var last error
+	delay := w.backoff
+	for attempt := range w.attempts {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(delay):
+			}
+			delay *= 2
+		}
+		n, err := w.sync(ctx, desired)
+		if err == nil {
+			return n, nil
+		}
+		last = err
+		if !retriable(err) {
+			break
+		}
+		w.log.Warn("node label sync failed; retrying", "node", w.node, "attempt", attempt+1, "err", err)
+	}
+	return 0, fmt.Errorf("label node %s: %w", w.node, last)
+}
+
+func (w *Writer) sync(ctx context.Context, desired map[string]string) (int, error) {
+	node, err := w.client.CoreV1().Nodes().Get(ctx, w.node, metav1.GetOptions{})
+	if err != nil {
+		return 0, err
+	}
+	patch := Patch(node.Labels, desired, w.gfd)
+	if len(patch) == 0 {
+		return 0, nil
+	}
+	body, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": patch}})
+	if err != nil {
+		return 0, err
+	}
+	if _, err := w.client.CoreV1().Nodes().Patch(ctx, w.node, types.MergePatchType, body, metav1.PatchOptions{FieldManager: FieldManager}); err != nil {
+		return 0, err
+	}
+	w.log.Info("node labels updated", "node", w.node, "changed", len(patch))
+	return len(patch), nil
+}
+
+func retriable(err error) bool {
+	return apierrors.IsConflict(err) || apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) ||
+		apierrors.IsTooManyRequests(err) || apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err) ||
+		apierrors.IsUnexpectedServerError(err)
+}

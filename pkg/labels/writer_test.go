@@ -1,0 +1,100 @@
+package labels
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/gpuslice/gpuslice/test/apiserver"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+)
+
+func client(t *testing.T, srv *apiserver.Server) kubernetes.Interface {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func labelsOf(t *testing.T, c kubernetes.Interface, node string) map[string]string {
+	t.Helper()
+	n, err := c.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n.Labels
+}
+
+func TestWriterAgainstAPIServer(t *testing.T) {
+	srv := apiserver.Start(t)
+	c := client(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for name, l := range map[string]map[string]string{
+		"gpu-node":   {"kubernetes.io/hostname": "gpu-node", "nvidia.com/mig.strategy": "single", "gpuslice.io/stale": "yes"},
+		"other-node": {"kubernetes.io/hostname": "other-node", "gpuslice.io/slices": "99", "nvidia.com/gpu.count": "8"},
+	} {
+		if _, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := labelsOf(t, c, "other-node")
+
+	devs, sys, l := node(t, fakegpu.DefaultConfig(), 8)
+	desired := For(devs, sys, l, Options{GFD: true, Enforcement: "freezer"})
+	w := NewWriter(c, "gpu-node", true, nil)
+	if _, err := w.Sync(ctx, desired); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"kubernetes.io/hostname": "gpu-node", "nvidia.com/mig.strategy": "single"}
+	for k, v := range desired {
+		want[k] = v
+	}
+	if diff := cmp.Diff(want, labelsOf(t, c, "gpu-node")); diff != "" {
+		t.Errorf("labels after the first sync (-want +got)\n%s", diff)
+	}
+	if n, err := w.Sync(ctx, desired); err != nil || n != 0 {
+		t.Errorf("second sync changed %d labels, %v; want none", n, err)
+	}
+
+	// The GPUs change (one is gone): the labels follow.
+	devs3, sys3, l3 := node(t, fakegpu.PresetConfig("A100-40GB", 3), 8)
+	desired3 := For(devs3, sys3, l3, Options{GFD: true, Enforcement: "freezer"})
+	if _, err := w.Sync(ctx, desired3); err != nil {
+		t.Fatal(err)
+	}
+	got := labelsOf(t, c, "gpu-node")
+	if got["nvidia.com/gpu.count"] != "3" || got["gpuslice.io/slices"] != "24" || got["nvidia.com/mig.strategy"] != "single" {
+		t.Errorf("labels after the GPUs changed: %v", got)
+	}
+	if diff := cmp.Diff(other, labelsOf(t, c, "other-node")); diff != "" {
+		t.Errorf("another node was touched (-before +after)\n%s", diff)
+	}
+
+	// With GFD off, GFD's labels stay whatever GFD wrote.
+	gfdOff := NewWriter(c, "gpu-node", false, nil)
+	if _, err := gfdOff.Sync(ctx, For(devs3, sys3, l3, Options{GFD: false})); err != nil {
+		t.Fatal(err)
+	}
+	if got := labelsOf(t, c, "gpu-node"); got["nvidia.com/gpu.count"] != "3" || got["gpuslice.io/enforcement"] != "" {
+		t.Errorf("GFD off: %v", got)
+	}
+
+	// A missing node is an error to report, not to retry.
+	if _, err := NewWriter(c, "no-such-node", true, nil).Sync(ctx, desired); !apierrors.IsNotFound(err) {
+		t.Errorf("Sync of a missing node = %v, want NotFound", err)
+	}
+}
