@@ -16,12 +16,14 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
 	"github.com/gpuslice/gpuslice/pkg/labels"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/podpolicy"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
@@ -73,9 +75,26 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 
 // runAgent builds the components and runs them until ctx ends or one fails.
 func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
+	// The Kubernetes client is built without I/O; labels and per-pod
+	// policies need it and the node's name, and are off without them.
+	client, clientErr := kubeClient(cfg.Kubeconfig)
+	switch {
+	case clientErr != nil:
+		log.Warn("no kubernetes client: node labels and per-pod compute policies off", "err", clientErr)
+	case cfg.NodeName == "":
+		log.Warn("no --node-name or $NODE_NAME: node labels and per-pod compute policies off")
+		client = nil
+	}
+	eopts := cfg.enforceOptions(log)
+	var policies *podpolicy.Watcher
+	if client != nil {
+		policies = podpolicy.New(client, cfg.NodeName, podPolicyRefresh, log)
+		eopts.PodPolicy = policies.Policy
+	}
+
 	// Thaw whatever a previous agent left frozen before anything else, so a
 	// crash loop never leaves containers stopped.
-	enforcer, err := enforce.New(cfg.enforceOptions(log))
+	enforcer, err := enforce.New(eopts)
 	if err != nil {
 		return err
 	}
@@ -146,8 +165,11 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error {
 		return exporter.Serve(ctx, lis, exporter.Handler(registry, ready, log), cfg.WebConfigFile, log)
 	})
-	if cfg.NodeLabels {
-		startLabels(ctx, g, cfg, devs, sys, layout, enforcer, log)
+	if client != nil && cfg.NodeLabels {
+		startLabels(ctx, g, client, cfg, devs, sys, layout, enforcer, log)
+	}
+	if policies != nil {
+		g.Go(func() error { policies.Run(ctx); return nil })
 	}
 	if fake != nil && cfg.FakeConfig != "" {
 		g.Go(func() error { return fakegpu.WatchFile(ctx, cfg.FakeConfig, fake, log) })
@@ -199,18 +221,8 @@ func watchHealth(ctx context.Context, backend nvml.Backend, plugin *deviceplugin
 	}
 }
 
-// startLabels starts keeping the node's labels, when the agent knows its
-// node and has a Kubernetes client; otherwise it says why not.
-func startLabels(ctx context.Context, g *errgroup.Group, cfg Config, devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, enforcer *enforce.Enforcer, log *slog.Logger) {
-	if cfg.NodeName == "" {
-		log.Warn("node labels off: no --node-name or $NODE_NAME")
-		return
-	}
-	client, err := kubeClient(cfg.Kubeconfig)
-	if err != nil {
-		log.Warn("node labels off", "err", err)
-		return
-	}
+// startLabels starts keeping the node's labels.
+func startLabels(ctx context.Context, g *errgroup.Group, client kubernetes.Interface, cfg Config, devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, enforcer *enforce.Enforcer, log *slog.Logger) {
 	compute, _ := enforcer.Tiers()
 	if cfg.MPS.Enabled {
 		compute = "mps"

@@ -18,6 +18,10 @@ import (
 // labelResync is how often the node's labels are checked and repaired.
 const labelResync = 5 * time.Minute
 
+// podPolicyRefresh is how often the node's pods' compute policy
+// annotations are read.
+const podPolicyRefresh = 30 * time.Second
+
 // errNoCluster reports an agent with no Kubernetes client configuration.
 var errNoCluster = errors.New("no --kubeconfig and not running in a cluster")
 

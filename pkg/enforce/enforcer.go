@@ -19,8 +19,11 @@ type Options struct {
 	Compute bool
 	// Memory is the memory watchdog's policy.
 	Memory MemoryPolicy
-	// Policy is the compute policy for every container.
+	// Policy is the compute policy for containers whose pod names none.
 	Policy Policy
+	// PodPolicy, if set, returns a pod's own compute policy (from its
+	// gpuslice.io/compute-policy annotation), or "" to use Policy.
+	PodPolicy func(namespace, pod string) Policy
 	// Period is the throttle period.
 	Period time.Duration
 	// State records throttled containers across restarts.
@@ -134,7 +137,13 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 			}
 			e.freezers[id] = f
 		}
-		byGPU[c.GPU] = append(byGPU[c.GPU], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: e.opts.Policy, Usage: c.SMUtilization})
+		policy := e.opts.Policy
+		if e.opts.PodPolicy != nil {
+			if p := e.opts.PodPolicy(c.Namespace, c.Pod); p != "" {
+				policy = p
+			}
+		}
+		byGPU[c.GPU] = append(byGPU[c.GPU], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: policy, Usage: c.SMUtilization})
 	}
 	duty := map[string]float64{}
 	for gpu, members := range byGPU {

@@ -239,3 +239,22 @@ func TestEnforcerBurstUsesIdleTime(t *testing.T) {
 		}
 	}
 }
+
+func TestPodPolicyOverridesDefault(t *testing.T) {
+	t.Parallel()
+	// Default burst, but the pod asks for strict: alone on the GPU it is
+	// still held to its 30%.
+	s := startSetupWith(t, []int{3}, []float64{1}, true, func(o *enforce.Options) {
+		o.Policy = enforce.Burst
+		o.PodPolicy = func(namespace, pod string) enforce.Policy {
+			if namespace == "ml" && pod == "p0" {
+				return enforce.Strict
+			}
+			return ""
+		}
+	})
+	shares := s.Shares(6*time.Second, 4*time.Second)
+	if math.Abs(shares["p0"]-0.3) > 0.05 {
+		t.Errorf("strict pod alone on the GPU got %.3f, want 0.30 ± 0.05", shares["p0"])
+	}
+}

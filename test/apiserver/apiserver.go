@@ -169,7 +169,10 @@ func Start(t testing.TB) *Server {
 		"--cert-dir="+filepath.Join(dir, "certs"), "--token-auth-file="+tokens,
 		"--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file="+saPub,
 		"--service-account-signing-key-file="+saKey, "--service-cluster-ip-range=10.0.0.0/24",
-		"--authorization-mode=RBAC", "--enable-priority-and-fairness=false", "--v=0")
+		"--authorization-mode=RBAC", "--enable-priority-and-fairness=false", "--v=0",
+		// No controller manager creates default service accounts here:
+		// let tests create pods without them.
+		"--disable-admission-plugins=ServiceAccount")
 	s.Kubeconfig = write("kubeconfig", []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters: [{name: test, cluster: {server: %q, insecure-skip-tls-verify: true}}]

@@ -1,0 +1,91 @@
+// Package podpolicy reads the compute policy each pod on this node asks
+// for with the gpuslice.io/compute-policy annotation. It lists the node's
+// pods (field selector spec.nodeName) on an interval and answers lookups
+// from that list, so the enforcer never calls the API server.
+package podpolicy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/gpuslice/gpuslice/pkg/enforce"
+)
+
+// Annotation is the pod annotation naming a compute policy.
+const Annotation = "gpuslice.io/compute-policy"
+
+// Watcher knows the compute policy of every pod on one node.
+type Watcher struct {
+	client   kubernetes.Interface
+	node     string
+	interval time.Duration
+	log      *slog.Logger
+
+	mu     sync.RWMutex
+	policy map[string]enforce.Policy // "namespace/pod" -> policy
+}
+
+// New returns a watcher of node's pods, refreshed every interval.
+func New(client kubernetes.Interface, node string, interval time.Duration, log *slog.Logger) *Watcher {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Watcher{client: client, node: node, interval: interval, log: log, policy: map[string]enforce.Policy{}}
+}
+
+// Policy returns the policy a pod's annotation names, or "" when it names
+// none (or names one that is not valid, which is logged when seen).
+func (w *Watcher) Policy(namespace, pod string) enforce.Policy {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	return w.policy[namespace+"/"+pod]
+}
+
+// Refresh lists the node's pods once and replaces what is known.
+func (w *Watcher) Refresh(ctx context.Context) error {
+	list, err := w.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", w.node).String(),
+	})
+	if err != nil {
+		return fmt.Errorf("list pods on node %s: %w", w.node, err)
+	}
+	next := map[string]enforce.Policy{}
+	for _, p := range list.Items {
+		v, ok := p.Annotations[Annotation]
+		if !ok {
+			continue
+		}
+		policy, err := enforce.ParsePolicy(v)
+		if err != nil {
+			w.log.Warn("ignoring compute policy annotation", "namespace", p.Namespace, "pod", p.Name, "err", err)
+			continue
+		}
+		next[p.Namespace+"/"+p.Name] = policy
+	}
+	w.mu.Lock()
+	w.policy = next
+	w.mu.Unlock()
+	return nil
+}
+
+// Run refreshes every interval until ctx ends. Failures keep the last
+// known policies and are logged.
+func (w *Watcher) Run(ctx context.Context) {
+	for {
+		if err := w.Refresh(ctx); err != nil && ctx.Err() == nil {
+			w.log.Warn("pod compute policies not refreshed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(w.interval):
+		}
+	}
+}

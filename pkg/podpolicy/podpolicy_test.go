@@ -1,0 +1,57 @@
+package podpolicy
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/test/apiserver"
+)
+
+func TestPoliciesFromAnnotations(t *testing.T) {
+	srv := apiserver.Start(t)
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ml"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := func(name, node string, ann map[string]string) {
+		t.Helper()
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ml", Annotations: ann},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "main", Image: "busybox"}}},
+		}
+		if _, err := c.CoreV1().Pods("ml").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod("strict", "gpu-node", map[string]string{Annotation: "strict"})
+	pod("burst", "gpu-node", map[string]string{Annotation: "burst"})
+	pod("plain", "gpu-node", nil)
+	pod("typo", "gpu-node", map[string]string{Annotation: "strickt"})
+	pod("elsewhere", "other-node", map[string]string{Annotation: "strict"})
+
+	w := New(c, "gpu-node", time.Hour, nil)
+	if err := w.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]enforce.Policy{"strict": enforce.Strict, "burst": enforce.Burst, "plain": "", "typo": "", "elsewhere": ""} {
+		if got := w.Policy("ml", name); got != want {
+			t.Errorf("policy of ml/%s = %q, want %q", name, got, want)
+		}
+	}
+}
