@@ -20,6 +20,7 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
 	"github.com/gpuslice/gpuslice/pkg/labels"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
@@ -90,6 +91,9 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if client != nil {
 		policies = podpolicy.New(client, cfg.NodeName, podPolicyRefresh, log)
 		eopts.PodPolicy = policies.Policy
+		rec := events.New(client, cfg.NodeName, log)
+		defer rec.Stop()
+		eopts.Events = rec
 	}
 
 	// Thaw whatever a previous agent left frozen before anything else, so a

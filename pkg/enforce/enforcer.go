@@ -2,10 +2,12 @@ package enforce
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
 
@@ -28,6 +30,8 @@ type Options struct {
 	Period time.Duration
 	// State records throttled containers across restarts.
 	State StateFile
+	// Events records an Event on the pod for each action; nil records none.
+	Events events.Recorder
 	// Logger receives actions and failures.
 	Logger *slog.Logger
 }
@@ -87,6 +91,9 @@ func New(opts Options) (*Enforcer, error) {
 	if opts.Period < 10*time.Millisecond {
 		return nil, errors.New("throttle period must be at least 10ms")
 	}
+	if opts.Events == nil {
+		opts.Events = events.Discard{}
+	}
 	n, err := opts.State.ThawRecorded()
 	if n > 0 {
 		opts.Logger.Warn("thawed containers a previous agent left throttled", "count", n)
@@ -98,7 +105,7 @@ func New(opts Options) (*Enforcer, error) {
 		opts: opts, log: opts.Logger,
 		ctrl: map[string]*Controller{}, throttles: map[string]*Throttle{},
 		freezers: map[string]Freezer{}, stats: map[string]Stats{}, finished: map[string]time.Duration{},
-		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger),
+		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
 	}, nil
 }
 
@@ -121,12 +128,14 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 	}
 	byGPU := map[string][]Member{}
 	seen := map[string]bool{}
+	who := map[string]sampler.Container{}
 	for _, c := range snap.Containers {
 		id := c.Cgroup.ContainerID
 		if id == "" {
 			continue // no process seen yet: nothing to throttle
 		}
 		seen[id] = true
+		who[id] = c
 		if _, ok := e.freezers[id]; !ok {
 			f, err := FreezerFor(e.opts.CgroupRoot, c.Cgroup)
 			if err != nil {
@@ -165,7 +174,11 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 			t = StartThrottle(e.freezers[id], e.opts.Period)
 			e.throttles[id] = t
 			e.record()
-			e.log.Info("throttling container", "container_id", id, "duty", d)
+			c := who[id]
+			e.log.Info("throttling container", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "container_id", id, "duty", d)
+			e.opts.Events.Normal(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUComputeThrottled",
+				fmt.Sprintf("Container %s uses more GPU compute than its %.0f%% share of GPU %d; it runs %.0f%% of each %s period until it is back within it.",
+					c.Container, c.ComputeLimitRatio*100, c.Index, d*100, e.opts.Period))
 		case t != nil && t.Err() != nil:
 			// The cgroup went away mid-throttle; the throttle thawed what
 			// it could and stopped.

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
@@ -111,11 +112,16 @@ type Watchdog struct {
 	log      *slog.Logger
 	stats    map[string]*MemoryStats // by container ID
 	kill     func(pid int) error
+	events   events.Recorder
 }
 
-// NewWatchdog returns a watchdog acting by policy.
-func NewWatchdog(policy MemoryPolicy, procRoot string, log *slog.Logger) *Watchdog {
-	return &Watchdog{policy: policy, procRoot: procRoot, log: log, stats: map[string]*MemoryStats{},
+// NewWatchdog returns a watchdog acting by policy and recording an Event
+// on the pod for each overrun and kill.
+func NewWatchdog(policy MemoryPolicy, procRoot string, log *slog.Logger, rec events.Recorder) *Watchdog {
+	if rec == nil {
+		rec = events.Discard{}
+	}
+	return &Watchdog{policy: policy, procRoot: procRoot, log: log, stats: map[string]*MemoryStats{}, events: rec,
 		kill: func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }}
 }
 
@@ -146,6 +152,9 @@ func (w *Watchdog) Apply(snap *sampler.Snapshot) {
 			st.Events++
 			w.log.Warn("container over its gpu memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
 				"uuid", c.GPU, "used_bytes", c.MemoryUsedBytes, "limit_bytes", c.MemoryLimitBytes, "policy", string(w.policy))
+			w.events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUMemoryLimitExceeded",
+				fmt.Sprintf("Container %s holds %d MiB of GPU %d's memory, more than the %d MiB its slices allow (memory policy %s).",
+					c.Container, c.MemoryUsedBytes>>20, c.Index, c.MemoryLimitBytes>>20, w.policy))
 		}
 		if w.policy != MemoryKill {
 			continue
@@ -161,6 +170,9 @@ func (w *Watchdog) Apply(snap *sampler.Snapshot) {
 				continue
 			}
 			st.Kills++
+			w.events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUProcessKilled",
+				fmt.Sprintf("Killed process %d of container %s, holding %d MiB of GPU %d's memory, to bring the container within its %d MiB.",
+					p.PID, c.Container, p.MemoryBytes>>20, c.Index, c.MemoryLimitBytes>>20))
 			w.log.Warn("killed gpu process over memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
 				"uuid", c.GPU, "pid", p.PID, "process_bytes", p.MemoryBytes, "limit_bytes", c.MemoryLimitBytes)
 		}
