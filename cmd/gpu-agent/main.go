@@ -16,12 +16,12 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
+	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/pkg/labels"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podpolicy"
@@ -226,7 +226,7 @@ func watchHealth(ctx context.Context, backend nvml.Backend, plugin *deviceplugin
 }
 
 // startLabels starts keeping the node's labels.
-func startLabels(ctx context.Context, g *errgroup.Group, client kubernetes.Interface, cfg Config, devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, enforcer *enforce.Enforcer, log *slog.Logger) {
+func startLabels(ctx context.Context, g *errgroup.Group, client *kube.Client, cfg Config, devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, enforcer *enforce.Enforcer, log *slog.Logger) {
 	compute, _ := enforcer.Tiers()
 	if cfg.MPS.Enabled {
 		compute = "mps"

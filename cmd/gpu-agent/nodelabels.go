@@ -2,16 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-
+	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/pkg/labels"
 )
 
@@ -22,27 +16,14 @@ const labelResync = 5 * time.Minute
 // annotations are read.
 const podPolicyRefresh = 30 * time.Second
 
-// errNoCluster reports an agent with no Kubernetes client configuration.
-var errNoCluster = errors.New("no --kubeconfig and not running in a cluster")
-
 // kubeClient builds the agent's Kubernetes client from --kubeconfig, or
 // the in-cluster configuration when it is empty.
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
-	var cfg *rest.Config
-	var err error
-	switch {
-	case kubeconfig != "":
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
-		cfg, err = rest.InClusterConfig()
-	default:
-		return nil, errNoCluster
-	}
+func kubeClient(kubeconfig string) (*kube.Client, error) {
+	cfg, err := kube.Config(kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config: %w", err)
+		return nil, err
 	}
-	cfg.UserAgent = "gpuslice-agent"
-	return kubernetes.NewForConfig(cfg)
+	return kube.New(cfg)
 }
 
 // syncLabels keeps the node's labels at desired until ctx ends: at once,

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/events"
+	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
@@ -34,7 +35,11 @@ func TestWatchdogRecordsEvents(t *testing.T) {
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ml"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rec := events.New(client, "gpu-node", nil)
+	k, err := kube.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := events.New(k, "gpu-node", nil)
 	defer rec.Stop()
 	s := startSetupWith(t, []int{2}, []float64{0.05}, true, func(o *enforce.Options) { o.Compute = false; o.Events = rec })
 	s.AddProcess(t, 0, 10240)

@@ -8,10 +8,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
+
+	"github.com/gpuslice/gpuslice/pkg/kube"
 )
 
 // Component names the agent as the events' source.
@@ -49,15 +48,15 @@ type Kubernetes struct {
 var _ Recorder = (*Kubernetes)(nil)
 
 // New starts recording events from node through client. Stop ends it.
-func New(client kubernetes.Interface, node string, log *slog.Logger) *Kubernetes {
+func New(client *kube.Client, node string, log *slog.Logger) *Kubernetes {
 	b := record.NewBroadcasterWithCorrelatorOptions(record.CorrelatorOptions{})
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	b.StartRecordingToSink(client.Events())
 	if log != nil {
 		b.StartEventWatcher(func(e *corev1.Event) {
 			log.Debug("event recorded", "namespace", e.InvolvedObject.Namespace, "pod", e.InvolvedObject.Name, "reason", e.Reason)
 		})
 	}
-	return &Kubernetes{broadcaster: b, recorder: b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: Component, Host: node})}
+	return &Kubernetes{broadcaster: b, recorder: b.NewRecorder(kube.Scheme, corev1.EventSource{Component: Component, Host: node})}
 }
 
 func ref(p Pod) *corev1.ObjectReference {

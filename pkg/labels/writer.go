@@ -8,9 +8,8 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
+
+	"github.com/gpuslice/gpuslice/pkg/kube"
 )
 
 // FieldManager names the agent in the node's managed fields.
@@ -19,7 +18,7 @@ const FieldManager = "gpuslice-agent"
 // Writer keeps one node's labels at a desired set, touching no other node
 // and no label the agent does not own.
 type Writer struct {
-	client   kubernetes.Interface
+	client   *kube.Client
 	node     string
 	gfd      bool
 	log      *slog.Logger
@@ -29,7 +28,7 @@ type Writer struct {
 
 // NewWriter returns a writer for node. gfd says whether the agent owns the
 // GFD-compatible labels (Options.GFD).
-func NewWriter(client kubernetes.Interface, node string, gfd bool, log *slog.Logger) *Writer {
+func NewWriter(client *kube.Client, node string, gfd bool, log *slog.Logger) *Writer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -66,7 +65,7 @@ func (w *Writer) Sync(ctx context.Context, desired map[string]string) (int, erro
 }
 
 func (w *Writer) sync(ctx context.Context, desired map[string]string) (int, error) {
-	node, err := w.client.CoreV1().Nodes().Get(ctx, w.node, metav1.GetOptions{})
+	node, err := w.client.Node(ctx, w.node)
 	if err != nil {
 		return 0, err
 	}
@@ -78,7 +77,7 @@ func (w *Writer) sync(ctx context.Context, desired map[string]string) (int, erro
 	if err != nil {
 		return 0, err
 	}
-	if _, err := w.client.CoreV1().Nodes().Patch(ctx, w.node, types.MergePatchType, body, metav1.PatchOptions{FieldManager: FieldManager}); err != nil {
+	if err := w.client.PatchNode(ctx, w.node, body, FieldManager); err != nil {
 		return 0, err
 	}
 	w.log.Info("node labels updated", "node", w.node, "changed", len(patch))

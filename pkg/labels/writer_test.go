@@ -12,11 +12,14 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
-func client(t *testing.T, srv *apiserver.Server) kubernetes.Interface {
+// clients returns a full clientset for the test's own checks and the
+// agent's minimal client for the code under test.
+func clients(t *testing.T, srv *apiserver.Server) (kubernetes.Interface, *kube.Client) {
 	t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
 	if err != nil {
@@ -26,7 +29,11 @@ func client(t *testing.T, srv *apiserver.Server) kubernetes.Interface {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c
+	k, err := kube.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, k
 }
 
 func labelsOf(t *testing.T, c kubernetes.Interface, node string) map[string]string {
@@ -40,7 +47,7 @@ func labelsOf(t *testing.T, c kubernetes.Interface, node string) map[string]stri
 
 func TestWriterAgainstAPIServer(t *testing.T) {
 	srv := apiserver.Start(t)
-	c := client(t, srv)
+	c, k := clients(t, srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for name, l := range map[string]map[string]string{
@@ -55,7 +62,7 @@ func TestWriterAgainstAPIServer(t *testing.T) {
 
 	devs, sys, l := node(t, fakegpu.DefaultConfig(), 8)
 	desired := For(devs, sys, l, Options{GFD: true, Enforcement: "freezer"})
-	w := NewWriter(c, "gpu-node", true, nil)
+	w := NewWriter(k, "gpu-node", true, nil)
 	if _, err := w.Sync(ctx, desired); err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +92,7 @@ func TestWriterAgainstAPIServer(t *testing.T) {
 	}
 
 	// With GFD off, GFD's labels stay whatever GFD wrote.
-	gfdOff := NewWriter(c, "gpu-node", false, nil)
+	gfdOff := NewWriter(k, "gpu-node", false, nil)
 	if _, err := gfdOff.Sync(ctx, For(devs3, sys3, l3, Options{GFD: false})); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +101,7 @@ func TestWriterAgainstAPIServer(t *testing.T) {
 	}
 
 	// A missing node is an error to report, not to retry.
-	if _, err := NewWriter(c, "no-such-node", true, nil).Sync(ctx, desired); !apierrors.IsNotFound(err) {
+	if _, err := NewWriter(k, "no-such-node", true, nil).Sync(ctx, desired); !apierrors.IsNotFound(err) {
 		t.Errorf("Sync of a missing node = %v, want NotFound", err)
 	}
 }

@@ -11,11 +11,8 @@ import (
 	"sync"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/kube"
 )
 
 // Annotation is the pod annotation naming a compute policy.
@@ -23,7 +20,7 @@ const Annotation = "gpuslice.io/compute-policy"
 
 // Watcher knows the compute policy of every pod on one node.
 type Watcher struct {
-	client   kubernetes.Interface
+	client   *kube.Client
 	node     string
 	interval time.Duration
 	log      *slog.Logger
@@ -33,7 +30,7 @@ type Watcher struct {
 }
 
 // New returns a watcher of node's pods, refreshed every interval.
-func New(client kubernetes.Interface, node string, interval time.Duration, log *slog.Logger) *Watcher {
+func New(client *kube.Client, node string, interval time.Duration, log *slog.Logger) *Watcher {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -50,9 +47,7 @@ func (w *Watcher) Policy(namespace, pod string) enforce.Policy {
 
 // Refresh lists the node's pods once and replaces what is known.
 func (w *Watcher) Refresh(ctx context.Context) error {
-	list, err := w.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", w.node).String(),
-	})
+	list, err := w.client.PodsOnNode(ctx, w.node)
 	if err != nil {
 		return fmt.Errorf("list pods on node %s: %w", w.node, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
 
@@ -45,7 +46,11 @@ func TestPoliciesFromAnnotations(t *testing.T) {
 	pod("typo", "gpu-node", map[string]string{Annotation: "strickt"})
 	pod("elsewhere", "other-node", map[string]string{Annotation: "strict"})
 
-	w := New(c, "gpu-node", time.Hour, nil)
+	k, err := kube.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := New(k, "gpu-node", time.Hour, nil)
 	if err := w.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
