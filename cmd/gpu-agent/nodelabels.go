@@ -19,11 +19,7 @@ const podPolicyRefresh = 30 * time.Second
 // kubeClient builds the agent's Kubernetes client from --kubeconfig, or
 // the in-cluster configuration when it is empty.
 func kubeClient(kubeconfig string) (*kube.Client, error) {
-	cfg, err := kube.Config(kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	return kube.New(cfg)
+	return kube.New(kubeconfig)
 }
 
 // syncLabels keeps the node's labels at desired until ctx ends: at once,

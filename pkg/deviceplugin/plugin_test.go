@@ -164,8 +164,14 @@ func TestRegistrationAndDeviceList(t *testing.T) {
 	if diff := cmp.Diff(want16, ids, cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
 		t.Errorf("device IDs (-want +got)\n%s", diff)
 	}
-	if !e.plugin.Registered() {
-		t.Error("Registered() = false after registration")
+	// The kubelet may connect before the plugin's Register call has
+	// returned; Registered follows within moments.
+	deadline := time.Now().Add(5 * time.Second)
+	for !e.plugin.Registered() {
+		if time.Now().After(deadline) {
+			t.Fatal("Registered() = false after registration")
+		}
+		time.Sleep(time.Millisecond)
 	}
 	if _, err := p.Client().PreStartContainer(ctxT(t), &pluginapi.PreStartContainerRequest{DevicesIDs: ids[:1]}); err != nil {
 		t.Errorf("PreStartContainer() = %v", err)

@@ -35,7 +35,7 @@ func TestWatchdogRecordsEvents(t *testing.T) {
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ml"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	k, err := kube.New(cfg)
+	k, err := kube.New(srv.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,14 +1,16 @@
 // Package events records Kubernetes Events on pods for what the agent does
-// to them, through client-go's event broadcaster, whose correlator
-// aggregates repeats and rate-limits each pod's events.
+// to them. Events are sent in the background, so an action never waits on
+// the API server, and repeats of the same reason on the same pod within 5
+// minutes are folded into the next event's count rather than sent, so a
+// container throttled or over its memory again and again cannot flood the
+// API server.
 package events
 
 import (
+	"context"
 	"log/slog"
-
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/record"
+	"sync"
+	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/kube"
 )
@@ -16,12 +18,15 @@ import (
 // Component names the agent as the events' source.
 const Component = "gpuslice-agent"
 
+// Window is how long repeats of one reason on one pod are held back.
+const Window = 5 * time.Minute
+
 // Pod identifies the pod an event is about.
 type Pod struct {
 	Namespace, Name, UID string
 }
 
-// Recorder records events on pods. The zero-cost Discard does nothing.
+// Recorder records events on pods.
 type Recorder interface {
 	// Normal records an informational event.
 	Normal(p Pod, reason, message string)
@@ -41,37 +46,79 @@ func (Discard) Warning(Pod, string, string) {}
 
 // Kubernetes records events through the API server.
 type Kubernetes struct {
-	broadcaster record.EventBroadcaster
-	recorder    record.EventRecorder
+	client *kube.Client
+	node   string
+	log    *slog.Logger
+	queue  chan kube.Event
+	done   chan struct{}
+
+	mu     sync.Mutex
+	last   map[string]time.Time // pod UID + reason -> last sent
+	held   map[string]int       // pod UID + reason -> repeats held back
+	closed bool
 }
 
 var _ Recorder = (*Kubernetes)(nil)
 
 // New starts recording events from node through client. Stop ends it.
 func New(client *kube.Client, node string, log *slog.Logger) *Kubernetes {
-	b := record.NewBroadcasterWithCorrelatorOptions(record.CorrelatorOptions{})
-	b.StartRecordingToSink(client.Events())
-	if log != nil {
-		b.StartEventWatcher(func(e *corev1.Event) {
-			log.Debug("event recorded", "namespace", e.InvolvedObject.Namespace, "pod", e.InvolvedObject.Name, "reason", e.Reason)
-		})
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	return &Kubernetes{broadcaster: b, recorder: b.NewRecorder(kube.Scheme, corev1.EventSource{Component: Component, Host: node})}
-}
-
-func ref(p Pod) *corev1.ObjectReference {
-	return &corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: p.Namespace, Name: p.Name, UID: types.UID(p.UID)}
+	k := &Kubernetes{client: client, node: node, log: log, queue: make(chan kube.Event, 256), done: make(chan struct{}),
+		last: map[string]time.Time{}, held: map[string]int{}}
+	go k.send()
+	return k
 }
 
 // Normal records an informational event on the pod.
-func (k *Kubernetes) Normal(p Pod, reason, message string) {
-	k.recorder.Event(ref(p), corev1.EventTypeNormal, reason, message)
-}
+func (k *Kubernetes) Normal(p Pod, reason, message string) { k.record(p, "Normal", reason, message) }
 
 // Warning records a warning on the pod.
-func (k *Kubernetes) Warning(p Pod, reason, message string) {
-	k.recorder.Event(ref(p), corev1.EventTypeWarning, reason, message)
+func (k *Kubernetes) Warning(p Pod, reason, message string) { k.record(p, "Warning", reason, message) }
+
+func (k *Kubernetes) record(p Pod, typ, reason, message string) {
+	key := p.UID + "/" + p.Namespace + "/" + p.Name + "/" + reason
+	now := time.Now()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return
+	}
+	if now.Sub(k.last[key]) < Window {
+		k.held[key]++
+		return
+	}
+	count := 1 + k.held[key]
+	k.last[key] = now
+	delete(k.held, key)
+	e := kube.Event{Namespace: p.Namespace, Pod: p.Name, PodUID: p.UID, Type: typ, Reason: reason, Message: message,
+		Component: Component, Host: k.node, Count: count, Time: now}
+	select {
+	case k.queue <- e:
+	default:
+		k.log.Warn("event dropped: queue full", "namespace", p.Namespace, "pod", p.Name, "reason", reason)
+	}
 }
 
-// Stop flushes and stops recording.
-func (k *Kubernetes) Stop() { k.broadcaster.Shutdown() }
+func (k *Kubernetes) send() {
+	defer close(k.done)
+	for e := range k.queue {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := k.client.PostEvent(ctx, e); err != nil {
+			k.log.Warn("event not recorded", "namespace", e.Namespace, "pod", e.Pod, "reason", e.Reason, "err", err)
+		}
+		cancel()
+	}
+}
+
+// Stop sends what is queued and stops; later events are dropped.
+func (k *Kubernetes) Stop() {
+	k.mu.Lock()
+	if !k.closed {
+		k.closed = true
+		close(k.queue)
+	}
+	k.mu.Unlock()
+	<-k.done
+}

@@ -2,12 +2,9 @@ package labels
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
-
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/gpuslice/gpuslice/pkg/kube"
 )
@@ -56,7 +53,7 @@ func (w *Writer) Sync(ctx context.Context, desired map[string]string) (int, erro
 			return n, nil
 		}
 		last = err
-		if !retriable(err) {
+		if !kube.Retriable(err) {
 			break
 		}
 		w.log.Warn("node label sync failed; retrying", "node", w.node, "attempt", attempt+1, "err", err)
@@ -65,27 +62,17 @@ func (w *Writer) Sync(ctx context.Context, desired map[string]string) (int, erro
 }
 
 func (w *Writer) sync(ctx context.Context, desired map[string]string) (int, error) {
-	node, err := w.client.Node(ctx, w.node)
+	current, err := w.client.NodeLabels(ctx, w.node)
 	if err != nil {
 		return 0, err
 	}
-	patch := Patch(node.Labels, desired, w.gfd)
+	patch := Patch(current, desired, w.gfd)
 	if len(patch) == 0 {
 		return 0, nil
 	}
-	body, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": patch}})
-	if err != nil {
-		return 0, err
-	}
-	if err := w.client.PatchNode(ctx, w.node, body, FieldManager); err != nil {
+	if err := w.client.PatchNode(ctx, w.node, map[string]any{"metadata": map[string]any{"labels": patch}}, FieldManager); err != nil {
 		return 0, err
 	}
 	w.log.Info("node labels updated", "node", w.node, "changed", len(patch))
 	return len(patch), nil
-}
-
-func retriable(err error) bool {
-	return apierrors.IsConflict(err) || apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) ||
-		apierrors.IsTooManyRequests(err) || apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err) ||
-		apierrors.IsUnexpectedServerError(err)
 }

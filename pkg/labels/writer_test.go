@@ -7,7 +7,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -29,7 +28,7 @@ func clients(t *testing.T, srv *apiserver.Server) (kubernetes.Interface, *kube.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := kube.New(cfg)
+	k, err := kube.New(srv.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +100,7 @@ func TestWriterAgainstAPIServer(t *testing.T) {
 	}
 
 	// A missing node is an error to report, not to retry.
-	if _, err := NewWriter(k, "no-such-node", true, nil).Sync(ctx, desired); !apierrors.IsNotFound(err) {
+	if _, err := NewWriter(k, "no-such-node", true, nil).Sync(ctx, desired); !kube.IsNotFound(err) {
 		t.Errorf("Sync of a missing node = %v, want NotFound", err)
 	}
 }

@@ -47,12 +47,12 @@ func (w *Watcher) Policy(namespace, pod string) enforce.Policy {
 
 // Refresh lists the node's pods once and replaces what is known.
 func (w *Watcher) Refresh(ctx context.Context) error {
-	list, err := w.client.PodsOnNode(ctx, w.node)
+	pods, err := w.client.PodsOnNode(ctx, w.node)
 	if err != nil {
 		return fmt.Errorf("list pods on node %s: %w", w.node, err)
 	}
 	next := map[string]enforce.Policy{}
-	for _, p := range list.Items {
+	for _, p := range pods {
 		v, ok := p.Annotations[Annotation]
 		if !ok {
 			continue

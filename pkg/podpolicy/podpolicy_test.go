@@ -46,7 +46,7 @@ func TestPoliciesFromAnnotations(t *testing.T) {
 	pod("typo", "gpu-node", map[string]string{Annotation: "strickt"})
 	pod("elsewhere", "other-node", map[string]string{Annotation: "strict"})
 
-	k, err := kube.New(cfg)
+	k, err := kube.New(srv.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
