@@ -7,12 +7,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/events"
-	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
@@ -22,24 +19,13 @@ import (
 func TestWatchdogRecordsEvents(t *testing.T) {
 	t.Parallel()
 	srv := apiserver.Start(t)
-	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := srv.Clientset(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ml"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	k, err := kube.New(srv.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := events.New(k, "gpu-node", nil)
+	rec := events.New(srv.Client(t), "gpu-node", nil)
 	defer rec.Stop()
 	s := startSetupWith(t, []int{2}, []float64{0.05}, true, func(o *enforce.Options) { o.Compute = false; o.Events = rec })
 	s.AddProcess(t, 0, 10240)

@@ -9,31 +9,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
-
-// clients returns a full clientset for the test's own checks and the
-// agent's minimal client for the code under test.
-func clients(t *testing.T, srv *apiserver.Server) (kubernetes.Interface, *kube.Client) {
-	t.Helper()
-	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := kube.New(srv.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, k
-}
 
 func labelsOf(t *testing.T, c kubernetes.Interface, node string) map[string]string {
 	t.Helper()
@@ -46,7 +26,7 @@ func labelsOf(t *testing.T, c kubernetes.Interface, node string) map[string]stri
 
 func TestWriterAgainstAPIServer(t *testing.T) {
 	srv := apiserver.Start(t)
-	c, k := clients(t, srv)
+	c, k := srv.Clientset(t), srv.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for name, l := range map[string]map[string]string{

@@ -7,24 +7,14 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gpuslice/gpuslice/pkg/enforce"
-	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
 
 func TestPoliciesFromAnnotations(t *testing.T) {
 	srv := apiserver.Start(t)
-	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := srv.Clientset(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ml"}}, metav1.CreateOptions{}); err != nil {
@@ -46,11 +36,7 @@ func TestPoliciesFromAnnotations(t *testing.T) {
 	pod("typo", "gpu-node", map[string]string{Annotation: "strickt"})
 	pod("elsewhere", "other-node", map[string]string{Annotation: "strict"})
 
-	k, err := kube.New(srv.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := New(k, "gpu-node", time.Hour, nil)
+	w := New(srv.Client(t), "gpu-node", time.Hour, nil)
 	if err := w.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}

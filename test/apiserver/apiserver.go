@@ -21,6 +21,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/gpuslice/gpuslice/pkg/kube"
 )
 
 // Version is the Kubernetes release the tier runs; build-k8s.sh pins the same.
@@ -198,4 +203,29 @@ current-context: test
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Clientset returns a full client-go clientset for the admin, for tests'
+// own checks of the API server's state.
+func (s *Server) Clientset(t testing.TB) kubernetes.Interface {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// Client returns the agent's own minimal client for the admin.
+func (s *Server) Client(t testing.TB) *kube.Client {
+	t.Helper()
+	c, err := kube.New(s.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
