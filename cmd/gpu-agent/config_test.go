@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"sigs.k8s.io/yaml"
 
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
@@ -252,5 +253,42 @@ func TestMPSLeavesComputeToMPS(t *testing.T) {
 	}
 	if _, err := loadConfig([]string{"--throttle-period=1ms"}, env(nil)); err == nil {
 		t.Error("--throttle-period=1ms accepted")
+	}
+}
+
+// TestDaemonSetArgsAreValid keeps deployments/daemonset.yaml in step with
+// the agent's flags: the args it passes must parse and validate.
+func TestDaemonSetArgsAreValid(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("../../deployments/daemonset.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var ds struct {
+			Kind string `json:"kind"`
+			Spec struct {
+				Template struct {
+					Spec struct {
+						Containers []struct {
+							Args []string `json:"args"`
+						} `json:"containers"`
+					} `json:"spec"`
+				} `json:"template"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &ds); err != nil {
+			t.Fatal(err)
+		}
+		if ds.Kind == "DaemonSet" {
+			args = ds.Spec.Template.Spec.Containers[0].Args
+		}
+	}
+	if len(args) == 0 {
+		t.Fatal("no DaemonSet args found")
+	}
+	if _, err := loadConfig(args, env(map[string]string{"NODE_NAME": "n"})); err != nil {
+		t.Errorf("the DaemonSet's args %v do not validate: %v", args, err)
 	}
 }

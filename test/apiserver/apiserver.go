@@ -177,7 +177,9 @@ func Start(t testing.TB) *Server {
 		"--authorization-mode=RBAC", "--enable-priority-and-fairness=false", "--v=0",
 		// No controller manager creates default service accounts here:
 		// let tests create pods without them.
-		"--disable-admission-plugins=ServiceAccount")
+		"--disable-admission-plugins=ServiceAccount",
+		// As on kubeadm clusters: node agents run privileged.
+		"--allow-privileged=true")
 	s.Kubeconfig = write("kubeconfig", []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters: [{name: test, cluster: {server: %q, insecure-skip-tls-verify: true}}]

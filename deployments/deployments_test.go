@@ -1,0 +1,98 @@
+// Package deployments_test applies the shipped manifests to a real
+// kube-apiserver with server-side dry-run, so a field the API rejects, a
+// wrong kind or a broken reference fails here rather than on a cluster.
+package deployments_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
+
+	"github.com/gpuslice/gpuslice/test/apiserver"
+)
+
+func documents(t *testing.T, path string) []*unstructured.Unstructured {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*unstructured.Unstructured
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var obj map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if len(obj) > 0 {
+			out = append(out, &unstructured.Unstructured{Object: obj})
+		}
+	}
+	return out
+}
+
+func TestManifestsServerSideDryRun(t *testing.T) {
+	srv := apiserver.Start(t)
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(srv.Clientset(t).Discovery()))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	objs := documents(t, "daemonset.yaml")
+	// The monitoring Service selects the agent's pods; the ServiceMonitor
+	// needs the Prometheus Operator's CRD, which this API server lacks.
+	monitoring := documents(t, "monitoring/servicemonitor.yaml")
+	objs = append(objs, monitoring[0])
+
+	kinds := map[string]bool{}
+	var podLabels map[string]any
+	for _, o := range objs {
+		kinds[o.GetKind()] = true
+		mapping, err := mapper.RESTMapping(o.GroupVersionKind().GroupKind(), o.GroupVersionKind().Version)
+		if err != nil {
+			t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
+		}
+		var res dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
+		if o.GetNamespace() != "" {
+			res = dyn.Resource(mapping.Resource).Namespace(o.GetNamespace())
+		}
+		opts := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}
+		if o.GetKind() == "Namespace" {
+			// Later objects live in it, and a dry-run namespace does not exist.
+			opts.DryRun = nil
+		}
+		if _, err := res.Create(ctx, o, opts); err != nil {
+			t.Errorf("%s %s rejected by the API server: %v", o.GetKind(), o.GetName(), err)
+		}
+		if o.GetKind() == "DaemonSet" {
+			podLabels, _, _ = unstructured.NestedMap(o.Object, "spec", "template", "metadata", "labels")
+		}
+	}
+	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Service"} {
+		if !kinds[k] {
+			t.Errorf("manifests lack a %s", k)
+		}
+	}
+	selector, _, _ := unstructured.NestedMap(monitoring[0].Object, "spec", "selector")
+	for k, v := range selector {
+		if podLabels[k] != v {
+			t.Errorf("the metrics Service selects %s=%v, which the agent's pods do not carry", k, v)
+		}
+	}
+}
