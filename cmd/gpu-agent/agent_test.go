@@ -350,3 +350,37 @@ func TestAgentOnNVMLBackend(t *testing.T) {
 		t.Fatalf("XID through NVML never reached the kubelet: %v\n%s", err, a.stderr.String())
 	}
 }
+
+// stubbed is a kubelet stand-in serving pod-resources, with a fake GPU
+// node file whose workloads report in work.
+type stubbed struct {
+	kubelet                 *kubeletstub.Kubelet
+	dir, podres, fake, work string
+}
+
+// stubKubelet starts a stand-in in a temp dir and writes the fake node
+// (node is the YAML without workloadDir); both end with the test.
+func stubKubelet(t *testing.T, node string) *stubbed {
+	t.Helper()
+	s := &stubbed{dir: t.TempDir(), work: t.TempDir(), fake: filepath.Join(t.TempDir(), "node.yaml")}
+	if err := os.WriteFile(s.fake, []byte(node+"workloadDir: "+s.work+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if s.kubelet, err = kubeletstub.Start(s.dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.kubelet.Stop)
+	s.podres = filepath.Join(s.dir, "pod-resources.sock")
+	pr, err := s.kubelet.ServePodResources(s.podres)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pr.Stop)
+	return s
+}
+
+// agentArgs are the flags that point an agent at the stand-in.
+func (s *stubbed) agentArgs() []string {
+	return []string{"--gpu-backend=fake", "--fake-config=" + s.fake, "--device-plugin-dir=" + s.dir, "--pod-resources-socket=" + s.podres}
+}

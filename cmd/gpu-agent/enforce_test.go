@@ -22,25 +22,10 @@ import (
 func TestNoContainerLeftFrozenAfterSIGKILL(t *testing.T) {
 	t.Parallel()
 	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-sigkill-test-%d", os.Getpid()))
-	dir, work := t.TempDir(), t.TempDir()
+	st := stubKubelet(t, "preset: H100-80GB\ncount: 1\n")
+	k, work := st.kubelet, st.work
 	state := filepath.Join(t.TempDir(), "enforcement.json")
-	fake := filepath.Join(t.TempDir(), "node.yaml")
-	if err := os.WriteFile(fake, []byte("preset: H100-80GB\ncount: 1\nworkloadDir: "+work+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	k, err := kubeletstub.Start(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.Stop()
-	podres := filepath.Join(dir, "pod-resources.sock")
-	pr, err := k.ServePodResources(podres)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pr.Stop()
-	args := []string{"--gpu-backend=fake", "--fake-config=" + fake, "--device-plugin-dir=" + dir, "--pod-resources-socket=" + podres,
-		"--slices-per-gpu=10", "--sample-interval=200ms", "--enforcement-state=" + state}
+	args := append(st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms", "--enforcement-state="+state)
 	first := startAgent(t, append(args, "--compute-policy=strict", "--metrics-address="+freePort(t))...)
 	p, err := k.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
 	if err != nil {

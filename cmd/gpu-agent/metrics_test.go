@@ -131,26 +131,10 @@ next:
 func TestSharedGPUMetricsFromRealCgroups(t *testing.T) {
 	t.Parallel()
 	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-test-%d", os.Getpid()))
-	dir := t.TempDir()
-	work := t.TempDir()
-	fake := filepath.Join(t.TempDir(), "node.yaml")
-	if err := os.WriteFile(fake, []byte("preset: A100-40GB\ncount: 2\nworkloadDir: "+work+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	k, err := kubeletstub.Start(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.Stop()
-	podres := filepath.Join(dir, "pod-resources.sock")
-	pr, err := k.ServePodResources(podres)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pr.Stop()
+	st := stubKubelet(t, "preset: A100-40GB\ncount: 2\n")
+	k, work := st.kubelet, st.work
 	addr := freePort(t)
-	startAgent(t, "--gpu-backend=fake", "--fake-config="+fake, "--device-plugin-dir="+dir, "--pod-resources-socket="+podres,
-		"--metrics-address="+addr, "--sample-interval=200ms")
+	startAgent(t, append(st.agentArgs(), "--metrics-address="+addr, "--sample-interval=200ms")...)
 	p, err := k.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
 	if err != nil {
 		t.Fatal(err)

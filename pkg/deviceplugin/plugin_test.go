@@ -115,6 +115,17 @@ func (e *env) startPlugin(t testing.TB, configure func(*deviceplugin.Options)) {
 	t.Cleanup(e.stop)
 }
 
+// waitReregistered waits for a Register call after the first before and
+// for the stand-in to hold the plugin's full device list again.
+func (e *env) waitReregistered(t *testing.T, before int) error {
+	t.Helper()
+	n := e.layout.TotalSlices()
+	return e.kubelet.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
+		p := k.PluginLocked(resource)
+		return k.RegistrationCountLocked() > before && p != nil && len(p.DevicesLocked()) == n
+	})
+}
+
 // waitPlugin waits for the stand-in to connect to the plugin.
 func (e *env) waitPlugin(t *testing.T) *kubeletstub.Plugin {
 	t.Helper()
@@ -528,10 +539,7 @@ func TestKubeletRestart(t *testing.T) {
 	}
 	// The plugin must notice by itself; its retry timer is far longer than
 	// this wait, so only the fsnotify path can pass.
-	if err := e.kubelet.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
-		p := k.PluginLocked(resource)
-		return k.RegistrationCountLocked() > before && p != nil && len(p.DevicesLocked()) == 16
-	}); err != nil {
+	if err := e.waitReregistered(t, before); err != nil {
 		t.Fatalf("plugin did not re-register after kubelet restart: %v", err)
 	}
 	p = e.kubelet.Plugin(resource)
@@ -553,10 +561,7 @@ func TestKubeletRestartWithoutRetry(t *testing.T) {
 		if err := e.kubelet.Restart(); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.kubelet.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
-			p := k.PluginLocked(resource)
-			return k.RegistrationCountLocked() > before && p != nil && len(p.DevicesLocked()) == 16
-		}); err != nil {
+		if err := e.waitReregistered(t, before); err != nil {
 			t.Fatalf("restart %d: plugin did not re-register: %v", i, err)
 		}
 	}
@@ -599,10 +604,7 @@ func TestAgentRestartKeepsIDsAndRemovesSocket(t *testing.T) {
 	}
 	before := registrations(e.kubelet)
 	e.startPlugin(t, nil)
-	if err := e.kubelet.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool {
-		p := k.PluginLocked(resource)
-		return k.RegistrationCountLocked() > before && p != nil && len(p.DevicesLocked()) == 16
-	}); err != nil {
+	if err := e.waitReregistered(t, before); err != nil {
 		t.Fatal(err)
 	}
 	p = e.kubelet.Plugin(resource)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/sampler"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
@@ -260,5 +261,35 @@ func TestFreezerForNoCgroup(t *testing.T) {
 	}
 	if err := (Freezer{File: "/sys/fs/cgroup/unified/no-such/cgroup.freeze"}).Freeze(); err == nil {
 		t.Error("Freeze() of a missing cgroup succeeded")
+	}
+}
+
+func TestUnreachableContainerCountedOnce(t *testing.T) {
+	t.Parallel()
+	o := DefaultOptions()
+	o.CgroupRoot = t.TempDir()
+	o.State = StateFile{Path: filepath.Join(t.TempDir(), "e.json")}
+	e, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	snap := &sampler.Snapshot{Containers: []sampler.Container{{
+		Namespace: "ml", Pod: "p", Container: "c", GPU: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
+		Cgroup: attribution.Container{ContainerID: "x", Paths: map[string]string{"": "/no/such/cgroup"}},
+	}}}
+	for range 3 {
+		e.Apply(snap)
+	}
+	if n := e.Failures(); n != 1 {
+		t.Errorf("Failures() = %d after three samples of one unreachable container, want 1", n)
+	}
+	if st := e.Stats()["x"]; st.InForce || st.Duty != 1 {
+		t.Errorf("stats = %+v, want not in force at duty 1", st)
+	}
+	e.Apply(&sampler.Snapshot{}) // gone
+	e.Apply(snap)                // back: a new episode, counted again
+	if n := e.Failures(); n != 2 {
+		t.Errorf("Failures() = %d after the container came back, want 2", n)
 	}
 }

@@ -77,8 +77,11 @@ type Enforcer struct {
 	// finished is the frozen time of throttles that ended, by container
 	// ID, so a container's total never goes backwards.
 	finished map[string]time.Duration
-	failures uint64
-	watchdog *Watchdog
+	// unreachable are containers whose cgroup could not be found, counted
+	// and logged once rather than every sample.
+	unreachable map[string]bool
+	failures    uint64
+	watchdog    *Watchdog
 }
 
 // New thaws whatever a previous agent left frozen, then returns an
@@ -104,7 +107,7 @@ func New(opts Options) (*Enforcer, error) {
 	return &Enforcer{
 		opts: opts, log: opts.Logger,
 		ctrl: map[string]*Controller{}, throttles: map[string]*Throttle{},
-		freezers: map[string]Freezer{}, stats: map[string]Stats{}, finished: map[string]time.Duration{},
+		freezers: map[string]Freezer{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
 	}, nil
 }
@@ -139,11 +142,14 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 		if _, ok := e.freezers[id]; !ok {
 			f, err := FreezerFor(e.opts.CgroupRoot, c.Cgroup)
 			if err != nil {
-				e.failures++
-				e.log.Warn("cannot enforce compute share", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "err", err)
-				e.stats[id] = Stats{Duty: 1}
+				if !e.unreachable[id] {
+					e.unreachable[id] = true
+					e.failures++
+					e.log.Warn("cannot enforce compute share", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "err", err)
+				}
 				continue
 			}
+			delete(e.unreachable, id)
 			e.freezers[id] = f
 		}
 		policy := e.opts.Policy
@@ -181,9 +187,11 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 					c.Container, c.ComputeLimitRatio*100, c.Index, d*100, e.opts.Period))
 		case t != nil && t.Err() != nil:
 			// The cgroup went away mid-throttle; the throttle thawed what
-			// it could and stopped.
+			// it could and stopped. Forget the freezer: if the container is
+			// really still there, its cgroup is found again next sample.
 			e.failures++
 			e.stop(id)
+			delete(e.freezers, id)
 			continue
 		}
 		if t != nil {
@@ -205,9 +213,15 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 			}
 		}
 	}
+	for id := range e.unreachable {
+		if !seen[id] {
+			delete(e.unreachable, id)
+		}
+	}
 	stats := map[string]Stats{}
+	memory := e.watchdog.Stats()
 	for id := range seen {
-		mem := e.watchdog.Stats()[id]
+		mem := memory[id]
 		s := Stats{Duty: 1, InForce: e.freezers[id].File != "", Throttled: e.finished[id], MemoryEvents: mem.Events, Kills: mem.Kills}
 		if t := e.throttles[id]; t != nil {
 			s.Duty = t.Duty()

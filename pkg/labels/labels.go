@@ -1,7 +1,6 @@
 package labels
 
 import (
-	"fmt"
 	"sort"
 	"strconv"
 	"strings"
@@ -167,18 +166,4 @@ func owned(k string) bool {
 	return strings.HasPrefix(k, "nvidia.com/gpu.product") || strings.HasPrefix(k, "nvidia.com/gpu.memory") ||
 		strings.HasPrefix(k, "nvidia.com/gpu.count") || strings.HasPrefix(k, "nvidia.com/gpu.family") ||
 		strings.HasPrefix(k, "nvidia.com/gpu.compute.") || strings.HasPrefix(k, "nvidia.com/cuda.")
-}
-
-// String renders labels sorted, for logs.
-func String(l map[string]string) string {
-	keys := make([]string, 0, len(l))
-	for k := range l {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s=%s", k, l[k])
-	}
-	return strings.Join(parts, ",")
 }

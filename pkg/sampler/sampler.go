@@ -256,7 +256,11 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 
 	snap := &Snapshot{Time: start, Errors: map[string]uint64{}}
 	var procs []attribution.GPUProcess
-	usage := map[[2]string]nvml.Process{} // (gpu, pid) -> process
+	type gpuPID struct {
+		gpu string
+		pid int
+	}
+	usage := map[gpuPID]nvml.Process{}
 	for _, d := range s.devices {
 		dev := Device{Device: d, Health: s.state.Health(d.UUID), XIDs: s.state.XIDs(d.UUID)}
 		if g, ok := s.layout.GPU(d.UUID); ok {
@@ -286,7 +290,7 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 				gp.EnvSliceIDs = attribution.EnvSliceIDs(env)
 			}
 			procs = append(procs, gp)
-			usage[[2]string{d.UUID, strconv.Itoa(p.PID)}] = p
+			usage[gpuPID{d.UUID, p.PID}] = p
 		}
 		snap.Devices = append(snap.Devices, dev)
 	}
@@ -326,7 +330,7 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 		if e == nil {
 			continue
 		}
-		p := usage[[2]string{a.GPU, strconv.Itoa(a.PID)}]
+		p := usage[gpuPID{a.GPU, a.PID}]
 		e.MemoryUsedBytes += p.MemoryBytes
 		e.SMUtilization += p.SMUtilization
 		e.Processes++
