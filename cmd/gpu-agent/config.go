@@ -62,7 +62,7 @@ type Config struct {
 	Health      HealthConfig      `json:"health"`
 }
 
-// EnforcementConfig controls the compute throttle.
+// EnforcementConfig controls how containers are held to their shares.
 type EnforcementConfig struct {
 	// Compute turns the compute throttle on.
 	Compute bool `json:"compute"`
@@ -74,6 +74,9 @@ type EnforcementConfig struct {
 	StateFile string `json:"stateFile,omitempty"`
 	// MemoryPolicy is kill, log or off, for containers over their GPU memory.
 	MemoryPolicy string `json:"memoryPolicy,omitempty"`
+	// DriverMemoryLimits uses the driver's per-cgroup GPU memory limits
+	// where the driver and host have them (r615+, cgroup v2).
+	DriverMemoryLimits bool `json:"driverMemoryLimits"`
 }
 
 // LogConfig configures the agent's logs.
@@ -153,11 +156,12 @@ func defaultConfig(getenv func(string) string) Config {
 		NodeName:        getenv("NODE_NAME"),
 		SysfsRoot:       nv.SysfsRoot, SampleInterval: Duration{time.Second},
 		Enforcement: EnforcementConfig{
-			Compute:      true,
-			Policy:       string(enforce.Burst),
-			Period:       Duration{enforce.DefaultOptions().Period},
-			StateFile:    enforce.DefaultOptions().State.Path,
-			MemoryPolicy: string(enforce.MemoryKill),
+			Compute:            true,
+			Policy:             string(enforce.Burst),
+			Period:             Duration{enforce.DefaultOptions().Period},
+			StateFile:          enforce.DefaultOptions().State.Path,
+			MemoryPolicy:       string(enforce.MemoryKill),
+			DriverMemoryLimits: true,
 		},
 		PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock",
 		CgroupRoot:         "/sys/fs/cgroup",
@@ -196,6 +200,7 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.BoolVar(&c.Enforcement.Compute, "enforce-compute", c.Enforcement.Compute, "hold each container to its compute share by freezing its cgroup for part of each period")
 	fs.StringVar(&c.Enforcement.Policy, "compute-policy", c.Enforcement.Policy, "burst (hold to the share only while others want the GPU) or strict (always)")
 	fs.StringVar(&c.Enforcement.MemoryPolicy, "memory-policy", c.Enforcement.MemoryPolicy, "a container over its GPU memory: kill (its newest GPU processes until it fits), log, or off")
+	fs.BoolVar(&c.Enforcement.DriverMemoryLimits, "driver-memory-limits", c.Enforcement.DriverMemoryLimits, "set the driver's per-cgroup GPU memory limits on each container where the driver has them (r615+, cgroup v2); the memory watchdog stays as a backstop")
 	fs.DurationVar(&c.Enforcement.Period.Duration, "throttle-period", c.Enforcement.Period.Duration, "compute throttle period")
 	fs.StringVar(&c.Enforcement.StateFile, "enforcement-state", c.Enforcement.StateFile, "`file` recording throttled containers, thawed by the next agent if this one dies")
 	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "kubelet pod-resources `socket`, for which container holds which slices")

@@ -101,3 +101,99 @@ func TestNoContainerLeftFrozenAfterSIGKILL(t *testing.T) {
 		t.Errorf("state still records throttles after the thaw: %s", data)
 	}
 }
+
+// TestDriverMemoryLimits runs the agent on a fake driver with per-cgroup
+// memory limits: a container's cgroup gets its limit when it appears, an
+// allocation past it fails inside the container, and the limit is cleared
+// when the container ends.
+func TestDriverMemoryLimits(t *testing.T) {
+	t.Parallel()
+	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-driver-test-%d", os.Getpid()))
+	st := stubKubelet(t, "preset: H100-80GB\ncount: 1\ndriverMemoryLimits: true\n")
+	addr := freePort(t)
+	agent := startAgent(t, append(st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms", "--cgroup-root=/sys/fs/cgroup", "--metrics-address="+addr)...)
+	p, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(agent.stderr.String(), "driver GPU memory limits in force") {
+		t.Fatalf("the agent did not take up the driver's memory limits:\n%s", agent.stderr.String())
+	}
+	a, err := p.Allocate(ctxT(t), "ml/capped", "main", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gpu := a.Response.Envs["NVIDIA_VISIBLE_DEVICES"]
+	limit, err := strconv.ParseUint(a.Response.Envs["GPUSLICE_MEMORY_LIMIT_BYTES"], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg := containerCgroup(t, base, kubeletstub.PodUID("ml/capped"), strings.Repeat("d", 64))
+	bin, err := fakegpu.BuildWorkload(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(mib uint64) (*exec.Cmd, *syncBuffer, chan error) {
+		out := &syncBuffer{}
+		cmd := exec.Command("/bin/sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cg, bin,
+			"--dir", st.work, "--gpu", gpu, "--demand", "0.1", "--memory-mib", strconv.FormatUint(mib, 10))
+		cmd.Stderr = out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+		return cmd, out, done
+	}
+	half := limit >> 20 / 2
+	first, _, firstDone := start(half)
+
+	pod := map[string]string{"namespace": "ml", "pod": "capped", "container": "main", "uuid": gpu}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		mfs := scrape(t, addr)
+		v, ok := value(mfs, "gpuslice_enforcement_driver_memory_limit_bytes", pod)
+		tier, _ := value(mfs, "gpuslice_enforcement_tier", map[string]string{"uuid": gpu, "resource": "memory", "tier": "driver"})
+		if ok && uint64(v) == limit && tier == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no driver limit of %d in the metrics: %v\n%s", limit, mfs["gpuslice_enforcement_driver_memory_limit_bytes"], agent.stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// Past the limit: the allocation fails inside the container; the
+	// process within it runs on.
+	_, out, secondDone := start(half + 64)
+	select {
+	case err := <-secondDone:
+		secondDone <- err
+		if err == nil || !strings.Contains(out.String(), "out of memory") {
+			t.Fatalf("second workload: %v: %s; want out of memory", err, out.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("an allocation past the driver limit was not refused")
+	}
+	select {
+	case err := <-firstDone:
+		t.Fatalf("the workload within its limit ended: %v", err)
+	default:
+	}
+
+	// The container ends: its limit is cleared before its cgroup goes.
+	_ = first.Process.Kill()
+	firstDone <- <-firstDone
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		v, _ := value(scrape(t, addr), "gpuslice_enforcement_driver_memory_limit_operations_total", map[string]string{"result": "cleared"})
+		if v == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the limit was never cleared\n%s", agent.stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -148,6 +148,10 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer func() { _ = podres.Close() }()
+	driverLimits := startDriverLimits(cfg, backend, layout, eopts, log)
+	if driverLimits != nil {
+		enforcer.UseDriverLimits(driverLimits)
+	}
 	sopts := cfg.samplerOptions(log)
 	sopts.OnSample = enforcer.Apply
 	smp, err := sampler.New(devs, layout, backend, podres, plugin, sopts)
@@ -175,6 +179,9 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if policies != nil {
 		g.Go(func() error { policies.Run(ctx); return nil })
 	}
+	if driverLimits != nil {
+		g.Go(func() error { return driverLimits.Run(ctx) })
+	}
 	if fake != nil && cfg.FakeConfig != "" {
 		g.Go(func() error { return fakegpu.WatchFile(ctx, cfg.FakeConfig, fake, log) })
 	}
@@ -201,6 +208,28 @@ func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, *fakegpu.Node, err
 		return nil, nil, err
 	}
 	return node, node, nil
+}
+
+// startDriverLimits returns the driver memory-limit tier, or nil where it
+// is off or the driver or host lacks it (the watchdog then holds memory).
+func startDriverLimits(cfg Config, backend nvml.Backend, layout *vgpu.Layout, eopts enforce.Options, log *slog.Logger) *enforce.DriverLimits {
+	// Only a killing policy enforces; log and off only watch or do nothing.
+	if !cfg.Enforcement.DriverMemoryLimits || eopts.Memory != enforce.MemoryKill {
+		return nil
+	}
+	d, err := enforce.NewDriverLimits(enforce.DriverOptions{
+		Limiter:    backend,
+		CgroupRoot: cfg.CgroupRoot,
+		Grants:     enforce.CheckpointGrants(cfg.DevicePluginDir, cfg.ResourceName, layout),
+		Events:     eopts.Events,
+		Logger:     log,
+	})
+	if err != nil {
+		log.Info("driver GPU memory limits unavailable; the memory watchdog holds GPU memory", "reason", err)
+		return nil
+	}
+	log.Info("driver GPU memory limits in force", "cgroup_root", d.Root())
+	return d
 }
 
 // healthRetry is how long to wait before watching health again after the

@@ -61,6 +61,9 @@ type Stats struct {
 	MemoryEvents uint64
 	// Kills counts its GPU processes killed for that.
 	Kills uint64
+	// DriverMemoryLimits are the hard limits the driver enforces on the
+	// container's cgroup, by GPU UUID; nil without the driver tier.
+	DriverMemoryLimits map[string]uint64
 }
 
 // Enforcer applies the controller's duties to containers' cgroups after
@@ -82,6 +85,34 @@ type Enforcer struct {
 	unreachable map[string]bool
 	failures    uint64
 	watchdog    *Watchdog
+	driver      *DriverLimits
+}
+
+// UseDriverLimits puts the driver's per-cgroup memory limits in front of
+// the watchdog, which stays as a backstop for containers the driver could
+// not limit.
+func (e *Enforcer) UseDriverLimits(d *DriverLimits) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.driver = d
+}
+
+// DriverStats returns what the driver tier did, and false without one.
+func (e *Enforcer) DriverStats() (DriverStats, bool) {
+	e.mu.Lock()
+	d := e.driver
+	e.mu.Unlock()
+	if d == nil {
+		return DriverStats{}, false
+	}
+	return d.Stats(), true
+}
+
+func (e *Enforcer) driverLimits() map[string]map[string]uint64 {
+	if e.driver == nil {
+		return nil
+	}
+	return e.driver.Limits()
 }
 
 // New thaws whatever a previous agent left frozen, then returns an
@@ -118,6 +149,9 @@ func New(opts Options) (*Enforcer, error) {
 func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.driver != nil {
+		e.driver.Apply(snap)
+	}
 	e.watchdog.Apply(snap)
 	if !e.opts.Compute {
 		e.stats = e.memoryOnlyStats(snap)
@@ -220,9 +254,10 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 	}
 	stats := map[string]Stats{}
 	memory := e.watchdog.Stats()
+	driver := e.driverLimits()
 	for id := range seen {
 		mem := memory[id]
-		s := Stats{Duty: 1, InForce: e.freezers[id].File != "", Throttled: e.finished[id], MemoryEvents: mem.Events, Kills: mem.Kills}
+		s := Stats{Duty: 1, InForce: e.freezers[id].File != "", Throttled: e.finished[id], MemoryEvents: mem.Events, Kills: mem.Kills, DriverMemoryLimits: driver[id]}
 		if t := e.throttles[id]; t != nil {
 			s.Duty = t.Duty()
 			s.Throttled += t.Throttled()
@@ -285,24 +320,31 @@ func (e *Enforcer) Close() {
 // memoryOnlyStats reports the watchdog's work when the throttle is off.
 func (e *Enforcer) memoryOnlyStats(snap *sampler.Snapshot) map[string]Stats {
 	mem := e.watchdog.Stats()
+	driver := e.driverLimits()
 	out := map[string]Stats{}
 	for _, c := range snap.Containers {
 		if id := c.Cgroup.ContainerID; id != "" {
 			m := mem[id]
-			out[id] = Stats{Duty: 1, MemoryEvents: m.Events, Kills: m.Kills}
+			out[id] = Stats{Duty: 1, MemoryEvents: m.Events, Kills: m.Kills, DriverMemoryLimits: driver[id]}
 		}
 	}
 	return out
 }
 
-// Tiers names the mechanisms holding each resource: "freezer" or "none"
-// for compute, "watchdog" or "none" for memory.
+// Tiers names the strongest mechanism holding each resource: "freezer" or
+// "none" for compute; "driver" (the driver's per-cgroup limits),
+// "watchdog" or "none" for memory.
 func (e *Enforcer) Tiers() (compute, memory string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	compute, memory = "none", "none"
 	if e.opts.Compute {
 		compute = "freezer"
 	}
-	if e.opts.Memory != MemoryOff {
+	switch {
+	case e.driver != nil:
+		memory = "driver"
+	case e.opts.Memory != MemoryOff:
 		memory = "watchdog"
 	}
 	return compute, memory

@@ -25,6 +25,7 @@ type Enforcement interface {
 	Stats() map[string]enforce.Stats
 	Failures() uint64
 	Tiers() (compute, memory string)
+	DriverStats() (enforce.DriverStats, bool)
 }
 
 // Info is static information about the agent and its node, and where
@@ -201,6 +202,7 @@ type enforcementCollector struct {
 	src                                                Source
 	enf                                                Enforcement
 	throttled, duty, inForce, kills, limit, fail, tier *prometheus.Desc
+	driverLimit, driverOps                             *prometheus.Desc
 	mps                                                bool
 }
 
@@ -214,11 +216,15 @@ func newEnforcementCollector(src Source, enf Enforcement, mps bool) *enforcement
 		kills:     desc("enforcement", "kills_total", "GPU processes of the container killed for exceeding its memory limit.", containerLabels...),
 		limit:     desc("enforcement", "memory_limit_events_total", "Times the container went over its GPU memory limit.", containerLabels...),
 		fail:      desc("enforcement", "failures_total", "Containers that could not be enforced and cgroups that vanished under a throttle."),
+		driverLimit: desc("enforcement", "driver_memory_limit_bytes", "Hard GPU memory limit the driver enforces on the container's cgroup; absent where the driver tier does not hold it.",
+			containerLabels...),
+		driverOps: desc("enforcement", "driver_memory_limit_operations_total",
+			"Driver per-cgroup memory limit operations: set, cleared (soft limit zeroed before the cgroup went away), failed NVML calls, and uncleared cgroups removed with their soft limit still set.", "result"),
 	}
 }
 
 func (c *enforcementCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.throttled, c.duty, c.inForce, c.kills, c.limit, c.fail, c.tier} {
+	for _, d := range []*prometheus.Desc{c.throttled, c.duty, c.inForce, c.kills, c.limit, c.fail, c.tier, c.driverLimit, c.driverOps} {
 		ch <- d
 	}
 }
@@ -238,6 +244,14 @@ func (c *enforcementCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.tier, prometheus.GaugeValue, 1, l[0], l[1], "compute", compute)
 			ch <- prometheus.MustNewConstMetric(c.tier, prometheus.GaugeValue, 1, l[0], l[1], "memory", memory)
 		}
+		if ds, ok := c.enf.DriverStats(); ok {
+			for _, v := range []struct {
+				result string
+				n      uint64
+			}{{"set", ds.Set}, {"cleared", ds.Cleared}, {"failed", ds.Failed}, {"uncleared", ds.Uncleared}} {
+				ch <- prometheus.MustNewConstMetric(c.driverOps, prometheus.CounterValue, float64(v.n), v.result)
+			}
+		}
 	}
 	for _, ctr := range snap.Containers {
 		l := containerValues(ctr)
@@ -254,6 +268,9 @@ func (c *enforcementCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.inForce, prometheus.GaugeValue, inForce, l...)
 		ch <- prometheus.MustNewConstMetric(c.kills, prometheus.CounterValue, float64(st.Kills), l...)
 		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.CounterValue, float64(st.MemoryEvents), l...)
+		if b, ok := st.DriverMemoryLimits[ctr.GPU]; ok {
+			ch <- prometheus.MustNewConstMetric(c.driverLimit, prometheus.GaugeValue, float64(b), l...)
+		}
 	}
 }
 

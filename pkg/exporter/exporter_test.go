@@ -23,12 +23,16 @@ func (f fixed) Snapshot() *sampler.Snapshot { return f.s }
 type enforcement struct{}
 
 func (enforcement) Stats() map[string]enforce.Stats {
-	return map[string]enforce.Stats{cidA: {Throttled: 2500 * time.Millisecond, Duty: 0.4, InForce: true}}
+	return map[string]enforce.Stats{cidA: {Throttled: 2500 * time.Millisecond, Duty: 0.4, InForce: true, DriverMemoryLimits: map[string]uint64{"GPU-aaa": 10 << 30}}}
+}
+
+func (enforcement) DriverStats() (enforce.DriverStats, bool) {
+	return enforce.DriverStats{Set: 4, Cleared: 2, Failed: 1}, true
 }
 
 func (enforcement) Failures() uint64 { return 1 }
 
-func (enforcement) Tiers() (string, string) { return "freezer", "watchdog" }
+func (enforcement) Tiers() (string, string) { return "freezer", "driver" }
 
 const cidA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 
@@ -162,13 +166,22 @@ gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace=
 # HELP gpuslice_enforcement_tier The mechanism holding each resource on the GPU; always 1.
 # TYPE gpuslice_enforcement_tier gauge
 gpuslice_enforcement_tier{gpu="0",resource="compute",tier="freezer",uuid="GPU-aaa"} 1
-gpuslice_enforcement_tier{gpu="0",resource="memory",tier="watchdog",uuid="GPU-aaa"} 1
+gpuslice_enforcement_tier{gpu="0",resource="memory",tier="driver",uuid="GPU-aaa"} 1
 gpuslice_enforcement_tier{gpu="1",resource="compute",tier="freezer",uuid="GPU-bbb"} 1
-gpuslice_enforcement_tier{gpu="1",resource="memory",tier="watchdog",uuid="GPU-bbb"} 1
+gpuslice_enforcement_tier{gpu="1",resource="memory",tier="driver",uuid="GPU-bbb"} 1
 # HELP gpuslice_enforcement_kills_total GPU processes of the container killed for exceeding its memory limit.
 # TYPE gpuslice_enforcement_kills_total counter
 gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
 gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
+# HELP gpuslice_enforcement_driver_memory_limit_bytes Hard GPU memory limit the driver enforces on the container's cgroup; absent where the driver tier does not hold it.
+# TYPE gpuslice_enforcement_driver_memory_limit_bytes gauge
+gpuslice_enforcement_driver_memory_limit_bytes{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1.073741824e+10
+# HELP gpuslice_enforcement_driver_memory_limit_operations_total Driver per-cgroup memory limit operations: set, cleared (soft limit zeroed before the cgroup went away), failed NVML calls, and uncleared cgroups removed with their soft limit still set.
+# TYPE gpuslice_enforcement_driver_memory_limit_operations_total counter
+gpuslice_enforcement_driver_memory_limit_operations_total{result="cleared"} 2
+gpuslice_enforcement_driver_memory_limit_operations_total{result="failed"} 1
+gpuslice_enforcement_driver_memory_limit_operations_total{result="set"} 4
+gpuslice_enforcement_driver_memory_limit_operations_total{result="uncleared"} 0
 `
 
 const wantAgent = `
@@ -251,8 +264,9 @@ func TestEmptySnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// build_info, the histogram, four error counters, enforcement failures.
-	if n != 7 {
-		t.Errorf("%d series before the first sample, want 7", n)
+	// build_info, the histogram, four error counters, enforcement
+	// failures, four driver limit operation counters.
+	if n != 11 {
+		t.Errorf("%d series before the first sample, want 11", n)
 	}
 }

@@ -111,6 +111,9 @@ type Backend interface {
 	// Processes returns the processes using one GPU, with their memory and
 	// their SM utilization since the previous call for that GPU.
 	Processes(uuid string) ([]Process, error)
+	// MemoryLimiter sets the driver's per-cgroup memory limits, where the
+	// driver has them.
+	MemoryLimiter
 	// Close releases the backend.
 	Close() error
 }
@@ -132,3 +135,38 @@ func (e *ErrCall) Error() string { return e.Call + ": " + e.Err.Error() }
 
 // Unwrap returns the underlying error.
 func (e *ErrCall) Unwrap() error { return e.Err }
+
+// NoMemoryLimit is the hard limit that means "no limit"
+// (NVML_DEVICE_MEMORY_LIMIT_MAX). Setting a soft limit of 0 and this hard
+// limit clears a cgroup's limits.
+const NoMemoryLimit = ^uint64(0)
+
+// MemoryLimits are the driver's GPU memory limits for the processes of one
+// cgroup on one GPU (nvmlDeviceSetMemoryLimits_v1, driver r615 and later).
+type MemoryLimits struct {
+	// SoftBytes is guaranteed to the cgroup; above it, allocations may
+	// fail under memory pressure. 0: nothing guaranteed.
+	SoftBytes uint64
+	// HardBytes is the most the cgroup can allocate; an allocation past it
+	// fails with out-of-memory. NoMemoryLimit: no limit.
+	HardBytes uint64
+	// UsedBytes is what the cgroup holds now (read back only).
+	UsedBytes uint64
+}
+
+// MemoryLimiter is the part of a backend that sets the driver's
+// per-cgroup GPU memory limits. Cgroups are named by the full path of
+// their directory in the cgroup v2 hierarchy.
+type MemoryLimiter interface {
+	// MemoryLimitsSupported returns nil when the driver enforces
+	// per-cgroup memory limits for cgroups under cgroupDir, or an error
+	// wrapping ErrNotSupported that says why not.
+	MemoryLimitsSupported(cgroupDir string) error
+	// SetMemoryLimits sets one cgroup's limits on one GPU.
+	SetMemoryLimits(uuid, cgroupDir string, softBytes, hardBytes uint64) error
+	// MemoryLimits reads one cgroup's limits on one GPU and what it uses.
+	MemoryLimits(uuid, cgroupDir string) (MemoryLimits, error)
+}
+
+// ErrNotSupported reports a driver feature this GPU or driver lacks.
+var ErrNotSupported = errors.New("not supported by this driver")

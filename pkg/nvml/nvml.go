@@ -54,6 +54,8 @@ type NVML struct {
 	mu       sync.Mutex
 	handle   map[string]gonvml.Device // by UUID
 	lastSeen map[string]uint64        // by UUID: newest process sample timestamp, µs
+
+	limitsAPI limitsAPI
 }
 
 var _ Backend = (*NVML)(nil)

@@ -67,6 +67,11 @@ type Config struct {
 	// WorkloadDir is where fake GPU workload processes publish their state
 	// (see WorkloadState); empty means the node has no workloads.
 	WorkloadDir string `json:"workloadDir,omitempty"`
+	// DriverMemoryLimits gives the fake driver per-cgroup GPU memory limits
+	// (nvmlDeviceSetMemoryLimits_v1, r615 and later): a workload whose
+	// allocation would take its cgroup past the hard limit is refused, as
+	// CUDA refuses it with out-of-memory.
+	DriverMemoryLimits bool `json:"driverMemoryLimits,omitempty"`
 }
 
 // GPUConfig describes one GPU of an explicit list.

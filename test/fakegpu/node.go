@@ -31,6 +31,13 @@ type Node struct {
 	lastAdvance time.Time
 	requested   map[int]int64 // pid -> RequestedNanos seen last window
 	physics     map[string]gpuPhysics
+
+	driverLimits bool
+	limits       map[limitKey]nvml.MemoryLimits
+	admitted     map[int]uint64 // pid -> GPU memory the fake driver granted
+	cgroupOf     map[int]string // pid -> cgroup v2 path, read once
+	gpuOf        map[int]string // pid -> GPU UUID
+	leaked       uint64         // soft limits of cgroups removed without clearing them
 }
 
 var _ nvml.Backend = (*Node)(nil)
@@ -54,6 +61,12 @@ func New(cfg Config) (*Node, error) {
 		lastAdvance: time.Now(),
 		requested:   map[int]int64{},
 		physics:     map[string]gpuPhysics{},
+
+		driverLimits: cfg.DriverMemoryLimits,
+		limits:       map[limitKey]nvml.MemoryLimits{},
+		admitted:     map[int]uint64{},
+		cgroupOf:     map[int]string{},
+		gpuOf:        map[int]string{},
 	}
 	for i, s := range specs {
 		n.devices = append(n.devices, nvml.Device{

@@ -71,6 +71,9 @@ func (n *Node) NVMLState() []byte {
 	for _, x := range n.xids {
 		fmt.Fprintf(&b, "xid\t%d\t%d\t%d\n", x.gpu, x.xid, x.seq)
 	}
+	if n.driverLimits {
+		b.WriteString("memlimits\t1\n")
+	}
 	for _, c := range calls {
 		if n.fail[c] {
 			fmt.Fprintf(&b, "fail\t%s\n", c)
@@ -82,6 +85,12 @@ func (n *Node) NVMLState() []byte {
 // WriteNVMLState writes NVMLState to path atomically, so the library never
 // reads half a file.
 func (n *Node) WriteNVMLState(path string) error {
+	n.mu.Lock()
+	err := n.syncLimitsFileLocked(path + ".limits")
+	n.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, n.NVMLState(), 0o600); err != nil {
 		return fmt.Errorf("write fake NVML state: %w", err)

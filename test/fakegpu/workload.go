@@ -107,10 +107,11 @@ func (n *Node) advanceLocked(now time.Time) {
 	work := n.workloadsLocked()
 	asked := map[string]map[int]int64{} // GPU UUID -> pid -> ns asked this window
 	memory := map[string]uint64{}
+	n.admitLocked(work)
 	for pid, w := range work {
 		prev, seen := n.requested[pid]
 		n.requested[pid] = w.RequestedNanos
-		memory[w.GPU] += w.MemoryBytes
+		memory[w.GPU] += n.admitted[pid]
 		if !seen || w.RequestedNanos < prev {
 			continue
 		}
@@ -142,7 +143,7 @@ func (n *Node) advanceLocked(now time.Time) {
 			}
 			got := float64(asked[d.UUID][pid]) * scale
 			served += got
-			ph.procs = append(ph.procs, nvml.Process{PID: pid, MemoryBytes: w.MemoryBytes, SMUtilization: min(got/float64(dt), 1)})
+			ph.procs = append(ph.procs, nvml.Process{PID: pid, MemoryBytes: n.admitted[pid], SMUtilization: min(got/float64(dt), 1)})
 		}
 		sort.Slice(ph.procs, func(i, j int) bool { return ph.procs[i].PID < ph.procs[j].PID })
 		ph.utilization = min(served/float64(dt), 1)

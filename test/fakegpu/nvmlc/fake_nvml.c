@@ -13,10 +13,16 @@
  *   sample  <gpu index> <util %> <memory used> <temp C> <power mW> <energy mJ> <SM MHz> <time us>
  *   proc    <gpu index> <pid> <memory bytes> <SM util %>
  *   fail    <call: devices|system|watchHealth>
+ *   memlimits 1   (the driver has per-cgroup memory limits, r615+)
+ *
+ * Per-cgroup memory limits set through nvmlDeviceSetMemoryLimits_v1 are
+ * kept in <state file>.limits, one "<uuid> <soft> <hard> <cgroup dir>"
+ * line each, where the fake node (Node.WriteNVMLState) picks them up.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 typedef int nvmlReturn_t;
@@ -24,6 +30,7 @@ enum {
 	NVML_SUCCESS = 0,
 	NVML_ERROR_UNINITIALIZED = 1,
 	NVML_ERROR_INVALID_ARGUMENT = 2,
+	NVML_ERROR_NOT_SUPPORTED = 3,
 	NVML_ERROR_NOT_FOUND = 6,
 	NVML_ERROR_INSUFFICIENT_SIZE = 7,
 	NVML_ERROR_TIMEOUT = 10,
@@ -90,6 +97,7 @@ struct state {
 	int nprocs;
 	struct proc procs[MAX_PROCS];
 	int failDevices, failSystem, failWatch, failSample, failProcs;
+	int memlimits;
 };
 
 static struct nvmlDevice_st handles[MAX_GPUS];
@@ -150,6 +158,9 @@ static int load(struct state *s) {
 			for (i = 0; i < 4 && (fld[i] = strtok_r(NULL, "\t", &save)); i++) {}
 			if (i < 4) continue;
 			s->procs[s->nprocs++] = (struct proc){atoi(fld[0]), (unsigned)atoi(fld[1]), (unsigned)atoi(fld[3]), strtoull(fld[2], NULL, 10)};
+		} else if (!strcmp(kind, "memlimits")) {
+			char *v = strtok_r(NULL, "\t", &save);
+			if (v) s->memlimits = atoi(v);
 		} else if (!strcmp(kind, "fail")) {
 			char *c = strtok_r(NULL, "\t", &save);
 			if (!c) continue;
@@ -200,6 +211,7 @@ const char *nvmlErrorString(nvmlReturn_t r) {
 	case NVML_SUCCESS: return "Success";
 	case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
 	case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+	case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
 	case NVML_ERROR_NOT_FOUND: return "Not Found";
 	case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
 	case NVML_ERROR_TIMEOUT: return "Timeout";
@@ -502,5 +514,138 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizat
 		out[*count] = (nvmlProcessUtilizationSample_t){s.procs[i].pid, g->sampleTime, s.procs[i].smUtil, 0, 0, 0};
 		(*count)++;
 	}
+	return NVML_SUCCESS;
+}
+
+/* Per-cgroup memory limits (r615+). */
+#define MAX_LIMITS 256
+#define NO_LIMIT (~0ULL)
+typedef struct {
+	const char *nameSpace;
+	unsigned long long softLimit, hardLimit;
+} nvmlSetMemoryLimits_v1_t;
+typedef struct {
+	const char *nameSpace;
+	unsigned long long softLimit, hardLimit, currentUsed;
+} nvmlGetMemoryLimits_v1_t;
+struct limit {
+	char uuid[96], dir[1024];
+	unsigned long long soft, hard;
+};
+
+static void limitsPath(char *buf, size_t len) {
+	const char *state = getenv("GPUSLICE_FAKE_NVML_STATE");
+	snprintf(buf, len, "%s.limits", state ? state : "");
+}
+
+static int loadLimits(struct limit *ls) {
+	char path[1100], line[1300];
+	limitsPath(path, sizeof path);
+	FILE *f = fopen(path, "r");
+	if (!f) return 0;
+	int n = 0;
+	while (n < MAX_LIMITS && fgets(line, sizeof line, f)) {
+		line[strcspn(line, "\n")] = 0;
+		char *save = NULL, *u = strtok_r(line, "\t", &save), *so = strtok_r(NULL, "\t", &save),
+		     *h = strtok_r(NULL, "\t", &save), *d = strtok_r(NULL, "\t", &save);
+		if (!u || !so || !h || !d) continue;
+		snprintf(ls[n].uuid, sizeof ls[n].uuid, "%s", u);
+		snprintf(ls[n].dir, sizeof ls[n].dir, "%s", d);
+		ls[n].soft = strtoull(so, NULL, 10);
+		ls[n].hard = strtoull(h, NULL, 10);
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
+static nvmlReturn_t saveLimits(struct limit *ls, int n) {
+	char path[1100], tmp[1200];
+	limitsPath(path, sizeof path);
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	FILE *f = fopen(tmp, "w");
+	if (!f) return NVML_ERROR_UNKNOWN;
+	for (int i = 0; i < n; i++)
+		fprintf(f, "%s\t%llu\t%llu\t%s\n", ls[i].uuid, ls[i].soft, ls[i].hard, ls[i].dir);
+	if (fclose(f) || rename(tmp, path)) return NVML_ERROR_UNKNOWN;
+	return NVML_SUCCESS;
+}
+
+/* limitTarget checks a limits call: the driver must have the feature and
+ * the cgroup must exist. */
+static nvmlReturn_t limitTarget(nvmlDevice_t d, const char *ns, struct state *s, struct gpu **g) {
+	nvmlReturn_t r = gpuOf(d, s, g);
+	if (r) return r;
+	if (!s->memlimits) return NVML_ERROR_NOT_SUPPORTED;
+	if (!ns || strlen(ns) >= 1024 || strchr(ns, '\t') || strchr(ns, '\n')) return NVML_ERROR_INVALID_ARGUMENT;
+	char procs[1100];
+	struct stat st;
+	snprintf(procs, sizeof procs, "%s/cgroup.procs", ns);
+	if (stat(procs, &st)) return NVML_ERROR_NOT_FOUND;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceSetMemoryLimits_v1(nvmlDevice_t d, nvmlSetMemoryLimits_v1_t *l) {
+	struct state s;
+	struct gpu *g;
+	if (!l) return NVML_ERROR_INVALID_ARGUMENT;
+	nvmlReturn_t r = limitTarget(d, l->nameSpace, &s, &g);
+	if (r) return r;
+	if (l->softLimit > l->hardLimit) return NVML_ERROR_INVALID_ARGUMENT;
+	static struct limit ls[MAX_LIMITS];
+	int n = loadLimits(ls), at = n;
+	for (int i = 0; i < n; i++)
+		if (!strcmp(ls[i].uuid, g->uuid) && !strcmp(ls[i].dir, l->nameSpace)) at = i;
+	if (l->softLimit == 0 && l->hardLimit == NO_LIMIT) {
+		if (at < n) ls[at] = ls[--n]; /* cleared */
+		return saveLimits(ls, n);
+	}
+	if (at == n) {
+		if (n == MAX_LIMITS) return NVML_ERROR_UNKNOWN;
+		n++;
+	}
+	snprintf(ls[at].uuid, sizeof ls[at].uuid, "%s", g->uuid);
+	snprintf(ls[at].dir, sizeof ls[at].dir, "%s", l->nameSpace);
+	ls[at].soft = l->softLimit;
+	ls[at].hard = l->hardLimit;
+	return saveLimits(ls, n);
+}
+
+/* inCgroup reports whether pid's cgroup v2 path is the one dir ends with. */
+static int inCgroup(unsigned int pid, const char *dir) {
+	char path[64], line[1100];
+	snprintf(path, sizeof path, "/proc/%u/cgroup", pid);
+	FILE *f = fopen(path, "r");
+	if (!f) return 0;
+	int in = 0;
+	while (fgets(line, sizeof line, f)) {
+		line[strcspn(line, "\n")] = 0;
+		if (strncmp(line, "0::", 3)) continue;
+		const char *p = line + 3;
+		size_t lp = strlen(p), ld = strlen(dir);
+		in = lp > 1 && ld >= lp && !strcmp(dir + ld - lp, p);
+	}
+	fclose(f);
+	return in;
+}
+
+nvmlReturn_t nvmlDeviceGetMemoryLimits_v1(nvmlDevice_t d, nvmlGetMemoryLimits_v1_t *l) {
+	struct state s;
+	struct gpu *g;
+	if (!l) return NVML_ERROR_INVALID_ARGUMENT;
+	nvmlReturn_t r = limitTarget(d, l->nameSpace, &s, &g);
+	if (r) return r;
+	static struct limit ls[MAX_LIMITS];
+	int n = loadLimits(ls);
+	l->softLimit = 0;
+	l->hardLimit = NO_LIMIT;
+	for (int i = 0; i < n; i++) {
+		if (strcmp(ls[i].uuid, g->uuid) || strcmp(ls[i].dir, l->nameSpace)) continue;
+		l->softLimit = ls[i].soft;
+		l->hardLimit = ls[i].hard;
+	}
+	l->currentUsed = 0;
+	for (int i = 0; i < s.nprocs; i++)
+		if (s.procs[i].gpu == d->index && inCgroup(s.procs[i].pid, l->nameSpace)) l->currentUsed += s.procs[i].mem;
 	return NVML_SUCCESS;
 }

@@ -6,6 +6,9 @@
 //
 //	workload --dir /run/gpuslice/fakegpu --memory-mib 4096 --demand 0.3
 //
+// An allocation the fake driver refuses (a cgroup memory limit) ends the
+// workload with exit status 2 and a CUDA-like out-of-memory message.
+//
 // The GPU defaults to the first of $NVIDIA_VISIBLE_DEVICES, as the device
 // plugin sets it; the directory to $GPUSLICE_FAKE_WORKLOAD_DIR.
 package main
@@ -41,6 +44,8 @@ func run(args []string) error {
 	demand := fs.Float64("demand", 0.5, "share of a whole GPU wanted, 0..1")
 	tick := fs.Duration("tick", 20*time.Millisecond, "how often the GPU time asked for is published")
 	duration := fs.Duration("duration", 0, "exit after this long (0: run until signalled)")
+	growMiB := fs.Uint64("grow-to-mib", 0, "after --grow-after, ask for this much GPU memory in all (0: never grow)")
+	growAfter := fs.Duration("grow-after", time.Second, "when to grow to --grow-to-mib")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -76,6 +81,14 @@ func run(args []string) error {
 	defer account.Stop()
 	publish := time.NewTicker(*tick)
 	defer publish.Stop()
+	var grow <-chan time.Time
+	if *growMiB > 0 {
+		t := time.NewTimer(*growAfter)
+		defer t.Stop()
+		grow = t.C
+	}
+	oom := filepath.Join(*dir, strconv.Itoa(pid)+fakegpu.OOMSuffix)
+	defer func() { _ = os.Remove(oom) }()
 	last := time.Now()
 	for {
 		select {
@@ -85,7 +98,17 @@ func run(args []string) error {
 			ran := min(now.Sub(last), 2*step)
 			last = now
 			state.RequestedNanos += int64(float64(ran) * *demand)
+		case <-grow:
+			state.MemoryBytes = *growMiB << 20
+			if err := fakegpu.WriteWorkloadState(*dir, pid, state); err != nil {
+				return err
+			}
 		case <-publish.C:
+			// The fake driver refused an allocation: fail as a CUDA
+			// program does on cudaErrorMemoryAllocation.
+			if msg, err := os.ReadFile(oom); err == nil { //nolint:gosec // our own file
+				return fmt.Errorf("CUDA error: %s", strings.TrimSpace(string(msg)))
+			}
 			if err := fakegpu.WriteWorkloadState(*dir, pid, state); err != nil {
 				return err
 			}

@@ -1,0 +1,291 @@
+package enforce_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+	"github.com/gpuslice/gpuslice/test/kubeletstub"
+)
+
+// driverNode is a fake node whose driver has per-cgroup memory limits,
+// with the driver tier watching a cgroup tree of the test's own.
+type driverNode struct {
+	node   *kubeletstub.Node
+	limits *enforce.DriverLimits
+	base   string // the test's top-level cgroup, in the v2 hierarchy
+	work   string
+	bin    string
+}
+
+func startDriverNode(t testing.TB) *driverNode {
+	t.Helper()
+	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err != nil {
+		if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+			t.Skip("no cgroup v2 hierarchy on this host")
+		}
+	}
+	work := t.TempDir()
+	node := kubeletstub.StartNode(t, fakegpu.Config{Preset: "H100-80GB", Count: 1, WorkloadDir: work, DriverMemoryLimits: true}, 10)
+	bin, err := fakegpu.BuildWorkload(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := enforce.CgroupV2Root("/sys/fs/cgroup")
+	if err != nil {
+		t.Skip(err)
+	}
+	base := filepath.Join(root, fmt.Sprintf("gpuslice-driver-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	t.Cleanup(func() { removeTree(t, base) })
+	d, err := enforce.NewDriverLimits(enforce.DriverOptions{
+		Limiter:    node.GPU,
+		CgroupRoot: "/sys/fs/cgroup",
+		Grants:     enforce.CheckpointGrants(node.Dir, "nvidia.com/vgpu", node.Layout),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("driver limits: %v", err)
+		}
+	})
+	// The watch is in place once Run has added the root; give it a moment.
+	time.Sleep(50 * time.Millisecond)
+	return &driverNode{node: node, limits: d, base: base, work: work, bin: bin}
+}
+
+// containerCgroup creates the cgroup a runtime would create for a
+// container of pod.
+func (n *driverNode) containerCgroup(t testing.TB, pod, cid string) string {
+	t.Helper()
+	dir := filepath.Join(n.base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(pod), cid)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Skipf("cannot create cgroups: %v", err)
+	}
+	return dir
+}
+
+// waitLimit waits until the driver reports the cgroup's hard limit as want.
+func (n *driverNode) waitLimit(t testing.TB, dir string, want uint64) time.Duration {
+	t.Helper()
+	start := time.Now()
+	gpu := n.node.Devices[0].UUID
+	for {
+		l, err := n.node.GPU.MemoryLimits(gpu, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.HardBytes == want && (want == nvml.NoMemoryLimit || l.SoftBytes == want) {
+			return time.Since(start)
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("limits of %s are %+v, want hard %d", dir, l, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+type workloadRun struct {
+	cmd    *exec.Cmd
+	stderr *bytes.Buffer
+	done   chan error
+}
+
+// run starts a workload holding mib in the cgroup dir. The process is
+// started stopped and moved into the cgroup before it allocates, as a
+// runtime does.
+func (n *driverNode) run(t *testing.T, dir string, mib int, extra ...string) *workloadRun {
+	t.Helper()
+	r := &workloadRun{stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	args := append([]string{"--dir", n.work, "--gpu", n.node.Devices[0].UUID, "--demand", "0.05", "--memory-mib", fmt.Sprint(mib), "--tick", "5ms"}, extra...)
+	// A shell moves itself into the cgroup, then becomes the workload.
+	sh := append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, dir, n.bin}, args...)
+	r.cmd = exec.Command("/bin/sh", sh...)
+	r.cmd.Stderr = r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() { _ = r.cmd.Process.Signal(syscall.SIGKILL); <-r.done })
+	return r
+}
+
+func TestDriverLimitsSetOnCgroupCreationAndRefuseOverLimit(t *testing.T) {
+	n := startDriverNode(t)
+	if _, err := n.node.Connection.Allocate(context.Background(), "ml/train", "main", 2); err != nil {
+		t.Fatal(err)
+	}
+	limit := 2 * n.node.Layout.GPUs()[0].SliceMemoryBytes
+	dir := n.containerCgroup(t, "ml/train", strings.Repeat("a", 64))
+	took := n.waitLimit(t, dir, limit)
+	t.Logf("limit set %v after the cgroup appeared", took)
+
+	// Within the limit: runs. Past it with a second process: refused with
+	// out-of-memory, while the first keeps running.
+	half := int(limit>>20) / 2
+	first := n.run(t, dir, half)
+	time.Sleep(200 * time.Millisecond)
+	n.node.GPU.Processes(n.node.Devices[0].UUID) //nolint:errcheck // the first allocates first
+	second := n.run(t, dir, half+64)
+	// The fake driver decides allocations whenever it accounts, which any
+	// NVML call makes it do, as the agent's sampler does every second.
+	deadline := time.After(5 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case err := <-second.done:
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || !strings.Contains(second.stderr.String(), "out of memory") {
+				t.Fatalf("second workload: %v, stderr %q; want an out-of-memory failure", err, second.stderr)
+			}
+			t.Logf("refused: %s", strings.TrimSpace(second.stderr.String()))
+			second.done <- err // for the cleanup
+			break wait
+		case <-tick.C:
+			n.node.GPU.Processes(n.node.Devices[0].UUID) //nolint:errcheck // advance the fake's accounting
+		case <-deadline:
+			t.Fatal("an allocation past the cgroup's hard limit was not refused")
+		}
+	}
+	select {
+	case err := <-first.done:
+		t.Fatalf("the workload within the limit ended: %v: %s", err, first.stderr)
+	default:
+	}
+	l, err := n.node.GPU.MemoryLimits(n.node.Devices[0].UUID, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.UsedBytes != uint64(half)<<20 {
+		t.Errorf("cgroup uses %d bytes, want %d", l.UsedBytes, uint64(half)<<20)
+	}
+
+	// The container ends: its soft limit is cleared before the runtime
+	// removes the cgroup, so no reservation leaks.
+	_ = first.cmd.Process.Signal(syscall.SIGKILL)
+	err = <-first.done
+	first.done <- err
+	took = n.waitLimit(t, dir, nvml.NoMemoryLimit)
+	t.Logf("limit cleared %v after the container's last process ended", took)
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	if leaked := n.node.GPU.LeakedSoftBytes(); leaked != 0 {
+		t.Errorf("%d bytes of soft limit leaked", leaked)
+	}
+	st := n.limits.Stats()
+	if st.Set != 1 || st.Cleared != 1 || st.Failed != 0 || st.Uncleared != 0 {
+		t.Errorf("stats %+v, want one set and one cleared", st)
+	}
+}
+
+func TestDriverLimitsWaitForProcessesInMultiContainerPods(t *testing.T) {
+	n := startDriverNode(t)
+	ctx := context.Background()
+	for _, c := range []string{"a", "b"} {
+		if _, err := n.node.Connection.Allocate(ctx, "ml/two", c, 1+len(c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := n.containerCgroup(t, "ml/two", strings.Repeat("b", 64))
+	time.Sleep(100 * time.Millisecond)
+	gpu := n.node.Devices[0].UUID
+	if l, err := n.node.GPU.MemoryLimits(gpu, dir); err != nil || l.HardBytes != nvml.NoMemoryLimit {
+		t.Fatalf("limits %+v, %v: two containers hold slices, the cgroup alone cannot say which it is", l, err)
+	}
+	// Once a sample attributes the container's processes, the limit is set.
+	rel, _ := filepath.Rel(n.limits.Root(), dir)
+	c, _ := attribution.ParseCgroupPath("/" + rel)
+	c.Paths = map[string]string{"": "/" + rel}
+	want := n.node.Layout.GPUs()[0].SliceMemoryBytes
+	n.limits.Apply(&sampler.Snapshot{Containers: []sampler.Container{{Namespace: "ml", Pod: "two", Container: "a", GPU: gpu, MemoryLimitBytes: want, Cgroup: c}}})
+	n.waitLimit(t, dir, want)
+	if got := n.limits.Limits()[c.ContainerID][gpu]; got != want {
+		t.Errorf("Limits() = %d for the container, want %d", got, want)
+	}
+}
+
+func TestDriverLimitsUnsupported(t *testing.T) {
+	node, err := fakegpu.New(fakegpu.Config{Preset: "A100-40GB", Count: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: node, CgroupRoot: "/sys/fs/cgroup", Grants: func(string) ([]enforce.Grant, error) { return nil, nil }})
+	if !errors.Is(err, nvml.ErrNotSupported) && !errors.Is(err, enforce.ErrNoCgroupV2) {
+		t.Fatalf("err = %v, want not supported", err)
+	}
+	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: node, CgroupRoot: t.TempDir(), Grants: func(string) ([]enforce.Grant, error) { return nil, nil }})
+	if !errors.Is(err, enforce.ErrNoCgroupV2) {
+		t.Fatalf("err = %v, want no cgroup v2", err)
+	}
+}
+
+func TestDriverLimitsCgroupRemovedWhileLimitedIsCounted(t *testing.T) {
+	n := startDriverNode(t)
+	if _, err := n.node.Connection.Allocate(context.Background(), "ml/gone", "main", 1); err != nil {
+		t.Fatal(err)
+	}
+	dir := n.containerCgroup(t, "ml/gone", strings.Repeat("c", 64))
+	n.waitLimit(t, dir, n.node.Layout.GPUs()[0].SliceMemoryBytes)
+	// Removed without ever being populated: no chance to clear first.
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for n.limits.Stats().Uncleared != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v, want one uncleared cgroup", n.limits.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(n.limits.Limits()) != 0 {
+		t.Errorf("limits still tracked for a removed cgroup: %v", n.limits.Limits())
+	}
+	if leaked := n.node.GPU.LeakedSoftBytes(); leaked != n.node.Layout.GPUs()[0].SliceMemoryBytes {
+		t.Errorf("the fake driver leaked %d bytes, want one slice", leaked)
+	}
+}
+
+// BenchmarkDriverLimitOnCgroupCreation measures the time from a container
+// cgroup's mkdir to its driver limit being in force (fake driver).
+func BenchmarkDriverLimitOnCgroupCreation(b *testing.B) {
+	n := startDriverNode(b)
+	if _, err := n.node.Connection.Allocate(context.Background(), "ml/bench", "main", 1); err != nil {
+		b.Fatal(err)
+	}
+	want := n.node.Layout.GPUs()[0].SliceMemoryBytes
+	var took []time.Duration
+	for i := 0; b.Loop(); i++ {
+		start := time.Now()
+		dir := n.containerCgroup(b, "ml/bench", fmt.Sprintf("%064x", i+1))
+		n.waitLimit(b, dir, want)
+		took = append(took, time.Since(start))
+		if err := os.Remove(dir); err != nil {
+			b.Fatal(err)
+		}
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Microseconds()), "p50-us")
+	b.ReportMetric(float64(took[len(took)-1].Microseconds()), "max-us")
+}
