@@ -54,24 +54,31 @@ type Server struct {
 	Kubeconfig string
 	// Dir holds the server's files.
 	Dir string
+	// ServiceAccountKey is the private key service-account tokens are
+	// signed with, for a controller manager.
+	ServiceAccountKey string
+
+	procs []*Process
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
+// FreePort returns a loopback TCP port free at the time of the call.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-type logBuffer struct {
+// LogBuffer keeps the last MiB a process wrote.
+type LogBuffer struct {
 	mu  sync.Mutex
 	buf []byte
 }
 
-func (l *logBuffer) Write(p []byte) (int, error) {
+// Write implements io.Writer.
+func (l *LogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.buf = append(l.buf, p...)
@@ -81,49 +88,90 @@ func (l *logBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (l *logBuffer) String() string {
+// String returns what was kept.
+func (l *LogBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return string(l.buf)
 }
 
-// start runs a process, stopping it with SIGTERM (a second one after 5 s,
-// as the API server sometimes ignores the first) when the test ends.
-func start(t testing.TB, name string, args ...string) *logBuffer {
-	t.Helper()
-	logs := &logBuffer{}
-	cmd := exec.Command(filepath.Join(BinDir(), name), args...)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
-		}
-		if t.Failed() {
-			t.Logf("%s log (tail):\n%s", name, tail(logs.String(), 4000))
-		}
-	})
-	return logs
-}
-
-func tail(s string, n int) string {
+// Tail returns the last n bytes of what was kept.
+func (l *LogBuffer) Tail(n int) string {
+	s := l.String()
 	if len(s) > n {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+// Process is a started process of the tier, stopped by PID.
+type Process struct {
+	// Name names it in errors and logs.
+	Name string
+	// Logs holds its stdout and stderr.
+	Logs *LogBuffer
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// StartProcess starts path with args, its output in Logs.
+func StartProcess(name, path string, args ...string) (*Process, error) {
+	p := &Process{Name: name, Logs: &LogBuffer{}, cmd: exec.Command(path, args...), done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.Logs, p.Logs
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+// PID is the process's ID.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stop sends SIGTERM, a second one after 5 s (the API server sometimes
+// ignores the first while clients are connected), and SIGKILL after 10 s,
+// and waits for the process to end.
+func (p *Process) Stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return
+	case <-time.After(5 * time.Second):
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// Kill ends the process with SIGKILL and waits for it.
+func (p *Process) Kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// Missing names the cached binaries that are not built yet.
+func Missing(bins ...string) []string {
+	var out []string
+	for _, b := range bins {
+		if _, err := os.Stat(filepath.Join(BinDir(), b)); err != nil {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 // Start starts etcd and kube-apiserver and waits until the API is ready.
@@ -131,55 +179,74 @@ func tail(s string, n int) string {
 // is set (as CI does), when it fails it.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	for _, b := range []string{"etcd", "kube-apiserver"} {
-		if _, err := os.Stat(filepath.Join(BinDir(), b)); err != nil {
-			msg := fmt.Sprintf("%s not built (run test/e2e/build-k8s.sh etcd kube-apiserver): %v", b, err)
-			if os.Getenv("GPUSLICE_REQUIRE_APISERVER") != "" {
-				t.Fatal(msg)
+	if missing := Missing("etcd", "kube-apiserver"); len(missing) > 0 {
+		msg := fmt.Sprintf("%v not built (run test/e2e/build-k8s.sh etcd kube-apiserver)", missing)
+		if os.Getenv("GPUSLICE_REQUIRE_APISERVER") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	s, err := Launch(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range s.procs {
+				t.Logf("%s log (tail):\n%s", p.Name, p.Logs.Tail(4000))
 			}
-			t.Skip(msg)
+		}
+		s.Stop()
+	})
+	return s
+}
+
+// Launch starts etcd and kube-apiserver with their files in dir and waits
+// until the API is ready. The caller stops them with Stop.
+func Launch(dir string) (s *Server, err error) {
+	s = &Server{Dir: dir}
+	defer func() {
+		if err != nil {
+			s.Stop()
+		}
+	}()
+	var ports [3]int
+	for i := range ports {
+		if ports[i], err = FreePort(); err != nil {
+			return nil, err
 		}
 	}
-	dir := t.TempDir()
-	etcdClient, etcdPeer, apiPort := freePort(t), freePort(t), freePort(t)
-	start(t, "etcd", "--data-dir="+filepath.Join(dir, "etcd"), "--name=default",
+	etcdClient, etcdPeer, apiPort := ports[0], ports[1], ports[2]
+	etcd, err := StartProcess("etcd", filepath.Join(BinDir(), "etcd"), "--data-dir="+filepath.Join(dir, "etcd"), "--name=default",
 		fmt.Sprintf("--listen-client-urls=http://127.0.0.1:%d", etcdClient),
 		fmt.Sprintf("--advertise-client-urls=http://127.0.0.1:%d", etcdClient),
 		fmt.Sprintf("--listen-peer-urls=http://127.0.0.1:%d", etcdPeer),
 		fmt.Sprintf("--initial-advertise-peer-urls=http://127.0.0.1:%d", etcdPeer),
 		fmt.Sprintf("--initial-cluster=default=http://127.0.0.1:%d", etcdPeer),
 		"--log-level=warn", "--quota-backend-bytes=1073741824")
+	if err != nil {
+		return nil, err
+	}
+	s.procs = append(s.procs, etcd)
 
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	pub, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
 	write := func(name string, data []byte) string {
 		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
+		if werr := os.WriteFile(p, data, 0o600); werr != nil && err == nil {
+			err = werr
 		}
 		return p
 	}
-	saKey := write("sa.key", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
+	s.ServiceAccountKey = write("sa.key", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
 	saPub := write("sa.pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}))
 	tok := make([]byte, 16)
 	_, _ = rand.Read(tok)
-	s := &Server{URL: fmt.Sprintf("https://127.0.0.1:%d", apiPort), Token: hex.EncodeToString(tok), Dir: dir}
+	s.URL, s.Token = fmt.Sprintf("https://127.0.0.1:%d", apiPort), hex.EncodeToString(tok)
 	tokens := write("tokens.csv", []byte(s.Token+",admin,admin,system:masters\n"))
-	logs := start(t, "kube-apiserver",
-		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", etcdClient),
-		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+strconv.Itoa(apiPort),
-		"--cert-dir="+filepath.Join(dir, "certs"), "--token-auth-file="+tokens,
-		"--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file="+saPub,
-		"--service-account-signing-key-file="+saKey, "--service-cluster-ip-range=10.0.0.0/24",
-		"--authorization-mode=RBAC", "--enable-priority-and-fairness=false", "--v=0",
-		// No controller manager creates default service accounts here:
-		// let tests create pods without them.
-		"--disable-admission-plugins=ServiceAccount",
-		// As on kubeadm clusters: node agents run privileged.
-		"--allow-privileged=true")
 	s.Kubeconfig = write("kubeconfig", []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters: [{name: test, cluster: {server: %q, insecure-skip-tls-verify: true}}]
@@ -187,24 +254,50 @@ users: [{name: admin, user: {token: %q}}]
 contexts: [{name: test, context: {cluster: test, user: admin}}]
 current-context: test
 `, s.URL, s.Token)))
+	if err != nil {
+		return nil, err
+	}
+	api, err := StartProcess("kube-apiserver", filepath.Join(BinDir(), "kube-apiserver"),
+		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", etcdClient),
+		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+strconv.Itoa(apiPort),
+		"--cert-dir="+filepath.Join(dir, "certs"), "--token-auth-file="+tokens,
+		"--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file="+saPub,
+		"--service-account-signing-key-file="+s.ServiceAccountKey, "--service-cluster-ip-range=10.0.0.0/24",
+		"--authorization-mode=RBAC", "--enable-priority-and-fairness=false", "--v=0",
+		// Pods are created without service accounts or their tokens.
+		"--disable-admission-plugins=ServiceAccount",
+		// As on kubeadm clusters: node agents run privileged.
+		"--allow-privileged=true")
+	if err != nil {
+		return nil, err
+	}
+	s.procs = append(s.procs, api)
 
 	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // a loopback test server with a self-signed certificate
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		req, _ := http.NewRequest(http.MethodGet, s.URL+"/readyz", nil)
 		req.Header.Set("Authorization", "Bearer "+s.Token)
-		resp, err := c.Do(req)
-		if err == nil {
+		resp, rerr := c.Do(req)
+		if rerr == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return s
+				return s, nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kube-apiserver not ready within 60s: %v\n%s", err, tail(logs.String(), 4000))
+		if time.Now().After(deadline) || api.Exited() {
+			return nil, fmt.Errorf("kube-apiserver not ready within 60s: %v\n%s", rerr, api.Logs.Tail(4000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Stop stops the API server, then etcd.
+func (s *Server) Stop() {
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		s.procs[i].Stop()
+	}
+	s.procs = nil
 }
 
 // Clientset returns a full client-go clientset for the admin, for tests'

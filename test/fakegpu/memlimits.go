@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/test/fakegpu/protocol"
 )
 
 // limitKey names one cgroup's limits on one GPU.
@@ -21,8 +22,8 @@ type limitKey struct {
 }
 
 // OOMSuffix ends the file through which the fake driver refuses a
-// workload's allocation: <workload dir>/<pid><OOMSuffix> holds the reason.
-const OOMSuffix = ".oom"
+// workload's allocation.
+const OOMSuffix = protocol.OOMSuffix
 
 var _ nvml.MemoryLimiter = (*Node)(nil)
 

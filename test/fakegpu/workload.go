@@ -12,40 +12,16 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/test/fakegpu/protocol"
 )
 
-// WorkloadState is what a fake GPU workload process publishes about itself
-// in <workload dir>/<pid>.json: the GPU it uses, the memory it holds, the
-// compute it wants, and how much GPU time it has asked for so far. A
-// workload only asks for time while it runs, so a frozen or stopped process
-// asks for none; the node decides how much of what was asked the GPU could
-// serve.
-type WorkloadState struct {
-	// GPU is the UUID of the GPU the workload runs on.
-	GPU string `json:"gpu"`
-	// MemoryBytes is the GPU memory the workload holds.
-	MemoryBytes uint64 `json:"memoryBytes"`
-	// Demand is the share of a whole GPU the workload would use alone, 0..1.
-	Demand float64 `json:"demand"`
-	// RequestedNanos is the GPU time asked for since the workload started.
-	RequestedNanos int64 `json:"requestedNanos"`
-}
+// WorkloadState is what a fake GPU workload publishes about itself; see
+// protocol.WorkloadState.
+type WorkloadState = protocol.WorkloadState
 
 // WriteWorkloadState publishes a workload's state atomically.
-func WriteWorkloadState(dir string, pid int, s WorkloadState) error {
-	data, err := json.Marshal(s)
-	if err != nil {
-		return err
-	}
-	path := filepath.Join(dir, strconv.Itoa(pid)+".json")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("write workload state: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write workload state: %w", err)
-	}
-	return nil
+func WriteWorkloadState(dir string, pid int, st WorkloadState) error {
+	return protocol.WriteWorkloadState(dir, pid, st)
 }
 
 // minWindow is the shortest accounting window; calls closer together than

@@ -26,7 +26,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gpuslice/gpuslice/test/fakegpu"
+	"github.com/gpuslice/gpuslice/test/fakegpu/protocol"
 )
 
 func main() {
@@ -69,8 +69,8 @@ func run(args []string) error {
 	pid := os.Getpid()
 	defer func() { _ = os.Remove(filepath.Join(*dir, strconv.Itoa(pid)+".json")) }()
 
-	state := fakegpu.WorkloadState{GPU: *gpu, MemoryBytes: *memMiB << 20, Demand: *demand}
-	if err := fakegpu.WriteWorkloadState(*dir, pid, state); err != nil {
+	state := protocol.WorkloadState{GPU: *gpu, MemoryBytes: *memMiB << 20, Demand: *demand}
+	if err := protocol.WriteWorkloadState(*dir, pid, state); err != nil {
 		return err
 	}
 	// Time is accounted every millisecond and published every tick. Time
@@ -87,7 +87,7 @@ func run(args []string) error {
 		defer t.Stop()
 		grow = t.C
 	}
-	oom := filepath.Join(*dir, strconv.Itoa(pid)+fakegpu.OOMSuffix)
+	oom := filepath.Join(*dir, strconv.Itoa(pid)+protocol.OOMSuffix)
 	defer func() { _ = os.Remove(oom) }()
 	last := time.Now()
 	for {
@@ -100,7 +100,7 @@ func run(args []string) error {
 			state.RequestedNanos += int64(float64(ran) * *demand)
 		case <-grow:
 			state.MemoryBytes = *growMiB << 20
-			if err := fakegpu.WriteWorkloadState(*dir, pid, state); err != nil {
+			if err := protocol.WriteWorkloadState(*dir, pid, state); err != nil {
 				return err
 			}
 		case <-publish.C:
@@ -109,7 +109,7 @@ func run(args []string) error {
 			if msg, err := os.ReadFile(oom); err == nil { //nolint:gosec // our own file
 				return fmt.Errorf("CUDA error: %s", strings.TrimSpace(string(msg)))
 			}
-			if err := fakegpu.WriteWorkloadState(*dir, pid, state); err != nil {
+			if err := protocol.WriteWorkloadState(*dir, pid, state); err != nil {
 				return err
 			}
 		}

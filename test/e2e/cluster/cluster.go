@@ -1,0 +1,549 @@
+// Package cluster starts a real single-node Kubernetes cluster for the
+// end-to-end tier: etcd, kube-apiserver and kube-controller-manager built
+// from the Kubernetes sources (test/e2e/build-k8s.sh), Debian's containerd
+// and runc, a kubelet in a private mount namespace, and gpu-agent on the
+// fake GPU backend beside it, with images built locally. Everything runs
+// from one temporary directory and is stopped by PID.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gpuslice/gpuslice/test/apiserver"
+)
+
+// NodeName is the name the kubelet registers.
+const NodeName = "gpuslice-e2e"
+
+// Images the pods run, imported into containerd; pods use
+// imagePullPolicy Never.
+const (
+	PauseImage = "gpuslice.local/pause:e2e"
+	TestImage  = "gpuslice.local/e2e:1"
+)
+
+// Cluster is a running single-node cluster.
+type Cluster struct {
+	// API is etcd and kube-apiserver.
+	API *apiserver.Server
+	// Dir holds every file of the cluster.
+	Dir string
+	// KubeletRoot is the kubelet's --root-dir.
+	KubeletRoot string
+	// PodResourcesSocket is the kubelet's pod-resources socket.
+	PodResourcesSocket string
+	// MountNS is the file holding the kubelet's mount namespace.
+	MountNS string
+	// FakeConfig is the agent's --fake-config file: edit its faults to
+	// inject them.
+	FakeConfig string
+	// WorkloadDir is the fake GPU node's workload directory, mounted into
+	// pods at the same path.
+	WorkloadDir string
+	// MetricsAddr is where the agent serves /metrics.
+	MetricsAddr string
+	// AgentArgs are the agent's flags.
+	AgentArgs []string
+
+	agentBin   string
+	containerd *apiserver.Process
+	kcm        *apiserver.Process
+	kubelet    *apiserver.Process
+	agent      *apiserver.Process
+	kubeletArg []string
+	mounts     []string // to unmount at Stop, innermost last
+	log        func(format string, args ...any)
+}
+
+// Options configure Start.
+type Options struct {
+	// AgentBin is the gpu-agent binary.
+	AgentBin string
+	// WorkloadBin is the fake GPU workload, built static (CGO_ENABLED=0).
+	WorkloadBin string
+	// FakeGPU is the fake node's YAML, without workloadDir.
+	FakeGPU string
+	// AgentArgs are extra agent flags.
+	AgentArgs []string
+	// Log receives progress.
+	Log func(format string, args ...any)
+}
+
+// Requirements lists what the tier needs that this machine lacks.
+func Requirements() []string {
+	var missing []string
+	for _, b := range apiserver.Missing("etcd", "kube-apiserver", "kube-controller-manager", "kubelet") {
+		missing = append(missing, b+" (test/e2e/build-k8s.sh)")
+	}
+	for _, c := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "unshare", "nsenter", "mount", "umount", "gcc"} {
+		if _, err := exec.LookPath(c); err != nil {
+			missing = append(missing, c)
+		}
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		missing = append(missing, "/bin/busybox (busybox-static)")
+	}
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	return missing
+}
+
+// Start brings the cluster up: about 10 s warm. On error everything
+// started so far is stopped.
+func Start(ctx context.Context, o Options) (c *Cluster, err error) {
+	if o.Log == nil {
+		o.Log = func(string, ...any) {}
+	}
+	dir, err := os.MkdirTemp("", "gpuslice-e2e-")
+	if err != nil {
+		return nil, err
+	}
+	c = &Cluster{Dir: dir, agentBin: o.AgentBin, log: o.Log}
+	defer func() {
+		if err != nil {
+			c.Stop()
+		}
+	}()
+	t0 := time.Now()
+	if c.API, err = apiserver.Launch(filepath.Join(dir, "api")); err != nil {
+		return nil, err
+	}
+	c.log("api server ready after %v", time.Since(t0).Round(time.Millisecond))
+	if err := c.startControllerManager(); err != nil {
+		return nil, err
+	}
+	if err := c.startContainerd(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.importImages(o.WorkloadBin); err != nil {
+		return nil, err
+	}
+	c.log("containerd ready, images imported after %v", time.Since(t0).Round(time.Millisecond))
+	if err := c.mountNamespace(); err != nil {
+		return nil, err
+	}
+	if err := c.startKubelet(ctx); err != nil {
+		return nil, err
+	}
+	c.log("node registered after %v", time.Since(t0).Round(time.Millisecond))
+	c.WorkloadDir = filepath.Join(dir, "fakegpu")
+	if err := os.MkdirAll(c.WorkloadDir, 0o755); err != nil { //nolint:gosec // pods write here
+		return nil, err
+	}
+	c.FakeConfig = filepath.Join(dir, "fakegpu.yaml")
+	if err := os.WriteFile(c.FakeConfig, []byte(o.FakeGPU+"workloadDir: "+c.WorkloadDir+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	port, err := apiserver.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	c.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	c.AgentArgs = append([]string{
+		"--gpu-backend=fake", "--fake-config=" + c.FakeConfig,
+		"--pod-resources-socket=" + c.PodResourcesSocket,
+		"--kubeconfig=" + c.API.Kubeconfig, "--node-name=" + NodeName,
+		"--metrics-address=" + c.MetricsAddr, "--sample-interval=500ms",
+		"--enforcement-state=" + filepath.Join(dir, "enforcement.json"),
+	}, o.AgentArgs...)
+	if err := c.StartAgent(); err != nil {
+		return nil, err
+	}
+	c.log("agent started after %v", time.Since(t0).Round(time.Millisecond))
+	return c, nil
+}
+
+func (c *Cluster) bin(name string) string { return filepath.Join(apiserver.BinDir(), name) }
+
+func (c *Cluster) startControllerManager() error {
+	port, err := apiserver.FreePort()
+	if err != nil {
+		return err
+	}
+	// Service accounts and quota status; not node lifecycle, which would
+	// taint a node without networking.
+	c.kcm, err = apiserver.StartProcess("kube-controller-manager", c.bin("kube-controller-manager"),
+		"--kubeconfig="+c.API.Kubeconfig, "--authentication-kubeconfig="+c.API.Kubeconfig, "--authorization-kubeconfig="+c.API.Kubeconfig,
+		"--controllers=*,-nodelifecycle,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller,-persistentvolume-binder,-attachdetach",
+		"--leader-elect=false", "--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", port),
+		"--service-account-private-key-file="+c.API.ServiceAccountKey, "--use-service-account-credentials=false", "--v=0")
+	return err
+}
+
+// runcWrapper raises negative oomScoreAdj values to 0 before runc reads
+// them: without CAP_SYS_RESOURCE (as on this machine class) runc cannot
+// set the -998 the pod sandbox asks for.
+const runcWrapper = `#!/bin/sh
+bundle=""
+prev=""
+for a in "$@"; do
+	case "$prev" in --bundle|-b) bundle="$a" ;; esac
+	case "$a" in --bundle=*) bundle="${a#--bundle=}" ;; esac
+	prev="$a"
+done
+if [ -n "$bundle" ] && [ -f "$bundle/config.json" ]; then
+	sed -i 's/"oomScoreAdj": *-[0-9]*/"oomScoreAdj":0/' "$bundle/config.json"
+fi
+exec %s "$@"
+`
+
+func (c *Cluster) startContainerd(ctx context.Context) error {
+	d := filepath.Join(c.Dir, "containerd")
+	for _, sub := range []string{"root", "state", "opt", "cni/bin", "cni/conf"} {
+		if err := os.MkdirAll(filepath.Join(d, sub), 0o755); err != nil { //nolint:gosec // runtime dirs
+			return err
+		}
+	}
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		return err
+	}
+	wrapper := filepath.Join(d, "runc-wrapper")
+	if err := os.WriteFile(wrapper, []byte(fmt.Sprintf(runcWrapper, runc)), 0o755); err != nil { //nolint:gosec // an executable
+		return err
+	}
+	sock := filepath.Join(d, "containerd.sock")
+	cfg := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = %q
+    conf_dir = %q
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = %q
+        SystemdCgroup = false
+`, filepath.Join(d, "root"), filepath.Join(d, "state"), sock, sock+".ttrpc", filepath.Join(d, "opt"), PauseImage,
+		filepath.Join(d, "cni/bin"), filepath.Join(d, "cni/conf"), wrapper)
+	conf := filepath.Join(d, "config.toml")
+	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	if c.containerd, err = apiserver.StartProcess("containerd", "containerd", "--config", conf); err != nil {
+		return err
+	}
+	return wait(ctx, 30*time.Second, "containerd socket", func() error {
+		if c.containerd.Exited() {
+			return fmt.Errorf("containerd exited: %s", c.containerd.Logs.Tail(2000))
+		}
+		return exec.Command("ctr", "-a", sock, "version").Run()
+	})
+}
+
+func (c *Cluster) containerdSocket() string {
+	return filepath.Join(c.Dir, "containerd", "containerd.sock")
+}
+
+// pauseSource is the pod sandbox's process: it waits for a signal.
+const pauseSource = `#include <signal.h>
+#include <unistd.h>
+static void stop(int s) { (void)s; _exit(0); }
+int main(void) {
+	signal(SIGTERM, stop);
+	signal(SIGINT, stop);
+	for (;;) pause();
+}
+`
+
+func (c *Cluster) importImages(workloadBin string) error {
+	d := filepath.Join(c.Dir, "images")
+	if err := os.MkdirAll(d, 0o750); err != nil {
+		return err
+	}
+	src := filepath.Join(d, "pause.c")
+	if err := os.WriteFile(src, []byte(pauseSource), 0o600); err != nil {
+		return err
+	}
+	pause := filepath.Join(d, "pause")
+	if out, err := exec.Command("gcc", "-static", "-O2", "-o", pause, src).CombinedOutput(); err != nil {
+		return fmt.Errorf("build pause: %w: %s", err, out)
+	}
+	files := map[string]File{"/bin/busybox": {Source: "/bin/busybox"}, "/bin/workload": {Source: workloadBin}}
+	for _, applet := range []string{"sh", "env", "sleep", "cat", "ls", "echo", "grep", "true"} {
+		files["/bin/"+applet] = File{Link: "busybox"}
+	}
+	for _, img := range []Image{
+		{Name: PauseImage, Files: map[string]File{"/pause": {Source: pause}}, Entrypoint: []string{"/pause"}},
+		{Name: TestImage, Files: files, Entrypoint: []string{"/bin/sh"}},
+	} {
+		archive := filepath.Join(d, strings.NewReplacer("/", "_", ":", "_").Replace(img.Name)+".tar")
+		if err := img.WriteOCIArchive(archive); err != nil {
+			return err
+		}
+		out, err := exec.Command("ctr", "-a", c.containerdSocket(), "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", archive).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("import %s: %w: %s", img.Name, err, out)
+		}
+	}
+	return nil
+}
+
+// mountNamespace makes a persistent private mount namespace with /var/lib
+// and /var/log overlaid on temp dirs. The kubelet's device-plugin socket
+// path is hard-coded to /var/lib/kubelet/device-plugins: inside this
+// namespace it lands in the overlay, not on the host. The namespace is
+// pinned to a file so it outlives kubelet restarts.
+func (c *Cluster) mountNamespace() error {
+	nsDir := filepath.Join(c.Dir, "ns")
+	if err := os.MkdirAll(nsDir, 0o750); err != nil {
+		return err
+	}
+	if err := run("mount", "--bind", nsDir, nsDir); err != nil {
+		return err
+	}
+	c.mounts = append(c.mounts, nsDir)
+	if err := run("mount", "--make-private", nsDir); err != nil {
+		return err
+	}
+	c.MountNS = filepath.Join(nsDir, "mnt")
+	if err := os.WriteFile(c.MountNS, nil, 0o600); err != nil {
+		return err
+	}
+	if err := run("unshare", "--mount="+c.MountNS, "--propagation", "private", "true"); err != nil {
+		return err
+	}
+	c.mounts = append(c.mounts, c.MountNS)
+	for _, target := range []string{"/var/lib", "/var/log"} {
+		o := filepath.Join(c.Dir, "overlay", strings.ReplaceAll(target, "/", "_"))
+		for _, sub := range []string{"upper", "work"} {
+			if err := os.MkdirAll(filepath.Join(o, sub), 0o755); err != nil { //nolint:gosec // the kubelet's dirs
+				return err
+			}
+		}
+		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", target, filepath.Join(o, "upper"), filepath.Join(o, "work"))
+		if err := run("nsenter", "--mount="+c.MountNS, "--", "mount", "-t", "overlay", "overlay", "-o", opts, target); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) startKubelet(ctx context.Context) error {
+	d := filepath.Join(c.Dir, "kubelet")
+	c.KubeletRoot = filepath.Join(d, "root")
+	for _, sub := range []string{"root", "pod-logs", "certs"} {
+		if err := os.MkdirAll(filepath.Join(d, sub), 0o750); err != nil {
+			return err
+		}
+	}
+	ports := make([]int, 2)
+	for i := range ports {
+		var err error
+		if ports[i], err = apiserver.FreePort(); err != nil {
+			return err
+		}
+	}
+	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+failSwapOn: false
+failCgroupV1: false
+address: 127.0.0.1
+port: %d
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: %d
+podLogsDir: %q
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+evictionHard: {"memory.available": "1Mi", "nodefs.available": "1%%", "imagefs.available": "1%%"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+containerRuntimeEndpoint: %q
+syncFrequency: 5s
+fileCheckFrequency: 5s
+nodeStatusUpdateFrequency: 2s
+`, ports[0], ports[1], filepath.Join(d, "pod-logs"), "unix://"+c.containerdSocket())
+	conf := filepath.Join(d, "config.yaml")
+	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	c.PodResourcesSocket = filepath.Join(c.KubeletRoot, "pod-resources", "kubelet.sock")
+	c.kubeletArg = []string{"--mount=" + c.MountNS, "--", c.bin("kubelet"),
+		"--config=" + conf, "--kubeconfig=" + c.API.Kubeconfig, "--root-dir=" + c.KubeletRoot,
+		"--cert-dir=" + filepath.Join(d, "certs"), "--hostname-override=" + NodeName, "--node-ip=127.0.0.1", "--v=1"}
+	return c.StartKubelet(ctx)
+}
+
+// StartKubelet starts the kubelet (again) in the mount namespace and waits
+// until its device-plugin socket is there.
+func (c *Cluster) StartKubelet(ctx context.Context) error {
+	var err error
+	if c.kubelet, err = apiserver.StartProcess("kubelet", "nsenter", c.kubeletArg...); err != nil {
+		return err
+	}
+	return wait(ctx, 60*time.Second, "kubelet device-plugin socket", func() error {
+		if c.kubelet.Exited() {
+			return fmt.Errorf("kubelet exited: %s", c.kubelet.Logs.Tail(3000))
+		}
+		return exec.Command("nsenter", "--mount="+c.MountNS, "--", "test", "-S", "/var/lib/kubelet/device-plugins/kubelet.sock").Run()
+	})
+}
+
+// StopKubelet stops the kubelet; pods keep running under containerd.
+func (c *Cluster) StopKubelet() {
+	if c.kubelet != nil {
+		c.kubelet.Stop()
+		c.kubelet = nil
+	}
+}
+
+// StartAgent starts gpu-agent in the kubelet's mount namespace.
+func (c *Cluster) StartAgent() error {
+	var err error
+	c.agent, err = apiserver.StartProcess("gpu-agent", "nsenter", append([]string{"--mount=" + c.MountNS, "--", c.agentBin}, c.AgentArgs...)...)
+	return err
+}
+
+// KillAgent kills the agent with SIGKILL.
+func (c *Cluster) KillAgent() {
+	if c.agent != nil {
+		c.agent.Kill()
+		c.agent = nil
+	}
+}
+
+// AgentLogs returns the agent's output.
+func (c *Cluster) AgentLogs() string {
+	if c.agent == nil {
+		return ""
+	}
+	return c.agent.Logs.Tail(8000)
+}
+
+// Logs returns the tail of every component's output, for a failed test.
+func (c *Cluster) Logs() string {
+	var b strings.Builder
+	for _, p := range []*apiserver.Process{c.containerd, c.kcm, c.kubelet, c.agent} {
+		if p != nil {
+			fmt.Fprintf(&b, "--- %s (tail)\n%s\n", p.Name, p.Logs.Tail(3000))
+		}
+	}
+	return b.String()
+}
+
+// Stop tears the cluster down: the agent and kubelet, every pod's
+// containers, containerd, the controller manager and the API server, then
+// the mounts and the directory. It is safe to call on a half-started
+// cluster.
+func (c *Cluster) Stop() {
+	if c.agent != nil {
+		c.agent.Stop()
+	}
+	c.StopKubelet()
+	if c.containerd != nil {
+		c.removePods()
+		c.containerd.Stop()
+	}
+	if c.kcm != nil {
+		c.kcm.Stop()
+	}
+	if c.API != nil {
+		c.API.Stop()
+	}
+	// The overlays live in the namespace and go with it.
+	for i := len(c.mounts) - 1; i >= 0; i-- {
+		if err := run("umount", c.mounts[i]); err != nil {
+			_ = run("umount", "-l", c.mounts[i])
+		}
+	}
+	// containerd 1.6 makes these whatever its config says.
+	for _, p := range []string{"/run/containerd/s", "/run/containerd/fifo"} {
+		_ = os.RemoveAll(p)
+	}
+	_ = os.Remove("/run/containerd") // only when empty: not ours otherwise
+	c.unmountUnder(c.Dir)
+	_ = os.RemoveAll(c.Dir)
+}
+
+// removePods stops and removes every container and sandbox through the
+// CRI, so no container process or cgroup outlives the cluster.
+func (c *Cluster) removePods() {
+	ctr := func(args ...string) string {
+		out, _ := exec.Command("ctr", append([]string{"-a", c.containerdSocket(), "-n", "k8s.io"}, args...)...).Output()
+		return string(out)
+	}
+	for _, id := range strings.Fields(ctr("tasks", "ls", "-q")) {
+		_ = exec.Command("ctr", "-a", c.containerdSocket(), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.TrimSpace(ctr("tasks", "ls", "-q")) != "" && time.Now().Before(deadline) {
+		for _, id := range strings.Fields(ctr("tasks", "ls", "-q")) {
+			_ = exec.Command("ctr", "-a", c.containerdSocket(), "-n", "k8s.io", "tasks", "delete", "-f", id).Run()
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, id := range strings.Fields(ctr("containers", "ls", "-q")) {
+		_ = exec.Command("ctr", "-a", c.containerdSocket(), "-n", "k8s.io", "containers", "delete", id).Run()
+	}
+}
+
+// unmountUnder unmounts whatever is still mounted below dir (snapshots,
+// sandbox shm), deepest first.
+func (c *Cluster) unmountUnder(dir string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for line := range strings.SplitSeq(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			points = append(points, f[4])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		if err := run("umount", points[i]); err != nil {
+			_ = run("umount", "-l", points[i])
+		}
+	}
+}
+
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// wait polls check until it returns nil or the timeout ends.
+func wait(ctx context.Context, timeout time.Duration, what string, check func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%s not ready after %s: %w", what, timeout, errors.Join(err, ctx.Err()))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

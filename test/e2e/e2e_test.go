@@ -1,0 +1,79 @@
+// Package e2e is the end-to-end tier: gpu-agent under a real kubelet,
+// kube-apiserver and containerd, with pods that really run. It runs with
+// GPUSLICE_E2E=1 (make test-e2e); GPUSLICE_REQUIRE_E2E=1 turns a missing
+// requirement into a failure instead of a skip.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gpuslice/gpuslice/test/e2e/cluster"
+)
+
+// c is the cluster every scenario shares; each uses its own namespace.
+var c *cluster.Cluster
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Getenv("GPUSLICE_E2E") == "" {
+		fmt.Println("e2e: skipped (set GPUSLICE_E2E=1, or run make test-e2e)")
+		return 0
+	}
+	if missing := cluster.Requirements(); len(missing) > 0 {
+		fmt.Printf("e2e: this machine lacks %v\n", missing)
+		if os.Getenv("GPUSLICE_REQUIRE_E2E") != "" {
+			return 1
+		}
+		return 0
+	}
+	bins, err := os.MkdirTemp("", "gpuslice-e2e-bin-")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer func() { _ = os.RemoveAll(bins) }()
+	agent, workload := filepath.Join(bins, "gpu-agent"), filepath.Join(bins, "workload")
+	build := exec.Command("go", "build", "-o", agent, "github.com/gpuslice/gpuslice/cmd/gpu-agent")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Printf("build gpu-agent: %v: %s\n", err, out)
+		return 1
+	}
+	// Static: it runs inside the test image, which has no libc.
+	build = exec.Command("go", "build", "-o", workload, "github.com/gpuslice/gpuslice/test/fakegpu/workload")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Printf("build workload: %v: %s\n", err, out)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	c, err = cluster.Start(ctx, cluster.Options{
+		AgentBin: agent, WorkloadBin: workload,
+		FakeGPU:   "preset: A100-40GB\ncount: 2\n",
+		AgentArgs: []string{"--slices-per-gpu=4", "--log-level=debug"},
+		Log:       func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) },
+	})
+	if err != nil {
+		fmt.Printf("e2e: cluster did not start: %v\n", err)
+		return 1
+	}
+	fmt.Printf("e2e: cluster up in %v\n", time.Since(start).Round(time.Millisecond))
+	code := m.Run()
+	if code != 0 {
+		fmt.Println(c.Logs())
+	}
+	stop := time.Now()
+	c.Stop()
+	fmt.Printf("e2e: cluster down in %v\n", time.Since(stop).Round(time.Millisecond))
+	return code
+}
