@@ -27,6 +27,11 @@ test: ## Run vet and every unit and integration test with the race detector.
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
 
+.PHONY: test-e2e
+test-e2e: ## Run the end-to-end tier: a real kubelet, API server and containerd on this machine (root; see docs/testing.md).
+	test/e2e/build-k8s.sh >/dev/null
+	GPUSLICE_E2E=1 $(GO) test -count=1 -timeout 20m -v $(E2E_FLAGS) ./test/e2e/
+
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./pkg/vgpu -run '^$$' -fuzz '^FuzzPlace$$' -fuzztime $(FUZZTIME)

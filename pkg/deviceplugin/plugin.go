@@ -211,6 +211,7 @@ func (p *Plugin) GetPreferredAllocation(_ context.Context, req *pluginapi.Prefer
 		if err != nil {
 			return nil, grpcError(err)
 		}
+		p.log.Debug("preferred allocation", "size", c.GetAllocationSize(), "available", len(c.GetAvailableDeviceIDs()), "preferred", strings.Join(ids, ","))
 		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: ids})
 	}
 	return resp, nil

@@ -118,6 +118,8 @@ type Process struct {
 func StartProcess(name, path string, args ...string) (*Process, error) {
 	p := &Process{Name: name, Logs: &LogBuffer{}, cmd: exec.Command(path, args...), done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.Logs, p.Logs
+	// If the test binary dies (a panic, a timeout), so does the process.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -286,7 +288,7 @@ current-context: test
 			}
 		}
 		if time.Now().After(deadline) || api.Exited() {
-			return nil, fmt.Errorf("kube-apiserver not ready within 60s: %v\n%s", rerr, api.Logs.Tail(4000))
+			return nil, fmt.Errorf("kube-apiserver not ready within 60s: %w\n%s", rerr, api.Logs.Tail(4000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,6 +44,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer func() { _ = os.RemoveAll(bins) }()
+	// A killed run's leftovers are reaped by the next one (cluster.ReapStale).
+	if err := os.WriteFile(filepath.Join(bins, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		fmt.Println(err)
+		return 1
+	}
 	agent, workload := filepath.Join(bins, "gpu-agent"), filepath.Join(bins, "workload")
 	build := exec.Command("go", "build", "-o", agent, "github.com/gpuslice/gpuslice/cmd/gpu-agent")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -60,14 +68,23 @@ func run(m *testing.M) int {
 	c, err = cluster.Start(ctx, cluster.Options{
 		AgentBin: agent, WorkloadBin: workload,
 		FakeGPU:   "preset: A100-40GB\ncount: 2\n",
-		AgentArgs: []string{"--slices-per-gpu=4", "--log-level=debug"},
+		AgentArgs: []string{"--slices-per-gpu=4", "--log-level=debug", "--compute-policy=strict", "--memory-policy=kill"},
 		Log:       func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) },
 	})
 	if err != nil {
 		fmt.Printf("e2e: cluster did not start: %v\n", err)
 		return 1
 	}
-	fmt.Printf("e2e: cluster up in %v\n", time.Since(start).Round(time.Millisecond))
+	fmt.Printf("e2e: cluster up in %v in %s (kubeconfig %s, agent metrics %s)\n", time.Since(start).Round(time.Millisecond), c.Dir, c.API.Kubeconfig, c.MetricsAddr)
+	// Interrupted: tear down before dying.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		fmt.Printf("e2e: %v: tearing the cluster down\n", s)
+		c.Stop()
+		os.Exit(1)
+	}()
 	code := m.Run()
 	if code != 0 {
 		fmt.Println(c.Logs())

@@ -2,9 +2,15 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"slices"
+	"sort"
+	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gpuslice/gpuslice/test/e2e/cluster"
@@ -23,6 +29,247 @@ func TestNodeCapacity(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("node capacity never showed 8 nvidia.com/vgpu: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Scenario 2: a pod asking for 3 slices runs with 3 slices of one GPU.
+func TestPodGetsSlicesOfOneGPU(t *testing.T) {
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "slices")
+	before := strings.Count(c.AgentLogs(), "preferred allocation")
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod("three", 3, "env; sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "three")
+	env := map[string]string{}
+	for line := range strings.SplitSeq(podLogs(t, ns, "three"), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			env[k] = v
+		}
+	}
+	ids := strings.Split(env["GPUSLICE_SLICE_IDS"], ",")
+	if len(ids) != 3 || env["NVIDIA_VISIBLE_DEVICES"] == "" || strings.Contains(env["NVIDIA_VISIBLE_DEVICES"], ",") {
+		t.Fatalf("container env: NVIDIA_VISIBLE_DEVICES=%q GPUSLICE_SLICE_IDS=%q; want one GPU and 3 slices", env["NVIDIA_VISIBLE_DEVICES"], env["GPUSLICE_SLICE_IDS"])
+	}
+	for _, id := range ids {
+		if !strings.HasPrefix(id, env["NVIDIA_VISIBLE_DEVICES"]+"::") {
+			t.Errorf("slice %s is not on GPU %s", id, env["NVIDIA_VISIBLE_DEVICES"])
+		}
+	}
+	if env["GPUSLICE_SLICES"] != "3" || env["GPUSLICE_MEMORY_LIMIT_BYTES"] != "32212254720" || env["GPUSLICE_COMPUTE_LIMIT_RATIO"] != "0.75" {
+		t.Errorf("limits in env: %v", env)
+	}
+	// The kubelet asked for a preferred allocation, then allocated.
+	logs := c.AgentLogs()
+	if strings.Count(logs, "preferred allocation") <= before || !strings.Contains(logs, "allocated slices="+strings.Join(ids, ",")) {
+		t.Errorf("the agent did not see GetPreferredAllocation then Allocate of %v:\n%s", ids, logs)
+	}
+	// The kubelet's pod-resources API reports the same slices.
+	got := assignment(t, ns, "three")
+	sort.Strings(ids)
+	if strings.Join(got, ",") != strings.Join(ids, ",") {
+		t.Errorf("pod-resources reports %v for the container, its env says %v", got, ids)
+	}
+}
+
+// Scenario 3: pods asking together for more than exists: the excess is
+// rejected by the kubelet at admission; nothing is handed out twice.
+func TestOverRequestRejected(t *testing.T) {
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "over")
+	names := []string{"a", "b", "c"}
+	for _, n := range names {
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod(n, 3, "sleep 3600"), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond) // admitted in order
+	}
+	waitRunning(t, ns, "a")
+	waitRunning(t, ns, "b")
+	p := waitPhase(t, ns, "c", corev1.PodFailed)
+	if p.Status.Reason != "UnexpectedAdmissionError" {
+		t.Errorf("over-request failed with %q (%s), want UnexpectedAdmissionError", p.Status.Reason, p.Status.Message)
+	}
+	seen := map[string]string{}
+	for _, n := range names[:2] {
+		for _, id := range assignment(t, ns, n) {
+			if other, dup := seen[id]; dup {
+				t.Errorf("slice %s held by both %s and %s", id, other, n)
+			}
+			seen[id] = n
+		}
+	}
+	if len(seen) != 6 {
+		t.Errorf("%d slices held by the two running pods, want 6", len(seen))
+	}
+}
+
+// Scenario 4: an XID on one fake GPU takes its slices out of allocatable
+// within seconds; they return when the GPU recovers.
+func TestXIDTakesSlicesAway(t *testing.T) {
+	orig, err := os.ReadFile(c.FakeConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.WriteFile(c.FakeConfig, orig, 0o600) })
+	start := time.Now()
+	if err := os.WriteFile(c.FakeConfig, append(append([]byte(nil), orig...), "faults:\n  gpus:\n    - index: 1\n      xid: 79\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitAllocatable(t, 4)
+	t.Logf("allocatable 8 -> 4 in %v", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	if err := os.WriteFile(c.FakeConfig, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitAllocatable(t, 8)
+	t.Logf("allocatable 4 -> 8 in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// Scenario 5: a kubelet restart and an agent restart need no operator:
+// capacity returns, running pods keep their slices, none is given twice.
+func TestRestarts(t *testing.T) {
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "restart")
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod("keeper", 2, "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "keeper")
+	held := assignment(t, ns, "keeper")
+
+	c.StopKubelet()
+	start := time.Now()
+	if err := c.StartKubelet(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitAgentRegistrations(t, 2)
+	waitAllocatable(t, 8)
+	t.Logf("kubelet restart: capacity back %v after the kubelet started", time.Since(start).Round(time.Millisecond))
+
+	c.KillAgent()
+	if err := c.StartAgent(); err != nil {
+		t.Fatal(err)
+	}
+	waitAgentRegistrations(t, 1)
+	if got := assignment(t, ns, "keeper"); strings.Join(got, ",") != strings.Join(held, ",") {
+		t.Errorf("after restarts the running pod holds %v, before %v", got, held)
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod("newcomer", 2, "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "newcomer")
+	for _, id := range assignment(t, ns, "newcomer") {
+		if slices.Contains(held, id) {
+			t.Errorf("slice %s handed out twice", id)
+		}
+	}
+	p, err := cs.CoreV1().Pods(ns).Get(ctx, "keeper", metav1.GetOptions{})
+	if err != nil || p.Status.Phase != corev1.PodRunning {
+		t.Errorf("the running pod did not survive the restarts: %v %v", err, p.Status.Phase)
+	}
+}
+
+// Scenario 6: a ResourceQuota on requests.nvidia.com/vgpu rejects a pod
+// over it at admission.
+func TestResourceQuota(t *testing.T) {
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "quota")
+	rq := &corev1.ResourceQuota{
+		ObjectMeta: metav1.ObjectMeta{Name: "gpus"},
+		Spec:       corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{"requests.nvidia.com/vgpu": resource.MustParse("2")}},
+	}
+	if _, err := cs.CoreV1().ResourceQuotas(ns).Create(ctx, rq, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The controller manager fills in the quota's status; until then the
+	// API server does not enforce it.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		q, err := cs.CoreV1().ResourceQuotas(ns).Get(ctx, "gpus", metav1.GetOptions{})
+		if err == nil && len(q.Status.Hard) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("quota status never filled in: is kube-controller-manager running?")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_, err := cs.CoreV1().Pods(ns).Create(ctx, pod("big", 3, "sleep 3600"), metav1.CreateOptions{})
+	if err == nil || !strings.Contains(err.Error(), "exceeded quota") {
+		t.Fatalf("a pod over the quota: %v, want an exceeded quota rejection", err)
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod("small", 2, "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatalf("a pod within the quota was rejected: %v", err)
+	}
+	waitRunning(t, ns, "small")
+}
+
+// Scenario 7: fake GPU workloads in pods' containers are attributed to
+// their pods through the containers' real cgroups, throttled to their
+// compute share there, and killed when over their memory.
+func TestWorkloadsInPodsAreAttributedAndEnforced(t *testing.T) {
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "enforce")
+	// 2 of 4 slices: 20 GiB and half the GPU; it wants all of it.
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(pod("greedy", 2, "exec /bin/workload --demand 1 --memory-mib 1024")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := waitRunning(t, ns, "greedy")
+	labels := map[string]string{"namespace": ns, "pod": "greedy", "container": "main"}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mfs := scrape(t)
+		used, _ := value(mfs, "gpuslice_container_memory_used_bytes", labels)
+		inForce, _ := value(mfs, "gpuslice_enforcement_limits_in_force", labels)
+		throttled, _ := value(mfs, "gpuslice_enforcement_throttled_seconds_total", labels)
+		if used == 1<<30 && inForce == 1 && throttled > 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("workload in pod %s/greedy (uid %s) not attributed and throttled: used %v, in force %v, throttled %vs\n%s", ns, p.UID, used, inForce, throttled, c.AgentLogs())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// Its measured share holds near its limit.
+	first, t0 := scrape(t), time.Now()
+	time.Sleep(5 * time.Second)
+	second, t1 := scrape(t), time.Now()
+	b0, _ := value(first, "gpuslice_container_gpu_busy_seconds_total", labels)
+	b1, _ := value(second, "gpuslice_container_gpu_busy_seconds_total", labels)
+	share := (b1 - b0) / t1.Sub(t0).Seconds()
+	t.Logf("greedy pod's measured share under strict: %.1f%% (limit 50%%)", share*100)
+	if share < 0.40 || share > 0.60 {
+		t.Errorf("greedy pod used %.0f%% of the GPU, limit 50%%", share*100)
+	}
+
+	// 1 slice (10 GiB), a process holding 12 GiB: the watchdog kills it.
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(pod("hog", 1, "exec /bin/workload --demand 0.1 --memory-mib 12288")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	failed := waitPhase(t, ns, "hog", corev1.PodFailed)
+	st := failed.Status.ContainerStatuses
+	if len(st) != 1 || st[0].State.Terminated == nil || st[0].State.Terminated.ExitCode != 137 {
+		t.Errorf("hog's container: %+v, want killed (exit 137)", st)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=hog"})
+		found := false
+		for _, e := range evs.Items {
+			found = found || e.Reason == "GPUProcessKilled"
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no GPUProcessKilled event on the pod: %v %v", err, evs.Items)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

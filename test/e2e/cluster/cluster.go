@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,6 +48,8 @@ type Cluster struct {
 	// WorkloadDir is the fake GPU node's workload directory, mounted into
 	// pods at the same path.
 	WorkloadDir string
+	// PodLogsDir is where the kubelet keeps containers' logs.
+	PodLogsDir string
 	// MetricsAddr is where the agent serves /metrics.
 	MetricsAddr string
 	// AgentArgs are the agent's flags.
@@ -87,8 +90,8 @@ func Requirements() []string {
 			missing = append(missing, c)
 		}
 	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		missing = append(missing, "/bin/busybox (busybox-static)")
+	if _, err := os.Stat("/bin/busybox"); err != nil || exec.Command("ldd", "/bin/busybox").Run() == nil {
+		missing = append(missing, "a static /bin/busybox (busybox-static)")
 	}
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root")
@@ -107,12 +110,16 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return nil, err
 	}
 	c = &Cluster{Dir: dir, agentBin: o.AgentBin, log: o.Log}
+	if err := os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			c.Stop()
 		}
 	}()
 	t0 := time.Now()
+	ReapStale(o.Log) // what a run that was killed left behind
 	if c.API, err = apiserver.Launch(filepath.Join(dir, "api")); err != nil {
 		return nil, err
 	}
@@ -147,18 +154,43 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return nil, err
 	}
 	c.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	devRoot, err := c.deviceNodes()
+	if err != nil {
+		return nil, err
+	}
 	c.AgentArgs = append([]string{
 		"--gpu-backend=fake", "--fake-config=" + c.FakeConfig,
 		"--pod-resources-socket=" + c.PodResourcesSocket,
 		"--kubeconfig=" + c.API.Kubeconfig, "--node-name=" + NodeName,
 		"--metrics-address=" + c.MetricsAddr, "--sample-interval=500ms",
 		"--enforcement-state=" + filepath.Join(dir, "enforcement.json"),
+		"--dev-root=" + devRoot, "--cgroup-root=/sys/fs/cgroup",
 	}, o.AgentArgs...)
 	if err := c.StartAgent(); err != nil {
 		return nil, err
 	}
 	c.log("agent started after %v", time.Since(t0).Round(time.Millisecond))
 	return c, nil
+}
+
+// deviceNodes makes stand-ins for the NVIDIA device nodes Allocate hands
+// out, so runc really adds them to containers: character devices with
+// NVIDIA's numbers, which no driver answers here.
+func (c *Cluster) deviceNodes() (string, error) {
+	dev := filepath.Join(c.Dir, "dev")
+	if err := os.MkdirAll(dev, 0o755); err != nil { //nolint:gosec // device dir
+		return "", err
+	}
+	nodes := map[string][2]int{"nvidiactl": {195, 255}, "nvidia-uvm": {510, 0}, "nvidia-uvm-tools": {510, 1}}
+	for i := range 16 {
+		nodes[fmt.Sprintf("nvidia%d", i)] = [2]int{195, i}
+	}
+	for name, mm := range nodes {
+		if err := run("mknod", "-m", "666", filepath.Join(dev, name), "c", fmt.Sprint(mm[0]), fmt.Sprint(mm[1])); err != nil {
+			return "", err
+		}
+	}
+	return dev, nil
 }
 
 func (c *Cluster) bin(name string) string { return filepath.Join(apiserver.BinDir(), name) }
@@ -175,7 +207,11 @@ func (c *Cluster) startControllerManager() error {
 		"--controllers=*,-nodelifecycle,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller,-persistentvolume-binder,-attachdetach",
 		"--leader-elect=false", "--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", port),
 		"--service-account-private-key-file="+c.API.ServiceAccountKey, "--use-service-account-credentials=false", "--v=0")
-	return err
+	if err != nil {
+		return err
+	}
+	c.record(c.kcm)
+	return nil
 }
 
 // runcWrapper raises negative oomScoreAdj values to 0 before runc reads
@@ -234,9 +270,10 @@ state = %q
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = %q
+        Root = %q
         SystemdCgroup = false
 `, filepath.Join(d, "root"), filepath.Join(d, "state"), sock, sock+".ttrpc", filepath.Join(d, "opt"), PauseImage,
-		filepath.Join(d, "cni/bin"), filepath.Join(d, "cni/conf"), wrapper)
+		filepath.Join(d, "cni/bin"), filepath.Join(d, "cni/conf"), wrapper, filepath.Join(d, "runc"))
 	conf := filepath.Join(d, "config.toml")
 	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
 		return err
@@ -244,6 +281,7 @@ state = %q
 	if c.containerd, err = apiserver.StartProcess("containerd", "containerd", "--config", conf); err != nil {
 		return err
 	}
+	c.record(c.containerd)
 	return wait(ctx, 30*time.Second, "containerd socket", func() error {
 		if c.containerd.Exited() {
 			return fmt.Errorf("containerd exited: %s", c.containerd.Logs.Tail(2000))
@@ -358,7 +396,9 @@ func (c *Cluster) startKubelet(ctx context.Context) error {
 	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 cgroupDriver: cgroupfs
-cgroupsPerQOS: false
+cgroupsPerQOS: true
+cgroupRoot: /
+
 enforceNodeAllocatable: []
 failSwapOn: false
 failCgroupV1: false
@@ -385,9 +425,10 @@ nodeStatusUpdateFrequency: 2s
 		return err
 	}
 	c.PodResourcesSocket = filepath.Join(c.KubeletRoot, "pod-resources", "kubelet.sock")
+	c.PodLogsDir = filepath.Join(d, "pod-logs")
 	c.kubeletArg = []string{"--mount=" + c.MountNS, "--", c.bin("kubelet"),
 		"--config=" + conf, "--kubeconfig=" + c.API.Kubeconfig, "--root-dir=" + c.KubeletRoot,
-		"--cert-dir=" + filepath.Join(d, "certs"), "--hostname-override=" + NodeName, "--node-ip=127.0.0.1", "--v=1"}
+		"--cert-dir=" + filepath.Join(d, "certs"), "--hostname-override=" + NodeName, "--v=1"}
 	return c.StartKubelet(ctx)
 }
 
@@ -398,11 +439,22 @@ func (c *Cluster) StartKubelet(ctx context.Context) error {
 	if c.kubelet, err = apiserver.StartProcess("kubelet", "nsenter", c.kubeletArg...); err != nil {
 		return err
 	}
-	return wait(ctx, 60*time.Second, "kubelet device-plugin socket", func() error {
+	c.record(c.kubelet)
+	err = wait(ctx, 60*time.Second, "kubelet device-plugin socket", func() error {
 		if c.kubelet.Exited() {
 			return fmt.Errorf("kubelet exited: %s", c.kubelet.Logs.Tail(3000))
 		}
 		return exec.Command("nsenter", "--mount="+c.MountNS, "--", "test", "-S", "/var/lib/kubelet/device-plugins/kubelet.sock").Run()
+	})
+	if err != nil {
+		return err
+	}
+	kubectl := c.bin("kubectl")
+	if _, statErr := os.Stat(kubectl); statErr != nil {
+		return nil //nolint:nilerr // without kubectl, the tests wait for the Node themselves
+	}
+	return wait(ctx, 60*time.Second, "Node "+NodeName, func() error {
+		return exec.Command(kubectl, "--kubeconfig="+c.API.Kubeconfig, "get", "node", NodeName).Run()
 	})
 }
 
@@ -418,7 +470,21 @@ func (c *Cluster) StopKubelet() {
 func (c *Cluster) StartAgent() error {
 	var err error
 	c.agent, err = apiserver.StartProcess("gpu-agent", "nsenter", append([]string{"--mount=" + c.MountNS, "--", c.agentBin}, c.AgentArgs...)...)
-	return err
+	if err != nil {
+		return err
+	}
+	c.record(c.agent)
+	return nil
+}
+
+// record appends a started process's PID to <dir>/pids, for ReapStale.
+func (c *Cluster) record(p *apiserver.Process) {
+	f, err := os.OpenFile(filepath.Join(c.Dir, "pids"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return
+	}
+	defer func() { _ = f.Close() }()
+	_, _ = fmt.Fprintln(f, p.PID())
 }
 
 // KillAgent kills the agent with SIGKILL.
@@ -473,13 +539,42 @@ func (c *Cluster) Stop() {
 			_ = run("umount", "-l", c.mounts[i])
 		}
 	}
-	// containerd 1.6 makes these whatever its config says.
+	removeRunContainerd()
+	RemoveKubepodsCgroups()
+	c.unmountUnder(c.Dir)
+	_ = os.RemoveAll(c.Dir)
+}
+
+// removeRunContainerd removes what containerd 1.6 creates in
+// /run/containerd whatever its config says (shim sockets, fifos), and the
+// directory itself when that leaves it empty: a host containerd's files
+// are never touched.
+func removeRunContainerd() {
 	for _, p := range []string{"/run/containerd/s", "/run/containerd/fifo"} {
 		_ = os.RemoveAll(p)
 	}
-	_ = os.Remove("/run/containerd") // only when empty: not ours otherwise
-	c.unmountUnder(c.Dir)
-	_ = os.RemoveAll(c.Dir)
+	_ = os.Remove("/run/containerd/runc/k8s.io") // only when empty
+	_ = os.Remove("/run/containerd/runc")
+	_ = os.Remove("/run/containerd")
+}
+
+// RemoveKubepodsCgroups removes the kubelet's empty kubepods cgroups in
+// every hierarchy, bottom-up. rmdir of a cgroup that still has processes
+// fails, so nothing running is touched.
+func RemoveKubepodsCgroups() {
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/kubepods")
+	for _, root := range roots {
+		var dirs []string
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			_ = os.Remove(dirs[i])
+		}
+	}
 }
 
 // removePods stops and removes every container and sandbox through the

@@ -1,0 +1,246 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/test/e2e/cluster"
+)
+
+// newNamespace creates a namespace for one test and deletes it, waiting
+// for its pods to be gone, when the test ends.
+func newNamespace(t *testing.T, name string) string {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := fmt.Sprintf("%s-%d", name, time.Now().UnixNano()%100000)
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		zero := int64(0)
+		_ = cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{})
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+			if err == nil && len(pods.Items) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("pods of %s not gone after 60s", ns)
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		_ = cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+	})
+	return ns
+}
+
+// pod is a pod on the test node asking for slices, running script in the
+// test image with the fake GPU's workload dir mounted.
+func pod(name string, slices int64, script string) *corev1.Pod {
+	never := corev1.RestartPolicyNever
+	hostPathDir := corev1.HostPathDirectory
+	zero := int64(0)
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PodSpec{
+			NodeName:                      cluster.NodeName,
+			HostNetwork:                   true,
+			RestartPolicy:                 never,
+			TerminationGracePeriodSeconds: &zero,
+			Containers: []corev1.Container{{
+				Name: "main", Image: cluster.TestImage, ImagePullPolicy: corev1.PullNever,
+				Command:      []string{"/bin/sh", "-c", script},
+				Env:          []corev1.EnvVar{{Name: "GPUSLICE_FAKE_WORKLOAD_DIR", Value: c.WorkloadDir}},
+				VolumeMounts: []corev1.VolumeMount{{Name: "fakegpu", MountPath: c.WorkloadDir}},
+			}},
+			Volumes: []corev1.Volume{{Name: "fakegpu", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: c.WorkloadDir, Type: &hostPathDir}}}},
+		},
+	}
+	if slices > 0 {
+		p.Spec.Containers[0].Resources.Limits = corev1.ResourceList{"nvidia.com/vgpu": *resource.NewQuantity(slices, resource.DecimalSI)}
+	}
+	return p
+}
+
+// withHostPID runs the pod in the host's PID namespace. Fake GPU workloads
+// report their own PIDs to the fake driver, which, like NVML, must know
+// them as the host sees them; the pod's cgroups are its own either way.
+func withHostPID(p *corev1.Pod) *corev1.Pod {
+	p.Spec.HostPID = true
+	return p
+}
+
+// waitRunning waits until the pod runs and returns it.
+func waitRunning(t *testing.T, ns, name string) *corev1.Pod {
+	t.Helper()
+	return waitPhase(t, ns, name, corev1.PodRunning)
+}
+
+func waitPhase(t *testing.T, ns, name string, phase corev1.PodPhase) *corev1.Pod {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		p, err := cs.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err == nil && p.Status.Phase == phase {
+			return p
+		}
+		if time.Now().After(deadline) {
+			status := ""
+			if p != nil {
+				status = fmt.Sprintf("%s %s %s", p.Status.Phase, p.Status.Reason, p.Status.Message)
+			}
+			t.Fatalf("pod %s/%s not %s after 60s: %v %s", ns, name, phase, err, status)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// podLogs returns the main container's log as the kubelet wrote it
+// (CRI format, one "<time> <stream> <tag> <line>" per line), waiting until
+// it has lines. The API server's log proxy is not used: the kubelet
+// listens on loopback only.
+func podLogs(t *testing.T, ns, name string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		files, _ := filepath.Glob(filepath.Join(c.PodLogsDir, ns+"_"+name+"_*", "main", "*.log"))
+		var b strings.Builder
+		for _, f := range files {
+			data, _ := os.ReadFile(f)
+			for line := range strings.SplitSeq(string(data), "\n") {
+				if f := strings.SplitN(line, " ", 4); len(f) == 4 {
+					b.WriteString(f[3] + "\n")
+				}
+			}
+		}
+		if b.Len() > 0 {
+			return b.String()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no logs from %s/%s in %s", ns, name, c.PodLogsDir)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// assignment returns the slice IDs the kubelet's pod-resources API
+// reports for a pod's main container, sorted.
+func assignment(t *testing.T, ns, name string) []string {
+	t.Helper()
+	o := podresources.DefaultOptions()
+	o.Socket = c.PodResourcesSocket
+	client, err := podresources.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = client.Close() }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		as, err := client.List(context.Background())
+		for _, a := range as {
+			if a.Namespace == ns && a.Pod == name && a.Container == "main" {
+				ids := append([]string(nil), a.DeviceIDs...)
+				sort.Strings(ids)
+				return ids
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod-resources has no slices for %s/%s: %v %v", ns, name, err, as)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitAllocatable waits until the node's allocatable nvidia.com/vgpu is n.
+func waitAllocatable(t *testing.T, n int64) {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		node, err := cs.CoreV1().Nodes().Get(context.Background(), cluster.NodeName, metav1.GetOptions{})
+		if err == nil {
+			if q, ok := node.Status.Allocatable["nvidia.com/vgpu"]; ok && q.Value() == n {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("allocatable nvidia.com/vgpu never reached %d: %v", n, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitAgentRegistrations waits until the agent's current process has
+// registered with the kubelet at least n times.
+func waitAgentRegistrations(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(c.AgentLogs(), "registered with kubelet") < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent did not register %d times:\n%s", n, c.AgentLogs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// scrape reads the agent's /metrics.
+func scrape(t *testing.T) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get("http://" + c.MetricsAddr + "/metrics") //nolint:noctx // a test's loopback scrape
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mfs
+}
+
+// value finds the sample of a family whose labels include want.
+func value(mfs map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	mf := mfs[name]
+	if mf == nil {
+		return 0, false
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if have[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue(), true
+		case m.Counter != nil:
+			return m.GetCounter().GetValue(), true
+		}
+	}
+	return 0, false
+}
