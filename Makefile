@@ -19,8 +19,20 @@ help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build bin/gpu-agent.
+build: ## Build bin/gpu-agent and bin/kubectl-gpuslice.
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-agent ./cmd/gpu-agent
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/kubectl-gpuslice ./cmd/kubectl-gpuslice
+
+IMAGE ?= ghcr.io/gpuslice/gpu-agent:$(VERSION)
+
+.PHONY: image
+image: build ## Build the agent's image as an OCI archive, bin/gpu-agent-image.tar, without a container engine.
+	$(GO) run ./tools/mkimage --binary $(BIN)/gpu-agent --name $(IMAGE) --version $(VERSION) --out $(BIN)/gpu-agent-image.tar
+
+.PHONY: helm-lint
+helm-lint: ## helm lint and helm template the chart (helm built from source by test/e2e/build-helm.sh).
+	$$(test/e2e/build-helm.sh) lint --strict deployments/helm/gpuslice
+	$$(test/e2e/build-helm.sh) template gpuslice deployments/helm/gpuslice --namespace gpuslice >/dev/null
 
 .PHONY: test
 test: ## Run vet and every unit and integration test with the race detector.
@@ -66,9 +78,10 @@ fmt: ## Format the code.
 	$(GO) tool golangci-lint fmt ./...
 
 .PHONY: verify
-verify: ## Fail if go mod tidy or formatting would change the tree.
+verify: ## Fail if go mod tidy or formatting would change the tree, or docs/metrics.md is stale.
 	$(GO) mod tidy
 	$(GO) tool golangci-lint fmt ./...
+	$(GO) test -count=1 -run TestMetricsReference ./pkg/exporter
 	@if [ -n "$$(git status --porcelain)" ]; then \
 		echo "verify: the tree is not clean after tidy/fmt:"; git status --porcelain; git --no-pager diff; exit 1; fi
 

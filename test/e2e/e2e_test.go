@@ -16,11 +16,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuslice/gpuslice/test/apiserver"
 	"github.com/gpuslice/gpuslice/test/e2e/cluster"
 )
 
 // c is the cluster every scenario shares; each uses its own namespace.
 var c *cluster.Cluster
+
+// pluginBin is the kubectl-gpuslice binary; agentBin the agent's.
+var pluginBin, agentBin string
+
+func apiserverBinDir() string { return apiserver.BinDir() }
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -49,10 +55,17 @@ func run(m *testing.M) int {
 		fmt.Println(err)
 		return 1
 	}
-	agent, workload := filepath.Join(bins, "gpu-agent"), filepath.Join(bins, "workload")
+	agentBin = filepath.Join(bins, "gpu-agent")
+	agent, workload := agentBin, filepath.Join(bins, "workload")
 	build := exec.Command("go", "build", "-o", agent, "github.com/gpuslice/gpuslice/cmd/gpu-agent")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Printf("build gpu-agent: %v: %s\n", err, out)
+		return 1
+	}
+	pluginBin = filepath.Join(bins, "kubectl-gpuslice")
+	build = exec.Command("go", "build", "-o", pluginBin, "github.com/gpuslice/gpuslice/cmd/kubectl-gpuslice")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Printf("build kubectl-gpuslice: %v: %s\n", err, out)
 		return 1
 	}
 	// Static: it runs inside the test image, which has no libc.

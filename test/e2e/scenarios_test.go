@@ -16,19 +16,25 @@ import (
 	"github.com/gpuslice/gpuslice/test/e2e/cluster"
 )
 
+// Scenario 1: the Node's capacity and allocatable show GPUs x slices, and
+// the agent's labels are on it.
 func TestNodeCapacity(t *testing.T) {
 	cs := c.API.Clientset(t)
 	deadline := time.Now().Add(30 * time.Second)
+	var last map[string]string
 	for {
 		n, err := cs.CoreV1().Nodes().Get(context.Background(), cluster.NodeName, metav1.GetOptions{})
 		if err == nil {
 			capq, alloc := n.Status.Capacity["nvidia.com/vgpu"], n.Status.Allocatable["nvidia.com/vgpu"]
-			if capq.Value() == 8 && alloc.Value() == 8 {
+			l := n.Labels
+			last = l
+			if capq.Value() == 8 && alloc.Value() == 8 && l["nvidia.com/gpu.count"] == "2" &&
+				l["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB" && l["gpuslice.io/slices-per-gpu"] == "4" {
 				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("node capacity never showed 8 nvidia.com/vgpu: %v", err)
+			t.Fatalf("node never showed 8 nvidia.com/vgpu and the GPU labels: %v %v", err, last)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

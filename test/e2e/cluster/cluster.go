@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpuslice/gpuslice/internal/oci"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
 
@@ -318,12 +319,12 @@ func (c *Cluster) importImages(workloadBin string) error {
 	if out, err := exec.Command("gcc", "-static", "-O2", "-o", pause, src).CombinedOutput(); err != nil {
 		return fmt.Errorf("build pause: %w: %s", err, out)
 	}
-	files := map[string]File{"/bin/busybox": {Source: "/bin/busybox"}, "/bin/workload": {Source: workloadBin}}
+	files := map[string]oci.File{"/bin/busybox": {Source: "/bin/busybox"}, "/bin/workload": {Source: workloadBin}}
 	for _, applet := range []string{"sh", "env", "sleep", "cat", "ls", "echo", "grep", "true"} {
-		files["/bin/"+applet] = File{Link: "busybox"}
+		files["/bin/"+applet] = oci.File{Link: "busybox"}
 	}
-	for _, img := range []Image{
-		{Name: PauseImage, Files: map[string]File{"/pause": {Source: pause}}, Entrypoint: []string{"/pause"}},
+	for _, img := range []oci.Image{
+		{Name: PauseImage, Files: map[string]oci.File{"/pause": {Source: pause}}, Entrypoint: []string{"/pause"}},
 		{Name: TestImage, Files: files, Entrypoint: []string{"/bin/sh"}},
 	} {
 		archive := filepath.Join(d, strings.NewReplacer("/", "_", ":", "_").Replace(img.Name)+".tar")
@@ -334,6 +335,16 @@ func (c *Cluster) importImages(workloadBin string) error {
 		if err != nil {
 			return fmt.Errorf("import %s: %w: %s", img.Name, err, out)
 		}
+	}
+	return nil
+}
+
+// ImportArchive imports an OCI image archive into the cluster's
+// containerd, for pods with imagePullPolicy Never.
+func (c *Cluster) ImportArchive(path string) error {
+	out, err := exec.Command("ctr", "-a", c.containerdSocket(), "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("import %s: %w: %s", path, err, out)
 	}
 	return nil
 }

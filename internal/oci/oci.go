@@ -1,4 +1,7 @@
-package cluster
+// Package oci writes one-layer OCI image archives, the form
+// `ctr images import` and `skopeo`/`podman load` take, without a registry
+// or a container engine: the e2e tier's test images and `make image`.
+package oci
 
 import (
 	"archive/tar"
@@ -29,6 +32,10 @@ type Image struct {
 	Files map[string]File
 	// Entrypoint is the image's entrypoint.
 	Entrypoint []string
+	// Env is added to the image's PATH.
+	Env []string
+	// Labels are the image config's labels.
+	Labels map[string]string
 }
 
 // WriteOCIArchive writes img as an OCI image layout tar, the form
@@ -43,7 +50,7 @@ func (img Image) WriteOCIArchive(path string) error {
 	config, _ := json.Marshal(map[string]any{
 		"architecture": "amd64",
 		"os":           "linux",
-		"config":       map[string]any{"Entrypoint": img.Entrypoint, "Env": []string{"PATH=/bin"}},
+		"config":       map[string]any{"Entrypoint": img.Entrypoint, "Env": append([]string{"PATH=/bin:/usr/bin"}, img.Env...), "Labels": img.Labels},
 		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
 	manifest, _ := json.Marshal(map[string]any{

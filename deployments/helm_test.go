@@ -1,0 +1,158 @@
+package deployments_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
+
+	"github.com/gpuslice/gpuslice/test/apiserver"
+)
+
+const chart = "helm/gpuslice"
+
+var namespaces = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
+
+// helmBin finds the helm test/e2e/build-helm.sh built, or skips (fails
+// with GPUSLICE_REQUIRE_HELM, as in CI).
+func helmBin(t *testing.T) string {
+	t.Helper()
+	base := os.Getenv("GPUSLICE_CACHE")
+	if base == "" {
+		home, _ := os.UserHomeDir()
+		base = filepath.Join(home, ".cache", "gpuslice")
+	}
+	bin := filepath.Join(base, "helm-v3.18.6", "helm")
+	if _, err := os.Stat(bin); err != nil {
+		msg := "helm not built (run test/e2e/build-helm.sh): " + err.Error()
+		if os.Getenv("GPUSLICE_REQUIRE_HELM") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return bin
+}
+
+func helm(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(helmBin(t), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func parseDocs(t *testing.T, text string) []*unstructured.Unstructured {
+	t.Helper()
+	var out []*unstructured.Unstructured
+	for _, doc := range strings.Split(text, "\n---") {
+		var obj map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatalf("rendered chart: %v\n%s", err, doc)
+		}
+		if len(obj) > 0 {
+			out = append(out, &unstructured.Unstructured{Object: obj})
+		}
+	}
+	return out
+}
+
+func TestChartLint(t *testing.T) {
+	helm(t, "lint", "--strict", chart)
+	helm(t, "lint", "--strict", chart, "--set", "slicing.sliceMemory=10Gi,mps.enabled=true,metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true")
+}
+
+func TestChartRendersTheManifestsObjects(t *testing.T) {
+	objs := parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice",
+		"--set", "metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true"))
+	kinds := map[string]*unstructured.Unstructured{}
+	for _, o := range objs {
+		kinds[o.GetKind()] = o
+	}
+	for _, k := range []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Service", "ServiceMonitor", "PrometheusRule"} {
+		if kinds[k] == nil {
+			t.Errorf("the chart renders no %s", k)
+		}
+	}
+	// Same RBAC rules as deployments/daemonset.yaml.
+	for _, o := range documents(t, "daemonset.yaml") {
+		if o.GetKind() == "ClusterRole" && kinds["ClusterRole"] != nil && !reflect.DeepEqual(o.Object["rules"], kinds["ClusterRole"].Object["rules"]) {
+			t.Errorf("the chart's RBAC rules differ from daemonset.yaml's:\n%v\n%v", kinds["ClusterRole"].Object["rules"], o.Object["rules"])
+		}
+	}
+	// The alerts are the monitoring directory's, untouched by templating.
+	want, _, _ := unstructured.NestedSlice(documents(t, "monitoring/prometheusrule.yaml")[0].Object, "spec", "groups")
+	if pr := kinds["PrometheusRule"]; pr != nil {
+		got, _, _ := unstructured.NestedSlice(pr.Object, "spec", "groups")
+		if !reflect.DeepEqual(got, want) {
+			t.Error("the chart's alert groups differ from deployments/monitoring/prometheusrule.yaml: copy them into files/alert-groups.yaml")
+		}
+	}
+	// Values reach the agent's flags.
+	ds := parseDocs(t, helm(t, "template", "gpuslice", chart, "--set", "slicing.sliceMemory=10Gi,enforcement.computePolicy=strict,labels.gfd=false", "--show-only", "templates/daemonset.yaml"))[0]
+	ctrs, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+	args := strings.Join(toStrings(ctrs[0].(map[string]any)["args"]), " ")
+	for _, want := range []string{"--slice-memory=10Gi", "--compute-policy=strict", "--gfd-labels=false"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("agent args %q lack %s", args, want)
+		}
+	}
+	if strings.Contains(args, "--slices-per-gpu") {
+		t.Errorf("agent args %q set both slicings", args)
+	}
+}
+
+func toStrings(v any) []string {
+	var out []string
+	for _, s := range v.([]any) {
+		out = append(out, s.(string))
+	}
+	return out
+}
+
+func TestChartServerSideDryRun(t *testing.T) {
+	rendered := helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice-chart")
+	srv := apiserver.Start(t)
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := srv.Clientset(t)
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cs.Discovery()))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ns := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "gpuslice-chart"}}}
+	if _, err := dyn.Resource(namespaces).Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range parseDocs(t, rendered) {
+		mapping, err := mapper.RESTMapping(o.GroupVersionKind().GroupKind(), o.GroupVersionKind().Version)
+		if err != nil {
+			t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
+		}
+		var res dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
+		if o.GetNamespace() != "" {
+			res = dyn.Resource(mapping.Resource).Namespace(o.GetNamespace())
+		}
+		if _, err := res.Create(ctx, o, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}); err != nil {
+			t.Errorf("%s %s rejected by the API server: %v", o.GetKind(), o.GetName(), err)
+		}
+	}
+}

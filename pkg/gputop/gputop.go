@@ -1,0 +1,278 @@
+// Package gputop turns gpuslice's metrics into the tables kubectl-gpuslice
+// prints: per pod, per node and per GPU, and who holds the slices of a
+// node's GPUs. The tables are pure functions of samples; where the samples
+// come from (Prometheus' query API, or agents' /metrics) is a Source.
+package gputop
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Sample is one series' current value.
+type Sample struct {
+	// Name is the metric name.
+	Name string
+	// Labels are the series' labels; "instance" names the node.
+	Labels map[string]string
+	// Value is the current value.
+	Value float64
+}
+
+// Source gives the current samples of the named metrics.
+type Source interface {
+	Samples(ctx context.Context, names []string) ([]Sample, error)
+}
+
+// Metrics the tables read.
+var Metrics = []string{
+	"gpuslice_device_info", "gpuslice_device_memory_total_bytes", "gpuslice_device_memory_used_bytes",
+	"gpuslice_device_utilization_ratio", "gpuslice_device_healthy",
+	"gpuslice_slices_capacity", "gpuslice_slices_allocated",
+	"gpuslice_container_slices", "gpuslice_container_memory_used_bytes", "gpuslice_container_memory_limit_bytes",
+	"gpuslice_container_sm_utilization_ratio", "gpuslice_container_compute_limit_ratio",
+	"gpuslice_container_last_active_timestamp_seconds",
+}
+
+// Container is one container's use of one GPU.
+type Container struct {
+	Node, Namespace, Pod, Container, GPU, UUID string
+	Slices                                     int
+	MemoryUsed, MemoryLimit                    float64
+	Compute, ComputeLimit                      float64
+	// LastActive is zero when the container never used the GPU.
+	LastActive time.Time
+}
+
+// GPU is one GPU's state.
+type GPU struct {
+	Node, Index, UUID, Model string
+	Slices, Allocated        int
+	MemoryUsed, MemoryTotal  float64
+	Utilization              float64
+	Healthy                  bool
+	Holders                  []Container
+}
+
+// Model is what the samples say, organised.
+type Model struct {
+	GPUs       []GPU
+	Containers []Container
+}
+
+type gpuKey struct{ node, uuid string }
+
+type ctrKey struct{ node, ns, pod, ctr, uuid string }
+
+// Build organises samples into GPUs and containers, sorted.
+func Build(samples []Sample) Model {
+	gpus := map[gpuKey]*GPU{}
+	ctrs := map[ctrKey]*Container{}
+	gpu := func(s Sample) *GPU {
+		k := gpuKey{s.Labels["instance"], s.Labels["uuid"]}
+		g := gpus[k]
+		if g == nil {
+			g = &GPU{Node: k.node, UUID: k.uuid, Index: s.Labels["gpu"], Healthy: true}
+			gpus[k] = g
+		}
+		return g
+	}
+	ctr := func(s Sample) *Container {
+		k := ctrKey{s.Labels["instance"], s.Labels["namespace"], s.Labels["pod"], s.Labels["container"], s.Labels["uuid"]}
+		c := ctrs[k]
+		if c == nil {
+			c = &Container{Node: k.node, Namespace: k.ns, Pod: k.pod, Container: k.ctr, UUID: k.uuid, GPU: s.Labels["gpu"]}
+			ctrs[k] = c
+		}
+		return c
+	}
+	for _, s := range samples {
+		switch s.Name {
+		case "gpuslice_device_info":
+			gpu(s).Model = s.Labels["model"]
+		case "gpuslice_device_memory_total_bytes":
+			gpu(s).MemoryTotal = s.Value
+		case "gpuslice_device_memory_used_bytes":
+			gpu(s).MemoryUsed = s.Value
+		case "gpuslice_device_utilization_ratio":
+			gpu(s).Utilization = s.Value
+		case "gpuslice_device_healthy":
+			gpu(s).Healthy = s.Value == 1
+		case "gpuslice_slices_capacity":
+			gpu(s).Slices = int(s.Value)
+		case "gpuslice_slices_allocated":
+			gpu(s).Allocated = int(s.Value)
+		case "gpuslice_container_slices":
+			ctr(s).Slices = int(s.Value)
+		case "gpuslice_container_memory_used_bytes":
+			ctr(s).MemoryUsed = s.Value
+		case "gpuslice_container_memory_limit_bytes":
+			ctr(s).MemoryLimit = s.Value
+		case "gpuslice_container_sm_utilization_ratio":
+			ctr(s).Compute = s.Value
+		case "gpuslice_container_compute_limit_ratio":
+			ctr(s).ComputeLimit = s.Value
+		case "gpuslice_container_last_active_timestamp_seconds":
+			if s.Value > 0 {
+				ctr(s).LastActive = time.Unix(0, int64(s.Value*1e9))
+			}
+		}
+	}
+	var m Model
+	for _, c := range ctrs {
+		m.Containers = append(m.Containers, *c)
+		if g := gpus[gpuKey{c.Node, c.UUID}]; g != nil {
+			g.Holders = append(g.Holders, *c)
+		}
+	}
+	sort.Slice(m.Containers, func(i, j int) bool {
+		a, b := m.Containers[i], m.Containers[j]
+		return strings.Join([]string{a.Namespace, a.Pod, a.Container, a.Node, pad(a.GPU)}, "\x00") <
+			strings.Join([]string{b.Namespace, b.Pod, b.Container, b.Node, pad(b.GPU)}, "\x00")
+	})
+	for _, g := range gpus {
+		sort.Slice(g.Holders, func(i, j int) bool {
+			return g.Holders[i].Namespace+"/"+g.Holders[i].Pod < g.Holders[j].Namespace+"/"+g.Holders[j].Pod
+		})
+		m.GPUs = append(m.GPUs, *g)
+	}
+	sort.Slice(m.GPUs, func(i, j int) bool {
+		if m.GPUs[i].Node != m.GPUs[j].Node {
+			return m.GPUs[i].Node < m.GPUs[j].Node
+		}
+		return pad(m.GPUs[i].Index) < pad(m.GPUs[j].Index)
+	})
+	return m
+}
+
+// pad makes GPU indexes sort as numbers.
+func pad(s string) string {
+	if n, err := strconv.Atoi(s); err == nil {
+		return fmt.Sprintf("%06d", n)
+	}
+	return s
+}
+
+// gib formats bytes as GiB.
+func gib(b float64) string { return fmt.Sprintf("%.1fGi", b/(1<<30)) }
+
+func pct(r float64) string { return fmt.Sprintf("%.0f%%", r*100) }
+
+// idle says how long ago a container last used its GPU.
+func idle(last, now time.Time) string {
+	if last.IsZero() {
+		return "never active"
+	}
+	d := max(now.Sub(last), 0)
+	switch {
+	case d < 2*time.Second:
+		return "active"
+	case d < time.Hour:
+		return d.Round(time.Second).String()
+	default:
+		return d.Round(time.Minute).String()
+	}
+}
+
+// Pods prints one line per container and GPU, for namespace ("" for all).
+func Pods(w io.Writer, m Model, namespace string, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tNODE\tGPU\tSLICES\tMEMORY(USED/LIMIT)\tCOMPUTE(USED/LIMIT)\tIDLE")
+	for _, c := range m.Containers {
+		if namespace != "" && c.Namespace != namespace {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s/%s\t%s/%s\t%s\n", c.Namespace, c.Pod, c.Container, c.Node, c.GPU, c.Slices,
+			gib(c.MemoryUsed), gib(c.MemoryLimit), pct(c.Compute), pct(c.ComputeLimit), idle(c.LastActive, now))
+	}
+	return tw.Flush()
+}
+
+// Nodes prints one line per node.
+func Nodes(w io.Writer, m Model) error {
+	type node struct {
+		gpus, slices, allocated, unhealthy int
+		memUsed, memTotal, util            float64
+	}
+	nodes := map[string]*node{}
+	var names []string
+	for _, g := range m.GPUs {
+		n := nodes[g.Node]
+		if n == nil {
+			n = &node{}
+			nodes[g.Node] = n
+			names = append(names, g.Node)
+		}
+		n.gpus++
+		n.slices += g.Slices
+		n.allocated += g.Allocated
+		n.memUsed += g.MemoryUsed
+		n.memTotal += g.MemoryTotal
+		n.util += g.Utilization
+		if !g.Healthy {
+			n.unhealthy++
+		}
+	}
+	sort.Strings(names)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tGPUS\tUNHEALTHY\tSLICES(ALLOCATED/TOTAL)\tMEMORY(USED/TOTAL)\tUTILIZATION")
+	for _, name := range names {
+		n := nodes[name]
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d/%d\t%s/%s\t%s\n", name, n.gpus, n.unhealthy, n.allocated, n.slices, gib(n.memUsed), gib(n.memTotal), pct(n.util/float64(n.gpus)))
+	}
+	return tw.Flush()
+}
+
+// GPUs prints one line per GPU.
+func GPUs(w io.Writer, m Model) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tGPU\tMODEL\tHEALTHY\tSLICES(ALLOCATED/TOTAL)\tMEMORY(USED/TOTAL)\tUTILIZATION\tUUID")
+	for _, g := range m.GPUs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%d/%d\t%s/%s\t%s\t%s\n", g.Node, g.Index, g.Model, g.Healthy, g.Allocated, g.Slices, gib(g.MemoryUsed), gib(g.MemoryTotal), pct(g.Utilization), g.UUID)
+	}
+	return tw.Flush()
+}
+
+// DescribeNode prints a node's GPUs and who holds their slices. It returns
+// an error when the samples know no such node.
+func DescribeNode(w io.Writer, m Model, node string, now time.Time) error {
+	found := false
+	for _, g := range m.GPUs {
+		if g.Node != node {
+			continue
+		}
+		found = true
+		health := "healthy"
+		if !g.Healthy {
+			health = "UNHEALTHY"
+		}
+		fmt.Fprintf(w, "GPU %s  %s  %s  %s\n", g.Index, g.UUID, g.Model, health)
+		fmt.Fprintf(w, "  Slices:       %d of %d allocated\n", g.Allocated, g.Slices)
+		fmt.Fprintf(w, "  Memory:       %s of %s used\n", gib(g.MemoryUsed), gib(g.MemoryTotal))
+		fmt.Fprintf(w, "  Utilization:  %s\n", pct(g.Utilization))
+		if len(g.Holders) == 0 {
+			fmt.Fprintln(w, "  Held by:      nobody")
+			continue
+		}
+		fmt.Fprintln(w, "  Held by:")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "    NAMESPACE\tPOD\tCONTAINER\tSLICES\tMEMORY(USED/LIMIT)\tCOMPUTE(USED/LIMIT)\tIDLE")
+		for _, c := range g.Holders {
+			fmt.Fprintf(tw, "    %s\t%s\t%s\t%d\t%s/%s\t%s/%s\t%s\n", c.Namespace, c.Pod, c.Container, c.Slices,
+				gib(c.MemoryUsed), gib(c.MemoryLimit), pct(c.Compute), pct(c.ComputeLimit), idle(c.LastActive, now))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if !found {
+		return fmt.Errorf("no gpuslice metrics for node %q", node)
+	}
+	return nil
+}
