@@ -22,12 +22,15 @@ help: ## Show this help.
 build: ## Build bin/gpu-agent and bin/kubectl-gpuslice.
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-agent ./cmd/gpu-agent
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/kubectl-gpuslice ./cmd/kubectl-gpuslice
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/gpu-quota-controller ./cmd/gpu-quota-controller
 
 IMAGE ?= ghcr.io/gpuslice/gpu-agent:$(VERSION)
+CONTROLLER_IMAGE ?= ghcr.io/gpuslice/gpu-quota-controller:$(VERSION)
 
 .PHONY: image
-image: build ## Build the agent's image as an OCI archive, bin/gpu-agent-image.tar, without a container engine.
+image: build ## Build the agent's and the quota controller's images as OCI archives in bin/, without a container engine.
 	$(GO) run ./tools/mkimage --binary $(BIN)/gpu-agent --name $(IMAGE) --version $(VERSION) --out $(BIN)/gpu-agent-image.tar
+	$(GO) run ./tools/mkimage --binary $(BIN)/gpu-quota-controller --name $(CONTROLLER_IMAGE) --version $(VERSION) --nvidia-env=false --user 65532 --out $(BIN)/gpu-quota-controller-image.tar
 
 .PHONY: helm-lint
 helm-lint: ## helm lint and helm template the chart (helm built from source by test/e2e/build-helm.sh).

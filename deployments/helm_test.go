@@ -72,6 +72,7 @@ func parseDocs(t *testing.T, text string) []*unstructured.Unstructured {
 
 func TestChartLint(t *testing.T) {
 	helm(t, "lint", "--strict", chart)
+	helm(t, "lint", "--strict", chart, "--set", "quotaController.enabled=true,quotaController.prometheusURL=http://prometheus:9090")
 	helm(t, "lint", "--strict", chart, "--set", "slicing.sliceMemory=10Gi,mps.enabled=true,metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true")
 }
 
@@ -124,7 +125,8 @@ func toStrings(v any) []string {
 }
 
 func TestChartServerSideDryRun(t *testing.T) {
-	rendered := helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice-chart")
+	rendered := helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice-chart", "--include-crds",
+		"--set", "quotaController.enabled=true,quotaController.prometheusURL=http://prometheus.monitoring:9090")
 	srv := apiserver.Start(t)
 	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
 	if err != nil {

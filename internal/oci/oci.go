@@ -32,6 +32,8 @@ type Image struct {
 	Files map[string]File
 	// Entrypoint is the image's entrypoint.
 	Entrypoint []string
+	// User is the uid the image runs as; empty: root.
+	User string
 	// Env is added to the image's PATH.
 	Env []string
 	// Labels are the image config's labels.
@@ -50,7 +52,7 @@ func (img Image) WriteOCIArchive(path string) error {
 	config, _ := json.Marshal(map[string]any{
 		"architecture": "amd64",
 		"os":           "linux",
-		"config":       map[string]any{"Entrypoint": img.Entrypoint, "Env": append([]string{"PATH=/bin:/usr/bin"}, img.Env...), "Labels": img.Labels},
+		"config":       map[string]any{"Entrypoint": img.Entrypoint, "Env": append([]string{"PATH=/bin:/usr/bin"}, img.Env...), "Labels": img.Labels, "User": img.User},
 		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
 	manifest, _ := json.Marshal(map[string]any{

@@ -23,8 +23,9 @@ import (
 // c is the cluster every scenario shares; each uses its own namespace.
 var c *cluster.Cluster
 
-// pluginBin is the kubectl-gpuslice binary; agentBin the agent's.
-var pluginBin, agentBin string
+// pluginBin is the kubectl-gpuslice binary; agentBin the agent's;
+// controllerBin the quota controller's.
+var pluginBin, agentBin, controllerBin string
 
 func apiserverBinDir() string { return apiserver.BinDir() }
 
@@ -66,6 +67,12 @@ func run(m *testing.M) int {
 	build = exec.Command("go", "build", "-o", pluginBin, "github.com/gpuslice/gpuslice/cmd/kubectl-gpuslice")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Printf("build kubectl-gpuslice: %v: %s\n", err, out)
+		return 1
+	}
+	controllerBin = filepath.Join(bins, "gpu-quota-controller")
+	build = exec.Command("go", "build", "-o", controllerBin, "github.com/gpuslice/gpuslice/cmd/gpu-quota-controller")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Printf("build gpu-quota-controller: %v: %s\n", err, out)
 		return 1
 	}
 	// Static: it runs inside the test image, which has no libc.

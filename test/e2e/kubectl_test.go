@@ -22,6 +22,14 @@ import (
 // ServiceMonitor does.
 func startPrometheus(t *testing.T) string {
 	t.Helper()
+	u, _ := startPrometheusStoppable(t)
+	return u
+}
+
+// startPrometheusStoppable is startPrometheus with a function stopping it
+// early.
+func startPrometheusStoppable(t *testing.T) (string, func()) {
+	t.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
 		if os.Getenv("GPUSLICE_REQUIRE_E2E") != "" {
@@ -50,10 +58,10 @@ scrape_configs:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		p.Stop()
 		if t.Failed() {
 			t.Logf("prometheus log:\n%s", p.Logs.Tail(3000))
 		}
+		p.Stop()
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -61,7 +69,7 @@ scrape_configs:
 		if err == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return "http://" + addr
+				return "http://" + addr, p.Stop
 			}
 		}
 		if time.Now().After(deadline) {

@@ -1,4 +1,4 @@
-// Command mkimage builds gpu-agent's container image as an OCI archive
+// Command mkimage builds gpuslice's container images as OCI archives
 // without a container engine (make image): the binary, the shared
 // libraries it links (glibc: go-nvml loads libnvidia-ml.so.1 with dlopen,
 // which a static binary cannot do safely) and nothing else. The NVIDIA
@@ -35,6 +35,8 @@ func run(args []string) error {
 	name := fs.String("name", "ghcr.io/gpuslice/gpu-agent:dev", "image `reference`")
 	out := fs.String("out", "bin/gpu-agent-image.tar", "OCI archive to write")
 	version := fs.String("version", "dev", "version label")
+	nvidiaEnv := fs.Bool("nvidia-env", true, "ask the NVIDIA container toolkit for the driver's libraries (the agent)")
+	user := fs.String("user", "", "`uid` to run as (empty: root)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -42,7 +44,8 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	files := map[string]oci.File{"/gpu-agent": {Source: *binary}}
+	entry := "/" + filepath.Base(*binary)
+	files := map[string]oci.File{entry: {Source: *binary}}
 	for _, l := range libs {
 		real, err := filepath.EvalSymlinks(l)
 		if err != nil {
@@ -54,15 +57,17 @@ func run(args []string) error {
 	// kubelet's directories are mounted from the host.
 	files["/tmp/.keep"] = oci.File{Data: nil, Mode: 0o644}
 	img := oci.Image{
-		Name: *name, Files: files, Entrypoint: []string{"/gpu-agent"},
-		// The NVIDIA container toolkit mounts the driver's libraries (NVML)
-		// into containers that ask, as NVIDIA's device plugin image does.
-		Env: []string{"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=utility"},
+		Name: *name, Files: files, Entrypoint: []string{entry}, User: *user,
 		Labels: map[string]string{
-			"org.opencontainers.image.title":   "gpu-agent",
+			"org.opencontainers.image.title":   filepath.Base(*binary),
 			"org.opencontainers.image.version": *version,
 			"org.opencontainers.image.source":  "https://github.com/gpuslice/gpuslice",
 		},
+	}
+	if *nvidiaEnv {
+		// The NVIDIA container toolkit mounts the driver's libraries (NVML)
+		// into containers that ask, as NVIDIA's device plugin image does.
+		img.Env = []string{"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=utility"}
 	}
 	if err := img.WriteOCIArchive(*out); err != nil {
 		return err

@@ -1,0 +1,169 @@
+// Command gpu-quota-controller enforces GPUQuota objects
+// (gpuslice.io/v1alpha1): slice caps and measured GPU-hour budgets per
+// namespace through a ResourceQuota it owns, and reclaim of idle GPU pods,
+// from gpuslice's metrics in Prometheus. It runs one active replica, by
+// leader election.
+//
+// It uses plain client-go with shared informers rather than
+// controller-runtime: it has no reconcile-per-object shape (every cycle
+// evaluates all quotas against one fixed set of PromQL queries), so a
+// periodic loop over informer caches is the whole controller, with fewer
+// dependencies.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/gpuslice/gpuslice/pkg/quota"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+type config struct {
+	kubeconfig, promURL, resource, metricsAddr, leNamespace, leID, logLevel string
+	interval                                                                time.Duration
+	leaderElect                                                             bool
+}
+
+func parse(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("gpu-quota-controller", flag.ContinueOnError)
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig `file` (in-cluster config when empty)")
+	fs.StringVar(&c.promURL, "prometheus-url", "", "Prometheus `URL` holding gpuslice's metrics (required)")
+	fs.StringVar(&c.resource, "resource-name", "nvidia.com/vgpu", "the extended resource quotas cap")
+	fs.DurationVar(&c.interval, "interval", 30*time.Second, "how often every GPUQuota is evaluated")
+	fs.StringVar(&c.metricsAddr, "metrics-address", ":9446", "address of the controller's own /metrics and /healthz")
+	fs.BoolVar(&c.leaderElect, "leader-elect", true, "run only while holding the leader lease")
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "gpuslice"
+	}
+	fs.StringVar(&c.leNamespace, "leader-election-namespace", ns, "namespace of the leader lease")
+	fs.StringVar(&c.leID, "leader-election-id", "gpuslice-quota-controller", "name of the leader lease")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return c, fmt.Errorf("unexpected arguments %v", fs.Args())
+	case c.promURL == "":
+		return c, errors.New("--prometheus-url is required")
+	case c.interval < time.Second:
+		return c, fmt.Errorf("--interval %s is under 1s", c.interval)
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return c, fmt.Errorf("--log-level: %w", err)
+	}
+	return c, nil
+}
+
+func run(args []string) int {
+	c, err := parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "gpu-quota-controller: %v\n", err)
+		return 2
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.logLevel))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, c, log); err != nil {
+		log.Error("gpu-quota-controller failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, c config, log *slog.Logger) error {
+	var cfg *rest.Config
+	var err error
+	if c.kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", c.kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("kubernetes config: %w", err)
+	}
+	// The first cycle on a big cluster writes a ResourceQuota and a status
+	// per namespace; client-go's default of 5 requests/s would take minutes.
+	cfg.QPS, cfg.Burst = 50, 100
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	prom, err := quota.NewQuerier(c.promURL)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	ctrl := quota.New(kube, dyn, prom, quota.Options{Resource: c.resource, Interval: c.interval, Logger: log, Registry: reg})
+
+	lis, err := net.Listen("tcp", c.metricsAddr)
+	if err != nil {
+		return fmt.Errorf("listen on --metrics-address: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(lis) }()
+	defer func() { _ = srv.Close() }()
+	log.Info("starting", "prometheus", c.promURL, "interval", c.interval, "metrics", lis.Addr().String(), "leader_elect", c.leaderElect)
+
+	if !c.leaderElect {
+		return ctrl.Run(ctx)
+	}
+	id, _ := os.Hostname()
+	id = fmt.Sprintf("%s-%d", id, os.Getpid())
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: c.leNamespace, Name: c.leID},
+		Client:     kube.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
+	}
+	var runErr error
+	leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+		Lock: lock, ReleaseOnCancel: true,
+		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				log.Info("leading", "identity", id)
+				runErr = ctrl.Run(ctx)
+			},
+			OnStoppedLeading: func() { log.Info("stopped leading", "identity", id) },
+		},
+	})
+	return runErr
+}

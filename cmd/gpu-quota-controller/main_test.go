@@ -1,0 +1,25 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	c, err := parse([]string{"--prometheus-url=http://p:9090", "--interval=10s"})
+	if err != nil || c.promURL != "http://p:9090" || c.interval.Seconds() != 10 || !c.leaderElect {
+		t.Fatalf("parse = %+v, %v", c, err)
+	}
+	for args, want := range map[string]string{
+		"":                                      "--prometheus-url is required",
+		"--prometheus-url=x --interval=100ms":   "under 1s",
+		"--prometheus-url=x --log-level=loud":   "--log-level",
+		"--prometheus-url=x extra":              "unexpected arguments",
+		"--prometheus-url=x --interval=forever": "invalid value",
+	} {
+		_, err := parse(strings.Fields(args))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("parse(%q) = %v, want an error containing %q", args, err, want)
+		}
+	}
+}

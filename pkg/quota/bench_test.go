@@ -1,0 +1,215 @@
+package quota_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
+
+	"github.com/gpuslice/gpuslice/pkg/quota"
+	"github.com/gpuslice/gpuslice/test/apiserver"
+)
+
+const (
+	benchNamespaces = 500
+	benchPodsPerNS  = 10
+)
+
+// BenchmarkEvaluationCycle measures one evaluation cycle of 500 namespaces
+// with a GPUQuota each and 5,000 GPU pods, against a real kube-apiserver
+// and a real Prometheus holding the pods' series, in steady state (after
+// the first cycle created the ResourceQuotas and statuses).
+func BenchmarkEvaluationCycle(b *testing.B) {
+	if testing.Short() {
+		b.Skip("builds a 500-namespace cluster state; run without -short")
+	}
+	promBin, err := exec.LookPath("prometheus")
+	if err != nil {
+		b.Skip("prometheus not installed")
+	}
+	srv := apiserver.Start(b)
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.QPS, cfg.Burst = 500, 1000
+	dyn := dynamic.NewForConfigOrDie(cfg)
+	cs := kubernetes.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+
+	// The CRD, as shipped.
+	data, err := os.ReadFile("../../deployments/crds/gpuslice.io_gpuquotas.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var crd map[string]any
+	if err := yaml.Unmarshal(data, &crd); err != nil {
+		b.Fatal(err)
+	}
+	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	if _, err := dyn.Resource(crdGVR).Create(ctx, &unstructured.Unstructured{Object: crd}, metav1.CreateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if _, err := dyn.Resource(quota.GVR).List(ctx, metav1.ListOptions{}); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			b.Fatal(err)
+		}
+	}
+
+	// 500 namespaces, each with a GPUQuota and 10 pods of 1 slice.
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, benchNamespaces)
+	sem := make(chan struct{}, 32)
+	for i := range benchNamespaces {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			ns := fmt.Sprintf("team-%03d", i)
+			if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+				errs <- err
+				return
+			}
+			q := &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": "gpuslice.io/v1alpha1", "kind": "GPUQuota", "metadata": map[string]any{"name": "team", "namespace": ns},
+				"spec": map[string]any{"maxSlices": int64(20), "budget": map[string]any{"gpuHours": 100.0, "window": "24h"},
+					"idle": map[string]any{"belowUtilization": 0.05, "for": "30m", "action": "Evict"}},
+			}}
+			if _, err := dyn.Resource(quota.GVR).Namespace(ns).Create(ctx, q, metav1.CreateOptions{}); err != nil {
+				errs <- err
+				return
+			}
+			for j := range benchPodsPerNS {
+				p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", j)}, Spec: corev1.PodSpec{Containers: []corev1.Container{{
+					Name: "main", Image: "example/train",
+					Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{"nvidia.com/vgpu": resource.MustParse("1")}},
+				}}}}
+				if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	b.Logf("created %d namespaces, quotas and %d pods in %v", benchNamespaces, benchNamespaces*benchPodsPerNS, time.Since(start).Round(time.Second))
+
+	// The pods' series, as agents would export them, scraped by Prometheus.
+	exporter := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		var sb strings.Builder
+		busy := float64(time.Now().Unix() % 100000)
+		sb.WriteString("# TYPE gpuslice_container_gpu_busy_seconds_total counter\n# TYPE gpuslice_container_sm_utilization_ratio gauge\n")
+		for i := range benchNamespaces {
+			for j := range benchPodsPerNS {
+				l := fmt.Sprintf(`{namespace="team-%03d",pod="p%d",container="main",gpu="%d",uuid="GPU-%d"}`, i, j, j%8, i%64)
+				fmt.Fprintf(&sb, "gpuslice_container_gpu_busy_seconds_total%s %g\ngpuslice_container_sm_utilization_ratio%s %g\n", l, busy*float64(j)/10, l, float64(j)/10)
+			}
+		}
+		_, _ = w.Write([]byte(sb.String()))
+	}))
+	defer exporter.Close()
+	promURL := startPrometheus(b, promBin, strings.TrimPrefix(exporter.URL, "http://"))
+	querier, err := quota.NewQuerier(promURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		v, _, err := querier.Query(ctx, `count(count_over_time(gpuslice_container_sm_utilization_ratio[1m]) >= 3)`, time.Now())
+		if err == nil && strings.Contains(v.String(), fmt.Sprint(benchNamespaces*benchPodsPerNS)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("prometheus never held 3 scrapes of every pod: %v %v", v, err)
+		}
+	}
+
+	ctrl := quota.New(cs, dynamic.NewForConfigOrDie(cfg), querier, quota.Options{})
+	if err := ctrl.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	first := time.Now()
+	if _, err := ctrl.EvaluateCounted(ctx, time.Now()); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("first cycle (creates %d ResourceQuotas and statuses): %v", benchNamespaces, time.Since(first).Round(time.Millisecond))
+	time.Sleep(2 * time.Second) // the informers see what the first cycle wrote
+
+	var took []time.Duration
+	queries := 0
+	for b.Loop() {
+		t0 := time.Now()
+		n, err := ctrl.EvaluateCounted(ctx, time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		took = append(took, time.Since(t0))
+		queries = n
+	}
+	spec := quota.Spec{Budget: &quota.Budget{GPUHours: 100, Window: quota.Duration{Duration: 24 * time.Hour}}, Idle: &quota.Idle{BelowUtilization: 0.05, For: quota.Duration{Duration: 30 * time.Minute}, Action: quota.ActionEvict}}
+	t0 := time.Now()
+	if _, err := quota.Measure(ctx, querier, []quota.Spec{spec}, time.Now()); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("the PromQL queries alone: %v", time.Since(t0).Round(time.Millisecond))
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "p50-ms")
+	b.ReportMetric(float64(took[len(took)-1].Milliseconds()), "max-ms")
+	b.ReportMetric(float64(queries), "promql-queries")
+}
+
+func startPrometheus(b *testing.B, bin, target string) string {
+	b.Helper()
+	dir := b.TempDir()
+	cfg := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: agents\n    static_configs: [{targets: [%q]}]\n", target)), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	port, err := apiserver.FreePort()
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	p, err := apiserver.StartProcess("prometheus", bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(p.Stop)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		resp, err := http.Get("http://" + addr + "/-/ready") //nolint:noctx // a benchmark's loopback poll
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return "http://" + addr
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("prometheus not ready: %v\n%s", err, p.Logs.Tail(2000))
+		}
+	}
+}

@@ -1,0 +1,490 @@
+package quota
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+)
+
+// GVR is the GPUQuota resource.
+var GVR = schema.GroupVersionResource{Group: "gpuslice.io", Version: "v1alpha1", Resource: "gpuquotas"}
+
+// applyWorkers is how many namespaces are evaluated and written at once.
+const applyWorkers = 8
+
+// QuotaName is the ResourceQuota the controller owns in each namespace.
+const QuotaName = "gpuslice-gpu-quota"
+
+// Options configure the Controller.
+type Options struct {
+	// Resource is the extended resource quotas cap (nvidia.com/vgpu).
+	Resource string
+	// Interval is how often every quota is evaluated.
+	Interval time.Duration
+	// Logger receives decisions and failures.
+	Logger *slog.Logger
+	// Registry receives the controller's own metrics; nil: none.
+	Registry prometheus.Registerer
+}
+
+// Controller evaluates every GPUQuota each interval from informer caches
+// and one fixed set of PromQL queries, and carries out the decisions.
+type Controller struct {
+	kube   kubernetes.Interface
+	dyn    dynamic.Interface
+	prom   Querier
+	opts   Options
+	log    *slog.Logger
+	events record.EventRecorder
+
+	pods    corelisters.PodLister
+	quotas  corelisters.ResourceQuotaLister
+	gpuq    cache.GenericLister
+	synced  []cache.InformerSynced
+	start   func(stop <-chan struct{})
+	mu      sync.Mutex
+	last    map[string]Decision // by namespace
+	written map[types.UID]written
+	metrics controllerMetrics
+}
+
+// written is the last status the controller wrote for a GPUQuota: a status
+// that has not changed is written again only after statusHeartbeat, so a
+// steady cluster costs no API writes per cycle.
+type written struct {
+	status string
+	at     time.Time
+}
+
+// statusHeartbeat bounds how stale status.lastEvaluationTime and
+// usedGPUHours get; each GPUQuota gets its own share of a further
+// statusHeartbeat, so rewrites spread over cycles.
+const statusHeartbeat = time.Minute
+
+func heartbeat(uid types.UID) time.Duration {
+	var h uint32
+	for _, b := range []byte(uid) {
+		h = h*31 + uint32(b)
+	}
+	return statusHeartbeat + time.Duration(h%1000)*statusHeartbeat/1000
+}
+
+type controllerMetrics struct {
+	cycles, promErrors, evictions, annotations, quotaUpdates prometheus.Counter
+	duration                                                 prometheus.Histogram
+	queries                                                  prometheus.Gauge
+}
+
+// New builds a controller; Run starts it.
+func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Options) *Controller {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Resource == "" {
+		opts.Resource = "nvidia.com/vgpu"
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = 30 * time.Second
+	}
+	f := informers.NewSharedInformerFactory(kube, 0)
+	df := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
+	pods, rqs, gq := f.Core().V1().Pods(), f.Core().V1().ResourceQuotas(), df.ForResource(GVR)
+	b := record.NewBroadcaster()
+	b.StartRecordingToSink(&typedEventSink{kube: kube})
+	c := &Controller{
+		kube: kube, dyn: dyn, prom: prom, opts: opts, log: opts.Logger,
+		events: b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "gpuslice-quota-controller"}),
+		pods:   pods.Lister(), quotas: rqs.Lister(), gpuq: gq.Lister(),
+		synced:  []cache.InformerSynced{pods.Informer().HasSynced, rqs.Informer().HasSynced, gq.Informer().HasSynced},
+		last:    map[string]Decision{},
+		written: map[types.UID]written{},
+	}
+	c.start = func(stop <-chan struct{}) { f.Start(stop); df.Start(stop) }
+	m := &c.metrics
+	m.cycles = prometheus.NewCounter(prometheus.CounterOpts{Name: "gpuslice_quota_evaluations_total", Help: "Evaluation cycles run."})
+	m.promErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "gpuslice_quota_prometheus_errors_total", Help: "Cycles whose Prometheus queries failed; the last decisions were kept."})
+	m.evictions = prometheus.NewCounter(prometheus.CounterOpts{Name: "gpuslice_quota_evictions_total", Help: "Idle pods evicted."})
+	m.annotations = prometheus.NewCounter(prometheus.CounterOpts{Name: "gpuslice_quota_idle_annotations_total", Help: "Idle pods annotated."})
+	m.quotaUpdates = prometheus.NewCounter(prometheus.CounterOpts{Name: "gpuslice_quota_resourcequota_updates_total", Help: "ResourceQuota limits created, changed or removed."})
+	m.duration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gpuslice_quota_evaluation_duration_seconds", Help: "Time one evaluation cycle took.", Buckets: prometheus.DefBuckets})
+	m.queries = prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpuslice_quota_prometheus_queries", Help: "PromQL queries the last cycle made."})
+	if opts.Registry != nil {
+		opts.Registry.MustRegister(m.cycles, m.promErrors, m.evictions, m.annotations, m.quotaUpdates, m.duration, m.queries)
+	}
+	return c
+}
+
+// typedEventSink writes Events through the typed client.
+type typedEventSink struct{ kube kubernetes.Interface }
+
+func (s *typedEventSink) Create(e *corev1.Event) (*corev1.Event, error) {
+	return s.kube.CoreV1().Events(e.Namespace).Create(context.Background(), e, metav1.CreateOptions{})
+}
+
+func (s *typedEventSink) Update(e *corev1.Event) (*corev1.Event, error) {
+	return s.kube.CoreV1().Events(e.Namespace).Update(context.Background(), e, metav1.UpdateOptions{})
+}
+
+func (s *typedEventSink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
+	return s.kube.CoreV1().Events(e.Namespace).Patch(context.Background(), e.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{})
+}
+
+// Start starts the informers and waits for their caches.
+func (c *Controller) Start(ctx context.Context) error {
+	c.start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+		return errors.New("informer caches did not sync")
+	}
+	return nil
+}
+
+// Run starts the informers and evaluates every interval until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	if err := c.Start(ctx); err != nil {
+		return err
+	}
+	t := time.NewTicker(c.opts.Interval)
+	defer t.Stop()
+	for {
+		if err := c.Evaluate(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			c.log.Error("evaluation", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// gpuQuota is a parsed GPUQuota.
+type gpuQuota struct {
+	obj  *unstructured.Unstructured
+	spec Spec
+	err  error
+}
+
+// Evaluate runs one cycle: every GPUQuota, one set of queries.
+func (c *Controller) Evaluate(ctx context.Context, now time.Time) error {
+	_, err := c.EvaluateCounted(ctx, now)
+	return err
+}
+
+// EvaluateCounted is Evaluate, also returning how many PromQL queries the
+// cycle made.
+func (c *Controller) EvaluateCounted(ctx context.Context, now time.Time) (int, error) {
+	start := time.Now()
+	defer func() { c.metrics.cycles.Inc(); c.metrics.duration.Observe(time.Since(start).Seconds()) }()
+	objs, err := c.gpuq.List(labels.Everything())
+	if err != nil {
+		return 0, fmt.Errorf("list GPUQuotas: %w", err)
+	}
+	// One GPUQuota per namespace: the first by name rules; others are
+	// reported as conflicting.
+	byNS := map[string][]gpuQuota{}
+	var specs []Spec
+	for _, o := range objs {
+		u, ok := o.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		q := gpuQuota{obj: u}
+		raw, _ := json.Marshal(u.Object["spec"])
+		if q.err = json.Unmarshal(raw, &q.spec); q.err == nil {
+			q.err = q.spec.Validate()
+		}
+		if q.err == nil {
+			specs = append(specs, q.spec)
+		}
+		byNS[u.GetNamespace()] = append(byNS[u.GetNamespace()], q)
+	}
+	usage, merr := Measure(ctx, c.prom, specs, now)
+	c.metrics.queries.Set(float64(usage.Queries))
+	if merr != nil {
+		c.metrics.promErrors.Inc()
+		c.log.Warn("prometheus unavailable: keeping the last decisions, evicting nothing", "err", merr)
+	}
+	namespaces := make([]string, 0, len(byNS))
+	for ns := range byNS {
+		namespaces = append(namespaces, ns)
+	}
+	sort.Strings(namespaces)
+	// Namespaces are independent; their API writes go a few at a time.
+	results := make([]error, len(namespaces))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, applyWorkers)
+	for i, ns := range namespaces {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			qs := byNS[ns]
+			sort.Slice(qs, func(i, j int) bool { return qs[i].obj.GetName() < qs[j].obj.GetName() })
+			var errs []error
+			for _, extra := range qs[1:] {
+				errs = append(errs, c.writeStatus(ctx, extra.obj, nil, Decision{}, now, fmt.Errorf("namespace %s already has GPUQuota %s", ns, qs[0].obj.GetName())))
+			}
+			if q := qs[0]; q.err != nil {
+				errs = append(errs, c.writeStatus(ctx, q.obj, nil, Decision{}, now, q.err))
+			} else {
+				errs = append(errs, c.evaluateNamespace(ctx, q, usage, merr == nil, now))
+			}
+			results[i] = errors.Join(errs...)
+		}()
+	}
+	wg.Wait()
+	return usage.Queries, errors.Join(results...)
+}
+
+func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Usage, metricsOK bool, now time.Time) error {
+	ns := q.obj.GetNamespace()
+	in := Input{Spec: q.spec, MetricsOK: metricsOK, Now: now}
+	if rq, err := c.quotas.ResourceQuotas(ns).Get(QuotaName); err == nil {
+		used := rq.Status.Used[corev1.ResourceName("requests."+c.opts.Resource)]
+		in.UsedSlices = used.Value()
+	}
+	if q.spec.Budget != nil {
+		in.UsedGPUHours = usage.GPUHours[BudgetKey(*q.spec.Budget)][ns]
+	}
+	pods, err := c.pods.Pods(ns).List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	var podSlices int64
+	for _, p := range pods {
+		n := c.slices(p)
+		if n == 0 || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || p.DeletionTimestamp != nil {
+			continue
+		}
+		podSlices += n
+		pp := Pod{Name: p.Name, Slices: n, Running: p.Status.Phase == corev1.PodRunning, OptOut: p.Annotations[AnnotationOptOut] == "true", IdleSince: p.Annotations[AnnotationIdleSince]}
+		if p.Status.StartTime != nil {
+			pp.Started = p.Status.StartTime.Time
+		}
+		if q.spec.Idle != nil {
+			pp.MaxUtilization, pp.Measured = usage.MaxUtilization[q.spec.Idle.For.Duration][ns+"/"+p.Name]
+		}
+		in.Pods = append(in.Pods, pp)
+	}
+	if in.UsedSlices == 0 {
+		in.UsedSlices = podSlices // no ResourceQuota yet: count the pods
+	}
+	c.mu.Lock()
+	if prev, ok := c.last[ns]; ok {
+		in.Previous = &prev
+	}
+	c.mu.Unlock()
+	d := Decide(in)
+	c.mu.Lock()
+	c.last[ns] = d
+	c.mu.Unlock()
+
+	var errs []error
+	errs = append(errs, c.applyQuota(ctx, q.obj, ns, d))
+	for _, name := range d.Annotate {
+		errs = append(errs, c.annotate(ctx, ns, name, now))
+	}
+	for _, name := range d.Evict {
+		errs = append(errs, c.evict(ctx, ns, name, q.spec.Idle))
+	}
+	errs = append(errs, c.writeStatus(ctx, q.obj, &in, d, now, nil))
+	return errors.Join(errs...)
+}
+
+// slices is what a pod requests of the resource, over its containers.
+func (c *Controller) slices(p *corev1.Pod) int64 {
+	var n int64
+	for _, ctr := range p.Spec.Containers {
+		if q, ok := ctr.Resources.Limits[corev1.ResourceName(c.opts.Resource)]; ok {
+			n += q.Value()
+		} else if q, ok := ctr.Resources.Requests[corev1.ResourceName(c.opts.Resource)]; ok {
+			n += q.Value()
+		}
+	}
+	return n
+}
+
+// applyQuota makes the namespace's ResourceQuota say d.Hard.
+func (c *Controller) applyQuota(ctx context.Context, owner *unstructured.Unstructured, ns string, d Decision) error {
+	key := corev1.ResourceName("requests." + c.opts.Resource)
+	rqs := c.kube.CoreV1().ResourceQuotas(ns)
+	cur, err := c.quotas.ResourceQuotas(ns).Get(QuotaName)
+	switch {
+	case apierrors.IsNotFound(err) && d.Hard == nil:
+		return nil
+	case apierrors.IsNotFound(err):
+		rq := &corev1.ResourceQuota{
+			ObjectMeta: metav1.ObjectMeta{Name: QuotaName, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/managed-by": "gpuslice-quota-controller"},
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: owner.GetAPIVersion(), Kind: owner.GetKind(), Name: owner.GetName(), UID: owner.GetUID()}}},
+			Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{key: *resource.NewQuantity(*d.Hard, resource.DecimalSI)}},
+		}
+		if _, err := rqs.Create(ctx, rq, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create ResourceQuota %s/%s: %w", ns, QuotaName, err)
+		}
+		c.quotaChanged(owner, ns, d)
+		return nil
+	case err != nil:
+		return err
+	case d.Hard == nil:
+		if err := rqs.Delete(ctx, QuotaName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+		c.quotaChanged(owner, ns, d)
+		return nil
+	}
+	if have, ok := cur.Spec.Hard[key]; ok && have.Value() == *d.Hard {
+		return nil
+	}
+	upd := cur.DeepCopy()
+	if upd.Spec.Hard == nil {
+		upd.Spec.Hard = corev1.ResourceList{}
+	}
+	upd.Spec.Hard[key] = *resource.NewQuantity(*d.Hard, resource.DecimalSI)
+	if _, err := rqs.Update(ctx, upd, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update ResourceQuota %s/%s: %w", ns, QuotaName, err)
+	}
+	c.quotaChanged(owner, ns, d)
+	return nil
+}
+
+func (c *Controller) quotaChanged(owner *unstructured.Unstructured, ns string, d Decision) {
+	c.metrics.quotaUpdates.Inc()
+	limit := "none"
+	if d.Hard != nil {
+		limit = fmt.Sprint(*d.Hard)
+	}
+	c.log.Info("GPU quota limit changed", "namespace", ns, "limit", limit, "reason", d.Reason)
+	c.events.Eventf(owner, corev1.EventTypeNormal, "QuotaLimitChanged", "requests.%s limited to %s: %s", c.opts.Resource, limit, d.Reason)
+}
+
+func (c *Controller) annotate(ctx context.Context, ns, name string, now time.Time) error {
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{AnnotationIdleSince: now.UTC().Format(time.RFC3339)}}})
+	p, err := c.kube.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil {
+		return fmt.Errorf("annotate idle pod %s/%s: %w", ns, name, err)
+	}
+	c.metrics.annotations.Inc()
+	c.log.Info("idle pod annotated", "namespace", ns, "pod", name)
+	c.events.Event(p, corev1.EventTypeNormal, "GPUIdle", "The pod holds GPU slices it has not used; marked "+AnnotationIdleSince)
+	return nil
+}
+
+func (c *Controller) evict(ctx context.Context, ns, name string, idle *Idle) error {
+	p, err := c.pods.Pods(ns).Get(name)
+	if err != nil {
+		return nil //nolint:nilerr // gone already
+	}
+	ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
+	err = c.kube.CoreV1().Pods(ns).EvictV1(ctx, ev)
+	switch {
+	case err == nil:
+		c.metrics.evictions.Inc()
+		c.log.Info("idle pod evicted", "namespace", ns, "pod", name)
+		c.events.Eventf(p, corev1.EventTypeWarning, "GPUIdleEvicted", "Evicted: its GPU utilization stayed below %.0f%% for %s", idle.BelowUtilization*100, idle.For)
+		return nil
+	case apierrors.IsTooManyRequests(err):
+		// A PodDisruptionBudget forbids it now; try again next cycle.
+		c.events.Eventf(p, corev1.EventTypeWarning, "GPUIdleEvictionBlocked", "Idle, but a PodDisruptionBudget blocks its eviction: %v", err)
+		return nil
+	case apierrors.IsNotFound(err):
+		return nil
+	}
+	return fmt.Errorf("evict idle pod %s/%s: %w", ns, name, err)
+}
+
+// writeStatus records a quota's status, or why it could not be evaluated.
+func (c *Controller) writeStatus(ctx context.Context, obj *unstructured.Unstructured, in *Input, d Decision, now time.Time, invalid error) error {
+	cond := func(typ string, on bool, reason, msg string) map[string]any {
+		status := "False"
+		if on {
+			status = "True"
+		}
+		return map[string]any{"type": typ, "status": status, "reason": reason, "message": msg, "lastTransitionTime": now.UTC().Format(time.RFC3339)}
+	}
+	status := map[string]any{"lastEvaluationTime": now.UTC().Format(time.RFC3339)}
+	var conds []any
+	if invalid != nil {
+		conds = append(conds, cond("Invalid", true, "InvalidSpec", invalid.Error()))
+	} else {
+		status["usedSlices"] = in.UsedSlices
+		status["usedGPUHours"] = fmt.Sprintf("%.4f", d.UsedGPUHours)
+		idle := make([]any, 0, len(d.Idle))
+		for _, p := range d.Idle {
+			idle = append(idle, p)
+		}
+		status["idlePods"] = idle
+		if d.Hard != nil {
+			status["sliceLimit"] = *d.Hard
+		}
+		conds = append(conds,
+			cond(ConditionBudgetExhausted, d.BudgetExhausted, "Budget", d.Reason),
+			cond(ConditionMetricsUnavailable, !in.MetricsOK, "Prometheus", "GPU-hours and idleness come from Prometheus"))
+	}
+	// Keep transition times of conditions that did not change.
+	old, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
+	for i, nc := range conds {
+		for _, oc := range old {
+			o, _ := oc.(map[string]any)
+			n := nc.(map[string]any)
+			if o["type"] == n["type"] && o["status"] == n["status"] {
+				n["lastTransitionTime"] = o["lastTransitionTime"]
+				conds[i] = n
+			}
+		}
+	}
+	status["conditions"] = conds
+	// What changes what users act on: not the evaluation time, and not
+	// GPU-hours creeping up (refreshed with the heartbeat; the limit itself
+	// is decided from fresh numbers every cycle).
+	material := map[string]any{"generation": obj.GetGeneration()}
+	for k, v := range status {
+		if k != "lastEvaluationTime" && k != "usedGPUHours" {
+			material[k] = v
+		}
+	}
+	key, _ := json.Marshal(material)
+	sig := strings.ReplaceAll(string(key), now.UTC().Format(time.RFC3339), "")
+	c.mu.Lock()
+	w, ok := c.written[obj.GetUID()]
+	c.mu.Unlock()
+	if ok && w.status == sig && now.Sub(w.at) < heartbeat(obj.GetUID()) {
+		return nil
+	}
+	upd := obj.DeepCopy()
+	upd.Object["status"] = status
+	if _, err := c.dyn.Resource(GVR).Namespace(obj.GetNamespace()).UpdateStatus(ctx, upd, metav1.UpdateOptions{}); err != nil {
+		if apierrors.IsConflict(err) {
+			return nil // the cache was behind; next cycle
+		}
+		return fmt.Errorf("status of GPUQuota %s/%s: %w", obj.GetNamespace(), obj.GetName(), err)
+	}
+	c.mu.Lock()
+	c.written[obj.GetUID()] = written{status: sig, at: now}
+	c.mu.Unlock()
+	return nil
+}

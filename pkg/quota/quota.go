@@ -1,0 +1,231 @@
+// Package quota decides, from measured GPU use, what gpuslice's quota
+// controller does to a namespace: the hard limit of the ResourceQuota it
+// owns on requests.nvidia.com/vgpu (lowered to what is in use while a
+// GPU-hour budget is exhausted, so new GPU pods are rejected at admission
+// and running ones are left alone), and which pods holding slices they do
+// not use it annotates or evicts. Everything here is pure: the controller
+// gathers the inputs and carries the decisions out.
+package quota
+
+import (
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Budget sources.
+const (
+	// SourceBusy measures GPU-hours as the time the namespace's containers
+	// kept their GPUs busy (gpuslice_container_gpu_busy_seconds_total).
+	SourceBusy = "Busy"
+	// SourceAllocated measures GPU-hours as the share of GPUs the
+	// namespace held, used or not (slices x time).
+	SourceAllocated = "Allocated"
+)
+
+// Idle actions.
+const (
+	ActionNone     = "None"
+	ActionAnnotate = "Annotate"
+	ActionEvict    = "Evict"
+)
+
+// Annotations on pods.
+const (
+	// AnnotationIdleSince marks a pod found idle, with when it went idle.
+	AnnotationIdleSince = "gpuslice.io/idle-since"
+	// AnnotationOptOut, "true" on a pod, exempts it from idle reclaim
+	// where the quota allows opting out.
+	AnnotationOptOut = "gpuslice.io/idle-reclaim-opt-out"
+)
+
+// Condition types.
+const (
+	ConditionBudgetExhausted    = "BudgetExhausted"
+	ConditionMetricsUnavailable = "MetricsUnavailable"
+)
+
+// Spec is a GPUQuota's spec.
+type Spec struct {
+	// MaxSlices caps the slices the namespace may hold at once; nil: no cap.
+	MaxSlices *int64 `json:"maxSlices,omitempty"`
+	// Budget limits GPU-hours per rolling window; nil: no budget.
+	Budget *Budget `json:"budget,omitempty"`
+	// Idle reclaims slices pods hold but do not use; nil: never.
+	Idle *Idle `json:"idle,omitempty"`
+}
+
+// Budget is a GPU-hour budget over a rolling window.
+type Budget struct {
+	GPUHours float64  `json:"gpuHours"`
+	Window   Duration `json:"window"`
+	// Source is Busy (default) or Allocated.
+	Source string `json:"source,omitempty"`
+}
+
+// Idle is the idle-reclaim policy.
+type Idle struct {
+	// BelowUtilization: a pod whose SM utilization stays below this
+	// ratio of a GPU ...
+	BelowUtilization float64 `json:"belowUtilization"`
+	// For: ... for this long is idle.
+	For Duration `json:"for"`
+	// Action is None, Annotate or Evict.
+	Action string `json:"action"`
+	// AllowOptOut lets pods opt out with the gpuslice.io/idle-reclaim-opt-out
+	// annotation.
+	AllowOptOut bool `json:"allowOptOut,omitempty"`
+}
+
+// Duration is a time.Duration written as "24h" in JSON.
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON reads "24h".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	if len(b) < 2 || b[0] != '"' {
+		return fmt.Errorf("duration %s: want a string like \"24h\"", b)
+	}
+	v, err := time.ParseDuration(string(b[1 : len(b)-1]))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON writes "24h0m0s".
+func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String() + `"`), nil }
+
+// Validate checks a spec beyond what the CRD's schema can.
+func (s Spec) Validate() error {
+	if s.MaxSlices != nil && *s.MaxSlices < 0 {
+		return fmt.Errorf("maxSlices %d is negative", *s.MaxSlices)
+	}
+	if b := s.Budget; b != nil {
+		if b.GPUHours < 0 || b.Window.Duration < time.Minute {
+			return fmt.Errorf("budget needs gpuHours >= 0 and a window of at least 1m, got %g over %s", b.GPUHours, b.Window)
+		}
+		if b.Source != "" && b.Source != SourceBusy && b.Source != SourceAllocated {
+			return fmt.Errorf("budget source %q: want Busy or Allocated", b.Source)
+		}
+	}
+	if i := s.Idle; i != nil {
+		if i.BelowUtilization <= 0 || i.BelowUtilization > 1 || i.For.Duration < 10*time.Second {
+			return fmt.Errorf("idle needs belowUtilization in (0,1] and for >= 10s, got %g for %s", i.BelowUtilization, i.For)
+		}
+		switch i.Action {
+		case ActionNone, ActionAnnotate, ActionEvict:
+		default:
+			return fmt.Errorf("idle action %q: want None, Annotate or Evict", i.Action)
+		}
+	}
+	return nil
+}
+
+// Pod is a pod of the namespace holding slices, with what the metrics say.
+type Pod struct {
+	Name string
+	// Slices it requests.
+	Slices int64
+	// Running is true once its containers started; Started is when.
+	Running bool
+	Started time.Time
+	// MaxUtilization is its highest SM utilization over the idle window;
+	// Measured is false when the metrics have no series for it.
+	MaxUtilization float64
+	Measured       bool
+	// OptOut is its opt-out annotation; IdleSince its idle mark.
+	OptOut    bool
+	IdleSince string
+}
+
+// Input is what the controller knows about one namespace at one moment.
+type Input struct {
+	Spec Spec
+	// UsedSlices is what its pods hold now (the ResourceQuota's used).
+	UsedSlices int64
+	// UsedGPUHours is its use over the budget window; valid only with
+	// MetricsOK.
+	UsedGPUHours float64
+	// MetricsOK is false when Prometheus could not be read this cycle.
+	MetricsOK bool
+	Pods      []Pod
+	Now       time.Time
+	// Previous is the last decision, kept while metrics are unavailable.
+	Previous *Decision
+}
+
+// Decision is what to do to the namespace.
+type Decision struct {
+	// Hard is the ResourceQuota's hard limit on requests.nvidia.com/vgpu;
+	// nil: the namespace needs no ResourceQuota.
+	Hard *int64
+	// BudgetExhausted is true while the budget is spent.
+	BudgetExhausted bool
+	// UsedGPUHours is reported in status (the last known when metrics are
+	// unavailable).
+	UsedGPUHours float64
+	// Idle lists pods found idle; Annotate and Evict those to act on.
+	Idle, Annotate, Evict []string
+	// Reason explains Hard, for an Event when it changes.
+	Reason string
+}
+
+// Decide decides for one namespace. Without metrics it keeps the previous
+// decision's limit and budget state and never evicts or annotates: missing
+// data is not evidence of idleness.
+func Decide(in Input) Decision {
+	var d Decision
+	if !in.MetricsOK {
+		if in.Previous != nil {
+			d.Hard, d.BudgetExhausted, d.UsedGPUHours, d.Reason = in.Previous.Hard, in.Previous.BudgetExhausted, in.Previous.UsedGPUHours, in.Previous.Reason
+			return d
+		}
+		// Nothing known: the cap alone, which needs no measurement.
+		d.Hard = in.Spec.MaxSlices
+		d.Reason = "metrics unavailable; only maxSlices applies"
+		return d
+	}
+	d.UsedGPUHours = in.UsedGPUHours
+	d.Hard = in.Spec.MaxSlices
+	d.Reason = "maxSlices"
+	if b := in.Spec.Budget; b != nil && in.UsedGPUHours >= b.GPUHours {
+		d.BudgetExhausted = true
+		// No new GPU pods; running ones keep what they hold.
+		hard := in.UsedSlices
+		if d.Hard != nil && *d.Hard < hard {
+			hard = *d.Hard
+		}
+		d.Hard = &hard
+		d.Reason = fmt.Sprintf("GPU-hour budget exhausted: %.2f of %.2f used over %s", in.UsedGPUHours, b.GPUHours, b.Window)
+	}
+	if i := in.Spec.Idle; i != nil {
+		for _, p := range in.Pods {
+			if !idle(p, *i, in.Now) {
+				continue
+			}
+			d.Idle = append(d.Idle, p.Name)
+			if p.OptOut && i.AllowOptOut {
+				continue
+			}
+			switch i.Action {
+			case ActionAnnotate:
+				if p.IdleSince == "" {
+					d.Annotate = append(d.Annotate, p.Name)
+				}
+			case ActionEvict:
+				d.Evict = append(d.Evict, p.Name)
+			}
+		}
+		sort.Strings(d.Idle)
+		sort.Strings(d.Annotate)
+		sort.Strings(d.Evict)
+	}
+	return d
+}
+
+// idle: running for the whole window, measured, and never above the
+// threshold in it.
+func idle(p Pod, i Idle, now time.Time) bool {
+	return p.Running && p.Slices > 0 && p.Measured && now.Sub(p.Started) >= i.For.Duration && p.MaxUtilization < i.BelowUtilization
+}

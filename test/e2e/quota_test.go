@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/gpuslice/gpuslice/pkg/quota"
+	"github.com/gpuslice/gpuslice/test/apiserver"
+)
+
+// TestQuotaController runs gpu-quota-controller against the cluster and a
+// real Prometheus scraping the agent, with fake GPU workloads in pods.
+func TestQuotaController(t *testing.T) {
+	prom, stopProm := startPrometheusStoppable(t)
+	kubectl := filepath.Join(apiserver.BinDir(), "kubectl")
+	if out, err := exec.Command(kubectl, "--kubeconfig="+c.API.Kubeconfig, "apply", "-f", "../../deployments/crds/gpuslice.io_gpuquotas.yaml").CombinedOutput(); err != nil {
+		t.Fatalf("apply the GPUQuota CRD: %v\n%s", err, out)
+	}
+	ctrl, err := apiserver.StartProcess("gpu-quota-controller", controllerBin, "--kubeconfig="+c.API.Kubeconfig, "--prometheus-url="+prom,
+		"--interval=2s", "--metrics-address=127.0.0.1:0", "--leader-election-namespace=default", "--log-level=debug")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctrl.Stop()
+		if t.Failed() {
+			t.Logf("controller log:\n%s", ctrl.Logs.Tail(6000))
+		}
+	})
+	cfg, err := clientcmd.BuildConfigFromFlags("", c.API.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn := dynamic.NewForConfigOrDie(cfg)
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	gpuQuota := func(ns string, spec map[string]any) {
+		t.Helper()
+		obj := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "gpuslice.io/v1alpha1", "kind": "GPUQuota",
+			"metadata": map[string]any{"name": "team", "namespace": ns}, "spec": spec,
+		}}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			_, err := dyn.Resource(quota.GVR).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{})
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) { // the CRD takes a moment to be served
+				t.Fatalf("create GPUQuota: %v", err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	condition := func(ns, typ string) string {
+		u, err := dyn.Resource(quota.GVR).Namespace(ns).Get(ctx, "team", metav1.GetOptions{})
+		if err != nil {
+			return ""
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		for _, c := range conds {
+			if m, _ := c.(map[string]any); m["type"] == typ {
+				return fmt.Sprint(m["status"])
+			}
+		}
+		return ""
+	}
+	waitFor := func(what string, d time.Duration, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(d)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not after %s", what, d)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+
+	t.Run("budget exhausted lowers the quota", func(t *testing.T) {
+		ns := newNamespace(t, "budget")
+		gpuQuota(ns, map[string]any{"maxSlices": int64(4), "budget": map[string]any{"gpuHours": 0.0003, "window": "1h"}})
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(pod("burner", 1, "exec /bin/workload --demand 1 --memory-mib 256")), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitRunning(t, ns, "burner")
+		start := time.Now()
+		waitFor("BudgetExhausted", 60*time.Second, func() bool { return condition(ns, quota.ConditionBudgetExhausted) == "True" })
+		t.Logf("budget of 0.0003 GPU-hours exhausted %v after the pod ran", time.Since(start).Round(time.Second))
+		waitFor("ResourceQuota lowered to what is in use", 20*time.Second, func() bool {
+			rq, err := cs.CoreV1().ResourceQuotas(ns).Get(ctx, quota.QuotaName, metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			h := rq.Spec.Hard["requests.nvidia.com/vgpu"]
+			u, ok := rq.Status.Hard["requests.nvidia.com/vgpu"]
+			return h.Value() == 1 && ok && u.Value() == 1
+		})
+		_, err := cs.CoreV1().Pods(ns).Create(ctx, pod("latecomer", 1, "sleep 3600"), metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), "exceeded quota") {
+			t.Fatalf("a new GPU pod in a namespace over its budget: %v; want an exceeded quota rejection", err)
+		}
+		t.Logf("rejected: %v", err)
+		if p, err := cs.CoreV1().Pods(ns).Get(ctx, "burner", metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodRunning {
+			t.Errorf("the running pod was disturbed: %v", err)
+		}
+	})
+
+	t.Run("idle pod evicted, busy pod on the same GPU left alone", func(t *testing.T) {
+		ns := newNamespace(t, "idle")
+		gpuQuota(ns, map[string]any{"idle": map[string]any{"belowUtilization": 0.05, "for": "15s", "action": "Evict"}})
+		for _, p := range []struct{ name, demand string }{{"sleeper", "0"}, {"worker", "0.5"}} {
+			if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(pod(p.name, 1, "exec /bin/workload --memory-mib 256 --demand "+p.demand)), metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s, w := waitRunning(t, ns, "sleeper"), waitRunning(t, ns, "worker")
+		if s.Spec.NodeName != w.Spec.NodeName || assignmentGPU(t, ns, "sleeper") != assignmentGPU(t, ns, "worker") {
+			t.Log("the two pods are on different GPUs; the check still holds per pod")
+		}
+		start := time.Now()
+		waitFor("idle pod evicted", 90*time.Second, func() bool {
+			p, err := cs.CoreV1().Pods(ns).Get(ctx, "sleeper", metav1.GetOptions{})
+			return apierrors.IsNotFound(err) || (err == nil && p.DeletionTimestamp != nil)
+		})
+		t.Logf("idle pod evicted %v after it ran (idle for: 15s)", time.Since(start).Round(time.Second))
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "worker", metav1.GetOptions{})
+		if err != nil || p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
+			t.Errorf("the busy pod was touched: %v", err)
+		}
+		evs, _ := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=sleeper"})
+		found := false
+		for _, e := range evs.Items {
+			found = found || e.Reason == "GPUIdleEvicted"
+		}
+		if !found {
+			t.Errorf("no GPUIdleEvicted event on the pod: %v", evs.Items)
+		}
+	})
+
+	t.Run("prometheus down evicts nothing", func(t *testing.T) {
+		ns := newNamespace(t, "blind")
+		gpuQuota(ns, map[string]any{"idle": map[string]any{"belowUtilization": 0.05, "for": "15s", "action": "Evict"}})
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(pod("napper", 1, "exec /bin/workload --memory-mib 256 --demand 0")), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitRunning(t, ns, "napper")
+		stopProm()
+		waitFor("MetricsUnavailable", 30*time.Second, func() bool { return condition(ns, quota.ConditionMetricsUnavailable) == "True" })
+		time.Sleep(25 * time.Second) // well past the idle window
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "napper", metav1.GetOptions{})
+		if err != nil || p.DeletionTimestamp != nil {
+			t.Errorf("a pod was evicted while Prometheus was down: %v", err)
+		}
+	})
+}
+
+// assignmentGPU is the GPU of a pod's first slice.
+func assignmentGPU(t *testing.T, ns, name string) string {
+	ids := assignment(t, ns, name)
+	g, _, _ := strings.Cut(ids[0], "::")
+	return g
+}
