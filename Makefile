@@ -63,6 +63,11 @@ bench: ## Run the benchmarks recorded in docs/benchmarks.md.
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/vgpu ./pkg/deviceplugin ./pkg/exporter ./pkg/sampler
 	$(GO) test -run '^$$' -bench 'ExecToRegistered|Reregister' -benchtime 20x ./cmd/gpu-agent
 	$(GO) test -run '^$$' -bench 'IdleRSS' -benchtime 3x ./cmd/gpu-agent
+	$(GO) test -run '^$$' -bench DriverLimitOnCgroupCreation -benchtime 200x ./pkg/enforce
+
+.PHONY: bench-quota
+bench-quota: ## Measure the quota controller's evaluation cycle: 500 namespaces, 5,000 pods, real API server and Prometheus (about 1 minute).
+	$(GO) test -run '^$$' -bench EvaluationCycle -benchtime 20x -timeout 10m -v ./pkg/quota
 
 .PHONY: bench-accuracy
 bench-accuracy: ## Measure how closely the compute throttle holds shares (about 6 minutes).
