@@ -280,3 +280,66 @@ func TestWorkloadsInPodsAreAttributedAndEnforced(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// Scenario 7, driver tier: with a driver that has per-cgroup memory limits
+// (the fake, configured so), the agent limits each container's real leaf
+// cgroup as runc creates it, and an allocation past the limit fails inside
+// the container instead of the process being killed afterwards.
+func TestDriverMemoryLimitsInRealContainers(t *testing.T) {
+	orig, err := os.ReadFile(c.FakeConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restart := func(cfg []byte) {
+		t.Helper()
+		if err := os.WriteFile(c.FakeConfig, cfg, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.KillAgent()
+		if err := c.StartAgent(); err != nil {
+			t.Fatal(err)
+		}
+		waitAgentRegistrations(t, 1)
+		waitAllocatable(t, 8)
+	}
+	restart(append(append([]byte(nil), orig...), "driverMemoryLimits: true\n"...))
+	t.Cleanup(func() { restart(orig) })
+	if !strings.Contains(c.AgentLogs(), "driver GPU memory limits in force") {
+		t.Fatalf("the agent did not take up the driver's limits:\n%s", c.AgentLogs())
+	}
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "driver")
+	// 1 slice: 10 GiB. The process asks for 12 GiB.
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(pod("hog", 1, "exec /bin/workload --demand 0.1 --memory-mib 12288")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	failed := waitPhase(t, ns, "hog", corev1.PodFailed)
+	st := failed.Status.ContainerStatuses
+	if len(st) != 1 || st[0].State.Terminated == nil || st[0].State.Terminated.ExitCode != 2 {
+		t.Errorf("hog's container: %+v, want its own exit 2 on out-of-memory", st)
+	}
+	if logs := podLogs(t, ns, "hog"); !strings.Contains(logs, "out of memory") {
+		t.Errorf("hog's log has no out-of-memory error:\n%s", logs)
+	}
+	// The limit was set on the container's leaf cgroup when runc made it,
+	// and cleared when it emptied.
+	logs := c.AgentLogs()
+	if !strings.Contains(logs, "driver GPU memory limit set") || !strings.Contains(logs, string(failed.UID)) {
+		t.Errorf("no driver limit set on the pod's cgroup (pod %s):\n%s", failed.UID, logs)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v, _ := value(scrape(t), "gpuslice_enforcement_driver_memory_limit_operations_total", map[string]string{"result": "cleared"})
+		if v >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the limit was never cleared:\n%s", c.AgentLogs())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if v, _ := value(scrape(t), "gpuslice_enforcement_kills_total", map[string]string{"pod": "hog"}); v != 0 {
+		t.Errorf("the watchdog killed %v processes: the driver should have refused the allocation", v)
+	}
+}
