@@ -156,8 +156,11 @@ func TestSharedGPUAttributedPerContainer(t *testing.T) {
 	// The busy-seconds rates differ as the demands do.
 	rateA := (ca.BusySeconds - busy(first, "a")) / elapsed
 	rateB := (cb.BusySeconds - busy(first, "b")) / elapsed
-	near(t, "a's busy seconds per second", rateA, 0.2, 0.08)
-	near(t, "b's busy seconds per second", rateB, 0.5, 0.08)
+	// The fake workloads lose ticks when the machine is saturated (the race
+	// detector, parallel packages), so the rates get a wider band; a and b
+	// swapped would still be 0.3 apart.
+	near(t, "a's busy seconds per second", rateA, 0.2, 0.12)
+	near(t, "b's busy seconds per second", rateB, 0.5, 0.12)
 	if ca.LastActive.IsZero() || ca.LastActive.Before(first.Time) {
 		t.Errorf("a's last active = %v", ca.LastActive)
 	}
