@@ -151,6 +151,42 @@ func TestQuotaController(t *testing.T) {
 		}
 	})
 
+	t.Run("idle pod annotated, opted-out pod spared", func(t *testing.T) {
+		ns := newNamespace(t, "mark")
+		gpuQuota(ns, map[string]any{"idle": map[string]any{"belowUtilization": 0.05, "for": "10s", "action": "Annotate", "allowOptOut": true}})
+		quiet := withHostPID(pod("quiet", 1, "exec /bin/workload --memory-mib 128 --demand 0"))
+		optedOut := withHostPID(pod("opted-out", 1, "exec /bin/workload --memory-mib 128 --demand 0"))
+		optedOut.Annotations = map[string]string{quota.AnnotationOptOut: "true"}
+		for _, p := range []*corev1.Pod{quiet, optedOut} {
+			if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitRunning(t, ns, "quiet")
+		waitRunning(t, ns, "opted-out")
+		waitFor("idle annotation", 60*time.Second, func() bool {
+			p, err := cs.CoreV1().Pods(ns).Get(ctx, "quiet", metav1.GetOptions{})
+			return err == nil && p.Annotations[quota.AnnotationIdleSince] != ""
+		})
+		waitFor("both pods listed idle in status", 20*time.Second, func() bool {
+			u, err := dyn.Resource(quota.GVR).Namespace(ns).Get(ctx, "team", metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			idle, _, _ := unstructured.NestedStringSlice(u.Object, "status", "idlePods")
+			return strings.Join(idle, ",") == "opted-out,quiet"
+		})
+		for _, name := range []string{"quiet", "opted-out"} {
+			p, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil || p.DeletionTimestamp != nil {
+				t.Errorf("%s was removed by an Annotate policy: %v", name, err)
+			}
+			if name == "opted-out" && p != nil && p.Annotations[quota.AnnotationIdleSince] != "" {
+				t.Error("the opted-out pod was annotated")
+			}
+		}
+	})
+
 	t.Run("prometheus down evicts nothing", func(t *testing.T) {
 		ns := newNamespace(t, "blind")
 		gpuQuota(ns, map[string]any{"idle": map[string]any{"belowUtilization": 0.05, "for": "15s", "action": "Evict"}})
