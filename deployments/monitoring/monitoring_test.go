@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/gpuslice/gpuslice/pkg/quota"
 )
 
 func promtool(t *testing.T) string {
@@ -93,6 +95,9 @@ func TestAlertRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	known := exported(t)
+	for _, n := range quota.MetricNames {
+		known[n] = true
+	}
 	for _, m := range regexp.MustCompile(`expr: (.*(?:\n\s+[^:\n]+)*)`).FindAllString(string(data), -1) {
 		checkNames(t, "alert rule", m, known)
 	}

@@ -71,6 +71,16 @@ type Controller struct {
 	last    map[string]Decision // by namespace
 	written map[types.UID]written
 	metrics controllerMetrics
+	// report is the last cycle's per-namespace state, for the collector;
+	// next the one being built.
+	report, next map[string]nsReport
+}
+
+// nsReport is one namespace's state after a cycle.
+type nsReport struct {
+	usedSlices, usedHours, idle float64
+	limit, budget               *float64
+	exhausted                   bool
 }
 
 // written is the last status the controller wrote for a GPUQuota: a status
@@ -123,6 +133,7 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Op
 		synced:  []cache.InformerSynced{pods.Informer().HasSynced, rqs.Informer().HasSynced, gq.Informer().HasSynced},
 		last:    map[string]Decision{},
 		written: map[types.UID]written{},
+		next:    map[string]nsReport{},
 	}
 	c.start = func(stop <-chan struct{}) { f.Start(stop); df.Start(stop) }
 	m := &c.metrics
@@ -134,7 +145,7 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Op
 	m.duration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gpuslice_quota_evaluation_duration_seconds", Help: "Time one evaluation cycle took.", Buckets: prometheus.DefBuckets})
 	m.queries = prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpuslice_quota_prometheus_queries", Help: "PromQL queries the last cycle made."})
 	if opts.Registry != nil {
-		opts.Registry.MustRegister(m.cycles, m.promErrors, m.evictions, m.annotations, m.quotaUpdates, m.duration, m.queries)
+		opts.Registry.MustRegister(c.collectors()...)
 	}
 	return c
 }
@@ -258,6 +269,9 @@ func (c *Controller) EvaluateCounted(ctx context.Context, now time.Time) (int, e
 		}()
 	}
 	wg.Wait()
+	c.mu.Lock()
+	c.report, c.next = c.next, map[string]nsReport{}
+	c.mu.Unlock()
 	return usage.Queries, errors.Join(results...)
 }
 
@@ -300,8 +314,18 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 	}
 	c.mu.Unlock()
 	d := Decide(in)
+	r := nsReport{usedSlices: float64(in.UsedSlices), usedHours: d.UsedGPUHours, idle: float64(len(d.Idle)), exhausted: d.BudgetExhausted}
+	if d.Hard != nil {
+		v := float64(*d.Hard)
+		r.limit = &v
+	}
+	if q.spec.Budget != nil {
+		v := q.spec.Budget.GPUHours
+		r.budget = &v
+	}
 	c.mu.Lock()
 	c.last[ns] = d
+	c.next[ns] = r
 	c.mu.Unlock()
 
 	var errs []error
@@ -487,4 +511,59 @@ func (c *Controller) writeStatus(ctx context.Context, obj *unstructured.Unstruct
 	c.written[obj.GetUID()] = written{status: sig, at: now}
 	c.mu.Unlock()
 	return nil
+}
+
+// collectors are the controller's own metrics.
+func (c *Controller) collectors() []prometheus.Collector {
+	m := &c.metrics
+	return []prometheus.Collector{m.cycles, m.promErrors, m.evictions, m.annotations, m.quotaUpdates, m.duration, m.queries, &namespaceCollector{c: c}}
+}
+
+// namespaceCollector exports each namespace's quota state as of the last
+// cycle.
+type namespaceCollector struct{ c *Controller }
+
+var (
+	descUsedSlices = prometheus.NewDesc("gpuslice_quota_used_slices", "Slices the namespace's pods hold.", []string{"namespace"}, nil)
+	descLimit      = prometheus.NewDesc("gpuslice_quota_slice_limit", "The limit the controller's ResourceQuota sets on the namespace's slices.", []string{"namespace"}, nil)
+	descUsedHours  = prometheus.NewDesc("gpuslice_quota_used_gpu_hours", "GPU-hours the namespace used over its budget window.", []string{"namespace"}, nil)
+	descBudget     = prometheus.NewDesc("gpuslice_quota_budget_gpu_hours", "The namespace's GPU-hour budget per window.", []string{"namespace"}, nil)
+	descExhausted  = prometheus.NewDesc("gpuslice_quota_budget_exhausted", "1 while the namespace's GPU-hour budget is spent and new GPU pods are rejected.", []string{"namespace"}, nil)
+	descIdle       = prometheus.NewDesc("gpuslice_quota_idle_pods", "Pods of the namespace found idle by its GPUQuota.", []string{"namespace"}, nil)
+)
+
+func (n *namespaceCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descUsedSlices, descLimit, descUsedHours, descBudget, descExhausted, descIdle} {
+		ch <- d
+	}
+}
+
+func (n *namespaceCollector) Collect(ch chan<- prometheus.Metric) {
+	n.c.mu.Lock()
+	defer n.c.mu.Unlock()
+	for ns, r := range n.c.report {
+		ch <- prometheus.MustNewConstMetric(descUsedSlices, prometheus.GaugeValue, r.usedSlices, ns)
+		ch <- prometheus.MustNewConstMetric(descUsedHours, prometheus.GaugeValue, r.usedHours, ns)
+		ch <- prometheus.MustNewConstMetric(descIdle, prometheus.GaugeValue, r.idle, ns)
+		if r.limit != nil {
+			ch <- prometheus.MustNewConstMetric(descLimit, prometheus.GaugeValue, *r.limit, ns)
+		}
+		if r.budget != nil {
+			ex := 0.0
+			if r.exhausted {
+				ex = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descBudget, prometheus.GaugeValue, *r.budget, ns)
+			ch <- prometheus.MustNewConstMetric(descExhausted, prometheus.GaugeValue, ex, ns)
+		}
+	}
+}
+
+// MetricNames lists every metric the controller exports.
+var MetricNames = []string{
+	"gpuslice_quota_evaluations_total", "gpuslice_quota_prometheus_errors_total", "gpuslice_quota_evictions_total",
+	"gpuslice_quota_idle_annotations_total", "gpuslice_quota_resourcequota_updates_total",
+	"gpuslice_quota_evaluation_duration_seconds", "gpuslice_quota_prometheus_queries",
+	"gpuslice_quota_used_slices", "gpuslice_quota_slice_limit", "gpuslice_quota_used_gpu_hours",
+	"gpuslice_quota_budget_gpu_hours", "gpuslice_quota_budget_exhausted", "gpuslice_quota_idle_pods",
 }
