@@ -172,6 +172,9 @@ func TestDashboard(t *testing.T) {
 		}
 	}
 	known := exported(t)
+	for _, n := range quota.MetricNames {
+		known[n] = true
+	}
 	var rules strings.Builder
 	rules.WriteString("groups:\n  - name: dashboard\n    rules:\n")
 	sub := strings.NewReplacer("$__rate_interval", "5m", "$instance", ".*", "$namespace", ".*", "$pod", ".*")
