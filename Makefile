@@ -44,6 +44,7 @@ test: ## Run vet and every unit and integration test with the race detector.
 
 .PHONY: test-e2e
 test-e2e: ## Run the end-to-end tier: a real kubelet, API server and containerd on this machine (root; see docs/testing.md).
+	test/e2e/install-deps.sh
 	test/e2e/build-k8s.sh >/dev/null
 	GPUSLICE_E2E=1 $(GO) test -count=1 -timeout 20m -v $(E2E_FLAGS) ./test/e2e/
 
