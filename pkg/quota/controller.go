@@ -269,8 +269,26 @@ func (c *Controller) EvaluateCounted(ctx context.Context, now time.Time) (int, e
 		}()
 	}
 	wg.Wait()
+	// Forget quotas and namespaces that are gone, so deleted ones do not
+	// pin memory.
+	seen := map[types.UID]bool{}
+	for _, qs := range byNS {
+		for _, q := range qs {
+			seen[q.obj.GetUID()] = true
+		}
+	}
 	c.mu.Lock()
 	c.report, c.next = c.next, map[string]nsReport{}
+	for uid := range c.written {
+		if !seen[uid] {
+			delete(c.written, uid)
+		}
+	}
+	for ns := range c.last {
+		if _, ok := byNS[ns]; !ok {
+			delete(c.last, ns)
+		}
+	}
 	c.mu.Unlock()
 	return usage.Queries, errors.Join(results...)
 }

@@ -85,15 +85,23 @@ func run(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	start := time.Now()
-	c, err = cluster.Start(ctx, cluster.Options{
+	opts := cluster.Options{
 		AgentBin: agent, WorkloadBin: workload,
 		FakeGPU:   "preset: A100-40GB\ncount: 2\n",
 		AgentArgs: []string{"--slices-per-gpu=4", "--log-level=debug", "--compute-policy=strict", "--memory-policy=kill"},
 		Log:       func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) },
-	})
-	if err != nil {
-		fmt.Printf("e2e: cluster did not start: %v\n", err)
-		return 1
+	}
+	// Free ports are picked before the components bind them, so another
+	// process can take one in between: a failed start is retried once,
+	// from scratch (Start stops what it started).
+	for attempt := 1; ; attempt++ {
+		if c, err = cluster.Start(ctx, opts); err == nil {
+			break
+		}
+		fmt.Printf("e2e: cluster did not start (attempt %d): %v\n", attempt, err)
+		if attempt == 2 {
+			return 1
+		}
 	}
 	fmt.Printf("e2e: cluster up in %v in %s (kubeconfig %s, agent metrics %s)\n", time.Since(start).Round(time.Millisecond), c.Dir, c.API.Kubeconfig, c.MetricsAddr)
 	// Interrupted: tear down before dying.
