@@ -21,17 +21,24 @@ import (
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
 
+// documents parses a multi-document YAML file.
 func documents(t *testing.T, path string) []*unstructured.Unstructured {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return parseDocs(t, string(data))
+}
+
+// parseDocs parses multi-document YAML text.
+func parseDocs(t *testing.T, text string) []*unstructured.Unstructured {
+	t.Helper()
 	var out []*unstructured.Unstructured
-	for _, doc := range strings.Split(string(data), "\n---\n") {
+	for _, doc := range strings.Split(text, "\n---") {
 		var obj map[string]any
 		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
-			t.Fatalf("%s: %v", path, err)
+			t.Fatalf("%v\n%s", err, doc)
 		}
 		if len(obj) > 0 {
 			out = append(out, &unstructured.Unstructured{Object: obj})
@@ -40,8 +47,11 @@ func documents(t *testing.T, path string) []*unstructured.Unstructured {
 	return out
 }
 
-func TestManifestsServerSideDryRun(t *testing.T) {
-	srv := apiserver.Start(t)
+// dryRun creates each object on the API server with server-side dry-run
+// and strict field validation, reporting every rejection. Namespaces are
+// created for real: later objects live in them.
+func dryRun(t *testing.T, srv *apiserver.Server, objs []*unstructured.Unstructured) {
+	t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -53,17 +63,7 @@ func TestManifestsServerSideDryRun(t *testing.T) {
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(srv.Clientset(t).Discovery()))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-
-	objs := documents(t, "daemonset.yaml")
-	// The monitoring Service selects the agent's pods; the ServiceMonitor
-	// needs the Prometheus Operator's CRD, which this API server lacks.
-	monitoring := documents(t, "monitoring/servicemonitor.yaml")
-	objs = append(objs, monitoring[0])
-
-	kinds := map[string]bool{}
-	var podLabels map[string]any
 	for _, o := range objs {
-		kinds[o.GetKind()] = true
 		mapping, err := mapper.RESTMapping(o.GroupVersionKind().GroupKind(), o.GroupVersionKind().Version)
 		if err != nil {
 			t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
@@ -74,12 +74,26 @@ func TestManifestsServerSideDryRun(t *testing.T) {
 		}
 		opts := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}
 		if o.GetKind() == "Namespace" {
-			// Later objects live in it, and a dry-run namespace does not exist.
 			opts.DryRun = nil
 		}
 		if _, err := res.Create(ctx, o, opts); err != nil {
 			t.Errorf("%s %s rejected by the API server: %v", o.GetKind(), o.GetName(), err)
 		}
+	}
+}
+
+func TestManifestsServerSideDryRun(t *testing.T) {
+	objs := documents(t, "daemonset.yaml")
+	// The monitoring Service selects the agent's pods; the ServiceMonitor
+	// needs the Prometheus Operator's CRD, which this API server lacks.
+	monitoring := documents(t, "monitoring/servicemonitor.yaml")
+	objs = append(objs, monitoring[0])
+	dryRun(t, apiserver.Start(t), objs)
+
+	kinds := map[string]bool{}
+	var podLabels map[string]any
+	for _, o := range objs {
+		kinds[o.GetKind()] = true
 		if o.GetKind() == "DaemonSet" {
 			podLabels, _, _ = unstructured.NestedMap(o.Object, "spec", "template", "metadata", "labels")
 		}

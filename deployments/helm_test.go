@@ -1,30 +1,19 @@
 package deployments_test
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/restmapper"
-	"k8s.io/client-go/tools/clientcmd"
-	"sigs.k8s.io/yaml"
 
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
 
 const chart = "helm/gpuslice"
-
-var namespaces = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
 
 // helmBin finds the helm test/e2e/build-helm.sh built, or skips (fails
 // with GPUSLICE_REQUIRE_HELM, as in CI).
@@ -53,21 +42,6 @@ func helm(t *testing.T, args ...string) string {
 		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
-}
-
-func parseDocs(t *testing.T, text string) []*unstructured.Unstructured {
-	t.Helper()
-	var out []*unstructured.Unstructured
-	for _, doc := range strings.Split(text, "\n---") {
-		var obj map[string]any
-		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
-			t.Fatalf("rendered chart: %v\n%s", err, doc)
-		}
-		if len(obj) > 0 {
-			out = append(out, &unstructured.Unstructured{Object: obj})
-		}
-	}
-	return out
 }
 
 func TestChartLint(t *testing.T) {
@@ -127,34 +101,6 @@ func toStrings(v any) []string {
 func TestChartServerSideDryRun(t *testing.T) {
 	rendered := helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice-chart", "--include-crds",
 		"--set", "quotaController.enabled=true,quotaController.prometheusURL=http://prometheus.monitoring:9090")
-	srv := apiserver.Start(t)
-	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := srv.Clientset(t)
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cs.Discovery()))
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	ns := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "gpuslice-chart"}}}
-	if _, err := dyn.Resource(namespaces).Create(ctx, ns, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range parseDocs(t, rendered) {
-		mapping, err := mapper.RESTMapping(o.GroupVersionKind().GroupKind(), o.GroupVersionKind().Version)
-		if err != nil {
-			t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
-		}
-		var res dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
-		if o.GetNamespace() != "" {
-			res = dyn.Resource(mapping.Resource).Namespace(o.GetNamespace())
-		}
-		if _, err := res.Create(ctx, o, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}); err != nil {
-			t.Errorf("%s %s rejected by the API server: %v", o.GetKind(), o.GetName(), err)
-		}
-	}
+	dryRun(t, apiserver.Start(t), append([]*unstructured.Unstructured{ns}, parseDocs(t, rendered)...))
 }

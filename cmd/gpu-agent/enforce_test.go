@@ -141,8 +141,10 @@ func TestDriverMemoryLimits(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// The first receive takes the result; the cleanup and any later
+		// check see the channel closed.
 		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
+		go func() { done <- cmd.Wait(); close(done) }()
 		t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
 		return cmd, out, done
 	}
@@ -155,7 +157,9 @@ func TestDriverMemoryLimits(t *testing.T) {
 		mfs := scrape(t, addr)
 		v, ok := value(mfs, "gpuslice_enforcement_driver_memory_limit_bytes", pod)
 		tier, _ := value(mfs, "gpuslice_enforcement_tier", map[string]string{"uuid": gpu, "resource": "memory", "tier": "driver"})
-		if ok && uint64(v) == limit && tier == 1 {
+		used, _ := value(mfs, "gpuslice_container_memory_used_bytes", pod)
+		// The first process holds its memory before the second asks.
+		if ok && uint64(v) == limit && tier == 1 && uint64(used) == half<<20 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -169,7 +173,6 @@ func TestDriverMemoryLimits(t *testing.T) {
 	_, out, secondDone := start(half + 64)
 	select {
 	case err := <-secondDone:
-		secondDone <- err
 		if err == nil || !strings.Contains(out.String(), "out of memory") {
 			t.Fatalf("second workload: %v: %s; want out of memory", err, out.String())
 		}
@@ -184,7 +187,7 @@ func TestDriverMemoryLimits(t *testing.T) {
 
 	// The container ends: its limit is cleared before its cgroup goes.
 	_ = first.Process.Kill()
-	firstDone <- <-firstDone
+	<-firstDone
 	deadline = time.Now().Add(10 * time.Second)
 	for {
 		v, _ := value(scrape(t, addr), "gpuslice_enforcement_driver_memory_limit_operations_total", map[string]string{"result": "cleared"})

@@ -16,11 +16,10 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
+	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
 // unifiedRoot is the cgroup v2 hierarchy tests may create cgroups in.
@@ -69,12 +68,7 @@ func scrapeText(t *testing.T, addr string) []byte {
 
 func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
 	t.Helper()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(bytes.NewReader(scrapeText(t, addr)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return mfs
+	return promtest.Scrape(t, "http://"+addr+"/metrics")
 }
 
 // promtoolCheck runs `promtool check metrics` on exposition text. CI sets
@@ -98,31 +92,7 @@ func promtoolCheck(t *testing.T, text []byte) {
 }
 
 // value returns the sample of family name whose labels include want.
-func value(mfs map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
-	mf, ok := mfs[name]
-	if !ok {
-		return 0, false
-	}
-next:
-	for _, m := range mf.GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if have[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.GetCounter() != nil:
-			return m.GetCounter().GetValue(), true
-		case m.GetGauge() != nil:
-			return m.GetGauge().GetValue(), true
-		}
-	}
-	return 0, false
-}
+var value = promtest.Value
 
 // TestSharedGPUMetricsFromRealCgroups runs the agent binary on the fake
 // node with two real workload processes, each moved into a real cgroup

@@ -5,52 +5,20 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
-	"syscall"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
-// startPrometheus runs Debian's Prometheus scraping target every second
-// and returns its address. CI installs it (package prometheus) and sets
-// GPUSLICE_REQUIRE_PROMTOOL, so there its absence is a failure.
+// startPrometheus runs Debian's Prometheus scraping target every second,
+// as instance test-node, and returns its host:port.
 func startPrometheus(t *testing.T, target string) string {
 	t.Helper()
-	bin, err := exec.LookPath("prometheus")
-	if err != nil {
-		if os.Getenv("GPUSLICE_REQUIRE_PROMTOOL") != "" {
-			t.Fatal("prometheus is required (GPUSLICE_REQUIRE_PROMTOOL is set) but not on PATH")
-		}
-		t.Skip("prometheus not installed (apt-get install prometheus)")
-	}
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
-scrape_configs:
-  - job_name: gpuslice
-    static_configs: [{targets: [%q], labels: {instance: test-node}}]
-`, target)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	addr := freePort(t)
-	cmd := exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+addr, "--log.level=warn")
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("prometheus log:\n%s", logs.String())
-		}
-	})
-	return addr
+	u, _ := promtest.Start(t, promtest.StaticTarget("gpuslice", target, "test-node"))
+	return strings.TrimPrefix(u, "http://")
 }
 
 // promQuery runs an instant query and returns each result's value keyed

@@ -107,26 +107,42 @@ func (n *driverNode) waitLimit(t testing.TB, dir string, want uint64) time.Durat
 type workloadRun struct {
 	cmd    *exec.Cmd
 	stderr *bytes.Buffer
-	done   chan error
+	done   chan struct{} // closed when the process has ended
+	err    error         // its Wait error, once done is closed
 }
 
-// run starts a workload holding mib in the cgroup dir. The process is
-// started stopped and moved into the cgroup before it allocates, as a
-// runtime does.
+// run starts a workload holding mib in the cgroup dir. A shell moves
+// itself into the cgroup, then becomes the workload, so the process is in
+// the container's cgroup before it allocates, as with a runtime.
 func (n *driverNode) run(t *testing.T, dir string, mib int, extra ...string) *workloadRun {
 	t.Helper()
-	r := &workloadRun{stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	r := &workloadRun{stderr: &bytes.Buffer{}, done: make(chan struct{})}
 	args := append([]string{"--dir", n.work, "--gpu", n.node.Devices[0].UUID, "--demand", "0.05", "--memory-mib", fmt.Sprint(mib), "--tick", "5ms"}, extra...)
-	// A shell moves itself into the cgroup, then becomes the workload.
 	sh := append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, dir, n.bin}, args...)
 	r.cmd = exec.Command("/bin/sh", sh...)
 	r.cmd.Stderr = r.stderr
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { r.done <- r.cmd.Wait() }()
+	go func() { r.err = r.cmd.Wait(); close(r.done) }()
 	t.Cleanup(func() { _ = r.cmd.Process.Signal(syscall.SIGKILL); <-r.done })
 	return r
+}
+
+// waitUsed waits until the fake driver has granted the cgroup want bytes.
+func (n *driverNode) waitUsed(t *testing.T, dir string, want uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, err := n.node.GPU.MemoryLimits(n.node.Devices[0].UUID, dir)
+		if err == nil && l.UsedBytes == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cgroup holds %+v, %v; want %d bytes used", l, err, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func TestDriverLimitsSetOnCgroupCreationAndRefuseOverLimit(t *testing.T) {
@@ -143,24 +159,22 @@ func TestDriverLimitsSetOnCgroupCreationAndRefuseOverLimit(t *testing.T) {
 	// out-of-memory, while the first keeps running.
 	half := int(limit>>20) / 2
 	first := n.run(t, dir, half)
-	time.Sleep(200 * time.Millisecond)
-	n.node.GPU.Processes(n.node.Devices[0].UUID) //nolint:errcheck // the first allocates first
+	n.waitUsed(t, dir, uint64(half)<<20) // the first allocates first
 	second := n.run(t, dir, half+64)
 	// The fake driver decides allocations whenever it accounts, which any
 	// NVML call makes it do, as the agent's sampler does every second.
-	deadline := time.After(5 * time.Second)
+	deadline := time.After(10 * time.Second)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 wait:
 	for {
 		select {
-		case err := <-second.done:
+		case <-second.done:
 			var exit *exec.ExitError
-			if !errors.As(err, &exit) || !strings.Contains(second.stderr.String(), "out of memory") {
-				t.Fatalf("second workload: %v, stderr %q; want an out-of-memory failure", err, second.stderr)
+			if !errors.As(second.err, &exit) || !strings.Contains(second.stderr.String(), "out of memory") {
+				t.Fatalf("second workload: %v, stderr %q; want an out-of-memory failure", second.err, second.stderr)
 			}
 			t.Logf("refused: %s", strings.TrimSpace(second.stderr.String()))
-			second.done <- err // for the cleanup
 			break wait
 		case <-tick.C:
 			n.node.GPU.Processes(n.node.Devices[0].UUID) //nolint:errcheck // advance the fake's accounting
@@ -169,23 +183,16 @@ wait:
 		}
 	}
 	select {
-	case err := <-first.done:
-		t.Fatalf("the workload within the limit ended: %v: %s", err, first.stderr)
+	case <-first.done:
+		t.Fatalf("the workload within the limit ended: %v: %s", first.err, first.stderr)
 	default:
 	}
-	l, err := n.node.GPU.MemoryLimits(n.node.Devices[0].UUID, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if l.UsedBytes != uint64(half)<<20 {
-		t.Errorf("cgroup uses %d bytes, want %d", l.UsedBytes, uint64(half)<<20)
-	}
+	n.waitUsed(t, dir, uint64(half)<<20)
 
 	// The container ends: its soft limit is cleared before the runtime
 	// removes the cgroup, so no reservation leaks.
 	_ = first.cmd.Process.Signal(syscall.SIGKILL)
-	err = <-first.done
-	first.done <- err
+	<-first.done
 	took = n.waitLimit(t, dir, nvml.NoMemoryLimit)
 	t.Logf("limit cleared %v after the container's last process ended", took)
 	if err := os.Remove(dir); err != nil {

@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -26,6 +24,7 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/quota"
 	"github.com/gpuslice/gpuslice/test/apiserver"
+	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
 const (
@@ -40,10 +39,6 @@ const (
 func BenchmarkEvaluationCycle(b *testing.B) {
 	if testing.Short() {
 		b.Skip("builds a 500-namespace cluster state; run without -short")
-	}
-	promBin, err := exec.LookPath("prometheus")
-	if err != nil {
-		b.Skip("prometheus not installed")
 	}
 	srv := apiserver.Start(b)
 	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
@@ -134,7 +129,7 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 		_, _ = w.Write([]byte(sb.String()))
 	}))
 	defer exporter.Close()
-	promURL := startPrometheus(b, promBin, strings.TrimPrefix(exporter.URL, "http://"))
+	promURL, _ := promtest.Start(b, promtest.StaticTarget("agents", strings.TrimPrefix(exporter.URL, "http://"), "synthetic"))
 	querier, err := quota.NewQuerier(promURL)
 	if err != nil {
 		b.Fatal(err)
@@ -154,7 +149,7 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 		b.Fatal(err)
 	}
 	first := time.Now()
-	if _, err := ctrl.EvaluateCounted(ctx, time.Now()); err != nil {
+	if _, err := ctrl.Evaluate(ctx, time.Now()); err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("first cycle (creates %d ResourceQuotas and statuses): %v", benchNamespaces, time.Since(first).Round(time.Millisecond))
@@ -164,7 +159,7 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 	queries := 0
 	for b.Loop() {
 		t0 := time.Now()
-		n, err := ctrl.EvaluateCounted(ctx, time.Now())
+		n, err := ctrl.Evaluate(ctx, time.Now())
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -181,35 +176,4 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 	b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "p50-ms")
 	b.ReportMetric(float64(took[len(took)-1].Milliseconds()), "max-ms")
 	b.ReportMetric(float64(queries), "promql-queries")
-}
-
-func startPrometheus(b *testing.B, bin, target string) string {
-	b.Helper()
-	dir := b.TempDir()
-	cfg := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: agents\n    static_configs: [{targets: [%q]}]\n", target)), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	port, err := apiserver.FreePort()
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	p, err := apiserver.StartProcess("prometheus", bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(p.Stop)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		resp, err := http.Get("http://" + addr + "/-/ready") //nolint:noctx // a benchmark's loopback poll
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return "http://" + addr
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("prometheus not ready: %v\n%s", err, p.Logs.Tail(2000))
-		}
-	}
 }

@@ -182,7 +182,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	t := time.NewTicker(c.opts.Interval)
 	defer t.Stop()
 	for {
-		if err := c.Evaluate(ctx, time.Now()); err != nil && ctx.Err() == nil {
+		if _, err := c.Evaluate(ctx, time.Now()); err != nil && ctx.Err() == nil {
 			c.log.Error("evaluation", "err", err)
 		}
 		select {
@@ -200,15 +200,9 @@ type gpuQuota struct {
 	err  error
 }
 
-// Evaluate runs one cycle: every GPUQuota, one set of queries.
-func (c *Controller) Evaluate(ctx context.Context, now time.Time) error {
-	_, err := c.EvaluateCounted(ctx, now)
-	return err
-}
-
-// EvaluateCounted is Evaluate, also returning how many PromQL queries the
-// cycle made.
-func (c *Controller) EvaluateCounted(ctx context.Context, now time.Time) (int, error) {
+// Evaluate runs one cycle: every GPUQuota, one set of queries. It
+// returns how many PromQL queries the cycle made.
+func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 	start := time.Now()
 	defer func() { c.metrics.cycles.Inc(); c.metrics.duration.Observe(time.Since(start).Seconds()) }()
 	objs, err := c.gpuq.List(labels.Everything())
@@ -489,13 +483,11 @@ func (c *Controller) writeStatus(ctx context.Context, obj *unstructured.Unstruct
 	}
 	// Keep transition times of conditions that did not change.
 	old, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
-	for i, nc := range conds {
+	for _, nc := range conds {
+		n := nc.(map[string]any)
 		for _, oc := range old {
-			o, _ := oc.(map[string]any)
-			n := nc.(map[string]any)
-			if o["type"] == n["type"] && o["status"] == n["status"] {
+			if o, _ := oc.(map[string]any); o["type"] == n["type"] && o["status"] == n["status"] {
 				n["lastTransitionTime"] = o["lastTransitionTime"]
-				conds[i] = n
 			}
 		}
 	}

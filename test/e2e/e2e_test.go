@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/test/apiserver"
 	"github.com/gpuslice/gpuslice/test/e2e/cluster"
 )
 
@@ -26,8 +25,6 @@ var c *cluster.Cluster
 // pluginBin is the kubectl-gpuslice binary; agentBin the agent's;
 // controllerBin the quota controller's.
 var pluginBin, agentBin, controllerBin string
-
-func apiserverBinDir() string { return apiserver.BinDir() }
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))

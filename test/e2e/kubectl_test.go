@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,74 +13,21 @@ import (
 
 	"github.com/gpuslice/gpuslice/test/apiserver"
 	"github.com/gpuslice/gpuslice/test/e2e/cluster"
+	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
 // startPrometheus runs Debian's Prometheus scraping the agent every
 // second, its instance label set to the node's name as the chart's
-// ServiceMonitor does.
-func startPrometheus(t *testing.T) string {
+// ServiceMonitor does. It returns its URL and a function stopping it.
+func startPrometheus(t *testing.T) (string, func()) {
 	t.Helper()
-	u, _ := startPrometheusStoppable(t)
-	return u
-}
-
-// startPrometheusStoppable is startPrometheus with a function stopping it
-// early.
-func startPrometheusStoppable(t *testing.T) (string, func()) {
-	t.Helper()
-	bin, err := exec.LookPath("prometheus")
-	if err != nil {
-		if os.Getenv("GPUSLICE_REQUIRE_E2E") != "" {
-			t.Fatal("prometheus not installed (Debian package prometheus)")
-		}
-		t.Skip("prometheus not installed (Debian package prometheus)")
-	}
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
-scrape_configs:
-  - job_name: gpuslice-agent
-    static_configs: [{targets: [%q]}]
-    relabel_configs:
-      - {target_label: instance, replacement: %q}
-`, c.MetricsAddr, cluster.NodeName)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	port, err := apiserver.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	p, err := apiserver.StartProcess("prometheus", bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("prometheus log:\n%s", p.Logs.Tail(3000))
-		}
-		p.Stop()
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/-/ready") //nolint:noctx // a test's loopback poll
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return "http://" + addr, p.Stop
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("prometheus not ready: %v\n%s", err, p.Logs.Tail(3000))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return promtest.Start(t, promtest.StaticTarget("gpuslice-agent", c.MetricsAddr, cluster.NodeName))
 }
 
 // TestKubectlGpusliceTopPods runs the kubectl plugin through the real
 // kubectl against a real Prometheus scraping the agent.
 func TestKubectlGpusliceTopPods(t *testing.T) {
-	prom := startPrometheus(t)
+	prom, _ := startPrometheus(t)
 	cs := c.API.Clientset(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "top")
@@ -97,7 +42,7 @@ func TestKubectlGpusliceTopPods(t *testing.T) {
 	waitRunning(t, ns, "trainer")
 	waitRunning(t, ns, "notebook")
 
-	kubectl := filepath.Join(apiserverBinDir(), "kubectl")
+	kubectl := filepath.Join(apiserver.BinDir(), "kubectl")
 	if _, err := os.Stat(kubectl); err != nil {
 		t.Skipf("kubectl not built: %v", err)
 	}

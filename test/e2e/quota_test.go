@@ -23,7 +23,7 @@ import (
 // TestQuotaController runs gpu-quota-controller against the cluster and a
 // real Prometheus scraping the agent, with fake GPU workloads in pods.
 func TestQuotaController(t *testing.T) {
-	prom, stopProm := startPrometheusStoppable(t)
+	prom, stopProm := startPrometheus(t)
 	kubectl := filepath.Join(apiserver.BinDir(), "kubectl")
 	if out, err := exec.Command(kubectl, "--kubeconfig="+c.API.Kubeconfig, "apply", "-f", "../../deployments/crds/gpuslice.io_gpuquotas.yaml").CombinedOutput(); err != nil {
 		t.Fatalf("apply the GPUQuota CRD: %v\n%s", err, out)

@@ -331,9 +331,8 @@ func (c *Cluster) importImages(workloadBin string) error {
 		if err := img.WriteOCIArchive(archive); err != nil {
 			return err
 		}
-		out, err := exec.Command("ctr", "-a", c.containerdSocket(), "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", archive).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("import %s: %w: %s", img.Name, err, out)
+		if err := c.ImportArchive(archive); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -552,7 +551,7 @@ func (c *Cluster) Stop() {
 	}
 	removeRunContainerd()
 	RemoveKubepodsCgroups()
-	c.unmountUnder(c.Dir)
+	unmountUnder(c.Dir)
 	_ = os.RemoveAll(c.Dir)
 }
 
@@ -612,7 +611,7 @@ func (c *Cluster) removePods() {
 
 // unmountUnder unmounts whatever is still mounted below dir (snapshots,
 // sandbox shm), deepest first.
-func (c *Cluster) unmountUnder(dir string) {
+func unmountUnder(dir string) {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return

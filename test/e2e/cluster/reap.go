@@ -53,8 +53,7 @@ func ReapStale(log func(string, ...any)) {
 	killCgroupTree("/sys/fs/cgroup/pids/kubepods")
 	killCgroupTree("/sys/fs/cgroup/unified/kubepods")
 	for _, dir := range stale {
-		c := &Cluster{Dir: dir}
-		c.unmountUnder(dir)
+		unmountUnder(dir)
 		_ = os.RemoveAll(dir)
 	}
 	removeRunContainerd()

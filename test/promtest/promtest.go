@@ -1,0 +1,119 @@
+// Package promtest runs Debian's Prometheus for tests and reads an
+// exposition endpoint, for the agent's, the e2e tier's and the quota
+// controller's tests.
+package promtest
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/gpuslice/gpuslice/test/apiserver"
+)
+
+// Start runs Prometheus scraping every second with the given
+// scrape_configs (a YAML list) and returns its base URL and a function
+// that stops it early. Without the prometheus binary it skips, unless
+// GPUSLICE_REQUIRE_PROMTOOL is set (as in CI), when it fails.
+func Start(tb testing.TB, scrapeConfigs string) (string, func()) {
+	tb.Helper()
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		if os.Getenv("GPUSLICE_REQUIRE_PROMTOOL") != "" {
+			tb.Fatal("prometheus is required (GPUSLICE_REQUIRE_PROMTOOL is set) but not on PATH")
+		}
+		tb.Skip("prometheus not installed (apt-get install prometheus)")
+	}
+	dir := tb.TempDir()
+	cfg := filepath.Join(dir, "prometheus.yml")
+	conf := "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n" + scrapeConfigs
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	port, err := apiserver.FreePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	p, err := apiserver.StartProcess("prometheus", bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+addr, "--log.level=warn")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("prometheus log:\n%s", p.Logs.Tail(3000))
+		}
+		p.Stop()
+	})
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		resp, err := http.Get("http://" + addr + "/-/ready") //nolint:noctx // a test's loopback poll
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return "http://" + addr, p.Stop
+			}
+		}
+		if time.Now().After(deadline) || p.Exited() {
+			tb.Fatalf("prometheus not ready: %v\n%s", err, p.Logs.Tail(3000))
+		}
+	}
+}
+
+// StaticTarget is a scrape config for one target, its instance label set
+// to instance.
+func StaticTarget(job, target, instance string) string {
+	return fmt.Sprintf("  - job_name: %s\n    static_configs: [{targets: [%q], labels: {instance: %q}}]\n", job, target, instance)
+}
+
+// Scrape reads and parses an exposition endpoint.
+func Scrape(tb testing.TB, url string) map[string]*dto.MetricFamily {
+	tb.Helper()
+	resp, err := http.Get(url) //nolint:gosec,noctx // a test's own endpoint
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return mfs
+}
+
+// Value returns the counter or gauge sample of family name whose labels
+// include want.
+func Value(mfs map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	mf, ok := mfs[name]
+	if !ok {
+		return 0, false
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if have[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		}
+	}
+	return 0, false
+}
