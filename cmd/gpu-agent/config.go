@@ -10,12 +10,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
@@ -47,12 +49,15 @@ type Config struct {
 	ProcRoot           string            `json:"procRoot,omitempty"`
 	// Kubeconfig (or the in-cluster config when empty) gives the agent its
 	// Kubernetes client, for node labels.
-	CgroupRoot   string `json:"cgroupRoot,omitempty"`
-	Kubeconfig   string `json:"kubeconfig,omitempty"`
-	NodeLabels   bool   `json:"nodeLabels"`
-	GFDLabels    bool   `json:"gfdLabels"`
-	ResourceName string `json:"resourceName,omitempty"`
-	Placement    string `json:"placement,omitempty"`
+	CgroupRoot string `json:"cgroupRoot,omitempty"`
+	// RuntimeStateDirs hold the container runtimes' OCI bundles, which
+	// name each container ID's container.
+	RuntimeStateDirs []string `json:"runtimeStateDirs,omitempty"`
+	Kubeconfig       string   `json:"kubeconfig,omitempty"`
+	NodeLabels       bool     `json:"nodeLabels"`
+	GFDLabels        bool     `json:"gfdLabels"`
+	ResourceName     string   `json:"resourceName,omitempty"`
+	Placement        string   `json:"placement,omitempty"`
 
 	Log         LogConfig         `json:"log"`
 	Slicing     SlicingConfig     `json:"slicing"`
@@ -77,6 +82,15 @@ type EnforcementConfig struct {
 	// DriverMemoryLimits uses the driver's per-cgroup GPU memory limits
 	// where the driver and host have them (r615+, cgroup v2).
 	DriverMemoryLimits bool `json:"driverMemoryLimits"`
+	// PodComputePolicy is what a pod's gpuslice.io/compute-policy
+	// annotation may do: allow, stricter-only or ignore.
+	PodComputePolicy string `json:"podComputePolicy,omitempty"`
+	// UnauthorizedGPUUse is kill, freeze or log, for processes in pods
+	// using GPUs their containers hold no slice of.
+	UnauthorizedGPUUse string `json:"unauthorizedGPUUse,omitempty"`
+	// UnauthorizedExemptNamespaces may use GPUs without slices (e.g. the
+	// namespace of DCGM); their use is only reported.
+	UnauthorizedExemptNamespaces []string `json:"unauthorizedExemptNamespaces,omitempty"`
 }
 
 // LogConfig configures the agent's logs.
@@ -162,7 +176,10 @@ func defaultConfig(getenv func(string) string) Config {
 			StateFile:          enforce.DefaultOptions().State.Path,
 			MemoryPolicy:       string(enforce.MemoryKill),
 			DriverMemoryLimits: true,
+			PodComputePolicy:   string(enforce.PodPoliciesStricterOnly),
+			UnauthorizedGPUUse: string(enforce.UnauthorizedKill),
 		},
+		RuntimeStateDirs:   slices.Clone(attribution.DefaultRuntimeStateDirs),
 		PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock",
 		CgroupRoot:         "/sys/fs/cgroup",
 		ProcRoot:           "/proc",
@@ -201,6 +218,16 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.Enforcement.Policy, "compute-policy", c.Enforcement.Policy, "burst (hold to the share only while others want the GPU) or strict (always)")
 	fs.StringVar(&c.Enforcement.MemoryPolicy, "memory-policy", c.Enforcement.MemoryPolicy, "a container over its GPU memory: kill (its newest GPU processes until it fits), log, or off")
 	fs.BoolVar(&c.Enforcement.DriverMemoryLimits, "driver-memory-limits", c.Enforcement.DriverMemoryLimits, "set the driver's per-cgroup GPU memory limits on each container where the driver has them (r615+, cgroup v2); the memory watchdog stays as a backstop")
+	fs.StringVar(&c.Enforcement.PodComputePolicy, "pod-compute-policy", c.Enforcement.PodComputePolicy, "what a pod's gpuslice.io/compute-policy annotation may do: stricter-only (strict on a burst node, nothing else), allow (either way), or ignore")
+	fs.StringVar(&c.Enforcement.UnauthorizedGPUUse, "unauthorized-gpu-use", c.Enforcement.UnauthorizedGPUUse, "a process in a pod using a GPU its container holds no slice of: kill, freeze (its cgroup until it is gone) or log")
+	fs.Func("unauthorized-gpu-use-exempt-namespaces", "comma-separated `namespaces` whose pods may use GPUs without slices (e.g. DCGM's); their use is only reported", func(v string) error {
+		c.Enforcement.UnauthorizedExemptNamespaces = splitList(v)
+		return nil
+	})
+	fs.Func("runtime-state-dirs", "comma-separated container runtime state `dirs` holding containers' OCI bundles, to tell a container's name from its cgroup (default containerd's and CRI-O's)", func(v string) error {
+		c.RuntimeStateDirs = splitList(v)
+		return nil
+	})
 	fs.DurationVar(&c.Enforcement.Period.Duration, "throttle-period", c.Enforcement.Period.Duration, "compute throttle period")
 	fs.StringVar(&c.Enforcement.StateFile, "enforcement-state", c.Enforcement.StateFile, "`file` recording throttled containers, thawed by the next agent if this one dies")
 	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "kubelet pod-resources `socket`, for which container holds which slices")
@@ -318,6 +345,17 @@ func (c Config) Validate() error {
 	}
 	if _, err := enforce.ParseMemoryPolicy(c.Enforcement.MemoryPolicy); err != nil {
 		return fmt.Errorf("--memory-policy: %w", err)
+	}
+	if _, err := enforce.ParsePodPolicyMode(c.Enforcement.PodComputePolicy); err != nil {
+		return fmt.Errorf("--pod-compute-policy: %w", err)
+	}
+	if _, err := enforce.ParseUnauthorizedPolicy(c.Enforcement.UnauthorizedGPUUse); err != nil {
+		return fmt.Errorf("--unauthorized-gpu-use: %w", err)
+	}
+	for _, d := range c.RuntimeStateDirs {
+		if !filepath.IsAbs(d) {
+			return fmt.Errorf("--runtime-state-dirs: %q is not an absolute path", d)
+		}
 	}
 	if c.Enforcement.Period.Duration < 10*time.Millisecond {
 		return fmt.Errorf("--throttle-period %s must be at least 10ms", c.Enforcement.Period)
@@ -470,6 +508,20 @@ func (c Config) enforceOptions(log *slog.Logger) enforce.Options {
 	o.Compute = c.Enforcement.Compute && !c.MPS.Enabled
 	o.Memory, _ = enforce.ParseMemoryPolicy(c.Enforcement.MemoryPolicy) // Validate checked it.
 	o.ProcRoot = c.ProcRoot
+	o.PodPolicies, _ = enforce.ParsePodPolicyMode(c.Enforcement.PodComputePolicy)         // Validate checked it.
+	o.Unauthorized, _ = enforce.ParseUnauthorizedPolicy(c.Enforcement.UnauthorizedGPUUse) // Validate checked it.
+	o.UnauthorizedExempt = c.Enforcement.UnauthorizedExemptNamespaces
 	o.Logger = log
 	return o
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }

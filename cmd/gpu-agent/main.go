@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/events"
@@ -148,18 +149,20 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer func() { _ = podres.Close() }()
-	driverLimits := startDriverLimits(cfg, backend, layout, eopts, log)
+	names := attribution.NewRuntimeState(cfg.RuntimeStateDirs)
+	driverLimits := startDriverLimits(cfg, backend, layout, eopts, names, log)
 	if driverLimits != nil {
 		enforcer.UseDriverLimits(driverLimits)
 	}
 	sopts := cfg.samplerOptions(log)
 	sopts.OnSample = enforcer.Apply
+	sopts.Names = names
 	smp, err := sampler.New(devs, layout, backend, podres, plugin, sopts)
 	if err != nil {
 		return err
 	}
 	registry := exporter.NewRegistry(smp, exporter.Info{Version: version, System: sys, Enforcement: enforcer, MPS: cfg.MPS.Enabled})
-	ready := func() bool { return plugin.Registered() && smp.Ready() }
+	ready := func() bool { return plugin.Connected() && smp.Ready() }
 
 	// Listen before starting anything, so a taken port fails the start.
 	lis, err := net.Listen("tcp", cfg.MetricsAddress)
@@ -167,6 +170,9 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("listen on --metrics-address: %w", err)
 	}
 	g, ctx := errgroup.WithContext(ctx)
+	// Thaw everything the moment the agent is told to stop, whatever the
+	// other components take to wind down.
+	g.Go(func() error { <-ctx.Done(); enforcer.Close(); return nil })
 	g.Go(func() error { return plugin.Run(ctx) })
 	g.Go(func() error { watchHealth(ctx, backend, plugin, log); return nil })
 	g.Go(func() error { return smp.Run(ctx) })
@@ -212,7 +218,7 @@ func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, *fakegpu.Node, err
 
 // startDriverLimits returns the driver memory-limit tier, or nil where it
 // is off or the driver or host lacks it (the watchdog then holds memory).
-func startDriverLimits(cfg Config, backend nvml.Backend, layout *vgpu.Layout, eopts enforce.Options, log *slog.Logger) *enforce.DriverLimits {
+func startDriverLimits(cfg Config, backend nvml.Backend, layout *vgpu.Layout, eopts enforce.Options, names attribution.ContainerNames, log *slog.Logger) *enforce.DriverLimits {
 	// Only a killing policy enforces; log and off only watch or do nothing.
 	if !cfg.Enforcement.DriverMemoryLimits || eopts.Memory != enforce.MemoryKill {
 		return nil
@@ -221,6 +227,7 @@ func startDriverLimits(cfg Config, backend nvml.Backend, layout *vgpu.Layout, eo
 		Limiter:    backend,
 		CgroupRoot: cfg.CgroupRoot,
 		Grants:     enforce.CheckpointGrants(cfg.DevicePluginDir, cfg.ResourceName, layout),
+		Names:      names,
 		Events:     eopts.Events,
 		Logger:     log,
 	})

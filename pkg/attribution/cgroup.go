@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -27,10 +28,12 @@ const (
 
 // Container is what a process's cgroups say about its container.
 type Container struct {
-	// PodUID is the pod's UID in its canonical dashed form; empty when the
-	// path carries no pod (e.g. a kubelet run with cgroupsPerQOS=false).
+	// PodUID is the pod's UID in its canonical dashed form, from the
+	// kubelet's pod level of the path; empty when the path carries no pod
+	// (e.g. a kubelet run with cgroupsPerQOS=false).
 	PodUID string
-	// ContainerID is the runtime's 64-hex container ID.
+	// ContainerID is the runtime's 64-hex container ID; empty for a
+	// process in its pod's own cgroup rather than a container's.
 	ContainerID string
 	// Runtime is RuntimeContainerd, RuntimeCRIO, RuntimeDocker, or empty
 	// when the naming does not say (cgroupfs paths are bare IDs).
@@ -38,15 +41,45 @@ type Container struct {
 	// QoS is the pod's QoS class from the path; empty when unknown.
 	QoS string
 	// Paths maps each cgroup v1 controller (e.g. "memory", "freezer") to the
-	// container's cgroup path in that hierarchy, and "" to its cgroup v2
-	// path. Only hierarchies where the process is in the container's cgroup
-	// are listed.
+	// container's own cgroup path in that hierarchy, and "" to its cgroup v2
+	// path: the level the runtime created (or the pod's level for a
+	// pod-level process), never a subtree below it. Only hierarchies where
+	// the process is in the container are listed.
 	Paths map[string]string
 }
 
-// ErrNotContainer reports a process that is not in a container's cgroup
-// (a host process, the kubelet, a pod's conmon).
+// PodLevel reports a process in its pod's cgroup, outside every container.
+func (c Container) PodLevel() bool { return c.PodUID != "" && c.ContainerID == "" }
+
+// Key names the cgroup the agent holds for this container: the container
+// ID, or "pod-<uid>" for the pod's own cgroup.
+func (c Container) Key() string {
+	if c.ContainerID != "" {
+		return c.ContainerID
+	}
+	if c.PodUID != "" {
+		return "pod-" + c.PodUID
+	}
+	return ""
+}
+
+func (c Container) describe() string {
+	switch {
+	case c.ContainerID != "" && c.PodUID != "":
+		return "container " + c.ContainerID + " of pod " + c.PodUID
+	case c.ContainerID != "":
+		return "container " + c.ContainerID
+	}
+	return "pod " + c.PodUID
+}
+
+// ErrNotContainer reports a process that is not in a pod's or a
+// container's cgroup (a host process, the kubelet, a pod's conmon).
 var ErrNotContainer = errors.New("not in a container cgroup")
+
+// ErrConflict reports a process whose cgroup lines place it in two
+// different containers or pods.
+var ErrConflict = errors.New("cgroup lines name two containers")
 
 // ForPID reads <procRoot>/<pid>/cgroup and parses it.
 func ForPID(procRoot string, pid int) (Container, error) {
@@ -67,7 +100,10 @@ func ForPID(procRoot string, pid int) (Container, error) {
 
 // ParseProcCgroup parses the content of /proc/<pid>/cgroup. Every line is
 // "<hierarchy-id>:<controllers>:<path>"; v2 is hierarchy 0 with no
-// controllers. All lines that name a container must name the same one.
+// controllers. All lines that place the process in a pod or container must
+// place it in the same one: a process the cgroup files put in two
+// containers (only a process that can write cgroupfs outside its own
+// subtree can arrange that) is ErrConflict.
 func ParseProcCgroup(data []byte) (Container, error) {
 	var found Container
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -92,14 +128,14 @@ func ParseProcCgroup(data []byte) (Container, error) {
 			found = c
 			found.Paths = map[string]string{}
 		} else if c.ContainerID != found.ContainerID || c.PodUID != found.PodUID {
-			return Container{}, fmt.Errorf("cgroup lines name two containers: %s and %s", found.ContainerID, c.ContainerID)
+			return Container{}, fmt.Errorf("%w: %s and %s", ErrConflict, found.describe(), c.describe())
 		}
 		if id == "0" && controllers == "" {
-			found.Paths[""] = path
+			found.Paths[""] = c.Paths[""]
 			continue
 		}
 		for _, ctl := range strings.Split(controllers, ",") {
-			found.Paths[strings.TrimPrefix(ctl, "name=")] = path
+			found.Paths[strings.TrimPrefix(ctl, "name=")] = c.Paths[""]
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -114,41 +150,82 @@ func ParseProcCgroup(data []byte) (Container, error) {
 	return found, nil
 }
 
-// ParseCgroupPath reads the container from one cgroup path. The last path
-// element names the container; the pod and QoS come from the elements
-// before it, wherever the kubepods part starts (kubelets inside containers,
-// as with kind, add their own prefix).
+// ParseCgroupPath reads the container (or pod) a cgroup path places a
+// process in, by the structure the kubelet and the runtime create, never
+// by what lies below it: the first kubepods element, an optional QoS
+// level, the pod's level "pod<uid>" and the runtime's container level.
+// Anything deeper is the container's own subtree (a tenant may create it,
+// and name it as it likes) and belongs to that container. A process in
+// the pod's cgroup itself, or in a child of it that is not a container, is
+// returned pod-level: PodUID set, ContainerID empty. Kubelets inside
+// containers (kind) prefix the path; that prefix is skipped. Without a
+// kubepods element (a kubelet run with cgroupsPerQOS=false, a runtime's
+// own namespace) the shallowest element that is a container ID names the
+// container. The returned Paths[""] is the container's (or pod's) own
+// cgroup path, cut below the levels named above.
 func ParseCgroupPath(path string) (Container, bool) {
 	parts := strings.Split(strings.Trim(path, "/"), "/")
-	if len(parts) == 0 {
+	k := slices.IndexFunc(parts, isKubepods)
+	if k < 0 {
+		for i, p := range parts {
+			if id, rt := containerID(p); id != "" {
+				return Container{ContainerID: id, Runtime: rt, Paths: map[string]string{"": "/" + strings.Join(parts[:i+1], "/")}}, true
+			}
+		}
 		return Container{}, false
 	}
 	var c Container
-	leaf := parts[len(parts)-1]
-	c.ContainerID, c.Runtime = containerID(leaf)
-	if c.ContainerID == "" {
+	i := k + 1
+	if i < len(parts) {
+		if qos := qosElement(parts[i]); qos != "" {
+			c.QoS = qos
+			i++
+		}
+	}
+	if i >= len(parts) {
+		return Container{}, false // kubepods or a QoS level: no pod
+	}
+	uid, qos, ok := podElement(parts[i])
+	if !ok {
 		return Container{}, false
 	}
-	for _, p := range parts[:len(parts)-1] {
-		if uid, qos, ok := podElement(p); ok {
-			c.PodUID = uid
-			if qos != "" {
-				c.QoS = qos
-			}
-			continue
-		}
-		switch {
-		case p == "burstable" || strings.HasSuffix(p, "kubepods-burstable.slice"):
-			c.QoS = QoSBurstable
-		case p == "besteffort" || strings.HasSuffix(p, "kubepods-besteffort.slice"):
-			c.QoS = QoSBestEffort
-		}
+	c.PodUID = uid
+	if qos != "" {
+		c.QoS = qos
 	}
-	if c.PodUID != "" && c.QoS == "" {
+	if c.QoS == "" {
 		// A pod directly under kubepods is guaranteed.
 		c.QoS = QoSGuaranteed
 	}
+	end := i + 1
+	if end < len(parts) {
+		if strings.HasPrefix(parts[end], "crio-conmon-") {
+			return Container{}, false // CRI-O's own monitor, a host process
+		}
+		if id, rt := containerID(parts[end]); id != "" {
+			c.ContainerID, c.Runtime = id, rt
+			end++
+		}
+	}
+	c.Paths = map[string]string{"": "/" + strings.Join(parts[:end], "/")}
 	return c, true
+}
+
+// isKubepods reports the kubelet's top-level element: "kubepods",
+// "kubepods.slice", or a prefixed slice such as "kubelet-kubepods.slice".
+func isKubepods(p string) bool {
+	return p == "kubepods" || p == "kubepods.slice" || strings.HasSuffix(p, "-kubepods.slice")
+}
+
+// qosElement reads a QoS level element, or "".
+func qosElement(p string) string {
+	switch {
+	case p == "burstable" || strings.HasSuffix(p, "kubepods-burstable.slice"):
+		return QoSBurstable
+	case p == "besteffort" || strings.HasSuffix(p, "kubepods-besteffort.slice"):
+		return QoSBestEffort
+	}
+	return ""
 }
 
 // containerID reads a container ID from a cgroup leaf: a bare 64-hex ID

@@ -59,7 +59,7 @@ func TestForPIDFixtures(t *testing.T) {
 		"v2 root":            {pid: 114, wantErr: ErrNotContainer},
 		"malformed":          {pid: 115, errText: "malformed cgroup line"},
 		"empty":              {pid: 116, errText: "empty cgroup file"},
-		"two containers":     {pid: 117, errText: "name two containers"},
+		"two containers":     {pid: 117, wantErr: ErrConflict},
 		"missing pid":        {pid: 999, errText: "no such file"},
 		"invalid pid":        {pid: -1, errText: "invalid pid"},
 	}
@@ -92,20 +92,66 @@ func TestParseCgroupPathRejects(t *testing.T) {
 	t.Parallel()
 	for _, p := range []string{
 		"/",
-		"/kubepods/burstable/pod" + uid + "/" + strings.ToUpper(cid),             // runtime IDs are lower-case
-		"/kubepods/burstable/pod" + uid + "/" + cid[:63],                         // short ID
-		"/kubepods/burstable/pod" + uid + "/" + cid + "x",                        // long ID
-		"/kubepods.slice/kubepods-pod" + uid + ".slice/podman-" + cid + ".scope", // unknown runtime
-		"/kubepods/burstable/pod" + uid,                                          // pod cgroup itself
+		"/kubepods",
+		"/kubepods/burstable",
+		"/kubepods.slice/kubepods-besteffort.slice",
+		"/kubepods/burstable/podnot-a-uid/" + cid,  // no pod level: not the kubelet's structure
+		"/kubepods/burstable/" + cid,               // a container without its pod level
+		"/system.slice/containerd.service",         // host
+		"/user.slice/user-0.slice/session-1.scope", // host
+		"/k8s.io/" + strings.ToUpper(cid),          // runtime IDs are lower-case
+		"/k8s.io/" + cid[:63],                      // short ID
+		"/kubepods.slice/podman-" + cid + ".scope", // unknown runtime, no pod
 	} {
 		if c, ok := ParseCgroupPath(p); ok {
 			t.Errorf("ParseCgroupPath(%q) = %+v, want no container", p, c)
 		}
 	}
-	// A malformed pod element leaves the pod unknown but keeps the container.
-	c, ok := ParseCgroupPath("/kubepods/burstable/podnot-a-uid/" + cid)
-	if !ok || c.PodUID != "" || c.ContainerID != cid {
-		t.Errorf("malformed pod element: %+v, %v", c, ok)
+}
+
+// TestParseCgroupPathTenantSubtree holds the attacks a tenant that owns its
+// container's cgroup subtree can mount: nesting, naming its children after
+// other pods and containers, moving up to the pod's level.
+func TestParseCgroupPathTenantSubtree(t *testing.T) {
+	t.Parallel()
+	const (
+		victimUID = "99999999-8888-4777-8666-555555555555"
+		victimCID = "9999999999999999999999999999999999999999999999999999999999999999"
+	)
+	own := "/kubepods/burstable/pod" + uid + "/" + cid
+	ownSystemd := "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f_4a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-" + cid + ".scope"
+	tests := map[string]struct {
+		path string
+		want Container
+	}{
+		"child of its container": {path: own + "/worker",
+			want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
+		"grandchild": {path: own + "/a/b/c",
+			want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
+		"child named after a victim pod and container": {path: own + "/pod" + victimUID + "/" + victimCID,
+			want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
+		"child that replays the whole kubepods structure": {path: own + "/kubepods/pod" + victimUID + "/" + victimCID,
+			want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
+		"systemd child named after a victim": {path: ownSystemd + "/kubepods-pod" + strings.ReplaceAll(victimUID, "-", "_") + ".slice/cri-containerd-" + victimCID + ".scope",
+			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable, Paths: map[string]string{"": ownSystemd}}},
+		"moved up to the pod's cgroup": {path: "/kubepods/burstable/pod" + uid,
+			want: Container{PodUID: uid, QoS: QoSBurstable, Paths: map[string]string{"": "/kubepods/burstable/pod" + uid}}},
+		"a non-container child of the pod's cgroup": {path: "/kubepods/burstable/pod" + uid + "/escape/" + victimCID,
+			want: Container{PodUID: uid, QoS: QoSBurstable, Paths: map[string]string{"": "/kubepods/burstable/pod" + uid}}},
+		"no kubepods: the shallowest container ID": {path: "/k8s.io/" + cid + "/" + victimCID,
+			want: Container{ContainerID: cid, Paths: map[string]string{"": "/k8s.io/" + cid}}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			got, ok := ParseCgroupPath(tc.path)
+			if !ok {
+				t.Fatalf("ParseCgroupPath(%q) found nothing", tc.path)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got)\n%s", diff)
+			}
+		})
 	}
 }
 
@@ -130,8 +176,11 @@ func FuzzParseProcCgroup(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !isContainerID(c.ContainerID) {
+		if c.ContainerID != "" && !isContainerID(c.ContainerID) {
 			t.Fatalf("container ID %q is not 64 lower-case hex", c.ContainerID)
+		}
+		if c.Key() == "" {
+			t.Fatal("a container with neither pod nor container ID")
 		}
 		if c.PodUID != "" {
 			if u, ok := canonicalUID(c.PodUID); !ok || u != c.PodUID {
@@ -142,8 +191,9 @@ func FuzzParseProcCgroup(f *testing.F) {
 			t.Fatal("a container with no cgroup paths")
 		}
 		for _, p := range c.Paths {
+			// A container's own path, parsed again, is the same container.
 			again, ok := ParseCgroupPath(p)
-			if !ok || again.ContainerID != c.ContainerID || again.PodUID != c.PodUID {
+			if !ok || again.ContainerID != c.ContainerID || again.PodUID != c.PodUID || again.Paths[""] != p {
 				t.Fatalf("path %q does not name the container it was parsed from", p)
 			}
 		}

@@ -1,39 +1,34 @@
 package attribution
 
 import (
-	"slices"
-	"sort"
-	"strings"
+	"fmt"
 
-	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
-// GPUProcess is one process seen on a GPU, with what is known of its
-// container.
+// GPUProcess is one process seen on a GPU, with what its cgroups say.
 type GPUProcess struct {
 	// PID is the host PID.
 	PID int
 	// GPU is the UUID of the GPU the process uses.
 	GPU string
-	// Container is what the process's cgroups say; zero when unknown.
+	// Container is what the process's cgroups say; zero for a host
+	// process.
 	Container Container
-	// EnvSliceIDs are the slice IDs in the process's GPUSLICE_SLICE_IDS, if
-	// it could be read.
-	EnvSliceIDs []string
 }
 
 // How a process was attributed.
 const (
-	// ByCgroup: the process's pod came from its cgroup and the pod has one
-	// container with slices on the process's GPU, or the env picked among
-	// that pod's containers.
-	ByCgroup = "cgroup"
-	// ByEnv: no pod UID could be linked (no checkpoint), so the process's
-	// GPUSLICE_SLICE_IDS named its container. A process can forge its env,
-	// so this is weaker.
-	ByEnv = "env"
+	// ByContainer: the runtime's record of the container its cgroup names
+	// gave the container's name, and that container holds slices of the
+	// process's GPU.
+	ByContainer = "container"
+	// ByPod: the process's pod has exactly one container holding slices
+	// of its GPU, and the process is in the pod's own cgroup or in a
+	// container the runtime's state did not name. Whatever the process
+	// is, its use stays charged inside its own pod.
+	ByPod = "pod"
 )
 
 // Attributed is a process and the container it was attributed to.
@@ -41,22 +36,46 @@ type Attributed struct {
 	GPUProcess
 	// Assignment is the container, from pod-resources.
 	Assignment podresources.Assignment
-	// PodUID is the pod's UID, when known.
+	// PodUID is the pod's UID.
 	PodUID string
-	// By is ByCgroup or ByEnv.
+	// By is ByContainer or ByPod.
 	By string
 }
 
-// Unattributed is a process no container could be found for, and why.
+// Unattributed is a process whose container could not be told, and why:
+// a host process, or data that was missing. It is counted, never acted on.
 type Unattributed struct {
 	GPUProcess
 	Reason string
 }
 
-// Join attributes GPU processes to the containers holding slices. Pod UIDs
-// come from the kubelet's checkpoint (entries of other resources are
-// ignored); without them, attribution falls back to the processes' env.
-func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string) ([]Attributed, []Unattributed) {
+// Unauthorized is a process in a pod that uses a GPU its container holds
+// no slice of, known from positive evidence (the kubelet's checkpoint, the
+// runtime's record), never from missing data.
+type Unauthorized struct {
+	GPUProcess
+	// PodUID is its pod's UID; Namespace, Pod and ContainerName name it
+	// where known (ContainerName is empty for a process in the pod's own
+	// cgroup).
+	PodUID, Namespace, Pod, ContainerName string
+	Reason                                string
+}
+
+// Result is the outcome of Join.
+type Result struct {
+	Attributed   []Attributed
+	Unattributed []Unattributed
+	Unauthorized []Unauthorized
+}
+
+// Join attributes GPU processes to the containers holding slices, from
+// the process's cgroup (the pod UID at the kubelet's pod level and the
+// container ID at the runtime's level, never deeper), the runtime's record
+// of that container (its name), the kubelet's device manager checkpoint
+// (which containers of which pod UID hold which slices; nil when it could
+// not be read) and pod-resources (the same by namespace and name). A
+// process's environment plays no part: the tenant controls it.
+func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames) Result {
 	// Link each assignment to its pod UID through shared device IDs.
 	owner := map[string]int{} // slice ID -> assignment index
 	for i, a := range assignments {
@@ -75,85 +94,116 @@ func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint 
 			}
 		}
 	}
-	onGPU := func(i int, gpu string) bool {
-		for _, id := range assignments[i].DeviceIDs {
-			if s, err := vgpu.ParseSliceID(id); err == nil && s.UUID == gpu {
-				return true
+	// holders says which containers of a pod hold slices of a GPU, from
+	// the checkpoint; nil when the checkpoint is unknown.
+	holders := func(uid, gpu string) map[string]bool {
+		if checkpoint == nil {
+			return nil
+		}
+		out := map[string]bool{}
+		for _, e := range checkpoint {
+			if e.PodUID == uid && e.Resource == resource && onGPU(e.DeviceIDs, gpu) {
+				out[e.Container] = true
 			}
 		}
-		return false
-	}
-	byEnv := func(p GPUProcess, candidates []int) (int, bool) {
-		if len(p.EnvSliceIDs) == 0 {
-			return 0, false
-		}
-		want := slices.Clone(p.EnvSliceIDs)
-		sort.Strings(want)
-		for _, i := range candidates {
-			if slices.Equal(want, assignments[i].DeviceIDs) {
-				return i, true
-			}
-		}
-		return 0, false
+		return out
 	}
 
-	var ok []Attributed
-	var bad []Unattributed
+	var r Result
 	for _, p := range procs {
-		if p.Container.PodUID != "" && hasAny(podUID) {
-			var candidates []int
-			for i := range assignments {
-				if podUID[i] == p.Container.PodUID && onGPU(i, p.GPU) {
-					candidates = append(candidates, i)
+		c := p.Container
+		if c.Key() == "" {
+			r.Unattributed = append(r.Unattributed, Unattributed{GPUProcess: p, Reason: "not in a pod or container"})
+			continue
+		}
+		var rc RuntimeContainer
+		known := false
+		if c.ContainerID != "" && names != nil {
+			rc, known = names.Lookup(c.ContainerID)
+		}
+		uid := c.PodUID
+		if known && rc.PodUID != "" {
+			if uid != "" && uid != rc.PodUID {
+				r.Unauthorized = append(r.Unauthorized, Unauthorized{GPUProcess: p, PodUID: uid,
+					Reason: fmt.Sprintf("its cgroup names pod %s but the runtime's record of container %s names pod %s", uid, c.ContainerID, rc.PodUID)})
+				continue
+			}
+			uid = rc.PodUID
+		}
+		deny := func(container, reason string) {
+			u := Unauthorized{GPUProcess: p, PodUID: uid, ContainerName: container, Reason: reason}
+			if known {
+				u.Namespace, u.Pod = rc.PodNamespace, rc.PodName
+			}
+			for i, a := range assignments {
+				if u.Pod == "" && uid != "" && podUID[i] == uid {
+					u.Namespace, u.Pod = a.Namespace, a.Pod
+				}
+			}
+			r.Unauthorized = append(r.Unauthorized, u)
+		}
+		skip := func(reason string) {
+			r.Unattributed = append(r.Unattributed, Unattributed{GPUProcess: p, Reason: reason})
+		}
+		if uid == "" && !known {
+			skip("no pod is known for container " + c.ContainerID)
+			continue
+		}
+		has := holders(uid, p.GPU)
+		if known && rc.Sandbox {
+			deny("", "the pod's sandbox container uses the GPU")
+			continue
+		}
+		if known {
+			found := -1
+			for i, a := range assignments {
+				if a.Container != rc.Name || !onGPU(a.DeviceIDs, p.GPU) {
+					continue
+				}
+				if (uid != "" && podUID[i] == uid) || (podUID[i] == "" && a.Namespace == rc.PodNamespace && a.Pod == rc.PodName) {
+					found = i
+					break
 				}
 			}
 			switch {
-			case len(candidates) == 1:
-				ok = append(ok, Attributed{GPUProcess: p, Assignment: assignments[candidates[0]], PodUID: p.Container.PodUID, By: ByCgroup})
-			case len(candidates) == 0:
-				bad = append(bad, Unattributed{GPUProcess: p, Reason: "its pod holds no slices of this GPU"})
+			case found >= 0:
+				r.Attributed = append(r.Attributed, Attributed{GPUProcess: p, Assignment: assignments[found], PodUID: uid, By: ByContainer})
+			case has != nil && uid != "" && !has[rc.Name]:
+				deny(rc.Name, fmt.Sprintf("container %s holds no slices of this GPU", rc.Name))
 			default:
-				if i, found := byEnv(p, candidates); found {
-					ok = append(ok, Attributed{GPUProcess: p, Assignment: assignments[i], PodUID: p.Container.PodUID, By: ByCgroup})
-				} else {
-					bad = append(bad, Unattributed{GPUProcess: p, Reason: "several containers of its pod hold slices of this GPU and its env names none"})
-				}
+				skip(fmt.Sprintf("container %s: its slices of this GPU are not listed by pod-resources yet, or the kubelet's checkpoint is unreadable", rc.Name))
 			}
+			continue
+		}
+		if has == nil {
+			skip("the kubelet's checkpoint is unreadable: which containers hold slices is unknown")
 			continue
 		}
 		var candidates []int
 		for i := range assignments {
-			if onGPU(i, p.GPU) {
+			if podUID[i] == uid && onGPU(assignments[i].DeviceIDs, p.GPU) {
 				candidates = append(candidates, i)
 			}
 		}
-		if i, found := byEnv(p, candidates); found {
-			ok = append(ok, Attributed{GPUProcess: p, Assignment: assignments[i], PodUID: podUID[i], By: ByEnv})
-			continue
-		}
-		reason := "no pod UID and no matching " + deviceplugin.EnvSliceIDs + " in its environment"
-		if p.Container.ContainerID == "" {
-			reason = "not in a container"
-		}
-		bad = append(bad, Unattributed{GPUProcess: p, Reason: reason})
-	}
-	return ok, bad
-}
-
-// EnvSliceIDs extracts GPUSLICE_SLICE_IDS from a NUL-separated environ
-// (the content of /proc/<pid>/environ).
-func EnvSliceIDs(environ []byte) []string {
-	for _, kv := range strings.Split(string(environ), "\x00") {
-		if v, ok := strings.CutPrefix(kv, deviceplugin.EnvSliceIDs+"="); ok && v != "" {
-			return strings.Split(v, ",")
+		switch {
+		case len(has) == 0:
+			deny("", "its pod holds no slices of this GPU")
+		case len(has) == 1 && len(candidates) == 1:
+			r.Attributed = append(r.Attributed, Attributed{GPUProcess: p, Assignment: assignments[candidates[0]], PodUID: uid, By: ByPod})
+		case len(has) == 1:
+			skip("its pod's slices of this GPU are not listed by pod-resources yet")
+		case c.PodLevel():
+			deny("", "it runs in its pod's own cgroup, outside every container, and several of the pod's containers hold slices of this GPU")
+		default:
+			skip(fmt.Sprintf("the runtime has no record of container %s, and several containers of its pod hold slices of this GPU", c.ContainerID))
 		}
 	}
-	return nil
+	return r
 }
 
-func hasAny(s []string) bool {
-	for _, v := range s {
-		if v != "" {
+func onGPU(ids []string, gpu string) bool {
+	for _, id := range ids {
+		if s, err := vgpu.ParseSliceID(id); err == nil && s.UUID == gpu {
 			return true
 		}
 	}

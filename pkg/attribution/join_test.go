@@ -1,6 +1,8 @@
 package attribution
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -67,22 +69,16 @@ func FuzzParseCheckpoint(f *testing.F) {
 	})
 }
 
-func TestEnvSliceIDs(t *testing.T) {
-	t.Parallel()
-	env := []byte("PATH=/bin\x00GPUSLICE_SLICE_IDS=GPU-1::0,GPU-1::1\x00HOME=/\x00")
-	if diff := cmp.Diff([]string{"GPU-1::0", "GPU-1::1"}, EnvSliceIDs(env)); diff != "" {
-		t.Errorf("(-want +got)\n%s", diff)
-	}
-	for _, e := range []string{"", "PATH=/bin\x00", "GPUSLICE_SLICE_IDS=\x00", "XGPUSLICE_SLICE_IDS=a\x00"} {
-		if got := EnvSliceIDs([]byte(e)); got != nil {
-			t.Errorf("EnvSliceIDs(%q) = %v", e, got)
-		}
-	}
-}
+// names is a runtime record by container ID.
+type names map[string]RuntimeContainer
+
+func (n names) Lookup(id string) (RuntimeContainer, bool) { c, ok := n[id]; return c, ok }
 
 func TestJoin(t *testing.T) {
 	t.Parallel()
 	const res = "nvidia.com/vgpu"
+	// Pod A (ml/train) has two containers holding slices of GPU-1 and a
+	// third holding none; pod B (lab/nb) one container on GPU-1 and GPU-2.
 	train := podresources.Assignment{Namespace: "ml", Pod: "train", Container: "worker", DeviceIDs: []string{"GPU-1::0", "GPU-1::1"}}
 	sidecar := podresources.Assignment{Namespace: "ml", Pod: "train", Container: "sidecar", DeviceIDs: []string{"GPU-1::2"}}
 	nb := podresources.Assignment{Namespace: "lab", Pod: "nb", Container: "jupyter", DeviceIDs: []string{"GPU-1::3", "GPU-2::0"}}
@@ -93,70 +89,229 @@ func TestJoin(t *testing.T) {
 		{PodUID: uidB, Container: "jupyter", Resource: res, DeviceIDs: nb.DeviceIDs},
 		{PodUID: uidB, Container: "jupyter", Resource: "other.com/x", DeviceIDs: []string{"GPU-1::0"}},
 	}
-	inPod := func(uid string) Container { return Container{PodUID: uid, ContainerID: cid} }
+	const (
+		idWorker  = "1111111111111111111111111111111111111111111111111111111111111111"
+		idSidecar = "2222222222222222222222222222222222222222222222222222222222222222"
+		idLogger  = "3333333333333333333333333333333333333333333333333333333333333333"
+		idPause   = "4444444444444444444444444444444444444444444444444444444444444444"
+		idJupyter = "5555555555555555555555555555555555555555555555555555555555555555"
+		idUnknown = "6666666666666666666666666666666666666666666666666666666666666666"
+	)
+	runtime := names{
+		idWorker:  {Name: "worker", PodUID: uidA, PodNamespace: "ml", PodName: "train"},
+		idSidecar: {Name: "sidecar", PodUID: uidA, PodNamespace: "ml", PodName: "train"},
+		idLogger:  {Name: "logger", PodUID: uidA, PodNamespace: "ml", PodName: "train"},
+		idPause:   {Sandbox: true, PodUID: uidA, PodNamespace: "ml", PodName: "train"},
+		idJupyter: {Name: "jupyter", PodUID: uidB, PodNamespace: "lab", PodName: "nb"},
+	}
+	in := func(uid, id string) Container { return Container{PodUID: uid, ContainerID: id} }
 	tests := map[string]struct {
-		proc       GPUProcess
-		checkpoint []CheckpointEntry
-		want       *Attributed
-		reason     string
+		proc         GPUProcess
+		noCheckpoint bool
+		noNames      bool
+		want         *Attributed
+		deny         string // reason of an Unauthorized verdict
+		skip         string // reason of an Unattributed one
 	}{
-		"only container of its pod on the gpu": {
-			proc: GPUProcess{PID: 1, GPU: "GPU-2", Container: inPod(uidB)},
-			want: &Attributed{Assignment: nb, PodUID: uidB, By: ByCgroup},
+		"runtime names the container": {
+			proc: GPUProcess{PID: 1, GPU: "GPU-1", Container: in(uidA, idSidecar)},
+			want: &Attributed{Assignment: sidecar, PodUID: uidA, By: ByContainer},
 		},
-		"env picks among its own pod's containers": {
-			proc: GPUProcess{PID: 2, GPU: "GPU-1", Container: inPod(uidA), EnvSliceIDs: []string{"GPU-1::2"}},
-			want: &Attributed{Assignment: sidecar, PodUID: uidA, By: ByCgroup},
+		"two gpu containers of one pod on one gpu: each its own": {
+			proc: GPUProcess{PID: 2, GPU: "GPU-1", Container: in(uidA, idWorker)},
+			want: &Attributed{Assignment: train, PodUID: uidA, By: ByContainer},
 		},
-		"env naming another pod's slices cannot frame it": {
-			proc:   GPUProcess{PID: 3, GPU: "GPU-1", Container: inPod(uidA), EnvSliceIDs: []string{"GPU-1::3", "GPU-2::0"}},
-			reason: "several containers of its pod",
+		"only gpu container of its pod, runtime silent": {
+			proc:    GPUProcess{PID: 3, GPU: "GPU-2", Container: in(uidB, idJupyter)},
+			noNames: true,
+			want:    &Attributed{Assignment: nb, PodUID: uidB, By: ByPod},
 		},
-		"pod without slices on this gpu": {
-			proc:   GPUProcess{PID: 4, GPU: "GPU-2", Container: inPod(uidA)},
-			reason: "holds no slices of this GPU",
+		"pod-level process charged to the pod's one gpu container": {
+			proc: GPUProcess{PID: 4, GPU: "GPU-2", Container: Container{PodUID: uidB}},
+			want: &Attributed{Assignment: nb, PodUID: uidB, By: ByPod},
 		},
-		"no checkpoint: env decides": {
-			proc:       GPUProcess{PID: 5, GPU: "GPU-1", Container: inPod(uidA), EnvSliceIDs: []string{"GPU-1::1", "GPU-1::0"}},
-			checkpoint: []CheckpointEntry{},
-			want:       &Attributed{Assignment: train, By: ByEnv},
+		"pod-level process in a pod of several gpu containers": {
+			proc: GPUProcess{PID: 5, GPU: "GPU-1", Container: Container{PodUID: uidA}},
+			deny: "several of the pod's containers",
 		},
-		"no checkpoint, no env": {
-			proc:       GPUProcess{PID: 6, GPU: "GPU-1", Container: inPod(uidA)},
-			checkpoint: []CheckpointEntry{},
-			reason:     "no pod UID and no matching GPUSLICE_SLICE_IDS",
+		"container holding no slices reaches the gpu": {
+			proc: GPUProcess{PID: 6, GPU: "GPU-1", Container: in(uidA, idLogger)},
+			deny: "container logger holds no slices of this GPU",
 		},
-		"env of slices on another gpu": {
-			proc:       GPUProcess{PID: 7, GPU: "GPU-2", Container: inPod(uidA), EnvSliceIDs: train.DeviceIDs},
-			checkpoint: []CheckpointEntry{},
-			reason:     "no matching",
+		"container with slices of another gpu only": {
+			proc: GPUProcess{PID: 7, GPU: "GPU-2", Container: in(uidA, idWorker)},
+			deny: "container worker holds no slices of this GPU",
+		},
+		"pod with no slices at all": {
+			proc:    GPUProcess{PID: 8, GPU: "GPU-2", Container: in(uidA, idUnknown)},
+			noNames: true,
+			deny:    "its pod holds no slices of this GPU",
+		},
+		"sandbox container": {
+			proc: GPUProcess{PID: 9, GPU: "GPU-1", Container: in(uidA, idPause)},
+			deny: "sandbox",
+		},
+		"cgroup and runtime disagree on the pod": {
+			proc: GPUProcess{PID: 10, GPU: "GPU-1", Container: in(uidB, idWorker)},
+			deny: "names pod",
+		},
+		"runtime silent, several gpu containers: not guessed": {
+			proc: GPUProcess{PID: 11, GPU: "GPU-1", Container: in(uidA, idUnknown)},
+			skip: "no record of container",
+		},
+		"checkpoint unreadable: never unauthorized": {
+			proc:         GPUProcess{PID: 12, GPU: "GPU-2", Container: in(uidA, idUnknown)},
+			noCheckpoint: true,
+			skip:         "checkpoint is unreadable",
+		},
+		"checkpoint unreadable, runtime names the container": {
+			proc:         GPUProcess{PID: 13, GPU: "GPU-1", Container: in(uidA, idSidecar)},
+			noCheckpoint: true,
+			want:         &Attributed{Assignment: sidecar, PodUID: uidA, By: ByContainer},
+		},
+		"checkpoint unreadable, container without slices: not judged": {
+			proc:         GPUProcess{PID: 14, GPU: "GPU-1", Container: in(uidA, idLogger)},
+			noCheckpoint: true,
+			skip:         "checkpoint is unreadable",
 		},
 		"host process": {
-			proc:   GPUProcess{PID: 8, GPU: "GPU-1"},
-			reason: "not in a container",
+			proc: GPUProcess{PID: 15, GPU: "GPU-1"},
+			skip: "not in a pod or container",
+		},
+		"container outside any pod, runtime silent": {
+			proc: GPUProcess{PID: 16, GPU: "GPU-1", Container: Container{ContainerID: idUnknown}},
+			skip: "no pod is known",
+		},
+		"container outside pod cgroups, named by the runtime": {
+			proc: GPUProcess{PID: 17, GPU: "GPU-1", Container: Container{ContainerID: idJupyter}},
+			want: &Attributed{Assignment: nb, PodUID: uidB, By: ByContainer},
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			cp := checkpoint
-			if tc.checkpoint != nil {
-				cp = tc.checkpoint
+			if tc.noCheckpoint {
+				cp = nil
 			}
-			ok, bad := Join([]GPUProcess{tc.proc}, assignments, cp, res)
-			if tc.want != nil {
+			var n ContainerNames = runtime
+			if tc.noNames {
+				n = names{}
+			}
+			r := Join([]GPUProcess{tc.proc}, assignments, cp, res, n)
+			switch {
+			case tc.want != nil:
 				tc.want.GPUProcess = tc.proc
-				if len(ok) != 1 || len(bad) != 0 {
-					t.Fatalf("Join() = %+v, %+v; want one attributed", ok, bad)
+				if len(r.Attributed) != 1 || len(r.Unattributed)+len(r.Unauthorized) != 0 {
+					t.Fatalf("Join() = %+v; want one attributed", r)
 				}
-				if diff := cmp.Diff(*tc.want, ok[0]); diff != "" {
+				if diff := cmp.Diff(*tc.want, r.Attributed[0]); diff != "" {
 					t.Errorf("(-want +got)\n%s", diff)
 				}
-				return
-			}
-			if len(ok) != 0 || len(bad) != 1 || !strings.Contains(bad[0].Reason, tc.reason) {
-				t.Fatalf("Join() = %+v, %+v; want unattributed because %q", ok, bad, tc.reason)
+			case tc.deny != "":
+				if len(r.Unauthorized) != 1 || len(r.Attributed)+len(r.Unattributed) != 0 || !strings.Contains(r.Unauthorized[0].Reason, tc.deny) {
+					t.Fatalf("Join() = %+v; want unauthorized because %q", r, tc.deny)
+				}
+				if r.Unauthorized[0].Pod == "" && tc.proc.Container.PodUID == uidA {
+					t.Errorf("unauthorized use in ml/train does not name its pod: %+v", r.Unauthorized[0])
+				}
+			default:
+				if len(r.Unattributed) != 1 || len(r.Attributed)+len(r.Unauthorized) != 0 || !strings.Contains(r.Unattributed[0].Reason, tc.skip) {
+					t.Fatalf("Join() = %+v; want unattributed because %q", r, tc.skip)
+				}
 			}
 		})
 	}
+}
+
+func TestParseBundleConfig(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		json    string
+		want    RuntimeContainer
+		wantErr bool
+	}{
+		"containerd container": {json: `{"ociVersion":"1.0.2","annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"main","io.kubernetes.cri.sandbox-uid":"` + strings.ToUpper(uidA) + `","io.kubernetes.cri.sandbox-name":"train","io.kubernetes.cri.sandbox-namespace":"ml"}}`,
+			want: RuntimeContainer{Name: "main", PodUID: uidA, PodName: "train", PodNamespace: "ml"}},
+		"containerd sandbox": {json: `{"annotations":{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-name":"train","io.kubernetes.cri.sandbox-namespace":"ml"}}`,
+			want: RuntimeContainer{Sandbox: true, PodName: "train", PodNamespace: "ml"}},
+		"cri-o container": {json: `{"annotations":{"io.kubernetes.cri-o.ContainerType":"container","io.kubernetes.container.name":"nb","io.kubernetes.pod.uid":"` + uidB + `","io.kubernetes.pod.name":"nb","io.kubernetes.pod.namespace":"lab"}}`,
+			want: RuntimeContainer{Name: "nb", PodUID: uidB, PodName: "nb", PodNamespace: "lab"}},
+		"not kubernetes":         {json: `{"annotations":{"org.opencontainers.image.ref.name":"x"}}`, wantErr: true},
+		"container without name": {json: `{"annotations":{"io.kubernetes.cri.container-type":"container"}}`, wantErr: true},
+		"pod uid not a uid":      {json: `{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"m","io.kubernetes.cri.sandbox-uid":"../x"}}`, wantErr: true},
+		"not json":               {json: `{`, wantErr: true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			got, err := ParseBundleConfig([]byte(tc.json))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("ParseBundleConfig() = %+v, %v; want error %v", got, err, tc.wantErr)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got)\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestRuntimeStateReadsBundles(t *testing.T) {
+	t.Parallel()
+	containerd, crio := t.TempDir(), t.TempDir()
+	idA := strings.Repeat("a", 64)
+	idB := strings.Repeat("b", 64)
+	write := func(path, data string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(containerd, idA, "config.json"), `{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"main"}}`)
+	write(filepath.Join(crio, idB, "userdata", "config.json"), `{"annotations":{"io.kubernetes.cri-o.ContainerType":"sandbox"}}`)
+	r := NewRuntimeState([]string{containerd, crio})
+	if c, ok := r.Lookup(idA); !ok || c.Name != "main" {
+		t.Errorf("containerd bundle: %+v, %v", c, ok)
+	}
+	if c, ok := r.Lookup(idB); !ok || !c.Sandbox {
+		t.Errorf("cri-o bundle: %+v, %v", c, ok)
+	}
+	for _, bad := range []string{strings.Repeat("c", 64), "../" + idA, idA[:63]} {
+		if c, ok := r.Lookup(bad); ok {
+			t.Errorf("Lookup(%q) = %+v", bad, c)
+		}
+	}
+	// Remembered after the runtime removes the bundle, until forgotten.
+	if err := os.RemoveAll(filepath.Join(containerd, idA)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.Lookup(idA); !ok {
+		t.Error("a removed bundle was forgotten before Forget")
+	}
+	r.Forget(func(string) bool { return false })
+	if _, ok := r.Lookup(idA); ok {
+		t.Error("Forget kept a container")
+	}
+}
+
+func FuzzParseBundleConfig(f *testing.F) {
+	f.Add([]byte(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"main"}}`))
+	f.Add([]byte(`{"annotations":{"io.kubernetes.cri-o.ContainerType":"sandbox","io.kubernetes.pod.uid":"` + uidA + `"}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseBundleConfig(data)
+		if err != nil {
+			return
+		}
+		if c.Sandbox == (c.Name != "") {
+			t.Fatalf("a record that is both or neither a sandbox and a named container: %+v", c)
+		}
+		if c.PodUID != "" {
+			if u, ok := canonicalUID(c.PodUID); !ok || u != c.PodUID {
+				t.Fatalf("pod UID %q is not canonical", c.PodUID)
+			}
+		}
+	})
 }

@@ -51,6 +51,7 @@ type Plugin struct {
 	changed chan struct{}                // closed and replaced on every health change
 
 	registered atomic.Bool
+	watchers   atomic.Int64 // ListAndWatch streams open: the kubelet's
 }
 
 // NewLayout cuts the devices a backend found according to cfg.
@@ -128,6 +129,11 @@ func (p *Plugin) SetHealth(h nvml.Health) {
 // registration.
 func (p *Plugin) Registered() bool { return p.registered.Load() }
 
+// Connected reports whether the plugin is registered and the kubelet holds
+// its ListAndWatch stream open, as a live kubelet does: a kubelet that
+// died or restarted without taking the plugin back leaves none.
+func (p *Plugin) Connected() bool { return p.Registered() && p.watchers.Load() > 0 }
+
 // Health returns a GPU's latest health; a GPU outside the layout is
 // reported unhealthy with no reason.
 func (p *Plugin) Health(uuid string) nvml.Health {
@@ -186,6 +192,8 @@ func (p *Plugin) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*plu
 // ListAndWatch sends every slice with its health, then the whole list again
 // on every health change, until the kubelet hangs up or the server stops.
 func (p *Plugin) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_ListAndWatchServer) error {
+	p.watchers.Add(1)
+	defer p.watchers.Add(-1)
 	for {
 		devs, changed := p.snapshot()
 		if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: devs}); err != nil {

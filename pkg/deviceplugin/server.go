@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
 
@@ -114,7 +116,16 @@ func (p *Plugin) serve() (*grpc.Server, <-chan error, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	srv := grpc.NewServer()
+	// Bounded against clients that connect and never speak, streams that
+	// are never read and peers that vanish: the kubelet needs one
+	// connection and one stream.
+	lis = netutil.LimitListener(lis, maxConnections)
+	srv := grpc.NewServer(
+		grpc.ConnectionTimeout(handshakeTimeout),
+		grpc.MaxConcurrentStreams(maxStreamsPerConnection),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
 	pluginapi.RegisterDevicePluginServer(srv, p)
 	served := make(chan error, 1)
 	go func() {
@@ -125,10 +136,34 @@ func (p *Plugin) serve() (*grpc.Server, <-chan error, error) {
 	return srv, served, nil
 }
 
-// stop stops the server, ending ListAndWatch streams, and removes the socket.
+// Limits on the plugin's gRPC server.
+const (
+	maxConnections          = 32
+	maxStreamsPerConnection = 4
+	handshakeTimeout        = 2 * time.Second
+	// stopGrace is how long in-flight calls get to finish before the
+	// server is stopped hard.
+	stopGrace = time.Second
+)
+
+// stop stops the server, ending ListAndWatch streams, and removes the
+// socket. It gives in-flight calls stopGrace, then stops hard, and never
+// waits on a client: a connection that never finished its handshake can
+// hold grpc's Stop for the handshake timeout.
 func (p *Plugin) stop(srv *grpc.Server) {
 	p.registered.Store(false)
-	srv.Stop()
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(stopGrace):
+		go srv.Stop() // ends streams and connections; returns when handshakes end
+		select {
+		case <-done:
+		case <-time.After(stopGrace):
+			p.log.Warn("device plugin server still stopping; carrying on")
+		}
+	}
 	if err := os.Remove(p.SocketPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		p.log.Warn("remove plugin socket", "path", p.SocketPath(), "err", err)
 	}

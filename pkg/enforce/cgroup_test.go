@@ -229,26 +229,26 @@ func TestStateFileThawsWhatACrashLeftFrozen(t *testing.T) {
 	if err := f.Freeze(); err != nil { // the "crashed agent" froze it last
 		t.Fatal(err)
 	}
-	n, err := state.ThawRecorded()
+	n, err := state.ThawRecorded(cgroupRoot, nil)
 	if err != nil || n != 1 {
 		t.Fatalf("ThawRecorded() = %d, %v; want 1 thawed and the vanished one skipped", n, err)
 	}
 	if got := progress(asked, 300*time.Millisecond); got < 150*time.Millisecond {
 		t.Errorf("workload still stopped after the thaw: %v in 300ms", got)
 	}
-	if n, err := state.ThawRecorded(); n != 0 || err != nil {
+	if n, err := state.ThawRecorded(cgroupRoot, nil); n != 0 || err != nil {
 		t.Errorf("second ThawRecorded() = %d, %v; the record should be empty", n, err)
 	}
 	if err := os.WriteFile(state.Path, []byte("{torn"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := state.ThawRecorded(); err == nil {
+	if _, err := state.ThawRecorded(cgroupRoot, nil); err == nil {
 		t.Error("a corrupt record was accepted")
 	}
 	if _, err := os.Stat(state.Path); !errors.Is(err, os.ErrNotExist) {
 		t.Error("a corrupt record was kept")
 	}
-	if n, err := (StateFile{Path: filepath.Join(t.TempDir(), "none.json")}).ThawRecorded(); n != 0 || err != nil {
+	if n, err := (StateFile{Path: filepath.Join(t.TempDir(), "none.json")}).ThawRecorded(cgroupRoot, nil); n != 0 || err != nil {
 		t.Errorf("missing record = %d, %v", n, err)
 	}
 }

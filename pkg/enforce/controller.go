@@ -1,6 +1,9 @@
 package enforce
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // Policy is how strictly a container is held to its compute share.
 type Policy string
@@ -40,6 +43,11 @@ type Member struct {
 	Usage float64
 }
 
+// StrictWindow is the span over which a Strict container's use may not
+// exceed its limit: switching work on and off around the sample interval
+// gains nothing over it.
+const StrictWindow = 10 * time.Second
+
 // Controller decides, per GPU, which fraction of each throttle period
 // each container may run (its duty). It is pure: callers feed it the
 // measurements of each window and apply the duties it returns.
@@ -49,12 +57,21 @@ type Controller struct {
 	// Saturation is the device utilization above which the GPU counts as
 	// contended for Burst containers.
 	Saturation float64
-	duty       map[string]float64
+	// Window is the span a Strict container's use is held to its limit
+	// over.
+	Window time.Duration
+	duty   map[string]float64
+	used   map[string][]span // Strict containers' recent use, oldest first
+}
+
+// span is one measurement window: its length and the GPU time used in it.
+type span struct {
+	dt, used float64 // seconds
 }
 
 // NewController returns a controller with every duty at 1.
 func NewController() *Controller {
-	return &Controller{Gain: 0.5, Saturation: 0.95, duty: map[string]float64{}}
+	return &Controller{Gain: 0.5, Saturation: 0.95, Window: StrictWindow, duty: map[string]float64{}, used: map[string][]span{}}
 }
 
 // Duty returns a container's current duty; 1 for one never throttled.
@@ -77,7 +94,7 @@ func Entitlement(m Member, sumLimits float64) float64 {
 }
 
 // Update takes one window's measurements for the containers on one GPU
-// and the GPU's utilization, and returns every member's new duty.
+// (dt long) and the GPU's utilization, and returns every member's new duty.
 //
 // A container that ran at duty d and used u would use about u/d at full
 // duty; to use its entitlement E it should run at E*d/u. Duties move
@@ -89,7 +106,15 @@ func Entitlement(m Member, sumLimits float64) float64 {
 // container sits at its entitlement, so the controller does not release
 // and re-throttle around the target); otherwise their duty returns to 1
 // and they use idle GPU time.
-func (c *Controller) Update(members []Member, deviceUtilization float64) map[string]float64 {
+//
+// Strict is strict over time, not per sample. A Strict container starts
+// at its limit, not at 1; an idle window holds its duty where it was
+// rather than raising it (idleness teaches nothing and earns no credit);
+// and its duty is capped so that its use over the last Window, plus a
+// full next window at that duty, stays within limit × Window. A workload
+// that switches on and off around the sample interval therefore gets no
+// more than its limit over any Window.
+func (c *Controller) Update(members []Member, deviceUtilization float64, dt time.Duration) map[string]float64 {
 	sumLimits := 0.0
 	for _, m := range members {
 		sumLimits += m.Limit
@@ -104,16 +129,29 @@ func (c *Controller) Update(members []Member, deviceUtilization float64) map[str
 	}
 	out := make(map[string]float64, len(members))
 	for _, m := range members {
-		d := c.Duty(m.Key)
+		d, seen := c.duty[m.Key]
+		if !seen {
+			d = 1
+			if m.Policy == Strict {
+				d = min(max(m.Limit, MinDuty), 1)
+			}
+		}
 		target := 1.0
-		if (m.Policy == Strict || contended) && m.Usage > 0 {
-			// A container not running at all teaches nothing; let it run.
+		switch {
+		case (m.Policy == Strict || contended) && m.Usage > 0:
 			target = Entitlement(m, sumLimits) * d / m.Usage
+		case m.Policy == Strict && seen:
+			target = d // idle: hold
 		}
 		target = min(max(target, MinDuty), 1)
 		d += c.Gain * (target - d)
 		if target == 1 && d > 0.98 {
 			d = 1
+		}
+		if m.Policy == Strict {
+			d = c.windowCap(m, d, dt.Seconds())
+		} else {
+			delete(c.used, m.Key)
 		}
 		c.duty[m.Key] = d
 		out[m.Key] = d
@@ -121,5 +159,33 @@ func (c *Controller) Update(members []Member, deviceUtilization float64) map[str
 	return out
 }
 
+// windowCap records a Strict container's use over the last dt and caps
+// its duty so that the use over the last Window, with a next window of
+// dt at full duty, stays within limit × Window.
+func (c *Controller) windowCap(m Member, d, dt float64) float64 {
+	if dt <= 0 || c.Window <= 0 {
+		return d
+	}
+	hist := append(c.used[m.Key], span{dt: dt, used: m.Usage * dt})
+	// Keep what falls in the Window once the next dt has passed.
+	keep, total := c.Window.Seconds()-dt, 0.0
+	i := len(hist)
+	for i > 0 && total+hist[i-1].dt <= keep+1e-9 {
+		total += hist[i-1].dt
+		i--
+	}
+	hist = hist[i:]
+	c.used[m.Key] = hist
+	used := 0.0
+	for _, s := range hist {
+		used += s.used
+	}
+	budget := m.Limit*(total+dt) - used
+	return min(d, max(budget/dt, MinDuty))
+}
+
 // Forget drops a container's state, when it leaves the GPU.
-func (c *Controller) Forget(key string) { delete(c.duty, key) }
+func (c *Controller) Forget(key string) {
+	delete(c.duty, key)
+	delete(c.used, key)
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"testing"
+	"time"
 )
 
 // plant is a GPU time-shared as the fake GPU does: each container asks for
@@ -42,7 +43,7 @@ func simulate(t *testing.T, limits, demands []float64, policy Policy, windows in
 		for i := range limits {
 			members[i] = Member{Key: fmt.Sprint(i), Limit: limits[i], Policy: policy, Usage: usage[i]}
 		}
-		d := c.Update(members, device)
+		d := c.Update(members, device, time.Second)
 		for i := range duty {
 			duty[i] = d[fmt.Sprint(i)]
 		}
@@ -94,7 +95,7 @@ func TestControllerDutyBounds(t *testing.T) {
 	t.Parallel()
 	c := NewController()
 	for range 50 {
-		d := c.Update([]Member{{Key: "x", Limit: 0.001, Policy: Strict, Usage: 1}}, 1)
+		d := c.Update([]Member{{Key: "x", Limit: 0.001, Policy: Strict, Usage: 1}}, 1, time.Second)
 		if d["x"] < MinDuty || d["x"] > 1 {
 			t.Fatalf("duty %v outside [MinDuty, 1]", d["x"])
 		}
@@ -113,5 +114,73 @@ func TestControllerDutyBounds(t *testing.T) {
 	}
 	if _, err := ParsePolicy("fair"); err == nil {
 		t.Error("ParsePolicy(fair) succeeded")
+	}
+}
+
+// onOff runs one Strict container whose work switches on and off with the
+// given period against update (a controller), sampled every second, and
+// returns the highest share of the GPU it used over any 10 s window, judged
+// from the plant, not from what the controller was told.
+func onOff(update func(usage float64) float64, period, phase time.Duration) float64 {
+	const step = 50 * time.Millisecond
+	const sample = time.Second
+	duty := 1.0
+	var perStep []float64
+	var sampleUse float64
+	for t := time.Duration(0); t < 120*time.Second; t += step {
+		u := 0.0
+		if ((t+phase)/(period/2))%2 == 0 {
+			u = duty // a greedy kernel stream runs whenever thawed
+		}
+		perStep = append(perStep, u)
+		sampleUse += u * step.Seconds()
+		if (t+step)%sample == 0 {
+			duty, sampleUse = update(sampleUse/sample.Seconds()), 0
+		}
+	}
+	n := int(StrictWindow / step)
+	worst := 0.0
+	for i := 0; i+n <= len(perStep); i++ {
+		sum := 0.0
+		for _, u := range perStep[i : i+n] {
+			sum += u
+		}
+		worst = max(worst, sum/float64(n))
+	}
+	return worst
+}
+
+func strictUpdate(c *Controller, limit float64) func(float64) float64 {
+	return func(u float64) float64 {
+		return c.Update([]Member{{Key: "x", Limit: limit, Policy: Strict, Usage: u}}, u, time.Second)["x"]
+	}
+}
+
+// TestStrictHoldsOverTimeAgainstOnOffWork is the on/off attack: work
+// switched on and off around the sample interval must not get more than
+// the limit (+2 points) over any 10 s window. It also shows the check can
+// fail: a controller that lets idle windows release the duty (as this one
+// once did) and keeps no window of past use lets the same work through.
+func TestStrictHoldsOverTimeAgainstOnOffWork(t *testing.T) {
+	t.Parallel()
+	for _, limit := range []float64{0.1, 0.2, 0.5} {
+		for _, period := range []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 3 * time.Second, 4 * time.Second} {
+			for _, phase := range []time.Duration{0, 250 * time.Millisecond, 700 * time.Millisecond} {
+				if worst := onOff(strictUpdate(NewController(), limit), period, phase); worst > limit+0.02 {
+					t.Errorf("limit %.2f, %s on/off, phase %s: %.3f of the GPU over the worst 10 s window", limit, period, phase, worst)
+				}
+			}
+		}
+	}
+	broken := NewController()
+	broken.Window = 0
+	forgetful := func(u float64) float64 {
+		if u == 0 {
+			broken.duty["x"] = 1 // idle earns back full duty
+		}
+		return strictUpdate(broken, 0.2)(u)
+	}
+	if worst := onOff(forgetful, 2*time.Second, 0); worst <= 0.22 {
+		t.Errorf("the broken controller held the on/off work to %.3f: the check cannot fail", worst)
 	}
 }

@@ -68,6 +68,9 @@ type DriverOptions struct {
 	CgroupRoot string
 	// Grants says what a new container's pod holds.
 	Grants GrantsFunc
+	// Names tells a new container's name from the runtime's record; nil
+	// leaves every new container's limits to the per-sample pass.
+	Names attribution.ContainerNames
 	// Events records an Event on the pod when a limit cannot be set.
 	Events events.Recorder
 	// Logger receives actions and failures.
@@ -261,13 +264,21 @@ func (d *DriverLimits) isApplied(dir string) bool {
 	return ok
 }
 
-// created limits a new cgroup when it is a container's and its pod has
-// one container holding slices; with several, which one this cgroup is
-// becomes known only from its processes, and the per-sample pass does it.
+// created limits a new cgroup at once when it is a container that holds
+// slices: the runtime's record names the container, and the kubelet's
+// checkpoint says what that container holds. The pod's sandbox (pause)
+// and containers holding no slices (init containers, sidecars) get no
+// limit: a limit is a reservation on a dmem driver. Without the runtime's
+// record nothing is set here; the per-sample pass limits the container once
+// its processes use the GPU.
 func (d *DriverLimits) created(dir string) {
 	rel, _ := filepath.Rel(d.root, dir)
 	c, ok := attribution.ParseCgroupPath("/" + rel)
-	if !ok || c.PodUID == "" || c.ContainerID == "" {
+	if !ok || c.PodUID == "" || c.ContainerID == "" || c.Paths[""] != "/"+rel || d.opts.Names == nil {
+		return
+	}
+	rc, ok := d.opts.Names.Lookup(c.ContainerID)
+	if !ok || rc.Sandbox || (rc.PodUID != "" && rc.PodUID != c.PodUID) {
 		return
 	}
 	grants, err := d.opts.Grants(c.PodUID)
@@ -275,20 +286,13 @@ func (d *DriverLimits) created(dir string) {
 		d.log.Warn("cannot tell what a new container holds; its limits wait for the next sample", "cgroup", dir, "err", err)
 		return
 	}
-	names := map[string]bool{}
-	for _, g := range grants {
-		names[g.Container] = true
-	}
-	if len(names) != 1 {
-		if len(names) > 1 {
-			d.log.Debug("several containers of the pod hold slices; limits wait for the container's processes", "cgroup", dir)
-		}
-		return
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	pod := events.Pod{Namespace: rc.PodNamespace, Name: rc.PodName, UID: c.PodUID}
 	for _, g := range grants {
-		d.setLocked(dir, c.ContainerID, g.GPU, g.MemoryBytes, events.Pod{UID: c.PodUID}, g.Container)
+		if g.Container == rc.Name {
+			d.setLocked(dir, c.ContainerID, g.GPU, g.MemoryBytes, pod, g.Container)
+		}
 	}
 }
 
@@ -360,7 +364,9 @@ func (d *DriverLimits) Apply(snap *sampler.Snapshot) {
 	defer d.mu.Unlock()
 	for _, c := range snap.Containers {
 		p, ok := c.Cgroup.Paths[""]
-		if !ok || c.MemoryLimitBytes == 0 {
+		// A pod-level cgroup holds other containers too: the watchdog
+		// holds such a container instead.
+		if !ok || c.MemoryLimitBytes == 0 || c.Cgroup.PodLevel() {
 			continue
 		}
 		dir := filepath.Join(d.root, p)

@@ -30,6 +30,29 @@ type driverNode struct {
 	base   string // the test's top-level cgroup, in the v2 hierarchy
 	work   string
 	bin    string
+	// runtime is a state dir where the test writes containers' OCI
+	// bundles as containerd does, before their cgroups exist.
+	runtime string
+}
+
+// bundle records a container as containerd does before creating its
+// cgroup: sandbox true for the pod's pause container.
+func (n *driverNode) bundle(t testing.TB, pod, name, cid string, sandbox bool) {
+	t.Helper()
+	typ := "container"
+	if sandbox {
+		typ = "sandbox"
+	}
+	ns, podName, _ := strings.Cut(pod, "/")
+	data := fmt.Sprintf(`{"ociVersion":"1.0.2","annotations":{"io.kubernetes.cri.container-type":%q,"io.kubernetes.cri.container-name":%q,`+
+		`"io.kubernetes.cri.sandbox-uid":%q,"io.kubernetes.cri.sandbox-name":%q,"io.kubernetes.cri.sandbox-namespace":%q}}`,
+		typ, name, kubeletstub.PodUID(pod), podName, ns)
+	if err := os.MkdirAll(filepath.Join(n.runtime, cid), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.runtime, cid, "config.json"), []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func startDriverNode(t testing.TB) *driverNode {
@@ -51,10 +74,12 @@ func startDriverNode(t testing.TB) *driverNode {
 	}
 	base := filepath.Join(root, fmt.Sprintf("gpuslice-driver-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
 	t.Cleanup(func() { removeTree(t, base) })
+	runtime := t.TempDir()
 	d, err := enforce.NewDriverLimits(enforce.DriverOptions{
 		Limiter:    node.GPU,
 		CgroupRoot: "/sys/fs/cgroup",
 		Grants:     enforce.CheckpointGrants(node.Dir, "nvidia.com/vgpu", node.Layout),
+		Names:      attribution.NewRuntimeState([]string{runtime}),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +95,7 @@ func startDriverNode(t testing.TB) *driverNode {
 	})
 	// The watch is in place once Run has added the root; give it a moment.
 	time.Sleep(50 * time.Millisecond)
-	return &driverNode{node: node, limits: d, base: base, work: work, bin: bin}
+	return &driverNode{node: node, limits: d, base: base, work: work, bin: bin, runtime: runtime}
 }
 
 // containerCgroup creates the cgroup a runtime would create for a
@@ -151,6 +176,7 @@ func TestDriverLimitsSetOnCgroupCreationAndRefuseOverLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	limit := 2 * n.node.Layout.GPUs()[0].SliceMemoryBytes
+	n.bundle(t, "ml/train", "main", strings.Repeat("a", 64), false)
 	dir := n.containerCgroup(t, "ml/train", strings.Repeat("a", 64))
 	took := n.waitLimit(t, dir, limit)
 	t.Logf("limit set %v after the cgroup appeared", took)
@@ -207,26 +233,64 @@ wait:
 	}
 }
 
-func TestDriverLimitsWaitForProcessesInMultiContainerPods(t *testing.T) {
+// TestDriverLimitsOnlyOnContainersHoldingSlices is the triple
+// reservation attack: a pod's sandbox, its init container and a sidecar
+// holding no slices must get no limit (a limit reserves memory on a dmem
+// driver); each container holding slices gets its own.
+func TestDriverLimitsOnlyOnContainersHoldingSlices(t *testing.T) {
 	n := startDriverNode(t)
 	ctx := context.Background()
-	for _, c := range []string{"a", "b"} {
-		if _, err := n.node.Connection.Allocate(ctx, "ml/two", c, 1+len(c)); err != nil {
+	for _, c := range []string{"a", "bb"} {
+		if _, err := n.node.Connection.Allocate(ctx, "ml/two", c, len(c)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	dir := n.containerCgroup(t, "ml/two", strings.Repeat("b", 64))
+	slice := n.node.Layout.GPUs()[0].SliceMemoryBytes
+	gpu := n.node.Devices[0].UUID
+	created := map[string]string{}
+	for _, c := range []struct {
+		name, cid string
+		sandbox   bool
+	}{
+		{"", strings.Repeat("0", 64), true},
+		{"init", strings.Repeat("1", 64), false},
+		{"logger", strings.Repeat("2", 64), false},
+		{"a", strings.Repeat("a", 64), false},
+		{"bb", strings.Repeat("b", 64), false},
+	} {
+		n.bundle(t, "ml/two", c.name, c.cid, c.sandbox)
+		created[c.cid] = n.containerCgroup(t, "ml/two", c.cid)
+	}
+	n.waitLimit(t, created[strings.Repeat("a", 64)], slice)
+	n.waitLimit(t, created[strings.Repeat("b", 64)], 2*slice)
+	for _, cid := range []string{strings.Repeat("0", 64), strings.Repeat("1", 64), strings.Repeat("2", 64)} {
+		if l, err := n.node.GPU.MemoryLimits(gpu, created[cid]); err != nil || l.HardBytes != nvml.NoMemoryLimit || l.SoftBytes != 0 {
+			t.Errorf("container %s…: limits %+v, %v; want none", cid[:4], l, err)
+		}
+	}
+	if st := n.limits.Stats(); st.Set != 2 {
+		t.Errorf("stats %+v, want two limits set", st)
+	}
+}
+
+// TestDriverLimitsWaitForProcessesWithoutRuntimeRecord: a container the
+// runtime's state does not name gets its limit from the per-sample pass,
+// once its processes are attributed, never by a guess at creation.
+func TestDriverLimitsWaitForProcessesWithoutRuntimeRecord(t *testing.T) {
+	n := startDriverNode(t)
+	if _, err := n.node.Connection.Allocate(context.Background(), "ml/one", "a", 1); err != nil {
+		t.Fatal(err)
+	}
+	dir := n.containerCgroup(t, "ml/one", strings.Repeat("b", 64))
 	time.Sleep(100 * time.Millisecond)
 	gpu := n.node.Devices[0].UUID
 	if l, err := n.node.GPU.MemoryLimits(gpu, dir); err != nil || l.HardBytes != nvml.NoMemoryLimit {
-		t.Fatalf("limits %+v, %v: two containers hold slices, the cgroup alone cannot say which it is", l, err)
+		t.Fatalf("limits %+v, %v: nothing says what this cgroup is", l, err)
 	}
-	// Once a sample attributes the container's processes, the limit is set.
 	rel, _ := filepath.Rel(n.limits.Root(), dir)
 	c, _ := attribution.ParseCgroupPath("/" + rel)
-	c.Paths = map[string]string{"": "/" + rel}
 	want := n.node.Layout.GPUs()[0].SliceMemoryBytes
-	n.limits.Apply(&sampler.Snapshot{Containers: []sampler.Container{{Namespace: "ml", Pod: "two", Container: "a", GPU: gpu, MemoryLimitBytes: want, Cgroup: c}}})
+	n.limits.Apply(&sampler.Snapshot{Containers: []sampler.Container{{Namespace: "ml", Pod: "one", Container: "a", GPU: gpu, MemoryLimitBytes: want, Cgroup: c}}})
 	n.waitLimit(t, dir, want)
 	if got := n.limits.Limits()[c.ContainerID][gpu]; got != want {
 		t.Errorf("Limits() = %d for the container, want %d", got, want)
@@ -253,6 +317,7 @@ func TestDriverLimitsCgroupRemovedWhileLimitedIsCounted(t *testing.T) {
 	if _, err := n.node.Connection.Allocate(context.Background(), "ml/gone", "main", 1); err != nil {
 		t.Fatal(err)
 	}
+	n.bundle(t, "ml/gone", "main", strings.Repeat("c", 64), false)
 	dir := n.containerCgroup(t, "ml/gone", strings.Repeat("c", 64))
 	n.waitLimit(t, dir, n.node.Layout.GPUs()[0].SliceMemoryBytes)
 	// Removed without ever being populated: no chance to clear first.
@@ -284,6 +349,7 @@ func BenchmarkDriverLimitOnCgroupCreation(b *testing.B) {
 	want := n.node.Layout.GPUs()[0].SliceMemoryBytes
 	var took []time.Duration
 	for i := 0; b.Loop(); i++ {
+		n.bundle(b, "ml/bench", "main", fmt.Sprintf("%064x", i+1), false)
 		start := time.Now()
 		dir := n.containerCgroup(b, "ml/bench", fmt.Sprintf("%064x", i+1))
 		n.waitLimit(b, dir, want)

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
@@ -26,6 +27,15 @@ type Options struct {
 	// PodPolicy, if set, returns a pod's own compute policy (from its
 	// gpuslice.io/compute-policy annotation), or "" to use Policy.
 	PodPolicy func(namespace, pod string) Policy
+	// PodPolicies is what a pod's own policy may do: PodPoliciesStricterOnly
+	// by default.
+	PodPolicies PodPolicyMode
+	// Unauthorized is what is done to a process in a pod that uses a GPU
+	// its container holds no slice of.
+	Unauthorized UnauthorizedPolicy
+	// UnauthorizedExempt are namespaces whose pods may use GPUs without
+	// slices (monitoring such as DCGM); their use is still reported.
+	UnauthorizedExempt []string
 	// Period is the throttle period.
 	Period time.Duration
 	// State records throttled containers across restarts.
@@ -39,13 +49,15 @@ type Options struct {
 // DefaultOptions returns the options the agent uses unless configured.
 func DefaultOptions() Options {
 	return Options{
-		CgroupRoot: "/sys/fs/cgroup",
-		ProcRoot:   "/proc",
-		Compute:    true,
-		Memory:     MemoryKill,
-		Policy:     Burst,
-		Period:     100 * time.Millisecond,
-		State:      StateFile{Path: "/var/lib/gpuslice/enforcement.json"},
+		CgroupRoot:   "/sys/fs/cgroup",
+		ProcRoot:     "/proc",
+		Compute:      true,
+		Memory:       MemoryKill,
+		Policy:       Burst,
+		PodPolicies:  PodPoliciesStricterOnly,
+		Unauthorized: UnauthorizedKill,
+		Period:       100 * time.Millisecond,
+		State:        StateFile{Path: "/var/lib/gpuslice/enforcement.json"},
 	}
 }
 
@@ -75,7 +87,7 @@ type Enforcer struct {
 	mu        sync.Mutex
 	ctrl      map[string]*Controller // by GPU UUID
 	throttles map[string]*Throttle   // by container ID
-	freezers  map[string]Freezer     // by container ID
+	freezers  map[string]heldFreezer // by container ID
 	stats     map[string]Stats       // by container ID
 	// finished is the frozen time of throttles that ended, by container
 	// ID, so a container's total never goes backwards.
@@ -86,6 +98,27 @@ type Enforcer struct {
 	failures    uint64
 	watchdog    *Watchdog
 	driver      *DriverLimits
+	last        time.Time // of the last snapshot applied
+	closed      bool      // Close ran: nothing is frozen again
+	// parked are cgroups frozen for unauthorized GPU use, by cgroup key;
+	// reported are the PIDs already logged for it.
+	parked   map[string]Freezer
+	reported map[int]bool
+	unauth   UnauthorizedStats
+}
+
+// heldFreezer is a container's freezer and the cgroup it was found for.
+type heldFreezer struct {
+	Freezer
+	key string
+}
+
+// UnauthorizedStats counts what was done about unauthorized GPU use.
+type UnauthorizedStats struct {
+	// Killed counts processes killed; Frozen is how many cgroups are
+	// frozen for it now.
+	Killed uint64
+	Frozen int
 }
 
 // UseDriverLimits puts the driver's per-cgroup memory limits in front of
@@ -128,31 +161,46 @@ func New(opts Options) (*Enforcer, error) {
 	if opts.Events == nil {
 		opts.Events = events.Discard{}
 	}
-	n, err := opts.State.ThawRecorded()
+	n, err := opts.State.ThawRecorded(opts.CgroupRoot, opts.Logger)
 	if n > 0 {
 		opts.Logger.Warn("thawed containers a previous agent left throttled", "count", n)
 	}
 	if err != nil {
 		opts.Logger.Error("thaw recorded containers", "err", err)
 	}
+	// The record may be torn, missing or unwritten (a full disk): thaw
+	// every frozen pod and container cgroup the agent could have frozen.
+	if n, err := ThawPodCgroups(opts.CgroupRoot); n > 0 || err != nil {
+		opts.Logger.Warn("thawed frozen pod cgroups found at start", "count", n, "err", err)
+	}
 	return &Enforcer{
 		opts: opts, log: opts.Logger,
 		ctrl: map[string]*Controller{}, throttles: map[string]*Throttle{},
-		freezers: map[string]Freezer{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
+		freezers: map[string]heldFreezer{}, parked: map[string]Freezer{}, reported: map[int]bool{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
 	}, nil
 }
 
 // Apply runs the controller on a snapshot and sets every container's duty.
 // Containers spanning GPUs take the smallest duty of their GPUs, since one
-// freezer holds all of them.
+// freezer holds all of them. A container whose GPU could not be read in
+// this sample keeps the duty it had: a blind agent lets nothing go.
 func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.closed {
+		return
+	}
+	dt := time.Duration(0)
+	if !e.last.IsZero() && snap.Time.After(e.last) {
+		dt = snap.Time.Sub(e.last)
+	}
+	e.last = snap.Time
 	if e.driver != nil {
 		e.driver.Apply(snap)
 	}
 	e.watchdog.Apply(snap)
+	e.unauthorized(snap)
 	if !e.opts.Compute {
 		e.stats = e.memoryOnlyStats(snap)
 		return
@@ -165,15 +213,16 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 	}
 	byGPU := map[string][]Member{}
 	seen := map[string]bool{}
+	hold := map[string]bool{}
 	who := map[string]sampler.Container{}
 	for _, c := range snap.Containers {
-		id := c.Cgroup.ContainerID
+		id := c.Cgroup.Key()
 		if id == "" {
 			continue // no process seen yet: nothing to throttle
 		}
 		seen[id] = true
 		who[id] = c
-		if _, ok := e.freezers[id]; !ok {
+		if f, ok := e.freezers[id]; !ok || f.key != freezerKey(c.Cgroup) {
 			f, err := FreezerFor(e.opts.CgroupRoot, c.Cgroup)
 			if err != nil {
 				if !e.unreachable[id] {
@@ -183,15 +232,23 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 				}
 				continue
 			}
-			delete(e.unreachable, id)
-			e.freezers[id] = f
-		}
-		policy := e.opts.Policy
-		if e.opts.PodPolicy != nil {
-			if p := e.opts.PodPolicy(c.Namespace, c.Pod); p != "" {
-				policy = p
+			if ok {
+				// A process moved up to the pod's cgroup: hold the pod's
+				// cgroup from now on, which contains the container's.
+				e.stop(id)
 			}
+			delete(e.unreachable, id)
+			e.freezers[id] = heldFreezer{Freezer: f, key: freezerKey(c.Cgroup)}
 		}
+		if c.Blind {
+			hold[id] = true
+			continue
+		}
+		var pod Policy
+		if e.opts.PodPolicy != nil {
+			pod = e.opts.PodPolicy(c.Namespace, c.Pod)
+		}
+		policy := e.opts.PodPolicies.Effective(e.opts.Policy, pod)
 		byGPU[c.GPU] = append(byGPU[c.GPU], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: policy, Usage: c.SMUtilization})
 	}
 	duty := map[string]float64{}
@@ -201,21 +258,24 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 			ctrl = NewController()
 			e.ctrl[gpu] = ctrl
 		}
-		for k, d := range ctrl.Update(members, util[gpu]) {
+		for k, d := range ctrl.Update(members, util[gpu], dt) {
 			if cur, ok := duty[k]; !ok || d < cur {
 				duty[k] = d
 			}
 		}
 	}
 	for id, d := range duty {
+		if hold[id] {
+			continue // one of its GPUs is blind: keep the duty it has
+		}
 		t := e.throttles[id]
 		switch {
 		case t == nil && d < 1:
-			t = StartThrottle(e.freezers[id], e.opts.Period)
+			t = StartThrottle(e.freezers[id].Freezer, e.opts.Period)
 			e.throttles[id] = t
 			e.record()
 			c := who[id]
-			e.log.Info("throttling container", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "container_id", id, "duty", d)
+			e.log.Info("throttling container", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "cgroup", id, "duty", d)
 			e.opts.Events.Normal(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUComputeThrottled",
 				fmt.Sprintf("Container %s uses more GPU compute than its %.0f%% share of GPU %d; it runs %.0f%% of each %s period until it is back within it.",
 					c.Container, c.ComputeLimitRatio*100, c.Index, d*100, e.opts.Period))
@@ -267,6 +327,11 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 	e.stats = stats
 }
 
+// freezerKey names the cgroup a container's freezer must hold.
+func freezerKey(c attribution.Container) string {
+	return c.Key() + "|" + c.Paths[""] + "|" + c.Paths["freezer"]
+}
+
 func (e *Enforcer) stop(id string) {
 	if t := e.throttles[id]; t != nil {
 		t.Stop()
@@ -276,11 +341,14 @@ func (e *Enforcer) stop(id string) {
 	}
 }
 
-// record writes the freezer files of every throttled container.
+// record writes the freezer files of every throttled or parked cgroup.
 func (e *Enforcer) record() {
-	files := make([]string, 0, len(e.throttles))
+	files := make([]string, 0, len(e.throttles)+len(e.parked))
 	for id := range e.throttles {
 		files = append(files, e.freezers[id].File)
+	}
+	for _, f := range e.parked {
+		files = append(files, f.File)
 	}
 	if err := e.opts.State.Write(files); err != nil {
 		e.failures++
@@ -308,13 +376,21 @@ func (e *Enforcer) Failures() uint64 {
 }
 
 // Close stops every throttle, thawing every container, and clears the
-// record.
+// record. Samples applied after it change nothing.
 func (e *Enforcer) Close() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.closed = true
 	for id := range e.throttles {
 		e.stop(id)
 	}
+	for key, f := range e.parked {
+		if err := f.Thaw(); err != nil {
+			e.log.Warn("thaw cgroup frozen for unauthorized gpu use", "cgroup", key, "err", err)
+		}
+		delete(e.parked, key)
+	}
+	e.record()
 }
 
 // memoryOnlyStats reports the watchdog's work when the throttle is off.
@@ -323,7 +399,7 @@ func (e *Enforcer) memoryOnlyStats(snap *sampler.Snapshot) map[string]Stats {
 	driver := e.driverLimits()
 	out := map[string]Stats{}
 	for _, c := range snap.Containers {
-		if id := c.Cgroup.ContainerID; id != "" {
+		if id := c.Cgroup.Key(); id != "" {
 			m := mem[id]
 			out[id] = Stats{Duty: 1, MemoryEvents: m.Events, Kills: m.Kills, DriverMemoryLimits: driver[id]}
 		}

@@ -132,11 +132,14 @@ func (w *Watchdog) Apply(snap *sampler.Snapshot) {
 	}
 	seen := map[string]bool{}
 	for _, c := range snap.Containers {
-		id := c.Cgroup.ContainerID
+		id := c.Cgroup.Key()
 		if id == "" {
 			continue
 		}
 		seen[id] = true
+		if c.Blind {
+			continue // its use is unknown this sample
+		}
 		st := w.stats[id]
 		if st == nil {
 			st = &MemoryStats{}
@@ -160,9 +163,11 @@ func (w *Watchdog) Apply(snap *sampler.Snapshot) {
 			continue
 		}
 		for _, p := range victims(c.Procs, c.MemoryLimitBytes, func(pid int) uint64 { return startTime(w.procRoot, pid) }) {
-			// PIDs are reused: kill only a process still in this container.
+			// PIDs are reused: kill only a process still in this container
+			// (or, where the container's processes reach into the pod's
+			// cgroup, still in this pod).
 			now, err := attribution.ForPID(w.procRoot, p.PID)
-			if err != nil || now.ContainerID != id {
+			if err != nil || !within(now, c.Cgroup) {
 				continue
 			}
 			if err := w.kill(p.PID); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -182,6 +187,15 @@ func (w *Watchdog) Apply(snap *sampler.Snapshot) {
 			delete(w.stats, id)
 		}
 	}
+}
+
+// within reports whether a process's cgroup lies in the cgroup held for a
+// container: the container's own, or its pod's.
+func within(proc, held attribution.Container) bool {
+	if held.PodLevel() {
+		return proc.PodUID == held.PodUID
+	}
+	return proc.Key() == held.Key() && proc.PodUID == held.PodUID
 }
 
 // Stats returns what the watchdog did, by container ID.

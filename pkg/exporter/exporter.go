@@ -184,8 +184,13 @@ func (c *containerCollector) Collect(ch chan<- prometheus.Metric) {
 		l := containerValues(ctr)
 		ch <- prometheus.MustNewConstMetric(c.slices, prometheus.GaugeValue, float64(ctr.Slices), l...)
 		ch <- prometheus.MustNewConstMetric(c.memLimit, prometheus.GaugeValue, float64(ctr.MemoryLimitBytes), l...)
-		ch <- prometheus.MustNewConstMetric(c.memUsed, prometheus.GaugeValue, float64(ctr.MemoryUsedBytes), l...)
 		ch <- prometheus.MustNewConstMetric(c.compLimit, prometheus.GaugeValue, ctr.ComputeLimitRatio, l...)
+		if ctr.Blind {
+			// Its GPU's processes could not be listed: its use is unknown,
+			// and a zero here would read as an idle pod downstream.
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.memUsed, prometheus.GaugeValue, float64(ctr.MemoryUsedBytes), l...)
 		ch <- prometheus.MustNewConstMetric(c.util, prometheus.GaugeValue, ctr.SMUtilization, l...)
 		if ctr.ComputeLimitRatio > 0 {
 			ch <- prometheus.MustNewConstMetric(c.utilOfLimit, prometheus.GaugeValue, ctr.SMUtilization/ctr.ComputeLimitRatio, l...)
@@ -255,7 +260,7 @@ func (c *enforcementCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, ctr := range snap.Containers {
 		l := containerValues(ctr)
-		st, known := stats[ctr.Cgroup.ContainerID]
+		st, known := stats[ctr.Cgroup.Key()]
 		if !known {
 			st = enforce.Stats{Duty: 1}
 		}
@@ -279,6 +284,7 @@ type agentCollector struct {
 	src                                               Source
 	version                                           string
 	build, duration, errors, unattributed, lastSample *prometheus.Desc
+	unauthorized, blind                               *prometheus.Desc
 }
 
 func newAgentCollector(src Source, version string) *agentCollector {
@@ -289,11 +295,16 @@ func newAgentCollector(src Source, version string) *agentCollector {
 		errors:       desc("agent", "errors_total", "Failed reads while sampling, by source.", "source"),
 		unattributed: desc("agent", "unattributed_processes", "GPU processes in the last sample that no container holding slices could be found for.", gpuLabels...),
 		lastSample:   desc("agent", "last_sample_timestamp_seconds", "When the last sample was taken."),
+		unauthorized: desc("agent", "unauthorized_processes",
+			"GPU processes in the last sample that run in a pod whose container holds no slice of the GPU.", gpuLabels...),
+		blind: desc("agent", "gpu_blind",
+			"1 when the GPU's readings or process list failed in the last sample: its containers' use series are absent, not zero, and their throttles hold; 0 otherwise.",
+			gpuLabels...),
 	}
 }
 
 func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.build, c.duration, c.errors, c.unattributed, c.lastSample} {
+	for _, d := range []*prometheus.Desc{c.build, c.duration, c.errors, c.unattributed, c.lastSample, c.unauthorized, c.blind} {
 		ch <- d
 	}
 }
@@ -315,8 +326,18 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, u := range s.Unattributed {
 		perGPU[u.GPU]++
 	}
+	denied := map[string]int{}
+	for _, u := range s.Unauthorized {
+		denied[u.GPU]++
+	}
 	for _, d := range s.Devices {
 		ch <- prometheus.MustNewConstMetric(c.unattributed, prometheus.GaugeValue, float64(perGPU[d.UUID]), gpuValues(d)...)
+		ch <- prometheus.MustNewConstMetric(c.unauthorized, prometheus.GaugeValue, float64(denied[d.UUID]), gpuValues(d)...)
+		b := 0.0
+		if d.Blind() {
+			b = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.blind, prometheus.GaugeValue, b, gpuValues(d)...)
 	}
 	if !s.Time.IsZero() {
 		ch <- prometheus.MustNewConstMetric(c.lastSample, prometheus.GaugeValue, float64(s.Time.UnixMilli())/1000)

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"golang.org/x/net/netutil"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/exporter-toolkit/web"
@@ -22,13 +24,16 @@ func Handler(reg *prometheus.Registry, ready func() bool, log *slog.Logger) http
 		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelError),
 		ErrorHandling: promhttp.ContinueOnError,
 		Timeout:       10 * time.Second,
+		// Each scrape in flight holds a rendered body; past the bound,
+		// scrapers get 503 rather than the agent running out of memory.
+		MaxRequestsInFlight: MaxScrapesInFlight,
 	}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready() {
-			http.Error(w, "not ready: not registered with the kubelet or not sampled yet", http.StatusServiceUnavailable)
+			http.Error(w, "not ready: not registered with a live kubelet or not sampled yet", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
@@ -48,10 +53,25 @@ func ValidateWebConfig(path string) error {
 	return nil
 }
 
+// Bounds on the metrics server, so that no client can hold the agent's
+// memory or its shutdown: scrapes in flight, connections, and how long a
+// request may take to arrive and its answer to be taken.
+const (
+	MaxScrapesInFlight = 4
+	MaxConnections     = 64
+	ReadTimeout        = 10 * time.Second
+	WriteTimeout       = 15 * time.Second
+	IdleTimeout        = 60 * time.Second
+)
+
 // Serve serves h on lis until ctx ends, with TLS and basic auth when
 // webConfigFile names an exporter-toolkit web config.
 func Serve(ctx context.Context, lis net.Listener, h http.Handler, webConfigFile string, log *slog.Logger) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	lis = netutil.LimitListener(lis, MaxConnections)
+	srv := &http.Server{
+		Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: ReadTimeout,
+		WriteTimeout: WriteTimeout, IdleTimeout: IdleTimeout, MaxHeaderBytes: 16 << 10,
+	}
 	errc := make(chan error, 1)
 	go func() {
 		errc <- web.Serve(lis, srv, &web.FlagConfig{WebConfigFile: &webConfigFile}, log)
@@ -63,8 +83,11 @@ func Serve(ctx context.Context, lis net.Listener, h http.Handler, webConfigFile 
 		}
 		return fmt.Errorf("metrics server: %w", err)
 	case <-ctx.Done():
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		return srv.Shutdown(shutdown)
+		if err := srv.Shutdown(shutdown); err != nil {
+			return srv.Close() // a client that will not let go
+		}
+		return nil
 	}
 }

@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +66,10 @@ type Options struct {
 	PluginDir string
 	// ResourceName is the resource whose slices are attributed.
 	ResourceName string
+	// Names tells containers' names from the runtime's records; nil
+	// attributes by pod alone (a pod with one container holding slices of
+	// the GPU).
+	Names attribution.ContainerNames
 	// Logger receives failures, at most one line per source per minute.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -94,6 +95,9 @@ type Device struct {
 	// Sample is the GPU's state; valid only when SampleOK.
 	Sample   nvml.Sample
 	SampleOK bool
+	// ProcessesOK is false when the GPU's processes could not be listed:
+	// then no container's use of the GPU is known.
+	ProcessesOK bool
 	// Health is the device plugin's view.
 	Health nvml.Health
 	// XIDs counts critical XIDs by XID since the agent started.
@@ -132,10 +136,19 @@ type Container struct {
 	Processes int
 	// Procs are those processes, with their memory and SM utilization.
 	Procs []nvml.Process
-	// Cgroup is the container's cgroup, from its processes; zero when none
-	// of them was seen.
+	// Cgroup is the cgroup that holds the container's GPU processes, from
+	// those processes: the container's own, or its pod's when one of them
+	// runs in the pod's cgroup; zero when none of them was seen.
 	Cgroup attribution.Container
+	// Blind is true when the GPU's processes could not be listed in this
+	// sample: the use fields above are unknown, not zero, and Cgroup is
+	// the last one seen.
+	Blind bool
 }
+
+// Blind reports whether the device's use by containers is unknown in this
+// sample: its readings or its process list failed.
+func (d Device) Blind() bool { return !d.SampleOK || !d.ProcessesOK }
 
 // Snapshot is the node's state at one sample. It is never modified once
 // published.
@@ -145,6 +158,9 @@ type Snapshot struct {
 	Devices      []Device
 	Containers   []Container
 	Unattributed []attribution.Unattributed
+	// Unauthorized are processes in pods using GPUs their containers hold
+	// no slices of.
+	Unauthorized []attribution.Unauthorized
 	// Errors counts failures by source since the agent started.
 	Errors map[string]uint64
 	// Durations is how long samples took, up to the previous one.
@@ -156,6 +172,7 @@ type containerKey struct{ ns, pod, ctr, gpu string }
 type accum struct {
 	busy       float64
 	lastActive time.Time
+	cgroup     attribution.Container // the last seen, kept while blind
 }
 
 // Sampler samples the node in the background.
@@ -256,6 +273,7 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 
 	snap := &Snapshot{Time: start, Errors: map[string]uint64{}}
 	var procs []attribution.GPUProcess
+	var unauthorized []attribution.Unauthorized
 	type gpuPID struct {
 		gpu string
 		pid int
@@ -273,7 +291,9 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 		}
 		ps, err := s.gpus.Processes(d.UUID)
 		if err != nil {
-			s.fail(SourceNVML, fmt.Errorf("gpu %s: %w", d.UUID, err))
+			s.fail(SourceNVML, fmt.Errorf("gpu %s processes: %w", d.UUID, err))
+		} else {
+			dev.ProcessesOK = true
 		}
 		for _, p := range ps {
 			gp := attribution.GPUProcess{PID: p.PID, GPU: d.UUID}
@@ -281,13 +301,15 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 			switch {
 			case err == nil:
 				gp.Container = c
+			case errors.Is(err, attribution.ErrConflict):
+				// Placed in two containers at once: only a process that
+				// writes cgroupfs outside its own subtree can do that.
+				unauthorized = append(unauthorized, attribution.Unauthorized{GPUProcess: gp, Reason: err.Error()})
+				continue
 			case errors.Is(err, attribution.ErrNotContainer), errors.Is(err, fs.ErrNotExist):
 				// A host process, or one that exited since NVML listed it.
 			default:
 				s.fail(SourceProc, err)
-			}
-			if env, err := os.ReadFile(filepath.Join(s.opts.ProcRoot, strconv.Itoa(p.PID), "environ")); err == nil {
-				gp.EnvSliceIDs = attribution.EnvSliceIDs(env)
 			}
 			procs = append(procs, gp)
 			usage[gpuPID{d.UUID, p.PID}] = p
@@ -295,10 +317,17 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 		snap.Devices = append(snap.Devices, dev)
 	}
 
-	attributed, unattributed := attribution.Join(procs, s.assignments, checkpoint, s.opts.ResourceName)
-	snap.Unattributed = unattributed
+	joined := attribution.Join(procs, s.assignments, checkpoint, s.opts.ResourceName, s.opts.Names)
+	snap.Unattributed = joined.Unattributed
+	snap.Unauthorized = append(unauthorized, joined.Unauthorized...)
+	blind := map[string]bool{}
+	for _, d := range snap.Devices {
+		if d.Blind() {
+			blind[d.UUID] = true
+		}
+	}
 	podUID := map[[3]string]string{}
-	for _, a := range attributed {
+	for _, a := range joined.Attributed {
 		podUID[[3]string{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container}] = a.PodUID
 	}
 
@@ -325,7 +354,7 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 			allocated[l.UUID] += l.Slices
 		}
 	}
-	for _, a := range attributed {
+	for _, a := range joined.Attributed {
 		e := entries[containerKey{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container, a.GPU}]
 		if e == nil {
 			continue
@@ -335,7 +364,9 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 		e.SMUtilization += p.SMUtilization
 		e.Processes++
 		e.Procs = append(e.Procs, p)
-		if a.Container.ContainerID != "" {
+		// The pod's cgroup holds the container's too: once one process
+		// runs there, only the pod's cgroup contains them all.
+		if e.Cgroup.Key() == "" || a.Container.PodLevel() {
 			e.Cgroup = a.Container
 		}
 	}
@@ -346,6 +377,16 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 			acc = &accum{}
 			s.accums[k] = acc
 		}
+		if blind[e.GPU] {
+			// Nothing is known of its use: no made-up zero, no integration,
+			// and the cgroup last seen, so enforcement holds what it had.
+			e.Blind = true
+			e.Cgroup = acc.cgroup
+			e.BusySeconds, e.LastActive = acc.busy, acc.lastActive
+			snap.Containers = append(snap.Containers, *e)
+			continue
+		}
+		acc.cgroup = e.Cgroup
 		acc.busy += e.SMUtilization * dt.Seconds()
 		if e.SMUtilization > 0 {
 			acc.lastActive = start

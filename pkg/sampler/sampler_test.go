@@ -180,8 +180,29 @@ func TestSharedGPUAttributedPerContainer(t *testing.T) {
 	if got, want := dev.Sample.MemoryUsedBytes, ca.MemoryUsedBytes+cb.MemoryUsedBytes+512<<20; got != want {
 		t.Errorf("device memory used = %d, want %d", got, want)
 	}
-	if u := snap.Unattributed; len(u) != 1 || u[0].PID != stray || !strings.Contains(u[0].Reason, "not in a container") {
+	if u := snap.Unattributed; len(u) != 1 || u[0].PID != stray || !strings.Contains(u[0].Reason, "not in a pod or container") {
 		t.Errorf("unattributed = %+v, want the stray process", u)
+	}
+
+	// NVML cannot list the GPU's processes: the containers' use is unknown,
+	// never zero, and nothing is integrated meanwhile.
+	if err := node.GPU.FailCall(fakegpu.CallProcesses, true); err != nil {
+		t.Fatal(err)
+	}
+	s.SampleOnce(ctx)
+	blind := s.Snapshot()
+	for _, c := range blind.Containers {
+		if !c.Blind || c.BusySeconds != busy(snap, c.Pod) || c.Cgroup.Key() == "" {
+			t.Errorf("container %s while blind: %+v; want blind, its busy seconds and cgroup kept", c.Pod, c)
+		}
+	}
+	for _, d := range blind.Devices {
+		if d.UUID == gpu && (!d.Blind() || d.ProcessesOK) {
+			t.Errorf("device while blind: %+v", d)
+		}
+	}
+	if err := node.GPU.FailCall(fakegpu.CallProcesses, false); err != nil {
+		t.Fatal(err)
 	}
 
 	// The kubelet goes away: errors are counted, the containers stay.

@@ -1,0 +1,200 @@
+package attribution
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// RuntimeContainer is what the container runtime recorded about one
+// container when it created it: the OCI bundle's annotations, written on
+// the host before the container's first process ran.
+type RuntimeContainer struct {
+	// Name is the container's name in its pod spec; empty for a sandbox.
+	Name string
+	// Sandbox is true for the pod's sandbox (pause) container.
+	Sandbox bool
+	// PodUID, PodNamespace and PodName identify its pod, where the runtime
+	// records them.
+	PodUID, PodNamespace, PodName string
+}
+
+// ContainerNames tells a container's name in its pod from its runtime ID.
+type ContainerNames interface {
+	// Lookup returns what the runtime recorded about a container, and
+	// false when nothing is known of it.
+	Lookup(containerID string) (RuntimeContainer, bool)
+}
+
+// OCI annotations the CRI runtimes put on each container's bundle.
+const (
+	annContainerdType      = "io.kubernetes.cri.container-type"
+	annContainerdName      = "io.kubernetes.cri.container-name"
+	annContainerdPodUID    = "io.kubernetes.cri.sandbox-uid"
+	annContainerdPodName   = "io.kubernetes.cri.sandbox-name"
+	annContainerdNamespace = "io.kubernetes.cri.sandbox-namespace"
+	annCRIOType            = "io.kubernetes.cri-o.ContainerType"
+	annCRIOName            = "io.kubernetes.container.name"
+	annCRIOPodUID          = "io.kubernetes.pod.uid"
+	annCRIOPodName         = "io.kubernetes.pod.name"
+	annCRIONamespace       = "io.kubernetes.pod.namespace"
+)
+
+// maxBundleConfig bounds how much of a bundle's config.json is read.
+const maxBundleConfig = 4 << 20
+
+// RuntimeState reads containers' OCI bundles from the runtimes' state
+// directories on the host: containerd's
+// /run/containerd/io.containerd.runtime.v2.task/k8s.io/<id>/config.json
+// and CRI-O's /run/containers/storage/overlay-containers/<id>/userdata/config.json.
+// These are written by the runtime, outside the container, before the
+// container's cgroup exists, so they answer for a cgroup the moment it is
+// created. What was found is remembered (a container ID never changes
+// hands); Forget drops it.
+type RuntimeState struct {
+	dirs []string
+
+	mu    sync.Mutex
+	known map[string]bundle
+	swept int // len(known) after the last sweep
+}
+
+// bundle is a container's record and where it was read from.
+type bundle struct {
+	RuntimeContainer
+	path string
+}
+
+var _ ContainerNames = (*RuntimeState)(nil)
+
+// DefaultRuntimeStateDirs are containerd's and CRI-O's state directories
+// for Kubernetes containers.
+var DefaultRuntimeStateDirs = []string{
+	"/run/containerd/io.containerd.runtime.v2.task/k8s.io",
+	"/run/containers/storage/overlay-containers",
+}
+
+// NewRuntimeState reads bundles under dirs.
+func NewRuntimeState(dirs []string) *RuntimeState {
+	return &RuntimeState{dirs: dirs, known: map[string]bundle{}}
+}
+
+// Lookup returns the runtime's record of a container.
+func (r *RuntimeState) Lookup(containerID string) (RuntimeContainer, bool) {
+	if !isContainerID(containerID) {
+		return RuntimeContainer{}, false
+	}
+	r.mu.Lock()
+	b, ok := r.known[containerID]
+	r.mu.Unlock()
+	if ok {
+		return b.RuntimeContainer, true
+	}
+	for _, dir := range r.dirs {
+		for _, f := range []string{
+			filepath.Join(dir, containerID, "config.json"),
+			filepath.Join(dir, containerID, "userdata", "config.json"),
+		} {
+			c, err := readBundle(f)
+			if err != nil {
+				continue
+			}
+			r.mu.Lock()
+			r.known[containerID] = bundle{RuntimeContainer: c, path: f}
+			r.sweepLocked()
+			r.mu.Unlock()
+			return c, true
+		}
+	}
+	return RuntimeContainer{}, false
+}
+
+// Forget drops what is remembered of containers not in keep.
+func (r *RuntimeState) Forget(keep func(containerID string) bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id := range r.known {
+		if !keep(id) {
+			delete(r.known, id)
+		}
+	}
+}
+
+// sweepLocked forgets containers whose bundles the runtime has removed,
+// whenever what is remembered has doubled since the last sweep.
+func (r *RuntimeState) sweepLocked() {
+	if len(r.known) < max(64, 2*r.swept) {
+		return
+	}
+	for id, b := range r.known {
+		if _, err := os.Stat(b.path); errors.Is(err, os.ErrNotExist) {
+			delete(r.known, id)
+		}
+	}
+	r.swept = len(r.known)
+}
+
+func readBundle(path string) (RuntimeContainer, error) {
+	f, err := os.Open(path) //nolint:gosec // a runtime state dir the operator names, and a checked 64-hex ID
+	if err != nil {
+		return RuntimeContainer{}, err
+	}
+	defer func() { _ = f.Close() }()
+	data, err := io.ReadAll(io.LimitReader(f, maxBundleConfig))
+	if err != nil {
+		return RuntimeContainer{}, err
+	}
+	return ParseBundleConfig(data)
+}
+
+// ErrNotKubernetes reports a bundle without the CRI annotations: not a
+// Kubernetes container.
+var ErrNotKubernetes = errors.New("bundle has no Kubernetes container annotations")
+
+// ParseBundleConfig reads the Kubernetes annotations of an OCI bundle's
+// config.json, as containerd or CRI-O write them.
+func ParseBundleConfig(data []byte) (RuntimeContainer, error) {
+	var spec struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return RuntimeContainer{}, fmt.Errorf("parse bundle config: %w", err)
+	}
+	a := spec.Annotations
+	pick := func(keys ...string) string {
+		for _, k := range keys {
+			if v := a[k]; v != "" {
+				return v
+			}
+		}
+		return ""
+	}
+	typ := pick(annContainerdType, annCRIOType)
+	c := RuntimeContainer{
+		Name:         pick(annContainerdName, annCRIOName),
+		PodNamespace: pick(annContainerdNamespace, annCRIONamespace),
+		PodName:      pick(annContainerdPodName, annCRIOPodName),
+	}
+	if u := pick(annContainerdPodUID, annCRIOPodUID); u != "" {
+		uid, ok := canonicalUID(u)
+		if !ok {
+			return RuntimeContainer{}, fmt.Errorf("bundle names pod UID %q, not a UID", u)
+		}
+		c.PodUID = uid
+	}
+	switch typ {
+	case "sandbox":
+		c.Sandbox, c.Name = true, ""
+	case "container":
+		if c.Name == "" {
+			return RuntimeContainer{}, errors.New("bundle of a container without a container name")
+		}
+	default:
+		return RuntimeContainer{}, ErrNotKubernetes
+	}
+	return c, nil
+}
