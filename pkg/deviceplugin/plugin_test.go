@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +13,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
@@ -714,5 +717,70 @@ func assertDisjoint(t *testing.T, a, b []string) {
 				t.Errorf("slice %s handed out twice", x)
 			}
 		}
+	}
+}
+
+// TestIdleClientsCannotHoldShutdownOrRestart: connections that never
+// speak and streams that are never read must not delay the plugin's stop
+// (grpc's Stop waits on unfinished handshakes for two minutes by default),
+// so SIGTERM and re-registration after a kubelet restart stay prompt.
+func TestIdleClientsCannotHoldShutdownOrRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	e.waitPlugin(t)
+	sock := filepath.Join(e.dir, "gpuslice.sock")
+	var idle []net.Conn
+	for range 3 {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	t.Cleanup(func() {
+		for _, c := range idle {
+			_ = c.Close()
+		}
+	})
+	// Unread ListAndWatch streams from a client of the real API.
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	for range 3 {
+		if _, err := pluginapi.NewDevicePluginClient(conn).ListAndWatch(context.Background(), &pluginapi.Empty{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	e.stop()
+	// The bound is the plugin's own grace (one second, then a hard stop);
+	// failing means minutes, not a slow machine.
+	if took := time.Since(start); took > 15*time.Second {
+		t.Errorf("stop took %v with idle clients connected", took)
+	}
+}
+
+// TestConnectedNeedsALiveKubelet: /readyz follows Connected, which needs
+// the kubelet to hold the plugin's ListAndWatch stream, not only a past
+// registration.
+func TestConnectedNeedsALiveKubelet(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	e.waitPlugin(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for !e.plugin.Connected() {
+		if time.Now().After(deadline) {
+			t.Fatal("never connected to the live kubelet")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.kubelet.Stop()
+	for e.plugin.Connected() {
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatal("still connected with the kubelet gone")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -291,5 +292,76 @@ func TestUnreachableContainerCountedOnce(t *testing.T) {
 	e.Apply(snap)                // back: a new episode, counted again
 	if n := e.Failures(); n != 2 {
 		t.Errorf("Failures() = %d after the container came back, want 2", n)
+	}
+}
+
+// TestStateFileTrustsNothing is the hostile record: the root agent must
+// write THAWED or 0 into nothing but a freezer file of a cgroup under the
+// cgroup root.
+func TestStateFileTrustsNothing(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "freezer.state") // named like one, not on cgroupfs
+	other := filepath.Join(dir, "passwd")
+	for _, f := range []string{victim, other} {
+		if err := os.WriteFile(f, []byte("precious"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := filepath.Join(cgroupRoot, "unified", fmt.Sprintf("gpuslice-link-%d", os.Getpid()))
+	state := StateFile{Path: filepath.Join(dir, "enforcement.json")}
+	if err := state.Write([]string{victim, other, "/sys/fs/cgroup/unified/../../../etc/cgroup.freeze", link + "/cgroup.freeze", "relative/cgroup.freeze"}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := state.ThawRecorded(cgroupRoot, nil); n != 0 || err != nil {
+		t.Errorf("ThawRecorded() = %d, %v; want nothing thawed, no error", n, err)
+	}
+	for _, f := range []string{victim, other} {
+		if data, _ := os.ReadFile(f); string(data) != "precious" {
+			t.Errorf("%s was written: %q", f, data)
+		}
+	}
+	for _, f := range []string{victim, "/etc/cgroup.freeze", "/sys/fs/cgroup/unified/x/../cgroup.freeze"} {
+		if err := checkFreezerFile(cgroupRoot, f); err == nil {
+			t.Errorf("checkFreezerFile(%q) accepted it", f)
+		}
+	}
+}
+
+// TestThawPodCgroupsAtStart: with no record at all (torn, or a full disk
+// kept it from being written), a new agent thaws frozen pod and container
+// cgroups, and leaves a tenant's own frozen subtree alone.
+func TestThawPodCgroupsAtStart(t *testing.T) {
+	t.Parallel()
+	_, top := testCgroup(t, "")
+	ctr := filepath.Join(top, "kubepods", "burstable", "pod1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d", strings.Repeat("e", 64))
+	own := filepath.Join(ctr, "tenant-frozen")
+	if err := os.MkdirAll(own, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for p := own; p != top; p = filepath.Dir(p) {
+			_ = Freezer{File: filepath.Join(p, "cgroup.freeze")}.Thaw()
+			_ = os.Remove(p)
+		}
+	})
+	for _, d := range []string{ctr, own} {
+		if err := (Freezer{File: filepath.Join(d, "cgroup.freeze")}).Freeze(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := DefaultOptions()
+	o.CgroupRoot = cgroupRoot
+	o.State = StateFile{Path: filepath.Join(t.TempDir(), "none.json")}
+	e, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if v, _ := os.ReadFile(filepath.Join(ctr, "cgroup.freeze")); strings.TrimSpace(string(v)) != "0" {
+		t.Errorf("the container's cgroup is still frozen: %q", v)
+	}
+	if v, _ := os.ReadFile(filepath.Join(own, "cgroup.freeze")); strings.TrimSpace(string(v)) != "1" {
+		t.Errorf("the tenant's own frozen subtree was thawed: %q", v)
 	}
 }

@@ -184,3 +184,37 @@ func TestStrictHoldsOverTimeAgainstOnOffWork(t *testing.T) {
 		t.Errorf("the broken controller held the on/off work to %.3f: the check cannot fail", worst)
 	}
 }
+
+// TestPodPolicyModes: by default a pod may only make its policy stricter
+// than the node's; an administrator can allow either way or ignore pods.
+func TestPodPolicyModes(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		mode      PodPolicyMode
+		node, pod Policy
+		want      Policy
+	}{
+		{PodPoliciesStricterOnly, Strict, Burst, Strict}, // the attack: burst on a strict node
+		{PodPoliciesStricterOnly, Burst, Strict, Strict},
+		{PodPoliciesStricterOnly, Burst, "", Burst},
+		{PodPoliciesAllow, Strict, Burst, Burst},
+		{PodPoliciesIgnore, Burst, Strict, Burst},
+	}
+	for _, tc := range tests {
+		if got := tc.mode.Effective(tc.node, tc.pod); got != tc.want {
+			t.Errorf("%s: node %s, pod %q: %s, want %s", tc.mode, tc.node, tc.pod, got, tc.want)
+		}
+	}
+	if m, err := ParsePodPolicyMode(""); err != nil || m != PodPoliciesStricterOnly {
+		t.Errorf("default mode = %s, %v", m, err)
+	}
+	if _, err := ParsePodPolicyMode("sometimes"); err == nil {
+		t.Error("an unknown mode was accepted")
+	}
+	if p, err := ParseUnauthorizedPolicy(""); err != nil || p != UnauthorizedKill {
+		t.Errorf("default unauthorized policy = %s, %v", p, err)
+	}
+	if _, err := ParseUnauthorizedPolicy("ignore"); err == nil {
+		t.Error("an unknown unauthorized policy was accepted")
+	}
+}

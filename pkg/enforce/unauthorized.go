@@ -50,7 +50,9 @@ func (e *Enforcer) unauthorized(snap *sampler.Snapshot) {
 	}
 	changed := false
 	for key, c := range wantParked {
-		if _, ok := e.parked[key]; ok {
+		if f, ok := e.parked[key]; ok {
+			// Frozen again every sample: whatever thawed it meanwhile.
+			_ = f.Freeze()
 			continue
 		}
 		f, err := FreezerFor(e.opts.CgroupRoot, c)

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -22,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
 
 func serve(t *testing.T, webConfig string, ready func() bool) string {
@@ -141,5 +144,83 @@ func TestValidateWebConfig(t *testing.T) {
 	}
 	if err := ValidateWebConfig("/nonexistent/web.yaml"); err == nil {
 		t.Error("ValidateWebConfig(missing) succeeded")
+	}
+}
+
+// slowSource makes every scrape take a while, as a node with many
+// containers or a loaded machine does.
+type slowSource struct{ fixed }
+
+func (s slowSource) Snapshot() *sampler.Snapshot {
+	time.Sleep(300 * time.Millisecond)
+	return s.fixed.Snapshot()
+}
+
+// TestScrapeFloodIsBounded: many concurrent scrapes get 503 past the
+// in-flight bound instead of each holding a rendered body; shutdown is
+// not held by clients that never read.
+func TestScrapeFloodIsBounded(t *testing.T) {
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	h := Handler(NewRegistry(slowSource{fixed{snapshot()}}, info), func() bool { return true }, slog.New(slog.DiscardHandler))
+	go func() { done <- Serve(ctx, lis, h, "", slog.New(slog.DiscardHandler)) }()
+	url := "http://" + lis.Addr().String() + "/metrics"
+	// Clients that send a request and never read the answer.
+	for range 8 {
+		c, err := net.Dial("tcp", lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+	}
+	codes := make(chan int, 40)
+	for range 40 {
+		go func() {
+			resp, err := http.Get(url)
+			if err != nil {
+				codes <- 0
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	count := map[int]int{}
+	for range 40 {
+		count[<-codes]++
+	}
+	if count[http.StatusServiceUnavailable] == 0 {
+		t.Errorf("status codes %v: no scrape was turned away past %d in flight", count, MaxScrapesInFlight)
+	}
+	// Once the flood has passed, scrapes are served again.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no scrape served after the flood: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve() = %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("shutdown held by clients that never read")
 	}
 }

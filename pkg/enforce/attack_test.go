@@ -1,0 +1,372 @@
+package enforce_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+	"github.com/gpuslice/gpuslice/test/kubeletstub"
+)
+
+// attackNode is a fake node with one H100 cut into 10 slices, pods as real
+// cgroup v2 trees shaped as the kubelet and containerd make them, the
+// runtime's bundles in a state dir, and the real sampler feeding the real
+// enforcer. Tenants' processes are real fake-GPU workloads.
+type attackNode struct {
+	node                           *kubeletstub.Node
+	work, bin, base, runtime, root string
+	smp                            *sampler.Sampler
+	enf                            *enforce.Enforcer
+}
+
+func startAttackNode(t *testing.T, configure func(*enforce.Options)) *attackNode {
+	t.Helper()
+	work := t.TempDir()
+	node := kubeletstub.StartNode(t, fakegpu.Config{Preset: "H100-80GB", Count: 1, WorkloadDir: work}, 10)
+	bin, err := fakegpu.BuildWorkload(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("/sys/fs/cgroup/unified/gpuslice-attack-test-%d-%d", os.Getpid(), time.Now().UnixNano())
+	if err := os.Mkdir(base, 0o755); err != nil {
+		t.Skipf("cannot create cgroups under /sys/fs/cgroup/unified: %v", err)
+	}
+	t.Cleanup(func() { removeTree(t, base) })
+	n := &attackNode{node: node, work: work, bin: bin, base: base, runtime: t.TempDir(), root: "/sys/fs/cgroup"}
+
+	o := podresources.DefaultOptions()
+	o.Socket = node.PodResourcesSocket
+	client, err := podresources.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	eo := enforce.DefaultOptions()
+	eo.Policy = enforce.Strict
+	eo.State = enforce.StateFile{Path: filepath.Join(t.TempDir(), "enforcement.json")}
+	if configure != nil {
+		configure(&eo)
+	}
+	if n.enf, err = enforce.New(eo); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.enf.Close) // runs before the cgroups are removed
+	so := sampler.DefaultOptions()
+	so.Interval = 250 * time.Millisecond
+	so.PluginDir = node.Dir
+	so.Names = attribution.NewRuntimeState([]string{n.runtime})
+	so.OnSample = n.enf.Apply
+	if n.smp, err = sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin, so); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = n.smp.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return n
+}
+
+// cid is a container's runtime ID, derived from its pod and name.
+func cid(pod, name string) string {
+	h := sha256.Sum256([]byte(pod + "/" + name))
+	return hex.EncodeToString(h[:])
+}
+
+// podDir is pod's cgroup.
+func (n *attackNode) podDir(pod string) string {
+	return filepath.Join(n.base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(pod))
+}
+
+// container allocates slices to a container of pod (none when 0), records
+// it as containerd does and creates its cgroup; it returns the cgroup.
+func (n *attackNode) container(t *testing.T, pod, name string, slices int) string {
+	t.Helper()
+	if slices > 0 {
+		if _, err := n.node.Connection.Allocate(context.Background(), pod, name, slices); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns, podName, _ := strings.Cut(pod, "/")
+	id := cid(pod, name)
+	bundle := fmt.Sprintf(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":%q,`+
+		`"io.kubernetes.cri.sandbox-uid":%q,"io.kubernetes.cri.sandbox-name":%q,"io.kubernetes.cri.sandbox-namespace":%q}}`,
+		name, kubeletstub.PodUID(pod), podName, ns)
+	if err := os.MkdirAll(filepath.Join(n.runtime, id), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.runtime, id, "config.json"), []byte(bundle), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(n.podDir(pod), id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// workload is a tenant's GPU process and what it asked of the GPU, read
+// from the workload itself, never through NVML.
+type workload struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	work string
+}
+
+// run starts a workload in the cgroup dir (moved there before it touches
+// the GPU, as a runtime does) with demand and mib of GPU memory.
+func (n *attackNode) run(t *testing.T, dir string, demand float64, mib int) *workload {
+	t.Helper()
+	args := []string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, dir, n.bin, "--dir", n.work, "--gpu", n.node.Devices[0].UUID,
+		"--demand", strconv.FormatFloat(demand, 'f', -1, 64), "--memory-mib", strconv.Itoa(mib), "--tick", "5ms"}
+	cmd := exec.Command("/bin/sh", args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w := &workload{cmd: cmd, done: make(chan struct{}), work: n.work}
+	go func() { _ = cmd.Wait(); close(w.done) }()
+	t.Cleanup(func() {
+		// A frozen process cannot die: thaw its cgroups first.
+		_ = os.WriteFile(filepath.Join(dir, "cgroup.freeze"), []byte("0"), 0o600)
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		<-w.done
+	})
+	return w
+}
+
+// exited reports whether the workload ended within d.
+func (w *workload) exited(d time.Duration) bool {
+	select {
+	case <-w.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// asked is the GPU time the workload has asked for: it asks only while it
+// runs, so a frozen workload asks for none.
+func (w *workload) asked(t *testing.T) time.Duration {
+	t.Helper()
+	path := filepath.Join(w.work, strconv.Itoa(w.cmd.Process.Pid)+".json")
+	for range 200 {
+		var s fakegpu.WorkloadState
+		data, err := os.ReadFile(path)
+		if err == nil && json.Unmarshal(data, &s) == nil {
+			return time.Duration(s.RequestedNanos)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("workload never published its state")
+	return 0
+}
+
+// share is the share of wall time the workload ran over d.
+func (w *workload) share(t *testing.T, d time.Duration) float64 {
+	t.Helper()
+	a0, t0 := w.asked(t), time.Now()
+	time.Sleep(d)
+	return float64(w.asked(t)-a0) / float64(time.Since(t0))
+}
+
+// waitFor samples until cond holds on a snapshot.
+func (n *attackNode) waitFor(t *testing.T, what string, cond func(*sampler.Snapshot) bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond(n.smp.Snapshot()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never saw %s: %+v", what, n.smp.Snapshot())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func processesOf(s *sampler.Snapshot, pod, container string) int {
+	for _, c := range s.Containers {
+		if c.Pod == pod && c.Container == container {
+			return c.Processes
+		}
+	}
+	return -1
+}
+
+// Attack 1: two GPU containers of one pod on one GPU, with no env to tell
+// them apart. Each process is its own container's; the one over its
+// memory limit is killed, the other is left alone.
+func TestAttackTwoGPUContainersInOnePod(t *testing.T) {
+	t.Parallel()
+	n := startAttackNode(t, nil)
+	a := n.container(t, "ml/two", "a", 2) // 16 GiB
+	b := n.container(t, "ml/two", "b", 3)
+	inB := n.run(t, b, 0.05, 1024)
+	n.waitFor(t, "b's process attributed to b", func(s *sampler.Snapshot) bool { return processesOf(s, "two", "b") == 1 })
+	hog := n.run(t, a, 0.05, 20<<10) // 20 GiB in a 16 GiB container
+	if !hog.exited(20 * time.Second) {
+		t.Fatalf("a's process over a's limit was never killed: %+v", n.smp.Snapshot().Containers)
+	}
+	if inB.exited(time.Second) {
+		t.Error("b's process within b's limit was killed")
+	}
+}
+
+// Attack 2: a process outside every pod uses the GPU. It is charged to no
+// one and never acted on; the tenant next to it is not blamed.
+func TestAttackHostProcessIsNeverCharged(t *testing.T) {
+	t.Parallel()
+	n := startAttackNode(t, nil)
+	victim := n.container(t, "ml/victim", "main", 3)
+	n.run(t, victim, 0.1, 1024)
+	host := filepath.Join(n.base, "host.slice")
+	if err := os.Mkdir(host, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	forger := n.run(t, host, 1, 70<<10) // greedy, far over any slice
+	n.waitFor(t, "the host process unattributed", func(s *sampler.Snapshot) bool {
+		for _, u := range s.Unattributed {
+			if u.PID == forger.cmd.Process.Pid && strings.Contains(u.Reason, "not in a pod") {
+				return true
+			}
+		}
+		return false
+	})
+	s := n.smp.Snapshot()
+	if got := processesOf(s, "victim", "main"); got != 1 {
+		t.Errorf("victim charged with %d processes, want its own 1", got)
+	}
+	if len(s.Unauthorized) != 0 {
+		t.Errorf("a host process judged unauthorized: %+v", s.Unauthorized)
+	}
+	if forger.exited(time.Second) {
+		t.Error("a host process was killed")
+	}
+}
+
+// Attack 3: a tenant names a child of its own container's cgroup after a
+// victim pod and container. Its use stays its own: it is killed over its
+// own limit, and the victim's process within its limit is untouched.
+func TestAttackNestedCgroupNamedAfterVictim(t *testing.T) {
+	t.Parallel()
+	n := startAttackNode(t, nil)
+	victim := n.container(t, "ml/victim", "main", 3)
+	inVictim := n.run(t, victim, 0.05, 20<<10) // 20 of the victim's 24 GiB
+	attacker := n.container(t, "ml/attacker", "main", 1)
+	fake := filepath.Join(attacker, "pod"+kubeletstub.PodUID("ml/victim"), cid("ml/victim", "main"))
+	if err := os.MkdirAll(fake, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n.waitFor(t, "the victim's process", func(s *sampler.Snapshot) bool { return processesOf(s, "victim", "main") == 1 })
+	hog := n.run(t, fake, 0.05, 12<<10) // 12 GiB: over the attacker's 8, within the victim's remaining room
+	if !hog.exited(20 * time.Second) {
+		t.Fatalf("the attacker's process was never killed: %+v", n.smp.Snapshot().Containers)
+	}
+	if inVictim.exited(time.Second) {
+		t.Error("the victim's process within its limit was killed")
+	}
+}
+
+// Attack 4: a process moves to a child cgroup of its container, or up to
+// its pod's cgroup. Either way the throttle still holds it, judged by the
+// work the process itself reports doing.
+func TestAttackEscapeToChildOrPodCgroup(t *testing.T) {
+	t.Parallel()
+	for _, where := range []string{"child", "pod"} {
+		t.Run(where, func(t *testing.T) {
+			t.Parallel()
+			n := startAttackNode(t, nil)
+			dir := n.container(t, "ml/escape", "main", 2) // strict 20 %
+			if where == "child" {
+				dir = filepath.Join(dir, "escaped")
+				if err := os.Mkdir(dir, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				dir = n.podDir("ml/escape")
+			}
+			w := n.run(t, dir, 1, 1024)
+			n.waitFor(t, "the escaped process attributed", func(s *sampler.Snapshot) bool { return processesOf(s, "escape", "main") == 1 })
+			// Unthrottled it would run all the time; held, about a fifth.
+			time.Sleep(3 * time.Second)
+			if got := w.share(t, 4*time.Second); got > 0.45 {
+				t.Errorf("escaped to the %s cgroup, the process ran %.2f of the time; want about 0.20", where, got)
+			}
+		})
+	}
+}
+
+// Attack 7: containers that hold no slice of the GPU reach it anyway (a
+// privileged pod, NVIDIA_VISIBLE_DEVICES in the image). Killed by default;
+// frozen under the freeze policy, and thawed when the agent stops.
+func TestAttackGPUUseWithoutSlices(t *testing.T) {
+	t.Parallel()
+	t.Run("kill", func(t *testing.T) {
+		t.Parallel()
+		n := startAttackNode(t, nil)
+		gpuCtr := n.container(t, "ml/mixed", "gpu", 2)
+		legit := n.run(t, gpuCtr, 0.05, 1024)
+		sidecar := n.run(t, n.container(t, "ml/mixed", "sidecar", 0), 0.5, 1024)
+		stranger := n.run(t, n.container(t, "ml/noslices", "main", 0), 0.5, 1024)
+		if !sidecar.exited(20*time.Second) || !stranger.exited(5*time.Second) {
+			t.Fatalf("unauthorized GPU use not killed: %+v", n.smp.Snapshot().Unauthorized)
+		}
+		if legit.exited(time.Second) {
+			t.Error("the container holding slices was killed")
+		}
+		if st := n.enf.UnauthorizedStats(); st.Killed < 2 {
+			t.Errorf("stats %+v, want two kills", st)
+		}
+	})
+	t.Run("freeze", func(t *testing.T) {
+		t.Parallel()
+		n := startAttackNode(t, func(o *enforce.Options) { o.Unauthorized = enforce.UnauthorizedFreeze })
+		n.container(t, "ml/other", "gpu", 2) // a checkpoint exists
+		dir := n.container(t, "ml/noslices", "main", 0)
+		w := n.run(t, dir, 0.5, 1024)
+		n.waitFor(t, "the cgroup frozen", func(*sampler.Snapshot) bool { return n.enf.UnauthorizedStats().Frozen == 1 })
+		time.Sleep(500 * time.Millisecond)
+		if got := w.share(t, 2*time.Second); got > 0.05 {
+			t.Errorf("frozen for unauthorized use, the process still ran %.2f of the time", got)
+		}
+		n.enf.Close()
+		if got := w.share(t, 2*time.Second); got < 0.2 {
+			t.Errorf("after Close the process ran %.2f of the time: still frozen", got)
+		}
+	})
+}
+
+// Attack 8: NVML cannot list the GPU's processes. The throttle holds the
+// duty it had rather than letting go, and no use is reported as zero.
+func TestBlindAgentHoldsThrottle(t *testing.T) {
+	t.Parallel()
+	n := startAttackNode(t, nil)
+	dir := n.container(t, "ml/greedy", "main", 2)
+	w := n.run(t, dir, 1, 1024)
+	n.waitFor(t, "the container throttled", func(*sampler.Snapshot) bool {
+		st := n.enf.Stats()[cid("ml/greedy", "main")]
+		return st.InForce && st.Duty < 0.5
+	})
+	if err := n.node.GPU.FailCall(fakegpu.CallProcesses, true); err != nil {
+		t.Fatal(err)
+	}
+	n.waitFor(t, "the container blind", func(s *sampler.Snapshot) bool { return len(s.Containers) == 1 && s.Containers[0].Blind })
+	time.Sleep(time.Second)
+	if got := w.share(t, 3*time.Second); got > 0.45 {
+		t.Errorf("while the agent was blind the process ran %.2f of the time: the throttle let go", got)
+	}
+	if st := n.enf.Stats()[cid("ml/greedy", "main")]; st.Duty >= 0.5 {
+		t.Errorf("duty %.2f while blind, want the held one", st.Duty)
+	}
+}
