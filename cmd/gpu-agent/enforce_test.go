@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -198,5 +199,66 @@ func TestDriverMemoryLimits(t *testing.T) {
 			t.Fatalf("the limit was never cleared\n%s", agent.stderr.String())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestSIGTERMThawsAtOnceDespiteIdleClients: with a client holding an idle
+// connection on the plugin socket (grpc's Stop would wait two minutes for
+// its handshake) and the pod throttled under strict, SIGTERM thaws the pod
+// at once and the agent exits promptly.
+func TestSIGTERMThawsAtOnceDespiteIdleClients(t *testing.T) {
+	t.Parallel()
+	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-sigterm-test-%d", os.Getpid()))
+	st := stubKubelet(t, "preset: H100-80GB\ncount: 1\n")
+	agent := startAgent(t, append(st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms", "--compute-policy=strict", "--metrics-address="+freePort(t))...)
+	p, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := p.Allocate(ctxT(t), "ml/greedy", "main", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg := containerCgroup(t, base, kubeletstub.PodUID("ml/greedy"), strings.Repeat("e", 64))
+	bin, err := fakegpu.BuildWorkload(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/bin/sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cg, bin,
+		"--dir", st.work, "--gpu", a.Response.Envs["NVIDIA_VISIBLE_DEVICES"], "--demand", "1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = os.WriteFile(filepath.Join(cg, "cgroup.freeze"), []byte("0"), 0o600)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	idle, err := net.Dial("unix", filepath.Join(st.dir, "gpuslice.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = idle.Close() }()
+
+	// Wait until it is frozen at least once: throttled.
+	freeze := filepath.Join(cg, "cgroup.freeze")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if v, _ := os.ReadFile(freeze); strings.TrimSpace(string(v)) == "1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never throttled\n%s", agent.stderr.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := agent.wait(t); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+	if v, _ := os.ReadFile(freeze); strings.TrimSpace(string(v)) != "0" {
+		t.Errorf("the pod is left frozen (%q) after SIGTERM", v)
 	}
 }

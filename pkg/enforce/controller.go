@@ -166,7 +166,8 @@ func (c *Controller) windowCap(m Member, d, dt float64) float64 {
 	if dt <= 0 || c.Window <= 0 {
 		return d
 	}
-	hist := append(c.used[m.Key], span{dt: dt, used: m.Usage * dt})
+	c.used[m.Key] = append(c.used[m.Key], span{dt: dt, used: m.Usage * dt})
+	hist := c.used[m.Key]
 	// Keep what falls in the Window once the next dt has passed.
 	keep, total := c.Window.Seconds()-dt, 0.0
 	i := len(hist)

@@ -319,7 +319,8 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 
 	joined := attribution.Join(procs, s.assignments, checkpoint, s.opts.ResourceName, s.opts.Names)
 	snap.Unattributed = joined.Unattributed
-	snap.Unauthorized = append(unauthorized, joined.Unauthorized...)
+	unauthorized = append(unauthorized, joined.Unauthorized...)
+	snap.Unauthorized = unauthorized
 	blind := map[string]bool{}
 	for _, d := range snap.Devices {
 		if d.Blind() {

@@ -166,6 +166,8 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		"--metrics-address=" + c.MetricsAddr, "--sample-interval=500ms",
 		"--enforcement-state=" + filepath.Join(dir, "enforcement.json"),
 		"--dev-root=" + devRoot, "--cgroup-root=/sys/fs/cgroup",
+		// containerd's bundles name each container ID's container.
+		"--runtime-state-dirs=" + filepath.Join(dir, "containerd", "state", "io.containerd.runtime.v2.task", "k8s.io"),
 	}, o.AgentArgs...)
 	if err := c.StartAgent(); err != nil {
 		return nil, err
