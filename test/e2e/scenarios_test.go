@@ -339,7 +339,56 @@ func TestDriverMemoryLimitsInRealContainers(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// One limit: the container's. Not the pod's sandbox, which holds no
+	// slices (a limit is a reservation on a dmem driver).
+	if v, _ := value(scrape(t), "gpuslice_enforcement_driver_memory_limit_operations_total", map[string]string{"result": "set"}); v != 1 {
+		t.Errorf("%v driver limits set for one container holding slices; want 1\n%s", v, c.AgentLogs())
+	}
 	if v, _ := value(scrape(t), "gpuslice_enforcement_kills_total", map[string]string{"pod": "hog"}); v != 0 {
 		t.Errorf("the watchdog killed %v processes: the driver should have refused the allocation", v)
+	}
+}
+
+// Scenario 8, unauthorized use: a pod that holds no slices but reaches a
+// GPU anyway (here it names the GPU itself, as NVIDIA_VISIBLE_DEVICES=all
+// under a default NVIDIA runtime would) is killed, with an Event saying
+// why; the kubelet's checkpoint is the evidence that it holds none.
+func TestGPUUseWithoutSlicesInRealContainers(t *testing.T) {
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "intruder")
+	uuid := ""
+	for _, m := range scrape(t)["gpuslice_device_info"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "uuid" && uuid == "" {
+				uuid = l.GetValue()
+			}
+		}
+	}
+	if uuid == "" {
+		t.Fatal("no GPU in the agent's metrics")
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(pod("intruder", 0, "exec /bin/workload --gpu "+uuid+" --demand 0.5 --memory-mib 512")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	failed := waitPhase(t, ns, "intruder", corev1.PodFailed)
+	st := failed.Status.ContainerStatuses
+	if len(st) != 1 || st[0].State.Terminated == nil || st[0].State.Terminated.ExitCode != 137 {
+		t.Errorf("intruder's container: %+v, want killed (exit 137)", st)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=intruder"})
+		found := false
+		for _, e := range evs.Items {
+			found = found || e.Reason == "GPUUseUnauthorized"
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no GPUUseUnauthorized event on the pod: %v %v\n%s", err, evs.Items, c.AgentLogs())
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
