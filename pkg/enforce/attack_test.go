@@ -370,3 +370,44 @@ func TestBlindAgentHoldsThrottle(t *testing.T) {
 		t.Errorf("duty %.2f while blind, want the held one", st.Duty)
 	}
 }
+
+// Attack 5: work switched on and off around the sample interval to win
+// back full duty while idle. Over 20 s of 1 s on / 1 s off, a strict 20 %
+// container gets no more than its 20 % (judged by the work it reports,
+// with room for a loaded machine only above, where it cannot hide a win:
+// the attack took 0.33 before strict kept a window).
+func TestAttackOnOffAgainstStrict(t *testing.T) {
+	t.Parallel()
+	n := startAttackNode(t, nil)
+	dir := n.container(t, "ml/onoff", "main", 2)
+	w := n.run(t, dir, 1, 1024)
+	n.waitFor(t, "the process attributed", func(s *sampler.Snapshot) bool { return processesOf(s, "onoff", "main") == 1 })
+	stop := make(chan struct{})
+	toggled := make(chan struct{})
+	go func() {
+		defer close(toggled)
+		on := true
+		for {
+			select {
+			case <-stop:
+				_ = w.cmd.Process.Signal(syscall.SIGCONT)
+				return
+			case <-time.After(time.Second):
+			}
+			on = !on
+			sig := syscall.SIGSTOP
+			if on {
+				sig = syscall.SIGCONT
+			}
+			_ = w.cmd.Process.Signal(sig)
+		}
+	}()
+	time.Sleep(4 * time.Second)
+	got := w.share(t, 20*time.Second)
+	close(stop)
+	<-toggled
+	if got > 0.26 {
+		t.Errorf("on/off work got %.3f of the GPU over 20 s under a strict 20%% share", got)
+	}
+	t.Logf("on/off work got %.3f of the GPU over 20 s (limit 0.20)", got)
+}

@@ -48,8 +48,9 @@ func snapshot() *sampler.Snapshot {
 			{
 				Device:   nvml.Device{UUID: "GPU-aaa", Index: 0, Model: "NVIDIA A100-SXM4-40GB", MemoryBytes: 42949672960, PCIBusID: "00000000:07:00.0"},
 				Sample:   nvml.Sample{UUID: "GPU-aaa", Utilization: 0.7, MemoryUsedBytes: 3221225472, TemperatureCelsius: 61.5, PowerWatts: 313, EnergyJoules: 12345.5, SMClockHertz: 1.41e9},
-				SampleOK: true,
-				Health:   nvml.Health{UUID: "GPU-aaa", Healthy: true},
+				SampleOK:    true,
+				ProcessesOK: true,
+				Health:      nvml.Health{UUID: "GPU-aaa", Healthy: true},
 				XIDs:     map[uint64]uint64{79: 2},
 				Slices:   8, Allocated: 5,
 			},
@@ -66,7 +67,8 @@ func snapshot() *sampler.Snapshot {
 			{Namespace: "ml", Pod: "b", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 3, MemoryLimitBytes: 16106127360, ComputeLimitRatio: 0.375,
 				MemoryUsedBytes: 2147483648, SMUtilization: 0.5, BusySeconds: 30},
 		},
-		Unattributed: []attribution.Unattributed{{GPUProcess: attribution.GPUProcess{PID: 7, GPU: "GPU-aaa"}, Reason: "not in a container"}},
+		Unattributed: []attribution.Unattributed{{GPUProcess: attribution.GPUProcess{PID: 7, GPU: "GPU-aaa"}, Reason: "not in a pod or container"}},
+		Unauthorized: []attribution.Unauthorized{{GPUProcess: attribution.GPUProcess{PID: 9, GPU: "GPU-aaa"}, Namespace: "lab", Pod: "x", Reason: "its pod holds no slices of this GPU"}},
 		Errors:       map[string]uint64{sampler.SourceNVML: 1, sampler.SourcePodResources: 2},
 		Durations:    sampler.Histogram{Counts: counts, Count: 3, Sum: 0.006},
 	}
@@ -185,6 +187,14 @@ gpuslice_enforcement_driver_memory_limit_operations_total{result="uncleared"} 0
 `
 
 const wantAgent = `
+# HELP gpuslice_agent_gpu_blind 1 when the GPU's readings or process list failed in the last sample: its containers' use series are absent, not zero, and their throttles hold; 0 otherwise.
+# TYPE gpuslice_agent_gpu_blind gauge
+gpuslice_agent_gpu_blind{gpu="0",uuid="GPU-aaa"} 0
+gpuslice_agent_gpu_blind{gpu="1",uuid="GPU-bbb"} 1
+# HELP gpuslice_agent_unauthorized_processes GPU processes in the last sample that run in a pod whose container holds no slice of the GPU.
+# TYPE gpuslice_agent_unauthorized_processes gauge
+gpuslice_agent_unauthorized_processes{gpu="0",uuid="GPU-aaa"} 1
+gpuslice_agent_unauthorized_processes{gpu="1",uuid="GPU-bbb"} 0
 # HELP gpuslice_agent_errors_total Failed reads while sampling, by source.
 # TYPE gpuslice_agent_errors_total counter
 gpuslice_agent_errors_total{source="checkpoint"} 0
@@ -253,6 +263,48 @@ func TestLint(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// TestBlindContainerExportsNoUse: a container on a GPU the agent could not
+// read has no use series at all (a 0 would read as an idle pod), while the
+// slices and limits it holds, known from the kubelet, stay.
+func TestBlindContainerExportsNoUse(t *testing.T) {
+	t.Parallel()
+	snap := snapshot()
+	snap.Containers[0].Blind = true
+	snap.Containers[1].LastActive = time.Unix(1700000000, 0)
+	reg := NewRegistry(fixed{snap}, info)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := func(name string) map[string]bool {
+		out := map[string]bool{}
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "pod" {
+						out[l.GetValue()] = true
+					}
+				}
+			}
+		}
+		return out
+	}
+	for _, name := range []string{"gpuslice_container_memory_used_bytes", "gpuslice_container_sm_utilization_ratio",
+		"gpuslice_container_gpu_busy_seconds_total", "gpuslice_container_last_active_timestamp_seconds", "gpuslice_container_sm_utilization_of_limit_ratio"} {
+		if got := pods(name); got["a"] || !got["b"] {
+			t.Errorf("%s: series for pods %v; want b's and not the blind a's", name, got)
+		}
+	}
+	for _, name := range []string{"gpuslice_container_slices", "gpuslice_container_memory_limit_bytes", "gpuslice_container_compute_limit_ratio"} {
+		if got := pods(name); !got["a"] {
+			t.Errorf("%s: the blind container's series is missing", name)
+		}
 	}
 }
 
