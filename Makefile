@@ -65,6 +65,7 @@ bench: ## Run the benchmarks recorded in docs/benchmarks.md.
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/vgpu ./pkg/deviceplugin ./pkg/exporter ./pkg/sampler
 	$(GO) test -run '^$$' -bench 'ExecToRegistered|Reregister' -benchtime 20x ./cmd/gpu-agent
 	$(GO) test -run '^$$' -bench 'IdleRSS' -benchtime 3x ./cmd/gpu-agent
+	$(GO) test -run '^$$' -bench 'RSSUnderHostileClients' -benchtime 1x ./cmd/gpu-agent
 	$(GO) test -run '^$$' -bench DriverLimitOnCgroupCreation -benchtime 200x ./pkg/enforce
 
 .PHONY: bench-quota

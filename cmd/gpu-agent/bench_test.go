@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
@@ -150,4 +155,88 @@ func vmRSS(pid int) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// BenchmarkRSSUnderHostileClients measures the real agent's RSS (8 fake
+// H100 × 16 slices) while clients attack it: 2,000 ListAndWatch streams
+// that are never read, then 256 concurrent /metrics scrapes from clients
+// that never read the answer. The agent bounds both; this records what
+// that costs.
+func BenchmarkRSSUnderHostileClients(b *testing.B) {
+	fake := filepath.Join(b.TempDir(), "node.yaml")
+	if err := os.WriteFile(fake, []byte("preset: H100-80GB\ncount: 8\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	var streams, scrapes []float64
+	for b.Loop() {
+		dir := b.TempDir()
+		k, err := kubeletstub.Start(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", freePortNumber(b))
+		cmd, _ := startBenchAgent(b, dir, "--fake-config="+fake, "--slices-per-gpu=16", "--metrics-address="+addr)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = k.WaitPlugin(ctx, "nvidia.com/vgpu")
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Unread streams, each on its own connection, as many as the
+		// agent lets in; the rest wait in the listen backlog or fail.
+		sctx, scancel := context.WithCancel(context.Background())
+		var conns []*grpc.ClientConn
+		for range 2000 {
+			conn, err := grpc.NewClient("unix://"+filepath.Join(dir, "gpuslice.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			conns = append(conns, conn)
+			go func() { _, _ = pluginapi.NewDevicePluginClient(conn).ListAndWatch(sctx, &pluginapi.Empty{}) }()
+		}
+		time.Sleep(5 * time.Second)
+		kib, err := vmRSS(cmd.Process.Pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		streams = append(streams, float64(kib)/1024)
+		scancel()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		// Scrapes whose answers are never read.
+		var raw []net.Conn
+		for range 256 {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				continue // past the connection bound: the backlog is full
+			}
+			raw = append(raw, c)
+			fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+		}
+		time.Sleep(5 * time.Second)
+		if kib, err = vmRSS(cmd.Process.Pid); err != nil {
+			b.Fatal(err)
+		}
+		scrapes = append(scrapes, float64(kib)/1024)
+		for _, c := range raw {
+			_ = c.Close()
+		}
+		stopBenchAgent(b, cmd)
+		k.Stop()
+	}
+	sort.Float64s(streams)
+	sort.Float64s(scrapes)
+	b.ReportMetric(streams[len(streams)-1], "unread-streams-rss-MiB")
+	b.ReportMetric(scrapes[len(scrapes)-1], "unread-scrapes-rss-MiB")
+}
+
+func freePortNumber(b *testing.B) int {
+	b.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().(*net.TCPAddr).Port
 }
