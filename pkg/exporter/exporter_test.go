@@ -46,13 +46,13 @@ func snapshot() *sampler.Snapshot {
 		Time: time.Unix(1700000001, 0),
 		Devices: []sampler.Device{
 			{
-				Device:   nvml.Device{UUID: "GPU-aaa", Index: 0, Model: "NVIDIA A100-SXM4-40GB", MemoryBytes: 42949672960, PCIBusID: "00000000:07:00.0"},
-				Sample:   nvml.Sample{UUID: "GPU-aaa", Utilization: 0.7, MemoryUsedBytes: 3221225472, TemperatureCelsius: 61.5, PowerWatts: 313, EnergyJoules: 12345.5, SMClockHertz: 1.41e9},
+				Device:      nvml.Device{UUID: "GPU-aaa", Index: 0, Model: "NVIDIA A100-SXM4-40GB", MemoryBytes: 42949672960, PCIBusID: "00000000:07:00.0"},
+				Sample:      nvml.Sample{UUID: "GPU-aaa", Utilization: 0.7, MemoryUsedBytes: 3221225472, TemperatureCelsius: 61.5, PowerWatts: 313, EnergyJoules: 12345.5, SMClockHertz: 1.41e9},
 				SampleOK:    true,
 				ProcessesOK: true,
 				Health:      nvml.Health{UUID: "GPU-aaa", Healthy: true},
-				XIDs:     map[uint64]uint64{79: 2},
-				Slices:   8, Allocated: 5,
+				XIDs:        map[uint64]uint64{79: 2},
+				Slices:      8, Allocated: 5,
 			},
 			{
 				Device: nvml.Device{UUID: "GPU-bbb", Index: 1, Model: "NVIDIA A100-SXM4-40GB", MemoryBytes: 42949672960, PCIBusID: "00000000:17:00.0"},
