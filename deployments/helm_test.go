@@ -68,6 +68,13 @@ func TestChartRendersTheManifestsObjects(t *testing.T) {
 			t.Errorf("the chart's RBAC rules differ from daemonset.yaml's:\n%v\n%v", kinds["ClusterRole"].Object["rules"], o.Object["rules"])
 		}
 	}
+	// The ServiceMonitor keeps the agent's namespace/pod/container labels.
+	if sm := kinds["ServiceMonitor"]; sm != nil {
+		eps, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
+		if len(eps) != 1 || eps[0].(map[string]any)["honorLabels"] != true {
+			t.Errorf("the chart's ServiceMonitor endpoints %v lack honorLabels: true", eps)
+		}
+	}
 	// The alerts are the monitoring directory's, untouched by templating.
 	want, _, _ := unstructured.NestedSlice(documents(t, "monitoring/prometheusrule.yaml")[0].Object, "spec", "groups")
 	if pr := kinds["PrometheusRule"]; pr != nil {
@@ -80,7 +87,8 @@ func TestChartRendersTheManifestsObjects(t *testing.T) {
 	ds := parseDocs(t, helm(t, "template", "gpuslice", chart, "--set", "slicing.sliceMemory=10Gi,enforcement.computePolicy=strict,labels.gfd=false", "--show-only", "templates/daemonset.yaml"))[0]
 	ctrs, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
 	args := strings.Join(toStrings(ctrs[0].(map[string]any)["args"]), " ")
-	for _, want := range []string{"--slice-memory=10Gi", "--compute-policy=strict", "--gfd-labels=false"} {
+	for _, want := range []string{"--slice-memory=10Gi", "--compute-policy=strict", "--gfd-labels=false", "--pod-compute-policy=stricter-only",
+		"--unauthorized-gpu-use=kill", "--runtime-state-dirs=/host/run/containerd/io.containerd.runtime.v2.task/k8s.io,/host/run/containers/storage/overlay-containers"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("agent args %q lack %s", args, want)
 		}

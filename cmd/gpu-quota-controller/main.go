@@ -43,7 +43,7 @@ func main() {
 
 type config struct {
 	kubeconfig, promURL, resource, metricsAddr, leNamespace, leID, logLevel string
-	interval                                                                time.Duration
+	interval, queryTimeout, scrapeInterval                                  time.Duration
 	leaderElect                                                             bool
 }
 
@@ -53,7 +53,9 @@ func parse(args []string) (config, error) {
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig `file` (in-cluster config when empty)")
 	fs.StringVar(&c.promURL, "prometheus-url", "", "Prometheus `URL` holding gpuslice's metrics (required)")
 	fs.StringVar(&c.resource, "resource-name", "nvidia.com/vgpu", "the extended resource quotas cap")
-	fs.DurationVar(&c.interval, "interval", 30*time.Second, "how often every GPUQuota is evaluated")
+	fs.DurationVar(&c.interval, "interval", quota.DefaultInterval, "how often every GPUQuota is evaluated")
+	fs.DurationVar(&c.queryTimeout, "query-timeout", quota.DefaultQueryTimeout, "deadline of each PromQL query; a cycle whose queries time out reclaims nothing and sets MetricsUnavailable")
+	fs.DurationVar(&c.scrapeInterval, "scrape-interval", quota.DefaultScrapeInterval, "how often Prometheus scrapes the agents (the ServiceMonitor's interval): an idle window needs 90% of the samples it implies")
 	fs.StringVar(&c.metricsAddr, "metrics-address", ":9446", "address of the controller's own /metrics and /healthz")
 	fs.BoolVar(&c.leaderElect, "leader-elect", true, "run only while holding the leader lease")
 	ns := os.Getenv("POD_NAMESPACE")
@@ -66,6 +68,11 @@ func parse(args []string) (config, error) {
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
+	timeoutSet := false
+	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "query-timeout" })
+	if !timeoutSet {
+		c.queryTimeout = min(c.queryTimeout, c.interval) // a short --interval alone is fine
+	}
 	switch {
 	case fs.NArg() > 0:
 		return c, fmt.Errorf("unexpected arguments %v", fs.Args())
@@ -73,6 +80,10 @@ func parse(args []string) (config, error) {
 		return c, errors.New("--prometheus-url is required")
 	case c.interval < time.Second:
 		return c, fmt.Errorf("--interval %s is under 1s", c.interval)
+	case c.queryTimeout <= 0 || c.queryTimeout > c.interval:
+		return c, fmt.Errorf("--query-timeout %s must be positive and at most --interval %s", c.queryTimeout, c.interval)
+	case c.scrapeInterval <= 0:
+		return c, fmt.Errorf("--scrape-interval %s must be positive", c.scrapeInterval)
 	}
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(c.logLevel)); err != nil {
@@ -129,7 +140,8 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	ctrl := quota.New(kube, dyn, prom, quota.Options{Resource: c.resource, Interval: c.interval, Logger: log, Registry: reg})
+	ctrl := quota.New(kube, dyn, prom, quota.Options{Resource: c.resource, Interval: c.interval, QueryTimeout: c.queryTimeout,
+		ScrapeInterval: c.scrapeInterval, Logger: log, Registry: reg})
 
 	lis, err := net.Listen("tcp", c.metricsAddr)
 	if err != nil {
@@ -137,7 +149,13 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ctrl.Healthy(time.Now()) {
+			http.Error(w, fmt.Sprintf("no evaluation cycle completed in %d intervals", quota.StallCycles), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(lis) }()
 	defer func() { _ = srv.Close() }()

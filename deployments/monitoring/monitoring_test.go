@@ -220,8 +220,9 @@ func TestServiceMonitor(t *testing.T) {
 				MatchLabels map[string]string `json:"matchLabels"`
 			} `json:"selector"`
 			Endpoints []struct {
-				Port string `json:"port"`
-				Path string `json:"path"`
+				Port        string `json:"port"`
+				Path        string `json:"path"`
+				HonorLabels bool   `json:"honorLabels"`
 			} `json:"endpoints"`
 		} `json:"spec"`
 	}
@@ -242,5 +243,8 @@ func TestServiceMonitor(t *testing.T) {
 	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 9445 || len(sm.Spec.Endpoints) != 1 ||
 		sm.Spec.Endpoints[0].Port != svc.Spec.Ports[0].Name || sm.Spec.Endpoints[0].Path != "/metrics" {
 		t.Errorf("Service ports %+v and ServiceMonitor endpoints %+v do not meet on the agent's :9445/metrics", svc.Spec.Ports, sm.Spec.Endpoints)
+	}
+	if len(sm.Spec.Endpoints) == 1 && !sm.Spec.Endpoints[0].HonorLabels {
+		t.Error("the ServiceMonitor does not honor the agent's labels: the operator's namespace/pod/container would overwrite the tenant's")
 	}
 }

@@ -50,7 +50,22 @@ type Options struct {
 	Logger *slog.Logger
 	// Registry receives the controller's own metrics; nil: none.
 	Registry prometheus.Registerer
+	// QueryTimeout bounds each PromQL query.
+	QueryTimeout time.Duration
+	// ScrapeInterval is how often Prometheus scrapes the agents, for how
+	// many samples an idle window needs.
+	ScrapeInterval time.Duration
 }
+
+// Defaults for Options.
+const (
+	DefaultInterval       = 30 * time.Second
+	DefaultQueryTimeout   = 20 * time.Second
+	DefaultScrapeInterval = 30 * time.Second
+	// StallCycles is how many intervals may pass with no completed cycle
+	// before Healthy reports the controller wedged.
+	StallCycles = 3
+)
 
 // Controller evaluates every GPUQuota each interval from informer caches
 // and one fixed set of PromQL queries, and carries out the decisions.
@@ -71,6 +86,9 @@ type Controller struct {
 	last    map[string]Decision // by namespace
 	written map[types.UID]written
 	metrics controllerMetrics
+	// started is when Run started (zero while not running: a standby
+	// replica); completed when a cycle last completed.
+	started, completed time.Time
 	// report is the last cycle's per-namespace state, for the collector;
 	// next the one being built.
 	report, next map[string]nsReport
@@ -78,9 +96,9 @@ type Controller struct {
 
 // nsReport is one namespace's state after a cycle.
 type nsReport struct {
-	usedSlices, usedHours, idle float64
-	limit, budget               *float64
-	exhausted                   bool
+	usedSlices, usedHours, idle, unknown float64
+	limit, budget                        *float64
+	exhausted                            bool
 }
 
 // written is the last status the controller wrote for a GPUQuota: a status
@@ -106,6 +124,7 @@ func heartbeat(uid types.UID) time.Duration {
 
 type controllerMetrics struct {
 	cycles, promErrors, evictions, annotations, quotaUpdates prometheus.Counter
+	unknown                                                  prometheus.Gauge
 	duration                                                 prometheus.Histogram
 	queries                                                  prometheus.Gauge
 }
@@ -119,11 +138,21 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Op
 		opts.Resource = "nvidia.com/vgpu"
 	}
 	if opts.Interval <= 0 {
-		opts.Interval = 30 * time.Second
+		opts.Interval = DefaultInterval
+	}
+	if opts.QueryTimeout <= 0 {
+		opts.QueryTimeout = DefaultQueryTimeout
+	}
+	if opts.ScrapeInterval <= 0 {
+		opts.ScrapeInterval = DefaultScrapeInterval
 	}
 	f := informers.NewSharedInformerFactory(kube, 0)
+	// Only the ResourceQuota it owns: RBAC grants list and watch by name.
+	rqf := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = "metadata.name=" + QuotaName
+	}))
 	df := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
-	pods, rqs, gq := f.Core().V1().Pods(), f.Core().V1().ResourceQuotas(), df.ForResource(GVR)
+	pods, rqs, gq := f.Core().V1().Pods(), rqf.Core().V1().ResourceQuotas(), df.ForResource(GVR)
 	b := record.NewBroadcaster()
 	b.StartRecordingToSink(&typedEventSink{kube: kube})
 	c := &Controller{
@@ -135,7 +164,7 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Op
 		written: map[types.UID]written{},
 		next:    map[string]nsReport{},
 	}
-	c.start = func(stop <-chan struct{}) { f.Start(stop); df.Start(stop) }
+	c.start = func(stop <-chan struct{}) { f.Start(stop); rqf.Start(stop); df.Start(stop) }
 	m := &c.metrics
 	m.cycles = prometheus.NewCounter(prometheus.CounterOpts{Name: "gpuslice_quota_evaluations_total", Help: "Evaluation cycles run."})
 	m.promErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "gpuslice_quota_prometheus_errors_total", Help: "Cycles whose Prometheus queries failed; the last decisions were kept."})
@@ -144,6 +173,8 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Op
 	m.quotaUpdates = prometheus.NewCounter(prometheus.CounterOpts{Name: "gpuslice_quota_resourcequota_updates_total", Help: "ResourceQuota limits created, changed or removed."})
 	m.duration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gpuslice_quota_evaluation_duration_seconds", Help: "Time one evaluation cycle took.", Buckets: prometheus.DefBuckets})
 	m.queries = prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpuslice_quota_prometheus_queries", Help: "PromQL queries the last cycle made."})
+	m.unknown = prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpuslice_quota_idleness_unknown_pods",
+		Help: "Pods old enough to judge whose idleness the last cycle could not show from Prometheus (missing, partial or invalid samples, or a blind agent); never reclaimed."})
 	if opts.Registry != nil {
 		opts.Registry.MustRegister(c.collectors()...)
 	}
@@ -176,6 +207,14 @@ func (c *Controller) Start(ctx context.Context) error {
 
 // Run starts the informers and evaluates every interval until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
+	c.mu.Lock()
+	c.started, c.completed = time.Now(), time.Time{}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.started = time.Time{}
+		c.mu.Unlock()
+	}()
 	if err := c.Start(ctx); err != nil {
 		return err
 	}
@@ -228,7 +267,7 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 		}
 		byNS[u.GetNamespace()] = append(byNS[u.GetNamespace()], q)
 	}
-	usage, merr := Measure(ctx, c.prom, specs, now)
+	usage, merr := Measure(ctx, c.prom, specs, now, c.opts.QueryTimeout)
 	c.metrics.queries.Set(float64(usage.Queries))
 	if merr != nil {
 		c.metrics.promErrors.Inc()
@@ -273,6 +312,12 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 	}
 	c.mu.Lock()
 	c.report, c.next = c.next, map[string]nsReport{}
+	c.completed = time.Now()
+	unknown := 0.0
+	for _, r := range c.report {
+		unknown += r.unknown
+	}
+	c.metrics.unknown.Set(unknown)
 	for uid := range c.written {
 		if !seen[uid] {
 			delete(c.written, uid)
@@ -289,13 +334,14 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 
 func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Usage, metricsOK bool, now time.Time) error {
 	ns := q.obj.GetNamespace()
-	in := Input{Spec: q.spec, MetricsOK: metricsOK, Now: now}
+	in := Input{Spec: q.spec, MetricsOK: metricsOK, Now: now, ScrapeInterval: c.opts.ScrapeInterval}
 	if rq, err := c.quotas.ResourceQuotas(ns).Get(QuotaName); err == nil {
 		used := rq.Status.Used[corev1.ResourceName("requests."+c.opts.Resource)]
 		in.UsedSlices = used.Value()
 	}
 	if q.spec.Budget != nil {
-		in.UsedGPUHours = usage.GPUHours[BudgetKey(*q.spec.Budget)][ns]
+		key := BudgetKey(*q.spec.Budget)
+		in.UsedGPUHours, in.HoursInvalid = usage.GPUHours[key][ns], usage.InvalidHours[key][ns]
 	}
 	pods, err := c.pods.Pods(ns).List(labels.Everything())
 	if err != nil {
@@ -313,7 +359,13 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 			pp.Started = p.Status.StartTime.Time
 		}
 		if q.spec.Idle != nil {
-			pp.MaxUtilization, pp.Measured = usage.MaxUtilization[q.spec.Idle.For.Duration][ns+"/"+p.Name]
+			ev := usage.Idle[q.spec.Idle.For.Duration]
+			if e, ok := ev.Pods[ns+"/"+p.Name]; ok {
+				pp.Evidence = &e
+				for _, inst := range e.Instances {
+					pp.AgentBlind = pp.AgentBlind || ev.Blind[inst]
+				}
+			}
 		}
 		in.Pods = append(in.Pods, pp)
 	}
@@ -326,7 +378,7 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 	}
 	c.mu.Unlock()
 	d := Decide(in)
-	r := nsReport{usedSlices: float64(in.UsedSlices), usedHours: d.UsedGPUHours, idle: float64(len(d.Idle)), exhausted: d.BudgetExhausted}
+	r := nsReport{usedSlices: float64(in.UsedSlices), usedHours: d.UsedGPUHours, idle: float64(len(d.Idle)), unknown: float64(len(d.Unknown)), exhausted: d.BudgetExhausted}
 	if d.Hard != nil {
 		v := float64(*d.Hard)
 		r.limit = &v
@@ -474,12 +526,18 @@ func (c *Controller) writeStatus(ctx context.Context, obj *unstructured.Unstruct
 			idle = append(idle, p)
 		}
 		status["idlePods"] = idle
+		unknown := make([]any, 0, len(d.Unknown))
+		for _, p := range d.Unknown {
+			unknown = append(unknown, p)
+		}
+		status["unknownPods"] = unknown
 		if d.Hard != nil {
 			status["sliceLimit"] = *d.Hard
 		}
 		conds = append(conds,
 			cond(ConditionBudgetExhausted, d.BudgetExhausted, "Budget", d.Reason),
-			cond(ConditionMetricsUnavailable, !in.MetricsOK, "Prometheus", "GPU-hours and idleness come from Prometheus"))
+			cond(ConditionMetricsUnavailable, !in.MetricsOK, "Prometheus", "GPU-hours and idleness come from Prometheus; without a complete answer nothing is reclaimed"),
+			cond(ConditionIdlenessUnknown, len(d.Unknown) > 0, "Evidence", "pods whose idleness Prometheus cannot show are never reclaimed; see status.unknownPods"))
 	}
 	// Keep transition times of conditions that did not change.
 	old, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
@@ -526,7 +584,7 @@ func (c *Controller) writeStatus(ctx context.Context, obj *unstructured.Unstruct
 // collectors are the controller's own metrics.
 func (c *Controller) collectors() []prometheus.Collector {
 	m := &c.metrics
-	return []prometheus.Collector{m.cycles, m.promErrors, m.evictions, m.annotations, m.quotaUpdates, m.duration, m.queries, &namespaceCollector{c: c}}
+	return []prometheus.Collector{m.cycles, m.promErrors, m.evictions, m.annotations, m.quotaUpdates, m.duration, m.queries, m.unknown, &namespaceCollector{c: c}}
 }
 
 // namespaceCollector exports each namespace's quota state as of the last
@@ -576,4 +634,22 @@ var MetricNames = []string{
 	"gpuslice_quota_evaluation_duration_seconds", "gpuslice_quota_prometheus_queries",
 	"gpuslice_quota_used_slices", "gpuslice_quota_slice_limit", "gpuslice_quota_used_gpu_hours",
 	"gpuslice_quota_budget_gpu_hours", "gpuslice_quota_budget_exhausted", "gpuslice_quota_idle_pods",
+	"gpuslice_quota_idleness_unknown_pods",
+}
+
+// Healthy reports whether, while Run runs, a cycle completed within the
+// last StallCycles intervals (or Run started within them): a controller
+// wedged on a call that never returns fails its liveness probe and is
+// restarted. A standby replica, not running, is healthy.
+func (c *Controller) Healthy(now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.started.IsZero() {
+		return true
+	}
+	last := c.completed
+	if last.IsZero() {
+		last = c.started
+	}
+	return now.Sub(last) <= StallCycles*c.opts.Interval
 }

@@ -18,8 +18,18 @@ func FuzzSpecDecide(f *testing.F) {
 		if json.Unmarshal(data, &s) != nil || s.Validate() != nil || used < 0 {
 			return
 		}
-		d := Decide(Input{Spec: s, UsedSlices: used, UsedGPUHours: hours, MetricsOK: metricsOK, Now: time.Unix(1e9, 0),
-			Pods: []Pod{{Name: "p", Slices: 1, Running: true, Started: time.Unix(0, 0), Measured: true}}})
+		d := Decide(Input{Spec: s, UsedSlices: used, UsedGPUHours: hours, MetricsOK: metricsOK, Now: time.Unix(1e9, 0), ScrapeInterval: 15 * time.Second,
+			Pods: []Pod{
+				{Name: "p", Slices: 1, Running: true, Started: time.Unix(0, 0), Evidence: &PodEvidence{Samples: 1 << 30, Valid: true}},
+				{Name: "partial", Slices: 1, Running: true, Started: time.Unix(0, 0), Evidence: &PodEvidence{Samples: 1, Valid: true}},
+				{Name: "invalid", Slices: 1, Running: true, Started: time.Unix(0, 0), Evidence: &PodEvidence{Samples: 1 << 30}},
+				{Name: "none", Slices: 1, Running: true, Started: time.Unix(0, 0)},
+			}})
+		for _, name := range append(append(d.Idle, d.Evict...), d.Annotate...) {
+			if name != "p" {
+				t.Errorf("%s reclaimed without the evidence: %+v", name, d)
+			}
+		}
 		if d.Hard != nil && s.MaxSlices != nil && *d.Hard > *s.MaxSlices {
 			t.Errorf("limit %d above maxSlices %d", *d.Hard, *s.MaxSlices)
 		}

@@ -2,8 +2,12 @@ package quota
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/api"
@@ -11,14 +15,43 @@ import (
 	"github.com/prometheus/common/model"
 )
 
-// Usage is what one cycle's queries measured.
+// Usage is what one cycle's queries measured. Only valid numbers are in
+// it: a namespace or pod whose samples were missing, not finite, out of
+// range, or came with warnings is absent, never zero.
 type Usage struct {
-	// GPUHours by budget key (see BudgetKey) and namespace.
+	// GPUHours by budget key (see BudgetKey) and namespace. A namespace
+	// with no series is absent and used nothing.
 	GPUHours map[string]map[string]float64
-	// MaxUtilization by idle window and "namespace/pod".
-	MaxUtilization map[time.Duration]map[string]float64
+	// InvalidHours lists, by budget key, the namespaces whose GPU-hours
+	// came out NaN, infinite or negative: unknown, not zero.
+	InvalidHours map[string]map[string]bool
+	// Idle by idle window.
+	Idle map[time.Duration]IdleEvidence
 	// Queries is how many PromQL queries the cycle made.
 	Queries int
+}
+
+// IdleEvidence is what Prometheus holds about pods' use over one idle
+// window.
+type IdleEvidence struct {
+	// Pods by "namespace/pod".
+	Pods map[string]PodEvidence
+	// Blind are the agents (by instance) that were down, or could not read
+	// a GPU, at some point in the window: what they report is incomplete.
+	Blind map[string]bool
+}
+
+// PodEvidence is one pod's SM utilization samples over an idle window.
+type PodEvidence struct {
+	// Max is the highest sample.
+	Max float64
+	// Samples is the fewest samples any of the pod's series has in the
+	// window: a series that started late or has gaps has fewer.
+	Samples int
+	// Valid is false when some sample was not a finite number in [0, 1].
+	Valid bool
+	// Instances are the agents that reported the pod.
+	Instances []string
 }
 
 // BudgetKey names a budget's query: its source and window.
@@ -58,16 +91,34 @@ func BudgetQuery(b Budget) string {
 	return fmt.Sprintf(`sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total[%s])) / 3600`, w)
 }
 
-// IdleQuery is the PromQL for each pod's highest SM utilization over d.
-func IdleQuery(d time.Duration) string {
-	return fmt.Sprintf(`max by (namespace, pod) (max_over_time(gpuslice_container_sm_utilization_ratio[%s]))`, promRange(d))
+// IdleQueries are the PromQL for the evidence of idleness over d, each
+// by namespace, pod and the agent (instance) reporting it: the highest and
+// lowest sample, their sum (NaN when any sample is), and the fewest
+// samples of any of the pod's series.
+func IdleQueries(d time.Duration) (maxQ, minQ, sumQ, countQ string) {
+	r := promRange(d)
+	by := "by (namespace, pod, instance)"
+	const m = "gpuslice_container_sm_utilization_ratio"
+	return fmt.Sprintf("max %s (max_over_time(%s[%s]))", by, m, r),
+		fmt.Sprintf("min %s (min_over_time(%s[%s]))", by, m, r),
+		fmt.Sprintf("sum %s (sum_over_time(%s[%s]))", by, m, r),
+		fmt.Sprintf("min %s (count_over_time(%s[%s]))", by, m, r)
 }
 
-// Measure runs one query per distinct budget (source, window) and one per
-// distinct idle window among specs: a number of queries that does not grow
-// with the number of namespaces or pods.
-func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time) (Usage, error) {
-	u := Usage{GPUHours: map[string]map[string]float64{}, MaxUtilization: map[time.Duration]map[string]float64{}}
+// BlindQuery is the PromQL for the agents that were blind or down at some
+// point over d: a GPU they could not read, or a failed scrape.
+func BlindQuery(d time.Duration) string {
+	r := promRange(d)
+	return fmt.Sprintf(`max by (instance) (max_over_time(gpuslice_agent_gpu_blind[%s])) > 0 or min by (instance) (min_over_time(up{instance=~".+"}[%s])) == 0`, r, r)
+}
+
+// Measure runs one query per distinct budget (source, window) and five per
+// distinct idle window among specs: a number of queries that does not
+// grow with the number of namespaces or pods. Each query has timeout. A
+// query that fails, times out or answers with warnings (a partial
+// response) fails the cycle's measurement: nothing is decided from it.
+func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeout time.Duration) (Usage, error) {
+	u := Usage{GPUHours: map[string]map[string]float64{}, InvalidHours: map[string]map[string]bool{}, Idle: map[time.Duration]IdleEvidence{}}
 	budgets := map[string]Budget{}
 	idles := map[time.Duration]bool{}
 	for _, s := range specs {
@@ -83,37 +134,126 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time) (Usage
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	for _, k := range keys {
-		vec, err := query(ctx, q, BudgetQuery(budgets[k]), now)
+	run := func(promql string) (model.Vector, error) {
 		u.Queries++
-		if err != nil {
-			return u, err
-		}
-		m := map[string]float64{}
-		for _, s := range vec {
-			m[string(s.Metric["namespace"])] = float64(s.Value)
-		}
-		u.GPUHours[k] = m
+		return query(ctx, q, promql, now, timeout)
 	}
-	for d := range idles {
-		vec, err := query(ctx, q, IdleQuery(d), now)
-		u.Queries++
+	for _, k := range keys {
+		vec, err := run(BudgetQuery(budgets[k]))
 		if err != nil {
 			return u, err
 		}
-		m := map[string]float64{}
+		m, bad := map[string]float64{}, map[string]bool{}
 		for _, s := range vec {
-			m[string(s.Metric["namespace"])+"/"+string(s.Metric["pod"])] = float64(s.Value)
+			ns := string(s.Metric["namespace"])
+			if v := float64(s.Value); finite(v) && v >= 0 {
+				m[ns] = v
+			} else {
+				bad[ns] = true
+			}
 		}
-		u.MaxUtilization[d] = m
+		u.GPUHours[k], u.InvalidHours[k] = m, bad
+	}
+	windows := make([]time.Duration, 0, len(idles))
+	for d := range idles {
+		windows = append(windows, d)
+	}
+	slices.Sort(windows)
+	for _, d := range windows {
+		ev, err := measureIdle(run, d)
+		if err != nil {
+			return u, err
+		}
+		u.Idle[d] = ev
 	}
 	return u, nil
 }
 
-func query(ctx context.Context, q Querier, promql string, now time.Time) (model.Vector, error) {
-	v, _, err := q.Query(ctx, promql, now)
+func measureIdle(run func(string) (model.Vector, error), d time.Duration) (IdleEvidence, error) {
+	ev := IdleEvidence{Pods: map[string]PodEvidence{}, Blind: map[string]bool{}}
+	maxQ, minQ, sumQ, countQ := IdleQueries(d)
+	var vecs [4]model.Vector
+	for i, promql := range []string{maxQ, minQ, sumQ, countQ} {
+		v, err := run(promql)
+		if err != nil {
+			return ev, err
+		}
+		vecs[i] = v
+	}
+	blind, err := run(BlindQuery(d))
+	if err != nil {
+		return ev, err
+	}
+	for _, s := range blind {
+		ev.Blind[string(s.Metric["instance"])] = true
+	}
+	// Per pod, over the agents reporting it (a pod moves only by being
+	// recreated, but a restarted agent may report it under a new instance).
+	type series struct{ max, min, sum, count float64 }
+	per := map[string]map[string]*series{} // pod -> instance -> values
+	for i, vec := range vecs {
+		for _, s := range vec {
+			pod := string(s.Metric["namespace"]) + "/" + string(s.Metric["pod"])
+			inst := string(s.Metric["instance"])
+			if per[pod] == nil {
+				per[pod] = map[string]*series{}
+			}
+			v := per[pod][inst]
+			if v == nil {
+				v = &series{max: math.NaN(), min: math.NaN(), sum: math.NaN(), count: 0}
+				per[pod][inst] = v
+			}
+			x := float64(s.Value)
+			switch i {
+			case 0:
+				v.max = x
+			case 1:
+				v.min = x
+			case 2:
+				v.sum = x
+			case 3:
+				v.count = x
+			}
+		}
+	}
+	for pod, insts := range per {
+		pe := PodEvidence{Valid: true, Samples: math.MaxInt}
+		for inst, v := range insts {
+			pe.Instances = append(pe.Instances, inst)
+			if !finite(v.max) || !finite(v.min) || !finite(v.sum) || v.min < 0 || v.max > 1 {
+				pe.Valid = false
+			}
+			pe.Max = max(pe.Max, v.max)
+			pe.Samples = min(pe.Samples, int(v.count))
+		}
+		if !pe.Valid {
+			pe.Max = 0 // never reported: an invalid number must not travel
+		}
+		sort.Strings(pe.Instances)
+		ev.Pods[pod] = pe
+	}
+	return ev, nil
+}
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+// ErrPartialResponse reports an answer that came with warnings: a
+// Prometheus-compatible store (Thanos, Mimir) that could not reach all of
+// its data. Nothing is decided from a partial answer.
+var ErrPartialResponse = errors.New("partial response")
+
+func query(ctx context.Context, q Querier, promql string, now time.Time, timeout time.Duration) (model.Vector, error) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	v, warnings, err := q.Query(ctx, promql, now)
 	if err != nil {
 		return nil, fmt.Errorf("prometheus query %q: %w", promql, err)
+	}
+	if len(warnings) > 0 {
+		return nil, fmt.Errorf("prometheus query %q: %w: %s", promql, ErrPartialResponse, strings.Join(warnings, "; "))
 	}
 	vec, ok := v.(model.Vector)
 	if !ok {

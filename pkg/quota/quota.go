@@ -9,6 +9,7 @@ package quota
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"time"
 )
@@ -43,6 +44,9 @@ const (
 const (
 	ConditionBudgetExhausted    = "BudgetExhausted"
 	ConditionMetricsUnavailable = "MetricsUnavailable"
+	// ConditionIdlenessUnknown is true while some pod old enough to judge
+	// lacks the evidence idleness needs.
+	ConditionIdlenessUnknown = "IdlenessUnknown"
 )
 
 // Spec is a GPUQuota's spec.
@@ -130,10 +134,12 @@ type Pod struct {
 	// Running is true once its containers started; Started is when.
 	Running bool
 	Started time.Time
-	// MaxUtilization is its highest SM utilization over the idle window;
-	// Measured is false when the metrics have no series for it.
-	MaxUtilization float64
-	Measured       bool
+	// Evidence is what Prometheus holds of its use over the idle window;
+	// nil when it has no series for it.
+	Evidence *PodEvidence
+	// AgentBlind is true when an agent reporting it was down, or could not
+	// read a GPU, at some point in the window.
+	AgentBlind bool
 	// OptOut is its opt-out annotation; IdleSince its idle mark.
 	OptOut    bool
 	IdleSince string
@@ -145,12 +151,18 @@ type Input struct {
 	// UsedSlices is what its pods hold now (the ResourceQuota's used).
 	UsedSlices int64
 	// UsedGPUHours is its use over the budget window; valid only with
-	// MetricsOK.
+	// MetricsOK and not HoursInvalid.
 	UsedGPUHours float64
+	// HoursInvalid is true when its GPU-hours came out NaN, infinite or
+	// negative: the budget keeps its previous state.
+	HoursInvalid bool
 	// MetricsOK is false when Prometheus could not be read this cycle.
 	MetricsOK bool
-	Pods      []Pod
-	Now       time.Time
+	// ScrapeInterval is how often Prometheus scrapes the agents: an idle
+	// window of d needs about d/ScrapeInterval samples of a pod.
+	ScrapeInterval time.Duration
+	Pods           []Pod
+	Now            time.Time
 	// Previous is the last decision, kept while metrics are unavailable.
 	Previous *Decision
 }
@@ -167,6 +179,9 @@ type Decision struct {
 	UsedGPUHours float64
 	// Idle lists pods found idle; Annotate and Evict those to act on.
 	Idle, Annotate, Evict []string
+	// Unknown lists, as "pod: why", pods old enough to judge whose
+	// idleness the evidence cannot show: never acted on.
+	Unknown []string
 	// Reason explains Hard, for an Event when it changes.
 	Reason string
 }
@@ -189,7 +204,14 @@ func Decide(in Input) Decision {
 	d.UsedGPUHours = in.UsedGPUHours
 	d.Hard = in.Spec.MaxSlices
 	d.Reason = "maxSlices"
-	if b := in.Spec.Budget; b != nil && in.UsedGPUHours >= b.GPUHours {
+	switch b := in.Spec.Budget; {
+	case b != nil && in.HoursInvalid:
+		// Not a number to decide on: the budget stays as it was.
+		d.UsedGPUHours, d.Hard, d.Reason = 0, in.Spec.MaxSlices, "GPU-hours unknown (invalid samples); maxSlices only"
+		if in.Previous != nil {
+			d.Hard, d.BudgetExhausted, d.UsedGPUHours, d.Reason = in.Previous.Hard, in.Previous.BudgetExhausted, in.Previous.UsedGPUHours, in.Previous.Reason
+		}
+	case b != nil && in.UsedGPUHours >= b.GPUHours:
 		d.BudgetExhausted = true
 		// No new GPU pods; running ones keep what they hold.
 		hard := in.UsedSlices
@@ -201,7 +223,11 @@ func Decide(in Input) Decision {
 	}
 	if i := in.Spec.Idle; i != nil {
 		for _, p := range in.Pods {
-			if !idle(p, *i, in.Now) {
+			isIdle, unknown := idle(p, *i, in.Now, in.ScrapeInterval)
+			if unknown != "" {
+				d.Unknown = append(d.Unknown, p.Name+": "+unknown)
+			}
+			if !isIdle {
 				continue
 			}
 			d.Idle = append(d.Idle, p.Name)
@@ -218,14 +244,41 @@ func Decide(in Input) Decision {
 			}
 		}
 		sort.Strings(d.Idle)
+		sort.Strings(d.Unknown)
 		sort.Strings(d.Annotate)
 		sort.Strings(d.Evict)
 	}
 	return d
 }
 
-// idle: running for the whole window, measured, and never above the
-// threshold in it.
-func idle(p Pod, i Idle, now time.Time) bool {
-	return p.Running && p.Slices > 0 && p.Measured && now.Sub(p.Started) >= i.For.Duration && p.MaxUtilization < i.BelowUtilization
+// MinCoverage is the share of the samples an idle window should hold
+// (window / scrape interval) that a pod's every series must have.
+const MinCoverage = 0.9
+
+// idle decides from positive evidence only: a pod is idle when it has run
+// for the whole window and Prometheus holds, for every one of its series,
+// samples covering the window (MinCoverage of the expected count), every
+// one a finite number in [0, 1] and below the threshold, from agents that
+// were up and could read their GPUs throughout. A pod old enough to judge
+// that lacks any of this is unknown, with the reason; never idle.
+func idle(p Pod, i Idle, now time.Time, scrape time.Duration) (bool, string) {
+	if !p.Running || p.Slices <= 0 || now.Sub(p.Started) < i.For.Duration {
+		return false, ""
+	}
+	e := p.Evidence
+	need := 2
+	if scrape > 0 {
+		need = max(need, int(math.Ceil(MinCoverage*float64(i.For.Duration)/float64(scrape))))
+	}
+	switch {
+	case e == nil:
+		return false, "no samples of its GPU use in Prometheus over the window"
+	case !e.Valid:
+		return false, "a sample of its GPU use was not a number in [0, 1]"
+	case p.AgentBlind:
+		return false, "an agent reporting it was down or could not read a GPU during the window"
+	case e.Samples < need:
+		return false, fmt.Sprintf("only %d of the %d samples the window needs", e.Samples, need)
+	}
+	return e.Max < i.BelowUtilization, ""
 }

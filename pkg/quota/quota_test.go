@@ -11,6 +11,11 @@ func ptr(v int64) *int64 { return &v }
 
 var now = time.Unix(1_800_000_000, 0)
 
+// ev is full, valid evidence of a pod's use peaking at peak.
+func ev(peak float64) *PodEvidence {
+	return &PodEvidence{Max: peak, Samples: 1000, Valid: true, Instances: []string{"node-a:9445"}}
+}
+
 func TestDecide(t *testing.T) {
 	idleEvict := &Idle{BelowUtilization: 0.05, For: Duration{10 * time.Minute}, Action: ActionEvict, AllowOptOut: true}
 	old := now.Add(-time.Hour)
@@ -41,26 +46,54 @@ func TestDecide(t *testing.T) {
 	}, {
 		name: "idle: evict the idle, spare the busy, the young, the unmeasured and the opted out",
 		in: Input{Spec: Spec{Idle: idleEvict}, MetricsOK: true, Now: now, Pods: []Pod{
-			{Name: "idle", Slices: 1, Running: true, Started: old, Measured: true, MaxUtilization: 0.01},
-			{Name: "busy", Slices: 1, Running: true, Started: old, Measured: true, MaxUtilization: 0.6},
-			{Name: "young", Slices: 1, Running: true, Started: now.Add(-time.Minute), Measured: true},
+			{Name: "idle", Slices: 1, Running: true, Started: old, Evidence: ev(0.01)},
+			{Name: "busy", Slices: 1, Running: true, Started: old, Evidence: ev(0.6)},
+			{Name: "young", Slices: 1, Running: true, Started: now.Add(-time.Minute), Evidence: ev(0)},
 			{Name: "unmeasured", Slices: 1, Running: true, Started: old},
-			{Name: "optout", Slices: 1, Running: true, Started: old, Measured: true, OptOut: true},
-			{Name: "pending", Slices: 1, Started: old, Measured: true},
+			{Name: "optout", Slices: 1, Running: true, Started: old, Evidence: ev(0), OptOut: true},
+			{Name: "pending", Slices: 1, Started: old, Evidence: ev(0)},
 		}},
-		want: Decision{Reason: "maxSlices", Idle: []string{"idle", "optout"}, Evict: []string{"idle"}},
+		want: Decision{Reason: "maxSlices", Idle: []string{"idle", "optout"}, Evict: []string{"idle"},
+			Unknown: []string{"unmeasured: no samples of its GPU use in Prometheus over the window"}},
+	}, {
+		// The attacks on idleness: a Prometheus restarted without storage
+		// (a busy pod paused 20 s has 1 sample of 0 in a 10 min window), a
+		// -1 or NaN sample, an agent that was blind or down. Never idle.
+		name: "idle only on positive evidence",
+		in: Input{Spec: Spec{Idle: idleEvict}, MetricsOK: true, Now: now, ScrapeInterval: 30 * time.Second, Pods: []Pod{
+			{Name: "fresh-prometheus", Slices: 1, Running: true, Started: old, Evidence: &PodEvidence{Max: 0, Samples: 1, Valid: true}},
+			{Name: "almost-covered", Slices: 1, Running: true, Started: old, Evidence: &PodEvidence{Max: 0, Samples: 17, Valid: true}},
+			{Name: "covered", Slices: 1, Running: true, Started: old, Evidence: &PodEvidence{Max: 0, Samples: 18, Valid: true}},
+			{Name: "negative", Slices: 1, Running: true, Started: old, Evidence: &PodEvidence{Max: 0, Samples: 20, Valid: false}},
+			{Name: "blind-agent", Slices: 1, Running: true, Started: old, Evidence: ev(0), AgentBlind: true},
+		}},
+		want: Decision{Reason: "maxSlices", Idle: []string{"covered"}, Evict: []string{"covered"}, Unknown: []string{
+			"almost-covered: only 17 of the 18 samples the window needs",
+			"blind-agent: an agent reporting it was down or could not read a GPU during the window",
+			"fresh-prometheus: only 1 of the 18 samples the window needs",
+			"negative: a sample of its GPU use was not a number in [0, 1]",
+		}},
+	}, {
+		name: "invalid GPU-hours: the budget keeps its last state",
+		in: Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 1, Window: Duration{time.Hour}}}, MetricsOK: true, HoursInvalid: true, UsedGPUHours: 0, Now: now,
+			Previous: &Decision{Hard: ptr(2), BudgetExhausted: true, UsedGPUHours: 1.5, Reason: "exhausted"}},
+		want: Decision{Hard: ptr(2), BudgetExhausted: true, UsedGPUHours: 1.5, Reason: "exhausted"},
+	}, {
+		name: "invalid GPU-hours from the start: the cap alone",
+		in:   Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 1, Window: Duration{time.Hour}}}, MetricsOK: true, HoursInvalid: true, Now: now},
+		want: Decision{Hard: ptr(8), Reason: "GPU-hours unknown (invalid samples); maxSlices only"},
 	}, {
 		name: "opt-out not allowed",
 		in: Input{Spec: Spec{Idle: &Idle{BelowUtilization: 0.05, For: Duration{time.Minute}, Action: ActionAnnotate}}, MetricsOK: true, Now: now, Pods: []Pod{
-			{Name: "optout", Slices: 1, Running: true, Started: old, Measured: true, OptOut: true},
-			{Name: "marked", Slices: 1, Running: true, Started: old, Measured: true, IdleSince: "2027-01-01T00:00:00Z"},
+			{Name: "optout", Slices: 1, Running: true, Started: old, Evidence: ev(0), OptOut: true},
+			{Name: "marked", Slices: 1, Running: true, Started: old, Evidence: ev(0), IdleSince: "2027-01-01T00:00:00Z"},
 		}},
 		want: Decision{Reason: "maxSlices", Idle: []string{"marked", "optout"}, Annotate: []string{"optout"}},
 	}, {
 		name: "metrics down: keep the last decision, evict nothing",
 		in: Input{Spec: Spec{Idle: idleEvict, Budget: &Budget{GPUHours: 1, Window: Duration{time.Hour}}}, MetricsOK: false, Now: now,
 			Previous: &Decision{Hard: ptr(2), BudgetExhausted: true, UsedGPUHours: 1.5, Reason: "exhausted", Evict: []string{"x"}},
-			Pods:     []Pod{{Name: "idle", Slices: 1, Running: true, Started: old, Measured: true}}},
+			Pods:     []Pod{{Name: "idle", Slices: 1, Running: true, Started: old, Evidence: ev(0)}}},
 		want: Decision{Hard: ptr(2), BudgetExhausted: true, UsedGPUHours: 1.5, Reason: "exhausted"},
 	}, {
 		name: "metrics down from the start: the cap alone",
@@ -109,7 +142,10 @@ func TestQueries(t *testing.T) {
 	if q := BudgetQuery(Budget{Window: Duration{24 * time.Hour}}); q != `sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total[1d])) / 3600` {
 		t.Errorf("busy query %s", q)
 	}
-	if q := IdleQuery(90 * time.Second); q != `max by (namespace, pod) (max_over_time(gpuslice_container_sm_utilization_ratio[1m30s]))` {
-		t.Errorf("idle query %s", q)
+	maxQ, _, sumQ, countQ := IdleQueries(90 * time.Second)
+	if maxQ != `max by (namespace, pod, instance) (max_over_time(gpuslice_container_sm_utilization_ratio[1m30s]))` ||
+		sumQ != `sum by (namespace, pod, instance) (sum_over_time(gpuslice_container_sm_utilization_ratio[1m30s]))` ||
+		countQ != `min by (namespace, pod, instance) (count_over_time(gpuslice_container_sm_utilization_ratio[1m30s]))` {
+		t.Errorf("idle queries %s, %s, %s", maxQ, sumQ, countQ)
 	}
 }

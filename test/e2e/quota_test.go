@@ -18,6 +18,8 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/quota"
 	"github.com/gpuslice/gpuslice/test/apiserver"
+	"github.com/gpuslice/gpuslice/test/e2e/cluster"
+	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
 // TestQuotaController runs gpu-quota-controller against the cluster and a
@@ -29,7 +31,7 @@ func TestQuotaController(t *testing.T) {
 		t.Fatalf("apply the GPUQuota CRD: %v\n%s", err, out)
 	}
 	ctrl, err := apiserver.StartProcess("gpu-quota-controller", controllerBin, "--kubeconfig="+c.API.Kubeconfig, "--prometheus-url="+prom,
-		"--interval=2s", "--metrics-address=127.0.0.1:0", "--leader-election-namespace=default", "--log-level=debug")
+		"--interval=2s", "--query-timeout=1s", "--scrape-interval=1s", "--metrics-address=127.0.0.1:0", "--leader-election-namespace=default", "--log-level=debug")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +189,7 @@ func TestQuotaController(t *testing.T) {
 		}
 	})
 
-	t.Run("prometheus down evicts nothing", func(t *testing.T) {
+	t.Run("prometheus down, then back without its history: nothing evicted until the window is covered again", func(t *testing.T) {
 		ns := newNamespace(t, "blind")
 		gpuQuota(ns, map[string]any{"idle": map[string]any{"belowUtilization": 0.05, "for": "15s", "action": "Evict"}})
 		if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(pod("napper", 1, "exec /bin/workload --memory-mib 256 --demand 0")), metav1.CreateOptions{}); err != nil {
@@ -199,8 +201,35 @@ func TestQuotaController(t *testing.T) {
 		time.Sleep(25 * time.Second) // well past the idle window
 		p, err := cs.CoreV1().Pods(ns).Get(ctx, "napper", metav1.GetOptions{})
 		if err != nil || p.DeletionTimestamp != nil {
-			t.Errorf("a pod was evicted while Prometheus was down: %v", err)
+			t.Fatalf("a pod was evicted while Prometheus was down: %v", err)
 		}
+		// Back, with empty storage: the pod has run far longer than the
+		// window, and the few samples there are all say 0, but they do not
+		// cover the window yet.
+		promtest.StartAt(t, strings.TrimPrefix(prom, "http://"), promtest.StaticTarget("gpuslice-agent", c.MetricsAddr, cluster.NodeName))
+		back := time.Now()
+		waitFor("MetricsUnavailable cleared", 30*time.Second, func() bool { return condition(ns, quota.ConditionMetricsUnavailable) == "False" })
+		waitFor("the pod listed with unknown idleness", 30*time.Second, func() bool {
+			u, err := dyn.Resource(quota.GVR).Namespace(ns).Get(ctx, "team", metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			unknown, _, _ := unstructured.NestedStringSlice(u.Object, "status", "unknownPods")
+			return len(unknown) == 1 && strings.HasPrefix(unknown[0], "napper: only")
+		})
+		if p, err := cs.CoreV1().Pods(ns).Get(ctx, "napper", metav1.GetOptions{}); err != nil || p.DeletionTimestamp != nil {
+			t.Fatalf("evicted %v after Prometheus came back without its history: %v", time.Since(back).Round(time.Second), err)
+		}
+		// Once the window is covered again, the idle pod is reclaimed: the
+		// rule can say yes.
+		waitFor("idle pod evicted once the window is covered", 90*time.Second, func() bool {
+			p, err := cs.CoreV1().Pods(ns).Get(ctx, "napper", metav1.GetOptions{})
+			return apierrors.IsNotFound(err) || (err == nil && p.DeletionTimestamp != nil)
+		})
+		if took := time.Since(back); took < 14*time.Second {
+			t.Errorf("evicted %v after Prometheus came back, before a 15 s window could be covered", took.Round(time.Second))
+		}
+		t.Logf("evicted %v after Prometheus came back with empty storage (idle for: 15s)", time.Since(back).Round(time.Second))
 	})
 }
 

@@ -25,6 +25,18 @@ import (
 // GPUSLICE_REQUIRE_PROMTOOL is set (as in CI), when it fails.
 func Start(tb testing.TB, scrapeConfigs string) (string, func()) {
 	tb.Helper()
+	port, err := apiserver.FreePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return StartAt(tb, fmt.Sprintf("127.0.0.1:%d", port), scrapeConfigs)
+}
+
+// StartAt is Start on a given address, with empty storage: started at the
+// address of one that was stopped, it is that Prometheus restarted without
+// its history.
+func StartAt(tb testing.TB, addr, scrapeConfigs string) (string, func()) {
+	tb.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
 		if os.Getenv("GPUSLICE_REQUIRE_PROMTOOL") != "" {
@@ -38,11 +50,6 @@ func Start(tb testing.TB, scrapeConfigs string) (string, func()) {
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	port, err := apiserver.FreePort()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	p, err := apiserver.StartProcess("prometheus", bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr, "--log.level=warn")
 	if err != nil {
