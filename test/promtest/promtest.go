@@ -37,6 +37,13 @@ func Start(tb testing.TB, scrapeConfigs string) (string, func()) {
 // its history.
 func StartAt(tb testing.TB, addr, scrapeConfigs string) (string, func()) {
 	tb.Helper()
+	return StartConfig(tb, addr, "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n"+scrapeConfigs)
+}
+
+// StartConfig runs Prometheus on addr with a whole configuration file's
+// content, as a generator (prometheus-operator's) wrote it.
+func StartConfig(tb testing.TB, addr, conf string) (string, func()) {
+	tb.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
 		if os.Getenv("GPUSLICE_REQUIRE_PROMTOOL") != "" {
@@ -46,7 +53,6 @@ func StartAt(tb testing.TB, addr, scrapeConfigs string) (string, func()) {
 	}
 	dir := tb.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
-	conf := "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n" + scrapeConfigs
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		tb.Fatal(err)
 	}
