@@ -69,7 +69,7 @@ bench: ## Run the benchmarks recorded in docs/benchmarks.md.
 	$(GO) test -run '^$$' -bench DriverLimitOnCgroupCreation -benchtime 200x ./pkg/enforce
 
 .PHONY: bench-quota
-bench-quota: ## Measure the quota controller's evaluation cycle: 500 namespaces, 5,000 pods, real API server and Prometheus (about 1 minute).
+bench-quota: ## Measure the quota controller's evaluation cycle: 500 namespaces, 5,000 running pods, 24h of backfilled history, real API server and Prometheus (about 2 minutes).
 	$(GO) test -run '^$$' -bench EvaluationCycle -benchtime 20x -timeout 10m -v ./pkg/quota
 
 .PHONY: bench-accuracy

@@ -3,8 +3,6 @@ package quota_test
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -33,9 +31,11 @@ const (
 )
 
 // BenchmarkEvaluationCycle measures one evaluation cycle of 500 namespaces
-// with a GPUQuota each and 5,000 GPU pods, against a real kube-apiserver
-// and a real Prometheus holding the pods' series, in steady state (after
-// the first cycle created the ResourceQuotas and statuses).
+// with a GPUQuota each and 5,000 running GPU pods, against a real
+// kube-apiserver and a real Prometheus holding 24 hours of the pods'
+// history (backfilled with promtool), in steady state (after the first
+// cycle created the ResourceQuotas and statuses and evicted the one idle
+// pod of each namespace through the Eviction API).
 func BenchmarkEvaluationCycle(b *testing.B) {
 	if testing.Short() {
 		b.Skip("builds a 500-namespace cluster state; run without -short")
@@ -71,8 +71,9 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 		}
 	}
 
-	// 500 namespaces, each with a GPUQuota and 10 pods of 1 slice.
+	// 500 namespaces, each with a GPUQuota and 10 running pods of 1 slice.
 	start := time.Now()
+	started := metav1.NewTime(start.Add(-48 * time.Hour))
 	var wg sync.WaitGroup
 	errs := make(chan error, benchNamespaces)
 	sem := make(chan struct{}, 32)
@@ -101,7 +102,15 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 					Name: "main", Image: "example/train",
 					Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{"nvidia.com/vgpu": resource.MustParse("1")}},
 				}}}}
-				if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+				created, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+				if err != nil {
+					errs <- err
+					return
+				}
+				// Running since well before the idle window, as a kubelet
+				// would report it.
+				created.Status = corev1.PodStatus{Phase: corev1.PodRunning, StartTime: &started}
+				if _, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 					errs <- err
 					return
 				}
@@ -115,51 +124,78 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 	}
 	b.Logf("created %d namespaces, quotas and %d pods in %v", benchNamespaces, benchNamespaces*benchPodsPerNS, time.Since(start).Round(time.Second))
 
-	// The pods' series, as agents would export them, scraped by Prometheus.
-	exporter := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		var sb strings.Builder
-		busy := float64(time.Now().Unix() % 100000)
-		sb.WriteString("# TYPE gpuslice_container_gpu_busy_seconds_total counter\n# TYPE gpuslice_container_sm_utilization_ratio gauge\n")
+	// 24 hours of the pods' series, as agents would have exported them:
+	// every 10 minutes, then every minute over the last hour (the idle
+	// window's resolution). Pod p0 of each namespace was idle throughout;
+	// the others used j/10 of a GPU.
+	now := time.Now().Truncate(time.Minute)
+	var stamps []time.Time
+	for t := now.Add(-24 * time.Hour); t.Before(now.Add(-time.Hour)); t = t.Add(10 * time.Minute) {
+		stamps = append(stamps, t)
+	}
+	for t := now.Add(-time.Hour); t.Before(now); t = t.Add(time.Minute) {
+		stamps = append(stamps, t)
+	}
+	var om strings.Builder
+	for _, fam := range []string{"util", "busy"} {
+		if fam == "util" {
+			om.WriteString("# TYPE gpuslice_container_sm_utilization_ratio gauge\n")
+		} else {
+			om.WriteString("# TYPE gpuslice_container_gpu_busy_seconds counter\n")
+		}
 		for i := range benchNamespaces {
 			for j := range benchPodsPerNS {
-				l := fmt.Sprintf(`{namespace="team-%03d",pod="p%d",container="main",gpu="%d",uuid="GPU-%d"}`, i, j, j%8, i%64)
-				fmt.Fprintf(&sb, "gpuslice_container_gpu_busy_seconds_total%s %g\ngpuslice_container_sm_utilization_ratio%s %g\n", l, busy*float64(j)/10, l, float64(j)/10)
+				l := fmt.Sprintf(`{namespace="team-%03d",pod="p%d",container="main",gpu="%d",uuid="GPU-%d",instance="node-%d"}`, i, j, j%8, i%64, i%64)
+				for _, ts := range stamps {
+					if fam == "util" {
+						fmt.Fprintf(&om, "gpuslice_container_sm_utilization_ratio%s %g %d\n", l, float64(j)/10, ts.Unix())
+					} else {
+						fmt.Fprintf(&om, "gpuslice_container_gpu_busy_seconds_total%s %g %d\n", l, float64(j)/10*ts.Sub(stamps[0]).Seconds(), ts.Unix())
+					}
+				}
 			}
 		}
-		_, _ = w.Write([]byte(sb.String()))
-	}))
-	defer exporter.Close()
-	promURL, _ := promtest.Start(b, promtest.StaticTarget("agents", strings.TrimPrefix(exporter.URL, "http://"), "synthetic"))
+	}
+	om.WriteString("# EOF\n")
+	t0 := time.Now()
+	promURL := promtest.StartBackfilled(b, []byte(om.String()))
+	b.Logf("backfilled %d samples (24h of %d pods) in %v", 2*len(stamps)*benchNamespaces*benchPodsPerNS, benchNamespaces*benchPodsPerNS, time.Since(t0).Round(time.Second))
 	querier, err := quota.NewQuerier(promURL)
 	if err != nil {
 		b.Fatal(err)
 	}
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
-		v, _, err := querier.Query(ctx, `count(count_over_time(gpuslice_container_sm_utilization_ratio[1m]) >= 3)`, time.Now())
-		if err == nil && strings.Contains(v.String(), fmt.Sprint(benchNamespaces*benchPodsPerNS)) {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("prometheus never held 3 scrapes of every pod: %v %v", v, err)
-		}
-	}
 
-	ctrl := quota.New(cs, dynamic.NewForConfigOrDie(cfg), querier, quota.Options{})
+	ctrl := quota.New(cs, dynamic.NewForConfigOrDie(cfg), querier, quota.Options{ScrapeInterval: time.Minute})
 	if err := ctrl.Start(ctx); err != nil {
 		b.Fatal(err)
 	}
 	first := time.Now()
-	if _, err := ctrl.Evaluate(ctx, time.Now()); err != nil {
+	if _, err := ctrl.Evaluate(ctx, now); err != nil {
 		b.Fatal(err)
 	}
-	b.Logf("first cycle (creates %d ResourceQuotas and statuses): %v", benchNamespaces, time.Since(first).Round(time.Millisecond))
+	b.Logf("first cycle (creates %d ResourceQuotas and statuses, evicts the idle pods): %v", benchNamespaces, time.Since(first).Round(time.Millisecond))
 	time.Sleep(2 * time.Second) // the informers see what the first cycle wrote
+	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if want := benchNamespaces * (benchPodsPerNS - 1); len(pods.Items) != want {
+		b.Fatalf("%d pods after the first cycle, want %d: one idle pod of each namespace evicted", len(pods.Items), want)
+	}
+	// The second cycle records that the evicted pods are gone (500 status
+	// writes); steady state begins after it.
+	second := time.Now()
+	if _, err := ctrl.Evaluate(ctx, now); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("second cycle (records the evictions in 500 statuses): %v", time.Since(second).Round(time.Millisecond))
+	time.Sleep(2 * time.Second)
 
 	var took []time.Duration
 	queries := 0
 	for b.Loop() {
 		t0 := time.Now()
-		n, err := ctrl.Evaluate(ctx, time.Now())
+		n, err := ctrl.Evaluate(ctx, now)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -167,13 +203,22 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 		queries = n
 	}
 	spec := quota.Spec{Budget: &quota.Budget{GPUHours: 100, Window: quota.Duration{Duration: 24 * time.Hour}}, Idle: &quota.Idle{BelowUtilization: 0.05, For: quota.Duration{Duration: 30 * time.Minute}, Action: quota.ActionEvict}}
-	t0 := time.Now()
-	if _, err := quota.Measure(ctx, querier, []quota.Spec{spec}, time.Now(), quota.DefaultQueryTimeout); err != nil {
+	t0 = time.Now()
+	if _, err := quota.Measure(ctx, querier, []quota.Spec{spec}, now, quota.DefaultQueryTimeout); err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("the PromQL queries alone: %v", time.Since(t0).Round(time.Millisecond))
+	maxQ, minQ, sumQ, countQ := quota.IdleQueries(spec.Idle.For.Duration)
+	for _, promql := range []string{quota.BudgetQuery(*spec.Budget), maxQ, minQ, sumQ, countQ, quota.BlindQuery(spec.Idle.For.Duration)} {
+		t0 = time.Now()
+		if _, _, err := querier.Query(ctx, promql, now); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("%6v  %s", time.Since(t0).Round(time.Millisecond), promql)
+	}
 	slices.Sort(took)
 	b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "p50-ms")
+	b.ReportMetric(float64(took[(len(took)*99)/100].Milliseconds()), "p99-ms")
 	b.ReportMetric(float64(took[len(took)-1].Milliseconds()), "max-ms")
 	b.ReportMetric(float64(queries), "promql-queries")
 }

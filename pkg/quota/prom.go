@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/prometheus/client_golang/api"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
@@ -112,11 +114,15 @@ func BlindQuery(d time.Duration) string {
 	return fmt.Sprintf(`max by (instance) (max_over_time(gpuslice_agent_gpu_blind[%s])) > 0 or min by (instance) (min_over_time(up{instance=~".+"}[%s])) == 0`, r, r)
 }
 
+// MaxConcurrentQueries bounds the queries one cycle has in flight.
+const MaxConcurrentQueries = 4
+
 // Measure runs one query per distinct budget (source, window) and five per
 // distinct idle window among specs: a number of queries that does not
-// grow with the number of namespaces or pods. Each query has timeout. A
-// query that fails, times out or answers with warnings (a partial
-// response) fails the cycle's measurement: nothing is decided from it.
+// grow with the number of namespaces or pods, up to MaxConcurrentQueries
+// at a time. Each query has timeout. A query that fails, times out or
+// answers with warnings (a partial response) fails the cycle's
+// measurement: nothing is decided from it.
 func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeout time.Duration) (Usage, error) {
 	u := Usage{GPUHours: map[string]map[string]float64{}, InvalidHours: map[string]map[string]bool{}, Idle: map[time.Duration]IdleEvidence{}}
 	budgets := map[string]Budget{}
@@ -129,22 +135,37 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeou
 			idles[s.Idle.For.Duration] = true
 		}
 	}
-	keys := make([]string, 0, len(budgets))
-	for k := range budgets {
-		keys = append(keys, k)
+	var promqls []string
+	for _, b := range budgets {
+		promqls = append(promqls, BudgetQuery(b))
 	}
-	sort.Strings(keys)
-	run := func(promql string) (model.Vector, error) {
-		u.Queries++
-		return query(ctx, q, promql, now, timeout)
+	for d := range idles {
+		maxQ, minQ, sumQ, countQ := IdleQueries(d)
+		promqls = append(promqls, maxQ, minQ, sumQ, countQ, BlindQuery(d))
 	}
-	for _, k := range keys {
-		vec, err := run(BudgetQuery(budgets[k]))
-		if err != nil {
-			return u, err
-		}
+	slices.Sort(promqls)
+	promqls = slices.Compact(promqls)
+	u.Queries = len(promqls)
+	results := make([]model.Vector, len(promqls))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(MaxConcurrentQueries)
+	for i, promql := range promqls {
+		g.Go(func() error {
+			v, err := query(gctx, q, promql, now, timeout)
+			results[i] = v
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return u, err
+	}
+	result := func(promql string) model.Vector {
+		i, _ := slices.BinarySearch(promqls, promql)
+		return results[i]
+	}
+	for k, b := range budgets {
 		m, bad := map[string]float64{}, map[string]bool{}
-		for _, s := range vec {
+		for _, s := range result(BudgetQuery(b)) {
 			ns := string(s.Metric["namespace"])
 			if v := float64(s.Value); finite(v) && v >= 0 {
 				m[ns] = v
@@ -154,45 +175,25 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeou
 		}
 		u.GPUHours[k], u.InvalidHours[k] = m, bad
 	}
-	windows := make([]time.Duration, 0, len(idles))
 	for d := range idles {
-		windows = append(windows, d)
-	}
-	slices.Sort(windows)
-	for _, d := range windows {
-		ev, err := measureIdle(run, d)
-		if err != nil {
-			return u, err
-		}
-		u.Idle[d] = ev
+		u.Idle[d] = idleEvidence(result, d)
 	}
 	return u, nil
 }
 
-func measureIdle(run func(string) (model.Vector, error), d time.Duration) (IdleEvidence, error) {
+// idleEvidence reads the answers to one idle window's queries.
+func idleEvidence(result func(string) model.Vector, d time.Duration) IdleEvidence {
 	ev := IdleEvidence{Pods: map[string]PodEvidence{}, Blind: map[string]bool{}}
 	maxQ, minQ, sumQ, countQ := IdleQueries(d)
-	var vecs [4]model.Vector
-	for i, promql := range []string{maxQ, minQ, sumQ, countQ} {
-		v, err := run(promql)
-		if err != nil {
-			return ev, err
-		}
-		vecs[i] = v
-	}
-	blind, err := run(BlindQuery(d))
-	if err != nil {
-		return ev, err
-	}
-	for _, s := range blind {
+	for _, s := range result(BlindQuery(d)) {
 		ev.Blind[string(s.Metric["instance"])] = true
 	}
 	// Per pod, over the agents reporting it (a pod moves only by being
 	// recreated, but a restarted agent may report it under a new instance).
 	type series struct{ max, min, sum, count float64 }
 	per := map[string]map[string]*series{} // pod -> instance -> values
-	for i, vec := range vecs {
-		for _, s := range vec {
+	for i, promql := range []string{maxQ, minQ, sumQ, countQ} {
+		for _, s := range result(promql) {
 			pod := string(s.Metric["namespace"]) + "/" + string(s.Metric["pod"])
 			inst := string(s.Metric["instance"])
 			if per[pod] == nil {
@@ -232,7 +233,7 @@ func measureIdle(run func(string) (model.Vector, error), d time.Duration) (IdleE
 		sort.Strings(pe.Instances)
 		ev.Pods[pod] = pe
 	}
-	return ev, nil
+	return ev
 }
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }

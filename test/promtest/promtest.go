@@ -44,6 +44,41 @@ func StartAt(tb testing.TB, addr, scrapeConfigs string) (string, func()) {
 // content, as a generator (prometheus-operator's) wrote it.
 func StartConfig(tb testing.TB, addr, conf string) (string, func()) {
 	tb.Helper()
+	return startConfig(tb, addr, conf, filepath.Join(tb.TempDir(), "data"))
+}
+
+// StartBackfilled runs Prometheus (scraping nothing) over history written
+// in OpenMetrics text, turned into TSDB blocks with promtool tsdb
+// create-blocks-from openmetrics as an operator would backfill: windows of
+// hours or days exist at once, without waiting for them.
+func StartBackfilled(tb testing.TB, openMetrics []byte) string {
+	tb.Helper()
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("GPUSLICE_REQUIRE_PROMTOOL") != "" {
+			tb.Fatal("promtool is required (GPUSLICE_REQUIRE_PROMTOOL is set) but not on PATH")
+		}
+		tb.Skip("promtool not installed (apt-get install prometheus)")
+	}
+	dir := tb.TempDir()
+	src := filepath.Join(dir, "history.om")
+	if err := os.WriteFile(src, openMetrics, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	if out, err := exec.Command(promtool, "tsdb", "create-blocks-from", "openmetrics", src, data).CombinedOutput(); err != nil {
+		tb.Fatalf("promtool backfill: %v\n%s", err, out)
+	}
+	port, err := apiserver.FreePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	url, _ := startConfig(tb, fmt.Sprintf("127.0.0.1:%d", port), "global: {scrape_interval: 15s}\n", data)
+	return url
+}
+
+func startConfig(tb testing.TB, addr, conf, data string) (string, func()) {
+	tb.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
 		if os.Getenv("GPUSLICE_REQUIRE_PROMTOOL") != "" {
@@ -56,7 +91,7 @@ func StartConfig(tb testing.TB, addr, conf string) (string, func()) {
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	p, err := apiserver.StartProcess("prometheus", bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+	p, err := apiserver.StartProcess("prometheus", bin, "--config.file="+cfg, "--storage.tsdb.path="+data,
 		"--web.listen-address="+addr, "--log.level=warn")
 	if err != nil {
 		tb.Fatal(err)
