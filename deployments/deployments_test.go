@@ -52,6 +52,13 @@ func parseDocs(t *testing.T, text string) []*unstructured.Unstructured {
 // created for real: later objects live in them.
 func dryRun(t *testing.T, srv *apiserver.Server, objs []*unstructured.Unstructured) {
 	t.Helper()
+	create(t, srv, objs, true)
+}
+
+// create creates each object on the API server with strict field
+// validation, for real or (dry) with server-side dry-run.
+func create(t *testing.T, srv *apiserver.Server, objs []*unstructured.Unstructured, dry bool) {
+	t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +80,7 @@ func dryRun(t *testing.T, srv *apiserver.Server, objs []*unstructured.Unstructur
 			res = dyn.Resource(mapping.Resource).Namespace(o.GetNamespace())
 		}
 		opts := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}
-		if o.GetKind() == "Namespace" {
+		if o.GetKind() == "Namespace" || !dry {
 			opts.DryRun = nil
 		}
 		if _, err := res.Create(ctx, o, opts); err != nil {

@@ -1,14 +1,23 @@
 package deployments_test
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
@@ -111,4 +120,86 @@ func TestChartServerSideDryRun(t *testing.T) {
 		"--set", "quotaController.enabled=true,quotaController.prometheusURL=http://prometheus.monitoring:9090")
 	ns := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "gpuslice-chart"}}}
 	dryRun(t, apiserver.Start(t), append([]*unstructured.Unstructured{ns}, parseDocs(t, rendered)...))
+}
+
+// TestQuotaControllerPermissions installs the chart's RBAC for the quota
+// controller on a real API server and asks it, as kubectl auth can-i --as
+// does, what the controller's ServiceAccount may and may not do.
+func TestQuotaControllerPermissions(t *testing.T) {
+	srv := apiserver.Start(t)
+	cs := srv.Clientset(t)
+	ctx := context.Background()
+	for _, annotate := range []bool{true, false} {
+		ns := fmt.Sprintf("gpuslice-rbac-%t", annotate)
+		rendered := helm(t, "template", "gpuslice", chart, "--namespace", ns, "--show-only", "templates/quota-controller.yaml",
+			"--set", fmt.Sprintf("quotaController.enabled=true,quotaController.prometheusURL=http://p:9090,quotaController.annotatePods=%t,fullnameOverride=%s", annotate, ns))
+		objs := []*unstructured.Unstructured{{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}}
+		for _, o := range parseDocs(t, rendered) {
+			if o.GetKind() != "Deployment" {
+				objs = append(objs, o)
+			}
+		}
+		create(t, srv, objs, false)
+		user := "system:serviceaccount:" + ns + ":" + ns + "-quota-controller"
+		can := func(verb, resource, sub, name, namespace string) bool {
+			t.Helper()
+			sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+				User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+				ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: verb, Resource: resource, Subresource: sub, Name: name, Namespace: namespace,
+					Group: map[string]string{"gpuquotas": "gpuslice.io", "leases": "coordination.k8s.io"}[resource]},
+			}}
+			out, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return out.Status.Allowed
+		}
+		// RBAC objects reach the authorizer's cache shortly after creation.
+		for deadline := time.Now().Add(10 * time.Second); !can("list", "gpuquotas", "", "", ""); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the controller's role never took effect")
+			}
+		}
+		for _, c := range []struct {
+			verb, resource, sub, name, namespace string
+			want                                 bool
+		}{
+			{"list", "gpuquotas", "", "", "", true},
+			{"update", "gpuquotas", "status", "team", "ml", true},
+			{"update", "gpuquotas", "", "team", "ml", false}, // the spec is the user's
+			{"list", "resourcequotas", "", "gpuslice-gpu-quota", "", true},
+			{"watch", "resourcequotas", "", "gpuslice-gpu-quota", "", true},
+			{"update", "resourcequotas", "", "gpuslice-gpu-quota", "ml", true},
+			{"delete", "resourcequotas", "", "gpuslice-gpu-quota", "ml", true},
+			{"list", "resourcequotas", "", "", "", false}, // only its own, by name
+			{"update", "resourcequotas", "", "compute-resources", "ml", false},
+			{"delete", "resourcequotas", "", "compute-resources", "ml", false},
+			{"list", "pods", "", "", "", true},
+			{"create", "pods", "eviction", "train", "ml", true},
+			{"patch", "pods", "", "train", "ml", annotate},
+			{"delete", "pods", "", "train", "ml", false}, // evictions go through the Eviction API
+			{"create", "pods", "", "", "ml", false},
+			{"get", "secrets", "", "", "ml", false},
+			{"update", "leases", "", "gpuslice-quota-controller", ns, true},
+			{"update", "leases", "", "gpuslice-quota-controller", "kube-system", false},
+		} {
+			if got := can(c.verb, c.resource, c.sub, c.name, c.namespace); got != c.want {
+				t.Errorf("annotatePods=%t: can %s %s/%s %q in %q = %t, want %t", annotate, c.verb, c.resource, c.sub, c.name, c.namespace, got, c.want)
+			}
+		}
+		// The informer's own request, as the ServiceAccount: a list by name
+		// passes, a list of everything is refused.
+		cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:serviceaccounts", "system:authenticated"}}
+		as := kubernetes.NewForConfigOrDie(cfg)
+		if _, err := as.CoreV1().ResourceQuotas("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=gpuslice-gpu-quota"}); err != nil {
+			t.Errorf("the controller's informer list is refused: %v", err)
+		}
+		if _, err := as.CoreV1().ResourceQuotas("").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("listing every ResourceQuota = %v, want forbidden", err)
+		}
+	}
 }

@@ -165,9 +165,15 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		return ctrl.Run(ctx)
 	}
 	id, _ := os.Hostname()
-	id = fmt.Sprintf("%s-%d", id, os.Getpid())
+	return runElected(ctx, kube, c.leNamespace, c.leID, fmt.Sprintf("%s-%d", id, os.Getpid()), ctrl.Run, log)
+}
+
+// runElected runs run only while holding the Lease namespace/name as id,
+// and hands the Lease back when ctx ends, so a standby takes over at its
+// next retry rather than after the lease expires.
+func runElected(ctx context.Context, kube kubernetes.Interface, namespace, name, id string, run func(context.Context) error, log *slog.Logger) error {
 	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: c.leNamespace, Name: c.leID},
+		LeaseMeta:  metav1.ObjectMeta{Namespace: namespace, Name: name},
 		Client:     kube.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
 	}
@@ -178,7 +184,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(ctx context.Context) {
 				log.Info("leading", "identity", id)
-				runErr = ctrl.Run(ctx)
+				runErr = run(ctx)
 			},
 			OnStoppedLeading: func() { log.Info("stopped leading", "identity", id) },
 		},

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"context"
+	"log/slog"
 	"strings"
 	"testing"
+	"time"
+
+	kubefake "k8s.io/client-go/kubernetes/fake"
 )
 
 func TestParse(t *testing.T) {
@@ -23,5 +28,48 @@ func TestParse(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("parse(%q) = %v, want an error containing %q", args, err, want)
 		}
+	}
+}
+
+// TestLeadershipHandsOver: of two replicas on one Lease only one runs the
+// controller; when it stops, it hands the Lease back and the standby takes
+// over without waiting for the lease to expire.
+func TestLeadershipHandsOver(t *testing.T) {
+	kube := kubefake.NewClientset()
+	log := slog.New(slog.DiscardHandler)
+	leading := make(chan string, 4)
+	start := func(id string) (context.CancelFunc, chan error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- runElected(ctx, kube, "gpuslice", "gpuslice-quota-controller", id, func(ctx context.Context) error {
+				leading <- id
+				<-ctx.Done()
+				return nil
+			}, log)
+		}()
+		return cancel, done
+	}
+	cancelA, doneA := start("a")
+	first := <-leading
+	cancelB, doneB := start("b")
+	defer func() { cancelB(); <-doneB }()
+	select {
+	case id := <-leading:
+		t.Fatalf("%s led while %s held the lease", id, first)
+	case <-time.After(3 * time.Second):
+	}
+	if first != "a" {
+		t.Fatalf("%s led first, want a", first)
+	}
+	cancelA()
+	<-doneA
+	select {
+	case id := <-leading:
+		if id != "b" {
+			t.Fatalf("%s took over, want b", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the standby never took over (a lease that was not handed back expires after 15 s)")
 	}
 }
