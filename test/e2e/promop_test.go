@@ -14,12 +14,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpuslice/gpuslice/pkg/quota"
@@ -39,53 +42,7 @@ import (
 func TestChartServiceMonitorAsTheOperatorRendersIt(t *testing.T) {
 	cs := c.API.Clientset(t)
 	ctx := context.Background()
-
-	// The generator, built from its own module.
-	promop := filepath.Join(t.TempDir(), "promop")
-	build := exec.Command("go", "-C", "promop", "build", "-o", promop, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build prometheus-operator's config generator: %v\n%s", err, out)
-	}
-	// The chart's ServiceMonitor, as helm renders it.
-	helm, err := exec.Command("./build-helm.sh").Output()
-	if err != nil {
-		t.Fatalf("helm: %v", err)
-	}
-	rendered, err := exec.Command(strings.TrimSpace(string(helm)), "template", "gpuslice", "../../deployments/helm/gpuslice", "--namespace", "gpuslice",
-		"--set", "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.interval=1s", "--show-only", "templates/monitoring.yaml").Output()
-	if err != nil {
-		t.Fatalf("helm template: %v", err)
-	}
-	if !strings.Contains(string(rendered), "honorLabels: true") {
-		t.Fatalf("the chart's ServiceMonitor does not honor labels:\n%s", rendered)
-	}
-
-	// What the operator would scrape: the chart's Service in its namespace,
-	// its endpoint the agent (through a proxy on a routable address: the
-	// API server refuses loopback endpoints).
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "gpuslice"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cs.CoreV1().Namespaces().Delete(ctx, "gpuslice", metav1.DeleteOptions{}) })
-	ip, port := proxyToAgent(t)
-	labels := map[string]string{"app.kubernetes.io/name": "gpuslice", "app.kubernetes.io/instance": "gpuslice", "app.kubernetes.io/component": "agent"}
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "gpuslice-agent", Namespace: "gpuslice", Labels: labels},
-		Spec:       corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Name: "metrics", Port: int32(port)}}},
-	}
-	if _, err := cs.CoreV1().Services("gpuslice").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	ep := &corev1.Endpoints{ //nolint:staticcheck // the operator's default discovery role is endpoints
-		ObjectMeta: metav1.ObjectMeta{Name: "gpuslice-agent", Namespace: "gpuslice", Labels: labels},
-		Subsets: []corev1.EndpointSubset{{ //nolint:staticcheck // as above
-			Addresses: []corev1.EndpointAddress{{IP: ip, NodeName: ptrTo(cluster.NodeName)}},
-			Ports:     []corev1.EndpointPort{{Name: "metrics", Port: int32(port)}},
-		}},
-	}
-	if _, err := cs.CoreV1().Endpoints("gpuslice").Create(ctx, ep, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	rendered := chartServiceMonitor(t)
 
 	// A tenant's pod using its GPU slice.
 	ns := newNamespace(t, "tenant")
@@ -94,8 +51,8 @@ func TestChartServiceMonitorAsTheOperatorRendersIt(t *testing.T) {
 	}
 	waitRunning(t, ns, "trainer")
 
-	honored := operatorPrometheus(t, promop, rendered)
-	broken := operatorPrometheus(t, promop, []byte(strings.ReplaceAll(string(rendered), "honorLabels: true", "honorLabels: false")))
+	honored := startOperatorPrometheus(t, operatorConfig(t, rendered))
+	broken := startOperatorPrometheus(t, operatorConfig(t, []byte(strings.ReplaceAll(string(rendered), "honorLabels: true", "honorLabels: false"))))
 
 	budget := quota.Spec{Budget: &quota.Budget{GPUHours: 1, Window: quota.Duration{Duration: time.Minute}}}
 	key := quota.BudgetKey(*budget.Budget)
@@ -146,17 +103,119 @@ func TestChartServiceMonitorAsTheOperatorRendersIt(t *testing.T) {
 	}
 }
 
-// operatorPrometheus generates a configuration from the ServiceMonitor with
-// the operator's code, makes the two substitutions the operator's
-// config-reloader makes at run time ($(SHARD), $(POD_NAME)), and runs
-// Prometheus with it. Debian's Prometheus is built without Kubernetes
+// operatorSetup is what every Prometheus configured the operator's way
+// needs, made once per run: the generator, built from its own module, and
+// the chart's Service in its namespace with the agent as its endpoint
+// (through a proxy on a routable address: the API server refuses loopback
+// endpoints). They live as long as the cluster.
+var operatorSetup struct {
+	once   sync.Once
+	promop string
+	err    error
+}
+
+func setUpOperator(t *testing.T) string {
+	t.Helper()
+	operatorSetup.once.Do(func() {
+		dir, err := os.MkdirTemp("", "gpuslice-promop")
+		if err != nil {
+			operatorSetup.err = err
+			return
+		}
+		bin := filepath.Join(dir, "promop")
+		if out, err := exec.Command("go", "-C", "promop", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+			operatorSetup.err = fmt.Errorf("build prometheus-operator's config generator: %w\n%s", err, out)
+			return
+		}
+		operatorSetup.promop = bin
+		operatorSetup.err = exposeAgent()
+	})
+	if operatorSetup.err != nil {
+		t.Fatal(operatorSetup.err)
+	}
+	return operatorSetup.promop
+}
+
+// exposeAgent creates what the chart's ServiceMonitor selects: its Service
+// in namespace gpuslice, with Endpoints at a proxy to the agent.
+func exposeAgent() error {
+	cfg, err := clientcmd.BuildConfigFromFlags("", c.API.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	ip, port, err := proxyToAgent()
+	if err != nil {
+		return err
+	}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "gpuslice"}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	labels := map[string]string{"app.kubernetes.io/name": "gpuslice", "app.kubernetes.io/instance": "gpuslice", "app.kubernetes.io/component": "agent"}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "gpuslice-agent", Namespace: "gpuslice", Labels: labels},
+		Spec:       corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Name: "metrics", Port: int32(port)}}},
+	}
+	if _, err := cs.CoreV1().Services("gpuslice").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	ep := &corev1.Endpoints{ //nolint:staticcheck // the operator's default discovery role is endpoints
+		ObjectMeta: metav1.ObjectMeta{Name: "gpuslice-agent", Namespace: "gpuslice", Labels: labels},
+		Subsets: []corev1.EndpointSubset{{ //nolint:staticcheck // as above
+			Addresses: []corev1.EndpointAddress{{IP: ip, NodeName: ptrTo(cluster.NodeName)}},
+			Ports:     []corev1.EndpointPort{{Name: "metrics", Port: int32(port)}},
+		}},
+	}
+	_, err = cs.CoreV1().Endpoints("gpuslice").Create(ctx, ep, metav1.CreateOptions{})
+	return err
+}
+
+// chartServiceMonitor is the chart's ServiceMonitor as helm renders it,
+// scraping every second.
+func chartServiceMonitor(t *testing.T) []byte {
+	t.Helper()
+	helm, err := exec.Command("./build-helm.sh").Output()
+	if err != nil {
+		t.Fatalf("helm: %v", err)
+	}
+	rendered, err := exec.Command(strings.TrimSpace(string(helm)), "template", "gpuslice", "../../deployments/helm/gpuslice", "--namespace", "gpuslice",
+		"--set", "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.interval=1s", "--show-only", "templates/monitoring.yaml").Output()
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	if !strings.Contains(string(rendered), "honorLabels: true") {
+		t.Fatalf("the chart's ServiceMonitor does not honor labels:\n%s", rendered)
+	}
+	return rendered
+}
+
+// startOperatorPrometheus runs Prometheus with conf on a free port.
+func startOperatorPrometheus(t *testing.T, conf string) string {
+	t.Helper()
+	port, err := apiserver.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	url, _ := promtest.StartConfig(t, fmt.Sprintf("127.0.0.1:%d", port), conf)
+	return url
+}
+
+// operatorConfig generates a Prometheus configuration from the
+// ServiceMonitor with the operator's code, makes the two substitutions the
+// operator's config-reloader makes at run time ($(SHARD), $(POD_NAME)),
+// and returns it. Debian's Prometheus is built without Kubernetes
 // discovery, so each kubernetes_sd_configs entry is served instead by
 // endpointsSD over http_sd: the same targets and __meta_kubernetes_* labels
-// Kubernetes discovery derives from the real Service and Endpoints
-// objects. The operator's relabelings and honor_labels, what this test is
-// about, are left exactly as generated.
-func operatorPrometheus(t *testing.T, promop string, serviceMonitor []byte) string {
+// Kubernetes discovery derives from the real Service and Endpoints objects.
+// The operator's relabelings and honor_labels, what the tests are about,
+// are left exactly as generated.
+func operatorConfig(t *testing.T, serviceMonitor []byte) string {
 	t.Helper()
+	promop := setUpOperator(t)
 	dir := t.TempDir()
 	smFile := filepath.Join(dir, "servicemonitor.yaml")
 	if err := os.WriteFile(smFile, serviceMonitor, 0o600); err != nil {
@@ -197,12 +256,7 @@ func operatorPrometheus(t *testing.T, promop string, serviceMonitor []byte) stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	port, err := apiserver.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	url, _ := promtest.StartConfig(t, fmt.Sprintf("127.0.0.1:%d", port), string(conf))
-	return url
+	return string(conf)
 }
 
 // endpointsSD serves, for Prometheus' http_sd, what its Kubernetes
@@ -258,9 +312,9 @@ func endpointsSD(t *testing.T, namespaces []string) string {
 }
 
 // proxyToAgent forwards connections on a routable address of this machine
-// to the agent's loopback metrics address, and returns that address.
-func proxyToAgent(t *testing.T) (string, int) {
-	t.Helper()
+// to the agent's loopback metrics address, for as long as the tests run,
+// and returns that address.
+func proxyToAgent() (string, int, error) {
 	ip := ""
 	addrs, _ := net.InterfaceAddrs()
 	for _, a := range addrs {
@@ -270,13 +324,12 @@ func proxyToAgent(t *testing.T) (string, int) {
 		}
 	}
 	if ip == "" {
-		t.Fatal("no routable IPv4 address on this machine for the agent's endpoint")
+		return "", 0, errors.New("no routable IPv4 address on this machine for the agent's endpoint")
 	}
 	lis, err := net.Listen("tcp", ip+":0")
 	if err != nil {
-		t.Fatal(err)
+		return "", 0, err
 	}
-	t.Cleanup(func() { _ = lis.Close() })
 	go func() {
 		for {
 			in, err := lis.Accept()
@@ -298,7 +351,7 @@ func proxyToAgent(t *testing.T) (string, int) {
 			}()
 		}
 	}()
-	return ip, lis.Addr().(*net.TCPAddr).Port
+	return ip, lis.Addr().(*net.TCPAddr).Port, nil
 }
 
 func ptrTo[T any](v T) *T { return &v }

@@ -18,14 +18,19 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/quota"
 	"github.com/gpuslice/gpuslice/test/apiserver"
-	"github.com/gpuslice/gpuslice/test/e2e/cluster"
 	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
 // TestQuotaController runs gpu-quota-controller against the cluster and a
-// real Prometheus scraping the agent, with fake GPU workloads in pods.
+// real Prometheus scraping the agent the way prometheus-operator configures
+// it from the chart's ServiceMonitor, with fake GPU workloads in pods.
 func TestQuotaController(t *testing.T) {
-	prom, stopProm := startPrometheus(t)
+	scrape := operatorConfig(t, chartServiceMonitor(t))
+	port, err := apiserver.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prom, stopProm := promtest.StartConfig(t, fmt.Sprintf("127.0.0.1:%d", port), scrape)
 	kubectl := filepath.Join(apiserver.BinDir(), "kubectl")
 	if out, err := exec.Command(kubectl, "--kubeconfig="+c.API.Kubeconfig, "apply", "-f", "../../deployments/crds/gpuslice.io_gpuquotas.yaml").CombinedOutput(); err != nil {
 		t.Fatalf("apply the GPUQuota CRD: %v\n%s", err, out)
@@ -206,7 +211,7 @@ func TestQuotaController(t *testing.T) {
 		// Back, with empty storage: the pod has run far longer than the
 		// window, and the few samples there are all say 0, but they do not
 		// cover the window yet.
-		promtest.StartAt(t, strings.TrimPrefix(prom, "http://"), promtest.StaticTarget("gpuslice-agent", c.MetricsAddr, cluster.NodeName))
+		promtest.StartConfig(t, strings.TrimPrefix(prom, "http://"), scrape)
 		back := time.Now()
 		waitFor("MetricsUnavailable cleared", 30*time.Second, func() bool { return condition(ns, quota.ConditionMetricsUnavailable) == "False" })
 		waitFor("the pod listed with unknown idleness", 30*time.Second, func() bool {
