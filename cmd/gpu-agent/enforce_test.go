@@ -28,31 +28,7 @@ func TestNoContainerLeftFrozenAfterSIGKILL(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "enforcement.json")
 	args := append(st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms", "--enforcement-state="+state)
 	first := startAgent(t, append(args, "--compute-policy=strict", "--metrics-address="+freePort(t))...)
-	p, err := k.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := p.Allocate(ctxT(t), "ml/greedy", "main", 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cg := containerCgroup(t, base, kubeletstub.PodUID("ml/greedy"), strings.Repeat("c", 64))
-	bin, err := fakegpu.BuildWorkload(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "--dir", work, "--gpu", a.Response.Envs["NVIDIA_VISIBLE_DEVICES"], "--demand", "1")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = os.WriteFile(filepath.Join(cg, "cgroup.freeze"), []byte("0"), 0o600)
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cg := greedyPod(t, k, work, base, 3, strings.Repeat("c", 64))
 
 	// Wait until the agent throttles the pod and has recorded it.
 	freeze := filepath.Join(cg, "cgroup.freeze")
@@ -101,6 +77,37 @@ func TestNoContainerLeftFrozenAfterSIGKILL(t *testing.T) {
 	if data, _ := os.ReadFile(state); strings.TrimSpace(string(data)) != "null" && strings.TrimSpace(string(data)) != "[]" {
 		t.Errorf("state still records throttles after the thaw: %s", data)
 	}
+}
+
+// greedyPod allocates slices to pod ml/greedy on the stand-in kubelet and
+// runs a workload wanting the whole GPU in its container's cgroup (id cid
+// under base), moved there before it starts; it returns the cgroup.
+func greedyPod(t *testing.T, k *kubeletstub.Kubelet, work, base string, slices int, cid string) string {
+	t.Helper()
+	p, err := k.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := p.Allocate(ctxT(t), "ml/greedy", "main", slices)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg := containerCgroup(t, base, kubeletstub.PodUID("ml/greedy"), cid)
+	bin, err := fakegpu.BuildWorkload(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/bin/sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cg, bin,
+		"--dir", work, "--gpu", a.Response.Envs["NVIDIA_VISIBLE_DEVICES"], "--demand", "1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = os.WriteFile(filepath.Join(cg, "cgroup.freeze"), []byte("0"), 0o600)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return cg
 }
 
 // TestDriverMemoryLimits runs the agent on a fake driver with per-cgroup
@@ -211,29 +218,7 @@ func TestSIGTERMThawsAtOnceDespiteIdleClients(t *testing.T) {
 	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-sigterm-test-%d", os.Getpid()))
 	st := stubKubelet(t, "preset: H100-80GB\ncount: 1\n")
 	agent := startAgent(t, append(st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms", "--compute-policy=strict", "--metrics-address="+freePort(t))...)
-	p, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := p.Allocate(ctxT(t), "ml/greedy", "main", 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cg := containerCgroup(t, base, kubeletstub.PodUID("ml/greedy"), strings.Repeat("e", 64))
-	bin, err := fakegpu.BuildWorkload(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("/bin/sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cg, bin,
-		"--dir", st.work, "--gpu", a.Response.Envs["NVIDIA_VISIBLE_DEVICES"], "--demand", "1")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = os.WriteFile(filepath.Join(cg, "cgroup.freeze"), []byte("0"), 0o600)
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
+	cg := greedyPod(t, st.kubelet, st.work, base, 2, strings.Repeat("e", 64))
 	idle, err := net.Dial("unix", filepath.Join(st.dir, "gpuslice.sock"))
 	if err != nil {
 		t.Fatal(err)

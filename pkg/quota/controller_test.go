@@ -2,8 +2,6 @@ package quota_test
 
 import (
 	"context"
-	"net/http"
-	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -80,18 +78,7 @@ func (c *cluster) condition(t *testing.T, typ string) string {
 func TestControllerWithHangingPrometheus(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
-	release := make(chan struct{})
-	hang := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(func() { close(release); hang.Close() })
-	q, err := quota.NewQuerier(hang.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := hangingPrometheus(t)
 	ctrl := quota.New(c.kube, c.dyn, q, quota.Options{Interval: 300 * time.Millisecond, QueryTimeout: 100 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -162,10 +162,10 @@ func TestPartialResponseDecidesNothing(t *testing.T) {
 	}
 }
 
-// TestHangingPrometheusTimesOut: a Prometheus that accepts and never
-// answers ends the measurement within the query timeout.
-func TestHangingPrometheusTimesOut(t *testing.T) {
-	t.Parallel()
+// hangingPrometheus is a Querier over a server that accepts every query
+// and never answers.
+func hangingPrometheus(t *testing.T) quota.Querier {
+	t.Helper()
 	release := make(chan struct{})
 	hang := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
 		select {
@@ -178,6 +178,14 @@ func TestHangingPrometheusTimesOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return q
+}
+
+// TestHangingPrometheusTimesOut: a Prometheus that accepts and never
+// answers ends the measurement within the query timeout.
+func TestHangingPrometheusTimesOut(t *testing.T) {
+	t.Parallel()
+	q := hangingPrometheus(t)
 	spec := quota.Spec{Budget: &quota.Budget{GPUHours: 1, Window: quota.Duration{Duration: time.Hour}}}
 	done := make(chan error, 1)
 	go func() {
