@@ -46,7 +46,7 @@ func (a *fakeAgent) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 
 func startAgents(t *testing.T) (nodeA, nodeB *fakeAgent, promURL string) {
 	t.Helper()
-	nodeA = &fakeAgent{util: map[string]string{"idle": "0", "busy": "0.8", "negative": "-1", "nan": "NaN"}, blind: "0"}
+	nodeA = &fakeAgent{util: map[string]string{"idle": "0", "busy": "0.8", "negative": "-1", "nan": "NaN", "inf": "+Inf"}, blind: "0"}
 	nodeB = &fakeAgent{util: map[string]string{"on-blind-node": "0"}, blind: "0"}
 	a, b := httptest.NewServer(nodeA), httptest.NewServer(nodeB)
 	t.Cleanup(a.Close)
@@ -91,7 +91,7 @@ func TestIdleEvidenceFromRealPrometheus(t *testing.T) {
 	if e := pods["ml/busy"]; !e.Valid || e.Max != 0.8 {
 		t.Errorf("busy pod: %+v", e)
 	}
-	for _, p := range []string{"ml/negative", "ml/nan"} {
+	for _, p := range []string{"ml/negative", "ml/nan", "ml/inf"} {
 		if e := pods[p]; e.Valid || e.Max != 0 {
 			t.Errorf("%s: %+v; want invalid, and no number carried", p, e)
 		}
@@ -105,7 +105,7 @@ func TestIdleEvidenceFromRealPrometheus(t *testing.T) {
 	// The decision from this evidence: only the covered, valid idle pod.
 	old := time.Now().Add(-time.Hour)
 	in := quota.Input{Spec: spec, MetricsOK: true, Now: time.Now(), ScrapeInterval: time.Second}
-	for _, name := range []string{"idle", "busy", "negative", "nan", "late", "on-blind-node", "missing"} {
+	for _, name := range []string{"idle", "busy", "negative", "nan", "inf", "late", "on-blind-node", "missing"} {
 		p := quota.Pod{Name: name, Slices: 1, Running: true, Started: old}
 		if e, ok := pods["ml/"+name]; ok {
 			p.Evidence = &e
@@ -119,8 +119,8 @@ func TestIdleEvidenceFromRealPrometheus(t *testing.T) {
 	if strings.Join(d.Evict, ",") != "idle" {
 		t.Errorf("evict %v; want only the idle pod (unknown: %v)", d.Evict, d.Unknown)
 	}
-	if len(d.Unknown) != 5 {
-		t.Errorf("unknown %v; want negative, nan, late, on-blind-node and missing", d.Unknown)
+	if len(d.Unknown) != 6 {
+		t.Errorf("unknown %v; want negative, nan, inf, late, on-blind-node and missing", d.Unknown)
 	}
 }
 
