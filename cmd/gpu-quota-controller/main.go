@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -177,17 +178,36 @@ func runElected(ctx context.Context, kube kubernetes.Interface, namespace, name,
 		Client:     kube.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
 	}
-	var runErr error
+	// The elector starts run on a goroutine of its own and does not wait
+	// for it: its result is handed over under a lock, and waited for once
+	// it has started.
+	var (
+		mu      sync.Mutex
+		running sync.WaitGroup
+		runErr  error
+	)
 	leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
 		Lock: lock, ReleaseOnCancel: true,
 		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(ctx context.Context) {
+				mu.Lock()
+				running.Add(1)
+				mu.Unlock()
+				defer running.Done()
 				log.Info("leading", "identity", id)
-				runErr = run(ctx)
+				err := run(ctx)
+				mu.Lock()
+				runErr = err
+				mu.Unlock()
 			},
 			OnStoppedLeading: func() { log.Info("stopped leading", "identity", id) },
 		},
 	})
+	mu.Lock()
+	mu.Unlock() //nolint:staticcheck // an empty critical section: orders a started run's Add before Wait
+	running.Wait()
+	mu.Lock()
+	defer mu.Unlock()
 	return runErr
 }
