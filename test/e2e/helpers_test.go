@@ -192,7 +192,7 @@ func waitAllocatable(t *testing.T, n int64) {
 func waitAgentRegistrations(t *testing.T, n int) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	for strings.Count(c.AgentLogs(), "registered with kubelet") < n {
+	for strings.Count(c.AgentOutput(), "registered with kubelet") < n {
 		if time.Now().After(deadline) {
 			t.Fatalf("the agent did not register %d times:\n%s", n, c.AgentLogs())
 		}

@@ -342,7 +342,7 @@ func TestDriverMemoryLimitsInRealContainers(t *testing.T) {
 	// One limit in the pod: its container's. Not the pod's sandbox, which
 	// holds no slices (a limit is a reservation on a dmem driver).
 	set := 0
-	for _, l := range strings.Split(c.AgentLogs(), "\n") {
+	for _, l := range strings.Split(c.AgentOutput(), "\n") {
 		if strings.Contains(l, "driver GPU memory limit set") && strings.Contains(l, string(failed.UID)) {
 			set++
 		}

@@ -515,6 +515,16 @@ func (c *Cluster) AgentLogs() string {
 	return c.agent.Logs.Tail(8000)
 }
 
+// AgentOutput is all the current agent process's output that was kept (the
+// last MiB), for counting what it logged; AgentLogs is its tail, for
+// reports.
+func (c *Cluster) AgentOutput() string {
+	if c.agent == nil {
+		return ""
+	}
+	return c.agent.Logs.String()
+}
+
 // Logs returns the tail of every component's output, for a failed test.
 func (c *Cluster) Logs() string {
 	var b strings.Builder
