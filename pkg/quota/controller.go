@@ -62,6 +62,10 @@ const (
 	DefaultInterval       = 30 * time.Second
 	DefaultQueryTimeout   = 20 * time.Second
 	DefaultScrapeInterval = 30 * time.Second
+	// MaxUnknownInStatus bounds the pods status.unknownPods lists, so that
+	// a Prometheus that lost its history cannot grow a GPUQuota toward the
+	// API server's object size limit.
+	MaxUnknownInStatus = 20
 	// StallCycles is how many intervals may pass with no completed cycle
 	// before Healthy reports the controller wedged.
 	StallCycles = 3
@@ -526,8 +530,12 @@ func (c *Controller) writeStatus(ctx context.Context, obj *unstructured.Unstruct
 			idle = append(idle, p)
 		}
 		status["idlePods"] = idle
-		unknown := make([]any, 0, len(d.Unknown))
-		for _, p := range d.Unknown {
+		unknown := make([]any, 0, min(len(d.Unknown), MaxUnknownInStatus+1))
+		for i, p := range d.Unknown {
+			if i == MaxUnknownInStatus {
+				unknown = append(unknown, fmt.Sprintf("and %d more (gpuslice_quota_idleness_unknown_pods counts them all)", len(d.Unknown)-i))
+				break
+			}
 			unknown = append(unknown, p)
 		}
 		status["unknownPods"] = unknown

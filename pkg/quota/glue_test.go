@@ -85,9 +85,15 @@ func TestControllerGlueOnBackfilledHistory(t *testing.T) {
 		{"alloc", "holder", 0, 0.5},
 	}, now.Add(-2*time.Hour-5*time.Minute), now.Add(-time.Minute), 15*time.Second))
 
-	kube := kubefake.NewClientset(
+	objs := []runtime.Object{
 		gpuPod("ml", "idle", old), gpuPod("ml", "busy", old), gpuPod("ml", "blocked", old), gpuPod("ml", "young", now.Add(-10*time.Minute)),
-		gpuPod("alloc", "holder", old))
+		gpuPod("alloc", "holder", old),
+	}
+	// A namespace of pods Prometheus has no history of: all unknown.
+	for i := range 25 {
+		objs = append(objs, gpuPod("fresh", fmt.Sprintf("p%02d", i), old))
+	}
+	kube := kubefake.NewClientset(objs...)
 	var mu sync.Mutex
 	var evicted []string
 	kube.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
@@ -107,7 +113,8 @@ func TestControllerGlueOnBackfilledHistory(t *testing.T) {
 		gpuQuotaObject("ml", map[string]any{"maxSlices": int64(8),
 			"budget": map[string]any{"gpuHours": 1.0, "window": "2h"},
 			"idle":   map[string]any{"belowUtilization": 0.05, "for": "1h", "action": "Evict"}}),
-		gpuQuotaObject("alloc", map[string]any{"budget": map[string]any{"gpuHours": 0.5, "window": "2h", "source": "Allocated"}}))
+		gpuQuotaObject("alloc", map[string]any{"budget": map[string]any{"gpuHours": 0.5, "window": "2h", "source": "Allocated"}}),
+		gpuQuotaObject("fresh", map[string]any{"idle": map[string]any{"belowUtilization": 0.05, "for": "1h", "action": "Evict"}}))
 	q, err := quota.NewQuerier(promURL)
 	if err != nil {
 		t.Fatal(err)
@@ -156,6 +163,10 @@ func TestControllerGlueOnBackfilledHistory(t *testing.T) {
 	}
 	if got := fmt.Sprint(ml["unknownPods"]); got != "[]" {
 		t.Errorf("unknown pods %s, want none: the history covers the window", got)
+	}
+	fresh := status("fresh")["unknownPods"].([]any)
+	if len(fresh) != quota.MaxUnknownInStatus+1 || !strings.HasPrefix(fmt.Sprint(fresh[quota.MaxUnknownInStatus]), "and 5 more") {
+		t.Errorf("status lists %d unknown pods, last %v; want %d and a count of the rest", len(fresh), fresh[len(fresh)-1], quota.MaxUnknownInStatus)
 	}
 	conds := map[string]string{}
 	for _, c := range ml["conditions"].([]any) {
