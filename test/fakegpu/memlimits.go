@@ -175,7 +175,12 @@ func (n *Node) admitLocked(work map[int]WorkloadState) {
 		}
 		msg := fmt.Sprintf("out of memory: allocating %d MiB on %s would take cgroup %s to %d MiB, past its hard limit of %d MiB\n",
 			(w.MemoryBytes-held)>>20, w.GPU, dir, (others+w.MemoryBytes)>>20, limit>>20)
-		_ = os.WriteFile(filepath.Join(n.workDir, strconv.Itoa(pid)+OOMSuffix), []byte(msg), 0o600)
+		// Written whole, then renamed into place: the workload polls for
+		// the file and must never read it half-written.
+		oom := filepath.Join(n.workDir, strconv.Itoa(pid)+OOMSuffix)
+		if os.WriteFile(oom+".tmp", []byte(msg), 0o600) == nil {
+			_ = os.Rename(oom+".tmp", oom)
+		}
 	}
 }
 
