@@ -784,3 +784,44 @@ func TestConnectedNeedsALiveKubelet(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestKubeletRestartsLeakNoDescriptors restarts the kubelet many times,
+// each one making the plugin stop its server and serve and register
+// again: the process's open descriptors stay flat (a server stopped
+// without closing its listener or connections would grow them each time).
+// Not parallel: it counts the whole test process's descriptors, and Go
+// runs parallel tests only after the sequential ones.
+func TestKubeletRestartsLeakNoDescriptors(t *testing.T) {
+	e := newEnv(t, setup{})
+	e.waitPlugin(t)
+	fds := func() int {
+		entries, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(entries)
+	}
+	restarts := 60
+	if testing.Short() {
+		restarts = 10
+	}
+	var before int
+	for i := range restarts {
+		if i == 5 {
+			before = fds() // after the first few have settled what they cache
+		}
+		n := registrations(e.kubelet)
+		if err := e.kubelet.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.waitReregistered(t, n); err != nil {
+			t.Fatalf("restart %d: %v", i, err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // closed connections' goroutines finish
+	after := fds()
+	if after > before+10 {
+		t.Errorf("%d open descriptors after %d kubelet restarts, %d before: a leak", after, restarts, before)
+	}
+	t.Logf("open descriptors: %d after 5 restarts, %d after %d", before, after, restarts)
+}
