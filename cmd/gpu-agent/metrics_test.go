@@ -17,6 +17,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 	"github.com/gpuslice/gpuslice/test/promtest"
@@ -32,7 +33,7 @@ func containerCgroup(t *testing.T, base, podUID, cid string) string {
 	t.Helper()
 	dir := filepath.Join(base, "kubepods", "burstable", "pod"+podUID, cid)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Skipf("cannot create cgroups under %s: %v", unifiedRoot, err)
+		cgrouptest.Skip(t, "cannot create cgroups under %s: %v", unifiedRoot, err)
 	}
 	t.Cleanup(func() {
 		// Children first; each must be empty of processes by now.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
@@ -41,7 +42,7 @@ func testCgroup(t *testing.T, kind string) (string, string) {
 	rel := fmt.Sprintf("/gpuslice-enforce-test-%d-%d", os.Getpid(), seq.Add(1))
 	dir := filepath.Join(mount, rel)
 	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Skipf("cannot create a cgroup in %s (the host lacks it or denies it): %v", mount, err)
+		cgrouptest.Skip(t, "cannot create a cgroup in %s (the host lacks it or denies it): %v", mount, err)
 	}
 	t.Cleanup(func() {
 		// Thaw first: a frozen cgroup's processes cannot exit.

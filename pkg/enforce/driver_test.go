@@ -18,6 +18,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
@@ -59,7 +60,7 @@ func startDriverNode(t testing.TB) *driverNode {
 	t.Helper()
 	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err != nil {
 		if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
-			t.Skip("no cgroup v2 hierarchy on this host")
+			cgrouptest.Skip(t, "no cgroup v2 hierarchy on this host")
 		}
 	}
 	work := t.TempDir()
@@ -70,7 +71,7 @@ func startDriverNode(t testing.TB) *driverNode {
 	}
 	root, err := enforce.CgroupV2Root("/sys/fs/cgroup")
 	if err != nil {
-		t.Skip(err)
+		cgrouptest.Skip(t, "%v", err)
 	}
 	base := filepath.Join(root, fmt.Sprintf("gpuslice-driver-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
 	t.Cleanup(func() { removeTree(t, base) })
@@ -104,7 +105,7 @@ func (n *driverNode) containerCgroup(t testing.TB, pod, cid string) string {
 	t.Helper()
 	dir := filepath.Join(n.base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(pod), cid)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Skipf("cannot create cgroups: %v", err)
+		cgrouptest.Skip(t, "cannot create cgroups: %v", err)
 	}
 	return dir
 }

@@ -233,8 +233,8 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 				continue
 			}
 			if ok {
-				// A process moved up to the pod's cgroup: hold the pod's
-				// cgroup from now on, which contains the container's.
+				// The same container is now seen in other cgroup paths:
+				// the old throttle holds the wrong file.
 				e.stop(id)
 			}
 			delete(e.unreachable, id)

@@ -16,6 +16,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
@@ -70,7 +71,7 @@ func podCgroup(t testing.TB, base, pod, cid string) string {
 	t.Helper()
 	dir := filepath.Join(base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(pod), cid)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Skipf("cannot create cgroups under /sys/fs/cgroup/unified: %v", err)
+		cgrouptest.Skip(t, "cannot create cgroups under /sys/fs/cgroup/unified: %v", err)
 	}
 	return dir
 }

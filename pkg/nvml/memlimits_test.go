@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
@@ -24,7 +25,7 @@ func v2Cgroup(t *testing.T) string {
 	}
 	dir := filepath.Join(root, fmt.Sprintf("gpuslice-nvml-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
 	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Skipf("cannot create a cgroup v2 cgroup: %v", err)
+		cgrouptest.Skip(t, "cannot create a cgroup v2 cgroup: %v", err)
 	}
 	t.Cleanup(func() {
 		deadline := time.Now().Add(5 * time.Second)
