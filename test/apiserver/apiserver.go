@@ -207,9 +207,12 @@ func Start(t testing.TB) *Server {
 // until the API is ready. The caller stops them with Stop.
 func Launch(dir string) (s *Server, err error) {
 	s = &Server{Dir: dir}
+	// The returns below set s to nil: stop what was started through a copy
+	// (stopping the nil one panicked and hid the error that caused it).
+	started := s
 	defer func() {
 		if err != nil {
-			s.Stop()
+			started.Stop()
 		}
 	}()
 	var ports [3]int
