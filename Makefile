@@ -74,8 +74,8 @@ bench-quota: ## Measure the quota controller's evaluation cycle: 500 namespaces,
 	$(GO) test -run '^$$' -bench EvaluationCycle -benchtime 20x -timeout 10m -v ./pkg/quota
 
 .PHONY: bench-accuracy
-bench-accuracy: ## Measure how closely the compute throttle holds shares (about 6 minutes).
-	$(GO) test -run '^$$' -bench Accuracy -benchtime 1x -timeout 30m ./pkg/enforce
+bench-accuracy: ## The compute-accuracy gate: the throttle against the GPU model, with mutation checks (seconds; fails on a miss).
+	$(GO) run ./test/accuracy/cmd/bench-accuracy --sensitivity
 
 .PHONY: bench-smoke
 bench-smoke: ## Run every benchmark once, to prove they still work.

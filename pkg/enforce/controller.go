@@ -2,6 +2,8 @@ package enforce
 
 import (
 	"fmt"
+	"math"
+	"slices"
 	"time"
 )
 
@@ -48,11 +50,54 @@ type Member struct {
 // gains nothing over it.
 const StrictWindow = 10 * time.Second
 
-// Controller decides, per GPU, which fraction of each throttle period
-// each container may run (its duty). It is pure: callers feed it the
-// measurements of each window and apply the duties it returns.
+// MaxPeriodFactor bounds how far a GPU's throttle period may grow over the
+// configured one when work queued on the GPU outlasts the frozen part of
+// each period.
+const MaxPeriodFactor = 40
+
+// Plan is a container's place in its GPU's throttle schedule: in every
+// Period it runs from Offset×Period for Duty×Period (wrapping around the
+// period's end) and is frozen for the rest. The containers throttled on one
+// GPU get consecutive runs, so that they take turns on the GPU rather than
+// time-slicing it, and periods are counted from one epoch the enforcer
+// shares between its throttles.
+type Plan struct {
+	// Duty is the share of each period the container runs, MinDuty..1.
+	Duty float64
+	// Period is the GPU's throttle period.
+	Period time.Duration
+	// Offset is where in the period its run starts, 0..1 of the period.
+	Offset float64
+}
+
+// At says, for a plan and a time since the epoch, whether the container
+// runs at that time and when (since the epoch) that next changes. A duty
+// of 1 runs always and is looked at again a period later.
+func (p Plan) At(since time.Duration) (run bool, next time.Duration) {
+	if p.Period <= 0 {
+		return true, since + time.Second
+	}
+	if p.Duty >= 1 {
+		return true, since + p.Period
+	}
+	start := time.Duration(p.Offset * float64(p.Period))
+	runFor, _ := Cycle(p.Period, p.Duty)
+	// Where since falls in the cycle that starts at the run's start.
+	pos := (since - start) % p.Period
+	if pos < 0 {
+		pos += p.Period
+	}
+	if pos < runFor {
+		return true, since + runFor - pos
+	}
+	return false, since + p.Period - pos
+}
+
+// Controller decides, per GPU, the throttle plan of each container. It is
+// pure: callers feed it the measurements of each window and apply the
+// plans it returns.
 type Controller struct {
-	// Gain is how far each window moves a duty toward its estimate, 0..1.
+	// Gain is how far each decision moves a duty toward its estimate, 0..1.
 	Gain float64
 	// Saturation is the device utilization above which the GPU counts as
 	// contended for Burst containers.
@@ -60,8 +105,17 @@ type Controller struct {
 	// Window is the span a Strict container's use is held to its limit
 	// over.
 	Window time.Duration
-	duty   map[string]float64
-	used   map[string][]span // Strict containers' recent use, oldest first
+	// BasePeriod is the throttle period the GPU starts at; MaxPeriod the
+	// longest it may grow to.
+	BasePeriod, MaxPeriod time.Duration
+
+	period   time.Duration
+	duty     map[string]float64
+	offset   map[string]float64
+	used     map[string][]span // Strict containers' recent use, oldest first
+	pending  map[string][]span // readings since the last decision
+	gathered time.Duration     // span of the readings since the last decision
+	decided  bool              // a decision was made
 }
 
 // span is one measurement window: its length and the GPU time used in it.
@@ -69,9 +123,14 @@ type span struct {
 	dt, used float64 // seconds
 }
 
-// NewController returns a controller with every duty at 1.
-func NewController() *Controller {
-	return &Controller{Gain: 0.5, Saturation: 0.95, Window: StrictWindow, duty: map[string]float64{}, used: map[string][]span{}}
+// NewController returns a controller with every duty at 1 and the given
+// base throttle period.
+func NewController(period time.Duration) *Controller {
+	return &Controller{
+		Gain: 0.5, Saturation: 0.95, Window: StrictWindow,
+		BasePeriod: period, MaxPeriod: MaxPeriodFactor * period, period: period,
+		duty: map[string]float64{}, offset: map[string]float64{}, used: map[string][]span{}, pending: map[string][]span{},
+	}
 }
 
 // Duty returns a container's current duty; 1 for one never throttled.
@@ -81,6 +140,9 @@ func (c *Controller) Duty(key string) float64 {
 	}
 	return 1
 }
+
+// Period returns the GPU's current throttle period.
+func (c *Controller) Period() time.Duration { return c.period }
 
 // Entitlement is the share a container may hold on a contended GPU: its
 // limit under Strict; under Burst its limit plus its part, in proportion to
@@ -94,82 +156,260 @@ func Entitlement(m Member, sumLimits float64) float64 {
 }
 
 // Update takes one window's measurements for the containers on one GPU
-// (dt long) and the GPU's utilization, and returns every member's new duty.
+// (dt long) and the GPU's utilization, and returns every member's plan.
 //
 // A container that ran at duty d and used u would use about u/d at full
 // duty; to use its entitlement E it should run at E*d/u. Duties move
-// toward that estimate by Gain each window, which settles over a few
-// windows without oscillating on the noise of one. Strict containers are
-// always steered to their limit. Burst containers are steered to their
-// entitlement only while the GPU is contended: saturated, with some
-// container not over its entitlement (which stays true once every
-// container sits at its entitlement, so the controller does not release
-// and re-throttle around the target); otherwise their duty returns to 1
-// and they use idle GPU time.
+// toward that estimate by Gain at each decision, which settles over a few
+// decisions without oscillating on the noise of one. A decision is taken
+// once the readings gathered since the last one cover a whole throttle
+// period (every window while the period is shorter than a window), so it
+// judges whole periods at the duty last set, not a fragment of one.
+// Strict containers are always steered to their limit. Burst containers
+// are steered to their entitlement only while the GPU is contended:
+// saturated, with some container not over its entitlement (which stays
+// true once every container sits at its entitlement, so the controller does
+// not release and re-throttle around the target); otherwise their duty
+// returns to 1 and they use idle GPU time.
+//
+// Work a frozen process queued before it was frozen keeps running, so a
+// container uses more than its duty. Feedback absorbs that while the duty
+// can still go lower; when a container is held at MinDuty and still uses
+// more than its entitlement, its queued work outlasts the frozen part of
+// the period, and the GPU's period doubles (up to MaxPeriod), so that the
+// queue drains within each frozen part.
 //
 // Strict is strict over time, not per sample. A Strict container starts
 // at its limit, not at 1; an idle window holds its duty where it was
 // rather than raising it (idleness teaches nothing and earns no credit);
-// and its duty is capped so that its use over the last Window, plus a
-// full next window at that duty, stays within limit × Window. A workload
-// that switches on and off around the sample interval therefore gets no
-// more than its limit over any Window.
-func (c *Controller) Update(members []Member, deviceUtilization float64, dt time.Duration) map[string]float64 {
+// and every window its duty is capped so that its use over the last
+// Window, plus a full next window at that duty, stays within limit ×
+// Window. A workload that switches on and off around the sample interval
+// therefore gets no more than its limit over any Window.
+func (c *Controller) Update(members []Member, deviceUtilization float64, dt time.Duration) map[string]Plan {
 	sumLimits := 0.0
+	fresh := false
 	for _, m := range members {
 		sumLimits += m.Limit
-	}
-	contended := false
-	if deviceUtilization >= c.Saturation {
-		for _, m := range members {
-			if m.Usage <= Entitlement(m, sumLimits)*1.02 {
-				contended = true
-			}
+		c.pending[m.Key] = append(c.pending[m.Key], span{dt: dt.Seconds(), used: m.Usage * dt.Seconds()})
+		if m.Policy == Strict {
+			c.used[m.Key] = append(c.used[m.Key], span{dt: dt.Seconds(), used: m.Usage * dt.Seconds()})
+		} else {
+			delete(c.used, m.Key)
+		}
+		if _, ok := c.duty[m.Key]; !ok {
+			fresh = true
 		}
 	}
-	out := make(map[string]float64, len(members))
+	c.gathered += dt
+	if !fresh && c.decided && c.gathered < c.period && dt > 0 {
+		return c.plans(members) // the readings do not yet cover a period
+	}
+	next := max(c.period, dt).Seconds() // until the next decision
+	usage := make(map[string]float64, len(members))
 	for _, m := range members {
-		d, seen := c.duty[m.Key]
+		usage[m.Key] = m.Usage
+		if u, ok := mean(c.pending[m.Key]); ok {
+			usage[m.Key] = u
+		}
+	}
+	contended := deviceUtilization >= c.Saturation
+	want := c.targets(members, usage, sumLimits)
+	grow := false
+	steered, sum := []string{}, 0.0
+	for _, m := range members {
+		prev, seen := c.duty[m.Key]
 		if !seen {
-			d = 1
+			prev = 1
 			if m.Policy == Strict {
-				d = min(max(m.Limit, MinDuty), 1)
+				prev = min(max(m.Limit, MinDuty), 1)
 			}
 		}
+		u, want := usage[m.Key], want[m.Key]
 		target := 1.0
 		switch {
-		case (m.Policy == Strict || contended) && m.Usage > 0:
-			target = Entitlement(m, sumLimits) * d / m.Usage
+		case (m.Policy == Strict || contended) && u > 0:
+			target = want * prev / u
 		case m.Policy == Strict && seen:
-			target = d // idle: hold
+			target = prev // idle: hold
 		}
 		target = min(max(target, MinDuty), 1)
-		d += c.Gain * (target - d)
+		if target == MinDuty && prev <= MinDuty*1.05 && u > want+0.005 {
+			grow = true // held as low as it goes and still over
+		}
+		d := prev + c.Gain*(target-prev)
 		if target == 1 && d > 0.98 {
 			d = 1
 		}
 		if m.Policy == Strict {
-			d = c.windowCap(m, d, dt.Seconds())
-		} else {
-			delete(c.used, m.Key)
+			d = c.windowCap(m, d, next)
+		}
+		if (m.Policy == Strict || contended) && d < 1 {
+			steered = append(steered, m.Key)
+			sum += d
 		}
 		c.duty[m.Key] = d
-		out[m.Key] = d
+	}
+	// Runs laid end to end cannot add up to more than the period: when
+	// they would on a saturated GPU, every throttled container gives up the
+	// same fraction, so none is starved by the order of the runs.
+	if sum > 1 && deviceUtilization >= c.Saturation {
+		for _, k := range steered {
+			c.duty[k] = max(c.duty[k]/sum, MinDuty)
+		}
+	}
+	c.decided, c.gathered = true, 0
+	for k := range c.pending {
+		delete(c.pending, k)
+	}
+	if grow {
+		c.period = longerPeriod(c.period, dt, c.MaxPeriod)
+	}
+	return c.plans(members)
+}
+
+// targets is the use each member is steered to: a Strict member's limit;
+// for Burst members, what the GPU delivers beyond the Strict members' use,
+// filled like water: a member that wants less than its part (in
+// proportion to limits) gets what it wants, and the rest is split among the
+// others in proportion to their limits. What a member wants is estimated
+// from the use each unit of its duty bought.
+func (c *Controller) targets(members []Member, usage map[string]float64, sumLimits float64) map[string]float64 {
+	out := make(map[string]float64, len(members))
+	delivered, strictUse := 0.0, 0.0
+	var burst []Member
+	for _, m := range members {
+		delivered += usage[m.Key]
+		if m.Policy == Strict {
+			out[m.Key] = m.Limit
+			strictUse += min(usage[m.Key], m.Limit)
+			continue
+		}
+		out[m.Key] = Entitlement(m, sumLimits)
+		burst = append(burst, m)
+	}
+	active := 0
+	for _, m := range members {
+		if usage[m.Key] > 0 {
+			active++
+		}
+	}
+	evenSplit := delivered / float64(max(active, 1))
+	remaining := max(delivered-strictUse, 0)
+	for len(burst) > 0 {
+		limits := 0.0
+		for _, m := range burst {
+			limits += m.Limit
+		}
+		if limits <= 0 {
+			break
+		}
+		kept := burst[:0:0]
+		for _, m := range burst {
+			share := remaining * m.Limit / limits
+			if wants := c.wants(m.Key, usage[m.Key], evenSplit); wants < share {
+				out[m.Key] = wants
+				remaining -= wants
+				continue
+			}
+			kept = append(kept, m)
+		}
+		if len(kept) == len(burst) {
+			for _, m := range burst {
+				out[m.Key] = remaining * m.Limit / limits
+			}
+			break
+		}
+		burst = kept
 	}
 	return out
 }
 
-// windowCap records a Strict container's use over the last dt and caps
-// its duty so that the use over the last Window, with a next window of
-// dt at full duty, stays within limit × Window.
-func (c *Controller) windowCap(m Member, d, dt float64) float64 {
-	if dt <= 0 || c.Window <= 0 {
+// wants estimates the use a container would make at full duty. A
+// throttled one: its use divided by the duty that bought it. An
+// unthrottled one that gets at least nine tenths of an even split of what
+// the GPU delivers is held back by time-slicing, not by its own demand, and
+// may want it all; one that gets less wants what it uses.
+func (c *Controller) wants(key string, u, evenSplit float64) float64 {
+	d := c.Duty(key)
+	switch {
+	case d <= 0:
+		return 1
+	case d < 1:
+		return min(u/d, 1)
+	case u >= 0.9*evenSplit:
+		return 1
+	}
+	return u
+}
+
+// plans lays the throttled members' runs end to end in the period, in a
+// stable order, so they take turns on the GPU.
+func (c *Controller) plans(members []Member) map[string]Plan {
+	keys := make([]string, 0, len(members))
+	for _, m := range members {
+		keys = append(keys, m.Key)
+	}
+	slices.Sort(keys)
+	out := make(map[string]Plan, len(members))
+	at, throttled := 0.0, false
+	for _, k := range keys {
+		d := c.Duty(k)
+		p := Plan{Duty: d, Period: c.period}
+		if d < 1 {
+			throttled = true
+			p.Offset = math.Mod(at, 1)
+			at += d
+		}
+		out[k] = p
+	}
+	if !throttled {
+		c.period = c.BasePeriod // nothing to drain: back to the short period
+	}
+	return out
+}
+
+// longerPeriod is about twice the period, made a divisor or a multiple of
+// the sample interval dt so that every decision sees whole periods, and
+// at most max.
+func longerPeriod(period, dt, maxPeriod time.Duration) time.Duration {
+	p := 2 * period
+	switch {
+	case dt <= 0:
+	case p < dt:
+		p = dt / (dt / p)
+	default:
+		p = dt * ((p + dt - 1) / dt)
+	}
+	return max(min(p, maxPeriod), period)
+}
+
+// mean is the average use over the spans, and false when they cover no time.
+func mean(spans []span) (float64, bool) {
+	var dt, used float64
+	for _, s := range spans {
+		dt += s.dt
+		used += s.used
+	}
+	if dt <= 0 {
+		return 0, false
+	}
+	return used / dt, true
+}
+
+// windowCap caps a Strict container's duty so that its use over the last
+// Window, with the next span (until the next decision) at that duty, stays
+// within limit × Window. A unit of duty is taken to buy a unit of use,
+// never less: a container that shared the GPU did get less than its duty,
+// but crediting that would let work that idles for part of each window
+// run longer than its limit in the rest.
+func (c *Controller) windowCap(m Member, d, next float64) float64 {
+	if next <= 0 || c.Window <= 0 {
 		return d
 	}
-	c.used[m.Key] = append(c.used[m.Key], span{dt: dt, used: m.Usage * dt})
 	hist := c.used[m.Key]
-	// Keep what falls in the Window once the next dt has passed.
-	keep, total := c.Window.Seconds()-dt, 0.0
+	// Keep what falls in the Window once the next span has passed.
+	keep, total := c.Window.Seconds()-next, 0.0
 	i := len(hist)
 	for i > 0 && total+hist[i-1].dt <= keep+1e-9 {
 		total += hist[i-1].dt
@@ -181,12 +421,13 @@ func (c *Controller) windowCap(m Member, d, dt float64) float64 {
 	for _, s := range hist {
 		used += s.used
 	}
-	budget := m.Limit*(total+dt) - used
-	return min(d, max(budget/dt, MinDuty))
+	rate := max(m.Limit*(total+next)-used, 0) / next // use allowed until the next decision
+	return min(d, max(rate, MinDuty))
 }
 
 // Forget drops a container's state, when it leaves the GPU.
 func (c *Controller) Forget(key string) {
 	delete(c.duty, key)
 	delete(c.used, key)
+	delete(c.pending, key)
 }

@@ -7,30 +7,47 @@ import (
 	"time"
 )
 
-// plant is a GPU time-shared as the fake GPU does: each container asks for
-// duty×demand, and the GPU serves every ask in proportion when they add up
-// to more than the whole.
+// plant is a GPU time-sliced as a real one is: each container asks for
+// duty×demand, and when the asks add up to more than the whole, every
+// asking container gets an even slice, a container that asks less than its
+// slice gets what it asks, and what it leaves is split among the rest.
 func plant(duty, demand []float64) (usage []float64, device float64) {
-	asked, total := make([]float64, len(duty)), 0.0
-	for i := range duty {
-		asked[i] = duty[i] * demand[i]
-		total += asked[i]
-	}
-	scale := 1.0
-	if total > 1 {
-		scale = 1 / total
-	}
 	usage = make([]float64, len(duty))
-	for i := range asked {
-		usage[i] = asked[i] * scale
-		device += usage[i]
+	open := []int{}
+	for i := range duty {
+		if duty[i]*demand[i] > 0 {
+			open = append(open, i)
+		}
+	}
+	left := 1.0
+	for len(open) > 0 {
+		slice := left / float64(len(open))
+		var rest []int
+		for _, i := range open {
+			if ask := duty[i] * demand[i]; ask <= slice {
+				usage[i] = ask
+				left -= ask
+			} else {
+				rest = append(rest, i)
+			}
+		}
+		if len(rest) == len(open) {
+			for _, i := range rest {
+				usage[i] = slice
+			}
+			break
+		}
+		open = rest
+	}
+	for _, u := range usage {
+		device += u
 	}
 	return usage, device
 }
 
 func simulate(t *testing.T, limits, demands []float64, policy Policy, windows int) []float64 {
 	t.Helper()
-	c := NewController()
+	c := NewController(100 * time.Millisecond)
 	duty := make([]float64, len(limits))
 	for i := range duty {
 		duty[i] = 1
@@ -45,7 +62,7 @@ func simulate(t *testing.T, limits, demands []float64, policy Policy, windows in
 		}
 		d := c.Update(members, device, time.Second)
 		for i := range duty {
-			duty[i] = d[fmt.Sprint(i)]
+			duty[i] = d[fmt.Sprint(i)].Duty
 		}
 	}
 	return usage
@@ -93,11 +110,11 @@ func TestControllerConverges(t *testing.T) {
 
 func TestControllerDutyBounds(t *testing.T) {
 	t.Parallel()
-	c := NewController()
+	c := NewController(100 * time.Millisecond)
 	for range 50 {
-		d := c.Update([]Member{{Key: "x", Limit: 0.001, Policy: Strict, Usage: 1}}, 1, time.Second)
-		if d["x"] < MinDuty || d["x"] > 1 {
-			t.Fatalf("duty %v outside [MinDuty, 1]", d["x"])
+		d := c.Update([]Member{{Key: "x", Limit: 0.001, Policy: Strict, Usage: 1}}, 1, time.Second)["x"].Duty
+		if d < MinDuty || d > 1 {
+			t.Fatalf("duty %v outside [MinDuty, 1]", d)
 		}
 	}
 	if got := c.Duty("x"); math.Abs(got-MinDuty) > 1e-9 {
@@ -152,7 +169,7 @@ func onOff(update func(usage float64) float64, period, phase time.Duration) floa
 
 func strictUpdate(c *Controller, limit float64) func(float64) float64 {
 	return func(u float64) float64 {
-		return c.Update([]Member{{Key: "x", Limit: limit, Policy: Strict, Usage: u}}, u, time.Second)["x"]
+		return c.Update([]Member{{Key: "x", Limit: limit, Policy: Strict, Usage: u}}, u, time.Second)["x"].Duty
 	}
 }
 
@@ -166,13 +183,13 @@ func TestStrictHoldsOverTimeAgainstOnOffWork(t *testing.T) {
 	for _, limit := range []float64{0.1, 0.2, 0.5} {
 		for _, period := range []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 3 * time.Second, 4 * time.Second} {
 			for _, phase := range []time.Duration{0, 250 * time.Millisecond, 700 * time.Millisecond} {
-				if worst := onOff(strictUpdate(NewController(), limit), period, phase); worst > limit+0.02 {
+				if worst := onOff(strictUpdate(NewController(100*time.Millisecond), limit), period, phase); worst > limit+0.02 {
 					t.Errorf("limit %.2f, %s on/off, phase %s: %.3f of the GPU over the worst 10 s window", limit, period, phase, worst)
 				}
 			}
 		}
 	}
-	broken := NewController()
+	broken := NewController(100 * time.Millisecond)
 	broken.Window = 0
 	forgetful := func(u float64) float64 {
 		if u == 0 {

@@ -36,8 +36,11 @@ type Options struct {
 	// UnauthorizedExempt are namespaces whose pods may use GPUs without
 	// slices (monitoring such as DCGM); their use is still reported.
 	UnauthorizedExempt []string
-	// Period is the throttle period.
+	// Period is the throttle period a GPU starts at; it grows when work
+	// queued on the GPU outlasts the frozen part of each period.
 	Period time.Duration
+	// Clock times the throttles; nil is the wall clock.
+	Clock Clock
 	// State records throttled containers across restarts.
 	State StateFile
 	// Events records an Event on the pod for each action; nil records none.
@@ -99,6 +102,7 @@ type Enforcer struct {
 	watchdog    *Watchdog
 	driver      *DriverLimits
 	last        time.Time // of the last snapshot applied
+	epoch       time.Time // throttle periods count from it
 	closed      bool      // Close ran: nothing is frozen again
 	// parked are cgroups frozen for unauthorized GPU use, by cgroup key;
 	// reported are the PIDs already logged for it.
@@ -174,11 +178,18 @@ func New(opts Options) (*Enforcer, error) {
 		opts.Logger.Warn("thawed frozen pod cgroups found at start", "count", n, "err", err)
 	}
 	return &Enforcer{
-		opts: opts, log: opts.Logger,
+		opts: opts, log: opts.Logger, epoch: clockOf(opts).Now(),
 		ctrl: map[string]*Controller{}, throttles: map[string]*Throttle{},
 		freezers: map[string]heldFreezer{}, parked: map[string]Freezer{}, reported: map[int]bool{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
 	}, nil
+}
+
+func clockOf(o Options) Clock {
+	if o.Clock == nil {
+		return SystemClock{}
+	}
+	return o.Clock
 }
 
 // Apply runs the controller on a snapshot and sets every container's duty.
@@ -251,34 +262,35 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 		policy := e.opts.PodPolicies.Effective(e.opts.Policy, pod)
 		byGPU[c.GPU] = append(byGPU[c.GPU], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: policy, Usage: c.SMUtilization})
 	}
-	duty := map[string]float64{}
+	plans := map[string]Plan{}
 	for gpu, members := range byGPU {
 		ctrl := e.ctrl[gpu]
 		if ctrl == nil {
-			ctrl = NewController()
+			ctrl = NewController(e.opts.Period)
 			e.ctrl[gpu] = ctrl
 		}
-		for k, d := range ctrl.Update(members, util[gpu], dt) {
-			if cur, ok := duty[k]; !ok || d < cur {
-				duty[k] = d
+		for k, p := range ctrl.Update(members, util[gpu], dt) {
+			if cur, ok := plans[k]; !ok || p.Duty < cur.Duty {
+				plans[k] = p
 			}
 		}
 	}
-	for id, d := range duty {
+	for id, p := range plans {
+		d := p.Duty
 		if hold[id] {
 			continue // one of its GPUs is blind: keep the duty it has
 		}
 		t := e.throttles[id]
 		switch {
 		case t == nil && d < 1:
-			t = StartThrottle(e.freezers[id].Freezer, e.opts.Period)
+			t = StartThrottle(e.freezers[id].Freezer, p, e.epoch, e.opts.Clock)
 			e.throttles[id] = t
 			e.record()
 			c := who[id]
 			e.log.Info("throttling container", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "cgroup", id, "duty", d)
 			e.opts.Events.Normal(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUComputeThrottled",
 				fmt.Sprintf("Container %s uses more GPU compute than its %.0f%% share of GPU %d; it runs %.0f%% of each %s period until it is back within it.",
-					c.Container, c.ComputeLimitRatio*100, c.Index, d*100, e.opts.Period))
+					c.Container, c.ComputeLimitRatio*100, c.Index, d*100, p.Period))
 		case t != nil && t.Err() != nil:
 			// The cgroup went away mid-throttle; the throttle thawed what
 			// it could and stopped. Forget the freezer: if the container is
@@ -289,7 +301,7 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 			continue
 		}
 		if t != nil {
-			t.SetDuty(d)
+			t.SetPlan(p)
 		}
 	}
 	// Containers gone from the snapshot: stop their throttles, thawing them.

@@ -2,38 +2,81 @@ package enforce
 
 import (
 	"context"
-	"math"
 	"sync/atomic"
 	"time"
 )
 
-// Throttle runs one container on a duty cycle: in every period it is
-// thawed for duty×period and frozen for the rest. It always leaves the
-// container thawed when it stops.
+// Clock is the time a throttle keeps; tests may drive their own.
+type Clock interface {
+	Now() time.Time
+	NewTimer(d time.Duration) (<-chan time.Time, func() bool)
+}
+
+// SystemClock is the wall clock.
+type SystemClock struct{}
+
+// Now returns the current time.
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// NewTimer starts a timer and returns its channel and its stop function.
+func (SystemClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
+	t := time.NewTimer(d)
+	return t.C, t.Stop
+}
+
+// Throttle runs one container on its plan: in every period it is thawed
+// for its run and frozen for the rest. It always leaves the container
+// thawed when it stops.
 type Throttle struct {
 	f         Freezer
-	period    time.Duration
-	duty      atomic.Uint64 // math.Float64bits
-	throttled atomic.Int64  // nanoseconds spent frozen
+	clock     Clock
+	epoch     time.Time
+	plan      atomic.Pointer[Plan]
+	changed   chan struct{}
+	throttled atomic.Int64 // nanoseconds spent frozen
 	cancel    context.CancelFunc
 	done      chan struct{}
 	err       atomic.Value // error that ended the throttle, if any
 }
 
-// StartThrottle starts a throttle at duty 1 (never frozen).
-func StartThrottle(f Freezer, period time.Duration) *Throttle {
+// Cycle splits one throttle period at duty d into the time the container
+// runs, first, and the time it is then frozen.
+func Cycle(period time.Duration, duty float64) (run, frozen time.Duration) {
+	if duty >= 1 {
+		return period, 0
+	}
+	run = time.Duration(float64(period) * max(duty, 0))
+	return run, period - run
+}
+
+// StartThrottle starts a throttle on a plan, its periods counted from
+// epoch; throttles that share an epoch keep their plans' offsets apart.
+func StartThrottle(f Freezer, p Plan, epoch time.Time, clock Clock) *Throttle {
 	ctx, cancel := context.WithCancel(context.Background())
-	t := &Throttle{f: f, period: period, cancel: cancel, done: make(chan struct{})}
-	t.duty.Store(math.Float64bits(1))
+	if clock == nil {
+		clock = SystemClock{}
+	}
+	t := &Throttle{f: f, clock: clock, epoch: epoch, changed: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	t.SetPlan(p)
 	go t.run(ctx)
 	return t
 }
 
-// SetDuty sets the share of each period the container runs, MinDuty..1.
-func (t *Throttle) SetDuty(d float64) { t.duty.Store(math.Float64bits(min(max(d, MinDuty), 1))) }
+// SetPlan changes the plan; it takes effect at once.
+func (t *Throttle) SetPlan(p Plan) {
+	p.Duty = min(max(p.Duty, MinDuty), 1)
+	t.plan.Store(&p)
+	select {
+	case t.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Plan returns the plan in force.
+func (t *Throttle) Plan() Plan { return *t.plan.Load() }
 
 // Duty returns the current duty.
-func (t *Throttle) Duty() float64 { return math.Float64frombits(t.duty.Load()) }
+func (t *Throttle) Duty() float64 { return t.Plan().Duty }
 
 // Throttled returns how long the container has been frozen in total.
 func (t *Throttle) Throttled() time.Duration { return time.Duration(t.throttled.Load()) }
@@ -61,42 +104,37 @@ func (t *Throttle) run(ctx context.Context) {
 	// Whatever happens, leave the container running. A cgroup that is
 	// gone has nothing to thaw, so the error is of no interest.
 	defer func() { _ = t.f.Thaw() }()
-	wait := func(d time.Duration) bool {
-		if d <= 0 {
-			return ctx.Err() == nil
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(d):
-			return true
-		}
-	}
+	frozen := false
+	var since time.Time
 	for {
-		d := t.Duty()
-		if d >= 1 {
-			if !wait(t.period) {
+		now := t.clock.Now()
+		run, next := t.Plan().At(now.Sub(t.epoch))
+		switch {
+		case run && frozen:
+			if err := t.f.Thaw(); err != nil {
+				t.err.Store(err)
 				return
 			}
-			continue
+			frozen = false
+			t.throttled.Add(int64(now.Sub(since)))
+		case !run && !frozen:
+			if err := t.f.Freeze(); err != nil {
+				t.err.Store(err)
+				return
+			}
+			frozen, since = true, now
 		}
-		run := time.Duration(float64(t.period) * d)
-		if !wait(run) {
+		c, stop := t.clock.NewTimer(next - now.Sub(t.epoch))
+		select {
+		case <-ctx.Done():
+			stop()
+			if frozen {
+				t.throttled.Add(int64(t.clock.Now().Sub(since)))
+			}
 			return
-		}
-		if err := t.f.Freeze(); err != nil {
-			t.err.Store(err)
-			return
-		}
-		start := time.Now()
-		ok := wait(t.period - run)
-		if err := t.f.Thaw(); err != nil {
-			t.err.Store(err)
-			return
-		}
-		t.throttled.Add(int64(time.Since(start)))
-		if !ok {
-			return
+		case <-t.changed:
+			stop()
+		case <-c:
 		}
 	}
 }

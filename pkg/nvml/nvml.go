@@ -373,24 +373,49 @@ func (n *NVML) Processes(uuid string) ([]Process, error) {
 	default:
 		return nil, &ErrCall{Call: "nvmlDeviceGetProcessUtilization", Err: ret}
 	}
-	sum := map[int]uint64{}
-	count := map[int]uint64{}
-	newest := since
-	for _, s := range samples {
-		sum[int(s.Pid)] += uint64(s.SmUtil)
-		count[int(s.Pid)]++
-		newest = max(newest, s.TimeStamp)
+	read := make([]UtilizationSample, len(samples))
+	for i, s := range samples {
+		read[i] = UtilizationSample{PID: int(s.Pid), TimeStamp: s.TimeStamp, SMUtil: s.SmUtil}
 	}
+	util, newest := AverageSamples(read, since)
 	n.mu.Lock()
 	n.lastSeen[uuid] = newest
 	n.mu.Unlock()
 	out := make([]Process, 0, len(infos))
 	for _, info := range infos {
-		p := Process{PID: int(info.Pid), MemoryBytes: info.UsedGpuMemory}
-		if c := count[p.PID]; c > 0 {
-			p.SMUtilization = min(float64(sum[p.PID])/float64(c)/100, 1)
-		}
-		out = append(out, p)
+		out = append(out, Process{PID: int(info.Pid), MemoryBytes: info.UsedGpuMemory, SMUtilization: util[int(info.Pid)]})
 	}
 	return out, nil
+}
+
+// UtilizationSample is one per-process sample of
+// nvmlDeviceGetProcessUtilization: a process's SM utilization, in integer
+// percent, over the sample period that ended at TimeStamp (µs).
+type UtilizationSample struct {
+	PID       int
+	TimeStamp uint64
+	SMUtil    uint32
+}
+
+// AverageSamples turns the samples read since the timestamp since into
+// each process's SM utilization, 0..1: the mean of its samples, each of
+// which covers one sample period. It returns the newest timestamp, to pass
+// as since next time.
+func AverageSamples(samples []UtilizationSample, since uint64) (map[int]float64, uint64) {
+	sum := map[int]uint64{}
+	count := map[int]uint64{}
+	newest := since
+	for _, s := range samples {
+		if s.TimeStamp <= since {
+			continue
+		}
+		sum[s.PID] += uint64(s.SMUtil)
+		count[s.PID]++
+		newest = max(newest, s.TimeStamp)
+	}
+	out := make(map[int]float64, len(sum))
+	for pid, c := range count {
+		out[pid] = min(float64(sum[pid])/float64(c)/100, 1)
+	}
+	return out, newest
 }
