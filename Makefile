@@ -77,6 +77,20 @@ bench-quota: ## Measure the quota controller's evaluation cycle: 500 namespaces,
 bench-accuracy: ## The compute-accuracy gate: the throttle against the GPU model, with mutation checks (seconds; fails on a miss).
 	$(GO) run ./test/accuracy/cmd/bench-accuracy --sensitivity
 
+.PHONY: gpu-check-build
+gpu-check-build: build ## Build the real-GPU kit (bin/gpu-check, bin/gpu-agent) to carry to a GPU machine with no network.
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/gpu-check ./test/gpucheck
+
+.PHONY: gpu-check
+gpu-check: ## On a machine with an NVIDIA GPU, CUDA and PyTorch (root, no Go needed): run the kit and write docs/gpu-validation.md (at most 8 minutes).
+	@test -x $(BIN)/gpu-check -a -x $(BIN)/gpu-agent || { echo "gpu-check: run make gpu-check-build first (on a machine with Go) and bring bin/ along"; exit 1; }
+	$(BIN)/gpu-check --mode real --agent $(BIN)/gpu-agent --report docs/gpu-validation.md --budget 8m
+
+.PHONY: gpu-check-dry
+gpu-check-dry: gpu-check-build ## Run the real-GPU kit here against the fake libnvidia-ml and fake workloads (root; about a minute).
+	$(BIN)/gpu-check --mode dry --agent $(BIN)/gpu-agent --report $(BIN)/gpu-validation-dry.md --settle 8s --measure 8s
+	@cat $(BIN)/gpu-validation-dry.md
+
 .PHONY: bench-smoke
 bench-smoke: ## Run every benchmark once, to prove they still work.
 	$(GO) test -short -run '^$$' -bench . -benchtime 1x ./...

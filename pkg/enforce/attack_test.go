@@ -394,14 +394,14 @@ func TestAttackOnOffAgainstStrict(t *testing.T) {
 		for {
 			select {
 			case <-stop:
-				_ = w.cmd.Process.Signal(syscall.SIGCONT)
+				_ = w.cmd.Process.Signal(syscall.SIGUSR2)
 				return
 			case <-time.After(time.Second):
 			}
 			on = !on
-			sig := syscall.SIGSTOP
+			sig := syscall.SIGUSR1 // idle the GPU
 			if on {
-				sig = syscall.SIGCONT
+				sig = syscall.SIGUSR2
 			}
 			_ = w.cmd.Process.Signal(sig)
 		}

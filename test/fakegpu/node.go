@@ -29,7 +29,8 @@ type Node struct {
 	workDir     string
 	now         func() time.Time
 	lastAdvance time.Time
-	requested   map[int]int64 // pid -> RequestedNanos seen last window
+	requested   map[int]int64   // pid -> RequestedNanos seen last window
+	served      map[int]float64 // pid -> GPU time served in all, ns
 	physics     map[string]gpuPhysics
 
 	driverLimits bool
@@ -60,6 +61,7 @@ func New(cfg Config) (*Node, error) {
 		now:         time.Now,
 		lastAdvance: time.Now(),
 		requested:   map[int]int64{},
+		served:      map[int]float64{},
 		physics:     map[string]gpuPhysics{},
 
 		driverLimits: cfg.DriverMemoryLimits,

@@ -99,6 +99,7 @@ func (n *Node) advanceLocked(now time.Time) {
 	for pid := range n.requested {
 		if _, ok := work[pid]; !ok {
 			delete(n.requested, pid)
+			delete(n.served, pid)
 		}
 	}
 	for _, d := range n.devices {
@@ -119,6 +120,7 @@ func (n *Node) advanceLocked(now time.Time) {
 			}
 			got := float64(asked[d.UUID][pid]) * scale
 			served += got
+			n.served[pid] += got
 			ph.procs = append(ph.procs, nvml.Process{PID: pid, MemoryBytes: n.admitted[pid], SMUtilization: min(got/float64(dt), 1)})
 		}
 		sort.Slice(ph.procs, func(i, j int) bool { return ph.procs[i].PID < ph.procs[j].PID })
@@ -127,6 +129,15 @@ func (n *Node) advanceLocked(now time.Time) {
 		ph.energyJ += n.power(d, ph.utilization) * dt.Seconds()
 		n.physics[d.UUID] = ph
 	}
+}
+
+// Served returns the GPU time the node has served a workload process in
+// all: the work it got done, which no NVML reading feeds.
+func (n *Node) Served(pid int) time.Duration {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.advanceLocked(n.now())
+	return time.Duration(n.served[pid])
 }
 
 // power models board power: idle draw plus a share of the rest up to TDP.

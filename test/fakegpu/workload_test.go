@@ -124,19 +124,19 @@ func TestWorkloadsTimeShareTheGPU(t *testing.T) {
 		t.Errorf("busier GPU is not hotter or hungrier: %+v vs %+v", samples[g1], samples[g0])
 	}
 
-	// A stopped workload makes no progress and the other gets what it wants.
-	if err := c.Process.Signal(syscall.SIGSTOP); err != nil {
+	// A paused workload makes no progress and the other gets what it wants.
+	if err := c.Process.Signal(syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
 	window(t, n, 100*time.Millisecond) // let the window that saw c run pass
 	samples, procs = window(t, n, time.Second)
-	near(t, "stopped workload's share", procs[g1][c.Process.Pid].SMUtilization, 0)
-	near(t, "running workload's share with its neighbour stopped", procs[g1][b.Process.Pid].SMUtilization, 0.6)
-	near(t, "GPU 1 utilization with one workload stopped", samples[g1].Utilization, 0.6)
+	near(t, "paused workload's share", procs[g1][c.Process.Pid].SMUtilization, 0)
+	near(t, "running workload's share with its neighbour paused", procs[g1][b.Process.Pid].SMUtilization, 0.6)
+	near(t, "GPU 1 utilization with one workload paused", samples[g1].Utilization, 0.6)
 	if procs[g1][c.Process.Pid].MemoryBytes != 4096<<20 {
-		t.Error("a stopped workload still holds its memory")
+		t.Error("a paused workload no longer holds its memory")
 	}
-	if err := c.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := c.Process.Signal(syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
 	window(t, n, 100*time.Millisecond)

@@ -1,8 +1,9 @@
 // Command workload is a fake GPU workload: a real process that holds some
 // GPU memory and wants some share of a GPU's compute, for the fake GPU node
 // (test/fakegpu) to serve. It asks for GPU time only while it runs: frozen
-// by its cgroup or stopped by a signal, it asks for none, exactly as a
-// frozen CUDA host thread launches no kernels.
+// by its cgroup, it asks for none, exactly as a frozen CUDA host thread
+// launches no kernels. SIGUSR1 pauses its GPU work and SIGUSR2 resumes it,
+// as a program that idles its GPU between bursts.
 //
 //	workload --dir /run/gpuslice/fakegpu --memory-mib 4096 --demand 0.3
 //
@@ -61,6 +62,10 @@ func run(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	pause := make(chan os.Signal, 4)
+	signal.Notify(pause, syscall.SIGUSR1, syscall.SIGUSR2)
+	defer signal.Stop(pause)
+	paused := false
 	if *duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *duration)
@@ -76,6 +81,12 @@ func run(args []string) error {
 	// Time is accounted every millisecond and published every tick. Time
 	// spent frozen or stopped is not time the workload ran, so after a
 	// pause at most two milliseconds are credited, however long it was away.
+	// A workload the machine keeps off the CPU is slowed the same way: the
+	// kernel leaves no trace the workload could read of which it was (no
+	// schedstats here; cgroup.freeze and cgroup.events keep no time of a
+	// write), so tests that run workloads judge what a busy CPU cannot
+	// fake (upper bounds, proportions, duties), and the accuracy claim is
+	// judged in virtual time (test/accuracy).
 	const step = time.Millisecond
 	account := time.NewTicker(step)
 	defer account.Stop()
@@ -97,7 +108,11 @@ func run(args []string) error {
 		case now := <-account.C:
 			ran := min(now.Sub(last), 2*step)
 			last = now
-			state.RequestedNanos += int64(float64(ran) * *demand)
+			if !paused {
+				state.RequestedNanos += int64(float64(ran) * *demand)
+			}
+		case sig := <-pause:
+			paused = sig == syscall.SIGUSR1
 		case <-grow:
 			state.MemoryBytes = *growMiB << 20
 			if err := protocol.WriteWorkloadState(*dir, pid, state); err != nil {
