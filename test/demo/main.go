@@ -1,7 +1,9 @@
 // Command demo shows gpu-agent at work on the built-in fake GPU node, with
 // no cluster: it starts a kubelet stand-in, runs the agent binary against
-// it, admits a few example pods the way the kubelet does, injects a GPU
-// fault, restarts the kubelet and stops the agent, printing what happens.
+// it, admits a few example pods the way the kubelet does, shows per-pod
+// metrics, holds two greedy pods to their strict shares and stops a memory
+// hog, injects a GPU fault, restarts the kubelet and stops the agent,
+// printing what happens.
 // make demo runs it.
 package main
 
@@ -90,7 +92,7 @@ func run(agentBin string, out io.Writer) error {
 		gpuIndex[d.UUID] = d.Index
 	}
 	describe := func(ids []string) string { return describeIDs(ids, gpuIndex) }
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 
 	step(out, "1. a kubelet stand-in listens on %s/kubelet.sock", pluginDir)
@@ -118,7 +120,7 @@ func run(agentBin string, out io.Writer) error {
 	defer pr.Stop()
 	args := []string{"--gpu-backend=fake", "--fake-config=" + fakePath, "--device-plugin-dir=" + pluginDir,
 		"--pod-resources-socket=" + podResources, "--metrics-address=" + addr, "--sample-interval=250ms",
-		"--enforcement-state=" + filepath.Join(dir, "enforcement.json")}
+		"--enforcement-state=" + filepath.Join(dir, "enforcement.json"), "--compute-policy=strict"}
 	step(out, "2. start %s %s", agentBin, strings.Join(args, " "))
 	cmd := exec.Command(agentBin, args...)
 	cmd.Stderr = logFile
@@ -191,7 +193,12 @@ func run(agentBin string, out io.Writer) error {
 		return fail(err)
 	}
 
-	step(out, "7. inject XID 79 on GPU 3 (edit %s)", filepath.Base(fakePath))
+	step(out, "7. isolation on GPU 1 (strict policy): notebook-b (2 slices) and inference (3 slices) both run greedy workloads")
+	if err := showIsolation(ctx, out, addr, workDir, allocs); err != nil {
+		return fail(err)
+	}
+
+	step(out, "8. inject XID 79 on GPU 3 (edit %s)", filepath.Base(fakePath))
 	injected := time.Now()
 	if err := os.WriteFile(fakePath, []byte(node+"faults:\n  gpus:\n    - index: 3\n      xid: 79\n"), 0o600); err != nil {
 		return err
@@ -217,7 +224,7 @@ func run(agentBin string, out io.Writer) error {
 	}
 	fmt.Fprintln(out, "   fault cleared: GPU 3's slices are Healthy again")
 
-	step(out, "8. restart the kubelet (sockets removed, kubelet.sock recreated)")
+	step(out, "9. restart the kubelet (sockets removed, kubelet.sock recreated)")
 	before := len(k.Registrations())
 	restarted := time.Now()
 	if err := k.Restart(); err != nil {
@@ -231,7 +238,7 @@ func run(agentBin string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "   agent re-registered %.1f ms after the restart, with no operator action\n", float64(time.Since(restarted).Microseconds())/1000)
 
-	step(out, "9. SIGTERM the agent")
+	step(out, "10. SIGTERM the agent")
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -153,5 +154,119 @@ func removeTree(dir string) {
 	})
 	for i := len(dirs) - 1; i >= 0; i-- {
 		_ = os.Remove(dirs[i])
+	}
+}
+
+// showIsolation runs two greedy workloads on GPU 1 under the strict
+// policy, prints what each got against its limit (by its own count of the
+// GPU time it asked for while it ran, and by the agent's metrics), then
+// grows one past its memory limit and prints how the watchdog stopped it.
+func showIsolation(ctx context.Context, out io.Writer, addr, workDir string, allocs map[string]kubeletstub.Allocation) error {
+	bin, err := fakegpu.BuildWorkload(workDir)
+	if err != nil {
+		return err
+	}
+	base := filepath.Join(cgroupV2, fmt.Sprintf("gpuslice-demo-isolation-%d", os.Getpid()))
+	defer removeTree(base)
+	type running struct {
+		pod     string
+		cmd     *exec.Cmd
+		err     chan error
+		started time.Time
+	}
+	var ws []running
+	for i, w := range []struct {
+		pod  string
+		args []string
+	}{
+		{"notebook-b", []string{"--memory-mib", "4096", "--demand", "1", "--grow-to-mib", "16384", "--grow-after", "14s"}},
+		{"inference", []string{"--memory-mib", "8192", "--demand", "1"}},
+	} {
+		gpu := allocs[w.pod].Response.Envs["NVIDIA_VISIBLE_DEVICES"]
+		cmd := exec.Command(bin, append([]string{"--dir", workDir, "--gpu", gpu}, w.args...)...)
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		r := running{pod: w.pod, cmd: cmd, err: make(chan error, 1), started: time.Now()}
+		go func() { r.err <- cmd.Wait() }()
+		defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-r.err }()
+		ws = append(ws, r)
+		cg := filepath.Join(base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(w.pod), fmt.Sprintf("%064x", 16+i))
+		err := os.MkdirAll(cg, 0o750)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
+		}
+		if err != nil {
+			fmt.Fprintf(out, "   (no writable cgroup v2 at %s: %v; nothing can be throttled or attributed here: run make demo as root)\n", cgroupV2, err)
+			return nil
+		}
+	}
+	// The throttle starts strict containers at their limit; give the
+	// controller a few windows, then measure.
+	if !wait(ctx, 5*time.Second) {
+		return ctx.Err()
+	}
+	first, t0 := mustScrape(addr)
+	asked0 := askedFor(workDir, ws[0].cmd.Process.Pid, ws[1].cmd.Process.Pid)
+	if !wait(ctx, 6*time.Second) {
+		return ctx.Err()
+	}
+	second, t1 := mustScrape(addr)
+	asked1 := askedFor(workDir, ws[0].cmd.Process.Pid, ws[1].cmd.Process.Pid)
+	span := t1.Sub(t0).Seconds()
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "   pod\tlimit\tits own work (GPU s/s)\tagent's reading (busy s/s)\tduty\tfrozen")
+	for i, w := range ws {
+		l := map[string]string{"pod": w.pod}
+		limit, _ := value(second, "gpuslice_container_compute_limit_ratio", l)
+		b0, _ := value(first, "gpuslice_container_gpu_busy_seconds_total", l)
+		b1, _ := value(second, "gpuslice_container_gpu_busy_seconds_total", l)
+		duty, _ := value(second, "gpuslice_enforcement_compute_duty_ratio", l)
+		frozen, _ := value(second, "gpuslice_enforcement_throttled_seconds_total", l)
+		fmt.Fprintf(tw, "   %s\t%.3f\t%.2f\t%.2f\t%.2f\t%.1f s\n", w.pod, limit, (asked1[i]-asked0[i]).Seconds()/span, (b1-b0)/span, duty, frozen)
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(out, "   both want the whole GPU; under strict each runs only its share and the rest of GPU 1 stays idle")
+
+	fmt.Fprintln(out, "   notebook-b now grows to 16 GiB of GPU memory, past its 10 GiB limit:")
+	grew := ws[0].started.Add(14 * time.Second) // --grow-after
+	select {
+	case <-ws[0].err:
+		ws[0].err <- nil // for the deferred wait
+	case <-time.After(20 * time.Second):
+		return errors.New("the memory hog was not stopped")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	after, _ := mustScrape(addr)
+	kills, _ := value(after, "gpuslice_enforcement_kills_total", map[string]string{"pod": "notebook-b"})
+	fmt.Fprintf(out, "   the watchdog stopped it (%s) %.1f s after it grew; gpuslice_enforcement_kills_total{pod=\"notebook-b\"} = %.0f; inference runs on\n",
+		ws[0].cmd.ProcessState, time.Since(grew).Seconds(), kills)
+	return nil
+}
+
+// askedFor reads how much GPU time each workload has asked for so far,
+// from the state it publishes.
+func askedFor(dir string, pids ...int) []time.Duration {
+	out := make([]time.Duration, len(pids))
+	for i, pid := range pids {
+		data, err := os.ReadFile(filepath.Join(dir, strconv.Itoa(pid)+".json"))
+		if err != nil {
+			continue
+		}
+		var s fakegpu.WorkloadState
+		if json.Unmarshal(data, &s) == nil {
+			out[i] = time.Duration(s.RequestedNanos)
+		}
+	}
+	return out
+}
+
+func wait(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
 	}
 }
