@@ -31,6 +31,7 @@ type Node struct {
 	lastAdvance time.Time
 	requested   map[int]int64   // pid -> RequestedNanos seen last window
 	served      map[int]float64 // pid -> GPU time served in all, ns
+	bins        map[string]*bins // by GPU UUID: the fake driver's sample periods
 	physics     map[string]gpuPhysics
 
 	driverLimits bool
@@ -62,6 +63,7 @@ func New(cfg Config) (*Node, error) {
 		lastAdvance: time.Now(),
 		requested:   map[int]int64{},
 		served:      map[int]float64{},
+		bins:        map[string]*bins{},
 		physics:     map[string]gpuPhysics{},
 
 		driverLimits: cfg.DriverMemoryLimits,

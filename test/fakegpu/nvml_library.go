@@ -67,6 +67,14 @@ func (n *Node) NVMLState() []byte {
 		for _, p := range ph.procs {
 			fmt.Fprintf(&b, "proc\t%d\t%d\t%d\t%d\n", d.Index, p.PID, p.MemoryBytes, int(math.Round(p.SMUtilization*100)))
 		}
+		if bs := n.bins[d.UUID]; bs != nil {
+			fmt.Fprintf(&b, "devutil\t%d\t%d\n", d.Index, bs.device)
+			for _, period := range bs.history {
+				for _, p := range period {
+					fmt.Fprintf(&b, "psample\t%d\t%d\t%d\t%d\n", d.Index, p.pid, p.stamp, p.util)
+				}
+			}
+		}
 	}
 	for _, x := range n.xids {
 		fmt.Fprintf(&b, "xid\t%d\t%d\t%d\n", x.gpu, x.xid, x.seq)

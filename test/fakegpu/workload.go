@@ -79,6 +79,7 @@ func (n *Node) advanceLocked(now time.Time) {
 	if dt < minWindow {
 		return
 	}
+	from := n.lastAdvance
 	n.lastAdvance = now
 	work := n.workloadsLocked()
 	asked := map[string]map[int]int64{} // GPU UUID -> pid -> ns asked this window
@@ -114,6 +115,7 @@ func (n *Node) advanceLocked(now time.Time) {
 		}
 		ph.procs = ph.procs[:0]
 		served := 0.0
+		window := map[int]float64{}
 		for pid, w := range work {
 			if w.GPU != d.UUID {
 				continue
@@ -121,6 +123,7 @@ func (n *Node) advanceLocked(now time.Time) {
 			got := float64(asked[d.UUID][pid]) * scale
 			served += got
 			n.served[pid] += got
+			window[pid] = got
 			ph.procs = append(ph.procs, nvml.Process{PID: pid, MemoryBytes: n.admitted[pid], SMUtilization: min(got/float64(dt), 1)})
 		}
 		sort.Slice(ph.procs, func(i, j int) bool { return ph.procs[i].PID < ph.procs[j].PID })
@@ -128,6 +131,12 @@ func (n *Node) advanceLocked(now time.Time) {
 		ph.memoryUsed = memory[d.UUID]
 		ph.energyJ += n.power(d, ph.utilization) * dt.Seconds()
 		n.physics[d.UUID] = ph
+		b := n.bins[d.UUID]
+		if b == nil {
+			b = newBins(from)
+			n.bins[d.UUID] = b
+		}
+		b.add(from, now, window)
 	}
 }
 

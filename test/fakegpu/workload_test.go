@@ -57,6 +57,19 @@ func window(t *testing.T, n *Node, d time.Duration) (map[string]nvml.Sample, map
 		}
 	}
 	time.Sleep(d)
+	// Read every GPU at one instant: a starved test process could
+	// otherwise take its readings more than minWindow apart, and the later
+	// ones would describe a sliver of a window in which a workload (which
+	// publishes every 20 ms) may have published nothing.
+	at := time.Now()
+	n.mu.Lock()
+	n.now = func() time.Time { return at }
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.now = time.Now
+		n.mu.Unlock()
+	}()
 	samples := map[string]nvml.Sample{}
 	procs := map[string]map[int]nvml.Process{}
 	for _, dev := range devs {

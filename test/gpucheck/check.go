@@ -75,6 +75,8 @@ type scenario struct {
 	slices []int
 	rates  []float64 // work per second
 	shares []float64 // against the solo rate
+	agent  []float64 // the agent's own reading: busy seconds per second
+	duty   []float64 // the throttle's duty at the end
 	err    error
 }
 
@@ -373,6 +375,17 @@ func (c *check) runScenario(name string, slices []int, attribute bool) scenario 
 		r.err = c.ctx.Err()
 		return r
 	}
+	busy := func(mfs map[string]*dto.MetricFamily, name, p string) float64 {
+		ns, pod, _ := strings.Cut(p, "/")
+		v, _ := value(mfs, name, map[string]string{"namespace": ns, "pod": pod, "container": "main"})
+		return v
+	}
+	m0, err := scrape(c.addr)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	t0 := time.Now()
 	before := make([][2]float64, len(procs))
 	for i, p := range procs {
 		d, at, err := c.b.work(p)
@@ -385,6 +398,16 @@ func (c *check) runScenario(name string, slices []int, attribute bool) scenario 
 	if !sleep(c.ctx, c.o.measure) {
 		r.err = c.ctx.Err()
 		return r
+	}
+	m1, err := scrape(c.addr)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	span := time.Since(t0).Seconds()
+	for _, p := range pods {
+		r.agent = append(r.agent, (busy(m1, "gpuslice_container_gpu_busy_seconds_total", p.name)-busy(m0, "gpuslice_container_gpu_busy_seconds_total", p.name))/span)
+		r.duty = append(r.duty, busy(m1, "gpuslice_enforcement_compute_duty_ratio", p.name))
 	}
 	for i, p := range procs {
 		if p.exited() {

@@ -37,11 +37,13 @@ func (c *check) writeReport(path string) error {
 	}
 	w("Judged by each loop's own completed work in %s against its rate alone on the GPU: %.3f.", unit, c.solo)
 	w("")
-	w("| scenario | pod | limit | rate | share of solo | error (pp) |")
-	w("|---|---|---|---|---|---|")
+	w("The agent's own reading (NVML busy seconds per second) and the throttle's duty are beside it, not the judge.")
+	w("")
+	w("| scenario | pod | limit | rate | share of solo | error (pp) | agent's reading | duty |")
+	w("|---|---|---|---|---|---|---|---|")
 	for _, s := range c.scenarios {
 		if s.err != nil {
-			w("| %s | | | | | failed: %v |", s.name, s.err)
+			w("| %s | | | | | failed: %v | | |", s.name, s.err)
 			continue
 		}
 		for i, n := range s.slices {
@@ -50,7 +52,7 @@ func (c *check) writeReport(path string) error {
 			if i < len(s.shares) {
 				share = s.shares[i]
 			}
-			w("| %s | %d | %.0f%% | %.3f | %.3f | %+.1f |", s.name, i, limit*100, s.rates[i], share, (share-limit)*100)
+			w("| %s | %d | %.0f%% | %.3f | %.3f | %+.1f | %.3f | %.3f |", s.name, i, limit*100, s.rates[i], share, (share-limit)*100, s.agent[i], s.duty[i])
 		}
 	}
 	w("")

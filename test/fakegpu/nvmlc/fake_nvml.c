@@ -12,6 +12,11 @@
  *   xid     <gpu index> <xid> <sequence>
  *   sample  <gpu index> <util %> <memory used> <temp C> <power mW> <energy mJ> <SM MHz> <time us>
  *   proc    <gpu index> <pid> <memory bytes> <SM util %>
+ *   devutil <gpu index> <util %>   (over the last finished sample period)
+ *   psample <gpu index> <pid> <time us> <SM util %>   (one per process and
+ *           sample period, as the driver keeps them; nvmlDeviceGetProcessUtilization
+ *           returns those newer than lastSeen, and falls back to the proc
+ *           lines when a state file has none)
  *   fail    <call: devices|system|watchHealth>
  *   memlimits 1   (the driver has per-cgroup memory limits, r615+)
  *
@@ -41,6 +46,7 @@ enum {
 #define MAX_GPUS 16
 #define MAX_XIDS 256
 #define MAX_PROCS 256
+#define MAX_PSAMPLES 2048
 
 typedef struct nvmlDevice_st { int index; } *nvmlDevice_t;
 typedef struct nvmlEventSet_st { unsigned long long registered; long delivered; } *nvmlEventSet_t;
@@ -84,6 +90,11 @@ struct proc {
 	unsigned int pid, smUtil;
 	unsigned long long mem;
 };
+struct psample {
+	int gpu;
+	unsigned int pid, smUtil;
+	unsigned long long time;
+};
 struct xid {
 	int gpu;
 	unsigned long long xid;
@@ -96,6 +107,9 @@ struct state {
 	struct xid xids[MAX_XIDS];
 	int nprocs;
 	struct proc procs[MAX_PROCS];
+	int npsamples;
+	struct psample psamples[MAX_PSAMPLES];
+	int devutil[MAX_GPUS]; /* -1: none given */
 	int failDevices, failSystem, failWatch, failSample, failProcs;
 	int memlimits;
 };
@@ -105,6 +119,7 @@ static int initialized;
 
 static int load(struct state *s) {
 	memset(s, 0, sizeof *s);
+	for (int i = 0; i < MAX_GPUS; i++) s->devutil[i] = -1;
 	const char *path = getenv("GPUSLICE_FAKE_NVML_STATE");
 	if (!path) return 0;
 	FILE *f = fopen(path, "r");
@@ -158,6 +173,16 @@ static int load(struct state *s) {
 			for (i = 0; i < 4 && (fld[i] = strtok_r(NULL, "\t", &save)); i++) {}
 			if (i < 4) continue;
 			s->procs[s->nprocs++] = (struct proc){atoi(fld[0]), (unsigned)atoi(fld[1]), (unsigned)atoi(fld[3]), strtoull(fld[2], NULL, 10)};
+		} else if (!strcmp(kind, "psample") && s->npsamples < MAX_PSAMPLES) {
+			char *fld[4];
+			int i;
+			for (i = 0; i < 4 && (fld[i] = strtok_r(NULL, "\t", &save)); i++) {}
+			if (i < 4) continue;
+			s->psamples[s->npsamples++] = (struct psample){atoi(fld[0]), (unsigned)atoi(fld[1]), (unsigned)atoi(fld[3]), strtoull(fld[2], NULL, 10)};
+		} else if (!strcmp(kind, "devutil")) {
+			char *g = strtok_r(NULL, "\t", &save), *u = strtok_r(NULL, "\t", &save);
+			if (!g || !u || atoi(g) < 0 || atoi(g) >= MAX_GPUS) continue;
+			s->devutil[atoi(g)] = atoi(u);
 		} else if (!strcmp(kind, "memlimits")) {
 			char *v = strtok_r(NULL, "\t", &save);
 			if (v) s->memlimits = atoi(v);
@@ -421,8 +446,8 @@ nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *u)
 	nvmlReturn_t r = sampled(d, &s, &g);
 	if (r) return r;
 	if (!u) return NVML_ERROR_INVALID_ARGUMENT;
-	u->gpu = g->util;
-	u->memory = g->util / 2;
+	u->gpu = s.devutil[d->index] >= 0 ? (unsigned)s.devutil[d->index] : g->util;
+	u->memory = u->gpu / 2;
 	return NVML_SUCCESS;
 }
 
@@ -499,6 +524,24 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizat
 	if (r) return r;
 	if (!count) return NVML_ERROR_INVALID_ARGUMENT;
 	if (s.failProcs) return NVML_ERROR_UNKNOWN;
+	if (s.npsamples > 0) {
+		unsigned int n = 0;
+		for (int i = 0; i < s.npsamples; i++)
+			if (s.psamples[i].gpu == d->index && s.psamples[i].time > lastSeen) n++;
+		if (n == 0) return NVML_ERROR_NOT_FOUND;
+		if (!out || n > *count) {
+			*count = n;
+			return NVML_ERROR_INSUFFICIENT_SIZE;
+		}
+		*count = 0;
+		for (int i = 0; i < s.npsamples; i++) {
+			struct psample *p = &s.psamples[i];
+			if (p->gpu != d->index || p->time <= lastSeen) continue;
+			out[*count] = (nvmlProcessUtilizationSample_t){p->pid, p->time, p->smUtil, 0, 0, 0};
+			(*count)++;
+		}
+		return NVML_SUCCESS;
+	}
 	if (g->sampleTime <= lastSeen) return NVML_ERROR_NOT_FOUND;
 	unsigned int n = 0;
 	for (int i = 0; i < s.nprocs; i++)
