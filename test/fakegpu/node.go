@@ -29,8 +29,8 @@ type Node struct {
 	workDir     string
 	now         func() time.Time
 	lastAdvance time.Time
-	requested   map[int]int64   // pid -> RequestedNanos seen last window
-	served      map[int]float64 // pid -> GPU time served in all, ns
+	requested   map[int]int64    // pid -> RequestedNanos seen last window
+	served      map[int]float64  // pid -> GPU time served in all, ns
 	bins        map[string]*bins // by GPU UUID: the fake driver's sample periods
 	physics     map[string]gpuPhysics
 
