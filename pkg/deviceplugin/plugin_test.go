@@ -825,3 +825,30 @@ func TestKubeletRestartsLeakNoDescriptors(t *testing.T) {
 	}
 	t.Logf("open descriptors: %d after 5 restarts, %d after %d", before, after, restarts)
 }
+
+// TestKubeletRestartRegistersOnce: back-to-back kubelet restarts, each
+// acted on as soon as the new kubelet answers, and never a second
+// registration with the same kubelet from the restart's later events (they
+// are judged after the 1 s fallback has passed).
+func TestKubeletRestartRegistersOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{configure: func(o *deviceplugin.Options) { o.RegisterRetry = time.Hour }})
+	if _, err := e.kubelet.WaitPlugin(ctxT(t), resource); err != nil {
+		t.Fatal(err)
+	}
+	first := registrations(e.kubelet)
+	const restarts = 5
+	for i := range restarts {
+		before := registrations(e.kubelet)
+		if err := e.kubelet.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.waitReregistered(t, before); err != nil {
+			t.Fatalf("restart %d: %v", i, err)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if got := registrations(e.kubelet) - first; got != restarts {
+		t.Errorf("%d registrations for %d kubelet restarts", got, restarts)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -24,9 +25,14 @@ const kubeletSocket = "kubelet.sock"
 // milliseconds when it is up.
 const registerTimeout = 5 * time.Second
 
-// settleDelay is how long kubelet socket events are collected before the
-// plugin acts on them.
-const settleDelay = 100 * time.Millisecond
+// After a kubelet socket event the plugin acts as soon as the kubelet
+// answers on kubelet.sock, dialing it every readyPoll, or after
+// settleDelay whatever happens (the kubelet removed the plugin's socket
+// and is not back yet: serve again, and let the retry register).
+const (
+	readyPoll   = 2 * time.Millisecond
+	settleDelay = time.Second
+)
 
 // SocketPath returns the path of the plugin's own socket.
 func (p *Plugin) SocketPath() string {
@@ -57,13 +63,26 @@ func (p *Plugin) Run(ctx context.Context) error {
 			return err
 		}
 		p.register(ctx)
+		// The kubelet registered with, by its socket's inode: events that
+		// arrive after the plugin acted on them (a kubelet restart sends
+		// several) must not make it register twice with the same kubelet.
+		known := inode(kubelet)
 		retry := time.NewTicker(p.opts.RegisterRetry)
-		var settle <-chan time.Time // set while kubelet events are coalescing
+		var settle <-chan time.Time // set from a kubelet event until acted on
+		var poll *time.Ticker       // dials the kubelet meanwhile
+		var polling <-chan time.Time
+		stopPolling := func() {
+			if poll != nil {
+				poll.Stop()
+			}
+			poll, polling, settle = nil, nil, nil
+		}
 		restart := false
 		for !restart {
 			select {
 			case <-ctx.Done():
 				retry.Stop()
+				stopPolling()
 				p.stop(srv)
 				return nil
 			case err := <-served:
@@ -77,23 +96,28 @@ func (p *Plugin) Run(ctx context.Context) error {
 			case err := <-w.Errors:
 				p.log.Warn("device plugin dir watch error", "err", err)
 			case ev := <-w.Events:
-				// A kubelet restart removes our socket and creates its own
-				// within milliseconds; act once, when the events settle.
-				if (ev.Name == kubelet && ev.Has(fsnotify.Create)) || (ev.Name == own && ev.Has(fsnotify.Remove|fsnotify.Rename)) {
+				// A kubelet restart removes our socket and then creates
+				// its own: act once, as soon as the new kubelet answers.
+				relevant := (ev.Name == kubelet && ev.Has(fsnotify.Create) && (known == 0 || inode(kubelet) != known)) ||
+					(ev.Name == own && ev.Has(fsnotify.Remove|fsnotify.Rename) && !exists(own))
+				if relevant {
 					if settle == nil {
 						settle = time.After(settleDelay)
+						poll = time.NewTicker(readyPoll)
+						polling = poll.C
 					}
 				}
-			case <-settle:
-				settle = nil
-				if !exists(own) {
-					p.log.Info("plugin socket removed by the kubelet; serving again and re-registering")
-					restart = true
+			case <-polling:
+				if !dialable(kubelet) {
 					continue
 				}
-				p.log.Info("kubelet restarted; re-registering")
-				p.registered.Store(false)
-				p.register(ctx)
+				stopPolling()
+				restart = p.kubeletRestarted(ctx, own)
+				known = inode(kubelet)
+			case <-settle:
+				stopPolling()
+				restart = p.kubeletRestarted(ctx, own)
+				known = inode(kubelet)
 			case <-retry.C:
 				if !p.Registered() {
 					p.register(ctx)
@@ -101,8 +125,46 @@ func (p *Plugin) Run(ctx context.Context) error {
 			}
 		}
 		retry.Stop()
-		p.stop(srv)
+		stopPolling()
+		p.stopServer(srv, false)
 	}
+}
+
+// kubeletRestarted acts on a kubelet restart: it reports true when the
+// kubelet removed the plugin's socket, which must then be served again
+// (and registered from there), and otherwise registers again at once.
+func (p *Plugin) kubeletRestarted(ctx context.Context, own string) bool {
+	if !exists(own) {
+		p.log.Info("plugin socket removed by the kubelet; serving again and re-registering")
+		return true
+	}
+	p.log.Info("kubelet restarted; re-registering")
+	p.registered.Store(false)
+	p.register(ctx)
+	return false
+}
+
+// inode is the inode of the file at path, 0 when there is none: a new
+// kubelet creates a new socket file.
+func inode(path string) uint64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return sys.Ino
+	}
+	return 0
+}
+
+// dialable reports whether something accepts connections on a unix socket.
+func dialable(path string) bool {
+	c, err := net.DialTimeout("unix", path, 50*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	_ = c.Close()
+	return true
 }
 
 // serve listens on the plugin socket, replacing a stale one, and serves
@@ -150,10 +212,19 @@ const (
 // socket. It gives in-flight calls stopGrace, then stops hard, and never
 // waits on a client: a connection that never finished its handshake can
 // hold grpc's Stop for the handshake timeout.
-func (p *Plugin) stop(srv *grpc.Server) {
+func (p *Plugin) stop(srv *grpc.Server) { p.stopServer(srv, true) }
+
+// stopServer stops the server, gracefully or not: a kubelet that removed
+// the plugin's socket has gone, and its streams with it, so waiting on
+// them would only delay serving the new one.
+func (p *Plugin) stopServer(srv *grpc.Server, graceful bool) {
 	p.registered.Store(false)
 	done := make(chan struct{})
-	go func() { srv.GracefulStop(); close(done) }()
+	if graceful {
+		go func() { srv.GracefulStop(); close(done) }()
+	} else {
+		go func() { srv.Stop(); close(done) }()
+	}
 	select {
 	case <-done:
 	case <-time.After(stopGrace):
