@@ -126,6 +126,25 @@ func TestDevicesAndSystemThroughNVML(t *testing.T) {
 	}
 }
 
+// Two users of NVML in one process: one shutting down leaves the other
+// working, as with the real library's reference-counted init.
+func TestInitIsReferenceCounted(t *testing.T) {
+	newFakeNVML(t, mixed)
+	first := open(t, nil)
+	o := nvml.DefaultOptions()
+	o.LibraryPath, o.SysfsRoot = fakeLib, t.TempDir()
+	second, err := nvml.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Devices(); err != nil {
+		t.Errorf("Devices() after another user shut NVML down: %v", err)
+	}
+}
+
 func TestDevicesWithLostGPUAndFailingCalls(t *testing.T) {
 	f := newFakeNVML(t, fakegpu.PresetConfig("A100-80GB", 3))
 	b := open(t, nil)

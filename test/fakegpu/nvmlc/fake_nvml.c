@@ -5,6 +5,8 @@
  * changes the GPUs' state by rewriting it. The path comes from the
  * environment variable GPUSLICE_FAKE_NVML_STATE.
  *
+ * nvmlInit and nvmlShutdown are reference-counted.
+ *
  * State file lines, tab-separated:
  *   driver  <version>
  *   cuda    <1000*major+10*minor>
@@ -217,18 +219,21 @@ static nvmlReturn_t gpuOf(nvmlDevice_t d, struct state *s, struct gpu **g) {
 	return (*g)->lost ? NVML_ERROR_GPU_IS_LOST : NVML_SUCCESS;
 }
 
+/* Init and shutdown are reference-counted, as the real library's are: a
+ * process with two users of NVML (NVIDIA's device plugin has several) keeps
+ * it until the last one shuts down. */
 nvmlReturn_t nvmlInit_v2(void) {
 	struct state s;
 	if (!load(&s)) return NVML_ERROR_UNKNOWN;
 	for (int i = 0; i < MAX_GPUS; i++) handles[i].index = i;
-	initialized = 1;
+	__atomic_add_fetch(&initialized, 1, __ATOMIC_SEQ_CST);
 	return NVML_SUCCESS;
 }
 nvmlReturn_t nvmlInit(void) { return nvmlInit_v2(); }
 nvmlReturn_t nvmlShutdown(void) {
-	if (!initialized) return NVML_ERROR_UNINITIALIZED;
-	initialized = 0;
-	return NVML_SUCCESS;
+	int n = __atomic_load_n(&initialized, __ATOMIC_SEQ_CST);
+	while (n > 0 && !__atomic_compare_exchange_n(&initialized, &n, n - 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+	return n > 0 ? NVML_SUCCESS : NVML_ERROR_UNINITIALIZED;
 }
 
 const char *nvmlErrorString(nvmlReturn_t r) {
