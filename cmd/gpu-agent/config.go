@@ -56,8 +56,13 @@ type Config struct {
 	Kubeconfig       string   `json:"kubeconfig,omitempty"`
 	NodeLabels       bool     `json:"nodeLabels"`
 	GFDLabels        bool     `json:"gfdLabels"`
-	ResourceName     string   `json:"resourceName,omitempty"`
-	Placement        string   `json:"placement,omitempty"`
+	// GFDSharedProduct appends GFD's "-SHARED" to nvidia.com/gpu.product.
+	GFDSharedProduct bool `json:"gfdSharedProduct,omitempty"`
+	// MachineTypeFile names the machine for nvidia.com/gpu.machine; empty
+	// reads <sysfs root>/class/dmi/id/product_name, as GFD does.
+	MachineTypeFile string `json:"machineTypeFile,omitempty"`
+	ResourceName    string `json:"resourceName,omitempty"`
+	Placement       string `json:"placement,omitempty"`
 
 	Log         LogConfig         `json:"log"`
 	Slicing     SlicingConfig     `json:"slicing"`
@@ -236,6 +241,8 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig `file`; in-cluster config when empty")
 	fs.BoolVar(&c.NodeLabels, "node-labels", c.NodeLabels, "label this node (--node-name) with its GPUs and slicing")
 	fs.BoolVar(&c.GFDLabels, "gfd-labels", c.GFDLabels, "include the GPU Feature Discovery compatible nvidia.com/* labels; turn off where GFD runs")
+	fs.BoolVar(&c.GFDSharedProduct, "gfd-shared-product", c.GFDSharedProduct, "append -SHARED to nvidia.com/gpu.product, as GFD does for a shared GPU whose resource keeps its name (off: gpuslice offers its own resource, so the product keeps naming the GPU)")
+	fs.StringVar(&c.MachineTypeFile, "machine-type-file", c.MachineTypeFile, "`file` naming the machine for nvidia.com/gpu.machine (default <sysfs-root>/class/dmi/id/product_name)")
 	fs.StringVar(&c.ResourceName, "resource-name", c.ResourceName, "extended resource `name` offered to the kubelet")
 	fs.StringVar(&c.Placement, "placement", c.Placement, "slice placement: binpack or spread")
 	fs.IntVar(&c.Slicing.SlicesPerGPU, "slices-per-gpu", c.Slicing.SlicesPerGPU, fmt.Sprintf("cut every GPU into `n` slices (default %d unless --slice-memory)", defaultSlicesPerGPU))

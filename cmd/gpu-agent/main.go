@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -267,7 +268,22 @@ func startLabels(ctx context.Context, g *errgroup.Group, client *kube.Client, cf
 	if cfg.MPS.Enabled {
 		compute = "mps"
 	}
-	desired := labels.For(devs, sys, layout, labels.Options{GFD: cfg.GFDLabels, Enforcement: compute})
+	classes := make([]string, 0, len(devs))
+	for _, d := range devs {
+		classes = append(classes, nvml.PCIClass(cfg.SysfsRoot, d.PCIBusID))
+	}
+	machineFile := cfg.MachineTypeFile
+	if machineFile == "" {
+		machineFile = filepath.Join(cfg.SysfsRoot, "class", "dmi", "id", "product_name")
+	}
+	machine, err := os.ReadFile(machineFile) //nolint:gosec // the operator's own flag, or sysfs
+	if err != nil {
+		log.Info("machine type unknown", "file", machineFile, "err", err)
+	}
+	desired := labels.For(devs, sys, layout, labels.Options{
+		GFD: cfg.GFDLabels, Enforcement: compute, MPS: cfg.MPS.Enabled, SharedProduct: cfg.GFDSharedProduct,
+		GPUMode: labels.GPUMode(classes), Machine: string(machine),
+	})
 	w := labels.NewWriter(client, cfg.NodeName, cfg.GFDLabels, log)
 	g.Go(func() error { syncLabels(ctx, w, desired, log); return nil })
 }

@@ -23,6 +23,37 @@ type Options struct {
 	GFD bool
 	// Enforcement is the enforcement mode to advertise, e.g. "freezer".
 	Enforcement string
+	// MPS says the GPUs are shared through MPS rather than by time.
+	MPS bool
+	// SharedProduct appends "-SHARED" to nvidia.com/gpu.product, as GFD
+	// does for a GPU shared without renaming its resource. Off by
+	// default: gpuslice offers its own resource (nvidia.com/vgpu), so the
+	// product label keeps naming the physical GPU and affinity on it keeps
+	// working unchanged.
+	SharedProduct bool
+	// GPUMode is nvidia.com/gpu.mode ("compute", "graphics" or
+	// "unknown"; see GPUMode); empty leaves the label out.
+	GPUMode string
+	// Machine is the machine's product name, as GFD reads it from
+	// /sys/class/dmi/id/product_name; empty labels it "unknown".
+	Machine string
+}
+
+// GPUMode is GFD's nvidia.com/gpu.mode from the GPUs' PCI classes, as
+// sysfs gives them ("0x030200" is a 3D controller, a GPU in compute mode;
+// "0x030000" a VGA controller, in graphics mode): the first GPU's, or
+// "unknown".
+func GPUMode(classes []string) string {
+	if len(classes) == 0 {
+		return "unknown"
+	}
+	switch strings.ToLower(strings.TrimSpace(classes[0])) {
+	case "0x030200":
+		return "compute"
+	case "0x030000":
+		return "graphics"
+	}
+	return "unknown"
 }
 
 // For returns the labels for a node with the given GPUs, driver and
@@ -48,7 +79,11 @@ func For(devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, opts Opti
 		}
 	}
 	if opts.GFD {
-		out["nvidia.com/gpu.product"] = Value(strings.ReplaceAll(main.Model, " ", "-"))
+		product := strings.ReplaceAll(main.Model, " ", "-")
+		if opts.SharedProduct {
+			product += "-SHARED"
+		}
+		out["nvidia.com/gpu.product"] = Value(product)
 		out["nvidia.com/gpu.memory"] = strconv.FormatUint(main.MemoryBytes>>20, 10)
 		out["nvidia.com/gpu.count"] = strconv.Itoa(len(sorted))
 		out["nvidia.com/gpu.family"] = Family(main.ComputeMajor, main.ComputeMinor)
@@ -57,17 +92,49 @@ func For(devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, opts Opti
 		if parts := strings.Split(sys.DriverVersion, "."); sys.DriverVersion != "" {
 			out["nvidia.com/cuda.driver-version.full"] = Value(sys.DriverVersion)
 			keys := []string{"major", "minor", "revision"}
+			old := []string{"major", "minor", "rev"} // GFD's deprecated cuda.driver.*
 			for i, p := range parts {
 				if i < len(keys) {
 					out["nvidia.com/cuda.driver-version."+keys[i]] = Value(p)
+					out["nvidia.com/cuda.driver."+old[i]] = Value(p)
 				}
 			}
 		}
 		if sys.CUDADriverVersion > 0 {
-			out["nvidia.com/cuda.runtime-version.major"] = strconv.Itoa(sys.CUDADriverVersion / 1000)
-			out["nvidia.com/cuda.runtime-version.minor"] = strconv.Itoa(sys.CUDADriverVersion % 1000 / 10)
+			major, minor := strconv.Itoa(sys.CUDADriverVersion/1000), strconv.Itoa(sys.CUDADriverVersion%1000/10)
+			out["nvidia.com/cuda.runtime-version.major"] = major
+			out["nvidia.com/cuda.runtime-version.minor"] = minor
 			out["nvidia.com/cuda.runtime-version.full"] = sys.CUDAVersion()
+			out["nvidia.com/cuda.runtime.major"] = major // deprecated by GFD, still read
+			out["nvidia.com/cuda.runtime.minor"] = minor
 		}
+		replicas := 1
+		if g, ok := layout.GPU(main.UUID); ok {
+			replicas = g.Slices
+		}
+		out["nvidia.com/gpu.replicas"] = strconv.Itoa(replicas)
+		switch {
+		case opts.MPS:
+			out["nvidia.com/gpu.sharing-strategy"] = "mps"
+		case replicas > 1:
+			out["nvidia.com/gpu.sharing-strategy"] = "time-slicing"
+		default:
+			out["nvidia.com/gpu.sharing-strategy"] = "none"
+		}
+		migCapable := false
+		for _, d := range sorted {
+			migCapable = migCapable || d.MIGCapable
+		}
+		out["nvidia.com/mig.capable"] = strconv.FormatBool(migCapable)
+		out["nvidia.com/mps.capable"] = strconv.FormatBool(opts.MPS)
+		if opts.GPUMode != "" {
+			out["nvidia.com/gpu.mode"] = Value(opts.GPUMode)
+		}
+		machine := strings.ReplaceAll(strings.TrimSpace(opts.Machine), " ", "-")
+		if Value(machine) == "" {
+			machine = "unknown"
+		}
+		out["nvidia.com/gpu.machine"] = Value(machine)
 	}
 	if g, ok := layout.GPU(main.UUID); ok {
 		out[OwnPrefix+"slices-per-gpu"] = strconv.Itoa(g.Slices)
@@ -163,6 +230,11 @@ func Patch(current, desired map[string]string, gfd bool) map[string]any {
 // writes (GFD itself writes more under nvidia.com/, such as MIG labels,
 // which the agent leaves alone).
 func owned(k string) bool {
+	switch k {
+	case "nvidia.com/gpu.replicas", "nvidia.com/gpu.sharing-strategy", "nvidia.com/mig.capable",
+		"nvidia.com/mps.capable", "nvidia.com/gpu.mode", "nvidia.com/gpu.machine":
+		return true
+	}
 	return strings.HasPrefix(k, "nvidia.com/gpu.product") || strings.HasPrefix(k, "nvidia.com/gpu.memory") ||
 		strings.HasPrefix(k, "nvidia.com/gpu.count") || strings.HasPrefix(k, "nvidia.com/gpu.family") ||
 		strings.HasPrefix(k, "nvidia.com/gpu.compute.") || strings.HasPrefix(k, "nvidia.com/cuda.")

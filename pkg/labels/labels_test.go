@@ -48,13 +48,42 @@ func TestForBuiltInNode(t *testing.T) {
 		"nvidia.com/cuda.runtime-version.major":   "12",
 		"nvidia.com/cuda.runtime-version.minor":   "8",
 		"nvidia.com/cuda.runtime-version.full":    "12.8",
+		"nvidia.com/cuda.driver.major":            "570",
+		"nvidia.com/cuda.driver.minor":            "124",
+		"nvidia.com/cuda.driver.rev":              "06",
+		"nvidia.com/cuda.runtime.major":           "12",
+		"nvidia.com/cuda.runtime.minor":           "8",
+		"nvidia.com/gpu.replicas":                 "8",
+		"nvidia.com/gpu.sharing-strategy":         "time-slicing",
+		"nvidia.com/mig.capable":                  "true",
+		"nvidia.com/mps.capable":                  "false",
+		"nvidia.com/gpu.mode":                     "compute",
+		"nvidia.com/gpu.machine":                  "DGX-A100",
 		"gpuslice.io/slices-per-gpu":              "8",
 		"gpuslice.io/slice-memory":                "5120Mi",
 		"gpuslice.io/slices":                      "32",
 		"gpuslice.io/enforcement":                 "freezer",
 	}
-	if diff := cmp.Diff(want, For(devs, sys, l, Options{GFD: true, Enforcement: "freezer"})); diff != "" {
+	opts := Options{GFD: true, Enforcement: "freezer", GPUMode: GPUMode([]string{"0x030200", "0x030200"}), Machine: "DGX A100\n"}
+	if diff := cmp.Diff(want, For(devs, sys, l, opts)); diff != "" {
 		t.Errorf("(-want +got)\n%s", diff)
+	}
+	// GFD's -SHARED product suffix, MPS, and an unknown machine.
+	opts = Options{GFD: true, SharedProduct: true, MPS: true}
+	got := For(devs, sys, l, opts)
+	for k, v := range map[string]string{
+		"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB-SHARED", "nvidia.com/gpu.sharing-strategy": "mps",
+		"nvidia.com/mps.capable": "true", "nvidia.com/gpu.machine": "unknown", "nvidia.com/gpu.mode": "",
+	} {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+	// One slice per GPU is no sharing; a GPU without MIG says so.
+	one, sys1, l1 := node(t, fakegpu.Config{GPUs: []fakegpu.GPUConfig{{Model: "Tesla T4", MemoryMiB: 15360, ComputeCapability: "7.5"}}}, 1)
+	got = For(one, sys1, l1, Options{GFD: true})
+	if got["nvidia.com/gpu.replicas"] != "1" || got["nvidia.com/gpu.sharing-strategy"] != "none" || got["nvidia.com/mig.capable"] != "false" {
+		t.Errorf("unshared T4: %v", got)
 	}
 	// Where GFD already runs, only gpuslice's own labels.
 	for k := range For(devs, sys, l, Options{GFD: false}) {
@@ -85,6 +114,18 @@ func TestForMixedNode(t *testing.T) {
 }
 
 var labelValue = regexp.MustCompile(`^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$`)
+
+func TestGPUMode(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{"0x030200": "compute", "0x030000\n": "graphics", "0x038000": "unknown", "": "unknown"} {
+		if got := GPUMode([]string{in}); got != want {
+			t.Errorf("GPUMode(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := GPUMode(nil); got != "unknown" {
+		t.Errorf("GPUMode(nil) = %q", got)
+	}
+}
 
 func TestValue(t *testing.T) {
 	t.Parallel()

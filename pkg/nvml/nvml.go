@@ -180,6 +180,10 @@ func describe(d gonvml.Device, index int) (Device, error) {
 		return Device{}, &ErrCall{Call: "nvmlDeviceGetPciInfo", Err: ret}
 	}
 	out.PCIBusID = cString(pci.BusId[:])
+	// A GPU without MIG answers NOT_SUPPORTED; any other failure leaves
+	// it described as not MIG-capable rather than not described.
+	_, _, ret = d.GetMigMode()
+	out.MIGCapable = ret == gonvml.SUCCESS
 	return out, nil
 }
 
@@ -270,16 +274,42 @@ func (n *NVML) WatchHealth(ctx context.Context, report func(Health)) error {
 	return nil
 }
 
-// NUMANode returns the NUMA node of the PCI device with the given NVML bus
-// ID, read from <sysfsRoot>/bus/pci/devices/<address>/numa_node, or -1 when
-// sysfs does not say (no such file, or a single-node machine's -1).
-func NUMANode(sysfsRoot, busID string) int {
+// PCIClass returns the PCI class of the device with the given NVML bus ID,
+// as sysfs gives it (e.g. "0x030200", a 3D controller: a GPU in compute
+// mode), or "" when sysfs does not say.
+func PCIClass(sysfsRoot, busID string) string {
+	addr := sysfsAddress(busID)
+	if addr == "" {
+		return ""
+	}
+	// addr has no path separators; sysfsRoot is the operator's flag.
+	data, err := os.ReadFile(filepath.Join(sysfsRoot, "bus", "pci", "devices", addr, "class")) //nolint:gosec // see above
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(data))
+}
+
+// sysfsAddress turns NVML's bus ID into sysfs's device name, or "" when it
+// cannot be one.
+func sysfsAddress(busID string) string {
 	addr := strings.ToLower(busID)
 	// NVML pads the PCI domain to 8 hex digits; sysfs uses 4.
 	if len(addr) == len("00000000:07:00.0") && strings.HasPrefix(addr, "0000") {
 		addr = addr[4:]
 	}
-	if addr == "" || strings.ContainsAny(addr, "/\\") {
+	if strings.ContainsAny(addr, "/\\") || addr == "." || addr == ".." {
+		return ""
+	}
+	return addr
+}
+
+// NUMANode returns the NUMA node of the PCI device with the given NVML bus
+// ID, read from <sysfsRoot>/bus/pci/devices/<address>/numa_node, or -1 when
+// sysfs does not say (no such file, or a single-node machine's -1).
+func NUMANode(sysfsRoot, busID string) int {
+	addr := sysfsAddress(busID)
+	if addr == "" {
 		return -1
 	}
 	// addr has no path separators (checked above); sysfsRoot is the operator's flag.

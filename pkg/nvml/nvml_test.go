@@ -396,3 +396,19 @@ func TestSampleAndProcessesThroughNVML(t *testing.T) {
 		t.Errorf("Sample() of an unknown GPU = %v", err)
 	}
 }
+
+func TestPCIClass(t *testing.T) {
+	sysfs := t.TempDir()
+	dir := filepath.Join(sysfs, "bus", "pci", "devices", "0000:07:00.0")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "class"), []byte("0x030200\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for bus, want := range map[string]string{"00000000:07:00.0": "0x030200", "00000000:08:00.0": "", "../../etc": "", "": ""} {
+		if got := nvml.PCIClass(sysfs, bus); got != want {
+			t.Errorf("PCIClass(%q) = %q, want %q", bus, got, want)
+		}
+	}
+}

@@ -29,7 +29,9 @@ func TestNodeCapacity(t *testing.T) {
 			l := n.Labels
 			last = l
 			if capq.Value() == 8 && alloc.Value() == 8 && l["nvidia.com/gpu.count"] == "2" &&
-				l["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB" && l["gpuslice.io/slices-per-gpu"] == "4" {
+				l["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB" && l["gpuslice.io/slices-per-gpu"] == "4" &&
+				l["nvidia.com/gpu.replicas"] == "4" && l["nvidia.com/gpu.sharing-strategy"] == "time-slicing" &&
+				l["nvidia.com/mig.capable"] == "true" && l["nvidia.com/cuda.driver.major"] != "" {
 				return
 			}
 		}

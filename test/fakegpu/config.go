@@ -25,15 +25,17 @@ type Preset struct {
 	MemoryMiB uint64
 	// ComputeCapability is "major.minor".
 	ComputeCapability string
+	// MIGCapable is whether the model supports MIG.
+	MIGCapable bool
 }
 
 // Presets are the models a Config may name. Memory sizes are what NVML
 // reports on real boards, not the marketing sizes.
 var presets = map[string]Preset{
-	"A100-40GB":  {Model: "NVIDIA A100-SXM4-40GB", MemoryMiB: 40960, ComputeCapability: "8.0"},
-	"A100-80GB":  {Model: "NVIDIA A100-SXM4-80GB", MemoryMiB: 81920, ComputeCapability: "8.0"},
-	"H100-80GB":  {Model: "NVIDIA H100 80GB HBM3", MemoryMiB: 81559, ComputeCapability: "9.0"},
-	"H200-141GB": {Model: "NVIDIA H200", MemoryMiB: 143771, ComputeCapability: "9.0"},
+	"A100-40GB":  {Model: "NVIDIA A100-SXM4-40GB", MemoryMiB: 40960, ComputeCapability: "8.0", MIGCapable: true},
+	"A100-80GB":  {Model: "NVIDIA A100-SXM4-80GB", MemoryMiB: 81920, ComputeCapability: "8.0", MIGCapable: true},
+	"H100-80GB":  {Model: "NVIDIA H100 80GB HBM3", MemoryMiB: 81559, ComputeCapability: "9.0", MIGCapable: true},
+	"H200-141GB": {Model: "NVIDIA H200", MemoryMiB: 143771, ComputeCapability: "9.0", MIGCapable: true},
 }
 
 // PresetNames returns the names of the known presets, sorted.
@@ -88,6 +90,9 @@ type GPUConfig struct {
 	UUID string `json:"uuid,omitempty"`
 	// NUMANode is the GPU's NUMA node; absent means unknown.
 	NUMANode *int `json:"numaNode,omitempty"`
+	// MIGCapable says whether the GPU supports MIG; absent takes the
+	// preset's (false without one).
+	MIGCapable *bool `json:"migCapable,omitempty"`
 }
 
 // Faults are faults in force on a node, by GPU index.
@@ -201,6 +206,7 @@ type gpuSpec struct {
 	ccMajor     int
 	ccMinor     int
 	numaNode    int
+	mig         bool
 }
 
 func (c Config) gpus() ([]gpuSpec, error) {
@@ -230,6 +236,7 @@ func (c Config) gpus() ([]gpuSpec, error) {
 	out := make([]gpuSpec, 0, len(list))
 	uuids := map[string]bool{}
 	for i, g := range list {
+		mig := false
 		if g.Preset != "" {
 			p, ok := presets[g.Preset]
 			if !ok {
@@ -244,6 +251,10 @@ func (c Config) gpus() ([]gpuSpec, error) {
 			if g.ComputeCapability == "" {
 				g.ComputeCapability = p.ComputeCapability
 			}
+			mig = p.MIGCapable
+		}
+		if g.MIGCapable != nil {
+			mig = *g.MIGCapable
 		}
 		if g.Model == "" || g.MemoryMiB == 0 || g.ComputeCapability == "" {
 			return nil, fmt.Errorf("gpu %d: set a preset, or model, memoryMiB and computeCapability", i)
@@ -252,7 +263,7 @@ func (c Config) gpus() ([]gpuSpec, error) {
 		if _, err := fmt.Sscanf(g.ComputeCapability, "%d.%d", &s.ccMajor, &s.ccMinor); err != nil || s.ccMajor <= 0 || s.ccMinor < 0 {
 			return nil, fmt.Errorf("gpu %d: compute capability %q is not major.minor", i, g.ComputeCapability)
 		}
-		s.model, s.memoryBytes = g.Model, g.MemoryMiB*mib
+		s.model, s.memoryBytes, s.mig = g.Model, g.MemoryMiB*mib, mig
 		s.numaNode = -1
 		if g.NUMANode != nil {
 			if *g.NUMANode < 0 || *g.NUMANode > 63 {

@@ -83,6 +83,7 @@ func New(cfg Config) (*Node, error) {
 			ComputeMinor: s.ccMinor,
 			PCIBusID:     fmt.Sprintf("00000000:%02X:00.0", 0x07+i*0x10),
 			NUMANode:     s.numaNode,
+			MIGCapable:   s.mig,
 		})
 	}
 	n.setFaults(cfg.Faults)

@@ -55,7 +55,11 @@ func (n *Node) NVMLState() []byte {
 		if n.faults[d.Index].Lost {
 			lost = 1
 		}
-		fmt.Fprintf(&b, "gpu\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%s\n", d.UUID, d.Minor, d.MemoryBytes, d.ComputeMajor, d.ComputeMinor, d.PCIBusID, lost, d.Model)
+		mig := 0
+		if d.MIGCapable {
+			mig = 1
+		}
+		fmt.Fprintf(&b, "gpu\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%d\n", d.UUID, d.Minor, d.MemoryBytes, d.ComputeMajor, d.ComputeMinor, d.PCIBusID, lost, d.Model, mig)
 	}
 	// The physics as of now, as the driver would report them.
 	n.advanceLocked(n.now())

@@ -10,7 +10,7 @@
  * State file lines, tab-separated:
  *   driver  <version>
  *   cuda    <1000*major+10*minor>
- *   gpu     <uuid> <minor> <memory bytes> <cc major> <cc minor> <pci bus id> <lost 0|1> <name>
+ *   gpu     <uuid> <minor> <memory bytes> <cc major> <cc minor> <pci bus id> <lost 0|1> <name> [<mig capable 0|1>]
  *   xid     <gpu index> <xid> <sequence>
  *   sample  <gpu index> <util %> <memory used> <temp C> <power mW> <energy mJ> <SM MHz> <time us>
  *   proc    <gpu index> <pid> <memory bytes> <SM util %>
@@ -83,7 +83,7 @@ struct gpu {
 	char uuid[96], name[96], bus[32];
 	unsigned int minor;
 	unsigned long long mem;
-	int ccMajor, ccMinor, lost;
+	int ccMajor, ccMinor, lost, mig;
 	unsigned int util, temp, power, smClock;
 	unsigned long long memUsed, energy, sampleTime;
 };
@@ -151,6 +151,8 @@ static int load(struct state *s) {
 			snprintf(g->bus, sizeof g->bus, "%s", fld[5]);
 			g->lost = atoi(fld[6]);
 			snprintf(g->name, sizeof g->name, "%s", fld[7]);
+			char *mig = strtok_r(NULL, "\t", &save);
+			g->mig = mig ? atoi(mig) : 0;
 			s->ngpus++;
 		} else if (!strcmp(kind, "xid") && s->nxids < MAX_XIDS) {
 			char *g = strtok_r(NULL, "\t", &save), *x = strtok_r(NULL, "\t", &save), *q = strtok_r(NULL, "\t", &save);
@@ -562,6 +564,19 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizat
 		out[*count] = (nvmlProcessUtilizationSample_t){s.procs[i].pid, g->sampleTime, s.procs[i].smUtil, 0, 0, 0};
 		(*count)++;
 	}
+	return NVML_SUCCESS;
+}
+
+/* MIG: a capable GPU reports MIG disabled; others are not supported. */
+nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int *current, unsigned int *pending) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!current || !pending) return NVML_ERROR_INVALID_ARGUMENT;
+	if (!g->mig) return NVML_ERROR_NOT_SUPPORTED;
+	*current = 0;
+	*pending = 0;
 	return NVML_SUCCESS;
 }
 
