@@ -203,3 +203,76 @@ func TestQuotaControllerPermissions(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsAuthRBAC installs the chart's RBAC with --metrics-auth=
+// kubernetes on a real API server and asks, as kubectl auth can-i --as
+// does, what the agent and the scrapers may do: the agent may create token
+// and access reviews (and not without metrics auth), a bound reader may get
+// /metrics, any other account may not. The NetworkPolicy and the
+// ServiceMonitor's token render with it.
+func TestMetricsAuthRBAC(t *testing.T) {
+	srv := apiserver.Start(t)
+	cs := srv.Clientset(t)
+	ctx := context.Background()
+	for _, mode := range []string{"kubernetes", "none"} {
+		ns := "gpuslice-metrics-" + mode
+		// Cluster-scoped objects outlive each round: each round has its own reader.
+		reader := "prom-" + mode
+		set := fmt.Sprintf("metrics.auth.mode=%s,metrics.auth.readers[0].name=%s,metrics.auth.readers[0].namespace=monitoring,fullnameOverride=%s", mode, reader, ns)
+		objs := []*unstructured.Unstructured{{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}}
+		objs = append(objs, parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", ns, "--show-only", "templates/rbac.yaml", "--set", set))...)
+		create(t, srv, objs, false)
+		can := func(user string, attrs authorizationv1.SubjectAccessReviewSpec) bool {
+			t.Helper()
+			attrs.User, attrs.Groups = user, []string{"system:serviceaccounts", "system:authenticated"}
+			out, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: attrs}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return out.Status.Allowed
+		}
+		agent := "system:serviceaccount:" + ns + ":" + ns + "-agent"
+		review := func(group, resource string) authorizationv1.SubjectAccessReviewSpec {
+			return authorizationv1.SubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "create", Group: group, Resource: resource}}
+		}
+		metrics := authorizationv1.SubjectAccessReviewSpec{NonResourceAttributes: &authorizationv1.NonResourceAttributes{Verb: "get", Path: "/metrics"}}
+		// RBAC objects reach the authorizer's cache shortly after creation.
+		for deadline := time.Now().Add(10 * time.Second); !can(agent, authorizationv1.SubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "list", Resource: "pods"}}); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the agent's role never took effect")
+			}
+		}
+		on := mode == "kubernetes"
+		for _, c := range []struct {
+			what string
+			user string
+			spec authorizationv1.SubjectAccessReviewSpec
+			want bool
+		}{
+			{"agent creates token reviews", agent, review("authentication.k8s.io", "tokenreviews"), on},
+			{"agent creates access reviews", agent, review("authorization.k8s.io", "subjectaccessreviews"), on},
+			{"the bound reader gets /metrics", "system:serviceaccount:monitoring:" + reader, metrics, on},
+			{"another account gets /metrics", "system:serviceaccount:ml:tenant", metrics, false},
+			{"the agent gets /metrics", agent, metrics, false},
+		} {
+			if got := can(c.user, c.spec); got != c.want {
+				t.Errorf("metrics.auth.mode=%s: %s = %t, want %t", mode, c.what, got, c.want)
+			}
+		}
+	}
+	rendered := helm(t, "template", "gpuslice", chart, "--set", "metrics.auth.mode=kubernetes,metrics.networkPolicy.enabled=true,metrics.serviceMonitor.enabled=true")
+	var policy, monitor bool
+	for _, o := range parseDocs(t, rendered) {
+		switch o.GetKind() {
+		case "NetworkPolicy":
+			ports, _, _ := unstructured.NestedSlice(o.Object, "spec", "ingress")
+			policy = len(ports) == 1
+		case "ServiceMonitor":
+			eps, _, _ := unstructured.NestedSlice(o.Object, "spec", "endpoints")
+			monitor = len(eps) == 1 && eps[0].(map[string]any)["bearerTokenFile"] != nil
+		}
+	}
+	if !policy || !monitor {
+		t.Errorf("with metrics auth and the NetworkPolicy on: NetworkPolicy rendered %t, ServiceMonitor presents a token %t", policy, monitor)
+	}
+}

@@ -34,15 +34,18 @@ const defaultSlicesPerGPU = 8
 // Config is everything gpu-agent can be told, by flags or by the YAML file
 // named with --config. Field names in YAML are the json tags.
 type Config struct {
-	ConfigFile         string            `json:"-"`
-	GPUBackend         string            `json:"gpuBackend,omitempty"`
-	FakeConfig         string            `json:"fakeConfig,omitempty"`
-	NVMLLibrary        string            `json:"nvmlLibrary,omitempty"`
-	DevicePluginDir    string            `json:"devicePluginDir,omitempty"`
-	MetricsAddress     string            `json:"metricsAddress,omitempty"`
-	NodeName           string            `json:"nodeName,omitempty"`
-	SysfsRoot          string            `json:"sysfsRoot,omitempty"`
-	WebConfigFile      string            `json:"webConfigFile,omitempty"`
+	ConfigFile      string `json:"-"`
+	GPUBackend      string `json:"gpuBackend,omitempty"`
+	FakeConfig      string `json:"fakeConfig,omitempty"`
+	NVMLLibrary     string `json:"nvmlLibrary,omitempty"`
+	DevicePluginDir string `json:"devicePluginDir,omitempty"`
+	MetricsAddress  string `json:"metricsAddress,omitempty"`
+	NodeName        string `json:"nodeName,omitempty"`
+	SysfsRoot       string `json:"sysfsRoot,omitempty"`
+	WebConfigFile   string `json:"webConfigFile,omitempty"`
+	// MetricsAuth is none, or kubernetes: /metrics asks the API server to
+	// authenticate and authorize each scraper's bearer token.
+	MetricsAuth        string            `json:"metricsAuth,omitempty"`
 	Enforcement        EnforcementConfig `json:"enforcement"`
 	SampleInterval     Duration          `json:"sampleInterval,omitempty"`
 	PodResourcesSocket string            `json:"podResourcesSocket,omitempty"`
@@ -190,6 +193,7 @@ func defaultConfig(getenv func(string) string) Config {
 		ProcRoot:           "/proc",
 		NodeLabels:         true,
 		GFDLabels:          true,
+		MetricsAuth:        "none",
 		ResourceName:       dp.ResourceName,
 		Placement:          string(dp.Placement),
 		Log:                LogConfig{Level: "info", Format: "text"},
@@ -216,6 +220,7 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.DevicePluginDir, "device-plugin-dir", c.DevicePluginDir, "kubelet device plugin `dir`")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "`host:port` serving /metrics, /healthz and /readyz")
 	fs.StringVar(&c.WebConfigFile, "web-config-file", c.WebConfigFile, "exporter-toolkit web config `file` for TLS and basic auth on the metrics address")
+	fs.StringVar(&c.MetricsAuth, "metrics-auth", c.MetricsAuth, "none, or kubernetes: /metrics serves only bearer tokens the API server authenticates (TokenReview) whose user may get /metrics (SubjectAccessReview)")
 	fs.DurationVar(&c.SampleInterval.Duration, "sample-interval", c.SampleInterval.Duration, "how often GPUs, processes and the kubelet are sampled for metrics")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's name (default $NODE_NAME)")
 	fs.StringVar(&c.SysfsRoot, "sysfs-root", c.SysfsRoot, "where sysfs is mounted, for GPUs' NUMA nodes")
@@ -346,6 +351,9 @@ func (c Config) Validate() error {
 	}
 	if err := exporter.ValidateWebConfig(c.WebConfigFile); err != nil {
 		return fmt.Errorf("--web-config-file: %w", err)
+	}
+	if c.MetricsAuth != "none" && c.MetricsAuth != "kubernetes" {
+		return fmt.Errorf("--metrics-auth %q: want none or kubernetes", c.MetricsAuth)
 	}
 	if _, err := enforce.ParsePolicy(c.Enforcement.Policy); err != nil {
 		return fmt.Errorf("--compute-policy: %w", err)

@@ -139,6 +139,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		"zero probe interval":    {args: []string{"--health-probe-interval=0s"}, want: "must be positive"},
 		"negative xid recovery":  {args: []string{"--xid-recovery=-1s"}, want: "must not be negative"},
 		"relative nvml library":  {args: []string{"--nvml-library=libnvidia-ml.so.1"}, want: "absolute path"},
+		"unknown metrics auth":   {args: []string{"--metrics-auth=basic"}, want: "want none or kubernetes"},
 		"relative proc root":     {args: []string{"--proc-root=proc"}, want: "--proc-root"},
 		"empty cgroup root":      {args: []string{"--cgroup-root="}, want: "--cgroup-root"},
 		"relative kubeconfig":    {args: []string{"--kubeconfig=kube.yaml"}, want: "--kubeconfig"},

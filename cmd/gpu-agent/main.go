@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -81,6 +82,16 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// The Kubernetes client is built without I/O; labels and per-pod
 	// policies need it and the node's name, and are off without them.
 	client, clientErr := kubeClient(cfg.Kubeconfig)
+	// /metrics guarded by the API server needs a client whatever the
+	// node's name; without one the agent does not start open instead.
+	handler := func(h http.Handler) http.Handler { return h }
+	if cfg.MetricsAuth == "kubernetes" {
+		if clientErr != nil {
+			return fmt.Errorf("--metrics-auth=kubernetes needs a Kubernetes client: %w", clientErr)
+		}
+		auth := client
+		handler = func(h http.Handler) http.Handler { return exporter.KubeAuth(h, auth, log) }
+	}
 	switch {
 	case clientErr != nil:
 		log.Warn("no kubernetes client: node labels and per-pod compute policies off", "err", clientErr)
@@ -178,7 +189,7 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { watchHealth(ctx, backend, plugin, log); return nil })
 	g.Go(func() error { return smp.Run(ctx) })
 	g.Go(func() error {
-		return exporter.Serve(ctx, lis, exporter.Handler(registry, ready, log), cfg.WebConfigFile, log)
+		return exporter.Serve(ctx, lis, handler(exporter.Handler(registry, ready, log)), cfg.WebConfigFile, log)
 	})
 	if client != nil && cfg.NodeLabels {
 		startLabels(ctx, g, client, cfg, devs, sys, layout, enforcer, log)

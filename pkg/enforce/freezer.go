@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 )
@@ -78,6 +79,11 @@ func (f Freezer) write(v string) error {
 	}
 	_, werr := file.WriteString(v)
 	cerr := file.Close()
+	if errors.Is(werr, syscall.ENODEV) {
+		// The cgroup was removed between the open and the write: it is
+		// gone, as surely as if the open had failed.
+		return fmt.Errorf("write %s to %s: %w: %w", v, f.File, werr, os.ErrNotExist)
+	}
 	if werr != nil {
 		return fmt.Errorf("write %s to %s: %w", v, f.File, werr)
 	}

@@ -346,3 +346,53 @@ func (c *Client) PostEvent(ctx context.Context, e Event) error {
 	}
 	return c.do(ctx, http.MethodPost, "/api/v1/namespaces/"+url.PathEscape(e.Namespace)+"/events", "application/json", body, nil)
 }
+
+// User is who a token belongs to, as a TokenReview tells it.
+type User struct {
+	Username string              `json:"username"`
+	UID      string              `json:"uid,omitempty"`
+	Groups   []string            `json:"groups,omitempty"`
+	Extra    map[string][]string `json:"extra,omitempty"`
+}
+
+// ReviewToken asks the API server who a bearer token belongs to (a
+// TokenReview, as the kubelet and kube-rbac-proxy do). It returns false,
+// with no error, for a token the API server does not accept.
+func (c *Client) ReviewToken(ctx context.Context, token string) (User, bool, error) {
+	req := map[string]any{
+		"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+		"spec": map[string]any{"token": token},
+	}
+	var out struct {
+		Status struct {
+			Authenticated bool   `json:"authenticated"`
+			User          User   `json:"user"`
+			Error         string `json:"error"`
+		} `json:"status"`
+	}
+	if err := c.do(ctx, http.MethodPost, "/apis/authentication.k8s.io/v1/tokenreviews", "application/json", req, &out); err != nil {
+		return User{}, false, fmt.Errorf("token review: %w", err)
+	}
+	return out.Status.User, out.Status.Authenticated, nil
+}
+
+// Authorize asks the API server whether user may use verb on a
+// non-resource path such as /metrics (a SubjectAccessReview).
+func (c *Client) Authorize(ctx context.Context, user User, verb, path string) (bool, error) {
+	req := map[string]any{
+		"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+		"spec": map[string]any{
+			"user": user.Username, "uid": user.UID, "groups": user.Groups, "extra": user.Extra,
+			"nonResourceAttributes": map[string]string{"verb": verb, "path": path},
+		},
+	}
+	var out struct {
+		Status struct {
+			Allowed bool `json:"allowed"`
+		} `json:"status"`
+	}
+	if err := c.do(ctx, http.MethodPost, "/apis/authorization.k8s.io/v1/subjectaccessreviews", "application/json", req, &out); err != nil {
+		return false, fmt.Errorf("subject access review: %w", err)
+	}
+	return out.Status.Allowed, nil
+}
