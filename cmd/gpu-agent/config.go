@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
@@ -34,6 +35,11 @@ const defaultSlicesPerGPU = 8
 // Config is everything gpu-agent can be told, by flags or by the YAML file
 // named with --config. Field names in YAML are the json tags.
 type Config struct {
+	// APIVersion and Kind name the config file's format: ConfigAPIVersion
+	// and ConfigKind. A file without them is refused, so a later format
+	// can never be read as this one.
+	APIVersion      string `json:"apiVersion,omitempty"`
+	Kind            string `json:"kind,omitempty"`
 	ConfigFile      string `json:"-"`
 	GPUBackend      string `json:"gpuBackend,omitempty"`
 	FakeConfig      string `json:"fakeConfig,omitempty"`
@@ -188,9 +194,9 @@ func defaultConfig(getenv func(string) string) Config {
 			UnauthorizedGPUUse: string(enforce.UnauthorizedKill),
 		},
 		RuntimeStateDirs:   slices.Clone(attribution.DefaultRuntimeStateDirs),
-		PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock",
-		CgroupRoot:         "/sys/fs/cgroup",
-		ProcRoot:           "/proc",
+		PodResourcesSocket: contract.PodResourcesSocket,
+		CgroupRoot:         contract.CgroupRoot,
+		ProcRoot:           contract.ProcRoot,
 		NodeLabels:         true,
 		GFDLabels:          true,
 		MetricsAuth:        "none",
@@ -276,6 +282,12 @@ func usage() string {
 	return b.String()
 }
 
+// The config file's format.
+const (
+	ConfigAPIVersion = "gpuslice.io/v1alpha1"
+	ConfigKind       = "AgentConfig"
+)
+
 // loadConfig builds the configuration from args and the environment: the
 // defaults, then the --config file, then the flags given explicitly.
 func loadConfig(args []string, getenv func(string) string) (Config, error) {
@@ -291,6 +303,9 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		}
 		if err := yaml.UnmarshalStrict(data, &fromFile); err != nil {
 			return Config{}, fmt.Errorf("config %s: %w", cfg.ConfigFile, err)
+		}
+		if fromFile.APIVersion != ConfigAPIVersion || fromFile.Kind != ConfigKind {
+			return Config{}, fmt.Errorf("config %s: apiVersion %q, kind %q: want apiVersion: %s and kind: %s", cfg.ConfigFile, fromFile.APIVersion, fromFile.Kind, ConfigAPIVersion, ConfigKind)
 		}
 		if err := parseFlags(&fromFile, args); err != nil {
 			return Config{}, err

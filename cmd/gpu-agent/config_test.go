@@ -47,9 +47,14 @@ func TestLoadConfigDefaults(t *testing.T) {
 	}
 }
 
+// head starts every config file.
+const head = "apiVersion: gpuslice.io/v1alpha1\nkind: AgentConfig\n"
+
 func TestLoadConfigFileAndFlagPrecedence(t *testing.T) {
 	t.Parallel()
 	file := writeFile(t, "agent.yaml", `
+apiVersion: gpuslice.io/v1alpha1
+kind: AgentConfig
 gpuBackend: fake
 devicePluginDir: /tmp/dp
 nodeName: from-file
@@ -146,9 +151,12 @@ func TestLoadConfigErrors(t *testing.T) {
 		"relative pod resources": {args: []string{"--pod-resources-socket=kubelet.sock"}, want: "--pod-resources-socket"},
 		"relative sysfs":         {args: []string{"--sysfs-root=sys"}, want: "--sysfs-root"},
 		"missing config file":    {args: []string{"--config=/nonexistent.yaml"}, want: "read config"},
-		"unknown config key":     {file: "gpuBackend: fake\nslicesPerGpu: 4\n", want: "unknown field"},
-		"bad duration in file":   {file: "health: {probeInterval: 5}\n", want: "duration must be a string"},
-		"bad model rule in file": {file: "slicing: {models: {X: {}}}\n", want: `model "X"`},
+		"unknown config key":     {file: head + "gpuBackend: fake\nslicesPerGpu: 4\n", want: "unknown field"},
+		"bad duration in file":   {file: head + "health: {probeInterval: 5}\n", want: "duration must be a string"},
+		"bad model rule in file": {file: head + "slicing: {models: {X: {}}}\n", want: `model "X"`},
+		"no apiVersion":          {file: "gpuBackend: fake\n", want: "want apiVersion: gpuslice.io/v1alpha1 and kind: AgentConfig"},
+		"a later apiVersion":     {file: "apiVersion: gpuslice.io/v2\nkind: AgentConfig\n", want: `apiVersion "gpuslice.io/v2"`},
+		"wrong kind":             {file: "apiVersion: gpuslice.io/v1alpha1\nkind: Node\n", want: `kind "Node"`},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -210,9 +218,9 @@ func FuzzParseBytes(f *testing.F) {
 }
 
 func FuzzConfigFile(f *testing.F) {
-	f.Add("gpuBackend: fake\nslicing: {sliceMemory: 10Gi}\n")
-	f.Add("health: {probeInterval: 1s}\nlog: {level: debug}\n")
-	f.Add("slicing: {models: {A: {slicesPerGPU: 3}}}\n")
+	f.Add(head + "gpuBackend: fake\nslicing: {sliceMemory: 10Gi}\n")
+	f.Add(head + "health: {probeInterval: 1s}\nlog: {level: debug}\n")
+	f.Add(head + "slicing: {models: {A: {slicesPerGPU: 3}}}\n")
 	f.Fuzz(func(t *testing.T, content string) {
 		dir := t.TempDir()
 		p := filepath.Join(dir, "c.yaml")
@@ -291,5 +299,26 @@ func TestDaemonSetArgsAreValid(t *testing.T) {
 	}
 	if _, err := loadConfig(args, env(map[string]string{"NODE_NAME": "n"})); err != nil {
 		t.Errorf("the DaemonSet's args %v do not validate: %v", args, err)
+	}
+}
+
+// The example file in docs/configuration.md loads as written.
+func TestDocumentedExampleLoads(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "## Example file")
+	if !ok {
+		t.Fatal("docs/configuration.md has no example file section")
+	}
+	_, rest, _ = strings.Cut(rest, "```yaml\n")
+	example, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("the example has no yaml block")
+	}
+	if _, err := loadConfig([]string{"--config", writeFile(t, "example.yaml", example)}, env(nil)); err != nil {
+		t.Errorf("the documented example does not load: %v", err)
 	}
 }

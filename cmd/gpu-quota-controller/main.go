@@ -35,6 +35,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/quota"
 )
 
@@ -53,7 +54,7 @@ func parse(args []string) (config, error) {
 	fs := flag.NewFlagSet("gpu-quota-controller", flag.ContinueOnError)
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig `file` (in-cluster config when empty)")
 	fs.StringVar(&c.promURL, "prometheus-url", "", "Prometheus `URL` holding gpuslice's metrics (required)")
-	fs.StringVar(&c.resource, "resource-name", "nvidia.com/vgpu", "the extended resource quotas cap")
+	fs.StringVar(&c.resource, "resource-name", contract.ResourceName, "the extended resource quotas cap")
 	fs.DurationVar(&c.interval, "interval", quota.DefaultInterval, "how often every GPUQuota is evaluated")
 	fs.DurationVar(&c.queryTimeout, "query-timeout", quota.DefaultQueryTimeout, "deadline of each PromQL query; a cycle whose queries time out reclaims nothing and sets MetricsUnavailable")
 	fs.DurationVar(&c.scrapeInterval, "scrape-interval", quota.DefaultScrapeInterval, "how often Prometheus scrapes the agents (the ServiceMonitor's interval): an idle window needs 90% of the samples it implies")

@@ -10,6 +10,7 @@ import (
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
@@ -63,7 +64,7 @@ type MPSOptions struct {
 // DefaultOptions returns the options gpu-agent uses unless configured.
 func DefaultOptions() Options {
 	return Options{
-		ResourceName:  "nvidia.com/vgpu",
+		ResourceName:  contract.ResourceName,
 		PluginDir:     pluginapi.DevicePluginPath,
 		SocketName:    "gpuslice.sock",
 		Placement:     vgpu.Binpack,

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
@@ -22,16 +23,17 @@ import (
 // Environment variables Allocate sets in every container, besides
 // NVIDIA_VISIBLE_DEVICES. Per-GPU values are comma-separated in the order of
 // NVIDIA_VISIBLE_DEVICES, which is also the CUDA device order in the container.
+// They are defined once, in package contract.
 const (
 	// EnvSliceIDs lists the slice IDs the container holds.
-	EnvSliceIDs = "GPUSLICE_SLICE_IDS"
+	EnvSliceIDs = contract.EnvSliceIDs
 	// EnvSlices is the number of slices held, per GPU.
-	EnvSlices = "GPUSLICE_SLICES"
+	EnvSlices = contract.EnvSlices
 	// EnvMemoryLimit is the GPU memory the container may use in bytes, per GPU.
-	EnvMemoryLimit = "GPUSLICE_MEMORY_LIMIT_BYTES"
+	EnvMemoryLimit = contract.EnvMemoryLimit
 	// EnvComputeLimit is the share of the GPU's compute the container may
 	// use, in 0..1, per GPU.
-	EnvComputeLimit = "GPUSLICE_COMPUTE_LIMIT_RATIO"
+	EnvComputeLimit = contract.EnvComputeLimit
 )
 
 // Plugin is the device plugin for one node's slices. Create it with New and

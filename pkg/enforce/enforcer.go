@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
@@ -52,15 +53,15 @@ type Options struct {
 // DefaultOptions returns the options the agent uses unless configured.
 func DefaultOptions() Options {
 	return Options{
-		CgroupRoot:   "/sys/fs/cgroup",
-		ProcRoot:     "/proc",
+		CgroupRoot:   contract.CgroupRoot,
+		ProcRoot:     contract.ProcRoot,
 		Compute:      true,
 		Memory:       MemoryKill,
 		Policy:       Burst,
 		PodPolicies:  PodPoliciesStricterOnly,
 		Unauthorized: UnauthorizedKill,
 		Period:       100 * time.Millisecond,
-		State:        StateFile{Path: "/var/lib/gpuslice/enforcement.json"},
+		State:        StateFile{Path: contract.EnforcementState},
 	}
 }
 

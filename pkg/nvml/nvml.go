@@ -13,6 +13,8 @@ import (
 	"time"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/gpuslice/gpuslice/pkg/contract"
 )
 
 // Options configure the NVML backend.
@@ -42,7 +44,7 @@ func DefaultOptions() Options {
 		ProbeInterval: 5 * time.Second,
 		XIDRecovery:   5 * time.Minute,
 		IgnoredXIDs:   append([]uint64(nil), DefaultIgnoredXIDs...),
-		SysfsRoot:     "/sys",
+		SysfsRoot:     contract.SysfsRoot,
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/gpuslice/gpuslice/pkg/contract"
 )
 
 // Options configure a Client.
@@ -35,8 +37,8 @@ type Options struct {
 // DefaultOptions returns the options the agent uses unless configured.
 func DefaultOptions() Options {
 	return Options{
-		Socket:            "/var/lib/kubelet/pod-resources/kubelet.sock",
-		ResourceName:      "nvidia.com/vgpu",
+		Socket:            contract.PodResourcesSocket,
+		ResourceName:      contract.ResourceName,
 		MaxMessageSize:    16 << 20,
 		CallTimeout:       5 * time.Second,
 		MaxReconnectDelay: 5 * time.Second,

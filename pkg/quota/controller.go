@@ -29,6 +29,8 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
+
+	"github.com/gpuslice/gpuslice/pkg/contract"
 )
 
 // GVR is the GPUQuota resource.
@@ -139,7 +141,7 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Op
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Resource == "" {
-		opts.Resource = "nvidia.com/vgpu"
+		opts.Resource = contract.ResourceName
 	}
 	if opts.Interval <= 0 {
 		opts.Interval = DefaultInterval

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
@@ -83,9 +84,9 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		Interval:     time.Second,
-		ProcRoot:     "/proc",
-		PluginDir:    "/var/lib/kubelet/device-plugins",
-		ResourceName: "nvidia.com/vgpu",
+		ProcRoot:     contract.ProcRoot,
+		PluginDir:    contract.DevicePluginDir,
+		ResourceName: contract.ResourceName,
 	}
 }
 

@@ -1,0 +1,41 @@
+// Package contract holds, once, the names other programs rely on: the
+// extended resource gpuslice offers, the environment a container holding
+// slices gets from Allocate, and the host paths the agent reads by default.
+// Anything that writes or reads one of these takes it from here.
+package contract
+
+// ResourceName is the extended resource offered by default (--resource-name).
+const ResourceName = "nvidia.com/vgpu"
+
+// The environment Allocate gives a container holding slices. Each
+// per-GPU value is a comma-separated list in the order of
+// NVIDIA_VISIBLE_DEVICES.
+const (
+	// EnvVisibleDevices lists the container's GPUs by UUID, for the NVIDIA
+	// container runtime.
+	EnvVisibleDevices = "NVIDIA_VISIBLE_DEVICES"
+	// EnvSliceIDs lists the slices, "<GPU-UUID>::<index>".
+	EnvSliceIDs = "GPUSLICE_SLICE_IDS"
+	// EnvSlices is the number of slices held on each GPU.
+	EnvSlices = "GPUSLICE_SLICES"
+	// EnvMemoryLimit is the GPU memory the slices allow on each GPU, bytes.
+	EnvMemoryLimit = "GPUSLICE_MEMORY_LIMIT_BYTES"
+	// EnvComputeLimit is the share of each GPU's compute, 0..1.
+	EnvComputeLimit = "GPUSLICE_COMPUTE_LIMIT_RATIO"
+)
+
+// Default host paths.
+const (
+	// DevicePluginDir is where the kubelet's device plugin sockets live.
+	DevicePluginDir = "/var/lib/kubelet/device-plugins/"
+	// PodResourcesSocket is the kubelet's pod-resources API.
+	PodResourcesSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
+	// CgroupRoot is where the cgroup filesystems are mounted.
+	CgroupRoot = "/sys/fs/cgroup"
+	// ProcRoot is the host's /proc.
+	ProcRoot = "/proc"
+	// SysfsRoot is the host's /sys.
+	SysfsRoot = "/sys"
+	// EnforcementState records throttled containers across agent restarts.
+	EnforcementState = "/var/lib/gpuslice/enforcement.json"
+)
