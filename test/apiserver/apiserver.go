@@ -329,3 +329,20 @@ func (s *Server) Client(t testing.TB) *kube.Client {
 	}
 	return c
 }
+
+// Version returns the API server's version, e.g. "v1.33.13".
+func (s *Server) Version() (string, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
+	if err != nil {
+		return "", err
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return "", err
+	}
+	v, err := c.Discovery().ServerVersion()
+	if err != nil {
+		return "", err
+	}
+	return v.GitVersion, nil
+}

@@ -16,7 +16,7 @@ cache="${GPUSLICE_CACHE:-$HOME/.cache/gpuslice}/k8s-${K8S_VERSION}-etcd-${ETCD_V
 mkdir -p "$cache"
 
 bins=("$@")
-((${#bins[@]})) || bins=(etcd kube-apiserver kube-controller-manager kubelet kubectl)
+((${#bins[@]})) || bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 
 stamp=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -29,7 +29,7 @@ for b in "${bins[@]}"; do
   [[ -x "$cache/$b" ]] && continue
   case "$b" in
     etcd) pkg=go.etcd.io/etcd/server/v3 flags="-s -w" ;;
-    kube-apiserver|kube-controller-manager|kubelet|kubectl) pkg=k8s.io/kubernetes/cmd/$b flags="-s -w $stamp" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kubectl) pkg=k8s.io/kubernetes/cmd/$b flags="-s -w $stamp" ;;
     *) echo "build-k8s.sh: unknown binary $b" >&2; exit 2 ;;
   esac
   echo "building $b ..." >&2

@@ -50,8 +50,10 @@ func newNamespace(t *testing.T, name string) string {
 	return ns
 }
 
-// pod is a pod on the test node asking for slices, running script in the
-// test image with the fake GPU's workload dir mounted.
+// pod is a pod asking for slices, running script in the test image with
+// the fake GPU's workload dir mounted. The scheduler places it, as on any
+// cluster; it tolerates the node's not-ready taint (the test node has no
+// pod network, so it never reports Ready, and its pods use the host's).
 func pod(name string, slices int64, script string) *corev1.Pod {
 	never := corev1.RestartPolicyNever
 	hostPathDir := corev1.HostPathDirectory
@@ -59,8 +61,11 @@ func pod(name string, slices int64, script string) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.PodSpec{
-			NodeName:                      cluster.NodeName,
 			HostNetwork:                   true,
+			Tolerations: []corev1.Toleration{
+				{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists},
+				{Key: "node.kubernetes.io/unreachable", Operator: corev1.TolerationOpExists},
+			},
 			RestartPolicy:                 never,
 			TerminationGracePeriodSeconds: &zero,
 			Containers: []corev1.Container{{
@@ -107,6 +112,36 @@ func waitPhase(t *testing.T, ns, name string, phase corev1.PodPhase) *corev1.Pod
 				status = fmt.Sprintf("%s %s %s", p.Status.Phase, p.Status.Reason, p.Status.Message)
 			}
 			t.Fatalf("pod %s/%s not %s after 60s: %v %s", ns, name, phase, err, status)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitUnschedulable waits until the scheduler reports it cannot place a
+// pod, with a message containing why, and returns the message. The pod
+// stays Pending on no node.
+func waitUnschedulable(t *testing.T, ns, name, why string) string {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		p, err := cs.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err == nil {
+			for _, cond := range p.Status.Conditions {
+				if cond.Type == corev1.PodScheduled && cond.Status == corev1.ConditionFalse && cond.Reason == corev1.PodReasonUnschedulable && strings.Contains(cond.Message, why) {
+					if p.Status.Phase != corev1.PodPending || p.Spec.NodeName != "" {
+						t.Errorf("pod %s/%s is %s on %q, want Pending on no node", ns, name, p.Status.Phase, p.Spec.NodeName)
+					}
+					return cond.Message
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			var conds any
+			if p != nil {
+				conds = p.Status.Conditions
+			}
+			t.Fatalf("pod %s/%s never unschedulable for %q after 60s: %v %+v", ns, name, why, err, conds)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

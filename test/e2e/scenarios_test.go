@@ -83,8 +83,8 @@ func TestPodGetsSlicesOfOneGPU(t *testing.T) {
 	}
 }
 
-// Scenario 3: pods asking together for more than exists: the excess is
-// rejected by the kubelet at admission; nothing is handed out twice.
+// Scenario 3: pods asking together for more than exists: the scheduler
+// leaves the excess Pending, saying why; nothing is handed out twice.
 func TestOverRequestRejected(t *testing.T) {
 	cs := c.API.Clientset(t)
 	ctx := context.Background()
@@ -98,10 +98,7 @@ func TestOverRequestRejected(t *testing.T) {
 	}
 	waitRunning(t, ns, "a")
 	waitRunning(t, ns, "b")
-	p := waitPhase(t, ns, "c", corev1.PodFailed)
-	if p.Status.Reason != "UnexpectedAdmissionError" {
-		t.Errorf("over-request failed with %q (%s), want UnexpectedAdmissionError", p.Status.Reason, p.Status.Message)
-	}
+	waitUnschedulable(t, ns, "c", "Insufficient nvidia.com/vgpu")
 	seen := map[string]string{}
 	for _, n := range names[:2] {
 		for _, id := range assignment(t, ns, n) {

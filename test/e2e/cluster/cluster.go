@@ -59,6 +59,7 @@ type Cluster struct {
 	agentBin   string
 	containerd *apiserver.Process
 	kcm        *apiserver.Process
+	sched      *apiserver.Process
 	kubelet    *apiserver.Process
 	agent      *apiserver.Process
 	kubeletArg []string
@@ -83,7 +84,7 @@ type Options struct {
 // Requirements lists what the tier needs that this machine lacks.
 func Requirements() []string {
 	var missing []string
-	for _, b := range apiserver.Missing("etcd", "kube-apiserver", "kube-controller-manager", "kubelet") {
+	for _, b := range apiserver.Missing("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet") {
 		missing = append(missing, b+" (test/e2e/build-k8s.sh)")
 	}
 	for _, c := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "unshare", "nsenter", "mount", "umount", "gcc"} {
@@ -129,6 +130,12 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	c.log("api server ready after %v", time.Since(t0).Round(time.Millisecond))
 	if err := c.startControllerManager(); err != nil {
 		return nil, err
+	}
+	if err := c.startScheduler(); err != nil {
+		return nil, err
+	}
+	if v, verr := c.API.Version(); verr == nil {
+		c.log("kubernetes %s: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet built from source", v)
 	}
 	if err := c.startContainerd(ctx); err != nil {
 		return nil, err
@@ -199,6 +206,24 @@ func (c *Cluster) deviceNodes() (string, error) {
 }
 
 func (c *Cluster) bin(name string) string { return filepath.Join(apiserver.BinDir(), name) }
+
+// startScheduler starts kube-scheduler: test pods are placed by it, by
+// their resources and affinity, as on a real cluster, never pinned.
+func (c *Cluster) startScheduler() error {
+	port, err := apiserver.FreePort()
+	if err != nil {
+		return err
+	}
+	kc := c.API.Kubeconfig
+	c.sched, err = apiserver.StartProcess("kube-scheduler", c.bin("kube-scheduler"),
+		"--kubeconfig="+kc, "--authentication-kubeconfig="+kc, "--authorization-kubeconfig="+kc,
+		"--leader-elect=false", "--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", port), "--v=0")
+	if err != nil {
+		return err
+	}
+	c.record(c.sched)
+	return nil
+}
 
 func (c *Cluster) startControllerManager() error {
 	port, err := apiserver.FreePort()
@@ -530,7 +555,7 @@ func (c *Cluster) AgentOutput() string {
 // Logs returns the tail of every component's output, for a failed test.
 func (c *Cluster) Logs() string {
 	var b strings.Builder
-	for _, p := range []*apiserver.Process{c.containerd, c.kcm, c.kubelet, c.agent} {
+	for _, p := range []*apiserver.Process{c.containerd, c.kcm, c.sched, c.kubelet, c.agent} {
 		if p != nil {
 			fmt.Fprintf(&b, "--- %s (tail)\n%s\n", p.Name, p.Logs.Tail(3000))
 		}
@@ -539,7 +564,8 @@ func (c *Cluster) Logs() string {
 }
 
 // Stop tears the cluster down: the agent and kubelet, every pod's
-// containers, containerd, the controller manager and the API server, then
+// containers, containerd, the scheduler, the controller manager and the API
+// server, then
 // the mounts and the directory. It is safe to call on a half-started
 // cluster.
 func (c *Cluster) Stop() {
@@ -550,6 +576,9 @@ func (c *Cluster) Stop() {
 	if c.containerd != nil {
 		c.removePods()
 		c.containerd.Stop()
+	}
+	if c.sched != nil {
+		c.sched.Stop()
 	}
 	if c.kcm != nil {
 		c.kcm.Stop()
