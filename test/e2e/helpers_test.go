@@ -61,7 +61,7 @@ func pod(name string, slices int64, script string) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.PodSpec{
-			HostNetwork:                   true,
+			HostNetwork: true,
 			Tolerations: []corev1.Toleration{
 				{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists},
 				{Key: "node.kubernetes.io/unreachable", Operator: corev1.TolerationOpExists},
