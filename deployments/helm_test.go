@@ -276,3 +276,63 @@ func TestMetricsAuthRBAC(t *testing.T) {
 		t.Errorf("with metrics auth and the NetworkPolicy on: NetworkPolicy rendered %t, ServiceMonitor presents a token %t", policy, monitor)
 	}
 }
+
+// TestAgentPermissions installs the chart's RBAC for the agent on a real
+// API server and asks, as kubectl auth can-i --as does, what the agent's
+// ServiceAccount may and may not do. Node get and patch cannot be narrowed
+// to the agent's own node by RBAC (its name is not known when the chart is
+// installed): docs/labels.md says what the agent patches.
+func TestAgentPermissions(t *testing.T) {
+	srv := apiserver.Start(t)
+	cs := srv.Clientset(t)
+	ctx := context.Background()
+	ns := "gpuslice-agent-rbac"
+	objs := []*unstructured.Unstructured{{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}}
+	objs = append(objs, parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", ns, "--show-only", "templates/rbac.yaml", "--set", "fullnameOverride="+ns))...)
+	create(t, srv, objs, false)
+	user := "system:serviceaccount:" + ns + ":" + ns + "-agent"
+	can := func(verb, group, resource, sub, name, namespace string) bool {
+		t.Helper()
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: verb, Group: group, Resource: resource, Subresource: sub, Name: name, Namespace: namespace},
+		}}
+		out, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.Status.Allowed
+	}
+	for deadline := time.Now().Add(10 * time.Second); !can("list", "", "pods", "", "", ""); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the agent's role never took effect")
+		}
+	}
+	for _, c := range []struct {
+		verb, group, resource, sub, name, namespace string
+		want                                        bool
+	}{
+		{"get", "", "nodes", "", "gpu-node-1", "", true},   // its labels
+		{"patch", "", "nodes", "", "gpu-node-1", "", true}, // its labels; any node: see above
+		{"list", "", "pods", "", "", "", true},             // its node's pods' compute policies (field selector)
+		{"create", "", "events", "", "", "ml", true},       // an Event on the pod it acted on
+		{"patch", "", "events", "", "x", "ml", true},       // ... and its repeats
+		{"update", "", "nodes", "status", "gpu-node-1", "", false},
+		{"delete", "", "nodes", "", "gpu-node-1", "", false},
+		{"create", "", "nodes", "", "", "", false},
+		{"get", "", "pods", "", "train", "ml", false}, // a list by node is all it needs
+		{"patch", "", "pods", "", "train", "ml", false},
+		{"delete", "", "pods", "", "train", "ml", false},
+		{"create", "", "pods", "eviction", "train", "ml", false},
+		{"get", "", "secrets", "", "", "ml", false},
+		{"list", "", "secrets", "", "", "", false},
+		{"get", "", "configmaps", "", "", "ml", false},
+		{"create", "authentication.k8s.io", "tokenreviews", "", "", "", false}, // only with metrics auth
+		{"update", "gpuslice.io", "gpuquotas", "status", "team", "ml", false},
+		{"list", "resource.k8s.io", "resourceslices", "", "", "", false},
+	} {
+		if got := can(c.verb, c.group, c.resource, c.sub, c.name, c.namespace); got != c.want {
+			t.Errorf("can %s %s/%s %q in %q = %t, want %t", c.verb, c.resource, c.sub, c.name, c.namespace, got, c.want)
+		}
+	}
+}
