@@ -15,7 +15,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -186,7 +185,10 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// other components take to wind down.
 	g.Go(func() error { <-ctx.Done(); enforcer.Close(); return nil })
 	g.Go(func() error { return plugin.Run(ctx) })
-	g.Go(func() error { watchHealth(ctx, backend, plugin, log); return nil })
+	g.Go(func() error {
+		nvml.KeepWatchingHealth(ctx, backend, plugin.SetHealth, nvml.HealthRetry, log)
+		return nil
+	})
 	g.Go(func() error { return smp.Run(ctx) })
 	g.Go(func() error {
 		return exporter.Serve(ctx, lis, handler(exporter.Handler(registry, ready, log)), cfg.WebConfigFile, log)
@@ -251,28 +253,6 @@ func startDriverLimits(cfg Config, backend nvml.Backend, layout *vgpu.Layout, eo
 	return d
 }
 
-// healthRetry is how long to wait before watching health again after the
-// backend failed to watch it.
-const healthRetry = 10 * time.Second
-
-// watchHealth feeds GPU health into the plugin until ctx ends. A backend
-// that cannot watch health is retried: slices keep their last known health
-// meanwhile, which is safer than taking every GPU away.
-func watchHealth(ctx context.Context, backend nvml.Backend, plugin *deviceplugin.Plugin, log *slog.Logger) {
-	for {
-		err := backend.WatchHealth(ctx, plugin.SetHealth)
-		if ctx.Err() != nil {
-			return
-		}
-		log.Error("gpu health watch failed; retrying", "err", err, "retry_in", healthRetry)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(healthRetry):
-		}
-	}
-}
-
 // startLabels starts keeping the node's labels.
 func startLabels(ctx context.Context, g *errgroup.Group, client *kube.Client, cfg Config, devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, enforcer *enforce.Enforcer, log *slog.Logger) {
 	compute, _ := enforcer.Tiers()
@@ -296,5 +276,5 @@ func startLabels(ctx context.Context, g *errgroup.Group, client *kube.Client, cf
 		GPUMode: labels.GPUMode(classes), Machine: string(machine),
 	})
 	w := labels.NewWriter(client, cfg.NodeName, cfg.GFDLabels, log)
-	g.Go(func() error { syncLabels(ctx, w, desired, log); return nil })
+	g.Go(func() error { w.Keep(ctx, desired); return nil })
 }

@@ -21,7 +21,16 @@ type Writer struct {
 	log      *slog.Logger
 	attempts int
 	backoff  time.Duration
+	resync   time.Duration // Keep's period
+	retry    time.Duration // Keep's first wait after a failure
 }
+
+// How often Keep checks and repairs the labels, and its first wait after a
+// failure, which doubles up to Resync.
+const (
+	Resync = 5 * time.Minute
+	Retry  = 5 * time.Second
+)
 
 // NewWriter returns a writer for node. gfd says whether the agent owns the
 // GFD-compatible labels (Options.GFD).
@@ -29,7 +38,29 @@ func NewWriter(client *kube.Client, node string, gfd bool, log *slog.Logger) *Wr
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Writer{client: client, node: node, gfd: gfd, log: log, attempts: 5, backoff: 200 * time.Millisecond}
+	return &Writer{client: client, node: node, gfd: gfd, log: log, attempts: 5, backoff: 200 * time.Millisecond, resync: Resync, retry: Retry}
+}
+
+// Keep keeps the node's labels at desired until ctx ends: at once, then
+// every Resync, so a label someone removes comes back. A failure (the Node
+// not registered yet, the API server away) is logged and retried after
+// Retry, doubling up to Resync: labels never stop the device plugin.
+func (w *Writer) Keep(ctx context.Context, desired map[string]string) {
+	retry := w.retry
+	for {
+		wait := w.resync
+		if _, err := w.Sync(ctx, desired); err != nil && ctx.Err() == nil {
+			w.log.Error("node labels not applied", "err", err, "retry_in", retry)
+			wait, retry = retry, min(2*retry, w.resync)
+		} else {
+			retry = w.retry
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 // Sync reads the node's labels and patches the difference: new and changed

@@ -84,3 +84,50 @@ func TestWriterAgainstAPIServer(t *testing.T) {
 		t.Errorf("Sync of a missing node = %v, want NotFound", err)
 	}
 }
+
+// Keep applies the labels, puts back one an operator removes at its next
+// round, waits for a Node that is not registered yet, and returns when its
+// context ends.
+func TestKeepRepairsAndWaits(t *testing.T) {
+	srv := apiserver.Start(t)
+	c, k := srv.Clientset(t), srv.Client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	devs, sys, l := node(t, fakegpu.DefaultConfig(), 8)
+	desired := For(devs, sys, l, Options{GFD: true})
+	w := NewWriter(k, "late-node", true, nil)
+	w.resync, w.retry = 300*time.Millisecond, 50*time.Millisecond
+	done := make(chan struct{})
+	go func() { defer close(done); w.Keep(ctx, desired) }()
+	// The Node registers after Keep started.
+	time.Sleep(200 * time.Millisecond)
+	if _, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "late-node"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitLabel := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for labelsOf(t, c, "late-node")["gpuslice.io/slices"] != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("gpuslice.io/slices = %q, want %q", labelsOf(t, c, "late-node")["gpuslice.io/slices"], want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitLabel("32")
+	n, err := c.CoreV1().Nodes().Get(ctx, "late-node", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(n.Labels, "gpuslice.io/slices")
+	if _, err := c.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitLabel("32")
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Keep did not return when its context ended")
+	}
+}
