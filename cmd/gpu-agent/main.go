@@ -166,7 +166,7 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		enforcer.UseDriverLimits(driverLimits)
 	}
 	sopts := cfg.samplerOptions(log)
-	sopts.OnSample = enforcer.Apply
+	sopts.OnSample = enforcer.Offer // enforcement runs in its own loop, latest snapshot wins
 	sopts.Names = names
 	smp, err := sampler.New(devs, layout, backend, podres, plugin, sopts)
 	if err != nil {
@@ -190,6 +190,7 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return nil
 	})
 	g.Go(func() error { return smp.Run(ctx) })
+	g.Go(func() error { enforcer.Run(ctx); return nil })
 	g.Go(func() error {
 		return exporter.Serve(ctx, lis, handler(exporter.Handler(registry, ready, log)), cfg.WebConfigFile, log)
 	})

@@ -1,10 +1,12 @@
 package enforce
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
@@ -110,6 +112,23 @@ type Enforcer struct {
 	parked   map[string]Freezer
 	reported map[int]bool
 	unauth   UnauthorizedStats
+
+	// published is what enforcement did as of its last Apply: scrapes
+	// read it and never wait on e.mu, which Apply holds across kills,
+	// /proc reads, NVML calls and file writes.
+	published atomic.Pointer[view]
+	// inbox holds the latest snapshot offered and not yet applied.
+	inbox chan *sampler.Snapshot
+}
+
+// view is what enforcement did, as of one Apply.
+type view struct {
+	stats           map[string]Stats
+	failures        uint64
+	unauth          UnauthorizedStats
+	compute, memory string
+	driver          DriverStats
+	hasDriver       bool
 }
 
 // heldFreezer is a container's freezer and the cgroup it was found for.
@@ -133,17 +152,54 @@ func (e *Enforcer) UseDriverLimits(d *DriverLimits) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.driver = d
+	e.publishLocked()
 }
 
-// DriverStats returns what the driver tier did, and false without one.
-func (e *Enforcer) DriverStats() (DriverStats, bool) {
-	e.mu.Lock()
-	d := e.driver
-	e.mu.Unlock()
-	if d == nil {
-		return DriverStats{}, false
+// publishLocked publishes what enforcement did for readers that must not
+// wait: the exporter's scrapes.
+func (e *Enforcer) publishLocked() {
+	v := &view{stats: e.stats, failures: e.failures, unauth: e.unauth}
+	v.compute, v.memory = e.tiersLocked()
+	if e.driver != nil {
+		v.driver, v.hasDriver = e.driver.Stats(), true
 	}
-	return d.Stats(), true
+	e.published.Store(v)
+}
+
+// Offer hands the enforcer the latest snapshot and returns at once: a
+// snapshot still waiting is replaced (latest wins), so a slow enforcement
+// round never holds up sampling.
+func (e *Enforcer) Offer(snap *sampler.Snapshot) {
+	for {
+		select {
+		case e.inbox <- snap:
+			return
+		default:
+		}
+		select {
+		case <-e.inbox: // drop the stale one
+		default:
+		}
+	}
+}
+
+// Run applies the snapshots offered until ctx ends: enforcement's own loop.
+func (e *Enforcer) Run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case snap := <-e.inbox:
+			e.Apply(snap)
+		}
+	}
+}
+
+// DriverStats returns what the driver tier did, as of the last Apply, and
+// false without one.
+func (e *Enforcer) DriverStats() (DriverStats, bool) {
+	v := e.published.Load()
+	return v.driver, v.hasDriver
 }
 
 func (e *Enforcer) driverLimits() map[string]map[string]uint64 {
@@ -178,12 +234,14 @@ func New(opts Options) (*Enforcer, error) {
 	if n, err := ThawPodCgroups(opts.CgroupRoot); n > 0 || err != nil {
 		opts.Logger.Warn("thawed frozen pod cgroups found at start", "count", n, "err", err)
 	}
-	return &Enforcer{
-		opts: opts, log: opts.Logger, epoch: clockOf(opts).Now(),
+	e := &Enforcer{
+		opts: opts, log: opts.Logger, epoch: clockOf(opts).Now(), inbox: make(chan *sampler.Snapshot, 1),
 		ctrl: map[string]*Controller{}, throttles: map[string]*Throttle{},
 		freezers: map[string]heldFreezer{}, parked: map[string]Freezer{}, reported: map[int]bool{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
-	}, nil
+	}
+	e.publishLocked() // nothing else can hold it yet
+	return e, nil
 }
 
 func clockOf(o Options) Clock {
@@ -200,6 +258,7 @@ func clockOf(o Options) Clock {
 func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	defer e.publishLocked()
 	if e.closed {
 		return
 	}
@@ -369,30 +428,27 @@ func (e *Enforcer) record() {
 	}
 }
 
-// Stats returns what enforcement did, by container ID.
+// Stats returns what enforcement did, by container ID, as of the last
+// Apply. It never waits on an enforcement round.
 func (e *Enforcer) Stats() map[string]Stats {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	out := make(map[string]Stats, len(e.stats))
-	for k, v := range e.stats {
-		out[k] = v
+	v := e.published.Load()
+	out := make(map[string]Stats, len(v.stats))
+	for k, s := range v.stats {
+		out[k] = s
 	}
 	return out
 }
 
 // Failures counts containers that could not be enforced and cgroups that
-// vanished under a throttle.
-func (e *Enforcer) Failures() uint64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.failures
-}
+// vanished under a throttle, as of the last Apply.
+func (e *Enforcer) Failures() uint64 { return e.published.Load().failures }
 
 // Close stops every throttle, thawing every container, and clears the
 // record. Samples applied after it change nothing.
 func (e *Enforcer) Close() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	defer e.publishLocked()
 	e.closed = true
 	for id := range e.throttles {
 		e.stop(id)
@@ -424,8 +480,11 @@ func (e *Enforcer) memoryOnlyStats(snap *sampler.Snapshot) map[string]Stats {
 // "none" for compute; "driver" (the driver's per-cgroup limits),
 // "watchdog" or "none" for memory.
 func (e *Enforcer) Tiers() (compute, memory string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	v := e.published.Load()
+	return v.compute, v.memory
+}
+
+func (e *Enforcer) tiersLocked() (compute, memory string) {
 	compute, memory = "none", "none"
 	if e.opts.Compute {
 		compute = "freezer"

@@ -102,9 +102,6 @@ func (e *Enforcer) killUnauthorized(u attribution.Unauthorized) {
 	e.log.Warn("killed unauthorized gpu process", "namespace", u.Namespace, "pod", u.Pod, "container", u.ContainerName, "uuid", u.GPU, "pid", u.PID)
 }
 
-// UnauthorizedStats returns what was done about unauthorized GPU use.
-func (e *Enforcer) UnauthorizedStats() UnauthorizedStats {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.unauth
-}
+// UnauthorizedStats returns what was done about unauthorized GPU use, as of
+// the last Apply.
+func (e *Enforcer) UnauthorizedStats() UnauthorizedStats { return e.published.Load().unauth }
