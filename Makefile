@@ -104,16 +104,18 @@ fmt: ## Format the code.
 	$(GO) tool golangci-lint fmt ./...
 
 .PHONY: verify
-verify: ## Fail if go mod tidy or formatting would change the tree, or docs/metrics.md is stale.
+verify: ## Fail if go mod tidy or formatting would change the tree, or docs/metrics.md or the package graph is stale.
 	$(GO) mod tidy
 	$(GO) tool golangci-lint fmt ./...
 	$(GO) test -count=1 -run TestMetricsReference ./pkg/exporter
+	$(GO) test -count=1 -run TestPackageGraph ./internal/arch
 	@if [ -n "$$(git status --porcelain)" ]; then \
 		echo "verify: the tree is not clean after tidy/fmt:"; git status --porcelain; git --no-pager diff; exit 1; fi
 
 .PHONY: docs
-docs: ## Regenerate docs/metrics.md from the code.
+docs: ## Regenerate docs/metrics.md and the package graph in docs/architecture.md from the code.
 	$(GO) test ./pkg/exporter -run '^TestMetricsReference$$' -update
+	$(GO) test ./internal/arch -run '^TestPackageGraph$$' -update
 
 .PHONY: demo
 demo: build ## Run the agent on the built-in fake GPU node against a kubelet stand-in.
