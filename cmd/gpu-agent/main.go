@@ -76,6 +76,13 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	return exitOK
 }
 
+// renderKey names one rendering of /metrics: a sample and what
+// enforcement had done when it was taken.
+type renderKey struct {
+	snap *sampler.Snapshot
+	gen  uint64
+}
+
 // runAgent builds the components and runs them until ctx ends or one fails.
 func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// The Kubernetes client is built without I/O; labels and per-pod
@@ -192,7 +199,10 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return smp.Run(ctx) })
 	g.Go(func() error { enforcer.Run(ctx); return nil })
 	g.Go(func() error {
-		return exporter.Serve(ctx, lis, handler(exporter.Handler(registry, ready, log)), cfg.WebConfigFile, log)
+		// Every series comes from the sample and enforcement's published
+		// view: render once per change of either.
+		key := func() any { return renderKey{smp.Snapshot(), enforcer.Generation()} }
+		return exporter.Serve(ctx, lis, handler(exporter.Handler(registry, key, ready, log)), cfg.WebConfigFile, log)
 	})
 	if client != nil && cfg.NodeLabels {
 		startLabels(ctx, g, client, cfg, devs, sys, layout, enforcer, log)

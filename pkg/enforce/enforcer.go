@@ -117,6 +117,7 @@ type Enforcer struct {
 	// read it and never wait on e.mu, which Apply holds across kills,
 	// /proc reads, NVML calls and file writes.
 	published atomic.Pointer[view]
+	gen       atomic.Uint64 // counts publishes
 	// inbox holds the latest snapshot offered and not yet applied.
 	inbox chan *sampler.Snapshot
 }
@@ -164,7 +165,12 @@ func (e *Enforcer) publishLocked() {
 		v.driver, v.hasDriver = e.driver.Stats(), true
 	}
 	e.published.Store(v)
+	e.gen.Add(1)
 }
+
+// Generation changes whenever what enforcement did is published anew, so
+// a reader can tell that nothing changed since it last looked.
+func (e *Enforcer) Generation() uint64 { return e.gen.Load() }
 
 // Offer hands the enforcer the latest snapshot and returns at once: a
 // snapshot still waiting is replaced (latest wins), so a slow enforcement

@@ -24,6 +24,12 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"bytes"
+	"compress/gzip"
+	"net/http/httptest"
+
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
 
@@ -35,7 +41,7 @@ func serve(t *testing.T, webConfig string, ready func() bool) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	h := Handler(NewRegistry(fixed{snapshot()}, info), ready, slog.New(slog.DiscardHandler))
+	h := Handler(NewRegistry(fixed{snapshot()}, info), nil, ready, slog.New(slog.DiscardHandler))
 	go func() { done <- Serve(ctx, lis, h, webConfig, slog.New(slog.DiscardHandler)) }()
 	t.Cleanup(func() {
 		cancel()
@@ -167,7 +173,7 @@ func TestScrapeFloodIsBounded(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	h := Handler(NewRegistry(slowSource{fixed{snapshot()}}, info), func() bool { return true }, slog.New(slog.DiscardHandler))
+	h := Handler(NewRegistry(slowSource{fixed{snapshot()}}, info), nil, func() bool { return true }, slog.New(slog.DiscardHandler))
 	go func() { done <- Serve(ctx, lis, h, "", slog.New(slog.DiscardHandler)) }()
 	url := "http://" + lis.Addr().String() + "/metrics"
 	// Clients that send a request and never read the answer.
@@ -222,5 +228,52 @@ func TestScrapeFloodIsBounded(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("shutdown held by clients that never read")
+	}
+}
+
+// The exposition is rendered once per key and served from memory until the
+// key changes; gzip is served to scrapers that accept it, the same text.
+func TestExpositionRenderedOncePerKey(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpuslice_test_value", Help: "A value."})
+	reg.MustRegister(g)
+	var key atomic.Int64
+	h := Handler(reg, func() any { return key.Load() }, func() bool { return true }, slog.New(slog.DiscardHandler))
+	scrape := func(gz bool) string {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		if gz {
+			req.Header.Set("Accept-Encoding", "gzip")
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		body := rec.Body.Bytes()
+		if gz {
+			if rec.Header().Get("Content-Encoding") != "gzip" {
+				t.Fatal("gzip was accepted but not served")
+			}
+			zr, err := gzip.NewReader(bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body, err = io.ReadAll(zr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return string(body)
+	}
+	g.Set(1)
+	first := scrape(false)
+	if !strings.Contains(first, "gpuslice_test_value 1") {
+		t.Fatalf("first scrape:\n%s", first)
+	}
+	g.Set(2) // the key did not change: the rendering stands
+	if got := scrape(true); got != first {
+		t.Errorf("same key, new body:\n%s", got)
+	}
+	key.Add(1)
+	if got := scrape(false); !strings.Contains(got, "gpuslice_test_value 2") {
+		t.Errorf("after the key changed:\n%s", got)
 	}
 }
