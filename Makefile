@@ -69,6 +69,10 @@ bench: ## Run the benchmarks recorded in docs/benchmarks.md.
 	$(GO) test -run '^$$' -bench 'RSSUnderHostileClients' -benchtime 1x ./cmd/gpu-agent
 	$(GO) test -run '^$$' -bench DriverLimitOnCgroupCreation -benchtime 200x ./pkg/enforce
 
+.PHONY: bench-node
+bench-node: ## Run the real agent at node scale (8 GPUs x 200 pods in real cgroups) and print its RSS, scrape latency and CPU (root; about a minute).
+	$(GO) test -run '^$$' -bench '^BenchmarkNode$$' -benchtime 1x -timeout 10m ./cmd/gpu-agent | grep '^node '
+
 .PHONY: bench-quota
 bench-quota: ## Measure the quota controller's evaluation cycle: 500 namespaces, 5,000 running pods, 24h of backfilled history, real API server and Prometheus (about 2 minutes).
 	$(GO) test -run '^$$' -bench EvaluationCycle -benchtime 20x -timeout 10m -v ./pkg/quota
