@@ -245,4 +245,3 @@ func removeCgroupTree(root string) {
 		}
 	}
 }
-
