@@ -72,7 +72,9 @@ func runNodeScenario(b *testing.B, perGPU int, window time.Duration, scrapes int
 			_ = p.Process.Kill()
 			_ = p.Wait()
 		}
-		removeCgroupTree(base)
+		if err := cgrouptest.RemoveTree(base, 5*time.Second); err != nil {
+			b.Error(err)
+		}
 	})
 	var res nodeResult
 	for _, policy := range []string{"burst", "strict"} {
@@ -226,22 +228,4 @@ func procStatusKiB(pid int, key string) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no %s in /proc/%d/status", key, pid)
-}
-
-// removeCgroupTree removes cgroups bottom-up once their processes are gone.
-func removeCgroupTree(root string) {
-	var dirs []string
-	_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			dirs = append(dirs, p)
-		}
-		return nil
-	})
-	for i := len(dirs) - 1; i >= 0; i-- {
-		_ = os.WriteFile(filepath.Join(dirs[i], "cgroup.freeze"), []byte("0"), 0o600)
-		deadline := time.Now().Add(5 * time.Second)
-		for os.Remove(dirs[i]) != nil && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
 }

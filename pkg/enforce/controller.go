@@ -111,7 +111,6 @@ type Controller struct {
 
 	period   time.Duration
 	duty     map[string]float64
-	offset   map[string]float64
 	used     map[string][]span // Strict containers' recent use, oldest first
 	pending  map[string][]span // readings since the last decision
 	gathered time.Duration     // span of the readings since the last decision
@@ -129,7 +128,7 @@ func NewController(period time.Duration) *Controller {
 	return &Controller{
 		Gain: 0.5, Saturation: 0.95, Window: StrictWindow,
 		BasePeriod: period, MaxPeriod: MaxPeriodFactor * period, period: period,
-		duty: map[string]float64{}, offset: map[string]float64{}, used: map[string][]span{}, pending: map[string][]span{},
+		duty: map[string]float64{}, used: map[string][]span{}, pending: map[string][]span{},
 	}
 }
 

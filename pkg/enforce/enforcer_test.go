@@ -2,7 +2,6 @@ package enforce_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -66,6 +65,13 @@ func (s *Setup) AddProcess(t testing.TB, i, mib int) *Proc {
 }
 
 // pod-shaped cgroups live under the test's own cgroup in the v2 hierarchy.
+// removeTree removes the test's cgroups bottom-up once their processes are gone.
+func removeTree(t testing.TB, base string) {
+	if err := cgrouptest.RemoveTree(base, 5*time.Second); err != nil {
+		t.Error(err)
+	}
+}
+
 func podCgroup(t testing.TB, base, pod, cid string) string {
 	t.Helper()
 	dir := filepath.Join(base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(pod), cid)
@@ -73,31 +79,6 @@ func podCgroup(t testing.TB, base, pod, cid string) string {
 		cgrouptest.Skip(t, "cannot create cgroups under /sys/fs/cgroup/unified: %v", err)
 	}
 	return dir
-}
-
-// removeTree removes the test's cgroups bottom-up once their processes are gone.
-func removeTree(t testing.TB, base string) {
-	var dirs []string
-	_ = filepath.WalkDir(base, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			dirs = append(dirs, p)
-		}
-		return nil
-	})
-	for i := len(dirs) - 1; i >= 0; i-- {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			err := os.Remove(dirs[i])
-			if err == nil || errors.Is(err, os.ErrNotExist) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("remove cgroup %s: %v", dirs[i], err)
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
 }
 
 // StartSetup allocates slices[i] of 10 to pod i, starts its workload with

@@ -25,6 +25,10 @@ const (
 	denyTTL     = 10 * time.Second
 	reviewCache = 256
 	reviewLimit = 5 * time.Second
+	// MaxReviewsInFlight bounds the reviews asked of the API server at
+	// once: a client sending a new token with every request cannot turn
+	// the agent into a TokenReview flood; past the bound it gets 503.
+	MaxReviewsInFlight = 4
 )
 
 // KubeAuth guards /metrics as the kubelet and kube-rbac-proxy guard theirs:
@@ -34,10 +38,10 @@ const (
 // permission is 403; an API server that cannot answer is 503, never an
 // open door. /healthz and /readyz stay open for the kubelet's probes.
 // Answers are cached by a hash of the token: allowed for a minute, denied
-// for ten seconds, at most 256 of them.
+// for ten seconds, at most 256 of them. At most MaxReviewsInFlight reviews
+// are asked at once, each for at most 5 s.
 func KubeAuth(next http.Handler, r Reviewer, log *slog.Logger) http.Handler {
-	a := &kubeAuth{next: next, r: r, log: log, cache: map[[32]byte]verdict{}}
-	return a
+	return &kubeAuth{next: next, r: r, log: log, cache: map[[32]byte]verdict{}, slots: make(chan struct{}, MaxReviewsInFlight)}
 }
 
 type verdict struct {
@@ -51,6 +55,7 @@ type kubeAuth struct {
 	log   *slog.Logger
 	mu    sync.Mutex
 	cache map[[32]byte]verdict
+	slots chan struct{} // reviews in flight
 }
 
 func (a *kubeAuth) ServeHTTP(w http.ResponseWriter, req *http.Request) {
@@ -88,6 +93,12 @@ func (a *kubeAuth) decide(ctx context.Context, token, path string) int {
 	a.mu.Unlock()
 	if ok && now.Before(v.until) {
 		return v.status
+	}
+	select {
+	case a.slots <- struct{}{}:
+		defer func() { <-a.slots }()
+	default:
+		return http.StatusServiceUnavailable // not an answer: not cached
 	}
 	ctx, cancel := context.WithTimeout(ctx, reviewLimit)
 	defer cancel()

@@ -2,9 +2,11 @@ package exporter_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,7 +113,79 @@ func TestKubeAuthAgainstAPIServer(t *testing.T) {
 	if got := get("/metrics", token["prometheus"]); got != http.StatusOK {
 		t.Errorf("the scraper's cached answer with the API server down: %d, want 200", got)
 	}
-	if got := get("/metrics", token["tenant"]); got != http.StatusForbidden {
-		t.Errorf("the tenant's cached answer with the API server down: %d, want 403", got)
+	// The tenant's denial is cached for 10 s: 403 if stopping the API
+	// server took less, 503 after; never the metrics.
+	if got := get("/metrics", token["tenant"]); got != http.StatusForbidden && got != http.StatusServiceUnavailable {
+		t.Errorf("the tenant with the API server down: %d, want 403 or 503", got)
+	}
+}
+
+// hangingReviewer is an API server that never answers a token review
+// until released, counting the reviews it holds.
+type hangingReviewer struct {
+	mu      sync.Mutex
+	held    int
+	release chan struct{}
+}
+
+func (h *hangingReviewer) ReviewToken(ctx context.Context, _ string) (kube.User, bool, error) {
+	h.mu.Lock()
+	h.held++
+	h.mu.Unlock()
+	select {
+	case <-h.release:
+		return kube.User{}, false, nil
+	case <-ctx.Done():
+		return kube.User{}, false, ctx.Err()
+	}
+}
+
+func (h *hangingReviewer) Authorize(context.Context, kube.User, string, string) (bool, error) {
+	return false, nil
+}
+
+// The attack: a client sends a new token with every request, against an
+// API server that hangs. The agent asks at most MaxReviewsInFlight reviews
+// at once and turns the rest away at once with 503; none is served.
+func TestKubeAuthBoundsReviews(t *testing.T) {
+	t.Parallel()
+	r := &hangingReviewer{release: make(chan struct{})}
+	inner := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("metrics")) })
+	h := exporter.KubeAuth(inner, r, slog.New(slog.DiscardHandler))
+	const clients = 20
+	codes := make(chan int, clients)
+	for i := range clients {
+		go func() {
+			req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+			req.Header.Set("Authorization", fmt.Sprintf("Bearer token-%d", i))
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			codes <- rec.Code
+		}()
+	}
+	// Those past the bound answer without waiting for the API server.
+	turnedAway := 0
+	for turnedAway < clients-exporter.MaxReviewsInFlight {
+		select {
+		case c := <-codes:
+			if c != http.StatusServiceUnavailable {
+				t.Fatalf("a request past the bound got %d, want 503", c)
+			}
+			turnedAway++
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d requests turned away; the rest wait on the hanging API server", turnedAway)
+		}
+	}
+	r.mu.Lock()
+	held := r.held
+	r.mu.Unlock()
+	if held > exporter.MaxReviewsInFlight {
+		t.Errorf("%d reviews asked at once, want at most %d", held, exporter.MaxReviewsInFlight)
+	}
+	close(r.release) // the API server answers: the tokens are not accepted
+	for range exporter.MaxReviewsInFlight {
+		if c := <-codes; c != http.StatusUnauthorized {
+			t.Errorf("a reviewed forged token got %d, want 401", c)
+		}
 	}
 }

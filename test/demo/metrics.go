@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,11 +15,11 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
+	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
+	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
 const cgroupV2 = "/sys/fs/cgroup/unified"
@@ -35,7 +33,7 @@ func showMetrics(ctx context.Context, out io.Writer, addr, workDir string, alloc
 		return err
 	}
 	base := filepath.Join(cgroupV2, fmt.Sprintf("gpuslice-demo-%d", os.Getpid()))
-	defer removeTree(base)
+	defer func() { _ = cgrouptest.RemoveTree(base, 5*time.Second) }()
 	inCgroups := true
 	for i, w := range []struct {
 		pod    string
@@ -64,11 +62,11 @@ func showMetrics(ctx context.Context, out io.Writer, addr, workDir string, alloc
 	// Let the agent see both and gather a few seconds of use.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		mfs, err := scrape(addr)
+		mfs, err := promtest.Fetch("http://" + addr + "/metrics")
 		if err != nil {
 			return err
 		}
-		if n, _ := value(mfs, "gpuslice_container_memory_used_bytes", map[string]string{"pod": "notebook-a"}); n > 0 || !inCgroups {
+		if n, _ := promtest.Value(mfs, "gpuslice_container_memory_used_bytes", map[string]string{"pod": "notebook-a"}); n > 0 || !inCgroups {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -87,74 +85,29 @@ func showMetrics(ctx context.Context, out io.Writer, addr, workDir string, alloc
 	fmt.Fprintln(tw, "   pod\tslices\tcompute limit\tGPU use (busy s/s)\tmemory used / limit")
 	for _, pod := range []string{"training", "notebook-a"} {
 		l := map[string]string{"pod": pod}
-		slices, _ := value(second, "gpuslice_container_slices", l)
-		limit, _ := value(second, "gpuslice_container_compute_limit_ratio", l)
-		b0, _ := value(first, "gpuslice_container_gpu_busy_seconds_total", l)
-		b1, _ := value(second, "gpuslice_container_gpu_busy_seconds_total", l)
-		used, _ := value(second, "gpuslice_container_memory_used_bytes", l)
-		memLimit, _ := value(second, "gpuslice_container_memory_limit_bytes", l)
+		slices, _ := promtest.Value(second, "gpuslice_container_slices", l)
+		limit, _ := promtest.Value(second, "gpuslice_container_compute_limit_ratio", l)
+		b0, _ := promtest.Value(first, "gpuslice_container_gpu_busy_seconds_total", l)
+		b1, _ := promtest.Value(second, "gpuslice_container_gpu_busy_seconds_total", l)
+		used, _ := promtest.Value(second, "gpuslice_container_memory_used_bytes", l)
+		memLimit, _ := promtest.Value(second, "gpuslice_container_memory_limit_bytes", l)
 		fmt.Fprintf(tw, "   %s\t%.0f\t%.3f\t%.2f\t%.0f / %.0f MiB\n", pod, slices, limit, (b1-b0)/t1.Sub(t0).Seconds(), used/(1<<20), memLimit/(1<<20))
 	}
 	_ = tw.Flush()
 	gpu0 := map[string]string{"gpu": "0"}
-	util, _ := value(second, "gpuslice_device_utilization_ratio", gpu0)
-	mem, _ := value(second, "gpuslice_device_memory_used_bytes", gpu0)
-	unattributed, _ := value(second, "gpuslice_agent_unattributed_processes", gpu0)
+	util, _ := promtest.Value(second, "gpuslice_device_utilization_ratio", gpu0)
+	mem, _ := promtest.Value(second, "gpuslice_device_memory_used_bytes", gpu0)
+	unattributed, _ := promtest.Value(second, "gpuslice_agent_unattributed_processes", gpu0)
 	fmt.Fprintf(out, "   GPU 0: utilization %.2f, memory used %.0f MiB, unattributed processes %.0f (curl %s/metrics for everything)\n", util, mem/(1<<20), unattributed, addr)
 	return nil
 }
 
 func mustScrape(addr string) (map[string]*dto.MetricFamily, time.Time) {
-	mfs, err := scrape(addr)
+	mfs, err := promtest.Fetch("http://" + addr + "/metrics")
 	if err != nil {
 		return nil, time.Now()
 	}
 	return mfs, time.Now()
-}
-
-func scrape(addr string) (map[string]*dto.MetricFamily, error) {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	return p.TextToMetricFamilies(bytes.NewReader(body))
-}
-
-// value returns the first sample of family name whose labels include want.
-func value(mfs map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
-next:
-	for _, m := range mfs[name].GetMetric() {
-		for _, l := range m.GetLabel() {
-			if v, ok := want[l.GetName()]; ok && v != l.GetValue() {
-				continue next
-			}
-		}
-		if m.GetCounter() != nil {
-			return m.GetCounter().GetValue(), true
-		}
-		return m.GetGauge().GetValue(), true
-	}
-	return 0, false
-}
-
-// removeTree removes a cgroup tree bottom-up; its processes are gone by now.
-func removeTree(dir string) {
-	var dirs []string
-	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			dirs = append(dirs, p)
-		}
-		return nil
-	})
-	for i := len(dirs) - 1; i >= 0; i-- {
-		_ = os.Remove(dirs[i])
-	}
 }
 
 // showIsolation runs two greedy workloads on GPU 1 under the strict
@@ -167,7 +120,7 @@ func showIsolation(ctx context.Context, out io.Writer, addr, workDir string, all
 		return err
 	}
 	base := filepath.Join(cgroupV2, fmt.Sprintf("gpuslice-demo-isolation-%d", os.Getpid()))
-	defer removeTree(base)
+	defer func() { _ = cgrouptest.RemoveTree(base, 5*time.Second) }()
 	type running struct {
 		pod     string
 		cmd     *exec.Cmd
@@ -218,11 +171,11 @@ func showIsolation(ctx context.Context, out io.Writer, addr, workDir string, all
 	fmt.Fprintln(tw, "   pod\tlimit\tits own work (GPU s/s)\tagent's reading (busy s/s)\tduty\tfrozen")
 	for i, w := range ws {
 		l := map[string]string{"pod": w.pod}
-		limit, _ := value(second, "gpuslice_container_compute_limit_ratio", l)
-		b0, _ := value(first, "gpuslice_container_gpu_busy_seconds_total", l)
-		b1, _ := value(second, "gpuslice_container_gpu_busy_seconds_total", l)
-		duty, _ := value(second, "gpuslice_enforcement_compute_duty_ratio", l)
-		frozen, _ := value(second, "gpuslice_enforcement_throttled_seconds_total", l)
+		limit, _ := promtest.Value(second, "gpuslice_container_compute_limit_ratio", l)
+		b0, _ := promtest.Value(first, "gpuslice_container_gpu_busy_seconds_total", l)
+		b1, _ := promtest.Value(second, "gpuslice_container_gpu_busy_seconds_total", l)
+		duty, _ := promtest.Value(second, "gpuslice_enforcement_compute_duty_ratio", l)
+		frozen, _ := promtest.Value(second, "gpuslice_enforcement_throttled_seconds_total", l)
 		fmt.Fprintf(tw, "   %s\t%.3f\t%.2f\t%.2f\t%.2f\t%.1f s\n", w.pod, limit, (asked1[i]-asked0[i]).Seconds()/span, (b1-b0)/span, duty, frozen)
 	}
 	_ = tw.Flush()
@@ -239,7 +192,7 @@ func showIsolation(ctx context.Context, out io.Writer, addr, workDir string, all
 		return ctx.Err()
 	}
 	after, _ := mustScrape(addr)
-	kills, _ := value(after, "gpuslice_enforcement_kills_total", map[string]string{"pod": "notebook-b"})
+	kills, _ := promtest.Value(after, "gpuslice_enforcement_kills_total", map[string]string{"pod": "notebook-b"})
 	fmt.Fprintf(out, "   the watchdog stopped it (%s) %.1f s after it grew; gpuslice_enforcement_kills_total{pod=\"notebook-b\"} = %.0f; inference runs on\n",
 		ws[0].cmd.ProcessState, time.Since(grew).Seconds(), kills)
 	return nil

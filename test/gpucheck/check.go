@@ -5,9 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,10 +15,10 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
+	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
+	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
 const resource = "nvidia.com/vgpu"
@@ -343,7 +341,7 @@ func (c *check) evict(p pod, procs ...*proc) {
 		}
 	}
 	c.plugin.Release(p.name, "main")
-	removeTree(filepath.Dir(p.cg))
+	_ = cgrouptest.RemoveTree(filepath.Dir(p.cg), 5*time.Second) // best effort: the run goes on
 }
 
 // runScenario runs one greedy loop per entry of slices, settles, and
@@ -377,10 +375,10 @@ func (c *check) runScenario(name string, slices []int, attribute bool) scenario 
 	}
 	busy := func(mfs map[string]*dto.MetricFamily, name, p string) float64 {
 		ns, pod, _ := strings.Cut(p, "/")
-		v, _ := value(mfs, name, map[string]string{"namespace": ns, "pod": pod, "container": "main"})
+		v, _ := promtest.Value(mfs, name, map[string]string{"namespace": ns, "pod": pod, "container": "main"})
 		return v
 	}
-	m0, err := scrape(c.addr)
+	m0, err := promtest.Fetch("http://" + c.addr + "/metrics")
 	if err != nil {
 		r.err = err
 		return r
@@ -399,7 +397,7 @@ func (c *check) runScenario(name string, slices []int, attribute bool) scenario 
 		r.err = c.ctx.Err()
 		return r
 	}
-	m1, err := scrape(c.addr)
+	m1, err := promtest.Fetch("http://" + c.addr + "/metrics")
 	if err != nil {
 		r.err = err
 		return r
@@ -443,14 +441,14 @@ func (c *check) attribute(pods []pod, procs []*proc) {
 		c.attribErr = err
 		return
 	}
-	mfs, err := scrape(c.addr)
+	mfs, err := promtest.Fetch("http://" + c.addr + "/metrics")
 	if err != nil {
 		c.attribErr = err
 		return
 	}
 	for i, p := range pods {
 		ns, name, _ := strings.Cut(p.name, "/")
-		agent, _ := value(mfs, "gpuslice_container_memory_used_bytes", map[string]string{"namespace": ns, "pod": name, "container": "main"})
+		agent, _ := promtest.Value(mfs, "gpuslice_container_memory_used_bytes", map[string]string{"namespace": ns, "pod": name, "container": "main"})
 		c.attrib = append(c.attrib, attribution{pod: p.name, agent: uint64(agent), truth: view[procs[i].pid()]})
 	}
 }
@@ -496,7 +494,7 @@ func (c *check) runHog() string {
 
 // memoryTier is the tier the agent reports holding memory on the GPU.
 func (c *check) memoryTier() string {
-	mfs, err := scrape(c.addr)
+	mfs, err := promtest.Fetch("http://" + c.addr + "/metrics")
 	if err != nil {
 		return "unknown: " + err.Error()
 	}
@@ -537,26 +535,10 @@ func (c *check) close() {
 		c.kubelet.Stop()
 	}
 	c.b.close()
-	removeTree(c.base)
-	_ = os.RemoveAll(c.dir)
-}
-
-// removeTree removes cgroups bottom-up, waiting for their processes to go.
-func removeTree(root string) {
-	var dirs []string
-	_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			dirs = append(dirs, p)
-		}
-		return nil
-	})
-	for i := len(dirs) - 1; i >= 0; i-- {
-		_ = os.WriteFile(filepath.Join(dirs[i], "cgroup.freeze"), []byte("0"), 0o600)
-		deadline := time.Now().Add(5 * time.Second)
-		for os.Remove(dirs[i]) != nil && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
+	if err := cgrouptest.RemoveTree(c.base, 5*time.Second); err != nil {
+		fmt.Printf("gpu-check: %v\n", err)
 	}
+	_ = os.RemoveAll(c.dir)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
@@ -566,48 +548,4 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-time.After(d):
 		return true
 	}
-}
-
-func scrape(addr string) (map[string]*dto.MetricFamily, error) {
-	client := http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	return p.TextToMetricFamilies(strings.NewReader(string(body)))
-}
-
-// value is the value of the family's series whose labels include want.
-func value(mfs map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
-	f := mfs[name]
-	if f == nil {
-		return 0, false
-	}
-	for _, m := range f.GetMetric() {
-		l := map[string]string{}
-		for _, p := range m.GetLabel() {
-			l[p.GetName()] = p.GetValue()
-		}
-		match := true
-		for k, v := range want {
-			if l[k] != v {
-				match = false
-			}
-		}
-		if match {
-			switch {
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue(), true
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue(), true
-			}
-		}
-	}
-	return 0, false
 }

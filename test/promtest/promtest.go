@@ -125,17 +125,27 @@ func StaticTarget(job, target, instance string) string {
 // Scrape reads and parses an exposition endpoint.
 func Scrape(tb testing.TB, url string) map[string]*dto.MetricFamily {
 	tb.Helper()
-	resp, err := http.Get(url) //nolint:gosec,noctx // a test's own endpoint
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
+	mfs, err := Fetch(url)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return mfs
+}
+
+// Fetch reads and parses an exposition endpoint, for programs that are
+// not tests (the demo, gpu-check).
+func Fetch(url string) (map[string]*dto.MetricFamily, error) {
+	client := http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(url) //nolint:noctx // a test tier's own endpoint
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	return p.TextToMetricFamilies(resp.Body)
 }
 
 // Value returns the counter or gauge sample of family name whose labels

@@ -132,7 +132,6 @@ type GPU struct {
 	binBusy   time.Duration
 	devUtil   uint32
 	samples   [][]Sample // per finished sample period, oldest first
-	kernelRun time.Duration
 }
 
 // New returns an idle GPU at time 0.
@@ -198,9 +197,6 @@ func (g *GPU) Completed(pid int) (kernels int64, executed time.Duration) {
 	}
 	return 0, 0
 }
-
-// Busy returns the total time any kernel ran on the GPU.
-func (g *GPU) Busy() time.Duration { return g.kernelRun }
 
 // Utilization returns the device utilization of the last finished sample
 // period, in integer percent, as nvmlDeviceGetUtilizationRates does.
@@ -320,7 +316,6 @@ func (g *GPU) run(step time.Duration) time.Duration {
 	p.executed += d
 	p.busy += d
 	g.binBusy += d
-	g.kernelRun += d
 	g.sliceLeft -= d
 	if p.head == 0 {
 		p.done++
