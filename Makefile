@@ -24,6 +24,12 @@ build: ## Build bin/gpu-agent and bin/kubectl-gpuslice.
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/kubectl-gpuslice ./cmd/kubectl-gpuslice
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/gpu-quota-controller ./cmd/gpu-quota-controller
 
+# The Kubernetes release the API and end-to-end tiers run (test/e2e/k8s
+# has one module per supported release): v1.37.2, the newest, and v1.34.4,
+# the oldest with DRA GA.
+K8S_VERSION ?= v1.37.2
+export K8S_VERSION
+
 IMAGE ?= ghcr.io/gpuslice/gpu-agent:$(VERSION)
 CONTROLLER_IMAGE ?= ghcr.io/gpuslice/gpu-quota-controller:$(VERSION)
 
@@ -43,7 +49,7 @@ test: ## Run vet and every unit and integration test with the race detector.
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 .PHONY: test-e2e
-test-e2e: ## Run the end-to-end tier: a real kubelet, API server and containerd on this machine (root; see docs/testing.md).
+test-e2e: ## Run the end-to-end tier on Kubernetes K8S_VERSION (default v1.37.2): a real kubelet, API server, scheduler and containerd on this machine (root; see docs/testing.md).
 	test/e2e/install-deps.sh
 	test/e2e/build-k8s.sh >/dev/null
 	GPUSLICE_E2E=1 $(GO) test -count=1 -timeout 20m -v $(E2E_FLAGS) ./test/e2e/

@@ -41,7 +41,7 @@ func BenchmarkAllocateGRPC(b *testing.B) {
 			for i := range n {
 				ids[i] = vgpu.SliceID{UUID: e.devs[0].UUID, Index: i}.String()
 			}
-			req := &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: ids}}}
+			req := &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: ids}}}
 			ctx := context.Background()
 			samples := make([]time.Duration, 0, b.N)
 			b.ReportAllocs()

@@ -232,7 +232,7 @@ func (p *Plugin) GetPreferredAllocation(_ context.Context, req *pluginapi.Prefer
 func (p *Plugin) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
 	resp := &pluginapi.AllocateResponse{}
 	for _, c := range req.GetContainerRequests() {
-		r, err := p.allocate(c.GetDevicesIDs())
+		r, err := p.allocate(c.GetDevicesIds())
 		if err != nil {
 			return nil, err
 		}
@@ -290,7 +290,7 @@ func (p *Plugin) allocate(ids []string) (*pluginapi.ContainerAllocateResponse, e
 			if p.opts.CDI.NameStrategy == "index" {
 				name = strconv.Itoa(l.Index)
 			}
-			r.CDIDevices = append(r.CDIDevices, &pluginapi.CDIDevice{Name: p.opts.CDI.Kind + "=" + name})
+			r.CdiDevices = append(r.CdiDevices, &pluginapi.CDIDevice{Name: p.opts.CDI.Kind + "=" + name})
 		}
 	}
 	if p.opts.MPS.Enabled {

@@ -187,7 +187,7 @@ func TestRegistrationAndDeviceList(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if _, err := p.Client().PreStartContainer(ctxT(t), &pluginapi.PreStartContainerRequest{DevicesIDs: ids[:1]}); err != nil {
+	if _, err := p.Client().PreStartContainer(ctxT(t), &pluginapi.PreStartContainerRequest{DevicesIds: ids[:1]}); err != nil {
 		t.Errorf("PreStartContainer() = %v", err)
 	}
 }
@@ -288,7 +288,7 @@ func TestHealthXIDAndRecovery(t *testing.T) {
 		}
 	}
 	bad := e.devs[1].UUID + "::2"
-	_, err = p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{bad}}}})
+	_, err = p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{bad}}}})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "xid 48") {
 		t.Errorf("Allocate on unhealthy GPU = %v, want FailedPrecondition naming %s and its latest xid, 48", err, bad)
 	}
@@ -311,7 +311,7 @@ func TestHealthXIDAndRecovery(t *testing.T) {
 	if got := unhealthyGPUs(nextList(t, ch)); len(got) != 0 {
 		t.Fatalf("after full recovery: %v", got)
 	}
-	if _, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{bad}}}}); err != nil {
+	if _, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{bad}}}}); err != nil {
 		t.Errorf("Allocate after recovery = %v", err)
 	}
 }
@@ -415,8 +415,8 @@ func TestAllocateResponse(t *testing.T) {
 	p := e.waitPlugin(t)
 	g0, g2 := e.devs[0].UUID, e.devs[2].UUID
 	resp, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
-		{DevicesIDs: []string{g2 + "::3", g2 + "::1", g2 + "::0"}},
-		{DevicesIDs: []string{g2 + "::2", g0 + "::0"}},
+		{DevicesIds: []string{g2 + "::3", g2 + "::1", g2 + "::0"}},
+		{DevicesIds: []string{g2 + "::2", g0 + "::0"}},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -439,7 +439,7 @@ func TestAllocateResponse(t *testing.T) {
 				"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT":  "0=30720M",
 			},
 			Devices:    []*pluginapi.DeviceSpec{spec("nvidiactl"), spec("nvidia-uvm"), spec("nvidia-uvm-tools"), spec("nvidia2")},
-			CDIDevices: []*pluginapi.CDIDevice{{Name: "nvidia.com/gpu=" + g2}},
+			CdiDevices: []*pluginapi.CDIDevice{{Name: "nvidia.com/gpu=" + g2}},
 			Mounts:     mount,
 		},
 		{
@@ -454,7 +454,7 @@ func TestAllocateResponse(t *testing.T) {
 				"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT":  "0=10240M,1=10240M",
 			},
 			Devices:    []*pluginapi.DeviceSpec{spec("nvidiactl"), spec("nvidia-uvm"), spec("nvidia-uvm-tools"), spec("nvidia0"), spec("nvidia2")},
-			CDIDevices: []*pluginapi.CDIDevice{{Name: "nvidia.com/gpu=" + g0}, {Name: "nvidia.com/gpu=" + g2}},
+			CdiDevices: []*pluginapi.CDIDevice{{Name: "nvidia.com/gpu=" + g0}, {Name: "nvidia.com/gpu=" + g2}},
 			Mounts:     mount,
 		},
 	}
@@ -483,7 +483,7 @@ func TestAllocateMinimalAndCDIIndex(t *testing.T) {
 		o.CDI = deviceplugin.CDIOptions{Enabled: true, Kind: "example.com/gpu", NameStrategy: "index"}
 	}})
 	p := e.waitPlugin(t)
-	resp, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{e.devs[3].UUID + "::1"}}}})
+	resp, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{e.devs[3].UUID + "::1"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,8 +491,8 @@ func TestAllocateMinimalAndCDIIndex(t *testing.T) {
 	if len(r.Devices) != 0 || len(r.Mounts) != 0 || r.Envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] != "" {
 		t.Errorf("devices %v mounts %v envs %v: want no device specs and no MPS", r.Devices, r.Mounts, r.Envs)
 	}
-	if len(r.CDIDevices) != 1 || r.CDIDevices[0].Name != "example.com/gpu=3" {
-		t.Errorf("CDI devices = %v, want example.com/gpu=3", r.CDIDevices)
+	if len(r.CdiDevices) != 1 || r.CdiDevices[0].Name != "example.com/gpu=3" {
+		t.Errorf("CDI devices = %v, want example.com/gpu=3", r.CdiDevices)
 	}
 }
 
@@ -516,7 +516,7 @@ func TestAllocateErrors(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			req := &pluginapi.AllocateRequest{}
 			for _, ids := range tc.ids {
-				req.ContainerRequests = append(req.ContainerRequests, &pluginapi.ContainerAllocateRequest{DevicesIDs: ids})
+				req.ContainerRequests = append(req.ContainerRequests, &pluginapi.ContainerAllocateRequest{DevicesIds: ids})
 			}
 			_, err := p.Client().Allocate(ctxT(t), req)
 			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.text) {

@@ -28,20 +28,27 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/kube"
 )
 
-// Version is the Kubernetes release the tier runs; build-k8s.sh pins the same.
-const (
-	Version     = "v1.33.13"
-	EtcdVersion = "v3.5.21"
-)
+// DefaultVersion is the Kubernetes release the tiers run unless
+// K8S_VERSION names another; build-k8s.sh has the same default.
+const DefaultVersion = "v1.37.2"
 
-// BinDir returns where build-k8s.sh caches the binaries.
+// Version is the Kubernetes release the tiers run: K8S_VERSION, or
+// DefaultVersion.
+func Version() string {
+	if v := os.Getenv("K8S_VERSION"); v != "" {
+		return v
+	}
+	return DefaultVersion
+}
+
+// BinDir returns where build-k8s.sh caches the binaries of Version.
 func BinDir() string {
 	base := os.Getenv("GPUSLICE_CACHE")
 	if base == "" {
 		home, _ := os.UserHomeDir()
 		base = filepath.Join(home, ".cache", "gpuslice")
 	}
-	return filepath.Join(base, "k8s-"+Version+"-etcd-"+EtcdVersion)
+	return filepath.Join(base, "k8s-"+Version())
 }
 
 // Server is a running etcd and kube-apiserver.
@@ -57,6 +64,11 @@ type Server struct {
 	// ServiceAccountKey is the private key service-account tokens are
 	// signed with, for a controller manager.
 	ServiceAccountKey string
+	// CAFile is the CA that signed the API server's serving certificate
+	// (valid for 127.0.0.1, localhost and the kubernetes Service), for a
+	// controller manager's --root-ca-file and so for pods' in-cluster
+	// config.
+	CAFile string
 
 	procs []*Process
 }
@@ -188,7 +200,7 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skip(msg)
 	}
-	s, err := Launch(t.TempDir())
+	s, err := Launch(t.TempDir(), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,9 +215,18 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
+// Options configure Launch.
+type Options struct {
+	// ServiceAccounts turns on the ServiceAccount admission plugin, as on
+	// any real cluster: pods get their service account's token. It needs a
+	// controller manager (default service accounts, the root CA ConfigMap);
+	// off, pods are created without service accounts or tokens.
+	ServiceAccounts bool
+}
+
 // Launch starts etcd and kube-apiserver with their files in dir and waits
 // until the API is ready. The caller stops them with Stop.
-func Launch(dir string) (s *Server, err error) {
+func Launch(dir string, o Options) (s *Server, err error) {
 	s = &Server{Dir: dir}
 	// The returns below set s to nil: stop what was started through a copy
 	// (stopping the nil one panicked and hid the error that caused it).
@@ -252,25 +273,37 @@ func Launch(dir string) (s *Server, err error) {
 	_, _ = rand.Read(tok)
 	s.URL, s.Token = fmt.Sprintf("https://127.0.0.1:%d", apiPort), hex.EncodeToString(tok)
 	tokens := write("tokens.csv", []byte(s.Token+",admin,admin,system:masters\n"))
+	caPEM, certPEM, keyPEM, cerr := servingCert()
+	if cerr != nil {
+		return nil, cerr
+	}
+	s.CAFile = write("ca.crt", caPEM)
+	tlsCert, tlsKey := write("apiserver.crt", certPEM), write("apiserver.key", keyPEM)
 	s.Kubeconfig = write("kubeconfig", []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
-clusters: [{name: test, cluster: {server: %q, insecure-skip-tls-verify: true}}]
+clusters: [{name: test, cluster: {server: %q, certificate-authority: %q}}]
 users: [{name: admin, user: {token: %q}}]
 contexts: [{name: test, context: {cluster: test, user: admin}}]
 current-context: test
-`, s.URL, s.Token)))
+`, s.URL, s.CAFile, s.Token)))
 	if err != nil {
 		return nil, err
+	}
+	admission := "--disable-admission-plugins=ServiceAccount"
+	if o.ServiceAccounts {
+		admission = "--enable-admission-plugins=ServiceAccount"
 	}
 	api, err := StartProcess("kube-apiserver", filepath.Join(BinDir(), "kube-apiserver"),
 		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", etcdClient),
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+strconv.Itoa(apiPort),
-		"--cert-dir="+filepath.Join(dir, "certs"), "--token-auth-file="+tokens,
+		// Since 1.36 a loopback address may not be the kubernetes
+		// Service's endpoint; nothing here routes Service IPs anyway.
+		"--endpoint-reconciler-type=none",
+		"--tls-cert-file="+tlsCert, "--tls-private-key-file="+tlsKey, "--token-auth-file="+tokens,
 		"--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file="+saPub,
 		"--service-account-signing-key-file="+s.ServiceAccountKey, "--service-cluster-ip-range=10.0.0.0/24",
 		"--authorization-mode=RBAC", "--enable-priority-and-fairness=false", "--v=0",
-		// Pods are created without service accounts or their tokens.
-		"--disable-admission-plugins=ServiceAccount",
+		admission,
 		// As on kubeadm clusters: node agents run privileged.
 		"--allow-privileged=true")
 	if err != nil {
@@ -278,7 +311,9 @@ current-context: test
 	}
 	s.procs = append(s.procs, api)
 
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // a loopback test server with a self-signed certificate
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		req, _ := http.NewRequest(http.MethodGet, s.URL+"/readyz", nil)
@@ -330,7 +365,7 @@ func (s *Server) Client(t testing.TB) *kube.Client {
 	return c
 }
 
-// Version returns the API server's version, e.g. "v1.33.13".
+// Version returns the API server's version, e.g. "v1.37.2".
 func (s *Server) Version() (string, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
 	if err != nil {

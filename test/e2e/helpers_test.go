@@ -30,6 +30,7 @@ func newNamespace(t *testing.T, name string) string {
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	waitServiceAccount(t, ns)
 	t.Cleanup(func() {
 		zero := int64(0)
 		_ = cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{})
@@ -48,6 +49,25 @@ func newNamespace(t *testing.T, name string) string {
 		_ = cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
 	})
 	return ns
+}
+
+// waitServiceAccount waits for the controller manager to create a new
+// namespace's default ServiceAccount: until then the ServiceAccount
+// admission plugin refuses the namespace's pods, as on any cluster.
+func waitServiceAccount(t *testing.T, ns string) {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := cs.CoreV1().ServiceAccounts(ns).Get(context.Background(), "default", metav1.GetOptions{})
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("namespace %s has no default ServiceAccount after 30s: %v", ns, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // pod is a pod asking for slices, running script in the test image with

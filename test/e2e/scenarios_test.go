@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"slices"
 	"sort"
@@ -121,18 +122,98 @@ func TestXIDTakesSlicesAway(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.WriteFile(c.FakeConfig, orig, 0o600) })
+	cs := c.API.Clientset(t)
+	ns := newNamespace(t, "xid")
+	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod("holder", 1, "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "holder")
+	index := gpuIndex(t, assignmentGPU(t, ns, "holder"))
 	start := time.Now()
-	if err := os.WriteFile(c.FakeConfig, append(append([]byte(nil), orig...), "faults:\n  gpus:\n    - index: 1\n      xid: 79\n"...), 0o600); err != nil {
+	if err := os.WriteFile(c.FakeConfig, append(append([]byte(nil), orig...), fmt.Sprintf("faults:\n  gpus:\n    - index: %s\n      xid: 79\n", index)...), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	waitAllocatable(t, 4)
 	t.Logf("allocatable 8 -> 4 in %v", time.Since(start).Round(time.Millisecond))
+	// Resource health status (beta and on by default since 1.36): the pod
+	// whose slices' GPU failed shows it in its container's status.
+	health := resourceHealth(t)
+	if health {
+		waitSliceHealth(t, ns, "holder", corev1.ResourceHealthStatusUnhealthy)
+	}
 	start = time.Now()
 	if err := os.WriteFile(c.FakeConfig, orig, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	waitAllocatable(t, 8)
 	t.Logf("allocatable 4 -> 8 in %v", time.Since(start).Round(time.Millisecond))
+	if health {
+		waitSliceHealth(t, ns, "holder", corev1.ResourceHealthStatusHealthy)
+	}
+}
+
+// resourceHealth reports whether the cluster's Kubernetes fills in
+// allocatedResourcesStatus by default (1.36 and later).
+func resourceHealth(t *testing.T) bool {
+	t.Helper()
+	v, err := c.API.Version()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(v, "v%d.%d", &major, &minor); err != nil {
+		t.Fatalf("server version %q: %v", v, err)
+	}
+	return major > 1 || minor >= 36
+}
+
+// waitSliceHealth waits until every slice of nvidia.com/vgpu in the pod's
+// main container has the given health in its status.
+func waitSliceHealth(t *testing.T, ns, name string, want corev1.ResourceHealthStatus) {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		p, err := cs.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+		var got []corev1.ResourceHealth
+		if err == nil && len(p.Status.ContainerStatuses) == 1 {
+			for _, r := range p.Status.ContainerStatuses[0].AllocatedResourcesStatus {
+				if r.Name == "nvidia.com/vgpu" {
+					got = r.Resources
+				}
+			}
+		}
+		ok := len(got) > 0
+		for _, r := range got {
+			ok = ok && r.Health == want
+		}
+		if ok {
+			t.Logf("pod %s/%s: allocatedResourcesStatus %s: %+v", ns, name, want, got)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s/%s never showed its slices %s in allocatedResourcesStatus: %v %+v", ns, name, want, err, got)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// gpuIndex is the agent's index of the GPU with uuid, from its metrics.
+func gpuIndex(t *testing.T, uuid string) string {
+	t.Helper()
+	for _, mf := range scrape(t) {
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["uuid"] == uuid && labels["gpu"] != "" {
+				return labels["gpu"]
+			}
+		}
+	}
+	t.Fatalf("no metric names the index of GPU %s", uuid)
+	return ""
 }
 
 // Scenario 5: a kubelet restart and an agent restart need no operator:

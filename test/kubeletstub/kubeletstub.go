@@ -319,7 +319,7 @@ func (p *Plugin) Allocate(ctx context.Context, pod, container string, n int) (Al
 	}
 	a.DeviceIDs = append([]string(nil), chosen...)
 
-	resp, err = p.client.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: a.DeviceIDs}}})
+	resp, err = p.client.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: a.DeviceIDs}}})
 	if err != nil {
 		p.Release(pod, container)
 		return Allocation{}, fmt.Errorf("allocate for %s: %w", owner, err)

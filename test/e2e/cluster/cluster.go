@@ -1,8 +1,9 @@
 // Package cluster starts a real single-node Kubernetes cluster for the
-// end-to-end tier: etcd, kube-apiserver and kube-controller-manager built
-// from the Kubernetes sources (test/e2e/build-k8s.sh), Debian's containerd
-// and runc, a kubelet in a private mount namespace, and gpu-agent on the
-// fake GPU backend beside it, with images built locally. Everything runs
+// end-to-end tier: etcd, kube-apiserver, kube-controller-manager and
+// kube-scheduler built from the Kubernetes sources (test/e2e/build-k8s.sh),
+// Debian's containerd and runc and a kubelet sharing a private mount
+// namespace, and gpu-agent on the fake GPU backend beside it, with images
+// built locally. Everything runs
 // from one temporary directory and is stopped by PID.
 package cluster
 
@@ -124,7 +125,9 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}()
 	t0 := time.Now()
 	ReapStale(o.Log) // what a run that was killed left behind
-	if c.API, err = apiserver.Launch(filepath.Join(dir, "api")); err != nil {
+	// As on any real cluster, pods get their service account's token: the
+	// chart-installed agent and controller use in-cluster config.
+	if c.API, err = apiserver.Launch(filepath.Join(dir, "api"), apiserver.Options{ServiceAccounts: true}); err != nil {
 		return nil, err
 	}
 	c.log("api server ready after %v", time.Since(t0).Round(time.Millisecond))
@@ -137,6 +140,9 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if v, verr := c.API.Version(); verr == nil {
 		c.log("kubernetes %s: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet built from source", v)
 	}
+	if err := c.mountNamespace(); err != nil {
+		return nil, err
+	}
 	if err := c.startContainerd(ctx); err != nil {
 		return nil, err
 	}
@@ -144,9 +150,6 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return nil, err
 	}
 	c.log("containerd ready, images imported after %v", time.Since(t0).Round(time.Millisecond))
-	if err := c.mountNamespace(); err != nil {
-		return nil, err
-	}
 	if err := c.startKubelet(ctx); err != nil {
 		return nil, err
 	}
@@ -234,9 +237,12 @@ func (c *Cluster) startControllerManager() error {
 	// taint a node without networking.
 	c.kcm, err = apiserver.StartProcess("kube-controller-manager", c.bin("kube-controller-manager"),
 		"--kubeconfig="+c.API.Kubeconfig, "--authentication-kubeconfig="+c.API.Kubeconfig, "--authorization-kubeconfig="+c.API.Kubeconfig,
-		"--controllers=*,-nodelifecycle,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller,-persistentvolume-binder,-attachdetach",
+		// The cloud controllers (cloud-node-lifecycle, service-lb, node-route)
+		// do not run without a cloud provider; 1.37 no longer knows their names.
+		"--controllers=*,-nodelifecycle,-nodeipam,-persistentvolume-binder,-attachdetach",
 		"--leader-elect=false", "--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", port),
-		"--service-account-private-key-file="+c.API.ServiceAccountKey, "--use-service-account-credentials=false", "--v=0")
+		"--service-account-private-key-file="+c.API.ServiceAccountKey, "--root-ca-file="+c.API.CAFile,
+		"--use-service-account-credentials=false", "--v=0")
 	if err != nil {
 		return err
 	}
@@ -308,7 +314,10 @@ state = %q
 	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
 		return err
 	}
-	if c.containerd, err = apiserver.StartProcess("containerd", "containerd", "--config", conf); err != nil {
+	// In the kubelet's mount namespace, so that hostPath volumes (the
+	// DaemonSet's device-plugin directory) and the kubelet's own mounts
+	// (service-account token volumes) are what the kubelet sees.
+	if c.containerd, err = apiserver.StartProcess("containerd", "nsenter", "--mount="+c.MountNS, "--", "containerd", "--config", conf); err != nil {
 		return err
 	}
 	c.record(c.containerd)
@@ -320,7 +329,8 @@ state = %q
 	})
 }
 
-func (c *Cluster) containerdSocket() string {
+// ContainerdSocket is the cluster's containerd socket, for ctr -a.
+func (c *Cluster) ContainerdSocket() string {
 	return filepath.Join(c.Dir, "containerd", "containerd.sock")
 }
 
@@ -370,7 +380,7 @@ func (c *Cluster) importImages(workloadBin string) error {
 // ImportArchive imports an OCI image archive into the cluster's
 // containerd, for pods with imagePullPolicy Never.
 func (c *Cluster) ImportArchive(path string) error {
-	out, err := exec.Command("ctr", "-a", c.containerdSocket(), "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", path).CombinedOutput()
+	out, err := exec.Command("ctr", "-a", c.ContainerdSocket(), "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", path).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("import %s: %w: %s", path, err, out)
 	}
@@ -458,7 +468,7 @@ containerRuntimeEndpoint: %q
 syncFrequency: 5s
 fileCheckFrequency: 5s
 nodeStatusUpdateFrequency: 2s
-`, ports[0], ports[1], filepath.Join(d, "pod-logs"), "unix://"+c.containerdSocket())
+`, ports[0], ports[1], filepath.Join(d, "pod-logs"), "unix://"+c.ContainerdSocket())
 	conf := filepath.Join(d, "config.yaml")
 	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
 		return err
@@ -524,6 +534,15 @@ func (c *Cluster) record(p *apiserver.Process) {
 	}
 	defer func() { _ = f.Close() }()
 	_, _ = fmt.Fprintln(f, p.PID())
+}
+
+// StopAgent stops the agent with SIGTERM, as the kubelet stops a pod: it
+// thaws what it froze and removes its socket.
+func (c *Cluster) StopAgent() {
+	if c.agent != nil {
+		c.agent.Stop()
+		c.agent = nil
+	}
 }
 
 // KillAgent kills the agent with SIGKILL.
@@ -634,21 +653,21 @@ func RemoveKubepodsCgroups() {
 // CRI, so no container process or cgroup outlives the cluster.
 func (c *Cluster) removePods() {
 	ctr := func(args ...string) string {
-		out, _ := exec.Command("ctr", append([]string{"-a", c.containerdSocket(), "-n", "k8s.io"}, args...)...).Output()
+		out, _ := exec.Command("ctr", append([]string{"-a", c.ContainerdSocket(), "-n", "k8s.io"}, args...)...).Output()
 		return string(out)
 	}
 	for _, id := range strings.Fields(ctr("tasks", "ls", "-q")) {
-		_ = exec.Command("ctr", "-a", c.containerdSocket(), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
+		_ = exec.Command("ctr", "-a", c.ContainerdSocket(), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for strings.TrimSpace(ctr("tasks", "ls", "-q")) != "" && time.Now().Before(deadline) {
 		for _, id := range strings.Fields(ctr("tasks", "ls", "-q")) {
-			_ = exec.Command("ctr", "-a", c.containerdSocket(), "-n", "k8s.io", "tasks", "delete", "-f", id).Run()
+			_ = exec.Command("ctr", "-a", c.ContainerdSocket(), "-n", "k8s.io", "tasks", "delete", "-f", id).Run()
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	for _, id := range strings.Fields(ctr("containers", "ls", "-q")) {
-		_ = exec.Command("ctr", "-a", c.containerdSocket(), "-n", "k8s.io", "containers", "delete", id).Run()
+		_ = exec.Command("ctr", "-a", c.ContainerdSocket(), "-n", "k8s.io", "containers", "delete", id).Run()
 	}
 }
 
