@@ -63,18 +63,32 @@ func TestChartRendersTheManifestsObjects(t *testing.T) {
 	objs := parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice",
 		"--set", "metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true"))
 	kinds := map[string]*unstructured.Unstructured{}
+	named := map[string]*unstructured.Unstructured{}
 	for _, o := range objs {
 		kinds[o.GetKind()] = o
+		named[o.GetKind()+"/"+o.GetName()] = o
 	}
 	for _, k := range []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Service", "ServiceMonitor", "PrometheusRule"} {
 		if kinds[k] == nil {
 			t.Errorf("the chart renders no %s", k)
 		}
 	}
-	// Same RBAC rules as deployments/daemonset.yaml.
+	// Same RBAC rules and security settings as deployments/daemonset.yaml.
+	role, ds := named["ClusterRole/gpuslice-agent"], named["DaemonSet/gpuslice-agent"]
+	if role == nil || ds == nil {
+		t.Fatal("the chart renders no gpuslice-agent ClusterRole or DaemonSet")
+	}
+	security := func(o *unstructured.Unstructured) [2]any {
+		pod, _, _ := unstructured.NestedMap(o.Object, "spec", "template", "spec")
+		ctrs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		return [2]any{pod["securityContext"], ctrs[0].(map[string]any)["securityContext"]}
+	}
 	for _, o := range documents(t, "daemonset.yaml") {
-		if o.GetKind() == "ClusterRole" && kinds["ClusterRole"] != nil && !reflect.DeepEqual(o.Object["rules"], kinds["ClusterRole"].Object["rules"]) {
-			t.Errorf("the chart's RBAC rules differ from daemonset.yaml's:\n%v\n%v", kinds["ClusterRole"].Object["rules"], o.Object["rules"])
+		if o.GetKind() == "ClusterRole" && !reflect.DeepEqual(o.Object["rules"], role.Object["rules"]) {
+			t.Errorf("the chart's RBAC rules differ from daemonset.yaml's:\n%v\n%v", role.Object["rules"], o.Object["rules"])
+		}
+		if o.GetKind() == "DaemonSet" && !reflect.DeepEqual(security(o), security(ds)) {
+			t.Errorf("the chart's security contexts differ from daemonset.yaml's:\n%v\n%v", security(ds), security(o))
 		}
 	}
 	// The ServiceMonitor keeps the agent's namespace/pod/container labels.
@@ -93,7 +107,7 @@ func TestChartRendersTheManifestsObjects(t *testing.T) {
 		}
 	}
 	// Values reach the agent's flags.
-	ds := parseDocs(t, helm(t, "template", "gpuslice", chart, "--set", "slicing.sliceMemory=10Gi,enforcement.computePolicy=strict,labels.gfd=false", "--show-only", "templates/daemonset.yaml"))[0]
+	ds = parseDocs(t, helm(t, "template", "gpuslice", chart, "--set", "slicing.sliceMemory=10Gi,enforcement.computePolicy=strict,labels.gfd=false", "--show-only", "templates/daemonset.yaml"))[0]
 	ctrs, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
 	args := strings.Join(toStrings(ctrs[0].(map[string]any)["args"]), " ")
 	for _, want := range []string{"--slice-memory=10Gi", "--compute-policy=strict", "--gfd-labels=false", "--pod-compute-policy=stricter-only",

@@ -48,6 +48,9 @@ func main() {
 }
 
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "uninstall" {
+		return runUninstall(args[1:], stdout, stderr)
+	}
 	cfg, err := loadConfig(args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stdout, usage())

@@ -80,3 +80,27 @@ func TestReadmeExampleIsScheduled(t *testing.T) {
 	msg := waitUnschedulable(t, ns, other.Name, "node affinity")
 	t.Logf("a pod for another product: %s", msg)
 }
+
+// readmeInstall is the README's install block: its commands, comments and
+// line continuations removed, each split into words (the block has no
+// quoting).
+func readmeInstall(t *testing.T) [][]string {
+	t.Helper()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "<!-- The end-to-end tier runs this block command by command (TestHelmInstall). -->\n```sh\n")
+	if !ok {
+		t.Fatal("the README's install block is gone")
+	}
+	block, _, _ := strings.Cut(rest, "```")
+	var cmds [][]string
+	for line := range strings.SplitSeq(strings.ReplaceAll(block, "\\\n", " "), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if words := strings.Fields(line); len(words) > 0 {
+			cmds = append(cmds, words)
+		}
+	}
+	return cmds
+}

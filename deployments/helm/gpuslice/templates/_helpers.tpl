@@ -20,3 +20,16 @@ app.kubernetes.io/name: gpuslice
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: agent
 {{- end -}}
+
+{{/*
+KUBERNETES_SERVICE_HOST/PORT for in-cluster config, when apiServer names
+the API server's address (they override the kubelet's Service variables).
+*/}}
+{{- define "gpuslice.apiServerEnv" -}}
+{{- if .Values.apiServer.host }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ .Values.apiServer.host | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ required "apiServer.port is required with apiServer.host" .Values.apiServer.port | quote }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,86 @@
+// Package uninstall undoes what gpu-agent leaves on a cluster, for the
+// chart's pre-delete hook: it deletes the agent's DaemonSet in the
+// foreground and waits for its pods to end (each agent thaws what it froze
+// and removes its socket as it stops), then removes the node labels the
+// agents own from every node. Labels are removed only after the agents are
+// gone, or an agent's resync would put them back.
+package uninstall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/kube"
+	"github.com/gpuslice/gpuslice/pkg/labels"
+)
+
+// API is what Run needs from the API server; *kube.Client has it.
+type API interface {
+	DeleteDaemonSet(ctx context.Context, namespace, name string) error
+	DaemonSetExists(ctx context.Context, namespace, name string) (bool, error)
+	Nodes(ctx context.Context) ([]kube.Meta, error)
+	PatchNode(ctx context.Context, name string, patch any, fieldManager string) error
+}
+
+// Options say what to undo.
+type Options struct {
+	// Namespace and DaemonSet name the agent's DaemonSet.
+	Namespace, DaemonSet string
+	// GFD says the agents wrote the GFD-compatible labels (--gfd-labels):
+	// those are removed too. Off, only gpuslice.io labels are.
+	GFD bool
+	// Poll is how often Run checks that the DaemonSet is gone.
+	Poll time.Duration
+}
+
+// Run deletes the DaemonSet, waits until it is gone or ctx ends, and
+// removes the agents' labels from every node. It returns how many nodes it
+// changed. Run again after a failure, it does what is left.
+func Run(ctx context.Context, api API, o Options, log *slog.Logger) (int, error) {
+	if o.Namespace == "" || o.DaemonSet == "" {
+		return 0, errors.New("uninstall: the DaemonSet's namespace and name are required")
+	}
+	if o.Poll <= 0 {
+		o.Poll = time.Second
+	}
+	if err := api.DeleteDaemonSet(ctx, o.Namespace, o.DaemonSet); err != nil {
+		return 0, fmt.Errorf("delete DaemonSet %s/%s: %w", o.Namespace, o.DaemonSet, err)
+	}
+	log.Info("agent DaemonSet deleted; waiting for its pods to stop", "namespace", o.Namespace, "daemonset", o.DaemonSet)
+	for {
+		exists, err := api.DaemonSetExists(ctx, o.Namespace, o.DaemonSet)
+		if err == nil && !exists {
+			break
+		}
+		if err != nil {
+			log.Warn("checking the agent DaemonSet", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("the agent DaemonSet %s/%s is still there: %w", o.Namespace, o.DaemonSet, ctx.Err())
+		case <-time.After(o.Poll):
+		}
+	}
+	nodes, err := api.Nodes(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list nodes: %w", err)
+	}
+	changed := 0
+	var errs []error
+	for _, n := range nodes {
+		patch := labels.Patch(n.Labels, nil, o.GFD)
+		if len(patch) == 0 {
+			continue
+		}
+		if err := api.PatchNode(ctx, n.Name, map[string]any{"metadata": map[string]any{"labels": patch}}, labels.FieldManager); err != nil {
+			errs = append(errs, fmt.Errorf("node %s: %w", n.Name, err))
+			continue
+		}
+		changed++
+		log.Info("node labels removed", "node", n.Name, "labels", len(patch))
+	}
+	return changed, errors.Join(errs...)
+}
