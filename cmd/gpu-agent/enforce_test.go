@@ -71,11 +71,19 @@ func TestNoContainerLeftFrozenAfterSIGKILL(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !strings.Contains(second.stderr.String(), "thawed containers a previous agent left throttled") {
-		t.Errorf("restarted agent did not log the thaw:\n%s", second.stderr.String())
-	}
-	if data, _ := os.ReadFile(state); strings.TrimSpace(string(data)) != "null" && strings.TrimSpace(string(data)) != "[]" {
-		t.Errorf("state still records throttles after the thaw: %s", data)
+	// The thaw comes first; the log line and the cleared record follow it
+	// (a loaded machine can show the gap).
+	for {
+		data, _ := os.ReadFile(state)
+		cleared := strings.TrimSpace(string(data)) == "null" || strings.TrimSpace(string(data)) == "[]"
+		logged := strings.Contains(second.stderr.String(), "thawed containers a previous agent left throttled")
+		if cleared && logged {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the thaw: record %s (cleared %v), logged %v\n%s", data, cleared, logged, second.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
