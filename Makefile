@@ -22,6 +22,7 @@ help: ## Show this help.
 build: ## Build bin/gpu-agent and bin/kubectl-gpuslice.
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-agent ./cmd/gpu-agent
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/kubectl-gpuslice ./cmd/kubectl-gpuslice
+	ln -sf kubectl-gpuslice $(BIN)/kubectl_complete-gpuslice   # kubectl's completion of the plugin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/gpu-quota-controller ./cmd/gpu-quota-controller
 
 # The Kubernetes release the API and end-to-end tiers run (test/e2e/k8s
@@ -63,6 +64,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./test/fakegpu -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/attribution -run '^$$' -fuzz '^FuzzParseProcCgroup$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/attribution -run '^$$' -fuzz '^FuzzParseCheckpoint$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/contract -run '^$$' -fuzz '^FuzzParseGrants$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/attribution -run '^$$' -fuzz '^FuzzParseBundleConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/labels -run '^$$' -fuzz '^FuzzValue$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/quota -run '^$$' -fuzz '^FuzzSpecDecide$$' -fuzztime $(FUZZTIME)

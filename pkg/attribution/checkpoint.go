@@ -6,6 +6,11 @@ import (
 	"fmt"
 	"os"
 	"sort"
+
+	"google.golang.org/protobuf/proto"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/gpuslice/gpuslice/pkg/contract"
 )
 
 // CheckpointFile is the kubelet device manager's checkpoint, in its device
@@ -19,6 +24,12 @@ type CheckpointEntry struct {
 	Container string
 	Resource  string
 	DeviceIDs []string // sorted
+	// Grants is what Allocate gave the container of each GPU, read back
+	// from the response the kubelet recorded (its environment); nil when
+	// the entry has no response or it is not one of gpuslice's. A
+	// container keeps what it was given even after the node's slicing
+	// changes under it.
+	Grants []contract.Grant
 }
 
 // ParseCheckpoint reads the kubelet's device manager checkpoint, in the
@@ -31,6 +42,7 @@ func ParseCheckpoint(data []byte) ([]CheckpointEntry, error) {
 				ContainerName string
 				ResourceName  string
 				DeviceIDs     json.RawMessage
+				AllocResp     []byte
 			}
 		}
 	}
@@ -47,9 +59,26 @@ func ParseCheckpoint(data []byte) ([]CheckpointEntry, error) {
 			return nil, fmt.Errorf("device manager checkpoint entry %d: %w", i, err)
 		}
 		sort.Strings(ids)
-		out = append(out, CheckpointEntry{PodUID: e.PodUID, Container: e.ContainerName, Resource: e.ResourceName, DeviceIDs: ids})
+		out = append(out, CheckpointEntry{PodUID: e.PodUID, Container: e.ContainerName, Resource: e.ResourceName, DeviceIDs: ids, Grants: grants(e.AllocResp)})
 	}
 	return out, nil
+}
+
+// grants reads what Allocate gave from the recorded response; a response
+// that does not parse or carries no gpuslice grant gives nil.
+func grants(allocResp []byte) []contract.Grant {
+	if len(allocResp) == 0 {
+		return nil
+	}
+	var r pluginapi.ContainerAllocateResponse
+	if err := proto.Unmarshal(allocResp, &r); err != nil {
+		return nil
+	}
+	g, err := contract.ParseGrants(r.GetEnvs())
+	if err != nil {
+		return nil
+	}
+	return g
 }
 
 func checkpointIDs(raw json.RawMessage) ([]string, error) {

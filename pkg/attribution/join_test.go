@@ -1,13 +1,17 @@
 package attribution
 
 import (
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 )
 
@@ -50,6 +54,32 @@ func TestParseCheckpoint(t *testing.T) {
 	}
 	if got, err := ParseCheckpoint([]byte(`{"Data":{"PodDeviceEntries":null},"Checksum":0}`)); err != nil || len(got) != 0 {
 		t.Errorf("empty checkpoint = %v, %v", got, err)
+	}
+}
+
+// TestCheckpointGrants reads back what Allocate gave from the response the
+// kubelet recorded, as protobuf bytes (base64 in the JSON), and ignores a
+// response that is not gpuslice's or not protobuf.
+func TestCheckpointGrants(t *testing.T) {
+	t.Parallel()
+	resp, err := proto.Marshal(&pluginapi.ContainerAllocateResponse{Envs: map[string]string{
+		contract.EnvVisibleDevices: "GPU-1", contract.EnvSlices: "3",
+		contract.EnvMemoryLimit: "15000000000", contract.EnvComputeLimit: "0.375",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := proto.Marshal(&pluginapi.ContainerAllocateResponse{Envs: map[string]string{"FPGA": "0"}})
+	entry := func(uid string, resp []byte) string {
+		return `{"PodUID":"` + uid + `","ContainerName":"c","ResourceName":"r","DeviceIDs":["a"],"AllocResp":"` + base64.StdEncoding.EncodeToString(resp) + `"}`
+	}
+	got, err := ParseCheckpoint([]byte(`{"Data":{"PodDeviceEntries":[` + entry(uidA, resp) + `,` + entry(uidB, other) + `,` + entry("u3", []byte{0xff, 0x01}) + `]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []contract.Grant{{UUID: "GPU-1", Slices: 3, MemoryBytes: 15000000000, ComputeRatio: 0.375}}
+	if !cmp.Equal(got[0].Grants, want) || got[1].Grants != nil || got[2].Grants != nil {
+		t.Errorf("grants = %+v / %+v / %+v, want %+v / nil / nil", got[0].Grants, got[1].Grants, got[2].Grants, want)
 	}
 }
 

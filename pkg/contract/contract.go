@@ -39,3 +39,16 @@ const (
 	// EnforcementState records throttled containers across agent restarts.
 	EnforcementState = "/var/lib/gpuslice/enforcement.json"
 )
+
+// Grant is what Allocate gave a container of one GPU, as its environment
+// says.
+type Grant struct {
+	// UUID names the GPU.
+	UUID string
+	// Slices is how many of its slices the container holds.
+	Slices int
+	// MemoryBytes is the GPU memory the container may use.
+	MemoryBytes uint64
+	// ComputeRatio is the container's share of the GPU's compute, 0..1.
+	ComputeRatio float64
+}

@@ -337,11 +337,10 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 	// processes.
 	entries := map[containerKey]*Container{}
 	allocated := map[string]int{}
+	granted := GrantsByDevices(checkpoint, s.opts.ResourceName)
 	for _, a := range s.assignments {
-		limits, err := s.layout.Limits(a.DeviceIDs)
+		limits, err := LimitsFor(s.layout, a.DeviceIDs, granted[DevicesKey(a.DeviceIDs)])
 		if err != nil {
-			// Slices of another layout (the slicing changed under running
-			// pods): nothing to attribute them to.
 			s.fail(SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err))
 			continue
 		}

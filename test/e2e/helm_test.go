@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -148,8 +149,23 @@ func TestHelmInstall(t *testing.T) {
 		}
 	})
 
+	t.Run("KubectlPluginFromKubeconfig", func(t *testing.T) {
+		checkPluginFromKubeconfig(t, ns)
+	})
+
 	t.Run("UpgradeRollsTheAgent", func(t *testing.T) {
 		before := assignment(t, ns, "greedy")
+		greedy := map[string]string{"namespace": ns, "pod": "greedy", "container": "main"}
+		limits := func() (float64, float64) {
+			mfs := promtest.Scrape(t, metrics)
+			compute, _ := value(mfs, "gpuslice_container_compute_limit_ratio", greedy)
+			memory, _ := value(mfs, "gpuslice_container_memory_limit_bytes", greedy)
+			return compute, memory
+		}
+		compute, memory := limits()
+		if compute != 0.5 {
+			t.Fatalf("before the upgrade the greedy pod's compute limit is %v, want 0.5 (4 of 8 slices)", compute)
+		}
 		helm(t, "upgrade", helmRelease, "deployments/helm/gpuslice", "--namespace", helmNamespace, "--reuse-values",
 			"--set", "slicing.slicesPerGPU=4", "--wait", "--timeout", "3m")
 		newPod := waitDaemonSetPod(t, agentPod.UID)
@@ -165,6 +181,19 @@ func TestHelmInstall(t *testing.T) {
 		}
 		if after := assignment(t, ns, "greedy"); !slices.Equal(before, after) {
 			t.Errorf("the greedy pod held %v before the upgrade and %v after", before, after)
+		}
+		// It keeps what Allocate gave it (4 of 8: half the GPU and its
+		// memory), not what its slice IDs would mean in the new layout.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			c2, m2 := limits()
+			if c2 == compute && m2 == memory {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after the upgrade the greedy pod's limits are compute %v, memory %v; before %v, %v\n%s", c2, m2, compute, memory, agentLogs(t))
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
 	})
 
@@ -199,6 +228,68 @@ func TestHelmInstall(t *testing.T) {
 			t.Errorf("cgroups left frozen after uninstall: %v", frozen)
 		}
 	})
+}
+
+// checkPluginFromKubeconfig runs kubectl gpuslice through the real
+// kubectl with nothing but a kubeconfig: it finds the chart's agent pod
+// and reads its metrics through the API server's proxy.
+func checkPluginFromKubeconfig(t *testing.T, ns string) {
+	t.Helper()
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(apiserver.BinDir(), "kubectl"), args...)
+		env := []string{"PATH=" + filepath.Dir(pluginBin) + ":" + os.Getenv("PATH"), "KUBECONFIG=" + c.API.Kubeconfig, "HOME=" + t.TempDir()}
+		for _, e := range os.Environ() {
+			if !strings.HasPrefix(e, "GPUSLICE_") && !strings.HasPrefix(e, "PATH=") && !strings.HasPrefix(e, "KUBECONFIG=") && !strings.HasPrefix(e, "HOME=") {
+				env = append(env, e)
+			}
+		}
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	var list struct {
+		Items []struct {
+			Namespace, Pod, Node string
+			Slices               int
+		} `json:"items"`
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, err := run("gpuslice", "top", "pods", "-A", "-o", "json", "--context", "test")
+		list.Items = nil
+		if err == nil {
+			if jerr := json.Unmarshal([]byte(out), &list); jerr != nil {
+				t.Fatalf("kubectl gpuslice top pods -A -o json: %v\n%s", jerr, out)
+			}
+		}
+		found := false
+		for _, it := range list.Items {
+			found = found || (it.Namespace == ns && it.Pod == "greedy" && it.Slices == 4 && it.Node == cluster.NodeName)
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kubectl gpuslice top pods -A -o json never showed %s/greedy with 4 slices on %s: %v\n%s", ns, cluster.NodeName, err, out)
+		}
+		time.Sleep(time.Second)
+	}
+	out, err := run("gpuslice", "top", "pods", "-n", ns, "-o", "wide")
+	if err != nil || !strings.Contains(out, "greedy") || !strings.Contains(out, "UUID") {
+		t.Errorf("kubectl gpuslice top pods -n %s -o wide: %v\n%s", ns, err, out)
+	}
+	t.Logf("kubectl gpuslice top pods -n %s -o wide:\n%s", ns, out)
+	// Another namespace's pods are not shown without -A.
+	if out, err := run("gpuslice", "top", "pods", "-n", "kube-system"); err != nil || strings.Contains(out, "greedy") {
+		t.Errorf("kubectl gpuslice top pods -n kube-system: %v\n%s", err, out)
+	}
+	// kubectl completes the plugin's arguments through kubectl_complete-gpuslice.
+	if out, err := run("__complete", "gpuslice", "describe", "node", ""); err != nil || !strings.Contains(out, cluster.NodeName) {
+		t.Errorf("kubectl completion of describe node: %v\n%s", err, out)
+	}
+	if out, err := run("gpuslice", "top", "pods", "-o", "xml"); err == nil {
+		t.Errorf("-o xml was accepted:\n%s", out)
+	}
 }
 
 // runReadmeInstall runs the README's install block command by command,
