@@ -42,22 +42,34 @@ var Metrics = []string{
 
 // Container is one container's use of one GPU.
 type Container struct {
-	Node, Namespace, Pod, Container, GPU, UUID string
-	Slices                                     int
-	MemoryUsed, MemoryLimit                    float64
-	Compute, ComputeLimit                      float64
+	Node         string  `json:"node"`
+	Namespace    string  `json:"namespace"`
+	Pod          string  `json:"pod"`
+	Container    string  `json:"container"`
+	GPU          string  `json:"gpu"`
+	UUID         string  `json:"uuid"`
+	Slices       int     `json:"slices"`
+	MemoryUsed   float64 `json:"memoryUsedBytes"`
+	MemoryLimit  float64 `json:"memoryLimitBytes"`
+	Compute      float64 `json:"computeRatio"`
+	ComputeLimit float64 `json:"computeLimitRatio"`
 	// LastActive is zero when the container never used the GPU.
-	LastActive time.Time
+	LastActive time.Time `json:"lastActive,omitzero"`
 }
 
 // GPU is one GPU's state.
 type GPU struct {
-	Node, Index, UUID, Model string
-	Slices, Allocated        int
-	MemoryUsed, MemoryTotal  float64
-	Utilization              float64
-	Healthy                  bool
-	Holders                  []Container
+	Node        string      `json:"node"`
+	Index       string      `json:"index"`
+	UUID        string      `json:"uuid"`
+	Model       string      `json:"model"`
+	Slices      int         `json:"slices"`
+	Allocated   int         `json:"allocated"`
+	MemoryUsed  float64     `json:"memoryUsedBytes"`
+	MemoryTotal float64     `json:"memoryTotalBytes"`
+	Utilization float64     `json:"utilizationRatio"`
+	Healthy     bool        `json:"healthy"`
+	Holders     []Container `json:"holders,omitempty"`
 }
 
 // Model is what the samples say, organised.
@@ -180,51 +192,91 @@ func idle(last, now time.Time) string {
 	}
 }
 
-// Pods prints one line per container and GPU, for namespace ("" for all).
-func Pods(w io.Writer, m Model, namespace string, now time.Time) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tNODE\tGPU\tSLICES\tMEMORY(USED/LIMIT)\tCOMPUTE(USED/LIMIT)\tIDLE")
+// PodsIn returns the containers of namespace ("" for all).
+func PodsIn(m Model, namespace string) []Container {
+	out := []Container{}
 	for _, c := range m.Containers {
-		if namespace != "" && c.Namespace != namespace {
-			continue
+		if namespace == "" || c.Namespace == namespace {
+			out = append(out, c)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s/%s\t%s/%s\t%s\n", c.Namespace, c.Pod, c.Container, c.Node, c.GPU, c.Slices,
+	}
+	return out
+}
+
+// Pods prints one line per container and GPU, for namespace ("" for all);
+// wide adds each GPU's UUID and model.
+func Pods(w io.Writer, m Model, namespace string, now time.Time, wide bool) error {
+	models := map[gpuKey]string{}
+	for _, g := range m.GPUs {
+		models[gpuKey{g.Node, g.UUID}] = g.Model
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	header := "NAMESPACE\tPOD\tCONTAINER\tNODE\tGPU\tSLICES\tMEMORY(USED/LIMIT)\tCOMPUTE(USED/LIMIT)\tIDLE"
+	if wide {
+		header += "\tMODEL\tUUID"
+	}
+	fmt.Fprintln(tw, header)
+	for _, c := range PodsIn(m, namespace) {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s/%s\t%s/%s\t%s", c.Namespace, c.Pod, c.Container, c.Node, c.GPU, c.Slices,
 			gib(c.MemoryUsed), gib(c.MemoryLimit), pct(c.Compute), pct(c.ComputeLimit), idle(c.LastActive, now))
+		if wide {
+			fmt.Fprintf(tw, "\t%s\t%s", models[gpuKey{c.Node, c.UUID}], c.UUID)
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
 }
 
-// Nodes prints one line per node.
-func Nodes(w io.Writer, m Model) error {
-	type node struct {
-		gpus, slices, allocated, unhealthy int
-		memUsed, memTotal, util            float64
-	}
-	nodes := map[string]*node{}
+// Node is one node's GPUs, summed.
+type Node struct {
+	Name        string  `json:"name"`
+	GPUs        int     `json:"gpus"`
+	Unhealthy   int     `json:"unhealthy"`
+	Slices      int     `json:"slices"`
+	Allocated   int     `json:"allocated"`
+	MemoryUsed  float64 `json:"memoryUsedBytes"`
+	MemoryTotal float64 `json:"memoryTotalBytes"`
+	// Utilization is the mean of its GPUs'.
+	Utilization float64 `json:"utilizationRatio"`
+}
+
+// NodesOf sums the model's GPUs per node, sorted by name.
+func NodesOf(m Model) []Node {
+	byName := map[string]*Node{}
 	var names []string
 	for _, g := range m.GPUs {
-		n := nodes[g.Node]
+		n := byName[g.Node]
 		if n == nil {
-			n = &node{}
-			nodes[g.Node] = n
+			n = &Node{Name: g.Node}
+			byName[g.Node] = n
 			names = append(names, g.Node)
 		}
-		n.gpus++
-		n.slices += g.Slices
-		n.allocated += g.Allocated
-		n.memUsed += g.MemoryUsed
-		n.memTotal += g.MemoryTotal
-		n.util += g.Utilization
+		n.GPUs++
+		n.Slices += g.Slices
+		n.Allocated += g.Allocated
+		n.MemoryUsed += g.MemoryUsed
+		n.MemoryTotal += g.MemoryTotal
+		n.Utilization += g.Utilization
 		if !g.Healthy {
-			n.unhealthy++
+			n.Unhealthy++
 		}
 	}
 	sort.Strings(names)
+	out := make([]Node, 0, len(names))
+	for _, name := range names {
+		n := byName[name]
+		n.Utilization /= float64(n.GPUs)
+		out = append(out, *n)
+	}
+	return out
+}
+
+// Nodes prints one line per node.
+func Nodes(w io.Writer, m Model) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tGPUS\tUNHEALTHY\tSLICES(ALLOCATED/TOTAL)\tMEMORY(USED/TOTAL)\tUTILIZATION")
-	for _, name := range names {
-		n := nodes[name]
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d/%d\t%s/%s\t%s\n", name, n.gpus, n.unhealthy, n.allocated, n.slices, gib(n.memUsed), gib(n.memTotal), pct(n.util/float64(n.gpus)))
+	for _, n := range NodesOf(m) {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d/%d\t%s/%s\t%s\n", n.Name, n.GPUs, n.Unhealthy, n.Allocated, n.Slices, gib(n.MemoryUsed), gib(n.MemoryTotal), pct(n.Utilization))
 	}
 	return tw.Flush()
 }

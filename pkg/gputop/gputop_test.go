@@ -58,12 +58,12 @@ func TestTables(t *testing.T) {
 		print func(*bytes.Buffer) error
 		want  string
 	}{
-		"pods": {func(b *bytes.Buffer) error { return Pods(b, m, "", now) }, `
+		"pods": {func(b *bytes.Buffer) error { return Pods(b, m, "", now, false) }, `
 NAMESPACE  POD    CONTAINER  NODE    GPU  SLICES  MEMORY(USED/LIMIT)  COMPUTE(USED/LIMIT)  IDLE
 ml         train  main       node-a  0    2       2.0Gi/20.0Gi        50%/50%              active
 web        idle   main       node-a  0    1       0.0Gi/10.0Gi        0%/25%               1m40s
 `},
-		"pods in one namespace": {func(b *bytes.Buffer) error { return Pods(b, m, "web", now) }, `
+		"pods in one namespace": {func(b *bytes.Buffer) error { return Pods(b, m, "web", now, false) }, `
 NAMESPACE  POD   CONTAINER  NODE    GPU  SLICES  MEMORY(USED/LIMIT)  COMPUTE(USED/LIMIT)  IDLE
 web        idle  main       node-a  0    1       0.0Gi/10.0Gi        0%/25%               1m40s
 `},

@@ -22,9 +22,11 @@ type Prometheus struct {
 	api promv1.API
 }
 
-// NewPrometheus returns a Source over the Prometheus at address.
-func NewPrometheus(address string) (*Prometheus, error) {
-	c, err := api.NewClient(api.Config{Address: address})
+// NewPrometheus returns a Source over the Prometheus at address. rt, if
+// not nil, carries the requests: the API server's, when address is a
+// Prometheus Service through its proxy.
+func NewPrometheus(address string, rt http.RoundTripper) (*Prometheus, error) {
+	c, err := api.NewClient(api.Config{Address: address, RoundTripper: rt})
 	if err != nil {
 		return nil, fmt.Errorf("prometheus client: %w", err)
 	}

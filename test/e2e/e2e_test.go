@@ -66,6 +66,11 @@ func run(m *testing.M) int {
 		fmt.Printf("build kubectl-gpuslice: %v: %s\n", err, out)
 		return 1
 	}
+	// kubectl (1.26+) completes a plugin's arguments through this name.
+	if err := os.Symlink("kubectl-gpuslice", filepath.Join(bins, "kubectl_complete-gpuslice")); err != nil {
+		fmt.Println(err)
+		return 1
+	}
 	controllerBin = filepath.Join(bins, "gpu-quota-controller")
 	build = exec.Command("go", "build", "-o", controllerBin, "github.com/gpuslice/gpuslice/cmd/gpu-quota-controller")
 	if out, err := build.CombinedOutput(); err != nil {
