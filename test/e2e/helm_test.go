@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -197,6 +200,10 @@ func TestHelmInstall(t *testing.T) {
 		}
 	})
 
+	t.Run("MetricsNeedAToken", func(t *testing.T) {
+		checkMetricsAuth(t, ns, metrics)
+	})
+
 	t.Run("UninstallLeavesNothing", func(t *testing.T) {
 		out := helm(t, "uninstall", helmRelease, "--namespace", helmNamespace, "--wait", "--timeout", "2m")
 		uninstalled = true
@@ -228,6 +235,75 @@ func TestHelmInstall(t *testing.T) {
 			t.Errorf("cgroups left frozen after uninstall: %v", frozen)
 		}
 	})
+}
+
+// checkMetricsAuth turns on the chart's metrics.auth.mode=kubernetes with
+// one reader, and scrapes the upgraded agent as nobody, as another
+// service account and as the reader: 401, 403, then the metrics. The
+// agent asks the API server (TokenReview, SubjectAccessReview) with its
+// own account.
+func checkMetricsAuth(t *testing.T, ns, metrics string) {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	token := func(name string) string {
+		t.Helper()
+		if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr.Status.Token
+	}
+	reader, stranger := token("reader"), token("stranger")
+	helm(t, "upgrade", helmRelease, "deployments/helm/gpuslice", "--namespace", helmNamespace, "--reuse-values",
+		"--set", "metrics.auth.mode=kubernetes,metrics.auth.readers[0].name=reader,metrics.auth.readers[0].namespace="+ns, "--wait", "--timeout", "3m")
+	get := func(bearer string) (int, string) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, metrics, nil)
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return resp.StatusCode, string(body)
+	}
+	// The upgraded pod answers once it is ready; the old one answered 200
+	// to anyone, so wait for the new one's 401.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		code, body := get("")
+		if code == http.StatusUnauthorized {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics without a token: %d, want 401\n%.300s\n%s", code, body, agentLogs(t))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if code, body := get(stranger); code != http.StatusForbidden {
+		t.Errorf("/metrics as a service account that is no reader: %d, want 403\n%.300s", code, body)
+	}
+	if code, body := get("not-a-token"); code != http.StatusUnauthorized {
+		t.Errorf("/metrics with a made-up token: %d, want 401\n%.300s", code, body)
+	}
+	// RBAC for the reader reaches the authorizer shortly after the upgrade.
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		code, body := get(reader)
+		if code == http.StatusOK && strings.Contains(body, "gpuslice_container_slices") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics as the reader: %d, want 200 with the metrics\n%.300s", code, body)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // checkPluginFromKubeconfig runs kubectl gpuslice through the real
