@@ -73,6 +73,11 @@ func TestHelmInstall(t *testing.T) {
 
 	t.Run("AgentIsNotPrivileged", func(t *testing.T) {
 		checkAgentSecurity(t, agentPod)
+		// The metrics NetworkPolicy is accepted (this cluster has no network
+		// plugin to enforce it).
+		if nps, err := cs.NetworkingV1().NetworkPolicies(helmNamespace).List(ctx, metav1.ListOptions{}); err != nil || len(nps.Items) != 1 {
+			t.Errorf("network policies of the release: %v, %v; want the metrics one", nps, err)
+		}
 	})
 	t.Run("InClusterCredentialsOnly", func(t *testing.T) {
 		if agentPod.Spec.ServiceAccountName != helmRelease+"-agent" {
@@ -431,7 +436,7 @@ func writeValues(t *testing.T, metricsPort int) string {
 		"tolerations": notReady,
 		"kubeletRoot": c.KubeletRoot,
 		"enforcement": map[string]any{"computePolicy": "strict"},
-		"metrics":     map[string]any{"port": metricsPort, "sampleInterval": "500ms"},
+		"metrics":     map[string]any{"port": metricsPort, "sampleInterval": "500ms", "networkPolicy": map[string]any{"enabled": true}},
 		"runtime":     map[string]any{"stateDirs": []string{filepath.Join(c.Dir, "containerd", "state", "io.containerd.runtime.v2.task", "k8s.io")}},
 		"extraArgs":   []string{"--gpu-backend=fake", "--fake-config=" + c.FakeConfig, "--dev-root=" + filepath.Join(c.Dir, "dev")},
 		"extraVolumes": []map[string]any{
