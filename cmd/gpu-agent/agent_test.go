@@ -199,8 +199,8 @@ func TestAgentProcessLifecycle(t *testing.T) {
 	if code := a.wait(t); code != 0 {
 		t.Fatalf("exit code after SIGTERM = %d, want 0", code)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "gpuslice.sock")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("plugin socket left behind: %v", err)
+	if left, _ := filepath.Glob(filepath.Join(dir, "gpuslice*.sock")); len(left) != 0 {
+		t.Errorf("plugin socket left behind: %v", left)
 	}
 	logs := a.stderr.String()
 	for _, want := range []string{`"msg":"registered with kubelet"`, `"msg":"gpu unhealthy"`, `"xid":79`, `"msg":"stopped"`} {
@@ -383,4 +383,15 @@ func stubKubelet(t *testing.T, node string) *stubbed {
 // agentArgs are the flags that point an agent at the stand-in.
 func (s *stubbed) agentArgs() []string {
 	return []string{"--gpu-backend=fake", "--fake-config=" + s.fake, "--device-plugin-dir=" + s.dir, "--pod-resources-socket=" + s.podres}
+}
+
+// agentSocket is the one agent socket in the plugin dir: each agent
+// process serves its own gpuslice-<id>.sock.
+func agentSocket(tb testing.TB, dir string) string {
+	tb.Helper()
+	socks, _ := filepath.Glob(filepath.Join(dir, "gpuslice-*.sock"))
+	if len(socks) != 1 {
+		tb.Fatalf("agent sockets in %s: %v, want one", dir, socks)
+	}
+	return socks[0]
 }

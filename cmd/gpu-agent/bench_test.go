@@ -187,7 +187,7 @@ func BenchmarkRSSUnderHostileClients(b *testing.B) {
 		sctx, scancel := context.WithCancel(context.Background())
 		var conns []*grpc.ClientConn
 		for range 2000 {
-			conn, err := grpc.NewClient("unix://"+filepath.Join(dir, "gpuslice.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			conn, err := grpc.NewClient("unix://"+agentSocket(b, dir), grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -487,6 +487,10 @@ func (c Config) pluginOptions(log *slog.Logger) deviceplugin.Options {
 	o.DevRoot = c.DeviceSpecs.DevRoot
 	o.CDI = deviceplugin.CDIOptions{Enabled: c.CDI.Enabled, Kind: c.CDI.Kind, NameStrategy: c.CDI.NameStrategy}
 	o.MPS = deviceplugin.MPSOptions{Enabled: c.MPS.Enabled, PipeDirectory: c.MPS.PipeDirectory}
+	// One socket path per agent process: a successor started while its
+	// predecessor is still connected (a force-deleted pod) must not be
+	// refused by the kubelet for good.
+	o.UniqueSocket = true
 	o.Logger = log
 	return o
 }

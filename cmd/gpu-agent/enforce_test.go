@@ -227,7 +227,7 @@ func TestSIGTERMThawsAtOnceDespiteIdleClients(t *testing.T) {
 	st := stubKubelet(t, "preset: H100-80GB\ncount: 1\n")
 	agent := startAgent(t, append(st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms", "--compute-policy=strict", "--metrics-address="+freePort(t))...)
 	cg := greedyPod(t, st.kubelet, st.work, base, 2, strings.Repeat("e", 64))
-	idle, err := net.Dial("unix", filepath.Join(st.dir, "gpuslice.sock"))
+	idle, err := net.Dial("unix", agentSocket(t, st.dir))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,14 @@ type Options struct {
 	PluginDir string
 	// SocketName is the file name of this plugin's socket in PluginDir.
 	SocketName string
+	// UniqueSocket names the socket per instance: SocketName with a
+	// suffix unique to this process ("gpuslice-<id>.sock"), and removes
+	// the sockets of earlier instances that no longer answer. The kubelet
+	// keys a plugin by its socket path, and since 1.36 a registration on a
+	// path whose previous plugin is still connected (an agent killed while
+	// its successor starts) is refused and leaves that path refused until
+	// the kubelet restarts; a new path is always accepted.
+	UniqueSocket bool
 	// Placement chooses GPUs in GetPreferredAllocation.
 	Placement vgpu.Policy
 	// DeviceSpecs makes Allocate return the GPU device nodes, for runtimes
@@ -88,7 +96,11 @@ func (o Options) Validate() error {
 		return fmt.Errorf("socket name %q must be a plain file name other than kubelet.sock", o.SocketName)
 	}
 	// A unix socket path must fit sun_path (108 bytes with the NUL).
-	if p := filepath.Join(o.PluginDir, o.SocketName); len(p) > 107 {
+	p := filepath.Join(o.PluginDir, o.SocketName)
+	if o.UniqueSocket {
+		p += uniqueSuffixExample
+	}
+	if len(p) > 107 {
 		return fmt.Errorf("socket path %q is longer than 107 bytes", p)
 	}
 	if _, err := vgpu.ParsePolicy(string(o.Placement)); err != nil {

@@ -43,6 +43,7 @@ type Plugin struct {
 
 	opts   Options
 	log    *slog.Logger
+	socket string // the socket's file name in PluginDir
 	layout *vgpu.Layout
 	minor  map[string]int // GPU UUID -> device node minor number
 	numa   map[string]int // GPU UUID -> NUMA node, -1 when unknown
@@ -77,6 +78,7 @@ func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, err
 	p := &Plugin{
 		opts:    opts,
 		log:     opts.Logger,
+		socket:  socketName(opts),
 		layout:  layout,
 		minor:   map[string]int{},
 		numa:    map[string]int{},

@@ -852,3 +852,73 @@ func TestKubeletRestartRegistersOnce(t *testing.T) {
 		t.Errorf("%d registrations for %d kubelet restarts", got, restarts)
 	}
 }
+
+// TestUniqueSocketsAcrossInstances: with UniqueSocket each instance
+// serves its own path, so a successor registers while its predecessor is
+// still connected (the kubelet refuses a second plugin on one path); at
+// start it removes what killed instances left and nothing answers on, and
+// leaves a running instance's socket alone.
+func TestUniqueSocketsAcrossInstances(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	node, _ := fakegpu.New(fakegpu.PresetConfig("H100-80GB", 1))
+	devs, _ := node.Devices()
+	layout, _ := deviceplugin.NewLayout(devs, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
+	k, err := kubeletstub.Start(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	stale := filepath.Join(dir, "gpuslice-killed.sock")
+	if err := os.WriteFile(stale, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := func() (*deviceplugin.Plugin, context.CancelFunc, chan error) {
+		opts := deviceplugin.DefaultOptions()
+		opts.PluginDir, opts.UniqueSocket = dir, true
+		p, err := deviceplugin.New(layout, devs, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Run(ctx) }()
+		return p, cancel, done
+	}
+	first, stopFirst, firstDone := start()
+	if err := k.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool { return k.RegistrationCountLocked() == 1 }); err != nil {
+		t.Fatal(err)
+	}
+	if matched, _ := filepath.Match(filepath.Join(dir, "gpuslice-*.sock"), first.SocketPath()); !matched {
+		t.Errorf("socket %s is not gpuslice-<id>.sock", first.SocketPath())
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a killed instance's socket is still there: %v", err)
+	}
+	second, stopSecond, secondDone := start()
+	if err := k.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool { return k.RegistrationCountLocked() == 2 }); err != nil {
+		t.Fatal(err)
+	}
+	regs := k.Registrations()
+	if second.SocketPath() == first.SocketPath() || regs[0].Request.GetEndpoint() == regs[1].Request.GetEndpoint() {
+		t.Errorf("two instances registered the same endpoint: %+v", regs)
+	}
+	if _, err := os.Stat(first.SocketPath()); err != nil {
+		t.Errorf("the running first instance's socket was removed: %v", err)
+	}
+	stopFirst()
+	if err := <-firstDone; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(second.SocketPath()); err != nil {
+		t.Errorf("the second instance's socket went with the first: %v", err)
+	}
+	stopSecond()
+	if err := <-secondDone; err != nil {
+		t.Fatal(err)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "gpuslice*"))
+	if len(left) != 0 {
+		t.Errorf("sockets left after both stopped: %v", left)
+	}
+}

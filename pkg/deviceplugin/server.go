@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,7 +38,44 @@ const (
 
 // SocketPath returns the path of the plugin's own socket.
 func (p *Plugin) SocketPath() string {
-	return filepath.Join(p.opts.PluginDir, p.opts.SocketName)
+	return filepath.Join(p.opts.PluginDir, p.socket)
+}
+
+// uniqueSuffixExample is as long as the longest suffix socketName adds.
+const uniqueSuffixExample = "-1234567890abc"
+
+// socketName is the plugin's socket file name: SocketName, or with
+// UniqueSocket SocketName with "-<now in ns, base 36>" before its
+// extension.
+func socketName(o Options) string {
+	if !o.UniqueSocket {
+		return o.SocketName
+	}
+	ext := filepath.Ext(o.SocketName)
+	return strings.TrimSuffix(o.SocketName, ext) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36) + ext
+}
+
+// removeStaleSockets removes, with UniqueSocket, the sockets earlier
+// instances left (killed before they could remove them) that nothing
+// answers on any more. One that answers belongs to an instance still
+// running, which removes it when it stops.
+func (p *Plugin) removeStaleSockets() {
+	if !p.opts.UniqueSocket {
+		return
+	}
+	ext := filepath.Ext(p.opts.SocketName)
+	pattern := filepath.Join(p.opts.PluginDir, strings.TrimSuffix(p.opts.SocketName, ext)+"-*"+ext)
+	stale, _ := filepath.Glob(pattern)
+	for _, path := range stale {
+		if path == p.SocketPath() || dialable(path) {
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			p.log.Warn("remove an earlier instance's socket", "path", path, "err", err)
+			continue
+		}
+		p.log.Info("removed an earlier instance's socket", "path", path)
+	}
 }
 
 // Run serves the plugin on its socket and registers it with the kubelet,
@@ -170,6 +209,7 @@ func dialable(path string) bool {
 // serve listens on the plugin socket, replacing a stale one, and serves
 // gRPC on it. served receives the server's error if it stops on its own.
 func (p *Plugin) serve() (*grpc.Server, <-chan error, error) {
+	p.removeStaleSockets()
 	path := p.SocketPath()
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, nil, fmt.Errorf("remove stale socket %s: %w", path, err)
@@ -262,7 +302,7 @@ func (p *Plugin) Register(ctx context.Context) error {
 	defer func() { _ = conn.Close() }() // the call is done; a close error changes nothing
 	_, err = pluginapi.NewRegistrationClient(conn).Register(ctx, &pluginapi.RegisterRequest{
 		Version:      pluginapi.Version,
-		Endpoint:     p.opts.SocketName,
+		Endpoint:     p.socket,
 		ResourceName: p.opts.ResourceName,
 		Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true},
 	})

@@ -250,8 +250,8 @@ func run(agentBin string, out io.Writer) error {
 	case <-ctx.Done():
 		return fail(errors.New("agent did not stop"))
 	}
-	if _, err := os.Stat(filepath.Join(pluginDir, "gpuslice.sock")); !errors.Is(err, os.ErrNotExist) {
-		return fail(errors.New("agent left its socket behind"))
+	if left, _ := filepath.Glob(filepath.Join(pluginDir, "gpuslice*.sock")); len(left) != 0 {
+		return fail(fmt.Errorf("agent left its socket behind: %v", left))
 	}
 	fmt.Fprintln(out, "   agent exited 0 and removed its socket")
 	fmt.Fprintln(out, "\ndemo finished.")

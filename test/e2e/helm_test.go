@@ -60,7 +60,17 @@ func TestHelmInstall(t *testing.T) {
 	}
 	// A Prometheus scraping the chart's agent, for the quota controller.
 	prom, _ := promtest.Start(t, promtest.StaticTarget("gpuslice-agent", fmt.Sprintf("127.0.0.1:%d", metricsPort), cluster.NodeName))
-	runReadmeInstall(t, writeValues(t, metricsPort), prom)
+	// The chart's agent has its own copy of the fake GPU's file, to turn
+	// on the driver tier without touching the tier's other agent.
+	fakeConfig := filepath.Join(c.Dir, "fakegpu-chart.yaml")
+	orig, err := os.ReadFile(c.FakeConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(fakeConfig, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runReadmeInstall(t, writeValues(t, metricsPort, fakeConfig), prom)
 	uninstalled := false
 	t.Cleanup(func() {
 		if !uninstalled {
@@ -154,6 +164,30 @@ func TestHelmInstall(t *testing.T) {
 		failed := waitPhase(t, ns, "hog", corev1.PodFailed)
 		if st := failed.Status.ContainerStatuses; len(st) != 1 || st[0].State.Terminated == nil || st[0].State.Terminated.ExitCode != 137 {
 			t.Errorf("hog's container: %+v, want killed (exit 137)", st)
+		}
+	})
+
+	t.Run("DriverTierWorks", func(t *testing.T) {
+		// A driver with per-cgroup memory limits (the fake, so configured):
+		// the non-privileged agent limits the container's own cgroup as runc
+		// makes it, and an allocation past the limit fails inside it.
+		if err := os.WriteFile(fakeConfig, append(append([]byte(nil), orig...), "driverMemoryLimits: true\n"...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		zero := int64(0)
+		if err := cs.CoreV1().Pods(helmNamespace).Delete(ctx, agentPod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			t.Fatal(err)
+		}
+		agentPod = waitDaemonSetPod(t, agentPod.UID)
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(pod("driver-hog", 1, "exec /bin/workload --demand 0.1 --memory-mib 12288")), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		failed := waitPhase(t, ns, "driver-hog", corev1.PodFailed)
+		if st := failed.Status.ContainerStatuses; len(st) != 1 || st[0].State.Terminated == nil || st[0].State.Terminated.ExitCode != 2 {
+			t.Errorf("driver-hog's container: %+v, want its own exit 2 on out-of-memory\n%s", st, agentLogs(t))
+		}
+		if logs := agentLog(t, 0); !strings.Contains(logs, "driver GPU memory limit set") || !strings.Contains(logs, string(failed.UID)) {
+			t.Errorf("the chart's agent set no driver limit on the pod's cgroup (pod %s):\n%s", failed.UID, logs)
 		}
 	})
 
@@ -420,7 +454,7 @@ func runReadmeInstall(t *testing.T, values, prometheus string) {
 // node without one keeps), no kube-proxy (the API server's address), the
 // fake GPU (its backend, files and device nodes), and where this
 // cluster's kubelet and containerd keep their files.
-func writeValues(t *testing.T, metricsPort int) string {
+func writeValues(t *testing.T, metricsPort int, fakeConfig string) string {
 	t.Helper()
 	apiPort := strings.TrimPrefix(c.API.URL, "https://127.0.0.1:")
 	controllerPort, err := apiserver.FreePort()
@@ -438,13 +472,13 @@ func writeValues(t *testing.T, metricsPort int) string {
 		"enforcement": map[string]any{"computePolicy": "strict"},
 		"metrics":     map[string]any{"port": metricsPort, "sampleInterval": "500ms", "networkPolicy": map[string]any{"enabled": true}},
 		"runtime":     map[string]any{"stateDirs": []string{filepath.Join(c.Dir, "containerd", "state", "io.containerd.runtime.v2.task", "k8s.io")}},
-		"extraArgs":   []string{"--gpu-backend=fake", "--fake-config=" + c.FakeConfig, "--dev-root=" + filepath.Join(c.Dir, "dev")},
+		"extraArgs":   []string{"--gpu-backend=fake", "--fake-config=" + fakeConfig, "--dev-root=" + filepath.Join(c.Dir, "dev")},
 		"extraVolumes": []map[string]any{
-			{"name": "fake-gpu-config", "hostPath": map[string]any{"path": c.FakeConfig, "type": fileType}},
+			{"name": "fake-gpu-config", "hostPath": map[string]any{"path": fakeConfig, "type": fileType}},
 			{"name": "fake-gpu-workloads", "hostPath": map[string]any{"path": c.WorkloadDir, "type": dirType}},
 		},
 		"extraVolumeMounts": []map[string]any{
-			{"name": "fake-gpu-config", "mountPath": c.FakeConfig, "readOnly": true},
+			{"name": "fake-gpu-config", "mountPath": fakeConfig, "readOnly": true},
 			{"name": "fake-gpu-workloads", "mountPath": c.WorkloadDir},
 		},
 		"quotaController": map[string]any{
@@ -698,15 +732,22 @@ func frozenCgroups(t *testing.T) []string {
 	return frozen
 }
 
-// agentLogs is the chart-installed agent's container log.
+// agentLogs is the tail of the chart-installed agents' container logs.
 func agentLogs(t *testing.T) string {
+	t.Helper()
+	return agentLog(t, 6000)
+}
+
+// agentLog is the last tail bytes of each chart-installed agent's
+// container log (all of it when tail is 0).
+func agentLog(t *testing.T, tail int) string {
 	t.Helper()
 	files, _ := filepath.Glob(filepath.Join(c.PodLogsDir, helmNamespace+"_"+helmRelease+"-agent-*", "agent", "*.log"))
 	var b strings.Builder
 	for _, f := range files {
 		data, _ := os.ReadFile(f)
-		if len(data) > 6000 {
-			data = data[len(data)-6000:]
+		if tail > 0 && len(data) > tail {
+			data = data[len(data)-tail:]
 		}
 		fmt.Fprintf(&b, "--- %s\n%s\n", f, data)
 	}
