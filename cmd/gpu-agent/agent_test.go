@@ -395,3 +395,61 @@ func agentSocket(tb testing.TB, dir string) string {
 	}
 	return socks[0]
 }
+
+// TestOneAgentPerNode starts a second agent on the node of a running one,
+// as a force-deleted DaemonSet pod's successor starts: it waits for the
+// node lock, serving and enforcing nothing, until the first is killed
+// (SIGKILL: the kernel drops the lock), then takes over and registers.
+func TestOneAgentPerNode(t *testing.T) {
+	t.Parallel()
+	st := stubKubelet(t, "preset: A100-40GB\ncount: 1\n")
+	state := "--enforcement-state=" + filepath.Join(t.TempDir(), "enforcement.json")
+	first := startAgent(t, append(st.agentArgs(), state, "--metrics-address="+freePort(t))...)
+	if err := st.kubelet.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool { return k.RegistrationCountLocked() == 1 }); err != nil {
+		t.Fatal(err)
+	}
+	second := startAgent(t, append(st.agentArgs(), state, "--metrics-address="+freePort(t))...)
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(second.stderr.String(), "holds this node's lock") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second agent did not wait for the node lock:\n%s", second.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Waiting, it has registered nothing and serves no socket of its own.
+	if n := len(st.kubelet.Registrations()); n != 1 {
+		t.Errorf("%d registrations while the second agent waits, want 1", n)
+	}
+	if socks, _ := filepath.Glob(filepath.Join(st.dir, "gpuslice-*.sock")); len(socks) != 1 {
+		t.Errorf("sockets while the second agent waits: %v, want the first's only", socks)
+	}
+	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	first.wait(t)
+	if err := st.kubelet.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool { return k.RegistrationCountLocked() == 2 }); err != nil {
+		t.Fatalf("the second agent never registered after the first died: %v\n%s", err, second.stderr.String())
+	}
+	if !strings.Contains(second.stderr.String(), "node lock taken") {
+		t.Errorf("the second agent did not say it took the lock:\n%s", second.stderr.String())
+	}
+	// The killed agent's socket is gone (removed by its successor), and the
+	// successor's is the only one.
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		socks, _ := filepath.Glob(filepath.Join(st.dir, "gpuslice-*.sock"))
+		if len(socks) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sockets after the takeover: %v", socks)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := second.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := second.wait(t); code != 0 {
+		t.Errorf("second agent exit %d", code)
+	}
+}

@@ -118,6 +118,19 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		eopts.Events = rec
 	}
 
+	// One agent per node: wait for a predecessor still running (a
+	// force-deleted pod) before enforcing or serving anything.
+	if cfg.Enforcement.StateFile != "" {
+		release, err := enforce.LockNode(ctx, cfg.Enforcement.StateFile+".lock", log)
+		if errors.Is(err, context.Canceled) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
+
 	// Thaw whatever a previous agent left frozen before anything else, so a
 	// crash loop never leaves containers stopped.
 	enforcer, err := enforce.New(eopts)
