@@ -27,11 +27,11 @@ func LockNode(ctx context.Context, path string, log *slog.Logger) (func(), error
 	}
 	waited := false
 	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) //nolint:gosec // a file descriptor fits an int
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
 			break
 		}
-		if err != syscall.EWOULDBLOCK { //nolint:errorlint // a raw errno from flock
+		if err != syscall.EWOULDBLOCK {
 			_ = f.Close()
 			return nil, fmt.Errorf("node lock %s: %w", path, err)
 		}
