@@ -46,7 +46,10 @@ type Plugin struct {
 	socket string // the socket's file name in PluginDir
 	layout *vgpu.Layout
 	minor  map[string]int // GPU UUID -> device node minor number
-	numa   map[string]int // GPU UUID -> NUMA node, -1 when unknown
+	// controlSpecs and gpuSpecs are Allocate's device nodes, built once.
+	controlSpecs []*pluginapi.DeviceSpec
+	gpuSpecs     map[string]*pluginapi.DeviceSpec
+	numa         map[string]int // GPU UUID -> NUMA node, -1 when unknown
 
 	mu      sync.Mutex
 	health  map[string]nvml.Health       // GPU UUID -> latest health
@@ -90,6 +93,7 @@ func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, err
 		p.minor[d.UUID] = d.Minor
 		p.numa[d.UUID] = d.NUMANode
 	}
+	p.buildDeviceSpecs()
 	for _, g := range layout.GPUs() {
 		if _, ok := p.minor[g.UUID]; !ok {
 			return nil, fmt.Errorf("gpu %s is in the layout but not in the device list", g.UUID)
@@ -303,19 +307,28 @@ func (p *Plugin) allocate(ids []string) (*pluginapi.ContainerAllocateResponse, e
 }
 
 func (p *Plugin) deviceSpecs(limits []vgpu.GPULimit) []*pluginapi.DeviceSpec {
-	names := []string{"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"}
+	specs := make([]*pluginapi.DeviceSpec, 0, len(p.controlSpecs)+len(limits))
+	specs = append(specs, p.controlSpecs...)
 	for _, l := range limits {
-		names = append(names, "nvidia"+strconv.Itoa(p.minor[l.UUID]))
-	}
-	specs := make([]*pluginapi.DeviceSpec, len(names))
-	for i, n := range names {
-		specs[i] = &pluginapi.DeviceSpec{
-			ContainerPath: "/dev/" + n,
-			HostPath:      strings.TrimSuffix(p.opts.DevRoot, "/") + "/" + n,
-			Permissions:   "rw",
-		}
+		specs = append(specs, p.gpuSpecs[l.UUID])
 	}
 	return specs
+}
+
+// buildDeviceSpecs makes, once, the device node specs Allocate hands out:
+// the control nodes every container gets and one node per GPU. Responses
+// share them; gRPC only reads them.
+func (p *Plugin) buildDeviceSpecs() {
+	spec := func(n string) *pluginapi.DeviceSpec {
+		return &pluginapi.DeviceSpec{ContainerPath: "/dev/" + n, HostPath: strings.TrimSuffix(p.opts.DevRoot, "/") + "/" + n, Permissions: "rw"}
+	}
+	for _, n := range []string{"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"} {
+		p.controlSpecs = append(p.controlSpecs, spec(n))
+	}
+	p.gpuSpecs = map[string]*pluginapi.DeviceSpec{}
+	for uuid, minor := range p.minor {
+		p.gpuSpecs[uuid] = spec("nvidia" + strconv.Itoa(minor))
+	}
 }
 
 // addMPS sets the MPS client limits. MPS's thread percentage is one number
