@@ -53,8 +53,7 @@ type Kubernetes struct {
 	done   chan struct{}
 
 	mu     sync.Mutex
-	last   map[string]time.Time // pod UID + reason -> last sent
-	held   map[string]int       // pod UID + reason -> repeats held back
+	dedup  *dedup // pod UID + reason, bounded
 	closed bool
 }
 
@@ -66,7 +65,7 @@ func New(client *kube.Client, node string, log *slog.Logger) *Kubernetes {
 		log = slog.New(slog.DiscardHandler)
 	}
 	k := &Kubernetes{client: client, node: node, log: log, queue: make(chan kube.Event, 256), done: make(chan struct{}),
-		last: map[string]time.Time{}, held: map[string]int{}}
+		dedup: newDedup(Window, maxKeys)}
 	go k.send()
 	return k
 }
@@ -85,13 +84,10 @@ func (k *Kubernetes) record(p Pod, typ, reason, message string) {
 	if k.closed {
 		return
 	}
-	if now.Sub(k.last[key]) < Window {
-		k.held[key]++
+	count, send := k.dedup.admit(key, now)
+	if !send {
 		return
 	}
-	count := 1 + k.held[key]
-	k.last[key] = now
-	delete(k.held, key)
 	e := kube.Event{Namespace: p.Namespace, Pod: p.Name, PodUID: p.UID, Type: typ, Reason: reason, Message: message,
 		Component: Component, Host: k.node, Count: count, Time: now}
 	select {

@@ -226,6 +226,14 @@ func Retriable(err error) bool {
 }
 
 func (c *Client) do(ctx context.Context, method, path, contentType string, body, into any) error {
+	return c.doAccept(ctx, method, path, "application/json", contentType, body, into)
+}
+
+// metadataOnly asks the API server for lists of objects' metadata alone
+// (PartialObjectMetadataList), falling back to whole objects.
+const metadataOnly = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+
+func (c *Client) doAccept(ctx context.Context, method, path, accept, contentType string, body, into any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -238,7 +246,7 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body,
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Accept", accept)
 	req.Header.Set("User-Agent", c.userAgent)
 	if body != nil {
 		req.Header.Set("Content-Type", contentType)
@@ -305,7 +313,8 @@ func (c *Client) PatchNode(ctx context.Context, name string, patch any, fieldMan
 		"application/merge-patch+json", patch, nil)
 }
 
-// PodsOnNode returns the metadata of the pods bound to a node.
+// PodsOnNode returns the metadata of the pods bound to a node, listed as
+// metadata only.
 func (c *Client) PodsOnNode(ctx context.Context, node string) ([]Meta, error) {
 	var l struct {
 		Items []struct {
@@ -313,7 +322,9 @@ func (c *Client) PodsOnNode(ctx context.Context, node string) ([]Meta, error) {
 		} `json:"items"`
 	}
 	q := url.Values{"fieldSelector": {"spec.nodeName=" + node}}
-	if err := c.do(ctx, http.MethodGet, "/api/v1/pods?"+q.Encode(), "", nil, &l); err != nil {
+	// Metadata only: the annotations are all the agent reads, and a
+	// node's full pod specs and statuses are tens of times larger.
+	if err := c.doAccept(ctx, http.MethodGet, "/api/v1/pods?"+q.Encode(), metadataOnly, "", nil, &l); err != nil {
 		return nil, err
 	}
 	out := make([]Meta, len(l.Items))
