@@ -54,10 +54,11 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	}
 	root := newRoot(stdout, stderr)
 	root.SetArgs(args)
-	if err := root.Execute(); err != nil {
+	if err := root.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintf(stderr, "kubectl-gpuslice: %v\n", err)
 		var ue usageError
-		if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown ") || strings.Contains(err.Error(), "flag") {
+		// cobra's own error for a word that names no command has no type.
+		if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
 			return 2
 		}
 		return 1
@@ -72,6 +73,7 @@ type options struct {
 	prometheusService string
 	metricsURLs       []string
 	agentSelector     string
+	agentNamespace    string
 	allNamespaces     bool
 	output            string
 	stdout            io.Writer
@@ -101,33 +103,44 @@ needs list pods and get pods/proxy (services/proxy for a Prometheus Service).`,
 	pf.StringArrayVar(&o.metricsURLs, "metrics-url", nil, "an agent's `[NODE=]URL`, e.g. node-1=http://10.0.0.5:9445/metrics (repeatable)")
 	pf.StringVar(&o.prometheusService, "prometheus-service", "", "a Prometheus Service, `NAMESPACE/NAME[:PORT]`, read through the API server's proxy")
 	pf.StringVar(&o.agentSelector, "agent-selector", gputop.AgentSelector, "label `selector` of the agent pods")
+	pf.StringVar(&o.agentNamespace, "agent-namespace", "", "`namespace` of the agent pods (default: every namespace)")
 	pf.StringVarP(&o.output, "output", "o", "", "output format: wide, json or yaml")
 	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"wide", "json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
 
 	top := &cobra.Command{Use: "top", Short: "Use per pod, node or GPU"}
 	pods := &cobra.Command{
-		Use: "pods", Aliases: []string{"pod"}, Short: "Slices, memory, compute and idle time per pod's container and GPU", Args: cobra.NoArgs,
+		Use: "pods", Aliases: []string{"pod"}, Short: "Slices, memory, compute and idle time per pod's container and GPU", Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.show(cmd.Context(), "pods", "") },
 	}
 	pods.Flags().BoolVarP(&o.allNamespaces, "all-namespaces", "A", false, "pods of every namespace")
 	top.AddCommand(pods,
 		&cobra.Command{
-			Use: "nodes", Aliases: []string{"node"}, Short: "Slices and use per node", Args: cobra.NoArgs,
+			Use: "nodes", Aliases: []string{"node"}, Short: "Slices and use per node", Args: usageArgs(cobra.NoArgs),
 			RunE: func(cmd *cobra.Command, _ []string) error { return o.show(cmd.Context(), "nodes", "") },
 		},
 		&cobra.Command{
-			Use: "gpus", Aliases: []string{"gpu"}, Short: "Slices, use and health per GPU", Args: cobra.NoArgs,
+			Use: "gpus", Aliases: []string{"gpu"}, Short: "Slices, use and health per GPU", Args: usageArgs(cobra.NoArgs),
 			RunE: func(cmd *cobra.Command, _ []string) error { return o.show(cmd.Context(), "gpus", "") },
 		})
 	describe := &cobra.Command{Use: "describe", Short: "Who holds what"}
 	describe.AddCommand(&cobra.Command{
-		Use: "node NAME", Aliases: []string{"nodes"}, Short: "A node's GPUs and who holds their slices", Args: cobra.ExactArgs(1),
+		Use: "node NAME", Aliases: []string{"nodes"}, Short: "A node's GPUs and who holds their slices", Args: usageArgs(cobra.ExactArgs(1)),
 		ValidArgsFunction: o.completeNodes,
 		RunE:              func(cmd *cobra.Command, args []string) error { return o.show(cmd.Context(), "node", args[0]) },
 	})
 	root.AddCommand(top, describe)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	return root
+}
+
+// usageArgs makes an argument check's error a usage error (exit 2).
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
 }
 
 // timeout is --request-timeout, or 30 s when it is unset or zero.
@@ -171,11 +184,14 @@ func (o *options) source(ctx context.Context) (gputop.Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	list, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: o.agentSelector})
+	list, err := cs.CoreV1().Pods(o.agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: o.agentSelector})
 	if err != nil {
 		return nil, fmt.Errorf("find the agents (pods %s): %w", o.agentSelector, err)
 	}
-	targets, skipped := gputop.AgentTargets(list.Items, cfg.Host)
+	targets, skipped, err := gputop.AgentTargets(list.Items, cfg.Host)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("%w (--agent-namespace)", err)}
+	}
 	if len(targets) == 0 {
 		return nil, fmt.Errorf("no running gpuslice agent pods (selector %s; not running: %v); use --prometheus-url or --prometheus-service", o.agentSelector, skipped)
 	}
@@ -193,9 +209,6 @@ func (o *options) show(ctx context.Context, what, node string) error {
 	timeout, err := o.timeout()
 	if err != nil {
 		return err
-	}
-	if ctx == nil {
-		ctx = context.Background()
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

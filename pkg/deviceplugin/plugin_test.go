@@ -622,27 +622,16 @@ func TestAgentRestartKeepsIDsAndRemovesSocket(t *testing.T) {
 	assertDisjoint(t, held.DeviceIDs, a.DeviceIDs)
 }
 
-func TestStaleSocketReplaced(t *testing.T) {
-	t.Parallel()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "gpuslice.sock"), []byte("stale"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+// runOne runs a plugin for one H100 in 2 slices on dir, with
+// UniqueSocket as given, and returns it and a function stopping it that
+// fails the test if Run failed.
+func runOne(t *testing.T, dir string, unique bool) (*deviceplugin.Plugin, func()) {
+	t.Helper()
 	node, _ := fakegpu.New(fakegpu.PresetConfig("H100-80GB", 1))
 	devs, _ := node.Devices()
 	layout, _ := deviceplugin.NewLayout(devs, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
-	k, err := kubeletstub.Start(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.Stop()
-	// The stand-in clears sockets at start, as the kubelet does; put the
-	// stale file back to check the plugin replaces it itself.
-	if err := os.WriteFile(filepath.Join(dir, "gpuslice.sock"), []byte("stale"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	opts := deviceplugin.DefaultOptions()
-	opts.PluginDir = dir
+	opts.PluginDir, opts.UniqueSocket = dir, unique
 	p, err := deviceplugin.New(layout, devs, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -650,13 +639,33 @@ func TestStaleSocketReplaced(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
+	return p, func() {
+		t.Helper()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestStaleSocketReplaced(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	k, err := kubeletstub.Start(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	// The stand-in clears sockets at start, as the kubelet does; put a
+	// stale file there after it to check the plugin replaces it itself.
+	if err := os.WriteFile(filepath.Join(dir, "gpuslice.sock"), []byte("stale"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stop := runOne(t, dir, false)
 	if _, err := k.WaitPlugin(ctxT(t), resource); err != nil {
 		t.Fatal(err)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 }
 
 func TestRunFailsOnMissingDir(t *testing.T) {
@@ -861,9 +870,6 @@ func TestKubeletRestartRegistersOnce(t *testing.T) {
 func TestUniqueSocketsAcrossInstances(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	node, _ := fakegpu.New(fakegpu.PresetConfig("H100-80GB", 1))
-	devs, _ := node.Devices()
-	layout, _ := deviceplugin.NewLayout(devs, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
 	k, err := kubeletstub.Start(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -873,19 +879,7 @@ func TestUniqueSocketsAcrossInstances(t *testing.T) {
 	if err := os.WriteFile(stale, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	start := func() (*deviceplugin.Plugin, context.CancelFunc, chan error) {
-		opts := deviceplugin.DefaultOptions()
-		opts.PluginDir, opts.UniqueSocket = dir, true
-		p, err := deviceplugin.New(layout, devs, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- p.Run(ctx) }()
-		return p, cancel, done
-	}
-	first, stopFirst, firstDone := start()
+	first, stopFirst := runOne(t, dir, true)
 	if err := k.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool { return k.RegistrationCountLocked() == 1 }); err != nil {
 		t.Fatal(err)
 	}
@@ -895,7 +889,7 @@ func TestUniqueSocketsAcrossInstances(t *testing.T) {
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a killed instance's socket is still there: %v", err)
 	}
-	second, stopSecond, secondDone := start()
+	second, stopSecond := runOne(t, dir, true)
 	if err := k.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool { return k.RegistrationCountLocked() == 2 }); err != nil {
 		t.Fatal(err)
 	}
@@ -907,16 +901,10 @@ func TestUniqueSocketsAcrossInstances(t *testing.T) {
 		t.Errorf("the running first instance's socket was removed: %v", err)
 	}
 	stopFirst()
-	if err := <-firstDone; err != nil {
-		t.Fatal(err)
-	}
 	if _, err := os.Stat(second.SocketPath()); err != nil {
 		t.Errorf("the second instance's socket went with the first: %v", err)
 	}
 	stopSecond()
-	if err := <-secondDone; err != nil {
-		t.Fatal(err)
-	}
 	left, _ := filepath.Glob(filepath.Join(dir, "gpuslice*"))
 	if len(left) != 0 {
 		t.Errorf("sockets left after both stopped: %v", left)

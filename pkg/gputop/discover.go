@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // AgentSelector selects the chart's agent pods.
@@ -15,22 +16,37 @@ const AgentSelector = "app.kubernetes.io/name=gpuslice,app.kubernetes.io/compone
 // AgentTargets turns agent pods into Agents targets ("node=url") that
 // reach each pod's metrics port through the API server's proxy at
 // apiServer: the only address a kubeconfig gives. Pods not running, not
-// on a node, or without a container port named "metrics" are left out and
-// named in skipped.
-func AgentTargets(pods []corev1.Pod, apiServer string) (targets, skipped []string) {
+// on a node, without a container port named "metrics", or not controlled
+// by a DaemonSet are left out and named in skipped. Labels are the
+// tenants' to set: a pod of theirs labelled as an agent must not speak
+// for a node, so two candidates for one node are an error naming both
+// (narrow the search with the agents' namespace) rather than a guess.
+func AgentTargets(pods []corev1.Pod, apiServer string) (targets, skipped []string, err error) {
 	base := strings.TrimSuffix(apiServer, "/")
+	byNode := map[string]string{}
 	for _, p := range pods {
 		port := metricsPort(p)
-		if p.Status.Phase != corev1.PodRunning || p.Spec.NodeName == "" || port == 0 || p.DeletionTimestamp != nil {
+		if p.Status.Phase != corev1.PodRunning || p.Spec.NodeName == "" || port == 0 || p.DeletionTimestamp != nil || !daemonSetPod(p) {
 			skipped = append(skipped, p.Namespace+"/"+p.Name)
 			continue
 		}
+		if other, dup := byNode[p.Spec.NodeName]; dup {
+			return nil, nil, fmt.Errorf("two agent pods on node %s: %s and %s/%s; name the agents' namespace", p.Spec.NodeName, other, p.Namespace, p.Name)
+		}
+		byNode[p.Spec.NodeName] = p.Namespace + "/" + p.Name
 		path := fmt.Sprintf("/api/v1/namespaces/%s/pods/%s:%d/proxy/metrics",
 			url.PathEscape(p.Namespace), url.PathEscape(p.Name), port)
 		targets = append(targets, p.Spec.NodeName+"="+base+path)
 	}
 	sort.Strings(targets)
-	return targets, skipped
+	return targets, skipped, nil
+}
+
+// daemonSetPod reports whether a DaemonSet controls the pod, as the
+// chart's agents are.
+func daemonSetPod(p corev1.Pod) bool {
+	ref := metav1.GetControllerOf(&p)
+	return ref != nil && ref.Kind == "DaemonSet" && strings.HasPrefix(ref.APIVersion, "apps/")
 }
 
 func metricsPort(p corev1.Pod) int32 {

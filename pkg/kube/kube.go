@@ -316,15 +316,19 @@ func (c *Client) PatchNode(ctx context.Context, name string, patch any, fieldMan
 // PodsOnNode returns the metadata of the pods bound to a node, listed as
 // metadata only.
 func (c *Client) PodsOnNode(ctx context.Context, node string) ([]Meta, error) {
+	// Metadata only: the annotations are all the agent reads, and a
+	// node's full pod specs and statuses are tens of times larger.
+	return c.listMeta(ctx, "/api/v1/pods?"+url.Values{"fieldSelector": {"spec.nodeName=" + node}}.Encode())
+}
+
+// listMeta lists the objects at path as metadata only.
+func (c *Client) listMeta(ctx context.Context, path string) ([]Meta, error) {
 	var l struct {
 		Items []struct {
 			Metadata Meta `json:"metadata"`
 		} `json:"items"`
 	}
-	q := url.Values{"fieldSelector": {"spec.nodeName=" + node}}
-	// Metadata only: the annotations are all the agent reads, and a
-	// node's full pod specs and statuses are tens of times larger.
-	if err := c.doAccept(ctx, http.MethodGet, "/api/v1/pods?"+q.Encode(), metadataOnly, "", nil, &l); err != nil {
+	if err := c.doAccept(ctx, http.MethodGet, path, metadataOnly, "", nil, &l); err != nil {
 		return nil, err
 	}
 	out := make([]Meta, len(l.Items))

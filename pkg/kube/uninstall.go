@@ -6,21 +6,9 @@ import (
 	"net/url"
 )
 
-// Nodes returns the metadata of every node.
+// Nodes returns the metadata of every node, listed as metadata only.
 func (c *Client) Nodes(ctx context.Context) ([]Meta, error) {
-	var l struct {
-		Items []struct {
-			Metadata Meta `json:"metadata"`
-		} `json:"items"`
-	}
-	if err := c.do(ctx, http.MethodGet, "/api/v1/nodes", "", nil, &l); err != nil {
-		return nil, err
-	}
-	out := make([]Meta, len(l.Items))
-	for i, it := range l.Items {
-		out[i] = it.Metadata
-	}
-	return out, nil
+	return c.listMeta(ctx, "/api/v1/nodes")
 }
 
 // DeleteDaemonSet deletes a DaemonSet in the foreground: the object stays,
