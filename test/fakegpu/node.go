@@ -38,6 +38,7 @@ type Node struct {
 	limits       map[limitKey]nvml.MemoryLimits
 	admitted     map[int]uint64 // pid -> GPU memory the fake driver granted
 	cgroupOf     map[int]string // pid -> cgroup v2 path, read once
+	workFiles    map[int]workloadFile
 	gpuOf        map[int]string // pid -> GPU UUID
 	leaked       uint64         // soft limits of cgroups removed without clearing them
 }
@@ -62,6 +63,7 @@ func New(cfg Config) (*Node, error) {
 		now:         time.Now,
 		lastAdvance: time.Now(),
 		requested:   map[int]int64{},
+		workFiles:   map[int]workloadFile{},
 		served:      map[int]float64{},
 		bins:        map[string]*bins{},
 		physics:     map[string]gpuPhysics{},

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/nvml"
@@ -36,8 +37,17 @@ type gpuPhysics struct {
 	procs       []nvml.Process
 }
 
+// workloadFile is a workload's state as last read from its file.
+type workloadFile struct {
+	inode uint64 // every write is a rename: a new inode is a new state
+	state WorkloadState
+	ok    bool // the file parsed
+}
+
 // workloadsLocked reads the live workloads in the workload dir, removing
-// the files of processes that are gone.
+// the files of processes that are gone. A file is parsed again only when
+// it was replaced (a new inode), as a driver keeps its state in memory, so
+// the agent's CPU figures measure the agent, not the fake's file reading.
 func (n *Node) workloadsLocked() map[int]WorkloadState {
 	out := map[int]WorkloadState{}
 	if n.workDir == "" {
@@ -47,6 +57,7 @@ func (n *Node) workloadsLocked() map[int]WorkloadState {
 	if err != nil {
 		return out
 	}
+	seen := make(map[int]bool, len(entries))
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), ".json")
 		pid, err := strconv.Atoi(name)
@@ -58,17 +69,41 @@ func (n *Node) workloadsLocked() map[int]WorkloadState {
 			_ = os.Remove(path) // the workload is gone; its file is stale
 			continue
 		}
-		data, err := os.ReadFile(path) //nolint:gosec // the node's own workload dir
-		if err != nil {
-			continue
+		seen[pid] = true
+		if f, ok := n.readWorkloadLocked(pid, path); ok {
+			out[pid] = f
 		}
-		var s WorkloadState
-		if json.Unmarshal(data, &s) != nil || s.Demand < 0 || s.Demand > 1 {
-			continue
+	}
+	for pid := range n.workFiles {
+		if !seen[pid] {
+			delete(n.workFiles, pid)
 		}
-		out[pid] = s
 	}
 	return out
+}
+
+// readWorkloadLocked returns the state in path, parsing it only when the
+// file is not the one read last time.
+func (n *Node) readWorkloadLocked(pid int, path string) (WorkloadState, bool) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return WorkloadState{}, false
+	}
+	var inode uint64
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		inode = st.Ino
+	}
+	if f, ok := n.workFiles[pid]; ok && inode != 0 && f.inode == inode {
+		return f.state, f.ok
+	}
+	data, err := os.ReadFile(path) //nolint:gosec // the node's own workload dir
+	if err != nil {
+		return WorkloadState{}, false
+	}
+	var s WorkloadState
+	ok := json.Unmarshal(data, &s) == nil && s.Demand >= 0 && s.Demand <= 1
+	n.workFiles[pid] = workloadFile{inode: inode, state: s, ok: ok}
+	return s, ok
 }
 
 // advanceLocked accounts GPU time since the last window: each GPU serves

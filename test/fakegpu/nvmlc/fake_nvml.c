@@ -1,8 +1,10 @@
 /*
  * A fake libnvidia-ml.so.1 for gpuslice's tests: the subset of NVML that
  * pkg/nvml calls, answered from a state file that test/fakegpu renders
- * (Node.WriteNVMLState). The file is re-read on every call, so a test
- * changes the GPUs' state by rewriting it. The path comes from the
+ * (Node.WriteNVMLState). A test changes the GPUs' state by replacing the
+ * file (write and rename); the library parses it again only when it was
+ * replaced (another inode, size or mtime), as a driver keeps its state in
+ * memory, so the CPU an agent spends in NVML calls stays small. The path comes from the
  * environment variable GPUSLICE_FAKE_NVML_STATE.
  *
  * nvmlInit and nvmlShutdown are reference-counted.
@@ -31,6 +33,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <pthread.h>
 
 typedef int nvmlReturn_t;
 enum {
@@ -119,7 +122,31 @@ struct state {
 static struct nvmlDevice_st handles[MAX_GPUS];
 static int initialized;
 
+static int parse(struct state *s);
+
+/* The last parse of the state file and what identified the file. */
+static pthread_mutex_t cacheLock = PTHREAD_MUTEX_INITIALIZER;
+static struct state cached;
+static struct stat cachedStat;
+static int cacheValid;
+
 static int load(struct state *s) {
+	const char *path = getenv("GPUSLICE_FAKE_NVML_STATE");
+	struct stat st;
+	if (!path || stat(path, &st)) return parse(s);
+	pthread_mutex_lock(&cacheLock);
+	if (!cacheValid || st.st_ino != cachedStat.st_ino || st.st_dev != cachedStat.st_dev || st.st_size != cachedStat.st_size ||
+	    st.st_mtim.tv_sec != cachedStat.st_mtim.tv_sec || st.st_mtim.tv_nsec != cachedStat.st_mtim.tv_nsec) {
+		cacheValid = parse(&cached);
+		cachedStat = st;
+	}
+	int ok = cacheValid;
+	memcpy(s, &cached, sizeof *s);
+	pthread_mutex_unlock(&cacheLock);
+	return ok;
+}
+
+static int parse(struct state *s) {
 	memset(s, 0, sizeof *s);
 	for (int i = 0; i < MAX_GPUS; i++) s->devutil[i] = -1;
 	const char *path = getenv("GPUSLICE_FAKE_NVML_STATE");
