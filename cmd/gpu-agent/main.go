@@ -25,6 +25,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/exporter"
 	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/pkg/labels"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podpolicy"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
@@ -82,7 +83,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 // renderKey names one rendering of /metrics: a sample and what
 // enforcement had done when it was taken.
 type renderKey struct {
-	snap *sampler.Snapshot
+	snap *node.Snapshot
 	gen  uint64
 }
 
@@ -195,7 +196,7 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	registry := exporter.NewRegistry(smp, exporter.Info{Version: version, System: sys, Enforcement: enforcer, MPS: cfg.MPS.Enabled})
+	exposition := exporter.NewExposition(smp, exporter.Info{Version: version, System: sys, Enforcement: enforcer, MPS: cfg.MPS.Enabled})
 	ready := func() bool { return plugin.Connected() && smp.Ready() }
 
 	// Listen before starting anything, so a taken port fails the start.
@@ -218,7 +219,7 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		// Every series comes from the sample and enforcement's published
 		// view: render once per change of either.
 		key := func() any { return renderKey{smp.Snapshot(), enforcer.Generation()} }
-		return exporter.Serve(ctx, lis, handler(exporter.Handler(registry, key, ready, log)), cfg.WebConfigFile, log)
+		return exporter.Serve(ctx, lis, handler(exporter.Handler(exposition, key, ready, log)), cfg.WebConfigFile, log)
 	})
 	if client != nil && cfg.NodeLabels {
 		startLabels(ctx, g, client, cfg, devs, sys, layout, enforcer, log)

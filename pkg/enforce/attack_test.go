@@ -17,6 +17,7 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
@@ -185,7 +186,7 @@ func (w *workload) share(t *testing.T, d time.Duration) float64 {
 }
 
 // waitFor samples until cond holds on a snapshot.
-func (n *attackNode) waitFor(t *testing.T, what string, cond func(*sampler.Snapshot) bool) {
+func (n *attackNode) waitFor(t *testing.T, what string, cond func(*node.Snapshot) bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond(n.smp.Snapshot()) {
@@ -196,7 +197,7 @@ func (n *attackNode) waitFor(t *testing.T, what string, cond func(*sampler.Snaps
 	}
 }
 
-func processesOf(s *sampler.Snapshot, pod, container string) int {
+func processesOf(s *node.Snapshot, pod, container string) int {
 	for _, c := range s.Containers {
 		if c.Pod == pod && c.Container == container {
 			return c.Processes
@@ -214,7 +215,7 @@ func TestAttackTwoGPUContainersInOnePod(t *testing.T) {
 	a := n.container(t, "ml/two", "a", 2) // 16 GiB
 	b := n.container(t, "ml/two", "b", 3)
 	inB := n.run(t, b, 0.05, 1024)
-	n.waitFor(t, "b's process attributed to b", func(s *sampler.Snapshot) bool { return processesOf(s, "two", "b") == 1 })
+	n.waitFor(t, "b's process attributed to b", func(s *node.Snapshot) bool { return processesOf(s, "two", "b") == 1 })
 	hog := n.run(t, a, 0.05, 20<<10) // 20 GiB in a 16 GiB container
 	if !hog.exited(20 * time.Second) {
 		t.Fatalf("a's process over a's limit was never killed: %+v", n.smp.Snapshot().Containers)
@@ -236,7 +237,7 @@ func TestAttackHostProcessIsNeverCharged(t *testing.T) {
 		t.Fatal(err)
 	}
 	forger := n.run(t, host, 1, 70<<10) // greedy, far over any slice
-	n.waitFor(t, "the host process unattributed", func(s *sampler.Snapshot) bool {
+	n.waitFor(t, "the host process unattributed", func(s *node.Snapshot) bool {
 		for _, u := range s.Unattributed {
 			if u.PID == forger.cmd.Process.Pid && strings.Contains(u.Reason, "not in a pod") {
 				return true
@@ -269,7 +270,7 @@ func TestAttackNestedCgroupNamedAfterVictim(t *testing.T) {
 	if err := os.MkdirAll(fake, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	n.waitFor(t, "the victim's process", func(s *sampler.Snapshot) bool { return processesOf(s, "victim", "main") == 1 })
+	n.waitFor(t, "the victim's process", func(s *node.Snapshot) bool { return processesOf(s, "victim", "main") == 1 })
 	hog := n.run(t, fake, 0.05, 12<<10) // 12 GiB: over the attacker's 8, within the victim's remaining room
 	if !hog.exited(20 * time.Second) {
 		t.Fatalf("the attacker's process was never killed: %+v", n.smp.Snapshot().Containers)
@@ -298,7 +299,7 @@ func TestAttackEscapeToChildOrPodCgroup(t *testing.T) {
 				dir = n.podDir("ml/escape")
 			}
 			w := n.run(t, dir, 1, 1024)
-			n.waitFor(t, "the escaped process attributed", func(s *sampler.Snapshot) bool { return processesOf(s, "escape", "main") == 1 })
+			n.waitFor(t, "the escaped process attributed", func(s *node.Snapshot) bool { return processesOf(s, "escape", "main") == 1 })
 			// Unthrottled it would run all the time; held, about a fifth.
 			time.Sleep(3 * time.Second)
 			if got := w.share(t, 4*time.Second); got > 0.45 {
@@ -336,7 +337,7 @@ func TestAttackGPUUseWithoutSlices(t *testing.T) {
 		n.container(t, "ml/other", "gpu", 2) // a checkpoint exists
 		dir := n.container(t, "ml/noslices", "main", 0)
 		w := n.run(t, dir, 0.5, 1024)
-		n.waitFor(t, "the cgroup frozen", func(*sampler.Snapshot) bool { return n.enf.UnauthorizedStats().Frozen == 1 })
+		n.waitFor(t, "the cgroup frozen", func(*node.Snapshot) bool { return n.enf.UnauthorizedStats().Frozen == 1 })
 		time.Sleep(500 * time.Millisecond)
 		// Frozen it runs not at all, free it runs about half the time; the
 		// bound leaves room for another test's agent starting in parallel,
@@ -358,14 +359,14 @@ func TestBlindAgentHoldsThrottle(t *testing.T) {
 	n := startAttackNode(t, nil)
 	dir := n.container(t, "ml/greedy", "main", 2)
 	w := n.run(t, dir, 1, 1024)
-	n.waitFor(t, "the container throttled", func(*sampler.Snapshot) bool {
+	n.waitFor(t, "the container throttled", func(*node.Snapshot) bool {
 		st := n.enf.Stats()[cid("ml/greedy", "main")]
 		return st.InForce && st.Duty < 0.5
 	})
 	if err := n.node.GPU.FailCall(fakegpu.CallProcesses, true); err != nil {
 		t.Fatal(err)
 	}
-	n.waitFor(t, "the container blind", func(s *sampler.Snapshot) bool { return len(s.Containers) == 1 && s.Containers[0].Blind })
+	n.waitFor(t, "the container blind", func(s *node.Snapshot) bool { return len(s.Containers) == 1 && s.Containers[0].Blind })
 	time.Sleep(time.Second)
 	if got := w.share(t, 3*time.Second); got > 0.45 {
 		t.Errorf("while the agent was blind the process ran %.2f of the time: the throttle let go", got)
@@ -385,7 +386,7 @@ func TestAttackOnOffAgainstStrict(t *testing.T) {
 	n := startAttackNode(t, nil)
 	dir := n.container(t, "ml/onoff", "main", 2)
 	w := n.run(t, dir, 1, 1024)
-	n.waitFor(t, "the process attributed", func(s *sampler.Snapshot) bool { return processesOf(s, "onoff", "main") == 1 })
+	n.waitFor(t, "the process attributed", func(s *node.Snapshot) bool { return processesOf(s, "onoff", "main") == 1 })
 	stop := make(chan struct{})
 	toggled := make(chan struct{})
 	go func() {

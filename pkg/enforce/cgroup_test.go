@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
-	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
@@ -277,7 +277,7 @@ func TestUnreachableContainerCountedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	snap := &sampler.Snapshot{Containers: []sampler.Container{{
+	snap := &node.Snapshot{Containers: []node.Container{{
 		Namespace: "ml", Pod: "p", Container: "c", GPU: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
 		Cgroup: attribution.Container{ContainerID: "x", Paths: map[string]string{"": "/no/such/cgroup"}},
 	}}}
@@ -290,8 +290,8 @@ func TestUnreachableContainerCountedOnce(t *testing.T) {
 	if st := e.Stats()["x"]; st.InForce || st.Duty != 1 {
 		t.Errorf("stats = %+v, want not in force at duty 1", st)
 	}
-	e.Apply(&sampler.Snapshot{}) // gone
-	e.Apply(snap)                // back: a new episode, counted again
+	e.Apply(&node.Snapshot{}) // gone
+	e.Apply(snap)             // back: a new episode, counted again
 	if n := e.Failures(); n != 2 {
 		t.Errorf("Failures() = %d after the container came back, want 2", n)
 	}

@@ -15,8 +15,8 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/events"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/pkg/sampler"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
@@ -359,7 +359,7 @@ func (d *DriverLimits) clear(dir, why string) {
 // Apply makes sure every container seen in a sample has its limits: those
 // whose cgroup appeared before the agent, or whose pod has several
 // containers holding slices.
-func (d *DriverLimits) Apply(snap *sampler.Snapshot) {
+func (d *DriverLimits) Apply(snap *node.Snapshot) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, c := range snap.Containers {

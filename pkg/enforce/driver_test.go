@@ -16,8 +16,8 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/pkg/sampler"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
@@ -291,7 +291,7 @@ func TestDriverLimitsWaitForProcessesWithoutRuntimeRecord(t *testing.T) {
 	rel, _ := filepath.Rel(n.limits.Root(), dir)
 	c, _ := attribution.ParseCgroupPath("/" + rel)
 	want := n.node.Layout.GPUs()[0].SliceMemoryBytes
-	n.limits.Apply(&sampler.Snapshot{Containers: []sampler.Container{{Namespace: "ml", Pod: "one", Container: "a", GPU: gpu, MemoryLimitBytes: want, Cgroup: c}}})
+	n.limits.Apply(&node.Snapshot{Containers: []node.Container{{Namespace: "ml", Pod: "one", Container: "a", GPU: gpu, MemoryLimitBytes: want, Cgroup: c}}})
 	n.waitLimit(t, dir, want)
 	if got := n.limits.Limits()[c.ContainerID][gpu]; got != want {
 		t.Errorf("Limits() = %d for the container, want %d", got, want)

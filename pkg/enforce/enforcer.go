@@ -12,7 +12,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/events"
-	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // Options configure an Enforcer.
@@ -119,7 +119,7 @@ type Enforcer struct {
 	published atomic.Pointer[view]
 	gen       atomic.Uint64 // counts publishes
 	// inbox holds the latest snapshot offered and not yet applied.
-	inbox chan *sampler.Snapshot
+	inbox chan *node.Snapshot
 }
 
 // view is what enforcement did, as of one Apply.
@@ -175,7 +175,7 @@ func (e *Enforcer) Generation() uint64 { return e.gen.Load() }
 // Offer hands the enforcer the latest snapshot and returns at once: a
 // snapshot still waiting is replaced (latest wins), so a slow enforcement
 // round never holds up sampling.
-func (e *Enforcer) Offer(snap *sampler.Snapshot) {
+func (e *Enforcer) Offer(snap *node.Snapshot) {
 	for {
 		select {
 		case e.inbox <- snap:
@@ -241,7 +241,7 @@ func New(opts Options) (*Enforcer, error) {
 		opts.Logger.Warn("thawed frozen pod cgroups found at start", "count", n, "err", err)
 	}
 	e := &Enforcer{
-		opts: opts, log: opts.Logger, epoch: clockOf(opts).Now(), inbox: make(chan *sampler.Snapshot, 1),
+		opts: opts, log: opts.Logger, epoch: clockOf(opts).Now(), inbox: make(chan *node.Snapshot, 1),
 		ctrl: map[string]*Controller{}, throttles: map[string]*Throttle{},
 		freezers: map[string]heldFreezer{}, parked: map[string]Freezer{}, reported: map[int]bool{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
@@ -261,7 +261,7 @@ func clockOf(o Options) Clock {
 // Containers spanning GPUs take the smallest duty of their GPUs, since one
 // freezer holds all of them. A container whose GPU could not be read in
 // this sample keeps the duty it had: a blind agent lets nothing go.
-func (e *Enforcer) Apply(snap *sampler.Snapshot) {
+func (e *Enforcer) Apply(snap *node.Snapshot) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	defer e.publishLocked()
@@ -291,7 +291,7 @@ func (e *Enforcer) Apply(snap *sampler.Snapshot) {
 	byGPU := map[string][]Member{}
 	seen := map[string]bool{}
 	hold := map[string]bool{}
-	who := map[string]sampler.Container{}
+	who := map[string]node.Container{}
 	for _, c := range snap.Containers {
 		id := c.Cgroup.Key()
 		if id == "" {
@@ -469,7 +469,7 @@ func (e *Enforcer) Close() {
 }
 
 // memoryOnlyStats reports the watchdog's work when the throttle is off.
-func (e *Enforcer) memoryOnlyStats(snap *sampler.Snapshot) map[string]Stats {
+func (e *Enforcer) memoryOnlyStats(snap *node.Snapshot) map[string]Stats {
 	mem := e.watchdog.Stats()
 	driver := e.driverLimits()
 	out := map[string]Stats{}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 func newBareEnforcer(t *testing.T) *Enforcer {
@@ -54,7 +54,7 @@ func TestOfferLatestWins(t *testing.T) {
 	e := newBareEnforcer(t)
 	t0 := time.Unix(1000, 0)
 	for i := range 3 {
-		e.Offer(&sampler.Snapshot{Time: t0.Add(time.Duration(i) * time.Second)}) // no loop yet: never blocks
+		e.Offer(&node.Snapshot{Time: t0.Add(time.Duration(i) * time.Second)}) // no loop yet: never blocks
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

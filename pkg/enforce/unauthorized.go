@@ -8,13 +8,13 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/events"
-	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // unauthorized acts on the processes in pods that use a GPU their
 // container holds no slice of, by the Unauthorized policy. Host processes
 // never reach here: the sampler lists only processes in pod cgroups.
-func (e *Enforcer) unauthorized(snap *sampler.Snapshot) {
+func (e *Enforcer) unauthorized(snap *node.Snapshot) {
 	wantParked := map[string]attribution.Container{}
 	seen := map[int]bool{}
 	for _, u := range snap.Unauthorized {

@@ -13,8 +13,8 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/events"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
 
 // MemoryPolicy is what the watchdog does to a container over its GPU
@@ -126,7 +126,7 @@ func NewWatchdog(policy MemoryPolicy, procRoot string, log *slog.Logger, rec eve
 }
 
 // Apply checks every container in the snapshot against its limit.
-func (w *Watchdog) Apply(snap *sampler.Snapshot) {
+func (w *Watchdog) Apply(snap *node.Snapshot) {
 	if w.policy == MemoryOff {
 		return
 	}

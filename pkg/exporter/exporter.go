@@ -1,14 +1,19 @@
 package exporter
 
 import (
+	"bytes"
+	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 
-	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
 
 // Namespace prefixes every metric.
@@ -16,7 +21,7 @@ const Namespace = "gpuslice"
 
 // Source gives the latest snapshot.
 type Source interface {
-	Snapshot() *sampler.Snapshot
+	Snapshot() *node.Snapshot
 }
 
 // Enforcement reports what enforcement did, by container ID, and which
@@ -38,308 +43,299 @@ type Info struct {
 	MPS bool
 }
 
-// NewRegistry returns a registry holding every gpuslice collector over src.
-func NewRegistry(src Source, info Info) *prometheus.Registry {
-	r := prometheus.NewRegistry()
-	r.MustRegister(
-		newDeviceCollector(src, info.System),
-		newSliceCollector(src),
-		newContainerCollector(src),
-		newEnforcementCollector(src, info.Enforcement, info.MPS),
-		newAgentCollector(src, info.Version),
-	)
-	return r
+// Exposition renders the node's metrics in the Prometheus text format
+// straight from the latest snapshot and enforcement's view: no registry,
+// no intermediate metric objects, one pass over the snapshot per family.
+type Exposition struct {
+	src  Source
+	info Info
+	cuda string
 }
 
-func desc(subsystem, name, help string, labels ...string) *prometheus.Desc {
-	return prometheus.NewDesc(prometheus.BuildFQName(Namespace, subsystem, name), help, labels, nil)
-}
-
-var gpuLabels = []string{"gpu", "uuid"}
-
-func gpuValues(d sampler.Device) []string { return []string{strconv.Itoa(d.Index), d.UUID} }
-
-// deviceCollector exports each GPU's state.
-type deviceCollector struct {
-	src                                                                Source
-	system                                                             nvml.SystemInfo
-	info, memTotal, memUsed, util, temp, power, energy, clock, ok, xid *prometheus.Desc
-}
-
-func newDeviceCollector(src Source, system nvml.SystemInfo) *deviceCollector {
-	return &deviceCollector{
-		src: src, system: system,
-		info:     desc("device", "info", "GPU identity; always 1.", "gpu", "uuid", "model", "pci_bus_id", "driver_version", "cuda_version"),
-		memTotal: desc("device", "memory_total_bytes", "GPU framebuffer memory.", gpuLabels...),
-		memUsed:  desc("device", "memory_used_bytes", "GPU framebuffer memory in use.", gpuLabels...),
-		util:     desc("device", "utilization_ratio", "Share of time the GPU was busy over the driver's last sampling period.", gpuLabels...),
-		temp:     desc("device", "temperature_celsius", "GPU core temperature.", gpuLabels...),
-		power:    desc("device", "power_watts", "Board power draw.", gpuLabels...),
-		energy:   desc("device", "energy_joules_total", "Energy used since the driver was loaded.", gpuLabels...),
-		clock:    desc("device", "sm_clock_hertz", "Current SM clock.", gpuLabels...),
-		ok:       desc("device", "healthy", "1 if the GPU's slices are offered as Healthy, 0 if not.", gpuLabels...),
-		xid:      desc("device", "xid_errors_total", "Critical XID errors reported by the driver, by XID.", "gpu", "uuid", "xid"),
+// NewExposition returns the exposition of src's snapshots.
+func NewExposition(src Source, info Info) *Exposition {
+	e := &Exposition{src: src, info: info}
+	if info.System.CUDADriverVersion > 0 {
+		e.cuda = info.System.CUDAVersion()
 	}
+	return e
 }
 
-func (c *deviceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.info, c.memTotal, c.memUsed, c.util, c.temp, c.power, c.energy, c.clock, c.ok, c.xid} {
-		ch <- d
+// view is what one rendering reads: the snapshot and enforcement's stats,
+// each read once.
+type view struct {
+	e     *Exposition
+	snap  *node.Snapshot
+	stats map[string]enforce.Stats
+	// per GPU, from the snapshot's processes
+	unattributed, unauthorized map[string]int
+	// each device's and container's label set, rendered once
+	devLabels, ctrLabels [][]byte
+}
+
+// Append appends the exposition of the current snapshot to b.
+func (e *Exposition) Append(b []byte) []byte {
+	v := &view{e: e, snap: e.src.Snapshot(), unattributed: map[string]int{}, unauthorized: map[string]int{}}
+	if e.info.Enforcement != nil {
+		v.stats = e.info.Enforcement.Stats()
 	}
-}
-
-func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
-	cuda := ""
-	if c.system.CUDADriverVersion > 0 {
-		cuda = c.system.CUDAVersion()
+	for _, u := range v.snap.Unattributed {
+		v.unattributed[u.GPU]++
 	}
-	for _, d := range c.src.Snapshot().Devices {
-		l := gpuValues(d)
-		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, l[0], l[1], d.Model, d.PCIBusID, c.system.DriverVersion, cuda)
-		ch <- prometheus.MustNewConstMetric(c.memTotal, prometheus.GaugeValue, float64(d.MemoryBytes), l...)
-		healthy := 0.0
-		if d.Health.Healthy {
-			healthy = 1
-		}
-		ch <- prometheus.MustNewConstMetric(c.ok, prometheus.GaugeValue, healthy, l...)
-		for x, n := range d.XIDs {
-			ch <- prometheus.MustNewConstMetric(c.xid, prometheus.CounterValue, float64(n), l[0], l[1], strconv.FormatUint(x, 10))
-		}
-		if !d.SampleOK {
-			// No reading this round: leave the series out rather than
-			// report a made-up zero.
-			continue
-		}
-		s := d.Sample
-		ch <- prometheus.MustNewConstMetric(c.memUsed, prometheus.GaugeValue, float64(s.MemoryUsedBytes), l...)
-		ch <- prometheus.MustNewConstMetric(c.util, prometheus.GaugeValue, s.Utilization, l...)
-		ch <- prometheus.MustNewConstMetric(c.temp, prometheus.GaugeValue, s.TemperatureCelsius, l...)
-		ch <- prometheus.MustNewConstMetric(c.power, prometheus.GaugeValue, s.PowerWatts, l...)
-		ch <- prometheus.MustNewConstMetric(c.energy, prometheus.CounterValue, s.EnergyJoules, l...)
-		ch <- prometheus.MustNewConstMetric(c.clock, prometheus.GaugeValue, s.SMClockHertz, l...)
+	for _, u := range v.snap.Unauthorized {
+		v.unauthorized[u.GPU]++
 	}
-}
-
-// sliceCollector exports how each GPU is cut and how much of it is held.
-type sliceCollector struct {
-	src              Source
-	total, allocated *prometheus.Desc
-}
-
-func newSliceCollector(src Source) *sliceCollector {
-	return &sliceCollector{
-		src:       src,
-		total:     desc("slices", "capacity", "Slices the GPU is cut into.", gpuLabels...),
-		allocated: desc("slices", "allocated", "Slices of the GPU held by containers.", gpuLabels...),
+	v.renderLabels()
+	w := &textWriter{b: b}
+	for i := range families {
+		w.start(&families[i].family)
+		families[i].write(w, v)
 	}
+	return w.b
 }
 
-func (c *sliceCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.total
-	ch <- c.allocated
-}
-
-func (c *sliceCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, d := range c.src.Snapshot().Devices {
-		ch <- prometheus.MustNewConstMetric(c.total, prometheus.GaugeValue, float64(d.Slices), gpuValues(d)...)
-		ch <- prometheus.MustNewConstMetric(c.allocated, prometheus.GaugeValue, float64(d.Allocated), gpuValues(d)...)
+// Gather parses the exposition back into metric families, as a
+// prometheus.Gatherer: for tests and tools that compare or lint it.
+func (e *Exposition) Gather() ([]*dto.MetricFamily, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(bytes.NewReader(e.Append(nil)))
+	if err != nil {
+		return nil, fmt.Errorf("parse own exposition: %w", err)
 	}
-}
-
-var containerLabels = []string{"namespace", "pod", "container", "gpu", "uuid"}
-
-func containerValues(c sampler.Container) []string {
-	return []string{c.Namespace, c.Pod, c.Container, strconv.Itoa(c.Index), c.GPU}
-}
-
-// containerCollector exports each container's share of each GPU it holds
-// slices of, measured from its own processes.
-type containerCollector struct {
-	src                                                                       Source
-	slices, memLimit, memUsed, compLimit, util, utilOfLimit, busy, lastActive *prometheus.Desc
-}
-
-func newContainerCollector(src Source) *containerCollector {
-	return &containerCollector{
-		src:         src,
-		slices:      desc("container", "slices", "Slices of the GPU the container holds.", containerLabels...),
-		memLimit:    desc("container", "memory_limit_bytes", "GPU memory the container's slices allow.", containerLabels...),
-		memUsed:     desc("container", "memory_used_bytes", "GPU memory held by the container's processes.", containerLabels...),
-		compLimit:   desc("container", "compute_limit_ratio", "Share of the GPU's compute the container's slices allow.", containerLabels...),
-		util:        desc("container", "sm_utilization_ratio", "Share of the GPU's SM time used by the container's processes.", containerLabels...),
-		utilOfLimit: desc("container", "sm_utilization_of_limit_ratio", "SM utilization relative to the container's compute limit; above 1 when it bursts into idle GPU time.", containerLabels...),
-		busy:        desc("container", "gpu_busy_seconds_total", "GPU time used by the container's processes: SM utilization integrated over time.", containerLabels...),
-		lastActive:  desc("container", "last_active_timestamp_seconds", "Last time the container's processes used the GPU.", containerLabels...),
-	}
-}
-
-func (c *containerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.slices, c.memLimit, c.memUsed, c.compLimit, c.util, c.utilOfLimit, c.busy, c.lastActive} {
-		ch <- d
-	}
-}
-
-func (c *containerCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, ctr := range c.src.Snapshot().Containers {
-		l := containerValues(ctr)
-		ch <- prometheus.MustNewConstMetric(c.slices, prometheus.GaugeValue, float64(ctr.Slices), l...)
-		ch <- prometheus.MustNewConstMetric(c.memLimit, prometheus.GaugeValue, float64(ctr.MemoryLimitBytes), l...)
-		ch <- prometheus.MustNewConstMetric(c.compLimit, prometheus.GaugeValue, ctr.ComputeLimitRatio, l...)
-		if ctr.Blind {
-			// Its GPU's processes could not be listed: its use is unknown,
-			// and a zero here would read as an idle pod downstream.
-			continue
-		}
-		ch <- prometheus.MustNewConstMetric(c.memUsed, prometheus.GaugeValue, float64(ctr.MemoryUsedBytes), l...)
-		ch <- prometheus.MustNewConstMetric(c.util, prometheus.GaugeValue, ctr.SMUtilization, l...)
-		if ctr.ComputeLimitRatio > 0 {
-			ch <- prometheus.MustNewConstMetric(c.utilOfLimit, prometheus.GaugeValue, ctr.SMUtilization/ctr.ComputeLimitRatio, l...)
-		}
-		ch <- prometheus.MustNewConstMetric(c.busy, prometheus.CounterValue, ctr.BusySeconds, l...)
-		if !ctr.LastActive.IsZero() {
-			ch <- prometheus.MustNewConstMetric(c.lastActive, prometheus.GaugeValue, float64(ctr.LastActive.UnixMilli())/1000, l...)
+	out := make([]*dto.MetricFamily, 0, len(mfs))
+	for _, f := range families {
+		if mf, ok := mfs[f.name]; ok {
+			out = append(out, mf)
 		}
 	}
+	return out, nil
 }
 
-// enforcementCollector exports what enforcement did to each container.
-type enforcementCollector struct {
-	src                                                Source
-	enf                                                Enforcement
-	throttled, duty, inForce, kills, limit, fail, tier *prometheus.Desc
-	driverLimit, driverOps                             *prometheus.Desc
-	mps                                                bool
-}
-
-func newEnforcementCollector(src Source, enf Enforcement, mps bool) *enforcementCollector {
-	return &enforcementCollector{
-		src: src, enf: enf, mps: mps,
-		tier:      desc("enforcement", "tier", "The mechanism holding each resource on the GPU; always 1.", "gpu", "uuid", "resource", "tier"),
-		throttled: desc("enforcement", "throttled_seconds_total", "Time the container's cgroup was frozen to keep it inside its compute share.", containerLabels...),
-		duty:      desc("enforcement", "compute_duty_ratio", "Share of each throttle period the container may run; 1 when not throttled.", containerLabels...),
-		inForce:   desc("enforcement", "limits_in_force", "1 if the agent can act on the container's cgroup, 0 if its limits are not enforced.", containerLabels...),
-		kills:     desc("enforcement", "kills_total", "GPU processes of the container killed for exceeding its memory limit.", containerLabels...),
-		limit:     desc("enforcement", "memory_limit_events_total", "Times the container went over its GPU memory limit.", containerLabels...),
-		fail:      desc("enforcement", "failures_total", "Containers that could not be enforced and cgroups that vanished under a throttle."),
-		driverLimit: desc("enforcement", "driver_memory_limit_bytes", "Hard GPU memory limit the driver enforces on the container's cgroup; absent where the driver tier does not hold it.",
-			containerLabels...),
-		driverOps: desc("enforcement", "driver_memory_limit_operations_total",
-			"Driver per-cgroup memory limit operations: set, cleared (soft limit zeroed before the cgroup went away), failed NVML calls, and uncleared cgroups removed with their soft limit still set.", "result"),
+// renderLabels renders every device's and container's label set into one
+// buffer.
+func (v *view) renderLabels() {
+	arena := make([]byte, 0, 64*len(v.snap.Devices)+160*len(v.snap.Containers))
+	var idx [20]byte
+	v.devLabels = make([][]byte, len(v.snap.Devices))
+	for i, d := range v.snap.Devices {
+		start := len(arena)
+		arena = appendLabels(arena, "gpu", string(strconv.AppendInt(idx[:0], int64(d.Index), 10)), "uuid", d.UUID)
+		v.devLabels[i] = arena[start:len(arena):len(arena)]
+	}
+	v.ctrLabels = make([][]byte, len(v.snap.Containers))
+	for i, c := range v.snap.Containers {
+		start := len(arena)
+		arena = appendLabels(arena, "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
+			"gpu", string(strconv.AppendInt(idx[:0], int64(c.Index), 10)), "uuid", c.GPU)
+		v.ctrLabels[i] = arena[start:len(arena):len(arena)]
 	}
 }
 
-func (c *enforcementCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.throttled, c.duty, c.inForce, c.kills, c.limit, c.fail, c.tier, c.driverLimit, c.driverOps} {
-		ch <- d
+func bit(b bool) float64 {
+	if b {
+		return 1
 	}
+	return 0
 }
 
-func (c *enforcementCollector) Collect(ch chan<- prometheus.Metric) {
-	var stats map[string]enforce.Stats
-	snap := c.src.Snapshot()
-	if c.enf != nil {
-		stats = c.enf.Stats()
-		ch <- prometheus.MustNewConstMetric(c.fail, prometheus.CounterValue, float64(c.enf.Failures()))
-		compute, memory := c.enf.Tiers()
-		if c.mps {
-			compute = "mps"
-		}
-		for _, d := range snap.Devices {
-			l := gpuValues(d)
-			ch <- prometheus.MustNewConstMetric(c.tier, prometheus.GaugeValue, 1, l[0], l[1], "compute", compute)
-			ch <- prometheus.MustNewConstMetric(c.tier, prometheus.GaugeValue, 1, l[0], l[1], "memory", memory)
-		}
-		if ds, ok := c.enf.DriverStats(); ok {
-			for _, v := range []struct {
-				result string
-				n      uint64
-			}{{"set", ds.Set}, {"cleared", ds.Cleared}, {"failed", ds.Failed}, {"uncleared", ds.Uncleared}} {
-				ch <- prometheus.MustNewConstMetric(c.driverOps, prometheus.CounterValue, float64(v.n), v.result)
+// perDevice writes one sample per device for which ok holds.
+func perDevice(value func(d node.Device) float64, ok func(d node.Device) bool) func(*textWriter, *view) {
+	return func(w *textWriter, v *view) {
+		for i, d := range v.snap.Devices {
+			if ok == nil || ok(d) {
+				w.sampleSet(value(d), v.devLabels[i])
 			}
 		}
 	}
-	for _, ctr := range snap.Containers {
-		l := containerValues(ctr)
-		st, known := stats[ctr.Cgroup.Key()]
-		if !known {
-			st = enforce.Stats{Duty: 1}
-		}
-		inForce := 0.0
-		if st.InForce {
-			inForce = 1
-		}
-		ch <- prometheus.MustNewConstMetric(c.throttled, prometheus.CounterValue, st.Throttled.Seconds(), l...)
-		ch <- prometheus.MustNewConstMetric(c.duty, prometheus.GaugeValue, st.Duty, l...)
-		ch <- prometheus.MustNewConstMetric(c.inForce, prometheus.GaugeValue, inForce, l...)
-		ch <- prometheus.MustNewConstMetric(c.kills, prometheus.CounterValue, float64(st.Kills), l...)
-		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.CounterValue, float64(st.MemoryEvents), l...)
-		if b, ok := st.DriverMemoryLimits[ctr.GPU]; ok {
-			ch <- prometheus.MustNewConstMetric(c.driverLimit, prometheus.GaugeValue, float64(b), l...)
+}
+
+// sampled is true for a device with a reading this round: without one its
+// series are left out rather than a made-up zero reported.
+func sampled(d node.Device) bool { return d.SampleOK }
+
+// perContainer writes one sample per container for which ok holds.
+func perContainer(value func(c node.Container) float64, ok func(c node.Container) bool) func(*textWriter, *view) {
+	return func(w *textWriter, v *view) {
+		for i, c := range v.snap.Containers {
+			if ok == nil || ok(c) {
+				w.sampleSet(value(c), v.ctrLabels[i])
+			}
 		}
 	}
 }
 
-// agentCollector exports the agent's own health.
-type agentCollector struct {
-	src                                               Source
-	version                                           string
-	build, duration, errors, unattributed, lastSample *prometheus.Desc
-	unauthorized, blind                               *prometheus.Desc
-}
+// seen is true for a container whose GPU's processes were listed: on a
+// blind GPU its use is unknown, and a zero would read as an idle pod
+// downstream.
+func seen(c node.Container) bool { return !c.Blind }
 
-func newAgentCollector(src Source, version string) *agentCollector {
-	return &agentCollector{
-		src: src, version: version,
-		build:        desc("", "build_info", "The agent's build; always 1.", "version", "goversion"),
-		duration:     desc("agent", "sample_duration_seconds", "Time one sample of the node took."),
-		errors:       desc("agent", "errors_total", "Failed reads while sampling, by source.", "source"),
-		unattributed: desc("agent", "unattributed_processes", "GPU processes in the last sample that no container holding slices could be found for.", gpuLabels...),
-		lastSample:   desc("agent", "last_sample_timestamp_seconds", "When the last sample was taken."),
-		unauthorized: desc("agent", "unauthorized_processes",
-			"GPU processes in the last sample that run in a pod whose container holds no slice of the GPU.", gpuLabels...),
-		blind: desc("agent", "gpu_blind",
-			"1 when the GPU's readings or process list failed in the last sample: its containers' use series are absent, not zero, and their throttles hold; 0 otherwise.",
-			gpuLabels...),
-	}
-}
-
-func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.build, c.duration, c.errors, c.unattributed, c.lastSample, c.unauthorized, c.blind} {
-		ch <- d
-	}
-}
-
-func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.src.Snapshot()
-	ch <- prometheus.MustNewConstMetric(c.build, prometheus.GaugeValue, 1, c.version, runtime.Version())
-	buckets := make(map[float64]uint64, len(sampler.DurationBuckets))
-	for i, b := range sampler.DurationBuckets {
-		if i < len(s.Durations.Counts) {
-			buckets[b] = s.Durations.Counts[i]
+// perEnforced writes one sample per container from what enforcement did to
+// it (nothing known: not throttled, not in force).
+func perEnforced(value func(st enforce.Stats) float64) func(*textWriter, *view) {
+	return func(w *textWriter, v *view) {
+		for i, c := range v.snap.Containers {
+			w.sampleSet(value(v.enforced(c)), v.ctrLabels[i])
 		}
 	}
-	ch <- prometheus.MustNewConstHistogram(c.duration, s.Durations.Count, s.Durations.Sum, buckets)
-	for _, src := range []string{sampler.SourceNVML, sampler.SourcePodResources, sampler.SourceCheckpoint, sampler.SourceProc} {
-		ch <- prometheus.MustNewConstMetric(c.errors, prometheus.CounterValue, float64(s.Errors[src]), src)
+}
+
+func (v *view) enforced(c node.Container) enforce.Stats {
+	if st, ok := v.stats[c.Cgroup.Key()]; ok {
+		return st
 	}
-	perGPU := map[string]int{}
-	for _, u := range s.Unattributed {
-		perGPU[u.GPU]++
+	return enforce.Stats{Duty: 1}
+}
+
+// metric is one family and how its samples are written.
+type metric struct {
+	family
+	write func(*textWriter, *view)
+}
+
+func m(subsystem, name, typ, help string, write func(*textWriter, *view)) metric {
+	full := Namespace + "_" + name
+	if subsystem != "" {
+		full = Namespace + "_" + subsystem + "_" + name
 	}
-	denied := map[string]int{}
-	for _, u := range s.Unauthorized {
-		denied[u.GPU]++
-	}
-	for _, d := range s.Devices {
-		ch <- prometheus.MustNewConstMetric(c.unattributed, prometheus.GaugeValue, float64(perGPU[d.UUID]), gpuValues(d)...)
-		ch <- prometheus.MustNewConstMetric(c.unauthorized, prometheus.GaugeValue, float64(denied[d.UUID]), gpuValues(d)...)
-		b := 0.0
-		if d.Blind() {
-			b = 1
+	return metric{family{full, typ, help}, write}
+}
+
+// families is every metric the agent exports, sorted by name.
+var families = []metric{
+	m("agent", "errors_total", "counter", "Failed reads while sampling, by source.", func(w *textWriter, v *view) {
+		for _, src := range []string{node.SourceCheckpoint, node.SourceNVML, node.SourcePodResources, node.SourceProc} {
+			w.sample(float64(v.snap.Errors[src]), "source", src)
 		}
-		ch <- prometheus.MustNewConstMetric(c.blind, prometheus.GaugeValue, b, gpuValues(d)...)
-	}
-	if !s.Time.IsZero() {
-		ch <- prometheus.MustNewConstMetric(c.lastSample, prometheus.GaugeValue, float64(s.Time.UnixMilli())/1000)
-	}
+	}),
+	m("agent", "gpu_blind", "gauge",
+		"1 when the GPU's readings or process list failed in the last sample: its containers' use series are absent, not zero, and their throttles hold; 0 otherwise.",
+		perDevice(func(d node.Device) float64 { return bit(d.Blind()) }, nil)),
+	m("agent", "last_sample_timestamp_seconds", "gauge", "When the last sample was taken.", func(w *textWriter, v *view) {
+		if !v.snap.Time.IsZero() {
+			w.sample(float64(v.snap.Time.UnixMilli()) / 1000)
+		}
+	}),
+	m("agent", "sample_duration_seconds", "histogram", "Time one sample of the node took.", func(w *textWriter, v *view) {
+		h := v.snap.Durations
+		w.histogram(node.DurationBuckets, h.Counts, h.Count, h.Sum)
+	}),
+	m("agent", "unattributed_processes", "gauge", "GPU processes in the last sample that no container holding slices could be found for.", func(w *textWriter, v *view) {
+		for i, d := range v.snap.Devices {
+			w.sampleSet(float64(v.unattributed[d.UUID]), v.devLabels[i])
+		}
+	}),
+	m("agent", "unauthorized_processes", "gauge", "GPU processes in the last sample that run in a pod whose container holds no slice of the GPU.", func(w *textWriter, v *view) {
+		for i, d := range v.snap.Devices {
+			w.sampleSet(float64(v.unauthorized[d.UUID]), v.devLabels[i])
+		}
+	}),
+	m("", "build_info", "gauge", "The agent's build; always 1.", func(w *textWriter, v *view) {
+		w.sample(1, "version", v.e.info.Version, "goversion", runtime.Version())
+	}),
+	m("container", "compute_limit_ratio", "gauge", "Share of the GPU's compute the container's slices allow.",
+		perContainer(func(c node.Container) float64 { return c.ComputeLimitRatio }, nil)),
+	m("container", "gpu_busy_seconds_total", "counter", "GPU time used by the container's processes: SM utilization integrated over time.",
+		perContainer(func(c node.Container) float64 { return c.BusySeconds }, seen)),
+	m("container", "last_active_timestamp_seconds", "gauge", "Last time the container's processes used the GPU.",
+		perContainer(func(c node.Container) float64 { return float64(c.LastActive.UnixMilli()) / 1000 },
+			func(c node.Container) bool { return seen(c) && !c.LastActive.IsZero() })),
+	m("container", "memory_limit_bytes", "gauge", "GPU memory the container's slices allow.",
+		perContainer(func(c node.Container) float64 { return float64(c.MemoryLimitBytes) }, nil)),
+	m("container", "memory_used_bytes", "gauge", "GPU memory held by the container's processes.",
+		perContainer(func(c node.Container) float64 { return float64(c.MemoryUsedBytes) }, seen)),
+	m("container", "slices", "gauge", "Slices of the GPU the container holds.",
+		perContainer(func(c node.Container) float64 { return float64(c.Slices) }, nil)),
+	m("container", "sm_utilization_of_limit_ratio", "gauge", "SM utilization relative to the container's compute limit; above 1 when it bursts into idle GPU time.",
+		perContainer(func(c node.Container) float64 { return c.SMUtilization / c.ComputeLimitRatio },
+			func(c node.Container) bool { return seen(c) && c.ComputeLimitRatio > 0 })),
+	m("container", "sm_utilization_ratio", "gauge", "Share of the GPU's SM time used by the container's processes.",
+		perContainer(func(c node.Container) float64 { return c.SMUtilization }, seen)),
+	m("device", "energy_joules_total", "counter", "Energy used since the driver was loaded.",
+		perDevice(func(d node.Device) float64 { return d.Sample.EnergyJoules }, sampled)),
+	m("device", "healthy", "gauge", "1 if the GPU's slices are offered as Healthy, 0 if not.",
+		perDevice(func(d node.Device) float64 { return bit(d.Health.Healthy) }, nil)),
+	m("device", "info", "gauge", "GPU identity; always 1.", func(w *textWriter, v *view) {
+		for _, d := range v.snap.Devices {
+			w.sample(1, "gpu", strconv.Itoa(d.Index), "uuid", d.UUID, "model", d.Model, "pci_bus_id", d.PCIBusID,
+				"driver_version", v.e.info.System.DriverVersion, "cuda_version", v.e.cuda)
+		}
+	}),
+	m("device", "memory_total_bytes", "gauge", "GPU framebuffer memory.",
+		perDevice(func(d node.Device) float64 { return float64(d.MemoryBytes) }, nil)),
+	m("device", "memory_used_bytes", "gauge", "GPU framebuffer memory in use.",
+		perDevice(func(d node.Device) float64 { return float64(d.Sample.MemoryUsedBytes) }, sampled)),
+	m("device", "power_watts", "gauge", "Board power draw.",
+		perDevice(func(d node.Device) float64 { return d.Sample.PowerWatts }, sampled)),
+	m("device", "sm_clock_hertz", "gauge", "Current SM clock.",
+		perDevice(func(d node.Device) float64 { return d.Sample.SMClockHertz }, sampled)),
+	m("device", "temperature_celsius", "gauge", "GPU core temperature.",
+		perDevice(func(d node.Device) float64 { return d.Sample.TemperatureCelsius }, sampled)),
+	m("device", "utilization_ratio", "gauge", "Share of time the GPU was busy over the driver's last sampling period.",
+		perDevice(func(d node.Device) float64 { return d.Sample.Utilization }, sampled)),
+	m("device", "xid_errors_total", "counter", "Critical XID errors reported by the driver, by XID.", func(w *textWriter, v *view) {
+		for _, d := range v.snap.Devices {
+			xids := make([]uint64, 0, len(d.XIDs))
+			for x := range d.XIDs {
+				xids = append(xids, x)
+			}
+			slices.Sort(xids)
+			for _, x := range xids {
+				w.sample(float64(d.XIDs[x]), "gpu", strconv.Itoa(d.Index), "uuid", d.UUID, "xid", strconv.FormatUint(x, 10))
+			}
+		}
+	}),
+	m("enforcement", "compute_duty_ratio", "gauge", "Share of each throttle period the container may run; 1 when not throttled.",
+		perEnforced(func(st enforce.Stats) float64 { return st.Duty })),
+	m("enforcement", "driver_memory_limit_bytes", "gauge",
+		"Hard GPU memory limit the driver enforces on the container's cgroup; absent where the driver tier does not hold it.", func(w *textWriter, v *view) {
+			for i, c := range v.snap.Containers {
+				if b, ok := v.enforced(c).DriverMemoryLimits[c.GPU]; ok {
+					w.sampleSet(float64(b), v.ctrLabels[i])
+				}
+			}
+		}),
+	m("enforcement", "driver_memory_limit_operations_total", "counter",
+		"Driver per-cgroup memory limit operations: set, cleared (soft limit zeroed before the cgroup went away), failed NVML calls, and uncleared cgroups removed with their soft limit still set.",
+		func(w *textWriter, v *view) {
+			if v.e.info.Enforcement == nil {
+				return
+			}
+			if ds, ok := v.e.info.Enforcement.DriverStats(); ok {
+				w.sample(float64(ds.Cleared), "result", "cleared")
+				w.sample(float64(ds.Failed), "result", "failed")
+				w.sample(float64(ds.Set), "result", "set")
+				w.sample(float64(ds.Uncleared), "result", "uncleared")
+			}
+		}),
+	m("enforcement", "failures_total", "counter", "Containers that could not be enforced and cgroups that vanished under a throttle.", func(w *textWriter, v *view) {
+		if v.e.info.Enforcement != nil {
+			w.sample(float64(v.e.info.Enforcement.Failures()))
+		}
+	}),
+	m("enforcement", "kills_total", "counter", "GPU processes of the container killed for exceeding its memory limit.",
+		perEnforced(func(st enforce.Stats) float64 { return float64(st.Kills) })),
+	m("enforcement", "limits_in_force", "gauge", "1 if the agent can act on the container's cgroup, 0 if its limits are not enforced.",
+		perEnforced(func(st enforce.Stats) float64 { return bit(st.InForce) })),
+	m("enforcement", "memory_limit_events_total", "counter", "Times the container went over its GPU memory limit.",
+		perEnforced(func(st enforce.Stats) float64 { return float64(st.MemoryEvents) })),
+	m("enforcement", "throttled_seconds_total", "counter", "Time the container's cgroup was frozen to keep it inside its compute share.",
+		perEnforced(func(st enforce.Stats) float64 { return st.Throttled.Seconds() })),
+	m("enforcement", "tier", "gauge", "The mechanism holding each resource on the GPU; always 1.", func(w *textWriter, v *view) {
+		if v.e.info.Enforcement == nil {
+			return
+		}
+		compute, memory := v.e.info.Enforcement.Tiers()
+		if v.e.info.MPS {
+			compute = "mps"
+		}
+		for _, d := range v.snap.Devices {
+			idx := strconv.Itoa(d.Index)
+			w.sample(1, "gpu", idx, "uuid", d.UUID, "resource", "compute", "tier", compute)
+			w.sample(1, "gpu", idx, "uuid", d.UUID, "resource", "memory", "tier", memory)
+		}
+	}),
+	m("slices", "allocated", "gauge", "Slices of the GPU held by containers.",
+		perDevice(func(d node.Device) float64 { return float64(d.Allocated) }, nil)),
+	m("slices", "capacity", "gauge", "Slices the GPU is cut into.",
+		perDevice(func(d node.Device) float64 { return float64(d.Slices) }, nil)),
 }

@@ -10,13 +10,13 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
 
-type fixed struct{ s *sampler.Snapshot }
+type fixed struct{ s *node.Snapshot }
 
-func (f fixed) Snapshot() *sampler.Snapshot { return f.s }
+func (f fixed) Snapshot() *node.Snapshot { return f.s }
 
 // enforcement is what enforcement did in the fixture: container a is
 // throttled, b is unknown to it.
@@ -36,15 +36,15 @@ func (enforcement) Tiers() (string, string) { return "freezer", "driver" }
 
 const cidA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 
-func snapshot() *sampler.Snapshot {
-	counts := make([]uint64, len(sampler.DurationBuckets))
+func snapshot() *node.Snapshot {
+	counts := make([]uint64, len(node.DurationBuckets))
 	for i := range counts {
 		counts[i] = 3
 	}
 	counts[0], counts[1] = 1, 2
-	return &sampler.Snapshot{
+	return &node.Snapshot{
 		Time: time.Unix(1700000001, 0),
-		Devices: []sampler.Device{
+		Devices: []node.Device{
 			{
 				Device:      nvml.Device{UUID: "GPU-aaa", Index: 0, Model: "NVIDIA A100-SXM4-40GB", MemoryBytes: 42949672960, PCIBusID: "00000000:07:00.0"},
 				Sample:      nvml.Sample{UUID: "GPU-aaa", Utilization: 0.7, MemoryUsedBytes: 3221225472, TemperatureCelsius: 61.5, PowerWatts: 313, EnergyJoules: 12345.5, SMClockHertz: 1.41e9},
@@ -60,7 +60,7 @@ func snapshot() *sampler.Snapshot {
 				Slices: 8,
 			},
 		},
-		Containers: []sampler.Container{
+		Containers: []node.Container{
 			{Namespace: "ml", Pod: "a", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 2, MemoryLimitBytes: 10737418240, ComputeLimitRatio: 0.25,
 				MemoryUsedBytes: 1073741824, SMUtilization: 0.2, BusySeconds: 12.5, LastActive: time.Unix(1700000000, 500e6), Processes: 1,
 				Cgroup: attribution.Container{ContainerID: cidA}},
@@ -69,8 +69,8 @@ func snapshot() *sampler.Snapshot {
 		},
 		Unattributed: []attribution.Unattributed{{GPUProcess: attribution.GPUProcess{PID: 7, GPU: "GPU-aaa"}, Reason: "not in a pod or container"}},
 		Unauthorized: []attribution.Unauthorized{{GPUProcess: attribution.GPUProcess{PID: 9, GPU: "GPU-aaa"}, Namespace: "lab", Pod: "x", Reason: "its pod holds no slices of this GPU"}},
-		Errors:       map[string]uint64{sampler.SourceNVML: 1, sampler.SourcePodResources: 2},
-		Durations:    sampler.Histogram{Counts: counts, Count: 3, Sum: 0.006},
+		Errors:       map[string]uint64{node.SourceNVML: 1, node.SourcePodResources: 2},
+		Durations:    node.Histogram{Counts: counts, Count: 3, Sum: 0.006},
 	}
 }
 
@@ -243,7 +243,7 @@ func names(text string) []string {
 
 func TestExposition(t *testing.T) {
 	t.Parallel()
-	reg := NewRegistry(fixed{snapshot()}, info)
+	reg := NewExposition(fixed{snapshot()}, info)
 	for name, want := range map[string]string{
 		"devices and slices":         wantDevices,
 		"containers and enforcement": wantContainers,
@@ -257,7 +257,7 @@ func TestExposition(t *testing.T) {
 
 func TestLint(t *testing.T) {
 	t.Parallel()
-	problems, err := testutil.GatherAndLint(NewRegistry(fixed{snapshot()}, info))
+	problems, err := testutil.GatherAndLint(NewExposition(fixed{snapshot()}, info))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestBlindContainerExportsNoUse(t *testing.T) {
 	snap := snapshot()
 	snap.Containers[0].Blind = true
 	snap.Containers[1].LastActive = time.Unix(1700000000, 0)
-	reg := NewRegistry(fixed{snap}, info)
+	reg := NewExposition(fixed{snap}, info)
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -311,7 +311,7 @@ func TestBlindContainerExportsNoUse(t *testing.T) {
 func TestEmptySnapshot(t *testing.T) {
 	t.Parallel()
 	// Before the first sample: the agent's own metrics, nothing made up.
-	reg := NewRegistry(fixed{&sampler.Snapshot{Errors: map[string]uint64{}}}, info)
+	reg := NewExposition(fixed{&node.Snapshot{Errors: map[string]uint64{}}}, info)
 	n, err := testutil.GatherAndCount(reg)
 	if err != nil {
 		t.Fatal(err)

@@ -23,7 +23,7 @@ const (
 // Markdown table.
 func reference(t *testing.T) string {
 	t.Helper()
-	mfs, err := NewRegistry(fixed{snapshot()}, info).Gather()
+	mfs, err := NewExposition(fixed{snapshot()}, info).Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,21 +16,28 @@ import (
 
 	"golang.org/x/net/netutil"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/exporter-toolkit/web"
 )
 
-// Handler serves /metrics from reg, /healthz (the process is up) and
+// Renderer appends the metrics exposition, in the Prometheus text format,
+// to a buffer.
+type Renderer interface {
+	Append(b []byte) []byte
+}
+
+// Handler serves /metrics from r, /healthz (the process is up) and
 // /readyz (ready reports true: the agent is registered and has sampled).
 //
 // The exposition is rendered once per key (plain and gzip) and served from
-// memory until the key changes: every collector reads the sampler's
-// snapshot and enforcement's published view, so a key made of those two
-// names the exposition exactly. A nil key renders every scrape.
-func Handler(reg prometheus.Gatherer, key func() any, ready func() bool, log *slog.Logger) http.Handler {
+// memory until the key changes: it is rendered from the sampler's snapshot
+// and enforcement's published view, so a key made of those two names the
+// exposition exactly. A nil key renders every scrape. Renderings are made
+// into buffers that no request is serving any more, so a steady scraper
+// costs no new memory.
+func Handler(r Renderer, key func() any, ready func() bool, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", &metricsHandler{reg: reg, key: key, log: log, slots: make(chan struct{}, MaxScrapesInFlight)})
+	mux.Handle("/metrics", &metricsHandler{r: r, key: key, log: log, slots: make(chan struct{}, MaxScrapesInFlight)})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
@@ -51,15 +58,23 @@ var textFormat = expfmt.NewFormat(expfmt.TypeTextPlain)
 // MaxScrapesInFlight at a time: past the bound, scrapers get 503 rather
 // than each holding the agent's memory.
 type metricsHandler struct {
-	reg   prometheus.Gatherer
+	r     Renderer
 	key   func() any
 	log   *slog.Logger
 	slots chan struct{}
 
-	mu        sync.Mutex
-	rendered  bool
-	renderKey any
+	mu      sync.Mutex
+	current *rendering   // the latest; nil before the first
+	spare   []*rendering // renderings no request serves, to render into
+	zw      *gzip.Writer
+}
+
+// rendering is one exposition, plain and gzipped. refs counts the requests
+// serving it, plus one while it is current; at zero its buffers are free.
+type rendering struct {
+	key       any
 	plain, gz []byte
+	refs      int
 }
 
 func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -70,57 +85,68 @@ func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "too many scrapes in flight", http.StatusServiceUnavailable)
 		return
 	}
-	plain, gz, err := h.render()
-	if err != nil {
-		http.Error(w, "metrics could not be gathered", http.StatusInternalServerError)
-		return
-	}
+	rd := h.acquire()
+	defer h.release(rd)
 	w.Header().Set("Content-Type", string(textFormat))
 	if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
 		w.Header().Set("Content-Encoding", "gzip")
-		w.Header().Set("Content-Length", strconv.Itoa(len(gz)))
-		_, _ = w.Write(gz)
+		w.Header().Set("Content-Length", strconv.Itoa(len(rd.gz)))
+		_, _ = w.Write(rd.gz)
 		return
 	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(plain)))
-	_, _ = w.Write(plain)
+	w.Header().Set("Content-Length", strconv.Itoa(len(rd.plain)))
+	_, _ = w.Write(rd.plain)
 }
 
-// render returns the exposition for the current key, rendering it only
-// when the key changed. The bytes returned are never written again.
-func (h *metricsHandler) render() (plain, gz []byte, err error) {
+// acquire returns the rendering for the current key, rendering it only
+// when the key changed, and holds it until release.
+func (h *metricsHandler) acquire() *rendering {
 	var key any
 	if h.key != nil {
 		key = h.key()
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.key != nil && h.rendered && h.renderKey == key {
-		return h.plain, h.gz, nil
+	if cur := h.current; cur != nil && h.key != nil && cur.key == key {
+		cur.refs++
+		return cur
 	}
-	mfs, err := h.reg.Gather()
-	if err != nil {
-		// As promhttp's ContinueOnError: serve what was gathered.
-		h.log.Error("gather metrics", "err", err)
-		if len(mfs) == 0 {
-			return nil, nil, err
-		}
+	rd := &rendering{}
+	if n := len(h.spare); n > 0 {
+		rd, h.spare = h.spare[n-1], h.spare[:n-1]
 	}
-	var buf bytes.Buffer
-	enc := expfmt.NewEncoder(&buf, textFormat)
-	for _, mf := range mfs {
-		if err := enc.Encode(mf); err != nil {
-			return nil, nil, fmt.Errorf("encode %s: %w", mf.GetName(), err)
-		}
+	rd.key, rd.refs = key, 2 // current, and this request
+	rd.plain = h.r.Append(rd.plain[:0])
+	gz := bytes.NewBuffer(rd.gz[:0])
+	if h.zw == nil {
+		h.zw, _ = gzip.NewWriterLevel(gz, gzip.BestSpeed)
+	} else {
+		h.zw.Reset(gz)
 	}
-	var zbuf bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&zbuf, gzip.BestSpeed)
-	_, _ = zw.Write(buf.Bytes())
-	if err := zw.Close(); err != nil {
-		return nil, nil, err
+	_, _ = h.zw.Write(rd.plain)
+	_ = h.zw.Close() // writes to memory cannot fail
+	rd.gz = gz.Bytes()
+	if old := h.current; old != nil {
+		h.dropLocked(old)
 	}
-	h.plain, h.gz, h.renderKey, h.rendered = buf.Bytes(), zbuf.Bytes(), key, true
-	return h.plain, h.gz, nil
+	h.current = rd
+	return rd
+}
+
+func (h *metricsHandler) release(rd *rendering) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.dropLocked(rd)
+}
+
+// dropLocked takes one reference from rd and keeps its buffers for the
+// next rendering once none is left, at most MaxScrapesInFlight of them.
+func (h *metricsHandler) dropLocked(rd *rendering) {
+	rd.refs--
+	if rd.refs == 0 && len(h.spare) < MaxScrapesInFlight {
+		rd.key = nil
+		h.spare = append(h.spare, rd)
+	}
 }
 
 // ValidateWebConfig checks an exporter-toolkit web config file (TLS and

@@ -28,9 +28,7 @@ import (
 	"compress/gzip"
 	"net/http/httptest"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/gpuslice/gpuslice/pkg/sampler"
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 func serve(t *testing.T, webConfig string, ready func() bool) string {
@@ -41,7 +39,7 @@ func serve(t *testing.T, webConfig string, ready func() bool) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	h := Handler(NewRegistry(fixed{snapshot()}, info), nil, ready, slog.New(slog.DiscardHandler))
+	h := Handler(NewExposition(fixed{snapshot()}, info), nil, ready, slog.New(slog.DiscardHandler))
 	go func() { done <- Serve(ctx, lis, h, webConfig, slog.New(slog.DiscardHandler)) }()
 	t.Cleanup(func() {
 		cancel()
@@ -157,7 +155,7 @@ func TestValidateWebConfig(t *testing.T) {
 // containers or a loaded machine does.
 type slowSource struct{ fixed }
 
-func (s slowSource) Snapshot() *sampler.Snapshot {
+func (s slowSource) Snapshot() *node.Snapshot {
 	time.Sleep(300 * time.Millisecond)
 	return s.fixed.Snapshot()
 }
@@ -173,7 +171,7 @@ func TestScrapeFloodIsBounded(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	h := Handler(NewRegistry(slowSource{fixed{snapshot()}}, info), nil, func() bool { return true }, slog.New(slog.DiscardHandler))
+	h := Handler(NewExposition(slowSource{fixed{snapshot()}}, info), nil, func() bool { return true }, slog.New(slog.DiscardHandler))
 	go func() { done <- Serve(ctx, lis, h, "", slog.New(slog.DiscardHandler)) }()
 	url := "http://" + lis.Addr().String() + "/metrics"
 	// Clients that send a request and never read the answer.
@@ -231,15 +229,21 @@ func TestScrapeFloodIsBounded(t *testing.T) {
 	}
 }
 
+// counter is a Renderer whose exposition is its value, the same length
+// every time.
+type counter struct{ v atomic.Int64 }
+
+func (c *counter) Append(b []byte) []byte {
+	return fmt.Appendf(b, "# TYPE gpuslice_test_value gauge\ngpuslice_test_value %08d\n", c.v.Load())
+}
+
 // The exposition is rendered once per key and served from memory until the
 // key changes; gzip is served to scrapers that accept it, the same text.
 func TestExpositionRenderedOncePerKey(t *testing.T) {
 	t.Parallel()
-	reg := prometheus.NewRegistry()
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpuslice_test_value", Help: "A value."})
-	reg.MustRegister(g)
+	var c counter
 	var key atomic.Int64
-	h := Handler(reg, func() any { return key.Load() }, func() bool { return true }, slog.New(slog.DiscardHandler))
+	h := Handler(&c, func() any { return key.Load() }, func() bool { return true }, slog.New(slog.DiscardHandler))
 	scrape := func(gz bool) string {
 		t.Helper()
 		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
@@ -263,17 +267,68 @@ func TestExpositionRenderedOncePerKey(t *testing.T) {
 		}
 		return string(body)
 	}
-	g.Set(1)
+	c.v.Store(1)
 	first := scrape(false)
-	if !strings.Contains(first, "gpuslice_test_value 1") {
+	if !strings.Contains(first, "gpuslice_test_value 00000001") {
 		t.Fatalf("first scrape:\n%s", first)
 	}
-	g.Set(2) // the key did not change: the rendering stands
+	c.v.Store(2) // the key did not change: the rendering stands
 	if got := scrape(true); got != first {
 		t.Errorf("same key, new body:\n%s", got)
 	}
 	key.Add(1)
-	if got := scrape(false); !strings.Contains(got, "gpuslice_test_value 2") {
+	if got := scrape(false); !strings.Contains(got, "gpuslice_test_value 00000002") {
 		t.Errorf("after the key changed:\n%s", got)
 	}
+}
+
+// heldWriter keeps what it was given without copying, as a slow network
+// write still reading the buffer would, until released.
+type heldWriter struct {
+	header  http.Header
+	got     []byte
+	writing chan struct{}
+	release chan struct{}
+}
+
+func (w *heldWriter) Header() http.Header { return w.header }
+func (w *heldWriter) WriteHeader(int)     {}
+func (w *heldWriter) Write(p []byte) (int, error) {
+	w.got = p
+	close(w.writing)
+	<-w.release
+	return len(p), nil
+}
+
+// TestRenderingInUseIsNeverReused: renderings reuse the buffers of earlier
+// ones, but never one a request is still writing out, however many new
+// samples arrive meanwhile.
+func TestRenderingInUseIsNeverReused(t *testing.T) {
+	t.Parallel()
+	var c counter
+	var key atomic.Int64
+	h := Handler(&c, func() any { return key.Load() }, func() bool { return true }, slog.New(slog.DiscardHandler))
+	c.v.Store(1)
+	slow := &heldWriter{header: http.Header{}, writing: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.ServeHTTP(slow, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	}()
+	<-slow.writing
+	want := string(slow.got)
+	for i := range 10 {
+		key.Add(1)
+		c.v.Store(int64(i + 2))
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		if !strings.Contains(rec.Body.String(), fmt.Sprintf("%08d", i+2)) {
+			t.Fatalf("scrape %d:\n%s", i, rec.Body.String())
+		}
+	}
+	if got := string(slow.got); got != want {
+		t.Errorf("the slow request's body changed under it:\n%s\nwant\n%s", got, want)
+	}
+	close(slow.release)
+	<-done
 }

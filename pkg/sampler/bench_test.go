@@ -15,15 +15,15 @@ import (
 // H100s cut in 16, 32 containers holding slices, read through the real
 // pod-resources client and the kubelet checkpoint.
 func BenchmarkSampleOnce(b *testing.B) {
-	node := kubeletstub.StartNode(b, fakegpu.PresetConfig("H100-80GB", 8), 16)
+	kn := kubeletstub.StartNode(b, fakegpu.PresetConfig("H100-80GB", 8), 16)
 	ctx := context.Background()
 	for i := range 32 {
-		if _, err := node.Connection.Allocate(ctx, fmt.Sprintf("team/job-%d", i), "main", 4); err != nil {
+		if _, err := kn.Connection.Allocate(ctx, fmt.Sprintf("team/job-%d", i), "main", 4); err != nil {
 			b.Fatal(err)
 		}
 	}
 	o := podresources.DefaultOptions()
-	o.Socket = node.PodResourcesSocket
+	o.Socket = kn.PodResourcesSocket
 	client, err := podresources.New(o)
 	if err != nil {
 		b.Fatal(err)
@@ -31,8 +31,8 @@ func BenchmarkSampleOnce(b *testing.B) {
 	defer func() { _ = client.Close() }()
 	opts := sampler.DefaultOptions()
 	opts.ProcRoot = b.TempDir()
-	opts.PluginDir = node.Dir
-	s, err := sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin, opts)
+	opts.PluginDir = kn.Dir
+	s, err := sampler.New(kn.Devices, kn.Layout, kn.GPU, client, kn.Plugin, opts)
 	if err != nil {
 		b.Fatal(err)
 	}

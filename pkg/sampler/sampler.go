@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"sort"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
@@ -37,26 +38,6 @@ type DeviceState interface {
 	XIDs(uuid string) map[uint64]uint64
 }
 
-// DurationBuckets are the upper bounds, in seconds, of the sample duration
-// histogram.
-var DurationBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}
-
-// Histogram is a cumulative histogram of sample durations.
-type Histogram struct {
-	// Counts[i] is the number of samples no longer than DurationBuckets[i].
-	Counts []uint64
-	Count  uint64
-	Sum    float64
-}
-
-// Error sources counted in Snapshot.Errors.
-const (
-	SourceNVML         = "nvml"
-	SourcePodResources = "podresources"
-	SourceCheckpoint   = "checkpoint"
-	SourceProc         = "proc"
-)
-
 // Options configure a Sampler.
 type Options struct {
 	// Interval is how often the node is sampled.
@@ -77,7 +58,10 @@ type Options struct {
 	Now func() time.Time
 	// OnSample, if set, is called with each snapshot once it is published,
 	// on the sampling goroutine; it must not block.
-	OnSample func(*Snapshot)
+	OnSample func(*node.Snapshot)
+	// CgroupRecheck is how long a process's cgroups are remembered before
+	// they are read again (sooner when its PID names a new process).
+	CgroupRecheck time.Duration
 }
 
 // DefaultOptions returns the options the agent uses unless configured.
@@ -87,93 +71,10 @@ func DefaultOptions() Options {
 		ProcRoot:     contract.ProcRoot,
 		PluginDir:    contract.DevicePluginDir,
 		ResourceName: contract.ResourceName,
+		// A process moved between containers (which needs cgroupfs write
+		// access outside its own subtree) is seen within 10 s.
+		CgroupRecheck: 10 * time.Second,
 	}
-}
-
-// Device is one GPU in a snapshot.
-type Device struct {
-	nvml.Device
-	// Sample is the GPU's state; valid only when SampleOK.
-	Sample   nvml.Sample
-	SampleOK bool
-	// ProcessesOK is false when the GPU's processes could not be listed:
-	// then no container's use of the GPU is known.
-	ProcessesOK bool
-	// Health is the device plugin's view.
-	Health nvml.Health
-	// XIDs counts critical XIDs by XID since the agent started.
-	XIDs map[uint64]uint64
-	// Slices is how many slices the GPU is cut into; Allocated, how many
-	// of them containers hold.
-	Slices    int
-	Allocated int
-}
-
-// Container is one container's use of one GPU in a snapshot.
-type Container struct {
-	Namespace string
-	Pod       string
-	Container string
-	// PodUID is the pod's UID when known.
-	PodUID string
-	// GPU is the GPU's UUID; Index its index.
-	GPU   string
-	Index int
-	// Slices held on this GPU and the limits they carry.
-	Slices            int
-	MemoryLimitBytes  uint64
-	ComputeLimitRatio float64
-	// MemoryUsedBytes and SMUtilization are summed over the container's
-	// processes on this GPU.
-	MemoryUsedBytes uint64
-	SMUtilization   float64
-	// BusySeconds is the GPU time the container has used since the agent
-	// started: SM utilization integrated over time.
-	BusySeconds float64
-	// LastActive is the last sample at which the container used the GPU;
-	// zero if never.
-	LastActive time.Time
-	// Processes is how many of its processes use the GPU.
-	Processes int
-	// Procs are those processes, with their memory and SM utilization.
-	Procs []nvml.Process
-	// Cgroup is the cgroup that holds the container's GPU processes, from
-	// those processes: the container's own, or its pod's when one of them
-	// runs in the pod's cgroup; zero when none of them was seen.
-	Cgroup attribution.Container
-	// Blind is true when the GPU's processes could not be listed in this
-	// sample: the use fields above are unknown, not zero, and Cgroup is
-	// the last one seen.
-	Blind bool
-}
-
-// Blind reports whether the device's use by containers is unknown in this
-// sample: its readings or its process list failed.
-func (d Device) Blind() bool { return !d.SampleOK || !d.ProcessesOK }
-
-// Snapshot is the node's state at one sample. It is never modified once
-// published.
-type Snapshot struct {
-	Time         time.Time
-	Duration     time.Duration
-	Devices      []Device
-	Containers   []Container
-	Unattributed []attribution.Unattributed
-	// Unauthorized are processes in pods using GPUs their containers hold
-	// no slices of.
-	Unauthorized []attribution.Unauthorized
-	// Errors counts failures by source since the agent started.
-	Errors map[string]uint64
-	// Durations is how long samples took, up to the previous one.
-	Durations Histogram
-}
-
-type containerKey struct{ ns, pod, ctr, gpu string }
-
-type accum struct {
-	busy       float64
-	lastActive time.Time
-	cgroup     attribution.Container // the last seen, kept while blind
 }
 
 // Sampler samples the node in the background.
@@ -183,21 +84,21 @@ type Sampler struct {
 	layout  *vgpu.Layout
 	gpus    GPUs
 	assign  Assignments
-	state   DeviceState
+	dev     DeviceState
 
-	latest atomic.Pointer[Snapshot]
+	latest atomic.Pointer[node.Snapshot]
 
 	mu          sync.Mutex // guards the fields below; one sample at a time
-	last        time.Time
+	state       node.State
+	cgroups     *attribution.Cgroups
 	assignments []podresources.Assignment
-	accums      map[containerKey]*accum
 	errors      map[string]uint64
 	loggedAt    map[string]time.Time
-	durations   Histogram
+	durations   node.Histogram
 }
 
 // New builds a sampler for the devices and layout the agent serves.
-func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignments, state DeviceState, opts Options) (*Sampler, error) {
+func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignments, dev DeviceState, opts Options) (*Sampler, error) {
 	if opts.Interval <= 0 {
 		return nil, fmt.Errorf("sample interval %s must be positive", opts.Interval)
 	}
@@ -208,16 +109,16 @@ func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignmen
 		opts.Now = time.Now
 	}
 	s := &Sampler{
-		opts: opts, devices: devices, layout: layout, gpus: gpus, assign: assign, state: state,
-		accums: map[containerKey]*accum{}, errors: map[string]uint64{}, loggedAt: map[string]time.Time{},
-		durations: Histogram{Counts: make([]uint64, len(DurationBuckets))},
+		opts: opts, devices: devices, layout: layout, gpus: gpus, assign: assign, dev: dev,
+		cgroups: attribution.NewCgroups(opts.ProcRoot, opts.CgroupRecheck),
+		errors:  map[string]uint64{}, loggedAt: map[string]time.Time{},
 	}
-	s.latest.Store(&Snapshot{Errors: map[string]uint64{}})
+	s.latest.Store(&node.Snapshot{Errors: map[string]uint64{}})
 	return s, nil
 }
 
 // Snapshot returns the latest snapshot. It never blocks on a sample.
-func (s *Sampler) Snapshot() *Snapshot { return s.latest.Load() }
+func (s *Sampler) Snapshot() *node.Snapshot { return s.latest.Load() }
 
 // Ready reports whether at least one sample was taken.
 func (s *Sampler) Ready() bool { return !s.latest.Load().Time.IsZero() }
@@ -245,192 +146,84 @@ func (s *Sampler) fail(source string, err error) {
 	}
 }
 
-// SampleOnce takes one sample and publishes it.
+// SampleOnce takes one sample and publishes it: read the node, build the
+// snapshot (node.Build), publish it.
 func (s *Sampler) SampleOnce(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := s.opts.Now()
-	// Integrate over the time since the last sample, but never more than
-	// two intervals: a stalled agent must not credit a long gap to
-	// whatever ran at its end.
-	dt := min(start.Sub(s.last), 2*s.opts.Interval)
-	if s.last.IsZero() {
-		dt = 0
+	in := s.read(ctx, start)
+	snap, next, problems := node.Build(in, s.state)
+	s.state = next
+	for _, p := range problems {
+		s.fail(p.Source, p.Err)
 	}
-	s.last = start
+	snap.Errors = maps.Clone(s.errors)
+	snap.Duration = s.opts.Now().Sub(start)
+	s.durations.Observe(snap.Duration)
+	snap.Durations = s.durations.Clone()
+	s.latest.Store(snap)
+	if s.opts.OnSample != nil {
+		s.opts.OnSample(snap)
+	}
+}
 
+// read gathers one sample's readings: pod-resources (the last known
+// assignments when the kubelet does not answer, so a kubelet restart does
+// not make every container's series vanish and reappear), the checkpoint,
+// and each GPU's sample, health and processes with their cgroups.
+func (s *Sampler) read(ctx context.Context, now time.Time) node.Input {
 	if a, err := s.assign.List(ctx); err != nil {
-		// Keep the last known assignments: a kubelet restart must not make
-		// every container's series vanish and reappear.
-		s.fail(SourcePodResources, err)
+		s.fail(node.SourcePodResources, err)
 	} else {
 		s.assignments = a
 	}
 	checkpoint, err := attribution.ReadCheckpoint(s.opts.PluginDir)
 	if err != nil {
-		s.fail(SourceCheckpoint, err)
+		s.fail(node.SourceCheckpoint, err)
 		checkpoint = nil
 	}
-
-	snap := &Snapshot{Time: start, Errors: map[string]uint64{}}
-	var procs []attribution.GPUProcess
-	var unauthorized []attribution.Unauthorized
-	type gpuPID struct {
-		gpu string
-		pid int
+	in := node.Input{
+		Time: now, MaxGap: 2 * s.opts.Interval, Assignments: s.assignments, Checkpoint: checkpoint,
+		Layout: s.layout, ResourceName: s.opts.ResourceName, Names: s.opts.Names,
+		GPUs: make([]node.GPUReading, 0, len(s.devices)),
 	}
-	usage := map[gpuPID]nvml.Process{}
 	for _, d := range s.devices {
-		dev := Device{Device: d, Health: s.state.Health(d.UUID), XIDs: s.state.XIDs(d.UUID)}
-		if g, ok := s.layout.GPU(d.UUID); ok {
-			dev.Slices = g.Slices
-		}
-		if sample, err := s.gpus.Sample(d.UUID); err != nil {
-			s.fail(SourceNVML, fmt.Errorf("gpu %s: %w", d.UUID, err))
-		} else {
-			dev.Sample, dev.SampleOK = sample, true
-		}
-		ps, err := s.gpus.Processes(d.UUID)
-		if err != nil {
-			s.fail(SourceNVML, fmt.Errorf("gpu %s processes: %w", d.UUID, err))
-		} else {
-			dev.ProcessesOK = true
-		}
-		for _, p := range ps {
-			gp := attribution.GPUProcess{PID: p.PID, GPU: d.UUID}
-			c, err := attribution.ForPID(s.opts.ProcRoot, p.PID)
-			switch {
-			case err == nil:
-				gp.Container = c
-			case errors.Is(err, attribution.ErrConflict):
-				// Placed in two containers at once: only a process that
-				// writes cgroupfs outside its own subtree can do that.
-				unauthorized = append(unauthorized, attribution.Unauthorized{GPUProcess: gp, Reason: err.Error()})
-				continue
-			case errors.Is(err, attribution.ErrNotContainer), errors.Is(err, fs.ErrNotExist):
-				// A host process, or one that exited since NVML listed it.
-			default:
-				s.fail(SourceProc, err)
-			}
-			procs = append(procs, gp)
-			usage[gpuPID{d.UUID, p.PID}] = p
-		}
-		snap.Devices = append(snap.Devices, dev)
+		in.GPUs = append(in.GPUs, s.readGPU(d, now))
 	}
+	s.cgroups.Sweep()
+	return in
+}
 
-	joined := attribution.Join(procs, s.assignments, checkpoint, s.opts.ResourceName, s.opts.Names)
-	snap.Unattributed = joined.Unattributed
-	unauthorized = append(unauthorized, joined.Unauthorized...)
-	snap.Unauthorized = unauthorized
-	blind := map[string]bool{}
-	for _, d := range snap.Devices {
-		if d.Blind() {
-			blind[d.UUID] = true
-		}
+// readGPU reads one GPU and places each of its processes in its cgroup.
+func (s *Sampler) readGPU(d nvml.Device, now time.Time) node.GPUReading {
+	r := node.GPUReading{Device: d, Health: s.dev.Health(d.UUID), XIDs: s.dev.XIDs(d.UUID)}
+	if sample, err := s.gpus.Sample(d.UUID); err != nil {
+		s.fail(node.SourceNVML, fmt.Errorf("gpu %s: %w", d.UUID, err))
+	} else {
+		r.Sample, r.SampleOK = sample, true
 	}
-	podUID := map[[3]string]string{}
-	for _, a := range joined.Attributed {
-		podUID[[3]string{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container}] = a.PodUID
+	ps, err := s.gpus.Processes(d.UUID)
+	if err != nil {
+		s.fail(node.SourceNVML, fmt.Errorf("gpu %s processes: %w", d.UUID, err))
+		return r
 	}
-
-	// One entry per container and GPU it holds slices of, with or without
-	// processes.
-	entries := map[containerKey]*Container{}
-	allocated := map[string]int{}
-	granted := GrantsByDevices(checkpoint, s.opts.ResourceName)
-	for _, a := range s.assignments {
-		limits, err := LimitsFor(s.layout, a.DeviceIDs, granted[DevicesKey(a.DeviceIDs)])
-		if err != nil {
-			s.fail(SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err))
-			continue
+	r.ProcessesOK = true
+	r.Processes = make([]node.Process, 0, len(ps))
+	for _, p := range ps {
+		np := node.Process{Process: p}
+		c, err := s.cgroups.ForPID(p.PID, now)
+		switch {
+		case err == nil:
+			np.Container = c
+		case errors.Is(err, attribution.ErrConflict):
+			np.Conflict = err.Error()
+		case errors.Is(err, attribution.ErrNotContainer), errors.Is(err, fs.ErrNotExist):
+			// A host process, or one that exited since NVML listed it.
+		default:
+			s.fail(node.SourceProc, err)
 		}
-		for _, l := range limits {
-			k := containerKey{a.Namespace, a.Pod, a.Container, l.UUID}
-			entries[k] = &Container{
-				Namespace: a.Namespace, Pod: a.Pod, Container: a.Container,
-				PodUID: podUID[[3]string{a.Namespace, a.Pod, a.Container}],
-				GPU:    l.UUID, Index: l.Index, Slices: l.Slices,
-				MemoryLimitBytes: l.MemoryBytes, ComputeLimitRatio: l.ComputeRatio,
-			}
-			allocated[l.UUID] += l.Slices
-		}
+		r.Processes = append(r.Processes, np)
 	}
-	for _, a := range joined.Attributed {
-		e := entries[containerKey{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container, a.GPU}]
-		if e == nil {
-			continue
-		}
-		p := usage[gpuPID{a.GPU, a.PID}]
-		e.MemoryUsedBytes += p.MemoryBytes
-		e.SMUtilization += p.SMUtilization
-		e.Processes++
-		e.Procs = append(e.Procs, p)
-		// The pod's cgroup holds the container's too: once one process
-		// runs there, only the pod's cgroup contains them all.
-		if e.Cgroup.Key() == "" || a.Container.PodLevel() {
-			e.Cgroup = a.Container
-		}
-	}
-	for k, e := range entries {
-		e.SMUtilization = min(e.SMUtilization, 1)
-		acc := s.accums[k]
-		if acc == nil {
-			acc = &accum{}
-			s.accums[k] = acc
-		}
-		if blind[e.GPU] {
-			// Nothing is known of its use: no made-up zero, no integration,
-			// and the cgroup last seen, so enforcement holds what it had.
-			e.Blind = true
-			e.Cgroup = acc.cgroup
-			e.BusySeconds, e.LastActive = acc.busy, acc.lastActive
-			snap.Containers = append(snap.Containers, *e)
-			continue
-		}
-		acc.cgroup = e.Cgroup
-		acc.busy += e.SMUtilization * dt.Seconds()
-		if e.SMUtilization > 0 {
-			acc.lastActive = start
-		}
-		e.BusySeconds, e.LastActive = acc.busy, acc.lastActive
-		snap.Containers = append(snap.Containers, *e)
-	}
-	for k := range s.accums {
-		if _, ok := entries[k]; !ok {
-			delete(s.accums, k) // the container let go of the GPU: its series end
-		}
-	}
-	sort.Slice(snap.Containers, func(i, j int) bool {
-		a, b := snap.Containers[i], snap.Containers[j]
-		if a.Namespace != b.Namespace {
-			return a.Namespace < b.Namespace
-		}
-		if a.Pod != b.Pod {
-			return a.Pod < b.Pod
-		}
-		if a.Container != b.Container {
-			return a.Container < b.Container
-		}
-		return a.Index < b.Index
-	})
-	for i := range snap.Devices {
-		snap.Devices[i].Allocated = allocated[snap.Devices[i].UUID]
-	}
-	for k, v := range s.errors {
-		snap.Errors[k] = v
-	}
-	snap.Duration = s.opts.Now().Sub(start)
-	secs := snap.Duration.Seconds()
-	s.durations.Count++
-	s.durations.Sum += secs
-	for i, b := range DurationBuckets {
-		if secs <= b {
-			s.durations.Counts[i]++
-		}
-	}
-	snap.Durations = Histogram{Counts: append([]uint64(nil), s.durations.Counts...), Count: s.durations.Count, Sum: s.durations.Sum}
-	s.latest.Store(snap)
-	if s.opts.OnSample != nil {
-		s.opts.OnSample(snap)
-	}
+	return r
 }

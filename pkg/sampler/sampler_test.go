@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
@@ -50,6 +51,12 @@ func inContainer(t *testing.T, procRoot string, pid int, pod, cid string, sliceI
 	if err := os.WriteFile(filepath.Join(dir, "cgroup"), []byte(cg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The start time lets the sampler tell this process from a later one
+	// with the same PID.
+	stat := fmt.Sprintf("%d (workload) S 1 %d %d 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 777 1000 10 0\n", pid, pid, pid)
+	if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	env := "PATH=/bin\x00GPUSLICE_SLICE_IDS=" + strings.Join(sliceIDs, ",") + "\x00"
 	if err := os.WriteFile(filepath.Join(dir, "environ"), []byte(env), 0o600); err != nil {
 		t.Fatal(err)
@@ -76,13 +83,13 @@ func within(t *testing.T, what string, got, lo, hi float64) {
 func TestSharedGPUAttributedPerContainer(t *testing.T) {
 	t.Parallel()
 	work := t.TempDir()
-	node := kubeletstub.StartNode(t, fakegpu.Config{Preset: "A100-40GB", Count: 2, WorkloadDir: work}, 8)
+	kn := kubeletstub.StartNode(t, fakegpu.Config{Preset: "A100-40GB", Count: 2, WorkloadDir: work}, 8)
 	ctx := context.Background()
-	a, err := node.Connection.Allocate(ctx, "ml/a", "main", 2)
+	a, err := kn.Connection.Allocate(ctx, "ml/a", "main", 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := node.Connection.Allocate(ctx, "ml/b", "main", 3)
+	b, err := kn.Connection.Allocate(ctx, "ml/b", "main", 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +106,7 @@ func TestSharedGPUAttributedPerContainer(t *testing.T) {
 
 	client, err := podresources.New(func() podresources.Options {
 		o := podresources.DefaultOptions()
-		o.Socket = node.PodResourcesSocket
+		o.Socket = kn.PodResourcesSocket
 		return o
 	}())
 	if err != nil {
@@ -109,8 +116,8 @@ func TestSharedGPUAttributedPerContainer(t *testing.T) {
 	opts := sampler.DefaultOptions()
 	opts.Interval = 250 * time.Millisecond
 	opts.ProcRoot = procRoot
-	opts.PluginDir = node.Dir
-	s, err := sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin, opts)
+	opts.PluginDir = kn.Dir
+	s, err := sampler.New(kn.Devices, kn.Layout, kn.GPU, client, kn.Plugin, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +144,7 @@ func TestSharedGPUAttributedPerContainer(t *testing.T) {
 	snap := s.Snapshot()
 	elapsed := snap.Time.Sub(first.Time).Seconds()
 
-	byPod := map[string]sampler.Container{}
+	byPod := map[string]node.Container{}
 	for _, c := range snap.Containers {
 		byPod[c.Pod] = c
 	}
@@ -168,7 +175,7 @@ func TestSharedGPUAttributedPerContainer(t *testing.T) {
 		t.Errorf("a's last active = %v", ca.LastActive)
 	}
 
-	var dev sampler.Device
+	var dev node.Device
 	for _, d := range snap.Devices {
 		if d.UUID == gpu {
 			dev = d
@@ -191,7 +198,7 @@ func TestSharedGPUAttributedPerContainer(t *testing.T) {
 
 	// NVML cannot list the GPU's processes: the containers' use is unknown,
 	// never zero, and nothing is integrated meanwhile.
-	if err := node.GPU.FailCall(fakegpu.CallProcesses, true); err != nil {
+	if err := kn.GPU.FailCall(fakegpu.CallProcesses, true); err != nil {
 		t.Fatal(err)
 	}
 	s.SampleOnce(ctx)
@@ -206,20 +213,20 @@ func TestSharedGPUAttributedPerContainer(t *testing.T) {
 			t.Errorf("device while blind: %+v", d)
 		}
 	}
-	if err := node.GPU.FailCall(fakegpu.CallProcesses, false); err != nil {
+	if err := kn.GPU.FailCall(fakegpu.CallProcesses, false); err != nil {
 		t.Fatal(err)
 	}
 
 	// The kubelet goes away: errors are counted, the containers stay.
-	node.PodResources.Stop()
+	kn.PodResources.Stop()
 	s.SampleOnce(ctx)
 	snap = s.Snapshot()
-	if snap.Errors[sampler.SourcePodResources] == 0 || len(snap.Containers) != 2 {
+	if snap.Errors[node.SourcePodResources] == 0 || len(snap.Containers) != 2 {
 		t.Errorf("with the kubelet gone: errors %v, %d containers", snap.Errors, len(snap.Containers))
 	}
 	// A container that lets go of its slices loses its series.
-	node.Connection.Release("ml/a", "main")
-	if err := node.PodResources.Restart(); err != nil {
+	kn.Connection.Release("ml/a", "main")
+	if err := kn.PodResources.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	deadline = time.Now().Add(10 * time.Second)
@@ -232,7 +239,7 @@ func TestSharedGPUAttributedPerContainer(t *testing.T) {
 	}
 }
 
-func busy(s *sampler.Snapshot, pod string) float64 {
+func busy(s *node.Snapshot, pod string) float64 {
 	for _, c := range s.Containers {
 		if c.Pod == pod {
 			return c.BusySeconds

@@ -130,6 +130,10 @@ func (n *Node) Close() error {
 		n.closed = true
 		close(n.changed)
 	}
+	for pid, f := range n.workFiles {
+		_ = f.file.Close()
+		delete(n.workFiles, pid)
+	}
 	return nil
 }
 

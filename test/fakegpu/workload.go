@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -39,7 +40,11 @@ type gpuPhysics struct {
 
 // workloadFile is a workload's state as last read from its file.
 type workloadFile struct {
-	inode uint64 // every write is a rename: a new inode is a new state
+	// file stays open so that its inode number cannot be given to another
+	// file while it is remembered: the same number at the path is then the
+	// same file (every write is a rename, so a new state is a new inode).
+	file  *os.File
+	inode uint64
 	state WorkloadState
 	ok    bool // the file parsed
 }
@@ -74,8 +79,9 @@ func (n *Node) workloadsLocked() map[int]WorkloadState {
 			out[pid] = f
 		}
 	}
-	for pid := range n.workFiles {
+	for pid, f := range n.workFiles {
 		if !seen[pid] {
+			_ = f.file.Close()
 			delete(n.workFiles, pid)
 		}
 	}
@@ -89,21 +95,34 @@ func (n *Node) readWorkloadLocked(pid int, path string) (WorkloadState, bool) {
 	if err != nil {
 		return WorkloadState{}, false
 	}
-	var inode uint64
-	if st, ok := info.Sys().(*syscall.Stat_t); ok {
-		inode = st.Ino
-	}
-	if f, ok := n.workFiles[pid]; ok && inode != 0 && f.inode == inode {
+	if f, ok := n.workFiles[pid]; ok && f.inode == inodeOf(info) {
 		return f.state, f.ok
 	}
-	data, err := os.ReadFile(path) //nolint:gosec // the node's own workload dir
+	if f, ok := n.workFiles[pid]; ok {
+		_ = f.file.Close()
+		delete(n.workFiles, pid)
+	}
+	file, err := os.Open(path) //nolint:gosec // the node's own workload dir
 	if err != nil {
+		return WorkloadState{}, false
+	}
+	info, err = file.Stat()
+	data, rerr := io.ReadAll(io.LimitReader(file, 1<<20))
+	if err != nil || rerr != nil || inodeOf(info) == 0 {
+		_ = file.Close()
 		return WorkloadState{}, false
 	}
 	var s WorkloadState
 	ok := json.Unmarshal(data, &s) == nil && s.Demand >= 0 && s.Demand <= 1
-	n.workFiles[pid] = workloadFile{inode: inode, state: s, ok: ok}
+	n.workFiles[pid] = workloadFile{file: file, inode: inodeOf(info), state: s, ok: ok}
 	return s, ok
+}
+
+func inodeOf(info os.FileInfo) uint64 {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
 }
 
 // advanceLocked accounts GPU time since the last window: each GPU serves

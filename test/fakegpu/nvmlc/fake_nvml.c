@@ -3,7 +3,7 @@
  * pkg/nvml calls, answered from a state file that test/fakegpu renders
  * (Node.WriteNVMLState). A test changes the GPUs' state by replacing the
  * file (write and rename); the library parses it again only when it was
- * replaced (another inode, size or mtime), as a driver keeps its state in
+ * replaced (another inode), as a driver keeps its state in
  * memory, so the CPU an agent spends in NVML calls stays small. The path comes from the
  * environment variable GPUSLICE_FAKE_NVML_STATE.
  *
@@ -34,6 +34,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <pthread.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 typedef int nvmlReturn_t;
 enum {
@@ -124,10 +126,15 @@ static int initialized;
 
 static int parse(struct state *s);
 
-/* The last parse of the state file and what identified the file. */
+/*
+ * The last parse of the state file. The file parsed stays open, so its
+ * inode number cannot be given to another file while it is remembered: the
+ * same device and inode at the path is then the same file.
+ */
 static pthread_mutex_t cacheLock = PTHREAD_MUTEX_INITIALIZER;
 static struct state cached;
 static struct stat cachedStat;
+static int cachedFd = -1;
 static int cacheValid;
 
 static int load(struct state *s) {
@@ -135,13 +142,18 @@ static int load(struct state *s) {
 	struct stat st;
 	if (!path || stat(path, &st)) return parse(s);
 	pthread_mutex_lock(&cacheLock);
-	if (!cacheValid || st.st_ino != cachedStat.st_ino || st.st_dev != cachedStat.st_dev || st.st_size != cachedStat.st_size ||
-	    st.st_mtim.tv_sec != cachedStat.st_mtim.tv_sec || st.st_mtim.tv_nsec != cachedStat.st_mtim.tv_nsec) {
+	if (cachedFd < 0 || st.st_ino != cachedStat.st_ino || st.st_dev != cachedStat.st_dev) {
+		if (cachedFd >= 0) close(cachedFd);
+		cachedFd = open(path, O_RDONLY | O_CLOEXEC);
+		if (cachedFd >= 0 && fstat(cachedFd, &cachedStat)) {
+			close(cachedFd);
+			cachedFd = -1;
+		}
 		cacheValid = parse(&cached);
-		cachedStat = st;
 	}
 	int ok = cacheValid;
 	memcpy(s, &cached, sizeof *s);
+	if (cachedFd < 0) cacheValid = 0;
 	pthread_mutex_unlock(&cacheLock);
 	return ok;
 }

@@ -1,0 +1,238 @@
+package node
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+)
+
+// GPUReading is what one sample read of one GPU.
+type GPUReading struct {
+	Device nvml.Device
+	// Health and XIDs are the device plugin's view.
+	Health nvml.Health
+	XIDs   map[uint64]uint64
+	// Sample is valid only when SampleOK.
+	Sample   nvml.Sample
+	SampleOK bool
+	// Processes is valid only when ProcessesOK.
+	Processes   []Process
+	ProcessesOK bool
+}
+
+// Process is one process NVML listed on a GPU and where its cgroups place
+// it.
+type Process struct {
+	nvml.Process
+	// Container is the pod or container its cgroups name; zero for a host
+	// process or one that exited since NVML listed it.
+	Container attribution.Container
+	// Conflict, when not empty, says how its cgroups name two containers
+	// at once: only a process that writes cgroupfs outside its own
+	// subtree can arrange that.
+	Conflict string
+}
+
+// Input is one sample's readings and what they are read against.
+type Input struct {
+	// Time is when the sample was taken.
+	Time time.Time
+	// MaxGap caps the time integrated since the previous sample: a stalled
+	// agent must not credit a long gap to whatever ran at its end.
+	MaxGap time.Duration
+	GPUs   []GPUReading
+	// Assignments are the kubelet's, from pod-resources.
+	Assignments []podresources.Assignment
+	// Checkpoint is the kubelet's device manager checkpoint; nil when it
+	// could not be read.
+	Checkpoint []attribution.CheckpointEntry
+	Layout     *vgpu.Layout
+	// ResourceName is the resource whose slices are attributed.
+	ResourceName string
+	// Names tells containers' names from the runtime's records; nil
+	// attributes by pod alone.
+	Names attribution.ContainerNames
+}
+
+// State is what the accounting carries from one sample to the next. The
+// zero State is the agent's start.
+type State struct {
+	last   time.Time
+	accums map[key]accum
+}
+
+// Problem is one input the accounting could not use.
+type Problem struct {
+	// Source is one of the Source constants.
+	Source string
+	Err    error
+}
+
+type key struct{ ns, pod, ctr, gpu string }
+
+type accum struct {
+	busy       float64
+	lastActive time.Time
+	cgroup     attribution.Container // the last seen, kept while blind
+}
+
+// Build is the accounting of one sample: the devices, each container's use
+// of each GPU it holds slices of (joined from its processes' cgroups, the
+// runtime's records, the checkpoint and pod-resources), its GPU time
+// integrated since the previous sample, and the processes that are
+// unattributed or unauthorized. It returns the snapshot (without Errors and
+// Durations, which the sampler counts), the state for the next sample, and
+// the inputs it had to leave out.
+func Build(in Input, prev State) (*Snapshot, State, []Problem) {
+	snap := &Snapshot{Time: in.Time}
+	procs, usage, conflicts := readDevices(in, snap)
+	joined := attribution.Join(procs, in.Assignments, in.Checkpoint, in.ResourceName, in.Names)
+	snap.Unattributed = joined.Unattributed
+	snap.Unauthorized = append(conflicts, joined.Unauthorized...) //nolint:gocritic // conflicts is ours to extend
+
+	entries, problems := holdings(in, joined.Attributed)
+	for _, a := range joined.Attributed {
+		e := entries[key{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container, a.GPU}]
+		if e == nil {
+			continue
+		}
+		p := usage[gpuPID{a.GPU, a.PID}]
+		e.MemoryUsedBytes += p.MemoryBytes
+		e.SMUtilization += p.SMUtilization
+		e.Processes++
+		e.Procs = append(e.Procs, p)
+		// The pod's cgroup holds the container's too: once one process
+		// runs there, only the pod's cgroup contains them all.
+		if e.Cgroup.Key() == "" || a.Container.PodLevel() {
+			e.Cgroup = a.Container
+		}
+	}
+	var next State
+	snap.Containers, next = accumulate(in, snap.Devices, entries, prev)
+	allocated := map[string]int{}
+	for _, c := range snap.Containers {
+		allocated[c.GPU] += c.Slices
+	}
+	for i := range snap.Devices {
+		snap.Devices[i].Allocated = allocated[snap.Devices[i].UUID]
+	}
+	return snap, next, problems
+}
+
+type gpuPID struct {
+	gpu string
+	pid int
+}
+
+// readDevices fills snap.Devices and returns the GPU processes to join,
+// their use by GPU and PID, and the processes whose cgroups conflict.
+func readDevices(in Input, snap *Snapshot) ([]attribution.GPUProcess, map[gpuPID]nvml.Process, []attribution.Unauthorized) {
+	var procs []attribution.GPUProcess
+	var unauthorized []attribution.Unauthorized
+	usage := map[gpuPID]nvml.Process{}
+	for _, r := range in.GPUs {
+		dev := Device{Device: r.Device, Health: r.Health, XIDs: r.XIDs, Sample: r.Sample, SampleOK: r.SampleOK, ProcessesOK: r.ProcessesOK}
+		if g, ok := in.Layout.GPU(r.Device.UUID); ok {
+			dev.Slices = g.Slices
+		}
+		snap.Devices = append(snap.Devices, dev)
+		if !r.ProcessesOK {
+			continue
+		}
+		for _, p := range r.Processes {
+			gp := attribution.GPUProcess{PID: p.PID, GPU: r.Device.UUID, Container: p.Container}
+			if p.Conflict != "" {
+				unauthorized = append(unauthorized, attribution.Unauthorized{GPUProcess: gp, Reason: p.Conflict})
+				continue
+			}
+			procs = append(procs, gp)
+			usage[gpuPID{r.Device.UUID, p.PID}] = p.Process
+		}
+	}
+	return procs, usage, unauthorized
+}
+
+// holdings is one entry per container and GPU it holds slices of, with or
+// without processes, carrying the limits it was given.
+func holdings(in Input, attributed []attribution.Attributed) (map[key]*Container, []Problem) {
+	podUID := map[[3]string]string{}
+	for _, a := range attributed {
+		podUID[[3]string{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container}] = a.PodUID
+	}
+	entries := map[key]*Container{}
+	var problems []Problem
+	granted := GrantsByDevices(in.Checkpoint, in.ResourceName)
+	for _, a := range in.Assignments {
+		limits, err := LimitsFor(in.Layout, a.DeviceIDs, granted[DevicesKey(a.DeviceIDs)])
+		if err != nil {
+			problems = append(problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
+			continue
+		}
+		for _, l := range limits {
+			entries[key{a.Namespace, a.Pod, a.Container, l.UUID}] = &Container{
+				Namespace: a.Namespace, Pod: a.Pod, Container: a.Container,
+				PodUID: podUID[[3]string{a.Namespace, a.Pod, a.Container}],
+				GPU:    l.UUID, Index: l.Index, Slices: l.Slices,
+				MemoryLimitBytes: l.MemoryBytes, ComputeLimitRatio: l.ComputeRatio,
+			}
+		}
+	}
+	return entries, problems
+}
+
+// accumulate integrates each container's GPU time since the previous
+// sample and returns the containers, sorted, and the next state. On a GPU
+// whose use is unknown in this sample (blind) nothing is integrated and no
+// zero is made up: a container keeps its totals and the cgroup last seen,
+// so enforcement holds what it had.
+func accumulate(in Input, devices []Device, entries map[key]*Container, prev State) ([]Container, State) {
+	dt := min(in.Time.Sub(prev.last), in.MaxGap)
+	if prev.last.IsZero() || dt < 0 {
+		dt = 0
+	}
+	blind := map[string]bool{}
+	for _, d := range devices {
+		if d.Blind() {
+			blind[d.UUID] = true
+		}
+	}
+	next := State{last: in.Time, accums: make(map[key]accum, len(entries))}
+	out := make([]Container, 0, len(entries))
+	for k, e := range entries {
+		e.SMUtilization = min(e.SMUtilization, 1)
+		acc := prev.accums[k]
+		if blind[e.GPU] {
+			e.Blind = true
+			e.Cgroup = acc.cgroup
+		} else {
+			acc.cgroup = e.Cgroup
+			acc.busy += e.SMUtilization * dt.Seconds()
+			if e.SMUtilization > 0 {
+				acc.lastActive = in.Time
+			}
+		}
+		e.BusySeconds, e.LastActive = acc.busy, acc.lastActive
+		// A container that let go of the GPU is not carried: its series end.
+		next.accums[k] = acc
+		out = append(out, *e)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		if a.Pod != b.Pod {
+			return a.Pod < b.Pod
+		}
+		if a.Container != b.Container {
+			return a.Container < b.Container
+		}
+		return a.Index < b.Index
+	})
+	return out, next
+}

@@ -1,0 +1,127 @@
+package node
+
+import (
+	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+)
+
+// Error sources counted in Snapshot.Errors.
+const (
+	SourceNVML         = "nvml"
+	SourcePodResources = "podresources"
+	SourceCheckpoint   = "checkpoint"
+	SourceProc         = "proc"
+)
+
+// DurationBuckets are the upper bounds, in seconds, of the sample duration
+// histogram.
+var DurationBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}
+
+// Histogram is a cumulative histogram of sample durations.
+type Histogram struct {
+	// Counts[i] is the number of samples no longer than DurationBuckets[i].
+	Counts []uint64
+	Count  uint64
+	Sum    float64
+}
+
+// Observe adds one duration.
+func (h *Histogram) Observe(d time.Duration) {
+	if h.Counts == nil {
+		h.Counts = make([]uint64, len(DurationBuckets))
+	}
+	secs := d.Seconds()
+	h.Count++
+	h.Sum += secs
+	for i, b := range DurationBuckets {
+		if secs <= b {
+			h.Counts[i]++
+		}
+	}
+}
+
+// Clone returns a copy that does not share the counts.
+func (h Histogram) Clone() Histogram {
+	h.Counts = append([]uint64(nil), h.Counts...)
+	return h
+}
+
+// Device is one GPU in a snapshot.
+type Device struct {
+	nvml.Device
+	// Sample is the GPU's state; valid only when SampleOK.
+	Sample   nvml.Sample
+	SampleOK bool
+	// ProcessesOK is false when the GPU's processes could not be listed:
+	// then no container's use of the GPU is known.
+	ProcessesOK bool
+	// Health is the device plugin's view.
+	Health nvml.Health
+	// XIDs counts critical XIDs by XID since the agent started.
+	XIDs map[uint64]uint64
+	// Slices is how many slices the GPU is cut into; Allocated, how many
+	// of them containers hold.
+	Slices    int
+	Allocated int
+}
+
+// Blind reports whether the device's use by containers is unknown in this
+// sample: its readings or its process list failed.
+func (d Device) Blind() bool { return !d.SampleOK || !d.ProcessesOK }
+
+// Container is one container's use of one GPU in a snapshot.
+type Container struct {
+	Namespace string
+	Pod       string
+	Container string
+	// PodUID is the pod's UID when known.
+	PodUID string
+	// GPU is the GPU's UUID; Index its index.
+	GPU   string
+	Index int
+	// Slices held on this GPU and the limits they carry.
+	Slices            int
+	MemoryLimitBytes  uint64
+	ComputeLimitRatio float64
+	// MemoryUsedBytes and SMUtilization are summed over the container's
+	// processes on this GPU.
+	MemoryUsedBytes uint64
+	SMUtilization   float64
+	// BusySeconds is the GPU time the container has used since the agent
+	// started: SM utilization integrated over time.
+	BusySeconds float64
+	// LastActive is the last sample at which the container used the GPU;
+	// zero if never.
+	LastActive time.Time
+	// Processes is how many of its processes use the GPU.
+	Processes int
+	// Procs are those processes, with their memory and SM utilization.
+	Procs []nvml.Process
+	// Cgroup is the cgroup that holds the container's GPU processes, from
+	// those processes: the container's own, or its pod's when one of them
+	// runs in the pod's cgroup; zero when none of them was seen.
+	Cgroup attribution.Container
+	// Blind is true when the GPU's processes could not be listed in this
+	// sample: the use fields above are unknown, not zero, and Cgroup is
+	// the last one seen.
+	Blind bool
+}
+
+// Snapshot is the node's state at one sample. It is never modified once
+// published.
+type Snapshot struct {
+	Time         time.Time
+	Duration     time.Duration
+	Devices      []Device
+	Containers   []Container
+	Unattributed []attribution.Unattributed
+	// Unauthorized are processes in pods using GPUs their containers hold
+	// no slices of.
+	Unauthorized []attribution.Unauthorized
+	// Errors counts failures by source since the agent started.
+	Errors map[string]uint64
+	// Durations is how long samples took, up to the previous one.
+	Durations Histogram
+}
