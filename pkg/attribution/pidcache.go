@@ -5,28 +5,41 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Cgroups resolves GPU processes to their containers sample after sample,
-// reading a process's cgroups once and then only when its PID names another
-// process (another start time: the PID was reused) or its answer is older
-// than the recheck period. A process that moves between containers needs
-// write access to cgroupfs outside its own subtree; Recheck bounds how long
-// such a move goes unseen. It is not safe for concurrent use.
+// reading a process's cgroups once and then only when its PID may name
+// another process or its answer is older than the recheck period.
+//
+// Whether a PID still names the process read is known from a pidfd where
+// procRoot is the agent's own PID namespace (the host's, in the chart): the
+// pidfd refers to one process, and polls readable once it exits, so a PID
+// the kernel gives to a new process (a tenant can cycle PIDs) is read
+// again at once. Elsewhere the process's start time is compared, read from
+// /proc/<pid>/stat each time.
+//
+// A process that moves between containers needs write access to cgroupfs
+// outside its own subtree; the recheck period bounds how long such a move
+// goes unseen. Cgroups is not safe for concurrent use.
 type Cgroups struct {
 	procRoot string
 	recheck  time.Duration
+	pidfds   bool // procRoot is this process's PID namespace
 	entries  map[int]pidEntry
 	gen      uint64
 	buf      []byte
 }
 
 type pidEntry struct {
-	start   uint64 // the process's start time, in clock ticks after boot
+	fd      int    // a pidfd of the process read, or -1
+	start   uint64 // its start time, in clock ticks after boot, when fd is -1
 	c       Container
 	err     error // ErrNotContainer or ErrConflict, which the content decides
 	checked time.Time
@@ -36,38 +49,98 @@ type pidEntry struct {
 // NewCgroups returns a resolver reading procRoot (the host's /proc) that
 // reads a process's cgroups again after recheck.
 func NewCgroups(procRoot string, recheck time.Duration) *Cgroups {
-	return &Cgroups{procRoot: procRoot, recheck: recheck, entries: map[int]pidEntry{}, buf: make([]byte, 1024)}
+	self, err := os.Readlink(filepath.Join(procRoot, "self"))
+	return &Cgroups{
+		procRoot: procRoot, recheck: recheck, entries: map[int]pidEntry{}, buf: make([]byte, 1024),
+		pidfds: err == nil && self == strconv.Itoa(os.Getpid()),
+	}
 }
 
 // ForPID is ForPID(procRoot, pid), remembered. now is the sample's time.
 func (r *Cgroups) ForPID(pid int, now time.Time) (Container, error) {
-	start, err := r.startTime(pid)
-	if err != nil {
-		delete(r.entries, pid)
-		return Container{}, err
-	}
-	if e, ok := r.entries[pid]; ok && e.start == start && now.Sub(e.checked) < r.recheck && !now.Before(e.checked) {
+	e, ok := r.entries[pid]
+	fresh := ok && now.Sub(e.checked) < r.recheck && !now.Before(e.checked)
+	if fresh && e.fd >= 0 && alive(e.fd) {
 		e.gen = r.gen
 		r.entries[pid] = e
 		return e.c, e.err
 	}
-	c, err := ForPID(r.procRoot, pid)
-	if err != nil && !errors.Is(err, ErrNotContainer) && !errors.Is(err, ErrConflict) {
-		delete(r.entries, pid) // exited, or unreadable: ask again next time
-		return Container{}, err
+	if fresh && e.fd < 0 {
+		if start, err := r.startTime(pid); err == nil && start == e.start {
+			e.gen = r.gen
+			r.entries[pid] = e
+			return e.c, e.err
+		}
 	}
-	r.entries[pid] = pidEntry{start: start, c: c, err: err, checked: now, gen: r.gen}
-	return c, err
+	r.forget(pid)
+	return r.read(pid, now)
+}
+
+// read reads pid's cgroups and remembers the answer. With pidfds the pidfd
+// is opened first and must still be alive after the reads: then the PID
+// named its process all along, and what was read is that process's.
+func (r *Cgroups) read(pid int, now time.Time) (Container, error) {
+	e := pidEntry{fd: -1, checked: now, gen: r.gen}
+	if r.pidfds {
+		if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+			e.fd = fd
+		}
+	}
+	var err error
+	if e.fd < 0 {
+		if e.start, err = r.startTime(pid); err != nil {
+			return Container{}, err
+		}
+	}
+	e.c, e.err = ForPID(r.procRoot, pid)
+	if e.err != nil && !errors.Is(e.err, ErrNotContainer) && !errors.Is(e.err, ErrConflict) {
+		closeFD(e.fd) // exited, or unreadable: ask again next time
+		return Container{}, e.err
+	}
+	if e.fd >= 0 && !alive(e.fd) {
+		closeFD(e.fd)
+		return Container{}, fmt.Errorf("pid %d exited while read: %w", pid, fs.ErrNotExist)
+	}
+	r.entries[pid] = e
+	return e.c, e.err
+}
+
+// alive reports whether the process a pidfd refers to has not exited: a
+// pidfd polls readable once it has.
+func alive(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n == 0
+}
+
+func closeFD(fd int) {
+	if fd >= 0 {
+		_ = unix.Close(fd)
+	}
+}
+
+func (r *Cgroups) forget(pid int) {
+	if e, ok := r.entries[pid]; ok {
+		closeFD(e.fd)
+		delete(r.entries, pid)
+	}
 }
 
 // Sweep forgets the processes not asked about since the previous Sweep.
 func (r *Cgroups) Sweep() {
 	for pid, e := range r.entries {
 		if e.gen != r.gen {
-			delete(r.entries, pid)
+			r.forget(pid)
 		}
 	}
 	r.gen++
+}
+
+// Close forgets every process and closes their pidfds.
+func (r *Cgroups) Close() {
+	for pid := range r.entries {
+		r.forget(pid)
+	}
 }
 
 // Len is how many processes are remembered.

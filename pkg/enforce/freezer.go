@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 )
 
@@ -89,6 +91,51 @@ func (f Freezer) write(v string) error {
 	}
 	return cerr
 }
+
+// openFreezer is a freezer whose control file stays open, for a throttle
+// that writes it twice every period: one write per transition instead of
+// an open, a write and a close, each a path walk through cgroupfs.
+type openFreezer struct {
+	f  Freezer
+	fd int
+}
+
+// open opens the control file for writing (never creating it).
+func (f Freezer) open() (*openFreezer, error) {
+	fd, err := unix.Open(f.File, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", f.File, err)
+	}
+	return &openFreezer{f: f, fd: fd}, nil
+}
+
+func (o *openFreezer) Freeze() error {
+	if o.f.v2() {
+		return o.write("1")
+	}
+	return o.write("FROZEN")
+}
+
+func (o *openFreezer) Thaw() error {
+	if o.f.v2() {
+		return o.write("0")
+	}
+	return o.write("THAWED")
+}
+
+func (o *openFreezer) write(v string) error {
+	_, err := unix.Pwrite(o.fd, []byte(v), 0)
+	if errors.Is(err, syscall.ENODEV) {
+		// The cgroup was removed under the open file: it is gone.
+		return fmt.Errorf("write %s to %s: %w: %w", v, o.f.File, err, os.ErrNotExist)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s to %s: %w", v, o.f.File, err)
+	}
+	return nil
+}
+
+func (o *openFreezer) Close() { _ = unix.Close(o.fd) }
 
 // Frozen reports whether the cgroup is frozen or freezing.
 func (f Freezer) Frozen() (bool, error) {

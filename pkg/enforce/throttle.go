@@ -104,6 +104,12 @@ func (t *Throttle) run(ctx context.Context) {
 	// Whatever happens, leave the container running. A cgroup that is
 	// gone has nothing to thaw, so the error is of no interest.
 	defer func() { _ = t.f.Thaw() }()
+	f, err := t.f.open()
+	if err != nil {
+		t.err.Store(err)
+		return
+	}
+	defer f.Close()
 	frozen := false
 	var since time.Time
 	for {
@@ -111,14 +117,14 @@ func (t *Throttle) run(ctx context.Context) {
 		run, next := t.Plan().At(now.Sub(t.epoch))
 		switch {
 		case run && frozen:
-			if err := t.f.Thaw(); err != nil {
+			if err := f.Thaw(); err != nil {
 				t.err.Store(err)
 				return
 			}
 			frozen = false
 			t.throttled.Add(int64(now.Sub(since)))
 		case !run && !frozen:
-			if err := t.f.Freeze(); err != nil {
+			if err := f.Freeze(); err != nil {
 				t.err.Store(err)
 				return
 			}
