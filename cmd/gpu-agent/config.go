@@ -288,9 +288,18 @@ const (
 	ConfigKind       = "AgentConfig"
 )
 
-// loadConfig builds the configuration from args and the environment: the
-// defaults, then the --config file, then the flags given explicitly.
-func loadConfig(args []string, getenv func(string) string) (Config, error) {
+// loadConfig builds the configuration from args and the environment (the
+// defaults, then the --config file, then the flags given explicitly) and
+// resolves it.
+func loadConfig(args []string, getenv func(string) string) (Resolved, error) {
+	cfg, err := readConfig(args, getenv)
+	if err != nil {
+		return Resolved{}, err
+	}
+	return cfg.Resolve()
+}
+
+func readConfig(args []string, getenv func(string) string) (Config, error) {
 	cfg := defaultConfig(getenv)
 	if err := parseFlags(&cfg, args); err != nil {
 		return Config{}, err
@@ -311,9 +320,6 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 			return Config{}, err
 		}
 		cfg = fromFile
-	}
-	if err := cfg.Validate(); err != nil {
-		return Config{}, err
 	}
 	return cfg, nil
 }
@@ -339,8 +345,52 @@ func parseFlags(c *Config, args []string) error {
 	return nil
 }
 
-// Validate reports the first setting that cannot work, naming it.
-func (c Config) Validate() error {
+// Resolved is a valid configuration and what it resolves to: the options
+// each component takes, every setting parsed once. Loggers are the
+// caller's to set.
+type Resolved struct {
+	Config
+	LogLevel     slog.Level
+	Slicing      vgpu.Config
+	Plugin       deviceplugin.Options
+	NVML         nvml.Options
+	Sampler      sampler.Options
+	PodResources podresources.Options
+	Enforce      enforce.Options
+}
+
+// Resolve checks the configuration and resolves it; it reports the first
+// setting that cannot work, naming it.
+func (c Config) Resolve() (Resolved, error) {
+	if err := c.checkSources(); err != nil {
+		return Resolved{}, err
+	}
+	r := Resolved{Config: c, NVML: c.nvmlOptions(), Sampler: c.samplerOptions(), PodResources: c.podResourcesOptions()}
+	var err error
+	if r.Slicing, err = c.slicing(); err != nil {
+		return Resolved{}, fmt.Errorf("slicing: %w", err)
+	}
+	r.Plugin = c.pluginOptions()
+	if err := r.Plugin.Validate(); err != nil {
+		return Resolved{}, err
+	}
+	if r.Enforce, err = c.enforceOptions(); err != nil {
+		return Resolved{}, err
+	}
+	if err := c.checkIntervals(); err != nil {
+		return Resolved{}, err
+	}
+	if r.LogLevel, err = parseLevel(c.Log.Level); err != nil {
+		return Resolved{}, err
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		return Resolved{}, fmt.Errorf("--log-format %q: want text or json", c.Log.Format)
+	}
+	return r, c.checkPaths()
+}
+
+// checkSources checks the GPU backend and the metrics endpoint.
+func (c Config) checkSources() error {
 	switch c.GPUBackend {
 	case "nvml":
 		if c.FakeConfig != "" {
@@ -358,35 +408,16 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.MetricsAddress); err != nil {
 		return fmt.Errorf("--metrics-address %q: %w", c.MetricsAddress, err)
 	}
-	if _, err := c.slicing(); err != nil {
-		return fmt.Errorf("slicing: %w", err)
-	}
-	if err := c.pluginOptions(nil).Validate(); err != nil {
-		return err
-	}
 	if err := exporter.ValidateWebConfig(c.WebConfigFile); err != nil {
 		return fmt.Errorf("--web-config-file: %w", err)
 	}
 	if c.MetricsAuth != "none" && c.MetricsAuth != "kubernetes" {
 		return fmt.Errorf("--metrics-auth %q: want none or kubernetes", c.MetricsAuth)
 	}
-	if _, err := enforce.ParsePolicy(c.Enforcement.Policy); err != nil {
-		return fmt.Errorf("--compute-policy: %w", err)
-	}
-	if _, err := enforce.ParseMemoryPolicy(c.Enforcement.MemoryPolicy); err != nil {
-		return fmt.Errorf("--memory-policy: %w", err)
-	}
-	if _, err := enforce.ParsePodPolicyMode(c.Enforcement.PodComputePolicy); err != nil {
-		return fmt.Errorf("--pod-compute-policy: %w", err)
-	}
-	if _, err := enforce.ParseUnauthorizedPolicy(c.Enforcement.UnauthorizedGPUUse); err != nil {
-		return fmt.Errorf("--unauthorized-gpu-use: %w", err)
-	}
-	for _, d := range c.RuntimeStateDirs {
-		if !filepath.IsAbs(d) {
-			return fmt.Errorf("--runtime-state-dirs: %q is not an absolute path", d)
-		}
-	}
+	return nil
+}
+
+func (c Config) checkIntervals() error {
 	if c.Enforcement.Period.Duration < 10*time.Millisecond {
 		return fmt.Errorf("--throttle-period %s must be at least 10ms", c.Enforcement.Period)
 	}
@@ -399,11 +430,14 @@ func (c Config) Validate() error {
 	if c.Health.XIDRecovery.Duration < 0 {
 		return fmt.Errorf("--xid-recovery %s must not be negative", c.Health.XIDRecovery)
 	}
-	if _, err := parseLevel(c.Log.Level); err != nil {
-		return err
-	}
-	if c.Log.Format != "text" && c.Log.Format != "json" {
-		return fmt.Errorf("--log-format %q: want text or json", c.Log.Format)
+	return nil
+}
+
+func (c Config) checkPaths() error {
+	for _, d := range c.RuntimeStateDirs {
+		if !filepath.IsAbs(d) {
+			return fmt.Errorf("--runtime-state-dirs: %q is not an absolute path", d)
+		}
 	}
 	for _, p := range []struct{ flag, path string }{
 		{"--nvml-library", c.NVMLLibrary},
@@ -478,7 +512,7 @@ func parseBytes(s string) (uint64, error) {
 	return n * mult, nil
 }
 
-func (c Config) pluginOptions(log *slog.Logger) deviceplugin.Options {
+func (c Config) pluginOptions() deviceplugin.Options {
 	o := deviceplugin.DefaultOptions()
 	o.ResourceName = c.ResourceName
 	o.PluginDir = c.DevicePluginDir
@@ -491,18 +525,16 @@ func (c Config) pluginOptions(log *slog.Logger) deviceplugin.Options {
 	// predecessor is still connected (a force-deleted pod) must not be
 	// refused by the kubelet for good.
 	o.UniqueSocket = true
-	o.Logger = log
 	return o
 }
 
-func (c Config) nvmlOptions(log *slog.Logger) nvml.Options {
+func (c Config) nvmlOptions() nvml.Options {
 	o := nvml.DefaultOptions()
 	o.LibraryPath = c.NVMLLibrary
 	o.ProbeInterval = c.Health.ProbeInterval.Duration
 	o.XIDRecovery = c.Health.XIDRecovery.Duration
 	o.IgnoredXIDs = c.Health.IgnoredXIDs
 	o.SysfsRoot = c.SysfsRoot
-	o.Logger = log
 	return o
 }
 
@@ -514,13 +546,12 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-func (c Config) samplerOptions(log *slog.Logger) sampler.Options {
+func (c Config) samplerOptions() sampler.Options {
 	o := sampler.DefaultOptions()
 	o.Interval = c.SampleInterval.Duration
 	o.ProcRoot = c.ProcRoot
 	o.PluginDir = c.DevicePluginDir
 	o.ResourceName = c.ResourceName
-	o.Logger = log
 	return o
 }
 
@@ -531,22 +562,30 @@ func (c Config) podResourcesOptions() podresources.Options {
 	return o
 }
 
-func (c Config) enforceOptions(log *slog.Logger) enforce.Options {
+func (c Config) enforceOptions() (enforce.Options, error) {
 	o := enforce.DefaultOptions()
+	var err error
+	if o.Policy, err = enforce.ParsePolicy(c.Enforcement.Policy); err != nil {
+		return o, fmt.Errorf("--compute-policy: %w", err)
+	}
+	if o.Memory, err = enforce.ParseMemoryPolicy(c.Enforcement.MemoryPolicy); err != nil {
+		return o, fmt.Errorf("--memory-policy: %w", err)
+	}
+	if o.PodPolicies, err = enforce.ParsePodPolicyMode(c.Enforcement.PodComputePolicy); err != nil {
+		return o, fmt.Errorf("--pod-compute-policy: %w", err)
+	}
+	if o.Unauthorized, err = enforce.ParseUnauthorizedPolicy(c.Enforcement.UnauthorizedGPUUse); err != nil {
+		return o, fmt.Errorf("--unauthorized-gpu-use: %w", err)
+	}
 	o.CgroupRoot = c.CgroupRoot
-	o.Policy, _ = enforce.ParsePolicy(c.Enforcement.Policy) // Validate checked it.
 	o.Period = c.Enforcement.Period.Duration
 	o.State = enforce.StateFile{Path: c.Enforcement.StateFile}
-	// With MPS, the limits set at Allocate hold compute; the controller
-	// would only fight them.
-	o.Compute = c.Enforcement.Compute && !c.MPS.Enabled
-	o.Memory, _ = enforce.ParseMemoryPolicy(c.Enforcement.MemoryPolicy) // Validate checked it.
+	o.Compute = c.Enforcement.Compute
+	o.MPS = c.MPS.Enabled
+	o.DriverMemoryLimits = c.Enforcement.DriverMemoryLimits
 	o.ProcRoot = c.ProcRoot
-	o.PodPolicies, _ = enforce.ParsePodPolicyMode(c.Enforcement.PodComputePolicy)         // Validate checked it.
-	o.Unauthorized, _ = enforce.ParseUnauthorizedPolicy(c.Enforcement.UnauthorizedGPUUse) // Validate checked it.
 	o.UnauthorizedExempt = c.Enforcement.UnauthorizedExemptNamespaces
-	o.Logger = log
-	return o
+	return o, nil
 }
 
 // splitList splits a comma-separated flag value, dropping empty items.

@@ -112,7 +112,7 @@ log: {level: debug, format: json}
 			if err != nil {
 				t.Fatal(err)
 			}
-			tc.check(t, c)
+			tc.check(t, c.Config)
 		})
 	}
 }
@@ -235,7 +235,7 @@ func FuzzConfigFile(f *testing.F) {
 		if _, err := cfg.slicing(); err != nil {
 			t.Fatalf("accepted config has bad slicing: %v", err)
 		}
-		if err := cfg.pluginOptions(nil).Validate(); err != nil {
+		if err := cfg.Plugin.Validate(); err != nil {
 			t.Fatalf("accepted config has bad plugin options: %v", err)
 		}
 	})
@@ -247,11 +247,11 @@ func TestMPSLeavesComputeToMPS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.enforceOptions(nil).Compute {
+	if !cfg.Enforce.MPS {
 		t.Error("with MPS the throttle would fight the MPS limits set at Allocate")
 	}
 	cfg, _ = loadConfig(nil, env(nil))
-	if o := cfg.enforceOptions(nil); !o.Compute || o.Memory != "kill" {
+	if o := cfg.Enforce; !o.Compute || o.MPS || o.Memory != "kill" {
 		t.Errorf("default enforcement = %+v, want the throttle on and memory policy kill", o)
 	}
 	if _, err := loadConfig([]string{"--memory-policy=oom"}, env(nil)); err == nil {

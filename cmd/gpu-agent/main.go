@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
@@ -61,8 +60,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "gpu-agent: %v\n", err)
 		return exitConfig
 	}
-	level, _ := parseLevel(cfg.Log.Level) // Validate checked it.
-	hopts := &slog.HandlerOptions{Level: level}
+	hopts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	var handler slog.Handler = slog.NewTextHandler(stderr, hopts)
 	if cfg.Log.Format == "json" {
 		handler = slog.NewJSONHandler(stderr, hopts)
@@ -88,37 +86,17 @@ type renderKey struct {
 }
 
 // runAgent builds the components and runs them until ctx ends or one fails.
-func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
-	// The Kubernetes client is built without I/O; labels and per-pod
-	// policies need it and the node's name, and are off without them.
-	client, clientErr := kubeClient(cfg.Kubeconfig)
-	// /metrics guarded by the API server needs a client whatever the
-	// node's name; without one the agent does not start open instead.
-	handler := func(h http.Handler) http.Handler { return h }
-	if cfg.MetricsAuth == "kubernetes" {
-		if clientErr != nil {
-			return fmt.Errorf("--metrics-auth=kubernetes needs a Kubernetes client: %w", clientErr)
-		}
-		auth := client
-		handler = func(h http.Handler) http.Handler { return exporter.KubeAuth(h, auth, log) }
+func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
+	k, err := newKubeParts(cfg, log)
+	if err != nil {
+		return err
 	}
-	switch {
-	case clientErr != nil:
-		log.Warn("no kubernetes client: node labels and per-pod compute policies off", "err", clientErr)
-	case cfg.NodeName == "":
-		log.Warn("no --node-name or $NODE_NAME: node labels and per-pod compute policies off")
-		client = nil
+	defer k.close()
+	eopts := cfg.Enforce
+	eopts.Logger, eopts.Events = log, k.events
+	if k.policies != nil {
+		eopts.PodPolicy = k.policies.Policy
 	}
-	eopts := cfg.enforceOptions(log)
-	var policies *podpolicy.Watcher
-	if client != nil {
-		policies = podpolicy.New(client, cfg.NodeName, podPolicyRefresh, log)
-		eopts.PodPolicy = policies.Policy
-		rec := events.New(client, cfg.NodeName, log)
-		defer rec.Stop()
-		eopts.Events = rec
-	}
-
 	// One agent per node: wait for a predecessor still running (a
 	// force-deleted pod) before enforcing or serving anything.
 	if cfg.Enforcement.StateFile != "" {
@@ -131,7 +109,6 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		defer release()
 	}
-
 	// Thaw whatever a previous agent left frozen before anything else, so a
 	// crash loop never leaves containers stopped.
 	enforcer, err := enforce.New(eopts)
@@ -139,66 +116,25 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer enforcer.Close()
-
-	backend, fake, err := openBackend(cfg, log)
+	gpus, err := openGPUs(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := backend.Close(); err != nil {
-			log.Warn("close gpu backend", "err", err)
-		}
-	}()
-
-	devs, err := backend.Devices()
-	switch {
-	case err != nil && len(devs) == 0:
-		return fmt.Errorf("enumerate GPUs: %w", err)
-	case err != nil:
-		// One broken GPU must not keep the others from being offered.
-		log.Warn("some gpus could not be enumerated and are not offered", "err", err)
-	case len(devs) == 0:
-		return errors.New("no GPUs found on this node")
-	}
-	sys, err := backend.System()
-	if err != nil {
-		log.Warn("driver version unavailable", "err", err)
-	}
-	slicing, _ := cfg.slicing() // Validate checked it.
-	layout, err := deviceplugin.NewLayout(devs, slicing)
-	if err != nil {
-		return fmt.Errorf("slice GPUs: %w", err)
-	}
-	plugin, err := deviceplugin.New(layout, devs, cfg.pluginOptions(log))
-	if err != nil {
-		return err
-	}
-	for _, g := range layout.GPUs() {
-		log.Info("gpu", "gpu", g.Index, "uuid", g.UUID, "model", g.Model, "memory_bytes", g.MemoryBytes, "slices", g.Slices, "slice_memory_bytes", g.SliceMemoryBytes)
-	}
-	log.Info("starting", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "driver", sys.DriverVersion,
-		"cuda", sys.CUDAVersion(), "gpus", len(devs), "slices", layout.TotalSlices(), "resource", cfg.ResourceName)
-
-	podres, err := podresources.New(cfg.podResourcesOptions())
+	defer gpus.close(log)
+	podres, err := podresources.New(cfg.PodResources)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = podres.Close() }()
 	names := attribution.NewRuntimeState(cfg.RuntimeStateDirs)
-	driverLimits := startDriverLimits(cfg, backend, layout, eopts, names, log)
-	if driverLimits != nil {
-		enforcer.UseDriverLimits(driverLimits)
-	}
-	sopts := cfg.samplerOptions(log)
+	driverLimits := useDriverTier(cfg, gpus, enforcer, eopts, names, log)
+	sopts := cfg.Sampler
+	sopts.Logger, sopts.Names = log, names
 	sopts.OnSample = enforcer.Offer // enforcement runs in its own loop, latest snapshot wins
-	sopts.Names = names
-	smp, err := sampler.New(devs, layout, backend, podres, plugin, sopts)
+	smp, err := sampler.New(gpus.devs, gpus.layout, gpus.backend, podres, gpus.plugin, sopts)
 	if err != nil {
 		return err
 	}
-	exposition := exporter.NewExposition(smp, exporter.Info{Version: version, System: sys, Enforcement: enforcer, MPS: cfg.MPS.Enabled})
-	ready := func() bool { return plugin.Connected() && smp.Ready() }
-
 	// Listen before starting anything, so a taken port fails the start.
 	lis, err := net.Listen("tcp", cfg.MetricsAddress)
 	if err != nil {
@@ -208,37 +144,138 @@ func runAgent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// Thaw everything the moment the agent is told to stop, whatever the
 	// other components take to wind down.
 	g.Go(func() error { <-ctx.Done(); enforcer.Close(); return nil })
-	g.Go(func() error { return plugin.Run(ctx) })
+	g.Go(func() error { return gpus.plugin.Run(ctx) })
 	g.Go(func() error {
-		nvml.KeepWatchingHealth(ctx, backend, plugin.SetHealth, nvml.HealthRetry, log)
+		nvml.KeepWatchingHealth(ctx, gpus.backend, gpus.plugin.SetHealth, nvml.HealthRetry, log)
 		return nil
 	})
 	g.Go(func() error { return smp.Run(ctx) })
 	g.Go(func() error { enforcer.Run(ctx); return nil })
 	g.Go(func() error {
+		exposition := exporter.NewExposition(smp, exporter.Info{Version: version, System: gpus.sys, Enforcement: enforcer})
 		// Every series comes from the sample and enforcement's published
 		// view: render once per change of either.
 		key := func() any { return renderKey{smp.Snapshot(), enforcer.Generation()} }
-		return exporter.Serve(ctx, lis, handler(exporter.Handler(exposition, key, ready, log)), cfg.WebConfigFile, log)
+		ready := func() bool { return gpus.plugin.Connected() && smp.Ready() }
+		return exporter.Serve(ctx, lis, k.guard(exporter.Handler(exposition, key, ready, log)), cfg.WebConfigFile, log)
 	})
-	if client != nil && cfg.NodeLabels {
-		startLabels(ctx, g, client, cfg, devs, sys, layout, enforcer, log)
+	if k.client != nil && cfg.NodeLabels {
+		w := labels.NewWriter(k.client, cfg.NodeName, cfg.GFDLabels, log)
+		desired := nodeLabels(cfg, gpus, enforcer, log)
+		g.Go(func() error { w.Keep(ctx, desired); return nil })
 	}
-	if policies != nil {
-		g.Go(func() error { policies.Run(ctx); return nil })
+	if k.policies != nil {
+		g.Go(func() error { k.policies.Run(ctx); return nil })
 	}
 	if driverLimits != nil {
 		g.Go(func() error { return driverLimits.Run(ctx) })
 	}
-	if fake != nil && cfg.FakeConfig != "" {
-		g.Go(func() error { return fakegpu.WatchFile(ctx, cfg.FakeConfig, fake, log) })
+	if gpus.fake != nil && cfg.FakeConfig != "" {
+		g.Go(func() error { return fakegpu.WatchFile(ctx, cfg.FakeConfig, gpus.fake, log) })
 	}
 	return g.Wait()
 }
 
-func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, *fakegpu.Node, error) {
+// kubeParts are the agent's uses of the Kubernetes API; client, policies
+// and events are nil or discarding without a client or a node name.
+type kubeParts struct {
+	client   *kube.Client
+	policies *podpolicy.Watcher
+	events   events.Recorder
+	// guard wraps /metrics: the API server's authentication and
+	// authorization under --metrics-auth=kubernetes.
+	guard func(http.Handler) http.Handler
+	close func()
+}
+
+func newKubeParts(cfg Resolved, log *slog.Logger) (kubeParts, error) {
+	k := kubeParts{events: events.Discard{}, guard: func(h http.Handler) http.Handler { return h }, close: func() {}}
+	// The client is built without I/O; labels and per-pod policies need it
+	// and the node's name, and are off without them.
+	client, err := kube.New(cfg.Kubeconfig)
+	// /metrics guarded by the API server needs a client whatever the
+	// node's name; without one the agent does not start open instead.
+	if cfg.MetricsAuth == "kubernetes" {
+		if err != nil {
+			return k, fmt.Errorf("--metrics-auth=kubernetes needs a Kubernetes client: %w", err)
+		}
+		k.guard = func(h http.Handler) http.Handler { return exporter.KubeAuth(h, client, log) }
+	}
+	switch {
+	case err != nil:
+		log.Warn("no kubernetes client: node labels and per-pod compute policies off", "err", err)
+		return k, nil
+	case cfg.NodeName == "":
+		log.Warn("no --node-name or $NODE_NAME: node labels and per-pod compute policies off")
+		return k, nil
+	}
+	rec := events.New(client, cfg.NodeName, log)
+	k.client, k.events, k.close = client, rec, rec.Stop
+	k.policies = podpolicy.New(client, cfg.NodeName, podPolicyRefresh, log)
+	return k, nil
+}
+
+// gpus is the node's GPUs, as the backend enumerates them, cut into slices
+// and offered by the device plugin.
+type gpus struct {
+	backend nvml.Backend
+	fake    *fakegpu.Node // the fake backend, whose file is watched; nil on NVML
+	devs    []nvml.Device
+	sys     nvml.SystemInfo
+	layout  *vgpu.Layout
+	plugin  *deviceplugin.Plugin
+}
+
+func openGPUs(cfg Resolved, log *slog.Logger) (*gpus, error) {
+	g := &gpus{}
+	var err error
+	if g.backend, g.fake, err = openBackend(cfg, log); err != nil {
+		return nil, err
+	}
+	g.devs, err = g.backend.Devices()
+	switch {
+	case err != nil && len(g.devs) == 0:
+		g.close(log)
+		return nil, fmt.Errorf("enumerate GPUs: %w", err)
+	case err != nil:
+		// One broken GPU must not keep the others from being offered.
+		log.Warn("some gpus could not be enumerated and are not offered", "err", err)
+	case len(g.devs) == 0:
+		g.close(log)
+		return nil, errors.New("no GPUs found on this node")
+	}
+	if g.sys, err = g.backend.System(); err != nil {
+		log.Warn("driver version unavailable", "err", err)
+	}
+	if g.layout, err = deviceplugin.NewLayout(g.devs, cfg.Slicing); err != nil {
+		g.close(log)
+		return nil, fmt.Errorf("slice GPUs: %w", err)
+	}
+	popts := cfg.Plugin
+	popts.Logger = log
+	if g.plugin, err = deviceplugin.New(g.layout, g.devs, popts); err != nil {
+		g.close(log)
+		return nil, err
+	}
+	for _, l := range g.layout.GPUs() {
+		log.Info("gpu", "gpu", l.Index, "uuid", l.UUID, "model", l.Model, "memory_bytes", l.MemoryBytes, "slices", l.Slices, "slice_memory_bytes", l.SliceMemoryBytes)
+	}
+	log.Info("starting", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "driver", g.sys.DriverVersion,
+		"cuda", g.sys.CUDAVersion(), "gpus", len(g.devs), "slices", g.layout.TotalSlices(), "resource", cfg.ResourceName)
+	return g, nil
+}
+
+func (g *gpus) close(log *slog.Logger) {
+	if err := g.backend.Close(); err != nil {
+		log.Warn("close gpu backend", "err", err)
+	}
+}
+
+func openBackend(cfg Resolved, log *slog.Logger) (nvml.Backend, *fakegpu.Node, error) {
 	if cfg.GPUBackend == "nvml" {
-		b, err := nvml.New(cfg.nvmlOptions(log))
+		o := cfg.NVML
+		o.Logger = log
+		b, err := nvml.New(o)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -258,51 +295,39 @@ func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, *fakegpu.Node, err
 	return node, node, nil
 }
 
-// startDriverLimits returns the driver memory-limit tier, or nil where it
-// is off or the driver or host lacks it (the watchdog then holds memory).
-func startDriverLimits(cfg Config, backend nvml.Backend, layout *vgpu.Layout, eopts enforce.Options, names attribution.ContainerNames, log *slog.Logger) *enforce.DriverLimits {
-	// Only a killing policy enforces; log and off only watch or do nothing.
-	if !cfg.Enforcement.DriverMemoryLimits || eopts.Memory != enforce.MemoryKill {
-		return nil
-	}
-	d, err := enforce.NewDriverLimits(enforce.DriverOptions{
-		Limiter:    backend,
+// useDriverTier hands the driver memory-limit tier to the enforcer where
+// the options ask for it and the driver and host have it, and returns it
+// to be run; nil otherwise (the watchdog then holds memory).
+func useDriverTier(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, eopts enforce.Options, names attribution.ContainerNames, log *slog.Logger) *enforce.DriverLimits {
+	d, err := enforce.NewDriverTier(eopts, enforce.DriverOptions{
+		Limiter:    g.backend,
 		CgroupRoot: cfg.CgroupRoot,
-		Grants:     enforce.CheckpointGrants(cfg.DevicePluginDir, cfg.ResourceName, layout),
+		Grants:     enforce.CheckpointGrants(cfg.DevicePluginDir, cfg.ResourceName, g.layout),
 		Names:      names,
 		Events:     eopts.Events,
 		Logger:     log,
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, enforce.ErrDriverTierOff):
+		return nil
+	case err != nil:
 		log.Info("driver GPU memory limits unavailable; the memory watchdog holds GPU memory", "reason", err)
 		return nil
 	}
 	log.Info("driver GPU memory limits in force", "cgroup_root", d.Root())
+	enforcer.UseDriverLimits(d)
 	return d
 }
 
-// startLabels starts keeping the node's labels.
-func startLabels(ctx context.Context, g *errgroup.Group, client *kube.Client, cfg Config, devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, enforcer *enforce.Enforcer, log *slog.Logger) {
-	compute, _ := enforcer.Tiers()
-	if cfg.MPS.Enabled {
-		compute = "mps"
-	}
-	classes := make([]string, 0, len(devs))
-	for _, d := range devs {
-		classes = append(classes, nvml.PCIClass(cfg.SysfsRoot, d.PCIBusID))
-	}
-	machineFile := cfg.MachineTypeFile
-	if machineFile == "" {
-		machineFile = filepath.Join(cfg.SysfsRoot, "class", "dmi", "id", "product_name")
-	}
-	machine, err := os.ReadFile(machineFile) //nolint:gosec // the operator's own flag, or sysfs
+// nodeLabels are the labels the agent keeps on its node.
+func nodeLabels(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, log *slog.Logger) map[string]string {
+	host, err := labels.ReadHost(cfg.SysfsRoot, cfg.MachineTypeFile, g.devs)
 	if err != nil {
-		log.Info("machine type unknown", "file", machineFile, "err", err)
+		log.Info("labels without the machine type", "err", err)
 	}
-	desired := labels.For(devs, sys, layout, labels.Options{
+	compute, _ := enforcer.Tiers()
+	return labels.For(g.devs, g.sys, g.layout, labels.Options{
 		GFD: cfg.GFDLabels, Enforcement: compute, MPS: cfg.MPS.Enabled, SharedProduct: cfg.GFDSharedProduct,
-		GPUMode: labels.GPUMode(classes), Machine: string(machine),
+		GPUMode: host.GPUMode, Machine: host.Machine,
 	})
-	w := labels.NewWriter(client, cfg.NodeName, cfg.GFDLabels, log)
-	g.Go(func() error { w.Keep(ctx, desired); return nil })
 }

@@ -121,6 +121,21 @@ func CgroupV2Root(cgroupRoot string) (string, error) {
 	return "", fmt.Errorf("%w under %s", ErrNoCgroupV2, cgroupRoot)
 }
 
+// ErrDriverTierOff reports a driver tier not asked for: turned off, or a
+// memory policy that does not kill (log and off only watch or do nothing).
+var ErrDriverTierOff = errors.New("driver GPU memory limits are off (they need --driver-memory-limits and --memory-policy=kill)")
+
+// NewDriverTier returns the driver memory-limit tier where the enforcement
+// options ask for it and the driver and host have it; otherwise an error
+// saying why not (ErrDriverTierOff when not asked for), and the watchdog
+// alone holds memory.
+func NewDriverTier(o Options, d DriverOptions) (*DriverLimits, error) {
+	if !o.DriverMemoryLimits || o.Memory != MemoryKill {
+		return nil, ErrDriverTierOff
+	}
+	return NewDriverLimits(d)
+}
+
 // NewDriverLimits checks that the driver sets per-cgroup memory limits on
 // this host and returns the tier, or an error saying why it cannot be
 // used (then the watchdog alone holds memory).

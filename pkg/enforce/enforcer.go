@@ -23,8 +23,15 @@ type Options struct {
 	ProcRoot string
 	// Compute turns the compute throttle on.
 	Compute bool
+	// MPS says MPS limits, set at Allocate, hold compute: the throttle is
+	// off whatever Compute says (it would only fight them), and the compute
+	// tier reads "mps".
+	MPS bool
 	// Memory is the memory watchdog's policy.
 	Memory MemoryPolicy
+	// DriverMemoryLimits asks for the driver's per-cgroup memory limits
+	// where the driver and host have them (see NewDriverTier).
+	DriverMemoryLimits bool
 	// Policy is the compute policy for containers whose pod names none.
 	Policy Policy
 	// PodPolicy, if set, returns a pod's own compute policy (from its
@@ -227,6 +234,9 @@ func New(opts Options) (*Enforcer, error) {
 	}
 	if opts.Events == nil {
 		opts.Events = events.Discard{}
+	}
+	if opts.MPS {
+		opts.Compute = false
 	}
 	n, err := opts.State.ThawRecorded(opts.CgroupRoot, opts.Logger)
 	if n > 0 {
@@ -492,7 +502,10 @@ func (e *Enforcer) Tiers() (compute, memory string) {
 
 func (e *Enforcer) tiersLocked() (compute, memory string) {
 	compute, memory = "none", "none"
-	if e.opts.Compute {
+	switch {
+	case e.opts.MPS:
+		compute = "mps"
+	case e.opts.Compute:
 		compute = "freezer"
 	}
 	switch {

@@ -2,6 +2,7 @@ package enforce
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -74,5 +75,54 @@ func TestOfferLatestWins(t *testing.T) {
 			t.Fatal("the loop applied nothing")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// With MPS the compute throttle is off whatever Compute says (MPS limits
+// set at Allocate hold compute, and a throttle would fight them), and the
+// tier says so; the driver tier is only tried for a killing memory policy.
+func TestTierRules(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name          string
+		mps, compute  bool
+		memory        MemoryPolicy
+		wantCompute   string
+		wantMemory    string
+		wantThrottles bool
+	}{
+		{"default", false, true, MemoryKill, "freezer", "watchdog", true},
+		{"mps", true, true, MemoryKill, "mps", "watchdog", false},
+		{"compute off", false, false, MemoryLog, "none", "watchdog", false},
+		{"nothing", false, false, MemoryOff, "none", "none", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := DefaultOptions()
+			o.CgroupRoot, o.ProcRoot = t.TempDir(), t.TempDir()
+			o.State = StateFile{Path: filepath.Join(t.TempDir(), "state.json")}
+			o.MPS, o.Compute, o.Memory = tc.mps, tc.compute, tc.memory
+			e, err := New(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			if c, m := e.Tiers(); c != tc.wantCompute || m != tc.wantMemory {
+				t.Errorf("Tiers() = %s, %s; want %s, %s", c, m, tc.wantCompute, tc.wantMemory)
+			}
+			if e.opts.Compute != tc.wantThrottles {
+				t.Errorf("throttle on = %t, want %t", e.opts.Compute, tc.wantThrottles)
+			}
+		})
+	}
+	for _, memory := range []MemoryPolicy{MemoryLog, MemoryOff} {
+		o := DefaultOptions()
+		o.DriverMemoryLimits, o.Memory = true, memory
+		if _, err := NewDriverTier(o, DriverOptions{}); !errors.Is(err, ErrDriverTierOff) {
+			t.Errorf("driver tier with memory policy %s: %v, want ErrDriverTierOff", memory, err)
+		}
+	}
+	o := DefaultOptions()
+	if _, err := NewDriverTier(o, DriverOptions{}); !errors.Is(err, ErrDriverTierOff) {
+		t.Errorf("driver tier not asked for: %v, want ErrDriverTierOff", err)
 	}
 }

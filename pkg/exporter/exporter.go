@@ -39,8 +39,6 @@ type Info struct {
 	Version     string
 	System      nvml.SystemInfo
 	Enforcement Enforcement
-	// MPS is true when MPS limits hold compute.
-	MPS bool
 }
 
 // Exposition renders the node's metrics in the Prometheus text format
@@ -325,9 +323,6 @@ var families = []metric{
 			return
 		}
 		compute, memory := v.e.info.Enforcement.Tiers()
-		if v.e.info.MPS {
-			compute = "mps"
-		}
 		for _, d := range v.snap.Devices {
 			idx := strconv.Itoa(d.Index)
 			w.sample(1, "gpu", idx, "uuid", d.UUID, "resource", "compute", "tier", compute)
