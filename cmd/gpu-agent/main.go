@@ -97,25 +97,11 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 	if k.policies != nil {
 		eopts.PodPolicy = k.policies.Policy
 	}
-	// One agent per node: wait for a predecessor still running (a
-	// force-deleted pod) before enforcing or serving anything.
-	if cfg.Enforcement.StateFile != "" {
-		release, err := enforce.LockNode(ctx, cfg.Enforcement.StateFile+".lock", log)
-		if errors.Is(err, context.Canceled) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		defer release()
-	}
-	// Thaw whatever a previous agent left frozen before anything else, so a
-	// crash loop never leaves containers stopped.
-	enforcer, err := enforce.New(eopts)
-	if err != nil {
+	enforcer, release, err := startEnforcer(ctx, eopts, log)
+	if err != nil || enforcer == nil {
 		return err
 	}
-	defer enforcer.Close()
+	defer release()
 	gpus, err := openGPUs(cfg, log)
 	if err != nil {
 		return err
@@ -174,6 +160,32 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 		g.Go(func() error { return fakegpu.WatchFile(ctx, cfg.FakeConfig, gpus.fake, log) })
 	}
 	return g.Wait()
+}
+
+// startEnforcer takes the node lock, waiting for a predecessor still
+// running (a force-deleted pod) before enforcing or serving anything, then
+// builds the enforcer, which thaws whatever a previous agent left frozen
+// before anything else, so a crash loop never leaves containers stopped.
+// It returns a nil enforcer when ctx ended while waiting. release closes
+// the enforcer and releases the lock.
+func startEnforcer(ctx context.Context, o enforce.Options, log *slog.Logger) (*enforce.Enforcer, func(), error) {
+	unlock := func() {}
+	if o.State.Path != "" {
+		var err error
+		unlock, err = enforce.LockNode(ctx, o.State.Path+".lock", log)
+		if errors.Is(err, context.Canceled) {
+			return nil, nil, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	enforcer, err := enforce.New(o)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return enforcer, func() { enforcer.Close(); unlock() }, nil
 }
 
 // kubeParts are the agent's uses of the Kubernetes API; client, policies
@@ -256,9 +268,6 @@ func openGPUs(cfg Resolved, log *slog.Logger) (*gpus, error) {
 	if g.plugin, err = deviceplugin.New(g.layout, g.devs, popts); err != nil {
 		g.close(log)
 		return nil, err
-	}
-	for _, l := range g.layout.GPUs() {
-		log.Info("gpu", "gpu", l.Index, "uuid", l.UUID, "model", l.Model, "memory_bytes", l.MemoryBytes, "slices", l.Slices, "slice_memory_bytes", l.SliceMemoryBytes)
 	}
 	log.Info("starting", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "driver", g.sys.DriverVersion,
 		"cuda", g.sys.CUDAVersion(), "gpus", len(g.devs), "slices", g.layout.TotalSlices(), "resource", cfg.ResourceName)

@@ -76,7 +76,26 @@ type Result struct {
 // not be read) and pod-resources (the same by namespace and name). A
 // process's environment plays no part: the tenant controls it.
 func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames) Result {
-	// Link each assignment to its pod UID through shared device IDs.
+	j := newJoiner(assignments, checkpoint, resource, names)
+	var r Result
+	for _, p := range procs {
+		j.place(p, &r)
+	}
+	return r
+}
+
+// joiner holds what Join reads every process against.
+type joiner struct {
+	assignments []podresources.Assignment
+	checkpoint  []CheckpointEntry
+	resource    string
+	names       ContainerNames
+	// podUID is each assignment's pod UID, linked through the device IDs
+	// it shares with the checkpoint; empty when unknown.
+	podUID []string
+}
+
+func newJoiner(assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames) *joiner {
 	owner := map[string]int{} // slice ID -> assignment index
 	for i, a := range assignments {
 		for _, id := range a.DeviceIDs {
@@ -94,111 +113,132 @@ func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint 
 			}
 		}
 	}
-	// holders says which containers of a pod hold slices of a GPU, from
-	// the checkpoint; nil when the checkpoint is unknown.
-	holders := func(uid, gpu string) map[string]bool {
-		if checkpoint == nil {
-			return nil
-		}
-		out := map[string]bool{}
-		for _, e := range checkpoint {
-			if e.PodUID == uid && e.Resource == resource && onGPU(e.DeviceIDs, gpu) {
-				out[e.Container] = true
-			}
-		}
-		return out
-	}
+	return &joiner{assignments: assignments, checkpoint: checkpoint, resource: resource, names: names, podUID: podUID}
+}
 
-	var r Result
-	for _, p := range procs {
-		c := p.Container
-		if c.Key() == "" {
-			r.Unattributed = append(r.Unattributed, Unattributed{GPUProcess: p, Reason: "not in a pod or container"})
-			continue
-		}
-		var rc RuntimeContainer
-		known := false
-		if c.ContainerID != "" && names != nil {
-			rc, known = names.Lookup(c.ContainerID)
-		}
-		uid := c.PodUID
-		if known && rc.PodUID != "" {
-			if uid != "" && uid != rc.PodUID {
-				r.Unauthorized = append(r.Unauthorized, Unauthorized{GPUProcess: p, PodUID: uid,
-					Reason: fmt.Sprintf("its cgroup names pod %s but the runtime's record of container %s names pod %s", uid, c.ContainerID, rc.PodUID)})
-				continue
-			}
-			uid = rc.PodUID
-		}
-		deny := func(container, reason string) {
-			u := Unauthorized{GPUProcess: p, PodUID: uid, ContainerName: container, Reason: reason}
-			if known {
-				u.Namespace, u.Pod = rc.PodNamespace, rc.PodName
-			}
-			for i, a := range assignments {
-				if u.Pod == "" && uid != "" && podUID[i] == uid {
-					u.Namespace, u.Pod = a.Namespace, a.Pod
-				}
-			}
-			r.Unauthorized = append(r.Unauthorized, u)
-		}
-		skip := func(reason string) {
-			r.Unattributed = append(r.Unattributed, Unattributed{GPUProcess: p, Reason: reason})
-		}
-		if uid == "" && !known {
-			skip("no pod is known for container " + c.ContainerID)
-			continue
-		}
-		has := holders(uid, p.GPU)
-		if known && rc.Sandbox {
-			deny("", "the pod's sandbox container uses the GPU")
-			continue
-		}
-		if known {
-			found := -1
-			for i, a := range assignments {
-				if a.Container != rc.Name || !onGPU(a.DeviceIDs, p.GPU) {
-					continue
-				}
-				if (uid != "" && podUID[i] == uid) || (podUID[i] == "" && a.Namespace == rc.PodNamespace && a.Pod == rc.PodName) {
-					found = i
-					break
-				}
-			}
-			switch {
-			case found >= 0:
-				r.Attributed = append(r.Attributed, Attributed{GPUProcess: p, Assignment: assignments[found], PodUID: uid, By: ByContainer})
-			case has != nil && uid != "" && !has[rc.Name]:
-				deny(rc.Name, fmt.Sprintf("container %s holds no slices of this GPU", rc.Name))
-			default:
-				skip(fmt.Sprintf("container %s: its slices of this GPU are not listed by pod-resources yet, or the kubelet's checkpoint is unreadable", rc.Name))
-			}
-			continue
-		}
-		if has == nil {
-			skip("the kubelet's checkpoint is unreadable: which containers hold slices is unknown")
-			continue
-		}
-		var candidates []int
-		for i := range assignments {
-			if podUID[i] == uid && onGPU(assignments[i].DeviceIDs, p.GPU) {
-				candidates = append(candidates, i)
-			}
-		}
-		switch {
-		case len(has) == 0:
-			deny("", "its pod holds no slices of this GPU")
-		case len(has) == 1 && len(candidates) == 1:
-			r.Attributed = append(r.Attributed, Attributed{GPUProcess: p, Assignment: assignments[candidates[0]], PodUID: uid, By: ByPod})
-		case len(has) == 1:
-			skip("its pod's slices of this GPU are not listed by pod-resources yet")
-		case c.PodLevel():
-			deny("", "it runs in its pod's own cgroup, outside every container, and several of the pod's containers hold slices of this GPU")
-		default:
-			skip(fmt.Sprintf("the runtime has no record of container %s, and several containers of its pod hold slices of this GPU", c.ContainerID))
+// holders says which containers of a pod hold slices of a GPU, from the
+// checkpoint; nil when the checkpoint is unknown.
+func (j *joiner) holders(uid, gpu string) map[string]bool {
+	if j.checkpoint == nil {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, e := range j.checkpoint {
+		if e.PodUID == uid && e.Resource == j.resource && onGPU(e.DeviceIDs, gpu) {
+			out[e.Container] = true
 		}
 	}
-	return r
+	return out
+}
+
+// verdict records what became of one process.
+type verdict struct {
+	r   *Result
+	p   GPUProcess
+	uid string
+	rc  RuntimeContainer
+	// known is true when the runtime has a record of the container.
+	known bool
+}
+
+func (v verdict) attribute(a podresources.Assignment, by string) {
+	v.r.Attributed = append(v.r.Attributed, Attributed{GPUProcess: v.p, Assignment: a, PodUID: v.uid, By: by})
+}
+
+func (v verdict) skip(reason string) {
+	v.r.Unattributed = append(v.r.Unattributed, Unattributed{GPUProcess: v.p, Reason: reason})
+}
+
+func (v verdict) deny(j *joiner, container, reason string) {
+	u := Unauthorized{GPUProcess: v.p, PodUID: v.uid, ContainerName: container, Reason: reason}
+	if v.known {
+		u.Namespace, u.Pod = v.rc.PodNamespace, v.rc.PodName
+	}
+	for i, a := range j.assignments {
+		if u.Pod == "" && v.uid != "" && j.podUID[i] == v.uid {
+			u.Namespace, u.Pod = a.Namespace, a.Pod
+		}
+	}
+	v.r.Unauthorized = append(v.r.Unauthorized, u)
+}
+
+// place attributes one process, or says why not.
+func (j *joiner) place(p GPUProcess, r *Result) {
+	c := p.Container
+	if c.Key() == "" {
+		r.Unattributed = append(r.Unattributed, Unattributed{GPUProcess: p, Reason: "not in a pod or container"})
+		return
+	}
+	v := verdict{r: r, p: p, uid: c.PodUID}
+	if c.ContainerID != "" && j.names != nil {
+		v.rc, v.known = j.names.Lookup(c.ContainerID)
+	}
+	if v.known && v.rc.PodUID != "" {
+		if v.uid != "" && v.uid != v.rc.PodUID {
+			r.Unauthorized = append(r.Unauthorized, Unauthorized{GPUProcess: p, PodUID: v.uid,
+				Reason: fmt.Sprintf("its cgroup names pod %s but the runtime's record of container %s names pod %s", v.uid, c.ContainerID, v.rc.PodUID)})
+			return
+		}
+		v.uid = v.rc.PodUID
+	}
+	switch {
+	case v.uid == "" && !v.known:
+		v.skip("no pod is known for container " + c.ContainerID)
+	case v.known && v.rc.Sandbox:
+		v.deny(j, "", "the pod's sandbox container uses the GPU")
+	case v.known:
+		j.byName(v)
+	default:
+		j.byPod(v)
+	}
+}
+
+// byName attributes a process of a container the runtime has a record of:
+// by the container's name in its pod.
+func (j *joiner) byName(v verdict) {
+	has := j.holders(v.uid, v.p.GPU)
+	for i, a := range j.assignments {
+		if a.Container != v.rc.Name || !onGPU(a.DeviceIDs, v.p.GPU) {
+			continue
+		}
+		if (v.uid != "" && j.podUID[i] == v.uid) || (j.podUID[i] == "" && a.Namespace == v.rc.PodNamespace && a.Pod == v.rc.PodName) {
+			v.attribute(a, ByContainer)
+			return
+		}
+	}
+	if has != nil && v.uid != "" && !has[v.rc.Name] {
+		v.deny(j, v.rc.Name, fmt.Sprintf("container %s holds no slices of this GPU", v.rc.Name))
+		return
+	}
+	v.skip(fmt.Sprintf("container %s: its slices of this GPU are not listed by pod-resources yet, or the kubelet's checkpoint is unreadable", v.rc.Name))
+}
+
+// byPod attributes a process of a container the runtime has no record of:
+// by its pod, when one container of the pod holds slices of the GPU.
+func (j *joiner) byPod(v verdict) {
+	has := j.holders(v.uid, v.p.GPU)
+	if has == nil {
+		v.skip("the kubelet's checkpoint is unreadable: which containers hold slices is unknown")
+		return
+	}
+	var candidates []int
+	for i := range j.assignments {
+		if j.podUID[i] == v.uid && onGPU(j.assignments[i].DeviceIDs, v.p.GPU) {
+			candidates = append(candidates, i)
+		}
+	}
+	switch {
+	case len(has) == 0:
+		v.deny(j, "", "its pod holds no slices of this GPU")
+	case len(has) == 1 && len(candidates) == 1:
+		v.attribute(j.assignments[candidates[0]], ByPod)
+	case len(has) == 1:
+		v.skip("its pod's slices of this GPU are not listed by pod-resources yet")
+	case v.p.Container.PodLevel():
+		v.deny(j, "", "it runs in its pod's own cgroup, outside every container, and several of the pod's containers hold slices of this GPU")
+	default:
+		v.skip(fmt.Sprintf("the runtime has no record of container %s, and several containers of its pod hold slices of this GPU", v.p.Container.ContainerID))
+	}
 }
 
 func onGPU(ids []string, gpu string) bool {

@@ -99,6 +99,7 @@ func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, err
 			return nil, fmt.Errorf("gpu %s is in the layout but not in the device list", g.UUID)
 		}
 		p.health[g.UUID] = nvml.Health{UUID: g.UUID, Healthy: true}
+		p.log.Info("gpu", "gpu", g.Index, "uuid", g.UUID, "model", g.Model, "memory_bytes", g.MemoryBytes, "slices", g.Slices, "slice_memory_bytes", g.SliceMemoryBytes)
 	}
 	return p, nil
 }

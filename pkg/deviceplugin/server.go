@@ -93,79 +93,99 @@ func (p *Plugin) Run(ctx context.Context) error {
 	if err := w.Add(p.opts.PluginDir); err != nil {
 		return fmt.Errorf("watch device plugin dir %s: %w", p.opts.PluginDir, err)
 	}
-	kubelet := filepath.Join(p.opts.PluginDir, kubeletSocket)
-	own := p.SocketPath()
-
 	for {
 		srv, served, err := p.serve()
 		if err != nil {
 			return err
 		}
 		p.register(ctx)
-		// The kubelet registered with, by its socket's inode: events that
-		// arrive after the plugin acted on them (a kubelet restart sends
-		// several) must not make it register twice with the same kubelet.
-		known := inode(kubelet)
-		retry := time.NewTicker(p.opts.RegisterRetry)
-		var settle <-chan time.Time // set from a kubelet event until acted on
-		var poll *time.Ticker       // dials the kubelet meanwhile
-		var polling <-chan time.Time
-		stopPolling := func() {
-			if poll != nil {
-				poll.Stop()
-			}
-			poll, polling, settle = nil, nil, nil
+		if done := p.watch(ctx, w, served); done {
+			p.stop(srv)
+			return nil
 		}
-		restart := false
-		for !restart {
+		p.stopServer(srv, false)
+	}
+}
+
+// restartWatch times the plugin's response to a kubelet restart: from the
+// first event, it dials the kubelet every readyPoll, and acts once the new
+// kubelet answers or settleDelay has passed.
+type restartWatch struct {
+	settle  <-chan time.Time // set from a kubelet event until acted on
+	poll    *time.Ticker     // dials the kubelet meanwhile
+	polling <-chan time.Time
+}
+
+func (r *restartWatch) start() {
+	if r.settle == nil {
+		r.settle = time.After(settleDelay)
+		r.poll = time.NewTicker(readyPoll)
+		r.polling = r.poll.C
+	}
+}
+
+func (r *restartWatch) stop() {
+	if r.poll != nil {
+		r.poll.Stop()
+	}
+	r.poll, r.polling, r.settle = nil, nil, nil
+}
+
+// watch follows the kubelet and the plugin's own server. It returns false
+// when the plugin must serve anew (its server stopped, or a restarted
+// kubelet needs a new one), true when ctx ended.
+func (p *Plugin) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan error) bool {
+	kubelet := filepath.Join(p.opts.PluginDir, kubeletSocket)
+	own := p.SocketPath()
+	// The kubelet registered with, by its socket's inode: events that
+	// arrive after the plugin acted on them (a kubelet restart sends
+	// several) must not make it register twice with the same kubelet.
+	known := inode(kubelet)
+	retry := time.NewTicker(p.opts.RegisterRetry)
+	defer retry.Stop()
+	var rw restartWatch
+	defer rw.stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return true
+		case err := <-served:
+			p.log.Error("device plugin server stopped; restarting", "err", err)
+			// Do not spin if the socket keeps failing.
 			select {
 			case <-ctx.Done():
-				retry.Stop()
-				stopPolling()
-				p.stop(srv)
-				return nil
-			case err := <-served:
-				p.log.Error("device plugin server stopped; restarting", "err", err)
-				restart = true
-				// Do not spin if the socket keeps failing.
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Second):
-				}
-			case err := <-w.Errors:
-				p.log.Warn("device plugin dir watch error", "err", err)
-			case ev := <-w.Events:
-				// A kubelet restart removes our socket and then creates
-				// its own: act once, as soon as the new kubelet answers.
-				relevant := (ev.Name == kubelet && ev.Has(fsnotify.Create) && (known == 0 || inode(kubelet) != known)) ||
-					(ev.Name == own && ev.Has(fsnotify.Remove|fsnotify.Rename) && !exists(own))
-				if relevant {
-					if settle == nil {
-						settle = time.After(settleDelay)
-						poll = time.NewTicker(readyPoll)
-						polling = poll.C
-					}
-				}
-			case <-polling:
-				if !dialable(kubelet) {
-					continue
-				}
-				stopPolling()
-				restart = p.kubeletRestarted(ctx, own)
-				known = inode(kubelet)
-			case <-settle:
-				stopPolling()
-				restart = p.kubeletRestarted(ctx, own)
-				known = inode(kubelet)
-			case <-retry.C:
-				if !p.Registered() {
-					p.register(ctx)
-				}
+			case <-time.After(time.Second):
+			}
+			return false
+		case err := <-w.Errors:
+			p.log.Warn("device plugin dir watch error", "err", err)
+		case ev := <-w.Events:
+			// A kubelet restart removes our socket and then creates its
+			// own: act once, as soon as the new kubelet answers.
+			if (ev.Name == kubelet && ev.Has(fsnotify.Create) && (known == 0 || inode(kubelet) != known)) ||
+				(ev.Name == own && ev.Has(fsnotify.Remove|fsnotify.Rename) && !exists(own)) {
+				rw.start()
+			}
+		case <-rw.polling:
+			if !dialable(kubelet) {
+				continue
+			}
+			rw.stop()
+			if p.kubeletRestarted(ctx, own) {
+				return false
+			}
+			known = inode(kubelet)
+		case <-rw.settle:
+			rw.stop()
+			if p.kubeletRestarted(ctx, own) {
+				return false
+			}
+			known = inode(kubelet)
+		case <-retry.C:
+			if !p.Registered() {
+				p.register(ctx)
 			}
 		}
-		retry.Stop()
-		stopPolling()
-		p.stopServer(srv, false)
 	}
 }
 

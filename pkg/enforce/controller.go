@@ -217,32 +217,8 @@ func (c *Controller) Update(members []Member, deviceUtilization float64, dt time
 	grow := false
 	steered, sum := []string{}, 0.0
 	for _, m := range members {
-		prev, seen := c.duty[m.Key]
-		if !seen {
-			prev = 1
-			if m.Policy == Strict {
-				prev = min(max(m.Limit, MinDuty), 1)
-			}
-		}
-		u, want := usage[m.Key], want[m.Key]
-		target := 1.0
-		switch {
-		case (m.Policy == Strict || contended) && u > 0:
-			target = want * prev / u
-		case m.Policy == Strict && seen:
-			target = prev // idle: hold
-		}
-		target = min(max(target, MinDuty), 1)
-		if target == MinDuty && prev <= MinDuty*1.05 && u > want+0.005 {
-			grow = true // held as low as it goes and still over
-		}
-		d := prev + c.Gain*(target-prev)
-		if target == 1 && d > 0.98 {
-			d = 1
-		}
-		if m.Policy == Strict {
-			d = c.windowCap(m, d, next)
-		}
+		d, over := c.step(m, usage[m.Key], want[m.Key], contended, next)
+		grow = grow || over
 		if (m.Policy == Strict || contended) && d < 1 {
 			steered = append(steered, m.Key)
 			sum += d
@@ -265,6 +241,36 @@ func (c *Controller) Update(members []Member, deviceUtilization float64, dt time
 		c.period = longerPeriod(c.period, dt, c.MaxPeriod)
 	}
 	return c.plans(members)
+}
+
+// step moves a member's duty toward what would have it use want, having
+// used u at its last duty. over is true when it is held as low as it goes
+// and still uses more than want.
+func (c *Controller) step(m Member, u, want float64, contended bool, next float64) (d float64, over bool) {
+	prev, seen := c.duty[m.Key]
+	if !seen {
+		prev = 1
+		if m.Policy == Strict {
+			prev = min(max(m.Limit, MinDuty), 1)
+		}
+	}
+	target := 1.0
+	switch {
+	case (m.Policy == Strict || contended) && u > 0:
+		target = want * prev / u
+	case m.Policy == Strict && seen:
+		target = prev // idle: hold
+	}
+	target = min(max(target, MinDuty), 1)
+	over = target == MinDuty && prev <= MinDuty*1.05 && u > want+0.005
+	d = prev + c.Gain*(target-prev)
+	if target == 1 && d > 0.98 {
+		d = 1
+	}
+	if m.Policy == Strict {
+		d = c.windowCap(m, d, next)
+	}
+	return d, over
 }
 
 // targets is the use each member is steered to: a Strict member's limit;

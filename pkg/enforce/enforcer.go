@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -271,6 +272,10 @@ func clockOf(o Options) Clock {
 // Containers spanning GPUs take the smallest duty of their GPUs, since one
 // freezer holds all of them. A container whose GPU could not be read in
 // this sample keeps the duty it had: a blind agent lets nothing go.
+//
+// The throttle's part is a plan and its acting out: readRound and
+// planDuties decide from the snapshot alone (and the controllers' state);
+// resolveFreezers, act and forgetGone touch cgroups and throttles.
 func (e *Enforcer) Apply(snap *node.Snapshot) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -292,81 +297,126 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 		e.stats = e.memoryOnlyStats(snap)
 		return
 	}
-	util := map[string]float64{}
-	for _, d := range snap.Devices {
-		if d.SampleOK {
-			util[d.UUID] = d.Sample.Utilization
+	r := readRound(snap, e.policyOf)
+	e.resolveFreezers(r)
+	for gpu := range r.byGPU {
+		if e.ctrl[gpu] == nil {
+			e.ctrl[gpu] = NewController(e.opts.Period)
 		}
 	}
-	byGPU := map[string][]Member{}
-	seen := map[string]bool{}
-	hold := map[string]bool{}
-	who := map[string]node.Container{}
+	e.act(planDuties(e.ctrl, r, dt), r)
+	e.forgetGone(r.seen)
+	e.stats = e.collectStats(r.seen)
+}
+
+// round is what one snapshot says to the throttle.
+type round struct {
+	// seen are the containers with a cgroup, by container ID; hold, those
+	// on a GPU that could not be read (they keep their duty).
+	seen map[string]node.Container
+	hold map[string]bool
+	// byGPU are the controllers' members, by GPU UUID; util, each read
+	// GPU's utilization.
+	byGPU map[string][]Member
+	util  map[string]float64
+}
+
+// readRound reads a snapshot for the throttle; policyOf gives a container's
+// compute policy.
+func readRound(snap *node.Snapshot, policyOf func(c node.Container) Policy) round {
+	r := round{seen: map[string]node.Container{}, hold: map[string]bool{}, byGPU: map[string][]Member{}, util: map[string]float64{}}
+	for _, d := range snap.Devices {
+		if d.SampleOK {
+			r.util[d.UUID] = d.Sample.Utilization
+		}
+	}
 	for _, c := range snap.Containers {
 		id := c.Cgroup.Key()
 		if id == "" {
 			continue // no process seen yet: nothing to throttle
 		}
-		seen[id] = true
-		who[id] = c
-		if f, ok := e.freezers[id]; !ok || f.key != freezerKey(c.Cgroup) {
-			f, err := FreezerFor(e.opts.CgroupRoot, c.Cgroup)
-			if err != nil {
-				if !e.unreachable[id] {
-					e.unreachable[id] = true
-					e.failures++
-					e.log.Warn("cannot enforce compute share", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "err", err)
-				}
-				continue
-			}
-			if ok {
-				// The same container is now seen in other cgroup paths:
-				// the old throttle holds the wrong file.
-				e.stop(id)
-			}
-			delete(e.unreachable, id)
-			e.freezers[id] = heldFreezer{Freezer: f, key: freezerKey(c.Cgroup)}
-		}
+		r.seen[id] = c
 		if c.Blind {
-			hold[id] = true
+			r.hold[id] = true
 			continue
 		}
-		var pod Policy
-		if e.opts.PodPolicy != nil {
-			pod = e.opts.PodPolicy(c.Namespace, c.Pod)
-		}
-		policy := e.opts.PodPolicies.Effective(e.opts.Policy, pod)
-		byGPU[c.GPU] = append(byGPU[c.GPU], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: policy, Usage: c.SMUtilization})
+		r.byGPU[c.GPU] = append(r.byGPU[c.GPU], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: policyOf(c), Usage: c.SMUtilization})
 	}
+	return r
+}
+
+// planDuties runs each GPU's controller and returns each container's plan:
+// the smallest duty over its GPUs. Containers on a blind GPU get none.
+func planDuties(ctrl map[string]*Controller, r round, dt time.Duration) map[string]Plan {
 	plans := map[string]Plan{}
-	for gpu, members := range byGPU {
-		ctrl := e.ctrl[gpu]
-		if ctrl == nil {
-			ctrl = NewController(e.opts.Period)
-			e.ctrl[gpu] = ctrl
-		}
-		for k, p := range ctrl.Update(members, util[gpu], dt) {
+	for gpu, members := range r.byGPU {
+		for k, p := range ctrl[gpu].Update(members, r.util[gpu], dt) {
 			if cur, ok := plans[k]; !ok || p.Duty < cur.Duty {
 				plans[k] = p
 			}
 		}
 	}
-	for id, p := range plans {
-		d := p.Duty
-		if hold[id] {
-			continue // one of its GPUs is blind: keep the duty it has
+	for id := range r.hold {
+		delete(plans, id) // one of its GPUs is blind: keep the duty it has
+	}
+	return plans
+}
+
+func (e *Enforcer) policyOf(c node.Container) Policy {
+	var pod Policy
+	if e.opts.PodPolicy != nil {
+		pod = e.opts.PodPolicy(c.Namespace, c.Pod)
+	}
+	return e.opts.PodPolicies.Effective(e.opts.Policy, pod)
+}
+
+// resolveFreezers finds each seen container's freezer, once per cgroup
+// path, and drops from the round the containers that have none.
+func (e *Enforcer) resolveFreezers(r round) {
+	for id, c := range r.seen {
+		if f, ok := e.freezers[id]; ok && f.key == freezerKey(c.Cgroup) {
+			continue
 		}
+		f, err := FreezerFor(e.opts.CgroupRoot, c.Cgroup)
+		if err != nil {
+			if !e.unreachable[id] {
+				e.unreachable[id] = true
+				e.failures++
+				e.log.Warn("cannot enforce compute share", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "err", err)
+			}
+			delete(r.hold, id)
+			for gpu, ms := range r.byGPU {
+				r.byGPU[gpu] = slices.DeleteFunc(ms, func(m Member) bool { return m.Key == id })
+				if len(r.byGPU[gpu]) == 0 {
+					delete(r.byGPU, gpu)
+				}
+			}
+			continue
+		}
+		if _, ok := e.freezers[id]; ok {
+			// The same container is now seen in other cgroup paths: the
+			// old throttle holds the wrong file.
+			e.stop(id)
+		}
+		delete(e.unreachable, id)
+		e.freezers[id] = heldFreezer{Freezer: f, key: freezerKey(c.Cgroup)}
+	}
+}
+
+// act starts, changes and ends throttles to follow the plans.
+func (e *Enforcer) act(plans map[string]Plan, r round) {
+	for id, p := range plans {
 		t := e.throttles[id]
 		switch {
-		case t == nil && d < 1:
+		case t == nil && p.Duty < 1:
 			t = StartThrottle(e.freezers[id].Freezer, p, e.epoch, e.opts.Clock)
 			e.throttles[id] = t
 			e.record()
-			c := who[id]
-			e.log.Info("throttling container", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "cgroup", id, "duty", d)
+			c := r.seen[id]
+			e.log.Info("throttling container", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "cgroup", id, "duty", p.Duty)
 			e.opts.Events.Normal(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUComputeThrottled",
 				fmt.Sprintf("Container %s uses more GPU compute than its %.0f%% share of GPU %d; it runs %.0f%% of each %s period until it is back within it.",
-					c.Container, c.ComputeLimitRatio*100, c.Index, d*100, p.Period))
+					c.Container, c.ComputeLimitRatio*100, c.Index, p.Duty*100, p.Period))
 		case t != nil && t.Err() != nil:
 			// The cgroup went away mid-throttle; the throttle thawed what
 			// it could and stopped. Forget the freezer: if the container is
@@ -380,14 +430,18 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 			t.SetPlan(p)
 		}
 	}
-	// Containers gone from the snapshot: stop their throttles, thawing them.
+}
+
+// forgetGone stops the throttles of containers gone from the snapshot,
+// thawing them, and forgets them.
+func (e *Enforcer) forgetGone(seen map[string]node.Container) {
 	for id := range e.throttles {
-		if !seen[id] {
+		if _, ok := seen[id]; !ok {
 			e.stop(id)
 		}
 	}
 	for id := range e.freezers {
-		if !seen[id] {
+		if _, ok := seen[id]; !ok {
 			delete(e.freezers, id)
 			delete(e.finished, id)
 			for _, c := range e.ctrl {
@@ -396,11 +450,15 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 		}
 	}
 	for id := range e.unreachable {
-		if !seen[id] {
+		if _, ok := seen[id]; !ok {
 			delete(e.unreachable, id)
 		}
 	}
-	stats := map[string]Stats{}
+}
+
+// collectStats is what enforcement did to each seen container.
+func (e *Enforcer) collectStats(seen map[string]node.Container) map[string]Stats {
+	stats := make(map[string]Stats, len(seen))
 	memory := e.watchdog.Stats()
 	driver := e.driverLimits()
 	for id := range seen {
@@ -412,7 +470,7 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 		}
 		stats[id] = s
 	}
-	e.stats = stats
+	return stats
 }
 
 // freezerKey names the cgroup a container's freezer must hold.

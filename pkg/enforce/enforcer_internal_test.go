@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/node"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
 )
 
 func newBareEnforcer(t *testing.T) *Enforcer {
@@ -124,5 +126,40 @@ func TestTierRules(t *testing.T) {
 	o := DefaultOptions()
 	if _, err := NewDriverTier(o, DriverOptions{}); !errors.Is(err, ErrDriverTierOff) {
 		t.Errorf("driver tier not asked for: %v, want ErrDriverTierOff", err)
+	}
+}
+
+// TestPlanDuties: the throttle's plan, decided from the snapshot alone. A
+// container spanning two GPUs runs at the smaller of its duties (one
+// freezer holds both); one on a GPU that could not be read gets no new
+// plan (it keeps what it has); one without a cgroup is not planned at all.
+func TestPlanDuties(t *testing.T) {
+	t.Parallel()
+	cg := func(id string) attribution.Container { return attribution.Container{ContainerID: id} }
+	snap := &node.Snapshot{
+		Devices: []node.Device{
+			{Device: nvml.Device{UUID: "GPU-a"}, SampleOK: true, ProcessesOK: true, Sample: nvml.Sample{Utilization: 1}},
+			{Device: nvml.Device{UUID: "GPU-b"}, SampleOK: true, ProcessesOK: true, Sample: nvml.Sample{Utilization: 1}},
+		},
+		Containers: []node.Container{
+			// "wide" holds a small share of GPU-a and a large one of GPU-b.
+			{Namespace: "ml", Pod: "wide", GPU: "GPU-a", ComputeLimitRatio: 0.1, SMUtilization: 0.9, Cgroup: cg("wide")},
+			{Namespace: "ml", Pod: "wide", GPU: "GPU-b", ComputeLimitRatio: 0.9, SMUtilization: 0.9, Cgroup: cg("wide")},
+			{Namespace: "ml", Pod: "blind", GPU: "GPU-a", ComputeLimitRatio: 0.1, SMUtilization: 0.9, Cgroup: cg("blind"), Blind: true},
+			{Namespace: "ml", Pod: "new", GPU: "GPU-a", ComputeLimitRatio: 0.1},
+		},
+	}
+	r := readRound(snap, func(node.Container) Policy { return Strict })
+	if _, ok := r.seen["new"]; ok || len(r.seen) != 2 || !r.hold["blind"] {
+		t.Fatalf("round = %+v", r)
+	}
+	ctrl := map[string]*Controller{"GPU-a": NewController(100 * time.Millisecond), "GPU-b": NewController(100 * time.Millisecond)}
+	plans := planDuties(ctrl, r, time.Second)
+	if _, ok := plans["blind"]; ok {
+		t.Error("a container on a blind GPU was given a new plan")
+	}
+	wide, ok := plans["wide"]
+	if !ok || wide.Duty > 0.2 {
+		t.Errorf("wide = %+v, want the small duty of GPU-a (about its 0.1 share), not GPU-b's", wide)
 	}
 }

@@ -79,62 +79,8 @@ func For(devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, opts Opti
 		}
 	}
 	if opts.GFD {
-		product := strings.ReplaceAll(main.Model, " ", "-")
-		if opts.SharedProduct {
-			product += "-SHARED"
-		}
-		out["nvidia.com/gpu.product"] = Value(product)
-		out["nvidia.com/gpu.memory"] = strconv.FormatUint(main.MemoryBytes>>20, 10)
-		out["nvidia.com/gpu.count"] = strconv.Itoa(len(sorted))
-		out["nvidia.com/gpu.family"] = Family(main.ComputeMajor, main.ComputeMinor)
-		out["nvidia.com/gpu.compute.major"] = strconv.Itoa(main.ComputeMajor)
-		out["nvidia.com/gpu.compute.minor"] = strconv.Itoa(main.ComputeMinor)
-		if parts := strings.Split(sys.DriverVersion, "."); sys.DriverVersion != "" {
-			out["nvidia.com/cuda.driver-version.full"] = Value(sys.DriverVersion)
-			keys := []string{"major", "minor", "revision"}
-			old := []string{"major", "minor", "rev"} // GFD's deprecated cuda.driver.*
-			for i, p := range parts {
-				if i < len(keys) {
-					out["nvidia.com/cuda.driver-version."+keys[i]] = Value(p)
-					out["nvidia.com/cuda.driver."+old[i]] = Value(p)
-				}
-			}
-		}
-		if sys.CUDADriverVersion > 0 {
-			major, minor := strconv.Itoa(sys.CUDADriverVersion/1000), strconv.Itoa(sys.CUDADriverVersion%1000/10)
-			out["nvidia.com/cuda.runtime-version.major"] = major
-			out["nvidia.com/cuda.runtime-version.minor"] = minor
-			out["nvidia.com/cuda.runtime-version.full"] = sys.CUDAVersion()
-			out["nvidia.com/cuda.runtime.major"] = major // deprecated by GFD, still read
-			out["nvidia.com/cuda.runtime.minor"] = minor
-		}
-		replicas := 1
-		if g, ok := layout.GPU(main.UUID); ok {
-			replicas = g.Slices
-		}
-		out["nvidia.com/gpu.replicas"] = strconv.Itoa(replicas)
-		switch {
-		case opts.MPS:
-			out["nvidia.com/gpu.sharing-strategy"] = "mps"
-		case replicas > 1:
-			out["nvidia.com/gpu.sharing-strategy"] = "time-slicing"
-		default:
-			out["nvidia.com/gpu.sharing-strategy"] = "none"
-		}
-		migCapable := false
-		for _, d := range sorted {
-			migCapable = migCapable || d.MIGCapable
-		}
-		out["nvidia.com/mig.capable"] = strconv.FormatBool(migCapable)
-		out["nvidia.com/mps.capable"] = strconv.FormatBool(opts.MPS)
-		if opts.GPUMode != "" {
-			out["nvidia.com/gpu.mode"] = Value(opts.GPUMode)
-		}
-		machine := strings.ReplaceAll(strings.TrimSpace(opts.Machine), " ", "-")
-		if Value(machine) == "" {
-			machine = "unknown"
-		}
-		out["nvidia.com/gpu.machine"] = Value(machine)
+		gfdGPU(out, main, sorted, layout, opts)
+		gfdDriver(out, sys)
 	}
 	if g, ok := layout.GPU(main.UUID); ok {
 		out[OwnPrefix+"slices-per-gpu"] = strconv.Itoa(g.Slices)
@@ -154,6 +100,73 @@ func For(devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, opts Opti
 		}
 	}
 	return out
+}
+
+// gfdGPU writes GFD's labels of the GPUs: the main model's product,
+// memory and compute capability, the count, sharing, MIG and MPS, the
+// mode and the machine.
+func gfdGPU(out map[string]string, main nvml.Device, sorted []nvml.Device, layout *vgpu.Layout, opts Options) {
+	product := strings.ReplaceAll(main.Model, " ", "-")
+	if opts.SharedProduct {
+		product += "-SHARED"
+	}
+	out["nvidia.com/gpu.product"] = Value(product)
+	out["nvidia.com/gpu.memory"] = strconv.FormatUint(main.MemoryBytes>>20, 10)
+	out["nvidia.com/gpu.count"] = strconv.Itoa(len(sorted))
+	out["nvidia.com/gpu.family"] = Family(main.ComputeMajor, main.ComputeMinor)
+	out["nvidia.com/gpu.compute.major"] = strconv.Itoa(main.ComputeMajor)
+	out["nvidia.com/gpu.compute.minor"] = strconv.Itoa(main.ComputeMinor)
+	replicas := 1
+	if g, ok := layout.GPU(main.UUID); ok {
+		replicas = g.Slices
+	}
+	out["nvidia.com/gpu.replicas"] = strconv.Itoa(replicas)
+	switch {
+	case opts.MPS:
+		out["nvidia.com/gpu.sharing-strategy"] = "mps"
+	case replicas > 1:
+		out["nvidia.com/gpu.sharing-strategy"] = "time-slicing"
+	default:
+		out["nvidia.com/gpu.sharing-strategy"] = "none"
+	}
+	migCapable := false
+	for _, d := range sorted {
+		migCapable = migCapable || d.MIGCapable
+	}
+	out["nvidia.com/mig.capable"] = strconv.FormatBool(migCapable)
+	out["nvidia.com/mps.capable"] = strconv.FormatBool(opts.MPS)
+	if opts.GPUMode != "" {
+		out["nvidia.com/gpu.mode"] = Value(opts.GPUMode)
+	}
+	machine := strings.ReplaceAll(strings.TrimSpace(opts.Machine), " ", "-")
+	if Value(machine) == "" {
+		machine = "unknown"
+	}
+	out["nvidia.com/gpu.machine"] = Value(machine)
+}
+
+// gfdDriver writes GFD's labels of the driver and its CUDA version, with
+// the deprecated names GFD still writes.
+func gfdDriver(out map[string]string, sys nvml.SystemInfo) {
+	if parts := strings.Split(sys.DriverVersion, "."); sys.DriverVersion != "" {
+		out["nvidia.com/cuda.driver-version.full"] = Value(sys.DriverVersion)
+		keys := []string{"major", "minor", "revision"}
+		old := []string{"major", "minor", "rev"} // GFD's deprecated cuda.driver.*
+		for i, p := range parts {
+			if i < len(keys) {
+				out["nvidia.com/cuda.driver-version."+keys[i]] = Value(p)
+				out["nvidia.com/cuda.driver."+old[i]] = Value(p)
+			}
+		}
+	}
+	if sys.CUDADriverVersion > 0 {
+		major, minor := strconv.Itoa(sys.CUDADriverVersion/1000), strconv.Itoa(sys.CUDADriverVersion%1000/10)
+		out["nvidia.com/cuda.runtime-version.major"] = major
+		out["nvidia.com/cuda.runtime-version.minor"] = minor
+		out["nvidia.com/cuda.runtime-version.full"] = sys.CUDAVersion()
+		out["nvidia.com/cuda.runtime.major"] = major // deprecated by GFD, still read
+		out["nvidia.com/cuda.runtime.minor"] = minor
+	}
 }
 
 // Family names a GPU architecture from its compute capability, as GFD does.

@@ -250,12 +250,28 @@ type gpuQuota struct {
 func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 	start := time.Now()
 	defer func() { c.metrics.cycles.Inc(); c.metrics.duration.Observe(time.Since(start).Seconds()) }()
+	byNS, specs, err := c.listQuotas()
+	if err != nil {
+		return 0, err
+	}
+	usage, merr := Measure(ctx, c.prom, specs, now, c.opts.QueryTimeout)
+	c.metrics.queries.Set(float64(usage.Queries))
+	if merr != nil {
+		c.metrics.promErrors.Inc()
+		c.log.Warn("prometheus unavailable: keeping the last decisions, evicting nothing", "err", merr)
+	}
+	err = c.applyAll(ctx, byNS, usage, merr == nil, now)
+	c.finishCycle(byNS)
+	return usage.Queries, err
+}
+
+// listQuotas reads every GPUQuota, by namespace, and the valid specs to
+// measure.
+func (c *Controller) listQuotas() (map[string][]gpuQuota, []Spec, error) {
 	objs, err := c.gpuq.List(labels.Everything())
 	if err != nil {
-		return 0, fmt.Errorf("list GPUQuotas: %w", err)
+		return nil, nil, fmt.Errorf("list GPUQuotas: %w", err)
 	}
-	// One GPUQuota per namespace: the first by name rules; others are
-	// reported as conflicting.
 	byNS := map[string][]gpuQuota{}
 	var specs []Spec
 	for _, o := range objs {
@@ -273,18 +289,18 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 		}
 		byNS[u.GetNamespace()] = append(byNS[u.GetNamespace()], q)
 	}
-	usage, merr := Measure(ctx, c.prom, specs, now, c.opts.QueryTimeout)
-	c.metrics.queries.Set(float64(usage.Queries))
-	if merr != nil {
-		c.metrics.promErrors.Inc()
-		c.log.Warn("prometheus unavailable: keeping the last decisions, evicting nothing", "err", merr)
-	}
+	return byNS, specs, nil
+}
+
+// applyAll evaluates every namespace, a few at a time (namespaces are
+// independent; their API writes are bounded). One GPUQuota per namespace:
+// the first by name rules; others are reported as conflicting.
+func (c *Controller) applyAll(ctx context.Context, byNS map[string][]gpuQuota, usage Usage, measured bool, now time.Time) error {
 	namespaces := make([]string, 0, len(byNS))
 	for ns := range byNS {
 		namespaces = append(namespaces, ns)
 	}
 	sort.Strings(namespaces)
-	// Namespaces are independent; their API writes go a few at a time.
 	results := make([]error, len(namespaces))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, applyWorkers)
@@ -302,14 +318,18 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 			if q := qs[0]; q.err != nil {
 				errs = append(errs, c.writeStatus(ctx, q.obj, nil, Decision{}, now, q.err))
 			} else {
-				errs = append(errs, c.evaluateNamespace(ctx, q, usage, merr == nil, now))
+				errs = append(errs, c.evaluateNamespace(ctx, q, usage, measured, now))
 			}
 			results[i] = errors.Join(errs...)
 		}()
 	}
 	wg.Wait()
-	// Forget quotas and namespaces that are gone, so deleted ones do not
-	// pin memory.
+	return errors.Join(results...)
+}
+
+// finishCycle publishes the cycle's report and forgets quotas and
+// namespaces that are gone, so deleted ones do not pin memory.
+func (c *Controller) finishCycle(byNS map[string][]gpuQuota) {
 	seen := map[types.UID]bool{}
 	for _, qs := range byNS {
 		for _, q := range qs {
@@ -317,6 +337,7 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 		}
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.report, c.next = c.next, map[string]nsReport{}
 	c.completed = time.Now()
 	unknown := 0.0
@@ -334,8 +355,6 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 			delete(c.last, ns)
 		}
 	}
-	c.mu.Unlock()
-	return usage.Queries, errors.Join(results...)
 }
 
 func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Usage, metricsOK bool, now time.Time) error {

@@ -126,10 +126,6 @@ func Run(c Cell, m Mutation, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	sum := 0.0
-	for _, l := range c.Limits {
-		sum += l
-	}
 	tenants := make([]*tenant, len(c.Limits))
 	for i, l := range c.Limits {
 		t := &tenant{pid: 1000 + i, member: enforce.Member{Key: fmt.Sprintf("p%d", i), Limit: l, Policy: c.Policy}}
@@ -142,6 +138,13 @@ func Run(c Cell, m Mutation, o Options) (Result, error) {
 		}
 		tenants[i] = t
 	}
+	simulate(gpu, tenants, m, o)
+	return result(gpu, tenants, c, o), nil
+}
+
+// simulate runs the controller and the tenants' throttles on the GPU
+// model through the settling and measured spans, event by event.
+func simulate(gpu *gpumodel.GPU, tenants []*tenant, m Mutation, o Options) {
 	ctrl := enforce.NewController(o.Period)
 	var since uint64
 	nextSample := o.SampleInterval
@@ -167,7 +170,7 @@ func Run(c Cell, m Mutation, o Options) (Result, error) {
 			}
 		}
 		if at >= end {
-			break
+			return
 		}
 		for _, t := range tenants {
 			if t.throttled && t.next <= at {
@@ -182,33 +185,51 @@ func Run(c Cell, m Mutation, o Options) (Result, error) {
 			dt = 0 // the enforcer's first snapshot has no previous one
 		}
 		nextSample += o.SampleInterval
-		var util map[int]float64
-		util, since = nvml.AverageSamples(toNVML(gpu.ProcessUtilization(since)), since)
-		members := make([]enforce.Member, len(tenants))
-		for i, t := range tenants {
-			t.readings = append(t.readings, reading{at: at, usage: util[t.pid]})
-			t.member.Usage = sense(t, at, m)
-			members[i] = t.member
+		since = sample(gpu, ctrl, tenants, m, at, dt, since)
+	}
+}
+
+// sample is one of the agent's samples: NVML's averaged readings, the
+// controller's plans, and the throttles following them at once.
+func sample(gpu *gpumodel.GPU, ctrl *enforce.Controller, tenants []*tenant, m Mutation, at, dt time.Duration, since uint64) uint64 {
+	sum := 0.0
+	for _, t := range tenants {
+		sum += t.member.Limit
+	}
+	var util map[int]float64
+	util, since = nvml.AverageSamples(toNVML(gpu.ProcessUtilization(since)), since)
+	members := make([]enforce.Member, len(tenants))
+	for i, t := range tenants {
+		t.readings = append(t.readings, reading{at: at, usage: util[t.pid]})
+		t.member.Usage = sense(t, at, m)
+		members[i] = t.member
+	}
+	plans := ctrl.Update(members, float64(gpu.Utilization())/100, dt)
+	for _, t := range tenants {
+		p := plans[t.member.Key]
+		if m == OpenLoop {
+			p.Duty = min(max(enforce.Entitlement(t.member, sum), enforce.MinDuty), 1)
 		}
-		plans := ctrl.Update(members, float64(gpu.Utilization())/100, dt)
-		for _, t := range tenants {
-			p := plans[t.member.Key]
-			if m == OpenLoop {
-				p.Duty = min(max(enforce.Entitlement(t.member, sum), enforce.MinDuty), 1)
-			}
-			t.plan = p
-			if !t.throttled && p.Duty < 1 {
-				t.throttled = true
-			}
-			if t.throttled {
-				edge(gpu, t, at) // a new plan takes effect at once
-			}
+		t.plan = p
+		if !t.throttled && p.Duty < 1 {
+			t.throttled = true
+		}
+		if t.throttled {
+			edge(gpu, t, at) // a new plan takes effect at once
 		}
 	}
-	// Strict: each tenant's work over the measured span, against its
-	// limit. Burst: each tenant's part of the work the GPU delivered,
-	// against its entitlement; what context switches cost belongs to no
-	// tenant.
+	return since
+}
+
+// result judges the measured span. Strict: each tenant's work over the
+// span, against its limit. Burst: each tenant's part of the work the GPU
+// delivered, against its entitlement; what context switches cost belongs
+// to no tenant.
+func result(gpu *gpumodel.GPU, tenants []*tenant, c Cell, o Options) Result {
+	sum := 0.0
+	for _, l := range c.Limits {
+		sum += l
+	}
 	r := Result{Shares: make([]float64, len(tenants)), Targets: make([]float64, len(tenants))}
 	work, total := make([]float64, len(tenants)), 0.0
 	for i, t := range tenants {
@@ -226,7 +247,7 @@ func Run(c Cell, m Mutation, o Options) (Result, error) {
 		r.ErrorPP = max(r.ErrorPP, math.Abs(r.Shares[i]-r.Targets[i])*100)
 	}
 	r.Delivered = total / float64(o.Measure)
-	return r, nil
+	return r
 }
 
 // edge is one throttle step at time at, as enforce.Throttle takes it:

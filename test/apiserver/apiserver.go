@@ -254,38 +254,8 @@ func Launch(dir string, o Options) (s *Server, err error) {
 		return nil, err
 	}
 	s.procs = append(s.procs, etcd)
-
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return nil, err
-	}
-	pub, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	write := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if werr := os.WriteFile(p, data, 0o600); werr != nil && err == nil {
-			err = werr
-		}
-		return p
-	}
-	s.ServiceAccountKey = write("sa.key", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
-	saPub := write("sa.pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}))
-	tok := make([]byte, 16)
-	_, _ = rand.Read(tok)
-	s.URL, s.Token = fmt.Sprintf("https://127.0.0.1:%d", apiPort), hex.EncodeToString(tok)
-	tokens := write("tokens.csv", []byte(s.Token+",admin,admin,system:masters\n"))
-	caPEM, certPEM, keyPEM, cerr := servingCert()
-	if cerr != nil {
-		return nil, cerr
-	}
-	s.CAFile = write("ca.crt", caPEM)
-	tlsCert, tlsKey := write("apiserver.crt", certPEM), write("apiserver.key", keyPEM)
-	s.Kubeconfig = write("kubeconfig", []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters: [{name: test, cluster: {server: %q, certificate-authority: %q}}]
-users: [{name: admin, user: {token: %q}}]
-contexts: [{name: test, context: {cluster: test, user: admin}}]
-current-context: test
-`, s.URL, s.CAFile, s.Token)))
+	s.URL = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
+	f, err := s.writeCredentials()
 	if err != nil {
 		return nil, err
 	}
@@ -299,8 +269,8 @@ current-context: test
 		// Since 1.36 a loopback address may not be the kubernetes
 		// Service's endpoint; nothing here routes Service IPs anyway.
 		"--endpoint-reconciler-type=none",
-		"--tls-cert-file="+tlsCert, "--tls-private-key-file="+tlsKey, "--token-auth-file="+tokens,
-		"--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file="+saPub,
+		"--tls-cert-file="+f.cert, "--tls-private-key-file="+f.key, "--token-auth-file="+f.tokens,
+		"--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file="+f.saPub,
 		"--service-account-signing-key-file="+s.ServiceAccountKey, "--service-cluster-ip-range=10.0.0.0/24",
 		"--authorization-mode=RBAC", "--enable-priority-and-fairness=false", "--v=0",
 		admission,
@@ -310,7 +280,60 @@ current-context: test
 		return nil, err
 	}
 	s.procs = append(s.procs, api)
+	if err := s.waitReady(f.ca, api); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
 
+// credentialFiles are the files the API server is started with.
+type credentialFiles struct {
+	cert, key, tokens, saPub string
+	ca                       []byte // the CA's PEM
+}
+
+// writeCredentials writes the service-account key pair, the admin token,
+// the serving certificate and its CA, and a kubeconfig for s.URL.
+func (s *Server) writeCredentials() (credentialFiles, error) {
+	var err error
+	write := func(name string, data []byte) string {
+		p := filepath.Join(s.Dir, name)
+		if werr := os.WriteFile(p, data, 0o600); werr != nil && err == nil {
+			err = werr
+		}
+		return p
+	}
+	key, kerr := rsa.GenerateKey(rand.Reader, 2048)
+	if kerr != nil {
+		return credentialFiles{}, kerr
+	}
+	var f credentialFiles
+	pub, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	s.ServiceAccountKey = write("sa.key", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
+	f.saPub = write("sa.pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}))
+	tok := make([]byte, 16)
+	_, _ = rand.Read(tok)
+	s.Token = hex.EncodeToString(tok)
+	f.tokens = write("tokens.csv", []byte(s.Token+",admin,admin,system:masters\n"))
+	caPEM, certPEM, keyPEM, cerr := servingCert()
+	if cerr != nil {
+		return credentialFiles{}, cerr
+	}
+	f.ca = caPEM
+	s.CAFile = write("ca.crt", caPEM)
+	f.cert, f.key = write("apiserver.crt", certPEM), write("apiserver.key", keyPEM)
+	s.Kubeconfig = write("kubeconfig", []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: %q, certificate-authority: %q}}]
+users: [{name: admin, user: {token: %q}}]
+contexts: [{name: test, context: {cluster: test, user: admin}}]
+current-context: test
+`, s.URL, s.CAFile, s.Token)))
+	return f, err
+}
+
+// waitReady waits for the API server's /readyz, 60 s at most.
+func (s *Server) waitReady(caPEM []byte, api *Process) error {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
 	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
@@ -322,11 +345,11 @@ current-context: test
 		if rerr == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return s, nil
+				return nil
 			}
 		}
 		if time.Now().After(deadline) || api.Exited() {
-			return nil, fmt.Errorf("kube-apiserver not ready within 60s: %w\n%s", rerr, api.Logs.Tail(4000))
+			return fmt.Errorf("kube-apiserver not ready within 60s: %w\n%s", rerr, api.Logs.Tail(4000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -51,31 +51,73 @@ type pod struct {
 	slices int
 }
 
+// demo is one run of the demo: the fake node's files, the kubelet
+// stand-in and the agent.
+type demo struct {
+	out                     io.Writer
+	dir, pluginDir, workDir string
+	node, fakePath, addr    string
+	logPath                 string
+	gpuIndex                map[string]int
+	k                       *kubeletstub.Kubelet
+	p                       *kubeletstub.Plugin
+	cmd                     *exec.Cmd
+	exited                  chan error
+	allocs                  map[string]kubeletstub.Allocation
+	cleanup                 []func()
+}
+
 func run(agentBin string, out io.Writer) error {
 	if _, err := os.Stat(agentBin); err != nil {
 		return fmt.Errorf("agent binary: %w (run make build)", err)
 	}
-	dir, err := os.MkdirTemp("", "gpuslice-demo")
-	if err != nil {
+	d := &demo{out: out, allocs: map[string]kubeletstub.Allocation{}}
+	defer d.close()
+	if err := d.prepare(); err != nil {
 		return err
 	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	pluginDir := filepath.Join(dir, "device-plugins")
-	if err := os.Mkdir(pluginDir, 0o755); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	if err := d.startAgent(ctx, agentBin); err != nil {
 		return err
 	}
-	workDir := filepath.Join(dir, "workloads")
-	if err := os.Mkdir(workDir, 0o755); err != nil {
+	for _, stage := range []func(context.Context) error{d.admit, d.showResponses, d.metrics, d.isolation, d.injectXID, d.restartKubelet, d.stopAgent} {
+		if err := stage(ctx); err != nil {
+			logs, _ := os.ReadFile(d.logPath)
+			return fmt.Errorf("%w\nagent log:\n%s", err, logs)
+		}
+	}
+	fmt.Fprintln(out, "\ndemo finished.")
+	return nil
+}
+
+func (d *demo) close() {
+	for i := len(d.cleanup) - 1; i >= 0; i-- {
+		d.cleanup[i]()
+	}
+}
+
+// prepare writes the fake node's file and learns its GPUs' indices.
+func (d *demo) prepare() error {
+	var err error
+	if d.dir, err = os.MkdirTemp("", "gpuslice-demo"); err != nil {
 		return err
+	}
+	d.cleanup = append(d.cleanup, func() { _ = os.RemoveAll(d.dir) })
+	d.pluginDir, d.workDir = filepath.Join(d.dir, "device-plugins"), filepath.Join(d.dir, "workloads")
+	for _, p := range []string{d.pluginDir, d.workDir} {
+		if err := os.Mkdir(p, 0o755); err != nil {
+			return err
+		}
 	}
 	// The fake node's file: the built-in node, plus where workloads report.
-	node := nodeYAML + "workloadDir: " + workDir + "\n"
-	fakePath := filepath.Join(dir, "node.yaml")
-	if err := os.WriteFile(fakePath, []byte(node), 0o600); err != nil {
+	d.node = nodeYAML + "workloadDir: " + d.workDir + "\n"
+	d.fakePath = filepath.Join(d.dir, "node.yaml")
+	if err := os.WriteFile(d.fakePath, []byte(d.node), 0o600); err != nil {
 		return err
 	}
 	// The same config gives the same UUIDs, so the demo can name GPUs by index.
-	nodeCfg, err := fakegpu.Parse([]byte(node))
+	nodeCfg, err := fakegpu.Parse([]byte(d.node))
 	if err != nil {
 		return err
 	}
@@ -87,174 +129,187 @@ func run(agentBin string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	gpuIndex := map[string]int{}
-	for _, d := range devs {
-		gpuIndex[d.UUID] = d.Index
+	d.gpuIndex = map[string]int{}
+	for _, dev := range devs {
+		d.gpuIndex[dev.UUID] = dev.Index
 	}
-	describe := func(ids []string) string { return describeIDs(ids, gpuIndex) }
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
+	return nil
+}
 
-	step(out, "1. a kubelet stand-in listens on %s/kubelet.sock", pluginDir)
-	k, err := kubeletstub.Start(pluginDir)
-	if err != nil {
-		return err
-	}
-	defer k.Stop()
+func (d *demo) describe(ids []string) string { return describeIDs(ids, d.gpuIndex) }
 
-	addr, err := freeAddr()
+// startAgent starts the kubelet stand-in and the agent, and waits for it
+// to register.
+func (d *demo) startAgent(ctx context.Context, agentBin string) error {
+	step(d.out, "1. a kubelet stand-in listens on %s/kubelet.sock", d.pluginDir)
+	var err error
+	if d.k, err = kubeletstub.Start(d.pluginDir); err != nil {
+		return err
+	}
+	d.cleanup = append(d.cleanup, d.k.Stop)
+	if d.addr, err = freeAddr(); err != nil {
+		return err
+	}
+	d.logPath = filepath.Join(d.dir, "agent.log")
+	logFile, err := os.Create(d.logPath)
 	if err != nil {
 		return err
 	}
-	logPath := filepath.Join(dir, "agent.log")
-	logFile, err := os.Create(logPath)
+	d.cleanup = append(d.cleanup, func() { _ = logFile.Close() })
+	podResources := filepath.Join(d.dir, "pod-resources.sock")
+	pr, err := d.k.ServePodResources(podResources)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = logFile.Close() }()
-	podResources := filepath.Join(dir, "pod-resources.sock")
-	pr, err := k.ServePodResources(podResources)
-	if err != nil {
-		return err
-	}
-	defer pr.Stop()
-	args := []string{"--gpu-backend=fake", "--fake-config=" + fakePath, "--device-plugin-dir=" + pluginDir,
-		"--pod-resources-socket=" + podResources, "--metrics-address=" + addr, "--sample-interval=250ms",
-		"--enforcement-state=" + filepath.Join(dir, "enforcement.json"), "--compute-policy=strict"}
-	step(out, "2. start %s %s", agentBin, strings.Join(args, " "))
-	cmd := exec.Command(agentBin, args...)
-	cmd.Stderr = logFile
+	d.cleanup = append(d.cleanup, pr.Stop)
+	args := []string{"--gpu-backend=fake", "--fake-config=" + d.fakePath, "--device-plugin-dir=" + d.pluginDir,
+		"--pod-resources-socket=" + podResources, "--metrics-address=" + d.addr, "--sample-interval=250ms",
+		"--enforcement-state=" + filepath.Join(d.dir, "enforcement.json"), "--compute-policy=strict"}
+	step(d.out, "2. start %s %s", agentBin, strings.Join(args, " "))
+	d.cmd = exec.Command(agentBin, args...)
+	d.cmd.Stderr = logFile
 	started := time.Now()
-	if err := cmd.Start(); err != nil {
+	if err := d.cmd.Start(); err != nil {
 		return err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-exited
+	d.exited = make(chan error, 1)
+	go func() { d.exited <- d.cmd.Wait() }()
+	d.cleanup = append(d.cleanup, func() {
+		if d.cmd.ProcessState == nil {
+			_ = d.cmd.Process.Kill()
+			<-d.exited
 		}
-	}()
-	fail := func(err error) error {
-		logs, _ := os.ReadFile(logPath)
+	})
+	if d.p, err = d.k.WaitPlugin(ctx, resource); err != nil {
+		logs, _ := os.ReadFile(d.logPath)
 		return fmt.Errorf("%w\nagent log:\n%s", err, logs)
 	}
+	regs := d.k.Registrations()
+	fmt.Fprintf(d.out, "   registered %s (endpoint %s) %.1f ms after exec; ListAndWatch sent %d slices\n",
+		regs[0].Request.ResourceName, regs[0].Request.Endpoint, float64(regs[0].At.Sub(started).Microseconds())/1000, len(d.p.Devices()))
+	return nil
+}
 
-	p, err := k.WaitPlugin(ctx, resource)
-	if err != nil {
-		return fail(err)
-	}
-	regs := k.Registrations()
-	fmt.Fprintf(out, "   registered %s (endpoint %s) %.1f ms after exec; ListAndWatch sent %d slices\n",
-		regs[0].Request.ResourceName, regs[0].Request.Endpoint, float64(regs[0].At.Sub(started).Microseconds())/1000, len(p.Devices()))
-
-	step(out, "3. admit pods the way the kubelet does (GetPreferredAllocation, then Allocate); placement: binpack")
+// admit admits pods as the kubelet does, and one that does not fit.
+func (d *demo) admit(ctx context.Context) error {
+	step(d.out, "3. admit pods the way the kubelet does (GetPreferredAllocation, then Allocate); placement: binpack")
 	pods := []pod{{"training", 6}, {"notebook-a", 1}, {"notebook-b", 2}, {"inference", 3}, {"big-batch", 12}}
-	allocs := map[string]kubeletstub.Allocation{}
 	for _, pd := range pods {
-		a, err := p.Allocate(ctx, pd.name, "main", pd.slices)
+		a, err := d.p.Allocate(ctx, pd.name, "main", pd.slices)
 		if err != nil {
-			return fail(err)
+			return err
 		}
-		allocs[pd.name] = a
-		fmt.Fprintf(out, "   %-11s nvidia.com/vgpu: %-2d -> %s\n", pd.name, pd.slices, describe(a.DeviceIDs))
+		d.allocs[pd.name] = a
+		fmt.Fprintf(d.out, "   %-11s nvidia.com/vgpu: %-2d -> %s\n", pd.name, pd.slices, d.describe(a.DeviceIDs))
 	}
-	if _, err := p.Allocate(ctx, "greedy", "main", 10); errors.Is(err, kubeletstub.ErrInsufficient) {
-		fmt.Fprintf(out, "   %-11s nvidia.com/vgpu: %-2d -> rejected at admission: %v\n", "greedy", 10, err)
+	if _, err := d.p.Allocate(ctx, "greedy", "main", 10); errors.Is(err, kubeletstub.ErrInsufficient) {
+		fmt.Fprintf(d.out, "   %-11s nvidia.com/vgpu: %-2d -> rejected at admission: %v\n", "greedy", 10, err)
 	} else {
-		return fail(fmt.Errorf("over-request was not rejected: %w", err))
+		return fmt.Errorf("over-request was not rejected: %w", err)
 	}
+	step(d.out, "4. slices per GPU")
+	printGPUs(d.out, d.p, d.gpuIndex)
+	return nil
+}
 
-	step(out, "4. slices per GPU")
-	printGPUs(out, p, gpuIndex)
-
-	step(out, "5. what the containers see (Allocate response)")
+// showResponses prints what two containers were given.
+func (d *demo) showResponses(context.Context) error {
+	step(d.out, "5. what the containers see (Allocate response)")
 	for _, name := range []string{"notebook-b", "big-batch"} {
-		r := allocs[name].Response
-		fmt.Fprintf(out, "   %s:\n", name)
+		r := d.allocs[name].Response
+		fmt.Fprintf(d.out, "   %s:\n", name)
 		keys := make([]string, 0, len(r.Envs))
 		for k := range r.Envs {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
 		for _, k := range keys {
-			fmt.Fprintf(out, "     %s=%s\n", k, r.Envs[k])
+			fmt.Fprintf(d.out, "     %s=%s\n", k, r.Envs[k])
 		}
 		var devs []string
-		for _, d := range r.Devices {
-			devs = append(devs, d.HostPath)
+		for _, dev := range r.Devices {
+			devs = append(devs, dev.HostPath)
 		}
-		fmt.Fprintf(out, "     devices: %s\n", strings.Join(devs, " "))
+		fmt.Fprintf(d.out, "     devices: %s\n", strings.Join(devs, " "))
 	}
+	return nil
+}
 
-	step(out, "6. per-pod GPU metrics: two pods on GPU 0 run fake GPU workloads (training wants 0.6 of a GPU, notebook-a 0.1)")
-	if err := showMetrics(ctx, out, addr, workDir, allocs); err != nil {
-		return fail(err)
-	}
+func (d *demo) metrics(ctx context.Context) error {
+	step(d.out, "6. per-pod GPU metrics: two pods on GPU 0 run fake GPU workloads (training wants 0.6 of a GPU, notebook-a 0.1)")
+	return showMetrics(ctx, d.out, d.addr, d.workDir, d.allocs)
+}
 
-	step(out, "7. isolation on GPU 1 (strict policy): notebook-b (2 slices) and inference (3 slices) both run greedy workloads")
-	if err := showIsolation(ctx, out, addr, workDir, allocs); err != nil {
-		return fail(err)
-	}
+func (d *demo) isolation(ctx context.Context) error {
+	step(d.out, "7. isolation on GPU 1 (strict policy): notebook-b (2 slices) and inference (3 slices) both run greedy workloads")
+	return showIsolation(ctx, d.out, d.addr, d.workDir, d.allocs)
+}
 
-	step(out, "8. inject XID 79 on GPU 3 (edit %s)", filepath.Base(fakePath))
+// injectXID faults GPU 3, shows the kubelet stop offering its slices and
+// placement avoid it, and clears the fault.
+func (d *demo) injectXID(ctx context.Context) error {
+	step(d.out, "8. inject XID 79 on GPU 3 (edit %s)", filepath.Base(d.fakePath))
 	injected := time.Now()
-	if err := os.WriteFile(fakePath, []byte(node+"faults:\n  gpus:\n    - index: 3\n      xid: 79\n"), 0o600); err != nil {
+	if err := os.WriteFile(d.fakePath, []byte(d.node+"faults:\n  gpus:\n    - index: 3\n      xid: 79\n"), 0o600); err != nil {
 		return err
 	}
-	if err := k.WaitFor(ctx, func(k *kubeletstub.Kubelet) bool {
+	if err := d.k.WaitFor(ctx, func(k *kubeletstub.Kubelet) bool {
 		return kubeletstub.CountHealth(k.PluginLocked(resource).DevicesLocked(), pluginapi.Unhealthy) == 8
 	}); err != nil {
-		return fail(fmt.Errorf("xid never reached the kubelet: %w", err))
+		return fmt.Errorf("xid never reached the kubelet: %w", err)
 	}
-	fmt.Fprintf(out, "   kubelet saw all 8 slices of GPU 3 Unhealthy %.1f ms later\n", float64(time.Since(injected).Microseconds())/1000)
-	a, err := p.Allocate(ctx, "after-xid", "main", 2)
+	fmt.Fprintf(d.out, "   kubelet saw all 8 slices of GPU 3 Unhealthy %.1f ms later\n", float64(time.Since(injected).Microseconds())/1000)
+	a, err := d.p.Allocate(ctx, "after-xid", "main", 2)
 	if err != nil {
-		return fail(err)
-	}
-	fmt.Fprintf(out, "   %-11s nvidia.com/vgpu: %-2d -> %s (GPU 3 avoided)\n", "after-xid", 2, describe(a.DeviceIDs))
-	if err := os.WriteFile(fakePath, []byte(node), 0o600); err != nil {
 		return err
 	}
-	if err := k.WaitFor(ctx, func(k *kubeletstub.Kubelet) bool {
+	fmt.Fprintf(d.out, "   %-11s nvidia.com/vgpu: %-2d -> %s (GPU 3 avoided)\n", "after-xid", 2, d.describe(a.DeviceIDs))
+	if err := os.WriteFile(d.fakePath, []byte(d.node), 0o600); err != nil {
+		return err
+	}
+	if err := d.k.WaitFor(ctx, func(k *kubeletstub.Kubelet) bool {
 		return kubeletstub.CountHealth(k.PluginLocked(resource).DevicesLocked(), pluginapi.Unhealthy) == 0
 	}); err != nil {
-		return fail(fmt.Errorf("recovery never reached the kubelet: %w", err))
+		return fmt.Errorf("recovery never reached the kubelet: %w", err)
 	}
-	fmt.Fprintln(out, "   fault cleared: GPU 3's slices are Healthy again")
+	fmt.Fprintln(d.out, "   fault cleared: GPU 3's slices are Healthy again")
+	return nil
+}
 
-	step(out, "9. restart the kubelet (sockets removed, kubelet.sock recreated)")
-	before := len(k.Registrations())
+func (d *demo) restartKubelet(ctx context.Context) error {
+	step(d.out, "9. restart the kubelet (sockets removed, kubelet.sock recreated)")
+	before := len(d.k.Registrations())
 	restarted := time.Now()
-	if err := k.Restart(); err != nil {
+	if err := d.k.Restart(); err != nil {
 		return err
 	}
-	if err := k.WaitFor(ctx, func(k *kubeletstub.Kubelet) bool {
+	if err := d.k.WaitFor(ctx, func(k *kubeletstub.Kubelet) bool {
 		pl := k.PluginLocked(resource)
 		return k.RegistrationCountLocked() > before && pl != nil && len(pl.DevicesLocked()) == 32
 	}); err != nil {
-		return fail(fmt.Errorf("agent did not re-register: %w", err))
+		return fmt.Errorf("agent did not re-register: %w", err)
 	}
-	fmt.Fprintf(out, "   agent re-registered %.1f ms after the restart, with no operator action\n", float64(time.Since(restarted).Microseconds())/1000)
+	fmt.Fprintf(d.out, "   agent re-registered %.1f ms after the restart, with no operator action\n", float64(time.Since(restarted).Microseconds())/1000)
+	return nil
+}
 
-	step(out, "10. SIGTERM the agent")
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+func (d *demo) stopAgent(ctx context.Context) error {
+	step(d.out, "10. SIGTERM the agent")
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		return err
 	}
 	select {
-	case err := <-exited:
+	case err := <-d.exited:
 		if err != nil {
-			return fail(fmt.Errorf("agent exit: %w", err))
+			return fmt.Errorf("agent exit: %w", err)
 		}
 	case <-ctx.Done():
-		return fail(errors.New("agent did not stop"))
+		return errors.New("agent did not stop")
 	}
-	if left, _ := filepath.Glob(filepath.Join(pluginDir, "gpuslice*.sock")); len(left) != 0 {
-		return fail(fmt.Errorf("agent left its socket behind: %v", left))
+	if left, _ := filepath.Glob(filepath.Join(d.pluginDir, "gpuslice*.sock")); len(left) != 0 {
+		return fmt.Errorf("agent left its socket behind: %v", left)
 	}
-	fmt.Fprintln(out, "   agent exited 0 and removed its socket")
-	fmt.Fprintln(out, "\ndemo finished.")
+	fmt.Fprintln(d.out, "   agent exited 0 and removed its socket")
 	return nil
 }
 

@@ -114,6 +114,14 @@ func mustScrape(addr string) (map[string]*dto.MetricFamily, time.Time) {
 // policy, prints what each got against its limit (by its own count of the
 // GPU time it asked for while it ran, and by the agent's metrics), then
 // grows one past its memory limit and prints how the watchdog stopped it.
+// running is a demo workload process.
+type running struct {
+	pod     string
+	cmd     *exec.Cmd
+	err     chan error
+	started time.Time
+}
+
 func showIsolation(ctx context.Context, out io.Writer, addr, workDir string, allocs map[string]kubeletstub.Allocation) error {
 	bin, err := fakegpu.BuildWorkload(workDir)
 	if err != nil {
@@ -121,13 +129,13 @@ func showIsolation(ctx context.Context, out io.Writer, addr, workDir string, all
 	}
 	base := filepath.Join(cgroupV2, fmt.Sprintf("gpuslice-demo-isolation-%d", os.Getpid()))
 	defer func() { _ = cgrouptest.RemoveTree(base, 5*time.Second) }()
-	type running struct {
-		pod     string
-		cmd     *exec.Cmd
-		err     chan error
-		started time.Time
-	}
 	var ws []running
+	defer func() {
+		for _, r := range ws {
+			_ = r.cmd.Process.Signal(syscall.SIGTERM)
+			<-r.err
+		}
+	}()
 	for i, w := range []struct {
 		pod  string
 		args []string
@@ -142,7 +150,6 @@ func showIsolation(ctx context.Context, out io.Writer, addr, workDir string, all
 		}
 		r := running{pod: w.pod, cmd: cmd, err: make(chan error, 1), started: time.Now()}
 		go func() { r.err <- cmd.Wait() }()
-		defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-r.err }()
 		ws = append(ws, r)
 		cg := filepath.Join(base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(w.pod), fmt.Sprintf("%064x", 16+i))
 		err := os.MkdirAll(cg, 0o750)
@@ -154,6 +161,15 @@ func showIsolation(ctx context.Context, out io.Writer, addr, workDir string, all
 			return nil
 		}
 	}
+	if err := showShares(ctx, out, addr, workDir, ws); err != nil {
+		return err
+	}
+	return showHogStopped(ctx, out, addr, ws[0])
+}
+
+// showShares prints each workload's own GPU work per second next to the
+// agent's reading and its throttle.
+func showShares(ctx context.Context, out io.Writer, addr, workDir string, ws []running) error {
 	// The throttle starts strict containers at their limit; give the
 	// controller a few windows, then measure.
 	if !wait(ctx, 5*time.Second) {
@@ -180,12 +196,17 @@ func showIsolation(ctx context.Context, out io.Writer, addr, workDir string, all
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(out, "   both want the whole GPU; under strict each runs only its share and the rest of GPU 1 stays idle")
+	return nil
+}
 
+// showHogStopped waits for the watchdog to stop the workload that grows
+// past its memory limit.
+func showHogStopped(ctx context.Context, out io.Writer, addr string, hog running) error {
 	fmt.Fprintln(out, "   notebook-b now grows to 16 GiB of GPU memory, past its 10 GiB limit:")
-	grew := ws[0].started.Add(14 * time.Second) // --grow-after
+	grew := hog.started.Add(14 * time.Second) // --grow-after
 	select {
-	case <-ws[0].err:
-		ws[0].err <- nil // for the deferred wait
+	case <-hog.err:
+		hog.err <- nil // for the deferred wait
 	case <-time.After(20 * time.Second):
 		return errors.New("the memory hog was not stopped")
 	case <-ctx.Done():
@@ -194,7 +215,7 @@ func showIsolation(ctx context.Context, out io.Writer, addr, workDir string, all
 	after, _ := mustScrape(addr)
 	kills, _ := promtest.Value(after, "gpuslice_enforcement_kills_total", map[string]string{"pod": "notebook-b"})
 	fmt.Fprintf(out, "   the watchdog stopped it (%s) %.1f s after it grew; gpuslice_enforcement_kills_total{pod=\"notebook-b\"} = %.0f; inference runs on\n",
-		ws[0].cmd.ProcessState, time.Since(grew).Seconds(), kills)
+		hog.cmd.ProcessState, time.Since(grew).Seconds(), kills)
 	return nil
 }
 

@@ -373,6 +373,15 @@ func (c *check) runScenario(name string, slices []int, attribute bool) scenario 
 		r.err = c.ctx.Err()
 		return r
 	}
+	if r.err = c.measure(&r, pods, procs); r.err == nil && attribute {
+		c.attribute(pods, procs)
+	}
+	return r
+}
+
+// measure fills r with each loop's completed work per second over the
+// measured span, beside the agent's reading and duty for its pod.
+func (c *check) measure(r *scenario, pods []pod, procs []*proc) error {
 	busy := func(mfs map[string]*dto.MetricFamily, name, p string) float64 {
 		ns, pod, _ := strings.Cut(p, "/")
 		v, _ := promtest.Value(mfs, name, map[string]string{"namespace": ns, "pod": pod, "container": "main"})
@@ -380,27 +389,23 @@ func (c *check) runScenario(name string, slices []int, attribute bool) scenario 
 	}
 	m0, err := promtest.Fetch("http://" + c.addr + "/metrics")
 	if err != nil {
-		r.err = err
-		return r
+		return err
 	}
 	t0 := time.Now()
 	before := make([][2]float64, len(procs))
 	for i, p := range procs {
 		d, at, err := c.b.work(p)
 		if err != nil {
-			r.err = err
-			return r
+			return err
 		}
 		before[i] = [2]float64{d, at}
 	}
 	if !sleep(c.ctx, c.o.measure) {
-		r.err = c.ctx.Err()
-		return r
+		return c.ctx.Err()
 	}
 	m1, err := promtest.Fetch("http://" + c.addr + "/metrics")
 	if err != nil {
-		r.err = err
-		return r
+		return err
 	}
 	span := time.Since(t0).Seconds()
 	for _, p := range pods {
@@ -409,13 +414,11 @@ func (c *check) runScenario(name string, slices []int, attribute bool) scenario 
 	}
 	for i, p := range procs {
 		if p.exited() {
-			r.err = fmt.Errorf("loop %d exited: %v", i, p.cmd.ProcessState)
-			return r
+			return fmt.Errorf("loop %d exited: %v", i, p.cmd.ProcessState)
 		}
 		d, at, err := c.b.work(p)
 		if err != nil {
-			r.err = err
-			return r
+			return err
 		}
 		rate := 0.0
 		if at > before[i][1] {
@@ -426,10 +429,7 @@ func (c *check) runScenario(name string, slices []int, attribute bool) scenario 
 			r.shares = append(r.shares, rate/c.solo)
 		}
 	}
-	if attribute {
-		c.attribute(pods, procs)
-	}
-	return r
+	return nil
 }
 
 // attribute compares the agent's per-container GPU memory with the

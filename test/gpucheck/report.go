@@ -39,6 +39,28 @@ func (c *check) writeReport(path string) error {
 	w("")
 	w("The agent's own reading (NVML busy seconds per second) and the throttle's duty are beside it, not the judge.")
 	w("")
+	c.writeShares(w)
+	c.writeAttribution(w)
+	w("")
+	w("## Memory")
+	w("")
+	w("- Memory hog: %s", c.hog)
+	w("- Memory tier the agent reports: %s", c.tier)
+	w("")
+	w("## Result")
+	w("")
+	if len(c.failures) == 0 {
+		w("Every step ran.")
+	} else {
+		for _, f := range c.failures {
+			w("- FAILED: %s", f)
+		}
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644) //nolint:gosec // a report to read
+}
+
+// writeShares writes the table of each scenario's shares.
+func (c *check) writeShares(w func(string, ...any)) {
 	w("| scenario | pod | limit | rate | share of solo | error (pp) | agent's reading | duty |")
 	w("|---|---|---|---|---|---|---|---|")
 	for _, s := range c.scenarios {
@@ -55,6 +77,11 @@ func (c *check) writeReport(path string) error {
 			w("| %s | %d | %.0f%% | %.3f | %.3f | %+.1f | %.3f | %.3f |", s.name, i, limit*100, s.rates[i], share, (share-limit)*100, s.agent[i], s.duty[i])
 		}
 	}
+}
+
+// writeAttribution compares the agent's per-container memory with the
+// driver's view.
+func (c *check) writeAttribution(w func(string, ...any)) {
 	w("")
 	w("## Attribution")
 	w("")
@@ -73,20 +100,4 @@ func (c *check) writeReport(path string) error {
 			w("| %s | %d | %d | %t |", a.pod, a.agent>>20, a.truth>>20, match)
 		}
 	}
-	w("")
-	w("## Memory")
-	w("")
-	w("- Memory hog: %s", c.hog)
-	w("- Memory tier the agent reports: %s", c.tier)
-	w("")
-	w("## Result")
-	w("")
-	if len(c.failures) == 0 {
-		w("Every step ran.")
-	} else {
-		for _, f := range c.failures {
-			w("- FAILED: %s", f)
-		}
-	}
-	return os.WriteFile(path, []byte(b.String()), 0o644) //nolint:gosec // a report to read
 }

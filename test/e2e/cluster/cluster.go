@@ -102,6 +102,38 @@ func Requirements() []string {
 	return missing
 }
 
+// agentSetup writes the fake GPU node's file and the agent's arguments.
+func (c *Cluster) agentSetup(o Options) error {
+	c.WorkloadDir = filepath.Join(c.Dir, "fakegpu")
+	if err := os.MkdirAll(c.WorkloadDir, 0o755); err != nil { //nolint:gosec // pods write here
+		return err
+	}
+	c.FakeConfig = filepath.Join(c.Dir, "fakegpu.yaml")
+	if err := os.WriteFile(c.FakeConfig, []byte(o.FakeGPU+"workloadDir: "+c.WorkloadDir+"\n"), 0o600); err != nil {
+		return err
+	}
+	port, err := apiserver.FreePort()
+	if err != nil {
+		return err
+	}
+	c.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	devRoot, err := c.deviceNodes()
+	if err != nil {
+		return err
+	}
+	c.AgentArgs = append([]string{
+		"--gpu-backend=fake", "--fake-config=" + c.FakeConfig,
+		"--pod-resources-socket=" + c.PodResourcesSocket,
+		"--kubeconfig=" + c.API.Kubeconfig, "--node-name=" + NodeName,
+		"--metrics-address=" + c.MetricsAddr, "--sample-interval=500ms",
+		"--enforcement-state=" + filepath.Join(c.Dir, "enforcement.json"),
+		"--dev-root=" + devRoot, "--cgroup-root=/sys/fs/cgroup",
+		// containerd's bundles name each container ID's container.
+		"--runtime-state-dirs=" + filepath.Join(c.Dir, "containerd", "state", "io.containerd.runtime.v2.task", "k8s.io"),
+	}, o.AgentArgs...)
+	return nil
+}
+
 // Start brings the cluster up: about 10 s warm. On error everything
 // started so far is stopped.
 func Start(ctx context.Context, o Options) (c *Cluster, err error) {
@@ -154,33 +186,9 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return nil, err
 	}
 	c.log("node registered after %v", time.Since(t0).Round(time.Millisecond))
-	c.WorkloadDir = filepath.Join(dir, "fakegpu")
-	if err := os.MkdirAll(c.WorkloadDir, 0o755); err != nil { //nolint:gosec // pods write here
+	if err := c.agentSetup(o); err != nil {
 		return nil, err
 	}
-	c.FakeConfig = filepath.Join(dir, "fakegpu.yaml")
-	if err := os.WriteFile(c.FakeConfig, []byte(o.FakeGPU+"workloadDir: "+c.WorkloadDir+"\n"), 0o600); err != nil {
-		return nil, err
-	}
-	port, err := apiserver.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	c.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", port)
-	devRoot, err := c.deviceNodes()
-	if err != nil {
-		return nil, err
-	}
-	c.AgentArgs = append([]string{
-		"--gpu-backend=fake", "--fake-config=" + c.FakeConfig,
-		"--pod-resources-socket=" + c.PodResourcesSocket,
-		"--kubeconfig=" + c.API.Kubeconfig, "--node-name=" + NodeName,
-		"--metrics-address=" + c.MetricsAddr, "--sample-interval=500ms",
-		"--enforcement-state=" + filepath.Join(dir, "enforcement.json"),
-		"--dev-root=" + devRoot, "--cgroup-root=/sys/fs/cgroup",
-		// containerd's bundles name each container ID's container.
-		"--runtime-state-dirs=" + filepath.Join(dir, "containerd", "state", "io.containerd.runtime.v2.task", "k8s.io"),
-	}, o.AgentArgs...)
 	if err := c.StartAgent(); err != nil {
 		return nil, err
 	}

@@ -37,69 +37,91 @@ func main() {
 	}
 }
 
-func run(args []string) error {
+// flags are the workload's settings.
+type flags struct {
+	dir, gpu             string
+	memMiB, growMiB      uint64
+	demand               float64
+	tick, duration, grow time.Duration
+}
+
+func parseFlags(args []string) (flags, error) {
+	var f flags
 	fs := flag.NewFlagSet("workload", flag.ContinueOnError)
-	dir := fs.String("dir", os.Getenv("GPUSLICE_FAKE_WORKLOAD_DIR"), "fake GPU workload directory")
-	gpu := fs.String("gpu", firstVisible(), "GPU UUID")
-	memMiB := fs.Uint64("memory-mib", 1024, "GPU memory to hold, MiB")
-	demand := fs.Float64("demand", 0.5, "share of a whole GPU wanted, 0..1")
-	tick := fs.Duration("tick", 20*time.Millisecond, "how often the GPU time asked for is published")
-	duration := fs.Duration("duration", 0, "exit after this long (0: run until signalled)")
-	growMiB := fs.Uint64("grow-to-mib", 0, "after --grow-after, ask for this much GPU memory in all (0: never grow)")
-	growAfter := fs.Duration("grow-after", time.Second, "when to grow to --grow-to-mib")
+	fs.StringVar(&f.dir, "dir", os.Getenv("GPUSLICE_FAKE_WORKLOAD_DIR"), "fake GPU workload directory")
+	fs.StringVar(&f.gpu, "gpu", firstVisible(), "GPU UUID")
+	fs.Uint64Var(&f.memMiB, "memory-mib", 1024, "GPU memory to hold, MiB")
+	fs.Float64Var(&f.demand, "demand", 0.5, "share of a whole GPU wanted, 0..1")
+	fs.DurationVar(&f.tick, "tick", 20*time.Millisecond, "how often the GPU time asked for is published")
+	fs.DurationVar(&f.duration, "duration", 0, "exit after this long (0: run until signalled)")
+	fs.Uint64Var(&f.growMiB, "grow-to-mib", 0, "after --grow-after, ask for this much GPU memory in all (0: never grow)")
+	fs.DurationVar(&f.grow, "grow-after", time.Second, "when to grow to --grow-to-mib")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return f, err
 	}
 	switch {
-	case *dir == "":
-		return errors.New("--dir or $GPUSLICE_FAKE_WORKLOAD_DIR is required")
-	case *gpu == "":
-		return errors.New("--gpu or $NVIDIA_VISIBLE_DEVICES is required")
-	case *demand < 0 || *demand > 1:
-		return fmt.Errorf("--demand %g is outside 0..1", *demand)
-	case *tick <= 0:
-		return errors.New("--tick must be positive")
+	case f.dir == "":
+		return f, errors.New("--dir or $GPUSLICE_FAKE_WORKLOAD_DIR is required")
+	case f.gpu == "":
+		return f, errors.New("--gpu or $NVIDIA_VISIBLE_DEVICES is required")
+	case f.demand < 0 || f.demand > 1:
+		return f, fmt.Errorf("--demand %g is outside 0..1", f.demand)
+	case f.tick <= 0:
+		return f, errors.New("--tick must be positive")
+	}
+	return f, nil
+}
+
+func run(args []string) error {
+	f, err := parseFlags(args)
+	if err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// Before the state is published: a pause sent once the workload is
+	// seen must never find SIGUSR1 at its default (terminate).
 	pause := make(chan os.Signal, 4)
 	signal.Notify(pause, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(pause)
-	paused := false
-	if *duration > 0 {
+	if f.duration > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *duration)
+		ctx, cancel = context.WithTimeout(ctx, f.duration)
 		defer cancel()
 	}
 	pid := os.Getpid()
-	defer func() { _ = os.Remove(filepath.Join(*dir, strconv.Itoa(pid)+".json")) }()
-
-	state := protocol.WorkloadState{GPU: *gpu, MemoryBytes: *memMiB << 20, Demand: *demand}
-	if err := protocol.WriteWorkloadState(*dir, pid, state); err != nil {
+	defer func() { _ = os.Remove(filepath.Join(f.dir, strconv.Itoa(pid)+".json")) }()
+	state := protocol.WorkloadState{GPU: f.gpu, MemoryBytes: f.memMiB << 20, Demand: f.demand}
+	if err := protocol.WriteWorkloadState(f.dir, pid, state); err != nil {
 		return err
 	}
-	// Time is accounted every millisecond and published every tick. Time
-	// spent frozen or stopped is not time the workload ran, so after a
-	// pause at most two milliseconds are credited, however long it was away.
-	// A workload the machine keeps off the CPU is slowed the same way: the
-	// kernel leaves no trace the workload could read of which it was (no
-	// schedstats here; cgroup.freeze and cgroup.events keep no time of a
-	// write), so tests that run workloads judge what a busy CPU cannot
-	// fake (upper bounds, proportions, duties), and the accuracy claim is
-	// judged in virtual time (test/accuracy).
+	oom := filepath.Join(f.dir, strconv.Itoa(pid)+protocol.OOMSuffix)
+	defer func() { _ = os.Remove(oom) }()
+	return work(ctx, f, pid, state, oom, pause)
+}
+
+// work runs the workload until ctx ends: GPU time is accounted every
+// millisecond and published every tick. Time spent frozen or stopped is
+// not time the workload ran, so after a pause at most two milliseconds are
+// credited, however long it was away. A workload the machine keeps off the
+// CPU is slowed the same way: the kernel leaves no trace the workload
+// could read of which it was (no schedstats here; cgroup.freeze and
+// cgroup.events keep no time of a write), so tests that run workloads
+// judge what a busy CPU cannot fake (upper bounds, proportions, duties),
+// and the accuracy claim is judged in virtual time (test/accuracy).
+func work(ctx context.Context, f flags, pid int, state protocol.WorkloadState, oom string, pause <-chan os.Signal) error {
+	paused := false
 	const step = time.Millisecond
 	account := time.NewTicker(step)
 	defer account.Stop()
-	publish := time.NewTicker(*tick)
+	publish := time.NewTicker(f.tick)
 	defer publish.Stop()
 	var grow <-chan time.Time
-	if *growMiB > 0 {
-		t := time.NewTimer(*growAfter)
+	if f.growMiB > 0 {
+		t := time.NewTimer(f.grow)
 		defer t.Stop()
 		grow = t.C
 	}
-	oom := filepath.Join(*dir, strconv.Itoa(pid)+protocol.OOMSuffix)
-	defer func() { _ = os.Remove(oom) }()
 	last := time.Now()
 	for {
 		select {
@@ -109,13 +131,13 @@ func run(args []string) error {
 			ran := min(now.Sub(last), 2*step)
 			last = now
 			if !paused {
-				state.RequestedNanos += int64(float64(ran) * *demand)
+				state.RequestedNanos += int64(float64(ran) * f.demand)
 			}
 		case sig := <-pause:
 			paused = sig == syscall.SIGUSR1
 		case <-grow:
-			state.MemoryBytes = *growMiB << 20
-			if err := protocol.WriteWorkloadState(*dir, pid, state); err != nil {
+			state.MemoryBytes = f.growMiB << 20
+			if err := protocol.WriteWorkloadState(f.dir, pid, state); err != nil {
 				return err
 			}
 		case <-publish.C:
@@ -124,7 +146,7 @@ func run(args []string) error {
 			if msg, err := os.ReadFile(oom); err == nil { //nolint:gosec // our own file
 				return fmt.Errorf("CUDA error: %s", strings.TrimSpace(string(msg)))
 			}
-			if err := protocol.WriteWorkloadState(*dir, pid, state); err != nil {
+			if err := protocol.WriteWorkloadState(f.dir, pid, state); err != nil {
 				return err
 			}
 		}
