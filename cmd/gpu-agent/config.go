@@ -10,14 +10,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
@@ -181,7 +179,7 @@ func defaultConfig(getenv func(string) string) Config {
 		GPUBackend:      "nvml",
 		DevicePluginDir: dp.PluginDir,
 		MetricsAddress:  ":9445",
-		NodeName:        getenv("NODE_NAME"),
+		NodeName:        getenv(contract.EnvNodeName),
 		SysfsRoot:       nv.SysfsRoot, SampleInterval: Duration{time.Second},
 		Enforcement: EnforcementConfig{
 			Compute:            true,
@@ -193,7 +191,7 @@ func defaultConfig(getenv func(string) string) Config {
 			PodComputePolicy:   string(enforce.PodPoliciesStricterOnly),
 			UnauthorizedGPUUse: string(enforce.UnauthorizedKill),
 		},
-		RuntimeStateDirs:   slices.Clone(attribution.DefaultRuntimeStateDirs),
+		RuntimeStateDirs:   contract.RuntimeStateDirs(),
 		PodResourcesSocket: contract.PodResourcesSocket,
 		CgroupRoot:         contract.CgroupRoot,
 		ProcRoot:           contract.ProcRoot,

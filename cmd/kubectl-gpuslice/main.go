@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/gputop"
 )
 
@@ -99,7 +100,7 @@ needs list pods and get pods/proxy (services/proxy for a Prometheus Service).`,
 	root.SetErr(stderr)
 	o.kube.AddFlags(root.PersistentFlags())
 	pf := root.PersistentFlags()
-	pf.StringVar(&o.prometheusURL, "prometheus-url", os.Getenv("GPUSLICE_PROMETHEUS_URL"), "Prometheus `URL` to query")
+	pf.StringVar(&o.prometheusURL, "prometheus-url", os.Getenv(contract.EnvPrometheusURL), "Prometheus `URL` to query")
 	pf.StringArrayVar(&o.metricsURLs, "metrics-url", nil, "an agent's `[NODE=]URL`, e.g. node-1=http://10.0.0.5:9445/metrics (repeatable)")
 	pf.StringVar(&o.prometheusService, "prometheus-service", "", "a Prometheus Service, `NAMESPACE/NAME[:PORT]`, read through the API server's proxy")
 	pf.StringVar(&o.agentSelector, "agent-selector", gputop.AgentSelector, "label `selector` of the agent pods")

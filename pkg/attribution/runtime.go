@@ -71,13 +71,6 @@ type bundle struct {
 
 var _ ContainerNames = (*RuntimeState)(nil)
 
-// DefaultRuntimeStateDirs are containerd's and CRI-O's state directories
-// for Kubernetes containers.
-var DefaultRuntimeStateDirs = []string{
-	"/run/containerd/io.containerd.runtime.v2.task/k8s.io",
-	"/run/containers/storage/overlay-containers",
-}
-
 // NewRuntimeState reads bundles under dirs.
 func NewRuntimeState(dirs []string) *RuntimeState {
 	return &RuntimeState{dirs: dirs, known: map[string]bundle{}}

@@ -24,6 +24,16 @@ const (
 	EnvComputeLimit = "GPUSLICE_COMPUTE_LIMIT_RATIO"
 )
 
+// Environment the agent and the kubectl plugin read.
+const (
+	// EnvNodeName names the agent's node (the chart sets it from the
+	// downward API); --node-name overrides it.
+	EnvNodeName = "NODE_NAME"
+	// EnvPrometheusURL is the Prometheus the kubectl plugin queries;
+	// --prometheus-url overrides it.
+	EnvPrometheusURL = "GPUSLICE_PROMETHEUS_URL"
+)
+
 // Default host paths.
 const (
 	// DevicePluginDir is where the kubelet's device plugin sockets live.
@@ -38,7 +48,18 @@ const (
 	SysfsRoot = "/sys"
 	// EnforcementState records throttled containers across agent restarts.
 	EnforcementState = "/var/lib/gpuslice/enforcement.json"
+	// MPSPipeDirectory is where the MPS control daemon's pipes live.
+	MPSPipeDirectory = "/run/nvidia/mps"
 )
+
+// RuntimeStateDirs are containerd's and CRI-O's state directories for
+// Kubernetes containers, where their bundles name each container.
+func RuntimeStateDirs() []string {
+	return []string{
+		"/run/containerd/io.containerd.runtime.v2.task/k8s.io",
+		"/run/containers/storage/overlay-containers",
+	}
+}
 
 // Grant is what Allocate gave a container of one GPU, as its environment
 // says.

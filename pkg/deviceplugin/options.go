@@ -79,7 +79,7 @@ func DefaultOptions() Options {
 		DeviceSpecs:   true,
 		DevRoot:       "/dev",
 		CDI:           CDIOptions{Kind: "nvidia.com/gpu", NameStrategy: "uuid"},
-		MPS:           MPSOptions{PipeDirectory: "/run/nvidia/mps"},
+		MPS:           MPSOptions{PipeDirectory: contract.MPSPipeDirectory},
 		RegisterRetry: 5 * time.Second,
 	}
 }

@@ -18,6 +18,10 @@ import (
 // Component names the agent as the events' source.
 const Component = "gpuslice-agent"
 
+// StopGrace is how long Stop lets queued events be posted before it drops
+// them.
+const StopGrace = 3 * time.Second
+
 // Window is how long repeats of one reason on one pod are held back.
 const Window = 5 * time.Minute
 
@@ -44,13 +48,24 @@ func (Discard) Normal(Pod, string, string) {}
 // Warning does nothing.
 func (Discard) Warning(Pod, string, string) {}
 
+// Sink is where events go; *kube.Client posts them to the API server.
+type Sink interface {
+	PostEvent(ctx context.Context, e kube.Event) error
+}
+
+var _ Sink = (*kube.Client)(nil)
+
 // Kubernetes records events through the API server.
 type Kubernetes struct {
-	client *kube.Client
+	client Sink
 	node   string
 	log    *slog.Logger
 	queue  chan kube.Event
 	done   chan struct{}
+	// ctx ends the posts in flight when Stop's grace has passed.
+	ctx    context.Context
+	cancel context.CancelFunc
+	grace  time.Duration
 
 	mu     sync.Mutex
 	dedup  *dedup // pod UID + reason, bounded
@@ -60,12 +75,13 @@ type Kubernetes struct {
 var _ Recorder = (*Kubernetes)(nil)
 
 // New starts recording events from node through client. Stop ends it.
-func New(client *kube.Client, node string, log *slog.Logger) *Kubernetes {
+func New(client Sink, node string, log *slog.Logger) *Kubernetes {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	k := &Kubernetes{client: client, node: node, log: log, queue: make(chan kube.Event, 256), done: make(chan struct{}),
-		dedup: newDedup(Window, maxKeys)}
+		dedup: newDedup(Window, maxKeys), grace: StopGrace}
+	k.ctx, k.cancel = context.WithCancel(context.Background())
 	go k.send()
 	return k
 }
@@ -100,7 +116,10 @@ func (k *Kubernetes) record(p Pod, typ, reason, message string) {
 func (k *Kubernetes) send() {
 	defer close(k.done)
 	for e := range k.queue {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if k.ctx.Err() != nil {
+			continue // stopping, and past the grace: what is left is dropped
+		}
+		ctx, cancel := context.WithTimeout(k.ctx, 10*time.Second)
 		if err := k.client.PostEvent(ctx, e); err != nil {
 			k.log.Warn("event not recorded", "namespace", e.Namespace, "pod", e.Pod, "reason", e.Reason, "err", err)
 		}
@@ -108,7 +127,8 @@ func (k *Kubernetes) send() {
 	}
 }
 
-// Stop sends what is queued and stops; later events are dropped.
+// Stop sends what is queued, for StopGrace at most, and stops; later
+// events are dropped.
 func (k *Kubernetes) Stop() {
 	k.mu.Lock()
 	if !k.closed {
@@ -116,5 +136,13 @@ func (k *Kubernetes) Stop() {
 		close(k.queue)
 	}
 	k.mu.Unlock()
-	<-k.done
+	select {
+	case <-k.done:
+	case <-time.After(k.grace):
+		// An API server that does not answer must not hold the agent's
+		// shutdown: end the post in flight and drop the rest.
+		k.cancel()
+		<-k.done
+	}
+	k.cancel()
 }

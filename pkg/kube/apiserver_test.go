@@ -52,3 +52,17 @@ func TestPodsOnNodeListsMetadataOnly(t *testing.T) {
 		t.Errorf("PodsOnNode(n1) = %+v", pods)
 	}
 }
+
+// TestSpeaksHTTP2: the agent's client multiplexes its requests over one
+// HTTP/2 connection, as client-go does, although it sets its own TLS
+// configuration (which turns Go's automatic HTTP/2 off).
+func TestSpeaksHTTP2(t *testing.T) {
+	srv := apiserver.Start(t)
+	major, err := kube.ProtoMajor(srv.Client(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if major != 2 {
+		t.Errorf("HTTP/%d to the API server, want HTTP/2", major)
+	}
+}

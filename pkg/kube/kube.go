@@ -196,7 +196,9 @@ func tlsConfig(ca []byte, insecure bool) (*tls.Config, error) {
 }
 
 func newClient(server string, tlsCfg *tls.Config, token, tokenFile string) *Client {
-	tr := &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment, MaxIdleConns: 4, IdleConnTimeout: 90 * time.Second}
+	// HTTP/2, as client-go speaks it: one connection carries every
+	// request (a custom TLS config turns Go's automatic HTTP/2 off).
+	tr := &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment, MaxIdleConns: 4, IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: true}
 	return &Client{server: server, http: &http.Client{Transport: tr, Timeout: 30 * time.Second}, token: token, tokenFile: tokenFile, userAgent: "gpuslice-agent"}
 }
 
@@ -311,6 +313,19 @@ func (c *Client) NodeLabels(ctx context.Context, name string) (map[string]string
 func (c *Client) PatchNode(ctx context.Context, name string, patch any, fieldManager string) error {
 	return c.do(ctx, http.MethodPatch, "/api/v1/nodes/"+url.PathEscape(name)+"?fieldManager="+url.QueryEscape(fieldManager),
 		"application/merge-patch+json", patch, nil)
+}
+
+// ApplyNodeLabels sets a node's labels by server-side apply, as
+// fieldManager, forcing ownership of each: the node's managedFields name
+// the manager as the owner of exactly these labels, and labels it applied
+// before and no longer applies are removed by the API server.
+func (c *Client) ApplyNodeLabels(ctx context.Context, name string, labels map[string]string, fieldManager string) error {
+	obj := map[string]any{
+		"apiVersion": "v1", "kind": "Node",
+		"metadata": map[string]any{"name": name, "labels": labels},
+	}
+	q := url.Values{"fieldManager": {fieldManager}, "force": {"true"}}.Encode()
+	return c.do(ctx, http.MethodPatch, "/api/v1/nodes/"+url.PathEscape(name)+"?"+q, "application/apply-patch+yaml", obj, nil)
 }
 
 // PodsOnNode returns the metadata of the pods bound to a node, listed as

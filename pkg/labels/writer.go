@@ -4,18 +4,35 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/kube"
 )
 
-// FieldManager names the agent in the node's managed fields.
-const FieldManager = "gpuslice-agent"
+// FieldManager names the agent in the node's managed fields, as the owner
+// of its own labels (gpuslice.io/); FieldManagerGFD as the owner of the
+// GFD-compatible ones it writes. Two managers, so that an agent that stops
+// writing GFD's labels (GFD took over) applies nothing that would make the
+// API server drop them.
+const (
+	FieldManager    = "gpuslice-agent"
+	FieldManagerGFD = "gpuslice-agent-gfd"
+)
+
+// NodeAPI is what the writer needs of the API server; *kube.Client has it.
+type NodeAPI interface {
+	NodeLabels(ctx context.Context, name string) (map[string]string, error)
+	ApplyNodeLabels(ctx context.Context, name string, labels map[string]string, fieldManager string) error
+	PatchNode(ctx context.Context, name string, patch any, fieldManager string) error
+}
+
+var _ NodeAPI = (*kube.Client)(nil)
 
 // Writer keeps one node's labels at a desired set, touching no other node
 // and no label the agent does not own.
 type Writer struct {
-	client   *kube.Client
+	client   NodeAPI
 	node     string
 	gfd      bool
 	log      *slog.Logger
@@ -34,7 +51,7 @@ const (
 
 // NewWriter returns a writer for node. gfd says whether the agent owns the
 // GFD-compatible labels (Options.GFD).
-func NewWriter(client *kube.Client, node string, gfd bool, log *slog.Logger) *Writer {
+func NewWriter(client NodeAPI, node string, gfd bool, log *slog.Logger) *Writer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -101,8 +118,38 @@ func (w *Writer) sync(ctx context.Context, desired map[string]string) (int, erro
 	if len(patch) == 0 {
 		return 0, nil
 	}
-	if err := w.client.PatchNode(ctx, w.node, map[string]any{"metadata": map[string]any{"labels": patch}}, FieldManager); err != nil {
-		return 0, err
+	// The desired set by server-side apply, so the node's managedFields
+	// say which labels are the agent's; stale owned labels by a merge
+	// patch, since those an older agent wrote by update are not the
+	// apply's to drop.
+	stale := map[string]any{}
+	for k, v := range patch {
+		if v == nil {
+			stale[k] = nil
+		}
+	}
+	if len(stale) < len(patch) {
+		own, gfd := map[string]string{}, map[string]string{}
+		for k, v := range desired {
+			if strings.HasPrefix(k, OwnPrefix) {
+				own[k] = v
+			} else {
+				gfd[k] = v
+			}
+		}
+		if err := w.client.ApplyNodeLabels(ctx, w.node, own, FieldManager); err != nil {
+			return 0, err
+		}
+		if w.gfd {
+			if err := w.client.ApplyNodeLabels(ctx, w.node, gfd, FieldManagerGFD); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if len(stale) > 0 {
+		if err := w.client.PatchNode(ctx, w.node, map[string]any{"metadata": map[string]any{"labels": stale}}, FieldManager); err != nil {
+			return 0, err
+		}
 	}
 	w.log.Info("node labels updated", "node", w.node, "changed", len(patch))
 	return len(patch), nil

@@ -55,6 +55,21 @@ func TestWriterAgainstAPIServer(t *testing.T) {
 	if n, err := w.Sync(ctx, desired); err != nil || n != 0 {
 		t.Errorf("second sync changed %d labels, %v; want none", n, err)
 	}
+	// Server-side apply: the node's managed fields name the agent as the
+	// owner of its labels, and GFD's under their own manager.
+	n, err := c.CoreV1().Nodes().Get(ctx, "gpu-node", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := map[string]bool{}
+	for _, mf := range n.ManagedFields {
+		if mf.Operation == metav1.ManagedFieldsOperationApply {
+			applied[mf.Manager] = true
+		}
+	}
+	if !applied[FieldManager] || !applied[FieldManagerGFD] {
+		t.Errorf("managers that applied: %v, want %s and %s", applied, FieldManager, FieldManagerGFD)
+	}
 
 	// The GPUs change (one is gone): the labels follow.
 	devs3, sys3, l3 := node(t, fakegpu.PresetConfig("A100-40GB", 3), 8)

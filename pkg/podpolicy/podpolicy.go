@@ -18,9 +18,17 @@ import (
 // Annotation is the pod annotation naming a compute policy.
 const Annotation = "gpuslice.io/compute-policy"
 
+// Pods lists the pods on a node; *kube.Client lists them from the API
+// server, as metadata only.
+type Pods interface {
+	PodsOnNode(ctx context.Context, node string) ([]kube.Meta, error)
+}
+
+var _ Pods = (*kube.Client)(nil)
+
 // Watcher knows the compute policy of every pod on one node.
 type Watcher struct {
-	client   *kube.Client
+	client   Pods
 	node     string
 	interval time.Duration
 	log      *slog.Logger
@@ -30,7 +38,7 @@ type Watcher struct {
 }
 
 // New returns a watcher of node's pods, refreshed every interval.
-func New(client *kube.Client, node string, interval time.Duration, log *slog.Logger) *Watcher {
+func New(client Pods, node string, interval time.Duration, log *slog.Logger) *Watcher {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
