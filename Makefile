@@ -117,13 +117,21 @@ fmt: ## Format the code.
 	$(GO) tool golangci-lint fmt ./...
 
 .PHONY: verify
-verify: ## Fail if go mod tidy or formatting would change the tree, or docs/metrics.md or the package graph is stale.
+verify: ## Fail if go mod tidy, formatting or generation would change the tree, or docs/metrics.md or the package graph is stale.
 	$(GO) mod tidy
+	cd tools/controller-gen && $(GO) mod tidy
+	$(MAKE) generate
 	$(GO) tool golangci-lint fmt ./...
 	$(GO) test -count=1 -run TestMetricsReference ./pkg/exporter
 	$(GO) test -count=1 -run TestPackageGraph ./internal/arch
 	@if [ -n "$$(git status --porcelain)" ]; then \
 		echo "verify: the tree is not clean after tidy/fmt:"; git status --porcelain; git --no-pager diff; exit 1; fi
+
+.PHONY: generate
+generate: ## Regenerate api/v1alpha1's deep copies and the GPUQuota CRD (deployments/crds and the chart's crds/) with controller-gen.
+	cd tools/controller-gen && $(GO) tool controller-gen object paths=../../api/... && \
+		$(GO) tool controller-gen crd:allowDangerousTypes=true paths=../../api/... output:crd:dir=../../deployments/crds
+	cp deployments/crds/gpuslice.io_gpuquotas.yaml deployments/helm/gpuslice/crds/gpuslice.io_gpuquotas.yaml
 
 .PHONY: docs
 docs: ## Regenerate docs/metrics.md and the package graph in docs/architecture.md from the code.

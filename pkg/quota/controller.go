@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpuslice/gpuslice/api/v1alpha1"
+
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -19,7 +21,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -34,7 +35,7 @@ import (
 )
 
 // GVR is the GPUQuota resource.
-var GVR = schema.GroupVersionResource{Group: "gpuslice.io", Version: "v1alpha1", Resource: "gpuquotas"}
+var GVR = v1alpha1.Resource
 
 // applyWorkers is how many namespaces are evaluated and written at once.
 const applyWorkers = 8
@@ -238,11 +239,35 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 }
 
-// gpuQuota is a parsed GPUQuota.
+// gpuQuota is a GPUQuota as listed (raw, written back with a new status)
+// and read into the API's types (obj); err says why its spec is invalid.
 type gpuQuota struct {
-	obj  *unstructured.Unstructured
-	spec Spec
-	err  error
+	raw *unstructured.Unstructured
+	obj *v1alpha1.GPUQuota
+	err error
+}
+
+// parseQuota reads a listed GPUQuota into the API's types. Its metadata is
+// always read; a spec that does not parse or validate is q.err, and a
+// status that does not parse is left empty.
+func parseQuota(u *unstructured.Unstructured) gpuQuota {
+	obj := &v1alpha1.GPUQuota{
+		TypeMeta: metav1.TypeMeta{APIVersion: u.GetAPIVersion(), Kind: u.GetKind()},
+		ObjectMeta: metav1.ObjectMeta{Name: u.GetName(), Namespace: u.GetNamespace(), UID: u.GetUID(),
+			Generation: u.GetGeneration(), ResourceVersion: u.GetResourceVersion()},
+	}
+	q := gpuQuota{raw: u, obj: obj}
+	raw, _ := json.Marshal(u.Object["spec"])
+	if q.err = json.Unmarshal(raw, &obj.Spec); q.err == nil {
+		q.err = obj.Spec.Validate()
+	}
+	if st, ok := u.Object["status"]; ok {
+		raw, _ := json.Marshal(st)
+		if json.Unmarshal(raw, &obj.Status) != nil {
+			obj.Status = v1alpha1.GPUQuotaStatus{}
+		}
+	}
+	return q
 }
 
 // Evaluate runs one cycle: every GPUQuota, one set of queries. It
@@ -279,13 +304,9 @@ func (c *Controller) listQuotas() (map[string][]gpuQuota, []Spec, error) {
 		if !ok {
 			continue
 		}
-		q := gpuQuota{obj: u}
-		raw, _ := json.Marshal(u.Object["spec"])
-		if q.err = json.Unmarshal(raw, &q.spec); q.err == nil {
-			q.err = q.spec.Validate()
-		}
+		q := parseQuota(u)
 		if q.err == nil {
-			specs = append(specs, q.spec)
+			specs = append(specs, q.obj.Spec)
 		}
 		byNS[u.GetNamespace()] = append(byNS[u.GetNamespace()], q)
 	}
@@ -310,13 +331,13 @@ func (c *Controller) applyAll(ctx context.Context, byNS map[string][]gpuQuota, u
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			qs := byNS[ns]
-			sort.Slice(qs, func(i, j int) bool { return qs[i].obj.GetName() < qs[j].obj.GetName() })
+			sort.Slice(qs, func(i, j int) bool { return qs[i].obj.Name < qs[j].obj.Name })
 			var errs []error
 			for _, extra := range qs[1:] {
-				errs = append(errs, c.writeStatus(ctx, extra.obj, nil, Decision{}, now, fmt.Errorf("namespace %s already has GPUQuota %s", ns, qs[0].obj.GetName())))
+				errs = append(errs, c.writeStatus(ctx, extra, nil, Decision{}, now, fmt.Errorf("namespace %s already has GPUQuota %s", ns, qs[0].obj.Name)))
 			}
 			if q := qs[0]; q.err != nil {
-				errs = append(errs, c.writeStatus(ctx, q.obj, nil, Decision{}, now, q.err))
+				errs = append(errs, c.writeStatus(ctx, q, nil, Decision{}, now, q.err))
 			} else {
 				errs = append(errs, c.evaluateNamespace(ctx, q, usage, measured, now))
 			}
@@ -333,7 +354,7 @@ func (c *Controller) finishCycle(byNS map[string][]gpuQuota) {
 	seen := map[types.UID]bool{}
 	for _, qs := range byNS {
 		for _, q := range qs {
-			seen[q.obj.GetUID()] = true
+			seen[q.obj.UID] = true
 		}
 	}
 	c.mu.Lock()
@@ -358,14 +379,14 @@ func (c *Controller) finishCycle(byNS map[string][]gpuQuota) {
 }
 
 func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Usage, metricsOK bool, now time.Time) error {
-	ns := q.obj.GetNamespace()
-	in := Input{Spec: q.spec, MetricsOK: metricsOK, Now: now, ScrapeInterval: c.opts.ScrapeInterval}
+	ns, spec := q.obj.Namespace, q.obj.Spec
+	in := Input{Spec: spec, MetricsOK: metricsOK, Now: now, ScrapeInterval: c.opts.ScrapeInterval}
 	if rq, err := c.quotas.ResourceQuotas(ns).Get(QuotaName); err == nil {
 		used := rq.Status.Used[corev1.ResourceName("requests."+c.opts.Resource)]
 		in.UsedSlices = used.Value()
 	}
-	if q.spec.Budget != nil {
-		key := BudgetKey(*q.spec.Budget)
+	if spec.Budget != nil {
+		key := BudgetKey(*spec.Budget)
 		in.UsedGPUHours, in.HoursInvalid = usage.GPUHours[key][ns], usage.InvalidHours[key][ns]
 	}
 	pods, err := c.pods.Pods(ns).List(labels.Everything())
@@ -383,8 +404,8 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 		if p.Status.StartTime != nil {
 			pp.Started = p.Status.StartTime.Time
 		}
-		if q.spec.Idle != nil {
-			ev := usage.Idle[q.spec.Idle.For.Duration]
+		if spec.Idle != nil {
+			ev := usage.Idle[spec.Idle.For.Duration]
 			if e, ok := ev.Pods[ns+"/"+p.Name]; ok {
 				pp.Evidence = &e
 				for _, inst := range e.Instances {
@@ -408,8 +429,8 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 		v := float64(*d.Hard)
 		r.limit = &v
 	}
-	if q.spec.Budget != nil {
-		v := q.spec.Budget.GPUHours
+	if spec.Budget != nil {
+		v := spec.Budget.GPUHours
 		r.budget = &v
 	}
 	c.mu.Lock()
@@ -423,9 +444,9 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 		errs = append(errs, c.annotate(ctx, ns, name, now))
 	}
 	for _, name := range d.Evict {
-		errs = append(errs, c.evict(ctx, ns, name, q.spec.Idle))
+		errs = append(errs, c.evict(ctx, ns, name, spec.Idle))
 	}
-	errs = append(errs, c.writeStatus(ctx, q.obj, &in, d, now, nil))
+	errs = append(errs, c.writeStatus(ctx, q, &in, d, now, nil))
 	return errors.Join(errs...)
 }
 
@@ -443,7 +464,7 @@ func (c *Controller) slices(p *corev1.Pod) int64 {
 }
 
 // applyQuota makes the namespace's ResourceQuota say d.Hard.
-func (c *Controller) applyQuota(ctx context.Context, owner *unstructured.Unstructured, ns string, d Decision) error {
+func (c *Controller) applyQuota(ctx context.Context, owner *v1alpha1.GPUQuota, ns string, d Decision) error {
 	key := corev1.ResourceName("requests." + c.opts.Resource)
 	rqs := c.kube.CoreV1().ResourceQuotas(ns)
 	cur, err := c.quotas.ResourceQuotas(ns).Get(QuotaName)
@@ -453,7 +474,7 @@ func (c *Controller) applyQuota(ctx context.Context, owner *unstructured.Unstruc
 	case apierrors.IsNotFound(err):
 		rq := &corev1.ResourceQuota{
 			ObjectMeta: metav1.ObjectMeta{Name: QuotaName, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/managed-by": "gpuslice-quota-controller"},
-				OwnerReferences: []metav1.OwnerReference{{APIVersion: owner.GetAPIVersion(), Kind: owner.GetKind(), Name: owner.GetName(), UID: owner.GetUID()}}},
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: v1alpha1.GroupVersion.String(), Kind: "GPUQuota", Name: owner.Name, UID: owner.UID}}},
 			Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{key: *resource.NewQuantity(*d.Hard, resource.DecimalSI)}},
 		}
 		if _, err := rqs.Create(ctx, rq, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -485,7 +506,7 @@ func (c *Controller) applyQuota(ctx context.Context, owner *unstructured.Unstruc
 	return nil
 }
 
-func (c *Controller) quotaChanged(owner *unstructured.Unstructured, ns string, d Decision) {
+func (c *Controller) quotaChanged(owner *v1alpha1.GPUQuota, ns string, d Decision) {
 	c.metrics.quotaUpdates.Inc()
 	limit := "none"
 	if d.Hard != nil {
@@ -531,81 +552,84 @@ func (c *Controller) evict(ctx context.Context, ns, name string, idle *Idle) err
 }
 
 // writeStatus records a quota's status, or why it could not be evaluated.
-func (c *Controller) writeStatus(ctx context.Context, obj *unstructured.Unstructured, in *Input, d Decision, now time.Time, invalid error) error {
-	cond := func(typ string, on bool, reason, msg string) map[string]any {
-		status := "False"
+func (c *Controller) writeStatus(ctx context.Context, q gpuQuota, in *Input, d Decision, now time.Time, invalid error) error {
+	at := metav1.NewTime(now.UTC().Truncate(time.Second))
+	cond := func(typ string, on bool, reason, msg string) v1alpha1.Condition {
+		status := v1alpha1.ConditionStatus("False")
 		if on {
 			status = "True"
 		}
-		return map[string]any{"type": typ, "status": status, "reason": reason, "message": msg, "lastTransitionTime": now.UTC().Format(time.RFC3339)}
-	}
-	status := map[string]any{"lastEvaluationTime": now.UTC().Format(time.RFC3339)}
-	var conds []any
-	if invalid != nil {
-		conds = append(conds, cond("Invalid", true, "InvalidSpec", invalid.Error()))
-	} else {
-		status["usedSlices"] = in.UsedSlices
-		status["usedGPUHours"] = fmt.Sprintf("%.4f", d.UsedGPUHours)
-		idle := make([]any, 0, len(d.Idle))
-		for _, p := range d.Idle {
-			idle = append(idle, p)
+		// Keep the transition time of a condition that did not change.
+		t := at
+		for _, o := range q.obj.Status.Conditions {
+			if o.Type == typ && o.Status == status && o.LastTransitionTime != nil {
+				t = *o.LastTransitionTime
+			}
 		}
-		status["idlePods"] = idle
-		unknown := make([]any, 0, min(len(d.Unknown), MaxUnknownInStatus+1))
+		return v1alpha1.Condition{Type: typ, Status: status, Reason: reason, Message: msg, LastTransitionTime: &t}
+	}
+	status := v1alpha1.GPUQuotaStatus{LastEvaluationTime: &at}
+	if invalid != nil {
+		status.Conditions = []v1alpha1.Condition{cond("Invalid", true, "InvalidSpec", invalid.Error())}
+	} else {
+		status.UsedSlices = &in.UsedSlices
+		status.UsedGPUHours = fmt.Sprintf("%.4f", d.UsedGPUHours)
+		status.IdlePods = append([]string{}, d.Idle...)
+		status.UnknownPods = []string{}
 		for i, p := range d.Unknown {
 			if i == MaxUnknownInStatus {
-				unknown = append(unknown, fmt.Sprintf("and %d more (gpuslice_quota_idleness_unknown_pods counts them all)", len(d.Unknown)-i))
+				status.UnknownPods = append(status.UnknownPods, fmt.Sprintf("and %d more (gpuslice_quota_idleness_unknown_pods counts them all)", len(d.Unknown)-i))
 				break
 			}
-			unknown = append(unknown, p)
+			status.UnknownPods = append(status.UnknownPods, p)
 		}
-		status["unknownPods"] = unknown
-		if d.Hard != nil {
-			status["sliceLimit"] = *d.Hard
-		}
-		conds = append(conds,
+		status.SliceLimit = d.Hard
+		status.Conditions = []v1alpha1.Condition{
 			cond(ConditionBudgetExhausted, d.BudgetExhausted, "Budget", d.Reason),
 			cond(ConditionMetricsUnavailable, !in.MetricsOK, "Prometheus", "GPU-hours and idleness come from Prometheus; without a complete answer nothing is reclaimed"),
-			cond(ConditionIdlenessUnknown, len(d.Unknown) > 0, "Evidence", "pods whose idleness Prometheus cannot show are never reclaimed; see status.unknownPods"))
-	}
-	// Keep transition times of conditions that did not change.
-	old, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
-	for _, nc := range conds {
-		n := nc.(map[string]any)
-		for _, oc := range old {
-			if o, _ := oc.(map[string]any); o["type"] == n["type"] && o["status"] == n["status"] {
-				n["lastTransitionTime"] = o["lastTransitionTime"]
-			}
+			cond(ConditionIdlenessUnknown, len(d.Unknown) > 0, "Evidence", "pods whose idleness Prometheus cannot show are never reclaimed; see status.unknownPods"),
 		}
 	}
-	status["conditions"] = conds
 	// What changes what users act on: not the evaluation time, and not
 	// GPU-hours creeping up (refreshed with the heartbeat; the limit itself
 	// is decided from fresh numbers every cycle).
-	material := map[string]any{"generation": obj.GetGeneration()}
-	for k, v := range status {
-		if k != "lastEvaluationTime" && k != "usedGPUHours" {
-			material[k] = v
-		}
-	}
-	key, _ := json.Marshal(material)
-	sig := strings.ReplaceAll(string(key), now.UTC().Format(time.RFC3339), "")
+	material := status
+	material.LastEvaluationTime, material.UsedGPUHours = nil, ""
+	key, _ := json.Marshal(struct {
+		Generation int64
+		Status     v1alpha1.GPUQuotaStatus
+	}{q.obj.Generation, material})
+	sig := strings.ReplaceAll(string(key), at.UTC().Format(time.RFC3339), "")
+	uid := q.obj.UID
 	c.mu.Lock()
-	w, ok := c.written[obj.GetUID()]
+	w, ok := c.written[uid]
 	c.mu.Unlock()
-	if ok && w.status == sig && now.Sub(w.at) < heartbeat(obj.GetUID()) {
+	if ok && w.status == sig && now.Sub(w.at) < heartbeat(uid) {
 		return nil
 	}
-	upd := obj.DeepCopy()
-	upd.Object["status"] = status
-	if _, err := c.dyn.Resource(GVR).Namespace(obj.GetNamespace()).UpdateStatus(ctx, upd, metav1.UpdateOptions{}); err != nil {
+	raw, err := json.Marshal(status)
+	if err != nil {
+		return err
+	}
+	var unstructuredStatus map[string]any
+	if err := json.Unmarshal(raw, &unstructuredStatus); err != nil {
+		return err
+	}
+	for k, v := range unstructuredStatus {
+		if v == nil {
+			delete(unstructuredStatus, k) // not listed, rather than null
+		}
+	}
+	upd := q.raw.DeepCopy()
+	upd.Object["status"] = unstructuredStatus
+	if _, err := c.dyn.Resource(GVR).Namespace(q.obj.Namespace).UpdateStatus(ctx, upd, metav1.UpdateOptions{}); err != nil {
 		if apierrors.IsConflict(err) {
 			return nil // the cache was behind; next cycle
 		}
-		return fmt.Errorf("status of GPUQuota %s/%s: %w", obj.GetNamespace(), obj.GetName(), err)
+		return fmt.Errorf("status of GPUQuota %s/%s: %w", q.obj.Namespace, q.obj.Name, err)
 	}
 	c.mu.Lock()
-	c.written[obj.GetUID()] = written{status: sig, at: now}
+	c.written[uid] = written{status: sig, at: now}
 	c.mu.Unlock()
 	return nil
 }

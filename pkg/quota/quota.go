@@ -12,23 +12,17 @@ import (
 	"math"
 	"sort"
 	"time"
+
+	"github.com/gpuslice/gpuslice/api/v1alpha1"
 )
 
-// Budget sources.
+// Budget sources and idle actions, as the API defines them.
 const (
-	// SourceBusy measures GPU-hours as the time the namespace's containers
-	// kept their GPUs busy (gpuslice_container_gpu_busy_seconds_total).
-	SourceBusy = "Busy"
-	// SourceAllocated measures GPU-hours as the share of GPUs the
-	// namespace held, used or not (slices x time).
-	SourceAllocated = "Allocated"
-)
-
-// Idle actions.
-const (
-	ActionNone     = "None"
-	ActionAnnotate = "Annotate"
-	ActionEvict    = "Evict"
+	SourceBusy      = v1alpha1.SourceBusy
+	SourceAllocated = v1alpha1.SourceAllocated
+	ActionNone      = v1alpha1.ActionNone
+	ActionAnnotate  = v1alpha1.ActionAnnotate
+	ActionEvict     = v1alpha1.ActionEvict
 )
 
 // Annotations on pods.
@@ -49,82 +43,17 @@ const (
 	ConditionIdlenessUnknown = "IdlenessUnknown"
 )
 
-// Spec is a GPUQuota's spec.
-type Spec struct {
-	// MaxSlices caps the slices the namespace may hold at once; nil: no cap.
-	MaxSlices *int64 `json:"maxSlices,omitempty"`
-	// Budget limits GPU-hours per rolling window; nil: no budget.
-	Budget *Budget `json:"budget,omitempty"`
-	// Idle reclaims slices pods hold but do not use; nil: never.
-	Idle *Idle `json:"idle,omitempty"`
-}
-
-// Budget is a GPU-hour budget over a rolling window.
-type Budget struct {
-	GPUHours float64  `json:"gpuHours"`
-	Window   Duration `json:"window"`
-	// Source is Busy (default) or Allocated.
-	Source string `json:"source,omitempty"`
-}
-
-// Idle is the idle-reclaim policy.
-type Idle struct {
-	// BelowUtilization: a pod whose SM utilization stays below this
-	// ratio of a GPU ...
-	BelowUtilization float64 `json:"belowUtilization"`
-	// For: ... for this long is idle.
-	For Duration `json:"for"`
-	// Action is None, Annotate or Evict.
-	Action string `json:"action"`
-	// AllowOptOut lets pods opt out with the gpuslice.io/idle-reclaim-opt-out
-	// annotation.
-	AllowOptOut bool `json:"allowOptOut,omitempty"`
-}
-
-// Duration is a time.Duration written as "24h" in JSON.
-type Duration struct{ time.Duration }
-
-// UnmarshalJSON reads "24h".
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	if len(b) < 2 || b[0] != '"' {
-		return fmt.Errorf("duration %s: want a string like \"24h\"", b)
-	}
-	v, err := time.ParseDuration(string(b[1 : len(b)-1]))
-	if err != nil {
-		return err
-	}
-	d.Duration = v
-	return nil
-}
-
-// MarshalJSON writes "24h0m0s".
-func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String() + `"`), nil }
-
-// Validate checks a spec beyond what the CRD's schema can.
-func (s Spec) Validate() error {
-	if s.MaxSlices != nil && *s.MaxSlices < 0 {
-		return fmt.Errorf("maxSlices %d is negative", *s.MaxSlices)
-	}
-	if b := s.Budget; b != nil {
-		if b.GPUHours < 0 || b.Window.Duration < time.Minute {
-			return fmt.Errorf("budget needs gpuHours >= 0 and a window of at least 1m, got %g over %s", b.GPUHours, b.Window)
-		}
-		if b.Source != "" && b.Source != SourceBusy && b.Source != SourceAllocated {
-			return fmt.Errorf("budget source %q: want Busy or Allocated", b.Source)
-		}
-	}
-	if i := s.Idle; i != nil {
-		if i.BelowUtilization <= 0 || i.BelowUtilization > 1 || i.For.Duration < 10*time.Second {
-			return fmt.Errorf("idle needs belowUtilization in (0,1] and for >= 10s, got %g for %s", i.BelowUtilization, i.For)
-		}
-		switch i.Action {
-		case ActionNone, ActionAnnotate, ActionEvict:
-		default:
-			return fmt.Errorf("idle action %q: want None, Annotate or Evict", i.Action)
-		}
-	}
-	return nil
-}
+// The GPUQuota spec's parts, as the API (api/v1alpha1) defines them.
+type (
+	// Spec is a GPUQuota's spec.
+	Spec = v1alpha1.GPUQuotaSpec
+	// Budget is a GPU-hour budget over a rolling window.
+	Budget = v1alpha1.Budget
+	// Idle is the idle-reclaim policy.
+	Idle = v1alpha1.Idle
+	// Duration is a time.Duration written as "24h" in JSON.
+	Duration = v1alpha1.Duration
+)
 
 // Pod is a pod of the namespace holding slices, with what the metrics say.
 type Pod struct {

@@ -17,7 +17,7 @@ func ev(peak float64) *PodEvidence {
 }
 
 func TestDecide(t *testing.T) {
-	idleEvict := &Idle{BelowUtilization: 0.05, For: Duration{10 * time.Minute}, Action: ActionEvict, AllowOptOut: true}
+	idleEvict := &Idle{BelowUtilization: 0.05, For: Duration{Duration: 10 * time.Minute}, Action: ActionEvict, AllowOptOut: true}
 	old := now.Add(-time.Hour)
 	for _, tc := range []struct {
 		name string
@@ -29,15 +29,15 @@ func TestDecide(t *testing.T) {
 		want: Decision{Hard: ptr(8), Reason: "maxSlices"},
 	}, {
 		name: "budget left",
-		in:   Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 10, Window: Duration{24 * time.Hour}}}, MetricsOK: true, UsedSlices: 3, UsedGPUHours: 9.9, Now: now},
+		in:   Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 10, Window: Duration{Duration: 24 * time.Hour}}}, MetricsOK: true, UsedSlices: 3, UsedGPUHours: 9.9, Now: now},
 		want: Decision{Hard: ptr(8), UsedGPUHours: 9.9, Reason: "maxSlices"},
 	}, {
 		name: "budget exhausted: limit lowered to what is held",
-		in:   Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 10, Window: Duration{24 * time.Hour}}}, MetricsOK: true, UsedSlices: 3, UsedGPUHours: 10, Now: now},
+		in:   Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 10, Window: Duration{Duration: 24 * time.Hour}}}, MetricsOK: true, UsedSlices: 3, UsedGPUHours: 10, Now: now},
 		want: Decision{Hard: ptr(3), BudgetExhausted: true, UsedGPUHours: 10, Reason: "GPU-hour budget exhausted: 10.00 of 10.00 used over 24h0m0s"},
 	}, {
 		name: "budget exhausted without a cap",
-		in:   Input{Spec: Spec{Budget: &Budget{GPUHours: 1, Window: Duration{time.Hour}}}, MetricsOK: true, UsedSlices: 0, UsedGPUHours: 2, Now: now},
+		in:   Input{Spec: Spec{Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}, MetricsOK: true, UsedSlices: 0, UsedGPUHours: 2, Now: now},
 		want: Decision{Hard: ptr(0), BudgetExhausted: true, UsedGPUHours: 2, Reason: "GPU-hour budget exhausted: 2.00 of 1.00 used over 1h0m0s"},
 	}, {
 		name: "no cap, no budget: no ResourceQuota",
@@ -75,29 +75,29 @@ func TestDecide(t *testing.T) {
 		}},
 	}, {
 		name: "invalid GPU-hours: the budget keeps its last state",
-		in: Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 1, Window: Duration{time.Hour}}}, MetricsOK: true, HoursInvalid: true, UsedGPUHours: 0, Now: now,
+		in: Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}, MetricsOK: true, HoursInvalid: true, UsedGPUHours: 0, Now: now,
 			Previous: &Decision{Hard: ptr(2), BudgetExhausted: true, UsedGPUHours: 1.5, Reason: "exhausted"}},
 		want: Decision{Hard: ptr(2), BudgetExhausted: true, UsedGPUHours: 1.5, Reason: "exhausted"},
 	}, {
 		name: "invalid GPU-hours from the start: the cap alone",
-		in:   Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 1, Window: Duration{time.Hour}}}, MetricsOK: true, HoursInvalid: true, Now: now},
+		in:   Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}, MetricsOK: true, HoursInvalid: true, Now: now},
 		want: Decision{Hard: ptr(8), Reason: "GPU-hours unknown (invalid samples); maxSlices only"},
 	}, {
 		name: "opt-out not allowed",
-		in: Input{Spec: Spec{Idle: &Idle{BelowUtilization: 0.05, For: Duration{time.Minute}, Action: ActionAnnotate}}, MetricsOK: true, Now: now, Pods: []Pod{
+		in: Input{Spec: Spec{Idle: &Idle{BelowUtilization: 0.05, For: Duration{Duration: time.Minute}, Action: ActionAnnotate}}, MetricsOK: true, Now: now, Pods: []Pod{
 			{Name: "optout", Slices: 1, Running: true, Started: old, Evidence: ev(0), OptOut: true},
 			{Name: "marked", Slices: 1, Running: true, Started: old, Evidence: ev(0), IdleSince: "2027-01-01T00:00:00Z"},
 		}},
 		want: Decision{Reason: "maxSlices", Idle: []string{"marked", "optout"}, Annotate: []string{"optout"}},
 	}, {
 		name: "metrics down: keep the last decision, evict nothing",
-		in: Input{Spec: Spec{Idle: idleEvict, Budget: &Budget{GPUHours: 1, Window: Duration{time.Hour}}}, MetricsOK: false, Now: now,
+		in: Input{Spec: Spec{Idle: idleEvict, Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}, MetricsOK: false, Now: now,
 			Previous: &Decision{Hard: ptr(2), BudgetExhausted: true, UsedGPUHours: 1.5, Reason: "exhausted", Evict: []string{"x"}},
 			Pods:     []Pod{{Name: "idle", Slices: 1, Running: true, Started: old, Evidence: ev(0)}}},
 		want: Decision{Hard: ptr(2), BudgetExhausted: true, UsedGPUHours: 1.5, Reason: "exhausted"},
 	}, {
 		name: "metrics down from the start: the cap alone",
-		in:   Input{Spec: Spec{MaxSlices: ptr(4), Budget: &Budget{GPUHours: 1, Window: Duration{time.Hour}}}, MetricsOK: false, Now: now},
+		in:   Input{Spec: Spec{MaxSlices: ptr(4), Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}, MetricsOK: false, Now: now},
 		want: Decision{Hard: ptr(4), Reason: "metrics unavailable; only maxSlices applies"},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -139,7 +139,7 @@ func TestSpecJSONAndValidate(t *testing.T) {
 }
 
 func TestQueries(t *testing.T) {
-	if q := BudgetQuery(Budget{Window: Duration{24 * time.Hour}}); q != `sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total[1d])) / 3600` {
+	if q := BudgetQuery(Budget{Window: Duration{Duration: 24 * time.Hour}}); q != `sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total[1d])) / 3600` {
 		t.Errorf("busy query %s", q)
 	}
 	maxQ, _, sumQ, countQ := IdleQueries(90 * time.Second)
