@@ -22,7 +22,7 @@ const (
 // from go list.
 func graph(t *testing.T) string {
 	t.Helper()
-	cmd := exec.Command("go", "list", "-f", "{{.ImportPath}}{{range .Imports}} {{.}}{{end}}", "./cmd/...", "./pkg/...", "./internal/...")
+	cmd := exec.Command("go", "list", "-f", "{{.ImportPath}}{{range .Imports}} {{.}}{{end}}", "./api/...", "./cmd/...", "./pkg/...", "./internal/...")
 	cmd.Dir = "../.."
 	out, err := cmd.Output()
 	if err != nil {

@@ -552,7 +552,10 @@ func (c *Controller) evict(ctx context.Context, ns, name string, idle *Idle) err
 }
 
 // writeStatus records a quota's status, or why it could not be evaluated.
-func (c *Controller) writeStatus(ctx context.Context, q gpuQuota, in *Input, d Decision, now time.Time, invalid error) error {
+// statusFor is the status a cycle writes: for an invalid spec, the reason
+// alone; otherwise what was measured and decided, with the conditions.
+// Conditions that did not change keep their transition times.
+func statusFor(q *v1alpha1.GPUQuota, in *Input, d Decision, now time.Time, invalid error) v1alpha1.GPUQuotaStatus {
 	at := metav1.NewTime(now.UTC().Truncate(time.Second))
 	cond := func(typ string, on bool, reason, msg string) v1alpha1.Condition {
 		status := v1alpha1.ConditionStatus("False")
@@ -561,7 +564,7 @@ func (c *Controller) writeStatus(ctx context.Context, q gpuQuota, in *Input, d D
 		}
 		// Keep the transition time of a condition that did not change.
 		t := at
-		for _, o := range q.obj.Status.Conditions {
+		for _, o := range q.Status.Conditions {
 			if o.Type == typ && o.Status == status && o.LastTransitionTime != nil {
 				t = *o.LastTransitionTime
 			}
@@ -590,6 +593,11 @@ func (c *Controller) writeStatus(ctx context.Context, q gpuQuota, in *Input, d D
 			cond(ConditionIdlenessUnknown, len(d.Unknown) > 0, "Evidence", "pods whose idleness Prometheus cannot show are never reclaimed; see status.unknownPods"),
 		}
 	}
+	return status
+}
+
+func (c *Controller) writeStatus(ctx context.Context, q gpuQuota, in *Input, d Decision, now time.Time, invalid error) error {
+	status := statusFor(q.obj, in, d, now, invalid)
 	// What changes what users act on: not the evaluation time, and not
 	// GPU-hours creeping up (refreshed with the heartbeat; the limit itself
 	// is decided from fresh numbers every cycle).
@@ -599,7 +607,7 @@ func (c *Controller) writeStatus(ctx context.Context, q gpuQuota, in *Input, d D
 		Generation int64
 		Status     v1alpha1.GPUQuotaStatus
 	}{q.obj.Generation, material})
-	sig := strings.ReplaceAll(string(key), at.UTC().Format(time.RFC3339), "")
+	sig := strings.ReplaceAll(string(key), status.LastEvaluationTime.UTC().Format(time.RFC3339), "")
 	uid := q.obj.UID
 	c.mu.Lock()
 	w, ok := c.written[uid]
