@@ -158,16 +158,17 @@ func vmRSS(pid int) (int, error) {
 }
 
 // BenchmarkRSSUnderHostileClients measures the real agent's RSS (8 fake
-// H100 × 16 slices) while clients attack it: 2,000 ListAndWatch streams
-// that are never read, then 256 concurrent /metrics scrapes from clients
-// that never read the answer. The agent bounds both; this records what
-// that costs.
+// H100 × 16 slices) while clients attack it: 256 concurrent /metrics
+// scrapes from clients that never read the answer (reported also as what
+// they add to the RSS just before them), then 2,000 ListAndWatch streams
+// that are never read. The agent bounds both; this records what that
+// costs.
 func BenchmarkRSSUnderHostileClients(b *testing.B) {
 	fake := filepath.Join(b.TempDir(), "node.yaml")
 	if err := os.WriteFile(fake, []byte("preset: H100-80GB\ncount: 8\n"), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	var streams, scrapes []float64
+	var streams, scrapes, added []float64
 	for b.Loop() {
 		dir := b.TempDir()
 		k, err := kubeletstub.Start(dir)
@@ -182,6 +183,31 @@ func BenchmarkRSSUnderHostileClients(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		// Scrapes whose answers are never read, against the agent's RSS
+		// just before them.
+		base, err := vmRSS(cmd.Process.Pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var raw []net.Conn
+		for range 256 {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				continue // past the connection bound: the backlog is full
+			}
+			raw = append(raw, c)
+			fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+		}
+		time.Sleep(5 * time.Second)
+		kib, err := vmRSS(cmd.Process.Pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		scrapes = append(scrapes, float64(kib)/1024)
+		added = append(added, float64(kib-base)/1024)
+		for _, c := range raw {
+			_ = c.Close()
+		}
 		// Unread streams, each on its own connection, as many as the
 		// agent lets in; the rest wait in the listen backlog or fail.
 		sctx, scancel := context.WithCancel(context.Background())
@@ -195,31 +221,12 @@ func BenchmarkRSSUnderHostileClients(b *testing.B) {
 			go func() { _, _ = pluginapi.NewDevicePluginClient(conn).ListAndWatch(sctx, &pluginapi.Empty{}) }()
 		}
 		time.Sleep(5 * time.Second)
-		kib, err := vmRSS(cmd.Process.Pid)
-		if err != nil {
+		if kib, err = vmRSS(cmd.Process.Pid); err != nil {
 			b.Fatal(err)
 		}
 		streams = append(streams, float64(kib)/1024)
 		scancel()
 		for _, c := range conns {
-			_ = c.Close()
-		}
-		// Scrapes whose answers are never read.
-		var raw []net.Conn
-		for range 256 {
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				continue // past the connection bound: the backlog is full
-			}
-			raw = append(raw, c)
-			fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
-		}
-		time.Sleep(5 * time.Second)
-		if kib, err = vmRSS(cmd.Process.Pid); err != nil {
-			b.Fatal(err)
-		}
-		scrapes = append(scrapes, float64(kib)/1024)
-		for _, c := range raw {
 			_ = c.Close()
 		}
 		stopBenchAgent(b, cmd)
@@ -229,6 +236,8 @@ func BenchmarkRSSUnderHostileClients(b *testing.B) {
 	sort.Float64s(scrapes)
 	b.ReportMetric(streams[len(streams)-1], "unread-streams-rss-MiB")
 	b.ReportMetric(scrapes[len(scrapes)-1], "unread-scrapes-rss-MiB")
+	sort.Float64s(added)
+	b.ReportMetric(added[len(added)-1], "unread-scrapes-added-MiB")
 }
 
 func freePortNumber(b *testing.B) int {

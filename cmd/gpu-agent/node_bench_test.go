@@ -15,14 +15,18 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/fakegpu/protocol"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
 
 // BenchmarkNode runs the real agent at node scale: 8 fake H100s cut into 25
 // slices each, 200 single-slice pods, each a real process in its own
-// pod-shaped cgroup that the fake driver lists on its GPU. It measures, with
-// the agent's own /proc counters:
+// pod-shaped cgroup that the fake driver lists on its GPU. The agent runs
+// on its real NVML path (go-nvml) against the fake libnvidia-ml, whose
+// state this benchmark's process rewrites every 500 ms as a driver updates
+// its samples, so the agent's CPU is the agent's. It measures, with the
+// agent's own /proc counters:
 //
 //   - sampler_cpu_pct: the agent's CPU over 10 s under the burst policy,
 //     where nothing is throttled: sampling, attribution and metrics;
@@ -57,11 +61,8 @@ type nodeResult struct {
 
 func runNodeScenario(b *testing.B, perGPU int, window time.Duration, scrapes int) nodeResult {
 	b.Helper()
-	dir, work := b.TempDir(), b.TempDir()
-	fake := filepath.Join(b.TempDir(), "node.yaml")
-	if err := os.WriteFile(fake, []byte("preset: H100-80GB\ncount: 8\nworkloadDir: "+work+"\n"), 0o600); err != nil {
-		b.Fatal(err)
-	}
+	dir, work, runtime := b.TempDir(), b.TempDir(), b.TempDir()
+	lib := fakeDriver(b, work)
 	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-bench-node-%d", os.Getpid()))
 	if err := os.MkdirAll(base, 0o750); err != nil {
 		cgrouptest.Skip(b, "cannot create cgroups under %s: %v", unifiedRoot, err)
@@ -88,8 +89,8 @@ func runNodeScenario(b *testing.B, perGPU int, window time.Duration, scrapes int
 			b.Fatal(err)
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", freePortNumber(b))
-		cmd, _ := startBenchAgent(b, dir, "--fake-config="+fake, "--slices-per-gpu="+strconv.Itoa(perGPU), "--metrics-address="+addr,
-			"--pod-resources-socket="+sock, "--cgroup-root=/sys/fs/cgroup", "--compute-policy="+policy, "--unauthorized-gpu-use=log")
+		cmd, _ := startBenchAgent(b, dir, "--gpu-backend=nvml", "--nvml-library="+lib, "--slices-per-gpu="+strconv.Itoa(perGPU), "--metrics-address="+addr,
+			"--pod-resources-socket="+sock, "--cgroup-root=/sys/fs/cgroup", "--runtime-state-dirs="+runtime, "--compute-policy="+policy, "--unauthorized-gpu-use=log")
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		p, err := k.WaitPlugin(ctx, "nvidia.com/vgpu")
 		cancel()
@@ -105,7 +106,11 @@ func runNodeScenario(b *testing.B, perGPU int, window time.Duration, scrapes int
 				if err != nil {
 					b.Fatal(err)
 				}
-				cg := filepath.Join(base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(name), fmt.Sprintf("%064x", i+1))
+				cid := fmt.Sprintf("%064x", i+1)
+				cg := filepath.Join(base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(name), cid)
+				// The runtime's record of the container, as containerd
+				// keeps it beside every container it runs.
+				writeBundle(b, runtime, cid, name, "main")
 				if err := os.MkdirAll(cg, 0o750); err != nil {
 					b.Fatal(err)
 				}
@@ -148,6 +153,59 @@ func runNodeScenario(b *testing.B, perGPU int, window time.Duration, scrapes int
 		k.Stop()
 	}
 	return res
+}
+
+// writeBundle writes the runtime's bundle config of a container of pod
+// ("namespace/name") under dir, with the annotations containerd gives it.
+func writeBundle(b *testing.B, dir, cid, pod, container string) {
+	b.Helper()
+	ns, name, _ := strings.Cut(pod, "/")
+	data := fmt.Sprintf(`{"ociVersion":"1.0.2","annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":%q,`+
+		`"io.kubernetes.cri.sandbox-uid":%q,"io.kubernetes.cri.sandbox-name":%q,"io.kubernetes.cri.sandbox-namespace":%q}}`,
+		container, kubeletstub.PodUID(pod), name, ns)
+	if err := os.MkdirAll(filepath.Join(dir, cid), 0o750); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, cid, "config.json"), []byte(data), 0o600); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// fakeDriver builds the fake libnvidia-ml and keeps its state file, named
+// in the environment the agent inherits, current with the workloads in
+// work: rewritten every 500 ms until the benchmark ends.
+func fakeDriver(b *testing.B, work string) string {
+	b.Helper()
+	lib, err := fakegpu.BuildNVMLLibrary(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	node, err := fakegpu.New(fakegpu.Config{Preset: "H100-80GB", Count: 8, WorkloadDir: work})
+	if err != nil {
+		b.Fatal(err)
+	}
+	state := filepath.Join(b.TempDir(), "nvml-state")
+	if err := node.WriteNVMLState(state); err != nil {
+		b.Fatal(err)
+	}
+	b.Setenv(fakegpu.NVMLStateEnv, state)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = node.WriteNVMLState(state)
+			}
+		}
+	}()
+	b.Cleanup(func() { cancel(); <-done; _ = node.Close() })
+	return lib
 }
 
 // waitAttributed waits until the agent reports n containers' memory.

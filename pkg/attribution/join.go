@@ -93,6 +93,14 @@ type joiner struct {
 	// podUID is each assignment's pod UID, linked through the device IDs
 	// it shares with the checkpoint; empty when unknown.
 	podUID []string
+	// onGPU says which GPUs each assignment holds slices of, and named
+	// which assignments are of a container name: read once per Join, not
+	// once per process.
+	onGPU []map[string]bool
+	named map[string][]int
+	// held says, by pod UID and GPU, which of the pod's containers the
+	// checkpoint says hold slices of it.
+	held map[[2]string]map[string]bool
 }
 
 func newJoiner(assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames) *joiner {
@@ -113,7 +121,37 @@ func newJoiner(assignments []podresources.Assignment, checkpoint []CheckpointEnt
 			}
 		}
 	}
-	return &joiner{assignments: assignments, checkpoint: checkpoint, resource: resource, names: names, podUID: podUID}
+	j := &joiner{assignments: assignments, checkpoint: checkpoint, resource: resource, names: names, podUID: podUID,
+		onGPU: make([]map[string]bool, len(assignments)), named: map[string][]int{}, held: map[[2]string]map[string]bool{}}
+	for i, a := range assignments {
+		j.onGPU[i] = gpusOf(a.DeviceIDs)
+		j.named[a.Container] = append(j.named[a.Container], i)
+	}
+	for _, e := range checkpoint {
+		if e.Resource != resource {
+			continue
+		}
+		for gpu := range gpusOf(e.DeviceIDs) {
+			k := [2]string{e.PodUID, gpu}
+			if j.held[k] == nil {
+				j.held[k] = map[string]bool{}
+			}
+			j.held[k][e.Container] = true
+		}
+	}
+	return j
+}
+
+// gpusOf is the set of GPUs slice IDs are of; IDs that do not parse are of
+// none.
+func gpusOf(ids []string) map[string]bool {
+	out := make(map[string]bool, 1)
+	for _, id := range ids {
+		if s, err := vgpu.ParseSliceID(id); err == nil {
+			out[s.UUID] = true
+		}
+	}
+	return out
 }
 
 // holders says which containers of a pod hold slices of a GPU, from the
@@ -122,13 +160,10 @@ func (j *joiner) holders(uid, gpu string) map[string]bool {
 	if j.checkpoint == nil {
 		return nil
 	}
-	out := map[string]bool{}
-	for _, e := range j.checkpoint {
-		if e.PodUID == uid && e.Resource == j.resource && onGPU(e.DeviceIDs, gpu) {
-			out[e.Container] = true
-		}
+	if h := j.held[[2]string{uid, gpu}]; h != nil {
+		return h
 	}
-	return out
+	return map[string]bool{}
 }
 
 // verdict records what became of one process.
@@ -197,8 +232,9 @@ func (j *joiner) place(p GPUProcess, r *Result) {
 // by the container's name in its pod.
 func (j *joiner) byName(v verdict) {
 	has := j.holders(v.uid, v.p.GPU)
-	for i, a := range j.assignments {
-		if a.Container != v.rc.Name || !onGPU(a.DeviceIDs, v.p.GPU) {
+	for _, i := range j.named[v.rc.Name] {
+		a := j.assignments[i]
+		if !j.onGPU[i][v.p.GPU] {
 			continue
 		}
 		if (v.uid != "" && j.podUID[i] == v.uid) || (j.podUID[i] == "" && a.Namespace == v.rc.PodNamespace && a.Pod == v.rc.PodName) {
@@ -223,7 +259,7 @@ func (j *joiner) byPod(v verdict) {
 	}
 	var candidates []int
 	for i := range j.assignments {
-		if j.podUID[i] == v.uid && onGPU(j.assignments[i].DeviceIDs, v.p.GPU) {
+		if j.podUID[i] == v.uid && j.onGPU[i][v.p.GPU] {
 			candidates = append(candidates, i)
 		}
 	}
@@ -239,13 +275,4 @@ func (j *joiner) byPod(v verdict) {
 	default:
 		v.skip(fmt.Sprintf("the runtime has no record of container %s, and several containers of its pod hold slices of this GPU", v.p.Container.ContainerID))
 	}
-}
-
-func onGPU(ids []string, gpu string) bool {
-	for _, id := range ids {
-		if s, err := vgpu.ParseSliceID(id); err == nil && s.UUID == gpu {
-			return true
-		}
-	}
-	return false
 }

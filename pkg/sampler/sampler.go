@@ -91,6 +91,7 @@ type Sampler struct {
 	mu          sync.Mutex // guards the fields below; one sample at a time
 	state       node.State
 	cgroups     *attribution.Cgroups
+	checkpoint  *attribution.Checkpoint
 	assignments []podresources.Assignment
 	errors      map[string]uint64
 	loggedAt    map[string]time.Time
@@ -110,8 +111,9 @@ func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignmen
 	}
 	s := &Sampler{
 		opts: opts, devices: devices, layout: layout, gpus: gpus, assign: assign, dev: dev,
-		cgroups: attribution.NewCgroups(opts.ProcRoot, opts.CgroupRecheck),
-		errors:  map[string]uint64{}, loggedAt: map[string]time.Time{},
+		cgroups:    attribution.NewCgroups(opts.ProcRoot, opts.CgroupRecheck),
+		checkpoint: attribution.NewCheckpoint(opts.PluginDir),
+		errors:     map[string]uint64{}, loggedAt: map[string]time.Time{},
 	}
 	s.latest.Store(&node.Snapshot{Errors: map[string]uint64{}})
 	return s, nil
@@ -178,7 +180,7 @@ func (s *Sampler) read(ctx context.Context, now time.Time) node.Input {
 	} else {
 		s.assignments = a
 	}
-	checkpoint, err := attribution.ReadCheckpoint(s.opts.PluginDir)
+	checkpoint, err := s.checkpoint.Read()
 	if err != nil {
 		s.fail(node.SourceCheckpoint, err)
 		checkpoint = nil

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/test/fakegpu/protocol"
@@ -71,7 +72,17 @@ func (n *Node) SetMemoryLimits(uuid, cgroupDir string, softBytes, hardBytes uint
 		return nil
 	}
 	n.limits[k] = nvml.MemoryLimits{SoftBytes: softBytes, HardBytes: hardBytes}
+	n.limitSetAt[k] = time.Now()
 	return nil
+}
+
+// LimitSetAt is when the cgroup's limits on the GPU were last set; zero if
+// never. Benchmarks time the driver tier by it, at the clock's resolution
+// rather than their poll's.
+func (n *Node) LimitSetAt(uuid, cgroupDir string) time.Time {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.limitSetAt[limitKey{uuid, cgroupDir}]
 }
 
 // MemoryLimits reads one cgroup's limits on one GPU and the memory its

@@ -36,6 +36,7 @@ type Node struct {
 
 	driverLimits bool
 	limits       map[limitKey]nvml.MemoryLimits
+	limitSetAt   map[limitKey]time.Time
 	admitted     map[int]uint64 // pid -> GPU memory the fake driver granted
 	cgroupOf     map[int]string // pid -> cgroup v2 path, read once
 	workFiles    map[int]workloadFile
@@ -70,6 +71,7 @@ func New(cfg Config) (*Node, error) {
 
 		driverLimits: cfg.DriverMemoryLimits,
 		limits:       map[limitKey]nvml.MemoryLimits{},
+		limitSetAt:   map[limitKey]time.Time{},
 		admitted:     map[int]uint64{},
 		cgroupOf:     map[int]string{},
 		gpuOf:        map[int]string{},

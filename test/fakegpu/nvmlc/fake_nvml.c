@@ -36,6 +36,8 @@
 #include <pthread.h>
 #include <fcntl.h>
 #include <unistd.h>
+#include <poll.h>
+#include <sys/inotify.h>
 
 typedef int nvmlReturn_t;
 enum {
@@ -432,29 +434,73 @@ nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t d, unsigned long long types, 
 	return NVML_SUCCESS;
 }
 
+/*
+ * nextXID delivers the set's next XID from the state, if there is one.
+ */
+static int nextXID(nvmlEventSet_t set, nvmlEventData_t *data) {
+	struct state s;
+	load(&s);
+	for (int i = 0; i < s.nxids; i++) {
+		struct xid *x = &s.xids[i];
+		if (x->seq <= set->delivered) continue;
+		set->delivered = x->seq;
+		if (x->gpu < 0 || x->gpu >= MAX_GPUS || !(set->registered & (1ULL << x->gpu))) continue;
+		memset(data, 0, sizeof *data);
+		data->device = &handles[x->gpu];
+		data->eventType = EVENT_XID;
+		data->eventData = x->xid;
+		data->gpuInstanceId = 0xFFFFFFFF;
+		data->computeInstanceId = 0xFFFFFFFF;
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * nvmlEventSetWait_v2 blocks, as the driver's does, until an XID or the
+ * timeout: it sleeps on inotify for the state file's directory (the state
+ * is replaced by rename) instead of polling, so a waiting agent spends no
+ * CPU here. Without inotify it polls every 5 ms.
+ */
 nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
 	if (!initialized) return NVML_ERROR_UNINITIALIZED;
 	if (!set || !data) return NVML_ERROR_INVALID_ARGUMENT;
-	struct timespec tick = {0, 5 * 1000 * 1000};
-	for (unsigned int waited = 0;; waited += 5) {
-		struct state s;
-		load(&s);
-		for (int i = 0; i < s.nxids; i++) {
-			struct xid *x = &s.xids[i];
-			if (x->seq <= set->delivered) continue;
-			set->delivered = x->seq;
-			if (x->gpu < 0 || x->gpu >= MAX_GPUS || !(set->registered & (1ULL << x->gpu))) continue;
-			memset(data, 0, sizeof *data);
-			data->device = &handles[x->gpu];
-			data->eventType = EVENT_XID;
-			data->eventData = x->xid;
-			data->gpuInstanceId = 0xFFFFFFFF;
-			data->computeInstanceId = 0xFFFFFFFF;
-			return NVML_SUCCESS;
+	const char *path = getenv("GPUSLICE_FAKE_NVML_STATE");
+	int fd = path ? inotify_init1(IN_CLOEXEC | IN_NONBLOCK) : -1;
+	if (fd >= 0) {
+		char dir[4096];
+		snprintf(dir, sizeof dir, "%s", path);
+		char *slash = strrchr(dir, '/');
+		if (slash) *slash = 0; else snprintf(dir, sizeof dir, ".");
+		if (inotify_add_watch(fd, dir, IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE) < 0) {
+			close(fd);
+			fd = -1;
 		}
-		if (waited >= timeoutms) return NVML_ERROR_TIMEOUT;
-		nanosleep(&tick, NULL);
 	}
+	struct timespec start, now;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	nvmlReturn_t ret = NVML_ERROR_TIMEOUT;
+	for (;;) {
+		if (nextXID(set, data)) {
+			ret = NVML_SUCCESS;
+			break;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long waited = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+		if (waited >= (long)timeoutms) break;
+		if (fd >= 0) {
+			struct pollfd p = {fd, POLLIN, 0};
+			if (poll(&p, 1, (int)(timeoutms - waited)) > 0) {
+				char buf[4096];
+				while (read(fd, buf, sizeof buf) > 0) {}
+			}
+		} else {
+			struct timespec tick = {0, 5 * 1000 * 1000};
+			nanosleep(&tick, NULL);
+		}
+	}
+	if (fd >= 0) close(fd);
+	return ret;
 }
 nvmlReturn_t nvmlEventSetWait(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
 	return nvmlEventSetWait_v2(set, data, timeoutms);
