@@ -78,6 +78,12 @@ bench: ## Run the benchmarks recorded in docs/benchmarks.md.
 	$(GO) test -run '^$$' -bench 'RSSUnderHostileClients' -benchtime 1x ./cmd/gpu-agent
 	$(GO) test -run '^$$' -bench DriverLimitOnCgroupCreation -benchtime 200x ./pkg/enforce
 
+.PHONY: bench-report
+bench-report: ## Run every benchmark docs/benchmarks.md reports as one run (root, about 10 minutes), keep its raw output in docs/benchmarks-raw.txt and regenerate the page from it.
+	bash tools/benchreport/run.sh > docs/benchmarks-raw.txt.new
+	mv docs/benchmarks-raw.txt.new docs/benchmarks-raw.txt
+	$(GO) run ./tools/benchreport --raw docs/benchmarks-raw.txt --out docs/benchmarks.md
+
 .PHONY: bench-node
 bench-node: ## Run the real agent at node scale (8 GPUs x 200 pods in real cgroups) and print its RSS, scrape latency and CPU (root; about a minute).
 	$(GO) test -run '^$$' -bench '^BenchmarkNode$$' -benchtime 1x -timeout 10m ./cmd/gpu-agent | grep '^node '
@@ -134,8 +140,9 @@ generate: ## Regenerate api/v1alpha1's deep copies and the GPUQuota CRD (deploym
 	cp deployments/crds/gpuslice.io_gpuquotas.yaml deployments/helm/gpuslice/crds/gpuslice.io_gpuquotas.yaml
 
 .PHONY: docs
-docs: ## Regenerate docs/metrics.md and the package graph in docs/architecture.md from the code.
+docs: ## Regenerate docs/metrics.md, the package graph in docs/architecture.md and docs/benchmarks.md (from docs/benchmarks-raw.txt) from the code.
 	$(GO) test ./pkg/exporter -run '^TestMetricsReference$$' -update
+	$(GO) run ./tools/benchreport --raw docs/benchmarks-raw.txt --out docs/benchmarks.md
 	$(GO) test ./internal/arch -run '^TestPackageGraph$$' -update
 
 .PHONY: demo

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+)
+
+func parse(t *testing.T, path string) *Raw {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.Close() }()
+	raw, err := ParseRaw(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// TestRenderFromRaw: every figure comes from the raw output, medians of
+// repeated lines, goals judged.
+func TestRenderFromRaw(t *testing.T) {
+	raw := parse(t, "testdata/raw.txt")
+	if v, _ := raw.Value("BenchmarkAllocateGRPC/slices=1", "p50-µs"); v != 48.57 {
+		t.Errorf("median of two lines = %v, want 48.57", v)
+	}
+	if v, _ := raw.Line("sensitivity", "defaults worst"); v != "policy=strict tenants=2 limits=30/70 kernel=20 queue=2" {
+		t.Errorf("quoted value = %q", v)
+	}
+	page, err := Render(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"| node scale: throttling all 200 containers, strict | ≤ 5.00 % of a core | 12.10 % of a core | **no** |",
+		"| re-registration after kubelet.sock is recreated: p50 | ≤ 20.0 ms | 5.0 ms | yes |",
+		"Machine: 2 vCPU Intel Xeon",
+		"BenchmarkEvaluationCycle-2   20",
+	} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+}
+
+// TestMissingFigureFails: a figure the run did not produce is an error,
+// never a stale number.
+func TestMissingFigureFails(t *testing.T) {
+	data, err := os.ReadFile("testdata/raw.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if !strings.HasPrefix(l, "BenchmarkFreezerTransitions") {
+			kept = append(kept, l)
+		}
+	}
+	raw, err := ParseRaw(strings.NewReader(strings.Join(kept, "\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Render(raw); err == nil || !strings.Contains(err.Error(), "BenchmarkFreezerTransitions") {
+		t.Errorf("Render without a figure = %v, want an error naming it", err)
+	}
+}
+
+// TestPageIsGenerated: docs/benchmarks.md is what its committed raw
+// output renders to.
+func TestPageIsGenerated(t *testing.T) {
+	raw := parse(t, "../../docs/benchmarks-raw.txt")
+	want, err := Render(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile("../../docs/benchmarks.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Error("docs/benchmarks.md is not what docs/benchmarks-raw.txt renders to: run make bench-report (or go run ./tools/benchreport after editing the template)")
+	}
+}
