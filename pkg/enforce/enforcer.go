@@ -115,6 +115,7 @@ type Enforcer struct {
 	last        time.Time // of the last snapshot applied
 	epoch       time.Time // throttle periods count from it
 	closed      bool      // Close ran: nothing is frozen again
+	stale       bool      // a throttle stopped since the record was written
 	// parked are cgroups frozen for unauthorized GPU use, by cgroup key;
 	// reported are the PIDs already logged for it.
 	parked   map[string]Freezer
@@ -306,6 +307,9 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 	}
 	e.act(planDuties(e.ctrl, r, dt), r)
 	e.forgetGone(r.seen)
+	if e.stale {
+		e.record()
+	}
 	e.stats = e.collectStats(r.seen)
 }
 
@@ -403,20 +407,16 @@ func (e *Enforcer) resolveFreezers(r round) {
 	}
 }
 
-// act starts, changes and ends throttles to follow the plans.
+// act starts, changes and ends throttles to follow the plans. The record
+// of throttled cgroups is written once, before any new throttle freezes:
+// a crash never leaves a frozen cgroup the record does not name.
 func (e *Enforcer) act(plans map[string]Plan, r round) {
+	var start []string
 	for id, p := range plans {
 		t := e.throttles[id]
 		switch {
 		case t == nil && p.Duty < 1:
-			t = StartThrottle(e.freezers[id].Freezer, p, e.epoch, e.opts.Clock)
-			e.throttles[id] = t
-			e.record()
-			c := r.seen[id]
-			e.log.Info("throttling container", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "cgroup", id, "duty", p.Duty)
-			e.opts.Events.Normal(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUComputeThrottled",
-				fmt.Sprintf("Container %s uses more GPU compute than its %.0f%% share of GPU %d; it runs %.0f%% of each %s period until it is back within it.",
-					c.Container, c.ComputeLimitRatio*100, c.Index, p.Duty*100, p.Period))
+			start = append(start, id)
 		case t != nil && t.Err() != nil:
 			// The cgroup went away mid-throttle; the throttle thawed what
 			// it could and stopped. Forget the freezer: if the container is
@@ -424,11 +424,21 @@ func (e *Enforcer) act(plans map[string]Plan, r round) {
 			e.failures++
 			e.stop(id)
 			delete(e.freezers, id)
-			continue
-		}
-		if t != nil {
+		case t != nil:
 			t.SetPlan(p)
 		}
+	}
+	if len(start) == 0 {
+		return
+	}
+	e.record(start...)
+	for _, id := range start {
+		p, c := plans[id], r.seen[id]
+		e.throttles[id] = StartThrottle(e.freezers[id].Freezer, p, e.epoch, e.opts.Clock)
+		e.log.Info("throttling container", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "cgroup", id, "duty", p.Duty)
+		e.opts.Events.Normal(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUComputeThrottled",
+			fmt.Sprintf("Container %s uses more GPU compute than its %.0f%% share of GPU %d; it runs %.0f%% of each %s period until it is back within it.",
+				c.Container, c.ComputeLimitRatio*100, c.Index, p.Duty*100, p.Period))
 	}
 }
 
@@ -478,19 +488,27 @@ func freezerKey(c attribution.Container) string {
 	return c.Key() + "|" + c.Paths[""] + "|" + c.Paths["freezer"]
 }
 
+// stop ends a container's throttle, thawing it; the record is rewritten
+// at the end of the round (a stale entry only thaws a cgroup that is not
+// frozen).
 func (e *Enforcer) stop(id string) {
 	if t := e.throttles[id]; t != nil {
 		t.Stop()
 		e.finished[id] += t.Throttled()
 		delete(e.throttles, id)
-		e.record()
+		e.stale = true
 	}
 }
 
-// record writes the freezer files of every throttled or parked cgroup.
-func (e *Enforcer) record() {
-	files := make([]string, 0, len(e.throttles)+len(e.parked))
+// record writes the freezer files of every throttled or parked cgroup,
+// and of the containers about to be throttled.
+func (e *Enforcer) record(starting ...string) {
+	e.stale = false
+	files := make([]string, 0, len(e.throttles)+len(e.parked)+len(starting))
 	for id := range e.throttles {
+		files = append(files, e.freezers[id].File)
+	}
+	for _, id := range starting {
 		files = append(files, e.freezers[id].File)
 	}
 	for _, f := range e.parked {
