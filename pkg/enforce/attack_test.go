@@ -309,6 +309,39 @@ func TestAttackEscapeToChildOrPodCgroup(t *testing.T) {
 	}
 }
 
+// Attack 6b: a process seen in its container moves up to its pod's cgroup
+// (which needs write access no unprivileged container has). The sampler
+// remembers a process's cgroups (followed by pidfd), but reads them again
+// within its recheck period, so the move is seen and the pod's cgroup is
+// what enforcement then holds.
+func TestAttackMoveAfterBeingSeen(t *testing.T) {
+	t.Parallel()
+	n := startAttackNode(t, nil)
+	dir := n.container(t, "ml/mover", "main", 2)
+	w := n.run(t, dir, 1, 1024)
+	cgroupOf := func(s *node.Snapshot) attribution.Container {
+		for _, c := range s.Containers {
+			if c.Pod == "mover" && c.Processes == 1 {
+				return c.Cgroup
+			}
+		}
+		return attribution.Container{}
+	}
+	n.waitFor(t, "the process in its container's cgroup", func(s *node.Snapshot) bool {
+		c := cgroupOf(s)
+		return c.ContainerID != "" && !c.PodLevel()
+	})
+	pid := strconv.Itoa(w.cmd.Process.Pid)
+	if err := os.WriteFile(filepath.Join(n.podDir("ml/mover"), "cgroup.procs"), []byte(pid), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	moved := time.Now()
+	n.waitFor(t, "the move to the pod's cgroup", func(s *node.Snapshot) bool { return cgroupOf(s).PodLevel() })
+	if took := time.Since(moved); took > sampler.DefaultOptions().CgroupRecheck+5*time.Second {
+		t.Errorf("the move was seen after %s, want within the recheck period", took)
+	}
+}
+
 // Attack 7: containers that hold no slice of the GPU reach it anyway (a
 // privileged pod, NVIDIA_VISIBLE_DEVICES in the image). Killed by default;
 // frozen under the freeze policy, and thawed when the agent stops.
