@@ -39,7 +39,6 @@ type Node struct {
 	limitSetAt   map[limitKey]time.Time
 	admitted     map[int]uint64 // pid -> GPU memory the fake driver granted
 	cgroupOf     map[int]string // pid -> cgroup v2 path, read once
-	workFiles    map[int]workloadFile
 	gpuOf        map[int]string // pid -> GPU UUID
 	leaked       uint64         // soft limits of cgroups removed without clearing them
 }
@@ -64,7 +63,6 @@ func New(cfg Config) (*Node, error) {
 		now:         time.Now,
 		lastAdvance: time.Now(),
 		requested:   map[int]int64{},
-		workFiles:   map[int]workloadFile{},
 		served:      map[int]float64{},
 		bins:        map[string]*bins{},
 		physics:     map[string]gpuPhysics{},
@@ -131,10 +129,6 @@ func (n *Node) Close() error {
 	if !n.closed {
 		n.closed = true
 		close(n.changed)
-	}
-	for pid, f := range n.workFiles {
-		_ = f.file.Close()
-		delete(n.workFiles, pid)
 	}
 	return nil
 }

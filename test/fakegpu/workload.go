@@ -4,13 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/nvml"
@@ -38,21 +36,8 @@ type gpuPhysics struct {
 	procs       []nvml.Process
 }
 
-// workloadFile is a workload's state as last read from its file.
-type workloadFile struct {
-	// file stays open so that its inode number cannot be given to another
-	// file while it is remembered: the same number at the path is then the
-	// same file (every write is a rename, so a new state is a new inode).
-	file  *os.File
-	inode uint64
-	state WorkloadState
-	ok    bool // the file parsed
-}
-
 // workloadsLocked reads the live workloads in the workload dir, removing
-// the files of processes that are gone. A file is parsed again only when
-// it was replaced (a new inode), as a driver keeps its state in memory, so
-// the agent's CPU figures measure the agent, not the fake's file reading.
+// the files of processes that are gone.
 func (n *Node) workloadsLocked() map[int]WorkloadState {
 	out := map[int]WorkloadState{}
 	if n.workDir == "" {
@@ -62,7 +47,6 @@ func (n *Node) workloadsLocked() map[int]WorkloadState {
 	if err != nil {
 		return out
 	}
-	seen := make(map[int]bool, len(entries))
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), ".json")
 		pid, err := strconv.Atoi(name)
@@ -74,55 +58,17 @@ func (n *Node) workloadsLocked() map[int]WorkloadState {
 			_ = os.Remove(path) // the workload is gone; its file is stale
 			continue
 		}
-		seen[pid] = true
-		if f, ok := n.readWorkloadLocked(pid, path); ok {
-			out[pid] = f
+		data, err := os.ReadFile(path) //nolint:gosec // the node's own workload dir
+		if err != nil {
+			continue
 		}
-	}
-	for pid, f := range n.workFiles {
-		if !seen[pid] {
-			_ = f.file.Close()
-			delete(n.workFiles, pid)
+		var s WorkloadState
+		if json.Unmarshal(data, &s) != nil || s.Demand < 0 || s.Demand > 1 {
+			continue
 		}
+		out[pid] = s
 	}
 	return out
-}
-
-// readWorkloadLocked returns the state in path, parsing it only when the
-// file is not the one read last time.
-func (n *Node) readWorkloadLocked(pid int, path string) (WorkloadState, bool) {
-	info, err := os.Stat(path)
-	if err != nil {
-		return WorkloadState{}, false
-	}
-	if f, ok := n.workFiles[pid]; ok && f.inode == inodeOf(info) {
-		return f.state, f.ok
-	}
-	if f, ok := n.workFiles[pid]; ok {
-		_ = f.file.Close()
-		delete(n.workFiles, pid)
-	}
-	file, err := os.Open(path) //nolint:gosec // the node's own workload dir
-	if err != nil {
-		return WorkloadState{}, false
-	}
-	info, err = file.Stat()
-	data, rerr := io.ReadAll(io.LimitReader(file, 1<<20))
-	if err != nil || rerr != nil || inodeOf(info) == 0 {
-		_ = file.Close()
-		return WorkloadState{}, false
-	}
-	var s WorkloadState
-	ok := json.Unmarshal(data, &s) == nil && s.Demand >= 0 && s.Demand <= 1
-	n.workFiles[pid] = workloadFile{file: file, inode: inodeOf(info), state: s, ok: ok}
-	return s, ok
-}
-
-func inodeOf(info os.FileInfo) uint64 {
-	if st, ok := info.Sys().(*syscall.Stat_t); ok {
-		return st.Ino
-	}
-	return 0
 }
 
 // advanceLocked accounts GPU time since the last window: each GPU serves
