@@ -551,7 +551,6 @@ func (c *Controller) evict(ctx context.Context, ns, name string, idle *Idle) err
 	return fmt.Errorf("evict idle pod %s/%s: %w", ns, name, err)
 }
 
-// writeStatus records a quota's status, or why it could not be evaluated.
 // statusFor is the status a cycle writes: for an invalid spec, the reason
 // alone; otherwise what was measured and decided, with the conditions.
 // Conditions that did not change keep their transition times.
@@ -596,6 +595,7 @@ func statusFor(q *v1alpha1.GPUQuota, in *Input, d Decision, now time.Time, inval
 	return status
 }
 
+// writeStatus records a quota's status, or why it could not be evaluated.
 func (c *Controller) writeStatus(ctx context.Context, q gpuQuota, in *Input, d Decision, now time.Time, invalid error) error {
 	status := statusFor(q.obj, in, d, now, invalid)
 	// What changes what users act on: not the evaluation time, and not

@@ -148,14 +148,20 @@ func TestQuotaController(t *testing.T) {
 		if err != nil || p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
 			t.Errorf("the busy pod was touched: %v", err)
 		}
-		evs, _ := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=sleeper"})
-		found := false
-		for _, e := range evs.Items {
-			found = found || e.Reason == "GPUIdleEvicted"
-		}
-		if !found {
-			t.Errorf("no GPUIdleEvicted event on the pod: %v", evs.Items)
-		}
+		// The controller records the Event after the eviction, through
+		// client-go's asynchronous recorder: wait for it.
+		waitFor("the GPUIdleEvicted event on the pod", 30*time.Second, func() bool {
+			evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=sleeper"})
+			if err != nil {
+				return false
+			}
+			for _, e := range evs.Items {
+				if e.Reason == "GPUIdleEvicted" {
+					return true
+				}
+			}
+			return false
+		})
 	})
 
 	t.Run("idle pod annotated, opted-out pod spared", func(t *testing.T) {
