@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/test/apiserver"
@@ -130,12 +131,18 @@ func TestKeepRepairsAndWaits(t *testing.T) {
 		}
 	}
 	waitLabel("32")
-	n, err := c.CoreV1().Nodes().Get(ctx, "late-node", metav1.GetOptions{})
+	// An operator removes the label, retrying as kubectl would when the
+	// writer's own applies (its labels, then GFD's) land in between.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		n, err := c.CoreV1().Nodes().Get(ctx, "late-node", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		delete(n.Labels, "gpuslice.io/slices")
+		_, err = c.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	delete(n.Labels, "gpuslice.io/slices")
-	if _, err := c.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitLabel("32")
