@@ -87,6 +87,9 @@ type EnforcementConfig struct {
 	Policy string `json:"policy,omitempty"`
 	// Period is the throttle period.
 	Period Duration `json:"period,omitempty"`
+	// MinRun is the shortest run a throttled container gets in a period;
+	// a GPU's period stretches to give it. 0 turns it off.
+	MinRun Duration `json:"minRun,omitempty"`
 	// StateFile records throttled containers so a restarted agent thaws them.
 	StateFile string `json:"stateFile,omitempty"`
 	// MemoryPolicy is kill, log or off, for containers over their GPU memory.
@@ -185,6 +188,7 @@ func defaultConfig(getenv func(string) string) Config {
 			Compute:            true,
 			Policy:             string(enforce.Burst),
 			Period:             Duration{enforce.DefaultOptions().Period},
+			MinRun:             Duration{enforce.DefaultOptions().MinRun},
 			StateFile:          enforce.DefaultOptions().State.Path,
 			MemoryPolicy:       string(enforce.MemoryKill),
 			DriverMemoryLimits: true,
@@ -243,6 +247,7 @@ func flagSet(c *Config) *flag.FlagSet {
 		return nil
 	})
 	fs.DurationVar(&c.Enforcement.Period.Duration, "throttle-period", c.Enforcement.Period.Duration, "compute throttle period")
+	fs.DurationVar(&c.Enforcement.MinRun.Duration, "throttle-min-run", c.Enforcement.MinRun.Duration, "shortest run a throttled container gets in a period; a GPU's period stretches to give it (0: off)")
 	fs.StringVar(&c.Enforcement.StateFile, "enforcement-state", c.Enforcement.StateFile, "`file` recording throttled containers, thawed by the next agent if this one dies")
 	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "kubelet pod-resources `socket`, for which container holds which slices")
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "the host's cgroup filesystem `root`, where containers are frozen for the compute throttle")
@@ -419,6 +424,9 @@ func (c Config) checkIntervals() error {
 	if c.Enforcement.Period.Duration < 10*time.Millisecond {
 		return fmt.Errorf("--throttle-period %s must be at least 10ms", c.Enforcement.Period)
 	}
+	if m := c.Enforcement.MinRun.Duration; m < 0 || m > c.Enforcement.Period.Duration*enforce.MaxPeriodFactor/2 {
+		return fmt.Errorf("--throttle-min-run %s must be between 0 and %s (half the longest period, %d × --throttle-period)", m, c.Enforcement.Period.Duration*enforce.MaxPeriodFactor/2, enforce.MaxPeriodFactor)
+	}
 	if c.SampleInterval.Duration < 100*time.Millisecond {
 		return fmt.Errorf("--sample-interval %s must be at least 100ms", c.SampleInterval)
 	}
@@ -577,6 +585,7 @@ func (c Config) enforceOptions() (enforce.Options, error) {
 	}
 	o.CgroupRoot = c.CgroupRoot
 	o.Period = c.Enforcement.Period.Duration
+	o.MinRun = c.Enforcement.MinRun.Duration
 	o.State = enforce.StateFile{Path: c.Enforcement.StateFile}
 	o.Compute = c.Enforcement.Compute
 	o.MPS = c.MPS.Enabled

@@ -260,6 +260,14 @@ func TestMPSLeavesComputeToMPS(t *testing.T) {
 	if _, err := loadConfig([]string{"--compute-policy=fair"}, env(nil)); err == nil {
 		t.Error("--compute-policy=fair accepted")
 	}
+	for _, bad := range []string{"--throttle-min-run=-1ms", "--throttle-min-run=2s1ms"} {
+		if _, err := loadConfig([]string{bad}, env(nil)); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+	if c, err := loadConfig([]string{"--throttle-min-run=0"}, env(nil)); err != nil || c.Enforce.MinRun != 0 {
+		t.Errorf("--throttle-min-run=0: %v, %v", c.Enforce.MinRun, err)
+	}
 	if _, err := loadConfig([]string{"--throttle-period=1ms"}, env(nil)); err == nil {
 		t.Error("--throttle-period=1ms accepted")
 	}

@@ -55,6 +55,13 @@ const StrictWindow = 10 * time.Second
 // each period.
 const MaxPeriodFactor = 40
 
+// DefaultMinRun is the shortest run a throttled container gets in each
+// period unless configured otherwise. Each run costs two freezer
+// transitions, and a GPU's runs are laid end to end within one period, so
+// the transitions a GPU costs per second are bounded by 2/MinRun however
+// many containers share it.
+const DefaultMinRun = 30 * time.Millisecond
+
 // Plan is a container's place in its GPU's throttle schedule: in every
 // Period it runs from Offset×Period for Duty×Period (wrapping around the
 // period's end) and is frozen for the rest. The containers throttled on one
@@ -108,8 +115,14 @@ type Controller struct {
 	// BasePeriod is the throttle period the GPU starts at; MaxPeriod the
 	// longest it may grow to.
 	BasePeriod, MaxPeriod time.Duration
+	// MinRun is the shortest run a throttled container gets in a period:
+	// the period stretches (up to MaxPeriod) until the smallest duty buys
+	// at least MinRun. Zero leaves the period alone.
+	MinRun time.Duration
 
-	period   time.Duration
+	period   time.Duration // grown while queued work outlasts the frozen part
+	planned  time.Duration // the period in the plans last returned
+	dt       time.Duration // the last window's length
 	duty     map[string]float64
 	used     map[string][]span // Strict containers' recent use, oldest first
 	pending  map[string][]span // readings since the last decision
@@ -127,7 +140,8 @@ type span struct {
 func NewController(period time.Duration) *Controller {
 	return &Controller{
 		Gain: 0.5, Saturation: 0.95, Window: StrictWindow,
-		BasePeriod: period, MaxPeriod: MaxPeriodFactor * period, period: period,
+		BasePeriod: period, MaxPeriod: MaxPeriodFactor * period, MinRun: DefaultMinRun,
+		period: period, planned: period,
 		duty: map[string]float64{}, used: map[string][]span{}, pending: map[string][]span{},
 	}
 }
@@ -141,7 +155,7 @@ func (c *Controller) Duty(key string) float64 {
 }
 
 // Period returns the GPU's current throttle period.
-func (c *Controller) Period() time.Duration { return c.period }
+func (c *Controller) Period() time.Duration { return c.planned }
 
 // Entitlement is the share a container may hold on a contended GPU: its
 // limit under Strict; under Burst its limit plus its part, in proportion to
@@ -188,6 +202,7 @@ func Entitlement(m Member, sumLimits float64) float64 {
 func (c *Controller) Update(members []Member, deviceUtilization float64, dt time.Duration) map[string]Plan {
 	sumLimits := 0.0
 	fresh := false
+	c.dt = dt
 	for _, m := range members {
 		sumLimits += m.Limit
 		c.pending[m.Key] = append(c.pending[m.Key], span{dt: dt.Seconds(), used: m.Usage * dt.Seconds()})
@@ -201,10 +216,10 @@ func (c *Controller) Update(members []Member, deviceUtilization float64, dt time
 		}
 	}
 	c.gathered += dt
-	if !fresh && c.decided && c.gathered < c.period && dt > 0 {
+	if !fresh && c.decided && c.gathered < c.planned && dt > 0 {
 		return c.plans(members) // the readings do not yet cover a period
 	}
-	next := max(c.period, dt).Seconds() // until the next decision
+	next := max(c.planned, dt).Seconds() // until the next decision
 	usage := make(map[string]float64, len(members))
 	for _, m := range members {
 		usage[m.Key] = m.Usage
@@ -356,11 +371,12 @@ func (c *Controller) plans(members []Member) map[string]Plan {
 		keys = append(keys, m.Key)
 	}
 	slices.Sort(keys)
+	c.planned = c.runPeriod(keys)
 	out := make(map[string]Plan, len(members))
 	at, throttled := 0.0, false
 	for _, k := range keys {
 		d := c.Duty(k)
-		p := Plan{Duty: d, Period: c.period}
+		p := Plan{Duty: d, Period: c.planned}
 		if d < 1 {
 			throttled = true
 			p.Offset = math.Mod(at, 1)
@@ -370,23 +386,46 @@ func (c *Controller) plans(members []Member) map[string]Plan {
 	}
 	if !throttled {
 		c.period = c.BasePeriod // nothing to drain: back to the short period
+		c.planned = c.period
 	}
 	return out
+}
+
+// runPeriod is the period the plans use: the drain period, stretched when
+// the smallest duty among the throttled would run for less than MinRun
+// (less a percent) in it, to a divisor or multiple of the window so decisions still see whole
+// periods.
+func (c *Controller) runPeriod(keys []string) time.Duration {
+	least := 1.0
+	for _, k := range keys {
+		least = min(least, max(c.Duty(k), MinDuty))
+	}
+	if least >= 1 || c.MinRun <= 0 || time.Duration(least*float64(c.period)) >= c.MinRun {
+		return c.period
+	}
+	// A percent of slack, so that a duty a hair under 1/n (feedback's
+	// rounding) does not double a period that fits n runs.
+	want := time.Duration(0.99 * float64(c.MinRun) / least)
+	return max(min(fitPeriod(want, c.dt), c.MaxPeriod), c.period)
 }
 
 // longerPeriod is about twice the period, made a divisor or a multiple of
 // the sample interval dt so that every decision sees whole periods, and
 // at most max.
 func longerPeriod(period, dt, maxPeriod time.Duration) time.Duration {
-	p := 2 * period
+	return max(min(fitPeriod(2*period, dt), maxPeriod), period)
+}
+
+// fitPeriod is the shortest period at least p that is a divisor or a
+// multiple of the window dt (p itself when dt is unknown).
+func fitPeriod(p, dt time.Duration) time.Duration {
 	switch {
-	case dt <= 0:
+	case dt <= 0 || p <= 0:
+		return p
 	case p < dt:
-		p = dt / (dt / p)
-	default:
-		p = dt * ((p + dt - 1) / dt)
+		return dt / (dt / p)
 	}
-	return max(min(p, maxPeriod), period)
+	return dt * ((p + dt - 1) / dt)
 }
 
 // mean is the average use over the spans, and false when they cover no time.

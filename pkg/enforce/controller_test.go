@@ -235,3 +235,55 @@ func TestPodPolicyModes(t *testing.T) {
 		t.Error("an unknown unauthorized policy was accepted")
 	}
 }
+
+// TestMinRunBoundsTransitions: however many containers a GPU is throttled
+// for, no run is shorter than MinRun, so the freezer transitions it costs
+// stay under 2/MinRun a second; the period grows to a divisor or a
+// multiple of the window to get there, and back once the crowd leaves.
+func TestMinRunBoundsTransitions(t *testing.T) {
+	const dt = time.Second
+	for _, tc := range []struct {
+		name       string
+		containers int
+		minRun     time.Duration
+		wantPeriod time.Duration
+	}{
+		{"few: the configured period holds", 4, 20 * time.Millisecond, 100 * time.Millisecond},
+		{"25 at 4%: stretched to 500ms", 25, 20 * time.Millisecond, 500 * time.Millisecond},
+		{"25 at 4%, 10ms runs: 250ms", 25, 10 * time.Millisecond, 250 * time.Millisecond},
+		{"30 at 3.3%, 10ms: a divisor of the window", 30, 10 * time.Millisecond, 333333333},
+		{"off: runs may be 4ms", 25, 0, 100 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewController(100 * time.Millisecond)
+			c.MinRun = tc.minRun
+			members := make([]Member, tc.containers)
+			for i := range members {
+				members[i] = Member{Key: fmt.Sprint(i), Limit: 1 / float64(tc.containers), Policy: Strict, Usage: 1 / float64(tc.containers)}
+			}
+			var plans map[string]Plan
+			for range 5 {
+				plans = c.Update(members, 1, dt)
+			}
+			transitions := 0.0
+			for k, p := range plans {
+				if p.Period != tc.wantPeriod {
+					t.Fatalf("%s: period %v, want %v", k, p.Period, tc.wantPeriod)
+				}
+				run, _ := Cycle(p.Period, max(p.Duty, MinDuty))
+				if tc.minRun > 0 && run < tc.minRun*99/100 {
+					t.Errorf("%s: runs for %v a period, under MinRun %v", k, run, tc.minRun)
+				}
+				transitions += 2 * float64(dt) / float64(p.Period)
+			}
+			if tc.minRun > 0 && transitions > 1.01*2*float64(dt)/float64(tc.minRun) {
+				t.Errorf("%.0f transitions a second, over the bound %.0f", transitions, 2*float64(dt)/float64(tc.minRun))
+			}
+			// The crowd leaves: one container keeps the GPU at full duty.
+			c.Update(members[:1], 0.1, dt)
+			if got := c.Update([]Member{{Key: "0", Limit: 1, Policy: Strict, Usage: 0.1}}, 0.1, dt)["0"].Period; got != 100*time.Millisecond {
+				t.Errorf("after the crowd left the period is %v, want the configured 100ms", got)
+			}
+		})
+	}
+}

@@ -50,6 +50,11 @@ type Options struct {
 	// Period is the throttle period a GPU starts at; it grows when work
 	// queued on the GPU outlasts the frozen part of each period.
 	Period time.Duration
+	// MinRun is the shortest run a throttled container gets in a period:
+	// a GPU whose smallest duty would run for less stretches its period.
+	// It bounds the freezer transitions a GPU costs to 2/MinRun a second,
+	// however many containers are throttled on it. Zero turns it off.
+	MinRun time.Duration
 	// Clock times the throttles; nil is the wall clock.
 	Clock Clock
 	// State records throttled containers across restarts.
@@ -71,6 +76,7 @@ func DefaultOptions() Options {
 		PodPolicies:  PodPoliciesStricterOnly,
 		Unauthorized: UnauthorizedKill,
 		Period:       100 * time.Millisecond,
+		MinRun:       DefaultMinRun,
 		State:        StateFile{Path: contract.EnforcementState},
 	}
 }
@@ -234,6 +240,9 @@ func New(opts Options) (*Enforcer, error) {
 	if opts.Period < 10*time.Millisecond {
 		return nil, errors.New("throttle period must be at least 10ms")
 	}
+	if opts.MinRun < 0 || opts.MinRun > opts.Period*MaxPeriodFactor/2 {
+		return nil, fmt.Errorf("throttle minimum run %s must be between 0 and half the longest period (%s)", opts.MinRun, opts.Period*MaxPeriodFactor/2)
+	}
 	if opts.Events == nil {
 		opts.Events = events.Discard{}
 	}
@@ -303,6 +312,7 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 	for gpu := range r.byGPU {
 		if e.ctrl[gpu] == nil {
 			e.ctrl[gpu] = NewController(e.opts.Period)
+			e.ctrl[gpu].MinRun = e.opts.MinRun
 		}
 	}
 	e.act(planDuties(e.ctrl, r, dt), r)
