@@ -56,6 +56,8 @@ type Plugin struct {
 	xids    map[string]map[uint64]uint64 // GPU UUID -> XID -> times reported
 	changed chan struct{}                // closed and replaced on every health change
 
+	answers *responses // Allocate's responses, by request
+
 	registered atomic.Bool
 	watchers   atomic.Int64 // ListAndWatch streams open: the kubelet's
 }
@@ -86,6 +88,7 @@ func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, err
 		minor:   map[string]int{},
 		numa:    map[string]int{},
 		health:  map[string]nvml.Health{},
+		answers: newResponses(),
 		xids:    map[string]map[uint64]uint64{},
 		changed: make(chan struct{}),
 	}
@@ -236,16 +239,48 @@ func (p *Plugin) GetPreferredAllocation(_ context.Context, req *pluginapi.Prefer
 
 // Allocate tells the runtime what each container gets. Every ID must name a
 // slice of a healthy GPU, or the whole request fails naming the first bad ID.
+//
+// The response depends on the slice IDs alone, so it is built and encoded
+// once per distinct request and kept; the GPUs' health is checked on every
+// call.
 func (p *Plugin) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
-	resp := &pluginapi.AllocateResponse{}
-	for _, c := range req.GetContainerRequests() {
-		r, err := p.allocate(c.GetDevicesIds())
-		if err != nil {
-			return nil, err
+	key := requestKey(req)
+	a := p.answers.get(key)
+	if a == nil {
+		a = &answer{resp: &pluginapi.AllocateResponse{}}
+		for _, c := range req.GetContainerRequests() {
+			r, slices, err := p.allocate(c.GetDevicesIds())
+			if err != nil {
+				return nil, err
+			}
+			a.resp.ContainerResponses = append(a.resp.ContainerResponses, r)
+			a.slices = append(a.slices, slices)
 		}
-		resp.ContainerResponses = append(resp.ContainerResponses, r)
+		if err := p.answers.put(key, a); err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
 	}
-	return resp, nil
+	if err := p.checkHealth(a.slices); err != nil {
+		return nil, err
+	}
+	for i, r := range a.resp.ContainerResponses {
+		p.log.Info("allocated", "slices", r.Envs[EnvSliceIDs], "gpus", r.Envs["NVIDIA_VISIBLE_DEVICES"], "container", i)
+	}
+	return a.resp, nil
+}
+
+// checkHealth fails when any slice is on an unhealthy GPU.
+func (p *Plugin) checkHealth(containers [][]vgpu.SliceID) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, slices := range containers {
+		for _, s := range slices {
+			if h := p.health[s.UUID]; !h.Healthy {
+				return status.Errorf(codes.FailedPrecondition, "slice %s is on unhealthy GPU %s (%s)", s, s.UUID, describeHealth(h))
+			}
+		}
+	}
+	return nil
 }
 
 // PreStartContainer is not needed: Allocate does all the work.
@@ -253,23 +288,20 @@ func (p *Plugin) PreStartContainer(context.Context, *pluginapi.PreStartContainer
 	return &pluginapi.PreStartContainerResponse{}, nil
 }
 
-func (p *Plugin) allocate(ids []string) (*pluginapi.ContainerAllocateResponse, error) {
+// allocate builds one container's response and returns the slices it
+// holds.
+func (p *Plugin) allocate(ids []string) (*pluginapi.ContainerAllocateResponse, []vgpu.SliceID, error) {
 	if len(ids) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "container request has no device IDs")
+		return nil, nil, status.Error(codes.InvalidArgument, "container request has no device IDs")
 	}
 	limits, err := p.layout.Limits(ids)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, nil, grpcError(err)
 	}
-	p.mu.Lock()
-	for _, id := range ids {
-		s, _ := vgpu.ParseSliceID(id) // Limits validated every ID.
-		if h := p.health[s.UUID]; !h.Healthy {
-			p.mu.Unlock()
-			return nil, status.Errorf(codes.FailedPrecondition, "slice %s is on unhealthy GPU %s (%s)", id, s.UUID, describeHealth(h))
-		}
+	held := make([]vgpu.SliceID, len(ids))
+	for i, id := range ids {
+		held[i], _ = vgpu.ParseSliceID(id) // Limits validated every ID.
 	}
-	p.mu.Unlock()
 
 	sorted := append([]string(nil), ids...)
 	sort.Strings(sorted)
@@ -303,8 +335,7 @@ func (p *Plugin) allocate(ids []string) (*pluginapi.ContainerAllocateResponse, e
 	if p.opts.MPS.Enabled {
 		p.addMPS(r, limits)
 	}
-	p.log.Info("allocated", "slices", strings.Join(sorted, ","), "gpus", strings.Join(uuids, ","))
-	return r, nil
+	return r, held, nil
 }
 
 func (p *Plugin) deviceSpecs(limits []vgpu.GPULimit) []*pluginapi.DeviceSpec {

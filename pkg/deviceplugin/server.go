@@ -247,6 +247,8 @@ func (p *Plugin) serve() (*grpc.Server, <-chan error, error) {
 		grpc.MaxConcurrentStreams(maxStreamsPerConnection),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Kept Allocate responses go out as the bytes encoded once.
+		grpc.ForceServerCodecV2(newCodec(p.answers)),
 	)
 	pluginapi.RegisterDevicePluginServer(srv, p)
 	served := make(chan error, 1)
