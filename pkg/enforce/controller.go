@@ -393,8 +393,8 @@ func (c *Controller) plans(members []Member) map[string]Plan {
 
 // runPeriod is the period the plans use: the drain period, stretched when
 // the smallest duty among the throttled would run for less than MinRun
-// (less a percent) in it, to a divisor or multiple of the window so decisions still see whole
-// periods.
+// (less a percent) in it, to a divisor of the window so decisions still
+// see whole periods, and never longer than the window.
 func (c *Controller) runPeriod(keys []string) time.Duration {
 	least := 1.0
 	for _, k := range keys {
@@ -406,7 +406,13 @@ func (c *Controller) runPeriod(keys []string) time.Duration {
 	// A percent of slack, so that a duty a hair under 1/n (feedback's
 	// rounding) does not double a period that fits n runs.
 	want := time.Duration(0.99 * float64(c.MinRun) / least)
-	return max(min(fitPeriod(want, c.dt), c.MaxPeriod), c.period)
+	// Never past the window: a decision waits for a whole period, and
+	// Strict's hold over time needs one every window.
+	longest := c.MaxPeriod
+	if c.dt > 0 {
+		longest = min(longest, c.dt)
+	}
+	return max(min(fitPeriod(want, c.dt), longest), c.period)
 }
 
 // longerPeriod is about twice the period, made a divisor or a multiple of
