@@ -87,8 +87,8 @@ type EnforcementConfig struct {
 	Policy string `json:"policy,omitempty"`
 	// Period is the throttle period.
 	Period Duration `json:"period,omitempty"`
-	// MinRun is the shortest run a throttled container gets in a period;
-	// a GPU's period stretches to give it. 0 turns it off.
+	// MinRun is the throttle period's length per throttled container: a
+	// GPU's period is at least n×MinRun with n throttled. 0 turns it off.
 	MinRun Duration `json:"minRun,omitempty"`
 	// StateFile records throttled containers so a restarted agent thaws them.
 	StateFile string `json:"stateFile,omitempty"`
@@ -247,7 +247,7 @@ func flagSet(c *Config) *flag.FlagSet {
 		return nil
 	})
 	fs.DurationVar(&c.Enforcement.Period.Duration, "throttle-period", c.Enforcement.Period.Duration, "compute throttle period")
-	fs.DurationVar(&c.Enforcement.MinRun.Duration, "throttle-min-run", c.Enforcement.MinRun.Duration, "shortest run a throttled container gets in a period; a GPU's period stretches to give it (0: off)")
+	fs.DurationVar(&c.Enforcement.MinRun.Duration, "throttle-min-run", c.Enforcement.MinRun.Duration, "throttle period per throttled container: a GPU's period is at least n x this with n throttled, up to the sample interval (0: off)")
 	fs.StringVar(&c.Enforcement.StateFile, "enforcement-state", c.Enforcement.StateFile, "`file` recording throttled containers, thawed by the next agent if this one dies")
 	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "kubelet pod-resources `socket`, for which container holds which slices")
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "the host's cgroup filesystem `root`, where containers are frozen for the compute throttle")

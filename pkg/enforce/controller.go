@@ -55,12 +55,11 @@ const StrictWindow = 10 * time.Second
 // each period.
 const MaxPeriodFactor = 40
 
-// DefaultMinRun is the shortest run a throttled container gets in each
-// period unless configured otherwise. Each run costs two freezer
-// transitions, and a GPU's runs are laid end to end within one period, so
-// the transitions a GPU costs per second are bounded by 2/MinRun however
-// many containers share it.
-const DefaultMinRun = 30 * time.Millisecond
+// DefaultMinRun is the period's length per throttled container unless
+// configured otherwise. Each run costs two freezer transitions, so a
+// GPU's throttles cost at most 2/MinRun transitions a second however many
+// containers share it.
+const DefaultMinRun = 20 * time.Millisecond
 
 // Plan is a container's place in its GPU's throttle schedule: in every
 // Period it runs from Offset×Period for Duty×Period (wrapping around the
@@ -115,9 +114,11 @@ type Controller struct {
 	// BasePeriod is the throttle period the GPU starts at; MaxPeriod the
 	// longest it may grow to.
 	BasePeriod, MaxPeriod time.Duration
-	// MinRun is the shortest run a throttled container gets in a period:
-	// the period stretches (up to MaxPeriod) until the smallest duty buys
-	// at least MinRun. Zero leaves the period alone.
+	// MinRun is the period's length per throttled container: with n
+	// throttled, the period is at least n×MinRun (up to the window), so
+	// the runs laid end to end in it cost at most 2/MinRun freezer
+	// transitions a second, and an even share runs for MinRun at least.
+	// Zero leaves the period alone.
 	MinRun time.Duration
 
 	period   time.Duration // grown while queued work outlasts the frozen part
@@ -391,23 +392,24 @@ func (c *Controller) plans(members []Member) map[string]Plan {
 	return out
 }
 
-// runPeriod is the period the plans use: the drain period, stretched when
-// the smallest duty among the throttled would run for less than MinRun
-// (less a percent) in it, to a divisor of the window so decisions still
-// see whole periods, and never longer than the window.
+// runPeriod is the period the plans use: the drain period, or MinRun for
+// every throttled container when that is longer, made a divisor of the
+// window (so decisions still see whole periods) and never longer than
+// the window (Strict's hold over time needs a decision every window). It
+// follows the number of throttled containers, not their duties, so it
+// stays put while feedback moves the duties: a period that moved with
+// every decision would shift every run's phase each time.
 func (c *Controller) runPeriod(keys []string) time.Duration {
-	least := 1.0
+	n := 0
 	for _, k := range keys {
-		least = min(least, max(c.Duty(k), MinDuty))
+		if c.Duty(k) < 1 {
+			n++
+		}
 	}
-	if least >= 1 || c.MinRun <= 0 || time.Duration(least*float64(c.period)) >= c.MinRun {
+	want := time.Duration(n) * c.MinRun
+	if want <= c.period {
 		return c.period
 	}
-	// A percent of slack, so that a duty a hair under 1/n (feedback's
-	// rounding) does not double a period that fits n runs.
-	want := time.Duration(0.99 * float64(c.MinRun) / least)
-	// Never past the window: a decision waits for a whole period, and
-	// Strict's hold over time needs one every window.
 	longest := c.MaxPeriod
 	if c.dt > 0 {
 		longest = min(longest, c.dt)

@@ -237,9 +237,10 @@ func TestPodPolicyModes(t *testing.T) {
 }
 
 // TestMinRunBoundsTransitions: however many containers a GPU is throttled
-// for, no run is shorter than MinRun, so the freezer transitions it costs
-// stay under 2/MinRun a second; the period grows to a divisor or a
-// multiple of the window to get there, and back once the crowd leaves.
+// for, its period is at least MinRun for each, so the freezer transitions
+// it costs stay under 2/MinRun a second and an even share runs MinRun;
+// the period is a divisor of the window and no longer, holds while
+// feedback moves the duties, and goes back once the crowd leaves.
 func TestMinRunBoundsTransitions(t *testing.T) {
 	const dt = time.Second
 	for _, tc := range []struct {
@@ -280,6 +281,15 @@ func TestMinRunBoundsTransitions(t *testing.T) {
 			}
 			if tc.minRun > 0 && !capped && transitions > 1.01*2*float64(dt)/float64(tc.minRun) {
 				t.Errorf("%.0f transitions a second, over the bound %.0f", transitions, 2*float64(dt)/float64(tc.minRun))
+			}
+			// Feedback moves the duties (the work grows); the period stays.
+			for i := range members {
+				members[i].Usage *= 1.5
+			}
+			for k, p := range c.Update(members, 1, dt) {
+				if p.Period != tc.wantPeriod {
+					t.Fatalf("%s: period moved to %v when the duties did", k, p.Period)
+				}
 			}
 			// The crowd leaves: one container keeps the GPU, now all of it.
 			var got time.Duration

@@ -50,10 +50,11 @@ type Options struct {
 	// Period is the throttle period a GPU starts at; it grows when work
 	// queued on the GPU outlasts the frozen part of each period.
 	Period time.Duration
-	// MinRun is the shortest run a throttled container gets in a period:
-	// a GPU whose smallest duty would run for less stretches its period.
-	// It bounds the freezer transitions a GPU costs to 2/MinRun a second,
-	// however many containers are throttled on it. Zero turns it off.
+	// MinRun is the throttle period's length per throttled container: a
+	// GPU with n throttled has a period of at least n×MinRun (up to the
+	// sample interval). It bounds the freezer transitions a GPU costs to
+	// 2/MinRun a second, however many containers are throttled on it. Zero
+	// turns it off.
 	MinRun time.Duration
 	// Clock times the throttles; nil is the wall clock.
 	Clock Clock
