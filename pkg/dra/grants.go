@@ -1,0 +1,180 @@
+package dra
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+)
+
+// Errors Grants and Ledger.Admit report; each wraps the details.
+var (
+	// ErrNotAllocated reports a claim with no allocation.
+	ErrNotAllocated = errors.New("claim is not allocated")
+	// ErrUnknownDevice reports a device this node does not publish.
+	ErrUnknownDevice = errors.New("unknown device")
+	// ErrBadCapacity reports consumed capacity outside what the device
+	// offers: the scheduler's answer cannot be right.
+	ErrBadCapacity = errors.New("consumed capacity outside the device's range")
+	// ErrOvercommitted reports a claim that would take a GPU past its
+	// capacity together with the claims already prepared.
+	ErrOvercommitted = errors.New("GPU overcommitted")
+)
+
+// Grant is what one claim holds of one GPU: its compute in slices
+// (Slices of SlicesTotal, and ComputeRatio), its memory in bytes, and
+// whether the GPU is held whole (an allocation without consumed
+// capacity, which only an exclusive allocation has).
+type Grant struct {
+	vgpu.GPULimit
+	// Whole is true when the claim holds the GPU alone.
+	Whole bool
+	// Admin is true for an admin-access allocation (monitoring): it may
+	// see the GPU, consumes nothing and is held to nothing.
+	Admin bool
+	// MemoryCapacity is the memory the GPU's device offers in all.
+	MemoryCapacity uint64
+}
+
+// Grants reads what a claim holds of this node's GPUs from its
+// allocation: the results of this driver in pool, by GPU in index order,
+// with the capacity several results on one GPU consumed added up.
+func Grants(claim *resourceapi.ResourceClaim, pool string, layout *vgpu.Layout) ([]Grant, error) {
+	if claim.Status.Allocation == nil {
+		return nil, fmt.Errorf("%w: %s/%s", ErrNotAllocated, claim.Namespace, claim.Name)
+	}
+	byIndex := map[int]*Grant{}
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		if r.Driver != DriverName || r.Pool != pool {
+			continue
+		}
+		g, err := grant(r, layout)
+		if err != nil {
+			return nil, fmt.Errorf("claim %s/%s, request %s: %w", claim.Namespace, claim.Name, r.Request, err)
+		}
+		if err := add(byIndex, g); err != nil {
+			return nil, fmt.Errorf("claim %s/%s: %w", claim.Namespace, claim.Name, err)
+		}
+	}
+	out := make([]Grant, 0, len(byIndex))
+	for _, g := range byIndex {
+		out = append(out, *g)
+	}
+	slices.SortFunc(out, func(a, b Grant) int { return a.Index - b.Index })
+	return out, nil
+}
+
+func grant(r resourceapi.DeviceRequestAllocationResult, layout *vgpu.Layout) (Grant, error) {
+	gpu, err := gpuOf(r.Device, layout)
+	if err != nil {
+		return Grant{}, err
+	}
+	capacity := uint64(gpu.Slices) * gpu.SliceMemoryBytes
+	g := Grant{GPULimit: vgpu.GPULimit{UUID: gpu.UUID, Index: gpu.Index, SlicesTotal: gpu.Slices}, MemoryCapacity: capacity}
+	if r.AdminAccess != nil && *r.AdminAccess {
+		g.Admin = true
+		return g, nil
+	}
+	if len(r.ConsumedCapacity) == 0 {
+		g.Whole, g.Slices, g.MemoryBytes = true, gpu.Slices, capacity
+	} else {
+		compute, ok := r.ConsumedCapacity[CapacityCompute]
+		if !ok || compute.MilliValue()%1000 != 0 || compute.Value() < 1 || compute.Value() > int64(gpu.Slices) {
+			return Grant{}, fmt.Errorf("%w: %s compute %s of %d slices", ErrBadCapacity, r.Device, compute.String(), gpu.Slices)
+		}
+		memory, ok := r.ConsumedCapacity[CapacityMemory]
+		if !ok || memory.Value() < 1 || uint64(memory.Value()) > capacity {
+			return Grant{}, fmt.Errorf("%w: %s memory %s of %d bytes", ErrBadCapacity, r.Device, memory.String(), capacity)
+		}
+		g.Slices, g.MemoryBytes = int(compute.Value()), uint64(memory.Value())
+	}
+	g.ComputeRatio = float64(g.Slices) / float64(gpu.Slices)
+	return g, nil
+}
+
+// add merges g into what the claim holds of its GPU.
+func add(byIndex map[int]*Grant, g Grant) error {
+	have, ok := byIndex[g.Index]
+	if !ok {
+		byIndex[g.Index] = &g
+		return nil
+	}
+	if have.Whole || g.Whole {
+		have.Whole = true
+	}
+	have.Admin = have.Admin && g.Admin
+	have.Slices += g.Slices
+	have.MemoryBytes += g.MemoryBytes
+	if have.Slices > have.SlicesTotal || have.MemoryBytes > have.MemoryCapacity {
+		return fmt.Errorf("%w: GPU %d takes %d of %d slices and %d of %d bytes in one claim", ErrOvercommitted, have.Index, have.Slices, have.SlicesTotal, have.MemoryBytes, have.MemoryCapacity)
+	}
+	have.ComputeRatio = float64(have.Slices) / float64(have.SlicesTotal)
+	return nil
+}
+
+// gpuOf finds the GPU a device name ("gpu-<index>") stands for.
+func gpuOf(device string, layout *vgpu.Layout) (vgpu.GPUSlices, error) {
+	n, ok := strings.CutPrefix(device, "gpu-")
+	index, err := strconv.Atoi(n)
+	if !ok || err != nil || DeviceName(index) != device {
+		return vgpu.GPUSlices{}, fmt.Errorf("%w %q", ErrUnknownDevice, device)
+	}
+	for _, g := range layout.GPUs() {
+		if g.Index == index {
+			return g, nil
+		}
+	}
+	return vgpu.GPUSlices{}, fmt.Errorf("%w %q: no GPU %d on this node", ErrUnknownDevice, device, index)
+}
+
+// Ledger is what the prepared claims hold of each GPU. It is the driver's
+// last line of defence against a scheduler (or a forged status) handing
+// out more of a GPU than it has: Admit refuses a claim that would take a
+// GPU past its slices or its memory, or share a GPU held whole.
+type Ledger struct {
+	held map[types.UID][]Grant
+}
+
+// NewLedger returns an empty ledger.
+func NewLedger() *Ledger { return &Ledger{held: map[types.UID][]Grant{}} }
+
+// Admit records what a claim holds, unless that overcommits a GPU.
+// Admitting a claim again replaces what it held, so it is idempotent.
+func (l *Ledger) Admit(uid types.UID, grants []Grant) error {
+	for _, g := range grants {
+		if g.Admin {
+			continue
+		}
+		slicesUsed, memoryUsed, whole, others := 0, uint64(0), false, 0
+		for other, held := range l.held {
+			for _, h := range held {
+				if other != uid && h.UUID == g.UUID && !h.Admin {
+					slicesUsed += h.Slices
+					memoryUsed += h.MemoryBytes
+					whole = whole || h.Whole
+					others++
+				}
+			}
+		}
+		gpu := fmt.Sprintf("GPU %d (%s)", g.Index, g.UUID)
+		switch {
+		case others > 0 && (whole || g.Whole):
+			return fmt.Errorf("%w: %s is held whole by one claim and shared by another", ErrOvercommitted, gpu)
+		case slicesUsed+g.Slices > g.SlicesTotal:
+			return fmt.Errorf("%w: %s: other claims hold %d of %d slices, this one takes %d", ErrOvercommitted, gpu, slicesUsed, g.SlicesTotal, g.Slices)
+		case memoryUsed+g.MemoryBytes > g.MemoryCapacity:
+			return fmt.Errorf("%w: %s: other claims hold %d of %d bytes of memory, this one takes %d", ErrOvercommitted, gpu, memoryUsed, g.MemoryCapacity, g.MemoryBytes)
+		}
+	}
+	l.held[uid] = grants
+	return nil
+}
+
+// Release forgets a claim; releasing one not held is no error.
+func (l *Ledger) Release(uid types.UID) { delete(l.held, uid) }
