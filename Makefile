@@ -70,6 +70,8 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./pkg/attribution -run '^$$' -fuzz '^FuzzParseBundleConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/labels -run '^$$' -fuzz '^FuzzValue$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/quota -run '^$$' -fuzz '^FuzzSpecDecide$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/dra -run '^$$' -fuzz '^FuzzGrants$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/dra -run '^$$' -fuzz '^FuzzSemVer$$' -fuzztime $(FUZZTIME)
 
 .PHONY: bench
 bench: ## Run the benchmarks recorded in docs/benchmarks.md.
