@@ -46,3 +46,23 @@ func ParseGrants(envs map[string]string) ([]Grant, error) {
 	}
 	return out, nil
 }
+
+// GrantEnv is the environment that tells a container what it holds of
+// each GPU, in the order given: NVIDIA_VISIBLE_DEVICES and the per-GPU
+// lists ParseGrants reads back. Device-plugin mode adds the slice IDs.
+func GrantEnv(grants []Grant) map[string]string {
+	n := len(grants)
+	uuids, slices, mem, compute := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, g := range grants {
+		uuids[i] = g.UUID
+		slices[i] = strconv.Itoa(g.Slices)
+		mem[i] = strconv.FormatUint(g.MemoryBytes, 10)
+		compute[i] = strconv.FormatFloat(g.ComputeRatio, 'f', -1, 64)
+	}
+	return map[string]string{
+		EnvVisibleDevices: strings.Join(uuids, ","),
+		EnvSlices:         strings.Join(slices, ","),
+		EnvMemoryLimit:    strings.Join(mem, ","),
+		EnvComputeLimit:   strings.Join(compute, ","),
+	}
+}

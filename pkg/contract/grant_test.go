@@ -2,6 +2,7 @@ package contract
 
 import (
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -47,8 +48,8 @@ func TestParseGrants(t *testing.T) {
 func FuzzParseGrants(f *testing.F) {
 	f.Add("GPU-a,GPU-b", "3,1", "15000000000,5000000000", "0.375,0.125")
 	f.Add("GPU-a", "1", "1", "1")
-	f.Fuzz(func(t *testing.T, uuids, slices, mem, ratio string) {
-		g, err := ParseGrants(map[string]string{EnvVisibleDevices: uuids, EnvSlices: slices, EnvMemoryLimit: mem, EnvComputeLimit: ratio})
+	f.Fuzz(func(t *testing.T, uuids, counts, mem, ratio string) {
+		g, err := ParseGrants(map[string]string{EnvVisibleDevices: uuids, EnvSlices: counts, EnvMemoryLimit: mem, EnvComputeLimit: ratio})
 		if err != nil {
 			if g != nil {
 				t.Fatal("an error with a result")
@@ -59,6 +60,11 @@ func FuzzParseGrants(f *testing.F) {
 			if x.Slices <= 0 || x.MemoryBytes == 0 || !(x.ComputeRatio > 0 && x.ComputeRatio <= 1) || x.UUID == "" {
 				t.Fatalf("accepted a bad grant %+v", x)
 			}
+		}
+		// What the agent writes (GrantEnv) reads back the same.
+		again, err := ParseGrants(GrantEnv(g))
+		if err != nil || !slices.Equal(again, g) {
+			t.Fatalf("GrantEnv(%+v) reads back as %+v, %v", g, again, err)
 		}
 	})
 }

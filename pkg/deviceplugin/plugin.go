@@ -305,21 +305,12 @@ func (p *Plugin) allocate(ids []string) (*pluginapi.ContainerAllocateResponse, [
 
 	sorted := append([]string(nil), ids...)
 	sort.Strings(sorted)
-	n := len(limits)
-	uuids, slices, mem, compute := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	grants := make([]contract.Grant, len(limits))
 	for i, l := range limits {
-		uuids[i] = l.UUID
-		slices[i] = strconv.Itoa(l.Slices)
-		mem[i] = strconv.FormatUint(l.MemoryBytes, 10)
-		compute[i] = strconv.FormatFloat(l.ComputeRatio, 'f', -1, 64)
+		grants[i] = contract.Grant{UUID: l.UUID, Slices: l.Slices, MemoryBytes: l.MemoryBytes, ComputeRatio: l.ComputeRatio}
 	}
-	r := &pluginapi.ContainerAllocateResponse{Envs: map[string]string{
-		"NVIDIA_VISIBLE_DEVICES": strings.Join(uuids, ","),
-		EnvSliceIDs:              strings.Join(sorted, ","),
-		EnvSlices:                strings.Join(slices, ","),
-		EnvMemoryLimit:           strings.Join(mem, ","),
-		EnvComputeLimit:          strings.Join(compute, ","),
-	}}
+	r := &pluginapi.ContainerAllocateResponse{Envs: contract.GrantEnv(grants)}
+	r.Envs[EnvSliceIDs] = strings.Join(sorted, ",")
 	if p.opts.DeviceSpecs {
 		r.Devices = p.deviceSpecs(limits)
 	}
