@@ -114,19 +114,7 @@ func WriteCDISpec(dir string, claim types.UID, spec *cdispec.Spec) error {
 	if err != nil {
 		return fmt.Errorf("encode CDI spec of claim %s: %w", claim, err)
 	}
-	f, err := os.CreateTemp(dir, ".gpuslice-claim-*.tmp")
-	if err != nil {
-		return fmt.Errorf("write CDI spec of claim %s: %w", claim, err)
-	}
-	_, werr := f.Write(data)
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		_ = os.Remove(f.Name())
-		return fmt.Errorf("write CDI spec of claim %s: %w", claim, err)
-	}
-	if err := os.Rename(f.Name(), cdiFile(dir, claim)); err != nil {
-		_ = os.Remove(f.Name())
+	if err := writeAtomic(cdiFile(dir, claim), data); err != nil {
 		return fmt.Errorf("write CDI spec of claim %s: %w", claim, err)
 	}
 	return nil

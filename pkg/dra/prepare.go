@@ -1,0 +1,189 @@
+package dra
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+)
+
+// Prepared is what the node remembers of a prepared claim.
+type Prepared struct {
+	// Namespace and Name name the claim, for logs and metrics.
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// Grants is what the claim holds of each GPU.
+	Grants []Grant `json:"grants"`
+}
+
+// PreparerOptions configure a Preparer.
+type PreparerOptions struct {
+	// Pool is this node's pool: results in other pools are not its own.
+	Pool string
+	// Layout is how the node's GPUs are cut.
+	Layout *vgpu.Layout
+	// Nodes are the device nodes containers get.
+	Nodes Nodes
+	// CDIDir is where claims' CDI specs are written (a directory the
+	// runtime reads, e.g. /var/run/cdi).
+	CDIDir string
+	// StatePath is the file that records prepared claims across restarts.
+	StatePath string
+}
+
+// Preparer prepares and unprepares claims on one node: what the kubelet
+// plugin's calls do, without the gRPC. Both calls are idempotent, and the
+// record on disk (written before a Prepare returns) lets a restarted
+// agent know what is prepared, so a claim prepared before a restart still
+// counts against its GPUs and can still be unprepared.
+type Preparer struct {
+	o      PreparerOptions
+	mu     sync.Mutex
+	ledger *Ledger
+	state  map[types.UID]Prepared
+}
+
+// stateVersion is the record's format; another is refused, not guessed.
+const stateVersion = 1
+
+type stateFile struct {
+	Version int                    `json:"version"`
+	Claims  map[types.UID]Prepared `json:"claims"`
+}
+
+// NewPreparer loads the record of prepared claims (none when the file
+// does not exist) and admits them to the ledger. A record that cannot be
+// read, or that overcommits a GPU, is an error: starting without it could
+// hand a GPU out twice.
+func NewPreparer(o PreparerOptions) (*Preparer, error) {
+	p := &Preparer{o: o, ledger: NewLedger(), state: map[types.UID]Prepared{}}
+	data, err := os.ReadFile(o.StatePath)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return p, nil
+	case err != nil:
+		return nil, fmt.Errorf("read prepared claims: %w", err)
+	}
+	var f stateFile
+	if err := json.Unmarshal(data, &f); err != nil || f.Version != stateVersion {
+		return nil, fmt.Errorf("prepared claims record %s is corrupt or of another version (%d): %w", o.StatePath, f.Version, err)
+	}
+	for uid, c := range f.Claims {
+		if err := p.ledger.Admit(uid, c.Grants); err != nil {
+			return nil, fmt.Errorf("prepared claims record %s: claim %s/%s: %w", o.StatePath, c.Namespace, c.Name, err)
+		}
+		p.state[uid] = c
+	}
+	return p, nil
+}
+
+// Prepare makes a claim ready for its containers and returns its CDI
+// device ID. A claim already prepared is prepared again (its spec
+// rewritten), with the same answer. Nothing of a claim that fails is
+// left behind: no spec, no record, nothing held in the ledger.
+func (p *Preparer) Prepare(claim *resourceapi.ResourceClaim) (string, error) {
+	grants, err := Grants(claim, p.o.Pool, p.o.Layout)
+	if err != nil {
+		return "", err
+	}
+	spec, err := CDISpec(claim.UID, grants, p.o.Nodes)
+	if err != nil {
+		return "", fmt.Errorf("claim %s/%s: %w", claim.Namespace, claim.Name, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	before, had := p.state[claim.UID]
+	if err := p.ledger.Admit(claim.UID, grants); err != nil {
+		return "", fmt.Errorf("claim %s/%s: %w", claim.Namespace, claim.Name, err)
+	}
+	p.state[claim.UID] = Prepared{Namespace: claim.Namespace, Name: claim.Name, Grants: grants}
+	err = WriteCDISpec(p.o.CDIDir, claim.UID, spec)
+	if err == nil {
+		err = p.save()
+	}
+	if err != nil {
+		if had {
+			p.state[claim.UID] = before
+			_ = p.ledger.Admit(claim.UID, before.Grants) // it held them before
+		} else {
+			delete(p.state, claim.UID)
+			p.ledger.Release(claim.UID)
+			_ = RemoveCDISpec(p.o.CDIDir, claim.UID)
+		}
+		return "", fmt.Errorf("claim %s/%s: %w", claim.Namespace, claim.Name, err)
+	}
+	return CDIDeviceID(claim.UID), nil
+}
+
+// Unprepare undoes Prepare: the claim's spec goes, and its GPUs are free
+// once the record says so. A claim not prepared is no error.
+func (p *Preparer) Unprepare(uid types.UID) error {
+	if err := RemoveCDISpec(p.o.CDIDir, uid); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.state[uid]
+	if !ok {
+		return nil
+	}
+	delete(p.state, uid)
+	if err := p.save(); err != nil {
+		p.state[uid] = c // still recorded on disk: still held
+		return err
+	}
+	p.ledger.Release(uid)
+	return nil
+}
+
+// Claims returns the prepared claims by UID.
+func (p *Preparer) Claims() map[types.UID]Prepared {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[types.UID]Prepared, len(p.state))
+	for k, v := range p.state {
+		out[k] = v
+	}
+	return out
+}
+
+// save writes the record atomically: a temporary file, synced, renamed
+// over the old one.
+func (p *Preparer) save() error {
+	data, err := json.Marshal(stateFile{Version: stateVersion, Claims: p.state})
+	if err != nil {
+		return fmt.Errorf("encode prepared claims: %w", err)
+	}
+	if err := writeAtomic(p.o.StatePath, data); err != nil {
+		return fmt.Errorf("record prepared claims: %w", err)
+	}
+	return nil
+}
+
+// writeAtomic replaces path with data: a temporary file beside it,
+// synced, renamed over it. Readers see the old file or the new one, never
+// part of one.
+func writeAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(data)
+	serr := f.Sync()
+	cerr := f.Close()
+	err = errors.Join(werr, serr, cerr)
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
+}

@@ -1,0 +1,124 @@
+package dra_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/gpuslice/gpuslice/pkg/dra"
+)
+
+func preparer(t *testing.T, o dra.PreparerOptions) *dra.Preparer {
+	t.Helper()
+	p, err := dra.NewPreparer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func claimOf(uid types.UID, results ...resourceapi.DeviceRequestAllocationResult) *resourceapi.ResourceClaim {
+	c := claim(results...)
+	c.UID, c.Name = uid, string(uid)
+	return c
+}
+
+func specs(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// TestPreparerAcrossRestarts: claims prepared before the agent restarts
+// still hold their share of the GPU after it (a claim that would
+// overcommit is refused by the new agent too, and leaves nothing behind),
+// Prepare and Unprepare are idempotent, and an unprepared claim frees
+// its share.
+func TestPreparerAcrossRestarts(t *testing.T) {
+	t.Parallel()
+	l, devs := node(t, 1, 8, "NVIDIA H100 80GB HBM3", 80<<30)
+	dir := t.TempDir()
+	o := dra.PreparerOptions{
+		Pool: pool, Layout: l, CDIDir: filepath.Join(dir, "cdi"), StatePath: filepath.Join(dir, "prepared.json"),
+		Nodes: dra.Nodes{DevRoot: "/dev", Minor: map[string]int{devs[0].UUID: 0}},
+	}
+	if err := os.Mkdir(o.CDIDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := preparer(t, o)
+	a, b := claimOf("uid-a", share("gpu-0", 3, 30)), claimOf("uid-b", share("gpu-0", 4, 40))
+	for _, c := range []*resourceapi.ResourceClaim{a, b, a} {
+		id, err := p.Prepare(c)
+		if err != nil || id != dra.CDIDeviceID(c.UID) {
+			t.Fatalf("Prepare(%s) = %q, %v", c.Name, id, err)
+		}
+	}
+
+	// The agent restarts.
+	p = preparer(t, o)
+	if got := p.Claims(); len(got) != 2 || got["uid-a"].Grants[0].Slices != 3 {
+		t.Fatalf("after a restart the prepared claims are %+v", got)
+	}
+	c := claimOf("uid-c", share("gpu-0", 2, 10))
+	if _, err := p.Prepare(c); !errors.Is(err, dra.ErrOvercommitted) {
+		t.Fatalf("9 of 8 slices after a restart: %v, want ErrOvercommitted", err)
+	}
+	if names := specs(t, o.CDIDir); len(names) != 2 || strings.Contains(strings.Join(names, " "), "uid-c") {
+		t.Errorf("CDI specs after the refused claim: %v", names)
+	}
+	for range 2 {
+		if err := p.Unprepare("uid-b"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Unprepare("never-prepared"); err != nil {
+		t.Errorf("Unprepare of a claim never prepared: %v", err)
+	}
+	if _, err := p.Prepare(c); err != nil {
+		t.Errorf("after b was unprepared, c should fit: %v", err)
+	}
+	// And once more from disk: a, c prepared; b gone.
+	p = preparer(t, o)
+	got := p.Claims()
+	if _, ok := got["uid-b"]; ok || len(got) != 2 {
+		t.Errorf("after another restart the prepared claims are %+v", got)
+	}
+	if names := specs(t, o.CDIDir); len(names) != 2 {
+		t.Errorf("CDI specs: %v, want a's and c's", names)
+	}
+}
+
+// TestPreparerRefusesABadRecord: a record it cannot read, of another
+// version, or that overcommits a GPU stops the preparer with an error
+// naming the file: starting empty could hand a GPU out twice.
+func TestPreparerRefusesABadRecord(t *testing.T) {
+	t.Parallel()
+	l, _ := node(t, 1, 8, "NVIDIA H100 80GB HBM3", 80<<30)
+	for name, content := range map[string]string{
+		"torn":          `{"version":1,"claims":{"a":`,
+		"other version": `{"version":2,"claims":{}}`,
+		"overcommitted": `{"version":1,"claims":{` +
+			`"a":{"namespace":"n","name":"a","grants":[{"UUID":"GPU-00000000-0000-0000-0000-000000000000","Slices":6,"SlicesTotal":8,"MemoryBytes":1,"MemoryCapacity":85899345920}]},` +
+			`"b":{"namespace":"n","name":"b","grants":[{"UUID":"GPU-00000000-0000-0000-0000-000000000000","Slices":6,"SlicesTotal":8,"MemoryBytes":1,"MemoryCapacity":85899345920}]}}}`,
+	} {
+		path := filepath.Join(t.TempDir(), "prepared.json")
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dra.NewPreparer(dra.PreparerOptions{Pool: pool, Layout: l, StatePath: path}); err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s record: %v, want an error naming %s", name, err, path)
+		}
+	}
+}
