@@ -75,3 +75,25 @@ func TestPackageGraph(t *testing.T) {
 	}
 	t.Errorf("the package graph in %s is stale; run make docs. go list says:\n%s", doc, want)
 }
+
+// TestAgentLinksNoHeavyKubernetesPackages keeps gpu-agent lean: linking
+// client-go's clientset, the Kubernetes API types or the DRA kubelet
+// plugin costs every node memory at start-up whether they are used or
+// not (the kubeletplugin package alone: 25 MiB RSS in an empty program,
+// against the agent's 19 MiB), so they belong in other binaries
+// (docs/dra.md).
+func TestAgentLinksNoHeavyKubernetesPackages(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "./cmd/gpu-agent")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		for _, heavy := range []string{"k8s.io/client-go/kubernetes", "k8s.io/api/", "k8s.io/dynamic-resource-allocation/"} {
+			if dep == heavy || strings.HasSuffix(heavy, "/") && strings.HasPrefix(dep, heavy) {
+				t.Errorf("gpu-agent links %s", dep)
+			}
+		}
+	}
+}
