@@ -67,6 +67,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./pkg/attribution -run '^$$' -fuzz '^FuzzParseStartTime$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/exporter -run '^$$' -fuzz '^FuzzExposition$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/contract -run '^$$' -fuzz '^FuzzParseGrants$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/contract -run '^$$' -fuzz '^FuzzParsePreparedClaims$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/attribution -run '^$$' -fuzz '^FuzzParseBundleConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/labels -run '^$$' -fuzz '^FuzzValue$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/quota -run '^$$' -fuzz '^FuzzSpecDecide$$' -fuzztime $(FUZZTIME)

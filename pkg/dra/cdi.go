@@ -12,12 +12,14 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/gpuslice/gpuslice/pkg/contract"
 )
 
 // CDIKind is the CDI kind of the devices the driver hands the runtime:
 // one per prepared claim, named by the claim's UID so that no name is
 // ever reused (a runtime may cache specs).
-const CDIKind = DriverName + "/claim"
+const CDIKind = contract.DRACDIKind
 
 // cdiVersion is the CDI spec version written: 0.6.0 is the oldest that
 // containerd 1.7+ and CRI-O read with all the fields used here.

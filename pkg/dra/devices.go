@@ -9,13 +9,14 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
 // DriverName is the DRA driver's name: the domain of its attributes and
 // capacities, and what DeviceClasses select on.
-const DriverName = "gpu.gpuslice.io"
+const DriverName = contract.DRADriverName
 
 // The capacities every GPU device offers, consumed by each claim that
 // shares it.

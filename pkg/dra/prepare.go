@@ -11,16 +11,17 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
 // Prepared is what the node remembers of a prepared claim.
 type Prepared struct {
 	// Namespace and Name name the claim, for logs and metrics.
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
+	Namespace string
+	Name      string
 	// Grants is what the claim holds of each GPU.
-	Grants []Grant `json:"grants"`
+	Grants []Grant
 }
 
 // PreparerOptions configure a Preparer.
@@ -34,7 +35,8 @@ type PreparerOptions struct {
 	// CDIDir is where claims' CDI specs are written (a directory the
 	// runtime reads, e.g. /var/run/cdi).
 	CDIDir string
-	// StatePath is the file that records prepared claims across restarts.
+	// StatePath is the file that records prepared claims across restarts
+	// (contract.DRAPreparedClaims); the agent reads it.
 	StatePath string
 }
 
@@ -50,14 +52,6 @@ type Preparer struct {
 	state  map[types.UID]Prepared
 }
 
-// stateVersion is the record's format; another is refused, not guessed.
-const stateVersion = 1
-
-type stateFile struct {
-	Version int                    `json:"version"`
-	Claims  map[types.UID]Prepared `json:"claims"`
-}
-
 // NewPreparer loads the record of prepared claims (none when the file
 // does not exist) and admits them to the ledger. A record that cannot be
 // read, or that overcommits a GPU, is an error: starting without it could
@@ -71,15 +65,16 @@ func NewPreparer(o PreparerOptions) (*Preparer, error) {
 	case err != nil:
 		return nil, fmt.Errorf("read prepared claims: %w", err)
 	}
-	var f stateFile
-	if err := json.Unmarshal(data, &f); err != nil || f.Version != stateVersion {
-		return nil, fmt.Errorf("prepared claims record %s is corrupt or of another version (%d): %w", o.StatePath, f.Version, err)
+	record, err := contract.ParsePreparedClaims(data)
+	if err != nil {
+		return nil, fmt.Errorf("prepared claims record %s: %w", o.StatePath, err)
 	}
-	for uid, c := range f.Claims {
-		if err := p.ledger.Admit(uid, c.Grants); err != nil {
+	for uid, c := range record.Claims {
+		prepared := fromRecord(c)
+		if err := p.ledger.Admit(types.UID(uid), prepared.Grants); err != nil {
 			return nil, fmt.Errorf("prepared claims record %s: claim %s/%s: %w", o.StatePath, c.Namespace, c.Name, err)
 		}
-		p.state[uid] = c
+		p.state[types.UID(uid)] = prepared
 	}
 	return p, nil
 }
@@ -157,7 +152,11 @@ func (p *Preparer) Claims() map[types.UID]Prepared {
 // save writes the record atomically: a temporary file, synced, renamed
 // over the old one.
 func (p *Preparer) save() error {
-	data, err := json.Marshal(stateFile{Version: stateVersion, Claims: p.state})
+	record := contract.PreparedClaims{Version: contract.PreparedClaimsVersion, Claims: make(map[string]contract.PreparedClaim, len(p.state))}
+	for uid, c := range p.state {
+		record.Claims[string(uid)] = toRecord(c)
+	}
+	data, err := json.Marshal(record)
 	if err != nil {
 		return fmt.Errorf("encode prepared claims: %w", err)
 	}
@@ -186,4 +185,28 @@ func writeAtomic(path string, data []byte) error {
 		_ = os.Remove(f.Name())
 	}
 	return err
+}
+
+// toRecord and fromRecord convert a prepared claim to and from the record
+// the agent reads (package contract defines its format once).
+func toRecord(c Prepared) contract.PreparedClaim {
+	out := contract.PreparedClaim{Namespace: c.Namespace, Name: c.Name}
+	for _, g := range c.Grants {
+		out.Grants = append(out.Grants, contract.ClaimGrant{
+			UUID: g.UUID, Index: g.Index, Slices: g.Slices, SlicesTotal: g.SlicesTotal, ComputeRatio: g.ComputeRatio,
+			MemoryBytes: g.MemoryBytes, MemoryCapacity: g.MemoryCapacity, Whole: g.Whole, Admin: g.Admin,
+		})
+	}
+	return out
+}
+
+func fromRecord(c contract.PreparedClaim) Prepared {
+	out := Prepared{Namespace: c.Namespace, Name: c.Name}
+	for _, g := range c.Grants {
+		out.Grants = append(out.Grants, Grant{
+			GPULimit: vgpu.GPULimit{UUID: g.UUID, Index: g.Index, Slices: g.Slices, SlicesTotal: g.SlicesTotal, ComputeRatio: g.ComputeRatio, MemoryBytes: g.MemoryBytes},
+			Whole:    g.Whole, Admin: g.Admin, MemoryCapacity: g.MemoryCapacity,
+		})
+	}
+	return out
 }

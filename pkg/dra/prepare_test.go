@@ -110,15 +110,19 @@ func TestPreparerRefusesABadRecord(t *testing.T) {
 		"torn":          `{"version":1,"claims":{"a":`,
 		"other version": `{"version":2,"claims":{}}`,
 		"overcommitted": `{"version":1,"claims":{` +
-			`"a":{"namespace":"n","name":"a","grants":[{"UUID":"GPU-00000000-0000-0000-0000-000000000000","Slices":6,"SlicesTotal":8,"MemoryBytes":1,"MemoryCapacity":85899345920}]},` +
-			`"b":{"namespace":"n","name":"b","grants":[{"UUID":"GPU-00000000-0000-0000-0000-000000000000","Slices":6,"SlicesTotal":8,"MemoryBytes":1,"MemoryCapacity":85899345920}]}}}`,
+			`"a":{"namespace":"n","name":"a","grants":[{"uuid":"GPU-00000000-0000-0000-0000-000000000000","slices":6,"slicesTotal":8,"computeRatio":0.75,"memoryBytes":1,"memoryCapacity":85899345920}]},` +
+			`"b":{"namespace":"n","name":"b","grants":[{"uuid":"GPU-00000000-0000-0000-0000-000000000000","slices":6,"slicesTotal":8,"computeRatio":0.75,"memoryBytes":1,"memoryCapacity":85899345920}]}}}`,
 	} {
 		path := filepath.Join(t.TempDir(), "prepared.json")
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := dra.NewPreparer(dra.PreparerOptions{Pool: pool, Layout: l, StatePath: path}); err == nil || !strings.Contains(err.Error(), path) {
+		_, err := dra.NewPreparer(dra.PreparerOptions{Pool: pool, Layout: l, StatePath: path})
+		if err == nil || !strings.Contains(err.Error(), path) {
 			t.Errorf("%s record: %v, want an error naming %s", name, err, path)
+		}
+		if name == "overcommitted" && !errors.Is(err, dra.ErrOvercommitted) {
+			t.Errorf("overcommitted record: %v, want ErrOvercommitted", err)
 		}
 	}
 }
