@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 
 	"github.com/gpuslice/gpuslice/pkg/dra"
@@ -35,42 +37,12 @@ const nodeName = "node-a"
 // refused on that claim alone; unpreparing frees the share.
 func TestPluginServesTheKubelet(t *testing.T) {
 	srv := apiserver.Start(t)
-	cs := srv.Clientset(t)
+	cs := driverClient(t, srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	layout, devs := gpus(t)
-	devices, err := dra.Devices(layout, devs, nvml.SystemInfo{DriverVersion: "580.65.06"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "dra") // unix socket paths must stay short
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	cdiDir := filepath.Join(dir, "cdi")
-	for _, d := range []string{cdiDir, filepath.Join(dir, "reg"), filepath.Join(dir, "plugin")} {
-		if err := os.Mkdir(d, 0o750); err != nil {
-			t.Fatal(err)
-		}
-	}
-	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: nodeName, Layout: layout, CDIDir: cdiDir, StatePath: filepath.Join(dir, "prepared.json"),
-		Nodes: dra.Nodes{DevRoot: "/dev", Minor: map[string]int{devs[0].UUID: 0, devs[1].UUID: 1}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fatal := make(chan error, 1)
-	p, err := draplugin.Start(ctx, draplugin.Options{NodeName: nodeName, Client: cs, Preparer: prep, Devices: devices,
-		RegistrarDir: filepath.Join(dir, "reg"), PluginDir: filepath.Join(dir, "plugin"), Fatal: func(err error) { fatal <- err }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Stop()
-
-	waitForSlices(t, cs, fatal)
+	n := startNode(ctx, t, cs, nodeName, 2)
+	defer n.plugin.Stop()
+	dir, cdiDir := n.dir, filepath.Join(n.dir, "cdi")
 
 	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, "plugin", "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -78,8 +50,8 @@ func TestPluginServesTheKubelet(t *testing.T) {
 	}
 	defer func() { _ = conn.Close() }()
 	kubelet := drapb.NewDRAPluginClient(conn)
-	a := allocatedClaim(t, cs, "a", "gpu-1", 3, 30)
-	b := allocatedClaim(t, cs, "b", "gpu-1", 6, 10)
+	a := allocatedClaim(t, cs, "a", nodeName, "gpu-1", 3, 30)
+	b := allocatedClaim(t, cs, "b", nodeName, "gpu-1", 6, 10)
 	resp, err := kubelet.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{ref(a), ref(b)}})
 	if err != nil {
 		t.Fatal(err)
@@ -103,11 +75,60 @@ func TestPluginServesTheKubelet(t *testing.T) {
 	}
 }
 
-func gpus(t *testing.T) (*vgpu.Layout, []nvml.Device) {
+// aNode is a plugin serving one node's GPUs.
+type aNode struct {
+	dir       string // its sockets, CDI specs and record
+	plugin    *draplugin.Plugin
+	published time.Duration // from Start to its ResourceSlice in the API
+}
+
+// startNode creates the Node object and starts a plugin for n GPUs × 8
+// slices on it, returning once the node's ResourceSlice is in the API.
+func startNode(ctx context.Context, t testing.TB, cs kubernetes.Interface, name string, n int) aNode {
+	t.Helper()
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	layout, devs := gpus(t, n)
+	devices, err := dra.Devices(layout, devs, nvml.SystemInfo{DriverVersion: "580.65.06"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "dra") // unix socket paths must stay short
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	for _, d := range []string{"cdi", "reg", "plugin"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	minor := map[string]int{}
+	for _, d := range devs {
+		minor[d.UUID] = d.Minor
+	}
+	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: name, Layout: layout, CDIDir: filepath.Join(dir, "cdi"), StatePath: filepath.Join(dir, "prepared.json"),
+		Nodes: dra.Nodes{DevRoot: "/dev", Minor: minor}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fatal := make(chan error, 1)
+	start := time.Now()
+	p, err := draplugin.Start(ctx, draplugin.Options{NodeName: name, Client: cs, Preparer: prep, Devices: devices,
+		RegistrarDir: filepath.Join(dir, "reg"), PluginDir: filepath.Join(dir, "plugin"), Fatal: func(err error) { fatal <- err }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForSlices(t, cs, name, n, fatal)
+	return aNode{dir: dir, plugin: p, published: time.Since(start)}
+}
+
+func gpus(t testing.TB, n int) (*vgpu.Layout, []nvml.Device) {
 	t.Helper()
 	var g []vgpu.GPU
 	var devs []nvml.Device
-	for i := range 2 {
+	for i := range n {
 		uuid := fmt.Sprintf("GPU-%08d-1111-2222-3333-444444444444", i)
 		g = append(g, vgpu.GPU{UUID: uuid, Index: i, Model: "NVIDIA H100 80GB HBM3", MemoryBytes: 80 << 30})
 		devs = append(devs, nvml.Device{UUID: uuid, Index: i, Minor: i, Model: "NVIDIA H100 80GB HBM3", MemoryBytes: 80 << 30, ComputeMajor: 9, NUMANode: -1})
@@ -119,13 +140,13 @@ func gpus(t *testing.T) (*vgpu.Layout, []nvml.Device) {
 	return l, devs
 }
 
-// waitForSlices waits until the node's pool is published with both GPUs.
-func waitForSlices(t *testing.T, cs kubernetes.Interface, fatal <-chan error) {
+// waitForSlices waits until the node's pool is published with its n GPUs.
+func waitForSlices(t testing.TB, cs kubernetes.Interface, node string, n int, fatal <-chan error) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		list, err := cs.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{})
-		if err == nil && len(list.Items) == 1 && list.Items[0].Spec.Driver == dra.DriverName && len(list.Items[0].Spec.Devices) == 2 && *list.Items[0].Spec.NodeName == nodeName {
+		list, err := cs.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+		if err == nil && len(list.Items) == 1 && list.Items[0].Spec.Driver == dra.DriverName && len(list.Items[0].Spec.Devices) == n {
 			return
 		}
 		select {
@@ -134,15 +155,15 @@ func waitForSlices(t *testing.T, cs kubernetes.Interface, fatal <-chan error) {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no ResourceSlice for %s: %v, %v", nodeName, list, err)
+			t.Fatalf("no ResourceSlice for %s: %v, %v", node, list, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 
 // allocatedClaim creates a claim and records, as the scheduler would, that
-// it consumes compute slices and memoryGiB of device on this node.
-func allocatedClaim(t *testing.T, cs kubernetes.Interface, name, device string, compute, memoryGiB int64) *resourceapi.ResourceClaim {
+// it consumes compute slices and memoryGiB of device in pool (a node).
+func allocatedClaim(t testing.TB, cs kubernetes.Interface, name, pool, device string, compute, memoryGiB int64) *resourceapi.ResourceClaim {
 	t.Helper()
 	ctx := context.Background()
 	c, err := cs.ResourceV1().ResourceClaims("default").Create(ctx, &resourceapi.ResourceClaim{
@@ -156,7 +177,7 @@ func allocatedClaim(t *testing.T, cs kubernetes.Interface, name, device string, 
 	}
 	share := types.UID(fmt.Sprintf("%08d-0000-0000-0000-000000000000", compute))
 	c.Status.Allocation = &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{Results: []resourceapi.DeviceRequestAllocationResult{{
-		Request: "gpu", Driver: dra.DriverName, Pool: nodeName, Device: device, ShareID: &share,
+		Request: "gpu", Driver: dra.DriverName, Pool: pool, Device: device, ShareID: &share,
 		ConsumedCapacity: map[resourceapi.QualifiedName]resource.Quantity{
 			dra.CapacityCompute: *resource.NewQuantity(compute, resource.DecimalSI),
 			dra.CapacityMemory:  *resource.NewQuantity(memoryGiB<<30, resource.BinarySI),
@@ -172,4 +193,77 @@ func allocatedClaim(t *testing.T, cs kubernetes.Interface, name, device string, 
 
 func ref(c *resourceapi.ResourceClaim) *drapb.Claim {
 	return &drapb.Claim{Namespace: c.Namespace, Name: c.Name, Uid: string(c.UID)}
+}
+
+// BenchmarkPluginAtEightGPUs measures, on a real API server, the plugin of
+// a node of 8 GPUs × 8 slices: publication (from Start until its
+// ResourceSlice is in the API, one node per iteration) and then
+// NodePrepareResources and NodeUnprepareResources as the kubelet calls
+// them, over the socket, for a claim of 3 slices (p50 and p99 of 50 each,
+// per node).
+func BenchmarkPluginAtEightGPUs(b *testing.B) {
+	srv := apiserver.Start(b)
+	cs := driverClient(b, srv)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var published, prepare, unprepare []time.Duration
+	i := 0
+	for b.Loop() {
+		name := fmt.Sprintf("node-%d", i)
+		i++
+		n := startNode(ctx, b, cs, name, 8)
+		published = append(published, n.published)
+		conn, err := grpc.NewClient("unix://"+filepath.Join(n.dir, "plugin", "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		kubelet := drapb.NewDRAPluginClient(conn)
+		c := ref(allocatedClaim(b, cs, name, name, "gpu-3", 3, 30))
+		for range 50 {
+			start := time.Now()
+			resp, err := kubelet.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{c}})
+			if err != nil || resp.Claims[c.Uid].GetError() != "" {
+				b.Fatalf("prepare: %v, %+v", err, resp)
+			}
+			mid := time.Now()
+			if _, err := kubelet.NodeUnprepareResources(ctx, &drapb.NodeUnprepareResourcesRequest{Claims: []*drapb.Claim{c}}); err != nil {
+				b.Fatal(err)
+			}
+			prepare, unprepare = append(prepare, mid.Sub(start)), append(unprepare, time.Since(mid))
+		}
+		_ = conn.Close()
+		n.plugin.Stop()
+	}
+	quantiles(b, "publish", "ms", published)
+	quantiles(b, "prepare", "ms", prepare)
+	quantiles(b, "unprepare", "ms", unprepare)
+}
+
+// quantiles reports the p50 and p99 of samples in ms (with 5 samples,
+// the p99 is the maximum).
+func quantiles(b *testing.B, what, unit string, samples []time.Duration) {
+	b.Helper()
+	slices.Sort(samples)
+	at := func(q float64) float64 {
+		return float64(samples[int(q*float64(len(samples)-1))].Microseconds()) / 1e3
+	}
+	b.ReportMetric(at(0.50), what+"-p50-"+unit)
+	b.ReportMetric(at(0.99), what+"-p99-"+unit)
+}
+
+// driverClient is a clientset as the driver will configure its own: 50
+// requests a second, bursts of 100. client-go's default (5, bursts of 10)
+// would hold every Prepare past the burst to 200 ms, for the claim's GET.
+func driverClient(t testing.TB, srv *apiserver.Server) kubernetes.Interface {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.QPS, cfg.Burst = 50, 100
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -25,5 +25,7 @@ run $go test -run '^$' -bench 'MemoryOverrunToKill' -benchtime 10x ./pkg/enforce
 run $go test -run '^$' -bench 'FreezerTransitions' -benchtime 50x ./pkg/enforce
 run $go test -run '^$' -bench 'DriverLimitOnCgroupCreation' -benchtime 200x ./pkg/enforce
 run $go test -run '^$' -bench 'EvaluationCycle' -benchtime 20x -timeout 10m ./pkg/quota
+run $go test -run '^$' -bench '^BenchmarkPrepare$' -benchtime 500x ./pkg/dra
+run $go test -run '^$' -bench 'PluginAtEightGPUs' -benchtime 5x ./pkg/draplugin
 run $go run ./test/accuracy/cmd/bench-accuracy --sensitivity
 echo "# load after the run (1, 5, 15 min): $(cut -d' ' -f1-3 /proc/loadavg)"
