@@ -35,7 +35,8 @@ type PreparedClaim struct {
 	Grants    []ClaimGrant `json:"grants"`
 }
 
-// ClaimGrant is what a claim holds of one GPU.
+// ClaimGrant is what a claim holds of one GPU; the DRA driver works with
+// this type itself (dra.Grant), so what it prepares is what it records.
 type ClaimGrant struct {
 	UUID  string `json:"uuid"`
 	Index int    `json:"index"`

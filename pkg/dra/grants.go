@@ -10,6 +10,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
@@ -27,20 +28,12 @@ var (
 	ErrOvercommitted = errors.New("GPU overcommitted")
 )
 
-// Grant is what one claim holds of one GPU: its compute in slices
-// (Slices of SlicesTotal, and ComputeRatio), its memory in bytes, and
-// whether the GPU is held whole (an allocation without consumed
-// capacity, which only an exclusive allocation has).
-type Grant struct {
-	vgpu.GPULimit
-	// Whole is true when the claim holds the GPU alone.
-	Whole bool
-	// Admin is true for an admin-access allocation (monitoring): it may
-	// see the GPU, consumes nothing and is held to nothing.
-	Admin bool
-	// MemoryCapacity is the memory the GPU's device offers in all.
-	MemoryCapacity uint64
-}
+// Grant is what one claim holds of one GPU: its compute in slices, its
+// memory, and whether it holds the GPU whole (an allocation without
+// consumed capacity, which only an exclusive allocation has) or only sees
+// it (admin access). It is the record's own type, defined once in package
+// contract, so what is prepared is what is recorded.
+type Grant = contract.ClaimGrant
 
 // Grants reads what a claim holds of this node's GPUs from its
 // allocation: the results of this driver in pool, by GPU in index order,
@@ -76,7 +69,7 @@ func grant(r resourceapi.DeviceRequestAllocationResult, layout *vgpu.Layout) (Gr
 		return Grant{}, err
 	}
 	capacity := uint64(gpu.Slices) * gpu.SliceMemoryBytes
-	g := Grant{GPULimit: vgpu.GPULimit{UUID: gpu.UUID, Index: gpu.Index, SlicesTotal: gpu.Slices}, MemoryCapacity: capacity}
+	g := Grant{UUID: gpu.UUID, Index: gpu.Index, SlicesTotal: gpu.Slices, MemoryCapacity: capacity}
 	if r.AdminAccess != nil && *r.AdminAccess {
 		g.Admin = true
 		return g, nil
@@ -105,9 +98,7 @@ func add(byIndex map[int]*Grant, g Grant) error {
 		byIndex[g.Index] = &g
 		return nil
 	}
-	if have.Whole || g.Whole {
-		have.Whole = true
-	}
+	have.Whole = have.Whole || g.Whole
 	have.Admin = have.Admin && g.Admin
 	have.Slices += g.Slices
 	have.MemoryBytes += g.MemoryBytes

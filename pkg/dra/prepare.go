@@ -15,14 +15,9 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
-// Prepared is what the node remembers of a prepared claim.
-type Prepared struct {
-	// Namespace and Name name the claim, for logs and metrics.
-	Namespace string
-	Name      string
-	// Grants is what the claim holds of each GPU.
-	Grants []Grant
-}
+// Prepared is what the node remembers of a prepared claim: its namespace
+// and name, and what it holds of each GPU (the record's own type).
+type Prepared = contract.PreparedClaim
 
 // PreparerOptions configure a Preparer.
 type PreparerOptions struct {
@@ -70,11 +65,10 @@ func NewPreparer(o PreparerOptions) (*Preparer, error) {
 		return nil, fmt.Errorf("prepared claims record %s: %w", o.StatePath, err)
 	}
 	for uid, c := range record.Claims {
-		prepared := fromRecord(c)
-		if err := p.ledger.Admit(types.UID(uid), prepared.Grants); err != nil {
+		if err := p.ledger.Admit(types.UID(uid), c.Grants); err != nil {
 			return nil, fmt.Errorf("prepared claims record %s: claim %s/%s: %w", o.StatePath, c.Namespace, c.Name, err)
 		}
-		p.state[types.UID(uid)] = prepared
+		p.state[types.UID(uid)] = c
 	}
 	return p, nil
 }
@@ -154,7 +148,7 @@ func (p *Preparer) Claims() map[types.UID]Prepared {
 func (p *Preparer) save() error {
 	record := contract.PreparedClaims{Version: contract.PreparedClaimsVersion, Claims: make(map[string]contract.PreparedClaim, len(p.state))}
 	for uid, c := range p.state {
-		record.Claims[string(uid)] = toRecord(c)
+		record.Claims[string(uid)] = c
 	}
 	data, err := json.Marshal(record)
 	if err != nil {
@@ -185,28 +179,4 @@ func writeAtomic(path string, data []byte) error {
 		_ = os.Remove(f.Name())
 	}
 	return err
-}
-
-// toRecord and fromRecord convert a prepared claim to and from the record
-// the agent reads (package contract defines its format once).
-func toRecord(c Prepared) contract.PreparedClaim {
-	out := contract.PreparedClaim{Namespace: c.Namespace, Name: c.Name}
-	for _, g := range c.Grants {
-		out.Grants = append(out.Grants, contract.ClaimGrant{
-			UUID: g.UUID, Index: g.Index, Slices: g.Slices, SlicesTotal: g.SlicesTotal, ComputeRatio: g.ComputeRatio,
-			MemoryBytes: g.MemoryBytes, MemoryCapacity: g.MemoryCapacity, Whole: g.Whole, Admin: g.Admin,
-		})
-	}
-	return out
-}
-
-func fromRecord(c contract.PreparedClaim) Prepared {
-	out := Prepared{Namespace: c.Namespace, Name: c.Name}
-	for _, g := range c.Grants {
-		out.Grants = append(out.Grants, Grant{
-			GPULimit: vgpu.GPULimit{UUID: g.UUID, Index: g.Index, Slices: g.Slices, SlicesTotal: g.SlicesTotal, ComputeRatio: g.ComputeRatio, MemoryBytes: g.MemoryBytes},
-			Whole:    g.Whole, Admin: g.Admin, MemoryCapacity: g.MemoryCapacity,
-		})
-	}
-	return out
 }

@@ -126,3 +126,50 @@ func TestPreparerRefusesABadRecord(t *testing.T) {
 		}
 	}
 }
+
+// TestPreparerWhenTheRecordCannotBeWritten is the full-disk attack: when
+// the record cannot be written (here its directory is gone), Prepare
+// fails and leaves no spec and nothing held, so the kubelet's retry starts
+// clean; Unprepare fails and keeps the claim held, since the record on
+// disk still names it and a restart would count it again.
+func TestPreparerWhenTheRecordCannotBeWritten(t *testing.T) {
+	t.Parallel()
+	l, devs := node(t, 1, 8, "NVIDIA H100 80GB HBM3", 80<<30)
+	dir := t.TempDir()
+	stateDir := filepath.Join(dir, "state")
+	o := dra.PreparerOptions{
+		Pool: pool, Layout: l, CDIDir: filepath.Join(dir, "cdi"), StatePath: filepath.Join(stateDir, "prepared.json"),
+		Nodes: dra.Nodes{DevRoot: "/dev", Minor: map[string]int{devs[0].UUID: 0}},
+	}
+	for _, d := range []string{o.CDIDir, stateDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := preparer(t, o)
+	if _, err := p.Prepare(claimOf("uid-a", share("gpu-0", 6, 60))); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(stateDir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Prepare(claimOf("uid-b", share("gpu-0", 2, 20))); err == nil {
+		t.Fatal("Prepare succeeded with no record written")
+	}
+	if names := specs(t, o.CDIDir); len(names) != 1 {
+		t.Errorf("CDI specs after the failed Prepare: %v, want a's alone", names)
+	}
+	if err := p.Unprepare("uid-a"); err == nil {
+		t.Fatal("Unprepare succeeded with no record written")
+	}
+	if err := os.Mkdir(stateDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// b held nothing, a is still held: 2 more slices fit, 3 do not.
+	if _, err := p.Prepare(claimOf("uid-c", share("gpu-0", 3, 30))); !errors.Is(err, dra.ErrOvercommitted) {
+		t.Errorf("a claim needing the slices a still holds: %v, want ErrOvercommitted", err)
+	}
+	if _, err := p.Prepare(claimOf("uid-d", share("gpu-0", 2, 20))); err != nil {
+		t.Errorf("the 2 slices b failed to take, once the record can be written: %v", err)
+	}
+}
