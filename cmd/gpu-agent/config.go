@@ -77,6 +77,19 @@ type Config struct {
 	CDI         CDIConfig         `json:"cdi"`
 	MPS         MPSConfig         `json:"mps"`
 	Health      HealthConfig      `json:"health"`
+	DRA         DRAConfig         `json:"dra"`
+}
+
+// DRAConfig makes the agent account for, limit and report the containers
+// holding claims of gpuslice's DRA driver (gpu-dra-driver), alongside
+// device-plugin slices.
+type DRAConfig struct {
+	Enabled bool `json:"enabled"`
+	// KubeletDir is the kubelet's root directory, holding its DRA
+	// checkpoint (which pods hold which claims).
+	KubeletDir string `json:"kubeletDir,omitempty"`
+	// PreparedClaims is the driver's record of what each claim holds.
+	PreparedClaims string `json:"preparedClaims,omitempty"`
 }
 
 // EnforcementConfig controls how containers are held to their shares.
@@ -208,6 +221,7 @@ func defaultConfig(getenv func(string) string) Config {
 		DeviceSpecs:        DeviceSpecsConfig{Enabled: dp.DeviceSpecs, DevRoot: dp.DevRoot},
 		CDI:                CDIConfig{Kind: dp.CDI.Kind, NameStrategy: dp.CDI.NameStrategy},
 		MPS:                MPSConfig{PipeDirectory: dp.MPS.PipeDirectory},
+		DRA:                DRAConfig{KubeletDir: contract.KubeletDir, PreparedClaims: contract.DRAPreparedClaims},
 		Health: HealthConfig{
 			ProbeInterval: Duration{nv.ProbeInterval},
 			XIDRecovery:   Duration{nv.XIDRecovery},
@@ -264,6 +278,9 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.BoolVar(&c.DeviceSpecs.Enabled, "device-specs", c.DeviceSpecs.Enabled, "return /dev/nvidia* device nodes from Allocate")
 	fs.StringVar(&c.DeviceSpecs.DevRoot, "dev-root", c.DeviceSpecs.DevRoot, "host `dir` holding the nvidia device nodes")
 	fs.BoolVar(&c.CDI.Enabled, "cdi", c.CDI.Enabled, "return CDI device names from Allocate")
+	fs.BoolVar(&c.DRA.Enabled, "dra", c.DRA.Enabled, "account for, limit and report containers holding claims of gpuslice's DRA driver")
+	fs.StringVar(&c.DRA.KubeletDir, "kubelet-dir", c.DRA.KubeletDir, "kubelet root `dir`, holding its DRA checkpoint")
+	fs.StringVar(&c.DRA.PreparedClaims, "dra-prepared-claims", c.DRA.PreparedClaims, "the DRA driver's record of prepared claims (`file`)")
 	fs.StringVar(&c.CDI.Kind, "cdi-kind", c.CDI.Kind, "CDI `kind` for device names")
 	fs.BoolVar(&c.MPS.Enabled, "mps", c.MPS.Enabled, "set MPS thread and memory limits from Allocate")
 	fs.StringVar(&c.MPS.PipeDirectory, "mps-pipe-dir", c.MPS.PipeDirectory, "MPS pipe `dir` on the host")
@@ -453,6 +470,8 @@ func (c Config) checkPaths() error {
 		{"--enforcement-state", c.Enforcement.StateFile},
 		{"--proc-root", c.ProcRoot},
 		{"--kubeconfig", c.Kubeconfig},
+		{"--kubelet-dir", c.DRA.KubeletDir},
+		{"--dra-prepared-claims", c.DRA.PreparedClaims},
 	} {
 		optional := p.flag == "--nvml-library" || p.flag == "--kubeconfig"
 		if (p.path != "" || !optional) && !filepath.IsAbs(p.path) {
@@ -558,6 +577,7 @@ func (c Config) samplerOptions() sampler.Options {
 	o.ProcRoot = c.ProcRoot
 	o.PluginDir = c.DevicePluginDir
 	o.ResourceName = c.ResourceName
+	o.DRA, o.KubeletDir, o.PreparedClaims = c.DRA.Enabled, c.DRA.KubeletDir, c.DRA.PreparedClaims
 	return o
 }
 
@@ -565,6 +585,9 @@ func (c Config) podResourcesOptions() podresources.Options {
 	o := podresources.DefaultOptions()
 	o.Socket = c.PodResourcesSocket
 	o.ResourceName = c.ResourceName
+	if c.DRA.Enabled {
+		o.DRADriver = contract.DRADriverName
+	}
 	return o
 }
 

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sort"
 
@@ -107,67 +106,12 @@ func ReadCheckpoint(pluginDir string) ([]CheckpointEntry, error) {
 	return ParseCheckpoint(data)
 }
 
-// maxCheckpoint bounds what is read of the checkpoint: a node's devices
-// take kilobytes.
-const maxCheckpoint = 64 << 20
-
-// Checkpoint reads the kubelet's checkpoint sample after sample, parsing
-// it only when the kubelet replaced it. The kubelet writes it whole and
-// renames it into place, so a file with the inode last parsed holds what
-// was parsed; the file parsed stays open, so its inode number cannot be
-// given to another file meanwhile. Size and modification time are
-// compared too, for a writer that rewrites the file in place. It is not
-// safe for concurrent use.
-type Checkpoint struct {
-	path    string
-	file    *os.File
-	stat    os.FileInfo
-	entries []CheckpointEntry
-}
+// Checkpoint reads the kubelet's device manager checkpoint sample after
+// sample, parsing it only when the kubelet replaced it (see CachedFile).
+// It is not safe for concurrent use.
+type Checkpoint = CachedFile[[]CheckpointEntry]
 
 // NewCheckpoint returns a reader of the checkpoint in pluginDir.
 func NewCheckpoint(pluginDir string) *Checkpoint {
-	return &Checkpoint{path: pluginDir + "/" + CheckpointFile}
-}
-
-// Read returns the checkpoint's entries, from memory while the file is the
-// one parsed last.
-func (c *Checkpoint) Read() ([]CheckpointEntry, error) {
-	st, err := os.Stat(c.path)
-	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("read device manager checkpoint: %w", err)
-	}
-	if c.file != nil && os.SameFile(st, c.stat) && st.Size() == c.stat.Size() && st.ModTime().Equal(c.stat.ModTime()) {
-		return c.entries, nil
-	}
-	c.Close()
-	f, err := os.Open(c.path)
-	if err != nil {
-		return nil, fmt.Errorf("read device manager checkpoint: %w", err)
-	}
-	st, err = f.Stat()
-	var data []byte
-	if err == nil {
-		data, err = io.ReadAll(io.LimitReader(f, maxCheckpoint))
-	}
-	if err != nil {
-		_ = f.Close()
-		return nil, fmt.Errorf("read device manager checkpoint: %w", err)
-	}
-	entries, err := ParseCheckpoint(data)
-	if err != nil {
-		_ = f.Close()
-		return nil, err
-	}
-	c.file, c.stat, c.entries = f, st, entries
-	return entries, nil
-}
-
-// Close forgets what was read and closes the file held.
-func (c *Checkpoint) Close() {
-	if c.file != nil {
-		_ = c.file.Close()
-	}
-	c.file, c.stat, c.entries = nil, nil, nil
+	return NewCachedFile(pluginDir+"/"+CheckpointFile, "device manager checkpoint", ParseCheckpoint)
 }

@@ -3,6 +3,7 @@ package attribution
 import (
 	"fmt"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
@@ -68,15 +69,50 @@ type Result struct {
 	Unauthorized []Unauthorized
 }
 
+// DRA is what claims of gpuslice's DRA driver hold on the node, from
+// sources the tenant does not control: the kubelet's DRA checkpoint (which
+// pod UIDs hold which claims) and the driver's record (what each claim
+// holds of each GPU). With it, pod-resources lists every container of
+// every pod, holding or not, so that a container of a listed pod without
+// a claim is known to hold none.
+type DRA struct {
+	// Enabled is false on a node where the driver does not run: no pod
+	// holds its claims, and the rest is not read.
+	Enabled bool
+	// Pods are the kubelet's prepared claims of the driver and the pods
+	// holding each; nil when the checkpoint could not be read.
+	Pods []DRAClaim
+	// Prepared is the driver's record by claim UID; nil when it could not
+	// be read.
+	Prepared map[string]contract.PreparedClaim
+}
+
+// ClaimGPUs are the GPUs a prepared claim holds a share of, and those it
+// has admin (monitoring) access to, which hold nothing.
+func ClaimGPUs(c contract.PreparedClaim) (shares, admin map[string]bool) {
+	shares, admin = map[string]bool{}, map[string]bool{}
+	for _, g := range c.Grants {
+		if g.Admin {
+			admin[g.UUID] = true
+		} else {
+			shares[g.UUID] = true
+		}
+	}
+	return shares, admin
+}
+
 // Join attributes GPU processes to the containers holding slices, from
 // the process's cgroup (the pod UID at the kubelet's pod level and the
 // container ID at the runtime's level, never deeper), the runtime's record
 // of that container (its name), the kubelet's device manager checkpoint
 // (which containers of which pod UID hold which slices; nil when it could
-// not be read) and pod-resources (the same by namespace and name). A
-// process's environment plays no part: the tenant controls it.
-func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames) Result {
+// not be read), pod-resources (the same by namespace and name, and the DRA
+// claims each container holds) and, for DRA, the kubelet's DRA checkpoint
+// and the driver's record. A process's environment plays no part: the
+// tenant controls it.
+func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames, dra DRA) Result {
 	j := newJoiner(assignments, checkpoint, resource, names)
+	j.addDRA(dra)
 	var r Result
 	for _, p := range procs {
 		j.place(p, &r)
@@ -101,6 +137,15 @@ type joiner struct {
 	// held says, by pod UID and GPU, which of the pod's containers the
 	// checkpoint says hold slices of it.
 	held map[[2]string]map[string]bool
+	// dra is the DRA input; admin says which GPUs each assignment has
+	// admin access to, draOn which GPUs its claims reach (shares or admin).
+	// podClaims are each pod UID's claims by the kubelet's DRA checkpoint;
+	// listed the pods (namespace, name) pod-resources listed.
+	dra       DRA
+	admin     []map[string]bool
+	draOn     []map[string]bool
+	podClaims map[string][]string
+	listed    map[[2]string]bool
 }
 
 func newJoiner(assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames) *joiner {
@@ -154,16 +199,118 @@ func gpusOf(ids []string) map[string]bool {
 	return out
 }
 
-// holders says which containers of a pod hold slices of a GPU, from the
-// checkpoint; nil when the checkpoint is unknown.
-func (j *joiner) holders(uid, gpu string) map[string]bool {
+// addDRA adds what DRA claims hold: the GPUs each assignment's claims
+// reach, and each assignment's pod UID where its claims are held by one
+// pod alone.
+func (j *joiner) addDRA(dra DRA) {
+	j.dra = dra
+	j.admin = make([]map[string]bool, len(j.assignments))
+	j.draOn = make([]map[string]bool, len(j.assignments))
+	j.podClaims = map[string][]string{}
+	j.listed = map[[2]string]bool{}
+	if !dra.Enabled {
+		return
+	}
+	claimPods := map[string][]string{}
+	for _, c := range dra.Pods {
+		claimPods[c.UID] = c.PodUIDs
+		for _, uid := range c.PodUIDs {
+			j.podClaims[uid] = append(j.podClaims[uid], c.UID)
+		}
+	}
+	for i, a := range j.assignments {
+		j.listed[[2]string{a.Namespace, a.Pod}] = true
+		j.admin[i], j.draOn[i] = map[string]bool{}, map[string]bool{}
+		pods := map[string]int{}
+		for _, uid := range a.Claims {
+			for _, p := range claimPods[uid] {
+				pods[p]++
+			}
+			c, ok := dra.Prepared[uid]
+			if !ok {
+				continue
+			}
+			shares, admin := ClaimGPUs(c)
+			for gpu := range shares {
+				j.onGPU[i][gpu] = true
+				j.draOn[i][gpu] = true
+			}
+			for gpu := range admin {
+				j.admin[i][gpu] = true
+				j.draOn[i][gpu] = true
+			}
+		}
+		if j.podUID[i] != "" {
+			continue
+		}
+		var only []string
+		for p, n := range pods {
+			if n == len(a.Claims) {
+				only = append(only, p)
+			}
+		}
+		if len(only) == 1 {
+			j.podUID[i] = only[0]
+		}
+	}
+}
+
+// holders says which containers of a pod hold slices of a GPU, or DRA
+// claims on it, from the checkpoints, pod-resources and the DRA driver's
+// record; nil when that cannot be told.
+func (j *joiner) holders(v verdict) map[string]bool {
+	uid, gpu := v.uid, v.p.GPU
 	if j.checkpoint == nil {
 		return nil
 	}
-	if h := j.held[[2]string{uid, gpu}]; h != nil {
-		return h
+	out := map[string]bool{}
+	for c := range j.held[[2]string{uid, gpu}] {
+		out[c] = true
 	}
-	return map[string]bool{}
+	if !j.dra.Enabled {
+		return out
+	}
+	if j.dra.Pods == nil {
+		return nil
+	}
+	reaches := false
+	for _, claim := range j.podClaims[uid] {
+		c, ok := j.dra.Prepared[claim]
+		if !ok {
+			return nil // prepared by the kubelet, unknown to the record
+		}
+		shares, admin := ClaimGPUs(c)
+		reaches = reaches || shares[gpu] || admin[gpu]
+	}
+	if !reaches {
+		return out
+	}
+	// The pod holds a claim on the GPU: which of its containers do, only
+	// pod-resources says, and only for a pod it listed.
+	pod, ok := j.podName(v)
+	if !ok || !j.listed[pod] {
+		return nil
+	}
+	for i, a := range j.assignments {
+		if a.Namespace == pod[0] && a.Pod == pod[1] && j.draOn[i][gpu] {
+			out[a.Container] = true
+		}
+	}
+	return out
+}
+
+// podName is the namespace and name of a process's pod: the runtime's
+// record, else an assignment linked to its pod UID.
+func (j *joiner) podName(v verdict) ([2]string, bool) {
+	if v.known && v.rc.PodName != "" {
+		return [2]string{v.rc.PodNamespace, v.rc.PodName}, true
+	}
+	for i, a := range j.assignments {
+		if v.uid != "" && j.podUID[i] == v.uid {
+			return [2]string{a.Namespace, a.Pod}, true
+		}
+	}
+	return [2]string{}, false
 }
 
 // verdict records what became of one process.
@@ -231,14 +378,17 @@ func (j *joiner) place(p GPUProcess, r *Result) {
 // byName attributes a process of a container the runtime has a record of:
 // by the container's name in its pod.
 func (j *joiner) byName(v verdict) {
-	has := j.holders(v.uid, v.p.GPU)
+	has := j.holders(v)
 	for _, i := range j.named[v.rc.Name] {
 		a := j.assignments[i]
-		if !j.onGPU[i][v.p.GPU] {
-			continue
-		}
-		if (v.uid != "" && j.podUID[i] == v.uid) || (j.podUID[i] == "" && a.Namespace == v.rc.PodNamespace && a.Pod == v.rc.PodName) {
+		ours := (v.uid != "" && j.podUID[i] == v.uid) || (j.podUID[i] == "" && a.Namespace == v.rc.PodNamespace && a.Pod == v.rc.PodName)
+		switch {
+		case !ours:
+		case j.onGPU[i][v.p.GPU]:
 			v.attribute(a, ByContainer)
+			return
+		case j.admin[i][v.p.GPU]:
+			v.skip(fmt.Sprintf("container %s has admin access to this GPU: it may use it, and holds no share to limit it to", v.rc.Name))
 			return
 		}
 	}
@@ -246,26 +396,28 @@ func (j *joiner) byName(v verdict) {
 		v.deny(j, v.rc.Name, fmt.Sprintf("container %s holds no slices of this GPU", v.rc.Name))
 		return
 	}
-	v.skip(fmt.Sprintf("container %s: its slices of this GPU are not listed by pod-resources yet, or the kubelet's checkpoint is unreadable", v.rc.Name))
+	v.skip(fmt.Sprintf("container %s: its slices or claims on this GPU are not listed by pod-resources yet, or the kubelet's checkpoint is unreadable (or its DRA checkpoint, or the DRA driver's record)", v.rc.Name))
 }
 
 // byPod attributes a process of a container the runtime has no record of:
 // by its pod, when one container of the pod holds slices of the GPU.
 func (j *joiner) byPod(v verdict) {
-	has := j.holders(v.uid, v.p.GPU)
+	has := j.holders(v)
 	if has == nil {
-		v.skip("the kubelet's checkpoint is unreadable: which containers hold slices is unknown")
+		v.skip("which of its pod's containers hold slices cannot be told: the kubelet's checkpoint is unreadable (or, for DRA claims, its DRA checkpoint or the driver's record), or pod-resources has not listed the pod yet")
 		return
 	}
 	var candidates []int
 	for i := range j.assignments {
-		if j.podUID[i] == v.uid && j.onGPU[i][v.p.GPU] {
+		if j.podUID[i] == v.uid && (j.onGPU[i][v.p.GPU] || j.admin[i][v.p.GPU]) {
 			candidates = append(candidates, i)
 		}
 	}
 	switch {
 	case len(has) == 0:
 		v.deny(j, "", "its pod holds no slices of this GPU")
+	case len(has) == 1 && len(candidates) == 1 && j.admin[candidates[0]][v.p.GPU] && !j.onGPU[candidates[0]][v.p.GPU]:
+		v.skip("its pod's one container on this GPU has admin access to it, and holds no share to limit it to")
 	case len(has) == 1 && len(candidates) == 1:
 		v.attribute(j.assignments[candidates[0]], ByPod)
 	case len(has) == 1:

@@ -228,7 +228,7 @@ func TestJoin(t *testing.T) {
 			if tc.noNames {
 				n = names{}
 			}
-			r := Join([]GPUProcess{tc.proc}, assignments, cp, res, n)
+			r := Join([]GPUProcess{tc.proc}, assignments, cp, res, n, DRA{})
 			switch {
 			case tc.want != nil:
 				tc.want.GPUProcess = tc.proc

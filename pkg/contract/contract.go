@@ -36,6 +36,9 @@ const (
 
 // Default host paths.
 const (
+	// KubeletDir is the kubelet's root directory, holding its DRA
+	// checkpoint.
+	KubeletDir = "/var/lib/kubelet"
 	// DevicePluginDir is where the kubelet's device plugin sockets live.
 	DevicePluginDir = "/var/lib/kubelet/device-plugins/"
 	// PodResourcesSocket is the kubelet's pod-resources API.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
@@ -38,6 +39,14 @@ type attackNode struct {
 
 func startAttackNode(t *testing.T, configure func(*enforce.Options)) *attackNode {
 	t.Helper()
+	return startAttackNodeDRA(t, configure, "")
+}
+
+// startAttackNodeDRA is startAttackNode with the agent's DRA mode on when
+// kubeletDir is set: the kubelet's DRA checkpoint is read there, the DRA
+// driver's record at kubeletDir/dra-prepared.json.
+func startAttackNodeDRA(t *testing.T, configure func(*enforce.Options), kubeletDir string) *attackNode {
+	t.Helper()
 	work := t.TempDir()
 	node := kubeletstub.StartNode(t, fakegpu.Config{Preset: "H100-80GB", Count: 1, WorkloadDir: work}, 10)
 	bin, err := fakegpu.BuildWorkload(t.TempDir())
@@ -53,6 +62,9 @@ func startAttackNode(t *testing.T, configure func(*enforce.Options)) *attackNode
 
 	o := podresources.DefaultOptions()
 	o.Socket = node.PodResourcesSocket
+	if kubeletDir != "" {
+		o.DRADriver = contract.DRADriverName
+	}
 	client, err := podresources.New(o)
 	if err != nil {
 		t.Fatal(err)
@@ -73,6 +85,9 @@ func startAttackNode(t *testing.T, configure func(*enforce.Options)) *attackNode
 	so.PluginDir = node.Dir
 	so.Names = attribution.NewRuntimeState([]string{n.runtime})
 	so.OnSample = n.enf.Apply
+	if kubeletDir != "" {
+		so.DRA, so.KubeletDir, so.PreparedClaims = true, kubeletDir, filepath.Join(kubeletDir, "dra-prepared.json")
+	}
 	if n.smp, err = sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin, so); err != nil {
 		t.Fatal(err)
 	}

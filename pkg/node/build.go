@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
@@ -57,6 +58,8 @@ type Input struct {
 	// Names tells containers' names from the runtime's records; nil
 	// attributes by pod alone.
 	Names attribution.ContainerNames
+	// DRA is what the DRA driver's claims hold (attribution.DRA).
+	DRA attribution.DRA
 }
 
 // State is what the accounting carries from one sample to the next. The
@@ -91,11 +94,11 @@ type accum struct {
 func Build(in Input, prev State) (*Snapshot, State, []Problem) {
 	snap := &Snapshot{Time: in.Time}
 	procs, usage, conflicts := readDevices(in, snap)
-	joined := attribution.Join(procs, in.Assignments, in.Checkpoint, in.ResourceName, in.Names)
+	joined := attribution.Join(procs, in.Assignments, in.Checkpoint, in.ResourceName, in.Names, in.DRA)
 	snap.Unattributed = joined.Unattributed
 	snap.Unauthorized = append(conflicts, joined.Unauthorized...) //nolint:gocritic // conflicts is ours to extend
 
-	entries, problems := holdings(in, joined.Attributed)
+	entries, allocated, problems := holdings(in, joined.Attributed)
 	for _, a := range joined.Attributed {
 		e := entries[key{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container, a.GPU}]
 		if e == nil {
@@ -114,10 +117,6 @@ func Build(in Input, prev State) (*Snapshot, State, []Problem) {
 	}
 	var next State
 	snap.Containers, next = accumulate(in, snap.Devices, entries, prev)
-	allocated := map[string]int{}
-	for _, c := range snap.Containers {
-		allocated[c.GPU] += c.Slices
-	}
 	for i := range snap.Devices {
 		snap.Devices[i].Allocated = allocated[snap.Devices[i].UUID]
 	}
@@ -157,9 +156,11 @@ func readDevices(in Input, snap *Snapshot) ([]attribution.GPUProcess, map[gpuPID
 	return procs, usage, unauthorized
 }
 
-// holdings is one entry per container and GPU it holds slices of, with or
-// without processes, carrying the limits it was given.
-func holdings(in Input, attributed []attribution.Attributed) (map[key]*Container, []Problem) {
+// holdings is one entry per container and GPU it holds slices of (or a
+// DRA claim on), with or without processes, carrying the limits it was
+// given; and the slices allocated of each GPU, a DRA claim's counted once
+// however many containers share it.
+func holdings(in Input, attributed []attribution.Attributed) (map[key]*Container, map[string]int, []Problem) {
 	podUID := map[[3]string]string{}
 	for _, a := range attributed {
 		podUID[[3]string{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container}] = a.PodUID
@@ -167,14 +168,40 @@ func holdings(in Input, attributed []attribution.Attributed) (map[key]*Container
 	entries := map[key]*Container{}
 	var problems []Problem
 	granted := GrantsByDevices(in.Checkpoint, in.ResourceName)
+	consumers := claimConsumers(in)
+	allocated := map[string]int{}
+	counted := map[string]bool{}
 	for _, a := range in.Assignments {
-		limits, err := LimitsFor(in.Layout, a.DeviceIDs, granted[DevicesKey(a.DeviceIDs)])
-		if err != nil {
-			problems = append(problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
-			continue
+		var limits []vgpu.GPULimit
+		if len(a.DeviceIDs) > 0 {
+			l, err := LimitsFor(in.Layout, a.DeviceIDs, granted[DevicesKey(a.DeviceIDs)])
+			if err != nil {
+				problems = append(problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
+				continue
+			}
+			limits = l
+			for _, x := range l {
+				allocated[x.UUID] += x.Slices
+			}
+		}
+		if in.DRA.Enabled && len(a.Claims) > 0 {
+			l, err := ClaimLimits(in.Layout, a.Claims, in.DRA.Prepared, consumers)
+			if err != nil {
+				problems = append(problems, Problem{SourceDRA, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
+			}
+			limits = append(limits, l...)
+			countClaims(allocated, counted, a.Claims, in.DRA.Prepared)
 		}
 		for _, l := range limits {
-			entries[key{a.Namespace, a.Pod, a.Container, l.UUID}] = &Container{
+			k := key{a.Namespace, a.Pod, a.Container, l.UUID}
+			if e := entries[k]; e != nil {
+				// Slices of the GPU and a claim on it, or two claims.
+				e.Slices += l.Slices
+				e.MemoryLimitBytes += l.MemoryBytes
+				e.ComputeLimitRatio += l.ComputeRatio
+				continue
+			}
+			entries[k] = &Container{
 				Namespace: a.Namespace, Pod: a.Pod, Container: a.Container,
 				PodUID: podUID[[3]string{a.Namespace, a.Pod, a.Container}],
 				GPU:    l.UUID, Index: l.Index, Slices: l.Slices,
@@ -182,7 +209,35 @@ func holdings(in Input, attributed []attribution.Attributed) (map[key]*Container
 			}
 		}
 	}
-	return entries, problems
+	return entries, allocated, problems
+}
+
+// countClaims adds to allocated the slices of each claim not counted yet.
+func countClaims(allocated map[string]int, counted map[string]bool, claims []string, prepared map[string]contract.PreparedClaim) {
+	for _, uid := range claims {
+		c, ok := prepared[uid]
+		if !ok || counted[uid] {
+			continue
+		}
+		counted[uid] = true
+		for _, g := range c.Grants {
+			allocated[g.UUID] += g.Slices
+		}
+	}
+}
+
+// claimConsumers counts the containers holding each DRA claim.
+func claimConsumers(in Input) map[string]int {
+	out := map[string]int{}
+	if !in.DRA.Enabled {
+		return out
+	}
+	for _, a := range in.Assignments {
+		for _, uid := range a.Claims {
+			out[uid]++
+		}
+	}
+	return out
 }
 
 // accumulate integrates each container's GPU time since the previous

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -55,4 +56,48 @@ func LimitsFor(layout *vgpu.Layout, ids []string, grants []contract.Grant) ([]vg
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Index < out[j].Index })
 	return out, nil
+}
+
+// ClaimLimits is what a container holding DRA claims may use, per GPU
+// ordered by index: each claim's share, from the DRA driver's record,
+// split evenly among the containers that hold it (consumers, by claim
+// UID), since a claim's share is what all its holders together may use.
+// Admin access holds nothing and limits nothing. A claim the record does
+// not have, or a GPU not on the node, is an error; the claims that can be
+// read are still returned.
+func ClaimLimits(layout *vgpu.Layout, claims []string, prepared map[string]contract.PreparedClaim, consumers map[string]int) ([]vgpu.GPULimit, error) {
+	byGPU := map[string]*vgpu.GPULimit{}
+	var errs []error
+	for _, uid := range claims {
+		c, ok := prepared[uid]
+		if !ok {
+			errs = append(errs, fmt.Errorf("claim %s is not in the DRA driver's record", uid))
+			continue
+		}
+		n := max(consumers[uid], 1)
+		for _, g := range c.Grants {
+			if g.Admin {
+				continue
+			}
+			gpu, ok := layout.GPU(g.UUID)
+			if !ok {
+				errs = append(errs, fmt.Errorf("claim %s/%s: GPU %s is not on this node", c.Namespace, c.Name, g.UUID))
+				continue
+			}
+			l := byGPU[g.UUID]
+			if l == nil {
+				l = &vgpu.GPULimit{UUID: g.UUID, Index: gpu.Index, SlicesTotal: gpu.Slices}
+				byGPU[g.UUID] = l
+			}
+			l.Slices += g.Slices
+			l.MemoryBytes += g.MemoryBytes / uint64(n)
+			l.ComputeRatio += g.ComputeRatio / float64(n)
+		}
+	}
+	out := make([]vgpu.GPULimit, 0, len(byGPU))
+	for _, l := range byGPU {
+		out = append(out, *l)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Index < out[j].Index })
+	return out, errors.Join(errs...)
 }

@@ -13,6 +13,9 @@ const (
 	SourcePodResources = "podresources"
 	SourceCheckpoint   = "checkpoint"
 	SourceProc         = "proc"
+	// SourceDRA is the kubelet's DRA checkpoint and the DRA driver's
+	// record of prepared claims.
+	SourceDRA = "dra"
 )
 
 // DurationBuckets are the upper bounds, in seconds, of the sample duration

@@ -24,6 +24,11 @@ type Options struct {
 	Socket string
 	// ResourceName limits answers to devices of this resource.
 	ResourceName string
+	// DRADriver, when set, adds the DRA claims of this driver each
+	// container holds (Kubernetes 1.34 and later list them; GA from 1.36),
+	// and lists every container of every pod, holding or not: a pod's
+	// container listed without a claim is known to hold none.
+	DRADriver string
 	// MaxMessageSize bounds one answer. The gRPC default of 4 MiB is too
 	// small for List on nodes with many pods.
 	MaxMessageSize int
@@ -60,7 +65,8 @@ func (o Options) Validate() error {
 	return nil
 }
 
-// Assignment is one container holding devices of the resource.
+// Assignment is one container holding devices of the resource; with
+// Options.DRADriver set, any container, with the driver's claims it holds.
 type Assignment struct {
 	// Namespace, Pod and Container name the container.
 	Namespace string
@@ -68,6 +74,10 @@ type Assignment struct {
 	Container string
 	// DeviceIDs are the device IDs it holds, sorted.
 	DeviceIDs []string
+	// Claims are the UIDs of the DRA driver's claims it holds, sorted: the
+	// kubelet lists each claim's CDI devices, whose names carry the claim
+	// UID (contract.ClaimUIDOfCDIDevice).
+	Claims []string
 }
 
 // ErrGetUnsupported reports a kubelet without the Get call (it needs the
@@ -147,12 +157,38 @@ func (c *Client) assignments(p *podresourcesapi.PodResources) []Assignment {
 				ids = append(ids, d.GetDeviceIds()...)
 			}
 		}
-		if len(ids) == 0 {
+		claims := c.claims(ctr)
+		if len(ids) == 0 && c.opts.DRADriver == "" {
 			continue
 		}
 		sort.Strings(ids)
-		out = append(out, Assignment{Namespace: p.GetNamespace(), Pod: p.GetName(), Container: ctr.GetName(), DeviceIDs: ids})
+		out = append(out, Assignment{Namespace: p.GetNamespace(), Pod: p.GetName(), Container: ctr.GetName(), DeviceIDs: ids, Claims: claims})
 	}
+	return out
+}
+
+// claims are the UIDs of the DRA driver's claims a container holds, sorted
+// and each once.
+func (c *Client) claims(ctr *podresourcesapi.ContainerResources) []string {
+	if c.opts.DRADriver == "" {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, dr := range ctr.GetDynamicResources() {
+		for _, cr := range dr.GetClaimResources() {
+			if cr.GetDriverName() != c.opts.DRADriver {
+				continue
+			}
+			for _, d := range cr.GetCdiDevices() {
+				if uid, ok := contract.ClaimUIDOfCDIDevice(d.GetName()); ok && !seen[uid] {
+					seen[uid] = true
+					out = append(out, uid)
+				}
+			}
+		}
+	}
+	sort.Strings(out)
 	return out
 }
 

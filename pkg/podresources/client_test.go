@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
@@ -171,5 +172,54 @@ func TestOptionsValidate(t *testing.T) {
 		if _, err := podresources.New(o); err == nil {
 			t.Errorf("%s: New() accepted invalid options", name)
 		}
+	}
+}
+
+// TestListDRAClaims: a container's claims of gpuslice's DRA driver are
+// read from the CDI device names the kubelet lists; another driver's
+// devices, another CDI kind and a client not asked for DRA list none.
+func TestListDRAClaims(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	cdi := func(names ...string) []*podresourcesapi.CDIDevice {
+		var out []*podresourcesapi.CDIDevice
+		for _, n := range names {
+			out = append(out, &podresourcesapi.CDIDevice{Name: n})
+		}
+		return out
+	}
+	c.podres.SetExtraPods([]*podresourcesapi.PodResources{{Namespace: "ml", Name: "train", Containers: []*podresourcesapi.ContainerResources{
+		{Name: "worker", DynamicResources: []*podresourcesapi.DynamicResource{
+			{ClaimName: "b", ClaimNamespace: "ml", ClaimResources: []*podresourcesapi.ClaimResource{
+				{DriverName: contract.DRADriverName, PoolName: "n1", DeviceName: "gpu-0", CdiDevices: cdi(contract.DRACDIKind + "=uid-b")},
+			}},
+			{ClaimName: "a", ClaimNamespace: "ml", ClaimResources: []*podresourcesapi.ClaimResource{
+				{DriverName: contract.DRADriverName, PoolName: "n1", DeviceName: "gpu-1", CdiDevices: cdi(contract.DRACDIKind+"=uid-a", "other.example/x=1")},
+				{DriverName: contract.DRADriverName, PoolName: "n1", DeviceName: "gpu-0", CdiDevices: cdi(contract.DRACDIKind + "=uid-a")},
+			}},
+		}},
+		{Name: "nic", DynamicResources: []*podresourcesapi.DynamicResource{
+			{ClaimName: "n", ClaimNamespace: "ml", ClaimResources: []*podresourcesapi.ClaimResource{
+				{DriverName: "nic.example.com", CdiDevices: cdi(contract.DRACDIKind + "=uid-spoofed")},
+			}},
+		}},
+		{Name: "sidecar"},
+	}}})
+	got, err := c.client(t, func(o *podresources.Options) { o.DRADriver = contract.DRADriverName }).List(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// With DRA, every container is listed, holding or not.
+	want := []podresources.Assignment{
+		{Namespace: "ml", Pod: "train", Container: "nic"},
+		{Namespace: "ml", Pod: "train", Container: "sidecar"},
+		{Namespace: "ml", Pod: "train", Container: "worker", Claims: []string{"uid-a", "uid-b"}},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("List() with DRA (-want +got)\n%s", diff)
+	}
+	got, err = c.client(t, nil).List(ctxT(t))
+	if err != nil || len(got) != 0 {
+		t.Errorf("List() without DRA = %+v, %v; want nothing", got, err)
 	}
 }

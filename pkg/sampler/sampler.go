@@ -62,6 +62,12 @@ type Options struct {
 	// CgroupRecheck is how long a process's cgroups are remembered before
 	// they are read again (sooner when its PID names a new process).
 	CgroupRecheck time.Duration
+	// DRA reads, besides pod-resources' claims, the kubelet's DRA
+	// checkpoint in KubeletDir and the DRA driver's record of prepared
+	// claims at PreparedClaims (attribution.DRA).
+	DRA            bool
+	KubeletDir     string
+	PreparedClaims string
 }
 
 // DefaultOptions returns the options the agent uses unless configured.
@@ -73,7 +79,9 @@ func DefaultOptions() Options {
 		ResourceName: contract.ResourceName,
 		// A process moved between containers (which needs cgroupfs write
 		// access outside its own subtree) is seen within 10 s.
-		CgroupRecheck: 10 * time.Second,
+		CgroupRecheck:  10 * time.Second,
+		KubeletDir:     contract.KubeletDir,
+		PreparedClaims: contract.DRAPreparedClaims,
 	}
 }
 
@@ -92,6 +100,8 @@ type Sampler struct {
 	state       node.State
 	cgroups     *attribution.Cgroups
 	checkpoint  *attribution.Checkpoint
+	draPods     *attribution.DRACheckpoint
+	prepared    *attribution.PreparedClaims
 	assignments []podresources.Assignment
 	errors      map[string]uint64
 	loggedAt    map[string]time.Time
@@ -113,6 +123,8 @@ func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignmen
 		opts: opts, devices: devices, layout: layout, gpus: gpus, assign: assign, dev: dev,
 		cgroups:    attribution.NewCgroups(opts.ProcRoot, opts.CgroupRecheck),
 		checkpoint: attribution.NewCheckpoint(opts.PluginDir),
+		draPods:    attribution.NewDRACheckpoint(opts.KubeletDir),
+		prepared:   attribution.NewPreparedClaims(opts.PreparedClaims),
 		errors:     map[string]uint64{}, loggedAt: map[string]time.Time{},
 	}
 	s.latest.Store(&node.Snapshot{Errors: map[string]uint64{}})
@@ -188,13 +200,42 @@ func (s *Sampler) read(ctx context.Context, now time.Time) node.Input {
 	in := node.Input{
 		Time: now, MaxGap: 2 * s.opts.Interval, Assignments: s.assignments, Checkpoint: checkpoint,
 		Layout: s.layout, ResourceName: s.opts.ResourceName, Names: s.opts.Names,
-		GPUs: make([]node.GPUReading, 0, len(s.devices)),
+		GPUs: make([]node.GPUReading, 0, len(s.devices)), DRA: s.readDRA(),
 	}
 	for _, d := range s.devices {
 		in.GPUs = append(in.GPUs, s.readGPU(d, now))
 	}
 	s.cgroups.Sweep()
 	return in
+}
+
+// readDRA reads the kubelet's DRA checkpoint, then the driver's record:
+// in the order they are written (the driver records a claim before the
+// kubelet checkpoints it, and forgets it first), so that a claim the
+// checkpoint lists is in the record read after it.
+func (s *Sampler) readDRA() attribution.DRA {
+	if !s.opts.DRA {
+		return attribution.DRA{}
+	}
+	d := attribution.DRA{Enabled: true}
+	pods, err := s.draPods.Read()
+	if err != nil {
+		s.fail(node.SourceDRA, err)
+	} else {
+		d.Pods = pods
+	}
+	prepared, err := s.prepared.Read()
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// No claim prepared yet. A claim missing from the record makes
+		// its pod unknown, never unauthorized, so nothing is assumed.
+		d.Prepared = map[string]contract.PreparedClaim{}
+	case err != nil:
+		s.fail(node.SourceDRA, err)
+	default:
+		d.Prepared = prepared.Claims
+	}
+	return d
 }
 
 // readGPU reads one GPU and places each of its processes in its cgroup.
