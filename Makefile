@@ -19,8 +19,9 @@ help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build bin/gpu-agent and bin/kubectl-gpuslice.
+build: ## Build bin/gpu-agent, bin/gpu-dra-driver, bin/kubectl-gpuslice and bin/gpu-quota-controller.
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-agent ./cmd/gpu-agent
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-dra-driver ./cmd/gpu-dra-driver
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/kubectl-gpuslice ./cmd/kubectl-gpuslice
 	ln -sf kubectl-gpuslice $(BIN)/kubectl_complete-gpuslice   # kubectl's completion of the plugin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/gpu-quota-controller ./cmd/gpu-quota-controller
@@ -35,8 +36,8 @@ IMAGE ?= ghcr.io/gpuslice/gpu-agent:$(VERSION)
 CONTROLLER_IMAGE ?= ghcr.io/gpuslice/gpu-quota-controller:$(VERSION)
 
 .PHONY: image
-image: build ## Build the agent's and the quota controller's images as OCI archives in bin/, without a container engine.
-	$(GO) run ./tools/mkimage --binary $(BIN)/gpu-agent --name $(IMAGE) --version $(VERSION) --out $(BIN)/gpu-agent-image.tar
+image: build ## Build the agent's (with gpu-dra-driver) and the quota controller's images as OCI archives in bin/, without a container engine.
+	$(GO) run ./tools/mkimage --binary $(BIN)/gpu-agent --extra $(BIN)/gpu-dra-driver --name $(IMAGE) --version $(VERSION) --out $(BIN)/gpu-agent-image.tar
 	$(GO) run ./tools/mkimage --binary $(BIN)/gpu-quota-controller --name $(CONTROLLER_IMAGE) --version $(VERSION) --nvidia-env=false --user 65532 --out $(BIN)/gpu-quota-controller-image.tar
 
 .PHONY: helm-lint
@@ -74,6 +75,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./pkg/quota -run '^$$' -fuzz '^FuzzSpecDecide$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/dra -run '^$$' -fuzz '^FuzzGrants$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/dra -run '^$$' -fuzz '^FuzzSemVer$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/dra -run '^$$' -fuzz '^FuzzTaintValue$$' -fuzztime $(FUZZTIME)
 
 .PHONY: bench
 bench: ## Run the benchmarks recorded in docs/benchmarks.md.

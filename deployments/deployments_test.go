@@ -117,3 +117,38 @@ func TestManifestsServerSideDryRun(t *testing.T) {
 		}
 	}
 }
+
+// TestDRAExamplesAreAccepted: the example claim templates and pod pass the
+// API server's validation (CEL selectors compiled, capacity requests
+// parsed), and a template whose selector does not compile is refused.
+func TestDRAExamplesAreAccepted(t *testing.T) {
+	srv := apiserver.Start(t)
+	ns := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "ml"}}}
+	objs := []*unstructured.Unstructured{ns}
+	for _, f := range []string{"examples/dra/claim-templates.yaml", "examples/dra/pod.yaml"} {
+		for _, o := range documents(t, f) {
+			o.SetNamespace("ml")
+			objs = append(objs, o)
+		}
+	}
+	if len(objs) != 5 {
+		t.Fatalf("examples hold %d objects, want three templates and a pod", len(objs)-1)
+	}
+	dryRun(t, srv, objs)
+
+	broken := documents(t, "examples/dra/claim-templates.yaml")[1]
+	broken.SetNamespace("ml")
+	reqs, _, _ := unstructured.NestedSlice(broken.Object, "spec", "spec", "devices", "requests")
+	sel := reqs[0].(map[string]any)["exactly"].(map[string]any)["selectors"].([]any)[0].(map[string]any)["cel"].(map[string]any)
+	sel["expression"] = `device.attributes["gpu.gpuslice.io"].productName.startsWith(`
+	_ = unstructured.SetNestedSlice(broken.Object, reqs, "spec", "spec", "devices", "requests")
+	cs := srv.Clientset(t)
+	data, err := broken.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.ResourceV1().RESTClient().Post().Namespace("ml").Resource("resourceclaimtemplates").Body(data).
+		SetHeader("Content-Type", "application/json").Param("dryRun", "All").Do(context.Background()).Error(); err == nil {
+		t.Error("a template whose CEL selector does not compile was accepted")
+	}
+}

@@ -57,6 +57,58 @@ func TestChartLint(t *testing.T) {
 	helm(t, "lint", "--strict", chart)
 	helm(t, "lint", "--strict", chart, "--set", "quotaController.enabled=true,quotaController.prometheusURL=http://prometheus:9090")
 	helm(t, "lint", "--strict", chart, "--set", "slicing.sliceMemory=10Gi,mps.enabled=true,metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true")
+	helm(t, "lint", "--strict", chart, "--set", "dra.enabled=true")
+}
+
+// TestChartDRA: dra.enabled adds gpu-dra-driver as its own DaemonSet with
+// the agent's slicing, a DeviceClass, and --dra on the agent with the
+// kubelet's directory mounted read-only; off, none of it renders.
+func TestChartDRA(t *testing.T) {
+	objs := parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice", "--set", "dra.enabled=true,slicing.slicesPerGPU=4"))
+	named := map[string]*unstructured.Unstructured{}
+	for _, o := range objs {
+		named[o.GetKind()+"/"+o.GetName()] = o
+	}
+	driver, agent := named["DaemonSet/gpuslice-dra-driver"], named["DaemonSet/gpuslice-agent"]
+	if driver == nil || agent == nil || named["DeviceClass/gpu.gpuslice.io"] == nil || named["ClusterRole/gpuslice-dra-driver"] == nil {
+		t.Fatalf("dra.enabled renders %v", keys(named))
+	}
+	args := func(ds *unstructured.Unstructured) string {
+		ctrs, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+		return strings.Join(toStrings(ctrs[0].(map[string]any)["args"]), " ")
+	}
+	for _, want := range []string{"--slices-per-gpu=4", "--state=/var/lib/gpuslice/dra-prepared.json", "--cdi-dir=/var/run/cdi", "--kubelet-registrar-dir=/var/lib/kubelet/plugins_registry"} {
+		if !strings.Contains(args(driver), want) {
+			t.Errorf("driver args %q lack %s", args(driver), want)
+		}
+	}
+	for _, want := range []string{"--dra", "--kubelet-dir=/var/lib/kubelet", "--dra-prepared-claims=/var/lib/gpuslice/dra-prepared.json"} {
+		if !strings.Contains(args(agent), want) {
+			t.Errorf("agent args %q lack %s", args(agent), want)
+		}
+	}
+	mounts, _, _ := unstructured.NestedSlice(agent.Object, "spec", "template", "spec", "containers")
+	found := false
+	for _, m := range mounts[0].(map[string]any)["volumeMounts"].([]any) {
+		mm := m.(map[string]any)
+		found = found || (mm["mountPath"] == "/var/lib/kubelet" && mm["readOnly"] == true)
+	}
+	if !found {
+		t.Error("the agent does not mount the kubelet's directory read-only")
+	}
+	for _, o := range parseDocs(t, helm(t, "template", "gpuslice", chart)) {
+		if o.GetKind() == "DeviceClass" || strings.Contains(o.GetName(), "dra-driver") {
+			t.Errorf("dra off renders %s/%s", o.GetKind(), o.GetName())
+		}
+	}
+}
+
+func keys(m map[string]*unstructured.Unstructured) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }
 
 func TestChartRendersTheManifestsObjects(t *testing.T) {
@@ -131,7 +183,7 @@ func toStrings(v any) []string {
 
 func TestChartServerSideDryRun(t *testing.T) {
 	rendered := helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice-chart", "--include-crds",
-		"--set", "quotaController.enabled=true,quotaController.prometheusURL=http://prometheus.monitoring:9090")
+		"--set", "quotaController.enabled=true,quotaController.prometheusURL=http://prometheus.monitoring:9090,dra.enabled=true")
 	ns := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "gpuslice-chart"}}}
 	dryRun(t, apiserver.Start(t), append([]*unstructured.Unstructured{ns}, parseDocs(t, rendered)...))
 }
@@ -347,6 +399,61 @@ func TestAgentPermissions(t *testing.T) {
 	} {
 		if got := can(c.verb, c.group, c.resource, c.sub, c.name, c.namespace); got != c.want {
 			t.Errorf("can %s %s/%s %q in %q = %t, want %t", c.verb, c.resource, c.sub, c.name, c.namespace, got, c.want)
+		}
+	}
+}
+
+// TestDRADriverPermissions installs the chart's RBAC for gpu-dra-driver on
+// a real API server and asks what its ServiceAccount may do: publish
+// ResourceSlices and read claims, nothing else.
+func TestDRADriverPermissions(t *testing.T) {
+	srv := apiserver.Start(t)
+	cs := srv.Clientset(t)
+	ctx := context.Background()
+	ns := "gpuslice-dra-rbac"
+	objs := []*unstructured.Unstructured{{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}}
+	for _, o := range parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", ns, "--show-only", "templates/dra-driver.yaml", "--set", "fullnameOverride="+ns+",dra.enabled=true,dra.deviceClass=false")) {
+		if o.GetKind() != "DaemonSet" {
+			objs = append(objs, o)
+		}
+	}
+	create(t, srv, objs, false)
+	user := "system:serviceaccount:" + ns + ":" + ns + "-dra-driver"
+	can := func(verb, group, resource, namespace string) bool {
+		t.Helper()
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: verb, Group: group, Resource: resource, Namespace: namespace},
+		}}
+		out, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.Status.Allowed
+	}
+	for deadline := time.Now().Add(10 * time.Second); !can("list", "resource.k8s.io", "resourceslices", ""); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the driver's role never took effect")
+		}
+	}
+	for _, c := range []struct {
+		verb, group, resource, namespace string
+		want                             bool
+	}{
+		{"create", "resource.k8s.io", "resourceslices", "", true},
+		{"delete", "resource.k8s.io", "resourceslices", "", true},
+		{"get", "resource.k8s.io", "resourceclaims", "ml", true},
+		{"get", "", "nodes", "", true},
+		{"update", "resource.k8s.io", "resourceclaims", "ml", false},
+		{"create", "resource.k8s.io", "resourceclaims", "ml", false},
+		{"list", "resource.k8s.io", "resourceclaims", "", false},
+		{"create", "resource.k8s.io", "deviceclasses", "", false},
+		{"patch", "", "nodes", "", false},
+		{"list", "", "pods", "", false},
+		{"get", "", "secrets", "ml", false},
+	} {
+		if got := can(c.verb, c.group, c.resource, c.namespace); got != c.want {
+			t.Errorf("can %s %s.%s in %q = %t, want %t", c.verb, c.resource, c.group, c.namespace, got, c.want)
 		}
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/pkg/labels"
 	"github.com/gpuslice/gpuslice/pkg/node"
+	"github.com/gpuslice/gpuslice/pkg/nodelock"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podpolicy"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
@@ -172,7 +173,7 @@ func startEnforcer(ctx context.Context, o enforce.Options, log *slog.Logger) (*e
 	unlock := func() {}
 	if o.State.Path != "" {
 		var err error
-		unlock, err = enforce.LockNode(ctx, o.State.Path+".lock", log)
+		unlock, err = nodelock.Lock(ctx, o.State.Path+".lock", "gpu-agent", log)
 		if errors.Is(err, context.Canceled) {
 			return nil, nil, nil
 		}

@@ -13,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
+	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -21,6 +23,7 @@ import (
 	"k8s.io/dynamic-resource-allocation/resourceslice"
 
 	"github.com/gpuslice/gpuslice/pkg/dra"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
 )
 
 // Options configure a Plugin.
@@ -48,6 +51,7 @@ type Options struct {
 // Plugin is a running kubelet plugin.
 type Plugin struct {
 	helper *kubeletplugin.Helper
+	d      *driver
 }
 
 // Start registers the plugin with the kubelet (through RegistrarDir) and
@@ -59,7 +63,8 @@ func Start(ctx context.Context, o Options) (*Plugin, error) {
 	if o.Fatal == nil {
 		o.Fatal = func(error) {}
 	}
-	d := &driver{prep: o.Preparer, pool: o.NodeName, log: o.Logger, fatal: o.Fatal}
+	d := &driver{prep: o.Preparer, pool: o.NodeName, log: o.Logger, fatal: o.Fatal, devices: o.Devices,
+		health: map[string]nvml.Health{}, changed: make(chan struct{})}
 	helper, err := kubeletplugin.Start(ctx, d,
 		kubeletplugin.DriverName(dra.DriverName),
 		kubeletplugin.NodeName(o.NodeName),
@@ -70,27 +75,71 @@ func Start(ctx context.Context, o Options) (*Plugin, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start the kubelet plugin: %w", err)
 	}
-	var pool resourceslice.Pool
-	for _, part := range dra.Slices(o.Devices) {
-		pool.Slices = append(pool.Slices, resourceslice.Slice{Devices: part})
-	}
-	if err := helper.PublishResources(ctx, resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{o.NodeName: pool}}); err != nil {
+	p := &Plugin{helper: helper, d: d}
+	if err := p.publish(ctx); err != nil {
 		helper.Stop()
-		return nil, fmt.Errorf("publish the node's GPUs: %w", err)
+		return nil, err
 	}
-	return &Plugin{helper: helper}, nil
+	return p, nil
 }
 
-// Stop stops serving the kubelet. The ResourceSlices stay: a restarted
-// plugin takes them over, and the node's deletion removes them.
+// publish hands the node's devices, tainted by their health, to the
+// helper, which keeps the ResourceSlices in the API server as given.
+func (p *Plugin) publish(ctx context.Context) error {
+	p.d.mu.Lock()
+	devices := dra.Tainted(p.d.devices, p.d.health)
+	p.d.mu.Unlock()
+	var pool resourceslice.Pool
+	for _, part := range dra.Slices(devices) {
+		pool.Slices = append(pool.Slices, resourceslice.Slice{Devices: part})
+	}
+	if err := p.helper.PublishResources(ctx, resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{p.d.pool: pool}}); err != nil {
+		return fmt.Errorf("publish the node's GPUs: %w", err)
+	}
+	return nil
+}
+
+// SetHealth records a GPU's health: an unhealthy GPU's device is tainted
+// (dra.UnhealthyTaintKey, NoSchedule) so that new claims avoid it, a
+// recovered one untainted, and the kubelet's health stream told either
+// way. Claims already prepared keep the GPU.
+func (p *Plugin) SetHealth(ctx context.Context, h nvml.Health) error {
+	p.d.mu.Lock()
+	prev, seen := p.d.health[h.UUID]
+	differs := !seen || prev.Healthy != h.Healthy || prev.XID != h.XID
+	p.d.health[h.UUID] = h
+	if differs {
+		close(p.d.changed)
+		p.d.changed = make(chan struct{})
+	}
+	p.d.mu.Unlock()
+	if !differs {
+		return nil
+	}
+	if !h.Healthy {
+		p.d.log.Warn("gpu unhealthy: tainted for new claims", "uuid", h.UUID, "reason", h.Reason, "xid", h.XID)
+	} else if seen {
+		p.d.log.Info("gpu healthy again: taint removed", "uuid", h.UUID)
+	}
+	return p.publish(ctx)
+}
+
+// Stop unregisters the plugin and stops serving. The ResourceSlices stay:
+// a restarted plugin takes them over.
 func (p *Plugin) Stop() { p.helper.Stop() }
 
-// driver answers the helper's calls.
 type driver struct {
-	prep  *dra.Preparer
-	pool  string
-	log   *slog.Logger
-	fatal func(error)
+	prep    *dra.Preparer
+	pool    string
+	log     *slog.Logger
+	fatal   func(error)
+	devices []resourceapi.Device
+
+	mu sync.Mutex
+	// health is each GPU's latest, by UUID; changed is closed and
+	// replaced whenever one changes.
+	health  map[string]nvml.Health
+	changed chan struct{}
 }
 
 // PrepareResourceClaims prepares each claim on its own: one that fails
@@ -137,8 +186,49 @@ func (d *driver) HandleError(_ context.Context, err error, msg string) {
 	}
 }
 
-// WatchHealthStatus is not supported yet: GPU health will reach the
-// scheduler as device taints.
-func (d *driver) WatchHealthStatus(context.Context, chan<- kubeletplugin.DeviceHealthReport) error {
-	return kubeletplugin.ErrHealthNotSupported
+// healthResend is how often the health of every device is sent again:
+// the kubelet takes a device's health for unknown after 30 s without one.
+const healthResend = 10 * time.Second
+
+// WatchHealthStatus streams each GPU's health to the kubelet, which shows
+// it in the status of pods using the GPU: all devices at once, again on
+// every change and every healthResend.
+func (d *driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
+	t := time.NewTicker(healthResend)
+	defer t.Stop()
+	for {
+		r, changed := d.healthReport()
+		select {
+		case <-ctx.Done():
+			return nil
+		case reports <- r:
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-t.C:
+		}
+	}
+}
+
+// healthReport is every device's health now, and the channel closed at the
+// next change.
+func (d *driver) healthReport() (kubeletplugin.DeviceHealthReport, <-chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	r := kubeletplugin.DeviceHealthReport{Devices: make([]kubeletplugin.DeviceHealth, 0, len(d.devices))}
+	for _, dev := range d.devices {
+		h := kubeletplugin.DeviceHealth{PoolName: d.pool, DeviceName: dev.Name, Health: kubeletplugin.HealthStatusUnknown, LastUpdated: now}
+		if uuid := dev.Attributes[dra.AttrUUID].StringValue; uuid != nil {
+			if g, ok := d.health[*uuid]; ok && g.Healthy {
+				h.Health = kubeletplugin.HealthStatusHealthy
+			} else if ok {
+				h.Health, h.Message = kubeletplugin.HealthStatusUnhealthy, dra.TaintValue(g)
+			}
+		}
+		r.Devices = append(r.Devices, h)
+	}
+	return r, d.changed
 }

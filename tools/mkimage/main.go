@@ -37,15 +37,27 @@ func run(args []string) error {
 	version := fs.String("version", "dev", "version label")
 	nvidiaEnv := fs.Bool("nvidia-env", true, "ask the NVIDIA container toolkit for the driver's libraries (the agent)")
 	user := fs.String("user", "", "`uid` to run as (empty: root)")
+	extra := fs.String("extra", "", "more `binaries`, comma-separated, each at /<name> beside the entrypoint (gpu-dra-driver in the agent's image)")
 	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	libs, err := sharedLibraries(*binary)
-	if err != nil {
 		return err
 	}
 	entry := "/" + filepath.Base(*binary)
 	files := map[string]oci.File{entry: {Source: *binary}}
+	binaries := []string{*binary}
+	if *extra != "" {
+		for _, b := range strings.Split(*extra, ",") {
+			files["/"+filepath.Base(b)] = oci.File{Source: b}
+			binaries = append(binaries, b)
+		}
+	}
+	var libs []string
+	for _, b := range binaries {
+		l, err := sharedLibraries(b)
+		if err != nil {
+			return err
+		}
+		libs = append(libs, l...)
+	}
 	for _, l := range libs {
 		real, err := filepath.EvalSymlinks(l)
 		if err != nil {

@@ -33,3 +33,8 @@ the API server's address (they override the kubelet's Service variables).
   value: {{ required "apiServer.port is required with apiServer.host" .Values.apiServer.port | quote }}
 {{- end }}
 {{- end }}
+
+{{/* The DRA driver's name: <release>-dra-driver. */}}
+{{- define "gpuslice.draDriver" -}}
+{{- printf "%s-dra-driver" (.Values.fullnameOverride | default .Release.Name) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+)
+
+// Config is the driver's configuration, from flags (and NODE_NAME).
+type Config struct {
+	GPUBackend  string
+	FakeConfig  string
+	NVMLLibrary string
+	NodeName    string
+	Kubeconfig  string
+	// KubeAPIQPS and KubeAPIBurst bound the driver's API requests:
+	// each Prepare reads its claim, and client-go's default of 5 a second
+	// makes a node's burst of pods wait 200 ms per claim.
+	KubeAPIQPS   float64
+	KubeAPIBurst int
+	// Slicing must be the agent's: both cut the GPUs the same way.
+	SlicesPerGPU int
+	SliceMemory  string
+	// RegistrarDir is where the kubelet discovers plugins; PluginDir holds
+	// the driver's socket.
+	RegistrarDir string
+	PluginDir    string
+	// CDIDir is where claims' CDI specs are written for the runtime.
+	CDIDir string
+	// StateFile is the record of prepared claims the agent reads.
+	StateFile string
+	// DevRoot is the host directory of the NVIDIA device nodes.
+	DevRoot  string
+	LogLevel string
+	// ProbeInterval and XIDRecovery tune GPU health on real NVML.
+	ProbeInterval time.Duration
+	XIDRecovery   time.Duration
+}
+
+// defaultConfig is what the driver runs with unless told otherwise.
+func defaultConfig() Config {
+	return Config{
+		GPUBackend:    "nvml",
+		KubeAPIQPS:    50,
+		KubeAPIBurst:  100,
+		SlicesPerGPU:  8,
+		RegistrarDir:  contract.KubeletDir + "/plugins_registry",
+		PluginDir:     contract.KubeletDir + "/plugins/" + contract.DRADriverName,
+		CDIDir:        "/var/run/cdi",
+		StateFile:     contract.DRAPreparedClaims,
+		DevRoot:       "/dev",
+		LogLevel:      "info",
+		ProbeInterval: 5 * time.Second,
+		XIDRecovery:   5 * time.Minute,
+	}
+}
+
+func flags(c *Config) *flag.FlagSet {
+	fs := flag.NewFlagSet("gpu-dra-driver", flag.ContinueOnError)
+	fs.StringVar(&c.GPUBackend, "gpu-backend", c.GPUBackend, "nvml, or fake for the built-in fake GPU node")
+	fs.StringVar(&c.FakeConfig, "fake-config", c.FakeConfig, "the fake GPU node's YAML `file` (its faults are watched)")
+	fs.StringVar(&c.NVMLLibrary, "nvml-library", c.NVMLLibrary, "NVML library `path` (default: the system's libnvidia-ml.so.1)")
+	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's name (default: $NODE_NAME)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig `file` (default: in-cluster)")
+	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", c.KubeAPIQPS, "API requests a second")
+	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", c.KubeAPIBurst, "API requests in a burst")
+	fs.IntVar(&c.SlicesPerGPU, "slices-per-gpu", c.SlicesPerGPU, "cut every GPU into `N` slices (the agent's value)")
+	fs.StringVar(&c.SliceMemory, "slice-memory", c.SliceMemory, "cut every GPU into slices of `SIZE` (10Gi, 20G); overrides --slices-per-gpu")
+	fs.StringVar(&c.RegistrarDir, "kubelet-registrar-dir", c.RegistrarDir, "`dir` where the kubelet discovers plugins")
+	fs.StringVar(&c.PluginDir, "kubelet-plugin-dir", c.PluginDir, "`dir` of the driver's socket")
+	fs.StringVar(&c.CDIDir, "cdi-dir", c.CDIDir, "`dir` the container runtime reads CDI specs from")
+	fs.StringVar(&c.StateFile, "state", c.StateFile, "record of prepared claims (`file`), which gpu-agent --dra reads")
+	fs.StringVar(&c.DevRoot, "dev-root", c.DevRoot, "host `dir` of the NVIDIA device nodes")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.DurationVar(&c.ProbeInterval, "health-probe-interval", c.ProbeInterval, "how often each GPU is probed for being lost (real NVML)")
+	fs.DurationVar(&c.XIDRecovery, "xid-recovery", c.XIDRecovery, "how long a GPU must go without a new XID to be healthy again; 0 never")
+	return fs
+}
+
+// loadConfig parses args; NODE_NAME fills --node-name. The first problem
+// is the one error returned.
+func loadConfig(args []string, getenv func(string) string) (Config, error) {
+	c := defaultConfig()
+	c.NodeName = getenv(contract.EnvNodeName)
+	fs := flags(&c)
+	fs.SetOutput(discard{})
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return c, c.validate()
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.GPUBackend != "nvml" && c.GPUBackend != "fake":
+		return fmt.Errorf("--gpu-backend %q: want nvml or fake", c.GPUBackend)
+	case c.NodeName == "":
+		return errors.New("--node-name (or NODE_NAME) is required: the node's pool is named after it")
+	case c.KubeAPIQPS <= 0 || c.KubeAPIBurst < 1:
+		return errors.New("--kube-api-qps and --kube-api-burst must be positive")
+	case c.ProbeInterval <= 0 || c.XIDRecovery < 0:
+		return errors.New("--health-probe-interval must be positive and --xid-recovery not negative")
+	}
+	if _, err := c.slicing(); err != nil {
+		return err
+	}
+	if _, err := c.level(); err != nil {
+		return err
+	}
+	if c.GPUBackend == "fake" && c.FakeConfig != "" {
+		if _, err := fakegpu.LoadFile(c.FakeConfig); err != nil {
+			return err
+		}
+	}
+	for flag, p := range map[string]string{"--kubelet-registrar-dir": c.RegistrarDir, "--kubelet-plugin-dir": c.PluginDir,
+		"--cdi-dir": c.CDIDir, "--state": c.StateFile, "--dev-root": c.DevRoot} {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("%s %q must be an absolute path", flag, p)
+		}
+	}
+	return nil
+}
+
+// slicing is how the GPUs are cut, as the agent cuts them.
+func (c Config) slicing() (vgpu.Config, error) {
+	r := vgpu.Rule{SlicesPerGPU: c.SlicesPerGPU}
+	if c.SliceMemory != "" {
+		q, err := resource.ParseQuantity(c.SliceMemory)
+		if err != nil || q.Sign() <= 0 {
+			return vgpu.Config{}, fmt.Errorf("--slice-memory %q: want a positive size such as 10Gi", c.SliceMemory)
+		}
+		r = vgpu.Rule{SliceMemoryBytes: uint64(q.Value())}
+	}
+	cfg := vgpu.Config{Default: r}
+	if err := cfg.Validate(); err != nil {
+		return vgpu.Config{}, fmt.Errorf("slicing: %w", err)
+	}
+	return cfg, nil
+}
+
+func (c Config) level() (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(strings.ToLower(c.LogLevel))); err != nil {
+		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return l, nil
+}
+
+// usage is the flags' help text.
+func usage() string {
+	var b strings.Builder
+	c := defaultConfig()
+	fs := flags(&c)
+	fs.SetOutput(&b)
+	b.WriteString("Usage: gpu-dra-driver [flags]\n\ngpuslice's DRA driver: it publishes the node's GPUs as shareable devices of " +
+		contract.DRADriverName + "\nand prepares the claims the scheduler allocates. Run gpu-agent --dra beside it.\n\n")
+	fs.PrintDefaults()
+	return b.String()
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

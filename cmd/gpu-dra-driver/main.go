@@ -1,0 +1,204 @@
+// Command gpu-dra-driver is gpuslice's DRA driver: a kubelet plugin that
+// publishes the node's GPUs as devices several claims share by capacity
+// (compute in slices, memory), taints a GPU that fails, and prepares the
+// claims the scheduler allocates: a CDI device per claim, carrying the
+// same NVIDIA_VISIBLE_DEVICES and GPUSLICE_* contract as device-plugin
+// mode, and a record gpu-agent --dra reads to account for, limit and
+// report each claim's containers. It is its own binary because the kubelet
+// plugin library alone takes more memory than the whole agent.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/gpuslice/gpuslice/pkg/dra"
+	"github.com/gpuslice/gpuslice/pkg/draplugin"
+	"github.com/gpuslice/gpuslice/pkg/nodelock"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+)
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFailed = 1
+	exitConfig = 2
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg, err := loadConfig(args, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usage())
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "gpu-dra-driver: %v\n", err)
+		return exitConfig
+	}
+	level, _ := cfg.level() // validated
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("gpu-dra-driver failed", "err", err)
+		fmt.Fprintf(stderr, "gpu-dra-driver: %v\n", err)
+		return exitFailed
+	}
+	log.Info("stopped")
+	return exitOK
+}
+
+// serve runs the driver until ctx ends or the plugin fails.
+func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
+	unlock, err := nodelock.Lock(ctx, cfg.StateFile+".lock", "gpu-dra-driver", log)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	backend, fake, err := openBackend(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = backend.Close() }()
+	n, err := describe(backend, cfg, log)
+	if err != nil {
+		return err
+	}
+	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, Nodes: n.nodes, CDIDir: cfg.CDIDir, StatePath: cfg.StateFile})
+	if err != nil {
+		return err
+	}
+	client, err := kubeClient(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, fail := context.WithCancelCause(ctx)
+	defer fail(nil)
+	plugin, err := draplugin.Start(ctx, draplugin.Options{NodeName: cfg.NodeName, Client: client, Preparer: prep, Devices: n.devices,
+		RegistrarDir: cfg.RegistrarDir, PluginDir: cfg.PluginDir, Fatal: fail, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer plugin.Stop()
+	log.Info("serving", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "gpus", len(n.devices),
+		"slices", n.layout.TotalSlices(), "driver", n.sys.DriverVersion, "claims_prepared", len(prep.Claims()))
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return backend.WatchHealth(gctx, func(h nvml.Health) {
+			if err := plugin.SetHealth(gctx, h); err != nil {
+				log.Warn("gpu health not published", "uuid", h.UUID, "err", err)
+			}
+		})
+	})
+	if fake != nil && cfg.FakeConfig != "" {
+		g.Go(func() error { return fakegpu.WatchFile(gctx, cfg.FakeConfig, fake, log) })
+	}
+	werr := g.Wait()
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	if werr != nil {
+		return fmt.Errorf("gpu health: %w", werr)
+	}
+	return nil
+}
+
+// nodeGPUs is what the driver publishes and prepares from.
+type nodeGPUs struct {
+	sys     nvml.SystemInfo
+	layout  *vgpu.Layout
+	devices []resourceapi.Device
+	nodes   dra.Nodes
+}
+
+// describe enumerates the GPUs, cuts them as the agent does and describes
+// them as DRA devices.
+func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, error) {
+	devs, err := backend.Devices()
+	switch {
+	case err != nil && len(devs) == 0:
+		return nodeGPUs{}, fmt.Errorf("enumerate GPUs: %w", err)
+	case err != nil:
+		log.Warn("some gpus could not be enumerated and are not published", "err", err)
+	case len(devs) == 0:
+		return nodeGPUs{}, errors.New("no GPUs found on this node")
+	}
+	var n nodeGPUs
+	if n.sys, err = backend.System(); err != nil {
+		log.Warn("driver version unavailable", "err", err)
+	}
+	slicing, err := cfg.slicing()
+	if err != nil {
+		return nodeGPUs{}, err
+	}
+	gpus := make([]vgpu.GPU, len(devs))
+	n.nodes = dra.Nodes{DevRoot: cfg.DevRoot, Minor: map[string]int{}}
+	for i, d := range devs {
+		gpus[i] = vgpu.GPU{UUID: d.UUID, Index: d.Index, Model: d.Model, MemoryBytes: d.MemoryBytes}
+		n.nodes.Minor[d.UUID] = d.Minor
+	}
+	if n.layout, err = vgpu.NewLayout(gpus, slicing); err != nil {
+		return nodeGPUs{}, fmt.Errorf("slice GPUs: %w", err)
+	}
+	if n.devices, err = dra.Devices(n.layout, devs, n.sys); err != nil {
+		return nodeGPUs{}, err
+	}
+	return n, nil
+}
+
+func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, *fakegpu.Node, error) {
+	if cfg.GPUBackend == "nvml" {
+		o := nvml.DefaultOptions()
+		o.LibraryPath, o.ProbeInterval, o.XIDRecovery, o.Logger = cfg.NVMLLibrary, cfg.ProbeInterval, cfg.XIDRecovery, log
+		b, err := nvml.New(o)
+		return b, nil, err
+	}
+	fc := fakegpu.DefaultConfig()
+	if cfg.FakeConfig != "" {
+		var err error
+		if fc, err = fakegpu.LoadFile(cfg.FakeConfig); err != nil {
+			return nil, nil, err
+		}
+	}
+	node, err := fakegpu.New(fc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return node, node, nil
+}
+
+// kubeClient is the driver's clientset, with its own request rate.
+func kubeClient(cfg Config) (kubernetes.Interface, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	rc.QPS, rc.Burst = float32(cfg.KubeAPIQPS), cfg.KubeAPIBurst
+	rc.UserAgent = "gpu-dra-driver/" + version
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return cs, nil
+}

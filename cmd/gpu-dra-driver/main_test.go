@@ -1,0 +1,226 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/gpuslice/gpuslice/pkg/dra"
+	"github.com/gpuslice/gpuslice/test/apiserver"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+// TestBadConfigIsOneClearError: every bad input is refused before
+// anything starts, with one line naming the flag, and exit code 2.
+func TestBadConfigIsOneClearError(t *testing.T) {
+	t.Parallel()
+	node := map[string]string{"NODE_NAME": "n1"}
+	for name, tc := range map[string]struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		"no node name":      {args: nil, env: nil, want: "--node-name"},
+		"unknown backend":   {args: []string{"--gpu-backend=cuda"}, env: node, want: "--gpu-backend"},
+		"zero slices":       {args: []string{"--slices-per-gpu=0"}, env: node, want: "slicing"},
+		"bad slice memory":  {args: []string{"--slice-memory=lots"}, env: node, want: "--slice-memory"},
+		"relative state":    {args: []string{"--state=prepared.json"}, env: node, want: "--state"},
+		"relative cdi dir":  {args: []string{"--cdi-dir=cdi"}, env: node, want: "--cdi-dir"},
+		"zero qps":          {args: []string{"--kube-api-qps=0"}, env: node, want: "--kube-api-qps"},
+		"bad log level":     {args: []string{"--log-level=loud"}, env: node, want: "--log-level"},
+		"stray argument":    {args: []string{"extra"}, env: node, want: "unexpected"},
+		"unknown flag":      {args: []string{"--slices=4"}, env: node, want: "slices"},
+		"negative recovery": {args: []string{"--xid-recovery=-1s"}, env: node, want: "--xid-recovery"},
+		"missing fake file": {args: []string{"--gpu-backend=fake", "--fake-config=/nonexistent.yaml"}, env: node, want: "nonexistent"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var out, errb bytes.Buffer
+			dir := t.TempDir()
+			args := append([]string{"--state=" + filepath.Join(dir, "p.json"), "--kubeconfig=" + filepath.Join(dir, "none")}, tc.args...)
+			code := run(args, env(tc.env), &out, &errb)
+			lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
+			if code == exitOK || !strings.Contains(errb.String(), tc.want) {
+				t.Fatalf("run(%q) = %d, stderr %q; want a failure naming %q", tc.args, code, errb.String(), tc.want)
+			}
+			if code != exitConfig || len(lines) != 1 {
+				t.Errorf("config error in %d lines: %q", len(lines), errb.String())
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+				t.Errorf("a refused start left files: %v", entries)
+			}
+		})
+	}
+	var out bytes.Buffer
+	if code := run([]string{"--help"}, env(nil), &out, &out); code != exitOK || !strings.Contains(out.String(), "--slices-per-gpu") {
+		t.Errorf("--help = %d, %q", code, out.String())
+	}
+}
+
+// driverProc is the real binary, started against a real API server on the
+// fake GPU node.
+type driverProc struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	stderr bytes.Buffer
+	done   chan struct{}
+}
+
+func (d *driverProc) logs() string { d.mu.Lock(); defer d.mu.Unlock(); return d.stderr.String() }
+
+type lockedWriter struct{ d *driverProc }
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.d.mu.Lock()
+	defer w.d.mu.Unlock()
+	return w.d.stderr.Write(p)
+}
+
+func startDriver(t *testing.T, bin string, args ...string) *driverProc {
+	t.Helper()
+	d := &driverProc{cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	d.cmd.Stderr = lockedWriter{d}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		_ = d.cmd.Process.Kill()
+		<-d.done
+	})
+	return d
+}
+
+// TestDriverOnTheAPIServer runs the binary on the fake GPU node against
+// kube-apiserver: it publishes the node's GPUs; an XID written into the
+// fake node's file taints the GPU's device and recovery untaints it; a
+// second driver on the node waits for the first's lock; SIGTERM stops the
+// first cleanly and the second takes over.
+func TestDriverOnTheAPIServer(t *testing.T) {
+	srv := apiserver.Start(t)
+	rc, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := kubernetes.NewForConfigOrDie(rc)
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "gpu-dra-driver")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	dir, err := os.MkdirTemp("", "drv") // unix socket paths must stay short
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	fake := filepath.Join(dir, "node.yaml")
+	base := "preset: H100-80GB\ncount: 2\n"
+	if err := os.WriteFile(fake, []byte(base), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--gpu-backend=fake", "--fake-config=" + fake, "--kubeconfig=" + srv.Kubeconfig, "--node-name=n1",
+		"--kubelet-registrar-dir=" + filepath.Join(dir, "reg"), "--kubelet-plugin-dir=" + filepath.Join(dir, "plugin"),
+		"--cdi-dir=" + filepath.Join(dir, "cdi"), "--state=" + filepath.Join(dir, "prepared.json"), "--slices-per-gpu=4"}
+	for _, sub := range []string{"reg", "plugin", "cdi"} {
+		if err := os.Mkdir(filepath.Join(dir, sub), 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := startDriver(t, bin, args...)
+	waitTaints(t, first, cs, map[string]string{"gpu-0": "", "gpu-1": ""})
+
+	if err := os.WriteFile(fake, []byte(base+"faults:\n  gpus:\n    - index: 1\n      xid: 79\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitTaints(t, first, cs, map[string]string{"gpu-0": "", "gpu-1": "xid-79"})
+	if err := os.WriteFile(fake, []byte(base), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitTaints(t, first, cs, map[string]string{"gpu-0": "", "gpu-1": ""})
+
+	second := startDriver(t, bin, args...)
+	waitLog(t, second, "holds this node's lock")
+	if err := first.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-first.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("SIGTERM did not stop the driver:\n%s", first.logs())
+	}
+	if code := first.cmd.ProcessState.ExitCode(); code != exitOK {
+		t.Errorf("exit code %d after SIGTERM:\n%s", code, first.logs())
+	}
+	waitLog(t, second, `"msg":"serving"`)
+}
+
+func waitLog(t *testing.T, d *driverProc, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(d.logs(), want) {
+		select {
+		case <-d.done:
+			t.Fatalf("the driver exited before logging %q:\n%s", want, d.logs())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the driver never logged %q:\n%s", want, d.logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitTaints waits until the node's ResourceSlice holds exactly the
+// devices given, each with gpuslice's taint value ("" for none).
+func waitTaints(t *testing.T, d *driverProc, cs kubernetes.Interface, want map[string]string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var got map[string]string
+	for time.Now().Before(deadline) {
+		select {
+		case <-d.done:
+			t.Fatalf("the driver exited:\n%s", d.logs())
+		default:
+		}
+		list, err := cs.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=n1"})
+		if err == nil && len(list.Items) == 1 {
+			got = map[string]string{}
+			for _, dev := range list.Items[0].Spec.Devices {
+				got[dev.Name] = ""
+				for _, taint := range dev.Taints {
+					if taint.Key == dra.UnhealthyTaintKey {
+						got[dev.Name] = taint.Value
+					}
+				}
+			}
+			if len(got) == len(want) && func() bool {
+				for k, v := range want {
+					if w, ok := got[k]; !ok || w != v {
+						return false
+					}
+				}
+				return true
+			}() {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("devices and taints %v, want %v\n%s", got, want, d.logs())
+}

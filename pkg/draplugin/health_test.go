@@ -1,0 +1,117 @@
+package draplugin_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	healthpb "k8s.io/kubelet/pkg/apis/dra-health/v1"
+
+	"github.com/gpuslice/gpuslice/pkg/dra"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/test/apiserver"
+)
+
+// TestHealthTaintsTheDevice: an XID on a GPU taints its device in the
+// ResourceSlice the real API server holds (NoSchedule: the scheduler gives
+// it no new claims) and reaches the kubelet's health stream; recovery
+// removes the taint. The other GPU is never touched.
+func TestHealthTaintsTheDevice(t *testing.T) {
+	srv := apiserver.Start(t)
+	cs := driverClient(t, srv)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := startNode(ctx, t, cs, nodeName, 2)
+	defer n.plugin.Stop()
+	layout, _ := gpus(t, 2)
+	sick, well := layout.GPUs()[1].UUID, layout.GPUs()[0].UUID
+	for _, uuid := range []string{well, sick} {
+		if err := n.plugin.SetHealth(ctx, nvml.Health{UUID: uuid, Healthy: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := grpc.NewClient("unix://"+filepath.Join(n.dir, "plugin", "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	stream, err := healthpb.NewDRAResourceHealthClient(conn).NodeWatchResources(ctx, &healthpb.NodeWatchResourcesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHealth(t, stream, "gpu-1", healthpb.HealthStatus_HEALTHY)
+
+	if err := n.plugin.SetHealth(ctx, nvml.Health{UUID: sick, Reason: "xid", XID: 79}); err != nil {
+		t.Fatal(err)
+	}
+	waitTaints(t, cs, map[string]string{"gpu-0": "", "gpu-1": "xid-79"})
+	waitHealth(t, stream, "gpu-1", healthpb.HealthStatus_UNHEALTHY)
+
+	if err := n.plugin.SetHealth(ctx, nvml.Health{UUID: sick, Healthy: true, Reason: nvml.ReasonRecovered}); err != nil {
+		t.Fatal(err)
+	}
+	waitTaints(t, cs, map[string]string{"gpu-0": "", "gpu-1": ""})
+	waitHealth(t, stream, "gpu-1", healthpb.HealthStatus_HEALTHY)
+}
+
+// waitTaints waits until each device carries gpuslice's taint with the
+// value given ("" for none).
+func waitTaints(t *testing.T, cs kubernetes.Interface, want map[string]string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var got map[string]string
+	for time.Now().Before(deadline) {
+		list, err := cs.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
+		if err == nil && len(list.Items) == 1 {
+			got = map[string]string{}
+			for _, d := range list.Items[0].Spec.Devices {
+				got[d.Name] = ""
+				for _, taint := range d.Taints {
+					if taint.Key == dra.UnhealthyTaintKey && taint.Effect == resourceapi.DeviceTaintEffectNoSchedule {
+						got[d.Name] = taint.Value
+					}
+				}
+			}
+			if equal(got, want) {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("taints %v, want %v", got, want)
+}
+
+func equal(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// waitHealth reads the health stream until device has status.
+func waitHealth(t *testing.T, stream grpc.ServerStreamingClient[healthpb.NodeWatchResourcesResponse], device string, status healthpb.HealthStatus) {
+	t.Helper()
+	for range 20 {
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range r.GetDevices() {
+			if d.GetDevice().GetDeviceName() == device && d.GetHealth() == status {
+				return
+			}
+		}
+	}
+	t.Fatalf("the health stream never said %s is %s", device, status)
+}
