@@ -85,6 +85,13 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Its own directories; the kubelet's registrar directory is the
+	// kubelet's to make.
+	for _, d := range []string{cfg.PluginDir, cfg.CDIDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return fmt.Errorf("driver directory: %w", err)
+		}
+	}
 	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, Nodes: n.nodes, CDIDir: cfg.CDIDir, StatePath: cfg.StateFile})
 	if err != nil {
 		return err

@@ -11,11 +11,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gpuslice/gpuslice/test/apiserver"
 	"github.com/gpuslice/gpuslice/test/e2e/cluster"
 )
 
@@ -77,6 +79,12 @@ func run(m *testing.M) int {
 		fmt.Printf("build gpu-quota-controller: %v: %s\n", err, out)
 		return 1
 	}
+	draBin := filepath.Join(bins, "gpu-dra-driver")
+	build = exec.Command("go", "build", "-o", draBin, "github.com/gpuslice/gpuslice/cmd/gpu-dra-driver")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Printf("build gpu-dra-driver: %v: %s\n", err, out)
+		return 1
+	}
 	// Static: it runs inside the test image, which has no libc.
 	build = exec.Command("go", "build", "-o", workload, "github.com/gpuslice/gpuslice/test/fakegpu/workload")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -93,6 +101,10 @@ func run(m *testing.M) int {
 		AgentArgs: []string{"--slices-per-gpu=4", "--log-level=debug", "--compute-policy=strict", "--memory-policy=kill"},
 		Log:       func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) },
 	}
+	if draOff = draMode(); draOff == "" {
+		opts.DRADriverBin, opts.DRADriverArgs = draBin, []string{"--slices-per-gpu=4"}
+	}
+	fmt.Printf("e2e: DRA mode: %s\n", map[bool]string{true: "on", false: "off (" + draOff + ")"}[draOff == ""])
 	// Free ports are picked before the components bind them, so another
 	// process can take one in between: a failed start is retried once,
 	// from scratch (Start stops what it started).
@@ -123,4 +135,23 @@ func run(m *testing.M) int {
 	c.Stop()
 	fmt.Printf("e2e: cluster down in %v\n", time.Since(stop).Round(time.Millisecond))
 	return code
+}
+
+// draMode says why the cluster cannot run in DRA mode, or "" when it can:
+// containerd must inject CDI devices (2.x) and Kubernetes must share
+// devices by capacity (1.36 or later, docs/dra.md).
+func draMode() string {
+	ok, v := cluster.ContainerdHasCDI()
+	if !ok {
+		return "containerd " + v + " has no CDI (test/e2e/build-containerd.sh builds 2.x)"
+	}
+	out, err := exec.Command(filepath.Join(apiserver.BinDir(), "kubelet"), "--version").Output()
+	m := regexp.MustCompile(`v1\.(\d+)\.`).FindStringSubmatch(string(out))
+	if err != nil || m == nil {
+		return fmt.Sprintf("kubelet version unknown: %v %q", err, out)
+	}
+	if minor, _ := strconv.Atoi(m[1]); minor < 36 {
+		return "Kubernetes 1." + m[1] + " shares no device by capacity (1.36 and later do)"
+	}
+	return ""
 }

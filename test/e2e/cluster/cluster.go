@@ -56,8 +56,14 @@ type Cluster struct {
 	MetricsAddr string
 	// AgentArgs are the agent's flags.
 	AgentArgs []string
+	// CDIDir is where containerd reads CDI specs and gpu-dra-driver writes
+	// them; PreparedClaims the driver's record. Both only in DRA mode.
+	CDIDir, PreparedClaims string
 
 	agentBin   string
+	draBin     string
+	draArgs    []string
+	draDriver  *apiserver.Process
 	containerd *apiserver.Process
 	kcm        *apiserver.Process
 	sched      *apiserver.Process
@@ -78,6 +84,11 @@ type Options struct {
 	FakeGPU string
 	// AgentArgs are extra agent flags.
 	AgentArgs []string
+	// DRADriverBin, when set, runs the cluster in DRA mode: containerd
+	// with CDI (it must be 2.x, ContainerdHasCDI), gpu-dra-driver from this
+	// binary with DRADriverArgs, and the agent with --dra.
+	DRADriverBin  string
+	DRADriverArgs []string
 	// Log receives progress.
 	Log func(format string, args ...any)
 }
@@ -130,7 +141,7 @@ func (c *Cluster) agentSetup(o Options) error {
 		"--dev-root=" + devRoot, "--cgroup-root=/sys/fs/cgroup",
 		// containerd's bundles name each container ID's container.
 		"--runtime-state-dirs=" + filepath.Join(c.Dir, "containerd", "state", "io.containerd.runtime.v2.task", "k8s.io"),
-	}, o.AgentArgs...)
+	}, append(c.draAgentArgs(), o.AgentArgs...)...)
 	return nil
 }
 
@@ -144,7 +155,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c = &Cluster{Dir: dir, agentBin: o.AgentBin, log: o.Log}
+	c = &Cluster{Dir: dir, agentBin: o.AgentBin, draBin: o.DRADriverBin, draArgs: o.DRADriverArgs, log: o.Log}
 	if err := os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
 		return nil, err
 	}
@@ -175,6 +186,11 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := c.mountNamespace(); err != nil {
 		return nil, err
 	}
+	if c.draBin != "" {
+		if err := c.draSetup(); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.startContainerd(ctx); err != nil {
 		return nil, err
 	}
@@ -193,6 +209,12 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return nil, err
 	}
 	c.log("agent started after %v", time.Since(t0).Round(time.Millisecond))
+	if c.draBin != "" {
+		if err := c.StartDRADriver(); err != nil {
+			return nil, err
+		}
+		c.log("gpu-dra-driver started after %v", time.Since(t0).Round(time.Millisecond))
+	}
 	return c, nil
 }
 
@@ -304,7 +326,7 @@ state = %q
   path = %q
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
-  [plugins."io.containerd.grpc.v1.cri".cni]
+%s  [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = %q
     conf_dir = %q
   [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -316,7 +338,7 @@ state = %q
         BinaryName = %q
         Root = %q
         SystemdCgroup = false
-`, filepath.Join(d, "root"), filepath.Join(d, "state"), sock, sock+".ttrpc", filepath.Join(d, "opt"), PauseImage,
+`, filepath.Join(d, "root"), filepath.Join(d, "state"), sock, sock+".ttrpc", filepath.Join(d, "opt"), PauseImage, c.containerdCDI(),
 		filepath.Join(d, "cni/bin"), filepath.Join(d, "cni/conf"), wrapper, filepath.Join(d, "runc"))
 	conf := filepath.Join(d, "config.toml")
 	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
@@ -582,7 +604,7 @@ func (c *Cluster) AgentOutput() string {
 // Logs returns the tail of every component's output, for a failed test.
 func (c *Cluster) Logs() string {
 	var b strings.Builder
-	for _, p := range []*apiserver.Process{c.containerd, c.kcm, c.sched, c.kubelet, c.agent} {
+	for _, p := range []*apiserver.Process{c.containerd, c.kcm, c.sched, c.kubelet, c.agent, c.draDriver} {
 		if p != nil {
 			fmt.Fprintf(&b, "--- %s (tail)\n%s\n", p.Name, p.Logs.Tail(3000))
 		}
@@ -599,6 +621,7 @@ func (c *Cluster) Stop() {
 	if c.agent != nil {
 		c.agent.Stop()
 	}
+	c.StopDRADriver()
 	c.StopKubelet()
 	if c.containerd != nil {
 		c.removePods()

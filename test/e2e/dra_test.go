@@ -1,0 +1,215 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/gpuslice/gpuslice/pkg/dra"
+)
+
+// requireDRA skips a DRA scenario on a cluster without DRA mode (a runtime
+// without CDI, or Kubernetes before 1.36), saying why; with
+// GPUSLICE_REQUIRE_DRA set it fails instead.
+func requireDRA(t *testing.T) {
+	t.Helper()
+	if c.DRA() {
+		return
+	}
+	if os.Getenv("GPUSLICE_REQUIRE_DRA") != "" {
+		t.Fatalf("GPUSLICE_REQUIRE_DRA is set but the cluster is not in DRA mode: %s", draOff)
+	}
+	t.Skipf("DRA mode off: %s", draOff)
+}
+
+// draOff says why TestMain did not start the cluster in DRA mode.
+var draOff string
+
+// claimTemplate is a ResourceClaimTemplate for one device of gpuslice's
+// class with the capacity given (compute in slices, memory as a quantity;
+// empty for the default) and CEL selectors.
+func claimTemplate(name, compute, memory string, cel ...string) *resourceapi.ResourceClaimTemplate {
+	req := resourceapi.ExactDeviceRequest{DeviceClassName: dra.DriverName, Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{}}}
+	if compute != "" {
+		req.Capacity.Requests[dra.CapacityCompute] = resource.MustParse(compute)
+	}
+	if memory != "" {
+		req.Capacity.Requests[dra.CapacityMemory] = resource.MustParse(memory)
+	}
+	for _, e := range cel {
+		req.Selectors = append(req.Selectors, resourceapi.DeviceSelector{CEL: &resourceapi.CELDeviceSelector{Expression: e}})
+	}
+	return &resourceapi.ResourceClaimTemplate{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: resourceapi.ResourceClaimTemplateSpec{Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{
+			Requests: []resourceapi.DeviceRequest{{Name: "gpu", Exactly: &req}},
+		}}},
+	}
+}
+
+// onGPU is a CEL selector for the GPU with NVML index i.
+func onGPU(i int) string { return fmt.Sprintf(`device.attributes["%s"].index == %d`, dra.DriverName, i) }
+
+// claimPod is pod() holding a claim from template instead of slices.
+func claimPod(name, template, script string) *corev1.Pod {
+	p := pod(name, 0, script)
+	p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To(template)}}
+	p.Spec.Containers[0].Resources.Claims = []corev1.ResourceClaim{{Name: "gpu"}}
+	return p
+}
+
+// ensureDeviceClass creates gpuslice's DeviceClass, as the chart does.
+func ensureDeviceClass(t *testing.T) {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	_, err := cs.ResourceV1().DeviceClasses().Get(context.Background(), dra.DriverName, metav1.GetOptions{})
+	if err == nil {
+		return
+	}
+	class := &resourceapi.DeviceClass{ObjectMeta: metav1.ObjectMeta{Name: dra.DriverName}, Spec: resourceapi.DeviceClassSpec{
+		Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: `device.driver == "` + dra.DriverName + `"`}}},
+	}}
+	if _, err := cs.ResourceV1().DeviceClasses().Create(context.Background(), class, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// containerEnv is the env the pod's main container printed.
+func containerEnv(t *testing.T, ns, name string) map[string]string {
+	t.Helper()
+	env := map[string]string{}
+	for line := range strings.SplitSeq(podLogs(t, ns, name), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// gpuUUIDs are the node's GPUs by index, from its ResourceSlice.
+func gpuUUIDs(t *testing.T) map[int]string {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		list, err := cs.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{})
+		out := map[int]string{}
+		if err == nil {
+			for _, s := range list.Items {
+				for _, d := range s.Spec.Devices {
+					if s.Spec.Driver == dra.DriverName && d.Attributes[dra.AttrIndex].IntValue != nil && d.Attributes[dra.AttrUUID].StringValue != nil {
+						out[int(*d.Attributes[dra.AttrIndex].IntValue)] = *d.Attributes[dra.AttrUUID].StringValue
+					}
+				}
+			}
+		}
+		if len(out) == 2 {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no ResourceSlice with the node's 2 GPUs after 60s: %v %v\n%s", list, err, c.DRADriverLogs())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestDRAClaimsShareAGPU: two pods with claims for 1 and 3 slices of a
+// 4-slice GPU share it, each seeing its GPU and its limits in the same
+// environment as device-plugin mode; a third needing one more slice of
+// that GPU stays Pending with the scheduler's reason; a claim by memory
+// alone lands on the GPU with room. The agent reports each claim's pod
+// with its slices, and a greedy claim holder is throttled to its share.
+func TestDRAClaimsShareAGPU(t *testing.T) {
+	requireDRA(t)
+	ensureDeviceClass(t)
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "dra-share")
+	uuids := gpuUUIDs(t)
+	for _, tpl := range []*resourceapi.ResourceClaimTemplate{
+		claimTemplate("one", "1", "10Gi", onGPU(0)),
+		claimTemplate("three", "3", "30Gi", onGPU(0)),
+		claimTemplate("ten-gib", "", "10Gi"),
+	} {
+		if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, tpl, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []*corev1.Pod{
+		withHostPID(claimPod("greedy", "one", "env; exec /bin/workload --demand 1 --memory-mib 512")),
+		claimPod("three", "three", "env; sleep 3600"),
+	} {
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitRunning(t, ns, "greedy")
+	waitRunning(t, ns, "three")
+	for name, want := range map[string][3]string{"greedy": {"1", "0.25", "10737418240"}, "three": {"3", "0.75", "32212254720"}} {
+		env := containerEnv(t, ns, name)
+		if env["NVIDIA_VISIBLE_DEVICES"] != uuids[0] || env["GPUSLICE_SLICES"] != want[0] || env["GPUSLICE_COMPUTE_LIMIT_RATIO"] != want[1] || env["GPUSLICE_MEMORY_LIMIT_BYTES"] != want[2] {
+			t.Errorf("pod %s's env %v; want GPU %s, %s slices, ratio %s, %s bytes", name, env, uuids[0], want[0], want[1], want[2])
+		}
+	}
+
+	// GPU 0 has no slice left: a claim for one more stays Pending.
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("late", "one", "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	msg := waitUnschedulable(t, ns, "late", "")
+	t.Logf("the scheduler on the third claim: %s", msg)
+	if !strings.Contains(msg, "cannot allocate all claims") {
+		t.Errorf("the third claim's pod is unschedulable for %q, want the DRA allocator's reason", msg)
+	}
+	// By memory alone: GPU 1 has room.
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("by-memory", "ten-gib", "env; sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "by-memory")
+	if env := containerEnv(t, ns, "by-memory"); env["NVIDIA_VISIBLE_DEVICES"] != uuids[1] || env["GPUSLICE_MEMORY_LIMIT_BYTES"] != "10737418240" {
+		t.Errorf("the memory claim's env %v; want GPU %s and 10 GiB", env, uuids[1])
+	}
+
+	// The agent: each claim's pod with its slices; the greedy one (1 of 4
+	// slices, wanting the whole GPU) attributed and throttled.
+	labels := map[string]string{"namespace": ns, "pod": "greedy", "container": "main"}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mfs := scrape(t)
+		slices, _ := value(mfs, "gpuslice_container_slices", labels)
+		threeSlices, _ := value(mfs, "gpuslice_container_slices", map[string]string{"namespace": ns, "pod": "three"})
+		used, _ := value(mfs, "gpuslice_container_memory_used_bytes", labels)
+		throttled, _ := value(mfs, "gpuslice_enforcement_throttled_seconds_total", labels)
+		if slices == 1 && threeSlices == 3 && used == 512<<20 && throttled > 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("claims not accounted: greedy slices %v, used %v, throttled %vs; three's slices %v\n%s", slices, used, throttled, threeSlices, c.AgentLogs())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	first, t0 := scrape(t), time.Now()
+	time.Sleep(5 * time.Second)
+	second, t1 := scrape(t), time.Now()
+	b0, _ := value(first, "gpuslice_container_gpu_busy_seconds_total", labels)
+	b1, _ := value(second, "gpuslice_container_gpu_busy_seconds_total", labels)
+	share := (b1 - b0) / t1.Sub(t0).Seconds()
+	t.Logf("greedy claim's measured share under strict: %.1f%% (its claim: 25%%)", share*100)
+	if share < 0.15 || share > 0.35 {
+		t.Errorf("greedy claim used %.0f%% of the GPU, its claim is 25%%", share*100)
+	}
+	for line := range strings.SplitSeq(c.AgentOutput(), "\n") {
+		if strings.Contains(line, "unauthorized gpu use") && strings.Contains(line, ns) {
+			t.Errorf("the agent judged a claim holder's GPU use unauthorized: %s", line)
+		}
+	}
+}
