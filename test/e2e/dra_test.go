@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -57,7 +58,9 @@ func claimTemplate(name, compute, memory string, cel ...string) *resourceapi.Res
 }
 
 // onGPU is a CEL selector for the GPU with NVML index i.
-func onGPU(i int) string { return fmt.Sprintf(`device.attributes["%s"].index == %d`, dra.DriverName, i) }
+func onGPU(i int) string {
+	return fmt.Sprintf(`device.attributes["%s"].index == %d`, dra.DriverName, i)
+}
 
 // claimPod is pod() holding a claim from template instead of slices.
 func claimPod(name, template, script string) *corev1.Pod {
@@ -212,4 +215,238 @@ func TestDRAClaimsShareAGPU(t *testing.T) {
 			t.Errorf("the agent judged a claim holder's GPU use unauthorized: %s", line)
 		}
 	}
+}
+
+// deviceTaint is gpuslice's taint on a device of the node's slice ("" for
+// none).
+func deviceTaint(t *testing.T, device string) string {
+	t.Helper()
+	list, err := c.API.Clientset(t).ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range list.Items {
+		for _, d := range s.Spec.Devices {
+			if s.Spec.Driver != dra.DriverName || d.Name != device {
+				continue
+			}
+			for _, taint := range d.Taints {
+				if taint.Key == dra.UnhealthyTaintKey && taint.Effect == resourceapi.DeviceTaintEffectNoSchedule {
+					return taint.Value
+				}
+			}
+		}
+	}
+	return ""
+}
+
+func waitDeviceTaint(t *testing.T, device, want string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for got := deviceTaint(t, device); got != want; got = deviceTaint(t, device) {
+		if time.Now().After(deadline) {
+			t.Fatalf("device %s tainted %q, want %q\n%s", device, got, want, c.DRADriverLogs())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitClaimHealth waits until the pod's container shows its claim's device
+// with the given health (allocatedResourcesStatus, fed by the driver's
+// health stream).
+func waitClaimHealth(t *testing.T, ns, name string, want corev1.ResourceHealthStatus) {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		p, err := cs.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+		var got []corev1.ResourceStatus
+		if err == nil && len(p.Status.ContainerStatuses) == 1 {
+			got = p.Status.ContainerStatuses[0].AllocatedResourcesStatus
+		}
+		for _, r := range got {
+			for _, h := range r.Resources {
+				if strings.HasPrefix(string(r.Name), "claim:") && h.Health == want {
+					t.Logf("pod %s/%s: %s %s %s", ns, name, r.Name, h.ResourceID, h.Health)
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s/%s never showed its claim %s: %v %+v", ns, name, want, err, got)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestDRAXIDTaintsTheDevice: an XID on GPU 1 taints its device, so a new
+// claim for it stays Pending, while the pod already holding a claim on it
+// runs on and is told in its status; recovery removes the taint and the
+// new claim is served.
+func TestDRAXIDTaintsTheDevice(t *testing.T) {
+	requireDRA(t)
+	ensureDeviceClass(t)
+	orig, err := os.ReadFile(c.FakeConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.WriteFile(c.FakeConfig, orig, 0o600) })
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "dra-xid")
+	if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, claimTemplate("gpu1", "1", "", onGPU(1)), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("holder", "gpu1", "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "holder")
+	waitDeviceTaint(t, "gpu-1", "")
+	start := time.Now()
+	if err := os.WriteFile(c.FakeConfig, append(append([]byte(nil), orig...), "faults:\n  gpus:\n    - index: 1\n      xid: 79\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitDeviceTaint(t, "gpu-1", "xid-79")
+	t.Logf("gpu-1 tainted %v after the XID", time.Since(start).Round(time.Millisecond))
+	if deviceTaint(t, "gpu-0") != "" {
+		t.Error("the healthy GPU was tainted too")
+	}
+	waitClaimHealth(t, ns, "holder", corev1.ResourceHealthStatusUnhealthy)
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("new", "gpu1", "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	msg := waitUnschedulable(t, ns, "new", "")
+	t.Logf("the scheduler on a claim for the tainted GPU: %s", msg)
+
+	if err := os.WriteFile(c.FakeConfig, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitDeviceTaint(t, "gpu-1", "")
+	waitRunning(t, ns, "new")
+	waitClaimHealth(t, ns, "holder", corev1.ResourceHealthStatusHealthy)
+	if p := waitRunning(t, ns, "holder"); p.Status.ContainerStatuses[0].RestartCount != 0 {
+		t.Errorf("the holder restarted: %+v", p.Status.ContainerStatuses[0])
+	}
+}
+
+// preparedOnDisk is what the driver left on the node: its record's claims
+// and the CDI specs.
+func preparedOnDisk(t *testing.T) (claims int, specs int) {
+	t.Helper()
+	data, err := os.ReadFile(c.PreparedClaims)
+	if err == nil {
+		var r struct {
+			Claims map[string]any `json:"claims"`
+		}
+		if err := json.Unmarshal(data, &r); err != nil {
+			t.Fatal(err)
+		}
+		claims = len(r.Claims)
+	}
+	entries, _ := os.ReadDir(c.CDIDir)
+	return claims, len(entries)
+}
+
+func waitPreparedOnDisk(t *testing.T, claims, specs int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		gc, gs := preparedOnDisk(t)
+		if gc == claims && gs == specs {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the driver's record holds %d claims and %d CDI specs, want %d and %d\n%s", gc, gs, claims, specs, c.DRADriverLogs())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestDRARestarts: the driver killed and the kubelet restarted while a pod
+// holds a claim, then the agent restarted: the pod runs on with its
+// device, nothing is prepared twice, the restarted driver still counts the
+// claim against its GPU, and a claim let go leaves nothing behind.
+func TestDRARestarts(t *testing.T) {
+	requireDRA(t)
+	ensureDeviceClass(t)
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "dra-restart")
+	waitPreparedOnDisk(t, 0, 0) // earlier scenarios' claims let go
+	for _, tpl := range []*resourceapi.ResourceClaimTemplate{claimTemplate("one", "1", "", onGPU(0)), claimTemplate("three", "3", "", onGPU(0))} {
+		if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, tpl, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("first", "one", "env; sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "first")
+	waitPreparedOnDisk(t, 1, 1)
+
+	c.KillDRADriver()
+	c.StopKubelet()
+	if err := c.StartKubelet(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartDRADriver(); err != nil {
+		t.Fatal(err)
+	}
+	c.StopAgent()
+	if err := c.StartAgent(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(c.DRADriverLogs(), `"msg":"serving"`); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted driver is not serving:\n%s", c.DRADriverLogs())
+		}
+	}
+	if !strings.Contains(c.DRADriverLogs(), `"claims_prepared":1`) {
+		t.Errorf("the restarted driver did not reload the prepared claim:\n%s", c.DRADriverLogs())
+	}
+	// Three more slices of GPU 0 fit beside the first's one; a fourth pod
+	// asking for one more does not.
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("second", "three", "env; sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "second")
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("third", "one", "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// It must not run while GPU 0 is full: the scheduler leaves it
+	// unschedulable, or, should a claim be allocated past the device's
+	// capacity anyway, the driver's ledger refuses to prepare it.
+	waitUnschedulable(t, ns, "third", "cannot allocate all claims")
+	time.Sleep(5 * time.Second)
+	if p, err := cs.CoreV1().Pods(ns).Get(ctx, "third", metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodPending {
+		t.Errorf("a claim past GPU 0's capacity: pod %v, %v; want Pending", p.Status.Phase, err)
+	} else if p.Spec.NodeName != "" {
+		t.Logf("the scheduler allocated a claim past GPU 0's capacity; the driver refused to prepare it:\n%s", c.DRADriverLogs())
+	}
+	waitPreparedOnDisk(t, 2, 2)
+	if p := waitRunning(t, ns, "first"); p.Status.ContainerStatuses[0].RestartCount != 0 {
+		t.Errorf("the first pod restarted: %+v", p.Status.ContainerStatuses[0])
+	}
+	// The restarted agent reads the record: both claims' pods accounted.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mfs := scrape(t)
+		a, _ := value(mfs, "gpuslice_container_slices", map[string]string{"namespace": ns, "pod": "first"})
+		b, _ := value(mfs, "gpuslice_container_slices", map[string]string{"namespace": ns, "pod": "second"})
+		if a == 1 && b == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted agent reports %v and %v slices, want 1 and 3\n%s", a, b, c.AgentLogs())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// Let go of the first: its claim is unprepared, its spec removed, and
+	// the third pod gets its slice.
+	zero := int64(0)
+	if err := cs.CoreV1().Pods(ns).Delete(ctx, "first", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "third")
+	waitPreparedOnDisk(t, 2, 2)
 }
