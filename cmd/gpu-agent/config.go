@@ -16,6 +16,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
@@ -545,6 +546,10 @@ func (c Config) pluginOptions() deviceplugin.Options {
 	o.DeviceSpecs = c.DeviceSpecs.Enabled
 	o.DevRoot = c.DeviceSpecs.DevRoot
 	o.CDI = deviceplugin.CDIOptions{Enabled: c.CDI.Enabled, Kind: c.CDI.Kind, NameStrategy: c.CDI.NameStrategy}
+	if c.DRA.Enabled {
+		// One GPU serves one front end at a time.
+		o.DRAGPUs = attribution.ClaimedGPUsReader(c.DRA.PreparedClaims)
+	}
 	o.MPS = deviceplugin.MPSOptions{Enabled: c.MPS.Enabled, PipeDirectory: c.MPS.PipeDirectory}
 	// One socket path per agent process: a successor started while its
 	// predecessor is still connected (a force-deleted pod) must not be

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
@@ -24,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
 	"github.com/gpuslice/gpuslice/pkg/nodelock"
@@ -92,7 +94,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return fmt.Errorf("driver directory: %w", err)
 		}
 	}
-	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, Nodes: n.nodes, CDIDir: cfg.CDIDir, StatePath: cfg.StateFile})
+	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, Nodes: n.nodes, CDIDir: cfg.CDIDir, StatePath: cfg.StateFile,
+		DevicePluginGPUs: devicePluginGPUs(cfg)})
 	if err != nil {
 		return err
 	}
@@ -193,6 +196,22 @@ func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, *fakegpu.Node, err
 		return nil, nil, err
 	}
 	return node, node, nil
+}
+
+// devicePluginGPUs reads which GPUs device-plugin containers hold from the
+// kubelet's checkpoint, parsed again only when the kubelet replaced it.
+func devicePluginGPUs(cfg Config) func() (map[string]bool, error) {
+	var mu sync.Mutex
+	cp := attribution.NewCheckpoint(cfg.DevicePluginDir)
+	return func() (map[string]bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		entries, err := cp.Read()
+		if err != nil {
+			return nil, err
+		}
+		return attribution.HeldGPUs(entries, cfg.ResourceName), nil
+	}
 }
 
 // kubeClient is the driver's clientset, with its own request rate.

@@ -115,3 +115,21 @@ type Checkpoint = CachedFile[[]CheckpointEntry]
 func NewCheckpoint(pluginDir string) *Checkpoint {
 	return NewCachedFile(pluginDir+"/"+CheckpointFile, "device manager checkpoint", ParseCheckpoint)
 }
+
+// HeldGPUs are the GPUs the checkpoint's containers of resource hold
+// slices of: by their slice IDs, and by what Allocate gave them.
+func HeldGPUs(entries []CheckpointEntry, resource string) map[string]bool {
+	out := map[string]bool{}
+	for _, e := range entries {
+		if e.Resource != resource {
+			continue
+		}
+		for gpu := range gpusOf(e.DeviceIDs) {
+			out[gpu] = true
+		}
+		for _, g := range e.Grants {
+			out[g.UUID] = true
+		}
+	}
+	return out
+}

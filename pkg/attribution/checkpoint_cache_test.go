@@ -52,3 +52,17 @@ func TestCheckpointReadAgainOnlyWhenReplaced(t *testing.T) {
 		t.Error("a removed checkpoint was answered from memory")
 	}
 }
+
+func TestHeldGPUs(t *testing.T) {
+	t.Parallel()
+	entries, err := attribution.ParseCheckpoint([]byte(checkpointJSON("uid-1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := attribution.HeldGPUs(entries, "nvidia.com/vgpu"); len(got) != 1 || !got["GPU-a"] {
+		t.Errorf("HeldGPUs = %v, want GPU-a", got)
+	}
+	if got := attribution.HeldGPUs(entries, "example.com/fpga"); len(got) != 0 {
+		t.Errorf("HeldGPUs of another resource = %v", got)
+	}
+}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io/fs"
 	"sort"
+	"sync"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
 )
@@ -112,4 +114,32 @@ func NewPreparedClaims(path string) *PreparedClaims {
 		}
 		return r, err
 	})
+}
+
+// ClaimedGPUsReader returns a function telling which GPUs the DRA
+// driver's prepared claims (its record at path) hold a share of, safe for
+// concurrent use; a record that does not exist holds none. The device
+// plugin refuses those GPUs' slices.
+func ClaimedGPUsReader(path string) func() (map[string]bool, error) {
+	var mu sync.Mutex
+	r := NewPreparedClaims(path)
+	return func() (map[string]bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		record, err := r.Read()
+		if errors.Is(err, fs.ErrNotExist) {
+			return map[string]bool{}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out := map[string]bool{}
+		for _, c := range record.Claims {
+			shares, _ := ClaimGPUs(c)
+			for gpu := range shares {
+				out[gpu] = true
+			}
+		}
+		return out, nil
+	}
 }

@@ -46,6 +46,11 @@ type Options struct {
 	// RegisterRetry is how often registration is retried while the kubelet
 	// does not answer.
 	RegisterRetry time.Duration
+	// DRAGPUs, when set, are the GPUs claims of gpuslice's DRA driver hold
+	// (its record of prepared claims). Allocate refuses slices of them,
+	// and every Allocate while they cannot be told: the two front ends
+	// never share a GPU, since neither counts the other's holdings.
+	DRAGPUs func() (map[string]bool, error)
 	// Logger receives the plugin's logs.
 	Logger *slog.Logger
 }

@@ -263,6 +263,9 @@ func (p *Plugin) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*p
 	if err := p.checkHealth(a.slices); err != nil {
 		return nil, err
 	}
+	if err := p.checkDRA(a.slices); err != nil {
+		return nil, err
+	}
 	for i, r := range a.resp.ContainerResponses {
 		p.log.Info("allocated", "slices", r.Envs[EnvSliceIDs], "gpus", r.Envs["NVIDIA_VISIBLE_DEVICES"], "container", i)
 	}
@@ -277,6 +280,26 @@ func (p *Plugin) checkHealth(containers [][]vgpu.SliceID) error {
 		for _, s := range slices {
 			if h := p.health[s.UUID]; !h.Healthy {
 				return status.Errorf(codes.FailedPrecondition, "slice %s is on unhealthy GPU %s (%s)", s, s.UUID, describeHealth(h))
+			}
+		}
+	}
+	return nil
+}
+
+// checkDRA fails when any slice is on a GPU DRA claims hold, or when
+// which GPUs they hold cannot be told.
+func (p *Plugin) checkDRA(containers [][]vgpu.SliceID) error {
+	if p.opts.DRAGPUs == nil {
+		return nil
+	}
+	held, err := p.opts.DRAGPUs()
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "which GPUs DRA claims hold cannot be told: %v", err)
+	}
+	for _, slices := range containers {
+		for _, s := range slices {
+			if held[s.UUID] {
+				return status.Errorf(codes.FailedPrecondition, "slice %s is on GPU %s, which serves DRA claims (gpu.gpuslice.io); it takes nvidia.com/vgpu pods once they end", s, s.UUID)
 			}
 		}
 	}

@@ -2,7 +2,9 @@ package deviceplugin_test
 
 import (
 	"context"
+	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,6 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 )
 
 // TestKeptResponsesStillCheckHealth: Allocate keeps the response it built
@@ -70,5 +74,45 @@ func TestKeptResponsesStillCheckHealth(t *testing.T) {
 	}
 	if _, err := ask(ids[2], ids[2]); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("a slice asked twice = %v, want InvalidArgument", err)
+	}
+}
+
+// TestAllocateRefusesGPUsDRAHolds: with DRA claims on GPU 1, slices of it
+// are refused (even an answer kept from before the claims), slices of
+// another GPU are served, and nothing is served while which GPUs DRA
+// holds cannot be told.
+func TestAllocateRefusesGPUsDRAHolds(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	held, heldErr := map[string]bool{}, error(nil)
+	e := newEnv(t, setup{configure: func(o *deviceplugin.Options) {
+		o.DRAGPUs = func() (map[string]bool, error) { mu.Lock(); defer mu.Unlock(); return held, heldErr }
+	}})
+	p, err := e.kubelet.WaitPlugin(ctxT(t), resource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ask := func(ids ...string) error {
+		_, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: ids}}})
+		return err
+	}
+	onOne, onTwo := e.devs[1].UUID+"::0", e.devs[2].UUID+"::0"
+	if err := ask(onOne); err != nil {
+		t.Fatalf("before any claim: %v", err)
+	}
+	mu.Lock()
+	held = map[string]bool{e.devs[1].UUID: true}
+	mu.Unlock()
+	if err := ask(onOne); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "DRA claims") {
+		t.Errorf("a slice of a GPU DRA claims hold: %v, want FailedPrecondition", err)
+	}
+	if err := ask(onTwo); err != nil {
+		t.Errorf("a slice of another GPU: %v", err)
+	}
+	mu.Lock()
+	heldErr = errors.New("record unreadable")
+	mu.Unlock()
+	if err := ask(onTwo); status.Code(err) != codes.Unavailable {
+		t.Errorf("while DRA's holdings are unknown: %v, want Unavailable", err)
 	}
 }

@@ -26,6 +26,10 @@ var (
 	// ErrOvercommitted reports a claim that would take a GPU past its
 	// capacity together with the claims already prepared.
 	ErrOvercommitted = errors.New("GPU overcommitted")
+	// ErrHeldByDevicePlugin reports a claim on a GPU whose slices the
+	// device plugin (nvidia.com/vgpu) hands out: one GPU serves one front
+	// end at a time, since neither counts the other's holdings.
+	ErrHeldByDevicePlugin = errors.New("GPU serves device-plugin slices")
 )
 
 // Grant is what one claim holds of one GPU: its compute in slices, its

@@ -33,6 +33,11 @@ type PreparerOptions struct {
 	// StatePath is the file that records prepared claims across restarts
 	// (contract.DRAPreparedClaims); the agent reads it.
 	StatePath string
+	// DevicePluginGPUs, when set, are the GPUs device-plugin containers
+	// hold slices of (the kubelet's device-manager checkpoint). A claim on
+	// one of them is refused, and so is every claim while it fails: the
+	// two front ends never share a GPU.
+	DevicePluginGPUs func() (map[string]bool, error)
 }
 
 // Preparer prepares and unprepares claims on one node: what the kubelet
@@ -86,6 +91,9 @@ func (p *Preparer) Prepare(claim *resourceapi.ResourceClaim) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("claim %s/%s: %w", claim.Namespace, claim.Name, err)
 	}
+	if err := p.besideDevicePlugin(grants); err != nil {
+		return "", fmt.Errorf("claim %s/%s: %w", claim.Namespace, claim.Name, err)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	before, had := p.state[claim.UID]
@@ -109,6 +117,24 @@ func (p *Preparer) Prepare(claim *resourceapi.ResourceClaim) (string, error) {
 		return "", fmt.Errorf("claim %s/%s: %w", claim.Namespace, claim.Name, err)
 	}
 	return CDIDeviceID(claim.UID), nil
+}
+
+// besideDevicePlugin refuses grants on a GPU the device plugin hands out,
+// or any grant when that cannot be told.
+func (p *Preparer) besideDevicePlugin(grants []Grant) error {
+	if p.o.DevicePluginGPUs == nil {
+		return nil
+	}
+	held, err := p.o.DevicePluginGPUs()
+	if err != nil {
+		return fmt.Errorf("%w: which GPUs the device plugin holds cannot be told: %w", ErrHeldByDevicePlugin, err)
+	}
+	for _, g := range grants {
+		if held[g.UUID] && !g.Admin {
+			return fmt.Errorf("%w: GPU %d (%s) has nvidia.com/vgpu containers; it takes claims once they end", ErrHeldByDevicePlugin, g.Index, g.UUID)
+		}
+	}
+	return nil
 }
 
 // Unprepare undoes Prepare: the claim's spec goes, and its GPUs are free

@@ -173,3 +173,41 @@ func TestPreparerWhenTheRecordCannotBeWritten(t *testing.T) {
 		t.Errorf("the 2 slices b failed to take, once the record can be written: %v", err)
 	}
 }
+
+// TestPreparerBesideTheDevicePlugin: a claim on a GPU that device-plugin
+// containers hold slices of is refused, leaving nothing behind; a GPU
+// they do not hold is served; when which GPUs they hold cannot be told,
+// every claim is refused (the front ends never share a GPU unknowingly).
+func TestPreparerBesideTheDevicePlugin(t *testing.T) {
+	t.Parallel()
+	l, devs := node(t, 2, 8, "NVIDIA H100 80GB HBM3", 80<<30)
+	dir := t.TempDir()
+	var held map[string]bool
+	var heldErr error
+	o := dra.PreparerOptions{
+		Pool: pool, Layout: l, CDIDir: filepath.Join(dir, "cdi"), StatePath: filepath.Join(dir, "prepared.json"),
+		Nodes:            dra.Nodes{DevRoot: "/dev", Minor: map[string]int{devs[0].UUID: 0, devs[1].UUID: 1}},
+		DevicePluginGPUs: func() (map[string]bool, error) { return held, heldErr },
+	}
+	if err := os.Mkdir(o.CDIDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := preparer(t, o)
+	held = map[string]bool{devs[0].UUID: true}
+	if _, err := p.Prepare(claimOf("uid-a", share("gpu-0", 1, 10))); !errors.Is(err, dra.ErrHeldByDevicePlugin) {
+		t.Fatalf("a claim on a GPU with device-plugin slices: %v, want ErrHeldByDevicePlugin", err)
+	}
+	if _, err := p.Prepare(claimOf("uid-b", share("gpu-1", 1, 10))); err != nil {
+		t.Fatalf("a claim on a GPU without device-plugin slices: %v", err)
+	}
+	heldErr = errors.New("checkpoint unreadable")
+	if _, err := p.Prepare(claimOf("uid-c", share("gpu-1", 1, 10))); !errors.Is(err, dra.ErrHeldByDevicePlugin) {
+		t.Fatalf("a claim while the device plugin's holdings are unknown: %v, want refused", err)
+	}
+	if got := p.Claims(); len(got) != 1 {
+		t.Errorf("prepared claims %v, want only uid-b", got)
+	}
+	if names := specs(t, o.CDIDir); len(names) != 1 {
+		t.Errorf("CDI specs %v, want only uid-b's", names)
+	}
+}

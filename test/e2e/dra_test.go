@@ -24,6 +24,10 @@ import (
 func requireDRA(t *testing.T) {
 	t.Helper()
 	if c.DRA() {
+		// Registered first, so it runs last, after the scenario's
+		// namespace is gone: its claims let go of their GPUs before the
+		// next scenario, whose nvidia.com/vgpu pods would be refused them.
+		t.Cleanup(func() { waitPreparedOnDisk(t, 0, 0) })
 		return
 	}
 	if os.Getenv("GPUSLICE_REQUIRE_DRA") != "" {
@@ -130,7 +134,9 @@ func gpuUUIDs(t *testing.T) map[int]string {
 // environment as device-plugin mode; a third needing one more slice of
 // that GPU stays Pending with the scheduler's reason; a claim by memory
 // alone lands on the GPU with room. The agent reports each claim's pod
-// with its slices, and a greedy claim holder is throttled to its share.
+// with its slices, a greedy claim holder is throttled to its share, and a
+// process over its claim's memory is killed. An nvidia.com/vgpu pod is
+// then refused: neither front end is handed a GPU the other holds.
 func TestDRAClaimsShareAGPU(t *testing.T) {
 	requireDRA(t)
 	ensureDeviceClass(t)
@@ -209,6 +215,22 @@ func TestDRAClaimsShareAGPU(t *testing.T) {
 	t.Logf("greedy claim's measured share under strict: %.1f%% (its claim: 25%%)", share*100)
 	if share < 0.15 || share > 0.35 {
 		t.Errorf("greedy claim used %.0f%% of the GPU, its claim is 25%%", share*100)
+	}
+	// A claim of 10 GiB whose process holds 12 GiB: the watchdog kills it.
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(claimPod("hog", "ten-gib", "exec /bin/workload --demand 0.1 --memory-mib 12288")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	failed := waitPhase(t, ns, "hog", corev1.PodFailed)
+	if st := failed.Status.ContainerStatuses; len(st) != 1 || st[0].State.Terminated == nil || st[0].State.Terminated.ExitCode != 137 {
+		t.Errorf("the memory hog's container: %+v, want killed (exit 137)", st)
+	}
+	// Both GPUs serve claims now: an nvidia.com/vgpu pod is refused at
+	// admission (Allocate), never given slices of a GPU claims hold.
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod("vgpu", 1, "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if refused := waitPhase(t, ns, "vgpu", corev1.PodFailed); refused.Status.Reason != "UnexpectedAdmissionError" || !strings.Contains(refused.Status.Message, "serves DRA claims") {
+		t.Errorf("the nvidia.com/vgpu pod: %s %q, want refused at admission because the GPU serves DRA claims", refused.Status.Reason, refused.Status.Message)
 	}
 	for line := range strings.SplitSeq(c.AgentOutput(), "\n") {
 		if strings.Contains(line, "unauthorized gpu use") && strings.Contains(line, ns) {
