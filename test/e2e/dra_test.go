@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/gpuslice/gpuslice/pkg/dra"
+	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
 // requireDRA skips a DRA scenario on a cluster without DRA mode (a runtime
@@ -471,4 +472,86 @@ func TestDRARestarts(t *testing.T) {
 	}
 	waitRunning(t, ns, "third")
 	waitPreparedOnDisk(t, 2, 2)
+}
+
+// checkChartDRA: with dra.enabled, the chart's own driver DaemonSet (not
+// privileged, no capability) serves a claim, and the chart's agent
+// (--dra) reports the claim's pod; the claim is let go afterwards, before
+// the chart test's nvidia.com/vgpu pods.
+func checkChartDRA(t *testing.T, metrics string) {
+	t.Helper()
+	requireDRA(t)
+	ensureDeviceClass(t)
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	driver := waitComponentPod(t, "dra-driver")
+	if sc := driver.Spec.Containers[0].SecurityContext; sc == nil || (sc.Privileged != nil && *sc.Privileged) || sc.Capabilities == nil || len(sc.Capabilities.Add) != 0 {
+		t.Errorf("the chart's driver security context: %+v, want unprivileged with no capability", sc)
+	}
+	ns := newNamespace(t, "helm-dra")
+	if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, claimTemplate("two", "2", ""), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("claim", "two", "env; sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "claim")
+	if env := containerEnv(t, ns, "claim"); env["GPUSLICE_SLICES"] != "2" || env["NVIDIA_VISIBLE_DEVICES"] == "" {
+		t.Errorf("the claim's env %v; want 2 slices of a GPU", env)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ok := false
+		for _, mf := range promtest.Scrape(t, metrics) {
+			for _, m := range mf.GetMetric() {
+				if mf.GetName() != "gpuslice_container_slices" {
+					continue
+				}
+				labels := map[string]string{}
+				for _, l := range m.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				ok = ok || (labels["namespace"] == ns && labels["pod"] == "claim" && m.GetGauge().GetValue() == 2)
+			}
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the chart's agent does not report the claim's pod with 2 slices")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	zero := int64(0)
+	if err := cs.CoreV1().Pods(ns).Delete(ctx, "claim", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitComponentPod waits for a ready pod of the chart's component.
+func waitComponentPod(t *testing.T, component string) *corev1.Pod {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		pods, err := cs.CoreV1().Pods(helmNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=" + component})
+		if err == nil {
+			for i := range pods.Items {
+				if p := &pods.Items[i]; p.DeletionTimestamp == nil && podReady(p) {
+					return p
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			evs, _ := cs.CoreV1().Events(helmNamespace).List(context.Background(), metav1.ListOptions{})
+			var b strings.Builder
+			for _, e := range evs.Items {
+				if strings.Contains(e.InvolvedObject.Name, component) {
+					fmt.Fprintf(&b, "%s %s: %s\n", e.InvolvedObject.Name, e.Reason, e.Message)
+				}
+			}
+			t.Fatalf("no ready %s pod from the chart: %v; events:\n%s", component, err, b.String())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }

@@ -46,6 +46,7 @@ func TestHelmInstall(t *testing.T) {
 	cs := c.API.Clientset(t)
 	ctx := context.Background()
 	c.StopAgent()
+	c.StopDRADriver()
 	t.Cleanup(func() {
 		if err := c.StartAgent(); err != nil {
 			t.Errorf("restart the tier's agent: %v", err)
@@ -53,6 +54,11 @@ func TestHelmInstall(t *testing.T) {
 		}
 		waitAgentRegistrations(t, 1)
 		waitAllocatable(t, 8)
+		if c.DRA() {
+			if err := c.StartDRADriver(); err != nil {
+				t.Errorf("restart the tier's DRA driver: %v", err)
+			}
+		}
 	})
 	metricsPort, err := apiserver.FreePort()
 	if err != nil {
@@ -123,6 +129,9 @@ func TestHelmInstall(t *testing.T) {
 	})
 	t.Run("Permissions", func(t *testing.T) {
 		checkPermissions(t)
+	})
+	t.Run("DRAClaimServedByTheChart", func(t *testing.T) {
+		checkChartDRA(t, metrics)
 	})
 
 	ns := newNamespace(t, "helm")
@@ -480,6 +489,12 @@ func writeValues(t *testing.T, metricsPort int, fakeConfig string) string {
 		"extraVolumeMounts": []map[string]any{
 			{"name": "fake-gpu-config", "mountPath": fakeConfig, "readOnly": true},
 			{"name": "fake-gpu-workloads", "mountPath": c.WorkloadDir},
+		},
+		"dra": map[string]any{
+			"enabled": c.DRA(), "cdiDir": c.CDIDir,
+			"extraArgs": []string{"--gpu-backend=fake", "--fake-config=" + fakeConfig, "--dev-root=" + filepath.Join(c.Dir, "dev")},
+			"extraVolumes": []map[string]any{{"name": "fake-gpu-config", "hostPath": map[string]any{"path": fakeConfig, "type": fileType}}},
+			"extraVolumeMounts": []map[string]any{{"name": "fake-gpu-config", "mountPath": fakeConfig, "readOnly": true}},
 		},
 		"quotaController": map[string]any{
 			"replicas": 1, "hostNetwork": true, "tolerations": notReady,
