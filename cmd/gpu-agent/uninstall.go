@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/pkg/uninstall"
 )
@@ -26,12 +27,14 @@ func runUninstall(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Namespace, "namespace", "", "namespace of the agent's DaemonSet (required)")
 	fs.StringVar(&o.DaemonSet, "daemonset", "", "name of the agent's DaemonSet (required)")
 	fs.BoolVar(&o.GFD, "gfd-labels", true, "the agents wrote the GFD-compatible labels: remove them too")
+	fs.StringVar(&o.DRADaemonSet, "dra-daemonset", "", "name of the DRA driver's DaemonSet, when it runs: deleted too, then its ResourceSlices")
 	fs.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig `file`; in-cluster config when empty")
 	fs.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the agents to stop")
 	fs.Usage = func() {
 		fmt.Fprint(stdout, "Usage: gpu-agent uninstall --namespace NS --daemonset NAME [flags]\n\n"+
 			"Deletes the agent's DaemonSet, waits for its pods to stop (they thaw what\n"+
-			"they froze and remove their sockets), then removes the agents' node labels.\n\n")
+			"they froze and remove their sockets), then removes the agents' node labels.\n"+
+			"With --dra-daemonset, the DRA driver's DaemonSet goes too, then its ResourceSlices.\n\n")
 		fs.SetOutput(stdout)
 		fs.PrintDefaults()
 	}
@@ -45,6 +48,7 @@ func runUninstall(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gpu-agent uninstall: --namespace and --daemonset are required, a positive --timeout, and no arguments")
 		return exitConfig
 	}
+	o.DRADriver = contract.DRADriverName
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
 	client, err := kube.New(kubeconfig)
 	if err != nil {

@@ -33,3 +33,13 @@ func (c *Client) DaemonSetExists(ctx context.Context, namespace, name string) (b
 	}
 	return err == nil, err
 }
+
+// DeleteResourceSlices deletes every ResourceSlice a DRA driver published;
+// a cluster without resource.k8s.io/v1 has none.
+func (c *Client) DeleteResourceSlices(ctx context.Context, driver string) error {
+	err := c.do(ctx, http.MethodDelete, "/apis/resource.k8s.io/v1/resourceslices?fieldSelector="+url.QueryEscape("spec.driver="+driver), "", nil, nil)
+	if IsNotFound(err) {
+		return nil
+	}
+	return err
+}

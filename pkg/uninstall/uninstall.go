@@ -3,7 +3,9 @@
 // foreground and waits for its pods to end (each agent thaws what it froze
 // and removes its socket as it stops), then removes the node labels the
 // agents own from every node. Labels are removed only after the agents are
-// gone, or an agent's resync would put them back.
+// gone, or an agent's resync would put them back. With the DRA driver, its
+// DaemonSet goes the same way, then the ResourceSlices it published: left
+// behind, they would keep offering GPUs no driver prepares.
 package uninstall
 
 import (
@@ -23,6 +25,7 @@ type API interface {
 	DaemonSetExists(ctx context.Context, namespace, name string) (bool, error)
 	Nodes(ctx context.Context) ([]kube.Meta, error)
 	PatchNode(ctx context.Context, name string, patch any, fieldManager string) error
+	DeleteResourceSlices(ctx context.Context, driver string) error
 }
 
 // Options say what to undo.
@@ -32,6 +35,10 @@ type Options struct {
 	// GFD says the agents wrote the GFD-compatible labels (--gfd-labels):
 	// those are removed too. Off, only gpuslice.io labels are.
 	GFD bool
+	// DRADaemonSet, when set, names the DRA driver's DaemonSet in
+	// Namespace; DRADriver the driver whose ResourceSlices are deleted
+	// once it is gone.
+	DRADaemonSet, DRADriver string
 	// Poll is how often Run checks that the DaemonSet is gone.
 	Poll time.Duration
 }
@@ -43,26 +50,23 @@ func Run(ctx context.Context, api API, o Options, log *slog.Logger) (int, error)
 	if o.Namespace == "" || o.DaemonSet == "" {
 		return 0, errors.New("uninstall: the DaemonSet's namespace and name are required")
 	}
+	if o.DRADaemonSet != "" && o.DRADriver == "" {
+		return 0, errors.New("uninstall: the DRA driver's name is required with its DaemonSet")
+	}
 	if o.Poll <= 0 {
 		o.Poll = time.Second
 	}
-	if err := api.DeleteDaemonSet(ctx, o.Namespace, o.DaemonSet); err != nil {
-		return 0, fmt.Errorf("delete DaemonSet %s/%s: %w", o.Namespace, o.DaemonSet, err)
+	if err := deleteAndWait(ctx, api, o, o.DaemonSet, log); err != nil {
+		return 0, err
 	}
-	log.Info("agent DaemonSet deleted; waiting for its pods to stop", "namespace", o.Namespace, "daemonset", o.DaemonSet)
-	for {
-		exists, err := api.DaemonSetExists(ctx, o.Namespace, o.DaemonSet)
-		if err == nil && !exists {
-			break
+	if o.DRADaemonSet != "" {
+		if err := deleteAndWait(ctx, api, o, o.DRADaemonSet, log); err != nil {
+			return 0, err
 		}
-		if err != nil {
-			log.Warn("checking the agent DaemonSet", "err", err)
+		if err := api.DeleteResourceSlices(ctx, o.DRADriver); err != nil {
+			return 0, fmt.Errorf("delete the ResourceSlices of %s: %w", o.DRADriver, err)
 		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("the agent DaemonSet %s/%s is still there: %w", o.Namespace, o.DaemonSet, ctx.Err())
-		case <-time.After(o.Poll):
-		}
+		log.Info("DRA driver's ResourceSlices deleted", "driver", o.DRADriver)
 	}
 	nodes, err := api.Nodes(ctx)
 	if err != nil {
@@ -83,4 +87,27 @@ func Run(ctx context.Context, api API, o Options, log *slog.Logger) (int, error)
 		log.Info("node labels removed", "node", n.Name, "labels", len(patch))
 	}
 	return changed, errors.Join(errs...)
+}
+
+// deleteAndWait deletes a DaemonSet of the release in the foreground and
+// waits until it is gone or ctx ends.
+func deleteAndWait(ctx context.Context, api API, o Options, name string, log *slog.Logger) error {
+	if err := api.DeleteDaemonSet(ctx, o.Namespace, name); err != nil {
+		return fmt.Errorf("delete DaemonSet %s/%s: %w", o.Namespace, name, err)
+	}
+	log.Info("DaemonSet deleted; waiting for its pods to stop", "namespace", o.Namespace, "daemonset", name)
+	for {
+		exists, err := api.DaemonSetExists(ctx, o.Namespace, name)
+		if err == nil && !exists {
+			return nil
+		}
+		if err != nil {
+			log.Warn("checking the DaemonSet", "daemonset", name, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the DaemonSet %s/%s is still there: %w", o.Namespace, name, ctx.Err())
+		case <-time.After(o.Poll):
+		}
+	}
 }

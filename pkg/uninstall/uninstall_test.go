@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,22 +22,49 @@ type cluster struct {
 	nodes          map[string]map[string]string
 	patchErr       error
 	patchedWhileDS bool
+	// The DRA driver's DaemonSet (named "...-dra-driver") and slices.
+	draExists, draDeleting bool
+	draPolls               int
+	slices                 map[string]int // by driver
+	slicesWhileDriver      bool
 }
 
-func (c *cluster) DeleteDaemonSet(context.Context, string, string) error {
+func isDRA(name string) bool { return strings.HasSuffix(name, "-dra-driver") }
+
+func (c *cluster) DeleteDaemonSet(_ context.Context, _, name string) error {
+	if isDRA(name) {
+		c.draDeleting = c.draExists
+		return nil
+	}
 	if c.dsExists {
 		c.deleting = true
 	}
 	return nil
 }
 
-func (c *cluster) DaemonSetExists(context.Context, string, string) (bool, error) {
+func (c *cluster) DaemonSetExists(_ context.Context, _, name string) (bool, error) {
+	if isDRA(name) {
+		if c.draDeleting {
+			if c.draPolls--; c.draPolls <= 0 {
+				c.draExists, c.draDeleting = false, false
+			}
+		}
+		return c.draExists, nil
+	}
 	if c.deleting {
 		if c.pollsToGone--; c.pollsToGone <= 0 {
 			c.dsExists, c.deleting = false, false
 		}
 	}
 	return c.dsExists, nil
+}
+
+func (c *cluster) DeleteResourceSlices(_ context.Context, driver string) error {
+	if c.draExists {
+		c.slicesWhileDriver = true
+	}
+	delete(c.slices, driver)
+	return nil
 }
 
 func (c *cluster) Nodes(context.Context) ([]kube.Meta, error) {
@@ -133,5 +161,26 @@ func TestRunIsIdempotentAndReportsPatchFailures(t *testing.T) {
 	}
 	if _, err := Run(context.Background(), c, Options{}, slog.New(slog.DiscardHandler)); err == nil {
 		t.Error("Run without a DaemonSet name did not fail")
+	}
+}
+
+// TestRunRemovesTheDRADriversSlices: with the DRA driver, its DaemonSet is
+// deleted and waited for, then its ResourceSlices, and no other driver's.
+func TestRunRemovesTheDRADriversSlices(t *testing.T) {
+	c := &cluster{dsExists: true, pollsToGone: 2, draExists: true, draPolls: 3,
+		nodes: map[string]map[string]string{"gpu": gpuNode()}, slices: map[string]int{"gpu.gpuslice.io": 2, "nic.example.com": 1}}
+	o := Options{Namespace: "gpuslice", DaemonSet: "gpuslice-agent", DRADaemonSet: "gpuslice-dra-driver", DRADriver: "gpu.gpuslice.io", Poll: time.Millisecond}
+	if _, err := Run(context.Background(), c, o, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if c.draExists || c.slicesWhileDriver {
+		t.Errorf("driver DaemonSet left %v; slices deleted while it ran %v", c.draExists, c.slicesWhileDriver)
+	}
+	if _, ok := c.slices["gpu.gpuslice.io"]; ok || c.slices["nic.example.com"] != 1 {
+		t.Errorf("slices left: %v; want only the other driver's", c.slices)
+	}
+	o.DRADriver = ""
+	if _, err := Run(context.Background(), c, o, slog.New(slog.DiscardHandler)); err == nil {
+		t.Error("a DRA DaemonSet without its driver's name was accepted")
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
+	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 	"github.com/gpuslice/gpuslice/test/e2e/cluster"
 	"github.com/gpuslice/gpuslice/test/promtest"
@@ -256,6 +257,16 @@ func TestHelmInstall(t *testing.T) {
 		out := helm(t, "uninstall", helmRelease, "--namespace", helmNamespace, "--wait", "--timeout", "2m")
 		uninstalled = true
 		t.Logf("helm uninstall: %s", strings.TrimSpace(out))
+		if c.DRA() {
+			// The hook deleted the driver's ResourceSlices, after the
+			// driver: none is left when helm returns. (The kubelet also
+			// wipes a driver's slices, 30 s after it unregisters, and only
+			// on a node whose kubelet runs.)
+			list, err := cs.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.driver=" + dra.DriverName})
+			if err != nil || len(list.Items) != 0 {
+				t.Errorf("the DRA driver's ResourceSlices after uninstall: %d, %v; want none", len(list.Items), err)
+			}
+		}
 		waitGone(t, "the agent's pods", func() (int, error) {
 			pods, err := cs.CoreV1().Pods(helmNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + helmRelease})
 			if err != nil {
