@@ -95,7 +95,7 @@ func deleteAndWait(ctx context.Context, api API, o Options, name string, log *sl
 	if err := api.DeleteDaemonSet(ctx, o.Namespace, name); err != nil {
 		return fmt.Errorf("delete DaemonSet %s/%s: %w", o.Namespace, name, err)
 	}
-	log.Info("DaemonSet deleted; waiting for its pods to stop", "namespace", o.Namespace, "daemonset", name)
+	log.Info("daemonset deleted; waiting for its pods to stop", "namespace", o.Namespace, "daemonset", name)
 	for {
 		exists, err := api.DaemonSetExists(ctx, o.Namespace, name)
 		if err == nil && !exists {

@@ -503,8 +503,8 @@ func writeValues(t *testing.T, metricsPort int, fakeConfig string) string {
 		},
 		"dra": map[string]any{
 			"enabled": c.DRA(), "cdiDir": c.CDIDir,
-			"extraArgs": []string{"--gpu-backend=fake", "--fake-config=" + fakeConfig, "--dev-root=" + filepath.Join(c.Dir, "dev")},
-			"extraVolumes": []map[string]any{{"name": "fake-gpu-config", "hostPath": map[string]any{"path": fakeConfig, "type": fileType}}},
+			"extraArgs":         []string{"--gpu-backend=fake", "--fake-config=" + fakeConfig, "--dev-root=" + filepath.Join(c.Dir, "dev")},
+			"extraVolumes":      []map[string]any{{"name": "fake-gpu-config", "hostPath": map[string]any{"path": fakeConfig, "type": fileType}}},
 			"extraVolumeMounts": []map[string]any{{"name": "fake-gpu-config", "mountPath": fakeConfig, "readOnly": true}},
 		},
 		"quotaController": map[string]any{
