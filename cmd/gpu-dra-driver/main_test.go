@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -144,6 +145,14 @@ func TestDriverOnTheAPIServer(t *testing.T) {
 	}
 	first := startDriver(t, bin, args...)
 	waitTaints(t, first, cs, map[string]string{"gpu-0": "", "gpu-1": ""})
+	// Its memory, for the chart's requests (docs/dra.md): logged, not judged.
+	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", first.cmd.Process.Pid)); err == nil {
+		for _, l := range strings.Split(string(status), "\n") {
+			if strings.HasPrefix(l, "VmRSS:") || strings.HasPrefix(l, "VmHWM:") {
+				t.Logf("gpu-dra-driver serving 2 GPUs: %s", strings.Join(strings.Fields(l), " "))
+			}
+		}
+	}
 
 	if err := os.WriteFile(fake, []byte(base+"faults:\n  gpus:\n    - index: 1\n      xid: 79\n"), 0o600); err != nil {
 		t.Fatal(err)
