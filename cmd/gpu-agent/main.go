@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/gpuslice/gpuslice/internal/gpubackend"
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
@@ -282,27 +283,9 @@ func (g *gpus) close(log *slog.Logger) {
 }
 
 func openBackend(cfg Resolved, log *slog.Logger) (nvml.Backend, *fakegpu.Node, error) {
-	if cfg.GPUBackend == "nvml" {
-		o := cfg.NVML
-		o.Logger = log
-		b, err := nvml.New(o)
-		if err != nil {
-			return nil, nil, err
-		}
-		return b, nil, nil
-	}
-	fc := fakegpu.DefaultConfig()
-	if cfg.FakeConfig != "" {
-		var err error
-		if fc, err = fakegpu.LoadFile(cfg.FakeConfig); err != nil {
-			return nil, nil, err
-		}
-	}
-	node, err := fakegpu.New(fc)
-	if err != nil {
-		return nil, nil, err
-	}
-	return node, node, nil
+	o := cfg.NVML
+	o.Logger = log
+	return gpubackend.Open(cfg.GPUBackend, cfg.FakeConfig, o)
 }
 
 // useDriverTier hands the driver memory-limit tier to the enforcer where

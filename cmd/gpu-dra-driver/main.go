@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/gpuslice/gpuslice/internal/gpubackend"
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
@@ -178,24 +179,9 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 }
 
 func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, *fakegpu.Node, error) {
-	if cfg.GPUBackend == "nvml" {
-		o := nvml.DefaultOptions()
-		o.LibraryPath, o.ProbeInterval, o.XIDRecovery, o.Logger = cfg.NVMLLibrary, cfg.ProbeInterval, cfg.XIDRecovery, log
-		b, err := nvml.New(o)
-		return b, nil, err
-	}
-	fc := fakegpu.DefaultConfig()
-	if cfg.FakeConfig != "" {
-		var err error
-		if fc, err = fakegpu.LoadFile(cfg.FakeConfig); err != nil {
-			return nil, nil, err
-		}
-	}
-	node, err := fakegpu.New(fc)
-	if err != nil {
-		return nil, nil, err
-	}
-	return node, node, nil
+	o := nvml.DefaultOptions()
+	o.LibraryPath, o.ProbeInterval, o.XIDRecovery, o.Logger = cfg.NVMLLibrary, cfg.ProbeInterval, cfg.XIDRecovery, log
+	return gpubackend.Open(cfg.GPUBackend, cfg.FakeConfig, o)
 }
 
 // devicePluginGPUs reads which GPUs device-plugin containers hold from the

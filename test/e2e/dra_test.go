@@ -207,12 +207,7 @@ func TestDRAClaimsShareAGPU(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	first, t0 := scrape(t), time.Now()
-	time.Sleep(5 * time.Second)
-	second, t1 := scrape(t), time.Now()
-	b0, _ := value(first, "gpuslice_container_gpu_busy_seconds_total", labels)
-	b1, _ := value(second, "gpuslice_container_gpu_busy_seconds_total", labels)
-	share := (b1 - b0) / t1.Sub(t0).Seconds()
+	share := measuredShare(t, labels, 5*time.Second)
 	t.Logf("greedy claim's measured share under strict: %.1f%% (its claim: 25%%)", share*100)
 	if share < 0.15 || share > 0.35 {
 		t.Errorf("greedy claim used %.0f%% of the GPU, its claim is 25%%", share*100)

@@ -263,3 +263,15 @@ func scrape(t *testing.T) map[string]*dto.MetricFamily {
 
 // value finds the sample of a family whose labels include want.
 var value = promtest.Value
+
+// measuredShare is the share of the GPU a container used over d, from the
+// agent's busy-seconds counter.
+func measuredShare(t *testing.T, labels map[string]string, d time.Duration) float64 {
+	t.Helper()
+	first, t0 := scrape(t), time.Now()
+	time.Sleep(d)
+	second, t1 := scrape(t), time.Now()
+	b0, _ := value(first, "gpuslice_container_gpu_busy_seconds_total", labels)
+	b1, _ := value(second, "gpuslice_container_gpu_busy_seconds_total", labels)
+	return (b1 - b0) / t1.Sub(t0).Seconds()
+}

@@ -324,12 +324,7 @@ func TestWorkloadsInPodsAreAttributedAndEnforced(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	// Its measured share holds near its limit.
-	first, t0 := scrape(t), time.Now()
-	time.Sleep(5 * time.Second)
-	second, t1 := scrape(t), time.Now()
-	b0, _ := value(first, "gpuslice_container_gpu_busy_seconds_total", labels)
-	b1, _ := value(second, "gpuslice_container_gpu_busy_seconds_total", labels)
-	share := (b1 - b0) / t1.Sub(t0).Seconds()
+	share := measuredShare(t, labels, 5*time.Second)
 	t.Logf("greedy pod's measured share under strict: %.1f%% (limit 50%%)", share*100)
 	if share < 0.40 || share > 0.60 {
 		t.Errorf("greedy pod used %.0f%% of the GPU, limit 50%%", share*100)
