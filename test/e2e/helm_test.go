@@ -17,6 +17,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
@@ -76,6 +77,13 @@ func TestHelmInstall(t *testing.T) {
 	}
 	if err := os.WriteFile(fakeConfig, orig, 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if c.DRA() {
+		// The chart creates the DeviceClass the DRA scenarios made for
+		// themselves: helm refuses to adopt one it did not create.
+		if err := cs.ResourceV1().DeviceClasses().Delete(ctx, dra.DriverName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
 	}
 	runReadmeInstall(t, writeValues(t, metricsPort, fakeConfig), prom)
 	uninstalled := false
