@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -201,7 +202,7 @@ func m(subsystem, name, typ, help string, write func(*textWriter, *view)) metric
 // families is every metric the agent exports, sorted by name.
 var families = []metric{
 	m("agent", "errors_total", "counter", "Failed reads while sampling, by source.", func(w *textWriter, v *view) {
-		for _, src := range []string{node.SourceCheckpoint, node.SourceNVML, node.SourcePodResources, node.SourceProc} {
+		for _, src := range []string{node.SourceCheckpoint, node.SourceDRA, node.SourceNVML, node.SourcePodResources, node.SourceProc} {
 			w.sample(float64(v.snap.Errors[src]), "source", src)
 		}
 	}),
@@ -230,6 +231,16 @@ var families = []metric{
 	m("", "build_info", "gauge", "The agent's build; always 1.", func(w *textWriter, v *view) {
 		w.sample(1, "version", v.e.info.Version, "goversion", runtime.Version())
 	}),
+	m("container", "claim_info", "gauge", "A DRA claim (of gpuslice's driver) through which the container holds the GPU; always 1. Absent for nvidia.com/vgpu slices.",
+		func(w *textWriter, v *view) {
+			for _, c := range v.snap.Containers {
+				for _, claim := range c.Claims {
+					ns, name, _ := strings.Cut(claim, "/")
+					w.sample(1, "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "gpu", strconv.Itoa(c.Index), "uuid", c.GPU,
+						"claim_namespace", ns, "claim", name)
+				}
+			}
+		}),
 	m("container", "compute_limit_ratio", "gauge", "Share of the GPU's compute the container's slices allow.",
 		perContainer(func(c node.Container) float64 { return c.ComputeLimitRatio }, nil)),
 	m("container", "gpu_busy_seconds_total", "counter", "GPU time used by the container's processes: SM utilization integrated over time.",

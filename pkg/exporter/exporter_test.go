@@ -64,7 +64,7 @@ func snapshot() *node.Snapshot {
 			{Namespace: "ml", Pod: "a", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 2, MemoryLimitBytes: 10737418240, ComputeLimitRatio: 0.25,
 				MemoryUsedBytes: 1073741824, SMUtilization: 0.2, BusySeconds: 12.5, LastActive: time.Unix(1700000000, 500e6), Processes: 1,
 				Cgroup: attribution.Container{ContainerID: cidA}},
-			{Namespace: "ml", Pod: "b", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 3, MemoryLimitBytes: 16106127360, ComputeLimitRatio: 0.375,
+			{Namespace: "ml", Pod: "b", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 3, Claims: []string{"ml/gpu"}, MemoryLimitBytes: 16106127360, ComputeLimitRatio: 0.375,
 				MemoryUsedBytes: 2147483648, SMUtilization: 0.5, BusySeconds: 30},
 		},
 		Unattributed: []attribution.Unattributed{{GPUProcess: attribution.GPUProcess{PID: 7, GPU: "GPU-aaa"}, Reason: "not in a pod or container"}},
@@ -119,6 +119,9 @@ gpuslice_slices_allocated{gpu="1",uuid="GPU-bbb"} 0
 `
 
 const wantContainers = `
+# HELP gpuslice_container_claim_info A DRA claim (of gpuslice's driver) through which the container holds the GPU; always 1. Absent for nvidia.com/vgpu slices.
+# TYPE gpuslice_container_claim_info gauge
+gpuslice_container_claim_info{claim="gpu",claim_namespace="ml",container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 1
 # HELP gpuslice_container_compute_limit_ratio Share of the GPU's compute the container's slices allow.
 # TYPE gpuslice_container_compute_limit_ratio gauge
 gpuslice_container_compute_limit_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.25
@@ -198,6 +201,7 @@ gpuslice_agent_unauthorized_processes{gpu="1",uuid="GPU-bbb"} 0
 # HELP gpuslice_agent_errors_total Failed reads while sampling, by source.
 # TYPE gpuslice_agent_errors_total counter
 gpuslice_agent_errors_total{source="checkpoint"} 0
+gpuslice_agent_errors_total{source="dra"} 0
 gpuslice_agent_errors_total{source="nvml"} 1
 gpuslice_agent_errors_total{source="podresources"} 2
 gpuslice_agent_errors_total{source="proc"} 0
@@ -316,9 +320,39 @@ func TestEmptySnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// build_info, the histogram, four error counters, enforcement
+	// build_info, the histogram, five error counters, enforcement
 	// failures, four driver limit operation counters.
-	if n != 11 {
-		t.Errorf("%d series before the first sample, want 11", n)
+	if n != 12 {
+		t.Errorf("%d series before the first sample, want 12", n)
+	}
+}
+
+// TestClaimInfo: a container holding a GPU through DRA claims has one
+// claim_info series per claim; one holding nvidia.com/vgpu slices none.
+func TestClaimInfo(t *testing.T) {
+	t.Parallel()
+	snap := &node.Snapshot{Errors: map[string]uint64{}, Containers: []node.Container{
+		{Namespace: "ml", Pod: "train", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 3, Claims: []string{"ml/a", "ml/b"}},
+		{Namespace: "ml", Pod: "infer", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 1},
+	}}
+	mfs, err := NewExposition(fixed{snap}, info).Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, mf := range mfs {
+		if mf.GetName() != "gpuslice_container_claim_info" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, p := range m.GetLabel() {
+				l[p.GetName()] = p.GetValue()
+			}
+			got = append(got, l["pod"]+":"+l["claim_namespace"]+"/"+l["claim"]+"@"+l["uuid"])
+		}
+	}
+	if strings.Join(got, " ") != "train:ml/a@GPU-aaa train:ml/b@GPU-aaa" {
+		t.Errorf("claim_info series %v", got)
 	}
 }

@@ -192,6 +192,7 @@ func holdings(in Input, attributed []attribution.Attributed) (map[key]*Container
 			limits = append(limits, l...)
 			countClaims(allocated, counted, a.Claims, in.DRA.Prepared)
 		}
+		names := claimNames(a.Claims, in.DRA.Prepared)
 		for _, l := range limits {
 			k := key{a.Namespace, a.Pod, a.Container, l.UUID}
 			if e := entries[k]; e != nil {
@@ -204,12 +205,33 @@ func holdings(in Input, attributed []attribution.Attributed) (map[key]*Container
 			entries[k] = &Container{
 				Namespace: a.Namespace, Pod: a.Pod, Container: a.Container,
 				PodUID: podUID[[3]string{a.Namespace, a.Pod, a.Container}],
-				GPU:    l.UUID, Index: l.Index, Slices: l.Slices,
+				GPU:    l.UUID, Index: l.Index, Slices: l.Slices, Claims: names[l.UUID],
 				MemoryLimitBytes: l.MemoryBytes, ComputeLimitRatio: l.ComputeRatio,
 			}
 		}
 	}
 	return entries, allocated, problems
+}
+
+// claimNames are, per GPU, the claims ("namespace/name", sorted) that
+// hold a share of it.
+func claimNames(claims []string, prepared map[string]contract.PreparedClaim) map[string][]string {
+	out := map[string][]string{}
+	for _, uid := range claims {
+		c, ok := prepared[uid]
+		if !ok {
+			continue
+		}
+		for _, g := range c.Grants {
+			if !g.Admin {
+				out[g.UUID] = append(out[g.UUID], c.Namespace+"/"+c.Name)
+			}
+		}
+	}
+	for _, n := range out {
+		sort.Strings(n)
+	}
+	return out
 }
 
 // countClaims adds to allocated the slices of each claim not counted yet.

@@ -47,6 +47,12 @@ func TestBuildDRAClaims(t *testing.T) {
 	if d := got["d/main@GPU-b"]; d.Slices != 1 || d.MemoryLimitBytes != 10e9 || !near(d.ComputeLimitRatio, 0.25) || d.Index != 1 {
 		t.Errorf("d on GPU-b = %+v; want one slice's limits", d)
 	}
+	if d := got["d/main@GPU-b"]; len(d.Claims) != 1 || d.Claims[0] != "ml/solo" {
+		t.Errorf("d's claims on GPU-b = %v, want ml/solo", d.Claims)
+	}
+	if e := got["e/left@GPU-a"]; len(e.Claims) != 1 || e.Claims[0] != "ml/pair" {
+		t.Errorf("e/left's claims = %v, want ml/pair", e.Claims)
+	}
 	if _, ok := got["d/main@GPU-a"]; ok {
 		t.Error("admin access made a limited entry on GPU-a")
 	}

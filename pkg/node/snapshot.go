@@ -84,6 +84,9 @@ type Container struct {
 	// GPU is the GPU's UUID; Index its index.
 	GPU   string
 	Index int
+	// Claims are the DRA claims ("namespace/name", sorted) through which
+	// the container holds the GPU; none for device-plugin slices.
+	Claims []string
 	// Slices held on this GPU and the limits they carry.
 	Slices            int
 	MemoryLimitBytes  uint64

@@ -199,11 +199,12 @@ func TestDRAClaimsShareAGPU(t *testing.T) {
 		threeSlices, _ := value(mfs, "gpuslice_container_slices", map[string]string{"namespace": ns, "pod": "three"})
 		used, _ := value(mfs, "gpuslice_container_memory_used_bytes", labels)
 		throttled, _ := value(mfs, "gpuslice_enforcement_throttled_seconds_total", labels)
-		if slices == 1 && threeSlices == 3 && used == 512<<20 && throttled > 1 {
+		claimed, _ := value(mfs, "gpuslice_container_claim_info", map[string]string{"namespace": ns, "pod": "greedy", "claim_namespace": ns})
+		if slices == 1 && threeSlices == 3 && used == 512<<20 && throttled > 1 && claimed == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("claims not accounted: greedy slices %v, used %v, throttled %vs; three's slices %v\n%s", slices, used, throttled, threeSlices, c.AgentLogs())
+			t.Fatalf("claims not accounted: greedy slices %v, used %v, throttled %vs, claim_info %v; three's slices %v\n%s", slices, used, throttled, claimed, threeSlices, c.AgentLogs())
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
