@@ -2,6 +2,7 @@ package attribution
 
 import (
 	"fmt"
+	"maps"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
@@ -140,12 +141,17 @@ type joiner struct {
 	// dra is the DRA input; admin says which GPUs each assignment has
 	// admin access to, draOn which GPUs its claims reach (shares or admin).
 	// podClaims are each pod UID's claims by the kubelet's DRA checkpoint;
-	// listed the pods (namespace, name) pod-resources listed.
+	// reach the GPUs each prepared claim reaches (shares or admin); listed
+	// the assignments of each pod (namespace, name) pod-resources listed;
+	// uidPod the pod each linked pod UID names. All are read once per
+	// Join, not once per process.
 	dra       DRA
 	admin     []map[string]bool
 	draOn     []map[string]bool
 	podClaims map[string][]string
-	listed    map[[2]string]bool
+	reach     map[string]map[string]bool
+	listed    map[[2]string][]int
+	uidPod    map[string][2]string
 }
 
 func newJoiner(assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames) *joiner {
@@ -207,7 +213,9 @@ func (j *joiner) addDRA(dra DRA) {
 	j.admin = make([]map[string]bool, len(j.assignments))
 	j.draOn = make([]map[string]bool, len(j.assignments))
 	j.podClaims = map[string][]string{}
-	j.listed = map[[2]string]bool{}
+	j.reach = map[string]map[string]bool{}
+	j.listed = map[[2]string][]int{}
+	j.uidPod = map[string][2]string{}
 	if !dra.Enabled {
 		return
 	}
@@ -218,8 +226,14 @@ func (j *joiner) addDRA(dra DRA) {
 			j.podClaims[uid] = append(j.podClaims[uid], c.UID)
 		}
 	}
+	for uid, c := range dra.Prepared {
+		shares, admin := ClaimGPUs(c)
+		maps.Copy(shares, admin)
+		j.reach[uid] = shares
+	}
 	for i, a := range j.assignments {
-		j.listed[[2]string{a.Namespace, a.Pod}] = true
+		pod := [2]string{a.Namespace, a.Pod}
+		j.listed[pod] = append(j.listed[pod], i)
 		j.admin[i], j.draOn[i] = map[string]bool{}, map[string]bool{}
 		pods := map[string]int{}
 		for _, uid := range a.Claims {
@@ -230,29 +244,42 @@ func (j *joiner) addDRA(dra DRA) {
 			if !ok {
 				continue
 			}
-			shares, admin := ClaimGPUs(c)
-			for gpu := range shares {
-				j.onGPU[i][gpu] = true
-				j.draOn[i][gpu] = true
-			}
-			for gpu := range admin {
-				j.admin[i][gpu] = true
-				j.draOn[i][gpu] = true
-			}
-		}
-		if j.podUID[i] != "" {
-			continue
-		}
-		var only []string
-		for p, n := range pods {
-			if n == len(a.Claims) {
-				only = append(only, p)
+			for _, g := range c.Grants {
+				j.draOn[i][g.UUID] = true
+				if g.Admin {
+					j.admin[i][g.UUID] = true
+				} else {
+					j.onGPU[i][g.UUID] = true
+				}
 			}
 		}
-		if len(only) == 1 {
-			j.podUID[i] = only[0]
+		if j.podUID[i] == "" {
+			j.podUID[i] = onlyPod(pods, len(a.Claims))
 		}
 	}
+	for i, a := range j.assignments {
+		if uid := j.podUID[i]; uid != "" {
+			if _, seen := j.uidPod[uid]; !seen {
+				j.uidPod[uid] = [2]string{a.Namespace, a.Pod}
+			}
+		}
+	}
+}
+
+// onlyPod is the one pod UID that holds all n of an assignment's claims,
+// or "" when none or several do.
+func onlyPod(pods map[string]int, n int) string {
+	only := ""
+	for p, held := range pods {
+		if held != n {
+			continue
+		}
+		if only != "" {
+			return ""
+		}
+		only = p
+	}
+	return only
 }
 
 // holders says which containers of a pod hold slices of a GPU, or DRA
@@ -275,12 +302,11 @@ func (j *joiner) holders(v verdict) map[string]bool {
 	}
 	reaches := false
 	for _, claim := range j.podClaims[uid] {
-		c, ok := j.dra.Prepared[claim]
+		on, ok := j.reach[claim]
 		if !ok {
 			return nil // prepared by the kubelet, unknown to the record
 		}
-		shares, admin := ClaimGPUs(c)
-		reaches = reaches || shares[gpu] || admin[gpu]
+		reaches = reaches || on[gpu]
 	}
 	if !reaches {
 		return out
@@ -288,12 +314,12 @@ func (j *joiner) holders(v verdict) map[string]bool {
 	// The pod holds a claim on the GPU: which of its containers do, only
 	// pod-resources says, and only for a pod it listed.
 	pod, ok := j.podName(v)
-	if !ok || !j.listed[pod] {
+	if !ok || len(j.listed[pod]) == 0 {
 		return nil
 	}
-	for i, a := range j.assignments {
-		if a.Namespace == pod[0] && a.Pod == pod[1] && j.draOn[i][gpu] {
-			out[a.Container] = true
+	for _, i := range j.listed[pod] {
+		if j.draOn[i][gpu] {
+			out[j.assignments[i].Container] = true
 		}
 	}
 	return out
@@ -305,12 +331,8 @@ func (j *joiner) podName(v verdict) ([2]string, bool) {
 	if v.known && v.rc.PodName != "" {
 		return [2]string{v.rc.PodNamespace, v.rc.PodName}, true
 	}
-	for i, a := range j.assignments {
-		if v.uid != "" && j.podUID[i] == v.uid {
-			return [2]string{a.Namespace, a.Pod}, true
-		}
-	}
-	return [2]string{}, false
+	pod, ok := j.uidPod[v.uid]
+	return pod, ok && v.uid != ""
 }
 
 // verdict records what became of one process.
