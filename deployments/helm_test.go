@@ -101,6 +101,29 @@ func TestChartDRA(t *testing.T) {
 			t.Errorf("dra off renders %s/%s", o.GetKind(), o.GetName())
 		}
 	}
+	// The quota controller caps claims of the chart's class and the extra
+	// ones, and may list claims and the driver's slices; off, neither.
+	for dra, want := range map[string]string{"true": "--dra-device-classes=gpu.gpuslice.io,shared.example.com", "false": ""} {
+		named := map[string]*unstructured.Unstructured{}
+		for _, o := range parseDocs(t, helm(t, "template", "gpuslice", chart, "--set", "quotaController.enabled=true,quotaController.prometheusURL=http://p:9090,quotaController.extraDeviceClasses={shared.example.com},dra.enabled="+dra)) {
+			named[o.GetKind()+"/"+o.GetName()] = o
+		}
+		ctrl, role := named["Deployment/gpuslice-quota-controller"], named["ClusterRole/gpuslice-quota-controller"]
+		if ctrl == nil || role == nil {
+			t.Fatalf("quotaController.enabled renders %v", keys(named))
+		}
+		got := ""
+		for _, a := range strings.Fields(args(ctrl)) {
+			if strings.HasPrefix(a, "--dra-device-classes") {
+				got = a
+			}
+		}
+		rules, _, _ := unstructured.NestedSlice(role.Object, "rules")
+		claims := strings.Contains(fmt.Sprint(rules), "resourceclaims")
+		if got != want || claims != (want != "") {
+			t.Errorf("dra.enabled=%s: controller flag %q, may list claims %v; want %q", dra, got, claims, want)
+		}
+	}
 }
 
 func keys(m map[string]*unstructured.Unstructured) []string {

@@ -76,6 +76,10 @@ type GPUQuotaSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	// +optional
 	MaxSlices *int64 `json:"maxSlices,omitempty"`
+	// Slices the namespace's DRA claims may hold at once, on the device classes the controller is given (--dra-device-classes). A claim's slices are the larger of its compute and its memory in slices. Kubernetes quota counts claim devices, not capacity, so a claim the controller has not yet seen counts as a whole GPU: size this to at least one GPU's slices. Unset while maxSlices is set: no new claims.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	MaxClaimSlices *int64 `json:"maxClaimSlices,omitempty"`
 	// GPU-hours the namespace may use over a rolling window. Once used up,
 	// no new GPU pods are admitted; running ones continue.
 	// +optional
@@ -143,6 +147,9 @@ func (s GPUQuotaSpec) Validate() error {
 	if s.MaxSlices != nil && *s.MaxSlices < 0 {
 		return fmt.Errorf("maxSlices %d is negative", *s.MaxSlices)
 	}
+	if s.MaxClaimSlices != nil && *s.MaxClaimSlices < 0 {
+		return fmt.Errorf("maxClaimSlices %d is negative", *s.MaxClaimSlices)
+	}
 	if b := s.Budget; b != nil {
 		if b.GPUHours < 0 || b.Window.Duration < time.Minute {
 			return fmt.Errorf("budget needs gpuHours >= 0 and a window of at least 1m, got %g over %s", b.GPUHours, b.Window)
@@ -171,6 +178,12 @@ type GPUQuotaStatus struct {
 	// The hard limit the controller's ResourceQuota sets now.
 	// +optional
 	SliceLimit *int64 `json:"sliceLimit,omitempty"`
+	// Slices the namespace's DRA claims hold: allocated claims as allocated, others as a whole GPU per device.
+	// +optional
+	UsedClaimSlices *int64 `json:"usedClaimSlices,omitempty"`
+	// The hard limit on claim devices the controller's ResourceQuota sets now, per device class.
+	// +optional
+	ClaimDeviceLimits map[string]int64 `json:"claimDeviceLimits,omitempty"`
 	// GPU-hours used over the budget's window.
 	// +optional
 	UsedGPUHours string `json:"usedGPUHours,omitempty"`

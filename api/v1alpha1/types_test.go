@@ -41,12 +41,13 @@ func TestGPUQuotaRoundTrip(t *testing.T) {
 func TestValidate(t *testing.T) {
 	neg := int64(-1)
 	for name, spec := range map[string]v1alpha1.GPUQuotaSpec{
-		"negative slices": {MaxSlices: &neg},
-		"short window":    {Budget: &v1alpha1.Budget{GPUHours: 1, Window: v1alpha1.Duration{Duration: time.Second}}},
-		"unknown source":  {Budget: &v1alpha1.Budget{GPUHours: 1, Window: v1alpha1.Duration{Duration: time.Hour}, Source: "Guess"}},
-		"zero ratio":      {Idle: &v1alpha1.Idle{For: v1alpha1.Duration{Duration: time.Minute}, Action: v1alpha1.ActionNone}},
-		"short idle":      {Idle: &v1alpha1.Idle{BelowUtilization: 0.1, For: v1alpha1.Duration{Duration: time.Second}, Action: v1alpha1.ActionNone}},
-		"unknown action":  {Idle: &v1alpha1.Idle{BelowUtilization: 0.1, For: v1alpha1.Duration{Duration: time.Minute}, Action: "Delete"}},
+		"negative slices":       {MaxSlices: &neg},
+		"negative claim slices": {MaxClaimSlices: &neg},
+		"short window":          {Budget: &v1alpha1.Budget{GPUHours: 1, Window: v1alpha1.Duration{Duration: time.Second}}},
+		"unknown source":        {Budget: &v1alpha1.Budget{GPUHours: 1, Window: v1alpha1.Duration{Duration: time.Hour}, Source: "Guess"}},
+		"zero ratio":            {Idle: &v1alpha1.Idle{For: v1alpha1.Duration{Duration: time.Minute}, Action: v1alpha1.ActionNone}},
+		"short idle":            {Idle: &v1alpha1.Idle{BelowUtilization: 0.1, For: v1alpha1.Duration{Duration: time.Second}, Action: v1alpha1.ActionNone}},
+		"unknown action":        {Idle: &v1alpha1.Idle{BelowUtilization: 0.1, For: v1alpha1.Duration{Duration: time.Minute}, Action: "Delete"}},
 	} {
 		if err := spec.Validate(); err == nil {
 			t.Errorf("%s: accepted", name)

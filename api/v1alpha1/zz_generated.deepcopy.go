@@ -125,6 +125,11 @@ func (in *GPUQuotaSpec) DeepCopyInto(out *GPUQuotaSpec) {
 		*out = new(int64)
 		**out = **in
 	}
+	if in.MaxClaimSlices != nil {
+		in, out := &in.MaxClaimSlices, &out.MaxClaimSlices
+		*out = new(int64)
+		**out = **in
+	}
 	if in.Budget != nil {
 		in, out := &in.Budget, &out.Budget
 		*out = new(Budget)
@@ -159,6 +164,18 @@ func (in *GPUQuotaStatus) DeepCopyInto(out *GPUQuotaStatus) {
 		in, out := &in.SliceLimit, &out.SliceLimit
 		*out = new(int64)
 		**out = **in
+	}
+	if in.UsedClaimSlices != nil {
+		in, out := &in.UsedClaimSlices, &out.UsedClaimSlices
+		*out = new(int64)
+		**out = **in
+	}
+	if in.ClaimDeviceLimits != nil {
+		in, out := &in.ClaimDeviceLimits, &out.ClaimDeviceLimits
+		*out = make(map[string]int64, len(*in))
+		for key, val := range *in {
+			(*out)[key] = val
+		}
 	}
 	if in.IdlePods != nil {
 		in, out := &in.IdlePods, &out.IdlePods

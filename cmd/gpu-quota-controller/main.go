@@ -21,6 +21,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -28,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -45,6 +48,7 @@ func main() {
 
 type config struct {
 	kubeconfig, promURL, resource, metricsAddr, leNamespace, leID, logLevel string
+	deviceClasses                                                           []string
 	interval, queryTimeout, scrapeInterval                                  time.Duration
 	leaderElect                                                             bool
 }
@@ -67,6 +71,20 @@ func parse(args []string) (config, error) {
 	fs.StringVar(&c.leNamespace, "leader-election-namespace", ns, "namespace of the leader lease")
 	fs.StringVar(&c.leID, "leader-election-id", "gpuslice-quota-controller", "name of the leader lease")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.Func("dra-device-classes", "comma-separated DRA device `classes` whose claims reach gpuslice's driver: capped, closed by budgets, reclaimed when idle (the first gets maxClaimSlices' room)", func(v string) error {
+		c.deviceClasses = nil
+		for class := range strings.SplitSeq(v, ",") {
+			class = strings.TrimSpace(class)
+			if errs := validation.IsDNS1123Subdomain(class); len(errs) > 0 {
+				return fmt.Errorf("device class %q: %s", class, strings.Join(errs, "; "))
+			}
+			if slices.Contains(c.deviceClasses, class) {
+				return fmt.Errorf("device class %q listed twice", class)
+			}
+			c.deviceClasses = append(c.deviceClasses, class)
+		}
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -142,7 +160,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	ctrl := quota.New(kube, dyn, prom, quota.Options{Resource: c.resource, Interval: c.interval, QueryTimeout: c.queryTimeout,
+	ctrl := quota.New(kube, dyn, prom, quota.Options{Resource: c.resource, DeviceClasses: c.deviceClasses, Interval: c.interval, QueryTimeout: c.queryTimeout,
 		ScrapeInterval: c.scrapeInterval, Logger: log, Registry: reg})
 
 	lis, err := net.Listen("tcp", c.metricsAddr)

@@ -15,6 +15,9 @@ func TestParse(t *testing.T) {
 	if err != nil || c.promURL != "http://p:9090" || c.interval.Seconds() != 10 || !c.leaderElect || c.queryTimeout.Seconds() != 10 {
 		t.Fatalf("parse = %+v, %v; want the query timeout clamped to the interval", c, err)
 	}
+	if c, err := parse([]string{"--prometheus-url=x", "--dra-device-classes=gpu.gpuslice.io, shared.example.com"}); err != nil || len(c.deviceClasses) != 2 || c.deviceClasses[1] != "shared.example.com" {
+		t.Fatalf("parse device classes = %v, %v", c.deviceClasses, err)
+	}
 	for args, want := range map[string]string{
 		"":                                      "--prometheus-url is required",
 		"--prometheus-url=x --interval=100ms":   "under 1s",
@@ -23,6 +26,9 @@ func TestParse(t *testing.T) {
 		"--prometheus-url=x --interval=forever": "invalid value",
 		"--prometheus-url=x --interval=10s --query-timeout=11s": "at most --interval",
 		"--prometheus-url=x --scrape-interval=0s":               "--scrape-interval",
+		"--prometheus-url=x --dra-device-classes=GPU":           "device class \"GPU\"",
+		"--prometheus-url=x --dra-device-classes=a,,b":          "device class \"\"",
+		"--prometheus-url=x --dra-device-classes=a,b,a":         "listed twice",
 	} {
 		_, err := parse(strings.Fields(args))
 		if err == nil || !strings.Contains(err.Error(), want) {

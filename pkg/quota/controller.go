@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	resourcelisters "k8s.io/client-go/listers/resource/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
@@ -58,6 +59,11 @@ type Options struct {
 	// ScrapeInterval is how often Prometheus scrapes the agents, for how
 	// many samples an idle window needs.
 	ScrapeInterval time.Duration
+	// DeviceClasses are the DRA device classes whose claims reach the
+	// gpuslice driver's devices: their claims count against caps, budgets
+	// close them, and their pods are reclaimed when idle. Empty: the
+	// controller reads no DRA objects.
+	DeviceClasses []string
 }
 
 // Defaults for Options.
@@ -86,6 +92,8 @@ type Controller struct {
 
 	pods    corelisters.PodLister
 	quotas  corelisters.ResourceQuotaLister
+	claims  resourcelisters.ResourceClaimLister // nil without DeviceClasses
+	rslices resourcelisters.ResourceSliceLister // the driver's only
 	gpuq    cache.GenericLister
 	synced  []cache.InformerSynced
 	start   func(stop <-chan struct{})
@@ -106,6 +114,10 @@ type nsReport struct {
 	usedSlices, usedHours, idle, unknown float64
 	limit, budget                        *float64
 	exhausted                            bool
+	// claimSlices is what its claims hold (-1: claims not read);
+	// claimLimits the claim-device limits by class.
+	claimSlices float64
+	claimLimits map[string]int64
 }
 
 // written is the last status the controller wrote for a GPUQuota: a status
@@ -172,6 +184,16 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Op
 		next:    map[string]nsReport{},
 	}
 	c.start = func(stop <-chan struct{}) { f.Start(stop); rqf.Start(stop); df.Start(stop) }
+	if len(opts.DeviceClasses) > 0 {
+		// Only the driver's ResourceSlices: their devices' sizes.
+		sf := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = "spec.driver=" + contract.DRADriverName
+		}))
+		claims, rslices := f.Resource().V1().ResourceClaims(), sf.Resource().V1().ResourceSlices()
+		c.claims, c.rslices = claims.Lister(), rslices.Lister()
+		c.synced = append(c.synced, claims.Informer().HasSynced, rslices.Informer().HasSynced)
+		c.start = func(stop <-chan struct{}) { f.Start(stop); rqf.Start(stop); df.Start(stop); sf.Start(stop) }
+	}
 	m := &c.metrics
 	m.cycles = prometheus.NewCounter(prometheus.CounterOpts{Name: "gpuslice_quota_evaluations_total", Help: "Evaluation cycles run."})
 	m.promErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "gpuslice_quota_prometheus_errors_total", Help: "Cycles whose Prometheus queries failed; the last decisions were kept."})
@@ -389,31 +411,13 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 		key := BudgetKey(*spec.Budget)
 		in.UsedGPUHours, in.HoursInvalid = usage.GPUHours[key][ns], usage.InvalidHours[key][ns]
 	}
-	pods, err := c.pods.Pods(ns).List(labels.Everything())
+	claimSlices, err := c.claimUse(ns, &in)
 	if err != nil {
 		return err
 	}
-	var podSlices int64
-	for _, p := range pods {
-		n := c.slices(p)
-		if n == 0 || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || p.DeletionTimestamp != nil {
-			continue
-		}
-		podSlices += n
-		pp := Pod{Name: p.Name, Slices: n, Running: p.Status.Phase == corev1.PodRunning, OptOut: p.Annotations[AnnotationOptOut] == "true", IdleSince: p.Annotations[AnnotationIdleSince]}
-		if p.Status.StartTime != nil {
-			pp.Started = p.Status.StartTime.Time
-		}
-		if spec.Idle != nil {
-			ev := usage.Idle[spec.Idle.For.Duration]
-			if e, ok := ev.Pods[ns+"/"+p.Name]; ok {
-				pp.Evidence = &e
-				for _, inst := range e.Instances {
-					pp.AgentBlind = pp.AgentBlind || ev.Blind[inst]
-				}
-			}
-		}
-		in.Pods = append(in.Pods, pp)
+	podSlices, err := c.readPods(ns, usage, claimSlices, &in)
+	if err != nil {
+		return err
 	}
 	if in.UsedSlices == 0 {
 		in.UsedSlices = podSlices // no ResourceQuota yet: count the pods
@@ -424,7 +428,7 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 	}
 	c.mu.Unlock()
 	d := Decide(in)
-	r := nsReport{usedSlices: float64(in.UsedSlices), usedHours: d.UsedGPUHours, idle: float64(len(d.Idle)), unknown: float64(len(d.Unknown)), exhausted: d.BudgetExhausted}
+	r := nsReport{usedSlices: float64(in.UsedSlices), claimSlices: -1, usedHours: d.UsedGPUHours, idle: float64(len(d.Idle)), unknown: float64(len(d.Unknown)), exhausted: d.BudgetExhausted}
 	if d.Hard != nil {
 		v := float64(*d.Hard)
 		r.limit = &v
@@ -432,6 +436,10 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 	if spec.Budget != nil {
 		v := spec.Budget.GPUHours
 		r.budget = &v
+	}
+	if in.Claims != nil {
+		r.claimSlices = float64(in.Claims.Slices)
+		r.claimLimits = d.ClaimDevices
 	}
 	c.mu.Lock()
 	c.last[ns] = d
@@ -450,6 +458,42 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 	return errors.Join(errs...)
 }
 
+// readPods reads the namespace's pods holding slices or claims into
+// in.Pods, and returns the nvidia.com/vgpu slices they request.
+func (c *Controller) readPods(ns string, usage Usage, claimSlices map[string]int64, in *Input) (int64, error) {
+	pods, err := c.pods.Pods(ns).List(labels.Everything())
+	if err != nil {
+		return 0, err
+	}
+	var podSlices int64
+	for _, p := range pods {
+		n := c.slices(p)
+		vgpu := n
+		for _, name := range podClaims(p) {
+			n += claimSlices[name]
+		}
+		if n == 0 || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || p.DeletionTimestamp != nil {
+			continue
+		}
+		podSlices += vgpu
+		pp := Pod{Name: p.Name, Slices: n, Running: p.Status.Phase == corev1.PodRunning, OptOut: p.Annotations[AnnotationOptOut] == "true", IdleSince: p.Annotations[AnnotationIdleSince]}
+		if p.Status.StartTime != nil {
+			pp.Started = p.Status.StartTime.Time
+		}
+		if in.Spec.Idle != nil {
+			ev := usage.Idle[in.Spec.Idle.For.Duration]
+			if e, ok := ev.Pods[ns+"/"+p.Name]; ok {
+				pp.Evidence = &e
+				for _, inst := range e.Instances {
+					pp.AgentBlind = pp.AgentBlind || ev.Blind[inst]
+				}
+			}
+		}
+		in.Pods = append(in.Pods, pp)
+	}
+	return podSlices, nil
+}
+
 // slices is what a pod requests of the resource, over its containers.
 func (c *Controller) slices(p *corev1.Pod) int64 {
 	var n int64
@@ -463,19 +507,31 @@ func (c *Controller) slices(p *corev1.Pod) int64 {
 	return n
 }
 
-// applyQuota makes the namespace's ResourceQuota say d.Hard.
+// applyQuota makes the namespace's ResourceQuota say d.Hard and
+// d.ClaimDevices, for the keys the controller manages; with no limit left
+// it deletes the ResourceQuota.
 func (c *Controller) applyQuota(ctx context.Context, owner *v1alpha1.GPUQuota, ns string, d Decision) error {
-	key := corev1.ResourceName("requests." + c.opts.Resource)
+	managed := []corev1.ResourceName{corev1.ResourceName("requests." + c.opts.Resource)}
+	for _, class := range c.opts.DeviceClasses {
+		managed = append(managed, corev1.ResourceName(DeviceClassQuotaKey(class)))
+	}
+	want := corev1.ResourceList{}
+	if d.Hard != nil {
+		want[managed[0]] = *resource.NewQuantity(*d.Hard, resource.DecimalSI)
+	}
+	for class, n := range d.ClaimDevices {
+		want[corev1.ResourceName(DeviceClassQuotaKey(class))] = *resource.NewQuantity(n, resource.DecimalSI)
+	}
 	rqs := c.kube.CoreV1().ResourceQuotas(ns)
 	cur, err := c.quotas.ResourceQuotas(ns).Get(QuotaName)
 	switch {
-	case apierrors.IsNotFound(err) && d.Hard == nil:
+	case apierrors.IsNotFound(err) && len(want) == 0:
 		return nil
 	case apierrors.IsNotFound(err):
 		rq := &corev1.ResourceQuota{
 			ObjectMeta: metav1.ObjectMeta{Name: QuotaName, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/managed-by": "gpuslice-quota-controller"},
 				OwnerReferences: []metav1.OwnerReference{{APIVersion: v1alpha1.GroupVersion.String(), Kind: "GPUQuota", Name: owner.Name, UID: owner.UID}}},
-			Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{key: *resource.NewQuantity(*d.Hard, resource.DecimalSI)}},
+			Spec: corev1.ResourceQuotaSpec{Hard: want},
 		}
 		if _, err := rqs.Create(ctx, rq, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create ResourceQuota %s/%s: %w", ns, QuotaName, err)
@@ -484,21 +540,32 @@ func (c *Controller) applyQuota(ctx context.Context, owner *v1alpha1.GPUQuota, n
 		return nil
 	case err != nil:
 		return err
-	case d.Hard == nil:
+	case len(want) == 0:
 		if err := rqs.Delete(ctx, QuotaName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return err
 		}
 		c.quotaChanged(owner, ns, d)
 		return nil
 	}
-	if have, ok := cur.Spec.Hard[key]; ok && have.Value() == *d.Hard {
+	same := true
+	for _, key := range managed {
+		have, hok := cur.Spec.Hard[key]
+		w, wok := want[key]
+		same = same && hok == wok && (!hok || have.Cmp(w) == 0)
+	}
+	if same {
 		return nil
 	}
 	upd := cur.DeepCopy()
 	if upd.Spec.Hard == nil {
 		upd.Spec.Hard = corev1.ResourceList{}
 	}
-	upd.Spec.Hard[key] = *resource.NewQuantity(*d.Hard, resource.DecimalSI)
+	for _, key := range managed {
+		delete(upd.Spec.Hard, key)
+	}
+	for key, q := range want {
+		upd.Spec.Hard[key] = q
+	}
 	if _, err := rqs.Update(ctx, upd, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("update ResourceQuota %s/%s: %w", ns, QuotaName, err)
 	}
@@ -512,8 +579,21 @@ func (c *Controller) quotaChanged(owner *v1alpha1.GPUQuota, ns string, d Decisio
 	if d.Hard != nil {
 		limit = fmt.Sprint(*d.Hard)
 	}
-	c.log.Info("GPU quota limit changed", "namespace", ns, "limit", limit, "reason", d.Reason)
-	c.events.Eventf(owner, corev1.EventTypeNormal, "QuotaLimitChanged", "requests.%s limited to %s: %s", c.opts.Resource, limit, d.Reason)
+	c.log.Info("GPU quota limit changed", "namespace", ns, "limit", limit, "reason", d.Reason, "claimDevices", d.ClaimDevices, "claimReason", d.ClaimReason)
+	msg := fmt.Sprintf("requests.%s limited to %s: %s", c.opts.Resource, limit, d.Reason)
+	if len(c.opts.DeviceClasses) > 0 {
+		claims := "not limited"
+		if d.ClaimDevices != nil {
+			classes := make([]string, 0, len(d.ClaimDevices))
+			for class, n := range d.ClaimDevices {
+				classes = append(classes, fmt.Sprintf("%s devices %d", class, n))
+			}
+			sort.Strings(classes)
+			claims = strings.Join(classes, ", ") + ": " + d.ClaimReason
+		}
+		msg += "; claims: " + claims
+	}
+	c.events.Event(owner, corev1.EventTypeNormal, "QuotaLimitChanged", msg)
 }
 
 func (c *Controller) annotate(ctx context.Context, ns, name string, now time.Time) error {
@@ -591,6 +671,16 @@ func statusFor(q *v1alpha1.GPUQuota, in *Input, d Decision, now time.Time, inval
 			cond(ConditionMetricsUnavailable, !in.MetricsOK, "Prometheus", "GPU-hours and idleness come from Prometheus; without a complete answer nothing is reclaimed"),
 			cond(ConditionIdlenessUnknown, len(d.Unknown) > 0, "Evidence", "pods whose idleness Prometheus cannot show are never reclaimed; see status.unknownPods"),
 		}
+		if in.Claims != nil {
+			used := in.Claims.Slices
+			status.UsedClaimSlices = &used
+			status.ClaimDeviceLimits = d.ClaimDevices
+			msg := d.ClaimReason
+			if d.ClaimDevices == nil {
+				msg = "nothing limits the namespace's claims"
+			}
+			status.Conditions = append(status.Conditions, cond(ConditionClaimsLimited, d.ClaimDevices != nil, "Claims", msg))
+		}
 	}
 	return status
 }
@@ -653,16 +743,18 @@ func (c *Controller) collectors() []prometheus.Collector {
 type namespaceCollector struct{ c *Controller }
 
 var (
-	descUsedSlices = prometheus.NewDesc("gpuslice_quota_used_slices", "Slices the namespace's pods hold.", []string{"namespace"}, nil)
-	descLimit      = prometheus.NewDesc("gpuslice_quota_slice_limit", "The limit the controller's ResourceQuota sets on the namespace's slices.", []string{"namespace"}, nil)
-	descUsedHours  = prometheus.NewDesc("gpuslice_quota_used_gpu_hours", "GPU-hours the namespace used over its budget window.", []string{"namespace"}, nil)
-	descBudget     = prometheus.NewDesc("gpuslice_quota_budget_gpu_hours", "The namespace's GPU-hour budget per window.", []string{"namespace"}, nil)
-	descExhausted  = prometheus.NewDesc("gpuslice_quota_budget_exhausted", "1 while the namespace's GPU-hour budget is spent and new GPU pods are rejected.", []string{"namespace"}, nil)
-	descIdle       = prometheus.NewDesc("gpuslice_quota_idle_pods", "Pods of the namespace found idle by its GPUQuota.", []string{"namespace"}, nil)
+	descUsedSlices  = prometheus.NewDesc("gpuslice_quota_used_slices", "Slices the namespace's pods hold.", []string{"namespace"}, nil)
+	descLimit       = prometheus.NewDesc("gpuslice_quota_slice_limit", "The limit the controller's ResourceQuota sets on the namespace's slices.", []string{"namespace"}, nil)
+	descUsedHours   = prometheus.NewDesc("gpuslice_quota_used_gpu_hours", "GPU-hours the namespace used over its budget window.", []string{"namespace"}, nil)
+	descBudget      = prometheus.NewDesc("gpuslice_quota_budget_gpu_hours", "The namespace's GPU-hour budget per window.", []string{"namespace"}, nil)
+	descExhausted   = prometheus.NewDesc("gpuslice_quota_budget_exhausted", "1 while the namespace's GPU-hour budget is spent and new GPU pods are rejected.", []string{"namespace"}, nil)
+	descIdle        = prometheus.NewDesc("gpuslice_quota_idle_pods", "Pods of the namespace found idle by its GPUQuota.", []string{"namespace"}, nil)
+	descClaimSlices = prometheus.NewDesc("gpuslice_quota_used_claim_slices", "Slices the namespace's DRA claims hold (a claim not yet allocated counts as a whole GPU per device).", []string{"namespace"}, nil)
+	descClaimLimit  = prometheus.NewDesc("gpuslice_quota_claim_device_limit", "The limit the controller's ResourceQuota sets on the namespace's claim devices of a device class.", []string{"namespace", "device_class"}, nil)
 )
 
 func (n *namespaceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUsedSlices, descLimit, descUsedHours, descBudget, descExhausted, descIdle} {
+	for _, d := range []*prometheus.Desc{descUsedSlices, descLimit, descUsedHours, descBudget, descExhausted, descIdle, descClaimSlices, descClaimLimit} {
 		ch <- d
 	}
 }
@@ -676,6 +768,12 @@ func (n *namespaceCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descIdle, prometheus.GaugeValue, r.idle, ns)
 		if r.limit != nil {
 			ch <- prometheus.MustNewConstMetric(descLimit, prometheus.GaugeValue, *r.limit, ns)
+		}
+		if r.claimSlices >= 0 {
+			ch <- prometheus.MustNewConstMetric(descClaimSlices, prometheus.GaugeValue, r.claimSlices, ns)
+		}
+		for class, n := range r.claimLimits {
+			ch <- prometheus.MustNewConstMetric(descClaimLimit, prometheus.GaugeValue, float64(n), ns, class)
 		}
 		if r.budget != nil {
 			ex := 0.0
@@ -695,7 +793,7 @@ var MetricNames = []string{
 	"gpuslice_quota_evaluation_duration_seconds", "gpuslice_quota_prometheus_queries",
 	"gpuslice_quota_used_slices", "gpuslice_quota_slice_limit", "gpuslice_quota_used_gpu_hours",
 	"gpuslice_quota_budget_gpu_hours", "gpuslice_quota_budget_exhausted", "gpuslice_quota_idle_pods",
-	"gpuslice_quota_idleness_unknown_pods",
+	"gpuslice_quota_idleness_unknown_pods", "gpuslice_quota_used_claim_slices", "gpuslice_quota_claim_device_limit",
 }
 
 // Healthy reports whether, while Run runs, a cycle completed within the
@@ -713,4 +811,68 @@ func (c *Controller) Healthy(now time.Time) bool {
 		last = c.started
 	}
 	return now.Sub(last) <= StallCycles*c.opts.Interval
+}
+
+// claimUse reads what the namespace's claims of the capped classes count
+// for into in.Claims, and returns each claim's slices by name. Without
+// DeviceClasses it reads nothing.
+func (c *Controller) claimUse(ns string, in *Input) (map[string]int64, error) {
+	if c.claims == nil {
+		return nil, nil
+	}
+	rs, err := c.rslices.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list ResourceSlices: %w", err)
+	}
+	sizes := SizesFromSlices(rs)
+	claims, err := c.claims.ResourceClaims(ns).List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list ResourceClaims of %s: %w", ns, err)
+	}
+	use := &ClaimUse{Classes: c.opts.DeviceClasses, Devices: map[string]int64{}, PerDevice: sizes.PerDevice}
+	bySlices := map[string]int64{}
+	for _, cl := range claims {
+		cc := CountClaim(cl, c.opts.DeviceClasses, sizes)
+		if !cc.Ours {
+			continue
+		}
+		if cc.Uncapped != "" {
+			c.log.Warn("a claim holds gpuslice devices through a device class the controller does not cap; add it to --dra-device-classes",
+				"namespace", ns, "claim", cl.Name, "deviceClass", cc.Uncapped)
+		}
+		for class, n := range cc.Devices {
+			use.Devices[class] += n
+		}
+		use.Slices += cc.Slices
+		bySlices[cl.Name] = cc.Slices
+	}
+	// A device the API server admitted before this cache saw its claim
+	// must not leave room for one more: count from the smaller number.
+	if rq, err := c.quotas.ResourceQuotas(ns).Get(QuotaName); err == nil {
+		for _, class := range c.opts.DeviceClasses {
+			if used, ok := rq.Status.Used[corev1.ResourceName(DeviceClassQuotaKey(class))]; ok && used.Value() < use.Devices[class] {
+				use.Devices[class] = used.Value()
+			}
+		}
+	}
+	in.Claims = use
+	return bySlices, nil
+}
+
+// podClaims names the ResourceClaims a pod uses: those it names, and those
+// made for it from templates, as its status records them.
+func podClaims(p *corev1.Pod) []string {
+	var out []string
+	for _, rc := range p.Spec.ResourceClaims {
+		if rc.ResourceClaimName != nil {
+			out = append(out, *rc.ResourceClaimName)
+			continue
+		}
+		for _, st := range p.Status.ResourceClaimStatuses {
+			if st.Name == rc.Name && st.ResourceClaimName != nil {
+				out = append(out, *st.ResourceClaimName)
+			}
+		}
+	}
+	return out
 }

@@ -41,6 +41,9 @@ const (
 	// ConditionIdlenessUnknown is true while some pod old enough to judge
 	// lacks the evidence idleness needs.
 	ConditionIdlenessUnknown = "IdlenessUnknown"
+	// ConditionClaimsLimited is true while the controller's ResourceQuota
+	// limits the namespace's DRA claim devices; its message says why.
+	ConditionClaimsLimited = "ClaimsLimited"
 )
 
 // The GPUQuota spec's parts, as the API (api/v1alpha1) defines them.
@@ -94,6 +97,9 @@ type Input struct {
 	Now            time.Time
 	// Previous is the last decision, kept while metrics are unavailable.
 	Previous *Decision
+	// Claims is what the namespace's DRA claims count for; nil when the
+	// controller caps no device class.
+	Claims *ClaimUse
 }
 
 // Decision is what to do to the namespace.
@@ -113,12 +119,24 @@ type Decision struct {
 	Unknown []string
 	// Reason explains Hard, for an Event when it changes.
 	Reason string
+	// ClaimDevices is, by device class, the ResourceQuota's hard limit on
+	// claim devices; nil: claims are not capped.
+	ClaimDevices map[string]int64
+	// ClaimReason explains ClaimDevices.
+	ClaimReason string
 }
 
 // Decide decides for one namespace. Without metrics it keeps the previous
 // decision's limit and budget state and never evicts or annotates: missing
 // data is not evidence of idleness.
 func Decide(in Input) Decision {
+	d := decide(in)
+	// Claim caps need no measurement: only the budget state, decided above.
+	d.ClaimDevices, d.ClaimReason = claimLimits(in.Spec, in.Claims, d.BudgetExhausted)
+	return d
+}
+
+func decide(in Input) Decision {
 	var d Decision
 	if !in.MetricsOK {
 		if in.Previous != nil {

@@ -21,78 +21,126 @@ import (
 	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
-// TestQuotaController runs gpu-quota-controller against the cluster and a
-// real Prometheus scraping the agent the way prometheus-operator configures
-// it from the chart's ServiceMonitor, with fake GPU workloads in pods.
-func TestQuotaController(t *testing.T) {
-	scrape := operatorConfig(t, chartServiceMonitor(t))
+// quotaRig is a real Prometheus scraping the agent the way
+// prometheus-operator configures it from the chart's ServiceMonitor, the
+// GPUQuota CRD, and gpu-quota-controller running against the cluster.
+type quotaRig struct {
+	t        *testing.T
+	prom     string
+	scrape   string
+	stopProm func()
+	dyn      dynamic.Interface
+	ctrl     *apiserver.Process
+}
+
+// startQuotaRig starts Prometheus and the controller, with extra flags.
+func startQuotaRig(t *testing.T, args ...string) *quotaRig {
+	t.Helper()
+	r := &quotaRig{t: t, scrape: operatorConfig(t, chartServiceMonitor(t))}
 	port, err := apiserver.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	prom, stopProm := promtest.StartConfig(t, fmt.Sprintf("127.0.0.1:%d", port), scrape)
+	r.prom, r.stopProm = promtest.StartConfig(t, fmt.Sprintf("127.0.0.1:%d", port), r.scrape)
 	kubectl := filepath.Join(apiserver.BinDir(), "kubectl")
 	if out, err := exec.Command(kubectl, "--kubeconfig="+c.API.Kubeconfig, "apply", "-f", "../../deployments/crds/gpuslice.io_gpuquotas.yaml").CombinedOutput(); err != nil {
 		t.Fatalf("apply the GPUQuota CRD: %v\n%s", err, out)
 	}
-	ctrl, err := apiserver.StartProcess("gpu-quota-controller", controllerBin, "--kubeconfig="+c.API.Kubeconfig, "--prometheus-url="+prom,
-		"--interval=2s", "--query-timeout=1s", "--scrape-interval=1s", "--metrics-address=127.0.0.1:0", "--leader-election-namespace=default", "--log-level=debug")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctrl.Stop()
-		if t.Failed() {
-			t.Logf("controller log:\n%s", ctrl.Logs.Tail(6000))
-		}
-	})
 	cfg, err := clientcmd.BuildConfigFromFlags("", c.API.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dyn := dynamic.NewForConfigOrDie(cfg)
+	r.dyn = dynamic.NewForConfigOrDie(cfg)
+	r.startController(args...)
+	t.Cleanup(func() {
+		r.ctrl.Stop()
+		if t.Failed() {
+			t.Logf("controller log:\n%s", r.ctrl.Logs.Tail(6000))
+		}
+	})
+	return r
+}
+
+// startController starts gpu-quota-controller, stopping the one running.
+func (r *quotaRig) startController(args ...string) {
+	r.t.Helper()
+	if r.ctrl != nil {
+		r.ctrl.Stop()
+	}
+	all := append([]string{"--kubeconfig=" + c.API.Kubeconfig, "--prometheus-url=" + r.prom,
+		"--interval=2s", "--query-timeout=1s", "--scrape-interval=1s", "--metrics-address=127.0.0.1:0", "--leader-election-namespace=default", "--log-level=debug"}, args...)
+	ctrl, err := apiserver.StartProcess("gpu-quota-controller", controllerBin, all...)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.ctrl = ctrl
+}
+
+// gpuQuota creates the GPUQuota "team" in ns.
+func (r *quotaRig) gpuQuota(ns string, spec map[string]any) {
+	r.t.Helper()
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "gpuslice.io/v1alpha1", "kind": "GPUQuota",
+		"metadata": map[string]any{"name": "team", "namespace": ns}, "spec": spec,
+	}}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := r.dyn.Resource(quota.GVR).Namespace(ns).Create(context.Background(), obj, metav1.CreateOptions{})
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) { // the CRD takes a moment to be served
+			r.t.Fatalf("create GPUQuota: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// status is the GPUQuota "team" of ns as stored ("" fields when absent).
+func (r *quotaRig) status(ns string) map[string]any {
+	u, err := r.dyn.Resource(quota.GVR).Namespace(ns).Get(context.Background(), "team", metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	st, _, _ := unstructured.NestedMap(u.Object, "status")
+	return st
+}
+
+// condition is the status of a condition of ns's GPUQuota.
+func (r *quotaRig) condition(ns, typ string) string {
+	conds, _, _ := unstructured.NestedSlice(r.status(ns), "conditions")
+	for _, c := range conds {
+		if m, _ := c.(map[string]any); m["type"] == typ {
+			return fmt.Sprint(m["status"])
+		}
+	}
+	return ""
+}
+
+// waitFor polls ok every half second for up to d.
+func waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %s", what, d)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestQuotaController runs gpu-quota-controller against the cluster and a
+// real Prometheus scraping the agent the way prometheus-operator configures
+// it from the chart's ServiceMonitor, with fake GPU workloads in pods.
+func TestQuotaController(t *testing.T) {
+	rig := startQuotaRig(t)
+	prom, scrape, stopProm, dyn := rig.prom, rig.scrape, rig.stopProm, rig.dyn
+	gpuQuota, condition := rig.gpuQuota, rig.condition
 	cs := c.API.Clientset(t)
 	ctx := context.Background()
-	gpuQuota := func(ns string, spec map[string]any) {
-		t.Helper()
-		obj := &unstructured.Unstructured{Object: map[string]any{
-			"apiVersion": "gpuslice.io/v1alpha1", "kind": "GPUQuota",
-			"metadata": map[string]any{"name": "team", "namespace": ns}, "spec": spec,
-		}}
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			_, err := dyn.Resource(quota.GVR).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{})
-			if err == nil {
-				return
-			}
-			if time.Now().After(deadline) { // the CRD takes a moment to be served
-				t.Fatalf("create GPUQuota: %v", err)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-	condition := func(ns, typ string) string {
-		u, err := dyn.Resource(quota.GVR).Namespace(ns).Get(ctx, "team", metav1.GetOptions{})
-		if err != nil {
-			return ""
-		}
-		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-		for _, c := range conds {
-			if m, _ := c.(map[string]any); m["type"] == typ {
-				return fmt.Sprint(m["status"])
-			}
-		}
-		return ""
-	}
 	waitFor := func(what string, d time.Duration, ok func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(d)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not after %s", what, d)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
+		waitFor(t, what, d, ok)
 	}
 
 	t.Run("budget exhausted lowers the quota", func(t *testing.T) {
