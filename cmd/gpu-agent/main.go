@@ -115,7 +115,7 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 	}
 	defer func() { _ = podres.Close() }()
 	names := attribution.NewRuntimeState(cfg.RuntimeStateDirs)
-	driverLimits := useDriverTier(cfg, gpus, enforcer, eopts, names, log)
+	driverLimits := useDriverTier(cfg, gpus, enforcer, eopts, names, podres, log)
 	sopts := cfg.Sampler
 	sopts.Logger, sopts.Names = log, names
 	sopts.OnSample = enforcer.Offer // enforcement runs in its own loop, latest snapshot wins
@@ -291,11 +291,18 @@ func openBackend(cfg Resolved, log *slog.Logger) (nvml.Backend, *fakegpu.Node, e
 // useDriverTier hands the driver memory-limit tier to the enforcer where
 // the options ask for it and the driver and host have it, and returns it
 // to be run; nil otherwise (the watchdog then holds memory).
-func useDriverTier(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, eopts enforce.Options, names attribution.ContainerNames, log *slog.Logger) *enforce.DriverLimits {
+func useDriverTier(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, eopts enforce.Options, names attribution.ContainerNames, podres *podresources.Client, log *slog.Logger) *enforce.DriverLimits {
+	grants := enforce.CheckpointGrants(cfg.DevicePluginDir, cfg.ResourceName, g.layout)
+	if cfg.DRA.Enabled {
+		// Its own reader of the record: the tier's watch goroutine alone
+		// calls it.
+		record := attribution.NewPreparedClaims(cfg.DRA.PreparedClaims)
+		grants = enforce.AllGrants(grants, enforce.ClaimGrants(podres.List, record.Read, g.layout))
+	}
 	d, err := enforce.NewDriverTier(eopts, enforce.DriverOptions{
 		Limiter:    g.backend,
 		CgroupRoot: cfg.CgroupRoot,
-		Grants:     enforce.CheckpointGrants(cfg.DevicePluginDir, cfg.ResourceName, g.layout),
+		Grants:     grants,
 		Names:      names,
 		Events:     eopts.Events,
 		Logger:     log,

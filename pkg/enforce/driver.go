@@ -10,13 +10,16 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
@@ -30,30 +33,112 @@ type Grant struct {
 	MemoryBytes uint64
 }
 
-// GrantsFunc returns what the containers of a pod hold, by pod UID.
-type GrantsFunc func(podUID string) ([]Grant, error)
+// GrantsFunc returns what the containers of a pod hold; the pod is named
+// as the runtime's record names it.
+type GrantsFunc func(pod events.Pod) ([]Grant, error)
 
 // CheckpointGrants reads grants from the kubelet device manager's
 // checkpoint in pluginDir, which the kubelet writes when it allocates,
 // before it creates the container.
 func CheckpointGrants(pluginDir, resource string, layout *vgpu.Layout) GrantsFunc {
-	return func(podUID string) ([]Grant, error) {
+	return func(pod events.Pod) ([]Grant, error) {
 		entries, err := attribution.ReadCheckpoint(pluginDir)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil // no device plugin has allocated on this node (a DRA-only node)
+		}
 		if err != nil {
 			return nil, err
 		}
 		var out []Grant
 		for _, e := range entries {
-			if e.PodUID != podUID || e.Resource != resource {
+			if e.PodUID != pod.UID || e.Resource != resource {
 				continue
 			}
 			limits, err := layout.Limits(e.DeviceIDs)
 			if err != nil {
-				return nil, fmt.Errorf("container %s of pod %s: %w", e.Container, podUID, err)
+				return nil, fmt.Errorf("container %s of pod %s: %w", e.Container, pod.UID, err)
 			}
 			for _, l := range limits {
 				out = append(out, Grant{Container: e.Container, GPU: l.UUID, MemoryBytes: l.MemoryBytes})
 			}
+		}
+		return out, nil
+	}
+}
+
+// ClaimGrants reads what the containers of a pod hold through DRA claims:
+// pod-resources (list) says which claims each container of the node
+// references, by claim UID, and the driver's record what each claim holds.
+// The kubelet prepares a pod's claims before it creates its containers, so
+// both know them when the cgroup appears. A claim several containers
+// reference is split between them as the per-sample pass splits it
+// (node.ClaimLimits). A limit only restricts: a container matched wrongly
+// by name could be limited too tightly, never let past the watchdog.
+func ClaimGrants(list func(context.Context) ([]podresources.Assignment, error), record func() (contract.PreparedClaims, error), layout *vgpu.Layout) GrantsFunc {
+	return func(pod events.Pod) ([]Grant, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), claimGrantsTimeout)
+		defer cancel()
+		as, err := list(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("pod-resources: %w", err)
+		}
+		consumers := map[string]int{}
+		var mine []podresources.Assignment
+		for _, a := range as {
+			for _, uid := range a.Claims {
+				consumers[uid]++
+			}
+			if a.Namespace == pod.Namespace && a.Pod == pod.Name && len(a.Claims) > 0 {
+				mine = append(mine, a)
+			}
+		}
+		if len(mine) == 0 {
+			return nil, nil
+		}
+		rec, err := record()
+		if err != nil {
+			return nil, err
+		}
+		var out []Grant
+		for _, a := range mine {
+			limits, err := node.ClaimLimits(layout, a.Claims, rec.Claims, consumers)
+			if err != nil {
+				return nil, fmt.Errorf("container %s of pod %s/%s: %w", a.Container, pod.Namespace, pod.Name, err)
+			}
+			for _, l := range limits {
+				out = append(out, Grant{Container: a.Container, GPU: l.UUID, MemoryBytes: l.MemoryBytes})
+			}
+		}
+		return out, nil
+	}
+}
+
+// claimGrantsTimeout bounds the pod-resources call a new container's
+// limits wait for; past it, the per-sample pass sets them.
+const claimGrantsTimeout = 5 * time.Second
+
+// AllGrants is what a pod holds by every source: device-plugin slices and
+// DRA claims. A container holding a GPU through both gets the sum.
+func AllGrants(sources ...GrantsFunc) GrantsFunc {
+	return func(pod events.Pod) ([]Grant, error) {
+		sum := map[[2]string]uint64{}
+		var order [][2]string
+		for _, src := range sources {
+			gs, err := src(pod)
+			if err != nil {
+				return nil, err
+			}
+			for _, g := range gs {
+				k := [2]string{g.Container, g.GPU}
+				if _, ok := sum[k]; !ok {
+					order = append(order, k)
+				}
+				sum[k] += g.MemoryBytes
+			}
+		}
+		out := make([]Grant, 0, len(order))
+		for _, k := range order {
+			out = append(out, Grant{Container: k[0], GPU: k[1], MemoryBytes: sum[k]})
 		}
 		return out, nil
 	}
@@ -296,14 +381,14 @@ func (d *DriverLimits) created(dir string) {
 	if !ok || rc.Sandbox || (rc.PodUID != "" && rc.PodUID != c.PodUID) {
 		return
 	}
-	grants, err := d.opts.Grants(c.PodUID)
+	pod := events.Pod{Namespace: rc.PodNamespace, Name: rc.PodName, UID: c.PodUID}
+	grants, err := d.opts.Grants(pod)
 	if err != nil {
 		d.log.Warn("cannot tell what a new container holds; its limits wait for the next sample", "cgroup", dir, "err", err)
 		return
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	pod := events.Pod{Namespace: rc.PodNamespace, Name: rc.PodName, UID: c.PodUID}
 	for _, g := range grants {
 		if g.Container == rc.Name {
 			d.setLocked(dir, c.ContainerID, g.GPU, g.MemoryBytes, pod, g.Container)

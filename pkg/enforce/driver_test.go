@@ -3,6 +3,7 @@ package enforce_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,9 +16,12 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
@@ -34,6 +38,8 @@ type driverNode struct {
 	// runtime is a state dir where the test writes containers' OCI
 	// bundles as containerd does, before their cgroups exist.
 	runtime string
+	// record is where the DRA driver's record of prepared claims goes.
+	record string
 }
 
 // bundle records a container as containerd does before creating its
@@ -76,11 +82,23 @@ func startDriverNode(t testing.TB) *driverNode {
 	base := filepath.Join(root, fmt.Sprintf("gpuslice-driver-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
 	t.Cleanup(func() { removeTree(t, base) })
 	runtime := t.TempDir()
+	// As the agent wires it in --dra mode: slices from the device
+	// manager's checkpoint, claims from pod-resources and the record.
+	o := podresources.DefaultOptions()
+	o.Socket, o.DRADriver = node.PodResourcesSocket, contract.DRADriverName
+	client, err := podresources.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	record := filepath.Join(t.TempDir(), "dra-prepared.json")
+	prepared := attribution.NewPreparedClaims(record)
 	d, err := enforce.NewDriverLimits(enforce.DriverOptions{
 		Limiter:    node.GPU,
 		CgroupRoot: "/sys/fs/cgroup",
-		Grants:     enforce.CheckpointGrants(node.Dir, "nvidia.com/vgpu", node.Layout),
-		Names:      attribution.NewRuntimeState([]string{runtime}),
+		Grants: enforce.AllGrants(enforce.CheckpointGrants(node.Dir, "nvidia.com/vgpu", node.Layout),
+			enforce.ClaimGrants(client.List, prepared.Read, node.Layout)),
+		Names: attribution.NewRuntimeState([]string{runtime}),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +114,7 @@ func startDriverNode(t testing.TB) *driverNode {
 	})
 	// The watch is in place once Run has added the root; give it a moment.
 	time.Sleep(50 * time.Millisecond)
-	return &driverNode{node: node, limits: d, base: base, work: work, bin: bin, runtime: runtime}
+	return &driverNode{node: node, limits: d, base: base, work: work, bin: bin, runtime: runtime, record: record}
 }
 
 // containerCgroup creates the cgroup a runtime would create for a
@@ -274,6 +292,73 @@ func TestDriverLimitsOnlyOnContainersHoldingSlices(t *testing.T) {
 	}
 }
 
+// TestDriverLimitsForClaims: containers holding DRA claims get the
+// driver's memory limit the moment their cgroup appears, as containers
+// holding slices do: a claim's memory, split between the containers that
+// share it; a sidecar of the same pod that references no claim gets none.
+// An allocation past the limit fails with out-of-memory in the container.
+// The node has no device-manager checkpoint (a DRA-only node): that is no
+// reason to set nothing.
+func TestDriverLimitsForClaims(t *testing.T) {
+	n := startDriverNode(t)
+	gpu := n.node.Layout.GPUs()[0]
+	claims := []kubeletstub.DRAClaim{
+		{UID: "22222222-aaaa-4000-8000-000000000001", Namespace: "ml", Name: "three", Pods: map[string][]string{"ml/dra": {"main"}}},
+		{UID: "22222222-aaaa-4000-8000-000000000002", Namespace: "ml", Name: "shared", Pods: map[string][]string{"ml/pair": {"a", "b"}}},
+	}
+	record := contract.PreparedClaims{Version: contract.PreparedClaimsVersion, Claims: map[string]contract.PreparedClaim{}}
+	for i, c := range claims {
+		k := 3 - i // three slices, then two
+		record.Claims[c.UID] = contract.PreparedClaim{Namespace: c.Namespace, Name: c.Name, Grants: []contract.ClaimGrant{{
+			UUID: gpu.UUID, Index: gpu.Index, Slices: k, SlicesTotal: gpu.Slices, ComputeRatio: float64(k) / float64(gpu.Slices),
+			MemoryBytes: uint64(k) * gpu.SliceMemoryBytes, MemoryCapacity: gpu.MemoryBytes,
+		}}}
+	}
+	data, err := json.Marshal(record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(n.record, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.node.PodResources.SetExtraPods(kubeletstub.DRAPods(claims, map[string][]string{"ml/dra": {"main", "sidecar"}, "ml/pair": {"a", "b"}}))
+	dirs := map[string]string{}
+	for _, c := range []struct{ pod, name, cid string }{
+		{"ml/dra", "main", strings.Repeat("c", 64)},
+		{"ml/dra", "sidecar", strings.Repeat("d", 64)},
+		{"ml/pair", "a", strings.Repeat("e", 64)},
+		{"ml/pair", "b", strings.Repeat("f", 64)},
+	} {
+		n.bundle(t, c.pod, c.name, c.cid, false)
+		dirs[c.name] = n.containerCgroup(t, c.pod, c.cid)
+	}
+	limit := 3 * gpu.SliceMemoryBytes
+	took := n.waitLimit(t, dirs["main"], limit)
+	t.Logf("claim holder's limit set %v after its cgroup appeared", took)
+	n.waitLimit(t, dirs["a"], gpu.SliceMemoryBytes) // half of the shared claim's two slices each
+	n.waitLimit(t, dirs["b"], gpu.SliceMemoryBytes)
+	if l, err := n.node.GPU.MemoryLimits(gpu.UUID, dirs["sidecar"]); err != nil || l.HardBytes != nvml.NoMemoryLimit {
+		t.Errorf("the sidecar referencing no claim: limits %+v, %v; want none", l, err)
+	}
+	over := n.run(t, dirs["main"], int(limit>>20)+64)
+	deadline := time.After(10 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-over.done:
+			if !strings.Contains(over.stderr.String(), "out of memory") {
+				t.Fatalf("past its claim's memory: %v, stderr %q; want out of memory", over.err, over.stderr)
+			}
+			return
+		case <-tick.C:
+			n.node.GPU.Processes(gpu.UUID) //nolint:errcheck // advance the fake's accounting
+		case <-deadline:
+			t.Fatal("an allocation past the claim's memory was not refused")
+		}
+	}
+}
+
 // TestDriverLimitsWaitForProcessesWithoutRuntimeRecord: a container the
 // runtime's state does not name gets its limit from the per-sample pass,
 // once its processes are attributed, never by a guess at creation.
@@ -303,11 +388,11 @@ func TestDriverLimitsUnsupported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: node, CgroupRoot: "/sys/fs/cgroup", Grants: func(string) ([]enforce.Grant, error) { return nil, nil }})
+	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: node, CgroupRoot: "/sys/fs/cgroup", Grants: func(events.Pod) ([]enforce.Grant, error) { return nil, nil }})
 	if !errors.Is(err, nvml.ErrNotSupported) && !errors.Is(err, enforce.ErrNoCgroupV2) {
 		t.Fatalf("err = %v, want not supported", err)
 	}
-	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: node, CgroupRoot: t.TempDir(), Grants: func(string) ([]enforce.Grant, error) { return nil, nil }})
+	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: node, CgroupRoot: t.TempDir(), Grants: func(events.Pod) ([]enforce.Grant, error) { return nil, nil }})
 	if !errors.Is(err, enforce.ErrNoCgroupV2) {
 		t.Fatalf("err = %v, want no cgroup v2", err)
 	}

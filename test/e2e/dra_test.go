@@ -551,3 +551,43 @@ func waitComponentPod(t *testing.T, component string) *corev1.Pod {
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+// TestDRADriverMemoryLimits: on a driver with per-cgroup memory limits, a
+// container holding a claim gets its claim's memory as the driver's limit
+// when runc creates its cgroup, as a container holding slices does, so an
+// allocation past it fails inside the container (the workload's own exit
+// 2) instead of the watchdog killing the process afterwards.
+func TestDRADriverMemoryLimits(t *testing.T) {
+	requireDRA(t)
+	ensureDeviceClass(t)
+	useDriverMemoryLimits(t)
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "dra-driver")
+	if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, claimTemplate("ten-gib", "1", "10Gi"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// A claim of 10 GiB; the process asks for 12 GiB.
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(claimPod("hog", "ten-gib", "exec /bin/workload --demand 0.1 --memory-mib 12288")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	failed := waitPhase(t, ns, "hog", corev1.PodFailed)
+	if st := failed.Status.ContainerStatuses; len(st) != 1 || st[0].State.Terminated == nil || st[0].State.Terminated.ExitCode != 2 {
+		t.Errorf("the claim hog's container: %+v, want its own exit 2 on out-of-memory", st)
+	}
+	if logs := podLogs(t, ns, "hog"); !strings.Contains(logs, "out of memory") {
+		t.Errorf("the claim hog's log has no out-of-memory error:\n%s", logs)
+	}
+	set := 0
+	for line := range strings.SplitSeq(c.AgentOutput(), "\n") {
+		if strings.Contains(line, "driver GPU memory limit set") && strings.Contains(line, string(failed.UID)) && strings.Contains(line, "10737418240") {
+			set++
+		}
+	}
+	if set != 1 {
+		t.Errorf("%d driver limits of 10 GiB set on the claim holder's cgroup, want 1\n%s", set, c.AgentLogs())
+	}
+	if v, _ := value(scrape(t), "gpuslice_enforcement_kills_total", map[string]string{"pod": "hog"}); v != 0 {
+		t.Errorf("the watchdog killed %v processes: the driver should have refused the allocation", v)
+	}
+}

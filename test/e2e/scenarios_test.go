@@ -356,11 +356,10 @@ func TestWorkloadsInPodsAreAttributedAndEnforced(t *testing.T) {
 	}
 }
 
-// Scenario 7, driver tier: with a driver that has per-cgroup memory limits
-// (the fake, configured so), the agent limits each container's real leaf
-// cgroup as runc creates it, and an allocation past the limit fails inside
-// the container instead of the process being killed afterwards.
-func TestDriverMemoryLimitsInRealContainers(t *testing.T) {
+// useDriverMemoryLimits restarts the agent on a fake driver that has
+// per-cgroup memory limits, and back without them when the test ends.
+func useDriverMemoryLimits(t *testing.T) {
+	t.Helper()
 	orig, err := os.ReadFile(c.FakeConfig)
 	if err != nil {
 		t.Fatal(err)
@@ -382,6 +381,14 @@ func TestDriverMemoryLimitsInRealContainers(t *testing.T) {
 	if !strings.Contains(c.AgentLogs(), "driver GPU memory limits in force") {
 		t.Fatalf("the agent did not take up the driver's limits:\n%s", c.AgentLogs())
 	}
+}
+
+// Scenario 7, driver tier: with a driver that has per-cgroup memory limits
+// (the fake, configured so), the agent limits each container's real leaf
+// cgroup as runc creates it, and an allocation past the limit fails inside
+// the container instead of the process being killed afterwards.
+func TestDriverMemoryLimitsInRealContainers(t *testing.T) {
+	useDriverMemoryLimits(t)
 	cs := c.API.Clientset(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "driver")
