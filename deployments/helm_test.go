@@ -101,6 +101,25 @@ func TestChartDRA(t *testing.T) {
 			t.Errorf("dra off renders %s/%s", o.GetKind(), o.GetName())
 		}
 	}
+	// dra.extendedResource: slice devices, the class mapping the resource,
+	// and an agent advertising no slices.
+	named = map[string]*unstructured.Unstructured{}
+	for _, o := range parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice", "--set", "dra.enabled=true,dra.extendedResource=true")) {
+		named[o.GetKind()+"/"+o.GetName()] = o
+	}
+	class := named["DeviceClass/vgpu.gpuslice.io"]
+	if class == nil {
+		t.Fatalf("dra.extendedResource renders %v", keys(named))
+	}
+	if name, _, _ := unstructured.NestedString(class.Object, "spec", "extendedResourceName"); name != "nvidia.com/vgpu" {
+		t.Errorf("the vgpu class maps %q, want nvidia.com/vgpu", name)
+	}
+	if !strings.Contains(args(named["DaemonSet/gpuslice-dra-driver"]), "--slice-devices") || !strings.Contains(args(named["DaemonSet/gpuslice-agent"]), "--dra-extended-resource") {
+		t.Errorf("dra.extendedResource: driver args %q, agent args %q", args(named["DaemonSet/gpuslice-dra-driver"]), args(named["DaemonSet/gpuslice-agent"]))
+	}
+	if strings.Contains(args(driver), "--slice-devices") || named["DeviceClass/gpu.gpuslice.io"] == nil {
+		t.Error("slice devices without dra.extendedResource, or no share class beside the vgpu one")
+	}
 	// The quota controller caps claims of the chart's class and the extra
 	// ones, and may list claims and the driver's slices; off, neither.
 	for dra, want := range map[string]string{"true": "--dra-device-classes=gpu.gpuslice.io,shared.example.com", "false": ""} {
@@ -206,7 +225,7 @@ func toStrings(v any) []string {
 
 func TestChartServerSideDryRun(t *testing.T) {
 	rendered := helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice-chart", "--include-crds",
-		"--set", "quotaController.enabled=true,quotaController.prometheusURL=http://prometheus.monitoring:9090,dra.enabled=true")
+		"--set", "quotaController.enabled=true,quotaController.prometheusURL=http://prometheus.monitoring:9090,dra.enabled=true,dra.extendedResource=true")
 	ns := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "gpuslice-chart"}}}
 	dryRun(t, apiserver.Start(t), append([]*unstructured.Unstructured{ns}, parseDocs(t, rendered)...))
 }

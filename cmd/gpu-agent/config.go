@@ -91,6 +91,10 @@ type DRAConfig struct {
 	KubeletDir string `json:"kubeletDir,omitempty"`
 	// PreparedClaims is the driver's record of what each claim holds.
 	PreparedClaims string `json:"preparedClaims,omitempty"`
+	// ExtendedResource leaves nvidia.com/vgpu to DRA: the device plugin
+	// advertises no slices, so the scheduler serves the resource through
+	// the DeviceClass that maps it (the driver's slice devices).
+	ExtendedResource bool `json:"extendedResource,omitempty"`
 }
 
 // EnforcementConfig controls how containers are held to their shares.
@@ -282,6 +286,7 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.BoolVar(&c.DRA.Enabled, "dra", c.DRA.Enabled, "account for, limit and report containers holding claims of gpuslice's DRA driver")
 	fs.StringVar(&c.DRA.KubeletDir, "kubelet-dir", c.DRA.KubeletDir, "kubelet root `dir`, holding its DRA checkpoint")
 	fs.StringVar(&c.DRA.PreparedClaims, "dra-prepared-claims", c.DRA.PreparedClaims, "the DRA driver's record of prepared claims (`file`)")
+	fs.BoolVar(&c.DRA.ExtendedResource, "dra-extended-resource", c.DRA.ExtendedResource, "leave the extended resource to DRA: advertise no slices, so the scheduler serves it through the DeviceClass that maps it (needs --dra and gpu-dra-driver --slice-devices)")
 	fs.StringVar(&c.CDI.Kind, "cdi-kind", c.CDI.Kind, "CDI `kind` for device names")
 	fs.BoolVar(&c.MPS.Enabled, "mps", c.MPS.Enabled, "set MPS thread and memory limits from Allocate")
 	fs.StringVar(&c.MPS.PipeDirectory, "mps-pipe-dir", c.MPS.PipeDirectory, "MPS pipe `dir` on the host")
@@ -406,6 +411,9 @@ func (c Config) Resolve() (Resolved, error) {
 	}
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		return Resolved{}, fmt.Errorf("--log-format %q: want text or json", c.Log.Format)
+	}
+	if c.DRA.ExtendedResource && !c.DRA.Enabled {
+		return Resolved{}, errors.New("--dra-extended-resource needs --dra")
 	}
 	return r, c.checkPaths()
 }
@@ -549,6 +557,7 @@ func (c Config) pluginOptions() deviceplugin.Options {
 	if c.DRA.Enabled {
 		// One GPU serves one front end at a time.
 		o.DRAGPUs = attribution.ClaimedGPUsReader(c.DRA.PreparedClaims)
+		o.NoSlices = c.DRA.ExtendedResource
 	}
 	o.MPS = deviceplugin.MPSOptions{Enabled: c.MPS.Enabled, PipeDirectory: c.MPS.PipeDirectory}
 	// One socket path per agent process: a successor started while its

@@ -31,6 +31,10 @@ type Config struct {
 	// Slicing must be the agent's: both cut the GPUs the same way.
 	SlicesPerGPU int
 	SliceMemory  string
+	// SliceDevices publishes each slice as a device as well, so that a
+	// DeviceClass with extendedResourceName nvidia.com/vgpu can serve
+	// device-plugin requests through DRA.
+	SliceDevices bool
 	// RegistrarDir is where the kubelet discovers plugins; PluginDir holds
 	// the driver's socket.
 	RegistrarDir string
@@ -75,6 +79,7 @@ func defaultConfig() Config {
 func flags(c *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("gpu-dra-driver", flag.ContinueOnError)
 	fs.StringVar(&c.GPUBackend, "gpu-backend", c.GPUBackend, "nvml, or fake for the built-in fake GPU node")
+	fs.BoolVar(&c.SliceDevices, "slice-devices", c.SliceDevices, "also publish each slice as a device (with counters shared with its GPU), for a DeviceClass that serves nvidia.com/vgpu through extended-resource mapping")
 	fs.StringVar(&c.FakeConfig, "fake-config", c.FakeConfig, "the fake GPU node's YAML `file` (its faults are watched)")
 	fs.StringVar(&c.NVMLLibrary, "nvml-library", c.NVMLLibrary, "NVML library `path` (default: the system's libnvidia-ml.so.1)")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's name (default: $NODE_NAME)")

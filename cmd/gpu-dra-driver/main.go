@@ -106,7 +106,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	ctx, fail := context.WithCancelCause(ctx)
 	defer fail(nil)
-	plugin, err := draplugin.Start(ctx, draplugin.Options{NodeName: cfg.NodeName, Client: client, Preparer: prep, Devices: n.devices,
+	plugin, err := draplugin.Start(ctx, draplugin.Options{NodeName: cfg.NodeName, Client: client, Preparer: prep, Devices: n.devices, Counters: n.counters,
 		RegistrarDir: cfg.RegistrarDir, PluginDir: cfg.PluginDir, Fatal: fail, Logger: log})
 	if err != nil {
 		return err
@@ -137,10 +137,11 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 // nodeGPUs is what the driver publishes and prepares from.
 type nodeGPUs struct {
-	sys     nvml.SystemInfo
-	layout  *vgpu.Layout
-	devices []resourceapi.Device
-	nodes   dra.Nodes
+	sys      nvml.SystemInfo
+	layout   *vgpu.Layout
+	devices  []resourceapi.Device
+	counters []resourceapi.CounterSet
+	nodes    dra.Nodes
 }
 
 // describe enumerates the GPUs, cuts them as the agent does and describes
@@ -174,6 +175,9 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	}
 	if n.devices, err = dra.Devices(n.layout, devs, n.sys); err != nil {
 		return nodeGPUs{}, err
+	}
+	if cfg.SliceDevices {
+		n.devices, n.counters = dra.WithSliceDevices(n.devices)
 	}
 	return n, nil
 }

@@ -48,7 +48,7 @@ func main() {
 
 type config struct {
 	kubeconfig, promURL, resource, metricsAddr, leNamespace, leID, logLevel string
-	deviceClasses                                                           []string
+	deviceClasses, mappedClasses                                            []string
 	interval, queryTimeout, scrapeInterval                                  time.Duration
 	leaderElect                                                             bool
 }
@@ -71,19 +71,13 @@ func parse(args []string) (config, error) {
 	fs.StringVar(&c.leNamespace, "leader-election-namespace", ns, "namespace of the leader lease")
 	fs.StringVar(&c.leID, "leader-election-id", "gpuslice-quota-controller", "name of the leader lease")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.Func("dra-device-classes", "comma-separated DRA device `classes` whose claims reach gpuslice's driver: capped, closed by budgets, reclaimed when idle (the first gets maxClaimSlices' room)", func(v string) error {
-		c.deviceClasses = nil
-		for class := range strings.SplitSeq(v, ",") {
-			class = strings.TrimSpace(class)
-			if errs := validation.IsDNS1123Subdomain(class); len(errs) > 0 {
-				return fmt.Errorf("device class %q: %s", class, strings.Join(errs, "; "))
-			}
-			if slices.Contains(c.deviceClasses, class) {
-				return fmt.Errorf("device class %q listed twice", class)
-			}
-			c.deviceClasses = append(c.deviceClasses, class)
-		}
-		return nil
+	fs.Func("dra-device-classes", "comma-separated DRA device `classes` whose claims reach gpuslice's driver: capped, closed by budgets, reclaimed when idle (the first gets maxClaimSlices' room)", func(v string) (err error) {
+		c.deviceClasses, err = parseClasses(v)
+		return err
+	})
+	fs.Func("dra-extended-resource-classes", "comma-separated DRA device `classes` that map --resource-name (extendedResourceName): Kubernetes counts their claims under requests.<resource>, so they are not counted again as claims", func(v string) (err error) {
+		c.mappedClasses, err = parseClasses(v)
+		return err
 	})
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -110,6 +104,22 @@ func parse(args []string) (config, error) {
 		return c, fmt.Errorf("--log-level: %w", err)
 	}
 	return c, nil
+}
+
+// parseClasses reads a comma-separated list of DeviceClass names.
+func parseClasses(v string) ([]string, error) {
+	var out []string
+	for class := range strings.SplitSeq(v, ",") {
+		class = strings.TrimSpace(class)
+		if errs := validation.IsDNS1123Subdomain(class); len(errs) > 0 {
+			return nil, fmt.Errorf("device class %q: %s", class, strings.Join(errs, "; "))
+		}
+		if slices.Contains(out, class) {
+			return nil, fmt.Errorf("device class %q listed twice", class)
+		}
+		out = append(out, class)
+	}
+	return out, nil
 }
 
 func run(args []string) int {
@@ -160,7 +170,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	ctrl := quota.New(kube, dyn, prom, quota.Options{Resource: c.resource, DeviceClasses: c.deviceClasses, Interval: c.interval, QueryTimeout: c.queryTimeout,
+	ctrl := quota.New(kube, dyn, prom, quota.Options{Resource: c.resource, DeviceClasses: c.deviceClasses, MappedClasses: c.mappedClasses, Interval: c.interval, QueryTimeout: c.queryTimeout,
 		ScrapeInterval: c.scrapeInterval, Logger: log, Registry: reg})
 
 	lis, err := net.Listen("tcp", c.metricsAddr)

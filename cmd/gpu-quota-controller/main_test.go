@@ -29,6 +29,7 @@ func TestParse(t *testing.T) {
 		"--prometheus-url=x --dra-device-classes=GPU":           "device class \"GPU\"",
 		"--prometheus-url=x --dra-device-classes=a,,b":          "device class \"\"",
 		"--prometheus-url=x --dra-device-classes=a,b,a":         "listed twice",
+		"--prometheus-url=x --dra-extended-resource-classes=A":  "device class \"A\"",
 	} {
 		_, err := parse(strings.Fields(args))
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -51,6 +51,12 @@ type Options struct {
 	// and every Allocate while they cannot be told: the two front ends
 	// never share a GPU, since neither counts the other's holdings.
 	DRAGPUs func() (map[string]bool, error)
+	// NoSlices makes ListAndWatch advertise no slices, so the node's
+	// allocatable nvidia.com/vgpu is 0: the scheduler then serves pods
+	// asking for it through DRA (a DeviceClass whose extendedResourceName
+	// is the resource), which it does only on nodes that do not advertise
+	// the resource themselves.
+	NoSlices bool
 	// Logger receives the plugin's logs.
 	Logger *slog.Logger
 }

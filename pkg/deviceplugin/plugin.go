@@ -180,6 +180,9 @@ func (p *Plugin) healthy(uuid string) bool {
 func (p *Plugin) snapshot() ([]*pluginapi.Device, <-chan struct{}) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.opts.NoSlices {
+		return []*pluginapi.Device{}, p.changed
+	}
 	ids := p.layout.SliceIDs()
 	devs := make([]*pluginapi.Device, len(ids))
 	for i, id := range ids {

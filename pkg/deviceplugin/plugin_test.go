@@ -910,3 +910,20 @@ func TestUniqueSocketsAcrossInstances(t *testing.T) {
 		t.Errorf("sockets left after both stopped: %v", left)
 	}
 }
+
+// TestNoSlicesLeavesTheResourceToDRA: with NoSlices the kubelet is told of
+// no slice, so the node's allocatable nvidia.com/vgpu is 0 and the
+// scheduler serves the resource through DRA's extended-resource mapping;
+// a GPU turning unhealthy advertises nothing either.
+func TestNoSlicesLeavesTheResourceToDRA(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{configure: func(o *deviceplugin.Options) { o.NoSlices = true }})
+	ch := listAndWatch(t, e)
+	if devs := nextList(t, ch); len(devs) != 0 {
+		t.Fatalf("advertised %d slices, want none", len(devs))
+	}
+	e.plugin.SetHealth(nvml.Health{UUID: e.devs[0].UUID, Healthy: false, Reason: "xid 79"})
+	if devs := nextList(t, ch); len(devs) != 0 {
+		t.Fatalf("advertised %d slices after a health change, want none", len(devs))
+	}
+}

@@ -41,6 +41,15 @@ const (
 	AttrPCIBusID          resourceapi.QualifiedName = "pciBusID"
 	AttrSlices            resourceapi.QualifiedName = "slices"
 	AttrSliceMemory       resourceapi.QualifiedName = "sliceMemoryBytes"
+	// AttrKind tells a GPU shared by capacity (KindGPU) from one slice of
+	// it (KindSlice): each DeviceClass selects one kind.
+	AttrKind resourceapi.QualifiedName = "kind"
+)
+
+// The kinds of device (AttrKind).
+const (
+	KindGPU   = "gpu"
+	KindSlice = "slice"
 )
 
 // MaxDevicesPerSlice is how many devices one ResourceSlice carries: the
@@ -81,6 +90,7 @@ func device(g vgpu.GPUSlices, d nvml.Device, sys nvml.SystemInfo) resourceapi.De
 		AttrProductName: {StringValue: ref(g.Model)},
 		AttrSlices:      {IntValue: ref(int64(g.Slices))},
 		AttrSliceMemory: {IntValue: ref(int64(g.SliceMemoryBytes))},
+		AttrKind:        {StringValue: ref(KindGPU)},
 	}
 	if d.ComputeMajor > 0 {
 		attrs[AttrComputeCapability] = resourceapi.DeviceAttribute{VersionValue: ref(fmt.Sprintf("%d.%d.0", d.ComputeMajor, d.ComputeMinor))}
@@ -103,6 +113,75 @@ func device(g vgpu.GPUSlices, d nvml.Device, sys nvml.SystemInfo) resourceapi.De
 			CapacityMemory:  stepped(int64(g.Slices), int64(g.SliceMemoryBytes)),
 		},
 	}
+}
+
+// SliceDeviceName is the name of slice j of the GPU with NVML index i:
+// "gpu-<i>-slice-<j>".
+func SliceDeviceName(index, j int) string {
+	return DeviceName(index) + "-slice-" + strconv.Itoa(j)
+}
+
+// CounterSetName is the name of a GPU's counter set: its device's name.
+func CounterSetName(index int) string { return DeviceName(index) }
+
+// WithSliceDevices adds, to the GPU devices Devices returned, one device
+// per slice, so that a DeviceClass with an extendedResourceName can serve
+// nvidia.com/vgpu: k as k slice devices (Kubernetes maps an extended
+// resource to a count of distinct devices). Each GPU gets a counter set of
+// its compute (slices) and memory; a slice device consumes one slice of
+// both, the GPU's shared device all of them. The scheduler charges a
+// shared device's counters once, when its first claim takes it, so at any
+// time a GPU serves either shares or slices, never both. The slice devices
+// follow the GPU devices, a GPU's in order, so that pods pack onto the
+// first GPUs as in device-plugin mode.
+func WithSliceDevices(gpus []resourceapi.Device) ([]resourceapi.Device, []resourceapi.CounterSet) {
+	devices := make([]resourceapi.Device, 0, len(gpus))
+	var slices []resourceapi.Device
+	counters := make([]resourceapi.CounterSet, 0, len(gpus))
+	for _, g := range gpus {
+		index := int(*g.Attributes[AttrIndex].IntValue)
+		n := *g.Attributes[AttrSlices].IntValue
+		sliceMem := *g.Attributes[AttrSliceMemory].IntValue
+		q := func(v int64) resource.Quantity { return *resource.NewQuantity(v, resource.BinarySI) }
+		set := CounterSetName(index)
+		counters = append(counters, resourceapi.CounterSet{Name: set, Counters: map[string]resourceapi.Counter{
+			string(CapacityCompute): {Value: q(n)}, string(CapacityMemory): {Value: q(n * sliceMem)},
+		}})
+		g = *g.DeepCopy()
+		g.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: map[string]resourceapi.Counter{
+			string(CapacityCompute): {Value: q(n)}, string(CapacityMemory): {Value: q(n * sliceMem)},
+		}}}
+		devices = append(devices, g)
+		for j := range int(n) {
+			s := resourceapi.Device{Name: SliceDeviceName(index, j), Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{}}
+			for k, v := range g.Attributes {
+				s.Attributes[k] = v
+			}
+			s.Attributes[AttrKind] = resourceapi.DeviceAttribute{StringValue: ref(KindSlice)}
+			s.Capacity = map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
+				CapacityCompute: {Value: q(1)}, CapacityMemory: {Value: q(sliceMem)},
+			}
+			s.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: map[string]resourceapi.Counter{
+				string(CapacityCompute): {Value: q(1)}, string(CapacityMemory): {Value: q(sliceMem)},
+			}}}
+			slices = append(slices, s)
+		}
+	}
+	return append(devices, slices...), counters
+}
+
+// CounterSlices cuts counter sets into ResourceSlices' worth, at most
+// resourceapi.ResourceSliceMaxCounterSets each, in order.
+func CounterSlices(sets []resourceapi.CounterSet) [][]resourceapi.CounterSet {
+	var out [][]resourceapi.CounterSet
+	for len(sets) > resourceapi.ResourceSliceMaxCounterSets {
+		out = append(out, sets[:resourceapi.ResourceSliceMaxCounterSets:resourceapi.ResourceSliceMaxCounterSets])
+		sets = sets[resourceapi.ResourceSliceMaxCounterSets:]
+	}
+	if len(sets) > 0 {
+		out = append(out, sets)
+	}
+	return out
 }
 
 // stepped is a capacity of n steps of size step, consumed in whole steps:

@@ -172,3 +172,57 @@ func TestAPIServerAcceptsTheDevices(t *testing.T) {
 }
 
 func ref[T any](v T) *T { return &v }
+
+// TestAPIServerAcceptsTheSliceDevices: with slice devices, the pool's
+// counter sets and devices are stored intact across as many slices as the
+// API's limits need (8 GPUs of 8 slices: 72 devices in two slices, the
+// counter sets in a third; 17 GPUs: three counter slices), every device
+// consuming its GPU's counters.
+func TestAPIServerAcceptsTheSliceDevices(t *testing.T) {
+	srv := apiserver.Start(t)
+	cs := srv.Clientset(t)
+	ctx := context.Background()
+	for _, tc := range []struct{ gpus, slices, want int }{{8, 8, 3}, {1, 1, 2}, {17, 2, 4}} {
+		l, devs := node(t, tc.gpus, tc.slices, "NVIDIA H100 80GB HBM3", 80<<30)
+		gpus, err := dra.Devices(l, devs, nvml.SystemInfo{DriverVersion: "580.65.06"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		devices, counters := dra.WithSliceDevices(gpus)
+		if len(devices) != tc.gpus*(1+tc.slices) || len(counters) != tc.gpus {
+			t.Fatalf("%d×%d: %d devices and %d counter sets", tc.gpus, tc.slices, len(devices), len(counters))
+		}
+		var specs []resourceapi.ResourceSliceSpec
+		for _, part := range dra.CounterSlices(counters) {
+			specs = append(specs, resourceapi.ResourceSliceSpec{SharedCounters: part})
+		}
+		for _, part := range dra.Slices(devices) {
+			specs = append(specs, resourceapi.ResourceSliceSpec{NodeName: ref("node-a"), Devices: part})
+		}
+		if len(specs) != tc.want {
+			t.Fatalf("%d×%d: %d ResourceSlices, want %d", tc.gpus, tc.slices, len(specs), tc.want)
+		}
+		pool := fmt.Sprintf("sliced-%dx%d", tc.gpus, tc.slices)
+		stored := map[string]resourceapi.Device{}
+		for i, spec := range specs {
+			spec.Driver, spec.Pool = dra.DriverName, resourceapi.ResourcePool{Name: pool, Generation: 1, ResourceSliceCount: int64(len(specs))}
+			if spec.NodeName == nil {
+				spec.AllNodes = nil
+				spec.NodeName = ref("node-a")
+			}
+			got, err := cs.ResourceV1().ResourceSlices().Create(ctx, &resourceapi.ResourceSlice{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", pool, i)}, Spec: spec}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatalf("%d×%d slice %d: %v", tc.gpus, tc.slices, i, err)
+			}
+			for _, d := range got.Spec.Devices {
+				stored[d.Name] = d
+			}
+		}
+		for _, d := range devices {
+			got := stored[d.Name]
+			if len(got.ConsumesCounters) != 1 || got.ConsumesCounters[0].CounterSet != d.ConsumesCounters[0].CounterSet {
+				t.Fatalf("%d×%d device %s came back without its counters: %+v", tc.gpus, tc.slices, d.Name, got)
+			}
+		}
+	}
+}

@@ -18,6 +18,8 @@ func FuzzGrants(f *testing.F) {
 	f.Add("gpu-1", "1500m", "1", true)
 	f.Add("gpu-", "-1", "1e30", false)
 	f.Add("gpu-00", "8", "80Gi", false)
+	f.Add("gpu-1-slice-7", "", "", false)
+	f.Add("gpu-1-slice-", "1", "1", false)
 	l, _ := node(f, 2, 8, "NVIDIA H100 80GB HBM3", 80<<30)
 	f.Fuzz(func(t *testing.T, device, compute, memory string, admin bool) {
 		r := resourceapi.DeviceRequestAllocationResult{Request: "gpu", Driver: dra.DriverName, Pool: pool, Device: device, AdminAccess: &admin}

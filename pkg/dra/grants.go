@@ -68,7 +68,7 @@ func Grants(claim *resourceapi.ResourceClaim, pool string, layout *vgpu.Layout) 
 }
 
 func grant(r resourceapi.DeviceRequestAllocationResult, layout *vgpu.Layout) (Grant, error) {
-	gpu, err := gpuOf(r.Device, layout)
+	gpu, slice, err := gpuOf(r.Device, layout)
 	if err != nil {
 		return Grant{}, err
 	}
@@ -78,9 +78,13 @@ func grant(r resourceapi.DeviceRequestAllocationResult, layout *vgpu.Layout) (Gr
 		g.Admin = true
 		return g, nil
 	}
-	if len(r.ConsumedCapacity) == 0 {
+	switch {
+	case slice:
+		// One slice device: one slice of compute and of memory.
+		g.Slices, g.MemoryBytes = 1, gpu.SliceMemoryBytes
+	case len(r.ConsumedCapacity) == 0:
 		g.Whole, g.Slices, g.MemoryBytes = true, gpu.Slices, capacity
-	} else {
+	default:
 		compute, ok := r.ConsumedCapacity[CapacityCompute]
 		if !ok || compute.MilliValue()%1000 != 0 || compute.Value() < 1 || compute.Value() > int64(gpu.Slices) {
 			return Grant{}, fmt.Errorf("%w: %s compute %s of %d slices", ErrBadCapacity, r.Device, compute.String(), gpu.Slices)
@@ -113,19 +117,28 @@ func add(byIndex map[int]*Grant, g Grant) error {
 	return nil
 }
 
-// gpuOf finds the GPU a device name ("gpu-<index>") stands for.
-func gpuOf(device string, layout *vgpu.Layout) (vgpu.GPUSlices, error) {
+// gpuOf finds the GPU a device name stands for: "gpu-<index>", or
+// "gpu-<index>-slice-<j>" for one of its slices (slice true).
+func gpuOf(device string, layout *vgpu.Layout) (vgpu.GPUSlices, bool, error) {
 	n, ok := strings.CutPrefix(device, "gpu-")
+	n, j, slice := strings.Cut(n, "-slice-")
 	index, err := strconv.Atoi(n)
-	if !ok || err != nil || DeviceName(index) != device {
-		return vgpu.GPUSlices{}, fmt.Errorf("%w %q", ErrUnknownDevice, device)
+	sliceIndex := 0
+	if slice {
+		sliceIndex, err = strconv.Atoi(j)
+	}
+	if !ok || err != nil || (slice && SliceDeviceName(index, sliceIndex) != device) || (!slice && DeviceName(index) != device) {
+		return vgpu.GPUSlices{}, false, fmt.Errorf("%w %q", ErrUnknownDevice, device)
 	}
 	for _, g := range layout.GPUs() {
 		if g.Index == index {
-			return g, nil
+			if slice && sliceIndex >= g.Slices {
+				return vgpu.GPUSlices{}, false, fmt.Errorf("%w %q: GPU %d has %d slices", ErrUnknownDevice, device, index, g.Slices)
+			}
+			return g, slice, nil
 		}
 	}
-	return vgpu.GPUSlices{}, fmt.Errorf("%w %q: no GPU %d on this node", ErrUnknownDevice, device, index)
+	return vgpu.GPUSlices{}, false, fmt.Errorf("%w %q: no GPU %d on this node", ErrUnknownDevice, device, index)
 }
 
 // Ledger is what the prepared claims hold of each GPU. It is the driver's

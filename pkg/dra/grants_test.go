@@ -74,6 +74,10 @@ func TestGrantsReadTheAllocation(t *testing.T) {
 		{"one claim past the GPU", claim(share("gpu-0", 5, 50), share("gpu-0", 4, 10)), nil, nil, false, dra.ErrOvercommitted},
 		{"one claim past its memory", claim(share("gpu-0", 1, 50), share("gpu-0", 1, 40)), nil, nil, false, dra.ErrOvercommitted},
 		{"not allocated", &resourceapi.ResourceClaim{}, nil, nil, false, dra.ErrNotAllocated},
+		{"slice devices: one slice each, added up per GPU", claim(share("gpu-0-slice-0", -1, 0), share("gpu-0-slice-7", -1, 0), share("gpu-1-slice-3", -1, 0)), []int{2, 1}, []uint64{20, 10}, false, nil},
+		{"a slice the GPU does not have", claim(share("gpu-0-slice-8", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
+		{"not a slice device name", claim(share("gpu-0-slice-01", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
+		{"a slice of an unknown GPU", claim(share("gpu-7-slice-0", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := dra.Grants(tc.claim, pool, l)

@@ -37,6 +37,9 @@ type Options struct {
 	Preparer *dra.Preparer
 	// Devices are the node's GPUs as DRA devices (dra.Devices).
 	Devices []resourceapi.Device
+	// Counters are the counter sets Devices consume (dra.WithSliceDevices);
+	// each goes in the pool's counter slices.
+	Counters []resourceapi.CounterSet
 	// RegistrarDir is where the kubelet looks for plugins to register
 	// (/var/lib/kubelet/plugins_registry); PluginDir holds the plugin's
 	// own socket (/var/lib/kubelet/plugins/gpu.gpuslice.io).
@@ -63,7 +66,7 @@ func Start(ctx context.Context, o Options) (*Plugin, error) {
 	if o.Fatal == nil {
 		o.Fatal = func(error) {}
 	}
-	d := &driver{prep: o.Preparer, pool: o.NodeName, log: o.Logger, fatal: o.Fatal, devices: o.Devices,
+	d := &driver{prep: o.Preparer, pool: o.NodeName, log: o.Logger, fatal: o.Fatal, devices: o.Devices, counters: o.Counters,
 		health: map[string]nvml.Health{}, changed: make(chan struct{})}
 	helper, err := kubeletplugin.Start(ctx, d,
 		kubeletplugin.DriverName(dra.DriverName),
@@ -90,6 +93,9 @@ func (p *Plugin) publish(ctx context.Context) error {
 	devices := dra.Tainted(p.d.devices, p.d.health)
 	p.d.mu.Unlock()
 	var pool resourceslice.Pool
+	for _, part := range dra.CounterSlices(p.d.counters) {
+		pool.Slices = append(pool.Slices, resourceslice.Slice{SharedCounters: part})
+	}
 	for _, part := range dra.Slices(devices) {
 		pool.Slices = append(pool.Slices, resourceslice.Slice{Devices: part})
 	}
@@ -129,11 +135,12 @@ func (p *Plugin) SetHealth(ctx context.Context, h nvml.Health) error {
 func (p *Plugin) Stop() { p.helper.Stop() }
 
 type driver struct {
-	prep    *dra.Preparer
-	pool    string
-	log     *slog.Logger
-	fatal   func(error)
-	devices []resourceapi.Device
+	prep     *dra.Preparer
+	pool     string
+	log      *slog.Logger
+	fatal    func(error)
+	devices  []resourceapi.Device
+	counters []resourceapi.CounterSet
 
 	mu sync.Mutex
 	// health is each GPU's latest, by UUID; changed is closed and

@@ -87,12 +87,26 @@ type ClaimCount struct {
 	Uncapped string
 }
 
-// CountClaim says what a claim counts for, given the capped classes and
-// the published devices.
-func CountClaim(c *resourceapi.ResourceClaim, classes []string, sizes DeviceSizes) ClaimCount {
-	capped := map[string]bool{}
-	for _, cl := range classes {
+// Classes are the device classes whose claims reach the driver's devices.
+type Classes struct {
+	// Capped are counted as claims (ClaimUse) and capped by claim device
+	// limits.
+	Capped []string
+	// Mapped map the extended resource (extendedResourceName): Kubernetes
+	// counts their claims under requests.<resource>, which maxSlices caps,
+	// so they are not counted again as claims.
+	Mapped []string
+}
+
+// CountClaim says what a claim counts for, given the classes and the
+// published devices.
+func CountClaim(c *resourceapi.ResourceClaim, classes Classes, sizes DeviceSizes) ClaimCount {
+	capped, mapped := map[string]bool{}, map[string]bool{}
+	for _, cl := range classes.Capped {
 		capped[cl] = true
+	}
+	for _, cl := range classes.Mapped {
+		mapped[cl] = true
 	}
 	out := ClaimCount{Devices: map[string]int64{}}
 	classOf := map[string]string{} // request (or request/subrequest) -> class
@@ -129,8 +143,12 @@ func CountClaim(c *resourceapi.ResourceClaim, classes []string, sizes DeviceSize
 		if r.Driver != contract.DRADriverName {
 			continue
 		}
+		cl := classOf[r.Request]
+		if mapped[cl] {
+			continue
+		}
 		out.Ours = true
-		if cl := classOf[r.Request]; cl != "" && !capped[cl] {
+		if cl != "" && !capped[cl] {
 			out.Uncapped = cl
 		}
 		out.Slices += resultSlices(r, sizes)

@@ -78,17 +78,18 @@ func TestCountClaim(t *testing.T) {
 		classes          []string
 		otherClassDevice int64
 	}{
-		"allocated share: its compute":                {claim: claim(one, result("gpu", "gpu-0", 3, 30)), devices: 1, slices: 3, ours: true},
-		"memory-heavy share: its memory in slices":    {claim: claim(one, result("gpu", "gpu-0", 1, 75)), devices: 1, slices: 8, ours: true},
-		"memory rounds up on a 20 GiB-slice GPU":      {claim: claim(one, result("gpu", "gpu-1", 1, 21)), devices: 1, slices: 2, ours: true},
-		"no consumed capacity: held whole":            {claim: claim(one, result("gpu", "gpu-1", 0, 0)), devices: 1, slices: 4, ours: true},
-		"admin access holds nothing":                  {claim: claim(one, admin), devices: 1, ours: true},
-		"device gone from the slices: a whole GPU":    {claim: claim(one, result("gpu", "gpu-9", 1, 10)), devices: 1, slices: 8, ours: true},
-		"not allocated: a whole GPU per device":       {claim: claim([]resourceapi.DeviceRequest{exact("gpu", class, resourceapi.DeviceAllocationModeExactCount, 3)}), devices: 3, slices: 24, ours: true},
-		"All mode: the API's most devices":            {claim: claim([]resourceapi.DeviceRequest{exact("gpu", class, resourceapi.DeviceAllocationModeAll, 0)}), devices: 32, slices: 256, ours: true},
-		"another driver's claim is not ours":          {claim: claim([]resourceapi.DeviceRequest{exact("nic", "nic.example.com", resourceapi.DeviceAllocationModeExactCount, 1)}, foreign)},
-		"an uncapped class reaching our devices":      {claim: claim([]resourceapi.DeviceRequest{exact("gpu", "sneaky", resourceapi.DeviceAllocationModeExactCount, 1)}, result("gpu", "gpu-0", 2, 20)), slices: 2, ours: true, uncapped: "sneaky"},
-		"a second capped class counts on its own key": {claim: claim([]resourceapi.DeviceRequest{exact("gpu", "shared", resourceapi.DeviceAllocationModeExactCount, 2)}), classes: []string{class, "shared"}, otherClassDevice: 2, slices: 16, ours: true},
+		"allocated share: its compute":                                          {claim: claim(one, result("gpu", "gpu-0", 3, 30)), devices: 1, slices: 3, ours: true},
+		"memory-heavy share: its memory in slices":                              {claim: claim(one, result("gpu", "gpu-0", 1, 75)), devices: 1, slices: 8, ours: true},
+		"memory rounds up on a 20 GiB-slice GPU":                                {claim: claim(one, result("gpu", "gpu-1", 1, 21)), devices: 1, slices: 2, ours: true},
+		"no consumed capacity: held whole":                                      {claim: claim(one, result("gpu", "gpu-1", 0, 0)), devices: 1, slices: 4, ours: true},
+		"admin access holds nothing":                                            {claim: claim(one, admin), devices: 1, ours: true},
+		"device gone from the slices: a whole GPU":                              {claim: claim(one, result("gpu", "gpu-9", 1, 10)), devices: 1, slices: 8, ours: true},
+		"not allocated: a whole GPU per device":                                 {claim: claim([]resourceapi.DeviceRequest{exact("gpu", class, resourceapi.DeviceAllocationModeExactCount, 3)}), devices: 3, slices: 24, ours: true},
+		"All mode: the API's most devices":                                      {claim: claim([]resourceapi.DeviceRequest{exact("gpu", class, resourceapi.DeviceAllocationModeAll, 0)}), devices: 32, slices: 256, ours: true},
+		"another driver's claim is not ours":                                    {claim: claim([]resourceapi.DeviceRequest{exact("nic", "nic.example.com", resourceapi.DeviceAllocationModeExactCount, 1)}, foreign)},
+		"a class mapping the extended resource is counted as it, not as claims": {claim: claim([]resourceapi.DeviceRequest{exact("gpu", "vgpu.gpuslice.io", resourceapi.DeviceAllocationModeExactCount, 2)}, result("gpu", "gpu-0-slice-0", 0, 0), result("gpu", "gpu-0-slice-1", 0, 0))},
+		"an uncapped class reaching our devices":                                {claim: claim([]resourceapi.DeviceRequest{exact("gpu", "sneaky", resourceapi.DeviceAllocationModeExactCount, 1)}, result("gpu", "gpu-0", 2, 20)), slices: 2, ours: true, uncapped: "sneaky"},
+		"a second capped class counts on its own key":                           {claim: claim([]resourceapi.DeviceRequest{exact("gpu", "shared", resourceapi.DeviceAllocationModeExactCount, 2)}), classes: []string{class, "shared"}, otherClassDevice: 2, slices: 16, ours: true},
 		"first available: the most any alternative asks": {claim: claim([]resourceapi.DeviceRequest{{Name: "gpu", FirstAvailable: []resourceapi.DeviceSubRequest{
 			{Name: "big", DeviceClassName: class, AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1},
 			{Name: "small", DeviceClassName: class, AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 2},
@@ -99,7 +100,7 @@ func TestCountClaim(t *testing.T) {
 			if classes == nil {
 				classes = []string{class}
 			}
-			got := CountClaim(tc.claim, classes, testSizes())
+			got := CountClaim(tc.claim, Classes{Capped: classes, Mapped: []string{"vgpu.gpuslice.io"}}, testSizes())
 			if got.Devices[class] != tc.devices || got.Slices != tc.slices || got.Ours != tc.ours || got.Uncapped != tc.uncapped || got.Devices["shared"] != tc.otherClassDevice {
 				t.Errorf("CountClaim = %+v; want %d devices, %d slices, ours %v, uncapped %q", got, tc.devices, tc.slices, tc.ours, tc.uncapped)
 			}

@@ -64,6 +64,10 @@ type Options struct {
 	// close them, and their pods are reclaimed when idle. Empty: the
 	// controller reads no DRA objects.
 	DeviceClasses []string
+	// MappedClasses are the DRA device classes that map Resource
+	// (extendedResourceName): their claims are counted under
+	// requests.<Resource>, as the pods asking for it, never as claims.
+	MappedClasses []string
 }
 
 // Defaults for Options.
@@ -832,12 +836,12 @@ func (c *Controller) claimUse(ns string, in *Input) (map[string]int64, error) {
 	use := &ClaimUse{Classes: c.opts.DeviceClasses, Devices: map[string]int64{}, PerDevice: sizes.PerDevice}
 	bySlices := map[string]int64{}
 	for _, cl := range claims {
-		cc := CountClaim(cl, c.opts.DeviceClasses, sizes)
+		cc := CountClaim(cl, Classes{Capped: c.opts.DeviceClasses, Mapped: c.opts.MappedClasses}, sizes)
 		if !cc.Ours {
 			continue
 		}
 		if cc.Uncapped != "" {
-			c.log.Warn("a claim holds gpuslice devices through a device class the controller does not cap; add it to --dra-device-classes",
+			c.log.Warn("a claim holds gpuslice devices through a device class the controller does not cap; add it to --dra-device-classes (or to --dra-extended-resource-classes if it maps the extended resource)",
 				"namespace", ns, "claim", cl.Name, "deviceClass", cc.Uncapped)
 		}
 		for class, n := range cc.Devices {

@@ -84,7 +84,7 @@ func ensureDeviceClass(t *testing.T) {
 		return
 	}
 	class := &resourceapi.DeviceClass{ObjectMeta: metav1.ObjectMeta{Name: dra.DriverName}, Spec: resourceapi.DeviceClassSpec{
-		Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: `device.driver == "` + dra.DriverName + `"`}}},
+		Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: fmt.Sprintf(`device.driver == %q && device.attributes[%q].kind == %q`, dra.DriverName, dra.DriverName, dra.KindGPU)}}},
 	}}
 	if _, err := cs.ResourceV1().DeviceClasses().Create(context.Background(), class, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -589,5 +589,130 @@ func TestDRADriverMemoryLimits(t *testing.T) {
 	}
 	if v, _ := value(scrape(t), "gpuslice_enforcement_kills_total", map[string]string{"pod": "hog"}); v != 0 {
 		t.Errorf("the watchdog killed %v processes: the driver should have refused the allocation", v)
+	}
+}
+
+// TestDRAExtendedResource: with the driver publishing slice devices, a
+// DeviceClass mapping nvidia.com/vgpu to them, and the agent advertising
+// no slices, a pod asking for nvidia.com/vgpu: 2 (the device-plugin
+// spelling, unchanged) is served through DRA by the real scheduler: two
+// slices of one GPU, the same environment and limits, throttled to its
+// share. A GPU serves slices or shares, never both: a share claim on the
+// GPU the slices are on stays Pending, one on the other GPU runs, and a
+// pod then asking for more slices than are left stays Pending.
+func TestDRAExtendedResource(t *testing.T) {
+	requireDRA(t)
+	ensureDeviceClass(t)
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	vgpuClass := &resourceapi.DeviceClass{ObjectMeta: metav1.ObjectMeta{Name: "vgpu.gpuslice.io"}, Spec: resourceapi.DeviceClassSpec{
+		ExtendedResourceName: ptr.To("nvidia.com/vgpu"),
+		Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
+			Expression: fmt.Sprintf(`device.driver == %q && device.attributes[%q].kind == %q`, dra.DriverName, dra.DriverName, dra.KindSlice)}}},
+	}}
+	if _, err := cs.ResourceV1().DeviceClasses().Create(ctx, vgpuClass, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cs.ResourceV1().DeviceClasses().Delete(context.Background(), vgpuClass.Name, metav1.DeleteOptions{})
+	})
+	if err := c.RestartDRADriver("--slice-devices"); err != nil {
+		t.Fatal(err)
+	}
+	agentArgs := c.AgentArgs
+	c.StopAgent()
+	c.AgentArgs = append(append([]string(nil), agentArgs...), "--dra-extended-resource")
+	if err := c.StartAgent(); err != nil {
+		t.Fatal(err)
+	}
+	// Registered last, run first: back as the tier runs, once this
+	// test's namespace (registered below) is gone.
+	t.Cleanup(func() {
+		c.StopAgent()
+		c.AgentArgs = agentArgs
+		if err := c.StartAgent(); err != nil {
+			t.Error(err)
+		}
+		if err := c.RestartDRADriver(); err != nil {
+			t.Error(err)
+		}
+		waitAllocatable(t, 8)
+	})
+	waitAllocatable(t, 0)
+	uuids := gpuUUIDs(t)
+	waitFor(t, "the slice devices published", 30*time.Second, func() bool {
+		list, err := cs.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		n := 0
+		for _, s := range list.Items {
+			for _, d := range s.Spec.Devices {
+				if d.Attributes[dra.AttrKind].StringValue != nil && *d.Attributes[dra.AttrKind].StringValue == dra.KindSlice {
+					n++
+				}
+			}
+		}
+		return err == nil && n == 8
+	})
+
+	ns := newNamespace(t, "dra-vgpu")
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(pod("two", 2, "env; exec /bin/workload --demand 1 --memory-mib 512")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	two := waitRunning(t, ns, "two")
+	if two.Status.ExtendedResourceClaimStatus == nil {
+		t.Errorf("the pod ran without an extended-resource claim: %+v", two.Status)
+	} else {
+		t.Logf("nvidia.com/vgpu: 2 served by claim %s", two.Status.ExtendedResourceClaimStatus.ResourceClaimName)
+	}
+	env := containerEnv(t, ns, "two")
+	gpu := env["NVIDIA_VISIBLE_DEVICES"]
+	if (gpu != uuids[0] && gpu != uuids[1]) || env["GPUSLICE_SLICES"] != "2" || env["GPUSLICE_COMPUTE_LIMIT_RATIO"] != "0.5" || env["GPUSLICE_MEMORY_LIMIT_BYTES"] != "21474836480" {
+		t.Errorf("the pod's env %v; want one GPU, 2 slices, ratio 0.5, 20 GiB", env)
+	}
+	labels := map[string]string{"namespace": ns, "pod": "two", "container": "main"}
+	waitFor(t, "the agent accounting the pod at 2 slices", 30*time.Second, func() bool {
+		slices, _ := value(scrape(t), "gpuslice_container_slices", labels)
+		return slices == 2
+	})
+	share := measuredShare(t, labels, 5*time.Second)
+	t.Logf("the greedy nvidia.com/vgpu: 2 pod's measured share under strict: %.1f%% (its slices: 50%%)", share*100)
+	if share < 0.4 || share > 0.6 {
+		t.Errorf("the pod used %.0f%% of the GPU, its 2 of 4 slices are 50%%", share*100)
+	}
+
+	// Shares: not on the GPU serving slices, yes on the other.
+	slicesOn, other := 0, 1
+	if gpu == uuids[1] {
+		slicesOn, other = 1, 0
+	}
+	for _, tpl := range []*resourceapi.ResourceClaimTemplate{
+		claimTemplate("same-gpu", "1", "10Gi", onGPU(slicesOn)),
+		claimTemplate("other-gpu", "1", "10Gi", onGPU(other)),
+	} {
+		if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, tpl, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []*corev1.Pod{claimPod("share-same", "same-gpu", "sleep 3600"), claimPod("share-other", "other-gpu", "sleep 3600")} {
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitRunning(t, ns, "share-other")
+	msg := waitUnschedulable(t, ns, "share-same", "")
+	t.Logf("a share of the GPU serving slices: %s", msg)
+	// Two slices are left on the first GPU, none on the one serving a
+	// share: four more slices do not fit.
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod("four", 4, "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	msg = waitUnschedulable(t, ns, "four", "")
+	t.Logf("nvidia.com/vgpu: 4 with two slices left: %s", msg)
+	// The two left fit, on the GPU already serving slices.
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod("last-two", 2, "env; sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "last-two")
+	if env := containerEnv(t, ns, "last-two"); env["NVIDIA_VISIBLE_DEVICES"] != gpu || env["GPUSLICE_SLICES"] != "2" {
+		t.Errorf("last-two's env %v; want the last 2 slices of GPU %s", env, gpu)
 	}
 }

@@ -82,6 +82,16 @@ func (c *Cluster) StartDRADriver() error {
 	})
 }
 
+// RestartDRADriver stops the driver and starts it again with extra flags
+// after its usual ones (none: as the cluster started it).
+func (c *Cluster) RestartDRADriver(extra ...string) error {
+	c.StopDRADriver()
+	saved := c.draArgs
+	c.draArgs = append(append([]string(nil), saved...), extra...)
+	defer func() { c.draArgs = saved }()
+	return c.StartDRADriver()
+}
+
 // StopDRADriver stops the driver with SIGTERM; KillDRADriver with SIGKILL.
 func (c *Cluster) StopDRADriver() {
 	if c.draDriver != nil {
