@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,7 +41,7 @@ func TestPluginServesTheKubelet(t *testing.T) {
 	cs := driverClient(t, srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	n := startNode(ctx, t, cs, nodeName, 2)
+	n := startNode(ctx, t, cs, nodeName, 2, false)
 	defer n.plugin.Stop()
 	dir, cdiDir := n.dir, filepath.Join(n.dir, "cdi")
 
@@ -84,7 +85,7 @@ type aNode struct {
 
 // startNode creates the Node object and starts a plugin for n GPUs × 8
 // slices on it, returning once the node's ResourceSlice is in the API.
-func startNode(ctx context.Context, t testing.TB, cs kubernetes.Interface, name string, n int) aNode {
+func startNode(ctx context.Context, t testing.TB, cs kubernetes.Interface, name string, n int, sliced bool) aNode {
 	t.Helper()
 	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -93,6 +94,10 @@ func startNode(ctx context.Context, t testing.TB, cs kubernetes.Interface, name 
 	devices, err := dra.Devices(layout, devs, nvml.SystemInfo{DriverVersion: "580.65.06"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	var counters []resourceapi.CounterSet
+	if sliced {
+		devices, counters = dra.WithSliceDevices(devices)
 	}
 	dir, err := os.MkdirTemp("", "dra") // unix socket paths must stay short
 	if err != nil {
@@ -115,12 +120,12 @@ func startNode(ctx context.Context, t testing.TB, cs kubernetes.Interface, name 
 	}
 	fatal := make(chan error, 1)
 	start := time.Now()
-	p, err := draplugin.Start(ctx, draplugin.Options{NodeName: name, Client: cs, Preparer: prep, Devices: devices,
+	p, err := draplugin.Start(ctx, draplugin.Options{NodeName: name, Client: cs, Preparer: prep, Devices: devices, Counters: counters,
 		RegistrarDir: filepath.Join(dir, "reg"), PluginDir: filepath.Join(dir, "plugin"), Fatal: func(err error) { fatal <- err }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitForSlices(t, cs, name, n, fatal)
+	waitForSlices(t, cs, name, len(devices), len(counters), fatal)
 	return aNode{dir: dir, plugin: p, published: time.Since(start)}
 }
 
@@ -141,12 +146,18 @@ func gpus(t testing.TB, n int) (*vgpu.Layout, []nvml.Device) {
 }
 
 // waitForSlices waits until the node's pool is published with its n GPUs.
-func waitForSlices(t testing.TB, cs kubernetes.Interface, node string, n int, fatal <-chan error) {
+func waitForSlices(t testing.TB, cs kubernetes.Interface, node string, devices, counterSets int, fatal <-chan error) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		list, err := cs.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
-		if err == nil && len(list.Items) == 1 && list.Items[0].Spec.Driver == dra.DriverName && len(list.Items[0].Spec.Devices) == n {
+		d, c := 0, 0
+		for _, s := range list.Items {
+			if s.Spec.Driver == dra.DriverName && s.Spec.Pool.ResourceSliceCount == int64(len(list.Items)) {
+				d, c = d+len(s.Spec.Devices), c+len(s.Spec.SharedCounters)
+			}
+		}
+		if err == nil && d == devices && c == counterSets {
 			return
 		}
 		select {
@@ -202,6 +213,12 @@ func ref(c *resourceapi.ResourceClaim) *drapb.Claim {
 // them, over the socket, for a claim of 3 slices (p50 and p99 of 50 each,
 // per node).
 func BenchmarkPluginAtEightGPUs(b *testing.B) {
+	b.Run("shares", func(b *testing.B) { benchmarkPlugin(b, false) })
+	// With a device per slice as well (72 devices, 3 ResourceSlices).
+	b.Run("shares+slices", func(b *testing.B) { benchmarkPlugin(b, true) })
+}
+
+func benchmarkPlugin(b *testing.B, sliced bool) {
 	srv := apiserver.Start(b)
 	cs := driverClient(b, srv)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -211,7 +228,7 @@ func BenchmarkPluginAtEightGPUs(b *testing.B) {
 	for b.Loop() {
 		name := fmt.Sprintf("node-%d", i)
 		i++
-		n := startNode(ctx, b, cs, name, 8)
+		n := startNode(ctx, b, cs, name, 8, sliced)
 		published = append(published, n.published)
 		conn, err := grpc.NewClient("unix://"+filepath.Join(n.dir, "plugin", "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
@@ -266,4 +283,66 @@ func driverClient(t testing.TB, srv *apiserver.Server) kubernetes.Interface {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestPluginPreparesSliceDevices: a claim the scheduler made for
+// nvidia.com/vgpu: 3 (three slice devices of one GPU) is prepared as one
+// CDI device holding 3 slices of that GPU; a fourth claim for all 8 slices
+// of the same GPU is refused by the ledger.
+func TestPluginPreparesSliceDevices(t *testing.T) {
+	srv := apiserver.Start(t)
+	cs := driverClient(t, srv)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := startNode(ctx, t, cs, nodeName, 2, true)
+	defer n.plugin.Stop()
+	conn, err := grpc.NewClient("unix://"+filepath.Join(n.dir, "plugin", "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	kubelet := drapb.NewDRAPluginClient(conn)
+	sliceClaim := func(name string, slices ...int) *resourceapi.ResourceClaim {
+		c, err := cs.ResourceV1().ResourceClaims("default").Create(ctx, &resourceapi.ResourceClaim{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{{
+				Name: "vgpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: "vgpu.gpuslice.io", Count: int64(len(slices))},
+			}}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var results []resourceapi.DeviceRequestAllocationResult
+		for _, j := range slices {
+			results = append(results, resourceapi.DeviceRequestAllocationResult{Request: "vgpu", Driver: dra.DriverName, Pool: nodeName, Device: dra.SliceDeviceName(0, j)})
+		}
+		c.Status.Allocation = &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{Results: results}}
+		c.Status.ReservedFor = []resourceapi.ResourceClaimConsumerReference{{Resource: "pods", Name: "p-" + name, UID: types.UID("pod-" + name)}}
+		if c, err = cs.ResourceV1().ResourceClaims("default").UpdateStatus(ctx, c, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	three := sliceClaim("three", 0, 1, 2)
+	all := sliceClaim("all", 0, 1, 2, 3, 4, 5, 6, 7)
+	resp, err := kubelet.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{ref(three), ref(all)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := resp.Claims[string(three.UID)]
+	if got.GetError() != "" || len(got.GetDevices()) != 3 {
+		t.Fatalf("the 3-slice claim: %+v", got)
+	}
+	for _, d := range got.Devices {
+		if d.CdiDeviceIds[0] != dra.CDIDeviceID(three.UID) {
+			t.Errorf("device %s: CDI %v, want the claim's", d.DeviceName, d.CdiDeviceIds)
+		}
+	}
+	spec, err := os.ReadFile(filepath.Join(n.dir, "cdi", "gpuslice-claim-"+string(three.UID)+".json"))
+	if err != nil || !strings.Contains(string(spec), "GPUSLICE_SLICES=3") {
+		t.Errorf("the claim's CDI spec: %v\n%s", err, spec)
+	}
+	if resp.Claims[string(all.UID)].GetError() == "" {
+		t.Errorf("8 more slices of a GPU with 5 left were prepared: %+v", resp.Claims[string(all.UID)])
+	}
 }

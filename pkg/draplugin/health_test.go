@@ -21,13 +21,14 @@ import (
 // TestHealthTaintsTheDevice: an XID on a GPU taints its device in the
 // ResourceSlice the real API server holds (NoSchedule: the scheduler gives
 // it no new claims) and reaches the kubelet's health stream; recovery
-// removes the taint. The other GPU is never touched.
+// removes the taint. The other GPU is never touched. The node publishes a
+// device per slice too: the failing GPU's slice devices are tainted with it.
 func TestHealthTaintsTheDevice(t *testing.T) {
 	srv := apiserver.Start(t)
 	cs := driverClient(t, srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	n := startNode(ctx, t, cs, nodeName, 2)
+	n := startNode(ctx, t, cs, nodeName, 2, true)
 	defer n.plugin.Stop()
 	layout, _ := gpus(t, 2)
 	sick, well := layout.GPUs()[1].UUID, layout.GPUs()[0].UUID
@@ -50,14 +51,27 @@ func TestHealthTaintsTheDevice(t *testing.T) {
 	if err := n.plugin.SetHealth(ctx, nvml.Health{UUID: sick, Reason: "xid", XID: 79}); err != nil {
 		t.Fatal(err)
 	}
-	waitTaints(t, cs, map[string]string{"gpu-0": "", "gpu-1": "xid-79"})
+	waitTaints(t, cs, taints("", "xid-79"))
 	waitHealth(t, stream, "gpu-1", healthpb.HealthStatus_UNHEALTHY)
 
 	if err := n.plugin.SetHealth(ctx, nvml.Health{UUID: sick, Healthy: true, Reason: nvml.ReasonRecovered}); err != nil {
 		t.Fatal(err)
 	}
-	waitTaints(t, cs, map[string]string{"gpu-0": "", "gpu-1": ""})
+	waitTaints(t, cs, taints("", ""))
 	waitHealth(t, stream, "gpu-1", healthpb.HealthStatus_HEALTHY)
+}
+
+// taints is the taint value wanted on each device of GPU 0 and GPU 1,
+// their slice devices included.
+func taints(gpu0, gpu1 string) map[string]string {
+	out := map[string]string{}
+	for i, v := range []string{gpu0, gpu1} {
+		out[dra.DeviceName(i)] = v
+		for j := range 8 {
+			out[dra.SliceDeviceName(i, j)] = v
+		}
+	}
+	return out
 }
 
 // waitTaints waits until each device carries gpuslice's taint with the
@@ -68,13 +82,15 @@ func waitTaints(t *testing.T, cs kubernetes.Interface, want map[string]string) {
 	var got map[string]string
 	for time.Now().Before(deadline) {
 		list, err := cs.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
-		if err == nil && len(list.Items) == 1 {
+		if err == nil {
 			got = map[string]string{}
-			for _, d := range list.Items[0].Spec.Devices {
-				got[d.Name] = ""
-				for _, taint := range d.Taints {
-					if taint.Key == dra.UnhealthyTaintKey && taint.Effect == resourceapi.DeviceTaintEffectNoSchedule {
-						got[d.Name] = taint.Value
+			for _, s := range list.Items {
+				for _, d := range s.Spec.Devices {
+					got[d.Name] = ""
+					for _, taint := range d.Taints {
+						if taint.Key == dra.UnhealthyTaintKey && taint.Effect == resourceapi.DeviceTaintEffectNoSchedule {
+							got[d.Name] = taint.Value
+						}
 					}
 				}
 			}
