@@ -311,7 +311,11 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 		c.metrics.promErrors.Inc()
 		c.log.Warn("prometheus unavailable: keeping the last decisions, evicting nothing", "err", merr)
 	}
-	err = c.applyAll(ctx, byNS, usage, merr == nil, now)
+	sizes, err := c.deviceSizes()
+	if err != nil {
+		return usage.Queries, err
+	}
+	err = c.applyAll(ctx, byNS, usage, sizes, merr == nil, now)
 	c.finishCycle(byNS)
 	return usage.Queries, err
 }
@@ -342,7 +346,7 @@ func (c *Controller) listQuotas() (map[string][]gpuQuota, []Spec, error) {
 // applyAll evaluates every namespace, a few at a time (namespaces are
 // independent; their API writes are bounded). One GPUQuota per namespace:
 // the first by name rules; others are reported as conflicting.
-func (c *Controller) applyAll(ctx context.Context, byNS map[string][]gpuQuota, usage Usage, measured bool, now time.Time) error {
+func (c *Controller) applyAll(ctx context.Context, byNS map[string][]gpuQuota, usage Usage, sizes DeviceSizes, measured bool, now time.Time) error {
 	namespaces := make([]string, 0, len(byNS))
 	for ns := range byNS {
 		namespaces = append(namespaces, ns)
@@ -365,7 +369,7 @@ func (c *Controller) applyAll(ctx context.Context, byNS map[string][]gpuQuota, u
 			if q := qs[0]; q.err != nil {
 				errs = append(errs, c.writeStatus(ctx, q, nil, Decision{}, now, q.err))
 			} else {
-				errs = append(errs, c.evaluateNamespace(ctx, q, usage, measured, now))
+				errs = append(errs, c.evaluateNamespace(ctx, q, usage, sizes, measured, now))
 			}
 			results[i] = errors.Join(errs...)
 		}()
@@ -404,7 +408,7 @@ func (c *Controller) finishCycle(byNS map[string][]gpuQuota) {
 	}
 }
 
-func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Usage, metricsOK bool, now time.Time) error {
+func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Usage, sizes DeviceSizes, metricsOK bool, now time.Time) error {
 	ns, spec := q.obj.Namespace, q.obj.Spec
 	in := Input{Spec: spec, MetricsOK: metricsOK, Now: now, ScrapeInterval: c.opts.ScrapeInterval}
 	if rq, err := c.quotas.ResourceQuotas(ns).Get(QuotaName); err == nil {
@@ -415,7 +419,7 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 		key := BudgetKey(*spec.Budget)
 		in.UsedGPUHours, in.HoursInvalid = usage.GPUHours[key][ns], usage.InvalidHours[key][ns]
 	}
-	claimSlices, err := c.claimUse(ns, &in)
+	claimSlices, err := c.claimUse(ns, sizes, &in)
 	if err != nil {
 		return err
 	}
@@ -817,18 +821,26 @@ func (c *Controller) Healthy(now time.Time) bool {
 	return now.Sub(last) <= StallCycles*c.opts.Interval
 }
 
-// claimUse reads what the namespace's claims of the capped classes count
-// for into in.Claims, and returns each claim's slices by name. Without
-// DeviceClasses it reads nothing.
-func (c *Controller) claimUse(ns string, in *Input) (map[string]int64, error) {
-	if c.claims == nil {
-		return nil, nil
+// deviceSizes reads the driver's published devices once per cycle; none
+// without DeviceClasses.
+func (c *Controller) deviceSizes() (DeviceSizes, error) {
+	if c.rslices == nil {
+		return DeviceSizes{}, nil
 	}
 	rs, err := c.rslices.List(labels.Everything())
 	if err != nil {
-		return nil, fmt.Errorf("list ResourceSlices: %w", err)
+		return DeviceSizes{}, fmt.Errorf("list ResourceSlices: %w", err)
 	}
-	sizes := SizesFromSlices(rs)
+	return SizesFromSlices(rs), nil
+}
+
+// claimUse reads what the namespace's claims of the capped classes count
+// for into in.Claims, and returns each claim's slices by name. Without
+// DeviceClasses it reads nothing.
+func (c *Controller) claimUse(ns string, sizes DeviceSizes, in *Input) (map[string]int64, error) {
+	if c.claims == nil {
+		return nil, nil
+	}
 	claims, err := c.claims.ResourceClaims(ns).List(labels.Everything())
 	if err != nil {
 		return nil, fmt.Errorf("list ResourceClaims of %s: %w", ns, err)
