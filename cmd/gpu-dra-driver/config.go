@@ -43,11 +43,10 @@ type Config struct {
 	CDIDir string
 	// StateFile is the record of prepared claims the agent reads.
 	StateFile string
-	// DevicePluginDir holds the kubelet's device-manager checkpoint: a
-	// claim is refused on a GPU whose slices of ResourceName are held
-	// there.
-	DevicePluginDir string
-	ResourceName    string
+	// PodResourcesSocket is the kubelet's pod-resources API: a claim is
+	// refused on a GPU whose slices of ResourceName its active pods hold.
+	PodResourcesSocket string
+	ResourceName       string
 	// DevRoot is the host directory of the NVIDIA device nodes.
 	DevRoot  string
 	LogLevel string
@@ -59,20 +58,20 @@ type Config struct {
 // defaultConfig is what the driver runs with unless told otherwise.
 func defaultConfig() Config {
 	return Config{
-		GPUBackend:      "nvml",
-		KubeAPIQPS:      50,
-		KubeAPIBurst:    100,
-		SlicesPerGPU:    8,
-		RegistrarDir:    contract.KubeletDir + "/plugins_registry",
-		PluginDir:       contract.KubeletDir + "/plugins/" + contract.DRADriverName,
-		CDIDir:          "/var/run/cdi",
-		StateFile:       contract.DRAPreparedClaims,
-		DevRoot:         "/dev",
-		DevicePluginDir: contract.DevicePluginDir,
-		ResourceName:    contract.ResourceName,
-		LogLevel:        "info",
-		ProbeInterval:   5 * time.Second,
-		XIDRecovery:     5 * time.Minute,
+		GPUBackend:         "nvml",
+		KubeAPIQPS:         50,
+		KubeAPIBurst:       100,
+		SlicesPerGPU:       8,
+		RegistrarDir:       contract.KubeletDir + "/plugins_registry",
+		PluginDir:          contract.KubeletDir + "/plugins/" + contract.DRADriverName,
+		CDIDir:             "/var/run/cdi",
+		StateFile:          contract.DRAPreparedClaims,
+		DevRoot:            "/dev",
+		PodResourcesSocket: contract.PodResourcesSocket,
+		ResourceName:       contract.ResourceName,
+		LogLevel:           "info",
+		ProbeInterval:      5 * time.Second,
+		XIDRecovery:        5 * time.Minute,
 	}
 }
 
@@ -93,7 +92,7 @@ func flags(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.CDIDir, "cdi-dir", c.CDIDir, "`dir` the container runtime reads CDI specs from")
 	fs.StringVar(&c.StateFile, "state", c.StateFile, "record of prepared claims (`file`), which gpu-agent --dra reads")
 	fs.StringVar(&c.DevRoot, "dev-root", c.DevRoot, "host `dir` of the NVIDIA device nodes")
-	fs.StringVar(&c.DevicePluginDir, "device-plugin-dir", c.DevicePluginDir, "kubelet device plugin `dir`: claims are refused on GPUs its checkpoint says device-plugin containers hold")
+	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "the kubelet's pod-resources `socket`: claims are refused on GPUs whose slices its active pods hold")
 	fs.StringVar(&c.ResourceName, "resource-name", c.ResourceName, "the device plugin's resource (gpu-agent's --resource-name)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.DurationVar(&c.ProbeInterval, "health-probe-interval", c.ProbeInterval, "how often each GPU is probed for being lost (real NVML)")
@@ -140,7 +139,7 @@ func (c Config) validate() error {
 		}
 	}
 	for flag, p := range map[string]string{"--kubelet-registrar-dir": c.RegistrarDir, "--kubelet-plugin-dir": c.PluginDir,
-		"--cdi-dir": c.CDIDir, "--state": c.StateFile, "--dev-root": c.DevRoot, "--device-plugin-dir": c.DevicePluginDir} {
+		"--cdi-dir": c.CDIDir, "--state": c.StateFile, "--dev-root": c.DevRoot, "--pod-resources-socket": c.PodResourcesSocket} {
 		if !filepath.IsAbs(p) {
 			return fmt.Errorf("%s %q must be an absolute path", flag, p)
 		}

@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
@@ -31,6 +30,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
 	"github.com/gpuslice/gpuslice/pkg/nodelock"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
@@ -95,8 +95,15 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return fmt.Errorf("driver directory: %w", err)
 		}
 	}
+	po := podresources.DefaultOptions()
+	po.Socket, po.ResourceName = cfg.PodResourcesSocket, cfg.ResourceName
+	podres, err := podresources.New(po)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = podres.Close() }()
 	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, Nodes: n.nodes, CDIDir: cfg.CDIDir, StatePath: cfg.StateFile,
-		DevicePluginGPUs: devicePluginGPUs(cfg)})
+		DevicePluginGPUs: devicePluginGPUs(podres)})
 	if err != nil {
 		return err
 	}
@@ -188,19 +195,18 @@ func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, *fakegpu.Node, err
 	return gpubackend.Open(cfg.GPUBackend, cfg.FakeConfig, o)
 }
 
-// devicePluginGPUs reads which GPUs device-plugin containers hold from the
-// kubelet's checkpoint, parsed again only when the kubelet replaced it.
-func devicePluginGPUs(cfg Config) func() (map[string]bool, error) {
-	var mu sync.Mutex
-	cp := attribution.NewCheckpoint(cfg.DevicePluginDir)
+// devicePluginGPUs asks the kubelet's pod-resources API which GPUs the
+// slices of its active pods are on. The device manager's checkpoint is
+// not enough: the kubelet keeps a deleted pod's entry there until another
+// device-plugin allocation, so a GPU that once served an nvidia.com/vgpu
+// pod would refuse claims for good (TestDRAClaimAfterAVGPUPod).
+func devicePluginGPUs(client *podresources.Client) func() (map[string]bool, error) {
 	return func() (map[string]bool, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		entries, err := cp.Read()
+		as, err := client.List(context.Background())
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("which GPUs device-plugin pods hold: %w", err)
 		}
-		return attribution.HeldGPUs(entries, cfg.ResourceName), nil
+		return attribution.AssignedGPUs(as), nil
 	}
 }
 

@@ -34,18 +34,19 @@ func TestBadConfigIsOneClearError(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		"no node name":      {args: nil, env: nil, want: "--node-name"},
-		"unknown backend":   {args: []string{"--gpu-backend=cuda"}, env: node, want: "--gpu-backend"},
-		"zero slices":       {args: []string{"--slices-per-gpu=0"}, env: node, want: "slicing"},
-		"bad slice memory":  {args: []string{"--slice-memory=lots"}, env: node, want: "--slice-memory"},
-		"relative state":    {args: []string{"--state=prepared.json"}, env: node, want: "--state"},
-		"relative cdi dir":  {args: []string{"--cdi-dir=cdi"}, env: node, want: "--cdi-dir"},
-		"zero qps":          {args: []string{"--kube-api-qps=0"}, env: node, want: "--kube-api-qps"},
-		"bad log level":     {args: []string{"--log-level=loud"}, env: node, want: "--log-level"},
-		"stray argument":    {args: []string{"extra"}, env: node, want: "unexpected"},
-		"unknown flag":      {args: []string{"--slices=4"}, env: node, want: "slices"},
-		"negative recovery": {args: []string{"--xid-recovery=-1s"}, env: node, want: "--xid-recovery"},
-		"missing fake file": {args: []string{"--gpu-backend=fake", "--fake-config=/nonexistent.yaml"}, env: node, want: "nonexistent"},
+		"no node name":                  {args: nil, env: nil, want: "--node-name"},
+		"unknown backend":               {args: []string{"--gpu-backend=cuda"}, env: node, want: "--gpu-backend"},
+		"zero slices":                   {args: []string{"--slices-per-gpu=0"}, env: node, want: "slicing"},
+		"bad slice memory":              {args: []string{"--slice-memory=lots"}, env: node, want: "--slice-memory"},
+		"relative state":                {args: []string{"--state=prepared.json"}, env: node, want: "--state"},
+		"relative cdi dir":              {args: []string{"--cdi-dir=cdi"}, env: node, want: "--cdi-dir"},
+		"relative pod-resources socket": {args: []string{"--pod-resources-socket=kubelet.sock"}, env: node, want: "--pod-resources-socket"},
+		"zero qps":                      {args: []string{"--kube-api-qps=0"}, env: node, want: "--kube-api-qps"},
+		"bad log level":                 {args: []string{"--log-level=loud"}, env: node, want: "--log-level"},
+		"stray argument":                {args: []string{"extra"}, env: node, want: "unexpected"},
+		"unknown flag":                  {args: []string{"--slices=4"}, env: node, want: "slices"},
+		"negative recovery":             {args: []string{"--xid-recovery=-1s"}, env: node, want: "--xid-recovery"},
+		"missing fake file":             {args: []string{"--gpu-backend=fake", "--fake-config=/nonexistent.yaml"}, env: node, want: "nonexistent"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()

@@ -11,6 +11,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
 )
 
 // CheckpointFile is the kubelet device manager's checkpoint, in its device
@@ -116,19 +117,15 @@ func NewCheckpoint(pluginDir string) *Checkpoint {
 	return NewCachedFile(pluginDir+"/"+CheckpointFile, "device manager checkpoint", ParseCheckpoint)
 }
 
-// HeldGPUs are the GPUs the checkpoint's containers of resource hold
-// slices of: by their slice IDs, and by what Allocate gave them.
-func HeldGPUs(entries []CheckpointEntry, resource string) map[string]bool {
+// AssignedGPUs are the GPUs whose slices pod-resources lists as held by
+// the kubelet's active pods (the client lists one resource's device IDs).
+// Unlike the device manager's checkpoint, it forgets a pod once the pod is
+// gone.
+func AssignedGPUs(as []podresources.Assignment) map[string]bool {
 	out := map[string]bool{}
-	for _, e := range entries {
-		if e.Resource != resource {
-			continue
-		}
-		for gpu := range gpusOf(e.DeviceIDs) {
+	for _, a := range as {
+		for gpu := range gpusOf(a.DeviceIDs) {
 			out[gpu] = true
-		}
-		for _, g := range e.Grants {
-			out[g.UUID] = true
 		}
 	}
 	return out

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
 )
 
 // checkpointJSON is a per-NUMA checkpoint holding one entry for pod uid.
@@ -53,16 +54,16 @@ func TestCheckpointReadAgainOnlyWhenReplaced(t *testing.T) {
 	}
 }
 
-func TestHeldGPUs(t *testing.T) {
+// TestAssignedGPUs: the GPUs of the slices pod-resources lists; device
+// IDs that are not slice IDs name no GPU.
+func TestAssignedGPUs(t *testing.T) {
 	t.Parallel()
-	entries, err := attribution.ParseCheckpoint([]byte(checkpointJSON("uid-1")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := attribution.HeldGPUs(entries, "nvidia.com/vgpu"); len(got) != 1 || !got["GPU-a"] {
-		t.Errorf("HeldGPUs = %v, want GPU-a", got)
-	}
-	if got := attribution.HeldGPUs(entries, "example.com/fpga"); len(got) != 0 {
-		t.Errorf("HeldGPUs of another resource = %v", got)
+	got := attribution.AssignedGPUs([]podresources.Assignment{
+		{Namespace: "ml", Pod: "a", Container: "main", DeviceIDs: []string{"GPU-a::0", "GPU-a::1"}},
+		{Namespace: "ml", Pod: "b", Container: "main", DeviceIDs: []string{"GPU-b::3", "not-a-slice"}},
+		{Namespace: "ml", Pod: "c", Container: "main", Claims: []string{"uid-1"}},
+	})
+	if len(got) != 2 || !got["GPU-a"] || !got["GPU-b"] {
+		t.Errorf("AssignedGPUs = %v, want GPU-a and GPU-b", got)
 	}
 }

@@ -716,3 +716,66 @@ func TestDRAExtendedResource(t *testing.T) {
 		t.Errorf("last-two's env %v; want the last 2 slices of GPU %s", env, gpu)
 	}
 }
+
+// TestDRAClaimAfterAVGPUPod: a claim on a GPU whose slices an
+// nvidia.com/vgpu pod holds is refused by the driver while the pod runs,
+// and served once the pod is gone. The first driver read the device
+// manager's checkpoint, where the kubelet keeps a deleted pod's entry until
+// another device-plugin allocation: the claim still waited after 3 minutes.
+// The driver now asks pod-resources, which lists active pods only.
+func TestDRAClaimAfterAVGPUPod(t *testing.T) {
+	requireDRA(t)
+	ensureDeviceClass(t)
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "dra-after-vgpu")
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod("vgpu", 1, "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "vgpu")
+	uuid := assignmentGPU(t, ns, "vgpu")
+	index := -1
+	for i, u := range gpuUUIDs(t) {
+		if u == uuid {
+			index = i
+		}
+	}
+	if index < 0 {
+		t.Fatalf("the vgpu pod's GPU %s is not in the ResourceSlice", uuid)
+	}
+	if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, claimTemplate("same-gpu", "1", "10Gi", onGPU(index)), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("claim", "same-gpu", "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// While the vgpu pod runs: refused by the driver, with the reason.
+	waitFor(t, "the driver refusing the claim", 60*time.Second, func() bool {
+		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=claim"})
+		if err != nil {
+			return false
+		}
+		for _, e := range evs.Items {
+			if strings.Contains(e.Message, "serves device-plugin slices") {
+				return true
+			}
+		}
+		return false
+	})
+	if p, err := cs.CoreV1().Pods(ns).Get(ctx, "claim", metav1.GetOptions{}); err != nil || p.Status.Phase == corev1.PodRunning {
+		t.Fatalf("the claim ran on a GPU a vgpu pod holds: %v", err)
+	}
+	if err := cs.CoreV1().Pods(ns).Delete(ctx, "vgpu", metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the vgpu pod gone", 60*time.Second, func() bool {
+		_, err := cs.CoreV1().Pods(ns).Get(ctx, "vgpu", metav1.GetOptions{})
+		return err != nil
+	})
+	gone := time.Now()
+	waitFor(t, "the claim on the GPU the vgpu pod held running", 3*time.Minute, func() bool {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "claim", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning
+	})
+	t.Logf("a claim on GPU %d ran %v after the nvidia.com/vgpu pod that held it was gone", index, time.Since(gone).Round(100*time.Millisecond))
+}

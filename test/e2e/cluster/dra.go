@@ -65,6 +65,7 @@ func (c *Cluster) StartDRADriver() error {
 		"--kubelet-registrar-dir=" + filepath.Join(c.KubeletRoot, "plugins_registry"),
 		"--kubelet-plugin-dir=" + filepath.Join(c.KubeletRoot, "plugins", "gpu.gpuslice.io"),
 		"--cdi-dir=" + c.CDIDir, "--state=" + c.PreparedClaims, "--dev-root=" + filepath.Join(c.Dir, "dev"), "--log-level=debug",
+		"--pod-resources-socket=" + c.PodResourcesSocket,
 	}, c.draArgs...)
 	var err error
 	c.draDriver, err = apiserver.StartProcess("gpu-dra-driver", "nsenter", append([]string{"--mount=" + c.MountNS, "--", c.draBin}, args...)...)
