@@ -294,10 +294,11 @@ func openBackend(cfg Resolved, log *slog.Logger) (nvml.Backend, *fakegpu.Node, e
 func useDriverTier(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, eopts enforce.Options, names attribution.ContainerNames, podres *podresources.Client, log *slog.Logger) *enforce.DriverLimits {
 	grants := enforce.CheckpointGrants(cfg.DevicePluginDir, cfg.ResourceName, g.layout)
 	if cfg.DRA.Enabled {
-		// Its own reader of the record: the tier's watch goroutine alone
-		// calls it.
+		// Its own readers of the checkpoint and the record: the tier's
+		// watch goroutine alone calls them.
+		held := attribution.NewDRACheckpoint(cfg.DRA.KubeletDir)
 		record := attribution.NewPreparedClaims(cfg.DRA.PreparedClaims)
-		grants = enforce.AllGrants(grants, enforce.ClaimGrants(podres.List, record.Read, g.layout))
+		grants = enforce.AllGrants(grants, enforce.ClaimGrants(held.Read, podres.List, record.Read, g.layout))
 	}
 	d, err := enforce.NewDriverTier(eopts, enforce.DriverOptions{
 		Limiter:    g.backend,

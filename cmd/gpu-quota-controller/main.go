@@ -82,6 +82,11 @@ func parse(args []string) (config, error) {
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
+	for _, class := range c.mappedClasses {
+		if slices.Contains(c.deviceClasses, class) {
+			return c, fmt.Errorf("device class %q is in both --dra-device-classes and --dra-extended-resource-classes: its claims are counted either as claims or as the resource, not both", class)
+		}
+	}
 	timeoutSet := false
 	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "query-timeout" })
 	if !timeoutSet {

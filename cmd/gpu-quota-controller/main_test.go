@@ -24,12 +24,13 @@ func TestParse(t *testing.T) {
 		"--prometheus-url=x --log-level=loud":   "--log-level",
 		"--prometheus-url=x extra":              "unexpected arguments",
 		"--prometheus-url=x --interval=forever": "invalid value",
-		"--prometheus-url=x --interval=10s --query-timeout=11s": "at most --interval",
-		"--prometheus-url=x --scrape-interval=0s":               "--scrape-interval",
-		"--prometheus-url=x --dra-device-classes=GPU":           "device class \"GPU\"",
-		"--prometheus-url=x --dra-device-classes=a,,b":          "device class \"\"",
-		"--prometheus-url=x --dra-device-classes=a,b,a":         "listed twice",
-		"--prometheus-url=x --dra-extended-resource-classes=A":  "device class \"A\"",
+		"--prometheus-url=x --interval=10s --query-timeout=11s":                         "at most --interval",
+		"--prometheus-url=x --scrape-interval=0s":                                       "--scrape-interval",
+		"--prometheus-url=x --dra-device-classes=GPU":                                   "device class \"GPU\"",
+		"--prometheus-url=x --dra-device-classes=a,,b":                                  "device class \"\"",
+		"--prometheus-url=x --dra-device-classes=a,b,a":                                 "listed twice",
+		"--prometheus-url=x --dra-extended-resource-classes=A":                          "device class \"A\"",
+		"--prometheus-url=x --dra-device-classes=a,v --dra-extended-resource-classes=v": "in both",
 	} {
 		_, err := parse(strings.Fields(args))
 		if err == nil || !strings.Contains(err.Error(), want) {

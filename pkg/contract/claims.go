@@ -19,6 +19,12 @@ const (
 	DRAPreparedClaims = "/var/lib/gpuslice/dra-prepared.json"
 	// PreparedClaimsVersion is the record's format.
 	PreparedClaimsVersion = 1
+	// DRACapacityCompute and DRACapacityMemory name the capacities (and
+	// counters) of the driver's devices: compute in slices, memory in
+	// bytes. The quota controller reads them from ResourceSlices and
+	// allocations.
+	DRACapacityCompute = "compute"
+	DRACapacityMemory  = "memory"
 )
 
 // PreparedClaims is the DRA driver's record of the claims it prepared, by

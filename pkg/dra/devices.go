@@ -3,6 +3,7 @@ package dra
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 
@@ -23,11 +24,11 @@ const DriverName = contract.DRADriverName
 const (
 	// CapacityCompute is the GPU's compute in slices: a claim that
 	// consumes k of N runs at k/N of the GPU under the throttle.
-	CapacityCompute resourceapi.QualifiedName = "compute"
+	CapacityCompute resourceapi.QualifiedName = contract.DRACapacityCompute
 	// CapacityMemory is the GPU's memory in bytes, consumed in steps of
 	// one slice's memory; the watchdog and the driver's limits hold a
 	// claim to what it consumed.
-	CapacityMemory resourceapi.QualifiedName = "memory"
+	CapacityMemory resourceapi.QualifiedName = contract.DRACapacityMemory
 )
 
 // The attributes of every GPU device.
@@ -137,49 +138,53 @@ func CounterSetName(index int) string { return DeviceName(index) }
 func WithSliceDevices(gpus []resourceapi.Device) ([]resourceapi.Device, []resourceapi.CounterSet) {
 	devices := make([]resourceapi.Device, 0, len(gpus))
 	var slices []resourceapi.Device
-	counters := make([]resourceapi.CounterSet, 0, len(gpus))
+	counterSets := make([]resourceapi.CounterSet, 0, len(gpus))
 	for _, g := range gpus {
 		index := int(*g.Attributes[AttrIndex].IntValue)
 		n := *g.Attributes[AttrSlices].IntValue
 		sliceMem := *g.Attributes[AttrSliceMemory].IntValue
-		q := func(v int64) resource.Quantity { return *resource.NewQuantity(v, resource.BinarySI) }
 		set := CounterSetName(index)
-		counters = append(counters, resourceapi.CounterSet{Name: set, Counters: map[string]resourceapi.Counter{
-			string(CapacityCompute): {Value: q(n)}, string(CapacityMemory): {Value: q(n * sliceMem)},
-		}})
+		counterSets = append(counterSets, resourceapi.CounterSet{Name: set, Counters: counters(n, n*sliceMem)})
 		g = *g.DeepCopy()
-		g.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: map[string]resourceapi.Counter{
-			string(CapacityCompute): {Value: q(n)}, string(CapacityMemory): {Value: q(n * sliceMem)},
-		}}}
+		g.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: counters(n, n*sliceMem)}}
 		devices = append(devices, g)
 		for j := range int(n) {
-			s := resourceapi.Device{Name: SliceDeviceName(index, j), Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{}}
-			for k, v := range g.Attributes {
-				s.Attributes[k] = v
-			}
+			s := resourceapi.Device{Name: SliceDeviceName(index, j), Attributes: maps.Clone(g.Attributes)}
 			s.Attributes[AttrKind] = resourceapi.DeviceAttribute{StringValue: ref(KindSlice)}
 			s.Capacity = map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
-				CapacityCompute: {Value: q(1)}, CapacityMemory: {Value: q(sliceMem)},
+				CapacityCompute: {Value: *resource.NewQuantity(1, resource.BinarySI)},
+				CapacityMemory:  {Value: *resource.NewQuantity(sliceMem, resource.BinarySI)},
 			}
-			s.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: map[string]resourceapi.Counter{
-				string(CapacityCompute): {Value: q(1)}, string(CapacityMemory): {Value: q(sliceMem)},
-			}}}
+			s.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: counters(1, sliceMem)}}
 			slices = append(slices, s)
 		}
 	}
-	return append(devices, slices...), counters
+	return append(devices, slices...), counterSets
+}
+
+// counters is a GPU's compute (slices) and memory (bytes) as counters.
+func counters(compute, memory int64) map[string]resourceapi.Counter {
+	return map[string]resourceapi.Counter{
+		contract.DRACapacityCompute: {Value: *resource.NewQuantity(compute, resource.BinarySI)},
+		contract.DRACapacityMemory:  {Value: *resource.NewQuantity(memory, resource.BinarySI)},
+	}
 }
 
 // CounterSlices cuts counter sets into ResourceSlices' worth, at most
 // resourceapi.ResourceSliceMaxCounterSets each, in order.
 func CounterSlices(sets []resourceapi.CounterSet) [][]resourceapi.CounterSet {
-	var out [][]resourceapi.CounterSet
-	for len(sets) > resourceapi.ResourceSliceMaxCounterSets {
-		out = append(out, sets[:resourceapi.ResourceSliceMaxCounterSets:resourceapi.ResourceSliceMaxCounterSets])
-		sets = sets[resourceapi.ResourceSliceMaxCounterSets:]
+	return chunks(sets, resourceapi.ResourceSliceMaxCounterSets)
+}
+
+// chunks cuts items into runs of at most n, in order.
+func chunks[T any](items []T, n int) [][]T {
+	var out [][]T
+	for len(items) > n {
+		out = append(out, items[:n:n])
+		items = items[n:]
 	}
-	if len(sets) > 0 {
-		out = append(out, sets)
+	if len(items) > 0 {
+		out = append(out, items)
 	}
 	return out
 }
@@ -224,15 +229,7 @@ func SemVer(v string) (string, bool) {
 // Slices cuts the devices into ResourceSlices' worth, at most
 // MaxDevicesPerSlice each, in order.
 func Slices(devices []resourceapi.Device) [][]resourceapi.Device {
-	var out [][]resourceapi.Device
-	for len(devices) > MaxDevicesPerSlice {
-		out = append(out, devices[:MaxDevicesPerSlice:MaxDevicesPerSlice])
-		devices = devices[MaxDevicesPerSlice:]
-	}
-	if len(devices) > 0 {
-		out = append(out, devices)
-	}
-	return out
+	return chunks(devices, MaxDevicesPerSlice)
 }
 
 func ref[T any](v T) *T { return &v }

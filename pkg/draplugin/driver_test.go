@@ -43,14 +43,9 @@ func TestPluginServesTheKubelet(t *testing.T) {
 	defer cancel()
 	n := startNode(ctx, t, cs, nodeName, 2, false)
 	defer n.plugin.Stop()
-	dir, cdiDir := n.dir, filepath.Join(n.dir, "cdi")
+	cdiDir := filepath.Join(n.dir, "cdi")
 
-	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, "plugin", "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = conn.Close() }()
-	kubelet := drapb.NewDRAPluginClient(conn)
+	kubelet := drapb.NewDRAPluginClient(n.dial(t))
 	a := allocatedClaim(t, cs, "a", nodeName, "gpu-1", 3, 30)
 	b := allocatedClaim(t, cs, "b", nodeName, "gpu-1", 6, 10)
 	resp, err := kubelet.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{ref(a), ref(b)}})
@@ -81,6 +76,18 @@ type aNode struct {
 	dir       string // its sockets, CDI specs and record
 	plugin    *draplugin.Plugin
 	published time.Duration // from Start to its ResourceSlice in the API
+}
+
+// dial connects to the plugin's socket as the kubelet does; the
+// connection closes when the test ends.
+func (n aNode) dial(t testing.TB) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+filepath.Join(n.dir, "plugin", "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
 }
 
 // startNode creates the Node object and starts a plugin for n GPUs × 8
@@ -230,10 +237,7 @@ func benchmarkPlugin(b *testing.B, sliced bool) {
 		i++
 		n := startNode(ctx, b, cs, name, 8, sliced)
 		published = append(published, n.published)
-		conn, err := grpc.NewClient("unix://"+filepath.Join(n.dir, "plugin", "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			b.Fatal(err)
-		}
+		conn := n.dial(b)
 		kubelet := drapb.NewDRAPluginClient(conn)
 		c := ref(allocatedClaim(b, cs, name, name, "gpu-3", 3, 30))
 		for range 50 {
@@ -296,12 +300,7 @@ func TestPluginPreparesSliceDevices(t *testing.T) {
 	defer cancel()
 	n := startNode(ctx, t, cs, nodeName, 2, true)
 	defer n.plugin.Stop()
-	conn, err := grpc.NewClient("unix://"+filepath.Join(n.dir, "plugin", "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = conn.Close() }()
-	kubelet := drapb.NewDRAPluginClient(conn)
+	kubelet := drapb.NewDRAPluginClient(n.dial(t))
 	sliceClaim := func(name string, slices ...int) *resourceapi.ResourceClaim {
 		c, err := cs.ResourceV1().ResourceClaims("default").Create(ctx, &resourceapi.ResourceClaim{
 			ObjectMeta: metav1.ObjectMeta{Name: name},

@@ -2,12 +2,10 @@ package draplugin_test
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -37,12 +35,7 @@ func TestHealthTaintsTheDevice(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	conn, err := grpc.NewClient("unix://"+filepath.Join(n.dir, "plugin", "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = conn.Close() }()
-	stream, err := healthpb.NewDRAResourceHealthClient(conn).NodeWatchResources(ctx, &healthpb.NodeWatchResourcesRequest{})
+	stream, err := healthpb.NewDRAResourceHealthClient(n.dial(t)).NodeWatchResources(ctx, &healthpb.NodeWatchResourcesRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,9 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/fsnotify/fsnotify"
 
@@ -66,42 +66,59 @@ func CheckpointGrants(pluginDir, resource string, layout *vgpu.Layout) GrantsFun
 	}
 }
 
-// ClaimGrants reads what the containers of a pod hold through DRA claims:
-// pod-resources (list) says which claims each container of the node
-// references, by claim UID, and the driver's record what each claim holds.
-// The kubelet prepares a pod's claims before it creates its containers, so
-// both know them when the cgroup appears. A claim several containers
-// reference is split between them as the per-sample pass splits it
-// (node.ClaimLimits). A limit only restricts: a container matched wrongly
-// by name could be limited too tightly, never let past the watchdog.
-func ClaimGrants(list func(context.Context) ([]podresources.Assignment, error), record func() (contract.PreparedClaims, error), layout *vgpu.Layout) GrantsFunc {
+// ClaimGrants reads what the containers of a pod hold through DRA claims.
+// The kubelet's DRA checkpoint (held) says which claims the pod's UID
+// holds; the kubelet writes it when it prepares them, before it creates
+// the pod's containers. A pod holding none costs no more than that read.
+// For a pod that holds some, pod-resources (list) says which of them each
+// container references, and the driver's record what each claim holds. A
+// claim several containers reference is split between them as the
+// per-sample pass splits it (node.ClaimLimits).
+func ClaimGrants(held func() ([]attribution.DRAClaim, error), list func(context.Context) ([]podresources.Assignment, error),
+	record func() (contract.PreparedClaims, error), layout *vgpu.Layout) GrantsFunc {
 	return func(pod events.Pod) ([]Grant, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), claimGrantsTimeout)
-		defer cancel()
-		as, err := list(ctx)
+		prepared, err := held()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil // the kubelet has prepared no claim on this node
+		}
+		if err != nil {
+			return nil, err
+		}
+		ours := map[string]bool{}
+		for _, c := range prepared {
+			if slices.Contains(c.PodUIDs, pod.UID) {
+				ours[c.UID] = true
+			}
+		}
+		if len(ours) == 0 {
+			return nil, nil
+		}
+		as, err := list(context.Background())
 		if err != nil {
 			return nil, fmt.Errorf("pod-resources: %w", err)
-		}
-		consumers := map[string]int{}
-		var mine []podresources.Assignment
-		for _, a := range as {
-			for _, uid := range a.Claims {
-				consumers[uid]++
-			}
-			if a.Namespace == pod.Namespace && a.Pod == pod.Name && len(a.Claims) > 0 {
-				mine = append(mine, a)
-			}
-		}
-		if len(mine) == 0 {
-			return nil, nil
 		}
 		rec, err := record()
 		if err != nil {
 			return nil, err
 		}
+		consumers := map[string]int{}
+		for _, a := range as {
+			for _, uid := range a.Claims {
+				consumers[uid]++
+			}
+		}
 		var out []Grant
-		for _, a := range mine {
-			limits, err := node.ClaimLimits(layout, a.Claims, rec.Claims, consumers)
+		for _, a := range as {
+			if a.Namespace != pod.Namespace || a.Pod != pod.Name {
+				continue
+			}
+			var claims []string
+			for _, uid := range a.Claims {
+				if ours[uid] {
+					claims = append(claims, uid)
+				}
+			}
+			limits, err := node.ClaimLimits(layout, claims, rec.Claims, consumers)
 			if err != nil {
 				return nil, fmt.Errorf("container %s of pod %s/%s: %w", a.Container, pod.Namespace, pod.Name, err)
 			}
@@ -112,10 +129,6 @@ func ClaimGrants(list func(context.Context) ([]podresources.Assignment, error), 
 		return out, nil
 	}
 }
-
-// claimGrantsTimeout bounds the pod-resources call a new container's
-// limits wait for; past it, the per-sample pass sets them.
-const claimGrantsTimeout = 5 * time.Second
 
 // AllGrants is what a pod holds by every source: device-plugin slices and
 // DRA claims. A container holding a GPU through both gets the sum.

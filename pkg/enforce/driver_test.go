@@ -38,8 +38,9 @@ type driverNode struct {
 	// runtime is a state dir where the test writes containers' OCI
 	// bundles as containerd does, before their cgroups exist.
 	runtime string
-	// record is where the DRA driver's record of prepared claims goes.
-	record string
+	// kubelet holds the kubelet's DRA checkpoint; record is the DRA
+	// driver's record of prepared claims.
+	kubelet, record string
 }
 
 // bundle records a container as containerd does before creating its
@@ -91,13 +92,14 @@ func startDriverNode(t testing.TB) *driverNode {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = client.Close() })
-	record := filepath.Join(t.TempDir(), "dra-prepared.json")
+	kubelet := t.TempDir()
+	record := filepath.Join(kubelet, "dra-prepared.json")
 	prepared := attribution.NewPreparedClaims(record)
 	d, err := enforce.NewDriverLimits(enforce.DriverOptions{
 		Limiter:    node.GPU,
 		CgroupRoot: "/sys/fs/cgroup",
 		Grants: enforce.AllGrants(enforce.CheckpointGrants(node.Dir, "nvidia.com/vgpu", node.Layout),
-			enforce.ClaimGrants(client.List, prepared.Read, node.Layout)),
+			enforce.ClaimGrants(attribution.NewDRACheckpoint(kubelet).Read, client.List, prepared.Read, node.Layout)),
 		Names: attribution.NewRuntimeState([]string{runtime}),
 	})
 	if err != nil {
@@ -114,7 +116,7 @@ func startDriverNode(t testing.TB) *driverNode {
 	})
 	// The watch is in place once Run has added the root; give it a moment.
 	time.Sleep(50 * time.Millisecond)
-	return &driverNode{node: node, limits: d, base: base, work: work, bin: bin, runtime: runtime, record: record}
+	return &driverNode{node: node, limits: d, base: base, work: work, bin: bin, runtime: runtime, kubelet: kubelet, record: record}
 }
 
 // containerCgroup creates the cgroup a runtime would create for a
@@ -319,6 +321,9 @@ func TestDriverLimitsForClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(n.record, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := kubeletstub.WriteDRACheckpoint(n.kubelet, claims); err != nil {
 		t.Fatal(err)
 	}
 	n.node.PodResources.SetExtraPods(kubeletstub.DRAPods(claims, map[string][]string{"ml/dra": {"main", "sidecar"}, "ml/pair": {"a", "b"}}))

@@ -2,7 +2,9 @@ package quota
 
 import (
 	"fmt"
+	"slices"
 
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
@@ -19,7 +21,7 @@ import (
 // DeviceClassQuotaKey is the ResourceQuota key that counts a device
 // class's devices in claims: "<class>.deviceclass.resource.k8s.io/devices".
 func DeviceClassQuotaKey(class string) string {
-	return class + ".deviceclass.resource.k8s.io/devices"
+	return class + corev1.ResourceClaimsPerClass
 }
 
 // DeviceSize is one published device's size in slices.
@@ -58,11 +60,10 @@ func SizesFromSlices(rs []*resourceapi.ResourceSlice) DeviceSizes {
 	return out
 }
 
-// The driver's capacity names (pkg/dra): compute in slices, memory in
-// bytes.
+// The driver's capacity names: compute in slices, memory in bytes.
 const (
-	capacityCompute resourceapi.QualifiedName = "compute"
-	capacityMemory  resourceapi.QualifiedName = "memory"
+	capacityCompute resourceapi.QualifiedName = contract.DRACapacityCompute
+	capacityMemory  resourceapi.QualifiedName = contract.DRACapacityMemory
 )
 
 // allResultsWorstCase is what Kubernetes quota counts for a request in
@@ -101,13 +102,7 @@ type Classes struct {
 // CountClaim says what a claim counts for, given the classes and the
 // published devices.
 func CountClaim(c *resourceapi.ResourceClaim, classes Classes, sizes DeviceSizes) ClaimCount {
-	capped, mapped := map[string]bool{}, map[string]bool{}
-	for _, cl := range classes.Capped {
-		capped[cl] = true
-	}
-	for _, cl := range classes.Mapped {
-		mapped[cl] = true
-	}
+	capped := func(cl string) bool { return slices.Contains(classes.Capped, cl) }
 	out := ClaimCount{Devices: map[string]int64{}}
 	classOf := map[string]string{} // request (or request/subrequest) -> class
 	for _, r := range c.Spec.Devices.Requests {
@@ -119,13 +114,13 @@ func CountClaim(c *resourceapi.ResourceClaim, classes Classes, sizes DeviceSizes
 				most[sub.DeviceClassName] = max(most[sub.DeviceClassName], countOf(sub.AllocationMode, sub.Count))
 			}
 			for cl, n := range most {
-				if capped[cl] {
+				if capped(cl) {
 					out.Devices[cl] += n
 				}
 			}
 		case r.Exactly != nil:
 			classOf[r.Name] = r.Exactly.DeviceClassName
-			if capped[r.Exactly.DeviceClassName] {
+			if capped(r.Exactly.DeviceClassName) {
 				out.Devices[r.Exactly.DeviceClassName] += countOf(r.Exactly.AllocationMode, r.Exactly.Count)
 			}
 		}
@@ -144,11 +139,11 @@ func CountClaim(c *resourceapi.ResourceClaim, classes Classes, sizes DeviceSizes
 			continue
 		}
 		cl := classOf[r.Request]
-		if mapped[cl] {
+		if slices.Contains(classes.Mapped, cl) {
 			continue
 		}
 		out.Ours = true
-		if cl != "" && !capped[cl] {
+		if cl != "" && !capped(cl) {
 			out.Uncapped = cl
 		}
 		out.Slices += resultSlices(r, sizes)

@@ -32,9 +32,7 @@ func TestDRAQuota(t *testing.T) {
 	rig := startQuotaRig(t)
 
 	capped := newNamespace(t, "dra-capped")
-	if _, err := cs.ResourceV1().ResourceClaimTemplates(capped).Create(ctx, claimTemplate("three", "3", "30Gi"), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createTemplates(t, capped, claimTemplate("three", "3", "30Gi"))
 	rig.gpuQuota(capped, map[string]any{"maxSlices": int64(2)})
 	waitFor(t, "the vgpu ResourceQuota", 30*time.Second, func() bool {
 		rq, err := cs.CoreV1().ResourceQuotas(capped).Get(ctx, quota.QuotaName, metav1.GetOptions{})
@@ -89,9 +87,7 @@ func TestDRAQuota(t *testing.T) {
 	// A budget spent by a DRA pod's GPU time, and an idle DRA pod.
 	budget, idle := newNamespace(t, "dra-budget"), newNamespace(t, "dra-idle")
 	for _, ns := range []string{budget, idle} {
-		if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, claimTemplate("one", "1", "10Gi"), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		createTemplates(t, ns, claimTemplate("one", "1", "10Gi"))
 	}
 	rig.gpuQuota(budget, map[string]any{"maxClaimSlices": int64(64), "budget": map[string]any{"gpuHours": 0.0003, "window": "1h"}})
 	rig.gpuQuota(idle, map[string]any{"idle": map[string]any{"belowUtilization": 0.05, "for": "15s", "action": "Evict"}})

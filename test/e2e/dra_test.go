@@ -62,6 +62,17 @@ func claimTemplate(name, compute, memory string, cel ...string) *resourceapi.Res
 	}
 }
 
+// createTemplates creates ResourceClaimTemplates in ns.
+func createTemplates(t *testing.T, ns string, tpls ...*resourceapi.ResourceClaimTemplate) {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	for _, tpl := range tpls {
+		if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(context.Background(), tpl, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // onGPU is a CEL selector for the GPU with NVML index i.
 func onGPU(i int) string {
 	return fmt.Sprintf(`device.attributes["%s"].index == %d`, dra.DriverName, i)
@@ -145,15 +156,11 @@ func TestDRAClaimsShareAGPU(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "dra-share")
 	uuids := gpuUUIDs(t)
-	for _, tpl := range []*resourceapi.ResourceClaimTemplate{
+	createTemplates(t, ns,
 		claimTemplate("one", "1", "10Gi", onGPU(0)),
 		claimTemplate("three", "3", "30Gi", onGPU(0)),
 		claimTemplate("ten-gib", "", "10Gi"),
-	} {
-		if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, tpl, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	)
 	for _, p := range []*corev1.Pod{
 		withHostPID(claimPod("greedy", "one", "env; exec /bin/workload --demand 1 --memory-mib 512")),
 		claimPod("three", "three", "env; sleep 3600"),
@@ -313,9 +320,7 @@ func TestDRAXIDTaintsTheDevice(t *testing.T) {
 	cs := c.API.Clientset(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "dra-xid")
-	if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, claimTemplate("gpu1", "1", "", onGPU(1)), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createTemplates(t, ns, claimTemplate("gpu1", "1", "", onGPU(1)))
 	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("holder", "gpu1", "sleep 3600"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -392,11 +397,7 @@ func TestDRARestarts(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "dra-restart")
 	waitPreparedOnDisk(t, 0, 0) // earlier scenarios' claims let go
-	for _, tpl := range []*resourceapi.ResourceClaimTemplate{claimTemplate("one", "1", "", onGPU(0)), claimTemplate("three", "3", "", onGPU(0))} {
-		if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, tpl, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createTemplates(t, ns, claimTemplate("one", "1", "", onGPU(0)), claimTemplate("three", "3", "", onGPU(0)))
 	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("first", "one", "env; sleep 3600"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -485,9 +486,7 @@ func checkChartDRA(t *testing.T, metrics string) {
 		t.Errorf("the chart's driver security context: %+v, want unprivileged with no capability", sc)
 	}
 	ns := newNamespace(t, "helm-dra")
-	if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, claimTemplate("two", "2", ""), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createTemplates(t, ns, claimTemplate("two", "2", ""))
 	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("claim", "two", "env; sleep 3600"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -564,9 +563,7 @@ func TestDRADriverMemoryLimits(t *testing.T) {
 	cs := c.API.Clientset(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "dra-driver")
-	if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, claimTemplate("ten-gib", "1", "10Gi"), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createTemplates(t, ns, claimTemplate("ten-gib", "1", "10Gi"))
 	// A claim of 10 GiB; the process asks for 12 GiB.
 	if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(claimPod("hog", "ten-gib", "exec /bin/workload --demand 0.1 --memory-mib 12288")), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -684,14 +681,10 @@ func TestDRAExtendedResource(t *testing.T) {
 	if gpu == uuids[1] {
 		slicesOn, other = 1, 0
 	}
-	for _, tpl := range []*resourceapi.ResourceClaimTemplate{
+	createTemplates(t, ns,
 		claimTemplate("same-gpu", "1", "10Gi", onGPU(slicesOn)),
 		claimTemplate("other-gpu", "1", "10Gi", onGPU(other)),
-	} {
-		if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, tpl, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	)
 	for _, p := range []*corev1.Pod{claimPod("share-same", "same-gpu", "sleep 3600"), claimPod("share-other", "other-gpu", "sleep 3600")} {
 		if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -743,9 +736,7 @@ func TestDRAClaimAfterAVGPUPod(t *testing.T) {
 	if index < 0 {
 		t.Fatalf("the vgpu pod's GPU %s is not in the ResourceSlice", uuid)
 	}
-	if _, err := cs.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, claimTemplate("same-gpu", "1", "10Gi", onGPU(index)), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createTemplates(t, ns, claimTemplate("same-gpu", "1", "10Gi", onGPU(index)))
 	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("claim", "same-gpu", "sleep 3600"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
