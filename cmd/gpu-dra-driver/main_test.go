@@ -19,7 +19,11 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gpuslice/gpuslice/pkg/dra"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
 	"github.com/gpuslice/gpuslice/test/apiserver"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -233,4 +237,46 @@ func waitTaints(t *testing.T, d *driverProc, cs kubernetes.Interface, want map[s
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("devices and taints %v, want %v\n%s", got, want, d.logs())
+}
+
+// TestDevicePluginGPUsFromPodResources: which GPUs nvidia.com/vgpu pods
+// hold comes from the kubelet's pod-resources answer: a GPU is held while
+// a pod's slices are on it and free once they are released (the device
+// manager's checkpoint would have kept it), and a kubelet whose answer
+// never comes is an error, so the driver refuses every claim rather than
+// guess.
+func TestDevicePluginGPUsFromPodResources(t *testing.T) {
+	node := kubeletstub.StartNode(t, fakegpu.Config{Preset: "A100-40GB", Count: 2}, 4)
+	o := podresources.DefaultOptions()
+	o.Socket, o.CallTimeout = node.PodResourcesSocket, 500*time.Millisecond
+	client, err := podresources.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = client.Close() }()
+	held := devicePluginGPUs(client)
+	if got, err := held(); err != nil || len(got) != 0 {
+		t.Fatalf("no pod: held %v, %v", got, err)
+	}
+	a, err := node.Connection.Allocate(context.Background(), "ml/a", "main", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slice, err := vgpu.ParseSliceID(a.DeviceIDs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := held(); err != nil || len(got) != 1 || !got[slice.UUID] {
+		t.Fatalf("a pod on %s: held %v, %v", slice.UUID, got, err)
+	}
+	node.Connection.Release("ml/a", "main")
+	if got, err := held(); err != nil || len(got) != 0 {
+		t.Fatalf("the pod gone: held %v, %v", got, err)
+	}
+	hung := make(chan struct{})
+	defer close(hung)
+	node.PodResources.SetListHook(func() { <-hung })
+	if got, err := held(); err == nil {
+		t.Fatalf("a kubelet that never answers: held %v and no error", got)
+	}
 }
