@@ -94,8 +94,9 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 		return err
 	}
 	defer k.close()
+	ns := cgroupNamespace(cfg, log)
 	eopts := cfg.Enforce
-	eopts.Logger, eopts.Events = log, k.events
+	eopts.Logger, eopts.Events, eopts.Namespace = log, k.events, ns
 	if k.policies != nil {
 		eopts.PodPolicy = k.policies.Policy
 	}
@@ -117,7 +118,7 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 	names := attribution.NewRuntimeState(cfg.RuntimeStateDirs)
 	driverLimits := useDriverTier(cfg, gpus, enforcer, eopts, names, podres, log)
 	sopts := cfg.Sampler
-	sopts.Logger, sopts.Names = log, names
+	sopts.Logger, sopts.Names, sopts.Namespace = log, names, ns
 	sopts.OnSample = enforcer.Offer // enforcement runs in its own loop, latest snapshot wins
 	smp, err := sampler.New(gpus.devs, gpus.layout, gpus.backend, podres, gpus.plugin, sopts)
 	if err != nil {
@@ -162,6 +163,22 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 		g.Go(func() error { return fakegpu.WatchFile(ctx, cfg.FakeConfig, gpus.fake, log) })
 	}
 	return g.Wait()
+}
+
+// cgroupNamespace finds where the agent's cgroup namespace is rooted in the
+// host's hierarchies (a private one, as containerd gives a non-privileged
+// container on a unified host), so the cgroup paths it reads of other
+// containers can be made host paths. Without it those paths stay
+// unresolved, and their containers are reported unenforceable.
+func cgroupNamespace(cfg Resolved, log *slog.Logger) attribution.Namespace {
+	ns, err := attribution.DiscoverOwnNamespace(cfg.CgroupRoot)
+	switch {
+	case err != nil:
+		log.Error("cannot place the agent's cgroup namespace in the host's hierarchy; containers whose cgroups it cannot resolve are reported unenforceable", "err", err)
+	case ns.Private():
+		log.Info("agent runs in a private cgroup namespace; cgroup paths are resolved against its roots", "roots", ns.String())
+	}
+	return ns
 }
 
 // startEnforcer takes the node lock, waiting for a predecessor still

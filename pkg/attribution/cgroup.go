@@ -5,10 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 )
 
@@ -43,9 +40,15 @@ type Container struct {
 	// Paths maps each cgroup v1 controller (e.g. "memory", "freezer") to the
 	// container's own cgroup path in that hierarchy, and "" to its cgroup v2
 	// path: the level the runtime created (or the pod's level for a
-	// pod-level process), never a subtree below it. Only hierarchies where
-	// the process is in the container are listed.
+	// pod-level process), never a subtree below it, as a host path. Only
+	// hierarchies where the process is in the container, and whose path
+	// could be resolved, are listed.
 	Paths map[string]string
+	// Unresolved, when set, says why the container's cgroup could not be
+	// found in some hierarchy: its line was relative to a cgroup namespace
+	// whose root is unknown (ErrUnresolved). The container is named; its
+	// cgroup is not reachable there.
+	Unresolved string
 }
 
 // PodLevel reports a process in its pod's cgroup, outside every container.
@@ -81,73 +84,117 @@ var ErrNotContainer = errors.New("not in a container cgroup")
 // different containers or pods.
 var ErrConflict = errors.New("cgroup lines name two containers")
 
-// ForPID reads <procRoot>/<pid>/cgroup and parses it.
+// ForPID reads <procRoot>/<pid>/cgroup and parses it as read in the
+// host's cgroup namespace.
 func ForPID(procRoot string, pid int) (Container, error) {
-	if pid <= 0 {
-		return Container{}, fmt.Errorf("invalid pid %d", pid)
-	}
-	path := filepath.Join(procRoot, strconv.Itoa(pid), "cgroup")
-	data, err := os.ReadFile(path) //nolint:gosec // procRoot is the operator's --proc-root; pid is a number
-	if err != nil {
-		return Container{}, fmt.Errorf("read cgroups of pid %d: %w", pid, err)
-	}
-	c, err := ParseProcCgroup(data)
-	if err != nil {
-		return Container{}, fmt.Errorf("pid %d: %w", pid, err)
-	}
-	return c, nil
+	return HostNamespace().ForPID(procRoot, pid)
 }
 
-// ParseProcCgroup parses the content of /proc/<pid>/cgroup. Every line is
-// "<hierarchy-id>:<controllers>:<path>"; v2 is hierarchy 0 with no
-// controllers. All lines that place the process in a pod or container must
-// place it in the same one: a process the cgroup files put in two
-// containers (only a process that can write cgroupfs outside its own
-// subtree can arrange that) is ErrConflict.
+// ParseProcCgroup is Namespace.ParseProcCgroup in the host's namespace.
 func ParseProcCgroup(data []byte) (Container, error) {
+	return HostNamespace().ParseProcCgroup(data)
+}
+
+// ParseProcCgroup parses the content of /proc/<pid>/cgroup as read in the
+// namespace. Every line is "<hierarchy-id>:<controllers>:<path>"; v2 is
+// hierarchy 0 with no controllers. Each path is first made a host path
+// (see Namespace). All lines that place the process in a pod or container
+// must place it in the same one: a process the cgroup files put in two
+// containers (only a process that can write cgroupfs outside its own
+// subtree can arrange that) is ErrConflict. A line that names a container
+// but cannot be resolved to a host path still names it (from the levels
+// the line shows) and leaves its hierarchy out of Paths, with Unresolved
+// saying why: the container is known, its cgroup is not.
+func (n Namespace) ParseProcCgroup(data []byte) (Container, error) {
 	var found Container
+	matched := false
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	n := 0
+	lines := 0
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" {
 			continue
 		}
-		n++
+		lines++
 		id, rest, ok1 := strings.Cut(line, ":")
 		controllers, path, ok2 := strings.Cut(rest, ":")
 		if !ok1 || !ok2 || !isDigits(id) || !strings.HasPrefix(path, "/") {
 			return Container{}, fmt.Errorf("malformed cgroup line %q", line)
 		}
-		c, ok := ParseCgroupPath(path)
+		keys := []string{""}
+		if id != "0" || controllers != "" {
+			keys = keys[:0]
+			for _, ctl := range strings.Split(controllers, ",") {
+				keys = append(keys, strings.TrimPrefix(ctl, "name="))
+			}
+		}
+		host, rerr := n.resolve(keys[0], path)
+		var c Container
+		var ok bool
+		if rerr != nil {
+			c, ok = parseRelative(path)
+		} else {
+			c, ok = ParseCgroupPath(host)
+		}
 		if !ok {
 			continue
 		}
-		if found.Paths == nil {
+		if !matched {
+			matched = true
 			found = c
 			found.Paths = map[string]string{}
 		} else if c.ContainerID != found.ContainerID || c.PodUID != found.PodUID {
 			return Container{}, fmt.Errorf("%w: %s and %s", ErrConflict, found.describe(), c.describe())
 		}
-		if id == "0" && controllers == "" {
-			found.Paths[""] = c.Paths[""]
+		if rerr != nil {
+			if found.Unresolved == "" {
+				found.Unresolved = rerr.Error()
+			}
 			continue
 		}
-		for _, ctl := range strings.Split(controllers, ",") {
-			found.Paths[strings.TrimPrefix(ctl, "name=")] = c.Paths[""]
+		for _, k := range keys {
+			found.Paths[k] = c.Paths[""]
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return Container{}, fmt.Errorf("read cgroup lines: %w", err)
 	}
-	if n == 0 {
+	if lines == 0 {
 		return Container{}, errors.New("empty cgroup file")
 	}
-	if found.Paths == nil {
+	if !matched {
 		return Container{}, ErrNotContainer
 	}
 	return found, nil
+}
+
+// parseRelative names the container of a path that could not be resolved
+// to a host path: the levels below the common ancestor of the reader's
+// namespace root and the process's cgroup ("../../kubepods-burstable-
+// pod<uid>.slice/cri-containerd-<id>.scope"). Those start at the
+// kubelet's QoS or pod level (the reader is a pod's container itself, so
+// the common ancestor is kubepods or a QoS level) and are read by the
+// same structure rule as a host path; the path is never returned.
+func parseRelative(path string) (Container, bool) {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	i := 0
+	for i < len(parts) && (parts[i] == ".." || parts[i] == ".") {
+		i++
+	}
+	if i == len(parts) {
+		return Container{}, false
+	}
+	rest := parts[i:]
+	if !isKubepods(rest[0]) {
+		if _, _, pod := podElement(rest[0]); !pod && qosElement(rest[0]) == "" {
+			return Container{}, false
+		}
+		rest = append([]string{"kubepods"}, rest...)
+	}
+	c, ok := ParseCgroupPath("/" + strings.Join(rest, "/"))
+	c.Paths = nil
+	return c, ok
 }
 
 // ParseCgroupPath reads the container (or pod) a cgroup path places a

@@ -3,6 +3,7 @@ package attribution
 import (
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -171,30 +172,38 @@ func FuzzParseProcCgroup(f *testing.F) {
 	f.Add([]byte("6:memory:/kubepods.slice/kubepods-pod1a2b3c4d_5e6f_4a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-" + cid + ".scope\n"))
 	f.Add([]byte("1:name=systemd:/system.slice/containerd.service\n"))
 	f.Add([]byte("0::/\n"))
+	f.Add([]byte("0::/../../kubepods-burstable-pod1a2b3c4d_5e6f_4a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-" + cid + ".scope\n4:freezer:/../x\n"))
+	private := NamespaceWithRoots(map[string]string{"": agentRoot, "freezer": "/kubepods/burstable/pod" + uid})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := ParseProcCgroup(data)
-		if err != nil {
-			return
-		}
-		if c.ContainerID != "" && !isContainerID(c.ContainerID) {
-			t.Fatalf("container ID %q is not 64 lower-case hex", c.ContainerID)
-		}
-		if c.Key() == "" {
-			t.Fatal("a container with neither pod nor container ID")
-		}
-		if c.PodUID != "" {
-			if u, ok := canonicalUID(c.PodUID); !ok || u != c.PodUID {
-				t.Fatalf("pod UID %q is not canonical", c.PodUID)
+		for _, ns := range []Namespace{HostNamespace(), private} {
+			c, err := ns.ParseProcCgroup(data)
+			if err != nil {
+				continue
 			}
-		}
-		if len(c.Paths) == 0 {
-			t.Fatal("a container with no cgroup paths")
-		}
-		for _, p := range c.Paths {
-			// A container's own path, parsed again, is the same container.
-			again, ok := ParseCgroupPath(p)
-			if !ok || again.ContainerID != c.ContainerID || again.PodUID != c.PodUID || again.Paths[""] != p {
-				t.Fatalf("path %q does not name the container it was parsed from", p)
+			if c.ContainerID != "" && !isContainerID(c.ContainerID) {
+				t.Fatalf("container ID %q is not 64 lower-case hex", c.ContainerID)
+			}
+			if c.Key() == "" {
+				t.Fatal("a container with neither pod nor container ID")
+			}
+			if c.PodUID != "" {
+				if u, ok := canonicalUID(c.PodUID); !ok || u != c.PodUID {
+					t.Fatalf("pod UID %q is not canonical", c.PodUID)
+				}
+			}
+			if len(c.Paths) == 0 && c.Unresolved == "" {
+				t.Fatal("a container with no cgroup paths and no reason")
+			}
+			for _, p := range c.Paths {
+				// A container's own path is a clean host path and, parsed
+				// again, the same container.
+				if !strings.HasPrefix(p, "/") || (p != "/" && slices.ContainsFunc(strings.Split(p[1:], "/"), func(e string) bool { return e == "" || e == "." || e == ".." })) {
+					t.Fatalf("path %q is not a clean host path", p)
+				}
+				again, ok := ParseCgroupPath(p)
+				if !ok || again.ContainerID != c.ContainerID || again.PodUID != c.PodUID || again.Paths[""] != p {
+					t.Fatalf("path %q does not name the container it was parsed from", p)
+				}
 			}
 		}
 	})

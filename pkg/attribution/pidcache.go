@@ -29,6 +29,7 @@ import (
 // outside its own subtree; the recheck period bounds how long such a move
 // goes unseen. Cgroups is not safe for concurrent use.
 type Cgroups struct {
+	ns       Namespace
 	procRoot string
 	recheck  time.Duration
 	pidfds   bool // procRoot is this process's PID namespace
@@ -46,12 +47,13 @@ type pidEntry struct {
 	gen     uint64 // the Sweep generation that last asked
 }
 
-// NewCgroups returns a resolver reading procRoot (the host's /proc) that
-// reads a process's cgroups again after recheck.
-func NewCgroups(procRoot string, recheck time.Duration) *Cgroups {
+// NewCgroups returns a resolver reading procRoot (the host's /proc) in the
+// cgroup namespace ns (the agent's own) that reads a process's cgroups
+// again after recheck.
+func NewCgroups(ns Namespace, procRoot string, recheck time.Duration) *Cgroups {
 	self, err := os.Readlink(filepath.Join(procRoot, "self"))
 	return &Cgroups{
-		procRoot: procRoot, recheck: recheck, entries: map[int]pidEntry{}, buf: make([]byte, 1024),
+		ns: ns, procRoot: procRoot, recheck: recheck, entries: map[int]pidEntry{}, buf: make([]byte, 1024),
 		pidfds: err == nil && self == strconv.Itoa(os.Getpid()),
 	}
 }
@@ -92,7 +94,7 @@ func (r *Cgroups) read(pid int, now time.Time) (Container, error) {
 			return Container{}, err
 		}
 	}
-	e.c, e.err = ForPID(r.procRoot, pid)
+	e.c, e.err = r.ns.ForPID(r.procRoot, pid)
 	if e.err != nil && !errors.Is(e.err, ErrNotContainer) && !errors.Is(e.err, ErrConflict) {
 		closeFD(e.fd) // exited, or unreadable: ask again next time
 		return Container{}, e.err

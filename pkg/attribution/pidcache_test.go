@@ -78,7 +78,7 @@ func TestCgroupsRemembersByPIDAndStartTime(t *testing.T) {
 	root := t.TempDir()
 	cidA, cidB := repeat('a'), repeat('b')
 	fakeProc(t, root, 100, 5000, uidA, cidA)
-	r := attribution.NewCgroups(root, 10*time.Second)
+	r := attribution.NewCgroups(attribution.HostNamespace(), root, 10*time.Second)
 	t0 := time.Unix(1000, 0)
 	want := func(now time.Time, uid string) {
 		t.Helper()
@@ -108,7 +108,7 @@ func TestCgroupsForgetsExitedAndUnseen(t *testing.T) {
 	root := t.TempDir()
 	fakeProc(t, root, 100, 1, uidA, repeat('a'))
 	fakeProc(t, root, 200, 1, uidB, repeat('b'))
-	r := attribution.NewCgroups(root, time.Minute)
+	r := attribution.NewCgroups(attribution.HostNamespace(), root, time.Minute)
 	now := time.Unix(1000, 0)
 	for _, pid := range []int{100, 200} {
 		if _, err := r.ForPID(pid, now); err != nil {
@@ -147,7 +147,7 @@ func TestCgroupsRemembersConflicts(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "100", "cgroup"), []byte(conflict), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := attribution.NewCgroups(root, time.Minute)
+	r := attribution.NewCgroups(attribution.HostNamespace(), root, time.Minute)
 	for i := range 2 {
 		if _, err := r.ForPID(100, time.Unix(int64(1000+i), 0)); !errors.Is(err, attribution.ErrConflict) {
 			t.Fatalf("ForPID #%d = %v, want ErrConflict", i, err)

@@ -206,18 +206,11 @@ type DriverLimits struct {
 }
 
 // ErrNoCgroupV2 reports a host without a cgroup v2 hierarchy.
-var ErrNoCgroupV2 = errors.New("no cgroup v2 hierarchy")
+var ErrNoCgroupV2 = attribution.ErrNoCgroupV2
 
 // CgroupV2Root finds the cgroup v2 mount under cgroupRoot: the root itself
 // on unified hosts, <root>/unified on hybrid ones.
-func CgroupV2Root(cgroupRoot string) (string, error) {
-	for _, dir := range []string{cgroupRoot, filepath.Join(cgroupRoot, "unified")} {
-		if _, err := os.Stat(filepath.Join(dir, "cgroup.controllers")); err == nil {
-			return dir, nil
-		}
-	}
-	return "", fmt.Errorf("%w under %s", ErrNoCgroupV2, cgroupRoot)
-}
+func CgroupV2Root(cgroupRoot string) (string, error) { return attribution.CgroupV2Root(cgroupRoot) }
 
 // ErrDriverTierOff reports a driver tier not asked for: turned off, or a
 // memory policy that does not kill (log and off only watch or do nothing).

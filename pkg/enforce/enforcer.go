@@ -22,6 +22,9 @@ type Options struct {
 	CgroupRoot string
 	// ProcRoot is where the host's /proc is mounted.
 	ProcRoot string
+	// Namespace is the agent's cgroup namespace, in which the cgroup files
+	// under ProcRoot are read; the zero value is the host's.
+	Namespace attribution.Namespace
 	// Compute turns the compute throttle on.
 	Compute bool
 	// MPS says MPS limits, set at Allocate, hold compute: the throttle is
@@ -268,6 +271,7 @@ func New(opts Options) (*Enforcer, error) {
 		freezers: map[string]heldFreezer{}, parked: map[string]Freezer{}, reported: map[int]bool{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
 	}
+	e.watchdog.ns = opts.Namespace
 	e.publishLocked() // nothing else can hold it yet
 	return e, nil
 }

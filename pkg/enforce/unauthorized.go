@@ -87,7 +87,7 @@ func (e *Enforcer) unauthorized(snap *node.Snapshot) {
 // PID may have been reused since the sample, and a host process must never
 // be killed for it.
 func (e *Enforcer) killUnauthorized(u attribution.Unauthorized) {
-	now, err := attribution.ForPID(e.opts.ProcRoot, u.PID)
+	now, err := e.opts.Namespace.ForPID(e.opts.ProcRoot, u.PID)
 	switch {
 	case errors.Is(err, attribution.ErrConflict) && u.Container.Key() == "":
 	case err == nil && now.Key() != "" && now.Key() == u.Container.Key():

@@ -109,6 +109,7 @@ type MemoryStats struct {
 type Watchdog struct {
 	policy   MemoryPolicy
 	procRoot string
+	ns       attribution.Namespace // the agent's cgroup namespace
 	log      *slog.Logger
 	stats    map[string]*MemoryStats // by container ID
 	kill     func(pid int) error
@@ -166,7 +167,7 @@ func (w *Watchdog) Apply(snap *node.Snapshot) {
 			// PIDs are reused: kill only a process still in this container
 			// (or, where the container's processes reach into the pod's
 			// cgroup, still in this pod).
-			now, err := attribution.ForPID(w.procRoot, p.PID)
+			now, err := w.ns.ForPID(w.procRoot, p.PID)
 			if err != nil || !within(now, c.Cgroup) {
 				continue
 			}

@@ -44,6 +44,9 @@ type Options struct {
 	Interval time.Duration
 	// ProcRoot is where the host's /proc is mounted.
 	ProcRoot string
+	// Namespace is the agent's cgroup namespace, in which the cgroup files
+	// under ProcRoot are read; the zero value is the host's.
+	Namespace attribution.Namespace
 	// PluginDir is the kubelet's device plugin dir, holding its checkpoint.
 	PluginDir string
 	// ResourceName is the resource whose slices are attributed.
@@ -121,7 +124,7 @@ func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignmen
 	}
 	s := &Sampler{
 		opts: opts, devices: devices, layout: layout, gpus: gpus, assign: assign, dev: dev,
-		cgroups:    attribution.NewCgroups(opts.ProcRoot, opts.CgroupRecheck),
+		cgroups:    attribution.NewCgroups(opts.Namespace, opts.ProcRoot, opts.CgroupRecheck),
 		checkpoint: attribution.NewCheckpoint(opts.PluginDir),
 		draPods:    attribution.NewDRACheckpoint(opts.KubeletDir),
 		prepared:   attribution.NewPreparedClaims(opts.PreparedClaims),
