@@ -187,7 +187,7 @@ func TestDiscoverNamespace(t *testing.T) {
 		"moved below its namespace's root": {
 			self: "0::/sub\n", want: map[string]string{"": agentRoot}, private: true,
 		},
-		"nowhere in the hierarchy": {self: "0::/\n", errText: "no cgroup under"},
+		"nowhere in the hierarchy":     {self: "0::/\n", errText: "no cgroup under"},
 		"outside its namespace's root": {self: "0::/../x\n", errText: "outside its namespace's root"},
 	}
 	for name, tc := range tests {
