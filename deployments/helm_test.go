@@ -205,7 +205,7 @@ func TestChartRendersTheManifestsObjects(t *testing.T) {
 	ctrs, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
 	args := strings.Join(toStrings(ctrs[0].(map[string]any)["args"]), " ")
 	for _, want := range []string{"--slice-memory=10Gi", "--compute-policy=strict", "--gfd-labels=false", "--pod-compute-policy=stricter-only",
-		"--unauthorized-gpu-use=kill", "--runtime-state-dirs=/host/run/containerd/io.containerd.runtime.v2.task/k8s.io,/host/run/containers/storage/overlay-containers"} {
+		"--unauthorized-gpu-use=kill", "--runtime-state-dirs=/host/run/containerd/io.containerd.runtime.v2.task/k8s.io,/host/run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io,/host/run/containers/storage/overlay-containers"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("agent args %q lack %s", args, want)
 		}

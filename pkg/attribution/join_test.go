@@ -258,6 +258,7 @@ func TestParseBundleConfig(t *testing.T) {
 	t.Parallel()
 	tests := map[string]struct {
 		json    string
+		runtime string
 		want    RuntimeContainer
 		wantErr bool
 	}{
@@ -265,17 +266,31 @@ func TestParseBundleConfig(t *testing.T) {
 			want: RuntimeContainer{Name: "main", PodUID: uidA, PodName: "train", PodNamespace: "ml"}},
 		"containerd sandbox": {json: `{"annotations":{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-name":"train","io.kubernetes.cri.sandbox-namespace":"ml"}}`,
 			want: RuntimeContainer{Sandbox: true, PodName: "train", PodNamespace: "ml"}},
-		"cri-o container": {json: `{"annotations":{"io.kubernetes.cri-o.ContainerType":"container","io.kubernetes.container.name":"nb","io.kubernetes.pod.uid":"` + uidB + `","io.kubernetes.pod.name":"nb","io.kubernetes.pod.namespace":"lab"}}`,
+		"cri-o container": {runtime: RuntimeCRIO, json: `{"annotations":{"io.kubernetes.cri-o.ContainerType":"container","io.kubernetes.container.name":"nb","io.kubernetes.pod.uid":"` + uidB + `","io.kubernetes.pod.name":"nb","io.kubernetes.pod.namespace":"lab"}}`,
 			want: RuntimeContainer{Name: "nb", PodUID: uidB, PodName: "nb", PodNamespace: "lab"}},
 		"not kubernetes":         {json: `{"annotations":{"org.opencontainers.image.ref.name":"x"}}`, wantErr: true},
 		"container without name": {json: `{"annotations":{"io.kubernetes.cri.container-type":"container"}}`, wantErr: true},
 		"pod uid not a uid":      {json: `{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"m","io.kubernetes.cri.sandbox-uid":"../x"}}`, wantErr: true},
 		"not json":               {json: `{`, wantErr: true},
+		// CRI-O copies the pod's annotations into the sandbox's bundle: a
+		// tenant's pod naming itself a container of a victim's pod by
+		// containerd's keys is still CRI-O's sandbox of its own pod.
+		"cri-o sandbox with containerd keys from the pod's annotations": {runtime: RuntimeCRIO,
+			json: `{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"main","io.kubernetes.cri.sandbox-uid":"` + uidA + `","io.kubernetes.cri-o.ContainerType":"sandbox","io.kubernetes.pod.uid":"` + uidB + `","io.kubernetes.pod.name":"evil","io.kubernetes.pod.namespace":"lab"}}`,
+			want: RuntimeContainer{Sandbox: true, PodUID: uidB, PodName: "evil", PodNamespace: "lab"}},
+		"containerd keys alone in a cri-o bundle": {runtime: RuntimeCRIO, wantErr: true,
+			json: `{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"main"}}`},
+		"cri-o keys alone in a containerd bundle": {wantErr: true,
+			json: `{"annotations":{"io.kubernetes.cri-o.ContainerType":"container","io.kubernetes.container.name":"nb"}}`},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			got, err := ParseBundleConfig([]byte(tc.json))
+			rt := tc.runtime
+			if rt == "" {
+				rt = RuntimeContainerd
+			}
+			got, err := ParseBundleConfig([]byte(tc.json), rt)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("ParseBundleConfig() = %+v, %v; want error %v", got, err, tc.wantErr)
 			}
@@ -331,17 +346,24 @@ func FuzzParseBundleConfig(f *testing.F) {
 	f.Add([]byte(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"main"}}`))
 	f.Add([]byte(`{"annotations":{"io.kubernetes.cri-o.ContainerType":"sandbox","io.kubernetes.pod.uid":"` + uidA + `"}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := ParseBundleConfig(data)
-		if err != nil {
-			return
-		}
-		if c.Sandbox == (c.Name != "") {
-			t.Fatalf("a record that is both or neither a sandbox and a named container: %+v", c)
-		}
-		if c.PodUID != "" {
-			if u, ok := canonicalUID(c.PodUID); !ok || u != c.PodUID {
-				t.Fatalf("pod UID %q is not canonical", c.PodUID)
-			}
+		for _, rt := range []string{RuntimeContainerd, RuntimeCRIO} {
+			fuzzBundle(t, data, rt)
 		}
 	})
+}
+
+func fuzzBundle(t *testing.T, data []byte, runtime string) {
+	t.Helper()
+	c, err := ParseBundleConfig(data, runtime)
+	if err != nil {
+		return
+	}
+	if c.Sandbox == (c.Name != "") {
+		t.Fatalf("a record that is both or neither a sandbox and a named container: %+v", c)
+	}
+	if c.PodUID != "" {
+		if u, ok := canonicalUID(c.PodUID); !ok || u != c.PodUID {
+			t.Fatalf("pod UID %q is not canonical", c.PodUID)
+		}
+	}
 }

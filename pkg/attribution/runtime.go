@@ -50,7 +50,9 @@ const maxBundleConfig = 4 << 20
 // RuntimeState reads containers' OCI bundles from the runtimes' state
 // directories on the host: containerd's
 // /run/containerd/io.containerd.runtime.v2.task/k8s.io/<id>/config.json
-// and CRI-O's /run/containers/storage/overlay-containers/<id>/userdata/config.json.
+// (k3s and RKE2: under /run/k3s/containerd), read as containerd's, and
+// CRI-O's /run/containers/storage/overlay-containers/<id>/userdata/config.json,
+// read as CRI-O's.
 // These are written by the runtime, outside the container, before the
 // container's cgroup exists, so they answer for a cgroup the moment it is
 // created. What was found is remembered (a container ID never changes
@@ -88,11 +90,12 @@ func (r *RuntimeState) Lookup(containerID string) (RuntimeContainer, bool) {
 		return b.RuntimeContainer, true
 	}
 	for _, dir := range r.dirs {
-		for _, f := range []string{
-			filepath.Join(dir, containerID, "config.json"),
-			filepath.Join(dir, containerID, "userdata", "config.json"),
+		for _, b := range []struct{ path, runtime string }{
+			{filepath.Join(dir, containerID, "config.json"), RuntimeContainerd},
+			{filepath.Join(dir, containerID, "userdata", "config.json"), RuntimeCRIO},
 		} {
-			c, err := readBundle(f)
+			f := b.path
+			c, err := readBundle(f, b.runtime)
 			if err != nil {
 				continue
 			}
@@ -131,7 +134,7 @@ func (r *RuntimeState) sweepLocked() {
 	r.swept = len(r.known)
 }
 
-func readBundle(path string) (RuntimeContainer, error) {
+func readBundle(path, runtime string) (RuntimeContainer, error) {
 	f, err := os.Open(path) //nolint:gosec // a runtime state dir the operator names, and a checked 64-hex ID
 	if err != nil {
 		return RuntimeContainer{}, err
@@ -141,7 +144,7 @@ func readBundle(path string) (RuntimeContainer, error) {
 	if err != nil {
 		return RuntimeContainer{}, err
 	}
-	return ParseBundleConfig(data)
+	return ParseBundleConfig(data, runtime)
 }
 
 // ErrNotKubernetes reports a bundle without the CRI annotations: not a
@@ -149,8 +152,12 @@ func readBundle(path string) (RuntimeContainer, error) {
 var ErrNotKubernetes = errors.New("bundle has no Kubernetes container annotations")
 
 // ParseBundleConfig reads the Kubernetes annotations of an OCI bundle's
-// config.json, as containerd or CRI-O write them.
-func ParseBundleConfig(data []byte) (RuntimeContainer, error) {
+// config.json as runtime (RuntimeContainerd or RuntimeCRIO; where the
+// bundle lies says which) writes them, by that runtime's own keys only:
+// CRI-O copies a pod's annotations into its sandbox's bundle, so
+// containerd's key names there are the tenant's to write, and the other
+// way round where containerd passes pod annotations through.
+func ParseBundleConfig(data []byte, runtime string) (RuntimeContainer, error) {
 	var spec struct {
 		Annotations map[string]string `json:"annotations"`
 	}
@@ -158,21 +165,17 @@ func ParseBundleConfig(data []byte) (RuntimeContainer, error) {
 		return RuntimeContainer{}, fmt.Errorf("parse bundle config: %w", err)
 	}
 	a := spec.Annotations
-	pick := func(keys ...string) string {
-		for _, k := range keys {
-			if v := a[k]; v != "" {
-				return v
-			}
-		}
-		return ""
+	keys := [5]string{annContainerdType, annContainerdName, annContainerdNamespace, annContainerdPodName, annContainerdPodUID}
+	switch runtime {
+	case RuntimeContainerd:
+	case RuntimeCRIO:
+		keys = [5]string{annCRIOType, annCRIOName, annCRIONamespace, annCRIOPodName, annCRIOPodUID}
+	default:
+		return RuntimeContainer{}, fmt.Errorf("bundles of runtime %q are not read", runtime)
 	}
-	typ := pick(annContainerdType, annCRIOType)
-	c := RuntimeContainer{
-		Name:         pick(annContainerdName, annCRIOName),
-		PodNamespace: pick(annContainerdNamespace, annCRIONamespace),
-		PodName:      pick(annContainerdPodName, annCRIOPodName),
-	}
-	if u := pick(annContainerdPodUID, annCRIOPodUID); u != "" {
+	typ := a[keys[0]]
+	c := RuntimeContainer{Name: a[keys[1]], PodNamespace: a[keys[2]], PodName: a[keys[3]]}
+	if u := a[keys[4]]; u != "" {
 		uid, ok := canonicalUID(u)
 		if !ok {
 			return RuntimeContainer{}, fmt.Errorf("bundle names pod UID %q, not a UID", u)

@@ -60,6 +60,7 @@ const (
 func RuntimeStateDirs() []string {
 	return []string{
 		"/run/containerd/io.containerd.runtime.v2.task/k8s.io",
+		"/run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io",
 		"/run/containers/storage/overlay-containers",
 	}
 }
