@@ -1,8 +1,6 @@
 package fakegpu
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -129,17 +127,38 @@ func (n *Node) dropRemovedLocked() {
 func (n *Node) cgroupUsedLocked(uuid, dir string, except int) uint64 {
 	var used uint64
 	for pid, granted := range n.admitted {
-		if pid != except && n.gpuOf[pid] == uuid && inCgroup(n.cgroupOf[pid], dir) {
+		if pid != except && n.gpuOf[pid] == uuid && inCgroup(pid, dir) {
 			used += granted
 		}
 	}
 	return used
 }
 
-// inCgroup reports whether a process whose cgroup v2 path is path belongs
-// to the cgroup whose directory is dir, wherever the hierarchy is mounted.
-func inCgroup(path, dir string) bool {
-	return strings.HasPrefix(path, "/") && path != "/" && strings.HasSuffix(dir, path)
+// inCgroup reports whether process pid is in the cgroup whose directory
+// is dir or below it, by the kernel's own lists (cgroup.procs), as the
+// driver knows it: never by the process's /proc/<pid>/cgroup, which reads
+// relative to the reader's cgroup namespace (the agent's, when this fake
+// runs in it).
+func inCgroup(pid int, dir string) bool {
+	want := strconv.Itoa(pid)
+	found := false
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil //nolint:nilerr // a cgroup removed while walking
+		}
+		data, rerr := os.ReadFile(filepath.Join(p, "cgroup.procs")) //nolint:gosec // a cgroup the agent limited
+		if rerr != nil {
+			return nil //nolint:nilerr // removed while walking
+		}
+		for f := range strings.FieldsSeq(string(data)) {
+			if f == want {
+				found = true
+				return filepath.SkipAll
+			}
+		}
+		return nil
+	})
+	return found
 }
 
 // admitLocked grants the workloads the GPU memory they ask for, as the
@@ -151,7 +170,6 @@ func (n *Node) admitLocked(work map[int]WorkloadState) {
 	for pid := range n.admitted {
 		if _, ok := work[pid]; !ok {
 			delete(n.admitted, pid)
-			delete(n.cgroupOf, pid)
 			delete(n.gpuOf, pid)
 		}
 	}
@@ -162,16 +180,13 @@ func (n *Node) admitLocked(work map[int]WorkloadState) {
 	sort.Ints(pids) // older processes allocate first
 	for _, pid := range pids {
 		w := work[pid]
-		if _, ok := n.cgroupOf[pid]; !ok {
-			n.cgroupOf[pid] = cgroupV2Path(pid)
-		}
 		n.gpuOf[pid] = w.GPU
 		held := n.admitted[pid]
 		if w.MemoryBytes <= held || !n.driverLimits {
 			n.admitted[pid] = w.MemoryBytes
 			continue
 		}
-		limit, dir := n.limitForLocked(w.GPU, n.cgroupOf[pid])
+		limit, dir := n.limitForLocked(w.GPU, pid)
 		if limit == nvml.NoMemoryLimit {
 			n.admitted[pid] = w.MemoryBytes
 			continue
@@ -195,30 +210,15 @@ func (n *Node) admitLocked(work map[int]WorkloadState) {
 	}
 }
 
-// limitForLocked finds the hard limit on a GPU of the cgroup a process
-// with cgroup v2 path path is in.
-func (n *Node) limitForLocked(uuid, path string) (uint64, string) {
+// limitForLocked finds the hard limit on a GPU of the cgroup process pid
+// is in.
+func (n *Node) limitForLocked(uuid string, pid int) (uint64, string) {
 	for k, l := range n.limits {
-		if k.uuid == uuid && inCgroup(path, k.dir) {
+		if k.uuid == uuid && inCgroup(pid, k.dir) {
 			return l.HardBytes, k.dir
 		}
 	}
 	return nvml.NoMemoryLimit, ""
-}
-
-// cgroupV2Path reads a process's cgroup v2 path ("0::<path>"), or "".
-func cgroupV2Path(pid int) string {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-	if err != nil {
-		return ""
-	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
-			return p
-		}
-	}
-	return ""
 }
 
 // syncLimitsFileLocked takes the limits the fake NVML library recorded in

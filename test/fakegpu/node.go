@@ -38,7 +38,6 @@ type Node struct {
 	limits       map[limitKey]nvml.MemoryLimits
 	limitSetAt   map[limitKey]time.Time
 	admitted     map[int]uint64 // pid -> GPU memory the fake driver granted
-	cgroupOf     map[int]string // pid -> cgroup v2 path, read once
 	gpuOf        map[int]string // pid -> GPU UUID
 	leaked       uint64         // soft limits of cgroups removed without clearing them
 }
@@ -71,7 +70,6 @@ func New(cfg Config) (*Node, error) {
 		limits:       map[limitKey]nvml.MemoryLimits{},
 		limitSetAt:   map[limitKey]time.Time{},
 		admitted:     map[int]uint64{},
-		cgroupOf:     map[int]string{},
 		gpuOf:        map[int]string{},
 	}
 	for i, s := range specs {
