@@ -80,12 +80,19 @@ type agentProc struct {
 
 func startAgent(t *testing.T, args ...string) *agentProc {
 	t.Helper()
+	return startAgentWith(t, func(args ...string) *exec.Cmd { return exec.Command(agentBin, args...) }, args...)
+}
+
+// startAgentWith starts the agent with args through command, which makes
+// the command line (for example, to start it in a cgroup namespace).
+func startAgentWith(t *testing.T, command func(args ...string) *exec.Cmd, args ...string) *agentProc {
+	t.Helper()
 	// Never the host's /var/lib/gpuslice: each agent records throttled
 	// containers in a state file of the test's own, unless told otherwise.
 	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--enforcement-state") }) {
 		args = append(args, "--enforcement-state="+filepath.Join(t.TempDir(), "enforcement.json"))
 	}
-	p := &agentProc{cmd: exec.Command(agentBin, args...), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	p := &agentProc{cmd: command(args...), stderr: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,248 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gpuslice/gpuslice/test/cgrouptest"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
+	"github.com/gpuslice/gpuslice/test/kubeletstub"
+)
+
+// The users' host lane: the agent binary runs as the chart's agent runs on
+// a unified cgroup v2 host with the systemd driver and containerd, in a
+// private cgroup namespace rooted at its own container's cgroup, and
+// tenants' pods live in a v2 tree under the systemd driver's names. There
+// every other pod's /proc/<pid>/cgroup reads relative to the agent's own
+// ("0::/../../kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope").
+// Each scenario is judged by what the kernel and the workloads say (the
+// workload's own record of the GPU time it asked for, exit statuses, the
+// fake driver's allocator), never only by the agent's metrics.
+
+// laneNode is one agent in the lane and the tenants around it.
+type laneNode struct {
+	host    *cgrouptest.UsersHost
+	st      *stubbed
+	plugin  *kubeletstub.Plugin
+	runtime string // containerd's state dir, with each container's bundle
+	bin     string // the fake GPU workload
+	addr    string
+	agent   *agentProc
+	gpu     string
+	limits  map[string]float64 // memory Allocate gave, by "<pod>/<container>"
+}
+
+// startLane starts the agent in its private cgroup namespace with extra
+// flags.
+func startLane(t *testing.T, name string, extra ...string) *laneNode {
+	t.Helper()
+	n := &laneNode{
+		host:    cgrouptest.NewUsersHost(t, "/sys/fs/cgroup", name),
+		st:      stubKubelet(t, "preset: H100-80GB\ncount: 1\ndriverMemoryLimits: true\n"),
+		runtime: t.TempDir(),
+		addr:    freePort(t),
+		limits:  map[string]float64{},
+	}
+	var err error
+	if n.bin, err = fakegpu.BuildWorkload(t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	args := append(n.st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms", "--cgroup-root=/sys/fs/cgroup",
+		"--runtime-state-dirs="+n.runtime, "--metrics-address="+n.addr)
+	n.agent = startAgentWith(t, func(args ...string) *exec.Cmd {
+		return cgrouptest.InPrivateNamespace(n.host.AgentDir(t), append([]string{agentBin}, args...)...)
+	}, append(args, extra...)...)
+	if n.plugin, err = n.st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(n.agent.stderr.String(), "agent runs in a private cgroup namespace") {
+		t.Fatalf("the agent did not find itself in a private cgroup namespace:\n%s", n.agent.stderr.String())
+	}
+	return n
+}
+
+// container allocates slices (none when 0) to a container of pod, records
+// its bundle as containerd does and makes its cgroup; it returns the
+// cgroup directory.
+func (n *laneNode) container(t *testing.T, pod, name string, slices int) string {
+	t.Helper()
+	if slices > 0 {
+		a, err := n.plugin.Allocate(ctxT(t), pod, name, slices)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.gpu = a.Response.Envs["NVIDIA_VISIBLE_DEVICES"]
+		limit, err := strconv.ParseFloat(a.Response.Envs["GPUSLICE_MEMORY_LIMIT_BYTES"], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.limits[pod+"/"+name] = limit
+	}
+	id := laneCID(pod, name)
+	ns, podName, _ := strings.Cut(pod, "/")
+	bundle := fmt.Sprintf(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":%q,`+
+		`"io.kubernetes.cri.sandbox-uid":%q,"io.kubernetes.cri.sandbox-name":%q,"io.kubernetes.cri.sandbox-namespace":%q}}`,
+		name, kubeletstub.PodUID(pod), podName, ns)
+	if err := os.MkdirAll(filepath.Join(n.runtime, id), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.runtime, id, "config.json"), []byte(bundle), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return n.host.ContainerDir(t, "burstable", kubeletstub.PodUID(pod), id)
+}
+
+// laneCID is a container's runtime ID, from its pod and name.
+func laneCID(pod, name string) string {
+	h := sha256.Sum256([]byte(pod + "/" + name))
+	return hex.EncodeToString(h[:])
+}
+
+// laneWorkload is a tenant's GPU process.
+type laneWorkload struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	out  *syncBuffer
+	dir  string // where its state is published
+}
+
+// run starts a workload in cgroup dir wanting demand of the GPU and mib
+// of its memory.
+func (n *laneNode) run(t *testing.T, dir string, demand float64, mib int) *laneWorkload {
+	t.Helper()
+	w := &laneWorkload{done: make(chan struct{}), out: &syncBuffer{}, dir: n.st.work}
+	w.cmd = cgrouptest.InCgroup(dir, n.bin, "--dir", n.st.work, "--gpu", n.gpu,
+		"--demand", strconv.FormatFloat(demand, 'f', -1, 64), "--memory-mib", strconv.Itoa(mib), "--tick", "5ms")
+	w.cmd.Stderr = w.out
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = w.cmd.Wait(); close(w.done) }()
+	t.Cleanup(func() {
+		_ = os.WriteFile(filepath.Join(dir, "cgroup.freeze"), []byte("0"), 0o600)
+		_ = w.cmd.Process.Signal(syscall.SIGKILL)
+		<-w.done
+	})
+	return w
+}
+
+func (w *laneWorkload) exited(d time.Duration) bool {
+	select {
+	case <-w.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// asked is the GPU time the workload has asked for, from its own record:
+// it asks only while it runs.
+func (w *laneWorkload) asked(t *testing.T) time.Duration {
+	t.Helper()
+	path := filepath.Join(w.dir, strconv.Itoa(w.cmd.Process.Pid)+".json")
+	for range 200 {
+		var s fakegpu.WorkloadState
+		data, err := os.ReadFile(path)
+		if err == nil && json.Unmarshal(data, &s) == nil {
+			return time.Duration(s.RequestedNanos)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("workload never published its state")
+	return 0
+}
+
+// share is the share of wall time the workload ran over d.
+func (w *laneWorkload) share(t *testing.T, d time.Duration) float64 {
+	t.Helper()
+	a0, t0 := w.asked(t), time.Now()
+	time.Sleep(d)
+	return float64(w.asked(t)-a0) / float64(time.Since(t0))
+}
+
+// waitMetric scrapes until the series with labels satisfies ok.
+func (n *laneNode) waitMetric(t *testing.T, name string, labels map[string]string, ok func(float64) bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mfs := scrape(t, n.addr)
+		if v, found := value(mfs, name, labels); found && ok(v) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s%v never as wanted; last: %v", name, labels, mfs[name])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func ctr(pod, container string) map[string]string {
+	ns, name, _ := strings.Cut(pod, "/")
+	return map[string]string{"namespace": ns, "pod": name, "container": container}
+}
+
+// TestUsersHostLane: in the agent's private cgroup namespace, pods are
+// attributed by UID, a greedy strict container and a process in its pod's
+// own cgroup are throttled to their shares, the driver's limit lands on the
+// container's real cgroup (an allocation past it fails inside), the
+// watchdog kills a pod-level process over its pod's memory, and a sidecar
+// using the GPU without slices is killed.
+func TestUsersHostLane(t *testing.T) {
+	t.Parallel()
+	n := startLane(t, "gpuslice-lane", "--compute-policy=strict")
+
+	greedyDir := n.container(t, "ml/greedy", "main", 2) // 20 %, 17.1 GB
+	greedy := n.run(t, greedyDir, 1, 1024)
+	podLevelDir := n.host.PodDir(t, "burstable", kubeletstub.PodUID("ml/escape"))
+	n.container(t, "ml/escape", "main", 2)
+	escaped := n.run(t, podLevelDir, 1, 1024)
+
+	// Attributed by pod UID: the series carry the pods' names.
+	n.waitMetric(t, "gpuslice_container_memory_used_bytes", ctr("ml/greedy", "main"), func(v float64) bool { return v == 1<<30 })
+	n.waitMetric(t, "gpuslice_container_memory_used_bytes", ctr("ml/escape", "main"), func(v float64) bool { return v == 1<<30 })
+	// The driver's limit is set on the container's real cgroup.
+	n.waitMetric(t, "gpuslice_enforcement_driver_memory_limit_bytes", ctr("ml/greedy", "main"), func(v float64) bool { return v == n.limits["ml/greedy/main"] })
+
+	// Throttled, judged by the work each workload says it did: unheld,
+	// each would run all the time; held, about a fifth.
+	time.Sleep(2 * time.Second)
+	if got := greedy.share(t, 4*time.Second); got > 0.45 {
+		t.Errorf("the greedy container ran %.2f of the time under a strict 20%% share", got)
+	}
+	if got := escaped.share(t, 2*time.Second); got > 0.45 {
+		t.Errorf("the pod-level process ran %.2f of the time under its pod's strict 20%% share", got)
+	}
+
+	// Past the driver's limit, an allocation fails inside the container.
+	over := n.run(t, greedyDir, 0.01, 16<<10)
+	if !over.exited(15*time.Second) || !strings.Contains(over.out.String(), "out of memory") {
+		t.Errorf("an allocation past the driver limit was not refused: %q", over.out.String())
+	}
+
+	// The watchdog: a pod-level process (the driver tier limits container
+	// cgroups only) over its pod's 8.6 GB is killed.
+	n.container(t, "ml/podhog", "main", 1)
+	hog := n.run(t, n.host.PodDir(t, "burstable", kubeletstub.PodUID("ml/podhog")), 0.01, 12<<10)
+	if !hog.exited(20 * time.Second) {
+		t.Error("a pod-level process over its pod's memory was never killed")
+	}
+
+	// A sidecar of a pod holding slices reaches the GPU without any: killed.
+	sidecar := n.run(t, n.container(t, "ml/greedy", "sidecar", 0), 0.3, 1024)
+	if !sidecar.exited(20 * time.Second) {
+		t.Error("a sidecar using the GPU without slices was never killed")
+	}
+	if greedy.exited(0) || escaped.exited(0) {
+		t.Error("a workload within its limits was killed")
+	}
+}
