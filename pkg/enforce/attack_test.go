@@ -409,7 +409,7 @@ func TestBlindAgentHoldsThrottle(t *testing.T) {
 	w := n.run(t, dir, 1, 1024)
 	n.waitFor(t, "the container throttled", func(*node.Snapshot) bool {
 		st := n.enf.Stats()[cid("ml/greedy", "main")]
-		return st.InForce && st.Duty < 0.5
+		return st.Compute == enforce.ReasonEnforced && st.Duty < 0.5
 	})
 	if err := n.node.GPU.FailCall(fakegpu.CallProcesses, true); err != nil {
 		t.Fatal(err)

@@ -293,8 +293,8 @@ func TestUnreachableContainerCountedOnce(t *testing.T) {
 	if n := e.Failures(); n != 1 {
 		t.Errorf("Failures() = %d after three samples of one unreachable container, want 1", n)
 	}
-	if st := e.Stats()["x"]; st.InForce || st.Duty != 1 {
-		t.Errorf("stats = %+v, want not in force at duty 1", st)
+	if st := e.Stats()["x"]; st.Compute != ReasonNoFreezer || st.Memory != ReasonEnforced || st.Duty != 1 {
+		t.Errorf("stats = %+v, want compute not held (no freezer) at duty 1, memory held", st)
 	}
 	e.Apply(&node.Snapshot{}) // gone
 	e.Apply(snap)             // back: a new episode, counted again

@@ -25,6 +25,10 @@ type Options struct {
 	// Namespace is the agent's cgroup namespace, in which the cgroup files
 	// under ProcRoot are read; the zero value is the host's.
 	Namespace attribution.Namespace
+	// NamespaceErr is why the agent's cgroup namespace could not be placed
+	// in the host's hierarchy; nil when it was (or needed not be). With it
+	// set, the compute tier cannot engage on the node.
+	NamespaceErr error
 	// Compute turns the compute throttle on.
 	Compute bool
 	// MPS says MPS limits, set at Allocate, hold compute: the throttle is
@@ -91,8 +95,9 @@ type Stats struct {
 	Throttled time.Duration
 	// Duty is its current duty, 1 when not throttled.
 	Duty float64
-	// InForce is true while the agent can act on the container's cgroup.
-	InForce bool
+	// Compute and Memory say whether the container's compute share and
+	// memory limit are held: ReasonEnforced, or why not (Reasons).
+	Compute, Memory string
 	// MemoryEvents counts the times it went over its GPU memory limit.
 	MemoryEvents uint64
 	// Kills counts its GPU processes killed for that.
@@ -122,6 +127,7 @@ type Enforcer struct {
 	failures    uint64
 	watchdog    *Watchdog
 	driver      *DriverLimits
+	node        NodeState // whether each tier can engage on the node
 	last        time.Time // of the last snapshot applied
 	epoch       time.Time // throttle periods count from it
 	closed      bool      // Close ran: nothing is frozen again
@@ -147,6 +153,7 @@ type view struct {
 	failures        uint64
 	unauth          UnauthorizedStats
 	compute, memory string
+	node            NodeState
 	driver          DriverStats
 	hasDriver       bool
 }
@@ -178,7 +185,7 @@ func (e *Enforcer) UseDriverLimits(d *DriverLimits) {
 // publishLocked publishes what enforcement did for readers that must not
 // wait: the exporter's scrapes.
 func (e *Enforcer) publishLocked() {
-	v := &view{stats: e.stats, failures: e.failures, unauth: e.unauth}
+	v := &view{stats: e.stats, failures: e.failures, unauth: e.unauth, node: e.node}
 	v.compute, v.memory = e.tiersLocked()
 	if e.driver != nil {
 		v.driver, v.hasDriver = e.driver.Stats(), true
@@ -272,6 +279,7 @@ func New(opts Options) (*Enforcer, error) {
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
 	}
 	e.watchdog.ns = opts.Namespace
+	e.node = CheckNode(opts, opts.NamespaceErr)
 	e.publishLocked() // nothing else can hold it yet
 	return e, nil
 }
@@ -401,7 +409,11 @@ func (e *Enforcer) resolveFreezers(r round) {
 			if !e.unreachable[id] {
 				e.unreachable[id] = true
 				e.failures++
-				e.log.Warn("cannot enforce compute share", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "err", err)
+				reason := e.computeReason(c.Cgroup, false)
+				e.log.Warn("cannot enforce compute share", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "reason", reason, "err", err)
+				e.opts.Events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUComputeShareUnenforced",
+					fmt.Sprintf("The %.0f%% compute share of container %s on GPU %d cannot be enforced (%s): %s. Its GPU use is still measured and reported.",
+						c.ComputeLimitRatio*100, c.Container, c.Index, reason, unreachableDetail(c.Cgroup, err)))
 			}
 			delete(r.hold, id)
 			for gpu, ms := range r.byGPU {
@@ -488,7 +500,9 @@ func (e *Enforcer) collectStats(seen map[string]node.Container) map[string]Stats
 	driver := e.driverLimits()
 	for id := range seen {
 		mem := memory[id]
-		s := Stats{Duty: 1, InForce: e.freezers[id].File != "", Throttled: e.finished[id], MemoryEvents: mem.Events, Kills: mem.Kills, DriverMemoryLimits: driver[id]}
+		c := seen[id]
+		s := Stats{Duty: 1, Throttled: e.finished[id], MemoryEvents: mem.Events, Kills: mem.Kills, DriverMemoryLimits: driver[id],
+			Compute: e.computeReason(c.Cgroup, e.freezers[id].File != ""), Memory: e.memoryReason()}
 		if t := e.throttles[id]; t != nil {
 			s.Duty = t.Duty()
 			s.Throttled += t.Throttled()
@@ -577,11 +591,16 @@ func (e *Enforcer) memoryOnlyStats(snap *node.Snapshot) map[string]Stats {
 	for _, c := range snap.Containers {
 		if id := c.Cgroup.Key(); id != "" {
 			m := mem[id]
-			out[id] = Stats{Duty: 1, MemoryEvents: m.Events, Kills: m.Kills, DriverMemoryLimits: driver[id]}
+			out[id] = Stats{Duty: 1, MemoryEvents: m.Events, Kills: m.Kills, DriverMemoryLimits: driver[id],
+				Compute: e.computeReason(c.Cgroup, false), Memory: e.memoryReason()}
 		}
 	}
 	return out
 }
+
+// Node says whether each tier can engage on the node at all, as found
+// when the enforcer started.
+func (e *Enforcer) Node() NodeState { return e.published.Load().node }
 
 // Tiers names the strongest mechanism holding each resource: "freezer" or
 // "none" for compute; "driver" (the driver's per-cgroup limits),

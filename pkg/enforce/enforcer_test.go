@@ -204,8 +204,8 @@ func TestEnforcerHoldsStrictShares(t *testing.T) {
 	var throttled time.Duration
 	for _, st := range s.Enforcer.Stats() {
 		throttled += st.Throttled
-		if !st.InForce {
-			t.Error("a container's limits are not in force")
+		if st.Compute != enforce.ReasonEnforced {
+			t.Errorf("a container's compute share is not held: %s", st.Compute)
 		}
 	}
 	if throttled == 0 {

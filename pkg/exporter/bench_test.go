@@ -54,7 +54,7 @@ func BenchmarkScrape(b *testing.B) {
 			snap := bigSnapshot()
 			stats := map[string]enforce.Stats{}
 			for _, c := range snap.Containers {
-				stats[c.Cgroup.Key()] = enforce.Stats{Throttled: 90 * time.Second, Duty: 0.4, InForce: true}
+				stats[c.Cgroup.Key()] = enforce.Stats{Throttled: 90 * time.Second, Duty: 0.4, Compute: enforce.ReasonEnforced, Memory: enforce.ReasonEnforced}
 			}
 			bi := info
 			bi.Enforcement = statsOf(stats)
@@ -90,6 +90,9 @@ func (s statsOf) Stats() map[string]enforce.Stats        { return s }
 func (statsOf) DriverStats() (enforce.DriverStats, bool) { return enforce.DriverStats{}, false }
 func (statsOf) Failures() uint64                         { return 0 }
 func (statsOf) Tiers() (string, string)                  { return "freezer", "watchdog" }
+func (statsOf) Node() enforce.NodeState {
+	return enforce.NodeState{Compute: enforce.ReasonEnforced, Memory: enforce.ReasonEnforced}
+}
 
 // discard is a ResponseWriter that counts the body and keeps nothing, as a
 // network connection: what the benchmark allocates is the handler's.

@@ -31,6 +31,7 @@ type Enforcement interface {
 	Stats() map[string]enforce.Stats
 	Failures() uint64
 	Tiers() (compute, memory string)
+	Node() enforce.NodeState
 	DriverStats() (enforce.DriverStats, bool)
 }
 
@@ -185,6 +186,19 @@ func (v *view) enforced(c node.Container) enforce.Stats {
 	return enforce.Stats{Duty: 1}
 }
 
+// tierReason is one resource's enforcement reason.
+type tierReason struct{ resource, reason string }
+
+// byReason orders a container's (or the node's) two series as their
+// labels sort (reason before resource), as client_golang writes them.
+func byReason(compute, memory string) [2]tierReason {
+	c, m := tierReason{"compute", compute}, tierReason{"memory", memory}
+	if memory < compute {
+		return [2]tierReason{m, c}
+	}
+	return [2]tierReason{c, m}
+}
+
 // metric is one family and how its samples are written.
 type metric struct {
 	family
@@ -293,6 +307,17 @@ var families = []metric{
 			}
 		}
 	}),
+	m("enforcement", "available", "gauge",
+		"1 when the tier (resource compute or memory) can engage on the node at all, 0 when not, with the reason; where compute reads 0 the node hands out shares it cannot hold, or, under --enforcement=required, offers no slices.",
+		func(w *textWriter, v *view) {
+			if v.e.info.Enforcement == nil {
+				return
+			}
+			n := v.e.info.Enforcement.Node()
+			for _, r := range byReason(n.Compute, n.Memory) {
+				w.sample(bit(r.reason == enforce.ReasonEnforced), "resource", r.resource, "reason", r.reason)
+			}
+		}),
 	m("enforcement", "compute_duty_ratio", "gauge", "Share of each throttle period the container may run; 1 when not throttled.",
 		perEnforced(func(st enforce.Stats) float64 { return st.Duty })),
 	m("enforcement", "driver_memory_limit_bytes", "gauge",
@@ -316,6 +341,25 @@ var families = []metric{
 				w.sample(float64(ds.Uncleared), "result", "uncleared")
 			}
 		}),
+	m("enforcement", "enforced", "gauge",
+		"1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, or why not: disabled, report-only, cgroup-unresolved, no-freezer.",
+		func(w *textWriter, v *view) {
+			if v.e.info.Enforcement == nil {
+				return
+			}
+			n := v.e.info.Enforcement.Node()
+			for _, c := range v.snap.Containers {
+				compute, memory := n.Compute, n.Memory // no process seen yet: as the node can
+				if st, ok := v.stats[c.Cgroup.Key()]; ok && st.Compute != "" {
+					compute, memory = st.Compute, st.Memory
+				}
+				idx := strconv.Itoa(c.Index)
+				for _, r := range byReason(compute, memory) {
+					w.sample(bit(r.reason == enforce.ReasonEnforced), "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "gpu", idx, "uuid", c.GPU,
+						"resource", r.resource, "reason", r.reason)
+				}
+			}
+		}),
 	m("enforcement", "failures_total", "counter", "Containers that could not be enforced and cgroups that vanished under a throttle.", func(w *textWriter, v *view) {
 		if v.e.info.Enforcement != nil {
 			w.sample(float64(v.e.info.Enforcement.Failures()))
@@ -323,8 +367,6 @@ var families = []metric{
 	}),
 	m("enforcement", "kills_total", "counter", "GPU processes of the container killed for exceeding its memory limit.",
 		perEnforced(func(st enforce.Stats) float64 { return float64(st.Kills) })),
-	m("enforcement", "limits_in_force", "gauge", "1 if the agent can act on the container's cgroup, 0 if its limits are not enforced.",
-		perEnforced(func(st enforce.Stats) float64 { return bit(st.InForce) })),
 	m("enforcement", "memory_limit_events_total", "counter", "Times the container went over its GPU memory limit.",
 		perEnforced(func(st enforce.Stats) float64 { return float64(st.MemoryEvents) })),
 	m("enforcement", "throttled_seconds_total", "counter", "Time the container's cgroup was frozen to keep it inside its compute share.",

@@ -23,7 +23,7 @@ func (f fixed) Snapshot() *node.Snapshot { return f.s }
 type enforcement struct{}
 
 func (enforcement) Stats() map[string]enforce.Stats {
-	return map[string]enforce.Stats{cidA: {Throttled: 2500 * time.Millisecond, Duty: 0.4, InForce: true, DriverMemoryLimits: map[string]uint64{"GPU-aaa": 10 << 30}}}
+	return map[string]enforce.Stats{cidA: {Throttled: 2500 * time.Millisecond, Duty: 0.4, Compute: enforce.ReasonEnforced, Memory: enforce.ReasonEnforced, DriverMemoryLimits: map[string]uint64{"GPU-aaa": 10 << 30}}}
 }
 
 func (enforcement) DriverStats() (enforce.DriverStats, bool) {
@@ -33,6 +33,12 @@ func (enforcement) DriverStats() (enforce.DriverStats, bool) {
 func (enforcement) Failures() uint64 { return 1 }
 
 func (enforcement) Tiers() (string, string) { return "freezer", "driver" }
+
+// Node: the fixture's node has no freezer, so b, whose processes it has
+// not seen, reads unenforced as the node does.
+func (enforcement) Node() enforce.NodeState {
+	return enforce.NodeState{Compute: enforce.ReasonNoFreezer, Memory: enforce.ReasonEnforced}
+}
 
 const cidA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 
@@ -153,6 +159,16 @@ gpuslice_container_sm_utilization_of_limit_ratio{container="main",gpu="0",namesp
 # TYPE gpuslice_container_sm_utilization_ratio gauge
 gpuslice_container_sm_utilization_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.2
 gpuslice_container_sm_utilization_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0.5
+# HELP gpuslice_enforcement_available 1 when the tier (resource compute or memory) can engage on the node at all, 0 when not, with the reason; where compute reads 0 the node hands out shares it cannot hold, or, under --enforcement=required, offers no slices.
+# TYPE gpuslice_enforcement_available gauge
+gpuslice_enforcement_available{reason="enforced",resource="memory"} 1
+gpuslice_enforcement_available{reason="no-freezer",resource="compute"} 0
+# HELP gpuslice_enforcement_enforced 1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, or why not: disabled, report-only, cgroup-unresolved, no-freezer.
+# TYPE gpuslice_enforcement_enforced gauge
+gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",reason="enforced",resource="compute",uuid="GPU-aaa"} 1
+gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",reason="enforced",resource="memory",uuid="GPU-aaa"} 1
+gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="b",reason="enforced",resource="memory",uuid="GPU-aaa"} 1
+gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="b",reason="no-freezer",resource="compute",uuid="GPU-aaa"} 0
 # HELP gpuslice_enforcement_compute_duty_ratio Share of each throttle period the container may run; 1 when not throttled.
 # TYPE gpuslice_enforcement_compute_duty_ratio gauge
 gpuslice_enforcement_compute_duty_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.4
@@ -160,10 +176,6 @@ gpuslice_enforcement_compute_duty_ratio{container="main",gpu="0",namespace="ml",
 # HELP gpuslice_enforcement_failures_total Containers that could not be enforced and cgroups that vanished under a throttle.
 # TYPE gpuslice_enforcement_failures_total counter
 gpuslice_enforcement_failures_total 1
-# HELP gpuslice_enforcement_limits_in_force 1 if the agent can act on the container's cgroup, 0 if its limits are not enforced.
-# TYPE gpuslice_enforcement_limits_in_force gauge
-gpuslice_enforcement_limits_in_force{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1
-gpuslice_enforcement_limits_in_force{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
 # HELP gpuslice_enforcement_throttled_seconds_total Time the container's cgroup was frozen to keep it inside its compute share.
 # TYPE gpuslice_enforcement_throttled_seconds_total counter
 gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 2.5
@@ -321,9 +333,10 @@ func TestEmptySnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	// build_info, the histogram, five error counters, enforcement
-	// failures, four driver limit operation counters.
-	if n != 12 {
-		t.Errorf("%d series before the first sample, want 12", n)
+	// failures, four driver limit operation counters, whether each of the
+	// two tiers can engage on the node.
+	if n != 14 {
+		t.Errorf("%d series before the first sample, want 14", n)
 	}
 }
 
