@@ -99,6 +99,10 @@ type DRAConfig struct {
 
 // EnforcementConfig controls how containers are held to their shares.
 type EnforcementConfig struct {
+	// Mode is best-effort (a tier that cannot engage on the node is
+	// reported, and slices are still offered) or required (then the node
+	// offers no slices: every one is Unhealthy, with the reason).
+	Mode string `json:"mode,omitempty"`
 	// Compute turns the compute throttle on.
 	Compute bool `json:"compute"`
 	// Policy is burst or strict, for every container.
@@ -203,6 +207,7 @@ func defaultConfig(getenv func(string) string) Config {
 		NodeName:        getenv(contract.EnvNodeName),
 		SysfsRoot:       nv.SysfsRoot, SampleInterval: Duration{time.Second},
 		Enforcement: EnforcementConfig{
+			Mode:               modeBestEffort,
 			Compute:            true,
 			Policy:             string(enforce.Burst),
 			Period:             Duration{enforce.DefaultOptions().Period},
@@ -251,6 +256,7 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.DurationVar(&c.SampleInterval.Duration, "sample-interval", c.SampleInterval.Duration, "how often GPUs, processes and the kubelet are sampled for metrics")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's name (default $NODE_NAME)")
 	fs.StringVar(&c.SysfsRoot, "sysfs-root", c.SysfsRoot, "where sysfs is mounted, for GPUs' NUMA nodes")
+	fs.StringVar(&c.Enforcement.Mode, "enforcement", c.Enforcement.Mode, "best-effort (a tier that cannot engage on this node is reported per container and node, and slices are still offered) or required (then no slices are offered: each is Unhealthy, with the reason)")
 	fs.BoolVar(&c.Enforcement.Compute, "enforce-compute", c.Enforcement.Compute, "hold each container to its compute share by freezing its cgroup for part of each period")
 	fs.StringVar(&c.Enforcement.Policy, "compute-policy", c.Enforcement.Policy, "burst (hold to the share only while others want the GPU) or strict (always)")
 	fs.StringVar(&c.Enforcement.MemoryPolicy, "memory-policy", c.Enforcement.MemoryPolicy, "a container over its GPU memory: kill (its newest GPU processes until it fits), log, or off")
@@ -629,8 +635,28 @@ func (c Config) enforceOptions() (enforce.Options, error) {
 	o.DriverMemoryLimits = c.Enforcement.DriverMemoryLimits
 	o.ProcRoot = c.ProcRoot
 	o.UnauthorizedExempt = c.Enforcement.UnauthorizedExemptNamespaces
+	switch c.Enforcement.Mode {
+	case modeBestEffort:
+	case modeRequired:
+		// Required enforcement of a tier turned off would offer nothing,
+		// ever: say so at start instead.
+		if !o.Compute && !o.MPS {
+			return o, errors.New("--enforcement=required needs the compute tier: drop --enforce-compute=false (or enable MPS)")
+		}
+		if o.Memory != enforce.MemoryKill {
+			return o, fmt.Errorf("--enforcement=required needs --memory-policy=kill, not %s", o.Memory)
+		}
+	default:
+		return o, fmt.Errorf("--enforcement %q: want %s or %s", c.Enforcement.Mode, modeBestEffort, modeRequired)
+	}
 	return o, nil
 }
+
+// The values of --enforcement.
+const (
+	modeBestEffort = "best-effort"
+	modeRequired   = "required"
+)
 
 // splitList splits a comma-separated flag value, dropping empty items.
 func splitList(v string) []string {

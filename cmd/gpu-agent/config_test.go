@@ -158,6 +158,9 @@ func TestLoadConfigErrors(t *testing.T) {
 		"a later apiVersion":      {file: "apiVersion: gpuslice.io/v2\nkind: AgentConfig\n", want: `apiVersion "gpuslice.io/v2"`},
 		"wrong kind":              {file: "apiVersion: gpuslice.io/v1alpha1\nkind: Node\n", want: `kind "Node"`},
 		"vgpu to DRA without DRA": {args: []string{"--dra-extended-resource"}, want: "--dra-extended-resource needs --dra"},
+		"unknown enforcement":     {args: []string{"--enforcement=strict"}, want: `--enforcement "strict": want best-effort or required`},
+		"required, compute off":   {args: []string{"--enforcement=required", "--enforce-compute=false"}, want: "--enforcement=required needs the compute tier"},
+		"required, memory logged": {args: []string{"--enforcement=required", "--memory-policy=log"}, want: "--enforcement=required needs --memory-policy=kill"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -46,8 +46,19 @@ type laneNode struct {
 // flags.
 func startLane(t *testing.T, name string, extra ...string) *laneNode {
 	t.Helper()
+	n := startLaneOn(t, cgrouptest.NewUsersHost(t, "/sys/fs/cgroup", name), append([]string{"--cgroup-root=/sys/fs/cgroup"}, extra...)...)
+	if !strings.Contains(n.agent.stderr.String(), "agent runs in a private cgroup namespace") {
+		t.Fatalf("the agent did not find itself in a private cgroup namespace:\n%s", n.agent.stderr.String())
+	}
+	return n
+}
+
+// startLaneOn starts the agent in its private cgroup namespace in host h;
+// extra flags come last (and so win).
+func startLaneOn(t *testing.T, h *cgrouptest.UsersHost, extra ...string) *laneNode {
+	t.Helper()
 	n := &laneNode{
-		host:    cgrouptest.NewUsersHost(t, "/sys/fs/cgroup", name),
+		host:    h,
 		st:      stubKubelet(t, "preset: H100-80GB\ncount: 1\ndriverMemoryLimits: true\n"),
 		runtime: t.TempDir(),
 		addr:    freePort(t),
@@ -57,16 +68,13 @@ func startLane(t *testing.T, name string, extra ...string) *laneNode {
 	if n.bin, err = fakegpu.BuildWorkload(t.TempDir()); err != nil {
 		t.Fatal(err)
 	}
-	args := append(n.st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms", "--cgroup-root=/sys/fs/cgroup",
+	args := append(n.st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms",
 		"--runtime-state-dirs="+n.runtime, "--metrics-address="+n.addr)
 	n.agent = startAgentWith(t, func(args ...string) *exec.Cmd {
 		return cgrouptest.InPrivateNamespace(n.host.AgentDir(t), append([]string{agentBin}, args...)...)
 	}, append(args, extra...)...)
 	if n.plugin, err = n.st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu"); err != nil {
 		t.Fatal(err)
-	}
-	if !strings.Contains(n.agent.stderr.String(), "agent runs in a private cgroup namespace") {
-		t.Fatalf("the agent did not find itself in a private cgroup namespace:\n%s", n.agent.stderr.String())
 	}
 	return n
 }
@@ -245,4 +253,63 @@ func TestUsersHostLane(t *testing.T) {
 	if greedy.exited(0) || escaped.exited(0) {
 		t.Error("a workload within its limits was killed")
 	}
+}
+
+// TestUsersHostLaneUnresolved: where the agent cannot place its own cgroup
+// namespace (here its cgroup root is a mount of a subtree it is not in),
+// nothing is guessed and nothing is silent: each container reads
+// unenforced with reason cgroup-unresolved, a Warning is logged per
+// container, the node's compute tier reads unavailable; under
+// --enforcement=required the node offers no slices at all.
+func TestUsersHostLaneUnresolved(t *testing.T) {
+	t.Parallel()
+	t.Run("best-effort", func(t *testing.T) {
+		t.Parallel()
+		h := cgrouptest.NewUsersHost(t, "/sys/fs/cgroup", "gpuslice-lane-unresolved")
+		elsewhere := h.PodDir(t, "besteffort", "0c0c0c0c-0c0c-4c0c-8c0c-0c0c0c0c0c0c")
+		n := startLaneOn(t, h, "--cgroup-root="+elsewhere, "--compute-policy=strict")
+		w := n.run(t, n.container(t, "ml/greedy", "main", 2), 1, 1024)
+		n.waitMetric(t, "gpuslice_enforcement_enforced", map[string]string{"namespace": "ml", "pod": "greedy", "container": "main",
+			"resource": "compute", "reason": "cgroup-unresolved"}, func(v float64) bool { return v == 0 })
+		n.waitMetric(t, "gpuslice_enforcement_available", map[string]string{"resource": "compute", "reason": "cgroup-unresolved"},
+			func(v float64) bool { return v == 0 })
+		if !strings.Contains(n.agent.stderr.String(), `msg="cannot enforce compute share" namespace=ml pod=greedy container=main reason=cgroup-unresolved`) {
+			t.Errorf("no warning for the unenforced container:\n%s", n.agent.stderr.String())
+		}
+		if w.exited(0) {
+			t.Error("the workload was killed")
+		}
+		if len(n.plugin.Devices()) == 0 || n.plugin.Devices()[0].Health != "Healthy" {
+			t.Errorf("best-effort withheld the slices: %v", n.plugin.Devices())
+		}
+	})
+	t.Run("required", func(t *testing.T) {
+		t.Parallel()
+		h := cgrouptest.NewUsersHost(t, "/sys/fs/cgroup", "gpuslice-lane-required")
+		elsewhere := h.PodDir(t, "besteffort", "0d0d0d0d-0d0d-4d0d-8d0d-0d0d0d0d0d0d")
+		n := startLaneOn(t, h, "--cgroup-root="+elsewhere, "--enforcement=required")
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			devs := n.plugin.Devices()
+			unhealthy := 0
+			for _, d := range devs {
+				if d.Health == "Unhealthy" {
+					unhealthy++
+				}
+			}
+			if len(devs) == 10 && unhealthy == 10 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("slices offered under --enforcement=required on a node that cannot enforce: %v", devs)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if _, err := n.plugin.Allocate(ctxT(t), "ml/any", "main", 1); err == nil {
+			t.Error("Allocate succeeded on a node that withholds its slices")
+		}
+		if !strings.Contains(n.agent.stderr.String(), "offering no slices: enforcement is required and cannot engage on this node") {
+			t.Errorf("the agent did not say why it offers nothing:\n%s", n.agent.stderr.String())
+		}
+	})
 }

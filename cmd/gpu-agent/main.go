@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
@@ -94,9 +95,9 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 		return err
 	}
 	defer k.close()
-	ns := cgroupNamespace(cfg, log)
+	ns, nsErr := cgroupNamespace(cfg, log)
 	eopts := cfg.Enforce
-	eopts.Logger, eopts.Events, eopts.Namespace = log, k.events, ns
+	eopts.Logger, eopts.Events, eopts.Namespace, eopts.NamespaceErr = log, k.events, ns, nsErr
 	if k.policies != nil {
 		eopts.PodPolicy = k.policies.Policy
 	}
@@ -110,6 +111,7 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 		return err
 	}
 	defer gpus.close(log)
+	requireEnforcement(cfg, enforcer, gpus.plugin, log)
 	podres, err := podresources.New(cfg.PodResources)
 	if err != nil {
 		return err
@@ -170,7 +172,7 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 // container on a unified host), so the cgroup paths it reads of other
 // containers can be made host paths. Without it those paths stay
 // unresolved, and their containers are reported unenforceable.
-func cgroupNamespace(cfg Resolved, log *slog.Logger) attribution.Namespace {
+func cgroupNamespace(cfg Resolved, log *slog.Logger) (attribution.Namespace, error) {
 	ns, err := attribution.DiscoverOwnNamespace(cfg.CgroupRoot)
 	switch {
 	case err != nil:
@@ -178,7 +180,30 @@ func cgroupNamespace(cfg Resolved, log *slog.Logger) attribution.Namespace {
 	case ns.Private():
 		log.Info("agent runs in a private cgroup namespace; cgroup paths are resolved against its roots", "roots", ns.String())
 	}
-	return ns
+	return ns, err
+}
+
+// requireEnforcement withholds every slice when the administrator
+// required enforcement and a tier cannot engage on the node; otherwise a
+// tier that cannot engage is only reported (metrics, log).
+func requireEnforcement(cfg Resolved, enforcer *enforce.Enforcer, plugin *deviceplugin.Plugin, log *slog.Logger) {
+	n := enforcer.Node()
+	var why []string
+	for _, t := range []struct{ tier, reason string }{{"compute", n.Compute}, {"memory", n.Memory}} {
+		// A tier the administrator turned off is a choice, not a failure
+		// (and --enforcement=required refuses that configuration).
+		if t.reason != enforce.ReasonEnforced && t.reason != enforce.ReasonDisabled && t.reason != enforce.ReasonReportOnly {
+			why = append(why, "the "+t.tier+" tier cannot engage ("+t.reason+")")
+		}
+	}
+	if len(why) == 0 {
+		return
+	}
+	if cfg.Enforcement.Mode == modeRequired {
+		plugin.Withhold(strings.Join(why, "; "))
+		return
+	}
+	log.Warn("enforcement cannot engage on this node; slices are offered anyway (--enforcement=best-effort)", "reason", strings.Join(why, "; "))
 }
 
 // startEnforcer takes the node lock, waiting for a predecessor still

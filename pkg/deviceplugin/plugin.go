@@ -53,6 +53,9 @@ type Plugin struct {
 
 	mu      sync.Mutex
 	health  map[string]nvml.Health       // GPU UUID -> latest health
+	// withheld, when set, is why no slice is offered at all (enforcement
+	// the administrator required cannot engage on the node).
+	withheld string
 	xids    map[string]map[uint64]uint64 // GPU UUID -> XID -> times reported
 	changed chan struct{}                // closed and replaced on every health change
 
@@ -137,6 +140,31 @@ func (p *Plugin) SetHealth(h nvml.Health) {
 	}
 }
 
+// Withhold offers every slice as Unhealthy, and refuses every Allocate,
+// for reason: the node cannot hold the shares it would hand out and the
+// administrator asked for enforcement or nothing (--enforcement=required).
+// An empty reason offers them again.
+func (p *Plugin) Withhold(reason string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.withheld == reason {
+		return
+	}
+	p.withheld = reason
+	close(p.changed)
+	p.changed = make(chan struct{})
+	if reason != "" {
+		p.log.Error("offering no slices: enforcement is required and cannot engage on this node", "reason", reason)
+	}
+}
+
+// Withheld is why no slice is offered, or "".
+func (p *Plugin) Withheld() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.withheld
+}
+
 // Registered reports whether the kubelet accepted the plugin's latest
 // registration.
 func (p *Plugin) Registered() bool { return p.registered.Load() }
@@ -187,7 +215,7 @@ func (p *Plugin) snapshot() ([]*pluginapi.Device, <-chan struct{}) {
 	devs := make([]*pluginapi.Device, len(ids))
 	for i, id := range ids {
 		h := pluginapi.Healthy
-		if !p.health[id.UUID].Healthy {
+		if !p.health[id.UUID].Healthy || p.withheld != "" {
 			h = pluginapi.Unhealthy
 		}
 		devs[i] = &pluginapi.Device{ID: id.String(), Health: h}
@@ -279,6 +307,9 @@ func (p *Plugin) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*p
 func (p *Plugin) checkHealth(containers [][]vgpu.SliceID) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.withheld != "" {
+		return status.Errorf(codes.FailedPrecondition, "no slices are offered on this node: enforcement is required and %s", p.withheld)
+	}
 	for _, slices := range containers {
 		for _, s := range slices {
 			if h := p.health[s.UUID]; !h.Healthy {

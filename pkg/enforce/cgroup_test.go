@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
@@ -300,6 +302,96 @@ func TestUnreachableContainerCountedOnce(t *testing.T) {
 	e.Apply(snap)             // back: a new episode, counted again
 	if n := e.Failures(); n != 2 {
 		t.Errorf("Failures() = %d after the container came back, want 2", n)
+	}
+}
+
+// eventLog is a Recorder that keeps what it is given.
+type eventLog struct {
+	mu   sync.Mutex
+	list []string // "<type> <namespace>/<pod> <reason>: <message>"
+}
+
+func (l *eventLog) Normal(p events.Pod, reason, msg string)  { l.add("Normal", p, reason, msg) }
+func (l *eventLog) Warning(p events.Pod, reason, msg string) { l.add("Warning", p, reason, msg) }
+func (l *eventLog) add(typ string, p events.Pod, reason, msg string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.list = append(l.list, typ+" "+p.Namespace+"/"+p.Name+" "+reason+": "+msg)
+}
+
+// TestUnenforceableContainerIsReported: a container whose cgroup cannot
+// be reached is reported per container, with the reason (its cgroup path
+// relative to an unresolved namespace, or no freezer where it points), in
+// its stats and in one Warning Event on its pod, and the node's compute
+// tier reads unavailable where no freezer exists at all.
+func TestUnenforceableContainerIsReported(t *testing.T) {
+	t.Parallel()
+	log := &eventLog{}
+	o := DefaultOptions()
+	o.CgroupRoot = t.TempDir() // no freezer anywhere
+	o.State = StateFile{Path: filepath.Join(t.TempDir(), "e.json")}
+	o.Events = log
+	e, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	snap := &node.Snapshot{Containers: []node.Container{
+		{Namespace: "ml", Pod: "p", Container: "c", GPU: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
+			Cgroup: attribution.Container{ContainerID: "x", Paths: map[string]string{"": "/no/such/cgroup"}}},
+		{Namespace: "ml", Pod: "q", Container: "c", GPU: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
+			Cgroup: attribution.Container{ContainerID: "y", Paths: map[string]string{}, Unresolved: "relative to an unresolved cgroup namespace"}},
+	}}
+	for range 3 {
+		e.Apply(snap)
+	}
+	stats := e.Stats()
+	if st := stats["x"]; st.Compute != ReasonNoFreezer || st.Memory != ReasonEnforced {
+		t.Errorf("x: %+v, want compute no-freezer, memory enforced", st)
+	}
+	if st := stats["y"]; st.Compute != ReasonCgroupUnresolved || st.Memory != ReasonEnforced {
+		t.Errorf("y: %+v, want compute cgroup-unresolved, memory enforced", st)
+	}
+	log.mu.Lock()
+	got := append([]string(nil), log.list...)
+	log.mu.Unlock()
+	slices.Sort(got)
+	if len(got) != 2 || !strings.HasPrefix(got[0], "Warning ml/p GPUComputeShareUnenforced: The 30% compute share of container c on GPU 0 cannot be enforced (no-freezer)") ||
+		!strings.HasPrefix(got[1], "Warning ml/q GPUComputeShareUnenforced: The 30% compute share of container c on GPU 0 cannot be enforced (cgroup-unresolved): relative to an unresolved cgroup namespace") {
+		t.Errorf("events = %q; want one Warning per container, with its reason", got)
+	}
+	if n := e.Node(); n.Compute != ReasonNoFreezer || n.Memory != ReasonEnforced {
+		t.Errorf("node = %+v; want compute no-freezer (no freezer under the cgroup root), memory enforced", n)
+	}
+}
+
+// TestCheckNode: what each tier needs of the node.
+func TestCheckNode(t *testing.T) {
+	t.Parallel()
+	host := DefaultOptions() // this host: v1 freezer and v2 at unified
+	if !freezerOnHost(host.CgroupRoot) {
+		cgrouptest.Skip(t, "no freezer under %s", host.CgroupRoot)
+	}
+	off := host
+	off.Compute, off.Memory = false, MemoryLog
+	mps := host
+	mps.MPS, mps.Memory = true, MemoryOff
+	none := host
+	none.CgroupRoot = t.TempDir()
+	for name, tc := range map[string]struct {
+		o     Options
+		nsErr error
+		want  NodeState
+	}{
+		"this host":                   {o: host, want: NodeState{ReasonEnforced, ReasonEnforced}},
+		"turned off, memory only log": {o: off, want: NodeState{ReasonDisabled, ReasonReportOnly}},
+		"mps holds compute":           {o: mps, want: NodeState{ReasonEnforced, ReasonDisabled}},
+		"no freezer":                  {o: none, want: NodeState{ReasonNoFreezer, ReasonEnforced}},
+		"namespace not placed":        {o: host, nsErr: errors.New("no cgroup lists the agent"), want: NodeState{ReasonCgroupUnresolved, ReasonEnforced}},
+	} {
+		if got := CheckNode(tc.o, tc.nsErr); got != tc.want {
+			t.Errorf("%s: CheckNode = %+v, want %+v", name, got, tc.want)
+		}
 	}
 }
 
