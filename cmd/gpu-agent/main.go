@@ -369,6 +369,9 @@ func nodeLabels(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, log *slog.Log
 		log.Info("labels without the machine type", "err", err)
 	}
 	compute, _ := enforcer.Tiers()
+	if r := enforcer.Node().Compute; r == enforce.ReasonCgroupUnresolved || r == enforce.ReasonNoFreezer {
+		compute = "unavailable" // the node cannot hold the shares it offers
+	}
 	return labels.For(g.devs, g.sys, g.layout, labels.Options{
 		GFD: cfg.GFDLabels, Enforcement: compute, MPS: cfg.MPS.Enabled, SharedProduct: cfg.GFDSharedProduct,
 		GPUMode: host.GPUMode, Machine: host.Machine,
