@@ -313,7 +313,7 @@ func TestWorkloadsInPodsAreAttributedAndEnforced(t *testing.T) {
 	for {
 		mfs := scrape(t)
 		used, _ := value(mfs, "gpuslice_container_memory_used_bytes", labels)
-		inForce, _ := value(mfs, "gpuslice_enforcement_limits_in_force", labels)
+		inForce, _ := value(mfs, "gpuslice_enforcement_enforced", map[string]string{"namespace": ns, "pod": "greedy", "container": "main", "resource": "compute", "reason": "enforced"})
 		throttled, _ := value(mfs, "gpuslice_enforcement_throttled_seconds_total", labels)
 		if used == 1<<30 && inForce == 1 && throttled > 1 {
 			break
