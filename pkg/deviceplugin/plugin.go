@@ -51,13 +51,13 @@ type Plugin struct {
 	gpuSpecs     map[string]*pluginapi.DeviceSpec
 	numa         map[string]int // GPU UUID -> NUMA node, -1 when unknown
 
-	mu      sync.Mutex
-	health  map[string]nvml.Health       // GPU UUID -> latest health
+	mu     sync.Mutex
+	health map[string]nvml.Health // GPU UUID -> latest health
 	// withheld, when set, is why no slice is offered at all (enforcement
 	// the administrator required cannot engage on the node).
 	withheld string
-	xids    map[string]map[uint64]uint64 // GPU UUID -> XID -> times reported
-	changed chan struct{}                // closed and replaced on every health change
+	xids     map[string]map[uint64]uint64 // GPU UUID -> XID -> times reported
+	changed  chan struct{}                // closed and replaced on every health change
 
 	answers *responses // Allocate's responses, by request
 

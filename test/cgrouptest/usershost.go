@@ -52,7 +52,7 @@ func NewUsersHost(t *testing.T, cgroupRoot, name string) *UsersHost {
 		Skip(t, "no cgroup v2 hierarchy under %s", cgroupRoot)
 	}
 	h := &UsersHost{Mount: mount, Base: filepath.Join(mount, fmt.Sprintf("%s-%d", name, os.Getpid()))}
-	if err := os.Mkdir(h.Base, 0o755); err != nil {
+	if err := os.Mkdir(h.Base, 0o750); err != nil {
 		Skip(t, "cannot create cgroups in %s: %v", mount, err)
 	}
 	if _, err := os.Stat(filepath.Join(h.Base, "cgroup.freeze")); err != nil {
@@ -80,7 +80,7 @@ func (h *UsersHost) PodDir(t *testing.T, qos, podUID string) string {
 	} else {
 		dir = filepath.Join(dir, "kubepods-"+qos+".slice", "kubepods-"+qos+"-pod"+systemdUID(podUID)+".slice")
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -91,7 +91,7 @@ func (h *UsersHost) PodDir(t *testing.T, qos, podUID string) string {
 func (h *UsersHost) ContainerDir(t *testing.T, qos, podUID, containerID string) string {
 	t.Helper()
 	dir := filepath.Join(h.PodDir(t, qos, podUID), "cri-containerd-"+containerID+".scope")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		t.Fatal(err)
 	}
 	return dir
