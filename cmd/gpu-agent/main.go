@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
@@ -187,23 +186,15 @@ func cgroupNamespace(cfg Resolved, log *slog.Logger) (attribution.Namespace, err
 // required enforcement and a tier cannot engage on the node; otherwise a
 // tier that cannot engage is only reported (metrics, log).
 func requireEnforcement(cfg Resolved, enforcer *enforce.Enforcer, plugin *deviceplugin.Plugin, log *slog.Logger) {
-	n := enforcer.Node()
-	var why []string
-	for _, t := range []struct{ tier, reason string }{{"compute", n.Compute}, {"memory", n.Memory}} {
-		// A tier the administrator turned off is a choice, not a failure
-		// (and --enforcement=required refuses that configuration).
-		if t.reason != enforce.ReasonEnforced && t.reason != enforce.ReasonDisabled && t.reason != enforce.ReasonReportOnly {
-			why = append(why, "the "+t.tier+" tier cannot engage ("+t.reason+")")
-		}
-	}
-	if len(why) == 0 {
+	why := enforcer.Node().CannotEngage()
+	if why == "" {
 		return
 	}
 	if cfg.Enforcement.Mode == modeRequired {
-		plugin.Withhold(strings.Join(why, "; "))
+		plugin.Withhold(why)
 		return
 	}
-	log.Warn("enforcement cannot engage on this node; slices are offered anyway (--enforcement=best-effort)", "reason", strings.Join(why, "; "))
+	log.Warn("enforcement cannot engage on this node; slices are offered anyway (--enforcement=best-effort)", "reason", why)
 }
 
 // startEnforcer takes the node lock, waiting for a predecessor still

@@ -389,8 +389,14 @@ func TestCheckNode(t *testing.T) {
 		"no freezer":                  {o: none, want: NodeState{ReasonNoFreezer, ReasonEnforced}},
 		"namespace not placed":        {o: host, nsErr: errors.New("no cgroup lists the agent"), want: NodeState{ReasonCgroupUnresolved, ReasonEnforced}},
 	} {
-		if got := CheckNode(tc.o, tc.nsErr); got != tc.want {
+		got := CheckNode(tc.o, tc.nsErr)
+		if got != tc.want {
 			t.Errorf("%s: CheckNode = %+v, want %+v", name, got, tc.want)
+		}
+		// Only what cannot engage is a failure; a tier turned off is not.
+		failing := tc.want.Compute == ReasonNoFreezer || tc.want.Compute == ReasonCgroupUnresolved
+		if why := got.CannotEngage(); (why != "") != failing {
+			t.Errorf("%s: CannotEngage = %q", name, why)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package enforce
 import (
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 )
@@ -39,6 +40,19 @@ func Reasons() []string {
 // reason is ReasonEnforced where it can.
 type NodeState struct {
 	Compute, Memory string
+}
+
+// CannotEngage says which tiers cannot engage on the node and why, or ""
+// when every tier can or was turned off by the administrator (a choice,
+// not a failure).
+func (n NodeState) CannotEngage() string {
+	var why []string
+	for _, t := range []struct{ tier, reason string }{{"compute", n.Compute}, {"memory", n.Memory}} {
+		if t.reason != ReasonEnforced && t.reason != ReasonDisabled && t.reason != ReasonReportOnly {
+			why = append(why, "the "+t.tier+" tier cannot engage ("+t.reason+")")
+		}
+	}
+	return strings.Join(why, "; ")
 }
 
 // CheckNode reports whether the tiers the options ask for can engage on
