@@ -3,14 +3,12 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -116,66 +114,21 @@ func laneCID(pod, name string) string {
 	return hex.EncodeToString(h[:])
 }
 
-// laneWorkload is a tenant's GPU process.
+// laneWorkload is a tenant's GPU process and what it wrote to stderr.
 type laneWorkload struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	out  *syncBuffer
-	dir  string // where its state is published
+	*cgrouptest.Workload
+	out *syncBuffer
 }
 
 // run starts a workload in cgroup dir wanting demand of the GPU and mib
 // of its memory.
-func (n *laneNode) run(t *testing.T, dir string, demand float64, mib int) *laneWorkload {
+func (n *laneNode) run(t *testing.T, dir string, demand float64, mib int) laneWorkload {
 	t.Helper()
-	w := &laneWorkload{done: make(chan struct{}), out: &syncBuffer{}, dir: n.st.work}
-	w.cmd = cgrouptest.InCgroup(dir, n.bin, "--dir", n.st.work, "--gpu", n.gpu,
+	cmd := cgrouptest.InCgroup(dir, n.bin, "--dir", n.st.work, "--gpu", n.gpu,
 		"--demand", strconv.FormatFloat(demand, 'f', -1, 64), "--memory-mib", strconv.Itoa(mib), "--tick", "5ms")
-	w.cmd.Stderr = w.out
-	if err := w.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = w.cmd.Wait(); close(w.done) }()
-	t.Cleanup(func() {
-		_ = os.WriteFile(filepath.Join(dir, "cgroup.freeze"), []byte("0"), 0o600)
-		_ = w.cmd.Process.Signal(syscall.SIGKILL)
-		<-w.done
-	})
-	return w
-}
-
-func (w *laneWorkload) exited(d time.Duration) bool {
-	select {
-	case <-w.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
-// asked is the GPU time the workload has asked for, from its own record:
-// it asks only while it runs.
-func (w *laneWorkload) asked(t *testing.T) time.Duration {
-	t.Helper()
-	path := filepath.Join(w.dir, strconv.Itoa(w.cmd.Process.Pid)+".json")
-	for range 200 {
-		var s fakegpu.WorkloadState
-		data, err := os.ReadFile(path)
-		if err == nil && json.Unmarshal(data, &s) == nil {
-			return time.Duration(s.RequestedNanos)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("workload never published its state")
-	return 0
-}
-
-// share is the share of wall time the workload ran over d.
-func (w *laneWorkload) share(t *testing.T, d time.Duration) float64 {
-	t.Helper()
-	a0, t0 := w.asked(t), time.Now()
-	time.Sleep(d)
-	return float64(w.asked(t)-a0) / float64(time.Since(t0))
+	out := &syncBuffer{}
+	cmd.Stderr = out
+	return laneWorkload{cgrouptest.StartWorkload(t, cmd, n.st.work, dir), out}
 }
 
 // waitMetric scrapes until the series with labels satisfies ok.
@@ -224,16 +177,16 @@ func TestUsersHostLane(t *testing.T) {
 	// Throttled, judged by the work each workload says it did: unheld,
 	// each would run all the time; held, about a fifth.
 	time.Sleep(2 * time.Second)
-	if got := greedy.share(t, 4*time.Second); got > 0.45 {
+	if got := greedy.Share(t, 4*time.Second); got > 0.45 {
 		t.Errorf("the greedy container ran %.2f of the time under a strict 20%% share", got)
 	}
-	if got := escaped.share(t, 2*time.Second); got > 0.45 {
+	if got := escaped.Share(t, 2*time.Second); got > 0.45 {
 		t.Errorf("the pod-level process ran %.2f of the time under its pod's strict 20%% share", got)
 	}
 
 	// Past the driver's limit, an allocation fails inside the container.
 	over := n.run(t, greedyDir, 0.01, 16<<10)
-	if !over.exited(15*time.Second) || !strings.Contains(over.out.String(), "out of memory") {
+	if !over.Exited(15*time.Second) || !strings.Contains(over.out.String(), "out of memory") {
 		t.Errorf("an allocation past the driver limit was not refused: %q", over.out.String())
 	}
 
@@ -241,16 +194,16 @@ func TestUsersHostLane(t *testing.T) {
 	// cgroups only) over its pod's 8.6 GB is killed.
 	n.container(t, "ml/podhog", "main", 1)
 	hog := n.run(t, n.host.PodDir(t, "burstable", kubeletstub.PodUID("ml/podhog")), 0.01, 12<<10)
-	if !hog.exited(20 * time.Second) {
+	if !hog.Exited(20 * time.Second) {
 		t.Error("a pod-level process over its pod's memory was never killed")
 	}
 
 	// A sidecar of a pod holding slices reaches the GPU without any: killed.
 	sidecar := n.run(t, n.container(t, "ml/greedy", "sidecar", 0), 0.3, 1024)
-	if !sidecar.exited(20 * time.Second) {
+	if !sidecar.Exited(20 * time.Second) {
 		t.Error("a sidecar using the GPU without slices was never killed")
 	}
-	if greedy.exited(0) || escaped.exited(0) {
+	if greedy.Exited(0) || escaped.Exited(0) {
 		t.Error("a workload within its limits was killed")
 	}
 }
@@ -276,7 +229,7 @@ func TestUsersHostLaneUnresolved(t *testing.T) {
 		if !strings.Contains(n.agent.stderr.String(), `msg="cannot enforce compute share" namespace=ml pod=greedy container=main reason=cgroup-unresolved`) {
 			t.Errorf("no warning for the unenforced container:\n%s", n.agent.stderr.String())
 		}
-		if w.exited(0) {
+		if w.Exited(0) {
 			t.Error("the workload was killed")
 		}
 		if len(n.plugin.Devices()) == 0 || n.plugin.Devices()[0].Health != "Healthy" {

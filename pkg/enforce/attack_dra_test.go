@@ -54,7 +54,7 @@ func TestAttackDRA(t *testing.T) {
 	greedy := n.run(t, n.container(t, "ml/dra", "main", 0), 1, 1024)
 	sidecar := n.run(t, n.container(t, "ml/dra", "sidecar", 0), 0.5, 1024)
 	unref := n.run(t, n.container(t, "ml/unref", "main", 0), 0.5, 1024)
-	if !sidecar.exited(20*time.Second) || !unref.exited(5*time.Second) {
+	if !sidecar.Exited(20*time.Second) || !unref.Exited(5*time.Second) {
 		t.Fatalf("GPU use no claim reaches was not killed: %+v", n.smp.Snapshot().Unauthorized)
 	}
 	n.waitFor(t, "the claim holder accounted with its claim's limits", func(s *node.Snapshot) bool {
@@ -65,16 +65,16 @@ func TestAttackDRA(t *testing.T) {
 		}
 		return false
 	})
-	if greedy.exited(0) {
+	if greedy.Exited(0) {
 		t.Fatal("the container holding a claim was killed")
 	}
 	// Strict holds it at its claim's 0.3 of the GPU; free it would run
 	// all the time.
 	time.Sleep(time.Second)
-	if got := greedy.share(t, 3*time.Second); got > 0.45 {
+	if got := greedy.Share(t, 3*time.Second); got > 0.45 {
 		t.Errorf("a greedy claim holder ran %.2f of the time, its claim is 0.3", got)
 	}
-	if greedy.exited(0) {
+	if greedy.Exited(0) {
 		t.Error("the container holding a claim was killed")
 	}
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -136,68 +134,13 @@ func (n *attackNode) container(t *testing.T, pod, name string, slices int) strin
 	return dir
 }
 
-// workload is a tenant's GPU process and what it asked of the GPU, read
-// from the workload itself, never through NVML.
-type workload struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	work string
-}
-
 // run starts a workload in the cgroup dir (moved there before it touches
 // the GPU, as a runtime does) with demand and mib of GPU memory.
-func (n *attackNode) run(t *testing.T, dir string, demand float64, mib int) *workload {
+func (n *attackNode) run(t *testing.T, dir string, demand float64, mib int) *cgrouptest.Workload {
 	t.Helper()
-	args := []string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, dir, n.bin, "--dir", n.work, "--gpu", n.node.Devices[0].UUID,
-		"--demand", strconv.FormatFloat(demand, 'f', -1, 64), "--memory-mib", strconv.Itoa(mib), "--tick", "5ms"}
-	cmd := exec.Command("/bin/sh", args...)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	w := &workload{cmd: cmd, done: make(chan struct{}), work: n.work}
-	go func() { _ = cmd.Wait(); close(w.done) }()
-	t.Cleanup(func() {
-		// A frozen process cannot die: thaw its cgroups first.
-		_ = os.WriteFile(filepath.Join(dir, "cgroup.freeze"), []byte("0"), 0o600)
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		<-w.done
-	})
-	return w
-}
-
-// exited reports whether the workload ended within d.
-func (w *workload) exited(d time.Duration) bool {
-	select {
-	case <-w.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
-// asked is the GPU time the workload has asked for: it asks only while it
-// runs, so a frozen workload asks for none.
-func (w *workload) asked(t *testing.T) time.Duration {
-	t.Helper()
-	path := filepath.Join(w.work, strconv.Itoa(w.cmd.Process.Pid)+".json")
-	for range 200 {
-		var s fakegpu.WorkloadState
-		data, err := os.ReadFile(path)
-		if err == nil && json.Unmarshal(data, &s) == nil {
-			return time.Duration(s.RequestedNanos)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("workload never published its state")
-	return 0
-}
-
-// share is the share of wall time the workload ran over d.
-func (w *workload) share(t *testing.T, d time.Duration) float64 {
-	t.Helper()
-	a0, t0 := w.asked(t), time.Now()
-	time.Sleep(d)
-	return float64(w.asked(t)-a0) / float64(time.Since(t0))
+	cmd := cgrouptest.InCgroup(dir, n.bin, "--dir", n.work, "--gpu", n.node.Devices[0].UUID,
+		"--demand", strconv.FormatFloat(demand, 'f', -1, 64), "--memory-mib", strconv.Itoa(mib), "--tick", "5ms")
+	return cgrouptest.StartWorkload(t, cmd, n.work, dir)
 }
 
 // waitFor samples until cond holds on a snapshot.
@@ -232,10 +175,10 @@ func TestAttackTwoGPUContainersInOnePod(t *testing.T) {
 	inB := n.run(t, b, 0.05, 1024)
 	n.waitFor(t, "b's process attributed to b", func(s *node.Snapshot) bool { return processesOf(s, "two", "b") == 1 })
 	hog := n.run(t, a, 0.05, 20<<10) // 20 GiB in a 16 GiB container
-	if !hog.exited(20 * time.Second) {
+	if !hog.Exited(20 * time.Second) {
 		t.Fatalf("a's process over a's limit was never killed: %+v", n.smp.Snapshot().Containers)
 	}
-	if inB.exited(time.Second) {
+	if inB.Exited(time.Second) {
 		t.Error("b's process within b's limit was killed")
 	}
 }
@@ -254,7 +197,7 @@ func TestAttackHostProcessIsNeverCharged(t *testing.T) {
 	forger := n.run(t, host, 1, 70<<10) // greedy, far over any slice
 	n.waitFor(t, "the host process unattributed", func(s *node.Snapshot) bool {
 		for _, u := range s.Unattributed {
-			if u.PID == forger.cmd.Process.Pid && strings.Contains(u.Reason, "not in a pod") {
+			if u.PID == forger.Cmd.Process.Pid && strings.Contains(u.Reason, "not in a pod") {
 				return true
 			}
 		}
@@ -267,7 +210,7 @@ func TestAttackHostProcessIsNeverCharged(t *testing.T) {
 	if len(s.Unauthorized) != 0 {
 		t.Errorf("a host process judged unauthorized: %+v", s.Unauthorized)
 	}
-	if forger.exited(time.Second) {
+	if forger.Exited(time.Second) {
 		t.Error("a host process was killed")
 	}
 }
@@ -287,10 +230,10 @@ func TestAttackNestedCgroupNamedAfterVictim(t *testing.T) {
 	}
 	n.waitFor(t, "the victim's process", func(s *node.Snapshot) bool { return processesOf(s, "victim", "main") == 1 })
 	hog := n.run(t, fake, 0.05, 12<<10) // 12 GiB: over the attacker's 8, within the victim's remaining room
-	if !hog.exited(20 * time.Second) {
+	if !hog.Exited(20 * time.Second) {
 		t.Fatalf("the attacker's process was never killed: %+v", n.smp.Snapshot().Containers)
 	}
-	if inVictim.exited(time.Second) {
+	if inVictim.Exited(time.Second) {
 		t.Error("the victim's process within its limit was killed")
 	}
 }
@@ -317,7 +260,7 @@ func TestAttackEscapeToChildOrPodCgroup(t *testing.T) {
 			n.waitFor(t, "the escaped process attributed", func(s *node.Snapshot) bool { return processesOf(s, "escape", "main") == 1 })
 			// Unthrottled it would run all the time; held, about a fifth.
 			time.Sleep(3 * time.Second)
-			if got := w.share(t, 4*time.Second); got > 0.45 {
+			if got := w.Share(t, 4*time.Second); got > 0.45 {
 				t.Errorf("escaped to the %s cgroup, the process ran %.2f of the time; want about 0.20", where, got)
 			}
 		})
@@ -346,7 +289,7 @@ func TestAttackMoveAfterBeingSeen(t *testing.T) {
 		c := cgroupOf(s)
 		return c.ContainerID != "" && !c.PodLevel()
 	})
-	pid := strconv.Itoa(w.cmd.Process.Pid)
+	pid := strconv.Itoa(w.Cmd.Process.Pid)
 	if err := os.WriteFile(filepath.Join(n.podDir("ml/mover"), "cgroup.procs"), []byte(pid), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -369,10 +312,10 @@ func TestAttackGPUUseWithoutSlices(t *testing.T) {
 		legit := n.run(t, gpuCtr, 0.05, 1024)
 		sidecar := n.run(t, n.container(t, "ml/mixed", "sidecar", 0), 0.5, 1024)
 		stranger := n.run(t, n.container(t, "ml/noslices", "main", 0), 0.5, 1024)
-		if !sidecar.exited(20*time.Second) || !stranger.exited(5*time.Second) {
+		if !sidecar.Exited(20*time.Second) || !stranger.Exited(5*time.Second) {
 			t.Fatalf("unauthorized GPU use not killed: %+v", n.smp.Snapshot().Unauthorized)
 		}
-		if legit.exited(time.Second) {
+		if legit.Exited(time.Second) {
 			t.Error("the container holding slices was killed")
 		}
 		if st := n.enf.UnauthorizedStats(); st.Killed < 2 {
@@ -390,11 +333,11 @@ func TestAttackGPUUseWithoutSlices(t *testing.T) {
 		// Frozen it runs not at all, free it runs about half the time; the
 		// bound leaves room for another test's agent starting in parallel,
 		// whose start-up thaw lets it run until the next sample re-freezes.
-		if got := w.share(t, 2*time.Second); got > 0.2 {
+		if got := w.Share(t, 2*time.Second); got > 0.2 {
 			t.Errorf("frozen for unauthorized use, the process still ran %.2f of the time", got)
 		}
 		n.enf.Close()
-		if got := w.share(t, 2*time.Second); got < 0.2 {
+		if got := w.Share(t, 2*time.Second); got < 0.2 {
 			t.Errorf("after Close the process ran %.2f of the time: still frozen", got)
 		}
 	})
@@ -416,7 +359,7 @@ func TestBlindAgentHoldsThrottle(t *testing.T) {
 	}
 	n.waitFor(t, "the container blind", func(s *node.Snapshot) bool { return len(s.Containers) == 1 && s.Containers[0].Blind })
 	time.Sleep(time.Second)
-	if got := w.share(t, 3*time.Second); got > 0.45 {
+	if got := w.Share(t, 3*time.Second); got > 0.45 {
 		t.Errorf("while the agent was blind the process ran %.2f of the time: the throttle let go", got)
 	}
 	if st := n.enf.Stats()[cid("ml/greedy", "main")]; st.Duty >= 0.5 {
@@ -443,7 +386,7 @@ func TestAttackOnOffAgainstStrict(t *testing.T) {
 		for {
 			select {
 			case <-stop:
-				_ = w.cmd.Process.Signal(syscall.SIGUSR2)
+				_ = w.Cmd.Process.Signal(syscall.SIGUSR2)
 				return
 			case <-time.After(time.Second):
 			}
@@ -452,11 +395,11 @@ func TestAttackOnOffAgainstStrict(t *testing.T) {
 			if on {
 				sig = syscall.SIGUSR2
 			}
-			_ = w.cmd.Process.Signal(sig)
+			_ = w.Cmd.Process.Signal(sig)
 		}
 	}()
 	time.Sleep(4 * time.Second)
-	got := w.share(t, 20*time.Second)
+	got := w.Share(t, 20*time.Second)
 	close(stop)
 	<-toggled
 	if got > 0.26 {
