@@ -105,7 +105,7 @@ bench-accuracy: ## The compute-accuracy gate: the throttle against the GPU model
 
 .PHONY: gpu-check-build
 gpu-check-build: build ## Build the real-GPU kit (bin/gpu-check, bin/gpu-agent) to carry to a GPU machine with no network.
-	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/gpu-check ./test/gpucheck
+	$(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/gpu-check ./test/gpucheck
 
 .PHONY: gpu-check
 gpu-check: ## On a machine with an NVIDIA GPU, CUDA and PyTorch (root, no Go needed): run the kit and write docs/gpu-validation.md (at most 8 minutes).
@@ -113,8 +113,8 @@ gpu-check: ## On a machine with an NVIDIA GPU, CUDA and PyTorch (root, no Go nee
 	$(BIN)/gpu-check --mode real --agent $(BIN)/gpu-agent --report docs/gpu-validation.md --budget 8m
 
 .PHONY: gpu-check-dry
-gpu-check-dry: gpu-check-build ## Run the real-GPU kit here against the fake libnvidia-ml and fake workloads (root; about a minute).
-	$(BIN)/gpu-check --mode dry --agent $(BIN)/gpu-agent --report $(BIN)/gpu-validation-dry.md --settle 8s --measure 8s
+gpu-check-dry: gpu-check-build ## Run the real-GPU kit here against the fake libnvidia-ml and fake workloads (root; about three minutes).
+	$(BIN)/gpu-check --mode dry --agent $(BIN)/gpu-agent --report $(BIN)/gpu-validation-dry.md --settle 4s --measure 3s
 	@cat $(BIN)/gpu-validation-dry.md
 
 .PHONY: bench-smoke

@@ -175,6 +175,12 @@ func TestHelmInstall(t *testing.T) {
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
+		// ... from inside a private cgroup namespace, as containerd starts
+		// it on a unified cgroup v2 host (the cluster's runc wrapper gives
+		// the chart's agent container one).
+		if logs := agentLog(t, 0); !strings.Contains(logs, "agent runs in a private cgroup namespace") {
+			t.Errorf("the chart's agent did not run in a private cgroup namespace:\n%s", logs)
+		}
 		// 1 slice (5 GiB of an A100-40GB), 12 GiB held: killed by signal.
 		if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(pod("hog", 1, "exec /bin/workload --demand 0.1 --memory-mib 12288")), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)

@@ -323,6 +323,12 @@ func TestWorkloadsInPodsAreAttributedAndEnforced(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+	// The agent attributed and throttled it from inside a private cgroup
+	// namespace (StartAgent starts it in one), where the pod's cgroup path
+	// reads relative to the agent's own.
+	if !strings.Contains(c.AgentOutput(), "agent runs in a private cgroup namespace") {
+		t.Errorf("the agent is not in a private cgroup namespace:\n%s", c.AgentLogs())
+	}
 	// Its measured share holds near its limit.
 	share := measuredShare(t, labels, 5*time.Second)
 	t.Logf("greedy pod's measured share under strict: %.1f%% (limit 50%%)", share*100)

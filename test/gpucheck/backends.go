@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	_ "embed" // the PyTorch workload
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gpuslice/gpuslice/test/fakegpu"
@@ -73,6 +75,89 @@ func (r *real) startHog(cg string, env []string, mib uint64) (*proc, error) {
 	return start(cmd)
 }
 
+func (r *real) startLatency(cg string, env []string) (*proc, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	steps := filepath.Join(r.dir, fmt.Sprintf("steps-%d", time.Now().UnixNano()))
+	cmd := exec.Command(self, "exec", cg, r.python, r.script, "--latency", steps)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	p, err := start(cmd)
+	if err != nil {
+		return nil, err
+	}
+	p.progress = steps
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(steps); err == nil {
+			return p, nil
+		}
+		if p.exited() {
+			return p, fmt.Errorf("the latency victim exited at start: %v", p.cmd.ProcessState)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return p, errors.New("the latency victim reported no step in 90 s")
+}
+
+// steps reads the victim's step file: one duration in seconds a line; a
+// last line still being written is left for the next read.
+func (r *real) steps(p *proc) ([]float64, error) {
+	data, err := os.ReadFile(p.progress)
+	if err != nil {
+		return nil, err
+	}
+	if i := strings.LastIndexByte(string(data), '\n'); i >= 0 {
+		data = data[:i+1]
+	} else {
+		data = nil
+	}
+	var out []float64
+	for _, f := range strings.Fields(string(data)) {
+		v, err := strconv.ParseFloat(f, 64)
+		if err != nil {
+			return nil, fmt.Errorf("step file: %q", f)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// startMPS starts an MPS control daemon with its pipe and log directories
+// of its own; where the driver, the GPU's compute mode or the container
+// refuse it, the error says so.
+func (r *real) startMPS() ([]string, func(), error) {
+	pipe, logs := filepath.Join(r.dir, "mps-pipe"), filepath.Join(r.dir, "mps-log")
+	for _, d := range []string{pipe, logs} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, nil, err
+		}
+	}
+	env := []string{"CUDA_MPS_PIPE_DIRECTORY=" + pipe, "CUDA_MPS_LOG_DIRECTORY=" + logs}
+	cmd := exec.Command("nvidia-cuda-mps-control", "-d")
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, nil, fmt.Errorf("nvidia-cuda-mps-control -d: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	stop := func() {
+		q := exec.Command("nvidia-cuda-mps-control")
+		q.Env = append(os.Environ(), env...)
+		q.Stdin = strings.NewReader("quit\n")
+		_ = q.Run()
+	}
+	return env, stop, nil
+}
+
+func (r *real) mig() string {
+	out, err := exec.Command("nvidia-smi", "--query-gpu=index,mig.mode.current", "--format=csv,noheader").CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("unknown (nvidia-smi: %v)", err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
 func (r *real) work(p *proc) (float64, float64, error) {
 	data, err := os.ReadFile(p.progress)
 	if err != nil {
@@ -120,8 +205,11 @@ func (r *real) environment() []string {
 	}
 	return []string{
 		"GPU: " + run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"),
+		"CUDA (driver): " + cudaVersion(run("nvidia-smi")),
 		"PyTorch: " + run(r.python, "-c", "import torch; print(torch.__version__, 'CUDA', torch.version.cuda)"),
 		"Kernel: " + run("uname", "-r"),
+		"Cgroups: " + cgroupMode(),
+		"Kit: gpu-check " + version,
 	}
 }
 
@@ -130,6 +218,9 @@ func (r *real) close() {}
 // dry runs fake workloads on a fake node, read through the fake
 // libnvidia-ml, so the whole kit runs where there is no GPU.
 type dry struct {
+	mu        sync.Mutex
+	recorders map[int]*stepRecorder // the latency victims', by pid
+
 	node         *fakegpu.Node
 	lib, workDir string
 	workload     string
@@ -139,7 +230,7 @@ type dry struct {
 }
 
 func newDry(dir string) (*dry, error) {
-	d := &dry{workDir: filepath.Join(dir, "workloads"), state: filepath.Join(dir, "nvml-state")}
+	d := &dry{workDir: filepath.Join(dir, "workloads"), state: filepath.Join(dir, "nvml-state"), recorders: map[int]*stepRecorder{}}
 	if err := os.Mkdir(d.workDir, 0o750); err != nil {
 		return nil, err
 	}
@@ -197,6 +288,38 @@ func (d *dry) startHog(cg string, env []string, mib uint64) (*proc, error) {
 	return d.start(cg, env, "--demand", "0.1", "--memory-mib", "1024", "--grow-to-mib", strconv.FormatUint(mib, 10), "--grow-after", "2s")
 }
 
+// startLatency starts a fake workload wanting a fifth of the GPU; its
+// steps are the wall time each millisecond of GPU time took to be served,
+// polled every 2 ms (the fake serves no requests of its own).
+func (d *dry) startLatency(cg string, env []string) (*proc, error) {
+	p, err := d.start(cg, env, "--demand", "0.2", "--memory-mib", "512")
+	if err != nil {
+		return nil, err
+	}
+	rec := &stepRecorder{}
+	d.mu.Lock()
+	d.recorders[p.pid()] = rec
+	d.mu.Unlock()
+	go rec.run(p, func() time.Duration { return d.node.Served(p.pid()) })
+	return p, nil
+}
+
+func (d *dry) steps(p *proc) ([]float64, error) {
+	d.mu.Lock()
+	rec := d.recorders[p.pid()]
+	d.mu.Unlock()
+	if rec == nil {
+		return nil, fmt.Errorf("pid %d is no latency victim", p.pid())
+	}
+	return rec.all(), nil
+}
+
+func (d *dry) startMPS() ([]string, func(), error) {
+	return nil, nil, errors.New("no MPS on the fake GPU")
+}
+
+func (d *dry) mig() string { return "not applicable (the fake GPU has no MIG mode)" }
+
 func (d *dry) work(p *proc) (float64, float64, error) {
 	return d.node.Served(p.pid()).Seconds(), float64(time.Now().UnixNano()) / 1e9, nil
 }
@@ -217,10 +340,76 @@ func (d *dry) environment() []string {
 	return []string{
 		"GPU: none. Dry run: the fake libnvidia-ml (test/fakegpu) on one H200-141GB preset, fake workloads instead of PyTorch",
 		"Judge: GPU time the fake node served each workload (its completed work), not NVML",
+		"Kernel: " + kernel(),
+		"Cgroups: " + cgroupMode(),
+		"Kit: gpu-check " + version,
 	}
 }
 
 func (d *dry) close() {
 	d.cancel()
 	<-d.done
+}
+
+// stepRecorder turns a fake workload's served GPU time into steps: the
+// wall time each millisecond of it took.
+type stepRecorder struct {
+	mu    sync.Mutex
+	steps []float64
+}
+
+func (s *stepRecorder) run(p *proc, served func() time.Duration) {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	last, at := served(), time.Now()
+	for {
+		select {
+		case <-p.done:
+			return
+		case now := <-t.C:
+			if cur := served(); cur-last >= time.Millisecond {
+				s.mu.Lock()
+				s.steps = append(s.steps, now.Sub(at).Seconds())
+				s.mu.Unlock()
+				last, at = cur, now
+			}
+		}
+	}
+}
+
+func (s *stepRecorder) all() []float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]float64(nil), s.steps...)
+}
+
+// cgroupMode says how the machine mounts cgroups.
+func cgroupMode() string {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return "unified cgroup v2"
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.controllers"); err == nil {
+		return "hybrid (cgroup v1 controllers, v2 at /sys/fs/cgroup/unified)"
+	}
+	return "cgroup v1"
+}
+
+func kernel() string {
+	out, err := exec.Command("uname", "-r").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// cudaVersion reads "CUDA Version: X.Y" from nvidia-smi's banner.
+func cudaVersion(banner string) string {
+	_, rest, ok := strings.Cut(banner, "CUDA Version:")
+	if !ok {
+		return "unknown"
+	}
+	if f := strings.Fields(rest); len(f) > 0 {
+		return f[0]
+	}
+	return "unknown"
 }

@@ -23,8 +23,13 @@ import (
 
 const resource = "nvidia.com/vgpu"
 
-// slicesPerGPU is how the agent cuts the GPU: limits are tenths.
-const slicesPerGPU = 10
+// slicesPerGPU is how the agent cuts the GPU: limits are twentieths, so
+// 10/30/60, 30/70 and 4 × 25 % are all whole slices.
+const slicesPerGPU = 20
+
+// windows is how many times each scenario is measured, one window after
+// another once it has settled.
+const windows = 3
 
 // proc is one workload process the check started.
 type proc struct {
@@ -63,19 +68,55 @@ type backend interface {
 	// driverView is each process's GPU memory as the driver's own tool
 	// reports it, and the tool's name.
 	driverView(uuid string) (map[int]uint64, string, error)
+	// startLatency starts the latency victim: a small inference-style
+	// loop, idle between steps, that records each step's duration.
+	startLatency(cg string, env []string) (*proc, error)
+	// steps is every step duration (seconds) the victim has recorded.
+	steps(p *proc) ([]float64, error)
+	// startMPS starts an MPS control daemon and returns the environment
+	// that points clients at it and how to stop it; an error where the
+	// machine does not allow it.
+	startMPS() (env []string, stop func(), err error)
+	// mig says whether the GPU is in MIG mode, read without changing it.
+	mig() string
 	environment() []string
 	close()
 }
 
-// scenario is one measured run of loops under strict limits.
+// loopSpec is one workload of a scenario: a pod holding slices (0: a
+// process outside every pod, which the agent never throttles), running the
+// saturating loop or the latency victim.
+type loopSpec struct {
+	slices  int
+	latency bool
+}
+
+// scenario is one measured run of workloads under one policy.
 type scenario struct {
 	name   string
-	slices []int
-	rates  []float64 // work per second
-	shares []float64 // against the solo rate
-	agent  []float64 // the agent's own reading: busy seconds per second
-	duty   []float64 // the throttle's duty at the end
-	err    error
+	policy string // the agent's compute policy while it ran
+	loops  []loopSpec
+	// rates is each loop's completed work per second in each window;
+	// raw, its work counted each second over every window.
+	rates, raw [][]float64
+	// steps are the latency victim's step durations over the windows.
+	steps [][]float64
+	agent []float64 // the agent's own reading: busy seconds per second
+	duty  []float64 // the throttle's duty at the end
+	err   error
+}
+
+// mean, low and high of a loop's windows.
+func (s scenario) stats(i int) (mean, lo, hi float64) {
+	if i >= len(s.rates) || len(s.rates[i]) == 0 {
+		return 0, 0, 0
+	}
+	lo, hi = s.rates[i][0], s.rates[i][0]
+	for _, r := range s.rates[i] {
+		mean += r
+		lo, hi = min(lo, r), max(hi, r)
+	}
+	return mean / float64(len(s.rates[i])), lo, hi
 }
 
 // attribution compares the agent's view of one container with the driver's.
@@ -102,11 +143,19 @@ type check struct {
 
 	env       []string
 	freezer   string
+	policy    string // the running agent's compute policy
+	baseline  float64
 	solo      float64
 	scenarios []scenario
+	latency   []scenario
+	burst     *scenario
+	mps       string // why the MPS case did not run, if it did not
+	migMode   string
+	driverLog string // what the agent said of the driver's memory limits
 	attrib    []attribution
 	attribSrc string
 	attribErr error
+	extraEnv  []string // every workload's extra environment (MPS)
 	hog       string
 	tier      string
 	failures  []string
@@ -155,34 +204,127 @@ func (c *check) step(format string, args ...any) {
 
 func (c *check) runAll() {
 	c.env = c.b.environment()
+	c.migMode = c.b.mig()
 	c.step("cgroup freezer")
 	c.freezer = c.checkFreezer()
-	c.step("starting the kubelet stand-in and the agent")
-	if err := c.startAgent(); err != nil {
+	c.step("starting the kubelet stand-in and the agent (strict)")
+	if err := c.startAgent("strict"); err != nil {
 		c.fail("agent: %v", err)
 		return
 	}
-	c.step("solo rate")
-	solo := c.runScenario("solo", []int{slicesPerGPU}, false)
-	if solo.err != nil || len(solo.rates) != 1 || solo.rates[0] <= 0 {
-		c.fail("solo run: %v", solo.err)
+	c.driverLog = c.driverTierLog()
+	if err := c.findGPU(); err != nil {
+		c.fail("%v", err)
 		return
 	}
-	c.solo = solo.rates[0]
+	c.step("uncapped baseline")
+	base := c.runScenario("uncapped", []loopSpec{{}})
+	if base.err != nil || len(base.rates) != 1 {
+		c.fail("uncapped baseline: %v", base.err)
+		return
+	}
+	c.baseline, _, _ = base.stats(0)
+	c.step("a lone tenant at 100%% under strict")
+	solo := c.runScenario("strict-100", []loopSpec{{slices: slicesPerGPU}})
+	if solo.err != nil || len(solo.rates) != 1 {
+		c.fail("lone tenant: %v", solo.err)
+		return
+	}
+	c.solo, _, _ = solo.stats(0)
+	c.scenarios = append(c.scenarios, base, solo)
 	for _, sc := range []struct {
 		name   string
 		slices []int
-	}{{"strict-30-70", []int{3, 7}}, {"strict-10-30-60", []int{1, 3, 6}}} {
+	}{{"strict-30-70", []int{6, 14}}, {"strict-10-30-60", []int{2, 6, 12}}} {
 		c.step("scenario %s", sc.name)
-		r := c.runScenario(sc.name, sc.slices, sc.name == "strict-10-30-60")
+		loops := make([]loopSpec, len(sc.slices))
+		for i, n := range sc.slices {
+			loops[i] = loopSpec{slices: n}
+		}
+		r := c.runScenario(sc.name, loops)
 		if r.err != nil {
 			c.fail("scenario %s: %v", sc.name, r.err)
 		}
 		c.scenarios = append(c.scenarios, r)
 	}
+	c.runLatency()
+	c.step("four tenants at 25%% under burst")
+	if err := c.restartAgent("burst"); err != nil {
+		c.fail("restart the agent under burst: %v", err)
+	} else {
+		q := slicesPerGPU / 4
+		r := c.runScenario("burst-4x25", []loopSpec{{slices: q}, {slices: q}, {slices: q}, {slices: q}})
+		if r.err != nil {
+			c.fail("scenario burst-4x25: %v", r.err)
+		}
+		c.burst = &r
+	}
 	c.step("memory hog")
 	c.hog = c.runHog()
 	c.tier = c.memoryTier()
+}
+
+// runLatency runs the latency victim alone, then beside a greedy
+// neighbour: under strict (each holds half the GPU), under plain
+// time-slicing (both outside every pod: nothing holds either), and under
+// MPS where the machine allows it.
+func (c *check) runLatency() {
+	half := slicesPerGPU / 2
+	for _, sc := range []struct {
+		name  string
+		loops []loopSpec
+	}{
+		{"victim alone", []loopSpec{{slices: half, latency: true}}},
+		{"beside a greedy neighbour, strict", []loopSpec{{slices: half, latency: true}, {slices: half}}},
+		{"beside a greedy neighbour, time-slicing", []loopSpec{{latency: true}, {}}},
+	} {
+		c.step("latency: %s", sc.name)
+		r := c.runScenario(sc.name, sc.loops)
+		if r.err != nil {
+			c.fail("latency %s: %v", sc.name, r.err)
+		}
+		c.latency = append(c.latency, r)
+	}
+	c.step("latency: beside a greedy neighbour, MPS")
+	env, stop, err := c.b.startMPS()
+	if err != nil {
+		c.mps = err.Error()
+		return
+	}
+	defer stop()
+	saved := c.extraEnv
+	c.extraEnv = env
+	r := c.runScenario("beside a greedy neighbour, MPS", []loopSpec{{latency: true}, {}})
+	c.extraEnv = saved
+	if r.err != nil {
+		c.mps = r.err.Error()
+		return
+	}
+	c.latency = append(c.latency, r)
+}
+
+// findGPU reads the GPU's UUID from the slices the agent offers.
+func (c *check) findGPU() error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if devs := c.plugin.Devices(); len(devs) > 0 {
+			c.uuid, _, _ = strings.Cut(devs[0].ID, "::")
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return errors.New("the agent offered no slices in 10 s")
+}
+
+// driverTierLog is what the agent logged about the driver's per-cgroup
+// memory limits at start.
+func (c *check) driverTierLog() string {
+	for _, line := range strings.Split(c.agentLog(), "\n") {
+		if strings.Contains(line, "driver GPU memory limits") {
+			return strings.TrimSpace(line)
+		}
+	}
+	return "(nothing logged: the tier was not asked for)"
 }
 
 // checkFreezer runs a CPU spinner in a cgroup and reports whether freezing
@@ -252,7 +394,7 @@ func start(cmd *exec.Cmd) (*proc, error) {
 	return p, nil
 }
 
-func (c *check) startAgent() error {
+func (c *check) startAgent(policy string) error {
 	k, err := kubeletstub.Start(c.dir)
 	if err != nil {
 		return err
@@ -262,6 +404,34 @@ func (c *check) startAgent() error {
 	if c.podres, err = k.ServePodResources(sock); err != nil {
 		return err
 	}
+	return c.runAgent(policy)
+}
+
+// restartAgent stops the agent (it thaws what it froze) and starts it
+// again under another compute policy.
+func (c *check) restartAgent(policy string) error {
+	c.stopAgent()
+	return c.runAgent(policy)
+}
+
+func (c *check) stopAgent() {
+	if c.agent == nil || c.agent.Process == nil {
+		return
+	}
+	_ = c.agent.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.agentOK:
+	case <-time.After(10 * time.Second):
+		_ = c.agent.Process.Kill()
+		<-c.agentOK
+	}
+	c.agent = nil
+}
+
+// runAgent starts the agent under policy and waits for it to register.
+func (c *check) runAgent(policy string) error {
+	sock := filepath.Join(c.dir, "pod-resources.sock")
+	c.policy = policy
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -270,13 +440,13 @@ func (c *check) startAgent() error {
 	_ = l.Close()
 	args := append([]string{
 		"--device-plugin-dir=" + c.dir, "--pod-resources-socket=" + sock, "--metrics-address=" + c.addr,
-		"--cgroup-root=/sys/fs/cgroup", "--slices-per-gpu=" + strconv.Itoa(slicesPerGPU), "--compute-policy=strict",
+		"--cgroup-root=/sys/fs/cgroup", "--slices-per-gpu=" + strconv.Itoa(slicesPerGPU), "--compute-policy=" + policy,
 		"--enforcement-state=" + filepath.Join(c.dir, "enforcement.json"), "--unauthorized-gpu-use=log",
 		"--node-labels=false", "--runtime-state-dirs=" + filepath.Join(c.dir, "no-runtime"),
 	}, c.b.agentArgs()...)
 	c.agent = exec.Command(c.o.agent, args...)
 	c.agent.Env = append(os.Environ(), c.b.agentEnv()...)
-	logf, err := os.Create(filepath.Join(c.dir, "agent.log"))
+	logf, err := os.OpenFile(filepath.Join(c.dir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
@@ -288,7 +458,14 @@ func (c *check) startAgent() error {
 	go func() { _ = c.agent.Wait(); _ = logf.Close(); close(c.agentOK) }()
 	ctx, cancel := context.WithTimeout(c.ctx, 60*time.Second)
 	defer cancel()
-	if c.plugin, err = k.WaitPlugin(ctx, resource); err != nil {
+	if prev := c.plugin; prev != nil {
+		// A restarted agent registers anew: wait for its connection, not
+		// the stand-in's to the agent that stopped.
+		if err := c.kubelet.WaitFor(ctx, func(k *kubeletstub.Kubelet) bool { return k.PluginLocked(resource) != prev }); err != nil {
+			return fmt.Errorf("the restarted agent never registered %s: %w\n%s", resource, err, c.agentLog())
+		}
+	}
+	if c.plugin, err = c.kubelet.WaitPlugin(ctx, resource); err != nil {
 		return fmt.Errorf("the agent never registered %s: %w\n%s", resource, err, c.agentLog())
 	}
 	return nil
@@ -340,14 +517,19 @@ func (c *check) evict(p pod, procs ...*proc) {
 			pr.kill()
 		}
 	}
-	c.plugin.Release(p.name, "main")
-	_ = cgrouptest.RemoveTree(filepath.Dir(p.cg), 5*time.Second) // best effort: the run goes on
+	dir := p.cg // a process outside every pod: its cgroup alone
+	if p.envs != nil {
+		c.plugin.Release(p.name, "main")
+		dir = filepath.Dir(p.cg) // the pod's
+	}
+	_ = cgrouptest.RemoveTree(dir, 5*time.Second) // best effort: the run goes on
 }
 
-// runScenario runs one greedy loop per entry of slices, settles, and
-// measures each loop's completed work per second.
-func (c *check) runScenario(name string, slices []int, attribute bool) scenario {
-	r := scenario{name: name, slices: slices}
+// runScenario starts each loop (a pod holding its slices, or a process
+// outside every pod), settles, and measures each loop's completed work
+// per second over consecutive windows.
+func (c *check) runScenario(name string, loops []loopSpec) scenario {
+	r := scenario{name: name, policy: c.policy, loops: loops}
 	var pods []pod
 	var procs []*proc
 	defer func() {
@@ -355,13 +537,19 @@ func (c *check) runScenario(name string, slices []int, attribute bool) scenario 
 			c.evict(pods[i], procs[i])
 		}
 	}()
-	for i, n := range slices {
-		p, err := c.admit(fmt.Sprintf("check/%s-%d", name, i), n)
+	for i, l := range loops {
+		p, err := c.place(fmt.Sprintf("check/%s-%d", strings.ReplaceAll(name, " ", "-"), i), l.slices)
 		if err != nil {
 			r.err = err
 			return r
 		}
-		pr, err := c.b.startLoop(p.cg, append(os.Environ(), p.env...))
+		env := append(append(os.Environ(), p.env...), c.extraEnv...)
+		var pr *proc
+		if l.latency {
+			pr, err = c.b.startLatency(p.cg, env)
+		} else {
+			pr, err = c.b.startLoop(p.cg, env)
+		}
 		pods = append(pods, p)
 		procs = append(procs, pr)
 		if err != nil {
@@ -373,14 +561,28 @@ func (c *check) runScenario(name string, slices []int, attribute bool) scenario 
 		r.err = c.ctx.Err()
 		return r
 	}
-	if r.err = c.measure(&r, pods, procs); r.err == nil && attribute {
+	if r.err = c.measure(&r, pods, procs); r.err == nil && name == "strict-10-30-60" {
 		c.attribute(pods, procs)
 	}
 	return r
 }
 
-// measure fills r with each loop's completed work per second over the
-// measured span, beside the agent's reading and duty for its pod.
+// place gives a loop its place: a pod holding slices, or, with none, a
+// cgroup outside every pod, whose process the agent never throttles.
+func (c *check) place(name string, slices int) (pod, error) {
+	if slices > 0 {
+		return c.admit(name, slices)
+	}
+	p := pod{name: name, cg: filepath.Join(c.base, "uncapped", fmt.Sprintf("%x", sha256.Sum256([]byte(name)))[:16])}
+	if c.uuid != "" {
+		p.env = []string{"NVIDIA_VISIBLE_DEVICES=" + c.uuid, "CUDA_VISIBLE_DEVICES=" + c.uuid}
+	}
+	return p, os.MkdirAll(p.cg, 0o750)
+}
+
+// measure fills r with each loop's completed work per second in each
+// window (and each second's work, raw), the victim's step times, and the
+// agent's reading and duty for each pod over the whole span.
 func (c *check) measure(r *scenario, pods []pod, procs []*proc) error {
 	busy := func(mfs map[string]*dto.MetricFamily, name, p string) float64 {
 		ns, pod, _ := strings.Cut(p, "/")
@@ -392,16 +594,67 @@ func (c *check) measure(r *scenario, pods []pod, procs []*proc) error {
 		return err
 	}
 	t0 := time.Now()
-	before := make([][2]float64, len(procs))
+	r.rates = make([][]float64, len(procs))
+	r.raw = make([][]float64, len(procs))
+	r.steps = make([][]float64, len(procs))
+	stepsFrom := make([]int, len(procs))
 	for i, p := range procs {
-		d, at, err := c.b.work(p)
+		if r.loops[i].latency {
+			st, err := c.b.steps(p)
+			if err != nil {
+				return err
+			}
+			stepsFrom[i] = len(st)
+		}
+	}
+	read := func() ([][2]float64, error) {
+		out := make([][2]float64, len(procs))
+		for i, p := range procs {
+			if r.loops[i].latency {
+				continue
+			}
+			if p.exited() {
+				return nil, fmt.Errorf("loop %d exited: %v", i, p.cmd.ProcessState)
+			}
+			d, at, err := c.b.work(p)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = [2]float64{d, at}
+		}
+		return out, nil
+	}
+	for range windows {
+		start, err := read()
 		if err != nil {
 			return err
 		}
-		before[i] = [2]float64{d, at}
-	}
-	if !sleep(c.ctx, c.o.measure) {
-		return c.ctx.Err()
+		prev := start
+		for elapsed := time.Duration(0); elapsed < c.o.measure; elapsed += time.Second {
+			if !sleep(c.ctx, min(time.Second, c.o.measure-elapsed)) {
+				return c.ctx.Err()
+			}
+			now, err := read()
+			if err != nil {
+				return err
+			}
+			for i := range procs {
+				if !r.loops[i].latency {
+					r.raw[i] = append(r.raw[i], now[i][0]-prev[i][0])
+				}
+			}
+			prev = now
+		}
+		for i := range procs {
+			if r.loops[i].latency {
+				continue
+			}
+			rate := 0.0
+			if prev[i][1] > start[i][1] {
+				rate = (prev[i][0] - start[i][0]) / (prev[i][1] - start[i][1])
+			}
+			r.rates[i] = append(r.rates[i], rate)
+		}
 	}
 	m1, err := promtest.Fetch("http://" + c.addr + "/metrics")
 	if err != nil {
@@ -413,21 +666,14 @@ func (c *check) measure(r *scenario, pods []pod, procs []*proc) error {
 		r.duty = append(r.duty, busy(m1, "gpuslice_enforcement_compute_duty_ratio", p.name))
 	}
 	for i, p := range procs {
-		if p.exited() {
-			return fmt.Errorf("loop %d exited: %v", i, p.cmd.ProcessState)
+		if !r.loops[i].latency {
+			continue
 		}
-		d, at, err := c.b.work(p)
+		st, err := c.b.steps(p)
 		if err != nil {
 			return err
 		}
-		rate := 0.0
-		if at > before[i][1] {
-			rate = (d - before[i][0]) / (at - before[i][1])
-		}
-		r.rates = append(r.rates, rate)
-		if c.solo > 0 {
-			r.shares = append(r.shares, rate/c.solo)
-		}
+		r.steps[i] = st[min(stepsFrom[i], len(st)):]
 	}
 	return nil
 }
@@ -519,15 +765,7 @@ func (c *check) memoryTier() string {
 }
 
 func (c *check) close() {
-	if c.agent != nil && c.agent.Process != nil {
-		_ = c.agent.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-c.agentOK:
-		case <-time.After(10 * time.Second):
-			_ = c.agent.Process.Kill()
-			<-c.agentOK
-		}
-	}
+	c.stopAgent()
 	if c.podres != nil {
 		c.podres.Stop()
 	}

@@ -1,21 +1,26 @@
 // Command gpu-check is the real-GPU kit: on a machine with an NVIDIA GPU,
 // CUDA and PyTorch it runs gpu-agent on real NVML against the kubelet
-// stand-in, puts PyTorch matmul loops in pod-shaped cgroups with the
-// environment their slices give them, and records what the agent did, judged
-// by the loops' own completed iterations, never by NVML:
+// stand-in, puts PyTorch loops in pod-shaped cgroups with the environment
+// their slices give them, and records what the agent did, judged by the
+// loops' own completed iterations, never by NVML:
 //
 //   - whether cgroup freezing works on the machine;
-//   - each loop's iterations/s against its solo rate under strict 30/70 and
-//     10/30/60;
+//   - an uncapped baseline, a lone tenant's overhead under strict, shares
+//     under strict 30/70 and 10/30/60 and the work retained, each in three
+//     windows with their range, and every loop's work per second;
+//   - four tenants at 25 % under burst and Jain's fairness index;
+//   - a latency victim's p50/p99 step time alone and beside a greedy
+//     neighbour under strict, time-slicing and (where it starts) MPS;
 //   - the agent's per-container GPU memory against nvidia-smi's per-process
 //     view;
 //   - a memory hog stopped by the watchdog, or refused by the driver tier,
-//     and which memory tier the agent found.
+//     the memory tier the agent found, and the GPU's MIG mode (read only).
 //
-// It writes a Markdown report. --mode=dry runs the same steps on this
-// machine against the fake libnvidia-ml and fake workloads, so CI keeps the
-// kit working (make gpu-check-dry). Everything it runs is built beforehand
-// (make gpu-check-build), because the GPU machine has no network.
+// It writes a Markdown report with its provenance. --mode=dry runs the
+// same steps on this machine against the fake libnvidia-ml and fake
+// workloads, so CI keeps the kit working (make gpu-check-dry). Everything
+// it runs is built beforehand (make gpu-check-build), because the GPU
+// machine has no network.
 //
 //	gpu-check --agent bin/gpu-agent --report docs/gpu-validation.md
 package main
@@ -33,6 +38,9 @@ import (
 	"syscall"
 	"time"
 )
+
+// version is the commit the kit was built from (-ldflags -X main.version).
+var version = "dev"
 
 func main() {
 	if len(os.Args) > 1 {
@@ -68,8 +76,8 @@ func run(args []string) error {
 	fs.StringVar(&o.agent, "agent", "bin/gpu-agent", "gpu-agent binary")
 	fs.StringVar(&o.report, "report", "docs/gpu-validation.md", "Markdown report to write")
 	fs.StringVar(&o.python, "python", "python3", "Python with PyTorch (real mode)")
-	fs.DurationVar(&o.settle, "settle", 30*time.Second, "time each scenario settles before it is measured")
-	fs.DurationVar(&o.measure, "measure", 30*time.Second, "time each scenario is measured")
+	fs.DurationVar(&o.settle, "settle", 8*time.Second, "time each scenario settles before it is measured")
+	fs.DurationVar(&o.measure, "measure", 5*time.Second, "length of each of a scenario's measured windows")
 	fs.DurationVar(&o.budget, "budget", 8*time.Minute, "the whole run's time limit")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -14,9 +14,31 @@ p.add_argument("--progress", help="file the completed iteration count is written
 p.add_argument("--size", type=int, default=8192)
 p.add_argument("--per-sync", type=int, default=4)
 p.add_argument("--hog-mib", type=int, default=0)
+p.add_argument("--latency", help="run the latency victim: small steps, idle between them, each step's seconds appended to this file")
 a = p.parse_args()
 
 dev = torch.device("cuda")
+if a.latency:
+    # An inference-style loop: a request of a few small matmuls, then
+    # 10 ms idle until the next; each request's time is what a user waits.
+    x = torch.randn(2048, 2048, device=dev, dtype=torch.bfloat16)
+    y = torch.randn(2048, 2048, device=dev, dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    pending = []
+    last = time.monotonic()
+    while True:
+        t = time.monotonic()
+        for _ in range(8):
+            z = x @ y
+        torch.cuda.synchronize()
+        pending.append(time.monotonic() - t)
+        if time.monotonic() - last >= 0.2:
+            with open(a.latency, "a") as f:
+                f.write("".join(f"{d:.6f}\n" for d in pending))
+            pending = []
+            last = time.monotonic()
+        time.sleep(0.01)
+
 if a.hog_mib:
     held = []
     for _ in range(a.hog_mib // 1024):

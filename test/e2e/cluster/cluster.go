@@ -282,7 +282,10 @@ func (c *Cluster) startControllerManager() error {
 
 // runcWrapper raises negative oomScoreAdj values to 0 before runc reads
 // them: without CAP_SYS_RESOURCE (as on this machine class) runc cannot
-// set the -998 the pod sandbox asks for.
+// set the -998 the pod sandbox asks for. It also gives the chart's agent
+// container (named agent) a private cgroup namespace, as containerd
+// gives every non-privileged container on a unified cgroup v2 host (on
+// this hybrid host it gives none).
 const runcWrapper = `#!/bin/sh
 bundle=""
 prev=""
@@ -293,6 +296,10 @@ for a in "$@"; do
 done
 if [ -n "$bundle" ] && [ -f "$bundle/config.json" ]; then
 	sed -i 's/"oomScoreAdj": *-[0-9]*/"oomScoreAdj":0/' "$bundle/config.json"
+	if grep -q '"io.kubernetes.cri.container-name": *"agent"' "$bundle/config.json" &&
+		! grep -q '"type": *"cgroup"' "$bundle/config.json"; then
+		sed -i 's/"namespaces": *\[/"namespaces":[{"type":"cgroup"},/' "$bundle/config.json"
+	fi
 fi
 exec %s "$@"
 `
@@ -545,15 +552,35 @@ func (c *Cluster) StopKubelet() {
 	}
 }
 
-// StartAgent starts gpu-agent in the kubelet's mount namespace.
+// agentCgroups are the agent's own cgroups, in the v2 hierarchy and the v1
+// freezer, beside kubepods: its "container" (a kubelet would remove a pod
+// cgroup it does not know of).
+var agentCgroups = []string{"/sys/fs/cgroup/unified/gpuslice-e2e-agent", "/sys/fs/cgroup/freezer/gpuslice-e2e-agent"}
+
+// StartAgent starts gpu-agent in the kubelet's mount namespace and, as
+// containerd starts a non-privileged container on a unified cgroup v2
+// host, in a private cgroup namespace rooted at cgroups of its own (v2 and
+// the v1 freezer): every pod's /proc/<pid>/cgroup then reads relative to
+// the agent's ("0::/../kubepods/..."), so every scenario runs on the
+// agent's resolution of those paths.
 func (c *Cluster) StartAgent() error {
+	script := `for cg in "$@"; do case "$cg" in --) shift; break ;; esac; mkdir -p "$cg" && echo $$ > "$cg/cgroup.procs" || exit 1; shift; done; exec unshare --cgroup "$@"`
+	args := append([]string{"--mount=" + c.MountNS, "--", "/bin/sh", "-c", script, "sh"}, agentCgroups...)
+	args = append(append(args, "--", c.agentBin), c.AgentArgs...)
 	var err error
-	c.agent, err = apiserver.StartProcess("gpu-agent", "nsenter", append([]string{"--mount=" + c.MountNS, "--", c.agentBin}, c.AgentArgs...)...)
+	c.agent, err = apiserver.StartProcess("gpu-agent", "nsenter", args...)
 	if err != nil {
 		return err
 	}
 	c.record(c.agent)
 	return nil
+}
+
+// removeAgentCgroups removes the agent's own cgroups once it has gone.
+func removeAgentCgroups() {
+	for _, cg := range agentCgroups {
+		_ = os.Remove(cg)
+	}
 }
 
 // record appends a started process's PID to <dir>/pids, for ReapStale.
@@ -644,6 +671,7 @@ func (c *Cluster) Stop() {
 	}
 	removeRunContainerd()
 	RemoveKubepodsCgroups()
+	removeAgentCgroups()
 	unmountUnder(c.Dir)
 	_ = os.RemoveAll(c.Dir)
 }
