@@ -594,19 +594,48 @@ func (c *check) measure(r *scenario, pods []pod, procs []*proc) error {
 		return err
 	}
 	t0 := time.Now()
-	r.rates = make([][]float64, len(procs))
-	r.raw = make([][]float64, len(procs))
-	r.steps = make([][]float64, len(procs))
-	stepsFrom := make([]int, len(procs))
+	// The victim's steps before the windows are the settling's.
+	from := make([]int, len(procs))
 	for i, p := range procs {
 		if r.loops[i].latency {
 			st, err := c.b.steps(p)
 			if err != nil {
 				return err
 			}
-			stepsFrom[i] = len(st)
+			from[i] = len(st)
 		}
 	}
+	if err := c.measureWindows(r, procs); err != nil {
+		return err
+	}
+	m1, err := promtest.Fetch("http://" + c.addr + "/metrics")
+	if err != nil {
+		return err
+	}
+	span := time.Since(t0).Seconds()
+	for _, p := range pods {
+		r.agent = append(r.agent, (busy(m1, "gpuslice_container_gpu_busy_seconds_total", p.name)-busy(m0, "gpuslice_container_gpu_busy_seconds_total", p.name))/span)
+		r.duty = append(r.duty, busy(m1, "gpuslice_enforcement_compute_duty_ratio", p.name))
+	}
+	r.steps = make([][]float64, len(procs))
+	for i, p := range procs {
+		if !r.loops[i].latency {
+			continue
+		}
+		st, err := c.b.steps(p)
+		if err != nil {
+			return err
+		}
+		r.steps[i] = st[min(from[i], len(st)):]
+	}
+	return nil
+}
+
+// measureWindows measures each saturating loop's work per second in each
+// window, and its work in each second.
+func (c *check) measureWindows(r *scenario, procs []*proc) error {
+	r.rates = make([][]float64, len(procs))
+	r.raw = make([][]float64, len(procs))
 	read := func() ([][2]float64, error) {
 		out := make([][2]float64, len(procs))
 		for i, p := range procs {
@@ -655,25 +684,6 @@ func (c *check) measure(r *scenario, pods []pod, procs []*proc) error {
 			}
 			r.rates[i] = append(r.rates[i], rate)
 		}
-	}
-	m1, err := promtest.Fetch("http://" + c.addr + "/metrics")
-	if err != nil {
-		return err
-	}
-	span := time.Since(t0).Seconds()
-	for _, p := range pods {
-		r.agent = append(r.agent, (busy(m1, "gpuslice_container_gpu_busy_seconds_total", p.name)-busy(m0, "gpuslice_container_gpu_busy_seconds_total", p.name))/span)
-		r.duty = append(r.duty, busy(m1, "gpuslice_enforcement_compute_duty_ratio", p.name))
-	}
-	for i, p := range procs {
-		if !r.loops[i].latency {
-			continue
-		}
-		st, err := c.b.steps(p)
-		if err != nil {
-			return err
-		}
-		r.steps[i] = st[min(stepsFrom[i], len(st)):]
 	}
 	return nil
 }
