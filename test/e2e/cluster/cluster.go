@@ -297,7 +297,7 @@ done
 if [ -n "$bundle" ] && [ -f "$bundle/config.json" ]; then
 	sed -i 's/"oomScoreAdj": *-[0-9]*/"oomScoreAdj":0/' "$bundle/config.json"
 	if grep -q '"io.kubernetes.cri.container-name": *"agent"' "$bundle/config.json" &&
-		! grep -q '"type": *"cgroup"' "$bundle/config.json"; then
+		! grep -q '{"type": *"cgroup"' "$bundle/config.json"; then # a namespace entry, not the /sys/fs/cgroup mount
 		sed -i 's/"namespaces": *\[/"namespaces":[{"type":"cgroup"},/' "$bundle/config.json"
 	fi
 fi
