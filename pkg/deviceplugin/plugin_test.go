@@ -242,6 +242,40 @@ func unhealthyGPUs(devs []*pluginapi.Device) map[string]int {
 	return out
 }
 
+// TestWithheldSlices: a node that cannot hold the shares it would hand out
+// under --enforcement=required offers every slice Unhealthy in one update
+// and refuses Allocate with the reason; offered again, they allocate.
+func TestWithheldSlices(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	ch := listAndWatch(t, e)
+	if got := unhealthyGPUs(nextList(t, ch)); len(got) != 0 {
+		t.Fatalf("initial list has unhealthy slices: %v", got)
+	}
+	e.plugin.Withhold("the compute tier cannot engage (no-freezer)")
+	want := map[string]int{}
+	for _, d := range e.devs {
+		want[d.UUID] = 4
+	}
+	if diff := cmp.Diff(want, unhealthyGPUs(nextList(t, ch))); diff != "" {
+		t.Fatalf("withheld (-want +got)\n%s", diff)
+	}
+	p := e.kubelet.Plugin(resource)
+	_, err := p.Client().Allocate(ctxT(t), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
+		{DevicesIds: []string{e.devs[0].UUID + "::0"}},
+	}})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "no-freezer") {
+		t.Fatalf("Allocate while withheld = %v; want FailedPrecondition with the reason", err)
+	}
+	e.plugin.Withhold("")
+	if got := unhealthyGPUs(nextList(t, ch)); len(got) != 0 {
+		t.Fatalf("offered again, unhealthy slices remain: %v", got)
+	}
+	if e.plugin.Withheld() != "" {
+		t.Errorf("Withheld() = %q after offering again", e.plugin.Withheld())
+	}
+}
+
 func TestHealthXIDAndRecovery(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
