@@ -1,12 +1,7 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -94,24 +89,11 @@ func (n *laneNode) container(t *testing.T, pod, name string, slices int) string 
 		}
 		n.limits[pod+"/"+name] = limit
 	}
-	id := laneCID(pod, name)
-	ns, podName, _ := strings.Cut(pod, "/")
-	bundle := fmt.Sprintf(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":%q,`+
-		`"io.kubernetes.cri.sandbox-uid":%q,"io.kubernetes.cri.sandbox-name":%q,"io.kubernetes.cri.sandbox-namespace":%q}}`,
-		name, kubeletstub.PodUID(pod), podName, ns)
-	if err := os.MkdirAll(filepath.Join(n.runtime, id), 0o750); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(n.runtime, id, "config.json"), []byte(bundle), 0o600); err != nil {
+	id, err := kubeletstub.WriteContainerdBundle(n.runtime, pod, name)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return n.host.ContainerDir(t, "burstable", kubeletstub.PodUID(pod), id)
-}
-
-// laneCID is a container's runtime ID, from its pod and name.
-func laneCID(pod, name string) string {
-	h := sha256.Sum256([]byte(pod + "/" + name))
-	return hex.EncodeToString(h[:])
 }
 
 // laneWorkload is a tenant's GPU process and what it wrote to stderr.

@@ -2,8 +2,6 @@ package enforce_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -97,10 +95,7 @@ func startAttackNodeDRA(t *testing.T, configure func(*enforce.Options), kubeletD
 }
 
 // cid is a container's runtime ID, derived from its pod and name.
-func cid(pod, name string) string {
-	h := sha256.Sum256([]byte(pod + "/" + name))
-	return hex.EncodeToString(h[:])
-}
+func cid(pod, name string) string { return kubeletstub.ContainerID(pod, name) }
 
 // podDir is pod's cgroup.
 func (n *attackNode) podDir(pod string) string {
@@ -116,15 +111,8 @@ func (n *attackNode) container(t *testing.T, pod, name string, slices int) strin
 			t.Fatal(err)
 		}
 	}
-	ns, podName, _ := strings.Cut(pod, "/")
-	id := cid(pod, name)
-	bundle := fmt.Sprintf(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":%q,`+
-		`"io.kubernetes.cri.sandbox-uid":%q,"io.kubernetes.cri.sandbox-name":%q,"io.kubernetes.cri.sandbox-namespace":%q}}`,
-		name, kubeletstub.PodUID(pod), podName, ns)
-	if err := os.MkdirAll(filepath.Join(n.runtime, id), 0o750); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(n.runtime, id, "config.json"), []byte(bundle), 0o600); err != nil {
+	id, err := kubeletstub.WriteContainerdBundle(n.runtime, pod, name)
+	if err != nil {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(n.podDir(pod), id)

@@ -60,3 +60,25 @@ func (k *Kubelet) writeCheckpointLocked() error {
 	}
 	return os.Rename(path+".tmp", path)
 }
+
+// ContainerID is a container's runtime ID, derived from its pod
+// ("<namespace>/<name>") and name, as stable as PodUID.
+func ContainerID(pod, name string) string {
+	h := sha256.Sum256([]byte(pod + "/" + name))
+	return fmt.Sprintf("%x", h)
+}
+
+// WriteContainerdBundle records a container of pod (ID ContainerID(pod,
+// name)) as containerd does: its bundle's config.json under runtimeDir,
+// with the CRI annotations that name it. It returns the container's ID.
+func WriteContainerdBundle(runtimeDir, pod, name string) (string, error) {
+	id := ContainerID(pod, name)
+	ns, podName, _ := strings.Cut(pod, "/")
+	bundle := fmt.Sprintf(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":%q,`+
+		`"io.kubernetes.cri.sandbox-uid":%q,"io.kubernetes.cri.sandbox-name":%q,"io.kubernetes.cri.sandbox-namespace":%q}}`,
+		name, PodUID(pod), podName, ns)
+	if err := os.MkdirAll(filepath.Join(runtimeDir, id), 0o750); err != nil {
+		return "", err
+	}
+	return id, os.WriteFile(filepath.Join(runtimeDir, id, "config.json"), []byte(bundle), 0o600)
+}
