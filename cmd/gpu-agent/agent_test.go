@@ -460,3 +460,29 @@ func TestOneAgentPerNode(t *testing.T) {
 		t.Errorf("second agent exit %d", code)
 	}
 }
+
+// TestAgentOnAFreshNode starts the agent as the README's "Running on a GPU
+// node" does, on a host where its state directory does not exist yet: it
+// makes the directory (owner-only) and serves; a state directory that is a
+// symbolic link is refused with one clear line.
+func TestAgentOnAFreshNode(t *testing.T) {
+	t.Parallel()
+	st := stubKubelet(t, "preset: H100-80GB\ncount: 1\n")
+	dir := filepath.Join(t.TempDir(), "var", "lib", "gpuslice")
+	agent := startAgent(t, append(st.agentArgs(), "--metrics-address="+freePort(t), "--enforcement-state="+filepath.Join(dir, "enforcement.json"))...)
+	if _, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu"); err != nil {
+		t.Fatalf("the agent never registered on a fresh node: %v\n%s", err, agent.stderr.String())
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("state directory %s: %v, %v; want 0700", dir, fi, err)
+	}
+
+	link := filepath.Join(t.TempDir(), "gpuslice")
+	if err := os.Symlink(t.TempDir(), link); err != nil {
+		t.Fatal(err)
+	}
+	refused := startAgent(t, append(st.agentArgs(), "--metrics-address="+freePort(t), "--enforcement-state="+filepath.Join(link, "enforcement.json"))...)
+	if code := refused.wait(t); code == 0 || !strings.Contains(refused.stderr.String(), "is a symbolic link") {
+		t.Errorf("a symlinked state directory: exit %d\n%s", code, refused.stderr.String())
+	}
+}

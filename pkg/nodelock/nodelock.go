@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 )
@@ -23,7 +24,12 @@ const poll = 200 * time.Millisecond
 // The kernel drops the lock when its holder exits, however it exits. It
 // returns a function releasing the lock, or ctx's error if ctx ends first.
 func Lock(ctx context.Context, path, holder string, log *slog.Logger) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600) //nolint:gosec // the operator's state file, plus ".lock"
+	if err := StateDir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("node lock: %w", err)
+	}
+	// O_NOFOLLOW: a lock file replaced by a link is refused, never
+	// followed to wherever it points.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600) //nolint:gosec // the operator's state file, plus ".lock"
 	if err != nil {
 		return nil, fmt.Errorf("node lock: %w", err)
 	}
@@ -52,4 +58,31 @@ func Lock(ctx context.Context, path, holder string, log *slog.Logger) (func(), e
 		log.Info("node lock taken: the previous holder stopped", "holder", holder, "lock", path)
 	}
 	return func() { _ = f.Close() }, nil
+}
+
+// StateDir makes the daemon's state directory where it does not exist yet
+// (a fresh node: 0700, with its parents), and refuses one that is a
+// symbolic link, is not a directory, belongs to another user or is
+// writable by everyone: the records written there decide what is thawed
+// and what is held, so nobody else may plant or swap them.
+func StateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("make state directory: %w", err)
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	switch {
+	case st.Mode()&os.ModeSymlink != 0:
+		return fmt.Errorf("state directory %s is a symbolic link; point the flag at the real directory", dir)
+	case !st.IsDir():
+		return fmt.Errorf("state directory %s is not a directory", dir)
+	case st.Mode().Perm()&0o002 != 0:
+		return fmt.Errorf("state directory %s is writable by everyone (%v); make it 0700 or 0755", dir, st.Mode().Perm())
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
+		return fmt.Errorf("state directory %s belongs to uid %d, not this process's %d", dir, sys.Uid, os.Geteuid())
+	}
+	return nil
 }
