@@ -124,6 +124,11 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return backend.WatchHealth(gctx, func(h nvml.Health) {
+			why := ""
+			if !h.Healthy {
+				why = "unhealthy (" + h.Reason + ")"
+			}
+			prep.SetHealth(h.UUID, why)
 			if err := plugin.SetHealth(gctx, h); err != nil {
 				log.Warn("gpu health not published", "uuid", h.UUID, "err", err)
 			}

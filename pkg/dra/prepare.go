@@ -50,6 +50,27 @@ type Preparer struct {
 	mu     sync.Mutex
 	ledger *Ledger
 	state  map[types.UID]Prepared
+	// unhealthy is why each unhealthy GPU is, by UUID.
+	unhealthy map[string]string
+}
+
+// ErrUnhealthyGPU reports a new claim on a GPU that is unhealthy (an XID,
+// lost from the bus): the device plugin refuses such slices at Allocate,
+// and so does Prepare.
+var ErrUnhealthyGPU = errors.New("gpu is unhealthy")
+
+// SetHealth records a GPU's health: reason says why it is unhealthy, ""
+// that it is healthy. New claims on an unhealthy GPU are refused; claims
+// already prepared stay prepared (their pods run on, and a kubelet that
+// restarts prepares them again).
+func (p *Preparer) SetHealth(uuid, reason string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if reason == "" {
+		delete(p.unhealthy, uuid)
+		return
+	}
+	p.unhealthy[uuid] = reason
 }
 
 // NewPreparer loads the record of prepared claims (none when the file
@@ -57,7 +78,7 @@ type Preparer struct {
 // read, or that overcommits a GPU, is an error: starting without it could
 // hand a GPU out twice.
 func NewPreparer(o PreparerOptions) (*Preparer, error) {
-	p := &Preparer{o: o, ledger: NewLedger(), state: map[types.UID]Prepared{}}
+	p := &Preparer{o: o, ledger: NewLedger(), state: map[types.UID]Prepared{}, unhealthy: map[string]string{}}
 	data, err := os.ReadFile(o.StatePath)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -97,6 +118,13 @@ func (p *Preparer) Prepare(claim *resourceapi.ResourceClaim) (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	before, had := p.state[claim.UID]
+	if !had {
+		for _, g := range grants {
+			if why, bad := p.unhealthy[g.UUID]; bad {
+				return "", fmt.Errorf("claim %s/%s: %w: GPU %d (%s): %s", claim.Namespace, claim.Name, ErrUnhealthyGPU, g.Index, g.UUID, why)
+			}
+		}
+	}
 	if err := p.ledger.Admit(claim.UID, grants); err != nil {
 		return "", fmt.Errorf("claim %s/%s: %w", claim.Namespace, claim.Name, err)
 	}

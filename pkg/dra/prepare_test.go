@@ -211,3 +211,43 @@ func TestPreparerBesideTheDevicePlugin(t *testing.T) {
 		t.Errorf("CDI specs %v, want only uid-b's", names)
 	}
 }
+
+// TestPreparerRefusesAnUnhealthyGPU: a new claim on a GPU that is
+// unhealthy is refused and leaves nothing behind, as the device plugin's
+// Allocate refuses its slices; a claim prepared before stays prepared, and
+// preparing it again (a restarted kubelet) still works; once the GPU
+// recovers, new claims are served.
+func TestPreparerRefusesAnUnhealthyGPU(t *testing.T) {
+	t.Parallel()
+	l, devs := node(t, 2, 8, "NVIDIA H100 80GB HBM3", 80<<30)
+	dir := t.TempDir()
+	o := dra.PreparerOptions{
+		Pool: pool, Layout: l, CDIDir: filepath.Join(dir, "cdi"), StatePath: filepath.Join(dir, "prepared.json"),
+		Nodes: dra.Nodes{DevRoot: "/dev", Minor: map[string]int{devs[0].UUID: 0, devs[1].UUID: 1}},
+	}
+	if err := os.Mkdir(o.CDIDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := preparer(t, o)
+	running := claimOf("uid-run", share("gpu-0", 1, 10))
+	if _, err := p.Prepare(running); err != nil {
+		t.Fatal(err)
+	}
+	p.SetHealth(devs[0].UUID, "unhealthy (xid)")
+	if _, err := p.Prepare(claimOf("uid-new", share("gpu-0", 1, 10))); !errors.Is(err, dra.ErrUnhealthyGPU) || !strings.Contains(err.Error(), "xid") {
+		t.Fatalf("a new claim on an unhealthy GPU: %v, want ErrUnhealthyGPU with the reason", err)
+	}
+	if _, err := p.Prepare(running); err != nil {
+		t.Errorf("preparing a running claim again on its now unhealthy GPU: %v", err)
+	}
+	if _, err := p.Prepare(claimOf("uid-other", share("gpu-1", 1, 10))); err != nil {
+		t.Errorf("a claim on the healthy GPU: %v", err)
+	}
+	if got := p.Claims(); len(got) != 2 {
+		t.Errorf("prepared claims %v, want uid-run and uid-other", got)
+	}
+	p.SetHealth(devs[0].UUID, "")
+	if _, err := p.Prepare(claimOf("uid-new", share("gpu-0", 1, 10))); err != nil {
+		t.Errorf("a new claim once the GPU recovered: %v", err)
+	}
+}
