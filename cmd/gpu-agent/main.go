@@ -172,7 +172,7 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 // containers can be made host paths. Without it those paths stay
 // unresolved, and their containers are reported unenforceable.
 func cgroupNamespace(cfg Resolved, log *slog.Logger) (attribution.Namespace, error) {
-	ns, err := attribution.DiscoverOwnNamespace(cfg.CgroupRoot)
+	ns, err := attribution.DiscoverOwnNamespace(cfg.CgroupRoot, cfg.ProcRoot)
 	switch {
 	case err != nil:
 		log.Error("cannot place the agent's cgroup namespace in the host's hierarchy; containers whose cgroups it cannot resolve are reported unenforceable", "err", err)

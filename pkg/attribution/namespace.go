@@ -158,7 +158,15 @@ func (n Namespace) ForPID(procRoot string, pid int) (Container, error) {
 // namespace's root, so the root is the host path with that suffix cut. A
 // v1 hierarchy not mounted under cgroupRoot is left out (its lines are
 // then unresolved); the v2 hierarchy, where mounted, must be found.
-func DiscoverNamespace(selfCgroup []byte, cgroupRoot string, pid int) (Namespace, error) {
+//
+// initCgroup is the host's PID 1's cgroup file as this process reads it
+// (nil when unreadable). Host init lives outside every pod, so its line
+// climbs ("..") exactly as many levels as the namespace's root lies deep:
+// the search then reads only that depth and never descends below it, so a
+// tenant who creates cgroups by the hundred thousand in its own subtree
+// (deeper than any container's own level) cannot make the search give up.
+func DiscoverNamespace(selfCgroup, initCgroup []byte, cgroupRoot string, pid int) (Namespace, error) {
+	hints := depthHints(initCgroup)
 	roots := map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(selfCgroup))
 	for sc.Scan() {
@@ -189,7 +197,11 @@ func DiscoverNamespace(selfCgroup []byte, cgroupRoot string, pid int) (Namespace
 				continue
 			}
 		}
-		root, err := findRoot(mount, self, pid)
+		hint, ok := hints[names[0]]
+		if !ok {
+			hint = -1
+		}
+		root, err := findRoot(mount, self, pid, hint)
 		if err != nil {
 			if v2 {
 				return Namespace{}, fmt.Errorf("find the agent's cgroup v2 namespace root under %s: %w", mount, err)
@@ -207,14 +219,44 @@ func DiscoverNamespace(selfCgroup []byte, cgroupRoot string, pid int) (Namespace
 }
 
 // DiscoverOwnNamespace is DiscoverNamespace for this process, from
-// /proc/self/cgroup: the file is rendered in this process's own namespace
-// whatever procfs it is read through.
-func DiscoverOwnNamespace(cgroupRoot string) (Namespace, error) {
+// /proc/self/cgroup (rendered in this process's own namespace whatever
+// procfs it is read through) and host init's <procRoot>/1/cgroup.
+func DiscoverOwnNamespace(cgroupRoot, procRoot string) (Namespace, error) {
 	data, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		return Namespace{}, fmt.Errorf("read the agent's own cgroups: %w", err)
 	}
-	return DiscoverNamespace(data, cgroupRoot, os.Getpid())
+	init, _ := os.ReadFile(filepath.Join(procRoot, "1", "cgroup")) //nolint:gosec // the operator's --proc-root
+	return DiscoverNamespace(data, init, cgroupRoot, os.Getpid())
+}
+
+// depthHints reads, per hierarchy, how many levels host init's line
+// climbs: the depth of the reader's namespace root there. Lines that do
+// not climb give no hint (a PID 1 that is not the host's, in a PID
+// namespace of its own, reads "/").
+func depthHints(initCgroup []byte) map[string]int {
+	hints := map[string]int{}
+	for line := range strings.SplitSeq(string(initCgroup), "\n") {
+		id, rest, ok1 := strings.Cut(strings.TrimSpace(line), ":")
+		controllers, path, ok2 := strings.Cut(rest, ":")
+		if !ok1 || !ok2 || !strings.HasPrefix(path, "/..") {
+			continue
+		}
+		up := 0
+		for _, e := range strings.Split(strings.Trim(path, "/"), "/") {
+			if e != ".." {
+				break
+			}
+			up++
+		}
+		key := ""
+		if id != "0" || controllers != "" {
+			key, _, _ = strings.Cut(controllers, ",")
+			key = strings.TrimPrefix(key, "name=")
+		}
+		hints[key] = up
+	}
+	return hints
 }
 
 // v1Mount finds a v1 hierarchy's mount under cgroupRoot: the directory
@@ -235,8 +277,9 @@ func v1Mount(cgroupRoot, controllers string, names []string) string {
 const maxNamespaceWalk = 200_000
 
 // findRoot finds the host path of the namespace root in the hierarchy
-// mounted at mount, for a process with pid whose own line reads self.
-func findRoot(mount, self string, pid int) (string, error) {
+// mounted at mount, for a process with pid whose own line reads self;
+// rootDepth, when not negative, is how deep the root lies.
+func findRoot(mount, self string, pid, rootDepth int) (string, error) {
 	if slices.Contains(strings.Split(self, "/"), "..") {
 		return "", fmt.Errorf("the agent's own cgroup %q lies outside its namespace's root", self)
 	}
@@ -244,6 +287,10 @@ func findRoot(mount, self string, pid int) (string, error) {
 	// In the host's namespace the line is the host path already.
 	if holds(filepath.Join(mount, self), pid) {
 		return "/", nil
+	}
+	want := -1 // the depth of the agent's own cgroup, where known
+	if rootDepth >= 0 {
+		want = rootDepth + depth(self)
 	}
 	host := ""
 	seen := 0
@@ -254,10 +301,14 @@ func findRoot(mount, self string, pid int) (string, error) {
 		if !d.IsDir() {
 			return nil
 		}
+		at := depth(strings.TrimPrefix(p, mount))
+		if want >= 0 && at > want {
+			return fs.SkipDir
+		}
 		if seen++; seen > maxNamespaceWalk {
 			return fmt.Errorf("more than %d cgroups under %s", maxNamespaceWalk, mount)
 		}
-		if holds(p, pid) {
+		if (want < 0 || at == want) && holds(p, pid) {
 			host = "/" + strings.TrimPrefix(strings.TrimPrefix(p, mount), "/")
 			return fs.SkipAll
 		}
@@ -277,6 +328,15 @@ func findRoot(mount, self string, pid int) (string, error) {
 		return "", fmt.Errorf("the agent's host cgroup %s does not end with its namespace path %s", host, self)
 	}
 	return filepath.Clean("/" + root), nil
+}
+
+// depth is how many levels below the root a cgroup path lies.
+func depth(p string) int {
+	p = strings.Trim(p, "/")
+	if p == "" {
+		return 0
+	}
+	return strings.Count(p, "/") + 1
 }
 
 // holds reports whether the cgroup directory's cgroup.procs lists pid.

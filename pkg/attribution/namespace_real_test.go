@@ -42,7 +42,7 @@ func TestPrivateNamespaceOnRealCgroups(t *testing.T) {
 	waitIn(t, tenantDir, tenant)
 	waitIn(t, podDir, podLevel)
 
-	script := `cat /proc/self/cgroup; echo --; cat /proc/` + strconv.Itoa(tenant) + `/cgroup; echo --; cat /proc/` + strconv.Itoa(podLevel) + `/cgroup; echo --; exec sleep 60`
+	script := `cat /proc/self/cgroup; echo --; cat /proc/` + strconv.Itoa(tenant) + `/cgroup; echo --; cat /proc/` + strconv.Itoa(podLevel) + `/cgroup; echo --; cat /proc/1/cgroup; echo --; exec sleep 60`
 	reader := cgrouptest.InPrivateNamespace(h.AgentDir(t), "/bin/sh", "-c", script)
 	out, err := reader.StdoutPipe()
 	if err != nil {
@@ -52,16 +52,16 @@ func TestPrivateNamespaceOnRealCgroups(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reader.Process.Kill(); _ = reader.Wait() })
-	var parts [3]strings.Builder
+	var parts [4]strings.Builder
 	sc := bufio.NewScanner(out)
-	for i := 0; i < 3 && sc.Scan(); {
+	for i := 0; i < 4 && sc.Scan(); {
 		if sc.Text() == "--" {
 			i++
 			continue
 		}
 		parts[i].WriteString(sc.Text() + "\n")
 	}
-	self, tenantLines, podLines := parts[0].String(), parts[1].String(), parts[2].String()
+	self, tenantLines, podLines, initLines := parts[0].String(), parts[1].String(), parts[2].String(), parts[3].String()
 
 	// The users' host as the agent meets it: its own cgroup is the root,
 	// the tenant's is relative to it.
@@ -78,7 +78,9 @@ func TestPrivateNamespaceOnRealCgroups(t *testing.T) {
 		t.Fatalf("read as the host's: %+v, %v; want the container named, its v2 cgroup unresolved", c, err)
 	}
 
-	ns, err := attribution.DiscoverNamespace([]byte(self), "/sys/fs/cgroup", reader.Process.Pid)
+	// Host init's line (the test runs in the host's PID namespace) says how
+	// deep the root lies, so the search reads that depth alone.
+	ns, err := attribution.DiscoverNamespace([]byte(self), []byte(initLines), "/sys/fs/cgroup", reader.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

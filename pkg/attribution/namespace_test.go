@@ -171,13 +171,19 @@ func TestDiscoverNamespace(t *testing.T) {
 		"kubepods.slice/kubepods.slice/x/y": {4244},
 	}
 	tests := map[string]struct {
-		self    string
-		hybrid  bool
-		v1      bool
-		want    map[string]string
-		private bool
-		errText string
+		self, init string
+		hybrid     bool
+		v1         bool
+		want       map[string]string
+		private    bool
+		errText    string
 	}{
+		// A tenant's subtree is deeper than any container's own level: with
+		// host init's line saying how deep the root lies, nothing below
+		// that depth is read (the decoy below lists the PID only to show
+		// it is never reached; a kernel lists a process in one cgroup).
+		"host init says how deep": {self: "0::/\n", init: "0::/../../../../init.scope\n",
+			want: map[string]string{"": agentRoot}, private: true},
 		"a private namespace on a unified host": {self: "0::/\n", want: map[string]string{"": agentRoot}, private: true},
 		"the host's namespace":                  {self: "0::" + agentRoot + "\n", want: map[string]string{"": "/"}},
 		"a hybrid host: v2 at unified, v1 freezer beside": {
@@ -205,6 +211,9 @@ func TestDiscoverNamespace(t *testing.T) {
 			if tc.errText == "no cgroup under" {
 				procs[agentRoot] = []int{4243}
 			}
+			if tc.init != "" {
+				procs["aaa.slice/deep/deeper/deeper/deeper"] = []int{pid}
+			}
 			if tc.self == "0::/sub\n" {
 				procs[agentRoot] = nil
 				procs[agentRoot+"/sub"] = []int{pid}
@@ -213,7 +222,7 @@ func TestDiscoverNamespace(t *testing.T) {
 			if tc.v1 {
 				fakeHierarchy(t, filepath.Join(root, "freezer"), false, procs)
 			}
-			ns, err := DiscoverNamespace([]byte(tc.self), root, pid)
+			ns, err := DiscoverNamespace([]byte(tc.self), []byte(tc.init), root, pid)
 			if tc.errText != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.errText) {
 					t.Fatalf("DiscoverNamespace = %v, %v; want an error with %q", ns, err, tc.errText)

@@ -205,13 +205,6 @@ type DriverLimits struct {
 	stats   DriverStats
 }
 
-// ErrNoCgroupV2 reports a host without a cgroup v2 hierarchy.
-var ErrNoCgroupV2 = attribution.ErrNoCgroupV2
-
-// CgroupV2Root finds the cgroup v2 mount under cgroupRoot: the root itself
-// on unified hosts, <root>/unified on hybrid ones.
-func CgroupV2Root(cgroupRoot string) (string, error) { return attribution.CgroupV2Root(cgroupRoot) }
-
 // ErrDriverTierOff reports a driver tier not asked for: turned off, or a
 // memory policy that does not kill (log and off only watch or do nothing).
 var ErrDriverTierOff = errors.New("driver GPU memory limits are off (they need --driver-memory-limits and --memory-policy=kill)")
@@ -240,7 +233,7 @@ func NewDriverLimits(opts DriverOptions) (*DriverLimits, error) {
 	if opts.Events == nil {
 		opts.Events = events.Discard{}
 	}
-	root, err := CgroupV2Root(opts.CgroupRoot)
+	root, err := attribution.CgroupV2Root(opts.CgroupRoot)
 	if err != nil {
 		return nil, err
 	}

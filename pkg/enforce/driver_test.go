@@ -76,7 +76,7 @@ func startDriverNode(t testing.TB) *driverNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := enforce.CgroupV2Root("/sys/fs/cgroup")
+	root, err := attribution.CgroupV2Root("/sys/fs/cgroup")
 	if err != nil {
 		cgrouptest.Skip(t, "%v", err)
 	}
@@ -394,11 +394,11 @@ func TestDriverLimitsUnsupported(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: node, CgroupRoot: "/sys/fs/cgroup", Grants: func(events.Pod) ([]enforce.Grant, error) { return nil, nil }})
-	if !errors.Is(err, nvml.ErrNotSupported) && !errors.Is(err, enforce.ErrNoCgroupV2) {
+	if !errors.Is(err, nvml.ErrNotSupported) && !errors.Is(err, attribution.ErrNoCgroupV2) {
 		t.Fatalf("err = %v, want not supported", err)
 	}
 	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: node, CgroupRoot: t.TempDir(), Grants: func(events.Pod) ([]enforce.Grant, error) { return nil, nil }})
-	if !errors.Is(err, enforce.ErrNoCgroupV2) {
+	if !errors.Is(err, attribution.ErrNoCgroupV2) {
 		t.Fatalf("err = %v, want no cgroup v2", err)
 	}
 }

@@ -31,11 +31,6 @@ const (
 	ReasonNoFreezer = "no-freezer"
 )
 
-// Reasons lists every reason, for references and tests.
-func Reasons() []string {
-	return []string{ReasonEnforced, ReasonDisabled, ReasonReportOnly, ReasonCgroupUnresolved, ReasonNoFreezer}
-}
-
 // NodeState says whether each tier can engage on the node at all: the
 // reason is ReasonEnforced where it can.
 type NodeState struct {
