@@ -360,7 +360,7 @@ func nodeLabels(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, log *slog.Log
 		log.Info("labels without the machine type", "err", err)
 	}
 	compute, _ := enforcer.Tiers()
-	if r := enforcer.Node().Compute; r == enforce.ReasonCgroupUnresolved || r == enforce.ReasonNoFreezer {
+	if enforce.CannotHold(enforcer.Node().Compute) {
 		compute = "unavailable" // the node cannot hold the shares it offers
 	}
 	return labels.For(g.devs, g.sys, g.layout, labels.Options{

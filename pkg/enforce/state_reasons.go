@@ -43,11 +43,17 @@ type NodeState struct {
 func (n NodeState) CannotEngage() string {
 	var why []string
 	for _, t := range []struct{ tier, reason string }{{"compute", n.Compute}, {"memory", n.Memory}} {
-		if t.reason != ReasonEnforced && t.reason != ReasonDisabled && t.reason != ReasonReportOnly {
+		if CannotHold(t.reason) {
 			why = append(why, "the "+t.tier+" tier cannot engage ("+t.reason+")")
 		}
 	}
 	return strings.Join(why, "; ")
+}
+
+// CannotHold reports a reason that is a failure to hold a share, not held
+// and not the administrator's choice (disabled, report-only).
+func CannotHold(reason string) bool {
+	return reason != ReasonEnforced && reason != ReasonDisabled && reason != ReasonReportOnly
 }
 
 // CheckNode reports whether the tiers the options ask for can engage on
