@@ -363,13 +363,16 @@ func TestAgentOnNVMLBackend(t *testing.T) {
 type stubbed struct {
 	kubelet                 *kubeletstub.Kubelet
 	dir, podres, fake, work string
+	// runtime is containerd's state dir, where tests write each
+	// container's bundle.
+	runtime string
 }
 
 // stubKubelet starts a stand-in in a temp dir and writes the fake node
 // (node is the YAML without workloadDir); both end with the test.
 func stubKubelet(t *testing.T, node string) *stubbed {
 	t.Helper()
-	s := &stubbed{dir: t.TempDir(), work: t.TempDir(), fake: filepath.Join(t.TempDir(), "node.yaml")}
+	s := &stubbed{dir: t.TempDir(), work: t.TempDir(), fake: filepath.Join(t.TempDir(), "node.yaml"), runtime: t.TempDir()}
 	if err := os.WriteFile(s.fake, []byte(node+"workloadDir: "+s.work+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +392,8 @@ func stubKubelet(t *testing.T, node string) *stubbed {
 
 // agentArgs are the flags that point an agent at the stand-in.
 func (s *stubbed) agentArgs() []string {
-	return []string{"--gpu-backend=fake", "--fake-config=" + s.fake, "--device-plugin-dir=" + s.dir, "--pod-resources-socket=" + s.podres}
+	return []string{"--gpu-backend=fake", "--fake-config=" + s.fake, "--device-plugin-dir=" + s.dir, "--pod-resources-socket=" + s.podres,
+		"--runtime-state-dirs=" + s.runtime}
 }
 
 // agentSocket is the one agent socket in the plugin dir: each agent

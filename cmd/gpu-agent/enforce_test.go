@@ -24,11 +24,10 @@ func TestNoContainerLeftFrozenAfterSIGKILL(t *testing.T) {
 	t.Parallel()
 	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-sigkill-test-%d", os.Getpid()))
 	st := stubKubelet(t, "preset: H100-80GB\ncount: 1\n")
-	k, work := st.kubelet, st.work
 	state := filepath.Join(t.TempDir(), "enforcement.json")
 	args := append(st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms", "--enforcement-state="+state)
 	first := startAgent(t, append(args, "--compute-policy=strict", "--metrics-address="+freePort(t))...)
-	cg := greedyPod(t, k, work, base, 3, strings.Repeat("c", 64))
+	cg := greedyPod(t, st, base, 3, strings.Repeat("c", 64))
 
 	// Wait until the agent throttles the pod and has recorded it.
 	freeze := filepath.Join(cg, "cgroup.freeze")
@@ -90,9 +89,13 @@ func TestNoContainerLeftFrozenAfterSIGKILL(t *testing.T) {
 // greedyPod allocates slices to pod ml/greedy on the stand-in kubelet and
 // runs a workload wanting the whole GPU in its container's cgroup (id cid
 // under base), moved there before it starts; it returns the cgroup.
-func greedyPod(t *testing.T, k *kubeletstub.Kubelet, work, base string, slices int, cid string) string {
+func greedyPod(t *testing.T, st *stubbed, base string, slices int, cid string) string {
 	t.Helper()
-	p, err := k.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
+	work := st.work
+	if err := kubeletstub.WriteContainerdBundleOf(st.runtime, cid, "ml/greedy", "main", kubeletstub.Bundle{}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,6 +145,9 @@ func TestDriverMemoryLimits(t *testing.T) {
 	gpu := a.Response.Envs["NVIDIA_VISIBLE_DEVICES"]
 	limit, err := strconv.ParseUint(a.Response.Envs["GPUSLICE_MEMORY_LIMIT_BYTES"], 10, 64)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kubeletstub.WriteContainerdBundleOf(st.runtime, strings.Repeat("d", 64), "ml/capped", "main", kubeletstub.Bundle{}); err != nil {
 		t.Fatal(err)
 	}
 	cg := containerCgroup(t, base, kubeletstub.PodUID("ml/capped"), strings.Repeat("d", 64))
@@ -226,7 +232,7 @@ func TestSIGTERMThawsAtOnceDespiteIdleClients(t *testing.T) {
 	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-sigterm-test-%d", os.Getpid()))
 	st := stubKubelet(t, "preset: H100-80GB\ncount: 1\n")
 	agent := startAgent(t, append(st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms", "--compute-policy=strict", "--metrics-address="+freePort(t))...)
-	cg := greedyPod(t, st.kubelet, st.work, base, 2, strings.Repeat("e", 64))
+	cg := greedyPod(t, st, base, 2, strings.Repeat("e", 64))
 	idle, err := net.Dial("unix", agentSocket(t, st.dir))
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 )
@@ -49,6 +50,27 @@ type Container struct {
 	// whose root is unknown (ErrUnresolved). The container is named; its
 	// cgroup is not reachable there.
 	Unresolved string
+	// Outside is true when the path lies outside the kubelet's tree: it
+	// has no kubepods element, or reaches it through a user's session
+	// (user.slice, user@<uid>.service), where systemd delegates cgroups to
+	// unprivileged users. A container ID there is only a directory's name
+	// anyone could give; it names a pod's container only where the
+	// runtime's record of that container says it lives there.
+	Outside bool
+}
+
+// Pod is the cgroup of the container's pod: the container itself for a
+// pod-level process, else the parent of each of its paths (the runtime's
+// level lies right under the pod's).
+func (c Container) Pod() Container {
+	if c.ContainerID == "" {
+		return c
+	}
+	p := Container{PodUID: c.PodUID, QoS: c.QoS, Unresolved: c.Unresolved, Outside: c.Outside, Paths: make(map[string]string, len(c.Paths))}
+	for k, v := range c.Paths {
+		p.Paths[k] = path.Dir(v)
+	}
+	return p
 }
 
 // PodLevel reports a process in its pod's cgroup, outside every container.
@@ -216,12 +238,13 @@ func ParseCgroupPath(path string) (Container, bool) {
 	if k < 0 {
 		for i, p := range parts {
 			if id, rt := containerID(p); id != "" {
-				return Container{ContainerID: id, Runtime: rt, Paths: map[string]string{"": "/" + strings.Join(parts[:i+1], "/")}}, true
+				return Container{ContainerID: id, Runtime: rt, Outside: true, Paths: map[string]string{"": "/" + strings.Join(parts[:i+1], "/")}}, true
 			}
 		}
 		return Container{}, false
 	}
 	var c Container
+	c.Outside = slices.ContainsFunc(parts[:k], userSession)
 	i := k + 1
 	if i < len(parts) {
 		if qos := qosElement(parts[i]); qos != "" {
@@ -256,6 +279,12 @@ func ParseCgroupPath(path string) (Container, bool) {
 	}
 	c.Paths = map[string]string{"": "/" + strings.Join(parts[:end], "/")}
 	return c, true
+}
+
+// userSession reports a cgroup element of a user's session, where systemd
+// delegates cgroups to the user.
+func userSession(p string) bool {
+	return p == "user.slice" || strings.HasPrefix(p, "user@")
 }
 
 // isKubepods reports the kubelet's top-level element: "kubepods",

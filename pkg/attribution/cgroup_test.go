@@ -56,7 +56,7 @@ func TestForPIDFixtures(t *testing.T) {
 			Paths: v1Paths("/docker/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef/kubepods/burstable/pod" + uid + "/" + cid)}},
 		"host process":       {pid: 111, wantErr: ErrNotContainer},
 		"cri-o conmon":       {pid: 112, wantErr: ErrNotContainer},
-		"no pod in the path": {pid: 113, want: Container{ContainerID: cid, Paths: v1Paths("/k8s.io/" + cid)}},
+		"no pod in the path": {pid: 113, want: Container{ContainerID: cid, Outside: true, Paths: v1Paths("/k8s.io/" + cid)}},
 		"v2 root":            {pid: 114, wantErr: ErrNotContainer},
 		"malformed":          {pid: 115, errText: "malformed cgroup line"},
 		"empty":              {pid: 116, errText: "empty cgroup file"},
@@ -140,7 +140,10 @@ func TestParseCgroupPathTenantSubtree(t *testing.T) {
 		"a non-container child of the pod's cgroup": {path: "/kubepods/burstable/pod" + uid + "/escape/" + victimCID,
 			want: Container{PodUID: uid, QoS: QoSBurstable, Paths: map[string]string{"": "/kubepods/burstable/pod" + uid}}},
 		"no kubepods: the shallowest container ID": {path: "/k8s.io/" + cid + "/" + victimCID,
-			want: Container{ContainerID: cid, Paths: map[string]string{"": "/k8s.io/" + cid}}},
+			want: Container{ContainerID: cid, Outside: true, Paths: map[string]string{"": "/k8s.io/" + cid}}},
+		"kubepods under a user's session": {path: "/user.slice/user-1000.slice/user@1000.service/kubepods.slice/kubepods-pod" + uid + ".slice/cri-containerd-" + cid + ".scope",
+			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSGuaranteed, Outside: true,
+				Paths: map[string]string{"": "/user.slice/user-1000.slice/user@1000.service/kubepods.slice/kubepods-pod" + uid + ".slice/cri-containerd-" + cid + ".scope"}}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -3,6 +3,8 @@ package attribution
 import (
 	"fmt"
 	"maps"
+	"path"
+	"strings"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
@@ -45,10 +47,19 @@ type Attributed struct {
 }
 
 // Unattributed is a process whose container could not be told, and why:
-// a host process, or data that was missing. It is counted, never acted on.
+// a host process, or data that was missing. It is counted, and never acted
+// on as any one container's.
 type Unattributed struct {
 	GPUProcess
 	Reason string
+	// PodUID is the pod the process runs in where that is known (its
+	// cgroup lies in the kubelet's tree, or the runtime's record names
+	// it) while its container, or what that container holds, is not: the
+	// process is held at its pod's level, against the total its pod's
+	// containers hold of the GPU. Empty for a host process, a process
+	// whose pod is not known, and use that is allowed unlimited (admin
+	// access).
+	PodUID string
 }
 
 // Unauthorized is a process in a pod that uses a GPU its container holds
@@ -68,7 +79,13 @@ type Result struct {
 	Attributed   []Attributed
 	Unattributed []Unattributed
 	Unauthorized []Unauthorized
+	// Pods names the pods whose UIDs are known, by UID: from the kubelet's
+	// checkpoints linked to pod-resources.
+	Pods map[string]PodName
 }
+
+// PodName is a pod's namespace and name.
+type PodName struct{ Namespace, Name string }
 
 // DRA is what claims of gpuslice's DRA driver hold on the node, from
 // sources the tenant does not control: the kubelet's DRA checkpoint (which
@@ -114,7 +131,14 @@ func ClaimGPUs(c contract.PreparedClaim) (shares, admin map[string]bool) {
 func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames, dra DRA) Result {
 	j := newJoiner(assignments, checkpoint, resource, names)
 	j.addDRA(dra)
-	var r Result
+	r := Result{Pods: map[string]PodName{}}
+	for i, a := range j.assignments {
+		if uid := j.podUID[i]; uid != "" {
+			if _, seen := r.Pods[uid]; !seen {
+				r.Pods[uid] = PodName{a.Namespace, a.Pod}
+			}
+		}
+	}
 	for _, p := range procs {
 		j.place(p, &r)
 	}
@@ -353,6 +377,12 @@ func (v verdict) skip(reason string) {
 	v.r.Unattributed = append(v.r.Unattributed, Unattributed{GPUProcess: v.p, Reason: reason})
 }
 
+// unknown records a process of a known pod whose container, or what that
+// container holds, cannot be told: it is held at its pod's level.
+func (v verdict) unknown(reason string) {
+	v.r.Unattributed = append(v.r.Unattributed, Unattributed{GPUProcess: v.p, Reason: reason, PodUID: v.uid})
+}
+
 func (v verdict) deny(j *joiner, container, reason string) {
 	u := Unauthorized{GPUProcess: v.p, PodUID: v.uid, ContainerName: container, Reason: reason}
 	if v.known {
@@ -376,6 +406,15 @@ func (j *joiner) place(p GPUProcess, r *Result) {
 	v := verdict{r: r, p: p, uid: c.PodUID}
 	if c.ContainerID != "" && j.names != nil {
 		v.rc, v.known = j.names.Lookup(c.ContainerID)
+	}
+	switch {
+	case v.known && v.rc.CgroupsPath != "" && !RecordedAt(c, v.rc.CgroupsPath):
+		r.Unattributed = append(r.Unattributed, Unattributed{GPUProcess: p, Reason: fmt.Sprintf(
+			"its cgroup is named after container %s, which the runtime created elsewhere (%s): a cgroup anyone named after a container is never charged to its pod", c.ContainerID, v.rc.CgroupsPath)})
+		return
+	case c.Outside && (!v.known || v.rc.CgroupsPath == ""):
+		r.Unattributed = append(r.Unattributed, Unattributed{GPUProcess: p, Reason: "its cgroup lies outside the kubelet's tree (no kubepods level, or under a user's session) and no record of the runtime places a container there"})
+		return
 	}
 	if v.known && v.rc.PodUID != "" {
 		if v.uid != "" && v.uid != v.rc.PodUID {
@@ -418,15 +457,20 @@ func (j *joiner) byName(v verdict) {
 		v.deny(j, v.rc.Name, fmt.Sprintf("container %s holds no slices of this GPU", v.rc.Name))
 		return
 	}
-	v.skip(fmt.Sprintf("container %s: its slices or claims on this GPU are not listed by pod-resources yet, or the kubelet's checkpoint is unreadable (or its DRA checkpoint, or the DRA driver's record)", v.rc.Name))
+	v.unknown(fmt.Sprintf("container %s: its slices or claims on this GPU are not listed by pod-resources yet, or the kubelet's checkpoint is unreadable (or its DRA checkpoint, or the DRA driver's record)", v.rc.Name))
 }
 
-// byPod attributes a process of a container the runtime has no record of:
-// by its pod, when one container of the pod holds slices of the GPU.
+// byPod places a process of a container the runtime has no record of, or
+// of its pod's own cgroup. Where one container of the pod holds the GPU,
+// the process is charged to it (ByPod): whatever it is, the pod's use of
+// the GPU is that container's, and it is held at the pod's level, where
+// the pod's total is that one share. Where several do, it is never
+// charged to any one of them: it is held at its pod's level, against the
+// total its containers hold of the GPU.
 func (j *joiner) byPod(v verdict) {
 	has := j.holders(v)
 	if has == nil {
-		v.skip("which of its pod's containers hold slices cannot be told: the kubelet's checkpoint is unreadable (or, for DRA claims, its DRA checkpoint or the driver's record), or pod-resources has not listed the pod yet")
+		v.unknown("which of its pod's containers hold slices cannot be told: the kubelet's checkpoint is unreadable (or, for DRA claims, its DRA checkpoint or the driver's record), or pod-resources has not listed the pod yet")
 		return
 	}
 	var candidates []int
@@ -435,6 +479,7 @@ func (j *joiner) byPod(v verdict) {
 			candidates = append(candidates, i)
 		}
 	}
+	podLevel := v.p.Container.PodLevel()
 	switch {
 	case len(has) == 0:
 		v.deny(j, "", "its pod holds no slices of this GPU")
@@ -442,11 +487,48 @@ func (j *joiner) byPod(v verdict) {
 		v.skip("its pod's one container on this GPU has admin access to it, and holds no share to limit it to")
 	case len(has) == 1 && len(candidates) == 1:
 		v.attribute(j.assignments[candidates[0]], ByPod)
-	case len(has) == 1:
-		v.skip("its pod's slices of this GPU are not listed by pod-resources yet")
-	case v.p.Container.PodLevel():
+	case len(has) == 1 && len(candidates) == 0:
+		v.unknown("its pod's slices of this GPU are not listed by pod-resources yet")
+	case podLevel && len(has) > 1:
 		v.deny(j, "", "it runs in its pod's own cgroup, outside every container, and several of the pod's containers hold slices of this GPU")
 	default:
-		v.skip(fmt.Sprintf("the runtime has no record of container %s, and several containers of its pod hold slices of this GPU", v.p.Container.ContainerID))
+		v.unknown(fmt.Sprintf("the runtime has no readable record of container %s: which of its pod's containers it is cannot be told", v.p.Container.ContainerID))
 	}
+}
+
+// RecordedAt reports whether every path of a process's container is the
+// cgroup the runtime recorded creating it in (linux.cgroupsPath). A
+// container whose paths could not be resolved has nothing to check.
+func RecordedAt(c Container, cgroupsPath string) bool {
+	want := ExpandCgroupsPath(cgroupsPath)
+	for _, p := range c.Paths {
+		if p != want {
+			return false
+		}
+	}
+	return true
+}
+
+// ExpandCgroupsPath is the cgroup path an OCI bundle's linux.cgroupsPath
+// names: a path as it is (the cgroupfs driver), or systemd's
+// "<slice>:<prefix>:<name>", the unit "<prefix>-<name>.scope" in the
+// slice, whose dashes nest it ("a-b.slice" is "/a.slice/a-b.slice").
+func ExpandCgroupsPath(cp string) string {
+	slice, rest, systemd := strings.Cut(cp, ":")
+	if !systemd || strings.HasPrefix(cp, "/") {
+		return path.Clean("/" + cp)
+	}
+	prefix, name, _ := strings.Cut(rest, ":")
+	out := "/"
+	if base, ok := strings.CutSuffix(slice, ".slice"); ok && base != "" && base != "-" {
+		parts := strings.Split(base, "-")
+		for i := range parts {
+			out = path.Join(out, strings.Join(parts[:i+1], "-")+".slice")
+		}
+	}
+	unit := name
+	if prefix != "" {
+		unit = prefix + "-" + name + ".scope"
+	}
+	return path.Join(out, unit)
 }

@@ -142,6 +142,7 @@ func TestJoin(t *testing.T) {
 		want         *Attributed
 		deny         string // reason of an Unauthorized verdict
 		skip         string // reason of an Unattributed one
+		heldAt       string // the pod an Unattributed one is held at
 	}{
 		"runtime names the container": {
 			proc: GPUProcess{PID: 1, GPU: "GPU-1", Container: in(uidA, idSidecar)},
@@ -187,12 +188,12 @@ func TestJoin(t *testing.T) {
 		},
 		"runtime silent, several gpu containers: not guessed": {
 			proc: GPUProcess{PID: 11, GPU: "GPU-1", Container: in(uidA, idUnknown)},
-			skip: "no record of container",
+			skip: "no readable record of container", heldAt: uidA,
 		},
 		"checkpoint unreadable: never unauthorized": {
 			proc:         GPUProcess{PID: 12, GPU: "GPU-2", Container: in(uidA, idUnknown)},
 			noCheckpoint: true,
-			skip:         "checkpoint is unreadable",
+			skip:         "checkpoint is unreadable", heldAt: uidA,
 		},
 		"checkpoint unreadable, runtime names the container": {
 			proc:         GPUProcess{PID: 13, GPU: "GPU-1", Container: in(uidA, idSidecar)},
@@ -202,7 +203,7 @@ func TestJoin(t *testing.T) {
 		"checkpoint unreadable, container without slices: not judged": {
 			proc:         GPUProcess{PID: 14, GPU: "GPU-1", Container: in(uidA, idLogger)},
 			noCheckpoint: true,
-			skip:         "checkpoint is unreadable",
+			skip:         "checkpoint is unreadable", heldAt: uidA,
 		},
 		"host process": {
 			proc: GPUProcess{PID: 15, GPU: "GPU-1"},
@@ -248,6 +249,9 @@ func TestJoin(t *testing.T) {
 			default:
 				if len(r.Unattributed) != 1 || len(r.Attributed)+len(r.Unauthorized) != 0 || !strings.Contains(r.Unattributed[0].Reason, tc.skip) {
 					t.Fatalf("Join() = %+v; want unattributed because %q", r, tc.skip)
+				}
+				if got := r.Unattributed[0].PodUID; got != tc.heldAt {
+					t.Errorf("held at pod %q, want %q", got, tc.heldAt)
 				}
 			}
 		})
@@ -365,5 +369,64 @@ func fuzzBundle(t *testing.T, data []byte, runtime string) {
 		if u, ok := canonicalUID(c.PodUID); !ok || u != c.PodUID {
 			t.Fatalf("pod UID %q is not canonical", c.PodUID)
 		}
+	}
+}
+
+func TestExpandCgroupsPath(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"/kubepods/burstable/pod" + uidA + "/" + strings.Repeat("a", 64):                  "/kubepods/burstable/pod" + uidA + "/" + strings.Repeat("a", 64),
+		"kubepods-burstable-podaaaa_bbbb.slice:cri-containerd:" + strings.Repeat("a", 64): "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podaaaa_bbbb.slice/cri-containerd-" + strings.Repeat("a", 64) + ".scope",
+		"kubelet-kubepods-podx.slice:crio:" + strings.Repeat("b", 64):                     "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-podx.slice/crio-" + strings.Repeat("b", 64) + ".scope",
+		"system.slice:docker:abc": "/system.slice/docker-abc.scope",
+		"-.slice::unit.scope":     "/unit.scope",
+		"../../etc":               "/etc",
+	} {
+		if got := ExpandCgroupsPath(in); got != want {
+			t.Errorf("ExpandCgroupsPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestJoinTrustsOnlyTheKubeletsTree: a cgroup named after a container,
+// outside the kubelet's tree or elsewhere than the runtime recorded, is
+// never charged to that container's pod.
+func TestJoinTrustsOnlyTheKubeletsTree(t *testing.T) {
+	t.Parallel()
+	id := strings.Repeat("c", 64)
+	real := "/kubepods/burstable/pod" + uidA + "/" + id
+	assignments := []podresources.Assignment{{Namespace: "ml", Pod: "train", Container: "main", DeviceIDs: []string{"GPU-1::0"}}}
+	checkpoint := []CheckpointEntry{{PodUID: uidA, Container: "main", Resource: "nvidia.com/vgpu", DeviceIDs: []string{"GPU-1::0"}}}
+	rc := RuntimeContainer{Name: "main", PodUID: uidA, PodNamespace: "ml", PodName: "train", CgroupsPath: real}
+	tests := map[string]struct {
+		path     string
+		record   *RuntimeContainer
+		attached bool
+	}{
+		"where the runtime put it":            {path: real, record: &rc, attached: true},
+		"a host user's cgroup, recorded":      {path: "/user.slice/user-1000.slice/" + id, record: &rc},
+		"a host user's cgroup, no record":     {path: "/user.slice/user-1000.slice/" + id},
+		"a kubepods tree in a user's session": {path: "/user.slice/user-1000.slice/user@1000.service/kubepods/burstable/pod" + uidA + "/" + id},
+		"elsewhere in kubepods than recorded": {path: "/kubepods/besteffort/pod" + uidA + "/" + id, record: &rc},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			c, ok := ParseCgroupPath(tc.path)
+			if !ok {
+				t.Fatalf("ParseCgroupPath(%q) found nothing", tc.path)
+			}
+			n := names{}
+			if tc.record != nil {
+				n[id] = *tc.record
+			}
+			r := Join([]GPUProcess{{PID: 1, GPU: "GPU-1", Container: c}}, assignments, checkpoint, "nvidia.com/vgpu", n, DRA{})
+			if got := len(r.Attributed) == 1; got != tc.attached {
+				t.Fatalf("attributed %v, want %v: %+v", got, tc.attached, r)
+			}
+			if !tc.attached && (len(r.Unauthorized) != 0 || len(r.Unattributed) != 1 || r.Unattributed[0].PodUID != "") {
+				t.Errorf("a forged cgroup was charged to a pod: %+v", r)
+			}
+		})
 	}
 }

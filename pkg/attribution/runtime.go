@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 )
 
 // RuntimeContainer is what the container runtime recorded about one
@@ -21,6 +23,10 @@ type RuntimeContainer struct {
 	// PodUID, PodNamespace and PodName identify its pod, where the runtime
 	// records them.
 	PodUID, PodNamespace, PodName string
+	// CgroupsPath is the cgroup the runtime created the container in, as
+	// the bundle's linux.cgroupsPath says (a path, or systemd's
+	// "slice:prefix:name"); empty when the bundle does not say.
+	CgroupsPath string
 }
 
 // ContainerNames tells a container's name in its pod from its runtime ID.
@@ -44,8 +50,17 @@ const (
 	annCRIONamespace       = "io.kubernetes.pod.namespace"
 )
 
-// maxBundleConfig bounds how much of a bundle's config.json is read.
-const maxBundleConfig = 4 << 20
+// maxBundleConfig bounds how much of a bundle's config.json is read: far
+// above what a pod spec can make it (the API server takes requests of up
+// to 3 MiB, and JSON escaping makes a byte at most six), so that no tenant
+// can push its own record past it. A bundle over it is unknown, and its
+// pod is held at the pod's level (docs/enforcement.md).
+const maxBundleConfig = 64 << 20
+
+// failureTTL is how long a bundle that could not be read or parsed is
+// remembered as such before it is read again: a tenant that makes its
+// record costly to read pays that cost once a minute, not every sample.
+const failureTTL = time.Minute
 
 // RuntimeState reads containers' OCI bundles from the runtimes' state
 // directories on the host: containerd's
@@ -63,6 +78,17 @@ type RuntimeState struct {
 	mu    sync.Mutex
 	known map[string]bundle
 	swept int // len(known) after the last sweep
+	// failed are the containers whose bundle exists but could not be read
+	// or parsed, by ID, and when they were last tried.
+	failed map[string]failure
+	// now is the clock; time.Now unless a test sets it.
+	now func() time.Time
+}
+
+// failure is a bundle that could not be read, and when it was tried.
+type failure struct {
+	err error
+	at  time.Time
 }
 
 // bundle is a container's record and where it was read from.
@@ -75,7 +101,15 @@ var _ ContainerNames = (*RuntimeState)(nil)
 
 // NewRuntimeState reads bundles under dirs.
 func NewRuntimeState(dirs []string) *RuntimeState {
-	return &RuntimeState{dirs: dirs, known: map[string]bundle{}}
+	return &RuntimeState{dirs: dirs, known: map[string]bundle{}, failed: map[string]failure{}, now: time.Now}
+}
+
+// Failure says why a container's bundle exists and could not be read, as
+// of the last Lookup; nil when it could be, or when there is none.
+func (r *RuntimeState) Failure(containerID string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failed[containerID].err
 }
 
 // Lookup returns the runtime's record of a container.
@@ -85,25 +119,34 @@ func (r *RuntimeState) Lookup(containerID string) (RuntimeContainer, bool) {
 	}
 	r.mu.Lock()
 	b, ok := r.known[containerID]
+	f, failed := r.failed[containerID]
+	now := r.now()
 	r.mu.Unlock()
 	if ok {
 		return b.RuntimeContainer, true
+	}
+	if failed && now.Sub(f.at) < failureTTL {
+		return RuntimeContainer{}, false
 	}
 	for _, dir := range r.dirs {
 		for _, b := range []struct{ path, runtime string }{
 			{filepath.Join(dir, containerID, "config.json"), RuntimeContainerd},
 			{filepath.Join(dir, containerID, "userdata", "config.json"), RuntimeCRIO},
 		} {
-			f := b.path
-			c, err := readBundle(f, b.runtime)
-			if err != nil {
-				continue
+			c, err := readBundle(b.path, b.runtime)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // not this runtime's, or not there: cheap to ask again
 			}
 			r.mu.Lock()
-			r.known[containerID] = bundle{RuntimeContainer: c, path: f}
-			r.sweepLocked()
+			if err != nil {
+				r.failed[containerID] = failure{err: fmt.Errorf("%s: %w", b.path, err), at: now}
+			} else {
+				delete(r.failed, containerID)
+				r.known[containerID] = bundle{RuntimeContainer: c, path: b.path}
+				r.sweepLocked()
+			}
 			r.mu.Unlock()
-			return c, true
+			return c, err == nil
 		}
 	}
 	return RuntimeContainer{}, false
@@ -116,6 +159,11 @@ func (r *RuntimeState) Forget(keep func(containerID string) bool) {
 	for id := range r.known {
 		if !keep(id) {
 			delete(r.known, id)
+		}
+	}
+	for id := range r.failed {
+		if !keep(id) {
+			delete(r.failed, id)
 		}
 	}
 }
@@ -134,15 +182,24 @@ func (r *RuntimeState) sweepLocked() {
 	r.swept = len(r.known)
 }
 
+// errBundleTooLarge reports a bundle over maxBundleConfig.
+var errBundleTooLarge = fmt.Errorf("bundle config is larger than %d MiB", maxBundleConfig>>20)
+
 func readBundle(path, runtime string) (RuntimeContainer, error) {
 	f, err := os.Open(path) //nolint:gosec // a runtime state dir the operator names, and a checked 64-hex ID
 	if err != nil {
 		return RuntimeContainer{}, err
 	}
 	defer func() { _ = f.Close() }()
-	data, err := io.ReadAll(io.LimitReader(f, maxBundleConfig))
+	if st, err := f.Stat(); err == nil && st.Size() > maxBundleConfig {
+		return RuntimeContainer{}, errBundleTooLarge
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxBundleConfig+1))
 	if err != nil {
 		return RuntimeContainer{}, err
+	}
+	if len(data) > maxBundleConfig {
+		return RuntimeContainer{}, errBundleTooLarge
 	}
 	return ParseBundleConfig(data, runtime)
 }
@@ -158,8 +215,13 @@ var ErrNotKubernetes = errors.New("bundle has no Kubernetes container annotation
 // containerd's key names there are the tenant's to write, and the other
 // way round where containerd passes pod annotations through.
 func ParseBundleConfig(data []byte, runtime string) (RuntimeContainer, error) {
+	// Only the fields read are decoded; the rest (the process's
+	// environment, the tenant's to fill) is skipped without being kept.
 	var spec struct {
 		Annotations map[string]string `json:"annotations"`
+		Linux       struct {
+			CgroupsPath string `json:"cgroupsPath"`
+		} `json:"linux"`
 	}
 	if err := json.Unmarshal(data, &spec); err != nil {
 		return RuntimeContainer{}, fmt.Errorf("parse bundle config: %w", err)
@@ -174,7 +236,7 @@ func ParseBundleConfig(data []byte, runtime string) (RuntimeContainer, error) {
 		return RuntimeContainer{}, fmt.Errorf("bundles of runtime %q are not read", runtime)
 	}
 	typ := a[keys[0]]
-	c := RuntimeContainer{Name: a[keys[1]], PodNamespace: a[keys[2]], PodName: a[keys[3]]}
+	c := RuntimeContainer{Name: a[keys[1]], PodNamespace: a[keys[2]], PodName: a[keys[3]], CgroupsPath: spec.Linux.CgroupsPath}
 	if u := a[keys[4]]; u != "" {
 		uid, ok := canonicalUID(u)
 		if !ok {

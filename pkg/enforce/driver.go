@@ -373,11 +373,11 @@ func (d *DriverLimits) isApplied(dir string) bool {
 func (d *DriverLimits) created(dir string) {
 	rel, _ := filepath.Rel(d.root, dir)
 	c, ok := attribution.ParseCgroupPath("/" + rel)
-	if !ok || c.PodUID == "" || c.ContainerID == "" || c.Paths[""] != "/"+rel || d.opts.Names == nil {
+	if !ok || c.PodUID == "" || c.ContainerID == "" || c.Outside || c.Paths[""] != "/"+rel || d.opts.Names == nil {
 		return
 	}
 	rc, ok := d.opts.Names.Lookup(c.ContainerID)
-	if !ok || rc.Sandbox || (rc.PodUID != "" && rc.PodUID != c.PodUID) {
+	if !ok || rc.Sandbox || (rc.PodUID != "" && rc.PodUID != c.PodUID) || (rc.CgroupsPath != "" && !attribution.RecordedAt(c, rc.CgroupsPath)) {
 		return
 	}
 	pod := events.Pod{Namespace: rc.PodNamespace, Name: rc.PodName, UID: c.PodUID}

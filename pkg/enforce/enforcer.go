@@ -137,6 +137,9 @@ type Enforcer struct {
 	parked   map[string]Freezer
 	reported map[int]bool
 	unauth   UnauthorizedStats
+	// heldAsPod are the pods held at their pod's level, by pod and GPU,
+	// already reported.
+	heldAsPod map[string]bool
 
 	// published is what enforcement did as of its last Apply: scrapes
 	// read it and never wait on e.mu, which Apply holds across kills,
@@ -275,7 +278,7 @@ func New(opts Options) (*Enforcer, error) {
 	e := &Enforcer{
 		opts: opts, log: opts.Logger, epoch: clockOf(opts).Now(), inbox: make(chan *node.Snapshot, 1),
 		ctrl: map[string]*Controller{}, throttles: map[string]*Throttle{},
-		freezers: map[string]heldFreezer{}, parked: map[string]Freezer{}, reported: map[int]bool{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
+		freezers: map[string]heldFreezer{}, parked: map[string]Freezer{}, reported: map[int]bool{}, heldAsPod: map[string]bool{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
 	}
 	e.watchdog.ns = opts.Namespace
@@ -316,6 +319,7 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 	}
 	e.watchdog.Apply(snap)
 	e.unauthorized(snap)
+	e.reportUnknown(snap)
 	if !e.opts.Compute {
 		e.stats = e.memoryOnlyStats(snap)
 		return
@@ -334,6 +338,33 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 		e.record()
 	}
 	e.stats = e.collectStats(r.seen)
+}
+
+// reportUnknown logs and records an Event, once, for each pod held at its
+// pod's level because a process of it could not be placed in one of its
+// containers.
+func (e *Enforcer) reportUnknown(snap *node.Snapshot) {
+	now := map[string]bool{}
+	for _, g := range snap.Groups {
+		k := g.PodUID + "/" + g.GPU
+		now[k] = true
+		if e.heldAsPod[k] || g.Blind {
+			continue
+		}
+		e.log.Warn("gpu use of a pod cannot be told per container; holding the pod at its pod's level",
+			"namespace", g.Namespace, "pod", g.Pod, "uuid", g.GPU, "reason", g.Unknown)
+		e.opts.Events.Warning(events.Pod{Namespace: g.Namespace, Name: g.Pod, UID: g.PodUID}, "GPUUseUnattributable",
+			fmt.Sprintf("A process of this pod on GPU %d cannot be placed in one of its containers (%s). Its containers on the GPU are held together to the %.0f%% compute and %d MiB they hold, at the pod's level, and their use reads unknown.",
+				g.Index, g.Unknown, g.ComputeLimitRatio*100, g.MemoryLimitBytes>>20))
+	}
+	for k := range e.heldAsPod {
+		if !now[k] {
+			delete(e.heldAsPod, k)
+		}
+	}
+	for k := range now {
+		e.heldAsPod[k] = true
+	}
 }
 
 // round is what one snapshot says to the throttle.
@@ -357,7 +388,7 @@ func readRound(snap *node.Snapshot, policyOf func(c node.Container) Policy) roun
 			r.util[d.UUID] = d.Sample.Utilization
 		}
 	}
-	for _, c := range snap.Containers {
+	for _, c := range snap.Enforced() {
 		id := c.Cgroup.Key()
 		if id == "" {
 			continue // no process seen yet: nothing to throttle
@@ -588,7 +619,7 @@ func (e *Enforcer) memoryOnlyStats(snap *node.Snapshot) map[string]Stats {
 	mem := e.watchdog.Stats()
 	driver := e.driverLimits()
 	out := map[string]Stats{}
-	for _, c := range snap.Containers {
+	for _, c := range snap.Enforced() {
 		if id := c.Cgroup.Key(); id != "" {
 			m := mem[id]
 			out[id] = Stats{Duty: 1, MemoryEvents: m.Events, Kills: m.Kills, DriverMemoryLimits: driver[id],

@@ -152,7 +152,7 @@ func startSetupWith(t testing.TB, slices []int, demands []float64, enforcing boo
 	for {
 		ok := 0
 		for _, c := range s.Sampler.Snapshot().Containers {
-			if c.Cgroup.ContainerID != "" {
+			if c.Cgroup.Key() != "" {
 				ok++
 			}
 		}

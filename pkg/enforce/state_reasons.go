@@ -29,6 +29,11 @@ const (
 	// --cgroup-root (the host's cgroup filesystem is not mounted there, or
 	// neither cgroup v2's cgroup.freeze nor the v1 freezer exists).
 	ReasonNoFreezer = "no-freezer"
+	// ReasonPodLevel: a process of the container's pod could not be placed
+	// in one of its containers, so the container is held together with
+	// its pod's other containers on the GPU, to the total they hold, at
+	// the pod's level (per container, only; the node never reads it).
+	ReasonPodLevel = "pod-level"
 )
 
 // NodeState says whether each tier can engage on the node at all: the
@@ -50,10 +55,14 @@ func (n NodeState) CannotEngage() string {
 	return strings.Join(why, "; ")
 }
 
+// Held reports a reason under which the share is held: enforced, or
+// pod-level.
+func Held(reason string) bool { return reason == ReasonEnforced || reason == ReasonPodLevel }
+
 // CannotHold reports a reason that is a failure to hold a share, not held
 // and not the administrator's choice (disabled, report-only).
 func CannotHold(reason string) bool {
-	return reason != ReasonEnforced && reason != ReasonDisabled && reason != ReasonReportOnly
+	return reason != ReasonEnforced && reason != ReasonDisabled && reason != ReasonReportOnly && reason != ReasonPodLevel
 }
 
 // CheckNode reports whether the tiers the options ask for can engage on

@@ -132,7 +132,7 @@ func (w *Watchdog) Apply(snap *node.Snapshot) {
 		return
 	}
 	seen := map[string]bool{}
-	for _, c := range snap.Containers {
+	for _, c := range snap.Enforced() {
 		id := c.Cgroup.Key()
 		if id == "" {
 			continue

@@ -164,10 +164,10 @@ func perContainer(value func(c node.Container) float64, ok func(c node.Container
 	}
 }
 
-// seen is true for a container whose GPU's processes were listed: on a
-// blind GPU its use is unknown, and a zero would read as an idle pod
-// downstream.
-func seen(c node.Container) bool { return !c.Blind }
+// seen is true for a container whose use is known: on a blind GPU, or in a
+// pod with a process that could not be placed in one container, its use
+// is unknown, and a zero would read as an idle pod downstream.
+func seen(c node.Container) bool { return !c.Blind && c.Unknown == "" }
 
 // perEnforced writes one sample per container from what enforcement did to
 // it (nothing known: not throttled, not in force).
@@ -184,6 +184,15 @@ func (v *view) enforced(c node.Container) enforce.Stats {
 		return st
 	}
 	return enforce.Stats{Duty: 1}
+}
+
+// podLevel is the reason of a container held at its pod's level: its
+// pod's, unless that is held.
+func podLevel(reason string) string {
+	if reason == enforce.ReasonEnforced {
+		return enforce.ReasonPodLevel
+	}
+	return reason
 }
 
 // tierReason is one resource's enforcement reason.
@@ -273,6 +282,9 @@ var families = []metric{
 			func(c node.Container) bool { return seen(c) && c.ComputeLimitRatio > 0 })),
 	m("container", "sm_utilization_ratio", "gauge", "Share of the GPU's SM time used by the container's processes.",
 		perContainer(func(c node.Container) float64 { return c.SMUtilization }, seen)),
+	m("container", "use_unknown", "gauge",
+		"1 when the container's use of the GPU cannot be told: a process of its pod on the GPU could not be placed in one of its containers, so its use series are absent (never zero) and its pod is held at the pod's level; 0 otherwise.",
+		perContainer(func(c node.Container) float64 { return bit(c.Unknown != "") }, nil)),
 	m("device", "energy_joules_total", "counter", "Energy used since the driver was loaded.",
 		perDevice(func(d node.Device) float64 { return d.Sample.EnergyJoules }, sampled)),
 	m("device", "healthy", "gauge", "1 if the GPU's slices are offered as Healthy, 0 if not.",
@@ -342,7 +354,7 @@ var families = []metric{
 			}
 		}),
 	m("enforcement", "enforced", "gauge",
-		"1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, or why not: disabled, report-only, cgroup-unresolved, no-freezer.",
+		"1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, pod-level (held with its pod's other containers, to their total), or why not: disabled, report-only, cgroup-unresolved, no-freezer.",
 		func(w *textWriter, v *view) {
 			if v.e.info.Enforcement == nil {
 				return
@@ -353,9 +365,12 @@ var families = []metric{
 				if st, ok := v.stats[c.Cgroup.Key()]; ok && st.Compute != "" {
 					compute, memory = st.Compute, st.Memory
 				}
+				if c.Unknown != "" {
+					compute, memory = podLevel(compute), podLevel(memory)
+				}
 				idx := strconv.Itoa(c.Index)
 				for _, r := range byReason(compute, memory) {
-					w.sample(bit(r.reason == enforce.ReasonEnforced), "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "gpu", idx, "uuid", c.GPU,
+					w.sample(bit(enforce.Held(r.reason)), "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "gpu", idx, "uuid", c.GPU,
 						"resource", r.resource, "reason", r.reason)
 				}
 			}

@@ -159,11 +159,15 @@ gpuslice_container_sm_utilization_of_limit_ratio{container="main",gpu="0",namesp
 # TYPE gpuslice_container_sm_utilization_ratio gauge
 gpuslice_container_sm_utilization_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.2
 gpuslice_container_sm_utilization_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0.5
+# HELP gpuslice_container_use_unknown 1 when the container's use of the GPU cannot be told: a process of its pod on the GPU could not be placed in one of its containers, so its use series are absent (never zero) and its pod is held at the pod's level; 0 otherwise.
+# TYPE gpuslice_container_use_unknown gauge
+gpuslice_container_use_unknown{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
+gpuslice_container_use_unknown{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
 # HELP gpuslice_enforcement_available 1 when the tier (resource compute or memory) can engage on the node at all, 0 when not, with the reason; where compute reads 0 the node hands out shares it cannot hold, or, under --enforcement=required, offers no slices.
 # TYPE gpuslice_enforcement_available gauge
 gpuslice_enforcement_available{reason="enforced",resource="memory"} 1
 gpuslice_enforcement_available{reason="no-freezer",resource="compute"} 0
-# HELP gpuslice_enforcement_enforced 1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, or why not: disabled, report-only, cgroup-unresolved, no-freezer.
+# HELP gpuslice_enforcement_enforced 1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, pod-level (held with its pod's other containers, to their total), or why not: disabled, report-only, cgroup-unresolved, no-freezer.
 # TYPE gpuslice_enforcement_enforced gauge
 gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",reason="enforced",resource="compute",uuid="GPU-aaa"} 1
 gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",reason="enforced",resource="memory",uuid="GPU-aaa"} 1

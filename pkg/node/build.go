@@ -67,6 +67,9 @@ type Input struct {
 type State struct {
 	last   time.Time
 	accums map[key]accum
+	// groups are the pods held at their pod's level in the last sample,
+	// kept while their GPU is blind.
+	groups map[key]Container
 }
 
 // Problem is one input the accounting could not use.
@@ -109,18 +112,108 @@ func Build(in Input, prev State) (*Snapshot, State, []Problem) {
 		e.SMUtilization += p.SMUtilization
 		e.Processes++
 		e.Procs = append(e.Procs, p)
-		// The pod's cgroup holds the container's too: once one process
-		// runs there, only the pod's cgroup contains them all.
-		if e.Cgroup.Key() == "" || a.Container.PodLevel() {
+		// A process charged by its pod (in the pod's own cgroup, or in a
+		// container the runtime did not name, which may be a sidecar) is
+		// held at the pod's level: only the pod's cgroup contains them
+		// all, and freezing an unnamed container could freeze a decoy.
+		switch {
+		case a.By == attribution.ByPod:
+			e.Cgroup = a.Container.Pod()
+		case e.Cgroup.Key() == "":
 			e.Cgroup = a.Container
 		}
 	}
+	groups := holdUnknown(entries, joined, usage)
 	var next State
 	snap.Containers, next = accumulate(in, snap.Devices, entries, prev)
+	snap.Groups, next.groups = carryGroups(snap.Devices, groups, prev.groups)
 	for i := range snap.Devices {
 		snap.Devices[i].Allocated = allocated[snap.Devices[i].UUID]
 	}
 	return snap, next, problems
+}
+
+// holdUnknown holds at its pod's level every pod with a process on a GPU
+// that could not be placed in one of its containers (an Unattributed
+// process with a pod): each of the pod's containers holding the GPU is
+// marked Unknown and given the pod's cgroup, and one group per pod and GPU
+// carries the pod's total limits and the use of all its processes there.
+// A pod that holds nothing of the GPU (as far as is known) gets no group:
+// its process stays counted as unattributed.
+func holdUnknown(entries map[key]*Container, joined attribution.Result, usage map[gpuPID]nvml.Process) []Container {
+	type podGPU struct{ uid, gpu string }
+	unknown := map[podGPU][]attribution.Unattributed{}
+	var order []podGPU
+	for _, u := range joined.Unattributed {
+		if u.PodUID == "" {
+			continue
+		}
+		k := podGPU{u.PodUID, u.GPU}
+		if unknown[k] == nil {
+			order = append(order, k)
+		}
+		unknown[k] = append(unknown[k], u)
+	}
+	var groups []Container
+	for _, k := range order {
+		pod, ok := joined.Pods[k.uid]
+		if !ok {
+			continue
+		}
+		first := unknown[k][0]
+		g := Container{Namespace: pod.Namespace, Pod: pod.Name, PodUID: k.uid, GPU: k.gpu, Unknown: first.Reason, Cgroup: first.Container.Pod()}
+		members := 0
+		for ek, e := range entries {
+			if ek.ns != pod.Namespace || ek.pod != pod.Name || ek.gpu != k.gpu {
+				continue
+			}
+			members++
+			g.Index = e.Index
+			g.Slices += e.Slices
+			g.MemoryLimitBytes += e.MemoryLimitBytes
+			g.ComputeLimitRatio += e.ComputeLimitRatio
+			g.Procs = append(g.Procs, e.Procs...)
+			e.Unknown, e.Cgroup = first.Reason, g.Cgroup
+		}
+		if members == 0 {
+			continue
+		}
+		for _, u := range unknown[k] {
+			g.Procs = append(g.Procs, usage[gpuPID{u.GPU, u.PID}])
+		}
+		for _, p := range g.Procs {
+			g.MemoryUsedBytes += p.MemoryBytes
+			g.SMUtilization += p.SMUtilization
+		}
+		g.SMUtilization = min(g.SMUtilization, 1)
+		g.Processes = len(g.Procs)
+		groups = append(groups, g)
+	}
+	return groups
+}
+
+// carryGroups returns the groups to publish and keep: on a blind GPU, the
+// pod held at its pod's level in the last sample stays held (its use
+// unknown), so that a sample that could not list processes lets nothing
+// go.
+func carryGroups(devices []Device, groups []Container, prev map[key]Container) ([]Container, map[key]Container) {
+	next := map[key]Container{}
+	for _, g := range groups {
+		next[key{g.Namespace, g.Pod, "", g.GPU}] = g
+	}
+	for _, d := range devices {
+		if !d.Blind() {
+			continue
+		}
+		for k, g := range prev {
+			if k.gpu == d.UUID {
+				g.Blind, g.MemoryUsedBytes, g.SMUtilization, g.Procs, g.Processes = true, 0, 0, nil, 0
+				next[k] = g
+				groups = append(groups, g)
+			}
+		}
+	}
+	return groups, next
 }
 
 type gpuPID struct {
@@ -283,10 +376,15 @@ func accumulate(in Input, devices []Device, entries map[key]*Container, prev Sta
 	for k, e := range entries {
 		e.SMUtilization = min(e.SMUtilization, 1)
 		acc := prev.accums[k]
-		if blind[e.GPU] {
+		switch {
+		case blind[e.GPU]:
 			e.Blind = true
 			e.Cgroup = acc.cgroup
-		} else {
+		case e.Unknown != "":
+			// Its use cannot be told: nothing is integrated, and the
+			// pod's cgroup holds it.
+			acc.cgroup = e.Cgroup
+		default:
 			acc.cgroup = e.Cgroup
 			acc.busy += e.SMUtilization * dt.Seconds()
 			if e.SMUtilization > 0 {

@@ -113,6 +113,26 @@ type Container struct {
 	// sample: the use fields above are unknown, not zero, and Cgroup is
 	// the last one seen.
 	Blind bool
+	// Unknown, when set, says why the container's use of the GPU cannot
+	// be told: a process of its pod on the GPU could not be placed in one
+	// of the pod's containers. Its use fields are unknown, not zero (they
+	// are left out, as on a blind GPU), and its pod is held as one, at the
+	// pod's level: Cgroup is the pod's, and the snapshot's Groups hold the
+	// pod's total.
+	Unknown string
+}
+
+// Enforced are what enforcement holds to limits: every container whose
+// use is known (or unknown only for a blind GPU), and the pods held at
+// their pod's level (Groups) in place of their containers.
+func (s *Snapshot) Enforced() []Container {
+	out := make([]Container, 0, len(s.Containers)+len(s.Groups))
+	for _, c := range s.Containers {
+		if c.Unknown == "" {
+			out = append(out, c)
+		}
+	}
+	return append(out, s.Groups...)
 }
 
 // Snapshot is the node's state at one sample. It is never modified once
@@ -126,6 +146,11 @@ type Snapshot struct {
 	// Unauthorized are processes in pods using GPUs their containers hold
 	// no slices of.
 	Unauthorized []attribution.Unauthorized
+	// Groups are the pods held at the pod's level on a GPU, one entry per
+	// pod and GPU: Container is empty, the limits are the total its
+	// containers hold of the GPU, the use that of all of the pod's
+	// processes on it, Cgroup the pod's cgroup, and Unknown why.
+	Groups []Container
 	// Errors counts failures by source since the agent started.
 	Errors map[string]uint64
 	// Durations is how long samples took, up to the previous one.

@@ -209,7 +209,7 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 	}
 	b.Logf("the PromQL queries alone: %v", time.Since(t0).Round(time.Millisecond))
 	maxQ, minQ, sumQ, countQ := quota.IdleQueries(spec.Idle.For.Duration)
-	for _, promql := range []string{quota.BudgetQuery(*spec.Budget), maxQ, minQ, sumQ, countQ, quota.BlindQuery(spec.Idle.For.Duration)} {
+	for _, promql := range []string{quota.BudgetQuery(*spec.Budget), maxQ, minQ, sumQ, countQ, quota.BlindQuery(spec.Idle.For.Duration), quota.UnknownQuery(spec.Idle.For.Duration)} {
 		t0 = time.Now()
 		if _, _, err := querier.Query(ctx, promql, now); err != nil {
 			b.Fatal(err)

@@ -490,6 +490,7 @@ func (c *Controller) readPods(ns string, usage Usage, claimSlices map[string]int
 		}
 		if in.Spec.Idle != nil {
 			ev := usage.Idle[in.Spec.Idle.For.Duration]
+			pp.UseUnknown = ev.Unknown[ns+"/"+p.Name]
 			if e, ok := ev.Pods[ns+"/"+p.Name]; ok {
 				pp.Evidence = &e
 				for _, inst := range e.Instances {

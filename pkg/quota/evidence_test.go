@@ -22,8 +22,9 @@ import (
 // the way a real agent (or a broken one) would present them.
 type fakeAgent struct {
 	mu    sync.Mutex
-	util  map[string]string // pod -> sample text ("0", "-1", "NaN")
-	blind string            // gpuslice_agent_gpu_blind value
+	util    map[string]string // pod -> sample text ("0", "-1", "NaN")
+	unknown map[string]string // pod -> gpuslice_container_use_unknown
+	blind   string            // gpuslice_agent_gpu_blind value
 }
 
 func (a *fakeAgent) set(pod, v string) {
@@ -40,14 +41,22 @@ func (a *fakeAgent) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	for pod, v := range a.util {
 		fmt.Fprintf(&b, "gpuslice_container_sm_utilization_ratio{namespace=\"ml\",pod=%q,container=\"main\",gpu=\"0\",uuid=\"GPU-a\"} %s\n", pod, v)
 	}
+	b.WriteString("# TYPE gpuslice_container_use_unknown gauge\n")
+	for pod, v := range a.unknown {
+		fmt.Fprintf(&b, "gpuslice_container_use_unknown{namespace=\"ml\",pod=%q,container=\"main\",gpu=\"0\",uuid=\"GPU-a\"} %s\n", pod, v)
+	}
 	fmt.Fprintf(&b, "# TYPE gpuslice_agent_gpu_blind gauge\ngpuslice_agent_gpu_blind{gpu=\"0\",uuid=\"GPU-a\"} %s\n", a.blind)
 	_, _ = io.WriteString(w, b.String())
 }
 
 func startAgents(t *testing.T) (nodeA, nodeB *fakeAgent, promURL string) {
 	t.Helper()
-	nodeA = &fakeAgent{util: map[string]string{"idle": "0", "busy": "0.8", "negative": "-1", "nan": "NaN", "inf": "+Inf"}, blind: "0"}
-	nodeB = &fakeAgent{util: map[string]string{"on-blind-node": "0"}, blind: "0"}
+	// "unplaced" reads a full window of valid zeros (as an agent did for a
+	// busy pod whose process it could not place) while the agent marks
+	// its use unknown: never idle.
+	nodeA = &fakeAgent{util: map[string]string{"idle": "0", "busy": "0.8", "negative": "-1", "nan": "NaN", "inf": "+Inf", "unplaced": "0"},
+		unknown: map[string]string{"idle": "0", "unplaced": "1"}, blind: "0"}
+	nodeB = &fakeAgent{util: map[string]string{"on-blind-node": "0"}, unknown: map[string]string{}, blind: "0"}
 	a, b := httptest.NewServer(nodeA), httptest.NewServer(nodeB)
 	t.Cleanup(a.Close)
 	t.Cleanup(b.Close)
@@ -102,11 +111,14 @@ func TestIdleEvidenceFromRealPrometheus(t *testing.T) {
 	if !ev.Blind["node-b"] || ev.Blind["node-a"] {
 		t.Errorf("blind agents %v; want node-b only", ev.Blind)
 	}
+	if !ev.Unknown["ml/unplaced"] || len(ev.Unknown) != 1 {
+		t.Errorf("pods whose use was unknown %v; want ml/unplaced only", ev.Unknown)
+	}
 	// The decision from this evidence: only the covered, valid idle pod.
 	old := time.Now().Add(-time.Hour)
 	in := quota.Input{Spec: spec, MetricsOK: true, Now: time.Now(), ScrapeInterval: time.Second}
-	for _, name := range []string{"idle", "busy", "negative", "nan", "inf", "late", "on-blind-node", "missing"} {
-		p := quota.Pod{Name: name, Slices: 1, Running: true, Started: old}
+	for _, name := range []string{"idle", "busy", "negative", "nan", "inf", "late", "on-blind-node", "missing", "unplaced"} {
+		p := quota.Pod{Name: name, Slices: 1, Running: true, Started: old, UseUnknown: ev.Unknown["ml/"+name]}
 		if e, ok := pods["ml/"+name]; ok {
 			p.Evidence = &e
 			for _, inst := range e.Instances {
@@ -119,8 +131,8 @@ func TestIdleEvidenceFromRealPrometheus(t *testing.T) {
 	if strings.Join(d.Evict, ",") != "idle" {
 		t.Errorf("evict %v; want only the idle pod (unknown: %v)", d.Evict, d.Unknown)
 	}
-	if len(d.Unknown) != 6 {
-		t.Errorf("unknown %v; want negative, nan, inf, late, on-blind-node and missing", d.Unknown)
+	if len(d.Unknown) != 7 {
+		t.Errorf("unknown %v; want negative, nan, inf, late, on-blind-node, missing and unplaced", d.Unknown)
 	}
 }
 

@@ -41,6 +41,10 @@ type IdleEvidence struct {
 	// Blind are the agents (by instance) that were down, or could not read
 	// a GPU, at some point in the window: what they report is incomplete.
 	Blind map[string]bool
+	// Unknown are the pods (by "namespace/pod") whose use an agent marked
+	// unknown at some point in the window: a process of theirs could not be
+	// placed in one of their containers, so their series are incomplete.
+	Unknown map[string]bool
 }
 
 // PodEvidence is one pod's SM utilization samples over an idle window.
@@ -114,6 +118,12 @@ func BlindQuery(d time.Duration) string {
 	return fmt.Sprintf(`max by (instance) (max_over_time(gpuslice_agent_gpu_blind[%s])) > 0 or min by (instance) (min_over_time(up{instance=~".+"}[%s])) == 0`, r, r)
 }
 
+// UnknownQuery is the PromQL for the pods whose use an agent marked
+// unknown at some point over d (gpuslice_container_use_unknown).
+func UnknownQuery(d time.Duration) string {
+	return fmt.Sprintf("max by (namespace, pod) (max_over_time(gpuslice_container_use_unknown[%s])) > 0", promRange(d))
+}
+
 // MaxConcurrentQueries bounds the queries one cycle has in flight.
 const MaxConcurrentQueries = 4
 
@@ -141,7 +151,7 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeou
 	}
 	for d := range idles {
 		maxQ, minQ, sumQ, countQ := IdleQueries(d)
-		promqls = append(promqls, maxQ, minQ, sumQ, countQ, BlindQuery(d))
+		promqls = append(promqls, maxQ, minQ, sumQ, countQ, BlindQuery(d), UnknownQuery(d))
 	}
 	slices.Sort(promqls)
 	promqls = slices.Compact(promqls)
@@ -183,10 +193,13 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeou
 
 // idleEvidence reads the answers to one idle window's queries.
 func idleEvidence(result func(string) model.Vector, d time.Duration) IdleEvidence {
-	ev := IdleEvidence{Pods: map[string]PodEvidence{}, Blind: map[string]bool{}}
+	ev := IdleEvidence{Pods: map[string]PodEvidence{}, Blind: map[string]bool{}, Unknown: map[string]bool{}}
 	maxQ, minQ, sumQ, countQ := IdleQueries(d)
 	for _, s := range result(BlindQuery(d)) {
 		ev.Blind[string(s.Metric["instance"])] = true
+	}
+	for _, s := range result(UnknownQuery(d)) {
+		ev.Unknown[string(s.Metric["namespace"])+"/"+string(s.Metric["pod"])] = true
 	}
 	// Per pod, over the agents reporting it (a pod moves only by being
 	// recreated, but a restarted agent may report it under a new instance).

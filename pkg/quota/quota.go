@@ -72,6 +72,10 @@ type Pod struct {
 	// AgentBlind is true when an agent reporting it was down, or could not
 	// read a GPU, at some point in the window.
 	AgentBlind bool
+	// UseUnknown is true when an agent marked its use unknown at some
+	// point in the window (a process of it could not be placed in one of
+	// its containers): its series are incomplete.
+	UseUnknown bool
 	// OptOut is its opt-out annotation; IdleSince its idle mark.
 	OptOut    bool
 	IdleSince string
@@ -218,6 +222,8 @@ func idle(p Pod, i Idle, now time.Time, scrape time.Duration) (bool, string) {
 		need = max(need, int(math.Ceil(MinCoverage*float64(i.For.Duration)/float64(scrape))))
 	}
 	switch {
+	case p.UseUnknown:
+		return false, "an agent could not tell its use during the window: a process of it could not be placed in one of its containers"
 	case e == nil:
 		return false, "no samples of its GPU use in Prometheus over the window"
 	case !e.Valid:

@@ -72,13 +72,48 @@ func ContainerID(pod, name string) string {
 // name)) as containerd does: its bundle's config.json under runtimeDir,
 // with the CRI annotations that name it. It returns the container's ID.
 func WriteContainerdBundle(runtimeDir, pod, name string) (string, error) {
+	return WriteContainerdBundleWith(runtimeDir, pod, name, Bundle{})
+}
+
+// Bundle is what a test's bundle carries besides the CRI annotations.
+type Bundle struct {
+	// CgroupsPath is linux.cgroupsPath: where the runtime created the
+	// container's cgroup; none when empty.
+	CgroupsPath string
+	// Env is one environment value of the container's process, as a
+	// tenant's pod spec sets it.
+	Env string
+}
+
+// WriteContainerdBundleWith writes a container's bundle as
+// WriteContainerdBundle does, with b's fields, ordered as containerd
+// writes them (the process and its environment before the annotations).
+func WriteContainerdBundleWith(runtimeDir, pod, name string, b Bundle) (string, error) {
 	id := ContainerID(pod, name)
+	return id, WriteContainerdBundleOf(runtimeDir, id, pod, name, b)
+}
+
+// WriteContainerdBundleOf writes the bundle of container id, as
+// WriteContainerdBundleWith does, for a container ID of the test's own.
+func WriteContainerdBundleOf(runtimeDir, id, pod, name string, b Bundle) error {
 	ns, podName, _ := strings.Cut(pod, "/")
-	bundle := fmt.Sprintf(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":%q,`+
-		`"io.kubernetes.cri.sandbox-uid":%q,"io.kubernetes.cri.sandbox-name":%q,"io.kubernetes.cri.sandbox-namespace":%q}}`,
-		name, PodUID(pod), podName, ns)
-	if err := os.MkdirAll(filepath.Join(runtimeDir, id), 0o750); err != nil {
-		return "", err
+	spec := map[string]any{
+		"ociVersion": "1.2.0",
+		"process":    map[string]any{"env": []string{"PATH=/usr/bin", "PAD=" + b.Env}},
+		"annotations": map[string]string{
+			"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.container-name": name,
+			"io.kubernetes.cri.sandbox-uid": PodUID(pod), "io.kubernetes.cri.sandbox-name": podName, "io.kubernetes.cri.sandbox-namespace": ns,
+		},
 	}
-	return id, os.WriteFile(filepath.Join(runtimeDir, id, "config.json"), []byte(bundle), 0o600)
+	if b.CgroupsPath != "" {
+		spec["linux"] = map[string]any{"cgroupsPath": b.CgroupsPath}
+	}
+	data, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(runtimeDir, id), 0o750); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(runtimeDir, id, "config.json"), data, 0o600)
 }
