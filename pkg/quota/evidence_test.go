@@ -21,7 +21,7 @@ import (
 // fakeAgent serves an agent's /metrics with the use series the test sets:
 // the way a real agent (or a broken one) would present them.
 type fakeAgent struct {
-	mu    sync.Mutex
+	mu      sync.Mutex
 	util    map[string]string // pod -> sample text ("0", "-1", "NaN")
 	unknown map[string]string // pod -> gpuslice_container_use_unknown
 	blind   string            // gpuslice_agent_gpu_blind value
