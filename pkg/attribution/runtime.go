@@ -140,6 +140,7 @@ func (r *RuntimeState) Lookup(containerID string) (RuntimeContainer, bool) {
 			r.mu.Lock()
 			if err != nil {
 				r.failed[containerID] = failure{err: fmt.Errorf("%s: %w", b.path, err), at: now}
+				r.pruneFailedLocked(now)
 			} else {
 				delete(r.failed, containerID)
 				r.known[containerID] = bundle{RuntimeContainer: c, path: b.path}
@@ -163,6 +164,20 @@ func (r *RuntimeState) Forget(keep func(containerID string) bool) {
 	}
 	for id := range r.failed {
 		if !keep(id) {
+			delete(r.failed, id)
+		}
+	}
+}
+
+// pruneFailedLocked forgets failures older than failureTTL (they would be
+// read again anyway) once there are many, so containers that come and go
+// with unreadable records cannot grow what is remembered.
+func (r *RuntimeState) pruneFailedLocked(now time.Time) {
+	if len(r.failed) < 64 {
+		return
+	}
+	for id, f := range r.failed {
+		if now.Sub(f.at) >= failureTTL {
 			delete(r.failed, id)
 		}
 	}

@@ -1,6 +1,7 @@
 package attribution
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,6 +46,32 @@ func TestRuntimeStateReadsLargeRecordsAndCachesFailures(t *testing.T) {
 	now = now.Add(failureTTL)
 	if c, ok := r.Lookup(bad); !ok || c.Name != "main" || r.Failure(bad) != nil {
 		t.Errorf("a record was not read again after failureTTL: %+v, %v, %v", c, ok, r.Failure(bad))
+	}
+}
+
+// TestRuntimeStateFailuresAreBounded: containers that come and go with
+// torn records leave only the failures of the last minute remembered.
+func TestRuntimeStateFailuresAreBounded(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	now := time.Unix(1000, 0)
+	r := NewRuntimeState([]string{dir})
+	r.now = func() time.Time { return now }
+	for i := range 1000 {
+		id := fmt.Sprintf("%064x", i)
+		if err := os.MkdirAll(filepath.Join(dir, id), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, id, "config.json"), []byte("{"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := r.Lookup(id); ok {
+			t.Fatal("a torn record was read")
+		}
+		now = now.Add(time.Second)
+	}
+	if n := len(r.failed); n > 2*60+64 {
+		t.Errorf("%d failures remembered after 1000 containers over 1000 s; want those of about the last minute", n)
 	}
 }
 

@@ -62,7 +62,7 @@ func Held(reason string) bool { return reason == ReasonEnforced || reason == Rea
 // CannotHold reports a reason that is a failure to hold a share, not held
 // and not the administrator's choice (disabled, report-only).
 func CannotHold(reason string) bool {
-	return reason != ReasonEnforced && reason != ReasonDisabled && reason != ReasonReportOnly && reason != ReasonPodLevel
+	return !Held(reason) && reason != ReasonDisabled && reason != ReasonReportOnly
 }
 
 // CheckNode reports whether the tiers the options ask for can engage on
