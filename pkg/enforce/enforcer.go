@@ -102,6 +102,9 @@ type Stats struct {
 	MemoryEvents uint64
 	// Kills counts its GPU processes killed for that.
 	Kills uint64
+	// CgroupKills counts the times every process of its cgroup was killed
+	// for going over its limit again after its newest were killed.
+	CgroupKills uint64
 	// DriverMemoryLimits are the hard limits the driver enforces on the
 	// container's cgroup, by GPU UUID; nil without the driver tier.
 	DriverMemoryLimits map[string]uint64
@@ -282,6 +285,7 @@ func New(opts Options) (*Enforcer, error) {
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
 	}
 	e.watchdog.ns = opts.Namespace
+	e.watchdog.cgroupRoot = opts.CgroupRoot
 	e.node = CheckNode(opts, opts.NamespaceErr)
 	e.publishLocked() // nothing else can hold it yet
 	return e, nil
@@ -532,7 +536,7 @@ func (e *Enforcer) collectStats(seen map[string]node.Container) map[string]Stats
 	for id := range seen {
 		mem := memory[id]
 		c := seen[id]
-		s := Stats{Duty: 1, Throttled: e.finished[id], MemoryEvents: mem.Events, Kills: mem.Kills, DriverMemoryLimits: driver[id],
+		s := Stats{Duty: 1, Throttled: e.finished[id], MemoryEvents: mem.Events, Kills: mem.Kills, CgroupKills: mem.CgroupKills, DriverMemoryLimits: driver[id],
 			Compute: e.computeReason(c.Cgroup, e.freezers[id].File != ""), Memory: e.memoryReason()}
 		if t := e.throttles[id]; t != nil {
 			s.Duty = t.Duty()
@@ -622,7 +626,7 @@ func (e *Enforcer) memoryOnlyStats(snap *node.Snapshot) map[string]Stats {
 	for _, c := range snap.Enforced() {
 		if id := c.Cgroup.Key(); id != "" {
 			m := mem[id]
-			out[id] = Stats{Duty: 1, MemoryEvents: m.Events, Kills: m.Kills, DriverMemoryLimits: driver[id],
+			out[id] = Stats{Duty: 1, MemoryEvents: m.Events, Kills: m.Kills, CgroupKills: m.CgroupKills, DriverMemoryLimits: driver[id],
 				Compute: e.computeReason(c.Cgroup, false), Memory: e.memoryReason()}
 		}
 	}

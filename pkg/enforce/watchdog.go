@@ -23,7 +23,9 @@ type MemoryPolicy string
 
 const (
 	// MemoryKill kills the container's GPU processes, newest first, until
-	// it is within its limit. Default.
+	// it is within its limit; a container still over its limit in the next
+	// sample by processes not killed yet (it starts them faster than they
+	// are killed) has every process of its cgroup killed. Default.
 	MemoryKill MemoryPolicy = "kill"
 	// MemoryLog only logs and counts.
 	MemoryLog MemoryPolicy = "log"
@@ -101,19 +103,28 @@ type MemoryStats struct {
 	Events uint64
 	// Kills counts the processes killed.
 	Kills uint64
-	over  bool
+	// CgroupKills counts the times every process of its cgroup was killed
+	// for a repeated overrun.
+	CgroupKills uint64
+	over        bool
+	// killed are the PIDs killed that NVML still lists: their memory is
+	// on its way out, and is not counted again.
+	killed map[int]bool
 }
 
 // Watchdog holds containers to their GPU memory limits where the driver
 // cannot: it sums each container's processes' memory every sample.
 type Watchdog struct {
-	policy   MemoryPolicy
-	procRoot string
-	ns       attribution.Namespace // the agent's cgroup namespace
-	log      *slog.Logger
-	stats    map[string]*MemoryStats // by container ID
-	kill     func(pid int) error
-	events   events.Recorder
+	policy     MemoryPolicy
+	procRoot   string
+	cgroupRoot string                // where the cgroup filesystems are mounted
+	ns         attribution.Namespace // the agent's cgroup namespace
+	log        *slog.Logger
+	stats      map[string]*MemoryStats // by container ID
+	kill       func(pid int) error
+	events     events.Recorder
+	// killCgroup kills every process of a held cgroup.
+	killCgroup func(c attribution.Container) error
 }
 
 // NewWatchdog returns a watchdog acting by policy and recording an Event
@@ -122,8 +133,10 @@ func NewWatchdog(policy MemoryPolicy, procRoot string, log *slog.Logger, rec eve
 	if rec == nil {
 		rec = events.Discard{}
 	}
-	return &Watchdog{policy: policy, procRoot: procRoot, log: log, stats: map[string]*MemoryStats{}, events: rec,
+	w := &Watchdog{policy: policy, procRoot: procRoot, log: log, stats: map[string]*MemoryStats{}, events: rec,
 		kill: func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }}
+	w.killCgroup = func(c attribution.Container) error { return KillCgroup(w.cgroupRoot, c) }
+	return w
 }
 
 // Apply checks every container in the snapshot against its limit.
@@ -146,48 +159,104 @@ func (w *Watchdog) Apply(snap *node.Snapshot) {
 			st = &MemoryStats{}
 			w.stats[id] = st
 		}
-		over := c.MemoryUsedBytes > c.MemoryLimitBytes
-		if !over {
-			st.over = false
-			continue
-		}
-		if !st.over {
-			st.over = true
-			st.Events++
-			w.log.Warn("container over its gpu memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
-				"uuid", c.GPU, "used_bytes", c.MemoryUsedBytes, "limit_bytes", c.MemoryLimitBytes, "policy", string(w.policy))
-			w.events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUMemoryLimitExceeded",
-				fmt.Sprintf("Container %s holds %d MiB of GPU %d's memory, more than the %d MiB its slices allow (memory policy %s).",
-					c.Container, c.MemoryUsedBytes>>20, c.Index, c.MemoryLimitBytes>>20, w.policy))
-		}
-		if w.policy != MemoryKill {
-			continue
-		}
-		for _, p := range victims(c.Procs, c.MemoryLimitBytes, func(pid int) uint64 { return startTime(w.procRoot, pid) }) {
-			// PIDs are reused: kill only a process still in this container
-			// (or, where the container's processes reach into the pod's
-			// cgroup, still in this pod).
-			now, err := w.ns.ForPID(w.procRoot, p.PID)
-			if err != nil || !within(now, c.Cgroup) {
-				continue
-			}
-			if err := w.kill(p.PID); err != nil && !errors.Is(err, syscall.ESRCH) {
-				w.log.Error("kill gpu process over memory limit", "pid", p.PID, "pod", c.Pod, "err", err)
-				continue
-			}
-			st.Kills++
-			w.events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUProcessKilled",
-				fmt.Sprintf("Killed process %d of container %s, holding %d MiB of GPU %d's memory, to bring the container within its %d MiB.",
-					p.PID, c.Container, p.MemoryBytes>>20, c.Index, c.MemoryLimitBytes>>20))
-			w.log.Warn("killed gpu process over memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
-				"uuid", c.GPU, "pid", p.PID, "process_bytes", p.MemoryBytes, "limit_bytes", c.MemoryLimitBytes)
-		}
+		w.check(c, st)
 	}
 	for id := range w.stats {
 		if !seen[id] {
 			delete(w.stats, id)
 		}
 	}
+}
+
+// check holds one container to its limit. Memory of processes already
+// killed is not counted: they are dying. A container over its limit is
+// logged and recorded once per overrun; under MemoryKill its newest GPU
+// processes are killed until it is within, and a container that is over
+// again in the next sample, by processes not killed yet, has every process
+// of its cgroup killed: it starts GPU processes faster than they are
+// killed, and only its cgroup bounds its time over the limit.
+func (w *Watchdog) check(c node.Container, st *MemoryStats) {
+	listed := map[int]bool{}
+	var live []nvml.Process
+	var used uint64
+	for _, p := range c.Procs {
+		listed[p.PID] = true
+		if !st.killed[p.PID] {
+			live = append(live, p)
+			used += p.MemoryBytes
+		}
+	}
+	for pid := range st.killed {
+		if !listed[pid] {
+			delete(st.killed, pid)
+		}
+	}
+	if used <= c.MemoryLimitBytes {
+		st.over = false
+		return
+	}
+	again := st.over
+	if !st.over {
+		st.over = true
+		st.Events++
+		w.log.Warn("container over its gpu memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
+			"uuid", c.GPU, "used_bytes", used, "limit_bytes", c.MemoryLimitBytes, "policy", string(w.policy))
+		w.events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUMemoryLimitExceeded",
+			fmt.Sprintf("Container %s holds %d MiB of GPU %d's memory, more than the %d MiB its slices allow (memory policy %s).",
+				c.Container, used>>20, c.Index, c.MemoryLimitBytes>>20, w.policy))
+	}
+	if w.policy != MemoryKill {
+		return
+	}
+	if st.killed == nil {
+		st.killed = map[int]bool{}
+	}
+	if again {
+		w.killAll(c, st, live, used)
+		return
+	}
+	for _, p := range victims(live, c.MemoryLimitBytes, func(pid int) uint64 { return startTime(w.procRoot, pid) }) {
+		// PIDs are reused: kill only a process still in this container
+		// (or, where the container's processes reach into the pod's
+		// cgroup, still in this pod).
+		now, err := w.ns.ForPID(w.procRoot, p.PID)
+		if err != nil || !within(now, c.Cgroup) {
+			continue
+		}
+		if err := w.kill(p.PID); err != nil && !errors.Is(err, syscall.ESRCH) {
+			w.log.Error("kill gpu process over memory limit", "pid", p.PID, "pod", c.Pod, "err", err)
+			continue
+		}
+		st.Kills++
+		st.killed[p.PID] = true
+		w.events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUProcessKilled",
+			fmt.Sprintf("Killed process %d of container %s, holding %d MiB of GPU %d's memory, to bring the container within its %d MiB.",
+				p.PID, c.Container, p.MemoryBytes>>20, c.Index, c.MemoryLimitBytes>>20))
+		w.log.Warn("killed gpu process over memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
+			"uuid", c.GPU, "pid", p.PID, "process_bytes", p.MemoryBytes, "limit_bytes", c.MemoryLimitBytes)
+	}
+}
+
+// killAll kills every process of the container's cgroup (its pod's, where
+// it is held at its pod's level) for a repeated overrun.
+func (w *Watchdog) killAll(c node.Container, st *MemoryStats, live []nvml.Process, used uint64) {
+	if err := w.killCgroup(c.Cgroup); err != nil {
+		w.log.Error("kill cgroup over its gpu memory limit again", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "err", err)
+		return
+	}
+	st.CgroupKills++
+	for _, p := range live {
+		st.killed[p.PID] = true
+	}
+	what := "container " + c.Container
+	if c.Container == "" {
+		what = "every container of the pod"
+	}
+	w.events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUMemoryLimitCgroupKilled",
+		fmt.Sprintf("Killed every process of %s: it was over its %d MiB of GPU %d's memory (%d MiB) again after its newest GPU processes were killed.",
+			what, c.MemoryLimitBytes>>20, c.Index, used>>20))
+	w.log.Warn("killed every process of a cgroup over its gpu memory limit again", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
+		"uuid", c.GPU, "used_bytes", used, "limit_bytes", c.MemoryLimitBytes)
 }
 
 // within reports whether a process's cgroup lies in the cgroup held for a

@@ -330,6 +330,8 @@ var families = []metric{
 				w.sample(bit(r.reason == enforce.ReasonEnforced), "resource", r.resource, "reason", r.reason)
 			}
 		}),
+	m("enforcement", "cgroup_kills_total", "counter", "Times every process of the container's cgroup (its pod's, when held at the pod's level) was killed: it went over its GPU memory limit again, by processes not killed yet, in the sample after its newest GPU processes were killed.",
+		perEnforced(func(st enforce.Stats) float64 { return float64(st.CgroupKills) })),
 	m("enforcement", "compute_duty_ratio", "gauge", "Share of each throttle period the container may run; 1 when not throttled.",
 		perEnforced(func(st enforce.Stats) float64 { return st.Duty })),
 	m("enforcement", "driver_memory_limit_bytes", "gauge",

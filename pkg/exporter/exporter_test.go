@@ -173,6 +173,10 @@ gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",re
 gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",reason="enforced",resource="memory",uuid="GPU-aaa"} 1
 gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="b",reason="enforced",resource="memory",uuid="GPU-aaa"} 1
 gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="b",reason="no-freezer",resource="compute",uuid="GPU-aaa"} 0
+# HELP gpuslice_enforcement_cgroup_kills_total Times every process of the container's cgroup (its pod's, when held at the pod's level) was killed: it went over its GPU memory limit again, by processes not killed yet, in the sample after its newest GPU processes were killed.
+# TYPE gpuslice_enforcement_cgroup_kills_total counter
+gpuslice_enforcement_cgroup_kills_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
+gpuslice_enforcement_cgroup_kills_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
 # HELP gpuslice_enforcement_compute_duty_ratio Share of each throttle period the container may run; 1 when not throttled.
 # TYPE gpuslice_enforcement_compute_duty_ratio gauge
 gpuslice_enforcement_compute_duty_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.4

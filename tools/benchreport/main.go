@@ -48,6 +48,7 @@ var Goals = []Goal{
 	{"node scale: throttling all 200 containers, strict", "node", "throttle_cpu_pct", 5, "%.2f %% of a core"},
 	{"node scale: RSS high-water mark, metrics and enforcement on", "node", "rss_hwm_mib", 32, "%.1f MiB"},
 	{"memory overrun to kill (watchdog), in sample intervals: max", "BenchmarkMemoryOverrunToKill", "max-intervals", 2, "%.2f"},
+	{"a fork bomb's longest time over its memory limit (watchdog), in sample intervals", "BenchmarkForkBombTimeOverLimit", "max-over-intervals", 3, "%.2f"},
 	{"quota controller cycle, 500 namespaces, 5,000 pods: p99", "BenchmarkEvaluationCycle", "p99-ms", 1000, "%.0f ms"},
 	{"compute accuracy against the GPU model: worst cell", "sensitivity", "defaults max_error_pp", 2, "%.2f pp"},
 }

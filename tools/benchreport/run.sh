@@ -22,6 +22,7 @@ run $go test -run '^$' -bench 'IdleRSS' -benchtime 3x ./cmd/gpu-agent
 run $go test -run '^$' -bench 'RSSUnderHostileClients' -benchtime 1x ./cmd/gpu-agent
 run $go test -run '^$' -bench '^BenchmarkNode$' -benchtime 1x -timeout 10m ./cmd/gpu-agent
 run $go test -run '^$' -bench 'MemoryOverrunToKill' -benchtime 10x ./pkg/enforce
+run $go test -run '^$' -bench 'ForkBombTimeOverLimit' -benchtime 3x ./pkg/enforce
 run $go test -run '^$' -bench 'FreezerTransitions' -benchtime 50x ./pkg/enforce
 run $go test -run '^$' -bench 'DriverLimitOnCgroupCreation' -benchtime 200x ./pkg/enforce
 run $go test -run '^$' -bench 'EvaluationCycle' -benchtime 20x -timeout 10m ./pkg/quota
