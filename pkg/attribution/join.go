@@ -105,6 +105,17 @@ type DRA struct {
 	Prepared map[string]contract.PreparedClaim
 }
 
+// Stale says which of Join's host files are the last copy read whole (a
+// later read failed: torn, garbage, a newer format) rather than this
+// sample's. What they say of pods they list still holds (a container's
+// devices and claims do not change while it runs); of a pod they do not
+// list nothing is judged: its use is never called unauthorized on them.
+type Stale struct {
+	// Checkpoint is the kubelet's device manager checkpoint; DRAPods its
+	// DRA checkpoint; Prepared the DRA driver's record.
+	Checkpoint, DRAPods, Prepared bool
+}
+
 // ClaimGPUs are the GPUs a prepared claim holds a share of, and those it
 // has admin (monitoring) access to, which hold nothing.
 func ClaimGPUs(c contract.PreparedClaim) (shares, admin map[string]bool) {
@@ -128,8 +139,12 @@ func ClaimGPUs(c contract.PreparedClaim) (shares, admin map[string]bool) {
 // claims each container holds) and, for DRA, the kubelet's DRA checkpoint
 // and the driver's record. A process's environment plays no part: the
 // tenant controls it.
-func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames, dra DRA) Result {
+//
+// Where some of these are stale (a last good copy), pods they do not list
+// are never judged from them.
+func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames, dra DRA, stale Stale) Result {
 	j := newJoiner(assignments, checkpoint, resource, names)
+	j.stale = stale
 	j.addDRA(dra)
 	r := Result{Pods: map[string]PodName{}}
 	for i, a := range j.assignments {
@@ -176,6 +191,10 @@ type joiner struct {
 	reach     map[string]map[string]bool
 	listed    map[[2]string][]int
 	uidPod    map[string][2]string
+	// stale says which inputs are a last good copy; checkpointed are the
+	// pod UIDs the device manager checkpoint lists.
+	stale        Stale
+	checkpointed map[string]bool
 }
 
 func newJoiner(assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames) *joiner {
@@ -197,7 +216,11 @@ func newJoiner(assignments []podresources.Assignment, checkpoint []CheckpointEnt
 		}
 	}
 	j := &joiner{assignments: assignments, checkpoint: checkpoint, resource: resource, names: names, podUID: podUID,
-		onGPU: make([]map[string]bool, len(assignments)), named: map[string][]int{}, held: map[[2]string]map[string]bool{}}
+		onGPU: make([]map[string]bool, len(assignments)), named: map[string][]int{}, held: map[[2]string]map[string]bool{},
+		checkpointed: map[string]bool{}}
+	for _, e := range checkpoint {
+		j.checkpointed[e.PodUID] = true
+	}
 	for i, a := range assignments {
 		j.onGPU[i] = gpusOf(a.DeviceIDs)
 		j.named[a.Container] = append(j.named[a.Container], i)
@@ -311,8 +334,8 @@ func onlyPod(pods map[string]int, n int) string {
 // record; nil when that cannot be told.
 func (j *joiner) holders(v verdict) map[string]bool {
 	uid, gpu := v.uid, v.p.GPU
-	if j.checkpoint == nil {
-		return nil
+	if j.checkpoint == nil || (j.stale.Checkpoint && !j.checkpointed[uid]) {
+		return nil // unreadable, or a last good copy from before the pod
 	}
 	out := map[string]bool{}
 	for c := range j.held[[2]string{uid, gpu}] {
@@ -321,7 +344,7 @@ func (j *joiner) holders(v verdict) map[string]bool {
 	if !j.dra.Enabled {
 		return out
 	}
-	if j.dra.Pods == nil {
+	if j.dra.Pods == nil || (j.stale.DRAPods && len(j.podClaims[uid]) == 0) {
 		return nil
 	}
 	reaches := false

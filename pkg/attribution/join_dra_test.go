@@ -66,6 +66,7 @@ func TestJoinDRA(t *testing.T) {
 		proc    GPUProcess
 		noNames bool
 		mod     func(*DRA)
+		stale   Stale
 		want    *Attributed
 		deny    string
 		skip    string
@@ -77,6 +78,12 @@ func TestJoinDRA(t *testing.T) {
 		"runtime silent: the pod's one claim holder on the GPU": {
 			proc: GPUProcess{PID: 2, GPU: "GPU-1", Container: in(uidC, 1)}, noNames: true,
 			want: &Attributed{Assignment: server, PodUID: uidC, By: ByPod},
+		},
+		"stale DRA checkpoint from before the pod: never unauthorized": {
+			proc:  GPUProcess{PID: 30, GPU: "GPU-1", Container: in(uidC, 3)},
+			mod:   func(d *DRA) { d.Pods = d.Pods[2:] },
+			stale: Stale{DRAPods: true},
+			skip:  "its slices or claims on this GPU are not listed",
 		},
 		"container without a claim reaches its pod's GPU": {
 			proc: GPUProcess{PID: 3, GPU: "GPU-1", Container: in(uidC, 3)},
@@ -135,7 +142,7 @@ func TestJoinDRA(t *testing.T) {
 			}
 			// The device-plugin checkpoint is readable and holds nothing:
 			// only DRA can make a process authorized.
-			r := Join([]GPUProcess{tc.proc}, assignments, []CheckpointEntry{}, "nvidia.com/vgpu", n, d)
+			r := Join([]GPUProcess{tc.proc}, assignments, []CheckpointEntry{}, "nvidia.com/vgpu", n, d, tc.stale)
 			switch {
 			case tc.want != nil:
 				tc.want.GPUProcess = tc.proc

@@ -18,6 +18,7 @@ import (
 const (
 	uidA = "aaaaaaaa-0000-4000-8000-000000000001"
 	uidB = "bbbbbbbb-0000-4000-8000-000000000002"
+	uidN = "cccccccc-0000-4000-8000-00000000000e"
 )
 
 func TestParseCheckpoint(t *testing.T) {
@@ -126,6 +127,7 @@ func TestJoin(t *testing.T) {
 		idPause   = "4444444444444444444444444444444444444444444444444444444444444444"
 		idJupyter = "5555555555555555555555555555555555555555555555555555555555555555"
 		idUnknown = "6666666666666666666666666666666666666666666666666666666666666666"
+		idNew     = "7777777777777777777777777777777777777777777777777777777777777777"
 	)
 	runtime := names{
 		idWorker:  {Name: "worker", PodUID: uidA, PodNamespace: "ml", PodName: "train"},
@@ -133,12 +135,14 @@ func TestJoin(t *testing.T) {
 		idLogger:  {Name: "logger", PodUID: uidA, PodNamespace: "ml", PodName: "train"},
 		idPause:   {Sandbox: true, PodUID: uidA, PodNamespace: "ml", PodName: "train"},
 		idJupyter: {Name: "jupyter", PodUID: uidB, PodNamespace: "lab", PodName: "nb"},
+		idNew:     {Name: "helper", PodUID: uidN, PodNamespace: "lab", PodName: "new"},
 	}
 	in := func(uid, id string) Container { return Container{PodUID: uid, ContainerID: id} }
 	tests := map[string]struct {
 		proc         GPUProcess
 		noCheckpoint bool
 		noNames      bool
+		stale        Stale // which inputs are a last good copy
 		want         *Attributed
 		deny         string // reason of an Unauthorized verdict
 		skip         string // reason of an Unattributed one
@@ -190,6 +194,20 @@ func TestJoin(t *testing.T) {
 			proc: GPUProcess{PID: 11, GPU: "GPU-1", Container: in(uidA, idUnknown)},
 			skip: "no readable record of container", heldAt: uidA,
 		},
+		"stale checkpoint, a pod it lists: still judged": {
+			proc:  GPUProcess{PID: 20, GPU: "GPU-1", Container: in(uidA, idLogger)},
+			stale: Stale{Checkpoint: true},
+			deny:  "container logger holds no slices of this GPU",
+		},
+		"stale checkpoint, a pod it does not list: never unauthorized": {
+			proc:  GPUProcess{PID: 21, GPU: "GPU-1", Container: in(uidN, idNew)},
+			stale: Stale{Checkpoint: true},
+			skip:  "checkpoint is unreadable", heldAt: uidN,
+		},
+		"fresh checkpoint, a pod it does not list: unauthorized": {
+			proc: GPUProcess{PID: 22, GPU: "GPU-1", Container: in(uidN, idNew)},
+			deny: "container helper holds no slices of this GPU",
+		},
 		"checkpoint unreadable: never unauthorized": {
 			proc:         GPUProcess{PID: 12, GPU: "GPU-2", Container: in(uidA, idUnknown)},
 			noCheckpoint: true,
@@ -229,7 +247,7 @@ func TestJoin(t *testing.T) {
 			if tc.noNames {
 				n = names{}
 			}
-			r := Join([]GPUProcess{tc.proc}, assignments, cp, res, n, DRA{})
+			r := Join([]GPUProcess{tc.proc}, assignments, cp, res, n, DRA{}, tc.stale)
 			switch {
 			case tc.want != nil:
 				tc.want.GPUProcess = tc.proc
@@ -420,7 +438,7 @@ func TestJoinTrustsOnlyTheKubeletsTree(t *testing.T) {
 			if tc.record != nil {
 				n[id] = *tc.record
 			}
-			r := Join([]GPUProcess{{PID: 1, GPU: "GPU-1", Container: c}}, assignments, checkpoint, "nvidia.com/vgpu", n, DRA{})
+			r := Join([]GPUProcess{{PID: 1, GPU: "GPU-1", Container: c}}, assignments, checkpoint, "nvidia.com/vgpu", n, DRA{}, Stale{})
 			if got := len(r.Attributed) == 1; got != tc.attached {
 				t.Fatalf("attributed %v, want %v: %+v", got, tc.attached, r)
 			}

@@ -60,6 +60,9 @@ type Input struct {
 	Names attribution.ContainerNames
 	// DRA is what the DRA driver's claims hold (attribution.DRA).
 	DRA attribution.DRA
+	// Stale says which host files are the last copy read whole, not this
+	// sample's (attribution.Stale).
+	Stale attribution.Stale
 }
 
 // State is what the accounting carries from one sample to the next. The
@@ -95,9 +98,9 @@ type accum struct {
 // Durations, which the sampler counts), the state for the next sample, and
 // the inputs it had to leave out.
 func Build(in Input, prev State) (*Snapshot, State, []Problem) {
-	snap := &Snapshot{Time: in.Time}
+	snap := &Snapshot{Time: in.Time, Stale: in.Stale}
 	procs, usage, conflicts := readDevices(in, snap)
-	joined := attribution.Join(procs, in.Assignments, in.Checkpoint, in.ResourceName, in.Names, in.DRA)
+	joined := attribution.Join(procs, in.Assignments, in.Checkpoint, in.ResourceName, in.Names, in.DRA, in.Stale)
 	snap.Unattributed = joined.Unattributed
 	snap.Unauthorized = append(conflicts, joined.Unauthorized...) //nolint:gocritic // conflicts is ours to extend
 

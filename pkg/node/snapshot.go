@@ -151,6 +151,9 @@ type Snapshot struct {
 	// containers hold of the GPU, the use that of all of the pod's
 	// processes on it, Cgroup the pod's cgroup, and Unknown why.
 	Groups []Container
+	// Stale says which host files this sample read as their last copy
+	// read whole, a later read having failed.
+	Stale attribution.Stale
 	// Errors counts failures by source since the agent started.
 	Errors map[string]uint64
 	// Durations is how long samples took, up to the previous one.

@@ -106,9 +106,20 @@ type Sampler struct {
 	draPods     *attribution.DRACheckpoint
 	prepared    *attribution.PreparedClaims
 	assignments []podresources.Assignment
+	// good is the last copy of each host file read whole, used while its
+	// reads fail (fail closed: what runs keeps its holdings).
+	good        lastGood
 	errors      map[string]uint64
 	loggedAt    map[string]time.Time
 	durations   node.Histogram
+}
+
+// lastGood is the last copy of each host file read whole, and whether it
+// was ever read.
+type lastGood struct {
+	checkpoint []attribution.CheckpointEntry
+	draPods    []attribution.DRAClaim
+	prepared   map[string]contract.PreparedClaim
 }
 
 // New builds a sampler for the devices and layout the agent serves.
@@ -195,15 +206,25 @@ func (s *Sampler) read(ctx context.Context, now time.Time) node.Input {
 	} else {
 		s.assignments = a
 	}
+	var stale attribution.Stale
 	checkpoint, err := s.checkpoint.Read()
-	if err != nil {
+	switch {
+	case err == nil:
+		s.good.checkpoint = checkpoint
+	case errors.Is(err, fs.ErrNotExist):
+		// None yet (no device allocated since the kubelet started), or
+		// gone: nothing is held by it.
 		s.fail(node.SourceCheckpoint, err)
 		checkpoint = nil
+	default:
+		s.fail(node.SourceCheckpoint, fmt.Errorf("%w; the last copy read whole holds", err))
+		checkpoint, stale.Checkpoint = s.good.checkpoint, s.good.checkpoint != nil
 	}
+	dra := s.readDRA(&stale)
 	in := node.Input{
 		Time: now, MaxGap: 2 * s.opts.Interval, Assignments: s.assignments, Checkpoint: checkpoint,
 		Layout: s.layout, ResourceName: s.opts.ResourceName, Names: s.opts.Names,
-		GPUs: make([]node.GPUReading, 0, len(s.devices)), DRA: s.readDRA(),
+		GPUs: make([]node.GPUReading, 0, len(s.devices)), DRA: dra, Stale: stale,
 	}
 	for _, d := range s.devices {
 		in.GPUs = append(in.GPUs, s.readGPU(d, now))
@@ -215,17 +236,23 @@ func (s *Sampler) read(ctx context.Context, now time.Time) node.Input {
 // readDRA reads the kubelet's DRA checkpoint, then the driver's record:
 // in the order they are written (the driver records a claim before the
 // kubelet checkpoints it, and forgets it first), so that a claim the
-// checkpoint lists is in the record read after it.
-func (s *Sampler) readDRA() attribution.DRA {
+// checkpoint lists is in the record read after it. A file that exists and
+// cannot be read whole (torn, garbage, a newer format) is replaced by its
+// last copy read whole, and stale says so.
+func (s *Sampler) readDRA(stale *attribution.Stale) attribution.DRA {
 	if !s.opts.DRA {
 		return attribution.DRA{}
 	}
 	d := attribution.DRA{Enabled: true}
 	pods, err := s.draPods.Read()
-	if err != nil {
+	switch {
+	case err == nil:
+		d.Pods, s.good.draPods = pods, pods
+	case errors.Is(err, fs.ErrNotExist):
 		s.fail(node.SourceDRA, err)
-	} else {
-		d.Pods = pods
+	default:
+		s.fail(node.SourceDRA, fmt.Errorf("%w; the last copy read whole holds", err))
+		d.Pods, stale.DRAPods = s.good.draPods, s.good.draPods != nil
 	}
 	prepared, err := s.prepared.Read()
 	switch {
@@ -234,9 +261,13 @@ func (s *Sampler) readDRA() attribution.DRA {
 		// its pod unknown, never unauthorized, so nothing is assumed.
 		d.Prepared = map[string]contract.PreparedClaim{}
 	case err != nil:
-		s.fail(node.SourceDRA, err)
+		s.fail(node.SourceDRA, fmt.Errorf("%w; the last copy read whole holds", err))
+		d.Prepared, stale.Prepared = s.good.prepared, s.good.prepared != nil
 	default:
-		d.Prepared = prepared.Claims
+		if prepared.Claims == nil {
+			prepared.Claims = map[string]contract.PreparedClaim{}
+		}
+		d.Prepared, s.good.prepared = prepared.Claims, prepared.Claims
 	}
 	return d
 }
