@@ -108,10 +108,10 @@ type Sampler struct {
 	assignments []podresources.Assignment
 	// good is the last copy of each host file read whole, used while its
 	// reads fail (fail closed: what runs keeps its holdings).
-	good        lastGood
-	errors      map[string]uint64
-	loggedAt    map[string]time.Time
-	durations   node.Histogram
+	good      lastGood
+	errors    map[string]uint64
+	loggedAt  map[string]time.Time
+	durations node.Histogram
 }
 
 // lastGood is the last copy of each host file read whole, and whether it
