@@ -236,6 +236,12 @@ func Launch(dir string, o Options) (s *Server, err error) {
 			started.Stop()
 		}
 	}()
+	// The credentials are written here while etcd starts: the directory
+	// must not wait for etcd to create it (under load it did not, and the
+	// start failed writing sa.key).
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, err
+	}
 	var ports [3]int
 	for i := range ports {
 		if ports[i], err = FreePort(); err != nil {
