@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -497,5 +498,49 @@ func TestDRADriverPermissions(t *testing.T) {
 		if got := can(c.verb, c.group, c.resource, c.namespace); got != c.want {
 			t.Errorf("can %s %s.%s in %q = %t, want %t", c.verb, c.resource, c.group, c.namespace, got, c.want)
 		}
+	}
+}
+
+// TestChartProbesAndPolicy: by default the kubelet probes the agent and
+// the DRA driver on health listeners of their own (clients of the metrics
+// port cannot starve the probes, and the probes answer while a successor
+// waits for the node lock), and a NetworkPolicy lets pods reach only the
+// agent's metrics port, never the health ports.
+func TestChartProbesAndPolicy(t *testing.T) {
+	named := map[string]*unstructured.Unstructured{}
+	for _, o := range parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice", "--set", "dra.enabled=true")) {
+		named[o.GetKind()+"/"+o.GetName()] = o
+	}
+	for ds, port := range map[string]int64{"DaemonSet/gpuslice-agent": 9447, "DaemonSet/gpuslice-dra-driver": 9448} {
+		if named[ds] == nil {
+			t.Fatalf("%s not rendered: %v", ds, keys(named))
+		}
+		ctrs, _, _ := unstructured.NestedSlice(named[ds].Object, "spec", "template", "spec", "containers")
+		c := ctrs[0].(map[string]any)
+		if !slices.Contains(toStrings(c["args"]), fmt.Sprintf("--health-address=:%d", port)) {
+			t.Errorf("%s args %v lack --health-address=:%d", ds, c["args"], port)
+		}
+		health := false
+		for _, p := range c["ports"].([]any) {
+			pp := p.(map[string]any)
+			health = health || (pp["name"] == "health" && fmt.Sprint(pp["containerPort"]) == fmt.Sprint(port))
+		}
+		for _, probe := range []string{"livenessProbe", "readinessProbe"} {
+			got, _, _ := unstructured.NestedFieldNoCopy(c, probe, "httpGet", "port")
+			if got != "health" || !health {
+				t.Errorf("%s %s on port %v (health port declared %t), want the health port %d", ds, probe, got, health, port)
+			}
+		}
+	}
+	agent, driver := named["NetworkPolicy/gpuslice-agent"], named["NetworkPolicy/gpuslice-agent-dra-driver"]
+	if agent == nil || driver == nil {
+		t.Fatalf("NetworkPolicies by default: %v", keys(named))
+	}
+	ingress, _, _ := unstructured.NestedSlice(agent.Object, "spec", "ingress")
+	if len(ingress) != 1 || fmt.Sprint(ingress[0].(map[string]any)["ports"]) != "[map[port:9445 protocol:TCP]]" {
+		t.Errorf("the agent's policy lets in %v, want the metrics port only", ingress)
+	}
+	if rules, found, _ := unstructured.NestedSlice(driver.Object, "spec", "ingress"); found || len(rules) != 0 {
+		t.Errorf("the driver's policy lets in %v, want nothing", rules)
 	}
 }

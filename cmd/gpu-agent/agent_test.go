@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -91,6 +92,10 @@ func startAgentWith(t *testing.T, command func(args ...string) *exec.Cmd, args .
 	// containers in a state file of the test's own, unless told otherwise.
 	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--enforcement-state") }) {
 		args = append(args, "--enforcement-state="+filepath.Join(t.TempDir(), "enforcement.json"))
+	}
+	// Never the default :9447, which every agent of a parallel test wants.
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--health-address") }) {
+		args = append(args, "--health-address=127.0.0.1:0")
 	}
 	p := &agentProc{cmd: command(args...), stderr: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd.Stderr = p.stderr
@@ -320,7 +325,7 @@ func TestAgentOnNVMLBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer k.Stop()
-	a := &agentProc{cmd: exec.Command(agentBin, "--nvml-library="+lib, "--device-plugin-dir="+dir, "--metrics-address="+freePort(t),
+	a := &agentProc{cmd: exec.Command(agentBin, "--nvml-library="+lib, "--device-plugin-dir="+dir, "--metrics-address="+freePort(t), "--health-address=127.0.0.1:0",
 		"--slices-per-gpu=7", "--health-probe-interval=50ms", "--enforcement-state="+filepath.Join(t.TempDir(), "e.json")),
 		stderr: &syncBuffer{}, done: make(chan error, 1)}
 	a.cmd.Env = append(os.Environ(), fakegpu.NVMLStateEnv+"="+state)
@@ -407,6 +412,70 @@ func agentSocket(tb testing.TB, dir string) string {
 	return socks[0]
 }
 
+// probe asks the health listener at addr for path as the kubelet does,
+// with a one-second timeout.
+func probe(t *testing.T, addr, path string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: time.Second}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// waitReady waits for the health listener at addr to report ready.
+func waitReady(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := probe(t, addr, "/readyz")
+		if code == http.StatusOK {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz = %d %q, never ready", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The attack from the review: a pod holds idle keep-alive connections to
+// the agent's metrics port, every place the server keeps. The kubelet's
+// probes go to the health listener (the chart's probes name it) and are
+// answered within their one-second timeout. Before, probes shared the
+// metrics port and three missed probes had the agent killed.
+func TestProbesAnsweredBesideAnIdleConnectionFlood(t *testing.T) {
+	t.Parallel()
+	st := stubKubelet(t, "preset: A100-40GB\ncount: 1\n")
+	metrics, probes := freePort(t), freePort(t)
+	startAgent(t, append(st.agentArgs(), "--metrics-address="+metrics, "--health-address="+probes)...)
+	waitReady(t, probes)
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}()
+	for range 128 {
+		c, err := net.DialTimeout("tcp", metrics, 2*time.Second)
+		if err != nil {
+			break // the backlog is full: the flood took every place it could
+		}
+		held = append(held, c)
+	}
+	for i := range 3 {
+		if code, body := probe(t, probes, "/healthz"); code != http.StatusOK {
+			t.Errorf("liveness probe %d beside %d idle connections = %d %s", i, len(held), code, body)
+		}
+		if code, body := probe(t, probes, "/readyz"); code != http.StatusOK {
+			t.Errorf("readiness probe %d beside %d idle connections = %d %s", i, len(held), code, body)
+		}
+	}
+}
+
 // TestOneAgentPerNode starts a second agent on the node of a running one,
 // as a force-deleted DaemonSet pod's successor starts: it waits for the
 // node lock, serving and enforcing nothing, until the first is killed
@@ -419,13 +488,22 @@ func TestOneAgentPerNode(t *testing.T) {
 	if err := st.kubelet.WaitFor(ctxT(t), func(k *kubeletstub.Kubelet) bool { return k.RegistrationCountLocked() == 1 }); err != nil {
 		t.Fatal(err)
 	}
-	second := startAgent(t, append(st.agentArgs(), state, "--metrics-address="+freePort(t))...)
+	probes := freePort(t)
+	second := startAgent(t, append(st.agentArgs(), state, "--metrics-address="+freePort(t), "--health-address="+probes)...)
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(second.stderr.String(), "holds this node's lock") {
 		if time.Now().After(deadline) {
 			t.Fatalf("the second agent did not wait for the node lock:\n%s", second.stderr.String())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Waiting, it is alive for the kubelet's liveness probe (before, it
+	// served nothing and was killed every minute) and not ready, saying why.
+	if code, _ := probe(t, probes, "/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz of the waiting agent = %d, want 200", code)
+	}
+	if code, body := probe(t, probes, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "waiting for the node lock") {
+		t.Errorf("/readyz of the waiting agent = %d %q, want 503 naming the lock", code, body)
 	}
 	// Waiting, it has registered nothing and serves no socket of its own.
 	if n := len(st.kubelet.Registrations()); n != 1 {
@@ -444,6 +522,7 @@ func TestOneAgentPerNode(t *testing.T) {
 	if !strings.Contains(second.stderr.String(), "node lock taken") {
 		t.Errorf("the second agent did not say it took the lock:\n%s", second.stderr.String())
 	}
+	waitReady(t, probes)
 	// The killed agent's socket is gone (removed by its successor), and the
 	// successor's is the only one.
 	deadline = time.Now().Add(15 * time.Second)

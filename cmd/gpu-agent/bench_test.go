@@ -33,7 +33,7 @@ func reportMillis(b *testing.B, samples []time.Duration) {
 
 func startBenchAgent(b *testing.B, dir string, extra ...string) (*exec.Cmd, time.Time) {
 	b.Helper()
-	args := append([]string{"--gpu-backend=fake", "--device-plugin-dir=" + dir, "--metrics-address=127.0.0.1:0", "--log-level=warn",
+	args := append([]string{"--gpu-backend=fake", "--device-plugin-dir=" + dir, "--metrics-address=127.0.0.1:0", "--health-address=127.0.0.1:0", "--log-level=warn",
 		"--enforcement-state=" + filepath.Join(b.TempDir(), "enforcement.json")}, extra...)
 	cmd := exec.Command(agentBin, args...)
 	start := time.Now()

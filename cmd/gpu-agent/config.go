@@ -45,9 +45,12 @@ type Config struct {
 	NVMLLibrary     string `json:"nvmlLibrary,omitempty"`
 	DevicePluginDir string `json:"devicePluginDir,omitempty"`
 	MetricsAddress  string `json:"metricsAddress,omitempty"`
-	NodeName        string `json:"nodeName,omitempty"`
-	SysfsRoot       string `json:"sysfsRoot,omitempty"`
-	WebConfigFile   string `json:"webConfigFile,omitempty"`
+	// HealthAddress serves /healthz and /readyz apart from /metrics, for
+	// the kubelet's probes; empty serves them only on MetricsAddress.
+	HealthAddress string `json:"healthAddress,omitempty"`
+	NodeName      string `json:"nodeName,omitempty"`
+	SysfsRoot     string `json:"sysfsRoot,omitempty"`
+	WebConfigFile string `json:"webConfigFile,omitempty"`
 	// MetricsAuth is none, or kubernetes: /metrics asks the API server to
 	// authenticate and authorize each scraper's bearer token.
 	MetricsAuth        string            `json:"metricsAuth,omitempty"`
@@ -204,6 +207,7 @@ func defaultConfig(getenv func(string) string) Config {
 		GPUBackend:      "nvml",
 		DevicePluginDir: dp.PluginDir,
 		MetricsAddress:  ":9445",
+		HealthAddress:   ":9447",
 		NodeName:        getenv(contract.EnvNodeName),
 		SysfsRoot:       nv.SysfsRoot, SampleInterval: Duration{time.Second},
 		Enforcement: EnforcementConfig{
@@ -250,7 +254,8 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.FakeConfig, "fake-config", c.FakeConfig, "fake GPU node YAML `file` (with --gpu-backend=fake; default: 4×A100-40GB); its faults are re-read when it changes")
 	fs.StringVar(&c.NVMLLibrary, "nvml-library", c.NVMLLibrary, "NVML library `path` (default: libnvidia-ml.so.1 from the library path)")
 	fs.StringVar(&c.DevicePluginDir, "device-plugin-dir", c.DevicePluginDir, "kubelet device plugin `dir`")
-	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "`host:port` serving /metrics, /healthz and /readyz")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "`host:port` serving /metrics (and /healthz and /readyz)")
+	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "`host:port` serving /healthz and /readyz on a listener of their own, for the kubelet's probes, from before the node lock is taken; empty for none")
 	fs.StringVar(&c.WebConfigFile, "web-config-file", c.WebConfigFile, "exporter-toolkit web config `file` for TLS and basic auth on the metrics address")
 	fs.StringVar(&c.MetricsAuth, "metrics-auth", c.MetricsAuth, "none, or kubernetes: /metrics serves only bearer tokens the API server authenticates (TokenReview) whose user may get /metrics (SubjectAccessReview)")
 	fs.DurationVar(&c.SampleInterval.Duration, "sample-interval", c.SampleInterval.Duration, "how often GPUs, processes and the kubelet are sampled for metrics")
@@ -442,6 +447,9 @@ func (c Config) checkSources() error {
 	}
 	if _, _, err := net.SplitHostPort(c.MetricsAddress); err != nil {
 		return fmt.Errorf("--metrics-address %q: %w", c.MetricsAddress, err)
+	}
+	if _, _, err := net.SplitHostPort(c.HealthAddress); c.HealthAddress != "" && err != nil {
+		return fmt.Errorf("--health-address %q: %w", c.HealthAddress, err)
 	}
 	if err := exporter.ValidateWebConfig(c.WebConfigFile); err != nil {
 		return fmt.Errorf("--web-config-file: %w", err)

@@ -23,6 +23,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
+	"github.com/gpuslice/gpuslice/pkg/health"
 	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/pkg/labels"
 	"github.com/gpuslice/gpuslice/pkg/node"
@@ -87,8 +88,25 @@ type renderKey struct {
 	gen  uint64
 }
 
-// runAgent builds the components and runs them until ctx ends or one fails.
+// runAgent serves the probes from the start, then builds the components
+// and runs them until ctx ends or one fails.
 func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
+	probes := health.NewState("starting")
+	g, ctx := errgroup.WithContext(ctx)
+	if cfg.HealthAddress != "" {
+		lis, err := net.Listen("tcp", cfg.HealthAddress)
+		if err != nil {
+			return fmt.Errorf("listen on --health-address: %w", err)
+		}
+		g.Go(func() error { return health.Serve(ctx, lis, probes, log) })
+	}
+	g.Go(func() error { return serveAgent(ctx, cfg, probes, log) })
+	return g.Wait()
+}
+
+// serveAgent builds the components and runs them until ctx ends or one
+// fails; probes says how far it got.
+func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *slog.Logger) error {
 	k, err := newKubeParts(cfg, log)
 	if err != nil {
 		return err
@@ -100,7 +118,7 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 	if k.policies != nil {
 		eopts.PodPolicy = k.policies.Policy
 	}
-	enforcer, release, err := startEnforcer(ctx, eopts, log)
+	enforcer, release, err := startEnforcer(ctx, eopts, probes, log)
 	if err != nil || enforcer == nil {
 		return err
 	}
@@ -130,6 +148,7 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen on --metrics-address: %w", err)
 	}
+	probes.Set(readiness(gpus.plugin, smp))
 	g, ctx := errgroup.WithContext(ctx)
 	// Thaw everything the moment the agent is told to stop, whatever the
 	// other components take to wind down.
@@ -146,7 +165,7 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 		// Every series comes from the sample and enforcement's published
 		// view: render once per change of either.
 		key := func() any { return renderKey{smp.Snapshot(), enforcer.Generation()} }
-		ready := func() bool { return gpus.plugin.Connected() && smp.Ready() }
+		ready := func() bool { return probes.Ready() == nil }
 		return exporter.Serve(ctx, lis, k.guard(exporter.Handler(exposition, key, ready, log)), cfg.WebConfigFile, log)
 	})
 	if k.client != nil && cfg.NodeLabels {
@@ -164,6 +183,20 @@ func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 		g.Go(func() error { return fakegpu.WatchFile(ctx, cfg.FakeConfig, gpus.fake, log) })
 	}
 	return g.Wait()
+}
+
+// readiness is ready when the plugin is registered with a live kubelet and
+// the GPUs were sampled.
+func readiness(plugin *deviceplugin.Plugin, smp *sampler.Sampler) func() error {
+	return func() error {
+		switch {
+		case !plugin.Connected():
+			return errors.New("not registered with a live kubelet")
+		case !smp.Ready():
+			return errors.New("not sampled yet")
+		}
+		return nil
+	}
 }
 
 // cgroupNamespace finds where the agent's cgroup namespace is rooted in the
@@ -203,10 +236,11 @@ func requireEnforcement(cfg Resolved, enforcer *enforce.Enforcer, plugin *device
 // before anything else, so a crash loop never leaves containers stopped.
 // It returns a nil enforcer when ctx ended while waiting. release closes
 // the enforcer and releases the lock.
-func startEnforcer(ctx context.Context, o enforce.Options, log *slog.Logger) (*enforce.Enforcer, func(), error) {
+func startEnforcer(ctx context.Context, o enforce.Options, probes *health.State, log *slog.Logger) (*enforce.Enforcer, func(), error) {
 	unlock := func() {}
 	if o.State.Path != "" {
 		var err error
+		probes.NotReady("waiting for the node lock " + o.State.Path + ".lock (a predecessor still runs)")
 		unlock, err = nodelock.Lock(ctx, o.State.Path+".lock", "gpu-agent", log)
 		if errors.Is(err, context.Canceled) {
 			return nil, nil, nil
@@ -215,6 +249,7 @@ func startEnforcer(ctx context.Context, o enforce.Options, log *slog.Logger) (*e
 			return nil, nil, err
 		}
 	}
+	probes.NotReady("starting: the node lock is taken")
 	enforcer, err := enforce.New(o)
 	if err != nil {
 		unlock()

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"time"
@@ -53,6 +54,9 @@ type Config struct {
 	// ProbeInterval and XIDRecovery tune GPU health on real NVML.
 	ProbeInterval time.Duration
 	XIDRecovery   time.Duration
+	// HealthAddress serves /healthz and /readyz for the kubelet's probes;
+	// empty for none.
+	HealthAddress string
 }
 
 // defaultConfig is what the driver runs with unless told otherwise.
@@ -72,6 +76,7 @@ func defaultConfig() Config {
 		LogLevel:           "info",
 		ProbeInterval:      5 * time.Second,
 		XIDRecovery:        5 * time.Minute,
+		HealthAddress:      ":9448",
 	}
 }
 
@@ -97,6 +102,7 @@ func flags(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.DurationVar(&c.ProbeInterval, "health-probe-interval", c.ProbeInterval, "how often each GPU is probed for being lost (real NVML)")
 	fs.DurationVar(&c.XIDRecovery, "xid-recovery", c.XIDRecovery, "how long a GPU must go without a new XID to be healthy again; 0 never")
+	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "`host:port` serving /healthz and /readyz for the kubelet's probes, from before the node lock is taken; empty for none")
 	return fs
 }
 
@@ -137,6 +143,9 @@ func (c Config) validate() error {
 		if _, err := fakegpu.LoadFile(c.FakeConfig); err != nil {
 			return err
 		}
+	}
+	if _, _, err := net.SplitHostPort(c.HealthAddress); c.HealthAddress != "" && err != nil {
+		return fmt.Errorf("--health-address %q: %w", c.HealthAddress, err)
 	}
 	for flag, p := range map[string]string{"--kubelet-registrar-dir": c.RegistrarDir, "--kubelet-plugin-dir": c.PluginDir,
 		"--cdi-dir": c.CDIDir, "--state": c.StateFile, "--dev-root": c.DevRoot, "--pod-resources-socket": c.PodResourcesSocket} {

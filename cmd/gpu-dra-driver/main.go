@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -28,6 +29,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
+	"github.com/gpuslice/gpuslice/pkg/health"
 	"github.com/gpuslice/gpuslice/pkg/nodelock"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
@@ -72,13 +74,31 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	return exitOK
 }
 
-// serve runs the driver until ctx ends or the plugin fails.
+// serve serves the probes from the start and runs the driver until ctx
+// ends or the plugin fails.
 func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
+	probes := health.NewState("waiting for the node lock " + cfg.StateFile + ".lock (a predecessor still runs)")
+	g, ctx := errgroup.WithContext(ctx)
+	if cfg.HealthAddress != "" {
+		lis, err := net.Listen("tcp", cfg.HealthAddress)
+		if err != nil {
+			return fmt.Errorf("listen on --health-address: %w", err)
+		}
+		g.Go(func() error { return health.Serve(ctx, lis, probes, log) })
+	}
+	g.Go(func() error { return serveDriver(ctx, cfg, probes, log) })
+	return g.Wait()
+}
+
+// serveDriver runs the driver until ctx ends or the plugin fails; probes
+// says how far it got.
+func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slog.Logger) error {
 	unlock, err := nodelock.Lock(ctx, cfg.StateFile+".lock", "gpu-dra-driver", log)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	probes.NotReady("starting: the node lock is taken")
 	backend, fake, err := openBackend(cfg, log)
 	if err != nil {
 		return err
@@ -119,6 +139,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer plugin.Stop()
+	probes.Set(func() error { return nil }) // registered and published
 	log.Info("serving", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "gpus", len(n.devices),
 		"slices", n.layout.TotalSlices(), "driver", n.sys.DriverVersion, "claims_prepared", len(prep.Claims()))
 	g, gctx := errgroup.WithContext(ctx)

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -148,7 +151,7 @@ func TestDriverOnTheAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	first := startDriver(t, bin, args...)
+	first := startDriver(t, bin, append(args, "--health-address="+freeAddr(t))...)
 	waitTaints(t, first, cs, map[string]string{"gpu-0": "", "gpu-1": ""})
 	// Its memory, for the chart's requests (docs/dra.md): logged, not judged.
 	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", first.cmd.Process.Pid)); err == nil {
@@ -168,8 +171,16 @@ func TestDriverOnTheAPIServer(t *testing.T) {
 	}
 	waitTaints(t, first, cs, map[string]string{"gpu-0": "", "gpu-1": ""})
 
-	second := startDriver(t, bin, args...)
+	probes := freeAddr(t)
+	second := startDriver(t, bin, append(args, "--health-address="+probes)...)
 	waitLog(t, second, "holds this node's lock")
+	// Waiting, it is alive for the kubelet and not ready, saying why.
+	if code, _ := get(t, "http://"+probes+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz of the waiting driver = %d, want 200", code)
+	}
+	if code, body := get(t, "http://"+probes+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "waiting for the node lock") {
+		t.Errorf("/readyz of the waiting driver = %d %q, want 503 naming the lock", code, body)
+	}
 	if err := first.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -182,6 +193,33 @@ func TestDriverOnTheAPIServer(t *testing.T) {
 		t.Errorf("exit code %d after SIGTERM:\n%s", code, first.logs())
 	}
 	waitLog(t, second, `"msg":"serving"`)
+	if code, body := get(t, "http://"+probes+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz of the serving driver = %d %q, want 200", code, body)
+	}
+}
+
+// freeAddr is a loopback address no one listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().String()
+}
+
+// get asks url as the kubelet's probe does, with a one-second timeout.
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }
 
 func waitLog(t *testing.T, d *driverProc, want string) {

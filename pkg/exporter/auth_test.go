@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -157,6 +158,7 @@ func TestKubeAuthBoundsReviews(t *testing.T) {
 	for i := range clients {
 		go func() {
 			req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+			req.RemoteAddr = fmt.Sprintf("10.0.0.%d:40000", i+1) // each its own source: the global bound is what is tested
 			req.Header.Set("Authorization", fmt.Sprintf("Bearer token-%d", i))
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, req)
@@ -188,4 +190,92 @@ func TestKubeAuthBoundsReviews(t *testing.T) {
 			t.Errorf("a reviewed forged token got %d, want 401", c)
 		}
 	}
+}
+
+// slowReviewer answers as an API server latency away would: one token is a
+// reader's, every other token is made up. It counts the reviews asked.
+type slowReviewer struct {
+	good    string
+	latency time.Duration
+	reviews atomic.Int64
+}
+
+func (s *slowReviewer) ReviewToken(ctx context.Context, token string) (kube.User, bool, error) {
+	s.reviews.Add(1)
+	select {
+	case <-time.After(s.latency):
+	case <-ctx.Done():
+		return kube.User{}, false, ctx.Err()
+	}
+	return kube.User{Username: "system:serviceaccount:monitoring:prometheus"}, token == s.good, nil
+}
+
+func (s *slowReviewer) Authorize(context.Context, kube.User, string, string) (bool, error) {
+	return true, nil
+}
+
+// The attack from the review: 16 clients send made-up bearer tokens as
+// fast as they can while Prometheus scrapes with its own. The reviews asked
+// of the API server stay within each source's allowance, and Prometheus is
+// served every scrape, also when its answer expires in the middle of the
+// flood and must be reviewed again. Before, the agent forwarded every
+// made-up token and Prometheus lost most scrapes.
+func TestForgedTokenFloodKeepsAuthorizedScrapesServed(t *testing.T) {
+	t.Parallel()
+	r := &slowReviewer{good: "prometheus-token", latency: 2 * time.Millisecond}
+	inner := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("metrics")) })
+	h := exporter.KubeAuth(inner, r, slog.New(slog.DiscardHandler))
+	var offset atomic.Int64 // the test moves time on
+	exporter.SetClock(h, func() time.Time { return time.Now().Add(time.Duration(offset.Load())) })
+	ask := func(src, token string) int {
+		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		req.RemoteAddr = src + ":40000"
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var forged atomic.Int64
+	for i := range 16 {
+		wg.Go(func() {
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if c := ask(fmt.Sprintf("10.0.0.%d", i+1), fmt.Sprintf("made-up-%d-%d", i, n)); c == http.StatusOK {
+					t.Errorf("a made-up token was served")
+				}
+				forged.Add(1)
+			}
+		})
+	}
+	start := time.Now()
+	served := 0
+	for i := range 40 {
+		if i == 20 {
+			offset.Add(int64(2 * time.Minute)) // Prometheus's answer expires
+		}
+		if ask("10.1.0.1", r.good) == http.StatusOK {
+			served++
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	elapsed := time.Since(start)
+	if served != 40 {
+		t.Errorf("Prometheus served %d of 40 scrapes under the flood", served)
+	}
+	// Each flooding source may cause its burst, its rate, and its burst
+	// again once the clock moved on; the reader two reviews (the first,
+	// and the renewal).
+	limit := int64(16*(2*exporter.ReviewBurst+exporter.ReviewsPerSecond*int(elapsed.Seconds()+1)) + 2)
+	if got := r.reviews.Load(); got > limit {
+		t.Errorf("%d reviews asked for %d requests with made-up tokens, want at most %d", got, forged.Load(), limit)
+	}
+	t.Logf("%d requests with made-up tokens, %d reviews asked", forged.Load(), r.reviews.Load())
 }

@@ -14,10 +14,10 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/netutil"
-
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/exporter-toolkit/web"
+
+	"github.com/gpuslice/gpuslice/pkg/netlimit"
 )
 
 // Renderer appends the metrics exposition, in the Prometheus text format,
@@ -162,20 +162,26 @@ func ValidateWebConfig(path string) error {
 }
 
 // Bounds on the metrics server, so that no client can hold the agent's
-// memory or its shutdown: scrapes in flight, connections, and how long a
-// request may take to arrive and its answer to be taken.
+// memory or its shutdown: scrapes in flight, how long a request may take
+// to arrive and its answer to be taken, and how long an idle keep-alive
+// connection is kept (shorter than a scrape interval: a scraper opens one
+// connection a scrape, an idler loses its place).
 const (
 	MaxScrapesInFlight = 4
-	MaxConnections     = 64
 	ReadTimeout        = 10 * time.Second
 	WriteTimeout       = 15 * time.Second
-	IdleTimeout        = 60 * time.Second
+	IdleTimeout        = 10 * time.Second
 )
+
+// MetricsBounds bounds the metrics server's connections: in all, and from
+// one source address, so that one client cannot take the places of the
+// others (a connection past a bound is closed at once).
+var MetricsBounds = netlimit.Limits{Total: 64, PerSource: 8}
 
 // Serve serves h on lis until ctx ends, with TLS and basic auth when
 // webConfigFile names an exporter-toolkit web config.
 func Serve(ctx context.Context, lis net.Listener, h http.Handler, webConfigFile string, log *slog.Logger) error {
-	lis = netutil.LimitListener(lis, MaxConnections)
+	lis = netlimit.Listen(lis, MetricsBounds)
 	srv := &http.Server{
 		Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: ReadTimeout,
 		WriteTimeout: WriteTimeout, IdleTimeout: IdleTimeout, MaxHeaderBytes: 16 << 10,

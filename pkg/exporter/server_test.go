@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -174,9 +175,10 @@ func TestScrapeFloodIsBounded(t *testing.T) {
 	h := Handler(NewExposition(slowSource{fixed{snapshot()}}, info), nil, func() bool { return true }, slog.New(slog.DiscardHandler))
 	go func() { done <- Serve(ctx, lis, h, "", slog.New(slog.DiscardHandler)) }()
 	url := "http://" + lis.Addr().String() + "/metrics"
-	// Clients that send a request and never read the answer.
-	for range 8 {
-		c, err := net.Dial("tcp", lis.Addr().String())
+	// Clients that send a request and never read the answer, each from its
+	// own address (one address gets MetricsBounds.PerSource connections).
+	for i := range 8 {
+		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 2, byte(i+1))}}).Dial("tcp", lis.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -184,9 +186,11 @@ func TestScrapeFloodIsBounded(t *testing.T) {
 		fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
 	}
 	codes := make(chan int, 40)
-	for range 40 {
+	for i := range 40 {
 		go func() {
-			resp, err := http.Get(url)
+			d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 3, byte(i+1))}}
+			c := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+			resp, err := c.Get(url)
 			if err != nil {
 				codes <- 0
 				return
@@ -331,4 +335,43 @@ func TestRenderingInUseIsNeverReused(t *testing.T) {
 	}
 	close(slow.release)
 	<-done
+}
+
+// The attack from the review: a pod opens idle keep-alive connections to
+// the metrics port, as many as the server keeps. Another client, here the
+// scraper, is still served at once; the attacker's connections past its
+// share are closed. Before, the 64 idle connections took every place and
+// the next client waited for a minute.
+func TestIdleConnectionsOfOneSourceDoNotStarveOthers(t *testing.T) {
+	t.Parallel()
+	addr := serve(t, "", func() bool { return true })
+	attacker := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 2 * time.Second}
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}()
+	for range MetricsBounds.Total + 8 {
+		c, err := attacker.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	c := &http.Client{Timeout: 2 * time.Second}
+	if code, body := get(t, c, "http://"+addr+"/metrics", "", ""); code != http.StatusOK {
+		t.Errorf("a scrape beside the attacker's idle connections = %d %s, want 200", code, body)
+	}
+	// A place the server refused is closed: a read ends at once.
+	closed := 0
+	for _, c := range held {
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); errors.Is(err, io.EOF) {
+			closed++
+		}
+	}
+	if want := len(held) - MetricsBounds.PerSource; closed < want {
+		t.Errorf("%d of the attacker's %d connections closed, want at least %d", closed, len(held), want)
+	}
 }

@@ -163,7 +163,7 @@ func (d *demo) startAgent(ctx context.Context, agentBin string) error {
 	}
 	d.cleanup = append(d.cleanup, pr.Stop)
 	args := []string{"--gpu-backend=fake", "--fake-config=" + d.fakePath, "--device-plugin-dir=" + d.pluginDir,
-		"--pod-resources-socket=" + podResources, "--metrics-address=" + d.addr, "--sample-interval=250ms",
+		"--pod-resources-socket=" + podResources, "--metrics-address=" + d.addr, "--health-address=127.0.0.1:0", "--sample-interval=250ms",
 		"--enforcement-state=" + filepath.Join(d.dir, "enforcement.json"), "--compute-policy=strict"}
 	step(d.out, "2. start %s %s", agentBin, strings.Join(args, " "))
 	d.cmd = exec.Command(agentBin, args...)

@@ -102,7 +102,7 @@ func run(m *testing.M) int {
 		Log:       func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) },
 	}
 	if draOff = draMode(); draOff == "" {
-		opts.DRADriverBin, opts.DRADriverArgs = draBin, []string{"--slices-per-gpu=4"}
+		opts.DRADriverBin, opts.DRADriverArgs = draBin, []string{"--slices-per-gpu=4", "--health-address=127.0.0.1:0"}
 	}
 	fmt.Printf("e2e: DRA mode: %s\n", map[bool]string{true: "on", false: "off (" + draOff + ")"}[draOff == ""])
 	// Free ports are picked before the components bind them, so another

@@ -439,7 +439,7 @@ func (c *check) runAgent(policy string) error {
 	c.addr = l.Addr().String()
 	_ = l.Close()
 	args := append([]string{
-		"--device-plugin-dir=" + c.dir, "--pod-resources-socket=" + sock, "--metrics-address=" + c.addr,
+		"--device-plugin-dir=" + c.dir, "--pod-resources-socket=" + sock, "--metrics-address=" + c.addr, "--health-address=127.0.0.1:0",
 		"--cgroup-root=/sys/fs/cgroup", "--slices-per-gpu=" + strconv.Itoa(slicesPerGPU), "--compute-policy=" + policy,
 		"--enforcement-state=" + filepath.Join(c.dir, "enforcement.json"), "--unauthorized-gpu-use=log",
 		"--node-labels=false", "--runtime-state-dirs=" + filepath.Join(c.dir, "no-runtime"),

@@ -136,7 +136,7 @@ func (c *Cluster) agentSetup(o Options) error {
 		"--gpu-backend=fake", "--fake-config=" + c.FakeConfig,
 		"--pod-resources-socket=" + c.PodResourcesSocket,
 		"--kubeconfig=" + c.API.Kubeconfig, "--node-name=" + NodeName,
-		"--metrics-address=" + c.MetricsAddr, "--sample-interval=500ms",
+		"--metrics-address=" + c.MetricsAddr, "--health-address=127.0.0.1:0", "--sample-interval=500ms",
 		"--enforcement-state=" + filepath.Join(c.Dir, "enforcement.json"),
 		"--dev-root=" + devRoot, "--cgroup-root=/sys/fs/cgroup",
 		// containerd's bundles name each container ID's container.
