@@ -62,7 +62,9 @@ type Plugin struct {
 	answers *responses // Allocate's responses, by request
 
 	registered atomic.Bool
-	watchers   atomic.Int64 // ListAndWatch streams open: the kubelet's
+	// kubelet is the kubelet socket file last registered with; nil before.
+	kubelet  atomic.Pointer[socketFile]
+	watchers atomic.Int64 // ListAndWatch streams open: the kubelet's
 }
 
 // NewLayout cuts the devices a backend found according to cfg.

@@ -1,13 +1,16 @@
 package deviceplugin_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -960,4 +963,66 @@ func TestNoSlicesLeavesTheResourceToDRA(t *testing.T) {
 	if devs := nextList(t, ch); len(devs) != 0 {
 		t.Fatalf("advertised %d slices after a health change, want none", len(devs))
 	}
+}
+
+// TestSlowKubeletRestartRegistersOnce: a kubelet restart as the plugin
+// directory shows it, whatever its timing: kubelet.sock gone for a range
+// of gaps, the plugin's own socket removed or left in place. Each time the
+// plugin registers with the new kubelet once, and says so in its log. The
+// retry timer is far longer than the test, so only the directory watch can
+// pass. Before, a socket left in place and a new kubelet.sock with the old
+// one's inode number (ext4 reuses a freed inode at once) were not seen as
+// a restart: the plugin never registered again.
+func TestSlowKubeletRestartRegistersOnce(t *testing.T) {
+	t.Parallel()
+	for _, removePlugins := range []bool{false, true} {
+		for _, gap := range []time.Duration{0, 5 * time.Millisecond, 200 * time.Millisecond, 1500 * time.Millisecond} {
+			t.Run(fmt.Sprintf("gap %v, plugin socket removed %t", gap, removePlugins), func(t *testing.T) {
+				t.Parallel()
+				var logs syncBuffer
+				e := newEnv(t, setup{configure: func(o *deviceplugin.Options) {
+					o.RegisterRetry = time.Hour
+					o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+				}})
+				if _, err := e.kubelet.WaitPlugin(ctxT(t), resource); err != nil {
+					t.Fatal(err)
+				}
+				for i := range 3 {
+					before := registrations(e.kubelet)
+					if err := e.kubelet.RestartAfter(gap, removePlugins); err != nil {
+						t.Fatal(err)
+					}
+					if err := e.waitReregistered(t, before); err != nil {
+						t.Fatalf("restart %d: the plugin did not register with the new kubelet: %v\n%s", i, err, logs.String())
+					}
+					time.Sleep(1200 * time.Millisecond) // past the 1 s fallback: a second registration would be in
+					if got := registrations(e.kubelet) - before; got != 1 {
+						t.Errorf("restart %d: %d registrations, want 1", i, got)
+					}
+				}
+				if n := strings.Count(logs.String(), "re-registering"); n != 3 {
+					t.Errorf("the log says re-registering %d times for 3 restarts:\n%s", n, logs.String())
+				}
+			})
+		}
+	}
+}
+
+// syncBuffer is a log sink the plugin's goroutines may write to while the
+// test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

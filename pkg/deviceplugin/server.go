@@ -137,10 +137,6 @@ func (r *restartWatch) stop() {
 func (p *Plugin) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan error) bool {
 	kubelet := filepath.Join(p.opts.PluginDir, kubeletSocket)
 	own := p.SocketPath()
-	// The kubelet registered with, by its socket's inode: events that
-	// arrive after the plugin acted on them (a kubelet restart sends
-	// several) must not make it register twice with the same kubelet.
-	known := inode(kubelet)
 	retry := time.NewTicker(p.opts.RegisterRetry)
 	defer retry.Stop()
 	var rw restartWatch
@@ -158,11 +154,16 @@ func (p *Plugin) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan e
 			}
 			return false
 		case err := <-w.Errors:
+			// Events may have been lost (an overflow): look again.
 			p.log.Warn("device plugin dir watch error", "err", err)
+			rw.start()
 		case ev := <-w.Events:
-			// A kubelet restart removes our socket and then creates its
-			// own: act once, as soon as the new kubelet answers.
-			if (ev.Name == kubelet && ev.Has(fsnotify.Create) && (known == 0 || inode(kubelet) != known)) ||
+			// A kubelet restart creates a new kubelet.sock, and may remove
+			// our socket first: act once, as soon as the new kubelet
+			// answers. Events that arrive after the plugin acted on them
+			// (a restart sends several) name the socket it registered
+			// with, and are let go.
+			if (ev.Name == kubelet && ev.Has(fsnotify.Create) && p.newKubelet(kubelet)) ||
 				(ev.Name == own && ev.Has(fsnotify.Remove|fsnotify.Rename) && !exists(own)) {
 				rw.start()
 			}
@@ -174,16 +175,22 @@ func (p *Plugin) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan e
 			if p.kubeletRestarted(ctx, own) {
 				return false
 			}
-			known = inode(kubelet)
 		case <-rw.settle:
 			rw.stop()
 			if p.kubeletRestarted(ctx, own) {
 				return false
 			}
-			known = inode(kubelet)
 		case <-retry.C:
-			if !p.Registered() {
+			switch {
+			case !p.Registered():
 				p.register(ctx)
+			case p.newKubelet(kubelet) && dialable(kubelet):
+				// A restart the watch did not show (events lost, or a
+				// kubelet.sock made where no event reaches).
+				p.log.Warn("kubelet socket replaced without a watch event")
+				if p.kubeletRestarted(ctx, own) {
+					return false
+				}
 			}
 		}
 	}
@@ -191,11 +198,16 @@ func (p *Plugin) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan e
 
 // kubeletRestarted acts on a kubelet restart: it reports true when the
 // kubelet removed the plugin's socket, which must then be served again
-// (and registered from there), and otherwise registers again at once.
+// (and registered from there), and otherwise registers again at once. It
+// does nothing when the kubelet's socket is the one registered with (the
+// event came from a restart already acted on).
 func (p *Plugin) kubeletRestarted(ctx context.Context, own string) bool {
 	if !exists(own) {
 		p.log.Info("plugin socket removed by the kubelet; serving again and re-registering")
 		return true
+	}
+	if !p.newKubelet(filepath.Join(p.opts.PluginDir, kubeletSocket)) {
+		return false
 	}
 	p.log.Info("kubelet restarted; re-registering")
 	p.registered.Store(false)
@@ -203,17 +215,33 @@ func (p *Plugin) kubeletRestarted(ctx context.Context, own string) bool {
 	return false
 }
 
-// inode is the inode of the file at path, 0 when there is none: a new
-// kubelet creates a new socket file.
-func inode(path string) uint64 {
-	st, err := os.Stat(path)
-	if err != nil {
-		return 0
+// socketFile names one socket file: a new kubelet binds a new file. Its
+// inode number alone does not tell: ext4 gives a file the number of one
+// just removed, so a kubelet back within milliseconds often has its
+// predecessor's. Inode and change time together do.
+type socketFile struct {
+	ino   uint64
+	ctime syscall.Timespec
+}
+
+// socketFileAt is the file at path; the zero value when there is none.
+func socketFileAt(path string) socketFile {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return socketFile{}
 	}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		return sys.Ino
+	return socketFile{ino: st.Ino, ctime: st.Ctim}
+}
+
+// newKubelet reports whether a kubelet socket is at path that the plugin
+// has not registered with.
+func (p *Plugin) newKubelet(path string) bool {
+	f := socketFileAt(path)
+	if f == (socketFile{}) {
+		return false
 	}
-	return 0
+	known := p.kubelet.Load()
+	return known == nil || *known != f
 }
 
 // dialable reports whether something accepts connections on a unix socket.
@@ -317,6 +345,7 @@ func (p *Plugin) Register(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
 	path := filepath.Join(p.opts.PluginDir, kubeletSocket)
+	file := socketFileAt(path) // before the call: a kubelet that replaces it meanwhile is new
 	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("dial kubelet at %s: %w", path, err)
@@ -332,6 +361,7 @@ func (p *Plugin) Register(ctx context.Context) error {
 		return fmt.Errorf("register %s with kubelet at %s: %w", p.opts.ResourceName, path, err)
 	}
 	p.registered.Store(true)
+	p.kubelet.Store(&file)
 	return nil
 }
 

@@ -56,9 +56,16 @@ func Start(dir string) (*Kubelet, error) {
 	return k, nil
 }
 
-func (k *Kubelet) start() error {
+func (k *Kubelet) start() error { return k.startWith(true) }
+
+// startWith listens on kubelet.sock, first removing every socket in the
+// directory when clean is true, as the kubelet does when it starts.
+func (k *Kubelet) startWith(clean bool) error {
 	socks, _ := filepath.Glob(filepath.Join(k.dir, "*.sock"))
 	for _, s := range socks {
+		if !clean && filepath.Base(s) != "kubelet.sock" {
+			continue
+		}
 		if err := os.Remove(s); err != nil {
 			return fmt.Errorf("clean device plugin dir: %w", err)
 		}
@@ -91,6 +98,17 @@ func (k *Kubelet) Stop() {
 func (k *Kubelet) Restart() error {
 	k.Stop()
 	return k.start()
+}
+
+// RestartAfter is Restart as a slow kubelet, or one that keeps plugin
+// sockets, looks from the plugin directory: kubelet.sock is gone for gap,
+// then a new kubelet listens on it; plugins' sockets are removed only when
+// removePlugins is true. On ext4 the new socket often gets the old one's
+// inode number.
+func (k *Kubelet) RestartAfter(gap time.Duration, removePlugins bool) error {
+	k.Stop()
+	time.Sleep(gap)
+	return k.startWith(removePlugins)
 }
 
 // Register implements the Registration service: it checks the request and
