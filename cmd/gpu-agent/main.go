@@ -116,7 +116,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	eopts := cfg.Enforce
 	eopts.Logger, eopts.Events, eopts.Namespace, eopts.NamespaceErr = log, k.events, ns, nsErr
 	if k.policies != nil {
-		eopts.PodPolicy = k.policies.Policy
+		eopts.PodPolicy, eopts.PodByUID = k.policies.Policy, k.policies.Pod
 	}
 	enforcer, release, err := startEnforcer(ctx, eopts, probes, log)
 	if err != nil || enforcer == nil {

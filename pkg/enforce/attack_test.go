@@ -395,3 +395,50 @@ func TestAttackOnOffAgainstStrict(t *testing.T) {
 	}
 	t.Logf("on/off work got %.3f of the GPU over 20 s (limit 0.20)", got)
 }
+
+// The defect from the review: exemption is by namespace, and a process
+// whose pod holds no slices and has no readable runtime record had an
+// empty namespace, so it was killed even in an exempt namespace (a GPU
+// Operator validator, an MPS daemon). The pod's namespace is now looked up
+// by its UID among the node's pods, and a namespace that stays unknown is
+// never killed or frozen: only reported. A known, non-exempt namespace is
+// still killed beside them.
+func TestAttackUnknownNamespaceIsNeverKilled(t *testing.T) {
+	t.Parallel()
+	exempt := "gpu-operator/validator"
+	n := startAttackNode(t, func(o *enforce.Options) {
+		o.UnauthorizedExempt = []string{"gpu-operator"}
+		o.PodByUID = func(uid string) (string, string, bool) {
+			if uid == kubeletstub.PodUID(exempt) {
+				return "gpu-operator", "validator", true
+			}
+			return "", "", false
+		}
+	})
+	n.container(t, "ml/other", "gpu", 2) // a checkpoint exists
+	// No runtime record for either: the agent knows their pods' UIDs only.
+	bare := func(pod string) string {
+		dir := filepath.Join(n.podDir(pod), cid(pod, "main"))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	validator := n.run(t, bare(exempt), 0.3, 256)
+	unknown := n.run(t, bare("lost/pod"), 0.3, 256)
+	stranger := n.run(t, n.container(t, "ml/noslices", "main", 0), 0.3, 256)
+	if !stranger.Exited(20 * time.Second) {
+		t.Fatalf("a known namespace's unauthorized use was not killed: %+v", n.smp.Snapshot().Unauthorized)
+	}
+	n.waitFor(t, "both seen as unauthorized", func(s *node.Snapshot) bool { return len(s.Unauthorized) == 2 })
+	time.Sleep(time.Second) // several samples past
+	if validator.Exited(time.Second) {
+		t.Error("a process of an exempt namespace, known by its pod's UID, was killed")
+	}
+	if unknown.Exited(time.Second) {
+		t.Error("a process whose namespace is unknown was killed")
+	}
+	if st := n.enf.UnauthorizedStats(); st.Killed != 1 {
+		t.Errorf("stats %+v, want the one kill of the known namespace", st)
+	}
+}

@@ -54,6 +54,11 @@ type Options struct {
 	// UnauthorizedExempt are namespaces whose pods may use GPUs without
 	// slices (monitoring such as DCGM); their use is still reported.
 	UnauthorizedExempt []string
+	// PodByUID, if set, names a pod on the node by its UID (from the API
+	// server's list of the node's pods): the namespace of a process whose
+	// runtime record is missing. A process whose namespace stays unknown
+	// is never killed or frozen, only reported.
+	PodByUID func(uid string) (namespace, name string, ok bool)
 	// Period is the throttle period a GPU starts at; it grows when work
 	// queued on the GPU outlasts the frozen part of each period.
 	Period time.Duration

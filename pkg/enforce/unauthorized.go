@@ -11,6 +11,18 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
+// named fills in the namespace and name of u's pod from its UID where the
+// runtime record did not give them.
+func (e *Enforcer) named(u attribution.Unauthorized) attribution.Unauthorized {
+	if u.Namespace != "" || u.PodUID == "" || e.opts.PodByUID == nil {
+		return u
+	}
+	if ns, name, ok := e.opts.PodByUID(u.PodUID); ok {
+		u.Namespace, u.Pod = ns, name
+	}
+	return u
+}
+
 // unauthorized acts on the processes in pods that use a GPU their
 // container holds no slice of, by the Unauthorized policy. Host processes
 // never reach here: the sampler lists only processes in pod cgroups.
@@ -19,9 +31,15 @@ func (e *Enforcer) unauthorized(snap *node.Snapshot) {
 	seen := map[int]bool{}
 	for _, u := range snap.Unauthorized {
 		seen[u.PID] = true
-		exempt := u.Namespace != "" && slices.Contains(e.opts.UnauthorizedExempt, u.Namespace)
+		u = e.named(u)
 		action := e.opts.Unauthorized
-		if exempt {
+		switch {
+		case u.Namespace == "":
+			// Exemption is by namespace: one that is not known may be
+			// exempt, and a process is never ended on a guess.
+			action = UnauthorizedLog
+			u.Reason += "; its namespace is unknown, so it is only reported"
+		case slices.Contains(e.opts.UnauthorizedExempt, u.Namespace):
 			action = UnauthorizedLog
 		}
 		if !e.reported[u.PID] {

@@ -1,5 +1,6 @@
 // Package podpolicy reads the compute policy each pod on this node asks
-// for with the gpuslice.io/compute-policy annotation. It lists the node's
+// for with the gpuslice.io/compute-policy annotation, and names the node's
+// pods by UID. It lists the node's
 // pods (field selector spec.nodeName) on an interval and answers lookups
 // from that list, so the enforcer never calls the API server.
 package podpolicy
@@ -35,6 +36,7 @@ type Watcher struct {
 
 	mu     sync.RWMutex
 	policy map[string]enforce.Policy // "namespace/pod" -> policy
+	byUID  map[string]kube.Meta      // the node's pods by UID
 }
 
 // New returns a watcher of node's pods, refreshed every interval.
@@ -53,14 +55,26 @@ func (w *Watcher) Policy(namespace, pod string) enforce.Policy {
 	return w.policy[namespace+"/"+pod]
 }
 
+// Pod names the pod on the node with uid, as of the last list; ok is
+// false for a pod not listed (not on the node, or not listed yet).
+func (w *Watcher) Pod(uid string) (namespace, name string, ok bool) {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	p, ok := w.byUID[uid]
+	return p.Namespace, p.Name, ok
+}
+
 // Refresh lists the node's pods once and replaces what is known.
 func (w *Watcher) Refresh(ctx context.Context) error {
 	pods, err := w.client.PodsOnNode(ctx, w.node)
 	if err != nil {
 		return fmt.Errorf("list pods on node %s: %w", w.node, err)
 	}
-	next := map[string]enforce.Policy{}
+	next, byUID := map[string]enforce.Policy{}, make(map[string]kube.Meta, len(pods))
 	for _, p := range pods {
+		if p.UID != "" {
+			byUID[p.UID] = kube.Meta{Namespace: p.Namespace, Name: p.Name, UID: p.UID}
+		}
 		v, ok := p.Annotations[Annotation]
 		if !ok {
 			continue
@@ -73,7 +87,7 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 		next[p.Namespace+"/"+p.Name] = policy
 	}
 	w.mu.Lock()
-	w.policy = next
+	w.policy, w.byUID = next, byUID
 	w.mu.Unlock()
 	return nil
 }

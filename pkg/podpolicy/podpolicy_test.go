@@ -20,15 +20,18 @@ func TestPoliciesFromAnnotations(t *testing.T) {
 	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ml"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	uids := map[string]string{}
 	pod := func(name, node string, ann map[string]string) {
 		t.Helper()
 		p := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ml", Annotations: ann},
 			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "main", Image: "busybox"}}},
 		}
-		if _, err := c.CoreV1().Pods("ml").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		made, err := c.CoreV1().Pods("ml").Create(ctx, p, metav1.CreateOptions{})
+		if err != nil {
 			t.Fatal(err)
 		}
+		uids[name] = string(made.UID)
 	}
 	pod("strict", "gpu-node", map[string]string{Annotation: "strict"})
 	pod("burst", "gpu-node", map[string]string{Annotation: "burst"})
@@ -44,5 +47,13 @@ func TestPoliciesFromAnnotations(t *testing.T) {
 		if got := w.Policy("ml", name); got != want {
 			t.Errorf("policy of ml/%s = %q, want %q", name, got, want)
 		}
+	}
+	// Pods are named by UID: the namespace of a process whose runtime
+	// record is missing; a pod of another node is not.
+	if ns, name, ok := w.Pod(uids["plain"]); !ok || ns != "ml" || name != "plain" {
+		t.Errorf("Pod(uid of ml/plain) = %q, %q, %t", ns, name, ok)
+	}
+	if _, _, ok := w.Pod(uids["elsewhere"]); ok {
+		t.Error("a pod of another node is named by its UID")
 	}
 }
