@@ -86,6 +86,77 @@ func TestNoContainerLeftFrozenAfterSIGKILL(t *testing.T) {
 	}
 }
 
+// TestNoContainerLeftFrozenAfterFullDiskAndSIGKILL: the agent's record
+// cannot be written (its directory is a full filesystem), it throttles a
+// greedy pod and is killed with SIGKILL with the pod frozen. The next
+// agent, which has no record to read, knows the freeze as its own by the
+// mark on the cgroup and thaws it; a pod frozen by someone else beside it
+// stays frozen.
+func TestNoContainerLeftFrozenAfterFullDiskAndSIGKILL(t *testing.T) {
+	t.Parallel()
+	full := t.TempDir()
+	if err := syscall.Mount("tmpfs", full, "tmpfs", 0, "size=64k,mode=0700"); err != nil {
+		if os.Getenv("GPUSLICE_REQUIRE_ROOT") != "" {
+			t.Fatalf("root is required (GPUSLICE_REQUIRE_ROOT is set): mount tmpfs: %v", err)
+		}
+		t.Skipf("cannot mount a tmpfs (not root?): %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(full, syscall.MNT_DETACH) })
+	// Fill it: what is left cannot hold a record.
+	_ = os.WriteFile(filepath.Join(full, "filler"), make([]byte, 1<<20), 0o600)
+	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-fulldisk-test-%d", os.Getpid()))
+	st := stubKubelet(t, "preset: H100-80GB\ncount: 1\n")
+	state := filepath.Join(full, "enforcement.json")
+	args := append(st.agentArgs(), "--slices-per-gpu=10", "--sample-interval=200ms", "--enforcement-state="+state)
+	first := startAgent(t, append(args, "--compute-policy=strict", "--metrics-address="+freePort(t))...)
+	cg := greedyPod(t, st, base, 3, strings.Repeat("d", 64))
+	// Paused by someone else, beside it in the same pod.
+	paused := filepath.Join(filepath.Dir(cg), strings.Repeat("f", 64))
+	if err := os.Mkdir(paused, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.WriteFile(filepath.Join(paused, "cgroup.freeze"), []byte("0"), 0o600); _ = os.Remove(paused) })
+	if err := os.WriteFile(filepath.Join(paused, "cgroup.freeze"), []byte("1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	freeze := filepath.Join(cg, "cgroup.freeze")
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(first.stderr.String(), "no space left on device") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent never failed to write its record:\n%s", first.stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // deep into throttling
+	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	first.wait(t)
+	if data, _ := os.ReadFile(state); len(data) > 2 {
+		t.Fatalf("a record was written on the full filesystem: %q", data)
+	}
+	if v, _ := os.ReadFile(freeze); strings.TrimSpace(string(v)) != "1" {
+		if err := os.WriteFile(freeze, []byte("1"), 0o600); err != nil { // the worst case a SIGKILL can cause
+			t.Fatal(err)
+		}
+	}
+	second := startAgent(t, append(args, "--enforce-compute=false", "--metrics-address="+freePort(t))...)
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		v, _ := os.ReadFile(freeze)
+		if strings.TrimSpace(string(v)) == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restarted agent without a record did not thaw %s\n%s", freeze, second.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if v, _ := os.ReadFile(filepath.Join(paused, "cgroup.freeze")); strings.TrimSpace(string(v)) != "1" {
+		t.Errorf("the restarted agent thawed a cgroup someone else froze: cgroup.freeze %q", v)
+	}
+}
+
 // greedyPod allocates slices to pod ml/greedy on the stand-in kubelet and
 // runs a workload wanting the whole GPU in its container's cgroup (id cid
 // under base), moved there before it starts; it returns the cgroup.

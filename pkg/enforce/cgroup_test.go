@@ -471,3 +471,64 @@ func TestThawPodCgroupsAtStart(t *testing.T) {
 		t.Errorf("the tenant's own frozen subtree was thawed: %q", v)
 	}
 }
+
+// TestStartupThawLeavesOthersFreezes: the defect from the review. With no
+// record (a full disk, then SIGKILL), the start-up thaw thawed every frozen
+// pod cgroup on the node, whoever froze it: a paused container, a
+// checkpoint in progress, another controller. Now a freeze of the agent's
+// own carries a mark on the cgroup itself (an extended attribute: no disk
+// space), and only marked cgroups are thawed, on cgroup v2 and the v1
+// freezer alike.
+func TestStartupThawLeavesOthersFreezes(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"", "freezer"} {
+		t.Run("hierarchy "+kind, func(t *testing.T) {
+			t.Parallel()
+			_, top := testCgroup(t, kind)
+			pod := filepath.Join(top, "kubepods", "burstable", "pod1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d")
+			ours, theirs := filepath.Join(pod, strings.Repeat("a", 64)), filepath.Join(pod, strings.Repeat("b", 64))
+			for _, d := range []string{ours, theirs} {
+				if err := os.MkdirAll(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Cleanup(func() {
+				for _, d := range []string{ours, theirs, pod, filepath.Dir(pod), filepath.Dir(filepath.Dir(pod))} {
+					_ = Freezer{File: freezerFile(kind, d)}.Thaw()
+					_ = os.Remove(d)
+				}
+			})
+			if err := (Freezer{File: freezerFile(kind, ours)}).Freeze(); err != nil {
+				t.Fatal(err)
+			}
+			// Paused by someone else: the control file written directly.
+			frozen := "1"
+			if kind == "freezer" {
+				frozen = "FROZEN"
+			}
+			if err := os.WriteFile(freezerFile(kind, theirs), []byte(frozen), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			o := DefaultOptions()
+			o.CgroupRoot = cgroupRoot
+			o.State = StateFile{Path: filepath.Join(t.TempDir(), "none.json")}
+			e, err := New(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			if f, _ := (Freezer{File: freezerFile(kind, ours)}).Frozen(); f {
+				t.Error("the cgroup the agent froze is still frozen after the start-up thaw")
+			}
+			if f, _ := (Freezer{File: freezerFile(kind, theirs)}).Frozen(); !f {
+				t.Error("a cgroup someone else froze was thawed at start")
+			}
+			if marked(ours) {
+				t.Error("the thawed cgroup still carries the agent's mark")
+			}
+		})
+	}
+}
+
+// marked reports whether the cgroup dir carries gpuslice's freeze mark.
+func marked(dir string) bool { return Freezer{File: filepath.Join(dir, "cgroup.freeze")}.Marked() }

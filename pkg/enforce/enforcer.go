@@ -279,9 +279,10 @@ func New(opts Options) (*Enforcer, error) {
 		opts.Logger.Error("thaw recorded containers", "err", err)
 	}
 	// The record may be torn, missing or unwritten (a full disk): thaw
-	// every frozen pod and container cgroup the agent could have frozen.
-	if n, err := ThawPodCgroups(opts.CgroupRoot); n > 0 || err != nil {
-		opts.Logger.Warn("thawed frozen pod cgroups found at start", "count", n, "err", err)
+	// every pod and container cgroup that carries gpuslice's mark, and no
+	// other.
+	if n, err := ThawMarked(opts.CgroupRoot); n > 0 || err != nil {
+		opts.Logger.Warn("thawed cgroups a previous agent froze, by their mark", "count", n, "err", err)
 	}
 	e := &Enforcer{
 		opts: opts, log: opts.Logger, epoch: clockOf(opts).Now(), inbox: make(chan *node.Snapshot, 1),

@@ -55,8 +55,12 @@ func FreezerFor(cgroupRoot string, c attribution.Container) (Freezer, error) {
 
 func (f Freezer) v2() bool { return filepath.Base(f.File) == "cgroup.freeze" }
 
-// Freeze asks the kernel to freeze the cgroup.
+// Freeze marks the cgroup as frozen by gpuslice and asks the kernel to
+// freeze it.
 func (f Freezer) Freeze() error {
+	if err := f.mark(); err != nil {
+		return err
+	}
 	v := "FROZEN"
 	if f.v2() {
 		v = "1"
@@ -64,13 +68,51 @@ func (f Freezer) Freeze() error {
 	return f.write(v)
 }
 
-// Thaw asks the kernel to thaw the cgroup.
+// Thaw asks the kernel to thaw the cgroup and, once it has, removes
+// gpuslice's mark.
 func (f Freezer) Thaw() error {
 	v := "THAWED"
 	if f.v2() {
 		v = "0"
 	}
-	return f.write(v)
+	if err := f.write(v); err != nil {
+		return err
+	}
+	f.unmark()
+	return nil
+}
+
+// FreezeMark is the extended attribute gpuslice sets on a cgroup before
+// it freezes it and removes once it has thawed it: a freeze of its own is
+// known after a restart without its record (a full disk, then SIGKILL),
+// and the start-up thaw leaves every other freeze alone (a paused
+// container, a checkpoint in progress, another controller). It takes no
+// disk space. The user namespace needs no capability, only write access
+// to the cgroup, which a tenant has at most to its own subtree.
+const FreezeMark = "user.gpuslice.frozen"
+
+// mark sets FreezeMark on the cgroup. A filesystem without user extended
+// attributes (cgroup v2 before Linux 5.7) is not an error: the freeze is
+// then known from the record alone.
+func (f Freezer) mark() error {
+	err := unix.Setxattr(filepath.Dir(f.File), FreezeMark, []byte("1"), 0)
+	switch {
+	case err == nil, errors.Is(err, unix.ENOTSUP), errors.Is(err, unix.EOPNOTSUPP):
+		return nil
+	case errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("mark %s: %w: %w", filepath.Dir(f.File), err, os.ErrNotExist)
+	}
+	return fmt.Errorf("mark %s: %w", filepath.Dir(f.File), err)
+}
+
+// unmark removes FreezeMark; a cgroup without it, or gone, has nothing to
+// remove.
+func (f Freezer) unmark() { _ = unix.Removexattr(filepath.Dir(f.File), FreezeMark) }
+
+// Marked reports whether the cgroup carries FreezeMark.
+func (f Freezer) Marked() bool {
+	_, err := unix.Getxattr(filepath.Dir(f.File), FreezeMark, nil)
+	return err == nil
 }
 
 func (f Freezer) write(v string) error {
@@ -101,8 +143,12 @@ type openFreezer struct {
 	fd int
 }
 
-// open opens the control file for writing (never creating it).
+// open marks the cgroup (see FreezeMark) and opens the control file for
+// writing (never creating it).
 func (f Freezer) open() (*openFreezer, error) {
+	if err := f.mark(); err != nil {
+		return nil, err
+	}
 	fd, err := unix.Open(f.File, unix.O_WRONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", f.File, err)

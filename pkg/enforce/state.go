@@ -61,7 +61,7 @@ func (s StateFile) ThawRecorded(cgroupRoot string, log *slog.Logger) (int, error
 	var files []string
 	if err := json.Unmarshal(data, &files); err != nil {
 		// A torn or foreign file: nothing can be trusted in it, and
-		// keeping it would fail every start. ThawPodCgroups covers what
+		// keeping it would fail every start. ThawMarked covers what
 		// it may have named.
 		_ = os.Remove(s.Path)
 		return 0, fmt.Errorf("enforcement state %s is corrupt, removed: %w", s.Path, err)
@@ -128,13 +128,14 @@ func checkFreezerFile(cgroupRoot, f string) error {
 	return nil
 }
 
-// ThawPodCgroups thaws every frozen pod-level and container-level cgroup
-// of the kubelet's pod hierarchy under cgroupRoot (cgroup v2 at the root
-// or <root>/unified, and the v1 freezer hierarchy): the cgroups the agent
-// itself may have frozen. Subtrees below a container's cgroup are its own
-// and are left as they are. It is the agent's safety net when its record
-// is torn, missing or could not be written.
-func ThawPodCgroups(cgroupRoot string) (int, error) {
+// ThawMarked thaws every pod-level and container-level cgroup of the
+// kubelet's pod hierarchy under cgroupRoot (cgroup v2 at the root or
+// <root>/unified, and the v1 freezer hierarchy) that carries FreezeMark:
+// the cgroups gpuslice froze and did not thaw. A cgroup frozen by anyone
+// else carries no mark and is left as it is; subtrees below a container's
+// cgroup are its own and are never looked at. It is the agent's safety net
+// when its record is torn, missing or could not be written.
+func ThawMarked(cgroupRoot string) (int, error) {
 	type mount struct{ dir, file string }
 	var mounts []mount
 	for _, dir := range []string{cgroupRoot, filepath.Join(cgroupRoot, "unified")} {
@@ -167,8 +168,8 @@ func ThawPodCgroups(cgroupRoot string) (int, error) {
 				return fs.SkipDir // a container's own subtree
 			}
 			f := Freezer{File: filepath.Join(path, m.file)}
-			if frozen, err := f.Frozen(); err != nil || !frozen {
-				return nil
+			if !f.Marked() {
+				return nil // never frozen by gpuslice, or thawed already
 			}
 			if err := f.Thaw(); err != nil {
 				errs = append(errs, err)
