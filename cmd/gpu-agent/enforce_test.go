@@ -115,7 +115,10 @@ func TestNoContainerLeftFrozenAfterFullDiskAndSIGKILL(t *testing.T) {
 	if err := os.Mkdir(paused, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = os.WriteFile(filepath.Join(paused, "cgroup.freeze"), []byte("0"), 0o600); _ = os.Remove(paused) })
+	t.Cleanup(func() {
+		_ = os.WriteFile(filepath.Join(paused, "cgroup.freeze"), []byte("0"), 0o600)
+		_ = os.Remove(paused)
+	})
 	if err := os.WriteFile(filepath.Join(paused, "cgroup.freeze"), []byte("1"), 0o600); err != nil {
 		t.Fatal(err)
 	}
