@@ -21,6 +21,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
+	"github.com/gpuslice/gpuslice/pkg/frontend"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
@@ -571,6 +572,7 @@ func (c Config) pluginOptions() deviceplugin.Options {
 	if c.DRA.Enabled {
 		// One GPU serves one front end at a time.
 		o.DRAGPUs = attribution.ClaimedGPUsReader(c.DRA.PreparedClaims)
+		o.FrontEnds = frontend.New(filepath.Dir(c.DRA.PreparedClaims))
 		o.NoSlices = c.DRA.ExtendedResource
 	}
 	o.MPS = deviceplugin.MPSOptions{Enabled: c.MPS.Enabled, PipeDirectory: c.MPS.PipeDirectory}

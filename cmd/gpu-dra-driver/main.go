@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
@@ -29,6 +30,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
+	"github.com/gpuslice/gpuslice/pkg/frontend"
 	"github.com/gpuslice/gpuslice/pkg/health"
 	"github.com/gpuslice/gpuslice/pkg/nodelock"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
@@ -123,7 +125,7 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	}
 	defer func() { _ = podres.Close() }()
 	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, Nodes: n.nodes, CDIDir: cfg.CDIDir, StatePath: cfg.StateFile,
-		DevicePluginGPUs: devicePluginGPUs(podres)})
+		DevicePluginGPUs: devicePluginGPUs(podres), FrontEnds: frontend.New(filepath.Dir(cfg.StateFile))})
 	if err != nil {
 		return err
 	}

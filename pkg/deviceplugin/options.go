@@ -51,6 +51,15 @@ type Options struct {
 	// and every Allocate while they cannot be told: the two front ends
 	// never share a GPU, since neither counts the other's holdings.
 	DRAGPUs func() (map[string]bool, error)
+	// FrontEnds, when set (with DRAGPUs), is the node's front-end lock:
+	// Allocate holds it across its check of DRAGPUs and its record of
+	// the GPUs it hands out, as the DRA driver holds it across Prepare,
+	// so that the two never both pass on one GPU.
+	FrontEnds FrontEnds
+	// DRAPoll is how often DRAGPUs is read to offer the slices of GPUs
+	// claims hold as Unhealthy (the kubelet then neither picks nor is
+	// steered to them).
+	DRAPoll time.Duration
 	// NoSlices makes ListAndWatch advertise no slices, so the node's
 	// allocatable nvidia.com/vgpu is 0: the scheduler then serves pods
 	// asking for it through DRA (a DeviceClass whose extendedResourceName
@@ -59,6 +68,13 @@ type Options struct {
 	NoSlices bool
 	// Logger receives the plugin's logs.
 	Logger *slog.Logger
+}
+
+// FrontEnds is the node's lock shared by its two GPU front ends, and the
+// device plugin's record of what it handed out (*frontend.Guard).
+type FrontEnds interface {
+	Hold() (release func(), err error)
+	Granted(uuids []string) error
 }
 
 // CDIOptions configure CDI device names in Allocate responses.
@@ -92,6 +108,7 @@ func DefaultOptions() Options {
 		CDI:           CDIOptions{Kind: "nvidia.com/gpu", NameStrategy: "uuid"},
 		MPS:           MPSOptions{PipeDirectory: contract.MPSPipeDirectory},
 		RegisterRetry: 5 * time.Second,
+		DRAPoll:       time.Second,
 	}
 }
 
@@ -130,6 +147,9 @@ func (o Options) Validate() error {
 	}
 	if o.MPS.Enabled && !filepath.IsAbs(o.MPS.PipeDirectory) {
 		return fmt.Errorf("MPS pipe directory %q must be an absolute path", o.MPS.PipeDirectory)
+	}
+	if o.DRAGPUs != nil && o.DRAPoll <= 0 {
+		return errors.New("DRA poll interval must be positive")
 	}
 	if o.RegisterRetry <= 0 {
 		return errors.New("register retry interval must be positive")

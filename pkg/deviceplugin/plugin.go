@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -56,8 +58,11 @@ type Plugin struct {
 	// withheld, when set, is why no slice is offered at all (enforcement
 	// the administrator required cannot engage on the node).
 	withheld string
-	xids     map[string]map[uint64]uint64 // GPU UUID -> XID -> times reported
-	changed  chan struct{}                // closed and replaced on every health change
+	// draHeld are the GPUs DRA claims hold, as last read: their slices
+	// are offered Unhealthy and never preferred.
+	draHeld map[string]bool
+	xids    map[string]map[uint64]uint64 // GPU UUID -> XID -> times reported
+	changed chan struct{}                // closed and replaced on every health change
 
 	answers *responses // Allocate's responses, by request
 
@@ -199,10 +204,60 @@ func (p *Plugin) XIDs(uuid string) map[uint64]uint64 {
 	return out
 }
 
+// healthy is whether slices of a GPU may be preferred: it is healthy and
+// no DRA claim holds it.
 func (p *Plugin) healthy(uuid string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.health[uuid].Healthy
+	return p.health[uuid].Healthy && !p.draHeld[uuid]
+}
+
+// SetDRAHeld records the GPUs DRA claims hold: ListAndWatch offers their
+// slices as Unhealthy (streamed at once on a change), and
+// GetPreferredAllocation never picks them.
+func (p *Plugin) SetDRAHeld(held map[string]bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if maps.Equal(p.draHeld, held) {
+		return
+	}
+	for uuid := range held {
+		if !p.draHeld[uuid] {
+			p.log.Info("gpu serves DRA claims: its slices are offered Unhealthy", "uuid", uuid)
+		}
+	}
+	for uuid := range p.draHeld {
+		if !held[uuid] {
+			p.log.Info("gpu no longer serves DRA claims: its slices are offered again", "uuid", uuid)
+		}
+	}
+	p.draHeld = maps.Clone(held)
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// DRAHeld reports whether DRA claims hold a GPU, as last read.
+func (p *Plugin) DRAHeld(uuid string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.draHeld[uuid]
+}
+
+// watchDRA reads DRAGPUs every DRAPoll until ctx ends. A read that fails
+// keeps what was known (Allocate refuses every request meanwhile).
+func (p *Plugin) watchDRA(ctx context.Context) {
+	t := time.NewTicker(p.opts.DRAPoll)
+	defer t.Stop()
+	for {
+		if held, err := p.opts.DRAGPUs(); err == nil {
+			p.SetDRAHeld(held)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // snapshot returns the device list and the channel that closes when it next
@@ -217,7 +272,7 @@ func (p *Plugin) snapshot() ([]*pluginapi.Device, <-chan struct{}) {
 	devs := make([]*pluginapi.Device, len(ids))
 	for i, id := range ids {
 		h := pluginapi.Healthy
-		if !p.health[id.UUID].Healthy || p.withheld != "" {
+		if !p.health[id.UUID].Healthy || p.withheld != "" || p.draHeld[id.UUID] {
 			h = pluginapi.Unhealthy
 		}
 		devs[i] = &pluginapi.Device{ID: id.String(), Health: h}
@@ -296,7 +351,7 @@ func (p *Plugin) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*p
 	if err := p.checkHealth(a.slices); err != nil {
 		return nil, err
 	}
-	if err := p.checkDRA(a.slices); err != nil {
+	if err := p.besideDRA(a.slices); err != nil {
 		return nil, err
 	}
 	for i, r := range a.resp.ContainerResponses {
@@ -318,6 +373,33 @@ func (p *Plugin) checkHealth(containers [][]vgpu.SliceID) error {
 				return status.Errorf(codes.FailedPrecondition, "slice %s is on unhealthy GPU %s (%s)", s, s.UUID, describeHealth(h))
 			}
 		}
+	}
+	return nil
+}
+
+// besideDRA checks that no slice is on a GPU DRA claims hold and records
+// the GPUs handed out, under the node's front-end lock: a claim prepared
+// at the same moment either sees this grant or is seen by it.
+func (p *Plugin) besideDRA(containers [][]vgpu.SliceID) error {
+	if p.opts.FrontEnds == nil {
+		return p.checkDRA(containers)
+	}
+	release, err := p.opts.FrontEnds.Hold()
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "the node's front-end lock: %v", err)
+	}
+	defer release()
+	if err := p.checkDRA(containers); err != nil {
+		return err
+	}
+	var uuids []string
+	for _, slices := range containers {
+		for _, s := range slices {
+			uuids = append(uuids, s.UUID)
+		}
+	}
+	if err := p.opts.FrontEnds.Granted(uuids); err != nil {
+		return status.Errorf(codes.Unavailable, "record the grant for the DRA driver: %v", err)
 	}
 	return nil
 }

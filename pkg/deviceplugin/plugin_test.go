@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -1025,4 +1026,63 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestSlicesOfDRAHeldGPUsAreUnhealthy: the review found the device plugin
+// listing a GPU that DRA claims hold as Healthy and preferring its slices,
+// so the kubelet picked them and its Allocate refused the pod
+// (UnexpectedAdmissionError) while other GPUs were free. Now the slices of
+// such a GPU are offered Unhealthy, with the reason logged, and
+// GetPreferredAllocation never picks them; once the claims end they are
+// offered again.
+func TestSlicesOfDRAHeldGPUsAreUnhealthy(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	held := map[string]bool{}
+	var logs syncBuffer
+	e := newEnv(t, setup{configure: func(o *deviceplugin.Options) {
+		o.DRAGPUs = func() (map[string]bool, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return maps.Clone(held), nil
+		}
+		o.DRAPoll = 20 * time.Millisecond
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}})
+	ch := listAndWatch(t, e)
+	if got := unhealthyGPUs(nextList(t, ch)); len(got) != 0 {
+		t.Fatalf("initial list has unhealthy slices: %v", got)
+	}
+	mu.Lock()
+	held[e.devs[0].UUID] = true
+	mu.Unlock()
+	if diff := cmp.Diff(map[string]int{e.devs[0].UUID: 4}, unhealthyGPUs(nextList(t, ch))); diff != "" {
+		t.Fatalf("GPU 0 held by claims (-want +got)\n%s", diff)
+	}
+	if !strings.Contains(logs.String(), "serves DRA claims") {
+		t.Errorf("the reason was not logged:\n%s", logs.String())
+	}
+	// Offered every slice as available, it prefers none of GPU 0.
+	var all []string
+	for _, id := range e.layout.SliceIDs() {
+		all = append(all, id.String())
+	}
+	p := e.kubelet.Plugin(resource)
+	pref, err := p.Client().GetPreferredAllocation(ctxT(t), &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{
+		{AvailableDeviceIDs: all, AllocationSize: 2},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range pref.ContainerResponses[0].DeviceIDs {
+		if strings.HasPrefix(id, e.devs[0].UUID) {
+			t.Errorf("preferred %v includes a slice of the GPU claims hold", pref.ContainerResponses[0].DeviceIDs)
+		}
+	}
+	mu.Lock()
+	delete(held, e.devs[0].UUID)
+	mu.Unlock()
+	if got := unhealthyGPUs(nextList(t, ch)); len(got) != 0 {
+		t.Fatalf("claims gone, unhealthy slices remain: %v", got)
+	}
 }

@@ -93,6 +93,12 @@ func (p *Plugin) Run(ctx context.Context) error {
 	if err := w.Add(p.opts.PluginDir); err != nil {
 		return fmt.Errorf("watch device plugin dir %s: %w", p.opts.PluginDir, err)
 	}
+	if p.opts.DRAGPUs != nil {
+		wctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		defer func() { stop(); <-done }()
+		go func() { defer close(done); p.watchDRA(wctx) }()
+	}
 	for {
 		srv, served, err := p.serve()
 		if err != nil {

@@ -38,6 +38,18 @@ type PreparerOptions struct {
 	// one of them is refused, and so is every claim while it fails: the
 	// two front ends never share a GPU.
 	DevicePluginGPUs func() (map[string]bool, error)
+	// FrontEnds, when set, is the node's front-end lock, held across the
+	// check of the device plugin's GPUs and the record of the claim, and
+	// the device plugin's grants that pod-resources does not list yet.
+	FrontEnds FrontEnds
+}
+
+// FrontEnds is the node's lock shared by its two GPU front ends, and the
+// GPUs the device plugin handed out that the kubelet may not list yet
+// (*frontend.Guard).
+type FrontEnds interface {
+	Hold() (release func(), err error)
+	Pending() (map[string]bool, error)
 }
 
 // Preparer prepares and unprepares claims on one node: what the kubelet
@@ -112,6 +124,13 @@ func (p *Preparer) Prepare(claim *resourceapi.ResourceClaim) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("claim %s/%s: %w", claim.Namespace, claim.Name, err)
 	}
+	if p.o.FrontEnds != nil {
+		release, err := p.o.FrontEnds.Hold()
+		if err != nil {
+			return "", fmt.Errorf("claim %s/%s: %w: %w", claim.Namespace, claim.Name, ErrHeldByDevicePlugin, err)
+		}
+		defer release() // past the record: an Allocate after it sees the claim
+	}
 	if err := p.besideDevicePlugin(grants); err != nil {
 		return "", fmt.Errorf("claim %s/%s: %w", claim.Namespace, claim.Name, err)
 	}
@@ -156,6 +175,19 @@ func (p *Preparer) besideDevicePlugin(grants []Grant) error {
 	held, err := p.o.DevicePluginGPUs()
 	if err != nil {
 		return fmt.Errorf("%w: which GPUs the device plugin holds cannot be told: %w", ErrHeldByDevicePlugin, err)
+	}
+	if p.o.FrontEnds != nil {
+		// Handed out, and not listed by the kubelet yet.
+		pending, err := p.o.FrontEnds.Pending()
+		if err != nil {
+			return fmt.Errorf("%w: the device plugin's recent grants cannot be told: %w", ErrHeldByDevicePlugin, err)
+		}
+		if held == nil {
+			held = map[string]bool{}
+		}
+		for uuid := range pending {
+			held[uuid] = true
+		}
 	}
 	for _, g := range grants {
 		if held[g.UUID] && !g.Admin {

@@ -31,6 +31,13 @@ type Node struct {
 // StartNode builds and starts a Node with slices slices per GPU.
 func StartNode(t testing.TB, cfg fakegpu.Config, slices int) *Node {
 	t.Helper()
+	return StartNodeWith(t, cfg, slices, nil)
+}
+
+// StartNodeWith is StartNode with the plugin's options changed by
+// configure (nil: the defaults).
+func StartNodeWith(t testing.TB, cfg fakegpu.Config, slices int, configure func(*deviceplugin.Options)) *Node {
+	t.Helper()
 	n := &Node{Dir: t.TempDir()}
 	var err error
 	if n.GPU, err = fakegpu.New(cfg); err != nil {
@@ -48,6 +55,9 @@ func StartNode(t testing.TB, cfg fakegpu.Config, slices int) *Node {
 	t.Cleanup(n.Kubelet.Stop)
 	opts := deviceplugin.DefaultOptions()
 	opts.PluginDir = n.Dir
+	if configure != nil {
+		configure(&opts)
+	}
 	if n.Plugin, err = deviceplugin.New(n.Layout, n.Devices, opts); err != nil {
 		t.Fatal(err)
 	}
