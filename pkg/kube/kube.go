@@ -20,6 +20,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -291,22 +293,53 @@ func (c *Client) doAccept(ctx context.Context, method, path, accept, contentType
 
 // Meta is the part of an object's metadata the agent reads.
 type Meta struct {
-	Name        string            `json:"name"`
-	Namespace   string            `json:"namespace,omitempty"`
-	UID         string            `json:"uid,omitempty"`
-	Labels      map[string]string `json:"labels,omitempty"`
-	Annotations map[string]string `json:"annotations,omitempty"`
+	Name          string            `json:"name"`
+	Namespace     string            `json:"namespace,omitempty"`
+	UID           string            `json:"uid,omitempty"`
+	Labels        map[string]string `json:"labels,omitempty"`
+	Annotations   map[string]string `json:"annotations,omitempty"`
+	ManagedFields []ManagedFields   `json:"managedFields,omitempty"`
 }
 
-// NodeLabels returns a node's labels.
-func (c *Client) NodeLabels(ctx context.Context, name string) (map[string]string, error) {
+// ManagedFields is one field manager's entry in an object's
+// managedFields: which fields it set, by apply or by update.
+type ManagedFields struct {
+	Manager   string          `json:"manager"`
+	Operation string          `json:"operation"`
+	FieldsV1  json.RawMessage `json:"fieldsV1,omitempty"`
+}
+
+// LabelOwners returns, for each label some field manager set, the
+// managers that did, from the object's managedFields.
+func (m Meta) LabelOwners() map[string][]string {
+	out := map[string][]string{}
+	for _, e := range m.ManagedFields {
+		var f struct {
+			Metadata struct {
+				Labels map[string]json.RawMessage `json:"f:labels"`
+			} `json:"f:metadata"`
+		}
+		if json.Unmarshal(e.FieldsV1, &f) != nil {
+			continue // not fieldsV1 as the API server writes it: owns nothing known
+		}
+		for k := range f.Metadata.Labels {
+			if key, ok := strings.CutPrefix(k, "f:"); ok && !slices.Contains(out[key], e.Manager) {
+				out[key] = append(out[key], e.Manager)
+			}
+		}
+	}
+	return out
+}
+
+// Node returns a node's metadata, its managed fields included.
+func (c *Client) Node(ctx context.Context, name string) (Meta, error) {
 	var n struct {
 		Metadata Meta `json:"metadata"`
 	}
 	if err := c.do(ctx, http.MethodGet, "/api/v1/nodes/"+url.PathEscape(name), "", nil, &n); err != nil {
-		return nil, err
+		return Meta{}, err
 	}
-	return n.Metadata.Labels, nil
+	return n.Metadata, nil
 }
 
 // PatchNode applies a JSON merge patch to a node, as fieldManager.
@@ -316,15 +349,17 @@ func (c *Client) PatchNode(ctx context.Context, name string, patch any, fieldMan
 }
 
 // ApplyNodeLabels sets a node's labels by server-side apply, as
-// fieldManager, forcing ownership of each: the node's managedFields name
-// the manager as the owner of exactly these labels, and labels it applied
-// before and no longer applies are removed by the API server.
-func (c *Client) ApplyNodeLabels(ctx context.Context, name string, labels map[string]string, fieldManager string) error {
+// fieldManager: the node's managedFields name the manager as an owner of
+// exactly these labels, and labels it applied before and no longer applies
+// are removed by the API server (unless another manager set them too).
+// With force it takes a label another manager set to another value;
+// without, that is a conflict (409) and nothing changes.
+func (c *Client) ApplyNodeLabels(ctx context.Context, name string, labels map[string]string, fieldManager string, force bool) error {
 	obj := map[string]any{
 		"apiVersion": "v1", "kind": "Node",
 		"metadata": map[string]any{"name": name, "labels": labels},
 	}
-	q := url.Values{"fieldManager": {fieldManager}, "force": {"true"}}.Encode()
+	q := url.Values{"fieldManager": {fieldManager}, "force": {strconv.FormatBool(force)}}.Encode()
 	return c.do(ctx, http.MethodPatch, "/api/v1/nodes/"+url.PathEscape(name)+"?"+q, "application/apply-patch+yaml", obj, nil)
 }
 

@@ -2,6 +2,7 @@ package labels
 
 import (
 	"context"
+	"encoding/json"
 	"maps"
 	"net/http"
 	"sync"
@@ -39,16 +40,25 @@ func (f *fakeNode) failure() error {
 	return err
 }
 
-func (f *fakeNode) NodeLabels(context.Context, string) (map[string]string, error) {
+func (f *fakeNode) Node(context.Context, string) (kube.Meta, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.failure(); err != nil {
-		return nil, err
+		return kube.Meta{}, err
 	}
-	return maps.Clone(f.labels), nil
+	m := kube.Meta{Labels: maps.Clone(f.labels)}
+	for manager, keys := range f.applied {
+		fields := map[string]any{}
+		for k := range keys {
+			fields["f:"+k] = map[string]any{}
+		}
+		raw, _ := json.Marshal(map[string]any{"f:metadata": map[string]any{"f:labels": fields}})
+		m.ManagedFields = append(m.ManagedFields, kube.ManagedFields{Manager: manager, Operation: "Apply", FieldsV1: raw})
+	}
+	return m, nil
 }
 
-func (f *fakeNode) ApplyNodeLabels(_ context.Context, _ string, labels map[string]string, manager string) error {
+func (f *fakeNode) ApplyNodeLabels(_ context.Context, _ string, labels map[string]string, manager string, _ bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.failure(); err != nil {

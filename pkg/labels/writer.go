@@ -22,8 +22,8 @@ const (
 
 // NodeAPI is what the writer needs of the API server; *kube.Client has it.
 type NodeAPI interface {
-	NodeLabels(ctx context.Context, name string) (map[string]string, error)
-	ApplyNodeLabels(ctx context.Context, name string, labels map[string]string, fieldManager string) error
+	Node(ctx context.Context, name string) (kube.Meta, error)
+	ApplyNodeLabels(ctx context.Context, name string, labels map[string]string, fieldManager string, force bool) error
 	PatchNode(ctx context.Context, name string, patch any, fieldManager string) error
 }
 
@@ -38,8 +38,9 @@ type Writer struct {
 	log      *slog.Logger
 	attempts int
 	backoff  time.Duration
-	resync   time.Duration // Keep's period
-	retry    time.Duration // Keep's first wait after a failure
+	resync   time.Duration   // Keep's period
+	yielded  map[string]bool // labels left to another manager, logged once
+	retry    time.Duration   // Keep's first wait after a failure
 }
 
 // How often Keep checks and repairs the labels, and its first wait after a
@@ -55,7 +56,7 @@ func NewWriter(client NodeAPI, node string, gfd bool, log *slog.Logger) *Writer 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Writer{client: client, node: node, gfd: gfd, log: log, attempts: 5, backoff: 200 * time.Millisecond, resync: Resync, retry: Retry}
+	return &Writer{client: client, node: node, gfd: gfd, log: log, attempts: 5, backoff: 200 * time.Millisecond, resync: Resync, retry: Retry, yielded: map[string]bool{}}
 }
 
 // Keep keeps the node's labels at desired until ctx ends: at once, then
@@ -110,11 +111,20 @@ func (w *Writer) Sync(ctx context.Context, desired map[string]string) (int, erro
 }
 
 func (w *Writer) sync(ctx context.Context, desired map[string]string) (int, error) {
-	current, err := w.client.NodeLabels(ctx, w.node)
+	node, err := w.client.Node(ctx, w.node)
 	if err != nil {
 		return 0, err
 	}
+	current, owners := node.Labels, node.LabelOwners()
+	desired = w.notOthers(desired, owners)
 	patch := Patch(current, desired, w.gfd)
+	for k, v := range patch {
+		// A stale label is removed only where the agents alone set it:
+		// one GFD or NFD also set is theirs to keep.
+		if v == nil && !strings.HasPrefix(k, OwnPrefix) && !Ours(owners[k]) {
+			delete(patch, k)
+		}
+	}
 	if len(patch) == 0 {
 		return 0, nil
 	}
@@ -137,11 +147,13 @@ func (w *Writer) sync(ctx context.Context, desired map[string]string) (int, erro
 				gfd[k] = v
 			}
 		}
-		if err := w.client.ApplyNodeLabels(ctx, w.node, own, FieldManager); err != nil {
+		if err := w.client.ApplyNodeLabels(ctx, w.node, own, FieldManager, true); err != nil {
 			return 0, err
 		}
 		if w.gfd {
-			if err := w.client.ApplyNodeLabels(ctx, w.node, gfd, FieldManagerGFD); err != nil {
+			// Never forced: a key GFD or NFD took meanwhile is a
+			// conflict, retried after it is left out.
+			if err := w.client.ApplyNodeLabels(ctx, w.node, gfd, FieldManagerGFD, false); err != nil {
 				return 0, err
 			}
 		}
@@ -153,4 +165,37 @@ func (w *Writer) sync(ctx context.Context, desired map[string]string) (int, erro
 	}
 	w.log.Info("node labels updated", "node", w.node, "changed", len(patch))
 	return len(patch), nil
+}
+
+// notOthers leaves out of desired the GFD-compatible labels another field
+// manager (GPU Feature Discovery, NFD) set: the agent never fights them for
+// a key. Its own gpuslice.io labels are always kept.
+func (w *Writer) notOthers(desired map[string]string, owners map[string][]string) map[string]string {
+	out := make(map[string]string, len(desired))
+	for k, v := range desired {
+		if !strings.HasPrefix(k, OwnPrefix) && len(owners[k]) > 0 && !Ours(owners[k]) {
+			if !w.yielded[k] {
+				w.log.Info("node label set by another manager; the agent leaves it to them", "node", w.node, "label", k, "managers", strings.Join(owners[k], ","))
+				w.yielded[k] = true
+			}
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// Ours reports whether the field managers that set a label are the
+// agents' alone (none at all is not ours: someone set it by hand or
+// before managed fields).
+func Ours(managers []string) bool {
+	if len(managers) == 0 {
+		return false
+	}
+	for _, m := range managers {
+		if m != FieldManager && m != FieldManagerGFD {
+			return false
+		}
+	}
+	return true
 }

@@ -1,8 +1,9 @@
 // Package uninstall undoes what gpu-agent leaves on a cluster, for the
 // chart's pre-delete hook: it deletes the agent's DaemonSet in the
 // foreground and waits for its pods to end (each agent thaws what it froze
-// and removes its socket as it stops), then removes the node labels the
-// agents own from every node. Labels are removed only after the agents are
+// and removes its socket as it stops), then removes from each node the
+// labels the agents' field managers alone set (by the node's
+// managedFields): never GFD's or NFD's, never a node no agent ran on. Labels are removed only after the agents are
 // gone, or an agent's resync would put them back. With the DRA driver, its
 // DaemonSet goes the same way, then the ResourceSlices it published: left
 // behind, they would keep offering GPUs no driver prepares.
@@ -32,8 +33,9 @@ type API interface {
 type Options struct {
 	// Namespace and DaemonSet name the agent's DaemonSet.
 	Namespace, DaemonSet string
-	// GFD says the agents wrote the GFD-compatible labels (--gfd-labels):
-	// those are removed too. Off, only gpuslice.io labels are.
+	// GFD says the agents wrote the GFD-compatible labels (--gfd-labels).
+	// Those are removed only where the agents' field managers alone set
+	// them, whatever GFD says: it is kept so that older hooks still parse.
 	GFD bool
 	// DRADaemonSet, when set, names the DRA driver's DaemonSet in
 	// Namespace; DRADriver the driver whose ResourceSlices are deleted
@@ -75,9 +77,9 @@ func Run(ctx context.Context, api API, o Options, log *slog.Logger) (int, error)
 	changed := 0
 	var errs []error
 	for _, n := range nodes {
-		patch := labels.Patch(n.Labels, nil, o.GFD)
+		patch := owned(n)
 		if len(patch) == 0 {
-			continue
+			continue // never labelled by an agent, or labelled by GFD and NFD alone
 		}
 		if err := api.PatchNode(ctx, n.Name, map[string]any{"metadata": map[string]any{"labels": patch}}, labels.FieldManager); err != nil {
 			errs = append(errs, fmt.Errorf("node %s: %w", n.Name, err))
@@ -87,6 +89,21 @@ func Run(ctx context.Context, api API, o Options, log *slog.Logger) (int, error)
 		log.Info("node labels removed", "node", n.Name, "labels", len(patch))
 	}
 	return changed, errors.Join(errs...)
+}
+
+// owned is the merge patch removing the labels on n that the agents' field
+// managers alone set (its managedFields say so), gpuslice.io labels
+// included: a label GFD or NFD set too, or one set on a node no agent ran
+// on, is never touched.
+func owned(n kube.Meta) map[string]any {
+	owners := n.LabelOwners()
+	out := map[string]any{}
+	for k := range n.Labels {
+		if labels.Ours(owners[k]) {
+			out[k] = nil
+		}
+	}
+	return out
 }
 
 // deleteAndWait deletes a DaemonSet of the release in the foreground and

@@ -2,6 +2,7 @@ package uninstall
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"maps"
@@ -20,6 +21,7 @@ type cluster struct {
 	deleting       bool
 	pollsToGone    int
 	nodes          map[string]map[string]string
+	owners         map[string]map[string][]string // node -> label -> field managers; default ownersOf
 	patchErr       error
 	patchedWhileDS bool
 	// The DRA driver's DaemonSet (named "...-dra-driver") and slices.
@@ -70,9 +72,51 @@ func (c *cluster) DeleteResourceSlices(_ context.Context, driver string) error {
 func (c *cluster) Nodes(context.Context) ([]kube.Meta, error) {
 	var out []kube.Meta
 	for name, l := range c.nodes {
-		out = append(out, kube.Meta{Name: name, Labels: maps.Clone(l)})
+		owners := c.owners[name]
+		if owners == nil {
+			owners = ownersOf(l, "gpuslice-agent-gfd")
+		}
+		byManager := map[string]map[string]any{}
+		for k, ms := range owners {
+			if _, ok := l[k]; !ok {
+				continue
+			}
+			for _, m := range ms {
+				if byManager[m] == nil {
+					byManager[m] = map[string]any{}
+				}
+				byManager[m]["f:"+k] = map[string]any{}
+			}
+		}
+		meta := kube.Meta{Name: name, Labels: maps.Clone(l)}
+		for m, fields := range byManager {
+			raw, _ := json.Marshal(map[string]any{"f:metadata": map[string]any{"f:labels": fields}})
+			meta.ManagedFields = append(meta.ManagedFields, kube.ManagedFields{Manager: m, Operation: "Apply", FieldsV1: raw})
+		}
+		out = append(out, meta)
 	}
 	return out, nil
+}
+
+// ownersOf says who set each label of a GPU node: the kubelet, NFD, GFD,
+// the agent (gpuslice.io) and productOwner for nvidia.com/gpu.product.
+func ownersOf(l map[string]string, productOwner ...string) map[string][]string {
+	out := map[string][]string{}
+	for k := range l {
+		switch {
+		case strings.HasPrefix(k, "gpuslice.io/"):
+			out[k] = []string{"gpuslice-agent"}
+		case k == "nvidia.com/gpu.product":
+			out[k] = productOwner
+		case k == "nvidia.com/gpu.present":
+			out[k] = []string{"nfd-worker"}
+		case strings.HasPrefix(k, "nvidia.com/"):
+			out[k] = []string{"gpu-feature-discovery"}
+		default:
+			out[k] = []string{"kubelet"}
+		}
+	}
+	return out
 }
 
 func (c *cluster) PatchNode(_ context.Context, name string, patch any, _ string) error {
@@ -103,20 +147,28 @@ func gpuNode() map[string]string {
 	}
 }
 
+// TestRunRemovesOwnedLabelsAfterTheAgentsAreGone: once the agents are gone,
+// each node loses the labels the agents' field managers alone set (the
+// node's managedFields say so). A GFD label GFD also set, NFD's and GFD's
+// own labels, and every label of a node no agent ran on stay: before,
+// uninstall removed the GFD-compatible keys from every node.
 func TestRunRemovesOwnedLabelsAfterTheAgentsAreGone(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		gfd  bool
-		want map[string]string
+		name         string
+		productOwner []string
+		want         map[string]string
 	}{
-		{"gfd labels on", true, map[string]string{"kubernetes.io/hostname": "n", "nvidia.com/gpu.present": "true", "nvidia.com/mig.strategy": "single"}},
-		{"gfd labels off", false, map[string]string{"kubernetes.io/hostname": "n", "nvidia.com/gpu.present": "true", "nvidia.com/mig.strategy": "single", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}},
+		{"a GFD label the agent alone set", []string{"gpuslice-agent-gfd"},
+			map[string]string{"kubernetes.io/hostname": "n", "nvidia.com/gpu.present": "true", "nvidia.com/mig.strategy": "single"}},
+		{"a GFD label GFD set too", []string{"gpuslice-agent-gfd", "gpu-feature-discovery"},
+			map[string]string{"kubernetes.io/hostname": "n", "nvidia.com/gpu.present": "true", "nvidia.com/mig.strategy": "single", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			noAgent := map[string]string{"kubernetes.io/hostname": "other", "nvidia.com/gpu.product": "NVIDIA-H100", "nvidia.com/gpu.replicas": "1"}
 			c := &cluster{dsExists: true, pollsToGone: 3, nodes: map[string]map[string]string{
-				"gpu": gpuNode(), "cpu": {"kubernetes.io/hostname": "cpu"},
-			}}
-			n, err := Run(context.Background(), c, Options{Namespace: "gpuslice", DaemonSet: "gpuslice-agent", GFD: tc.gfd, Poll: time.Millisecond}, slog.New(slog.DiscardHandler))
+				"gpu": gpuNode(), "cpu": {"kubernetes.io/hostname": "cpu"}, "no-agent": maps.Clone(noAgent),
+			}, owners: map[string]map[string][]string{"gpu": ownersOf(gpuNode(), tc.productOwner...), "no-agent": ownersOf(noAgent, "gpu-feature-discovery")}}
+			n, err := Run(context.Background(), c, Options{Namespace: "gpuslice", DaemonSet: "gpuslice-agent", GFD: true, Poll: time.Millisecond}, slog.New(slog.DiscardHandler))
 			if err != nil || n != 1 {
 				t.Fatalf("Run: %d nodes, %v; want 1, nil", n, err)
 			}
@@ -126,8 +178,8 @@ func TestRunRemovesOwnedLabelsAfterTheAgentsAreGone(t *testing.T) {
 			if c.patchedWhileDS {
 				t.Error("labels were removed while the agents still ran: their resync would restore them")
 			}
-			if len(c.nodes["cpu"]) != 1 {
-				t.Errorf("a node without gpuslice labels was changed: %v", c.nodes["cpu"])
+			if len(c.nodes["cpu"]) != 1 || !maps.Equal(c.nodes["no-agent"], noAgent) {
+				t.Errorf("a node no agent labelled was changed: %v, %v", c.nodes["cpu"], c.nodes["no-agent"])
 			}
 		})
 	}
