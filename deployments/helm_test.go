@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	authv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -544,3 +547,105 @@ func TestChartProbesAndPolicy(t *testing.T) {
 		t.Errorf("the driver's policy lets in %v, want nothing", rules)
 	}
 }
+
+// TestDRADriverWritesOnlyItsNodesSlices installs the driver's RBAC and the
+// chart's ValidatingAdmissionPolicy on a real API server and acts as the
+// driver with a token bound to its pod on node n1: it may create, update
+// and delete n1's slices of its driver, and nothing else (another node's,
+// a slice of no node, another driver's, moving its slice to another
+// node). RBAC alone let it write every node's slices. The admin is not
+// held by the policy.
+func TestDRADriverWritesOnlyItsNodesSlices(t *testing.T) {
+	srv := apiserver.Start(t)
+	cs := srv.Clientset(t)
+	ctx := context.Background()
+	ns := "gpuslice-dra-vap"
+	objs := []*unstructured.Unstructured{{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}}
+	for _, o := range parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", ns, "--show-only", "templates/dra-driver.yaml", "--set", "fullnameOverride="+ns+",dra.enabled=true,dra.deviceClass=false")) {
+		if o.GetKind() != "DaemonSet" {
+			objs = append(objs, o)
+		}
+	}
+	create(t, srv, objs, false)
+	sa := ns + "-dra-driver"
+	for _, n := range []string{"n1", "n2"} {
+		if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	no := false
+	pod, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "driver"}, Spec: corev1.PodSpec{
+		NodeName: "n1", ServiceAccountName: sa, AutomountServiceAccountToken: &no, Containers: []corev1.Container{{Name: "d", Image: "x"}},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
+		BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = rest.AnonymousClientConfig(cfg)
+	cfg.BearerToken = tr.Status.Token
+	driver := kubernetes.NewForConfigOrDie(cfg).ResourceV1().ResourceSlices()
+	slice := func(name, node, drv string) *resourceapi.ResourceSlice {
+		s := &resourceapi.ResourceSlice{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: resourceapi.ResourceSliceSpec{
+			Driver: drv, Pool: resourceapi.ResourcePool{Name: "p", ResourceSliceCount: 1},
+		}}
+		if node == "" {
+			s.Spec.AllNodes = ptr(true)
+		} else {
+			s.Spec.NodeName = ptr(node)
+		}
+		return s
+	}
+	// The policy reaches the admission chain shortly after it is created.
+	var own *resourceapi.ResourceSlice
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		_, err := driver.Create(ctx, slice("probe", "n2", "gpu.gpuslice.io"), metav1.CreateOptions{})
+		if err != nil && strings.Contains(err.Error(), "may write only") {
+			break
+		}
+		if err == nil {
+			_ = cs.ResourceV1().ResourceSlices().Delete(ctx, "probe", metav1.DeleteOptions{})
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the policy never took effect: %v", err)
+		}
+	}
+	own, err = driver.Create(ctx, slice("n1-gpus", "n1", "gpu.gpuslice.io"), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("the driver may not create its own node's slice: %v", err)
+	}
+	for what, s := range map[string]*resourceapi.ResourceSlice{
+		"another node's slice":   slice("n2-gpus", "n2", "gpu.gpuslice.io"),
+		"a slice of all nodes":   slice("all-gpus", "", "gpu.gpuslice.io"),
+		"another driver's slice": slice("n1-nics", "n1", "nic.example.com"),
+	} {
+		if _, err := driver.Create(ctx, s, metav1.CreateOptions{}); err == nil {
+			t.Errorf("the driver on n1 created %s", what)
+		}
+	}
+	moved := own.DeepCopy()
+	moved.Spec.NodeName = ptr("n2")
+	if _, err := driver.Update(ctx, moved, metav1.UpdateOptions{}); err == nil {
+		t.Error("the driver moved its slice to another node")
+	}
+	theirs, err := cs.ResourceV1().ResourceSlices().Create(ctx, slice("n2-admin", "n2", "gpu.gpuslice.io"), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("the admin is held by the driver's policy: %v", err)
+	}
+	if err := driver.Delete(ctx, theirs.Name, metav1.DeleteOptions{}); err == nil {
+		t.Error("the driver on n1 deleted n2's slice")
+	}
+	if err := driver.Delete(ctx, own.Name, metav1.DeleteOptions{}); err != nil {
+		t.Errorf("the driver may not delete its own slice: %v", err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

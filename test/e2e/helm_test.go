@@ -35,6 +35,7 @@ const (
 	helmTag       = "e2e"
 	agentSA       = "system:serviceaccount:" + helmNamespace + ":" + helmRelease + "-agent"
 	controllerSA  = "system:serviceaccount:" + helmNamespace + ":" + helmRelease + "-quota-controller"
+	driverSA      = "system:serviceaccount:" + helmNamespace + ":" + helmRelease + "-dra-driver"
 )
 
 // TestHelmInstall installs gpuslice as a user does: the images make image
@@ -98,10 +99,15 @@ func TestHelmInstall(t *testing.T) {
 
 	t.Run("AgentIsNotPrivileged", func(t *testing.T) {
 		checkAgentSecurity(t, agentPod)
-		// The metrics NetworkPolicy is accepted (this cluster has no network
-		// plugin to enforce it).
-		if nps, err := cs.NetworkingV1().NetworkPolicies(helmNamespace).List(ctx, metav1.ListOptions{}); err != nil || len(nps.Items) != 1 {
-			t.Errorf("network policies of the release: %v, %v; want the metrics one", nps, err)
+		// The NetworkPolicies (on by default) are accepted (this cluster
+		// has no network plugin to enforce them): the agent's, and with DRA
+		// the driver's.
+		want := 1
+		if c.DRA() {
+			want = 2
+		}
+		if nps, err := cs.NetworkingV1().NetworkPolicies(helmNamespace).List(ctx, metav1.ListOptions{}); err != nil || len(nps.Items) != want {
+			t.Errorf("network policies of the release: %v, %v; want %d", nps, err, want)
 		}
 	})
 	t.Run("InClusterCredentialsOnly", func(t *testing.T) {
@@ -495,6 +501,12 @@ func writeValues(t *testing.T, metricsPort int, fakeConfig string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var healthPorts [2]int // the agent's and the driver's, on the host
+	for i := range healthPorts {
+		if healthPorts[i], err = apiserver.FreePort(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	notReady := []map[string]any{{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"}}
 	fileType, dirType := "File", "Directory"
 	v := map[string]any{
@@ -504,7 +516,7 @@ func writeValues(t *testing.T, metricsPort int, fakeConfig string) string {
 		"tolerations": notReady,
 		"kubeletRoot": c.KubeletRoot,
 		"enforcement": map[string]any{"computePolicy": "strict"},
-		"metrics":     map[string]any{"port": metricsPort, "sampleInterval": "500ms", "networkPolicy": map[string]any{"enabled": true}},
+		"metrics":     map[string]any{"port": metricsPort, "healthPort": healthPorts[0], "sampleInterval": "500ms", "networkPolicy": map[string]any{"enabled": true}},
 		"runtime":     map[string]any{"stateDirs": []string{filepath.Join(c.Dir, "containerd", "state", "io.containerd.runtime.v2.task", "k8s.io")}},
 		"extraArgs":   []string{"--gpu-backend=fake", "--fake-config=" + fakeConfig, "--dev-root=" + filepath.Join(c.Dir, "dev")},
 		"extraVolumes": []map[string]any{
@@ -516,7 +528,7 @@ func writeValues(t *testing.T, metricsPort int, fakeConfig string) string {
 			{"name": "fake-gpu-workloads", "mountPath": c.WorkloadDir},
 		},
 		"dra": map[string]any{
-			"enabled": c.DRA(), "cdiDir": c.CDIDir,
+			"enabled": c.DRA(), "cdiDir": c.CDIDir, "healthPort": healthPorts[1],
 			"extraArgs":         []string{"--gpu-backend=fake", "--fake-config=" + fakeConfig, "--dev-root=" + filepath.Join(c.Dir, "dev")},
 			"extraVolumes":      []map[string]any{{"name": "fake-gpu-config", "hostPath": map[string]any{"path": fakeConfig, "type": fileType}}},
 			"extraVolumeMounts": []map[string]any{{"name": "fake-gpu-config", "mountPath": fakeConfig, "readOnly": true}},
@@ -636,11 +648,35 @@ var permissions = []permission{
 	{controllerSA, "create", "pods/exec", "default", false},
 }
 
+// driverPermissions are the DRA driver's rows, checked when the chart runs
+// it. RBAC lets it write every ResourceSlice; the chart's
+// ValidatingAdmissionPolicy narrows that to its own node's (checked with
+// real requests in deployments' TestDRADriverWritesOnlyItsNodesSlices, and
+// here by the driver publishing through it).
+var driverPermissions = []permission{
+	{driverSA, "create", "resourceslices.resource.k8s.io", "", true},
+	{driverSA, "delete", "resourceslices.resource.k8s.io", "", true},
+	{driverSA, "get", "resourceclaims.resource.k8s.io", "default", true},
+	{driverSA, "get", "nodes", "", true},
+	{driverSA, "update", "resourceclaims.resource.k8s.io", "default", false},
+	{driverSA, "list", "resourceclaims.resource.k8s.io", "", false},
+	{driverSA, "create", "deviceclasses.resource.k8s.io", "", false},
+	{driverSA, "patch", "nodes", "", false},
+	{driverSA, "list", "pods", "", false},
+	{driverSA, "get", "secrets", "", false},
+	{driverSA, "create", "pods/exec", "default", false},
+	{driverSA, "create", "validatingadmissionpolicybindings.admissionregistration.k8s.io", "", false},
+}
+
 // checkPermissions asks the API server, through kubectl auth can-i --as,
 // each row of the permission table.
 func checkPermissions(t *testing.T) {
 	t.Helper()
-	for _, p := range permissions {
+	rows := permissions
+	if c.DRA() {
+		rows = append(slices.Clone(rows), driverPermissions...)
+	}
+	for _, p := range rows {
 		resource, sub, _ := strings.Cut(p.resource, "/")
 		args := []string{"auth", "can-i", p.verb, resource, "--as=" + p.as}
 		if sub != "" {
