@@ -44,7 +44,10 @@ func CheckpointGrants(pluginDir, resource string, layout *vgpu.Layout) GrantsFun
 	return func(pod events.Pod) ([]Grant, error) {
 		entries, err := attribution.ReadCheckpoint(pluginDir)
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil // no device plugin has allocated on this node (a DRA-only node)
+			// The kubelet writes it once its device manager runs (the
+			// agent's own plugin registers there): missing, what a pod
+			// holds cannot be told, as the sampler judges it too.
+			return nil, fmt.Errorf("the kubelet's device-manager checkpoint in %s is missing (a --device-plugin-dir that is not the kubelet's, or a kubelet that has not started): %w", pluginDir, err)
 		}
 		if err != nil {
 			return nil, err

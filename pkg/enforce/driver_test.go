@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"fmt"
 	"os"
 	"os/exec"
@@ -453,4 +454,25 @@ func BenchmarkDriverLimitOnCgroupCreation(b *testing.B) {
 	slices.Sort(took)
 	b.ReportMetric(float64(took[len(took)/2].Microseconds()), "p50-us")
 	b.ReportMetric(float64(took[len(took)-1].Microseconds()), "max-us")
+}
+
+// TestMissingCheckpointIsUnknownToEveryTier: the review found the kubelet's
+// device-manager checkpoint, when missing, meant "nothing held" to the
+// driver tier (no limits to set) and "cannot tell" to unauthorized-use
+// detection (nothing judged). It has one meaning now: cannot tell. The
+// kubelet writes it once its device manager runs, so a missing one is a
+// wrong --device-plugin-dir or a kubelet not started: the driver tier
+// reports it and waits (the watchdog holds memory meanwhile), as the
+// sampler reports it and judges nothing.
+func TestMissingCheckpointIsUnknownToEveryTier(t *testing.T) {
+	t.Parallel()
+	node := kubeletstub.StartNode(t, fakegpu.Config{Preset: "A100-40GB", Count: 1}, 4)
+	grants := enforce.CheckpointGrants(t.TempDir(), "nvidia.com/vgpu", node.Layout)
+	if g, err := grants(events.Pod{Namespace: "ml", Name: "a", UID: "uid-a"}); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("grants with no checkpoint = %v, %v; want an error saying it is missing", g, err)
+	}
+	// Where it exists, a pod holding nothing has no grants and no error.
+	if g, err := enforce.CheckpointGrants(node.Dir, "nvidia.com/vgpu", node.Layout)(events.Pod{UID: "nobody"}); err != nil || len(g) != 0 {
+		t.Errorf("grants of a pod holding nothing = %v, %v", g, err)
+	}
 }

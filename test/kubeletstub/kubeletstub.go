@@ -70,6 +70,15 @@ func (k *Kubelet) startWith(clean bool) error {
 			return fmt.Errorf("clean device plugin dir: %w", err)
 		}
 	}
+	// The kubelet's device manager keeps its checkpoint from its start
+	// (it writes it as soon as a plugin lists devices): an empty one
+	// until something is allocated.
+	k.mu.Lock()
+	err := k.writeCheckpointLocked()
+	k.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
 	lis, err := net.Listen("unix", filepath.Join(k.dir, "kubelet.sock"))
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
