@@ -104,7 +104,7 @@ needs list pods and get pods/proxy (services/proxy for a Prometheus Service).`,
 	pf.StringArrayVar(&o.metricsURLs, "metrics-url", nil, "an agent's `[NODE=]URL`, e.g. node-1=http://10.0.0.5:9445/metrics (repeatable)")
 	pf.StringVar(&o.prometheusService, "prometheus-service", "", "a Prometheus Service, `NAMESPACE/NAME[:PORT]`, read through the API server's proxy")
 	pf.StringVar(&o.agentSelector, "agent-selector", gputop.AgentSelector, "label `selector` of the agent pods")
-	pf.StringVar(&o.agentNamespace, "agent-namespace", "", "`namespace` of the agent pods (default: every namespace)")
+	pf.StringVar(&o.agentNamespace, "agent-namespace", gputop.AgentNamespace, "`namespace` of the agent pods, the chart's release namespace; empty for every namespace (a tenant's DaemonSet wearing the agents' labels is then a candidate too)")
 	pf.StringVarP(&o.output, "output", "o", "", "output format: wide, json or yaml")
 	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"wide", "json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
 
@@ -189,7 +189,7 @@ func (o *options) source(ctx context.Context) (gputop.Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find the agents (pods %s): %w", o.agentSelector, err)
 	}
-	targets, skipped, err := gputop.AgentTargets(list.Items, cfg.Host)
+	targets, skipped, err := gputop.AgentTargets(list.Items, o.agentNamespace, cfg.Host)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("%w (--agent-namespace)", err)}
 	}

@@ -13,20 +13,27 @@ import (
 // AgentSelector selects the chart's agent pods.
 const AgentSelector = "app.kubernetes.io/name=gpuslice,app.kubernetes.io/component=agent"
 
+// AgentNamespace is the namespace the README installs the chart in: the
+// agents are looked for there unless told otherwise, since a tenant can
+// run a DaemonSet of its own wearing the agents' labels in its namespace.
+const AgentNamespace = "gpuslice-system"
+
 // AgentTargets turns agent pods into Agents targets ("node=url") that
 // reach each pod's metrics port through the API server's proxy at
 // apiServer: the only address a kubeconfig gives. Pods not running, not
-// on a node, without a container port named "metrics", or not controlled
-// by a DaemonSet are left out and named in skipped. Labels are the
-// tenants' to set: a pod of theirs labelled as an agent must not speak
-// for a node, so two candidates for one node are an error naming both
-// (narrow the search with the agents' namespace) rather than a guess.
-func AgentTargets(pods []corev1.Pod, apiServer string) (targets, skipped []string, err error) {
+// on a node, without a container port named "metrics", not controlled by
+// a DaemonSet, or outside namespace (unless it is empty) are left out and
+// named in skipped. Labels and owner references are the tenants' to set
+// in their own namespaces: a pod of theirs labelled as an agent must not
+// speak for a node, so the agents' namespace is the default, and two
+// candidates for one node are an error naming both rather than a guess.
+func AgentTargets(pods []corev1.Pod, namespace, apiServer string) (targets, skipped []string, err error) {
 	base := strings.TrimSuffix(apiServer, "/")
 	byNode := map[string]string{}
 	for _, p := range pods {
 		port := metricsPort(p)
-		if p.Status.Phase != corev1.PodRunning || p.Spec.NodeName == "" || port == 0 || p.DeletionTimestamp != nil || !daemonSetPod(p) {
+		if p.Status.Phase != corev1.PodRunning || p.Spec.NodeName == "" || port == 0 || p.DeletionTimestamp != nil || !daemonSetPod(p) ||
+			(namespace != "" && p.Namespace != namespace) {
 			skipped = append(skipped, p.Namespace+"/"+p.Name)
 			continue
 		}

@@ -34,8 +34,11 @@ func TestAgentTargets(t *testing.T) {
 		agentPod("gpuslice", "agent-noport", "node-c", corev1.PodRunning, ""),
 		agentPod("gpuslice", "agent-otherport", "node-d", corev1.PodRunning, "web"),
 		bare, // a tenant's pod wearing the agents' labels
+		// A tenant's own DaemonSet wearing them, on a node with no agent:
+		// outside the agents' namespace, it never speaks for the node.
+		agentPod("ml", "tenant-ds", "node-e", corev1.PodRunning, "metrics"),
 	}
-	targets, skipped, err := AgentTargets(pods, "https://api.example:6443/")
+	targets, skipped, err := AgentTargets(pods, "gpuslice", "https://api.example:6443/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,13 +49,13 @@ func TestAgentTargets(t *testing.T) {
 	if !slices.Equal(targets, want) {
 		t.Errorf("targets = %v, want %v", targets, want)
 	}
-	if !slices.Equal(skipped, []string{"gpuslice/agent-pending", "gpuslice/agent-noport", "gpuslice/agent-otherport", "ml/not-owned"}) {
+	if !slices.Equal(skipped, []string{"gpuslice/agent-pending", "gpuslice/agent-noport", "gpuslice/agent-otherport", "ml/not-owned", "ml/tenant-ds"}) {
 		t.Errorf("skipped = %v", skipped)
 	}
 	// A tenant's DaemonSet claiming a node that has an agent: an error
 	// naming both, not a guess at which one to believe.
 	impostor := agentPod("ml", "impostor", "node-a", corev1.PodRunning, "metrics")
-	if _, _, err := AgentTargets(append(pods, impostor), "https://api.example:6443"); err == nil ||
+	if _, _, err := AgentTargets(append(pods, impostor), "", "https://api.example:6443"); err == nil ||
 		!strings.Contains(err.Error(), "gpuslice/agent-a") || !strings.Contains(err.Error(), "ml/impostor") {
 		t.Errorf("two agents on one node: %v", err)
 	}
