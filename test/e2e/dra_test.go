@@ -228,13 +228,16 @@ func TestDRAClaimsShareAGPU(t *testing.T) {
 	if st := failed.Status.ContainerStatuses; len(st) != 1 || st[0].State.Terminated == nil || st[0].State.Terminated.ExitCode != 137 {
 		t.Errorf("the memory hog's container: %+v, want killed (exit 137)", st)
 	}
-	// Both GPUs serve claims now: an nvidia.com/vgpu pod is refused at
-	// admission (Allocate), never given slices of a GPU claims hold.
+	// Both GPUs serve claims now: the agent offers their slices as
+	// Unhealthy, so the node has no nvidia.com/vgpu to allocate and an
+	// nvidia.com/vgpu pod waits for the scheduler, never admitted and then
+	// refused (UnexpectedAdmissionError, before).
+	waitAllocatable(t, 0)
 	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod("vgpu", 1, "sleep 3600"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if refused := waitPhase(t, ns, "vgpu", corev1.PodFailed); refused.Status.Reason != "UnexpectedAdmissionError" || !strings.Contains(refused.Status.Message, "serves DRA claims") {
-		t.Errorf("the nvidia.com/vgpu pod: %s %q, want refused at admission because the GPU serves DRA claims", refused.Status.Reason, refused.Status.Message)
+	if msg := waitUnschedulable(t, ns, "vgpu", ""); !strings.Contains(msg, "Insufficient nvidia.com/vgpu") {
+		t.Errorf("the nvidia.com/vgpu pod is unschedulable for %q, want the node's lack of nvidia.com/vgpu", msg)
 	}
 	for line := range strings.SplitSeq(c.AgentOutput(), "\n") {
 		if strings.Contains(line, "unauthorized gpu use") && strings.Contains(line, ns) {
