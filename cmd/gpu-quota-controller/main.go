@@ -47,10 +47,10 @@ func main() {
 }
 
 type config struct {
-	kubeconfig, promURL, resource, metricsAddr, leNamespace, leID, logLevel string
-	deviceClasses, mappedClasses                                            []string
-	interval, queryTimeout, scrapeInterval                                  time.Duration
-	leaderElect                                                             bool
+	kubeconfig, promURL, resource, metricsAddr, leNamespace, leID, logLevel, series string
+	deviceClasses, mappedClasses                                                    []string
+	interval, queryTimeout, scrapeInterval                                          time.Duration
+	leaderElect                                                                     bool
 }
 
 func parse(args []string) (config, error) {
@@ -71,6 +71,8 @@ func parse(args []string) (config, error) {
 	fs.StringVar(&c.leNamespace, "leader-election-namespace", ns, "namespace of the leader lease")
 	fs.StringVar(&c.leID, "leader-election-id", "gpuslice-quota-controller", "name of the leader lease")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	c.series = string(quota.DefaultSeries)
+	fs.StringVar(&c.series, "agent-series", c.series, "PromQL label `matchers` only the agents' own scrape gives a series (the chart's ServiceMonitor sets "+quota.TrustLabel+" to its namespace): gpuslice_* series without them are never believed")
 	fs.Func("dra-device-classes", "comma-separated DRA device `classes` whose claims reach gpuslice's driver: capped, closed by budgets, reclaimed when idle (the first gets maxClaimSlices' room)", func(v string) (err error) {
 		c.deviceClasses, err = parseClasses(v)
 		return err
@@ -103,6 +105,11 @@ func parse(args []string) (config, error) {
 		return c, fmt.Errorf("--query-timeout %s must be positive and at most --interval %s", c.queryTimeout, c.interval)
 	case c.scrapeInterval <= 0:
 		return c, fmt.Errorf("--scrape-interval %s must be positive", c.scrapeInterval)
+	case c.series == "":
+		return c, errors.New("--agent-series is required: believing every gpuslice_* series lets a tenant's scrape target charge, reclaim or blind others")
+	}
+	if err := quota.Series(c.series).Validate(); err != nil {
+		return c, fmt.Errorf("--agent-series: %w", err)
 	}
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(c.logLevel)); err != nil {
@@ -176,7 +183,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	reg := prometheus.NewRegistry()
 	ctrl := quota.New(kube, dyn, prom, quota.Options{Resource: c.resource, DeviceClasses: c.deviceClasses, MappedClasses: c.mappedClasses, Interval: c.interval, QueryTimeout: c.queryTimeout,
-		ScrapeInterval: c.scrapeInterval, Logger: log, Registry: reg})
+		ScrapeInterval: c.scrapeInterval, Series: quota.Series(c.series), Logger: log, Registry: reg})
 
 	lis, err := net.Listen("tcp", c.metricsAddr)
 	if err != nil {

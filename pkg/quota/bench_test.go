@@ -145,7 +145,7 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 		}
 		for i := range benchNamespaces {
 			for j := range benchPodsPerNS {
-				l := fmt.Sprintf(`{namespace="team-%03d",pod="p%d",container="main",gpu="%d",uuid="GPU-%d",instance="node-%d"}`, i, j, j%8, i%64, i%64)
+				l := fmt.Sprintf(`{namespace="team-%03d",pod="p%d",container="main",gpu="%d",uuid="GPU-%d",instance="node-%d",gpuslice_scrape_namespace="gpuslice-system"}`, i, j, j%8, i%64, i%64)
 				for _, ts := range stamps {
 					if fam == "util" {
 						fmt.Fprintf(&om, "gpuslice_container_sm_utilization_ratio%s %g %d\n", l, float64(j)/10, ts.Unix())
@@ -204,12 +204,12 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 	}
 	spec := quota.Spec{Budget: &quota.Budget{GPUHours: 100, Window: quota.Duration{Duration: 24 * time.Hour}}, Idle: &quota.Idle{BelowUtilization: 0.05, For: quota.Duration{Duration: 30 * time.Minute}, Action: quota.ActionEvict}}
 	t0 = time.Now()
-	if _, err := quota.Measure(ctx, querier, []quota.Spec{spec}, now, quota.DefaultQueryTimeout); err != nil {
+	if _, err := quota.Measure(ctx, querier, []quota.Spec{spec}, now, quota.DefaultQueryTimeout, quota.DefaultSeries); err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("the PromQL queries alone: %v", time.Since(t0).Round(time.Millisecond))
-	maxQ, minQ, sumQ, countQ := quota.IdleQueries(spec.Idle.For.Duration)
-	for _, promql := range []string{quota.BudgetQuery(*spec.Budget), maxQ, minQ, sumQ, countQ, quota.BlindQuery(spec.Idle.For.Duration), quota.UnknownQuery(spec.Idle.For.Duration)} {
+	maxQ, minQ, sumQ, countQ := quota.IdleQueries(spec.Idle.For.Duration, quota.DefaultSeries)
+	for _, promql := range []string{quota.BudgetQuery(*spec.Budget, quota.DefaultSeries), maxQ, minQ, sumQ, countQ, quota.BlindQuery(spec.Idle.For.Duration, quota.DefaultSeries), quota.UnknownQuery(spec.Idle.For.Duration, quota.DefaultSeries)} {
 		t0 = time.Now()
 		if _, _, err := querier.Query(ctx, promql, now); err != nil {
 			b.Fatal(err)

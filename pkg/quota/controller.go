@@ -68,6 +68,9 @@ type Options struct {
 	// (extendedResourceName): their claims are counted under
 	// requests.<Resource>, as the pods asking for it, never as claims.
 	MappedClasses []string
+	// Series says which series are the agents' (see Series); empty is
+	// DefaultSeries, never every series.
+	Series Series
 }
 
 // Defaults for Options.
@@ -168,6 +171,9 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Op
 	}
 	if opts.ScrapeInterval <= 0 {
 		opts.ScrapeInterval = DefaultScrapeInterval
+	}
+	if opts.Series == "" {
+		opts.Series = DefaultSeries
 	}
 	f := informers.NewSharedInformerFactory(kube, 0)
 	// Only the ResourceQuota it owns: RBAC grants list and watch by name.
@@ -305,7 +311,7 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	usage, merr := Measure(ctx, c.prom, specs, now, c.opts.QueryTimeout)
+	usage, merr := Measure(ctx, c.prom, specs, now, c.opts.QueryTimeout, c.opts.Series)
 	c.metrics.queries.Set(float64(usage.Queries))
 	if merr != nil {
 		c.metrics.promErrors.Inc()

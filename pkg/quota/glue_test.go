@@ -39,7 +39,7 @@ func history(pods []podUse, from, to time.Time, step time.Duration) []byte {
 	family := func(name, typ, sample string, value func(p podUse, elapsed float64) float64) {
 		fmt.Fprintf(&b, "# TYPE %s %s\n", name, typ)
 		for _, p := range pods {
-			labels := fmt.Sprintf(`{namespace=%q,pod=%q,container="main",gpu="0",uuid="GPU-a",instance="node-a"}`, p.ns, p.pod)
+			labels := fmt.Sprintf(`{namespace=%q,pod=%q,container="main",gpu="0",uuid="GPU-a",instance="node-a",gpuslice_scrape_namespace="gpuslice-system"}`, p.ns, p.pod)
 			for t := from; t.Before(to); t = t.Add(step) {
 				fmt.Fprintf(&b, "%s%s %s %d\n", sample, labels, strconv.FormatFloat(value(p, t.Sub(from).Seconds()), 'f', -1, 64), t.Unix())
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -86,25 +87,70 @@ func NewQuerier(address string) (Querier, error) {
 // promRange writes a duration as PromQL does ("90s").
 func promRange(d time.Duration) string { return model.Duration(d).String() }
 
-// BudgetQuery is the PromQL for a budget's GPU-hours by namespace.
-func BudgetQuery(b Budget) string {
+// Series is the label matchers (PromQL, without braces) that only the
+// agents' own scrape gives a series: the controller believes a gpuslice_*
+// series, and an agent's up, only when they match. A tenant's scrape target
+// exporting gpuslice_* names (a ServiceMonitor with honorLabels) must not
+// be able to charge another namespace, keep its idle pod looking busy or
+// make an agent look blind; the label these matchers name must be one such
+// a target cannot set (docs/quota.md says what the Prometheus
+// administrator enforces). Empty believes every series.
+type Series string
+
+// TrustLabel is the label the chart's ServiceMonitor gives every series of
+// the agents' scrape: the namespace of the scrape's ServiceMonitor, the
+// release's. prometheus-operator's enforcedNamespaceLabel set to it gives
+// a tenant's series their own monitor's namespace there, whatever they
+// export.
+const TrustLabel = "gpuslice_scrape_namespace"
+
+// DefaultSeries is the agents' scrape as the README installs the chart.
+const DefaultSeries Series = TrustLabel + `="gpuslice-system"`
+
+// seriesMatchers accepts a comma-separated list of PromQL label matchers.
+var seriesMatchers = regexp.MustCompile(`^\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*(?:,\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*)*$`)
+
+// Validate checks that s is label matchers.
+func (s Series) Validate() error {
+	if s != "" && !seriesMatchers.MatchString(string(s)) {
+		return fmt.Errorf("series selector %q: want PromQL label matchers such as %s", string(s), DefaultSeries)
+	}
+	return nil
+}
+
+// of is the vector selector of metric among the believed series, with
+// more matchers.
+func (s Series) of(metric string, more ...string) string {
+	ms := more
+	if s != "" {
+		ms = append([]string{string(s)}, more...)
+	}
+	if len(ms) == 0 {
+		return metric
+	}
+	return metric + "{" + strings.Join(ms, ",") + "}"
+}
+
+// BudgetQuery is the PromQL for a budget's GPU-hours by namespace, from
+// the series s believes.
+func BudgetQuery(b Budget, s Series) string {
 	w := promRange(b.Window.Duration)
 	if b.Source == SourceAllocated {
 		// The share of GPUs held (compute limit ratio), sampled every
 		// 15 s over the window, in hours.
-		return fmt.Sprintf(`sum by (namespace) (sum_over_time(gpuslice_container_compute_limit_ratio[%s:15s])) * 15 / 3600`, w)
+		return fmt.Sprintf(`sum by (namespace) (sum_over_time(%s[%s:15s])) * 15 / 3600`, s.of("gpuslice_container_compute_limit_ratio"), w)
 	}
-	return fmt.Sprintf(`sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total[%s])) / 3600`, w)
+	return fmt.Sprintf(`sum by (namespace) (increase(%s[%s])) / 3600`, s.of("gpuslice_container_gpu_busy_seconds_total"), w)
 }
 
 // IdleQueries are the PromQL for the evidence of idleness over d, each
 // by namespace, pod and the agent (instance) reporting it: the highest and
 // lowest sample, their sum (NaN when any sample is), and the fewest
 // samples of any of the pod's series.
-func IdleQueries(d time.Duration) (maxQ, minQ, sumQ, countQ string) {
+func IdleQueries(d time.Duration, s Series) (maxQ, minQ, sumQ, countQ string) {
 	r := promRange(d)
 	by := "by (namespace, pod, instance)"
-	const m = "gpuslice_container_sm_utilization_ratio"
+	m := s.of("gpuslice_container_sm_utilization_ratio")
 	return fmt.Sprintf("max %s (max_over_time(%s[%s]))", by, m, r),
 		fmt.Sprintf("min %s (min_over_time(%s[%s]))", by, m, r),
 		fmt.Sprintf("sum %s (sum_over_time(%s[%s]))", by, m, r),
@@ -113,15 +159,16 @@ func IdleQueries(d time.Duration) (maxQ, minQ, sumQ, countQ string) {
 
 // BlindQuery is the PromQL for the agents that were blind or down at some
 // point over d: a GPU they could not read, or a failed scrape.
-func BlindQuery(d time.Duration) string {
+func BlindQuery(d time.Duration, s Series) string {
 	r := promRange(d)
-	return fmt.Sprintf(`max by (instance) (max_over_time(gpuslice_agent_gpu_blind[%s])) > 0 or min by (instance) (min_over_time(up{instance=~".+"}[%s])) == 0`, r, r)
+	return fmt.Sprintf(`max by (instance) (max_over_time(%s[%s])) > 0 or min by (instance) (min_over_time(%s[%s])) == 0`,
+		s.of("gpuslice_agent_gpu_blind"), r, s.of("up", `instance=~".+"`), r)
 }
 
 // UnknownQuery is the PromQL for the pods whose use an agent marked
 // unknown at some point over d (gpuslice_container_use_unknown).
-func UnknownQuery(d time.Duration) string {
-	return fmt.Sprintf("max by (namespace, pod) (max_over_time(gpuslice_container_use_unknown[%s])) > 0", promRange(d))
+func UnknownQuery(d time.Duration, s Series) string {
+	return fmt.Sprintf("max by (namespace, pod) (max_over_time(%s[%s])) > 0", s.of("gpuslice_container_use_unknown"), promRange(d))
 }
 
 // MaxConcurrentQueries bounds the queries one cycle has in flight.
@@ -133,7 +180,7 @@ const MaxConcurrentQueries = 4
 // at a time. Each query has timeout. A query that fails, times out or
 // answers with warnings (a partial response) fails the cycle's
 // measurement: nothing is decided from it.
-func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeout time.Duration) (Usage, error) {
+func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeout time.Duration, series Series) (Usage, error) {
 	u := Usage{GPUHours: map[string]map[string]float64{}, InvalidHours: map[string]map[string]bool{}, Idle: map[time.Duration]IdleEvidence{}}
 	budgets := map[string]Budget{}
 	idles := map[time.Duration]bool{}
@@ -147,11 +194,11 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeou
 	}
 	var promqls []string
 	for _, b := range budgets {
-		promqls = append(promqls, BudgetQuery(b))
+		promqls = append(promqls, BudgetQuery(b, series))
 	}
 	for d := range idles {
-		maxQ, minQ, sumQ, countQ := IdleQueries(d)
-		promqls = append(promqls, maxQ, minQ, sumQ, countQ, BlindQuery(d), UnknownQuery(d))
+		maxQ, minQ, sumQ, countQ := IdleQueries(d, series)
+		promqls = append(promqls, maxQ, minQ, sumQ, countQ, BlindQuery(d, series), UnknownQuery(d, series))
 	}
 	slices.Sort(promqls)
 	promqls = slices.Compact(promqls)
@@ -175,7 +222,7 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeou
 	}
 	for k, b := range budgets {
 		m, bad := map[string]float64{}, map[string]bool{}
-		for _, s := range result(BudgetQuery(b)) {
+		for _, s := range result(BudgetQuery(b, series)) {
 			ns := string(s.Metric["namespace"])
 			if v := float64(s.Value); finite(v) && v >= 0 {
 				m[ns] = v
@@ -186,35 +233,35 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeou
 		u.GPUHours[k], u.InvalidHours[k] = m, bad
 	}
 	for d := range idles {
-		u.Idle[d] = idleEvidence(result, d)
+		u.Idle[d] = idleEvidence(result, d, series)
 	}
 	return u, nil
 }
 
 // idleEvidence reads the answers to one idle window's queries.
-func idleEvidence(result func(string) model.Vector, d time.Duration) IdleEvidence {
+func idleEvidence(result func(string) model.Vector, d time.Duration, series Series) IdleEvidence {
 	ev := IdleEvidence{Pods: map[string]PodEvidence{}, Blind: map[string]bool{}, Unknown: map[string]bool{}}
-	maxQ, minQ, sumQ, countQ := IdleQueries(d)
-	for _, s := range result(BlindQuery(d)) {
+	maxQ, minQ, sumQ, countQ := IdleQueries(d, series)
+	for _, s := range result(BlindQuery(d, series)) {
 		ev.Blind[string(s.Metric["instance"])] = true
 	}
-	for _, s := range result(UnknownQuery(d)) {
+	for _, s := range result(UnknownQuery(d, series)) {
 		ev.Unknown[string(s.Metric["namespace"])+"/"+string(s.Metric["pod"])] = true
 	}
 	// Per pod, over the agents reporting it (a pod moves only by being
 	// recreated, but a restarted agent may report it under a new instance).
-	type series struct{ max, min, sum, count float64 }
-	per := map[string]map[string]*series{} // pod -> instance -> values
+	type reading struct{ max, min, sum, count float64 }
+	per := map[string]map[string]*reading{} // pod -> instance -> values
 	for i, promql := range []string{maxQ, minQ, sumQ, countQ} {
 		for _, s := range result(promql) {
 			pod := string(s.Metric["namespace"]) + "/" + string(s.Metric["pod"])
 			inst := string(s.Metric["instance"])
 			if per[pod] == nil {
-				per[pod] = map[string]*series{}
+				per[pod] = map[string]*reading{}
 			}
 			v := per[pod][inst]
 			if v == nil {
-				v = &series{max: math.NaN(), min: math.NaN(), sum: math.NaN(), count: 0}
+				v = &reading{max: math.NaN(), min: math.NaN(), sum: math.NaN(), count: 0}
 				per[pod][inst] = v
 			}
 			x := float64(s.Value)

@@ -139,13 +139,31 @@ func TestSpecJSONAndValidate(t *testing.T) {
 }
 
 func TestQueries(t *testing.T) {
-	if q := BudgetQuery(Budget{Window: Duration{Duration: 24 * time.Hour}}); q != `sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total[1d])) / 3600` {
+	if q := BudgetQuery(Budget{Window: Duration{Duration: 24 * time.Hour}}, ""); q != `sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total[1d])) / 3600` {
 		t.Errorf("busy query %s", q)
 	}
-	maxQ, _, sumQ, countQ := IdleQueries(90 * time.Second)
+	maxQ, _, sumQ, countQ := IdleQueries(90*time.Second, "")
 	if maxQ != `max by (namespace, pod, instance) (max_over_time(gpuslice_container_sm_utilization_ratio[1m30s]))` ||
 		sumQ != `sum by (namespace, pod, instance) (sum_over_time(gpuslice_container_sm_utilization_ratio[1m30s]))` ||
 		countQ != `min by (namespace, pod, instance) (count_over_time(gpuslice_container_sm_utilization_ratio[1m30s]))` {
 		t.Errorf("idle queries %s, %s, %s", maxQ, sumQ, countQ)
+	}
+	// The believed series only.
+	if q := BudgetQuery(Budget{Window: Duration{Duration: time.Hour}}, DefaultSeries); q != `sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total{gpuslice_scrape_namespace="gpuslice-system"}[1h])) / 3600` {
+		t.Errorf("busy query %s", q)
+	}
+	if q := BlindQuery(time.Minute, DefaultSeries); q != `max by (instance) (max_over_time(gpuslice_agent_gpu_blind{gpuslice_scrape_namespace="gpuslice-system"}[1m])) > 0 or min by (instance) (min_over_time(up{gpuslice_scrape_namespace="gpuslice-system",instance=~".+"}[1m])) == 0` {
+		t.Errorf("blind query %s", q)
+	}
+}
+
+func TestSeriesValidate(t *testing.T) {
+	for s, ok := range map[Series]bool{
+		"": true, DefaultSeries: true, `job="gpuslice-agent", gpuslice_scrape_namespace=~"gpu.*"`: true, `a="x\"y"`: true,
+		`job=gpuslice`: false, `{job="a"}`: false, `job="a"} or vector(1) or up{`: false, `1a="x"`: false,
+	} {
+		if err := s.Validate(); (err == nil) != ok {
+			t.Errorf("Validate(%q) = %v, want ok %t", s, err, ok)
+		}
 	}
 }

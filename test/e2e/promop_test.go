@@ -61,7 +61,7 @@ func TestChartServiceMonitorAsTheOperatorRendersIt(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		u, err := quota.Measure(ctx, q, []quota.Spec{budget}, time.Now(), 5*time.Second)
+		u, err := quota.Measure(ctx, q, []quota.Spec{budget}, time.Now(), 5*time.Second, "")
 		if err != nil {
 			return nil
 		}

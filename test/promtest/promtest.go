@@ -117,9 +117,11 @@ func startConfig(tb testing.TB, addr, conf, data string) (string, func()) {
 }
 
 // StaticTarget is a scrape config for one target, its instance label set
-// to instance.
+// to instance and the quota controller's trust label to the README's
+// release namespace, as the chart's ServiceMonitor labels the agents'
+// scrape (quota.DefaultSeries).
 func StaticTarget(job, target, instance string) string {
-	return fmt.Sprintf("  - job_name: %s\n    static_configs: [{targets: [%q], labels: {instance: %q}}]\n", job, target, instance)
+	return fmt.Sprintf("  - job_name: %s\n    static_configs: [{targets: [%q], labels: {instance: %q, gpuslice_scrape_namespace: gpuslice-system}}]\n", job, target, instance)
 }
 
 // Scrape reads and parses an exposition endpoint.
