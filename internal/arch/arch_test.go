@@ -2,8 +2,13 @@ package arch
 
 import (
 	"flag"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -96,4 +101,67 @@ func TestAgentLinksNoHeavyKubernetesPackages(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestArchitectureNamesExist: every `pkg.Name` docs/architecture.md names
+// is declared in pkg (a function, type, method, field, constant or
+// variable), so the page cannot describe code that was renamed or removed.
+func TestArchitectureNamesExist(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/architecture.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := regexp.MustCompile("`\\*?([a-z][a-z0-9]*)\\.([A-Z][A-Za-z0-9]*)(?:\\(\\))?`").FindAllStringSubmatch(string(doc), -1)
+	if len(refs) == 0 {
+		t.Fatal("no pkg.Name in docs/architecture.md: the check checks nothing")
+	}
+	declared := map[string]map[string]bool{}
+	for _, r := range refs {
+		pkg, name := r[1], r[2]
+		if declared[pkg] == nil {
+			declared[pkg] = declaredNames(t, pkg)
+		}
+		if !declared[pkg][name] {
+			t.Errorf("docs/architecture.md names %s.%s, which pkg/%s does not declare", pkg, name, pkg)
+		}
+	}
+}
+
+// declaredNames are the names pkg/<pkg> declares at top level, and the
+// methods and struct fields of its types.
+func declaredNames(t *testing.T, pkg string) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	files, _ := filepath.Glob(filepath.Join("../../pkg", pkg, "*.go"))
+	if len(files) == 0 {
+		t.Errorf("docs/architecture.md names package %s, which is not under pkg/", pkg)
+	}
+	fset := token.NewFileSet()
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		file, err := parser.ParseFile(fset, f, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ast.Inspect(file, func(n ast.Node) bool {
+			switch d := n.(type) {
+			case *ast.FuncDecl:
+				out[d.Name.Name] = true
+			case *ast.TypeSpec:
+				out[d.Name.Name] = true
+			case *ast.ValueSpec:
+				for _, id := range d.Names {
+					out[id.Name] = true
+				}
+			case *ast.Field:
+				for _, id := range d.Names {
+					out[id.Name] = true
+				}
+			}
+			return true
+		})
+	}
+	return out
 }
