@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -142,7 +144,13 @@ type Enforcer struct {
 	stale       bool      // a throttle stopped since the record was written
 	// parked are cgroups frozen for unauthorized GPU use, by cgroup key;
 	// reported are the PIDs already logged for it.
-	parked   map[string]Freezer
+	parked map[string]Freezer
+	// unthawed are cgroups whose throttle's last thaw failed, by control
+	// file: kept in the record and thawed again every round until it
+	// takes or the cgroup is gone.
+	unthawed map[string]Freezer
+	// raw bounds the throttles' raw freezer writes (GOMAXPROCS-1).
+	raw      *RawWrites
 	reported map[int]bool
 	unauth   UnauthorizedStats
 	// heldAsPod are the pods held at their pod's level, by pod and GPU,
@@ -287,7 +295,7 @@ func New(opts Options) (*Enforcer, error) {
 	e := &Enforcer{
 		opts: opts, log: opts.Logger, epoch: clockOf(opts).Now(), inbox: make(chan *node.Snapshot, 1),
 		ctrl: map[string]*Controller{}, throttles: map[string]*Throttle{},
-		freezers: map[string]heldFreezer{}, parked: map[string]Freezer{}, reported: map[int]bool{}, heldAsPod: map[string]bool{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
+		freezers: map[string]heldFreezer{}, parked: map[string]Freezer{}, unthawed: map[string]Freezer{}, raw: NewRawWrites(runtime.GOMAXPROCS(0) - 1), reported: map[int]bool{}, heldAsPod: map[string]bool{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
 	}
 	e.watchdog.ns = opts.Namespace
@@ -330,6 +338,7 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 	e.watchdog.Apply(snap)
 	e.unauthorized(snap)
 	e.reportUnknown(snap)
+	e.thawAgain()
 	if !e.opts.Compute {
 		e.stats = e.memoryOnlyStats(snap)
 		return
@@ -471,6 +480,7 @@ func (e *Enforcer) resolveFreezers(r round) {
 			e.stop(id)
 		}
 		delete(e.unreachable, id)
+		f.Raw = e.raw
 		e.freezers[id] = heldFreezer{Freezer: f, key: freezerKey(c.Cgroup)}
 	}
 }
@@ -567,6 +577,25 @@ func (e *Enforcer) stop(id string) {
 		e.finished[id] += t.Throttled()
 		delete(e.throttles, id)
 		e.stale = true
+		if err := t.ThawErr(); err != nil {
+			// Never dropped from the record while it may be frozen.
+			f := e.freezers[id].Freezer
+			e.unthawed[f.File] = f
+			e.failures++
+			e.log.Error("thaw after a throttle failed; retried every round and kept in the record", "container", id, "err", err)
+		}
+	}
+}
+
+// thawAgain thaws the cgroups whose last thaw failed; each leaves the
+// record once thawed or gone.
+func (e *Enforcer) thawAgain() {
+	for file, f := range e.unthawed {
+		if err := f.Thaw(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		delete(e.unthawed, file)
+		e.stale = true
 	}
 }
 
@@ -583,6 +612,9 @@ func (e *Enforcer) record(starting ...string) {
 	}
 	for _, f := range e.parked {
 		files = append(files, f.File)
+	}
+	for file := range e.unthawed {
+		files = append(files, file)
 	}
 	if err := e.opts.State.Write(files); err != nil {
 		e.failures++
@@ -621,6 +653,7 @@ func (e *Enforcer) Close() {
 		}
 		delete(e.parked, key)
 	}
+	e.thawAgain() // what still fails stays recorded for the next agent
 	e.record()
 }
 

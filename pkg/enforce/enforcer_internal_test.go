@@ -2,8 +2,11 @@ package enforce
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -161,5 +164,84 @@ func TestPlanDuties(t *testing.T) {
 	wide, ok := plans["wide"]
 	if !ok || wide.Duty > 0.2 {
 		t.Errorf("wide = %+v, want the small duty of GPU-a (about its 0.1 share), not GPU-b's", wide)
+	}
+}
+
+// TestFailedFinalThawStaysRecorded: a throttle whose last thaw fails (the
+// control file cannot be written) left its cgroup frozen and dropped from
+// the record before; now the cgroup stays in the record and is thawed
+// again every round until the thaw takes.
+func TestFailedFinalThawStaysRecorded(t *testing.T) {
+	t.Parallel()
+	e := newBareEnforcer(t)
+	dir := t.TempDir()
+	control := filepath.Join(dir, "cgroup.freeze")
+	if err := os.Mkdir(control, 0o755); err != nil { // a write to it fails: EISDIR
+		t.Fatal(err)
+	}
+	f := Freezer{File: control}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.freezers["c1"] = heldFreezer{Freezer: f}
+	e.throttles["c1"] = StartThrottle(f, Plan{Duty: 0.5, Period: 100 * time.Millisecond}, e.epoch, nil)
+	<-e.throttles["c1"].Done()
+	e.stop("c1")
+	e.record()
+	recorded := func() []string {
+		data, err := os.ReadFile(e.opts.State.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var files []string
+		if err := json.Unmarshal(data, &files); err != nil {
+			t.Fatal(err)
+		}
+		return files
+	}
+	if got := recorded(); !slices.Contains(got, control) {
+		t.Fatalf("record after a failed thaw: %v, want it to keep %s", got, control)
+	}
+	e.thawAgain() // still failing: kept
+	if _, ok := e.unthawed[control]; !ok {
+		t.Fatal("a thaw that failed again was forgotten")
+	}
+	// The control file can be written now: the next round thaws it and
+	// the record lets it go.
+	if err := os.Remove(control); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(control, []byte("1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.thawAgain()
+	e.record()
+	if got := recorded(); slices.Contains(got, control) {
+		t.Errorf("record after the thaw took: %v, still keeps %s", got, control)
+	}
+	if v, _ := os.ReadFile(control); string(v) != "0" {
+		t.Errorf("control file %q, want thawed (0)", v)
+	}
+}
+
+// TestRawWritesAreBounded: at most n raw writes at once, none with n <= 0
+// or no bound set; a released place is taken again.
+func TestRawWritesAreBounded(t *testing.T) {
+	t.Parallel()
+	r := NewRawWrites(2)
+	for i := range 2 {
+		if !r.take() {
+			t.Fatalf("place %d of 2 not given", i+1)
+		}
+	}
+	if r.take() {
+		t.Fatal("a third raw write allowed with two in flight")
+	}
+	r.release()
+	if !r.take() {
+		t.Fatal("a released place not taken again")
+	}
+	var none *RawWrites
+	if NewRawWrites(0).take() || none.take() {
+		t.Error("a raw write allowed with no places (GOMAXPROCS 1, or no bound)")
 	}
 }

@@ -23,7 +23,38 @@ type Freezer struct {
 	// File is the control file: <cgroup>/cgroup.freeze (v2) or
 	// <cgroup>/freezer.state (v1).
 	File string
+	// Raw, when set, lets a throttle's writes skip the scheduler within
+	// its bound (see RawWrites); nil, every write goes through it.
+	Raw *RawWrites
 }
+
+// RawWrites bounds the freezer writes made as raw system calls, which
+// keep their P (the Go scheduler's processor) for as long as the kernel
+// holds them: usually microseconds, but as long as cgroup_mutex is held
+// elsewhere (a storm of cgroup creation on the node). Past the bound a
+// write goes through the scheduler, which hands its P on while the write
+// blocks, so blocked writes never take every P and the agent's gRPC,
+// probes and SIGTERM thaw keep running.
+type RawWrites struct{ slots chan struct{} }
+
+// NewRawWrites allows n raw writes at once; n <= 0 allows none. The
+// enforcer uses GOMAXPROCS-1: one P is always left to the rest.
+func NewRawWrites(n int) *RawWrites { return &RawWrites{slots: make(chan struct{}, max(n, 0))} }
+
+// take reserves a raw write, or reports that none is free.
+func (r *RawWrites) take() bool {
+	if r == nil {
+		return false
+	}
+	select {
+	case r.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (r *RawWrites) release() { <-r.slots }
 
 // ErrNoFreezer reports a container whose cgroup has no freezer the agent
 // can reach.
@@ -178,9 +209,21 @@ func (o *openFreezer) Thaw() error {
 // call keeps the P and cut the agent's CPU at 200 throttled containers by
 // a quarter (docs/benchmarks.md). A write that blocked (cgroup_mutex held
 // for long) would hold one P and delay a stop-the-world pause by as long.
+//
+// Raw writes are bounded by the freezer's RawWrites; past the bound, and
+// without one, the write is an ordinary system call the scheduler sees.
 func (o *openFreezer) write(v string) error {
 	b := []byte(v)
-	_, _, errno := unix.RawSyscall6(unix.SYS_PWRITE64, uintptr(o.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0) //nolint:gosec // audited: b lives across the call, which reads len(b) bytes
+	var errno syscall.Errno
+	if o.f.Raw.take() {
+		_, _, errno = unix.RawSyscall6(unix.SYS_PWRITE64, uintptr(o.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0) //nolint:gosec // audited: b lives across the call, which reads len(b) bytes
+		o.f.Raw.release()
+	} else if _, err := unix.Pwrite(o.fd, b, 0); err != nil {
+		errno, _ = err.(syscall.Errno) //nolint:errorlint // unix.Pwrite returns a bare Errno
+		if errno == 0 {
+			return fmt.Errorf("write %s to %s: %w", v, o.f.File, err)
+		}
+	}
 	switch {
 	case errno == syscall.ENODEV:
 		// The cgroup was removed under the open file: it is gone.

@@ -2,6 +2,8 @@ package enforce
 
 import (
 	"context"
+	"errors"
+	"os"
 	"sync/atomic"
 	"time"
 )
@@ -37,6 +39,7 @@ type Throttle struct {
 	cancel    context.CancelFunc
 	done      chan struct{}
 	err       atomic.Value // error that ended the throttle, if any
+	thawErr   atomic.Value // error of the last thaw, when it failed
 }
 
 // Cycle splits one throttle period at duty d into the time the container
@@ -90,6 +93,15 @@ func (t *Throttle) Err() error {
 	return nil
 }
 
+// ThawErr is the error of the thaw the throttle made as it stopped, or nil
+// when the container was thawed (or is gone). Read it after Stop or Done.
+func (t *Throttle) ThawErr() error {
+	if err, ok := t.thawErr.Load().(error); ok {
+		return err
+	}
+	return nil
+}
+
 // Done is closed when the throttle has stopped and thawed the container.
 func (t *Throttle) Done() <-chan struct{} { return t.done }
 
@@ -102,8 +114,12 @@ func (t *Throttle) Stop() {
 func (t *Throttle) run(ctx context.Context) {
 	defer close(t.done)
 	// Whatever happens, leave the container running. A cgroup that is
-	// gone has nothing to thaw, so the error is of no interest.
-	defer func() { _ = t.f.Thaw() }()
+	// gone has nothing to thaw; any other failure is kept for ThawErr.
+	defer func() {
+		if err := t.f.Thaw(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.thawErr.Store(err)
+		}
+	}()
 	f, err := t.f.open()
 	if err != nil {
 		t.err.Store(err)
