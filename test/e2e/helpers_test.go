@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/test/e2e/cluster"
+	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
@@ -263,6 +265,49 @@ func scrape(t *testing.T) map[string]*dto.MetricFamily {
 
 // value finds the sample of a family whose labels include want.
 var value = promtest.Value
+
+// workShare is the share of wall time over d that the fake GPU workload of
+// pod ns/name ran, judged by its own progress: the GPU time it asked for,
+// which it publishes in the workload directory under its (host) PID. A
+// frozen process asks for none. It is the agent's sensor's independent
+// check: the throttle is judged by what the tenant got done, never by the
+// agent's own busy-seconds alone.
+func workShare(t *testing.T, ns, name string, d time.Duration) float64 {
+	t.Helper()
+	p, err := c.API.Clientset(t).CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid := string(p.UID)
+	files, _ := filepath.Glob(filepath.Join(c.WorkloadDir, "*.json"))
+	path := ""
+	for _, f := range files {
+		pid := strings.TrimSuffix(filepath.Base(f), ".json")
+		cg, err := os.ReadFile(filepath.Join("/proc", pid, "cgroup"))
+		if err == nil && (strings.Contains(string(cg), uid) || strings.Contains(string(cg), strings.ReplaceAll(uid, "-", "_"))) {
+			path = f
+		}
+	}
+	if path == "" {
+		t.Fatalf("no workload of pod %s/%s (uid %s) publishes its progress in %s", ns, name, uid, c.WorkloadDir)
+	}
+	asked := func() (time.Duration, time.Time) {
+		var st fakegpu.WorkloadState
+		for range 100 {
+			data, err := os.ReadFile(path) //nolint:gosec // the test's own workload directory
+			if err == nil && json.Unmarshal(data, &st) == nil {
+				return time.Duration(st.RequestedNanos), time.Now()
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("workload state %s unreadable", path)
+		return 0, time.Time{}
+	}
+	a0, t0 := asked()
+	time.Sleep(d)
+	a1, t1 := asked()
+	return float64(a1-a0) / float64(t1.Sub(t0))
+}
 
 // measuredShare is the share of the GPU a container used over d, from the
 // agent's busy-seconds counter.

@@ -330,8 +330,10 @@ func TestWorkloadsInPodsAreAttributedAndEnforced(t *testing.T) {
 		t.Errorf("the agent is not in a private cgroup namespace:\n%s", c.AgentLogs())
 	}
 	// Its measured share holds near its limit.
-	share := measuredShare(t, labels, 5*time.Second)
-	t.Logf("greedy pod's measured share under strict: %.1f%% (limit 50%%)", share*100)
+	// Judged by the work the workload got done; the agent's own figure is
+	// logged beside it.
+	share := workShare(t, ns, "greedy", 5*time.Second)
+	t.Logf("greedy pod's share under strict by its own progress: %.1f%%, by the agent's busy-seconds %.1f%% (limit 50%%)", share*100, measuredShare(t, labels, 2*time.Second)*100)
 	if share < 0.40 || share > 0.60 {
 		t.Errorf("greedy pod used %.0f%% of the GPU, limit 50%%", share*100)
 	}
