@@ -19,6 +19,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -649,3 +651,108 @@ func TestDRADriverWritesOnlyItsNodesSlices(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestSpentBudgetClosesExistingClaims installs the GPUQuota CRD and the
+// chart's budget policy on a real API server: while a namespace's GPUQuota
+// reports BudgetExhausted, a new pod naming an existing ResourceClaim is
+// refused (the ResourceQuota only stops new claims, and up to 256 pods may
+// share one); a pod naming no claim, a namespace whose budget recovered and
+// a namespace without a GPUQuota are not affected.
+func TestSpentBudgetClosesExistingClaims(t *testing.T) {
+	srv := apiserver.Start(t)
+	cs := srv.Clientset(t)
+	ctx := context.Background()
+	crd := parseDocs(t, mustRead(t, "helm/gpuslice/crds/gpuslice.io_gpuquotas.yaml"))
+	create(t, srv, crd, false)
+	var policy []*unstructured.Unstructured
+	for _, o := range parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice", "--show-only", "templates/quota-controller.yaml",
+		"--set", "quotaController.enabled=true,quotaController.prometheusURL=http://p:9090,dra.enabled=true")) {
+		if strings.HasPrefix(o.GetKind(), "ValidatingAdmissionPolicy") {
+			policy = append(policy, o)
+		}
+	}
+	if len(policy) != 2 {
+		t.Fatalf("the chart renders %d policy objects, want the policy and its binding", len(policy))
+	}
+	gq := schema.GroupVersionResource{Group: "gpuslice.io", Version: "v1alpha1", Resource: "gpuquotas"}
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn := dynamic.NewForConfigOrDie(cfg)
+	for _, ns := range []string{"spent", "free"} {
+		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The CRD is served shortly after it is created.
+	var quota *unstructured.Unstructured
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		quota, err = dyn.Resource(gq).Namespace("spent").Create(ctx, &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "gpuslice.io/v1alpha1", "kind": "GPUQuota", "metadata": map[string]any{"name": "team"},
+			"spec": map[string]any{"budget": map[string]any{"gpuHours": 1, "window": "24h"}},
+		}}, metav1.CreateOptions{})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+	}
+	setExhausted := func(on string) {
+		t.Helper()
+		quota.Object["status"] = map[string]any{"conditions": []any{map[string]any{
+			"type": "BudgetExhausted", "status": on, "reason": "Budget", "message": "test", "lastTransitionTime": time.Now().UTC().Format(time.RFC3339)}}}
+		var err error
+		if quota, err = dyn.Resource(gq).Namespace("spent").UpdateStatus(ctx, quota, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setExhausted("True")
+	create(t, srv, policy, false)
+	claimPod := func(ns, name string, claim bool) error {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+		if claim {
+			p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimName: ptr("shared-gpu")}}
+			p.Spec.Containers[0].Resources.Claims = []corev1.ResourceClaim{{Name: "gpu"}}
+		}
+		_, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+		return err
+	}
+	// The policy reaches the admission chain shortly after it is created.
+	for deadline, i := time.Now().Add(20*time.Second), 0; ; i++ {
+		err := claimPod("spent", fmt.Sprint("probe-", i), true)
+		if err != nil && strings.Contains(err.Error(), "is spent") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a pod naming an existing claim was admitted in a namespace whose budget is spent: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := claimPod("spent", "no-claim", false); err != nil {
+		t.Errorf("a pod naming no claim was refused: %v", err)
+	}
+	if err := claimPod("free", "claim", true); err != nil {
+		t.Errorf("a pod in a namespace without a GPUQuota was refused: %v", err)
+	}
+	setExhausted("False")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		err := claimPod("spent", "recovered", true)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the budget recovered and a pod naming a claim is still refused: %v", err)
+		}
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}

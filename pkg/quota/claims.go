@@ -3,6 +3,7 @@ package quota
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -86,6 +87,9 @@ type ClaimCount struct {
 	// Uncapped names a device class through which it holds the driver's
 	// devices but which is not capped: such a class bypasses claim caps.
 	Uncapped string
+	// AdminAccess is true when it holds one of the driver's devices with
+	// admin access (monitoring: it holds no share, and is counted apart).
+	AdminAccess bool
 }
 
 // Classes are the device classes whose claims reach the driver's devices.
@@ -143,6 +147,9 @@ func CountClaim(c *resourceapi.ResourceClaim, classes Classes, sizes DeviceSizes
 			continue
 		}
 		out.Ours = true
+		if r.AdminAccess != nil && *r.AdminAccess {
+			out.AdminAccess = true
+		}
 		if cl != "" && !capped(cl) {
 			out.Uncapped = cl
 		}
@@ -200,6 +207,14 @@ type ClaimUse struct {
 	// PerDevice is the most slices one device can hold; 0 while no device
 	// is published.
 	PerDevice int64
+	// AdminAccess counts the claims holding the driver's devices with
+	// admin access: they hold no share, so they are reported, not capped.
+	AdminAccess int64
+	// Uncapped is, by device class, the devices claims of a class that is
+	// not in Classes hold although it reaches gpuslice's devices (their
+	// allocation says so): such a class is closed at what it holds, never
+	// left unlimited.
+	Uncapped map[string]int64
 }
 
 // claimLimits is the claim-device limits for a namespace, and why: nil
@@ -211,6 +226,28 @@ func claimLimits(spec Spec, c *ClaimUse, exhausted bool) (map[string]int64, stri
 	if c == nil || len(c.Classes) == 0 {
 		return nil, ""
 	}
+	m, reason := cappedLimits(spec, c, exhausted)
+	if len(c.Uncapped) == 0 {
+		return m, reason
+	}
+	if m == nil {
+		m = map[string]int64{}
+	}
+	classes := make([]string, 0, len(c.Uncapped))
+	for cl, n := range c.Uncapped {
+		m[cl] = n
+		classes = append(classes, cl)
+	}
+	slices.Sort(classes)
+	uncapped := fmt.Sprintf("device class %s reaches gpuslice's devices but is not one the controller caps (--dra-device-classes): closed at what its claims hold", strings.Join(classes, ", "))
+	if reason == "" {
+		return m, uncapped
+	}
+	return m, reason + "; " + uncapped
+}
+
+// cappedLimits is claimLimits for the capped classes alone.
+func cappedLimits(spec Spec, c *ClaimUse, exhausted bool) (map[string]int64, string) {
 	closed := func() map[string]int64 {
 		m := make(map[string]int64, len(c.Classes))
 		for _, cl := range c.Classes {

@@ -75,6 +75,7 @@ func TestCountClaim(t *testing.T) {
 		devices, slices  int64
 		ours             bool
 		uncapped         string
+		admin            bool
 		classes          []string
 		otherClassDevice int64
 	}{
@@ -82,7 +83,7 @@ func TestCountClaim(t *testing.T) {
 		"memory-heavy share: its memory in slices":                              {claim: claim(one, result("gpu", "gpu-0", 1, 75)), devices: 1, slices: 8, ours: true},
 		"memory rounds up on a 20 GiB-slice GPU":                                {claim: claim(one, result("gpu", "gpu-1", 1, 21)), devices: 1, slices: 2, ours: true},
 		"no consumed capacity: held whole":                                      {claim: claim(one, result("gpu", "gpu-1", 0, 0)), devices: 1, slices: 4, ours: true},
-		"admin access holds nothing":                                            {claim: claim(one, admin), devices: 1, ours: true},
+		"admin access holds nothing, and is counted apart":                      {claim: claim(one, admin), devices: 1, ours: true, admin: true},
 		"device gone from the slices: a whole GPU":                              {claim: claim(one, result("gpu", "gpu-9", 1, 10)), devices: 1, slices: 8, ours: true},
 		"not allocated: a whole GPU per device":                                 {claim: claim([]resourceapi.DeviceRequest{exact("gpu", class, resourceapi.DeviceAllocationModeExactCount, 3)}), devices: 3, slices: 24, ours: true},
 		"All mode: the API's most devices":                                      {claim: claim([]resourceapi.DeviceRequest{exact("gpu", class, resourceapi.DeviceAllocationModeAll, 0)}), devices: 32, slices: 256, ours: true},
@@ -101,7 +102,7 @@ func TestCountClaim(t *testing.T) {
 				classes = []string{class}
 			}
 			got := CountClaim(tc.claim, Classes{Capped: classes, Mapped: []string{"vgpu.gpuslice.io"}}, testSizes())
-			if got.Devices[class] != tc.devices || got.Slices != tc.slices || got.Ours != tc.ours || got.Uncapped != tc.uncapped || got.Devices["shared"] != tc.otherClassDevice {
+			if got.Devices[class] != tc.devices || got.Slices != tc.slices || got.Ours != tc.ours || got.Uncapped != tc.uncapped || got.Devices["shared"] != tc.otherClassDevice || got.AdminAccess != tc.admin {
 				t.Errorf("CountClaim = %+v; want %d devices, %d slices, ours %v, uncapped %q", got, tc.devices, tc.slices, tc.ours, tc.uncapped)
 			}
 		})
@@ -132,6 +133,13 @@ func TestClaimLimits(t *testing.T) {
 		"budget exhausted closes claims":               {spec: Spec{MaxClaimSlices: i(64), Budget: &Budget{GPUHours: 1, Window: Duration{Duration: 3600e9}}}, use: use(2, 5), metricsOK: true, hours: 2, want: map[string]int64{class: 2, "shared": 1}, reason: "budget exhausted"},
 		"metrics down: an exhausted budget stays shut": {spec: Spec{Budget: &Budget{GPUHours: 1, Window: Duration{Duration: 3600e9}}}, use: use(3, 5), previous: &Decision{BudgetExhausted: true}, want: map[string]int64{class: 3, "shared": 1}},
 		"metrics down, no history: the cap alone":      {spec: Spec{MaxClaimSlices: i(21)}, use: use(0, 0), want: map[string]int64{class: 2, "shared": 1}},
+		// A class the controller was not told of, seen reaching gpuslice's
+		// devices: closed at what its claims hold, also with no cap at all
+		// (before: only logged, its claims unlimited).
+		"an uncapped class, no cap: closed at what it holds": {spec: Spec{}, use: withUncapped(use(2, 5), "other.example.com", 3), metricsOK: true,
+			want: map[string]int64{"other.example.com": 3}, reason: "not one the controller caps"},
+		"an uncapped class beside a cap": {spec: Spec{MaxClaimSlices: i(24)}, use: withUncapped(use(2, 5), "other.example.com", 1), metricsOK: true,
+			want: map[string]int64{class: 4, "shared": 1, "other.example.com": 1}, reason: "room for 2 more"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			d := Decide(Input{Spec: tc.spec, Claims: tc.use, MetricsOK: tc.metricsOK, UsedGPUHours: tc.hours, Previous: tc.previous})
@@ -148,6 +156,11 @@ func TestClaimLimits(t *testing.T) {
 			}
 		})
 	}
+}
+
+func withUncapped(u *ClaimUse, class string, n int64) *ClaimUse {
+	u.Uncapped = map[string]int64{class: n}
+	return u
 }
 
 // TestClaimLimitsNeverLetSlicesPastTheCap is the property the claim limit

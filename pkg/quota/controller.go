@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -125,6 +126,7 @@ type nsReport struct {
 	// claimLimits the claim-device limits by class.
 	claimSlices float64
 	claimLimits map[string]int64
+	adminClaims float64
 }
 
 // written is the last status the controller wrote for a GPUQuota: a status
@@ -454,6 +456,7 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 	if in.Claims != nil {
 		r.claimSlices = float64(in.Claims.Slices)
 		r.claimLimits = d.ClaimDevices
+		r.adminClaims = float64(in.Claims.AdminAccess)
 	}
 	c.mu.Lock()
 	c.last[ns] = d
@@ -529,6 +532,11 @@ func (c *Controller) applyQuota(ctx context.Context, owner *v1alpha1.GPUQuota, n
 	managed := []corev1.ResourceName{corev1.ResourceName("requests." + c.opts.Resource)}
 	for _, class := range c.opts.DeviceClasses {
 		managed = append(managed, corev1.ResourceName(DeviceClassQuotaKey(class)))
+	}
+	for class := range d.ClaimDevices {
+		if !slices.Contains(c.opts.DeviceClasses, class) { // an uncapped class seen reaching gpuslice's devices
+			managed = append(managed, corev1.ResourceName(DeviceClassQuotaKey(class)))
+		}
 	}
 	want := corev1.ResourceList{}
 	if d.Hard != nil {
@@ -695,6 +703,11 @@ func statusFor(q *v1alpha1.GPUQuota, in *Input, d Decision, now time.Time, inval
 				msg = "nothing limits the namespace's claims"
 			}
 			status.Conditions = append(status.Conditions, cond(ConditionClaimsLimited, d.ClaimDevices != nil, "Claims", msg))
+			uncapped := "every device class reaching gpuslice's devices is capped"
+			if len(in.Claims.Uncapped) > 0 {
+				uncapped = d.ClaimReason
+			}
+			status.Conditions = append(status.Conditions, cond(ConditionUncappedDeviceClass, len(in.Claims.Uncapped) > 0, "Claims", uncapped))
 		}
 	}
 	return status
@@ -766,10 +779,11 @@ var (
 	descIdle        = prometheus.NewDesc("gpuslice_quota_idle_pods", "Pods of the namespace found idle by its GPUQuota.", []string{"namespace"}, nil)
 	descClaimSlices = prometheus.NewDesc("gpuslice_quota_used_claim_slices", "Slices the namespace's DRA claims hold (a claim not yet allocated counts as a whole GPU per device).", []string{"namespace"}, nil)
 	descClaimLimit  = prometheus.NewDesc("gpuslice_quota_claim_device_limit", "The limit the controller's ResourceQuota sets on the namespace's claim devices of a device class.", []string{"namespace", "device_class"}, nil)
+	descAdminClaims = prometheus.NewDesc("gpuslice_quota_admin_access_claims", "The namespace's claims holding gpuslice's devices with admin access (monitoring): they hold no share and no cap applies to them.", []string{"namespace"}, nil)
 )
 
 func (n *namespaceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUsedSlices, descLimit, descUsedHours, descBudget, descExhausted, descIdle, descClaimSlices, descClaimLimit} {
+	for _, d := range []*prometheus.Desc{descUsedSlices, descLimit, descUsedHours, descBudget, descExhausted, descIdle, descClaimSlices, descClaimLimit, descAdminClaims} {
 		ch <- d
 	}
 }
@@ -786,6 +800,7 @@ func (n *namespaceCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if r.claimSlices >= 0 {
 			ch <- prometheus.MustNewConstMetric(descClaimSlices, prometheus.GaugeValue, r.claimSlices, ns)
+			ch <- prometheus.MustNewConstMetric(descAdminClaims, prometheus.GaugeValue, r.adminClaims, ns)
 		}
 		for class, n := range r.claimLimits {
 			ch <- prometheus.MustNewConstMetric(descClaimLimit, prometheus.GaugeValue, float64(n), ns, class)
@@ -809,6 +824,7 @@ var MetricNames = []string{
 	"gpuslice_quota_used_slices", "gpuslice_quota_slice_limit", "gpuslice_quota_used_gpu_hours",
 	"gpuslice_quota_budget_gpu_hours", "gpuslice_quota_budget_exhausted", "gpuslice_quota_idle_pods",
 	"gpuslice_quota_idleness_unknown_pods", "gpuslice_quota_used_claim_slices", "gpuslice_quota_claim_device_limit",
+	"gpuslice_quota_admin_access_claims",
 }
 
 // Healthy reports whether, while Run runs, a cycle completed within the
@@ -852,7 +868,7 @@ func (c *Controller) claimUse(ns string, sizes DeviceSizes, in *Input) (map[stri
 	if err != nil {
 		return nil, fmt.Errorf("list ResourceClaims of %s: %w", ns, err)
 	}
-	use := &ClaimUse{Classes: c.opts.DeviceClasses, Devices: map[string]int64{}, PerDevice: sizes.PerDevice}
+	use := &ClaimUse{Classes: c.opts.DeviceClasses, Devices: map[string]int64{}, PerDevice: sizes.PerDevice, Uncapped: map[string]int64{}}
 	bySlices := map[string]int64{}
 	for _, cl := range claims {
 		cc := CountClaim(cl, Classes{Capped: c.opts.DeviceClasses, Mapped: c.opts.MappedClasses}, sizes)
@@ -860,8 +876,15 @@ func (c *Controller) claimUse(ns string, sizes DeviceSizes, in *Input) (map[stri
 			continue
 		}
 		if cc.Uncapped != "" {
-			c.log.Warn("a claim holds gpuslice devices through a device class the controller does not cap; add it to --dra-device-classes (or to --dra-extended-resource-classes if it maps the extended resource)",
+			// Fail closed: the class is held at what its claims hold
+			// (a ResourceQuota limit and a condition), never unlimited.
+			c.log.Warn("a claim holds gpuslice devices through a device class the controller does not cap; it is closed at what it holds: add it to --dra-device-classes (or to --dra-extended-resource-classes if it maps the extended resource)",
 				"namespace", ns, "claim", cl.Name, "deviceClass", cc.Uncapped)
+			held := CountClaim(cl, Classes{Capped: []string{cc.Uncapped}}, sizes)
+			use.Uncapped[cc.Uncapped] += max(held.Devices[cc.Uncapped], 1)
+		}
+		if cc.AdminAccess {
+			use.AdminAccess++
 		}
 		for class, n := range cc.Devices {
 			use.Devices[class] += n

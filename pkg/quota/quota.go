@@ -44,6 +44,10 @@ const (
 	// ConditionClaimsLimited is true while the controller's ResourceQuota
 	// limits the namespace's DRA claim devices; its message says why.
 	ConditionClaimsLimited = "ClaimsLimited"
+	// ConditionUncappedDeviceClass is true while claims in the namespace
+	// reach gpuslice's devices through a device class the controller was
+	// not told to cap: that class is closed at what its claims hold.
+	ConditionUncappedDeviceClass = "UncappedDeviceClass"
 )
 
 // The GPUQuota spec's parts, as the API (api/v1alpha1) defines them.

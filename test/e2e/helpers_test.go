@@ -294,7 +294,7 @@ func workShare(t *testing.T, ns, name string, d time.Duration) float64 {
 	asked := func() (time.Duration, time.Time) {
 		var st fakegpu.WorkloadState
 		for range 100 {
-			data, err := os.ReadFile(path) //nolint:gosec // the test's own workload directory
+			data, err := os.ReadFile(path)
 			if err == nil && json.Unmarshal(data, &st) == nil {
 				return time.Duration(st.RequestedNanos), time.Now()
 			}
