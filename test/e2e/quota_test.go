@@ -68,7 +68,10 @@ func (r *quotaRig) startController(args ...string) {
 		r.ctrl.Stop()
 	}
 	all := append([]string{"--kubeconfig=" + c.API.Kubeconfig, "--prometheus-url=" + r.prom,
-		"--interval=2s", "--query-timeout=1s", "--scrape-interval=1s", "--metrics-address=127.0.0.1:0", "--leader-election-namespace=default", "--log-level=debug"}, args...)
+		"--interval=2s", "--query-timeout=1s", "--scrape-interval=1s", "--metrics-address=127.0.0.1:0", "--leader-election-namespace=default", "--log-level=debug",
+		// The chart's ServiceMonitor, rendered in namespace gpuslice, labels
+		// the agents' series with it: the controller believes those alone.
+		`--agent-series=gpuslice_scrape_namespace="gpuslice"`}, args...)
 	ctrl, err := apiserver.StartProcess("gpu-quota-controller", controllerBin, all...)
 	if err != nil {
 		r.t.Fatal(err)
