@@ -478,7 +478,8 @@ func TestThawPodCgroupsAtStart(t *testing.T) {
 // checkpoint in progress, another controller. Now a freeze of the agent's
 // own carries a mark on the cgroup itself (an extended attribute: no disk
 // space), and only marked cgroups are thawed, on cgroup v2 and the v1
-// freezer alike.
+// freezer alike; one whose mark names an agent process still alive is
+// that agent's to thaw.
 func TestStartupThawLeavesOthersFreezes(t *testing.T) {
 	t.Parallel()
 	for _, kind := range []string{"", "freezer"} {
@@ -487,18 +488,27 @@ func TestStartupThawLeavesOthersFreezes(t *testing.T) {
 			_, top := testCgroup(t, kind)
 			pod := filepath.Join(top, "kubepods", "burstable", "pod1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d")
 			ours, theirs := filepath.Join(pod, strings.Repeat("a", 64)), filepath.Join(pod, strings.Repeat("b", 64))
-			for _, d := range []string{ours, theirs} {
+			live := filepath.Join(pod, strings.Repeat("c", 64)) // frozen by an agent still running
+			for _, d := range []string{ours, theirs, live} {
 				if err := os.MkdirAll(d, 0o755); err != nil {
 					t.Fatal(err)
 				}
 			}
 			t.Cleanup(func() {
-				for _, d := range []string{ours, theirs, pod, filepath.Dir(pod), filepath.Dir(filepath.Dir(pod))} {
+				for _, d := range []string{ours, theirs, live, pod, filepath.Dir(pod), filepath.Dir(filepath.Dir(pod))} {
 					_ = Freezer{File: freezerFile(kind, d)}.Thaw()
 					_ = os.Remove(d)
 				}
 			})
-			if err := (Freezer{File: freezerFile(kind, ours)}).Freeze(); err != nil {
+			// Ours: marked by an agent that is gone (a PID no process has).
+			if err := (Freezer{File: freezerFile(kind, ours), Owner: "2147483647/1"}).Freeze(); err != nil {
+				t.Fatal(err)
+			}
+			self, err := OwnerOf("/proc", os.Getpid())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := (Freezer{File: freezerFile(kind, live), Owner: self}).Freeze(); err != nil {
 				t.Fatal(err)
 			}
 			// Paused by someone else: the control file written directly.
@@ -525,6 +535,9 @@ func TestStartupThawLeavesOthersFreezes(t *testing.T) {
 			}
 			if marked(ours) {
 				t.Error("the thawed cgroup still carries the agent's mark")
+			}
+			if f, _ := (Freezer{File: freezerFile(kind, live)}).Frozen(); !f {
+				t.Error("a freeze of an agent still running was thawed by another's start")
 			}
 		})
 	}

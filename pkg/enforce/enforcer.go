@@ -150,7 +150,9 @@ type Enforcer struct {
 	// takes or the cgroup is gone.
 	unthawed map[string]Freezer
 	// raw bounds the throttles' raw freezer writes (GOMAXPROCS-1).
-	raw      *RawWrites
+	raw *RawWrites
+	// owner marks the agent's freezes as this process's (OwnerOf).
+	owner    string
 	reported map[int]bool
 	unauth   UnauthorizedStats
 	// heldAsPod are the pods held at their pod's level, by pod and GPU,
@@ -289,7 +291,7 @@ func New(opts Options) (*Enforcer, error) {
 	// The record may be torn, missing or unwritten (a full disk): thaw
 	// every pod and container cgroup that carries gpuslice's mark, and no
 	// other.
-	if n, err := ThawMarked(opts.CgroupRoot); n > 0 || err != nil {
+	if n, err := ThawMarked(opts.CgroupRoot, opts.ProcRoot); n > 0 || err != nil {
 		opts.Logger.Warn("thawed cgroups a previous agent froze, by their mark", "count", n, "err", err)
 	}
 	e := &Enforcer{
@@ -298,6 +300,8 @@ func New(opts Options) (*Enforcer, error) {
 		freezers: map[string]heldFreezer{}, parked: map[string]Freezer{}, unthawed: map[string]Freezer{}, raw: NewRawWrites(runtime.GOMAXPROCS(0) - 1), reported: map[int]bool{}, heldAsPod: map[string]bool{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
 	}
+	// Without it a freeze is marked as anyone's to thaw at start.
+	e.owner, _ = OwnerOf(opts.ProcRoot, os.Getpid())
 	e.watchdog.ns = opts.Namespace
 	e.watchdog.cgroupRoot = opts.CgroupRoot
 	e.node = CheckNode(opts, opts.NamespaceErr)
@@ -480,7 +484,7 @@ func (e *Enforcer) resolveFreezers(r round) {
 			e.stop(id)
 		}
 		delete(e.unreachable, id)
-		f.Raw = e.raw
+		f.Raw, f.Owner = e.raw, e.owner
 		e.freezers[id] = heldFreezer{Freezer: f, key: freezerKey(c.Cgroup)}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"unsafe"
@@ -26,6 +27,11 @@ type Freezer struct {
 	// Raw, when set, lets a throttle's writes skip the scheduler within
 	// its bound (see RawWrites); nil, every write goes through it.
 	Raw *RawWrites
+	// Owner is the value of the freeze mark: the freezing agent's
+	// process ("<pid>/<start time>", see OwnerOf), so that a start-up thaw
+	// leaves alone the freezes of an agent still alive. Empty marks "1",
+	// which any start-up thaw takes.
+	Owner string
 }
 
 // RawWrites bounds the freezer writes made as raw system calls, which
@@ -126,7 +132,11 @@ const FreezeMark = "user.gpuslice.frozen"
 // attributes (cgroup v2 before Linux 5.7) is not an error: the freeze is
 // then known from the record alone.
 func (f Freezer) mark() error {
-	err := unix.Setxattr(filepath.Dir(f.File), FreezeMark, []byte("1"), 0)
+	v := f.Owner
+	if v == "" {
+		v = "1"
+	}
+	err := unix.Setxattr(filepath.Dir(f.File), FreezeMark, []byte(v), 0)
 	switch {
 	case err == nil, errors.Is(err, unix.ENOTSUP), errors.Is(err, unix.EOPNOTSUPP):
 		return nil
@@ -142,8 +152,44 @@ func (f Freezer) unmark() { _ = unix.Removexattr(filepath.Dir(f.File), FreezeMar
 
 // Marked reports whether the cgroup carries FreezeMark.
 func (f Freezer) Marked() bool {
-	_, err := unix.Getxattr(filepath.Dir(f.File), FreezeMark, nil)
-	return err == nil
+	_, ok := f.markOwner()
+	return ok
+}
+
+// markOwner is the value of the cgroup's FreezeMark, if it carries one.
+func (f Freezer) markOwner() (string, bool) {
+	buf := make([]byte, 64)
+	n, err := unix.Getxattr(filepath.Dir(f.File), FreezeMark, buf)
+	if err != nil {
+		return "", false
+	}
+	return string(buf[:n]), true
+}
+
+// OwnerOf is the freeze-mark owner of process pid as procRoot shows it:
+// its PID and start time, which no later process with that PID shares.
+func OwnerOf(procRoot string, pid int) (string, error) {
+	stat, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "stat")) //nolint:gosec // the operator's --proc-root
+	if err != nil {
+		return "", err
+	}
+	start, ok := attribution.ParseStartTime(stat)
+	if !ok {
+		return "", fmt.Errorf("no start time for pid %d", pid)
+	}
+	return fmt.Sprintf("%d/%d", pid, start), nil
+}
+
+// alive reports whether the process an owner names still runs: its PID
+// exists with the same start time.
+func alive(procRoot, owner string) bool {
+	pid, _, ok := strings.Cut(owner, "/")
+	n, err := strconv.Atoi(pid)
+	if !ok || err != nil {
+		return false
+	}
+	now, err := OwnerOf(procRoot, n)
+	return err == nil && now == owner
 }
 
 func (f Freezer) write(v string) error {

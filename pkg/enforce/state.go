@@ -132,10 +132,12 @@ func checkFreezerFile(cgroupRoot, f string) error {
 // kubelet's pod hierarchy under cgroupRoot (cgroup v2 at the root or
 // <root>/unified, and the v1 freezer hierarchy) that carries FreezeMark:
 // the cgroups gpuslice froze and did not thaw. A cgroup frozen by anyone
-// else carries no mark and is left as it is; subtrees below a container's
-// cgroup are its own and are never looked at. It is the agent's safety net
-// when its record is torn, missing or could not be written.
-func ThawMarked(cgroupRoot string) (int, error) {
+// else carries no mark and is left as it is, and so is one whose mark
+// names an agent process still alive in procRoot (it holds that freeze);
+// subtrees below a container's cgroup are its own and are never looked
+// at. It is the agent's safety net when its record is torn, missing or
+// could not be written.
+func ThawMarked(cgroupRoot, procRoot string) (int, error) {
 	type mount struct{ dir, file string }
 	var mounts []mount
 	for _, dir := range []string{cgroupRoot, filepath.Join(cgroupRoot, "unified")} {
@@ -168,8 +170,9 @@ func ThawMarked(cgroupRoot string) (int, error) {
 				return fs.SkipDir // a container's own subtree
 			}
 			f := Freezer{File: filepath.Join(path, m.file)}
-			if !f.Marked() {
-				return nil // never frozen by gpuslice, or thawed already
+			owner, marked := f.markOwner()
+			if !marked || alive(procRoot, owner) {
+				return nil // never frozen by gpuslice, thawed already, or held by a live agent
 			}
 			if err := f.Thaw(); err != nil {
 				errs = append(errs, err)

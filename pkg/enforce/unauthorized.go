@@ -74,6 +74,7 @@ func (e *Enforcer) unauthorized(snap *node.Snapshot) {
 			continue
 		}
 		f, err := FreezerFor(e.opts.CgroupRoot, c)
+		f.Owner = e.owner
 		if err == nil {
 			err = f.Freeze()
 		}
