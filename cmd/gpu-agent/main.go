@@ -92,16 +92,7 @@ type renderKey struct {
 // and runs them until ctx ends or one fails.
 func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
 	probes := health.NewState("starting")
-	g, ctx := errgroup.WithContext(ctx)
-	if cfg.HealthAddress != "" {
-		lis, err := net.Listen("tcp", cfg.HealthAddress)
-		if err != nil {
-			return fmt.Errorf("listen on --health-address: %w", err)
-		}
-		g.Go(func() error { return health.Serve(ctx, lis, probes, log) })
-	}
-	g.Go(func() error { return serveAgent(ctx, cfg, probes, log) })
-	return g.Wait()
+	return health.Around(ctx, cfg.HealthAddress, probes, log, func(ctx context.Context) error { return serveAgent(ctx, cfg, probes, log) })
 }
 
 // serveAgent builds the components and runs them until ctx ends or one

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -80,16 +79,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 // ends or the plugin fails.
 func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	probes := health.NewState("waiting for the node lock " + cfg.StateFile + ".lock (a predecessor still runs)")
-	g, ctx := errgroup.WithContext(ctx)
-	if cfg.HealthAddress != "" {
-		lis, err := net.Listen("tcp", cfg.HealthAddress)
-		if err != nil {
-			return fmt.Errorf("listen on --health-address: %w", err)
-		}
-		g.Go(func() error { return health.Serve(ctx, lis, probes, log) })
-	}
-	g.Go(func() error { return serveDriver(ctx, cfg, probes, log) })
-	return g.Wait()
+	return health.Around(ctx, cfg.HealthAddress, probes, log, func(ctx context.Context) error { return serveDriver(ctx, cfg, probes, log) })
 }
 
 // serveDriver runs the driver until ctx ends or the plugin fails; probes

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/gpuslice/gpuslice/pkg/netlimit"
 )
 
@@ -68,6 +70,24 @@ const (
 	ReadTimeout = 2 * time.Second
 	IdleTimeout = 5 * time.Second
 )
+
+// Around runs run in an errgroup beside the probes on addr (none when
+// addr is empty), which are served from before run starts: a binary
+// waiting on its node lock or its API server is alive meanwhile. A taken
+// address fails at once, before run starts. It returns when both end: ctx
+// ending, or run or the server failing.
+func Around(ctx context.Context, addr string, s *State, log *slog.Logger, run func(ctx context.Context) error) error {
+	g, ctx := errgroup.WithContext(ctx)
+	if addr != "" {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen on --health-address: %w", err)
+		}
+		g.Go(func() error { return Serve(ctx, lis, s, log) })
+	}
+	g.Go(func() error { return run(ctx) })
+	return g.Wait()
+}
 
 // Serve serves s on lis until ctx ends.
 func Serve(ctx context.Context, lis net.Listener, s *State, log *slog.Logger) error {

@@ -2,6 +2,7 @@ package health_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -57,5 +58,24 @@ func TestProbesFollowTheState(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Serve() = %v", err)
+	}
+}
+
+// Around fails on a taken address before its run starts, and returns
+// what its run returns.
+func TestAround(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = taken.Close() }()
+	ran := false
+	run := func(context.Context) error { ran = true; return io.EOF }
+	if err := health.Around(context.Background(), taken.Addr().String(), health.NewState("x"), slog.New(slog.DiscardHandler), run); err == nil || ran {
+		t.Errorf("a taken address: %v, run started %t; want an error before the run", err, ran)
+	}
+	if err := health.Around(context.Background(), "127.0.0.1:0", health.NewState("x"), slog.New(slog.DiscardHandler), run); !errors.Is(err, io.EOF) || !ran {
+		t.Errorf("Around = %v, ran %t; want the run's error", err, ran)
 	}
 }
