@@ -49,29 +49,11 @@ func TestNoContainerLeftFrozenAfterSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	first.wait(t)
-	if v, _ := os.ReadFile(freeze); strings.TrimSpace(string(v)) != "1" {
-		// Killed in a running phase: leave it frozen ourselves, the worst
-		// case a SIGKILL can cause.
-		if err := os.WriteFile(freeze, []byte("1"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-
 	// The next agent, here with the throttle off, thaws it first thing.
-	second := startAgent(t, append(args, "--enforce-compute=false", "--metrics-address="+freePort(t))...)
-	deadline = time.Now().Add(10 * time.Second)
-	for {
-		v, _ := os.ReadFile(freeze)
-		if strings.TrimSpace(string(v)) == "0" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("restarted agent did not thaw %s\n%s", freeze, second.stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	second := restartOnFrozen(t, freeze, append(args, "--enforce-compute=false", "--metrics-address="+freePort(t)))
 	// The thaw comes first; the log line and the cleared record follow it
 	// (a loaded machine can show the gap).
+	deadline = time.Now().Add(10 * time.Second)
 	for {
 		data, _ := os.ReadFile(state)
 		cleared := strings.TrimSpace(string(data)) == "null" || strings.TrimSpace(string(data)) == "[]"
@@ -138,25 +120,33 @@ func TestNoContainerLeftFrozenAfterFullDiskAndSIGKILL(t *testing.T) {
 	if data, _ := os.ReadFile(state); len(data) > 2 {
 		t.Fatalf("a record was written on the full filesystem: %q", data)
 	}
+	restartOnFrozen(t, freeze, append(args, "--enforce-compute=false", "--metrics-address="+freePort(t)))
+	if v, _ := os.ReadFile(filepath.Join(paused, "cgroup.freeze")); strings.TrimSpace(string(v)) != "1" {
+		t.Errorf("the restarted agent thawed a cgroup someone else froze: cgroup.freeze %q", v)
+	}
+}
+
+// restartOnFrozen leaves the cgroup of control file freeze frozen, the
+// worst a SIGKILL in a running phase can leave, starts an agent with args
+// and waits for it to thaw the cgroup.
+func restartOnFrozen(t *testing.T, freeze string, args []string) *agentProc {
+	t.Helper()
 	if v, _ := os.ReadFile(freeze); strings.TrimSpace(string(v)) != "1" {
-		if err := os.WriteFile(freeze, []byte("1"), 0o600); err != nil { // the worst case a SIGKILL can cause
+		if err := os.WriteFile(freeze, []byte("1"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	second := startAgent(t, append(args, "--enforce-compute=false", "--metrics-address="+freePort(t))...)
-	deadline = time.Now().Add(10 * time.Second)
+	a := startAgent(t, args...)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		v, _ := os.ReadFile(freeze)
 		if strings.TrimSpace(string(v)) == "0" {
-			break
+			return a
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("restarted agent without a record did not thaw %s\n%s", freeze, second.stderr.String())
+			t.Fatalf("restarted agent did not thaw %s\n%s", freeze, a.stderr.String())
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-	if v, _ := os.ReadFile(filepath.Join(paused, "cgroup.freeze")); strings.TrimSpace(string(v)) != "1" {
-		t.Errorf("the restarted agent thawed a cgroup someone else froze: cgroup.freeze %q", v)
 	}
 }
 
