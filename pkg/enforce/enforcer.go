@@ -300,8 +300,12 @@ func New(opts Options) (*Enforcer, error) {
 		freezers: map[string]heldFreezer{}, parked: map[string]Freezer{}, unthawed: map[string]Freezer{}, raw: NewRawWrites(runtime.GOMAXPROCS(0) - 1), reported: map[int]bool{}, heldAsPod: map[string]bool{}, stats: map[string]Stats{}, finished: map[string]time.Duration{}, unreachable: map[string]bool{},
 		watchdog: NewWatchdog(opts.Memory, opts.ProcRoot, opts.Logger, opts.Events),
 	}
-	// Without it a freeze is marked as anyone's to thaw at start.
-	e.owner, _ = OwnerOf(opts.ProcRoot, os.Getpid())
+	// Read from the agent's own /proc, where os.Getpid() names it whatever
+	// its PID namespace: through --proc-root without hostPID the same
+	// number would name another process, whose freezes would then look
+	// alive and never be thawed. Without it a freeze is marked as anyone's
+	// to thaw at start.
+	e.owner, _ = OwnerOf("/proc", os.Getpid())
 	e.watchdog.ns = opts.Namespace
 	e.watchdog.cgroupRoot = opts.CgroupRoot
 	e.node = CheckNode(opts, opts.NamespaceErr)
