@@ -65,7 +65,6 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./test/fakegpu -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/attribution -run '^$$' -fuzz '^FuzzParseProcCgroup$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/attribution -run '^$$' -fuzz '^FuzzParseCheckpoint$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./pkg/attribution -run '^$$' -fuzz '^FuzzParseDRACheckpoint$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/attribution -run '^$$' -fuzz '^FuzzParseStartTime$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/exporter -run '^$$' -fuzz '^FuzzExposition$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/contract -run '^$$' -fuzz '^FuzzParseGrants$$' -fuzztime $(FUZZTIME)

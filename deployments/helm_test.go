@@ -88,19 +88,24 @@ func TestChartDRA(t *testing.T) {
 			t.Errorf("driver args %q lack %s", args(driver), want)
 		}
 	}
-	for _, want := range []string{"--dra", "--kubelet-dir=/var/lib/kubelet", "--dra-prepared-claims=/var/lib/gpuslice/dra-prepared.json"} {
+	for _, want := range []string{"--dra", "--dra-prepared-claims=/var/lib/gpuslice/dra-prepared.json"} {
 		if !strings.Contains(args(agent), want) {
 			t.Errorf("agent args %q lack %s", args(agent), want)
 		}
 	}
-	mounts, _, _ := unstructured.NestedSlice(agent.Object, "spec", "template", "spec", "containers")
-	found := false
-	for _, m := range mounts[0].(map[string]any)["volumeMounts"].([]any) {
-		mm := m.(map[string]any)
-		found = found || (mm["mountPath"] == "/var/lib/kubelet" && mm["readOnly"] == true)
-	}
-	if !found {
-		t.Error("the agent does not mount the kubelet's directory read-only")
+	// The kubelet's root holds every pod's volumes (secrets, service
+	// account tokens): the agent mounts only the parts it reads, never the
+	// root or the pods' directories.
+	vols, _, _ := unstructured.NestedSlice(agent.Object, "spec", "template", "spec", "volumes")
+	for _, v := range vols {
+		hp, ok := v.(map[string]any)["hostPath"].(map[string]any)
+		if !ok {
+			continue
+		}
+		p := strings.TrimSuffix(hp["path"].(string), "/")
+		if p == "/var/lib/kubelet" || p == "/var/lib" || p == "/var" || p == "" || strings.HasPrefix(p, "/var/lib/kubelet/pods") {
+			t.Errorf("with dra.enabled the agent mounts %s from the host, which holds every pod's volumes", hp["path"])
+		}
 	}
 	for _, o := range parseDocs(t, helm(t, "template", "gpuslice", chart)) {
 		if o.GetKind() == "DeviceClass" || strings.Contains(o.GetName(), "dra-driver") {

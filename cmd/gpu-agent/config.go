@@ -90,9 +90,6 @@ type Config struct {
 // device-plugin slices.
 type DRAConfig struct {
 	Enabled bool `json:"enabled"`
-	// KubeletDir is the kubelet's root directory, holding its DRA
-	// checkpoint (which pods hold which claims).
-	KubeletDir string `json:"kubeletDir,omitempty"`
 	// PreparedClaims is the driver's record of what each claim holds.
 	PreparedClaims string `json:"preparedClaims,omitempty"`
 	// ExtendedResource leaves nvidia.com/vgpu to DRA: the device plugin
@@ -236,7 +233,7 @@ func defaultConfig(getenv func(string) string) Config {
 		DeviceSpecs:        DeviceSpecsConfig{Enabled: dp.DeviceSpecs, DevRoot: dp.DevRoot},
 		CDI:                CDIConfig{Kind: dp.CDI.Kind, NameStrategy: dp.CDI.NameStrategy},
 		MPS:                MPSConfig{PipeDirectory: dp.MPS.PipeDirectory},
-		DRA:                DRAConfig{KubeletDir: contract.KubeletDir, PreparedClaims: contract.DRAPreparedClaims},
+		DRA:                DRAConfig{PreparedClaims: contract.DRAPreparedClaims},
 		Health: HealthConfig{
 			ProbeInterval: Duration{nv.ProbeInterval},
 			XIDRecovery:   Duration{nv.XIDRecovery},
@@ -296,7 +293,6 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.DeviceSpecs.DevRoot, "dev-root", c.DeviceSpecs.DevRoot, "host `dir` holding the nvidia device nodes")
 	fs.BoolVar(&c.CDI.Enabled, "cdi", c.CDI.Enabled, "return CDI device names from Allocate")
 	fs.BoolVar(&c.DRA.Enabled, "dra", c.DRA.Enabled, "account for, limit and report containers holding claims of gpuslice's DRA driver")
-	fs.StringVar(&c.DRA.KubeletDir, "kubelet-dir", c.DRA.KubeletDir, "kubelet root `dir`, holding its DRA checkpoint")
 	fs.StringVar(&c.DRA.PreparedClaims, "dra-prepared-claims", c.DRA.PreparedClaims, "the DRA driver's record of prepared claims (`file`)")
 	fs.BoolVar(&c.DRA.ExtendedResource, "dra-extended-resource", c.DRA.ExtendedResource, "leave the extended resource to DRA: advertise no slices, so the scheduler serves it through the DeviceClass that maps it (needs --dra and gpu-dra-driver --slice-devices)")
 	fs.StringVar(&c.CDI.Kind, "cdi-kind", c.CDI.Kind, "CDI `kind` for device names")
@@ -494,7 +490,6 @@ func (c Config) checkPaths() error {
 		{"--enforcement-state", c.Enforcement.StateFile},
 		{"--proc-root", c.ProcRoot},
 		{"--kubeconfig", c.Kubeconfig},
-		{"--kubelet-dir", c.DRA.KubeletDir},
 		{"--dra-prepared-claims", c.DRA.PreparedClaims},
 	} {
 		optional := p.flag == "--nvml-library" || p.flag == "--kubeconfig"
@@ -607,7 +602,7 @@ func (c Config) samplerOptions() sampler.Options {
 	o.ProcRoot = c.ProcRoot
 	o.PluginDir = c.DevicePluginDir
 	o.ResourceName = c.ResourceName
-	o.DRA, o.KubeletDir, o.PreparedClaims = c.DRA.Enabled, c.DRA.KubeletDir, c.DRA.PreparedClaims
+	o.DRA, o.PreparedClaims = c.DRA.Enabled, c.DRA.PreparedClaims
 	return o
 }
 

@@ -127,10 +127,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	defer func() { _ = podres.Close() }()
 	names := attribution.NewRuntimeState(cfg.RuntimeStateDirs)
 	driverLimits := useDriverTier(cfg, gpus, enforcer, eopts, names, podres, log)
-	sopts := cfg.Sampler
-	sopts.Logger, sopts.Names, sopts.Namespace = log, names, ns
-	sopts.OnSample = enforcer.Offer // enforcement runs in its own loop, latest snapshot wins
-	smp, err := sampler.New(gpus.devs, gpus.layout, gpus.backend, podres, gpus.plugin, sopts)
+	smp, err := sampler.New(gpus.devs, gpus.layout, gpus.backend, podres, gpus.plugin, samplerOptions(cfg, k, names, ns, enforcer, log))
 	if err != nil {
 		return err
 	}
@@ -347,17 +344,28 @@ func openBackend(cfg Resolved, log *slog.Logger) (nvml.Backend, *fakegpu.Node, e
 	return gpubackend.Open(cfg.GPUBackend, cfg.FakeConfig, o)
 }
 
+// samplerOptions are the configured sampler's, wired to the runtime's
+// records, the pods' UIDs (DRA) and the enforcer.
+func samplerOptions(cfg Resolved, k kubeParts, names attribution.ContainerNames, ns attribution.Namespace, enforcer *enforce.Enforcer, log *slog.Logger) sampler.Options {
+	o := cfg.Sampler
+	o.Logger, o.Names, o.Namespace = log, names, ns
+	if k.policies != nil {
+		o.Pods = k.policies // DRA: the pods' UIDs the API server gives
+	}
+	o.OnSample = enforcer.Offer // enforcement runs in its own loop, latest snapshot wins
+	return o
+}
+
 // useDriverTier hands the driver memory-limit tier to the enforcer where
 // the options ask for it and the driver and host have it, and returns it
 // to be run; nil otherwise (the watchdog then holds memory).
 func useDriverTier(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, eopts enforce.Options, names attribution.ContainerNames, podres *podresources.Client, log *slog.Logger) *enforce.DriverLimits {
 	grants := enforce.CheckpointGrants(cfg.DevicePluginDir, cfg.ResourceName, g.layout)
 	if cfg.DRA.Enabled {
-		// Its own readers of the checkpoint and the record: the tier's
-		// watch goroutine alone calls them.
-		held := attribution.NewDRACheckpoint(cfg.DRA.KubeletDir)
+		// Its own reader of the record: the tier's watch goroutine alone
+		// calls it.
 		record := attribution.NewPreparedClaims(cfg.DRA.PreparedClaims)
-		grants = enforce.AllGrants(grants, enforce.ClaimGrants(held.Read, podres.List, record.Read, g.layout))
+		grants = enforce.AllGrants(grants, enforce.ClaimGrants(podres.List, record.Read, g.layout))
 	}
 	d, err := enforce.NewDriverTier(eopts, enforce.DriverOptions{
 		Limiter:    g.backend,

@@ -88,18 +88,24 @@ type Result struct {
 type PodName struct{ Namespace, Name string }
 
 // DRA is what claims of gpuslice's DRA driver hold on the node, from
-// sources the tenant does not control: the kubelet's DRA checkpoint (which
-// pod UIDs hold which claims) and the driver's record (what each claim
-// holds of each GPU). With it, pod-resources lists every container of
-// every pod, holding or not, so that a container of a listed pod without
-// a claim is known to hold none.
+// sources the tenant does not control: pod-resources (which claims each
+// container holds, by the claim UID in its CDI device names), the API
+// server's list of the node's pods (which pod UID a namespace and name
+// are) and the driver's record (what each claim holds of each GPU). With
+// it, pod-resources lists every container of every pod, holding or not,
+// so that a container of a listed pod without a claim is known to hold
+// none. The kubelet's own DRA checkpoint is not read: it lies in the
+// kubelet's root directory, beside every pod's volumes and secrets, and
+// the kubelet replaces it by rename, so no narrower mount stays true.
 type DRA struct {
 	// Enabled is false on a node where the driver does not run: no pod
 	// holds its claims, and the rest is not read.
 	Enabled bool
-	// Pods are the kubelet's prepared claims of the driver and the pods
-	// holding each; nil when the checkpoint could not be read.
-	Pods []DRAClaim
+	// PodUIDs are the node's pods' UIDs by namespace and name, as the API
+	// server last listed them (UIDs are the API server's to give); nil
+	// when no list was read. A pod listed since is named only through
+	// the runtime's record of its containers until the next list.
+	PodUIDs map[PodName]string
 	// Prepared is the driver's record by claim UID; nil when it could not
 	// be read.
 	Prepared map[string]contract.PreparedClaim
@@ -111,9 +117,9 @@ type DRA struct {
 // devices and claims do not change while it runs); of a pod they do not
 // list nothing is judged: its use is never called unauthorized on them.
 type Stale struct {
-	// Checkpoint is the kubelet's device manager checkpoint; DRAPods its
-	// DRA checkpoint; Prepared the DRA driver's record.
-	Checkpoint, DRAPods, Prepared bool
+	// Checkpoint is the kubelet's device manager checkpoint; Prepared the
+	// DRA driver's record.
+	Checkpoint, Prepared bool
 }
 
 // ClaimGPUs are the GPUs a prepared claim holds a share of, and those it
@@ -136,8 +142,8 @@ func ClaimGPUs(c contract.PreparedClaim) (shares, admin map[string]bool) {
 // of that container (its name), the kubelet's device manager checkpoint
 // (which containers of which pod UID hold which slices; nil when it could
 // not be read), pod-resources (the same by namespace and name, and the DRA
-// claims each container holds) and, for DRA, the kubelet's DRA checkpoint
-// and the driver's record. A process's environment plays no part: the
+// claims each container holds) and, for DRA, the API server's pod UIDs and
+// the driver's record. A process's environment plays no part: the
 // tenant controls it.
 //
 // Where some of these are stale (a last good copy), pods they do not list
@@ -179,18 +185,16 @@ type joiner struct {
 	held map[[2]string]map[string]bool
 	// dra is the DRA input; admin says which GPUs each assignment has
 	// admin access to, draOn which GPUs its claims reach (shares or admin).
-	// podClaims are each pod UID's claims by the kubelet's DRA checkpoint;
-	// reach the GPUs each prepared claim reaches (shares or admin); listed
-	// the assignments of each pod (namespace, name) pod-resources listed;
-	// uidPod the pod each linked pod UID names. All are read once per
-	// Join, not once per process.
-	dra       DRA
-	admin     []map[string]bool
-	draOn     []map[string]bool
-	podClaims map[string][]string
-	reach     map[string]map[string]bool
-	listed    map[[2]string][]int
-	uidPod    map[string][2]string
+	// reach are the GPUs each prepared claim reaches (shares or admin);
+	// listed the assignments of each pod (namespace, name) pod-resources
+	// listed; uidPod the pod each linked pod UID names. All are read once
+	// per Join, not once per process.
+	dra    DRA
+	admin  []map[string]bool
+	draOn  []map[string]bool
+	reach  map[string]map[string]bool
+	listed map[[2]string][]int
+	uidPod map[string][2]string
 	// stale says which inputs are a last good copy; checkpointed are the
 	// pod UIDs the device manager checkpoint lists.
 	stale        Stale
@@ -253,25 +257,17 @@ func gpusOf(ids []string) map[string]bool {
 }
 
 // addDRA adds what DRA claims hold: the GPUs each assignment's claims
-// reach, and each assignment's pod UID where its claims are held by one
-// pod alone.
+// reach, and the pod UID of each assignment not linked through the device
+// manager's checkpoint, from the API server's list of the node's pods.
 func (j *joiner) addDRA(dra DRA) {
 	j.dra = dra
 	j.admin = make([]map[string]bool, len(j.assignments))
 	j.draOn = make([]map[string]bool, len(j.assignments))
-	j.podClaims = map[string][]string{}
 	j.reach = map[string]map[string]bool{}
 	j.listed = map[[2]string][]int{}
 	j.uidPod = map[string][2]string{}
 	if !dra.Enabled {
 		return
-	}
-	claimPods := map[string][]string{}
-	for _, c := range dra.Pods {
-		claimPods[c.UID] = c.PodUIDs
-		for _, uid := range c.PodUIDs {
-			j.podClaims[uid] = append(j.podClaims[uid], c.UID)
-		}
 	}
 	for uid, c := range dra.Prepared {
 		shares, admin := ClaimGPUs(c)
@@ -282,11 +278,7 @@ func (j *joiner) addDRA(dra DRA) {
 		pod := [2]string{a.Namespace, a.Pod}
 		j.listed[pod] = append(j.listed[pod], i)
 		j.admin[i], j.draOn[i] = map[string]bool{}, map[string]bool{}
-		pods := map[string]int{}
 		for _, uid := range a.Claims {
-			for _, p := range claimPods[uid] {
-				pods[p]++
-			}
 			c, ok := dra.Prepared[uid]
 			if !ok {
 				continue
@@ -301,7 +293,7 @@ func (j *joiner) addDRA(dra DRA) {
 			}
 		}
 		if j.podUID[i] == "" {
-			j.podUID[i] = onlyPod(pods, len(a.Claims))
+			j.podUID[i] = dra.PodUIDs[PodName{a.Namespace, a.Pod}]
 		}
 	}
 	for i, a := range j.assignments {
@@ -311,22 +303,6 @@ func (j *joiner) addDRA(dra DRA) {
 			}
 		}
 	}
-}
-
-// onlyPod is the one pod UID that holds all n of an assignment's claims,
-// or "" when none or several do.
-func onlyPod(pods map[string]int, n int) string {
-	only := ""
-	for p, held := range pods {
-		if held != n {
-			continue
-		}
-		if only != "" {
-			return ""
-		}
-		only = p
-	}
-	return only
 }
 
 // holders says which containers of a pod hold slices of a GPU, or DRA
@@ -344,27 +320,21 @@ func (j *joiner) holders(v verdict) map[string]bool {
 	if !j.dra.Enabled {
 		return out
 	}
-	if j.dra.Pods == nil || (j.stale.DRAPods && len(j.podClaims[uid]) == 0) {
-		return nil
-	}
-	reaches := false
-	for _, claim := range j.podClaims[uid] {
-		on, ok := j.reach[claim]
-		if !ok {
-			return nil // prepared by the kubelet, unknown to the record
-		}
-		reaches = reaches || on[gpu]
-	}
-	if !reaches {
-		return out
-	}
-	// The pod holds a claim on the GPU: which of its containers do, only
-	// pod-resources says, and only for a pod it listed.
+	// Which of the pod's containers hold claims on the GPU, only
+	// pod-resources says, and only for a pod it listed: with DRA on it
+	// lists every container of every running pod, so a pod it has not
+	// listed (yet) cannot be told, and neither can one holding a claim
+	// the driver's record does not have.
 	pod, ok := j.podName(v)
 	if !ok || len(j.listed[pod]) == 0 {
 		return nil
 	}
 	for _, i := range j.listed[pod] {
+		for _, claim := range j.assignments[i].Claims {
+			if _, ok := j.reach[claim]; !ok {
+				return nil
+			}
+		}
 		if j.draOn[i][gpu] {
 			out[j.assignments[i].Container] = true
 		}
@@ -480,7 +450,7 @@ func (j *joiner) byName(v verdict) {
 		v.deny(j, v.rc.Name, fmt.Sprintf("container %s holds no slices of this GPU", v.rc.Name))
 		return
 	}
-	v.unknown(fmt.Sprintf("container %s: its slices or claims on this GPU are not listed by pod-resources yet, or the kubelet's checkpoint is unreadable (or its DRA checkpoint, or the DRA driver's record)", v.rc.Name))
+	v.unknown(fmt.Sprintf("container %s: its slices or claims on this GPU are not listed by pod-resources yet, or the kubelet's checkpoint is unreadable (or, for DRA claims, the DRA driver's record lacks one)", v.rc.Name))
 }
 
 // byPod places a process of a container the runtime has no record of, or
@@ -493,7 +463,7 @@ func (j *joiner) byName(v verdict) {
 func (j *joiner) byPod(v verdict) {
 	has := j.holders(v)
 	if has == nil {
-		v.unknown("which of its pod's containers hold slices cannot be told: the kubelet's checkpoint is unreadable (or, for DRA claims, its DRA checkpoint or the driver's record), or pod-resources has not listed the pod yet")
+		v.unknown("which of its pod's containers hold slices cannot be told: the kubelet's checkpoint is unreadable (or, for DRA claims, the driver's record lacks one, or the API server has not listed the pod yet), or pod-resources has not listed the pod yet")
 		return
 	}
 	var candidates []int

@@ -1,6 +1,7 @@
 package attribution
 
 import (
+	"maps"
 	"strings"
 	"testing"
 
@@ -11,8 +12,9 @@ import (
 )
 
 // TestJoinDRA attributes the processes of containers holding claims of
-// gpuslice's DRA driver, and judges those that do not, from the kubelet's
-// DRA checkpoint, pod-resources and the driver's record only.
+// gpuslice's DRA driver, and judges those that do not, from pod-resources,
+// the runtime's records, the API server's pod UIDs and the driver's record
+// only: the kubelet's DRA checkpoint is not read.
 func TestJoinDRA(t *testing.T) {
 	t.Parallel()
 	const (
@@ -35,13 +37,13 @@ func TestJoinDRA(t *testing.T) {
 	evil := podresources.Assignment{Namespace: "ml", Pod: "unref", Container: "evil"}
 	a := podresources.Assignment{Namespace: "ml", Pod: "g1", Container: "a", Claims: []string{"cl6"}}
 	b := podresources.Assignment{Namespace: "ml", Pod: "g2", Container: "b", Claims: []string{"cl6"}}
-	assignments := []podresources.Assignment{server, mon, helper, evil, a, b}
+	stale := podresources.Assignment{Namespace: "ml", Pod: "stale", Container: "worker", Claims: []string{"cl5"}}
+	assignments := []podresources.Assignment{server, mon, helper, evil, a, b, stale}
 	dra := DRA{
 		Enabled: true,
-		Pods: []DRAClaim{
-			{UID: "cl1", PodUIDs: []string{uidC}}, {UID: "cl2", PodUIDs: []string{uidC}},
-			{UID: "cl3", PodUIDs: []string{uidD}}, {UID: "cl4", PodUIDs: []string{uidE}},
-			{UID: "cl5", PodUIDs: []string{uidF}}, {UID: "cl6", PodUIDs: []string{uidG1, uidG2}},
+		PodUIDs: map[PodName]string{
+			{"ml", "infer"}: uidC, {"ml", "unref"}: uidD, {"ml", "stale"}: uidF,
+			{"ml", "g1"}: uidG1, {"ml", "g2"}: uidG2,
 		},
 		Prepared: map[string]contract.PreparedClaim{
 			"cl1": {Grants: []contract.ClaimGrant{share("GPU-1", 3)}},
@@ -79,11 +81,22 @@ func TestJoinDRA(t *testing.T) {
 			proc: GPUProcess{PID: 2, GPU: "GPU-1", Container: in(uidC, 1)}, noNames: true,
 			want: &Attributed{Assignment: server, PodUID: uidC, By: ByPod},
 		},
-		"stale DRA checkpoint from before the pod: never unauthorized": {
-			proc:  GPUProcess{PID: 30, GPU: "GPU-1", Container: in(uidC, 3)},
-			mod:   func(d *DRA) { d.Pods = d.Pods[2:] },
-			stale: Stale{DRAPods: true},
-			skip:  "its slices or claims on this GPU are not listed",
+		"runtime silent, the API server's list from before the pod: never unauthorized": {
+			proc:    GPUProcess{PID: 30, GPU: "GPU-1", Container: in(uidC, 3)},
+			noNames: true,
+			mod:     func(d *DRA) { delete(d.PodUIDs, PodName{"ml", "infer"}) },
+			skip:    "cannot be told",
+		},
+		"runtime silent, the API server names the pod anew (deleted and made again): never charged to the new one": {
+			proc:    GPUProcess{PID: 31, GPU: "GPU-1", Container: in(uidC, 1)},
+			noNames: true,
+			mod:     func(d *DRA) { d.PodUIDs[PodName{"ml", "infer"}] = uidE },
+			skip:    "cannot be told",
+		},
+		"runtime silent: the pod's own cgroup, two containers of it on the GPU by claims": {
+			proc:    GPUProcess{PID: 32, GPU: "GPU-1", Container: Container{PodUID: uidC}},
+			noNames: true,
+			want:    &Attributed{Assignment: server, PodUID: uidC, By: ByPod},
 		},
 		"container without a claim reaches its pod's GPU": {
 			proc: GPUProcess{PID: 3, GPU: "GPU-1", Container: in(uidC, 3)},
@@ -109,10 +122,16 @@ func TestJoinDRA(t *testing.T) {
 			proc: GPUProcess{PID: 8, GPU: "GPU-1", Container: in(uidF, 6)},
 			skip: "not listed by pod-resources yet",
 		},
-		"kubelet's DRA checkpoint unreadable: never unauthorized": {
+		"no list from the API server: the runtime's record still names the pod": {
 			proc: GPUProcess{PID: 9, GPU: "GPU-1", Container: in(uidC, 3)},
-			mod:  func(d *DRA) { d.Pods = nil },
-			skip: "not listed by pod-resources yet",
+			mod:  func(d *DRA) { d.PodUIDs = nil },
+			deny: "container helper holds no slices",
+		},
+		"no list from the API server, runtime silent: never unauthorized": {
+			proc:    GPUProcess{PID: 13, GPU: "GPU-1", Container: in(uidC, 3)},
+			noNames: true,
+			mod:     func(d *DRA) { d.PodUIDs = nil },
+			skip:    "cannot be told",
 		},
 		"driver's record unreadable: never unauthorized": {
 			proc: GPUProcess{PID: 10, GPU: "GPU-1", Container: in(uidC, 3)},
@@ -133,6 +152,7 @@ func TestJoinDRA(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			d := dra
+			d.PodUIDs = maps.Clone(dra.PodUIDs)
 			if tc.mod != nil {
 				tc.mod(&d)
 			}

@@ -36,8 +36,8 @@ const (
 
 // Default host paths.
 const (
-	// KubeletDir is the kubelet's root directory, holding its DRA
-	// checkpoint.
+	// KubeletDir is the kubelet's root directory, holding the plugin
+	// registration and DRA plugin sockets.
 	KubeletDir = "/var/lib/kubelet"
 	// DevicePluginDir is where the kubelet's device plugin sockets live.
 	DevicePluginDir = "/var/lib/kubelet/device-plugins/"

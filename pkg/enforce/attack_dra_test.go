@@ -16,8 +16,9 @@ import (
 // held to their claim's share like device-plugin slices, and the default
 // policy (kill) spares them; what a pod's claim does not reach is still
 // unauthorized: a container of the pod that references no claim, and a
-// pod whose claim no container references. Who holds what comes from the
-// kubelet's DRA checkpoint, pod-resources and the driver's record only.
+// pod whose claim no container references. Who holds what comes from
+// pod-resources, the runtime's records, the pods' UIDs as the API server
+// lists them and the driver's record only.
 func TestAttackDRA(t *testing.T) {
 	t.Parallel()
 	kubelet := t.TempDir()
@@ -42,9 +43,6 @@ func TestAttackDRA(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(kubelet, "dra-prepared.json"), data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := kubeletstub.WriteDRACheckpoint(kubelet, claims); err != nil {
 		t.Fatal(err)
 	}
 	n.node.PodResources.SetExtraPods(kubeletstub.DRAPods(claims, map[string][]string{

@@ -42,9 +42,6 @@ func TestAttackTornDRARecord(t *testing.T) {
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := kubeletstub.WriteDRACheckpoint(kubelet, []kubeletstub.DRAClaim{claim}); err != nil {
-		t.Fatal(err)
-	}
 	n.node.PodResources.SetExtraPods(kubeletstub.DRAPods([]kubeletstub.DRAClaim{claim}, map[string][]string{"ml/dra": {"main"}}))
 	dir := n.container(t, "ml/dra", "main", 0)
 	greedy := n.run(t, dir, 1, 1024)

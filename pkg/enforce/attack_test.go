@@ -39,8 +39,9 @@ func startAttackNode(t *testing.T, configure func(*enforce.Options)) *attackNode
 }
 
 // startAttackNodeDRA is startAttackNode with the agent's DRA mode on when
-// kubeletDir is set: the kubelet's DRA checkpoint is read there, the DRA
-// driver's record at kubeletDir/dra-prepared.json.
+// kubeletDir is set: the DRA driver's record is read at
+// kubeletDir/dra-prepared.json, and the pods' UIDs are those the stand-in
+// kubelet's pods would have in the API server.
 func startAttackNodeDRA(t *testing.T, configure func(*enforce.Options), kubeletDir string) *attackNode {
 	t.Helper()
 	work := t.TempDir()
@@ -82,7 +83,7 @@ func startAttackNodeDRA(t *testing.T, configure func(*enforce.Options), kubeletD
 	so.Names = attribution.NewRuntimeState([]string{n.runtime})
 	so.OnSample = n.enf.Apply
 	if kubeletDir != "" {
-		so.DRA, so.KubeletDir, so.PreparedClaims = true, kubeletDir, filepath.Join(kubeletDir, "dra-prepared.json")
+		so.DRA, so.PreparedClaims, so.Pods = true, filepath.Join(kubeletDir, "dra-prepared.json"), node.PodResources
 	}
 	if n.smp, err = sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin, so); err != nil {
 		t.Fatal(err)

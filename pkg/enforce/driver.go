@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 
@@ -70,37 +69,31 @@ func CheckpointGrants(pluginDir, resource string, layout *vgpu.Layout) GrantsFun
 }
 
 // ClaimGrants reads what the containers of a pod hold through DRA claims.
-// The kubelet's DRA checkpoint (held) says which claims the pod's UID
-// holds; the kubelet writes it when it prepares them, before it creates
-// the pod's containers. A pod holding none costs no more than that read.
-// For a pod that holds some, pod-resources (list) says which of them each
-// container references, and the driver's record what each claim holds. A
-// claim several containers reference is split between them as the
-// per-sample pass splits it (node.ClaimLimits).
-func ClaimGrants(held func() ([]attribution.DRAClaim, error), list func(context.Context) ([]podresources.Assignment, error),
+// Pod-resources (list) says which claims each container references (it
+// lists them once the kubelet prepared them, before it creates the pod's
+// containers), and the driver's record what each claim holds. A claim
+// several containers reference is split between them as the per-sample
+// pass splits it (node.ClaimLimits). The pod is named by the runtime's
+// record of the new container; a pod of that name that pod-resources
+// lists holding no claim holds none.
+func ClaimGrants(list func(context.Context) ([]podresources.Assignment, error),
 	record func() (contract.PreparedClaims, error), layout *vgpu.Layout) GrantsFunc {
 	return func(pod events.Pod) ([]Grant, error) {
-		prepared, err := held()
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil // the kubelet has prepared no claim on this node
-		}
-		if err != nil {
-			return nil, err
-		}
-		ours := map[string]bool{}
-		for _, c := range prepared {
-			if slices.Contains(c.PodUIDs, pod.UID) {
-				ours[c.UID] = true
-			}
-		}
-		if len(ours) == 0 {
-			return nil, nil
-		}
 		as, err := list(context.Background())
 		if err != nil {
 			return nil, fmt.Errorf("pod-resources: %w", err)
 		}
+		holds := false
+		for _, a := range as {
+			holds = holds || (a.Namespace == pod.Namespace && a.Pod == pod.Name && len(a.Claims) > 0)
+		}
+		if !holds {
+			return nil, nil
+		}
 		rec, err := record()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("pod %s/%s holds DRA claims the driver has not recorded: %w", pod.Namespace, pod.Name, err)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -115,13 +108,7 @@ func ClaimGrants(held func() ([]attribution.DRAClaim, error), list func(context.
 			if a.Namespace != pod.Namespace || a.Pod != pod.Name {
 				continue
 			}
-			var claims []string
-			for _, uid := range a.Claims {
-				if ours[uid] {
-					claims = append(claims, uid)
-				}
-			}
-			limits, err := node.ClaimLimits(layout, claims, rec.Claims, consumers)
+			limits, err := node.ClaimLimits(layout, a.Claims, rec.Claims, consumers)
 			if err != nil {
 				return nil, fmt.Errorf("container %s of pod %s/%s: %w", a.Container, pod.Namespace, pod.Name, err)
 			}

@@ -100,7 +100,7 @@ func startDriverNode(t testing.TB) *driverNode {
 		Limiter:    node.GPU,
 		CgroupRoot: "/sys/fs/cgroup",
 		Grants: enforce.AllGrants(enforce.CheckpointGrants(node.Dir, "nvidia.com/vgpu", node.Layout),
-			enforce.ClaimGrants(attribution.NewDRACheckpoint(kubelet).Read, client.List, prepared.Read, node.Layout)),
+			enforce.ClaimGrants(client.List, prepared.Read, node.Layout)),
 		Names: attribution.NewRuntimeState([]string{runtime}),
 	})
 	if err != nil {
@@ -322,9 +322,6 @@ func TestDriverLimitsForClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(n.record, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := kubeletstub.WriteDRACheckpoint(n.kubelet, claims); err != nil {
 		t.Fatal(err)
 	}
 	n.node.PodResources.SetExtraPods(kubeletstub.DRAPods(claims, map[string][]string{"ml/dra": {"main", "sidecar"}, "ml/pair": {"a", "b"}}))

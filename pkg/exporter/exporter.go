@@ -242,11 +242,10 @@ var families = []metric{
 		w.histogram(node.DurationBuckets, h.Counts, h.Count, h.Sum)
 	}),
 	m("agent", "stale_input", "gauge",
-		"1 when the last sample read a host file (source checkpoint, dra_checkpoint or dra_prepared) as its last copy read whole, a later read having failed (torn, garbage, a newer format): what runs keeps the holdings it lists, and pods it does not list are never judged unauthorized; 0 otherwise.",
+		"1 when the last sample read a host file (source checkpoint or dra_prepared) as its last copy read whole, a later read having failed (torn, garbage, a newer format): what runs keeps the holdings it lists, and pods it does not list are never judged unauthorized; 0 otherwise.",
 		func(w *textWriter, v *view) {
 			st := v.snap.Stale
 			w.sample(bit(st.Checkpoint), "source", "checkpoint")
-			w.sample(bit(st.DRAPods), "source", "dra_checkpoint")
 			w.sample(bit(st.Prepared), "source", "dra_prepared")
 		}),
 	m("agent", "unattributed_processes", "gauge", "GPU processes in the last sample that no container holding slices could be found for.", func(w *textWriter, v *view) {

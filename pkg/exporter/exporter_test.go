@@ -342,10 +342,10 @@ func TestEmptySnapshot(t *testing.T) {
 	}
 	// build_info, the histogram, five error counters, enforcement
 	// failures, four driver limit operation counters, whether each of the
-	// two tiers can engage on the node, and the three host files read
+	// two tiers can engage on the node, and the two host files read
 	// as a stale copy (none).
-	if n != 17 {
-		t.Errorf("%d series before the first sample, want 17", n)
+	if n != 16 {
+		t.Errorf("%d series before the first sample, want 16", n)
 	}
 }
 

@@ -24,7 +24,7 @@ func TestBuildDRAClaims(t *testing.T) {
 	in := input(t, 0, reading(proc(30, uidD, 4e9, 0.3), proc(40, uidE, 1e9, 0.1)))
 	in.DRA = attribution.DRA{
 		Enabled: true,
-		Pods:    []attribution.DRAClaim{{UID: "solo", PodUIDs: []string{uidD}}, {UID: "pair", PodUIDs: []string{uidE}}, {UID: "gone", PodUIDs: []string{uidE}}},
+		PodUIDs: map[attribution.PodName]string{{Namespace: "ml", Name: "d"}: uidD, {Namespace: "ml", Name: "e"}: uidE},
 		Prepared: map[string]contract.PreparedClaim{
 			"solo": {Namespace: "ml", Name: "solo", Grants: []contract.ClaimGrant{share("GPU-b", 1), {UUID: "GPU-a", SlicesTotal: 4, MemoryCapacity: 40e9, Admin: true}}},
 			"pair": {Namespace: "ml", Name: "pair", Grants: []contract.ClaimGrant{share("GPU-a", 1)}},
@@ -86,7 +86,7 @@ func TestBuildDRAClaims(t *testing.T) {
 	for _, u := range s.Unattributed {
 		reasons[u.PID] = u.Reason
 	}
-	if len(s.Unauthorized) != 0 || !strings.Contains(reasons[30], "admin access") || !strings.Contains(reasons[40], "checkpoint is unreadable") {
+	if len(s.Unauthorized) != 0 || !strings.Contains(reasons[30], "admin access") || !strings.Contains(reasons[40], "cannot be told") {
 		t.Errorf("unauthorized %+v, unattributed %+v", s.Unauthorized, s.Unattributed)
 	}
 }

@@ -1,6 +1,6 @@
 // Package podpolicy reads the compute policy each pod on this node asks
 // for with the gpuslice.io/compute-policy annotation, and names the node's
-// pods by UID. It lists the node's
+// pods by UID (and gives their UIDs by name). It lists the node's
 // pods (field selector spec.nodeName) on an interval and answers lookups
 // from that list, so the enforcer never calls the API server.
 package podpolicy
@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/kube"
 )
@@ -37,6 +38,7 @@ type Watcher struct {
 	mu     sync.RWMutex
 	policy map[string]enforce.Policy // "namespace/pod" -> policy
 	byUID  map[string]kube.Meta      // the node's pods by UID
+	uids   map[attribution.PodName]string
 }
 
 // New returns a watcher of node's pods, refreshed every interval.
@@ -64,6 +66,15 @@ func (w *Watcher) Pod(uid string) (namespace, name string, ok bool) {
 	return p.Namespace, p.Name, ok
 }
 
+// PodUIDs returns the UIDs of the node's pods by namespace and name, as of
+// the last list; nil before the first. The map is replaced, never changed,
+// by the next list.
+func (w *Watcher) PodUIDs() map[attribution.PodName]string {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	return w.uids
+}
+
 // Refresh lists the node's pods once and replaces what is known.
 func (w *Watcher) Refresh(ctx context.Context) error {
 	pods, err := w.client.PodsOnNode(ctx, w.node)
@@ -71,9 +82,11 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 		return fmt.Errorf("list pods on node %s: %w", w.node, err)
 	}
 	next, byUID := map[string]enforce.Policy{}, make(map[string]kube.Meta, len(pods))
+	uids := make(map[attribution.PodName]string, len(pods))
 	for _, p := range pods {
 		if p.UID != "" {
 			byUID[p.UID] = kube.Meta{Namespace: p.Namespace, Name: p.Name, UID: p.UID}
+			uids[attribution.PodName{Namespace: p.Namespace, Name: p.Name}] = p.UID
 		}
 		v, ok := p.Annotations[Annotation]
 		if !ok {
@@ -87,7 +100,7 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 		next[p.Namespace+"/"+p.Name] = policy
 	}
 	w.mu.Lock()
-	w.policy, w.byUID = next, byUID
+	w.policy, w.byUID, w.uids = next, byUID, uids
 	w.mu.Unlock()
 	return nil
 }

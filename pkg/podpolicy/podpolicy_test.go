@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
@@ -40,6 +41,9 @@ func TestPoliciesFromAnnotations(t *testing.T) {
 	pod("elsewhere", "other-node", map[string]string{Annotation: "strict"})
 
 	w := New(srv.Client(t), "gpu-node", time.Hour, nil)
+	if w.PodUIDs() != nil {
+		t.Error("pod UIDs known before any list")
+	}
 	if err := w.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -55,5 +59,11 @@ func TestPoliciesFromAnnotations(t *testing.T) {
 	}
 	if _, _, ok := w.Pod(uids["elsewhere"]); ok {
 		t.Error("a pod of another node is named by its UID")
+	}
+	// And UIDs by name (DRA: a pod-resources entry's pod UID), the node's
+	// pods only.
+	got := w.PodUIDs()
+	if len(got) != 4 || got[attribution.PodName{Namespace: "ml", Name: "burst"}] != uids["burst"] {
+		t.Errorf("PodUIDs() = %v; want the four pods of gpu-node with their UIDs", got)
 	}
 }

@@ -65,12 +65,21 @@ type Options struct {
 	// CgroupRecheck is how long a process's cgroups are remembered before
 	// they are read again (sooner when its PID names a new process).
 	CgroupRecheck time.Duration
-	// DRA reads, besides pod-resources' claims, the kubelet's DRA
-	// checkpoint in KubeletDir and the DRA driver's record of prepared
-	// claims at PreparedClaims (attribution.DRA).
+	// DRA reads, besides pod-resources' claims, the DRA driver's record
+	// of prepared claims at PreparedClaims, and takes the node's pod UIDs
+	// from Pods (attribution.DRA); Pods nil names pods by the runtime's
+	// records alone.
 	DRA            bool
-	KubeletDir     string
 	PreparedClaims string
+	Pods           PodUIDs
+}
+
+// PodUIDs names the node's pods by UID, as the API server last listed
+// them; *podpolicy.Watcher is one.
+type PodUIDs interface {
+	// PodUIDs returns the UIDs by namespace and name, nil when no list
+	// was read. The map is not changed after it is returned.
+	PodUIDs() map[attribution.PodName]string
 }
 
 // DefaultOptions returns the options the agent uses unless configured.
@@ -83,7 +92,6 @@ func DefaultOptions() Options {
 		// A process moved between containers (which needs cgroupfs write
 		// access outside its own subtree) is seen within 10 s.
 		CgroupRecheck:  10 * time.Second,
-		KubeletDir:     contract.KubeletDir,
 		PreparedClaims: contract.DRAPreparedClaims,
 	}
 }
@@ -103,7 +111,6 @@ type Sampler struct {
 	state       node.State
 	cgroups     *attribution.Cgroups
 	checkpoint  *attribution.Checkpoint
-	draPods     *attribution.DRACheckpoint
 	prepared    *attribution.PreparedClaims
 	assignments []podresources.Assignment
 	// good is the last copy of each host file read whole, used while its
@@ -118,7 +125,6 @@ type Sampler struct {
 // was ever read.
 type lastGood struct {
 	checkpoint []attribution.CheckpointEntry
-	draPods    []attribution.DRAClaim
 	prepared   map[string]contract.PreparedClaim
 }
 
@@ -137,7 +143,6 @@ func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignmen
 		opts: opts, devices: devices, layout: layout, gpus: gpus, assign: assign, dev: dev,
 		cgroups:    attribution.NewCgroups(opts.Namespace, opts.ProcRoot, opts.CgroupRecheck),
 		checkpoint: attribution.NewCheckpoint(opts.PluginDir),
-		draPods:    attribution.NewDRACheckpoint(opts.KubeletDir),
 		prepared:   attribution.NewPreparedClaims(opts.PreparedClaims),
 		errors:     map[string]uint64{}, loggedAt: map[string]time.Time{},
 	}
@@ -233,26 +238,19 @@ func (s *Sampler) read(ctx context.Context, now time.Time) node.Input {
 	return in
 }
 
-// readDRA reads the kubelet's DRA checkpoint, then the driver's record:
-// in the order they are written (the driver records a claim before the
-// kubelet checkpoints it, and forgets it first), so that a claim the
-// checkpoint lists is in the record read after it. A file that exists and
-// cannot be read whole (torn, garbage, a newer format) is replaced by its
-// last copy read whole, and stale says so.
+// readDRA reads the DRA driver's record after pod-resources (the
+// driver records a claim before the kubelet lists it, and forgets it
+// after), so that a claim pod-resources lists is in the record read after
+// it, and takes the node's pod UIDs as last listed. A record that exists
+// and cannot be read whole (torn, garbage, a newer format) is replaced by
+// its last copy read whole, and stale says so.
 func (s *Sampler) readDRA(stale *attribution.Stale) attribution.DRA {
 	if !s.opts.DRA {
 		return attribution.DRA{}
 	}
 	d := attribution.DRA{Enabled: true}
-	pods, err := s.draPods.Read()
-	switch {
-	case err == nil:
-		d.Pods, s.good.draPods = pods, pods
-	case errors.Is(err, fs.ErrNotExist):
-		s.fail(node.SourceDRA, err)
-	default:
-		s.fail(node.SourceDRA, fmt.Errorf("%w; the last copy read whole holds", err))
-		d.Pods, stale.DRAPods = s.good.draPods, s.good.draPods != nil
+	if s.opts.Pods != nil {
+		d.PodUIDs = s.opts.Pods.PodUIDs()
 	}
 	prepared, err := s.prepared.Read()
 	switch {

@@ -1,11 +1,6 @@
 package kubeletstub
 
 import (
-	"encoding/json"
-	"fmt"
-	"hash/crc32"
-	"os"
-	"path/filepath"
 	"strings"
 
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
@@ -16,58 +11,11 @@ import (
 // DRAClaim is a claim of gpuslice's DRA driver the stand-in kubelet has
 // prepared: its UID, namespace and name, the pods holding it
 // ("namespace/name", as PodUID takes them) and, per pod, the containers
-// that reference it.
+// that reference it. The stand-in keeps no DRA checkpoint: the agent does
+// not read the kubelet's.
 type DRAClaim struct {
 	UID, Namespace, Name string
 	Pods                 map[string][]string
-}
-
-// WriteDRACheckpoint writes dir/dra_manager_state as the kubelet's DRA
-// manager does (its state package, checkpoint.dra.kubelet.k8s.io/v1: the
-// claim list as a JSON string with its CRC-32), written to a new file
-// renamed into place.
-func WriteDRACheckpoint(dir string, claims []DRAClaim) error {
-	type device struct {
-		PoolName, DeviceName string
-		RequestNames         []string
-		CDIDeviceIDs         []string
-	}
-	type claimState struct {
-		ClaimUID, ClaimName, Namespace string
-		PodUIDs                        map[string]struct{}
-		DriverState                    map[string]struct{ Devices []device }
-	}
-	list := make([]claimState, 0, len(claims))
-	for _, c := range claims {
-		pods := map[string]struct{}{}
-		for p := range c.Pods {
-			pods[PodUID(p)] = struct{}{}
-		}
-		list = append(list, claimState{ClaimUID: c.UID, ClaimName: c.Name, Namespace: c.Namespace, PodUIDs: pods,
-			DriverState: map[string]struct{ Devices []device }{contract.DRADriverName: {Devices: []device{{
-				PoolName: "node", DeviceName: "gpu-0", RequestNames: []string{"gpu"}, CDIDeviceIDs: []string{contract.DRACDIKind + "=" + c.UID},
-			}}}}})
-	}
-	data, err := json.Marshal(struct {
-		Kind               string `json:"kind"`
-		APIVersion         string `json:"apiVersion"`
-		ClaimInfoStateList []claimState
-	}{"DRACheckpoint", "checkpoint.dra.kubelet.k8s.io/v1", list})
-	if err != nil {
-		return err
-	}
-	out, err := json.Marshal(struct {
-		Data     string
-		Checksum uint32
-	}{string(data), crc32.ChecksumIEEE(data)})
-	if err != nil {
-		return err
-	}
-	path := filepath.Join(dir, "dra_manager_state")
-	if err := os.WriteFile(path+".tmp", out, 0o600); err != nil {
-		return fmt.Errorf("write DRA checkpoint: %w", err)
-	}
-	return os.Rename(path+".tmp", path)
 }
 
 // DRAPods are the pods holding claims, as pod-resources lists them: each

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/gpuslice/gpuslice/pkg/attribution"
 )
 
 // PodResources serves the kubelet's pod-resources v1 API from the
@@ -86,6 +88,17 @@ func (s *PodResources) SetListHook(fn func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.listHook = fn
+}
+
+// PodUIDs are the UIDs the API server gives the pods the stand-in lists
+// (PodUID of "namespace/name"), by namespace and name, as the agent's list
+// of its node's pods would have them; a new map each call.
+func (s *PodResources) PodUIDs() map[attribution.PodName]string {
+	out := map[attribution.PodName]string{}
+	for _, p := range s.pods() {
+		out[attribution.PodName{Namespace: p.Namespace, Name: p.Name}] = PodUID(p.Namespace + "/" + p.Name)
+	}
+	return out
 }
 
 // List implements the pod-resources API.

@@ -51,7 +51,7 @@ func (c *Cluster) draAgentArgs() []string {
 		return nil
 	}
 	c.PreparedClaims = filepath.Join(c.Dir, "gpuslice", "dra-prepared.json")
-	return []string{"--dra", "--kubelet-dir=" + c.KubeletRoot, "--dra-prepared-claims=" + c.PreparedClaims}
+	return []string{"--dra", "--dra-prepared-claims=" + c.PreparedClaims}
 }
 
 // StartDRADriver starts gpu-dra-driver (again) on the fake GPU node, with
