@@ -25,6 +25,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/exporter"
 	"github.com/gpuslice/gpuslice/pkg/health"
 	"github.com/gpuslice/gpuslice/pkg/kube"
+	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/pkg/labels"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nodelock"
@@ -360,17 +361,15 @@ func samplerOptions(cfg Resolved, k kubeParts, names attribution.ContainerNames,
 // the options ask for it and the driver and host have it, and returns it
 // to be run; nil otherwise (the watchdog then holds memory).
 func useDriverTier(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, eopts enforce.Options, names attribution.ContainerNames, podres *podresources.Client, log *slog.Logger) *enforce.DriverLimits {
-	grants := enforce.CheckpointGrants(cfg.DevicePluginDir, cfg.ResourceName, g.layout)
-	if cfg.DRA.Enabled {
-		// Its own reader of the record: the tier's watch goroutine alone
-		// calls it.
-		record := attribution.NewPreparedClaims(cfg.DRA.PreparedClaims)
-		grants = enforce.AllGrants(grants, enforce.ClaimGrants(podres.List, record.Read, g.layout))
-	}
+	// Its own reader: the tier's watch goroutine alone calls it.
+	pods := kubeletstate.NewPods(kubeletstate.Options{
+		PluginDir: cfg.DevicePluginDir, ResourceName: cfg.ResourceName, Layout: g.layout,
+		Assignments: podres, DRA: cfg.DRA.Enabled, PreparedClaims: cfg.DRA.PreparedClaims,
+	})
 	d, err := enforce.NewDriverTier(eopts, enforce.DriverOptions{
 		Limiter:    g.backend,
 		CgroupRoot: cfg.CgroupRoot,
-		Grants:     grants,
+		Holdings:   pods.Holdings,
 		Names:      names,
 		Events:     eopts.Events,
 		Logger:     log,

@@ -14,138 +14,14 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
-	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/pkg/podresources"
-	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
-// Grant is the GPU memory one container of a pod holds on one GPU.
-type Grant struct {
-	// Container is the container's name in its pod.
-	Container string
-	// GPU is the GPU's UUID.
-	GPU string
-	// MemoryBytes is the memory its slices of that GPU carry.
-	MemoryBytes uint64
-}
-
-// GrantsFunc returns what the containers of a pod hold; the pod is named
-// as the runtime's record names it.
-type GrantsFunc func(pod events.Pod) ([]Grant, error)
-
-// CheckpointGrants reads grants from the kubelet device manager's
-// checkpoint in pluginDir, which the kubelet writes when it allocates,
-// before it creates the container.
-func CheckpointGrants(pluginDir, resource string, layout *vgpu.Layout) GrantsFunc {
-	return func(pod events.Pod) ([]Grant, error) {
-		entries, err := attribution.ReadCheckpoint(pluginDir)
-		if errors.Is(err, fs.ErrNotExist) {
-			// The kubelet writes it once its device manager runs (the
-			// agent's own plugin registers there): missing, what a pod
-			// holds cannot be told, as the sampler judges it too.
-			return nil, fmt.Errorf("the kubelet's device-manager checkpoint in %s is missing (a --device-plugin-dir that is not the kubelet's, or a kubelet that has not started): %w", pluginDir, err)
-		}
-		if err != nil {
-			return nil, err
-		}
-		var out []Grant
-		for _, e := range entries {
-			if e.PodUID != pod.UID || e.Resource != resource {
-				continue
-			}
-			limits, err := layout.Limits(e.DeviceIDs)
-			if err != nil {
-				return nil, fmt.Errorf("container %s of pod %s: %w", e.Container, pod.UID, err)
-			}
-			for _, l := range limits {
-				out = append(out, Grant{Container: e.Container, GPU: l.UUID, MemoryBytes: l.MemoryBytes})
-			}
-		}
-		return out, nil
-	}
-}
-
-// ClaimGrants reads what the containers of a pod hold through DRA claims.
-// Pod-resources (list) says which claims each container references (it
-// lists them once the kubelet prepared them, before it creates the pod's
-// containers), and the driver's record what each claim holds. A claim
-// several containers reference is split between them as the per-sample
-// pass splits it (node.ClaimLimits). The pod is named by the runtime's
-// record of the new container; a pod of that name that pod-resources
-// lists holding no claim holds none.
-func ClaimGrants(list func(context.Context) ([]podresources.Assignment, error),
-	record func() (contract.PreparedClaims, error), layout *vgpu.Layout) GrantsFunc {
-	return func(pod events.Pod) ([]Grant, error) {
-		as, err := list(context.Background())
-		if err != nil {
-			return nil, fmt.Errorf("pod-resources: %w", err)
-		}
-		holds := false
-		for _, a := range as {
-			holds = holds || (a.Namespace == pod.Namespace && a.Pod == pod.Name && len(a.Claims) > 0)
-		}
-		if !holds {
-			return nil, nil
-		}
-		rec, err := record()
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("pod %s/%s holds DRA claims the driver has not recorded: %w", pod.Namespace, pod.Name, err)
-		}
-		if err != nil {
-			return nil, err
-		}
-		consumers := map[string]int{}
-		for _, a := range as {
-			for _, uid := range a.Claims {
-				consumers[uid]++
-			}
-		}
-		var out []Grant
-		for _, a := range as {
-			if a.Namespace != pod.Namespace || a.Pod != pod.Name {
-				continue
-			}
-			limits, err := node.ClaimLimits(layout, a.Claims, rec.Claims, consumers)
-			if err != nil {
-				return nil, fmt.Errorf("container %s of pod %s/%s: %w", a.Container, pod.Namespace, pod.Name, err)
-			}
-			for _, l := range limits {
-				out = append(out, Grant{Container: a.Container, GPU: l.UUID, MemoryBytes: l.MemoryBytes})
-			}
-		}
-		return out, nil
-	}
-}
-
-// AllGrants is what a pod holds by every source: device-plugin slices and
-// DRA claims. A container holding a GPU through both gets the sum.
-func AllGrants(sources ...GrantsFunc) GrantsFunc {
-	return func(pod events.Pod) ([]Grant, error) {
-		sum := map[[2]string]uint64{}
-		var order [][2]string
-		for _, src := range sources {
-			gs, err := src(pod)
-			if err != nil {
-				return nil, err
-			}
-			for _, g := range gs {
-				k := [2]string{g.Container, g.GPU}
-				if _, ok := sum[k]; !ok {
-					order = append(order, k)
-				}
-				sum[k] += g.MemoryBytes
-			}
-		}
-		out := make([]Grant, 0, len(order))
-		for _, k := range order {
-			out = append(out, Grant{Container: k[0], GPU: k[1], MemoryBytes: sum[k]})
-		}
-		return out, nil
-	}
-}
+// HoldingsFunc returns what the containers of a pod hold, the pod named as
+// the runtime's record names it (kubeletstate.Pods.Holdings).
+type HoldingsFunc func(ctx context.Context, pod events.Pod) ([]node.Holding, error)
 
 // DriverOptions configure DriverLimits.
 type DriverOptions struct {
@@ -154,8 +30,8 @@ type DriverOptions struct {
 	// CgroupRoot is where the cgroup filesystems are mounted; the v2
 	// hierarchy is CgroupRoot itself or CgroupRoot/unified.
 	CgroupRoot string
-	// Grants says what a new container's pod holds.
-	Grants GrantsFunc
+	// Holdings says what a new container's pod holds.
+	Holdings HoldingsFunc
 	// Names tells a new container's name from the runtime's record; nil
 	// leaves every new container's limits to the per-sample pass.
 	Names attribution.ContainerNames
@@ -214,7 +90,7 @@ func NewDriverTier(o Options, d DriverOptions) (*DriverLimits, error) {
 // this host and returns the tier, or an error saying why it cannot be
 // used (then the watchdog alone holds memory).
 func NewDriverLimits(opts DriverOptions) (*DriverLimits, error) {
-	if opts.Limiter == nil || opts.Grants == nil {
+	if opts.Limiter == nil || opts.Holdings == nil {
 		return nil, errors.New("driver limits need a limiter and grants")
 	}
 	if opts.Logger == nil {
@@ -371,16 +247,16 @@ func (d *DriverLimits) created(dir string) {
 		return
 	}
 	pod := events.Pod{Namespace: rc.PodNamespace, Name: rc.PodName, UID: c.PodUID}
-	grants, err := d.opts.Grants(pod)
+	held, err := d.opts.Holdings(context.Background(), pod)
 	if err != nil {
 		d.log.Warn("cannot tell what a new container holds; its limits wait for the next sample", "cgroup", dir, "err", err)
 		return
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, g := range grants {
-		if g.Container == rc.Name {
-			d.setLocked(dir, c.ContainerID, g.GPU, g.MemoryBytes, pod, g.Container)
+	for _, h := range held {
+		if h.Container == rc.Name {
+			d.setLocked(dir, c.ContainerID, h.GPU, h.MemoryBytes, pod, h.Container)
 		}
 	}
 }

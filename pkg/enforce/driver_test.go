@@ -18,11 +18,14 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/events"
+	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
@@ -66,6 +69,14 @@ func (n *driverNode) bundle(t testing.TB, pod, name, cid string, sandbox bool) {
 
 func startDriverNode(t testing.TB) *driverNode {
 	t.Helper()
+	return startDriverNodeSliced(t, 0)
+}
+
+// startDriverNodeSliced is startDriverNode with the agent cutting each GPU
+// into agentSlices (the kubelet's device plugin cut them into 10): the
+// node's slicing changed under running pods. 0 keeps 10.
+func startDriverNodeSliced(t testing.TB, agentSlices int) *driverNode {
+	t.Helper()
 	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err != nil {
 		if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
 			cgrouptest.Skip(t, "no cgroup v2 hierarchy on this host")
@@ -95,12 +106,19 @@ func startDriverNode(t testing.TB) *driverNode {
 	t.Cleanup(func() { _ = client.Close() })
 	kubelet := t.TempDir()
 	record := filepath.Join(kubelet, "dra-prepared.json")
-	prepared := attribution.NewPreparedClaims(record)
+	layout := node.Layout
+	if agentSlices > 0 {
+		if layout, err = deviceplugin.NewLayout(node.Devices, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: agentSlices}}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	d, err := enforce.NewDriverLimits(enforce.DriverOptions{
 		Limiter:    node.GPU,
 		CgroupRoot: "/sys/fs/cgroup",
-		Grants: enforce.AllGrants(enforce.CheckpointGrants(node.Dir, "nvidia.com/vgpu", node.Layout),
-			enforce.ClaimGrants(client.List, prepared.Read, node.Layout)),
+		Holdings: kubeletstate.NewPods(kubeletstate.Options{
+			PluginDir: node.Dir, ResourceName: "nvidia.com/vgpu", Layout: layout,
+			Assignments: client, DRA: true, PreparedClaims: record,
+		}).Holdings,
 		Names: attribution.NewRuntimeState([]string{runtime}),
 	})
 	if err != nil {
@@ -255,6 +273,23 @@ wait:
 	}
 }
 
+// TestDriverLimitsHonourGrantsAfterRelayout: the node's slicing changed
+// (helm upgrade of slicesPerGPU from 10 to 4) while a pod holding 2 of 10
+// slices runs, and its container is (re)started. Its driver limit is what
+// Allocate gave it (the grant the kubelet checkpointed, 2 x 8 GiB-ish),
+// as the per-sample pass (node.LimitsFor) holds it, never its slice IDs
+// read in the new layout they were not cut from.
+func TestDriverLimitsHonourGrantsAfterRelayout(t *testing.T) {
+	n := startDriverNodeSliced(t, 4)
+	if _, err := n.node.Connection.Allocate(context.Background(), "ml/train", "main", 2); err != nil {
+		t.Fatal(err)
+	}
+	granted := 2 * n.node.Layout.GPUs()[0].SliceMemoryBytes
+	n.bundle(t, "ml/train", "main", strings.Repeat("a", 64), false)
+	dir := n.containerCgroup(t, "ml/train", strings.Repeat("a", 64))
+	n.waitLimit(t, dir, granted)
+}
+
 // TestDriverLimitsOnlyOnContainersHoldingSlices is the triple
 // reservation attack: a pod's sandbox, its init container and a sidecar
 // holding no slices must get no limit (a limit reserves memory on a dmem
@@ -387,15 +422,15 @@ func TestDriverLimitsWaitForProcessesWithoutRuntimeRecord(t *testing.T) {
 }
 
 func TestDriverLimitsUnsupported(t *testing.T) {
-	node, err := fakegpu.New(fakegpu.Config{Preset: "A100-40GB", Count: 1})
+	fake, err := fakegpu.New(fakegpu.Config{Preset: "A100-40GB", Count: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: node, CgroupRoot: "/sys/fs/cgroup", Grants: func(events.Pod) ([]enforce.Grant, error) { return nil, nil }})
+	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: fake, CgroupRoot: "/sys/fs/cgroup", Holdings: func(context.Context, events.Pod) ([]node.Holding, error) { return nil, nil }})
 	if !errors.Is(err, nvml.ErrNotSupported) && !errors.Is(err, attribution.ErrNoCgroupV2) {
 		t.Fatalf("err = %v, want not supported", err)
 	}
-	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: node, CgroupRoot: t.TempDir(), Grants: func(events.Pod) ([]enforce.Grant, error) { return nil, nil }})
+	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: fake, CgroupRoot: t.TempDir(), Holdings: func(context.Context, events.Pod) ([]node.Holding, error) { return nil, nil }})
 	if !errors.Is(err, attribution.ErrNoCgroupV2) {
 		t.Fatalf("err = %v, want no cgroup v2", err)
 	}
@@ -464,12 +499,15 @@ func BenchmarkDriverLimitOnCgroupCreation(b *testing.B) {
 func TestMissingCheckpointIsUnknownToEveryTier(t *testing.T) {
 	t.Parallel()
 	node := kubeletstub.StartNode(t, fakegpu.Config{Preset: "A100-40GB", Count: 1}, 4)
-	grants := enforce.CheckpointGrants(t.TempDir(), "nvidia.com/vgpu", node.Layout)
-	if g, err := grants(events.Pod{Namespace: "ml", Name: "a", UID: "uid-a"}); err == nil || !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("grants with no checkpoint = %v, %v; want an error saying it is missing", g, err)
+	pods := func(dir string) *kubeletstate.Pods {
+		return kubeletstate.NewPods(kubeletstate.Options{PluginDir: dir, ResourceName: "nvidia.com/vgpu", Layout: node.Layout})
 	}
-	// Where it exists, a pod holding nothing has no grants and no error.
-	if g, err := enforce.CheckpointGrants(node.Dir, "nvidia.com/vgpu", node.Layout)(events.Pod{UID: "nobody"}); err != nil || len(g) != 0 {
-		t.Errorf("grants of a pod holding nothing = %v, %v", g, err)
+	ctx := context.Background()
+	if h, err := pods(t.TempDir()).Holdings(ctx, events.Pod{Namespace: "ml", Name: "a", UID: "uid-a"}); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("holdings with no checkpoint = %v, %v; want an error saying it is missing", h, err)
+	}
+	// Where it exists, a pod holding nothing holds nothing, and no error.
+	if h, err := pods(node.Dir).Holdings(ctx, events.Pod{UID: "nobody"}); err != nil || len(h) != 0 {
+		t.Errorf("holdings of a pod holding nothing = %v, %v", h, err)
 	}
 }

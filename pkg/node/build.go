@@ -1,12 +1,10 @@
 package node
 
 import (
-	"fmt"
 	"sort"
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
-	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
@@ -254,108 +252,26 @@ func readDevices(in Input, snap *Snapshot) ([]attribution.GPUProcess, map[gpuPID
 
 // holdings is one entry per container and GPU it holds slices of (or a
 // DRA claim on), with or without processes, carrying the limits it was
-// given; and the slices allocated of each GPU, a DRA claim's counted once
-// however many containers share it.
+// given (HoldingsOf); and the slices allocated of each GPU.
 func holdings(in Input, attributed []attribution.Attributed) (map[key]*Container, map[string]int, []Problem) {
 	podUID := map[[3]string]string{}
 	for _, a := range attributed {
 		podUID[[3]string{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container}] = a.PodUID
 	}
-	entries := map[key]*Container{}
-	var problems []Problem
-	granted := GrantsByDevices(in.Checkpoint, in.ResourceName)
-	consumers := claimConsumers(in)
-	allocated := map[string]int{}
-	counted := map[string]bool{}
-	for _, a := range in.Assignments {
-		var limits []vgpu.GPULimit
-		if len(a.DeviceIDs) > 0 {
-			l, err := LimitsFor(in.Layout, a.DeviceIDs, granted[DevicesKey(a.DeviceIDs)])
-			if err != nil {
-				problems = append(problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
-				continue
-			}
-			limits = l
-			for _, x := range l {
-				allocated[x.UUID] += x.Slices
-			}
-		}
-		if in.DRA.Enabled && len(a.Claims) > 0 {
-			l, err := ClaimLimits(in.Layout, a.Claims, in.DRA.Prepared, consumers)
-			if err != nil {
-				problems = append(problems, Problem{SourceDRA, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
-			}
-			limits = append(limits, l...)
-			countClaims(allocated, counted, a.Claims, in.DRA.Prepared)
-		}
-		names := claimNames(a.Claims, in.DRA.Prepared)
-		for _, l := range limits {
-			k := key{a.Namespace, a.Pod, a.Container, l.UUID}
-			if e := entries[k]; e != nil {
-				// Slices of the GPU and a claim on it, or two claims.
-				e.Slices += l.Slices
-				e.MemoryLimitBytes += l.MemoryBytes
-				e.ComputeLimitRatio += l.ComputeRatio
-				continue
-			}
-			entries[k] = &Container{
-				Namespace: a.Namespace, Pod: a.Pod, Container: a.Container,
-				PodUID: podUID[[3]string{a.Namespace, a.Pod, a.Container}],
-				GPU:    l.UUID, Index: l.Index, Slices: l.Slices, Claims: names[l.UUID],
-				MemoryLimitBytes: l.MemoryBytes, ComputeLimitRatio: l.ComputeRatio,
-			}
+	h := HoldingsOf(Sources{
+		Assignments: in.Assignments, Checkpoint: in.Checkpoint, ResourceName: in.ResourceName, Layout: in.Layout,
+		DRA: in.DRA.Enabled, Prepared: in.DRA.Prepared,
+	})
+	entries := make(map[key]*Container, len(h.Held))
+	for _, x := range h.Held {
+		entries[key{x.Namespace, x.Pod, x.Container, x.GPU}] = &Container{
+			Namespace: x.Namespace, Pod: x.Pod, Container: x.Container,
+			PodUID: podUID[[3]string{x.Namespace, x.Pod, x.Container}],
+			GPU:    x.GPU, Index: x.Index, Slices: x.Slices, Claims: x.Claims,
+			MemoryLimitBytes: x.MemoryBytes, ComputeLimitRatio: x.ComputeRatio,
 		}
 	}
-	return entries, allocated, problems
-}
-
-// claimNames are, per GPU, the claims ("namespace/name", sorted) that
-// hold a share of it.
-func claimNames(claims []string, prepared map[string]contract.PreparedClaim) map[string][]string {
-	out := map[string][]string{}
-	for _, uid := range claims {
-		c, ok := prepared[uid]
-		if !ok {
-			continue
-		}
-		for _, g := range c.Grants {
-			if !g.Admin {
-				out[g.UUID] = append(out[g.UUID], c.Namespace+"/"+c.Name)
-			}
-		}
-	}
-	for _, n := range out {
-		sort.Strings(n)
-	}
-	return out
-}
-
-// countClaims adds to allocated the slices of each claim not counted yet.
-func countClaims(allocated map[string]int, counted map[string]bool, claims []string, prepared map[string]contract.PreparedClaim) {
-	for _, uid := range claims {
-		c, ok := prepared[uid]
-		if !ok || counted[uid] {
-			continue
-		}
-		counted[uid] = true
-		for _, g := range c.Grants {
-			allocated[g.UUID] += g.Slices
-		}
-	}
-}
-
-// claimConsumers counts the containers holding each DRA claim.
-func claimConsumers(in Input) map[string]int {
-	out := map[string]int{}
-	if !in.DRA.Enabled {
-		return out
-	}
-	for _, a := range in.Assignments {
-		for _, uid := range a.Claims {
-			out[uid]++
-		}
-	}
-	return out
+	return entries, h.Allocated, h.Problems
 }
 
 // accumulate integrates each container's GPU time since the previous

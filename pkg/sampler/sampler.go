@@ -13,9 +13,9 @@ import (
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
@@ -25,10 +25,8 @@ type GPUs interface {
 	Processes(uuid string) ([]nvml.Process, error)
 }
 
-// Assignments lists which containers hold which slices.
-type Assignments interface {
-	List(ctx context.Context) ([]podresources.Assignment, error)
-}
+// Assignments lists which containers hold which slices (pod-resources).
+type Assignments = kubeletstate.Lister
 
 // DeviceState is the device plugin's view of each GPU.
 type DeviceState interface {
@@ -71,15 +69,7 @@ type Options struct {
 	// records alone.
 	DRA            bool
 	PreparedClaims string
-	Pods           PodUIDs
-}
-
-// PodUIDs names the node's pods by UID, as the API server last listed
-// them; *podpolicy.Watcher is one.
-type PodUIDs interface {
-	// PodUIDs returns the UIDs by namespace and name, nil when no list
-	// was read. The map is not changed after it is returned.
-	PodUIDs() map[attribution.PodName]string
+	Pods           kubeletstate.PodUIDs
 }
 
 // DefaultOptions returns the options the agent uses unless configured.
@@ -107,25 +97,13 @@ type Sampler struct {
 
 	latest atomic.Pointer[node.Snapshot]
 
-	mu          sync.Mutex // guards the fields below; one sample at a time
-	state       node.State
-	cgroups     *attribution.Cgroups
-	checkpoint  *attribution.Checkpoint
-	prepared    *attribution.PreparedClaims
-	assignments []podresources.Assignment
-	// good is the last copy of each host file read whole, used while its
-	// reads fail (fail closed: what runs keeps its holdings).
-	good      lastGood
+	mu        sync.Mutex // guards the fields below; one sample at a time
+	state     node.State
+	cgroups   *attribution.Cgroups
+	kubelet   *kubeletstate.Reader
 	errors    map[string]uint64
 	loggedAt  map[string]time.Time
 	durations node.Histogram
-}
-
-// lastGood is the last copy of each host file read whole, and whether it
-// was ever read.
-type lastGood struct {
-	checkpoint []attribution.CheckpointEntry
-	prepared   map[string]contract.PreparedClaim
 }
 
 // New builds a sampler for the devices and layout the agent serves.
@@ -141,10 +119,12 @@ func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignmen
 	}
 	s := &Sampler{
 		opts: opts, devices: devices, layout: layout, gpus: gpus, assign: assign, dev: dev,
-		cgroups:    attribution.NewCgroups(opts.Namespace, opts.ProcRoot, opts.CgroupRecheck),
-		checkpoint: attribution.NewCheckpoint(opts.PluginDir),
-		prepared:   attribution.NewPreparedClaims(opts.PreparedClaims),
-		errors:     map[string]uint64{}, loggedAt: map[string]time.Time{},
+		cgroups: attribution.NewCgroups(opts.Namespace, opts.ProcRoot, opts.CgroupRecheck),
+		kubelet: kubeletstate.NewReader(kubeletstate.Options{
+			PluginDir: opts.PluginDir, ResourceName: opts.ResourceName, Layout: layout, Assignments: assign,
+			DRA: opts.DRA, PreparedClaims: opts.PreparedClaims, Pods: opts.Pods,
+		}),
+		errors: map[string]uint64{}, loggedAt: map[string]time.Time{},
 	}
 	s.latest.Store(&node.Snapshot{Errors: map[string]uint64{}})
 	return s, nil
@@ -206,68 +186,20 @@ func (s *Sampler) SampleOnce(ctx context.Context) {
 // not make every container's series vanish and reappear), the checkpoint,
 // and each GPU's sample, health and processes with their cgroups.
 func (s *Sampler) read(ctx context.Context, now time.Time) node.Input {
-	if a, err := s.assign.List(ctx); err != nil {
-		s.fail(node.SourcePodResources, err)
-	} else {
-		s.assignments = a
+	st := s.kubelet.Read(ctx)
+	for _, p := range st.Problems {
+		s.fail(p.Source, p.Err)
 	}
-	var stale attribution.Stale
-	checkpoint, err := s.checkpoint.Read()
-	switch {
-	case err == nil:
-		s.good.checkpoint = checkpoint
-	case errors.Is(err, fs.ErrNotExist):
-		// None yet (no device allocated since the kubelet started), or
-		// gone: nothing is held by it.
-		s.fail(node.SourceCheckpoint, err)
-		checkpoint = nil
-	default:
-		s.fail(node.SourceCheckpoint, fmt.Errorf("%w; the last copy read whole holds", err))
-		checkpoint, stale.Checkpoint = s.good.checkpoint, s.good.checkpoint != nil
-	}
-	dra := s.readDRA(&stale)
 	in := node.Input{
-		Time: now, MaxGap: 2 * s.opts.Interval, Assignments: s.assignments, Checkpoint: checkpoint,
+		Time: now, MaxGap: 2 * s.opts.Interval, Assignments: st.Assignments, Checkpoint: st.Checkpoint,
 		Layout: s.layout, ResourceName: s.opts.ResourceName, Names: s.opts.Names,
-		GPUs: make([]node.GPUReading, 0, len(s.devices)), DRA: dra, Stale: stale,
+		GPUs: make([]node.GPUReading, 0, len(s.devices)), DRA: st.DRA, Stale: st.Stale,
 	}
 	for _, d := range s.devices {
 		in.GPUs = append(in.GPUs, s.readGPU(d, now))
 	}
 	s.cgroups.Sweep()
 	return in
-}
-
-// readDRA reads the DRA driver's record after pod-resources (the
-// driver records a claim before the kubelet lists it, and forgets it
-// after), so that a claim pod-resources lists is in the record read after
-// it, and takes the node's pod UIDs as last listed. A record that exists
-// and cannot be read whole (torn, garbage, a newer format) is replaced by
-// its last copy read whole, and stale says so.
-func (s *Sampler) readDRA(stale *attribution.Stale) attribution.DRA {
-	if !s.opts.DRA {
-		return attribution.DRA{}
-	}
-	d := attribution.DRA{Enabled: true}
-	if s.opts.Pods != nil {
-		d.PodUIDs = s.opts.Pods.PodUIDs()
-	}
-	prepared, err := s.prepared.Read()
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		// No claim prepared yet. A claim missing from the record makes
-		// its pod unknown, never unauthorized, so nothing is assumed.
-		d.Prepared = map[string]contract.PreparedClaim{}
-	case err != nil:
-		s.fail(node.SourceDRA, fmt.Errorf("%w; the last copy read whole holds", err))
-		d.Prepared, stale.Prepared = s.good.prepared, s.good.prepared != nil
-	default:
-		if prepared.Claims == nil {
-			prepared.Claims = map[string]contract.PreparedClaim{}
-		}
-		d.Prepared, s.good.prepared = prepared.Claims, prepared.Claims
-	}
-	return d
 }
 
 // readGPU reads one GPU and places each of its processes in its cgroup.

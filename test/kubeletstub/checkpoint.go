@@ -42,7 +42,7 @@ func (k *Kubelet) writeCheckpointLocked() error {
 	for key, ids := range byOwner {
 		sort.Strings(ids)
 		i := strings.LastIndex(key[1], "/")
-		entries = append(entries, entry{PodUID: PodUID(key[1][:i]), ContainerName: key[1][i+1:], ResourceName: key[0], DeviceIDs: map[string][]string{"-1": ids}})
+		entries = append(entries, entry{PodUID: PodUID(key[1][:i]), ContainerName: key[1][i+1:], ResourceName: key[0], DeviceIDs: map[string][]string{"-1": ids}, AllocResp: k.responses[key]})
 	}
 	sort.Slice(entries, func(i, j int) bool {
 		return entries[i].PodUID+entries[i].ContainerName < entries[j].PodUID+entries[j].ContainerName

@@ -19,6 +19,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
 
@@ -34,6 +35,9 @@ type Kubelet struct {
 	// allocated maps resource -> device ID -> "pod/container". It outlives
 	// plugin connections and restarts, as the kubelet's checkpoint does.
 	allocated map[string]map[string]string
+	// responses are Allocate's answers by resource and owner, recorded
+	// in the checkpoint as the kubelet records them (AllocResp).
+	responses map[[2]string][]byte
 	regs      []Registration
 	changed   chan struct{}
 }
@@ -49,7 +53,7 @@ type Registration struct {
 // Start removes any sockets left in dir, as the kubelet does at start, and
 // serves the Registration service on dir/kubelet.sock.
 func Start(dir string) (*Kubelet, error) {
-	k := &Kubelet{dir: dir, plugins: map[string]*Plugin{}, allocated: map[string]map[string]string{}, changed: make(chan struct{})}
+	k := &Kubelet{dir: dir, plugins: map[string]*Plugin{}, allocated: map[string]map[string]string{}, responses: map[[2]string][]byte{}, changed: make(chan struct{})}
 	if err := k.start(); err != nil {
 		return nil, err
 	}
@@ -352,6 +356,19 @@ func (p *Plugin) Allocate(ctx context.Context, pod, container string, n int) (Al
 		return Allocation{}, fmt.Errorf("allocate for %s: %w", owner, err)
 	}
 	a.Response = resp.ContainerResponses[0]
+	// The kubelet checkpoints the answer with the devices, so that what
+	// Allocate gave survives its restarts (and the agent reads it back).
+	recorded, err := proto.Marshal(a.Response)
+	if err != nil {
+		return Allocation{}, fmt.Errorf("record the answer for %s: %w", owner, err)
+	}
+	p.kubelet.mu.Lock()
+	p.kubelet.responses[[2]string{p.resource, owner}] = recorded
+	err = p.kubelet.writeCheckpointLocked()
+	p.kubelet.mu.Unlock()
+	if err != nil {
+		return Allocation{}, fmt.Errorf("write checkpoint: %w", err)
+	}
 	return a, nil
 }
 
@@ -392,6 +409,7 @@ func (p *Plugin) Release(pod, container string) {
 			delete(p.allocated, id)
 		}
 	}
+	delete(p.kubelet.responses, [2]string{p.resource, owner})
 	_ = p.kubelet.writeCheckpointLocked() // best effort, as for the kubelet's own garbage collection
 }
 

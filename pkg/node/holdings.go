@@ -1,0 +1,188 @@
+package node
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
+)
+
+// Holding is what one container holds of one GPU, by every front end
+// (device-plugin slices and DRA claims summed), and the limits that go
+// with it: the one per-GPU share inside the agent. The accounting, the
+// driver memory tier and the join all read it from HoldingsOf, so that no
+// two of them can disagree on what a container was given.
+type Holding struct {
+	// Namespace, Pod and Container name the container.
+	Namespace, Pod, Container string
+	// GPU is the GPU's UUID; Index its index.
+	GPU   string
+	Index int
+	// Slices of SlicesTotal, MemoryBytes and ComputeRatio are what it
+	// holds of the GPU: what Allocate gave it (the kubelet's checkpoint)
+	// or, without a readable checkpoint, its slice IDs read in the
+	// layout; plus its share of each DRA claim it holds.
+	Slices, SlicesTotal int
+	MemoryBytes         uint64
+	ComputeRatio        float64
+	// Claims are the DRA claims ("namespace/name", sorted) through which
+	// it holds the GPU; none for device-plugin slices.
+	Claims []string
+}
+
+// Sources are what holdings are read from: the kubelet's and the DRA
+// driver's records, read by the caller (the sampler each sample, the
+// driver tier for one new container).
+type Sources struct {
+	// Assignments are pod-resources': each container's slice IDs and
+	// claims.
+	Assignments []podresources.Assignment
+	// Checkpoint is the kubelet's device manager checkpoint, whose grants
+	// win over the layout; nil when it could not be read.
+	Checkpoint []attribution.CheckpointEntry
+	// ResourceName is the resource whose slices are held.
+	ResourceName string
+	Layout       *vgpu.Layout
+	// DRA counts the claims of gpuslice's DRA driver; Prepared is the
+	// driver's record by claim UID.
+	DRA      bool
+	Prepared map[string]contract.PreparedClaim
+}
+
+// Holdings is who holds what share of which GPU on the node.
+type Holdings struct {
+	// Held is one entry per container and GPU it holds a share of, sorted
+	// by namespace, pod, container and GPU index. Admin access to a GPU
+	// holds nothing and makes no entry.
+	Held []Holding
+	// Allocated is the slices allocated of each GPU by UUID, a DRA claim's
+	// counted once however many containers share it.
+	Allocated map[string]int
+	// Problems are the assignments that could not be read: slice IDs not
+	// in the layout, a claim the record lacks.
+	Problems []Problem
+}
+
+// Of returns what the containers of one pod hold.
+func (h Holdings) Of(namespace, pod string) []Holding {
+	var out []Holding
+	for _, x := range h.Held {
+		if x.Namespace == namespace && x.Pod == pod {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// HoldingsOf reads who holds what from the sources, by the rules every
+// tier shares: a container's device-plugin slices carry what Allocate
+// gave it (LimitsFor: the checkpointed grant wins over the current
+// layout), a DRA claim's share is split evenly among the containers
+// holding it (ClaimLimits), and a container holding a GPU by both gets
+// the sum.
+func HoldingsOf(src Sources) Holdings {
+	h := Holdings{Allocated: map[string]int{}}
+	granted := GrantsByDevices(src.Checkpoint, src.ResourceName)
+	consumers := map[string]int{}
+	if src.DRA {
+		for _, a := range src.Assignments {
+			for _, uid := range a.Claims {
+				consumers[uid]++
+			}
+		}
+	}
+	byKey := map[[4]string]int{}
+	counted := map[string]bool{}
+	for _, a := range src.Assignments {
+		var limits []vgpu.GPULimit
+		if len(a.DeviceIDs) > 0 {
+			l, err := LimitsFor(src.Layout, a.DeviceIDs, granted[DevicesKey(a.DeviceIDs)])
+			if err != nil {
+				h.Problems = append(h.Problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
+				continue
+			}
+			limits = l
+			for _, x := range l {
+				h.Allocated[x.UUID] += x.Slices
+			}
+		}
+		if src.DRA && len(a.Claims) > 0 {
+			l, err := ClaimLimits(src.Layout, a.Claims, src.Prepared, consumers)
+			if err != nil {
+				h.Problems = append(h.Problems, Problem{SourceDRA, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
+			}
+			limits = append(limits, l...)
+			countClaims(h.Allocated, counted, a.Claims, src.Prepared)
+		}
+		names := claimNames(a.Claims, src.Prepared)
+		for _, l := range limits {
+			k := [4]string{a.Namespace, a.Pod, a.Container, l.UUID}
+			if i, ok := byKey[k]; ok {
+				// Slices of the GPU and a claim on it, or two claims.
+				x := &h.Held[i]
+				x.Slices += l.Slices
+				x.MemoryBytes += l.MemoryBytes
+				x.ComputeRatio += l.ComputeRatio
+				continue
+			}
+			byKey[k] = len(h.Held)
+			h.Held = append(h.Held, Holding{
+				Namespace: a.Namespace, Pod: a.Pod, Container: a.Container,
+				GPU: l.UUID, Index: l.Index, Slices: l.Slices, SlicesTotal: l.SlicesTotal,
+				MemoryBytes: l.MemoryBytes, ComputeRatio: l.ComputeRatio, Claims: names[l.UUID],
+			})
+		}
+	}
+	sort.Slice(h.Held, func(i, j int) bool {
+		a, b := h.Held[i], h.Held[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		if a.Pod != b.Pod {
+			return a.Pod < b.Pod
+		}
+		if a.Container != b.Container {
+			return a.Container < b.Container
+		}
+		return a.Index < b.Index
+	})
+	return h
+}
+
+// claimNames are, per GPU, the claims ("namespace/name", sorted) that
+// hold a share of it.
+func claimNames(claims []string, prepared map[string]contract.PreparedClaim) map[string][]string {
+	out := map[string][]string{}
+	for _, uid := range claims {
+		c, ok := prepared[uid]
+		if !ok {
+			continue
+		}
+		for _, g := range c.Grants {
+			if !g.Admin {
+				out[g.UUID] = append(out[g.UUID], c.Namespace+"/"+c.Name)
+			}
+		}
+	}
+	for _, n := range out {
+		sort.Strings(n)
+	}
+	return out
+}
+
+// countClaims adds to allocated the slices of each claim not counted yet.
+func countClaims(allocated map[string]int, counted map[string]bool, claims []string, prepared map[string]contract.PreparedClaim) {
+	for _, uid := range claims {
+		c, ok := prepared[uid]
+		if !ok || counted[uid] {
+			continue
+		}
+		counted[uid] = true
+		for _, g := range c.Grants {
+			allocated[g.UUID] += g.Slices
+		}
+	}
+}
