@@ -84,7 +84,7 @@ func (h Holdings) Of(namespace, pod string) []Holding {
 // holding it (ClaimLimits), and a container holding a GPU by both gets
 // the sum.
 func HoldingsOf(src Sources) Holdings {
-	h := Holdings{Allocated: map[string]int{}}
+	h := Holdings{Allocated: map[string]int{}, Held: make([]Holding, 0, len(src.Assignments))}
 	granted := GrantsByDevices(src.Checkpoint, src.ResourceName)
 	consumers := map[string]int{}
 	if src.DRA {
@@ -94,7 +94,6 @@ func HoldingsOf(src Sources) Holdings {
 			}
 		}
 	}
-	byKey := map[[4]string]int{}
 	counted := map[string]bool{}
 	for _, a := range src.Assignments {
 		var limits []vgpu.GPULimit
@@ -117,18 +116,24 @@ func HoldingsOf(src Sources) Holdings {
 			limits = append(limits, l...)
 			countClaims(h.Allocated, counted, a.Claims, src.Prepared)
 		}
-		names := claimNames(a.Claims, src.Prepared)
+		var names map[string][]string
+		if len(a.Claims) > 0 {
+			names = claimNames(a.Claims, src.Prepared)
+		}
+		// One assignment is one container: what it holds of a GPU twice
+		// (slices of the GPU and a claim on it, or two claims) is among
+		// the entries made for it here.
+		first := len(h.Held)
+	limits:
 		for _, l := range limits {
-			k := [4]string{a.Namespace, a.Pod, a.Container, l.UUID}
-			if i, ok := byKey[k]; ok {
-				// Slices of the GPU and a claim on it, or two claims.
-				x := &h.Held[i]
-				x.Slices += l.Slices
-				x.MemoryBytes += l.MemoryBytes
-				x.ComputeRatio += l.ComputeRatio
-				continue
+			for i := first; i < len(h.Held); i++ {
+				if x := &h.Held[i]; x.GPU == l.UUID {
+					x.Slices += l.Slices
+					x.MemoryBytes += l.MemoryBytes
+					x.ComputeRatio += l.ComputeRatio
+					continue limits
+				}
 			}
-			byKey[k] = len(h.Held)
 			h.Held = append(h.Held, Holding{
 				Namespace: a.Namespace, Pod: a.Pod, Container: a.Container,
 				GPU: l.UUID, Index: l.Index, Slices: l.Slices, SlicesTotal: l.SlicesTotal,
@@ -137,7 +142,7 @@ func HoldingsOf(src Sources) Holdings {
 		}
 	}
 	sort.Slice(h.Held, func(i, j int) bool {
-		a, b := h.Held[i], h.Held[j]
+		a, b := &h.Held[i], &h.Held[j]
 		if a.Namespace != b.Namespace {
 			return a.Namespace < b.Namespace
 		}
