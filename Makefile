@@ -60,7 +60,7 @@ test-e2e: ## Run the end-to-end tier on Kubernetes K8S_VERSION (default v1.37.2)
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./pkg/vgpu -run '^$$' -fuzz '^FuzzPlace$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/vgpu -run '^$$' -fuzz '^FuzzParseSliceID$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./cmd/gpu-agent -run '^$$' -fuzz '^FuzzParseBytes$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/vgpu -run '^$$' -fuzz '^FuzzParseSize$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./cmd/gpu-agent -run '^$$' -fuzz '^FuzzConfigFile$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./test/fakegpu -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/attribution -run '^$$' -fuzz '^FuzzParseProcCgroup$$' -fuzztime $(FUZZTIME)

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -522,38 +521,13 @@ func (c Config) slicing() (vgpu.Config, error) {
 func rule(slices int, mem string) (vgpu.Rule, error) {
 	r := vgpu.Rule{SlicesPerGPU: slices}
 	if mem != "" {
-		b, err := parseBytes(mem)
+		b, err := vgpu.ParseSize(mem)
 		if err != nil {
 			return vgpu.Rule{}, fmt.Errorf("sliceMemory: %w", err)
 		}
 		r.SliceMemoryBytes = b
 	}
 	return r, nil
-}
-
-// parseBytes reads a memory size in the Kubernetes quantity style used for
-// sizes: a whole number with an optional binary (Ki, Mi, Gi, Ti) or decimal
-// (K, M, G, T) suffix.
-func parseBytes(s string) (uint64, error) {
-	units := []struct {
-		suffix string
-		mult   uint64
-	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}}
-	num, mult := s, uint64(1)
-	for _, u := range units {
-		if strings.HasSuffix(s, u.suffix) {
-			num, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseUint(num, 10, 64)
-	if err != nil || n == 0 {
-		return 0, fmt.Errorf("%q is not a positive size like 10Gi or 512Mi", s)
-	}
-	if n > (1<<64-1)/mult {
-		return 0, fmt.Errorf("%q is too large", s)
-	}
-	return n * mult, nil
 }
 
 func (c Config) pluginOptions() deviceplugin.Options {

@@ -195,32 +195,6 @@ func TestHelp(t *testing.T) {
 	}
 }
 
-func TestParseBytes(t *testing.T) {
-	t.Parallel()
-	for in, want := range map[string]uint64{"1": 1, "512Mi": 512 << 20, "10Gi": 10 << 30, "1Ti": 1 << 40, "2K": 2000, "3G": 3e9, "4Ki": 4096} {
-		if got, err := parseBytes(in); err != nil || got != want {
-			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "0", "Gi", "1.5Gi", "-1Gi", "10GB", "99999999999Ti", " 1Gi"} {
-		if _, err := parseBytes(in); err == nil {
-			t.Errorf("parseBytes(%q) succeeded", in)
-		}
-	}
-}
-
-func FuzzParseBytes(f *testing.F) {
-	for _, s := range []string{"10Gi", "1", "512Mi", "3G", "18446744073709551615", "16777216Ti"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		n, err := parseBytes(s)
-		if err == nil && n == 0 {
-			t.Fatalf("parseBytes(%q) = 0 without error", s)
-		}
-	})
-}
-
 func FuzzConfigFile(f *testing.F) {
 	f.Add(head + "gpuBackend: fake\nslicing: {sliceMemory: 10Gi}\n")
 	f.Add(head + "health: {probeInterval: 1s}\nlog: {level: debug}\n")

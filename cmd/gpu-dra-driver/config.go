@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/resource"
-
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
@@ -160,11 +158,11 @@ func (c Config) validate() error {
 func (c Config) slicing() (vgpu.Config, error) {
 	r := vgpu.Rule{SlicesPerGPU: c.SlicesPerGPU}
 	if c.SliceMemory != "" {
-		q, err := resource.ParseQuantity(c.SliceMemory)
-		if err != nil || q.Sign() <= 0 {
-			return vgpu.Config{}, fmt.Errorf("--slice-memory %q: want a positive size such as 10Gi", c.SliceMemory)
+		b, err := vgpu.ParseSize(c.SliceMemory)
+		if err != nil {
+			return vgpu.Config{}, fmt.Errorf("--slice-memory: %w", err)
 		}
-		r = vgpu.Rule{SliceMemoryBytes: uint64(q.Value())}
+		r = vgpu.Rule{SliceMemoryBytes: b}
 	}
 	cfg := vgpu.Config{Default: r}
 	if err := cfg.Validate(); err != nil {
