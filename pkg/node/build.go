@@ -5,19 +5,19 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
-	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/gpudev"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
 // GPUReading is what one sample read of one GPU.
 type GPUReading struct {
-	Device nvml.Device
+	Device gpudev.Device
 	// Health and XIDs are the device plugin's view.
-	Health nvml.Health
+	Health gpudev.Health
 	XIDs   map[uint64]uint64
 	// Sample is valid only when SampleOK.
-	Sample   nvml.Sample
+	Sample   gpudev.Sample
 	SampleOK bool
 	// Processes is valid only when ProcessesOK.
 	Processes   []Process
@@ -27,7 +27,7 @@ type GPUReading struct {
 // Process is one process NVML listed on a GPU and where its cgroups place
 // it.
 type Process struct {
-	nvml.Process
+	gpudev.Process
 	// Container is the pod or container its cgroups name; zero for a host
 	// process or one that exited since NVML listed it.
 	Container attribution.Container
@@ -141,7 +141,7 @@ func Build(in Input, prev State) (*Snapshot, State, []Problem) {
 // carries the pod's total limits and the use of all its processes there.
 // A pod that holds nothing of the GPU (as far as is known) gets no group:
 // its process stays counted as unattributed.
-func holdUnknown(entries map[key]*Container, joined attribution.Result, usage map[gpuPID]nvml.Process) []Container {
+func holdUnknown(entries map[key]*Container, joined attribution.Result, usage map[gpuPID]gpudev.Process) []Container {
 	type podGPU struct{ uid, gpu string }
 	unknown := map[podGPU][]attribution.Unattributed{}
 	var order []podGPU
@@ -224,10 +224,10 @@ type gpuPID struct {
 
 // readDevices fills snap.Devices and returns the GPU processes to join,
 // their use by GPU and PID, and the processes whose cgroups conflict.
-func readDevices(in Input, snap *Snapshot) ([]attribution.GPUProcess, map[gpuPID]nvml.Process, []attribution.Unauthorized) {
+func readDevices(in Input, snap *Snapshot) ([]attribution.GPUProcess, map[gpuPID]gpudev.Process, []attribution.Unauthorized) {
 	var procs []attribution.GPUProcess
 	var unauthorized []attribution.Unauthorized
-	usage := map[gpuPID]nvml.Process{}
+	usage := map[gpuPID]gpudev.Process{}
 	for _, r := range in.GPUs {
 		dev := Device{Device: r.Device, Health: r.Health, XIDs: r.XIDs, Sample: r.Sample, SampleOK: r.SampleOK, ProcessesOK: r.ProcessesOK}
 		if g, ok := in.Layout.GPU(r.Device.UUID); ok {

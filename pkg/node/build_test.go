@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/gpudev"
 	"github.com/gpuslice/gpuslice/pkg/node"
-	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
@@ -52,7 +52,7 @@ var twoPods = struct {
 
 func proc(pid int, uid string, memory uint64, sm float64) node.Process {
 	return node.Process{
-		Process:   nvml.Process{PID: pid, MemoryBytes: memory, SMUtilization: sm},
+		Process:   gpudev.Process{PID: pid, MemoryBytes: memory, SMUtilization: sm},
 		Container: attribution.Container{PodUID: uid, Paths: map[string]string{"": "/kubepods/pod" + uid}},
 	}
 }
@@ -60,8 +60,8 @@ func proc(pid int, uid string, memory uint64, sm float64) node.Process {
 // reading is GPU-a with procs and an idle GPU-b, both read.
 func reading(procs ...node.Process) []node.GPUReading {
 	return []node.GPUReading{
-		{Device: nvml.Device{UUID: "GPU-a", Index: 0}, SampleOK: true, ProcessesOK: true, Processes: procs},
-		{Device: nvml.Device{UUID: "GPU-b", Index: 1}, SampleOK: true, ProcessesOK: true},
+		{Device: gpudev.Device{UUID: "GPU-a", Index: 0}, SampleOK: true, ProcessesOK: true, Processes: procs},
+		{Device: gpudev.Device{UUID: "GPU-b", Index: 1}, SampleOK: true, ProcessesOK: true},
 	}
 }
 

@@ -4,7 +4,7 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
-	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/gpudev"
 )
 
 // Error sources counted in Snapshot.Errors.
@@ -53,15 +53,15 @@ func (h Histogram) Clone() Histogram {
 
 // Device is one GPU in a snapshot.
 type Device struct {
-	nvml.Device
+	gpudev.Device
 	// Sample is the GPU's state; valid only when SampleOK.
-	Sample   nvml.Sample
+	Sample   gpudev.Sample
 	SampleOK bool
 	// ProcessesOK is false when the GPU's processes could not be listed:
 	// then no container's use of the GPU is known.
 	ProcessesOK bool
 	// Health is the device plugin's view.
-	Health nvml.Health
+	Health gpudev.Health
 	// XIDs counts critical XIDs by XID since the agent started.
 	XIDs map[uint64]uint64
 	// Slices is how many slices the GPU is cut into; Allocated, how many
@@ -104,7 +104,7 @@ type Container struct {
 	// Processes is how many of its processes use the GPU.
 	Processes int
 	// Procs are those processes, with their memory and SM utilization.
-	Procs []nvml.Process
+	Procs []gpudev.Process
 	// Cgroup is the cgroup that holds the container's GPU processes, from
 	// those processes: the container's own, or its pod's when one of them
 	// runs in the pod's cgroup; zero when none of them was seen.

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/gpudev"
 	"github.com/gpuslice/gpuslice/pkg/node"
-	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 )
 
@@ -35,12 +35,12 @@ func TestBuildHoldsUnknownAtPodLevel(t *testing.T) {
 		}
 	}
 	hidden := node.Process{
-		Process:   nvml.Process{PID: 7, MemoryBytes: 30e9, SMUtilization: 0.9},
+		Process:   gpudev.Process{PID: 7, MemoryBytes: 30e9, SMUtilization: 0.9},
 		Container: attribution.Container{PodUID: uidA, ContainerID: unnamed, Paths: map[string]string{"": podDir + "/" + unnamed}},
 	}
 	other := strings.Repeat("f", 64)
 	second := node.Process{
-		Process:   nvml.Process{PID: 8, MemoryBytes: 1e9, SMUtilization: 0.05},
+		Process:   gpudev.Process{PID: 8, MemoryBytes: 1e9, SMUtilization: 0.05},
 		Container: attribution.Container{PodUID: uidA, ContainerID: other, Paths: map[string]string{"": podDir + "/" + other}},
 	}
 	s, st, _ := node.Build(in(0, reading(hidden, second)), node.State{})

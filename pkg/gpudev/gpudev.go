@@ -1,4 +1,4 @@
-package nvml
+package gpudev
 
 import (
 	"context"

@@ -1,0 +1,42 @@
+package nvml
+
+import "github.com/gpuslice/gpuslice/pkg/gpudev"
+
+// The backend's types live in pkg/gpudev, which does no I/O; these names
+// keep them readable as nvml's where NVML is what is meant.
+type (
+	// Device is gpudev.Device.
+	Device = gpudev.Device
+	// SystemInfo is gpudev.SystemInfo.
+	SystemInfo = gpudev.SystemInfo
+	// Health is gpudev.Health.
+	Health = gpudev.Health
+	// Sample is gpudev.Sample.
+	Sample = gpudev.Sample
+	// Process is gpudev.Process.
+	Process = gpudev.Process
+	// Backend is gpudev.Backend.
+	Backend = gpudev.Backend
+	// ErrCall is gpudev.ErrCall.
+	ErrCall = gpudev.ErrCall
+	// MemoryLimits is gpudev.MemoryLimits.
+	MemoryLimits = gpudev.MemoryLimits
+	// MemoryLimiter is gpudev.MemoryLimiter.
+	MemoryLimiter = gpudev.MemoryLimiter
+)
+
+// Reasons carried in Health.Reason, and the hard limit meaning none.
+const (
+	ReasonXID       = gpudev.ReasonXID
+	ReasonLost      = gpudev.ReasonLost
+	ReasonRecovered = gpudev.ReasonRecovered
+	NoMemoryLimit   = gpudev.NoMemoryLimit
+)
+
+// Errors a backend returns.
+var (
+	// ErrLibraryNotFound is gpudev.ErrLibraryNotFound.
+	ErrLibraryNotFound = gpudev.ErrLibraryNotFound
+	// ErrNotSupported is gpudev.ErrNotSupported.
+	ErrNotSupported = gpudev.ErrNotSupported
+)
