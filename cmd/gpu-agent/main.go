@@ -347,7 +347,7 @@ func openBackend(cfg Resolved, log *slog.Logger) (nvml.Backend, *fakegpu.Node, e
 
 // samplerOptions are the configured sampler's, wired to the runtime's
 // records, the pods' UIDs (DRA) and the enforcer.
-func samplerOptions(cfg Resolved, k kubeParts, names attribution.ContainerNames, ns attribution.Namespace, enforcer *enforce.Enforcer, log *slog.Logger) sampler.Options {
+func samplerOptions(cfg Resolved, k kubeParts, names node.ContainerNames, ns attribution.Namespace, enforcer *enforce.Enforcer, log *slog.Logger) sampler.Options {
 	o := cfg.Sampler
 	o.Logger, o.Names, o.Namespace = log, names, ns
 	if k.policies != nil {
@@ -360,7 +360,7 @@ func samplerOptions(cfg Resolved, k kubeParts, names attribution.ContainerNames,
 // useDriverTier hands the driver memory-limit tier to the enforcer where
 // the options ask for it and the driver and host have it, and returns it
 // to be run; nil otherwise (the watchdog then holds memory).
-func useDriverTier(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, eopts enforce.Options, names attribution.ContainerNames, podres *podresources.Client, log *slog.Logger) *enforce.DriverLimits {
+func useDriverTier(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, eopts enforce.Options, names node.ContainerNames, podres *podresources.Client, log *slog.Logger) *enforce.DriverLimits {
 	// Its own reader: the tier's watch goroutine alone calls it.
 	pods := kubeletstate.NewPods(kubeletstate.Options{
 		PluginDir: cfg.DevicePluginDir, ResourceName: cfg.ResourceName, Layout: g.layout,

@@ -26,11 +26,11 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gpuslice/gpuslice/internal/gpubackend"
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
 	"github.com/gpuslice/gpuslice/pkg/frontend"
 	"github.com/gpuslice/gpuslice/pkg/health"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nodelock"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
@@ -224,7 +224,7 @@ func devicePluginGPUs(client *podresources.Client) func() (map[string]bool, erro
 		if err != nil {
 			return nil, fmt.Errorf("which GPUs device-plugin pods hold: %w", err)
 		}
-		return attribution.AssignedGPUs(as), nil
+		return node.AssignedGPUs(as), nil
 	}
 }
 

@@ -5,9 +5,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"path"
 	"slices"
 	"strings"
+
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // QoS classes as they appear in pod cgroup paths.
@@ -24,80 +25,6 @@ const (
 	RuntimeDocker     = "docker"
 )
 
-// Container is what a process's cgroups say about its container.
-type Container struct {
-	// PodUID is the pod's UID in its canonical dashed form, from the
-	// kubelet's pod level of the path; empty when the path carries no pod
-	// (e.g. a kubelet run with cgroupsPerQOS=false).
-	PodUID string
-	// ContainerID is the runtime's 64-hex container ID; empty for a
-	// process in its pod's own cgroup rather than a container's.
-	ContainerID string
-	// Runtime is RuntimeContainerd, RuntimeCRIO, RuntimeDocker, or empty
-	// when the naming does not say (cgroupfs paths are bare IDs).
-	Runtime string
-	// QoS is the pod's QoS class from the path; empty when unknown.
-	QoS string
-	// Paths maps each cgroup v1 controller (e.g. "memory", "freezer") to the
-	// container's own cgroup path in that hierarchy, and "" to its cgroup v2
-	// path: the level the runtime created (or the pod's level for a
-	// pod-level process), never a subtree below it, as a host path. Only
-	// hierarchies where the process is in the container, and whose path
-	// could be resolved, are listed.
-	Paths map[string]string
-	// Unresolved, when set, says why the container's cgroup could not be
-	// found in some hierarchy: its line was relative to a cgroup namespace
-	// whose root is unknown (ErrUnresolved). The container is named; its
-	// cgroup is not reachable there.
-	Unresolved string
-	// Outside is true when the path lies outside the kubelet's tree: it
-	// has no kubepods element, or reaches it through a user's session
-	// (user.slice, user@<uid>.service), where systemd delegates cgroups to
-	// unprivileged users. A container ID there is only a directory's name
-	// anyone could give; it names a pod's container only where the
-	// runtime's record of that container says it lives there.
-	Outside bool
-}
-
-// Pod is the cgroup of the container's pod: the container itself for a
-// pod-level process, else the parent of each of its paths (the runtime's
-// level lies right under the pod's).
-func (c Container) Pod() Container {
-	if c.ContainerID == "" {
-		return c
-	}
-	p := Container{PodUID: c.PodUID, QoS: c.QoS, Unresolved: c.Unresolved, Outside: c.Outside, Paths: make(map[string]string, len(c.Paths))}
-	for k, v := range c.Paths {
-		p.Paths[k] = path.Dir(v)
-	}
-	return p
-}
-
-// PodLevel reports a process in its pod's cgroup, outside every container.
-func (c Container) PodLevel() bool { return c.PodUID != "" && c.ContainerID == "" }
-
-// Key names the cgroup the agent holds for this container: the container
-// ID, or "pod-<uid>" for the pod's own cgroup.
-func (c Container) Key() string {
-	if c.ContainerID != "" {
-		return c.ContainerID
-	}
-	if c.PodUID != "" {
-		return "pod-" + c.PodUID
-	}
-	return ""
-}
-
-func (c Container) describe() string {
-	switch {
-	case c.ContainerID != "" && c.PodUID != "":
-		return "container " + c.ContainerID + " of pod " + c.PodUID
-	case c.ContainerID != "":
-		return "container " + c.ContainerID
-	}
-	return "pod " + c.PodUID
-}
-
 // ErrNotContainer reports a process that is not in a pod's or a
 // container's cgroup (a host process, the kubelet, a pod's conmon).
 var ErrNotContainer = errors.New("not in a container cgroup")
@@ -108,12 +35,12 @@ var ErrConflict = errors.New("cgroup lines name two containers")
 
 // ForPID reads <procRoot>/<pid>/cgroup and parses it as read in the
 // host's cgroup namespace.
-func ForPID(procRoot string, pid int) (Container, error) {
+func ForPID(procRoot string, pid int) (node.Cgroup, error) {
 	return HostNamespace().ForPID(procRoot, pid)
 }
 
 // ParseProcCgroup is Namespace.ParseProcCgroup in the host's namespace.
-func ParseProcCgroup(data []byte) (Container, error) {
+func ParseProcCgroup(data []byte) (node.Cgroup, error) {
 	return HostNamespace().ParseProcCgroup(data)
 }
 
@@ -127,8 +54,8 @@ func ParseProcCgroup(data []byte) (Container, error) {
 // but cannot be resolved to a host path still names it (from the levels
 // the line shows) and leaves its hierarchy out of Paths, with Unresolved
 // saying why: the container is known, its cgroup is not.
-func (n Namespace) ParseProcCgroup(data []byte) (Container, error) {
-	var found Container
+func (n Namespace) ParseProcCgroup(data []byte) (node.Cgroup, error) {
+	var found node.Cgroup
 	matched := false
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
@@ -142,7 +69,7 @@ func (n Namespace) ParseProcCgroup(data []byte) (Container, error) {
 		id, rest, ok1 := strings.Cut(line, ":")
 		controllers, path, ok2 := strings.Cut(rest, ":")
 		if !ok1 || !ok2 || !isDigits(id) || !strings.HasPrefix(path, "/") {
-			return Container{}, fmt.Errorf("malformed cgroup line %q", line)
+			return node.Cgroup{}, fmt.Errorf("malformed cgroup line %q", line)
 		}
 		keys := []string{""}
 		if id != "0" || controllers != "" {
@@ -152,7 +79,7 @@ func (n Namespace) ParseProcCgroup(data []byte) (Container, error) {
 			}
 		}
 		host, rerr := n.resolve(keys[0], path)
-		var c Container
+		var c node.Cgroup
 		var ok bool
 		if rerr != nil {
 			c, ok = parseRelative(path)
@@ -167,7 +94,7 @@ func (n Namespace) ParseProcCgroup(data []byte) (Container, error) {
 			found = c
 			found.Paths = map[string]string{}
 		} else if c.ContainerID != found.ContainerID || c.PodUID != found.PodUID {
-			return Container{}, fmt.Errorf("%w: %s and %s", ErrConflict, found.describe(), c.describe())
+			return node.Cgroup{}, fmt.Errorf("%w: %s and %s", ErrConflict, found.Describe(), c.Describe())
 		}
 		if rerr != nil {
 			if found.Unresolved == "" {
@@ -180,13 +107,13 @@ func (n Namespace) ParseProcCgroup(data []byte) (Container, error) {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return Container{}, fmt.Errorf("read cgroup lines: %w", err)
+		return node.Cgroup{}, fmt.Errorf("read cgroup lines: %w", err)
 	}
 	if lines == 0 {
-		return Container{}, errors.New("empty cgroup file")
+		return node.Cgroup{}, errors.New("empty cgroup file")
 	}
 	if !matched {
-		return Container{}, ErrNotContainer
+		return node.Cgroup{}, ErrNotContainer
 	}
 	return found, nil
 }
@@ -198,19 +125,19 @@ func (n Namespace) ParseProcCgroup(data []byte) (Container, error) {
 // kubelet's QoS or pod level (the reader is a pod's container itself, so
 // the common ancestor is kubepods or a QoS level) and are read by the
 // same structure rule as a host path; the path is never returned.
-func parseRelative(path string) (Container, bool) {
+func parseRelative(path string) (node.Cgroup, bool) {
 	parts := strings.Split(strings.Trim(path, "/"), "/")
 	i := 0
 	for i < len(parts) && (parts[i] == ".." || parts[i] == ".") {
 		i++
 	}
 	if i == len(parts) {
-		return Container{}, false
+		return node.Cgroup{}, false
 	}
 	rest := parts[i:]
 	if !isKubepods(rest[0]) {
 		if _, _, pod := podElement(rest[0]); !pod && qosElement(rest[0]) == "" {
-			return Container{}, false
+			return node.Cgroup{}, false
 		}
 		rest = append([]string{"kubepods"}, rest...)
 	}
@@ -232,18 +159,18 @@ func parseRelative(path string) (Container, bool) {
 // own namespace) the shallowest element that is a container ID names the
 // container. The returned Paths[""] is the container's (or pod's) own
 // cgroup path, cut below the levels named above.
-func ParseCgroupPath(path string) (Container, bool) {
+func ParseCgroupPath(path string) (node.Cgroup, bool) {
 	parts := strings.Split(strings.Trim(path, "/"), "/")
 	k := slices.IndexFunc(parts, isKubepods)
 	if k < 0 {
 		for i, p := range parts {
 			if id, rt := containerID(p); id != "" {
-				return Container{ContainerID: id, Runtime: rt, Outside: true, Paths: map[string]string{"": "/" + strings.Join(parts[:i+1], "/")}}, true
+				return node.Cgroup{ContainerID: id, Runtime: rt, Outside: true, Paths: map[string]string{"": "/" + strings.Join(parts[:i+1], "/")}}, true
 			}
 		}
-		return Container{}, false
+		return node.Cgroup{}, false
 	}
-	var c Container
+	var c node.Cgroup
 	c.Outside = slices.ContainsFunc(parts[:k], userSession)
 	i := k + 1
 	if i < len(parts) {
@@ -253,11 +180,11 @@ func ParseCgroupPath(path string) (Container, bool) {
 		}
 	}
 	if i >= len(parts) {
-		return Container{}, false // kubepods or a QoS level: no pod
+		return node.Cgroup{}, false // kubepods or a QoS level: no pod
 	}
 	uid, qos, ok := podElement(parts[i])
 	if !ok {
-		return Container{}, false
+		return node.Cgroup{}, false
 	}
 	c.PodUID = uid
 	if qos != "" {
@@ -270,7 +197,7 @@ func ParseCgroupPath(path string) (Container, bool) {
 	end := i + 1
 	if end < len(parts) {
 		if strings.HasPrefix(parts[end], "crio-conmon-") {
-			return Container{}, false // CRI-O's own monitor, a host process
+			return node.Cgroup{}, false // CRI-O's own monitor, a host process
 		}
 		if id, rt := containerID(parts[end]); id != "" {
 			c.ContainerID, c.Runtime = id, rt

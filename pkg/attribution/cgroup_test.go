@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 const (
@@ -31,32 +33,32 @@ func TestForPIDFixtures(t *testing.T) {
 	hybrid[""] = sysd
 	tests := map[string]struct {
 		pid     int
-		want    Container
+		want    node.Cgroup
 		wantErr error
 		errText string
 	}{
-		"v1 cgroupfs burstable": {pid: 101, want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable,
+		"v1 cgroupfs burstable": {pid: 101, want: node.Cgroup{PodUID: uid, ContainerID: cid, QoS: QoSBurstable,
 			Paths: v1Paths("/kubepods/burstable/pod" + uid + "/" + cid)}},
-		"v1 cgroupfs guaranteed": {pid: 102, want: Container{PodUID: uid, ContainerID: cid, QoS: QoSGuaranteed,
+		"v1 cgroupfs guaranteed": {pid: 102, want: node.Cgroup{PodUID: uid, ContainerID: cid, QoS: QoSGuaranteed,
 			Paths: v1Paths("/kubepods/pod" + uid + "/" + cid)}},
-		"v1 cgroupfs cri-o besteffort": {pid: 103, want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeCRIO, QoS: QoSBestEffort,
+		"v1 cgroupfs cri-o besteffort": {pid: 103, want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeCRIO, QoS: QoSBestEffort,
 			Paths: v1Paths("/kubepods/besteffort/pod" + uid + "/crio-" + cid)}},
-		"v1 systemd containerd burstable": {pid: 104, want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
+		"v1 systemd containerd burstable": {pid: 104, want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
 			Paths: v1Paths(sysd)}},
-		"v1 systemd docker guaranteed": {pid: 105, want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeDocker, QoS: QoSGuaranteed,
+		"v1 systemd docker guaranteed": {pid: 105, want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeDocker, QoS: QoSGuaranteed,
 			Paths: v1Paths("/kubepods.slice/kubepods-pod1a2b3c4d_5e6f_4a8b_9c0d_1e2f3a4b5c6d.slice/docker-" + cid + ".scope")}},
-		"v2 systemd cri-o besteffort": {pid: 106, want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeCRIO, QoS: QoSBestEffort,
+		"v2 systemd cri-o besteffort": {pid: 106, want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeCRIO, QoS: QoSBestEffort,
 			Paths: map[string]string{"": "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a2b3c4d_5e6f_4a8b_9c0d_1e2f3a4b5c6d.slice/crio-" + cid + ".scope"}}},
-		"v2 cgroupfs containerd": {pid: 107, want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable,
+		"v2 cgroupfs containerd": {pid: 107, want: node.Cgroup{PodUID: uid, ContainerID: cid, QoS: QoSBurstable,
 			Paths: map[string]string{"": "/kubepods/burstable/pod" + uid + "/" + cid}}},
-		"hybrid systemd": {pid: 108, want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable, Paths: hybrid}},
-		"kind nested systemd": {pid: 109, want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
+		"hybrid systemd": {pid: 108, want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable, Paths: hybrid}},
+		"kind nested systemd": {pid: 109, want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
 			Paths: map[string]string{"": "/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod1a2b3c4d_5e6f_4a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-" + cid + ".scope"}}},
-		"nested cgroupfs": {pid: 110, want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable,
+		"nested cgroupfs": {pid: 110, want: node.Cgroup{PodUID: uid, ContainerID: cid, QoS: QoSBurstable,
 			Paths: v1Paths("/docker/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef/kubepods/burstable/pod" + uid + "/" + cid)}},
 		"host process":       {pid: 111, wantErr: ErrNotContainer},
 		"cri-o conmon":       {pid: 112, wantErr: ErrNotContainer},
-		"no pod in the path": {pid: 113, want: Container{ContainerID: cid, Outside: true, Paths: v1Paths("/k8s.io/" + cid)}},
+		"no pod in the path": {pid: 113, want: node.Cgroup{ContainerID: cid, Outside: true, Paths: v1Paths("/k8s.io/" + cid)}},
 		"v2 root":            {pid: 114, wantErr: ErrNotContainer},
 		"malformed":          {pid: 115, errText: "malformed cgroup line"},
 		"empty":              {pid: 116, errText: "empty cgroup file"},
@@ -123,26 +125,26 @@ func TestParseCgroupPathTenantSubtree(t *testing.T) {
 	ownSystemd := "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f_4a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-" + cid + ".scope"
 	tests := map[string]struct {
 		path string
-		want Container
+		want node.Cgroup
 	}{
 		"child of its container": {path: own + "/worker",
-			want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
 		"grandchild": {path: own + "/a/b/c",
-			want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
 		"child named after a victim pod and container": {path: own + "/pod" + victimUID + "/" + victimCID,
-			want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
 		"child that replays the whole kubepods structure": {path: own + "/kubepods/pod" + victimUID + "/" + victimCID,
-			want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{"": own}}},
 		"systemd child named after a victim": {path: ownSystemd + "/kubepods-pod" + strings.ReplaceAll(victimUID, "-", "_") + ".slice/cri-containerd-" + victimCID + ".scope",
-			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable, Paths: map[string]string{"": ownSystemd}}},
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable, Paths: map[string]string{"": ownSystemd}}},
 		"moved up to the pod's cgroup": {path: "/kubepods/burstable/pod" + uid,
-			want: Container{PodUID: uid, QoS: QoSBurstable, Paths: map[string]string{"": "/kubepods/burstable/pod" + uid}}},
+			want: node.Cgroup{PodUID: uid, QoS: QoSBurstable, Paths: map[string]string{"": "/kubepods/burstable/pod" + uid}}},
 		"a non-container child of the pod's cgroup": {path: "/kubepods/burstable/pod" + uid + "/escape/" + victimCID,
-			want: Container{PodUID: uid, QoS: QoSBurstable, Paths: map[string]string{"": "/kubepods/burstable/pod" + uid}}},
+			want: node.Cgroup{PodUID: uid, QoS: QoSBurstable, Paths: map[string]string{"": "/kubepods/burstable/pod" + uid}}},
 		"no kubepods: the shallowest container ID": {path: "/k8s.io/" + cid + "/" + victimCID,
-			want: Container{ContainerID: cid, Outside: true, Paths: map[string]string{"": "/k8s.io/" + cid}}},
+			want: node.Cgroup{ContainerID: cid, Outside: true, Paths: map[string]string{"": "/k8s.io/" + cid}}},
 		"kubepods under a user's session": {path: "/user.slice/user-1000.slice/user@1000.service/kubepods.slice/kubepods-pod" + uid + ".slice/cri-containerd-" + cid + ".scope",
-			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSGuaranteed, Outside: true,
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSGuaranteed, Outside: true,
 				Paths: map[string]string{"": "/user.slice/user-1000.slice/user@1000.service/kubepods.slice/kubepods-pod" + uid + ".slice/cri-containerd-" + cid + ".scope"}}},
 	}
 	for name, tc := range tests {

@@ -11,7 +11,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
-	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // CheckpointFile is the kubelet device manager's checkpoint, in its device
@@ -19,23 +19,9 @@ import (
 // device IDs, the link the pod-resources API does not give.
 const CheckpointFile = "kubelet_internal_checkpoint"
 
-// CheckpointEntry is one container's devices of one resource.
-type CheckpointEntry struct {
-	PodUID    string
-	Container string
-	Resource  string
-	DeviceIDs []string // sorted
-	// Grants is what Allocate gave the container of each GPU, read back
-	// from the response the kubelet recorded (its environment); nil when
-	// the entry has no response or it is not one of gpuslice's. A
-	// container keeps what it was given even after the node's slicing
-	// changes under it.
-	Grants []contract.Grant
-}
-
 // ParseCheckpoint reads the kubelet's device manager checkpoint, in the
 // per-NUMA format of Kubernetes 1.20 and later or the flat one before it.
-func ParseCheckpoint(data []byte) ([]CheckpointEntry, error) {
+func ParseCheckpoint(data []byte) ([]node.CheckpointEntry, error) {
 	var cp struct {
 		Data struct {
 			PodDeviceEntries []struct {
@@ -50,7 +36,7 @@ func ParseCheckpoint(data []byte) ([]CheckpointEntry, error) {
 	if err := json.Unmarshal(data, &cp); err != nil {
 		return nil, fmt.Errorf("parse device manager checkpoint: %w", err)
 	}
-	out := make([]CheckpointEntry, 0, len(cp.Data.PodDeviceEntries))
+	out := make([]node.CheckpointEntry, 0, len(cp.Data.PodDeviceEntries))
 	for i, e := range cp.Data.PodDeviceEntries {
 		if e.PodUID == "" || e.ContainerName == "" || e.ResourceName == "" {
 			return nil, fmt.Errorf("device manager checkpoint entry %d lacks pod UID, container or resource", i)
@@ -60,7 +46,7 @@ func ParseCheckpoint(data []byte) ([]CheckpointEntry, error) {
 			return nil, fmt.Errorf("device manager checkpoint entry %d: %w", i, err)
 		}
 		sort.Strings(ids)
-		out = append(out, CheckpointEntry{PodUID: e.PodUID, Container: e.ContainerName, Resource: e.ResourceName, DeviceIDs: ids, Grants: grants(e.AllocResp)})
+		out = append(out, node.CheckpointEntry{PodUID: e.PodUID, Container: e.ContainerName, Resource: e.ResourceName, DeviceIDs: ids, Grants: grants(e.AllocResp)})
 	}
 	return out, nil
 }
@@ -99,7 +85,7 @@ func checkpointIDs(raw json.RawMessage) ([]string, error) {
 }
 
 // ReadCheckpoint reads and parses the checkpoint in the device plugin dir.
-func ReadCheckpoint(pluginDir string) ([]CheckpointEntry, error) {
+func ReadCheckpoint(pluginDir string) ([]node.CheckpointEntry, error) {
 	data, err := os.ReadFile(pluginDir + "/" + CheckpointFile) //nolint:gosec // the operator's --device-plugin-dir
 	if err != nil {
 		return nil, fmt.Errorf("read device manager checkpoint: %w", err)
@@ -110,23 +96,9 @@ func ReadCheckpoint(pluginDir string) ([]CheckpointEntry, error) {
 // Checkpoint reads the kubelet's device manager checkpoint sample after
 // sample, parsing it only when the kubelet replaced it (see CachedFile).
 // It is not safe for concurrent use.
-type Checkpoint = CachedFile[[]CheckpointEntry]
+type Checkpoint = CachedFile[[]node.CheckpointEntry]
 
 // NewCheckpoint returns a reader of the checkpoint in pluginDir.
 func NewCheckpoint(pluginDir string) *Checkpoint {
 	return NewCachedFile(pluginDir+"/"+CheckpointFile, "device manager checkpoint", ParseCheckpoint)
-}
-
-// AssignedGPUs are the GPUs whose slices pod-resources lists as held by
-// the kubelet's active pods (the client lists one resource's device IDs).
-// Unlike the device manager's checkpoint, it forgets a pod once the pod is
-// gone.
-func AssignedGPUs(as []podresources.Assignment) map[string]bool {
-	out := map[string]bool{}
-	for _, a := range as {
-		for gpu := range gpusOf(a.DeviceIDs) {
-			out[gpu] = true
-		}
-	}
-	return out
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 )
 
@@ -58,7 +59,7 @@ func TestCheckpointReadAgainOnlyWhenReplaced(t *testing.T) {
 // IDs that are not slice IDs name no GPU.
 func TestAssignedGPUs(t *testing.T) {
 	t.Parallel()
-	got := attribution.AssignedGPUs([]podresources.Assignment{
+	got := node.AssignedGPUs([]podresources.Assignment{
 		{Namespace: "ml", Pod: "a", Container: "main", DeviceIDs: []string{"GPU-a::0", "GPU-a::1"}},
 		{Namespace: "ml", Pod: "b", Container: "main", DeviceIDs: []string{"GPU-b::3", "not-a-slice"}},
 		{Namespace: "ml", Pod: "c", Container: "main", Claims: []string{"uid-1"}},

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // The kernel renders /proc/<pid>/cgroup relative to the cgroup namespace of
@@ -132,14 +134,14 @@ func hierarchyName(h string) string {
 }
 
 // ForPID reads <procRoot>/<pid>/cgroup and parses it in the namespace.
-func (n Namespace) ForPID(procRoot string, pid int) (Container, error) {
+func (n Namespace) ForPID(procRoot string, pid int) (node.Cgroup, error) {
 	if pid <= 0 {
-		return Container{}, fmt.Errorf("invalid pid %d", pid)
+		return node.Cgroup{}, fmt.Errorf("invalid pid %d", pid)
 	}
 	path := filepath.Join(procRoot, strconv.Itoa(pid), "cgroup")
 	data, err := os.ReadFile(path) //nolint:gosec // procRoot is the operator's --proc-root; pid is a number
 	if err != nil {
-		return Container{}, fmt.Errorf("read cgroups of pid %d: %w", pid, err)
+		return node.Cgroup{}, fmt.Errorf("read cgroups of pid %d: %w", pid, err)
 	}
 	c, err := n.ParseProcCgroup(data)
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // sysUID is uid as the systemd driver spells it in slice names.
@@ -31,36 +33,36 @@ func TestParseInPrivateNamespace(t *testing.T) {
 	tests := map[string]struct {
 		roots   map[string]string
 		data    string
-		want    Container
+		want    node.Cgroup
 		wantErr error
 	}{
 		"systemd containerd, burstable beside a burstable agent": {
 			roots: map[string]string{"": agentRoot},
 			data:  "0::/../../" + sysPod + "/cri-containerd-" + cid + ".scope\n",
-			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
 				Paths: map[string]string{"": hostSys + "/cri-containerd-" + cid + ".scope"}},
 		},
 		"systemd cri-o, guaranteed pod": {
 			roots: map[string]string{"": agentRoot},
 			data:  "0::/../../../kubepods-pod" + sysUID + ".slice/crio-" + cid + ".scope\n",
-			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeCRIO, QoS: QoSGuaranteed,
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeCRIO, QoS: QoSGuaranteed,
 				Paths: map[string]string{"": "/kubepods.slice/kubepods-pod" + sysUID + ".slice/crio-" + cid + ".scope"}},
 		},
 		"systemd besteffort pod": {
 			roots: map[string]string{"": agentRoot},
 			data:  "0::/../../../kubepods-besteffort.slice/kubepods-besteffort-pod" + sysUID + ".slice/cri-containerd-" + cid + ".scope\n",
-			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBestEffort,
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBestEffort,
 				Paths: map[string]string{"": "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + sysUID + ".slice/cri-containerd-" + cid + ".scope"}},
 		},
 		"a process in its pod's own cgroup is pod-level": {
 			roots: map[string]string{"": agentRoot},
 			data:  "0::/../../" + sysPod + "\n",
-			want:  Container{PodUID: uid, QoS: QoSBurstable, Paths: map[string]string{"": hostSys}},
+			want:  node.Cgroup{PodUID: uid, QoS: QoSBurstable, Paths: map[string]string{"": hostSys}},
 		},
 		"a tenant's own subtree stays its container": {
 			roots: map[string]string{"": agentRoot},
 			data:  "0::/../../" + sysPod + "/cri-containerd-" + cid + ".scope/kubepods-pod0b0b0b0b_0b0b_4b0b_8b0b_0b0b0b0b0b0b.slice/x\n",
-			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
 				Paths: map[string]string{"": hostSys + "/cri-containerd-" + cid + ".scope"}},
 		},
 		"a host service is no container": {
@@ -71,26 +73,26 @@ func TestParseInPrivateNamespace(t *testing.T) {
 		"cgroupfs driver, v1 and v2 (k3s's default)": {
 			roots: map[string]string{"": cgfsAgent, "freezer": cgfsAgent, "memory": cgfsAgent},
 			data:  "0::/../../pod" + uid + "/" + cid + "\n7:freezer:/../../pod" + uid + "/" + cid + "\n4:memory:/../../pod" + uid + "/" + cid + "\n",
-			want: Container{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, QoS: QoSBurstable, Paths: map[string]string{
 				"": "/kubepods/burstable/pod" + uid + "/" + cid, "freezer": "/kubepods/burstable/pod" + uid + "/" + cid, "memory": "/kubepods/burstable/pod" + uid + "/" + cid,
 			}},
 		},
 		"kubepods under a non-root --cgroup-root": {
 			roots: map[string]string{"": rootedAgent},
 			data:  "0::/../../kubepods-burstable.slice/" + sysPod + "/crio-" + cid + ".scope\n",
-			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeCRIO, QoS: QoSBurstable,
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeCRIO, QoS: QoSBurstable,
 				Paths: map[string]string{"": "/custom.slice/kubepods.slice/kubepods-burstable.slice/" + sysPod + "/crio-" + cid + ".scope"}},
 		},
 		"a v1 hierarchy whose root is unknown is named, not placed": {
 			roots: map[string]string{"": agentRoot},
 			data:  "7:freezer:/../../" + sysPod + "/cri-containerd-" + cid + ".scope\n0::/../../" + sysPod + "/cri-containerd-" + cid + ".scope\n",
-			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
 				Paths:      map[string]string{"": hostSys + "/cri-containerd-" + cid + ".scope"},
 				Unresolved: `cgroup path relative to an unresolved cgroup namespace: "/../../` + sysPod + `/cri-containerd-` + cid + `.scope" (the agent's root in hierarchy "freezer" is unknown)`},
 		},
 		"the host's namespace: absolute paths as they are": {
 			data: "0::" + hostSys + "/cri-containerd-" + cid + ".scope\n",
-			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable,
 				Paths: map[string]string{"": hostSys + "/cri-containerd-" + cid + ".scope"}},
 		},
 		// What the agent met before it resolved its namespace: the line is
@@ -98,13 +100,13 @@ func TestParseInPrivateNamespace(t *testing.T) {
 		// guessed (a join under the mount would name a file that is not).
 		"a relative line read as the host's: named, unresolved": {
 			data: "0::/../../" + sysPod + "/cri-containerd-" + cid + ".scope\n",
-			want: Container{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable, Paths: map[string]string{},
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, Runtime: RuntimeContainerd, QoS: QoSBurstable, Paths: map[string]string{},
 				Unresolved: `cgroup path relative to an unresolved cgroup namespace: "/../../` + sysPod + `/cri-containerd-` + cid + `.scope" climbs above the root of hierarchy "cgroup v2"`},
 		},
 		"climbing past the host's root is unresolved": {
 			roots: map[string]string{"": "/a"},
 			data:  "0::/../../kubepods/pod" + uid + "/" + cid + "\n",
-			want: Container{PodUID: uid, ContainerID: cid, QoS: QoSGuaranteed, Paths: map[string]string{},
+			want: node.Cgroup{PodUID: uid, ContainerID: cid, QoS: QoSGuaranteed, Paths: map[string]string{},
 				Unresolved: `cgroup path relative to an unresolved cgroup namespace: "/../../kubepods/pod` + uid + `/` + cid + `" climbs above the root of hierarchy "cgroup v2"`},
 		},
 		"two lines, two containers": {

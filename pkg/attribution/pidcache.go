@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // Cgroups resolves GPU processes to their containers sample after sample,
@@ -41,7 +43,7 @@ type Cgroups struct {
 type pidEntry struct {
 	fd      int    // a pidfd of the process read, or -1
 	start   uint64 // its start time, in clock ticks after boot, when fd is -1
-	c       Container
+	c       node.Cgroup
 	err     error // ErrNotContainer or ErrConflict, which the content decides
 	checked time.Time
 	gen     uint64 // the Sweep generation that last asked
@@ -59,7 +61,7 @@ func NewCgroups(ns Namespace, procRoot string, recheck time.Duration) *Cgroups {
 }
 
 // ForPID is ForPID(procRoot, pid), remembered. now is the sample's time.
-func (r *Cgroups) ForPID(pid int, now time.Time) (Container, error) {
+func (r *Cgroups) ForPID(pid int, now time.Time) (node.Cgroup, error) {
 	e, ok := r.entries[pid]
 	fresh := ok && now.Sub(e.checked) < r.recheck && !now.Before(e.checked)
 	if fresh && e.fd >= 0 && alive(e.fd) {
@@ -81,7 +83,7 @@ func (r *Cgroups) ForPID(pid int, now time.Time) (Container, error) {
 // read reads pid's cgroups and remembers the answer. With pidfds the pidfd
 // is opened first and must still be alive after the reads: then the PID
 // named its process all along, and what was read is that process's.
-func (r *Cgroups) read(pid int, now time.Time) (Container, error) {
+func (r *Cgroups) read(pid int, now time.Time) (node.Cgroup, error) {
 	e := pidEntry{fd: -1, checked: now, gen: r.gen}
 	if r.pidfds {
 		if fd, err := unix.PidfdOpen(pid, 0); err == nil {
@@ -91,17 +93,17 @@ func (r *Cgroups) read(pid int, now time.Time) (Container, error) {
 	var err error
 	if e.fd < 0 {
 		if e.start, err = r.startTime(pid); err != nil {
-			return Container{}, err
+			return node.Cgroup{}, err
 		}
 	}
 	e.c, e.err = r.ns.ForPID(r.procRoot, pid)
 	if e.err != nil && !errors.Is(e.err, ErrNotContainer) && !errors.Is(e.err, ErrConflict) {
 		closeFD(e.fd) // exited, or unreadable: ask again next time
-		return Container{}, e.err
+		return node.Cgroup{}, e.err
 	}
 	if e.fd >= 0 && !alive(e.fd) {
 		closeFD(e.fd)
-		return Container{}, fmt.Errorf("pid %d exited while read: %w", pid, fs.ErrNotExist)
+		return node.Cgroup{}, fmt.Errorf("pid %d exited while read: %w", pid, fs.ErrNotExist)
 	}
 	r.entries[pid] = e
 	return e.c, e.err

@@ -10,31 +10,9 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
-
-// RuntimeContainer is what the container runtime recorded about one
-// container when it created it: the OCI bundle's annotations, written on
-// the host before the container's first process ran.
-type RuntimeContainer struct {
-	// Name is the container's name in its pod spec; empty for a sandbox.
-	Name string
-	// Sandbox is true for the pod's sandbox (pause) container.
-	Sandbox bool
-	// PodUID, PodNamespace and PodName identify its pod, where the runtime
-	// records them.
-	PodUID, PodNamespace, PodName string
-	// CgroupsPath is the cgroup the runtime created the container in, as
-	// the bundle's linux.cgroupsPath says (a path, or systemd's
-	// "slice:prefix:name"); empty when the bundle does not say.
-	CgroupsPath string
-}
-
-// ContainerNames tells a container's name in its pod from its runtime ID.
-type ContainerNames interface {
-	// Lookup returns what the runtime recorded about a container, and
-	// false when nothing is known of it.
-	Lookup(containerID string) (RuntimeContainer, bool)
-}
 
 // OCI annotations the CRI runtimes put on each container's bundle.
 const (
@@ -93,11 +71,11 @@ type failure struct {
 
 // bundle is a container's record and where it was read from.
 type bundle struct {
-	RuntimeContainer
+	node.RuntimeContainer
 	path string
 }
 
-var _ ContainerNames = (*RuntimeState)(nil)
+var _ node.ContainerNames = (*RuntimeState)(nil)
 
 // NewRuntimeState reads bundles under dirs.
 func NewRuntimeState(dirs []string) *RuntimeState {
@@ -113,9 +91,9 @@ func (r *RuntimeState) Failure(containerID string) error {
 }
 
 // Lookup returns the runtime's record of a container.
-func (r *RuntimeState) Lookup(containerID string) (RuntimeContainer, bool) {
+func (r *RuntimeState) Lookup(containerID string) (node.RuntimeContainer, bool) {
 	if !isContainerID(containerID) {
-		return RuntimeContainer{}, false
+		return node.RuntimeContainer{}, false
 	}
 	r.mu.Lock()
 	b, ok := r.known[containerID]
@@ -126,7 +104,7 @@ func (r *RuntimeState) Lookup(containerID string) (RuntimeContainer, bool) {
 		return b.RuntimeContainer, true
 	}
 	if failed && now.Sub(f.at) < failureTTL {
-		return RuntimeContainer{}, false
+		return node.RuntimeContainer{}, false
 	}
 	for _, dir := range r.dirs {
 		for _, b := range []struct{ path, runtime string }{
@@ -150,7 +128,7 @@ func (r *RuntimeState) Lookup(containerID string) (RuntimeContainer, bool) {
 			return c, err == nil
 		}
 	}
-	return RuntimeContainer{}, false
+	return node.RuntimeContainer{}, false
 }
 
 // Forget drops what is remembered of containers not in keep.
@@ -200,21 +178,21 @@ func (r *RuntimeState) sweepLocked() {
 // errBundleTooLarge reports a bundle over maxBundleConfig.
 var errBundleTooLarge = fmt.Errorf("bundle config is larger than %d MiB", maxBundleConfig>>20)
 
-func readBundle(path, runtime string) (RuntimeContainer, error) {
+func readBundle(path, runtime string) (node.RuntimeContainer, error) {
 	f, err := os.Open(path) //nolint:gosec // a runtime state dir the operator names, and a checked 64-hex ID
 	if err != nil {
-		return RuntimeContainer{}, err
+		return node.RuntimeContainer{}, err
 	}
 	defer func() { _ = f.Close() }()
 	if st, err := f.Stat(); err == nil && st.Size() > maxBundleConfig {
-		return RuntimeContainer{}, errBundleTooLarge
+		return node.RuntimeContainer{}, errBundleTooLarge
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxBundleConfig+1))
 	if err != nil {
-		return RuntimeContainer{}, err
+		return node.RuntimeContainer{}, err
 	}
 	if len(data) > maxBundleConfig {
-		return RuntimeContainer{}, errBundleTooLarge
+		return node.RuntimeContainer{}, errBundleTooLarge
 	}
 	return ParseBundleConfig(data, runtime)
 }
@@ -229,7 +207,7 @@ var ErrNotKubernetes = errors.New("bundle has no Kubernetes container annotation
 // CRI-O copies a pod's annotations into its sandbox's bundle, so
 // containerd's key names there are the tenant's to write, and the other
 // way round where containerd passes pod annotations through.
-func ParseBundleConfig(data []byte, runtime string) (RuntimeContainer, error) {
+func ParseBundleConfig(data []byte, runtime string) (node.RuntimeContainer, error) {
 	// Only the fields read are decoded; the rest (the process's
 	// environment, the tenant's to fill) is skipped without being kept.
 	var spec struct {
@@ -239,7 +217,7 @@ func ParseBundleConfig(data []byte, runtime string) (RuntimeContainer, error) {
 		} `json:"linux"`
 	}
 	if err := json.Unmarshal(data, &spec); err != nil {
-		return RuntimeContainer{}, fmt.Errorf("parse bundle config: %w", err)
+		return node.RuntimeContainer{}, fmt.Errorf("parse bundle config: %w", err)
 	}
 	a := spec.Annotations
 	keys := [5]string{annContainerdType, annContainerdName, annContainerdNamespace, annContainerdPodName, annContainerdPodUID}
@@ -248,14 +226,14 @@ func ParseBundleConfig(data []byte, runtime string) (RuntimeContainer, error) {
 	case RuntimeCRIO:
 		keys = [5]string{annCRIOType, annCRIOName, annCRIONamespace, annCRIOPodName, annCRIOPodUID}
 	default:
-		return RuntimeContainer{}, fmt.Errorf("bundles of runtime %q are not read", runtime)
+		return node.RuntimeContainer{}, fmt.Errorf("bundles of runtime %q are not read", runtime)
 	}
 	typ := a[keys[0]]
-	c := RuntimeContainer{Name: a[keys[1]], PodNamespace: a[keys[2]], PodName: a[keys[3]], CgroupsPath: spec.Linux.CgroupsPath}
+	c := node.RuntimeContainer{Name: a[keys[1]], PodNamespace: a[keys[2]], PodName: a[keys[3]], CgroupsPath: spec.Linux.CgroupsPath}
 	if u := a[keys[4]]; u != "" {
 		uid, ok := canonicalUID(u)
 		if !ok {
-			return RuntimeContainer{}, fmt.Errorf("bundle names pod UID %q, not a UID", u)
+			return node.RuntimeContainer{}, fmt.Errorf("bundle names pod UID %q, not a UID", u)
 		}
 		c.PodUID = uid
 	}
@@ -264,10 +242,10 @@ func ParseBundleConfig(data []byte, runtime string) (RuntimeContainer, error) {
 		c.Sandbox, c.Name = true, ""
 	case "container":
 		if c.Name == "" {
-			return RuntimeContainer{}, errors.New("bundle of a container without a container name")
+			return node.RuntimeContainer{}, errors.New("bundle of a container without a container name")
 		}
 	default:
-		return RuntimeContainer{}, ErrNotKubernetes
+		return node.RuntimeContainer{}, ErrNotKubernetes
 	}
 	return c, nil
 }

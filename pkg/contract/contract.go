@@ -1,7 +1,9 @@
 // Package contract holds, once, the names other programs rely on: the
 // extended resource gpuslice offers, the environment a container holding
 // slices gets from Allocate, and the host paths the agent reads by default.
-// Anything that writes or reads one of these takes it from here.
+// Anything that writes or reads one of these takes it from here, with
+// the parsers that check them. It does no I/O: callers read and write the
+// files and sockets these name.
 package contract
 
 // ResourceName is the extended resource offered by default (--resource-name).

@@ -266,13 +266,13 @@ func TestAttackMoveAfterBeingSeen(t *testing.T) {
 	n := startAttackNode(t, nil)
 	dir := n.container(t, "ml/mover", "main", 2)
 	w := n.run(t, dir, 1, 1024)
-	cgroupOf := func(s *node.Snapshot) attribution.Container {
+	cgroupOf := func(s *node.Snapshot) node.Cgroup {
 		for _, c := range s.Containers {
 			if c.Pod == "mover" && c.Processes == 1 {
 				return c.Cgroup
 			}
 		}
-		return attribution.Container{}
+		return node.Cgroup{}
 	}
 	n.waitFor(t, "the process in its container's cgroup", func(s *node.Snapshot) bool {
 		c := cgroupOf(s)

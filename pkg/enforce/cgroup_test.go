@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
@@ -137,7 +136,7 @@ func TestFreezeStopsProgress(t *testing.T) {
 			t.Parallel()
 			rel, dir := testCgroup(t, kind)
 			_, asked := workload(t, dir)
-			f, err := FreezerFor(cgroupRoot, attribution.Container{ContainerID: "c", Paths: map[string]string{kind: rel}})
+			f, err := FreezerFor(cgroupRoot, node.Cgroup{ContainerID: "c", Paths: map[string]string{kind: rel}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -172,7 +171,7 @@ func TestThrottleHoldsDuty(t *testing.T) {
 	t.Parallel()
 	rel, dir := testCgroup(t, "")
 	_, asked := workload(t, dir)
-	f, err := FreezerFor(cgroupRoot, attribution.Container{ContainerID: "c", Paths: map[string]string{"": rel}})
+	f, err := FreezerFor(cgroupRoot, node.Cgroup{ContainerID: "c", Paths: map[string]string{"": rel}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +200,7 @@ func TestThrottleCgroupVanishes(t *testing.T) {
 	t.Parallel()
 	rel, dir := testCgroup(t, "")
 	cmd, _ := workload(t, dir)
-	f, err := FreezerFor(cgroupRoot, attribution.Container{ContainerID: "c", Paths: map[string]string{"": rel}})
+	f, err := FreezerFor(cgroupRoot, node.Cgroup{ContainerID: "c", Paths: map[string]string{"": rel}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +231,7 @@ func TestStateFileThawsWhatACrashLeftFrozen(t *testing.T) {
 	t.Parallel()
 	rel, dir := testCgroup(t, "")
 	_, asked := workload(t, dir)
-	f, _ := FreezerFor(cgroupRoot, attribution.Container{ContainerID: "c", Paths: map[string]string{"": rel}})
+	f, _ := FreezerFor(cgroupRoot, node.Cgroup{ContainerID: "c", Paths: map[string]string{"": rel}})
 	state := StateFile{Path: filepath.Join(t.TempDir(), "state", "enforcement.json")}
 	if err := state.Write([]string{f.File, "/sys/fs/cgroup/unified/gone-long-ago/cgroup.freeze"}); err != nil {
 		t.Fatal(err)
@@ -266,7 +265,7 @@ func TestStateFileThawsWhatACrashLeftFrozen(t *testing.T) {
 
 func TestFreezerForNoCgroup(t *testing.T) {
 	t.Parallel()
-	_, err := FreezerFor(cgroupRoot, attribution.Container{ContainerID: "c", Paths: map[string]string{"": "/no/such/cgroup", "freezer": "/no/such"}})
+	_, err := FreezerFor(cgroupRoot, node.Cgroup{ContainerID: "c", Paths: map[string]string{"": "/no/such/cgroup", "freezer": "/no/such"}})
 	if !errors.Is(err, ErrNoFreezer) {
 		t.Errorf("FreezerFor() = %v, want ErrNoFreezer", err)
 	}
@@ -287,7 +286,7 @@ func TestUnreachableContainerCountedOnce(t *testing.T) {
 	defer e.Close()
 	snap := &node.Snapshot{Containers: []node.Container{{
 		Namespace: "ml", Pod: "p", Container: "c", GPU: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
-		Cgroup: attribution.Container{ContainerID: "x", Paths: map[string]string{"": "/no/such/cgroup"}},
+		Cgroup: node.Cgroup{ContainerID: "x", Paths: map[string]string{"": "/no/such/cgroup"}},
 	}}}
 	for range 3 {
 		e.Apply(snap)
@@ -338,9 +337,9 @@ func TestUnenforceableContainerIsReported(t *testing.T) {
 	defer e.Close()
 	snap := &node.Snapshot{Containers: []node.Container{
 		{Namespace: "ml", Pod: "p", Container: "c", GPU: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
-			Cgroup: attribution.Container{ContainerID: "x", Paths: map[string]string{"": "/no/such/cgroup"}}},
+			Cgroup: node.Cgroup{ContainerID: "x", Paths: map[string]string{"": "/no/such/cgroup"}}},
 		{Namespace: "ml", Pod: "q", Container: "c", GPU: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
-			Cgroup: attribution.Container{ContainerID: "y", Paths: map[string]string{}, Unresolved: "relative to an unresolved cgroup namespace"}},
+			Cgroup: node.Cgroup{ContainerID: "y", Paths: map[string]string{}, Unresolved: "relative to an unresolved cgroup namespace"}},
 	}}
 	for range 3 {
 		e.Apply(snap)

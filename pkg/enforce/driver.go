@@ -34,7 +34,7 @@ type DriverOptions struct {
 	Holdings HoldingsFunc
 	// Names tells a new container's name from the runtime's record; nil
 	// leaves every new container's limits to the per-sample pass.
-	Names attribution.ContainerNames
+	Names node.ContainerNames
 	// Events records an Event on the pod when a limit cannot be set.
 	Events events.Recorder
 	// Logger receives actions and failures.
@@ -243,7 +243,7 @@ func (d *DriverLimits) created(dir string) {
 		return
 	}
 	rc, ok := d.opts.Names.Lookup(c.ContainerID)
-	if !ok || rc.Sandbox || (rc.PodUID != "" && rc.PodUID != c.PodUID) || (rc.CgroupsPath != "" && !attribution.RecordedAt(c, rc.CgroupsPath)) {
+	if !ok || rc.Sandbox || (rc.PodUID != "" && rc.PodUID != c.PodUID) || (rc.CgroupsPath != "" && !node.RecordedAt(c, rc.CgroupsPath)) {
 		return
 	}
 	pod := events.Pod{Namespace: rc.PodNamespace, Name: rc.PodName, UID: c.PodUID}

@@ -572,7 +572,7 @@ func (e *Enforcer) collectStats(seen map[string]node.Container) map[string]Stats
 }
 
 // freezerKey names the cgroup a container's freezer must hold.
-func freezerKey(c attribution.Container) string {
+func freezerKey(c node.Cgroup) string {
 	return c.Key() + "|" + c.Paths[""] + "|" + c.Paths["freezer"]
 }
 

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 )
@@ -138,7 +137,7 @@ func TestTierRules(t *testing.T) {
 // plan (it keeps what it has); one without a cgroup is not planned at all.
 func TestPlanDuties(t *testing.T) {
 	t.Parallel()
-	cg := func(id string) attribution.Container { return attribution.Container{ContainerID: id} }
+	cg := func(id string) node.Cgroup { return node.Cgroup{ContainerID: id} }
 	snap := &node.Snapshot{
 		Devices: []node.Device{
 			{Device: nvml.Device{UUID: "GPU-a"}, SampleOK: true, ProcessesOK: true, Sample: nvml.Sample{Utilization: 1}},

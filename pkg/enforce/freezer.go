@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // Freezer freezes and thaws one container's cgroup. It writes the kernel's
@@ -69,7 +70,7 @@ var ErrNoFreezer = errors.New("no freezer for container")
 // FreezerFor finds the container's freezer under cgroupRoot, preferring
 // cgroup v2 (the root itself on a unified host, <root>/unified on a hybrid
 // one) over the v1 freezer hierarchy.
-func FreezerFor(cgroupRoot string, c attribution.Container) (Freezer, error) {
+func FreezerFor(cgroupRoot string, c node.Cgroup) (Freezer, error) {
 	var tried []string
 	if p, ok := c.Paths[""]; ok {
 		for _, mount := range []string{cgroupRoot, filepath.Join(cgroupRoot, "unified")} {

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // killRounds bounds the rounds of reading a cgroup tree's processes and
@@ -30,7 +30,7 @@ const (
 // forks), sending SIGKILL to every process its cgroup.procs files list, and
 // thawing it (a frozen v1 task dies only once thawed), for up to
 // killRounds rounds until none is left.
-func KillCgroup(cgroupRoot string, c attribution.Container) error {
+func KillCgroup(cgroupRoot string, c node.Cgroup) error {
 	dirs := cgroupDirs(cgroupRoot, c)
 	if len(dirs) == 0 {
 		return fmt.Errorf("no cgroup of %s under %s", c.Key(), cgroupRoot)
@@ -46,7 +46,7 @@ func KillCgroup(cgroupRoot string, c attribution.Container) error {
 // cgroupDirs are the directories of a held cgroup: its v2 one (the root
 // itself on a unified host, <root>/unified on a hybrid one) first, then
 // its v1 ones.
-func cgroupDirs(cgroupRoot string, c attribution.Container) []string {
+func cgroupDirs(cgroupRoot string, c node.Cgroup) []string {
 	var dirs []string
 	if p, ok := c.Paths[""]; ok {
 		for _, mount := range []string{cgroupRoot, filepath.Join(cgroupRoot, "unified")} {
@@ -72,7 +72,7 @@ func cgroupDirs(cgroupRoot string, c attribution.Container) []string {
 
 // killByProcs kills every process in dir's tree, holding the cgroup frozen
 // meanwhile where it has a freezer.
-func killByProcs(dir string, c attribution.Container, cgroupRoot string) error {
+func killByProcs(dir string, c node.Cgroup, cgroupRoot string) error {
 	f, ferr := FreezerFor(cgroupRoot, c)
 	if ferr == nil {
 		if err := f.Freeze(); err != nil {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
 )
 
@@ -41,7 +41,7 @@ func TestKillCgroupWithoutCgroupKill(t *testing.T) {
 		go func() { exited <- c.Wait() }()
 	}
 	time.Sleep(300 * time.Millisecond)
-	c := attribution.Container{Paths: map[string]string{"": rel}}
+	c := node.Cgroup{Paths: map[string]string{"": rel}}
 	if err := killByProcs(dir, c, root); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // Why a resource is or is not held, per container and per node: the
@@ -119,7 +120,7 @@ func freezerOnHost(cgroupRoot string) bool {
 
 // computeReason is why a container's compute share is or is not held,
 // given whether its freezer was found.
-func (e *Enforcer) computeReason(c attribution.Container, haveFreezer bool) string {
+func (e *Enforcer) computeReason(c node.Cgroup, haveFreezer bool) string {
 	switch {
 	case e.opts.MPS:
 		return ReasonEnforced
@@ -148,7 +149,7 @@ func (e *Enforcer) memoryReason() string {
 
 // unreachableDetail says, for an Event, why a container's cgroup could not
 // be reached.
-func unreachableDetail(c attribution.Container, err error) string {
+func unreachableDetail(c node.Cgroup, err error) string {
 	if c.Unresolved != "" {
 		return c.Unresolved
 	}

@@ -13,7 +13,7 @@ import (
 
 // named fills in the namespace and name of u's pod from its UID where the
 // runtime record did not give them.
-func (e *Enforcer) named(u attribution.Unauthorized) attribution.Unauthorized {
+func (e *Enforcer) named(u node.Unauthorized) node.Unauthorized {
 	if u.Namespace != "" || u.PodUID == "" || e.opts.PodByUID == nil {
 		return u
 	}
@@ -27,7 +27,7 @@ func (e *Enforcer) named(u attribution.Unauthorized) attribution.Unauthorized {
 // container holds no slice of, by the Unauthorized policy. Host processes
 // never reach here: the sampler lists only processes in pod cgroups.
 func (e *Enforcer) unauthorized(snap *node.Snapshot) {
-	wantParked := map[string]attribution.Container{}
+	wantParked := map[string]node.Cgroup{}
 	seen := map[int]bool{}
 	for _, u := range snap.Unauthorized {
 		seen[u.PID] = true
@@ -105,7 +105,7 @@ func (e *Enforcer) unauthorized(snap *node.Snapshot) {
 // killUnauthorized kills a process if it is still where it was seen: the
 // PID may have been reused since the sample, and a host process must never
 // be killed for it.
-func (e *Enforcer) killUnauthorized(u attribution.Unauthorized) {
+func (e *Enforcer) killUnauthorized(u node.Unauthorized) {
 	now, err := e.opts.Namespace.ForPID(e.opts.ProcRoot, u.PID)
 	switch {
 	case errors.Is(err, attribution.ErrConflict) && u.Container.Key() == "":

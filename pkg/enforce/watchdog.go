@@ -124,7 +124,7 @@ type Watchdog struct {
 	kill       func(pid int) error
 	events     events.Recorder
 	// killCgroup kills every process of a held cgroup.
-	killCgroup func(c attribution.Container) error
+	killCgroup func(c node.Cgroup) error
 }
 
 // NewWatchdog returns a watchdog acting by policy and recording an Event
@@ -135,7 +135,7 @@ func NewWatchdog(policy MemoryPolicy, procRoot string, log *slog.Logger, rec eve
 	}
 	w := &Watchdog{policy: policy, procRoot: procRoot, log: log, stats: map[string]*MemoryStats{}, events: rec,
 		kill: func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }}
-	w.killCgroup = func(c attribution.Container) error { return KillCgroup(w.cgroupRoot, c) }
+	w.killCgroup = func(c node.Cgroup) error { return KillCgroup(w.cgroupRoot, c) }
 	return w
 }
 
@@ -261,7 +261,7 @@ func (w *Watchdog) killAll(c node.Container, st *MemoryStats, live []nvml.Proces
 
 // within reports whether a process's cgroup lies in the cgroup held for a
 // container: the container's own, or its pod's.
-func within(proc, held attribution.Container) bool {
+func within(proc, held node.Cgroup) bool {
 	if held.PodLevel() {
 		return proc.PodUID == held.PodUID
 	}

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
@@ -160,7 +160,7 @@ func forkBomb(tb testing.TB, s *Setup, d time.Duration) bombResult {
 	tb.Cleanup(func() {
 		_ = bomb.Process.Kill()
 		<-done
-		_ = enforce.KillCgroup("/sys/fs/cgroup", attribution.Container{Paths: map[string]string{"": strings.TrimPrefix(cg, "/sys/fs/cgroup/unified")}})
+		_ = enforce.KillCgroup("/sys/fs/cgroup", node.Cgroup{Paths: map[string]string{"": strings.TrimPrefix(cg, "/sys/fs/cgroup/unified")}})
 	})
 	var r bombResult
 	run := 0

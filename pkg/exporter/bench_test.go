@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
@@ -33,7 +32,7 @@ func bigSnapshot() *node.Snapshot {
 				Namespace: fmt.Sprintf("team-%d", c%4), Pod: fmt.Sprintf("job-%d-%d", g, c), Container: "main", GPU: uuid, Index: g,
 				Slices: 1, MemoryLimitBytes: 3.2e9, ComputeLimitRatio: 0.04, MemoryUsedBytes: 5e8, SMUtilization: 0.03,
 				BusySeconds: 1234.5, LastActive: time.Unix(1700000000, 0), Processes: 1,
-				Cgroup: attribution.Container{ContainerID: fmt.Sprintf("%064x", g*25+c+1)},
+				Cgroup: node.Cgroup{ContainerID: fmt.Sprintf("%064x", g*25+c+1)},
 			})
 		}
 	}

@@ -33,7 +33,7 @@ type Lister interface {
 type PodUIDs interface {
 	// PodUIDs returns the UIDs by namespace and name, nil when no list
 	// was read. The map is not changed after it is returned.
-	PodUIDs() map[attribution.PodName]string
+	PodUIDs() map[node.PodName]string
 }
 
 // Options say where the records are.
@@ -54,7 +54,7 @@ type Options struct {
 }
 
 // sources are the holdings sources of one read.
-func (o Options) sources(as []podresources.Assignment, cp []attribution.CheckpointEntry, prepared map[string]contract.PreparedClaim) node.Sources {
+func (o Options) sources(as []podresources.Assignment, cp []node.CheckpointEntry, prepared map[string]contract.PreparedClaim) node.Sources {
 	return node.Sources{Assignments: as, Checkpoint: cp, ResourceName: o.ResourceName, Layout: o.Layout, DRA: o.DRA, Prepared: prepared}
 }
 
@@ -172,10 +172,10 @@ type State struct {
 	// container's series vanish and reappear).
 	Assignments []podresources.Assignment
 	// Checkpoint is the device manager's; nil when it does not exist.
-	Checkpoint []attribution.CheckpointEntry
-	DRA        attribution.DRA
+	Checkpoint []node.CheckpointEntry
+	DRA        node.DRA
 	// Stale says which files are a last copy read whole.
-	Stale attribution.Stale
+	Stale node.Stale
 	// Problems are the reads that failed, by source.
 	Problems []node.Problem
 }
@@ -191,7 +191,7 @@ type Reader struct {
 	prepared    *attribution.PreparedClaims
 	assignments []podresources.Assignment
 	good        struct {
-		checkpoint []attribution.CheckpointEntry
+		checkpoint []node.CheckpointEntry
 		prepared   map[string]contract.PreparedClaim
 	}
 }
@@ -233,8 +233,8 @@ func (r *Reader) Read(ctx context.Context) State {
 }
 
 // readDRA reads the driver's record and the pods' UIDs.
-func (r *Reader) readDRA(st *State) attribution.DRA {
-	d := attribution.DRA{Enabled: true}
+func (r *Reader) readDRA(st *State) node.DRA {
+	d := node.DRA{Enabled: true}
 	if r.opts.Pods != nil {
 		d.PodUIDs = r.opts.Pods.PodUIDs()
 	}

@@ -4,9 +4,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/gpudev"
-	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
@@ -30,7 +28,7 @@ type Process struct {
 	gpudev.Process
 	// Container is the pod or container its cgroups name; zero for a host
 	// process or one that exited since NVML listed it.
-	Container attribution.Container
+	Container Cgroup
 	// Conflict, when not empty, says how its cgroups name two containers
 	// at once: only a process that writes cgroupfs outside its own
 	// subtree can arrange that.
@@ -46,21 +44,22 @@ type Input struct {
 	MaxGap time.Duration
 	GPUs   []GPUReading
 	// Assignments are the kubelet's, from pod-resources.
-	Assignments []podresources.Assignment
+	Assignments []Assignment
 	// Checkpoint is the kubelet's device manager checkpoint; nil when it
 	// could not be read.
-	Checkpoint []attribution.CheckpointEntry
+	Checkpoint []CheckpointEntry
 	Layout     *vgpu.Layout
 	// ResourceName is the resource whose slices are attributed.
 	ResourceName string
-	// Names tells containers' names from the runtime's records; nil
-	// attributes by pod alone.
-	Names attribution.ContainerNames
-	// DRA is what the DRA driver's claims hold (attribution.DRA).
-	DRA attribution.DRA
+	// Records are the runtime's records of the containers the GPU
+	// processes' cgroups name, by container ID, as the sampler read them;
+	// a container without one is placed by its pod alone.
+	Records Records
+	// DRA is what the DRA driver's claims hold (DRA).
+	DRA DRA
 	// Stale says which host files are the last copy read whole, not this
-	// sample's (attribution.Stale).
-	Stale attribution.Stale
+	// sample's (Stale).
+	Stale Stale
 }
 
 // State is what the accounting carries from one sample to the next. The
@@ -85,7 +84,7 @@ type key struct{ ns, pod, ctr, gpu string }
 type accum struct {
 	busy       float64
 	lastActive time.Time
-	cgroup     attribution.Container // the last seen, kept while blind
+	cgroup     Cgroup // the last seen, kept while blind
 }
 
 // Build is the accounting of one sample: the devices, each container's use
@@ -98,7 +97,7 @@ type accum struct {
 func Build(in Input, prev State) (*Snapshot, State, []Problem) {
 	snap := &Snapshot{Time: in.Time, Stale: in.Stale}
 	procs, usage, conflicts := readDevices(in, snap)
-	joined := attribution.Join(procs, in.Assignments, in.Checkpoint, in.ResourceName, in.Names, in.DRA, in.Stale)
+	joined := Join(procs, in.Assignments, in.Checkpoint, in.ResourceName, in.Records, in.DRA, in.Stale)
 	snap.Unattributed = joined.Unattributed
 	snap.Unauthorized = append(conflicts, joined.Unauthorized...) //nolint:gocritic // conflicts is ours to extend
 
@@ -118,7 +117,7 @@ func Build(in Input, prev State) (*Snapshot, State, []Problem) {
 		// held at the pod's level: only the pod's cgroup contains them
 		// all, and freezing an unnamed container could freeze a decoy.
 		switch {
-		case a.By == attribution.ByPod:
+		case a.By == ByPod:
 			e.Cgroup = a.Container.Pod()
 		case e.Cgroup.Key() == "":
 			e.Cgroup = a.Container
@@ -141,9 +140,9 @@ func Build(in Input, prev State) (*Snapshot, State, []Problem) {
 // carries the pod's total limits and the use of all its processes there.
 // A pod that holds nothing of the GPU (as far as is known) gets no group:
 // its process stays counted as unattributed.
-func holdUnknown(entries map[key]*Container, joined attribution.Result, usage map[gpuPID]gpudev.Process) []Container {
+func holdUnknown(entries map[key]*Container, joined Result, usage map[gpuPID]gpudev.Process) []Container {
 	type podGPU struct{ uid, gpu string }
-	unknown := map[podGPU][]attribution.Unattributed{}
+	unknown := map[podGPU][]Unattributed{}
 	var order []podGPU
 	for _, u := range joined.Unattributed {
 		if u.PodUID == "" {
@@ -224,9 +223,9 @@ type gpuPID struct {
 
 // readDevices fills snap.Devices and returns the GPU processes to join,
 // their use by GPU and PID, and the processes whose cgroups conflict.
-func readDevices(in Input, snap *Snapshot) ([]attribution.GPUProcess, map[gpuPID]gpudev.Process, []attribution.Unauthorized) {
-	var procs []attribution.GPUProcess
-	var unauthorized []attribution.Unauthorized
+func readDevices(in Input, snap *Snapshot) ([]GPUProcess, map[gpuPID]gpudev.Process, []Unauthorized) {
+	var procs []GPUProcess
+	var unauthorized []Unauthorized
 	usage := map[gpuPID]gpudev.Process{}
 	for _, r := range in.GPUs {
 		dev := Device{Device: r.Device, Health: r.Health, XIDs: r.XIDs, Sample: r.Sample, SampleOK: r.SampleOK, ProcessesOK: r.ProcessesOK}
@@ -238,9 +237,9 @@ func readDevices(in Input, snap *Snapshot) ([]attribution.GPUProcess, map[gpuPID
 			continue
 		}
 		for _, p := range r.Processes {
-			gp := attribution.GPUProcess{PID: p.PID, GPU: r.Device.UUID, Container: p.Container}
+			gp := GPUProcess{PID: p.PID, GPU: r.Device.UUID, Container: p.Container}
 			if p.Conflict != "" {
-				unauthorized = append(unauthorized, attribution.Unauthorized{GPUProcess: gp, Reason: p.Conflict})
+				unauthorized = append(unauthorized, Unauthorized{GPUProcess: gp, Reason: p.Conflict})
 				continue
 			}
 			procs = append(procs, gp)
@@ -253,7 +252,7 @@ func readDevices(in Input, snap *Snapshot) ([]attribution.GPUProcess, map[gpuPID
 // holdings is one entry per container and GPU it holds slices of (or a
 // DRA claim on), with or without processes, carrying the limits it was
 // given (HoldingsOf); and the slices allocated of each GPU.
-func holdings(in Input, attributed []attribution.Attributed) (map[key]*Container, map[string]int, []Problem) {
+func holdings(in Input, attributed []Attributed) (map[key]*Container, map[string]int, []Problem) {
 	podUID := map[[3]string]string{}
 	for _, a := range attributed {
 		podUID[[3]string{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container}] = a.PodUID

@@ -5,10 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/node"
-	"github.com/gpuslice/gpuslice/pkg/podresources"
 )
 
 // TestBuildDRAClaims: containers holding DRA claims get the claims'
@@ -22,9 +20,9 @@ func TestBuildDRAClaims(t *testing.T) {
 		return contract.ClaimGrant{UUID: gpu, Slices: k, SlicesTotal: 4, ComputeRatio: float64(k) / 4, MemoryBytes: uint64(k) * 10e9, MemoryCapacity: 40e9}
 	}
 	in := input(t, 0, reading(proc(30, uidD, 4e9, 0.3), proc(40, uidE, 1e9, 0.1)))
-	in.DRA = attribution.DRA{
+	in.DRA = node.DRA{
 		Enabled: true,
-		PodUIDs: map[attribution.PodName]string{{Namespace: "ml", Name: "d"}: uidD, {Namespace: "ml", Name: "e"}: uidE},
+		PodUIDs: map[node.PodName]string{{Namespace: "ml", Name: "d"}: uidD, {Namespace: "ml", Name: "e"}: uidE},
 		Prepared: map[string]contract.PreparedClaim{
 			"solo": {Namespace: "ml", Name: "solo", Grants: []contract.ClaimGrant{share("GPU-b", 1), {UUID: "GPU-a", SlicesTotal: 4, MemoryCapacity: 40e9, Admin: true}}},
 			"pair": {Namespace: "ml", Name: "pair", Grants: []contract.ClaimGrant{share("GPU-a", 1)}},
@@ -33,11 +31,11 @@ func TestBuildDRAClaims(t *testing.T) {
 	// Pod d holds "solo": one slice of GPU-b and admin access to GPU-a.
 	// Pod e's two containers share "pair", one slice of GPU-a; its third
 	// holds a claim the record does not have.
-	in.Assignments = append(append([]podresources.Assignment{}, in.Assignments...),
-		podresources.Assignment{Namespace: "ml", Pod: "d", Container: "main", Claims: []string{"solo"}},
-		podresources.Assignment{Namespace: "ml", Pod: "e", Container: "left", Claims: []string{"pair"}},
-		podresources.Assignment{Namespace: "ml", Pod: "e", Container: "right", Claims: []string{"pair"}},
-		podresources.Assignment{Namespace: "ml", Pod: "e", Container: "late", Claims: []string{"gone"}},
+	in.Assignments = append(append([]node.Assignment{}, in.Assignments...),
+		node.Assignment{Namespace: "ml", Pod: "d", Container: "main", Claims: []string{"solo"}},
+		node.Assignment{Namespace: "ml", Pod: "e", Container: "left", Claims: []string{"pair"}},
+		node.Assignment{Namespace: "ml", Pod: "e", Container: "right", Claims: []string{"pair"}},
+		node.Assignment{Namespace: "ml", Pod: "e", Container: "late", Claims: []string{"gone"}},
 	)
 	s, _, problems := node.Build(in, node.State{})
 	got := map[string]node.Container{}

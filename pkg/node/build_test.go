@@ -6,10 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/gpudev"
 	"github.com/gpuslice/gpuslice/pkg/node"
-	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
@@ -37,14 +35,14 @@ func layout(t *testing.T) *vgpu.Layout {
 // twoPods: pod A holds 1 slice of GPU-a, pod B 2 slices of GPU-a; pod C
 // holds nothing.
 var twoPods = struct {
-	assignments []podresources.Assignment
-	checkpoint  []attribution.CheckpointEntry
+	assignments []node.Assignment
+	checkpoint  []node.CheckpointEntry
 }{
-	assignments: []podresources.Assignment{
+	assignments: []node.Assignment{
 		{Namespace: "ml", Pod: "a", Container: "main", DeviceIDs: []string{"GPU-a::0"}},
 		{Namespace: "ml", Pod: "b", Container: "main", DeviceIDs: []string{"GPU-a::1", "GPU-a::2"}},
 	},
-	checkpoint: []attribution.CheckpointEntry{
+	checkpoint: []node.CheckpointEntry{
 		{PodUID: uidA, Container: "main", Resource: resource, DeviceIDs: []string{"GPU-a::0"}},
 		{PodUID: uidB, Container: "main", Resource: resource, DeviceIDs: []string{"GPU-a::1", "GPU-a::2"}},
 	},
@@ -53,7 +51,7 @@ var twoPods = struct {
 func proc(pid int, uid string, memory uint64, sm float64) node.Process {
 	return node.Process{
 		Process:   gpudev.Process{PID: pid, MemoryBytes: memory, SMUtilization: sm},
-		Container: attribution.Container{PodUID: uid, Paths: map[string]string{"": "/kubepods/pod" + uid}},
+		Container: node.Cgroup{PodUID: uid, Paths: map[string]string{"": "/kubepods/pod" + uid}},
 	}
 }
 
@@ -207,7 +205,7 @@ func TestBuildAccounting(t *testing.T) {
 		{"unknown slice IDs without a checkpoint grant are a problem, not a crash", []step{
 			{"", func(t *testing.T) node.Input {
 				in := input(t, 0, reading())
-				in.Assignments = append(in.Assignments, podresources.Assignment{Namespace: "ml", Pod: "x", Container: "main", DeviceIDs: []string{"GPU-z::9"}})
+				in.Assignments = append(in.Assignments, node.Assignment{Namespace: "ml", Pod: "x", Container: "main", DeviceIDs: []string{"GPU-z::9"}})
 				return in
 			}, func(t *testing.T, s *node.Snapshot, problems []node.Problem) {
 				if len(problems) != 1 || problems[0].Source != node.SourcePodResources || !strings.Contains(problems[0].Err.Error(), "ml/x/main") {

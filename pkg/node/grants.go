@@ -6,7 +6,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
@@ -21,7 +20,7 @@ func DevicesKey(ids []string) string {
 
 // GrantsByDevices indexes what Allocate gave each container of resource,
 // as the kubelet's checkpoint recorded it, by DevicesKey.
-func GrantsByDevices(checkpoint []attribution.CheckpointEntry, resource string) map[string][]contract.Grant {
+func GrantsByDevices(checkpoint []CheckpointEntry, resource string) map[string][]contract.Grant {
 	out := map[string][]contract.Grant{}
 	for _, e := range checkpoint {
 		if e.Resource == resource && e.Grants != nil {

@@ -5,7 +5,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
@@ -22,7 +21,7 @@ func TestLimitsAcrossARelayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	given := []contract.Grant{{UUID: "GPU-b", Slices: 3, MemoryBytes: 15e9, ComputeRatio: 0.375}}
-	checkpoint := []attribution.CheckpointEntry{
+	checkpoint := []CheckpointEntry{
 		{Resource: "nvidia.com/vgpu", DeviceIDs: []string{"GPU-b::0", "GPU-b::1", "GPU-b::2"}, Grants: given},
 		{Resource: "nvidia.com/vgpu", DeviceIDs: []string{"GPU-a::5", "GPU-a::6"}, Grants: []contract.Grant{{UUID: "GPU-a", Slices: 2, MemoryBytes: 10e9, ComputeRatio: 0.25}}},
 		{Resource: "example.com/fpga", DeviceIDs: []string{"GPU-a::0"}, Grants: given},

@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"sort"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
-	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
@@ -39,10 +37,10 @@ type Holding struct {
 type Sources struct {
 	// Assignments are pod-resources': each container's slice IDs and
 	// claims.
-	Assignments []podresources.Assignment
+	Assignments []Assignment
 	// Checkpoint is the kubelet's device manager checkpoint, whose grants
 	// win over the layout; nil when it could not be read.
-	Checkpoint []attribution.CheckpointEntry
+	Checkpoint []CheckpointEntry
 	// ResourceName is the resource whose slices are held.
 	ResourceName string
 	Layout       *vgpu.Layout

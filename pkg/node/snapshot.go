@@ -3,7 +3,6 @@ package node
 import (
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/gpudev"
 )
 
@@ -108,7 +107,7 @@ type Container struct {
 	// Cgroup is the cgroup that holds the container's GPU processes, from
 	// those processes: the container's own, or its pod's when one of them
 	// runs in the pod's cgroup; zero when none of them was seen.
-	Cgroup attribution.Container
+	Cgroup Cgroup
 	// Blind is true when the GPU's processes could not be listed in this
 	// sample: the use fields above are unknown, not zero, and Cgroup is
 	// the last one seen.
@@ -142,10 +141,10 @@ type Snapshot struct {
 	Duration     time.Duration
 	Devices      []Device
 	Containers   []Container
-	Unattributed []attribution.Unattributed
+	Unattributed []Unattributed
 	// Unauthorized are processes in pods using GPUs their containers hold
 	// no slices of.
-	Unauthorized []attribution.Unauthorized
+	Unauthorized []Unauthorized
 	// Groups are the pods held at the pod's level on a GPU, one entry per
 	// pod and GPU: Container is empty, the limits are the total its
 	// containers hold of the GPU, the use that of all of the pod's
@@ -153,7 +152,7 @@ type Snapshot struct {
 	Groups []Container
 	// Stale says which host files this sample read as their last copy
 	// read whole, a later read having failed.
-	Stale attribution.Stale
+	Stale Stale
 	// Errors counts failures by source since the agent started.
 	Errors map[string]uint64
 	// Durations is how long samples took, up to the previous one.

@@ -5,10 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/gpudev"
 	"github.com/gpuslice/gpuslice/pkg/node"
-	"github.com/gpuslice/gpuslice/pkg/podresources"
 )
 
 // TestBuildHoldsUnknownAtPodLevel: processes in a pod with two containers
@@ -24,11 +22,11 @@ func TestBuildHoldsUnknownAtPodLevel(t *testing.T) {
 	in := func(at time.Duration, gpus []node.GPUReading) node.Input {
 		return node.Input{
 			Time: t0.Add(at), MaxGap: 2 * time.Second, GPUs: gpus, Layout: layout(t), ResourceName: resource,
-			Assignments: []podresources.Assignment{
+			Assignments: []node.Assignment{
 				{Namespace: "ml", Pod: "two", Container: "x", DeviceIDs: []string{"GPU-a::0"}},
 				{Namespace: "ml", Pod: "two", Container: "y", DeviceIDs: []string{"GPU-a::1"}},
 			},
-			Checkpoint: []attribution.CheckpointEntry{
+			Checkpoint: []node.CheckpointEntry{
 				{PodUID: uidA, Container: "x", Resource: resource, DeviceIDs: []string{"GPU-a::0"}},
 				{PodUID: uidA, Container: "y", Resource: resource, DeviceIDs: []string{"GPU-a::1"}},
 			},
@@ -36,12 +34,12 @@ func TestBuildHoldsUnknownAtPodLevel(t *testing.T) {
 	}
 	hidden := node.Process{
 		Process:   gpudev.Process{PID: 7, MemoryBytes: 30e9, SMUtilization: 0.9},
-		Container: attribution.Container{PodUID: uidA, ContainerID: unnamed, Paths: map[string]string{"": podDir + "/" + unnamed}},
+		Container: node.Cgroup{PodUID: uidA, ContainerID: unnamed, Paths: map[string]string{"": podDir + "/" + unnamed}},
 	}
 	other := strings.Repeat("f", 64)
 	second := node.Process{
 		Process:   gpudev.Process{PID: 8, MemoryBytes: 1e9, SMUtilization: 0.05},
-		Container: attribution.Container{PodUID: uidA, ContainerID: other, Paths: map[string]string{"": podDir + "/" + other}},
+		Container: node.Cgroup{PodUID: uidA, ContainerID: other, Paths: map[string]string{"": podDir + "/" + other}},
 	}
 	s, st, _ := node.Build(in(0, reading(hidden, second)), node.State{})
 	if len(s.Groups) != 1 {

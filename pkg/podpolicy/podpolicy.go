@@ -12,9 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/kube"
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // Annotation is the pod annotation naming a compute policy.
@@ -38,7 +38,7 @@ type Watcher struct {
 	mu     sync.RWMutex
 	policy map[string]enforce.Policy // "namespace/pod" -> policy
 	byUID  map[string]kube.Meta      // the node's pods by UID
-	uids   map[attribution.PodName]string
+	uids   map[node.PodName]string
 }
 
 // New returns a watcher of node's pods, refreshed every interval.
@@ -69,7 +69,7 @@ func (w *Watcher) Pod(uid string) (namespace, name string, ok bool) {
 // PodUIDs returns the UIDs of the node's pods by namespace and name, as of
 // the last list; nil before the first. The map is replaced, never changed,
 // by the next list.
-func (w *Watcher) PodUIDs() map[attribution.PodName]string {
+func (w *Watcher) PodUIDs() map[node.PodName]string {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	return w.uids
@@ -82,11 +82,11 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 		return fmt.Errorf("list pods on node %s: %w", w.node, err)
 	}
 	next, byUID := map[string]enforce.Policy{}, make(map[string]kube.Meta, len(pods))
-	uids := make(map[attribution.PodName]string, len(pods))
+	uids := make(map[node.PodName]string, len(pods))
 	for _, p := range pods {
 		if p.UID != "" {
 			byUID[p.UID] = kube.Meta{Namespace: p.Namespace, Name: p.Name, UID: p.UID}
-			uids[attribution.PodName{Namespace: p.Namespace, Name: p.Name}] = p.UID
+			uids[node.PodName{Namespace: p.Namespace, Name: p.Name}] = p.UID
 		}
 		v, ok := p.Annotations[Annotation]
 		if !ok {

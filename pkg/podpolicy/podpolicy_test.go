@@ -8,8 +8,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
 
@@ -63,7 +63,7 @@ func TestPoliciesFromAnnotations(t *testing.T) {
 	// And UIDs by name (DRA: a pod-resources entry's pod UID), the node's
 	// pods only.
 	got := w.PodUIDs()
-	if len(got) != 4 || got[attribution.PodName{Namespace: "ml", Name: "burst"}] != uids["burst"] {
+	if len(got) != 4 || got[node.PodName{Namespace: "ml", Name: "burst"}] != uids["burst"] {
 		t.Errorf("PodUIDs() = %v; want the four pods of gpu-node with their UIDs", got)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // Options configure a Client.
@@ -65,20 +66,8 @@ func (o Options) Validate() error {
 	return nil
 }
 
-// Assignment is one container holding devices of the resource; with
-// Options.DRADriver set, any container, with the driver's claims it holds.
-type Assignment struct {
-	// Namespace, Pod and Container name the container.
-	Namespace string
-	Pod       string
-	Container string
-	// DeviceIDs are the device IDs it holds, sorted.
-	DeviceIDs []string
-	// Claims are the UIDs of the DRA driver's claims it holds, sorted: the
-	// kubelet lists each claim's CDI devices, whose names carry the claim
-	// UID (contract.ClaimUIDOfCDIDevice).
-	Claims []string
-}
+// Assignment is one container as pod-resources lists it (node.Assignment).
+type Assignment = node.Assignment
 
 // ErrGetUnsupported reports a kubelet without the Get call (it needs the
 // KubeletPodResourcesGet feature gate); use List.

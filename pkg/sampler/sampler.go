@@ -52,7 +52,7 @@ type Options struct {
 	// Names tells containers' names from the runtime's records; nil
 	// attributes by pod alone (a pod with one container holding slices of
 	// the GPU).
-	Names attribution.ContainerNames
+	Names node.ContainerNames
 	// Logger receives failures, at most one line per source per minute.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -65,7 +65,7 @@ type Options struct {
 	CgroupRecheck time.Duration
 	// DRA reads, besides pod-resources' claims, the DRA driver's record
 	// of prepared claims at PreparedClaims, and takes the node's pod UIDs
-	// from Pods (attribution.DRA); Pods nil names pods by the runtime's
+	// from Pods (node.DRA); Pods nil names pods by the runtime's
 	// records alone.
 	DRA            bool
 	PreparedClaims string
@@ -192,14 +192,37 @@ func (s *Sampler) read(ctx context.Context, now time.Time) node.Input {
 	}
 	in := node.Input{
 		Time: now, MaxGap: 2 * s.opts.Interval, Assignments: st.Assignments, Checkpoint: st.Checkpoint,
-		Layout: s.layout, ResourceName: s.opts.ResourceName, Names: s.opts.Names,
+		Layout: s.layout, ResourceName: s.opts.ResourceName,
 		GPUs: make([]node.GPUReading, 0, len(s.devices)), DRA: st.DRA, Stale: st.Stale,
 	}
 	for _, d := range s.devices {
 		in.GPUs = append(in.GPUs, s.readGPU(d, now))
 	}
+	in.Records = s.records(in.GPUs)
 	s.cgroups.Sweep()
 	return in
+}
+
+// records looks up the runtime's record of each container a GPU
+// process's cgroups name, so that Build does no I/O.
+func (s *Sampler) records(gpus []node.GPUReading) node.Records {
+	if s.opts.Names == nil {
+		return nil
+	}
+	out, tried := node.Records{}, map[string]bool{}
+	for _, r := range gpus {
+		for _, p := range r.Processes {
+			id := p.Container.ContainerID
+			if id == "" || tried[id] {
+				continue
+			}
+			tried[id] = true
+			if rc, ok := s.opts.Names.Lookup(id); ok {
+				out[id] = rc
+			}
+		}
+	}
+	return out
 }
 
 // readGPU reads one GPU and places each of its processes in its cgroup.

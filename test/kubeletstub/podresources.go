@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
 // PodResources serves the kubelet's pod-resources v1 API from the
@@ -93,10 +93,10 @@ func (s *PodResources) SetListHook(fn func()) {
 // PodUIDs are the UIDs the API server gives the pods the stand-in lists
 // (PodUID of "namespace/name"), by namespace and name, as the agent's list
 // of its node's pods would have them; a new map each call.
-func (s *PodResources) PodUIDs() map[attribution.PodName]string {
-	out := map[attribution.PodName]string{}
+func (s *PodResources) PodUIDs() map[node.PodName]string {
+	out := map[node.PodName]string{}
 	for _, p := range s.pods() {
-		out[attribution.PodName{Namespace: p.Namespace, Name: p.Name}] = PodUID(p.Namespace + "/" + p.Name)
+		out[node.PodName{Namespace: p.Namespace, Name: p.Name}] = PodUID(p.Namespace + "/" + p.Name)
 	}
 	return out
 }

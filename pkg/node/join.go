@@ -1,4 +1,4 @@
-package attribution
+package node
 
 import (
 	"fmt"
@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
-	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
@@ -19,7 +18,7 @@ type GPUProcess struct {
 	GPU string
 	// Container is what the process's cgroups say; zero for a host
 	// process.
-	Container Container
+	Container Cgroup
 }
 
 // How a process was attributed.
@@ -39,7 +38,7 @@ const (
 type Attributed struct {
 	GPUProcess
 	// Assignment is the container, from pod-resources.
-	Assignment podresources.Assignment
+	Assignment Assignment
 	// PodUID is the pod's UID.
 	PodUID string
 	// By is ByContainer or ByPod.
@@ -148,7 +147,7 @@ func ClaimGPUs(c contract.PreparedClaim) (shares, admin map[string]bool) {
 //
 // Where some of these are stale (a last good copy), pods they do not list
 // are never judged from them.
-func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames, dra DRA, stale Stale) Result {
+func Join(procs []GPUProcess, assignments []Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames, dra DRA, stale Stale) Result {
 	j := newJoiner(assignments, checkpoint, resource, names)
 	j.stale = stale
 	j.addDRA(dra)
@@ -168,7 +167,7 @@ func Join(procs []GPUProcess, assignments []podresources.Assignment, checkpoint 
 
 // joiner holds what Join reads every process against.
 type joiner struct {
-	assignments []podresources.Assignment
+	assignments []Assignment
 	checkpoint  []CheckpointEntry
 	resource    string
 	names       ContainerNames
@@ -201,7 +200,7 @@ type joiner struct {
 	checkpointed map[string]bool
 }
 
-func newJoiner(assignments []podresources.Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames) *joiner {
+func newJoiner(assignments []Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames) *joiner {
 	owner := map[string]int{} // slice ID -> assignment index
 	for i, a := range assignments {
 		for _, id := range a.DeviceIDs {
@@ -362,7 +361,7 @@ type verdict struct {
 	known bool
 }
 
-func (v verdict) attribute(a podresources.Assignment, by string) {
+func (v verdict) attribute(a Assignment, by string) {
 	v.r.Attributed = append(v.r.Attributed, Attributed{GPUProcess: v.p, Assignment: a, PodUID: v.uid, By: by})
 }
 
@@ -492,7 +491,7 @@ func (j *joiner) byPod(v verdict) {
 // RecordedAt reports whether every path of a process's container is the
 // cgroup the runtime recorded creating it in (linux.cgroupsPath). A
 // container whose paths could not be resolved has nothing to check.
-func RecordedAt(c Container, cgroupsPath string) bool {
+func RecordedAt(c Cgroup, cgroupsPath string) bool {
 	want := ExpandCgroupsPath(cgroupsPath)
 	for _, p := range c.Paths {
 		if p != want {

@@ -1,4 +1,4 @@
-package attribution
+package node
 
 import (
 	"maps"
@@ -8,7 +8,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
-	"github.com/gpuslice/gpuslice/pkg/podresources"
 )
 
 // TestJoinDRA attributes the processes of containers holding claims of
@@ -31,14 +30,14 @@ func TestJoinDRA(t *testing.T) {
 	// GPU-2, "helper" nothing. ml/unref holds a claim on GPU-1 that no
 	// container references. ml/fresh is not listed by pod-resources yet;
 	// ml/stale's claim is not in the record. ml/g1 and ml/g2 share a claim.
-	server := podresources.Assignment{Namespace: "ml", Pod: "infer", Container: "server", Claims: []string{"cl1"}}
-	mon := podresources.Assignment{Namespace: "ml", Pod: "infer", Container: "mon", Claims: []string{"cl2"}}
-	helper := podresources.Assignment{Namespace: "ml", Pod: "infer", Container: "helper"}
-	evil := podresources.Assignment{Namespace: "ml", Pod: "unref", Container: "evil"}
-	a := podresources.Assignment{Namespace: "ml", Pod: "g1", Container: "a", Claims: []string{"cl6"}}
-	b := podresources.Assignment{Namespace: "ml", Pod: "g2", Container: "b", Claims: []string{"cl6"}}
-	stale := podresources.Assignment{Namespace: "ml", Pod: "stale", Container: "worker", Claims: []string{"cl5"}}
-	assignments := []podresources.Assignment{server, mon, helper, evil, a, b, stale}
+	server := Assignment{Namespace: "ml", Pod: "infer", Container: "server", Claims: []string{"cl1"}}
+	mon := Assignment{Namespace: "ml", Pod: "infer", Container: "mon", Claims: []string{"cl2"}}
+	helper := Assignment{Namespace: "ml", Pod: "infer", Container: "helper"}
+	evil := Assignment{Namespace: "ml", Pod: "unref", Container: "evil"}
+	a := Assignment{Namespace: "ml", Pod: "g1", Container: "a", Claims: []string{"cl6"}}
+	b := Assignment{Namespace: "ml", Pod: "g2", Container: "b", Claims: []string{"cl6"}}
+	stale := Assignment{Namespace: "ml", Pod: "stale", Container: "worker", Claims: []string{"cl5"}}
+	assignments := []Assignment{server, mon, helper, evil, a, b, stale}
 	dra := DRA{
 		Enabled: true,
 		PodUIDs: map[PodName]string{
@@ -63,7 +62,7 @@ func TestJoinDRA(t *testing.T) {
 		id(6): {Name: "worker", PodUID: uidF, PodNamespace: "ml", PodName: "stale"},
 		id(7): {Name: "a", PodUID: uidG1, PodNamespace: "ml", PodName: "g1"},
 	}
-	in := func(uid string, n int) Container { return Container{PodUID: uid, ContainerID: id(n)} }
+	in := func(uid string, n int) Cgroup { return Cgroup{PodUID: uid, ContainerID: id(n)} }
 	tests := map[string]struct {
 		proc    GPUProcess
 		noNames bool
@@ -94,7 +93,7 @@ func TestJoinDRA(t *testing.T) {
 			skip:    "cannot be told",
 		},
 		"runtime silent: the pod's own cgroup, two containers of it on the GPU by claims": {
-			proc:    GPUProcess{PID: 32, GPU: "GPU-1", Container: Container{PodUID: uidC}},
+			proc:    GPUProcess{PID: 32, GPU: "GPU-1", Container: Cgroup{PodUID: uidC}},
 			noNames: true,
 			want:    &Attributed{Assignment: server, PodUID: uidC, By: ByPod},
 		},
