@@ -15,12 +15,12 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
 	"github.com/gpuslice/gpuslice/pkg/frontend"
+	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
@@ -540,7 +540,7 @@ func (c Config) pluginOptions() deviceplugin.Options {
 	o.CDI = deviceplugin.CDIOptions{Enabled: c.CDI.Enabled, Kind: c.CDI.Kind, NameStrategy: c.CDI.NameStrategy}
 	if c.DRA.Enabled {
 		// One GPU serves one front end at a time.
-		o.DRAGPUs = attribution.ClaimedGPUsReader(c.DRA.PreparedClaims)
+		o.DRAGPUs = kubeletstate.ClaimedGPUsReader(c.DRA.PreparedClaims)
 		o.FrontEnds = frontend.New(filepath.Dir(c.DRA.PreparedClaims))
 		o.NoSlices = c.DRA.ExtendedResource
 	}

@@ -18,12 +18,12 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gpuslice/gpuslice/internal/gpubackend"
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
 	"github.com/gpuslice/gpuslice/pkg/health"
+	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/pkg/labels"
@@ -126,7 +126,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 		return err
 	}
 	defer func() { _ = podres.Close() }()
-	names := attribution.NewRuntimeState(cfg.RuntimeStateDirs)
+	names := host.NewRuntimeState(cfg.RuntimeStateDirs)
 	driverLimits := useDriverTier(cfg, gpus, enforcer, eopts, names, podres, log)
 	smp, err := sampler.New(gpus.devs, gpus.layout, gpus.backend, podres, gpus.plugin, samplerOptions(cfg, k, names, ns, enforcer, log))
 	if err != nil {
@@ -193,8 +193,8 @@ func readiness(plugin *deviceplugin.Plugin, smp *sampler.Sampler) func() error {
 // container on a unified host), so the cgroup paths it reads of other
 // containers can be made host paths. Without it those paths stay
 // unresolved, and their containers are reported unenforceable.
-func cgroupNamespace(cfg Resolved, log *slog.Logger) (attribution.Namespace, error) {
-	ns, err := attribution.DiscoverOwnNamespace(cfg.CgroupRoot, cfg.ProcRoot)
+func cgroupNamespace(cfg Resolved, log *slog.Logger) (host.Namespace, error) {
+	ns, err := host.DiscoverOwnNamespace(cfg.CgroupRoot, cfg.ProcRoot)
 	switch {
 	case err != nil:
 		log.Error("cannot place the agent's cgroup namespace in the host's hierarchy; containers whose cgroups it cannot resolve are reported unenforceable", "err", err)
@@ -347,7 +347,7 @@ func openBackend(cfg Resolved, log *slog.Logger) (nvml.Backend, *fakegpu.Node, e
 
 // samplerOptions are the configured sampler's, wired to the runtime's
 // records, the pods' UIDs (DRA) and the enforcer.
-func samplerOptions(cfg Resolved, k kubeParts, names node.ContainerNames, ns attribution.Namespace, enforcer *enforce.Enforcer, log *slog.Logger) sampler.Options {
+func samplerOptions(cfg Resolved, k kubeParts, names node.ContainerNames, ns host.Namespace, enforcer *enforce.Enforcer, log *slog.Logger) sampler.Options {
 	o := cfg.Sampler
 	o.Logger, o.Names, o.Namespace = log, names, ns
 	if k.policies != nil {

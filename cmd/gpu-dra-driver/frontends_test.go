@@ -15,10 +15,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/frontend"
+	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
@@ -36,7 +36,7 @@ func TestFrontEndsNeverBothPassOnOneGPU(t *testing.T) {
 	var offset atomic.Int64 // moves the grants' clock past their TTL between rounds
 	guard := frontend.NewAt(dir, func() time.Time { return time.Now().Add(time.Duration(offset.Load())) })
 	node := kubeletstub.StartNodeWith(t, fakegpu.Config{Preset: "A100-40GB", Count: 1}, 4, func(o *deviceplugin.Options) {
-		o.DRAGPUs = attribution.ClaimedGPUsReader(record)
+		o.DRAGPUs = kubeletstate.ClaimedGPUsReader(record)
 		o.FrontEnds = guard
 	})
 	uuid := node.Devices[0].UUID

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
@@ -80,7 +80,7 @@ func startAttackNodeDRA(t *testing.T, configure func(*enforce.Options), kubeletD
 	so := sampler.DefaultOptions()
 	so.Interval = 250 * time.Millisecond
 	so.PluginDir = node.Dir
-	so.Names = attribution.NewRuntimeState([]string{n.runtime})
+	so.Names = host.NewRuntimeState([]string{n.runtime})
 	so.OnSample = n.enf.Apply
 	if kubeletDir != "" {
 		so.DRA, so.PreparedClaims, so.Pods = true, filepath.Join(kubeletDir, "dra-prepared.json"), node.PodResources

@@ -13,8 +13,8 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/events"
+	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 )
@@ -99,7 +99,7 @@ func NewDriverLimits(opts DriverOptions) (*DriverLimits, error) {
 	if opts.Events == nil {
 		opts.Events = events.Discard{}
 	}
-	root, err := attribution.CgroupV2Root(opts.CgroupRoot)
+	root, err := host.CgroupV2Root(opts.CgroupRoot)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +238,7 @@ func (d *DriverLimits) isApplied(dir string) bool {
 // its processes use the GPU.
 func (d *DriverLimits) created(dir string) {
 	rel, _ := filepath.Rel(d.root, dir)
-	c, ok := attribution.ParseCgroupPath("/" + rel)
+	c, ok := host.ParseCgroupPath("/" + rel)
 	if !ok || c.PodUID == "" || c.ContainerID == "" || c.Outside || c.Paths[""] != "/"+rel || d.opts.Names == nil {
 		return
 	}

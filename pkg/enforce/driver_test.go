@@ -16,11 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/events"
+	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
@@ -88,7 +88,7 @@ func startDriverNodeSliced(t testing.TB, agentSlices int) *driverNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := attribution.CgroupV2Root("/sys/fs/cgroup")
+	root, err := host.CgroupV2Root("/sys/fs/cgroup")
 	if err != nil {
 		cgrouptest.Skip(t, "%v", err)
 	}
@@ -119,7 +119,7 @@ func startDriverNodeSliced(t testing.TB, agentSlices int) *driverNode {
 			PluginDir: node.Dir, ResourceName: "nvidia.com/vgpu", Layout: layout,
 			Assignments: client, DRA: true, PreparedClaims: record,
 		}).Holdings,
-		Names: attribution.NewRuntimeState([]string{runtime}),
+		Names: host.NewRuntimeState([]string{runtime}),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -412,7 +412,7 @@ func TestDriverLimitsWaitForProcessesWithoutRuntimeRecord(t *testing.T) {
 		t.Fatalf("limits %+v, %v: nothing says what this cgroup is", l, err)
 	}
 	rel, _ := filepath.Rel(n.limits.Root(), dir)
-	c, _ := attribution.ParseCgroupPath("/" + rel)
+	c, _ := host.ParseCgroupPath("/" + rel)
 	want := n.node.Layout.GPUs()[0].SliceMemoryBytes
 	n.limits.Apply(&node.Snapshot{Containers: []node.Container{{Namespace: "ml", Pod: "one", Container: "a", GPU: gpu, MemoryLimitBytes: want, Cgroup: c}}})
 	n.waitLimit(t, dir, want)
@@ -427,11 +427,11 @@ func TestDriverLimitsUnsupported(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: fake, CgroupRoot: "/sys/fs/cgroup", Holdings: func(context.Context, events.Pod) ([]node.Holding, error) { return nil, nil }})
-	if !errors.Is(err, nvml.ErrNotSupported) && !errors.Is(err, attribution.ErrNoCgroupV2) {
+	if !errors.Is(err, nvml.ErrNotSupported) && !errors.Is(err, host.ErrNoCgroupV2) {
 		t.Fatalf("err = %v, want not supported", err)
 	}
 	_, err = enforce.NewDriverLimits(enforce.DriverOptions{Limiter: fake, CgroupRoot: t.TempDir(), Holdings: func(context.Context, events.Pod) ([]node.Holding, error) { return nil, nil }})
-	if !errors.Is(err, attribution.ErrNoCgroupV2) {
+	if !errors.Is(err, host.ErrNoCgroupV2) {
 		t.Fatalf("err = %v, want no cgroup v2", err)
 	}
 }

@@ -12,9 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/events"
+	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
@@ -26,7 +26,7 @@ type Options struct {
 	ProcRoot string
 	// Namespace is the agent's cgroup namespace, in which the cgroup files
 	// under ProcRoot are read; the zero value is the host's.
-	Namespace attribution.Namespace
+	Namespace host.Namespace
 	// NamespaceErr is why the agent's cgroup namespace could not be placed
 	// in the host's hierarchy; nil when it was (or needed not be). With it
 	// set, the compute tier cannot engage on the node.

@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
@@ -174,7 +174,7 @@ func OwnerOf(procRoot string, pid int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	start, ok := attribution.ParseStartTime(stat)
+	start, ok := host.ParseStartTime(stat)
 	if !ok {
 		return "", fmt.Errorf("no start time for pid %d", pid)
 	}

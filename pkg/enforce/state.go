@@ -12,7 +12,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/host"
 )
 
 // StateFile records the freezer files of every container under throttle,
@@ -162,7 +162,7 @@ func ThawMarked(cgroupRoot, procRoot string) (int, error) {
 			if strings.Contains(rel, "/") && !strings.Contains(rel, "kubepods") {
 				return fs.SkipDir // system.slice, user.slice...
 			}
-			c, ok := attribution.ParseCgroupPath("/" + rel)
+			c, ok := host.ParseCgroupPath("/" + rel)
 			if !ok {
 				return nil // above the pods: keep walking down
 			}

@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
@@ -99,7 +99,7 @@ func freezerOnHost(cgroupRoot string) bool {
 	if _, err := os.Stat(filepath.Join(cgroupRoot, "freezer", "cgroup.procs")); err == nil {
 		return true
 	}
-	v2, err := attribution.CgroupV2Root(cgroupRoot)
+	v2, err := host.CgroupV2Root(cgroupRoot)
 	if err != nil {
 		return false
 	}

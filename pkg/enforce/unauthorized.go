@@ -6,8 +6,8 @@ import (
 	"slices"
 	"syscall"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/events"
+	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
@@ -108,7 +108,7 @@ func (e *Enforcer) unauthorized(snap *node.Snapshot) {
 func (e *Enforcer) killUnauthorized(u node.Unauthorized) {
 	now, err := e.opts.Namespace.ForPID(e.opts.ProcRoot, u.PID)
 	switch {
-	case errors.Is(err, attribution.ErrConflict) && u.Container.Key() == "":
+	case errors.Is(err, host.ErrConflict) && u.Container.Key() == "":
 	case err == nil && now.Key() != "" && now.Key() == u.Container.Key():
 	default:
 		return

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/events"
+	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 )
@@ -117,8 +117,8 @@ type MemoryStats struct {
 type Watchdog struct {
 	policy     MemoryPolicy
 	procRoot   string
-	cgroupRoot string                // where the cgroup filesystems are mounted
-	ns         attribution.Namespace // the agent's cgroup namespace
+	cgroupRoot string         // where the cgroup filesystems are mounted
+	ns         host.Namespace // the agent's cgroup namespace
 	log        *slog.Logger
 	stats      map[string]*MemoryStats // by container ID
 	kill       func(pid int) error

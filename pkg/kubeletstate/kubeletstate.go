@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io/fs"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/node"
@@ -63,12 +62,12 @@ func (o Options) sources(as []podresources.Assignment, cp []node.CheckpointEntry
 // concurrent use: the tier's watch goroutine alone calls it.
 type Pods struct {
 	opts   Options
-	record *attribution.PreparedClaims
+	record *PreparedClaims
 }
 
 // NewPods returns a reader of one pod's holdings.
 func NewPods(o Options) *Pods {
-	return &Pods{opts: o, record: attribution.NewPreparedClaims(o.PreparedClaims)}
+	return &Pods{opts: o, record: NewPreparedClaims(o.PreparedClaims)}
 }
 
 // Holdings returns what the containers of pod (named as the runtime's
@@ -80,7 +79,7 @@ func NewPods(o Options) *Pods {
 // driver's record what each holds. An error means what the pod holds
 // cannot be told now.
 func (p *Pods) Holdings(ctx context.Context, pod events.Pod) ([]node.Holding, error) {
-	entries, err := attribution.ReadCheckpoint(p.opts.PluginDir)
+	entries, err := ReadCheckpoint(p.opts.PluginDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		// The kubelet writes it once its device manager runs (the agent's
 		// own plugin registers there): missing, what a pod holds cannot
@@ -187,8 +186,8 @@ type State struct {
 // not safe for concurrent use: the sampler reads one sample at a time.
 type Reader struct {
 	opts        Options
-	checkpoint  *attribution.Checkpoint
-	prepared    *attribution.PreparedClaims
+	checkpoint  *Checkpoint
+	prepared    *PreparedClaims
 	assignments []podresources.Assignment
 	good        struct {
 		checkpoint []node.CheckpointEntry
@@ -198,7 +197,7 @@ type Reader struct {
 
 // NewReader returns a reader of the records the options name.
 func NewReader(o Options) *Reader {
-	return &Reader{opts: o, checkpoint: attribution.NewCheckpoint(o.PluginDir), prepared: attribution.NewPreparedClaims(o.PreparedClaims)}
+	return &Reader{opts: o, checkpoint: NewCheckpoint(o.PluginDir), prepared: NewPreparedClaims(o.PreparedClaims)}
 }
 
 // Read reads pod-resources, the device manager's checkpoint and, with

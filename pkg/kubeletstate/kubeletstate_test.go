@@ -9,7 +9,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/events"
@@ -81,7 +80,7 @@ func TestOnePodAgreesWithTheNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkpoint, err := attribution.ReadCheckpoint(n.Dir)
+	checkpoint, err := kubeletstate.ReadCheckpoint(n.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,7 @@ import "path"
 
 // Cgroup is what a process's cgroups say about its container: the pod
 // UID at the kubelet's pod level and the container ID at the runtime's
-// level (pkg/attribution parses it from /proc/<pid>/cgroup).
+// level (pkg/host reads it from /proc/<pid>/cgroup).
 type Cgroup struct {
 	// PodUID is the pod's UID in its canonical dashed form, from the
 	// kubelet's pod level of the path; empty when the path carries no pod

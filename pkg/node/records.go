@@ -3,7 +3,7 @@ package node
 import "github.com/gpuslice/gpuslice/pkg/contract"
 
 // The kubelet's and the runtime's records, as plain data: what the edges
-// (pkg/podresources, pkg/attribution, pkg/kubeletstate) read and the join
+// (pkg/podresources, pkg/host, pkg/kubeletstate) read and the join
 // and the holdings read.
 
 // Assignment is one container holding devices of a resource, as

@@ -11,8 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
@@ -44,7 +44,7 @@ type Options struct {
 	ProcRoot string
 	// Namespace is the agent's cgroup namespace, in which the cgroup files
 	// under ProcRoot are read; the zero value is the host's.
-	Namespace attribution.Namespace
+	Namespace host.Namespace
 	// PluginDir is the kubelet's device plugin dir, holding its checkpoint.
 	PluginDir string
 	// ResourceName is the resource whose slices are attributed.
@@ -99,7 +99,7 @@ type Sampler struct {
 
 	mu        sync.Mutex // guards the fields below; one sample at a time
 	state     node.State
-	cgroups   *attribution.Cgroups
+	cgroups   *host.Cgroups
 	kubelet   *kubeletstate.Reader
 	errors    map[string]uint64
 	loggedAt  map[string]time.Time
@@ -119,7 +119,7 @@ func New(devices []nvml.Device, layout *vgpu.Layout, gpus GPUs, assign Assignmen
 	}
 	s := &Sampler{
 		opts: opts, devices: devices, layout: layout, gpus: gpus, assign: assign, dev: dev,
-		cgroups: attribution.NewCgroups(opts.Namespace, opts.ProcRoot, opts.CgroupRecheck),
+		cgroups: host.NewCgroups(opts.Namespace, opts.ProcRoot, opts.CgroupRecheck),
 		kubelet: kubeletstate.NewReader(kubeletstate.Options{
 			PluginDir: opts.PluginDir, ResourceName: opts.ResourceName, Layout: layout, Assignments: assign,
 			DRA: opts.DRA, PreparedClaims: opts.PreparedClaims, Pods: opts.Pods,
@@ -246,9 +246,9 @@ func (s *Sampler) readGPU(d nvml.Device, now time.Time) node.GPUReading {
 		switch {
 		case err == nil:
 			np.Container = c
-		case errors.Is(err, attribution.ErrConflict):
+		case errors.Is(err, host.ErrConflict):
 			np.Conflict = err.Error()
-		case errors.Is(err, attribution.ErrNotContainer), errors.Is(err, fs.ErrNotExist):
+		case errors.Is(err, host.ErrNotContainer), errors.Is(err, fs.ErrNotExist):
 			// A host process, or one that exited since NVML listed it.
 		default:
 			s.fail(node.SourceProc, err)

@@ -1,4 +1,4 @@
-package attribution
+package host
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package attribution
+package host
 
 import (
 	"errors"
@@ -180,7 +180,7 @@ func FuzzParseProcCgroup(f *testing.F) {
 	f.Add([]byte("0::/../../kubepods-burstable-pod1a2b3c4d_5e6f_4a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-" + cid + ".scope\n4:freezer:/../x\n"))
 	private := NamespaceWithRoots(map[string]string{"": agentRoot, "freezer": "/kubepods/burstable/pod" + uid})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, ns := range []Namespace{HostNamespace(), private} {
+		for _, ns := range []Namespace{RootNamespace(), private} {
 			c, err := ns.ParseProcCgroup(data)
 			if err != nil {
 				continue

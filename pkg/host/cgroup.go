@@ -1,4 +1,4 @@
-package attribution
+package host
 
 import (
 	"bufio"
@@ -36,12 +36,12 @@ var ErrConflict = errors.New("cgroup lines name two containers")
 // ForPID reads <procRoot>/<pid>/cgroup and parses it as read in the
 // host's cgroup namespace.
 func ForPID(procRoot string, pid int) (node.Cgroup, error) {
-	return HostNamespace().ForPID(procRoot, pid)
+	return RootNamespace().ForPID(procRoot, pid)
 }
 
 // ParseProcCgroup is Namespace.ParseProcCgroup in the host's namespace.
 func ParseProcCgroup(data []byte) (node.Cgroup, error) {
-	return HostNamespace().ParseProcCgroup(data)
+	return RootNamespace().ParseProcCgroup(data)
 }
 
 // ParseProcCgroup parses the content of /proc/<pid>/cgroup as read in the

@@ -1,4 +1,4 @@
-package attribution
+package host
 
 import (
 	"errors"
@@ -118,7 +118,7 @@ func TestParseInPrivateNamespace(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			ns := HostNamespace()
+			ns := RootNamespace()
 			if tc.roots != nil {
 				ns = NamespaceWithRoots(tc.roots)
 			}

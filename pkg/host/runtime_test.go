@@ -1,4 +1,4 @@
-package attribution
+package host
 
 import (
 	"os"
@@ -9,6 +9,11 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/gpuslice/gpuslice/pkg/node"
+)
+
+const (
+	uidA = "aaaaaaaa-0000-4000-8000-000000000001"
+	uidB = "bbbbbbbb-0000-4000-8000-000000000002"
 )
 
 func TestParseBundleConfig(t *testing.T) {

@@ -1,4 +1,4 @@
-package attribution
+package host
 
 import (
 	"errors"
@@ -14,7 +14,7 @@ import (
 // period, so a PID the kernel hands to a new process is never answered
 // for with the old one's container.
 func TestCgroupsFollowsTheProcessByPidfd(t *testing.T) {
-	r := NewCgroups(HostNamespace(), "/proc", time.Hour)
+	r := NewCgroups(RootNamespace(), "/proc", time.Hour)
 	defer r.Close()
 	if !r.pidfds {
 		t.Fatal("/proc is this process's PID namespace, but pidfds are not used")
@@ -48,7 +48,7 @@ func TestCgroupsFollowsTheProcessByPidfd(t *testing.T) {
 // TestCgroupsWithoutPidfds: a /proc of another PID namespace (or a test's
 // fake) compares start times instead.
 func TestCgroupsWithoutPidfds(t *testing.T) {
-	if r := NewCgroups(HostNamespace(), t.TempDir(), time.Hour); r.pidfds {
+	if r := NewCgroups(RootNamespace(), t.TempDir(), time.Hour); r.pidfds {
 		t.Error("pidfds used for a /proc that is not this process's")
 	}
 }

@@ -1,4 +1,4 @@
-package attribution_test
+package host_test
 
 import (
 	"bufio"
@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
 )
 
@@ -73,14 +73,14 @@ func TestPrivateNamespaceOnRealCgroups(t *testing.T) {
 	}
 	// Read as the host's namespace, it names the container but cannot
 	// place it: nothing is enforced on a guess.
-	c, err := attribution.ParseProcCgroup([]byte(tenantLines))
+	c, err := host.ParseProcCgroup([]byte(tenantLines))
 	if err != nil || c.ContainerID != cid || c.PodUID != podUID || c.Unresolved == "" || c.Paths[""] != "" {
 		t.Fatalf("read as the host's: %+v, %v; want the container named, its v2 cgroup unresolved", c, err)
 	}
 
 	// Host init's line (the test runs in the host's PID namespace) says how
 	// deep the root lies, so the search reads that depth alone.
-	ns, err := attribution.DiscoverNamespace([]byte(self), []byte(initLines), "/sys/fs/cgroup", reader.Process.Pid)
+	ns, err := host.DiscoverNamespace([]byte(self), []byte(initLines), "/sys/fs/cgroup", reader.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestPrivateNamespaceOnRealCgroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ContainerID != cid || c.PodUID != podUID || c.QoS != attribution.QoSBurstable || filepath.Join(h.Mount, c.Paths[""]) != tenantDir {
+	if c.ContainerID != cid || c.PodUID != podUID || c.QoS != host.QoSBurstable || filepath.Join(h.Mount, c.Paths[""]) != tenantDir {
 		t.Fatalf("tenant = %+v; want container %s of pod %s in %s", c, cid, podUID, tenantDir)
 	}
 	if _, err := os.Stat(filepath.Join(h.Mount, c.Paths[""], "cgroup.freeze")); err != nil {

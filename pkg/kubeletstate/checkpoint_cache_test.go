@@ -1,11 +1,11 @@
-package attribution_test
+package kubeletstate_test
 
 import (
 	"os"
 	"path/filepath"
 	"testing"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 )
@@ -32,8 +32,8 @@ func writeAtomically(t *testing.T, path, data string) {
 // missing one is an error, not the last answer.
 func TestCheckpointReadAgainOnlyWhenReplaced(t *testing.T) {
 	dir := t.TempDir()
-	path := filepath.Join(dir, attribution.CheckpointFile)
-	c := attribution.NewCheckpoint(dir)
+	path := filepath.Join(dir, kubeletstate.CheckpointFile)
+	c := kubeletstate.NewCheckpoint(dir)
 	defer c.Close()
 	for i, uid := range []string{"uid-1", "uid-2", "uid-3", "uid-2"} {
 		writeAtomically(t, path, checkpointJSON(uid))

@@ -1,4 +1,4 @@
-package attribution
+package host
 
 import (
 	"bufio"
@@ -43,8 +43,9 @@ type Namespace struct {
 	roots map[string]string
 }
 
-// HostNamespace is the host's cgroup namespace: paths are read as they are.
-func HostNamespace() Namespace { return Namespace{} }
+// RootNamespace is the host's own (initial) cgroup namespace: paths are
+// read as they are.
+func RootNamespace() Namespace { return Namespace{} }
 
 // NamespaceWithRoots returns a namespace whose root in each hierarchy ("" for
 // cgroup v2, controller names for v1) is at the given host path. A hierarchy

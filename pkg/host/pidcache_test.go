@@ -1,4 +1,4 @@
-package attribution_test
+package host_test
 
 import (
 	"errors"
@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/attribution"
+	"github.com/gpuslice/gpuslice/pkg/host"
 )
 
 const (
@@ -50,7 +50,7 @@ func TestParseStartTime(t *testing.T) {
 		"empty":             {"", 0, false},
 	} {
 		t.Run(name, func(t *testing.T) {
-			got, ok := attribution.ParseStartTime([]byte(tc.in))
+			got, ok := host.ParseStartTime([]byte(tc.in))
 			if got != tc.want || ok != tc.ok {
 				t.Errorf("ParseStartTime(%q) = %d, %v; want %d, %v", tc.in, got, ok, tc.want, tc.ok)
 			}
@@ -62,7 +62,7 @@ func FuzzParseStartTime(f *testing.F) {
 	f.Add([]byte("42 (python3) S 1 42 42 0 -1 4194560 100 0 0 0 5 1 0 0 20 0 3 0 987654 1000 10 0"))
 	f.Add([]byte(") ) )"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if v, ok := attribution.ParseStartTime(b); !ok && v != 0 {
+		if v, ok := host.ParseStartTime(b); !ok && v != 0 {
 			t.Errorf("ParseStartTime(%q) = %d without ok", b, v)
 		}
 	})
@@ -78,7 +78,7 @@ func TestCgroupsRemembersByPIDAndStartTime(t *testing.T) {
 	root := t.TempDir()
 	cidA, cidB := repeat('a'), repeat('b')
 	fakeProc(t, root, 100, 5000, uidA, cidA)
-	r := attribution.NewCgroups(attribution.HostNamespace(), root, 10*time.Second)
+	r := host.NewCgroups(host.RootNamespace(), root, 10*time.Second)
 	t0 := time.Unix(1000, 0)
 	want := func(now time.Time, uid string) {
 		t.Helper()
@@ -108,7 +108,7 @@ func TestCgroupsForgetsExitedAndUnseen(t *testing.T) {
 	root := t.TempDir()
 	fakeProc(t, root, 100, 1, uidA, repeat('a'))
 	fakeProc(t, root, 200, 1, uidB, repeat('b'))
-	r := attribution.NewCgroups(attribution.HostNamespace(), root, time.Minute)
+	r := host.NewCgroups(host.RootNamespace(), root, time.Minute)
 	now := time.Unix(1000, 0)
 	for _, pid := range []int{100, 200} {
 		if _, err := r.ForPID(pid, now); err != nil {
@@ -147,9 +147,9 @@ func TestCgroupsRemembersConflicts(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "100", "cgroup"), []byte(conflict), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := attribution.NewCgroups(attribution.HostNamespace(), root, time.Minute)
+	r := host.NewCgroups(host.RootNamespace(), root, time.Minute)
 	for i := range 2 {
-		if _, err := r.ForPID(100, time.Unix(int64(1000+i), 0)); !errors.Is(err, attribution.ErrConflict) {
+		if _, err := r.ForPID(100, time.Unix(int64(1000+i), 0)); !errors.Is(err, host.ErrConflict) {
 			t.Fatalf("ForPID #%d = %v, want ErrConflict", i, err)
 		}
 	}
