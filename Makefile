@@ -10,6 +10,11 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 FUZZTIME  ?= 30s
 BENCHTIME ?= 1s
+# TAGS are the build tags of make build. The shipped image leaves the fake
+# GPU node out (nofakegpu); FAKE_GPU=1 keeps it, for a trial cluster
+# without GPUs (the end-to-end tier installs such an image).
+TAGS      ?=
+IMAGE_TAGS = $(if $(filter 1,$(FAKE_GPU)),$(TAGS),$(strip nofakegpu $(TAGS)))
 
 # go-nvml's cgo preamble warns about every deprecated NVML call it wraps.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
@@ -20,8 +25,8 @@ help: ## Show this help.
 
 .PHONY: build
 build: ## Build bin/gpu-agent, bin/gpu-dra-driver, bin/kubectl-gpuslice and bin/gpu-quota-controller.
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-agent ./cmd/gpu-agent
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-dra-driver ./cmd/gpu-dra-driver
+	$(GO) build -trimpath -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-agent ./cmd/gpu-agent
+	$(GO) build -trimpath -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-dra-driver ./cmd/gpu-dra-driver
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/kubectl-gpuslice ./cmd/kubectl-gpuslice
 	ln -sf kubectl-gpuslice $(BIN)/kubectl_complete-gpuslice   # kubectl's completion of the plugin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/gpu-quota-controller ./cmd/gpu-quota-controller
@@ -36,7 +41,8 @@ IMAGE ?= ghcr.io/gpuslice/gpu-agent:$(VERSION)
 CONTROLLER_IMAGE ?= ghcr.io/gpuslice/gpu-quota-controller:$(VERSION)
 
 .PHONY: image
-image: build ## Build the agent's (with gpu-dra-driver) and the quota controller's images as OCI archives in bin/, without a container engine.
+image: ## Build the agent's (with gpu-dra-driver) and the quota controller's images as OCI archives in bin/, without a container engine; without the fake GPU node unless FAKE_GPU=1.
+	$(MAKE) build TAGS='$(IMAGE_TAGS)'
 	$(GO) run ./tools/mkimage --binary $(BIN)/gpu-agent --extra $(BIN)/gpu-dra-driver --name $(IMAGE) --version $(VERSION) --out $(BIN)/gpu-agent-image.tar
 	$(GO) run ./tools/mkimage --binary $(BIN)/gpu-quota-controller --name $(CONTROLLER_IMAGE) --version $(VERSION) --nvidia-env=false --user 65532 --out $(BIN)/gpu-quota-controller-image.tar
 
@@ -62,7 +68,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./pkg/vgpu -run '^$$' -fuzz '^FuzzParseSliceID$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/vgpu -run '^$$' -fuzz '^FuzzParseSize$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./cmd/gpu-agent -run '^$$' -fuzz '^FuzzConfigFile$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./test/fakegpu -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/fakegpu -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/host -run '^$$' -fuzz '^FuzzParseProcCgroup$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/kubeletstate -run '^$$' -fuzz '^FuzzParseCheckpoint$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/host -run '^$$' -fuzz '^FuzzParseStartTime$$' -fuzztime $(FUZZTIME)

@@ -15,6 +15,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/gpuslice/gpuslice/internal/gpubackend"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
@@ -25,7 +26,6 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
 // defaultSlicesPerGPU applies when neither slicesPerGPU nor sliceMemory is set.
@@ -433,10 +433,8 @@ func (c Config) checkSources() error {
 			return errors.New("--fake-config needs --gpu-backend=fake")
 		}
 	case "fake":
-		if c.FakeConfig != "" {
-			if _, err := fakegpu.LoadFile(c.FakeConfig); err != nil {
-				return err
-			}
+		if err := gpubackend.CheckFakeFile(c.FakeConfig); err != nil {
+			return err
 		}
 	default:
 		return fmt.Errorf("--gpu-backend %q: want nvml or fake", c.GPUBackend)

@@ -34,7 +34,6 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
 // Exit codes.
@@ -168,8 +167,8 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	if driverLimits != nil {
 		g.Go(func() error { return driverLimits.Run(ctx) })
 	}
-	if gpus.fake != nil && cfg.FakeConfig != "" {
-		g.Go(func() error { return fakegpu.WatchFile(ctx, cfg.FakeConfig, gpus.fake, log) })
+	if gpus.watch != nil {
+		g.Go(func() error { return gpus.watch(ctx, log) })
 	}
 	return g.Wait()
 }
@@ -290,7 +289,7 @@ func newKubeParts(cfg Resolved, log *slog.Logger) (kubeParts, error) {
 // and offered by the device plugin.
 type gpus struct {
 	backend nvml.Backend
-	fake    *fakegpu.Node // the fake backend, whose file is watched; nil on NVML
+	watch   func(context.Context, *slog.Logger) error // follows the fake node's file; nil on NVML
 	devs    []nvml.Device
 	sys     nvml.SystemInfo
 	layout  *vgpu.Layout
@@ -300,7 +299,7 @@ type gpus struct {
 func openGPUs(cfg Resolved, log *slog.Logger) (*gpus, error) {
 	g := &gpus{}
 	var err error
-	if g.backend, g.fake, err = openBackend(cfg, log); err != nil {
+	if g.backend, g.watch, err = openBackend(cfg, log); err != nil {
 		return nil, err
 	}
 	g.devs, err = g.backend.Devices()
@@ -339,10 +338,11 @@ func (g *gpus) close(log *slog.Logger) {
 	}
 }
 
-func openBackend(cfg Resolved, log *slog.Logger) (nvml.Backend, *fakegpu.Node, error) {
+func openBackend(cfg Resolved, log *slog.Logger) (nvml.Backend, func(context.Context, *slog.Logger) error, error) {
 	o := cfg.NVML
 	o.Logger = log
-	return gpubackend.Open(cfg.GPUBackend, cfg.FakeConfig, o)
+	b, err := gpubackend.Open(cfg.GPUBackend, cfg.FakeConfig, o)
+	return b.Backend, b.Watch, err
 }
 
 // samplerOptions are the configured sampler's, wired to the runtime's

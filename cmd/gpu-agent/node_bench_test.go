@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
+	"github.com/gpuslice/gpuslice/internal/fakegpu/protocol"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
-	"github.com/gpuslice/gpuslice/test/fakegpu/protocol"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
 

@@ -10,9 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpuslice/gpuslice/internal/gpubackend"
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
 // Config is the driver's configuration, from flags (and NODE_NAME).
@@ -137,8 +137,8 @@ func (c Config) validate() error {
 	if _, err := c.level(); err != nil {
 		return err
 	}
-	if c.GPUBackend == "fake" && c.FakeConfig != "" {
-		if _, err := fakegpu.LoadFile(c.FakeConfig); err != nil {
+	if c.GPUBackend == "fake" {
+		if err := gpubackend.CheckFakeFile(c.FakeConfig); err != nil {
 			return err
 		}
 	}

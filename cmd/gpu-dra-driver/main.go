@@ -35,7 +35,6 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
 // Exit codes.
@@ -91,7 +90,7 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	}
 	defer unlock()
 	probes.NotReady("starting: the node lock is taken")
-	backend, fake, err := openBackend(cfg, log)
+	backend, watch, err := openBackend(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -147,8 +146,8 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 			}
 		})
 	})
-	if fake != nil && cfg.FakeConfig != "" {
-		g.Go(func() error { return fakegpu.WatchFile(gctx, cfg.FakeConfig, fake, log) })
+	if watch != nil {
+		g.Go(func() error { return watch(gctx, log) })
 	}
 	werr := g.Wait()
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
@@ -207,10 +206,11 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	return n, nil
 }
 
-func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, *fakegpu.Node, error) {
+func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, func(context.Context, *slog.Logger) error, error) {
 	o := nvml.DefaultOptions()
 	o.LibraryPath, o.ProbeInterval, o.XIDRecovery, o.Logger = cfg.NVMLLibrary, cfg.ProbeInterval, cfg.XIDRecovery, log
-	return gpubackend.Open(cfg.GPUBackend, cfg.FakeConfig, o)
+	b, err := gpubackend.Open(cfg.GPUBackend, cfg.FakeConfig, o)
+	return b.Backend, b.Watch, err
 }
 
 // devicePluginGPUs asks the kubelet's pod-resources API which GPUs the

@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
 	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
 const cgroupRoot = "/sys/fs/cgroup"

@@ -11,8 +11,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
 	"github.com/gpuslice/gpuslice/pkg/kube"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
 // fakeNode is a Node's labels as the API server keeps them: server-side

@@ -7,9 +7,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
 func node(t *testing.T, cfg fakegpu.Config, slices int) ([]nvml.Device, nvml.SystemInfo, *vgpu.Layout) {

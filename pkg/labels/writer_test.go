@@ -11,9 +11,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
 	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/test/apiserver"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
 func labelsOf(t *testing.T, c kubernetes.Interface, node string) map[string]string {

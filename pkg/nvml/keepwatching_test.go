@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
 // A health watch that fails (NVML's event set broke) is started again

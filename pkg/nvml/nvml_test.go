@@ -15,8 +15,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
 // These tests load a fake libnvidia-ml.so.1 through go-nvml, so they run

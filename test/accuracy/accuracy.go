@@ -7,9 +7,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu/gpumodel"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/test/fakegpu/gpumodel"
 )
 
 // Cell is one scenario: greedy tenants with the given limits sharing one

@@ -1,5 +1,5 @@
 // Package accuracy judges the compute throttle against a realistic GPU
-// model (test/fakegpu/gpumodel) in virtual time: greedy tenants share one
+// model (internal/fakegpu/gpumodel) in virtual time: greedy tenants share one
 // GPU, the agent's controller steers them from lagged, truncated NVML
 // readings through the same throttle cycle and sample averaging the agent
 // uses, and each tenant's share is judged by the kernels it completed,

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuslice/gpuslice/test/fakegpu"
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
 )
 
-// Workload is a fake GPU workload process (test/fakegpu/workload) a test
+// Workload is a fake GPU workload process (internal/fakegpu/workload) a test
 // started in a cgroup, judged by its own record of the GPU time it asked
 // for, never through NVML: it asks only while it runs, so frozen it asks
 // for none.

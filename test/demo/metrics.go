@@ -16,8 +16,8 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
 	"github.com/gpuslice/gpuslice/test/cgrouptest"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 	"github.com/gpuslice/gpuslice/test/promtest"
 )

@@ -86,7 +86,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	// Static: it runs inside the test image, which has no libc.
-	build = exec.Command("go", "build", "-o", workload, "github.com/gpuslice/gpuslice/test/fakegpu/workload")
+	build = exec.Command("go", "build", "-o", workload, "github.com/gpuslice/gpuslice/internal/fakegpu/workload")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Printf("build workload: %v: %s\n", err, out)

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gpuslice/gpuslice/test/fakegpu"
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
 )
 
 //go:embed matmul.py
@@ -338,7 +338,7 @@ func (d *dry) driverView(uuid string) (map[int]uint64, string, error) {
 
 func (d *dry) environment() []string {
 	return []string{
-		"GPU: none. Dry run: the fake libnvidia-ml (test/fakegpu) on one H200-141GB preset, fake workloads instead of PyTorch",
+		"GPU: none. Dry run: the fake libnvidia-ml (internal/fakegpu) on one H200-141GB preset, fake workloads instead of PyTorch",
 		"Judge: GPU time the fake node served each workload (its completed work), not NVML",
 		"Kernel: " + kernel(),
 		"Cgroups: " + cgroupMode(),

@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
-	"github.com/gpuslice/gpuslice/test/fakegpu"
 )
 
 // Node is a test node: a fake GPU node, gpuslice's device plugin serving it

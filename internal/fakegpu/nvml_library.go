@@ -117,7 +117,7 @@ func (n *Node) WriteNVMLState(path string) error {
 // tool and returns its path.
 func BuildWorkload(dir string) (string, error) {
 	bin := filepath.Join(dir, "workload")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/gpuslice/gpuslice/test/fakegpu/workload").CombinedOutput()
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/gpuslice/gpuslice/internal/fakegpu/workload").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("build fake GPU workload: %w: %s", err, out)
 	}

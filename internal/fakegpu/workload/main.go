@@ -1,6 +1,6 @@
 // Command workload is a fake GPU workload: a real process that holds some
 // GPU memory and wants some share of a GPU's compute, for the fake GPU node
-// (test/fakegpu) to serve. It asks for GPU time only while it runs: frozen
+// (internal/fakegpu) to serve. It asks for GPU time only while it runs: frozen
 // by its cgroup, it asks for none, exactly as a frozen CUDA host thread
 // launches no kernels. SIGUSR1 pauses its GPU work and SIGUSR2 resumes it,
 // as a program that idles its GPU between bursts.
@@ -27,7 +27,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gpuslice/gpuslice/test/fakegpu/protocol"
+	"github.com/gpuslice/gpuslice/internal/fakegpu/protocol"
 )
 
 func main() {

@@ -1,6 +1,6 @@
 /*
  * A fake libnvidia-ml.so.1 for gpuslice's tests: the subset of NVML that
- * pkg/nvml calls, answered from a state file that test/fakegpu renders
+ * pkg/nvml calls, answered from a state file that internal/fakegpu renders
  * (Node.WriteNVMLState). A test changes the GPUs' state by replacing the
  * file (write and rename); the library parses it again only when it was
  * replaced (another inode), as a driver keeps its state in

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu/protocol"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/test/fakegpu/protocol"
 )
 
 // limitKey names one cgroup's limits on one GPU.

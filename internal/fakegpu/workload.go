@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpuslice/gpuslice/internal/fakegpu/protocol"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
-	"github.com/gpuslice/gpuslice/test/fakegpu/protocol"
 )
 
 // WorkloadState is what a fake GPU workload publishes about itself; see

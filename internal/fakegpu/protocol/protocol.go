@@ -1,5 +1,5 @@
 // Package protocol is how fake GPU workload processes talk to the fake
-// GPU node (test/fakegpu): files in the node's workload directory. It has
+// GPU node (internal/fakegpu): files in the node's workload directory. It has
 // no dependencies, so the workload program builds static and runs inside
 // container images without a libc.
 package protocol
