@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,27 +95,6 @@ func DefaultOptions() Options {
 	}
 }
 
-// Stats is what enforcement did to one container.
-type Stats struct {
-	// Throttled is the time the container spent frozen.
-	Throttled time.Duration
-	// Duty is its current duty, 1 when not throttled.
-	Duty float64
-	// Compute and Memory say whether the container's compute share and
-	// memory limit are held: ReasonEnforced, or why not (Reasons).
-	Compute, Memory string
-	// MemoryEvents counts the times it went over its GPU memory limit.
-	MemoryEvents uint64
-	// Kills counts its GPU processes killed for that.
-	Kills uint64
-	// CgroupKills counts the times every process of its cgroup was killed
-	// for going over its limit again after its newest were killed.
-	CgroupKills uint64
-	// DriverMemoryLimits are the hard limits the driver enforces on the
-	// container's cgroup, by GPU UUID; nil without the driver tier.
-	DriverMemoryLimits map[string]uint64
-}
-
 // Enforcer applies the controller's duties to containers' cgroups after
 // every sample. It is safe for concurrent use.
 type Enforcer struct {
@@ -185,14 +163,6 @@ type heldFreezer struct {
 	key string
 }
 
-// UnauthorizedStats counts what was done about unauthorized GPU use.
-type UnauthorizedStats struct {
-	// Killed counts processes killed; Frozen is how many cgroups are
-	// frozen for it now.
-	Killed uint64
-	Frozen int
-}
-
 // UseDriverLimits puts the driver's per-cgroup memory limits in front of
 // the watchdog, which stays as a backstop for containers the driver could
 // not limit.
@@ -246,20 +216,6 @@ func (e *Enforcer) Run(ctx context.Context) {
 			e.Apply(snap)
 		}
 	}
-}
-
-// DriverStats returns what the driver tier did, as of the last Apply, and
-// false without one.
-func (e *Enforcer) DriverStats() (DriverStats, bool) {
-	v := e.published.Load()
-	return v.driver, v.hasDriver
-}
-
-func (e *Enforcer) driverLimits() map[string]map[string]uint64 {
-	if e.driver == nil {
-		return nil
-	}
-	return e.driver.Limits()
 }
 
 // New thaws whatever a previous agent left frozen, then returns an
@@ -394,257 +350,6 @@ func (e *Enforcer) reportUnknown(snap *node.Snapshot) {
 	}
 }
 
-// round is what one snapshot says to the throttle.
-type round struct {
-	// seen are the containers with a cgroup, by container ID; hold, those
-	// on a GPU that could not be read (they keep their duty).
-	seen map[string]node.Container
-	hold map[string]bool
-	// byGPU are the controllers' members, by GPU UUID; util, each read
-	// GPU's utilization.
-	byGPU map[string][]Member
-	util  map[string]float64
-}
-
-// readRound reads a snapshot for the throttle; policyOf gives a container's
-// compute policy.
-func readRound(snap *node.Snapshot, policyOf func(c node.Container) Policy) round {
-	r := round{seen: map[string]node.Container{}, hold: map[string]bool{}, byGPU: map[string][]Member{}, util: map[string]float64{}}
-	for _, d := range snap.Devices {
-		if d.SampleOK {
-			r.util[d.UUID] = d.Sample.Utilization
-		}
-	}
-	for _, c := range snap.Enforced() {
-		id := c.Cgroup.Key()
-		if id == "" {
-			continue // no process seen yet: nothing to throttle
-		}
-		r.seen[id] = c
-		if c.Blind {
-			r.hold[id] = true
-			continue
-		}
-		r.byGPU[c.GPU] = append(r.byGPU[c.GPU], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: policyOf(c), Usage: c.SMUtilization})
-	}
-	return r
-}
-
-// planDuties runs each GPU's controller and returns each container's plan:
-// the smallest duty over its GPUs. Containers on a blind GPU get none.
-func planDuties(ctrl map[string]*Controller, r round, dt time.Duration) map[string]Plan {
-	plans := map[string]Plan{}
-	for gpu, members := range r.byGPU {
-		for k, p := range ctrl[gpu].Update(members, r.util[gpu], dt) {
-			if cur, ok := plans[k]; !ok || p.Duty < cur.Duty {
-				plans[k] = p
-			}
-		}
-	}
-	for id := range r.hold {
-		delete(plans, id) // one of its GPUs is blind: keep the duty it has
-	}
-	return plans
-}
-
-func (e *Enforcer) policyOf(c node.Container) Policy {
-	var pod Policy
-	if e.opts.PodPolicy != nil {
-		pod = e.opts.PodPolicy(c.Namespace, c.Pod)
-	}
-	return e.opts.PodPolicies.Effective(e.opts.Policy, pod)
-}
-
-// resolveFreezers finds each seen container's freezer, once per cgroup
-// path, and drops from the round the containers that have none.
-func (e *Enforcer) resolveFreezers(r round) {
-	for id, c := range r.seen {
-		if f, ok := e.freezers[id]; ok && f.key == freezerKey(c.Cgroup) {
-			continue
-		}
-		f, err := FreezerFor(e.opts.CgroupRoot, c.Cgroup)
-		if err != nil {
-			if !e.unreachable[id] {
-				e.unreachable[id] = true
-				e.failures++
-				reason := e.computeReason(c.Cgroup, false)
-				e.log.Warn("cannot enforce compute share", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "reason", reason, "err", err)
-				e.opts.Events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUComputeShareUnenforced",
-					fmt.Sprintf("The %.0f%% compute share of container %s on GPU %d cannot be enforced (%s): %s. Its GPU use is still measured and reported.",
-						c.ComputeLimitRatio*100, c.Container, c.Index, reason, unreachableDetail(c.Cgroup, err)))
-			}
-			delete(r.hold, id)
-			for gpu, ms := range r.byGPU {
-				r.byGPU[gpu] = slices.DeleteFunc(ms, func(m Member) bool { return m.Key == id })
-				if len(r.byGPU[gpu]) == 0 {
-					delete(r.byGPU, gpu)
-				}
-			}
-			continue
-		}
-		if _, ok := e.freezers[id]; ok {
-			// The same container is now seen in other cgroup paths: the
-			// old throttle holds the wrong file.
-			e.stop(id)
-		}
-		delete(e.unreachable, id)
-		f.Raw, f.Owner = e.raw, e.owner
-		e.freezers[id] = heldFreezer{Freezer: f, key: freezerKey(c.Cgroup)}
-	}
-}
-
-// act starts, changes and ends throttles to follow the plans. The record
-// of throttled cgroups is written once, before any new throttle freezes:
-// a crash never leaves a frozen cgroup the record does not name.
-func (e *Enforcer) act(plans map[string]Plan, r round) {
-	var start []string
-	for id, p := range plans {
-		t := e.throttles[id]
-		switch {
-		case t == nil && p.Duty < 1:
-			start = append(start, id)
-		case t != nil && t.Err() != nil:
-			// The cgroup went away mid-throttle; the throttle thawed what
-			// it could and stopped. Forget the freezer: if the container is
-			// really still there, its cgroup is found again next sample.
-			e.failures++
-			e.stop(id)
-			delete(e.freezers, id)
-		case t != nil:
-			t.SetPlan(p)
-		}
-	}
-	if len(start) == 0 {
-		return
-	}
-	e.record(start...)
-	for _, id := range start {
-		p, c := plans[id], r.seen[id]
-		e.throttles[id] = StartThrottle(e.freezers[id].Freezer, p, e.epoch, e.opts.Clock)
-		e.log.Info("throttling container", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "cgroup", id, "duty", p.Duty)
-		e.opts.Events.Normal(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUComputeThrottled",
-			fmt.Sprintf("Container %s uses more GPU compute than its %.0f%% share of GPU %d; it runs %.0f%% of each %s period until it is back within it.",
-				c.Container, c.ComputeLimitRatio*100, c.Index, p.Duty*100, p.Period))
-	}
-}
-
-// forgetGone stops the throttles of containers gone from the snapshot,
-// thawing them, and forgets them.
-func (e *Enforcer) forgetGone(seen map[string]node.Container) {
-	for id := range e.throttles {
-		if _, ok := seen[id]; !ok {
-			e.stop(id)
-		}
-	}
-	for id := range e.freezers {
-		if _, ok := seen[id]; !ok {
-			delete(e.freezers, id)
-			delete(e.finished, id)
-			for _, c := range e.ctrl {
-				c.Forget(id)
-			}
-		}
-	}
-	for id := range e.unreachable {
-		if _, ok := seen[id]; !ok {
-			delete(e.unreachable, id)
-		}
-	}
-}
-
-// collectStats is what enforcement did to each seen container.
-func (e *Enforcer) collectStats(seen map[string]node.Container) map[string]Stats {
-	stats := make(map[string]Stats, len(seen))
-	memory := e.watchdog.Stats()
-	driver := e.driverLimits()
-	for id := range seen {
-		mem := memory[id]
-		c := seen[id]
-		s := Stats{Duty: 1, Throttled: e.finished[id], MemoryEvents: mem.Events, Kills: mem.Kills, CgroupKills: mem.CgroupKills, DriverMemoryLimits: driver[id],
-			Compute: e.computeReason(c.Cgroup, e.freezers[id].File != ""), Memory: e.memoryReason()}
-		if t := e.throttles[id]; t != nil {
-			s.Duty = t.Duty()
-			s.Throttled += t.Throttled()
-		}
-		stats[id] = s
-	}
-	return stats
-}
-
-// freezerKey names the cgroup a container's freezer must hold.
-func freezerKey(c node.Cgroup) string {
-	return c.Key() + "|" + c.Paths[""] + "|" + c.Paths["freezer"]
-}
-
-// stop ends a container's throttle, thawing it; the record is rewritten
-// at the end of the round (a stale entry only thaws a cgroup that is not
-// frozen).
-func (e *Enforcer) stop(id string) {
-	if t := e.throttles[id]; t != nil {
-		t.Stop()
-		e.finished[id] += t.Throttled()
-		delete(e.throttles, id)
-		e.stale = true
-		if err := t.ThawErr(); err != nil {
-			// Never dropped from the record while it may be frozen.
-			f := e.freezers[id].Freezer
-			e.unthawed[f.File] = f
-			e.failures++
-			e.log.Error("thaw after a throttle failed; retried every round and kept in the record", "container", id, "err", err)
-		}
-	}
-}
-
-// thawAgain thaws the cgroups whose last thaw failed; each leaves the
-// record once thawed or gone.
-func (e *Enforcer) thawAgain() {
-	for file, f := range e.unthawed {
-		if err := f.Thaw(); err != nil && !errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		delete(e.unthawed, file)
-		e.stale = true
-	}
-}
-
-// record writes the freezer files of every throttled or parked cgroup,
-// and of the containers about to be throttled.
-func (e *Enforcer) record(starting ...string) {
-	e.stale = false
-	files := make([]string, 0, len(e.throttles)+len(e.parked)+len(starting))
-	for id := range e.throttles {
-		files = append(files, e.freezers[id].File)
-	}
-	for _, id := range starting {
-		files = append(files, e.freezers[id].File)
-	}
-	for _, f := range e.parked {
-		files = append(files, f.File)
-	}
-	for file := range e.unthawed {
-		files = append(files, file)
-	}
-	if err := e.opts.State.Write(files); err != nil {
-		e.failures++
-		e.log.Error("record throttled containers", "err", err)
-	}
-}
-
-// Stats returns what enforcement did, by container ID, as of the last
-// Apply. It never waits on an enforcement round.
-func (e *Enforcer) Stats() map[string]Stats {
-	v := e.published.Load()
-	out := make(map[string]Stats, len(v.stats))
-	for k, s := range v.stats {
-		out[k] = s
-	}
-	return out
-}
-
-// Failures counts containers that could not be enforced and cgroups that
-// vanished under a throttle, as of the last Apply.
-func (e *Enforcer) Failures() uint64 { return e.published.Load().failures }
-
 // Close stops every throttle, thawing every container, and clears the
 // record. Samples applied after it change nothing.
 func (e *Enforcer) Close() {
@@ -663,48 +368,4 @@ func (e *Enforcer) Close() {
 	}
 	e.thawAgain() // what still fails stays recorded for the next agent
 	e.record()
-}
-
-// memoryOnlyStats reports the watchdog's work when the throttle is off.
-func (e *Enforcer) memoryOnlyStats(snap *node.Snapshot) map[string]Stats {
-	mem := e.watchdog.Stats()
-	driver := e.driverLimits()
-	out := map[string]Stats{}
-	for _, c := range snap.Enforced() {
-		if id := c.Cgroup.Key(); id != "" {
-			m := mem[id]
-			out[id] = Stats{Duty: 1, MemoryEvents: m.Events, Kills: m.Kills, CgroupKills: m.CgroupKills, DriverMemoryLimits: driver[id],
-				Compute: e.computeReason(c.Cgroup, false), Memory: e.memoryReason()}
-		}
-	}
-	return out
-}
-
-// Node says whether each tier can engage on the node at all, as found
-// when the enforcer started.
-func (e *Enforcer) Node() NodeState { return e.published.Load().node }
-
-// Tiers names the strongest mechanism holding each resource: "freezer" or
-// "none" for compute; "driver" (the driver's per-cgroup limits),
-// "watchdog" or "none" for memory.
-func (e *Enforcer) Tiers() (compute, memory string) {
-	v := e.published.Load()
-	return v.compute, v.memory
-}
-
-func (e *Enforcer) tiersLocked() (compute, memory string) {
-	compute, memory = "none", "none"
-	switch {
-	case e.opts.MPS:
-		compute = "mps"
-	case e.opts.Compute:
-		compute = "freezer"
-	}
-	switch {
-	case e.driver != nil:
-		memory = "driver"
-	case e.opts.Memory != MemoryOff:
-		memory = "watchdog"
-	}
-	return compute, memory
 }
