@@ -81,13 +81,6 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	return exitOK
 }
 
-// renderKey names one rendering of /metrics: a sample and what
-// enforcement had done when it was taken.
-type renderKey struct {
-	snap *node.Snapshot
-	gen  uint64
-}
-
 // runAgent serves the probes from the start, then builds the components
 // and runs them until ctx ends or one fails.
 func runAgent(ctx context.Context, cfg Resolved, log *slog.Logger) error {
@@ -150,11 +143,8 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	g.Go(func() error { enforcer.Run(ctx); return nil })
 	g.Go(func() error {
 		exposition := exporter.NewExposition(smp, exporter.Info{Version: version, System: gpus.sys, Enforcement: enforcer})
-		// Every series comes from the sample and enforcement's published
-		// view: render once per change of either.
-		key := func() any { return renderKey{smp.Snapshot(), enforcer.Generation()} }
 		ready := func() bool { return probes.Ready() == nil }
-		return exporter.Serve(ctx, lis, k.guard(exporter.Handler(exposition, key, ready, log)), cfg.WebConfigFile, log)
+		return exporter.Serve(ctx, lis, k.guard(exporter.Handler(exposition, exposition.Key, ready, log)), cfg.WebConfigFile, log)
 	})
 	if k.client != nil && cfg.NodeLabels {
 		w := labels.NewWriter(k.client, cfg.NodeName, cfg.GFDLabels, log)

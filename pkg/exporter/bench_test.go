@@ -86,6 +86,7 @@ func BenchmarkScrape(b *testing.B) {
 type statsOf map[string]enforce.Stats
 
 func (s statsOf) Stats() map[string]enforce.Stats        { return s }
+func (s statsOf) Generation() uint64                     { return 1 }
 func (statsOf) DriverStats() (enforce.DriverStats, bool) { return enforce.DriverStats{}, false }
 func (statsOf) Failures() uint64                         { return 0 }
 func (statsOf) Tiers() (string, string)                  { return "freezer", "watchdog" }

@@ -33,6 +33,8 @@ type Enforcement interface {
 	Tiers() (compute, memory string)
 	Node() enforce.NodeState
 	DriverStats() (enforce.DriverStats, bool)
+	// Generation changes whenever what the methods above report changes.
+	Generation() uint64
 }
 
 // Info is static information about the agent and its node, and where
@@ -59,6 +61,24 @@ func NewExposition(src Source, info Info) *Exposition {
 		e.cuda = info.System.CUDAVersion()
 	}
 	return e
+}
+
+// expositionKey names one rendering: a sample and the generation of what
+// enforcement had published.
+type expositionKey struct {
+	snap *node.Snapshot
+	gen  uint64
+}
+
+// Key names the exposition Append would render now: every series comes
+// from the sample and enforcement's published view, so equal keys render
+// the same bytes (Handler renders once per key).
+func (e *Exposition) Key() any {
+	k := expositionKey{snap: e.src.Snapshot()}
+	if e.info.Enforcement != nil {
+		k.gen = e.info.Enforcement.Generation()
+	}
+	return k
 }
 
 // view is what one rendering reads: the snapshot and enforcement's stats,

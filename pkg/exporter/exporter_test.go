@@ -3,6 +3,7 @@ package exporter
 import (
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +31,47 @@ func (enforcement) DriverStats() (enforce.DriverStats, bool) {
 }
 
 func (enforcement) Failures() uint64 { return 1 }
+
+func (enforcement) Generation() uint64 { return 7 }
+
+// generations is enforcement whose published view changes when gen does.
+type generations struct {
+	enforcement
+	gen *atomic.Uint64
+}
+
+func (g generations) Generation() uint64 { return g.gen.Load() }
+
+// swapped is a source whose snapshot is replaced, as the sampler's is.
+type swapped struct {
+	p *atomic.Pointer[node.Snapshot]
+}
+
+func (s swapped) Snapshot() *node.Snapshot { return s.p.Load() }
+
+// TestExpositionKey: the exposition names its own freshness (the sample
+// and enforcement's published generation), so a new sample or a new
+// enforcement view renders again and nothing else does.
+func TestExpositionKey(t *testing.T) {
+	t.Parallel()
+	var snap atomic.Pointer[node.Snapshot]
+	snap.Store(snapshot())
+	var gen atomic.Uint64
+	e := NewExposition(swapped{&snap}, Info{Enforcement: generations{gen: &gen}})
+	k0 := e.Key()
+	if e.Key() != k0 {
+		t.Fatal("the key changed with nothing new")
+	}
+	snap.Store(snapshot())
+	k1 := e.Key()
+	if k1 == k0 {
+		t.Error("a new sample kept the key")
+	}
+	gen.Add(1)
+	if e.Key() == k1 {
+		t.Error("a new enforcement view kept the key")
+	}
+}
 
 func (enforcement) Tiers() (string, string) { return "freezer", "driver" }
 
