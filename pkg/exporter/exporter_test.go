@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
@@ -417,5 +418,18 @@ func TestClaimInfo(t *testing.T) {
 	}
 	if strings.Join(got, " ") != "train:ml/a@GPU-aaa train:ml/b@GPU-aaa" {
 		t.Errorf("claim_info series %v", got)
+	}
+}
+
+// TestContractMetricsExported: every metric name kubectl gpuslice and the
+// quota controller read (contract.ReadMetrics) is one the agent exports,
+// so a rename here cannot silently empty their tables and budgets.
+func TestContractMetricsExported(t *testing.T) {
+	t.Parallel()
+	out := string(NewExposition(fixed{snapshot()}, Info{Version: "test", Enforcement: enforcement{}}).Append(nil))
+	for _, name := range contract.ReadMetrics {
+		if !strings.Contains(out, "# TYPE "+name+" ") {
+			t.Errorf("the agent does not export %s, which other programs read", name)
+		}
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/gpuslice/gpuslice/pkg/contract"
 )
 
 // Sample is one series' current value.
@@ -31,13 +33,13 @@ type Source interface {
 }
 
 // Metrics the tables read.
-var Metrics = []string{
-	"gpuslice_device_info", "gpuslice_device_memory_total_bytes", "gpuslice_device_memory_used_bytes",
-	"gpuslice_device_utilization_ratio", "gpuslice_device_healthy",
-	"gpuslice_slices_capacity", "gpuslice_slices_allocated",
-	"gpuslice_container_slices", "gpuslice_container_memory_used_bytes", "gpuslice_container_memory_limit_bytes",
-	"gpuslice_container_sm_utilization_ratio", "gpuslice_container_compute_limit_ratio",
-	"gpuslice_container_last_active_timestamp_seconds",
+var Metrics = []string{ // all of them in contract.ReadMetrics
+	contract.MetricDeviceInfo, contract.MetricDeviceMemoryTotalBytes, contract.MetricDeviceMemoryUsedBytes,
+	contract.MetricDeviceUtilizationRatio, contract.MetricDeviceHealthy,
+	contract.MetricSlicesCapacity, contract.MetricSlicesAllocated,
+	contract.MetricContainerSlices, contract.MetricContainerMemoryUsedBytes, contract.MetricContainerMemoryLimitBytes,
+	contract.MetricContainerSMUtilization, contract.MetricContainerComputeLimit,
+	contract.MetricContainerLastActive,
 }
 
 // Container is one container's use of one GPU.
@@ -106,31 +108,31 @@ func Build(samples []Sample) Model {
 	}
 	for _, s := range samples {
 		switch s.Name {
-		case "gpuslice_device_info":
+		case contract.MetricDeviceInfo:
 			gpu(s).Model = s.Labels["model"]
-		case "gpuslice_device_memory_total_bytes":
+		case contract.MetricDeviceMemoryTotalBytes:
 			gpu(s).MemoryTotal = s.Value
-		case "gpuslice_device_memory_used_bytes":
+		case contract.MetricDeviceMemoryUsedBytes:
 			gpu(s).MemoryUsed = s.Value
-		case "gpuslice_device_utilization_ratio":
+		case contract.MetricDeviceUtilizationRatio:
 			gpu(s).Utilization = s.Value
-		case "gpuslice_device_healthy":
+		case contract.MetricDeviceHealthy:
 			gpu(s).Healthy = s.Value == 1
-		case "gpuslice_slices_capacity":
+		case contract.MetricSlicesCapacity:
 			gpu(s).Slices = int(s.Value)
-		case "gpuslice_slices_allocated":
+		case contract.MetricSlicesAllocated:
 			gpu(s).Allocated = int(s.Value)
-		case "gpuslice_container_slices":
+		case contract.MetricContainerSlices:
 			ctr(s).Slices = int(s.Value)
-		case "gpuslice_container_memory_used_bytes":
+		case contract.MetricContainerMemoryUsedBytes:
 			ctr(s).MemoryUsed = s.Value
-		case "gpuslice_container_memory_limit_bytes":
+		case contract.MetricContainerMemoryLimitBytes:
 			ctr(s).MemoryLimit = s.Value
-		case "gpuslice_container_sm_utilization_ratio":
+		case contract.MetricContainerSMUtilization:
 			ctr(s).Compute = s.Value
-		case "gpuslice_container_compute_limit_ratio":
+		case contract.MetricContainerComputeLimit:
 			ctr(s).ComputeLimit = s.Value
-		case "gpuslice_container_last_active_timestamp_seconds":
+		case contract.MetricContainerLastActive:
 			if s.Value > 0 {
 				ctr(s).LastActive = time.Unix(0, int64(s.Value*1e9))
 			}

@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/api"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
+
+	"github.com/gpuslice/gpuslice/pkg/contract"
 )
 
 // Usage is what one cycle's queries measured. Only valid numbers are in
@@ -138,9 +140,9 @@ func BudgetQuery(b Budget, s Series) string {
 	if b.Source == SourceAllocated {
 		// The share of GPUs held (compute limit ratio), sampled every
 		// 15 s over the window, in hours.
-		return fmt.Sprintf(`sum by (namespace) (sum_over_time(%s[%s:15s])) * 15 / 3600`, s.of("gpuslice_container_compute_limit_ratio"), w)
+		return fmt.Sprintf(`sum by (namespace) (sum_over_time(%s[%s:15s])) * 15 / 3600`, s.of(contract.MetricContainerComputeLimit), w)
 	}
-	return fmt.Sprintf(`sum by (namespace) (increase(%s[%s])) / 3600`, s.of("gpuslice_container_gpu_busy_seconds_total"), w)
+	return fmt.Sprintf(`sum by (namespace) (increase(%s[%s])) / 3600`, s.of(contract.MetricContainerGPUBusySeconds), w)
 }
 
 // IdleQueries are the PromQL for the evidence of idleness over d, each
@@ -150,7 +152,7 @@ func BudgetQuery(b Budget, s Series) string {
 func IdleQueries(d time.Duration, s Series) (maxQ, minQ, sumQ, countQ string) {
 	r := promRange(d)
 	by := "by (namespace, pod, instance)"
-	m := s.of("gpuslice_container_sm_utilization_ratio")
+	m := s.of(contract.MetricContainerSMUtilization)
 	return fmt.Sprintf("max %s (max_over_time(%s[%s]))", by, m, r),
 		fmt.Sprintf("min %s (min_over_time(%s[%s]))", by, m, r),
 		fmt.Sprintf("sum %s (sum_over_time(%s[%s]))", by, m, r),
@@ -162,13 +164,13 @@ func IdleQueries(d time.Duration, s Series) (maxQ, minQ, sumQ, countQ string) {
 func BlindQuery(d time.Duration, s Series) string {
 	r := promRange(d)
 	return fmt.Sprintf(`max by (instance) (max_over_time(%s[%s])) > 0 or min by (instance) (min_over_time(%s[%s])) == 0`,
-		s.of("gpuslice_agent_gpu_blind"), r, s.of("up", `instance=~".+"`), r)
+		s.of(contract.MetricAgentGPUBlind), r, s.of("up", `instance=~".+"`), r)
 }
 
 // UnknownQuery is the PromQL for the pods whose use an agent marked
 // unknown at some point over d (gpuslice_container_use_unknown).
 func UnknownQuery(d time.Duration, s Series) string {
-	return fmt.Sprintf("max by (namespace, pod) (max_over_time(%s[%s])) > 0", s.of("gpuslice_container_use_unknown"), promRange(d))
+	return fmt.Sprintf("max by (namespace, pod) (max_over_time(%s[%s])) > 0", s.of(contract.MetricContainerUseUnknown), promRange(d))
 }
 
 // MaxConcurrentQueries bounds the queries one cycle has in flight.

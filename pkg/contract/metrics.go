@@ -1,0 +1,33 @@
+package contract
+
+// The agent's metric names that other programs read: kubectl gpuslice
+// (pkg/gputop) and the quota controller's queries (pkg/quota). The agent's
+// exposition must export each (pkg/exporter's TestContractMetricsExported),
+// so a rename there cannot silently empty a table or a budget.
+const (
+	MetricDeviceInfo                = "gpuslice_device_info"
+	MetricDeviceMemoryTotalBytes    = "gpuslice_device_memory_total_bytes"
+	MetricDeviceMemoryUsedBytes     = "gpuslice_device_memory_used_bytes"
+	MetricDeviceUtilizationRatio    = "gpuslice_device_utilization_ratio"
+	MetricDeviceHealthy             = "gpuslice_device_healthy"
+	MetricSlicesCapacity            = "gpuslice_slices_capacity"
+	MetricSlicesAllocated           = "gpuslice_slices_allocated"
+	MetricContainerSlices           = "gpuslice_container_slices"
+	MetricContainerMemoryUsedBytes  = "gpuslice_container_memory_used_bytes"
+	MetricContainerMemoryLimitBytes = "gpuslice_container_memory_limit_bytes"
+	MetricContainerSMUtilization    = "gpuslice_container_sm_utilization_ratio"
+	MetricContainerComputeLimit     = "gpuslice_container_compute_limit_ratio"
+	MetricContainerLastActive       = "gpuslice_container_last_active_timestamp_seconds"
+	MetricContainerGPUBusySeconds   = "gpuslice_container_gpu_busy_seconds_total"
+	MetricContainerUseUnknown       = "gpuslice_container_use_unknown"
+	MetricAgentGPUBlind             = "gpuslice_agent_gpu_blind"
+)
+
+// ReadMetrics are the agent's metrics other programs read.
+var ReadMetrics = []string{
+	MetricDeviceInfo, MetricDeviceMemoryTotalBytes, MetricDeviceMemoryUsedBytes, MetricDeviceUtilizationRatio,
+	MetricDeviceHealthy, MetricSlicesCapacity, MetricSlicesAllocated, MetricContainerSlices,
+	MetricContainerMemoryUsedBytes, MetricContainerMemoryLimitBytes, MetricContainerSMUtilization,
+	MetricContainerComputeLimit, MetricContainerLastActive, MetricContainerGPUBusySeconds,
+	MetricContainerUseUnknown, MetricAgentGPUBlind,
+}
