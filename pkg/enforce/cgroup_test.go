@@ -285,7 +285,7 @@ func TestUnreachableContainerCountedOnce(t *testing.T) {
 	}
 	defer e.Close()
 	snap := &node.Snapshot{Containers: []node.Container{{
-		Namespace: "ml", Pod: "p", Container: "c", GPU: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
+		Namespace: "ml", Pod: "p", Container: "c", UUID: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
 		Cgroup: node.Cgroup{ContainerID: "x", Paths: map[string]string{"": "/no/such/cgroup"}},
 	}}}
 	for range 3 {
@@ -336,9 +336,9 @@ func TestUnenforceableContainerIsReported(t *testing.T) {
 	}
 	defer e.Close()
 	snap := &node.Snapshot{Containers: []node.Container{
-		{Namespace: "ml", Pod: "p", Container: "c", GPU: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
+		{Namespace: "ml", Pod: "p", Container: "c", UUID: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
 			Cgroup: node.Cgroup{ContainerID: "x", Paths: map[string]string{"": "/no/such/cgroup"}}},
-		{Namespace: "ml", Pod: "q", Container: "c", GPU: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
+		{Namespace: "ml", Pod: "q", Container: "c", UUID: "GPU-x", ComputeLimitRatio: 0.3, SMUtilization: 0.9,
 			Cgroup: node.Cgroup{ContainerID: "y", Paths: map[string]string{}, Unresolved: "relative to an unresolved cgroup namespace"}},
 	}}
 	for range 3 {

@@ -256,7 +256,7 @@ func (d *DriverLimits) created(dir string) {
 	defer d.mu.Unlock()
 	for _, h := range held {
 		if h.Container == rc.Name {
-			d.setLocked(dir, c.ContainerID, h.GPU, h.MemoryBytes, pod, h.Container)
+			d.setLocked(dir, c.ContainerID, h.UUID, h.MemoryBytes, pod, h.Container)
 		}
 	}
 }
@@ -335,7 +335,7 @@ func (d *DriverLimits) Apply(snap *node.Snapshot) {
 			continue
 		}
 		dir := filepath.Join(d.root, p)
-		d.setLocked(dir, c.Cgroup.ContainerID, c.GPU, c.MemoryLimitBytes,
+		d.setLocked(dir, c.Cgroup.ContainerID, c.UUID, c.MemoryLimitBytes,
 			events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, c.Container)
 	}
 	// Forget cgroups removed while the watch missed it.

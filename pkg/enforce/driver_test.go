@@ -414,7 +414,7 @@ func TestDriverLimitsWaitForProcessesWithoutRuntimeRecord(t *testing.T) {
 	rel, _ := filepath.Rel(n.limits.Root(), dir)
 	c, _ := host.ParseCgroupPath("/" + rel)
 	want := n.node.Layout.GPUs()[0].SliceMemoryBytes
-	n.limits.Apply(&node.Snapshot{Containers: []node.Container{{Namespace: "ml", Pod: "one", Container: "a", GPU: gpu, MemoryLimitBytes: want, Cgroup: c}}})
+	n.limits.Apply(&node.Snapshot{Containers: []node.Container{{Namespace: "ml", Pod: "one", Container: "a", UUID: gpu, MemoryLimitBytes: want, Cgroup: c}}})
 	n.waitLimit(t, dir, want)
 	if got := n.limits.Limits()[c.ContainerID][gpu]; got != want {
 		t.Errorf("Limits() = %d for the container, want %d", got, want)

@@ -329,13 +329,13 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 func (e *Enforcer) reportUnknown(snap *node.Snapshot) {
 	now := map[string]bool{}
 	for _, g := range snap.Groups {
-		k := g.PodUID + "/" + g.GPU
+		k := g.PodUID + "/" + g.UUID
 		now[k] = true
 		if e.heldAsPod[k] || g.Blind {
 			continue
 		}
 		e.log.Warn("gpu use of a pod cannot be told per container; holding the pod at its pod's level",
-			"namespace", g.Namespace, "pod", g.Pod, "uuid", g.GPU, "reason", g.Unknown)
+			"namespace", g.Namespace, "pod", g.Pod, "uuid", g.UUID, "reason", g.Unknown)
 		e.opts.Events.Warning(events.Pod{Namespace: g.Namespace, Name: g.Pod, UID: g.PodUID}, "GPUUseUnattributable",
 			fmt.Sprintf("A process of this pod on GPU %d cannot be placed in one of its containers (%s). Its containers on the GPU are held together to the %.0f%% compute and %d MiB they hold, at the pod's level, and their use reads unknown.",
 				g.Index, g.Unknown, g.ComputeLimitRatio*100, g.MemoryLimitBytes>>20))

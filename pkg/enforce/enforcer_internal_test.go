@@ -145,10 +145,10 @@ func TestPlanDuties(t *testing.T) {
 		},
 		Containers: []node.Container{
 			// "wide" holds a small share of GPU-a and a large one of GPU-b.
-			{Namespace: "ml", Pod: "wide", GPU: "GPU-a", ComputeLimitRatio: 0.1, SMUtilization: 0.9, Cgroup: cg("wide")},
-			{Namespace: "ml", Pod: "wide", GPU: "GPU-b", ComputeLimitRatio: 0.9, SMUtilization: 0.9, Cgroup: cg("wide")},
-			{Namespace: "ml", Pod: "blind", GPU: "GPU-a", ComputeLimitRatio: 0.1, SMUtilization: 0.9, Cgroup: cg("blind"), Blind: true},
-			{Namespace: "ml", Pod: "new", GPU: "GPU-a", ComputeLimitRatio: 0.1},
+			{Namespace: "ml", Pod: "wide", UUID: "GPU-a", ComputeLimitRatio: 0.1, SMUtilization: 0.9, Cgroup: cg("wide")},
+			{Namespace: "ml", Pod: "wide", UUID: "GPU-b", ComputeLimitRatio: 0.9, SMUtilization: 0.9, Cgroup: cg("wide")},
+			{Namespace: "ml", Pod: "blind", UUID: "GPU-a", ComputeLimitRatio: 0.1, SMUtilization: 0.9, Cgroup: cg("blind"), Blind: true},
+			{Namespace: "ml", Pod: "new", UUID: "GPU-a", ComputeLimitRatio: 0.1},
 		},
 	}
 	r := readRound(snap, func(node.Container) Policy { return Strict })

@@ -42,7 +42,7 @@ func readRound(snap *node.Snapshot, policyOf func(c node.Container) Policy) roun
 			r.hold[id] = true
 			continue
 		}
-		r.byGPU[c.GPU] = append(r.byGPU[c.GPU], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: policyOf(c), Usage: c.SMUtilization})
+		r.byGPU[c.UUID] = append(r.byGPU[c.UUID], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: policyOf(c), Usage: c.SMUtilization})
 	}
 	return r
 }

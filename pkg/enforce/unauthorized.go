@@ -45,10 +45,10 @@ func (e *Enforcer) unauthorized(snap *node.Snapshot) {
 		if !e.reported[u.PID] {
 			e.reported[u.PID] = true
 			e.log.Warn("unauthorized gpu use", "namespace", u.Namespace, "pod", u.Pod, "container", u.ContainerName, "pod_uid", u.PodUID,
-				"uuid", u.GPU, "pid", u.PID, "reason", u.Reason, "action", string(action))
+				"uuid", u.UUID, "pid", u.PID, "reason", u.Reason, "action", string(action))
 			if u.Pod != "" {
 				e.opts.Events.Warning(events.Pod{Namespace: u.Namespace, Name: u.Pod, UID: u.PodUID}, "GPUUseUnauthorized",
-					fmt.Sprintf("Process %d uses GPU %s without holding a slice of it (%s); action: %s.", u.PID, u.GPU, u.Reason, action))
+					fmt.Sprintf("Process %d uses GPU %s without holding a slice of it (%s); action: %s.", u.PID, u.UUID, u.Reason, action))
 			}
 		}
 		switch {
@@ -118,7 +118,7 @@ func (e *Enforcer) killUnauthorized(u node.Unauthorized) {
 		return
 	}
 	e.unauth.Killed++
-	e.log.Warn("killed unauthorized gpu process", "namespace", u.Namespace, "pod", u.Pod, "container", u.ContainerName, "uuid", u.GPU, "pid", u.PID)
+	e.log.Warn("killed unauthorized gpu process", "namespace", u.Namespace, "pod", u.Pod, "container", u.ContainerName, "uuid", u.UUID, "pid", u.PID)
 }
 
 // UnauthorizedStats returns what was done about unauthorized GPU use, as of

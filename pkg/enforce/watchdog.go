@@ -200,7 +200,7 @@ func (w *Watchdog) check(c node.Container, st *MemoryStats) {
 		st.over = true
 		st.Events++
 		w.log.Warn("container over its gpu memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
-			"uuid", c.GPU, "used_bytes", used, "limit_bytes", c.MemoryLimitBytes, "policy", string(w.policy))
+			"uuid", c.UUID, "used_bytes", used, "limit_bytes", c.MemoryLimitBytes, "policy", string(w.policy))
 		w.events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUMemoryLimitExceeded",
 			fmt.Sprintf("Container %s holds %d MiB of GPU %d's memory, more than the %d MiB its slices allow (memory policy %s).",
 				c.Container, used>>20, c.Index, c.MemoryLimitBytes>>20, w.policy))
@@ -233,7 +233,7 @@ func (w *Watchdog) check(c node.Container, st *MemoryStats) {
 			fmt.Sprintf("Killed process %d of container %s, holding %d MiB of GPU %d's memory, to bring the container within its %d MiB.",
 				p.PID, c.Container, p.MemoryBytes>>20, c.Index, c.MemoryLimitBytes>>20))
 		w.log.Warn("killed gpu process over memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
-			"uuid", c.GPU, "pid", p.PID, "process_bytes", p.MemoryBytes, "limit_bytes", c.MemoryLimitBytes)
+			"uuid", c.UUID, "pid", p.PID, "process_bytes", p.MemoryBytes, "limit_bytes", c.MemoryLimitBytes)
 	}
 }
 
@@ -256,7 +256,7 @@ func (w *Watchdog) killAll(c node.Container, st *MemoryStats, live []nvml.Proces
 		fmt.Sprintf("Killed every process of %s: it was over its %d MiB of GPU %d's memory (%d MiB) again after its newest GPU processes were killed.",
 			what, c.MemoryLimitBytes>>20, c.Index, used>>20))
 	w.log.Warn("killed every process of a cgroup over its gpu memory limit again", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
-		"uuid", c.GPU, "used_bytes", used, "limit_bytes", c.MemoryLimitBytes)
+		"uuid", c.UUID, "used_bytes", used, "limit_bytes", c.MemoryLimitBytes)
 }
 
 // within reports whether a process's cgroup lies in the cgroup held for a

@@ -29,7 +29,7 @@ func bigSnapshot() *node.Snapshot {
 		})
 		for c := range 25 {
 			s.Containers = append(s.Containers, node.Container{
-				Namespace: fmt.Sprintf("team-%d", c%4), Pod: fmt.Sprintf("job-%d-%d", g, c), Container: "main", GPU: uuid, Index: g,
+				Namespace: fmt.Sprintf("team-%d", c%4), Pod: fmt.Sprintf("job-%d-%d", g, c), Container: "main", UUID: uuid, Index: g,
 				Slices: 1, MemoryLimitBytes: 3.2e9, ComputeLimitRatio: 0.04, MemoryUsedBytes: 5e8, SMUtilization: 0.03,
 				BusySeconds: 1234.5, LastActive: time.Unix(1700000000, 0), Processes: 1,
 				Cgroup: node.Cgroup{ContainerID: fmt.Sprintf("%064x", g*25+c+1)},

@@ -100,10 +100,10 @@ func (e *Exposition) Append(b []byte) []byte {
 		v.stats = e.info.Enforcement.Stats()
 	}
 	for _, u := range v.snap.Unattributed {
-		v.unattributed[u.GPU]++
+		v.unattributed[u.UUID]++
 	}
 	for _, u := range v.snap.Unauthorized {
-		v.unauthorized[u.GPU]++
+		v.unauthorized[u.UUID]++
 	}
 	v.renderLabels()
 	w := &textWriter{b: b}
@@ -146,7 +146,7 @@ func (v *view) renderLabels() {
 	for i, c := range v.snap.Containers {
 		start := len(arena)
 		arena = appendLabels(arena, "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
-			"gpu", string(strconv.AppendInt(idx[:0], int64(c.Index), 10)), "uuid", c.GPU)
+			"gpu", string(strconv.AppendInt(idx[:0], int64(c.Index), 10)), "uuid", c.UUID)
 		v.ctrLabels[i] = arena[start:len(arena):len(arena)]
 	}
 }
@@ -286,7 +286,7 @@ var families = []metric{
 			for _, c := range v.snap.Containers {
 				for _, claim := range c.Claims {
 					ns, name, _ := strings.Cut(claim, "/")
-					w.sample(1, "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "gpu", strconv.Itoa(c.Index), "uuid", c.GPU,
+					w.sample(1, "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "gpu", strconv.Itoa(c.Index), "uuid", c.UUID,
 						"claim_namespace", ns, "claim", name)
 				}
 			}
@@ -364,7 +364,7 @@ var families = []metric{
 	m("enforcement", "driver_memory_limit_bytes", "gauge",
 		"Hard GPU memory limit the driver enforces on the container's cgroup; absent where the driver tier does not hold it.", func(w *textWriter, v *view) {
 			for i, c := range v.snap.Containers {
-				if b, ok := v.enforced(c).DriverMemoryLimits[c.GPU]; ok {
+				if b, ok := v.enforced(c).DriverMemoryLimits[c.UUID]; ok {
 					w.sampleSet(float64(b), v.ctrLabels[i])
 				}
 			}
@@ -399,7 +399,7 @@ var families = []metric{
 				}
 				idx := strconv.Itoa(c.Index)
 				for _, r := range byReason(compute, memory) {
-					w.sample(bit(enforce.Held(r.reason)), "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "gpu", idx, "uuid", c.GPU,
+					w.sample(bit(enforce.Held(r.reason)), "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "gpu", idx, "uuid", c.UUID,
 						"resource", r.resource, "reason", r.reason)
 				}
 			}

@@ -109,14 +109,14 @@ func snapshot() *node.Snapshot {
 			},
 		},
 		Containers: []node.Container{
-			{Namespace: "ml", Pod: "a", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 2, MemoryLimitBytes: 10737418240, ComputeLimitRatio: 0.25,
+			{Namespace: "ml", Pod: "a", Container: "main", UUID: "GPU-aaa", Index: 0, Slices: 2, MemoryLimitBytes: 10737418240, ComputeLimitRatio: 0.25,
 				MemoryUsedBytes: 1073741824, SMUtilization: 0.2, BusySeconds: 12.5, LastActive: time.Unix(1700000000, 500e6), Processes: 1,
 				Cgroup: node.Cgroup{ContainerID: cidA}},
-			{Namespace: "ml", Pod: "b", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 3, Claims: []string{"ml/gpu"}, MemoryLimitBytes: 16106127360, ComputeLimitRatio: 0.375,
+			{Namespace: "ml", Pod: "b", Container: "main", UUID: "GPU-aaa", Index: 0, Slices: 3, Claims: []string{"ml/gpu"}, MemoryLimitBytes: 16106127360, ComputeLimitRatio: 0.375,
 				MemoryUsedBytes: 2147483648, SMUtilization: 0.5, BusySeconds: 30},
 		},
-		Unattributed: []node.Unattributed{{GPUProcess: node.GPUProcess{PID: 7, GPU: "GPU-aaa"}, Reason: "not in a pod or container"}},
-		Unauthorized: []node.Unauthorized{{GPUProcess: node.GPUProcess{PID: 9, GPU: "GPU-aaa"}, Namespace: "lab", Pod: "x", Reason: "its pod holds no slices of this GPU"}},
+		Unattributed: []node.Unattributed{{GPUProcess: node.GPUProcess{PID: 7, UUID: "GPU-aaa"}, Reason: "not in a pod or container"}},
+		Unauthorized: []node.Unauthorized{{GPUProcess: node.GPUProcess{PID: 9, UUID: "GPU-aaa"}, Namespace: "lab", Pod: "x", Reason: "its pod holds no slices of this GPU"}},
 		Errors:       map[string]uint64{node.SourceNVML: 1, node.SourcePodResources: 2},
 		Durations:    node.Histogram{Counts: counts, Count: 3, Sum: 0.006},
 	}
@@ -396,8 +396,8 @@ func TestEmptySnapshot(t *testing.T) {
 func TestClaimInfo(t *testing.T) {
 	t.Parallel()
 	snap := &node.Snapshot{Errors: map[string]uint64{}, Containers: []node.Container{
-		{Namespace: "ml", Pod: "train", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 3, Claims: []string{"ml/a", "ml/b"}},
-		{Namespace: "ml", Pod: "infer", Container: "main", GPU: "GPU-aaa", Index: 0, Slices: 1},
+		{Namespace: "ml", Pod: "train", Container: "main", UUID: "GPU-aaa", Index: 0, Slices: 3, Claims: []string{"ml/a", "ml/b"}},
+		{Namespace: "ml", Pod: "infer", Container: "main", UUID: "GPU-aaa", Index: 0, Slices: 1},
 	}}
 	mfs, err := NewExposition(fixed{snap}, info).Gather()
 	if err != nil {

@@ -26,7 +26,7 @@ func FuzzExposition(f *testing.F) {
 		snap := &node.Snapshot{
 			Time:    time.Unix(1700000000, 0),
 			Devices: []node.Device{{Device: nvml.Device{UUID: "GPU-x", Model: product}, SampleOK: true, ProcessesOK: true, Sample: nvml.Sample{Utilization: v}}},
-			Containers: []node.Container{{Namespace: ns, Pod: pod, Container: ctr, GPU: "GPU-x", Slices: 1, SMUtilization: v,
+			Containers: []node.Container{{Namespace: ns, Pod: pod, Container: ctr, UUID: "GPU-x", Slices: 1, SMUtilization: v,
 				ComputeLimitRatio: 0.5}},
 			Errors:    map[string]uint64{},
 			Durations: node.Histogram{Counts: make([]uint64, len(node.DurationBuckets))},

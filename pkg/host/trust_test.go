@@ -44,7 +44,7 @@ func TestJoinTrustsOnlyTheKubeletsTree(t *testing.T) {
 			if tc.record != nil {
 				n[id] = *tc.record
 			}
-			r := node.Join([]node.GPUProcess{{PID: 1, GPU: "GPU-1", Container: c}}, assignments, checkpoint, "nvidia.com/vgpu", n, node.DRA{}, node.Stale{})
+			r := node.Join([]node.GPUProcess{{PID: 1, UUID: "GPU-1", Container: c}}, assignments, checkpoint, "nvidia.com/vgpu", n, node.DRA{}, node.Stale{})
 			if got := len(r.Attributed) == 1; got != tc.attached {
 				t.Fatalf("attributed %v, want %v: %+v", got, tc.attached, r)
 			}

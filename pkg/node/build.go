@@ -103,11 +103,11 @@ func Build(in Input, prev State) (*Snapshot, State, []Problem) {
 
 	entries, allocated, problems := holdings(in, joined.Attributed)
 	for _, a := range joined.Attributed {
-		e := entries[key{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container, a.GPU}]
+		e := entries[key{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container, a.UUID}]
 		if e == nil {
 			continue
 		}
-		p := usage[gpuPID{a.GPU, a.PID}]
+		p := usage[gpuPID{a.UUID, a.PID}]
 		e.MemoryUsedBytes += p.MemoryBytes
 		e.SMUtilization += p.SMUtilization
 		e.Processes++
@@ -148,7 +148,7 @@ func holdUnknown(entries map[key]*Container, joined Result, usage map[gpuPID]gpu
 		if u.PodUID == "" {
 			continue
 		}
-		k := podGPU{u.PodUID, u.GPU}
+		k := podGPU{u.PodUID, u.UUID}
 		if unknown[k] == nil {
 			order = append(order, k)
 		}
@@ -161,7 +161,7 @@ func holdUnknown(entries map[key]*Container, joined Result, usage map[gpuPID]gpu
 			continue
 		}
 		first := unknown[k][0]
-		g := Container{Namespace: pod.Namespace, Pod: pod.Name, PodUID: k.uid, GPU: k.gpu, Unknown: first.Reason, Cgroup: first.Container.Pod()}
+		g := Container{Namespace: pod.Namespace, Pod: pod.Name, PodUID: k.uid, UUID: k.gpu, Unknown: first.Reason, Cgroup: first.Container.Pod()}
 		members := 0
 		for ek, e := range entries {
 			if ek.ns != pod.Namespace || ek.pod != pod.Name || ek.gpu != k.gpu {
@@ -179,7 +179,7 @@ func holdUnknown(entries map[key]*Container, joined Result, usage map[gpuPID]gpu
 			continue
 		}
 		for _, u := range unknown[k] {
-			g.Procs = append(g.Procs, usage[gpuPID{u.GPU, u.PID}])
+			g.Procs = append(g.Procs, usage[gpuPID{u.UUID, u.PID}])
 		}
 		for _, p := range g.Procs {
 			g.MemoryUsedBytes += p.MemoryBytes
@@ -199,7 +199,7 @@ func holdUnknown(entries map[key]*Container, joined Result, usage map[gpuPID]gpu
 func carryGroups(devices []Device, groups []Container, prev map[key]Container) ([]Container, map[key]Container) {
 	next := map[key]Container{}
 	for _, g := range groups {
-		next[key{g.Namespace, g.Pod, "", g.GPU}] = g
+		next[key{g.Namespace, g.Pod, "", g.UUID}] = g
 	}
 	for _, d := range devices {
 		if !d.Blind() {
@@ -237,7 +237,7 @@ func readDevices(in Input, snap *Snapshot) ([]GPUProcess, map[gpuPID]gpudev.Proc
 			continue
 		}
 		for _, p := range r.Processes {
-			gp := GPUProcess{PID: p.PID, GPU: r.Device.UUID, Container: p.Container}
+			gp := GPUProcess{PID: p.PID, UUID: r.Device.UUID, Container: p.Container}
 			if p.Conflict != "" {
 				unauthorized = append(unauthorized, Unauthorized{GPUProcess: gp, Reason: p.Conflict})
 				continue
@@ -263,10 +263,10 @@ func holdings(in Input, attributed []Attributed) (map[key]*Container, map[string
 	})
 	entries := make(map[key]*Container, len(h.Held))
 	for _, x := range h.Held {
-		entries[key{x.Namespace, x.Pod, x.Container, x.GPU}] = &Container{
+		entries[key{x.Namespace, x.Pod, x.Container, x.UUID}] = &Container{
 			Namespace: x.Namespace, Pod: x.Pod, Container: x.Container,
 			PodUID: podUID[[3]string{x.Namespace, x.Pod, x.Container}],
-			GPU:    x.GPU, Index: x.Index, Slices: x.Slices, Claims: x.Claims,
+			UUID:   x.UUID, Index: x.Index, Slices: x.Slices, Claims: x.Claims,
 			MemoryLimitBytes: x.MemoryBytes, ComputeLimitRatio: x.ComputeRatio,
 		}
 	}
@@ -295,7 +295,7 @@ func accumulate(in Input, devices []Device, entries map[key]*Container, prev Sta
 		e.SMUtilization = min(e.SMUtilization, 1)
 		acc := prev.accums[k]
 		switch {
-		case blind[e.GPU]:
+		case blind[e.UUID]:
 			e.Blind = true
 			e.Cgroup = acc.cgroup
 		case e.Unknown != "":

@@ -40,7 +40,7 @@ func TestBuildDRAClaims(t *testing.T) {
 	s, _, problems := node.Build(in, node.State{})
 	got := map[string]node.Container{}
 	for _, c := range s.Containers {
-		got[c.Pod+"/"+c.Container+"@"+c.GPU] = c
+		got[c.Pod+"/"+c.Container+"@"+c.UUID] = c
 	}
 	if d := got["d/main@GPU-b"]; d.Slices != 1 || d.MemoryLimitBytes != 10e9 || !near(d.ComputeLimitRatio, 0.25) || d.Index != 1 {
 		t.Errorf("d on GPU-b = %+v; want one slice's limits", d)

@@ -16,8 +16,8 @@ import (
 type Holding struct {
 	// Namespace, Pod and Container name the container.
 	Namespace, Pod, Container string
-	// GPU is the GPU's UUID; Index its index.
-	GPU   string
+	// UUID is the GPU's UUID; Index its index.
+	UUID  string
 	Index int
 	// Slices of SlicesTotal, MemoryBytes and ComputeRatio are what it
 	// holds of the GPU: what Allocate gave it (the kubelet's checkpoint)
@@ -125,7 +125,7 @@ func HoldingsOf(src Sources) Holdings {
 	limits:
 		for _, l := range limits {
 			for i := first; i < len(h.Held); i++ {
-				if x := &h.Held[i]; x.GPU == l.UUID {
+				if x := &h.Held[i]; x.UUID == l.UUID {
 					x.Slices += l.Slices
 					x.MemoryBytes += l.MemoryBytes
 					x.ComputeRatio += l.ComputeRatio
@@ -134,7 +134,7 @@ func HoldingsOf(src Sources) Holdings {
 			}
 			h.Held = append(h.Held, Holding{
 				Namespace: a.Namespace, Pod: a.Pod, Container: a.Container,
-				GPU: l.UUID, Index: l.Index, Slices: l.Slices, SlicesTotal: l.SlicesTotal,
+				UUID: l.UUID, Index: l.Index, Slices: l.Slices, SlicesTotal: l.SlicesTotal,
 				MemoryBytes: l.MemoryBytes, ComputeRatio: l.ComputeRatio, Claims: names[l.UUID],
 			})
 		}

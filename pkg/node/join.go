@@ -14,8 +14,8 @@ import (
 type GPUProcess struct {
 	// PID is the host PID.
 	PID int
-	// GPU is the UUID of the GPU the process uses.
-	GPU string
+	// UUID is the UUID of the GPU the process uses.
+	UUID string
 	// Container is what the process's cgroups say; zero for a host
 	// process.
 	Container Cgroup
@@ -308,7 +308,7 @@ func (j *joiner) addDRA(dra DRA) {
 // claims on it, from the checkpoints, pod-resources and the DRA driver's
 // record; nil when that cannot be told.
 func (j *joiner) holders(v verdict) map[string]bool {
-	uid, gpu := v.uid, v.p.GPU
+	uid, gpu := v.uid, v.p.UUID
 	if j.checkpoint == nil || (j.stale.Checkpoint && !j.checkpointed[uid]) {
 		return nil // unreadable, or a last good copy from before the pod
 	}
@@ -437,10 +437,10 @@ func (j *joiner) byName(v verdict) {
 		ours := (v.uid != "" && j.podUID[i] == v.uid) || (j.podUID[i] == "" && a.Namespace == v.rc.PodNamespace && a.Pod == v.rc.PodName)
 		switch {
 		case !ours:
-		case j.onGPU[i][v.p.GPU]:
+		case j.onGPU[i][v.p.UUID]:
 			v.attribute(a, ByContainer)
 			return
-		case j.admin[i][v.p.GPU]:
+		case j.admin[i][v.p.UUID]:
 			v.skip(fmt.Sprintf("container %s has admin access to this GPU: it may use it, and holds no share to limit it to", v.rc.Name))
 			return
 		}
@@ -467,7 +467,7 @@ func (j *joiner) byPod(v verdict) {
 	}
 	var candidates []int
 	for i := range j.assignments {
-		if j.podUID[i] == v.uid && (j.onGPU[i][v.p.GPU] || j.admin[i][v.p.GPU]) {
+		if j.podUID[i] == v.uid && (j.onGPU[i][v.p.UUID] || j.admin[i][v.p.UUID]) {
 			candidates = append(candidates, i)
 		}
 	}
@@ -475,7 +475,7 @@ func (j *joiner) byPod(v verdict) {
 	switch {
 	case len(has) == 0:
 		v.deny(j, "", "its pod holds no slices of this GPU")
-	case len(has) == 1 && len(candidates) == 1 && j.admin[candidates[0]][v.p.GPU] && !j.onGPU[candidates[0]][v.p.GPU]:
+	case len(has) == 1 && len(candidates) == 1 && j.admin[candidates[0]][v.p.UUID] && !j.onGPU[candidates[0]][v.p.UUID]:
 		v.skip("its pod's one container on this GPU has admin access to it, and holds no share to limit it to")
 	case len(has) == 1 && len(candidates) == 1:
 		v.attribute(j.assignments[candidates[0]], ByPod)

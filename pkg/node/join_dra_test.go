@@ -73,76 +73,76 @@ func TestJoinDRA(t *testing.T) {
 		skip    string
 	}{
 		"container holding a share": {
-			proc: GPUProcess{PID: 1, GPU: "GPU-1", Container: in(uidC, 1)},
+			proc: GPUProcess{PID: 1, UUID: "GPU-1", Container: in(uidC, 1)},
 			want: &Attributed{Assignment: server, PodUID: uidC, By: ByContainer},
 		},
 		"runtime silent: the pod's one claim holder on the GPU": {
-			proc: GPUProcess{PID: 2, GPU: "GPU-1", Container: in(uidC, 1)}, noNames: true,
+			proc: GPUProcess{PID: 2, UUID: "GPU-1", Container: in(uidC, 1)}, noNames: true,
 			want: &Attributed{Assignment: server, PodUID: uidC, By: ByPod},
 		},
 		"runtime silent, the API server's list from before the pod: never unauthorized": {
-			proc:    GPUProcess{PID: 30, GPU: "GPU-1", Container: in(uidC, 3)},
+			proc:    GPUProcess{PID: 30, UUID: "GPU-1", Container: in(uidC, 3)},
 			noNames: true,
 			mod:     func(d *DRA) { delete(d.PodUIDs, PodName{"ml", "infer"}) },
 			skip:    "cannot be told",
 		},
 		"runtime silent, the API server names the pod anew (deleted and made again): never charged to the new one": {
-			proc:    GPUProcess{PID: 31, GPU: "GPU-1", Container: in(uidC, 1)},
+			proc:    GPUProcess{PID: 31, UUID: "GPU-1", Container: in(uidC, 1)},
 			noNames: true,
 			mod:     func(d *DRA) { d.PodUIDs[PodName{"ml", "infer"}] = uidE },
 			skip:    "cannot be told",
 		},
 		"runtime silent: the pod's own cgroup, two containers of it on the GPU by claims": {
-			proc:    GPUProcess{PID: 32, GPU: "GPU-1", Container: Cgroup{PodUID: uidC}},
+			proc:    GPUProcess{PID: 32, UUID: "GPU-1", Container: Cgroup{PodUID: uidC}},
 			noNames: true,
 			want:    &Attributed{Assignment: server, PodUID: uidC, By: ByPod},
 		},
 		"container without a claim reaches its pod's GPU": {
-			proc: GPUProcess{PID: 3, GPU: "GPU-1", Container: in(uidC, 3)},
+			proc: GPUProcess{PID: 3, UUID: "GPU-1", Container: in(uidC, 3)},
 			deny: "container helper holds no slices",
 		},
 		"container with a share of another GPU only": {
-			proc: GPUProcess{PID: 4, GPU: "GPU-2", Container: in(uidC, 1)},
+			proc: GPUProcess{PID: 4, UUID: "GPU-2", Container: in(uidC, 1)},
 			deny: "container server holds no slices",
 		},
 		"admin access: allowed, not limited": {
-			proc: GPUProcess{PID: 5, GPU: "GPU-2", Container: in(uidC, 2)},
+			proc: GPUProcess{PID: 5, UUID: "GPU-2", Container: in(uidC, 2)},
 			skip: "admin access",
 		},
 		"a claim no container references buys no access": {
-			proc: GPUProcess{PID: 6, GPU: "GPU-1", Container: in(uidD, 4)},
+			proc: GPUProcess{PID: 6, UUID: "GPU-1", Container: in(uidD, 4)},
 			deny: "container evil holds no slices",
 		},
 		"pod not listed by pod-resources yet": {
-			proc: GPUProcess{PID: 7, GPU: "GPU-1", Container: in(uidE, 5)},
+			proc: GPUProcess{PID: 7, UUID: "GPU-1", Container: in(uidE, 5)},
 			skip: "not listed by pod-resources yet",
 		},
 		"claim missing from the driver's record": {
-			proc: GPUProcess{PID: 8, GPU: "GPU-1", Container: in(uidF, 6)},
+			proc: GPUProcess{PID: 8, UUID: "GPU-1", Container: in(uidF, 6)},
 			skip: "not listed by pod-resources yet",
 		},
 		"no list from the API server: the runtime's record still names the pod": {
-			proc: GPUProcess{PID: 9, GPU: "GPU-1", Container: in(uidC, 3)},
+			proc: GPUProcess{PID: 9, UUID: "GPU-1", Container: in(uidC, 3)},
 			mod:  func(d *DRA) { d.PodUIDs = nil },
 			deny: "container helper holds no slices",
 		},
 		"no list from the API server, runtime silent: never unauthorized": {
-			proc:    GPUProcess{PID: 13, GPU: "GPU-1", Container: in(uidC, 3)},
+			proc:    GPUProcess{PID: 13, UUID: "GPU-1", Container: in(uidC, 3)},
 			noNames: true,
 			mod:     func(d *DRA) { d.PodUIDs = nil },
 			skip:    "cannot be told",
 		},
 		"driver's record unreadable: never unauthorized": {
-			proc: GPUProcess{PID: 10, GPU: "GPU-1", Container: in(uidC, 3)},
+			proc: GPUProcess{PID: 10, UUID: "GPU-1", Container: in(uidC, 3)},
 			mod:  func(d *DRA) { d.Prepared = nil },
 			skip: "not listed by pod-resources yet",
 		},
 		"a claim two pods share: each pod by its name": {
-			proc: GPUProcess{PID: 11, GPU: "GPU-1", Container: in(uidG1, 7)},
+			proc: GPUProcess{PID: 11, UUID: "GPU-1", Container: in(uidG1, 7)},
 			want: &Attributed{Assignment: a, PodUID: uidG1, By: ByContainer},
 		},
 		"DRA off: claims count for nothing": {
-			proc: GPUProcess{PID: 12, GPU: "GPU-1", Container: in(uidC, 1)},
+			proc: GPUProcess{PID: 12, UUID: "GPU-1", Container: in(uidC, 1)},
 			mod:  func(d *DRA) { d.Enabled = false },
 			deny: "container server holds no slices",
 		},

@@ -62,90 +62,90 @@ func TestJoin(t *testing.T) {
 		heldAt       string // the pod an Unattributed one is held at
 	}{
 		"runtime names the container": {
-			proc: GPUProcess{PID: 1, GPU: "GPU-1", Container: in(uidA, idSidecar)},
+			proc: GPUProcess{PID: 1, UUID: "GPU-1", Container: in(uidA, idSidecar)},
 			want: &Attributed{Assignment: sidecar, PodUID: uidA, By: ByContainer},
 		},
 		"two gpu containers of one pod on one gpu: each its own": {
-			proc: GPUProcess{PID: 2, GPU: "GPU-1", Container: in(uidA, idWorker)},
+			proc: GPUProcess{PID: 2, UUID: "GPU-1", Container: in(uidA, idWorker)},
 			want: &Attributed{Assignment: train, PodUID: uidA, By: ByContainer},
 		},
 		"only gpu container of its pod, runtime silent": {
-			proc:    GPUProcess{PID: 3, GPU: "GPU-2", Container: in(uidB, idJupyter)},
+			proc:    GPUProcess{PID: 3, UUID: "GPU-2", Container: in(uidB, idJupyter)},
 			noNames: true,
 			want:    &Attributed{Assignment: nb, PodUID: uidB, By: ByPod},
 		},
 		"pod-level process charged to the pod's one gpu container": {
-			proc: GPUProcess{PID: 4, GPU: "GPU-2", Container: Cgroup{PodUID: uidB}},
+			proc: GPUProcess{PID: 4, UUID: "GPU-2", Container: Cgroup{PodUID: uidB}},
 			want: &Attributed{Assignment: nb, PodUID: uidB, By: ByPod},
 		},
 		"pod-level process in a pod of several gpu containers": {
-			proc: GPUProcess{PID: 5, GPU: "GPU-1", Container: Cgroup{PodUID: uidA}},
+			proc: GPUProcess{PID: 5, UUID: "GPU-1", Container: Cgroup{PodUID: uidA}},
 			deny: "several of the pod's containers",
 		},
 		"container holding no slices reaches the gpu": {
-			proc: GPUProcess{PID: 6, GPU: "GPU-1", Container: in(uidA, idLogger)},
+			proc: GPUProcess{PID: 6, UUID: "GPU-1", Container: in(uidA, idLogger)},
 			deny: "container logger holds no slices of this GPU",
 		},
 		"container with slices of another gpu only": {
-			proc: GPUProcess{PID: 7, GPU: "GPU-2", Container: in(uidA, idWorker)},
+			proc: GPUProcess{PID: 7, UUID: "GPU-2", Container: in(uidA, idWorker)},
 			deny: "container worker holds no slices of this GPU",
 		},
 		"pod with no slices at all": {
-			proc:    GPUProcess{PID: 8, GPU: "GPU-2", Container: in(uidA, idUnknown)},
+			proc:    GPUProcess{PID: 8, UUID: "GPU-2", Container: in(uidA, idUnknown)},
 			noNames: true,
 			deny:    "its pod holds no slices of this GPU",
 		},
 		"sandbox container": {
-			proc: GPUProcess{PID: 9, GPU: "GPU-1", Container: in(uidA, idPause)},
+			proc: GPUProcess{PID: 9, UUID: "GPU-1", Container: in(uidA, idPause)},
 			deny: "sandbox",
 		},
 		"cgroup and runtime disagree on the pod": {
-			proc: GPUProcess{PID: 10, GPU: "GPU-1", Container: in(uidB, idWorker)},
+			proc: GPUProcess{PID: 10, UUID: "GPU-1", Container: in(uidB, idWorker)},
 			deny: "names pod",
 		},
 		"runtime silent, several gpu containers: not guessed": {
-			proc: GPUProcess{PID: 11, GPU: "GPU-1", Container: in(uidA, idUnknown)},
+			proc: GPUProcess{PID: 11, UUID: "GPU-1", Container: in(uidA, idUnknown)},
 			skip: "no readable record of container", heldAt: uidA,
 		},
 		"stale checkpoint, a pod it lists: still judged": {
-			proc:  GPUProcess{PID: 20, GPU: "GPU-1", Container: in(uidA, idLogger)},
+			proc:  GPUProcess{PID: 20, UUID: "GPU-1", Container: in(uidA, idLogger)},
 			stale: Stale{Checkpoint: true},
 			deny:  "container logger holds no slices of this GPU",
 		},
 		"stale checkpoint, a pod it does not list: never unauthorized": {
-			proc:  GPUProcess{PID: 21, GPU: "GPU-1", Container: in(uidN, idNew)},
+			proc:  GPUProcess{PID: 21, UUID: "GPU-1", Container: in(uidN, idNew)},
 			stale: Stale{Checkpoint: true},
 			skip:  "checkpoint is unreadable", heldAt: uidN,
 		},
 		"fresh checkpoint, a pod it does not list: unauthorized": {
-			proc: GPUProcess{PID: 22, GPU: "GPU-1", Container: in(uidN, idNew)},
+			proc: GPUProcess{PID: 22, UUID: "GPU-1", Container: in(uidN, idNew)},
 			deny: "container helper holds no slices of this GPU",
 		},
 		"checkpoint unreadable: never unauthorized": {
-			proc:         GPUProcess{PID: 12, GPU: "GPU-2", Container: in(uidA, idUnknown)},
+			proc:         GPUProcess{PID: 12, UUID: "GPU-2", Container: in(uidA, idUnknown)},
 			noCheckpoint: true,
 			skip:         "checkpoint is unreadable", heldAt: uidA,
 		},
 		"checkpoint unreadable, runtime names the container": {
-			proc:         GPUProcess{PID: 13, GPU: "GPU-1", Container: in(uidA, idSidecar)},
+			proc:         GPUProcess{PID: 13, UUID: "GPU-1", Container: in(uidA, idSidecar)},
 			noCheckpoint: true,
 			want:         &Attributed{Assignment: sidecar, PodUID: uidA, By: ByContainer},
 		},
 		"checkpoint unreadable, container without slices: not judged": {
-			proc:         GPUProcess{PID: 14, GPU: "GPU-1", Container: in(uidA, idLogger)},
+			proc:         GPUProcess{PID: 14, UUID: "GPU-1", Container: in(uidA, idLogger)},
 			noCheckpoint: true,
 			skip:         "checkpoint is unreadable", heldAt: uidA,
 		},
 		"host process": {
-			proc: GPUProcess{PID: 15, GPU: "GPU-1"},
+			proc: GPUProcess{PID: 15, UUID: "GPU-1"},
 			skip: "not in a pod or container",
 		},
 		"container outside any pod, runtime silent": {
-			proc: GPUProcess{PID: 16, GPU: "GPU-1", Container: Cgroup{ContainerID: idUnknown}},
+			proc: GPUProcess{PID: 16, UUID: "GPU-1", Container: Cgroup{ContainerID: idUnknown}},
 			skip: "no pod is known",
 		},
 		"container outside pod cgroups, named by the runtime": {
-			proc: GPUProcess{PID: 17, GPU: "GPU-1", Container: Cgroup{ContainerID: idJupyter}},
+			proc: GPUProcess{PID: 17, UUID: "GPU-1", Container: Cgroup{ContainerID: idJupyter}},
 			want: &Attributed{Assignment: nb, PodUID: uidB, By: ByContainer},
 		},
 	}

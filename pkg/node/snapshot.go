@@ -80,8 +80,8 @@ type Container struct {
 	Container string
 	// PodUID is the pod's UID when known.
 	PodUID string
-	// GPU is the GPU's UUID; Index its index.
-	GPU   string
+	// UUID is the GPU's UUID; Index its index.
+	UUID  string
 	Index int
 	// Claims are the DRA claims ("namespace/name", sorted) through which
 	// the container holds the GPU; none for device-plugin slices.
