@@ -324,21 +324,16 @@ func (d *DriverLimits) clear(dir, why string) {
 // Apply makes sure every container seen in a sample has its limits: those
 // whose cgroup appeared before the agent, or whose pod has several
 // containers holding slices.
-func (d *DriverLimits) Apply(snap *node.Snapshot) {
+func (d *DriverLimits) Apply(snap *node.Snapshot) { d.Act(PlanDriverLimits(snap, d.root)) }
+
+// Act sets the planned limits (those already in force are left as they
+// are) and forgets cgroups removed while the watch missed it.
+func (d *DriverLimits) Act(plan []DriverLimit) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, c := range snap.Containers {
-		p, ok := c.Cgroup.Paths[""]
-		// A pod-level cgroup holds other containers too: the watchdog
-		// holds such a container instead.
-		if !ok || c.MemoryLimitBytes == 0 || c.Cgroup.PodLevel() {
-			continue
-		}
-		dir := filepath.Join(d.root, p)
-		d.setLocked(dir, c.Cgroup.ContainerID, c.UUID, c.MemoryLimitBytes,
-			events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, c.Container)
+	for _, l := range plan {
+		d.setLocked(l.Dir, l.ContainerID, l.UUID, l.Bytes, l.Pod, l.Container)
 	}
-	// Forget cgroups removed while the watch missed it.
 	for dir := range d.applied {
 		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 			d.stats.Uncleared++
@@ -346,6 +341,33 @@ func (d *DriverLimits) Apply(snap *node.Snapshot) {
 			delete(d.owner, dir)
 		}
 	}
+}
+
+// DriverLimit is one limit the driver tier holds a container to on one
+// GPU: its cgroup v2 directory under the tier's root.
+type DriverLimit struct {
+	Dir, ContainerID, UUID string
+	Bytes                  uint64
+	Pod                    events.Pod
+	Container              string
+}
+
+// PlanDriverLimits is the limits a snapshot asks of the driver tier under
+// root: one per container and GPU it holds by its own cgroup. A pod-level
+// cgroup holds other containers too (the watchdog holds such a container
+// instead), and a container without a cgroup v2 path or a limit gets
+// none. Nothing is done while deciding.
+func PlanDriverLimits(snap *node.Snapshot, root string) []DriverLimit {
+	var out []DriverLimit
+	for _, c := range snap.Containers {
+		p, ok := c.Cgroup.Paths[""]
+		if !ok || c.MemoryLimitBytes == 0 || c.Cgroup.PodLevel() {
+			continue
+		}
+		out = append(out, DriverLimit{Dir: filepath.Join(root, p), ContainerID: c.Cgroup.ContainerID, UUID: c.UUID, Bytes: c.MemoryLimitBytes,
+			Pod: events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, Container: c.Container})
+	}
+	return out
 }
 
 // Limits returns the limits in force by container ID and GPU UUID.

@@ -296,16 +296,46 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 		dt = snap.Time.Sub(e.last)
 	}
 	e.last = snap.Time
+	e.carryOut(snap, e.decide(snap, dt))
+}
+
+// Decisions is everything one enforcement round decided from a snapshot,
+// before anything was done: the driver tier's limits, what the watchdog
+// does to each container on each GPU, what is done about unauthorized
+// use, and each container's compute duty. Each part is decided by a
+// function table-tested without processes (PlanDriverLimits, PlanMemory,
+// PlanUnauthorized, planDuties); carrying it out re-checks every PID
+// before a signal.
+type Decisions struct {
+	Driver       []DriverLimit
+	Memory       map[MemoryKey]MemoryPlan
+	Unauthorized UnauthorizedPlan
+	// Compute are the duties by cgroup key; round is what they were
+	// planned from.
+	Compute map[string]Plan
+	round   *round
+}
+
+// decide reads the snapshot against what enforcement holds and plans the
+// round. For the throttle it also resolves each container's freezer
+// (which cgroups can be held decides who shares a GPU's plan).
+func (e *Enforcer) decide(snap *node.Snapshot, dt time.Duration) Decisions {
+	var d Decisions
 	if e.driver != nil {
-		e.driver.Apply(snap)
+		d.Driver = PlanDriverLimits(snap, e.driver.Root())
 	}
-	e.watchdog.Apply(snap)
-	e.unauthorized(snap)
-	e.reportUnknown(snap)
-	e.thawAgain()
+	d.Memory = e.watchdog.Plan(snap)
+	uses := make([]node.Unauthorized, len(snap.Unauthorized))
+	for i, u := range snap.Unauthorized {
+		uses[i] = e.named(u)
+	}
+	parked := make(map[string]bool, len(e.parked))
+	for key := range e.parked {
+		parked[key] = true
+	}
+	d.Unauthorized = PlanUnauthorized(uses, e.opts.Unauthorized, e.opts.UnauthorizedExempt, e.reported, parked)
 	if !e.opts.Compute {
-		e.stats = e.memoryOnlyStats(snap)
-		return
+		return d
 	}
 	r := readRound(snap, e.policyOf)
 	e.resolveFreezers(r)
@@ -315,12 +345,29 @@ func (e *Enforcer) Apply(snap *node.Snapshot) {
 			e.ctrl[gpu].MinRun = e.opts.MinRun
 		}
 	}
-	e.act(planDuties(e.ctrl, r, dt), r)
-	e.forgetGone(r.seen)
+	d.Compute, d.round = planDuties(e.ctrl, r, dt), &r
+	return d
+}
+
+// carryOut acts on one round's decisions.
+func (e *Enforcer) carryOut(snap *node.Snapshot, d Decisions) {
+	if e.driver != nil {
+		e.driver.Act(d.Driver)
+	}
+	e.watchdog.Act(snap, d.Memory)
+	e.actUnauthorized(d.Unauthorized)
+	e.reportUnknown(snap)
+	e.thawAgain()
+	if d.round == nil {
+		e.stats = e.memoryOnlyStats(snap)
+		return
+	}
+	e.act(d.Compute, *d.round)
+	e.forgetGone(d.round.seen)
 	if e.stale {
 		e.record()
 	}
-	e.stats = e.collectStats(r.seen)
+	e.stats = e.collectStats(d.round.seen)
 }
 
 // reportUnknown logs and records an Event, once, for each pod held at its

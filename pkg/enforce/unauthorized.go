@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sort"
 	"syscall"
 
 	"github.com/gpuslice/gpuslice/pkg/events"
@@ -23,56 +24,110 @@ func (e *Enforcer) named(u node.Unauthorized) node.Unauthorized {
 	return u
 }
 
-// unauthorized acts on the processes in pods that use a GPU their
-// container holds no slice of, by the Unauthorized policy. Host processes
-// never reach here: the sampler lists only processes in pod cgroups.
-func (e *Enforcer) unauthorized(snap *node.Snapshot) {
-	wantParked := map[string]node.Cgroup{}
-	seen := map[int]bool{}
-	for _, u := range snap.Unauthorized {
+// UnauthorizedUse is one process using a GPU its container holds no slice
+// of, and what is done about it.
+type UnauthorizedUse struct {
+	node.Unauthorized
+	Action UnauthorizedPolicy
+}
+
+// UnauthorizedPlan is what one round decided about unauthorized GPU use;
+// nothing is done while deciding.
+type UnauthorizedPlan struct {
+	// Report are the uses seen for the first time: logged, and recorded
+	// as an Event on their pod, once.
+	Report []UnauthorizedUse
+	// Kill are the processes to kill, each only if it is still where it
+	// was seen when acted on.
+	Kill []node.Unauthorized
+	// Freeze are the cgroups to freeze, by key; Refreeze those frozen
+	// already (frozen again every round, whatever thawed them meanwhile);
+	// Thaw those frozen that no use holds any more.
+	Freeze   map[string]node.Cgroup
+	Refreeze []string
+	Thaw     []string
+	// Forget are the reported PIDs no longer seen.
+	Forget []int
+}
+
+// PlanUnauthorized decides, by policy, what is done about the round's
+// unauthorized uses (named: their pods' namespaces filled in where known),
+// given the PIDs reported before and the cgroups frozen before. A use in a
+// namespace that is not known, or one exempt, is only reported: exemption
+// is by namespace, and a process is never ended on a guess. A process no
+// one cgroup holds (its cgroup lines name two containers) is killed under
+// freeze too.
+func PlanUnauthorized(uses []node.Unauthorized, policy UnauthorizedPolicy, exempt []string, reported map[int]bool, parked map[string]bool) UnauthorizedPlan {
+	p := UnauthorizedPlan{Freeze: map[string]node.Cgroup{}}
+	seen, want := map[int]bool{}, map[string]bool{}
+	for _, u := range uses {
 		seen[u.PID] = true
-		u = e.named(u)
-		action := e.opts.Unauthorized
+		action := policy
 		switch {
 		case u.Namespace == "":
-			// Exemption is by namespace: one that is not known may be
-			// exempt, and a process is never ended on a guess.
 			action = UnauthorizedLog
 			u.Reason += "; its namespace is unknown, so it is only reported"
-		case slices.Contains(e.opts.UnauthorizedExempt, u.Namespace):
+		case slices.Contains(exempt, u.Namespace):
 			action = UnauthorizedLog
 		}
-		if !e.reported[u.PID] {
-			e.reported[u.PID] = true
-			e.log.Warn("unauthorized gpu use", "namespace", u.Namespace, "pod", u.Pod, "container", u.ContainerName, "pod_uid", u.PodUID,
-				"uuid", u.UUID, "pid", u.PID, "reason", u.Reason, "action", string(action))
-			if u.Pod != "" {
-				e.opts.Events.Warning(events.Pod{Namespace: u.Namespace, Name: u.Pod, UID: u.PodUID}, "GPUUseUnauthorized",
-					fmt.Sprintf("Process %d uses GPU %s without holding a slice of it (%s); action: %s.", u.PID, u.UUID, u.Reason, action))
-			}
+		if !reported[u.PID] {
+			p.Report = append(p.Report, UnauthorizedUse{Unauthorized: u, Action: action})
 		}
-		switch {
+		switch key := u.Container.Key(); {
 		case action == UnauthorizedLog:
-		case action == UnauthorizedFreeze && u.Container.Key() != "":
-			wantParked[u.Container.Key()] = u.Container
+		case action == UnauthorizedFreeze && key != "":
+			if want[key] {
+				continue
+			}
+			want[key] = true
+			if parked[key] {
+				p.Refreeze = append(p.Refreeze, key)
+			} else {
+				p.Freeze[key] = u.Container
+			}
 		default:
-			// Kill, and freeze of a process no one cgroup holds (its
-			// cgroup lines name two containers).
-			e.killUnauthorized(u)
+			p.Kill = append(p.Kill, u)
 		}
 	}
-	for pid := range e.reported {
+	for pid := range reported {
 		if !seen[pid] {
-			delete(e.reported, pid)
+			p.Forget = append(p.Forget, pid)
 		}
+	}
+	for key := range parked {
+		if !want[key] {
+			p.Thaw = append(p.Thaw, key)
+		}
+	}
+	sort.Ints(p.Forget)
+	sort.Strings(p.Refreeze)
+	sort.Strings(p.Thaw)
+	return p
+}
+
+// actUnauthorized carries out one round's plan.
+func (e *Enforcer) actUnauthorized(p UnauthorizedPlan) {
+	for _, r := range p.Report {
+		u := r.Unauthorized
+		e.reported[u.PID] = true
+		e.log.Warn("unauthorized gpu use", "namespace", u.Namespace, "pod", u.Pod, "container", u.ContainerName, "pod_uid", u.PodUID,
+			"uuid", u.UUID, "pid", u.PID, "reason", u.Reason, "action", string(r.Action))
+		if u.Pod != "" {
+			e.opts.Events.Warning(events.Pod{Namespace: u.Namespace, Name: u.Pod, UID: u.PodUID}, "GPUUseUnauthorized",
+				fmt.Sprintf("Process %d uses GPU %s without holding a slice of it (%s); action: %s.", u.PID, u.UUID, u.Reason, r.Action))
+		}
+	}
+	for _, pid := range p.Forget {
+		delete(e.reported, pid)
+	}
+	for _, u := range p.Kill {
+		e.killUnauthorized(u)
+	}
+	for _, key := range p.Refreeze {
+		_ = e.parked[key].Freeze()
 	}
 	changed := false
-	for key, c := range wantParked {
-		if f, ok := e.parked[key]; ok {
-			// Frozen again every sample: whatever thawed it meanwhile.
-			_ = f.Freeze()
-			continue
-		}
+	for key, c := range p.Freeze {
 		f, err := FreezerFor(e.opts.CgroupRoot, c)
 		f.Owner = e.owner
 		if err == nil {
@@ -86,11 +141,8 @@ func (e *Enforcer) unauthorized(snap *node.Snapshot) {
 		e.parked[key] = f
 		changed = true
 	}
-	for key, f := range e.parked {
-		if _, ok := wantParked[key]; ok {
-			continue
-		}
-		if err := f.Thaw(); err != nil {
+	for _, key := range p.Thaw {
+		if err := e.parked[key].Thaw(); err != nil {
 			e.log.Warn("thaw cgroup frozen for unauthorized gpu use", "cgroup", key, "err", err)
 		}
 		delete(e.parked, key)

@@ -120,7 +120,7 @@ type Watchdog struct {
 	cgroupRoot string         // where the cgroup filesystems are mounted
 	ns         host.Namespace // the agent's cgroup namespace
 	log        *slog.Logger
-	stats      map[string]*MemoryStats // by container ID
+	stats      map[MemoryKey]*MemoryStats
 	kill       func(pid int) error
 	events     events.Recorder
 	// killCgroup kills every process of a held cgroup.
@@ -133,107 +133,178 @@ func NewWatchdog(policy MemoryPolicy, procRoot string, log *slog.Logger, rec eve
 	if rec == nil {
 		rec = events.Discard{}
 	}
-	w := &Watchdog{policy: policy, procRoot: procRoot, log: log, stats: map[string]*MemoryStats{}, events: rec,
+	w := &Watchdog{policy: policy, procRoot: procRoot, log: log, stats: map[MemoryKey]*MemoryStats{}, events: rec,
 		kill: func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }}
 	w.killCgroup = func(c node.Cgroup) error { return KillCgroup(w.cgroupRoot, c) }
 	return w
 }
 
-// Apply checks every container in the snapshot against its limit.
-func (w *Watchdog) Apply(snap *node.Snapshot) {
+// Apply checks every container in the snapshot against its limit: plan,
+// then act.
+func (w *Watchdog) Apply(snap *node.Snapshot) { w.Act(snap, w.Plan(snap)) }
+
+// MemoryKey names one container's limit on one GPU: its cgroup's key and
+// the GPU's UUID. Each GPU's limit is held apart: a container within its
+// limit on one GPU is still over it on another.
+type MemoryKey struct{ Cgroup, UUID string }
+
+// Plan decides what the watchdog does to each container the snapshot
+// enforces, on each GPU (PlanMemory). A container on a blind GPU gets no
+// plan there: its use is unknown this sample. It reads processes' start
+// times and changes nothing.
+func (w *Watchdog) Plan(snap *node.Snapshot) map[MemoryKey]MemoryPlan {
+	if w.policy == MemoryOff {
+		return nil
+	}
+	start := func(pid int) uint64 { return startTime(w.procRoot, pid) }
+	out := map[MemoryKey]MemoryPlan{}
+	for _, c := range snap.Enforced() {
+		k := MemoryKey{c.Cgroup.Key(), c.UUID}
+		if k.Cgroup == "" || c.Blind {
+			continue
+		}
+		var st MemoryStats
+		if cur := w.stats[k]; cur != nil {
+			st = *cur
+		}
+		out[k] = PlanMemory(c, st, w.policy, start)
+	}
+	return out
+}
+
+// Act carries out the plans and forgets the containers the snapshot no
+// longer has.
+func (w *Watchdog) Act(snap *node.Snapshot, plans map[MemoryKey]MemoryPlan) {
 	if w.policy == MemoryOff {
 		return
 	}
-	seen := map[string]bool{}
+	seen := map[MemoryKey]bool{}
 	for _, c := range snap.Enforced() {
-		id := c.Cgroup.Key()
-		if id == "" {
+		k := MemoryKey{c.Cgroup.Key(), c.UUID}
+		if k.Cgroup == "" {
 			continue
 		}
-		seen[id] = true
-		if c.Blind {
-			continue // its use is unknown this sample
+		seen[k] = true
+		p, ok := plans[k]
+		if !ok {
+			continue
 		}
-		st := w.stats[id]
+		st := w.stats[k]
 		if st == nil {
 			st = &MemoryStats{}
-			w.stats[id] = st
+			w.stats[k] = st
 		}
-		w.check(c, st)
+		w.act(c, st, p)
 	}
-	for id := range w.stats {
-		if !seen[id] {
-			delete(w.stats, id)
+	for k := range w.stats {
+		if !seen[k] {
+			delete(w.stats, k)
 		}
 	}
 }
 
-// check holds one container to its limit. Memory of processes already
-// killed is not counted: they are dying. A container over its limit is
-// logged and recorded once per overrun; under MemoryKill its newest GPU
-// processes are killed until it is within, and a container that is over
-// again in the next sample, by processes not killed yet, has every process
-// of its cgroup killed: it starts GPU processes faster than they are
-// killed, and only its cgroup bounds its time over the limit.
-func (w *Watchdog) check(c node.Container, st *MemoryStats) {
+// MemoryPlan is what the watchdog decided for one container in one round,
+// from its snapshot entry and what the watchdog did before: nothing is done
+// while deciding.
+type MemoryPlan struct {
+	// Used is what its processes not already killed hold; Over is whether
+	// that is past its limit.
+	Used uint64
+	Over bool
+	// NewOverrun is an overrun that was not one in the previous round: it
+	// is logged and recorded as an Event once.
+	NewOverrun bool
+	// Kill are its newest processes, killed (policy kill) until it is
+	// within its limit, each only if still in its cgroup when acted on.
+	Kill []nvml.Process
+	// KillCgroup kills every process of its cgroup: it is over again in
+	// the round after its newest processes were killed (it starts them
+	// faster than they are killed).
+	KillCgroup bool
+	// Gone are killed PIDs NVML no longer lists: forgotten.
+	Gone []int
+}
+
+// PlanMemory decides what the watchdog does to one container. Memory of
+// processes already killed (st.killed) is not counted: they are dying. A
+// container over its limit is a new overrun unless it was over in the
+// previous round; under MemoryKill its newest processes are killed until it
+// is within, and a container over again by processes not killed yet has its
+// cgroup killed. start orders processes by age (larger is newer).
+func PlanMemory(c node.Container, st MemoryStats, policy MemoryPolicy, start func(pid int) uint64) MemoryPlan {
+	var p MemoryPlan
 	listed := map[int]bool{}
 	var live []nvml.Process
-	var used uint64
-	for _, p := range c.Procs {
-		listed[p.PID] = true
-		if !st.killed[p.PID] {
-			live = append(live, p)
-			used += p.MemoryBytes
+	for _, proc := range c.Procs {
+		listed[proc.PID] = true
+		if !st.killed[proc.PID] {
+			live = append(live, proc)
+			p.Used += proc.MemoryBytes
 		}
 	}
 	for pid := range st.killed {
 		if !listed[pid] {
-			delete(st.killed, pid)
+			p.Gone = append(p.Gone, pid)
 		}
 	}
-	if used <= c.MemoryLimitBytes {
-		st.over = false
-		return
+	sort.Ints(p.Gone)
+	if p.Used <= c.MemoryLimitBytes {
+		return p
 	}
-	again := st.over
-	if !st.over {
-		st.over = true
+	p.Over, p.NewOverrun = true, !st.over
+	switch {
+	case policy != MemoryKill:
+	case st.over:
+		p.KillCgroup, p.Kill = true, live
+	default:
+		p.Kill = victims(live, c.MemoryLimitBytes, start)
+	}
+	return p
+}
+
+// act carries out one container's plan and keeps what it did in st.
+func (w *Watchdog) act(c node.Container, st *MemoryStats, p MemoryPlan) {
+	for _, pid := range p.Gone {
+		delete(st.killed, pid)
+	}
+	st.over = p.Over
+	if p.NewOverrun {
 		st.Events++
 		w.log.Warn("container over its gpu memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
-			"uuid", c.UUID, "used_bytes", used, "limit_bytes", c.MemoryLimitBytes, "policy", string(w.policy))
+			"uuid", c.UUID, "used_bytes", p.Used, "limit_bytes", c.MemoryLimitBytes, "policy", string(w.policy))
 		w.events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUMemoryLimitExceeded",
 			fmt.Sprintf("Container %s holds %d MiB of GPU %d's memory, more than the %d MiB its slices allow (memory policy %s).",
-				c.Container, used>>20, c.Index, c.MemoryLimitBytes>>20, w.policy))
+				c.Container, p.Used>>20, c.Index, c.MemoryLimitBytes>>20, w.policy))
 	}
-	if w.policy != MemoryKill {
+	if len(p.Kill) == 0 && !p.KillCgroup {
 		return
 	}
 	if st.killed == nil {
 		st.killed = map[int]bool{}
 	}
-	if again {
-		w.killAll(c, st, live, used)
+	if p.KillCgroup {
+		w.killAll(c, st, p.Kill, p.Used)
 		return
 	}
-	for _, p := range victims(live, c.MemoryLimitBytes, func(pid int) uint64 { return startTime(w.procRoot, pid) }) {
+	for _, proc := range p.Kill {
 		// PIDs are reused: kill only a process still in this container
 		// (or, where the container's processes reach into the pod's
 		// cgroup, still in this pod).
-		now, err := w.ns.ForPID(w.procRoot, p.PID)
+		now, err := w.ns.ForPID(w.procRoot, proc.PID)
 		if err != nil || !within(now, c.Cgroup) {
 			continue
 		}
-		if err := w.kill(p.PID); err != nil && !errors.Is(err, syscall.ESRCH) {
-			w.log.Error("kill gpu process over memory limit", "pid", p.PID, "pod", c.Pod, "err", err)
+		if err := w.kill(proc.PID); err != nil && !errors.Is(err, syscall.ESRCH) {
+			w.log.Error("kill gpu process over memory limit", "pid", proc.PID, "pod", c.Pod, "err", err)
 			continue
 		}
 		st.Kills++
-		st.killed[p.PID] = true
+		st.killed[proc.PID] = true
 		w.events.Warning(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUProcessKilled",
 			fmt.Sprintf("Killed process %d of container %s, holding %d MiB of GPU %d's memory, to bring the container within its %d MiB.",
-				p.PID, c.Container, p.MemoryBytes>>20, c.Index, c.MemoryLimitBytes>>20))
+				proc.PID, c.Container, proc.MemoryBytes>>20, c.Index, c.MemoryLimitBytes>>20))
 		w.log.Warn("killed gpu process over memory limit", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
-			"uuid", c.UUID, "pid", p.PID, "process_bytes", p.MemoryBytes, "limit_bytes", c.MemoryLimitBytes)
+			"uuid", c.UUID, "pid", proc.PID, "process_bytes", proc.MemoryBytes, "limit_bytes", c.MemoryLimitBytes)
 	}
 }
 
@@ -268,11 +339,17 @@ func within(proc, held node.Cgroup) bool {
 	return proc.Key() == held.Key() && proc.PodUID == held.PodUID
 }
 
-// Stats returns what the watchdog did, by container ID.
+// Stats returns what the watchdog did, by container ID (its cgroup's
+// key), summed over the GPUs it holds.
 func (w *Watchdog) Stats() map[string]MemoryStats {
 	out := make(map[string]MemoryStats, len(w.stats))
 	for k, v := range w.stats {
-		out[k] = *v
+		s := out[k.Cgroup]
+		s.Events += v.Events
+		s.Kills += v.Kills
+		s.CgroupKills += v.CgroupKills
+		s.over = s.over || v.over
+		out[k.Cgroup] = s
 	}
 	return out
 }
