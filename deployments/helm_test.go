@@ -83,7 +83,7 @@ func TestChartDRA(t *testing.T) {
 		ctrs, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
 		return strings.Join(toStrings(ctrs[0].(map[string]any)["args"]), " ")
 	}
-	for _, want := range []string{"--slices-per-gpu=4", "--state=/var/lib/gpuslice/dra-prepared.json", "--cdi-dir=/var/run/cdi", "--kubelet-registrar-dir=/var/lib/kubelet/plugins_registry"} {
+	for _, want := range []string{"--slices-per-gpu=4", "--dra-prepared-claims=/var/lib/gpuslice/dra-prepared.json", "--cdi-dir=/var/run/cdi", "--kubelet-registrar-dir=/var/lib/kubelet/plugins_registry"} {
 		if !strings.Contains(args(driver), want) {
 			t.Errorf("driver args %q lack %s", args(driver), want)
 		}

@@ -28,9 +28,6 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
-// defaultSlicesPerGPU applies when neither slicesPerGPU nor sliceMemory is set.
-const defaultSlicesPerGPU = 8
-
 // Config is everything gpu-agent can be told, by flags or by the YAML file
 // named with --config. Field names in YAML are the json tags.
 type Config struct {
@@ -286,7 +283,7 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.MachineTypeFile, "machine-type-file", c.MachineTypeFile, "`file` naming the machine for nvidia.com/gpu.machine (default <sysfs-root>/class/dmi/id/product_name)")
 	fs.StringVar(&c.ResourceName, "resource-name", c.ResourceName, "extended resource `name` offered to the kubelet")
 	fs.StringVar(&c.Placement, "placement", c.Placement, "slice placement: binpack or spread")
-	fs.IntVar(&c.Slicing.SlicesPerGPU, "slices-per-gpu", c.Slicing.SlicesPerGPU, fmt.Sprintf("cut every GPU into `n` slices (default %d unless --slice-memory)", defaultSlicesPerGPU))
+	fs.IntVar(&c.Slicing.SlicesPerGPU, "slices-per-gpu", c.Slicing.SlicesPerGPU, fmt.Sprintf("cut every GPU into `n` slices (default %d unless --slice-memory)", vgpu.DefaultSlicesPerGPU))
 	fs.StringVar(&c.Slicing.SliceMemory, "slice-memory", c.Slicing.SliceMemory, "cut every GPU into slices of this much `memory`, e.g. 10Gi")
 	fs.BoolVar(&c.DeviceSpecs.Enabled, "device-specs", c.DeviceSpecs.Enabled, "return /dev/nvidia* device nodes from Allocate")
 	fs.StringVar(&c.DeviceSpecs.DevRoot, "dev-root", c.DeviceSpecs.DevRoot, "host `dir` holding the nvidia device nodes")
@@ -503,7 +500,7 @@ func (c Config) slicing() (vgpu.Config, error) {
 		return vgpu.Config{}, err
 	}
 	if def == (vgpu.Rule{}) {
-		def.SlicesPerGPU = defaultSlicesPerGPU
+		def.SlicesPerGPU = vgpu.DefaultSlicesPerGPU
 	}
 	out := vgpu.Config{Default: def, Models: map[string]vgpu.Rule{}}
 	for model, r := range c.Slicing.Models {

@@ -47,8 +47,9 @@ type Config struct {
 	PodResourcesSocket string
 	ResourceName       string
 	// DevRoot is the host directory of the NVIDIA device nodes.
-	DevRoot  string
-	LogLevel string
+	DevRoot   string
+	LogLevel  string
+	LogFormat string
 	// ProbeInterval and XIDRecovery tune GPU health on real NVML.
 	ProbeInterval time.Duration
 	XIDRecovery   time.Duration
@@ -63,7 +64,6 @@ func defaultConfig() Config {
 		GPUBackend:         "nvml",
 		KubeAPIQPS:         50,
 		KubeAPIBurst:       100,
-		SlicesPerGPU:       8,
 		RegistrarDir:       contract.KubeletDir + "/plugins_registry",
 		PluginDir:          contract.KubeletDir + "/plugins/" + contract.DRADriverName,
 		CDIDir:             "/var/run/cdi",
@@ -72,6 +72,7 @@ func defaultConfig() Config {
 		PodResourcesSocket: contract.PodResourcesSocket,
 		ResourceName:       contract.ResourceName,
 		LogLevel:           "info",
+		LogFormat:          "text",
 		ProbeInterval:      5 * time.Second,
 		XIDRecovery:        5 * time.Minute,
 		HealthAddress:      ":9448",
@@ -84,20 +85,21 @@ func flags(c *Config) *flag.FlagSet {
 	fs.BoolVar(&c.SliceDevices, "slice-devices", c.SliceDevices, "also publish each slice as a device (with counters shared with its GPU), for a DeviceClass that serves nvidia.com/vgpu through extended-resource mapping")
 	fs.StringVar(&c.FakeConfig, "fake-config", c.FakeConfig, "the fake GPU node's YAML `file` (its faults are watched)")
 	fs.StringVar(&c.NVMLLibrary, "nvml-library", c.NVMLLibrary, "NVML library `path` (default: the system's libnvidia-ml.so.1)")
-	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's name (default: $NODE_NAME)")
+	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's name (default $NODE_NAME)")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig `file` (default: in-cluster)")
 	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", c.KubeAPIQPS, "API requests a second")
 	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", c.KubeAPIBurst, "API requests in a burst")
-	fs.IntVar(&c.SlicesPerGPU, "slices-per-gpu", c.SlicesPerGPU, "cut every GPU into `N` slices (the agent's value)")
-	fs.StringVar(&c.SliceMemory, "slice-memory", c.SliceMemory, "cut every GPU into slices of `SIZE` (10Gi, 20G); overrides --slices-per-gpu")
+	fs.IntVar(&c.SlicesPerGPU, "slices-per-gpu", c.SlicesPerGPU, fmt.Sprintf("cut every GPU into `n` slices, as the agent does (default %d unless --slice-memory)", vgpu.DefaultSlicesPerGPU))
+	fs.StringVar(&c.SliceMemory, "slice-memory", c.SliceMemory, "cut every GPU into slices of this much `memory`, e.g. 10Gi, as the agent does; not with --slices-per-gpu")
 	fs.StringVar(&c.RegistrarDir, "kubelet-registrar-dir", c.RegistrarDir, "`dir` where the kubelet discovers plugins")
 	fs.StringVar(&c.PluginDir, "kubelet-plugin-dir", c.PluginDir, "`dir` of the driver's socket")
 	fs.StringVar(&c.CDIDir, "cdi-dir", c.CDIDir, "`dir` the container runtime reads CDI specs from")
-	fs.StringVar(&c.StateFile, "state", c.StateFile, "record of prepared claims (`file`), which gpu-agent --dra reads")
+	fs.StringVar(&c.StateFile, "dra-prepared-claims", c.StateFile, "the record of prepared claims (`file`) this driver writes and gpu-agent --dra reads, under the same flag")
 	fs.StringVar(&c.DevRoot, "dev-root", c.DevRoot, "host `dir` of the NVIDIA device nodes")
 	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", c.PodResourcesSocket, "the kubelet's pod-resources `socket`: claims are refused on GPUs whose slices its active pods hold")
 	fs.StringVar(&c.ResourceName, "resource-name", c.ResourceName, "the device plugin's resource (gpu-agent's --resource-name)")
-	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.DurationVar(&c.ProbeInterval, "health-probe-interval", c.ProbeInterval, "how often each GPU is probed for being lost (real NVML)")
 	fs.DurationVar(&c.XIDRecovery, "xid-recovery", c.XIDRecovery, "how long a GPU must go without a new XID to be healthy again; 0 never")
 	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "`host:port` serving /healthz and /readyz for the kubelet's probes, from before the node lock is taken; empty for none")
@@ -137,6 +139,9 @@ func (c Config) validate() error {
 	if _, err := c.level(); err != nil {
 		return err
 	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+	}
 	if c.GPUBackend == "fake" {
 		if err := gpubackend.CheckFakeFile(c.FakeConfig); err != nil {
 			return err
@@ -146,7 +151,7 @@ func (c Config) validate() error {
 		return fmt.Errorf("--health-address %q: %w", c.HealthAddress, err)
 	}
 	for flag, p := range map[string]string{"--kubelet-registrar-dir": c.RegistrarDir, "--kubelet-plugin-dir": c.PluginDir,
-		"--cdi-dir": c.CDIDir, "--state": c.StateFile, "--dev-root": c.DevRoot, "--pod-resources-socket": c.PodResourcesSocket} {
+		"--cdi-dir": c.CDIDir, "--dra-prepared-claims": c.StateFile, "--dev-root": c.DevRoot, "--pod-resources-socket": c.PodResourcesSocket} {
 		if !filepath.IsAbs(p) {
 			return fmt.Errorf("%s %q must be an absolute path", flag, p)
 		}
@@ -156,13 +161,17 @@ func (c Config) validate() error {
 
 // slicing is how the GPUs are cut, as the agent cuts them.
 func (c Config) slicing() (vgpu.Config, error) {
+	// As the agent cuts them: the count, or the size, never both (Rule's
+	// Validate refuses both); neither is the default count.
 	r := vgpu.Rule{SlicesPerGPU: c.SlicesPerGPU}
 	if c.SliceMemory != "" {
 		b, err := vgpu.ParseSize(c.SliceMemory)
 		if err != nil {
 			return vgpu.Config{}, fmt.Errorf("--slice-memory: %w", err)
 		}
-		r = vgpu.Rule{SliceMemoryBytes: b}
+		r.SliceMemoryBytes = b
+	} else if r.SlicesPerGPU == 0 {
+		r.SlicesPerGPU = vgpu.DefaultSlicesPerGPU
 	}
 	cfg := vgpu.Config{Default: r}
 	if err := cfg.Validate(); err != nil {

@@ -43,9 +43,10 @@ func TestBadConfigIsOneClearError(t *testing.T) {
 	}{
 		"no node name":                  {args: nil, env: nil, want: "--node-name"},
 		"unknown backend":               {args: []string{"--gpu-backend=cuda"}, env: node, want: "--gpu-backend"},
-		"zero slices":                   {args: []string{"--slices-per-gpu=0"}, env: node, want: "slicing"},
+		"negative slices":               {args: []string{"--slices-per-gpu=-1"}, env: node, want: "slicing"},
+		"both slicing flags":            {args: []string{"--slices-per-gpu=4", "--slice-memory=10Gi"}, env: node, want: "not both"},
 		"bad slice memory":              {args: []string{"--slice-memory=lots"}, env: node, want: "--slice-memory"},
-		"relative state":                {args: []string{"--state=prepared.json"}, env: node, want: "--state"},
+		"relative state":                {args: []string{"--dra-prepared-claims=prepared.json"}, env: node, want: "--dra-prepared-claims"},
 		"relative cdi dir":              {args: []string{"--cdi-dir=cdi"}, env: node, want: "--cdi-dir"},
 		"relative pod-resources socket": {args: []string{"--pod-resources-socket=kubelet.sock"}, env: node, want: "--pod-resources-socket"},
 		"zero qps":                      {args: []string{"--kube-api-qps=0"}, env: node, want: "--kube-api-qps"},
@@ -59,7 +60,7 @@ func TestBadConfigIsOneClearError(t *testing.T) {
 			t.Parallel()
 			var out, errb bytes.Buffer
 			dir := t.TempDir()
-			args := append([]string{"--state=" + filepath.Join(dir, "p.json"), "--kubeconfig=" + filepath.Join(dir, "none")}, tc.args...)
+			args := append([]string{"--dra-prepared-claims=" + filepath.Join(dir, "p.json"), "--kubeconfig=" + filepath.Join(dir, "none")}, tc.args...)
 			code := run(args, env(tc.env), &out, &errb)
 			lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
 			if code == exitOK || !strings.Contains(errb.String(), tc.want) {
@@ -145,7 +146,7 @@ func TestDriverOnTheAPIServer(t *testing.T) {
 	}
 	args := []string{"--gpu-backend=fake", "--fake-config=" + fake, "--kubeconfig=" + srv.Kubeconfig, "--node-name=n1",
 		"--kubelet-registrar-dir=" + filepath.Join(dir, "reg"), "--kubelet-plugin-dir=" + filepath.Join(dir, "plugin"),
-		"--cdi-dir=" + filepath.Join(dir, "cdi"), "--state=" + filepath.Join(dir, "prepared.json"), "--slices-per-gpu=4"}
+		"--cdi-dir=" + filepath.Join(dir, "cdi"), "--dra-prepared-claims=" + filepath.Join(dir, "prepared.json"), "--slices-per-gpu=4", "--log-format=json"}
 	for _, sub := range []string{"reg", "plugin", "cdi"} {
 		if err := os.Mkdir(filepath.Join(dir, sub), 0o750); err != nil {
 			t.Fatal(err)

@@ -93,6 +93,10 @@ type Layout struct {
 	byID map[string]SliceID
 }
 
+// DefaultSlicesPerGPU is how many slices a GPU is cut into when neither a
+// slice count nor a slice size is asked for, by both node binaries.
+const DefaultSlicesPerGPU = 8
+
 // NewLayout cuts gpus according to cfg. GPUs are ordered by index; UUIDs and
 // indexes must be unique.
 func NewLayout(gpus []GPU, cfg Config) (*Layout, error) {
