@@ -97,10 +97,14 @@ type Sampler struct {
 
 	latest atomic.Pointer[node.Snapshot]
 
-	mu        sync.Mutex // guards the fields below; one sample at a time
-	state     node.State
-	cgroups   *host.Cgroups
-	kubelet   *kubeletstate.Reader
+	mu      sync.Mutex // guards the fields below; one sample at a time
+	state   node.State
+	cgroups *host.Cgroups
+	kubelet *kubeletstate.Reader
+	// records and tried are reused sample after sample (Build reads the
+	// records and keeps none of them).
+	recs      node.Records
+	tried     map[string]bool
 	errors    map[string]uint64
 	loggedAt  map[string]time.Time
 	durations node.Histogram
@@ -209,7 +213,12 @@ func (s *Sampler) records(gpus []node.GPUReading) node.Records {
 	if s.opts.Names == nil {
 		return nil
 	}
-	out, tried := node.Records{}, map[string]bool{}
+	if s.recs == nil {
+		s.recs, s.tried = node.Records{}, map[string]bool{}
+	}
+	out, tried := s.recs, s.tried
+	clear(out)
+	clear(tried)
 	for _, r := range gpus {
 		for _, p := range r.Processes {
 			id := p.Container.ContainerID
