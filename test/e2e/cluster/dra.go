@@ -64,7 +64,7 @@ func (c *Cluster) StartDRADriver() error {
 		"--gpu-backend=fake", "--fake-config=" + c.FakeConfig, "--kubeconfig=" + c.API.Kubeconfig, "--node-name=" + NodeName,
 		"--kubelet-registrar-dir=" + filepath.Join(c.KubeletRoot, "plugins_registry"),
 		"--kubelet-plugin-dir=" + filepath.Join(c.KubeletRoot, "plugins", "gpu.gpuslice.io"),
-		"--cdi-dir=" + c.CDIDir, "--dra-prepared-claims=" + c.PreparedClaims, "--dev-root=" + filepath.Join(c.Dir, "dev"), "--log-level=debug",
+		"--cdi-dir=" + c.CDIDir, "--dra-prepared-claims=" + c.PreparedClaims, "--dev-root=" + filepath.Join(c.Dir, "dev"), "--log-level=debug", "--log-format=json",
 		"--pod-resources-socket=" + c.PodResourcesSocket,
 	}, c.draArgs...)
 	var err error
