@@ -1,11 +1,13 @@
 package gpubackend_test
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestNoFakeGPU: the shipped image's binaries are built with the nofakegpu
@@ -30,7 +32,11 @@ func TestNoFakeGPU(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-tags", "nofakegpu", "-o", bin, "../../cmd/gpu-agent").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	run := exec.Command(bin, "--gpu-backend=fake")
+	// A binary that wrongly accepted would start serving: bounded, so the
+	// failure is a wrong answer, not a hung test.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	run := exec.CommandContext(ctx, bin, "--gpu-backend=fake")
 	run.Env = append(os.Environ(), "NODE_NAME=")
 	out, err := run.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "built without the fake GPU node") {

@@ -27,7 +27,8 @@ func ParseSize(s string) (uint64, error) {
 		}
 	}
 	whole, frac, hasFrac := strings.Cut(num, ".")
-	if whole == "" || (hasFrac && (frac == "" || len(frac) > 12)) || strings.ContainsAny(whole+frac, "+-_ ") {
+	// ParseUint below refuses signs, spaces and underscores in either part.
+	if whole == "" || (hasFrac && (frac == "" || len(frac) > 12)) {
 		return 0, bad
 	}
 	w, err := strconv.ParseUint(whole, 10, 64)
