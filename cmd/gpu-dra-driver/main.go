@@ -30,7 +30,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
 	"github.com/gpuslice/gpuslice/pkg/frontend"
 	"github.com/gpuslice/gpuslice/pkg/health"
-	"github.com/gpuslice/gpuslice/pkg/node"
+	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/pkg/nodelock"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
@@ -119,7 +119,7 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	}
 	defer func() { _ = podres.Close() }()
 	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, Nodes: n.nodes, CDIDir: cfg.CDIDir, StatePath: cfg.StateFile,
-		DevicePluginGPUs: devicePluginGPUs(podres), FrontEnds: frontend.New(filepath.Dir(cfg.StateFile))})
+		DevicePluginGPUs: kubeletstate.SlicedGPUsReader(podres, cfg.ResourceName, n.layout), FrontEnds: frontend.New(filepath.Dir(cfg.StateFile))})
 	if err != nil {
 		return err
 	}
@@ -216,21 +216,6 @@ func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, func(context.Conte
 	o.LibraryPath, o.ProbeInterval, o.XIDRecovery, o.Logger = cfg.NVMLLibrary, cfg.ProbeInterval, cfg.XIDRecovery, log
 	b, err := gpubackend.Open(cfg.GPUBackend, cfg.FakeConfig, o)
 	return b.Backend, b.Watch, err
-}
-
-// devicePluginGPUs asks the kubelet's pod-resources API which GPUs the
-// slices of its active pods are on. The device manager's checkpoint is
-// not enough: the kubelet keeps a deleted pod's entry there until another
-// device-plugin allocation, so a GPU that once served an nvidia.com/vgpu
-// pod would refuse claims for good (TestDRAClaimAfterAVGPUPod).
-func devicePluginGPUs(client *podresources.Client) func() (map[string]bool, error) {
-	return func() (map[string]bool, error) {
-		as, err := client.List(context.Background())
-		if err != nil {
-			return nil, fmt.Errorf("which GPUs device-plugin pods hold: %w", err)
-		}
-		return node.AssignedGPUs(as), nil
-	}
 }
 
 // kubeClient is the driver's clientset, with its own request rate.

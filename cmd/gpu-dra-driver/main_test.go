@@ -22,7 +22,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gpuslice/gpuslice/internal/fakegpu"
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/dra"
+	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 	"github.com/gpuslice/gpuslice/test/apiserver"
@@ -278,7 +280,7 @@ func waitTaints(t *testing.T, d *driverProc, cs kubernetes.Interface, want map[s
 	t.Fatalf("devices and taints %v, want %v\n%s", got, want, d.logs())
 }
 
-// TestDevicePluginGPUsFromPodResources: which GPUs nvidia.com/vgpu pods
+// TestDevicePluginGPUsFromPodResources: which GPUs (kubeletstate.SlicedGPUsReader, as the driver wires it) nvidia.com/vgpu pods
 // hold comes from the kubelet's pod-resources answer: a GPU is held while
 // a pod's slices are on it and free once they are released (the device
 // manager's checkpoint would have kept it), and a kubelet whose answer
@@ -293,7 +295,7 @@ func TestDevicePluginGPUsFromPodResources(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = client.Close() }()
-	held := devicePluginGPUs(client)
+	held := kubeletstate.SlicedGPUsReader(client, contract.ResourceName, nil)
 	if got, err := held(); err != nil || len(got) != 0 {
 		t.Fatalf("no pod: held %v, %v", got, err)
 	}

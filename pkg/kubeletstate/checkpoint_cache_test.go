@@ -1,13 +1,14 @@
 package kubeletstate_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
-	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/podresources"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
 // checkpointJSON is a per-NUMA checkpoint holding one entry for pod uid.
@@ -55,16 +56,29 @@ func TestCheckpointReadAgainOnlyWhenReplaced(t *testing.T) {
 	}
 }
 
-// TestAssignedGPUs: the GPUs of the slices pod-resources lists; device
-// IDs that are not slice IDs name no GPU.
-func TestAssignedGPUs(t *testing.T) {
+// listed is a pod-resources answer, fixed.
+type listed []podresources.Assignment
+
+func (l listed) List(context.Context) ([]podresources.Assignment, error) { return l, nil }
+
+// TestSlicedGPUsReader: the GPUs of the slices pod-resources lists, read
+// from the IDs themselves: a slice ID the current layout lacks (the node
+// was re-sliced under a running pod) still holds its GPU, and device IDs
+// that are not slice IDs name none.
+func TestSlicedGPUsReader(t *testing.T) {
 	t.Parallel()
-	got := node.AssignedGPUs([]podresources.Assignment{
+	layout, err := vgpu.NewLayout([]vgpu.GPU{{UUID: "GPU-a", MemoryBytes: 4 << 30}, {UUID: "GPU-b", Index: 1, MemoryBytes: 4 << 30}},
+		vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := kubeletstate.SlicedGPUsReader(listed{
 		{Namespace: "ml", Pod: "a", Container: "main", DeviceIDs: []string{"GPU-a::0", "GPU-a::1"}},
 		{Namespace: "ml", Pod: "b", Container: "main", DeviceIDs: []string{"GPU-b::3", "not-a-slice"}},
 		{Namespace: "ml", Pod: "c", Container: "main", Claims: []string{"uid-1"}},
-	})
-	if len(got) != 2 || !got["GPU-a"] || !got["GPU-b"] {
-		t.Errorf("AssignedGPUs = %v, want GPU-a and GPU-b", got)
+	}, "nvidia.com/vgpu", layout)
+	got, err := read()
+	if err != nil || len(got) != 2 || !got["GPU-a"] || !got["GPU-b"] {
+		t.Errorf("SlicedGPUsReader = %v, %v; want GPU-a and GPU-b (GPU-b::3 is past its 2 slices)", got, err)
 	}
 }

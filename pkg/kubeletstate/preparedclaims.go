@@ -1,22 +1,25 @@
 package kubeletstate
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"sync"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/node"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
-// PreparedClaims reads the node.DRA driver's record of prepared claims sample
+// PreparedClaims reads the DRA driver's record of prepared claims sample
 // after sample, parsing it only when the driver replaced it.
 type PreparedClaims = CachedFile[contract.PreparedClaims]
 
 // NewPreparedClaims returns a reader of the record at path. Its Claims is
 // never nil once read.
 func NewPreparedClaims(path string) *PreparedClaims {
-	return NewCachedFile(path, "node.DRA driver's prepared claims", func(b []byte) (contract.PreparedClaims, error) {
+	return NewCachedFile(path, "DRA driver's prepared claims", func(b []byte) (contract.PreparedClaims, error) {
 		r, err := contract.ParsePreparedClaims(b)
 		if err == nil && r.Claims == nil {
 			r.Claims = map[string]contract.PreparedClaim{}
@@ -25,10 +28,11 @@ func NewPreparedClaims(path string) *PreparedClaims {
 	})
 }
 
-// ClaimedGPUsReader returns a function telling which GPUs the node.DRA
+// ClaimedGPUsReader returns a function telling which GPUs the DRA
 // driver's prepared claims (its record at path) hold a share of, safe for
-// concurrent use; a record that does not exist holds none. The device
-// plugin refuses those GPUs' slices.
+// concurrent use; a record that does not exist holds none. It reads them
+// as node.Holdings (ClaimedGPUs), by the rules every tier shares. The
+// device plugin withholds those GPUs' slices.
 func ClaimedGPUsReader(path string) func() (map[string]bool, error) {
 	var mu sync.Mutex
 	r := NewPreparedClaims(path)
@@ -42,13 +46,23 @@ func ClaimedGPUsReader(path string) func() (map[string]bool, error) {
 		if err != nil {
 			return nil, err
 		}
-		out := map[string]bool{}
-		for _, c := range record.Claims {
-			shares, _ := node.ClaimGPUs(c)
-			for gpu := range shares {
-				out[gpu] = true
-			}
+		return node.HoldingsOf(node.Sources{DRA: true, Prepared: record.Claims}).ClaimedGPUs, nil
+	}
+}
+
+// SlicedGPUsReader returns a function telling which GPUs the slices of
+// resource that the kubelet's active pods hold (pod-resources) are on, read
+// as node.Holdings (SlicedGPUs). The DRA driver refuses claims on them.
+// The device manager's checkpoint is not used: the kubelet keeps a
+// deleted pod's entry there until another device-plugin allocation, so a
+// GPU that once served a slice pod would refuse claims for good
+// (TestDRAClaimAfterAVGPUPod).
+func SlicedGPUsReader(pods Lister, resource string, layout *vgpu.Layout) func() (map[string]bool, error) {
+	return func() (map[string]bool, error) {
+		as, err := pods.List(context.Background())
+		if err != nil {
+			return nil, fmt.Errorf("which GPUs device-plugin pods hold: %w", err)
 		}
-		return out, nil
+		return node.HoldingsOf(node.Sources{Assignments: as, ResourceName: resource, Layout: layout}).SlicedGPUs, nil
 	}
 }

@@ -28,6 +28,8 @@ func TestPreparedClaimsRead(t *testing.T) {
 	}
 }
 
+// TestClaimedGPUsReader: a prepared claim holds its GPU before any
+// container of its pod runs; admin access holds none.
 func TestClaimedGPUsReader(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "dra-prepared.json")

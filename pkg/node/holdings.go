@@ -43,7 +43,9 @@ type Sources struct {
 	Checkpoint []CheckpointEntry
 	// ResourceName is the resource whose slices are held.
 	ResourceName string
-	Layout       *vgpu.Layout
+	// Layout reads slice IDs; nil reads only which GPUs are held
+	// (SlicedGPUs, ClaimedGPUs), each slice assignment a Problem.
+	Layout *vgpu.Layout
 	// DRA counts the claims of gpuslice's DRA driver; Prepared is the
 	// driver's record by claim UID.
 	DRA      bool
@@ -62,6 +64,15 @@ type Holdings struct {
 	// Problems are the assignments that could not be read: slice IDs not
 	// in the layout, a claim the record lacks.
 	Problems []Problem
+	// SlicedGPUs are the GPUs (by UUID) that the assignments' device-plugin
+	// slices are on, read from the slice IDs themselves so that a slicing
+	// change cannot hide one. The DRA driver refuses claims on them.
+	SlicedGPUs map[string]bool
+	// ClaimedGPUs are the GPUs (by UUID) that the DRA driver's prepared
+	// claims hold a share of, whether or not a container of theirs runs
+	// yet; admin access holds none. The device plugin withholds their
+	// slices.
+	ClaimedGPUs map[string]bool
 }
 
 // Of returns what the containers of one pod hold.
@@ -82,7 +93,8 @@ func (h Holdings) Of(namespace, pod string) []Holding {
 // holding it (ClaimLimits), and a container holding a GPU by both gets
 // the sum.
 func HoldingsOf(src Sources) Holdings {
-	h := Holdings{Allocated: map[string]int{}, Held: make([]Holding, 0, len(src.Assignments))}
+	h := Holdings{Allocated: map[string]int{}, Held: make([]Holding, 0, len(src.Assignments)),
+		SlicedGPUs: map[string]bool{}, ClaimedGPUs: map[string]bool{}}
 	granted := GrantsByDevices(src.Checkpoint, src.ResourceName)
 	consumers := map[string]int{}
 	if src.DRA {
@@ -91,10 +103,25 @@ func HoldingsOf(src Sources) Holdings {
 				consumers[uid]++
 			}
 		}
+		for _, c := range src.Prepared {
+			shares, _ := ClaimGPUs(c)
+			for uuid := range shares {
+				h.ClaimedGPUs[uuid] = true
+			}
+		}
+	}
+	for _, a := range src.Assignments {
+		for uuid := range gpusOf(a.DeviceIDs) {
+			h.SlicedGPUs[uuid] = true
+		}
 	}
 	counted := map[string]bool{}
 	for _, a := range src.Assignments {
 		var limits []vgpu.GPULimit
+		if len(a.DeviceIDs) > 0 && src.Layout == nil {
+			h.Problems = append(h.Problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: no slice layout to read its slices in", a.Namespace, a.Pod, a.Container)})
+			continue
+		}
 		if len(a.DeviceIDs) > 0 {
 			l, err := LimitsFor(src.Layout, a.DeviceIDs, granted[DevicesKey(a.DeviceIDs)])
 			if err != nil {

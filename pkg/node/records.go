@@ -60,20 +60,6 @@ type ContainerNames interface {
 	Lookup(containerID string) (RuntimeContainer, bool)
 }
 
-// AssignedGPUs are the GPUs whose slices pod-resources lists as held by
-// the kubelet's active pods (the client lists one resource's device IDs).
-// Unlike the device manager's checkpoint, it forgets a pod once the pod is
-// gone.
-func AssignedGPUs(as []Assignment) map[string]bool {
-	out := map[string]bool{}
-	for _, a := range as {
-		for gpu := range gpusOf(a.DeviceIDs) {
-			out[gpu] = true
-		}
-	}
-	return out
-}
-
 // Records are runtime records by container ID, as plain data: what the
 // sampler looked up for one sample, so that Build reads no bundle itself.
 type Records map[string]RuntimeContainer
