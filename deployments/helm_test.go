@@ -2,6 +2,7 @@ package deployments_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/gpuslice/gpuslice/internal/nodeconfig"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
 
@@ -83,15 +85,28 @@ func TestChartDRA(t *testing.T) {
 		ctrs, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
 		return strings.Join(toStrings(ctrs[0].(map[string]any)["args"]), " ")
 	}
-	for _, want := range []string{"--slices-per-gpu=4", "--dra-prepared-claims=/var/lib/gpuslice/dra-prepared.json", "--cdi-dir=/var/run/cdi", "--kubelet-registrar-dir=/var/lib/kubelet/plugins_registry"} {
+	for _, want := range []string{"--config=/etc/gpuslice/node.yaml", "--cdi-dir=/var/run/cdi", "--kubelet-registrar-dir=/var/lib/kubelet/plugins_registry"} {
 		if !strings.Contains(args(driver), want) {
 			t.Errorf("driver args %q lack %s", args(driver), want)
 		}
 	}
-	for _, want := range []string{"--dra", "--dra-prepared-claims=/var/lib/gpuslice/dra-prepared.json"} {
-		if !strings.Contains(args(agent), want) {
-			t.Errorf("agent args %q lack %s", args(agent), want)
-		}
+	if !strings.Contains(args(agent), "--config=/etc/gpuslice/node.yaml") {
+		t.Errorf("agent args %q lack --config", args(agent))
+	}
+	// One file for both: the agent's slicing, DRA on, the record both
+	// name, and the same checksum rolling both DaemonSets.
+	cfg := nodeConfig(t, named)
+	rules, _ := cfg.SliceRules()
+	if rules.Default.SlicesPerGPU != 4 || !cfg.DRA.Enabled || cfg.DRA.PreparedClaims != "/var/lib/gpuslice/dra-prepared.json" || cfg.DRA.ExtendedResource {
+		t.Errorf("node config = %+v, slicing %+v", cfg, rules)
+	}
+	for _, ds := range []*unstructured.Unstructured{agent, driver} {
+		mountsNodeConfig(t, ds)
+	}
+	sumA, _, _ := unstructured.NestedString(agent.Object, "spec", "template", "metadata", "annotations", "checksum/node-config")
+	sumD, _, _ := unstructured.NestedString(driver.Object, "spec", "template", "metadata", "annotations", "checksum/node-config")
+	if sumA == "" || sumA != sumD {
+		t.Errorf("node config checksums %q (agent) and %q (driver): want one, set", sumA, sumD)
 	}
 	// The kubelet's root holds every pod's volumes (secrets, service
 	// account tokens): the agent mounts only the parts it reads, never the
@@ -125,11 +140,11 @@ func TestChartDRA(t *testing.T) {
 	if name, _, _ := unstructured.NestedString(class.Object, "spec", "extendedResourceName"); name != "nvidia.com/vgpu" {
 		t.Errorf("the vgpu class maps %q, want nvidia.com/vgpu", name)
 	}
-	if !strings.Contains(args(named["DaemonSet/gpuslice-dra-driver"]), "--slice-devices") || !strings.Contains(args(named["DaemonSet/gpuslice-agent"]), "--dra-extended-resource") {
-		t.Errorf("dra.extendedResource: driver args %q, agent args %q", args(named["DaemonSet/gpuslice-dra-driver"]), args(named["DaemonSet/gpuslice-agent"]))
+	if cfg := nodeConfig(t, named); !cfg.DRA.ExtendedResource || !cfg.DRA.Enabled {
+		t.Errorf("dra.extendedResource: node config %+v", cfg.DRA)
 	}
-	if strings.Contains(args(driver), "--slice-devices") || named["DeviceClass/gpu.gpuslice.io"] == nil {
-		t.Error("slice devices without dra.extendedResource, or no share class beside the vgpu one")
+	if named["DeviceClass/gpu.gpuslice.io"] == nil {
+		t.Error("no share class beside the vgpu one")
 	}
 	// The quota controller caps claims of the chart's class and the extra
 	// ones, and may list claims and the driver's slices; off, neither.
@@ -211,19 +226,76 @@ func TestChartRendersTheManifestsObjects(t *testing.T) {
 			t.Error("the chart's alert groups differ from deployments/monitoring/prometheusrule.yaml: copy them into files/alert-groups.yaml")
 		}
 	}
-	// Values reach the agent's flags.
-	ds = parseDocs(t, helm(t, "template", "gpuslice", chart, "--set", "slicing.sliceMemory=10Gi,enforcement.computePolicy=strict,labels.gfd=false", "--show-only", "templates/daemonset.yaml"))[0]
+	// Values reach the agent's flags and the node config file.
+	named = map[string]*unstructured.Unstructured{}
+	for _, o := range parseDocs(t, helm(t, "template", "gpuslice", chart, "--set", "slicing.sliceMemory=10Gi,enforcement.computePolicy=strict,labels.gfd=false",
+		"--set-json", `slicing.models={"NVIDIA H200":{"slicesPerGPU":14}}`, "--set-json", "health.ignoredXIDs=[13,43]")) {
+		named[o.GetKind()+"/"+o.GetName()] = o
+	}
+	cfg := nodeConfig(t, named)
+	rules, _ := cfg.SliceRules()
+	if rules.Default.SliceMemoryBytes != 10<<30 || rules.Default.SlicesPerGPU != 0 || rules.Models["NVIDIA H200"].SlicesPerGPU != 14 ||
+		!reflect.DeepEqual(cfg.Health.IgnoredXIDs, []uint64{13, 43}) || cfg.DRA.Enabled {
+		t.Errorf("node config = %+v, slicing %+v", cfg, rules)
+	}
+	ds = named["DaemonSet/gpuslice-agent"]
 	ctrs, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
 	args := strings.Join(toStrings(ctrs[0].(map[string]any)["args"]), " ")
-	for _, want := range []string{"--slice-memory=10Gi", "--compute-policy=strict", "--gfd-labels=false", "--pod-compute-policy=stricter-only",
+	for _, want := range []string{"--config=/etc/gpuslice/node.yaml", "--compute-policy=strict", "--gfd-labels=false", "--pod-compute-policy=stricter-only",
 		"--unauthorized-gpu-use=kill", "--runtime-state-dirs=/host/run/containerd/io.containerd.runtime.v2.task/k8s.io,/host/run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io,/host/run/containers/storage/overlay-containers"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("agent args %q lack %s", args, want)
 		}
 	}
-	if strings.Contains(args, "--slices-per-gpu") {
-		t.Errorf("agent args %q set both slicings", args)
+	if strings.Contains(args, "--slices-per-gpu") || strings.Contains(args, "--slice-memory") {
+		t.Errorf("agent args %q set slicing beside the node config", args)
 	}
+}
+
+// nodeConfig is the rendered node config file, loaded and checked as both
+// node binaries load it.
+func nodeConfig(t *testing.T, named map[string]*unstructured.Unstructured) nodeconfig.Config {
+	t.Helper()
+	cm := named["ConfigMap/gpuslice-node-config"]
+	if cm == nil {
+		t.Fatalf("no node config ConfigMap among %v", keys(named))
+	}
+	data, _, _ := unstructured.NestedString(cm.Object, "data", "node.yaml")
+	file := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(file, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := nodeconfig.Load([]string{"--config", file}, func(string) string { return "node-1" }, func(c *nodeconfig.Config) *flag.FlagSet {
+		fs := flag.NewFlagSet("chart", flag.ContinueOnError)
+		nodeconfig.SharedFlags(fs, c)
+		return fs
+	})
+	if err != nil {
+		t.Fatalf("the chart's node config does not load: %v\n%s", err, data)
+	}
+	if err := cfg.Check(); err != nil {
+		t.Fatalf("the chart's node config does not check: %v\n%s", err, data)
+	}
+	return cfg
+}
+
+// mountsNodeConfig fails unless ds mounts the node config ConfigMap where
+// --config reads it.
+func mountsNodeConfig(t *testing.T, ds *unstructured.Unstructured) {
+	t.Helper()
+	spec, _, _ := unstructured.NestedMap(ds.Object, "spec", "template", "spec")
+	vol := ""
+	for _, v := range spec["volumes"].([]any) {
+		if cm, ok := v.(map[string]any)["configMap"].(map[string]any); ok && cm["name"] == "gpuslice-node-config" {
+			vol = v.(map[string]any)["name"].(string)
+		}
+	}
+	for _, m := range spec["containers"].([]any)[0].(map[string]any)["volumeMounts"].([]any) {
+		if mm := m.(map[string]any); mm["name"] == vol && mm["mountPath"] == "/etc/gpuslice" {
+			return
+		}
+	}
+	t.Errorf("%s does not mount the node config at /etc/gpuslice", ds.GetName())
 }
 
 func toStrings(v any) []string {

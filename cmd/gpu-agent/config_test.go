@@ -38,7 +38,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		cfg.NodeName != "gpu-node-1" || cfg.ResourceName != "nvidia.com/vgpu" || cfg.Placement != "binpack" {
 		t.Errorf("defaults = %+v", cfg)
 	}
-	s, err := cfg.slicing()
+	s, err := cfg.SliceRules()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,10 +48,11 @@ func TestLoadConfigDefaults(t *testing.T) {
 }
 
 // head starts every config file.
-const head = "apiVersion: gpuslice.io/v1alpha1\nkind: AgentConfig\n"
+const head = "apiVersion: gpuslice.io/v1alpha1\nkind: NodeConfig\n"
 
 func TestLoadConfigFileAndFlagPrecedence(t *testing.T) {
 	t.Parallel()
+	// AgentConfig, the format's earlier kind, still reads.
 	file := writeFile(t, "agent.yaml", `
 apiVersion: gpuslice.io/v1alpha1
 kind: AgentConfig
@@ -75,7 +76,7 @@ log: {level: debug, format: json}
 		"file only": {
 			args: []string{"--config", file},
 			check: func(t *testing.T, c Config) {
-				s, _ := c.slicing()
+				s, _ := c.SliceRules()
 				want := vgpu.Config{Default: vgpu.Rule{SliceMemoryBytes: 10 << 30}, Models: map[string]vgpu.Rule{"NVIDIA H100 80GB HBM3": {SlicesPerGPU: 7}}}
 				if diff := cmp.Diff(want, s); diff != "" {
 					t.Errorf("slicing (-want +got)\n%s", diff)
@@ -98,7 +99,7 @@ log: {level: debug, format: json}
 		"slicing flag replaces the file's slicing mode": {
 			args: []string{"--config", file, "--slices-per-gpu", "4"},
 			check: func(t *testing.T, c Config) {
-				s, err := c.slicing()
+				s, err := c.SliceRules()
 				if err != nil || s.Default != (vgpu.Rule{SlicesPerGPU: 4}) {
 					t.Errorf("slicing = %+v, %v", s, err)
 				}
@@ -154,7 +155,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		"unknown config key":      {file: head + "gpuBackend: fake\nslicesPerGpu: 4\n", want: "unknown field"},
 		"bad duration in file":    {file: head + "health: {probeInterval: 5}\n", want: "duration must be a string"},
 		"bad model rule in file":  {file: head + "slicing: {models: {X: {}}}\n", want: `model "X"`},
-		"no apiVersion":           {file: "gpuBackend: fake\n", want: "want apiVersion: gpuslice.io/v1alpha1 and kind: AgentConfig"},
+		"no apiVersion":           {file: "gpuBackend: fake\n", want: "want apiVersion: gpuslice.io/v1alpha1 and kind: NodeConfig"},
 		"a later apiVersion":      {file: "apiVersion: gpuslice.io/v2\nkind: AgentConfig\n", want: `apiVersion "gpuslice.io/v2"`},
 		"wrong kind":              {file: "apiVersion: gpuslice.io/v1alpha1\nkind: Node\n", want: `kind "Node"`},
 		"vgpu to DRA without DRA": {args: []string{"--dra-extended-resource"}, want: "--dra-extended-resource needs --dra"},
@@ -210,7 +211,7 @@ func FuzzConfigFile(f *testing.F) {
 			return
 		}
 		// Whatever loads must be usable: slicing and plugin options valid.
-		if _, err := cfg.slicing(); err != nil {
+		if _, err := cfg.SliceRules(); err != nil {
 			t.Fatalf("accepted config has bad slicing: %v", err)
 		}
 		if err := cfg.Plugin.Validate(); err != nil {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gpuslice/gpuslice/internal/gpubackend"
+	"github.com/gpuslice/gpuslice/internal/nodeconfig"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/events"
@@ -201,7 +202,7 @@ func requireEnforcement(cfg Resolved, enforcer *enforce.Enforcer, plugin *device
 	if why == "" {
 		return
 	}
-	if cfg.Enforcement.Mode == modeRequired {
+	if cfg.Enforcement.Mode == nodeconfig.ModeRequired {
 		plugin.Withhold(why)
 		return
 	}

@@ -61,13 +61,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "gpu-dra-driver: %v\n", err)
 		return exitConfig
 	}
-	level, _ := cfg.level() // validated
-	hopts := &slog.HandlerOptions{Level: level}
-	var handler slog.Handler = slog.NewTextHandler(stderr, hopts)
-	if cfg.LogFormat == "json" {
-		handler = slog.NewJSONHandler(stderr, hopts)
-	}
-	log := slog.New(handler)
+	log := cfg.Logger(stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := serve(ctx, cfg, log); err != nil {
@@ -82,14 +76,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 // serve serves the probes from the start and runs the driver until ctx
 // ends or the plugin fails.
 func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
-	probes := health.NewState("waiting for the node lock " + cfg.StateFile + ".lock (a predecessor still runs)")
-	return health.Around(ctx, cfg.HealthAddress, probes, log, func(ctx context.Context) error { return serveDriver(ctx, cfg, probes, log) })
+	probes := health.NewState("waiting for the node lock " + cfg.DRA.PreparedClaims + ".lock (a predecessor still runs)")
+	return health.Around(ctx, cfg.Driver.HealthAddress, probes, log, func(ctx context.Context) error { return serveDriver(ctx, cfg, probes, log) })
 }
 
 // serveDriver runs the driver until ctx ends or the plugin fails; probes
 // says how far it got.
 func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slog.Logger) error {
-	unlock, err := nodelock.Lock(ctx, cfg.StateFile+".lock", "gpu-dra-driver", log)
+	unlock, err := nodelock.Lock(ctx, cfg.DRA.PreparedClaims+".lock", "gpu-dra-driver", log)
 	if err != nil {
 		return err
 	}
@@ -106,7 +100,7 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	}
 	// Its own directories; the kubelet's registrar directory is the
 	// kubelet's to make.
-	for _, d := range []string{cfg.PluginDir, cfg.CDIDir} {
+	for _, d := range []string{cfg.Driver.PluginDir, cfg.Driver.CDIDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return fmt.Errorf("driver directory: %w", err)
 		}
@@ -118,8 +112,8 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 		return err
 	}
 	defer func() { _ = podres.Close() }()
-	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, Nodes: n.nodes, CDIDir: cfg.CDIDir, StatePath: cfg.StateFile,
-		DevicePluginGPUs: kubeletstate.SlicedGPUsReader(podres, cfg.ResourceName, n.layout), FrontEnds: frontend.New(filepath.Dir(cfg.StateFile))})
+	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, Nodes: n.nodes, CDIDir: cfg.Driver.CDIDir, StatePath: cfg.DRA.PreparedClaims,
+		DevicePluginGPUs: kubeletstate.SlicedGPUsReader(podres, cfg.ResourceName, n.layout), FrontEnds: frontend.New(filepath.Dir(cfg.DRA.PreparedClaims))})
 	if err != nil {
 		return err
 	}
@@ -130,7 +124,7 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	ctx, fail := context.WithCancelCause(ctx)
 	defer fail(nil)
 	plugin, err := draplugin.Start(ctx, draplugin.Options{NodeName: cfg.NodeName, Client: client, Preparer: prep, Devices: n.devices, Counters: n.counters,
-		RegistrarDir: cfg.RegistrarDir, PluginDir: cfg.PluginDir, Fatal: fail, Logger: log})
+		RegistrarDir: cfg.Driver.RegistrarDir, PluginDir: cfg.Driver.PluginDir, Fatal: fail, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -189,12 +183,12 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	if n.sys, err = backend.System(); err != nil {
 		log.Warn("driver version unavailable", "err", err)
 	}
-	slicing, err := cfg.slicing()
+	slicing, err := cfg.SliceRules()
 	if err != nil {
 		return nodeGPUs{}, err
 	}
 	gpus := make([]vgpu.GPU, len(devs))
-	n.nodes = dra.Nodes{DevRoot: cfg.DevRoot, Minor: map[string]int{}}
+	n.nodes = dra.Nodes{DevRoot: cfg.DeviceSpecs.DevRoot, Minor: map[string]int{}}
 	for i, d := range devs {
 		gpus[i] = vgpu.GPU{UUID: d.UUID, Index: d.Index, Model: d.Model, MemoryBytes: d.MemoryBytes}
 		n.nodes.Minor[d.UUID] = d.Minor
@@ -205,15 +199,15 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	if n.devices, err = dra.Devices(n.layout, devs, n.sys); err != nil {
 		return nodeGPUs{}, err
 	}
-	if cfg.SliceDevices {
+	if cfg.DRA.ExtendedResource {
 		n.devices, n.counters = dra.WithSliceDevices(n.devices)
 	}
 	return n, nil
 }
 
 func openBackend(cfg Config, log *slog.Logger) (nvml.Backend, func(context.Context, *slog.Logger) error, error) {
-	o := nvml.DefaultOptions()
-	o.LibraryPath, o.ProbeInterval, o.XIDRecovery, o.Logger = cfg.NVMLLibrary, cfg.ProbeInterval, cfg.XIDRecovery, log
+	o := cfg.NVMLOptions()
+	o.Logger = log
 	b, err := gpubackend.Open(cfg.GPUBackend, cfg.FakeConfig, o)
 	return b.Backend, b.Watch, err
 }
@@ -224,7 +218,7 @@ func kubeClient(cfg Config) (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	rc.QPS, rc.Burst = float32(cfg.KubeAPIQPS), cfg.KubeAPIBurst
+	rc.QPS, rc.Burst = float32(cfg.Driver.KubeAPIQPS), cfg.Driver.KubeAPIBurst
 	rc.UserAgent = "gpu-dra-driver/" + version
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {

@@ -1,20 +1,28 @@
 package arch
 
 import (
+	"flag"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/gpuslice/gpuslice/internal/nodeconfig"
 )
 
-// shared are the flags both node binaries take: the same name for the
-// same file, socket or setting (the review found the prepared-claims
-// record under --state in one and --dra-prepared-claims in the other).
-var shared = []string{
-	"gpu-backend", "fake-config", "nvml-library", "node-name", "kubeconfig",
-	"slices-per-gpu", "slice-memory", "dev-root", "pod-resources-socket", "resource-name",
-	"dra-prepared-claims", "health-probe-interval", "xid-recovery", "health-address", "log-level", "log-format",
+// shared are the flags both node binaries take, as nodeconfig declares
+// them: the same name for the same file, socket or setting (the review
+// found the prepared-claims record under --state in one and
+// --dra-prepared-claims in the other), plus --health-address, which each
+// binds to its own listener.
+func shared() []string {
+	c := nodeconfig.Default(func(string) string { return "" })
+	fs := flag.NewFlagSet("shared", flag.ContinueOnError)
+	nodeconfig.SharedFlags(fs, &c)
+	names := []string{"health-address"}
+	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+	return names
 }
 
 // ownDefaults are shared flags whose defaults differ on purpose: each
@@ -56,7 +64,11 @@ func usage(t *testing.T, pkg string) map[string]string {
 // take the flags they share under one name, with one default.
 func TestNodeBinariesShareOneFlagVocabulary(t *testing.T) {
 	agent, driver := usage(t, "cmd/gpu-agent"), usage(t, "cmd/gpu-dra-driver")
-	for _, f := range shared {
+	names := shared()
+	if len(names) < 15 {
+		t.Fatalf("nodeconfig declares %d shared flags: %v", len(names), names)
+	}
+	for _, f := range names {
 		a, inAgent := agent[f]
 		d, inDriver := driver[f]
 		switch {

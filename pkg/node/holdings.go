@@ -93,8 +93,8 @@ func (h Holdings) Of(namespace, pod string) []Holding {
 // holding it (ClaimLimits), and a container holding a GPU by both gets
 // the sum.
 func HoldingsOf(src Sources) Holdings {
-	h := Holdings{Allocated: map[string]int{}, Held: make([]Holding, 0, len(src.Assignments)),
-		SlicedGPUs: map[string]bool{}, ClaimedGPUs: map[string]bool{}}
+	h := Holdings{Allocated: map[string]int{}, Held: make([]Holding, 0, len(src.Assignments))}
+	h.SlicedGPUs, h.ClaimedGPUs = heldGPUs(src)
 	granted := GrantsByDevices(src.Checkpoint, src.ResourceName)
 	consumers := map[string]int{}
 	if src.DRA {
@@ -102,17 +102,6 @@ func HoldingsOf(src Sources) Holdings {
 			for _, uid := range a.Claims {
 				consumers[uid]++
 			}
-		}
-		for _, c := range src.Prepared {
-			shares, _ := ClaimGPUs(c)
-			for uuid := range shares {
-				h.ClaimedGPUs[uuid] = true
-			}
-		}
-	}
-	for _, a := range src.Assignments {
-		for uuid := range gpusOf(a.DeviceIDs) {
-			h.SlicedGPUs[uuid] = true
 		}
 	}
 	counted := map[string]bool{}
@@ -180,6 +169,26 @@ func HoldingsOf(src Sources) Holdings {
 		return a.Index < b.Index
 	})
 	return h
+}
+
+// heldGPUs are the GPUs the sources' slice IDs are on, and those their
+// prepared claims hold a share of (with DRA).
+func heldGPUs(src Sources) (sliced, claimed map[string]bool) {
+	sliced, claimed = map[string]bool{}, map[string]bool{}
+	for _, a := range src.Assignments {
+		for uuid := range gpusOf(a.DeviceIDs) {
+			sliced[uuid] = true
+		}
+	}
+	if src.DRA {
+		for _, c := range src.Prepared {
+			shares, _ := ClaimGPUs(c)
+			for uuid := range shares {
+				claimed[uuid] = true
+			}
+		}
+	}
+	return sliced, claimed
 }
 
 // claimNames are, per GPU, the claims ("namespace/name", sorted) that

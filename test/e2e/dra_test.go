@@ -618,7 +618,7 @@ func TestDRAExtendedResource(t *testing.T) {
 	t.Cleanup(func() {
 		_ = cs.ResourceV1().DeviceClasses().Delete(context.Background(), vgpuClass.Name, metav1.DeleteOptions{})
 	})
-	if err := c.RestartDRADriver("--slice-devices"); err != nil {
+	if err := c.RestartDRADriver("--dra-extended-resource"); err != nil {
 		t.Fatal(err)
 	}
 	agentArgs := c.AgentArgs

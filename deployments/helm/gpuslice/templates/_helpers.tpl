@@ -38,3 +38,43 @@ the API server's address (they override the kubelet's Service variables).
 {{- define "gpuslice.draDriver" -}}
 {{- printf "%s-dra-driver" (.Values.fullnameOverride | default .Release.Name) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* The node binaries' config map: <release>-node-config. */}}
+{{- define "gpuslice.nodeConfig" -}}
+{{- printf "%s-node-config" (.Values.fullnameOverride | default .Release.Name) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The node binaries' one config file (kind NodeConfig): what gpu-agent and
+gpu-dra-driver share, read by both from the same ConfigMap, so that the
+two cut each GPU model alike and name the same files.
+*/}}
+{{- define "gpuslice.nodeConfigFile" -}}
+{{- $root := .Values.kubeletRoot | trimSuffix "/" -}}
+apiVersion: gpuslice.io/v1alpha1
+kind: NodeConfig
+resourceName: {{ .Values.resourceName | quote }}
+podResourcesSocket: {{ $root }}/pod-resources/kubelet.sock
+slicing:
+  {{- if .Values.slicing.sliceMemory }}
+  sliceMemory: {{ .Values.slicing.sliceMemory | quote }}
+  {{- else }}
+  slicesPerGPU: {{ .Values.slicing.slicesPerGPU }}
+  {{- end }}
+  {{- with .Values.slicing.models }}
+  models:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+dra:
+  enabled: {{ .Values.dra.enabled }}
+  preparedClaims: /var/lib/gpuslice/dra-prepared.json
+  extendedResource: {{ and .Values.dra.enabled .Values.dra.extendedResource }}
+health:
+  xidRecovery: {{ .Values.health.xidRecovery | quote }}
+  {{- with .Values.health.ignoredXIDs }}
+  ignoredXIDs: {{ toJson . }}
+  {{- end }}
+log:
+  level: {{ .Values.log.level | quote }}
+  format: {{ .Values.log.format | quote }}
+{{- end -}}
