@@ -23,6 +23,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/events"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
+	"github.com/gpuslice/gpuslice/pkg/gpuhealth"
 	"github.com/gpuslice/gpuslice/pkg/health"
 	"github.com/gpuslice/gpuslice/pkg/host"
 	"github.com/gpuslice/gpuslice/pkg/kube"
@@ -121,7 +122,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	defer func() { _ = podres.Close() }()
 	names := host.NewRuntimeState(cfg.RuntimeStateDirs)
 	driverLimits := useDriverTier(cfg, gpus, enforcer, eopts, names, podres, log)
-	smp, err := sampler.New(gpus.devs, gpus.layout, gpus.backend, podres, gpus.plugin, samplerOptions(cfg, k, names, ns, enforcer, log))
+	smp, err := sampler.New(gpus.devs, gpus.layout, gpus.backend, podres, gpus.health, samplerOptions(cfg, k, names, ns, enforcer, log))
 	if err != nil {
 		return err
 	}
@@ -136,10 +137,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	// other components take to wind down.
 	g.Go(func() error { <-ctx.Done(); enforcer.Close(); return nil })
 	g.Go(func() error { return gpus.plugin.Run(ctx) })
-	g.Go(func() error {
-		nvml.KeepWatchingHealth(ctx, gpus.backend, gpus.plugin.SetHealth, nvml.HealthRetry, log)
-		return nil
-	})
+	g.Go(func() error { gpus.health.Run(ctx, gpus.backend, gpuhealth.Retry); return nil })
 	g.Go(func() error { return smp.Run(ctx) })
 	g.Go(func() error { enforcer.Run(ctx); return nil })
 	g.Go(func() error {
@@ -285,6 +283,7 @@ type gpus struct {
 	sys     nvml.SystemInfo
 	layout  *vgpu.Layout
 	plugin  *deviceplugin.Plugin
+	health  *gpuhealth.Monitor
 }
 
 func openGPUs(cfg Resolved, log *slog.Logger) (*gpus, error) {
@@ -318,6 +317,10 @@ func openGPUs(cfg Resolved, log *slog.Logger) (*gpus, error) {
 		g.close(log)
 		return nil, err
 	}
+	// The one record of GPU health: the plugin offers by it, the sampler
+	// reports it.
+	g.health = gpuhealth.New(g.layout.UUIDs(), log)
+	g.health.Subscribe(g.plugin.SetHealth)
 	log.Info("starting", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "driver", g.sys.DriverVersion,
 		"cuda", g.sys.CUDAVersion(), "gpus", len(g.devs), "slices", g.layout.TotalSlices(), "resource", cfg.ResourceName)
 	return g, nil

@@ -29,6 +29,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
 	"github.com/gpuslice/gpuslice/pkg/frontend"
+	"github.com/gpuslice/gpuslice/pkg/gpuhealth"
 	"github.com/gpuslice/gpuslice/pkg/health"
 	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
 	"github.com/gpuslice/gpuslice/pkg/nodelock"
@@ -133,18 +134,20 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	log.Info("serving", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "gpus", len(n.devices),
 		"slices", n.layout.TotalSlices(), "driver", n.sys.DriverVersion, "claims_prepared", len(prep.Claims()))
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return backend.WatchHealth(gctx, func(h nvml.Health) {
-			why := ""
-			if !h.Healthy {
-				why = "unhealthy (" + h.Reason + ")"
-			}
-			prep.SetHealth(h.UUID, why)
-			if err := plugin.SetHealth(gctx, h); err != nil {
-				log.Warn("gpu health not published", "uuid", h.UUID, "err", err)
-			}
-		})
+	// The one record of GPU health, as in gpu-agent: Prepare refuses an
+	// unhealthy GPU, the plugin taints its device.
+	monitor := gpuhealth.New(n.layout.UUIDs(), log)
+	monitor.Subscribe(func(h nvml.Health) {
+		why := ""
+		if !h.Healthy {
+			why = "unhealthy (" + h.Reason + ")"
+		}
+		prep.SetHealth(h.UUID, why)
+		if err := plugin.SetHealth(gctx, h); err != nil {
+			log.Warn("gpu health not published", "uuid", h.UUID, "err", err)
+		}
 	})
+	g.Go(func() error { monitor.Run(gctx, backend, gpuhealth.Retry); return nil })
 	if watch != nil {
 		g.Go(func() error { return watch(gctx, log) })
 	}
@@ -152,10 +155,7 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
 	}
-	if werr != nil {
-		return fmt.Errorf("gpu health: %w", werr)
-	}
-	return nil
+	return werr
 }
 
 // nodeGPUs is what the driver publishes and prepares from.

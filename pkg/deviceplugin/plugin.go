@@ -61,8 +61,7 @@ type Plugin struct {
 	// draHeld are the GPUs DRA claims hold, as last read: their slices
 	// are offered Unhealthy and never preferred.
 	draHeld map[string]bool
-	xids    map[string]map[uint64]uint64 // GPU UUID -> XID -> times reported
-	changed chan struct{}                // closed and replaced on every health change
+	changed chan struct{} // closed and replaced on every health change
 
 	answers *responses // Allocate's responses, by request
 
@@ -99,7 +98,6 @@ func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, err
 		numa:    map[string]int{},
 		health:  map[string]nvml.Health{},
 		answers: newResponses(),
-		xids:    map[string]map[uint64]uint64{},
 		changed: make(chan struct{}),
 	}
 	for _, d := range devices {
@@ -119,32 +117,23 @@ func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, err
 
 var _ pluginapi.DevicePluginServer = (*Plugin)(nil)
 
-// SetHealth records a GPU's health; ListAndWatch streams the change to the
-// kubelet at once. Reports for GPUs outside the layout are ignored.
+// SetHealth records a GPU's health, as gpuhealth.Monitor reports it (the
+// plugin subscribes to the node's one record of GPU health); ListAndWatch
+// streams a change of Healthy to the kubelet at once. Reports for GPUs
+// outside the layout are ignored.
 func (p *Plugin) SetHealth(h nvml.Health) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	prev, ok := p.health[h.UUID]
-	if ok && h.Reason == nvml.ReasonXID && h.XID != 0 {
-		if p.xids[h.UUID] == nil {
-			p.xids[h.UUID] = map[uint64]uint64{}
-		}
-		p.xids[h.UUID][h.XID]++
-	}
-	if !ok || prev.Healthy == h.Healthy {
-		if ok {
-			p.health[h.UUID] = h
-		}
+	if !ok {
 		return
 	}
 	p.health[h.UUID] = h
+	if prev.Healthy == h.Healthy {
+		return
+	}
 	close(p.changed)
 	p.changed = make(chan struct{})
-	if h.Healthy {
-		p.log.Info("gpu healthy", "uuid", h.UUID, "reason", h.Reason)
-	} else {
-		p.log.Warn("gpu unhealthy", "uuid", h.UUID, "reason", h.Reason, "xid", h.XID)
-	}
 }
 
 // Withhold offers every slice as Unhealthy, and refuses every Allocate,
@@ -180,29 +169,6 @@ func (p *Plugin) Registered() bool { return p.registered.Load() }
 // its ListAndWatch stream open, as a live kubelet does: a kubelet that
 // died or restarted without taking the plugin back leaves none.
 func (p *Plugin) Connected() bool { return p.Registered() && p.watchers.Load() > 0 }
-
-// Health returns a GPU's latest health; a GPU outside the layout is
-// reported unhealthy with no reason.
-func (p *Plugin) Health(uuid string) nvml.Health {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if h, ok := p.health[uuid]; ok {
-		return h
-	}
-	return nvml.Health{UUID: uuid}
-}
-
-// XIDs returns how many times each critical XID was reported for a GPU
-// since the agent started.
-func (p *Plugin) XIDs(uuid string) map[uint64]uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make(map[uint64]uint64, len(p.xids[uuid]))
-	for x, n := range p.xids[uuid] {
-		out[x] = n
-	}
-	return out
-}
 
 // healthy is whether slices of a GPU may be preferred: it is healthy and
 // no DRA claim holds it.

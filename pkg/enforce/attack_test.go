@@ -85,7 +85,7 @@ func startAttackNodeDRA(t *testing.T, configure func(*enforce.Options), kubeletD
 	if kubeletDir != "" {
 		so.DRA, so.PreparedClaims, so.Pods = true, filepath.Join(kubeletDir, "dra-prepared.json"), node.PodResources
 	}
-	if n.smp, err = sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin, so); err != nil {
+	if n.smp, err = sampler.New(node.Devices, node.Layout, node.GPU, client, node.Health, so); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

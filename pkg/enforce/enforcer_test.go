@@ -141,7 +141,7 @@ func startSetupWith(t testing.TB, slices []int, demands []float64, enforcing boo
 	if enforcing {
 		so.OnSample = s.Enforcer.Apply
 	}
-	if s.Sampler, err = sampler.New(node.Devices, node.Layout, node.GPU, client, node.Plugin, so); err != nil {
+	if s.Sampler, err = sampler.New(node.Devices, node.Layout, node.GPU, client, node.Health, so); err != nil {
 		t.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())

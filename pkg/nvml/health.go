@@ -1,8 +1,6 @@
 package nvml
 
 import (
-	"context"
-	"log/slog"
 	"time"
 )
 
@@ -82,26 +80,4 @@ func (t *healthTracker) probe(uuid string, lost bool, now time.Time) (Health, bo
 	}
 	g.Health = Health{UUID: uuid, Healthy: true, Reason: ReasonRecovered}
 	return g.Health, true
-}
-
-// HealthRetry is how long KeepWatchingHealth waits before watching again
-// after a watch failed.
-const HealthRetry = 10 * time.Second
-
-// KeepWatchingHealth runs b.WatchHealth until ctx ends, starting it again
-// retry after each failure (the driver reloaded, NVML errors): a node whose
-// health watch broke once must not stop reporting XIDs for good.
-func KeepWatchingHealth(ctx context.Context, b Backend, report func(Health), retry time.Duration, log *slog.Logger) {
-	for {
-		err := b.WatchHealth(ctx, report)
-		if ctx.Err() != nil {
-			return
-		}
-		log.Error("gpu health watch failed; retrying", "err", err, "retry_in", retry)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(retry):
-		}
-	}
 }

@@ -32,7 +32,7 @@ func BenchmarkSampleOnce(b *testing.B) {
 	opts := sampler.DefaultOptions()
 	opts.ProcRoot = b.TempDir()
 	opts.PluginDir = kn.Dir
-	s, err := sampler.New(kn.Devices, kn.Layout, kn.GPU, client, kn.Plugin, opts)
+	s, err := sampler.New(kn.Devices, kn.Layout, kn.GPU, client, kn.Health, opts)
 	if err != nil {
 		b.Fatal(err)
 	}

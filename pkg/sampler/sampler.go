@@ -28,7 +28,8 @@ type GPUs interface {
 // Assignments lists which containers hold which slices (pod-resources).
 type Assignments = kubeletstate.Lister
 
-// DeviceState is the device plugin's view of each GPU.
+// DeviceState is each GPU's health as the node's one record of it keeps
+// it; *gpuhealth.Monitor is one.
 type DeviceState interface {
 	// Health is the GPU's latest health.
 	Health(uuid string) nvml.Health

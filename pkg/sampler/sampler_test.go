@@ -117,7 +117,7 @@ func TestSharedGPUAttributedPerContainer(t *testing.T) {
 	opts.Interval = 250 * time.Millisecond
 	opts.ProcRoot = procRoot
 	opts.PluginDir = kn.Dir
-	s, err := sampler.New(kn.Devices, kn.Layout, kn.GPU, client, kn.Plugin, opts)
+	s, err := sampler.New(kn.Devices, kn.Layout, kn.GPU, client, kn.Health, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -157,6 +157,15 @@ func (l *Layout) GPUs() []GPUSlices {
 	return append([]GPUSlices(nil), l.gpus...)
 }
 
+// UUIDs returns the UUIDs of the layout's GPUs ordered by index.
+func (l *Layout) UUIDs() []string {
+	out := make([]string, len(l.gpus))
+	for i, g := range l.gpus {
+		out[i] = g.UUID
+	}
+	return out
+}
+
 // GPU returns the layout of the GPU with the given UUID.
 func (l *Layout) GPU(uuid string) (GPUSlices, bool) {
 	i, ok := l.byUUID[uuid]

@@ -2,12 +2,14 @@ package kubeletstub
 
 import (
 	"context"
+	"log/slog"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/gpuslice/gpuslice/internal/fakegpu"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
+	"github.com/gpuslice/gpuslice/pkg/gpuhealth"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
@@ -16,11 +18,14 @@ import (
 // and registered with a kubelet stand-in, and the stand-in's pod-resources
 // API, all in a temp dir and torn down with the test.
 type Node struct {
-	Dir          string
-	GPU          *fakegpu.Node
-	Devices      []nvml.Device
-	Layout       *vgpu.Layout
-	Plugin       *deviceplugin.Plugin
+	Dir     string
+	GPU     *fakegpu.Node
+	Devices []nvml.Device
+	Layout  *vgpu.Layout
+	Plugin  *deviceplugin.Plugin
+	// Health is the node's one record of GPU health, which the plugin
+	// subscribes to, as in gpu-agent.
+	Health       *gpuhealth.Monitor
 	Kubelet      *Kubelet
 	Connection   *Plugin
 	PodResources *PodResources
@@ -64,7 +69,9 @@ func StartNodeWith(t testing.TB, cfg fakegpu.Config, slices int, configure func(
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)
 	go func() { _ = n.Plugin.Run(ctx); done <- struct{}{} }()
-	go func() { _ = n.GPU.WatchHealth(ctx, n.Plugin.SetHealth); done <- struct{}{} }()
+	n.Health = gpuhealth.New(n.Layout.UUIDs(), slog.New(slog.DiscardHandler))
+	n.Health.Subscribe(n.Plugin.SetHealth)
+	go func() { n.Health.Run(ctx, n.GPU, time.Second); done <- struct{}{} }()
 	t.Cleanup(func() { cancel(); <-done; <-done })
 	wait, cancelWait := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancelWait()
