@@ -262,19 +262,19 @@ func (d *DriverLimits) created(dir string) {
 }
 
 // setLocked sets one cgroup's limit on one GPU unless it is set already.
-func (d *DriverLimits) setLocked(dir, containerID, gpu string, bytes uint64, pod events.Pod, container string) {
-	if cur, ok := d.applied[dir][gpu]; ok && cur == bytes {
+func (d *DriverLimits) setLocked(dir, containerID, uuid string, bytes uint64, pod events.Pod, container string) {
+	if cur, ok := d.applied[dir][uuid]; ok && cur == bytes {
 		return
 	}
-	if err := d.opts.Limiter.SetMemoryLimits(gpu, dir, bytes, bytes); err != nil {
+	if err := d.opts.Limiter.SetMemoryLimits(uuid, dir, bytes, bytes); err != nil {
 		d.stats.Failed++
 		if errors.Is(err, fs.ErrNotExist) {
 			return // the container is gone already
 		}
-		d.log.Error("set driver GPU memory limit", "cgroup", dir, "gpu", gpu, "container", container, "err", err)
+		d.log.Error("set driver GPU memory limit", "cgroup", dir, "gpu", uuid, "container", container, "err", err)
 		if pod.Name != "" {
 			d.opts.Events.Warning(pod, "GPUMemoryLimitFailed",
-				fmt.Sprintf("The driver refused a GPU memory limit of %d MiB on GPU %s for container %s: %v; the memory watchdog holds it instead.", bytes>>20, gpu, container, err))
+				fmt.Sprintf("The driver refused a GPU memory limit of %d MiB on GPU %s for container %s: %v; the memory watchdog holds it instead.", bytes>>20, uuid, container, err))
 		}
 		return
 	}
@@ -282,10 +282,10 @@ func (d *DriverLimits) setLocked(dir, containerID, gpu string, bytes uint64, pod
 		d.applied[dir] = map[string]uint64{}
 		d.watchEventsLocked(dir)
 	}
-	d.applied[dir][gpu] = bytes
+	d.applied[dir][uuid] = bytes
 	d.owner[dir] = containerID
 	d.stats.Set++
-	d.log.Info("driver GPU memory limit set", "cgroup", dir, "gpu", gpu, "container", container, "limit_bytes", bytes)
+	d.log.Info("driver GPU memory limit set", "cgroup", dir, "gpu", uuid, "container", container, "limit_bytes", bytes)
 }
 
 // watchEventsLocked watches a limited cgroup's cgroup.events file. The
@@ -304,8 +304,8 @@ func (d *DriverLimits) watchEventsLocked(dir string) {
 func (d *DriverLimits) clear(dir, why string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for gpu := range d.applied[dir] {
-		err := d.opts.Limiter.SetMemoryLimits(gpu, dir, 0, nvml.NoMemoryLimit)
+	for uuid := range d.applied[dir] {
+		err := d.opts.Limiter.SetMemoryLimits(uuid, dir, 0, nvml.NoMemoryLimit)
 		switch {
 		case err == nil:
 			d.stats.Cleared++
@@ -313,7 +313,7 @@ func (d *DriverLimits) clear(dir, why string) {
 			d.stats.Uncleared++
 		default:
 			d.stats.Failed++
-			d.log.Error("clear driver GPU memory limit", "cgroup", dir, "gpu", gpu, "err", err)
+			d.log.Error("clear driver GPU memory limit", "cgroup", dir, "gpu", uuid, "err", err)
 		}
 	}
 	d.log.Debug("driver GPU memory limits cleared", "cgroup", dir, "why", why)

@@ -339,10 +339,10 @@ func (e *Enforcer) decide(snap *node.Snapshot, dt time.Duration) Decisions {
 	}
 	r := readRound(snap, e.policyOf)
 	e.resolveFreezers(r)
-	for gpu := range r.byGPU {
-		if e.ctrl[gpu] == nil {
-			e.ctrl[gpu] = NewController(e.opts.Period)
-			e.ctrl[gpu].MinRun = e.opts.MinRun
+	for uuid := range r.byUUID {
+		if e.ctrl[uuid] == nil {
+			e.ctrl[uuid] = NewController(e.opts.Period)
+			e.ctrl[uuid].MinRun = e.opts.MinRun
 		}
 	}
 	d.Compute, d.round = planDuties(e.ctrl, r, dt), &r

@@ -17,16 +17,16 @@ type round struct {
 	// on a GPU that could not be read (they keep their duty).
 	seen map[string]node.Container
 	hold map[string]bool
-	// byGPU are the controllers' members, by GPU UUID; util, each read
+	// byUUID are the controllers' members, by GPU UUID; util, each read
 	// GPU's utilization.
-	byGPU map[string][]Member
-	util  map[string]float64
+	byUUID map[string][]Member
+	util   map[string]float64
 }
 
 // readRound reads a snapshot for the throttle; policyOf gives a container's
 // compute policy.
 func readRound(snap *node.Snapshot, policyOf func(c node.Container) Policy) round {
-	r := round{seen: map[string]node.Container{}, hold: map[string]bool{}, byGPU: map[string][]Member{}, util: map[string]float64{}}
+	r := round{seen: map[string]node.Container{}, hold: map[string]bool{}, byUUID: map[string][]Member{}, util: map[string]float64{}}
 	for _, d := range snap.Devices {
 		if d.SampleOK {
 			r.util[d.UUID] = d.Sample.Utilization
@@ -42,7 +42,7 @@ func readRound(snap *node.Snapshot, policyOf func(c node.Container) Policy) roun
 			r.hold[id] = true
 			continue
 		}
-		r.byGPU[c.UUID] = append(r.byGPU[c.UUID], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: policyOf(c), Usage: c.SMUtilization})
+		r.byUUID[c.UUID] = append(r.byUUID[c.UUID], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: policyOf(c), Usage: c.SMUtilization})
 	}
 	return r
 }
@@ -51,8 +51,8 @@ func readRound(snap *node.Snapshot, policyOf func(c node.Container) Policy) roun
 // the smallest duty over its GPUs. Containers on a blind GPU get none.
 func planDuties(ctrl map[string]*Controller, r round, dt time.Duration) map[string]Plan {
 	plans := map[string]Plan{}
-	for gpu, members := range r.byGPU {
-		for k, p := range ctrl[gpu].Update(members, r.util[gpu], dt) {
+	for uuid, members := range r.byUUID {
+		for k, p := range ctrl[uuid].Update(members, r.util[uuid], dt) {
 			if cur, ok := plans[k]; !ok || p.Duty < cur.Duty {
 				plans[k] = p
 			}
@@ -91,10 +91,10 @@ func (e *Enforcer) resolveFreezers(r round) {
 						c.ComputeLimitRatio*100, c.Container, c.Index, reason, unreachableDetail(c.Cgroup, err)))
 			}
 			delete(r.hold, id)
-			for gpu, ms := range r.byGPU {
-				r.byGPU[gpu] = slices.DeleteFunc(ms, func(m Member) bool { return m.Key == id })
-				if len(r.byGPU[gpu]) == 0 {
-					delete(r.byGPU, gpu)
+			for uuid, ms := range r.byUUID {
+				r.byUUID[uuid] = slices.DeleteFunc(ms, func(m Member) bool { return m.Key == id })
+				if len(r.byUUID[uuid]) == 0 {
+					delete(r.byUUID, uuid)
 				}
 			}
 			continue

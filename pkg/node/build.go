@@ -79,7 +79,7 @@ type Problem struct {
 	Err    error
 }
 
-type key struct{ ns, pod, ctr, gpu string }
+type key struct{ ns, pod, ctr, uuid string }
 
 type accum struct {
 	busy       float64
@@ -141,7 +141,7 @@ func Build(in Input, prev State) (*Snapshot, State, []Problem) {
 // A pod that holds nothing of the GPU (as far as is known) gets no group:
 // its process stays counted as unattributed.
 func holdUnknown(entries map[key]*Container, joined Result, usage map[gpuPID]gpudev.Process) []Container {
-	type podGPU struct{ uid, gpu string }
+	type podGPU struct{ uid, uuid string }
 	unknown := map[podGPU][]Unattributed{}
 	var order []podGPU
 	for _, u := range joined.Unattributed {
@@ -161,10 +161,10 @@ func holdUnknown(entries map[key]*Container, joined Result, usage map[gpuPID]gpu
 			continue
 		}
 		first := unknown[k][0]
-		g := Container{Namespace: pod.Namespace, Pod: pod.Name, PodUID: k.uid, UUID: k.gpu, Unknown: first.Reason, Cgroup: first.Container.Pod()}
+		g := Container{Namespace: pod.Namespace, Pod: pod.Name, PodUID: k.uid, UUID: k.uuid, Unknown: first.Reason, Cgroup: first.Container.Pod()}
 		members := 0
 		for ek, e := range entries {
-			if ek.ns != pod.Namespace || ek.pod != pod.Name || ek.gpu != k.gpu {
+			if ek.ns != pod.Namespace || ek.pod != pod.Name || ek.uuid != k.uuid {
 				continue
 			}
 			members++
@@ -206,7 +206,7 @@ func carryGroups(devices []Device, groups []Container, prev map[key]Container) (
 			continue
 		}
 		for k, g := range prev {
-			if k.gpu == d.UUID {
+			if k.uuid == d.UUID {
 				g.Blind, g.MemoryUsedBytes, g.SMUtilization, g.Procs, g.Processes = true, 0, 0, nil, 0
 				next[k] = g
 				groups = append(groups, g)
@@ -217,8 +217,8 @@ func carryGroups(devices []Device, groups []Container, prev map[key]Container) (
 }
 
 type gpuPID struct {
-	gpu string
-	pid int
+	uuid string
+	pid  int
 }
 
 // readDevices fills snap.Devices and returns the GPU processes to join,

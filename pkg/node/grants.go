@@ -65,7 +65,7 @@ func LimitsFor(layout *vgpu.Layout, ids []string, grants []contract.Grant) ([]vg
 // not have, or a GPU not on the node, is an error; the claims that can be
 // read are still returned.
 func ClaimLimits(layout *vgpu.Layout, claims []string, prepared map[string]contract.PreparedClaim, consumers map[string]int) ([]vgpu.GPULimit, error) {
-	byGPU := map[string]*vgpu.GPULimit{}
+	byUUID := map[string]*vgpu.GPULimit{}
 	var errs []error
 	for _, uid := range claims {
 		c, ok := prepared[uid]
@@ -83,18 +83,18 @@ func ClaimLimits(layout *vgpu.Layout, claims []string, prepared map[string]contr
 				errs = append(errs, fmt.Errorf("claim %s/%s: GPU %s is not on this node", c.Namespace, c.Name, g.UUID))
 				continue
 			}
-			l := byGPU[g.UUID]
+			l := byUUID[g.UUID]
 			if l == nil {
 				l = &vgpu.GPULimit{UUID: g.UUID, Index: gpu.Index, SlicesTotal: gpu.Slices}
-				byGPU[g.UUID] = l
+				byUUID[g.UUID] = l
 			}
 			l.Slices += g.Slices
 			l.MemoryBytes += g.MemoryBytes / uint64(n)
 			l.ComputeRatio += g.ComputeRatio / float64(n)
 		}
 	}
-	out := make([]vgpu.GPULimit, 0, len(byGPU))
-	for _, l := range byGPU {
+	out := make([]vgpu.GPULimit, 0, len(byUUID))
+	for _, l := range byUUID {
 		out = append(out, *l)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Index < out[j].Index })

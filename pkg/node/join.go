@@ -232,8 +232,8 @@ func newJoiner(assignments []Assignment, checkpoint []CheckpointEntry, resource 
 		if e.Resource != resource {
 			continue
 		}
-		for gpu := range gpusOf(e.DeviceIDs) {
-			k := [2]string{e.PodUID, gpu}
+		for uuid := range gpusOf(e.DeviceIDs) {
+			k := [2]string{e.PodUID, uuid}
 			if j.held[k] == nil {
 				j.held[k] = map[string]bool{}
 			}
@@ -308,12 +308,12 @@ func (j *joiner) addDRA(dra DRA) {
 // claims on it, from the checkpoints, pod-resources and the DRA driver's
 // record; nil when that cannot be told.
 func (j *joiner) holders(v verdict) map[string]bool {
-	uid, gpu := v.uid, v.p.UUID
+	uid, uuid := v.uid, v.p.UUID
 	if j.checkpoint == nil || (j.stale.Checkpoint && !j.checkpointed[uid]) {
 		return nil // unreadable, or a last good copy from before the pod
 	}
 	out := map[string]bool{}
-	for c := range j.held[[2]string{uid, gpu}] {
+	for c := range j.held[[2]string{uid, uuid}] {
 		out[c] = true
 	}
 	if !j.dra.Enabled {
@@ -334,7 +334,7 @@ func (j *joiner) holders(v verdict) map[string]bool {
 				return nil
 			}
 		}
-		if j.draOn[i][gpu] {
+		if j.draOn[i][uuid] {
 			out[j.assignments[i].Container] = true
 		}
 	}
