@@ -16,10 +16,12 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpuslice/gpuslice/internal/fakegpu"
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/frontend"
 	"github.com/gpuslice/gpuslice/pkg/kubeletstate"
+	"github.com/gpuslice/gpuslice/pkg/podresources"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
 
@@ -28,8 +30,10 @@ import (
 // times, in a model of the kubelet's ordering (pod-resources lists a vgpu
 // container only once the plugin's Allocate has returned) over the real
 // device plugin with the agent's real reader of the driver's record, and
-// the real Preparer. Under the node's front-end lock at most one of them
-// passes each round; before, both passed in about one round of ten.
+// the real Preparer with the driver's real reader of the device plugin's
+// slices (pod-resources and the recent grants, as node.Holdings). Under
+// the node's front-end lock at most one of them passes each round; before,
+// both passed in about one round of ten.
 func TestFrontEndsNeverBothPassOnOneGPU(t *testing.T) {
 	dir := t.TempDir()
 	record := filepath.Join(dir, "dra-prepared.json")
@@ -40,6 +44,7 @@ func TestFrontEndsNeverBothPassOnOneGPU(t *testing.T) {
 		o.FrontEnds = guard
 	})
 	uuid := node.Devices[0].UUID
+	slice := node.Layout.SliceIDs()[0].String()
 	// The kubelet's podDevices: filled after Allocate returns, as the
 	// device manager does; what pod-resources lists.
 	var mu sync.Mutex
@@ -47,21 +52,19 @@ func TestFrontEndsNeverBothPassOnOneGPU(t *testing.T) {
 	prep, err := dra.NewPreparer(dra.PreparerOptions{
 		Pool: "n1", Layout: node.Layout, CDIDir: t.TempDir(), StatePath: record,
 		Nodes: dra.Nodes{DevRoot: "/dev", Minor: map[string]int{uuid: 0}},
-		DevicePluginGPUs: func() (map[string]bool, error) {
+		DevicePluginGPUs: kubeletstate.SlicedGPUsReader(lister(func() []podresources.Assignment {
 			mu.Lock()
 			defer mu.Unlock()
-			out := map[string]bool{}
-			for u := range listed {
-				out[u] = true
+			if !listed[uuid] {
+				return nil
 			}
-			return out, nil
-		},
+			return []podresources.Assignment{{Namespace: "ml", Pod: "vgpu", Container: "main", DeviceIDs: []string{slice}}}
+		}), guard, contract.ResourceName, node.Layout),
 		FrontEnds: guard,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	slice := node.Layout.SliceIDs()[0].String()
 	both, vgpuWon, claimWon := 0, 0, 0
 	var lastA, lastP error
 	for i := range 200 {
@@ -127,3 +130,8 @@ func TestFrontEndsNeverBothPassOnOneGPU(t *testing.T) {
 		t.Errorf("vgpu won %d rounds and the claim %d: the race was not run from both sides", vgpuWon, claimWon)
 	}
 }
+
+// lister is a pod-resources answer read from a function.
+type lister func() []podresources.Assignment
+
+func (l lister) List(context.Context) ([]podresources.Assignment, error) { return l(), nil }

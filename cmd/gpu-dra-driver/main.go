@@ -113,8 +113,9 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 		return err
 	}
 	defer func() { _ = podres.Close() }()
+	guard := frontend.New(filepath.Dir(cfg.DRA.PreparedClaims))
 	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, Nodes: n.nodes, CDIDir: cfg.Driver.CDIDir, StatePath: cfg.DRA.PreparedClaims,
-		DevicePluginGPUs: kubeletstate.SlicedGPUsReader(podres, cfg.ResourceName, n.layout), FrontEnds: frontend.New(filepath.Dir(cfg.DRA.PreparedClaims))})
+		DevicePluginGPUs: kubeletstate.SlicedGPUsReader(podres, guard, cfg.ResourceName, n.layout), FrontEnds: guard})
 	if err != nil {
 		return err
 	}

@@ -295,7 +295,7 @@ func TestDevicePluginGPUsFromPodResources(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = client.Close() }()
-	held := kubeletstate.SlicedGPUsReader(client, contract.ResourceName, nil)
+	held := kubeletstate.SlicedGPUsReader(client, nil, contract.ResourceName, nil)
 	if got, err := held(); err != nil || len(got) != 0 {
 		t.Fatalf("no pod: held %v, %v", got, err)
 	}

@@ -33,23 +33,20 @@ type PreparerOptions struct {
 	// StatePath is the file that records prepared claims across restarts
 	// (contract.DRAPreparedClaims); the agent reads it.
 	StatePath string
-	// DevicePluginGPUs, when set, are the GPUs device-plugin containers
-	// hold slices of (the kubelet's device-manager checkpoint). A claim on
-	// one of them is refused, and so is every claim while it fails: the
-	// two front ends never share a GPU.
+	// DevicePluginGPUs, when set, are the GPUs device-plugin slices are on
+	// (kubeletstate.SlicedGPUsReader: pod-resources and the device
+	// plugin's recent grants). A claim on one of them is refused, and so
+	// is every claim while it fails: the two front ends never share a GPU.
 	DevicePluginGPUs func() (map[string]bool, error)
 	// FrontEnds, when set, is the node's front-end lock, held across the
-	// check of the device plugin's GPUs and the record of the claim, and
-	// the device plugin's grants that pod-resources does not list yet.
+	// check of the device plugin's GPUs and the record of the claim.
 	FrontEnds FrontEnds
 }
 
-// FrontEnds is the node's lock shared by its two GPU front ends, and the
-// GPUs the device plugin handed out that the kubelet may not list yet
+// FrontEnds is the node's lock shared by its two GPU front ends
 // (*frontend.Guard).
 type FrontEnds interface {
 	Hold() (release func(), err error)
-	Pending() (map[string]bool, error)
 }
 
 // Preparer prepares and unprepares claims on one node: what the kubelet
@@ -175,19 +172,6 @@ func (p *Preparer) besideDevicePlugin(grants []Grant) error {
 	held, err := p.o.DevicePluginGPUs()
 	if err != nil {
 		return fmt.Errorf("%w: which GPUs the device plugin holds cannot be told: %w", ErrHeldByDevicePlugin, err)
-	}
-	if p.o.FrontEnds != nil {
-		// Handed out, and not listed by the kubelet yet.
-		pending, err := p.o.FrontEnds.Pending()
-		if err != nil {
-			return fmt.Errorf("%w: the device plugin's recent grants cannot be told: %w", ErrHeldByDevicePlugin, err)
-		}
-		if held == nil {
-			held = map[string]bool{}
-		}
-		for uuid := range pending {
-			held[uuid] = true
-		}
 	}
 	for _, g := range grants {
 		if held[g.UUID] && !g.Admin {

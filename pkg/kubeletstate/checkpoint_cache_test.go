@@ -2,6 +2,7 @@ package kubeletstate_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -76,9 +77,27 @@ func TestSlicedGPUsReader(t *testing.T) {
 		{Namespace: "ml", Pod: "a", Container: "main", DeviceIDs: []string{"GPU-a::0", "GPU-a::1"}},
 		{Namespace: "ml", Pod: "b", Container: "main", DeviceIDs: []string{"GPU-b::3", "not-a-slice"}},
 		{Namespace: "ml", Pod: "c", Container: "main", Claims: []string{"uid-1"}},
-	}, "nvidia.com/vgpu", layout)
+	}, nil, "nvidia.com/vgpu", layout)
 	got, err := read()
 	if err != nil || len(got) != 2 || !got["GPU-a"] || !got["GPU-b"] {
 		t.Errorf("SlicedGPUsReader = %v, %v; want GPU-a and GPU-b (GPU-b::3 is past its 2 slices)", got, err)
 	}
+	// A grant pod-resources does not list yet holds its GPU; recent
+	// grants that cannot be read fail the answer.
+	read = kubeletstate.SlicedGPUsReader(listed{}, recent{gpus: map[string]bool{"GPU-c": true}}, "nvidia.com/vgpu", layout)
+	if got, err := read(); err != nil || len(got) != 1 || !got["GPU-c"] {
+		t.Errorf("with a recent grant of GPU-c: %v, %v", got, err)
+	}
+	read = kubeletstate.SlicedGPUsReader(listed{}, recent{err: errors.New("torn")}, "nvidia.com/vgpu", layout)
+	if got, err := read(); err == nil {
+		t.Errorf("unreadable recent grants answered %v", got)
+	}
 }
+
+// recent is the device plugin's record of recent grants, fixed.
+type recent struct {
+	gpus map[string]bool
+	err  error
+}
+
+func (r recent) Pending() (map[string]bool, error) { return r.gpus, r.err }

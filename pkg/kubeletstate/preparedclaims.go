@@ -50,19 +50,32 @@ func ClaimedGPUsReader(path string) func() (map[string]bool, error) {
 	}
 }
 
-// SlicedGPUsReader returns a function telling which GPUs the slices of
-// resource that the kubelet's active pods hold (pod-resources) are on, read
-// as node.Holdings (SlicedGPUs). The DRA driver refuses claims on them.
-// The device manager's checkpoint is not used: the kubelet keeps a
-// deleted pod's entry there until another device-plugin allocation, so a
-// GPU that once served a slice pod would refuse claims for good
-// (TestDRAClaimAfterAVGPUPod).
-func SlicedGPUsReader(pods Lister, resource string, layout *vgpu.Layout) func() (map[string]bool, error) {
+// RecentGrants are the GPUs the device plugin handed out slices of that
+// pod-resources may not list yet; *frontend.Guard is one.
+type RecentGrants interface {
+	Pending() (map[string]bool, error)
+}
+
+// SlicedGPUsReader returns a function telling which GPUs device-plugin
+// slices of resource are on: those the kubelet's active pods hold
+// (pod-resources) and those recent grants name (nil for none), read as
+// node.Holdings (SlicedGPUs). The DRA driver refuses claims on them, and
+// every claim while either cannot be read. The device manager's
+// checkpoint is not used: the kubelet keeps a deleted pod's entry there
+// until another device-plugin allocation, so a GPU that once served a
+// slice pod would refuse claims for good (TestDRAClaimAfterAVGPUPod).
+func SlicedGPUsReader(pods Lister, recent RecentGrants, resource string, layout *vgpu.Layout) func() (map[string]bool, error) {
 	return func() (map[string]bool, error) {
 		as, err := pods.List(context.Background())
 		if err != nil {
 			return nil, fmt.Errorf("which GPUs device-plugin pods hold: %w", err)
 		}
-		return node.HoldingsOf(node.Sources{Assignments: as, ResourceName: resource, Layout: layout}).SlicedGPUs, nil
+		var pending map[string]bool
+		if recent != nil {
+			if pending, err = recent.Pending(); err != nil {
+				return nil, fmt.Errorf("the device plugin's recent grants: %w", err)
+			}
+		}
+		return node.HoldingsOf(node.Sources{Assignments: as, Pending: pending, ResourceName: resource, Layout: layout}).SlicedGPUs, nil
 	}
 }

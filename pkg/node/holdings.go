@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"maps"
 	"sort"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
@@ -46,6 +47,10 @@ type Sources struct {
 	// Layout reads slice IDs; nil reads only which GPUs are held
 	// (SlicedGPUs, ClaimedGPUs), each slice assignment a Problem.
 	Layout *vgpu.Layout
+	// Pending are GPUs (by UUID) the device plugin handed out slices of
+	// that pod-resources may not list yet (the front ends' record of
+	// recent grants); they count as sliced (SlicedGPUs).
+	Pending map[string]bool
 	// DRA counts the claims of gpuslice's DRA driver; Prepared is the
 	// driver's record by claim UID.
 	DRA      bool
@@ -66,7 +71,8 @@ type Holdings struct {
 	Problems []Problem
 	// SlicedGPUs are the GPUs (by UUID) that the assignments' device-plugin
 	// slices are on, read from the slice IDs themselves so that a slicing
-	// change cannot hide one. The DRA driver refuses claims on them.
+	// change cannot hide one, and the Pending grants' GPUs. The DRA driver
+	// refuses claims on them.
 	SlicedGPUs map[string]bool
 	// ClaimedGPUs are the GPUs (by UUID) that the DRA driver's prepared
 	// claims hold a share of, whether or not a container of theirs runs
@@ -171,10 +177,13 @@ func HoldingsOf(src Sources) Holdings {
 	return h
 }
 
-// heldGPUs are the GPUs the sources' slice IDs are on, and those their
-// prepared claims hold a share of (with DRA).
+// heldGPUs are the GPUs the sources' slice IDs are on (and the pending
+// grants'), and those their prepared claims hold a share of (with DRA).
 func heldGPUs(src Sources) (sliced, claimed map[string]bool) {
-	sliced, claimed = map[string]bool{}, map[string]bool{}
+	sliced, claimed = maps.Clone(src.Pending), map[string]bool{}
+	if sliced == nil {
+		sliced = map[string]bool{}
+	}
 	for _, a := range src.Assignments {
 		for uuid := range gpusOf(a.DeviceIDs) {
 			sliced[uuid] = true
