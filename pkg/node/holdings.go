@@ -185,8 +185,10 @@ func heldGPUs(src Sources) (sliced, claimed map[string]bool) {
 		sliced = map[string]bool{}
 	}
 	for _, a := range src.Assignments {
-		for uuid := range gpusOf(a.DeviceIDs) {
-			sliced[uuid] = true
+		for _, id := range a.DeviceIDs {
+			if s, err := vgpu.ParseSliceID(id); err == nil {
+				sliced[s.UUID] = true
+			}
 		}
 	}
 	if src.DRA {
