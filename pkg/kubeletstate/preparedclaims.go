@@ -46,7 +46,7 @@ func ClaimedGPUsReader(path string) func() (map[string]bool, error) {
 		if err != nil {
 			return nil, err
 		}
-		return node.HoldingsOf(node.Sources{DRA: true, Prepared: record.Claims}).ClaimedGPUs, nil
+		return node.HoldingsOf(node.Sources{DRA: true, Prepared: record.Claims}).ClaimedGPUs(), nil
 	}
 }
 
@@ -76,6 +76,6 @@ func SlicedGPUsReader(pods Lister, recent RecentGrants, resource string, layout 
 				return nil, fmt.Errorf("the device plugin's recent grants: %w", err)
 			}
 		}
-		return node.HoldingsOf(node.Sources{Assignments: as, Pending: pending, ResourceName: resource, Layout: layout}).SlicedGPUs, nil
+		return node.HoldingsOf(node.Sources{Assignments: as, Pending: pending, ResourceName: resource, Layout: layout}).SlicedGPUs(), nil
 	}
 }

@@ -69,16 +69,9 @@ type Holdings struct {
 	// Problems are the assignments that could not be read: slice IDs not
 	// in the layout, a claim the record lacks.
 	Problems []Problem
-	// SlicedGPUs are the GPUs (by UUID) that the assignments' device-plugin
-	// slices are on, read from the slice IDs themselves so that a slicing
-	// change cannot hide one, and the Pending grants' GPUs. The DRA driver
-	// refuses claims on them.
-	SlicedGPUs map[string]bool
-	// ClaimedGPUs are the GPUs (by UUID) that the DRA driver's prepared
-	// claims hold a share of, whether or not a container of theirs runs
-	// yet; admin access holds none. The device plugin withholds their
-	// slices.
-	ClaimedGPUs map[string]bool
+	// src is what they were read from, for SlicedGPUs and ClaimedGPUs,
+	// which only the front ends' checks ask for.
+	src Sources
 }
 
 // Of returns what the containers of one pod hold.
@@ -99,8 +92,7 @@ func (h Holdings) Of(namespace, pod string) []Holding {
 // holding it (ClaimLimits), and a container holding a GPU by both gets
 // the sum.
 func HoldingsOf(src Sources) Holdings {
-	h := Holdings{Allocated: map[string]int{}, Held: make([]Holding, 0, len(src.Assignments))}
-	h.SlicedGPUs, h.ClaimedGPUs = heldGPUs(src)
+	h := Holdings{Allocated: map[string]int{}, Held: make([]Holding, 0, len(src.Assignments)), src: src}
 	granted := GrantsByDevices(src.Checkpoint, src.ResourceName)
 	consumers := map[string]int{}
 	if src.DRA {
@@ -177,29 +169,40 @@ func HoldingsOf(src Sources) Holdings {
 	return h
 }
 
-// heldGPUs are the GPUs the sources' slice IDs are on (and the pending
-// grants'), and those their prepared claims hold a share of (with DRA).
-func heldGPUs(src Sources) (sliced, claimed map[string]bool) {
-	sliced, claimed = maps.Clone(src.Pending), map[string]bool{}
+// SlicedGPUs are the GPUs (by UUID) that the assignments' device-plugin
+// slices are on, read from the slice IDs themselves so that a slicing
+// change cannot hide one, and the Pending grants' GPUs. The DRA driver
+// refuses claims on them.
+func (h Holdings) SlicedGPUs() map[string]bool {
+	sliced := maps.Clone(h.src.Pending)
 	if sliced == nil {
 		sliced = map[string]bool{}
 	}
-	for _, a := range src.Assignments {
+	for _, a := range h.src.Assignments {
 		for _, id := range a.DeviceIDs {
 			if s, err := vgpu.ParseSliceID(id); err == nil {
 				sliced[s.UUID] = true
 			}
 		}
 	}
-	if src.DRA {
-		for _, c := range src.Prepared {
-			shares, _ := ClaimGPUs(c)
-			for uuid := range shares {
-				claimed[uuid] = true
-			}
+	return sliced
+}
+
+// ClaimedGPUs are the GPUs (by UUID) that the DRA driver's prepared claims
+// hold a share of (with DRA), whether or not a container of theirs runs
+// yet; admin access holds none. The device plugin withholds their slices.
+func (h Holdings) ClaimedGPUs() map[string]bool {
+	claimed := map[string]bool{}
+	if !h.src.DRA {
+		return claimed
+	}
+	for _, c := range h.src.Prepared {
+		shares, _ := ClaimGPUs(c)
+		for uuid := range shares {
+			claimed[uuid] = true
 		}
 	}
-	return sliced, claimed
+	return claimed
 }
 
 // claimNames are, per GPU, the claims ("namespace/name", sorted) that
