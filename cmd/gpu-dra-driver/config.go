@@ -10,6 +10,7 @@ import (
 
 	"github.com/gpuslice/gpuslice/internal/nodeconfig"
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/dra"
 )
 
 // Config is the driver's configuration: the node binaries' one
@@ -30,6 +31,9 @@ func flags(c *Config) *flag.FlagSet {
 	fs.StringVar(&d.RegistrarDir, "kubelet-registrar-dir", d.RegistrarDir, "`dir` where the kubelet discovers plugins")
 	fs.StringVar(&d.PluginDir, "kubelet-plugin-dir", d.PluginDir, "`dir` of the driver's socket")
 	fs.StringVar(&d.CDIDir, "cdi-dir", d.CDIDir, "`dir` the container runtime reads CDI specs from")
+	fs.StringVar(&d.Taints.FatalEffect, "taint-effect-fatal", d.Taints.FatalEffect, "the `effect` of the taint on a GPU lost from the bus or with a fatal XID: NoExecute (the pods whose claims use it are evicted), NoSchedule or None")
+	fs.StringVar(&d.Taints.RecoverableEffect, "taint-effect-recoverable", d.Taints.RecoverableEffect, "the `effect` of the taint on any other unhealthy GPU: NoSchedule (new claims avoid it; its pods run on), NoExecute or None")
+	fs.Var((*nodeconfig.XIDList)(&d.Taints.FatalXIDs), "fatal-xids", "comma-separated XIDs after which a GPU is unusable until reset (its taint takes --taint-effect-fatal)")
 	return fs
 }
 
@@ -56,6 +60,9 @@ func validate(c Config) error {
 	case d.KubeAPIQPS <= 0 || d.KubeAPIBurst < 1:
 		return errors.New("--kube-api-qps and --kube-api-burst must be positive")
 	}
+	if _, err := taintPolicy(c); err != nil {
+		return err
+	}
 	if _, _, err := net.SplitHostPort(d.HealthAddress); d.HealthAddress != "" && err != nil {
 		return fmt.Errorf("--health-address %q: %w", d.HealthAddress, err)
 	}
@@ -64,6 +71,20 @@ func validate(c Config) error {
 		nodeconfig.Path{Flag: "--kubelet-plugin-dir", Path: d.PluginDir},
 		nodeconfig.Path{Flag: "--cdi-dir", Path: d.CDIDir},
 	)
+}
+
+// taintPolicy is the effect an unhealthy GPU's taint takes, by cause.
+func taintPolicy(c Config) (dra.TaintPolicy, error) {
+	t := c.Driver.Taints
+	fatal, err := dra.ParseTaintEffect(t.FatalEffect)
+	if err != nil {
+		return dra.TaintPolicy{}, fmt.Errorf("--taint-effect-fatal: %w", err)
+	}
+	recoverable, err := dra.ParseTaintEffect(t.RecoverableEffect)
+	if err != nil {
+		return dra.TaintPolicy{}, fmt.Errorf("--taint-effect-recoverable: %w", err)
+	}
+	return dra.TaintPolicy{Fatal: fatal, Recoverable: recoverable, FatalXIDs: t.FatalXIDs}, nil
 }
 
 // usage is the flags' help text.

@@ -37,7 +37,7 @@ metricsAddress: ":9445"
 enforcement: {mode: best-effort}
 dra: {enabled: true, preparedClaims: `+filepath.Join(dir, "p.json")+`, extendedResource: true}
 health: {ignoredXIDs: [13, 43]}
-draDriver: {cdiDir: `+filepath.Join(dir, "cdi")+`, kubeAPIQPS: 20}
+draDriver: {cdiDir: `+filepath.Join(dir, "cdi")+`, kubeAPIQPS: 20, taints: {fatalEffect: NoSchedule, fatalXIDs: [79]}}
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -47,6 +47,9 @@ draDriver: {cdiDir: `+filepath.Join(dir, "cdi")+`, kubeAPIQPS: 20}
 	}
 	if cfg.Driver.KubeAPIQPS != 20 || cfg.Driver.KubeAPIBurst != 100 || !cfg.DRA.ExtendedResource || cfg.NodeName != "n1" {
 		t.Errorf("config = %+v", cfg)
+	}
+	if p, err := taintPolicy(cfg); err != nil || p.Fatal != "NoSchedule" || p.Recoverable != "NoSchedule" || len(p.FatalXIDs) != 1 {
+		t.Errorf("taint policy = %+v, %v; want the file's fatal NoSchedule on XID 79, recoverable by default", p, err)
 	}
 	if o := cfg.NVMLOptions(); len(o.IgnoredXIDs) != 2 || o.IgnoredXIDs[1] != 43 {
 		t.Errorf("ignored XIDs = %v, want the file's [13 43]", o.IgnoredXIDs)

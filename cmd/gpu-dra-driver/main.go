@@ -125,7 +125,8 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	}
 	ctx, fail := context.WithCancelCause(ctx)
 	defer fail(nil)
-	plugin, err := draplugin.Start(ctx, draplugin.Options{NodeName: cfg.NodeName, Client: client, Preparer: prep, Devices: n.devices, Counters: n.counters,
+	taints, _ := taintPolicy(cfg) // validated
+	plugin, err := draplugin.Start(ctx, draplugin.Options{NodeName: cfg.NodeName, Taints: taints, Client: client, Preparer: prep, Devices: n.devices, Counters: n.counters,
 		RegistrarDir: cfg.Driver.RegistrarDir, PluginDir: cfg.Driver.PluginDir, Fatal: fail, Logger: log})
 	if err != nil {
 		return err

@@ -57,6 +57,9 @@ func TestBadConfigIsOneClearError(t *testing.T) {
 		"unknown flag":                  {args: []string{"--slices=4"}, env: node, want: "slices"},
 		"negative recovery":             {args: []string{"--xid-recovery=-1s"}, env: node, want: "--xid-recovery"},
 		"missing fake file":             {args: []string{"--gpu-backend=fake", "--fake-config=/nonexistent.yaml"}, env: node, want: "nonexistent"},
+		"unknown fatal taint effect":    {args: []string{"--taint-effect-fatal=Evict"}, env: node, want: "--taint-effect-fatal"},
+		"node taint effect on a device": {args: []string{"--taint-effect-recoverable=PreferNoSchedule"}, env: node, want: "--taint-effect-recoverable"},
+		"bad fatal XIDs":                {args: []string{"--fatal-xids=79,x"}, env: node, want: "fatal-xids"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()

@@ -117,6 +117,21 @@ type DriverConfig struct {
 	// a node's burst of pods wait 200 ms per claim.
 	KubeAPIQPS   float64 `json:"kubeAPIQPS,omitempty"`
 	KubeAPIBurst int     `json:"kubeAPIBurst,omitempty"`
+	// Taints is the effect an unhealthy GPU's device taint takes, by
+	// cause.
+	Taints TaintsConfig `json:"taints"`
+}
+
+// TaintsConfig is the effect of the DRA driver's taint on an unhealthy
+// GPU's device: NoExecute (its claims' pods are evicted), NoSchedule (new
+// claims avoid it) or None (reported only).
+type TaintsConfig struct {
+	// FatalEffect is for a GPU lost from the bus or with an XID in
+	// FatalXIDs since it was last healthy.
+	FatalEffect string `json:"fatalEffect,omitempty"`
+	// RecoverableEffect is for any other unhealthy GPU.
+	RecoverableEffect string   `json:"recoverableEffect,omitempty"`
+	FatalXIDs         []uint64 `json:"fatalXIDs,omitempty"`
 }
 
 // DRAConfig is how the two binaries share claims of gpuslice's DRA driver.
@@ -289,6 +304,8 @@ func Default(getenv func(string) string) Config {
 			CDIDir:        "/var/run/cdi",
 			KubeAPIQPS:    50,
 			KubeAPIBurst:  100,
+			Taints: TaintsConfig{FatalEffect: "NoExecute", RecoverableEffect: "NoSchedule",
+				FatalXIDs: append([]uint64(nil), nvml.DefaultFatalXIDs...)},
 		},
 	}
 }
@@ -323,6 +340,9 @@ func SharedFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.Log.Level, "log-level", c.Log.Level, "log level: debug, info, warn or error")
 	fs.StringVar(&c.Log.Format, "log-format", c.Log.Format, "log format: text or json")
 }
+
+// XIDList is a comma-separated list of XIDs as a flag value.
+type XIDList = xidList
 
 // xidList is a comma-separated list of XIDs as a flag.
 type xidList []uint64

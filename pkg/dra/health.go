@@ -1,7 +1,9 @@
 package dra
 
 import (
+	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -9,9 +11,10 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 )
 
-// UnhealthyTaintKey taints a GPU that failed: new claims do not get it
-// (NoSchedule), claims already prepared keep it. Its value says why:
-// "xid-<n>", "lost", or NVML's reason.
+// UnhealthyTaintKey taints a GPU that failed, with the effect its cause
+// takes (TaintPolicy): new claims do not get it, and with NoExecute the
+// pods whose claims use it are evicted. Its value says why: "xid-<n>",
+// "lost", or NVML's reason.
 const UnhealthyTaintKey = DriverName + "/unhealthy"
 
 // notLabel matches what a label value, and so a taint's value, cannot hold.
@@ -38,16 +41,60 @@ func TaintValue(h nvml.Health) string {
 	return v
 }
 
+// TaintPolicy is the effect gpuslice's taint takes on an unhealthy GPU's
+// device, by what made it unhealthy.
+type TaintPolicy struct {
+	// Fatal is the effect on a GPU lost from the bus or that reported an
+	// XID in FatalXIDs since it was last healthy. NoExecute makes the
+	// device taint eviction controller evict the pods whose claims use it.
+	Fatal resourceapi.DeviceTaintEffect
+	// Recoverable is the effect on any other unhealthy GPU: NoSchedule
+	// keeps new claims off it and lets the pods on it run on.
+	Recoverable resourceapi.DeviceTaintEffect
+	// FatalXIDs are the XIDs that make a GPU's taint Fatal.
+	FatalXIDs []uint64
+}
+
+// DefaultTaintPolicy is NoExecute for a lost GPU or a fatal XID
+// (nvml.DefaultFatalXIDs), NoSchedule for the rest.
+func DefaultTaintPolicy() TaintPolicy {
+	return TaintPolicy{Fatal: resourceapi.DeviceTaintEffectNoExecute, Recoverable: resourceapi.DeviceTaintEffectNoSchedule,
+		FatalXIDs: append([]uint64(nil), nvml.DefaultFatalXIDs...)}
+}
+
+// ParseTaintEffect reads NoExecute, NoSchedule or None.
+func ParseTaintEffect(s string) (resourceapi.DeviceTaintEffect, error) {
+	switch e := resourceapi.DeviceTaintEffect(s); e {
+	case resourceapi.DeviceTaintEffectNoExecute, resourceapi.DeviceTaintEffectNoSchedule, resourceapi.DeviceTaintEffectNone:
+		return e, nil
+	}
+	return "", fmt.Errorf("taint effect %q: want NoExecute, NoSchedule or None", s)
+}
+
+// IsFatal reports whether a report makes its GPU's taint Fatal: the GPU
+// was lost, or reported one of FatalXIDs.
+func (p TaintPolicy) IsFatal(h nvml.Health) bool {
+	if h.Healthy {
+		return false
+	}
+	return h.Reason == nvml.ReasonLost || (h.XID != 0 && slices.Contains(p.FatalXIDs, h.XID))
+}
+
 // Tainted returns a copy of devices where each GPU the health map (by
-// UUID) says is unhealthy carries UnhealthyTaintKey with NoSchedule, and
-// the others carry no taint of gpuslice's.
-func Tainted(devices []resourceapi.Device, health map[string]nvml.Health) []resourceapi.Device {
+// UUID) says is unhealthy carries UnhealthyTaintKey, with the Fatal effect
+// where fatal (by UUID) says so and the Recoverable one otherwise; the
+// others carry no taint of gpuslice's.
+func (p TaintPolicy) Tainted(devices []resourceapi.Device, health map[string]nvml.Health, fatal map[string]bool) []resourceapi.Device {
 	out := make([]resourceapi.Device, len(devices))
 	for i, d := range devices {
 		d.Taints = nil
 		if uuid := d.Attributes[AttrUUID].StringValue; uuid != nil {
 			if h, ok := health[*uuid]; ok && !h.Healthy {
-				d.Taints = []resourceapi.DeviceTaint{{Key: UnhealthyTaintKey, Value: TaintValue(h), Effect: resourceapi.DeviceTaintEffectNoSchedule}}
+				effect := p.Recoverable
+				if fatal[*uuid] {
+					effect = p.Fatal
+				}
+				d.Taints = []resourceapi.DeviceTaint{{Key: UnhealthyTaintKey, Value: TaintValue(h), Effect: effect}}
 			}
 		}
 		out[i] = d

@@ -44,6 +44,9 @@ type Options struct {
 	// (/var/lib/kubelet/plugins_registry); PluginDir holds the plugin's
 	// own socket (/var/lib/kubelet/plugins/gpu.gpuslice.io).
 	RegistrarDir, PluginDir string
+	// Taints is the effect an unhealthy GPU's taint takes, by cause; the
+	// zero value is dra.DefaultTaintPolicy.
+	Taints dra.TaintPolicy
 	// Fatal is called with an error the plugin cannot recover from (the
 	// API server refuses the ResourceSlices as built); the caller stops.
 	Fatal func(error)
@@ -66,8 +69,11 @@ func Start(ctx context.Context, o Options) (*Plugin, error) {
 	if o.Fatal == nil {
 		o.Fatal = func(error) {}
 	}
-	d := &driver{prep: o.Preparer, pool: o.NodeName, log: o.Logger, fatal: o.Fatal, devices: o.Devices, counters: o.Counters,
-		health: map[string]nvml.Health{}, changed: make(chan struct{})}
+	if o.Taints.Fatal == "" {
+		o.Taints = dra.DefaultTaintPolicy()
+	}
+	d := &driver{prep: o.Preparer, pool: o.NodeName, log: o.Logger, fatal: o.Fatal, devices: o.Devices, counters: o.Counters, taints: o.Taints,
+		health: map[string]nvml.Health{}, fatalGPU: map[string]bool{}, changed: make(chan struct{})}
 	helper, err := kubeletplugin.Start(ctx, d,
 		kubeletplugin.DriverName(dra.DriverName),
 		kubeletplugin.NodeName(o.NodeName),
@@ -90,7 +96,7 @@ func Start(ctx context.Context, o Options) (*Plugin, error) {
 // helper, which keeps the ResourceSlices in the API server as given.
 func (p *Plugin) publish(ctx context.Context) error {
 	p.d.mu.Lock()
-	devices := dra.Tainted(p.d.devices, p.d.health)
+	devices := p.d.taints.Tainted(p.d.devices, p.d.health, p.d.fatalGPU)
 	p.d.mu.Unlock()
 	var pool resourceslice.Pool
 	for _, part := range dra.CounterSlices(p.d.counters) {
@@ -106,24 +112,38 @@ func (p *Plugin) publish(ctx context.Context) error {
 }
 
 // SetHealth records a GPU's health: an unhealthy GPU's device is tainted
-// (dra.UnhealthyTaintKey, NoSchedule) so that new claims avoid it, a
-// recovered one untainted, and the kubelet's health stream told either
-// way. Claims already prepared keep the GPU.
+// (dra.UnhealthyTaintKey) so that new claims avoid it, with the effect its
+// cause takes (Options.Taints; once fatal, fatal until the GPU is healthy
+// again, whatever XID comes after), a recovered one untainted, and the
+// kubelet's health stream told either way. Claims already prepared keep
+// the GPU unless a NoExecute taint has their pods evicted.
 func (p *Plugin) SetHealth(ctx context.Context, h nvml.Health) error {
 	p.d.mu.Lock()
 	prev, seen := p.d.health[h.UUID]
-	differs := !seen || prev.Healthy != h.Healthy || prev.XID != h.XID
+	wasFatal := p.d.fatalGPU[h.UUID]
+	switch {
+	case h.Healthy:
+		delete(p.d.fatalGPU, h.UUID)
+	case p.d.taints.IsFatal(h):
+		p.d.fatalGPU[h.UUID] = true
+	}
+	fatal := p.d.fatalGPU[h.UUID]
+	differs := !seen || prev.Healthy != h.Healthy || prev.XID != h.XID || wasFatal != fatal
 	p.d.health[h.UUID] = h
 	if differs {
 		close(p.d.changed)
 		p.d.changed = make(chan struct{})
+	}
+	effect := p.d.taints.Recoverable
+	if fatal {
+		effect = p.d.taints.Fatal
 	}
 	p.d.mu.Unlock()
 	if !differs {
 		return nil
 	}
 	if !h.Healthy {
-		p.d.log.Warn("gpu unhealthy: tainted for new claims", "uuid", h.UUID, "reason", h.Reason, "xid", h.XID)
+		p.d.log.Warn("gpu unhealthy: its device is tainted", "uuid", h.UUID, "reason", h.Reason, "xid", h.XID, "effect", effect)
 	} else if seen {
 		p.d.log.Info("gpu healthy again: taint removed", "uuid", h.UUID)
 	}
@@ -141,8 +161,12 @@ type driver struct {
 	fatal    func(error)
 	devices  []resourceapi.Device
 	counters []resourceapi.CounterSet
+	taints   dra.TaintPolicy
 
 	mu sync.Mutex
+	// fatalGPU are the GPUs (by UUID) whose taint is fatal: lost, or a
+	// fatal XID since they were last healthy.
+	fatalGPU map[string]bool
 	// health is each GPU's latest, by UUID; changed is closed and
 	// replaced whenever one changes.
 	health  map[string]nvml.Health

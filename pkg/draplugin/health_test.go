@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	healthpb "k8s.io/kubelet/pkg/apis/dra-health/v1"
@@ -17,8 +16,10 @@ import (
 )
 
 // TestHealthTaintsTheDevice: an XID on a GPU taints its device in the
-// ResourceSlice the real API server holds (NoSchedule: the scheduler gives
-// it no new claims) and reaches the kubelet's health stream; recovery
+// ResourceSlice the real API server holds, with the effect its cause
+// takes (NoSchedule for a recoverable XID: the scheduler gives it no new
+// claims; NoExecute for a fatal one: its claims' pods are evicted), and
+// reaches the kubelet's health stream; recovery
 // removes the taint. The other GPU is never touched. The node publishes a
 // device per slice too: the failing GPU's slice devices are tainted with it.
 func TestHealthTaintsTheDevice(t *testing.T) {
@@ -41,10 +42,17 @@ func TestHealthTaintsTheDevice(t *testing.T) {
 	}
 	waitHealth(t, stream, "gpu-1", healthpb.HealthStatus_HEALTHY)
 
-	if err := n.plugin.SetHealth(ctx, nvml.Health{UUID: sick, Reason: "xid", XID: 79}); err != nil {
-		t.Fatal(err)
+	// A recoverable XID: NoSchedule. A fatal one: NoExecute, which stays
+	// while the GPU is unhealthy whatever XID comes after.
+	for _, step := range []struct {
+		xid  uint64
+		want string
+	}{{94, "xid-94/NoSchedule"}, {79, "xid-79/NoExecute"}, {94, "xid-94/NoExecute"}} {
+		if err := n.plugin.SetHealth(ctx, nvml.Health{UUID: sick, Reason: "xid", XID: step.xid}); err != nil {
+			t.Fatal(err)
+		}
+		waitTaints(t, cs, taints("", step.want))
 	}
-	waitTaints(t, cs, taints("", "xid-79"))
 	waitHealth(t, stream, "gpu-1", healthpb.HealthStatus_UNHEALTHY)
 
 	if err := n.plugin.SetHealth(ctx, nvml.Health{UUID: sick, Healthy: true, Reason: nvml.ReasonRecovered}); err != nil {
@@ -67,8 +75,8 @@ func taints(gpu0, gpu1 string) map[string]string {
 	return out
 }
 
-// waitTaints waits until each device carries gpuslice's taint with the
-// value given ("" for none).
+// waitTaints waits until each device carries gpuslice's taint as
+// "value/effect" ("" for none).
 func waitTaints(t *testing.T, cs kubernetes.Interface, want map[string]string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -81,8 +89,8 @@ func waitTaints(t *testing.T, cs kubernetes.Interface, want map[string]string) {
 				for _, d := range s.Spec.Devices {
 					got[d.Name] = ""
 					for _, taint := range d.Taints {
-						if taint.Key == dra.UnhealthyTaintKey && taint.Effect == resourceapi.DeviceTaintEffectNoSchedule {
-							got[d.Name] = taint.Value
+						if taint.Key == dra.UnhealthyTaintKey {
+							got[d.Name] = taint.Value + "/" + string(taint.Effect)
 						}
 					}
 				}

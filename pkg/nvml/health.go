@@ -10,6 +10,14 @@ import (
 // from every pod sharing it.
 var DefaultIgnoredXIDs = []uint64{13, 31, 43, 45, 68, 109}
 
+// DefaultFatalXIDs are XIDs after which a GPU is not usable until it is
+// reset: uncorrectable (double-bit or uncontained) ECC errors, a failed
+// page retirement or row remap, NVLink errors, the GPU fallen off the bus,
+// and GSP firmware errors and timeouts. Pods on such a GPU cannot make
+// progress: by default the DRA driver has their claims' pods evicted
+// (NoExecute), so that their controllers place them again elsewhere.
+var DefaultFatalXIDs = []uint64{48, 62, 64, 74, 79, 95, 119, 120, 140}
+
 // healthTracker turns XID events and periodic probes into health changes.
 // A GPU becomes unhealthy on a non-ignored XID or when a probe finds it
 // lost. A lost GPU recovers on the first successful probe; a GPU with an XID

@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -248,8 +249,8 @@ func TestDRAClaimsShareAGPU(t *testing.T) {
 	}
 }
 
-// deviceTaint is gpuslice's taint on a device of the node's slice ("" for
-// none).
+// deviceTaint is gpuslice's taint on a device of the node's slice, as
+// "value/effect" ("" for none).
 func deviceTaint(t *testing.T, device string) string {
 	t.Helper()
 	list, err := c.API.Clientset(t).ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{})
@@ -262,8 +263,8 @@ func deviceTaint(t *testing.T, device string) string {
 				continue
 			}
 			for _, taint := range d.Taints {
-				if taint.Key == dra.UnhealthyTaintKey && taint.Effect == resourceapi.DeviceTaintEffectNoSchedule {
-					return taint.Value
+				if taint.Key == dra.UnhealthyTaintKey {
+					return taint.Value + "/" + string(taint.Effect)
 				}
 			}
 		}
@@ -310,10 +311,10 @@ func waitClaimHealth(t *testing.T, ns, name string, want corev1.ResourceHealthSt
 	}
 }
 
-// TestDRAXIDTaintsTheDevice: an XID on GPU 1 taints its device, so a new
-// claim for it stays Pending, while the pod already holding a claim on it
-// runs on and is told in its status; recovery removes the taint and the
-// new claim is served.
+// TestDRAXIDTaintsTheDevice: a recoverable XID on GPU 1 taints its device
+// NoSchedule, so a new claim for it stays Pending, while the pod already
+// holding a claim on it runs on and is told in its status; recovery
+// removes the taint and the new claim is served.
 func TestDRAXIDTaintsTheDevice(t *testing.T) {
 	requireDRA(t)
 	ensureDeviceClass(t)
@@ -332,10 +333,10 @@ func TestDRAXIDTaintsTheDevice(t *testing.T) {
 	waitRunning(t, ns, "holder")
 	waitDeviceTaint(t, "gpu-1", "")
 	start := time.Now()
-	if err := os.WriteFile(c.FakeConfig, append(append([]byte(nil), orig...), "faults:\n  gpus:\n    - index: 1\n      xid: 79\n"...), 0o600); err != nil {
+	if err := os.WriteFile(c.FakeConfig, append(append([]byte(nil), orig...), "faults:\n  gpus:\n    - index: 1\n      xid: 94\n"...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitDeviceTaint(t, "gpu-1", "xid-79")
+	waitDeviceTaint(t, "gpu-1", "xid-94/NoSchedule")
 	t.Logf("gpu-1 tainted %v after the XID", time.Since(start).Round(time.Millisecond))
 	if deviceTaint(t, "gpu-0") != "" {
 		t.Error("the healthy GPU was tainted too")
@@ -356,6 +357,55 @@ func TestDRAXIDTaintsTheDevice(t *testing.T) {
 	if p := waitRunning(t, ns, "holder"); p.Status.ContainerStatuses[0].RestartCount != 0 {
 		t.Errorf("the holder restarted: %+v", p.Status.ContainerStatuses[0])
 	}
+}
+
+// TestDRAFatalXIDEvicts: a fatal XID (79, the GPU fell off the bus) on
+// GPU 1 taints its device NoExecute, and kube-controller-manager's device
+// taint eviction controller deletes the pod whose claim uses it, while the
+// pod on GPU 0 runs on; recovery removes the taint.
+func TestDRAFatalXIDEvicts(t *testing.T) {
+	requireDRA(t)
+	ensureDeviceClass(t)
+	orig, err := os.ReadFile(c.FakeConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.WriteFile(c.FakeConfig, orig, 0o600) })
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "dra-fatal")
+	createTemplates(t, ns, claimTemplate("gpu0", "1", "", onGPU(0)), claimTemplate("gpu1", "1", "", onGPU(1)))
+	for name, tmpl := range map[string]string{"on-gpu1": "gpu1", "on-gpu0": "gpu0"} {
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod(name, tmpl, "sleep 3600"), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitRunning(t, ns, "on-gpu1")
+	waitRunning(t, ns, "on-gpu0")
+	waitDeviceTaint(t, "gpu-1", "")
+	start := time.Now()
+	if err := os.WriteFile(c.FakeConfig, append(append([]byte(nil), orig...), "faults:\n  gpus:\n    - index: 1\n      xid: 79\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitDeviceTaint(t, "gpu-1", "xid-79/NoExecute")
+	waitGone(t, "the pod on the GPU that fell off the bus", func() (int, error) {
+		_, err := cs.CoreV1().Pods(ns).Get(ctx, "on-gpu1", metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return 0, nil
+		}
+		return 1, err
+	})
+	t.Logf("the pod on gpu-1 was evicted %v after the XID", time.Since(start).Round(time.Millisecond))
+	if p := waitRunning(t, ns, "on-gpu0"); p.Status.ContainerStatuses[0].RestartCount != 0 {
+		t.Errorf("the pod on the healthy GPU restarted: %+v", p.Status.ContainerStatuses[0])
+	}
+	if deviceTaint(t, "gpu-0") != "" {
+		t.Error("the healthy GPU was tainted too")
+	}
+	if err := os.WriteFile(c.FakeConfig, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitDeviceTaint(t, "gpu-1", "")
 }
 
 // preparedOnDisk is what the driver left on the node: its record's claims
