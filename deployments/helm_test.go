@@ -97,7 +97,8 @@ func TestChartDRA(t *testing.T) {
 	// name, and the same checksum rolling both DaemonSets.
 	cfg := nodeConfig(t, named)
 	rules, _ := cfg.SliceRules()
-	if rules.Default.SlicesPerGPU != 4 || !cfg.DRA.Enabled || cfg.DRA.PreparedClaims != "/var/lib/gpuslice/dra-prepared.json" || cfg.DRA.ExtendedResource {
+	if rules.Default.SlicesPerGPU != 4 || !cfg.DRA.Enabled || cfg.DRA.PreparedClaims != "/var/lib/gpuslice/dra-prepared.json" || cfg.DRA.ExtendedResource ||
+		cfg.Driver.Taints.FatalEffect != "NoExecute" || cfg.Driver.Taints.RecoverableEffect != "NoSchedule" || len(cfg.Driver.Taints.FatalXIDs) != 9 {
 		t.Errorf("node config = %+v, slicing %+v", cfg, rules)
 	}
 	for _, ds := range []*unstructured.Unstructured{agent, driver} {

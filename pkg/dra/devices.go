@@ -39,9 +39,16 @@ const (
 	AttrComputeCapability resourceapi.QualifiedName = "computeCapability"
 	AttrDriverVersion     resourceapi.QualifiedName = "driverVersion"
 	AttrNUMANode          resourceapi.QualifiedName = "numaNode"
-	AttrPCIBusID          resourceapi.QualifiedName = "pciBusID"
-	AttrSlices            resourceapi.QualifiedName = "slices"
-	AttrSliceMemory       resourceapi.QualifiedName = "sliceMemoryBytes"
+	// The standard attributes (resource.kubernetes.io, KEP-6072 and the
+	// DRA helper library's): a claim's matchAttribute on one of them
+	// aligns a GPU with another driver's device, such as a NIC on the
+	// same NUMA node or under the same PCIe root.
+	AttrStandardNUMANode resourceapi.QualifiedName = "resource.kubernetes.io/numaNode"
+	AttrStandardPCIBusID resourceapi.QualifiedName = "resource.kubernetes.io/pciBusID"
+	AttrStandardPCIeRoot resourceapi.QualifiedName = "resource.kubernetes.io/pcieRoot"
+	AttrPCIBusID         resourceapi.QualifiedName = "pciBusID"
+	AttrSlices           resourceapi.QualifiedName = "slices"
+	AttrSliceMemory      resourceapi.QualifiedName = "sliceMemoryBytes"
 	// AttrKind tells a GPU shared by capacity (KindGPU) from one slice of
 	// it (KindSlice): each DeviceClass selects one kind.
 	AttrKind resourceapi.QualifiedName = "kind"
@@ -101,9 +108,16 @@ func device(g vgpu.GPUSlices, d nvml.Device, sys nvml.SystemInfo) resourceapi.De
 	}
 	if d.NUMANode >= 0 {
 		attrs[AttrNUMANode] = resourceapi.DeviceAttribute{IntValue: ref(int64(d.NUMANode))}
+		attrs[AttrStandardNUMANode] = resourceapi.DeviceAttribute{IntValue: ref(int64(d.NUMANode))}
 	}
 	if d.PCIBusID != "" {
 		attrs[AttrPCIBusID] = resourceapi.DeviceAttribute{StringValue: ref(d.PCIBusID)}
+		if addr := nvml.SysfsAddress(d.PCIBusID); addr != "" {
+			attrs[AttrStandardPCIBusID] = resourceapi.DeviceAttribute{StringValue: ref(addr)}
+		}
+	}
+	if d.PCIeRoot != "" {
+		attrs[AttrStandardPCIeRoot] = resourceapi.DeviceAttribute{StringValue: ref(d.PCIeRoot)}
 	}
 	return resourceapi.Device{
 		Name:                     DeviceName(g.Index),

@@ -25,7 +25,7 @@ func node(t testing.TB, n, slices int, model string, memory uint64) (*vgpu.Layou
 	for i := range n {
 		uuid := fmt.Sprintf("GPU-%08d-0000-0000-0000-000000000000", i)
 		gpus = append(gpus, vgpu.GPU{UUID: uuid, Index: i, Model: model, MemoryBytes: memory})
-		devs = append(devs, nvml.Device{UUID: uuid, Index: i, Minor: i, Model: model, MemoryBytes: memory, ComputeMajor: 9, PCIBusID: fmt.Sprintf("00000000:%02x:00.0", i+1), NUMANode: i / 4})
+		devs = append(devs, nvml.Device{UUID: uuid, Index: i, Minor: i, Model: model, MemoryBytes: memory, ComputeMajor: 9, PCIBusID: fmt.Sprintf("00000000:%02X:00.0", i+1), NUMANode: i / 4, PCIeRoot: fmt.Sprintf("pci0000:%02x", i/4*0x40)})
 	}
 	l, err := vgpu.NewLayout(gpus, vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: slices}})
 	if err != nil {
@@ -67,6 +67,13 @@ func TestDevicesDescribeEachGPU(t *testing.T) {
 				}
 				if got := *d.Attributes[dra.AttrUUID].StringValue; got != devs[i].UUID {
 					t.Errorf("%s: uuid %q, want %q", d.Name, got, devs[i].UUID)
+				}
+				// The standard attributes, in their own forms: the PCI
+				// address as sysfs writes it, lower case, 4-digit domain.
+				std := d.Attributes
+				if n, bus, root := std[dra.AttrStandardNUMANode].IntValue, std[dra.AttrStandardPCIBusID].StringValue, std[dra.AttrStandardPCIeRoot].StringValue; n == nil || *n != int64(i/4) ||
+					bus == nil || *bus != fmt.Sprintf("0000:%02x:00.0", i+1) || root == nil || *root != devs[i].PCIeRoot {
+					t.Errorf("%s: standard numaNode %v, pciBusID %v, pcieRoot %v", d.Name, n, bus, root)
 				}
 			}
 			total := 0

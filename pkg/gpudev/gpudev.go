@@ -25,6 +25,9 @@ type Device struct {
 	PCIBusID string
 	// NUMANode is the NUMA node the GPU is attached to, or -1 when unknown.
 	NUMANode int
+	// PCIeRoot is the PCIe root complex the GPU sits under, as
+	// "pci<domain>:<bus>", or "" when unknown.
+	PCIeRoot string
 	// MIGCapable is true when the GPU supports MIG (whether or not MIG
 	// is enabled).
 	MIGCapable bool

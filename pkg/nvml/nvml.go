@@ -129,6 +129,7 @@ func (n *NVML) Devices() ([]Device, error) {
 			continue
 		}
 		d.NUMANode = NUMANode(n.opts.SysfsRoot, d.PCIBusID)
+		d.PCIeRoot = PCIeRoot(n.opts.SysfsRoot, d.PCIBusID)
 		devs = append(devs, d)
 	}
 	return devs, errors.Join(errs...)
@@ -280,7 +281,7 @@ func (n *NVML) WatchHealth(ctx context.Context, report func(Health)) error {
 // as sysfs gives it (e.g. "0x030200", a 3D controller: a GPU in compute
 // mode), or "" when sysfs does not say.
 func PCIClass(sysfsRoot, busID string) string {
-	addr := sysfsAddress(busID)
+	addr := SysfsAddress(busID)
 	if addr == "" {
 		return ""
 	}
@@ -292,9 +293,9 @@ func PCIClass(sysfsRoot, busID string) string {
 	return strings.TrimSpace(string(data))
 }
 
-// sysfsAddress turns NVML's bus ID into sysfs's device name, or "" when it
+// SysfsAddress turns NVML's bus ID into sysfs's device name, or "" when it
 // cannot be one.
-func sysfsAddress(busID string) string {
+func SysfsAddress(busID string) string {
 	addr := strings.ToLower(busID)
 	// NVML pads the PCI domain to 8 hex digits; sysfs uses 4.
 	if len(addr) == len("00000000:07:00.0") && strings.HasPrefix(addr, "0000") {
@@ -310,7 +311,7 @@ func sysfsAddress(busID string) string {
 // ID, read from <sysfsRoot>/bus/pci/devices/<address>/numa_node, or -1 when
 // sysfs does not say (no such file, or a single-node machine's -1).
 func NUMANode(sysfsRoot, busID string) int {
-	addr := sysfsAddress(busID)
+	addr := SysfsAddress(busID)
 	if addr == "" {
 		return -1
 	}
@@ -324,6 +325,27 @@ func NUMANode(sysfsRoot, busID string) int {
 		return -1
 	}
 	return n
+}
+
+// PCIeRoot returns the PCIe root complex ("pci<domain>:<bus>") the PCI
+// device with the given NVML bus ID sits under, from where
+// <sysfsRoot>/bus/pci/devices/<address> links to (its path under
+// devices/), or "" when sysfs does not say.
+func PCIeRoot(sysfsRoot, busID string) string {
+	addr := SysfsAddress(busID)
+	if addr == "" {
+		return ""
+	}
+	target, err := os.Readlink(filepath.Join(sysfsRoot, "bus", "pci", "devices", addr))
+	if err != nil {
+		return ""
+	}
+	for _, part := range strings.Split(filepath.ToSlash(target), "/") {
+		if len(part) > len("pci") && strings.HasPrefix(part, "pci") && strings.Contains(part, ":") {
+			return part
+		}
+	}
+	return ""
 }
 
 // device returns the handle of the GPU with the given UUID.

@@ -430,3 +430,33 @@ func TestPCIClass(t *testing.T) {
 		}
 	}
 }
+
+// TestPCIeRoot: the root complex is read from where sysfs links the
+// device, whatever its depth under switches; no link, no root.
+func TestPCIeRoot(t *testing.T) {
+	sysfs := t.TempDir()
+	link := func(addr, target string) {
+		t.Helper()
+		dir := filepath.Join(sysfs, "bus", "pci", "devices")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, filepath.Join(dir, addr)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link("0000:07:00.0", "../../../devices/pci0000:00/0000:00:01.0/0000:07:00.0")
+	link("0000:8a:00.0", "../../../devices/pci0000:80/0000:80:01.0/0000:81:00.0/0000:82:10.0/0000:8a:00.0")
+	link("0000:0b:00.0", "../../../devices/platform/0000:0b:00.0")
+	for busID, want := range map[string]string{
+		"00000000:07:00.0": "pci0000:00",
+		"00000000:8A:00.0": "pci0000:80",
+		"00000000:0B:00.0": "",
+		"00000000:99:00.0": "",
+		"../../etc/x":      "",
+	} {
+		if got := nvml.PCIeRoot(sysfs, busID); got != want {
+			t.Errorf("PCIeRoot(%q) = %q, want %q", busID, got, want)
+		}
+	}
+}

@@ -77,4 +77,11 @@ health:
 log:
   level: {{ .Values.log.level | quote }}
   format: {{ .Values.log.format | quote }}
+draDriver:
+  taints:
+    fatalEffect: {{ .Values.dra.taints.fatalEffect | quote }}
+    recoverableEffect: {{ .Values.dra.taints.recoverableEffect | quote }}
+    {{- with .Values.dra.taints.fatalXIDs }}
+    fatalXIDs: {{ toJson . }}
+    {{- end }}
 {{- end -}}
