@@ -551,6 +551,9 @@ func TestDRADriverPermissions(t *testing.T) {
 			User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
 			ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: verb, Group: group, Resource: resource, Namespace: namespace},
 		}}
+		if r, sub, ok := strings.Cut(resource, "/"); ok {
+			sar.Spec.ResourceAttributes.Resource, sar.Spec.ResourceAttributes.Subresource = r, sub
+		}
 		out, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -569,6 +572,8 @@ func TestDRADriverPermissions(t *testing.T) {
 		{"create", "resource.k8s.io", "resourceslices", "", true},
 		{"delete", "resource.k8s.io", "resourceslices", "", true},
 		{"get", "resource.k8s.io", "resourceclaims", "ml", true},
+		{"patch", "resource.k8s.io", "resourceclaims/status", "ml", true},
+		{"update", "resource.k8s.io", "resourceclaims/status", "ml", false},
 		{"get", "", "nodes", "", true},
 		{"update", "resource.k8s.io", "resourceclaims", "ml", false},
 		{"create", "resource.k8s.io", "resourceclaims", "ml", false},

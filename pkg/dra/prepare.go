@@ -202,6 +202,15 @@ func (p *Preparer) Unprepare(uid types.UID) error {
 	return nil
 }
 
+// Claim returns what the prepared claim with the given UID holds, and
+// false when it is not prepared.
+func (p *Preparer) Claim(uid types.UID) (Prepared, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.state[uid]
+	return c, ok
+}
+
 // Claims returns the prepared claims by UID.
 func (p *Preparer) Claims() map[types.UID]Prepared {
 	p.mu.Lock()

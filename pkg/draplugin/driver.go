@@ -73,6 +73,7 @@ func Start(ctx context.Context, o Options) (*Plugin, error) {
 		o.Taints = dra.DefaultTaintPolicy()
 	}
 	d := &driver{prep: o.Preparer, pool: o.NodeName, log: o.Logger, fatal: o.Fatal, devices: o.Devices, counters: o.Counters, taints: o.Taints,
+		status: newStatusWriter(ctx, o.Client, o.NodeName, o.Logger),
 		health: map[string]nvml.Health{}, fatalGPU: map[string]bool{}, changed: make(chan struct{})}
 	helper, err := kubeletplugin.Start(ctx, d,
 		kubeletplugin.DriverName(dra.DriverName),
@@ -162,6 +163,7 @@ type driver struct {
 	devices  []resourceapi.Device
 	counters []resourceapi.CounterSet
 	taints   dra.TaintPolicy
+	status   *statusWriter
 
 	mu sync.Mutex
 	// fatalGPU are the GPUs (by UUID) whose taint is fatal: lost, or a
@@ -193,6 +195,9 @@ func (d *driver) PrepareResourceClaims(_ context.Context, claims []*resourceapi.
 		}
 		d.log.Info("claim prepared", "namespace", c.Namespace, "claim", c.Name, "cdi", id)
 		out[c.UID] = kubeletplugin.PrepareResult{Devices: devices}
+		if prepared, ok := d.prep.Claim(c.UID); ok {
+			d.status.write(c, prepared.Grants)
+		}
 	}
 	return out, nil
 }

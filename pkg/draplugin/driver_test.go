@@ -2,6 +2,7 @@ package draplugin_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -61,6 +62,16 @@ func TestPluginServesTheKubelet(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(cdiDir, "gpuslice-claim-"+string(a.UID)+".json")); err != nil {
 		t.Errorf("claim a's CDI spec: %v", err)
+	}
+	// The claim shows its share in its status, as the API server accepted
+	// it (status.devices matches the allocation, share ID and all); the
+	// refused claim shows none.
+	share := waitDeviceStatus(t, cs, "a")
+	if share.UUID == "" || share.Index != 1 || share.Slices != 3 || share.SlicesTotal != 8 || share.MemoryBytes != 30<<30 {
+		t.Errorf("claim a's status shows %+v, want 3 of 8 slices and 30 GiB of GPU 1", share)
+	}
+	if c, err := cs.ResourceV1().ResourceClaims("default").Get(ctx, "b", metav1.GetOptions{}); err != nil || len(c.Status.Devices) != 0 {
+		t.Errorf("refused claim b's status: %v, %+v", err, c.Status.Devices)
 	}
 	if _, err := kubelet.NodeUnprepareResources(ctx, &drapb.NodeUnprepareResourcesRequest{Claims: []*drapb.Claim{ref(a)}}); err != nil {
 		t.Fatal(err)
@@ -207,6 +218,28 @@ func allocatedClaim(t testing.TB, cs kubernetes.Interface, name, pool, device st
 		t.Fatal(err)
 	}
 	return c
+}
+
+// waitDeviceStatus waits until the claim's status shows the driver's
+// device with the Prepared condition, and returns the share it shows.
+func waitDeviceStatus(t *testing.T, cs kubernetes.Interface, name string) dra.ShareStatus {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := cs.ResourceV1().ResourceClaims("default").Get(context.Background(), name, metav1.GetOptions{})
+		if err == nil && len(c.Status.Devices) == 1 {
+			d := c.Status.Devices[0]
+			var share dra.ShareStatus
+			if d.Data != nil && json.Unmarshal(d.Data.Raw, &share) == nil && len(d.Conditions) == 1 && d.Conditions[0].Type == dra.ConditionPrepared &&
+				d.ShareID != nil && *d.ShareID == string(*c.Status.Allocation.Devices.Results[0].ShareID) {
+				return share
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("claim %s never showed its share: %v", name, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func ref(c *resourceapi.ResourceClaim) *drapb.Claim {

@@ -179,6 +179,18 @@ func TestDRAClaimsShareAGPU(t *testing.T) {
 		}
 	}
 
+	// Each claim shows its share in its status, written by the driver.
+	claims, err := cs.ResourceV1().ResourceClaims(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range claims.Items {
+		share := waitClaimShare(t, ns, cl.Name)
+		if share.UUID != uuids[0] || share.SlicesTotal != 4 || (share.Slices != 1 && share.Slices != 3) || share.MemoryBytes != uint64(share.Slices)*10<<30 {
+			t.Errorf("claim %s's status shows %+v; want 1 or 3 of GPU 0's 4 slices with 10 GiB each", cl.Name, share)
+		}
+	}
+
 	// GPU 0 has no slice left: a claim for one more stays Pending.
 	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("late", "one", "sleep 3600"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -246,6 +258,33 @@ func TestDRAClaimsShareAGPU(t *testing.T) {
 		if strings.Contains(line, "unauthorized gpu use") && strings.Contains(line, ns) {
 			t.Errorf("the agent judged a claim holder's GPU use unauthorized: %s", line)
 		}
+	}
+}
+
+// waitClaimShare waits until a claim's status shows the driver's device
+// with the Prepared condition, and returns the share it shows.
+func waitClaimShare(t *testing.T, ns, name string) dra.ShareStatus {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cl, err := cs.ResourceV1().ResourceClaims(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err == nil && len(cl.Status.Devices) == 1 && cl.Status.Devices[0].Data != nil && len(cl.Status.Devices[0].Conditions) == 1 &&
+			cl.Status.Devices[0].Conditions[0].Type == dra.ConditionPrepared {
+			var share dra.ShareStatus
+			if err := json.Unmarshal(cl.Status.Devices[0].Data.Raw, &share); err != nil {
+				t.Fatal(err)
+			}
+			return share
+		}
+		if time.Now().After(deadline) {
+			var got any
+			if cl != nil {
+				got = cl.Status.Devices
+			}
+			t.Fatalf("claim %s/%s never showed its share: %v %+v\n%s", ns, name, err, got, c.DRADriverLogs())
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 

@@ -662,6 +662,7 @@ var driverPermissions = []permission{
 	{driverSA, "get", "resourceclaims.resource.k8s.io", "default", true},
 	{driverSA, "get", "nodes", "", true},
 	{driverSA, "update", "resourceclaims.resource.k8s.io", "default", false},
+	{driverSA, "patch", "resourceclaims.resource.k8s.io/status", "default", true},
 	{driverSA, "list", "resourceclaims.resource.k8s.io", "", false},
 	{driverSA, "create", "deviceclasses.resource.k8s.io", "", false},
 	{driverSA, "patch", "nodes", "", false},
