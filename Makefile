@@ -69,6 +69,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./pkg/vgpu -run '^$$' -fuzz '^FuzzParseSize$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./cmd/gpu-agent -run '^$$' -fuzz '^FuzzConfigFile$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/nodeconfig -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/contract -run '^$$' -fuzz '^FuzzParseClaimEnforcement$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/fakegpu -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/host -run '^$$' -fuzz '^FuzzParseProcCgroup$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/kubeletstate -run '^$$' -fuzz '^FuzzParseCheckpoint$$' -fuzztime $(FUZZTIME)

@@ -19,6 +19,8 @@ import (
 
 	"github.com/gpuslice/gpuslice/internal/gpubackend"
 	"github.com/gpuslice/gpuslice/internal/nodeconfig"
+	"github.com/gpuslice/gpuslice/pkg/claimstate"
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/events"
@@ -155,6 +157,15 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	}
 	if driverLimits != nil {
 		g.Go(func() error { return driverLimits.Run(ctx) })
+	}
+	if cfg.DRA.Enabled {
+		// How each claim's share is held, for the DRA driver to show in
+		// the claim's status.
+		w := claimstate.NewWriter(contract.ClaimEnforcementPath(cfg.DRA.PreparedClaims))
+		g.Go(func() error {
+			claimstate.Run(ctx, cfg.SampleInterval.Duration, smp.Snapshot, enforcer, w, log)
+			return nil
+		})
 	}
 	if gpus.watch != nil {
 		g.Go(func() error { return gpus.watch(ctx, log) })

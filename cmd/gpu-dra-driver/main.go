@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gpuslice/gpuslice/internal/gpubackend"
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
 	"github.com/gpuslice/gpuslice/pkg/frontend"
@@ -126,7 +127,7 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	ctx, fail := context.WithCancelCause(ctx)
 	defer fail(nil)
 	taints, _ := taintPolicy(cfg) // validated
-	plugin, err := draplugin.Start(ctx, draplugin.Options{NodeName: cfg.NodeName, Taints: taints, Client: client, Preparer: prep, Devices: n.devices, Counters: n.counters,
+	plugin, err := draplugin.Start(ctx, draplugin.Options{NodeName: cfg.NodeName, Taints: taints, ClaimEnforcement: contract.ClaimEnforcementPath(cfg.DRA.PreparedClaims), Client: client, Preparer: prep, Devices: n.devices, Counters: n.counters,
 		RegistrarDir: cfg.Driver.RegistrarDir, PluginDir: cfg.Driver.PluginDir, Fatal: fail, Logger: log})
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package dra
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -10,11 +11,65 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	metav1apply "k8s.io/client-go/applyconfigurations/meta/v1"
 	resourceapply "k8s.io/client-go/applyconfigurations/resource/v1"
+
+	"github.com/gpuslice/gpuslice/pkg/contract"
 )
 
-// ConditionPrepared is the condition the driver sets on each of its
-// devices in a claim's status once the claim is prepared on the node.
-const ConditionPrepared = "Prepared"
+// The conditions the driver sets on each of its devices in a claim's
+// status: Prepared once the claim is prepared on the node; Enforced, from
+// gpu-agent, whether the node holds the claim's containers to the share
+// now (True), cannot (False: the reason says why), or cannot tell yet
+// (Unknown: no container of the claim's runs, or the agent does not say).
+const (
+	ConditionPrepared = "Prepared"
+	ConditionEnforced = "Enforced"
+)
+
+// Condition is one condition of a device's status.
+type Condition struct {
+	Type    string
+	Status  metav1.ConditionStatus
+	Reason  string
+	Message string
+	// Since is when Status last changed.
+	Since metav1.Time
+}
+
+// PreparedCondition is the Prepared condition, true since since.
+func PreparedCondition(since metav1.Time) Condition {
+	return Condition{Type: ConditionPrepared, Status: metav1.ConditionTrue, Reason: "ClaimPrepared",
+		Message: "prepared on the node; gpu-agent holds its containers to this share", Since: since}
+}
+
+// EnforcedCondition is the Enforced condition from gpu-agent's word on the
+// claim (known false when it has none); Since is left to the caller.
+func EnforcedCondition(e contract.ClaimEnforced, known bool) Condition {
+	c := Condition{Type: ConditionEnforced}
+	switch {
+	case !known:
+		c.Status, c.Reason = metav1.ConditionUnknown, "NotReported"
+		c.Message = "no container holding the claim runs on the node yet, or gpu-agent --dra does not report"
+		return c
+	case e.State == contract.ClaimHeld:
+		c.Status, c.Reason = metav1.ConditionTrue, "Enforced"
+	case e.State == contract.ClaimHeldAtPodLevel:
+		c.Status, c.Reason = metav1.ConditionTrue, "EnforcedAtPodLevel"
+	case e.State == contract.ClaimEnforcementOff:
+		c.Status, c.Reason = metav1.ConditionFalse, "EnforcementOff"
+	default:
+		c.Status, c.Reason = metav1.ConditionFalse, "NotEnforced"
+	}
+	c.Message = fmt.Sprintf("compute: %s; memory: %s; containers: %d", held(e.Compute, e.ComputeTier), held(e.Memory, e.MemoryTier), e.Containers)
+	return c
+}
+
+// held says how one resource is held: its reason, and its tier when held.
+func held(reason, tier string) string {
+	if tier == "" {
+		return reason
+	}
+	return reason + " by " + tier
+}
 
 // ShareStatus is what a claim holds of one GPU, as the driver writes it in
 // the claim's status (status.devices[].data), so that `kubectl get
@@ -36,7 +91,7 @@ type ShareStatus struct {
 // claim's allocation on pool, from what the claim was granted: the
 // share of the device's GPU, and the Prepared condition. Results of other
 // drivers or pools, or whose GPU no grant names, get none.
-func DeviceStatuses(claim *resourceapi.ResourceClaim, pool string, grants []Grant, now metav1.Time) []*resourceapply.AllocatedDeviceStatusApplyConfiguration {
+func DeviceStatuses(claim *resourceapi.ResourceClaim, pool string, grants []Grant, conditions ...Condition) []*resourceapply.AllocatedDeviceStatusApplyConfiguration {
 	if claim.Status.Allocation == nil {
 		return nil
 	}
@@ -63,9 +118,11 @@ func DeviceStatuses(claim *resourceapi.ResourceClaim, pool string, grants []Gran
 			continue
 		}
 		s := resourceapply.AllocatedDeviceStatus().WithDriver(r.Driver).WithPool(r.Pool).WithDevice(r.Device).
-			WithData(runtime.RawExtension{Raw: data}).
-			WithConditions(metav1apply.Condition().WithType(ConditionPrepared).WithStatus(metav1.ConditionTrue).WithReason("ClaimPrepared").
-				WithMessage("prepared on the node; gpu-agent holds its containers to this share").WithLastTransitionTime(now).WithObservedGeneration(claim.Generation))
+			WithData(runtime.RawExtension{Raw: data})
+		for _, c := range conditions {
+			s = s.WithConditions(metav1apply.Condition().WithType(c.Type).WithStatus(c.Status).WithReason(c.Reason).
+				WithMessage(c.Message).WithLastTransitionTime(c.Since).WithObservedGeneration(claim.Generation))
+		}
 		if r.ShareID != nil {
 			s = s.WithShareID(string(*r.ShareID))
 		}

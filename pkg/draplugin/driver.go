@@ -44,6 +44,10 @@ type Options struct {
 	// (/var/lib/kubelet/plugins_registry); PluginDir holds the plugin's
 	// own socket (/var/lib/kubelet/plugins/gpu.gpuslice.io).
 	RegistrarDir, PluginDir string
+	// ClaimEnforcement is gpu-agent's file of how each claim's share is
+	// held (contract.ClaimEnforcementPath), read into the claims' Enforced
+	// condition; empty writes no Enforced condition.
+	ClaimEnforcement string
 	// Taints is the effect an unhealthy GPU's taint takes, by cause; the
 	// zero value is dra.DefaultTaintPolicy.
 	Taints dra.TaintPolicy
@@ -73,7 +77,7 @@ func Start(ctx context.Context, o Options) (*Plugin, error) {
 		o.Taints = dra.DefaultTaintPolicy()
 	}
 	d := &driver{prep: o.Preparer, pool: o.NodeName, log: o.Logger, fatal: o.Fatal, devices: o.Devices, counters: o.Counters, taints: o.Taints,
-		status: newStatusWriter(ctx, o.Client, o.NodeName, o.Logger),
+		ctx: ctx, status: newStatusWriter(o.Client, o.NodeName, o.Preparer, o.ClaimEnforcement, o.Logger),
 		health: map[string]nvml.Health{}, fatalGPU: map[string]bool{}, changed: make(chan struct{})}
 	helper, err := kubeletplugin.Start(ctx, d,
 		kubeletplugin.DriverName(dra.DriverName),
@@ -86,6 +90,7 @@ func Start(ctx context.Context, o Options) (*Plugin, error) {
 		return nil, fmt.Errorf("start the kubelet plugin: %w", err)
 	}
 	p := &Plugin{helper: helper, d: d}
+	go d.status.run(ctx)
 	if err := p.publish(ctx); err != nil {
 		helper.Stop()
 		return nil, err
@@ -164,6 +169,8 @@ type driver struct {
 	counters []resourceapi.CounterSet
 	taints   dra.TaintPolicy
 	status   *statusWriter
+	// ctx is the plugin's lifetime, for work that outlives a call.
+	ctx context.Context
 
 	mu sync.Mutex
 	// fatalGPU are the GPUs (by UUID) whose taint is fatal: lost, or a
@@ -196,7 +203,7 @@ func (d *driver) PrepareResourceClaims(_ context.Context, claims []*resourceapi.
 		d.log.Info("claim prepared", "namespace", c.Namespace, "claim", c.Name, "cdi", id)
 		out[c.UID] = kubeletplugin.PrepareResult{Devices: devices}
 		if prepared, ok := d.prep.Claim(c.UID); ok {
-			d.status.write(c, prepared.Grants)
+			d.status.prepared(d.ctx, c, prepared.Grants)
 		}
 	}
 	return out, nil
@@ -208,6 +215,9 @@ func (d *driver) UnprepareResourceClaims(_ context.Context, claims []kubeletplug
 	out := make(map[types.UID]error, len(claims))
 	for _, c := range claims {
 		out[c.UID] = d.prep.Unprepare(c.UID)
+		if out[c.UID] == nil {
+			d.status.unprepared(c.UID)
+		}
 		d.log.Info("claim unprepared", "namespace", c.Namespace, "claim", c.Name, "err", out[c.UID])
 	}
 	return out, nil

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
@@ -139,7 +140,8 @@ func startNode(ctx context.Context, t testing.TB, cs kubernetes.Interface, name 
 	fatal := make(chan error, 1)
 	start := time.Now()
 	p, err := draplugin.Start(ctx, draplugin.Options{NodeName: name, Client: cs, Preparer: prep, Devices: devices, Counters: counters,
-		RegistrarDir: filepath.Join(dir, "reg"), PluginDir: filepath.Join(dir, "plugin"), Fatal: func(err error) { fatal <- err }})
+		RegistrarDir: filepath.Join(dir, "reg"), PluginDir: filepath.Join(dir, "plugin"), Fatal: func(err error) { fatal <- err },
+		ClaimEnforcement: filepath.Join(dir, contract.ClaimEnforcementFile)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,19 +226,33 @@ func allocatedClaim(t testing.TB, cs kubernetes.Interface, name, pool, device st
 // device with the Prepared condition, and returns the share it shows.
 func waitDeviceStatus(t *testing.T, cs kubernetes.Interface, name string) dra.ShareStatus {
 	t.Helper()
+	share, _ := waitCondition(t, cs, name, dra.ConditionPrepared, func(c metav1.Condition) bool { return c.Status == metav1.ConditionTrue })
+	return share
+}
+
+// waitCondition waits until the claim's status shows the driver's device
+// with a condition of type kind that ok accepts, and returns the share it
+// shows and the condition.
+func waitCondition(t *testing.T, cs kubernetes.Interface, name, kind string, ok func(metav1.Condition) bool) (dra.ShareStatus, metav1.Condition) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
+	var last any
 	for {
 		c, err := cs.ResourceV1().ResourceClaims("default").Get(context.Background(), name, metav1.GetOptions{})
 		if err == nil && len(c.Status.Devices) == 1 {
 			d := c.Status.Devices[0]
+			last = d.Conditions
 			var share dra.ShareStatus
-			if d.Data != nil && json.Unmarshal(d.Data.Raw, &share) == nil && len(d.Conditions) == 1 && d.Conditions[0].Type == dra.ConditionPrepared &&
-				d.ShareID != nil && *d.ShareID == string(*c.Status.Allocation.Devices.Results[0].ShareID) {
-				return share
+			if d.Data != nil && json.Unmarshal(d.Data.Raw, &share) == nil && d.ShareID != nil && *d.ShareID == string(*c.Status.Allocation.Devices.Results[0].ShareID) {
+				for _, cond := range d.Conditions {
+					if cond.Type == kind && ok(cond) {
+						return share, cond
+					}
+				}
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("claim %s never showed its share: %v", name, err)
+			t.Fatalf("claim %s never showed the %s condition wanted: %v, last %+v", name, kind, err, last)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -56,6 +56,32 @@ func (n NodeState) CannotEngage() string {
 	return strings.Join(why, "; ")
 }
 
+// ContainerReasons says whether a container's compute share and memory
+// limit are held: as the node can (n) until the enforcer has seen it (st
+// from Enforcer.Stats, seen when it has a round of its own), at its pod's
+// level when it is Unknown (its processes could not be placed in one of
+// the pod's containers). gpuslice_enforcement_enforced and the DRA claims'
+// Enforced condition both read it.
+func ContainerReasons(n NodeState, st Stats, seen, unknown bool) (compute, memory string) {
+	compute, memory = n.Compute, n.Memory
+	if seen && st.Compute != "" {
+		compute, memory = st.Compute, st.Memory
+	}
+	if unknown {
+		compute, memory = podLevel(compute), podLevel(memory)
+	}
+	return compute, memory
+}
+
+// podLevel is the reason of a container held at its pod's level: its
+// pod's, unless that is held.
+func podLevel(reason string) string {
+	if reason == ReasonEnforced {
+		return ReasonPodLevel
+	}
+	return reason
+}
+
 // Held reports a reason under which the share is held: enforced, or
 // pod-level.
 func Held(reason string) bool { return reason == ReasonEnforced || reason == ReasonPodLevel }

@@ -206,15 +206,6 @@ func (v *view) enforced(c node.Container) enforce.Stats {
 	return enforce.Stats{Duty: 1}
 }
 
-// podLevel is the reason of a container held at its pod's level: its
-// pod's, unless that is held.
-func podLevel(reason string) string {
-	if reason == enforce.ReasonEnforced {
-		return enforce.ReasonPodLevel
-	}
-	return reason
-}
-
 // tierReason is one resource's enforcement reason.
 type tierReason struct{ resource, reason string }
 
@@ -390,13 +381,8 @@ var families = []metric{
 			}
 			n := v.e.info.Enforcement.Node()
 			for _, c := range v.snap.Containers {
-				compute, memory := n.Compute, n.Memory // no process seen yet: as the node can
-				if st, ok := v.stats[c.Cgroup.Key()]; ok && st.Compute != "" {
-					compute, memory = st.Compute, st.Memory
-				}
-				if c.Unknown != "" {
-					compute, memory = podLevel(compute), podLevel(memory)
-				}
+				st, seen := v.stats[c.Cgroup.Key()]
+				compute, memory := enforce.ContainerReasons(n, st, seen, c.Unknown != "")
 				idx := strconv.Itoa(c.Index)
 				for _, r := range byReason(compute, memory) {
 					w.sample(bit(enforce.Held(r.reason)), "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "gpu", idx, "uuid", c.UUID,

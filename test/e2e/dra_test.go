@@ -190,6 +190,12 @@ func TestDRAClaimsShareAGPU(t *testing.T) {
 			t.Errorf("claim %s's status shows %+v; want 1 or 3 of GPU 0's 4 slices with 10 GiB each", cl.Name, share)
 		}
 	}
+	// And, from the agent through the driver, that the node holds them:
+	// the greedy claim's once its process is seen and throttled.
+	for _, cl := range claims.Items {
+		cond := waitClaimCondition(t, ns, cl.Name, dra.ConditionEnforced, metav1.ConditionTrue)
+		t.Logf("claim %s: %s %s: %s", cl.Name, cond.Type, cond.Reason, cond.Message)
+	}
 
 	// GPU 0 has no slice left: a claim for one more stays Pending.
 	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("late", "one", "sleep 3600"), metav1.CreateOptions{}); err != nil {
@@ -269,7 +275,7 @@ func waitClaimShare(t *testing.T, ns, name string) dra.ShareStatus {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		cl, err := cs.ResourceV1().ResourceClaims(ns).Get(context.Background(), name, metav1.GetOptions{})
-		if err == nil && len(cl.Status.Devices) == 1 && cl.Status.Devices[0].Data != nil && len(cl.Status.Devices[0].Conditions) == 1 &&
+		if err == nil && len(cl.Status.Devices) == 1 && cl.Status.Devices[0].Data != nil && len(cl.Status.Devices[0].Conditions) > 0 &&
 			cl.Status.Devices[0].Conditions[0].Type == dra.ConditionPrepared {
 			var share dra.ShareStatus
 			if err := json.Unmarshal(cl.Status.Devices[0].Data.Raw, &share); err != nil {
@@ -283,6 +289,30 @@ func waitClaimShare(t *testing.T, ns, name string) dra.ShareStatus {
 				got = cl.Status.Devices
 			}
 			t.Fatalf("claim %s/%s never showed its share: %v %+v\n%s", ns, name, err, got, c.DRADriverLogs())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitClaimCondition waits until a claim's status shows the driver's
+// device with the condition of type kind in status, and returns it.
+func waitClaimCondition(t *testing.T, ns, name, kind string, status metav1.ConditionStatus) metav1.Condition {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	deadline := time.Now().Add(60 * time.Second)
+	var last []metav1.Condition
+	for {
+		cl, err := cs.ResourceV1().ResourceClaims(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err == nil && len(cl.Status.Devices) == 1 {
+			last = cl.Status.Devices[0].Conditions
+			for _, cond := range last {
+				if cond.Type == kind && cond.Status == status {
+					return cond
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("claim %s/%s never showed %s=%s: %v, last %+v\n%s", ns, name, kind, status, err, last, c.DRADriverLogs())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
