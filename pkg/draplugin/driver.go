@@ -62,6 +62,8 @@ type Options struct {
 type Plugin struct {
 	helper *kubeletplugin.Helper
 	d      *driver
+	// stop ends the plugin's own work (the claims' status).
+	stop context.CancelFunc
 }
 
 // Start registers the plugin with the kubelet (through RegistrarDir) and
@@ -77,8 +79,10 @@ func Start(ctx context.Context, o Options) (*Plugin, error) {
 		o.Taints = dra.DefaultTaintPolicy()
 	}
 	d := &driver{prep: o.Preparer, pool: o.NodeName, log: o.Logger, fatal: o.Fatal, devices: o.Devices, counters: o.Counters, taints: o.Taints,
-		ctx: ctx, status: newStatusWriter(o.Client, o.NodeName, o.Preparer, o.ClaimEnforcement, o.Logger),
+		status: newStatusWriter(o.Client, o.NodeName, o.Preparer, o.ClaimEnforcement, o.Logger),
 		health: map[string]nvml.Health{}, fatalGPU: map[string]bool{}, changed: make(chan struct{})}
+	var stop context.CancelFunc
+	d.ctx, stop = context.WithCancel(ctx)
 	helper, err := kubeletplugin.Start(ctx, d,
 		kubeletplugin.DriverName(dra.DriverName),
 		kubeletplugin.NodeName(o.NodeName),
@@ -87,12 +91,13 @@ func Start(ctx context.Context, o Options) (*Plugin, error) {
 		kubeletplugin.PluginDataDirectoryPath(o.PluginDir),
 	)
 	if err != nil {
+		stop()
 		return nil, fmt.Errorf("start the kubelet plugin: %w", err)
 	}
-	p := &Plugin{helper: helper, d: d}
-	go d.status.run(ctx)
+	p := &Plugin{helper: helper, d: d, stop: stop}
+	go d.status.run(d.ctx)
 	if err := p.publish(ctx); err != nil {
-		helper.Stop()
+		p.Stop()
 		return nil, err
 	}
 	return p, nil
@@ -158,7 +163,10 @@ func (p *Plugin) SetHealth(ctx context.Context, h nvml.Health) error {
 
 // Stop unregisters the plugin and stops serving. The ResourceSlices stay:
 // a restarted plugin takes them over.
-func (p *Plugin) Stop() { p.helper.Stop() }
+func (p *Plugin) Stop() {
+	p.stop()
+	p.helper.Stop()
+}
 
 type driver struct {
 	prep     *dra.Preparer

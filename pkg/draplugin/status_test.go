@@ -9,10 +9,13 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/dra"
+	"github.com/gpuslice/gpuslice/pkg/draplugin"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
 
@@ -62,4 +65,41 @@ func TestClaimStatusFollowsTheAgent(t *testing.T) {
 	if share.Slices != 2 || share.Index != 0 {
 		t.Errorf("share %+v, want 2 slices of GPU 0", share)
 	}
+
+	// A driver started again (from the same record) follows the claim it
+	// did not prepare itself: the kubelet does not prepare it again.
+	n.plugin.Stop()
+	restarted := restart(ctx, t, cs, n)
+	defer restarted.Stop()
+	say(contract.ClaimEnforced{State: contract.ClaimHeldAtPodLevel, Compute: "pod-level", Memory: "pod-level", ComputeTier: "freezer", MemoryTier: "watchdog", Containers: 2})
+	waitCondition(t, cs, "a", dra.ConditionEnforced, is(metav1.ConditionTrue, "EnforcedAtPodLevel", "containers: 2"))
+}
+
+// restart starts a plugin again on n's directories and record, as a
+// driver restarted on the node.
+func restart(ctx context.Context, t *testing.T, cs kubernetes.Interface, n aNode) *draplugin.Plugin {
+	t.Helper()
+	layout, devs := gpus(t, 2)
+	devices, err := dra.Devices(layout, devs, nvml.SystemInfo{DriverVersion: "580.65.06"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	minor := map[string]int{}
+	for _, d := range devs {
+		minor[d.UUID] = d.Minor
+	}
+	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: nodeName, Layout: layout, CDIDir: filepath.Join(n.dir, "cdi"), StatePath: filepath.Join(n.dir, "prepared.json"),
+		Nodes: dra.Nodes{DevRoot: "/dev", Minor: minor}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(prep.Claims()) != 1 {
+		t.Fatalf("the record holds %d claims, want the one prepared", len(prep.Claims()))
+	}
+	p, err := draplugin.Start(ctx, draplugin.Options{NodeName: nodeName, Client: cs, Preparer: prep, Devices: devices,
+		RegistrarDir: filepath.Join(n.dir, "reg"), PluginDir: filepath.Join(n.dir, "plugin"), ClaimEnforcement: filepath.Join(n.dir, contract.ClaimEnforcementFile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
