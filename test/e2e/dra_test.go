@@ -380,6 +380,24 @@ func waitClaimHealth(t *testing.T, ns, name string, want corev1.ResourceHealthSt
 	}
 }
 
+// fakeFaults returns a function that sets the fake node's faults (YAML
+// appended to its file; "" for none), and puts the file back as it was
+// when the test ends.
+func fakeFaults(t *testing.T) func(faults string) {
+	t.Helper()
+	orig, err := os.ReadFile(c.FakeConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.WriteFile(c.FakeConfig, orig, 0o600) })
+	return func(faults string) {
+		t.Helper()
+		if err := os.WriteFile(c.FakeConfig, append(append([]byte(nil), orig...), faults...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestDRAXIDTaintsTheDevice: a recoverable XID on GPU 1 taints its device
 // NoSchedule, so a new claim for it stays Pending, while the pod already
 // holding a claim on it runs on and is told in its status; recovery
@@ -387,11 +405,7 @@ func waitClaimHealth(t *testing.T, ns, name string, want corev1.ResourceHealthSt
 func TestDRAXIDTaintsTheDevice(t *testing.T) {
 	requireDRA(t)
 	ensureDeviceClass(t)
-	orig, err := os.ReadFile(c.FakeConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.WriteFile(c.FakeConfig, orig, 0o600) })
+	fault := fakeFaults(t)
 	cs := c.API.Clientset(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "dra-xid")
@@ -402,9 +416,7 @@ func TestDRAXIDTaintsTheDevice(t *testing.T) {
 	waitRunning(t, ns, "holder")
 	waitDeviceTaint(t, "gpu-1", "")
 	start := time.Now()
-	if err := os.WriteFile(c.FakeConfig, append(append([]byte(nil), orig...), "faults:\n  gpus:\n    - index: 1\n      xid: 94\n"...), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	fault("faults:\n  gpus:\n    - index: 1\n      xid: 94\n")
 	waitDeviceTaint(t, "gpu-1", "xid-94/NoSchedule")
 	t.Logf("gpu-1 tainted %v after the XID", time.Since(start).Round(time.Millisecond))
 	if deviceTaint(t, "gpu-0") != "" {
@@ -417,9 +429,7 @@ func TestDRAXIDTaintsTheDevice(t *testing.T) {
 	msg := waitUnschedulable(t, ns, "new", "")
 	t.Logf("the scheduler on a claim for the tainted GPU: %s", msg)
 
-	if err := os.WriteFile(c.FakeConfig, orig, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	fault("")
 	waitDeviceTaint(t, "gpu-1", "")
 	waitRunning(t, ns, "new")
 	waitClaimHealth(t, ns, "holder", corev1.ResourceHealthStatusHealthy)
@@ -435,11 +445,7 @@ func TestDRAXIDTaintsTheDevice(t *testing.T) {
 func TestDRAFatalXIDEvicts(t *testing.T) {
 	requireDRA(t)
 	ensureDeviceClass(t)
-	orig, err := os.ReadFile(c.FakeConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.WriteFile(c.FakeConfig, orig, 0o600) })
+	fault := fakeFaults(t)
 	cs := c.API.Clientset(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "dra-fatal")
@@ -453,9 +459,7 @@ func TestDRAFatalXIDEvicts(t *testing.T) {
 	waitRunning(t, ns, "on-gpu0")
 	waitDeviceTaint(t, "gpu-1", "")
 	start := time.Now()
-	if err := os.WriteFile(c.FakeConfig, append(append([]byte(nil), orig...), "faults:\n  gpus:\n    - index: 1\n      xid: 79\n"...), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	fault("faults:\n  gpus:\n    - index: 1\n      xid: 79\n")
 	waitDeviceTaint(t, "gpu-1", "xid-79/NoExecute")
 	waitGone(t, "the pod on the GPU that fell off the bus", func() (int, error) {
 		_, err := cs.CoreV1().Pods(ns).Get(ctx, "on-gpu1", metav1.GetOptions{})
@@ -471,9 +475,7 @@ func TestDRAFatalXIDEvicts(t *testing.T) {
 	if deviceTaint(t, "gpu-0") != "" {
 		t.Error("the healthy GPU was tainted too")
 	}
-	if err := os.WriteFile(c.FakeConfig, orig, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	fault("")
 	waitDeviceTaint(t, "gpu-1", "")
 }
 
