@@ -47,8 +47,10 @@ type statusWriter struct {
 	mu sync.Mutex
 	// claims are the prepared claims whose status is written, by UID.
 	claims map[types.UID]*claimStatus
-	// word is gpu-agent's latest word, by "namespace/name".
-	word map[string]contract.ClaimEnforced
+	// word is gpu-agent's latest word, by "namespace/name"; unreadable
+	// says why its file could not be read, "" when it could.
+	word       map[string]contract.ClaimEnforced
+	unreadable string
 }
 
 // claimStatus is one claim's status as last written.
@@ -94,6 +96,9 @@ func (w *statusWriter) unprepared(uid types.UID) {
 func (w *statusWriter) enforcedLocked(cs *claimStatus, now metav1.Time) dra.Condition {
 	e, known := w.word[cs.claim.Namespace+"/"+cs.claim.Name]
 	c := dra.EnforcedCondition(e, known && w.enforcement != nil)
+	if w.unreadable != "" {
+		c.Reason, c.Message = "ReportUnreadable", "gpu-agent's report cannot be read: "+w.unreadable
+	}
 	c.Since = now
 	if cs.enforced.Status == c.Status {
 		c.Since = cs.enforced.Since
@@ -160,16 +165,18 @@ func (w *statusWriter) run(ctx context.Context) {
 // follow reads the agent's word and writes what changed.
 func (w *statusWriter) follow(ctx context.Context) {
 	word, err := w.enforcement.Read()
+	unreadable := ""
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		word.Claims = map[string]contract.ClaimEnforced{}
 	case err != nil:
-		w.log.Warn("gpu-agent's claim enforcement unreadable: claims keep their last Enforced condition", "err", err)
-		return
+		// Never a stale True: every claim says it cannot be told.
+		w.log.Warn("gpu-agent's claim enforcement unreadable: claims' Enforced condition is Unknown", "err", err)
+		word.Claims, unreadable = map[string]contract.ClaimEnforced{}, err.Error()
 	}
 	now := metav1.Now()
 	w.mu.Lock()
-	w.word = word.Claims
+	w.word, w.unreadable = word.Claims, unreadable
 	var writes []*claimStatus
 	for _, cs := range w.claims {
 		c := w.enforcedLocked(cs, now)

@@ -60,6 +60,16 @@ func TestClaimStatusFollowsTheAgent(t *testing.T) {
 	if !notHeld.LastTransitionTime.After(held.LastTransitionTime.Time) && !notHeld.LastTransitionTime.Equal(&held.LastTransitionTime) {
 		t.Errorf("transition time went back: %v after %v", notHeld.LastTransitionTime, held.LastTransitionTime)
 	}
+	// A report that cannot be read is never taken for the last one.
+	if err := os.WriteFile(file+".tmp", []byte("{torn"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(file+".tmp", file); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, cs, "a", dra.ConditionEnforced, is(metav1.ConditionUnknown, "ReportUnreadable", "bad claim enforcement file"))
+	say(contract.ClaimEnforced{State: contract.ClaimNotHeld, Compute: "no-freezer", Memory: "enforced", MemoryTier: "watchdog", Containers: 1})
+	waitCondition(t, cs, "a", dra.ConditionEnforced, is(metav1.ConditionFalse, "NotEnforced", "compute: no-freezer"))
 	// The Prepared condition and the share stay beside it.
 	share, _ := waitCondition(t, cs, "a", dra.ConditionPrepared, func(c metav1.Condition) bool { return c.Status == metav1.ConditionTrue })
 	if share.Slices != 2 || share.Index != 0 {
