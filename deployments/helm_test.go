@@ -72,7 +72,8 @@ func TestChartLint(t *testing.T) {
 // the agent's slicing, a DeviceClass, and --dra on the agent with the
 // kubelet's directory mounted read-only; off, none of it renders.
 func TestChartDRA(t *testing.T) {
-	objs := parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice", "--set", "dra.enabled=true,slicing.slicesPerGPU=4"))
+	objs := parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice", "--set", "dra.enabled=true,slicing.slicesPerGPU=4,dra.taints.fatalEffect=NoSchedule",
+		"--set-json", "dra.taints.fatalXIDs=[79]"))
 	named := map[string]*unstructured.Unstructured{}
 	for _, o := range objs {
 		named[o.GetKind()+"/"+o.GetName()] = o
@@ -98,7 +99,7 @@ func TestChartDRA(t *testing.T) {
 	cfg := nodeConfig(t, named)
 	rules, _ := cfg.SliceRules()
 	if rules.Default.SlicesPerGPU != 4 || !cfg.DRA.Enabled || cfg.DRA.PreparedClaims != "/var/lib/gpuslice/dra-prepared.json" || cfg.DRA.ExtendedResource ||
-		cfg.Driver.Taints.FatalEffect != "NoExecute" || cfg.Driver.Taints.RecoverableEffect != "NoSchedule" || len(cfg.Driver.Taints.FatalXIDs) != 9 {
+		cfg.Driver.Taints.FatalEffect != "NoSchedule" || cfg.Driver.Taints.RecoverableEffect != "NoSchedule" || !reflect.DeepEqual(cfg.Driver.Taints.FatalXIDs, []uint64{79}) {
 		t.Errorf("node config = %+v, slicing %+v", cfg, rules)
 	}
 	for _, ds := range []*unstructured.Unstructured{agent, driver} {
