@@ -76,6 +76,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./pkg/host -run '^$$' -fuzz '^FuzzParseStartTime$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/exporter -run '^$$' -fuzz '^FuzzExposition$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/contract -run '^$$' -fuzz '^FuzzParseGrants$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/contract -run '^$$' -fuzz '^FuzzParseNodeSlices$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/contract -run '^$$' -fuzz '^FuzzParsePreparedClaims$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/host -run '^$$' -fuzz '^FuzzParseBundleConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/labels -run '^$$' -fuzz '^FuzzValue$$' -fuzztime $(FUZZTIME)

@@ -66,6 +66,8 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.BoolVar(&c.GFDSharedProduct, "gfd-shared-product", c.GFDSharedProduct, "append -SHARED to nvidia.com/gpu.product, as GFD does for a shared GPU whose resource keeps its name (off: gpuslice offers its own resource, so the product keeps naming the GPU)")
 	fs.StringVar(&c.MachineTypeFile, "machine-type-file", c.MachineTypeFile, "`file` naming the machine for nvidia.com/gpu.machine (default <sysfs-root>/class/dmi/id/product_name)")
 	fs.StringVar(&c.Placement, "placement", c.Placement, "slice placement: binpack or spread")
+	fs.StringVar(&c.Span, "span", c.Span, "a container's request no one GPU can hold: fewest (span the fewest GPUs) or never (refuse it: the pod fails admission)")
+	fs.DurationVar(&c.SpanHoldBack.Duration, "span-hold-back", c.SpanHoldBack.Duration, "with --span=never, how long free slices are offered Unhealthy after a refusal so the scheduler does not send the pod straight back (doubles per refusal up to 5m; 0: off)")
 	fs.BoolVar(&c.DeviceSpecs.Enabled, "device-specs", c.DeviceSpecs.Enabled, "return /dev/nvidia* device nodes from Allocate")
 	fs.BoolVar(&c.CDI.Enabled, "cdi", c.CDI.Enabled, "return CDI device names from Allocate")
 	fs.BoolVar(&c.DRA.Enabled, "dra", c.DRA.Enabled, "account for, limit and report containers holding claims of gpuslice's DRA driver")
@@ -190,6 +192,8 @@ func pluginOptions(c Config) deviceplugin.Options {
 	o.ResourceName = c.ResourceName
 	o.PluginDir = c.DevicePluginDir
 	o.Placement = vgpu.Policy(c.Placement)
+	o.Span, o.SpanHoldBack = c.Span, c.SpanHoldBack.Duration
+	o.SpanHoldBackMax = max(o.SpanHoldBackMax, o.SpanHoldBack)
 	o.DeviceSpecs = c.DeviceSpecs.Enabled
 	o.DevRoot = c.DeviceSpecs.DevRoot
 	o.CDI = deviceplugin.CDIOptions{Enabled: c.CDI.Enabled, Kind: c.CDI.Kind, NameStrategy: c.CDI.NameStrategy}

@@ -96,6 +96,12 @@ type Config struct {
 	// reads <sysfs root>/class/dmi/id/product_name, as GFD does.
 	MachineTypeFile string       `json:"machineTypeFile,omitempty"`
 	Placement       string       `json:"placement,omitempty"`
+	// Span is what the device plugin does with a container's request no
+	// one GPU can hold: "fewest" spans the fewest GPUs, "never" refuses
+	// it and holds free slices back for SpanHoldBack (doubling up to five
+	// minutes), so the scheduler does not send it back at once.
+	Span         string   `json:"span,omitempty"`
+	SpanHoldBack Duration `json:"spanHoldBack,omitempty"`
 	CDI             CDIConfig    `json:"cdi"`
 	MPS             MPSConfig    `json:"mps"`
 	Driver          DriverConfig `json:"draDriver"`
@@ -295,6 +301,8 @@ func Default(getenv func(string) string) Config {
 		GFDLabels:        true,
 		MetricsAuth:      "none",
 		Placement:        string(dp.Placement),
+		Span:             dp.Span,
+		SpanHoldBack:     Duration{dp.SpanHoldBack},
 		CDI:              CDIConfig{Kind: dp.CDI.Kind, NameStrategy: dp.CDI.NameStrategy},
 		MPS:              MPSConfig{PipeDirectory: dp.MPS.PipeDirectory},
 		Driver: DriverConfig{

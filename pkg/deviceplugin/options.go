@@ -33,6 +33,15 @@ type Options struct {
 	UniqueSocket bool
 	// Placement chooses GPUs in GetPreferredAllocation.
 	Placement vgpu.Policy
+	// Span is what becomes of a container's request no one GPU can hold:
+	// contract.SpanFewest spans the fewest GPUs, contract.SpanNever
+	// refuses it (the pod fails admission).
+	Span string
+	// SpanHoldBack, on a SpanNever node, is how long free slices are
+	// offered Unhealthy after a refusal, so that the scheduler does not
+	// send the pod (or its ReplicaSet's next) straight back: it doubles
+	// with each refusal up to SpanHoldBackMax. 0 holds nothing back.
+	SpanHoldBack, SpanHoldBackMax time.Duration
 	// DeviceSpecs makes Allocate return the GPU device nodes, for runtimes
 	// without the NVIDIA container hook.
 	DeviceSpecs bool
@@ -99,16 +108,19 @@ type MPSOptions struct {
 // DefaultOptions returns the options gpu-agent uses unless configured.
 func DefaultOptions() Options {
 	return Options{
-		ResourceName:  contract.ResourceName,
-		PluginDir:     pluginapi.DevicePluginPath,
-		SocketName:    "gpuslice.sock",
-		Placement:     vgpu.Binpack,
-		DeviceSpecs:   true,
-		DevRoot:       "/dev",
-		CDI:           CDIOptions{Kind: "nvidia.com/gpu", NameStrategy: "uuid"},
-		MPS:           MPSOptions{PipeDirectory: contract.MPSPipeDirectory},
-		RegisterRetry: 5 * time.Second,
-		DRAPoll:       time.Second,
+		ResourceName:    contract.ResourceName,
+		PluginDir:       pluginapi.DevicePluginPath,
+		SocketName:      "gpuslice.sock",
+		Placement:       vgpu.Binpack,
+		Span:            contract.SpanFewest,
+		SpanHoldBack:    30 * time.Second,
+		SpanHoldBackMax: 5 * time.Minute,
+		DeviceSpecs:     true,
+		DevRoot:         "/dev",
+		CDI:             CDIOptions{Kind: "nvidia.com/gpu", NameStrategy: "uuid"},
+		MPS:             MPSOptions{PipeDirectory: contract.MPSPipeDirectory},
+		RegisterRetry:   5 * time.Second,
+		DRAPoll:         time.Second,
 	}
 }
 
@@ -133,6 +145,12 @@ func (o Options) Validate() error {
 	}
 	if _, err := vgpu.ParsePolicy(string(o.Placement)); err != nil {
 		return err
+	}
+	if _, err := contract.ParseSpan(o.Span); err != nil {
+		return err
+	}
+	if o.SpanHoldBack < 0 || o.SpanHoldBackMax < o.SpanHoldBack {
+		return fmt.Errorf("span hold-back %s must be at least 0 and at most its bound %s", o.SpanHoldBack, o.SpanHoldBackMax)
 	}
 	if o.DeviceSpecs && !filepath.IsAbs(o.DevRoot) {
 		return fmt.Errorf("dev root %q must be an absolute path", o.DevRoot)

@@ -61,6 +61,8 @@ type Plugin struct {
 	// draHeld are the GPUs DRA claims hold, as last read: their slices
 	// are offered Unhealthy and never preferred.
 	draHeld map[string]bool
+	// held are slices offered Unhealthy after a refused span.
+	held    holdBack
 	changed chan struct{} // closed and replaced on every health change
 
 	answers *responses // Allocate's responses, by request
@@ -132,8 +134,7 @@ func (p *Plugin) SetHealth(h nvml.Health) {
 	if prev.Healthy == h.Healthy {
 		return
 	}
-	close(p.changed)
-	p.changed = make(chan struct{})
+	p.notifyLocked()
 }
 
 // Withhold offers every slice as Unhealthy, and refuses every Allocate,
@@ -147,8 +148,7 @@ func (p *Plugin) Withhold(reason string) {
 		return
 	}
 	p.withheld = reason
-	close(p.changed)
-	p.changed = make(chan struct{})
+	p.notifyLocked()
 	if reason != "" {
 		p.log.Error("offering no slices: enforcement is required and cannot engage on this node", "reason", reason)
 	}
@@ -198,8 +198,7 @@ func (p *Plugin) SetDRAHeld(held map[string]bool) {
 		}
 	}
 	p.draHeld = maps.Clone(held)
-	close(p.changed)
-	p.changed = make(chan struct{})
+	p.notifyLocked()
 }
 
 // DRAHeld reports whether DRA claims hold a GPU, as last read.
@@ -238,7 +237,7 @@ func (p *Plugin) snapshot() ([]*pluginapi.Device, <-chan struct{}) {
 	devs := make([]*pluginapi.Device, len(ids))
 	for i, id := range ids {
 		h := pluginapi.Healthy
-		if !p.health[id.UUID].Healthy || p.withheld != "" || p.draHeld[id.UUID] {
+		if !p.health[id.UUID].Healthy || p.withheld != "" || p.draHeld[id.UUID] || p.held.ids[id.String()] {
 			h = pluginapi.Unhealthy
 		}
 		devs[i] = &pluginapi.Device{ID: id.String(), Health: h}
@@ -285,6 +284,9 @@ func (p *Plugin) GetPreferredAllocation(_ context.Context, req *pluginapi.Prefer
 		if err != nil {
 			return nil, grpcError(err)
 		}
+		if p.opts.Span == contract.SpanNever && spans(ids) {
+			return nil, p.refuseSpan(c.GetAvailableDeviceIDs(), int(c.GetAllocationSize()))
+		}
 		p.log.Debug("preferred allocation", "size", c.GetAllocationSize(), "available", len(c.GetAvailableDeviceIDs()), "preferred", strings.Join(ids, ","))
 		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: ids})
 	}
@@ -303,6 +305,9 @@ func (p *Plugin) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*p
 	if a == nil {
 		a = &answer{resp: &pluginapi.AllocateResponse{}}
 		for _, c := range req.GetContainerRequests() {
+			if err := p.checkSpan(c.GetDevicesIds()); err != nil {
+				return nil, err
+			}
 			r, slices, err := p.allocate(c.GetDevicesIds())
 			if err != nil {
 				return nil, err

@@ -435,3 +435,17 @@ func CountHealth(devs []*pluginapi.Device, health string) int {
 	}
 	return n
 }
+
+// WaitHealthy blocks until the plugin offers exactly n healthy devices or
+// ctx ends.
+func (p *Plugin) WaitHealthy(ctx context.Context, n int) error {
+	return p.kubelet.WaitFor(ctx, func(*Kubelet) bool {
+		c := 0
+		for _, d := range p.devicesLocked() {
+			if d.Health == pluginapi.Healthy {
+				c++
+			}
+		}
+		return c == n
+	})
+}
