@@ -24,12 +24,13 @@ help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build bin/gpu-agent, bin/gpu-dra-driver, bin/kubectl-gpuslice and bin/gpu-quota-controller.
+build: ## Build bin/gpu-agent, bin/gpu-dra-driver, bin/kubectl-gpuslice, bin/gpu-quota-controller and bin/gpu-scheduler-extender.
 	$(GO) build -trimpath -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-agent ./cmd/gpu-agent
 	$(GO) build -trimpath -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-dra-driver ./cmd/gpu-dra-driver
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/kubectl-gpuslice ./cmd/kubectl-gpuslice
 	ln -sf kubectl-gpuslice $(BIN)/kubectl_complete-gpuslice   # kubectl's completion of the plugin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/gpu-quota-controller ./cmd/gpu-quota-controller
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpu-scheduler-extender ./cmd/gpu-scheduler-extender
 
 # The Kubernetes release the API and end-to-end tiers run (test/e2e/k8s
 # has one module per supported release): v1.37.2, the newest, and v1.34.4,
@@ -44,7 +45,7 @@ CONTROLLER_IMAGE ?= ghcr.io/gpuslice/gpu-quota-controller:$(VERSION)
 image: ## Build the agent's (with gpu-dra-driver) and the quota controller's images as OCI archives in bin/, without a container engine; without the fake GPU node unless FAKE_GPU=1.
 	$(MAKE) build TAGS='$(IMAGE_TAGS)'
 	$(GO) run ./tools/mkimage --binary $(BIN)/gpu-agent --extra $(BIN)/gpu-dra-driver --name $(IMAGE) --version $(VERSION) --out $(BIN)/gpu-agent-image.tar
-	$(GO) run ./tools/mkimage --binary $(BIN)/gpu-quota-controller --name $(CONTROLLER_IMAGE) --version $(VERSION) --nvidia-env=false --user 65532 --out $(BIN)/gpu-quota-controller-image.tar
+	$(GO) run ./tools/mkimage --binary $(BIN)/gpu-quota-controller --extra $(BIN)/gpu-scheduler-extender --name $(CONTROLLER_IMAGE) --version $(VERSION) --nvidia-env=false --user 65532 --out $(BIN)/gpu-quota-controller-image.tar
 
 .PHONY: helm-lint
 helm-lint: ## helm lint and helm template the chart (helm built from source by test/e2e/build-helm.sh).
