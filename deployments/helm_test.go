@@ -302,7 +302,8 @@ func mountsNodeConfig(t *testing.T, ds *unstructured.Unstructured) {
 
 func toStrings(v any) []string {
 	var out []string
-	for _, s := range v.([]any) {
+	list, _ := v.([]any)
+	for _, s := range list {
 		out = append(out, s.(string))
 	}
 	return out
@@ -310,7 +311,7 @@ func toStrings(v any) []string {
 
 func TestChartServerSideDryRun(t *testing.T) {
 	rendered := helm(t, "template", "gpuslice", chart, "--namespace", "gpuslice-chart", "--include-crds",
-		"--set", "quotaController.enabled=true,quotaController.prometheusURL=http://prometheus.monitoring:9090,dra.enabled=true,dra.extendedResource=true")
+		"--set", "quotaController.enabled=true,quotaController.prometheusURL=http://prometheus.monitoring:9090,dra.enabled=true,dra.extendedResource=true,schedulerExtender.enabled=true,schedulerExtender.scheduler.enabled=true,slicing.span=never")
 	ns := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "gpuslice-chart"}}}
 	dryRun(t, apiserver.Start(t), append([]*unstructured.Unstructured{ns}, parseDocs(t, rendered)...))
 }

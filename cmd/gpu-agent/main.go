@@ -147,9 +147,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 		ready := func() bool { return probes.Ready() == nil }
 		return exporter.Serve(ctx, lis, k.guard(exporter.Handler(exposition, exposition.Key, ready, log)), cfg.WebConfigFile, log)
 	})
-	if k.client != nil {
-		writeNode(ctx, g, cfg, k.client, gpus, enforcer, smp, log)
-	}
+	writeNode(ctx, g, cfg, k.client, gpus, enforcer, smp, log)
 	if k.policies != nil {
 		g.Go(func() error { k.policies.Run(ctx); return nil })
 	}

@@ -94,17 +94,17 @@ type Config struct {
 	GFDSharedProduct bool `json:"gfdSharedProduct,omitempty"`
 	// MachineTypeFile names the machine for nvidia.com/gpu.machine; empty
 	// reads <sysfs root>/class/dmi/id/product_name, as GFD does.
-	MachineTypeFile string       `json:"machineTypeFile,omitempty"`
-	Placement       string       `json:"placement,omitempty"`
+	MachineTypeFile string `json:"machineTypeFile,omitempty"`
+	Placement       string `json:"placement,omitempty"`
 	// Span is what the device plugin does with a container's request no
 	// one GPU can hold: "fewest" spans the fewest GPUs, "never" refuses
 	// it and holds free slices back for SpanHoldBack (doubling up to five
 	// minutes), so the scheduler does not send it back at once.
-	Span         string   `json:"span,omitempty"`
-	SpanHoldBack Duration `json:"spanHoldBack,omitempty"`
-	CDI             CDIConfig    `json:"cdi"`
-	MPS             MPSConfig    `json:"mps"`
-	Driver          DriverConfig `json:"draDriver"`
+	Span         string       `json:"span,omitempty"`
+	SpanHoldBack Duration     `json:"spanHoldBack,omitempty"`
+	CDI          CDIConfig    `json:"cdi"`
+	MPS          MPSConfig    `json:"mps"`
+	Driver       DriverConfig `json:"draDriver"`
 }
 
 // DriverConfig is gpu-dra-driver's own settings.

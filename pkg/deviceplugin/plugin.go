@@ -61,9 +61,11 @@ type Plugin struct {
 	// draHeld are the GPUs DRA claims hold, as last read: their slices
 	// are offered Unhealthy and never preferred.
 	draHeld map[string]bool
-	// held are slices offered Unhealthy after a refused span.
-	held    holdBack
-	changed chan struct{} // closed and replaced on every health change
+	// held are slices offered Unhealthy after a refused span; onOffered
+	// is told how many are offered Healthy when that changes.
+	held      holdBack
+	onOffered func(healthy int)
+	changed   chan struct{} // closed and replaced on every health change
 
 	answers *responses // Allocate's responses, by request
 
@@ -225,6 +227,13 @@ func (p *Plugin) watchDRA(ctx context.Context) {
 	}
 }
 
+// offeredLocked is whether a slice is offered Healthy: its GPU is healthy
+// and serves no DRA claim, the node offers slices, and it is not held back
+// after a refused span. p.mu is held.
+func (p *Plugin) offeredLocked(id vgpu.SliceID) bool {
+	return p.health[id.UUID].Healthy && p.withheld == "" && !p.draHeld[id.UUID] && !p.held.ids[id.String()]
+}
+
 // snapshot returns the device list and the channel that closes when it next
 // changes.
 func (p *Plugin) snapshot() ([]*pluginapi.Device, <-chan struct{}) {
@@ -237,7 +246,7 @@ func (p *Plugin) snapshot() ([]*pluginapi.Device, <-chan struct{}) {
 	devs := make([]*pluginapi.Device, len(ids))
 	for i, id := range ids {
 		h := pluginapi.Healthy
-		if !p.health[id.UUID].Healthy || p.withheld != "" || p.draHeld[id.UUID] || p.held.ids[id.String()] {
+		if !p.offeredLocked(id) {
 			h = pluginapi.Unhealthy
 		}
 		devs[i] = &pluginapi.Device{ID: id.String(), Health: h}

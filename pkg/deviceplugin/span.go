@@ -22,6 +22,7 @@ import (
 // once refusals stop.
 type holdBack struct {
 	ids   map[string]bool
+	size  int // the refused request's size
 	until time.Time
 	next  time.Duration // the next hold-back's length
 	last  time.Time     // the last refusal
@@ -102,29 +103,81 @@ func (p *Plugin) holdBack(available []string, size int, now time.Time) (int, tim
 			want--
 		}
 	}
-	h.ids, h.last, h.until = ids, now, now.Add(h.next)
+	h.ids, h.last, h.until, h.size = ids, now, now.Add(h.next), size
 	h.gen++
 	gen, length := h.gen, h.next
 	h.next = min(2*h.next, p.opts.SpanHoldBackMax)
 	if h.timer != nil {
 		h.timer.Stop()
 	}
-	h.timer = time.AfterFunc(length, func() { p.endHoldBack(gen) })
+	h.timer = time.AfterFunc(length, func() { p.endHoldBack(gen, "the hold-back ended") })
 	p.notifyLocked()
+	p.tellOfferedLocked()
 	return len(ids), h.until
 }
 
 // endHoldBack offers the held-back slices again, unless a later refusal
 // replaced the hold-back gen.
-func (p *Plugin) endHoldBack(gen int) {
+func (p *Plugin) endHoldBack(gen int, why string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.held.gen != gen || len(p.held.ids) == 0 {
 		return
 	}
-	p.log.Info("offering held-back slices again", "slices", len(p.held.ids))
+	p.log.Info("offering held-back slices again", "slices", len(p.held.ids), "why", why)
 	p.held.ids = nil
 	p.notifyLocked()
+	p.tellOfferedLocked()
+}
+
+// Room ends a hold-back as soon as one GPU has room for the request that
+// was refused: free is each GPU's free slices (by UUID), held-back ones
+// included, as the agent last sampled them. The refused pod's next try
+// then lands on that GPU.
+func (p *Plugin) Room(free map[string]int) {
+	p.mu.Lock()
+	if len(p.held.ids) == 0 {
+		p.mu.Unlock()
+		return
+	}
+	gen, size := p.held.gen, p.held.size
+	room := false
+	for uuid, n := range free {
+		if n >= size && p.health[uuid].Healthy && !p.draHeld[uuid] {
+			room = true
+		}
+	}
+	p.mu.Unlock()
+	if room {
+		p.endHoldBack(gen, fmt.Sprintf("a GPU has %d free slices", size))
+	}
+}
+
+// OnOffered sets f, called (under the plugin's lock: it must not block)
+// with the number of
+// slices offered Healthy whenever a hold-back starts or ends, so that the
+// node's allocatable can be told to the scheduler at once rather than at
+// the kubelet's next node status update, during which it would keep
+// sending pods that fail admission.
+func (p *Plugin) OnOffered(f func(healthy int)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.onOffered = f
+}
+
+// tellOfferedLocked calls onOffered with the slices offered Healthy; p.mu
+// is held.
+func (p *Plugin) tellOfferedLocked() {
+	if p.onOffered == nil || p.opts.NoSlices {
+		return
+	}
+	n := 0
+	for _, id := range p.layout.SliceIDs() {
+		if p.offeredLocked(id) {
+			n++
+		}
+	}
+	p.onOffered(n)
 }
 
 // HeldBack is how many slices are held back after a refused span, and

@@ -126,3 +126,33 @@ func TestSpanOptionsValidate(t *testing.T) {
 		t.Fatal("a hold-back longer than its bound passed")
 	}
 }
+
+// A hold-back ends as soon as one GPU has room for the refused request,
+// and each start and end is told with the slices offered Healthy.
+func TestSpanHoldBackEndsWhenAGPUHasRoom(t *testing.T) {
+	t.Parallel()
+	e, p := twoByTwo(t, contract.SpanNever, time.Hour)
+	offered := make(chan int, 4)
+	e.plugin.OnOffered(func(n int) { offered <- n })
+	if _, err := p.Allocate(ctxT(t), "c", "main", 3); err == nil {
+		t.Fatal("3 slices on 2+2 free were allocated")
+	}
+	if err := p.WaitHealthy(ctxT(t), 6); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-offered; n != 6 {
+		t.Fatalf("told %d offered at the hold-back's start, want 6", n)
+	}
+	// Two free on each GPU: still no room for 3.
+	e.plugin.Room(map[string]int{e.devs[0].UUID: 2, e.devs[1].UUID: 2})
+	if n, _ := e.plugin.HeldBack(); n != 2 {
+		t.Fatalf("%d held back after a sample without room, want 2", n)
+	}
+	e.plugin.Room(map[string]int{e.devs[0].UUID: 4, e.devs[1].UUID: 2})
+	if err := p.WaitHealthy(ctxT(t), 8); err != nil {
+		t.Fatalf("a GPU with room for 3: %d healthy, want 8: %v", healthyCount(p), err)
+	}
+	if n := <-offered; n != 8 {
+		t.Fatalf("told %d offered at the hold-back's end, want 8", n)
+	}
+}

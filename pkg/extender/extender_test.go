@@ -221,7 +221,7 @@ func TestHandler(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }()
 		if err := json.NewDecoder(resp.Body).Decode(into); err != nil {
 			t.Fatal(err)
 		}
@@ -244,7 +244,7 @@ func TestHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = json.NewDecoder(resp.Body).Decode(&bad)
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if !strings.Contains(bad.Error, "decode") {
 		t.Fatalf("a broken request: %+v", bad)
 	}

@@ -348,6 +348,13 @@ func (c *Client) PatchNode(ctx context.Context, name string, patch any, fieldMan
 		"application/merge-patch+json", patch, nil)
 }
 
+// PatchNodeStatus applies a JSON merge patch to a node's status, as
+// fieldManager.
+func (c *Client) PatchNodeStatus(ctx context.Context, name string, patch any, fieldManager string) error {
+	return c.do(ctx, http.MethodPatch, "/api/v1/nodes/"+url.PathEscape(name)+"/status?fieldManager="+url.QueryEscape(fieldManager),
+		"application/merge-patch+json", patch, nil)
+}
+
 // ApplyNodeLabels sets a node's labels by server-side apply, as
 // fieldManager: the node's managedFields name the manager as an owner of
 // exactly these labels, and labels it applied before and no longer applies

@@ -80,16 +80,20 @@ func NewPublisher(client NodeAPI, nodeName string, log *slog.Logger) *Publisher 
 	return &Publisher{client: client, node: nodeName, log: log, Resync: 5 * time.Minute, Retry: time.Second}
 }
 
-// Run publishes build()'s value every interval while it changes, until ctx
-// ends. build returns false while there is nothing to publish yet (no
-// sample taken). A value that cannot be written whole (over the size
-// bound) is logged and the annotation removed, so the extender refuses the
-// node rather than read a stale count.
-func (p *Publisher) Run(ctx context.Context, interval time.Duration, build func() (contract.NodeSlices, bool)) {
-	retry := p.Retry
+// Run calls build every interval until ctx ends and publishes its value
+// while it changes; build returns false while there is nothing to publish
+// (no sample taken yet, or no publisher: p nil). A value that cannot be
+// written whole (over the size bound) is logged and the annotation
+// removed, so the extender refuses the node rather than read a stale
+// count.
+func Run(ctx context.Context, p *Publisher, interval time.Duration, build func() (contract.NodeSlices, bool)) {
+	var retry time.Duration
+	if p != nil {
+		retry = p.Retry
+	}
 	for {
 		wait := interval
-		if ns, ok := build(); ok {
+		if ns, ok := build(); ok && p != nil {
 			if err := p.Publish(ctx, ns, time.Now()); err != nil && ctx.Err() == nil {
 				p.log.Error("per-GPU free slices not published on the node; gpu-scheduler-extender places no pod here until they are", "err", err, "retry_in", retry)
 				wait, retry = max(interval, retry), min(2*retry, p.Resync)

@@ -25,8 +25,8 @@ import (
 var c *cluster.Cluster
 
 // pluginBin is the kubectl-gpuslice binary; agentBin the agent's;
-// controllerBin the quota controller's.
-var pluginBin, agentBin, controllerBin string
+// controllerBin the quota controller's; extenderBin gpu-scheduler-extender.
+var pluginBin, agentBin, controllerBin, extenderBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -77,6 +77,12 @@ func run(m *testing.M) int {
 	build = exec.Command("go", "build", "-o", controllerBin, "github.com/gpuslice/gpuslice/cmd/gpu-quota-controller")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Printf("build gpu-quota-controller: %v: %s\n", err, out)
+		return 1
+	}
+	extenderBin = filepath.Join(bins, "gpu-scheduler-extender")
+	build = exec.Command("go", "build", "-o", extenderBin, "github.com/gpuslice/gpuslice/cmd/gpu-scheduler-extender")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Printf("build gpu-scheduler-extender: %v: %s\n", err, out)
 		return 1
 	}
 	draBin := filepath.Join(bins, "gpu-dra-driver")
