@@ -63,6 +63,11 @@ test-e2e: ## Run the end-to-end tier on Kubernetes K8S_VERSION (default v1.37.2)
 	test/e2e/build-k8s.sh >/dev/null
 	PATH="$$(test/e2e/build-containerd.sh):$$PATH" GPUSLICE_E2E=1 $(GO) test -count=1 -timeout 20m -v $(E2E_FLAGS) ./test/e2e/
 
+.PHONY: fragmentation
+fragmentation: ## Run the fragmentation experiment: one seeded stream of GPU pods through the real kube-scheduler per placement path, a table for docs/benchmarks.md (FRAG_FLAGS: -seed, -nodes, -pods, -rate, -lifetime).
+	test/e2e/build-k8s.sh >/dev/null
+	$(GO) run ./test/fragmentation $(FRAG_FLAGS)
+
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./pkg/vgpu -run '^$$' -fuzz '^FuzzPlace$$' -fuzztime $(FUZZTIME)

@@ -97,3 +97,27 @@ func TestChartSpan(t *testing.T) {
 		}
 	}
 }
+
+// TestChartSizedClasses: dra.sizes gives the driver its sizes (in the node
+// config), a DeviceClass per size mapping <resource>-<k>, and the quota
+// controller the classes to cap.
+func TestChartSizedClasses(t *testing.T) {
+	objs := named(parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", "gs",
+		"--set", "dra.enabled=true,quotaController.enabled=true,quotaController.prometheusURL=http://p:9090", "--set-json", "dra.sizes=[2,4]")))
+	if cfg := nodeConfig(t, objs); fmt.Sprint(cfg.Driver.Sizes) != "[2 4]" {
+		t.Errorf("node config sizes %v", cfg.Driver.Sizes)
+	}
+	for _, k := range []string{"2", "4"} {
+		class := objs["DeviceClass/vgpu-"+k+".gpuslice.io"]
+		if class == nil {
+			t.Fatalf("no class for size %s: %v", k, keys(objs))
+		}
+		if name, _, _ := unstructured.NestedString(class.Object, "spec", "extendedResourceName"); name != "nvidia.com/vgpu-"+k {
+			t.Errorf("size %s maps %q", k, name)
+		}
+	}
+	_, args := containerArgs(t, objs["Deployment/gpuslice-quota-controller"], 0)
+	if !strings.Contains(strings.Join(args, " "), "--dra-device-classes=gpu.gpuslice.io,vgpu-2.gpuslice.io,vgpu-4.gpuslice.io") {
+		t.Errorf("controller args %v", args)
+	}
+}

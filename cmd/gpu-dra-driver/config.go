@@ -34,6 +34,7 @@ func flags(c *Config) *flag.FlagSet {
 	fs.StringVar(&d.Taints.FatalEffect, "taint-effect-fatal", d.Taints.FatalEffect, "the `effect` of the taint on a GPU lost from the bus or with a fatal XID: NoExecute (the pods whose claims use it are evicted), NoSchedule or None")
 	fs.StringVar(&d.Taints.RecoverableEffect, "taint-effect-recoverable", d.Taints.RecoverableEffect, "the `effect` of the taint on any other unhealthy GPU: NoSchedule (new claims avoid it; its pods run on), NoExecute or None")
 	fs.Var((*nodeconfig.XIDList)(&d.Taints.FatalXIDs), "fatal-xids", "comma-separated XIDs after which a GPU is unusable until reset (its taint takes --taint-effect-fatal)")
+	fs.Var((*nodeconfig.IntList)(&d.Sizes), "sized-devices", "comma-separated `sizes` in slices: besides each GPU, publish as many devices of each size as fit it, for DeviceClasses that map <resource>-<k>: 1 to k slices of one GPU")
 	return fs
 }
 
@@ -61,6 +62,9 @@ func validate(c Config) error {
 		return errors.New("--kube-api-qps and --kube-api-burst must be positive")
 	}
 	if _, err := taintPolicy(c); err != nil {
+		return err
+	}
+	if err := nodeconfig.CheckSizes(d.Sizes); err != nil {
 		return err
 	}
 	if _, _, err := net.SplitHostPort(d.HealthAddress); d.HealthAddress != "" && err != nil {

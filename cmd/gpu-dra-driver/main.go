@@ -202,8 +202,8 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	if n.devices, err = dra.Devices(n.layout, devs, n.sys); err != nil {
 		return nodeGPUs{}, err
 	}
-	if cfg.DRA.ExtendedResource {
-		n.devices, n.counters = dra.WithSliceDevices(n.devices)
+	if cfg.DRA.ExtendedResource || len(cfg.Driver.Sizes) > 0 {
+		n.devices, n.counters = dra.Partitioned(n.devices, cfg.DRA.ExtendedResource, cfg.Driver.Sizes)
 	}
 	return n, nil
 }

@@ -126,6 +126,56 @@ type DriverConfig struct {
 	// Taints is the effect an unhealthy GPU's device taint takes, by
 	// cause.
 	Taints TaintsConfig `json:"taints"`
+	// Sizes are the sizes, in slices, of the sized devices the driver
+	// publishes besides each GPU: as many devices of k slices as fit it,
+	// so that a DeviceClass per size can map "<resource>-<k>: 1" to k
+	// slices of one GPU.
+	Sizes []int `json:"sizes,omitempty"`
+}
+
+// CheckSizes reports the first size the driver cannot publish: each is 2
+// (one slice is a slice device) to 1024, at most 16 of them, none twice.
+func CheckSizes(sizes []int) error {
+	if len(sizes) > 16 {
+		return fmt.Errorf("--sized-devices: %d sizes, at most 16", len(sizes))
+	}
+	seen := map[int]bool{}
+	for _, k := range sizes {
+		if k < 2 || k > 1024 || seen[k] {
+			return fmt.Errorf("--sized-devices: size %d is under 2, over 1024 or given twice", k)
+		}
+		seen[k] = true
+	}
+	return nil
+}
+
+// IntList is a comma-separated list of whole numbers as a flag.
+type IntList []int
+
+// String implements flag.Value.
+func (l *IntList) String() string {
+	if l == nil {
+		return ""
+	}
+	s := make([]string, len(*l))
+	for i, x := range *l {
+		s[i] = strconv.Itoa(x)
+	}
+	return strings.Join(s, ",")
+}
+
+// Set implements flag.Value.
+func (l *IntList) Set(v string) error {
+	out := IntList{}
+	for _, f := range SplitList(v) {
+		x, err := strconv.Atoi(f)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", f)
+		}
+		out = append(out, x)
+	}
+	*l = out
+	return nil
 }
 
 // TaintsConfig is the effect of the DRA driver's taint on an unhealthy

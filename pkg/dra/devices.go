@@ -58,7 +58,14 @@ const (
 const (
 	KindGPU   = "gpu"
 	KindSlice = "slice"
+	// KindSized is a device of a fixed number of slices (AttrSize) of one
+	// GPU, for a DeviceClass per size whose extendedResourceName maps
+	// "<resource>-<k>: 1" to k slices of one GPU.
+	KindSized = "sized"
 )
+
+// AttrSize is how many slices of its GPU a sized device is.
+const AttrSize resourceapi.QualifiedName = "size"
 
 // MaxDevicesPerSlice is how many devices one ResourceSlice carries: the
 // API's limit for slices whose devices may be tainted (a GPU that fails
@@ -136,6 +143,12 @@ func SliceDeviceName(index, j int) string {
 	return DeviceName(index) + "-slice-" + strconv.Itoa(j)
 }
 
+// SizedDeviceName is the name of sized device j of k slices of the GPU
+// with NVML index i: "gpu-<i>-x<k>-<j>".
+func SizedDeviceName(index, k, j int) string {
+	return DeviceName(index) + "-x" + strconv.Itoa(k) + "-" + strconv.Itoa(j)
+}
+
 // CounterSetName is the name of a GPU's counter set: its device's name.
 func CounterSetName(index int) string { return DeviceName(index) }
 
@@ -150,8 +163,21 @@ func CounterSetName(index int) string { return DeviceName(index) }
 // follow the GPU devices, a GPU's in order, so that pods pack onto the
 // first GPUs as in device-plugin mode.
 func WithSliceDevices(gpus []resourceapi.Device) ([]resourceapi.Device, []resourceapi.CounterSet) {
+	return Partitioned(gpus, true, nil)
+}
+
+// Partitioned adds to the GPU devices Devices returned the devices that
+// are parts of them, each consuming its slices of its GPU's counter set
+// (the GPU's shared device consumes all of it): with slices, one device
+// per slice (WithSliceDevices); and for each size k in sizes, as many
+// devices of k slices as fit the GPU, so that a DeviceClass per size can
+// map "<resource>-<k>: 1" to k slices of one GPU (an extended resource
+// maps to a count of distinct devices, and one device is on one GPU). A
+// size of 1 is a slice, so it is left to slices. The parts follow the GPU
+// devices, a GPU's in order.
+func Partitioned(gpus []resourceapi.Device, slices bool, sizes []int) ([]resourceapi.Device, []resourceapi.CounterSet) {
 	devices := make([]resourceapi.Device, 0, len(gpus))
-	var slices []resourceapi.Device
+	var parts []resourceapi.Device
 	counterSets := make([]resourceapi.CounterSet, 0, len(gpus))
 	for _, g := range gpus {
 		index := int(*g.Attributes[AttrIndex].IntValue)
@@ -162,18 +188,31 @@ func WithSliceDevices(gpus []resourceapi.Device) ([]resourceapi.Device, []resour
 		g = *g.DeepCopy()
 		g.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: counters(n, n*sliceMem)}}
 		devices = append(devices, g)
-		for j := range int(n) {
-			s := resourceapi.Device{Name: SliceDeviceName(index, j), Attributes: maps.Clone(g.Attributes)}
-			s.Attributes[AttrKind] = resourceapi.DeviceAttribute{StringValue: ref(KindSlice)}
-			s.Capacity = map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
-				CapacityCompute: {Value: *resource.NewQuantity(1, resource.BinarySI)},
-				CapacityMemory:  {Value: *resource.NewQuantity(sliceMem, resource.BinarySI)},
+		part := func(name, kind string, k int64) resourceapi.Device {
+			d := resourceapi.Device{Name: name, Attributes: maps.Clone(g.Attributes)}
+			d.Attributes[AttrKind] = resourceapi.DeviceAttribute{StringValue: ref(kind)}
+			d.Attributes[AttrSize] = resourceapi.DeviceAttribute{IntValue: ref(k)}
+			d.Capacity = map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
+				CapacityCompute: {Value: *resource.NewQuantity(k, resource.BinarySI)},
+				CapacityMemory:  {Value: *resource.NewQuantity(k*sliceMem, resource.BinarySI)},
 			}
-			s.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: counters(1, sliceMem)}}
-			slices = append(slices, s)
+			d.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: counters(k, k*sliceMem)}}
+			return d
+		}
+		if slices {
+			for j := range int(n) {
+				parts = append(parts, part(SliceDeviceName(index, j), KindSlice, 1))
+			}
+		}
+		for _, k := range sizes {
+			for j := range int(n) / max(k, 1) {
+				if k > 1 {
+					parts = append(parts, part(SizedDeviceName(index, k, j), KindSized, int64(k)))
+				}
+			}
 		}
 	}
-	return append(devices, slices...), counterSets
+	return append(devices, parts...), counterSets
 }
 
 // counters is a GPU's compute (slices) and memory (bytes) as counters.

@@ -233,3 +233,56 @@ func TestAPIServerAcceptsTheSliceDevices(t *testing.T) {
 		}
 	}
 }
+
+// TestSizedDevices: per size, as many devices of that many slices as fit
+// each GPU, each consuming its slices of the GPU's counters, and the real
+// API server stores them with their counters.
+func TestSizedDevices(t *testing.T) {
+	l, devs := node(t, 2, 8, "NVIDIA H100 80GB HBM3", 80<<30)
+	gpus, err := dra.Devices(l, devs, nvml.SystemInfo{DriverVersion: "580.65.06"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devices, counters := dra.Partitioned(gpus, false, []int{2, 3, 8})
+	// Per GPU: itself, 4 of 2 slices, 2 of 3, 1 of 8.
+	if len(devices) != 2*(1+4+2+1) || len(counters) != 2 {
+		t.Fatalf("%d devices, %d counter sets", len(devices), len(counters))
+	}
+	byName := map[string]resourceapi.Device{}
+	for _, d := range devices {
+		byName[d.Name] = d
+	}
+	d, ok := byName[dra.SizedDeviceName(1, 3, 1)]
+	if !ok || *d.Attributes[dra.AttrKind].StringValue != dra.KindSized || *d.Attributes[dra.AttrSize].IntValue != 3 ||
+		d.ConsumesCounters[0].CounterSet != dra.CounterSetName(1) || capacityOf(d, dra.CapacityCompute) != 3 {
+		t.Fatalf("gpu-1-x3-1: %+v", d)
+	}
+	if _, ok := byName[dra.SizedDeviceName(0, 3, 2)]; ok {
+		t.Fatal("a third device of 3 slices on an 8-slice GPU")
+	}
+	with, _ := dra.Partitioned(gpus, true, []int{1, 4})
+	if len(with) != 2*(1+8+2) {
+		t.Fatalf("slices and size 4: %d devices (size 1 is a slice)", len(with))
+	}
+	srv := apiserver.Start(t)
+	cs := srv.Clientset(t)
+	var specs []resourceapi.ResourceSliceSpec
+	for _, part := range dra.CounterSlices(counters) {
+		specs = append(specs, resourceapi.ResourceSliceSpec{SharedCounters: part})
+	}
+	for _, part := range dra.Slices(devices) {
+		specs = append(specs, resourceapi.ResourceSliceSpec{Devices: part})
+	}
+	for i, spec := range specs {
+		spec.Driver, spec.NodeName = dra.DriverName, ref("node-a")
+		spec.Pool = resourceapi.ResourcePool{Name: "sized", Generation: 1, ResourceSliceCount: int64(len(specs))}
+		if _, err := cs.ResourceV1().ResourceSlices().Create(context.Background(), &resourceapi.ResourceSlice{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("sized-%d", i)}, Spec: spec}, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("slice %d: %v", i, err)
+		}
+	}
+}
+
+func capacityOf(d resourceapi.Device, name resourceapi.QualifiedName) int64 {
+	q := d.Capacity[name].Value
+	return q.Value()
+}

@@ -68,7 +68,7 @@ func Grants(claim *resourceapi.ResourceClaim, pool string, layout *vgpu.Layout) 
 }
 
 func grant(r resourceapi.DeviceRequestAllocationResult, layout *vgpu.Layout) (Grant, error) {
-	gpu, slice, err := gpuOf(r.Device, layout)
+	gpu, part, err := gpuOf(r.Device, layout)
 	if err != nil {
 		return Grant{}, err
 	}
@@ -79,9 +79,10 @@ func grant(r resourceapi.DeviceRequestAllocationResult, layout *vgpu.Layout) (Gr
 		return g, nil
 	}
 	switch {
-	case slice:
-		// One slice device: one slice of compute and of memory.
-		g.Slices, g.MemoryBytes = 1, gpu.SliceMemoryBytes
+	case part > 0:
+		// A slice device, or a sized one: that many slices of compute
+		// and of memory.
+		g.Slices, g.MemoryBytes = part, uint64(part)*gpu.SliceMemoryBytes
 	case len(r.ConsumedCapacity) == 0:
 		g.Whole, g.Slices, g.MemoryBytes = true, gpu.Slices, capacity
 	default:
@@ -117,28 +118,58 @@ func add(byIndex map[int]*Grant, g Grant) error {
 	return nil
 }
 
-// gpuOf finds the GPU a device name stands for: "gpu-<index>", or
-// "gpu-<index>-slice-<j>" for one of its slices (slice true).
-func gpuOf(device string, layout *vgpu.Layout) (vgpu.GPUSlices, bool, error) {
-	n, ok := strings.CutPrefix(device, "gpu-")
-	n, j, slice := strings.Cut(n, "-slice-")
-	index, err := strconv.Atoi(n)
-	sliceIndex := 0
-	if slice {
-		sliceIndex, err = strconv.Atoi(j)
-	}
-	if !ok || err != nil || (slice && SliceDeviceName(index, sliceIndex) != device) || (!slice && DeviceName(index) != device) {
-		return vgpu.GPUSlices{}, false, fmt.Errorf("%w %q", ErrUnknownDevice, device)
+// gpuOf finds the GPU a device name stands for, and how many of its
+// slices the device is: "gpu-<index>" (the GPU shared by capacity: 0),
+// "gpu-<index>-slice-<j>" (one slice: 1), or "gpu-<index>-x<k>-<j>" (a
+// sized device of k slices).
+func gpuOf(device string, layout *vgpu.Layout) (vgpu.GPUSlices, int, error) {
+	index, part, j, err := parseDeviceName(device)
+	if err != nil {
+		return vgpu.GPUSlices{}, 0, err
 	}
 	for _, g := range layout.GPUs() {
-		if g.Index == index {
-			if slice && sliceIndex >= g.Slices {
-				return vgpu.GPUSlices{}, false, fmt.Errorf("%w %q: GPU %d has %d slices", ErrUnknownDevice, device, index, g.Slices)
-			}
-			return g, slice, nil
+		if g.Index != index {
+			continue
 		}
+		if part > 0 && (j+1)*part > g.Slices {
+			return vgpu.GPUSlices{}, 0, fmt.Errorf("%w %q: GPU %d has %d slices", ErrUnknownDevice, device, index, g.Slices)
+		}
+		return g, part, nil
 	}
-	return vgpu.GPUSlices{}, false, fmt.Errorf("%w %q: no GPU %d on this node", ErrUnknownDevice, device, index)
+	return vgpu.GPUSlices{}, 0, fmt.Errorf("%w %q: no GPU %d on this node", ErrUnknownDevice, device, index)
+}
+
+// parseDeviceName reads a device name the driver publishes: the GPU's
+// index, the slices the device is (0 for the shared GPU device) and its
+// number among the GPU's devices of that size.
+func parseDeviceName(device string) (index, part, j int, err error) {
+	bad := fmt.Errorf("%w %q", ErrUnknownDevice, device)
+	rest, ok := strings.CutPrefix(device, "gpu-")
+	if !ok {
+		return 0, 0, 0, bad
+	}
+	n, tail, hasTail := strings.Cut(rest, "-")
+	if index, err = strconv.Atoi(n); err != nil || index < 0 {
+		return 0, 0, 0, bad
+	}
+	var want string
+	switch {
+	case !hasTail:
+		want = DeviceName(index)
+	case strings.HasPrefix(tail, "slice-"):
+		j, err = strconv.Atoi(strings.TrimPrefix(tail, "slice-"))
+		part, want = 1, SliceDeviceName(index, j)
+	case strings.HasPrefix(tail, "x"):
+		k, nj, _ := strings.Cut(strings.TrimPrefix(tail, "x"), "-")
+		if part, err = strconv.Atoi(k); err == nil {
+			j, err = strconv.Atoi(nj)
+		}
+		want = SizedDeviceName(index, part, j)
+	}
+	if err != nil || want == "" || want != device || part < 0 || j < 0 || (hasTail && part == 0) {
+		return 0, 0, 0, bad
+	}
+	return index, part, j, nil
 }
 
 // Ledger is what the prepared claims hold of each GPU. It is the driver's

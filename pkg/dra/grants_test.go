@@ -78,6 +78,14 @@ func TestGrantsReadTheAllocation(t *testing.T) {
 		{"a slice the GPU does not have", claim(share("gpu-0-slice-8", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
 		{"not a slice device name", claim(share("gpu-0-slice-01", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
 		{"a slice of an unknown GPU", claim(share("gpu-7-slice-0", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
+		{"a sized device: its slices of one GPU", claim(share("gpu-1-x3-1", -1, 0)), []int{3}, []uint64{30}, false, nil},
+		{"sized devices add up per GPU", claim(share("gpu-0-x4-0", -1, 0), share("gpu-0-x2-3", -1, 0)), []int{6}, []uint64{60}, false, nil},
+		{"a sized device past its GPU", claim(share("gpu-0-x3-2", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
+		{"a sized device of no slices", claim(share("gpu-0-x0-0", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
+		{"not a sized device name", claim(share("gpu-0-x03-1", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
+		{"a sized device without a number", claim(share("gpu-0-x4", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
+		{"sized devices past the GPU in one claim", claim(share("gpu-0-x4-0", -1, 0), share("gpu-0-x4-1", -1, 0), share("gpu-0-slice-0", -1, 0)), nil, nil, false, dra.ErrOvercommitted},
+		{"an unknown part", claim(share("gpu-0-part-1", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := dra.Grants(tc.claim, pool, l)

@@ -84,4 +84,7 @@ draDriver:
     {{- with .Values.dra.taints.fatalXIDs }}
     fatalXIDs: {{ toJson . }}
     {{- end }}
+  {{- with .Values.dra.sizes }}
+  sizes: {{ toJson . }}
+  {{- end }}
 {{- end -}}
