@@ -64,9 +64,11 @@ test-e2e: ## Run the end-to-end tier on Kubernetes K8S_VERSION (default v1.37.2)
 	PATH="$$(test/e2e/build-containerd.sh):$$PATH" GPUSLICE_E2E=1 $(GO) test -count=1 -timeout 20m -v $(E2E_FLAGS) ./test/e2e/
 
 .PHONY: fragmentation
-fragmentation: ## Run the fragmentation experiment: one seeded stream of GPU pods through the real kube-scheduler per placement path, a table for docs/benchmarks.md (FRAG_FLAGS: -seed, -nodes, -pods, -rate, -lifetime).
+fragmentation: ## Run the fragmentation experiment: one seeded stream of GPU pods through the real kube-scheduler per placement path, its table kept in docs/fragmentation-raw.txt and docs/benchmarks.md regenerated (about 7 minutes; FRAG_FLAGS: -seed, -nodes, -pods, -rate, -lifetime).
 	test/e2e/build-k8s.sh >/dev/null
-	$(GO) run ./test/fragmentation $(FRAG_FLAGS)
+	$(GO) run ./test/fragmentation $(FRAG_FLAGS) > docs/fragmentation-raw.txt.new
+	mv docs/fragmentation-raw.txt.new docs/fragmentation-raw.txt
+	$(GO) run ./tools/benchreport --raw docs/benchmarks-raw.txt --fragmentation docs/fragmentation-raw.txt --out docs/benchmarks.md
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
@@ -103,7 +105,7 @@ bench: ## Run the benchmarks recorded in docs/benchmarks.md.
 bench-report: ## Run every benchmark docs/benchmarks.md reports as one run (root, about 10 minutes), keep its raw output in docs/benchmarks-raw.txt and regenerate the page from it.
 	bash tools/benchreport/run.sh > docs/benchmarks-raw.txt.new
 	mv docs/benchmarks-raw.txt.new docs/benchmarks-raw.txt
-	$(GO) run ./tools/benchreport --raw docs/benchmarks-raw.txt --out docs/benchmarks.md
+	$(GO) run ./tools/benchreport --raw docs/benchmarks-raw.txt --fragmentation docs/fragmentation-raw.txt --out docs/benchmarks.md
 
 .PHONY: bench-node
 bench-node: ## Run the real agent at node scale (8 GPUs x 200 pods in real cgroups) and print its RSS, scrape latency and CPU (root; about a minute).
@@ -163,7 +165,7 @@ generate: ## Regenerate api/v1alpha1's deep copies and the GPUQuota CRD (deploym
 .PHONY: docs
 docs: ## Regenerate docs/metrics.md, the package graph in docs/architecture.md and docs/benchmarks.md (from docs/benchmarks-raw.txt) from the code.
 	$(GO) test ./pkg/exporter -run '^TestMetricsReference$$' -update
-	$(GO) run ./tools/benchreport --raw docs/benchmarks-raw.txt --out docs/benchmarks.md
+	$(GO) run ./tools/benchreport --raw docs/benchmarks-raw.txt --fragmentation docs/fragmentation-raw.txt --out docs/benchmarks.md
 	$(GO) test ./internal/arch -run '^TestPackageGraph$$' -update
 
 .PHONY: demo

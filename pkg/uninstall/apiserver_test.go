@@ -5,12 +5,15 @@ import (
 	"log/slog"
 	"maps"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/pkg/labels"
+	"github.com/gpuslice/gpuslice/pkg/nodeslices"
 	"github.com/gpuslice/gpuslice/pkg/uninstall"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
@@ -59,6 +62,12 @@ func TestAgentsAndGFDShareNodesOnARealAPIServer(t *testing.T) {
 	if l := got("gpu"); !maps.Equal(l, want) {
 		t.Errorf("after the agent's sync: %v, want %v (GFD's product kept)", l, want)
 	}
+	// The agent's free slices per GPU, for the extender, go too.
+	state := contract.NodeSlices{Version: contract.NodeSlicesVersion, Resource: "nvidia.com/vgpu", Span: contract.SpanFewest,
+		GPUs: []contract.GPUFree{{UUID: "GPU-a", Slices: 8, Free: 8}}}
+	if err := nodeslices.NewPublisher(client, "gpu", nil).Publish(ctx, state, time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	n, err := uninstall.Run(ctx, client, uninstall.Options{Namespace: "gpuslice", DaemonSet: "gpuslice-agent", GFD: true}, slog.New(slog.DiscardHandler))
 	if err != nil || n != 1 {
 		t.Fatalf("uninstall: %d nodes, %v; want 1", n, err)
@@ -68,5 +77,8 @@ func TestAgentsAndGFDShareNodesOnARealAPIServer(t *testing.T) {
 	}
 	if l := got("gfd-only"); !maps.Equal(l, gfd["gfd-only"]) {
 		t.Errorf("after uninstall a node no agent ran on has %v, want GFD's %v", l, gfd["gfd-only"])
+	}
+	if node, err := cs.CoreV1().Nodes().Get(ctx, "gpu", metav1.GetOptions{}); err != nil || node.Annotations[contract.NodeSlicesAnnotation] != "" {
+		t.Errorf("after uninstall the node keeps %s: %v", contract.NodeSlicesAnnotation, err)
 	}
 }

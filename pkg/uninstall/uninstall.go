@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/pkg/labels"
 )
@@ -78,15 +79,23 @@ func Run(ctx context.Context, api API, o Options, log *slog.Logger) (int, error)
 	var errs []error
 	for _, n := range nodes {
 		patch := owned(n)
-		if len(patch) == 0 {
+		meta := map[string]any{}
+		if len(patch) > 0 {
+			meta["labels"] = patch
+		}
+		// The agent's free slices per GPU, for gpu-scheduler-extender.
+		if _, ok := n.Annotations[contract.NodeSlicesAnnotation]; ok {
+			meta["annotations"] = map[string]any{contract.NodeSlicesAnnotation: nil}
+		}
+		if len(meta) == 0 {
 			continue // never labelled by an agent, or labelled by GFD and NFD alone
 		}
-		if err := api.PatchNode(ctx, n.Name, map[string]any{"metadata": map[string]any{"labels": patch}}, labels.FieldManager); err != nil {
+		if err := api.PatchNode(ctx, n.Name, map[string]any{"metadata": meta}, labels.FieldManager); err != nil {
 			errs = append(errs, fmt.Errorf("node %s: %w", n.Name, err))
 			continue
 		}
 		changed++
-		log.Info("node labels removed", "node", n.Name, "labels", len(patch))
+		log.Info("node labels removed", "node", n.Name, "labels", len(patch), "slices_annotation", meta["annotations"] != nil)
 	}
 	return changed, errors.Join(errs...)
 }

@@ -24,10 +24,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -123,7 +126,11 @@ func main() {
 	flag.StringVar(&c.only, "only", "", "run only the paths whose name contains this")
 	flag.BoolVar(&c.verbose, "v", false, "log progress")
 	flag.Parse()
-	if _, err := run(c, os.Stdout); err != nil {
+	// Interrupted: each path's cluster is stopped on the way out.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	_, err := run(ctx, c, os.Stdout)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "fragmentation:", err)
 		os.Exit(1)
 	}
@@ -143,7 +150,7 @@ func (c config) selected(p path) bool {
 	return false
 }
 
-func run(c config, w io.Writer) ([]result, error) {
+func run(ctx context.Context, c config, w io.Writer) ([]result, error) {
 	if missing := apiserver.Missing("etcd", "kube-apiserver", "kube-scheduler"); len(missing) > 0 {
 		return nil, fmt.Errorf("%v not built: run test/e2e/build-k8s.sh", missing)
 	}
@@ -164,13 +171,15 @@ func run(c config, w io.Writer) ([]result, error) {
 		if !c.selected(p) {
 			continue
 		}
-		r, err := runPath(c, p, arrivals, filepath.Join(dir, fmt.Sprint(i)))
+		r, err := runPath(ctx, c, p, arrivals, filepath.Join(dir, fmt.Sprint(i)))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p.name, err)
 		}
 		results = append(results, r)
 		fmt.Fprintf(os.Stderr, "%s: done in %s\n", p.name, r.took.Round(time.Second))
 	}
+	commit, _ := exec.Command("git", "describe", "--always", "--dirty").Output()
+	fmt.Fprintf(w, "Run %s, commit `%s`, %d CPUs.\n", time.Now().UTC().Format("2006-01-02"), strings.TrimSpace(string(commit)), runtime.NumCPU())
 	fmt.Fprintf(w, "Seed %d: %d pods (slices 1:30%% 2:25%% 3:10%% 4:20%% 6:5%% 8:10%%), %.0f a second, mean run %s; %d nodes of %d GPUs of %d slices; kube-scheduler %s.\n\n",
 		c.seed, c.pods, c.rate, c.lifetime, c.nodes, c.gpus, c.slices, apiserver.Version())
 	fmt.Fprintln(w, "| path | straddled GPUs | admission failures | Pending 11 s or more while one GPU had room | slice utilisation while pods wait | ran |")
@@ -223,7 +232,7 @@ type simNode struct {
 	queue  chan *corev1.Pod
 }
 
-func runPath(c config, p path, arrivals []arrival, dir string) (result, error) {
+func runPath(parent context.Context, c config, p path, arrivals []arrival, dir string) (result, error) {
 	api, err := apiserver.Launch(dir, apiserver.Options{})
 	if err != nil {
 		return result{}, err
@@ -240,7 +249,7 @@ func runPath(c config, p path, arrivals []arrival, dir string) (result, error) {
 	}
 	s := &sim{c: c, p: p, cs: cs, nodes: map[string]*simNode{}, sizes: map[string]int{}, handled: map[string]bool{},
 		ends: map[string]time.Time{}, claims: map[string]string{}, roomSince: map[string]time.Time{}, pendSeen: map[string]bool{}, res: result{path: p.name}}
-	ctx, cancel := context.WithTimeout(context.Background(), c.limit)
+	ctx, cancel := context.WithTimeout(parent, c.limit)
 	defer cancel()
 	if err := s.setup(ctx); err != nil {
 		return result{}, err
@@ -276,6 +285,9 @@ func runPath(c config, p path, arrivals []arrival, dir string) (result, error) {
 		}
 		select {
 		case <-ctx.Done():
+			if parent.Err() != nil {
+				return result{}, parent.Err()
+			}
 			s.mu.Lock()
 			s.res.failed += len(arrivals) - len(s.handled) // never placed
 			s.mu.Unlock()

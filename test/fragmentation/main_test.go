@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"strings"
 	"testing"
@@ -27,7 +28,7 @@ func TestSmoke(t *testing.T) {
 	c := config{seed: 7, nodes: 1, gpus: 4, slices: 8, pods: 30, rate: 10, lifetime: 2 * time.Second, limit: 90 * time.Second,
 		only: "extender,mapping"}
 	var out bytes.Buffer
-	results, err := run(c, &out)
+	results, err := run(context.Background(), c, &out)
 	if err != nil {
 		t.Fatal(err)
 	}

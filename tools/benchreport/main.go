@@ -55,7 +55,8 @@ var Goals = []Goal{
 
 // page is what the template reads.
 type page struct {
-	raw *Raw
+	raw  *Raw
+	frag string // make fragmentation's output
 }
 
 func (p page) Header(key string) (string, error) {
@@ -118,14 +119,22 @@ func (p page) GoalTable() (string, error) {
 	return b.String(), errors.Join(errs...)
 }
 
-// Render writes the page from the raw output.
-func Render(raw *Raw) ([]byte, error) {
+// Fragmentation is make fragmentation's table, as it printed it.
+func (p page) Fragmentation() (string, error) {
+	if !strings.Contains(p.frag, "| path |") {
+		return "", errors.New("no fragmentation table: run make fragmentation")
+	}
+	return strings.TrimRight(p.frag, "\n"), nil
+}
+
+// Render writes the page from the raw output and make fragmentation's.
+func Render(raw *Raw, frag string) ([]byte, error) {
 	t, err := template.New("benchmarks").Option("missingkey=error").Parse(pageTemplate)
 	if err != nil {
 		return nil, err
 	}
 	var b bytes.Buffer
-	if err := t.Execute(&b, page{raw: raw}); err != nil {
+	if err := t.Execute(&b, page{raw: raw, frag: frag}); err != nil {
 		return nil, err
 	}
 	return b.Bytes(), nil
@@ -133,15 +142,20 @@ func Render(raw *Raw) ([]byte, error) {
 
 func main() {
 	rawPath := flag.String("raw", "docs/benchmarks-raw.txt", "the raw output of make bench-report")
+	fragPath := flag.String("fragmentation", "docs/fragmentation-raw.txt", "the output of make fragmentation")
 	out := flag.String("out", "docs/benchmarks.md", "the page to write")
 	flag.Parse()
-	if err := run(*rawPath, *out); err != nil {
+	if err := run(*rawPath, *fragPath, *out); err != nil {
 		fmt.Fprintf(os.Stderr, "benchreport: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(rawPath, out string) error {
+func run(rawPath, fragPath, out string) error {
+	frag, err := os.ReadFile(fragPath) //nolint:gosec // the operator's own flag
+	if err != nil {
+		return err
+	}
 	f, err := os.Open(rawPath) //nolint:gosec // the operator's own flag
 	if err != nil {
 		return err
@@ -151,7 +165,7 @@ func run(rawPath, out string) error {
 	if err != nil {
 		return err
 	}
-	page, err := Render(raw)
+	page, err := Render(raw, string(frag))
 	if err != nil {
 		return err
 	}

@@ -31,7 +31,7 @@ func TestRenderFromRaw(t *testing.T) {
 	if v, _ := raw.Line("sensitivity", "defaults worst"); v != "policy=strict tenants=2 limits=30/70 kernel=20 queue=2" {
 		t.Errorf("quoted value = %q", v)
 	}
-	page, err := Render(raw)
+	page, err := Render(raw, fragTable)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,6 +40,7 @@ func TestRenderFromRaw(t *testing.T) {
 		"| re-registration after kubelet.sock is recreated: p50 | ≤ 20.0 ms | 5.0 ms | yes |",
 		"Machine: 2 vCPU Intel Xeon",
 		"BenchmarkEvaluationCycle-2   20",
+		"| device plugin, --span=fewest | 3 |",
 	} {
 		if !strings.Contains(string(page), want) {
 			t.Errorf("the page lacks %q", want)
@@ -64,16 +65,26 @@ func TestMissingFigureFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Render(raw); err == nil || !strings.Contains(err.Error(), "BenchmarkFreezerTransitions") {
+	if _, err := Render(raw, fragTable); err == nil || !strings.Contains(err.Error(), "BenchmarkFreezerTransitions") {
 		t.Errorf("Render without a figure = %v, want an error naming it", err)
 	}
+	if _, err := Render(parse(t, "testdata/raw.txt"), ""); err == nil || !strings.Contains(err.Error(), "make fragmentation") {
+		t.Errorf("Render without the fragmentation table = %v, want an error naming make fragmentation", err)
+	}
 }
+
+// fragTable is a make fragmentation output.
+const fragTable = "Seed 1: ...\n\n| path | straddled GPUs |\n|---|---|\n| device plugin, --span=fewest | 3 |\n"
 
 // TestPageIsGenerated: docs/benchmarks.md is what its committed raw
 // output renders to.
 func TestPageIsGenerated(t *testing.T) {
 	raw := parse(t, "../../docs/benchmarks-raw.txt")
-	want, err := Render(raw)
+	frag, err := os.ReadFile("../../docs/fragmentation-raw.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := Render(raw, string(frag))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,6 +93,6 @@ func TestPageIsGenerated(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, want) {
-		t.Error("docs/benchmarks.md is not what docs/benchmarks-raw.txt renders to: run make bench-report (or go run ./tools/benchreport after editing the template)")
+		t.Error("docs/benchmarks.md is not what docs/benchmarks-raw.txt and docs/fragmentation-raw.txt render to: run make bench-report (or go run ./tools/benchreport after editing the template)")
 	}
 }
