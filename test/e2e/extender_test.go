@@ -33,16 +33,29 @@ func restartAgentWith(t *testing.T, extra ...string) {
 	args := c.AgentArgs
 	restart := func(with []string) {
 		t.Helper()
-		// The kubelet takes the slices away when the agent goes: seen
-		// gone and back, they are the new agent's.
+		port, err := apiserver.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Its own health port (the last flag wins), to ask it when it is
+		// ready: registered with the kubelet, which holds its device list
+		// stream open, and sampled.
+		health := fmt.Sprintf("127.0.0.1:%d", port)
 		c.StopAgent()
-		waitAllocatable(t, 0)
-		c.AgentArgs = with
+		c.AgentArgs = append(append([]string(nil), with...), "--health-address="+health)
 		if err := c.StartAgent(); err != nil {
 			t.Fatal(err)
 		}
-		waitAgentRegistrations(t, 1)
+		waitFor(t, "the restarted agent ready", 60*time.Second, func() bool {
+			resp, err := http.Get("http://" + health + "/readyz") //nolint:noctx // loopback, polled
+			if err != nil {
+				return false
+			}
+			_ = resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		})
 		waitAllocatable(t, 8)
+		c.AgentArgs = with
 	}
 	restart(append(append([]string(nil), args...), extra...))
 	t.Cleanup(func() { restart(args) })
