@@ -509,6 +509,7 @@ func TestAgentPermissions(t *testing.T) {
 		{"get", "", "nodes", "", "gpu-node-1", "", true},   // its labels
 		{"patch", "", "nodes", "", "gpu-node-1", "", true}, // its labels; any node: see above
 		{"list", "", "pods", "", "", "", true},             // its node's pods' compute policies (field selector)
+		{"watch", "", "pods", "", "", "", true},            // ... and their changes, so a new pod is known at once
 		{"create", "", "events", "", "", "ml", true},       // an Event on the pod it acted on
 		{"patch", "", "events", "", "x", "ml", true},       // ... and its repeats
 		{"update", "", "nodes", "status", "gpu-node-1", "", false},

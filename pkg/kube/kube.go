@@ -38,6 +38,7 @@ const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 type Client struct {
 	server    string
 	http      *http.Client
+	watchHTTP *http.Client // no overall timeout: a watch is a long response
 	token     string
 	tokenFile string // re-read on every request: bound tokens rotate
 	userAgent string
@@ -201,7 +202,8 @@ func newClient(server string, tlsCfg *tls.Config, token, tokenFile string) *Clie
 	// HTTP/2, as client-go speaks it: one connection carries every
 	// request (a custom TLS config turns Go's automatic HTTP/2 off).
 	tr := &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment, MaxIdleConns: 4, IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: true}
-	return &Client{server: server, http: &http.Client{Transport: tr, Timeout: 30 * time.Second}, token: token, tokenFile: tokenFile, userAgent: "gpuslice-agent"}
+	return &Client{server: server, http: &http.Client{Transport: tr, Timeout: 30 * time.Second}, watchHTTP: &http.Client{Transport: tr},
+		token: token, tokenFile: tokenFile, userAgent: "gpuslice-agent"}
 }
 
 // APIError is an error status from the API server.
@@ -238,33 +240,9 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body,
 const metadataOnly = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 func (c *Client) doAccept(ctx context.Context, method, path, accept, contentType string, body, into any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.server+path, rd)
+	req, err := c.request(ctx, method, path, accept, contentType, body)
 	if err != nil {
 		return err
-	}
-	req.Header.Set("Accept", accept)
-	req.Header.Set("User-Agent", c.userAgent)
-	if body != nil {
-		req.Header.Set("Content-Type", contentType)
-	}
-	token := c.token
-	if c.tokenFile != "" {
-		b, err := os.ReadFile(c.tokenFile)
-		if err != nil {
-			return fmt.Errorf("read token: %w", err)
-		}
-		token = strings.TrimSpace(string(b))
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -276,14 +254,7 @@ func (c *Client) doAccept(ctx context.Context, method, path, accept, contentType
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		var st struct {
-			Message string `json:"message"`
-		}
-		_ = json.Unmarshal(data, &st)
-		if st.Message == "" {
-			st.Message = http.StatusText(resp.StatusCode)
-		}
-		return &APIError{Code: resp.StatusCode, Message: st.Message}
+		return apiError(resp.StatusCode, data)
 	}
 	if into != nil {
 		return json.Unmarshal(data, into)
@@ -291,14 +262,62 @@ func (c *Client) doAccept(ctx context.Context, method, path, accept, contentType
 	return nil
 }
 
+// request builds an authenticated request (the token file read anew).
+func (c *Client) request(ctx context.Context, method, path, accept, contentType string, body any) (*http.Request, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.server+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", accept)
+	req.Header.Set("User-Agent", c.userAgent)
+	if body != nil {
+		req.Header.Set("Content-Type", contentType)
+	}
+	token := c.token
+	if c.tokenFile != "" {
+		b, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("read token: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return req, nil
+}
+
+// apiError reads an error status's message.
+func apiError(code int, data []byte) error {
+	var st struct {
+		Message string `json:"message"`
+	}
+	_ = json.Unmarshal(data, &st)
+	if st.Message == "" {
+		st.Message = http.StatusText(code)
+	}
+	return &APIError{Code: code, Message: st.Message}
+}
+
 // Meta is the part of an object's metadata the agent reads.
 type Meta struct {
-	Name          string            `json:"name"`
-	Namespace     string            `json:"namespace,omitempty"`
-	UID           string            `json:"uid,omitempty"`
-	Labels        map[string]string `json:"labels,omitempty"`
-	Annotations   map[string]string `json:"annotations,omitempty"`
-	ManagedFields []ManagedFields   `json:"managedFields,omitempty"`
+	Name        string            `json:"name"`
+	Namespace   string            `json:"namespace,omitempty"`
+	UID         string            `json:"uid,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// ResourceVersion is the object's version, which a watch resumes
+	// from.
+	ResourceVersion string          `json:"resourceVersion,omitempty"`
+	ManagedFields   []ManagedFields `json:"managedFields,omitempty"`
 }
 
 // ManagedFields is one field manager's entry in an object's
@@ -373,9 +392,116 @@ func (c *Client) ApplyNodeLabels(ctx context.Context, name string, labels map[st
 // PodsOnNode returns the metadata of the pods bound to a node, listed as
 // metadata only.
 func (c *Client) PodsOnNode(ctx context.Context, node string) ([]Meta, error) {
+	pods, _, err := c.ListPodsOnNode(ctx, node)
+	return pods, err
+}
+
+// ListPodsOnNode lists the pods bound to a node, as metadata only, and the
+// list's resource version, from which WatchPodsOnNode follows it.
+func (c *Client) ListPodsOnNode(ctx context.Context, node string) ([]Meta, string, error) {
 	// Metadata only: the annotations are all the agent reads, and a
 	// node's full pod specs and statuses are tens of times larger.
-	return c.listMeta(ctx, "/api/v1/pods?"+url.Values{"fieldSelector": {"spec.nodeName=" + node}}.Encode())
+	var l struct {
+		Metadata struct {
+			ResourceVersion string `json:"resourceVersion"`
+		} `json:"metadata"`
+		Items []struct {
+			Metadata Meta `json:"metadata"`
+		} `json:"items"`
+	}
+	path := "/api/v1/pods?" + url.Values{"fieldSelector": {"spec.nodeName=" + node}}.Encode()
+	if err := c.doAccept(ctx, http.MethodGet, path, metadataOnly, "", nil, &l); err != nil {
+		return nil, "", err
+	}
+	out := make([]Meta, len(l.Items))
+	for i, it := range l.Items {
+		out[i] = it.Metadata
+	}
+	return out, l.Metadata.ResourceVersion, nil
+}
+
+// WatchEvent is one change to a watched pod: Type is ADDED, MODIFIED or
+// DELETED.
+type WatchEvent struct {
+	Type   string
+	Object Meta
+}
+
+// ErrExpired reports a watch whose resource version the API server no
+// longer keeps (410 Gone): list again.
+var ErrExpired = errors.New("resource version expired")
+
+// WatchTimeout is how long the API server keeps one watch open; the
+// caller then watches again from where it got to.
+const WatchTimeout = 5 * time.Minute
+
+// metadataOnlyObjects asks for watch events' objects as metadata alone.
+const metadataOnlyObjects = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+// WatchPodsOnNode follows the pods bound to a node from resourceVersion,
+// as metadata only, calling fn for each change, until the API server ends
+// the watch (after WatchTimeout), ctx ends or the stream fails. It returns
+// the resource version it got to (bookmarks included), from which the
+// next watch resumes, and ErrExpired when that version is gone.
+func (c *Client) WatchPodsOnNode(ctx context.Context, node, resourceVersion string, fn func(WatchEvent)) (string, error) {
+	q := url.Values{
+		"fieldSelector": {"spec.nodeName=" + node}, "watch": {"true"}, "resourceVersion": {resourceVersion},
+		"allowWatchBookmarks": {"true"}, "timeoutSeconds": {strconv.Itoa(int(WatchTimeout / time.Second))},
+	}
+	ctx, cancel := context.WithTimeout(ctx, WatchTimeout+30*time.Second)
+	defer cancel()
+	req, err := c.request(ctx, http.MethodGet, "/api/v1/pods?"+q.Encode(), metadataOnlyObjects, "", nil)
+	if err != nil {
+		return resourceVersion, err
+	}
+	resp, err := c.watchHTTP.Do(req)
+	if err != nil {
+		return resourceVersion, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode >= 300 {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if resp.StatusCode == http.StatusGone {
+			return resourceVersion, ErrExpired
+		}
+		return resourceVersion, apiError(resp.StatusCode, data)
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev struct {
+			Type   string          `json:"type"`
+			Object json.RawMessage `json:"object"`
+		}
+		if err := dec.Decode(&ev); err != nil {
+			if errors.Is(err, io.EOF) {
+				return resourceVersion, nil // the API server's timeout
+			}
+			return resourceVersion, fmt.Errorf("watch pods on node %s: %w", node, err)
+		}
+		if ev.Type == "ERROR" {
+			var st struct {
+				Code    int    `json:"code"`
+				Message string `json:"message"`
+			}
+			_ = json.Unmarshal(ev.Object, &st)
+			if st.Code == http.StatusGone {
+				return resourceVersion, ErrExpired
+			}
+			return resourceVersion, &APIError{Code: st.Code, Message: st.Message}
+		}
+		var obj struct {
+			Metadata Meta `json:"metadata"`
+		}
+		if err := json.Unmarshal(ev.Object, &obj); err != nil {
+			return resourceVersion, fmt.Errorf("watch pods on node %s: %w", node, err)
+		}
+		if obj.Metadata.ResourceVersion != "" {
+			resourceVersion = obj.Metadata.ResourceVersion
+		}
+		if ev.Type != "BOOKMARK" {
+			fn(WatchEvent{Type: ev.Type, Object: obj.Metadata})
+		}
+	}
 }
 
 // listMeta lists the objects at path as metadata only.

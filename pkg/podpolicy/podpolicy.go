@@ -1,14 +1,20 @@
 // Package podpolicy reads the compute policy each pod on this node asks
 // for with the gpuslice.io/compute-policy annotation, and names the node's
-// pods by UID (and gives their UIDs by name). It lists the node's
-// pods (field selector spec.nodeName) on an interval and answers lookups
-// from that list, so the enforcer never calls the API server.
+// pods by UID (and gives their UIDs by name). It lists the node's pods
+// (field selector spec.nodeName) once and then watches them, as metadata
+// only, so that a new pod is known at once and the agent's steady load on
+// the API server is one watch every few minutes, not a list every
+// interval; a client that cannot watch is listed every interval. Lookups
+// are answered from what it knows, so the enforcer never calls the API
+// server.
 package podpolicy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -26,7 +32,17 @@ type Pods interface {
 	PodsOnNode(ctx context.Context, node string) ([]kube.Meta, error)
 }
 
-var _ Pods = (*kube.Client)(nil)
+// Stream is a client that can also watch the node's pods; *kube.Client
+// can.
+type Stream interface {
+	ListPodsOnNode(ctx context.Context, node string) ([]kube.Meta, string, error)
+	WatchPodsOnNode(ctx context.Context, node, resourceVersion string, fn func(kube.WatchEvent)) (string, error)
+}
+
+var (
+	_ Pods   = (*kube.Client)(nil)
+	_ Stream = (*kube.Client)(nil)
+)
 
 // Watcher knows the compute policy of every pod on one node.
 type Watcher struct {
@@ -81,41 +97,133 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list pods on node %s: %w", w.node, err)
 	}
+	w.replace(pods)
+	return nil
+}
+
+// replace makes pods all that is known.
+func (w *Watcher) replace(pods []kube.Meta) {
 	next, byUID := map[string]enforce.Policy{}, make(map[string]kube.Meta, len(pods))
 	uids := make(map[node.PodName]string, len(pods))
 	for _, p := range pods {
-		if p.UID != "" {
-			byUID[p.UID] = kube.Meta{Namespace: p.Namespace, Name: p.Name, UID: p.UID}
-			uids[node.PodName{Namespace: p.Namespace, Name: p.Name}] = p.UID
-		}
-		v, ok := p.Annotations[Annotation]
-		if !ok {
-			continue
-		}
-		policy, err := enforce.ParsePolicy(v)
-		if err != nil {
-			w.log.Warn("ignoring compute policy annotation", "namespace", p.Namespace, "pod", p.Name, "err", err)
-			continue
-		}
-		next[p.Namespace+"/"+p.Name] = policy
+		w.add(next, byUID, uids, p)
 	}
 	w.mu.Lock()
 	w.policy, w.byUID, w.uids = next, byUID, uids
 	w.mu.Unlock()
-	return nil
 }
 
-// Run refreshes every interval until ctx ends. Failures keep the last
-// known policies and are logged.
+// add records one pod in the maps.
+func (w *Watcher) add(policy map[string]enforce.Policy, byUID map[string]kube.Meta, uids map[node.PodName]string, p kube.Meta) {
+	if p.UID != "" {
+		byUID[p.UID] = kube.Meta{Namespace: p.Namespace, Name: p.Name, UID: p.UID}
+		uids[node.PodName{Namespace: p.Namespace, Name: p.Name}] = p.UID
+	}
+	delete(policy, p.Namespace+"/"+p.Name)
+	v, ok := p.Annotations[Annotation]
+	if !ok {
+		return
+	}
+	pol, err := enforce.ParsePolicy(v)
+	if err != nil {
+		w.log.Warn("ignoring compute policy annotation", "namespace", p.Namespace, "pod", p.Name, "err", err)
+		return
+	}
+	policy[p.Namespace+"/"+p.Name] = pol
+}
+
+// apply records one watched change. The maps are copied, never changed in
+// place: PodUIDs hands its map out.
+func (w *Watcher) apply(ev kube.WatchEvent) {
+	w.mu.RLock()
+	policy, byUID, uids := maps.Clone(w.policy), maps.Clone(w.byUID), maps.Clone(w.uids)
+	w.mu.RUnlock()
+	if policy == nil {
+		policy = map[string]enforce.Policy{}
+	}
+	if byUID == nil {
+		byUID = map[string]kube.Meta{}
+	}
+	if uids == nil {
+		uids = map[node.PodName]string{}
+	}
+	p := ev.Object
+	switch ev.Type {
+	case "ADDED", "MODIFIED":
+		w.add(policy, byUID, uids, p)
+	case "DELETED":
+		delete(policy, p.Namespace+"/"+p.Name)
+		delete(byUID, p.UID)
+		if uids[node.PodName{Namespace: p.Namespace, Name: p.Name}] == p.UID {
+			delete(uids, node.PodName{Namespace: p.Namespace, Name: p.Name})
+		}
+	default:
+		return
+	}
+	w.mu.Lock()
+	w.policy, w.byUID, w.uids = policy, byUID, uids
+	w.mu.Unlock()
+}
+
+// Run keeps what is known current until ctx ends: by a watch where the
+// client can watch, otherwise by a list every interval. Failures keep the
+// last known policies, are logged and retried with backoff.
 func (w *Watcher) Run(ctx context.Context) {
+	if s, ok := w.client.(Stream); ok {
+		w.stream(ctx, s)
+		return
+	}
 	for {
 		if err := w.Refresh(ctx); err != nil && ctx.Err() == nil {
 			w.log.Warn("pod compute policies not refreshed", "err", err)
 		}
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, w.interval) {
 			return
-		case <-time.After(w.interval):
 		}
+	}
+}
+
+// stream lists the node's pods, then follows them by watch from the
+// list's version, resuming each watch where the last one got to; it lists
+// again when that version has expired.
+func (w *Watcher) stream(ctx context.Context, s Stream) {
+	retry := time.Second
+	for ctx.Err() == nil {
+		pods, rv, err := s.ListPodsOnNode(ctx, w.node)
+		if err != nil {
+			w.log.Warn("pod compute policies not refreshed", "err", err, "retry_in", retry)
+			if !sleep(ctx, retry) {
+				return
+			}
+			retry = min(2*retry, max(w.interval, time.Second))
+			continue
+		}
+		w.replace(pods)
+		for ctx.Err() == nil {
+			rv, err = s.WatchPodsOnNode(ctx, w.node, rv, w.apply)
+			if err != nil {
+				break
+			}
+		}
+		if err != nil && !errors.Is(err, kube.ErrExpired) && ctx.Err() == nil {
+			// A watch that fails (the API server away, no permission to
+			// watch) falls back to a list after the backoff, which grows
+			// to the interval: never staler than listing every interval.
+			w.log.Warn("watch of the node's pods failed; listing again", "err", err, "retry_in", retry)
+			if !sleep(ctx, retry) {
+				return
+			}
+			retry = min(2*retry, max(w.interval, time.Second))
+		}
+	}
+}
+
+// sleep waits d or until ctx ends, and reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
 	}
 }

@@ -67,3 +67,54 @@ func TestPoliciesFromAnnotations(t *testing.T) {
 		t.Errorf("PodUIDs() = %v; want the four pods of gpu-node with their UIDs", got)
 	}
 }
+
+// TestRunWatches: Run lists once and then follows the node's pods by
+// watch: a pod created, annotated, and deleted after the list is known at
+// once, though the interval (an hour) never comes round; a pod of another
+// node never is.
+func TestRunWatches(t *testing.T) {
+	srv := apiserver.Start(t)
+	c := srv.Clientset(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	w := New(srv.Client(t), "gpu-node", time.Hour, nil)
+	go w.Run(ctx)
+	waitUntil := func(what string, ok func() bool) {
+		t.Helper()
+		for !ok() {
+			if ctx.Err() != nil {
+				t.Fatalf("%s: not within the test's minute", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitUntil("the first list", func() bool { return w.PodUIDs() != nil })
+	mk := func(name, nodeName string) *corev1.Pod {
+		p, err := c.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+			Spec:       corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "main", Image: "busybox"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	p := mk("late", "gpu-node")
+	other := mk("other", "other-node")
+	waitUntil("the new pod named by its UID", func() bool { _, _, ok := w.Pod(string(p.UID)); return ok })
+	patch := []byte(`{"metadata":{"annotations":{"` + Annotation + `":"strict"}}}`)
+	if _, err := c.CoreV1().Pods("default").Patch(ctx, "late", "application/merge-patch+json", patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("its annotation", func() bool { return w.Policy("default", "late") == enforce.Strict })
+	if err := c.CoreV1().Pods("default").Delete(ctx, "late", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("its deletion", func() bool { _, _, ok := w.Pod(string(p.UID)); return !ok })
+	if w.Policy("default", "late") != "" || w.PodUIDs()[node.PodName{Namespace: "default", Name: "late"}] != "" {
+		t.Error("a deleted pod keeps its policy or UID")
+	}
+	if _, _, ok := w.Pod(string(other.UID)); ok {
+		t.Error("a pod of another node is known")
+	}
+}

@@ -623,6 +623,7 @@ var permissions = []permission{
 	{agentSA, "get", "nodes", "", true},
 	{agentSA, "patch", "nodes", "", true},
 	{agentSA, "list", "pods", "", true},
+	{agentSA, "watch", "pods", "", true},
 	{agentSA, "create", "events", "default", true},
 	{agentSA, "delete", "nodes", "", false},
 	{agentSA, "update", "nodes/status", "", false},
