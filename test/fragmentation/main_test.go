@@ -22,9 +22,6 @@ func TestSmoke(t *testing.T) {
 		}
 		t.Skipf("%v not built (test/e2e/build-k8s.sh)", missing)
 	}
-	if testing.Short() {
-		t.Skip("short")
-	}
 	c := config{seed: 7, nodes: 1, gpus: 4, slices: 8, pods: 30, rate: 10, lifetime: 2 * time.Second, limit: 90 * time.Second,
 		only: "extender,mapping"}
 	var out bytes.Buffer
