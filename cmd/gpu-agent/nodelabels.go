@@ -13,7 +13,6 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/kube"
 	"github.com/gpuslice/gpuslice/pkg/labels"
-	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nodeslices"
 	"github.com/gpuslice/gpuslice/pkg/sampler"
 )
@@ -49,19 +48,11 @@ func writeNode(ctx context.Context, g *errgroup.Group, cfg Resolved, client *kub
 		if s == nil || s.Time.IsZero() {
 			return contract.NodeSlices{}, false
 		}
-		gpus.plugin.Room(freeByGPU(s))
-		return nodeslices.From(s, cfg.ResourceName, cfg.Span, gpus.plugin.DRAHeld), pub != nil
+		ns := nodeslices.From(s, cfg.ResourceName, cfg.Span, gpus.plugin.DRAHeld)
+		gpus.plugin.Room(ns.FreeByGPU())
+		return ns, pub != nil
 	}
 	g.Go(func() error { nodeslices.Run(ctx, pub, cfg.SampleInterval.Duration, build); return nil })
-}
-
-// freeByGPU is each GPU's free slices in a sample.
-func freeByGPU(s *node.Snapshot) map[string]int {
-	free := make(map[string]int, len(s.Devices))
-	for _, d := range s.Devices {
-		free[d.UUID] = max(0, d.Slices-d.Allocated)
-	}
-	return free
 }
 
 // tellAllocatable writes the node's allocatable slices to its status each

@@ -134,6 +134,15 @@ func (ns NodeSlices) Validate() error {
 	return nil
 }
 
+// FreeByGPU is each GPU's free slices, by UUID.
+func (ns NodeSlices) FreeByGPU() map[string]int {
+	free := make(map[string]int, len(ns.GPUs))
+	for _, g := range ns.GPUs {
+		free[g.UUID] = g.Free
+	}
+	return free
+}
+
 // Marshal writes the annotation's value.
 func (ns NodeSlices) Marshal() (string, error) {
 	if err := ns.Validate(); err != nil {

@@ -132,7 +132,8 @@ func (p *Plugin) endHoldBack(gen int, why string) {
 
 // Room ends a hold-back as soon as one GPU has room for the request that
 // was refused: free is each GPU's free slices (by UUID), held-back ones
-// included, as the agent last sampled them. The refused pod's next try
+// included, as the agent last sampled them (0 on a GPU that may not be
+// allocated from). The refused pod's next try
 // then lands on that GPU.
 func (p *Plugin) Room(free map[string]int) {
 	p.mu.Lock()
@@ -154,11 +155,10 @@ func (p *Plugin) Room(free map[string]int) {
 }
 
 // OnOffered sets f, called (under the plugin's lock: it must not block)
-// with the number of
-// slices offered Healthy whenever a hold-back starts or ends, so that the
-// node's allocatable can be told to the scheduler at once rather than at
-// the kubelet's next node status update, during which it would keep
-// sending pods that fail admission.
+// with the number of slices offered Healthy whenever a hold-back starts or
+// ends, so that the node's allocatable can be told to the scheduler at
+// once rather than at the kubelet's next node status update, during which
+// it would keep sending pods that fail admission.
 func (p *Plugin) OnOffered(f func(healthy int)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

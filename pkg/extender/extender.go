@@ -118,9 +118,11 @@ func slices(c corev1.Container, resource string) int {
 
 // asks reports whether a pod asks for any slice.
 func asks(p gpufit.Pod) bool {
-	for _, c := range append(append([]gpufit.Container(nil), p.Containers...), p.Init...) {
-		if c.Slices > 0 {
-			return true
+	for _, list := range [][]gpufit.Container{p.Containers, p.Init} {
+		for _, c := range list {
+			if c.Slices > 0 {
+				return true
+			}
 		}
 	}
 	return false
@@ -154,8 +156,7 @@ func (e *Extender) Filter(args extenderv1.ExtenderArgs) extenderv1.ExtenderFilte
 	}
 	e.assumeLocked(pod, passed)
 	e.log.Debug("filter", "pod", args.Pod.Namespace+"/"+args.Pod.Name, "passed", len(passed), "failed", len(failed))
-	res := result(args, passed, byName, failed)
-	return res
+	return result(args, passed, byName, failed)
 }
 
 // Prioritize answers the prioritize verb: nodes where the pod's containers

@@ -3,7 +3,9 @@ package podpolicy
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/kube"
@@ -48,5 +50,35 @@ func TestLastKnownPoliciesSurviveAnOutage(t *testing.T) {
 	}
 	if w.Policy("ml", "a") != "" {
 		t.Error("a deleted pod's policy is still known")
+	}
+}
+
+// closingStream is an API server (or a proxy before it) that answers every
+// watch with an empty stream at once: a lying dependency.
+type closingStream struct {
+	lists, watches atomic.Int64
+}
+
+func (s *closingStream) PodsOnNode(context.Context, string) ([]kube.Meta, error) { return nil, nil }
+func (s *closingStream) ListPodsOnNode(context.Context, string) ([]kube.Meta, string, error) {
+	s.lists.Add(1)
+	return nil, "1", nil
+}
+func (s *closingStream) WatchPodsOnNode(context.Context, string, string, func(kube.WatchEvent)) (string, error) {
+	s.watches.Add(1)
+	return "1", nil
+}
+
+// TestWatchesThatEndAtOnceAreNotAHotLoop: watches that end the moment
+// they start are retried with backoff, not in a loop that floods the API
+// server.
+func TestWatchesThatEndAtOnceAreNotAHotLoop(t *testing.T) {
+	s := &closingStream{}
+	w := New(s, "gpu-node", time.Second, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	w.Run(ctx)
+	if n := s.watches.Load() + s.lists.Load(); n > 10 {
+		t.Errorf("%d requests in 1.5 s against watches that end at once", n)
 	}
 }

@@ -183,26 +183,40 @@ func (w *Watcher) Run(ctx context.Context) {
 	}
 }
 
+// minWatch is how long a watch must last to be resumed at once: one that
+// ends sooner (a proxy closing it, an API server answering with nothing)
+// is resumed after the backoff, never in a loop.
+const minWatch = time.Second
+
 // stream lists the node's pods, then follows them by watch from the
 // list's version, resuming each watch where the last one got to; it lists
-// again when that version has expired.
+// again when that version has expired or a watch fails.
 func (w *Watcher) stream(ctx context.Context, s Stream) {
 	retry := time.Second
+	backoff := func() bool {
+		ok := sleep(ctx, retry)
+		retry = min(2*retry, max(w.interval, time.Second))
+		return ok
+	}
 	for ctx.Err() == nil {
 		pods, rv, err := s.ListPodsOnNode(ctx, w.node)
 		if err != nil {
 			w.log.Warn("pod compute policies not refreshed", "err", err, "retry_in", retry)
-			if !sleep(ctx, retry) {
+			if !backoff() {
 				return
 			}
-			retry = min(2*retry, max(w.interval, time.Second))
 			continue
 		}
 		w.replace(pods)
 		for ctx.Err() == nil {
-			rv, err = s.WatchPodsOnNode(ctx, w.node, rv, w.apply)
-			if err != nil {
+			start := time.Now()
+			if rv, err = s.WatchPodsOnNode(ctx, w.node, rv, w.apply); err != nil {
 				break
+			}
+			if time.Since(start) >= minWatch {
+				retry = time.Second
+			} else if !backoff() {
+				return
 			}
 		}
 		if err != nil && !errors.Is(err, kube.ErrExpired) && ctx.Err() == nil {
@@ -210,10 +224,9 @@ func (w *Watcher) stream(ctx context.Context, s Stream) {
 			// watch) falls back to a list after the backoff, which grows
 			// to the interval: never staler than listing every interval.
 			w.log.Warn("watch of the node's pods failed; listing again", "err", err, "retry_in", retry)
-			if !sleep(ctx, retry) {
+			if !backoff() {
 				return
 			}
-			retry = min(2*retry, max(w.interval, time.Second))
 		}
 	}
 }
