@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/gpuslice/gpuslice/pkg/nvml"
 )
 
 const mib = 1 << 20
@@ -93,6 +95,9 @@ type GPUConfig struct {
 	// MIGCapable says whether the GPU supports MIG; absent takes the
 	// preset's (false without one).
 	MIGCapable *bool `json:"migCapable,omitempty"`
+	// MIG is its MIG mode and instances; MIG needs a MIG-capable GPU, and
+	// instances a preset with MIG profiles (see MIGProfiles).
+	MIG MIGConfig `json:"mig,omitempty"`
 }
 
 // Faults are faults in force on a node, by GPU index.
@@ -207,6 +212,8 @@ type gpuSpec struct {
 	ccMinor     int
 	numaNode    int
 	mig         bool
+	migState    nvml.MIG
+	preset      string
 }
 
 func (c Config) gpus() ([]gpuSpec, error) {
@@ -263,7 +270,7 @@ func (c Config) gpus() ([]gpuSpec, error) {
 		if _, err := fmt.Sscanf(g.ComputeCapability, "%d.%d", &s.ccMajor, &s.ccMinor); err != nil || s.ccMajor <= 0 || s.ccMinor < 0 {
 			return nil, fmt.Errorf("gpu %d: compute capability %q is not major.minor", i, g.ComputeCapability)
 		}
-		s.model, s.memoryBytes, s.mig = g.Model, g.MemoryMiB*mib, mig
+		s.model, s.memoryBytes, s.mig, s.preset = g.Model, g.MemoryMiB*mib, mig, g.Preset
 		s.numaNode = -1
 		if g.NUMANode != nil {
 			if *g.NUMANode < 0 || *g.NUMANode > 63 {
@@ -274,6 +281,10 @@ func (c Config) gpus() ([]gpuSpec, error) {
 		s.uuid = g.UUID
 		if s.uuid == "" {
 			s.uuid = fakeUUID(seed, i)
+		}
+		var err error
+		if s.migState, err = migLayout(g.Preset, s.uuid, i, s.memoryBytes, s.mig, g.MIG); err != nil {
+			return nil, fmt.Errorf("gpu %d: %w", i, err)
 		}
 		if uuids[s.uuid] {
 			return nil, fmt.Errorf("gpu %d: duplicate uuid %s", i, s.uuid)

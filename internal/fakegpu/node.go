@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,6 +17,7 @@ var ErrInjected = errors.New("injected NVML error")
 // Node is a fake GPU node. It is safe for concurrent use.
 type Node struct {
 	devices []nvml.Device
+	presets []string // by index: the preset each GPU was built from
 	system  nvml.SystemInfo
 
 	mu      sync.Mutex
@@ -84,7 +86,9 @@ func New(cfg Config) (*Node, error) {
 			PCIBusID:     fmt.Sprintf("00000000:%02X:00.0", 0x07+i*0x10),
 			NUMANode:     s.numaNode,
 			MIGCapable:   s.mig,
+			MIG:          s.migState,
 		})
+		n.presets = append(n.presets, s.preset)
 	}
 	n.setFaults(cfg.Faults)
 	return n, nil
@@ -105,6 +109,7 @@ func (n *Node) Devices() ([]nvml.Device, error) {
 			errs = append(errs, fmt.Errorf("gpu %d: %w", d.Index, &nvml.ErrCall{Call: "nvmlDeviceGetHandleByIndex", Err: errors.New("GPU is lost")}))
 			continue
 		}
+		d.MIG.Instances = slices.Clone(d.MIG.Instances)
 		out = append(out, d)
 	}
 	return out, errors.Join(errs...)
@@ -316,6 +321,11 @@ func (n *Node) setFaultsLocked(f Faults) {
 	for _, c := range f.FailCalls {
 		n.fail[c] = true
 	}
+	n.notifyLocked()
+}
+
+// notifyLocked wakes every watcher of the node's state.
+func (n *Node) notifyLocked() {
 	if !n.closed {
 		close(n.changed)
 		n.changed = make(chan struct{})

@@ -31,6 +31,8 @@ type Device struct {
 	// MIGCapable is true when the GPU supports MIG (whether or not MIG
 	// is enabled).
 	MIGCapable bool
+	// MIG is its MIG mode and instances; zero on a GPU without MIG.
+	MIG MIG
 }
 
 // SystemInfo describes the driver stack.

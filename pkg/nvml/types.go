@@ -23,7 +23,16 @@ type (
 	MemoryLimits = gpudev.MemoryLimits
 	// MemoryLimiter is gpudev.MemoryLimiter.
 	MemoryLimiter = gpudev.MemoryLimiter
+	// MIG is gpudev.MIG.
+	MIG = gpudev.MIG
+	// MIGInstance is gpudev.MIGInstance.
+	MIGInstance = gpudev.MIGInstance
 )
+
+// MIGProfileName is gpudev.MIGProfileName.
+func MIGProfileName(giSlices, ciSlices int, memoryBytes, gpuMemoryBytes uint64, mediaExtensions bool) string {
+	return gpudev.MIGProfileName(giSlices, ciSlices, memoryBytes, gpuMemoryBytes, mediaExtensions)
+}
 
 // Reasons carried in Health.Reason, and the hard limit meaning none.
 const (

@@ -1,0 +1,111 @@
+package gpudev
+
+import (
+	"fmt"
+	"math"
+	"strings"
+)
+
+// MIG is a GPU's Multi-Instance GPU state: its mode and, while the mode is
+// in force, the MIG devices an administrator created on it.
+type MIG struct {
+	// Current is whether MIG mode is in force now.
+	Current bool
+	// Pending is the mode that takes force at the GPU's next reset. A GPU
+	// whose mode changes at the next reset is in neither state for
+	// certain, so gpuslice serves it whole in neither.
+	Pending bool
+	// Instances are the MIG devices (a compute instance inside a GPU
+	// instance), ordered by their index on the GPU; empty unless Current.
+	Instances []MIGInstance
+}
+
+// Enabled reports whether MIG mode is in force or pending: such a GPU
+// cannot be used whole (CUDA sees none of it outside its instances), so
+// it is never cut into whole-GPU slices.
+func (m MIG) Enabled() bool { return m.Current || m.Pending }
+
+// MIGInstance is one MIG device: what CUDA sees as one GPU, a compute
+// instance inside a GPU instance of a physical GPU.
+type MIGInstance struct {
+	// UUID is NVML's identifier of the MIG device, "MIG-...".
+	UUID string
+	// Index is NVML's index of the MIG device on its GPU.
+	Index int
+	// GPUInstanceID and ComputeInstanceID locate it on its GPU.
+	GPUInstanceID     int
+	ComputeInstanceID int
+	// Profile is its profile's name as NVIDIA writes it, e.g. "1g.10gb",
+	// "1c.2g.20gb" or "1g.10gb+me".
+	Profile string
+	// Placement is the first memory slice its GPU instance occupies.
+	Placement int
+	// MemoryBytes is its framebuffer.
+	MemoryBytes uint64
+	// Multiprocessors is its SM count.
+	Multiprocessors int
+	// GISlices and CISlices are the GPU-instance and compute-instance
+	// slice counts of its profile (the "g" and "c" of its name).
+	GISlices int
+	CISlices int
+	// CopyEngines, Decoders, Encoders, JPEGDecoders and OFAs are the
+	// engines it has.
+	CopyEngines  int
+	Decoders     int
+	Encoders     int
+	JPEGDecoders int
+	OFAs         int
+	// GICapMinor and CICapMinor are the minor numbers of the
+	// /dev/nvidia-caps/nvidia-cap<minor> nodes that grant access to its
+	// GPU instance and compute instance; -1 when unknown.
+	GICapMinor int
+	CICapMinor int
+}
+
+// MIGProfileName names a MIG profile as NVIDIA's tools do: "<g>g.<gb>gb",
+// "<c>c.<g>g.<gb>gb" when the compute instance is smaller than its GPU
+// instance, and "+me" for the profiles with media extensions. gb is the
+// instance's share of the GPU's memory rounded up to eighths, times the
+// GPU's memory in whole GiB rounded up, to the nearest integer: the names
+// NVIDIA publishes (1g.5gb on a 40 GB A100, 3g.71gb on an H200) come out
+// of the memory sizes NVML reports.
+func MIGProfileName(giSlices, ciSlices int, memoryBytes, gpuMemoryBytes uint64, mediaExtensions bool) string {
+	gb := 0
+	if gpuMemoryBytes > 0 {
+		const gib = 1 << 30
+		frac := math.Ceil(float64(memoryBytes)/float64(gpuMemoryBytes)*8) / 8
+		gb = int(math.Round(frac * float64((gpuMemoryBytes+gib-1)/gib)))
+	}
+	name := fmt.Sprintf("%dg.%dgb", giSlices, gb)
+	if ciSlices != giSlices {
+		name = fmt.Sprintf("%dc.%s", ciSlices, name)
+	}
+	if mediaExtensions {
+		name += "+me"
+	}
+	return name
+}
+
+// ValidMIGProfileName reports whether s has the shape of a MIG profile
+// name: what may follow "nvidia.com/mig-" in a resource name.
+func ValidMIGProfileName(s string) bool {
+	base, ext, hasExt := strings.Cut(s, "+")
+	if hasExt && ext != "me" {
+		return false
+	}
+	parts := strings.Split(base, ".")
+	if len(parts) < 2 || len(parts) > 3 {
+		return false
+	}
+	suffixes := []string{"g", "gb"}
+	if len(parts) == 3 {
+		suffixes = []string{"c", "g", "gb"}
+	}
+	for i, p := range parts {
+		num, ok := strings.CutSuffix(p, suffixes[i])
+		if !ok || num == "" || len(num) > 4 || strings.TrimLeft(num, "0123456789") != "" {
+			return false
+		}
+	}
+	return true
+}
