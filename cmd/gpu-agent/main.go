@@ -124,7 +124,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	defer func() { _ = podres.Close() }()
 	names := host.NewRuntimeState(cfg.RuntimeStateDirs)
 	driverLimits := useDriverTier(cfg, gpus, enforcer, eopts, names, podres, log)
-	smp, err := sampler.New(gpus.devs, gpus.layout, gpus.backend, podres, gpus.health, samplerOptions(cfg, k, names, ns, enforcer, log))
+	smp, err := sampler.New(gpus.whole, gpus.layout, gpus.backend, podres, gpus.health, samplerOptions(cfg, k, names, ns, enforcer, log))
 	if err != nil {
 		return err
 	}
@@ -133,12 +133,13 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	if err != nil {
 		return fmt.Errorf("listen on --metrics-address: %w", err)
 	}
-	probes.Set(readiness(gpus.plugin, smp))
+	probes.Set(readiness(gpus, smp))
 	g, ctx := errgroup.WithContext(ctx)
 	// Thaw everything the moment the agent is told to stop, whatever the
 	// other components take to wind down.
 	g.Go(func() error { <-ctx.Done(); enforcer.Close(); return nil })
 	g.Go(func() error { return gpus.plugin.Run(ctx) })
+	runMIG(ctx, g, gpus.mig)
 	g.Go(func() error { gpus.health.Run(ctx, gpus.backend, gpuhealth.Retry); return nil })
 	g.Go(func() error { return smp.Run(ctx) })
 	g.Go(func() error { enforcer.Run(ctx); return nil })
@@ -171,15 +172,15 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 
 // readiness is ready when the plugin is registered with a live kubelet and
 // the GPUs were sampled.
-func readiness(plugin *deviceplugin.Plugin, smp *sampler.Sampler) func() error {
+func readiness(g *gpus, smp *sampler.Sampler) func() error {
 	return func() error {
 		switch {
-		case !plugin.Connected():
+		case !g.plugin.Connected():
 			return errors.New("not registered with a live kubelet")
 		case !smp.Ready():
 			return errors.New("not sampled yet")
 		}
-		return nil
+		return migConnected(g.mig)
 	}
 }
 
@@ -287,9 +288,11 @@ type gpus struct {
 	backend nvml.Backend
 	watch   func(context.Context, *slog.Logger) error // follows the fake node's file; nil on NVML
 	devs    []nvml.Device
+	whole   []nvml.Device // the GPUs not in MIG mode: cut into slices
 	sys     nvml.SystemInfo
 	layout  *vgpu.Layout
 	plugin  *deviceplugin.Plugin
+	mig     []*deviceplugin.MIGPlugin
 	health  *gpuhealth.Monitor
 }
 
@@ -314,22 +317,29 @@ func openGPUs(cfg Resolved, log *slog.Logger) (*gpus, error) {
 	if g.sys, err = g.backend.System(); err != nil {
 		log.Warn("driver version unavailable", "err", err)
 	}
-	if g.layout, err = deviceplugin.NewLayout(g.devs, cfg.Slicing); err != nil {
+	// A GPU in MIG mode (or about to be) cannot be used whole.
+	g.whole = nvml.Whole(g.devs)
+	if g.layout, err = deviceplugin.NewLayout(g.whole, cfg.Slicing); err != nil {
 		g.close(log)
 		return nil, fmt.Errorf("slice GPUs: %w", err)
 	}
 	popts := cfg.Plugin
 	popts.Logger = log
-	if g.plugin, err = deviceplugin.New(g.layout, g.devs, popts); err != nil {
+	if g.plugin, err = deviceplugin.New(g.layout, g.whole, popts); err != nil {
+		g.close(log)
+		return nil, err
+	}
+	if g.mig, err = openMIG(cfg, g.devs, log); err != nil {
 		g.close(log)
 		return nil, err
 	}
 	// The one record of GPU health: the plugin offers by it, the sampler
 	// reports it.
-	g.health = gpuhealth.New(g.layout.UUIDs(), log)
+	g.health = gpuhealth.New(uuids(g.devs), log)
 	g.health.Subscribe(g.plugin.SetHealth)
+	subscribeMIG(g.health, g.mig)
 	log.Info("starting", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "driver", g.sys.DriverVersion,
-		"cuda", g.sys.CUDAVersion(), "gpus", len(g.devs), "slices", g.layout.TotalSlices(), "resource", cfg.ResourceName)
+		"cuda", g.sys.CUDAVersion(), "gpus", len(g.devs), "slices", g.layout.TotalSlices(), "resource", cfg.ResourceName, "mig_resources", len(g.mig))
 	return g, nil
 }
 

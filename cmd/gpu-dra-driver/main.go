@@ -190,6 +190,14 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	if err != nil {
 		return nodeGPUs{}, err
 	}
+	// A GPU in MIG mode (or about to be) cannot be used whole: it is not
+	// published as a shared GPU.
+	for _, d := range devs {
+		if d.MIG.Enabled() {
+			log.Info("gpu in MIG mode: not published as a shared GPU", "gpu", d.Index, "uuid", d.UUID, "mig_current", d.MIG.Current, "mig_pending", d.MIG.Pending)
+		}
+	}
+	devs = nvml.Whole(devs)
 	gpus := make([]vgpu.GPU, len(devs))
 	n.nodes = dra.Nodes{DevRoot: cfg.DeviceSpecs.DevRoot, Minor: map[string]int{}}
 	for i, d := range devs {

@@ -102,6 +102,11 @@ type Config struct {
 	// minutes), so the scheduler does not send it back at once.
 	Span         string       `json:"span,omitempty"`
 	SpanHoldBack Duration     `json:"spanHoldBack,omitempty"`
+	// MIGStrategy is how MIG instances are offered, as NVIDIA's device
+	// plugin names its strategies: none, single (nvidia.com/gpu) or mixed
+	// (nvidia.com/mig-<profile>). A GPU in MIG mode is never cut into
+	// whole-GPU slices, whatever the strategy.
+	MIGStrategy string `json:"migStrategy,omitempty"`
 	CDI          CDIConfig    `json:"cdi"`
 	MPS          MPSConfig    `json:"mps"`
 	Driver       DriverConfig `json:"draDriver"`
@@ -353,6 +358,7 @@ func Default(getenv func(string) string) Config {
 		Placement:        string(dp.Placement),
 		Span:             dp.Span,
 		SpanHoldBack:     Duration{dp.SpanHoldBack},
+		MIGStrategy:      "mixed",
 		CDI:              CDIConfig{Kind: dp.CDI.Kind, NameStrategy: dp.CDI.NameStrategy},
 		MPS:              MPSConfig{PipeDirectory: dp.MPS.PipeDirectory},
 		Driver: DriverConfig{

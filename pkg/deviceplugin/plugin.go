@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
@@ -42,10 +43,10 @@ const (
 // run it with Run; feed GPU health in with SetHealth.
 type Plugin struct {
 	pluginapi.UnimplementedDevicePluginServer
+	endpoint
 
 	opts   Options
 	log    *slog.Logger
-	socket string // the socket's file name in PluginDir
 	layout *vgpu.Layout
 	minor  map[string]int // GPU UUID -> device node minor number
 	// controlSpecs and gpuSpecs are Allocate's device nodes, built once.
@@ -69,9 +70,6 @@ type Plugin struct {
 
 	answers *responses // Allocate's responses, by request
 
-	registered atomic.Bool
-	// kubelet is the kubelet socket file last registered with; nil before.
-	kubelet  atomic.Pointer[socketFile]
 	watchers atomic.Int64 // ListAndWatch streams open: the kubelet's
 }
 
@@ -96,7 +94,6 @@ func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, err
 	p := &Plugin{
 		opts:    opts,
 		log:     opts.Logger,
-		socket:  socketName(opts),
 		layout:  layout,
 		minor:   map[string]int{},
 		numa:    map[string]int{},
@@ -104,6 +101,9 @@ func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, err
 		answers: newResponses(),
 		changed: make(chan struct{}),
 	}
+	p.endpoint = newEndpoint(opts, p, func() []any { return []any{"slices", p.layout.TotalSlices()} },
+		// Kept Allocate responses go out as the bytes encoded once.
+		grpc.ForceServerCodecV2(newCodec(p.answers)))
 	for _, d := range devices {
 		p.minor[d.UUID] = d.Minor
 		p.numa[d.UUID] = d.NUMANode
@@ -162,10 +162,6 @@ func (p *Plugin) Withheld() string {
 	defer p.mu.Unlock()
 	return p.withheld
 }
-
-// Registered reports whether the kubelet accepted the plugin's latest
-// registration.
-func (p *Plugin) Registered() bool { return p.registered.Load() }
 
 // Connected reports whether the plugin is registered and the kubelet holds
 // its ListAndWatch stream open, as a live kubelet does: a kubelet that

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,9 +38,47 @@ const (
 	settleDelay = time.Second
 )
 
+// endpoint is one device plugin's socket and registration with the
+// kubelet: it serves impl on a unix socket in dir, registers resource, and
+// serves and registers again whenever the kubelet restarts.
+type endpoint struct {
+	dir        string // the kubelet's device plugin dir
+	baseSocket string // the socket name asked for
+	socket     string // the socket's file name in dir
+	unique     bool   // socket names carry a per-instance suffix
+	resource   string
+	retry      time.Duration
+	log        *slog.Logger
+	impl       pluginapi.DevicePluginServer
+	// grpcOptions are the server's options beyond the limits every
+	// endpoint has.
+	grpcOptions []grpc.ServerOption
+	// describe gives the log attributes of a registration.
+	describe func() []any
+	// noPreferred registers without GetPreferredAllocation.
+	noPreferred bool
+
+	registered atomic.Bool
+	// kubelet is the kubelet socket file last registered with; nil before.
+	kubelet atomic.Pointer[socketFile]
+}
+
+// newEndpoint is the endpoint of a plugin with opts, serving impl.
+func newEndpoint(opts Options, impl pluginapi.DevicePluginServer, describe func() []any, grpcOptions ...grpc.ServerOption) endpoint {
+	return endpoint{
+		dir: opts.PluginDir, baseSocket: opts.SocketName, socket: socketName(opts), unique: opts.UniqueSocket,
+		resource: opts.ResourceName, retry: opts.RegisterRetry, log: opts.Logger, impl: impl,
+		grpcOptions: grpcOptions, describe: describe,
+	}
+}
+
+// Registered reports whether the last registration with the kubelet
+// succeeded and the kubelet has not restarted since.
+func (e *endpoint) Registered() bool { return e.registered.Load() }
+
 // SocketPath returns the path of the plugin's own socket.
-func (p *Plugin) SocketPath() string {
-	return filepath.Join(p.opts.PluginDir, p.socket)
+func (e *endpoint) SocketPath() string {
+	return filepath.Join(e.dir, e.socket)
 }
 
 // uniqueSuffixExample is as long as the longest suffix socketName adds.
@@ -59,22 +99,22 @@ func socketName(o Options) string {
 // instances left (killed before they could remove them) that nothing
 // answers on any more. One that answers belongs to an instance still
 // running, which removes it when it stops.
-func (p *Plugin) removeStaleSockets() {
-	if !p.opts.UniqueSocket {
+func (e *endpoint) removeStaleSockets() {
+	if !e.unique {
 		return
 	}
-	ext := filepath.Ext(p.opts.SocketName)
-	pattern := filepath.Join(p.opts.PluginDir, strings.TrimSuffix(p.opts.SocketName, ext)+"-*"+ext)
+	ext := filepath.Ext(e.baseSocket)
+	pattern := filepath.Join(e.dir, strings.TrimSuffix(e.baseSocket, ext)+"-*"+ext)
 	stale, _ := filepath.Glob(pattern)
 	for _, path := range stale {
-		if path == p.SocketPath() || dialable(path) {
+		if path == e.SocketPath() || dialable(path) {
 			continue
 		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			p.log.Warn("remove an earlier instance's socket", "path", path, "err", err)
+			e.log.Warn("remove an earlier instance's socket", "path", path, "err", err)
 			continue
 		}
-		p.log.Info("removed an earlier instance's socket", "path", path)
+		e.log.Info("removed an earlier instance's socket", "path", path)
 	}
 }
 
@@ -85,31 +125,36 @@ func (p *Plugin) removeStaleSockets() {
 // kubelet does not answer. On return the socket is removed. It fails only
 // when the plugin dir cannot be watched or the socket cannot be created.
 func (p *Plugin) Run(ctx context.Context) error {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("watch device plugin dir: %w", err)
-	}
-	defer func() { _ = w.Close() }() // nothing useful to do if closing the watcher fails
-	if err := w.Add(p.opts.PluginDir); err != nil {
-		return fmt.Errorf("watch device plugin dir %s: %w", p.opts.PluginDir, err)
-	}
 	if p.opts.DRAGPUs != nil {
 		wctx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
 		defer func() { stop(); <-done }()
 		go func() { defer close(done); p.watchDRA(wctx) }()
 	}
+	return p.run(ctx)
+}
+
+// run serves the endpoint and keeps it registered, as Plugin.Run says.
+func (e *endpoint) run(ctx context.Context) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch device plugin dir: %w", err)
+	}
+	defer func() { _ = w.Close() }() // nothing useful to do if closing the watcher fails
+	if err := w.Add(e.dir); err != nil {
+		return fmt.Errorf("watch device plugin dir %s: %w", e.dir, err)
+	}
 	for {
-		srv, served, err := p.serve()
+		srv, served, err := e.serve()
 		if err != nil {
 			return err
 		}
-		p.register(ctx)
-		if done := p.watch(ctx, w, served); done {
-			p.stop(srv)
+		e.register(ctx)
+		if done := e.watch(ctx, w, served); done {
+			e.stop(srv)
 			return nil
 		}
-		p.stopServer(srv, false)
+		e.stopServer(srv, false)
 	}
 }
 
@@ -140,10 +185,10 @@ func (r *restartWatch) stop() {
 // watch follows the kubelet and the plugin's own server. It returns false
 // when the plugin must serve anew (its server stopped, or a restarted
 // kubelet needs a new one), true when ctx ended.
-func (p *Plugin) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan error) bool {
-	kubelet := filepath.Join(p.opts.PluginDir, kubeletSocket)
-	own := p.SocketPath()
-	retry := time.NewTicker(p.opts.RegisterRetry)
+func (e *endpoint) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan error) bool {
+	kubelet := filepath.Join(e.dir, kubeletSocket)
+	own := e.SocketPath()
+	retry := time.NewTicker(e.retry)
 	defer retry.Stop()
 	var rw restartWatch
 	defer rw.stop()
@@ -152,7 +197,7 @@ func (p *Plugin) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan e
 		case <-ctx.Done():
 			return true
 		case err := <-served:
-			p.log.Error("device plugin server stopped; restarting", "err", err)
+			e.log.Error("device plugin server stopped; restarting", "err", err)
 			// Do not spin if the socket keeps failing.
 			select {
 			case <-ctx.Done():
@@ -161,7 +206,7 @@ func (p *Plugin) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan e
 			return false
 		case err := <-w.Errors:
 			// Events may have been lost (an overflow): look again.
-			p.log.Warn("device plugin dir watch error", "err", err)
+			e.log.Warn("device plugin dir watch error", "err", err)
 			rw.start()
 		case ev := <-w.Events:
 			// A kubelet restart creates a new kubelet.sock, and may remove
@@ -169,7 +214,7 @@ func (p *Plugin) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan e
 			// answers. Events that arrive after the plugin acted on them
 			// (a restart sends several) name the socket it registered
 			// with, and are let go.
-			if (ev.Name == kubelet && ev.Has(fsnotify.Create) && p.newKubelet(kubelet)) ||
+			if (ev.Name == kubelet && ev.Has(fsnotify.Create) && e.newKubelet(kubelet)) ||
 				(ev.Name == own && ev.Has(fsnotify.Remove|fsnotify.Rename) && !exists(own)) {
 				rw.start()
 			}
@@ -178,23 +223,23 @@ func (p *Plugin) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan e
 				continue
 			}
 			rw.stop()
-			if p.kubeletRestarted(ctx, own) {
+			if e.kubeletRestarted(ctx, own) {
 				return false
 			}
 		case <-rw.settle:
 			rw.stop()
-			if p.kubeletRestarted(ctx, own) {
+			if e.kubeletRestarted(ctx, own) {
 				return false
 			}
 		case <-retry.C:
 			switch {
-			case !p.Registered():
-				p.register(ctx)
-			case p.newKubelet(kubelet) && dialable(kubelet):
+			case !e.Registered():
+				e.register(ctx)
+			case e.newKubelet(kubelet) && dialable(kubelet):
 				// A restart the watch did not show (events lost, or a
 				// kubelet.sock made where no event reaches).
-				p.log.Warn("kubelet socket replaced without a watch event")
-				if p.kubeletRestarted(ctx, own) {
+				e.log.Warn("kubelet socket replaced without a watch event")
+				if e.kubeletRestarted(ctx, own) {
 					return false
 				}
 			}
@@ -207,17 +252,17 @@ func (p *Plugin) watch(ctx context.Context, w *fsnotify.Watcher, served <-chan e
 // (and registered from there), and otherwise registers again at once. It
 // does nothing when the kubelet's socket is the one registered with (the
 // event came from a restart already acted on).
-func (p *Plugin) kubeletRestarted(ctx context.Context, own string) bool {
+func (e *endpoint) kubeletRestarted(ctx context.Context, own string) bool {
 	if !exists(own) {
-		p.log.Info("plugin socket removed by the kubelet; serving again and re-registering")
+		e.log.Info("plugin socket removed by the kubelet; serving again and re-registering")
 		return true
 	}
-	if !p.newKubelet(filepath.Join(p.opts.PluginDir, kubeletSocket)) {
+	if !e.newKubelet(filepath.Join(e.dir, kubeletSocket)) {
 		return false
 	}
-	p.log.Info("kubelet restarted; re-registering")
-	p.registered.Store(false)
-	p.register(ctx)
+	e.log.Info("kubelet restarted; re-registering")
+	e.registered.Store(false)
+	e.register(ctx)
 	return false
 }
 
@@ -241,12 +286,12 @@ func socketFileAt(path string) socketFile {
 
 // newKubelet reports whether a kubelet socket is at path that the plugin
 // has not registered with.
-func (p *Plugin) newKubelet(path string) bool {
+func (e *endpoint) newKubelet(path string) bool {
 	f := socketFileAt(path)
 	if f == (socketFile{}) {
 		return false
 	}
-	known := p.kubelet.Load()
+	known := e.kubelet.Load()
 	return known == nil || *known != f
 }
 
@@ -262,9 +307,9 @@ func dialable(path string) bool {
 
 // serve listens on the plugin socket, replacing a stale one, and serves
 // gRPC on it. served receives the server's error if it stops on its own.
-func (p *Plugin) serve() (*grpc.Server, <-chan error, error) {
-	p.removeStaleSockets()
-	path := p.SocketPath()
+func (e *endpoint) serve() (*grpc.Server, <-chan error, error) {
+	e.removeStaleSockets()
+	path := e.SocketPath()
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
@@ -276,15 +321,13 @@ func (p *Plugin) serve() (*grpc.Server, <-chan error, error) {
 	// are never read and peers that vanish: the kubelet needs one
 	// connection and one stream.
 	lis = netutil.LimitListener(lis, maxConnections)
-	srv := grpc.NewServer(
+	srv := grpc.NewServer(append([]grpc.ServerOption{
 		grpc.ConnectionTimeout(handshakeTimeout),
 		grpc.MaxConcurrentStreams(maxStreamsPerConnection),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		// Kept Allocate responses go out as the bytes encoded once.
-		grpc.ForceServerCodecV2(newCodec(p.answers)),
-	)
-	pluginapi.RegisterDevicePluginServer(srv, p)
+	}, e.grpcOptions...)...)
+	pluginapi.RegisterDevicePluginServer(srv, e.impl)
 	served := make(chan error, 1)
 	go func() {
 		if err := srv.Serve(lis); err != nil {
@@ -308,13 +351,13 @@ const (
 // socket. It gives in-flight calls stopGrace, then stops hard, and never
 // waits on a client: a connection that never finished its handshake can
 // hold grpc's Stop for the handshake timeout.
-func (p *Plugin) stop(srv *grpc.Server) { p.stopServer(srv, true) }
+func (e *endpoint) stop(srv *grpc.Server) { e.stopServer(srv, true) }
 
 // stopServer stops the server, gracefully or not: a kubelet that removed
 // the plugin's socket has gone, and its streams with it, so waiting on
 // them would only delay serving the new one.
-func (p *Plugin) stopServer(srv *grpc.Server, graceful bool) {
-	p.registered.Store(false)
+func (e *endpoint) stopServer(srv *grpc.Server, graceful bool) {
+	e.registered.Store(false)
 	done := make(chan struct{})
 	if graceful {
 		go func() { srv.GracefulStop(); close(done) }()
@@ -328,29 +371,29 @@ func (p *Plugin) stopServer(srv *grpc.Server, graceful bool) {
 		select {
 		case <-done:
 		case <-time.After(stopGrace):
-			p.log.Warn("device plugin server still stopping; carrying on")
+			e.log.Warn("device plugin server still stopping; carrying on")
 		}
 	}
-	if err := os.Remove(p.SocketPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		p.log.Warn("remove plugin socket", "path", p.SocketPath(), "err", err)
+	if err := os.Remove(e.SocketPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		e.log.Warn("remove plugin socket", "path", e.SocketPath(), "err", err)
 	}
 }
 
 // register asks the kubelet to use the plugin. Failure is logged, not
 // returned: the kubelet may simply not be up yet, and Run retries.
-func (p *Plugin) register(ctx context.Context) {
-	if err := p.Register(ctx); err != nil {
-		p.log.Warn("kubelet registration failed; will retry", "err", err)
+func (e *endpoint) register(ctx context.Context) {
+	if err := e.Register(ctx); err != nil {
+		e.log.Warn("kubelet registration failed; will retry", "err", err)
 		return
 	}
-	p.log.Info("registered with kubelet", "resource", p.opts.ResourceName, "socket", p.SocketPath(), "slices", p.layout.TotalSlices())
+	e.log.Info("registered with kubelet", append([]any{"resource", e.resource, "socket", e.SocketPath()}, e.describe()...)...)
 }
 
 // Register makes one registration call to the kubelet.
-func (p *Plugin) Register(ctx context.Context) error {
+func (e *endpoint) Register(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
-	path := filepath.Join(p.opts.PluginDir, kubeletSocket)
+	path := filepath.Join(e.dir, kubeletSocket)
 	file := socketFileAt(path) // before the call: a kubelet that replaces it meanwhile is new
 	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -359,15 +402,15 @@ func (p *Plugin) Register(ctx context.Context) error {
 	defer func() { _ = conn.Close() }() // the call is done; a close error changes nothing
 	_, err = pluginapi.NewRegistrationClient(conn).Register(ctx, &pluginapi.RegisterRequest{
 		Version:      pluginapi.Version,
-		Endpoint:     p.socket,
-		ResourceName: p.opts.ResourceName,
-		Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true},
+		Endpoint:     e.socket,
+		ResourceName: e.resource,
+		Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: !e.noPreferred},
 	})
 	if err != nil {
-		return fmt.Errorf("register %s with kubelet at %s: %w", p.opts.ResourceName, path, err)
+		return fmt.Errorf("register %s with kubelet at %s: %w", e.resource, path, err)
 	}
-	p.registered.Store(true)
-	p.kubelet.Store(&file)
+	e.registered.Store(true)
+	e.kubelet.Store(&file)
 	return nil
 }
 

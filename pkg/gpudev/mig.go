@@ -109,3 +109,15 @@ func ValidMIGProfileName(s string) bool {
 	}
 	return true
 }
+
+// Whole returns the GPUs that may be used whole, and so cut into slices:
+// those whose MIG mode is neither in force nor pending.
+func Whole(devs []Device) []Device {
+	out := make([]Device, 0, len(devs))
+	for _, d := range devs {
+		if !d.MIG.Enabled() {
+			out = append(out, d)
+		}
+	}
+	return out
+}

@@ -49,3 +49,6 @@ var (
 	// ErrNotSupported is gpudev.ErrNotSupported.
 	ErrNotSupported = gpudev.ErrNotSupported
 )
+
+// Whole is gpudev.Whole.
+func Whole(devs []Device) []Device { return gpudev.Whole(devs) }
