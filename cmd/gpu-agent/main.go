@@ -409,6 +409,6 @@ func nodeLabels(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, log *slog.Log
 	}
 	return labels.For(g.devs, g.sys, g.layout, labels.Options{
 		GFD: cfg.GFDLabels, Enforcement: compute, MPS: cfg.MPS.Enabled, SharedProduct: cfg.GFDSharedProduct,
-		GPUMode: host.GPUMode, Machine: host.Machine,
+		GPUMode: host.GPUMode, Machine: host.Machine, MIGStrategy: cfg.MIGStrategy,
 	})
 }

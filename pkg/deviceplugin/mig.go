@@ -3,6 +3,7 @@ package deviceplugin
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sort"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 )
 
@@ -64,12 +66,12 @@ func MIGResources(devs []nvml.Device, strategy string) (map[string][]MIGDevice, 
 			continue
 		}
 		for _, in := range d.MIG.Instances {
-			res := "nvidia.com/mig-" + in.Profile
+			res := contract.MIGResource(in.Profile)
 			if strategy == MIGSingle {
 				if profile != "" && in.Profile != profile {
 					return nil, fmt.Errorf("mig strategy single: gpu %d has %s instances beside %s; every instance must be of one profile (use mixed)", d.Index, in.Profile, profile)
 				}
-				profile, res = in.Profile, "nvidia.com/gpu"
+				profile, res = in.Profile, contract.MIGSingleResource
 			}
 			out[res] = append(out[res], MIGDevice{MIGInstance: in, Parent: d})
 		}
@@ -113,6 +115,9 @@ func NewMIG(resource string, devs []MIGDevice, opts Options) (*MIGPlugin, error)
 	}
 	if len(devs) == 0 {
 		return nil, fmt.Errorf("%s: no MIG instances to offer", resource)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	p := &MIGPlugin{opts: opts, devices: map[string]MIGDevice{}, health: map[string]nvml.Health{}, changed: make(chan struct{})}
 	for _, d := range devs {

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
@@ -37,6 +38,9 @@ type Options struct {
 	// Machine is the machine's product name, as GFD reads it from
 	// /sys/class/dmi/id/product_name; empty labels it "unknown".
 	Machine string
+	// MIGStrategy is how MIG instances are offered ("none", "single",
+	// "mixed"); empty writes no MIG labels beyond mig.capable.
+	MIGStrategy string
 }
 
 // GPUMode is GFD's nvidia.com/gpu.mode from the GPUs' PCI classes, as
@@ -81,6 +85,7 @@ func For(devs []nvml.Device, sys nvml.SystemInfo, layout *vgpu.Layout, opts Opti
 	if opts.GFD {
 		gfdGPU(out, main, sorted, layout, opts)
 		gfdDriver(out, sys)
+		gfdMIG(out, sorted, opts.MIGStrategy)
 	}
 	if g, ok := layout.GPU(main.UUID); ok {
 		out[OwnPrefix+"slices-per-gpu"] = strconv.Itoa(g.Slices)
@@ -143,6 +148,41 @@ func gfdGPU(out map[string]string, main nvml.Device, sorted []nvml.Device, layou
 		machine = "unknown"
 	}
 	out["nvidia.com/gpu.machine"] = Value(machine)
+}
+
+// gfdMIG writes GFD's MIG labels: the strategy, and for each profile of
+// the instances in force its count, memory (MiB), multiprocessors, slices
+// and engines, and its product ("<model>-MIG-<profile>"), under the
+// profile's mixed-strategy resource name.
+func gfdMIG(out map[string]string, sorted []nvml.Device, strategy string) {
+	if strategy == "" {
+		return
+	}
+	out["nvidia.com/mig.strategy"] = strategy
+	if strategy == "none" {
+		return
+	}
+	count := map[string]int{}
+	for _, d := range sorted {
+		if !d.MIG.Current {
+			continue
+		}
+		for _, in := range d.MIG.Instances {
+			p := contract.MIGResource(in.Profile)
+			count[p]++
+			out[p+".count"] = strconv.Itoa(count[p])
+			out[p+".memory"] = strconv.FormatUint(in.MemoryBytes>>20, 10)
+			out[p+".multiprocessors"] = strconv.Itoa(in.Multiprocessors)
+			out[p+".slices.gi"] = strconv.Itoa(in.GISlices)
+			out[p+".slices.ci"] = strconv.Itoa(in.CISlices)
+			out[p+".engines.copy"] = strconv.Itoa(in.CopyEngines)
+			out[p+".engines.decoder"] = strconv.Itoa(in.Decoders)
+			out[p+".engines.encoder"] = strconv.Itoa(in.Encoders)
+			out[p+".engines.jpeg"] = strconv.Itoa(in.JPEGDecoders)
+			out[p+".engines.ofa"] = strconv.Itoa(in.OFAs)
+			out[p+".product"] = Value(strings.ReplaceAll(d.Model, " ", "-") + "-MIG-" + strings.ReplaceAll(in.Profile, "+", "."))
+		}
+	}
 }
 
 // gfdDriver writes GFD's labels of the driver and its CUDA version, with
@@ -240,15 +280,16 @@ func Patch(current, desired map[string]string, gfd bool) map[string]any {
 }
 
 // owned reports whether k is one of the GFD-compatible labels the agent
-// writes (GFD itself writes more under nvidia.com/, such as MIG labels,
+// writes, MIG labels included (GFD itself writes more under nvidia.com/,
 // which the agent leaves alone).
 func owned(k string) bool {
 	switch k {
-	case "nvidia.com/gpu.replicas", "nvidia.com/gpu.sharing-strategy", "nvidia.com/mig.capable",
+	case "nvidia.com/gpu.replicas", "nvidia.com/gpu.sharing-strategy", "nvidia.com/mig.capable", "nvidia.com/mig.strategy",
 		"nvidia.com/mps.capable", "nvidia.com/gpu.mode", "nvidia.com/gpu.machine":
 		return true
 	}
 	return strings.HasPrefix(k, "nvidia.com/gpu.product") || strings.HasPrefix(k, "nvidia.com/gpu.memory") ||
 		strings.HasPrefix(k, "nvidia.com/gpu.count") || strings.HasPrefix(k, "nvidia.com/gpu.family") ||
-		strings.HasPrefix(k, "nvidia.com/gpu.compute.") || strings.HasPrefix(k, "nvidia.com/cuda.")
+		strings.HasPrefix(k, "nvidia.com/gpu.compute.") || strings.HasPrefix(k, "nvidia.com/cuda.") ||
+		strings.HasPrefix(k, contract.MIGResourcePrefix)
 }

@@ -176,7 +176,7 @@ func TestPatch(t *testing.T) {
 		"kubernetes.io/hostname":     "gpu-1",
 		"nvidia.com/gpu.product":     "NVIDIA-A100-SXM4-40GB",
 		"nvidia.com/gpu.count":       "4",
-		"nvidia.com/mig.strategy":    "single",
+		"nvidia.com/gfd.timestamp":   "1700000000",
 		"gpuslice.io/slices-per-gpu": "8",
 		"gpuslice.io/gpu.mixed":      "true",
 	}
@@ -190,7 +190,7 @@ func TestPatch(t *testing.T) {
 		"nvidia.com/gpu.count":  "3",
 		"gpuslice.io/slices":    "24",
 		"gpuslice.io/gpu.mixed": nil, // ours and stale
-		// kubernetes.io/hostname and nvidia.com/mig.strategy are not ours.
+		// kubernetes.io/hostname and nvidia.com/gfd.timestamp are not ours.
 	}
 	if diff := cmp.Diff(want, Patch(current, desired, true)); diff != "" {
 		t.Errorf("GFD on (-want +got)\n%s", diff)

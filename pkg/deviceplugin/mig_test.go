@@ -1,0 +1,170 @@
+package deviceplugin_test
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
+	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+)
+
+func migDevices(t *testing.T, gpus ...fakegpu.GPUConfig) []nvml.Device {
+	t.Helper()
+	n, err := fakegpu.New(fakegpu.Config{GPUs: gpus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, err := n.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return devs
+}
+
+func migGPU(profiles ...string) fakegpu.GPUConfig {
+	g := fakegpu.GPUConfig{Preset: "A100-80GB", MIG: fakegpu.MIGConfig{Mode: "enabled"}}
+	for _, p := range profiles {
+		g.MIG.Instances = append(g.MIG.Instances, fakegpu.MIGInstanceConfig{Profile: p})
+	}
+	return g
+}
+
+func TestMIGResources(t *testing.T) {
+	t.Parallel()
+	whole := fakegpu.GPUConfig{Preset: "A100-80GB"}
+	pending := fakegpu.GPUConfig{Preset: "A100-80GB", MIG: fakegpu.MIGConfig{Pending: "enabled"}}
+	tests := map[string]struct {
+		gpus     []fakegpu.GPUConfig
+		strategy string
+		want     map[string]int
+		wantErr  string
+	}{
+		"mixed":                      {gpus: []fakegpu.GPUConfig{migGPU("1g.10gb", "1g.10gb", "1g.10gb+me", "3g.40gb"), whole, pending}, strategy: "mixed", want: map[string]int{"nvidia.com/mig-1g.10gb": 2, "nvidia.com/mig-1g.10gb.me": 1, "nvidia.com/mig-3g.40gb": 1}},
+		"none":                       {gpus: []fakegpu.GPUConfig{migGPU("7g.80gb")}, strategy: "none", want: map[string]int{}},
+		"single":                     {gpus: []fakegpu.GPUConfig{migGPU("2g.20gb", "2g.20gb"), migGPU("2g.20gb")}, strategy: "single", want: map[string]int{"nvidia.com/gpu": 3}},
+		"single beside a whole GPU":  {gpus: []fakegpu.GPUConfig{migGPU("2g.20gb"), whole}, strategy: "single", wantErr: "gpu 1"},
+		"single with two profiles":   {gpus: []fakegpu.GPUConfig{migGPU("2g.20gb", "3g.40gb")}, strategy: "single", wantErr: "3g.40gb instances beside 2g.20gb"},
+		"single with a pending mode": {gpus: []fakegpu.GPUConfig{migGPU("2g.20gb"), pending}, strategy: "single", wantErr: "gpu 1"},
+		"unknown strategy":           {gpus: []fakegpu.GPUConfig{whole}, strategy: "all", wantErr: `"all"`},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			got, err := deviceplugin.MIGResources(migDevices(t, tc.gpus...), tc.strategy)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			counts := map[string]int{}
+			for r, devs := range got {
+				counts[r] = len(devs)
+			}
+			if d := cmp.Diff(tc.want, counts); d != "" {
+				t.Errorf("resources (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+func migPlugin(t *testing.T, opts deviceplugin.Options) (*deviceplugin.MIGPlugin, []deviceplugin.MIGDevice) {
+	t.Helper()
+	devs := migDevices(t, migGPU("1g.10gb", "1g.10gb"), migGPU("1g.10gb"))
+	res, err := deviceplugin.MIGResources(devs, "mixed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.PluginDir = t.TempDir()
+	p, err := deviceplugin.NewMIG("nvidia.com/mig-1g.10gb", res["nvidia.com/mig-1g.10gb"], opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, res["nvidia.com/mig-1g.10gb"]
+}
+
+func allocate(p *deviceplugin.MIGPlugin, ids ...string) (*pluginapi.AllocateResponse, error) {
+	return p.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: ids}}})
+}
+
+func TestMIGPluginAllocate(t *testing.T) {
+	t.Parallel()
+	opts := deviceplugin.DefaultOptions()
+	opts.CDI.Enabled = true
+	p, devs := migPlugin(t, opts)
+	a, b := devs[0], devs[2] // on GPU 0 and GPU 1
+	r, err := allocate(p, b.UUID, a.UUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := r.ContainerResponses[0]
+	if got, want := c.Envs["NVIDIA_VISIBLE_DEVICES"], strings.Join(slices.Sorted(slices.Values([]string{a.UUID, b.UUID})), ","); got != want {
+		t.Errorf("NVIDIA_VISIBLE_DEVICES=%q, want %q", got, want)
+	}
+	if got := slices.Collect(maps.Keys(c.Envs)); len(got) != 1 {
+		t.Errorf("envs %v, want NVIDIA_VISIBLE_DEVICES alone", got)
+	}
+	var cdi []string
+	for _, d := range c.CdiDevices {
+		cdi = append(cdi, d.Name)
+	}
+	if d := cmp.Diff([]string{"nvidia.com/gpu=" + b.UUID, "nvidia.com/gpu=" + a.UUID}, cdi); d != "" {
+		t.Errorf("CDI devices (-want +got):\n%s", d)
+	}
+	var nodes []string
+	for _, d := range c.Devices {
+		nodes = append(nodes, d.HostPath)
+	}
+	for _, want := range []string{"/dev/nvidia0", "/dev/nvidia1", "/dev/nvidiactl"} {
+		if !slices.Contains(nodes, want) {
+			t.Errorf("device nodes %v lack %s", nodes, want)
+		}
+	}
+	if len(nodes) != 3+2+4 {
+		t.Errorf("%d device nodes %v, want 9 (3 control, 2 GPUs, 2 capabilities per instance)", len(nodes), nodes)
+	}
+
+	for name, ids := range map[string][]string{
+		"unknown": {"MIG-00000000-0000-0000-0000-000000000000"},
+		"twice":   {a.UUID, a.UUID},
+		"none":    {},
+	} {
+		if _, err := allocate(p, ids...); err == nil {
+			t.Errorf("%s: allocated", name)
+		}
+	}
+	p.SetHealth(nvml.Health{UUID: a.Parent.UUID, Reason: nvml.ReasonXID, XID: 79})
+	if _, err := allocate(p, a.UUID); err == nil || !strings.Contains(err.Error(), "xid 79") {
+		t.Errorf("an instance on a GPU with XID 79: err %v", err)
+	}
+	if _, err := allocate(p, b.UUID); err != nil {
+		t.Errorf("the instance on the healthy GPU: %v", err)
+	}
+}
+
+func TestMIGPluginNeedsCapabilityNodes(t *testing.T) {
+	t.Parallel()
+	devs := migDevices(t, migGPU("1g.10gb"))
+	res, _ := deviceplugin.MIGResources(devs, "mixed")
+	in := res["nvidia.com/mig-1g.10gb"]
+	in[0].GICapMinor = -1
+	opts := deviceplugin.DefaultOptions()
+	opts.PluginDir = t.TempDir()
+	if _, err := deviceplugin.NewMIG("nvidia.com/mig-1g.10gb", in, opts); err == nil || !strings.Contains(err.Error(), "mig-minors") {
+		t.Fatalf("err %v, want the capability nodes named", err)
+	}
+	opts.DeviceSpecs = false
+	if _, err := deviceplugin.NewMIG("nvidia.com/mig-1g.10gb", in, opts); err != nil {
+		t.Fatalf("without device nodes: %v", err)
+	}
+}
