@@ -100,16 +100,16 @@ type Config struct {
 	// one GPU can hold: "fewest" spans the fewest GPUs, "never" refuses
 	// it and holds free slices back for SpanHoldBack (doubling up to five
 	// minutes), so the scheduler does not send it back at once.
-	Span         string       `json:"span,omitempty"`
-	SpanHoldBack Duration     `json:"spanHoldBack,omitempty"`
+	Span         string   `json:"span,omitempty"`
+	SpanHoldBack Duration `json:"spanHoldBack,omitempty"`
 	// MIGStrategy is how MIG instances are offered, as NVIDIA's device
 	// plugin names its strategies: none, single (nvidia.com/gpu) or mixed
 	// (nvidia.com/mig-<profile>). A GPU in MIG mode is never cut into
 	// whole-GPU slices, whatever the strategy.
-	MIGStrategy string `json:"migStrategy,omitempty"`
-	CDI          CDIConfig    `json:"cdi"`
-	MPS          MPSConfig    `json:"mps"`
-	Driver       DriverConfig `json:"draDriver"`
+	MIGStrategy string       `json:"migStrategy,omitempty"`
+	CDI         CDIConfig    `json:"cdi"`
+	MPS         MPSConfig    `json:"mps"`
+	Driver      DriverConfig `json:"draDriver"`
 }
 
 // DriverConfig is gpu-dra-driver's own settings.
