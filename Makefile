@@ -90,6 +90,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test ./pkg/labels -run '^$$' -fuzz '^FuzzValue$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/quota -run '^$$' -fuzz '^FuzzSpecDecide$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/dra -run '^$$' -fuzz '^FuzzGrants$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/nvml -run '^$$' -fuzz '^FuzzParseMIGMinors$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/dra -run '^$$' -fuzz '^FuzzSemVer$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/dra -run '^$$' -fuzz '^FuzzTaintValue$$' -fuzztime $(FUZZTIME)
 

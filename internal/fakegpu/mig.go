@@ -250,12 +250,25 @@ func migInstance(p MIGProfile, gpuUUID string, gpuIndex int, memoryBytes uint64,
 	return nvml.MIGInstance{
 		UUID:  fmt.Sprintf("MIG-%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16]),
 		Index: i, GPUInstanceID: gi, ComputeInstanceID: 0,
-		Profile:   nvml.MIGProfileName(p.ComputeSlices, p.ComputeSlices, mem, memoryBytes, p.MediaExtensions),
-		Placement: start, MemoryBytes: mem, Multiprocessors: p.Multiprocessors,
+		Profile:     nvml.MIGProfileName(p.ComputeSlices, p.ComputeSlices, mem, memoryBytes, p.MediaExtensions),
+		GIProfileID: giProfileID(p), Placement: start, PlacementSize: p.MemorySlices, MemoryBytes: mem, Multiprocessors: p.Multiprocessors,
 		GISlices: p.ComputeSlices, CISlices: p.ComputeSlices,
 		CopyEngines: p.CopyEngines, Decoders: p.Decoders, JPEGDecoders: p.JPEGDecoders, OFAs: p.OFAs,
 		GICapMinor: MIGCapMinor(gpuIndex, gi, -1), CICapMinor: MIGCapMinor(gpuIndex, gi, 0),
 	}
+}
+
+// giProfileID is NVML's GPU instance profile ID of a profile
+// (NVML_GPU_INSTANCE_PROFILE_*): by compute slices, with REV1 for media
+// extensions and REV2 for a one-slice profile with two memory slices.
+func giProfileID(p MIGProfile) int {
+	switch {
+	case p.ComputeSlices == 1 && p.MediaExtensions:
+		return 7
+	case p.ComputeSlices == 1 && p.MemorySlices == 2:
+		return 9
+	}
+	return map[int]int{1: 0, 2: 1, 3: 2, 4: 3, 7: 4}[p.ComputeSlices]
 }
 
 // MIGCapMinor is the minor number the NVIDIA driver gives the access

@@ -61,6 +61,16 @@ func (n *Node) NVMLState() []byte {
 		}
 		fmt.Fprintf(&b, "gpu\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%d\n", d.UUID, d.Minor, d.MemoryBytes, d.ComputeMajor, d.ComputeMinor, d.PCIBusID, lost, d.Model, mig)
 	}
+	for _, d := range n.devices {
+		if d.MIGCapable {
+			fmt.Fprintf(&b, "mig\t%d\t%d\t%d\n", d.Index, bit(d.MIG.Current), bit(d.MIG.Pending))
+		}
+		for _, in := range d.MIG.Instances {
+			fmt.Fprintf(&b, "miginst\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", d.Index, in.UUID,
+				in.GPUInstanceID, in.ComputeInstanceID, in.GIProfileID, in.Placement, in.PlacementSize, in.MemoryBytes/mib,
+				in.Multiprocessors, in.CopyEngines, in.Decoders, in.Encoders, in.JPEGDecoders, in.OFAs, in.GISlices, in.CISlices)
+		}
+	}
 	// The physics as of now, as the driver would report them.
 	n.advanceLocked(n.now())
 	stamp := n.now().UnixMicro()
@@ -92,6 +102,13 @@ func (n *Node) NVMLState() []byte {
 		}
 	}
 	return []byte(b.String())
+}
+
+func bit(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // WriteNVMLState writes NVMLState to path atomically, so the library never

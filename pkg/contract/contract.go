@@ -51,6 +51,9 @@ const (
 	ProcRoot = "/proc"
 	// SysfsRoot is the host's /sys.
 	SysfsRoot = "/sys"
+	// MIGMinorsFile is where the NVIDIA driver lists the minor numbers of
+	// the MIG capability devices (/dev/nvidia-caps/nvidia-cap<minor>).
+	MIGMinorsFile = "/proc/driver/nvidia-caps/mig-minors"
 	// EnforcementState records throttled containers across agent restarts.
 	EnforcementState = "/var/lib/gpuslice/enforcement.json"
 	// MPSPipeDirectory is where the MPS control daemon's pipes live.

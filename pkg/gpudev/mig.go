@@ -38,8 +38,13 @@ type MIGInstance struct {
 	// Profile is its profile's name as NVIDIA writes it, e.g. "1g.10gb",
 	// "1c.2g.20gb" or "1g.10gb+me".
 	Profile string
-	// Placement is the first memory slice its GPU instance occupies.
-	Placement int
+	// GIProfileID is NVML's ID of its GPU instance profile
+	// (NVML_GPU_INSTANCE_PROFILE_*); -1 when unknown.
+	GIProfileID int
+	// Placement is the first memory slice its GPU instance occupies, and
+	// PlacementSize how many it occupies.
+	Placement     int
+	PlacementSize int
 	// MemoryBytes is its framebuffer.
 	MemoryBytes uint64
 	// Multiprocessors is its SM count.

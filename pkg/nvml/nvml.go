@@ -36,6 +36,8 @@ type Options struct {
 	Now func() time.Time
 	// SysfsRoot is where sysfs is mounted, for GPUs' NUMA nodes.
 	SysfsRoot string
+	// MIGMinorsFile is the driver's list of MIG capability device minors.
+	MIGMinorsFile string
 }
 
 // DefaultOptions returns the options the agent uses unless configured.
@@ -45,6 +47,7 @@ func DefaultOptions() Options {
 		XIDRecovery:   5 * time.Minute,
 		IgnoredXIDs:   append([]uint64(nil), DefaultIgnoredXIDs...),
 		SysfsRoot:     contract.SysfsRoot,
+		MIGMinorsFile: contract.MIGMinorsFile,
 	}
 }
 
@@ -122,6 +125,7 @@ func (n *NVML) Devices() ([]Device, error) {
 	}
 	devs := make([]Device, 0, len(handles))
 	errs := []error{err}
+	var minors map[string]int
 	for _, h := range handles {
 		d, derr := describe(h.dev, h.index)
 		if derr != nil {
@@ -130,6 +134,16 @@ func (n *NVML) Devices() ([]Device, error) {
 		}
 		d.NUMANode = NUMANode(n.opts.SysfsRoot, d.PCIBusID)
 		d.PCIeRoot = PCIeRoot(n.opts.SysfsRoot, d.PCIBusID)
+		if d.MIG.Current {
+			if minors == nil {
+				minors = n.migMinors()
+			}
+			// A GPU whose instances cannot be read is still known to be in
+			// MIG mode, and so never cut whole; it offers no instance.
+			if d.MIG.Instances, derr = migInstances(h.dev, d, minors); derr != nil {
+				errs = append(errs, fmt.Errorf("gpu %d: MIG instances: %w", h.index, derr))
+			}
+		}
 		devs = append(devs, d)
 	}
 	return devs, errors.Join(errs...)
@@ -185,8 +199,12 @@ func describe(d gonvml.Device, index int) (Device, error) {
 	out.PCIBusID = cString(pci.BusId[:])
 	// A GPU without MIG answers NOT_SUPPORTED; any other failure leaves
 	// it described as not MIG-capable rather than not described.
-	_, _, ret = d.GetMigMode()
+	current, pending, ret := d.GetMigMode()
 	out.MIGCapable = ret == gonvml.SUCCESS
+	if out.MIGCapable {
+		out.MIG.Current = current == gonvml.DEVICE_MIG_ENABLE
+		out.MIG.Pending = pending == gonvml.DEVICE_MIG_ENABLE
+	}
 	return out, nil
 }
 

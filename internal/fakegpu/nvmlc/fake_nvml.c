@@ -21,6 +21,11 @@
  *           sample period, as the driver keeps them; nvmlDeviceGetProcessUtilization
  *           returns those newer than lastSeen, and falls back to the proc
  *           lines when a state file has none)
+ *   mig     <gpu index> <current 0|1> <pending 0|1>   (a MIG-capable GPU's mode)
+ *   miginst <gpu index> <uuid> <gpu instance id> <compute instance id>
+ *           <GPU instance profile id> <placement start> <placement size>
+ *           <memory MiB> <SMs> <copy engines> <decoders> <encoders> <jpeg>
+ *           <ofa> <gi slices> <ci slices>   (one MIG device, in index order)
  *   fail    <call: devices|system|watchHealth>
  *   memlimits 1   (the driver has per-cgroup memory limits, r615+)
  *
@@ -56,8 +61,24 @@ enum {
 #define MAX_XIDS 256
 #define MAX_PROCS 256
 #define MAX_PSAMPLES 2048
+#define MAX_MIG 8
 
-typedef struct nvmlDevice_st { int index; } *nvmlDevice_t;
+/* A handle names a GPU (mig 0) or its MIG device mig-1. */
+typedef struct nvmlDevice_st { int index, mig; } *nvmlDevice_t;
+typedef struct nvmlGpuInstance_st { int index, gi; } *nvmlGpuInstance_t;
+typedef struct {
+	unsigned int multiprocessorCount, sharedCopyEngineCount, sharedDecoderCount, sharedEncoderCount,
+		sharedJpegCount, sharedOfaCount, gpuInstanceSliceCount, computeInstanceSliceCount;
+	unsigned long long memorySizeMB;
+} nvmlDeviceAttributes_t;
+typedef struct {
+	unsigned int start, size;
+} nvmlGpuInstancePlacement_t;
+typedef struct {
+	nvmlDevice_t device;
+	unsigned int id, profileId;
+	nvmlGpuInstancePlacement_t placement;
+} nvmlGpuInstanceInfo_t;
 typedef struct nvmlEventSet_st { unsigned long long registered; long delivered; } *nvmlEventSet_t;
 typedef struct {
 	unsigned long long total, free, used;
@@ -86,11 +107,18 @@ typedef struct {
 	unsigned int gpuInstanceId, computeInstanceId;
 } nvmlEventData_t;
 
+struct miginst {
+	char uuid[96];
+	unsigned int gi, ci, profile, start, size, sms, ce, dec, enc, jpg, ofa, giSlices, ciSlices;
+	unsigned long long memMB;
+};
 struct gpu {
 	char uuid[96], name[96], bus[32];
 	unsigned int minor;
 	unsigned long long mem;
 	int ccMajor, ccMinor, lost, mig;
+	int migCurrent, migPending, nmig;
+	struct miginst migs[MAX_MIG];
 	unsigned int util, temp, power, smClock;
 	unsigned long long memUsed, energy, sampleTime;
 };
@@ -124,6 +152,8 @@ struct state {
 };
 
 static struct nvmlDevice_st handles[MAX_GPUS];
+static struct nvmlDevice_st migHandles[MAX_GPUS][MAX_MIG];
+static struct nvmlGpuInstance_st giHandles[MAX_GPUS][MAX_MIG];
 static int initialized;
 
 static int parse(struct state *s);
@@ -228,6 +258,24 @@ static int parse(struct state *s) {
 			char *g = strtok_r(NULL, "\t", &save), *u = strtok_r(NULL, "\t", &save);
 			if (!g || !u || atoi(g) < 0 || atoi(g) >= MAX_GPUS) continue;
 			s->devutil[atoi(g)] = atoi(u);
+		} else if (!strcmp(kind, "mig")) {
+			char *g = strtok_r(NULL, "\t", &save), *c = strtok_r(NULL, "\t", &save), *p = strtok_r(NULL, "\t", &save);
+			if (!g || !c || !p || atoi(g) < 0 || atoi(g) >= s->ngpus) continue;
+			s->gpus[atoi(g)].migCurrent = atoi(c);
+			s->gpus[atoi(g)].migPending = atoi(p);
+		} else if (!strcmp(kind, "miginst")) {
+			char *fld[16];
+			int i;
+			for (i = 0; i < 16 && (fld[i] = strtok_r(NULL, "\t", &save)); i++) {}
+			int g = i == 16 ? atoi(fld[0]) : -1;
+			if (g < 0 || g >= s->ngpus || s->gpus[g].nmig >= MAX_MIG) continue;
+			struct miginst *m = &s->gpus[g].migs[s->gpus[g].nmig++];
+			snprintf(m->uuid, sizeof m->uuid, "%s", fld[1]);
+			unsigned int *u[] = {&m->gi, &m->ci, &m->profile, &m->start, &m->size};
+			for (int k = 0; k < 5; k++) *u[k] = (unsigned)atoi(fld[2 + k]);
+			m->memMB = strtoull(fld[7], NULL, 10);
+			unsigned int *v[] = {&m->sms, &m->ce, &m->dec, &m->enc, &m->jpg, &m->ofa, &m->giSlices, &m->ciSlices};
+			for (int k = 0; k < 8; k++) *v[k] = (unsigned)atoi(fld[8 + k]);
 		} else if (!strcmp(kind, "memlimits")) {
 			char *v = strtok_r(NULL, "\t", &save);
 			if (v) s->memlimits = atoi(v);
@@ -268,7 +316,13 @@ static nvmlReturn_t gpuOf(nvmlDevice_t d, struct state *s, struct gpu **g) {
 nvmlReturn_t nvmlInit_v2(void) {
 	struct state s;
 	if (!load(&s)) return NVML_ERROR_UNKNOWN;
-	for (int i = 0; i < MAX_GPUS; i++) handles[i].index = i;
+	for (int i = 0; i < MAX_GPUS; i++) {
+		handles[i].index = i;
+		for (int m = 0; m < MAX_MIG; m++) {
+			migHandles[i][m] = (struct nvmlDevice_st){i, m + 1};
+			giHandles[i][m] = (struct nvmlGpuInstance_st){i, -1};
+		}
+	}
 	__atomic_add_fetch(&initialized, 1, __ATOMIC_SEQ_CST);
 	return NVML_SUCCESS;
 }
@@ -337,9 +391,28 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t *device
 	return nvmlDeviceGetHandleByIndex_v2(index, device);
 }
 
+/* migOf resolves a MIG device handle against the current state: a MIG
+ * device that is gone (the layout changed) is not found. */
+static nvmlReturn_t migOf(nvmlDevice_t d, struct state *s, struct gpu **g, struct miginst **m) {
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	if (!d || d < &migHandles[0][0] || d >= &migHandles[0][0] + MAX_GPUS * MAX_MIG) return NVML_ERROR_INVALID_ARGUMENT;
+	load(s);
+	if (d->index >= s->ngpus) return NVML_ERROR_NOT_FOUND;
+	*g = &s->gpus[d->index];
+	if ((*g)->lost) return NVML_ERROR_GPU_IS_LOST;
+	if (!(*g)->migCurrent || d->mig - 1 >= (*g)->nmig) return NVML_ERROR_NOT_FOUND;
+	*m = &(*g)->migs[d->mig - 1];
+	return NVML_SUCCESS;
+}
+
 nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int length) {
 	struct state s;
 	struct gpu *g;
+	struct miginst *m;
+	if (d && d->mig) {
+		nvmlReturn_t r = migOf(d, &s, &g, &m);
+		return r ? r : copy(uuid, length, m->uuid);
+	}
 	nvmlReturn_t r = gpuOf(d, &s, &g);
 	return r ? r : copy(uuid, length, g->uuid);
 }
@@ -652,7 +725,7 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizat
 	return NVML_SUCCESS;
 }
 
-/* MIG: a capable GPU reports MIG disabled; others are not supported. */
+/* MIG: a capable GPU reports its mode; others are not supported. */
 nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int *current, unsigned int *pending) {
 	struct state s;
 	struct gpu *g;
@@ -660,9 +733,106 @@ nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int *current, unsigne
 	if (r) return r;
 	if (!current || !pending) return NVML_ERROR_INVALID_ARGUMENT;
 	if (!g->mig) return NVML_ERROR_NOT_SUPPORTED;
-	*current = 0;
-	*pending = 0;
+	*current = (unsigned)g->migCurrent;
+	*pending = (unsigned)g->migPending;
 	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t d, unsigned int *count) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+	if (!g->mig) return NVML_ERROR_NOT_SUPPORTED;
+	*count = 7;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned int index, nvmlDevice_t *mig) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!mig || index >= MAX_MIG) return NVML_ERROR_INVALID_ARGUMENT;
+	if (!g->mig) return NVML_ERROR_NOT_SUPPORTED;
+	if (!g->migCurrent || (int)index >= g->nmig) return NVML_ERROR_NOT_FOUND;
+	*mig = &migHandles[d->index][index];
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t d, unsigned int *isMig) {
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	if (!d || !isMig) return NVML_ERROR_INVALID_ARGUMENT;
+	*isMig = d->mig ? 1 : 0;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t d, unsigned int *id) {
+	struct state s;
+	struct gpu *g;
+	struct miginst *m;
+	nvmlReturn_t r = migOf(d, &s, &g, &m);
+	if (r) return r;
+	if (!id) return NVML_ERROR_INVALID_ARGUMENT;
+	*id = m->gi;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t d, unsigned int *id) {
+	struct state s;
+	struct gpu *g;
+	struct miginst *m;
+	nvmlReturn_t r = migOf(d, &s, &g, &m);
+	if (r) return r;
+	if (!id) return NVML_ERROR_INVALID_ARGUMENT;
+	*id = m->ci;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetAttributes_v2(nvmlDevice_t d, nvmlDeviceAttributes_t *a) {
+	struct state s;
+	struct gpu *g;
+	struct miginst *m;
+	nvmlReturn_t r = migOf(d, &s, &g, &m);
+	if (r) return r;
+	if (!a) return NVML_ERROR_INVALID_ARGUMENT;
+	*a = (nvmlDeviceAttributes_t){m->sms, m->ce, m->dec, m->enc, m->jpg, m->ofa, m->giSlices, m->ciSlices, m->memMB};
+	return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetAttributes(nvmlDevice_t d, nvmlDeviceAttributes_t *a) { return nvmlDeviceGetAttributes_v2(d, a); }
+
+nvmlReturn_t nvmlDeviceGetGpuInstanceById(nvmlDevice_t d, unsigned int id, nvmlGpuInstance_t *gi) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!gi) return NVML_ERROR_INVALID_ARGUMENT;
+	if (!g->mig) return NVML_ERROR_NOT_SUPPORTED;
+	for (int i = 0; g->migCurrent && i < g->nmig; i++) {
+		if (g->migs[i].gi == id) {
+			giHandles[d->index][i].gi = (int)id;
+			*gi = &giHandles[d->index][i];
+			return NVML_SUCCESS;
+		}
+	}
+	return NVML_ERROR_NOT_FOUND;
+}
+
+nvmlReturn_t nvmlGpuInstanceGetInfo(nvmlGpuInstance_t gi, nvmlGpuInstanceInfo_t *info) {
+	struct state s;
+	if (!initialized) return NVML_ERROR_UNINITIALIZED;
+	if (!gi || !info || gi < &giHandles[0][0] || gi >= &giHandles[0][0] + MAX_GPUS * MAX_MIG) return NVML_ERROR_INVALID_ARGUMENT;
+	load(&s);
+	if (gi->index >= s.ngpus) return NVML_ERROR_NOT_FOUND;
+	struct gpu *g = &s.gpus[gi->index];
+	for (int i = 0; g->migCurrent && i < g->nmig; i++) {
+		if ((int)g->migs[i].gi == gi->gi) {
+			*info = (nvmlGpuInstanceInfo_t){&handles[gi->index], g->migs[i].gi, g->migs[i].profile, {g->migs[i].start, g->migs[i].size}};
+			return NVML_SUCCESS;
+		}
+	}
+	return NVML_ERROR_NOT_FOUND;
 }
 
 /* Per-cgroup memory limits (r615+). */
