@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
@@ -139,7 +140,9 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	// other components take to wind down.
 	g.Go(func() error { <-ctx.Done(); enforcer.Close(); return nil })
 	g.Go(func() error { return gpus.plugin.Run(ctx) })
-	runMIG(ctx, g, gpus.mig)
+	g.Go(func() error { return gpus.mig.Run(ctx) })
+	layoutChanged := make(chan struct{}, 1)
+	g.Go(func() error { return followMIG(ctx, gpus, cfg.Health.ProbeInterval.Duration, layoutChanged, log) })
 	g.Go(func() error { gpus.health.Run(ctx, gpus.backend, gpuhealth.Retry); return nil })
 	g.Go(func() error { return smp.Run(ctx) })
 	g.Go(func() error { enforcer.Run(ctx); return nil })
@@ -148,7 +151,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 		ready := func() bool { return probes.Ready() == nil }
 		return exporter.Serve(ctx, lis, k.guard(exporter.Handler(exposition, exposition.Key, ready, log)), cfg.WebConfigFile, log)
 	})
-	writeNode(ctx, g, cfg, k.client, gpus, enforcer, smp, log)
+	writeNode(ctx, g, cfg, k.client, gpus, enforcer, smp, layoutChanged, log)
 	if k.policies != nil {
 		g.Go(func() error { k.policies.Run(ctx); return nil })
 	}
@@ -180,7 +183,7 @@ func readiness(g *gpus, smp *sampler.Sampler) func() error {
 		case !smp.Ready():
 			return errors.New("not sampled yet")
 		}
-		return migConnected(g.mig)
+		return g.mig.Connected()
 	}
 }
 
@@ -292,7 +295,10 @@ type gpus struct {
 	sys     nvml.SystemInfo
 	layout  *vgpu.Layout
 	plugin  *deviceplugin.Plugin
-	mig     []*deviceplugin.MIGPlugin
+	mig     *deviceplugin.MIGSet
+	// current is the GPUs as last read, MIG layouts included: devs at
+	// start, then what followMIG reads.
+	current atomic.Pointer[[]nvml.Device]
 	health  *gpuhealth.Monitor
 }
 
@@ -329,17 +335,18 @@ func openGPUs(cfg Resolved, log *slog.Logger) (*gpus, error) {
 		g.close(log)
 		return nil, err
 	}
-	if g.mig, err = openMIG(cfg, g.devs, log); err != nil {
+	if g.mig, err = openMIG(cfg, g.backend, g.devs, log); err != nil {
 		g.close(log)
 		return nil, err
 	}
+	g.current.Store(&g.devs)
 	// The one record of GPU health: the plugin offers by it, the sampler
 	// reports it.
 	g.health = gpuhealth.New(uuids(g.devs), log)
 	g.health.Subscribe(g.plugin.SetHealth)
-	subscribeMIG(g.health, g.mig)
+	g.health.Subscribe(g.mig.SetHealth)
 	log.Info("starting", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "driver", g.sys.DriverVersion,
-		"cuda", g.sys.CUDAVersion(), "gpus", len(g.devs), "slices", g.layout.TotalSlices(), "resource", cfg.ResourceName, "mig_resources", len(g.mig))
+		"cuda", g.sys.CUDAVersion(), "gpus", len(g.devs), "slices", g.layout.TotalSlices(), "resource", cfg.ResourceName, "mig_resources", g.mig.Resources())
 	return g, nil
 }
 
@@ -407,7 +414,7 @@ func nodeLabels(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, log *slog.Log
 	if enforce.CannotHold(enforcer.Node().Compute) {
 		compute = "unavailable" // the node cannot hold the shares it offers
 	}
-	return labels.For(g.devs, g.sys, g.layout, labels.Options{
+	return labels.For(*g.current.Load(), g.sys, g.layout, labels.Options{
 		GFD: cfg.GFDLabels, Enforcement: compute, MPS: cfg.MPS.Enabled, SharedProduct: cfg.GFDSharedProduct,
 		GPUMode: host.GPUMode, Machine: host.Machine, MIGStrategy: cfg.MIGStrategy,
 	})

@@ -2,10 +2,15 @@ package main
 
 import (
 	"fmt"
+	"strings"
+	"time"
+
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpuslice/gpuslice/internal/fakegpu"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
@@ -131,4 +136,127 @@ func mustParse(t *testing.T, path string) fakegpu.Config {
 		t.Fatal(err)
 	}
 	return c
+}
+
+const (
+	layoutBefore = `gpus:
+- preset: A100-40GB
+  mig:
+    mode: enabled
+    instances: [{profile: 3g.20gb, placement: 4}, {profile: 2g.10gb, placement: 0}, {profile: 1g.5gb, placement: 2}, {profile: 1g.5gb, placement: 3}]
+- preset: A100-40GB
+`
+	// The 3g.20gb is destroyed; the 2g and both 1g stay; three 1g are new.
+	layoutAfter = `gpus:
+- preset: A100-40GB
+  mig:
+    mode: enabled
+    instances: [{profile: 2g.10gb, placement: 0}, {profile: 1g.5gb, placement: 2}, {profile: 1g.5gb, placement: 3}, {profile: 1g.5gb, placement: 4}, {profile: 1g.5gb, placement: 5}, {profile: 1g.5gb, placement: 6}]
+- preset: A100-40GB
+`
+)
+
+func rewrite(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAgentFollowsMIGLayoutChanges: an administrator changes GPU 0's
+// layout. The agent re-offers what exists (the destroyed 3g.20gb's
+// resource drops to zero, three new 1g.5gb are offered), the instance a
+// pod holds stays offered under its UUID, and the destroyed instance is
+// never handed out, not even by a kubelet that has not heard yet.
+func TestAgentFollowsMIGLayoutChanges(t *testing.T) {
+	t.Parallel()
+	fake := writeFake(t, layoutBefore)
+	dir := t.TempDir()
+	k, err := kubeletstub.Start(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	// Layout changes are read only when an Allocate names a gone instance:
+	// the window in which a kubelet has not heard yet stays open.
+	startAgent(t, "--gpu-backend=fake", "--fake-config="+fake, "--device-plugin-dir="+dir, "--metrics-address="+freePort(t), "--health-probe-interval=1h")
+	big, err := k.WaitPlugin(ctxT(t), "nvidia.com/mig-3g.20gb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, err := k.WaitPlugin(ctxT(t), "nvidia.com/mig-1g.5gb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := small.WaitHealthy(ctxT(t), 2); err != nil {
+		t.Fatal(err)
+	}
+	held, err := small.Allocate(ctxT(t), "pod-a", "main", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := big.WaitHealthy(ctxT(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	destroyed := big.Devices()[0].ID
+
+	rewrite(t, fake, layoutAfter)
+	// Until the fake applies the change the instance exists and may be
+	// handed out; after, never.
+	var refused error
+	for ctx := ctxT(t); ctx.Err() == nil; time.Sleep(50 * time.Millisecond) {
+		_, refused = big.Client().Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{destroyed}}}})
+		if refused != nil {
+			break
+		}
+	}
+	if refused == nil || !strings.Contains(refused.Error(), "no longer exists") {
+		t.Fatalf("Allocate of the destroyed instance: %v, want it refused", refused)
+	}
+	// The refusal re-offers what exists.
+	if err := big.WaitHealthy(ctxT(t), 0); err != nil {
+		t.Fatalf("the destroyed 3g.20gb is still offered: %v", err)
+	}
+	if err := small.WaitHealthy(ctxT(t), 5); err != nil {
+		t.Fatalf("1g.5gb instances after the change: %v", err)
+	}
+	var ids []string
+	for _, d := range small.Devices() {
+		ids = append(ids, d.ID)
+	}
+	if !slices.Contains(ids, held.DeviceIDs[0]) {
+		t.Errorf("pod-a's instance %s is no longer offered after the change: %v", held.DeviceIDs[0], ids)
+	}
+	if _, err := small.Allocate(ctxT(t), "pod-b", "main", 4); err != nil {
+		t.Errorf("the four free 1g.5gb after the change: %v", err)
+	}
+}
+
+// TestAgentRestartsWhenMIGModeChanges: a GPU whose MIG mode changes must
+// be cut anew, which the agent does from its start: it exits saying why,
+// for its DaemonSet to start it again.
+func TestAgentRestartsWhenMIGModeChanges(t *testing.T) {
+	t.Parallel()
+	fake := writeFake(t, layoutBefore)
+	dir := t.TempDir()
+	k, err := kubeletstub.Start(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	a := startAgent(t, "--gpu-backend=fake", "--fake-config="+fake, "--device-plugin-dir="+dir, "--metrics-address="+freePort(t), "--health-probe-interval=100ms")
+	if _, err := k.WaitPlugin(ctxT(t), "nvidia.com/vgpu"); err != nil {
+		t.Fatal(err)
+	}
+	rewrite(t, fake, layoutBefore+"  mig: {pending: enabled}\n") // GPU 1's mode, at its next reset
+	if code := a.wait(t); code == 0 {
+		t.Fatal("the agent exited 0")
+	}
+	if out := a.stderr.String(); !strings.Contains(out, "gpu 1") || !strings.Contains(out, "MIG mode changed") {
+		t.Errorf("stderr does not say which GPU's MIG mode changed:\n%s", out)
+	}
 }

@@ -27,11 +27,11 @@ const podPolicyRefresh = 30 * time.Second
 // slices at once when a hold-back starts or ends. Each sample also tells
 // the device plugin which GPUs have room, which ends a hold-back as soon
 // as the refused request fits.
-func writeNode(ctx context.Context, g *errgroup.Group, cfg Resolved, client *kube.Client, gpus *gpus, enforcer *enforce.Enforcer, smp *sampler.Sampler, log *slog.Logger) {
+func writeNode(ctx context.Context, g *errgroup.Group, cfg Resolved, client *kube.Client, gpus *gpus, enforcer *enforce.Enforcer, smp *sampler.Sampler, layoutChanged <-chan struct{}, log *slog.Logger) {
 	if client != nil && cfg.NodeLabels {
 		w := labels.NewWriter(client, cfg.NodeName, cfg.GFDLabels, log)
-		desired := nodeLabels(cfg, gpus, enforcer, log)
-		g.Go(func() error { w.Keep(ctx, desired); return nil })
+		desired := func() map[string]string { return nodeLabels(cfg, gpus, enforcer, log) }
+		g.Go(func() error { w.Follow(ctx, desired, layoutChanged); return nil })
 	}
 	if cfg.DRA.Enabled && cfg.DRA.ExtendedResource {
 		return

@@ -246,9 +246,8 @@ func describeInstances(in []MIGInstanceConfig) string {
 func migInstance(p MIGProfile, gpuUUID string, gpuIndex int, memoryBytes uint64, i, start int) nvml.MIGInstance {
 	mem := memoryBytes / migMemorySlices * uint64(p.MemorySlices) / 100 * 98 / mib * mib
 	gi := i + 1
-	h := sha256.Sum256(fmt.Appendf(nil, "%s/gi%d", gpuUUID, gi))
 	return nvml.MIGInstance{
-		UUID:  fmt.Sprintf("MIG-%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16]),
+		UUID:  migUUID(gpuUUID, gi, 0),
 		Index: i, GPUInstanceID: gi, ComputeInstanceID: 0,
 		Profile:     nvml.MIGProfileName(p.ComputeSlices, p.ComputeSlices, mem, memoryBytes, p.MediaExtensions),
 		GIProfileID: giProfileID(p), Placement: start, PlacementSize: p.MemorySlices, MemoryBytes: mem, Multiprocessors: p.Multiprocessors,
@@ -331,7 +330,59 @@ func (n *Node) SetMIG(index int, c MIGConfig) error {
 	if err != nil {
 		return fmt.Errorf("gpu %d: %w", index, err)
 	}
-	d.MIG = m
+	n.migGeneration++
+	d.MIG = keepInstances(d.MIG, m, d.UUID, index, n.migGeneration)
 	n.notifyLocked()
 	return nil
+}
+
+// keepInstances makes a new layout what the driver would make of the
+// change: an instance of the old layout with the same profile and
+// placement survives it, with its IDs and UUID; the others are created
+// anew, with the lowest free GPU-instance IDs and new UUIDs (a destroyed
+// instance's UUID never comes back).
+func keepInstances(old, m nvml.MIG, gpuUUID string, gpuIndex, generation int) nvml.MIG {
+	if !old.Current || !m.Current {
+		return m
+	}
+	used := map[int]bool{}
+	kept := make([]bool, len(m.Instances))
+	taken := make([]bool, len(old.Instances))
+	for i, in := range m.Instances {
+		for j, o := range old.Instances {
+			if !taken[j] && o.Profile == in.Profile && o.Placement == in.Placement {
+				idx := in.Index
+				m.Instances[i] = o
+				m.Instances[i].Index = idx
+				kept[i], taken[j], used[o.GPUInstanceID] = true, true, true
+				break
+			}
+		}
+	}
+	next := 1
+	for i := range m.Instances {
+		if kept[i] {
+			continue
+		}
+		for used[next] {
+			next++
+		}
+		used[next] = true
+		in := &m.Instances[i]
+		in.GPUInstanceID = next
+		in.UUID = migUUID(gpuUUID, next, generation)
+		in.GICapMinor, in.CICapMinor = MIGCapMinor(gpuIndex, next, -1), MIGCapMinor(gpuIndex, next, 0)
+	}
+	return m
+}
+
+// migUUID derives a stable MIG-shaped UUID from the GPU, the GPU instance
+// and the layout's generation (0 for the layout the node was built with).
+func migUUID(gpuUUID string, gi, generation int) string {
+	key := fmt.Sprintf("%s/gi%d", gpuUUID, gi)
+	if generation > 0 {
+		key += fmt.Sprintf("/%d", generation)
+	}
+	h := sha256.Sum256([]byte(key))
+	return fmt.Sprintf("MIG-%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
 }

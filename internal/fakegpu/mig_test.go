@@ -165,3 +165,45 @@ func TestMIGCapMinorsMatchTheFile(t *testing.T) {
 	}
 	_ = nvml.MIG{}
 }
+
+// TestSetMIGKeepsSurvivingInstances: an instance whose profile and
+// placement the new layout keeps survives the change with its IDs and
+// UUID, as on the real driver; a new one never reuses a destroyed one's
+// UUID.
+func TestSetMIGKeepsSurvivingInstances(t *testing.T) {
+	t.Parallel()
+	at := func(p string, s int) MIGInstanceConfig { return MIGInstanceConfig{Profile: p, Placement: &s} }
+	n, err := migNode(t, "A100-40GB", MIGConfig{Mode: "enabled", Instances: []MIGInstanceConfig{at("3g.20gb", 4), at("2g.10gb", 0), at("1g.5gb", 2), at("1g.5gb", 3)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := n.Devices()
+	old := before[0].MIG.Instances
+	if err := n.SetMIG(0, MIGConfig{Mode: "enabled", Instances: []MIGInstanceConfig{at("1g.5gb", 3), at("1g.5gb", 4), at("2g.10gb", 0), at("1g.5gb", 2), at("1g.5gb", 5)}}); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := n.Devices()
+	byPlacement := map[int]nvml.MIGInstance{}
+	for _, in := range after[0].MIG.Instances {
+		byPlacement[in.Placement] = in
+	}
+	for _, o := range old[1:] { // the 2g and both 1g survive
+		if got := byPlacement[o.Placement]; got.UUID != o.UUID || got.GPUInstanceID != o.GPUInstanceID || got.GICapMinor != o.GICapMinor {
+			t.Errorf("%s at %d: %+v, want it kept (%s, gi %d)", o.Profile, o.Placement, got, o.UUID, o.GPUInstanceID)
+		}
+	}
+	seen := map[int]bool{}
+	for _, in := range after[0].MIG.Instances {
+		if seen[in.GPUInstanceID] {
+			t.Errorf("gpu instance id %d given twice", in.GPUInstanceID)
+		}
+		seen[in.GPUInstanceID] = true
+		if in.UUID == old[0].UUID {
+			t.Errorf("the destroyed 3g.20gb's UUID came back on %s at %d", in.Profile, in.Placement)
+		}
+	}
+	// The new instances take the lowest free IDs: the destroyed 3g's, then the next.
+	if a, b := byPlacement[4].GPUInstanceID, byPlacement[5].GPUInstanceID; a != old[0].GPUInstanceID || b != 5 {
+		t.Errorf("new instances at 4 and 5 have gpu instances %d and %d, want %d and 5", a, b, old[0].GPUInstanceID)
+	}
+}

@@ -18,7 +18,10 @@ var ErrInjected = errors.New("injected NVML error")
 type Node struct {
 	devices []nvml.Device
 	presets []string // by index: the preset each GPU was built from
-	system  nvml.SystemInfo
+	// migGeneration counts MIG layout changes, so instances created anew
+	// get UUIDs no earlier instance had.
+	migGeneration int
+	system        nvml.SystemInfo
 
 	mu      sync.Mutex
 	faults  map[int]GPUFault // by index

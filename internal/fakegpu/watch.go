@@ -10,11 +10,11 @@ import (
 	"github.com/fsnotify/fsnotify"
 )
 
-// WatchFile puts the faults section of the YAML file at path in force on
-// node every time the file changes, until ctx ends. The file is the one the
-// node was built from: a change to its GPUs (rather than its faults) cannot
-// be applied to a running node and is logged and ignored, as is a file that
-// does not parse. The directory is watched, not the file, so editors that
+// WatchFile puts the faults section and the GPUs' MIG layouts of the YAML
+// file at path in force on node every time the file changes, until ctx
+// ends. The file is the one the node was built from: another change to its
+// GPUs cannot be applied to a running node and is logged and ignored, as
+// is a file that does not parse or a MIG layout a GPU cannot hold. The directory is watched, not the file, so editors that
 // replace the file by renaming are seen too.
 func WatchFile(ctx context.Context, path string, node *Node, log *slog.Logger) error {
 	base, err := LoadFile(path)
@@ -54,11 +54,32 @@ func WatchFile(ctx context.Context, path string, node *Node, log *slog.Logger) e
 				continue
 			}
 			log.Info("fake gpu faults applied", "path", path, "faults", fmt.Sprintf("%+v", cfg.Faults))
+			for i, g := range cfg.GPUs {
+				if reflect.DeepEqual(g.MIG, base.GPUs[i].MIG) {
+					continue
+				}
+				if err := node.SetMIG(i, g.MIG); err != nil {
+					log.Warn("fake gpu MIG layout not applied", "path", path, "err", err)
+					continue
+				}
+				base.GPUs[i].MIG = g.MIG
+				log.Info("fake gpu MIG layout applied", "gpu", i, "mig", fmt.Sprintf("%+v", g.MIG))
+			}
 		}
 	}
 }
 
 func sameInventory(a, b Config) bool {
 	a.Faults, b.Faults = Faults{}, Faults{}
+	a.GPUs, b.GPUs = withoutMIG(a.GPUs), withoutMIG(b.GPUs)
 	return reflect.DeepEqual(a, b)
+}
+
+func withoutMIG(gpus []GPUConfig) []GPUConfig {
+	out := make([]GPUConfig, len(gpus))
+	for i, g := range gpus {
+		g.MIG = MIGConfig{}
+		out[i] = g
+	}
+	return out
 }

@@ -89,11 +89,15 @@ type MIGPlugin struct {
 	pluginapi.UnimplementedDevicePluginServer
 	endpoint
 
-	opts    Options
-	devices map[string]MIGDevice // by MIG UUID
-	order   []string             // MIG UUIDs, sorted
+	opts Options
+	// verify, when set, confirms before each Allocate that the instances
+	// still exist on the GPU as it is now (a layout changed since the
+	// plugin last heard would otherwise hand out a destroyed instance).
+	verify func(ids []string) error
 
 	mu      sync.Mutex
+	devices map[string]MIGDevice   // by MIG UUID
+	order   []string               // MIG UUIDs, sorted
 	health  map[string]nvml.Health // by GPU UUID
 	changed chan struct{}
 
@@ -113,28 +117,52 @@ func NewMIG(resource string, devs []MIGDevice, opts Options) (*MIGPlugin, error)
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	if len(devs) == 0 {
-		return nil, fmt.Errorf("%s: no MIG instances to offer", resource)
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	p := &MIGPlugin{opts: opts, devices: map[string]MIGDevice{}, health: map[string]nvml.Health{}, changed: make(chan struct{})}
-	for _, d := range devs {
-		if opts.DeviceSpecs && (d.GICapMinor < 0 || d.CICapMinor < 0) {
-			return nil, fmt.Errorf("%s: MIG instance %s on gpu %d: the driver lists no capability device for it (/proc/driver/nvidia-caps/mig-minors)", resource, d.UUID, d.Parent.Index)
-		}
-		if _, dup := p.devices[d.UUID]; dup {
-			return nil, fmt.Errorf("%s: MIG instance %s listed twice", resource, d.UUID)
-		}
-		p.devices[d.UUID] = d
-		p.order = append(p.order, d.UUID)
-		p.health[d.Parent.UUID] = nvml.Health{UUID: d.Parent.UUID, Healthy: true}
+	p := &MIGPlugin{opts: opts, health: map[string]nvml.Health{}, changed: make(chan struct{})}
+	if err := p.SetDevices(devs); err != nil {
+		return nil, err
 	}
-	sort.Strings(p.order)
-	p.endpoint = newEndpoint(opts, p, func() []any { return []any{"instances", len(p.order)} })
+	p.endpoint = newEndpoint(opts, p, func() []any { return []any{"instances", p.count()} })
 	p.noPreferred = true
 	return p, nil
+}
+
+// SetDevices replaces the instances offered, as a layout change leaves
+// them; ListAndWatch sends the new list at once. A GPU's health is kept
+// across the change. On error nothing changes.
+func (p *MIGPlugin) SetDevices(devs []MIGDevice) error {
+	devices := map[string]MIGDevice{}
+	order := make([]string, 0, len(devs))
+	for _, d := range devs {
+		if p.opts.DeviceSpecs && (d.GICapMinor < 0 || d.CICapMinor < 0) {
+			return fmt.Errorf("%s: MIG instance %s on gpu %d: the driver lists no capability device for it (/proc/driver/nvidia-caps/mig-minors)", p.opts.ResourceName, d.UUID, d.Parent.Index)
+		}
+		if _, dup := devices[d.UUID]; dup {
+			return fmt.Errorf("%s: MIG instance %s listed twice", p.opts.ResourceName, d.UUID)
+		}
+		devices[d.UUID] = d
+		order = append(order, d.UUID)
+	}
+	sort.Strings(order)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.devices, p.order = devices, order
+	for _, d := range devs {
+		if _, ok := p.health[d.Parent.UUID]; !ok {
+			p.health[d.Parent.UUID] = nvml.Health{UUID: d.Parent.UUID, Healthy: true}
+		}
+	}
+	close(p.changed)
+	p.changed = make(chan struct{})
+	return nil
+}
+
+func (p *MIGPlugin) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.order)
 }
 
 // Run serves the plugin until ctx ends, as Plugin.Run does.
@@ -208,6 +236,11 @@ func (p *MIGPlugin) Allocate(_ context.Context, req *pluginapi.AllocateRequest) 
 		r, err := p.allocate(c.GetDevicesIds())
 		if err != nil {
 			return nil, err
+		}
+		if p.verify != nil {
+			if err := p.verify(c.GetDevicesIds()); err != nil {
+				return nil, status.Errorf(codes.FailedPrecondition, "%s: %v", p.resource, err)
+			}
 		}
 		resp.ContainerResponses = append(resp.ContainerResponses, r)
 		p.opts.Logger.Info("allocated", "resource", p.resource, "mig", r.Envs["NVIDIA_VISIBLE_DEVICES"])

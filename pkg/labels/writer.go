@@ -64,10 +64,16 @@ func NewWriter(client NodeAPI, node string, gfd bool, log *slog.Logger) *Writer 
 // not registered yet, the API server away) is logged and retried after
 // Retry, doubling up to Resync: labels never stop the device plugin.
 func (w *Writer) Keep(ctx context.Context, desired map[string]string) {
+	w.Follow(ctx, func() map[string]string { return desired }, nil)
+}
+
+// Follow is Keep with labels that change: desired is asked anew at each
+// sync, and a value on changed syncs at once (a MIG layout changed).
+func (w *Writer) Follow(ctx context.Context, desired func() map[string]string, changed <-chan struct{}) {
 	retry := w.retry
 	for {
 		wait := w.resync
-		if _, err := w.Sync(ctx, desired); err != nil && ctx.Err() == nil {
+		if _, err := w.Sync(ctx, desired()); err != nil && ctx.Err() == nil {
 			w.log.Error("node labels not applied", "err", err, "retry_in", retry)
 			wait, retry = retry, min(2*retry, w.resync)
 		} else {
@@ -77,6 +83,7 @@ func (w *Writer) Keep(ctx context.Context, desired map[string]string) {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
+		case <-changed:
 		}
 	}
 }
