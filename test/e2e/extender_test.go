@@ -30,8 +30,16 @@ const gpusliceScheduler = "gpuslice-scheduler"
 // is gone).
 func restartAgentWith(t *testing.T, extra ...string) {
 	t.Helper()
+	restartAgentOffering(t, 8, extra...)
+}
+
+// restartAgentOffering is restartAgentWith for an agent whose node
+// offers allocatable nvidia.com/vgpu slices once ready (its fake GPUs
+// changed); the agent restored at the end offers the usual 8.
+func restartAgentOffering(t *testing.T, allocatable int64, extra ...string) {
+	t.Helper()
 	args := c.AgentArgs
-	restart := func(with []string) {
+	restart := func(with []string, allocatable int64) {
 		t.Helper()
 		port, err := apiserver.FreePort()
 		if err != nil {
@@ -54,11 +62,11 @@ func restartAgentWith(t *testing.T, extra ...string) {
 			_ = resp.Body.Close()
 			return resp.StatusCode == http.StatusOK
 		})
-		waitAllocatable(t, 8)
+		waitAllocatable(t, allocatable)
 		c.AgentArgs = with
 	}
-	restart(append(append([]string(nil), args...), extra...))
-	t.Cleanup(func() { restart(args) })
+	restart(append(append([]string(nil), args...), extra...), allocatable)
+	t.Cleanup(func() { restart(args, 8) })
 }
 
 // startExtenderScheduler starts gpu-scheduler-extender and a second

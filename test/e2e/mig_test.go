@@ -1,0 +1,226 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/gpuslice/gpuslice/internal/fakegpu"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/test/e2e/cluster"
+)
+
+// The MIG node: GPU 0 in MIG mode in a mixed layout, GPU 1 whole.
+const (
+	migBefore = `gpus:
+- preset: H100-80GB
+  mig:
+    mode: enabled
+    instances: [{profile: 3g.40gb, placement: 4}, {profile: 2g.20gb, placement: 0}, {profile: 1g.10gb, placement: 2}, {profile: 1g.10gb, placement: 3}]
+- preset: H100-80GB
+`
+	// The 3g.40gb is destroyed, the others stay, three 1g.10gb are new.
+	migAfter = `gpus:
+- preset: H100-80GB
+  mig:
+    mode: enabled
+    instances: [{profile: 2g.20gb, placement: 0}, {profile: 1g.10gb, placement: 2}, {profile: 1g.10gb, placement: 3}, {profile: 1g.10gb, placement: 4}, {profile: 1g.10gb, placement: 5}, {profile: 1g.10gb, placement: 6}]
+- preset: H100-80GB
+`
+)
+
+// TestMIGMixedNode: on a node with a GPU in MIG mode and a whole GPU, a
+// pod written for NVIDIA's device plugin (nvidia.com/mig-1g.10gb) runs
+// unchanged on its instance, an nvidia.com/vgpu pod runs on slices of the
+// whole GPU only, the node has GFD's MIG labels, and a layout change
+// re-offers what exists while the running MIG pod keeps its instance.
+func TestMIGMixedNode(t *testing.T) {
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	file := filepath.Join(c.Dir, "fakegpu-mig.yaml")
+	writeMIGConfig(t, file, migBefore)
+	restartAgentOffering(t, 4, "--fake-config="+file) // GPU 1's 4 slices alone
+	ns := newNamespace(t, "mig")
+
+	waitNodeResource(t, "nvidia.com/mig-1g.10gb", 2)
+	waitNodeResource(t, "nvidia.com/mig-3g.40gb", 1)
+	mig := pod("mig", 0, "env; sleep 3600")
+	mig.Spec.Containers[0].Resources.Limits = corev1.ResourceList{"nvidia.com/mig-1g.10gb": *resource.NewQuantity(1, resource.DecimalSI)}
+	whole := pod("whole", 2, "env; sleep 3600")
+	for _, p := range []*corev1.Pod{mig, whole} {
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitRunning(t, ns, "mig")
+	waitRunning(t, ns, "whole")
+	devs := migDevices(t, migBefore)
+	migEnv, wholeEnv := envOf(t, ns, "mig"), envOf(t, ns, "whole")
+	instance := migEnv["NVIDIA_VISIBLE_DEVICES"]
+	var destroyed string // the 3g.40gb, gone after the change
+	held := false
+	for _, in := range devs[0].MIG.Instances {
+		held = held || (in.UUID == instance && in.Profile == "1g.10gb")
+		if in.Profile == "3g.40gb" {
+			destroyed = in.UUID
+		}
+	}
+	if !held {
+		t.Fatalf("the MIG pod sees NVIDIA_VISIBLE_DEVICES=%q, not a 1g.10gb instance of GPU 0", instance)
+	}
+	if _, ok := migEnv["GPUSLICE_SLICE_IDS"]; ok {
+		t.Errorf("the MIG pod is told it holds slices: %v", migEnv)
+	}
+	if got := wholeEnv["NVIDIA_VISIBLE_DEVICES"]; got != devs[1].UUID {
+		t.Errorf("the vgpu pod sees NVIDIA_VISIBLE_DEVICES=%q, want the whole GPU %s (never the MIG GPU)", got, devs[1].UUID)
+	}
+
+	// GFD's MIG labels.
+	want := map[string]string{
+		"nvidia.com/mig.capable": "true", "nvidia.com/mig.strategy": "mixed",
+		"nvidia.com/mig-1g.10gb.count": "2", "nvidia.com/mig-3g.40gb.count": "1", "nvidia.com/mig-2g.20gb.count": "1",
+		"nvidia.com/mig-1g.10gb.multiprocessors": "16", "nvidia.com/mig-1g.10gb.slices.gi": "1", "nvidia.com/mig-1g.10gb.engines.copy": "1",
+		"nvidia.com/mig-1g.10gb.product": "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb",
+	}
+	waitFor(t, "GFD's MIG labels on the node", 30*time.Second, func() bool { return labelsMatch(t, want, nil) })
+
+	// The layout changes: the 3g.40gb is destroyed.
+	writeMIGConfig(t, file, migAfter)
+	waitNodeResource(t, "nvidia.com/mig-3g.40gb", 0)
+	waitNodeResource(t, "nvidia.com/mig-1g.10gb", 5)
+	want["nvidia.com/mig-1g.10gb.count"] = "5"
+	delete(want, "nvidia.com/mig-3g.40gb.count")
+	waitFor(t, "the MIG labels after the change", 30*time.Second, func() bool {
+		return labelsMatch(t, want, []string{"nvidia.com/mig-3g.40gb.count", "nvidia.com/mig-3g.40gb.memory"})
+	})
+	if p, err := cs.CoreV1().Pods(ns).Get(ctx, "mig", metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodRunning {
+		t.Errorf("the MIG pod after the layout change: %v %v", p.Status.Phase, err)
+	}
+	// Four new or free 1g.10gb run pods; the destroyed 3g.40gb takes none.
+	big := pod("big", 0, "sleep 3600")
+	big.Spec.Containers[0].Resources.Limits = corev1.ResourceList{"nvidia.com/mig-3g.40gb": *resource.NewQuantity(1, resource.DecimalSI)}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, big, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitUnschedulable(t, ns, "big", "nvidia.com/mig-3g.40gb")
+	more := pod("more", 0, "env; sleep 3600")
+	more.Spec.Containers[0].Resources.Limits = corev1.ResourceList{"nvidia.com/mig-1g.10gb": *resource.NewQuantity(4, resource.DecimalSI)}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, more, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "more")
+	got := strings.Split(envOf(t, ns, "more")["NVIDIA_VISIBLE_DEVICES"], ",")
+	seen := map[string]bool{}
+	for _, id := range got {
+		if id == instance || id == destroyed || !strings.HasPrefix(id, "MIG-") || seen[id] {
+			t.Errorf("the second MIG pod got %v: %s is not a free instance of the new layout", got, id)
+		}
+		seen[id] = true
+	}
+	if len(got) != 4 {
+		t.Errorf("the second MIG pod got %v, want 4 instances", got)
+	}
+}
+
+func writeMIGConfig(t *testing.T, path, cfg string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(cfg+"workloadDir: "+c.WorkloadDir+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	// The stand-ins for the capability device nodes Allocate hands out.
+	caps := filepath.Join(c.Dir, "dev", "nvidia-caps")
+	if err := os.MkdirAll(caps, 0o755); err != nil { //nolint:gosec // device dir
+		t.Fatal(err)
+	}
+	for _, d := range migDevices(t, cfg) {
+		for _, in := range d.MIG.Instances {
+			for _, minor := range []int{in.GICapMinor, in.CICapMinor} {
+				node := filepath.Join(caps, fmt.Sprintf("nvidia-cap%d", minor))
+				if _, err := os.Stat(node); err == nil {
+					continue
+				}
+				if out, err := exec.Command("mknod", "-m", "666", node, "c", "511", fmt.Sprint(minor)).CombinedOutput(); err != nil {
+					t.Fatalf("mknod %s: %v: %s", node, err, out)
+				}
+			}
+		}
+	}
+}
+
+// migDevices are the GPUs a fake config describes, as a fresh fake node
+// built from it reports them (UUIDs derive from the config alone).
+func migDevices(t *testing.T, cfg string) []nvml.Device {
+	t.Helper()
+	fc, err := fakegpu.Parse([]byte(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := fakegpu.New(fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, err := n.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return devs
+}
+
+func envOf(t *testing.T, ns, name string) map[string]string {
+	t.Helper()
+	env := map[string]string{}
+	for line := range strings.SplitSeq(podLogs(t, ns, name), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// waitNodeResource waits until the node's allocatable resource is n.
+func waitNodeResource(t *testing.T, name corev1.ResourceName, n int64) {
+	t.Helper()
+	cs := c.API.Clientset(t)
+	waitFor(t, fmt.Sprintf("allocatable %s = %d", name, n), 60*time.Second, func() bool {
+		node, err := cs.CoreV1().Nodes().Get(context.Background(), cluster.NodeName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		q, ok := node.Status.Allocatable[name]
+		return (ok && q.Value() == n) || (!ok && n == 0)
+	})
+}
+
+// labelsMatch reports whether the node has every want label and none of
+// gone.
+func labelsMatch(t *testing.T, want map[string]string, gone []string) bool {
+	t.Helper()
+	node, err := c.API.Clientset(t).CoreV1().Nodes().Get(context.Background(), cluster.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return false
+	}
+	for k, v := range want {
+		if node.Labels[k] != v {
+			return false
+		}
+	}
+	for _, k := range gone {
+		if _, ok := node.Labels[k]; ok {
+			return false
+		}
+	}
+	return true
+}
