@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"runtime"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
 	"github.com/gpuslice/gpuslice/pkg/node"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
@@ -43,6 +45,12 @@ type Info struct {
 	Version     string
 	System      nvml.SystemInfo
 	Enforcement Enforcement
+	// MIG returns the node's GPUs as last read, MIG modes and instances
+	// included; nil exports no MIG series.
+	MIG func() []nvml.Device
+	// MIGStrategy names the resources MIG instances are offered under
+	// (single: nvidia.com/gpu; otherwise the mixed strategy's names).
+	MIGStrategy string
 }
 
 // Exposition renders the node's metrics in the Prometheus text format
@@ -91,6 +99,8 @@ type view struct {
 	unattributed, unauthorized map[string]int
 	// each device's and container's label set, rendered once
 	devLabels, ctrLabels [][]byte
+	// the GPUs as last read, for their MIG modes and instances
+	mig []nvml.Device
 }
 
 // Append appends the exposition of the current snapshot to b.
@@ -98,6 +108,9 @@ func (e *Exposition) Append(b []byte) []byte {
 	v := &view{e: e, snap: e.src.Snapshot(), unattributed: map[string]int{}, unauthorized: map[string]int{}}
 	if e.info.Enforcement != nil {
 		v.stats = e.info.Enforcement.Stats()
+	}
+	if e.info.MIG != nil {
+		v.mig = e.info.MIG()
 	}
 	for _, u := range v.snap.Unattributed {
 		v.unattributed[u.UUID]++
@@ -219,6 +232,18 @@ func byReason(compute, memory string) [2]tierReason {
 	return [2]tierReason{c, m}
 }
 
+// migResource is the resource a MIG profile's instances are offered
+// under.
+func (v *view) migResource(profile string) string {
+	switch v.e.info.MIGStrategy {
+	case "single":
+		return contract.MIGSingleResource
+	case "none":
+		return "" // not offered
+	}
+	return contract.MIGResource(profile)
+}
+
 // metric is one family and how its samples are written.
 type metric struct {
 	family
@@ -317,6 +342,16 @@ var families = []metric{
 		perDevice(func(d node.Device) float64 { return float64(d.MemoryBytes) }, nil)),
 	m("device", "memory_used_bytes", "gauge", "GPU framebuffer memory in use.",
 		perDevice(func(d node.Device) float64 { return float64(d.Sample.MemoryUsedBytes) }, sampled)),
+	m("device", "mig_mode", "gauge",
+		"1 when the MIG-capable GPU's MIG mode is enabled (state current: in force; pending: from its next reset), 0 when not. A GPU with either is not cut into slices: its MIG instances are offered under their own resources (gpuslice_mig_instance_info), isolated by the hardware, and gpuslice does not yet measure or limit the containers on them (docs/mig.md).",
+		func(w *textWriter, v *view) {
+			for _, d := range v.mig {
+				if d.MIGCapable {
+					w.sample(bit(d.MIG.Current), "gpu", strconv.Itoa(d.Index), "state", "current", "uuid", d.UUID)
+					w.sample(bit(d.MIG.Pending), "gpu", strconv.Itoa(d.Index), "state", "pending", "uuid", d.UUID)
+				}
+			}
+		}),
 	m("device", "power_watts", "gauge", "Board power draw.",
 		perDevice(func(d node.Device) float64 { return d.Sample.PowerWatts }, sampled)),
 	m("device", "sm_clock_hertz", "gauge", "Current SM clock.",
@@ -412,6 +447,22 @@ var families = []metric{
 			w.sample(1, "gpu", idx, "uuid", d.UUID, "resource", "memory", "tier", memory)
 		}
 	}),
+	m("mig", "instance_info", "gauge", "A MIG instance in force on the GPU, with its profile and the resource it is offered under; always 1.",
+		func(w *textWriter, v *view) {
+			for _, d := range v.mig {
+				if !d.MIG.Current {
+					continue
+				}
+				// In label order, as client_golang writes series.
+				ins := slices.SortedFunc(slices.Values(d.MIG.Instances), func(a, b nvml.MIGInstance) int {
+					return cmp.Or(strings.Compare(a.Profile, b.Profile), strings.Compare(a.UUID, b.UUID))
+				})
+				for _, in := range ins {
+					w.sample(1, "gpu", strconv.Itoa(d.Index), "mig_profile", in.Profile, "mig_uuid", in.UUID,
+						"resource", v.migResource(in.Profile), "uuid", d.UUID)
+				}
+			}
+		}),
 	m("slices", "allocated", "gauge", "Slices of the GPU held by containers.",
 		perDevice(func(d node.Device) float64 { return float64(d.Allocated) }, nil)),
 	m("slices", "capacity", "gauge", "Slices the GPU is cut into.",

@@ -295,7 +295,33 @@ gpuslice_agent_unattributed_processes{gpu="1",uuid="GPU-bbb"} 0
 gpuslice_build_info{goversion="GOVERSION",version="v1.2.3"} 1
 `
 
-var info = Info{Version: "v1.2.3", System: nvml.SystemInfo{DriverVersion: "570.124.06", CUDADriverVersion: 12080}, Enforcement: enforcement{}}
+var info = Info{Version: "v1.2.3", System: nvml.SystemInfo{DriverVersion: "570.124.06", CUDADriverVersion: 12080}, Enforcement: enforcement{},
+	MIG: func() []nvml.Device { return migGPUs }, MIGStrategy: "mixed"}
+
+// migGPUs: GPU 0 and 1 are the snapshot's (1 MIG-capable, mode off), GPU 2
+// is in MIG mode with two instances, GPU 3's mode is pending.
+var migGPUs = []nvml.Device{
+	{UUID: "GPU-aaa", Index: 0},
+	{UUID: "GPU-bbb", Index: 1, MIGCapable: true},
+	{UUID: "GPU-ccc", Index: 2, MIGCapable: true, MIG: nvml.MIG{Current: true, Pending: true, Instances: []nvml.MIGInstance{
+		{UUID: "MIG-111", Profile: "3g.40gb"}, {UUID: "MIG-222", Profile: "1g.10gb+me"},
+	}}},
+	{UUID: "GPU-ddd", Index: 3, MIGCapable: true, MIG: nvml.MIG{Pending: true}},
+}
+
+const wantMIG = `# HELP gpuslice_device_mig_mode 1 when the MIG-capable GPU's MIG mode is enabled (state current: in force; pending: from its next reset), 0 when not. A GPU with either is not cut into slices: its MIG instances are offered under their own resources (gpuslice_mig_instance_info), isolated by the hardware, and gpuslice does not yet measure or limit the containers on them (docs/mig.md).
+# TYPE gpuslice_device_mig_mode gauge
+gpuslice_device_mig_mode{gpu="1",state="current",uuid="GPU-bbb"} 0
+gpuslice_device_mig_mode{gpu="1",state="pending",uuid="GPU-bbb"} 0
+gpuslice_device_mig_mode{gpu="2",state="current",uuid="GPU-ccc"} 1
+gpuslice_device_mig_mode{gpu="2",state="pending",uuid="GPU-ccc"} 1
+gpuslice_device_mig_mode{gpu="3",state="current",uuid="GPU-ddd"} 0
+gpuslice_device_mig_mode{gpu="3",state="pending",uuid="GPU-ddd"} 1
+# HELP gpuslice_mig_instance_info A MIG instance in force on the GPU, with its profile and the resource it is offered under; always 1.
+# TYPE gpuslice_mig_instance_info gauge
+gpuslice_mig_instance_info{gpu="2",mig_profile="1g.10gb+me",mig_uuid="MIG-222",resource="nvidia.com/mig-1g.10gb.me",uuid="GPU-ccc"} 1
+gpuslice_mig_instance_info{gpu="2",mig_profile="3g.40gb",mig_uuid="MIG-111",resource="nvidia.com/mig-3g.40gb",uuid="GPU-ccc"} 1
+`
 
 func names(text string) []string {
 	var out []string
@@ -314,6 +340,7 @@ func TestExposition(t *testing.T) {
 		"devices and slices":         wantDevices,
 		"containers and enforcement": wantContainers,
 		"agent":                      strings.ReplaceAll(wantAgent, "GOVERSION", runtime.Version()),
+		"mig":                        wantMIG,
 	} {
 		if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names(want)...); err != nil {
 			t.Errorf("%s:\n%v", name, err)
@@ -385,9 +412,10 @@ func TestEmptySnapshot(t *testing.T) {
 	// build_info, the histogram, five error counters, enforcement
 	// failures, four driver limit operation counters, whether each of the
 	// two tiers can engage on the node, and the two host files read
-	// as a stale copy (none).
-	if n != 16 {
-		t.Errorf("%d series before the first sample, want 16", n)
+	// as a stale copy (none); and what enumeration found of MIG, known
+	// before any sample: 3 MIG-capable GPUs' two modes and 2 instances.
+	if n != 16+6+2 {
+		t.Errorf("%d series before the first sample, want 24", n)
 	}
 }
 
