@@ -151,7 +151,7 @@ func (r *real) startMPS() ([]string, func(), error) {
 }
 
 func (r *real) mig() string {
-	out, err := exec.Command("nvidia-smi", "--query-gpu=index,mig.mode.current", "--format=csv,noheader").CombinedOutput()
+	out, err := exec.Command("nvidia-smi", "--query-gpu=index,mig.mode.current,mig.mode.pending", "--format=csv,noheader").CombinedOutput()
 	if err != nil {
 		return fmt.Sprintf("unknown (nvidia-smi: %v)", err)
 	}
@@ -318,7 +318,7 @@ func (d *dry) startMPS() ([]string, func(), error) {
 	return nil, nil, errors.New("no MPS on the fake GPU")
 }
 
-func (d *dry) mig() string { return "not applicable (the fake GPU has no MIG mode)" }
+func (d *dry) mig() string { return "disabled (the dry run's fake GPU is not in MIG mode)" }
 
 func (d *dry) work(p *proc) (float64, float64, error) {
 	return d.node.Served(p.pid()).Seconds(), float64(time.Now().UnixNano()) / 1e9, nil

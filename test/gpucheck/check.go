@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -151,6 +152,7 @@ type check struct {
 	burst     *scenario
 	mps       string // why the MPS case did not run, if it did not
 	migMode   string
+	offered   string // the resources the agent registered, with their devices
 	driverLog string // what the agent said of the driver's memory limits
 	attrib    []attribution
 	attribSrc string
@@ -213,6 +215,7 @@ func (c *check) runAll() {
 		return
 	}
 	c.driverLog = c.driverTierLog()
+	c.offered = c.offers()
 	if err := c.findGPU(); err != nil {
 		c.fail("%v", err)
 		return
@@ -304,6 +307,40 @@ func (c *check) runLatency() {
 }
 
 // findGPU reads the GPU's UUID from the slices the agent offers.
+// offers lists every resource the agent registered with the kubelet
+// stand-in and how many devices each offers (Healthy of all): on a GPU in
+// MIG mode, its instances under their resources and no vgpu slices.
+func (c *check) offers() string {
+	// The MIG resources register beside nvidia.com/vgpu; give them a moment.
+	time.Sleep(2 * time.Second)
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range c.kubelet.Registrations() {
+		name := r.Request.GetResourceName()
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		p := c.kubelet.Plugin(name)
+		if p == nil {
+			continue
+		}
+		healthy := 0
+		devs := p.Devices()
+		for _, d := range devs {
+			if d.Health == "Healthy" {
+				healthy++
+			}
+		}
+		out = append(out, fmt.Sprintf("`%s`: %d of %d Healthy", name, healthy, len(devs)))
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		return "nothing"
+	}
+	return strings.Join(out, "; ")
+}
+
 func (c *check) findGPU() error {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
