@@ -33,7 +33,7 @@ func TestDriverNeverPublishesAMIGGPUWhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = b.Close() }()
-	devs, _ := b.Backend.Devices()
+	devs, _ := b.Devices()
 	n, err := describe(b.Backend, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

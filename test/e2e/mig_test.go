@@ -142,7 +142,7 @@ func writeMIGConfig(t *testing.T, path, cfg string) {
 	}
 	// The stand-ins for the capability device nodes Allocate hands out.
 	caps := filepath.Join(c.Dir, "dev", "nvidia-caps")
-	if err := os.MkdirAll(caps, 0o755); err != nil { //nolint:gosec // device dir
+	if err := os.MkdirAll(caps, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range migDevices(t, cfg) {
