@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -69,7 +68,6 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.Placement, "placement", c.Placement, "slice placement: binpack or spread")
 	fs.StringVar(&c.Span, "span", c.Span, "a container's request no one GPU can hold: fewest (span the fewest GPUs) or never (refuse it: the pod fails admission)")
 	fs.DurationVar(&c.SpanHoldBack.Duration, "span-hold-back", c.SpanHoldBack.Duration, "with --span=never, how long free slices are offered Unhealthy after a refusal so the scheduler does not send the pod straight back (doubles per refusal up to 5m; 0: off)")
-	fs.StringVar(&c.MIGStrategy, "mig-strategy", c.MIGStrategy, "how MIG instances are offered: none, single (as nvidia.com/gpu; every GPU in MIG mode with one profile) or mixed (as nvidia.com/mig-<profile>)")
 	fs.BoolVar(&c.DeviceSpecs.Enabled, "device-specs", c.DeviceSpecs.Enabled, "return /dev/nvidia* device nodes from Allocate")
 	fs.BoolVar(&c.CDI.Enabled, "cdi", c.CDI.Enabled, "return CDI device names from Allocate")
 	fs.BoolVar(&c.DRA.Enabled, "dra", c.DRA.Enabled, "account for, limit and report containers holding claims of gpuslice's DRA driver")
@@ -141,9 +139,7 @@ func resolve(c Config) (Resolved, error) {
 	if c.DRA.ExtendedResource && !c.DRA.Enabled {
 		return Resolved{}, errors.New("--dra-extended-resource needs --dra")
 	}
-	if !slices.Contains(deviceplugin.MIGStrategies, c.MIGStrategy) {
-		return Resolved{}, fmt.Errorf("--mig-strategy %q: want one of %s", c.MIGStrategy, strings.Join(deviceplugin.MIGStrategies, ", "))
-	}
+
 	return r, checkPaths(c)
 }
 

@@ -27,6 +27,7 @@ import (
 
 	"github.com/gpuslice/gpuslice/internal/gpubackend"
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
 	"github.com/gpuslice/gpuslice/pkg/frontend"
@@ -115,7 +116,7 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	}
 	defer func() { _ = podres.Close() }()
 	guard := frontend.New(filepath.Dir(cfg.DRA.PreparedClaims))
-	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, Nodes: n.nodes, CDIDir: cfg.Driver.CDIDir, StatePath: cfg.DRA.PreparedClaims,
+	prep, err := dra.NewPreparer(dra.PreparerOptions{Pool: cfg.NodeName, Layout: n.layout, MIG: n.mig, Nodes: n.nodes, CDIDir: cfg.Driver.CDIDir, StatePath: cfg.DRA.PreparedClaims,
 		DevicePluginGPUs: kubeletstate.SlicedGPUsReader(podres, guard, cfg.ResourceName, n.layout), FrontEnds: guard})
 	if err != nil {
 		return err
@@ -135,11 +136,11 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	defer plugin.Stop()
 	probes.Set(func() error { return nil }) // registered and published
 	log.Info("serving", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "gpus", len(n.devices),
-		"slices", n.layout.TotalSlices(), "driver", n.sys.DriverVersion, "claims_prepared", len(prep.Claims()))
+		"slices", n.layout.TotalSlices(), "mig_instances", len(n.mig), "driver", n.sys.DriverVersion, "claims_prepared", len(prep.Claims()))
 	g, gctx := errgroup.WithContext(ctx)
 	// The one record of GPU health, as in gpu-agent: Prepare refuses an
 	// unhealthy GPU, the plugin taints its device.
-	monitor := gpuhealth.New(n.layout.UUIDs(), log)
+	monitor := gpuhealth.New(uuids(n.all), log)
 	monitor.Subscribe(func(h nvml.Health) {
 		why := ""
 		if !h.Healthy {
@@ -154,6 +155,7 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	if watch != nil {
 		g.Go(func() error { return watch(gctx, log) })
 	}
+	g.Go(func() error { return followMIG(gctx, backend, n.all, cfg.Health.ProbeInterval.Duration, log) })
 	werr := g.Wait()
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
@@ -168,6 +170,10 @@ type nodeGPUs struct {
 	devices  []resourceapi.Device
 	counters []resourceapi.CounterSet
 	nodes    dra.Nodes
+	// all are the GPUs as enumerated, MIG modes and instances included.
+	all []nvml.Device
+	// mig are the MIG instances published (with --mig-strategy=none).
+	mig dra.MIGInstances
 }
 
 // describe enumerates the GPUs, cuts them as the agent does and describes
@@ -194,9 +200,11 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	// published as a shared GPU.
 	for _, d := range devs {
 		if d.MIG.Enabled() {
-			log.Info("gpu in MIG mode: not published as a shared GPU", "gpu", d.Index, "uuid", d.UUID, "mig_current", d.MIG.Current, "mig_pending", d.MIG.Pending)
+			log.Info("gpu in MIG mode: not published as a shared GPU", "gpu", d.Index, "uuid", d.UUID, "mig_current", d.MIG.Current,
+				"mig_pending", d.MIG.Pending, "mig_instances_published", cfg.MIGStrategy == deviceplugin.MIGNone)
 		}
 	}
+	n.all = devs
 	devs = nvml.Whole(devs)
 	gpus := make([]vgpu.GPU, len(devs))
 	n.nodes = dra.Nodes{DevRoot: cfg.DeviceSpecs.DevRoot, Minor: map[string]int{}}
@@ -212,6 +220,13 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	}
 	if cfg.DRA.ExtendedResource || len(cfg.Driver.Sizes) > 0 {
 		n.devices, n.counters = dra.Partitioned(n.devices, cfg.DRA.ExtendedResource, cfg.Driver.Sizes)
+	}
+	// MIG instances are served by one front end: the device plugin under
+	// the mixed or single strategy, the driver with none.
+	if cfg.MIGStrategy == deviceplugin.MIGNone {
+		n.mig = dra.NewMIGInstances(n.all)
+		n.devices = append(n.devices, dra.MIGDevices(n.mig, n.sys)...)
+		n.nodes.MIG = n.mig.Nodes()
 	}
 	return n, nil
 }

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -68,7 +69,13 @@ type Config struct {
 	DeviceSpecs        DeviceSpecsConfig `json:"deviceSpecs"`
 	DRA                DRAConfig         `json:"dra"`
 	Health             HealthConfig      `json:"health"`
-	Log                LogConfig         `json:"log"`
+	// MIGStrategy says which front end serves the MIG instances on GPUs
+	// in MIG mode: the device plugin, under NVIDIA's strategies' names
+	// (mixed: nvidia.com/mig-<profile>; single: nvidia.com/gpu), or, with
+	// none, the DRA driver, as devices of their own. A GPU in MIG mode is
+	// never cut into whole-GPU slices, whatever it says.
+	MIGStrategy string    `json:"migStrategy,omitempty"`
+	Log         LogConfig `json:"log"`
 
 	// gpu-agent's own settings.
 	DevicePluginDir string `json:"devicePluginDir,omitempty"`
@@ -100,16 +107,11 @@ type Config struct {
 	// one GPU can hold: "fewest" spans the fewest GPUs, "never" refuses
 	// it and holds free slices back for SpanHoldBack (doubling up to five
 	// minutes), so the scheduler does not send it back at once.
-	Span         string   `json:"span,omitempty"`
-	SpanHoldBack Duration `json:"spanHoldBack,omitempty"`
-	// MIGStrategy is how MIG instances are offered, as NVIDIA's device
-	// plugin names its strategies: none, single (nvidia.com/gpu) or mixed
-	// (nvidia.com/mig-<profile>). A GPU in MIG mode is never cut into
-	// whole-GPU slices, whatever the strategy.
-	MIGStrategy string       `json:"migStrategy,omitempty"`
-	CDI         CDIConfig    `json:"cdi"`
-	MPS         MPSConfig    `json:"mps"`
-	Driver      DriverConfig `json:"draDriver"`
+	Span         string       `json:"span,omitempty"`
+	SpanHoldBack Duration     `json:"spanHoldBack,omitempty"`
+	CDI          CDIConfig    `json:"cdi"`
+	MPS          MPSConfig    `json:"mps"`
+	Driver       DriverConfig `json:"draDriver"`
 }
 
 // DriverConfig is gpu-dra-driver's own settings.
@@ -398,6 +400,7 @@ func SharedFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.DeviceSpecs.DevRoot, "dev-root", c.DeviceSpecs.DevRoot, "host `dir` holding the NVIDIA device nodes")
 	fs.StringVar(&c.DRA.PreparedClaims, "dra-prepared-claims", c.DRA.PreparedClaims, "the DRA driver's record of prepared claims (`file`): gpu-dra-driver writes it, gpu-agent --dra reads it")
 	fs.BoolVar(&c.DRA.ExtendedResource, "dra-extended-resource", c.DRA.ExtendedResource, "leave the extended resource to DRA: gpu-dra-driver publishes each slice as a device too, for the DeviceClass that maps the resource, and gpu-agent (with --dra) advertises no slices")
+	fs.StringVar(&c.MIGStrategy, "mig-strategy", c.MIGStrategy, "which front end serves MIG instances: the device plugin as mixed (nvidia.com/mig-<profile>) or single (nvidia.com/gpu; every GPU in MIG mode with one profile), or none: gpu-dra-driver publishes them as devices")
 	fs.DurationVar(&c.Health.ProbeInterval.Duration, "health-probe-interval", c.Health.ProbeInterval.Duration, "how often each GPU is probed for loss and recovery (real NVML)")
 	fs.DurationVar(&c.Health.XIDRecovery.Duration, "xid-recovery", c.Health.XIDRecovery.Duration, "quiet time after an XID before a GPU is healthy again (0: never)")
 	fs.Var((*xidList)(&c.Health.IgnoredXIDs), "ignored-xids", "comma-separated XIDs that leave a GPU healthy (application errors, not the GPU's)")
@@ -508,6 +511,9 @@ func (c Config) Check() error {
 	}
 	if c.Health.ProbeInterval.Duration <= 0 {
 		return fmt.Errorf("--health-probe-interval %s must be positive", c.Health.ProbeInterval)
+	}
+	if !slices.Contains(deviceplugin.MIGStrategies, c.MIGStrategy) {
+		return fmt.Errorf("--mig-strategy %q: want one of %s", c.MIGStrategy, strings.Join(deviceplugin.MIGStrategies, ", "))
 	}
 	if c.Health.XIDRecovery.Duration < 0 {
 		return fmt.Errorf("--xid-recovery %s must not be negative", c.Health.XIDRecovery)

@@ -58,6 +58,11 @@ type ClaimGrant struct {
 	// admin-access (monitoring) claim, which holds nothing.
 	Whole bool `json:"whole,omitempty"`
 	Admin bool `json:"admin,omitempty"`
+	// Parent is set when UUID names a MIG instance ("MIG-..."): the
+	// physical GPU it is on. The instance is held whole, as a GPU of one
+	// slice, and Index is its GPU's. MIGProfile is its profile.
+	Parent     string `json:"parent,omitempty"`
+	MIGProfile string `json:"migProfile,omitempty"`
 }
 
 // ClaimUIDOfCDIDevice returns the claim UID a prepared claim's CDI device
@@ -107,6 +112,8 @@ func (g ClaimGrant) check() error {
 		return fmt.Errorf("GPU %s: %d of %d slices, %d of %d bytes", g.UUID, g.Slices, g.SlicesTotal, g.MemoryBytes, g.MemoryCapacity)
 	case !g.Admin && g.ComputeRatio != float64(g.Slices)/float64(g.SlicesTotal):
 		return fmt.Errorf("GPU %s: ratio %v is not %d/%d", g.UUID, g.ComputeRatio, g.Slices, g.SlicesTotal)
+	case g.Parent != "" && (!g.Whole || g.SlicesTotal != 1 || !strings.HasPrefix(g.UUID, "MIG-")):
+		return fmt.Errorf("MIG instance %s of GPU %s is not held whole as one slice", g.UUID, g.Parent)
 	}
 	return nil
 }

@@ -36,6 +36,8 @@ type Nodes struct {
 	DevRoot string
 	// Minor maps a GPU UUID to its /dev/nvidia<minor>.
 	Minor map[string]int
+	// MIG maps a MIG instance's UUID to its device nodes.
+	MIG map[string]MIGNodes
 }
 
 // controlNodes are opened by every CUDA process, whatever its GPUs.
@@ -85,13 +87,30 @@ func CDISpec(claim types.UID, grants []Grant, n Nodes) (*cdispec.Spec, error) {
 	for _, name := range controlNodes {
 		edits.DeviceNodes = append(edits.DeviceNodes, &cdispec.DeviceNode{Path: "/dev/" + name, HostPath: root + "/" + name, Permissions: "rw"})
 	}
+	node := func(name string) {
+		for _, d := range edits.DeviceNodes {
+			if d.Path == "/dev/"+name {
+				return // two instances of one GPU: its node once
+			}
+		}
+		edits.DeviceNodes = append(edits.DeviceNodes, &cdispec.DeviceNode{Path: "/dev/" + name, HostPath: root + "/" + name, Permissions: "rw"})
+	}
 	for _, g := range grants {
+		if g.Parent != "" {
+			m, ok := n.MIG[g.UUID]
+			if !ok || m.GICap < 0 || m.CICap < 0 {
+				return nil, fmt.Errorf("%w: MIG instance %s (its capability nodes are not known)", ErrNoMinor, g.UUID)
+			}
+			node(fmt.Sprintf("nvidia%d", m.Minor))
+			node(fmt.Sprintf("nvidia-caps/nvidia-cap%d", m.GICap))
+			node(fmt.Sprintf("nvidia-caps/nvidia-cap%d", m.CICap))
+			continue
+		}
 		minor, ok := n.Minor[g.UUID]
 		if !ok {
 			return nil, fmt.Errorf("%w %s", ErrNoMinor, g.UUID)
 		}
-		name := fmt.Sprintf("nvidia%d", minor)
-		edits.DeviceNodes = append(edits.DeviceNodes, &cdispec.DeviceNode{Path: "/dev/" + name, HostPath: root + "/" + name, Permissions: "rw"})
+		node(fmt.Sprintf("nvidia%d", minor))
 	}
 	return &cdispec.Spec{
 		Version: cdiVersion,

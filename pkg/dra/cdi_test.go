@@ -25,7 +25,7 @@ import (
 func TestCDISpecAsTheRuntimeReadsIt(t *testing.T) {
 	t.Parallel()
 	l, devs := node(t, 2, 8, "NVIDIA H100 80GB HBM3", 80<<30)
-	grants, err := dra.Grants(claim(share("gpu-1", 3, 20), share("gpu-0", -1, 0)), pool, l)
+	grants, err := dra.Grants(claim(share("gpu-1", 3, 20), share("gpu-0", -1, 0)), pool, l, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

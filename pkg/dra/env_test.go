@@ -14,7 +14,7 @@ import (
 func TestEnvIsTheContainerContract(t *testing.T) {
 	t.Parallel()
 	l, devs := node(t, 2, 8, "NVIDIA H100 80GB HBM3", 80<<30)
-	grants, err := dra.Grants(claim(share("gpu-1", 3, 20), share("gpu-0", -1, 0)), pool, l)
+	grants, err := dra.Grants(claim(share("gpu-1", 3, 20), share("gpu-0", -1, 0)), pool, l, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,12 +36,12 @@ func TestEnvIsTheContainerContract(t *testing.T) {
 
 	admin := share("gpu-0", 1, 10)
 	admin.AdminAccess = ref(true)
-	onlyAdmin, _ := dra.Grants(claim(admin), pool, l)
+	onlyAdmin, _ := dra.Grants(claim(admin), pool, l, nil)
 	env, err = dra.Env(onlyAdmin)
 	if err != nil || len(env) != 1 || env[contract.EnvVisibleDevices] != devs[0].UUID {
 		t.Errorf("admin access: %v, %v; want the GPU and no limits", env, err)
 	}
-	mixed, _ := dra.Grants(claim(admin, share("gpu-1", 1, 10)), pool, l)
+	mixed, _ := dra.Grants(claim(admin, share("gpu-1", 1, 10)), pool, l, nil)
 	if _, err := dra.Env(mixed); !errors.Is(err, dra.ErrMixedAdmin) {
 		t.Errorf("admin access and a share in one claim = %v, want ErrMixedAdmin", err)
 	}

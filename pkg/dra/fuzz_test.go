@@ -28,7 +28,7 @@ func FuzzGrants(f *testing.F) {
 		if errC == nil && errM == nil {
 			r.ConsumedCapacity = map[resourceapi.QualifiedName]resource.Quantity{dra.CapacityCompute: c, dra.CapacityMemory: m}
 		}
-		got, err := dra.Grants(claim(r), pool, l)
+		got, err := dra.Grants(claim(r), pool, l, nil)
 		if err != nil {
 			return
 		}

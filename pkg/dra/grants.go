@@ -1,6 +1,7 @@
 package dra
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -42,16 +43,25 @@ type Grant = contract.ClaimGrant
 // Grants reads what a claim holds of this node's GPUs from its
 // allocation: the results of this driver in pool, by GPU in index order,
 // with the capacity several results on one GPU consumed added up.
-func Grants(claim *resourceapi.ResourceClaim, pool string, layout *vgpu.Layout) ([]Grant, error) {
+//
+// A result naming a MIG instance (mig) is a grant of all of it, named by
+// the instance's UUID.
+func Grants(claim *resourceapi.ResourceClaim, pool string, layout *vgpu.Layout, mig MIGInstances) ([]Grant, error) {
 	if claim.Status.Allocation == nil {
 		return nil, fmt.Errorf("%w: %s/%s", ErrNotAllocated, claim.Namespace, claim.Name)
 	}
-	byIndex := map[int]*Grant{}
+	byIndex := map[string]*Grant{}
 	for _, r := range claim.Status.Allocation.Devices.Results {
 		if r.Driver != DriverName || r.Pool != pool {
 			continue
 		}
-		g, err := grant(r, layout)
+		var g Grant
+		var err error
+		if in, ok := mig[r.Device]; ok {
+			g, err = migGrant(r, in)
+		} else {
+			g, err = grant(r, layout)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("claim %s/%s, request %s: %w", claim.Namespace, claim.Name, r.Request, err)
 		}
@@ -63,7 +73,7 @@ func Grants(claim *resourceapi.ResourceClaim, pool string, layout *vgpu.Layout) 
 	for _, g := range byIndex {
 		out = append(out, *g)
 	}
-	slices.SortFunc(out, func(a, b Grant) int { return a.Index - b.Index })
+	slices.SortFunc(out, func(a, b Grant) int { return cmp.Or(a.Index-b.Index, strings.Compare(a.UUID, b.UUID)) })
 	return out, nil
 }
 
@@ -100,11 +110,11 @@ func grant(r resourceapi.DeviceRequestAllocationResult, layout *vgpu.Layout) (Gr
 	return g, nil
 }
 
-// add merges g into what the claim holds of its GPU.
-func add(byIndex map[int]*Grant, g Grant) error {
-	have, ok := byIndex[g.Index]
+// add merges g into what the claim holds of its GPU (or MIG instance).
+func add(byUUID map[string]*Grant, g Grant) error {
+	have, ok := byUUID[g.UUID]
 	if !ok {
-		byIndex[g.Index] = &g
+		byUUID[g.UUID] = &g
 		return nil
 	}
 	have.Whole = have.Whole || g.Whole

@@ -88,7 +88,7 @@ func TestGrantsReadTheAllocation(t *testing.T) {
 		{"an unknown part", claim(share("gpu-0-part-1", -1, 0)), nil, nil, false, dra.ErrUnknownDevice},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := dra.Grants(tc.claim, pool, l)
+			got, err := dra.Grants(tc.claim, pool, l, nil)
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("Grants = %v, want %v", err, tc.wantErr)
 			}
@@ -119,7 +119,7 @@ func TestLedgerRefusesOvercommit(t *testing.T) {
 	t.Parallel()
 	l, _ := node(t, 1, 8, "NVIDIA H100 80GB HBM3", 80<<30)
 	grants := func(results ...resourceapi.DeviceRequestAllocationResult) []dra.Grant {
-		g, err := dra.Grants(claim(results...), pool, l)
+		g, err := dra.Grants(claim(results...), pool, l, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -88,7 +88,11 @@ func (p TaintPolicy) Tainted(devices []resourceapi.Device, health map[string]nvm
 	out := make([]resourceapi.Device, len(devices))
 	for i, d := range devices {
 		d.Taints = nil
-		if uuid := d.Attributes[AttrUUID].StringValue; uuid != nil {
+		uuid := d.Attributes[AttrUUID].StringValue
+		if parent := d.Attributes[AttrParentUUID].StringValue; parent != nil {
+			uuid = parent // a MIG instance fails with its GPU
+		}
+		if uuid != nil {
 			if h, ok := health[*uuid]; ok && !h.Healthy {
 				effect := p.Recoverable
 				if fatal[*uuid] {

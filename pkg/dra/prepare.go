@@ -25,6 +25,9 @@ type PreparerOptions struct {
 	Pool string
 	// Layout is how the node's GPUs are cut.
 	Layout *vgpu.Layout
+	// MIG are the MIG instances the driver publishes (with
+	// --mig-strategy=none), by device name.
+	MIG MIGInstances
 	// Nodes are the device nodes containers get.
 	Nodes Nodes
 	// CDIDir is where claims' CDI specs are written (a directory the
@@ -113,7 +116,7 @@ func NewPreparer(o PreparerOptions) (*Preparer, error) {
 // rewritten), with the same answer. Nothing of a claim that fails is
 // left behind: no spec, no record, nothing held in the ledger.
 func (p *Preparer) Prepare(claim *resourceapi.ResourceClaim) (string, error) {
-	grants, err := Grants(claim, p.o.Pool, p.o.Layout)
+	grants, err := Grants(claim, p.o.Pool, p.o.Layout, p.o.MIG)
 	if err != nil {
 		return "", err
 	}
@@ -136,7 +139,11 @@ func (p *Preparer) Prepare(claim *resourceapi.ResourceClaim) (string, error) {
 	before, had := p.state[claim.UID]
 	if !had {
 		for _, g := range grants {
-			if why, bad := p.unhealthy[g.UUID]; bad {
+			why, bad := p.unhealthy[g.UUID]
+			if !bad && g.Parent != "" {
+				why, bad = p.unhealthy[g.Parent] // a MIG instance: its GPU's health
+			}
+			if bad {
 				return "", fmt.Errorf("claim %s/%s: %w: GPU %d (%s): %s", claim.Namespace, claim.Name, ErrUnhealthyGPU, g.Index, g.UUID, why)
 			}
 		}

@@ -283,8 +283,9 @@ func accumulate(in Input, devices []Device, entries map[key]*Container, prev Sta
 	if prev.last.IsZero() || dt < 0 {
 		dt = 0
 	}
-	blind := map[string]bool{}
+	blind, read := map[string]bool{}, map[string]bool{}
 	for _, d := range devices {
+		read[d.UUID] = true
 		if d.Blind() {
 			blind[d.UUID] = true
 		}
@@ -295,7 +296,10 @@ func accumulate(in Input, devices []Device, entries map[key]*Container, prev Sta
 		e.SMUtilization = min(e.SMUtilization, 1)
 		acc := prev.accums[k]
 		switch {
-		case blind[e.UUID]:
+		case blind[e.UUID] || !read[e.UUID]:
+			// A GPU not read at all (one in MIG mode, whose instances
+			// the container holds; one lost) is as blind as one whose
+			// reading failed: its use is unknown, never zero.
 			e.Blind = true
 			e.Cgroup = acc.cgroup
 		case e.Unknown != "":

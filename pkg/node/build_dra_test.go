@@ -88,3 +88,35 @@ func TestBuildDRAClaims(t *testing.T) {
 		t.Errorf("unauthorized %+v, unattributed %+v", s.Unauthorized, s.Unattributed)
 	}
 }
+
+// TestHoldingOnAGPUNotReadIsBlind: a claim on a MIG instance names a GPU
+// the agent does not read (it does not sample a GPU in MIG mode): the
+// container is listed with what it holds, and its use is unknown, never
+// zero.
+func TestHoldingOnAGPUNotReadIsBlind(t *testing.T) {
+	t.Parallel()
+	const uid = "66666666-6666-6666-6666-666666666666"
+	in := input(t, 0, reading())
+	in.DRA = node.DRA{
+		Enabled: true,
+		PodUIDs: map[node.PodName]string{{Namespace: "ml", Name: "m"}: uid},
+		Prepared: map[string]contract.PreparedClaim{"mig": {Namespace: "ml", Name: "mig", Grants: []contract.ClaimGrant{{
+			UUID: "MIG-1", Parent: "GPU-a", MIGProfile: "1g.10gb", Slices: 1, SlicesTotal: 1, ComputeRatio: 1,
+			MemoryBytes: 10e9, MemoryCapacity: 10e9, Whole: true,
+		}}}},
+	}
+	in.Assignments = append(append([]node.Assignment{}, in.Assignments...), node.Assignment{Namespace: "ml", Pod: "m", Container: "main", Claims: []string{"mig"}})
+	s, _, _ := node.Build(in, node.State{})
+	var found bool
+	for _, c := range s.Containers {
+		if c.Pod == "m" {
+			found = true
+			if c.UUID != "MIG-1" || !c.Blind || c.MemoryLimitBytes != 10e9 {
+				t.Errorf("the MIG claim's container: %+v, want it on MIG-1, blind, with the instance's memory", c)
+			}
+		}
+	}
+	if !found {
+		t.Error("the MIG claim's container is not listed")
+	}
+}

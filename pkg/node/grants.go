@@ -79,7 +79,12 @@ func ClaimLimits(layout *vgpu.Layout, claims []string, prepared map[string]contr
 				continue
 			}
 			gpu, ok := layout.GPU(g.UUID)
-			if !ok {
+			switch {
+			case g.Parent != "":
+				// A MIG instance, held whole: it is no GPU of the slice
+				// layout, and the grant says all there is to it.
+				gpu = vgpu.GPUSlices{GPU: vgpu.GPU{UUID: g.UUID, Index: g.Index}, Slices: g.SlicesTotal}
+			case !ok:
 				errs = append(errs, fmt.Errorf("claim %s/%s: GPU %s is not on this node", c.Namespace, c.Name, g.UUID))
 				continue
 			}

@@ -10,11 +10,14 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gpuslice/gpuslice/internal/fakegpu"
+	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/test/e2e/cluster"
 )
@@ -223,4 +226,99 @@ func labelsMatch(t *testing.T, want map[string]string, gone []string) bool {
 		}
 	}
 	return true
+}
+
+// TestDRAMIGClaim: with --mig-strategy=none the DRA driver serves the MIG
+// instances, each a device of its own (class mig.gpuslice.io, as the chart
+// makes it): a claim for a 1g.10gb instance runs on one, with its MIG UUID
+// and the instance's memory as its limit, and the agent lists the claim's
+// container on the instance with its use unknown (it does not read a GPU
+// in MIG mode), never zero.
+func TestDRAMIGClaim(t *testing.T) {
+	requireDRA(t)
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	file := filepath.Join(c.Dir, "fakegpu-mig-dra.yaml")
+	writeMIGConfig(t, file, migBefore)
+	restartAgentOffering(t, 4, "--fake-config="+file, "--mig-strategy=none")
+	if err := c.RestartDRADriver("--fake-config="+file, "--mig-strategy=none"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.RestartDRADriver(); err != nil {
+			t.Error(err)
+		}
+	})
+	class := &resourceapi.DeviceClass{ObjectMeta: metav1.ObjectMeta{Name: "mig.gpuslice.io"}, Spec: resourceapi.DeviceClassSpec{
+		Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
+			Expression: fmt.Sprintf(`device.driver == %q && device.attributes[%q].kind == %q`, dra.DriverName, dra.DriverName, dra.KindMIG)}}},
+	}}
+	if _, err := cs.ResourceV1().DeviceClasses().Create(ctx, class, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cs.ResourceV1().DeviceClasses().Delete(context.Background(), class.Name, metav1.DeleteOptions{})
+	})
+	waitFor(t, "the MIG instances published", 30*time.Second, func() bool {
+		list, err := cs.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		n := 0
+		for _, s := range list.Items {
+			for _, d := range s.Spec.Devices {
+				if k := d.Attributes[dra.AttrKind].StringValue; k != nil && *k == dra.KindMIG {
+					n++
+				}
+			}
+		}
+		return err == nil && n == 4
+	})
+	ns := newNamespace(t, "dra-mig")
+	req := resourceapi.ExactDeviceRequest{DeviceClassName: class.Name, Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
+		Expression: fmt.Sprintf(`device.attributes[%q].profile == "1g.10gb"`, dra.DriverName)}}}}
+	createTemplates(t, ns, &resourceapi.ResourceClaimTemplate{
+		ObjectMeta: metav1.ObjectMeta{Name: "one-1g"},
+		Spec: resourceapi.ResourceClaimTemplateSpec{Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{
+			Requests: []resourceapi.DeviceRequest{{Name: "gpu", Exactly: &req}},
+		}}},
+	})
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("mig", "one-1g", "env; sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "mig")
+	env := containerEnv(t, ns, "mig")
+	devs := migDevices(t, migBefore)
+	var inst *nvml.MIGInstance
+	for _, in := range devs[0].MIG.Instances {
+		if in.UUID == env["NVIDIA_VISIBLE_DEVICES"] && in.Profile == "1g.10gb" {
+			inst = &in
+		}
+	}
+	if inst == nil {
+		t.Fatalf("the claim's container sees NVIDIA_VISIBLE_DEVICES=%q, not a 1g.10gb instance of GPU 0: %v", env["NVIDIA_VISIBLE_DEVICES"], env)
+	}
+	if env["GPUSLICE_MEMORY_LIMIT_BYTES"] != fmt.Sprint(inst.MemoryBytes) || env["GPUSLICE_COMPUTE_LIMIT_RATIO"] != "1" {
+		t.Errorf("the claim's limits %v, want all of the instance", env)
+	}
+	// The agent lists the container on the instance; its use is unknown.
+	waitFor(t, "the agent lists the MIG claim's container", 30*time.Second, func() bool {
+		mfs := scrape(t)
+		listed := false
+		for _, m := range mfs["gpuslice_container_slices"].GetMetric() {
+			l := labelMap(m.GetLabel())
+			listed = listed || (l["pod"] == "mig" && l["uuid"] == inst.UUID)
+		}
+		for _, m := range mfs["gpuslice_container_memory_used_bytes"].GetMetric() {
+			if l := labelMap(m.GetLabel()); l["pod"] == "mig" {
+				t.Errorf("the agent reports memory use %v for the MIG claim's container, which it cannot see", m.GetGauge().GetValue())
+			}
+		}
+		return listed
+	})
+}
+
+func labelMap(pairs []*dto.LabelPair) map[string]string {
+	out := map[string]string{}
+	for _, p := range pairs {
+		out[p.GetName()] = p.GetValue()
+	}
+	return out
 }

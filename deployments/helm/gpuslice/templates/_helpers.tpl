@@ -65,6 +65,7 @@ slicing:
   models:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+migStrategy: {{ .Values.mig.strategy | quote }}
 dra:
   enabled: {{ .Values.dra.enabled }}
   preparedClaims: /var/lib/gpuslice/dra-prepared.json
