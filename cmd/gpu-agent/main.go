@@ -148,7 +148,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	g.Go(func() error { enforcer.Run(ctx); return nil })
 	g.Go(func() error {
 		exposition := exporter.NewExposition(smp, exporter.Info{Version: version, System: gpus.sys, Enforcement: enforcer,
-			MIG: func() []nvml.Device { return *gpus.current.Load() }, MIGStrategy: cfg.MIGStrategy})
+			MIG: func() []nvml.Device { return *gpus.current.Load() }, MIGStrategy: cfg.MIGStrategy, Healthy: gpus.health.Healthy})
 		ready := func() bool { return probes.Ready() == nil }
 		return exporter.Serve(ctx, lis, k.guard(exporter.Handler(exposition, exposition.Key, ready, log)), cfg.WebConfigFile, log)
 	})

@@ -260,3 +260,44 @@ func TestAgentRestartsWhenMIGModeChanges(t *testing.T) {
 		t.Errorf("stderr does not say which GPU's MIG mode changed:\n%s", out)
 	}
 }
+
+// TestAgentXIDOnOneMIGInstance: an XID the driver puts on one GPU
+// instance takes only that instance away; one on the GPU takes all of its
+// instances.
+func TestAgentXIDOnOneMIGInstance(t *testing.T) {
+	t.Parallel()
+	fake := writeFake(t, layoutBefore)
+	dir := t.TempDir()
+	k, err := kubeletstub.Start(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	startAgent(t, "--gpu-backend=fake", "--fake-config="+fake, "--device-plugin-dir="+dir, "--metrics-address="+freePort(t))
+	small, err := k.WaitPlugin(ctxT(t), "nvidia.com/mig-1g.5gb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, err := k.WaitPlugin(ctxT(t), "nvidia.com/mig-3g.20gb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := small.WaitHealthy(ctxT(t), 2); err != nil {
+		t.Fatal(err)
+	}
+	// GPU instance 3 is the first 1g.5gb (instances take IDs in creation order).
+	rewrite(t, fake, layoutBefore+"faults: {gpus: [{index: 0, xid: 94, gpuInstance: 3}]}\n")
+	if err := small.WaitHealthy(ctxT(t), 1); err != nil {
+		t.Fatalf("after an XID on one 1g.5gb: %v", err)
+	}
+	if err := big.WaitHealthy(ctxT(t), 1); err != nil {
+		t.Fatalf("the 3g.20gb after an XID on another instance: %v", err)
+	}
+	rewrite(t, fake, layoutBefore+"faults: {gpus: [{index: 0, xid: 79}]}\n")
+	if err := small.WaitHealthy(ctxT(t), 0); err != nil {
+		t.Fatalf("after an XID on the GPU: %v", err)
+	}
+	if err := big.WaitHealthy(ctxT(t), 0); err != nil {
+		t.Fatalf("the 3g.20gb after an XID on its GPU: %v", err)
+	}
+}

@@ -117,6 +117,11 @@ type GPUFault struct {
 	XID uint64 `json:"xid,omitempty"`
 	// Lost marks the GPU as fallen off the bus.
 	Lost bool `json:"lost,omitempty"`
+	// GPUInstance, with XID, puts the XID on this GPU instance of a GPU
+	// in MIG mode (its ID, as nvidia-smi lists it) rather than on the
+	// GPU: only that instance is unhealthy, as when the driver contains
+	// an error to one instance.
+	GPUInstance *int `json:"gpuInstance,omitempty"`
 }
 
 // Backend calls that FailCalls may name.
@@ -193,6 +198,9 @@ func (f Faults) validate(n int) error {
 		seen[g.Index] = true
 		if g.XID == 0 && !g.Lost {
 			return fmt.Errorf("fault on gpu %d: set xid or lost", g.Index)
+		}
+		if g.GPUInstance != nil && (g.XID == 0 || g.Lost) {
+			return fmt.Errorf("fault on gpu %d: gpuInstance needs an xid, and a lost GPU loses every instance", g.Index)
 		}
 	}
 	for _, c := range f.FailCalls {

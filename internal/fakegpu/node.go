@@ -180,15 +180,45 @@ func (n *Node) healthLocked() []nvml.Health {
 	for _, d := range n.devices {
 		f, faulty := n.faults[d.Index]
 		switch {
-		case !faulty:
+		case !faulty || f.GPUInstance != nil:
 			out = append(out, nvml.Health{UUID: d.UUID, Healthy: true})
 		case f.Lost:
 			out = append(out, nvml.Health{UUID: d.UUID, Reason: nvml.ReasonLost})
 		default:
 			out = append(out, nvml.Health{UUID: d.UUID, Reason: nvml.ReasonXID, XID: f.XID})
 		}
+		if !d.MIG.Current {
+			continue
+		}
+		// Each MIG instance's own health: an XID put on its GPU instance.
+		for _, in := range d.MIG.Instances {
+			h := nvml.Health{UUID: in.UUID, Parent: d.UUID, Healthy: true}
+			if faulty && f.GPUInstance != nil && *f.GPUInstance == in.GPUInstanceID {
+				h = nvml.Health{UUID: in.UUID, Parent: d.UUID, Reason: nvml.ReasonXID, XID: f.XID}
+			}
+			out = append(out, h)
+		}
 	}
 	return out
+}
+
+// checkInstancesLocked refuses a fault on a GPU instance the GPU does not
+// have.
+func (n *Node) checkInstancesLocked(f Faults) error {
+	for _, g := range f.GPUs {
+		if g.GPUInstance == nil {
+			continue
+		}
+		d := n.devices[g.Index]
+		found := false
+		for _, in := range d.MIG.Instances {
+			found = found || (d.MIG.Current && in.GPUInstanceID == *g.GPUInstance)
+		}
+		if !found {
+			return fmt.Errorf("fault on gpu %d: no GPU instance %d in MIG mode", g.Index, *g.GPUInstance)
+		}
+	}
+	return nil
 }
 
 // InjectXID makes GPU index report a critical XID and become unhealthy.
@@ -198,6 +228,17 @@ func (n *Node) InjectXID(index int, xid uint64) error {
 	}
 	return n.update(func(f *Faults) error {
 		return putFault(f, GPUFault{Index: index, XID: xid}, len(n.devices))
+	})
+}
+
+// InjectInstanceXID makes GPU index report a critical XID on its GPU
+// instance gi (MIG): that instance alone becomes unhealthy.
+func (n *Node) InjectInstanceXID(index, gi int, xid uint64) error {
+	if xid == 0 {
+		return errors.New("xid must be non-zero")
+	}
+	return n.update(func(f *Faults) error {
+		return putFault(f, GPUFault{Index: index, XID: xid, GPUInstance: &gi}, len(n.devices))
 	})
 }
 
@@ -299,6 +340,9 @@ func (n *Node) update(fn func(*Faults) error) error {
 	if err := f.validate(len(n.devices)); err != nil {
 		return err
 	}
+	if err := n.checkInstancesLocked(f); err != nil {
+		return err
+	}
 	n.setFaultsLocked(f)
 	return nil
 }
@@ -315,9 +359,9 @@ func (n *Node) setFaultsLocked(f Faults) {
 	for _, g := range f.GPUs {
 		n.faults[g.Index] = g
 		// A new or different XID is a new event on the driver's stream.
-		if g.XID != 0 && prev[g.Index].XID != g.XID {
+		if g.XID != 0 && (prev[g.Index].XID != g.XID || instanceOf(prev[g.Index]) != instanceOf(g)) {
 			n.seq++
-			n.xids = append(n.xids, xidEvent{gpu: g.Index, xid: g.XID, seq: n.seq})
+			n.xids = append(n.xids, xidEvent{gpu: g.Index, xid: g.XID, seq: n.seq, gi: instanceOf(g)})
 		}
 	}
 	n.fail = map[string]bool{}
@@ -325,6 +369,14 @@ func (n *Node) setFaultsLocked(f Faults) {
 		n.fail[c] = true
 	}
 	n.notifyLocked()
+}
+
+// instanceOf is the GPU instance a fault's XID is on, -1 for the GPU.
+func instanceOf(f GPUFault) int {
+	if f.GPUInstance == nil {
+		return -1
+	}
+	return *f.GPUInstance
 }
 
 // notifyLocked wakes every watcher of the node's state.

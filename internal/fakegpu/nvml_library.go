@@ -41,6 +41,7 @@ type xidEvent struct {
 	gpu int
 	xid uint64
 	seq int64
+	gi  int // the GPU instance the driver put it on; -1: the GPU
 }
 
 // NVMLState renders the node's current state in the fake NVML library's
@@ -91,6 +92,10 @@ func (n *Node) NVMLState() []byte {
 		}
 	}
 	for _, x := range n.xids {
+		if x.gi >= 0 {
+			fmt.Fprintf(&b, "xid\t%d\t%d\t%d\t%d\t0\n", x.gpu, x.xid, x.seq, x.gi)
+			continue
+		}
 		fmt.Fprintf(&b, "xid\t%d\t%d\t%d\n", x.gpu, x.xid, x.seq)
 	}
 	if n.driverLimits {

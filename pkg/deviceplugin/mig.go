@@ -99,7 +99,10 @@ type MIGPlugin struct {
 	devices map[string]MIGDevice   // by MIG UUID
 	order   []string               // MIG UUIDs, sorted
 	health  map[string]nvml.Health // by GPU UUID
-	changed chan struct{}
+	// instances is the health of instances the driver put an XID on, by
+	// MIG UUID; an instance not here is as healthy as its GPU.
+	instances map[string]nvml.Health
+	changed   chan struct{}
 
 	watchers atomic.Int64
 }
@@ -120,7 +123,7 @@ func NewMIG(resource string, devs []MIGDevice, opts Options) (*MIGPlugin, error)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	p := &MIGPlugin{opts: opts, health: map[string]nvml.Health{}, changed: make(chan struct{})}
+	p := &MIGPlugin{opts: opts, health: map[string]nvml.Health{}, instances: map[string]nvml.Health{}, changed: make(chan struct{})}
 	if err := p.SetDevices(devs); err != nil {
 		return nil, err
 	}
@@ -172,20 +175,37 @@ func (p *MIGPlugin) Run(ctx context.Context) error { return p.run(ctx) }
 // holds its ListAndWatch stream open.
 func (p *MIGPlugin) Connected() bool { return p.Registered() && p.watchers.Load() > 0 }
 
-// SetHealth records a GPU's health; its instances are offered Unhealthy
-// while it is unhealthy. Reports for other GPUs are ignored.
+// SetHealth records a GPU's health, or one MIG instance's (Parent set):
+// an instance is offered Unhealthy while it or its GPU is unhealthy.
+// Reports for other GPUs are ignored.
 func (p *MIGPlugin) SetHealth(h nvml.Health) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	prev, ok := p.health[h.UUID]
-	if !ok {
+	states := p.health
+	if h.Parent != "" {
+		states = p.instances
+	}
+	prev, ok := states[h.UUID]
+	switch {
+	case h.Parent != "" && !ok:
+		prev = nvml.Health{UUID: h.UUID, Healthy: true}
+	case !ok:
 		return
 	}
-	p.health[h.UUID] = h
+	states[h.UUID] = h
 	if prev.Healthy != h.Healthy {
 		close(p.changed)
 		p.changed = make(chan struct{})
 	}
+}
+
+// healthOfLocked is an instance's health: its own when the driver put an
+// XID on it, else its GPU's.
+func (p *MIGPlugin) healthOfLocked(d MIGDevice) nvml.Health {
+	if h, ok := p.instances[d.UUID]; ok && !h.Healthy {
+		return h
+	}
+	return p.health[d.Parent.UUID]
 }
 
 // GetDevicePluginOptions asks for nothing beyond Allocate: every instance
@@ -205,7 +225,7 @@ func (p *MIGPlugin) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlug
 		for _, id := range p.order {
 			d := p.devices[id]
 			h := pluginapi.Healthy
-			if !p.health[d.Parent.UUID].Healthy {
+			if !p.healthOfLocked(d).Healthy {
 				h = pluginapi.Unhealthy
 			}
 			dev := &pluginapi.Device{ID: id, Health: h}
@@ -264,8 +284,8 @@ func (p *MIGPlugin) allocate(ids []string) (*pluginapi.ContainerAllocateResponse
 			return nil, status.Errorf(codes.InvalidArgument, "%s is not a MIG instance of %s on this node", id, p.resource)
 		case seen[id]:
 			return nil, status.Errorf(codes.InvalidArgument, "MIG instance %s asked for twice", id)
-		case !p.health[d.Parent.UUID].Healthy:
-			return nil, status.Errorf(codes.FailedPrecondition, "MIG instance %s is on unhealthy GPU %s (%s)", id, d.Parent.UUID, describeHealth(p.health[d.Parent.UUID]))
+		case !p.healthOfLocked(d).Healthy:
+			return nil, status.Errorf(codes.FailedPrecondition, "MIG instance %s (GPU %s) is unhealthy (%s)", id, d.Parent.UUID, describeHealth(p.healthOfLocked(d)))
 		}
 		seen[id] = true
 		if p.opts.CDI.Enabled {

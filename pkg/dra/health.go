@@ -88,20 +88,36 @@ func (p TaintPolicy) Tainted(devices []resourceapi.Device, health map[string]nvm
 	out := make([]resourceapi.Device, len(devices))
 	for i, d := range devices {
 		d.Taints = nil
-		uuid := d.Attributes[AttrUUID].StringValue
-		if parent := d.Attributes[AttrParentUUID].StringValue; parent != nil {
-			uuid = parent // a MIG instance fails with its GPU
-		}
-		if uuid != nil {
-			if h, ok := health[*uuid]; ok && !h.Healthy {
-				effect := p.Recoverable
-				if fatal[*uuid] {
-					effect = p.Fatal
-				}
-				d.Taints = []resourceapi.DeviceTaint{{Key: UnhealthyTaintKey, Value: TaintValue(h), Effect: effect}}
+		if h, uuid, ok := DeviceHealth(d, health); ok && !h.Healthy {
+			effect := p.Recoverable
+			if fatal[uuid] {
+				effect = p.Fatal
 			}
+			d.Taints = []resourceapi.DeviceTaint{{Key: UnhealthyTaintKey, Value: TaintValue(h), Effect: effect}}
 		}
 		out[i] = d
 	}
 	return out
+}
+
+// DeviceHealth is a device's health from the reports by UUID, and the
+// UUID whose report it is: a GPU's own; for a MIG instance its own when
+// it is unhealthy (an XID the driver put on it), else its GPU's, which it
+// shares. ok is false when no report names either.
+func DeviceHealth(d resourceapi.Device, health map[string]nvml.Health) (h nvml.Health, uuid string, ok bool) {
+	own := d.Attributes[AttrUUID].StringValue
+	if own != nil {
+		if h, ok = health[*own]; ok && !h.Healthy {
+			return h, *own, true
+		}
+	}
+	if parent := d.Attributes[AttrParentUUID].StringValue; parent != nil {
+		if ph, pok := health[*parent]; pok {
+			return ph, *parent, true
+		}
+	}
+	if own == nil {
+		return nvml.Health{}, "", false
+	}
+	return h, *own, ok
 }

@@ -160,3 +160,24 @@ func layoutOf(t *testing.T, devs []nvml.Device) *vgpu.Layout {
 	}
 	return l
 }
+
+// TestMIGDeviceTaintedAlone: an XID the driver put on one instance taints
+// that instance's device only.
+func TestMIGDeviceTaintedAlone(t *testing.T) {
+	t.Parallel()
+	devs, mig := migNode(t)
+	one := mig["gpu-0-mig-2-0"]
+	got := dra.DefaultTaintPolicy().Tainted(dra.MIGDevices(mig, nvml.SystemInfo{}), map[string]nvml.Health{
+		devs[0].UUID: {UUID: devs[0].UUID, Healthy: true},
+		one.UUID:     {UUID: one.UUID, Parent: devs[0].UUID, Reason: nvml.ReasonXID, XID: 94},
+	}, nil)
+	for _, d := range got {
+		want := 0
+		if d.Name == "gpu-0-mig-2-0" {
+			want = 1
+		}
+		if len(d.Taints) != want {
+			t.Errorf("%s: taints %+v, want %d", d.Name, d.Taints, want)
+		}
+	}
+}

@@ -275,12 +275,10 @@ func (d *driver) healthReport() (kubeletplugin.DeviceHealthReport, <-chan struct
 	r := kubeletplugin.DeviceHealthReport{Devices: make([]kubeletplugin.DeviceHealth, 0, len(d.devices))}
 	for _, dev := range d.devices {
 		h := kubeletplugin.DeviceHealth{PoolName: d.pool, DeviceName: dev.Name, Health: kubeletplugin.HealthStatusUnknown, LastUpdated: now}
-		if uuid := dev.Attributes[dra.AttrUUID].StringValue; uuid != nil {
-			if g, ok := d.health[*uuid]; ok && g.Healthy {
-				h.Health = kubeletplugin.HealthStatusHealthy
-			} else if ok {
-				h.Health, h.Message = kubeletplugin.HealthStatusUnhealthy, dra.TaintValue(g)
-			}
+		if g, _, ok := dra.DeviceHealth(dev, d.health); ok && g.Healthy {
+			h.Health = kubeletplugin.HealthStatusHealthy
+		} else if ok {
+			h.Health, h.Message = kubeletplugin.HealthStatusUnhealthy, dra.TaintValue(g)
 		}
 		r.Devices = append(r.Devices, h)
 	}

@@ -51,6 +51,9 @@ type Info struct {
 	// MIGStrategy names the resources MIG instances are offered under
 	// (single: nvidia.com/gpu; otherwise the mixed strategy's names).
 	MIGStrategy string
+	// Healthy says whether a MIG instance (of GPU parent) may be used;
+	// nil exports no instance health.
+	Healthy func(uuid, parent string) bool
 }
 
 // Exposition renders the node's metrics in the Prometheus text format
@@ -230,6 +233,14 @@ func byReason(compute, memory string) [2]tierReason {
 		return [2]tierReason{m, c}
 	}
 	return [2]tierReason{c, m}
+}
+
+// sortedInstances are a GPU's MIG instances in label order (profile,
+// then UUID), as client_golang writes series.
+func sortedInstances(d nvml.Device) []nvml.MIGInstance {
+	return slices.SortedFunc(slices.Values(d.MIG.Instances), func(a, b nvml.MIGInstance) int {
+		return cmp.Or(strings.Compare(a.Profile, b.Profile), strings.Compare(a.UUID, b.UUID))
+	})
 }
 
 // migResource is the resource a MIG profile's instances are offered
@@ -447,17 +458,28 @@ var families = []metric{
 			w.sample(1, "gpu", idx, "uuid", d.UUID, "resource", "memory", "tier", memory)
 		}
 	}),
+	m("mig", "instance_healthy", "gauge", "1 if the MIG instance is offered Healthy, 0 if not: its GPU is unhealthy, or the driver put an XID on the instance itself.",
+		func(w *textWriter, v *view) {
+			if v.e.info.Healthy == nil {
+				return
+			}
+			for _, d := range v.mig {
+				if !d.MIG.Current {
+					continue
+				}
+				byUUID := slices.SortedFunc(slices.Values(d.MIG.Instances), func(a, b nvml.MIGInstance) int { return strings.Compare(a.UUID, b.UUID) })
+				for _, in := range byUUID {
+					w.sample(bit(v.e.info.Healthy(in.UUID, d.UUID)), "gpu", strconv.Itoa(d.Index), "mig_uuid", in.UUID, "uuid", d.UUID)
+				}
+			}
+		}),
 	m("mig", "instance_info", "gauge", "A MIG instance in force on the GPU, with its profile and the resource it is offered under; always 1.",
 		func(w *textWriter, v *view) {
 			for _, d := range v.mig {
 				if !d.MIG.Current {
 					continue
 				}
-				// In label order, as client_golang writes series.
-				ins := slices.SortedFunc(slices.Values(d.MIG.Instances), func(a, b nvml.MIGInstance) int {
-					return cmp.Or(strings.Compare(a.Profile, b.Profile), strings.Compare(a.UUID, b.UUID))
-				})
-				for _, in := range ins {
+				for _, in := range sortedInstances(d) {
 					w.sample(1, "gpu", strconv.Itoa(d.Index), "mig_profile", in.Profile, "mig_uuid", in.UUID,
 						"resource", v.migResource(in.Profile), "uuid", d.UUID)
 				}

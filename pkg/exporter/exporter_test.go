@@ -296,7 +296,7 @@ gpuslice_build_info{goversion="GOVERSION",version="v1.2.3"} 1
 `
 
 var info = Info{Version: "v1.2.3", System: nvml.SystemInfo{DriverVersion: "570.124.06", CUDADriverVersion: 12080}, Enforcement: enforcement{},
-	MIG: func() []nvml.Device { return migGPUs }, MIGStrategy: "mixed"}
+	MIG: func() []nvml.Device { return migGPUs }, MIGStrategy: "mixed", Healthy: func(uuid, _ string) bool { return uuid != "MIG-222" }}
 
 // migGPUs: GPU 0 and 1 are the snapshot's (1 MIG-capable, mode off), GPU 2
 // is in MIG mode with two instances, GPU 3's mode is pending.
@@ -317,6 +317,10 @@ gpuslice_device_mig_mode{gpu="2",state="current",uuid="GPU-ccc"} 1
 gpuslice_device_mig_mode{gpu="2",state="pending",uuid="GPU-ccc"} 1
 gpuslice_device_mig_mode{gpu="3",state="current",uuid="GPU-ddd"} 0
 gpuslice_device_mig_mode{gpu="3",state="pending",uuid="GPU-ddd"} 1
+# HELP gpuslice_mig_instance_healthy 1 if the MIG instance is offered Healthy, 0 if not: its GPU is unhealthy, or the driver put an XID on the instance itself.
+# TYPE gpuslice_mig_instance_healthy gauge
+gpuslice_mig_instance_healthy{gpu="2",mig_uuid="MIG-111",uuid="GPU-ccc"} 1
+gpuslice_mig_instance_healthy{gpu="2",mig_uuid="MIG-222",uuid="GPU-ccc"} 0
 # HELP gpuslice_mig_instance_info A MIG instance in force on the GPU, with its profile and the resource it is offered under; always 1.
 # TYPE gpuslice_mig_instance_info gauge
 gpuslice_mig_instance_info{gpu="2",mig_profile="1g.10gb+me",mig_uuid="MIG-222",resource="nvidia.com/mig-1g.10gb.me",uuid="GPU-ccc"} 1
@@ -413,9 +417,9 @@ func TestEmptySnapshot(t *testing.T) {
 	// failures, four driver limit operation counters, whether each of the
 	// two tiers can engage on the node, and the two host files read
 	// as a stale copy (none); and what enumeration found of MIG, known
-	// before any sample: 3 MIG-capable GPUs' two modes and 2 instances.
-	if n != 16+6+2 {
-		t.Errorf("%d series before the first sample, want 24", n)
+	// before any sample: 3 MIG-capable GPUs' two modes, and 2 instances' info and health.
+	if n != 16+6+2+2 {
+		t.Errorf("%d series before the first sample, want 26", n)
 	}
 }
 

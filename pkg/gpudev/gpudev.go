@@ -62,6 +62,11 @@ type Health struct {
 	Reason string
 	// XID is the XID that made the GPU unhealthy, when Reason is "xid".
 	XID uint64
+	// Parent is set when UUID names a MIG instance: the GPU it is on. An
+	// XID the driver attributes to one instance makes only that instance
+	// unhealthy; its GPU's own reports say the GPU's health, which all of
+	// its instances share.
+	Parent string
 }
 
 // Reasons carried in Health.Reason.

@@ -41,7 +41,9 @@ type Monitor struct {
 }
 
 // New returns a Monitor of the GPUs with the given UUIDs, each healthy
-// until a report says otherwise. Reports of any other GPU are ignored.
+// until a report says otherwise. Reports of any other GPU are ignored,
+// except those of MIG instances (Parent set), which come and go with
+// their GPU's layout.
 func New(uuids []string, log *slog.Logger) *Monitor {
 	m := &Monitor{log: log, gpus: make(map[string]gpudev.Health, len(uuids)), xids: map[string]map[uint64]uint64{}}
 	for _, u := range uuids {
@@ -82,6 +84,9 @@ func (m *Monitor) Run(ctx context.Context, w Watcher, retry time.Duration) {
 func (m *Monitor) Report(h gpudev.Health) {
 	m.mu.Lock()
 	prev, ok := m.gpus[h.UUID]
+	if !ok && h.Parent != "" {
+		prev, ok = gpudev.Health{UUID: h.UUID, Parent: h.Parent, Healthy: true}, true
+	}
 	if !ok {
 		m.mu.Unlock()
 		return
@@ -115,6 +120,20 @@ func (m *Monitor) Health(uuid string) gpudev.Health {
 		return h
 	}
 	return gpudev.Health{UUID: uuid}
+}
+
+// Healthy reports whether a GPU or a MIG instance (parent set: its GPU)
+// may be used: the GPU is healthy and, for an instance, no report made it
+// unhealthy (an instance nothing was reported of is as healthy as its
+// GPU).
+func (m *Monitor) Healthy(uuid, parent string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if parent == "" {
+		return m.gpus[uuid].Healthy
+	}
+	h, known := m.gpus[uuid]
+	return m.gpus[parent].Healthy && (!known || h.Healthy)
 }
 
 // XIDs returns how many times each critical XID was reported for a GPU.

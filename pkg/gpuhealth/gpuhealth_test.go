@@ -137,3 +137,28 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestMIGInstanceReports: reports of MIG instances, which come and go with
+// their GPU's layout, are kept though the monitor was not built with
+// them; an instance is usable while it and its GPU are healthy.
+func TestMIGInstanceReports(t *testing.T) {
+	t.Parallel()
+	m := gpuhealth.New([]string{"GPU-a"}, slog.New(slog.DiscardHandler))
+	var got []nvml.Health
+	m.Subscribe(func(h nvml.Health) { got = append(got, h) })
+	if !m.Healthy("MIG-1", "GPU-a") {
+		t.Error("an instance nothing was reported of is not as healthy as its GPU")
+	}
+	m.Report(nvml.Health{UUID: "MIG-1", Parent: "GPU-a", Reason: nvml.ReasonXID, XID: 94})
+	m.Report(nvml.Health{UUID: "GPU-zzz", Reason: nvml.ReasonXID, XID: 79}) // not the monitor's: ignored
+	if m.Healthy("MIG-1", "GPU-a") || !m.Healthy("MIG-2", "GPU-a") || !m.Healthy("GPU-a", "") {
+		t.Error("an XID on MIG-1 must make it, and only it, unusable")
+	}
+	if len(got) != 1 || got[0].UUID != "MIG-1" {
+		t.Errorf("subscribers got %+v, want the instance's report alone", got)
+	}
+	m.Report(nvml.Health{UUID: "GPU-a", Reason: nvml.ReasonLost})
+	if m.Healthy("MIG-2", "GPU-a") {
+		t.Error("an instance of a lost GPU is usable")
+	}
+}

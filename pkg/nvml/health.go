@@ -70,6 +70,37 @@ func (t *healthTracker) xid(uuid string, xid uint64, now time.Time) (Health, boo
 	return g.Health, true
 }
 
+// instanceXID records an XID the driver put on one MIG instance of the
+// GPU parent: the instance becomes unhealthy, and recovers as a GPU with
+// an XID does, while its GPU answers probes.
+func (t *healthTracker) instanceXID(uuid, parent string, xid uint64, now time.Time) (Health, bool) {
+	if _, ok := t.gpus[parent]; !ok || t.ignored[xid] {
+		return Health{}, false
+	}
+	g, ok := t.gpus[uuid]
+	if !ok {
+		g = &gpuHealth{}
+		t.gpus[uuid] = g
+	}
+	g.lastXID = now
+	g.Health = Health{UUID: uuid, Parent: parent, Healthy: false, Reason: ReasonXID, XID: xid}
+	return g.Health, true
+}
+
+// probeInstances returns the recoveries of the MIG instances of a GPU
+// that answered a probe: those whose last XID is the quiet period old.
+func (t *healthTracker) probeInstances(parent string, now time.Time) []Health {
+	var out []Health
+	for uuid, g := range t.gpus {
+		if g.Parent != parent || g.Healthy || t.quiet <= 0 || now.Sub(g.lastXID) < t.quiet {
+			continue
+		}
+		g.Health = Health{UUID: uuid, Parent: parent, Healthy: true, Reason: ReasonRecovered}
+		out = append(out, g.Health)
+	}
+	return out
+}
+
 // probe records whether a GPU answered a probe and returns the change it
 // causes, if any.
 func (t *healthTracker) probe(uuid string, lost bool, now time.Time) (Health, bool) {

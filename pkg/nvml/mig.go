@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
 
@@ -125,4 +126,44 @@ func ParseMIGMinors(data []byte) (map[string]int, error) {
 		return nil, errors.New("mig-minors lists no capability")
 	}
 	return out, nil
+}
+
+// noInstance is what NVML puts in an event's GPU or compute instance ID
+// when the event is not about one.
+const noInstance = 0xFFFFFFFF
+
+// reportXID reports an XID event: on the GPU, or, where the driver names
+// a GPU instance, on each of its MIG devices (one compute instance, or
+// every one when the event names none).
+func (n *NVML) reportXID(tr *healthTracker, data gonvml.EventData, now time.Time, report func(Health)) {
+	uuid, r := data.Device.GetUUID()
+	if r != gonvml.SUCCESS {
+		return
+	}
+	if data.GpuInstanceId == noInstance {
+		if h, changed := tr.xid(uuid, data.EventData, now); changed {
+			report(h)
+		}
+		return
+	}
+	instances, err := migInstances(data.Device, Device{UUID: uuid, Minor: -1}, nil)
+	matched := false
+	for _, in := range instances {
+		if uint32(in.GPUInstanceID) != data.GpuInstanceId || (data.ComputeInstanceId != noInstance && uint32(in.ComputeInstanceID) != data.ComputeInstanceId) {
+			continue
+		}
+		matched = true
+		if h, changed := tr.instanceXID(in.UUID, uuid, data.EventData, now); changed {
+			report(h)
+		}
+	}
+	if !matched {
+		// An instance that cannot be told (destroyed since, or its MIG
+		// devices unreadable): the GPU takes the XID, never nobody.
+		n.opts.Logger.Warn("xid on a MIG instance that cannot be found: the GPU takes it", "uuid", uuid,
+			"gpu_instance", data.GpuInstanceId, "compute_instance", data.ComputeInstanceId, "xid", data.EventData, "err", err)
+		if h, changed := tr.xid(uuid, data.EventData, now); changed {
+			report(h)
+		}
+	}
 }

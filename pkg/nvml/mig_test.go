@@ -1,10 +1,12 @@
 package nvml_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -113,4 +115,90 @@ func FuzzParseMIGMinors(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestXIDOnOneMIGInstanceThroughNVML: an XID the driver puts on one GPU
+// instance (the event names it) makes that instance unhealthy, not its
+// GPU, and it recovers after the quiet period as a GPU does; an XID on the
+// GPU is the GPU's.
+func TestXIDOnOneMIGInstanceThroughNVML(t *testing.T) {
+	f := newFakeNVML(t, migLayouts)
+	b := open(t, func(o *nvml.Options) { o.XIDRecovery = 300 * time.Millisecond })
+	devs, _ := f.node.Devices()
+	ch := make(chan nvml.Health, 64)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.WatchHealth(ctx, func(h nvml.Health) { ch <- h }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("WatchHealth() = %v", err)
+		}
+	}()
+	next := func(what string) nvml.Health {
+		t.Helper()
+		select {
+		case h := <-ch:
+			return h
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no health report for %s", what)
+		}
+		return nvml.Health{}
+	}
+	for range devs {
+		next("start")
+	}
+	target := devs[0].MIG.Instances[1] // the 2g.10gb
+	if err := f.node.InjectInstanceXID(0, target.GPUInstanceID, 94); err != nil {
+		t.Fatal(err)
+	}
+	f.sync(t)
+	start := time.Now()
+	if diff := cmp.Diff(nvml.Health{UUID: target.UUID, Parent: devs[0].UUID, Reason: nvml.ReasonXID, XID: 94}, next("instance xid")); diff != "" {
+		t.Fatalf("after the instance's XID (-want +got)\n%s", diff)
+	}
+	if diff := cmp.Diff(nvml.Health{UUID: target.UUID, Parent: devs[0].UUID, Healthy: true, Reason: nvml.ReasonRecovered}, next("instance recovery")); diff != "" {
+		t.Fatalf("after the quiet period (-want +got)\n%s", diff)
+	}
+	if waited := time.Since(start); waited < 300*time.Millisecond {
+		t.Errorf("recovered after %s, before the 300ms quiet period", waited)
+	}
+	// The GPU itself: every instance's.
+	if err := f.node.InjectXID(0, 79); err != nil {
+		t.Fatal(err)
+	}
+	f.sync(t)
+	if diff := cmp.Diff(nvml.Health{UUID: devs[0].UUID, Reason: nvml.ReasonXID, XID: 79}, next("gpu xid")); diff != "" {
+		t.Fatalf("after the GPU's XID (-want +got)\n%s", diff)
+	}
+}
+
+// TestXIDOnOneMIGInstanceInProcess: the in-process fake reports the same.
+func TestXIDOnOneMIGInstanceInProcess(t *testing.T) {
+	t.Parallel()
+	n, err := fakegpu.New(migLayouts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, _ := n.Devices()
+	target := devs[0].MIG.Instances[2]
+	if err := n.InjectInstanceXID(0, target.GPUInstanceID, 94); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.InjectInstanceXID(1, 1, 94); err == nil {
+		t.Error("an XID on an instance of a GPU not in MIG mode was accepted")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var got []nvml.Health
+	go func() { time.Sleep(200 * time.Millisecond); cancel() }()
+	_ = n.WatchHealth(ctx, func(h nvml.Health) { got = append(got, h) })
+	for _, h := range got {
+		switch {
+		case h.UUID == target.UUID && (h.Healthy || h.XID != 94 || h.Parent != devs[0].UUID):
+			t.Errorf("the instance: %+v, want unhealthy with XID 94", h)
+		case h.UUID != target.UUID && !h.Healthy:
+			t.Errorf("%+v is unhealthy; only %s should be", h, target.UUID)
+		}
+	}
 }

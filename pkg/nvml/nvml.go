@@ -275,11 +275,7 @@ func (n *NVML) WatchHealth(ctx context.Context, report func(Health)) error {
 		data, ret := set.Wait(uint32(wait.Milliseconds()))
 		now := n.opts.Now()
 		if ret == gonvml.SUCCESS && data.EventType&uint64(gonvml.EventTypeXidCriticalError) != 0 && data.Device != nil {
-			if uuid, r := data.Device.GetUUID(); r == gonvml.SUCCESS {
-				if h, changed := tr.xid(uuid, data.EventData, now); changed {
-					report(h)
-				}
-			}
+			n.reportXID(tr, data, now, report)
 		}
 		if now.Sub(lastProbe) < n.opts.ProbeInterval && ret != gonvml.ERROR_GPU_IS_LOST {
 			continue
@@ -289,6 +285,11 @@ func (n *NVML) WatchHealth(ctx context.Context, report func(Health)) error {
 			_, r := g.dev.GetMemoryInfo()
 			if h, changed := tr.probe(g.uuid, r == gonvml.ERROR_GPU_IS_LOST, now); changed {
 				report(h)
+			}
+			if r != gonvml.ERROR_GPU_IS_LOST {
+				for _, h := range tr.probeInstances(g.uuid, now) {
+					report(h)
+				}
 			}
 		}
 	}

@@ -13,7 +13,7 @@
  *   driver  <version>
  *   cuda    <1000*major+10*minor>
  *   gpu     <uuid> <minor> <memory bytes> <cc major> <cc minor> <pci bus id> <lost 0|1> <name> [<mig capable 0|1>]
- *   xid     <gpu index> <xid> <sequence>
+ *   xid     <gpu index> <xid> <sequence> [<gpu instance> <compute instance>]
  *   sample  <gpu index> <util %> <memory used> <temp C> <power mW> <energy mJ> <SM MHz> <time us>
  *   proc    <gpu index> <pid> <memory bytes> <SM util %>
  *   devutil <gpu index> <util %>   (over the last finished sample period)
@@ -136,6 +136,7 @@ struct xid {
 	int gpu;
 	unsigned long long xid;
 	long seq;
+	unsigned int gi, ci; /* 0xFFFFFFFF: the GPU, not one instance */
 };
 struct state {
 	char driver[80];
@@ -228,7 +229,9 @@ static int parse(struct state *s) {
 		} else if (!strcmp(kind, "xid") && s->nxids < MAX_XIDS) {
 			char *g = strtok_r(NULL, "\t", &save), *x = strtok_r(NULL, "\t", &save), *q = strtok_r(NULL, "\t", &save);
 			if (!g || !x || !q) continue;
-			s->xids[s->nxids++] = (struct xid){atoi(g), strtoull(x, NULL, 10), atol(q)};
+			char *gi = strtok_r(NULL, "\t", &save), *ci = strtok_r(NULL, "\t", &save);
+			s->xids[s->nxids++] = (struct xid){atoi(g), strtoull(x, NULL, 10), atol(q),
+				gi && ci ? (unsigned)atoi(gi) : 0xFFFFFFFFu, gi && ci ? (unsigned)atoi(ci) : 0xFFFFFFFFu};
 		} else if (!strcmp(kind, "sample")) {
 			char *fld[8];
 			int i;
@@ -522,8 +525,8 @@ static int nextXID(nvmlEventSet_t set, nvmlEventData_t *data) {
 		data->device = &handles[x->gpu];
 		data->eventType = EVENT_XID;
 		data->eventData = x->xid;
-		data->gpuInstanceId = 0xFFFFFFFF;
-		data->computeInstanceId = 0xFFFFFFFF;
+		data->gpuInstanceId = x->gi;
+		data->computeInstanceId = x->ci;
 		return 1;
 	}
 	return 0;
