@@ -21,6 +21,9 @@ const (
 	MetricContainerGPUBusySeconds   = "gpuslice_container_gpu_busy_seconds_total"
 	MetricContainerUseUnknown       = "gpuslice_container_use_unknown"
 	MetricAgentGPUBlind             = "gpuslice_agent_gpu_blind"
+	MetricDeviceMIGMode             = "gpuslice_device_mig_mode"
+	MetricMIGInstanceInfo           = "gpuslice_mig_instance_info"
+	MetricMIGInstanceHealthy        = "gpuslice_mig_instance_healthy"
 )
 
 // ReadMetrics are the agent's metrics other programs read.
@@ -30,4 +33,5 @@ var ReadMetrics = []string{
 	MetricContainerMemoryUsedBytes, MetricContainerMemoryLimitBytes, MetricContainerSMUtilization,
 	MetricContainerComputeLimit, MetricContainerLastActive, MetricContainerGPUBusySeconds,
 	MetricContainerUseUnknown, MetricAgentGPUBlind,
+	MetricDeviceMIGMode, MetricMIGInstanceInfo, MetricMIGInstanceHealthy,
 }

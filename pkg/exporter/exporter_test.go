@@ -458,7 +458,7 @@ func TestClaimInfo(t *testing.T) {
 // so a rename here cannot silently empty their tables and budgets.
 func TestContractMetricsExported(t *testing.T) {
 	t.Parallel()
-	out := string(NewExposition(fixed{snapshot()}, Info{Version: "test", Enforcement: enforcement{}}).Append(nil))
+	out := string(NewExposition(fixed{snapshot()}, info).Append(nil))
 	for _, name := range contract.ReadMetrics {
 		if !strings.Contains(out, "# TYPE "+name+" ") {
 			t.Errorf("the agent does not export %s, which other programs read", name)

@@ -40,6 +40,7 @@ var Metrics = []string{ // all of them in contract.ReadMetrics
 	contract.MetricContainerSlices, contract.MetricContainerMemoryUsedBytes, contract.MetricContainerMemoryLimitBytes,
 	contract.MetricContainerSMUtilization, contract.MetricContainerComputeLimit,
 	contract.MetricContainerLastActive,
+	contract.MetricDeviceMIGMode, contract.MetricMIGInstanceInfo, contract.MetricMIGInstanceHealthy,
 }
 
 // Container is one container's use of one GPU.
@@ -72,6 +73,21 @@ type GPU struct {
 	Utilization float64     `json:"utilizationRatio"`
 	Healthy     bool        `json:"healthy"`
 	Holders     []Container `json:"holders,omitempty"`
+	// MIG is "enabled" (in force) or "pending" (from the GPU's next
+	// reset) when the GPU is in MIG mode; it is then not cut into slices,
+	// and Instances are its MIG instances.
+	MIG       string        `json:"mig,omitempty"`
+	Instances []MIGInstance `json:"migInstances,omitempty"`
+}
+
+// MIGInstance is one MIG instance of a GPU and who holds it (through a
+// DRA claim; a device-plugin MIG pod is not listed yet).
+type MIGInstance struct {
+	UUID     string      `json:"uuid"`
+	Profile  string      `json:"profile"`
+	Resource string      `json:"resource,omitempty"`
+	Healthy  bool        `json:"healthy"`
+	Holders  []Container `json:"holders,omitempty"`
 }
 
 // Model is what the samples say, organised.
@@ -106,8 +122,33 @@ func Build(samples []Sample) Model {
 		}
 		return c
 	}
+	type migKey struct{ node, uuid string }
+	instances := map[migKey]*MIGInstance{}
+	instance := func(s Sample) *MIGInstance {
+		k := migKey{s.Labels["instance"], s.Labels["mig_uuid"]}
+		in := instances[k]
+		if in == nil {
+			in = &MIGInstance{UUID: k.uuid, Healthy: true}
+			instances[k] = in
+			g := gpu(s)
+			g.Instances = append(g.Instances, MIGInstance{UUID: k.uuid}) // filled in below
+		}
+		return in
+	}
+	migState := map[gpuKey][2]bool{} // in force, pending
 	for _, s := range samples {
 		switch s.Name {
+		case contract.MetricDeviceMIGMode:
+			k := gpuKey{s.Labels["instance"], s.Labels["uuid"]}
+			st := migState[k]
+			st[bool2int(s.Labels["state"] == "pending")] = s.Value == 1
+			migState[k] = st
+			gpu(s)
+		case contract.MetricMIGInstanceInfo:
+			in := instance(s)
+			in.Profile, in.Resource = s.Labels["mig_profile"], s.Labels["resource"]
+		case contract.MetricMIGInstanceHealthy:
+			instance(s).Healthy = s.Value == 1
 		case contract.MetricDeviceInfo:
 			gpu(s).Model = s.Labels["model"]
 		case contract.MetricDeviceMemoryTotalBytes:
@@ -138,12 +179,32 @@ func Build(samples []Sample) Model {
 			}
 		}
 	}
+	for k, st := range migState {
+		switch {
+		case st[0]:
+			gpus[k].MIG = "enabled"
+		case st[1]:
+			gpus[k].MIG = "pending"
+		}
+	}
 	var m Model
 	for _, c := range ctrs {
 		m.Containers = append(m.Containers, *c)
 		if g := gpus[gpuKey{c.Node, c.UUID}]; g != nil {
 			g.Holders = append(g.Holders, *c)
 		}
+		if in := instances[migKey{c.Node, c.UUID}]; in != nil {
+			in.Holders = append(in.Holders, *c)
+		}
+	}
+	for _, g := range gpus {
+		for i := range g.Instances {
+			g.Instances[i] = *instances[migKey{g.Node, g.Instances[i].UUID}]
+		}
+		sort.Slice(g.Instances, func(i, j int) bool {
+			a, b := g.Instances[i], g.Instances[j]
+			return a.Profile+"\x00"+a.UUID < b.Profile+"\x00"+b.UUID
+		})
 	}
 	sort.Slice(m.Containers, func(i, j int) bool {
 		a, b := m.Containers[i], m.Containers[j]
@@ -163,6 +224,13 @@ func Build(samples []Sample) Model {
 		return pad(m.GPUs[i].Index) < pad(m.GPUs[j].Index)
 	})
 	return m
+}
+
+func bool2int(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // pad makes GPU indexes sort as numbers.
@@ -288,9 +356,45 @@ func GPUs(w io.Writer, m Model) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tGPU\tMODEL\tHEALTHY\tSLICES(ALLOCATED/TOTAL)\tMEMORY(USED/TOTAL)\tUTILIZATION\tUUID")
 	for _, g := range m.GPUs {
+		if g.MIG != "" {
+			// Not cut into slices, and not read: its instances follow.
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t-\t-\t-\t%s\n", g.Node, g.Index, orDash(g.Model)+" (MIG "+g.MIG+")", g.Healthy, g.UUID)
+			for _, in := range g.Instances {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t-\t-\t-\t%s\n", g.Node, g.Index, "  MIG "+in.Profile, in.Healthy, in.UUID)
+			}
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%d/%d\t%s/%s\t%s\t%s\n", g.Node, g.Index, g.Model, g.Healthy, g.Allocated, g.Slices, gib(g.MemoryUsed), gib(g.MemoryTotal), pct(g.Utilization), g.UUID)
 	}
 	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// describeMIG prints a GPU in MIG mode: its instances, the resource each
+// is offered under, its health and who holds it.
+func describeMIG(w io.Writer, g GPU) {
+	fmt.Fprintf(w, "  MIG:          %s; not cut into slices, not read by gpuslice\n", g.MIG)
+	if len(g.Instances) == 0 {
+		fmt.Fprintln(w, "  Instances:    none")
+		return
+	}
+	fmt.Fprintln(w, "  Instances:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "    PROFILE\tUUID\tRESOURCE\tHEALTHY\tHELD BY")
+	for _, in := range g.Instances {
+		holders := make([]string, 0, len(in.Holders))
+		for _, c := range in.Holders {
+			holders = append(holders, c.Namespace+"/"+c.Pod+"/"+c.Container)
+		}
+		fmt.Fprintf(tw, "    %s\t%s\t%s\t%t\t%s\n", in.Profile, in.UUID, orDash(in.Resource), in.Healthy, orDash(strings.Join(holders, ",")))
+	}
+	_ = tw.Flush()
 }
 
 // DescribeNode prints a node's GPUs and who holds their slices. It returns
@@ -307,6 +411,10 @@ func DescribeNode(w io.Writer, m Model, node string, now time.Time) error {
 			health = "UNHEALTHY"
 		}
 		fmt.Fprintf(w, "GPU %s  %s  %s  %s\n", g.Index, g.UUID, g.Model, health)
+		if g.MIG != "" {
+			describeMIG(w, g)
+			continue
+		}
 		fmt.Fprintf(w, "  Slices:       %d of %d allocated\n", g.Allocated, g.Slices)
 		fmt.Fprintf(w, "  Memory:       %s of %s used\n", gib(g.MemoryUsed), gib(g.MemoryTotal))
 		fmt.Fprintf(w, "  Utilization:  %s\n", pct(g.Utilization))
