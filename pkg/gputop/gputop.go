@@ -100,120 +100,152 @@ type gpuKey struct{ node, uuid string }
 
 type ctrKey struct{ node, ns, pod, ctr, uuid string }
 
+type migKey struct{ node, uuid string }
+
+// builder gathers samples by GPU, container and MIG instance.
+type builder struct {
+	gpus      map[gpuKey]*GPU
+	ctrs      map[ctrKey]*Container
+	instances map[migKey]*MIGInstance
+	migState  map[gpuKey][2]bool // in force, pending
+}
+
 // Build organises samples into GPUs and containers, sorted.
 func Build(samples []Sample) Model {
-	gpus := map[gpuKey]*GPU{}
-	ctrs := map[ctrKey]*Container{}
-	gpu := func(s Sample) *GPU {
-		k := gpuKey{s.Labels["instance"], s.Labels["uuid"]}
-		g := gpus[k]
-		if g == nil {
-			g = &GPU{Node: k.node, UUID: k.uuid, Index: s.Labels["gpu"], Healthy: true}
-			gpus[k] = g
-		}
-		return g
-	}
-	ctr := func(s Sample) *Container {
-		k := ctrKey{s.Labels["instance"], s.Labels["namespace"], s.Labels["pod"], s.Labels["container"], s.Labels["uuid"]}
-		c := ctrs[k]
-		if c == nil {
-			c = &Container{Node: k.node, Namespace: k.ns, Pod: k.pod, Container: k.ctr, UUID: k.uuid, GPU: s.Labels["gpu"]}
-			ctrs[k] = c
-		}
-		return c
-	}
-	type migKey struct{ node, uuid string }
-	instances := map[migKey]*MIGInstance{}
-	instance := func(s Sample) *MIGInstance {
-		k := migKey{s.Labels["instance"], s.Labels["mig_uuid"]}
-		in := instances[k]
-		if in == nil {
-			in = &MIGInstance{UUID: k.uuid, Healthy: true}
-			instances[k] = in
-			g := gpu(s)
-			g.Instances = append(g.Instances, MIGInstance{UUID: k.uuid}) // filled in below
-		}
-		return in
-	}
-	migState := map[gpuKey][2]bool{} // in force, pending
+	b := &builder{gpus: map[gpuKey]*GPU{}, ctrs: map[ctrKey]*Container{}, instances: map[migKey]*MIGInstance{}, migState: map[gpuKey][2]bool{}}
 	for _, s := range samples {
-		switch s.Name {
-		case contract.MetricDeviceMIGMode:
-			k := gpuKey{s.Labels["instance"], s.Labels["uuid"]}
-			st := migState[k]
-			st[bool2int(s.Labels["state"] == "pending")] = s.Value == 1
-			migState[k] = st
-			gpu(s)
-		case contract.MetricMIGInstanceInfo:
-			in := instance(s)
-			in.Profile, in.Resource = s.Labels["mig_profile"], s.Labels["resource"]
-		case contract.MetricMIGInstanceHealthy:
-			instance(s).Healthy = s.Value == 1
-		case contract.MetricDeviceInfo:
-			gpu(s).Model = s.Labels["model"]
-		case contract.MetricDeviceMemoryTotalBytes:
-			gpu(s).MemoryTotal = s.Value
-		case contract.MetricDeviceMemoryUsedBytes:
-			gpu(s).MemoryUsed = s.Value
-		case contract.MetricDeviceUtilizationRatio:
-			gpu(s).Utilization = s.Value
-		case contract.MetricDeviceHealthy:
-			gpu(s).Healthy = s.Value == 1
-		case contract.MetricSlicesCapacity:
-			gpu(s).Slices = int(s.Value)
-		case contract.MetricSlicesAllocated:
-			gpu(s).Allocated = int(s.Value)
-		case contract.MetricContainerSlices:
-			ctr(s).Slices = int(s.Value)
-		case contract.MetricContainerMemoryUsedBytes:
-			ctr(s).MemoryUsed = s.Value
-		case contract.MetricContainerMemoryLimitBytes:
-			ctr(s).MemoryLimit = s.Value
-		case contract.MetricContainerSMUtilization:
-			ctr(s).Compute = s.Value
-		case contract.MetricContainerComputeLimit:
-			ctr(s).ComputeLimit = s.Value
-		case contract.MetricContainerLastActive:
-			if s.Value > 0 {
-				ctr(s).LastActive = time.Unix(0, int64(s.Value*1e9))
-			}
+		if !b.addMIG(s) {
+			b.add(s)
 		}
 	}
-	for k, st := range migState {
+	return b.model()
+}
+
+func (b *builder) gpu(s Sample) *GPU {
+	k := gpuKey{s.Labels["instance"], s.Labels["uuid"]}
+	g := b.gpus[k]
+	if g == nil {
+		g = &GPU{Node: k.node, UUID: k.uuid, Index: s.Labels["gpu"], Healthy: true}
+		b.gpus[k] = g
+	}
+	return g
+}
+
+func (b *builder) ctr(s Sample) *Container {
+	k := ctrKey{s.Labels["instance"], s.Labels["namespace"], s.Labels["pod"], s.Labels["container"], s.Labels["uuid"]}
+	c := b.ctrs[k]
+	if c == nil {
+		c = &Container{Node: k.node, Namespace: k.ns, Pod: k.pod, Container: k.ctr, UUID: k.uuid, GPU: s.Labels["gpu"]}
+		b.ctrs[k] = c
+	}
+	return c
+}
+
+func (b *builder) instance(s Sample) *MIGInstance {
+	k := migKey{s.Labels["instance"], s.Labels["mig_uuid"]}
+	in := b.instances[k]
+	if in == nil {
+		in = &MIGInstance{UUID: k.uuid, Healthy: true}
+		b.instances[k] = in
+		g := b.gpu(s)
+		g.Instances = append(g.Instances, MIGInstance{UUID: k.uuid}) // filled in by model
+	}
+	return in
+}
+
+// addMIG takes a sample of the MIG metrics; false for any other.
+func (b *builder) addMIG(s Sample) bool {
+	switch s.Name {
+	case contract.MetricDeviceMIGMode:
+		k := gpuKey{s.Labels["instance"], s.Labels["uuid"]}
+		st := b.migState[k]
+		st[bool2int(s.Labels["state"] == "pending")] = s.Value == 1
+		b.migState[k] = st
+		b.gpu(s)
+	case contract.MetricMIGInstanceInfo:
+		in := b.instance(s)
+		in.Profile, in.Resource = s.Labels["mig_profile"], s.Labels["resource"]
+	case contract.MetricMIGInstanceHealthy:
+		b.instance(s).Healthy = s.Value == 1
+	default:
+		return false
+	}
+	return true
+}
+
+// add takes a sample of the device, slice and container metrics.
+func (b *builder) add(s Sample) {
+	switch s.Name {
+	case contract.MetricDeviceInfo:
+		b.gpu(s).Model = s.Labels["model"]
+	case contract.MetricDeviceMemoryTotalBytes:
+		b.gpu(s).MemoryTotal = s.Value
+	case contract.MetricDeviceMemoryUsedBytes:
+		b.gpu(s).MemoryUsed = s.Value
+	case contract.MetricDeviceUtilizationRatio:
+		b.gpu(s).Utilization = s.Value
+	case contract.MetricDeviceHealthy:
+		b.gpu(s).Healthy = s.Value == 1
+	case contract.MetricSlicesCapacity:
+		b.gpu(s).Slices = int(s.Value)
+	case contract.MetricSlicesAllocated:
+		b.gpu(s).Allocated = int(s.Value)
+	case contract.MetricContainerSlices:
+		b.ctr(s).Slices = int(s.Value)
+	case contract.MetricContainerMemoryUsedBytes:
+		b.ctr(s).MemoryUsed = s.Value
+	case contract.MetricContainerMemoryLimitBytes:
+		b.ctr(s).MemoryLimit = s.Value
+	case contract.MetricContainerSMUtilization:
+		b.ctr(s).Compute = s.Value
+	case contract.MetricContainerComputeLimit:
+		b.ctr(s).ComputeLimit = s.Value
+	case contract.MetricContainerLastActive:
+		if s.Value > 0 {
+			b.ctr(s).LastActive = time.Unix(0, int64(s.Value*1e9))
+		}
+	}
+}
+
+// model ties containers to the GPUs and MIG instances they hold, and sorts.
+func (b *builder) model() Model {
+	for k, st := range b.migState {
 		switch {
 		case st[0]:
-			gpus[k].MIG = "enabled"
+			b.gpus[k].MIG = "enabled"
 		case st[1]:
-			gpus[k].MIG = "pending"
+			b.gpus[k].MIG = "pending"
 		}
 	}
 	var m Model
-	for _, c := range ctrs {
+	for _, c := range b.ctrs {
 		m.Containers = append(m.Containers, *c)
-		if g := gpus[gpuKey{c.Node, c.UUID}]; g != nil {
+		if g := b.gpus[gpuKey{c.Node, c.UUID}]; g != nil {
 			g.Holders = append(g.Holders, *c)
 		}
-		if in := instances[migKey{c.Node, c.UUID}]; in != nil {
+		if in := b.instances[migKey{c.Node, c.UUID}]; in != nil {
 			in.Holders = append(in.Holders, *c)
 		}
-	}
-	for _, g := range gpus {
-		for i := range g.Instances {
-			g.Instances[i] = *instances[migKey{g.Node, g.Instances[i].UUID}]
-		}
-		sort.Slice(g.Instances, func(i, j int) bool {
-			a, b := g.Instances[i], g.Instances[j]
-			return a.Profile+"\x00"+a.UUID < b.Profile+"\x00"+b.UUID
-		})
 	}
 	sort.Slice(m.Containers, func(i, j int) bool {
 		a, b := m.Containers[i], m.Containers[j]
 		return strings.Join([]string{a.Namespace, a.Pod, a.Container, a.Node, pad(a.GPU)}, "\x00") <
 			strings.Join([]string{b.Namespace, b.Pod, b.Container, b.Node, pad(b.GPU)}, "\x00")
 	})
-	for _, g := range gpus {
+	for _, g := range b.gpus {
 		sort.Slice(g.Holders, func(i, j int) bool {
 			return g.Holders[i].Namespace+"/"+g.Holders[i].Pod < g.Holders[j].Namespace+"/"+g.Holders[j].Pod
+		})
+		for i := range g.Instances {
+			in := *b.instances[migKey{g.Node, g.Instances[i].UUID}]
+			sort.Slice(in.Holders, func(i, j int) bool {
+				return in.Holders[i].Namespace+"/"+in.Holders[i].Pod < in.Holders[j].Namespace+"/"+in.Holders[j].Pod
+			})
+			g.Instances[i] = in
+		}
+		sort.Slice(g.Instances, func(i, j int) bool {
+			a, b := g.Instances[i], g.Instances[j]
+			return a.Profile+"\x00"+a.UUID < b.Profile+"\x00"+b.UUID
 		})
 		m.GPUs = append(m.GPUs, *g)
 	}
