@@ -255,7 +255,9 @@ func (d *DriverLimits) created(dir string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, h := range held {
-		if h.Container == rc.Name {
+		// A MIG instance is held by the hardware; the driver's limits do
+		// not support MIG.
+		if h.Container == rc.Name && !nvml.IsMIGUUID(h.UUID) {
 			d.setLocked(dir, c.ContainerID, h.UUID, h.MemoryBytes, pod, h.Container)
 		}
 	}
@@ -361,7 +363,7 @@ func PlanDriverLimits(snap *node.Snapshot, root string) []DriverLimit {
 	var out []DriverLimit
 	for _, c := range snap.Containers {
 		p, ok := c.Cgroup.Paths[""]
-		if !ok || c.MemoryLimitBytes == 0 || c.Cgroup.PodLevel() {
+		if !ok || c.MemoryLimitBytes == 0 || c.Cgroup.PodLevel() || nvml.IsMIGUUID(c.UUID) {
 			continue
 		}
 		out = append(out, DriverLimit{Dir: filepath.Join(root, p), ContainerID: c.Cgroup.ContainerID, UUID: c.UUID, Bytes: c.MemoryLimitBytes,

@@ -511,3 +511,44 @@ func TestMissingCheckpointIsUnknownToEveryTier(t *testing.T) {
 		t.Errorf("holdings of a pod holding nothing = %v, %v", h, err)
 	}
 }
+
+// TestDriverLimitsNotOnMIGInstances: a claim on a MIG instance is held
+// by the hardware, and the driver's per-cgroup limits do not support MIG:
+// the tier sets none for it, and neither fails nor warns about it on every
+// new container (it did: a failed limit, a log line and an Event each
+// time). A container holding a share of a whole GPU, created after it,
+// still gets its limit.
+func TestDriverLimitsNotOnMIGInstances(t *testing.T) {
+	n := startDriverNode(t)
+	gpu := n.node.Layout.GPUs()[0]
+	claims := []kubeletstub.DRAClaim{
+		{UID: "33333333-aaaa-4000-8000-000000000001", Namespace: "ml", Name: "mig", Pods: map[string][]string{"ml/mig": {"main"}}},
+		{UID: "33333333-aaaa-4000-8000-000000000002", Namespace: "ml", Name: "share", Pods: map[string][]string{"ml/share": {"main"}}},
+	}
+	record := contract.PreparedClaims{Version: contract.PreparedClaimsVersion, Claims: map[string]contract.PreparedClaim{
+		claims[0].UID: {Namespace: "ml", Name: "mig", Grants: []contract.ClaimGrant{{
+			UUID: "MIG-00000000-1111-2222-3333-444444444444", Parent: gpu.UUID, MIGProfile: "1g.10gb", Index: gpu.Index,
+			Slices: 1, SlicesTotal: 1, ComputeRatio: 1, MemoryBytes: 10 << 30, MemoryCapacity: 10 << 30, Whole: true,
+		}}},
+		claims[1].UID: {Namespace: "ml", Name: "share", Grants: []contract.ClaimGrant{{
+			UUID: gpu.UUID, Index: gpu.Index, Slices: 1, SlicesTotal: gpu.Slices, ComputeRatio: 1 / float64(gpu.Slices),
+			MemoryBytes: gpu.SliceMemoryBytes, MemoryCapacity: gpu.MemoryBytes,
+		}}},
+	}}
+	data, err := json.Marshal(record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(n.record, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.node.PodResources.SetExtraPods(kubeletstub.DRAPods(claims, map[string][]string{"ml/mig": {"main"}, "ml/share": {"main"}}))
+	n.bundle(t, "ml/mig", "main", strings.Repeat("a", 64), false)
+	n.containerCgroup(t, "ml/mig", strings.Repeat("a", 64))
+	n.bundle(t, "ml/share", "main", strings.Repeat("b", 64), false)
+	share := n.containerCgroup(t, "ml/share", strings.Repeat("b", 64))
+	n.waitLimit(t, share, gpu.SliceMemoryBytes)
+	if st := n.limits.Stats(); st.Failed != 0 || st.Set != 1 {
+		t.Errorf("driver tier stats %+v: want the share's limit set and nothing tried on the MIG instance", st)
+	}
+}

@@ -126,3 +126,7 @@ func Whole(devs []Device) []Device {
 	}
 	return out
 }
+
+// IsMIGUUID reports whether a UUID names a MIG instance ("MIG-...", as
+// NVML names MIG devices) rather than a GPU.
+func IsMIGUUID(uuid string) bool { return strings.HasPrefix(uuid, "MIG-") }

@@ -52,3 +52,6 @@ var (
 
 // Whole is gpudev.Whole.
 func Whole(devs []Device) []Device { return gpudev.Whole(devs) }
+
+// IsMIGUUID is gpudev.IsMIGUUID.
+func IsMIGUUID(uuid string) bool { return gpudev.IsMIGUUID(uuid) }
