@@ -172,7 +172,7 @@ type nodeGPUs struct {
 	nodes    dra.Nodes
 	// all are the GPUs as enumerated, MIG modes and instances included.
 	all []nvml.Device
-	// mig are the MIG instances published (with --mig-strategy=none).
+	// mig are the MIG instances published (with --mig-strategy=dra).
 	mig dra.MIGInstances
 }
 
@@ -201,7 +201,7 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	for _, d := range devs {
 		if d.MIG.Enabled() {
 			log.Info("gpu in MIG mode: not published as a shared GPU", "gpu", d.Index, "uuid", d.UUID, "mig_current", d.MIG.Current,
-				"mig_pending", d.MIG.Pending, "mig_instances_published", cfg.MIGStrategy == deviceplugin.MIGNone)
+				"mig_pending", d.MIG.Pending, "mig_instances_published", cfg.MIGStrategy == deviceplugin.MIGDRA)
 		}
 	}
 	n.all = devs
@@ -222,8 +222,8 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 		n.devices, n.counters = dra.Partitioned(n.devices, cfg.DRA.ExtendedResource, cfg.Driver.Sizes)
 	}
 	// MIG instances are served by one front end: the device plugin under
-	// the mixed or single strategy, the driver with none.
-	if cfg.MIGStrategy == deviceplugin.MIGNone {
+	// the mixed or single strategy, the driver under dra.
+	if cfg.MIGStrategy == deviceplugin.MIGDRA {
 		n.mig = dra.NewMIGInstances(n.all)
 		n.devices = append(n.devices, dra.MIGDevices(n.mig, n.sys)...)
 		n.nodes.MIG = n.mig.Nodes()

@@ -57,11 +57,12 @@ func TestDriverNeverPublishesAMIGGPUWhole(t *testing.T) {
 	}
 }
 
-// TestDriverPublishesMIGInstancesWithStrategyNone: one front end serves
-// MIG instances; with --mig-strategy=none it is the driver, and each
+// TestDriverPublishesMIGInstancesWithStrategyDRA: one front end serves
+// MIG instances; with --mig-strategy=dra it is the driver, and each
 // instance is a device of kind "mig". With the default (mixed) the device
-// plugin serves them and the driver publishes none.
-func TestDriverPublishesMIGInstancesWithStrategyNone(t *testing.T) {
+// plugin serves them, and with none nobody does: the driver publishes
+// none.
+func TestDriverPublishesMIGInstancesWithStrategyDRA(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	fake := filepath.Join(dir, "fake.yaml")
@@ -71,7 +72,7 @@ func TestDriverPublishesMIGInstancesWithStrategyNone(t *testing.T) {
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for strategy, want := range map[string][]string{"none": {"gpu-0-mig-1-0", "gpu-0-mig-2-0"}, "mixed": nil} {
+	for strategy, want := range map[string][]string{"dra": {"gpu-0-mig-1-0", "gpu-0-mig-2-0"}, "mixed": nil, "none": nil} {
 		cfg, err := loadConfig([]string{"--gpu-backend=fake", "--fake-config=" + fake, "--node-name=n1", "--cdi-dir=" + filepath.Join(dir, "cdi"), "--mig-strategy=" + strategy}, env(nil))
 		if err != nil {
 			t.Fatal(err)

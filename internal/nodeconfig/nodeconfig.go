@@ -71,9 +71,10 @@ type Config struct {
 	Health             HealthConfig      `json:"health"`
 	// MIGStrategy says which front end serves the MIG instances on GPUs
 	// in MIG mode: the device plugin, under NVIDIA's strategies' names
-	// (mixed: nvidia.com/mig-<profile>; single: nvidia.com/gpu), or, with
-	// none, the DRA driver, as devices of their own. A GPU in MIG mode is
-	// never cut into whole-GPU slices, whatever it says.
+	// (mixed: nvidia.com/mig-<profile>; single: nvidia.com/gpu), the DRA
+	// driver as devices of their own (dra), or none (another component
+	// serves them). A GPU in MIG mode is never cut into whole-GPU slices,
+	// whatever it says.
 	MIGStrategy string    `json:"migStrategy,omitempty"`
 	Log         LogConfig `json:"log"`
 
@@ -400,7 +401,7 @@ func SharedFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.DeviceSpecs.DevRoot, "dev-root", c.DeviceSpecs.DevRoot, "host `dir` holding the NVIDIA device nodes")
 	fs.StringVar(&c.DRA.PreparedClaims, "dra-prepared-claims", c.DRA.PreparedClaims, "the DRA driver's record of prepared claims (`file`): gpu-dra-driver writes it, gpu-agent --dra reads it")
 	fs.BoolVar(&c.DRA.ExtendedResource, "dra-extended-resource", c.DRA.ExtendedResource, "leave the extended resource to DRA: gpu-dra-driver publishes each slice as a device too, for the DeviceClass that maps the resource, and gpu-agent (with --dra) advertises no slices")
-	fs.StringVar(&c.MIGStrategy, "mig-strategy", c.MIGStrategy, "which front end serves MIG instances: the device plugin as mixed (nvidia.com/mig-<profile>) or single (nvidia.com/gpu; every GPU in MIG mode with one profile), or none: gpu-dra-driver publishes them as devices")
+	fs.StringVar(&c.MIGStrategy, "mig-strategy", c.MIGStrategy, "which front end serves MIG instances: the device plugin as mixed (nvidia.com/mig-<profile>) or single (nvidia.com/gpu; every GPU in MIG mode with one profile), dra (gpu-dra-driver publishes them as devices), or none (another component serves them)")
 	fs.DurationVar(&c.Health.ProbeInterval.Duration, "health-probe-interval", c.Health.ProbeInterval.Duration, "how often each GPU is probed for loss and recovery (real NVML)")
 	fs.DurationVar(&c.Health.XIDRecovery.Duration, "xid-recovery", c.Health.XIDRecovery.Duration, "quiet time after an XID before a GPU is healthy again (0: never)")
 	fs.Var((*xidList)(&c.Health.IgnoredXIDs), "ignored-xids", "comma-separated XIDs that leave a GPU healthy (application errors, not the GPU's)")

@@ -22,8 +22,12 @@ import (
 // MIG strategies, named as NVIDIA's device plugin names them, so that pod
 // specs written for it work unchanged.
 const (
-	// MIGNone offers no MIG instance.
+	// MIGNone serves no MIG instance: another component (NVIDIA's device
+	// plugin) does, or nobody.
 	MIGNone = "none"
+	// MIGDRA leaves the MIG instances to gpuslice's DRA driver, which
+	// publishes each as a device of its own; the device plugin offers none.
+	MIGDRA = "dra"
 	// MIGSingle offers every instance as nvidia.com/gpu; every GPU on the
 	// node must be in MIG mode with instances of one profile.
 	MIGSingle = "single"
@@ -32,7 +36,7 @@ const (
 )
 
 // MIGStrategies lists the strategies --mig-strategy accepts.
-var MIGStrategies = []string{MIGNone, MIGSingle, MIGMixed}
+var MIGStrategies = []string{MIGMixed, MIGSingle, MIGDRA, MIGNone}
 
 // MIGDevice is one MIG instance the node offers, with its GPU.
 type MIGDevice struct {
@@ -49,7 +53,7 @@ type MIGDevice struct {
 func MIGResources(devs []nvml.Device, strategy string) (map[string][]MIGDevice, error) {
 	out := map[string][]MIGDevice{}
 	switch strategy {
-	case MIGNone:
+	case MIGNone, MIGDRA:
 		return out, nil
 	case MIGSingle, MIGMixed:
 	default:

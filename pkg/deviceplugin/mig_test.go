@@ -48,6 +48,7 @@ func TestMIGResources(t *testing.T) {
 	}{
 		"mixed":                      {gpus: []fakegpu.GPUConfig{migGPU("1g.10gb", "1g.10gb", "1g.10gb+me", "3g.40gb"), whole, pending}, strategy: "mixed", want: map[string]int{"nvidia.com/mig-1g.10gb": 2, "nvidia.com/mig-1g.10gb.me": 1, "nvidia.com/mig-3g.40gb": 1}},
 		"none":                       {gpus: []fakegpu.GPUConfig{migGPU("7g.80gb")}, strategy: "none", want: map[string]int{}},
+		"dra":                        {gpus: []fakegpu.GPUConfig{migGPU("7g.80gb")}, strategy: "dra", want: map[string]int{}},
 		"single":                     {gpus: []fakegpu.GPUConfig{migGPU("2g.20gb", "2g.20gb"), migGPU("2g.20gb")}, strategy: "single", want: map[string]int{"nvidia.com/gpu": 3}},
 		"single beside a whole GPU":  {gpus: []fakegpu.GPUConfig{migGPU("2g.20gb"), whole}, strategy: "single", wantErr: "gpu 1"},
 		"single with two profiles":   {gpus: []fakegpu.GPUConfig{migGPU("2g.20gb", "3g.40gb")}, strategy: "single", wantErr: "3g.40gb instances beside 2g.20gb"},

@@ -26,7 +26,7 @@ type PreparerOptions struct {
 	// Layout is how the node's GPUs are cut.
 	Layout *vgpu.Layout
 	// MIG are the MIG instances the driver publishes (with
-	// --mig-strategy=none), by device name.
+	// --mig-strategy=dra), by device name.
 	MIG MIGInstances
 	// Nodes are the device nodes containers get.
 	Nodes Nodes

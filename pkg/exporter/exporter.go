@@ -250,7 +250,9 @@ func (v *view) migResource(profile string) string {
 	case "single":
 		return contract.MIGSingleResource
 	case "none":
-		return "" // not offered
+		return "" // not offered by gpuslice
+	case "dra":
+		return "mig.gpuslice.io" // devices of gpuslice's DRA driver, by their DeviceClass
 	}
 	return contract.MIGResource(profile)
 }

@@ -38,8 +38,8 @@ type Options struct {
 	// Machine is the machine's product name, as GFD reads it from
 	// /sys/class/dmi/id/product_name; empty labels it "unknown".
 	Machine string
-	// MIGStrategy is how MIG instances are offered ("none", "single",
-	// "mixed"); empty writes no MIG labels beyond mig.capable.
+	// MIGStrategy is how MIG instances are offered ("mixed", "single",
+	// "dra", "none"); empty writes no MIG labels beyond mig.capable.
 	MIGStrategy string
 }
 

@@ -228,7 +228,7 @@ func labelsMatch(t *testing.T, want map[string]string, gone []string) bool {
 	return true
 }
 
-// TestDRAMIGClaim: with --mig-strategy=none the DRA driver serves the MIG
+// TestDRAMIGClaim: with --mig-strategy=dra the DRA driver serves the MIG
 // instances, each a device of its own (class mig.gpuslice.io, as the chart
 // makes it): a claim for a 1g.10gb instance runs on one, with its MIG UUID
 // and the instance's memory as its limit, and the agent lists the claim's
@@ -240,8 +240,8 @@ func TestDRAMIGClaim(t *testing.T) {
 	ctx := context.Background()
 	file := filepath.Join(c.Dir, "fakegpu-mig-dra.yaml")
 	writeMIGConfig(t, file, migBefore)
-	restartAgentOffering(t, 4, "--fake-config="+file, "--mig-strategy=none")
-	if err := c.RestartDRADriver("--fake-config="+file, "--mig-strategy=none"); err != nil {
+	restartAgentOffering(t, 4, "--fake-config="+file, "--mig-strategy=dra")
+	if err := c.RestartDRADriver("--fake-config="+file, "--mig-strategy=dra"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
