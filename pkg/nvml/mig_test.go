@@ -125,26 +125,7 @@ func TestXIDOnOneMIGInstanceThroughNVML(t *testing.T) {
 	f := newFakeNVML(t, migLayouts)
 	b := open(t, func(o *nvml.Options) { o.XIDRecovery = 300 * time.Millisecond })
 	devs, _ := f.node.Devices()
-	ch := make(chan nvml.Health, 64)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.WatchHealth(ctx, func(h nvml.Health) { ch <- h }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("WatchHealth() = %v", err)
-		}
-	}()
-	next := func(what string) nvml.Health {
-		t.Helper()
-		select {
-		case h := <-ch:
-			return h
-		case <-time.After(10 * time.Second):
-			t.Fatalf("no health report for %s", what)
-		}
-		return nvml.Health{}
-	}
+	next := watchReports(t, b)
 	for range devs {
 		next("start")
 	}

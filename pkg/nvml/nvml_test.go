@@ -180,26 +180,7 @@ func TestWatchHealthThroughNVML(t *testing.T) {
 	f := newFakeNVML(t, mixed)
 	b := open(t, func(o *nvml.Options) { o.XIDRecovery = 300 * time.Millisecond })
 	devs, _ := f.node.Devices()
-	ch := make(chan nvml.Health, 32)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.WatchHealth(ctx, func(h nvml.Health) { ch <- h }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("WatchHealth() = %v", err)
-		}
-	}()
-	next := func(what string) nvml.Health {
-		t.Helper()
-		select {
-		case h := <-ch:
-			return h
-		case <-time.After(10 * time.Second):
-			t.Fatalf("no health report for %s", what)
-		}
-		return nvml.Health{}
-	}
+	next := watchReports(t, b)
 	for i := range devs {
 		if h := next("start"); h != (nvml.Health{UUID: devs[i].UUID, Healthy: true}) {
 			t.Fatalf("initial report %d = %+v", i, h)
@@ -458,5 +439,32 @@ func TestPCIeRoot(t *testing.T) {
 		if got := nvml.PCIeRoot(sysfs, busID); got != want {
 			t.Errorf("PCIeRoot(%q) = %q, want %q", busID, got, want)
 		}
+	}
+}
+
+// watchReports runs b's health watch until the test ends and returns a
+// function that gives its next report, failing the test when none comes
+// within 10 s.
+func watchReports(t *testing.T, b *nvml.NVML) func(what string) nvml.Health {
+	t.Helper()
+	ch := make(chan nvml.Health, 64)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.WatchHealth(ctx, func(h nvml.Health) { ch <- h }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("WatchHealth() = %v", err)
+		}
+	})
+	return func(what string) nvml.Health {
+		t.Helper()
+		select {
+		case h := <-ch:
+			return h
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no health report for %s", what)
+		}
+		return nvml.Health{}
 	}
 }
