@@ -343,7 +343,7 @@ func openGPUs(cfg Resolved, log *slog.Logger) (*gpus, error) {
 	g.current.Store(&g.devs)
 	// The one record of GPU health: the plugin offers by it, the sampler
 	// reports it.
-	g.health = gpuhealth.New(uuids(g.devs), log)
+	g.health = gpuhealth.New(nvml.UUIDs(g.devs), log)
 	g.health.Subscribe(g.plugin.SetHealth)
 	g.health.Subscribe(g.mig.SetHealth)
 	log.Info("starting", "version", version, "node", cfg.NodeName, "backend", cfg.GPUBackend, "driver", g.sys.DriverVersion,

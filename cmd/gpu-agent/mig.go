@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
@@ -50,10 +49,10 @@ func followMIG(ctx context.Context, g *gpus, interval time.Duration, changed cha
 			log.Warn("gpus not re-read for MIG layout changes", "err", err)
 			continue
 		}
-		if why := migModeChanged(g.devs, devs); why != "" {
+		if why := nvml.MIGModeChange(g.devs, devs); why != "" {
 			return fmt.Errorf("%s: the agent restarts to cut its GPUs anew", why)
 		}
-		if sameInstances(*g.current.Load(), devs) {
+		if !nvml.MIGInstancesChanged(*g.current.Load(), devs) {
 			continue
 		}
 		if err := g.mig.Update(devs); err != nil {
@@ -67,43 +66,4 @@ func followMIG(ctx context.Context, g *gpus, interval time.Duration, changed cha
 		default:
 		}
 	}
-}
-
-// migModeChanged says which GPU's MIG mode (in force or pending) differs
-// between two reads; "" when none. A GPU missing from one read (lost) is
-// not a mode change.
-func migModeChanged(before, now []nvml.Device) string {
-	for _, b := range before {
-		for _, n := range now {
-			if n.UUID == b.UUID && (n.MIG.Current != b.MIG.Current || n.MIG.Pending != b.MIG.Pending) {
-				return fmt.Sprintf("gpu %d (%s) MIG mode changed (in force %v -> %v, pending %v -> %v)",
-					b.Index, b.UUID, b.MIG.Current, n.MIG.Current, b.MIG.Pending, n.MIG.Pending)
-			}
-		}
-	}
-	return ""
-}
-
-// sameInstances reports whether two reads hold the same MIG instances.
-func sameInstances(a, b []nvml.Device) bool {
-	ids := func(devs []nvml.Device) []string {
-		var out []string
-		for _, d := range devs {
-			for _, in := range d.MIG.Instances {
-				out = append(out, d.UUID+"/"+in.UUID+"/"+in.Profile)
-			}
-		}
-		slices.Sort(out)
-		return out
-	}
-	return slices.Equal(ids(a), ids(b))
-}
-
-// uuids lists the devices' UUIDs.
-func uuids(devs []nvml.Device) []string {
-	out := make([]string, len(devs))
-	for i, d := range devs {
-		out[i] = d.UUID
-	}
-	return out
 }

@@ -27,7 +27,6 @@ import (
 
 	"github.com/gpuslice/gpuslice/internal/gpubackend"
 	"github.com/gpuslice/gpuslice/pkg/contract"
-	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/draplugin"
 	"github.com/gpuslice/gpuslice/pkg/frontend"
@@ -140,7 +139,7 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	g, gctx := errgroup.WithContext(ctx)
 	// The one record of GPU health, as in gpu-agent: Prepare refuses an
 	// unhealthy GPU, the plugin taints its device.
-	monitor := gpuhealth.New(uuids(n.all), log)
+	monitor := gpuhealth.New(nvml.UUIDs(n.all), log)
 	monitor.Subscribe(func(h nvml.Health) {
 		why := ""
 		if !h.Healthy {
@@ -201,7 +200,7 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	for _, d := range devs {
 		if d.MIG.Enabled() {
 			log.Info("gpu in MIG mode: not published as a shared GPU", "gpu", d.Index, "uuid", d.UUID, "mig_current", d.MIG.Current,
-				"mig_pending", d.MIG.Pending, "mig_instances_published", cfg.MIGStrategy == deviceplugin.MIGDRA)
+				"mig_pending", d.MIG.Pending, "mig_instances_published", cfg.MIGStrategy == contract.MIGStrategyDRA)
 		}
 	}
 	n.all = devs
@@ -223,7 +222,7 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	}
 	// MIG instances are served by one front end: the device plugin under
 	// the mixed or single strategy, the driver under dra.
-	if cfg.MIGStrategy == deviceplugin.MIGDRA {
+	if cfg.MIGStrategy == contract.MIGStrategyDRA {
 		n.mig = dra.NewMIGInstances(n.all)
 		n.devices = append(n.devices, dra.MIGDevices(n.mig, n.sys)...)
 		n.nodes.MIG = n.mig.Nodes()

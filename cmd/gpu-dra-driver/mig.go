@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
-	"github.com/gpuslice/gpuslice/pkg/dra"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 )
 
@@ -41,42 +39,11 @@ func followMIG(ctx context.Context, backend nvml.Backend, published []nvml.Devic
 // reads; "" when they do not. A GPU missing from one read (lost) is not a
 // change.
 func migChanged(before, now []nvml.Device) string {
-	for _, b := range before {
-		for _, n := range now {
-			if n.UUID == b.UUID && (n.MIG.Current != b.MIG.Current || n.MIG.Pending != b.MIG.Pending) {
-				return fmt.Sprintf("gpu %d (%s) MIG mode changed", b.Index, b.UUID)
-			}
-		}
+	if why := nvml.MIGModeChange(before, now); why != "" {
+		return why
 	}
-	// Instances, of the GPUs both reads have.
-	present := func(devs, in []nvml.Device) []nvml.Device {
-		var out []nvml.Device
-		for _, d := range devs {
-			if slices.ContainsFunc(in, func(o nvml.Device) bool { return o.UUID == d.UUID }) {
-				out = append(out, d)
-			}
-		}
-		return out
-	}
-	ids := func(devs []nvml.Device) []string {
-		var out []string
-		for name, in := range dra.NewMIGInstances(devs) {
-			out = append(out, name+"="+in.UUID)
-		}
-		slices.Sort(out)
-		return out
-	}
-	if a, b := ids(present(before, now)), ids(present(now, before)); !slices.Equal(a, b) {
-		return fmt.Sprintf("MIG instances changed (%d before, %d now)", len(a), len(b))
+	if nvml.MIGInstancesChanged(before, now) {
+		return "MIG instances changed"
 	}
 	return ""
-}
-
-// uuids lists the devices' UUIDs.
-func uuids(devs []nvml.Device) []string {
-	out := make([]string, len(devs))
-	for i, d := range devs {
-		out[i] = d.UUID
-	}
-	return out
 }

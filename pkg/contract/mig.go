@@ -2,6 +2,27 @@ package contract
 
 import "strings"
 
+// The MIG strategies (--mig-strategy): which front end serves the MIG
+// instances, named as NVIDIA's device plugin names its strategies, plus
+// gpuslice's DRA driver.
+const (
+	// MIGStrategyMixed offers each profile's instances as
+	// nvidia.com/mig-<profile> (the device plugin).
+	MIGStrategyMixed = "mixed"
+	// MIGStrategySingle offers every instance as nvidia.com/gpu (the
+	// device plugin); every GPU on the node is in MIG mode with one profile.
+	MIGStrategySingle = "single"
+	// MIGStrategyDRA leaves the instances to gpuslice's DRA driver, which
+	// publishes each as a device of its own.
+	MIGStrategyDRA = "dra"
+	// MIGStrategyNone serves no instance: another component (NVIDIA's
+	// device plugin) does, or nobody.
+	MIGStrategyNone = "none"
+)
+
+// MIGDeviceClass is the DeviceClass of the DRA driver's MIG instances.
+const MIGDeviceClass = "mig.gpuslice.io"
+
 // MIGResourcePrefix begins the resource name of each MIG profile under
 // the mixed strategy, as NVIDIA's device plugin names them.
 const MIGResourcePrefix = "nvidia.com/mig-"

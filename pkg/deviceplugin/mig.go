@@ -20,19 +20,19 @@ import (
 )
 
 // MIG strategies, named as NVIDIA's device plugin names them, so that pod
-// specs written for it work unchanged.
+// specs written for it work unchanged (defined once, in package contract).
 const (
 	// MIGNone serves no MIG instance: another component (NVIDIA's device
 	// plugin) does, or nobody.
-	MIGNone = "none"
+	MIGNone = contract.MIGStrategyNone
 	// MIGDRA leaves the MIG instances to gpuslice's DRA driver, which
 	// publishes each as a device of its own; the device plugin offers none.
-	MIGDRA = "dra"
+	MIGDRA = contract.MIGStrategyDRA
 	// MIGSingle offers every instance as nvidia.com/gpu; every GPU on the
 	// node must be in MIG mode with instances of one profile.
-	MIGSingle = "single"
+	MIGSingle = contract.MIGStrategySingle
 	// MIGMixed offers each profile's instances as nvidia.com/mig-<profile>.
-	MIGMixed = "mixed"
+	MIGMixed = contract.MIGStrategyMixed
 )
 
 // MIGStrategies lists the strategies --mig-strategy accepts.

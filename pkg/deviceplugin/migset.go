@@ -3,6 +3,7 @@ package deviceplugin
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"sync"
@@ -32,6 +33,9 @@ type MIGSet struct {
 // NewMIGSet builds the plugins for the MIG instances of devs under
 // strategy. current reads the GPUs afresh (the backend's Devices).
 func NewMIGSet(devs []nvml.Device, strategy string, opts Options, current func() ([]nvml.Device, error)) (*MIGSet, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	s := &MIGSet{opts: opts, strategy: strategy, current: current, plugins: map[string]*MIGPlugin{}, health: map[string]nvml.Health{}}
 	if err := s.Update(devs); err != nil {
 		return nil, err
@@ -110,7 +114,10 @@ func (s *MIGSet) verify(ids []string) error {
 	}
 	for _, id := range ids {
 		if !now[id] {
-			go func() { _ = s.Update(devs) }() // re-offer what exists; the kubelet retries elsewhere
+			// Offer what exists at once; the kubelet retries elsewhere.
+			if err := s.Update(devs); err != nil {
+				s.opts.Logger.Error("MIG layout changed and cannot be offered", "err", err)
+			}
 			return fmt.Errorf("MIG instance %s no longer exists (its GPU's layout changed)", id)
 		}
 	}

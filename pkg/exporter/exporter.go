@@ -247,12 +247,12 @@ func sortedInstances(d nvml.Device) []nvml.MIGInstance {
 // under.
 func (v *view) migResource(profile string) string {
 	switch v.e.info.MIGStrategy {
-	case "single":
+	case contract.MIGStrategySingle:
 		return contract.MIGSingleResource
-	case "none":
+	case contract.MIGStrategyNone:
 		return "" // not offered by gpuslice
-	case "dra":
-		return "mig.gpuslice.io" // devices of gpuslice's DRA driver, by their DeviceClass
+	case contract.MIGStrategyDRA:
+		return contract.MIGDeviceClass // devices of gpuslice's DRA driver, by their class
 	}
 	return contract.MIGResource(profile)
 }

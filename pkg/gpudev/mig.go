@@ -3,6 +3,7 @@ package gpudev
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 )
 
@@ -123,6 +124,51 @@ func Whole(devs []Device) []Device {
 		if !d.MIG.Enabled() {
 			out = append(out, d)
 		}
+	}
+	return out
+}
+
+// MIGModeChange says which GPU's MIG mode (in force or pending) differs
+// between two reads of the GPUs, or "" when none does. A GPU missing from
+// one read (lost) is no change.
+func MIGModeChange(before, now []Device) string {
+	for _, b := range before {
+		for _, n := range now {
+			if n.UUID == b.UUID && (n.MIG.Current != b.MIG.Current || n.MIG.Pending != b.MIG.Pending) {
+				return fmt.Sprintf("gpu %d (%s) MIG mode changed (in force %v -> %v, pending %v -> %v)",
+					b.Index, b.UUID, b.MIG.Current, n.MIG.Current, b.MIG.Pending, n.MIG.Pending)
+			}
+		}
+	}
+	return ""
+}
+
+// MIGInstancesChanged reports whether the MIG instances in force differ
+// between two reads, on the GPUs both reads have: a GPU lost from one
+// read keeps its instances (offered Unhealthy, as its health says), as a
+// lost whole GPU keeps its slices.
+func MIGInstancesChanged(before, now []Device) bool {
+	ids := func(devs, other []Device) []string {
+		var out []string
+		for _, d := range devs {
+			if !d.MIG.Current || !slices.ContainsFunc(other, func(o Device) bool { return o.UUID == d.UUID }) {
+				continue
+			}
+			for _, in := range d.MIG.Instances {
+				out = append(out, fmt.Sprintf("%s/%s/%s/%d/%d", d.UUID, in.UUID, in.Profile, in.GPUInstanceID, in.ComputeInstanceID))
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	return !slices.Equal(ids(before, now), ids(now, before))
+}
+
+// UUIDs lists the devices' UUIDs, in order.
+func UUIDs(devs []Device) []string {
+	out := make([]string, len(devs))
+	for i, d := range devs {
+		out[i] = d.UUID
 	}
 	return out
 }

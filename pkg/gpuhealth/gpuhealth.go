@@ -84,7 +84,7 @@ func (m *Monitor) Run(ctx context.Context, w Watcher, retry time.Duration) {
 func (m *Monitor) Report(h gpudev.Health) {
 	m.mu.Lock()
 	prev, ok := m.gpus[h.UUID]
-	if !ok && h.Parent != "" {
+	if _, parentKnown := m.gpus[h.Parent]; !ok && h.Parent != "" && parentKnown {
 		prev, ok = gpudev.Health{UUID: h.UUID, Parent: h.Parent, Healthy: true}, true
 	}
 	if !ok {

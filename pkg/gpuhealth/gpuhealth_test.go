@@ -150,7 +150,8 @@ func TestMIGInstanceReports(t *testing.T) {
 		t.Error("an instance nothing was reported of is not as healthy as its GPU")
 	}
 	m.Report(nvml.Health{UUID: "MIG-1", Parent: "GPU-a", Reason: nvml.ReasonXID, XID: 94})
-	m.Report(nvml.Health{UUID: "GPU-zzz", Reason: nvml.ReasonXID, XID: 79}) // not the monitor's: ignored
+	m.Report(nvml.Health{UUID: "GPU-zzz", Reason: nvml.ReasonXID, XID: 79})                  // not the monitor's: ignored
+	m.Report(nvml.Health{UUID: "MIG-9", Parent: "GPU-zzz", Reason: nvml.ReasonXID, XID: 94}) // nor an instance of such a GPU
 	if m.Healthy("MIG-1", "GPU-a") || !m.Healthy("MIG-2", "GPU-a") || !m.Healthy("GPU-a", "") {
 		t.Error("an XID on MIG-1 must make it, and only it, unusable")
 	}

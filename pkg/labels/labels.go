@@ -159,7 +159,7 @@ func gfdMIG(out map[string]string, sorted []nvml.Device, strategy string) {
 		return
 	}
 	out["nvidia.com/mig.strategy"] = strategy
-	if strategy == "none" {
+	if strategy == contract.MIGStrategyNone {
 		return
 	}
 	count := map[string]int{}

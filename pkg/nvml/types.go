@@ -53,5 +53,14 @@ var (
 // Whole is gpudev.Whole.
 func Whole(devs []Device) []Device { return gpudev.Whole(devs) }
 
+// MIGModeChange is gpudev.MIGModeChange.
+func MIGModeChange(before, now []Device) string { return gpudev.MIGModeChange(before, now) }
+
+// MIGInstancesChanged is gpudev.MIGInstancesChanged.
+func MIGInstancesChanged(before, now []Device) bool { return gpudev.MIGInstancesChanged(before, now) }
+
+// UUIDs is gpudev.UUIDs.
+func UUIDs(devs []Device) []string { return gpudev.UUIDs(devs) }
+
 // IsMIGUUID is gpudev.IsMIGUUID.
 func IsMIGUUID(uuid string) bool { return gpudev.IsMIGUUID(uuid) }

@@ -67,7 +67,7 @@ func TestMIGMixedNode(t *testing.T) {
 	waitRunning(t, ns, "mig")
 	waitRunning(t, ns, "whole")
 	devs := migDevices(t, migBefore)
-	migEnv, wholeEnv := envOf(t, ns, "mig"), envOf(t, ns, "whole")
+	migEnv, wholeEnv := containerEnv(t, ns, "mig"), containerEnv(t, ns, "whole")
 	instance := migEnv["NVIDIA_VISIBLE_DEVICES"]
 	var destroyed string // the 3g.40gb, gone after the change
 	held := false
@@ -121,7 +121,7 @@ func TestMIGMixedNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRunning(t, ns, "more")
-	got := strings.Split(envOf(t, ns, "more")["NVIDIA_VISIBLE_DEVICES"], ",")
+	got := strings.Split(containerEnv(t, ns, "more")["NVIDIA_VISIBLE_DEVICES"], ",")
 	seen := map[string]bool{}
 	for _, id := range got {
 		if id == instance || id == destroyed || !strings.HasPrefix(id, "MIG-") || seen[id] {
@@ -180,17 +180,6 @@ func migDevices(t *testing.T, cfg string) []nvml.Device {
 		t.Fatal(err)
 	}
 	return devs
-}
-
-func envOf(t *testing.T, ns, name string) map[string]string {
-	t.Helper()
-	env := map[string]string{}
-	for line := range strings.SplitSeq(podLogs(t, ns, name), "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok {
-			env[k] = v
-		}
-	}
-	return env
 }
 
 // waitNodeResource waits until the node's allocatable resource is n.
