@@ -40,8 +40,12 @@ func (n *Node) limitTargetLocked(uuid, dir string) error {
 		return &nvml.ErrCall{Call: call, Err: fmt.Errorf("%w: driver %s has no per-cgroup memory limits", nvml.ErrNotSupported, n.system.DriverVersion)}
 	}
 	if uuid != "" {
-		if _, err := n.deviceLocked(uuid); err != nil {
+		u, err := n.unitLocked(uuid)
+		if err != nil {
 			return &nvml.ErrCall{Call: "nvmlDeviceGetHandleByUUID", Err: err}
+		}
+		if u.parent != "" || u.dev.MIG.Current {
+			return &nvml.ErrCall{Call: call, Err: fmt.Errorf("%w: the driver's per-cgroup memory limits do not support MIG", nvml.ErrNotSupported)}
 		}
 	}
 	if !filepath.IsAbs(dir) {

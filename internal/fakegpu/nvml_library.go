@@ -82,6 +82,16 @@ func (n *Node) NVMLState() []byte {
 		for _, p := range ph.procs {
 			fmt.Fprintf(&b, "proc\t%d\t%d\t%d\t%d\n", d.Index, p.PID, p.MemoryBytes, int(math.Round(p.SMUtilization*100)))
 		}
+		for k, in := range d.MIG.Instances {
+			if !d.MIG.Current {
+				break
+			}
+			iph := n.physics[in.UUID]
+			fmt.Fprintf(&b, "migsample\t%d\t%d\t%d\n", d.Index, k, iph.memoryUsed)
+			for _, p := range iph.procs {
+				fmt.Fprintf(&b, "proc\t%d\t%d\t%d\t0\t%d\n", d.Index, p.PID, p.MemoryBytes, k+1)
+			}
+		}
 		if bs := n.bins[d.UUID]; bs != nil {
 			fmt.Fprintf(&b, "devutil\t%d\t%d\n", d.Index, bs.device)
 			for _, period := range bs.history {

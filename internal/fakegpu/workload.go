@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -103,10 +104,11 @@ func (n *Node) advanceLocked(now time.Time) {
 			delete(n.served, pid)
 		}
 	}
-	for _, d := range n.devices {
-		ph := n.physics[d.UUID]
+	for _, u := range n.unitsLocked() {
+		d := u.dev
+		ph := n.physics[u.uuid]
 		var total int64
-		for _, ns := range asked[d.UUID] {
+		for _, ns := range asked[u.uuid] {
 			total += ns
 		}
 		scale := 1.0
@@ -117,10 +119,10 @@ func (n *Node) advanceLocked(now time.Time) {
 		served := 0.0
 		window := map[int]float64{}
 		for pid, w := range work {
-			if w.GPU != d.UUID {
+			if w.GPU != u.uuid {
 				continue
 			}
-			got := float64(asked[d.UUID][pid]) * scale
+			got := float64(asked[u.uuid][pid]) * scale
 			served += got
 			n.served[pid] += got
 			window[pid] = got
@@ -128,15 +130,67 @@ func (n *Node) advanceLocked(now time.Time) {
 		}
 		sort.Slice(ph.procs, func(i, j int) bool { return ph.procs[i].PID < ph.procs[j].PID })
 		ph.utilization = min(served/float64(dt), 1)
-		ph.memoryUsed = memory[d.UUID]
+		ph.memoryUsed = memory[u.uuid]
 		ph.energyJ += n.power(d, ph.utilization) * dt.Seconds()
-		n.physics[d.UUID] = ph
-		b := n.bins[d.UUID]
+		n.physics[u.uuid] = ph
+		if u.parent != "" {
+			continue // the driver samples no utilization on a MIG instance
+		}
+		b := n.bins[u.uuid]
 		if b == nil {
 			b = newBins(from)
-			n.bins[d.UUID] = b
+			n.bins[u.uuid] = b
 		}
 		b.add(from, now, window)
+	}
+	n.sumInstancesLocked()
+}
+
+// unit is what serves GPU time in the fake: a GPU used whole, or one MIG
+// instance in force. An instance has its own SMs, so the contexts on it
+// time-share it alone: a busy instance takes no time from the others on
+// its GPU.
+type unit struct {
+	uuid string
+	// dev is the GPU (an instance's parent).
+	dev nvml.Device
+	// parent is the GPU's UUID when the unit is a MIG instance.
+	parent string
+	// memoryBytes is the unit's framebuffer.
+	memoryBytes uint64
+}
+
+// unitsLocked lists the node's units: each GPU not in MIG mode, and each
+// MIG instance in force. Nothing runs on a GPU in MIG mode outside its
+// instances (CUDA cannot use it), so such a GPU is no unit.
+func (n *Node) unitsLocked() []unit {
+	out := make([]unit, 0, len(n.devices))
+	for _, d := range n.devices {
+		if !d.MIG.Current {
+			out = append(out, unit{uuid: d.UUID, dev: d, memoryBytes: d.MemoryBytes})
+			continue
+		}
+		for _, in := range d.MIG.Instances {
+			out = append(out, unit{uuid: in.UUID, dev: d, parent: d.UUID, memoryBytes: in.MemoryBytes})
+		}
+	}
+	return out
+}
+
+// sumInstancesLocked gives each GPU in MIG mode the memory its instances
+// use, as the driver reports it for the whole GPU, and none of their
+// processes: they are listed on their instances.
+func (n *Node) sumInstancesLocked() {
+	for _, d := range n.devices {
+		if !d.MIG.Current {
+			continue
+		}
+		ph := n.physics[d.UUID]
+		ph.memoryUsed, ph.utilization, ph.procs = 0, 0, nil
+		for _, in := range d.MIG.Instances {
+			ph.memoryUsed += n.physics[in.UUID].memoryUsed
+		}
+		n.physics[d.UUID] = ph
 	}
 }
 
@@ -162,17 +216,24 @@ func (n *Node) power(d nvml.Device, util float64) float64 {
 	return idle + util*(tdp-idle)
 }
 
-func (n *Node) deviceLocked(uuid string) (nvml.Device, error) {
+// unitLocked finds a GPU or a MIG instance in force by its UUID; a GPU
+// lost takes its instances with it.
+func (n *Node) unitLocked(uuid string) (unit, error) {
 	for _, d := range n.devices {
+		u := unit{uuid: d.UUID, dev: d, memoryBytes: d.MemoryBytes}
 		if d.UUID != uuid {
-			continue
+			i := slices.IndexFunc(d.MIG.Instances, func(in nvml.MIGInstance) bool { return in.UUID == uuid })
+			if i < 0 || !d.MIG.Current {
+				continue
+			}
+			u = unit{uuid: uuid, dev: d, parent: d.UUID, memoryBytes: d.MIG.Instances[i].MemoryBytes}
 		}
 		if n.faults[d.Index].Lost {
-			return nvml.Device{}, errors.New("GPU is lost")
+			return unit{}, errors.New("GPU is lost")
 		}
-		return d, nil
+		return u, nil
 	}
-	return nvml.Device{}, fmt.Errorf("no GPU %s", uuid)
+	return unit{}, fmt.Errorf("no GPU or MIG instance %s", uuid)
 }
 
 // Sample reports the GPU's state over the last accounting window.
@@ -182,12 +243,18 @@ func (n *Node) Sample(uuid string) (nvml.Sample, error) {
 	if n.fail[CallSample] {
 		return nvml.Sample{}, &nvml.ErrCall{Call: "nvmlDeviceGetUtilizationRates", Err: ErrInjected}
 	}
-	d, err := n.deviceLocked(uuid)
+	u, err := n.unitLocked(uuid)
 	if err != nil {
 		return nvml.Sample{}, &nvml.ErrCall{Call: "nvmlDeviceGetHandleByUUID", Err: err}
 	}
+	d := u.dev
 	n.advanceLocked(n.now())
 	ph := n.physics[uuid]
+	if u.parent != "" {
+		// A MIG instance: the driver reports its memory and no
+		// utilization; temperature, power and clocks are its GPU's.
+		return nvml.Sample{UUID: uuid, MemoryUsedBytes: ph.memoryUsed, ComputeUnmeasured: true}, nil
+	}
 	return nvml.Sample{
 		UUID:               uuid,
 		Utilization:        ph.utilization,
@@ -207,11 +274,20 @@ func (n *Node) Processes(uuid string) ([]nvml.Process, error) {
 	if n.fail[CallProcesses] {
 		return nil, &nvml.ErrCall{Call: "nvmlDeviceGetComputeRunningProcesses", Err: ErrInjected}
 	}
-	if _, err := n.deviceLocked(uuid); err != nil {
+	u, err := n.unitLocked(uuid)
+	if err != nil {
 		return nil, &nvml.ErrCall{Call: "nvmlDeviceGetHandleByUUID", Err: err}
 	}
 	n.advanceLocked(n.now())
-	return append([]nvml.Process(nil), n.physics[uuid].procs...), nil
+	procs := append([]nvml.Process(nil), n.physics[uuid].procs...)
+	if u.parent != "" {
+		// No per-process utilization on a MIG instance
+		// (nvmlDeviceGetProcessUtilization answers NOT_SUPPORTED).
+		for i := range procs {
+			procs[i].SMUtilization = 0
+		}
+	}
+	return procs, nil
 }
 
 // smClockMHz is the SM clock the fake reports: A100-class or Hopper-class.

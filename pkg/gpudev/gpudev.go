@@ -93,6 +93,13 @@ type Sample struct {
 	EnergyJoules float64
 	// SMClockHertz is the current SM clock.
 	SMClockHertz float64
+	// ComputeUnmeasured is true when the driver measures no utilization on
+	// this device, for the device or its processes: NVML answers
+	// NOT_SUPPORTED on a MIG instance. Utilization and every process's
+	// SMUtilization are then unknown, not zero. Temperature, power,
+	// energy and clocks are the physical GPU's and are not read for a
+	// MIG instance (zero).
+	ComputeUnmeasured bool
 }
 
 // Process is one process using a GPU.

@@ -176,3 +176,26 @@ func UUIDs(devs []Device) []string {
 // IsMIGUUID reports whether a UUID names a MIG instance ("MIG-...", as
 // NVML names MIG devices) rather than a GPU.
 func IsMIGUUID(uuid string) bool { return strings.HasPrefix(uuid, "MIG-") }
+
+// InForce is one MIG instance in force, with the GPU it is on.
+type InForce struct {
+	MIGInstance
+	// Parent is the GPU the instance is on.
+	Parent Device
+}
+
+// InstancesInForce lists the MIG instances in force on the GPUs, in GPU
+// order and then in their order on each GPU: what CUDA can use on GPUs
+// in MIG mode, and so what the agent reads as devices of their own.
+func InstancesInForce(devs []Device) []InForce {
+	var out []InForce
+	for _, d := range devs {
+		if !d.MIG.Current {
+			continue
+		}
+		for _, in := range d.MIG.Instances {
+			out = append(out, InForce{MIGInstance: in, Parent: d})
+		}
+	}
+	return out
+}

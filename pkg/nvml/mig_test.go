@@ -2,9 +2,12 @@ package nvml_test
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -181,5 +184,81 @@ func TestXIDOnOneMIGInstanceInProcess(t *testing.T) {
 		case h.UUID != target.UUID && !h.Healthy:
 			t.Errorf("%+v is unhealthy; only %s should be", h, target.UUID)
 		}
+	}
+}
+
+// TestMIGInstanceProcessesThroughNVML: a MIG instance is read as a device
+// of its own through NVML: its handle by its MIG UUID, its memory and its
+// processes (only its own: not its GPU's other instances', and none on
+// the GPU itself), and no utilization, which the driver does not sample on
+// MIG (NOT_SUPPORTED): the sample says its compute is unmeasured rather
+// than idle. A destroyed instance is no longer found, even by a UUID read
+// before.
+func TestMIGInstanceProcessesThroughNVML(t *testing.T) {
+	work := t.TempDir()
+	cfg := migLayouts
+	cfg.WorkloadDir = work
+	f := newFakeNVML(t, cfg)
+	b := open(t, nil)
+	devs, _ := f.node.Devices()
+	a, c := devs[0].MIG.Instances[0], devs[0].MIG.Instances[3]
+	pids := map[string]int{}
+	for _, w := range []struct {
+		uuid string
+		mib  int
+	}{{a.UUID, 3072}, {c.UUID, 1024}} {
+		cmd := exec.Command(workloadBin, "--dir", work, "--gpu", w.uuid, "--memory-mib", fmt.Sprint(w.mib), "--demand", "0.5")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
+		pids[w.uuid] = cmd.Process.Pid
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pa, _ := f.node.Processes(a.UUID)
+		pc, _ := f.node.Processes(c.UUID)
+		if len(pa) == 1 && len(pc) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("workloads never appeared on their instances")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	f.sync(t)
+	for uuid, mib := range map[string]uint64{a.UUID: 3072, c.UUID: 1024} {
+		ps, err := b.Processes(uuid)
+		if err != nil {
+			t.Fatalf("Processes(%s): %v", uuid, err)
+		}
+		if len(ps) != 1 || ps[0].PID != pids[uuid] || ps[0].MemoryBytes != mib<<20 || ps[0].SMUtilization != 0 {
+			t.Errorf("Processes(%s) = %+v, want pid %d with %d MiB and no utilization", uuid, ps, pids[uuid], mib)
+		}
+		s, err := b.Sample(uuid)
+		if err != nil {
+			t.Fatalf("Sample(%s): %v", uuid, err)
+		}
+		if !s.ComputeUnmeasured || s.MemoryUsedBytes != mib<<20 || s.Utilization != 0 {
+			t.Errorf("Sample(%s) = %+v, want %d MiB used and compute unmeasured", uuid, s, mib)
+		}
+	}
+	if ps, err := b.Processes(devs[0].MIG.Instances[1].UUID); err != nil || len(ps) != 0 {
+		t.Errorf("an idle instance lists %+v, %v", ps, err)
+	}
+	if ps, err := b.Processes(devs[0].UUID); err != nil || len(ps) != 0 {
+		t.Errorf("the GPU in MIG mode lists %+v, %v: its processes are its instances'", ps, err)
+	}
+	if s, err := b.Sample(devs[1].UUID); err != nil || s.ComputeUnmeasured {
+		t.Errorf("a whole GPU: %+v, %v: its compute is measured", s, err)
+	}
+
+	// The layout changes: the instance with the workload is destroyed.
+	if err := f.node.SetMIG(0, fakegpu.MIGConfig{Mode: "enabled", Instances: []fakegpu.MIGInstanceConfig{{Profile: "2g.10gb"}, {Profile: "1g.5gb"}}}); err != nil {
+		t.Fatal(err)
+	}
+	f.sync(t)
+	if _, err := b.Sample(a.UUID); err == nil {
+		t.Errorf("Sample of a destroyed instance succeeded")
 	}
 }

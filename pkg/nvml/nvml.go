@@ -367,7 +367,8 @@ func PCIeRoot(sysfsRoot, busID string) string {
 	return ""
 }
 
-// device returns the handle of the GPU with the given UUID.
+// device returns the handle of the GPU or MIG instance with the given
+// UUID.
 func (n *NVML) device(uuid string) (gonvml.Device, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -378,7 +379,12 @@ func (n *NVML) device(uuid string) (gonvml.Device, error) {
 	if ret != gonvml.SUCCESS {
 		return nil, &ErrCall{Call: "nvmlDeviceGetHandleByUUID", Err: ret}
 	}
-	n.handle[uuid] = d
+	// A MIG instance's handle is looked up every time: once the instance
+	// is destroyed, a handle kept could name the instance created in its
+	// place.
+	if !IsMIGUUID(uuid) {
+		n.handle[uuid] = d
+	}
 	return d, nil
 }
 
@@ -387,6 +393,9 @@ func (n *NVML) Sample(uuid string) (Sample, error) {
 	d, err := n.device(uuid)
 	if err != nil {
 		return Sample{}, err
+	}
+	if IsMIGUUID(uuid) {
+		return sampleInstance(d, uuid)
 	}
 	s := Sample{UUID: uuid}
 	util, ret := d.GetUtilizationRates()
@@ -422,9 +431,34 @@ func (n *NVML) Sample(uuid string) (Sample, error) {
 	return s, nil
 }
 
+// sampleInstance reads a MIG instance: its memory, and its utilization
+// where the driver samples one (NVML answers NOT_SUPPORTED on MIG
+// devices, and the instance's compute is then unmeasured, not idle).
+// Temperature, power, energy and clocks are its GPU's, not read here.
+func sampleInstance(d gonvml.Device, uuid string) (Sample, error) {
+	s := Sample{UUID: uuid}
+	mem, ret := d.GetMemoryInfo()
+	if ret != gonvml.SUCCESS {
+		return Sample{}, &ErrCall{Call: "nvmlDeviceGetMemoryInfo", Err: ret}
+	}
+	s.MemoryUsedBytes = mem.Used
+	util, ret := d.GetUtilizationRates()
+	switch ret {
+	case gonvml.SUCCESS:
+		s.Utilization = float64(util.Gpu) / 100
+	case gonvml.ERROR_NOT_SUPPORTED:
+		s.ComputeUnmeasured = true
+	default:
+		return Sample{}, &ErrCall{Call: "nvmlDeviceGetUtilizationRates", Err: ret}
+	}
+	return s, nil
+}
+
 // Processes lists the GPU's compute processes with their memory and their
 // SM utilization since the previous call, averaged over the driver's
-// samples in that window.
+// samples in that window. On a MIG instance (uuid "MIG-...") they are the
+// instance's processes, with no SM utilization where the driver samples
+// none.
 func (n *NVML) Processes(uuid string) ([]Process, error) {
 	d, err := n.device(uuid)
 	if err != nil {
@@ -442,6 +476,13 @@ func (n *NVML) Processes(uuid string) ([]Process, error) {
 	case gonvml.SUCCESS:
 	case gonvml.ERROR_NOT_FOUND:
 		// No process ran on the GPU since the last call.
+		samples = nil
+	case gonvml.ERROR_NOT_SUPPORTED:
+		if !IsMIGUUID(uuid) {
+			return nil, &ErrCall{Call: "nvmlDeviceGetProcessUtilization", Err: ret}
+		}
+		// The driver samples no process on a MIG instance: its
+		// processes' SM use is unknown (Sample.ComputeUnmeasured).
 		samples = nil
 	default:
 		return nil, &ErrCall{Call: "nvmlDeviceGetProcessUtilization", Err: ret}

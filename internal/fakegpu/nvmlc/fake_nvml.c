@@ -110,7 +110,7 @@ typedef struct {
 struct miginst {
 	char uuid[96];
 	unsigned int gi, ci, profile, start, size, sms, ce, dec, enc, jpg, ofa, giSlices, ciSlices;
-	unsigned long long memMB;
+	unsigned long long memMB, memUsed;
 };
 struct gpu {
 	char uuid[96], name[96], bus[32];
@@ -126,6 +126,7 @@ struct proc {
 	int gpu;
 	unsigned int pid, smUtil;
 	unsigned long long mem;
+	int mig; /* 0: on the GPU; k: on its MIG device of index k-1 */
 };
 struct psample {
 	int gpu;
@@ -250,7 +251,8 @@ static int parse(struct state *s) {
 			int i;
 			for (i = 0; i < 4 && (fld[i] = strtok_r(NULL, "\t", &save)); i++) {}
 			if (i < 4) continue;
-			s->procs[s->nprocs++] = (struct proc){atoi(fld[0]), (unsigned)atoi(fld[1]), (unsigned)atoi(fld[3]), strtoull(fld[2], NULL, 10)};
+			char *mig = strtok_r(NULL, "\t", &save);
+			s->procs[s->nprocs++] = (struct proc){atoi(fld[0]), (unsigned)atoi(fld[1]), (unsigned)atoi(fld[3]), strtoull(fld[2], NULL, 10), mig ? atoi(mig) : 0};
 		} else if (!strcmp(kind, "psample") && s->npsamples < MAX_PSAMPLES) {
 			char *fld[4];
 			int i;
@@ -279,6 +281,10 @@ static int parse(struct state *s) {
 			m->memMB = strtoull(fld[7], NULL, 10);
 			unsigned int *v[] = {&m->sms, &m->ce, &m->dec, &m->enc, &m->jpg, &m->ofa, &m->giSlices, &m->ciSlices};
 			for (int k = 0; k < 8; k++) *v[k] = (unsigned)atoi(fld[8 + k]);
+		} else if (!strcmp(kind, "migsample")) {
+			char *g = strtok_r(NULL, "\t", &save), *k = strtok_r(NULL, "\t", &save), *u = strtok_r(NULL, "\t", &save);
+			if (!g || !k || !u || atoi(g) < 0 || atoi(g) >= s->ngpus || atoi(k) < 0 || atoi(k) >= s->gpus[atoi(g)].nmig) continue;
+			s->gpus[atoi(g)].migs[atoi(k)].memUsed = strtoull(u, NULL, 10);
 		} else if (!strcmp(kind, "memlimits")) {
 			char *v = strtok_r(NULL, "\t", &save);
 			if (v) s->memlimits = atoi(v);
@@ -440,6 +446,17 @@ nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t d, unsigned int *minor) {
 nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m) {
 	struct state s;
 	struct gpu *g;
+	if (d && d->mig) {
+		struct miginst *in;
+		nvmlReturn_t r = migOf(d, &s, &g, &in);
+		if (r) return r;
+		if (!m) return NVML_ERROR_INVALID_ARGUMENT;
+		if (s.failSample) return NVML_ERROR_UNKNOWN;
+		m->total = in->memMB << 20;
+		m->used = in->memUsed;
+		m->free = m->total > m->used ? m->total - m->used : 0;
+		return NVML_SUCCESS;
+	}
 	nvmlReturn_t r = gpuOf(d, &s, &g);
 	if (r) return r;
 	if (!m) return NVML_ERROR_INVALID_ARGUMENT;
@@ -598,6 +615,15 @@ nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
 		*device = &handles[i];
 		return NVML_SUCCESS;
 	}
+	/* A MIG device's UUID names its handle, while it is in force. */
+	for (int i = 0; i < s.ngpus; i++) {
+		for (int k = 0; s.gpus[i].migCurrent && k < s.gpus[i].nmig; k++) {
+			if (strcmp(s.gpus[i].migs[k].uuid, uuid)) continue;
+			if (s.gpus[i].lost) return NVML_ERROR_GPU_IS_LOST;
+			*device = &migHandles[i][k];
+			return NVML_SUCCESS;
+		}
+	}
 	return NVML_ERROR_NOT_FOUND;
 }
 
@@ -608,9 +634,20 @@ static nvmlReturn_t sampled(nvmlDevice_t d, struct state *s, struct gpu **g) {
 	return s->failSample ? NVML_ERROR_UNKNOWN : NVML_SUCCESS;
 }
 
+/* notOnMIG answers the calls the driver does not support on a MIG device:
+ * utilization (of the device or its processes), which it does not sample
+ * per instance. */
+static nvmlReturn_t notOnMIG(nvmlDevice_t d, struct state *s) {
+	struct gpu *g;
+	struct miginst *m;
+	nvmlReturn_t r = migOf(d, s, &g, &m);
+	return r ? r : NVML_ERROR_NOT_SUPPORTED;
+}
+
 nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *u) {
 	struct state s;
 	struct gpu *g;
+	if (d && d->mig) return notOnMIG(d, &s);
 	nvmlReturn_t r = sampled(d, &s, &g);
 	if (r) return r;
 	if (!u) return NVML_ERROR_INVALID_ARGUMENT;
@@ -659,24 +696,28 @@ nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigned int *mhz)
 	return NVML_SUCCESS;
 }
 
+/* Processes on a GPU handle are those on the GPU itself; on a MIG device
+ * handle, those on that instance, with its GPU and compute instance IDs. */
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *count, nvmlProcessInfo_t *infos) {
 	struct state s;
 	struct gpu *g;
-	nvmlReturn_t r = gpuOf(d, &s, &g);
+	struct miginst *m = NULL;
+	nvmlReturn_t r = d && d->mig ? migOf(d, &s, &g, &m) : gpuOf(d, &s, &g);
 	if (r) return r;
 	if (!count) return NVML_ERROR_INVALID_ARGUMENT;
 	if (s.failProcs) return NVML_ERROR_UNKNOWN;
+	int mig = d->mig;
 	unsigned int n = 0;
 	for (int i = 0; i < s.nprocs; i++)
-		if (s.procs[i].gpu == d->index) n++;
+		if (s.procs[i].gpu == d->index && s.procs[i].mig == mig) n++;
 	if (n > *count || (n > 0 && !infos)) {
 		*count = n;
 		return NVML_ERROR_INSUFFICIENT_SIZE;
 	}
 	*count = 0;
 	for (int i = 0; i < s.nprocs; i++) {
-		if (s.procs[i].gpu != d->index) continue;
-		infos[*count] = (nvmlProcessInfo_t){s.procs[i].pid, s.procs[i].mem, 0xFFFFFFFF, 0xFFFFFFFF};
+		if (s.procs[i].gpu != d->index || s.procs[i].mig != mig) continue;
+		infos[*count] = (nvmlProcessInfo_t){s.procs[i].pid, s.procs[i].mem, m ? m->gi : 0xFFFFFFFF, m ? m->ci : 0xFFFFFFFF};
 		(*count)++;
 	}
 	return NVML_SUCCESS;
@@ -688,6 +729,7 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned in
 nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizationSample_t *out, unsigned int *count, unsigned long long lastSeen) {
 	struct state s;
 	struct gpu *g;
+	if (d && d->mig) return notOnMIG(d, &s);
 	nvmlReturn_t r = gpuOf(d, &s, &g);
 	if (r) return r;
 	if (!count) return NVML_ERROR_INVALID_ARGUMENT;
@@ -713,7 +755,7 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizat
 	if (g->sampleTime <= lastSeen) return NVML_ERROR_NOT_FOUND;
 	unsigned int n = 0;
 	for (int i = 0; i < s.nprocs; i++)
-		if (s.procs[i].gpu == d->index) n++;
+		if (s.procs[i].gpu == d->index && !s.procs[i].mig) n++;
 	if (n == 0) return NVML_ERROR_NOT_FOUND;
 	if (!out || n > *count) {
 		*count = n;
@@ -721,7 +763,7 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizat
 	}
 	*count = 0;
 	for (int i = 0; i < s.nprocs; i++) {
-		if (s.procs[i].gpu != d->index) continue;
+		if (s.procs[i].gpu != d->index || s.procs[i].mig) continue;
 		out[*count] = (nvmlProcessUtilizationSample_t){s.procs[i].pid, g->sampleTime, s.procs[i].smUtil, 0, 0, 0};
 		(*count)++;
 	}
