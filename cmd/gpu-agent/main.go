@@ -125,7 +125,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	defer func() { _ = podres.Close() }()
 	names := host.NewRuntimeState(cfg.RuntimeStateDirs)
 	driverLimits := useDriverTier(cfg, gpus, enforcer, eopts, names, podres, log)
-	smp, err := sampler.New(gpus.whole, gpus.layout, gpus.backend, podres, gpus.health, samplerOptions(cfg, k, names, ns, enforcer, log))
+	smp, err := sampler.New(gpus.whole, gpus.layout, gpus.backend, podres, gpus.health, samplerOptions(cfg, k, names, ns, enforcer, gpus, log))
 	if err != nil {
 		return err
 	}
@@ -365,10 +365,12 @@ func openBackend(cfg Resolved, log *slog.Logger) (nvml.Backend, func(context.Con
 }
 
 // samplerOptions are the configured sampler's, wired to the runtime's
-// records, the pods' UIDs (DRA) and the enforcer.
-func samplerOptions(cfg Resolved, k kubeParts, names node.ContainerNames, ns host.Namespace, enforcer *enforce.Enforcer, log *slog.Logger) sampler.Options {
+// records, the pods' UIDs (DRA), the enforcer and the GPUs' MIG layouts
+// as followMIG last read them (their instances are read as devices).
+func samplerOptions(cfg Resolved, k kubeParts, names node.ContainerNames, ns host.Namespace, enforcer *enforce.Enforcer, g *gpus, log *slog.Logger) sampler.Options {
 	o := cfg.Sampler
 	o.Logger, o.Names, o.Namespace = log, names, ns
+	o.MIG = func() []nvml.Device { return *g.current.Load() }
 	if k.policies != nil {
 		o.Pods = k.policies // DRA: the pods' UIDs the API server gives
 	}

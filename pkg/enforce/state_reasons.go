@@ -35,6 +35,10 @@ const (
 	// its pod's other containers on the GPU, to the total they hold, at
 	// the pod's level (per container, only; the node never reads it).
 	ReasonPodLevel = "pod-level"
+	// ReasonMIG: the container holds a whole MIG instance, whose memory
+	// and SMs the GPU itself isolates; no gpuslice tier needs to engage
+	// (per container, only).
+	ReasonMIG = "mig"
 )
 
 // NodeState says whether each tier can engage on the node at all: the
@@ -82,9 +86,11 @@ func podLevel(reason string) string {
 	return reason
 }
 
-// Held reports a reason under which the share is held: enforced, or
-// pod-level.
-func Held(reason string) bool { return reason == ReasonEnforced || reason == ReasonPodLevel }
+// Held reports a reason under which the share is held: enforced,
+// pod-level, or by the hardware (mig).
+func Held(reason string) bool {
+	return reason == ReasonEnforced || reason == ReasonPodLevel || reason == ReasonMIG
+}
 
 // CannotHold reports a reason that is a failure to hold a share, not held
 // and not the administrator's choice (disabled, report-only).

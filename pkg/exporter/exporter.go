@@ -185,9 +185,14 @@ func perDevice(value func(d node.Device) float64, ok func(d node.Device) bool) f
 	}
 }
 
-// sampled is true for a device with a reading this round: without one its
-// series are left out rather than a made-up zero reported.
-func sampled(d node.Device) bool { return d.SampleOK }
+// sampled is true for a GPU with a reading this round: without one its
+// series are left out rather than a made-up zero reported. A MIG
+// instance has no GPU-level readings (they are its GPU's).
+func sampled(d node.Device) bool { return d.SampleOK && d.Instance == nil }
+
+// gpu is true for a physical GPU; false for a MIG instance read as a
+// device, which the device_* families leave to the mig_* ones.
+func gpu(d node.Device) bool { return d.Instance == nil }
 
 // perContainer writes one sample per container for which ok holds.
 func perContainer(value func(c node.Container) float64, ok func(c node.Container) bool) func(*textWriter, *view) {
@@ -204,6 +209,10 @@ func perContainer(value func(c node.Container) float64, ok func(c node.Container
 // pod with a process that could not be placed in one container, its use
 // is unknown, and a zero would read as an idle pod downstream.
 func seen(c node.Container) bool { return !c.Blind && c.Unknown == "" }
+
+// computeSeen is true for a container whose compute use is known: seen,
+// on a device whose driver measures it (not a MIG instance).
+func computeSeen(c node.Container) bool { return seen(c) && !c.ComputeUnmeasured }
 
 // perEnforced writes one sample per container from what enforcement did to
 // it (nothing known: not throttled, not in force).
@@ -241,6 +250,34 @@ func sortedInstances(d nvml.Device) []nvml.MIGInstance {
 	return slices.SortedFunc(slices.Values(d.MIG.Instances), func(a, b nvml.MIGInstance) int {
 		return cmp.Or(strings.Compare(a.Profile, b.Profile), strings.Compare(a.UUID, b.UUID))
 	})
+}
+
+// instance is the MIG instance read as a device with this UUID, or nil.
+func (v *view) instance(uuid string) *nvml.InForce {
+	if !nvml.IsMIGUUID(uuid) {
+		return nil
+	}
+	for _, d := range v.snap.Devices {
+		if d.Instance != nil && d.UUID == uuid {
+			return d.Instance
+		}
+	}
+	return nil
+}
+
+// instancesByLabel are the MIG instances read as devices, in label order
+// (gpu index as a string, then MIG UUID), as client_golang writes series.
+func (v *view) instancesByLabel() []node.Device {
+	var out []node.Device
+	for _, d := range v.snap.Devices {
+		if d.Instance != nil {
+			out = append(out, d)
+		}
+	}
+	slices.SortFunc(out, func(a, b node.Device) int {
+		return cmp.Or(strings.Compare(strconv.Itoa(a.Index), strconv.Itoa(b.Index)), strings.Compare(a.UUID, b.UUID))
+	})
+	return out
 }
 
 // migResource is the resource a MIG profile's instances are offered
@@ -322,41 +359,57 @@ var families = []metric{
 		}),
 	m("container", "compute_limit_ratio", "gauge", "Share of the GPU's compute the container's slices allow.",
 		perContainer(func(c node.Container) float64 { return c.ComputeLimitRatio }, nil)),
+	m("container", "compute_unmeasured", "gauge",
+		"1 when the driver measures no compute use on the device the container holds (a MIG instance: NVML samples no utilization there), so its SM utilization, busy time and last activity are absent, never zero, while its memory is measured; 0 otherwise.",
+		perContainer(func(c node.Container) float64 { return bit(c.ComputeUnmeasured) }, nil)),
 	m("container", "gpu_busy_seconds_total", "counter", "GPU time used by the container's processes: SM utilization integrated over time.",
-		perContainer(func(c node.Container) float64 { return c.BusySeconds }, seen)),
+		perContainer(func(c node.Container) float64 { return c.BusySeconds }, computeSeen)),
 	m("container", "last_active_timestamp_seconds", "gauge", "Last time the container's processes used the GPU.",
 		perContainer(func(c node.Container) float64 { return float64(c.LastActive.UnixMilli()) / 1000 },
-			func(c node.Container) bool { return seen(c) && !c.LastActive.IsZero() })),
+			func(c node.Container) bool { return computeSeen(c) && !c.LastActive.IsZero() })),
 	m("container", "memory_limit_bytes", "gauge", "GPU memory the container's slices allow.",
 		perContainer(func(c node.Container) float64 { return float64(c.MemoryLimitBytes) }, nil)),
 	m("container", "memory_used_bytes", "gauge", "GPU memory held by the container's processes.",
 		perContainer(func(c node.Container) float64 { return float64(c.MemoryUsedBytes) }, seen)),
+	m("container", "mig_info", "gauge",
+		"The MIG instance the container holds (uuid is the instance's MIG UUID, parent_uuid its GPU's), with its profile; always 1. Absent for slices of a whole GPU.",
+		func(w *textWriter, v *view) {
+			for _, c := range v.snap.Containers {
+				if d := v.instance(c.UUID); d != nil {
+					w.sample(1, "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "gpu", strconv.Itoa(c.Index), "uuid", c.UUID,
+						"mig_profile", d.Profile, "parent_uuid", d.Parent.UUID)
+				}
+			}
+		}),
 	m("container", "slices", "gauge", "Slices of the GPU the container holds.",
 		perContainer(func(c node.Container) float64 { return float64(c.Slices) }, nil)),
 	m("container", "sm_utilization_of_limit_ratio", "gauge", "SM utilization relative to the container's compute limit; above 1 when it bursts into idle GPU time.",
 		perContainer(func(c node.Container) float64 { return c.SMUtilization / c.ComputeLimitRatio },
-			func(c node.Container) bool { return seen(c) && c.ComputeLimitRatio > 0 })),
+			func(c node.Container) bool { return computeSeen(c) && c.ComputeLimitRatio > 0 })),
 	m("container", "sm_utilization_ratio", "gauge", "Share of the GPU's SM time used by the container's processes.",
-		perContainer(func(c node.Container) float64 { return c.SMUtilization }, seen)),
+		perContainer(func(c node.Container) float64 { return c.SMUtilization }, computeSeen)),
 	m("container", "use_unknown", "gauge",
 		"1 when the container's use of the GPU cannot be told: a process of its pod on the GPU could not be placed in one of its containers, so its use series are absent (never zero) and its pod is held at the pod's level; 0 otherwise.",
 		perContainer(func(c node.Container) float64 { return bit(c.Unknown != "") }, nil)),
 	m("device", "energy_joules_total", "counter", "Energy used since the driver was loaded.",
 		perDevice(func(d node.Device) float64 { return d.Sample.EnergyJoules }, sampled)),
 	m("device", "healthy", "gauge", "1 if the GPU's slices are offered as Healthy, 0 if not.",
-		perDevice(func(d node.Device) float64 { return bit(d.Health.Healthy) }, nil)),
+		perDevice(func(d node.Device) float64 { return bit(d.Health.Healthy) }, gpu)),
 	m("device", "info", "gauge", "GPU identity; always 1.", func(w *textWriter, v *view) {
 		for _, d := range v.snap.Devices {
+			if !gpu(d) {
+				continue
+			}
 			w.sample(1, "gpu", strconv.Itoa(d.Index), "uuid", d.UUID, "model", d.Model, "pci_bus_id", d.PCIBusID,
 				"driver_version", v.e.info.System.DriverVersion, "cuda_version", v.e.cuda)
 		}
 	}),
 	m("device", "memory_total_bytes", "gauge", "GPU framebuffer memory.",
-		perDevice(func(d node.Device) float64 { return float64(d.MemoryBytes) }, nil)),
+		perDevice(func(d node.Device) float64 { return float64(d.MemoryBytes) }, gpu)),
 	m("device", "memory_used_bytes", "gauge", "GPU framebuffer memory in use.",
 		perDevice(func(d node.Device) float64 { return float64(d.Sample.MemoryUsedBytes) }, sampled)),
 	m("device", "mig_mode", "gauge",
-		"1 when the MIG-capable GPU's MIG mode is enabled (state current: in force; pending: from its next reset), 0 when not. A GPU with either is not cut into slices: its MIG instances are offered under their own resources (gpuslice_mig_instance_info), isolated by the hardware, and gpuslice does not yet measure or limit the containers on them (docs/mig.md).",
+		"1 when the MIG-capable GPU's MIG mode is enabled (state current: in force; pending: from its next reset), 0 when not. A GPU with either is not cut into slices: its MIG instances are offered under their own resources (gpuslice_mig_instance_info), isolated by the hardware; the containers on them are measured per instance (memory; compute is unmeasured on MIG) and a process on an instance its container does not hold is unauthorized (docs/mig.md).",
 		func(w *textWriter, v *view) {
 			for _, d := range v.mig {
 				if d.MIGCapable {
@@ -375,6 +428,9 @@ var families = []metric{
 		perDevice(func(d node.Device) float64 { return d.Sample.Utilization }, sampled)),
 	m("device", "xid_errors_total", "counter", "Critical XID errors reported by the driver, by XID.", func(w *textWriter, v *view) {
 		for _, d := range v.snap.Devices {
+			if !gpu(d) {
+				continue
+			}
 			xids := make([]uint64, 0, len(d.XIDs))
 			for x := range d.XIDs {
 				xids = append(xids, x)
@@ -422,7 +478,7 @@ var families = []metric{
 			}
 		}),
 	m("enforcement", "enforced", "gauge",
-		"1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, pod-level (held with its pod's other containers, to their total), or why not: disabled, report-only, cgroup-unresolved, no-freezer.",
+		"1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, pod-level (held with its pod's other containers, to their total), mig (a whole MIG instance, held by the hardware), or why not: disabled, report-only, cgroup-unresolved, no-freezer.",
 		func(w *textWriter, v *view) {
 			if v.e.info.Enforcement == nil {
 				return
@@ -431,6 +487,9 @@ var families = []metric{
 			for _, c := range v.snap.Containers {
 				st, seen := v.stats[c.Cgroup.Key()]
 				compute, memory := enforce.ContainerReasons(n, st, seen, c.Unknown != "")
+				if v.instance(c.UUID) != nil {
+					compute, memory = enforce.ReasonMIG, enforce.ReasonMIG // a whole instance: the hardware holds it
+				}
 				idx := strconv.Itoa(c.Index)
 				for _, r := range byReason(compute, memory) {
 					w.sample(bit(enforce.Held(r.reason)), "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "gpu", idx, "uuid", c.UUID,
@@ -455,6 +514,9 @@ var families = []metric{
 		}
 		compute, memory := v.e.info.Enforcement.Tiers()
 		for _, d := range v.snap.Devices {
+			if !gpu(d) {
+				continue
+			}
 			idx := strconv.Itoa(d.Index)
 			w.sample(1, "gpu", idx, "uuid", d.UUID, "resource", "compute", "tier", compute)
 			w.sample(1, "gpu", idx, "uuid", d.UUID, "resource", "memory", "tier", memory)
@@ -487,8 +549,17 @@ var families = []metric{
 				}
 			}
 		}),
+	m("mig", "instance_memory_used_bytes", "gauge",
+		"Framebuffer memory in use on the MIG instance, as the driver reports it for the instance.",
+		func(w *textWriter, v *view) {
+			for _, d := range v.instancesByLabel() {
+				if d.SampleOK {
+					w.sample(float64(d.Sample.MemoryUsedBytes), "gpu", strconv.Itoa(d.Index), "mig_uuid", d.UUID, "uuid", d.Instance.Parent.UUID)
+				}
+			}
+		}),
 	m("slices", "allocated", "gauge", "Slices of the GPU held by containers.",
-		perDevice(func(d node.Device) float64 { return float64(d.Allocated) }, nil)),
+		perDevice(func(d node.Device) float64 { return float64(d.Allocated) }, gpu)),
 	m("slices", "capacity", "gauge", "Slices the GPU is cut into.",
-		perDevice(func(d node.Device) float64 { return float64(d.Slices) }, nil)),
+		perDevice(func(d node.Device) float64 { return float64(d.Slices) }, gpu)),
 }

@@ -107,6 +107,14 @@ func snapshot() *node.Snapshot {
 				Health: nvml.Health{UUID: "GPU-bbb", Reason: nvml.ReasonLost},
 				Slices: 8,
 			},
+			{
+				// A MIG instance of GPU 2 (migGPUs), read as a device: its
+				// memory is measured, its compute is not.
+				Device:   nvml.Device{UUID: "MIG-111", Index: 2, MemoryBytes: 42949672960 / 2},
+				Instance: &nvml.InForce{MIGInstance: migGPUs[2].MIG.Instances[0], Parent: migGPUs[2]},
+				Sample:   nvml.Sample{UUID: "MIG-111", MemoryUsedBytes: 4294967296, ComputeUnmeasured: true}, SampleOK: true, ProcessesOK: true,
+				Health: nvml.Health{UUID: "MIG-111", Healthy: true},
+			},
 		},
 		Containers: []node.Container{
 			{Namespace: "ml", Pod: "a", Container: "main", UUID: "GPU-aaa", Index: 0, Slices: 2, MemoryLimitBytes: 10737418240, ComputeLimitRatio: 0.25,
@@ -114,6 +122,8 @@ func snapshot() *node.Snapshot {
 				Cgroup: node.Cgroup{ContainerID: cidA}},
 			{Namespace: "ml", Pod: "b", Container: "main", UUID: "GPU-aaa", Index: 0, Slices: 3, Claims: []string{"ml/gpu"}, MemoryLimitBytes: 16106127360, ComputeLimitRatio: 0.375,
 				MemoryUsedBytes: 2147483648, SMUtilization: 0.5, BusySeconds: 30},
+			{Namespace: "ml", Pod: "c", Container: "main", UUID: "MIG-111", Index: 2, Slices: 1, MemoryLimitBytes: 42949672960 / 2, ComputeLimitRatio: 1,
+				MemoryUsedBytes: 4294967296, Processes: 1, ComputeUnmeasured: true},
 		},
 		Unattributed: []node.Unattributed{{GPUProcess: node.GPUProcess{PID: 7, UUID: "GPU-aaa"}, Reason: "not in a pod or container"}},
 		Unauthorized: []node.Unauthorized{{GPUProcess: node.GPUProcess{PID: 9, UUID: "GPU-aaa"}, Namespace: "lab", Pod: "x", Reason: "its pod holds no slices of this GPU"}},
@@ -156,14 +166,14 @@ gpuslice_device_utilization_ratio{gpu="0",uuid="GPU-aaa"} 0.7
 # HELP gpuslice_device_xid_errors_total Critical XID errors reported by the driver, by XID.
 # TYPE gpuslice_device_xid_errors_total counter
 gpuslice_device_xid_errors_total{gpu="0",uuid="GPU-aaa",xid="79"} 2
-# HELP gpuslice_slices_capacity Slices the GPU is cut into.
-# TYPE gpuslice_slices_capacity gauge
-gpuslice_slices_capacity{gpu="0",uuid="GPU-aaa"} 8
-gpuslice_slices_capacity{gpu="1",uuid="GPU-bbb"} 8
 # HELP gpuslice_slices_allocated Slices of the GPU held by containers.
 # TYPE gpuslice_slices_allocated gauge
 gpuslice_slices_allocated{gpu="0",uuid="GPU-aaa"} 5
 gpuslice_slices_allocated{gpu="1",uuid="GPU-bbb"} 0
+# HELP gpuslice_slices_capacity Slices the GPU is cut into.
+# TYPE gpuslice_slices_capacity gauge
+gpuslice_slices_capacity{gpu="0",uuid="GPU-aaa"} 8
+gpuslice_slices_capacity{gpu="1",uuid="GPU-bbb"} 8
 `
 
 const wantContainers = `
@@ -174,6 +184,12 @@ gpuslice_container_claim_info{claim="gpu",claim_namespace="ml",container="main",
 # TYPE gpuslice_container_compute_limit_ratio gauge
 gpuslice_container_compute_limit_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.25
 gpuslice_container_compute_limit_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0.375
+gpuslice_container_compute_limit_ratio{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 1
+# HELP gpuslice_container_compute_unmeasured 1 when the driver measures no compute use on the device the container holds (a MIG instance: NVML samples no utilization there), so its SM utilization, busy time and last activity are absent, never zero, while its memory is measured; 0 otherwise.
+# TYPE gpuslice_container_compute_unmeasured gauge
+gpuslice_container_compute_unmeasured{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
+gpuslice_container_compute_unmeasured{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
+gpuslice_container_compute_unmeasured{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 1
 # HELP gpuslice_container_gpu_busy_seconds_total GPU time used by the container's processes: SM utilization integrated over time.
 # TYPE gpuslice_container_gpu_busy_seconds_total counter
 gpuslice_container_gpu_busy_seconds_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 12.5
@@ -185,14 +201,20 @@ gpuslice_container_last_active_timestamp_seconds{container="main",gpu="0",namesp
 # TYPE gpuslice_container_memory_limit_bytes gauge
 gpuslice_container_memory_limit_bytes{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1.073741824e+10
 gpuslice_container_memory_limit_bytes{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 1.610612736e+10
+gpuslice_container_memory_limit_bytes{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 2.147483648e+10
 # HELP gpuslice_container_memory_used_bytes GPU memory held by the container's processes.
 # TYPE gpuslice_container_memory_used_bytes gauge
 gpuslice_container_memory_used_bytes{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1.073741824e+09
 gpuslice_container_memory_used_bytes{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 2.147483648e+09
+gpuslice_container_memory_used_bytes{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 4.294967296e+09
+# HELP gpuslice_container_mig_info The MIG instance the container holds (uuid is the instance's MIG UUID, parent_uuid its GPU's), with its profile; always 1. Absent for slices of a whole GPU.
+# TYPE gpuslice_container_mig_info gauge
+gpuslice_container_mig_info{container="main",gpu="2",mig_profile="3g.40gb",namespace="ml",parent_uuid="GPU-ccc",pod="c",uuid="MIG-111"} 1
 # HELP gpuslice_container_slices Slices of the GPU the container holds.
 # TYPE gpuslice_container_slices gauge
 gpuslice_container_slices{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 2
 gpuslice_container_slices{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 3
+gpuslice_container_slices{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 1
 # HELP gpuslice_container_sm_utilization_of_limit_ratio SM utilization relative to the container's compute limit; above 1 when it bursts into idle GPU time.
 # TYPE gpuslice_container_sm_utilization_of_limit_ratio gauge
 gpuslice_container_sm_utilization_of_limit_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.8
@@ -205,41 +227,21 @@ gpuslice_container_sm_utilization_ratio{container="main",gpu="0",namespace="ml",
 # TYPE gpuslice_container_use_unknown gauge
 gpuslice_container_use_unknown{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
 gpuslice_container_use_unknown{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
+gpuslice_container_use_unknown{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 0
 # HELP gpuslice_enforcement_available 1 when the tier (resource compute or memory) can engage on the node at all, 0 when not, with the reason; where compute reads 0 the node hands out shares it cannot hold, or, under --enforcement=required, offers no slices.
 # TYPE gpuslice_enforcement_available gauge
 gpuslice_enforcement_available{reason="enforced",resource="memory"} 1
 gpuslice_enforcement_available{reason="no-freezer",resource="compute"} 0
-# HELP gpuslice_enforcement_enforced 1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, pod-level (held with its pod's other containers, to their total), or why not: disabled, report-only, cgroup-unresolved, no-freezer.
-# TYPE gpuslice_enforcement_enforced gauge
-gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",reason="enforced",resource="compute",uuid="GPU-aaa"} 1
-gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",reason="enforced",resource="memory",uuid="GPU-aaa"} 1
-gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="b",reason="enforced",resource="memory",uuid="GPU-aaa"} 1
-gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="b",reason="no-freezer",resource="compute",uuid="GPU-aaa"} 0
 # HELP gpuslice_enforcement_cgroup_kills_total Times every process of the container's cgroup (its pod's, when held at the pod's level) was killed: it went over its GPU memory limit again, by processes not killed yet, in the sample after its newest GPU processes were killed.
 # TYPE gpuslice_enforcement_cgroup_kills_total counter
 gpuslice_enforcement_cgroup_kills_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
 gpuslice_enforcement_cgroup_kills_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
+gpuslice_enforcement_cgroup_kills_total{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 0
 # HELP gpuslice_enforcement_compute_duty_ratio Share of each throttle period the container may run; 1 when not throttled.
 # TYPE gpuslice_enforcement_compute_duty_ratio gauge
 gpuslice_enforcement_compute_duty_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.4
 gpuslice_enforcement_compute_duty_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 1
-# HELP gpuslice_enforcement_failures_total Containers that could not be enforced and cgroups that vanished under a throttle.
-# TYPE gpuslice_enforcement_failures_total counter
-gpuslice_enforcement_failures_total 1
-# HELP gpuslice_enforcement_throttled_seconds_total Time the container's cgroup was frozen to keep it inside its compute share.
-# TYPE gpuslice_enforcement_throttled_seconds_total counter
-gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 2.5
-gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
-# HELP gpuslice_enforcement_tier The mechanism holding each resource on the GPU; always 1.
-# TYPE gpuslice_enforcement_tier gauge
-gpuslice_enforcement_tier{gpu="0",resource="compute",tier="freezer",uuid="GPU-aaa"} 1
-gpuslice_enforcement_tier{gpu="0",resource="memory",tier="driver",uuid="GPU-aaa"} 1
-gpuslice_enforcement_tier{gpu="1",resource="compute",tier="freezer",uuid="GPU-bbb"} 1
-gpuslice_enforcement_tier{gpu="1",resource="memory",tier="driver",uuid="GPU-bbb"} 1
-# HELP gpuslice_enforcement_kills_total GPU processes of the container killed for exceeding its memory limit.
-# TYPE gpuslice_enforcement_kills_total counter
-gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
-gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
+gpuslice_enforcement_compute_duty_ratio{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 1
 # HELP gpuslice_enforcement_driver_memory_limit_bytes Hard GPU memory limit the driver enforces on the container's cgroup; absent where the driver tier does not hold it.
 # TYPE gpuslice_enforcement_driver_memory_limit_bytes gauge
 gpuslice_enforcement_driver_memory_limit_bytes{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1.073741824e+10
@@ -249,17 +251,36 @@ gpuslice_enforcement_driver_memory_limit_operations_total{result="cleared"} 2
 gpuslice_enforcement_driver_memory_limit_operations_total{result="failed"} 1
 gpuslice_enforcement_driver_memory_limit_operations_total{result="set"} 4
 gpuslice_enforcement_driver_memory_limit_operations_total{result="uncleared"} 0
+# HELP gpuslice_enforcement_enforced 1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, pod-level (held with its pod's other containers, to their total), mig (a whole MIG instance, held by the hardware), or why not: disabled, report-only, cgroup-unresolved, no-freezer.
+# TYPE gpuslice_enforcement_enforced gauge
+gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",reason="enforced",resource="compute",uuid="GPU-aaa"} 1
+gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",reason="enforced",resource="memory",uuid="GPU-aaa"} 1
+gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="b",reason="enforced",resource="memory",uuid="GPU-aaa"} 1
+gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="b",reason="no-freezer",resource="compute",uuid="GPU-aaa"} 0
+gpuslice_enforcement_enforced{container="main",gpu="2",namespace="ml",pod="c",reason="mig",resource="compute",uuid="MIG-111"} 1
+gpuslice_enforcement_enforced{container="main",gpu="2",namespace="ml",pod="c",reason="mig",resource="memory",uuid="MIG-111"} 1
+# HELP gpuslice_enforcement_failures_total Containers that could not be enforced and cgroups that vanished under a throttle.
+# TYPE gpuslice_enforcement_failures_total counter
+gpuslice_enforcement_failures_total 1
+# HELP gpuslice_enforcement_kills_total GPU processes of the container killed for exceeding its memory limit.
+# TYPE gpuslice_enforcement_kills_total counter
+gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
+gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
+gpuslice_enforcement_kills_total{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 0
+# HELP gpuslice_enforcement_throttled_seconds_total Time the container's cgroup was frozen to keep it inside its compute share.
+# TYPE gpuslice_enforcement_throttled_seconds_total counter
+gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 2.5
+gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
+gpuslice_enforcement_throttled_seconds_total{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 0
+# HELP gpuslice_enforcement_tier The mechanism holding each resource on the GPU; always 1.
+# TYPE gpuslice_enforcement_tier gauge
+gpuslice_enforcement_tier{gpu="0",resource="compute",tier="freezer",uuid="GPU-aaa"} 1
+gpuslice_enforcement_tier{gpu="0",resource="memory",tier="driver",uuid="GPU-aaa"} 1
+gpuslice_enforcement_tier{gpu="1",resource="compute",tier="freezer",uuid="GPU-bbb"} 1
+gpuslice_enforcement_tier{gpu="1",resource="memory",tier="driver",uuid="GPU-bbb"} 1
 `
 
 const wantAgent = `
-# HELP gpuslice_agent_gpu_blind 1 when the GPU's readings or process list failed in the last sample: its containers' use series are absent, not zero, and their throttles hold; 0 otherwise.
-# TYPE gpuslice_agent_gpu_blind gauge
-gpuslice_agent_gpu_blind{gpu="0",uuid="GPU-aaa"} 0
-gpuslice_agent_gpu_blind{gpu="1",uuid="GPU-bbb"} 1
-# HELP gpuslice_agent_unauthorized_processes GPU processes in the last sample that run in a pod whose container holds no slice of the GPU.
-# TYPE gpuslice_agent_unauthorized_processes gauge
-gpuslice_agent_unauthorized_processes{gpu="0",uuid="GPU-aaa"} 1
-gpuslice_agent_unauthorized_processes{gpu="1",uuid="GPU-bbb"} 0
 # HELP gpuslice_agent_errors_total Failed reads while sampling, by source.
 # TYPE gpuslice_agent_errors_total counter
 gpuslice_agent_errors_total{source="checkpoint"} 0
@@ -267,6 +288,11 @@ gpuslice_agent_errors_total{source="dra"} 0
 gpuslice_agent_errors_total{source="nvml"} 1
 gpuslice_agent_errors_total{source="podresources"} 2
 gpuslice_agent_errors_total{source="proc"} 0
+# HELP gpuslice_agent_gpu_blind 1 when the GPU's readings or process list failed in the last sample: its containers' use series are absent, not zero, and their throttles hold; 0 otherwise.
+# TYPE gpuslice_agent_gpu_blind gauge
+gpuslice_agent_gpu_blind{gpu="0",uuid="GPU-aaa"} 0
+gpuslice_agent_gpu_blind{gpu="1",uuid="GPU-bbb"} 1
+gpuslice_agent_gpu_blind{gpu="2",uuid="MIG-111"} 0
 # HELP gpuslice_agent_last_sample_timestamp_seconds When the last sample was taken.
 # TYPE gpuslice_agent_last_sample_timestamp_seconds gauge
 gpuslice_agent_last_sample_timestamp_seconds 1.700000001e+09
@@ -290,6 +316,12 @@ gpuslice_agent_sample_duration_seconds_count 3
 # TYPE gpuslice_agent_unattributed_processes gauge
 gpuslice_agent_unattributed_processes{gpu="0",uuid="GPU-aaa"} 1
 gpuslice_agent_unattributed_processes{gpu="1",uuid="GPU-bbb"} 0
+gpuslice_agent_unattributed_processes{gpu="2",uuid="MIG-111"} 0
+# HELP gpuslice_agent_unauthorized_processes GPU processes in the last sample that run in a pod whose container holds no slice of the GPU.
+# TYPE gpuslice_agent_unauthorized_processes gauge
+gpuslice_agent_unauthorized_processes{gpu="0",uuid="GPU-aaa"} 1
+gpuslice_agent_unauthorized_processes{gpu="1",uuid="GPU-bbb"} 0
+gpuslice_agent_unauthorized_processes{gpu="2",uuid="MIG-111"} 0
 # HELP gpuslice_build_info The agent's build; always 1.
 # TYPE gpuslice_build_info gauge
 gpuslice_build_info{goversion="GOVERSION",version="v1.2.3"} 1
@@ -309,7 +341,7 @@ var migGPUs = []nvml.Device{
 	{UUID: "GPU-ddd", Index: 3, MIGCapable: true, MIG: nvml.MIG{Pending: true}},
 }
 
-const wantMIG = `# HELP gpuslice_device_mig_mode 1 when the MIG-capable GPU's MIG mode is enabled (state current: in force; pending: from its next reset), 0 when not. A GPU with either is not cut into slices: its MIG instances are offered under their own resources (gpuslice_mig_instance_info), isolated by the hardware, and gpuslice does not yet measure or limit the containers on them (docs/mig.md).
+const wantMIG = `# HELP gpuslice_device_mig_mode 1 when the MIG-capable GPU's MIG mode is enabled (state current: in force; pending: from its next reset), 0 when not. A GPU with either is not cut into slices: its MIG instances are offered under their own resources (gpuslice_mig_instance_info), isolated by the hardware; the containers on them are measured per instance (memory; compute is unmeasured on MIG) and a process on an instance its container does not hold is unauthorized (docs/mig.md).
 # TYPE gpuslice_device_mig_mode gauge
 gpuslice_device_mig_mode{gpu="1",state="current",uuid="GPU-bbb"} 0
 gpuslice_device_mig_mode{gpu="1",state="pending",uuid="GPU-bbb"} 0
@@ -325,6 +357,9 @@ gpuslice_mig_instance_healthy{gpu="2",mig_uuid="MIG-222",uuid="GPU-ccc"} 0
 # TYPE gpuslice_mig_instance_info gauge
 gpuslice_mig_instance_info{gpu="2",mig_profile="1g.10gb+me",mig_uuid="MIG-222",resource="nvidia.com/mig-1g.10gb.me",uuid="GPU-ccc"} 1
 gpuslice_mig_instance_info{gpu="2",mig_profile="3g.40gb",mig_uuid="MIG-111",resource="nvidia.com/mig-3g.40gb",uuid="GPU-ccc"} 1
+# HELP gpuslice_mig_instance_memory_used_bytes Framebuffer memory in use on the MIG instance, as the driver reports it for the instance.
+# TYPE gpuslice_mig_instance_memory_used_bytes gauge
+gpuslice_mig_instance_memory_used_bytes{gpu="2",mig_uuid="MIG-111",uuid="GPU-ccc"} 4.294967296e+09
 `
 
 func names(text string) []string {

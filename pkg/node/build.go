@@ -11,6 +11,10 @@ import (
 // GPUReading is what one sample read of one GPU.
 type GPUReading struct {
 	Device gpudev.Device
+	// Instance is set when the reading is of a MIG instance in force,
+	// read as a device of its own: Device is then its GPU's, with the
+	// instance's UUID and memory.
+	Instance *gpudev.InForce
 	// Health and XIDs are the device plugin's view.
 	Health gpudev.Health
 	XIDs   map[uint64]uint64
@@ -127,6 +131,11 @@ func Build(in Input, prev State) (*Snapshot, State, []Problem) {
 	var next State
 	snap.Containers, next = accumulate(in, snap.Devices, entries, prev)
 	snap.Groups, next.groups = carryGroups(snap.Devices, groups, prev.groups)
+	for i, g := range snap.Groups {
+		if d := deviceOf(snap.Devices, g.UUID); d != nil && d.ComputeUnmeasured() {
+			snap.Groups[i].ComputeUnmeasured, snap.Groups[i].SMUtilization = true, 0
+		}
+	}
 	for i := range snap.Devices {
 		snap.Devices[i].Allocated = allocated[snap.Devices[i].UUID]
 	}
@@ -216,6 +225,16 @@ func carryGroups(devices []Device, groups []Container, prev map[key]Container) (
 	return groups, next
 }
 
+// deviceOf finds a device of the snapshot by UUID; nil when none.
+func deviceOf(devices []Device, uuid string) *Device {
+	for i := range devices {
+		if devices[i].UUID == uuid {
+			return &devices[i]
+		}
+	}
+	return nil
+}
+
 type gpuPID struct {
 	uuid string
 	pid  int
@@ -228,7 +247,7 @@ func readDevices(in Input, snap *Snapshot) ([]GPUProcess, map[gpuPID]gpudev.Proc
 	var unauthorized []Unauthorized
 	usage := map[gpuPID]gpudev.Process{}
 	for _, r := range in.GPUs {
-		dev := Device{Device: r.Device, Health: r.Health, XIDs: r.XIDs, Sample: r.Sample, SampleOK: r.SampleOK, ProcessesOK: r.ProcessesOK}
+		dev := Device{Device: r.Device, Instance: r.Instance, Health: r.Health, XIDs: r.XIDs, Sample: r.Sample, SampleOK: r.SampleOK, ProcessesOK: r.ProcessesOK}
 		if g, ok := in.Layout.GPU(r.Device.UUID); ok {
 			dev.Slices = g.Slices
 		}
@@ -257,9 +276,15 @@ func holdings(in Input, attributed []Attributed) (map[key]*Container, map[string
 	for _, a := range attributed {
 		podUID[[3]string{a.Assignment.Namespace, a.Assignment.Pod, a.Assignment.Container}] = a.PodUID
 	}
+	instances := map[string]gpudev.InForce{}
+	for _, r := range in.GPUs {
+		if r.Instance != nil {
+			instances[r.Device.UUID] = *r.Instance
+		}
+	}
 	h := HoldingsOf(Sources{
 		Assignments: in.Assignments, Checkpoint: in.Checkpoint, ResourceName: in.ResourceName, Layout: in.Layout,
-		DRA: in.DRA.Enabled, Prepared: in.DRA.Prepared,
+		DRA: in.DRA.Enabled, Prepared: in.DRA.Prepared, Instances: instances,
 	})
 	entries := make(map[key]*Container, len(h.Held))
 	for _, x := range h.Held {
@@ -283,11 +308,14 @@ func accumulate(in Input, devices []Device, entries map[key]*Container, prev Sta
 	if prev.last.IsZero() || dt < 0 {
 		dt = 0
 	}
-	blind, read := map[string]bool{}, map[string]bool{}
+	blind, read, unmeasured := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for _, d := range devices {
 		read[d.UUID] = true
 		if d.Blind() {
 			blind[d.UUID] = true
+		}
+		if d.ComputeUnmeasured() {
+			unmeasured[d.UUID] = true
 		}
 	}
 	next := State{last: in.Time, accums: make(map[key]accum, len(entries))}
@@ -306,6 +334,11 @@ func accumulate(in Input, devices []Device, entries map[key]*Container, prev Sta
 			// Its use cannot be told: nothing is integrated, and the
 			// pod's cgroup holds it.
 			acc.cgroup = e.Cgroup
+		case unmeasured[e.UUID]:
+			// Its memory is read; its compute is not measured by the
+			// driver, so nothing is integrated and no zero made up.
+			acc.cgroup = e.Cgroup
+			e.ComputeUnmeasured, e.SMUtilization = true, 0
 		default:
 			acc.cgroup = e.Cgroup
 			acc.busy += e.SMUtilization * dt.Seconds()
@@ -329,7 +362,10 @@ func accumulate(in Input, devices []Device, entries map[key]*Container, prev Sta
 		if a.Container != b.Container {
 			return a.Container < b.Container
 		}
-		return a.Index < b.Index
+		if a.Index != b.Index {
+			return a.Index < b.Index
+		}
+		return a.UUID < b.UUID // a GPU's MIG instances share its index
 	})
 	return out, next
 }

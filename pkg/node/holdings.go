@@ -1,11 +1,13 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"sort"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/gpudev"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
@@ -55,6 +57,12 @@ type Sources struct {
 	// driver's record by claim UID.
 	DRA      bool
 	Prepared map[string]contract.PreparedClaim
+	// Instances are the MIG instances in force by MIG UUID, in which the
+	// assignments' Instances are read: each is held whole (one slice of
+	// one, its memory, all of its compute). Nil reads none (the driver
+	// tier, which sets no limit on MIG); an instance held that is not
+	// here (destroyed since) is a Problem.
+	Instances map[string]gpudev.InForce
 }
 
 // Holdings is who holds what share of which GPU on the node.
@@ -120,6 +128,16 @@ func HoldingsOf(src Sources) Holdings {
 				h.Allocated[x.UUID] += x.Slices
 			}
 		}
+		if len(a.Instances) > 0 && src.Instances != nil {
+			l, err := instanceLimits(src.Instances, a.Instances)
+			if err != nil {
+				h.Problems = append(h.Problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
+			}
+			limits = append(limits, l...)
+			for _, x := range l {
+				h.Allocated[x.UUID] += x.Slices
+			}
+		}
 		if src.DRA && len(a.Claims) > 0 {
 			l, err := ClaimLimits(src.Layout, a.Claims, src.Prepared, consumers)
 			if err != nil {
@@ -164,9 +182,30 @@ func HoldingsOf(src Sources) Holdings {
 		if a.Container != b.Container {
 			return a.Container < b.Container
 		}
-		return a.Index < b.Index
+		if a.Index != b.Index {
+			return a.Index < b.Index
+		}
+		return a.UUID < b.UUID // a GPU's MIG instances share its index
 	})
 	return h
+}
+
+// instanceLimits are what holding MIG instances whole gives: each one
+// slice of one, its memory and all of its compute (the hardware holds it
+// to them). An instance not in force is an error; the others are
+// returned.
+func instanceLimits(inForce map[string]gpudev.InForce, ids []string) ([]vgpu.GPULimit, error) {
+	out := make([]vgpu.GPULimit, 0, len(ids))
+	var errs []error
+	for _, id := range ids {
+		in, ok := inForce[id]
+		if !ok {
+			errs = append(errs, fmt.Errorf("MIG instance %s is not in force on this node", id))
+			continue
+		}
+		out = append(out, vgpu.GPULimit{UUID: id, Index: in.Parent.Index, Slices: 1, SlicesTotal: 1, MemoryBytes: in.MemoryBytes, ComputeRatio: 1})
+	}
+	return out, errors.Join(errs...)
 }
 
 // SlicedGPUs are the GPUs (by UUID) that the assignments' device-plugin

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"maps"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/gpudev"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
@@ -201,15 +203,18 @@ type joiner struct {
 }
 
 func newJoiner(assignments []Assignment, checkpoint []CheckpointEntry, resource string, names ContainerNames) *joiner {
-	owner := map[string]int{} // slice ID -> assignment index
+	owner := map[string]int{} // slice ID or MIG UUID -> assignment index
 	for i, a := range assignments {
 		for _, id := range a.DeviceIDs {
+			owner[id] = i
+		}
+		for _, id := range a.Instances {
 			owner[id] = i
 		}
 	}
 	podUID := make([]string, len(assignments))
 	for _, e := range checkpoint {
-		if e.Resource != resource {
+		if !held(e, resource) {
 			continue
 		}
 		for _, id := range e.DeviceIDs {
@@ -226,10 +231,13 @@ func newJoiner(assignments []Assignment, checkpoint []CheckpointEntry, resource 
 	}
 	for i, a := range assignments {
 		j.onGPU[i] = gpusOf(a.DeviceIDs)
+		for _, id := range a.Instances {
+			j.onGPU[i][id] = true
+		}
 		j.named[a.Container] = append(j.named[a.Container], i)
 	}
 	for _, e := range checkpoint {
-		if e.Resource != resource {
+		if !held(e, resource) {
 			continue
 		}
 		for uuid := range gpusOf(e.DeviceIDs) {
@@ -243,13 +251,24 @@ func newJoiner(assignments []Assignment, checkpoint []CheckpointEntry, resource 
 	return j
 }
 
-// gpusOf is the set of GPUs slice IDs are of; IDs that do not parse are of
-// none.
+// held reports whether a checkpoint entry holds what the join reads:
+// slices of the resource, or MIG instances whole, under whichever
+// resource a device plugin offered them (their device IDs are their MIG
+// UUIDs).
+func held(e CheckpointEntry, resource string) bool {
+	return e.Resource == resource || (len(e.DeviceIDs) > 0 && !slices.ContainsFunc(e.DeviceIDs, func(id string) bool { return !gpudev.IsMIGUUID(id) }))
+}
+
+// gpusOf is the set of GPUs slice IDs are of, and of MIG instances their
+// IDs name (an instance is a device of its own); IDs that do neither are
+// of none.
 func gpusOf(ids []string) map[string]bool {
 	out := make(map[string]bool, 1)
 	for _, id := range ids {
 		if s, err := vgpu.ParseSliceID(id); err == nil {
 			out[s.UUID] = true
+		} else if gpudev.IsMIGUUID(id) {
+			out[id] = true
 		}
 	}
 	return out

@@ -16,6 +16,11 @@ type Assignment struct {
 	Container string
 	// DeviceIDs are the device IDs it holds, sorted.
 	DeviceIDs []string
+	// Instances are the MIG instances (their "MIG-..." UUIDs, sorted) it
+	// holds whole through a device plugin, whichever resource they were
+	// offered under (nvidia.com/mig-<profile>, nvidia.com/gpu under the
+	// single strategy, or another plugin's).
+	Instances []string
 	// Claims are the UIDs of the DRA driver's claims it holds, sorted: the
 	// kubelet lists each claim's CDI devices, whose names carry the claim
 	// UID (contract.ClaimUIDOfCDIDevice).

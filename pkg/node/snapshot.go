@@ -53,6 +53,10 @@ func (h Histogram) Clone() Histogram {
 // Device is one GPU in a snapshot.
 type Device struct {
 	gpudev.Device
+	// Instance is set when the device is a MIG instance in force, read as
+	// a device of its own (UUID "MIG-...", Index its GPU's): containers
+	// hold it whole, and its processes are its own. Nil for a GPU.
+	Instance *gpudev.InForce
 	// Sample is the GPU's state; valid only when SampleOK.
 	Sample   gpudev.Sample
 	SampleOK bool
@@ -72,6 +76,11 @@ type Device struct {
 // Blind reports whether the device's use by containers is unknown in this
 // sample: its readings or its process list failed.
 func (d Device) Blind() bool { return !d.SampleOK || !d.ProcessesOK }
+
+// ComputeUnmeasured reports whether the driver measures no compute use on
+// the device (a MIG instance: NVML samples no utilization there), so its
+// containers' SM use is unknown while their memory is read.
+func (d Device) ComputeUnmeasured() bool { return d.SampleOK && d.Sample.ComputeUnmeasured }
 
 // Container is one container's use of one GPU in a snapshot.
 type Container struct {
@@ -112,6 +121,10 @@ type Container struct {
 	// sample: the use fields above are unknown, not zero, and Cgroup is
 	// the last one seen.
 	Blind bool
+	// ComputeUnmeasured is true when the driver measures no compute use
+	// on the device (a MIG instance): SMUtilization, BusySeconds and
+	// LastActive are unknown, not zero; memory is measured.
+	ComputeUnmeasured bool
 	// Unknown, when set, says why the container's use of the GPU cannot
 	// be told: a process of its pod on the GPU could not be placed in one
 	// of the pod's containers. Its use fields are unknown, not zero (they

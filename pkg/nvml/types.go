@@ -64,3 +64,9 @@ func UUIDs(devs []Device) []string { return gpudev.UUIDs(devs) }
 
 // IsMIGUUID is gpudev.IsMIGUUID.
 func IsMIGUUID(uuid string) bool { return gpudev.IsMIGUUID(uuid) }
+
+// InForce is gpudev.InForce.
+type InForce = gpudev.InForce
+
+// InstancesInForce is gpudev.InstancesInForce.
+func InstancesInForce(devs []Device) []InForce { return gpudev.InstancesInForce(devs) }

@@ -16,6 +16,7 @@ import (
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/gpudev"
 	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
@@ -105,7 +106,8 @@ func New(opts Options) (*Client, error) {
 func (c *Client) Close() error { return c.conn.Close() }
 
 // List returns every container on the node that holds devices of the
-// resource, ordered by namespace, pod and container.
+// resource or MIG instances (of any resource), ordered by namespace, pod
+// and container.
 func (c *Client) List(ctx context.Context) ([]Assignment, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.CallTimeout)
 	defer cancel()
@@ -140,18 +142,29 @@ func (c *Client) Get(ctx context.Context, namespace, pod string) ([]Assignment, 
 func (c *Client) assignments(p *podresourcesapi.PodResources) []Assignment {
 	var out []Assignment
 	for _, ctr := range p.GetContainers() {
-		var ids []string
+		var ids, instances []string
 		for _, d := range ctr.GetDevices() {
-			if d.GetResourceName() == c.opts.ResourceName {
+			switch {
+			case d.GetResourceName() == c.opts.ResourceName:
 				ids = append(ids, d.GetDeviceIds()...)
+			default:
+				// MIG instances, under whichever resource a device
+				// plugin offered them: their device IDs are their MIG
+				// UUIDs, as NVIDIA's plugin and gpuslice's name them.
+				for _, id := range d.GetDeviceIds() {
+					if gpudev.IsMIGUUID(id) {
+						instances = append(instances, id)
+					}
+				}
 			}
 		}
 		claims := c.claims(ctr)
-		if len(ids) == 0 && c.opts.DRADriver == "" {
+		if len(ids) == 0 && len(instances) == 0 && c.opts.DRADriver == "" {
 			continue
 		}
 		sort.Strings(ids)
-		out = append(out, Assignment{Namespace: p.GetNamespace(), Pod: p.GetName(), Container: ctr.GetName(), DeviceIDs: ids, Claims: claims})
+		sort.Strings(instances)
+		out = append(out, Assignment{Namespace: p.GetNamespace(), Pod: p.GetName(), Container: ctr.GetName(), DeviceIDs: ids, Instances: instances, Claims: claims})
 	}
 	return out
 }

@@ -1,12 +1,14 @@
 package sampler
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,6 +73,11 @@ type Options struct {
 	DRA            bool
 	PreparedClaims string
 	Pods           kubeletstate.PodUIDs
+	// MIG returns the GPUs as last read, with their MIG layouts (they
+	// change at run time); each MIG instance in force on them is read as
+	// a device of its own, its processes attributed to the containers
+	// holding it. Nil reads no instance.
+	MIG func() []nvml.Device
 }
 
 // DefaultOptions returns the options the agent uses unless configured.
@@ -203,6 +210,13 @@ func (s *Sampler) read(ctx context.Context, now time.Time) node.Input {
 	for _, d := range s.devices {
 		in.GPUs = append(in.GPUs, s.readGPU(d, now))
 	}
+	if s.opts.MIG != nil {
+		for _, inst := range nvml.InstancesInForce(s.opts.MIG()) {
+			in.GPUs = append(in.GPUs, s.readInstance(inst, now))
+		}
+		// A GPU's instances where the GPU would be, in index order.
+		slices.SortStableFunc(in.GPUs, func(a, b node.GPUReading) int { return cmp.Compare(a.Device.Index, b.Device.Index) })
+	}
 	in.Records = s.records(in.GPUs)
 	s.cgroups.Sweep()
 	return in
@@ -233,6 +247,21 @@ func (s *Sampler) records(gpus []node.GPUReading) node.Records {
 		}
 	}
 	return out
+}
+
+// readInstance reads one MIG instance as a device of its own: its GPU's
+// identity and health, its own UUID, memory and processes. An XID the
+// driver put on the instance alone counts on it.
+func (s *Sampler) readInstance(inst nvml.InForce, now time.Time) node.GPUReading {
+	d := inst.Parent
+	d.UUID, d.MemoryBytes, d.MIG = inst.UUID, inst.MemoryBytes, nvml.MIG{}
+	r := s.readGPU(d, now)
+	r.Instance = &inst
+	r.Health, r.Health.UUID = s.dev.Health(inst.Parent.UUID), inst.UUID
+	if h := s.dev.Health(inst.UUID); h.Parent != "" && !h.Healthy {
+		r.Health = h
+	}
+	return r
 }
 
 // readGPU reads one GPU and places each of its processes in its cgroup.
