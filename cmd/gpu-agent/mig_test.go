@@ -2,17 +2,20 @@ package main
 
 import (
 	"fmt"
-	"strings"
-	"time"
-
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpuslice/gpuslice/internal/fakegpu"
+	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
@@ -300,4 +303,129 @@ func TestAgentXIDOnOneMIGInstance(t *testing.T) {
 	if err := big.WaitHealthy(ctxT(t), 0); err != nil {
 		t.Fatalf("the 3g.20gb after an XID on its GPU: %v", err)
 	}
+}
+
+// TestMIGInstanceUseFromRealCgroups: on a node with a GPU in MIG mode,
+// each instance is read as a device of its own. A pod holding an instance
+// (through NVIDIA's mixed-strategy resource) is measured on it: the memory
+// its process holds, its compute reported unmeasured (the driver samples
+// none on MIG) rather than a zero, the instance and profile it holds
+// named, and its limits held by the hardware. A process of another pod,
+// which holds a different instance, on that same instance is unauthorized
+// and killed; before instances were read, no process on a GPU in MIG
+// mode was judged at all.
+func TestMIGInstanceUseFromRealCgroups(t *testing.T) {
+	t.Parallel()
+	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-mig-test-%d", os.Getpid()))
+	st := stubKubelet(t, "gpus:\n- preset: A100-40GB\n  mig:\n    mode: enabled\n    instances: [{profile: 3g.20gb}, {profile: 1g.5gb}]\n- preset: A100-40GB\n")
+	addr := freePort(t)
+	startAgent(t, append(st.agentArgs(), "--metrics-address="+addr, "--sample-interval=200ms", "--device-specs=false")...)
+	alloc := func(res, pod string) string {
+		p, err := st.kubelet.WaitPlugin(ctxT(t), res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.WaitHealthy(ctxT(t), 1); err != nil {
+			t.Fatal(err)
+		}
+		a, err := p.Allocate(ctxT(t), pod, "main", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.DeviceIDs[0]
+	}
+	instA, instB := alloc("nvidia.com/mig-3g.20gb", "ml/a"), alloc("nvidia.com/mig-1g.5gb", "ml/b")
+
+	workload, err := fakegpu.BuildWorkload(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type proc struct {
+		done  chan struct{}
+		state *os.ProcessState // set before done closes
+	}
+	procs := map[string]*proc{}
+	for _, w := range []struct{ pod, cid, inst string }{
+		{"ml/a", strings.Repeat("a3", 32), instA},
+		{"ml/b", strings.Repeat("b4", 32), instA}, // pod b holds instB, not instA
+	} {
+		cg := containerCgroup(t, base, kubeletstub.PodUID(w.pod), w.cid)
+		cmd := exec.Command(workload, "--dir", st.work, "--gpu", w.inst, "--memory-mib", "1024", "--demand", "0.5")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		p := &proc{done: make(chan struct{})}
+		go func() { _ = cmd.Wait(); p.state = cmd.ProcessState; close(p.done) }()
+		procs[w.pod] = p
+		t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-p.done })
+		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+			t.Fatalf("move workload into %s: %v", cg, err)
+		}
+	}
+
+	select {
+	case <-procs["ml/b"].done:
+		if ws, ok := procs["ml/b"].state.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("pod b's process ended %v, not killed by the agent", procs["ml/b"].state)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("pod b's process on instance %s, which it does not hold, was not killed; last scrape:\n%s", instA, scrapeText(t, addr))
+	}
+	podA := map[string]string{"namespace": "ml", "pod": "a", "container": "main", "uuid": instA}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if v, _ := value(scrape(t, addr), "gpuslice_container_memory_used_bytes", podA); v == 1024<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod a's use of its instance never measured; last scrape:\n%s", scrapeText(t, addr))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	mfs := scrape(t, addr)
+	for name, want := range map[string]float64{
+		"gpuslice_container_compute_unmeasured": 1, "gpuslice_container_slices": 1, "gpuslice_container_compute_limit_ratio": 1,
+		"gpuslice_container_memory_limit_bytes": float64(devMemory(t, st, instA)),
+	} {
+		if v, ok := value(mfs, name, podA); !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+	for _, name := range []string{"gpuslice_container_sm_utilization_ratio", "gpuslice_container_gpu_busy_seconds_total"} {
+		if v, ok := value(mfs, name, podA); ok {
+			t.Errorf("%s = %v on a MIG instance, whose compute the driver does not measure; want no series", name, v)
+		}
+	}
+	if _, ok := value(mfs, "gpuslice_container_mig_info", withLabel(podA, "mig_profile", "3g.20gb")); !ok {
+		t.Error("no gpuslice_container_mig_info naming pod a's 3g.20gb instance")
+	}
+	if v, ok := value(mfs, "gpuslice_enforcement_enforced", withLabel(withLabel(podA, "resource", "memory"), "reason", "mig")); !ok || v != 1 {
+		t.Errorf("pod a's memory enforced = %v (present %v), want 1 with reason mig", v, ok)
+	}
+	if _, ok := value(mfs, "gpuslice_container_slices", map[string]string{"pod": "b", "uuid": instB}); !ok {
+		t.Error("pod b's holding of its own instance is not listed")
+	}
+	select {
+	case <-procs["ml/a"].done:
+		t.Error("pod a's process on its own instance was killed")
+	default:
+	}
+	promtoolCheck(t, scrapeText(t, addr))
+}
+
+// devMemory is a MIG instance's memory on the stand-in's fake node.
+func devMemory(t *testing.T, st *stubbed, uuid string) uint64 {
+	t.Helper()
+	dev, err := fakegpu.New(mustParse(t, st.fake))
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, _ := dev.Devices()
+	for _, in := range nvml.InstancesInForce(devs) {
+		if in.UUID == uuid {
+			return in.MemoryBytes
+		}
+	}
+	t.Fatalf("no instance %s on the fake node", uuid)
+	return 0
 }
