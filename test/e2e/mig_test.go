@@ -56,7 +56,9 @@ func TestMIGMixedNode(t *testing.T) {
 
 	waitNodeResource(t, "nvidia.com/mig-1g.10gb", 2)
 	waitNodeResource(t, "nvidia.com/mig-3g.40gb", 1)
-	mig := pod("mig", 0, "env; sleep 3600")
+	// The MIG pod runs a workload on its instance (hostPID: the fake
+	// driver names host PIDs, as the real one does).
+	mig := withHostPID(pod("mig", 0, "env; exec /bin/workload --demand 0.5 --memory-mib 512"))
 	mig.Spec.Containers[0].Resources.Limits = corev1.ResourceList{"nvidia.com/mig-1g.10gb": *resource.NewQuantity(1, resource.DecimalSI)}
 	whole := pod("whole", 2, "env; sleep 3600")
 	for _, p := range []*corev1.Pod{mig, whole} {
@@ -86,6 +88,10 @@ func TestMIGMixedNode(t *testing.T) {
 	if got := wholeEnv["NVIDIA_VISIBLE_DEVICES"]; got != devs[1].UUID {
 		t.Errorf("the vgpu pod sees NVIDIA_VISIBLE_DEVICES=%q, want the whole GPU %s (never the MIG GPU)", got, devs[1].UUID)
 	}
+
+	// The agent reads the instance as a device of its own: the pod's
+	// memory on it, its compute unmeasured (never a zero), its profile.
+	waitInstanceUse(t, "mig", instance, "1g.10gb", 512<<20)
 
 	// GFD's MIG labels.
 	want := map[string]string{
@@ -269,7 +275,7 @@ func TestDRAMIGClaim(t *testing.T) {
 			Requests: []resourceapi.DeviceRequest{{Name: "gpu", Exactly: &req}},
 		}}},
 	})
-	if _, err := cs.CoreV1().Pods(ns).Create(ctx, claimPod("mig", "one-1g", "env; sleep 3600"), metav1.CreateOptions{}); err != nil {
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, withHostPID(claimPod("mig", "one-1g", "env; exec /bin/workload --demand 0.5 --memory-mib 256")), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitRunning(t, ns, "mig")
@@ -287,20 +293,26 @@ func TestDRAMIGClaim(t *testing.T) {
 	if env["GPUSLICE_MEMORY_LIMIT_BYTES"] != fmt.Sprint(inst.MemoryBytes) || env["GPUSLICE_COMPUTE_LIMIT_RATIO"] != "1" {
 		t.Errorf("the claim's limits %v, want all of the instance", env)
 	}
-	// The agent lists the container on the instance; its use is unknown.
-	waitFor(t, "the agent lists the MIG claim's container", 30*time.Second, func() bool {
+	// The agent measures the claim's container on the instance.
+	waitInstanceUse(t, "mig", inst.UUID, "1g.10gb", 256<<20)
+}
+
+// waitInstanceUse waits until the agent reports pod's container on a MIG
+// instance: the memory its workload holds there, its compute unmeasured
+// (the driver samples none on MIG) with no SM series, and the instance's
+// profile.
+func waitInstanceUse(t *testing.T, pod, uuid, profile string, memory float64) {
+	t.Helper()
+	labels := map[string]string{"pod": pod, "container": "main", "uuid": uuid}
+	waitFor(t, "the agent measures pod "+pod+" on its MIG instance", 30*time.Second, func() bool {
 		mfs := scrape(t)
-		listed := false
-		for _, m := range mfs["gpuslice_container_slices"].GetMetric() {
-			l := labelMap(m.GetLabel())
-			listed = listed || (l["pod"] == "mig" && l["uuid"] == inst.UUID)
+		used, _ := value(mfs, "gpuslice_container_memory_used_bytes", labels)
+		unmeasured, _ := value(mfs, "gpuslice_container_compute_unmeasured", labels)
+		_, named := value(mfs, "gpuslice_container_mig_info", map[string]string{"pod": pod, "uuid": uuid, "mig_profile": profile})
+		if sm, ok := value(mfs, "gpuslice_container_sm_utilization_ratio", labels); ok {
+			t.Errorf("SM utilization %v reported on a MIG instance, which the driver does not measure", sm)
 		}
-		for _, m := range mfs["gpuslice_container_memory_used_bytes"].GetMetric() {
-			if l := labelMap(m.GetLabel()); l["pod"] == "mig" {
-				t.Errorf("the agent reports memory use %v for the MIG claim's container, which it cannot see", m.GetGauge().GetValue())
-			}
-		}
-		return listed
+		return used == memory && unmeasured == 1 && named
 	})
 }
 
