@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -317,7 +318,8 @@ func TestAgentXIDOnOneMIGInstance(t *testing.T) {
 func TestMIGInstanceUseFromRealCgroups(t *testing.T) {
 	t.Parallel()
 	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-mig-test-%d", os.Getpid()))
-	st := stubKubelet(t, "gpus:\n- preset: A100-40GB\n  mig:\n    mode: enabled\n    instances: [{profile: 3g.20gb}, {profile: 1g.5gb}]\n- preset: A100-40GB\n")
+	st := stubKubelet(t, "gpus:\n- preset: A100-40GB\n  mig:\n    mode: enabled\n    instances: [{profile: 3g.20gb}, {profile: 1g.5gb}]\n"+
+		"- preset: H100-80GB\n  mig:\n    mode: enabled\n    instances: [{profile: 1g.10gb}]\n")
 	addr := freePort(t)
 	startAgent(t, append(st.agentArgs(), "--metrics-address="+addr, "--sample-interval=200ms", "--device-specs=false")...)
 	alloc := func(res, pod string) string {
@@ -335,12 +337,14 @@ func TestMIGInstanceUseFromRealCgroups(t *testing.T) {
 		return a.DeviceIDs[0]
 	}
 	instA, instB := alloc("nvidia.com/mig-3g.20gb", "ml/a"), alloc("nvidia.com/mig-1g.5gb", "ml/b")
+	instC := alloc("nvidia.com/mig-1g.10gb", "ml/c") // on the H100, which has GPM
 
 	workload, err := fakegpu.BuildWorkload(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	type proc struct {
+		pid   int
 		done  chan struct{}
 		state *os.ProcessState // set before done closes
 	}
@@ -348,13 +352,14 @@ func TestMIGInstanceUseFromRealCgroups(t *testing.T) {
 	for _, w := range []struct{ pod, cid, inst string }{
 		{"ml/a", strings.Repeat("a3", 32), instA},
 		{"ml/b", strings.Repeat("b4", 32), instA}, // pod b holds instB, not instA
+		{"ml/c", strings.Repeat("c5", 32), instC},
 	} {
 		cg := containerCgroup(t, base, kubeletstub.PodUID(w.pod), w.cid)
 		cmd := exec.Command(workload, "--dir", st.work, "--gpu", w.inst, "--memory-mib", "1024", "--demand", "0.5")
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		p := &proc{done: make(chan struct{})}
+		p := &proc{pid: cmd.Process.Pid, done: make(chan struct{})}
 		go func() { _ = cmd.Wait(); p.state = cmd.ProcessState; close(p.done) }()
 		procs[w.pod] = p
 		t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-p.done })
@@ -409,6 +414,44 @@ func TestMIGInstanceUseFromRealCgroups(t *testing.T) {
 	case <-procs["ml/a"].done:
 		t.Error("pod a's process on its own instance was killed")
 	default:
+	}
+
+	// On the H100, GPM measures the instance: pod c, its one holder, is
+	// charged its SM utilization. Judged by the GPU time the workload
+	// itself asked for over the same window (its state file), which no
+	// NVML reading feeds; a loaded machine slows both alike.
+	podC := map[string]string{"namespace": "ml", "pod": "c", "container": "main", "uuid": instC}
+	asked := func() float64 {
+		var ws fakegpu.WorkloadState
+		data, err := os.ReadFile(filepath.Join(st.work, strconv.Itoa(procs["ml/c"].pid)+".json"))
+		if err != nil || json.Unmarshal(data, &ws) != nil {
+			t.Fatalf("read pod c's workload state: %v", err)
+		}
+		return float64(ws.RequestedNanos) / 1e9
+	}
+	busy := func() float64 {
+		v, ok := value(scrape(t, addr), "gpuslice_container_gpu_busy_seconds_total", podC)
+		if !ok {
+			t.Fatalf("no busy time for pod c on its H100 instance; last scrape:\n%s", scrapeText(t, addr))
+		}
+		return v
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if v, _ := value(scrape(t, addr), "gpuslice_container_gpu_busy_seconds_total", podC); v > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod c is never charged busy time on its H100 instance; last scrape:\n%s", scrapeText(t, addr))
+		}
+	}
+	b0, a0 := busy(), asked()
+	time.Sleep(4 * time.Second)
+	b1, a1 := busy(), asked()
+	if ratio := (b1 - b0) / (a1 - a0); a1 <= a0 || ratio < 0.7 || ratio > 1.3 {
+		t.Errorf("pod c busy %.2f s while its workload asked %.2f s: GPM's charge is off by %.2fx", b1-b0, a1-a0, ratio)
+	}
+	if v, _ := value(scrape(t, addr), "gpuslice_container_compute_unmeasured", podC); v != 0 {
+		t.Errorf("pod c's compute reads unmeasured on a GPU with GPM")
 	}
 	promtoolCheck(t, scrapeText(t, addr))
 }

@@ -87,7 +87,7 @@ func (n *Node) NVMLState() []byte {
 				break
 			}
 			iph := n.physics[in.UUID]
-			fmt.Fprintf(&b, "migsample\t%d\t%d\t%d\n", d.Index, k, iph.memoryUsed)
+			fmt.Fprintf(&b, "migsample\t%d\t%d\t%d\t%d\t%d\n", d.Index, k, iph.memoryUsed, int64(iph.busyNs), n.now().UnixNano())
 			for _, p := range iph.procs {
 				fmt.Fprintf(&b, "proc\t%d\t%d\t%d\t0\t%d\n", d.Index, p.PID, p.MemoryBytes, k+1)
 			}

@@ -35,6 +35,9 @@ type gpuPhysics struct {
 	memoryUsed  uint64
 	energyJ     float64
 	procs       []nvml.Process
+	// busyNs is the GPU time served in all, the counter GPM samples on
+	// a MIG instance.
+	busyNs float64
 }
 
 // workloadsLocked reads the live workloads in the workload dir, removing
@@ -130,6 +133,7 @@ func (n *Node) advanceLocked(now time.Time) {
 		}
 		sort.Slice(ph.procs, func(i, j int) bool { return ph.procs[i].PID < ph.procs[j].PID })
 		ph.utilization = min(served/float64(dt), 1)
+		ph.busyNs += min(served, float64(dt))
 		ph.memoryUsed = memory[u.uuid]
 		ph.energyJ += n.power(d, ph.utilization) * dt.Seconds()
 		n.physics[u.uuid] = ph
@@ -253,7 +257,13 @@ func (n *Node) Sample(uuid string) (nvml.Sample, error) {
 	if u.parent != "" {
 		// A MIG instance: the driver reports its memory and no
 		// utilization; temperature, power and clocks are its GPU's.
-		return nvml.Sample{UUID: uuid, MemoryUsedBytes: ph.memoryUsed, ComputeUnmeasured: true}, nil
+		s := nvml.Sample{UUID: uuid, MemoryUsedBytes: ph.memoryUsed, ProcessUtilizationUnsupported: true}
+		if gpm(d) {
+			s.Utilization = ph.utilization
+		} else {
+			s.UtilizationUnsupported = true
+		}
+		return s, nil
 	}
 	return nvml.Sample{
 		UUID:               uuid,
@@ -289,6 +299,11 @@ func (n *Node) Processes(uuid string) ([]nvml.Process, error) {
 	}
 	return procs, nil
 }
+
+// gpm reports whether the GPU has GPU performance monitoring, which
+// measures a MIG instance's SM utilization: Hopper (compute capability 9)
+// and later.
+func gpm(d nvml.Device) bool { return d.ComputeMajor >= 9 }
 
 // smClockMHz is the SM clock the fake reports: A100-class or Hopper-class.
 func smClockMHz(d nvml.Device) int {

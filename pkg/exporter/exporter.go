@@ -211,7 +211,7 @@ func perContainer(value func(c node.Container) float64, ok func(c node.Container
 func seen(c node.Container) bool { return !c.Blind && c.Unknown == "" }
 
 // computeSeen is true for a container whose compute use is known: seen,
-// on a device whose driver measures it (not a MIG instance).
+// and measured (not on a MIG instance without GPM, or shared).
 func computeSeen(c node.Container) bool { return seen(c) && !c.ComputeUnmeasured }
 
 // perEnforced writes one sample per container from what enforcement did to
@@ -360,7 +360,7 @@ var families = []metric{
 	m("container", "compute_limit_ratio", "gauge", "Share of the GPU's compute the container's slices allow.",
 		perContainer(func(c node.Container) float64 { return c.ComputeLimitRatio }, nil)),
 	m("container", "compute_unmeasured", "gauge",
-		"1 when the driver measures no compute use on the device the container holds (a MIG instance: NVML samples no utilization there), so its SM utilization, busy time and last activity are absent, never zero, while its memory is measured; 0 otherwise.",
+		"1 when the container's compute use on the device cannot be measured (a MIG instance, where NVML measures no process: on a GPU without GPM, before Hopper, or one several containers hold), so its SM utilization, busy time and last activity are absent, never zero, while its memory is measured; 0 otherwise.",
 		perContainer(func(c node.Container) float64 { return bit(c.ComputeUnmeasured) }, nil)),
 	m("container", "gpu_busy_seconds_total", "counter", "GPU time used by the container's processes: SM utilization integrated over time.",
 		perContainer(func(c node.Container) float64 { return c.BusySeconds }, computeSeen)),

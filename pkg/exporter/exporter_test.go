@@ -112,7 +112,7 @@ func snapshot() *node.Snapshot {
 				// memory is measured, its compute is not.
 				Device:   nvml.Device{UUID: "MIG-111", Index: 2, MemoryBytes: 42949672960 / 2},
 				Instance: &nvml.InForce{MIGInstance: migGPUs[2].MIG.Instances[0], Parent: migGPUs[2]},
-				Sample:   nvml.Sample{UUID: "MIG-111", MemoryUsedBytes: 4294967296, ComputeUnmeasured: true}, SampleOK: true, ProcessesOK: true,
+				Sample:   nvml.Sample{UUID: "MIG-111", MemoryUsedBytes: 4294967296, ProcessUtilizationUnsupported: true, UtilizationUnsupported: true}, SampleOK: true, ProcessesOK: true,
 				Health: nvml.Health{UUID: "MIG-111", Healthy: true},
 			},
 		},
@@ -185,7 +185,7 @@ gpuslice_container_claim_info{claim="gpu",claim_namespace="ml",container="main",
 gpuslice_container_compute_limit_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.25
 gpuslice_container_compute_limit_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0.375
 gpuslice_container_compute_limit_ratio{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 1
-# HELP gpuslice_container_compute_unmeasured 1 when the driver measures no compute use on the device the container holds (a MIG instance: NVML samples no utilization there), so its SM utilization, busy time and last activity are absent, never zero, while its memory is measured; 0 otherwise.
+# HELP gpuslice_container_compute_unmeasured 1 when the container's compute use on the device cannot be measured (a MIG instance, where NVML measures no process: on a GPU without GPM, before Hopper, or one several containers hold), so its SM utilization, busy time and last activity are absent, never zero, while its memory is measured; 0 otherwise.
 # TYPE gpuslice_container_compute_unmeasured gauge
 gpuslice_container_compute_unmeasured{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
 gpuslice_container_compute_unmeasured{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0

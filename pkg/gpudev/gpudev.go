@@ -93,13 +93,17 @@ type Sample struct {
 	EnergyJoules float64
 	// SMClockHertz is the current SM clock.
 	SMClockHertz float64
-	// ComputeUnmeasured is true when the driver measures no utilization on
-	// this device, for the device or its processes: NVML answers
-	// NOT_SUPPORTED on a MIG instance. Utilization and every process's
-	// SMUtilization are then unknown, not zero. Temperature, power,
-	// energy and clocks are the physical GPU's and are not read for a
-	// MIG instance (zero).
-	ComputeUnmeasured bool
+	// ProcessUtilizationUnsupported is true when the driver measures no
+	// per-process utilization on the device: NVML answers NOT_SUPPORTED
+	// on a MIG instance. Every process's SMUtilization is then unknown,
+	// not zero. Temperature, power, energy and clocks are the physical
+	// GPU's and are not read for a MIG instance (zero).
+	ProcessUtilizationUnsupported bool
+	// UtilizationUnsupported is true when the driver measures no
+	// utilization of the device itself either: a MIG instance on a GPU
+	// without GPM (before Hopper). Utilization is then unknown, not zero;
+	// with GPM it is the instance's SM utilization.
+	UtilizationUnsupported bool
 }
 
 // Process is one process using a GPU.

@@ -128,11 +128,12 @@ func Build(in Input, prev State) (*Snapshot, State, []Problem) {
 		}
 	}
 	groups := holdUnknown(entries, joined, usage)
+	deviceCompute(snap.Devices, entries)
 	var next State
 	snap.Containers, next = accumulate(in, snap.Devices, entries, prev)
 	snap.Groups, next.groups = carryGroups(snap.Devices, groups, prev.groups)
 	for i, g := range snap.Groups {
-		if d := deviceOf(snap.Devices, g.UUID); d != nil && d.ComputeUnmeasured() {
+		if d := deviceOf(snap.Devices, g.UUID); d != nil && d.PerProcessUnmeasured() {
 			snap.Groups[i].ComputeUnmeasured, snap.Groups[i].SMUtilization = true, 0
 		}
 	}
@@ -225,6 +226,34 @@ func carryGroups(devices []Device, groups []Container, prev map[key]Container) (
 	return groups, next
 }
 
+// deviceCompute gives the containers on a device whose driver measures no
+// process (a MIG instance) their compute use: the device's own
+// utilization (GPM) where one container alone holds the device, and
+// unmeasured where the driver measures none or several containers hold
+// it (the device's use cannot be split among them). Whatever else runs on
+// the device is charged to its one holder, never left free: a process
+// there that is not the holder's is unauthorized or unattributed, and
+// counted as such.
+func deviceCompute(devices []Device, entries map[key]*Container) {
+	holders := map[string][]*Container{}
+	for _, e := range entries {
+		holders[e.UUID] = append(holders[e.UUID], e)
+	}
+	for _, d := range devices {
+		if !d.PerProcessUnmeasured() {
+			continue
+		}
+		hs := holders[d.UUID]
+		for _, e := range hs {
+			if len(hs) == 1 && !d.Sample.UtilizationUnsupported {
+				e.SMUtilization = d.Sample.Utilization
+				continue
+			}
+			e.ComputeUnmeasured, e.SMUtilization = true, 0
+		}
+	}
+}
+
 // deviceOf finds a device of the snapshot by UUID; nil when none.
 func deviceOf(devices []Device, uuid string) *Device {
 	for i := range devices {
@@ -308,14 +337,11 @@ func accumulate(in Input, devices []Device, entries map[key]*Container, prev Sta
 	if prev.last.IsZero() || dt < 0 {
 		dt = 0
 	}
-	blind, read, unmeasured := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	blind, read := map[string]bool{}, map[string]bool{}
 	for _, d := range devices {
 		read[d.UUID] = true
 		if d.Blind() {
 			blind[d.UUID] = true
-		}
-		if d.ComputeUnmeasured() {
-			unmeasured[d.UUID] = true
 		}
 	}
 	next := State{last: in.Time, accums: make(map[key]accum, len(entries))}
@@ -334,11 +360,10 @@ func accumulate(in Input, devices []Device, entries map[key]*Container, prev Sta
 			// Its use cannot be told: nothing is integrated, and the
 			// pod's cgroup holds it.
 			acc.cgroup = e.Cgroup
-		case unmeasured[e.UUID]:
-			// Its memory is read; its compute is not measured by the
-			// driver, so nothing is integrated and no zero made up.
+		case e.ComputeUnmeasured:
+			// Its memory is read; its compute cannot be, so nothing is
+			// integrated and no zero made up.
 			acc.cgroup = e.Cgroup
-			e.ComputeUnmeasured, e.SMUtilization = true, 0
 		default:
 			acc.cgroup = e.Cgroup
 			acc.busy += e.SMUtilization * dt.Seconds()

@@ -117,26 +117,9 @@ func HoldingsOf(src Sources) Holdings {
 			h.Problems = append(h.Problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: no slice layout to read its slices in", a.Namespace, a.Pod, a.Container)})
 			continue
 		}
-		if len(a.DeviceIDs) > 0 {
-			l, err := LimitsFor(src.Layout, a.DeviceIDs, granted[DevicesKey(a.DeviceIDs)])
-			if err != nil {
-				h.Problems = append(h.Problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
-				continue
-			}
-			limits = l
-			for _, x := range l {
-				h.Allocated[x.UUID] += x.Slices
-			}
-		}
-		if len(a.Instances) > 0 && src.Instances != nil {
-			l, err := instanceLimits(src.Instances, a.Instances)
-			if err != nil {
-				h.Problems = append(h.Problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
-			}
-			limits = append(limits, l...)
-			for _, x := range l {
-				h.Allocated[x.UUID] += x.Slices
-			}
+		limits, ok := h.devicePluginLimits(src, a, granted)
+		if !ok {
+			continue
 		}
 		if src.DRA && len(a.Claims) > 0 {
 			l, err := ClaimLimits(src.Layout, a.Claims, src.Prepared, consumers)
@@ -188,6 +171,33 @@ func HoldingsOf(src Sources) Holdings {
 		return a.UUID < b.UUID // a GPU's MIG instances share its index
 	})
 	return h
+}
+
+// devicePluginLimits are what a container holds through device plugins
+// (slices, MIG instances whole), counted as allocated; false when its
+// slices cannot be read, which leaves the container out. Each failure is
+// a Problem.
+func (h *Holdings) devicePluginLimits(src Sources, a Assignment, granted map[string][]contract.Grant) ([]vgpu.GPULimit, bool) {
+	var limits []vgpu.GPULimit
+	if len(a.DeviceIDs) > 0 {
+		l, err := LimitsFor(src.Layout, a.DeviceIDs, granted[DevicesKey(a.DeviceIDs)])
+		if err != nil {
+			h.Problems = append(h.Problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
+			return nil, false
+		}
+		limits = l
+	}
+	if len(a.Instances) > 0 && src.Instances != nil {
+		l, err := instanceLimits(src.Instances, a.Instances)
+		if err != nil {
+			h.Problems = append(h.Problems, Problem{SourcePodResources, fmt.Errorf("%s/%s/%s: %w", a.Namespace, a.Pod, a.Container, err)})
+		}
+		limits = append(limits, l...)
+	}
+	for _, x := range limits {
+		h.Allocated[x.UUID] += x.Slices
+	}
+	return limits, true
 }
 
 // instanceLimits are what holding MIG instances whole gives: each one

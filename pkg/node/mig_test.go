@@ -3,6 +3,7 @@ package node_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/gpudev"
 	"github.com/gpuslice/gpuslice/pkg/node"
@@ -15,13 +16,20 @@ const uidD = "44444444-4444-4444-4444-444444444444"
 // pod c holds MIG-1 and pod d MIG-2, through NVIDIA-style resources.
 func migNode(t *testing.T, procsA []node.Process, procs1, procs2 []node.Process) node.Input {
 	t.Helper()
+	return migNodeGPM(t, procsA, procs1, procs2, -1)
+}
+
+// migNodeGPM is migNode with each instance's SM utilization measured by
+// GPM at util; a negative util measures none (a GPU without GPM).
+func migNodeGPM(t *testing.T, procsA []node.Process, procs1, procs2 []node.Process, util float64) node.Input {
+	t.Helper()
 	parent := gpudev.Device{UUID: "GPU-c", Index: 2, MemoryBytes: 80 << 30}
 	inst := func(uuid string, gi int, procs []node.Process) node.GPUReading {
 		in := gpudev.InForce{MIGInstance: gpudev.MIGInstance{UUID: uuid, GPUInstanceID: gi, Profile: "3g.40gb", MemoryBytes: 40 << 30}, Parent: parent}
 		d := parent
 		d.UUID, d.MemoryBytes = uuid, in.MemoryBytes
-		return node.GPUReading{Device: d, Instance: &in, SampleOK: true, ProcessesOK: true, Processes: procs,
-			Sample: gpudev.Sample{UUID: uuid, ComputeUnmeasured: true}}
+		sample := gpudev.Sample{UUID: uuid, ProcessUtilizationUnsupported: true, UtilizationUnsupported: util < 0, Utilization: max(util, 0)}
+		return node.GPUReading{Device: d, Instance: &in, SampleOK: true, ProcessesOK: true, Processes: procs, Sample: sample}
 	}
 	in := input(t, 0, []node.GPUReading{
 		{Device: gpudev.Device{UUID: "GPU-a", Index: 0}, SampleOK: true, ProcessesOK: true, Processes: procsA},
@@ -57,7 +65,7 @@ func TestMIGInstanceHoldingsAndUse(t *testing.T) {
 		t.Errorf("unauthorized %+v, unattributed %+v", s.Unauthorized, s.Unattributed)
 	}
 	for _, dev := range s.Devices {
-		if dev.UUID == "MIG-1" && (dev.Allocated != 1 || dev.Instance == nil || !dev.ComputeUnmeasured()) {
+		if dev.UUID == "MIG-1" && (dev.Allocated != 1 || dev.Instance == nil || !dev.PerProcessUnmeasured()) {
 			t.Errorf("MIG-1 device = %+v", dev)
 		}
 	}
@@ -104,5 +112,32 @@ func TestMIGInstanceGone(t *testing.T) {
 	}
 	if _, ok := byPod(s)["d"]; ok {
 		t.Errorf("pod d holds an instance that does not exist: %+v", byPod(s)["d"])
+	}
+}
+
+// TestMIGInstanceComputeByGPM: where GPM measures an instance's SM
+// utilization, the one container holding the instance is charged it, and
+// its busy time integrates; where two containers share one instance (one
+// DRA claim), the instance's use cannot be split among them, and both
+// read unmeasured rather than a made-up split.
+func TestMIGInstanceComputeByGPM(t *testing.T) {
+	var st node.State
+	for i, at := range []float64{0, 1} {
+		in := migNodeGPM(t, nil, []node.Process{proc(30, uidC, 1<<30, 0)}, nil, 0.6)
+		in.Time = in.Time.Add(time.Duration(at * float64(time.Second)))
+		var s *node.Snapshot
+		s, st, _ = node.Build(in, st)
+		c := byPod(s)["c"]
+		if c.ComputeUnmeasured || !near(c.SMUtilization, 0.6) || (i == 1 && !near(c.BusySeconds, 0.6)) {
+			t.Errorf("sample %d: pod c alone on its instance = %+v; want 0.6 measured by GPM", i, c)
+		}
+	}
+	in := migNodeGPM(t, nil, nil, nil, 0.6)
+	in.Assignments = append(in.Assignments, node.Assignment{Namespace: "ml", Pod: "c", Container: "side", Instances: []string{"MIG-1"}})
+	s, _, _ := node.Build(in, node.State{})
+	for _, c := range s.Containers {
+		if c.UUID == "MIG-1" && (!c.ComputeUnmeasured || c.SMUtilization != 0) {
+			t.Errorf("%s/%s shares MIG-1 and is charged %v; want unmeasured", c.Pod, c.Container, c.SMUtilization)
+		}
 	}
 }

@@ -77,10 +77,14 @@ type Device struct {
 // sample: its readings or its process list failed.
 func (d Device) Blind() bool { return !d.SampleOK || !d.ProcessesOK }
 
-// ComputeUnmeasured reports whether the driver measures no compute use on
-// the device (a MIG instance: NVML samples no utilization there), so its
-// containers' SM use is unknown while their memory is read.
-func (d Device) ComputeUnmeasured() bool { return d.SampleOK && d.Sample.ComputeUnmeasured }
+// PerProcessUnmeasured reports whether the driver measures no
+// per-process compute use on the device (a MIG instance), so its
+// containers' SM use is not the sum of their processes': it is the
+// device's own utilization where one container alone holds the device and
+// the driver measures it (GPM), and unknown otherwise.
+func (d Device) PerProcessUnmeasured() bool {
+	return d.SampleOK && d.Sample.ProcessUtilizationUnsupported
+}
 
 // Container is one container's use of one GPU in a snapshot.
 type Container struct {
@@ -121,9 +125,11 @@ type Container struct {
 	// sample: the use fields above are unknown, not zero, and Cgroup is
 	// the last one seen.
 	Blind bool
-	// ComputeUnmeasured is true when the driver measures no compute use
-	// on the device (a MIG instance): SMUtilization, BusySeconds and
-	// LastActive are unknown, not zero; memory is measured.
+	// ComputeUnmeasured is true when the container's compute use on the
+	// device cannot be measured: a MIG instance on a GPU without GPM, or
+	// one several containers hold (the driver measures no process there,
+	// so the instance's use cannot be split). SMUtilization, BusySeconds
+	// and LastActive are then unknown, not zero; memory is measured.
 	ComputeUnmeasured bool
 	// Unknown, when set, says why the container's use of the GPU cannot
 	// be told: a process of its pod on the GPU could not be placed in one

@@ -239,8 +239,8 @@ func TestMIGInstanceProcessesThroughNVML(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Sample(%s): %v", uuid, err)
 		}
-		if !s.ComputeUnmeasured || s.MemoryUsedBytes != mib<<20 || s.Utilization != 0 {
-			t.Errorf("Sample(%s) = %+v, want %d MiB used and compute unmeasured", uuid, s, mib)
+		if !s.ProcessUtilizationUnsupported || !s.UtilizationUnsupported || s.MemoryUsedBytes != mib<<20 || s.Utilization != 0 {
+			t.Errorf("Sample(%s) = %+v, want %d MiB used and compute unmeasured (an A100 has no GPM)", uuid, s, mib)
 		}
 	}
 	if ps, err := b.Processes(devs[0].MIG.Instances[1].UUID); err != nil || len(ps) != 0 {
@@ -249,7 +249,7 @@ func TestMIGInstanceProcessesThroughNVML(t *testing.T) {
 	if ps, err := b.Processes(devs[0].UUID); err != nil || len(ps) != 0 {
 		t.Errorf("the GPU in MIG mode lists %+v, %v: its processes are its instances'", ps, err)
 	}
-	if s, err := b.Sample(devs[1].UUID); err != nil || s.ComputeUnmeasured {
+	if s, err := b.Sample(devs[1].UUID); err != nil || s.ProcessUtilizationUnsupported || s.UtilizationUnsupported {
 		t.Errorf("a whole GPU: %+v, %v: its compute is measured", s, err)
 	}
 
@@ -260,5 +260,60 @@ func TestMIGInstanceProcessesThroughNVML(t *testing.T) {
 	f.sync(t)
 	if _, err := b.Sample(a.UUID); err == nil {
 		t.Errorf("Sample of a destroyed instance succeeded")
+	}
+}
+
+// TestMIGInstanceGPMThroughNVML: on Hopper, GPM measures a MIG instance's
+// SM utilization, which NVML's utilization calls do not: over the
+// interval between two samples of the instance's counters. The judge is
+// the GPU time the fake node served the instance's workload over the same
+// interval (its own count of work done, which no NVML reading feeds). The
+// first sample measures nothing, and says so.
+func TestMIGInstanceGPMThroughNVML(t *testing.T) {
+	work := t.TempDir()
+	f := newFakeNVML(t, fakegpu.Config{WorkloadDir: work, GPUs: []fakegpu.GPUConfig{
+		{Preset: "H100-80GB", MIG: fakegpu.MIGConfig{Mode: "enabled", Instances: []fakegpu.MIGInstanceConfig{{Profile: "3g.40gb"}, {Profile: "1g.10gb"}}}},
+	}})
+	b := open(t, nil)
+	devs, _ := f.node.Devices()
+	busy, idle := devs[0].MIG.Instances[0].UUID, devs[0].MIG.Instances[1].UUID
+	cmd := exec.Command(workloadBin, "--dir", work, "--gpu", busy, "--memory-mib", "512", "--demand", "0.4")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for f.node.Served(cmd.Process.Pid) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the workload was never served")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	f.sync(t)
+	s0, err := b.Sample(busy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s0.UtilizationUnsupported || !s0.ProcessUtilizationUnsupported {
+		t.Errorf("first sample %+v: one GPM sample measures nothing, and must say so", s0)
+	}
+	if _, err := b.Sample(idle); err != nil {
+		t.Fatal(err)
+	}
+	served0, t0 := f.node.Served(cmd.Process.Pid), time.Now()
+	time.Sleep(time.Second)
+	f.sync(t)
+	served1, t1 := f.node.Served(cmd.Process.Pid), time.Now()
+	s1, err := b.Sample(busy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	truth := float64(served1-served0) / float64(t1.Sub(t0))
+	if s1.UtilizationUnsupported || !s1.ProcessUtilizationUnsupported || s1.Utilization <= 0 || s1.Utilization > 0.45 || (truth > 0 && (s1.Utilization/truth < 0.7 || s1.Utilization/truth > 1.3)) {
+		t.Errorf("GPM SM utilization %+v, want the served share %.3f (demand 0.4)", s1, truth)
+	}
+	si, err := b.Sample(idle)
+	if err != nil || si.UtilizationUnsupported || si.Utilization != 0 {
+		t.Errorf("the idle instance: %+v, %v; want measured at 0", si, err)
 	}
 }

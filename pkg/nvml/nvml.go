@@ -59,6 +59,7 @@ type NVML struct {
 	mu       sync.Mutex
 	handle   map[string]gonvml.Device // by UUID
 	lastSeen map[string]uint64        // by UUID: newest process sample timestamp, µs
+	gpm      map[string]*gpmReader    // by MIG UUID
 
 	limitsAPI limitsAPI
 }
@@ -92,11 +93,12 @@ func New(opts Options) (*NVML, error) {
 	default:
 		return nil, &ErrCall{Call: "nvmlInit", Err: ret}
 	}
-	return &NVML{lib: lib, opts: opts, handle: map[string]gonvml.Device{}, lastSeen: map[string]uint64{}}, nil
+	return &NVML{lib: lib, opts: opts, handle: map[string]gonvml.Device{}, lastSeen: map[string]uint64{}, gpm: map[string]*gpmReader{}}, nil
 }
 
 // Close shuts NVML down.
 func (n *NVML) Close() error {
+	n.closeGPM()
 	if ret := n.lib.Shutdown(); ret != gonvml.SUCCESS {
 		return &ErrCall{Call: "nvmlShutdown", Err: ret}
 	}
@@ -395,7 +397,7 @@ func (n *NVML) Sample(uuid string) (Sample, error) {
 		return Sample{}, err
 	}
 	if IsMIGUUID(uuid) {
-		return sampleInstance(d, uuid)
+		return n.sampleInstance(d, uuid)
 	}
 	s := Sample{UUID: uuid}
 	util, ret := d.GetUtilizationRates()
@@ -431,12 +433,14 @@ func (n *NVML) Sample(uuid string) (Sample, error) {
 	return s, nil
 }
 
-// sampleInstance reads a MIG instance: its memory, and its utilization
-// where the driver samples one (NVML answers NOT_SUPPORTED on MIG
-// devices, and the instance's compute is then unmeasured, not idle).
-// Temperature, power, energy and clocks are its GPU's, not read here.
-func sampleInstance(d gonvml.Device, uuid string) (Sample, error) {
-	s := Sample{UUID: uuid}
+// sampleInstance reads a MIG instance: its memory, and its utilization.
+// NVML measures no process on a MIG device, and answers NOT_SUPPORTED for
+// its utilization; GPM (Hopper and later) measures the instance's SM
+// utilization instead, and without it the instance's compute is
+// unmeasured, never idle. Temperature, power, energy and clocks are its
+// GPU's, not read here.
+func (n *NVML) sampleInstance(d gonvml.Device, uuid string) (Sample, error) {
+	s := Sample{UUID: uuid, ProcessUtilizationUnsupported: true}
 	mem, ret := d.GetMemoryInfo()
 	if ret != gonvml.SUCCESS {
 		return Sample{}, &ErrCall{Call: "nvmlDeviceGetMemoryInfo", Err: ret}
@@ -447,7 +451,9 @@ func sampleInstance(d gonvml.Device, uuid string) (Sample, error) {
 	case gonvml.SUCCESS:
 		s.Utilization = float64(util.Gpu) / 100
 	case gonvml.ERROR_NOT_SUPPORTED:
-		s.ComputeUnmeasured = true
+		var ok bool
+		s.Utilization, ok = n.instanceUtilization(d, uuid)
+		s.UtilizationUnsupported = !ok
 	default:
 		return Sample{}, &ErrCall{Call: "nvmlDeviceGetUtilizationRates", Err: ret}
 	}

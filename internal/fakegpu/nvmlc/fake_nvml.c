@@ -111,6 +111,7 @@ struct miginst {
 	char uuid[96];
 	unsigned int gi, ci, profile, start, size, sms, ce, dec, enc, jpg, ofa, giSlices, ciSlices;
 	unsigned long long memMB, memUsed;
+	unsigned long long busyNs, stampNs; /* GPM: GPU time served in all, as of stampNs */
 };
 struct gpu {
 	char uuid[96], name[96], bus[32];
@@ -283,8 +284,12 @@ static int parse(struct state *s) {
 			for (int k = 0; k < 8; k++) *v[k] = (unsigned)atoi(fld[8 + k]);
 		} else if (!strcmp(kind, "migsample")) {
 			char *g = strtok_r(NULL, "\t", &save), *k = strtok_r(NULL, "\t", &save), *u = strtok_r(NULL, "\t", &save);
+			char *busy = strtok_r(NULL, "\t", &save), *stamp = strtok_r(NULL, "\t", &save);
 			if (!g || !k || !u || atoi(g) < 0 || atoi(g) >= s->ngpus || atoi(k) < 0 || atoi(k) >= s->gpus[atoi(g)].nmig) continue;
-			s->gpus[atoi(g)].migs[atoi(k)].memUsed = strtoull(u, NULL, 10);
+			struct miginst *m = &s->gpus[atoi(g)].migs[atoi(k)];
+			m->memUsed = strtoull(u, NULL, 10);
+			m->busyNs = busy ? strtoull(busy, NULL, 10) : 0;
+			m->stampNs = stamp ? strtoull(stamp, NULL, 10) : 0;
 		} else if (!strcmp(kind, "memlimits")) {
 			char *v = strtok_r(NULL, "\t", &save);
 			if (v) s->memlimits = atoi(v);
@@ -1010,5 +1015,102 @@ nvmlReturn_t nvmlDeviceGetMemoryLimits_v1(nvmlDevice_t d, nvmlGetMemoryLimits_v1
 	l->currentUsed = 0;
 	for (int i = 0; i < s.nprocs; i++)
 		if (s.procs[i].gpu == d->index && inCgroup(s.procs[i].pid, l->nameSpace)) l->currentUsed += s.procs[i].mem;
+	return NVML_SUCCESS;
+}
+
+/*
+ * GPU performance monitoring (Hopper and later): a sample holds a MIG
+ * instance's counter of GPU time served and when it was read; SM
+ * utilization is the counter's growth over the time between two samples.
+ * The fake measures MIG instances only (the agent reads a whole GPU's
+ * utilization otherwise).
+ */
+struct nvmlGpmSample_st { int valid; unsigned long long busyNs, stampNs; };
+typedef struct { struct nvmlGpmSample_st *handle; } nvmlGpmSample_t;
+typedef struct { char *shortName, *longName, *unit; } nvmlGpmMetricMetricInfo_t;
+typedef struct {
+	unsigned int metricId;
+	nvmlReturn_t nvmlReturn;
+	double value;
+	nvmlGpmMetricMetricInfo_t metricInfo;
+} nvmlGpmMetric_t;
+#define GPM_METRIC_MAX 333
+#define GPM_METRIC_SM_UTIL 2
+typedef struct {
+	unsigned int version, numMetrics;
+	nvmlGpmSample_t sample1, sample2;
+	nvmlGpmMetric_t metrics[GPM_METRIC_MAX];
+} nvmlGpmMetricsGet_t;
+typedef struct { unsigned int version, isSupportedDevice; } nvmlGpmSupport_t;
+
+nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t d, nvmlGpmSupport_t *sup) {
+	struct state s;
+	struct gpu *g;
+	struct miginst *m;
+	nvmlReturn_t r = d && d->mig ? migOf(d, &s, &g, &m) : gpuOf(d, &s, &g);
+	if (r) return r;
+	if (!sup) return NVML_ERROR_INVALID_ARGUMENT;
+	sup->isSupportedDevice = g->ccMajor >= 9;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *sample) {
+	if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
+	sample->handle = calloc(1, sizeof *sample->handle);
+	return sample->handle ? NVML_SUCCESS : NVML_ERROR_UNKNOWN;
+}
+
+nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t sample) {
+	if (!sample.handle) return NVML_ERROR_INVALID_ARGUMENT;
+	free(sample.handle);
+	return NVML_SUCCESS;
+}
+
+static nvmlReturn_t gpmFill(struct gpu *g, struct miginst *m, nvmlGpmSample_t sample) {
+	if (!sample.handle) return NVML_ERROR_INVALID_ARGUMENT;
+	if (g->ccMajor < 9) return NVML_ERROR_NOT_SUPPORTED;
+	*sample.handle = (struct nvmlGpmSample_st){1, m->busyNs, m->stampNs};
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t d, nvmlGpmSample_t sample) {
+	struct state s;
+	struct gpu *g;
+	struct miginst *m;
+	if (!d || !d->mig) return NVML_ERROR_NOT_SUPPORTED;
+	nvmlReturn_t r = migOf(d, &s, &g, &m);
+	return r ? r : gpmFill(g, m, sample);
+}
+
+nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t d, unsigned int gi, nvmlGpmSample_t sample) {
+	struct state s;
+	struct gpu *g;
+	nvmlReturn_t r = gpuOf(d, &s, &g);
+	if (r) return r;
+	for (int k = 0; g->migCurrent && k < g->nmig; k++)
+		if (g->migs[k].gi == gi) return gpmFill(g, &g->migs[k], sample);
+	return NVML_ERROR_NOT_FOUND;
+}
+
+nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *get) {
+	if (!get || get->version != 1 || get->numMetrics > GPM_METRIC_MAX) return NVML_ERROR_INVALID_ARGUMENT;
+	struct nvmlGpmSample_st *a = get->sample1.handle, *b = get->sample2.handle;
+	if (!a || !b || !a->valid || !b->valid) return NVML_ERROR_INVALID_ARGUMENT;
+	for (unsigned int i = 0; i < get->numMetrics; i++) {
+		nvmlGpmMetric_t *m = &get->metrics[i];
+		m->metricInfo = (nvmlGpmMetricMetricInfo_t){NULL, NULL, NULL};
+		if (m->metricId != GPM_METRIC_SM_UTIL) {
+			m->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+			continue;
+		}
+		if (b->stampNs <= a->stampNs) {
+			m->nvmlReturn = NVML_ERROR_INVALID_ARGUMENT;
+			continue;
+		}
+		double busy = b->busyNs >= a->busyNs ? (double)(b->busyNs - a->busyNs) : 0;
+		double v = 100.0 * busy / (double)(b->stampNs - a->stampNs);
+		m->value = v > 100 ? 100 : v;
+		m->nvmlReturn = NVML_SUCCESS;
+	}
 	return NVML_SUCCESS;
 }
