@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -314,12 +313,4 @@ func waitInstanceUse(t *testing.T, pod, uuid, profile string, memory float64) {
 		}
 		return used == memory && unmeasured == 1 && named
 	})
-}
-
-func labelMap(pairs []*dto.LabelPair) map[string]string {
-	out := map[string]string{}
-	for _, p := range pairs {
-		out[p.GetName()] = p.GetValue()
-	}
-	return out
 }
