@@ -5,25 +5,27 @@ package contract
 // exposition must export each (pkg/exporter's TestContractMetricsExported),
 // so a rename there cannot silently empty a table or a budget.
 const (
-	MetricDeviceInfo                = "gpuslice_device_info"
-	MetricDeviceMemoryTotalBytes    = "gpuslice_device_memory_total_bytes"
-	MetricDeviceMemoryUsedBytes     = "gpuslice_device_memory_used_bytes"
-	MetricDeviceUtilizationRatio    = "gpuslice_device_utilization_ratio"
-	MetricDeviceHealthy             = "gpuslice_device_healthy"
-	MetricSlicesCapacity            = "gpuslice_slices_capacity"
-	MetricSlicesAllocated           = "gpuslice_slices_allocated"
-	MetricContainerSlices           = "gpuslice_container_slices"
-	MetricContainerMemoryUsedBytes  = "gpuslice_container_memory_used_bytes"
-	MetricContainerMemoryLimitBytes = "gpuslice_container_memory_limit_bytes"
-	MetricContainerSMUtilization    = "gpuslice_container_sm_utilization_ratio"
-	MetricContainerComputeLimit     = "gpuslice_container_compute_limit_ratio"
-	MetricContainerLastActive       = "gpuslice_container_last_active_timestamp_seconds"
-	MetricContainerGPUBusySeconds   = "gpuslice_container_gpu_busy_seconds_total"
-	MetricContainerUseUnknown       = "gpuslice_container_use_unknown"
-	MetricAgentGPUBlind             = "gpuslice_agent_gpu_blind"
-	MetricDeviceMIGMode             = "gpuslice_device_mig_mode"
-	MetricMIGInstanceInfo           = "gpuslice_mig_instance_info"
-	MetricMIGInstanceHealthy        = "gpuslice_mig_instance_healthy"
+	MetricDeviceInfo                 = "gpuslice_device_info"
+	MetricDeviceMemoryTotalBytes     = "gpuslice_device_memory_total_bytes"
+	MetricDeviceMemoryUsedBytes      = "gpuslice_device_memory_used_bytes"
+	MetricDeviceUtilizationRatio     = "gpuslice_device_utilization_ratio"
+	MetricDeviceHealthy              = "gpuslice_device_healthy"
+	MetricSlicesCapacity             = "gpuslice_slices_capacity"
+	MetricSlicesAllocated            = "gpuslice_slices_allocated"
+	MetricContainerSlices            = "gpuslice_container_slices"
+	MetricContainerMemoryUsedBytes   = "gpuslice_container_memory_used_bytes"
+	MetricContainerMemoryLimitBytes  = "gpuslice_container_memory_limit_bytes"
+	MetricContainerSMUtilization     = "gpuslice_container_sm_utilization_ratio"
+	MetricContainerComputeLimit      = "gpuslice_container_compute_limit_ratio"
+	MetricContainerLastActive        = "gpuslice_container_last_active_timestamp_seconds"
+	MetricContainerGPUBusySeconds    = "gpuslice_container_gpu_busy_seconds_total"
+	MetricContainerUseUnknown        = "gpuslice_container_use_unknown"
+	MetricAgentGPUBlind              = "gpuslice_agent_gpu_blind"
+	MetricDeviceMIGMode              = "gpuslice_device_mig_mode"
+	MetricMIGInstanceInfo            = "gpuslice_mig_instance_info"
+	MetricMIGInstanceHealthy         = "gpuslice_mig_instance_healthy"
+	MetricMIGInstanceMemoryUsed      = "gpuslice_mig_instance_memory_used_bytes"
+	MetricContainerComputeUnmeasured = "gpuslice_container_compute_unmeasured"
 )
 
 // ReadMetrics are the agent's metrics other programs read.
@@ -34,4 +36,5 @@ var ReadMetrics = []string{
 	MetricContainerComputeLimit, MetricContainerLastActive, MetricContainerGPUBusySeconds,
 	MetricContainerUseUnknown, MetricAgentGPUBlind,
 	MetricDeviceMIGMode, MetricMIGInstanceInfo, MetricMIGInstanceHealthy,
+	MetricMIGInstanceMemoryUsed, MetricContainerComputeUnmeasured,
 }

@@ -41,6 +41,7 @@ var Metrics = []string{ // all of them in contract.ReadMetrics
 	contract.MetricContainerSMUtilization, contract.MetricContainerComputeLimit,
 	contract.MetricContainerLastActive,
 	contract.MetricDeviceMIGMode, contract.MetricMIGInstanceInfo, contract.MetricMIGInstanceHealthy,
+	contract.MetricMIGInstanceMemoryUsed, contract.MetricContainerComputeUnmeasured,
 }
 
 // Container is one container's use of one GPU.
@@ -56,6 +57,10 @@ type Container struct {
 	MemoryLimit  float64 `json:"memoryLimitBytes"`
 	Compute      float64 `json:"computeRatio"`
 	ComputeLimit float64 `json:"computeLimitRatio"`
+	// ComputeUnmeasured is true where the agent cannot measure the
+	// container's compute (a MIG instance without GPM, or shared):
+	// Compute is then unknown, not zero.
+	ComputeUnmeasured bool `json:"computeUnmeasured,omitempty"`
 	// LastActive is zero when the container never used the GPU.
 	LastActive time.Time `json:"lastActive,omitzero"`
 }
@@ -80,14 +85,15 @@ type GPU struct {
 	Instances []MIGInstance `json:"migInstances,omitempty"`
 }
 
-// MIGInstance is one MIG instance of a GPU and who holds it (through a
-// DRA claim; a device-plugin MIG pod is not listed yet).
+// MIGInstance is one MIG instance of a GPU, the memory in use on it and
+// who holds it (through a device plugin or a DRA claim).
 type MIGInstance struct {
-	UUID     string      `json:"uuid"`
-	Profile  string      `json:"profile"`
-	Resource string      `json:"resource,omitempty"`
-	Healthy  bool        `json:"healthy"`
-	Holders  []Container `json:"holders,omitempty"`
+	UUID       string      `json:"uuid"`
+	Profile    string      `json:"profile"`
+	Resource   string      `json:"resource,omitempty"`
+	Healthy    bool        `json:"healthy"`
+	MemoryUsed float64     `json:"memoryUsedBytes"`
+	Holders    []Container `json:"holders,omitempty"`
 }
 
 // Model is what the samples say, organised.
@@ -167,6 +173,8 @@ func (b *builder) addMIG(s Sample) bool {
 		in.Profile, in.Resource = s.Labels["mig_profile"], s.Labels["resource"]
 	case contract.MetricMIGInstanceHealthy:
 		b.instance(s).Healthy = s.Value == 1
+	case contract.MetricMIGInstanceMemoryUsed:
+		b.instance(s).MemoryUsed = s.Value
 	default:
 		return false
 	}
@@ -200,6 +208,8 @@ func (b *builder) add(s Sample) {
 		b.ctr(s).Compute = s.Value
 	case contract.MetricContainerComputeLimit:
 		b.ctr(s).ComputeLimit = s.Value
+	case contract.MetricContainerComputeUnmeasured:
+		b.ctr(s).ComputeUnmeasured = s.Value == 1
 	case contract.MetricContainerLastActive:
 		if s.Value > 0 {
 			b.ctr(s).LastActive = time.Unix(0, int64(s.Value*1e9))
@@ -278,6 +288,15 @@ func gib(b float64) string { return fmt.Sprintf("%.1fGi", b/(1<<30)) }
 
 func pct(r float64) string { return fmt.Sprintf("%.0f%%", r*100) }
 
+// compute is a container's compute use, or "unmeasured" where the agent
+// cannot measure it: never a made-up 0%.
+func compute(c Container) string {
+	if c.ComputeUnmeasured {
+		return "unmeasured"
+	}
+	return pct(c.Compute)
+}
+
 // idle says how long ago a container last used its GPU.
 func idle(last, now time.Time) string {
 	if last.IsZero() {
@@ -320,7 +339,7 @@ func Pods(w io.Writer, m Model, namespace string, now time.Time, wide bool) erro
 	fmt.Fprintln(tw, header)
 	for _, c := range PodsIn(m, namespace) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s/%s\t%s/%s\t%s", c.Namespace, c.Pod, c.Container, c.Node, c.GPU, c.Slices,
-			gib(c.MemoryUsed), gib(c.MemoryLimit), pct(c.Compute), pct(c.ComputeLimit), idle(c.LastActive, now))
+			gib(c.MemoryUsed), gib(c.MemoryLimit), compute(c), pct(c.ComputeLimit), idle(c.LastActive, now))
 		if wide {
 			fmt.Fprintf(tw, "\t%s\t%s", models[gpuKey{c.Node, c.UUID}], c.UUID)
 		}
@@ -411,20 +430,20 @@ func orDash(s string) string {
 // describeMIG prints a GPU in MIG mode: its instances, the resource each
 // is offered under, its health and who holds it.
 func describeMIG(w io.Writer, g GPU) {
-	fmt.Fprintf(w, "  MIG:          %s; not cut into slices, not read by gpuslice\n", g.MIG)
+	fmt.Fprintf(w, "  MIG:          %s; not cut into slices; each instance read on its own\n", g.MIG)
 	if len(g.Instances) == 0 {
 		fmt.Fprintln(w, "  Instances:    none")
 		return
 	}
 	fmt.Fprintln(w, "  Instances:")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "    PROFILE\tUUID\tRESOURCE\tHEALTHY\tHELD BY")
+	fmt.Fprintln(tw, "    PROFILE\tUUID\tRESOURCE\tHEALTHY\tMEMORY USED\tHELD BY (COMPUTE)")
 	for _, in := range g.Instances {
 		holders := make([]string, 0, len(in.Holders))
 		for _, c := range in.Holders {
-			holders = append(holders, c.Namespace+"/"+c.Pod+"/"+c.Container)
+			holders = append(holders, c.Namespace+"/"+c.Pod+"/"+c.Container+" ("+compute(c)+")")
 		}
-		fmt.Fprintf(tw, "    %s\t%s\t%s\t%t\t%s\n", in.Profile, in.UUID, orDash(in.Resource), in.Healthy, orDash(strings.Join(holders, ",")))
+		fmt.Fprintf(tw, "    %s\t%s\t%s\t%t\t%s\t%s\n", in.Profile, in.UUID, orDash(in.Resource), in.Healthy, gib(in.MemoryUsed), orDash(strings.Join(holders, ",")))
 	}
 	_ = tw.Flush()
 }

@@ -6,8 +6,10 @@ import (
 	"testing"
 )
 
-// TestMIGInstances: a GPU in MIG mode shows its instances, their health
-// and who holds them through a claim, instead of slices.
+// TestMIGInstances: a GPU in MIG mode shows its instances, their health,
+// the memory in use on each and who holds them, instead of slices; a
+// holder whose compute the agent cannot measure reads "unmeasured", never
+// 0%.
 func TestMIGInstances(t *testing.T) {
 	t.Parallel()
 	g := []string{"gpu", "2", "uuid", "GPU-2"}
@@ -23,7 +25,10 @@ func TestMIGInstances(t *testing.T) {
 		s("gpuslice_mig_instance_info", 1, in("MIG-a", "1g.10gb")...),
 		s("gpuslice_mig_instance_healthy", 0, append([]string{"mig_uuid", "MIG-a"}, g...)...),
 		s("gpuslice_mig_instance_healthy", 1, append([]string{"mig_uuid", "MIG-b"}, g...)...),
+		s("gpuslice_mig_instance_memory_used_bytes", 2<<30, append([]string{"mig_uuid", "MIG-b"}, g...)...),
 		s("gpuslice_container_slices", 1, "namespace", "ml", "pod", "infer", "container", "main", "gpu", "2", "uuid", "MIG-b"),
+		s("gpuslice_container_compute_unmeasured", 1, "namespace", "ml", "pod", "infer", "container", "main", "gpu", "2", "uuid", "MIG-b"),
+		s("gpuslice_container_compute_limit_ratio", 1, "namespace", "ml", "pod", "infer", "container", "main", "gpu", "2", "uuid", "MIG-b"),
 	})
 	var b bytes.Buffer
 	if err := GPUs(&b, m); err != nil {
@@ -42,9 +47,17 @@ node-a  3    - (MIG pending)  true     -                        -               
 	if err := DescribeNode(&b, m, "node-a", now); err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range []string{"MIG:          enabled", "1g.10gb  MIG-a  nvidia.com/mig-1g.10gb  false    -", "3g.40gb  MIG-b  nvidia.com/mig-3g.40gb  true     ml/infer/main"} {
+	for _, line := range []string{"MIG:          enabled", "1g.10gb  MIG-a  nvidia.com/mig-1g.10gb  false    0.0Gi        -",
+		"3g.40gb  MIG-b  nvidia.com/mig-3g.40gb  true     2.0Gi        ml/infer/main (unmeasured)"} {
 		if !strings.Contains(b.String(), line) {
 			t.Errorf("describe lacks %q:\n%s", line, b.String())
 		}
+	}
+	b.Reset()
+	if err := Pods(&b, m, "ml", now, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "unmeasured/100%") {
+		t.Errorf("pods: the MIG holder's compute reads as a number:\n%s", b.String())
 	}
 }
