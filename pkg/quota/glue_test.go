@@ -30,6 +30,10 @@ import (
 type podUse struct {
 	ns, pod     string
 	util, limit float64
+	// unmeasured: the agent could not measure the pod's compute (a MIG
+	// instance without GPM): no utilization or busy series, and
+	// gpuslice_container_compute_unmeasured 1.
+	unmeasured bool
 }
 
 // history is the OpenMetrics text of the agents' per-container series for
@@ -39,6 +43,9 @@ func history(pods []podUse, from, to time.Time, step time.Duration) []byte {
 	family := func(name, typ, sample string, value func(p podUse, elapsed float64) float64) {
 		fmt.Fprintf(&b, "# TYPE %s %s\n", name, typ)
 		for _, p := range pods {
+			if p.unmeasured && (typ == "counter" || name == "gpuslice_container_sm_utilization_ratio") {
+				continue
+			}
 			labels := fmt.Sprintf(`{namespace=%q,pod=%q,container="main",gpu="0",uuid="GPU-a",instance="node-a",gpuslice_scrape_namespace="gpuslice-system"}`, p.ns, p.pod)
 			for t := from; t.Before(to); t = t.Add(step) {
 				fmt.Fprintf(&b, "%s%s %s %d\n", sample, labels, strconv.FormatFloat(value(p, t.Sub(from).Seconds()), 'f', -1, 64), t.Unix())
@@ -48,6 +55,12 @@ func history(pods []podUse, from, to time.Time, step time.Duration) []byte {
 	family("gpuslice_container_sm_utilization_ratio", "gauge", "gpuslice_container_sm_utilization_ratio", func(p podUse, _ float64) float64 { return p.util })
 	family("gpuslice_container_gpu_busy_seconds", "counter", "gpuslice_container_gpu_busy_seconds_total", func(p podUse, s float64) float64 { return p.util * s })
 	family("gpuslice_container_compute_limit_ratio", "gauge", "gpuslice_container_compute_limit_ratio", func(p podUse, _ float64) float64 { return p.limit })
+	family("gpuslice_container_compute_unmeasured", "gauge", "gpuslice_container_compute_unmeasured", func(p podUse, _ float64) float64 {
+		if p.unmeasured {
+			return 1
+		}
+		return 0
+	})
 	b.WriteString("# EOF\n")
 	return []byte(b.String())
 }
@@ -81,8 +94,8 @@ func TestControllerGlueOnBackfilledHistory(t *testing.T) {
 	now := time.Now().Truncate(time.Second)
 	old := now.Add(-3 * time.Hour)
 	promURL := promtest.StartBackfilled(t, history([]podUse{
-		{"ml", "idle", 0, 0.1}, {"ml", "busy", 0.8, 0.1}, {"ml", "blocked", 0.01, 0.1}, {"ml", "young", 0, 0.1},
-		{"alloc", "holder", 0, 0.5},
+		{"ml", "idle", 0, 0.1, false}, {"ml", "busy", 0.8, 0.1, false}, {"ml", "blocked", 0.01, 0.1, false}, {"ml", "young", 0, 0.1, false},
+		{"alloc", "holder", 0, 0.5, false},
 	}, now.Add(-2*time.Hour-5*time.Minute), now.Add(-time.Minute), 15*time.Second))
 
 	objs := []runtime.Object{
@@ -199,5 +212,42 @@ func TestControllerGlueOnBackfilledHistory(t *testing.T) {
 			t.Fatalf("events seen %v", want)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestBudgetChargesUnmeasuredComputeAtItsShare: a busy-time budget charges
+// what the agent measured, and, for a container whose compute it cannot
+// measure (a MIG instance on an A100), the share the container holds over
+// that time: unknown use is never free. Judged on a real Prometheus over an
+// hour of backfilled history; the busy time alone (the query before this)
+// charges the unmeasured namespace nothing.
+func TestBudgetChargesUnmeasuredComputeAtItsShare(t *testing.T) {
+	t.Parallel()
+	now := time.Now().Truncate(time.Second)
+	promURL := promtest.StartBackfilled(t, history([]podUse{
+		{"meas", "a", 0.5, 0.5, false}, {"mig", "b", 0, 1, true}, {"mixed", "c", 0.25, 0.5, false}, {"mixed", "d", 0, 1, true},
+	}, now.Add(-70*time.Minute), now.Add(time.Second), 15*time.Second))
+	q, err := quota.NewQuerier(promURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	budget := quota.Budget{GPUHours: 10, Window: quota.Duration{Duration: time.Hour}}
+	u, err := quota.Measure(context.Background(), q, []quota.Spec{{Budget: &budget}}, now, 10*time.Second, quota.DefaultSeries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := u.GPUHours[quota.BudgetKey(budget)]
+	for ns, want := range map[string]float64{"meas": 0.5, "mig": 1, "mixed": 1.25} {
+		if math.Abs(got[ns]-want) > 0.05*want {
+			t.Errorf("namespace %s charged %.3f GPU-hours, want %.2f (all: %v)", ns, got[ns], want, got)
+		}
+	}
+	old := `sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total{gpuslice_scrape_namespace="gpuslice-system"}[1h])) / 3600`
+	v, _, err := q.Query(context.Background(), old, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(v.String(), `namespace="mig"`) {
+		t.Errorf("busy time alone charges the unmeasured namespace: %s", v)
 	}
 }

@@ -142,7 +142,13 @@ func BudgetQuery(b Budget, s Series) string {
 		// 15 s over the window, in hours.
 		return fmt.Sprintf(`sum by (namespace) (sum_over_time(%s[%s:15s])) * 15 / 3600`, s.of(contract.MetricContainerComputeLimit), w)
 	}
-	return fmt.Sprintf(`sum by (namespace) (increase(%s[%s])) / 3600`, s.of(contract.MetricContainerGPUBusySeconds), w)
+	// Busy time measured, plus, for the containers whose compute the
+	// agent cannot measure (a MIG instance without GPM), the share they
+	// hold over the time it was unmeasured: unknown use is never free.
+	busy := fmt.Sprintf(`sum by (namespace) (increase(%s[%s])) / 3600`, s.of(contract.MetricContainerGPUBusySeconds), w)
+	unmeasured := fmt.Sprintf(`sum by (namespace) (sum_over_time((%s * (%s == 1))[%s:15s])) * 15 / 3600`,
+		s.of(contract.MetricContainerComputeLimit), s.of(contract.MetricContainerComputeUnmeasured), w)
+	return fmt.Sprintf(`(%s + %s) or %s or %s`, busy, unmeasured, busy, unmeasured)
 }
 
 // IdleQueries are the PromQL for the evidence of idleness over d, each

@@ -3,6 +3,7 @@ package quota
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -139,7 +140,9 @@ func TestSpecJSONAndValidate(t *testing.T) {
 }
 
 func TestQueries(t *testing.T) {
-	if q := BudgetQuery(Budget{Window: Duration{Duration: 24 * time.Hour}}, ""); q != `sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total[1d])) / 3600` {
+	busy := `sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total[1d])) / 3600`
+	unmeasured := `sum by (namespace) (sum_over_time((gpuslice_container_compute_limit_ratio * (gpuslice_container_compute_unmeasured == 1))[1d:15s])) * 15 / 3600`
+	if q := BudgetQuery(Budget{Window: Duration{Duration: 24 * time.Hour}}, ""); q != "("+busy+" + "+unmeasured+") or "+busy+" or "+unmeasured {
 		t.Errorf("busy query %s", q)
 	}
 	maxQ, _, sumQ, countQ := IdleQueries(90*time.Second, "")
@@ -149,7 +152,8 @@ func TestQueries(t *testing.T) {
 		t.Errorf("idle queries %s, %s, %s", maxQ, sumQ, countQ)
 	}
 	// The believed series only.
-	if q := BudgetQuery(Budget{Window: Duration{Duration: time.Hour}}, DefaultSeries); q != `sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total{gpuslice_scrape_namespace="gpuslice-system"}[1h])) / 3600` {
+	if q := BudgetQuery(Budget{Window: Duration{Duration: time.Hour}}, DefaultSeries); !strings.HasPrefix(q, `(sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total{gpuslice_scrape_namespace="gpuslice-system"}[1h])) / 3600 + `) ||
+		!strings.Contains(q, `gpuslice_container_compute_unmeasured{gpuslice_scrape_namespace="gpuslice-system"} == 1`) {
 		t.Errorf("busy query %s", q)
 	}
 	if q := BlindQuery(time.Minute, DefaultSeries); q != `max by (instance) (max_over_time(gpuslice_agent_gpu_blind{gpuslice_scrape_namespace="gpuslice-system"}[1m])) > 0 or min by (instance) (min_over_time(up{gpuslice_scrape_namespace="gpuslice-system",instance=~".+"}[1m])) == 0` {
