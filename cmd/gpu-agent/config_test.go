@@ -155,6 +155,8 @@ func TestLoadConfigErrors(t *testing.T) {
 		"unknown config key":      {file: head + "gpuBackend: fake\nslicesPerGpu: 4\n", want: "unknown field"},
 		"bad duration in file":    {file: head + "health: {probeInterval: 5}\n", want: "duration must be a string"},
 		"bad model rule in file":  {file: head + "slicing: {models: {X: {}}}\n", want: `model "X"`},
+		"bad MIG profile name":    {file: head + "slicing: {migProfiles: {3g: {slicesPerGPU: 2}}}\n", want: `"3g" is not a MIG profile name`},
+		"bad MIG profile rule":    {file: head + "slicing: {migProfiles: {3g.40gb: {}}}\n", want: `MIG profile "3g.40gb"`},
 		"no apiVersion":           {file: "gpuBackend: fake\n", want: "want apiVersion: gpuslice.io/v1alpha1 and kind: NodeConfig"},
 		"a later apiVersion":      {file: "apiVersion: gpuslice.io/v2\nkind: AgentConfig\n", want: `apiVersion "gpuslice.io/v2"`},
 		"wrong kind":              {file: "apiVersion: gpuslice.io/v1alpha1\nkind: Node\n", want: `kind "Node"`},

@@ -125,7 +125,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	defer func() { _ = podres.Close() }()
 	names := host.NewRuntimeState(cfg.RuntimeStateDirs)
 	driverLimits := useDriverTier(cfg, gpus, enforcer, eopts, names, podres, log)
-	smp, err := sampler.New(gpus.whole, gpus.layout, gpus.backend, podres, gpus.health, samplerOptions(cfg, k, names, ns, enforcer, gpus, log))
+	smp, err := sampler.New(gpus.whole, gpus.held, gpus.backend, podres, gpus.health, samplerOptions(cfg, k, names, ns, enforcer, gpus, log))
 	if err != nil {
 		return err
 	}
@@ -148,7 +148,8 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	g.Go(func() error { enforcer.Run(ctx); return nil })
 	g.Go(func() error {
 		exposition := exporter.NewExposition(smp, exporter.Info{Version: version, System: gpus.sys, Enforcement: enforcer,
-			MIG: func() []nvml.Device { return *gpus.current.Load() }, MIGStrategy: cfg.MIGStrategy, Healthy: gpus.health.Healthy})
+			MIG: func() []nvml.Device { return *gpus.current.Load() }, MIGStrategy: cfg.MIGStrategy, Healthy: gpus.health.Healthy,
+			MIGSliceResource: gpus.mig.SliceResource})
 		ready := func() bool { return probes.Ready() == nil }
 		return exporter.Serve(ctx, lis, k.guard(exporter.Handler(exposition, exposition.Key, ready, log)), cfg.WebConfigFile, log)
 	})
@@ -295,8 +296,11 @@ type gpus struct {
 	whole   []nvml.Device // the GPUs not in MIG mode: cut into slices
 	sys     nvml.SystemInfo
 	layout  *vgpu.Layout
-	plugin  *deviceplugin.Plugin
-	mig     *deviceplugin.MIGSet
+	// held reads the slices containers hold: the whole GPUs' layout and
+	// the sliced MIG instances'.
+	held   *vgpu.Layout
+	plugin *deviceplugin.Plugin
+	mig    *deviceplugin.MIGSet
 	// current is the GPUs as last read, MIG layouts included: devs at
 	// start, then what followMIG reads.
 	current atomic.Pointer[[]nvml.Device]
@@ -337,6 +341,10 @@ func openGPUs(cfg Resolved, log *slog.Logger) (*gpus, error) {
 		return nil, err
 	}
 	if g.mig, err = openMIG(cfg, g.backend, g.devs, log); err != nil {
+		g.close(log)
+		return nil, err
+	}
+	if g.held, err = g.layout.With(g.mig.SliceLayout()); err != nil {
 		g.close(log)
 		return nil, err
 	}
@@ -384,7 +392,7 @@ func samplerOptions(cfg Resolved, k kubeParts, names node.ContainerNames, ns hos
 func useDriverTier(cfg Resolved, g *gpus, enforcer *enforce.Enforcer, eopts enforce.Options, names node.ContainerNames, podres *podresources.Client, log *slog.Logger) *enforce.DriverLimits {
 	// Its own reader: the tier's watch goroutine alone calls it.
 	pods := kubeletstate.NewPods(kubeletstate.Options{
-		PluginDir: cfg.DevicePluginDir, ResourceName: cfg.ResourceName, Layout: g.layout,
+		PluginDir: cfg.DevicePluginDir, ResourceName: cfg.ResourceName, Layout: g.held,
 		Assignments: podres, DRA: cfg.DRA.Enabled, PreparedClaims: cfg.DRA.PreparedClaims,
 	})
 	d, err := enforce.NewDriverTier(eopts, enforce.DriverOptions{

@@ -22,7 +22,7 @@ func openMIG(cfg Resolved, backend nvml.Backend, devs []nvml.Device, log *slog.L
 	}
 	opts := cfg.Plugin
 	opts.Logger = log
-	set, err := deviceplugin.NewMIGSet(devs, cfg.MIGStrategy, opts, backend.Devices)
+	set, err := deviceplugin.NewMIGSet(devs, cfg.MIGStrategy, cfg.Slicing, opts, backend.Devices)
 	if err != nil {
 		return nil, fmt.Errorf("--mig-strategy=%s: %w", cfg.MIGStrategy, err)
 	}
@@ -51,6 +51,9 @@ func followMIG(ctx context.Context, g *gpus, interval time.Duration, changed cha
 		}
 		if why := nvml.MIGModeChange(g.devs, devs); why != "" {
 			return fmt.Errorf("%s: the agent restarts to cut its GPUs anew", why)
+		}
+		if why := g.mig.SlicedChange(devs); why != "" {
+			return fmt.Errorf("%s: the agent restarts to cut its instances anew", why)
 		}
 		if !nvml.MIGInstancesChanged(*g.current.Load(), devs) {
 			continue

@@ -472,3 +472,121 @@ func devMemory(t *testing.T, st *stubbed, uuid string) uint64 {
 	t.Fatalf("no instance %s on the fake node", uuid)
 	return 0
 }
+
+// TestMIGSlicesFromRealCgroups: a MIG profile the administrator cuts
+// (slicing.migProfiles) is offered as slices of its instances under a
+// resource of its own, nvidia.com/vgpu-mig-<profile>, and no longer whole;
+// other profiles stay whole. A container gets its instance (MIG UUID) and
+// its share of it; two pods share one instance. Memory is held per
+// container: a pod over its share of the instance is killed, its
+// neighbour on the instance runs on. Compute on a shared instance cannot
+// be split (the driver measures no process on MIG), and says so: the
+// compute share is reported not held, reason unmeasured, never a zero.
+func TestMIGSlicesFromRealCgroups(t *testing.T) {
+	t.Parallel()
+	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-migslices-test-%d", os.Getpid()))
+	st := stubKubelet(t, "gpus:\n- preset: A100-40GB\n  mig:\n    mode: enabled\n    instances: [{profile: 3g.20gb}, {profile: 1g.5gb}]\n")
+	cfg := writeFile(t, "node.yaml", head+"slicing: {migProfiles: {3g.20gb: {slicesPerGPU: 4}}}\n")
+	addr := freePort(t)
+	startAgent(t, append(st.agentArgs(), "--config="+cfg, "--metrics-address="+addr, "--sample-interval=200ms", "--device-specs=false")...)
+	p, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu-mig-3g.20gb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitHealthy(ctxT(t), 4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/mig-1g.5gb"); err != nil {
+		t.Fatal(err)
+	}
+	if st.kubelet.Plugin("nvidia.com/mig-3g.20gb") != nil {
+		t.Error("the sliced profile is offered whole too")
+	}
+	a, err := p.Allocate(ctxT(t), "ml/a", "main", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.Allocate(ctxT(t), "ml/b", "main", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := a.Response.Envs["NVIDIA_VISIBLE_DEVICES"]
+	if !strings.HasPrefix(inst, "MIG-") || b.Response.Envs["NVIDIA_VISIBLE_DEVICES"] != inst {
+		t.Fatalf("the pods see %q and %q, want one MIG instance", inst, b.Response.Envs["NVIDIA_VISIBLE_DEVICES"])
+	}
+	slice := devMemory(t, st, inst) / 4
+	if got := a.Response.Envs["GPUSLICE_MEMORY_LIMIT_BYTES"]; got != strconv.FormatUint(slice, 10) || a.Response.Envs["GPUSLICE_COMPUTE_LIMIT_RATIO"] != "0.25" {
+		t.Errorf("pod a's limits %v, want a quarter of the instance (%d bytes)", a.Response.Envs, slice)
+	}
+
+	workload, err := fakegpu.BuildWorkload(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type proc struct {
+		done  chan struct{}
+		state *os.ProcessState // set before done closes
+	}
+	procs := map[string]*proc{}
+	for _, w := range []struct {
+		pod, cid string
+		mib      uint64
+	}{
+		{"ml/a", strings.Repeat("a6", 32), 1024},
+		{"ml/b", strings.Repeat("b7", 32), 2*slice>>20 + 1024}, // over its two slices
+	} {
+		cg := containerCgroup(t, base, kubeletstub.PodUID(w.pod), w.cid)
+		cmd := exec.Command(workload, "--dir", st.work, "--gpu", inst, "--memory-mib", strconv.FormatUint(w.mib, 10), "--demand", "0.5")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		p := &proc{done: make(chan struct{})}
+		go func() { _ = cmd.Wait(); p.state = cmd.ProcessState; close(p.done) }()
+		procs[w.pod] = p
+		t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-p.done })
+		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+			t.Fatalf("move workload into %s: %v", cg, err)
+		}
+	}
+	select {
+	case <-procs["ml/b"].done:
+		if ws, ok := procs["ml/b"].state.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("pod b's process ended %v, not killed by the agent", procs["ml/b"].state)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("pod b, over its share of the instance, was not killed; last scrape:\n%s", scrapeText(t, addr))
+	}
+	podA := map[string]string{"namespace": "ml", "pod": "a", "container": "main", "uuid": inst}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if v, _ := value(scrape(t, addr), "gpuslice_container_memory_used_bytes", podA); v == 1024<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod a's use of its slice never measured; last scrape:\n%s", scrapeText(t, addr))
+		}
+	}
+	mfs := scrape(t, addr)
+	for name, want := range map[string]float64{
+		"gpuslice_container_slices": 1, "gpuslice_container_memory_limit_bytes": float64(slice), "gpuslice_container_compute_limit_ratio": 0.25,
+		"gpuslice_container_compute_unmeasured": 1,
+	} {
+		if v, ok := value(mfs, name, podA); !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+	if v, ok := value(mfs, "gpuslice_enforcement_enforced", withLabel(withLabel(podA, "resource", "memory"), "reason", "enforced")); !ok || v != 1 {
+		t.Errorf("pod a's memory: enforced %v (present %v), want held by the watchdog", v, ok)
+	}
+	if v, ok := value(mfs, "gpuslice_enforcement_enforced", withLabel(withLabel(podA, "resource", "compute"), "reason", "unmeasured")); !ok || v != 0 {
+		t.Errorf("pod a's compute: enforced %v (present %v), want 0 with reason unmeasured", v, ok)
+	}
+	if _, ok := value(mfs, "gpuslice_mig_instance_info", map[string]string{"mig_uuid": inst, "resource": "nvidia.com/vgpu-mig-3g.20gb"}); !ok {
+		t.Error("the sliced instance's info does not name its slice resource")
+	}
+	select {
+	case <-procs["ml/a"].done:
+		t.Errorf("pod a, within its share, ended: %v", procs["ml/a"].state)
+	default:
+	}
+	promtoolCheck(t, scrapeText(t, addr))
+}

@@ -28,6 +28,7 @@ import (
 	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/enforce"
+	"github.com/gpuslice/gpuslice/pkg/gpudev"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
@@ -256,10 +257,14 @@ type LogConfig struct {
 // SlicingConfig says how GPUs are cut: slicesPerGPU or sliceMemory, with
 // optional per-model overrides keyed by NVML product name. Both binaries
 // cut the node's GPUs by it, so a slice means the same to both.
+// MIGProfiles cuts the MIG instances of the profiles it names (keyed by
+// profile name, "3g.40gb") into slices of their own resource
+// (nvidia.com/vgpu-mig-<profile>), under the mixed MIG strategy.
 type SlicingConfig struct {
 	SlicesPerGPU int                  `json:"slicesPerGPU,omitempty"`
 	SliceMemory  string               `json:"sliceMemory,omitempty"`
 	Models       map[string]SliceRule `json:"models,omitempty"`
+	MIGProfiles  map[string]SliceRule `json:"migProfiles,omitempty"`
 }
 
 // SliceRule is one model's slicing.
@@ -570,6 +575,19 @@ func (c Config) SliceRules() (vgpu.Config, error) {
 			return vgpu.Config{}, fmt.Errorf("model %q: sliceMemory: %w", model, err)
 		}
 		out.Models[model] = mr
+	}
+	for profile, r := range c.Slicing.MIGProfiles {
+		if !gpudev.ValidMIGProfileName(profile) {
+			return vgpu.Config{}, fmt.Errorf("slicing.migProfiles: %q is not a MIG profile name (like 3g.40gb or 1g.10gb+me)", profile)
+		}
+		mr, err := rule(r.SlicesPerGPU, r.SliceMemory)
+		if err != nil {
+			return vgpu.Config{}, fmt.Errorf("MIG profile %q: sliceMemory: %w", profile, err)
+		}
+		if out.MIGProfiles == nil {
+			out.MIGProfiles = map[string]vgpu.Rule{}
+		}
+		out.MIGProfiles[profile] = mr
 	}
 	return out, out.Validate()
 }

@@ -38,3 +38,19 @@ const MIGSingleResource = "nvidia.com/gpu"
 func MIGResource(profile string) string {
 	return MIGResourcePrefix + strings.ReplaceAll(profile, "+", ".")
 }
+
+// MIGSliceResource is the resource the slices of a MIG profile's
+// instances are offered under: the slice resource (base, nvidia.com/vgpu),
+// "-mig-" and the profile, a "+" written "." as in MIGResource:
+// nvidia.com/vgpu-mig-3g.40gb. One resource per profile: its slices are of
+// one size on the node, which the name tells a pod.
+func MIGSliceResource(base, profile string) string {
+	return base + "-mig-" + strings.ReplaceAll(profile, "+", ".")
+}
+
+// IsSliceResource reports whether a resource's device IDs are slice IDs:
+// the slice resource (base) itself, or the slices of a MIG profile's
+// instances (MIGSliceResource).
+func IsSliceResource(base, name string) bool {
+	return name == base || strings.HasPrefix(name, base+"-mig-")
+}

@@ -120,7 +120,7 @@ var _ pluginapi.DevicePluginServer = (*MIGPlugin)(nil)
 // handed out whole, so it is an error.
 func NewMIG(resource string, devs []MIGDevice, opts Options) (*MIGPlugin, error) {
 	opts.ResourceName = resource
-	opts.SocketName = "gpuslice-" + strings.NewReplacer("/", "-", ".", "-", "+", "-").Replace(resource) + ".sock"
+	opts.SocketName = resourceSocket(resource)
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package deviceplugin_test
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/gpuslice/gpuslice/internal/fakegpu"
 	"github.com/gpuslice/gpuslice/pkg/deviceplugin"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
+	"github.com/gpuslice/gpuslice/pkg/vgpu"
 )
 
 func migDevices(t *testing.T, gpus ...fakegpu.GPUConfig) []nvml.Device {
@@ -167,5 +169,107 @@ func TestMIGPluginNeedsCapabilityNodes(t *testing.T) {
 	opts.DeviceSpecs = false
 	if _, err := deviceplugin.NewMIG("nvidia.com/mig-1g.10gb", in, opts); err != nil {
 		t.Fatalf("without device nodes: %v", err)
+	}
+}
+
+// TestMIGSlices: the slices of a sliced profile's instances, each a
+// quarter of its instance; a container gets its instance's MIG UUID, its
+// GPU's device node and the instance's capability nodes, and the CDI name
+// of the instance (never its GPU's index, which would hand out the whole
+// GPU); a request two instances would hold is refused (CUDA sees one MIG
+// device per process), and so is one for an instance verify says is gone.
+func TestMIGSlices(t *testing.T) {
+	t.Parallel()
+	devs := migDevices(t, migGPU("3g.40gb", "3g.40gb"))
+	for i := range devs[0].MIG.Instances {
+		devs[0].MIG.Instances[i].GICapMinor, devs[0].MIG.Instances[i].CICapMinor = 100+2*i, 101+2*i
+	}
+	cfg := vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 8}, MIGProfiles: map[string]vgpu.Rule{"3g.40gb": {SlicesPerGPU: 4}}}
+	l, byProfile, err := deviceplugin.MIGSliceLayout(devs, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(byProfile) != 1 || len(byProfile["3g.40gb"]) != 2 || l.TotalSlices() != 8 {
+		t.Fatalf("cut %v, %d slices; want the two 3g.40gb instances in 4 slices each", byProfile, l.TotalSlices())
+	}
+	opts := deviceplugin.DefaultOptions()
+	opts.PluginDir, opts.DeviceSpecs, opts.CDI.Enabled, opts.CDI.NameStrategy = t.TempDir(), true, true, "index"
+	gone := ""
+	p, err := deviceplugin.NewMIGSlices("nvidia.com/vgpu-mig-3g.40gb", l, byProfile["3g.40gb"], opts, func(uuids []string) error {
+		if slices.Contains(uuids, gone) {
+			return fmt.Errorf("MIG instance %s no longer exists", gone)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := byProfile["3g.40gb"][1]
+	resp, err := p.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{in.UUID + "::2"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := resp.GetContainerResponses()[0]
+	if r.Envs["NVIDIA_VISIBLE_DEVICES"] != in.UUID || r.Envs["GPUSLICE_COMPUTE_LIMIT_RATIO"] != "0.25" {
+		t.Errorf("envs %v", r.Envs)
+	}
+	var paths []string
+	for _, d := range r.Devices {
+		paths = append(paths, d.ContainerPath)
+	}
+	for _, want := range []string{"/dev/nvidia0", fmt.Sprintf("/dev/nvidia-caps/nvidia-cap%d", in.GICapMinor), fmt.Sprintf("/dev/nvidia-caps/nvidia-cap%d", in.CICapMinor)} {
+		if !slices.Contains(paths, want) {
+			t.Errorf("device nodes %v lack %s", paths, want)
+		}
+	}
+	if got := r.CdiDevices; len(got) != 1 || got[0].Name != fmt.Sprintf("nvidia.com/gpu=0:%d", in.Index) {
+		t.Errorf("CDI devices %v, want the instance's 0:%d", got, in.Index)
+	}
+	other := byProfile["3g.40gb"][0]
+	if _, err := p.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{in.UUID + "::0", other.UUID + "::0"}}}}); err == nil {
+		t.Error("a request spanning two instances was granted")
+	}
+	gone = in.UUID
+	if _, err := p.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{in.UUID + "::3"}}}}); err == nil || !strings.Contains(err.Error(), "no longer exists") {
+		t.Errorf("a gone instance's slice: %v", err)
+	}
+}
+
+// TestMIGSetSlicesHealth: a sliced instance's slices are refused while its
+// GPU is unhealthy, and while an XID the driver put on the instance
+// itself lasts; the GPU's other instance is untouched by that one.
+func TestMIGSetSlicesHealth(t *testing.T) {
+	t.Parallel()
+	devs := migDevices(t, migGPU("3g.40gb", "3g.40gb"))
+	cfg := vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 8}, MIGProfiles: map[string]vgpu.Rule{"3g.40gb": {SlicesPerGPU: 2}}}
+	opts := deviceplugin.DefaultOptions()
+	opts.PluginDir = t.TempDir()
+	s, err := deviceplugin.NewMIGSet(devs, deviceplugin.MIGMixed, cfg, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Resources(); !slices.Equal(got, []string{"nvidia.com/vgpu-mig-3g.40gb"}) {
+		t.Fatalf("resources %v, want the sliced profile's alone", got)
+	}
+	p := s.SlicePlugin("nvidia.com/vgpu-mig-3g.40gb")
+	a, b := devs[0].MIG.Instances[0].UUID, devs[0].MIG.Instances[1].UUID
+	grant := func(uuid string) error {
+		_, err := p.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{uuid + "::0"}}}})
+		return err
+	}
+	s.SetHealth(nvml.Health{UUID: devs[0].UUID, Reason: nvml.ReasonXID, XID: 79})
+	if grant(a) == nil || grant(b) == nil {
+		t.Error("slices of an unhealthy GPU's instances granted")
+	}
+	s.SetHealth(nvml.Health{UUID: devs[0].UUID, Healthy: true, Reason: nvml.ReasonRecovered})
+	s.SetHealth(nvml.Health{UUID: a, Parent: devs[0].UUID, Reason: nvml.ReasonXID, XID: 94})
+	if grant(a) == nil {
+		t.Error("a slice of the instance with an XID granted")
+	}
+	if err := grant(b); err != nil {
+		t.Errorf("the other instance's slice refused: %v", err)
+	}
+	if _, err := deviceplugin.NewMIGSet(devs, deviceplugin.MIGSingle, cfg, opts, nil); err == nil || !strings.Contains(err.Error(), "needs --mig-strategy=mixed") {
+		t.Errorf("sliced profiles under the single strategy: %v", err)
 	}
 }

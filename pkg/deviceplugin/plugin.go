@@ -53,6 +53,13 @@ type Plugin struct {
 	controlSpecs []*pluginapi.DeviceSpec
 	gpuSpecs     map[string]*pluginapi.DeviceSpec
 	numa         map[string]int // GPU UUID -> NUMA node, -1 when unknown
+	// extraSpecs and cdiNames are, for slices of MIG instances
+	// (NewMIGSlices), each instance's capability nodes and CDI name.
+	extraSpecs map[string][]*pluginapi.DeviceSpec
+	cdiNames   map[string]string
+	// verify, when set, confirms before each Allocate that the GPUs (MIG
+	// instances) still exist.
+	verify func(uuids []string) error
 
 	mu     sync.Mutex
 	health map[string]nvml.Health // GPU UUID -> latest health
@@ -92,14 +99,16 @@ func New(layout *vgpu.Layout, devices []nvml.Device, opts Options) (*Plugin, err
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	p := &Plugin{
-		opts:    opts,
-		log:     opts.Logger,
-		layout:  layout,
-		minor:   map[string]int{},
-		numa:    map[string]int{},
-		health:  map[string]nvml.Health{},
-		answers: newResponses(),
-		changed: make(chan struct{}),
+		opts:       opts,
+		log:        opts.Logger,
+		layout:     layout,
+		minor:      map[string]int{},
+		numa:       map[string]int{},
+		extraSpecs: map[string][]*pluginapi.DeviceSpec{},
+		cdiNames:   map[string]string{},
+		health:     map[string]nvml.Health{},
+		answers:    newResponses(),
+		changed:    make(chan struct{}),
 	}
 	p.endpoint = newEndpoint(opts, p, func() []any { return []any{"slices", p.layout.TotalSlices()} },
 		// Kept Allocate responses go out as the bytes encoded once.
@@ -415,6 +424,15 @@ func (p *Plugin) allocate(ids []string) (*pluginapi.ContainerAllocateResponse, [
 	if err != nil {
 		return nil, nil, grpcError(err)
 	}
+	if p.verify != nil {
+		uuids := make([]string, len(limits))
+		for i, l := range limits {
+			uuids[i] = l.UUID
+		}
+		if err := p.verify(uuids); err != nil {
+			return nil, nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
+	}
 	held := make([]vgpu.SliceID, len(ids))
 	for i, id := range ids {
 		held[i], _ = vgpu.ParseSliceID(id) // Limits validated every ID.
@@ -437,6 +455,9 @@ func (p *Plugin) allocate(ids []string) (*pluginapi.ContainerAllocateResponse, [
 			if p.opts.CDI.NameStrategy == "index" {
 				name = strconv.Itoa(l.Index)
 			}
+			if n, ok := p.cdiNames[l.UUID]; ok {
+				name = n // a MIG instance's, never its GPU's
+			}
 			r.CdiDevices = append(r.CdiDevices, &pluginapi.CDIDevice{Name: p.opts.CDI.Kind + "=" + name})
 		}
 	}
@@ -451,6 +472,7 @@ func (p *Plugin) deviceSpecs(limits []vgpu.GPULimit) []*pluginapi.DeviceSpec {
 	specs = append(specs, p.controlSpecs...)
 	for _, l := range limits {
 		specs = append(specs, p.gpuSpecs[l.UUID])
+		specs = append(specs, p.extraSpecs[l.UUID]...)
 	}
 	return specs
 }
@@ -459,16 +481,18 @@ func (p *Plugin) deviceSpecs(limits []vgpu.GPULimit) []*pluginapi.DeviceSpec {
 // the control nodes every container gets and one node per GPU. Responses
 // share them; gRPC only reads them.
 func (p *Plugin) buildDeviceSpecs() {
-	spec := func(n string) *pluginapi.DeviceSpec {
-		return &pluginapi.DeviceSpec{ContainerPath: "/dev/" + n, HostPath: strings.TrimSuffix(p.opts.DevRoot, "/") + "/" + n, Permissions: "rw"}
-	}
 	for _, n := range []string{"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"} {
-		p.controlSpecs = append(p.controlSpecs, spec(n))
+		p.controlSpecs = append(p.controlSpecs, p.spec(n))
 	}
 	p.gpuSpecs = map[string]*pluginapi.DeviceSpec{}
 	for uuid, minor := range p.minor {
-		p.gpuSpecs[uuid] = spec("nvidia" + strconv.Itoa(minor))
+		p.gpuSpecs[uuid] = p.spec("nvidia" + strconv.Itoa(minor))
 	}
+}
+
+// spec is the device node /dev/<n>, under the host's DevRoot.
+func (p *Plugin) spec(n string) *pluginapi.DeviceSpec {
+	return &pluginapi.DeviceSpec{ContainerPath: "/dev/" + n, HostPath: strings.TrimSuffix(p.opts.DevRoot, "/") + "/" + n, Permissions: "rw"}
 }
 
 // addMPS sets the MPS client limits. MPS's thread percentage is one number

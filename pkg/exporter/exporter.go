@@ -51,6 +51,10 @@ type Info struct {
 	// MIGStrategy names the resources MIG instances are offered under
 	// (single: nvidia.com/gpu; otherwise the mixed strategy's names).
 	MIGStrategy string
+	// MIGSliceResource, when set, names the resource a MIG profile's
+	// instances are offered under as slices, or "" for a profile offered
+	// whole (slicing.migProfiles).
+	MIGSliceResource func(profile string) string
 	// Healthy says whether a MIG instance (of GPU parent) may be used;
 	// nil exports no instance health.
 	Healthy func(uuid, parent string) bool
@@ -254,12 +258,21 @@ func sortedInstances(d nvml.Device) []nvml.MIGInstance {
 
 // instance is the MIG instance read as a device with this UUID, or nil.
 func (v *view) instance(uuid string) *nvml.InForce {
+	if d := v.device(uuid); d != nil {
+		return d.Instance
+	}
+	return nil
+}
+
+// device is the device of the snapshot with this UUID, or nil; only a
+// MIG instance is looked for (a GPU's containers need no lookup).
+func (v *view) device(uuid string) *node.Device {
 	if !nvml.IsMIGUUID(uuid) {
 		return nil
 	}
-	for _, d := range v.snap.Devices {
-		if d.Instance != nil && d.UUID == uuid {
-			return d.Instance
+	for i := range v.snap.Devices {
+		if v.snap.Devices[i].UUID == uuid {
+			return &v.snap.Devices[i]
 		}
 	}
 	return nil
@@ -283,6 +296,11 @@ func (v *view) instancesByLabel() []node.Device {
 // migResource is the resource a MIG profile's instances are offered
 // under.
 func (v *view) migResource(profile string) string {
+	if v.e.info.MIGSliceResource != nil {
+		if r := v.e.info.MIGSliceResource(profile); r != "" {
+			return r
+		}
+	}
 	switch v.e.info.MIGStrategy {
 	case contract.MIGStrategySingle:
 		return contract.MIGSingleResource
@@ -478,7 +496,7 @@ var families = []metric{
 			}
 		}),
 	m("enforcement", "enforced", "gauge",
-		"1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, pod-level (held with its pod's other containers, to their total), mig (a whole MIG instance, held by the hardware), or why not: disabled, report-only, cgroup-unresolved, no-freezer.",
+		"1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, pod-level (held with its pod's other containers, to their total), mig (a whole MIG instance, held by the hardware), or why not: disabled, report-only, cgroup-unresolved, no-freezer, unmeasured (slices of a MIG instance several containers share, whose use the driver cannot split).",
 		func(w *textWriter, v *view) {
 			if v.e.info.Enforcement == nil {
 				return
@@ -487,8 +505,12 @@ var families = []metric{
 			for _, c := range v.snap.Containers {
 				st, seen := v.stats[c.Cgroup.Key()]
 				compute, memory := enforce.ContainerReasons(n, st, seen, c.Unknown != "")
-				if v.instance(c.UUID) != nil {
+				switch d := v.device(c.UUID); {
+				case d == nil || d.Instance == nil:
+				case d.Slices == 0:
 					compute, memory = enforce.ReasonMIG, enforce.ReasonMIG // a whole instance: the hardware holds it
+				case c.ComputeUnmeasured:
+					compute = enforce.ReasonUnmeasured // slices of a shared instance: its use cannot be split
 				}
 				idx := strconv.Itoa(c.Index)
 				for _, r := range byReason(compute, memory) {

@@ -92,7 +92,7 @@ func (p *Pods) Holdings(ctx context.Context, pod events.Pod) ([]node.Holding, er
 	var as []podresources.Assignment
 	byContainer := map[string]int{}
 	for _, e := range entries {
-		if e.PodUID != pod.UID || e.Resource != p.opts.ResourceName {
+		if e.PodUID != pod.UID || !contract.IsSliceResource(p.opts.ResourceName, e.Resource) {
 			continue
 		}
 		byContainer[e.Container] = len(as)

@@ -18,12 +18,14 @@ func DevicesKey(ids []string) string {
 	return strings.Join(sorted, ",")
 }
 
-// GrantsByDevices indexes what Allocate gave each container of resource,
-// as the kubelet's checkpoint recorded it, by DevicesKey.
+// GrantsByDevices indexes what Allocate gave each container of the slice
+// resources (resource, and the slices of MIG instances:
+// contract.IsSliceResource), as the kubelet's checkpoint recorded it, by
+// DevicesKey.
 func GrantsByDevices(checkpoint []CheckpointEntry, resource string) map[string][]contract.Grant {
 	out := map[string][]contract.Grant{}
 	for _, e := range checkpoint {
-		if e.Resource == resource && e.Grants != nil {
+		if contract.IsSliceResource(resource, e.Resource) && e.Grants != nil {
 			out[DevicesKey(e.DeviceIDs)] = e.Grants
 		}
 	}

@@ -252,11 +252,11 @@ func newJoiner(assignments []Assignment, checkpoint []CheckpointEntry, resource 
 }
 
 // held reports whether a checkpoint entry holds what the join reads:
-// slices of the resource, or MIG instances whole, under whichever
-// resource a device plugin offered them (their device IDs are their MIG
-// UUIDs).
+// slices of the resource or of MIG instances (contract.IsSliceResource),
+// or MIG instances whole, under whichever resource a device plugin
+// offered them (their device IDs are their MIG UUIDs).
 func held(e CheckpointEntry, resource string) bool {
-	return e.Resource == resource || (len(e.DeviceIDs) > 0 && !slices.ContainsFunc(e.DeviceIDs, func(id string) bool { return !gpudev.IsMIGUUID(id) }))
+	return contract.IsSliceResource(resource, e.Resource) || (len(e.DeviceIDs) > 0 && !slices.ContainsFunc(e.DeviceIDs, func(id string) bool { return !gpudev.IsMIGUUID(id) }))
 }
 
 // gpusOf is the set of GPUs slice IDs are of, and of MIG instances their

@@ -24,7 +24,9 @@ import (
 type Options struct {
 	// Socket is the kubelet's pod-resources socket.
 	Socket string
-	// ResourceName limits answers to devices of this resource.
+	// ResourceName limits answers to devices of this resource, and of the
+	// slices of MIG instances (contract.IsSliceResource); MIG instances
+	// held whole are listed whatever their resource (Instances).
 	ResourceName string
 	// DRADriver, when set, adds the DRA claims of this driver each
 	// container holds (Kubernetes 1.34 and later list them; GA from 1.36),
@@ -145,7 +147,7 @@ func (c *Client) assignments(p *podresourcesapi.PodResources) []Assignment {
 		var ids, instances []string
 		for _, d := range ctr.GetDevices() {
 			switch {
-			case d.GetResourceName() == c.opts.ResourceName:
+			case contract.IsSliceResource(c.opts.ResourceName, d.GetResourceName()):
 				ids = append(ids, d.GetDeviceIds()...)
 			default:
 				// MIG instances, under whichever resource a device

@@ -21,6 +21,11 @@ type GPU struct {
 	Model string
 	// MemoryBytes is the GPU's total framebuffer memory.
 	MemoryBytes uint64
+	// MIGProfile is set when the "GPU" is a MIG instance cut into slices:
+	// UUID is then its MIG UUID, Index its GPU's (which the GPU's other
+	// instances share), MemoryBytes its own, and its rule is its
+	// profile's (Config.MIGProfiles).
+	MIGProfile string
 }
 
 // Rule says how to cut one GPU. Exactly one of the fields is set.
@@ -46,12 +51,17 @@ func (r Rule) Validate() error {
 }
 
 // Config is the slicing configuration for a node: a default rule and
-// optional per-model overrides, so nodes with mixed GPU models work.
+// optional per-model overrides, so nodes with mixed GPU models work, and
+// the MIG profiles whose instances are cut into slices.
 type Config struct {
 	// Default applies to every GPU whose model has no entry in Models.
 	Default Rule
 	// Models maps an NVML product name to the rule for GPUs of that model.
 	Models map[string]Rule
+	// MIGProfiles maps a MIG profile name ("3g.40gb") to the rule its
+	// instances are cut by; an instance of a profile not here is not cut
+	// (it is offered whole).
+	MIGProfiles map[string]Rule
 }
 
 // Validate checks the default rule and every per-model rule.
@@ -64,14 +74,33 @@ func (c Config) Validate() error {
 			return fmt.Errorf("slicing for model %q: %w", model, err)
 		}
 	}
+	for profile, r := range c.MIGProfiles {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("slicing for MIG profile %q: %w", profile, err)
+		}
+	}
 	return nil
 }
 
-func (c Config) rule(model string) Rule {
-	if r, ok := c.Models[model]; ok {
-		return r
+// SlicesMIG reports whether instances of a MIG profile are cut into
+// slices.
+func (c Config) SlicesMIG(profile string) bool {
+	_, ok := c.MIGProfiles[profile]
+	return ok
+}
+
+func (c Config) rule(g GPU) (Rule, error) {
+	if g.MIGProfile != "" {
+		r, ok := c.MIGProfiles[g.MIGProfile]
+		if !ok {
+			return Rule{}, fmt.Errorf("MIG profile %s has no slicing rule", g.MIGProfile)
+		}
+		return r, nil
 	}
-	return c.Default
+	if r, ok := c.Models[g.Model]; ok {
+		return r, nil
+	}
+	return c.Default, nil
 }
 
 // GPUSlices is one GPU as the layout cut it.
@@ -97,8 +126,9 @@ type Layout struct {
 // slice count nor a slice size is asked for, by both node binaries.
 const DefaultSlicesPerGPU = 8
 
-// NewLayout cuts gpus according to cfg. GPUs are ordered by index; UUIDs and
-// indexes must be unique.
+// NewLayout cuts gpus according to cfg. GPUs are ordered by index (a
+// GPU's MIG instances by UUID after it); UUIDs must be unique, and so must
+// the indexes of GPUs used whole.
 func NewLayout(gpus []GPU, cfg Config) (*Layout, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -112,18 +142,29 @@ func NewLayout(gpus []GPU, cfg Config) (*Layout, error) {
 		if _, dup := l.byUUID[g.UUID]; dup {
 			return nil, fmt.Errorf("gpu %d: duplicate UUID %s", g.Index, g.UUID)
 		}
-		if indexes[g.Index] {
+		if indexes[g.Index] && g.MIGProfile == "" {
 			return nil, fmt.Errorf("gpu %s: duplicate index %d", g.UUID, g.Index)
 		}
-		n, mem, err := cut(g, cfg.rule(g.Model))
+		r, err := cfg.rule(g)
+		if err != nil {
+			return nil, fmt.Errorf("gpu %d (%s): %w", g.Index, g.UUID, err)
+		}
+		n, mem, err := cut(g, r)
 		if err != nil {
 			return nil, fmt.Errorf("gpu %d (%s, %s): %w", g.Index, g.UUID, g.Model, err)
 		}
 		l.byUUID[g.UUID] = -1
-		indexes[g.Index] = true
+		if g.MIGProfile == "" {
+			indexes[g.Index] = true
+		}
 		l.gpus = append(l.gpus, GPUSlices{GPU: g, Slices: n, SliceMemoryBytes: mem})
 	}
-	sort.Slice(l.gpus, func(i, j int) bool { return l.gpus[i].Index < l.gpus[j].Index })
+	sort.Slice(l.gpus, func(i, j int) bool {
+		if l.gpus[i].Index != l.gpus[j].Index {
+			return l.gpus[i].Index < l.gpus[j].Index
+		}
+		return l.gpus[i].UUID < l.gpus[j].UUID
+	})
 	l.byID = make(map[string]SliceID)
 	for i, g := range l.gpus {
 		l.byUUID[g.UUID] = i
@@ -217,4 +258,30 @@ func (l *Layout) Resolve(id string) (SliceID, error) {
 		return SliceID{}, fmt.Errorf("%w %s: GPU %s has %d slices", ErrUnknownSlice, id, s.UUID, g.Slices)
 	}
 	return s, nil
+}
+
+// With is the layout of l's GPUs and other's, each cut as it was: the one
+// layout slice IDs of either are read in (a node's whole GPUs and its
+// sliced MIG instances). A UUID in both is an error.
+func (l *Layout) With(other *Layout) (*Layout, error) {
+	out := &Layout{byUUID: map[string]int{}, byID: map[string]SliceID{}}
+	out.gpus = append(append([]GPUSlices(nil), l.gpus...), other.gpus...)
+	sort.SliceStable(out.gpus, func(i, j int) bool {
+		if out.gpus[i].Index != out.gpus[j].Index {
+			return out.gpus[i].Index < out.gpus[j].Index
+		}
+		return out.gpus[i].MIGProfile == "" && out.gpus[j].MIGProfile != "" ||
+			(out.gpus[i].MIGProfile != "") == (out.gpus[j].MIGProfile != "") && out.gpus[i].UUID < out.gpus[j].UUID
+	})
+	for i, g := range out.gpus {
+		if _, dup := out.byUUID[g.UUID]; dup {
+			return nil, fmt.Errorf("gpu %s is in both layouts", g.UUID)
+		}
+		out.byUUID[g.UUID] = i
+		for j := range g.Slices {
+			s := SliceID{UUID: g.UUID, Index: j}
+			out.byID[s.String()] = s
+		}
+	}
+	return out, nil
 }

@@ -60,6 +60,11 @@ func (l *Layout) Limits(ids []string) ([]GPULimit, error) {
 			ComputeRatio: float64(k) / float64(g.Slices),
 		})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Index < out[j].Index })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Index != out[j].Index {
+			return out[i].Index < out[j].Index
+		}
+		return out[i].UUID < out[j].UUID // a GPU's MIG instances share its index
+	})
 	return out, nil
 }

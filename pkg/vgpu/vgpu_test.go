@@ -322,3 +322,36 @@ func TestParsePolicy(t *testing.T) {
 		t.Error("ParsePolicy(random) succeeded")
 	}
 }
+
+// TestMIGInstancesCut: MIG instances of a profile with a rule are cut by
+// it, beside whole GPUs; a GPU's instances share its index and are
+// ordered by UUID after it; an instance of a profile without a rule is an
+// error, never cut by the default rule.
+func TestMIGInstancesCut(t *testing.T) {
+	cfg := Config{Default: Rule{SlicesPerGPU: 8}, MIGProfiles: map[string]Rule{"3g.40gb": {SlicesPerGPU: 4}, "1g.10gb": {SliceMemoryBytes: 5 << 30}}}
+	l, err := NewLayout([]GPU{
+		{UUID: "MIG-b", Index: 0, MemoryBytes: 40 << 30, MIGProfile: "3g.40gb"},
+		{UUID: "GPU-1", Index: 1, MemoryBytes: 80 << 30},
+		{UUID: "MIG-a", Index: 0, MemoryBytes: 10 << 30, MIGProfile: "1g.10gb"},
+	}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, g := range l.GPUs() {
+		got = append(got, fmt.Sprintf("%s:%d:%d", g.UUID, g.Index, g.Slices))
+	}
+	if want := "MIG-a:0:2 MIG-b:0:4 GPU-1:1:8"; strings.Join(got, " ") != want {
+		t.Errorf("layout %v, want %s", got, want)
+	}
+	lim, err := l.Limits([]string{"MIG-b::0", "MIG-b::1"})
+	if err != nil || len(lim) != 1 || lim[0].MemoryBytes != 20<<30 || lim[0].ComputeRatio != 0.5 || lim[0].Index != 0 {
+		t.Errorf("limits of half of MIG-b: %+v, %v", lim, err)
+	}
+	if _, err := NewLayout([]GPU{{UUID: "MIG-c", Index: 0, MemoryBytes: 20 << 30, MIGProfile: "2g.20gb"}}, cfg); err == nil {
+		t.Error("an instance of a profile without a rule was cut")
+	}
+	if _, err := NewLayout([]GPU{{UUID: "GPU-x", Index: 0, MemoryBytes: 1 << 30}, {UUID: "GPU-y", Index: 0, MemoryBytes: 1 << 30}}, cfg); err == nil {
+		t.Error("two whole GPUs with one index accepted")
+	}
+}
