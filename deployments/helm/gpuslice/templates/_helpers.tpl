@@ -65,6 +65,10 @@ slicing:
   models:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+  {{- with .Values.mig.sliceProfiles }}
+  migProfiles:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 migStrategy: {{ .Values.mig.strategy | quote }}
 dra:
   enabled: {{ .Values.dra.enabled }}
