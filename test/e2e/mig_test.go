@@ -314,3 +314,60 @@ func waitInstanceUse(t *testing.T, pod, uuid, profile string, memory float64) {
 		return used == memory && unmeasured == 1 && named
 	})
 }
+
+// TestMIGSlicesNode: a MIG profile the administrator cuts
+// (slicing.migProfiles) is offered as slices of its instances,
+// nvidia.com/vgpu-mig-3g.40gb, and no longer whole. Two pods share one
+// instance; the one over its share of the instance's memory is killed,
+// the other runs on, measured on the instance with its share as limits.
+func TestMIGSlicesNode(t *testing.T) {
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	file := filepath.Join(c.Dir, "fakegpu-mig-slices.yaml")
+	writeMIGConfig(t, file, migBefore)
+	cfg := filepath.Join(c.Dir, "node-mig-slices.yaml")
+	if err := os.WriteFile(cfg, []byte("apiVersion: gpuslice.io/v1alpha1\nkind: NodeConfig\nslicing: {migProfiles: {3g.40gb: {slicesPerGPU: 4}}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restartAgentOffering(t, 4, "--fake-config="+file, "--config="+cfg)
+	waitNodeResource(t, "nvidia.com/vgpu-mig-3g.40gb", 4)
+	waitNodeResource(t, "nvidia.com/mig-3g.40gb", 0)
+	waitNodeResource(t, "nvidia.com/mig-1g.10gb", 2)
+	ns := newNamespace(t, "mig-slices")
+
+	var inst nvml.MIGInstance
+	for _, in := range migDevices(t, migBefore)[0].MIG.Instances {
+		if in.Profile == "3g.40gb" {
+			inst = in
+		}
+	}
+	quarter := inst.MemoryBytes / 4
+	for _, p := range []struct {
+		name   string
+		slices int64
+		mib    uint64
+	}{{"small", 1, 1024}, {"greedy", 2, 2*quarter>>20 + 2048}} {
+		pd := withHostPID(pod(p.name, 0, fmt.Sprintf("env; exec /bin/workload --demand 0.3 --memory-mib %d", p.mib)))
+		pd.Spec.Containers[0].Resources.Limits = corev1.ResourceList{"nvidia.com/vgpu-mig-3g.40gb": *resource.NewQuantity(p.slices, resource.DecimalSI)}
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, pd, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitRunning(t, ns, "small")
+	env := containerEnv(t, ns, "small")
+	if env["NVIDIA_VISIBLE_DEVICES"] != inst.UUID || env["GPUSLICE_MEMORY_LIMIT_BYTES"] != fmt.Sprint(quarter) || env["GPUSLICE_COMPUTE_LIMIT_RATIO"] != "0.25" {
+		t.Errorf("the small pod sees %v; want a quarter of the 3g.40gb instance %s", env, inst.UUID)
+	}
+	waitPhase(t, ns, "greedy", corev1.PodFailed)
+	labels := map[string]string{"pod": "small", "container": "main", "uuid": inst.UUID}
+	waitFor(t, "the small pod measured on its slice of the instance", 30*time.Second, func() bool {
+		mfs := scrape(t)
+		used, _ := value(mfs, "gpuslice_container_memory_used_bytes", labels)
+		limit, _ := value(mfs, "gpuslice_container_memory_limit_bytes", labels)
+		_, named := value(mfs, "gpuslice_container_mig_info", map[string]string{"pod": "small", "uuid": inst.UUID, "mig_profile": "3g.40gb"})
+		return used == 1024<<20 && limit == float64(quarter) && named
+	})
+	if p, err := cs.CoreV1().Pods(ns).Get(ctx, "small", metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodRunning {
+		t.Errorf("the small pod, within its share: %v %v", p.Status.Phase, err)
+	}
+}
