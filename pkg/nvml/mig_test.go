@@ -317,3 +317,28 @@ func TestMIGInstanceGPMThroughNVML(t *testing.T) {
 		t.Errorf("the idle instance: %+v, %v; want measured at 0", si, err)
 	}
 }
+
+// TestProcessMemoryNotAvailable: a process memory the driver withholds
+// (NVML_VALUE_NOT_AVAILABLE, as some drivers report on MIG without enough
+// privilege) fails the read, leaving the device blind for the sample,
+// rather than reporting 16 EiB that the memory watchdog would kill for.
+func TestProcessMemoryNotAvailable(t *testing.T) {
+	f := newFakeNVML(t, fakegpu.Config{Preset: "H100-80GB", Count: 1})
+	b := open(t, nil)
+	devs, _ := f.node.Devices()
+	f.sync(t)
+	data, err := os.ReadFile(f.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.state+".tmp", append(data, []byte("proc\t0\t4242\t18446744073709551615\t0\n")...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(f.state+".tmp", f.state); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := b.Processes(devs[0].UUID)
+	if err == nil || !strings.Contains(err.Error(), "not available") {
+		t.Errorf("Processes() = %+v, %v; want the read to fail", ps, err)
+	}
+}

@@ -503,10 +503,21 @@ func (n *NVML) Processes(uuid string) ([]Process, error) {
 	n.mu.Unlock()
 	out := make([]Process, 0, len(infos))
 	for _, info := range infos {
+		if info.UsedGpuMemory == valueNotAvailable {
+			// The driver withholds it (some do on MIG without enough
+			// privilege): the processes' memory is unknown, and the
+			// device blind for this sample, never a made-up number a
+			// watchdog would act on.
+			return nil, &ErrCall{Call: "nvmlDeviceGetComputeRunningProcesses", Err: fmt.Errorf("pid %d: usedGpuMemory not available", info.Pid)}
+		}
 		out = append(out, Process{PID: int(info.Pid), MemoryBytes: info.UsedGpuMemory, SMUtilization: util[int(info.Pid)]})
 	}
 	return out, nil
 }
+
+// valueNotAvailable is NVML_VALUE_NOT_AVAILABLE as an unsigned long long:
+// what the driver reports for a process's memory it does not give.
+const valueNotAvailable = ^uint64(0)
 
 // UtilizationSample is one per-process sample of
 // nvmlDeviceGetProcessUtilization: a process's SM utilization, in integer
