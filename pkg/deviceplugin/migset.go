@@ -161,15 +161,16 @@ func (s *MIGSet) Resources() []string {
 	return slices.Sorted(maps.Keys(s.allLocked()))
 }
 
-// allLocked is every plugin by resource, whole instances' and slices'.
-func (s *MIGSet) allLocked() map[string]interface {
-	Run(context.Context) error
+// served is what MIGSet asks of its plugins, of whole instances and of
+// slices alike.
+type served interface {
+	Run(ctx context.Context) error
 	Connected() bool
-} {
-	out := map[string]interface {
-		Run(context.Context) error
-		Connected() bool
-	}{}
+}
+
+// allLocked is every plugin by resource, whole instances' and slices'.
+func (s *MIGSet) allLocked() map[string]served {
+	out := map[string]served{}
 	for r, p := range s.plugins {
 		out[r] = p
 	}
