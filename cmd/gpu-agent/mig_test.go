@@ -343,39 +343,15 @@ func TestMIGInstanceUseFromRealCgroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type proc struct {
-		pid   int
-		done  chan struct{}
-		state *os.ProcessState // set before done closes
-	}
-	procs := map[string]*proc{}
+	procs := map[string]*podWorkload{}
 	for _, w := range []struct{ pod, cid, inst string }{
 		{"ml/a", strings.Repeat("a3", 32), instA},
 		{"ml/b", strings.Repeat("b4", 32), instA}, // pod b holds instB, not instA
 		{"ml/c", strings.Repeat("c5", 32), instC},
 	} {
-		cg := containerCgroup(t, base, kubeletstub.PodUID(w.pod), w.cid)
-		cmd := exec.Command(workload, "--dir", st.work, "--gpu", w.inst, "--memory-mib", "1024", "--demand", "0.5")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		p := &proc{pid: cmd.Process.Pid, done: make(chan struct{})}
-		go func() { _ = cmd.Wait(); p.state = cmd.ProcessState; close(p.done) }()
-		procs[w.pod] = p
-		t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-p.done })
-		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
-			t.Fatalf("move workload into %s: %v", cg, err)
-		}
+		procs[w.pod] = startPodWorkload(t, st, base, workload, w.pod, w.cid, w.inst, 1024)
 	}
-
-	select {
-	case <-procs["ml/b"].done:
-		if ws, ok := procs["ml/b"].state.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
-			t.Fatalf("pod b's process ended %v, not killed by the agent", procs["ml/b"].state)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("pod b's process on instance %s, which it does not hold, was not killed; last scrape:\n%s", instA, scrapeText(t, addr))
-	}
+	procs["ml/b"].waitKilled(t, fmt.Sprintf("pod b's process on instance %s, which it does not hold", instA), addr)
 	podA := map[string]string{"namespace": "ml", "pod": "a", "container": "main", "uuid": instA}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -523,11 +499,7 @@ func TestMIGSlicesFromRealCgroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type proc struct {
-		done  chan struct{}
-		state *os.ProcessState // set before done closes
-	}
-	procs := map[string]*proc{}
+	procs := map[string]*podWorkload{}
 	for _, w := range []struct {
 		pod, cid string
 		mib      uint64
@@ -535,27 +507,9 @@ func TestMIGSlicesFromRealCgroups(t *testing.T) {
 		{"ml/a", strings.Repeat("a6", 32), 1024},
 		{"ml/b", strings.Repeat("b7", 32), 2*slice>>20 + 1024}, // over its two slices
 	} {
-		cg := containerCgroup(t, base, kubeletstub.PodUID(w.pod), w.cid)
-		cmd := exec.Command(workload, "--dir", st.work, "--gpu", inst, "--memory-mib", strconv.FormatUint(w.mib, 10), "--demand", "0.5")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		p := &proc{done: make(chan struct{})}
-		go func() { _ = cmd.Wait(); p.state = cmd.ProcessState; close(p.done) }()
-		procs[w.pod] = p
-		t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-p.done })
-		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
-			t.Fatalf("move workload into %s: %v", cg, err)
-		}
+		procs[w.pod] = startPodWorkload(t, st, base, workload, w.pod, w.cid, inst, w.mib)
 	}
-	select {
-	case <-procs["ml/b"].done:
-		if ws, ok := procs["ml/b"].state.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
-			t.Fatalf("pod b's process ended %v, not killed by the agent", procs["ml/b"].state)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("pod b, over its share of the instance, was not killed; last scrape:\n%s", scrapeText(t, addr))
-	}
+	procs["ml/b"].waitKilled(t, "pod b, over its share of the instance,", addr)
 	podA := map[string]string{"namespace": "ml", "pod": "a", "container": "main", "uuid": inst}
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		if v, _ := value(scrape(t, addr), "gpuslice_container_memory_used_bytes", podA); v == 1024<<20 {
@@ -589,4 +543,45 @@ func TestMIGSlicesFromRealCgroups(t *testing.T) {
 	default:
 	}
 	promtoolCheck(t, scrapeText(t, addr))
+}
+
+// podWorkload is a fake GPU workload running in a cgroup shaped like a
+// pod's container; done closes when it exits, state set before.
+type podWorkload struct {
+	pid   int
+	done  chan struct{}
+	state *os.ProcessState
+}
+
+// startPodWorkload runs workload on gpu (a GPU's or MIG instance's UUID),
+// holding mib MiB, in pod's container cid's cgroup under base; it ends
+// with the test, before its cgroup is removed.
+func startPodWorkload(t *testing.T, st *stubbed, base, workload, pod, cid, gpu string, mib uint64) *podWorkload {
+	t.Helper()
+	cg := containerCgroup(t, base, kubeletstub.PodUID(pod), cid)
+	cmd := exec.Command(workload, "--dir", st.work, "--gpu", gpu, "--memory-mib", strconv.FormatUint(mib, 10), "--demand", "0.5")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w := &podWorkload{pid: cmd.Process.Pid, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); w.state = cmd.ProcessState; close(w.done) }()
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-w.done })
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+		t.Fatalf("move workload into %s: %v", cg, err)
+	}
+	return w
+}
+
+// waitKilled fails the test unless the workload is killed (SIGKILL, as
+// the agent kills) within 30 s; what names it in the failure.
+func (w *podWorkload) waitKilled(t *testing.T, what, addr string) {
+	t.Helper()
+	select {
+	case <-w.done:
+		if ws, ok := w.state.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("%s ended %v, not killed by the agent", what, w.state)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s was not killed; last scrape:\n%s", what, scrapeText(t, addr))
+	}
 }
