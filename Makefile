@@ -109,7 +109,7 @@ bench-report: ## Run every benchmark docs/benchmarks.md reports as one run (root
 	$(GO) run ./tools/benchreport --raw docs/benchmarks-raw.txt --fragmentation docs/fragmentation-raw.txt --out docs/benchmarks.md
 
 .PHONY: bench-node
-bench-node: ## Run the real agent at node scale (8 GPUs x 200 pods in real cgroups) and print its RSS, scrape latency and CPU (root; about a minute).
+bench-node: ## Run the real agent at node scale (8 GPUs x 200, 400 and 800 pods in real cgroups) and print its RSS, scrape latency and CPU, and their growth per container (root; about 5 minutes).
 	$(GO) test -run '^$$' -bench '^BenchmarkNode$$' -benchtime 1x -timeout 10m ./cmd/gpu-agent | grep '^node '
 
 .PHONY: bench-quota

@@ -20,8 +20,9 @@ import (
 	"github.com/gpuslice/gpuslice/test/kubeletstub"
 )
 
-// BenchmarkNode runs the real agent at node scale: 8 fake H100s cut into 25
-// slices each, 200 single-slice pods, each a real process in its own
+// BenchmarkNode runs the real agent at node scale: 8 fake H100s cut into 25,
+// 50 and 100 slices each, as many single-slice pods (200, 400 and 800), each
+// a real process in its own
 // pod-shaped cgroup that the fake driver lists on its GPU. The agent runs
 // on its real NVML path (go-nvml) against the fake libnvidia-ml, whose
 // state this benchmark's process rewrites every 500 ms as a driver updates
@@ -37,21 +38,33 @@ import (
 //     agent samples every second): each renders the exposition anew;
 //   - rss_hwm_mib: the agent's peak resident set (VmHWM).
 //
-// make bench-node prints the line. With -short (make bench-smoke) it runs
-// 8 GPUs × 2 pods over shorter windows, so it keeps working at small cost.
+// make bench-node prints one line per size, and how the sampler's CPU and
+// the RSS grow per container from the smallest size (1.00 is flat). With
+// -short (make bench-smoke) it runs 8 GPUs × 2 pods over shorter windows,
+// so it keeps working at small cost.
 func BenchmarkNode(b *testing.B) {
-	perGPU, window, scrapes := 25, 10*time.Second, 20
+	sizes, window, scrapes := []int{25, 50, 100}, 10*time.Second, 20
 	if testing.Short() {
-		perGPU, window, scrapes = 2, 2*time.Second, 3
+		sizes, window, scrapes = []int{2}, 2*time.Second, 3
 	}
 	for b.Loop() {
-		r := runNodeScenario(b, perGPU, window, scrapes)
-		fmt.Printf("node gpus=8 containers=%d rss_hwm_mib=%.1f scrape_p50_ms=%.2f scrape_p99_ms=%.2f sampler_cpu_pct=%.2f throttle_cpu_pct=%.2f\n",
-			8*perGPU, r.hwmMiB, r.p50, r.p99, r.samplerCPU, r.throttleCPU)
-		b.ReportMetric(r.hwmMiB, "rss-hwm-MiB")
-		b.ReportMetric(r.p99, "scrape-p99-ms")
-		b.ReportMetric(r.samplerCPU, "sampler-cpu-%")
-		b.ReportMetric(r.throttleCPU, "throttle-cpu-%")
+		var first nodeResult
+		for i, perGPU := range sizes {
+			r := runNodeScenario(b, perGPU, window, scrapes)
+			fmt.Printf("node gpus=8 containers=%d rss_hwm_mib=%.1f scrape_p50_ms=%.2f scrape_p99_ms=%.2f sampler_cpu_pct=%.2f throttle_cpu_pct=%.2f\n",
+				8*perGPU, r.hwmMiB, r.p50, r.p99, r.samplerCPU, r.throttleCPU)
+			if i == 0 {
+				first = r
+			} else {
+				grew := float64(perGPU) / float64(sizes[0])
+				fmt.Printf("node containers=%d over=%d sampler_cpu_per_container_ratio=%.2f rss_per_container_ratio=%.2f\n",
+					8*perGPU, 8*sizes[0], r.samplerCPU/first.samplerCPU/grew, r.hwmMiB/first.hwmMiB/grew)
+			}
+			b.ReportMetric(r.hwmMiB, fmt.Sprintf("rss-hwm-MiB-%d", 8*perGPU))
+			b.ReportMetric(r.p99, fmt.Sprintf("scrape-p99-ms-%d", 8*perGPU))
+			b.ReportMetric(r.samplerCPU, fmt.Sprintf("sampler-cpu-%%-%d", 8*perGPU))
+			b.ReportMetric(r.throttleCPU, fmt.Sprintf("throttle-cpu-%%-%d", 8*perGPU))
+		}
 	}
 }
 
@@ -63,7 +76,7 @@ func runNodeScenario(b *testing.B, perGPU int, window time.Duration, scrapes int
 	b.Helper()
 	dir, work, runtime := b.TempDir(), b.TempDir(), b.TempDir()
 	lib := fakeDriver(b, work)
-	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-bench-node-%d", os.Getpid()))
+	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-bench-node-%d-%d", os.Getpid(), perGPU))
 	if err := os.MkdirAll(base, 0o750); err != nil {
 		cgrouptest.Skip(b, "cannot create cgroups under %s: %v", unifiedRoot, err)
 	}

@@ -59,8 +59,10 @@ enum {
 #define EVENT_XID 8ULL
 #define MAX_GPUS 16
 #define MAX_XIDS 256
-#define MAX_PROCS 256
-#define MAX_PSAMPLES 2048
+/* Processes and their utilization samples are read into arrays that grow
+ * as the state file needs, up to these bounds. */
+#define MAX_PROCS 65536
+#define MAX_PSAMPLES (1 << 20)
 #define MAX_MIG 8
 
 /* A handle names a GPU (mig 0) or its MIG device mig-1. */
@@ -146,9 +148,11 @@ struct state {
 	struct gpu gpus[MAX_GPUS];
 	struct xid xids[MAX_XIDS];
 	int nprocs;
-	struct proc procs[MAX_PROCS];
+	struct proc *procs; /* nprocs of them, shared by every copy of a parse */
+	int procsCap;
 	int npsamples;
-	struct psample psamples[MAX_PSAMPLES];
+	struct psample *psamples;
+	int psamplesCap;
 	int devutil[MAX_GPUS]; /* -1: none given */
 	int failDevices, failSystem, failWatch, failSample, failProcs;
 	int memlimits;
@@ -160,6 +164,48 @@ static struct nvmlGpuInstance_st giHandles[MAX_GPUS][MAX_MIG];
 static int initialized;
 
 static int parse(struct state *s);
+
+/* grow makes room for element n of an array of cap elements of size. */
+static int grow(void **arr, int *cap, int n, size_t size) {
+	if (n < *cap) return 1;
+	int c = *cap ? 2 * *cap : 256;
+	void *p = realloc(*arr, (size_t)c * size);
+	if (!p) return 0;
+	*arr = p;
+	*cap = c;
+	return 1;
+}
+
+/*
+ * A parse's arrays are shared by the copies of it that calls made, so a
+ * parse replaced is not freed at once: a call may still read it. Replaced
+ * arrays are freed once ten seconds old; a call takes microseconds.
+ */
+#define MAX_RETIRED 4096
+static struct { void *p; time_t at; } retired[MAX_RETIRED];
+static int nretired;
+
+static void retire(void *p) {
+	time_t now = time(NULL);
+	int kept = 0;
+	for (int i = 0; i < nretired; i++) {
+		if (now - retired[i].at > 10) {
+			free(retired[i].p);
+		} else {
+			retired[kept++] = retired[i];
+		}
+	}
+	nretired = kept;
+	if (!p) return;
+	if (nretired == MAX_RETIRED) { /* never expected: keep the newest */
+		free(retired[0].p);
+		memmove(retired, retired + 1, (MAX_RETIRED - 1) * sizeof retired[0]);
+		nretired--;
+	}
+	retired[nretired].p = p;
+	retired[nretired].at = now;
+	nretired++;
+}
 
 /*
  * The last parse of the state file. The file parsed stays open, so its
@@ -175,7 +221,11 @@ static int cacheValid;
 static int load(struct state *s) {
 	const char *path = getenv("GPUSLICE_FAKE_NVML_STATE");
 	struct stat st;
-	if (!path || stat(path, &st)) return parse(s);
+	if (!path || stat(path, &st)) {
+		memset(s, 0, sizeof *s); /* no state file: no GPU */
+		for (int i = 0; i < MAX_GPUS; i++) s->devutil[i] = -1;
+		return 0;
+	}
 	pthread_mutex_lock(&cacheLock);
 	if (cachedFd < 0 || st.st_ino != cachedStat.st_ino || st.st_dev != cachedStat.st_dev) {
 		if (cachedFd >= 0) close(cachedFd);
@@ -184,6 +234,8 @@ static int load(struct state *s) {
 			close(cachedFd);
 			cachedFd = -1;
 		}
+		retire(cached.procs);
+		retire(cached.psamples);
 		cacheValid = parse(&cached);
 	}
 	int ok = cacheValid;
@@ -247,14 +299,14 @@ static int parse(struct state *s) {
 			s->gpus[g].energy = strtoull(fld[5], NULL, 10);
 			s->gpus[g].smClock = (unsigned)atoi(fld[6]);
 			s->gpus[g].sampleTime = strtoull(fld[7], NULL, 10);
-		} else if (!strcmp(kind, "proc") && s->nprocs < MAX_PROCS) {
+		} else if (!strcmp(kind, "proc") && s->nprocs < MAX_PROCS && grow((void **)&s->procs, &s->procsCap, s->nprocs, sizeof *s->procs)) {
 			char *fld[4];
 			int i;
 			for (i = 0; i < 4 && (fld[i] = strtok_r(NULL, "\t", &save)); i++) {}
 			if (i < 4) continue;
 			char *mig = strtok_r(NULL, "\t", &save);
 			s->procs[s->nprocs++] = (struct proc){atoi(fld[0]), (unsigned)atoi(fld[1]), (unsigned)atoi(fld[3]), strtoull(fld[2], NULL, 10), mig ? atoi(mig) : 0};
-		} else if (!strcmp(kind, "psample") && s->npsamples < MAX_PSAMPLES) {
+		} else if (!strcmp(kind, "psample") && s->npsamples < MAX_PSAMPLES && grow((void **)&s->psamples, &s->psamplesCap, s->npsamples, sizeof *s->psamples)) {
 			char *fld[4];
 			int i;
 			for (i = 0; i < 4 && (fld[i] = strtok_r(NULL, "\t", &save)); i++) {}
