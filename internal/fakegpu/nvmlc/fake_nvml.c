@@ -179,7 +179,7 @@ static int grow(void **arr, int *cap, int n, size_t size) {
 /*
  * A parse's arrays are shared by the copies of it that calls made, so a
  * parse replaced is not freed at once: a call may still read it. Replaced
- * arrays are freed once ten seconds old; a call takes microseconds.
+ * arrays are freed once two seconds old; a call takes microseconds.
  */
 #define MAX_RETIRED 4096
 static struct { void *p; time_t at; } retired[MAX_RETIRED];
@@ -189,7 +189,7 @@ static void retire(void *p) {
 	time_t now = time(NULL);
 	int kept = 0;
 	for (int i = 0; i < nretired; i++) {
-		if (now - retired[i].at > 10) {
+		if (now - retired[i].at > 2) {
 			free(retired[i].p);
 		} else {
 			retired[kept++] = retired[i];
