@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/gpudev"
 	"github.com/gpuslice/gpuslice/pkg/node"
 )
 
@@ -18,15 +19,17 @@ import (
 const FieldManager = "gpuslice-agent-slices"
 
 // From builds the annotation from one snapshot: each GPU's slices and
-// free slices, and the containers whose slices the counts include. A GPU
+// free slices, and the containers whose slices the counts include. Slices
+// of MIG instances are of resources of their own (nvidia.com/vgpu-mig-*)
+// and left out. A GPU
 // that is unhealthy, or that unavailable says serves no slices (DRA claims
 // hold it), has none free.
 func From(s *node.Snapshot, resource, span string, unavailable func(uuid string) bool) contract.NodeSlices {
 	ns := contract.NodeSlices{Version: contract.NodeSlicesVersion, Resource: resource, Span: span,
 		GPUs: make([]contract.GPUFree, 0, len(s.Devices)), Holders: []string{}}
 	for _, d := range s.Devices {
-		if d.Slices <= 0 {
-			continue
+		if d.Slices <= 0 || d.Instance != nil {
+			continue // a MIG instance's slices are of a resource of their own
 		}
 		free := max(0, d.Slices-d.Allocated)
 		if !d.Health.Healthy || (unavailable != nil && unavailable(d.UUID)) {
@@ -37,7 +40,7 @@ func From(s *node.Snapshot, resource, span string, unavailable func(uuid string)
 	sort.Slice(ns.GPUs, func(i, j int) bool { return ns.GPUs[i].Index < ns.GPUs[j].Index })
 	seen := map[string]bool{}
 	for _, c := range s.Containers {
-		if c.Slices <= 0 {
+		if c.Slices <= 0 || gpudev.IsMIGUUID(c.UUID) {
 			continue
 		}
 		key := contract.HolderNameKey(c.Namespace, c.Pod, c.Container)

@@ -52,6 +52,29 @@ func TestFrom(t *testing.T) {
 	}
 }
 
+// TestFromLeavesMIGSlicesOut: the slices of a MIG instance cut into
+// slices are of a resource of their own (nvidia.com/vgpu-mig-*): neither
+// the instance nor its holders count toward nvidia.com/vgpu's free slices,
+// which the scheduler extender places by.
+func TestFromLeavesMIGSlicesOut(t *testing.T) {
+	s := snapshot()
+	inst := node.Device{Slices: 4, Allocated: 1, Health: gpudev.Health{UUID: "MIG-x", Healthy: true}, Instance: &gpudev.InForce{}}
+	inst.UUID, inst.Index = "MIG-x", 4
+	s.Devices = append(s.Devices, inst)
+	s.Containers = append(s.Containers, node.Container{Namespace: "ns", Pod: "m", Container: "c", PodUID: "uid-m", UUID: "MIG-x", Slices: 1})
+	ns := nodeslices.From(s, "nvidia.com/vgpu", contract.SpanNever, nil)
+	for _, g := range ns.GPUs {
+		if g.UUID == "MIG-x" {
+			t.Errorf("a MIG instance's slices are published as nvidia.com/vgpu's: %+v", ns.GPUs)
+		}
+	}
+	for _, h := range ns.Holders {
+		if h == "uid-m/c" {
+			t.Errorf("a MIG slice holder is listed among nvidia.com/vgpu's: %v", ns.Holders)
+		}
+	}
+}
+
 func equal[T comparable](a, b []T) bool {
 	if len(a) != len(b) {
 		return false
