@@ -13,6 +13,16 @@ import (
 // whether one GPU can hold a request.
 const NodeSlicesAnnotation = "gpuslice.io/slices"
 
+// NodeSlicesFreeMaxLabel is the Node label gpu-agent sets beside the
+// annotation: the most free slices any one GPU of the node has. The
+// scheduler requeues the pods it could not place (a pod the extender
+// refused among them) on a node's label changes, never on annotation
+// changes alone, so a GPU that frees enough for a pending pod changes
+// this label and the pod is tried again at once, rather than minutes
+// later. Outside the gpuslice.io/ prefix, whose labels the agent's label
+// writer keeps to its own set.
+const NodeSlicesFreeMaxLabel = "slices.gpuslice.io/free-max"
+
 // SpanAnnotation is the pod annotation with which a pod opts in to
 // spanning GPUs ("fewest") when no one GPU on a node can hold a
 // container's request; the extender honours it on nodes whose --span is
@@ -141,6 +151,15 @@ func (ns NodeSlices) FreeByGPU() map[string]int {
 		free[g.UUID] = g.Free
 	}
 	return free
+}
+
+// FreeMax is the most free slices any one GPU has (0 with none).
+func (ns NodeSlices) FreeMax() int {
+	most := 0
+	for _, g := range ns.GPUs {
+		most = max(most, g.Free)
+	}
+	return most
 }
 
 // Marshal writes the annotation's value.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
@@ -119,7 +120,7 @@ func (p *Publisher) Publish(ctx context.Context, ns contract.NodeSlices, now tim
 	if err != nil {
 		// Remove what is there: a stale value would undercount.
 		if p.last != removed {
-			if rmErr := p.write(ctx, nil); rmErr != nil {
+			if rmErr := p.write(ctx, nil, nil); rmErr != nil {
 				return rmErr
 			}
 			p.last = removed
@@ -129,7 +130,7 @@ func (p *Publisher) Publish(ctx context.Context, ns contract.NodeSlices, now tim
 	if value == p.last && now.Sub(p.written) < p.Resync {
 		return nil
 	}
-	if err := p.write(ctx, value); err != nil {
+	if err := p.write(ctx, value, strconv.Itoa(ns.FreeMax())); err != nil {
 		return err
 	}
 	p.last, p.written = value, now
@@ -139,9 +140,12 @@ func (p *Publisher) Publish(ctx context.Context, ns contract.NodeSlices, now tim
 // removed is Publisher.last after the annotation was removed.
 const removed = "\x00removed"
 
-// write sets the annotation to value, or removes it for nil (a JSON merge
-// patch's null).
-func (p *Publisher) write(ctx context.Context, value any) error {
-	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]any{contract.NodeSlicesAnnotation: value}}}
+// write sets the annotation to value and the label to freeMax, or
+// removes them for nil (a JSON merge patch's null), in one patch.
+func (p *Publisher) write(ctx context.Context, value, freeMax any) error {
+	patch := map[string]any{"metadata": map[string]any{
+		"annotations": map[string]any{contract.NodeSlicesAnnotation: value},
+		"labels":      map[string]any{contract.NodeSlicesFreeMaxLabel: freeMax},
+	}}
 	return p.client.PatchNode(ctx, p.node, patch, FieldManager)
 }

@@ -104,16 +104,20 @@ func (f *fakeNode) PatchNode(_ context.Context, _ string, patch any, _ string) e
 	var p struct {
 		Metadata struct {
 			Annotations map[string]*string `json:"annotations"`
+			Labels      map[string]*string `json:"labels"`
 		} `json:"metadata"`
 	}
 	if err := json.Unmarshal(b, &p); err != nil {
 		return err
 	}
-	for k, v := range p.Metadata.Annotations {
-		if v == nil {
-			delete(f.annotations, k)
-		} else {
-			f.annotations[k] = *v
+	// Labels and annotations share one map here: their keys differ.
+	for _, m := range []map[string]*string{p.Metadata.Annotations, p.Metadata.Labels} {
+		for k, v := range m {
+			if v == nil {
+				delete(f.annotations, k)
+			} else {
+				f.annotations[k] = *v
+			}
 		}
 	}
 	return nil
@@ -131,6 +135,10 @@ func TestPublishWritesChangesOnly(t *testing.T) {
 	}
 	if api.patches != 1 {
 		t.Fatalf("%d patches for one unchanged value, want 1", api.patches)
+	}
+	// The label the scheduler requeues on: GPU-d's 4 free, the most.
+	if got := api.annotations[contract.NodeSlicesFreeMaxLabel]; got != "4" {
+		t.Errorf("label %s = %q, want 4", contract.NodeSlicesFreeMaxLabel, got)
 	}
 	got, err := contract.ParseNodeSlices(api.annotations[contract.NodeSlicesAnnotation])
 	if err != nil || got.GPUs[0].Free != 3 {

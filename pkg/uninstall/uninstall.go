@@ -79,6 +79,9 @@ func Run(ctx context.Context, api API, o Options, log *slog.Logger) (int, error)
 	var errs []error
 	for _, n := range nodes {
 		patch := owned(n)
+		if _, ok := n.Labels[contract.NodeSlicesFreeMaxLabel]; ok {
+			patch[contract.NodeSlicesFreeMaxLabel] = nil // beside the annotation below
+		}
 		meta := map[string]any{}
 		if len(patch) > 0 {
 			meta["labels"] = patch

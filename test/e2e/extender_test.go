@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -143,6 +145,10 @@ func publishedFree(t *testing.T, want ...int) contract.NodeSlices {
 		}
 		last = node.Annotations[contract.NodeSlicesAnnotation]
 		if ns, err = contract.ParseNodeSlices(last); err != nil || len(ns.GPUs) != len(want) {
+			return false
+		}
+		// Beside it, the label the scheduler requeues pending pods on.
+		if node.Labels[contract.NodeSlicesFreeMaxLabel] != strconv.Itoa(slices.Max(want)) {
 			return false
 		}
 		for i, g := range ns.GPUs {
