@@ -19,6 +19,8 @@ type gpmReader struct {
 	at        time.Time // when prev was taken; zero before the first
 	util      float64
 	measured  bool // util holds a measurement
+	// unsupported: the GPU has no GPM; nothing is asked again.
+	unsupported bool
 }
 
 // instanceUtilization measures a MIG instance's SM utilization with GPM
@@ -28,14 +30,18 @@ type gpmReader struct {
 // and when a GPM call fails: its compute is then unmeasured, never a
 // zero.
 func (n *NVML) instanceUtilization(d gonvml.Device, uuid string) (util float64, ok bool) {
-	sup, ret := d.GpmQueryDeviceSupport()
-	if ret != gonvml.SUCCESS || sup.IsSupportedDevice == 0 {
-		return 0, false
-	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	r := n.gpm[uuid]
+	if r != nil && r.unsupported {
+		return 0, false
+	}
 	if r == nil {
+		// Asked once per instance: a GPU's GPM support does not change.
+		if sup, ret := d.GpmQueryDeviceSupport(); ret != gonvml.SUCCESS || sup.IsSupportedDevice == 0 {
+			n.gpm[uuid] = &gpmReader{unsupported: true}
+			return 0, false
+		}
 		var ret1, ret2 gonvml.Return
 		r = &gpmReader{}
 		r.prev, ret1 = n.lib.GpmSampleAlloc()
