@@ -273,3 +273,34 @@ func TestMIGSetSlicesHealth(t *testing.T) {
 		t.Errorf("sliced profiles under the single strategy: %v", err)
 	}
 }
+
+// TestMIGSetSlicesOfAGoneInstance: an instance destroyed since the slices
+// were cut is never handed out, even before the agent restarts for the
+// change: every Allocate reads the GPUs as they are.
+func TestMIGSetSlicesOfAGoneInstance(t *testing.T) {
+	t.Parallel()
+	devs := migDevices(t, migGPU("3g.40gb", "3g.40gb"))
+	cfg := vgpu.Config{Default: vgpu.Rule{SlicesPerGPU: 8}, MIGProfiles: map[string]vgpu.Rule{"3g.40gb": {SlicesPerGPU: 2}}}
+	now := slices.Clone(devs)
+	now[0].MIG.Instances = now[0].MIG.Instances[1:] // the first is destroyed
+	opts := deviceplugin.DefaultOptions()
+	opts.PluginDir = t.TempDir()
+	s, err := deviceplugin.NewMIGSet(devs, deviceplugin.MIGMixed, cfg, opts, func() ([]nvml.Device, error) { return now, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if why := s.SlicedChange(now); !strings.Contains(why, "is gone") {
+		t.Errorf("SlicedChange = %q", why)
+	}
+	p := s.SlicePlugin("nvidia.com/vgpu-mig-3g.40gb")
+	grant := func(uuid string) error {
+		_, err := p.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{uuid + "::0"}}}})
+		return err
+	}
+	if err := grant(devs[0].MIG.Instances[0].UUID); err == nil || !strings.Contains(err.Error(), "no longer exists") {
+		t.Errorf("a slice of the destroyed instance: %v", err)
+	}
+	if err := grant(devs[0].MIG.Instances[1].UUID); err != nil {
+		t.Errorf("a slice of the surviving instance: %v", err)
+	}
+}

@@ -144,11 +144,10 @@ func (s *MIGSet) verifySliced(uuids []string) error {
 	if err != nil && len(devs) == 0 {
 		return fmt.Errorf("the GPUs' MIG layout cannot be read now: %w", err)
 	}
-	if why := s.SlicedChange(devs); why != "" {
-		for _, u := range uuids {
-			if !slices.ContainsFunc(nvml.InstancesInForce(devs), func(in nvml.InForce) bool { return in.UUID == u }) {
-				return fmt.Errorf("MIG instance %s no longer exists (its GPU's layout changed)", u)
-			}
+	inForce := nvml.InstancesInForce(devs)
+	for _, u := range uuids {
+		if !slices.ContainsFunc(inForce, func(in nvml.InForce) bool { return in.UUID == u }) {
+			return fmt.Errorf("MIG instance %s no longer exists (its GPU's layout changed)", u)
 		}
 	}
 	return nil

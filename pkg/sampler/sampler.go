@@ -257,7 +257,8 @@ func (s *Sampler) readInstance(inst nvml.InForce, now time.Time) node.GPUReading
 	d.UUID, d.MemoryBytes, d.MIG = inst.UUID, inst.MemoryBytes, nvml.MIG{}
 	r := s.readGPU(d, now)
 	r.Instance = &inst
-	r.Health, r.Health.UUID = s.dev.Health(inst.Parent.UUID), inst.UUID
+	r.Health = s.dev.Health(inst.Parent.UUID) // its GPU's health, under its own name
+	r.Health.UUID = inst.UUID
 	if h := s.dev.Health(inst.UUID); h.Parent != "" && !h.Healthy {
 		r.Health = h
 	}
