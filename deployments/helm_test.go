@@ -532,6 +532,64 @@ func TestAgentPermissions(t *testing.T) {
 	}
 }
 
+// TestSchedulerExtenderPermissions installs the chart's RBAC for
+// gpu-scheduler-extender on a real API server and asks what its
+// ServiceAccount may do: read nodes and pods, patch nodes (its one label,
+// slices.gpuslice.io/recheck), nothing else.
+func TestSchedulerExtenderPermissions(t *testing.T) {
+	srv := apiserver.Start(t)
+	cs := srv.Clientset(t)
+	ns := "gpuslice-extender-rbac"
+	objs := []*unstructured.Unstructured{{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}}
+	objs = append(objs, parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", ns, "--show-only", "templates/scheduler-extender.yaml",
+		"--set", "schedulerExtender.enabled=true,fullnameOverride="+ns))...)
+	create(t, srv, objs, false)
+	can := accessOf(t, cs, "system:serviceaccount:"+ns+":"+ns+"-scheduler-extender", ns)
+	for deadline := time.Now().Add(10 * time.Second); !can("list", "", "pods", "", "", ""); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the extender's role never took effect")
+		}
+	}
+	for _, c := range []struct {
+		verb, group, resource, sub, name, namespace string
+		want                                        bool
+	}{
+		{"list", "", "nodes", "", "", "", true},
+		{"watch", "", "nodes", "", "", "", true},
+		{"list", "", "pods", "", "", "", true},
+		{"watch", "", "pods", "", "", "", true},
+		{"patch", "", "nodes", "", "gpu-node-1", "", true}, // slices.gpuslice.io/recheck
+		{"update", "", "nodes", "", "gpu-node-1", "", false},
+		{"patch", "", "nodes", "status", "gpu-node-1", "", false},
+		{"delete", "", "nodes", "", "gpu-node-1", "", false},
+		{"patch", "", "pods", "", "train", "ml", false},
+		{"create", "", "pods", "binding", "train", "ml", false}, // the scheduler binds
+		{"delete", "", "pods", "", "train", "ml", false},
+		{"get", "", "secrets", "", "", "ml", false},
+	} {
+		if got := can(c.verb, c.group, c.resource, c.sub, c.name, c.namespace); got != c.want {
+			t.Errorf("can %s %s/%s %q in %q = %t, want %t", c.verb, c.resource, c.sub, c.name, c.namespace, got, c.want)
+		}
+	}
+}
+
+// accessOf asks the API server, as kubectl auth can-i --as does, whether
+// a ServiceAccount of namespace ns may do a verb.
+func accessOf(t *testing.T, cs kubernetes.Interface, user, ns string) func(verb, group, resource, sub, name, namespace string) bool {
+	return func(verb, group, resource, sub, name, namespace string) bool {
+		t.Helper()
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: verb, Group: group, Resource: resource, Subresource: sub, Name: name, Namespace: namespace},
+		}}
+		out, err := cs.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), sar, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.Status.Allowed
+	}
+}
+
 // TestDRADriverPermissions installs the chart's RBAC for gpu-dra-driver on
 // a real API server and asks what its ServiceAccount may do: publish
 // ResourceSlices and read claims, nothing else.

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
@@ -41,17 +43,18 @@ func main() {
 
 type config struct {
 	kubeconfig, listen, resource, logLevel string
-	assumeTTL                              time.Duration
+	assumeTTL, recheckAfter                time.Duration
 }
 
 func parse(args []string, stderr io.Writer) (config, error) {
-	c := config{listen: ":9451", resource: contract.ResourceName, logLevel: "info", assumeTTL: 30 * time.Second}
+	c := config{listen: ":9451", resource: contract.ResourceName, logLevel: "info", assumeTTL: 30 * time.Second, recheckAfter: 2 * time.Second}
 	fs := flag.NewFlagSet("gpu-scheduler-extender", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig `file` (in-cluster config when empty)")
 	fs.StringVar(&c.listen, "listen-address", c.listen, "`address` serving the scheduler's calls (/filter, /prioritize) and /healthz, /readyz")
 	fs.StringVar(&c.resource, "resource-name", c.resource, "the extended resource of slices the agents offer")
 	fs.DurationVar(&c.assumeTTL, "assume-ttl", c.assumeTTL, "how long a pod let through counts on the nodes it passed before it is seen bound")
+	fs.DurationVar(&c.recheckAfter, "recheck-after", c.recheckAfter, "how long after a node's free slices change the extender leaves the scheduler's own retry to come before it wakes the scheduler for a pod it refused there on an older state (label "+contract.NodeRecheckLabel+")")
 	fs.StringVar(&c.logLevel, "log-level", c.logLevel, "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -61,6 +64,8 @@ func parse(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	case c.assumeTTL <= 0:
 		return c, fmt.Errorf("--assume-ttl %s must be positive", c.assumeTTL)
+	case c.recheckAfter <= 0:
+		return c, fmt.Errorf("--recheck-after %s must be positive", c.recheckAfter)
 	case c.resource == "" || len(c.resource) > 253:
 		return c, fmt.Errorf("--resource-name %q is not a resource name", c.resource)
 	}
@@ -110,11 +115,16 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen on --listen-address: %w", err)
 	}
-	cl, synced, err := startCaches(ctx, cs)
+	cl, caches, err := newCaches(cs)
 	if err != nil {
 		return err
 	}
-	ext := extender.New(cl, extender.Options{Resource: c.resource, AssumeTTL: c.assumeTTL, Logger: log})
+	ext := extender.New(cl, extender.Options{Resource: c.resource, AssumeTTL: c.assumeTTL, RecheckAfter: c.recheckAfter, Logger: log})
+	synced, err := caches.start(ctx, ext.NodeChanged)
+	if err != nil {
+		return err
+	}
+	go wakeLoop(ctx, ext, cs, log)
 	srv := &http.Server{
 		Handler:           extender.Handler(ext, synced),
 		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
@@ -141,9 +151,16 @@ type cluster struct {
 
 const byNodeIndex = "spec.nodeName"
 
-// startCaches starts the node and pod informers; only pods not yet ended
-// are cached.
-func startCaches(ctx context.Context, cs kubernetes.Interface) (*cluster, func() bool, error) {
+// caches are the node and pod informers behind a cluster.
+type caches struct {
+	factories []informers.SharedInformerFactory
+	nodes     cache.SharedIndexInformer
+	pods      cache.SharedIndexInformer
+}
+
+// newCaches makes the node and pod informers, not started; only pods not
+// yet ended are cached.
+func newCaches(cs kubernetes.Interface) (*cluster, *caches, error) {
 	f := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithTweakListOptions(nil))
 	pf := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.AndSelectors(
@@ -162,10 +179,73 @@ func startCaches(ctx context.Context, cs kubernetes.Interface) (*cluster, func()
 		return nil, nil, err
 	}
 	cl := &cluster{nodes: nodes.Lister(), pods: pods.Lister(), byNode: pods.Informer().GetIndexer()}
-	f.Start(ctx.Done())
-	pf.Start(ctx.Done())
-	synced := func() bool { return nodes.Informer().HasSynced() && pods.Informer().HasSynced() }
-	return cl, synced, nil
+	return cl, &caches{factories: []informers.SharedInformerFactory{f, pf}, nodes: nodes.Informer(), pods: pods.Informer()}, nil
+}
+
+// start tells changed of every change in the caches that can free room on
+// a node (a node added, its free slices per GPU changed, a pod bound to it
+// gone), starts the informers and returns whether they have synced.
+func (c *caches) start(ctx context.Context, changed func(node string)) (func() bool, error) {
+	if _, err := c.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if n, ok := obj.(*corev1.Node); ok {
+				changed(n.Name)
+			}
+		},
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*corev1.Node)
+			n, ok2 := newObj.(*corev1.Node)
+			if ok1 && ok2 && o.Annotations[contract.NodeSlicesAnnotation] != n.Annotations[contract.NodeSlicesAnnotation] {
+				changed(n.Name)
+			}
+		},
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := c.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName != "" {
+				changed(p.Spec.NodeName)
+			}
+		},
+	}); err != nil {
+		return nil, err
+	}
+	for _, f := range c.factories {
+		f.Start(ctx.Done())
+	}
+	return func() bool { return c.nodes.HasSynced() && c.pods.HasSynced() }, nil
+}
+
+// wakeLoop asks the extender every second which nodes the scheduler must
+// be woken for, and wakes it: a new value of the label
+// contract.NodeRecheckLabel, a node label change, makes the scheduler try
+// the pods it could not place again, now that the extender's cache holds
+// what freed the room.
+func wakeLoop(ctx context.Context, ext *extender.Extender, cs kubernetes.Interface, log *slog.Logger) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, node := range ext.Recheck() {
+			patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, contract.NodeRecheckLabel, strconv.FormatInt(time.Now().UnixNano(), 10))
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err := cs.CoreV1().Nodes().Patch(wctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "gpu-scheduler-extender"})
+			cancel()
+			if err != nil {
+				log.Warn("could not wake the scheduler for a node where a pod it refused fits now; it tries the pod again on the next event, or within 5 minutes", "node", node, "err", err)
+				continue
+			}
+			log.Info("woke the scheduler: a pod refused on an older state fits this node now", "node", node)
+		}
+	}
 }
 
 func (c *cluster) Node(name string) (*corev1.Node, bool) {

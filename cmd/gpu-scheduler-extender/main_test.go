@@ -16,6 +16,7 @@ func TestBadFlags(t *testing.T) {
 		"address":  {[]string{"--listen-address=nope"}, "--listen-address"},
 		"resource": {[]string{"--resource-name="}, "--resource-name"},
 		"level":    {[]string{"--log-level=loud"}, "--log-level"},
+		"recheck":  {[]string{"--recheck-after=-1s"}, "--recheck-after"},
 		"argument": {[]string{"extra"}, "unexpected argument"},
 	} {
 		var stderr bytes.Buffer

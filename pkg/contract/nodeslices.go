@@ -23,6 +23,14 @@ const NodeSlicesAnnotation = "gpuslice.io/slices"
 // writer keeps to its own set.
 const NodeSlicesFreeMaxLabel = "slices.gpuslice.io/free-max"
 
+// NodeRecheckLabel is the Node label gpu-scheduler-extender gives a new
+// value to wake the scheduler: when its own cache gets a node's change
+// after the scheduler tried a pending pod again on that change (the
+// extender refused it on the older state) and the pod fits there now. A
+// label change is what makes the scheduler try pending pods again; the
+// extender writes it only once its cache holds the change.
+const NodeRecheckLabel = "slices.gpuslice.io/recheck"
+
 // SpanAnnotation is the pod annotation with which a pod opts in to
 // spanning GPUs ("fewest") when no one GPU on a node can hold a
 // container's request; the extender honours it on nodes whose --span is

@@ -45,7 +45,11 @@ type Options struct {
 	AssumeTTL time.Duration
 	// MaxAssumed bounds the pods counted that way.
 	MaxAssumed int
-	Logger     *slog.Logger
+	// RecheckAfter is how long Recheck leaves a node's change to the
+	// scheduler's own retry before it judges whether the scheduler must be
+	// woken for it; 2 s when zero.
+	RecheckAfter time.Duration
+	Logger       *slog.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -58,6 +62,8 @@ type Extender struct {
 
 	mu      sync.Mutex
 	assumed map[types.UID]assumption
+	refused map[types.UID]refusal
+	changed map[string]time.Time
 }
 
 // assumption is a pod the extender let through onto nodes, not seen bound
@@ -82,7 +88,11 @@ func New(cluster Cluster, opts Options) *Extender {
 	if opts.MaxAssumed <= 0 {
 		opts.MaxAssumed = 10000
 	}
-	return &Extender{opts: opts, cluster: cluster, log: opts.Logger, assumed: map[types.UID]assumption{}}
+	if opts.RecheckAfter <= 0 {
+		opts.RecheckAfter = 2 * time.Second
+	}
+	return &Extender{opts: opts, cluster: cluster, log: opts.Logger,
+		assumed: map[types.UID]assumption{}, refused: map[types.UID]refusal{}, changed: map[string]time.Time{}}
 }
 
 // PodOf reads what a pod asks for of resource: per container, limits (an
@@ -155,6 +165,7 @@ func (e *Extender) Filter(args extenderv1.ExtenderArgs) extenderv1.ExtenderFilte
 		}
 	}
 	e.assumeLocked(pod, passed)
+	e.refuseLocked(pod, passed, failed)
 	e.log.Debug("filter", "pod", args.Pod.Namespace+"/"+args.Pod.Name, "passed", len(passed), "failed", len(failed))
 	return result(args, passed, byName, failed)
 }

@@ -82,6 +82,9 @@ func Run(ctx context.Context, api API, o Options, log *slog.Logger) (int, error)
 		if _, ok := n.Labels[contract.NodeSlicesFreeMaxLabel]; ok {
 			patch[contract.NodeSlicesFreeMaxLabel] = nil // beside the annotation below
 		}
+		if _, ok := n.Labels[contract.NodeRecheckLabel]; ok {
+			patch[contract.NodeRecheckLabel] = nil // gpu-scheduler-extender's
+		}
 		meta := map[string]any{}
 		if len(patch) > 0 {
 			meta["labels"] = patch

@@ -138,12 +138,14 @@ func (c *cluster) PatchNode(_ context.Context, name string, patch any, _ string)
 
 func gpuNode() map[string]string {
 	return map[string]string{
-		"kubernetes.io/hostname":     "n",
-		"nvidia.com/gpu.present":     "true", // the operator's, not the agent's
-		"nvidia.com/gpu.product":     "NVIDIA-A100-SXM4-40GB",
-		"nvidia.com/mig.strategy":    "single", // GFD's alone
-		"gpuslice.io/slices-per-gpu": "8",
-		"gpuslice.io/slices":         "16",
+		"kubernetes.io/hostname":      "n",
+		"nvidia.com/gpu.present":      "true", // the operator's, not the agent's
+		"nvidia.com/gpu.product":      "NVIDIA-A100-SXM4-40GB",
+		"nvidia.com/mig.strategy":     "single", // GFD's alone
+		"gpuslice.io/slices-per-gpu":  "8",
+		"gpuslice.io/slices":          "16",
+		"slices.gpuslice.io/free-max": "4",          // the agent's, for the scheduler
+		"slices.gpuslice.io/recheck":  "1796626494", // gpu-scheduler-extender's
 	}
 }
 

@@ -215,7 +215,11 @@ func TestExtenderPlacesByPerGPUFit(t *testing.T) {
 	}
 	freed := time.Now()
 	waitRunning(t, ns, "three")
-	t.Logf("placed %s after a GPU freed", time.Since(freed).Round(100*time.Millisecond))
+	woke := "no"
+	if n, err := cs.CoreV1().Nodes().Get(ctx, cluster.NodeName, metav1.GetOptions{}); err == nil && n.Labels[contract.NodeRecheckLabel] != "" {
+		woke = "yes"
+	}
+	t.Logf("placed %s after a GPU freed (the extender woke the scheduler, %s: %s)", time.Since(freed).Round(100*time.Millisecond), contract.NodeRecheckLabel, woke)
 	if g := gpusHeld(t, ns, "three"); len(g) != 1 {
 		t.Fatalf("three holds slices of %d GPUs, want 1", len(g))
 	}
