@@ -61,6 +61,7 @@ test: ## Run vet and every unit and integration test with the race detector.
 test-e2e: ## Run the end-to-end tier on Kubernetes K8S_VERSION (default v1.37.2): a real kubelet, API server, scheduler and containerd on this machine (root; see docs/testing.md).
 	test/e2e/install-deps.sh
 	test/e2e/build-k8s.sh >/dev/null
+	test/e2e/build-kueue.sh >/dev/null
 	PATH="$$(test/e2e/build-containerd.sh):$$PATH" GPUSLICE_E2E=1 $(GO) test -count=1 -timeout 20m -v $(E2E_FLAGS) ./test/e2e/
 
 .PHONY: fragmentation

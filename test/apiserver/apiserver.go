@@ -321,7 +321,7 @@ func (s *Server) writeCredentials() (credentialFiles, error) {
 	_, _ = rand.Read(tok)
 	s.Token = hex.EncodeToString(tok)
 	f.tokens = write("tokens.csv", []byte(s.Token+",admin,admin,system:masters\n"))
-	caPEM, certPEM, keyPEM, cerr := servingCert()
+	caPEM, certPEM, keyPEM, cerr := ServingCert()
 	if cerr != nil {
 		return credentialFiles{}, cerr
 	}

@@ -13,10 +13,10 @@ import (
 	"time"
 )
 
-// servingCert makes a CA and, signed by it, the API server's serving
+// ServingCert makes a CA and, signed by it, the API server's serving
 // certificate for every name a client may dial it by: loopback, and the
 // kubernetes Service's IP and names that in-cluster config uses.
-func servingCert() (caPEM, certPEM, keyPEM []byte, err error) {
+func ServingCert() (caPEM, certPEM, keyPEM []byte, err error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, nil, err
