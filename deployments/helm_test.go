@@ -398,6 +398,54 @@ func TestQuotaControllerPermissions(t *testing.T) {
 	}
 }
 
+// TestQuotaControllerKueuePermissions: with kueueAdmissionCheck set the
+// quota controller may read Kueue's AdmissionChecks and Workloads and
+// patch their status (the check's entry, the Active condition), nothing
+// else of Kueue's; without it, nothing of Kueue's at all.
+func TestQuotaControllerKueuePermissions(t *testing.T) {
+	srv := apiserver.Start(t)
+	cs := srv.Clientset(t)
+	for _, on := range []bool{true, false} {
+		ns := fmt.Sprintf("gpuslice-kueue-rbac-%t", on)
+		set := "quotaController.enabled=true,quotaController.prometheusURL=http://p:9090,fullnameOverride=" + ns
+		if on {
+			set += ",quotaController.kueueAdmissionCheck=gpuslice.io/gpu-budget"
+		}
+		objs := []*unstructured.Unstructured{{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}}
+		for _, o := range parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", ns, "--show-only", "templates/quota-controller.yaml", "--set", set)) {
+			if o.GetKind() != "Deployment" {
+				objs = append(objs, o)
+			}
+		}
+		create(t, srv, objs, false)
+		can := accessOf(t, cs, "system:serviceaccount:"+ns+":"+ns+"-quota-controller", ns)
+		for deadline := time.Now().Add(10 * time.Second); !can("list", "gpuslice.io", "gpuquotas", "", "", ""); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the controller's role never took effect")
+			}
+		}
+		for _, c := range []struct {
+			verb, resource, sub, name, namespace string
+			want                                 bool
+		}{
+			{"list", "admissionchecks", "", "", "", on},
+			{"watch", "workloads", "", "", "", on},
+			{"patch", "admissionchecks", "status", "budget", "", on},
+			{"patch", "workloads", "status", "job-train", "ml", on},
+			{"patch", "workloads", "", "job-train", "ml", false}, // the spec is Kueue's and the user's
+			{"update", "workloads", "status", "job-train", "ml", false},
+			{"delete", "workloads", "", "job-train", "ml", false},
+			{"patch", "admissionchecks", "", "budget", "", false},
+			{"patch", "clusterqueues", "", "gpus", "", false},
+			{"list", "localqueues", "", "", "", false},
+		} {
+			if got := can(c.verb, "kueue.x-k8s.io", c.resource, c.sub, c.name, c.namespace); got != c.want {
+				t.Errorf("kueueAdmissionCheck set %t: can %s %s/%s %q in %q = %t, want %t", on, c.verb, c.resource, c.sub, c.name, c.namespace, got, c.want)
+			}
+		}
+	}
+}
+
 // TestMetricsAuthRBAC installs the chart's RBAC with --metrics-auth=
 // kubernetes on a real API server and asks, as kubectl auth can-i --as
 // does, what the agent and the scrapers may do: the agent may create token

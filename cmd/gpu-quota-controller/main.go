@@ -26,6 +26,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -39,6 +40,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/gpuslice/gpuslice/pkg/contract"
+	"github.com/gpuslice/gpuslice/pkg/kueuecheck"
 	"github.com/gpuslice/gpuslice/pkg/quota"
 )
 
@@ -48,6 +50,7 @@ func main() {
 
 type config struct {
 	kubeconfig, promURL, resource, metricsAddr, leNamespace, leID, logLevel, series string
+	kueueCheck                                                                      string
 	deviceClasses, mappedClasses                                                    []string
 	interval, queryTimeout, scrapeInterval                                          time.Duration
 	leaderElect                                                                     bool
@@ -81,8 +84,12 @@ func parse(args []string) (config, error) {
 		c.mappedClasses, err = parseClasses(v)
 		return err
 	})
+	fs.StringVar(&c.kueueCheck, "kueue-admission-check", "", "serve Kueue AdmissionChecks whose controllerName is this `name` (gpuslice's is "+kueuecheck.DefaultControllerName+"): a Workload waiting on one is admitted only while its namespace's GPU-hour budget has room; empty: off (Kueue's CRDs must be installed when set)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if c.kueueCheck != "" && (len(c.kueueCheck) > 253 || strings.ContainsFunc(c.kueueCheck, unicode.IsSpace)) {
+		return c, fmt.Errorf("--kueue-admission-check %q is not a controller name", c.kueueCheck)
 	}
 	for _, class := range c.mappedClasses {
 		if slices.Contains(c.deviceClasses, class) {
@@ -203,11 +210,33 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	defer func() { _ = srv.Close() }()
 	log.Info("starting", "prometheus", c.promURL, "interval", c.interval, "metrics", lis.Addr().String(), "leader_elect", c.leaderElect)
 
+	run := ctrl.Run
+	if c.kueueCheck != "" {
+		check := kueuecheck.New(dyn, ctrl, kueuecheck.Options{ControllerName: c.kueueCheck, Interval: c.interval, Logger: log})
+		run = func(ctx context.Context) error { return both(ctx, ctrl.Run, check.Run) }
+	}
 	if !c.leaderElect {
-		return ctrl.Run(ctx)
+		return run(ctx)
 	}
 	id, _ := os.Hostname()
-	return runElected(ctx, kube, c.leNamespace, c.leID, fmt.Sprintf("%s-%d", id, os.Getpid()), ctrl.Run, log)
+	return runElected(ctx, kube, c.leNamespace, c.leID, fmt.Sprintf("%s-%d", id, os.Getpid()), run, log)
+}
+
+// both runs a and b until both return; the first to fail ends the other.
+func both(ctx context.Context, a, b func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 2)
+	for _, f := range []func(context.Context) error{a, b} {
+		go func() {
+			err := f(ctx)
+			if err != nil {
+				cancel()
+			}
+			errs <- err
+		}()
+	}
+	return errors.Join(<-errs, <-errs)
 }
 
 // runElected runs run only while holding the Lease namespace/name as id,

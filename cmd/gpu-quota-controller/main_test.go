@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -31,6 +32,7 @@ func TestParse(t *testing.T) {
 		"--prometheus-url=x --dra-device-classes=a,b,a":                                 "listed twice",
 		"--prometheus-url=x --dra-extended-resource-classes=A":                          "device class \"A\"",
 		"--prometheus-url=x --dra-device-classes=a,v --dra-extended-resource-classes=v": "in both",
+		"--prometheus-url=x --kueue-admission-check=" + strings.Repeat("a", 254):        "not a controller name",
 	} {
 		_, err := parse(strings.Fields(args))
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -42,6 +44,22 @@ func TestParse(t *testing.T) {
 // TestLeadershipHandsOver: of two replicas on one Lease only one runs the
 // controller; when it stops, it hands the Lease back and the standby takes
 // over without waiting for the lease to expire.
+// TestBothEndTogether: the quota controller and the Kueue check run
+// together; one failing (Kueue's CRDs missing) ends the other and the
+// error comes back, rather than a check that silently never runs.
+func TestBothEndTogether(t *testing.T) {
+	fail := func(context.Context) error { return errors.New("no Kueue") }
+	wait := func(ctx context.Context) error { <-ctx.Done(); return nil }
+	if err := both(context.Background(), wait, fail); err == nil || !strings.Contains(err.Error(), "no Kueue") {
+		t.Fatalf("both = %v, want the failure", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := both(ctx, wait, wait); err != nil {
+		t.Fatalf("both, cancelled = %v", err)
+	}
+}
+
 func TestLeadershipHandsOver(t *testing.T) {
 	kube := kubefake.NewClientset()
 	log := slog.New(slog.DiscardHandler)

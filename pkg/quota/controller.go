@@ -101,6 +101,7 @@ type Controller struct {
 	start   func(stop <-chan struct{})
 	mu      sync.Mutex
 	last    map[string]Decision // by namespace
+	budgets map[string]BudgetState
 	written map[types.UID]written
 	metrics controllerMetrics
 	// started is when Run started (zero while not running: a standby
@@ -186,6 +187,7 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Op
 		pods:   pods.Lister(), quotas: rqs.Lister(), gpuq: gq.Lister(),
 		synced:  []cache.InformerSynced{pods.Informer().HasSynced, rqs.Informer().HasSynced, gq.Informer().HasSynced},
 		last:    map[string]Decision{},
+		budgets: map[string]BudgetState{},
 		written: map[types.UID]written{},
 		next:    map[string]nsReport{},
 	}
@@ -338,6 +340,7 @@ func (c *Controller) applyAll(ctx context.Context, byNS map[string][]gpuQuota, u
 				errs = append(errs, c.writeStatus(ctx, extra, nil, Decision{}, now, fmt.Errorf("namespace %s already has GPUQuota %s", ns, qs[0].obj.Name)))
 			}
 			if q := qs[0]; q.err != nil {
+				c.recordBudget(q, Decision{}, measured, q.err)
 				errs = append(errs, c.writeStatus(ctx, q, nil, Decision{}, now, q.err))
 			} else {
 				errs = append(errs, c.evaluateNamespace(ctx, q, usage, sizes, measured, now))
@@ -375,6 +378,11 @@ func (c *Controller) finishCycle(byNS map[string][]gpuQuota) {
 	for ns := range c.last {
 		if _, ok := byNS[ns]; !ok {
 			delete(c.last, ns)
+		}
+	}
+	for ns := range c.budgets {
+		if _, ok := byNS[ns]; !ok {
+			delete(c.budgets, ns)
 		}
 	}
 }

@@ -59,6 +59,9 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 
 	var errs []error
 	errs = append(errs, c.applyQuota(ctx, q.obj, ns, d))
+	// After the ResourceQuota: a Kueue workload admitted on room the
+	// budget has again is not refused by a limit not raised yet.
+	c.recordBudget(q, d, metricsOK, nil)
 	for _, name := range d.Annotate {
 		errs = append(errs, c.annotate(ctx, ns, name, now))
 	}

@@ -132,6 +132,11 @@ type Decision struct {
 	ClaimDevices map[string]int64
 	// ClaimReason explains ClaimDevices.
 	ClaimReason string
+	// Measured is true when UsedGPUHours and BudgetExhausted come from a
+	// measurement, this cycle's or the last one kept: false while
+	// Prometheus has never been read for the namespace, or its GPU-hours
+	// were never valid. Unknown use is never room in the budget.
+	Measured bool
 }
 
 // Decide decides for one namespace. Without metrics it keeps the previous
@@ -149,6 +154,7 @@ func decide(in Input) Decision {
 	if !in.MetricsOK {
 		if in.Previous != nil {
 			d.Hard, d.BudgetExhausted, d.UsedGPUHours, d.Reason = in.Previous.Hard, in.Previous.BudgetExhausted, in.Previous.UsedGPUHours, in.Previous.Reason
+			d.Measured = in.Previous.Measured
 			return d
 		}
 		// Nothing known: the cap alone, which needs no measurement.
@@ -159,12 +165,14 @@ func decide(in Input) Decision {
 	d.UsedGPUHours = in.UsedGPUHours
 	d.Hard = in.Spec.MaxSlices
 	d.Reason = "maxSlices"
+	d.Measured = in.Spec.Budget != nil
 	switch b := in.Spec.Budget; {
 	case b != nil && in.HoursInvalid:
 		// Not a number to decide on: the budget stays as it was.
-		d.UsedGPUHours, d.Hard, d.Reason = 0, in.Spec.MaxSlices, "GPU-hours unknown (invalid samples); maxSlices only"
+		d.UsedGPUHours, d.Hard, d.Reason, d.Measured = 0, in.Spec.MaxSlices, "GPU-hours unknown (invalid samples); maxSlices only", false
 		if in.Previous != nil {
 			d.Hard, d.BudgetExhausted, d.UsedGPUHours, d.Reason = in.Previous.Hard, in.Previous.BudgetExhausted, in.Previous.UsedGPUHours, in.Previous.Reason
+			d.Measured = in.Previous.Measured
 		}
 	case b != nil && in.UsedGPUHours >= b.GPUHours:
 		d.BudgetExhausted = true

@@ -31,15 +31,15 @@ func TestDecide(t *testing.T) {
 	}, {
 		name: "budget left",
 		in:   Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 10, Window: Duration{Duration: 24 * time.Hour}}}, MetricsOK: true, UsedSlices: 3, UsedGPUHours: 9.9, Now: now},
-		want: Decision{Hard: ptr(8), UsedGPUHours: 9.9, Reason: "maxSlices"},
+		want: Decision{Hard: ptr(8), UsedGPUHours: 9.9, Reason: "maxSlices", Measured: true},
 	}, {
 		name: "budget exhausted: limit lowered to what is held",
 		in:   Input{Spec: Spec{MaxSlices: ptr(8), Budget: &Budget{GPUHours: 10, Window: Duration{Duration: 24 * time.Hour}}}, MetricsOK: true, UsedSlices: 3, UsedGPUHours: 10, Now: now},
-		want: Decision{Hard: ptr(3), BudgetExhausted: true, UsedGPUHours: 10, Reason: "GPU-hour budget exhausted: 10.00 of 10.00 used over 24h0m0s"},
+		want: Decision{Hard: ptr(3), BudgetExhausted: true, UsedGPUHours: 10, Reason: "GPU-hour budget exhausted: 10.00 of 10.00 used over 24h0m0s", Measured: true},
 	}, {
 		name: "budget exhausted without a cap",
 		in:   Input{Spec: Spec{Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}, MetricsOK: true, UsedSlices: 0, UsedGPUHours: 2, Now: now},
-		want: Decision{Hard: ptr(0), BudgetExhausted: true, UsedGPUHours: 2, Reason: "GPU-hour budget exhausted: 2.00 of 1.00 used over 1h0m0s"},
+		want: Decision{Hard: ptr(0), BudgetExhausted: true, UsedGPUHours: 2, Reason: "GPU-hour budget exhausted: 2.00 of 1.00 used over 1h0m0s", Measured: true},
 	}, {
 		name: "no cap, no budget: no ResourceQuota",
 		in:   Input{Spec: Spec{Idle: idleEvict}, MetricsOK: true, Now: now},
@@ -168,6 +168,31 @@ func TestSeriesValidate(t *testing.T) {
 	} {
 		if err := s.Validate(); (err == nil) != ok {
 			t.Errorf("Validate(%q) = %v, want ok %t", s, err, ok)
+		}
+	}
+}
+
+// TestDecideMeasured: a budget's use counts as measured only when read
+// from Prometheus, this cycle or the last decision kept through an outage
+// or invalid samples; with nothing read it is not, so whatever admits
+// against the budget (the Kueue check) never takes unknown use for room.
+func TestDecideMeasured(t *testing.T) {
+	spec := Spec{Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}
+	measured := Decide(Input{Spec: spec, MetricsOK: true, UsedGPUHours: 0.5})
+	for _, tc := range []struct {
+		name string
+		in   Input
+		want bool
+	}{
+		{"read", Input{Spec: spec, MetricsOK: true, UsedGPUHours: 0.5}, true},
+		{"outage, nothing read before", Input{Spec: spec}, false},
+		{"outage after a reading", Input{Spec: spec, Previous: &measured}, true},
+		{"invalid samples, nothing read before", Input{Spec: spec, MetricsOK: true, HoursInvalid: true}, false},
+		{"invalid samples after a reading", Input{Spec: spec, MetricsOK: true, HoursInvalid: true, Previous: &measured}, true},
+		{"no budget", Input{MetricsOK: true}, false},
+	} {
+		if got := Decide(tc.in).Measured; got != tc.want {
+			t.Errorf("%s: Measured %t, want %t", tc.name, got, tc.want)
 		}
 	}
 }

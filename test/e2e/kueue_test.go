@@ -23,6 +23,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
+	"github.com/gpuslice/gpuslice/pkg/kueuecheck"
+	"github.com/gpuslice/gpuslice/pkg/quota"
 	"github.com/gpuslice/gpuslice/test/apiserver"
 )
 
@@ -293,10 +295,9 @@ func kueueQueues(t *testing.T, dyn dynamic.Interface, ns string, slices int64, c
 	return "gpus"
 }
 
-// kueueJob is a Job of one pod asking for slices, queued in a LocalQueue:
-// Kueue's webhook suspends it until Kueue admits it.
-func kueueJob(name, queue string, slices int64, script string) *batchv1.Job {
-	p := pod(name, slices, script)
+// kueueJob is a Job of one pod p, queued in a LocalQueue: Kueue's webhook
+// suspends it until Kueue admits it.
+func kueueJob(name, queue string, p *corev1.Pod) *batchv1.Job {
 	zero, one := int32(0), int32(1)
 	return &batchv1.Job{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kueue.x-k8s.io/queue-name": queue}},
@@ -312,7 +313,7 @@ func jobPod(t *testing.T, ns, job string) *corev1.Pod {
 	t.Helper()
 	cs := c.API.Clientset(t)
 	var running *corev1.Pod
-	waitFor(t, "a running pod of Job "+job, 90*time.Second, func() bool {
+	waitFor(t, "a running pod of Job "+job, 150*time.Second, func() bool {
 		pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "job-name=" + job})
 		if err != nil {
 			return false
@@ -373,7 +374,7 @@ func TestKueueJobRunsOnSlices(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "kueue")
 	queue := kueueQueues(t, dyn, ns, 3)
-	first, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob("train", queue, 2, "sleep 3600"), metav1.CreateOptions{})
+	first, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob("train", queue, pod("train", 2, "sleep 3600")), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +390,7 @@ func TestKueueJobRunsOnSlices(t *testing.T) {
 	if got := assignment(t, ns, p.Name); len(got) != 2 {
 		t.Fatalf("the admitted Job's pod holds %d slices, want 2: %v", len(got), got)
 	}
-	if _, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob("over", queue, 2, "sleep 3600"), metav1.CreateOptions{}); err != nil {
+	if _, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob("over", queue, pod("over", 2, "sleep 3600")), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	over := workloadOf(t, dyn, ns, "over", func(w *unstructured.Unstructured) bool {
@@ -405,4 +406,81 @@ func TestKueueJobRunsOnSlices(t *testing.T) {
 		t.Fatal(err)
 	}
 	jobPod(t, ns, "over")
+}
+
+// checkEntry is a Workload's entry for an admission check, or nil.
+func checkEntry(w *unstructured.Unstructured, check string) map[string]any {
+	entries, _, _ := unstructured.NestedSlice(w.Object, "status", "admissionChecks")
+	for _, e := range entries {
+		if m, ok := e.(map[string]any); ok && m["name"] == check {
+			return m
+		}
+	}
+	return nil
+}
+
+// TestKueueBudgetHoldsTheNextJob: gpu-quota-controller serves a Kueue
+// AdmissionCheck for GPU-hour budgets. A Job runs through a ClusterQueue
+// that lists it while the namespace's budget has room; once its measured
+// GPU time (real Prometheus, real agent) spends the budget, the next Job
+// stays unadmitted with the check's message naming the budget, and no pod
+// is created for it; the running Job is left alone; when its use leaves
+// the budget's 1-minute window, the next Job is admitted and runs.
+func TestKueueBudgetHoldsTheNextJob(t *testing.T) {
+	dyn := startKueue(t)
+	rig := startQuotaRig(t, "--kueue-admission-check="+kueuecheck.DefaultControllerName)
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "kueue-budget")
+	check := "budget-" + ns
+	ac := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": kueueGroup + "/v1beta2", "kind": "AdmissionCheck", "metadata": map[string]any{"name": check},
+		"spec": map[string]any{"controllerName": kueuecheck.DefaultControllerName},
+	}}
+	if _, err := dyn.Resource(kueueRes("admissionchecks")).Create(ctx, ac, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dyn.Resource(kueueRes("admissionchecks")).Delete(context.Background(), check, metav1.DeleteOptions{}) })
+	waitFor(t, "the AdmissionCheck active", 30*time.Second, func() bool {
+		got, err := dyn.Resource(kueueRes("admissionchecks")).Get(ctx, check, metav1.GetOptions{})
+		cond := map[string]any(nil)
+		if err == nil {
+			cond = condition(got, "Active")
+		}
+		return cond != nil && cond["status"] == "True"
+	})
+	queue := kueueQueues(t, dyn, ns, 4, check)
+	rig.gpuQuota(ns, map[string]any{"budget": map[string]any{"gpuHours": 0.0003, "window": "1m"}})
+	if _, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob("burner", queue, withHostPID(pod("burner", 1, "exec /bin/workload --demand 1 --memory-mib 256"))), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	burner := jobPod(t, ns, "burner")
+	waitFor(t, "BudgetExhausted", 90*time.Second, func() bool { return rig.condition(ns, quota.ConditionBudgetExhausted) == "True" })
+	if _, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob("next", queue, pod("next", 1, "sleep 3600")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w := workloadOf(t, dyn, ns, "next", func(w *unstructured.Unstructured) bool {
+		e := checkEntry(w, check)
+		return e != nil && e["state"] == kueuecheck.StatePending && strings.Contains(fmt.Sprint(e["message"]), "spent")
+	})
+	t.Logf("held: %v", checkEntry(w, check)["message"])
+	// Held, not racing: still unadmitted and podless a few cycles later.
+	time.Sleep(5 * time.Second)
+	w = workloadOf(t, dyn, ns, "next", func(*unstructured.Unstructured) bool { return true })
+	if cond := condition(w, "Admitted"); cond != nil && cond["status"] == "True" {
+		t.Fatal("Kueue admitted a Job of a namespace whose GPU-hour budget is spent")
+	}
+	if pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "job-name=next"}); err != nil || len(pods.Items) != 0 {
+		t.Fatalf("the held Job has pods: %v (%v)", pods, err)
+	}
+	if p, err := cs.CoreV1().Pods(ns).Get(ctx, burner.Name, metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil {
+		t.Fatalf("the running Job was disturbed when the budget ran out: %v", err)
+	}
+	background := metav1.DeletePropagationBackground
+	if err := cs.BatchV1().Jobs(ns).Delete(ctx, "burner", metav1.DeleteOptions{PropagationPolicy: &background}); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	jobPod(t, ns, "next")
+	t.Logf("the next Job ran %s after the burner stopped (window 1m)", time.Since(stopped).Round(time.Second))
 }
