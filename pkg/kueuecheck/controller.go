@@ -87,7 +87,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("Kueue's AdmissionChecks and Workloads not listed within %s: are Kueue's CRDs (v1beta2) installed, and may the controller read them?", SyncTimeout)
+		return fmt.Errorf("admission checks and workloads of Kueue not listed within %s: are Kueue's CRDs (v1beta2) installed, and may the controller read them?", SyncTimeout)
 	}
 	t := time.NewTicker(c.opts.Interval)
 	defer t.Stop()

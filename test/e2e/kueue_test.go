@@ -440,7 +440,9 @@ func TestKueueBudgetHoldsTheNextJob(t *testing.T) {
 	if _, err := dyn.Resource(kueueRes("admissionchecks")).Create(ctx, ac, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = dyn.Resource(kueueRes("admissionchecks")).Delete(context.Background(), check, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = dyn.Resource(kueueRes("admissionchecks")).Delete(context.Background(), check, metav1.DeleteOptions{})
+	})
 	waitFor(t, "the AdmissionCheck active", 30*time.Second, func() bool {
 		got, err := dyn.Resource(kueueRes("admissionchecks")).Get(ctx, check, metav1.GetOptions{})
 		cond := map[string]any(nil)
