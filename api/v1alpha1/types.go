@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -30,6 +31,18 @@ const (
 	// SourceAllocated measures GPU-hours as the share of GPUs the
 	// namespace held, used or not (slices x time).
 	SourceAllocated = "Allocated"
+)
+
+// Admission modes: what holds new work back while a budget is spent.
+const (
+	// AdmissionResourceQuota: the controller's ResourceQuota caps slices
+	// (maxSlices, maxClaimSlices) and, while the budget is spent, refuses
+	// new GPU pods.
+	AdmissionResourceQuota = "ResourceQuota"
+	// AdmissionKueue: Kueue's ClusterQueues cap slices and the controller's
+	// Kueue AdmissionCheck holds new Workloads back while the budget is
+	// spent; the controller writes no ResourceQuota.
+	AdmissionKueue = "Kueue"
 )
 
 // Idle actions.
@@ -87,6 +100,11 @@ type GPUQuotaSpec struct {
 	// Pods whose GPU utilization stays below a ratio for a duration are idle.
 	// +optional
 	Idle *Idle `json:"idle,omitempty"`
+	// What holds new work back. ResourceQuota: the controller's ResourceQuota caps slices and refuses new GPU pods while the budget is spent. Kueue: the namespace's work comes through Kueue, whose ClusterQueues cap slices (maxSlices and maxClaimSlices are refused), and the controller's Kueue AdmissionCheck (--kueue-admission-check) holds new Workloads back while the budget is spent; no ResourceQuota is written.
+	// +kubebuilder:validation:Enum=ResourceQuota;Kueue
+	// +kubebuilder:default=ResourceQuota
+	// +optional
+	Admission string `json:"admission,omitempty"`
 }
 
 // Budget is a GPU-hour budget over a rolling window.
@@ -149,6 +167,15 @@ func (s GPUQuotaSpec) Validate() error {
 	}
 	if s.MaxClaimSlices != nil && *s.MaxClaimSlices < 0 {
 		return fmt.Errorf("maxClaimSlices %d is negative", *s.MaxClaimSlices)
+	}
+	switch s.Admission {
+	case "", AdmissionResourceQuota:
+	case AdmissionKueue:
+		if s.MaxSlices != nil || s.MaxClaimSlices != nil {
+			return errors.New("admission Kueue: the ClusterQueues' quotas cap slices there, not a ResourceQuota; remove maxSlices and maxClaimSlices")
+		}
+	default:
+		return fmt.Errorf("admission %q: want ResourceQuota or Kueue", s.Admission)
 	}
 	if b := s.Budget; b != nil {
 		if b.GPUHours < 0 || b.Window.Duration < time.Minute {

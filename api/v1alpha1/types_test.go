@@ -39,7 +39,7 @@ func TestGPUQuotaRoundTrip(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	neg := int64(-1)
+	neg, eight := int64(-1), int64(8)
 	for name, spec := range map[string]v1alpha1.GPUQuotaSpec{
 		"negative slices":       {MaxSlices: &neg},
 		"negative claim slices": {MaxClaimSlices: &neg},
@@ -48,10 +48,17 @@ func TestValidate(t *testing.T) {
 		"zero ratio":            {Idle: &v1alpha1.Idle{For: v1alpha1.Duration{Duration: time.Minute}, Action: v1alpha1.ActionNone}},
 		"short idle":            {Idle: &v1alpha1.Idle{BelowUtilization: 0.1, For: v1alpha1.Duration{Duration: time.Second}, Action: v1alpha1.ActionNone}},
 		"unknown action":        {Idle: &v1alpha1.Idle{BelowUtilization: 0.1, For: v1alpha1.Duration{Duration: time.Minute}, Action: "Delete"}},
+		"unknown admission":     {Admission: "Volcano"},
+		"Kueue with maxSlices":  {Admission: v1alpha1.AdmissionKueue, MaxSlices: &eight},
+		"Kueue with claims cap": {Admission: v1alpha1.AdmissionKueue, MaxClaimSlices: &eight},
 	} {
 		if err := spec.Validate(); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+	kueue := v1alpha1.GPUQuotaSpec{Admission: v1alpha1.AdmissionKueue, Budget: &v1alpha1.Budget{GPUHours: 1, Window: v1alpha1.Duration{Duration: time.Hour}}}
+	if err := kueue.Validate(); err != nil {
+		t.Errorf("a Kueue-mode budget: %v", err)
 	}
 	var d v1alpha1.Duration
 	if err := json.Unmarshal([]byte(`3600`), &d); err == nil {

@@ -190,7 +190,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	reg := prometheus.NewRegistry()
 	ctrl := quota.New(kube, dyn, prom, quota.Options{Resource: c.resource, DeviceClasses: c.deviceClasses, MappedClasses: c.mappedClasses, Interval: c.interval, QueryTimeout: c.queryTimeout,
-		ScrapeInterval: c.scrapeInterval, Series: quota.Series(c.series), Logger: log, Registry: reg})
+		ScrapeInterval: c.scrapeInterval, Series: quota.Series(c.series), Logger: log, Registry: reg, KueueCheck: c.kueueCheck != ""})
 
 	lis, err := net.Listen("tcp", c.metricsAddr)
 	if err != nil {

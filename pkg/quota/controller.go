@@ -66,6 +66,9 @@ type Options struct {
 	// Series says which series are the agents' (see Series); empty is
 	// DefaultSeries, never every series.
 	Series Series
+	// KueueCheck is true when a Kueue AdmissionCheck (pkg/kueuecheck) runs
+	// beside the controller, holding GPUQuotas with admission Kueue.
+	KueueCheck bool
 }
 
 // Defaults for Options.

@@ -23,6 +23,9 @@ const (
 	ActionNone      = v1alpha1.ActionNone
 	ActionAnnotate  = v1alpha1.ActionAnnotate
 	ActionEvict     = v1alpha1.ActionEvict
+	// AdmissionKueue: Kueue's AdmissionCheck, not a ResourceQuota, holds
+	// the namespace's new work back.
+	AdmissionKueue = v1alpha1.AdmissionKueue
 )
 
 // Annotations on pods.
@@ -48,6 +51,10 @@ const (
 	// reach gpuslice's devices through a device class the controller was
 	// not told to cap: that class is closed at what its claims hold.
 	ConditionUncappedDeviceClass = "UncappedDeviceClass"
+	// ConditionBudgetNotEnforced is true while a GPUQuota with admission
+	// Kueue has a budget that nothing holds to: the controller serves no
+	// Kueue AdmissionCheck.
+	ConditionBudgetNotEnforced = "BudgetNotEnforced"
 )
 
 // The GPUQuota spec's parts, as the API (api/v1alpha1) defines them.
@@ -108,6 +115,9 @@ type Input struct {
 	// Claims is what the namespace's DRA claims count for; nil when the
 	// controller caps no device class.
 	Claims *ClaimUse
+	// KueueServed is true when the controller serves a Kueue
+	// AdmissionCheck (--kueue-admission-check).
+	KueueServed bool
 }
 
 // Decision is what to do to the namespace.
@@ -145,7 +155,8 @@ type Decision struct {
 func Decide(in Input) Decision {
 	d := decide(in)
 	// Claim caps need no measurement: only the budget state, decided above.
-	d.ClaimDevices, d.ClaimReason = claimLimits(in.Spec, in.Claims, d.BudgetExhausted)
+	// Under Kueue the AdmissionCheck holds new work back, not the quota.
+	d.ClaimDevices, d.ClaimReason = claimLimits(in.Spec, in.Claims, d.BudgetExhausted && in.Spec.Admission != AdmissionKueue)
 	return d
 }
 
@@ -174,6 +185,10 @@ func decide(in Input) Decision {
 			d.Hard, d.BudgetExhausted, d.UsedGPUHours, d.Reason = in.Previous.Hard, in.Previous.BudgetExhausted, in.Previous.UsedGPUHours, in.Previous.Reason
 			d.Measured = in.Previous.Measured
 		}
+	case b != nil && in.UsedGPUHours >= b.GPUHours && in.Spec.Admission == AdmissionKueue:
+		// Kueue's AdmissionCheck holds new Workloads back; no ResourceQuota.
+		d.BudgetExhausted = true
+		d.Reason = fmt.Sprintf("GPU-hour budget exhausted: %.2f of %.2f used over %s; new Workloads wait in Kueue", in.UsedGPUHours, b.GPUHours, b.Window)
 	case b != nil && in.UsedGPUHours >= b.GPUHours:
 		d.BudgetExhausted = true
 		// No new GPU pods; running ones keep what they hold.

@@ -41,6 +41,11 @@ func TestDecide(t *testing.T) {
 		in:   Input{Spec: Spec{Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}, MetricsOK: true, UsedSlices: 0, UsedGPUHours: 2, Now: now},
 		want: Decision{Hard: ptr(0), BudgetExhausted: true, UsedGPUHours: 2, Reason: "GPU-hour budget exhausted: 2.00 of 1.00 used over 1h0m0s", Measured: true},
 	}, {
+		// Kueue's AdmissionCheck holds new work back: no ResourceQuota.
+		name: "budget exhausted under Kueue",
+		in:   Input{Spec: Spec{Admission: AdmissionKueue, Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}, MetricsOK: true, UsedSlices: 3, UsedGPUHours: 2, Now: now},
+		want: Decision{BudgetExhausted: true, UsedGPUHours: 2, Reason: "GPU-hour budget exhausted: 2.00 of 1.00 used over 1h0m0s; new Workloads wait in Kueue", Measured: true},
+	}, {
 		name: "no cap, no budget: no ResourceQuota",
 		in:   Input{Spec: Spec{Idle: idleEvict}, MetricsOK: true, Now: now},
 		want: Decision{Reason: "maxSlices"},

@@ -54,6 +54,14 @@ func statusFor(q *v1alpha1.GPUQuota, in *Input, d Decision, now time.Time, inval
 			cond(ConditionMetricsUnavailable, !in.MetricsOK, "Prometheus", "GPU-hours and idleness come from Prometheus; without a complete answer nothing is reclaimed"),
 			cond(ConditionIdlenessUnknown, len(d.Unknown) > 0, "Evidence", "pods whose idleness Prometheus cannot show are never reclaimed; see status.unknownPods"),
 		}
+		if in.Spec.Admission == AdmissionKueue {
+			unheld := in.Spec.Budget != nil && !in.KueueServed
+			msg := "the controller's Kueue AdmissionCheck holds new Workloads back while the budget is spent"
+			if unheld {
+				msg = "admission Kueue, but this controller serves no Kueue AdmissionCheck (--kueue-admission-check): nothing holds new work back when the budget is spent"
+			}
+			status.Conditions = append(status.Conditions, cond(ConditionBudgetNotEnforced, unheld, "Kueue", msg))
+		}
 		if in.Claims != nil {
 			used := in.Claims.Slices
 			status.UsedClaimSlices = &used

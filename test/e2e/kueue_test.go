@@ -420,7 +420,8 @@ func checkEntry(w *unstructured.Unstructured, check string) map[string]any {
 }
 
 // TestKueueBudgetHoldsTheNextJob: gpu-quota-controller serves a Kueue
-// AdmissionCheck for GPU-hour budgets. A Job runs through a ClusterQueue
+// AdmissionCheck for GPU-hour budgets, for a GPUQuota with admission Kueue
+// (no ResourceQuota). A Job runs through a ClusterQueue
 // that lists it while the namespace's budget has room; once its measured
 // GPU time (real Prometheus, real agent) spends the budget, the next Job
 // stays unadmitted with the check's message naming the budget, and no pod
@@ -452,12 +453,19 @@ func TestKueueBudgetHoldsTheNextJob(t *testing.T) {
 		return cond != nil && cond["status"] == "True"
 	})
 	queue := kueueQueues(t, dyn, ns, 4, check)
-	rig.gpuQuota(ns, map[string]any{"budget": map[string]any{"gpuHours": 0.0003, "window": "1m"}})
+	rig.gpuQuota(ns, map[string]any{"admission": "Kueue", "budget": map[string]any{"gpuHours": 0.0003, "window": "1m"}})
 	if _, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob("burner", queue, withHostPID(pod("burner", 1, "exec /bin/workload --demand 1 --memory-mib 256"))), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	burner := jobPod(t, ns, "burner")
 	waitFor(t, "BudgetExhausted", 90*time.Second, func() bool { return rig.condition(ns, quota.ConditionBudgetExhausted) == "True" })
+	// Kueue mode: the check holds new work back, not a ResourceQuota.
+	if got := rig.condition(ns, quota.ConditionBudgetNotEnforced); got != "False" {
+		t.Errorf("%s = %q, want False: the controller serves the check", quota.ConditionBudgetNotEnforced, got)
+	}
+	if _, err := cs.CoreV1().ResourceQuotas(ns).Get(ctx, quota.QuotaName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a GPUQuota with admission Kueue has a ResourceQuota: %v", err)
+	}
 	if _, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob("next", queue, pod("next", 1, "sleep 3600")), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
