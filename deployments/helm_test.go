@@ -399,9 +399,10 @@ func TestQuotaControllerPermissions(t *testing.T) {
 }
 
 // TestQuotaControllerKueuePermissions: with kueueAdmissionCheck set the
-// quota controller may read Kueue's AdmissionChecks and Workloads and
-// patch their status (the check's entry, the Active condition), nothing
-// else of Kueue's; without it, nothing of Kueue's at all.
+// quota controller may read Kueue's AdmissionChecks and Workloads, patch
+// their status (the check's entry, the Active condition) and patch
+// Workloads (spec.active, for idle reclaim), nothing else of Kueue's;
+// without it, nothing of Kueue's at all.
 func TestQuotaControllerKueuePermissions(t *testing.T) {
 	srv := apiserver.Start(t)
 	cs := srv.Clientset(t)
@@ -432,7 +433,8 @@ func TestQuotaControllerKueuePermissions(t *testing.T) {
 			{"watch", "workloads", "", "", "", on},
 			{"patch", "admissionchecks", "status", "budget", "", on},
 			{"patch", "workloads", "status", "job-train", "ml", on},
-			{"patch", "workloads", "", "job-train", "ml", false}, // the spec is Kueue's and the user's
+			{"patch", "workloads", "", "job-train", "ml", on}, // spec.active: idle reclaim through Kueue
+			{"create", "workloads", "", "", "ml", false},
 			{"update", "workloads", "status", "job-train", "ml", false},
 			{"delete", "workloads", "", "job-train", "ml", false},
 			{"patch", "admissionchecks", "", "budget", "", false},

@@ -189,8 +189,18 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	ctrl := quota.New(kube, dyn, prom, quota.Options{Resource: c.resource, DeviceClasses: c.deviceClasses, MappedClasses: c.mappedClasses, Interval: c.interval, QueryTimeout: c.queryTimeout,
-		ScrapeInterval: c.scrapeInterval, Series: quota.Series(c.series), Logger: log, Registry: reg, KueueCheck: c.kueueCheck != ""})
+	opts := quota.Options{Resource: c.resource, DeviceClasses: c.deviceClasses, MappedClasses: c.mappedClasses, Interval: c.interval, QueryTimeout: c.queryTimeout,
+		ScrapeInterval: c.scrapeInterval, Series: quota.Series(c.series), Logger: log, Registry: reg, KueueCheck: c.kueueCheck != ""}
+	// The Kueue check judges from the quota controller's budgets; the quota
+	// controller reclaims idle Kueue pods through the check's Workloads.
+	var ctrl *quota.Controller
+	var check *kueuecheck.Controller
+	if c.kueueCheck != "" {
+		check = kueuecheck.New(dyn, kueuecheck.BudgetsFunc(func(ns string) quota.BudgetState { return ctrl.BudgetOf(ns) }),
+			kueuecheck.Options{ControllerName: c.kueueCheck, Interval: c.interval, Logger: log})
+		opts.Reclaimer = check
+	}
+	ctrl = quota.New(kube, dyn, prom, opts)
 
 	lis, err := net.Listen("tcp", c.metricsAddr)
 	if err != nil {
@@ -211,8 +221,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	log.Info("starting", "prometheus", c.promURL, "interval", c.interval, "metrics", lis.Addr().String(), "leader_elect", c.leaderElect)
 
 	run := ctrl.Run
-	if c.kueueCheck != "" {
-		check := kueuecheck.New(dyn, ctrl, kueuecheck.Options{ControllerName: c.kueueCheck, Interval: c.interval, Logger: log})
+	if check != nil {
 		run = func(ctx context.Context) error { return both(ctx, ctrl.Run, check.Run) }
 	}
 	if !c.leaderElect {

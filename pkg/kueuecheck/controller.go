@@ -33,6 +33,12 @@ type Budgets interface {
 	BudgetOf(namespace string) quota.BudgetState
 }
 
+// BudgetsFunc is a function as Budgets.
+type BudgetsFunc func(namespace string) quota.BudgetState
+
+// BudgetOf calls f.
+func (f BudgetsFunc) BudgetOf(namespace string) quota.BudgetState { return f(namespace) }
+
 // Options configure a Controller.
 type Options struct {
 	// ControllerName is the AdmissionCheck controllerName served;
@@ -103,39 +109,50 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 }
 
-// Sync marks this controller's AdmissionChecks active and judges every
-// pending check of theirs.
+// Sync requeues the Workloads it reclaimed once Kueue has evicted them,
+// marks this controller's AdmissionChecks active and judges every pending
+// check of theirs.
 func (c *Controller) Sync(ctx context.Context, now time.Time) error {
-	names, errs := c.activate(ctx, now)
-	if len(names) == 0 {
-		return errors.Join(errs...)
-	}
 	objs, err := c.wls.List(labels.Everything())
 	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("list Workloads: %w", err))...)
+		return fmt.Errorf("list Workloads: %w", err)
 	}
+	names, errs := c.activate(ctx, now)
 	for _, o := range objs {
 		w, ok := o.(*unstructured.Unstructured)
-		if !ok || conditionTrue(w, "Admitted") || conditionTrue(w, "Finished") {
-			continue // admitted work is never stopped by the check
+		if !ok {
+			continue
 		}
-		entries, _, _ := unstructured.NestedSlice(w.Object, "status", "admissionChecks")
-		for _, e := range entries {
-			entry, _ := e.(map[string]any)
-			name, _ := entry["name"].(string)
-			if !names[name] {
-				continue
-			}
-			v := Judge(c.budgets.BudgetOf(w.GetNamespace()))
-			if entry["state"] == v.State && entry["message"] == v.Message {
-				continue
-			}
-			if err := c.apply(ctx, w, name, entry, v, now); err != nil {
-				errs = append(errs, err)
-			}
+		if err := c.requeue(ctx, w); err != nil {
+			errs = append(errs, err)
+		}
+		if len(names) > 0 && !conditionTrue(w, "Admitted") && !conditionTrue(w, "Finished") { // admitted work is never stopped by the check
+			errs = append(errs, c.judge(ctx, w, names, now)...)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// judge writes the state of each of this controller's checks a Workload
+// waits on, where it changed.
+func (c *Controller) judge(ctx context.Context, w *unstructured.Unstructured, names map[string]bool, now time.Time) []error {
+	var errs []error
+	entries, _, _ := unstructured.NestedSlice(w.Object, "status", "admissionChecks")
+	for _, e := range entries {
+		entry, _ := e.(map[string]any)
+		name, _ := entry["name"].(string)
+		if !names[name] {
+			continue
+		}
+		v := Judge(c.budgets.BudgetOf(w.GetNamespace()))
+		if entry["state"] == v.State && entry["message"] == v.Message {
+			continue
+		}
+		if err := c.apply(ctx, w, name, entry, v, now); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 // activate returns the names of the AdmissionChecks this controller

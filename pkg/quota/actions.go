@@ -125,10 +125,26 @@ func (c *Controller) annotate(ctx context.Context, ns, name string, now time.Tim
 	return nil
 }
 
-func (c *Controller) evict(ctx context.Context, ns, name string, idle *Idle) error {
+// evict evicts an idle pod through the Eviction API or, for a GPUQuota
+// with admission Kueue, reclaims it through its Kueue Workload.
+func (c *Controller) evict(ctx context.Context, ns, name string, spec Spec) error {
+	idle := spec.Idle
 	p, err := c.pods.Pods(ns).Get(name)
 	if err != nil {
 		return nil //nolint:nilerr // gone already
+	}
+	why := fmt.Sprintf("its GPU utilization stayed below %.0f%% for %s", idle.BelowUtilization*100, idle.For)
+	if spec.Admission == AdmissionKueue && c.opts.Reclaimer != nil {
+		handled, err := c.opts.Reclaimer.Reclaim(ctx, p, why)
+		if err != nil {
+			return fmt.Errorf("reclaim idle pod %s/%s through Kueue: %w", ns, name, err)
+		}
+		if handled {
+			c.metrics.evictions.Inc()
+			c.log.Info("idle pod reclaimed through its Kueue Workload", "namespace", ns, "pod", name)
+			c.events.Eventf(p, corev1.EventTypeWarning, "GPUIdleReclaimed", "Its Kueue Workload was deactivated, to be requeued once evicted: %s", why)
+			return nil
+		}
 	}
 	ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
 	err = c.kube.CoreV1().Pods(ns).EvictV1(ctx, ev)
@@ -136,7 +152,7 @@ func (c *Controller) evict(ctx context.Context, ns, name string, idle *Idle) err
 	case err == nil:
 		c.metrics.evictions.Inc()
 		c.log.Info("idle pod evicted", "namespace", ns, "pod", name)
-		c.events.Eventf(p, corev1.EventTypeWarning, "GPUIdleEvicted", "Evicted: its GPU utilization stayed below %.0f%% for %s", idle.BelowUtilization*100, idle.For)
+		c.events.Eventf(p, corev1.EventTypeWarning, "GPUIdleEvicted", "Evicted: %s", why)
 		return nil
 	case apierrors.IsTooManyRequests(err):
 		// A PodDisruptionBudget forbids it now; try again next cycle.

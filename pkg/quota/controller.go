@@ -69,6 +69,18 @@ type Options struct {
 	// KueueCheck is true when a Kueue AdmissionCheck (pkg/kueuecheck) runs
 	// beside the controller, holding GPUQuotas with admission Kueue.
 	KueueCheck bool
+	// Reclaimer, when set, reclaims idle pods of GPUQuotas with admission
+	// Kueue through their Kueue Workloads instead of evicting them.
+	Reclaimer Reclaimer
+}
+
+// Reclaimer reclaims an idle pod's GPUs through the queueing system that
+// runs it (Kueue), so the system requeues its work, rather than evicting
+// the pod under it.
+type Reclaimer interface {
+	// Reclaim reclaims pod through its owner, saying why; false when the
+	// pod has no such owner (it is then evicted as any other).
+	Reclaim(ctx context.Context, pod *corev1.Pod, why string) (bool, error)
 }
 
 // Defaults for Options.

@@ -66,7 +66,7 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 		errs = append(errs, c.annotate(ctx, ns, name, now))
 	}
 	for _, name := range d.Evict {
-		errs = append(errs, c.evict(ctx, ns, name, spec.Idle))
+		errs = append(errs, c.evict(ctx, ns, name, spec))
 	}
 	errs = append(errs, c.writeStatus(ctx, q, &in, d, now, nil))
 	return errors.Join(errs...)

@@ -494,3 +494,66 @@ func TestKueueBudgetHoldsTheNextJob(t *testing.T) {
 	jobPod(t, ns, "next")
 	t.Logf("the next Job ran %s after the burner stopped (window 1m)", time.Since(stopped).Round(time.Second))
 }
+
+// TestKueueIdleWorkloadRequeued: with admission Kueue, an idle Job's pod
+// is reclaimed through Kueue, not evicted: its Workload is deactivated,
+// Kueue stops the Job, and the controller activates it again so Kueue
+// requeues it (it is admitted and runs again: a new pod); a busy Job's pod
+// on the same GPU is not touched, and no pod is evicted.
+func TestKueueIdleWorkloadRequeued(t *testing.T) {
+	dyn := startKueue(t)
+	rig := startQuotaRig(t, "--kueue-admission-check="+kueuecheck.DefaultControllerName)
+	cs := c.API.Clientset(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "kueue-idle")
+	queue := kueueQueues(t, dyn, ns, 4)
+	rig.gpuQuota(ns, map[string]any{"admission": "Kueue", "idle": map[string]any{"belowUtilization": 0.05, "for": "15s", "action": "Evict"}})
+	for _, j := range []struct{ name, demand string }{{"sleeper", "0"}, {"worker", "0.5"}} {
+		if _, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob(j.name, queue, withHostPID(pod(j.name, 1, "exec /bin/workload --memory-mib 256 --demand "+j.demand))), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sleeper, worker := jobPod(t, ns, "sleeper"), jobPod(t, ns, "worker")
+	if g1, g2 := assignmentGPU(t, ns, sleeper.Name), assignmentGPU(t, ns, worker.Name); g1 != g2 {
+		t.Fatalf("the Jobs' pods are on different GPUs (%s, %s); the test needs them to share one", g1, g2)
+	}
+	start := time.Now()
+	// Requeued and admitted again: a new pod of the same Job runs.
+	var again *corev1.Pod
+	waitFor(t, "the idle Job's Workload requeued and running again", 150*time.Second, func() bool {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "job-name=sleeper"})
+		if err != nil {
+			return false
+		}
+		for i := range pods.Items {
+			if p := &pods.Items[i]; p.UID != sleeper.UID && p.Status.Phase == corev1.PodRunning {
+				again = p
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("the idle Job ran again as %s %s after it started", again.Name, time.Since(start).Round(time.Second))
+	if p, err := cs.CoreV1().Pods(ns).Get(ctx, worker.Name, metav1.GetOptions{}); err != nil || p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
+		t.Errorf("the busy Job's pod was touched: %v", err)
+	}
+	events, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reclaimed := 0
+	for _, e := range events.Items {
+		switch e.Reason {
+		case "GPUIdleEvicted":
+			t.Errorf("a pod of a Kueue namespace was evicted, not reclaimed through Kueue: %s", e.Message)
+		case "GPUIdleReclaimed":
+			reclaimed++
+		}
+	}
+	if reclaimed == 0 {
+		t.Error("no GPUIdleReclaimed Event")
+	}
+	if j, err := cs.BatchV1().Jobs(ns).Get(ctx, "sleeper", metav1.GetOptions{}); err != nil || j.Status.Failed != 0 {
+		t.Errorf("the reclaimed Job counts failures: %+v (%v)", j.Status, err)
+	}
+}
