@@ -41,7 +41,8 @@ const (
 	AdmissionResourceQuota = "ResourceQuota"
 	// AdmissionKueue: Kueue's ClusterQueues cap slices and the controller's
 	// Kueue AdmissionCheck holds new Workloads back while the budget is
-	// spent; the controller writes no ResourceQuota.
+	// spent; a ResourceQuota at what is held exists only then, to stop pods
+	// that skip Kueue.
 	AdmissionKueue = "Kueue"
 )
 
@@ -100,7 +101,7 @@ type GPUQuotaSpec struct {
 	// Pods whose GPU utilization stays below a ratio for a duration are idle.
 	// +optional
 	Idle *Idle `json:"idle,omitempty"`
-	// What holds new work back. ResourceQuota: the controller's ResourceQuota caps slices and refuses new GPU pods while the budget is spent. Kueue: the namespace's work comes through Kueue, whose ClusterQueues cap slices (maxSlices and maxClaimSlices are refused), and the controller's Kueue AdmissionCheck (--kueue-admission-check) holds new Workloads back while the budget is spent; no ResourceQuota is written.
+	// What holds new work back. ResourceQuota: the controller's ResourceQuota caps slices and refuses new GPU pods while the budget is spent. Kueue: the namespace's work comes through Kueue, whose ClusterQueues cap slices (maxSlices and maxClaimSlices are refused); the controller's Kueue AdmissionCheck (--kueue-admission-check) holds new Workloads back while the budget is spent, a ResourceQuota at what is held then stops pods that skip Kueue, and idle pods are reclaimed through their Workloads, which Kueue requeues.
 	// +kubebuilder:validation:Enum=ResourceQuota;Kueue
 	// +kubebuilder:default=ResourceQuota
 	// +optional

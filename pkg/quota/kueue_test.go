@@ -18,14 +18,14 @@ func TestKueueBudgetNotEnforcedIsSaid(t *testing.T) {
 		spec      Spec
 		served    bool
 		want      string // "" when the condition is absent
-		hardIsNil bool
+		hardIsNil bool // spent: a ResourceQuota at what is held, for any budget
 	}{
-		{"Kueue, no check served", Spec{Admission: AdmissionKueue, Budget: budget}, false, "True", true},
-		{"Kueue, check served", Spec{Admission: AdmissionKueue, Budget: budget}, true, "False", true},
+		{"Kueue, no check served", Spec{Admission: AdmissionKueue, Budget: budget}, false, "True", false},
+		{"Kueue, check served", Spec{Admission: AdmissionKueue, Budget: budget}, true, "False", false},
 		{"Kueue, no budget", Spec{Admission: AdmissionKueue}, false, "False", true},
 		{"ResourceQuota", Spec{Budget: budget}, false, "", false},
 	} {
-		in := Input{Spec: tc.spec, MetricsOK: true, UsedGPUHours: 5, Now: now, KueueServed: tc.served}
+		in := Input{Spec: tc.spec, MetricsOK: true, UsedGPUHours: 5, Now: now, KueueServed: tc.served} // spent
 		d := Decide(in)
 		if (d.Hard == nil) != tc.hardIsNil {
 			t.Errorf("%s: ResourceQuota limit %v", tc.name, d.Hard)

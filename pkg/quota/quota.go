@@ -155,8 +155,7 @@ type Decision struct {
 func Decide(in Input) Decision {
 	d := decide(in)
 	// Claim caps need no measurement: only the budget state, decided above.
-	// Under Kueue the AdmissionCheck holds new work back, not the quota.
-	d.ClaimDevices, d.ClaimReason = claimLimits(in.Spec, in.Claims, d.BudgetExhausted && in.Spec.Admission != AdmissionKueue)
+	d.ClaimDevices, d.ClaimReason = claimLimits(in.Spec, in.Claims, d.BudgetExhausted)
 	return d
 }
 
@@ -185,10 +184,6 @@ func decide(in Input) Decision {
 			d.Hard, d.BudgetExhausted, d.UsedGPUHours, d.Reason = in.Previous.Hard, in.Previous.BudgetExhausted, in.Previous.UsedGPUHours, in.Previous.Reason
 			d.Measured = in.Previous.Measured
 		}
-	case b != nil && in.UsedGPUHours >= b.GPUHours && in.Spec.Admission == AdmissionKueue:
-		// Kueue's AdmissionCheck holds new Workloads back; no ResourceQuota.
-		d.BudgetExhausted = true
-		d.Reason = fmt.Sprintf("GPU-hour budget exhausted: %.2f of %.2f used over %s; new Workloads wait in Kueue", in.UsedGPUHours, b.GPUHours, b.Window)
 	case b != nil && in.UsedGPUHours >= b.GPUHours:
 		d.BudgetExhausted = true
 		// No new GPU pods; running ones keep what they hold.
@@ -198,6 +193,11 @@ func decide(in Input) Decision {
 		}
 		d.Hard = &hard
 		d.Reason = fmt.Sprintf("GPU-hour budget exhausted: %.2f of %.2f used over %s", in.UsedGPUHours, b.GPUHours, b.Window)
+		if in.Spec.Admission == AdmissionKueue {
+			// Kueue's check holds new Workloads back; the ResourceQuota at
+			// what is held stops work that does not come through Kueue.
+			d.Reason += "; new Workloads wait in Kueue, and the ResourceQuota stops pods that bypass it"
+		}
 	}
 	if i := in.Spec.Idle; i != nil {
 		for _, p := range in.Pods {

@@ -41,10 +41,16 @@ func TestDecide(t *testing.T) {
 		in:   Input{Spec: Spec{Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}, MetricsOK: true, UsedSlices: 0, UsedGPUHours: 2, Now: now},
 		want: Decision{Hard: ptr(0), BudgetExhausted: true, UsedGPUHours: 2, Reason: "GPU-hour budget exhausted: 2.00 of 1.00 used over 1h0m0s", Measured: true},
 	}, {
-		// Kueue's AdmissionCheck holds new work back: no ResourceQuota.
+		// Kueue's AdmissionCheck holds new Workloads back; a ResourceQuota
+		// at what is held stops pods that do not come through Kueue.
 		name: "budget exhausted under Kueue",
 		in:   Input{Spec: Spec{Admission: AdmissionKueue, Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}, MetricsOK: true, UsedSlices: 3, UsedGPUHours: 2, Now: now},
-		want: Decision{BudgetExhausted: true, UsedGPUHours: 2, Reason: "GPU-hour budget exhausted: 2.00 of 1.00 used over 1h0m0s; new Workloads wait in Kueue", Measured: true},
+		want: Decision{Hard: ptr(3), BudgetExhausted: true, UsedGPUHours: 2, Reason: "GPU-hour budget exhausted: 2.00 of 1.00 used over 1h0m0s; new Workloads wait in Kueue, and the ResourceQuota stops pods that bypass it", Measured: true},
+	}, {
+		// With room, Kueue's ClusterQueues cap: no ResourceQuota.
+		name: "budget left under Kueue",
+		in:   Input{Spec: Spec{Admission: AdmissionKueue, Budget: &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}}, MetricsOK: true, UsedSlices: 3, UsedGPUHours: 0.5, Now: now},
+		want: Decision{UsedGPUHours: 0.5, Reason: "maxSlices", Measured: true},
 	}, {
 		name: "no cap, no budget: no ResourceQuota",
 		in:   Input{Spec: Spec{Idle: idleEvict}, MetricsOK: true, Now: now},

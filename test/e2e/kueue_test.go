@@ -420,8 +420,9 @@ func checkEntry(w *unstructured.Unstructured, check string) map[string]any {
 }
 
 // TestKueueBudgetHoldsTheNextJob: gpu-quota-controller serves a Kueue
-// AdmissionCheck for GPU-hour budgets, for a GPUQuota with admission Kueue
-// (no ResourceQuota). A Job runs through a ClusterQueue
+// AdmissionCheck for GPU-hour budgets, for a GPUQuota with admission
+// Kueue (no ResourceQuota caps; one at what is held while the budget is
+// spent, which stops a pod that skips Kueue). A Job runs through a ClusterQueue
 // that lists it while the namespace's budget has room; once its measured
 // GPU time (real Prometheus, real agent) spends the budget, the next Job
 // stays unadmitted with the check's message naming the budget, and no pod
@@ -459,13 +460,22 @@ func TestKueueBudgetHoldsTheNextJob(t *testing.T) {
 	}
 	burner := jobPod(t, ns, "burner")
 	waitFor(t, "BudgetExhausted", 90*time.Second, func() bool { return rig.condition(ns, quota.ConditionBudgetExhausted) == "True" })
-	// Kueue mode: the check holds new work back, not a ResourceQuota.
 	if got := rig.condition(ns, quota.ConditionBudgetNotEnforced); got != "False" {
 		t.Errorf("%s = %q, want False: the controller serves the check", quota.ConditionBudgetNotEnforced, got)
 	}
-	if _, err := cs.CoreV1().ResourceQuotas(ns).Get(ctx, quota.QuotaName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Errorf("a GPUQuota with admission Kueue has a ResourceQuota: %v", err)
-	}
+	// The attack: a tenant skips Kueue with a plain pod (no queue name).
+	// While the budget is spent a ResourceQuota at what is held stops it.
+	waitFor(t, "the backstop ResourceQuota", 30*time.Second, func() bool {
+		_, err := cs.CoreV1().ResourceQuotas(ns).Get(ctx, quota.QuotaName, metav1.GetOptions{})
+		return err == nil
+	})
+	waitFor(t, "a pod bypassing Kueue refused", 30*time.Second, func() bool {
+		_, err := cs.CoreV1().Pods(ns).Create(ctx, pod("bypass", 1, "sleep 3600"), metav1.CreateOptions{})
+		if err == nil {
+			t.Fatal("a pod that skipped Kueue was admitted while the namespace's budget is spent")
+		}
+		return strings.Contains(err.Error(), "exceeded quota")
+	})
 	if _, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob("next", queue, pod("next", 1, "sleep 3600")), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -493,6 +503,11 @@ func TestKueueBudgetHoldsTheNextJob(t *testing.T) {
 	stopped := time.Now()
 	jobPod(t, ns, "next")
 	t.Logf("the next Job ran %s after the burner stopped (window 1m)", time.Since(stopped).Round(time.Second))
+	// With room again, Kueue's ClusterQueue caps: no ResourceQuota.
+	waitFor(t, "the backstop ResourceQuota gone", 30*time.Second, func() bool {
+		_, err := cs.CoreV1().ResourceQuotas(ns).Get(ctx, quota.QuotaName, metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
 }
 
 // TestKueueIdleWorkloadRequeued: with admission Kueue, an idle Job's pod
