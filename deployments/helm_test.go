@@ -399,7 +399,7 @@ func TestQuotaControllerPermissions(t *testing.T) {
 }
 
 // TestQuotaControllerKueuePermissions: with kueueAdmissionCheck set the
-// quota controller may read Kueue's AdmissionChecks and Workloads, patch
+// quota controller may read Kueue's AdmissionChecks, Workloads and queues, patch
 // their status (the check's entry, the Active condition) and patch
 // Workloads (spec.active, for idle reclaim), nothing else of Kueue's;
 // without it, nothing of Kueue's at all.
@@ -438,8 +438,10 @@ func TestQuotaControllerKueuePermissions(t *testing.T) {
 			{"update", "workloads", "status", "job-train", "ml", false},
 			{"delete", "workloads", "", "job-train", "ml", false},
 			{"patch", "admissionchecks", "", "budget", "", false},
+			{"list", "localqueues", "", "", "", on}, // which queues skip the check
+			{"watch", "clusterqueues", "", "", "", on},
 			{"patch", "clusterqueues", "", "gpus", "", false},
-			{"list", "localqueues", "", "", "", false},
+			{"patch", "localqueues", "", "gpus", "ml", false},
 		} {
 			if got := can(c.verb, "kueue.x-k8s.io", c.resource, c.sub, c.name, c.namespace); got != c.want {
 				t.Errorf("kueueAdmissionCheck set %t: can %s %s/%s %q in %q = %t, want %t", on, c.verb, c.resource, c.sub, c.name, c.namespace, got, c.want)

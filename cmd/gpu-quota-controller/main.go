@@ -198,7 +198,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	if c.kueueCheck != "" {
 		check = kueuecheck.New(dyn, kueuecheck.BudgetsFunc(func(ns string) quota.BudgetState { return ctrl.BudgetOf(ns) }),
 			kueuecheck.Options{ControllerName: c.kueueCheck, Interval: c.interval, Logger: log})
-		opts.Reclaimer = check
+		opts.Reclaimer, opts.Queues = check, check
 	}
 	ctrl = quota.New(kube, dyn, prom, opts)
 

@@ -22,6 +22,8 @@ import (
 var (
 	AdmissionChecks = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "admissionchecks"}
 	Workloads       = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "workloads"}
+	LocalQueues     = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "localqueues"}
+	ClusterQueues   = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "clusterqueues"}
 )
 
 // FieldManager owns the check's entries in Workloads' status and the
@@ -59,6 +61,8 @@ type Controller struct {
 	log     *slog.Logger
 	checks  cache.GenericLister
 	wls     cache.GenericLister
+	lqs     cache.GenericLister
+	cqs     cache.GenericLister
 	synced  []cache.InformerSynced
 	factory dynamicinformer.DynamicSharedInformerFactory
 }
@@ -75,9 +79,10 @@ func New(dyn dynamic.Interface, budgets Budgets, opts Options) *Controller {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	f := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
-	ac, wl := f.ForResource(AdmissionChecks), f.ForResource(Workloads)
+	ac, wl, lq, cq := f.ForResource(AdmissionChecks), f.ForResource(Workloads), f.ForResource(LocalQueues), f.ForResource(ClusterQueues)
 	return &Controller{dyn: dyn, budgets: budgets, opts: opts, log: opts.Logger, factory: f,
-		checks: ac.Lister(), wls: wl.Lister(), synced: []cache.InformerSynced{ac.Informer().HasSynced, wl.Informer().HasSynced}}
+		checks: ac.Lister(), wls: wl.Lister(), lqs: lq.Lister(), cqs: cq.Lister(),
+		synced: []cache.InformerSynced{ac.Informer().HasSynced, wl.Informer().HasSynced, lq.Informer().HasSynced, cq.Informer().HasSynced}}
 }
 
 // SyncTimeout bounds how long Run waits for its caches: Kueue's CRDs

@@ -2,6 +2,7 @@ package kueuecheck
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -35,7 +36,7 @@ func jobPod(jobUID string) *corev1.Pod {
 // no Workload owns is not Kueue's (it is then evicted as any other).
 func TestReclaimDeactivatesThenRequeues(t *testing.T) {
 	scheme := runtime.NewScheme()
-	gvrs := map[schema.GroupVersionResource]string{AdmissionChecks: "AdmissionCheckList", Workloads: "WorkloadList"}
+	gvrs := map[schema.GroupVersionResource]string{AdmissionChecks: "AdmissionCheckList", Workloads: "WorkloadList", LocalQueues: "LocalQueueList", ClusterQueues: "ClusterQueueList"}
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme, gvrs, workload("job-idle", "uid-idle"), workload("job-other", "uid-other"))
 	c := New(dyn, BudgetsFunc(func(string) quota.BudgetState { return quota.BudgetState{} }), Options{})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -90,5 +91,57 @@ func TestReclaimDeactivatesThenRequeues(t *testing.T) {
 	}
 	if _, found, _ := unstructured.NestedBool(other.Object, "spec", "active"); found {
 		t.Fatal("another Workload was touched")
+	}
+}
+
+func kueueObj(kind, ns, name string, spec map[string]any) *unstructured.Unstructured {
+	u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": kind, "spec": spec}}
+	u.SetName(name)
+	u.SetNamespace(ns)
+	return u
+}
+
+// TestUncoveredNamesQueuesThatSkipTheCheck: a namespace's LocalQueue whose
+// ClusterQueue lists none of the AdmissionChecks this controller serves
+// (another controller's, one only on some flavors, or a ClusterQueue that
+// does not exist) is named; one that lists a served check is not.
+func TestUncoveredNamesQueuesThatSkipTheCheck(t *testing.T) {
+	scheme := runtime.NewScheme()
+	gvrs := map[schema.GroupVersionResource]string{AdmissionChecks: "AdmissionCheckList", Workloads: "WorkloadList", LocalQueues: "LocalQueueList", ClusterQueues: "ClusterQueueList"}
+	strategy := func(entries ...map[string]any) map[string]any {
+		list := []any{}
+		for _, e := range entries {
+			list = append(list, e)
+		}
+		return map[string]any{"admissionChecksStrategy": map[string]any{"admissionChecks": list}}
+	}
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme, gvrs,
+		kueueObj("AdmissionCheck", "", "budget", map[string]any{"controllerName": DefaultControllerName}),
+		kueueObj("AdmissionCheck", "", "prov", map[string]any{"controllerName": "kueue.x-k8s.io/provisioning-request"}),
+		kueueObj("ClusterQueue", "", "held", strategy(map[string]any{"name": "prov"}, map[string]any{"name": "budget"})),
+		kueueObj("ClusterQueue", "", "open", strategy(map[string]any{"name": "prov"})),
+		kueueObj("ClusterQueue", "", "some", strategy(map[string]any{"name": "budget", "onFlavors": []any{"a100"}})),
+		kueueObj("LocalQueue", "ml", "main", map[string]any{"clusterQueue": "held"}),
+		kueueObj("LocalQueue", "ml", "side", map[string]any{"clusterQueue": "open"}),
+		kueueObj("LocalQueue", "ml", "flavors", map[string]any{"clusterQueue": "some"}),
+		kueueObj("LocalQueue", "ml", "ghost", map[string]any{"clusterQueue": "gone"}),
+		kueueObj("LocalQueue", "other", "main", map[string]any{"clusterQueue": "open"}),
+	)
+	c := New(dyn, BudgetsFunc(func(string) quota.BudgetState { return quota.BudgetState{} }), Options{})
+	if _, known := c.Uncovered("ml"); known {
+		t.Fatal("known before the caches listed anything")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c.factory.Start(ctx.Done())
+	c.factory.WaitForCacheSync(ctx.Done())
+	got, known := c.Uncovered("ml")
+	want := []string{
+		"flavors (ClusterQueue some lists gpuslice's AdmissionCheck only on some flavors)",
+		"ghost (ClusterQueue gone not found)",
+		"side (ClusterQueue open lists no AdmissionCheck gpuslice serves)",
+	}
+	if !known || strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("Uncovered(ml) = %q (known %t), want %q", got, known, want)
 	}
 }

@@ -72,6 +72,17 @@ type Options struct {
 	// Reclaimer, when set, reclaims idle pods of GPUQuotas with admission
 	// Kueue through their Kueue Workloads instead of evicting them.
 	Reclaimer Reclaimer
+	// Queues, when set, names the queues through which a namespace's work
+	// escapes the Kueue check, for GPUQuotas with admission Kueue.
+	Queues Queues
+}
+
+// Queues tells which of a namespace's Kueue LocalQueues lead to no check
+// holding the budget.
+type Queues interface {
+	// Uncovered names them; known is false while Kueue's objects are not
+	// listed yet.
+	Uncovered(namespace string) (queues []string, known bool)
 }
 
 // Reclaimer reclaims an idle pod's GPUs through the queueing system that

@@ -13,6 +13,9 @@ import (
 func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Usage, sizes DeviceSizes, metricsOK bool, now time.Time) error {
 	ns, spec := q.obj.Namespace, q.obj.Spec
 	in := Input{Spec: spec, MetricsOK: metricsOK, Now: now, ScrapeInterval: c.opts.ScrapeInterval, KueueServed: c.opts.KueueCheck}
+	if spec.Admission == AdmissionKueue && c.opts.Queues != nil {
+		in.UncoveredQueues, _ = c.opts.Queues.Uncovered(ns)
+	}
 	if rq, err := c.quotas.ResourceQuotas(ns).Get(QuotaName); err == nil {
 		used := rq.Status.Used[corev1.ResourceName("requests."+c.opts.Resource)]
 		in.UsedSlices = used.Value()

@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -8,24 +9,28 @@ import (
 )
 
 // TestKueueBudgetNotEnforcedIsSaid: a GPUQuota whose budget Kueue's
-// AdmissionCheck should hold, on a controller serving no check, says so in
-// its status (BudgetNotEnforced), never silently unenforced; served, the
-// condition is false; a ResourceQuota-mode GPUQuota has no such condition.
+// AdmissionCheck should hold, on a controller serving no check or with a
+// LocalQueue whose ClusterQueue skips the check, says so in its status
+// (BudgetNotEnforced, naming the queue), never silently unenforced;
+// served and covered, the condition is false; a ResourceQuota-mode
+// GPUQuota has no such condition.
 func TestKueueBudgetNotEnforcedIsSaid(t *testing.T) {
 	budget := &Budget{GPUHours: 1, Window: Duration{Duration: time.Hour}}
 	for _, tc := range []struct {
 		name      string
 		spec      Spec
 		served    bool
+		uncovered []string
 		want      string // "" when the condition is absent
-		hardIsNil bool // spent: a ResourceQuota at what is held, for any budget
+		hardIsNil bool   // spent: a ResourceQuota at what is held, for any budget
 	}{
-		{"Kueue, no check served", Spec{Admission: AdmissionKueue, Budget: budget}, false, "True", false},
-		{"Kueue, check served", Spec{Admission: AdmissionKueue, Budget: budget}, true, "False", false},
-		{"Kueue, no budget", Spec{Admission: AdmissionKueue}, false, "False", true},
-		{"ResourceQuota", Spec{Budget: budget}, false, "", false},
+		{"Kueue, no check served", Spec{Admission: AdmissionKueue, Budget: budget}, false, nil, "True", false},
+		{"Kueue, check served", Spec{Admission: AdmissionKueue, Budget: budget}, true, nil, "False", false},
+		{"Kueue, a queue skips the check", Spec{Admission: AdmissionKueue, Budget: budget}, true, []string{"side (ClusterQueue open lists no AdmissionCheck gpuslice serves)"}, "True", false},
+		{"Kueue, no budget", Spec{Admission: AdmissionKueue}, false, nil, "False", true},
+		{"ResourceQuota", Spec{Budget: budget}, false, nil, "", false},
 	} {
-		in := Input{Spec: tc.spec, MetricsOK: true, UsedGPUHours: 5, Now: now, KueueServed: tc.served} // spent
+		in := Input{Spec: tc.spec, MetricsOK: true, UsedGPUHours: 5, Now: now, KueueServed: tc.served, UncoveredQueues: tc.uncovered} // spent
 		d := Decide(in)
 		if (d.Hard == nil) != tc.hardIsNil {
 			t.Errorf("%s: ResourceQuota limit %v", tc.name, d.Hard)
@@ -35,6 +40,9 @@ func TestKueueBudgetNotEnforcedIsSaid(t *testing.T) {
 		for _, c := range st.Conditions {
 			if c.Type == ConditionBudgetNotEnforced {
 				got = string(c.Status)
+				if len(tc.uncovered) > 0 && !strings.Contains(c.Message, tc.uncovered[0]) {
+					t.Errorf("%s: message %q does not name the queue", tc.name, c.Message)
+				}
 			}
 		}
 		if got != tc.want {

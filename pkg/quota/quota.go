@@ -118,6 +118,9 @@ type Input struct {
 	// KueueServed is true when the controller serves a Kueue
 	// AdmissionCheck (--kueue-admission-check).
 	KueueServed bool
+	// UncoveredQueues names the namespace's Kueue LocalQueues whose
+	// ClusterQueue lists no check the controller serves (admission Kueue).
+	UncoveredQueues []string
 }
 
 // Decision is what to do to the namespace.

@@ -55,10 +55,13 @@ func statusFor(q *v1alpha1.GPUQuota, in *Input, d Decision, now time.Time, inval
 			cond(ConditionIdlenessUnknown, len(d.Unknown) > 0, "Evidence", "pods whose idleness Prometheus cannot show are never reclaimed; see status.unknownPods"),
 		}
 		if in.Spec.Admission == AdmissionKueue {
-			unheld := in.Spec.Budget != nil && !in.KueueServed
+			unheld := in.Spec.Budget != nil && (!in.KueueServed || len(in.UncoveredQueues) > 0)
 			msg := "the controller's Kueue AdmissionCheck holds new Workloads back while the budget is spent"
-			if unheld {
+			switch {
+			case in.Spec.Budget != nil && !in.KueueServed:
 				msg = "admission Kueue, but this controller serves no Kueue AdmissionCheck (--kueue-admission-check): nothing holds new work back when the budget is spent"
+			case unheld:
+				msg = "work queued through these LocalQueues skips the budget's AdmissionCheck: " + strings.Join(in.UncoveredQueues, ", ") + "; list the AdmissionCheck in their ClusterQueue's admissionChecksStrategy"
 			}
 			status.Conditions = append(status.Conditions, cond(ConditionBudgetNotEnforced, unheld, "Kueue", msg))
 		}

@@ -508,6 +508,15 @@ func TestKueueBudgetHoldsTheNextJob(t *testing.T) {
 		_, err := cs.CoreV1().ResourceQuotas(ns).Get(ctx, quota.QuotaName, metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	})
+	// A second LocalQueue whose ClusterQueue lists no check: named.
+	side := &unstructured.Unstructured{Object: map[string]any{"apiVersion": kueueGroup + "/v1beta2", "kind": "LocalQueue",
+		"metadata": map[string]any{"name": "side", "namespace": ns}, "spec": map[string]any{"clusterQueue": "cq-no-check-" + ns}}}
+	if _, err := dyn.Resource(kueueRes("localqueues")).Namespace(ns).Create(ctx, side, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, quota.ConditionBudgetNotEnforced+" naming the queue that skips the check", 30*time.Second, func() bool {
+		return rig.condition(ns, quota.ConditionBudgetNotEnforced) == "True"
+	})
 }
 
 // TestKueueIdleWorkloadRequeued: with admission Kueue, an idle Job's pod
