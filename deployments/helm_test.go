@@ -447,6 +447,13 @@ func TestQuotaControllerKueuePermissions(t *testing.T) {
 				t.Errorf("kueueAdmissionCheck set %t: can %s %s/%s %q in %q = %t, want %t", on, c.verb, c.resource, c.sub, c.name, c.namespace, got, c.want)
 			}
 		}
+		// Nodes, read only, for a Workload's cost in slices of a GPU.
+		if got := can("list", "", "nodes", "", "", ""); got != on {
+			t.Errorf("kueueAdmissionCheck set %t: can list nodes = %t", on, got)
+		}
+		if can("patch", "", "nodes", "", "n", "") {
+			t.Errorf("kueueAdmissionCheck set %t: can patch nodes", on)
+		}
 	}
 }
 

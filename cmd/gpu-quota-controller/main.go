@@ -197,7 +197,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	var check *kueuecheck.Controller
 	if c.kueueCheck != "" {
 		check = kueuecheck.New(dyn, kueuecheck.BudgetsFunc(func(ns string) quota.BudgetState { return ctrl.BudgetOf(ns) }),
-			kueuecheck.Options{ControllerName: c.kueueCheck, Interval: c.interval, Logger: log})
+			kueuecheck.Options{ControllerName: c.kueueCheck, Interval: c.interval, Resource: c.resource, Logger: log})
 		opts.Reclaimer, opts.Queues = check, check
 	}
 	ctrl = quota.New(kube, dyn, prom, opts)

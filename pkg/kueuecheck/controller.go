@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/gpuslice/gpuslice/pkg/contract"
 	"github.com/gpuslice/gpuslice/pkg/quota"
 )
 
@@ -24,6 +25,8 @@ var (
 	Workloads       = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "workloads"}
 	LocalQueues     = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "localqueues"}
 	ClusterQueues   = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "clusterqueues"}
+	// Nodes: how many slices each GPU is cut into, for a workload's cost.
+	Nodes = schema.GroupVersionResource{Version: "v1", Resource: "nodes"}
 )
 
 // FieldManager owns the check's entries in Workloads' status and the
@@ -48,6 +51,9 @@ type Options struct {
 	ControllerName string
 	// Interval is how often every pending check is judged again.
 	Interval time.Duration
+	// Resource is the extended resource of slices; contract.ResourceName
+	// when empty.
+	Resource string
 	Logger   *slog.Logger
 }
 
@@ -63,6 +69,7 @@ type Controller struct {
 	wls     cache.GenericLister
 	lqs     cache.GenericLister
 	cqs     cache.GenericLister
+	nodes   cache.GenericLister
 	synced  []cache.InformerSynced
 	factory dynamicinformer.DynamicSharedInformerFactory
 }
@@ -75,14 +82,17 @@ func New(dyn dynamic.Interface, budgets Budgets, opts Options) *Controller {
 	if opts.Interval <= 0 {
 		opts.Interval = quota.DefaultInterval
 	}
+	if opts.Resource == "" {
+		opts.Resource = contract.ResourceName
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	f := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
-	ac, wl, lq, cq := f.ForResource(AdmissionChecks), f.ForResource(Workloads), f.ForResource(LocalQueues), f.ForResource(ClusterQueues)
+	ac, wl, lq, cq, nodes := f.ForResource(AdmissionChecks), f.ForResource(Workloads), f.ForResource(LocalQueues), f.ForResource(ClusterQueues), f.ForResource(Nodes)
 	return &Controller{dyn: dyn, budgets: budgets, opts: opts, log: opts.Logger, factory: f,
-		checks: ac.Lister(), wls: wl.Lister(), lqs: lq.Lister(), cqs: cq.Lister(),
-		synced: []cache.InformerSynced{ac.Informer().HasSynced, wl.Informer().HasSynced, lq.Informer().HasSynced, cq.Informer().HasSynced}}
+		checks: ac.Lister(), wls: wl.Lister(), lqs: lq.Lister(), cqs: cq.Lister(), nodes: nodes.Lister(),
+		synced: []cache.InformerSynced{ac.Informer().HasSynced, wl.Informer().HasSynced, lq.Informer().HasSynced, cq.Informer().HasSynced, nodes.Informer().HasSynced}}
 }
 
 // SyncTimeout bounds how long Run waits for its caches: Kueue's CRDs
@@ -123,6 +133,7 @@ func (c *Controller) Sync(ctx context.Context, now time.Time) error {
 		return fmt.Errorf("list Workloads: %w", err)
 	}
 	names, errs := c.activate(ctx, now)
+	share := c.sliceShare()
 	for _, o := range objs {
 		w, ok := o.(*unstructured.Unstructured)
 		if !ok {
@@ -132,7 +143,7 @@ func (c *Controller) Sync(ctx context.Context, now time.Time) error {
 			errs = append(errs, err)
 		}
 		if len(names) > 0 && !conditionTrue(w, "Admitted") && !conditionTrue(w, "Finished") { // admitted work is never stopped by the check
-			errs = append(errs, c.judge(ctx, w, names, now)...)
+			errs = append(errs, c.judge(ctx, w, names, share, now)...)
 		}
 	}
 	return errors.Join(errs...)
@@ -140,7 +151,7 @@ func (c *Controller) Sync(ctx context.Context, now time.Time) error {
 
 // judge writes the state of each of this controller's checks a Workload
 // waits on, where it changed.
-func (c *Controller) judge(ctx context.Context, w *unstructured.Unstructured, names map[string]bool, now time.Time) []error {
+func (c *Controller) judge(ctx context.Context, w *unstructured.Unstructured, names map[string]bool, share float64, now time.Time) []error {
 	var errs []error
 	entries, _, _ := unstructured.NestedSlice(w.Object, "status", "admissionChecks")
 	for _, e := range entries {
@@ -149,7 +160,7 @@ func (c *Controller) judge(ctx context.Context, w *unstructured.Unstructured, na
 		if !names[name] {
 			continue
 		}
-		v := Judge(c.budgets.BudgetOf(w.GetNamespace()))
+		v := Judge(c.budgets.BudgetOf(w.GetNamespace()), costOf(w, c.opts.Resource, share))
 		if entry["state"] == v.State && entry["message"] == v.Message {
 			continue
 		}

@@ -31,12 +31,14 @@ type Verdict struct {
 	Message string
 }
 
-// Judge decides the check for a workload of a namespace whose budget is
-// st. Only a measured budget with room admits; a namespace without a
+// Judge decides the check for a workload costing at most cost, of a
+// namespace whose budget is st. Only a measured budget with room admits:
+// room for the workload's whole cost where that is known (its maximum
+// execution time set), otherwise any room. A namespace without a
 // GPUQuota, or whose GPUQuota has no budget, has nothing to check. Unknown
 // use (never measured, an invalid GPUQuota, one no cycle has judged yet)
 // keeps the workload pending, saying why: unknown is never free.
-func Judge(st quota.BudgetState) Verdict {
+func Judge(st quota.BudgetState, cost Cost) Verdict {
 	switch {
 	case st.Status == quota.StatusNoQuota:
 		return Verdict{StateReady, "no GPUQuota in the namespace: no GPU-hour budget applies"}
@@ -60,7 +62,19 @@ func Judge(st quota.BudgetState) Verdict {
 	case st.Exhausted:
 		return Verdict{StatePending, fmt.Sprintf("GPU-hour budget of GPUQuota %s spent: %.4g of %.4g GPU-hours used over the last %s%s; room returns as use older than %s leaves the window",
 			st.Quota, st.UsedGPUHours, b.GPUHours, b.Window, outage, b.Window)}
+	case cost.Known() && cost.GPUHours() > b.GPUHours:
+		return Verdict{StatePending, fmt.Sprintf("the workload may use %.4g GPU-hours (%s), more than the whole GPU-hour budget of GPUQuota %s (%.4g over %s): it fits only if the budget grows or its maximumExecutionTimeSeconds shrinks",
+			cost.GPUHours(), cost, st.Quota, b.GPUHours, b.Window)}
+	case cost.Known() && st.UsedGPUHours+cost.GPUHours() > b.GPUHours:
+		return Verdict{StatePending, fmt.Sprintf("GPU-hour budget of GPUQuota %s: %.4g of %.4g GPU-hours used over the last %s%s, and the workload may use %.4g more (%s); waiting for room",
+			st.Quota, st.UsedGPUHours, b.GPUHours, b.Window, outage, cost.GPUHours(), cost)}
 	}
-	return Verdict{StateReady, fmt.Sprintf("GPU-hour budget of GPUQuota %s: %.4g of %.4g GPU-hours used over the last %s%s",
-		st.Quota, st.UsedGPUHours, b.GPUHours, b.Window, outage)}
+	msg := fmt.Sprintf("GPU-hour budget of GPUQuota %s: %.4g of %.4g GPU-hours used over the last %s%s", st.Quota, st.UsedGPUHours, b.GPUHours, b.Window, outage)
+	switch {
+	case cost.Known():
+		msg += fmt.Sprintf("; the workload may use %.4g more (%s)", cost.GPUHours(), cost)
+	case cost.MaxExecution > 0 && cost.Slices > 0:
+		msg += "; its own cost is not judged: no node says how many slices its GPUs are cut into"
+	}
+	return Verdict{StateReady, msg}
 }

@@ -37,7 +37,7 @@ func TestJudge(t *testing.T) {
 		{"GPU-hours not valid numbers", evaluated(quota.BudgetState{}), StatePending, []string{"cannot be judged", "not valid numbers"}},
 		{"an invalid GPUQuota", evaluated(quota.BudgetState{Invalid: "namespace ml already has GPUQuota a"}), StatePending, []string{"not applied", "already has GPUQuota a"}},
 	} {
-		v := Judge(tc.st)
+		v := Judge(tc.st, Cost{})
 		if v.State != tc.state {
 			t.Errorf("%s: %s (%q), want %s", tc.name, v.State, v.Message, tc.state)
 		}
@@ -45,6 +45,37 @@ func TestJudge(t *testing.T) {
 			if !strings.Contains(v.Message, s) {
 				t.Errorf("%s: message %q does not say %q", tc.name, v.Message, s)
 			}
+		}
+	}
+}
+
+// TestJudgeCost: with a maximum execution time and a known slice share, a
+// workload is admitted only if its whole cost fits the room left; one
+// costing more than the whole budget says it never fits as is; without a
+// maximum execution time any room admits, and without a known share the
+// message says its cost is not judged.
+func TestJudgeCost(t *testing.T) {
+	st := quota.BudgetState{Status: quota.StatusEvaluated, Quota: "team", Measured: true, UsedGPUHours: 6,
+		Budget: &quota.Budget{GPUHours: 10, Window: quota.Duration{Duration: 24 * time.Hour}}}
+	// 4 slices of 1/8 GPU for 4h: 2 GPU-hours; for 20h: 10; for 100h: 50.
+	cost := func(h int) Cost {
+		return Cost{Slices: 4, SliceShare: 1.0 / 8, MaxExecution: time.Duration(h) * time.Hour}
+	}
+	for _, tc := range []struct {
+		name  string
+		cost  Cost
+		state string
+		says  string
+	}{
+		{"fits", cost(4), StateReady, "may use 2 more (4 slices of 1/8 GPU for up to 4h0m0s)"},
+		{"does not fit the room left", cost(20), StatePending, "may use 10 more"},
+		{"never fits the budget", cost(100), StatePending, "more than the whole GPU-hour budget"},
+		{"no maximum execution time", Cost{Slices: 4, SliceShare: 1.0 / 8}, StateReady, "6 of 10"},
+		{"no slice share known", Cost{Slices: 4, MaxExecution: 100 * time.Hour}, StateReady, "its own cost is not judged"},
+	} {
+		v := Judge(st, tc.cost)
+		if v.State != tc.state || !strings.Contains(v.Message, tc.says) {
+			t.Errorf("%s: %s %q, want %s saying %q", tc.name, v.State, v.Message, tc.state, tc.says)
 		}
 	}
 }

@@ -36,7 +36,7 @@ func jobPod(jobUID string) *corev1.Pod {
 // no Workload owns is not Kueue's (it is then evicted as any other).
 func TestReclaimDeactivatesThenRequeues(t *testing.T) {
 	scheme := runtime.NewScheme()
-	gvrs := map[schema.GroupVersionResource]string{AdmissionChecks: "AdmissionCheckList", Workloads: "WorkloadList", LocalQueues: "LocalQueueList", ClusterQueues: "ClusterQueueList"}
+	gvrs := map[schema.GroupVersionResource]string{AdmissionChecks: "AdmissionCheckList", Workloads: "WorkloadList", LocalQueues: "LocalQueueList", ClusterQueues: "ClusterQueueList", Nodes: "NodeList"}
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme, gvrs, workload("job-idle", "uid-idle"), workload("job-other", "uid-other"))
 	c := New(dyn, BudgetsFunc(func(string) quota.BudgetState { return quota.BudgetState{} }), Options{})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -107,7 +107,7 @@ func kueueObj(kind, ns, name string, spec map[string]any) *unstructured.Unstruct
 // does not exist) is named; one that lists a served check is not.
 func TestUncoveredNamesQueuesThatSkipTheCheck(t *testing.T) {
 	scheme := runtime.NewScheme()
-	gvrs := map[schema.GroupVersionResource]string{AdmissionChecks: "AdmissionCheckList", Workloads: "WorkloadList", LocalQueues: "LocalQueueList", ClusterQueues: "ClusterQueueList"}
+	gvrs := map[schema.GroupVersionResource]string{AdmissionChecks: "AdmissionCheckList", Workloads: "WorkloadList", LocalQueues: "LocalQueueList", ClusterQueues: "ClusterQueueList", Nodes: "NodeList"}
 	strategy := func(entries ...map[string]any) map[string]any {
 		list := []any{}
 		for _, e := range entries {

@@ -30,7 +30,7 @@ func TestKueueCheckWaitsThroughAPrometheusOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctrl := quota.New(c.kube, c.dyn, hangingPrometheus(t), quota.Options{Interval: 300 * time.Millisecond, QueryTimeout: 100 * time.Millisecond, KueueCheck: true})
-	if v := kueuecheck.Judge(ctrl.BudgetOf("ml")); v.State != kueuecheck.StatePending || !strings.Contains(v.Message, "not been evaluated yet") {
+	if v := kueuecheck.Judge(ctrl.BudgetOf("ml"), kueuecheck.Cost{}); v.State != kueuecheck.StatePending || !strings.Contains(v.Message, "not been evaluated yet") {
 		t.Fatalf("before any cycle: %+v", v)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -44,11 +44,11 @@ func TestKueueCheckWaitsThroughAPrometheusOutage(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	v := kueuecheck.Judge(ctrl.BudgetOf("ml"))
+	v := kueuecheck.Judge(ctrl.BudgetOf("ml"), kueuecheck.Cost{})
 	if v.State != kueuecheck.StatePending || !strings.Contains(v.Message, "Prometheus unavailable") {
 		t.Fatalf("with Prometheus hanging: %+v; want pending, saying Prometheus is unavailable", v)
 	}
-	if v := kueuecheck.Judge(ctrl.BudgetOf("no-quota")); v.State != kueuecheck.StateReady {
+	if v := kueuecheck.Judge(ctrl.BudgetOf("no-quota"), kueuecheck.Cost{}); v.State != kueuecheck.StateReady {
 		t.Fatalf("a namespace without a GPUQuota: %+v", v)
 	}
 }

@@ -455,6 +455,22 @@ func TestKueueBudgetHoldsTheNextJob(t *testing.T) {
 	})
 	queue := kueueQueues(t, dyn, ns, 4, check)
 	rig.gpuQuota(ns, map[string]any{"admission": "Kueue", "budget": map[string]any{"gpuHours": 0.0003, "window": "1m"}})
+	// A Job whose most GPU-hours (1 slice of 1/4 GPU for 10 h, Kueue's
+	// max-exec-time label) exceed the whole budget is held, saying so.
+	huge := kueueJob("huge", queue, pod("huge", 1, "sleep 3600"))
+	huge.Labels["kueue.x-k8s.io/max-exec-time-seconds"] = "36000"
+	if _, err := cs.BatchV1().Jobs(ns).Create(ctx, huge, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w := workloadOf(t, dyn, ns, "huge", func(w *unstructured.Unstructured) bool {
+		e := checkEntry(w, check)
+		return e != nil && e["state"] == kueuecheck.StatePending && strings.Contains(fmt.Sprint(e["message"]), "more than the whole GPU-hour budget")
+	})
+	t.Logf("held: %v", checkEntry(w, check)["message"])
+	background := metav1.DeletePropagationBackground
+	if err := cs.BatchV1().Jobs(ns).Delete(ctx, "huge", metav1.DeleteOptions{PropagationPolicy: &background}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob("burner", queue, withHostPID(pod("burner", 1, "exec /bin/workload --demand 1 --memory-mib 256"))), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -479,7 +495,7 @@ func TestKueueBudgetHoldsTheNextJob(t *testing.T) {
 	if _, err := cs.BatchV1().Jobs(ns).Create(ctx, kueueJob("next", queue, pod("next", 1, "sleep 3600")), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	w := workloadOf(t, dyn, ns, "next", func(w *unstructured.Unstructured) bool {
+	w = workloadOf(t, dyn, ns, "next", func(w *unstructured.Unstructured) bool {
 		e := checkEntry(w, check)
 		return e != nil && e["state"] == kueuecheck.StatePending && strings.Contains(fmt.Sprint(e["message"]), "spent")
 	})
@@ -496,7 +512,6 @@ func TestKueueBudgetHoldsTheNextJob(t *testing.T) {
 	if p, err := cs.CoreV1().Pods(ns).Get(ctx, burner.Name, metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil {
 		t.Fatalf("the running Job was disturbed when the budget ran out: %v", err)
 	}
-	background := metav1.DeletePropagationBackground
 	if err := cs.BatchV1().Jobs(ns).Delete(ctx, "burner", metav1.DeleteOptions{PropagationPolicy: &background}); err != nil {
 		t.Fatal(err)
 	}
