@@ -59,6 +59,9 @@ func Judge(st quota.BudgetState, cost Cost) Verdict {
 		return Verdict{StatePending, fmt.Sprintf("GPU-hour budget of GPUQuota %s cannot be judged: Prometheus unavailable and the namespace's use never measured; waiting", st.Quota)}
 	case !st.Measured:
 		return Verdict{StatePending, fmt.Sprintf("GPU-hour budget of GPUQuota %s cannot be judged: the namespace's GPU-hours are not valid numbers in Prometheus; waiting", st.Quota)}
+	case st.Exhausted && st.RoomAfter > 0:
+		return Verdict{StatePending, fmt.Sprintf("GPU-hour budget of GPUQuota %s spent: %.4g of %.4g GPU-hours used over the last %s%s; if no more is used, room returns within about %s, as older use leaves the window",
+			st.Quota, st.UsedGPUHours, b.GPUHours, b.Window, outage, st.RoomAfter)}
 	case st.Exhausted:
 		return Verdict{StatePending, fmt.Sprintf("GPU-hour budget of GPUQuota %s spent: %.4g of %.4g GPU-hours used over the last %s%s; room returns as use older than %s leaves the window",
 			st.Quota, st.UsedGPUHours, b.GPUHours, b.Window, outage, b.Window)}

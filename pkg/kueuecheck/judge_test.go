@@ -31,6 +31,7 @@ func TestJudge(t *testing.T) {
 		{"a GPUQuota without a budget", quota.BudgetState{Status: quota.StatusEvaluated, Quota: "caps"}, StateReady, []string{"GPUQuota caps sets no GPU-hour budget"}},
 		{"room left", evaluated(quota.BudgetState{UsedGPUHours: 9.5, Measured: true}), StateReady, []string{"9.5 of 10 GPU-hours", "24h0m0s"}},
 		{"spent", evaluated(quota.BudgetState{UsedGPUHours: 10, Exhausted: true, Measured: true}), StatePending, []string{"GPUQuota team spent", "10 of 10 GPU-hours", "room returns"}},
+		{"spent, room estimated", evaluated(quota.BudgetState{UsedGPUHours: 10, Exhausted: true, Measured: true, RoomAfter: 3 * time.Hour}), StatePending, []string{"spent", "room returns within about 3h0m0s"}},
 		{"spent, Prometheus down since", evaluated(quota.BudgetState{UsedGPUHours: 12, Exhausted: true, Measured: true, MetricsUnavailable: true}), StatePending, []string{"spent", "Prometheus unavailable: the last measured use"}},
 		{"room left when last measured, Prometheus down", evaluated(quota.BudgetState{UsedGPUHours: 1, Measured: true, MetricsUnavailable: true}), StateReady, []string{"1 of 10", "Prometheus unavailable: the last measured use"}},
 		{"never measured, Prometheus down", evaluated(quota.BudgetState{MetricsUnavailable: true}), StatePending, []string{"cannot be judged", "Prometheus unavailable", "never measured"}},

@@ -1,6 +1,8 @@
 package quota
 
 import (
+	"time"
+
 	"k8s.io/apimachinery/pkg/labels"
 )
 
@@ -26,6 +28,10 @@ type BudgetState struct {
 	// MetricsUnavailable is true when the last cycle could not read
 	// Prometheus: UsedGPUHours and Exhausted are then the last known.
 	MetricsUnavailable bool
+	// RoomAfter is, for a spent budget, about how long until it has room
+	// if nothing more is used (to 1/RoomSteps of its window); zero when
+	// not known.
+	RoomAfter time.Duration
 }
 
 // BudgetStatus is whether a namespace's budget is known.
@@ -65,9 +71,9 @@ func (c *Controller) BudgetOf(ns string) BudgetState {
 }
 
 // recordBudget keeps what a cycle decided of the namespace's GPUQuota q.
-func (c *Controller) recordBudget(q gpuQuota, d Decision, metricsOK bool, invalid error) {
+func (c *Controller) recordBudget(q gpuQuota, d Decision, metricsOK bool, invalid error, room time.Duration) {
 	st := BudgetState{Status: StatusEvaluated, Quota: q.obj.Name, Budget: q.obj.Spec.Budget,
-		UsedGPUHours: d.UsedGPUHours, Exhausted: d.BudgetExhausted, Measured: d.Measured, MetricsUnavailable: !metricsOK}
+		UsedGPUHours: d.UsedGPUHours, Exhausted: d.BudgetExhausted, Measured: d.Measured, MetricsUnavailable: !metricsOK, RoomAfter: room}
 	if invalid != nil {
 		st.Invalid = invalid.Error()
 	}

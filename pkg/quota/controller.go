@@ -310,6 +310,10 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 		c.metrics.promErrors.Inc()
 		c.log.Warn("prometheus unavailable: keeping the last decisions, evicting nothing", "err", merr)
 	}
+	if merr == nil {
+		c.measureRoom(ctx, byNS, &usage, now)
+		c.metrics.queries.Set(float64(usage.Queries))
+	}
 	sizes, err := c.deviceSizes()
 	if err != nil {
 		return usage.Queries, err
@@ -317,6 +321,39 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 	err = c.applyAll(ctx, byNS, usage, sizes, merr == nil, now)
 	c.finishCycle(byNS)
 	return usage.Queries, err
+}
+
+// measureRoom reads, for the namespaces whose budget is spent, when room
+// returns if nothing more is used (usage.Room). An estimate only: a
+// failed query leaves it out and decides nothing.
+func (c *Controller) measureRoom(ctx context.Context, byNS map[string][]gpuQuota, usage *Usage, now time.Time) {
+	budgets, spent := map[string]Budget{}, map[string]map[string]bool{}
+	for ns, qs := range byNS {
+		sort.Slice(qs, func(i, j int) bool { return qs[i].obj.Name < qs[j].obj.Name })
+		q := qs[0]
+		if q.err != nil || q.obj.Spec.Budget == nil {
+			continue
+		}
+		b := *q.obj.Spec.Budget
+		key := BudgetKey(b)
+		if used, ok := usage.GPUHours[key][ns]; ok && used >= b.GPUHours {
+			budgets[key] = b
+			if spent[key] == nil {
+				spent[key] = map[string]bool{}
+			}
+			spent[key][ns] = true
+		}
+	}
+	if len(spent) == 0 {
+		return
+	}
+	room, n, err := MeasureRoom(ctx, c.prom, budgets, spent, now, c.opts.QueryTimeout, c.opts.Series)
+	usage.Queries += n
+	if err != nil {
+		c.log.Warn("when spent budgets have room again is unknown this cycle", "err", err)
+		return
+	}
+	usage.Room = room
 }
 
 // listQuotas reads every GPUQuota, by namespace, and the valid specs to
@@ -366,7 +403,7 @@ func (c *Controller) applyAll(ctx context.Context, byNS map[string][]gpuQuota, u
 				errs = append(errs, c.writeStatus(ctx, extra, nil, Decision{}, now, fmt.Errorf("namespace %s already has GPUQuota %s", ns, qs[0].obj.Name)))
 			}
 			if q := qs[0]; q.err != nil {
-				c.recordBudget(q, Decision{}, measured, q.err)
+				c.recordBudget(q, Decision{}, measured, q.err, 0)
 				errs = append(errs, c.writeStatus(ctx, q, nil, Decision{}, now, q.err))
 			} else {
 				errs = append(errs, c.evaluateNamespace(ctx, q, usage, sizes, measured, now))

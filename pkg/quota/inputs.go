@@ -64,7 +64,11 @@ func (c *Controller) evaluateNamespace(ctx context.Context, q gpuQuota, usage Us
 	errs = append(errs, c.applyQuota(ctx, q.obj, ns, d))
 	// After the ResourceQuota: a Kueue workload admitted on room the
 	// budget has again is not refused by a limit not raised yet.
-	c.recordBudget(q, d, metricsOK, nil)
+	var room time.Duration
+	if b := spec.Budget; b != nil && d.BudgetExhausted && metricsOK {
+		room = RoomAfter(b.Window.Duration, b.GPUHours, usage.Room[BudgetKey(*b)][ns])
+	}
+	c.recordBudget(q, d, metricsOK, nil, room)
 	for _, name := range d.Annotate {
 		errs = append(errs, c.annotate(ctx, ns, name, now))
 	}

@@ -50,3 +50,27 @@ func TestKueueBudgetNotEnforcedIsSaid(t *testing.T) {
 		}
 	}
 }
+
+// TestRoomAfter: a spent budget has room again at the first step whose
+// held use is under it; at the latest when the window holds nothing of
+// today's use; unknown without every step.
+func TestRoomAfter(t *testing.T) {
+	w := 8 * time.Hour
+	for _, tc := range []struct {
+		name string
+		held []float64
+		want time.Duration
+	}{
+		{"used evenly", []float64{8.75, 7.5, 6.25, 5, 3.75, 2.5, 1.25}, 5 * time.Hour}, // at step 4 it holds exactly the budget: still spent
+		{"used early in the window", []float64{1, 0, 0, 0, 0, 0, 0}, time.Hour},
+		{"used just now", []float64{10, 10, 10, 10, 10, 10, 10}, 8 * time.Hour},
+		{"a step missing", []float64{1, 0}, 0},
+	} {
+		if got := RoomAfter(w, 5, tc.held); got != tc.want {
+			t.Errorf("%s: RoomAfter = %s, want %s", tc.name, got, tc.want)
+		}
+	}
+	if b := roomBudget(Budget{GPUHours: 5, Window: Duration{Duration: w}}, 3); b.Window.Duration != 5*time.Hour {
+		t.Errorf("step 3 of 8 measures the last %s, want 5h", b.Window)
+	}
+}

@@ -34,6 +34,10 @@ type Usage struct {
 	Idle map[time.Duration]IdleEvidence
 	// Queries is how many PromQL queries the cycle made.
 	Queries int
+	// Room is, for spent budgets, the use their windows will still hold at
+	// each step from now (MeasureRoom); nil when none is spent or it could
+	// not be read.
+	Room map[string]map[string][]float64
 }
 
 // IdleEvidence is what Prometheus holds about pods' use over one idle

@@ -497,7 +497,8 @@ func TestKueueBudgetHoldsTheNextJob(t *testing.T) {
 	}
 	w = workloadOf(t, dyn, ns, "next", func(w *unstructured.Unstructured) bool {
 		e := checkEntry(w, check)
-		return e != nil && e["state"] == kueuecheck.StatePending && strings.Contains(fmt.Sprint(e["message"]), "spent")
+		return e != nil && e["state"] == kueuecheck.StatePending && strings.Contains(fmt.Sprint(e["message"]), "spent") &&
+			strings.Contains(fmt.Sprint(e["message"]), "room returns within about")
 	})
 	t.Logf("held: %v", checkEntry(w, check)["message"])
 	// Held, not racing: still unadmitted and podless a few cycles later.
