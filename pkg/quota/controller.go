@@ -323,15 +323,17 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 	return usage.Queries, err
 }
 
-// measureRoom reads, for the namespaces whose budget is spent, when room
-// returns if nothing more is used (usage.Room). An estimate only: a
+// measureRoom reads, for the namespaces with admission Kueue whose budget
+// is spent, when room returns if nothing more is used (usage.Room). An estimate only: a
 // failed query leaves it out and decides nothing.
 func (c *Controller) measureRoom(ctx context.Context, byNS map[string][]gpuQuota, usage *Usage, now time.Time) {
 	budgets, spent := map[string]Budget{}, map[string]map[string]bool{}
 	for ns, qs := range byNS {
 		sort.Slice(qs, func(i, j int) bool { return qs[i].obj.Name < qs[j].obj.Name })
 		q := qs[0]
-		if q.err != nil || q.obj.Spec.Budget == nil {
+		// Only the Kueue check says when room returns: the estimate costs
+		// RoomSteps-1 queries over the window's history.
+		if q.err != nil || q.obj.Spec.Budget == nil || q.obj.Spec.Admission != AdmissionKueue {
 			continue
 		}
 		b := *q.obj.Spec.Budget
