@@ -538,24 +538,11 @@ func TestMetricsAuthRBAC(t *testing.T) {
 func TestAgentPermissions(t *testing.T) {
 	srv := apiserver.Start(t)
 	cs := srv.Clientset(t)
-	ctx := context.Background()
 	ns := "gpuslice-agent-rbac"
 	objs := []*unstructured.Unstructured{{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}}
 	objs = append(objs, parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", ns, "--show-only", "templates/rbac.yaml", "--set", "fullnameOverride="+ns))...)
 	create(t, srv, objs, false)
-	user := "system:serviceaccount:" + ns + ":" + ns + "-agent"
-	can := func(verb, group, resource, sub, name, namespace string) bool {
-		t.Helper()
-		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-			User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
-			ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: verb, Group: group, Resource: resource, Subresource: sub, Name: name, Namespace: namespace},
-		}}
-		out, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out.Status.Allowed
-	}
+	can := accessOf(t, cs, "system:serviceaccount:"+ns+":"+ns+"-agent", ns)
 	for deadline := time.Now().Add(10 * time.Second); !can("list", "", "pods", "", "", ""); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the agent's role never took effect")
@@ -655,7 +642,6 @@ func accessOf(t *testing.T, cs kubernetes.Interface, user, ns string) func(verb,
 func TestDRADriverPermissions(t *testing.T) {
 	srv := apiserver.Start(t)
 	cs := srv.Clientset(t)
-	ctx := context.Background()
 	ns := "gpuslice-dra-rbac"
 	objs := []*unstructured.Unstructured{{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}}
 	for _, o := range parseDocs(t, helm(t, "template", "gpuslice", chart, "--namespace", ns, "--show-only", "templates/dra-driver.yaml", "--set", "fullnameOverride="+ns+",dra.enabled=true,dra.deviceClass=false")) {
@@ -664,21 +650,11 @@ func TestDRADriverPermissions(t *testing.T) {
 		}
 	}
 	create(t, srv, objs, false)
-	user := "system:serviceaccount:" + ns + ":" + ns + "-dra-driver"
+	access := accessOf(t, cs, "system:serviceaccount:"+ns+":"+ns+"-dra-driver", ns)
 	can := func(verb, group, resource, namespace string) bool {
 		t.Helper()
-		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-			User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
-			ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: verb, Group: group, Resource: resource, Namespace: namespace},
-		}}
-		if r, sub, ok := strings.Cut(resource, "/"); ok {
-			sar.Spec.ResourceAttributes.Resource, sar.Spec.ResourceAttributes.Subresource = r, sub
-		}
-		out, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out.Status.Allowed
+		r, sub, _ := strings.Cut(resource, "/")
+		return access(verb, group, r, sub, "", namespace)
 	}
 	for deadline := time.Now().Add(10 * time.Second); !can("list", "resource.k8s.io", "resourceslices", ""); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -133,7 +134,8 @@ func (c *Controller) Sync(ctx context.Context, now time.Time) error {
 		return fmt.Errorf("list Workloads: %w", err)
 	}
 	names, errs := c.activate(ctx, now)
-	share := c.sliceShare()
+	// Read from every node's annotation, and only when a check is judged.
+	share := sync.OnceValue(c.sliceShare)
 	for _, o := range objs {
 		w, ok := o.(*unstructured.Unstructured)
 		if !ok {
@@ -151,7 +153,7 @@ func (c *Controller) Sync(ctx context.Context, now time.Time) error {
 
 // judge writes the state of each of this controller's checks a Workload
 // waits on, where it changed.
-func (c *Controller) judge(ctx context.Context, w *unstructured.Unstructured, names map[string]bool, share float64, now time.Time) []error {
+func (c *Controller) judge(ctx context.Context, w *unstructured.Unstructured, names map[string]bool, share func() float64, now time.Time) []error {
 	var errs []error
 	entries, _, _ := unstructured.NestedSlice(w.Object, "status", "admissionChecks")
 	for _, e := range entries {
@@ -160,7 +162,11 @@ func (c *Controller) judge(ctx context.Context, w *unstructured.Unstructured, na
 		if !names[name] {
 			continue
 		}
-		v := Judge(c.budgets.BudgetOf(w.GetNamespace()), costOf(w, c.opts.Resource, share))
+		cost := costOf(w, c.opts.Resource, 0)
+		if cost.MaxExecution > 0 {
+			cost.SliceShare = share()
+		}
+		v := Judge(c.budgets.BudgetOf(w.GetNamespace()), cost)
 		if entry["state"] == v.State && entry["message"] == v.Message {
 			continue
 		}
@@ -174,20 +180,13 @@ func (c *Controller) judge(ctx context.Context, w *unstructured.Unstructured, na
 // activate returns the names of the AdmissionChecks this controller
 // serves, setting their Active condition where it is not true.
 func (c *Controller) activate(ctx context.Context, now time.Time) (map[string]bool, []error) {
-	objs, err := c.checks.List(labels.Everything())
+	served, err := c.served()
 	if err != nil {
-		return nil, []error{fmt.Errorf("list AdmissionChecks: %w", err)}
+		return nil, []error{err}
 	}
 	names := map[string]bool{}
 	var errs []error
-	for _, o := range objs {
-		ac, ok := o.(*unstructured.Unstructured)
-		if !ok {
-			continue
-		}
-		if name, _, _ := unstructured.NestedString(ac.Object, "spec", "controllerName"); name != c.opts.ControllerName {
-			continue
-		}
+	for _, ac := range served {
 		names[ac.GetName()] = true
 		if conditionTrue(ac, "Active") {
 			continue

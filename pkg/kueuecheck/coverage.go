@@ -72,16 +72,27 @@ func (c *Controller) coverage(name string, served map[string]bool) string {
 // controller.
 func (c *Controller) servedChecks() map[string]bool {
 	out := map[string]bool{}
+	served, _ := c.served()
+	for _, ac := range served {
+		out[ac.GetName()] = true
+	}
+	return out
+}
+
+// served lists the AdmissionChecks whose controllerName is this
+// controller's.
+func (c *Controller) served() ([]*unstructured.Unstructured, error) {
 	objs, err := c.checks.List(labels.Everything())
 	if err != nil {
-		return out
+		return nil, fmt.Errorf("list AdmissionChecks: %w", err)
 	}
+	var out []*unstructured.Unstructured
 	for _, o := range objs {
 		if ac, ok := o.(*unstructured.Unstructured); ok {
 			if name, _, _ := unstructured.NestedString(ac.Object, "spec", "controllerName"); name == c.opts.ControllerName {
-				out[ac.GetName()] = true
+				out = append(out, ac)
 			}
 		}
 	}
-	return out
+	return out, nil
 }

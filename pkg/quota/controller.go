@@ -329,8 +329,7 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 func (c *Controller) measureRoom(ctx context.Context, byNS map[string][]gpuQuota, usage *Usage, now time.Time) {
 	budgets, spent := map[string]Budget{}, map[string]map[string]bool{}
 	for ns, qs := range byNS {
-		sort.Slice(qs, func(i, j int) bool { return qs[i].obj.Name < qs[j].obj.Name })
-		q := qs[0]
+		q := ruling(qs)[0]
 		// Only the Kueue check says when room returns: the estimate costs
 		// RoomSteps-1 queries over the window's history.
 		if q.err != nil || q.obj.Spec.Budget == nil || q.obj.Spec.Admission != AdmissionKueue {
@@ -398,8 +397,7 @@ func (c *Controller) applyAll(ctx context.Context, byNS map[string][]gpuQuota, u
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			qs := byNS[ns]
-			sort.Slice(qs, func(i, j int) bool { return qs[i].obj.Name < qs[j].obj.Name })
+			qs := ruling(byNS[ns])
 			var errs []error
 			for _, extra := range qs[1:] {
 				errs = append(errs, c.writeStatus(ctx, extra, nil, Decision{}, now, fmt.Errorf("namespace %s already has GPUQuota %s", ns, qs[0].obj.Name)))
@@ -415,6 +413,13 @@ func (c *Controller) applyAll(ctx context.Context, byNS map[string][]gpuQuota, u
 	}
 	wg.Wait()
 	return errors.Join(results...)
+}
+
+// ruling sorts a namespace's GPUQuotas so that the one that rules comes
+// first: the first by name.
+func ruling(qs []gpuQuota) []gpuQuota {
+	sort.Slice(qs, func(i, j int) bool { return qs[i].obj.Name < qs[j].obj.Name })
+	return qs
 }
 
 // finishCycle publishes the cycle's report and forgets quotas and

@@ -72,6 +72,19 @@ func (c *cluster) condition(t *testing.T, typ string) string {
 	return ""
 }
 
+// waitCondition waits up to 20 s for the GPUQuota's condition typ to be
+// status.
+func (c *cluster) waitCondition(t *testing.T, typ, status string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for c.condition(t, typ) != status {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never %s", typ, status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestControllerWithHangingPrometheus: each cycle ends at the query
 // deadline, says MetricsUnavailable, counts the error, evicts nothing, and
 // the controller stays live.
@@ -84,13 +97,7 @@ func TestControllerWithHangingPrometheus(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- ctrl.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(20 * time.Second)
-	for c.condition(t, quota.ConditionMetricsUnavailable) != "True" {
-		if time.Now().After(deadline) {
-			t.Fatal("MetricsUnavailable never set")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	c.waitCondition(t, quota.ConditionMetricsUnavailable, "True")
 	time.Sleep(time.Second)
 	if !ctrl.Healthy(time.Now()) {
 		t.Error("a controller whose queries time out reported unhealthy: its cycles complete")

@@ -37,16 +37,22 @@ func TestKueueCheckWaitsThroughAPrometheusOutage(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- ctrl.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+	c.waitCondition(t, quota.ConditionMetricsUnavailable, "True")
+	// The status is written before the cycle completes: until then the
+	// check says "not evaluated yet", pending too. Never ready.
 	deadline := time.Now().Add(20 * time.Second)
-	for c.condition(t, quota.ConditionMetricsUnavailable) != "True" {
+	for {
+		v := kueuecheck.Judge(ctrl.BudgetOf("ml"), kueuecheck.Cost{})
+		if v.State != kueuecheck.StatePending {
+			t.Fatalf("with Prometheus hanging: %+v; want pending", v)
+		}
+		if strings.Contains(v.Message, "Prometheus unavailable") {
+			break
+		}
 		if time.Now().After(deadline) {
-			t.Fatal("MetricsUnavailable never set")
+			t.Fatalf("with Prometheus hanging: %q; want it to say Prometheus is unavailable", v.Message)
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-	v := kueuecheck.Judge(ctrl.BudgetOf("ml"), kueuecheck.Cost{})
-	if v.State != kueuecheck.StatePending || !strings.Contains(v.Message, "Prometheus unavailable") {
-		t.Fatalf("with Prometheus hanging: %+v; want pending, saying Prometheus is unavailable", v)
 	}
 	if v := kueuecheck.Judge(ctrl.BudgetOf("no-quota"), kueuecheck.Cost{}); v.State != kueuecheck.StateReady {
 		t.Fatalf("a namespace without a GPUQuota: %+v", v)
