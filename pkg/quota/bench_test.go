@@ -204,7 +204,7 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 	}
 	spec := quota.Spec{Budget: &quota.Budget{GPUHours: 100, Window: quota.Duration{Duration: 24 * time.Hour}}, Idle: &quota.Idle{BelowUtilization: 0.05, For: quota.Duration{Duration: 30 * time.Minute}, Action: quota.ActionEvict}}
 	t0 = time.Now()
-	if _, err := quota.Measure(ctx, querier, []quota.Spec{spec}, now, quota.DefaultQueryTimeout, quota.DefaultSeries); err != nil {
+	if _, err := quota.Measure(ctx, querier, []quota.Spec{spec}, now, quota.DefaultQueryTimeout, quota.DefaultSeries, quota.Recording{}); err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("the PromQL queries alone: %v", time.Since(t0).Round(time.Millisecond))

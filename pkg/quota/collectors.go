@@ -7,7 +7,7 @@ import (
 // collectors are the controller's own metrics.
 func (c *Controller) collectors() []prometheus.Collector {
 	m := &c.metrics
-	return []prometheus.Collector{m.cycles, m.promErrors, m.evictions, m.annotations, m.quotaUpdates, m.duration, m.queries, m.unknown, &namespaceCollector{c: c}}
+	return []prometheus.Collector{m.cycles, m.promErrors, m.evictions, m.annotations, m.quotaUpdates, m.duration, m.queries, m.recorded, m.unknown, &namespaceCollector{c: c}}
 }
 
 // namespaceCollector exports each namespace's quota state as of the last

@@ -66,6 +66,9 @@ type Options struct {
 	// Series says which series are the agents' (see Series); empty is
 	// DefaultSeries, never every series.
 	Series Series
+	// Recording, when on, reads budgets from the recording rules'
+	// namespace-level series (RecordingRules) over the windows they cover.
+	Recording Recording
 	// KueueCheck is true when a Kueue AdmissionCheck (pkg/kueuecheck) runs
 	// beside the controller, holding GPUQuotas with admission Kueue.
 	KueueCheck bool
@@ -176,6 +179,7 @@ type controllerMetrics struct {
 	unknown                                                  prometheus.Gauge
 	duration                                                 prometheus.Histogram
 	queries                                                  prometheus.Gauge
+	recorded                                                 *prometheus.GaugeVec
 }
 
 // New builds a controller; Run starts it.
@@ -236,6 +240,8 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Op
 	m.quotaUpdates = prometheus.NewCounter(prometheus.CounterOpts{Name: "gpuslice_quota_resourcequota_updates_total", Help: "ResourceQuota limits created, changed or removed."})
 	m.duration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gpuslice_quota_evaluation_duration_seconds", Help: "Time one evaluation cycle took.", Buckets: prometheus.DefBuckets})
 	m.queries = prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpuslice_quota_prometheus_queries", Help: "PromQL queries the last cycle made."})
+	m.recorded = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "gpuslice_quota_budget_recorded",
+		Help: "With recording rules on: 1 when the last cycle read the budget (source/window) from the rules' namespace-level series, 0 when from the agents' own because the rules do not cover its window."}, []string{"budget"})
 	m.unknown = prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpuslice_quota_idleness_unknown_pods",
 		Help: "Pods old enough to judge whose idleness the last cycle could not show from Prometheus (missing, partial or invalid samples, or a blind agent); never reclaimed."})
 	if opts.Registry != nil {
@@ -304,8 +310,9 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	usage, merr := Measure(ctx, c.prom, specs, now, c.opts.QueryTimeout, c.opts.Series)
+	usage, merr := Measure(ctx, c.prom, specs, now, c.opts.QueryTimeout, c.opts.Series, c.opts.Recording)
 	c.metrics.queries.Set(float64(usage.Queries))
+	c.recordedBudgets(usage)
 	if merr != nil {
 		c.metrics.promErrors.Inc()
 		c.log.Warn("prometheus unavailable: keeping the last decisions, evicting nothing", "err", merr)
@@ -321,6 +328,21 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 	err = c.applyAll(ctx, byNS, usage, sizes, merr == nil, now)
 	c.finishCycle(byNS)
 	return usage.Queries, err
+}
+
+// recordedBudgets says, per budget, whether the cycle read it from the
+// recording rules' series, and why not.
+func (c *Controller) recordedBudgets(u Usage) {
+	c.metrics.recorded.Reset()
+	for k, ok := range u.Recorded {
+		v := 0.0
+		if ok {
+			v = 1
+		} else {
+			c.log.Warn("budget read from the agents' own series: the recording rules do not cover its window", "budget", k, "why", u.RecordingGaps[k])
+		}
+		c.metrics.recorded.WithLabelValues(k).Set(v)
+	}
 }
 
 // measureRoom reads, for the namespaces with admission Kueue whose budget
@@ -348,7 +370,7 @@ func (c *Controller) measureRoom(ctx context.Context, byNS map[string][]gpuQuota
 	if len(spent) == 0 {
 		return
 	}
-	room, n, err := MeasureRoom(ctx, c.prom, budgets, spent, now, c.opts.QueryTimeout, c.opts.Series)
+	room, n, err := MeasureRoom(ctx, c.prom, budgets, spent, now, c.opts.QueryTimeout, c.opts.Series, c.opts.Recording, usage.Recorded)
 	usage.Queries += n
 	if err != nil {
 		c.log.Warn("when spent budgets have room again is unknown this cycle", "err", err)

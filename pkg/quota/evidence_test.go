@@ -88,7 +88,7 @@ func TestIdleEvidenceFromRealPrometheus(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec := quota.Spec{Idle: &quota.Idle{BelowUtilization: 0.05, For: quota.Duration{Duration: window}, Action: quota.ActionEvict}}
-	u, err := quota.Measure(context.Background(), q, []quota.Spec{spec}, time.Now(), 5*time.Second, quota.DefaultSeries)
+	u, err := quota.Measure(context.Background(), q, []quota.Spec{spec}, time.Now(), 5*time.Second, quota.DefaultSeries, quota.Recording{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestPartialResponseDecidesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec := quota.Spec{Idle: &quota.Idle{BelowUtilization: 0.05, For: quota.Duration{Duration: 2 * time.Second}, Action: quota.ActionEvict}}
-	if _, err := quota.Measure(context.Background(), q, []quota.Spec{spec}, time.Now(), 5*time.Second, quota.DefaultSeries); !errors.Is(err, quota.ErrPartialResponse) {
+	if _, err := quota.Measure(context.Background(), q, []quota.Spec{spec}, time.Now(), 5*time.Second, quota.DefaultSeries, quota.Recording{}); !errors.Is(err, quota.ErrPartialResponse) {
 		t.Errorf("Measure() = %v; want a partial response error", err)
 	}
 }
@@ -201,7 +201,7 @@ func TestHangingPrometheusTimesOut(t *testing.T) {
 	spec := quota.Spec{Budget: &quota.Budget{GPUHours: 1, Window: quota.Duration{Duration: time.Hour}}}
 	done := make(chan error, 1)
 	go func() {
-		_, err := quota.Measure(context.Background(), q, []quota.Spec{spec}, time.Now(), 300*time.Millisecond, quota.DefaultSeries)
+		_, err := quota.Measure(context.Background(), q, []quota.Spec{spec}, time.Now(), 300*time.Millisecond, quota.DefaultSeries, quota.Recording{})
 		done <- err
 	}()
 	select {

@@ -69,7 +69,7 @@ func TestForgingTargetIsNotBelieved(t *testing.T) {
 	time.Sleep(window + 2*time.Second)
 	measure := func(s quota.Series) quota.Usage {
 		t.Helper()
-		u, err := quota.Measure(context.Background(), q, specs, time.Now(), 5*time.Second, s)
+		u, err := quota.Measure(context.Background(), q, specs, time.Now(), 5*time.Second, s, quota.Recording{})
 		if err != nil {
 			t.Fatal(err)
 		}

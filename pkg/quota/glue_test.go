@@ -232,7 +232,7 @@ func TestBudgetChargesUnmeasuredComputeAtItsShare(t *testing.T) {
 		t.Fatal(err)
 	}
 	budget := quota.Budget{GPUHours: 10, Window: quota.Duration{Duration: time.Hour}}
-	u, err := quota.Measure(context.Background(), q, []quota.Spec{{Budget: &budget}}, now, 10*time.Second, quota.DefaultSeries)
+	u, err := quota.Measure(context.Background(), q, []quota.Spec{{Budget: &budget}}, now, 10*time.Second, quota.DefaultSeries, quota.Recording{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,12 @@ type Usage struct {
 	Idle map[time.Duration]IdleEvidence
 	// Queries is how many PromQL queries the cycle made.
 	Queries int
+	// Recorded says, by budget key, whether the budget was read from the
+	// recording rules' series (true) or the agents' own, the rules not
+	// covering its window (false, RecordingGaps says why); empty with
+	// recording off.
+	Recorded      map[string]bool
+	RecordingGaps map[string]string
 	// Room is, for spent budgets, the use their windows will still hold at
 	// each step from now (MeasureRoom); nil when none is spent or it could
 	// not be read.
@@ -192,7 +198,11 @@ const MaxConcurrentQueries = 4
 // at a time. Each query has timeout. A query that fails, times out or
 // answers with warnings (a partial response) fails the cycle's
 // measurement: nothing is decided from it.
-func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeout time.Duration, series Series) (Usage, error) {
+//
+// With rec on, a budget whose window the recording rules cover reads
+// their namespace-level series (one more query per window, to count the
+// rules' evaluations); any other reads the agents' series.
+func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeout time.Duration, series Series, rec Recording) (Usage, error) {
 	u := Usage{GPUHours: map[string]map[string]float64{}, InvalidHours: map[string]map[string]bool{}, Idle: map[time.Duration]IdleEvidence{}}
 	budgets := map[string]Budget{}
 	idles := map[time.Duration]bool{}
@@ -204,9 +214,13 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeou
 			idles[s.Idle.For.Duration] = true
 		}
 	}
+	budgetQ, err := rec.budgetQueries(ctx, q, budgets, now, timeout, series, &u)
+	if err != nil {
+		return u, err
+	}
 	var promqls []string
-	for _, b := range budgets {
-		promqls = append(promqls, BudgetQuery(b, series))
+	for _, promql := range budgetQ {
+		promqls = append(promqls, promql)
 	}
 	for d := range idles {
 		maxQ, minQ, sumQ, countQ := IdleQueries(d, series)
@@ -214,7 +228,7 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeou
 	}
 	slices.Sort(promqls)
 	promqls = slices.Compact(promqls)
-	u.Queries = len(promqls)
+	u.Queries += len(promqls)
 	results := make([]model.Vector, len(promqls))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(MaxConcurrentQueries)
@@ -232,9 +246,9 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeou
 		i, _ := slices.BinarySearch(promqls, promql)
 		return results[i]
 	}
-	for k, b := range budgets {
+	for k := range budgets {
 		m, bad := map[string]float64{}, map[string]bool{}
-		for _, s := range result(BudgetQuery(b, series)) {
+		for _, s := range result(budgetQ[k]) {
 			ns := string(s.Metric["namespace"])
 			if v := float64(s.Value); finite(v) && v >= 0 {
 				m[ns] = v

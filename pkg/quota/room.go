@@ -26,7 +26,10 @@ func roomBudget(b Budget, step int) Budget {
 // per step and spent key, only while some budget is spent. A namespace
 // with no series at a step holds nothing then; one whose answer is not a
 // valid number has no estimate.
-func MeasureRoom(ctx context.Context, q Querier, budgets map[string]Budget, spent map[string]map[string]bool, now time.Time, timeout time.Duration, series Series) (map[string]map[string][]float64, int, error) {
+//
+// A budget recorded says was read from the recording rules' series (rec)
+// is estimated from them too: its shorter windows are covered as well.
+func MeasureRoom(ctx context.Context, q Querier, budgets map[string]Budget, spent map[string]map[string]bool, now time.Time, timeout time.Duration, series Series, rec Recording, recorded map[string]bool) (map[string]map[string][]float64, int, error) {
 	out := map[string]map[string][]float64{}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(MaxConcurrentQueries)
@@ -46,6 +49,9 @@ func MeasureRoom(ctx context.Context, q Querier, budgets map[string]Budget, spen
 			a := &answer{key: key, step: step, vals: map[string]float64{}, bad: map[string]bool{}}
 			answers = append(answers, a)
 			promql := BudgetQuery(roomBudget(b, step), series)
+			if recorded[key] {
+				promql = RecordedBudgetQuery(roomBudget(b, step), series, rec.Interval)
+			}
 			g.Go(func() error {
 				v, err := query(gctx, q, promql, now, timeout)
 				if err != nil {

@@ -61,7 +61,7 @@ func TestChartServiceMonitorAsTheOperatorRendersIt(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		u, err := quota.Measure(ctx, q, []quota.Spec{budget}, time.Now(), 5*time.Second, quota.Series(quota.TrustLabel+`="gpuslice"`)) // what the chart's ServiceMonitor labels the agents' series with
+		u, err := quota.Measure(ctx, q, []quota.Spec{budget}, time.Now(), 5*time.Second, quota.Series(quota.TrustLabel+`="gpuslice"`), quota.Recording{}) // what the chart's ServiceMonitor labels the agents' series with
 		if err != nil {
 			return nil
 		}
