@@ -483,7 +483,7 @@ func (c *Controller) finishCycle(byNS map[string][]gpuQuota) {
 var MetricNames = []string{
 	"gpuslice_quota_evaluations_total", "gpuslice_quota_prometheus_errors_total", "gpuslice_quota_evictions_total",
 	"gpuslice_quota_idle_annotations_total", "gpuslice_quota_resourcequota_updates_total",
-	"gpuslice_quota_evaluation_duration_seconds", "gpuslice_quota_prometheus_queries",
+	"gpuslice_quota_evaluation_duration_seconds", "gpuslice_quota_prometheus_queries", "gpuslice_quota_budget_recorded",
 	"gpuslice_quota_used_slices", "gpuslice_quota_slice_limit", "gpuslice_quota_used_gpu_hours",
 	"gpuslice_quota_budget_gpu_hours", "gpuslice_quota_budget_exhausted", "gpuslice_quota_idle_pods",
 	"gpuslice_quota_idleness_unknown_pods", "gpuslice_quota_used_claim_slices", "gpuslice_quota_claim_device_limit",
