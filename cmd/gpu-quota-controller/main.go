@@ -52,8 +52,8 @@ type config struct {
 	kubeconfig, promURL, resource, metricsAddr, leNamespace, leID, logLevel, series string
 	kueueCheck                                                                      string
 	deviceClasses, mappedClasses                                                    []string
-	interval, queryTimeout, scrapeInterval                                          time.Duration
-	leaderElect                                                                     bool
+	interval, queryTimeout, scrapeInterval, recording                               time.Duration
+	leaderElect, printRules                                                         bool
 }
 
 func parse(args []string) (config, error) {
@@ -85,8 +85,13 @@ func parse(args []string) (config, error) {
 		return err
 	})
 	fs.StringVar(&c.kueueCheck, "kueue-admission-check", "", "serve Kueue AdmissionChecks whose controllerName is this `name` (gpuslice's is "+kueuecheck.DefaultControllerName+"): a Workload waiting on one is admitted only while its namespace's GPU-hour budget has room; empty: off (Kueue's CRDs must be installed when set)")
+	fs.DurationVar(&c.recording, "recording-rules-interval", 0, "read budgets from gpuslice's recording rules (--print-recording-rules), which Prometheus evaluates every this `interval`, over the windows they cover (the agents' own series otherwise); 0: off, every budget reads the agents' series")
+	fs.BoolVar(&c.printRules, "print-recording-rules", false, "print the recording rule group for --agent-series, --recording-rules-interval and --scrape-interval (YAML for a rule file's groups list) and exit")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if c.printRules {
+		return c, nil
 	}
 	if c.kueueCheck != "" && (len(c.kueueCheck) > 253 || strings.ContainsFunc(c.kueueCheck, unicode.IsSpace)) {
 		return c, fmt.Errorf("--kueue-admission-check %q is not a controller name", c.kueueCheck)
@@ -117,6 +122,14 @@ func parse(args []string) (config, error) {
 	}
 	if err := quota.Series(c.series).Validate(); err != nil {
 		return c, fmt.Errorf("--agent-series: %w", err)
+	}
+	if c.recording < 0 {
+		return c, fmt.Errorf("--recording-rules-interval %s is negative", c.recording)
+	}
+	if c.recording > 0 {
+		if _, err := quota.RecordingRules(quota.Series(c.series), c.recording, c.scrapeInterval); err != nil {
+			return c, fmt.Errorf("--recording-rules-interval: %w", err)
+		}
 	}
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(c.logLevel)); err != nil {
@@ -150,6 +163,9 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "gpu-quota-controller: %v\n", err)
 		return 2
 	}
+	if c.printRules {
+		return printRules(c)
+	}
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.logLevel))
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
@@ -159,6 +175,21 @@ func run(args []string) int {
 		log.Error("gpu-quota-controller failed", "err", err)
 		return 1
 	}
+	return 0
+}
+
+// printRules writes the recording rule group the flags describe.
+func printRules(c config) int {
+	interval := c.recording
+	if interval == 0 {
+		interval = time.Minute
+	}
+	rules, err := quota.RecordingRules(quota.Series(c.series), interval, c.scrapeInterval)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "gpu-quota-controller: %v\n", err)
+		return 2
+	}
+	fmt.Print(rules)
 	return 0
 }
 
@@ -190,7 +221,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	reg := prometheus.NewRegistry()
 	opts := quota.Options{Resource: c.resource, DeviceClasses: c.deviceClasses, MappedClasses: c.mappedClasses, Interval: c.interval, QueryTimeout: c.queryTimeout,
-		ScrapeInterval: c.scrapeInterval, Series: quota.Series(c.series), Logger: log, Registry: reg, KueueCheck: c.kueueCheck != ""}
+		ScrapeInterval: c.scrapeInterval, Series: quota.Series(c.series), Recording: quota.Recording{Interval: c.recording}, Logger: log, Registry: reg, KueueCheck: c.kueueCheck != ""}
 	// The Kueue check judges from the quota controller's budgets; the quota
 	// controller reclaims idle Kueue pods through the check's Workloads.
 	var ctrl *quota.Controller

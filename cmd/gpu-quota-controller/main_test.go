@@ -16,6 +16,9 @@ func TestParse(t *testing.T) {
 	if err != nil || c.promURL != "http://p:9090" || c.interval.Seconds() != 10 || !c.leaderElect || c.queryTimeout.Seconds() != 10 {
 		t.Fatalf("parse = %+v, %v; want the query timeout clamped to the interval", c, err)
 	}
+	if c, err := parse([]string{"--prometheus-url=x", "--recording-rules-interval=1m"}); err != nil || c.recording != time.Minute {
+		t.Fatalf("parse recording = %v, %v", c.recording, err)
+	}
 	if c, err := parse([]string{"--prometheus-url=x", "--dra-device-classes=gpu.gpuslice.io, shared.example.com"}); err != nil || len(c.deviceClasses) != 2 || c.deviceClasses[1] != "shared.example.com" {
 		t.Fatalf("parse device classes = %v, %v", c.deviceClasses, err)
 	}
@@ -33,6 +36,8 @@ func TestParse(t *testing.T) {
 		"--prometheus-url=x --dra-extended-resource-classes=A":                          "device class \"A\"",
 		"--prometheus-url=x --dra-device-classes=a,v --dra-extended-resource-classes=v": "in both",
 		"--prometheus-url=x --kueue-admission-check=" + strings.Repeat("a", 254):        "not a controller name",
+		"--prometheus-url=x --recording-rules-interval=-1m":                             "negative",
+		"--prometheus-url=x --recording-rules-interval=1m --agent-series=job=~\"a.*\"": "equality matchers",
 	} {
 		_, err := parse(strings.Fields(args))
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -91,7 +91,7 @@ func RecordingRules(s Series, interval, scrape time.Duration) (string, error) {
 		up = fmt.Sprintf(`label_replace(%s, %q, %s, "", "")`, up, n, strings.ReplaceAll(values[i], "$", "$$"))
 	}
 	rules := []struct{ record, expr string }{
-		{RecordedBusy, fmt.Sprintf("sum by (%s) (rate(%s[%s]))", by, s.of(contract.MetricContainerGPUBusySeconds), promRange(RecordedRateRange(interval, scrape)))},
+		{RecordedBusy, fmt.Sprintf("sum by (%s) (rate(%s[%ds]))", by, s.of(contract.MetricContainerGPUBusySeconds), int64(RecordedRateRange(interval, scrape).Seconds()))},
 		{RecordedUnmeasured, fmt.Sprintf("sum by (%s) (%s * (%s == 1))", by, s.of(contract.MetricContainerComputeLimit), s.of(contract.MetricContainerComputeUnmeasured))},
 		{RecordedAllocated, fmt.Sprintf("sum by (%s) (%s)", by, s.of(contract.MetricContainerComputeLimit))},
 		{RecordedUp, up},

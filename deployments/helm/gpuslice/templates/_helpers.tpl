@@ -93,3 +93,16 @@ draDriver:
   sizes: {{ toJson . }}
   {{- end }}
 {{- end -}}
+
+{{/*
+A duration of whole seconds, minutes or hours ("15s", "1m", "2h") in
+seconds; anything else fails with one clear error.
+*/}}
+{{- define "gpuslice.seconds" -}}
+{{- $v := toString . -}}
+{{- if regexMatch "^[0-9]+s$" $v -}}{{ trimSuffix "s" $v | atoi }}
+{{- else if regexMatch "^[0-9]+m$" $v -}}{{ mul (trimSuffix "m" $v | atoi) 60 }}
+{{- else if regexMatch "^[0-9]+h$" $v -}}{{ mul (trimSuffix "h" $v | atoi) 3600 }}
+{{- else -}}{{ fail (printf "duration %q: want a whole number of s, m or h (15s, 1m, 2h)" $v) }}
+{{- end -}}
+{{- end }}
