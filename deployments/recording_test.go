@@ -70,7 +70,7 @@ func TestChartRecordingRulesAreTheControllers(t *testing.T) {
 	}
 	for set, msg := range map[string]string{
 		",quotaController.recordingRules.interval=1m30s": `duration "1m30s"`,
-		`,quotaController.agentSeries=job="gpuslice"`:     "needs the default agentSeries",
+		`,quotaController.agentSeries=job="gpuslice"`:    "needs the default agentSeries",
 	} {
 		out, err := exec.Command(helmBin(t), "template", "gpuslice", chart, "--set", base+set).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), msg) {

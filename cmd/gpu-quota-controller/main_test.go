@@ -37,7 +37,7 @@ func TestParse(t *testing.T) {
 		"--prometheus-url=x --dra-device-classes=a,v --dra-extended-resource-classes=v": "in both",
 		"--prometheus-url=x --kueue-admission-check=" + strings.Repeat("a", 254):        "not a controller name",
 		"--prometheus-url=x --recording-rules-interval=-1m":                             "negative",
-		"--prometheus-url=x --recording-rules-interval=1m --agent-series=job=~\"a.*\"": "equality matchers",
+		"--prometheus-url=x --recording-rules-interval=1m --agent-series=job=~\"a.*\"":  "equality matchers",
 	} {
 		_, err := parse(strings.Fields(args))
 		if err == nil || !strings.Contains(err.Error(), want) {

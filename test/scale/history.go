@@ -223,10 +223,10 @@ func (e enforced) Stats() map[string]enforce.Stats {
 	}
 	return out
 }
-func (enforced) Generation() uint64                     { return 1 }
+func (enforced) Generation() uint64                       { return 1 }
 func (enforced) DriverStats() (enforce.DriverStats, bool) { return enforce.DriverStats{}, false }
-func (enforced) Failures() uint64                       { return 0 }
-func (enforced) Tiers() (string, string)                { return "freezer", "watchdog" }
+func (enforced) Failures() uint64                         { return 0 }
+func (enforced) Tiers() (string, string)                  { return "freezer", "watchdog" }
 func (enforced) Node() enforce.NodeState {
 	return enforce.NodeState{Compute: enforce.ReasonEnforced, Memory: enforce.ReasonEnforced}
 }
