@@ -117,6 +117,13 @@ bench-node: ## Run the real agent at node scale (8 GPUs x 200, 400 and 800 pods 
 bench-quota: ## Measure the quota controller's evaluation cycle: 500 namespaces, 5,000 running pods, 24h of backfilled history, real API server and Prometheus (about 2 minutes).
 	$(GO) test -run '^$$' -bench EvaluationCycle -benchtime 20x -timeout 10m -v ./pkg/quota
 
+.PHONY: bench-scale
+bench-scale: build ## The cluster side at 100, 300 and 1,000 nodes: the quota controller's cycle, queries, samples read and RSS against a real API server and Prometheus holding 24h of N agents' series, with and without recording rules (about an hour); raw output in docs/scale-raw.txt, docs/benchmarks.md regenerated.
+	cd test/scale/blocks && $(GO) build -o ../../../$(BIN)/scale-blocks .
+	bash tools/benchreport/scale.sh > docs/scale-raw.txt.new
+	mv docs/scale-raw.txt.new docs/scale-raw.txt
+	$(MAKE) docs
+
 .PHONY: bench-accuracy
 bench-accuracy: ## The compute-accuracy gate: the throttle against the GPU model, with mutation checks (seconds; fails on a miss).
 	$(GO) run ./test/accuracy/cmd/bench-accuracy --sensitivity

@@ -77,7 +77,20 @@ func StartBackfilled(tb testing.TB, openMetrics []byte) string {
 	return url
 }
 
-func startConfig(tb testing.TB, addr, conf, data string) (string, func()) {
+// StartData runs Prometheus (scraping nothing) over an existing TSDB
+// directory, its blocks kept as written (no compaction), and returns its
+// URL and a function that stops it.
+func StartData(tb testing.TB, data string) (string, func()) {
+	tb.Helper()
+	port, err := apiserver.FreePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return startConfig(tb, fmt.Sprintf("127.0.0.1:%d", port), "global: {scrape_interval: 15s}\n", data,
+		"--storage.tsdb.min-block-duration=2h", "--storage.tsdb.max-block-duration=2h", "--storage.tsdb.retention.time=30d")
+}
+
+func startConfig(tb testing.TB, addr, conf, data string, extra ...string) (string, func()) {
 	tb.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
@@ -91,8 +104,8 @@ func startConfig(tb testing.TB, addr, conf, data string) (string, func()) {
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	p, err := apiserver.StartProcess("prometheus", bin, "--config.file="+cfg, "--storage.tsdb.path="+data,
-		"--web.listen-address="+addr, "--log.level=warn")
+	p, err := apiserver.StartProcess("prometheus", bin, append([]string{"--config.file=" + cfg, "--storage.tsdb.path=" + data,
+		"--web.listen-address=" + addr, "--log.level=warn"}, extra...)...)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -106,9 +106,9 @@ var Read = map[string]bool{
 // exposition with the scrape's labels (instance, job and the trust label
 // the chart's ServiceMonitor sets), and up. Counters are constant in the
 // exposition except busy seconds, which climb at the pod's utilization.
-// full says which lines go to the 24-hour history (Read) and which to
-// the last hour.
-func WriteSeries(full, lastHour io.Writer, n int) error {
+// The families Read holds have the whole history; the others start at
+// recent.
+func WriteSeries(out io.Writer, n int, recent time.Time) error {
 	snap := snapshot(n)
 	util := map[string]float64{}
 	for _, p := range PodsOf(n) {
@@ -122,8 +122,8 @@ func WriteSeries(full, lastHour io.Writer, n int) error {
 		return fmt.Errorf("node %d's exposition: %w", n, err)
 	}
 	scrape := map[string]string{"instance": NodeName(n), "job": "gpuslice-agent", "gpuslice_scrape_namespace": "gpuslice-system"}
-	bw := map[bool]*bufio.Writer{true: bufio.NewWriter(full), false: bufio.NewWriter(lastHour)}
-	line := func(w *bufio.Writer, kind string, v float64, name string, ls map[string]string) error {
+	w := bufio.NewWriter(out)
+	line := func(kind string, v float64, name string, ls map[string]string) error {
 		m := map[string]string{"__name__": name}
 		for k, v := range scrape {
 			m[k] = v
@@ -135,6 +135,9 @@ func WriteSeries(full, lastHour io.Writer, n int) error {
 		if err != nil {
 			return err
 		}
+		if !Read[name] {
+			fmt.Fprintf(w, "@%d ", recent.Unix())
+		}
 		_, err = fmt.Fprintf(w, "%s %g %s\n", kind, v, js)
 		return err
 	}
@@ -144,16 +147,15 @@ func WriteSeries(full, lastHour io.Writer, n int) error {
 			for _, lp := range m.GetLabel() {
 				ls[lp.GetName()] = lp.GetValue()
 			}
-			w := bw[Read[name]]
 			switch {
 			case m.GetCounter() != nil && counterName(name) == contract.MetricContainerGPUBusySeconds:
-				err = line(w, "counter", util[ls["pod"]], contract.MetricContainerGPUBusySeconds, ls)
+				err = line("counter", util[ls["pod"]], contract.MetricContainerGPUBusySeconds, ls)
 			case m.GetCounter() != nil:
-				err = line(w, "gauge", m.GetCounter().GetValue(), counterName(name), ls)
+				err = line("gauge", m.GetCounter().GetValue(), counterName(name), ls)
 			case m.GetGauge() != nil:
-				err = line(w, "gauge", m.GetGauge().GetValue(), name, ls)
+				err = line("gauge", m.GetGauge().GetValue(), name, ls)
 			case m.GetHistogram() != nil:
-				err = histogram(w, line, name, ls, m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum(), m.GetHistogram().GetBucket())
+				err = histogram(line, name, ls, m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum(), m.GetHistogram().GetBucket())
 			default:
 				err = fmt.Errorf("family %s: unexpected type %s", name, f.GetType())
 			}
@@ -162,15 +164,10 @@ func WriteSeries(full, lastHour io.Writer, n int) error {
 			}
 		}
 	}
-	if err := line(bw[true], "gauge", 1, "up", nil); err != nil {
+	if err := line("gauge", 1, "up", nil); err != nil {
 		return err
 	}
-	for _, w := range bw {
-		if err := w.Flush(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return w.Flush()
 }
 
 // counterName is a counter family's sample name.
@@ -185,13 +182,13 @@ func counterName(family string) string {
 func histogram[B interface {
 	GetUpperBound() float64
 	GetCumulativeCount() uint64
-}](w *bufio.Writer, line func(*bufio.Writer, string, float64, string, map[string]string) error, name string, ls map[string]string, count uint64, sum float64, buckets []B) error {
+}](line func(string, float64, string, map[string]string) error, name string, ls map[string]string, count uint64, sum float64, buckets []B) error {
 	for _, b := range buckets {
 		bl := map[string]string{"le": fmt.Sprint(b.GetUpperBound())}
 		for k, v := range ls {
 			bl[k] = v
 		}
-		if err := line(w, "gauge", float64(b.GetCumulativeCount()), name+"_bucket", bl); err != nil {
+		if err := line("gauge", float64(b.GetCumulativeCount()), name+"_bucket", bl); err != nil {
 			return err
 		}
 	}
@@ -199,13 +196,13 @@ func histogram[B interface {
 	for k, v := range ls {
 		inf[k] = v
 	}
-	if err := line(w, "gauge", float64(count), name+"_bucket", inf); err != nil {
+	if err := line("gauge", float64(count), name+"_bucket", inf); err != nil {
 		return err
 	}
-	if err := line(w, "gauge", sum, name+"_sum", ls); err != nil {
+	if err := line("gauge", sum, name+"_sum", ls); err != nil {
 		return err
 	}
-	return line(w, "gauge", float64(count), name+"_count", ls)
+	return line("gauge", float64(count), name+"_count", ls)
 }
 
 // fixed is an agent's latest sample.

@@ -5,8 +5,9 @@
 // time so memory stays that of one block. It is a module of its own so the
 // agent's module never depends on Prometheus' storage.
 //
-// Input, one series per line: "counter|gauge <value> <labels JSON object>",
-// the value being the counter's increase per second or the gauge's value.
+// Input, one series per line: "[@<unix seconds>] counter|gauge <value>
+// <labels JSON object>", the value being the counter's increase per second
+// or the gauge's value; @ starts the series later than --from.
 package main
 
 import (
@@ -30,6 +31,7 @@ import (
 
 // series is one input line.
 type series struct {
+	from    int64 // first sample, Unix ms; 0: --from
 	counter bool
 	value   float64
 	labels  labels.Labels
@@ -84,7 +86,10 @@ func run(args []string, in io.Reader) error {
 // writeBlock writes the samples in [first, hi) of every series as one
 // block.
 func writeBlock(dir string, ss []series, start, first, hi, stepMS int64) (int, error) {
-	w, err := tsdb.NewBlockWriter(slog.New(slog.DiscardHandler), dir, 2*time.Hour.Milliseconds())
+	// The head accepts samples back to half its range before the newest
+	// committed one: twice the block, so every series' samples from the
+	// block's start are accepted after others were committed.
+	w, err := tsdb.NewBlockWriter(slog.New(slog.DiscardHandler), dir, 4*time.Hour.Milliseconds())
 	if err != nil {
 		return 0, err
 	}
@@ -94,7 +99,11 @@ func writeBlock(dir string, ss []series, start, first, hi, stepMS int64) (int, e
 	app := w.Appender(ctx)
 	for i, s := range ss {
 		var ref storage.SeriesRef
-		for t := first; t < hi; t += stepMS {
+		t0 := first
+		if s.from > first { // the first grid point at or after its start
+			t0 += (s.from - first + stepMS - 1) / stepMS * stepMS
+		}
+		for t := t0; t < hi; t += stepMS {
 			v := s.value
 			if s.counter {
 				v *= float64(t-start) / 1000
@@ -126,7 +135,16 @@ func read(in io.Reader) ([]series, error) {
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for line := 1; sc.Scan(); line++ {
-		kind, rest, ok1 := strings.Cut(sc.Text(), " ")
+		text, from := sc.Text(), int64(0)
+		if strings.HasPrefix(text, "@") {
+			at, rest, _ := strings.Cut(text[1:], " ")
+			sec, err := strconv.ParseInt(at, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("line %d: start: %w", line, err)
+			}
+			text, from = rest, sec*1000
+		}
+		kind, rest, ok1 := strings.Cut(text, " ")
 		val, js, ok2 := strings.Cut(rest, " ")
 		if !ok1 || !ok2 || (kind != "counter" && kind != "gauge") {
 			return nil, fmt.Errorf("line %d: want \"counter|gauge <value> <labels JSON>\"", line)
@@ -142,7 +160,7 @@ func read(in io.Reader) ([]series, error) {
 		if m["__name__"] == "" {
 			return nil, fmt.Errorf("line %d: no __name__", line)
 		}
-		ss = append(ss, series{counter: kind == "counter", value: v, labels: labels.FromMap(m)})
+		ss = append(ss, series{from: from, counter: kind == "counter", value: v, labels: labels.FromMap(m)})
 	}
 	return ss, sc.Err()
 }
