@@ -68,7 +68,7 @@ type env struct {
 // p99 and max over GPUSLICE_SCALE_CYCLES (100) in-process cycles (fewer,
 // at least 10, when they take over 4 minutes), its
 // queries and the samples Prometheus read for them, and the real binary's
-// RSS high-water mark over 4 cycles. The GPU-hours each mode measures are
+// RSS high-water mark over 3 cycles. The GPU-hours each mode measures are
 // checked against the history's own truth (each pod's utilization × 24 h):
 // a mode that misreads them fails the benchmark.
 //
@@ -105,17 +105,19 @@ func BenchmarkClusterScale(b *testing.B) {
 		t0 := time.Now()
 		grow(b, e, built, n)
 		built = n
-		b.Logf("nodes=%d: %d namespaces, %d pods in the API server (%v)", n, (n+NodesPerNamespace-1)/NodesPerNamespace, n*PodsPerNode, time.Since(t0).Round(time.Second))
+		b.Logf("nodes=%d cluster: %d namespaces, %d pods in the API server (%v)", n, (n+NodesPerNamespace-1)/NodesPerNamespace, n*PodsPerNode, time.Since(t0).Round(time.Second))
 		data := filepath.Join(b.TempDir(), "data")
 		t0 = time.Now()
 		series, samples := history(b, blocks, data, n, from, to)
-		b.Logf("nodes=%d: %d series, %d samples written as blocks (%v)", n, series, samples, time.Since(t0).Round(time.Second))
+		b.Logf("nodes=%d history: %d series, %d samples written as blocks (%v)", n, series, samples, time.Since(t0).Round(time.Second))
 		promURL, stop := promtest.StartData(b, data)
-		b.Run(fmt.Sprintf("nodes=%d/rules=off", n), func(b *testing.B) { measure(b, e, promURL, n, quota.Recording{}) })
+		if os.Getenv("GPUSLICE_SCALE_RULES") != "on" { // "on": only with the rules, for profiling
+			b.Run(fmt.Sprintf("nodes=%d/rules=off", n), func(b *testing.B) { measure(b, e, promURL, n, quota.Recording{}) })
+		}
 		t0 = time.Now()
 		backfillRules(b, promURL, data, from, to)
 		stop()
-		b.Logf("nodes=%d: recording rules backfilled by promtool (%v)", n, time.Since(t0).Round(time.Second))
+		b.Logf("nodes=%d rules: recording rules backfilled by promtool (%v)", n, time.Since(t0).Round(time.Second))
 		promURL, stop = promtest.StartData(b, data)
 		b.Run(fmt.Sprintf("nodes=%d/rules=on", n), func(b *testing.B) { measure(b, e, promURL, n, quota.Recording{Interval: recording}) })
 		stop()
@@ -161,15 +163,18 @@ func measure(b *testing.B, e *env, promURL string, n int, rec quota.Recording) {
 		}
 	}
 	slices.Sort(took)
-	samples := cycleSamples(b, promURL, e.at, rec)
+	budgetSamples, idleSamples := cycleSamples(b, promURL, e.at, rec)
 	b.ReportMetric(ms(took[len(took)/2]), "p50-ms")
 	b.ReportMetric(ms(took[(len(took)*99)/100]), "p99-ms")
 	b.ReportMetric(ms(took[len(took)-1]), "max-ms")
 	b.ReportMetric(float64(len(took)), "cycles")
 	b.ReportMetric(float64(queries), "queries")
-	b.ReportMetric(float64(samples), "samples/cycle")
+	b.ReportMetric(float64(budgetSamples+idleSamples), "samples/cycle")
+	b.ReportMetric(float64(budgetSamples), "budget-samples/cycle")
 	if e.controller != "" {
-		b.ReportMetric(controllerRSS(b, e, promURL, rec), "rss-MiB")
+		// Cycles back to back, with room for the slowest.
+		interval := max(10*time.Second, (2 * took[len(took)-1]).Round(time.Second))
+		b.ReportMetric(controllerRSS(b, e, promURL, rec, interval), "rss-MiB")
 	}
 }
 
@@ -205,21 +210,26 @@ func truth(b *testing.B, ctx context.Context, q quota.Querier, at time.Time, n i
 	if worst > 0.02 {
 		b.Fatalf("a namespace's GPU-hours are off by %.1f%% of the history's truth", 100*worst)
 	}
-	b.Logf("GPU-hours of %d namespaces within %.2f%% of the history's truth", len(want), 100*worst)
+	b.Logf("%s truth: GPU-hours of %d namespaces within %.2f%% of the history's", b.Name(), len(want), 100*worst)
 }
 
 // cycleSamples is what Prometheus read to answer one cycle's queries (its
-// own query statistics, stats=all).
-func cycleSamples(b *testing.B, promURL string, at time.Time, rec quota.Recording) int64 {
+// own query statistics, stats=all): for the budget, and for the idle
+// evidence.
+func cycleSamples(b *testing.B, promURL string, at time.Time, rec quota.Recording) (budgetSamples, idleSamples int64) {
 	b.Helper()
-	bq := quota.BudgetQuery(budget, quota.DefaultSeries)
-	qs := []string{}
+	bqs := []string{quota.BudgetQuery(budget, quota.DefaultSeries)}
 	if rec.Interval > 0 {
-		bq = quota.RecordedBudgetQuery(budget, quota.DefaultSeries, rec.Interval)
-		qs = append(qs, quota.CoverageQuery(budget.Window.Duration, quota.DefaultSeries))
+		bqs = []string{quota.RecordedBudgetQuery(budget, quota.DefaultSeries, rec.Interval), quota.CoverageQuery(budget.Window.Duration, quota.DefaultSeries)}
 	}
 	maxQ, minQ, sumQ, countQ := quota.IdleQueries(idle.For.Duration, quota.DefaultSeries)
-	qs = append(qs, bq, maxQ, minQ, sumQ, countQ, quota.BlindQuery(idle.For.Duration, quota.DefaultSeries), quota.UnknownQuery(idle.For.Duration, quota.DefaultSeries))
+	iqs := []string{maxQ, minQ, sumQ, countQ, quota.BlindQuery(idle.For.Duration, quota.DefaultSeries), quota.UnknownQuery(idle.For.Duration, quota.DefaultSeries)}
+	return querySamples(b, promURL, at, bqs), querySamples(b, promURL, at, iqs)
+}
+
+// querySamples is the samples Prometheus read for qs.
+func querySamples(b *testing.B, promURL string, at time.Time, qs []string) int64 {
+	b.Helper()
 	var total int64
 	for _, promql := range qs {
 		resp, err := http.Get(promURL + "/api/v1/query?" + url.Values{"query": {promql}, "time": {strconv.FormatInt(at.Unix(), 10)}, "stats": {"all"}}.Encode()) //nolint:noctx // a benchmark's loopback query
@@ -246,15 +256,16 @@ func cycleSamples(b *testing.B, promURL string, at time.Time, rec quota.Recordin
 }
 
 // controllerRSS runs the real gpu-quota-controller against the cluster
-// and Prometheus for 4 cycles and returns its RSS high-water mark in MiB.
-func controllerRSS(b *testing.B, e *env, promURL string, rec quota.Recording) float64 {
+// and Prometheus for 3 cycles, every interval, and returns its RSS
+// high-water mark in MiB.
+func controllerRSS(b *testing.B, e *env, promURL string, rec quota.Recording, interval time.Duration) float64 {
 	b.Helper()
 	port, err := apiserver.FreePort()
 	if err != nil {
 		b.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	args := []string{"--kubeconfig=" + e.kubeconfig, "--prometheus-url=" + promURL, "--leader-elect=false", "--interval=10s", "--query-timeout=10s",
+	args := []string{"--kubeconfig=" + e.kubeconfig, "--prometheus-url=" + promURL, "--leader-elect=false", "--interval=" + interval.String(), "--query-timeout=" + interval.String(),
 		"--scrape-interval=" + scrape.String(), "--metrics-address=" + addr, "--log-level=error"}
 	if rec.Interval > 0 {
 		args = append(args, "--recording-rules-interval="+rec.Interval.String())
@@ -271,9 +282,9 @@ func controllerRSS(b *testing.B, e *env, promURL string, rec quota.Recording) fl
 		}
 		return mfs[name].GetMetric()[0].GetCounter().GetValue()
 	}
-	for deadline := time.Now().Add(3 * time.Minute); counter("gpuslice_quota_evaluations_total") < 4; time.Sleep(time.Second) {
+	for deadline := time.Now().Add(4*interval + time.Minute); counter("gpuslice_quota_evaluations_total") < 3; time.Sleep(time.Second) {
 		if p.Exited() || time.Now().After(deadline) {
-			b.Fatalf("gpu-quota-controller did not run 4 cycles in 3 minutes:\n%s", p.Logs.Tail(3000))
+			b.Fatalf("gpu-quota-controller did not run 3 cycles in %s:\n%s", 4*interval+time.Minute, p.Logs.Tail(3000))
 		}
 	}
 	if n := counter("gpuslice_quota_prometheus_errors_total"); n != 0 {

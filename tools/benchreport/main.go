@@ -51,12 +51,18 @@ var Goals = []Goal{
 	{"a fork bomb's longest time over its memory limit (watchdog), in sample intervals", "BenchmarkForkBombTimeOverLimit", "max-over-intervals", 3, "%.2f"},
 	{"quota controller cycle, 500 namespaces, 5,000 pods: p99", "BenchmarkEvaluationCycle", "p99-ms", 1000, "%.0f ms"},
 	{"compute accuracy against the GPU model: worst cell", "sensitivity", "defaults max_error_pp", 2, "%.2f pp"},
+	{"quota controller cycle at 1,000 nodes, recording rules: p99", scalePrefix + "BenchmarkClusterScale/nodes=1000/rules=on", "p99-ms", 1000, "%.0f ms"},
+	{"quota controller RSS at 1,000 nodes, recording rules", scalePrefix + "BenchmarkClusterScale/nodes=1000/rules=on", "rss-MiB", 256, "%.0f MiB"},
 }
+
+// scalePrefix marks a goal whose figure is make bench-scale's.
+const scalePrefix = "scale:"
 
 // page is what the template reads.
 type page struct {
-	raw  *Raw
-	frag string // make fragmentation's output
+	raw   *Raw
+	frag  string // make fragmentation's output
+	scale *Raw   // make bench-scale's output
 }
 
 func (p page) Header(key string) (string, error) {
@@ -92,6 +98,13 @@ func (p page) Measured(g Goal) (float64, error) {
 		}
 		return strconv.ParseFloat(s, 64)
 	}
+	if bench, ok := strings.CutPrefix(g.Bench, scalePrefix); ok {
+		v, err := p.scale.Value(bench, g.Unit)
+		if err != nil {
+			return 0, fmt.Errorf("make bench-scale's output: %w", err)
+		}
+		return v, nil
+	}
 	return p.raw.Value(g.Bench, g.Unit)
 }
 
@@ -114,6 +127,9 @@ func (p page) GoalTable() (string, error) {
 		if g.Bench == "node" {
 			src = "`make bench-node` " + g.Unit
 		}
+		if bench, ok := strings.CutPrefix(g.Bench, scalePrefix); ok {
+			src = "`make bench-scale` `" + bench + "` " + g.Unit
+		}
 		fmt.Fprintf(&b, "| %s | ≤ %s | %s | %s | %s |\n", g.What, strings.TrimSpace(fmt.Sprintf(g.Show, g.Max)), fmt.Sprintf(g.Show, v), met, src)
 	}
 	return b.String(), errors.Join(errs...)
@@ -127,14 +143,63 @@ func (p page) Fragmentation() (string, error) {
 	return strings.TrimRight(p.frag, "\n"), nil
 }
 
+// ScaleRaw is make bench-scale's output, as printed.
+func (p page) ScaleRaw() string { return strings.TrimRight(p.scale.Text, "\n") }
+
+// ScaleHeader is a header of make bench-scale's output.
+func (p page) ScaleHeader(key string) (string, error) {
+	v, ok := p.scale.Header[key]
+	if !ok {
+		return "", fmt.Errorf("make bench-scale's output has no %q header", key)
+	}
+	return v, nil
+}
+
+// ScaleTable is make bench-scale's figures by size and mode, and their
+// growth from each size to the next.
+func (p page) ScaleTable() (string, error) {
+	sizes := p.scale.Sizes()
+	if len(sizes) == 0 {
+		return "", errors.New("no BenchmarkClusterScale lines: run make bench-scale")
+	}
+	var b strings.Builder
+	b.WriteString("| nodes | recording rules | cycles | cycle p50 | p99 | max | queries | samples read per cycle (for the budget) | controller RSS |\n|---|---|---|---|---|---|---|---|---|\n")
+	var errs []error
+	v := func(bench, unit string) float64 {
+		x, err := p.scale.Value(bench, unit)
+		errs = append(errs, err)
+		return x
+	}
+	for _, n := range sizes {
+		for _, mode := range []string{"off", "on"} {
+			bench := fmt.Sprintf("BenchmarkClusterScale/nodes=%d/rules=%s", n, mode)
+			fmt.Fprintf(&b, "| %d | %s | %.0f | %.0f ms | **%.0f ms** | %.0f ms | %.0f | %.0f (%.0f) | %.0f MiB |\n", n, mode, v(bench, "cycles"), v(bench, "p50-ms"),
+				v(bench, "p99-ms"), v(bench, "max-ms"), v(bench, "queries"), v(bench, "samples/cycle"), v(bench, "budget-samples/cycle"), v(bench, "rss-MiB"))
+		}
+	}
+	if len(sizes) > 1 {
+		b.WriteString("\nGrowth from the size before (×):\n\n| nodes | rules | cycle p99 | samples read | for the budget | controller RSS |\n|---|---|---|---|---|---|\n")
+		for i := 1; i < len(sizes); i++ {
+			for _, mode := range []string{"off", "on"} {
+				cur := fmt.Sprintf("BenchmarkClusterScale/nodes=%d/rules=%s", sizes[i], mode)
+				prev := fmt.Sprintf("BenchmarkClusterScale/nodes=%d/rules=%s", sizes[i-1], mode)
+				fmt.Fprintf(&b, "| %d over %d (×%.2f) | %s | ×%.2f | ×%.2f | ×%.2f | ×%.2f |\n", sizes[i], sizes[i-1], float64(sizes[i])/float64(sizes[i-1]), mode,
+					v(cur, "p99-ms")/v(prev, "p99-ms"), v(cur, "samples/cycle")/v(prev, "samples/cycle"),
+					v(cur, "budget-samples/cycle")/v(prev, "budget-samples/cycle"), v(cur, "rss-MiB")/v(prev, "rss-MiB"))
+			}
+		}
+	}
+	return strings.TrimRight(b.String(), "\n"), errors.Join(errs...)
+}
+
 // Render writes the page from the raw output and make fragmentation's.
-func Render(raw *Raw, frag string) ([]byte, error) {
+func Render(raw *Raw, frag string, scale *Raw) ([]byte, error) {
 	t, err := template.New("benchmarks").Option("missingkey=error").Parse(pageTemplate)
 	if err != nil {
 		return nil, err
 	}
 	var b bytes.Buffer
-	if err := t.Execute(&b, page{raw: raw, frag: frag}); err != nil {
+	if err := t.Execute(&b, page{raw: raw, frag: frag, scale: scale}); err != nil {
 		return nil, err
 	}
 	return b.Bytes(), nil
@@ -143,29 +208,29 @@ func Render(raw *Raw, frag string) ([]byte, error) {
 func main() {
 	rawPath := flag.String("raw", "docs/benchmarks-raw.txt", "the raw output of make bench-report")
 	fragPath := flag.String("fragmentation", "docs/fragmentation-raw.txt", "the output of make fragmentation")
+	scalePath := flag.String("scale", "docs/scale-raw.txt", "the output of make bench-scale")
 	out := flag.String("out", "docs/benchmarks.md", "the page to write")
 	flag.Parse()
-	if err := run(*rawPath, *fragPath, *out); err != nil {
+	if err := run(*rawPath, *fragPath, *scalePath, *out); err != nil {
 		fmt.Fprintf(os.Stderr, "benchreport: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(rawPath, fragPath, out string) error {
+func run(rawPath, fragPath, scalePath, out string) error {
 	frag, err := os.ReadFile(fragPath) //nolint:gosec // the operator's own flag
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(rawPath) //nolint:gosec // the operator's own flag
+	raw, err := ParseFile(rawPath)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = f.Close() }()
-	raw, err := ParseRaw(f)
+	scale, err := ParseFile(scalePath)
 	if err != nil {
 		return err
 	}
-	page, err := Render(raw, string(frag))
+	page, err := Render(raw, string(frag), scale)
 	if err != nil {
 		return err
 	}

@@ -31,7 +31,7 @@ func TestRenderFromRaw(t *testing.T) {
 	if v, _ := raw.Line("sensitivity", "defaults worst"); v != "policy=strict tenants=2 limits=30/70 kernel=20 queue=2" {
 		t.Errorf("quoted value = %q", v)
 	}
-	page, err := Render(raw, fragTable)
+	page, err := Render(raw, fragTable, parse(t, "testdata/scale.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,6 +41,9 @@ func TestRenderFromRaw(t *testing.T) {
 		"Machine: 2 vCPU Intel Xeon",
 		"BenchmarkEvaluationCycle-2   20",
 		"| device plugin, --span=fewest | 3 |",
+		"| quota controller cycle at 1,000 nodes, recording rules: p99 | ≤ 1000 ms | 250 ms | yes |",
+		"| 1000 | off | 12 | 4773 ms | **5000 ms** | 5049 ms | 7 | 14615700 (9000) | 60 MiB |",
+		"| 1000 over 100 (×10.00) | on | ×10.00 | ×10.00 | ×10.00 | ×2.00 |",
 	} {
 		if !strings.Contains(string(page), want) {
 			t.Errorf("the page lacks %q", want)
@@ -65,11 +68,16 @@ func TestMissingFigureFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Render(raw, fragTable); err == nil || !strings.Contains(err.Error(), "BenchmarkFreezerTransitions") {
+	scale := parse(t, "testdata/scale.txt")
+	if _, err := Render(raw, fragTable, scale); err == nil || !strings.Contains(err.Error(), "BenchmarkFreezerTransitions") {
 		t.Errorf("Render without a figure = %v, want an error naming it", err)
 	}
-	if _, err := Render(parse(t, "testdata/raw.txt"), ""); err == nil || !strings.Contains(err.Error(), "make fragmentation") {
+	if _, err := Render(parse(t, "testdata/raw.txt"), "", scale); err == nil || !strings.Contains(err.Error(), "make fragmentation") {
 		t.Errorf("Render without the fragmentation table = %v, want an error naming make fragmentation", err)
+	}
+	empty, _ := ParseRaw(strings.NewReader("# date: 2026-12-07\n"))
+	if _, err := Render(parse(t, "testdata/raw.txt"), fragTable, empty); err == nil || !strings.Contains(err.Error(), "make bench-scale") {
+		t.Errorf("Render without make bench-scale's lines = %v, want an error naming it", err)
 	}
 }
 
@@ -84,7 +92,7 @@ func TestPageIsGenerated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := Render(raw, string(frag))
+	want, err := Render(raw, string(frag), parse(t, "../../docs/scale-raw.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,6 +101,6 @@ func TestPageIsGenerated(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, want) {
-		t.Error("docs/benchmarks.md is not what docs/benchmarks-raw.txt and docs/fragmentation-raw.txt render to: run make bench-report (or go run ./tools/benchreport after editing the template)")
+		t.Error("docs/benchmarks.md is not what docs/benchmarks-raw.txt and docs/fragmentation-raw.txt render to: run make bench-report (or make docs after editing the template)")
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -54,6 +56,29 @@ func ParseRaw(r io.Reader) (*Raw, error) {
 	}
 	raw.Text = text.String()
 	return raw, nil
+}
+
+// ParseFile parses a run's output kept in a file.
+func ParseFile(path string) (*Raw, error) {
+	f, err := os.Open(path) //nolint:gosec // the operator's own flag
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	return ParseRaw(f)
+}
+
+// Sizes are the node counts of the BenchmarkClusterScale lines, in order.
+func (r *Raw) Sizes() []int {
+	var out []int
+	for name := range r.Bench {
+		var n int
+		if _, err := fmt.Sscanf(name, "BenchmarkClusterScale/nodes=%d/", &n); err == nil && !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // addBench records "value unit" pairs; a pair that does not parse ends
