@@ -79,7 +79,9 @@ func StartBackfilled(tb testing.TB, openMetrics []byte) string {
 
 // StartData runs Prometheus (scraping nothing) over an existing TSDB
 // directory, its blocks kept as written (no compaction), and returns its
-// URL and a function that stops it.
+// URL and a function that stops it. Its query limits are raised (10
+// minutes, 10^9 samples) so that a benchmark measures what its defaults
+// would refuse; its query statistics say what they would have.
 func StartData(tb testing.TB, data string) (string, func()) {
 	tb.Helper()
 	port, err := apiserver.FreePort()
@@ -87,7 +89,8 @@ func StartData(tb testing.TB, data string) (string, func()) {
 		tb.Fatal(err)
 	}
 	return startConfig(tb, fmt.Sprintf("127.0.0.1:%d", port), "global: {scrape_interval: 15s}\n", data,
-		"--storage.tsdb.min-block-duration=2h", "--storage.tsdb.max-block-duration=2h", "--storage.tsdb.retention.time=30d")
+		"--storage.tsdb.min-block-duration=2h", "--storage.tsdb.max-block-duration=2h", "--storage.tsdb.retention.time=30d",
+		"--query.timeout=10m", "--query.max-samples=1000000000")
 }
 
 func startConfig(tb testing.TB, addr, conf, data string, extra ...string) (string, func()) {

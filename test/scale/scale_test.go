@@ -40,7 +40,7 @@ var (
 )
 
 const (
-	// maxMeasure bounds one mode's cycles: past it, after at least 10,
+	// maxMeasure bounds one mode's cycles: past it, after at least 5,
 	// the benchmark stops short of GPUSLICE_SCALE_CYCLES and reports how
 	// many it ran.
 	maxMeasure = 4 * time.Minute
@@ -66,9 +66,9 @@ type env struct {
 // with the chart's recording rules backfilled by Prometheus' own promtool
 // from the same history (rules=on). Per size and mode: the cycle's p50,
 // p99 and max over GPUSLICE_SCALE_CYCLES (100) in-process cycles (fewer,
-// at least 10, when they take over 4 minutes), its
+// at least 5, when they take over 4 minutes), its
 // queries and the samples Prometheus read for them, and the real binary's
-// RSS high-water mark over 3 cycles. The GPU-hours each mode measures are
+// RSS high-water mark over 2 cycles. The GPU-hours each mode measures are
 // checked against the history's own truth (each pod's utilization × 24 h):
 // a mode that misreads them fails the benchmark.
 //
@@ -136,7 +136,7 @@ func measure(b *testing.B, e *env, promURL string, n int, rec quota.Recording) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	truth(b, ctx, q, e.at, n, rec)
-	ctrl := quota.New(e.cs, e.dyn, q, quota.Options{ScrapeInterval: scrape, QueryTimeout: time.Minute, Recording: rec})
+	ctrl := quota.New(e.cs, e.dyn, q, quota.Options{ScrapeInterval: scrape, QueryTimeout: 10 * time.Minute, Recording: rec})
 	if err := ctrl.Start(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func measure(b *testing.B, e *env, promURL string, n int, rec quota.Recording) {
 	for b.Loop() {
 		begin := time.Now()
 		for i := range e.cycles {
-			if i >= 10 && time.Since(begin) > maxMeasure {
+			if i >= 5 && time.Since(begin) > maxMeasure {
 				break // a slow mode: fewer cycles, said in the report
 			}
 			t0 := time.Now()
@@ -163,7 +163,7 @@ func measure(b *testing.B, e *env, promURL string, n int, rec quota.Recording) {
 		}
 	}
 	slices.Sort(took)
-	budgetSamples, idleSamples := cycleSamples(b, promURL, e.at, rec)
+	budgetSamples, idleSamples, peak := cycleSamples(b, promURL, e.at, rec)
 	b.ReportMetric(ms(took[len(took)/2]), "p50-ms")
 	b.ReportMetric(ms(took[(len(took)*99)/100]), "p99-ms")
 	b.ReportMetric(ms(took[len(took)-1]), "max-ms")
@@ -171,6 +171,9 @@ func measure(b *testing.B, e *env, promURL string, n int, rec quota.Recording) {
 	b.ReportMetric(float64(queries), "queries")
 	b.ReportMetric(float64(budgetSamples+idleSamples), "samples/cycle")
 	b.ReportMetric(float64(budgetSamples), "budget-samples/cycle")
+	// Prometheus refuses a query whose peak passes --query.max-samples
+	// (50,000,000 by default).
+	b.ReportMetric(float64(peak), "peak-samples")
 	if e.controller != "" {
 		// Cycles back to back, with room for the slowest.
 		interval := max(10*time.Second, (2 * took[len(took)-1]).Round(time.Second))
@@ -191,7 +194,7 @@ func truth(b *testing.B, ctx context.Context, q quota.Querier, at time.Time, n i
 			want[p.Namespace] += p.Util * 24
 		}
 	}
-	u, err := quota.Measure(ctx, q, []quota.Spec{{Budget: &budget}}, at, time.Minute, quota.DefaultSeries, rec)
+	u, err := quota.Measure(ctx, q, []quota.Spec{{Budget: &budget}}, at, 10*time.Minute, quota.DefaultSeries, rec)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -216,7 +219,7 @@ func truth(b *testing.B, ctx context.Context, q quota.Querier, at time.Time, n i
 // cycleSamples is what Prometheus read to answer one cycle's queries (its
 // own query statistics, stats=all): for the budget, and for the idle
 // evidence.
-func cycleSamples(b *testing.B, promURL string, at time.Time, rec quota.Recording) (budgetSamples, idleSamples int64) {
+func cycleSamples(b *testing.B, promURL string, at time.Time, rec quota.Recording) (budgetSamples, idleSamples, peak int64) {
 	b.Helper()
 	bqs := []string{quota.BudgetQuery(budget, quota.DefaultSeries)}
 	if rec.Interval > 0 {
@@ -224,13 +227,15 @@ func cycleSamples(b *testing.B, promURL string, at time.Time, rec quota.Recordin
 	}
 	maxQ, minQ, sumQ, countQ := quota.IdleQueries(idle.For.Duration, quota.DefaultSeries)
 	iqs := []string{maxQ, minQ, sumQ, countQ, quota.BlindQuery(idle.For.Duration, quota.DefaultSeries), quota.UnknownQuery(idle.For.Duration, quota.DefaultSeries)}
-	return querySamples(b, promURL, at, bqs), querySamples(b, promURL, at, iqs)
+	budgetSamples, p1 := querySamples(b, promURL, at, bqs)
+	idleSamples, p2 := querySamples(b, promURL, at, iqs)
+	return budgetSamples, idleSamples, max(p1, p2)
 }
 
-// querySamples is the samples Prometheus read for qs.
-func querySamples(b *testing.B, promURL string, at time.Time, qs []string) int64 {
+// querySamples is the samples Prometheus read for qs, and the most any
+// of them held at once.
+func querySamples(b *testing.B, promURL string, at time.Time, qs []string) (total, peak int64) {
 	b.Helper()
-	var total int64
 	for _, promql := range qs {
 		resp, err := http.Get(promURL + "/api/v1/query?" + url.Values{"query": {promql}, "time": {strconv.FormatInt(at.Unix(), 10)}, "stats": {"all"}}.Encode()) //nolint:noctx // a benchmark's loopback query
 		if err != nil {
@@ -241,6 +246,7 @@ func querySamples(b *testing.B, promURL string, at time.Time, qs []string) int64
 				Stats struct {
 					Samples struct {
 						TotalQueryableSamples int64 `json:"totalQueryableSamples"`
+						PeakSamples           int64 `json:"peakSamples"`
 					} `json:"samples"`
 				} `json:"stats"`
 			} `json:"data"`
@@ -251,12 +257,13 @@ func querySamples(b *testing.B, promURL string, at time.Time, qs []string) int64
 			b.Fatal(err)
 		}
 		total += r.Data.Stats.Samples.TotalQueryableSamples
+		peak = max(peak, r.Data.Stats.Samples.PeakSamples)
 	}
-	return total
+	return total, peak
 }
 
 // controllerRSS runs the real gpu-quota-controller against the cluster
-// and Prometheus for 3 cycles, every interval, and returns its RSS
+// and Prometheus for 2 cycles, every interval, and returns its RSS
 // high-water mark in MiB.
 func controllerRSS(b *testing.B, e *env, promURL string, rec quota.Recording, interval time.Duration) float64 {
 	b.Helper()
@@ -282,9 +289,9 @@ func controllerRSS(b *testing.B, e *env, promURL string, rec quota.Recording, in
 		}
 		return mfs[name].GetMetric()[0].GetCounter().GetValue()
 	}
-	for deadline := time.Now().Add(4*interval + time.Minute); counter("gpuslice_quota_evaluations_total") < 3; time.Sleep(time.Second) {
+	for deadline := time.Now().Add(3*interval + time.Minute); counter("gpuslice_quota_evaluations_total") < 2; time.Sleep(time.Second) {
 		if p.Exited() || time.Now().After(deadline) {
-			b.Fatalf("gpu-quota-controller did not run 3 cycles in %s:\n%s", 4*interval+time.Minute, p.Logs.Tail(3000))
+			b.Fatalf("gpu-quota-controller did not run 2 cycles in %s:\n%s", 3*interval+time.Minute, p.Logs.Tail(3000))
 		}
 	}
 	if n := counter("gpuslice_quota_prometheus_errors_total"); n != 0 {

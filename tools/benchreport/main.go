@@ -55,6 +55,10 @@ var Goals = []Goal{
 	{"quota controller RSS at 1,000 nodes, recording rules", scalePrefix + "BenchmarkClusterScale/nodes=1000/rules=on", "rss-MiB", 256, "%.0f MiB"},
 }
 
+// promMaxSamples is Prometheus' default --query.max-samples: a query
+// holding more samples at once is refused.
+const promMaxSamples = 50_000_000
+
 // scalePrefix marks a goal whose figure is make bench-scale's.
 const scalePrefix = "scale:"
 
@@ -163,7 +167,7 @@ func (p page) ScaleTable() (string, error) {
 		return "", errors.New("no BenchmarkClusterScale lines: run make bench-scale")
 	}
 	var b strings.Builder
-	b.WriteString("| nodes | recording rules | cycles | cycle p50 | p99 | max | queries | samples read per cycle (for the budget) | controller RSS |\n|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| nodes | recording rules | cycles | cycle p50 | p99 | max | queries | samples read per cycle (for the budget) | one query's peak samples | controller RSS |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	var errs []error
 	v := func(bench, unit string) float64 {
 		x, err := p.scale.Value(bench, unit)
@@ -173,8 +177,12 @@ func (p page) ScaleTable() (string, error) {
 	for _, n := range sizes {
 		for _, mode := range []string{"off", "on"} {
 			bench := fmt.Sprintf("BenchmarkClusterScale/nodes=%d/rules=%s", n, mode)
-			fmt.Fprintf(&b, "| %d | %s | %.0f | %.0f ms | **%.0f ms** | %.0f ms | %.0f | %.0f (%.0f) | %.0f MiB |\n", n, mode, v(bench, "cycles"), v(bench, "p50-ms"),
-				v(bench, "p99-ms"), v(bench, "max-ms"), v(bench, "queries"), v(bench, "samples/cycle"), v(bench, "budget-samples/cycle"), v(bench, "rss-MiB"))
+			peak := fmt.Sprintf("%.0f", v(bench, "peak-samples"))
+			if v(bench, "peak-samples") > promMaxSamples {
+				peak += " (**over Prometheus' default `--query.max-samples`: refused**)"
+			}
+			fmt.Fprintf(&b, "| %d | %s | %.0f | %.0f ms | **%.0f ms** | %.0f ms | %.0f | %.0f (%.0f) | %s | %.0f MiB |\n", n, mode, v(bench, "cycles"), v(bench, "p50-ms"),
+				v(bench, "p99-ms"), v(bench, "max-ms"), v(bench, "queries"), v(bench, "samples/cycle"), v(bench, "budget-samples/cycle"), peak, v(bench, "rss-MiB"))
 		}
 	}
 	if len(sizes) > 1 {
