@@ -123,19 +123,27 @@ func parse(args []string) (config, error) {
 	if err := quota.Series(c.series).Validate(); err != nil {
 		return c, fmt.Errorf("--agent-series: %w", err)
 	}
-	if c.recording < 0 {
-		return c, fmt.Errorf("--recording-rules-interval %s is negative", c.recording)
-	}
-	if c.recording > 0 {
-		if _, err := quota.RecordingRules(quota.Series(c.series), c.recording, c.scrapeInterval); err != nil {
-			return c, fmt.Errorf("--recording-rules-interval: %w", err)
-		}
+	if err := checkRecording(c); err != nil {
+		return c, err
 	}
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(c.logLevel)); err != nil {
 		return c, fmt.Errorf("--log-level: %w", err)
 	}
 	return c, nil
+}
+
+// checkRecording refuses recording rules the controller could not read.
+func checkRecording(c config) error {
+	if c.recording < 0 {
+		return fmt.Errorf("--recording-rules-interval %s is negative", c.recording)
+	}
+	if c.recording > 0 {
+		if _, err := quota.RecordingRules(quota.Series(c.series), c.recording, c.scrapeInterval); err != nil {
+			return fmt.Errorf("--recording-rules-interval: %w", err)
+		}
+	}
+	return nil
 }
 
 // parseClasses reads a comma-separated list of DeviceClass names.
