@@ -34,6 +34,10 @@ var ErrNoCluster = errors.New("no --kubeconfig and not running in a cluster")
 // serviceAccountDir is where Kubernetes mounts a pod's service account.
 const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 
+// UserAgent is the User-Agent of every request the agent's client makes:
+// what the API server's audit log and metrics name it by.
+const UserAgent = "gpuslice-agent"
+
 // Client talks to one API server.
 type Client struct {
 	server    string
@@ -203,7 +207,7 @@ func newClient(server string, tlsCfg *tls.Config, token, tokenFile string) *Clie
 	// request (a custom TLS config turns Go's automatic HTTP/2 off).
 	tr := &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment, MaxIdleConns: 4, IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: true}
 	return &Client{server: server, http: &http.Client{Transport: tr, Timeout: 30 * time.Second}, watchHTTP: &http.Client{Transport: tr},
-		token: token, tokenFile: tokenFile, userAgent: "gpuslice-agent"}
+		token: token, tokenFile: tokenFile, userAgent: UserAgent}
 }
 
 // APIError is an error status from the API server.

@@ -193,6 +193,12 @@ func Missing(bins ...string) []string {
 // is set (as CI does), when it fails it.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options) *Server {
+	t.Helper()
 	if missing := Missing("etcd", "kube-apiserver"); len(missing) > 0 {
 		msg := fmt.Sprintf("%v not built (run test/e2e/build-k8s.sh etcd kube-apiserver)", missing)
 		if os.Getenv("GPUSLICE_REQUIRE_APISERVER") != "" {
@@ -200,7 +206,7 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skip(msg)
 	}
-	s, err := Launch(t.TempDir(), Options{})
+	s, err := Launch(t.TempDir(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +228,19 @@ type Options struct {
 	// controller manager (default service accounts, the root CA ConfigMap);
 	// off, pods are created without service accounts or tokens.
 	ServiceAccounts bool
+	// AuditLog, when set, is where the API server writes an audit event
+	// (level Metadata, JSON lines) for every request as it completes, and
+	// as a watch starts: an independent count of what clients ask.
+	AuditLog string
 }
+
+// auditPolicy logs every request's metadata at its response stages.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+`
 
 // Launch starts etcd and kube-apiserver with their files in dir and waits
 // until the API is ready. The caller stops them with Stop.
@@ -269,7 +287,15 @@ func Launch(dir string, o Options) (s *Server, err error) {
 	if o.ServiceAccounts {
 		admission = "--enable-admission-plugins=ServiceAccount"
 	}
-	api, err := StartProcess("kube-apiserver", filepath.Join(BinDir(), "kube-apiserver"),
+	var audit []string
+	if o.AuditLog != "" {
+		policy := filepath.Join(dir, "audit-policy.yaml")
+		if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
+			return nil, err
+		}
+		audit = []string{"--audit-policy-file=" + policy, "--audit-log-path=" + o.AuditLog, "--audit-log-format=json", "--audit-log-mode=blocking"}
+	}
+	api, err := StartProcess("kube-apiserver", filepath.Join(BinDir(), "kube-apiserver"), append([]string{
 		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", etcdClient),
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+strconv.Itoa(apiPort),
 		// Since 1.36 a loopback address may not be the kubernetes
@@ -281,7 +307,7 @@ func Launch(dir string, o Options) (s *Server, err error) {
 		"--authorization-mode=RBAC", "--enable-priority-and-fairness=false", "--v=0",
 		admission,
 		// As on kubeadm clusters: node agents run privileged.
-		"--allow-privileged=true")
+		"--allow-privileged=true"}, audit...)...)
 	if err != nil {
 		return nil, err
 	}

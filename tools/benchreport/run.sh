@@ -20,6 +20,7 @@ run $go test -run '^$' -bench 'AllocateGRPC' -benchmem -benchtime 3s -count 2 ./
 run $go test -run '^$' -bench 'ExecToRegistered|Reregister' -benchtime 20x ./cmd/gpu-agent
 run $go test -run '^$' -bench 'IdleRSS' -benchtime 3x ./cmd/gpu-agent
 run $go test -run '^$' -bench 'RSSUnderHostileClients' -benchtime 1x ./cmd/gpu-agent
+run $go test -run '^$' -bench 'AgentAPIRequests' -benchtime 1x -timeout 20m ./cmd/gpu-agent
 run $go test -run '^$' -bench '^BenchmarkNode$' -benchtime 1x -timeout 10m ./cmd/gpu-agent
 run $go test -run '^$' -bench 'MemoryOverrunToKill' -benchtime 10x ./pkg/enforce
 run $go test -run '^$' -bench 'ForkBombTimeOverLimit' -benchtime 3x ./pkg/enforce
