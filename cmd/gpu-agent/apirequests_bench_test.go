@@ -120,7 +120,7 @@ func agentRequests(b *testing.B, path string, from, to time.Time) (map[string]in
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var ev struct {
-			Stage, Verb, UserAgent string
+			Stage, Verb, UserAgent   string
 			RequestReceivedTimestamp time.Time
 		}
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {

@@ -297,13 +297,13 @@ func Launch(dir string, o Options) (s *Server, err error) {
 	}
 	api, err := StartProcess("kube-apiserver", filepath.Join(BinDir(), "kube-apiserver"), append([]string{
 		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", etcdClient),
-		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+strconv.Itoa(apiPort),
+		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port=" + strconv.Itoa(apiPort),
 		// Since 1.36 a loopback address may not be the kubernetes
 		// Service's endpoint; nothing here routes Service IPs anyway.
 		"--endpoint-reconciler-type=none",
-		"--tls-cert-file="+f.cert, "--tls-private-key-file="+f.key, "--token-auth-file="+f.tokens,
-		"--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file="+f.saPub,
-		"--service-account-signing-key-file="+s.ServiceAccountKey, "--service-cluster-ip-range=10.0.0.0/24",
+		"--tls-cert-file=" + f.cert, "--tls-private-key-file=" + f.key, "--token-auth-file=" + f.tokens,
+		"--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file=" + f.saPub,
+		"--service-account-signing-key-file=" + s.ServiceAccountKey, "--service-cluster-ip-range=10.0.0.0/24",
 		"--authorization-mode=RBAC", "--enable-priority-and-fairness=false", "--v=0",
 		admission,
 		// As on kubeadm clusters: node agents run privileged.
