@@ -77,11 +77,11 @@ type options struct {
 	agentNamespace    string
 	allNamespaces     bool
 	output            string
-	stdout            io.Writer
+	stdout, stderr    io.Writer
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
-	o := &options{kube: genericclioptions.NewConfigFlags(true), stdout: stdout}
+	o := &options{kube: genericclioptions.NewConfigFlags(true), stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
 		Use:         "kubectl-gpuslice",
 		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl gpuslice"},
@@ -218,11 +218,20 @@ func (o *options) show(ctx context.Context, what, node string) error {
 		return err
 	}
 	samples, err := src.Samples(ctx, gputop.Metrics)
-	if err != nil {
+	var partial *gputop.UnreachableError
+	unreachable := map[string]string{}
+	switch {
+	case errors.As(err, &partial):
+		unreachable = partial.Nodes
+	case err != nil:
 		return err
 	}
-	m := gputop.Build(samples)
 	now := time.Now()
+	m := gputop.BuildAt(samples, unreachable, gputop.MaxSampleAge)
+	for _, u := range m.Unreachable {
+		// Never silent, never old figures: the node is named, its figures left out.
+		fmt.Fprintf(o.stderr, "warning: node %s is unreachable, its GPUs and pods are not shown: %s\n", u.Node, u.Reason)
+	}
 	namespace := ""
 	if what == "pods" && !o.allNamespaces {
 		if namespace, _, err = o.kube.ToRawKubeConfigLoader().Namespace(); err != nil {
@@ -245,6 +254,11 @@ func (o *options) show(ctx context.Context, what, node string) error {
 			}
 		}
 		if len(gpus) == 0 {
+			for _, u := range m.Unreachable {
+				if u.Node == node {
+					return fmt.Errorf("node %q is unreachable: %s", node, u.Reason)
+				}
+			}
 			return fmt.Errorf("no gpuslice metrics for node %q", node)
 		}
 		items = gpus

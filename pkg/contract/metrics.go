@@ -26,6 +26,7 @@ const (
 	MetricMIGInstanceHealthy         = "gpuslice_mig_instance_healthy"
 	MetricMIGInstanceMemoryUsed      = "gpuslice_mig_instance_memory_used_bytes"
 	MetricContainerComputeUnmeasured = "gpuslice_container_compute_unmeasured"
+	MetricAgentLastSample            = "gpuslice_agent_last_sample_timestamp_seconds"
 )
 
 // ReadMetrics are the agent's metrics other programs read.
@@ -36,5 +37,5 @@ var ReadMetrics = []string{
 	MetricContainerComputeLimit, MetricContainerLastActive, MetricContainerGPUBusySeconds,
 	MetricContainerUseUnknown, MetricAgentGPUBlind,
 	MetricDeviceMIGMode, MetricMIGInstanceInfo, MetricMIGInstanceHealthy,
-	MetricMIGInstanceMemoryUsed, MetricContainerComputeUnmeasured,
+	MetricMIGInstanceMemoryUsed, MetricContainerComputeUnmeasured, MetricAgentLastSample,
 }

@@ -42,6 +42,7 @@ var Metrics = []string{ // all of them in contract.ReadMetrics
 	contract.MetricContainerLastActive,
 	contract.MetricDeviceMIGMode, contract.MetricMIGInstanceInfo, contract.MetricMIGInstanceHealthy,
 	contract.MetricMIGInstanceMemoryUsed, contract.MetricContainerComputeUnmeasured,
+	contract.MetricAgentLastSample,
 }
 
 // Container is one container's use of one GPU.
@@ -100,7 +101,22 @@ type MIGInstance struct {
 type Model struct {
 	GPUs       []GPU
 	Containers []Container
+	// Unreachable are the nodes whose agent could not be read, or whose
+	// last sample is older than MaxSampleAge: their GPUs and containers
+	// are left out, never shown with old figures.
+	Unreachable []Unreachable
 }
+
+// Unreachable is a node whose figures are not shown, and why.
+type Unreachable struct {
+	Node   string `json:"node"`
+	Reason string `json:"reason"`
+}
+
+// MaxSampleAge is how old an agent's last sample may be before its node's
+// figures are reported unreachable instead of shown: many sample
+// intervals (1 s by default) and scrape intervals.
+const MaxSampleAge = 2 * time.Minute
 
 type gpuKey struct{ node, uuid string }
 
@@ -125,6 +141,49 @@ func Build(samples []Sample) Model {
 		}
 	}
 	return b.model()
+}
+
+// BuildAt is Build for a source that could not read the nodes in
+// unreachable (node: why): those nodes, those whose SampleAge is over
+// maxAge, and those with a SampleAge but no current sample time (a
+// Prometheus no longer scraping their agent) are listed in
+// Model.Unreachable and their figures left out.
+func BuildAt(samples []Sample, unreachable map[string]string, maxAge time.Duration) Model {
+	why := map[string]string{}
+	for node, reason := range unreachable {
+		why[node] = reason
+	}
+	current := map[string]bool{} // nodes whose agent's last sample time is read now
+	for _, s := range samples {
+		if s.Name == contract.MetricAgentLastSample {
+			current[s.Labels["instance"]] = true
+		}
+	}
+	for _, s := range samples {
+		node := s.Labels["instance"]
+		if s.Name != SampleAge || why[node] != "" {
+			continue
+		}
+		age := time.Duration(s.Value * float64(time.Second)).Round(time.Second)
+		switch {
+		case !current[node]: // Prometheus no longer scrapes it: its series went stale
+			why[node] = fmt.Sprintf("its agent is not being scraped; its last sample is %s old", age)
+		case age > maxAge:
+			why[node] = fmt.Sprintf("its agent's last sample is %s old", age)
+		}
+	}
+	kept := samples[:0:0]
+	for _, s := range samples {
+		if why[s.Labels["instance"]] == "" {
+			kept = append(kept, s)
+		}
+	}
+	m := Build(kept)
+	for node, reason := range why {
+		m.Unreachable = append(m.Unreachable, Unreachable{Node: node, Reason: reason})
+	}
+	sort.Slice(m.Unreachable, func(i, j int) bool { return m.Unreachable[i].Node < m.Unreachable[j].Node })
+	return m
 }
 
 func (b *builder) gpu(s Sample) *GPU {
@@ -359,6 +418,9 @@ type Node struct {
 	MemoryTotal float64 `json:"memoryTotalBytes"`
 	// Utilization is the mean of its GPUs'.
 	Utilization float64 `json:"utilizationRatio"`
+	// Unreachable says why the node's figures are not shown; empty when
+	// they are.
+	Unreachable string `json:"unreachable,omitempty"`
 }
 
 // NodesOf sums the model's GPUs per node, sorted by name.
@@ -382,11 +444,17 @@ func NodesOf(m Model) []Node {
 			n.Unhealthy++
 		}
 	}
+	for _, u := range m.Unreachable {
+		byName[u.Node] = &Node{Name: u.Node, Unreachable: u.Reason}
+		names = append(names, u.Node)
+	}
 	sort.Strings(names)
 	out := make([]Node, 0, len(names))
 	for _, name := range names {
 		n := byName[name]
-		n.Utilization /= float64(n.GPUs)
+		if n.GPUs > 0 {
+			n.Utilization /= float64(n.GPUs)
+		}
 		out = append(out, *n)
 	}
 	return out
@@ -397,6 +465,10 @@ func Nodes(w io.Writer, m Model) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tGPUS\tUNHEALTHY\tSLICES(ALLOCATED/TOTAL)\tMEMORY(USED/TOTAL)\tUTILIZATION")
 	for _, n := range NodesOf(m) {
+		if n.Unreachable != "" {
+			fmt.Fprintf(tw, "%s\t?\t?\t?\t?\tunreachable: %s\n", n.Name, n.Unreachable)
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d/%d\t%s/%s\t%s\n", n.Name, n.GPUs, n.Unhealthy, n.Allocated, n.Slices, gib(n.MemoryUsed), gib(n.MemoryTotal), pct(n.Utilization))
 	}
 	return tw.Flush()

@@ -380,22 +380,39 @@ func backfillRules(b *testing.B, promURL, data string, from, to time.Time) {
 	}
 }
 
-// grow adds nodes [from, to)'s namespaces, GPUQuotas and pods, running
-// since two days ago as a kubelet reports them.
+// grow adds nodes [from, to)'s namespaces with their GPUQuotas, then their
+// pods, running since two days ago as a kubelet reports them.
 func grow(b *testing.B, e *env, from, to int) {
 	b.Helper()
 	ctx := context.Background()
-	started := metav1.NewTime(e.at.Add(-48 * time.Hour))
-	var wg sync.WaitGroup
-	errs := make(chan error, to-from)
-	sem := make(chan struct{}, 16)
+	var namespaces []int
 	for node := from; node < to; node++ {
+		if node%NodesPerNamespace == 0 {
+			namespaces = append(namespaces, node)
+		}
+	}
+	parallel(b, namespaces, func(node int) error { return addNamespace(ctx, e, Namespace(node)) })
+	started := metav1.NewTime(e.at.Add(-48 * time.Hour))
+	var nodes []int
+	for node := from; node < to; node++ {
+		nodes = append(nodes, node)
+	}
+	parallel(b, nodes, func(node int) error { return addPods(ctx, e, node, started) })
+}
+
+// parallel runs f for each of items, 16 at a time, failing b on an error.
+func parallel(b *testing.B, items []int, f func(int) error) {
+	b.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(items))
+	sem := make(chan struct{}, 16)
+	for _, it := range items {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			if err := addNode(ctx, e, node, started); err != nil {
+			if err := f(it); err != nil {
 				errs <- err
 			}
 		}()
@@ -407,39 +424,32 @@ func grow(b *testing.B, e *env, from, to int) {
 	}
 }
 
-func addNode(ctx context.Context, e *env, node int, started metav1.Time) error {
-	ns := Namespace(node)
-	if node%NodesPerNamespace == 0 {
-		if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-			return err
-		}
-		spec := map[string]any{"budget": map[string]any{"gpuHours": budget.GPUHours, "window": "24h"},
-			"idle": map[string]any{"belowUtilization": idle.BelowUtilization, "for": "30m", "action": string(idle.Action)}}
-		q := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "gpuslice.io/v1alpha1", "kind": "GPUQuota",
-			"metadata": map[string]any{"name": "team", "namespace": ns}, "spec": spec}}
-		if _, err := e.dyn.Resource(quota.GVR).Namespace(ns).Create(ctx, q, metav1.CreateOptions{}); err != nil {
-			return err
-		}
-	} else {
-		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) { // its pair made the namespace
-			if _, err := e.cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err == nil {
-				break
-			} else if time.Now().After(deadline) {
-				return err
-			}
-		}
+// addNamespace makes a namespace and its GPUQuota.
+func addNamespace(ctx context.Context, e *env, ns string) error {
+	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		return err
 	}
+	spec := map[string]any{"budget": map[string]any{"gpuHours": budget.GPUHours, "window": "24h"},
+		"idle": map[string]any{"belowUtilization": idle.BelowUtilization, "for": "30m", "action": string(idle.Action)}}
+	q := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "gpuslice.io/v1alpha1", "kind": "GPUQuota",
+		"metadata": map[string]any{"name": "team", "namespace": ns}, "spec": spec}}
+	_, err := e.dyn.Resource(quota.GVR).Namespace(ns).Create(ctx, q, metav1.CreateOptions{})
+	return err
+}
+
+// addPods makes node's pods, running.
+func addPods(ctx context.Context, e *env, node int, started metav1.Time) error {
 	for _, p := range PodsOf(node) {
-		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: ns}, Spec: corev1.PodSpec{NodeName: NodeName(node), Containers: []corev1.Container{{
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace}, Spec: corev1.PodSpec{NodeName: NodeName(node), Containers: []corev1.Container{{
 			Name: "main", Image: "example/train",
 			Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{"nvidia.com/vgpu": *resource.NewQuantity(int64(p.Slices), resource.DecimalSI)}},
 		}}}}
-		created, err := e.cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+		created, err := e.cs.CoreV1().Pods(p.Namespace).Create(ctx, pod, metav1.CreateOptions{})
 		if err != nil {
 			return err
 		}
 		created.Status = corev1.PodStatus{Phase: corev1.PodRunning, StartTime: &started}
-		if _, err := e.cs.CoreV1().Pods(ns).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		if _, err := e.cs.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 			return err
 		}
 	}
