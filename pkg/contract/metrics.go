@@ -39,3 +39,19 @@ var ReadMetrics = []string{
 	MetricDeviceMIGMode, MetricMIGInstanceInfo, MetricMIGInstanceHealthy,
 	MetricMIGInstanceMemoryUsed, MetricContainerComputeUnmeasured, MetricAgentLastSample,
 }
+
+// DetailMetrics are the agent's per-container families that no reader
+// needs (not kubectl gpuslice, not the quota controller, not the shipped
+// alerts, dashboard or recording rules): how enforcement went, container
+// by container. The chart's metrics.serviceMonitor.dropDetail drops them
+// at the scrape, for large clusters; Events and the per-node counters
+// still say what enforcement did.
+var DetailMetrics = []string{
+	"gpuslice_container_sm_utilization_of_limit_ratio",
+	"gpuslice_enforcement_compute_duty_ratio",
+	"gpuslice_enforcement_throttled_seconds_total",
+	"gpuslice_enforcement_kills_total",
+	"gpuslice_enforcement_cgroup_kills_total",
+	"gpuslice_enforcement_memory_limit_events_total",
+	"gpuslice_enforcement_driver_memory_limit_bytes",
+}

@@ -499,4 +499,11 @@ func TestContractMetricsExported(t *testing.T) {
 			t.Errorf("the agent does not export %s, which other programs read", name)
 		}
 	}
+	// The chart's dropDetail names these: a rename would silently stop
+	// dropping them.
+	for _, name := range contract.DetailMetrics {
+		if !strings.Contains(out, "# TYPE "+name+" ") {
+			t.Errorf("the agent does not export %s, which the chart's dropDetail drops", name)
+		}
+	}
 }

@@ -67,7 +67,10 @@ func PodsOf(n int) []Pod {
 }
 
 // snapshot is node n's sample as its agent would take it.
-func snapshot(n int) *node.Snapshot {
+func snapshot(n int) *node.Snapshot { return snapshotOf(n, PodsOf(n)) }
+
+// snapshotOf is node n's sample with pods ps on it.
+func snapshotOf(n int, ps []Pod) *node.Snapshot {
 	s := &node.Snapshot{Time: time.Unix(1700000000, 0), Duration: 3 * time.Millisecond, Errors: map[string]uint64{}}
 	for g := range GPUsPerNode {
 		uuid := gpuUUID(n, g)
@@ -77,7 +80,7 @@ func snapshot(n int) *node.Snapshot {
 			SampleOK: true, ProcessesOK: true, Health: nvml.Health{UUID: uuid, Healthy: true}, XIDs: map[uint64]uint64{}, Slices: SlicesPerGPU, Allocated: SlicesPerGPU,
 		})
 	}
-	for i, p := range PodsOf(n) {
+	for i, p := range ps {
 		share := float64(p.Slices) / SlicesPerGPU
 		s.Containers = append(s.Containers, node.Container{
 			Namespace: p.Namespace, Pod: p.Name, Container: "main", UUID: gpuUUID(n, p.GPU), Index: p.GPU,
@@ -87,6 +90,13 @@ func snapshot(n int) *node.Snapshot {
 		})
 	}
 	return s
+}
+
+// Exposition is the text node n's agent serves with pods ps.
+func Exposition(n int, ps []Pod) []byte {
+	snap := snapshotOf(n, ps)
+	return exporter.NewExposition(fixed{snap}, exporter.Info{Version: "v0.0.0-scale", System: nvml.SystemInfo{DriverVersion: "580.95.05", CUDADriverVersion: 13000},
+		Enforcement: enforced{snap}}).Append(nil)
 }
 
 func gpuUUID(n, g int) string { return fmt.Sprintf("GPU-%08x-%04x-4000-8000-000000000000", n, g) }
@@ -109,13 +119,11 @@ var Read = map[string]bool{
 // The families Read holds have the whole history; the others start at
 // recent.
 func WriteSeries(out io.Writer, n int, recent time.Time) error {
-	snap := snapshot(n)
 	util := map[string]float64{}
 	for _, p := range PodsOf(n) {
 		util[p.Name] = p.Util
 	}
-	text := exporter.NewExposition(fixed{snap}, exporter.Info{Version: "v0.0.0-scale", System: nvml.SystemInfo{DriverVersion: "580.95.05", CUDADriverVersion: 13000},
-		Enforcement: enforced{snap}}).Append(nil)
+	text := Exposition(n, PodsOf(n))
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(bytes.NewReader(text))
 	if err != nil {
