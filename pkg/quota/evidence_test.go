@@ -213,3 +213,41 @@ func TestHangingPrometheusTimesOut(t *testing.T) {
 		t.Fatal("Measure never returned from a hanging Prometheus")
 	}
 }
+
+// TestThanosIsAskedForWholeAnswers: every query asks not to be answered
+// partially (Thanos' partial_response=false), so a query engine that
+// cannot reach a store fails the query rather than answering a smaller
+// sum; a fake Thanos answers partially only when not asked so.
+func TestThanosIsAskedForWholeAnswers(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	asked := map[string]int{}
+	thanos := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked[r.FormValue("partial_response")]++
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if r.FormValue("partial_response") == "false" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"status":"error","errorType":"unavailable","error":"receive series from store gateway: unreachable"}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"status":"success","warnings":["store gateway unreachable"],"data":{"resultType":"vector","result":[]}}`)
+	}))
+	t.Cleanup(thanos.Close)
+	q, err := quota.NewQuerier(thanos.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := quota.Spec{Budget: &quota.Budget{GPUHours: 1, Window: quota.Duration{Duration: time.Hour}},
+		Idle: &quota.Idle{BelowUtilization: 0.05, For: quota.Duration{Duration: time.Minute}, Action: quota.ActionEvict}}
+	_, err = quota.Measure(context.Background(), q, []quota.Spec{spec}, time.Now(), 5*time.Second, quota.DefaultSeries, quota.Recording{})
+	if err == nil || errors.Is(err, quota.ErrPartialResponse) {
+		t.Errorf("Measure() = %v; want the store's failure, not a partial answer", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if asked["false"] == 0 || len(asked) != 1 {
+		t.Errorf("partial_response values asked %v; want false on every query", asked)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/http"
 	"regexp"
 	"slices"
 	"sort"
@@ -88,12 +89,29 @@ type Querier interface {
 }
 
 // NewQuerier returns a Querier over the Prometheus at address.
+//
+// Every request asks not to be answered partially (partial_response=false,
+// Thanos' query API; Prometheus and Mimir ignore it): a store Thanos
+// cannot reach then fails the query, as it should, instead of yielding a
+// smaller sum with a warning.
 func NewQuerier(address string) (Querier, error) {
-	c, err := api.NewClient(api.Config{Address: address})
+	c, err := api.NewClient(api.Config{Address: address, RoundTripper: noPartial{api.DefaultRoundTripper}})
 	if err != nil {
 		return nil, fmt.Errorf("prometheus client: %w", err)
 	}
 	return promv1.NewAPI(c), nil
+}
+
+// noPartial adds partial_response=false to every request's query string
+// (which query APIs read with a POST's form alike).
+type noPartial struct{ next http.RoundTripper }
+
+func (n noPartial) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	q := r.URL.Query()
+	q.Set("partial_response", "false")
+	r.URL.RawQuery = q.Encode()
+	return n.next.RoundTrip(r)
 }
 
 // promRange writes a duration as PromQL does ("90s").
