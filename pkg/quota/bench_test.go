@@ -3,7 +3,6 @@ package quota_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -14,11 +13,9 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
-	"sigs.k8s.io/yaml"
 
 	"github.com/gpuslice/gpuslice/pkg/quota"
 	"github.com/gpuslice/gpuslice/test/apiserver"
@@ -51,25 +48,7 @@ func BenchmarkEvaluationCycle(b *testing.B) {
 	ctx := context.Background()
 
 	// The CRD, as shipped.
-	data, err := os.ReadFile("../../deployments/crds/gpuslice.io_gpuquotas.yaml")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var crd map[string]any
-	if err := yaml.Unmarshal(data, &crd); err != nil {
-		b.Fatal(err)
-	}
-	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-	if _, err := dyn.Resource(crdGVR).Create(ctx, &unstructured.Unstructured{Object: crd}, metav1.CreateOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if _, err := dyn.Resource(quota.GVR).List(ctx, metav1.ListOptions{}); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			b.Fatal(err)
-		}
-	}
+	apiserver.InstallCRD(b, dyn, "../../deployments/crds/gpuslice.io_gpuquotas.yaml", quota.GVR)
 
 	// 500 namespaces, each with a GPUQuota and 10 running pods of 1 slice.
 	start := time.Now()

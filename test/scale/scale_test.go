@@ -21,11 +21,9 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
-	"sigs.k8s.io/yaml"
 
 	"github.com/gpuslice/gpuslice/pkg/quota"
 	"github.com/gpuslice/gpuslice/test/apiserver"
@@ -96,7 +94,7 @@ func BenchmarkClusterScale(b *testing.B) {
 	cfg.QPS, cfg.Burst = 1000, 2000
 	e := &env{cs: kubernetes.NewForConfigOrDie(cfg), dyn: dynamic.NewForConfigOrDie(cfg), kubeconfig: srv.Kubeconfig,
 		at: time.Now().Truncate(time.Minute), cycles: cycles[0], controller: os.Getenv("GPUSLICE_QUOTA_CONTROLLER")}
-	installCRD(b, e.dyn)
+	apiserver.InstallCRD(b, e.dyn, "../../deployments/crds/gpuslice.io_gpuquotas.yaml", quota.GVR)
 	// History from 24 h before the present (and a rate range more) to 90
 	// minutes after it, for the real binary, which evaluates at its own now.
 	from, to := e.at.Add(-24*time.Hour-10*time.Minute), e.at.Add(90*time.Minute)
@@ -454,32 +452,6 @@ func addPods(ctx context.Context, e *env, node int, started metav1.Time) error {
 		}
 	}
 	return nil
-}
-
-// installCRD installs the GPUQuota CRD as shipped and waits until it is
-// served.
-func installCRD(b *testing.B, dyn dynamic.Interface) {
-	b.Helper()
-	data, err := os.ReadFile("../../deployments/crds/gpuslice.io_gpuquotas.yaml")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var crd map[string]any
-	if err := yaml.Unmarshal(data, &crd); err != nil {
-		b.Fatal(err)
-	}
-	ctx := context.Background()
-	gvr := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-	if _, err := dyn.Resource(gvr).Create(ctx, &unstructured.Unstructured{Object: crd}, metav1.CreateOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if _, err := dyn.Resource(quota.GVR).List(ctx, metav1.ListOptions{}); err == nil {
-			return
-		} else if time.Now().After(deadline) {
-			b.Fatal(err)
-		}
-	}
 }
 
 // ints parses a comma-separated list of positive integers; def when empty.
