@@ -213,25 +213,11 @@ func (o *options) show(ctx context.Context, what, node string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	src, err := o.source(ctx)
+	m, err := o.read(ctx)
 	if err != nil {
 		return err
 	}
-	samples, err := src.Samples(ctx, gputop.Metrics)
-	var partial *gputop.UnreachableError
-	unreachable := map[string]string{}
-	switch {
-	case errors.As(err, &partial):
-		unreachable = partial.Nodes
-	case err != nil:
-		return err
-	}
 	now := time.Now()
-	m := gputop.BuildAt(samples, unreachable, gputop.MaxSampleAge)
-	for _, u := range m.Unreachable {
-		// Never silent, never old figures: the node is named, its figures left out.
-		fmt.Fprintf(o.stderr, "warning: node %s is unreachable, its GPUs and pods are not shown: %s\n", u.Node, u.Reason)
-	}
 	namespace := ""
 	if what == "pods" && !o.allNamespaces {
 		if namespace, _, err = o.kube.ToRawKubeConfigLoader().Namespace(); err != nil {
@@ -286,6 +272,30 @@ func (o *options) show(ctx context.Context, what, node string) error {
 	default:
 		return gputop.DescribeNode(o.stdout, m, node, now)
 	}
+}
+
+// read builds the model from the metrics source, naming on stderr the
+// nodes whose agents could not be read or are stale: never silent, never
+// old figures.
+func (o *options) read(ctx context.Context) (gputop.Model, error) {
+	src, err := o.source(ctx)
+	if err != nil {
+		return gputop.Model{}, err
+	}
+	samples, err := src.Samples(ctx, gputop.Metrics)
+	var partial *gputop.UnreachableError
+	unreachable := map[string]string{}
+	switch {
+	case errors.As(err, &partial):
+		unreachable = partial.Nodes
+	case err != nil:
+		return gputop.Model{}, err
+	}
+	m := gputop.BuildAt(samples, unreachable, gputop.MaxSampleAge)
+	for _, u := range m.Unreachable {
+		fmt.Fprintf(o.stderr, "warning: node %s is unreachable, its GPUs and pods are not shown: %s\n", u.Node, u.Reason)
+	}
+	return m, nil
 }
 
 // completeNodes offers the cluster's node names for describe node.
