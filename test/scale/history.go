@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"time"
 
@@ -200,12 +201,14 @@ func histogram[B interface {
 			return err
 		}
 	}
-	inf := map[string]string{"le": "+Inf"}
-	for k, v := range ls {
-		inf[k] = v
-	}
-	if err := line("gauge", float64(count), name+"_bucket", inf); err != nil {
-		return err
+	if len(buckets) == 0 || !math.IsInf(buckets[len(buckets)-1].GetUpperBound(), 1) {
+		inf := map[string]string{"le": "+Inf"}
+		for k, v := range ls {
+			inf[k] = v
+		}
+		if err := line("gauge", float64(count), name+"_bucket", inf); err != nil {
+			return err
+		}
 	}
 	if err := line("gauge", sum, name+"_sum", ls); err != nil {
 		return err

@@ -337,7 +337,7 @@ func history(b *testing.B, blocks, data string, n int, from, to time.Time) (seri
 		return nil
 	}()
 	if err := cmd.Wait(); err != nil || werr != nil {
-		b.Fatalf("blocks: %v %v\n%s", werr, err, out.String())
+		b.Fatalf("blocks: %v %v: %s", werr, err, strings.ReplaceAll(strings.TrimSpace(out.String()), "\n", "; "))
 	}
 	if _, err := fmt.Sscanf(out.String(), "%d series, %d samples", &series, &samples); err != nil {
 		b.Fatalf("blocks said %q: %v", out.String(), err)
