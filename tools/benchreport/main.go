@@ -42,7 +42,6 @@ var Goals = []Goal{
 	{"agent RSS idle, 8 GPUs × 16 slices, everything on", "BenchmarkIdleRSS8GPUs", "max-rss-MiB", 25, "%.1f MiB"},
 	{"/metrics in-process at 8 GPUs × 200 containers, rendered anew: p99", "BenchmarkScrape/render-each-scrape", "p99-µs", 5000, "%.0f µs"},
 	{"/metrics in-process at 8 GPUs × 200 containers, rendered anew: allocated", "BenchmarkScrape/render-each-scrape", "B/op", 100 << 10, "%.0f B"},
-	{"API requests of one agent in steady state, per minute", "BenchmarkAgentAPIRequests", "requests/min", 2, "%.2f"},
 	{"256 concurrent unread scrapes: RSS added", "BenchmarkRSSUnderHostileClients", "unread-scrapes-added-MiB", 20, "%.1f MiB"},
 	{"node scale (8 × 200): /metrics over HTTP after a new sample, p99", "node", "scrape_p99_ms", 10, "%.2f ms"},
 	{"node scale: sampler, burst (nothing throttled)", "node", "sampler_cpu_pct", 1, "%.2f %% of a core"},
@@ -146,6 +145,15 @@ func (p page) Fragmentation() (string, error) {
 		return "", errors.New("no fragmentation table: run make fragmentation")
 	}
 	return strings.TrimRight(p.frag, "\n"), nil
+}
+
+// S formats a make bench-scale figure with the given verb.
+func (p page) S(bench, unit, format string) (string, error) {
+	v, err := p.scale.Value(bench, unit)
+	if err != nil {
+		return "", fmt.Errorf("make bench-scale's output: %w", err)
+	}
+	return fmt.Sprintf(format, v), nil
 }
 
 // ScaleRaw is make bench-scale's output, as printed.

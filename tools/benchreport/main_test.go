@@ -41,7 +41,6 @@ func TestRenderFromRaw(t *testing.T) {
 		"Machine: 2 vCPU Intel Xeon",
 		"BenchmarkEvaluationCycle-2   20",
 		"| device plugin, --span=fewest | 3 |",
-		"| API requests of one agent in steady state, per minute | ≤ 2.00 | 0.36 | yes |",
 		"| quota controller cycle at 1,000 nodes, recording rules: p99 | ≤ 1000 ms | 250 ms | yes |",
 		"| 1000 | off | 12 | 4773 ms | **5000 ms** | 5049 ms | 7 | 14615700 (9000) | 60000000 (**over Prometheus' default `--query.max-samples`: refused**) | 60 MiB |",
 		"| 1000 over 100 (×10.00) | on | ×10.00 | ×10.00 | ×10.00 | ×2.00 |",
