@@ -30,7 +30,10 @@ import (
 // and by verb. Multiplied by the nodes, that is the load agents add to the
 // API server.
 func BenchmarkAgentAPIRequests(b *testing.B) {
-	window := 11 * time.Minute
+	window, settle := 11*time.Minute, time.Minute
+	if testing.Short() { // make bench-smoke: that it works, not the figure
+		window, settle = 5*time.Second, 2*time.Second
+	}
 	if v := os.Getenv("GPUSLICE_API_WINDOW"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < time.Minute {
@@ -75,7 +78,7 @@ func BenchmarkAgentAPIRequests(b *testing.B) {
 				b.Fatal("the agent never labelled its node")
 			}
 		}
-		time.Sleep(time.Minute) // settle: start-up's writes are not the steady state
+		time.Sleep(settle) // start-up's writes are not the steady state
 		from := time.Now()
 		time.Sleep(window)
 		to := time.Now()

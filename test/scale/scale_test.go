@@ -72,17 +72,26 @@ type env struct {
 //
 // make bench-scale runs it: GPUSLICE_BLOCKS (the blocks binary) and
 // GPUSLICE_QUOTA_CONTROLLER set, -benchtime 1x; GPUSLICE_SCALE_NODES
-// picks the sizes (100,300,1000).
+// picks the sizes (100,300,1000). With -short (make bench-smoke, in CI) it
+// builds the blocks binary itself and runs 2 and 3 nodes, 2 cycles each,
+// without the binary's RSS: that it works, truth checks included.
 func BenchmarkClusterScale(b *testing.B) {
+	defSizes, defCycles := []int{100, 300, 1000}, []int{100}
 	blocks := os.Getenv("GPUSLICE_BLOCKS")
-	if blocks == "" {
-		b.Skip("GPUSLICE_BLOCKS is not set: make bench-scale builds test/scale/blocks and runs this")
+	if testing.Short() { // make bench-smoke: two tiny sizes, that it works
+		defSizes, defCycles = []int{2, 3}, []int{2}
+		if blocks == "" {
+			blocks = buildBlocks(b)
+		}
 	}
-	sizes, err := ints(os.Getenv("GPUSLICE_SCALE_NODES"), []int{100, 300, 1000})
+	if blocks == "" {
+		b.Fatal("GPUSLICE_BLOCKS is not set: make bench-scale builds test/scale/blocks and runs this")
+	}
+	sizes, err := ints(os.Getenv("GPUSLICE_SCALE_NODES"), defSizes)
 	if err != nil {
 		b.Fatal(err)
 	}
-	cycles, err := ints(os.Getenv("GPUSLICE_SCALE_CYCLES"), []int{100})
+	cycles, err := ints(os.Getenv("GPUSLICE_SCALE_CYCLES"), defCycles)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -452,6 +461,19 @@ func addPods(ctx context.Context, e *env, node int, started metav1.Time) error {
 		}
 	}
 	return nil
+}
+
+// buildBlocks builds test/scale/blocks (its own module) into a temporary
+// directory.
+func buildBlocks(b *testing.B) string {
+	b.Helper()
+	bin := filepath.Join(b.TempDir(), "scale-blocks")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir = "blocks"
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("build test/scale/blocks: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // ints parses a comma-separated list of positive integers; def when empty.
