@@ -74,6 +74,9 @@ func (a *lossyAgent) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 // used, the gap included and nothing twice; node-c's at most that (what
 // the old process measured during the cut is lost with it, never made
 // up). node-a, never cut, keeps its idle pod idle: the check can fail.
+// The cut is short enough that the cut pods keep the samples a window
+// needs: their agents' failed scrapes (up == 0) alone keep them from being
+// idle (without that rule all three idle pods are evicted: checked).
 func TestNodeLossNeverIdlesNorCharges(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
@@ -124,7 +127,12 @@ func TestNodeLossNeverIdlesNorCharges(t *testing.T) {
 		return a.GetSubresource() == "eviction", nil, nil
 	})
 	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{quota.GVR: "GPUQuotaList"}, quotas...)
-	ctrl := quota.New(kube, dyn, q, quota.Options{ScrapeInterval: time.Second, QueryTimeout: 10 * time.Second})
+	// Prometheus scrapes every second; the controller is told every 2 s,
+	// so a window needs 6 of its 12 samples: a loaded machine's missed
+	// scrapes never make the steady idle pod unknown, and the cut nodes'
+	// pods keep enough samples that only their agents' failed scrapes
+	// (up == 0) keep them from being idle.
+	ctrl := quota.New(kube, dyn, q, quota.Options{ScrapeInterval: 2 * time.Second, QueryTimeout: 10 * time.Second})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := ctrl.Start(ctx); err != nil {
