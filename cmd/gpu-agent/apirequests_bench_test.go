@@ -115,7 +115,7 @@ func agentRequests(b *testing.B, path string, from, to time.Time) (map[string]in
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	out := map[string]int{}
 	others := map[string]int{}
 	before, othersBefore := 0, map[string]int{}

@@ -17,7 +17,7 @@ import (
 // shipped) and waits until its resource served is listable.
 func InstallCRD(tb testing.TB, dyn dynamic.Interface, file string, served schema.GroupVersionResource) {
 	tb.Helper()
-	data, err := os.ReadFile(file)
+	data, err := os.ReadFile(file) //nolint:gosec // a test's own manifest
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -67,9 +67,6 @@ func PodsOf(n int) []Pod {
 	return ps
 }
 
-// snapshot is node n's sample as its agent would take it.
-func snapshot(n int) *node.Snapshot { return snapshotOf(n, PodsOf(n)) }
-
 // snapshotOf is node n's sample with pods ps on it.
 func snapshotOf(n int, ps []Pod) *node.Snapshot {
 	s := &node.Snapshot{Time: time.Unix(1700000000, 0), Duration: 3 * time.Millisecond, Errors: map[string]uint64{}}

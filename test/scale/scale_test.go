@@ -142,7 +142,7 @@ func measure(b *testing.B, e *env, promURL string, n int, rec quota.Recording) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	truth(b, ctx, q, e.at, n, rec)
+	truth(ctx, b, q, e.at, n, rec)
 	ctrl := quota.New(e.cs, e.dyn, q, quota.Options{ScrapeInterval: scrape, QueryTimeout: 10 * time.Minute, Recording: rec})
 	if err := ctrl.Start(ctx); err != nil {
 		b.Fatal(err)
@@ -193,7 +193,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // truth checks the GPU-hours the mode measures against the history's own:
 // each namespace used the sum of its pods' utilizations over 24 hours.
 // Within 2%: the edges of a rate range or a scrape interval.
-func truth(b *testing.B, ctx context.Context, q quota.Querier, at time.Time, n int, rec quota.Recording) {
+func truth(ctx context.Context, b *testing.B, q quota.Querier, at time.Time, n int, rec quota.Recording) {
 	b.Helper()
 	want := map[string]float64{}
 	for node := range n {
@@ -337,7 +337,7 @@ func history(b *testing.B, blocks, data string, n int, from, to time.Time) (seri
 	// The agents' other series: their last hour before the present.
 	recent := to.Add(-150 * time.Minute)
 	werr := func() error {
-		defer in.Close()
+		defer func() { _ = in.Close() }()
 		for node := range n {
 			if err := WriteSeries(in, node, recent); err != nil {
 				return err
