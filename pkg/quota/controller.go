@@ -131,8 +131,11 @@ type Controller struct {
 	mu      sync.Mutex
 	last    map[string]Decision // by namespace
 	budgets map[string]BudgetState
-	written map[types.UID]written
-	metrics controllerMetrics
+	// recorded is, by budget key, whether the last cycle that could tell
+	// read it from the recording rules.
+	recorded map[string]bool
+	written  map[types.UID]written
+	metrics  controllerMetrics
 	// started is when Run started (zero while not running: a standby
 	// replica); completed when a cycle last completed.
 	started, completed time.Time
@@ -331,18 +334,24 @@ func (c *Controller) Evaluate(ctx context.Context, now time.Time) (int, error) {
 }
 
 // recordedBudgets says, per budget, whether the cycle read it from the
-// recording rules' series, and why not.
+// recording rules' series (the metric, every cycle), and why not (a
+// warning when that changes: a week's window stays uncovered for a week).
 func (c *Controller) recordedBudgets(u Usage) {
+	if len(u.Recorded) == 0 {
+		return // recording off, or an outage: the last known stands
+	}
 	c.metrics.recorded.Reset()
 	for k, ok := range u.Recorded {
 		v := 0.0
 		if ok {
 			v = 1
-		} else {
-			c.log.Warn("budget read from the agents' own series: the recording rules do not cover its window", "budget", k, "why", u.RecordingGaps[k])
 		}
 		c.metrics.recorded.WithLabelValues(k).Set(v)
+		if was, seen := c.recorded[k]; !ok && (!seen || was) {
+			c.log.Warn("budget read from the agents' own series: the recording rules do not cover its window", "budget", k, "why", u.RecordingGaps[k])
+		}
 	}
+	c.recorded = u.Recorded
 }
 
 // measureRoom reads, for the namespaces with admission Kueue whose budget

@@ -127,15 +127,14 @@ func CoverageQuery(window time.Duration, s Series) string {
 	return fmt.Sprintf("count_over_time(%s[%s])", s.of(RecordedUp), promRange(window))
 }
 
-// covers reports whether the recording rules ran at every interval of
-// window (one evaluation of slack at its edges); why says what is
-// missing otherwise. A window the rules do not cover is read from the
-// agents' own series: a skipped evaluation would under-charge, a counter
-// never does.
-func (r Recording) covers(ctx context.Context, q Querier, window time.Duration, now time.Time, timeout time.Duration, s Series) (ok bool, why string, err error) {
+// gap says what the recording rules miss of window: "" when they ran at
+// every interval of it (one evaluation of slack at its edges). A window
+// they do not cover is read from the agents' own series: a skipped
+// evaluation would under-charge, a counter never does.
+func (r Recording) gap(ctx context.Context, q Querier, window time.Duration, now time.Time, timeout time.Duration, s Series) (string, error) {
 	v, err := query(ctx, q, CoverageQuery(window, s), now, timeout)
 	if err != nil {
-		return false, "", err
+		return "", err
 	}
 	got := 0.0
 	for _, smp := range v {
@@ -145,9 +144,9 @@ func (r Recording) covers(ctx context.Context, q Querier, window time.Duration, 
 	}
 	want := math.Floor(window.Seconds()/r.Interval.Seconds()) - 1
 	if got >= want {
-		return true, "", nil
+		return "", nil
 	}
-	return false, fmt.Sprintf("the recording rules ran %g times over the last %s, want %g (every %s)", got, model.Duration(window), want+1, model.Duration(r.Interval)), nil
+	return fmt.Sprintf("the recording rules ran %g times over the last %s, want %g (every %s)", got, model.Duration(window), want+1, model.Duration(r.Interval)), nil
 }
 
 // budgetQueries picks each budget's query: the recorded one when the
@@ -163,14 +162,11 @@ func (r Recording) budgetQueries(ctx context.Context, q Querier, budgets map[str
 		}
 		why, seen := covered[b.Window.Duration]
 		if !seen {
-			ok, w, err := r.covers(ctx, q, b.Window.Duration, now, timeout, s)
-			if err != nil {
+			var err error
+			if why, err = r.gap(ctx, q, b.Window.Duration, now, timeout, s); err != nil {
 				return nil, err
 			}
 			u.Queries++
-			if why = w; ok {
-				why = ""
-			}
 			covered[b.Window.Duration] = why
 		}
 		if u.Recorded == nil {
