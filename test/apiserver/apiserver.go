@@ -4,6 +4,7 @@
 package apiserver
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
@@ -232,6 +233,10 @@ type Options struct {
 	// (level Metadata, JSON lines) for every request as it completes, and
 	// as a watch starts: an independent count of what clients ask.
 	AuditLog string
+	// Address is the IPv4 address the API server binds and advertises,
+	// 127.0.0.1 when empty: a multi-node cluster binds it to the address
+	// of the bridge its nodes' network namespaces reach it through.
+	Address string
 }
 
 // auditPolicy logs every request's metadata at its response stages.
@@ -267,6 +272,11 @@ func Launch(dir string, o Options) (s *Server, err error) {
 		}
 	}
 	etcdClient, etcdPeer, apiPort := ports[0], ports[1], ports[2]
+	addr := cmp.Or(o.Address, "127.0.0.1")
+	ip := net.ParseIP(addr).To4()
+	if ip == nil {
+		return nil, fmt.Errorf("api server address %q is not an IPv4 address", addr)
+	}
 	etcd, err := StartProcess("etcd", filepath.Join(BinDir(), "etcd"), "--data-dir="+filepath.Join(dir, "etcd"), "--name=default",
 		fmt.Sprintf("--listen-client-urls=http://127.0.0.1:%d", etcdClient),
 		fmt.Sprintf("--advertise-client-urls=http://127.0.0.1:%d", etcdClient),
@@ -278,8 +288,8 @@ func Launch(dir string, o Options) (s *Server, err error) {
 		return nil, err
 	}
 	s.procs = append(s.procs, etcd)
-	s.URL = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
-	f, err := s.writeCredentials()
+	s.URL = fmt.Sprintf("https://%s:%d", addr, apiPort)
+	f, err := s.writeCredentials(ip)
 	if err != nil {
 		return nil, err
 	}
@@ -297,7 +307,7 @@ func Launch(dir string, o Options) (s *Server, err error) {
 	}
 	api, err := StartProcess("kube-apiserver", filepath.Join(BinDir(), "kube-apiserver"), append([]string{
 		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", etcdClient),
-		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port=" + strconv.Itoa(apiPort),
+		"--bind-address=" + addr, "--advertise-address=" + addr, "--secure-port=" + strconv.Itoa(apiPort),
 		// Since 1.36 a loopback address may not be the kubernetes
 		// Service's endpoint; nothing here routes Service IPs anyway.
 		"--endpoint-reconciler-type=none",
@@ -326,7 +336,7 @@ type credentialFiles struct {
 
 // writeCredentials writes the service-account key pair, the admin token,
 // the serving certificate and its CA, and a kubeconfig for s.URL.
-func (s *Server) writeCredentials() (credentialFiles, error) {
+func (s *Server) writeCredentials(addr net.IP) (credentialFiles, error) {
 	var err error
 	write := func(name string, data []byte) string {
 		p := filepath.Join(s.Dir, name)
@@ -347,7 +357,7 @@ func (s *Server) writeCredentials() (credentialFiles, error) {
 	_, _ = rand.Read(tok)
 	s.Token = hex.EncodeToString(tok)
 	f.tokens = write("tokens.csv", []byte(s.Token+",admin,admin,system:masters\n"))
-	caPEM, certPEM, keyPEM, cerr := ServingCert()
+	caPEM, certPEM, keyPEM, cerr := ServingCert(addr)
 	if cerr != nil {
 		return credentialFiles{}, cerr
 	}

@@ -15,8 +15,9 @@ import (
 
 // ServingCert makes a CA and, signed by it, the API server's serving
 // certificate for every name a client may dial it by: loopback, and the
-// kubernetes Service's IP and names that in-cluster config uses.
-func ServingCert() (caPEM, certPEM, keyPEM []byte, err error) {
+// kubernetes Service's IP and names that in-cluster config uses, and any
+// extra addresses (a bridge address nodes in network namespaces dial).
+func ServingCert(extra ...net.IP) (caPEM, certPEM, keyPEM []byte, err error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, nil, err
@@ -39,7 +40,7 @@ func ServingCert() (caPEM, certPEM, keyPEM []byte, err error) {
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-apiserver"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(10, 0, 0, 1)},
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(10, 0, 0, 1)}, extra...),
 		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 	}
 	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)

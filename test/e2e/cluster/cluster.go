@@ -306,18 +306,36 @@ exec %s "$@"
 
 func (c *Cluster) startContainerd(ctx context.Context) error {
 	d := filepath.Join(c.Dir, "containerd")
-	for _, sub := range []string{"root", "state", "opt", "cni/bin", "cni/conf"} {
+	conf, err := writeContainerdConfig(d, filepath.Join(d, "state"), c.containerdCDI())
+	if err != nil {
+		return err
+	}
+	// In the kubelet's mount namespace, so that hostPath volumes (the
+	// DaemonSet's device-plugin directory) and the kubelet's own mounts
+	// (service-account token volumes) are what the kubelet sees.
+	if c.containerd, err = apiserver.StartProcess("containerd", "nsenter", "--mount="+c.MountNS, "--", "containerd", "--config", conf); err != nil {
+		return err
+	}
+	c.record(c.containerd)
+	return waitContainerd(ctx, c.containerd, filepath.Join(d, "containerd.sock"))
+}
+
+// writeContainerdConfig writes a containerd config for the CRI with its
+// files under d (state, the task bundles agents read, at state), runc
+// behind runcWrapper, and cdi's lines; it returns the config's path.
+func writeContainerdConfig(d, state, cdi string) (string, error) {
+	for _, sub := range []string{"root", "opt", "cni/bin", "cni/conf"} {
 		if err := os.MkdirAll(filepath.Join(d, sub), 0o755); err != nil { //nolint:gosec // runtime dirs
-			return err
+			return "", err
 		}
 	}
 	runc, err := exec.LookPath("runc")
 	if err != nil {
-		return err
+		return "", err
 	}
 	wrapper := filepath.Join(d, "runc-wrapper")
 	if err := os.WriteFile(wrapper, []byte(fmt.Sprintf(runcWrapper, runc)), 0o755); err != nil { //nolint:gosec // an executable
-		return err
+		return "", err
 	}
 	sock := filepath.Join(d, "containerd.sock")
 	cfg := fmt.Sprintf(`version = 2
@@ -345,22 +363,17 @@ state = %q
         BinaryName = %q
         Root = %q
         SystemdCgroup = false
-`, filepath.Join(d, "root"), filepath.Join(d, "state"), sock, sock+".ttrpc", filepath.Join(d, "opt"), PauseImage, c.containerdCDI(),
+`, filepath.Join(d, "root"), state, sock, sock+".ttrpc", filepath.Join(d, "opt"), PauseImage, cdi,
 		filepath.Join(d, "cni/bin"), filepath.Join(d, "cni/conf"), wrapper, filepath.Join(d, "runc"))
 	conf := filepath.Join(d, "config.toml")
-	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
-		return err
-	}
-	// In the kubelet's mount namespace, so that hostPath volumes (the
-	// DaemonSet's device-plugin directory) and the kubelet's own mounts
-	// (service-account token volumes) are what the kubelet sees.
-	if c.containerd, err = apiserver.StartProcess("containerd", "nsenter", "--mount="+c.MountNS, "--", "containerd", "--config", conf); err != nil {
-		return err
-	}
-	c.record(c.containerd)
+	return conf, os.WriteFile(conf, []byte(cfg), 0o600)
+}
+
+// waitContainerd waits until containerd answers on sock.
+func waitContainerd(ctx context.Context, p *apiserver.Process, sock string) error {
 	return wait(ctx, 30*time.Second, "containerd socket", func() error {
-		if c.containerd.Exited() {
-			return fmt.Errorf("containerd exited: %s", c.containerd.Logs.Tail(2000))
+		if p.Exited() {
+			return fmt.Errorf("containerd exited: %s", p.Logs.Tail(2000))
 		}
 		return exec.Command("ctr", "-a", sock, "version").Run()
 	})
@@ -383,30 +396,11 @@ int main(void) {
 `
 
 func (c *Cluster) importImages(workloadBin string) error {
-	d := filepath.Join(c.Dir, "images")
-	if err := os.MkdirAll(d, 0o750); err != nil {
+	archives, err := buildImages(filepath.Join(c.Dir, "images"), workloadBin)
+	if err != nil {
 		return err
 	}
-	src := filepath.Join(d, "pause.c")
-	if err := os.WriteFile(src, []byte(pauseSource), 0o600); err != nil {
-		return err
-	}
-	pause := filepath.Join(d, "pause")
-	if out, err := exec.Command("gcc", "-static", "-O2", "-o", pause, src).CombinedOutput(); err != nil {
-		return fmt.Errorf("build pause: %w: %s", err, out)
-	}
-	files := map[string]oci.File{"/bin/busybox": {Source: "/bin/busybox"}, "/bin/workload": {Source: workloadBin}}
-	for _, applet := range []string{"sh", "env", "sleep", "cat", "ls", "echo", "grep", "true"} {
-		files["/bin/"+applet] = oci.File{Link: "busybox"}
-	}
-	for _, img := range []oci.Image{
-		{Name: PauseImage, Files: map[string]oci.File{"/pause": {Source: pause}}, Entrypoint: []string{"/pause"}},
-		{Name: TestImage, Files: files, Entrypoint: []string{"/bin/sh"}},
-	} {
-		archive := filepath.Join(d, strings.NewReplacer("/", "_", ":", "_").Replace(img.Name)+".tar")
-		if err := img.WriteOCIArchive(archive); err != nil {
-			return err
-		}
+	for _, archive := range archives {
 		if err := c.ImportArchive(archive); err != nil {
 			return err
 		}
@@ -414,10 +408,46 @@ func (c *Cluster) importImages(workloadBin string) error {
 	return nil
 }
 
+// buildImages writes the pause and test images as OCI archives in dir and
+// returns their paths.
+func buildImages(d, workloadBin string) ([]string, error) {
+	if err := os.MkdirAll(d, 0o750); err != nil {
+		return nil, err
+	}
+	src := filepath.Join(d, "pause.c")
+	if err := os.WriteFile(src, []byte(pauseSource), 0o600); err != nil {
+		return nil, err
+	}
+	pause := filepath.Join(d, "pause")
+	if out, err := exec.Command("gcc", "-static", "-O2", "-o", pause, src).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build pause: %w: %s", err, out)
+	}
+	files := map[string]oci.File{"/bin/busybox": {Source: "/bin/busybox"}, "/bin/workload": {Source: workloadBin}}
+	for _, applet := range []string{"sh", "env", "sleep", "cat", "ls", "echo", "grep", "true"} {
+		files["/bin/"+applet] = oci.File{Link: "busybox"}
+	}
+	var archives []string
+	for _, img := range []oci.Image{
+		{Name: PauseImage, Files: map[string]oci.File{"/pause": {Source: pause}}, Entrypoint: []string{"/pause"}},
+		{Name: TestImage, Files: files, Entrypoint: []string{"/bin/sh"}},
+	} {
+		archive := filepath.Join(d, strings.NewReplacer("/", "_", ":", "_").Replace(img.Name)+".tar")
+		if err := img.WriteOCIArchive(archive); err != nil {
+			return nil, err
+		}
+		archives = append(archives, archive)
+	}
+	return archives, nil
+}
+
 // ImportArchive imports an OCI image archive into the cluster's
 // containerd, for pods with imagePullPolicy Never.
 func (c *Cluster) ImportArchive(path string) error {
-	out, err := exec.Command("ctr", "-a", c.ContainerdSocket(), "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", path).CombinedOutput()
+	return importArchive(c.ContainerdSocket(), path)
+}
+
+func importArchive(sock, path string) error {
+	out, err := exec.Command("ctr", "-a", sock, "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", path).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("import %s: %w: %s", path, err, out)
 	}
@@ -479,16 +509,42 @@ func (c *Cluster) startKubelet(ctx context.Context) error {
 			return err
 		}
 	}
-	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+	cfg := kubeletConfig(kubeletSettings{address: "127.0.0.1", port: ports[0], healthzPort: ports[1], cgroupRoot: "/",
+		podLogs: filepath.Join(d, "pod-logs"), runtime: "unix://" + c.ContainerdSocket()})
+	conf := filepath.Join(d, "config.yaml")
+	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	c.PodResourcesSocket = filepath.Join(c.KubeletRoot, "pod-resources", "kubelet.sock")
+	c.PodLogsDir = filepath.Join(d, "pod-logs")
+	c.kubeletArg = []string{"--mount=" + c.MountNS, "--", c.bin("kubelet"),
+		"--config=" + conf, "--kubeconfig=" + c.API.Kubeconfig, "--root-dir=" + c.KubeletRoot,
+		"--cert-dir=" + filepath.Join(d, "certs"), "--hostname-override=" + NodeName, "--v=1"}
+	return c.StartKubelet(ctx)
+}
+
+// kubeletSettings are what differs between the tier's kubelets.
+type kubeletSettings struct {
+	address             string
+	port, healthzPort   int
+	cgroupRoot, podLogs string
+	runtime             string
+}
+
+// kubeletConfig is a KubeletConfiguration for a node of the tier: the
+// cgroupfs driver, no authentication (only the tier reaches it), no
+// eviction but at the very end, quick syncs.
+func kubeletConfig(k kubeletSettings) string {
+	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 cgroupDriver: cgroupfs
 cgroupsPerQOS: true
-cgroupRoot: /
+cgroupRoot: %s
 
 enforceNodeAllocatable: []
 failSwapOn: false
 failCgroupV1: false
-address: 127.0.0.1
+address: %s
 port: %d
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -505,17 +561,7 @@ containerRuntimeEndpoint: %q
 syncFrequency: 5s
 fileCheckFrequency: 5s
 nodeStatusUpdateFrequency: 2s
-`, ports[0], ports[1], filepath.Join(d, "pod-logs"), "unix://"+c.ContainerdSocket())
-	conf := filepath.Join(d, "config.yaml")
-	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
-		return err
-	}
-	c.PodResourcesSocket = filepath.Join(c.KubeletRoot, "pod-resources", "kubelet.sock")
-	c.PodLogsDir = filepath.Join(d, "pod-logs")
-	c.kubeletArg = []string{"--mount=" + c.MountNS, "--", c.bin("kubelet"),
-		"--config=" + conf, "--kubeconfig=" + c.API.Kubeconfig, "--root-dir=" + c.KubeletRoot,
-		"--cert-dir=" + filepath.Join(d, "certs"), "--hostname-override=" + NodeName, "--v=1"}
-	return c.StartKubelet(ctx)
+`, k.cgroupRoot, k.address, k.port, k.healthzPort, k.podLogs, k.runtime)
 }
 
 // StartKubelet starts the kubelet (again) in the mount namespace and waits
@@ -710,23 +756,27 @@ func RemoveKubepodsCgroups() {
 
 // removePods stops and removes every container and sandbox through the
 // CRI, so no container process or cgroup outlives the cluster.
-func (c *Cluster) removePods() {
+func (c *Cluster) removePods() { removePodsAt(c.ContainerdSocket()) }
+
+// removePodsAt stops and removes every container and sandbox of the
+// containerd at sock.
+func removePodsAt(sock string) {
 	ctr := func(args ...string) string {
-		out, _ := exec.Command("ctr", append([]string{"-a", c.ContainerdSocket(), "-n", "k8s.io"}, args...)...).Output()
+		out, _ := exec.Command("ctr", append([]string{"-a", sock, "-n", "k8s.io"}, args...)...).Output()
 		return string(out)
 	}
 	for _, id := range strings.Fields(ctr("tasks", "ls", "-q")) {
-		_ = exec.Command("ctr", "-a", c.ContainerdSocket(), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
+		_ = exec.Command("ctr", "-a", sock, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for strings.TrimSpace(ctr("tasks", "ls", "-q")) != "" && time.Now().Before(deadline) {
 		for _, id := range strings.Fields(ctr("tasks", "ls", "-q")) {
-			_ = exec.Command("ctr", "-a", c.ContainerdSocket(), "-n", "k8s.io", "tasks", "delete", "-f", id).Run()
+			_ = exec.Command("ctr", "-a", sock, "-n", "k8s.io", "tasks", "delete", "-f", id).Run()
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	for _, id := range strings.Fields(ctr("containers", "ls", "-q")) {
-		_ = exec.Command("ctr", "-a", c.ContainerdSocket(), "-n", "k8s.io", "containers", "delete", id).Run()
+		_ = exec.Command("ctr", "-a", sock, "-n", "k8s.io", "containers", "delete", id).Run()
 	}
 }
 

@@ -53,6 +53,9 @@ func ReapStale(log func(string, ...any)) {
 	killCgroupTree("/sys/fs/cgroup/pids/kubepods")
 	killCgroupTree("/sys/fs/cgroup/unified/kubepods")
 	for _, dir := range stale {
+		if _, err := os.Stat(filepath.Join(dir, multiMarker)); err == nil {
+			reapMulti()
+		}
 		unmountUnder(dir)
 		_ = os.RemoveAll(dir)
 	}
