@@ -250,17 +250,6 @@ func TestAgentBadConfigStartsNothing(t *testing.T) {
 	}
 }
 
-func TestAgentMissingNVML(t *testing.T) {
-	t.Parallel()
-	a := startAgent(t, "--nvml-library=/nonexistent/libnvidia-ml.so.1", "--device-plugin-dir="+t.TempDir(), "--metrics-address="+freePort(t))
-	if code := a.wait(t); code != 1 {
-		t.Fatalf("exit code = %d, want 1", code)
-	}
-	if out := a.stderr.String(); !strings.Contains(out, "--gpu-backend=fake") || !strings.Contains(out, "/nonexistent/libnvidia-ml.so.1") {
-		t.Errorf("stderr = %q, want it to name the library and --gpu-backend=fake", out)
-	}
-}
-
 func TestAgentLostGPUAtStartOffersTheOthers(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()

@@ -56,7 +56,9 @@ type Config struct {
 	Preset string `json:"preset,omitempty"`
 	// Count is how many GPUs of the preset the node has (1..16).
 	Count int `json:"count,omitempty"`
-	// GPUs lists GPUs one by one, for mixed nodes; their order is their index.
+	// GPUs lists GPUs one by one, for mixed nodes; their order is their
+	// index. An empty list ("gpus: []") is a node whose driver is loaded
+	// and sees no GPU.
 	GPUs []GPUConfig `json:"gpus,omitempty"`
 	// Seed makes UUIDs unique per fake node; two nodes with the same seed
 	// have the same UUIDs. Default "gpuslice-fake".
@@ -231,6 +233,8 @@ func (c Config) gpus() ([]gpuSpec, error) {
 		return nil, errors.New("set preset and count, or gpus, not both")
 	case len(c.GPUs) > 0:
 		list = c.GPUs
+	case c.GPUs != nil && c.Preset == "" && c.Count == 0:
+		return nil, nil // "gpus: []": a driver that sees no GPU
 	case c.Preset == "":
 		return nil, fmt.Errorf("set preset (one of %s) and count, or gpus", strings.Join(PresetNames(), ", "))
 	default:

@@ -126,21 +126,31 @@ faults:
 				}
 			},
 		},
-		"unknown field":      {yaml: "preset: A100-40GB\ncount: 1\ncolour: red\n", wantErr: "unknown field"},
-		"unknown preset":     {yaml: "preset: V100\ncount: 1\n", wantErr: `unknown preset "V100"`},
-		"count zero":         {yaml: "preset: A100-40GB\n", wantErr: "count 0 is outside 1..16"},
-		"count too big":      {yaml: "preset: A100-40GB\ncount: 17\n", wantErr: "outside 1..16"},
-		"both forms":         {yaml: "preset: A100-40GB\ncount: 1\ngpus: [{preset: A100-40GB}]\n", wantErr: "not both"},
-		"nothing":            {yaml: "{}\n", wantErr: "set preset"},
-		"incomplete gpu":     {yaml: "gpus: [{model: x}]\n", wantErr: "set a preset, or model"},
-		"bad capability":     {yaml: "gpus: [{model: x, memoryMiB: 1, computeCapability: nine}]\n", wantErr: "not major.minor"},
-		"duplicate uuid":     {yaml: "gpus: [{preset: A100-40GB, uuid: GPU-a}, {preset: A100-40GB, uuid: GPU-a}]\n", wantErr: "duplicate uuid"},
-		"fault out of range": {yaml: "preset: A100-40GB\ncount: 2\nfaults: {gpus: [{index: 2, xid: 79}]}\n", wantErr: "node has gpus 0..1"},
-		"empty fault":        {yaml: "preset: A100-40GB\ncount: 2\nfaults: {gpus: [{index: 1}]}\n", wantErr: "set xid or lost"},
-		"unknown call":       {yaml: "preset: A100-40GB\ncount: 2\nfaults: {failCalls: [allocate]}\n", wantErr: `unknown call "allocate"`},
-		"bad cuda":           {yaml: "preset: A100-40GB\ncount: 2\ncudaVersion: twelve\n", wantErr: "cudaVersion"},
-		"not yaml":           {yaml: "preset: [\n", wantErr: "parse fake GPU config"},
-		"bad numa node":      {yaml: "gpus: [{preset: A100-40GB, numaNode: 64}]\n", wantErr: "numaNode 64 is outside 0..63"},
+		"no gpu": {yaml: "gpus: []\n", check: func(t *testing.T, c Config) {
+			n, err := New(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if devs, err := n.Devices(); err != nil || len(devs) != 0 {
+				t.Errorf("a node without GPUs lists %v, %v", devs, err)
+			}
+		}},
+		"no gpu but a preset": {yaml: "preset: A100-40GB\ngpus: []\n", wantErr: "count 0 is outside 1..16"},
+		"unknown field":       {yaml: "preset: A100-40GB\ncount: 1\ncolour: red\n", wantErr: "unknown field"},
+		"unknown preset":      {yaml: "preset: V100\ncount: 1\n", wantErr: `unknown preset "V100"`},
+		"count zero":          {yaml: "preset: A100-40GB\n", wantErr: "count 0 is outside 1..16"},
+		"count too big":       {yaml: "preset: A100-40GB\ncount: 17\n", wantErr: "outside 1..16"},
+		"both forms":          {yaml: "preset: A100-40GB\ncount: 1\ngpus: [{preset: A100-40GB}]\n", wantErr: "not both"},
+		"nothing":             {yaml: "{}\n", wantErr: "set preset"},
+		"incomplete gpu":      {yaml: "gpus: [{model: x}]\n", wantErr: "set a preset, or model"},
+		"bad capability":      {yaml: "gpus: [{model: x, memoryMiB: 1, computeCapability: nine}]\n", wantErr: "not major.minor"},
+		"duplicate uuid":      {yaml: "gpus: [{preset: A100-40GB, uuid: GPU-a}, {preset: A100-40GB, uuid: GPU-a}]\n", wantErr: "duplicate uuid"},
+		"fault out of range":  {yaml: "preset: A100-40GB\ncount: 2\nfaults: {gpus: [{index: 2, xid: 79}]}\n", wantErr: "node has gpus 0..1"},
+		"empty fault":         {yaml: "preset: A100-40GB\ncount: 2\nfaults: {gpus: [{index: 1}]}\n", wantErr: "set xid or lost"},
+		"unknown call":        {yaml: "preset: A100-40GB\ncount: 2\nfaults: {failCalls: [allocate]}\n", wantErr: `unknown call "allocate"`},
+		"bad cuda":            {yaml: "preset: A100-40GB\ncount: 2\ncudaVersion: twelve\n", wantErr: "cudaVersion"},
+		"not yaml":            {yaml: "preset: [\n", wantErr: "parse fake GPU config"},
+		"bad numa node":       {yaml: "gpus: [{preset: A100-40GB, numaNode: 64}]\n", wantErr: "numaNode 64 is outside 0..63"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

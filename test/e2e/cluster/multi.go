@@ -42,7 +42,8 @@ type NodeSpec struct {
 	// Name is the Node's name.
 	Name string
 	// FakeGPU is the node's fake GPU YAML without workloadDir; "" for a
-	// node without GPUs (no fake GPU file, no gpu.present label).
+	// node without GPUs (a fake driver that lists none, no gpu.present
+	// label).
 	FakeGPU string
 }
 
@@ -94,7 +95,7 @@ type Node struct {
 	MountNS string
 	// CgroupRoot is the kubelet's --cgroup-root.
 	CgroupRoot string
-	// HasGPU says the node has a fake GPU (NodeDir/fakegpu.yaml).
+	// HasGPU says the node has a fake GPU (NodeDir/fakegpu.yaml lists it).
 	HasGPU bool
 
 	veth       string
@@ -209,11 +210,14 @@ func (n *Node) start(ctx context.Context, spec NodeSpec, archives []string) erro
 			return err
 		}
 	}
+	// A node without GPUs gets a fake driver that lists none, for an
+	// agent put there by mistake.
+	fake := "gpus: []\n"
 	if n.HasGPU {
-		fake := spec.FakeGPU + "workloadDir: " + NodeDir + "/fakegpu\n"
-		if err := os.WriteFile(filepath.Join(n.Dir, "fakegpu.yaml"), []byte(fake), 0o644); err != nil { //nolint:gosec // the agent's pod reads it
-			return err
-		}
+		fake = spec.FakeGPU + "workloadDir: " + NodeDir + "/fakegpu\n"
+	}
+	if err := os.WriteFile(filepath.Join(n.Dir, "fakegpu.yaml"), []byte(fake), 0o644); err != nil { //nolint:gosec // the agent's pod reads it
+		return err
 	}
 	if _, err := (&Cluster{Dir: n.Dir}).deviceNodes(); err != nil {
 		return err
