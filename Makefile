@@ -36,6 +36,10 @@ build: ## Build bin/gpu-agent, bin/gpu-dra-driver, bin/kubectl-gpuslice, bin/gpu
 # has one module per supported release): v1.37.2, the newest, and v1.34.4,
 # the oldest with DRA GA.
 K8S_VERSION ?= v1.37.2
+# The end-to-end tier's packages: the single-node cluster's scenarios,
+# then the multi-node cluster's (NODES GPU nodes and one without GPUs).
+E2E_PKGS ?= ./test/e2e/ ./test/e2e/multinode/
+NODES ?= 2
 export K8S_VERSION
 
 IMAGE ?= ghcr.io/gpuslice/gpu-agent:$(VERSION)
@@ -58,11 +62,11 @@ test: ## Run vet and every unit and integration test with the race detector.
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 .PHONY: test-e2e
-test-e2e: ## Run the end-to-end tier on Kubernetes K8S_VERSION (default v1.37.2): a real kubelet, API server, scheduler and containerd on this machine (root; see docs/testing.md).
+test-e2e: ## Run the end-to-end tier on Kubernetes K8S_VERSION (default v1.37.2): a real kubelet, API server, scheduler and containerd on this machine, then a multi-node cluster of NODES GPU nodes (default 2) and one without (root; see docs/testing.md).
 	test/e2e/install-deps.sh
 	test/e2e/build-k8s.sh >/dev/null
 	test/e2e/build-kueue.sh >/dev/null
-	PATH="$$(test/e2e/build-containerd.sh):$$PATH" GPUSLICE_E2E=1 $(GO) test -count=1 -timeout 20m -v $(E2E_FLAGS) ./test/e2e/
+	PATH="$$(test/e2e/build-containerd.sh):$$PATH" GPUSLICE_E2E=1 GPUSLICE_E2E_NODES=$(NODES) $(GO) test -p 1 -count=1 -timeout 20m -v $(E2E_FLAGS) $(E2E_PKGS)
 
 .PHONY: fragmentation
 fragmentation: ## Run the fragmentation experiment: one seeded stream of GPU pods through the real kube-scheduler per placement path, its table kept in docs/fragmentation-raw.txt and docs/benchmarks.md regenerated (about 7 minutes; FRAG_FLAGS: -seed, -nodes, -pods, -rate, -lifetime).

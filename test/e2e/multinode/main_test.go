@@ -8,6 +8,7 @@
 package multinode
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -31,8 +32,9 @@ var pluginBin, controllerBin string
 // imageTag is the agent's image tag, built by make image.
 const imageTag = "e2e-multi"
 
-// gpuNodes are the nodes with a fake GPU each; cpuNode has none.
-var gpuNodes = []string{"gpu-node-a", "gpu-node-b"}
+// gpuNodes are the nodes with a fake GPU each, GPUSLICE_E2E_NODES of
+// them (make test-e2e NODES=n; 2 by default); cpuNode has none.
+var gpuNodes []string
 
 const cpuNode = "cpu-node"
 
@@ -55,6 +57,14 @@ func run(tm *testing.M) int {
 			return 1
 		}
 		return 0
+	}
+	n, err := strconv.Atoi(cmp.Or(os.Getenv("GPUSLICE_E2E_NODES"), "2"))
+	if err != nil || n < 2 || n > 8 {
+		fmt.Printf("multinode: GPUSLICE_E2E_NODES=%q: want 2 to 8 GPU nodes\n", os.Getenv("GPUSLICE_E2E_NODES"))
+		return 1
+	}
+	for i := range n {
+		gpuNodes = append(gpuNodes, "gpu-node-"+string(rune('a'+i)))
 	}
 	bins, err := os.MkdirTemp("", "gpuslice-e2e-bin-")
 	if err != nil {
