@@ -59,6 +59,9 @@ type MultiOptions struct {
 	// SchedulerConfig is a KubeSchedulerConfiguration's profiles section
 	// (YAML, from "profiles:"), or "" for the scheduler's defaults.
 	SchedulerConfig string
+	// Audit, when set, has the API server write an audit log
+	// (Multi.AuditLog): an independent count of what clients ask.
+	Audit bool
 	// Log receives progress.
 	Log func(format string, args ...any)
 }
@@ -75,6 +78,8 @@ type Multi struct {
 	Dir string
 	// Nodes are the worker nodes, in the order of MultiOptions.Nodes.
 	Nodes []*Node
+	// AuditLog is the API server's audit log (JSON lines), with Audit.
+	AuditLog string
 
 	cp  *Cluster // the control plane's processes
 	log func(format string, args ...any)
@@ -137,7 +142,10 @@ func StartMulti(ctx context.Context, o MultiOptions) (m *Multi, err error) {
 	if err := makeBridge(); err != nil {
 		return nil, err
 	}
-	if m.API, err = apiserver.Launch(filepath.Join(dir, "api"), apiserver.Options{ServiceAccounts: true, Address: Gateway}); err != nil {
+	if o.Audit {
+		m.AuditLog = filepath.Join(dir, "audit.log")
+	}
+	if m.API, err = apiserver.Launch(filepath.Join(dir, "api"), apiserver.Options{ServiceAccounts: true, Address: Gateway, AuditLog: m.AuditLog}); err != nil {
 		return nil, err
 	}
 	m.cp.API = m.API

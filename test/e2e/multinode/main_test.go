@@ -89,6 +89,7 @@ func run(tm *testing.M) int {
 		// Binpacking across nodes, as docs/scheduling.md configures it:
 		// the node with the fewest free slices that fit wins.
 		SchedulerConfig: binpackProfile,
+		Audit:           true,
 		Log:             func(f string, a ...any) { fmt.Printf("multinode: "+f+"\n", a...) },
 	}
 	for _, name := range gpuNodes {
@@ -115,6 +116,7 @@ func run(tm *testing.M) int {
 		os.Exit(1)
 	}()
 	code := tm.Run()
+	reportAgentRequests()
 	if code != 0 {
 		fmt.Println(m.Logs())
 	}
