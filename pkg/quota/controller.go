@@ -212,6 +212,8 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, prom Querier, opts Op
 	}))
 	df := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
 	pods, rqs, gq := f.Core().V1().Pods(), rqf.Core().V1().ResourceQuotas(), df.ForResource(GVR)
+	// Cache only what is read of each pod. Before any start: it cannot fail.
+	_ = pods.Informer().SetTransform(trimPod)
 	b := record.NewBroadcaster()
 	b.StartRecordingToSink(&typedEventSink{kube: kube})
 	c := &Controller{
