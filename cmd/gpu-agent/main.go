@@ -149,13 +149,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	g.Go(func() error { gpus.health.Run(ctx, gpus.backend, gpuhealth.Retry); return nil })
 	g.Go(func() error { return smp.Run(ctx) })
 	g.Go(func() error { enforcer.Run(ctx); return nil })
-	g.Go(func() error {
-		exposition := exporter.NewExposition(smp, exporter.Info{Version: version, System: gpus.sys, Enforcement: enforcer,
-			MIG: func() []nvml.Device { return *gpus.current.Load() }, MIGStrategy: cfg.MIGStrategy, Healthy: gpus.health.Healthy,
-			MIGSliceResource: gpus.mig.SliceResource})
-		ready := func() bool { return probes.Ready() == nil }
-		return exporter.Serve(ctx, lis, k.guard(exporter.Handler(exposition, exposition.Key, ready, log)), cfg.WebConfigFile, log)
-	})
+	g.Go(func() error { return serveMetrics(ctx, lis, cfg, k, gpus, enforcer, smp, probes, log) })
 	writeNode(ctx, g, cfg, k.client, gpus, enforcer, smp, layoutChanged, log)
 	if k.policies != nil {
 		g.Go(func() error { k.policies.Run(ctx); return nil })
@@ -176,6 +170,15 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 		g.Go(func() error { return gpus.watch(ctx, log) })
 	}
 	return g.Wait()
+}
+
+// serveMetrics serves the node's exposition on lis until ctx ends.
+func serveMetrics(ctx context.Context, lis net.Listener, cfg Resolved, k kubeParts, gpus *gpus, enforcer *enforce.Enforcer, smp *sampler.Sampler, probes *health.State, log *slog.Logger) error {
+	exposition := exporter.NewExposition(smp, exporter.Info{Version: version, System: gpus.sys, Enforcement: enforcer,
+		MIG: func() []nvml.Device { return *gpus.current.Load() }, MIGStrategy: cfg.MIGStrategy, Healthy: gpus.health.Healthy,
+		MIGSliceResource: gpus.mig.SliceResource})
+	ready := func() bool { return probes.Ready() == nil }
+	return exporter.Serve(ctx, lis, k.guard(exporter.Handler(exposition, exposition.Key, ready, log)), cfg.WebConfigFile, log)
 }
 
 // readiness is ready when the plugin is registered with a live kubelet and

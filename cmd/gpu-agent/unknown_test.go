@@ -109,8 +109,24 @@ func TestUnknownIsNeverFree(t *testing.T) {
 		forger := n.run(t, forgedDir, 1, 26<<10)
 		n.waitMetric(t, "gpuslice_agent_unattributed_processes", map[string]string{"gpu": "0"}, func(v float64) bool { return v >= 1 })
 		time.Sleep(2 * time.Second)
-		if got := victim.Share(t, 3*time.Second); got < 0.05 {
-			t.Errorf("the victim ran %.3f of the time wanting 0.1 under a 20%% share: it was throttled for the forger's use", got)
+		// Judged by the kernel, not by how fast a loaded machine lets the
+		// victim run (CI once saw it run 0.050 of the time unthrottled):
+		// held for the forger's whole GPU under a 20 % share, its cgroup
+		// would be frozen most of the time; its own 0.1 never freezes it.
+		frozen, looks := 0, 0
+		for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			v, err := os.ReadFile(filepath.Join(victimDir, "cgroup.freeze"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			looks++
+			if strings.TrimSpace(string(v)) == "1" {
+				frozen++
+			}
+		}
+		if frozen*10 > looks {
+			t.Errorf("the victim's cgroup was frozen in %d of %d looks, wanting 0.1 under a 20%% share: it was throttled for the forger's use (it ran %.3f of the time)",
+				frozen, looks, victim.Share(t, time.Second))
 		}
 		n.waitMetric(t, "gpuslice_container_memory_used_bytes", ctr("ml/victim", "main"), func(v float64) bool { return v == 512<<20 })
 		if victim.Exited(0) {

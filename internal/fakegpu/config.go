@@ -226,7 +226,9 @@ type gpuSpec struct {
 	preset      string
 }
 
-func (c Config) gpus() ([]gpuSpec, error) {
+// list is the node's GPUs as configured: one by one, or count of a
+// preset; none for "gpus: []".
+func (c Config) list() ([]GPUConfig, error) {
 	var list []GPUConfig
 	switch {
 	case len(c.GPUs) > 0 && (c.Preset != "" || c.Count != 0):
@@ -247,6 +249,14 @@ func (c Config) gpus() ([]gpuSpec, error) {
 	}
 	if len(list) > MaxGPUs {
 		return nil, fmt.Errorf("%d gpus listed, at most %d", len(list), MaxGPUs)
+	}
+	return list, nil
+}
+
+func (c Config) gpus() ([]gpuSpec, error) {
+	list, err := c.list()
+	if err != nil || list == nil {
+		return nil, err
 	}
 	seed := c.Seed
 	if seed == "" {
