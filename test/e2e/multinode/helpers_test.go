@@ -18,7 +18,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpuslice/gpuslice/internal/fakegpu/protocol"
-	"github.com/gpuslice/gpuslice/test/apiserver"
 	"github.com/gpuslice/gpuslice/test/e2e/cluster"
 	"github.com/gpuslice/gpuslice/test/promtest"
 )
@@ -94,12 +93,6 @@ func installChart() error {
 		return fmt.Errorf("helm install: %w\n%s", err, out)
 	}
 	return nil
-}
-
-// runKubectl runs kubectl against the cluster.
-func runKubectl(args ...string) (string, error) {
-	out, err := exec.Command(filepath.Join(apiserver.BinDir(), "kubectl"), append([]string{"--kubeconfig=" + m.API.Kubeconfig}, args...)...).CombinedOutput()
-	return string(out), err
 }
 
 // namespace creates a namespace for one scenario, deleted with its pods
@@ -223,7 +216,7 @@ func workedSeconds(t *testing.T, p *corev1.Pod) float64 {
 		if err != nil || (!strings.Contains(string(cg), string(p.UID)) && !strings.Contains(string(cg), uid)) {
 			continue
 		}
-		data, err := os.ReadFile(f) //nolint:gosec // the tier's own directory
+		data, err := os.ReadFile(f)
 		if err != nil {
 			continue
 		}
