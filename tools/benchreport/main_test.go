@@ -38,6 +38,7 @@ func TestRenderFromRaw(t *testing.T) {
 	for _, want := range []string{
 		"| node scale: throttling all 200 containers, strict | ≤ 5.00 % of a core | 12.10 % of a core | **no** |",
 		"| re-registration after kubelet.sock is recreated: p50 | ≤ 20.0 ms | 5.0 ms | yes |",
+		"| API requests of one agent in steady state, per minute | ≤ 2.00 | 0.36 | yes |",
 		"Machine: 2 vCPU Intel Xeon",
 		"BenchmarkEvaluationCycle-2   20",
 		"| device plugin, --span=fewest | 3 |",
