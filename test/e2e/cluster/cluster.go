@@ -460,38 +460,48 @@ func importArchive(sock, path string) error {
 // namespace it lands in the overlay, not on the host. The namespace is
 // pinned to a file so it outlives kubelet restarts.
 func (c *Cluster) mountNamespace() error {
-	nsDir := filepath.Join(c.Dir, "ns")
+	var err error
+	c.MountNS, err = pinnedMountNS(c.Dir, &c.mounts)
+	return err
+}
+
+// pinnedMountNS makes a private mount namespace pinned to the file
+// dir/ns/mnt, with /var/lib and /var/log overlaid on dir/overlay, and
+// returns the file; what it mounts on the host is appended to mounts, to
+// unmount at Stop, innermost last.
+func pinnedMountNS(dir string, mounts *[]string) (string, error) {
+	nsDir := filepath.Join(dir, "ns")
 	if err := os.MkdirAll(nsDir, 0o750); err != nil {
-		return err
+		return "", err
 	}
 	if err := run("mount", "--bind", nsDir, nsDir); err != nil {
-		return err
+		return "", err
 	}
-	c.mounts = append(c.mounts, nsDir)
+	*mounts = append(*mounts, nsDir)
 	if err := run("mount", "--make-private", nsDir); err != nil {
-		return err
+		return "", err
 	}
-	c.MountNS = filepath.Join(nsDir, "mnt")
-	if err := os.WriteFile(c.MountNS, nil, 0o600); err != nil {
-		return err
+	ns := filepath.Join(nsDir, "mnt")
+	if err := os.WriteFile(ns, nil, 0o600); err != nil {
+		return "", err
 	}
-	if err := run("unshare", "--mount="+c.MountNS, "--propagation", "private", "true"); err != nil {
-		return err
+	if err := run("unshare", "--mount="+ns, "--propagation", "private", "true"); err != nil {
+		return "", err
 	}
-	c.mounts = append(c.mounts, c.MountNS)
+	*mounts = append(*mounts, ns)
 	for _, target := range []string{"/var/lib", "/var/log"} {
-		o := filepath.Join(c.Dir, "overlay", strings.ReplaceAll(target, "/", "_"))
+		o := filepath.Join(dir, "overlay", strings.ReplaceAll(target, "/", "_"))
 		for _, sub := range []string{"upper", "work"} {
 			if err := os.MkdirAll(filepath.Join(o, sub), 0o755); err != nil { //nolint:gosec // the kubelet's dirs
-				return err
+				return "", err
 			}
 		}
 		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", target, filepath.Join(o, "upper"), filepath.Join(o, "work"))
-		if err := run("nsenter", "--mount="+c.MountNS, "--", "mount", "-t", "overlay", "overlay", "-o", opts, target); err != nil {
-			return err
+		if err := run("nsenter", "--mount="+ns, "--", "mount", "-t", "overlay", "overlay", "-o", opts, target); err != nil {
+			return "", err
 		}
 	}
-	return nil
+	return ns, nil
 }
 
 func (c *Cluster) startKubelet(ctx context.Context) error {

@@ -318,39 +318,12 @@ func (n *Node) RestoreNetwork() error { return run("ip", "link", "set", n.veth, 
 // /run/containerd on a tmpfs of its own, and the node's directory at
 // NodeDir.
 func (n *Node) mountNamespace() error {
-	nsDir := filepath.Join(n.Dir, "ns")
-	if err := os.MkdirAll(nsDir, 0o750); err != nil {
+	var err error
+	if n.MountNS, err = pinnedMountNS(n.Dir, &n.mounts); err != nil {
 		return err
 	}
-	if err := run("mount", "--bind", nsDir, nsDir); err != nil {
-		return err
-	}
-	n.mounts = append(n.mounts, nsDir)
-	if err := run("mount", "--make-private", nsDir); err != nil {
-		return err
-	}
-	n.MountNS = filepath.Join(nsDir, "mnt")
-	if err := os.WriteFile(n.MountNS, nil, 0o600); err != nil {
-		return err
-	}
-	if err := run("unshare", "--mount="+n.MountNS, "--propagation", "private", "true"); err != nil {
-		return err
-	}
-	n.mounts = append(n.mounts, n.MountNS)
 	in := func(argv ...string) error {
 		return run("nsenter", append([]string{"--mount=" + n.MountNS, "--"}, argv...)...)
-	}
-	for _, target := range []string{"/var/lib", "/var/log"} {
-		o := filepath.Join(n.Dir, "overlay", strings.ReplaceAll(target, "/", "_"))
-		for _, sub := range []string{"upper", "work"} {
-			if err := os.MkdirAll(filepath.Join(o, sub), 0o755); err != nil { //nolint:gosec // the kubelet's dirs
-				return err
-			}
-		}
-		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", target, filepath.Join(o, "upper"), filepath.Join(o, "work"))
-		if err := in("mount", "-t", "overlay", "overlay", "-o", opts, target); err != nil {
-			return err
-		}
 	}
 	if err := in("mkdir", "-p", NodeDir, "/run/containerd"); err != nil {
 		return err
