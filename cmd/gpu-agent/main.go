@@ -113,7 +113,7 @@ func serveAgent(ctx context.Context, cfg Resolved, probes *health.State, log *sl
 	}
 	defer release()
 	gpus, err := openGPUs(cfg, log)
-	if reason := noGPUReason(err); reason != "" {
+	if reason := gpubackend.NoGPUReason(err); reason != "" {
 		return idleWithoutGPUs(ctx, cfg, k, reason, err, probes, log)
 	}
 	if err != nil {
@@ -329,7 +329,7 @@ func openGPUs(cfg Resolved, log *slog.Logger) (*gpus, error) {
 		log.Warn("some gpus could not be enumerated and are not offered", "err", err)
 	case len(g.devs) == 0:
 		g.close(log)
-		return nil, errNoGPUs
+		return nil, gpubackend.ErrNoGPUs
 	}
 	if g.sys, err = g.backend.System(); err != nil {
 		log.Warn("driver version unavailable", "err", err)

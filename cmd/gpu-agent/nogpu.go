@@ -2,45 +2,23 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"runtime"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/gpuslice/gpuslice/internal/gpubackend"
 	"github.com/gpuslice/gpuslice/pkg/exporter"
 	"github.com/gpuslice/gpuslice/pkg/health"
 	"github.com/gpuslice/gpuslice/pkg/nvml"
 )
 
-// errNoGPUs: the driver answered and lists no GPU.
-var errNoGPUs = errors.New("no GPUs found on this node")
-
-// Why a node has no GPU to serve, as gpuslice_agent_no_gpu's reason.
-const (
-	noGPUDriver = "no-driver" // no NVIDIA driver library
-	noGPUDevice = "no-device" // a driver that lists no GPU
-)
-
 // metricAgentNoGPU is exported, alone with the build, by an agent that
 // found no GPU on its node.
 const metricAgentNoGPU = "gpuslice_agent_no_gpu"
-
-// noGPUReason says why err means the node has no GPU to serve, or ""
-// when err is another failure (which still stops the agent).
-func noGPUReason(err error) string {
-	switch {
-	case errors.Is(err, nvml.ErrLibraryNotFound):
-		return noGPUDriver
-	case errors.Is(err, errNoGPUs):
-		return noGPUDevice
-	}
-	return ""
-}
 
 // idleWithoutGPUs is the agent on a node without GPUs (a DaemonSet
 // selecting a node it should not, or a GPU node whose driver is not
@@ -62,33 +40,13 @@ func idleWithoutGPUs(ctx context.Context, cfg Resolved, k kubeParts, reason stri
 	g.Go(func() error {
 		return exporter.Serve(ctx, lis, k.guard(noGPUHandler(reason)), cfg.WebConfigFile, log)
 	})
-	g.Go(func() error { return watchForGPUs(ctx, cfg, every, log) })
+	g.Go(func() error {
+		return gpubackend.WaitForGPUs(ctx, func() (nvml.Backend, error) {
+			b, _, err := openBackend(cfg, slog.New(slog.DiscardHandler))
+			return b, err
+		}, every)
+	})
 	return g.Wait()
-}
-
-// watchForGPUs opens the GPU backend every interval until it lists GPUs,
-// then returns an error saying so; it returns nil when ctx ends.
-func watchForGPUs(ctx context.Context, cfg Resolved, every time.Duration, log *slog.Logger) error {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		b, _, err := openBackend(cfg, slog.New(slog.DiscardHandler))
-		if err != nil {
-			continue
-		}
-		devs, _ := b.Devices()
-		if cerr := b.Close(); cerr != nil {
-			log.Warn("close gpu backend", "err", cerr)
-		}
-		if len(devs) > 0 {
-			return fmt.Errorf("%d GPUs appeared on this node: restarting to serve them", len(devs))
-		}
-	}
 }
 
 // noGPUHandler serves /metrics (the agent's build and why it idles) and

@@ -92,11 +92,17 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	defer unlock()
 	probes.NotReady("starting: the node lock is taken")
 	backend, watch, err := openBackend(cfg, log)
+	if reason := gpubackend.NoGPUReason(err); reason != "" {
+		return idleWithoutGPUs(ctx, cfg, reason, err, probes, log)
+	}
 	if err != nil {
 		return err
 	}
 	defer func() { _ = backend.Close() }()
 	n, err := describe(backend, cfg, log)
+	if reason := gpubackend.NoGPUReason(err); reason != "" {
+		return idleWithoutGPUs(ctx, cfg, reason, err, probes, log)
+	}
 	if err != nil {
 		return err
 	}
@@ -185,7 +191,7 @@ func describe(backend nvml.Backend, cfg Config, log *slog.Logger) (nodeGPUs, err
 	case err != nil:
 		log.Warn("some gpus could not be enumerated and are not published", "err", err)
 	case len(devs) == 0:
-		return nodeGPUs{}, errors.New("no GPUs found on this node")
+		return nodeGPUs{}, gpubackend.ErrNoGPUs
 	}
 	var n nodeGPUs
 	if n.sys, err = backend.System(); err != nil {
