@@ -33,7 +33,9 @@ func TestDriverWithoutGPUsIdles(t *testing.T) {
 	probes := health.NewState("starting")
 	d := &driverProc{}
 	done := make(chan error, 1)
-	go func() { done <- serveDriver(context.Background(), cfg, probes, slog.New(slog.NewTextHandler(lockedWriter{d}, nil))) }()
+	go func() {
+		done <- serveDriver(context.Background(), cfg, probes, slog.New(slog.NewTextHandler(lockedWriter{d}, nil)))
+	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for probes.Ready() != nil {
 		if time.Now().After(deadline) {
