@@ -91,7 +91,7 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 	}
 	defer unlock()
 	probes.NotReady("starting: the node lock is taken")
-	backend, watch, err := openBackend(cfg, log)
+	backend, watch, n, err := openGPUs(cfg, log)
 	if reason := gpubackend.NoGPUReason(err); reason != "" {
 		return idleWithoutGPUs(ctx, cfg, reason, err, probes, log)
 	}
@@ -99,13 +99,6 @@ func serveDriver(ctx context.Context, cfg Config, probes *health.State, log *slo
 		return err
 	}
 	defer func() { _ = backend.Close() }()
-	n, err := describe(backend, cfg, log)
-	if reason := gpubackend.NoGPUReason(err); reason != "" {
-		return idleWithoutGPUs(ctx, cfg, reason, err, probes, log)
-	}
-	if err != nil {
-		return err
-	}
 	// Its own directories; the kubelet's registrar directory is the
 	// kubelet's to make.
 	for _, d := range []string{cfg.Driver.PluginDir, cfg.Driver.CDIDir} {
@@ -179,6 +172,21 @@ type nodeGPUs struct {
 	all []nvml.Device
 	// mig are the MIG instances published (with --mig-strategy=dra).
 	mig dra.MIGInstances
+}
+
+// openGPUs opens the GPU backend and describes the node's GPUs; on error
+// nothing stays open.
+func openGPUs(cfg Config, log *slog.Logger) (nvml.Backend, func(context.Context, *slog.Logger) error, nodeGPUs, error) {
+	backend, watch, err := openBackend(cfg, log)
+	if err != nil {
+		return nil, nil, nodeGPUs{}, err
+	}
+	n, err := describe(backend, cfg, log)
+	if err != nil {
+		_ = backend.Close()
+		return nil, nil, nodeGPUs{}, err
+	}
+	return backend, watch, n, nil
 }
 
 // describe enumerates the GPUs, cuts them as the agent does and describes
