@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -202,29 +203,38 @@ func node(name string) *cluster.Node {
 }
 
 // workedSeconds is what a pod's fake GPU workload says it asked the GPU
-// for so far (its own account, published in its node's fake GPU
-// directory), found by the pod's UID in the workload's cgroup: an
-// independent measure of its GPU time, not the agent's.
+// for so far (its own account, published atomically in its node's fake
+// GPU directory): an independent measure of its GPU time, not the
+// agent's.
 func workedSeconds(t *testing.T, p *corev1.Pod) float64 {
 	t.Helper()
-	dir := node(p.Spec.NodeName).HostWorkloadDir()
-	files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
-	uid := strings.ReplaceAll(string(p.UID), "-", "_")
+	f := filepath.Join(node(p.Spec.NodeName).HostWorkloadDir(), strconv.Itoa(workloadPID(t, p))+".json")
+	data, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatalf("workload state of %s/%s: %v", p.Namespace, p.Name, err)
+	}
+	var st protocol.WorkloadState
+	if err := json.Unmarshal(data, &st); err != nil {
+		t.Fatalf("workload state %s: %v", f, err)
+	}
+	return float64(st.RequestedNanos) / 1e9
+}
+
+// workloadPID is the host PID of a pod's fake GPU workload, found among
+// its node's workloads by the pod's UID in the process's cgroup.
+func workloadPID(t *testing.T, p *corev1.Pod) int {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(node(p.Spec.NodeName).HostWorkloadDir(), "*.json"))
+	uid := string(p.UID)
 	for _, f := range files {
-		pid := strings.TrimSuffix(filepath.Base(f), ".json")
-		cg, err := os.ReadFile(filepath.Join("/proc", pid, "cgroup"))
-		if err != nil || (!strings.Contains(string(cg), string(p.UID)) && !strings.Contains(string(cg), uid)) {
-			continue
-		}
-		data, err := os.ReadFile(f)
+		pid, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(f), ".json"))
 		if err != nil {
 			continue
 		}
-		var st protocol.WorkloadState
-		if err := json.Unmarshal(data, &st); err != nil {
-			t.Fatalf("workload state %s: %v", f, err)
+		cg, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
+		if err == nil && (strings.Contains(string(cg), uid) || strings.Contains(string(cg), strings.ReplaceAll(uid, "-", "_"))) {
+			return pid
 		}
-		return float64(st.RequestedNanos) / 1e9
 	}
 	t.Fatalf("no fake GPU workload of pod %s/%s on %s", p.Namespace, p.Name, p.Spec.NodeName)
 	return 0

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -140,28 +139,6 @@ func (r *quotaRig) settled(ns string, pods ...*corev1.Pod) (used, truth float64)
 		return time.Since(since) >= 8*time.Second && time.Since(paused) >= 10*time.Second
 	})
 	return last, truth
-}
-
-// workloadPID is the host PID of a pod's fake GPU workload.
-func workloadPID(t *testing.T, p *corev1.Pod) int {
-	t.Helper()
-	files, _ := filepath.Glob(filepath.Join(node(p.Spec.NodeName).HostWorkloadDir(), "*.json"))
-	for _, f := range files {
-		pid, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(f), ".json"))
-		if err != nil {
-			continue
-		}
-		if cg, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup")); err == nil && podCgroup(string(cg), p) {
-			return pid
-		}
-	}
-	t.Fatalf("no fake GPU workload of pod %s/%s", p.Namespace, p.Name)
-	return 0
-}
-
-// podCgroup reports whether a /proc/<pid>/cgroup names the pod's cgroup.
-func podCgroup(cg string, p *corev1.Pod) bool {
-	return strings.Contains(cg, string(p.UID)) || strings.Contains(cg, strings.ReplaceAll(string(p.UID), "-", "_"))
 }
 
 // TestClusterGPUHoursSumAcrossNodes: a namespace's GPU-hours are the sum
