@@ -105,3 +105,64 @@ func TestRunRejectsBadCells(t *testing.T) {
 		}
 	}
 }
+
+// TestGateMIG is the MIG part of make bench-accuracy: on a shared
+// instance every cell within the turns' claim is within MaxErrorPP of its
+// share, judged by completed kernels, and every broken variant of the
+// turns is caught; cells beyond the claim are written, and say so.
+func TestGateMIG(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	ok, err := GateMIG(&out, Cells(), DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		t.Errorf("the MIG gate failed:\n%s", out.String())
+	}
+	cell := regexp.MustCompile(`^accuracy mig policy=(strict|burst) tenants=\d limits=[\d/]+ kernel=\d+ queue=\d+ queued_ms=\d+ claim=(true|false) error_pp=\d+\.\d\d$`)
+	mutation := regexp.MustCompile(`^mutation mig-\S+ max_error_pp=\d+\.\d\d detected=true$`)
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != len(Cells())+len(MIGMutations) {
+		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(Cells())+len(MIGMutations), out.String())
+	}
+	claimed := 0
+	for i, l := range lines {
+		re := cell
+		if i >= len(Cells()) {
+			re = mutation
+		}
+		if !re.MatchString(l) {
+			t.Errorf("line %q does not match %s", l, re)
+		}
+		if strings.Contains(l, "claim=true") {
+			claimed++
+		}
+	}
+	// The claim covers most of the matrix, not a chosen corner of it.
+	if claimed < len(Cells())*3/4 {
+		t.Errorf("only %d of %d cells are within the claim", claimed, len(Cells()))
+	}
+}
+
+// Without turns, tenants sharing an instance split it evenly whatever
+// their shares: what the turns are for, and what the gate would miss if
+// it judged the wrong instance.
+func TestMIGWithoutTurnsIsEvenSplit(t *testing.T) {
+	t.Parallel()
+	c := Cell{Policy: enforce.Strict, Limits: []float64{0.3, 0.7}, Kernel: time.Millisecond, Queue: 2}
+	r, err := RunMIG(c, MIGTimeSliced, DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(r.Shares[0]-r.Shares[1]) > 0.02 {
+		t.Errorf("time-sliced shares %.3f and %.3f, want about even", r.Shares[0], r.Shares[1])
+	}
+	real, err := RunMIG(c, Real, DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(real.Shares[0]-0.3) > 0.02 || math.Abs(real.Shares[1]-0.7) > 0.02 {
+		t.Errorf("shares under turns %.3f and %.3f, want 0.3 and 0.7", real.Shares[0], real.Shares[1])
+	}
+}

@@ -88,9 +88,11 @@ func Variants() []Variant {
 	}
 }
 
-// Sensitivity writes, for each variant, the real controller's worst cell:
+// Sensitivity writes, for each variant, the real controller's worst cell
+// and the MIG turns' worst cell within their claim:
 //
 //	sensitivity noise-2pp max_error_pp=1.47 worst="policy=burst ..."
+//	sensitivity mig-noise-2pp max_error_pp=0.51 worst="policy=burst ..."
 func Sensitivity(w io.Writer, cells []Cell) error {
 	for _, v := range Variants() {
 		o := DefaultOptions()
@@ -106,6 +108,32 @@ func Sensitivity(w io.Writer, cells []Cell) error {
 			}
 		}
 		fmt.Fprintf(w, "sensitivity %s max_error_pp=%.2f worst=%q\n", v.Name, worst, at)
+		if err := sensitivityMIG(w, v, o, cells); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// sensitivityMIG writes, for one variant, the turns' worst cell within
+// their claim on a shared MIG instance:
+//
+//	sensitivity mig-noise-2pp max_error_pp=0.51 worst="policy=burst ..."
+func sensitivityMIG(w io.Writer, v Variant, o Options, cells []Cell) error {
+	turns := enforce.NewTurns(o.Period)
+	worst, at := 0.0, ""
+	for _, c := range cells {
+		if !InMIGClaim(c, turns) {
+			continue
+		}
+		r, err := RunMIG(c, Real, o)
+		if err != nil {
+			return fmt.Errorf("mig %s %s: %w", v.Name, c, err)
+		}
+		if r.ErrorPP >= worst {
+			worst, at = r.ErrorPP, c.String()
+		}
+	}
+	fmt.Fprintf(w, "sensitivity mig-%s max_error_pp=%.2f worst=%q\n", v.Name, worst, at)
 	return nil
 }

@@ -13,5 +13,10 @@
 // Independently of those readings, the model counts the kernels each
 // process completed: the judge of any accuracy claim.
 //
+// A GPU in MIG mode (MIG) is several such engines, one per instance: each
+// instance has its own SMs, so it time-slices only its own contexts and
+// work on one never slows another. Each instance counts the time its SMs
+// ran kernels, as GPU performance monitoring does, naming no process.
+//
 // The model is pure: no clocks, no I/O. Time moves only through Advance.
 package gpumodel

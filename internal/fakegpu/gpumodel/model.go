@@ -370,3 +370,51 @@ func (g *GPU) closeBin() {
 		g.samples = g.samples[len(g.samples)-g.cfg.History:]
 	}
 }
+
+// Busy returns the GPU time the device's SMs ran kernels since it
+// started: the counter GPU performance monitoring (GPM) reads SM activity
+// from, per MIG instance, with no process named.
+func (g *GPU) Busy() time.Duration {
+	var b time.Duration
+	for _, p := range g.procs {
+		b += p.executed
+	}
+	return b
+}
+
+// MIG is a GPU cut into MIG instances. Each instance has its own SMs and
+// memory, so each is an engine of its own: it time-slices only its own
+// contexts, and work on one never slows another. Time moves for all of
+// them at once.
+type MIG struct {
+	instances []*GPU
+}
+
+// NewMIG returns a GPU in MIG mode with n idle instances, each with the
+// physics cfg describes.
+func NewMIG(cfg Config, n int) (*MIG, error) {
+	if n < 1 {
+		return nil, errors.New("a GPU in MIG mode needs at least one instance")
+	}
+	m := &MIG{}
+	for i := range n {
+		g, err := New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		// Each instance's noise is its own.
+		g.rng = rand.New(rand.NewPCG(cfg.Seed+uint64(i), 0x9e3779b97f4a7c15)) //nolint:gosec // reproducible simulation noise
+		m.instances = append(m.instances, g)
+	}
+	return m, nil
+}
+
+// Instance returns instance i.
+func (m *MIG) Instance(i int) *GPU { return m.instances[i] }
+
+// Advance runs every instance until time to.
+func (m *MIG) Advance(to time.Duration) {
+	for _, g := range m.instances {
+		g.Advance(to)
+	}
+}

@@ -173,3 +173,38 @@ func TestValidation(t *testing.T) {
 		t.Error("a second process with the same pid was accepted")
 	}
 }
+
+// Instances are isolated: a greedy context on one instance runs as if
+// alone however busy the other is, while contexts on one instance
+// time-slice it. The GPM counter of each instance is the work of its own
+// contexts only.
+func TestMIGInstancesAreIsolated(t *testing.T) {
+	t.Parallel()
+	m, err := NewMIG(DefaultConfig(), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	greedy := Process{Kernel: time.Millisecond, QueueDepth: 2, Demand: 1}
+	for pid, inst := range map[int]int{1: 0, 2: 1, 3: 1} {
+		if err := m.Instance(inst).Start(pid, greedy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.Advance(10 * time.Second)
+	if got := share(m.Instance(0), 1, 10*time.Second); math.Abs(got-1) > 0.01 {
+		t.Errorf("the lone context on instance 0 got %.3f of it, want 1", got)
+	}
+	for _, pid := range []int{2, 3} {
+		if got := share(m.Instance(1), pid, 10*time.Second); math.Abs(got-0.49) > 0.015 {
+			t.Errorf("context %d sharing instance 1 got %.3f of it, want about half", pid, got)
+		}
+	}
+	_, a := m.Instance(1).Completed(2)
+	_, b := m.Instance(1).Completed(3)
+	if busy := m.Instance(1).Busy(); busy != a+b {
+		t.Errorf("instance 1's GPM counter %s, want its contexts' work %s", busy, a+b)
+	}
+	if _, err := NewMIG(DefaultConfig(), 0); err == nil {
+		t.Error("a GPU in MIG mode with no instance was accepted")
+	}
+}

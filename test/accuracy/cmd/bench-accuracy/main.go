@@ -1,8 +1,10 @@
 // Command bench-accuracy is the compute-accuracy gate: it runs the
 // throttle against the GPU model for every cell of the matrix and for each
-// deliberately broken controller, prints one line each, and exits non-zero
-// when a real cell misses its target by more than 2 percentage points or a
-// broken controller goes undetected.
+// deliberately broken controller, then the turns on a shared MIG instance
+// for the same cells and each broken variant of them, prints one line
+// each, and exits non-zero when a real cell (within the turns' claim, on
+// MIG) misses its target by more than 2 percentage points or a broken
+// variant goes undetected.
 //
 //	go run ./test/accuracy/cmd/bench-accuracy [--sensitivity]
 //
@@ -22,6 +24,11 @@ func main() {
 	sensitivity := flag.Bool("sensitivity", false, "also print the worst cell under other physical parameters")
 	flag.Parse()
 	ok, err := accuracy.Gate(os.Stdout, accuracy.Cells(), accuracy.DefaultOptions())
+	if err == nil {
+		var migOK bool
+		migOK, err = accuracy.GateMIG(os.Stdout, accuracy.Cells(), accuracy.DefaultOptions())
+		ok = ok && migOK
+	}
 	if err == nil && *sensitivity {
 		err = accuracy.Sensitivity(os.Stdout, accuracy.Cells())
 	}
@@ -30,7 +37,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "bench-accuracy: %v\n", err)
 		os.Exit(2)
 	case !ok:
-		fmt.Println("bench-accuracy: FAIL: a cell missed by more than 2.0 pp or a mutation went undetected")
+		fmt.Println("bench-accuracy: FAIL: a cell missed by more than 2.0 pp or a mutation went undetected (whole GPUs or MIG)")
 		os.Exit(1)
 	}
 	fmt.Println("bench-accuracy: PASS")
