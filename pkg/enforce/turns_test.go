@@ -60,9 +60,9 @@ func TestTurnsNeverOverlap(t *testing.T) {
 	t.Parallel()
 	turns := NewTurns(100 * time.Millisecond)
 	for name, members := range map[string][]Member{
-		"strict 10/30/50": {{Key: "a", Limit: 0.1, Policy: Strict}, {Key: "b", Limit: 0.3, Policy: Strict}, {Key: "c", Limit: 0.5, Policy: Strict}},
+		"strict 10/30/50":   {{Key: "a", Limit: 0.1, Policy: Strict}, {Key: "b", Limit: 0.3, Policy: Strict}, {Key: "c", Limit: 0.5, Policy: Strict}},
 		"burst 10/10/30/50": {{Key: "a", Limit: 0.1}, {Key: "b", Limit: 0.1}, {Key: "c", Limit: 0.3}, {Key: "d", Limit: 0.5}},
-		"mixed": {{Key: "a", Limit: 0.2, Policy: Strict}, {Key: "b", Limit: 0.2, Policy: Burst}},
+		"mixed":             {{Key: "a", Limit: 0.2, Policy: Strict}, {Key: "b", Limit: 0.2, Policy: Burst}},
 	} {
 		plans := turns.Plans(members)
 		period := plans["a"].Period
