@@ -58,6 +58,7 @@ func flagSet(c *Config) *flag.FlagSet {
 	})
 	fs.DurationVar(&c.Enforcement.Period.Duration, "throttle-period", c.Enforcement.Period.Duration, "compute throttle period")
 	fs.DurationVar(&c.Enforcement.MinRun.Duration, "throttle-min-run", c.Enforcement.MinRun.Duration, "throttle period per throttled container: a GPU's period is at least n x this with n throttled, up to the sample interval (0: off)")
+	fs.DurationVar(&c.Enforcement.MinTurn.Duration, "mig-min-turn", c.Enforcement.MinTurn.Duration, "shortest turn of a container sharing a MIG instance in each period; the period grows to fit it, up to 40 x --throttle-period (0: the throttle period)")
 	fs.StringVar(&c.Enforcement.StateFile, "enforcement-state", c.Enforcement.StateFile, "`file` recording throttled containers, thawed by the next agent if this one dies")
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "the host's cgroup filesystem `root`, where containers are frozen for the compute throttle")
 	fs.StringVar(&c.ProcRoot, "proc-root", c.ProcRoot, "the host's proc filesystem `root`, for attributing GPU processes to containers")
@@ -167,6 +168,9 @@ func checkIntervals(c Config) error {
 	if m := c.Enforcement.MinRun.Duration; m < 0 || m > c.Enforcement.Period.Duration*enforce.MaxPeriodFactor/2 {
 		return fmt.Errorf("--throttle-min-run %s must be between 0 and %s (half the longest period, %d × --throttle-period)", m, c.Enforcement.Period.Duration*enforce.MaxPeriodFactor/2, enforce.MaxPeriodFactor)
 	}
+	if m := c.Enforcement.MinTurn.Duration; m < 0 || m > c.Enforcement.Period.Duration*enforce.MaxPeriodFactor/2 {
+		return fmt.Errorf("--mig-min-turn %s must be between 0 and %s (half the longest period, %d × --throttle-period)", m, c.Enforcement.Period.Duration*enforce.MaxPeriodFactor/2, enforce.MaxPeriodFactor)
+	}
 	if c.SampleInterval.Duration < 100*time.Millisecond {
 		return fmt.Errorf("--sample-interval %s must be at least 100ms", c.SampleInterval)
 	}
@@ -250,6 +254,7 @@ func enforceOptions(c Config) (enforce.Options, error) {
 	o.CgroupRoot = c.CgroupRoot
 	o.Period = c.Enforcement.Period.Duration
 	o.MinRun = c.Enforcement.MinRun.Duration
+	o.MinTurn = c.Enforcement.MinTurn.Duration
 	o.State = enforce.StateFile{Path: c.Enforcement.StateFile}
 	o.Compute = c.Enforcement.Compute
 	o.MPS = c.MPS.Enabled

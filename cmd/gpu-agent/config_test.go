@@ -241,13 +241,19 @@ func TestMPSLeavesComputeToMPS(t *testing.T) {
 	if _, err := loadConfig([]string{"--compute-policy=fair"}, env(nil)); err == nil {
 		t.Error("--compute-policy=fair accepted")
 	}
-	for _, bad := range []string{"--throttle-min-run=-1ms", "--throttle-min-run=2s1ms"} {
+	for _, bad := range []string{"--throttle-min-run=-1ms", "--throttle-min-run=2s1ms", "--mig-min-turn=-1ms", "--mig-min-turn=2s1ms"} {
 		if _, err := loadConfig([]string{bad}, env(nil)); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
 	}
 	if c, err := loadConfig([]string{"--throttle-min-run=0"}, env(nil)); err != nil || c.Enforce.MinRun != 0 {
 		t.Errorf("--throttle-min-run=0: %v, %v", c.Enforce.MinRun, err)
+	}
+	if c, err := loadConfig([]string{"--mig-min-turn=400ms"}, env(nil)); err != nil || c.Enforce.MinTurn != 400*time.Millisecond {
+		t.Errorf("--mig-min-turn=400ms: %v, %v", c.Enforce.MinTurn, err)
+	}
+	if c, err := loadConfig(nil, env(nil)); err != nil || c.Enforce.MinTurn != 200*time.Millisecond {
+		t.Errorf("default turn %v, want 200ms (%v)", c.Enforce.MinTurn, err)
 	}
 	if _, err := loadConfig([]string{"--throttle-period=1ms"}, env(nil)); err == nil {
 		t.Error("--throttle-period=1ms accepted")

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -459,8 +460,9 @@ func devMemory(t *testing.T, st *stubbed, uuid string) uint64 {
 // its share of it; two pods share one instance. Memory is held per
 // container: a pod over its share of the instance is killed, its
 // neighbour on the instance runs on. Compute on a shared instance cannot
-// be split (the driver measures no process on MIG), and says so: the
-// compute share is reported not held, reason unmeasured, never a zero.
+// be measured per container (the driver measures no process on MIG), and
+// says so (unmeasured, never a zero); its share is held in turns
+// (TestMIGTurnsFromRealCgroups).
 func TestMIGSlicesFromRealCgroups(t *testing.T) {
 	t.Parallel()
 	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-migslices-test-%d", os.Getpid()))
@@ -534,8 +536,8 @@ func TestMIGSlicesFromRealCgroups(t *testing.T) {
 	if v, ok := value(mfs, "gpuslice_enforcement_enforced", withLabel(withLabel(podA, "resource", "memory"), "reason", "enforced")); !ok || v != 1 {
 		t.Errorf("pod a's memory: enforced %v (present %v), want held by the watchdog", v, ok)
 	}
-	if v, ok := value(mfs, "gpuslice_enforcement_enforced", withLabel(withLabel(podA, "resource", "compute"), "reason", "unmeasured")); !ok || v != 0 {
-		t.Errorf("pod a's compute: enforced %v (present %v), want 0 with reason unmeasured", v, ok)
+	if v, ok := value(mfs, "gpuslice_enforcement_enforced", withLabel(withLabel(podA, "resource", "compute"), "reason", "enforced")); !ok || v != 1 {
+		t.Errorf("pod a's compute: enforced %v (present %v), want 1: held in turns", v, ok)
 	}
 	if _, ok := value(mfs, "gpuslice_mig_instance_info", map[string]string{"mig_uuid": inst, "resource": "nvidia.com/vgpu-mig-3g.20gb"}); !ok {
 		t.Error("the sliced instance's info does not name its slice resource")
@@ -587,4 +589,103 @@ func (w *podWorkload) waitKilled(t *testing.T, what, addr string) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("%s was not killed; last scrape:\n%s", what, scrapeText(t, addr))
 	}
+}
+
+// TestMIGTurnsFromRealCgroups: two pods hold 1 and 3 of the
+// 4 slices of one instance and both run greedy workloads. The driver
+// cannot tell their use apart, so they take turns: judged by the kernel,
+// never the agent, their cgroups are never thawed at once (cgroup.events
+// read every 5 ms), and by the workloads' own accounts, pod a ran about a
+// quarter of what both ran. Time-sliced, as before turns, each would have
+// run half, and both would be thawed all the time.
+func TestMIGTurnsFromRealCgroups(t *testing.T) {
+	t.Parallel()
+	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-migturns-test-%d", os.Getpid()))
+	st := stubKubelet(t, "gpus:\n- preset: A100-40GB\n  mig:\n    mode: enabled\n    instances: [{profile: 3g.20gb}]\n")
+	cfg := writeFile(t, "node.yaml", head+"slicing: {migProfiles: {3g.20gb: {slicesPerGPU: 4}}}\n")
+	addr := freePort(t)
+	startAgent(t, append(st.agentArgs(), "--config="+cfg, "--metrics-address="+addr, "--sample-interval=200ms", "--device-specs=false")...)
+	p, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu-mig-3g.20gb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitHealthy(ctxT(t), 4); err != nil {
+		t.Fatal(err)
+	}
+	a, err := p.Allocate(ctxT(t), "ml/a", "main", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Allocate(ctxT(t), "ml/b", "main", 3); err != nil {
+		t.Fatal(err)
+	}
+	inst := a.Response.Envs["NVIDIA_VISIBLE_DEVICES"]
+	workload, err := fakegpu.BuildWorkload(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs, freeze := map[string]*podWorkload{}, map[string]string{}
+	for pod, cid := range map[string]string{"ml/a": strings.Repeat("a8", 32), "ml/b": strings.Repeat("b9", 32)} {
+		procs[pod] = startPodWorkload(t, st, base, workload, pod, cid, inst, 512)
+		// Whether the kernel holds the container frozen, at whatever level
+		// the agent froze it (here its pod's: no runtime names the
+		// container, so the pod's cgroup is held).
+		freeze[pod] = filepath.Join(base, "kubepods", "burstable", "pod"+kubeletstub.PodUID(pod), cid, "cgroup.events")
+	}
+	podA := map[string]string{"namespace": "ml", "pod": "a", "container": "main", "uuid": inst}
+	podB := map[string]string{"namespace": "ml", "pod": "b", "container": "main", "uuid": inst}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		mfs := scrape(t, addr)
+		da, okA := value(mfs, "gpuslice_enforcement_compute_duty_ratio", podA)
+		db, okB := value(mfs, "gpuslice_enforcement_compute_duty_ratio", podB)
+		if okA && okB && math.Abs(da-0.25) < 0.01 && math.Abs(db-0.75) < 0.01 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the pods never took turns of 25%% and 75%%; last scrape:\n%s", scrapeText(t, addr))
+		}
+	}
+	asked := func() (float64, float64) {
+		read := func(pod string) float64 {
+			var ws fakegpu.WorkloadState
+			data, err := os.ReadFile(filepath.Join(st.work, strconv.Itoa(procs[pod].pid)+".json"))
+			if err != nil || json.Unmarshal(data, &ws) != nil {
+				t.Fatalf("read %s's workload state: %v", pod, err)
+			}
+			return float64(ws.RequestedNanos) / 1e9
+		}
+		return read("ml/a"), read("ml/b")
+	}
+	a0, b0 := asked()
+	both, samples := 0, 0
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		fa, errA := os.ReadFile(freeze["ml/a"])
+		fb, errB := os.ReadFile(freeze["ml/b"])
+		if errA != nil || errB != nil {
+			t.Fatalf("read cgroup.events: %v, %v", errA, errB)
+		}
+		samples++
+		if strings.Contains(string(fa), "frozen 0") && strings.Contains(string(fb), "frozen 0") {
+			both++
+		}
+	}
+	// Turns change hands at one edge: a sample may land between one
+	// cgroup's thaw and the other's freeze, never for long.
+	if frac := float64(both) / float64(samples); frac > 0.1 {
+		t.Errorf("both pods thawed in %d of %d samples (%.0f%%): they do not take turns", both, samples, 100*frac)
+	}
+	a1, b1 := asked()
+	if share := (a1 - a0) / ((a1 - a0) + (b1 - b0)); a1 <= a0 || b1 <= b0 || share < 0.15 || share > 0.35 {
+		t.Errorf("pod a ran %.2f s and pod b %.2f s: a's part %.2f, want about its quarter", a1-a0, b1-b0, share)
+	}
+	mfs := scrape(t, addr)
+	for _, pod := range []map[string]string{podA, podB} {
+		if v, ok := value(mfs, "gpuslice_enforcement_enforced", withLabel(withLabel(pod, "resource", "compute"), "reason", "enforced")); !ok || v != 1 {
+			t.Errorf("pod %s's compute: enforced %v (present %v), want 1", pod["pod"], v, ok)
+		}
+		if v, _ := value(mfs, "gpuslice_container_compute_unmeasured", pod); v != 1 {
+			t.Errorf("pod %s's compute reads measured on a shared instance", pod["pod"])
+		}
+	}
+	promtoolCheck(t, scrapeText(t, addr))
 }

@@ -230,6 +230,10 @@ type EnforcementConfig struct {
 	// MinRun is the throttle period's length per throttled container: a
 	// GPU's period is at least n×MinRun with n throttled. 0 turns it off.
 	MinRun Duration `json:"minRun,omitempty"`
+	// MinTurn is the shortest turn a container sharing a MIG instance
+	// gets in each period: the period is made long enough for it, up to
+	// 40 periods. 0 lays the turns in the throttle period.
+	MinTurn Duration `json:"minTurn,omitempty"`
 	// StateFile records throttled containers so a restarted agent thaws them.
 	StateFile string `json:"stateFile,omitempty"`
 	// MemoryPolicy is kill, log or off, for containers over their GPU memory.
@@ -351,6 +355,7 @@ func Default(getenv func(string) string) Config {
 			Policy:             string(enforce.Burst),
 			Period:             Duration{eo.Period},
 			MinRun:             Duration{eo.MinRun},
+			MinTurn:            Duration{eo.MinTurn},
 			StateFile:          eo.State.Path,
 			MemoryPolicy:       string(enforce.MemoryKill),
 			DriverMemoryLimits: true,

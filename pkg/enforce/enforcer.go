@@ -69,6 +69,9 @@ type Options struct {
 	// 2/MinRun a second, however many containers are throttled on it. Zero
 	// turns it off.
 	MinRun time.Duration
+	// MinTurn is the shortest turn a container sharing a MIG instance gets
+	// in each period (see Turns); zero lays the turns in Period.
+	MinTurn time.Duration
 	// Clock times the throttles; nil is the wall clock.
 	Clock Clock
 	// State records throttled containers across restarts.
@@ -91,6 +94,7 @@ func DefaultOptions() Options {
 		Unauthorized: UnauthorizedKill,
 		Period:       100 * time.Millisecond,
 		MinRun:       DefaultMinRun,
+		MinTurn:      DefaultMinTurn,
 		State:        StateFile{Path: contract.EnforcementState},
 	}
 }
@@ -345,7 +349,8 @@ func (e *Enforcer) decide(snap *node.Snapshot, dt time.Duration) Decisions {
 			e.ctrl[uuid].MinRun = e.opts.MinRun
 		}
 	}
-	d.Compute, d.round = planDuties(e.ctrl, r, dt), &r
+	turns := Turns{MinTurn: e.opts.MinTurn, BasePeriod: e.opts.Period, MaxPeriod: MaxPeriodFactor * e.opts.Period}
+	d.Compute, d.round = planDuties(e.ctrl, turns, r, dt), &r
 	return d
 }
 

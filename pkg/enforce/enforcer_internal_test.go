@@ -156,7 +156,7 @@ func TestPlanDuties(t *testing.T) {
 		t.Fatalf("round = %+v", r)
 	}
 	ctrl := map[string]*Controller{"GPU-a": NewController(100 * time.Millisecond), "GPU-b": NewController(100 * time.Millisecond)}
-	plans := planDuties(ctrl, r, time.Second)
+	plans := planDuties(ctrl, NewTurns(100*time.Millisecond), r, time.Second)
 	if _, ok := plans["blind"]; ok {
 		t.Error("a container on a blind GPU was given a new plan")
 	}
@@ -242,5 +242,43 @@ func TestRawWritesAreBounded(t *testing.T) {
 	var none *RawWrites
 	if NewRawWrites(0).take() || none.take() {
 		t.Error("a raw write allowed with no places (GOMAXPROCS 1, or no bound)")
+	}
+}
+
+// TestSharedInstancePlansTurns: containers whose use on a device cannot be
+// measured (slices of a MIG instance several hold) are planned in turns,
+// never by the controller, which would read their zero as idleness (a
+// Burst container would run free); a container on a measured device beside
+// them is still the controller's.
+func TestSharedInstancePlansTurns(t *testing.T) {
+	t.Parallel()
+	cg := func(id string) node.Cgroup { return node.Cgroup{ContainerID: id} }
+	mig := nvml.Sample{ProcessUtilizationUnsupported: true, UtilizationUnsupported: true}
+	snap := &node.Snapshot{
+		Devices: []node.Device{
+			{Device: nvml.Device{UUID: "MIG-a"}, SampleOK: true, ProcessesOK: true, Sample: mig},
+			{Device: nvml.Device{UUID: "GPU-b"}, SampleOK: true, ProcessesOK: true, Sample: nvml.Sample{Utilization: 1}},
+		},
+		Containers: []node.Container{
+			{Namespace: "ml", Pod: "one", UUID: "MIG-a", ComputeLimitRatio: 0.25, ComputeUnmeasured: true, Cgroup: cg("one")},
+			{Namespace: "ml", Pod: "three", UUID: "MIG-a", ComputeLimitRatio: 0.75, ComputeUnmeasured: true, Cgroup: cg("three")},
+			{Namespace: "ml", Pod: "whole", UUID: "GPU-b", ComputeLimitRatio: 0.5, SMUtilization: 0.3, Cgroup: cg("whole")},
+		},
+	}
+	r := readRound(snap, func(node.Container) Policy { return Burst })
+	if !r.turns["MIG-a"] || r.turns["GPU-b"] {
+		t.Fatalf("turns = %v, want the shared instance only", r.turns)
+	}
+	ctrl := map[string]*Controller{"MIG-a": NewController(100 * time.Millisecond), "GPU-b": NewController(100 * time.Millisecond)}
+	plans := planDuties(ctrl, NewTurns(100*time.Millisecond), r, time.Second)
+	one, three := plans["one"], plans["three"]
+	if one.Duty != 0.25 || three.Duty != 0.75 || one.Period != 800*time.Millisecond || one.Period != three.Period {
+		t.Errorf("turns one %+v and three %+v, want 25%% and 75%% of one 800ms period", one, three)
+	}
+	if runs := runsAt(map[string]Plan{"one": one, "three": three}, 100*time.Millisecond); len(runs) != 1 {
+		t.Errorf("%v run at once", runs)
+	}
+	if w := plans["whole"]; w.Duty != 1 {
+		t.Errorf("the whole-GPU container under its share = %+v, want it unthrottled", w)
 	}
 }

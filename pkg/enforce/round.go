@@ -21,12 +21,15 @@ type round struct {
 	// GPU's utilization.
 	byUUID map[string][]Member
 	util   map[string]float64
+	// turns are the devices whose members' use cannot be measured (slices
+	// of a MIG instance): they take turns rather than follow a controller.
+	turns map[string]bool
 }
 
 // readRound reads a snapshot for the throttle; policyOf gives a container's
 // compute policy.
 func readRound(snap *node.Snapshot, policyOf func(c node.Container) Policy) round {
-	r := round{seen: map[string]node.Container{}, hold: map[string]bool{}, byUUID: map[string][]Member{}, util: map[string]float64{}}
+	r := round{seen: map[string]node.Container{}, hold: map[string]bool{}, byUUID: map[string][]Member{}, util: map[string]float64{}, turns: map[string]bool{}}
 	for _, d := range snap.Devices {
 		if d.SampleOK {
 			r.util[d.UUID] = d.Sample.Utilization
@@ -43,16 +46,26 @@ func readRound(snap *node.Snapshot, policyOf func(c node.Container) Policy) roun
 			continue
 		}
 		r.byUUID[c.UUID] = append(r.byUUID[c.UUID], Member{Key: id, Limit: c.ComputeLimitRatio, Policy: policyOf(c), Usage: c.SMUtilization})
+		if c.ComputeUnmeasured {
+			r.turns[c.UUID] = true
+		}
 	}
 	return r
 }
 
-// planDuties runs each GPU's controller and returns each container's plan:
-// the smallest duty over its GPUs. Containers on a blind GPU get none.
-func planDuties(ctrl map[string]*Controller, r round, dt time.Duration) map[string]Plan {
+// planDuties runs each GPU's controller, or the turns of a device whose
+// members' use cannot be measured, and returns each container's plan: the
+// smallest duty over its GPUs. Containers on a blind GPU get none.
+func planDuties(ctrl map[string]*Controller, turns Turns, r round, dt time.Duration) map[string]Plan {
 	plans := map[string]Plan{}
 	for uuid, members := range r.byUUID {
-		for k, p := range ctrl[uuid].Update(members, r.util[uuid], dt) {
+		var ps map[string]Plan
+		if r.turns[uuid] {
+			ps = turns.Plans(members)
+		} else {
+			ps = ctrl[uuid].Update(members, r.util[uuid], dt)
+		}
+		for k, p := range ps {
 			if cur, ok := plans[k]; !ok || p.Duty < cur.Duty {
 				plans[k] = p
 			}
@@ -138,8 +151,15 @@ func (e *Enforcer) act(plans map[string]Plan, r round) {
 	for _, id := range start {
 		p, c := plans[id], r.seen[id]
 		e.throttles[id] = StartThrottle(e.freezers[id].Freezer, p, e.epoch, e.opts.Clock)
-		e.log.Info("throttling container", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "cgroup", id, "duty", p.Duty)
-		e.opts.Events.Normal(events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}, "GPUComputeThrottled",
+		e.log.Info("throttling container", "namespace", c.Namespace, "pod", c.Pod, "container", c.Container, "cgroup", id, "duty", p.Duty, "turns", r.turns[c.UUID])
+		pod := events.Pod{Namespace: c.Namespace, Name: c.Pod, UID: c.PodUID}
+		if r.turns[c.UUID] {
+			e.opts.Events.Normal(pod, "GPUComputeTurns",
+				fmt.Sprintf("Container %s shares MIG instance %s (GPU %d) with other containers, whose use the driver cannot tell apart; it runs in a turn of its own, %.0f%% of each %s period, for its %.0f%% share.",
+					c.Container, c.UUID, c.Index, p.Duty*100, p.Period, c.ComputeLimitRatio*100))
+			continue
+		}
+		e.opts.Events.Normal(pod, "GPUComputeThrottled",
 			fmt.Sprintf("Container %s uses more GPU compute than its %.0f%% share of GPU %d; it runs %.0f%% of each %s period until it is back within it.",
 				c.Container, c.ComputeLimitRatio*100, c.Index, p.Duty*100, p.Period))
 	}

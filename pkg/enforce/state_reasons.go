@@ -39,11 +39,6 @@ const (
 	// and SMs the GPU itself isolates; no gpuslice tier needs to engage
 	// (per container, only).
 	ReasonMIG = "mig"
-	// ReasonUnmeasured: the container holds slices of a MIG instance that
-	// other containers share; the driver measures no process there and
-	// the instance's use cannot be split among them, so its compute share
-	// is not held (per container, only). Its memory is.
-	ReasonUnmeasured = "unmeasured"
 )
 
 // NodeState says whether each tier can engage on the node at all: the

@@ -496,7 +496,7 @@ var families = []metric{
 			}
 		}),
 	m("enforcement", "enforced", "gauge",
-		"1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, pod-level (held with its pod's other containers, to their total), mig (a whole MIG instance, held by the hardware), or why not: disabled, report-only, cgroup-unresolved, no-freezer, unmeasured (slices of a MIG instance several containers share, whose use the driver cannot split).",
+		"1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced (on slices of a MIG instance several containers share, by turns), pod-level (held with its pod's other containers, to their total), mig (a whole MIG instance, held by the hardware), or why not: disabled, report-only, cgroup-unresolved, no-freezer.",
 		func(w *textWriter, v *view) {
 			if v.e.info.Enforcement == nil {
 				return
@@ -505,12 +505,11 @@ var families = []metric{
 			for _, c := range v.snap.Containers {
 				st, seen := v.stats[c.Cgroup.Key()]
 				compute, memory := enforce.ContainerReasons(n, st, seen, c.Unknown != "")
-				switch d := v.device(c.UUID); {
-				case d == nil || d.Instance == nil:
-				case d.Slices == 0:
-					compute, memory = enforce.ReasonMIG, enforce.ReasonMIG // a whole instance: the hardware holds it
-				case c.ComputeUnmeasured:
-					compute = enforce.ReasonUnmeasured // slices of a shared instance: its use cannot be split
+				// Slices of an instance are held as a whole GPU's are (compute
+				// in turns where their use cannot be measured); a whole
+				// instance, by the hardware.
+				if d := v.device(c.UUID); d != nil && d.Instance != nil && d.Slices == 0 {
+					compute, memory = enforce.ReasonMIG, enforce.ReasonMIG
 				}
 				idx := strconv.Itoa(c.Index)
 				for _, r := range byReason(compute, memory) {
