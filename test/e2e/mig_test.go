@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -319,6 +320,7 @@ func waitInstanceUse(t *testing.T, pod, uuid, profile string, memory float64) {
 // nvidia.com/vgpu-mig-3g.40gb, and no longer whole. Two pods share one
 // instance; the one over its share of the instance's memory is killed,
 // the other runs on, measured on the instance with its share as limits.
+// A greedy pod then shares the instance with it, and the two take turns.
 func TestMIGSlicesNode(t *testing.T) {
 	cs := c.API.Clientset(t)
 	ctx := context.Background()
@@ -368,5 +370,31 @@ func TestMIGSlicesNode(t *testing.T) {
 	})
 	if p, err := cs.CoreV1().Pods(ns).Get(ctx, "small", metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodRunning {
 		t.Errorf("the small pod, within its share: %v %v", p.Status.Phase, err)
+	}
+
+	// Compute: a greedy pod on two slices beside the small one. The
+	// driver cannot tell their use apart, so they take turns: a third and
+	// two thirds of each period (burst: the free slice is shared in
+	// proportion). Judged by the workloads' own progress: time-sliced,
+	// the greedy pod would run all the time and the small one too.
+	wide := withHostPID(pod("wide", 0, "exec /bin/workload --demand 1 --memory-mib 1024"))
+	wide.Spec.Containers[0].Resources.Limits = corev1.ResourceList{"nvidia.com/vgpu-mig-3g.40gb": *resource.NewQuantity(2, resource.DecimalSI)}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, wide, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "wide")
+	wideLabels := map[string]string{"pod": "wide", "container": "main", "uuid": inst.UUID}
+	waitFor(t, "the pods sharing the instance taking turns of a third and two thirds", 60*time.Second, func() bool {
+		mfs := scrape(t)
+		ds, _ := value(mfs, "gpuslice_enforcement_compute_duty_ratio", labels)
+		dw, _ := value(mfs, "gpuslice_enforcement_compute_duty_ratio", wideLabels)
+		held, _ := value(mfs, "gpuslice_enforcement_enforced", map[string]string{"pod": "wide", "uuid": inst.UUID, "resource": "compute", "reason": "enforced"})
+		return math.Abs(ds-1.0/3) < 0.01 && math.Abs(dw-2.0/3) < 0.01 && held == 1
+	})
+	if got := workShare(t, ns, "wide", 6*time.Second); got > 0.8 {
+		t.Errorf("the greedy pod on 2 of 4 slices ran %.2f of the time: it does not take turns", got)
+	}
+	if got := workShare(t, ns, "small", 6*time.Second); got > 0.3*0.5 {
+		t.Errorf("the small pod (demand 0.3) ran %.2f of the time: it does not take turns", got/0.3)
 	}
 }
