@@ -52,6 +52,7 @@ var Goals = []Goal{
 	{"quota controller cycle, 500 namespaces, 5,000 pods: p99", "BenchmarkEvaluationCycle", "p99-ms", 1000, "%.0f ms"},
 	{"API requests of one agent in steady state, per minute", "BenchmarkAgentAPIRequests", "requests/min", 2, "%.2f"},
 	{"compute accuracy against the GPU model: worst cell", "sensitivity", "defaults max_error_pp", 2, "%.2f pp"},
+	{"compute accuracy on a shared MIG instance (turns): worst cell within the claim", "sensitivity", "mig-defaults max_error_pp", 2, "%.2f pp"},
 	{"quota controller cycle at 1,000 nodes, recording rules: p99", scalePrefix + "BenchmarkClusterScale/nodes=1000/rules=on", "p99-ms", 1000, "%.0f ms"},
 	{"quota controller RSS at 1,000 nodes, recording rules", scalePrefix + "BenchmarkClusterScale/nodes=1000/rules=on", "rss-MiB", 256, "%.0f MiB"},
 }
