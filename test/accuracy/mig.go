@@ -113,6 +113,12 @@ func RunMIG(c Cell, m Mutation, o Options) (Result, error) {
 			}
 		}
 	}
+	return migResult(inst, tenants, members, busyBefore, c, o), nil
+}
+
+// migResult judges the measured span as result does, against the turns'
+// shares; Delivered is the instance's own GPM count over the span.
+func migResult(inst *gpumodel.GPU, tenants []*tenant, members []enforce.Member, busyBefore time.Duration, c Cell, o Options) Result {
 	r := result(inst, tenants, c, o)
 	r.Targets = r.Targets[:0]
 	shares := enforce.Shares(members)
@@ -122,7 +128,7 @@ func RunMIG(c Cell, m Mutation, o Options) (Result, error) {
 		r.ErrorPP = max(r.ErrorPP, math.Abs(r.Shares[i]-r.Targets[i])*100)
 	}
 	r.Delivered = float64(inst.Busy()-busyBefore) / float64(o.Measure)
-	return r, nil
+	return r
 }
 
 // migTurns are the turns the agent plans, or those of a mutation.
