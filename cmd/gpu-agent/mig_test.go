@@ -466,17 +466,7 @@ func devMemory(t *testing.T, st *stubbed, uuid string) uint64 {
 func TestMIGSlicesFromRealCgroups(t *testing.T) {
 	t.Parallel()
 	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-migslices-test-%d", os.Getpid()))
-	st := stubKubelet(t, "gpus:\n- preset: A100-40GB\n  mig:\n    mode: enabled\n    instances: [{profile: 3g.20gb}, {profile: 1g.5gb}]\n")
-	cfg := writeFile(t, "node.yaml", head+"slicing: {migProfiles: {3g.20gb: {slicesPerGPU: 4}}}\n")
-	addr := freePort(t)
-	startAgent(t, append(st.agentArgs(), "--config="+cfg, "--metrics-address="+addr, "--sample-interval=200ms", "--device-specs=false")...)
-	p, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu-mig-3g.20gb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.WaitHealthy(ctxT(t), 4); err != nil {
-		t.Fatal(err)
-	}
+	st, addr, p := startSlicedMIG(t, "{profile: 3g.20gb}, {profile: 1g.5gb}")
 	if _, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/mig-1g.5gb"); err != nil {
 		t.Fatal(err)
 	}
@@ -550,6 +540,26 @@ func TestMIGSlicesFromRealCgroups(t *testing.T) {
 	promtoolCheck(t, scrapeText(t, addr))
 }
 
+// startSlicedMIG starts the agent on an A100-40GB in MIG mode with the
+// given instances, its 3g.20gb profile cut into 4 slices, sampling every
+// 200 ms, and returns the node, the agent's metrics address and the
+// slices' plugin once all 4 are healthy.
+func startSlicedMIG(t *testing.T, instances string) (*stubbed, string, *kubeletstub.Plugin) {
+	t.Helper()
+	st := stubKubelet(t, "gpus:\n- preset: A100-40GB\n  mig:\n    mode: enabled\n    instances: ["+instances+"]\n")
+	cfg := writeFile(t, "node.yaml", head+"slicing: {migProfiles: {3g.20gb: {slicesPerGPU: 4}}}\n")
+	addr := freePort(t)
+	startAgent(t, append(st.agentArgs(), "--config="+cfg, "--metrics-address="+addr, "--sample-interval=200ms", "--device-specs=false")...)
+	p, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu-mig-3g.20gb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitHealthy(ctxT(t), 4); err != nil {
+		t.Fatal(err)
+	}
+	return st, addr, p
+}
+
 // podWorkload is a fake GPU workload running in a cgroup shaped like a
 // pod's container; done closes when it exits, state set before.
 type podWorkload struct {
@@ -601,17 +611,7 @@ func (w *podWorkload) waitKilled(t *testing.T, what, addr string) {
 func TestMIGTurnsFromRealCgroups(t *testing.T) {
 	t.Parallel()
 	base := filepath.Join(unifiedRoot, fmt.Sprintf("gpuslice-migturns-test-%d", os.Getpid()))
-	st := stubKubelet(t, "gpus:\n- preset: A100-40GB\n  mig:\n    mode: enabled\n    instances: [{profile: 3g.20gb}]\n")
-	cfg := writeFile(t, "node.yaml", head+"slicing: {migProfiles: {3g.20gb: {slicesPerGPU: 4}}}\n")
-	addr := freePort(t)
-	startAgent(t, append(st.agentArgs(), "--config="+cfg, "--metrics-address="+addr, "--sample-interval=200ms", "--device-specs=false")...)
-	p, err := st.kubelet.WaitPlugin(ctxT(t), "nvidia.com/vgpu-mig-3g.20gb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.WaitHealthy(ctxT(t), 4); err != nil {
-		t.Fatal(err)
-	}
+	st, addr, p := startSlicedMIG(t, "{profile: 3g.20gb}")
 	a, err := p.Allocate(ctxT(t), "ml/a", "main", 1)
 	if err != nil {
 		t.Fatal(err)

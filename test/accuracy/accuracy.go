@@ -147,12 +147,21 @@ func Run(c Cell, m Mutation, o Options) (Result, error) {
 func simulate(gpu *gpumodel.GPU, tenants []*tenant, m Mutation, o Options) {
 	ctrl := enforce.NewController(o.Period)
 	var since uint64
+	drive(gpu.Advance, gpu, tenants, o, func(at, dt time.Duration) {
+		since = sample(gpu, ctrl, tenants, m, at, dt, since)
+	})
+}
+
+// drive moves a model through the settling and measured spans, event by
+// event: a throttle edge of a tenant on gpu, one of the agent's samples
+// (sample, at time at, dt after the previous one; 0 for the first), the
+// start of the measurement (each tenant's completed work noted), or the
+// end. advance moves the whole model, gpu the engine the tenants run on.
+func drive(advance func(time.Duration), gpu *gpumodel.GPU, tenants []*tenant, o Options, sample func(at, dt time.Duration)) {
 	nextSample := o.SampleInterval
 	end := o.Settle + o.Measure
 	measuring := false
 	for {
-		// The next event: a sample, a throttle edge, the start of the
-		// measurement, or the end.
 		at := min(nextSample, end)
 		if !measuring {
 			at = min(at, o.Settle)
@@ -162,7 +171,7 @@ func simulate(gpu *gpumodel.GPU, tenants []*tenant, m Mutation, o Options) {
 				at = min(at, t.next)
 			}
 		}
-		gpu.Advance(at)
+		advance(at)
 		if !measuring && at >= o.Settle {
 			measuring = true
 			for _, t := range tenants {
@@ -185,7 +194,7 @@ func simulate(gpu *gpumodel.GPU, tenants []*tenant, m Mutation, o Options) {
 			dt = 0 // the enforcer's first snapshot has no previous one
 		}
 		nextSample += o.SampleInterval
-		since = sample(gpu, ctrl, tenants, m, at, dt, since)
+		sample(at, dt)
 	}
 }
 

@@ -72,38 +72,7 @@ func RunMIG(c Cell, m Mutation, o Options) (Result, error) {
 		tenants[i], members[i] = t, t.member
 	}
 	turns := migTurns(m, o)
-	var busyBefore time.Duration
-	measuring := false
-	end := o.Settle + o.Measure
-	for nextSample := o.SampleInterval; ; {
-		at := min(nextSample, end)
-		if !measuring {
-			at = min(at, o.Settle)
-		}
-		for _, t := range tenants {
-			if t.throttled {
-				at = min(at, t.next)
-			}
-		}
-		gpu.Advance(at)
-		if !measuring && at >= o.Settle {
-			measuring, busyBefore = true, inst.Busy()
-			for _, t := range tenants {
-				t.doneBefore, _ = inst.Completed(t.pid)
-			}
-		}
-		if at >= end {
-			break
-		}
-		for _, t := range tenants {
-			if t.throttled && t.next <= at {
-				edge(inst, t, at)
-			}
-		}
-		if at < nextSample {
-			continue
-		}
-		nextSample += o.SampleInterval
+	drive(gpu.Advance, inst, tenants, o, func(at, _ time.Duration) {
 		plans := migPlans(turns, members, m)
 		for _, t := range tenants {
 			t.plan = plans[t.member.Key]
@@ -112,13 +81,13 @@ func RunMIG(c Cell, m Mutation, o Options) (Result, error) {
 				edge(inst, t, at)
 			}
 		}
-	}
-	return migResult(inst, tenants, members, busyBefore, c, o), nil
+	})
+	return migResult(inst, tenants, members, c, o), nil
 }
 
 // migResult judges the measured span as result does, against the turns'
-// shares; Delivered is the instance's own GPM count over the span.
-func migResult(inst *gpumodel.GPU, tenants []*tenant, members []enforce.Member, busyBefore time.Duration, c Cell, o Options) Result {
+// shares.
+func migResult(inst *gpumodel.GPU, tenants []*tenant, members []enforce.Member, c Cell, o Options) Result {
 	r := result(inst, tenants, c, o)
 	r.Targets = r.Targets[:0]
 	shares := enforce.Shares(members)
@@ -127,7 +96,6 @@ func migResult(inst *gpumodel.GPU, tenants []*tenant, members []enforce.Member, 
 		r.Targets = append(r.Targets, shares[t.member.Key])
 		r.ErrorPP = max(r.ErrorPP, math.Abs(r.Shares[i]-r.Targets[i])*100)
 	}
-	r.Delivered = float64(inst.Busy()-busyBefore) / float64(o.Measure)
 	return r
 }
 
