@@ -251,7 +251,7 @@ gpuslice_enforcement_driver_memory_limit_operations_total{result="cleared"} 2
 gpuslice_enforcement_driver_memory_limit_operations_total{result="failed"} 1
 gpuslice_enforcement_driver_memory_limit_operations_total{result="set"} 4
 gpuslice_enforcement_driver_memory_limit_operations_total{result="uncleared"} 0
-# HELP gpuslice_enforcement_enforced 1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced, pod-level (held with its pod's other containers, to their total), mig (a whole MIG instance, held by the hardware), or why not: disabled, report-only, cgroup-unresolved, no-freezer, unmeasured (slices of a MIG instance several containers share, whose use the driver cannot split).
+# HELP gpuslice_enforcement_enforced 1 when the container's compute share (resource compute) or GPU memory limit (resource memory) is held, 0 when not; reason is enforced (on slices of a MIG instance several containers share, by turns), pod-level (held with its pod's other containers, to their total), mig (a whole MIG instance, held by the hardware), or why not: disabled, report-only, cgroup-unresolved, no-freezer.
 # TYPE gpuslice_enforcement_enforced gauge
 gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",reason="enforced",resource="compute",uuid="GPU-aaa"} 1
 gpuslice_enforcement_enforced{container="main",gpu="0",namespace="ml",pod="a",reason="enforced",resource="memory",uuid="GPU-aaa"} 1
