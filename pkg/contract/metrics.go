@@ -55,3 +55,10 @@ var DetailMetrics = []string{
 	"gpuslice_enforcement_memory_limit_events_total",
 	"gpuslice_enforcement_driver_memory_limit_bytes",
 }
+
+// LabelGPUFraction is the label the agent puts on every per-container
+// series of a container on a MIG instance: the instance's share of its
+// physical GPU (gpudev.InForce.GPUFraction), such as "0.125" for a
+// 1g.10gb on an H100. GPU-hour budgets weight the container's use and
+// share by it; a series without it stands for a whole GPU's (weight 1).
+const LabelGPUFraction = "gpu_fraction"

@@ -163,10 +163,16 @@ func (v *view) renderLabels() {
 		v.devLabels[i] = arena[start:len(arena):len(arena)]
 	}
 	v.ctrLabels = make([][]byte, len(v.snap.Containers))
+	var pairs [12]string
 	for i, c := range v.snap.Containers {
 		start := len(arena)
-		arena = appendLabels(arena, "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
+		labels := append(pairs[:0], "namespace", c.Namespace, "pod", c.Pod, "container", c.Container,
 			"gpu", string(strconv.AppendInt(idx[:0], int64(c.Index), 10)), "uuid", c.UUID)
+		if in := v.instance(c.UUID); in != nil {
+			// On a MIG instance, its share of the GPU: budgets weight by it.
+			labels = append(labels, contract.LabelGPUFraction, strconv.FormatFloat(in.GPUFraction(), 'g', 4, 64))
+		}
+		arena = appendLabels(arena, labels...)
 		v.ctrLabels[i] = arena[start:len(arena):len(arena)]
 	}
 }

@@ -184,12 +184,12 @@ gpuslice_container_claim_info{claim="gpu",claim_namespace="ml",container="main",
 # TYPE gpuslice_container_compute_limit_ratio gauge
 gpuslice_container_compute_limit_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.25
 gpuslice_container_compute_limit_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0.375
-gpuslice_container_compute_limit_ratio{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 1
+gpuslice_container_compute_limit_ratio{container="main",gpu="2",gpu_fraction="0.5",namespace="ml",pod="c",uuid="MIG-111"} 1
 # HELP gpuslice_container_compute_unmeasured 1 when the container's compute use on the device cannot be measured (a MIG instance, where NVML measures no process: on a GPU without GPM, before Hopper, or one several containers hold), so its SM utilization, busy time and last activity are absent, never zero, while its memory is measured; 0 otherwise.
 # TYPE gpuslice_container_compute_unmeasured gauge
 gpuslice_container_compute_unmeasured{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
 gpuslice_container_compute_unmeasured{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
-gpuslice_container_compute_unmeasured{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 1
+gpuslice_container_compute_unmeasured{container="main",gpu="2",gpu_fraction="0.5",namespace="ml",pod="c",uuid="MIG-111"} 1
 # HELP gpuslice_container_gpu_busy_seconds_total GPU time used by the container's processes: SM utilization integrated over time.
 # TYPE gpuslice_container_gpu_busy_seconds_total counter
 gpuslice_container_gpu_busy_seconds_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 12.5
@@ -201,12 +201,12 @@ gpuslice_container_last_active_timestamp_seconds{container="main",gpu="0",namesp
 # TYPE gpuslice_container_memory_limit_bytes gauge
 gpuslice_container_memory_limit_bytes{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1.073741824e+10
 gpuslice_container_memory_limit_bytes{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 1.610612736e+10
-gpuslice_container_memory_limit_bytes{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 2.147483648e+10
+gpuslice_container_memory_limit_bytes{container="main",gpu="2",gpu_fraction="0.5",namespace="ml",pod="c",uuid="MIG-111"} 2.147483648e+10
 # HELP gpuslice_container_memory_used_bytes GPU memory held by the container's processes.
 # TYPE gpuslice_container_memory_used_bytes gauge
 gpuslice_container_memory_used_bytes{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1.073741824e+09
 gpuslice_container_memory_used_bytes{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 2.147483648e+09
-gpuslice_container_memory_used_bytes{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 4.294967296e+09
+gpuslice_container_memory_used_bytes{container="main",gpu="2",gpu_fraction="0.5",namespace="ml",pod="c",uuid="MIG-111"} 4.294967296e+09
 # HELP gpuslice_container_mig_info The MIG instance the container holds (uuid is the instance's MIG UUID, parent_uuid its GPU's), with its profile; always 1. Absent for slices of a whole GPU.
 # TYPE gpuslice_container_mig_info gauge
 gpuslice_container_mig_info{container="main",gpu="2",mig_profile="3g.40gb",namespace="ml",parent_uuid="GPU-ccc",pod="c",uuid="MIG-111"} 1
@@ -214,7 +214,7 @@ gpuslice_container_mig_info{container="main",gpu="2",mig_profile="3g.40gb",names
 # TYPE gpuslice_container_slices gauge
 gpuslice_container_slices{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 2
 gpuslice_container_slices{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 3
-gpuslice_container_slices{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 1
+gpuslice_container_slices{container="main",gpu="2",gpu_fraction="0.5",namespace="ml",pod="c",uuid="MIG-111"} 1
 # HELP gpuslice_container_sm_utilization_of_limit_ratio SM utilization relative to the container's compute limit; above 1 when it bursts into idle GPU time.
 # TYPE gpuslice_container_sm_utilization_of_limit_ratio gauge
 gpuslice_container_sm_utilization_of_limit_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.8
@@ -227,7 +227,7 @@ gpuslice_container_sm_utilization_ratio{container="main",gpu="0",namespace="ml",
 # TYPE gpuslice_container_use_unknown gauge
 gpuslice_container_use_unknown{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
 gpuslice_container_use_unknown{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
-gpuslice_container_use_unknown{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 0
+gpuslice_container_use_unknown{container="main",gpu="2",gpu_fraction="0.5",namespace="ml",pod="c",uuid="MIG-111"} 0
 # HELP gpuslice_enforcement_available 1 when the tier (resource compute or memory) can engage on the node at all, 0 when not, with the reason; where compute reads 0 the node hands out shares it cannot hold, or, under --enforcement=required, offers no slices.
 # TYPE gpuslice_enforcement_available gauge
 gpuslice_enforcement_available{reason="enforced",resource="memory"} 1
@@ -236,12 +236,12 @@ gpuslice_enforcement_available{reason="no-freezer",resource="compute"} 0
 # TYPE gpuslice_enforcement_cgroup_kills_total counter
 gpuslice_enforcement_cgroup_kills_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
 gpuslice_enforcement_cgroup_kills_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
-gpuslice_enforcement_cgroup_kills_total{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 0
+gpuslice_enforcement_cgroup_kills_total{container="main",gpu="2",gpu_fraction="0.5",namespace="ml",pod="c",uuid="MIG-111"} 0
 # HELP gpuslice_enforcement_compute_duty_ratio Share of each throttle period the container may run; 1 when not throttled.
 # TYPE gpuslice_enforcement_compute_duty_ratio gauge
 gpuslice_enforcement_compute_duty_ratio{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0.4
 gpuslice_enforcement_compute_duty_ratio{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 1
-gpuslice_enforcement_compute_duty_ratio{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 1
+gpuslice_enforcement_compute_duty_ratio{container="main",gpu="2",gpu_fraction="0.5",namespace="ml",pod="c",uuid="MIG-111"} 1
 # HELP gpuslice_enforcement_driver_memory_limit_bytes Hard GPU memory limit the driver enforces on the container's cgroup; absent where the driver tier does not hold it.
 # TYPE gpuslice_enforcement_driver_memory_limit_bytes gauge
 gpuslice_enforcement_driver_memory_limit_bytes{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 1.073741824e+10
@@ -266,12 +266,12 @@ gpuslice_enforcement_failures_total 1
 # TYPE gpuslice_enforcement_kills_total counter
 gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 0
 gpuslice_enforcement_kills_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
-gpuslice_enforcement_kills_total{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 0
+gpuslice_enforcement_kills_total{container="main",gpu="2",gpu_fraction="0.5",namespace="ml",pod="c",uuid="MIG-111"} 0
 # HELP gpuslice_enforcement_throttled_seconds_total Time the container's cgroup was frozen to keep it inside its compute share.
 # TYPE gpuslice_enforcement_throttled_seconds_total counter
 gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace="ml",pod="a",uuid="GPU-aaa"} 2.5
 gpuslice_enforcement_throttled_seconds_total{container="main",gpu="0",namespace="ml",pod="b",uuid="GPU-aaa"} 0
-gpuslice_enforcement_throttled_seconds_total{container="main",gpu="2",namespace="ml",pod="c",uuid="MIG-111"} 0
+gpuslice_enforcement_throttled_seconds_total{container="main",gpu="2",gpu_fraction="0.5",namespace="ml",pod="c",uuid="MIG-111"} 0
 # HELP gpuslice_enforcement_tier The mechanism holding each resource on the GPU; always 1.
 # TYPE gpuslice_enforcement_tier gauge
 gpuslice_enforcement_tier{gpu="0",resource="compute",tier="freezer",uuid="GPU-aaa"} 1
@@ -335,8 +335,8 @@ var info = Info{Version: "v1.2.3", System: nvml.SystemInfo{DriverVersion: "570.1
 var migGPUs = []nvml.Device{
 	{UUID: "GPU-aaa", Index: 0},
 	{UUID: "GPU-bbb", Index: 1, MIGCapable: true},
-	{UUID: "GPU-ccc", Index: 2, MIGCapable: true, MIG: nvml.MIG{Current: true, Pending: true, Instances: []nvml.MIGInstance{
-		{UUID: "MIG-111", Profile: "3g.40gb"}, {UUID: "MIG-222", Profile: "1g.10gb+me"},
+	{UUID: "GPU-ccc", Index: 2, MIGCapable: true, MemoryBytes: 42949672960, MIG: nvml.MIG{Current: true, Pending: true, Instances: []nvml.MIGInstance{
+		{UUID: "MIG-111", Profile: "3g.40gb", GISlices: 3, CISlices: 3, MemoryBytes: 42949672960 / 2}, {UUID: "MIG-222", Profile: "1g.10gb+me"},
 	}}},
 	{UUID: "GPU-ddd", Index: 3, MIGCapable: true, MIG: nvml.MIG{Pending: true}},
 }

@@ -184,6 +184,25 @@ type InForce struct {
 	Parent Device
 }
 
+// GPUFraction is the share of its physical GPU the instance stands for,
+// in (0, 1]: the memory of its GPU instance in eighths of the GPU's,
+// rounded up as its profile's name counts them (a 1g.10gb on an H100 is
+// 1/8, a 3g.40gb 1/2, a 7g.80gb 1), times the part of that GPU instance's
+// compute slices its compute instance has (a 1c.3g.40gb is a third of a
+// half). GPU-hour budgets charge the instance's use at this weight. 1
+// when a size is unknown: an instance is never charged less than it may
+// hold.
+func (in InForce) GPUFraction() float64 {
+	if in.Parent.MemoryBytes == 0 || in.MemoryBytes == 0 {
+		return 1
+	}
+	f := min(math.Ceil(float64(in.MemoryBytes)/float64(in.Parent.MemoryBytes)*8)/8, 1)
+	if in.GISlices > 0 && in.CISlices > 0 && in.CISlices < in.GISlices {
+		f *= float64(in.CISlices) / float64(in.GISlices)
+	}
+	return f
+}
+
 // InstancesInForce lists the MIG instances in force on the GPUs, in GPU
 // order and then in their order on each GPU: what CUDA can use on GPUs
 // in MIG mode, and so what the agent reads as devices of their own.

@@ -38,3 +38,28 @@ func TestValidMIGProfileName(t *testing.T) {
 		}
 	}
 }
+
+func TestGPUFraction(t *testing.T) {
+	t.Parallel()
+	const mib = 1 << 20
+	h100 := Device{MemoryBytes: 81559 * mib}
+	for _, tc := range []struct {
+		name     string
+		gi, ci   int
+		mem      uint64
+		gpu      Device
+		fraction float64
+	}{
+		{"1g.10gb on an H100", 1, 1, 9856 * mib, h100, 0.125},
+		{"3g.40gb on an H100", 3, 3, 40192 * mib, h100, 0.5},
+		{"7g.80gb on an H100", 7, 7, 80384 * mib, h100, 1},
+		{"1c.3g.40gb on an H100", 3, 1, 40192 * mib, h100, 0.5 / 3},
+		{"1g.5gb on an A100-40GB", 1, 1, 4864 * mib, Device{MemoryBytes: 40960 * mib}, 0.125},
+		{"GPU memory unknown", 1, 1, 4864 * mib, Device{}, 1},
+	} {
+		in := InForce{MIGInstance: MIGInstance{GISlices: tc.gi, CISlices: tc.ci, MemoryBytes: tc.mem}, Parent: tc.gpu}
+		if got := in.GPUFraction(); got != tc.fraction {
+			t.Errorf("%s: fraction %v, want %v", tc.name, got, tc.fraction)
+		}
+	}
+}

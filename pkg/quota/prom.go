@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -162,21 +163,60 @@ func (s Series) of(metric string, more ...string) string {
 }
 
 // BudgetQuery is the PromQL for a budget's GPU-hours by namespace, from
-// the series s believes.
+// the series s believes, in groups by the share of its GPU each device
+// stands for (the agents' gpu_fraction label on a MIG instance's
+// containers; none on a whole GPU): the controller weights each group by
+// it (GPUHoursByNamespace), so a 1g.10gb is charged an eighth of what a
+// whole GPU is.
 func BudgetQuery(b Budget, s Series) string {
 	w := promRange(b.Window.Duration)
+	by := "by (namespace, " + contract.LabelGPUFraction + ")"
 	if b.Source == SourceAllocated {
 		// The share of GPUs held (compute limit ratio), sampled every
 		// 15 s over the window, in hours.
-		return fmt.Sprintf(`sum by (namespace) (sum_over_time(%s[%s:15s])) * 15 / 3600`, s.of(contract.MetricContainerComputeLimit), w)
+		return fmt.Sprintf(`sum %s (sum_over_time(%s[%s:15s])) * 15 / 3600`, by, s.of(contract.MetricContainerComputeLimit), w)
 	}
 	// Busy time measured, plus, for the containers whose compute the
 	// agent cannot measure (a MIG instance without GPM), the share they
 	// hold over the time it was unmeasured: unknown use is never free.
-	busy := fmt.Sprintf(`sum by (namespace) (increase(%s[%s])) / 3600`, s.of(contract.MetricContainerGPUBusySeconds), w)
-	unmeasured := fmt.Sprintf(`sum by (namespace) (sum_over_time((%s * (%s == 1))[%s:15s])) * 15 / 3600`,
-		s.of(contract.MetricContainerComputeLimit), s.of(contract.MetricContainerComputeUnmeasured), w)
+	busy := fmt.Sprintf(`sum %s (increase(%s[%s])) / 3600`, by, s.of(contract.MetricContainerGPUBusySeconds), w)
+	unmeasured := fmt.Sprintf(`sum %s (sum_over_time((%s * (%s == 1))[%s:15s])) * 15 / 3600`,
+		by, s.of(contract.MetricContainerComputeLimit), s.of(contract.MetricContainerComputeUnmeasured), w)
 	return fmt.Sprintf(`(%s + %s) or %s or %s`, busy, unmeasured, busy, unmeasured)
+}
+
+// GPUHoursByNamespace sums a budget query's answer (BudgetQuery,
+// RecordedBudgetQuery) into GPU-hours by namespace, each group weighted by
+// its gpu_fraction (GPUFractionOf). A namespace any of whose groups is not
+// a finite, non-negative number is in bad instead: nothing is decided from
+// it.
+func GPUHoursByNamespace(v model.Vector) (hours map[string]float64, bad map[string]bool) {
+	hours, bad = map[string]float64{}, map[string]bool{}
+	for _, s := range v {
+		ns := string(s.Metric["namespace"])
+		x := float64(s.Value)
+		if !finite(x) || x < 0 {
+			bad[ns] = true
+			continue
+		}
+		hours[ns] += x * GPUFractionOf(string(s.Metric[contract.LabelGPUFraction]))
+	}
+	for ns := range bad {
+		delete(hours, ns)
+	}
+	return hours, bad
+}
+
+// GPUFractionOf reads a gpu_fraction label: the share of its GPU a MIG
+// instance stands for. Absent (a whole GPU), unreadable or outside (0, 1],
+// it is 1: a device is never charged less than a whole GPU's rate because
+// of a label it did not carry.
+func GPUFractionOf(label string) float64 {
+	f, err := strconv.ParseFloat(label, 64)
+	if err != nil || !(f > 0 && f <= 1) {
+		return 1
+	}
+	return f
 }
 
 // IdleQueries are the PromQL for the evidence of idleness over d, each
@@ -265,16 +305,7 @@ func Measure(ctx context.Context, q Querier, specs []Spec, now time.Time, timeou
 		return results[i]
 	}
 	for k := range budgets {
-		m, bad := map[string]float64{}, map[string]bool{}
-		for _, s := range result(budgetQ[k]) {
-			ns := string(s.Metric["namespace"])
-			if v := float64(s.Value); finite(v) && v >= 0 {
-				m[ns] = v
-			} else {
-				bad[ns] = true
-			}
-		}
-		u.GPUHours[k], u.InvalidHours[k] = m, bad
+		u.GPUHours[k], u.InvalidHours[k] = GPUHoursByNamespace(result(budgetQ[k]))
 	}
 	for d := range idles {
 		u.Idle[d] = idleEvidence(result, d, series)

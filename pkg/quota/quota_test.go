@@ -2,10 +2,13 @@ package quota
 
 import (
 	"encoding/json"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/model"
 )
 
 func ptr(v int64) *int64 { return &v }
@@ -151,8 +154,8 @@ func TestSpecJSONAndValidate(t *testing.T) {
 }
 
 func TestQueries(t *testing.T) {
-	busy := `sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total[1d])) / 3600`
-	unmeasured := `sum by (namespace) (sum_over_time((gpuslice_container_compute_limit_ratio * (gpuslice_container_compute_unmeasured == 1))[1d:15s])) * 15 / 3600`
+	busy := `sum by (namespace, gpu_fraction) (increase(gpuslice_container_gpu_busy_seconds_total[1d])) / 3600`
+	unmeasured := `sum by (namespace, gpu_fraction) (sum_over_time((gpuslice_container_compute_limit_ratio * (gpuslice_container_compute_unmeasured == 1))[1d:15s])) * 15 / 3600`
 	if q := BudgetQuery(Budget{Window: Duration{Duration: 24 * time.Hour}}, ""); q != "("+busy+" + "+unmeasured+") or "+busy+" or "+unmeasured {
 		t.Errorf("busy query %s", q)
 	}
@@ -163,12 +166,41 @@ func TestQueries(t *testing.T) {
 		t.Errorf("idle queries %s, %s, %s", maxQ, sumQ, countQ)
 	}
 	// The believed series only.
-	if q := BudgetQuery(Budget{Window: Duration{Duration: time.Hour}}, DefaultSeries); !strings.HasPrefix(q, `(sum by (namespace) (increase(gpuslice_container_gpu_busy_seconds_total{gpuslice_scrape_namespace="gpuslice-system"}[1h])) / 3600 + `) ||
+	if q := BudgetQuery(Budget{Window: Duration{Duration: time.Hour}}, DefaultSeries); !strings.HasPrefix(q, `(sum by (namespace, gpu_fraction) (increase(gpuslice_container_gpu_busy_seconds_total{gpuslice_scrape_namespace="gpuslice-system"}[1h])) / 3600 + `) ||
 		!strings.Contains(q, `gpuslice_container_compute_unmeasured{gpuslice_scrape_namespace="gpuslice-system"} == 1`) {
 		t.Errorf("busy query %s", q)
 	}
 	if q := BlindQuery(time.Minute, DefaultSeries); q != `max by (instance) (max_over_time(gpuslice_agent_gpu_blind{gpuslice_scrape_namespace="gpuslice-system"}[1m])) > 0 or min by (instance) (min_over_time(up{gpuslice_scrape_namespace="gpuslice-system",instance=~".+"}[1m])) == 0` {
 		t.Errorf("blind query %s", q)
+	}
+}
+
+// A budget's answer comes in groups by the share of its GPU each device
+// stands for: a MIG instance's groups are weighted by it, a whole GPU's
+// (no label) count whole, and a label that is no share never lowers a
+// charge.
+func TestGPUHoursByNamespace(t *testing.T) {
+	t.Parallel()
+	sample := func(ns, fraction string, v float64) *model.Sample {
+		m := model.Metric{"namespace": model.LabelValue(ns)}
+		if fraction != "" {
+			m["gpu_fraction"] = model.LabelValue(fraction)
+		}
+		return &model.Sample{Metric: m, Value: model.SampleValue(v)}
+	}
+	hours, bad := GPUHoursByNamespace(model.Vector{
+		sample("ml", "", 2), sample("ml", "0.125", 8), sample("ml", "0.5", 1),
+		sample("mig", "0.125", 16),
+		sample("forged", "0", 4), sample("forged", "7", 1), sample("forged", "x", 1),
+		sample("broken", "", 1), sample("broken", "0.5", math.NaN()),
+	})
+	for ns, want := range map[string]float64{"ml": 2 + 1 + 0.5, "mig": 2, "forged": 6} {
+		if math.Abs(hours[ns]-want) > 1e-9 {
+			t.Errorf("%s: %.3f GPU-hours, want %.3f", ns, hours[ns], want)
+		}
+	}
+	if _, ok := hours["broken"]; ok || !bad["broken"] || len(bad) != 1 {
+		t.Errorf("hours %v, bad %v: want broken alone bad, and no hours for it", hours, bad)
 	}
 }
 

@@ -85,7 +85,7 @@ func RecordingRules(s Series, interval, scrape time.Duration) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	by := "namespace, " + strings.Join(names, ", ")
+	by := "namespace, " + contract.LabelGPUFraction + ", " + strings.Join(names, ", ")
 	up := "vector(1)"
 	for i, n := range names {
 		up = fmt.Sprintf(`label_replace(%s, %q, %s, "", "")`, up, n, strings.ReplaceAll(values[i], "$", "$$"))
@@ -108,12 +108,13 @@ func RecordingRules(s Series, interval, scrape time.Duration) (string, error) {
 func yamlString(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // RecordedBudgetQuery is BudgetQuery over the recording rules' series:
-// their samples summed over the window, each standing for one interval.
+// their samples summed over the window, each standing for one interval,
+// in groups by gpu_fraction as BudgetQuery's.
 func RecordedBudgetQuery(b Budget, s Series, interval time.Duration) string {
 	w := promRange(b.Window.Duration)
 	per := interval.Seconds() / 3600
 	sum := func(metric string) string {
-		return fmt.Sprintf("sum by (namespace) (sum_over_time(%s[%s])) * %g", s.of(metric), w, per)
+		return fmt.Sprintf("sum by (namespace, %s) (sum_over_time(%s[%s])) * %g", contract.LabelGPUFraction, s.of(metric), w, per)
 	}
 	if b.Source == SourceAllocated {
 		return sum(RecordedAllocated)

@@ -18,27 +18,33 @@ import (
 	"github.com/gpuslice/gpuslice/test/promtest"
 )
 
-// steadyAgent exports two namespaces' containers: ml busy at half a GPU,
-// mig holding a whole GPU whose compute is unmeasured.
+// steadyAgent exports three namespaces' containers: ml busy at half a
+// GPU; mig holding a 3g.40gb MIG instance (half its GPU) whose compute is
+// unmeasured; small busy at 0.8 of a 1g.10gb (an eighth of its GPU).
 type steadyAgent struct{ start time.Time }
 
 func (a steadyAgent) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	s := time.Since(a.start).Seconds()
 	_, _ = fmt.Fprintf(w, `# TYPE gpuslice_container_gpu_busy_seconds_total counter
 gpuslice_container_gpu_busy_seconds_total{namespace="ml",pod="a",container="main",gpu="0",uuid="GPU-a"} %g
+gpuslice_container_gpu_busy_seconds_total{namespace="small",pod="c",container="main",gpu="1",uuid="MIG-c",gpu_fraction="0.125"} %g
 # TYPE gpuslice_container_compute_limit_ratio gauge
 gpuslice_container_compute_limit_ratio{namespace="ml",pod="a",container="main",gpu="0",uuid="GPU-a"} 0.5
-gpuslice_container_compute_limit_ratio{namespace="mig",pod="b",container="main",gpu="1",uuid="MIG-b"} 1
+gpuslice_container_compute_limit_ratio{namespace="mig",pod="b",container="main",gpu="1",uuid="MIG-b",gpu_fraction="0.5"} 1
+gpuslice_container_compute_limit_ratio{namespace="small",pod="c",container="main",gpu="1",uuid="MIG-c",gpu_fraction="0.125"} 1
 # TYPE gpuslice_container_compute_unmeasured gauge
 gpuslice_container_compute_unmeasured{namespace="ml",pod="a",container="main",gpu="0",uuid="GPU-a"} 0
-gpuslice_container_compute_unmeasured{namespace="mig",pod="b",container="main",gpu="1",uuid="MIG-b"} 1
-`, 0.5*time.Since(a.start).Seconds())
+gpuslice_container_compute_unmeasured{namespace="mig",pod="b",container="main",gpu="1",uuid="MIG-b",gpu_fraction="0.5"} 1
+gpuslice_container_compute_unmeasured{namespace="small",pod="c",container="main",gpu="1",uuid="MIG-c",gpu_fraction="0.125"} 0
+`, 0.5*s, 0.8*s)
 }
 
 // TestRecordingRulesMatchTheAgentsSeries runs the recording rules as
 // shipped (RecordingRules) in a real Prometheus scraping an agent and a
 // tenant's target that exports the recorded names: a budget read from the
 // rules' namespace-level series is what the agents' own series give (the
-// busy half GPU, the unmeasured whole GPU at its share), the tenant's
+// busy half GPU, the unmeasured MIG instance at its share, MIG instances
+// weighted by their share of their GPU), the tenant's
 // forged recorded series are not believed, and a window the rules have not
 // run through yet is read from the agents' series, saying why.
 func TestRecordingRulesMatchTheAgentsSeries(t *testing.T) {
@@ -98,7 +104,10 @@ gpuslice:quota_recording_rules:up{gpuslice_scrape_namespace="gpuslice-system"} 1
 	for _, c := range []struct {
 		key, ns string
 		want    float64 // GPU-hours over 20 s
-	}{{kb, "ml", 0.5 * 20 / 3600}, {kb, "mig", 20.0 / 3600}, {ka, "ml", 0.5 * 20 / 3600}, {ka, "mig", 20.0 / 3600}} {
+	}{
+		{kb, "ml", 0.5 * 20 / 3600}, {kb, "mig", 0.5 * 20 / 3600}, {kb, "small", 0.8 * 0.125 * 20 / 3600},
+		{ka, "ml", 0.5 * 20 / 3600}, {ka, "mig", 0.5 * 20 / 3600}, {ka, "small", 0.125 * 20 / 3600},
+	} {
 		got, base := rec.GPUHours[c.key][c.ns], raw.GPUHours[c.key][c.ns]
 		t.Logf("%s %s: recorded %.6f, the agents' series %.6f, expected %.6f GPU-hours", c.key, c.ns, got, base, c.want)
 		if math.Abs(got-c.want) > 0.15*c.want {
