@@ -529,6 +529,10 @@ func TestMIGSlicesFromRealCgroups(t *testing.T) {
 	if v, ok := value(mfs, "gpuslice_enforcement_enforced", withLabel(withLabel(podA, "resource", "compute"), "reason", "enforced")); !ok || v != 1 {
 		t.Errorf("pod a's compute: enforced %v (present %v), want 1: held in turns", v, ok)
 	}
+	// A 3g.20gb on a 40 GB A100 is half the GPU: budgets charge it so.
+	if _, ok := value(mfs, "gpuslice_container_compute_limit_ratio", withLabel(podA, "gpu_fraction", "0.5")); !ok {
+		t.Errorf("pod a's series do not say its instance is half its GPU (gpu_fraction 0.5):\n%s", scrapeText(t, addr))
+	}
 	if _, ok := value(mfs, "gpuslice_mig_instance_info", map[string]string{"mig_uuid": inst, "resource": "nvidia.com/vgpu-mig-3g.20gb"}); !ok {
 		t.Error("the sliced instance's info does not name its slice resource")
 	}
