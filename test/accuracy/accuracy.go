@@ -126,6 +126,17 @@ func Run(c Cell, m Mutation, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	tenants, err := startTenants(gpu, c)
+	if err != nil {
+		return Result{}, err
+	}
+	simulate(gpu, tenants, m, o)
+	return result(gpu, tenants, c, o), nil
+}
+
+// startTenants starts the cell's tenants on gpu, one process each, greedy
+// unless the cell gives its demand.
+func startTenants(gpu *gpumodel.GPU, c Cell) ([]*tenant, error) {
 	tenants := make([]*tenant, len(c.Limits))
 	for i, l := range c.Limits {
 		t := &tenant{pid: 1000 + i, member: enforce.Member{Key: fmt.Sprintf("p%d", i), Limit: l, Policy: c.Policy}}
@@ -134,12 +145,11 @@ func Run(c Cell, m Mutation, o Options) (Result, error) {
 			demand = c.Demands[i]
 		}
 		if err := gpu.Start(t.pid, gpumodel.Process{Kernel: c.Kernel, QueueDepth: c.Queue, Demand: demand}); err != nil {
-			return Result{}, err
+			return nil, err
 		}
 		tenants[i] = t
 	}
-	simulate(gpu, tenants, m, o)
-	return result(gpu, tenants, c, o), nil
+	return tenants, nil
 }
 
 // simulate runs the controller and the tenants' throttles on the GPU

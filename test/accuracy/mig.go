@@ -58,18 +58,13 @@ func RunMIG(c Cell, m Mutation, o Options) (Result, error) {
 	if err := gpu.Instance(1).Start(1, gpumodel.Process{Kernel: c.Kernel, QueueDepth: c.Queue, Demand: 1}); err != nil {
 		return Result{}, err
 	}
-	tenants := make([]*tenant, len(c.Limits))
-	members := make([]enforce.Member, len(c.Limits))
-	for i, l := range c.Limits {
-		t := &tenant{pid: 1000 + i, member: enforce.Member{Key: fmt.Sprintf("p%d", i), Limit: l, Policy: c.Policy}}
-		demand := 1.0
-		if i < len(c.Demands) {
-			demand = c.Demands[i]
-		}
-		if err := inst.Start(t.pid, gpumodel.Process{Kernel: c.Kernel, QueueDepth: c.Queue, Demand: demand}); err != nil {
-			return Result{}, err
-		}
-		tenants[i], members[i] = t, t.member
+	tenants, err := startTenants(inst, c)
+	if err != nil {
+		return Result{}, err
+	}
+	members := make([]enforce.Member, len(tenants))
+	for i, t := range tenants {
+		members[i] = t.member
 	}
 	turns := migTurns(m, o)
 	drive(gpu.Advance, inst, tenants, o, func(at, _ time.Duration) {
@@ -149,23 +144,12 @@ func GateMIG(w io.Writer, cells []Cell, o Options) (bool, error) {
 			pass = false
 		}
 	}
-	for _, m := range MIGMutations {
-		worst := 0.0
-		for _, c := range cells {
-			if !InMIGClaim(c, turns) {
-				continue
-			}
-			r, err := RunMIG(c, m, o)
-			if err != nil {
-				return false, fmt.Errorf("%s %s: %w", m, c, err)
-			}
-			worst = max(worst, r.ErrorPP)
-		}
-		detected := worst > MaxErrorPP
-		fmt.Fprintf(w, "mutation %s max_error_pp=%.2f detected=%t\n", m, worst, detected)
-		if !detected {
-			pass = false
+	var claimed []Cell
+	for _, c := range cells {
+		if InMIGClaim(c, turns) {
+			claimed = append(claimed, c)
 		}
 	}
-	return pass, nil
+	detected, err := mutationsDetected(w, claimed, MIGMutations, func(c Cell, m Mutation) (Result, error) { return RunMIG(c, m, o) })
+	return pass && detected, err
 }
