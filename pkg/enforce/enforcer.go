@@ -349,7 +349,8 @@ func (e *Enforcer) decide(snap *node.Snapshot, dt time.Duration) Decisions {
 			e.ctrl[uuid].MinRun = e.opts.MinRun
 		}
 	}
-	turns := Turns{MinTurn: e.opts.MinTurn, BasePeriod: e.opts.Period, MaxPeriod: MaxPeriodFactor * e.opts.Period}
+	turns := NewTurns(e.opts.Period)
+	turns.MinTurn = e.opts.MinTurn
 	d.Compute, d.round = planDuties(e.ctrl, turns, r, dt), &r
 	return d
 }
